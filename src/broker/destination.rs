@@ -53,7 +53,9 @@ impl Kind {
 pub enum DestinationError {
     #[error("{0:?} is not a destination: write queue://NAME, topic://NAME, temp-queue://NAME or temp-topic://NAME")]
     NoScheme(String),
-    #[error("{0:?} has an unknown destination kind {1:?}: use queue, topic, temp-queue or temp-topic")]
+    #[error(
+        "{0:?} has an unknown destination kind {1:?}: use queue, topic, temp-queue or temp-topic"
+    )]
     UnknownKind(String, String),
     #[error("{0:?} has an empty name")]
     Empty(String),
@@ -92,11 +94,12 @@ fn split_scheme(text: &str) -> Result<(Kind, &str), DestinationError> {
     Ok((kind, name))
 }
 
-/// A concrete destination. Cheap to clone (the name is shared).
+/// A concrete destination. Cheap to clone (the text is shared); `as_str` gives the full
+/// `kind://name` form without allocating, which the delivery encoder relies on.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Destination {
     kind: Kind,
-    name: Arc<str>,
+    text: Arc<str>,
 }
 
 impl Destination {
@@ -107,7 +110,7 @@ impl Destination {
         }
         Ok(Destination {
             kind,
-            name: Arc::from(name),
+            text: Arc::from(text),
         })
     }
 
@@ -121,21 +124,26 @@ impl Destination {
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.text[self.kind.scheme().len() + 3..]
+    }
+
+    /// The full `kind://name` text.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 
     /// The dead-letter queue for this destination: `queue://DLQ.<name>`.
     pub fn dead_letter_queue(&self) -> Destination {
         Destination {
             kind: Kind::Queue,
-            name: Arc::from(format!("DLQ.{}", self.name)),
+            text: Arc::from(format!("queue://DLQ.{}", self.name())),
         }
     }
 }
 
 impl fmt::Display for Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}", self.kind.scheme(), self.name)
+        f.write_str(&self.text)
     }
 }
 
@@ -199,7 +207,9 @@ impl DestinationPattern {
     }
 
     pub fn is_wildcard(&self) -> bool {
-        self.segments.iter().any(|s| !matches!(s, Segment::Literal(_)))
+        self.segments
+            .iter()
+            .any(|s| !matches!(s, Segment::Literal(_)))
     }
 
     /// The single destination this pattern names, when it has no wildcard.

@@ -1,3 +1,850 @@
 //! The broker core: destinations, subscriptions, dispatch, acknowledgements, redelivery,
-//! dead-lettering and producer flow control. It owns no sockets and spawns no tasks.
+//! dead-lettering, expiry, temporary destinations, durable subscriptions and producer flow
+//! control.
+//!
+//! Owns: every queue and topic of one broker and the messages in them. Must not touch: sockets,
+//! tasks, protocols, configuration files — a connection drives it through a [`Session`] and
+//! receives deliveries from the session's [`Outbox`]. Everything here is synchronous except
+//! waiting for memory room. Invariants: a queue message leaves the broker only when a consumer
+//! acknowledges it (or it expires or is dead-lettered); an unacknowledged delivery whose consumer
+//! goes away returns to its queue with a higher redelivery count; an outbox never holds more
+//! deliveries than its subscriptions' prefetch; message memory is charged while any reference
+//! to the message lives and released when the last one drops.
+
 pub mod destination;
+mod inflight;
+mod memory;
+mod message;
+mod outbox;
+mod queue;
+mod stats;
+mod topic;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock};
+
+pub use destination::{Destination, DestinationError, DestinationPattern, Kind};
+pub use memory::MemoryPool;
+pub use message::{Delivery, Message, DEFAULT_PRIORITY, MAX_PRIORITY};
+pub use outbox::Outbox;
+pub use queue::{AckOutcome, DeadReason};
+pub use stats::{DestinationCounters, DestinationStats};
+
+use message::Entry;
+use queue::Queue;
+use topic::{Topic, TopicSub};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What a producer meets when a memory limit is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFull {
+    /// The send waits until consumers make room.
+    #[default]
+    Block,
+    /// The send fails at once with a "resource exhausted" error.
+    Fail,
+}
+
+/// Limits that apply to one destination (resolved from the topology's policies).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationLimits {
+    pub memory_limit: Option<u64>,
+    pub max_redeliveries: u32,
+    pub topic_pending_limit: usize,
+    pub prefetch: u32,
+    pub on_full: OnFull,
+}
+
+impl Default for DestinationLimits {
+    fn default() -> Self {
+        DestinationLimits {
+            memory_limit: None,
+            max_redeliveries: 6,
+            topic_pending_limit: 1000,
+            prefetch: 1000,
+            on_full: OnFull::Block,
+        }
+    }
+}
+
+/// How a broker is configured (built by the server from the topology).
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    /// Broker-wide cap on message memory, in bytes.
+    pub memory_limit: u64,
+    pub defaults: DestinationLimits,
+    /// Per-destination limits; the first matching pattern wins.
+    pub policies: Vec<(DestinationPattern, DestinationLimits)>,
+    pub max_subscriptions_per_connection: usize,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            memory_limit: 1 << 30,
+            defaults: DestinationLimits::default(),
+            policies: Vec::new(),
+            max_subscriptions_per_connection: 10_000,
+        }
+    }
+}
+
+impl BrokerSettings {
+    pub fn limits_for(&self, dest: &Destination) -> DestinationLimits {
+        self.policies
+            .iter()
+            .find(|(p, _)| p.matches(dest))
+            .map(|(_, l)| l.clone())
+            .unwrap_or_else(|| self.defaults.clone())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Destination(#[from] DestinationError),
+    #[error("{0} does not exist (a temporary destination is deleted with the connection that created it)")]
+    NotFound(String),
+    #[error("{0} belongs to another connection: only the connection that created a temporary destination may consume from it")]
+    NotOwner(String),
+    #[error("subscription {0} already exists on this connection; choose another id")]
+    SubscriptionExists(u64),
+    #[error("no subscription {0} on this connection")]
+    NoSuchSubscription(u64),
+    #[error("this connection already has {0} subscriptions, the broker's max_subscriptions_per_connection")]
+    TooManySubscriptions(usize),
+    #[error(
+        "client id {0:?} is already connected; a client id may be used by one connection at a time"
+    )]
+    ClientIdInUse(String),
+    #[error("a durable subscription needs a client id: set one when connecting")]
+    DurableNeedsClientId,
+    #[error("durable subscription {name:?} of client {client_id:?} is already active on another connection")]
+    DurableInUse { client_id: String, name: String },
+    #[error("durable subscriptions are for topics; {0} is a queue")]
+    DurableOnQueue(String),
+    #[error("{0}: wildcard subscriptions are supported on topics only; subscribe to each queue")]
+    WildcardQueue(String),
+    #[error("message selectors are not supported yet (subscription to {0})")]
+    SelectorUnsupported(String),
+    #[error("{destination} is full (memory limit reached) and its policy is on_full = \"fail\"; retry later or raise memory_limit")]
+    Full { destination: String },
+    #[error("priority {0} is out of range: use 0..=9")]
+    BadPriority(u32),
+    #[error("{unknown} of the acknowledged deliveries of subscription {subscription} are not in flight (already acknowledged, or returned to the queue)")]
+    UnknownDelivery { subscription: u64, unknown: usize },
+}
+
+/// Messages to move to a dead-letter queue, collected while a destination lock is held and
+/// moved after it is released.
+#[derive(Debug, Default)]
+pub(crate) struct DeadLetters(Vec<(Entry, DeadReason)>);
+
+impl DeadLetters {
+    pub(crate) fn push(&mut self, entry: Entry, reason: DeadReason) {
+        self.0.push((entry, reason));
+    }
+}
+
+impl Message {
+    /// The counters of the destination this message is charged to.
+    pub(crate) fn counters(&self) -> &Arc<DestinationCounters> {
+        self.charge
+            .counters()
+            .expect("accepted messages are charged to their destination")
+    }
+}
+
+/// A destination a session can publish to, resolved once and reusable.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Queue(Arc<Queue>),
+    Topic(Arc<Topic>),
+}
+
+impl Target {
+    pub fn counters(&self) -> &Arc<DestinationCounters> {
+        match self {
+            Target::Queue(q) => &q.counters,
+            Target::Topic(t) => &t.counters,
+        }
+    }
+
+    pub fn destination(&self) -> &Destination {
+        match self {
+            Target::Queue(q) => &q.dest,
+            Target::Topic(t) => &t.dest,
+        }
+    }
+
+    pub fn on_full(&self) -> OnFull {
+        match self {
+            Target::Queue(q) => q.limits.on_full,
+            Target::Topic(t) => t.limits.on_full,
+        }
+    }
+
+    fn is_deleted(&self) -> bool {
+        match self {
+            Target::Queue(q) => q.is_deleted(),
+            Target::Topic(t) => t.is_deleted(),
+        }
+    }
+}
+
+/// A cheap-to-clone handle on one broker.
+#[derive(Clone, Debug)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: BrokerSettings,
+    memory: Arc<MemoryPool>,
+    queues: DashMap<Arc<str>, Arc<Queue>>,
+    topics: DashMap<Arc<str>, Arc<Topic>>,
+    /// Serialises topic creation with wildcard registration so neither misses the other.
+    topic_registry: Mutex<()>,
+    wildcard_subs: RwLock<Vec<Arc<TopicSub>>>,
+    durables: DashMap<(String, String), Arc<TopicSub>>,
+    client_ids: DashMap<String, u64>,
+    next_connection: AtomicU64,
+    next_topic_sub: AtomicU64,
+    run_id: String,
+}
+
+impl Broker {
+    pub fn new(settings: BrokerSettings) -> Broker {
+        let memory = Arc::new(MemoryPool::new(settings.memory_limit));
+        Broker {
+            inner: Arc::new(Inner {
+                settings,
+                memory,
+                queues: DashMap::new(),
+                topics: DashMap::new(),
+                topic_registry: Mutex::new(()),
+                wildcard_subs: RwLock::new(Vec::new()),
+                durables: DashMap::new(),
+                client_ids: DashMap::new(),
+                next_connection: AtomicU64::new(1),
+                next_topic_sub: AtomicU64::new(1),
+                run_id: format!("{:08x}", rand::random::<u32>()),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &BrokerSettings {
+        &self.inner.settings
+    }
+
+    pub fn memory(&self) -> &MemoryPool {
+        &self.inner.memory
+    }
+
+    /// Opens a session for a new connection. A client id, when given, must be unused.
+    pub fn open_session(&self, client_id: Option<String>) -> Result<Session, BrokerError> {
+        let id = self.inner.next_connection.fetch_add(1, Ordering::Relaxed);
+        if let Some(cid) = &client_id {
+            match self.inner.client_ids.entry(cid.clone()) {
+                dashmap::Entry::Occupied(_) => return Err(BrokerError::ClientIdInUse(cid.clone())),
+                dashmap::Entry::Vacant(v) => {
+                    v.insert(id);
+                }
+            }
+        }
+        Ok(Session {
+            broker: self.clone(),
+            id,
+            connection_id: format!("ID-{}-{}", self.inner.run_id, id),
+            client_id,
+            outbox: Arc::new(Outbox::new()),
+            subs: HashMap::new(),
+            temps: Vec::new(),
+            last_target: None,
+            closed: false,
+        })
+    }
+
+    fn queue(&self, dest: &Destination, owner: u64) -> Arc<Queue> {
+        if let Some(q) = self.inner.queues.get(dest.as_str()) {
+            return q.clone();
+        }
+        self.inner
+            .queues
+            .entry(Arc::from(dest.as_str()))
+            .or_insert_with(|| {
+                Arc::new(Queue::new(
+                    dest.clone(),
+                    self.inner.settings.limits_for(dest),
+                    owner,
+                ))
+            })
+            .clone()
+    }
+
+    fn topic(&self, dest: &Destination, owner: u64) -> Arc<Topic> {
+        if let Some(t) = self.inner.topics.get(dest.as_str()) {
+            return t.clone();
+        }
+        let _registry = self.inner.topic_registry.lock();
+        if let Some(t) = self.inner.topics.get(dest.as_str()) {
+            return t.clone();
+        }
+        let topic = Arc::new(Topic::new(
+            dest.clone(),
+            self.inner.settings.limits_for(dest),
+            owner,
+        ));
+        for sub in self.inner.wildcard_subs.read().iter() {
+            if sub.pattern.matches(dest) {
+                topic.attach(sub);
+            }
+        }
+        self.inner
+            .topics
+            .insert(Arc::from(dest.as_str()), topic.clone());
+        topic
+    }
+
+    /// Moves dead letters to their DLQs (after the source lock was released).
+    fn bury(&self, dead: DeadLetters) {
+        for (entry, reason) in dead.0 {
+            let source = entry.msg.dest();
+            let dlq = self.queue(&source.dead_letter_queue(), 0);
+            let mut copy = entry.msg.copy_to(
+                dlq.dest.clone(),
+                &[
+                    ("meshmq.original_destination", source.to_string()),
+                    ("meshmq.dlq_reason", reason.as_str().to_string()),
+                ],
+            );
+            copy.charge = self.inner.memory.charge(copy.memory_size(), &dlq.counters);
+            let mut more = DeadLetters::default();
+            dlq.enqueue(Arc::new(copy), &mut more);
+            debug_assert!(more.0.is_empty(), "a DLQ never dead-letters");
+        }
+    }
+
+    /// Drops expired messages everywhere (persistent ones go to their DLQ).
+    pub fn sweep_expired(&self) {
+        let now = now_ms();
+        let mut dead = DeadLetters::default();
+        let queues: Vec<Arc<Queue>> = self
+            .inner
+            .queues
+            .iter()
+            .map(|q| q.value().clone())
+            .collect();
+        for q in queues {
+            q.sweep_expired(now, &mut dead);
+        }
+        let topics: Vec<Arc<Topic>> = self
+            .inner
+            .topics
+            .iter()
+            .map(|t| t.value().clone())
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for t in topics {
+            for sub in t.subscriptions() {
+                if seen.insert(sub.id) {
+                    sub.sweep_expired(now, &mut dead);
+                }
+            }
+        }
+        for d in self.inner.durables.iter() {
+            if seen.insert(d.id) {
+                d.sweep_expired(now, &mut dead);
+            }
+        }
+        self.bury(dead);
+    }
+
+    /// Counters of every destination, sorted by name.
+    pub fn destination_stats(&self) -> Vec<DestinationStats> {
+        let mut out: Vec<DestinationStats> = self
+            .inner
+            .queues
+            .iter()
+            .map(|q| q.counters.snapshot())
+            .chain(self.inner.topics.iter().map(|t| t.counters.snapshot()))
+            .collect();
+        out.sort_by(|a, b| a.destination.cmp(&b.destination));
+        out
+    }
+
+    /// Messages held in a queue (pending + in flight), if it exists.
+    pub fn queue_depth(&self, dest: &str) -> Option<usize> {
+        self.inner.queues.get(dest).map(|q| q.depth())
+    }
+
+    pub fn durable_subscriptions(&self) -> usize {
+        self.inner.durables.len()
+    }
+}
+
+/// What a subscription is attached to.
+#[derive(Debug)]
+enum SubHandle {
+    Queue { queue: Arc<Queue>, slot: usize },
+    Topic { sub: Arc<TopicSub> },
+}
+
+/// A subscription request, in broker terms.
+#[derive(Debug, Clone)]
+pub struct SubscribeSpec {
+    pub subscription: u64,
+    pub destination: String,
+    pub selector: String,
+    /// 0 = the destination's default.
+    pub prefetch: u32,
+    pub priority: i32,
+    pub durable_name: Option<String>,
+    pub no_local: bool,
+}
+
+/// One connection's view of the broker. Dropping it closes it.
+#[derive(Debug)]
+pub struct Session {
+    broker: Broker,
+    id: u64,
+    connection_id: String,
+    client_id: Option<String>,
+    outbox: Arc<Outbox>,
+    subs: HashMap<u64, SubHandle>,
+    temps: Vec<Target>,
+    last_target: Option<Target>,
+    closed: bool,
+}
+
+impl Session {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Broker-assigned id; prefixes this connection's temporary destination names.
+    pub fn connection_id(&self) -> &str {
+        &self.connection_id
+    }
+
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subs.len()
+    }
+
+    fn owns_temp_name(&self, dest: &Destination) -> bool {
+        dest.name()
+            .strip_prefix(self.connection_id.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    }
+
+    /// Resolves a destination to publish to. Ordinary destinations are created on first use;
+    /// a temporary one must exist.
+    pub fn target(&mut self, destination: &str) -> Result<Target, BrokerError> {
+        if let Some(t) = &self.last_target {
+            if t.destination().as_str() == destination && !t.is_deleted() {
+                return Ok(t.clone());
+            }
+        }
+        let dest = Destination::parse(destination)?;
+        let target = match dest.kind() {
+            Kind::Queue => Target::Queue(self.broker.queue(&dest, 0)),
+            Kind::Topic => Target::Topic(self.broker.topic(&dest, 0)),
+            Kind::TempQueue => Target::Queue(
+                self.broker
+                    .inner
+                    .queues
+                    .get(dest.as_str())
+                    .map(|q| q.clone())
+                    .ok_or_else(|| BrokerError::NotFound(dest.to_string()))?,
+            ),
+            Kind::TempTopic => Target::Topic(
+                self.broker
+                    .inner
+                    .topics
+                    .get(dest.as_str())
+                    .map(|t| t.clone())
+                    .ok_or_else(|| BrokerError::NotFound(dest.to_string()))?,
+            ),
+        };
+        if target.is_deleted() {
+            return Err(BrokerError::NotFound(dest.to_string()));
+        }
+        self.last_target = Some(target.clone());
+        Ok(target)
+    }
+
+    /// True when the broker and the target have memory room for another message.
+    pub fn has_room(&self, target: &Target) -> bool {
+        self.broker.memory().has_room(target.counters())
+    }
+
+    /// Accepts a message onto a target: charges its memory, then queues or fans it out.
+    /// Flow control is the caller's: check `has_room` (and wait or refuse) first.
+    pub fn publish(&mut self, target: &Target, mut msg: Message) -> Result<(), BrokerError> {
+        if msg.priority > MAX_PRIORITY {
+            return Err(BrokerError::BadPriority(msg.priority as u32));
+        }
+        msg.origin = self.id;
+        msg.destination = Some(target.destination().clone());
+        msg.charge = self
+            .broker
+            .inner
+            .memory
+            .charge(msg.memory_size(), target.counters());
+        let mut dead = DeadLetters::default();
+        match target {
+            Target::Queue(q) => q.enqueue(Arc::new(msg), &mut dead),
+            Target::Topic(t) => t.publish(Arc::new(msg), &mut dead),
+        }
+        if !dead.0.is_empty() {
+            self.broker.bury(dead);
+        }
+        Ok(())
+    }
+
+    pub fn subscribe(&mut self, spec: SubscribeSpec) -> Result<(), BrokerError> {
+        if self.subs.contains_key(&spec.subscription) {
+            return Err(BrokerError::SubscriptionExists(spec.subscription));
+        }
+        let max = self.broker.inner.settings.max_subscriptions_per_connection;
+        if self.subs.len() >= max {
+            return Err(BrokerError::TooManySubscriptions(max));
+        }
+        if !spec.selector.trim().is_empty() {
+            return Err(BrokerError::SelectorUnsupported(spec.destination));
+        }
+        let pattern = DestinationPattern::parse(&spec.destination)?;
+        let kind = pattern.kind();
+        if kind.is_queue() && spec.durable_name.is_some() {
+            return Err(BrokerError::DurableOnQueue(spec.destination));
+        }
+        let mut dead = DeadLetters::default();
+        let handle = if kind.is_queue() {
+            let Some(dest) = pattern.as_destination() else {
+                return Err(BrokerError::WildcardQueue(spec.destination));
+            };
+            let queue = self.queue_for_consumer(&dest)?;
+            let prefetch = if spec.prefetch == 0 {
+                queue.limits.prefetch
+            } else {
+                spec.prefetch
+            };
+            let slot = queue.add_consumer(
+                self.outbox.clone(),
+                spec.subscription,
+                prefetch,
+                spec.priority,
+                &mut dead,
+            );
+            SubHandle::Queue { queue, slot }
+        } else {
+            self.subscribe_topic(&spec, pattern, &mut dead)?
+        };
+        self.subs.insert(spec.subscription, handle);
+        self.broker.bury(dead);
+        Ok(())
+    }
+
+    fn queue_for_consumer(&mut self, dest: &Destination) -> Result<Arc<Queue>, BrokerError> {
+        if dest.kind() != Kind::TempQueue {
+            return Ok(self.broker.queue(dest, 0));
+        }
+        if let Some(q) = self.broker.inner.queues.get(dest.as_str()) {
+            if q.owner != self.id {
+                return Err(BrokerError::NotOwner(dest.to_string()));
+            }
+            return Ok(q.clone());
+        }
+        if !self.owns_temp_name(dest) {
+            return Err(BrokerError::NotOwner(dest.to_string()));
+        }
+        let q = self.broker.queue(dest, self.id);
+        self.temps.push(Target::Queue(q.clone()));
+        Ok(q)
+    }
+
+    fn subscribe_topic(
+        &mut self,
+        spec: &SubscribeSpec,
+        pattern: DestinationPattern,
+        dead: &mut DeadLetters,
+    ) -> Result<SubHandle, BrokerError> {
+        let broker = self.broker.clone();
+        let limits = match pattern.as_destination() {
+            Some(d) => broker.inner.settings.limits_for(&d),
+            None => broker.inner.settings.defaults.clone(),
+        };
+        let prefetch = if spec.prefetch == 0 {
+            limits.prefetch
+        } else {
+            spec.prefetch
+        };
+        if let Some(name) = &spec.durable_name {
+            let client_id = self
+                .client_id
+                .clone()
+                .ok_or(BrokerError::DurableNeedsClientId)?;
+            let key = (client_id.clone(), name.clone());
+            if let Some(existing) = broker.inner.durables.get(&key).map(|d| d.clone()) {
+                if existing.pattern == pattern {
+                    if !existing.attach_consumer(
+                        self.outbox.clone(),
+                        spec.subscription,
+                        prefetch,
+                        self.id,
+                        dead,
+                    ) {
+                        return Err(BrokerError::DurableInUse {
+                            client_id,
+                            name: name.clone(),
+                        });
+                    }
+                    return Ok(SubHandle::Topic { sub: existing });
+                }
+                // Subscribing under the same name to another topic replaces the subscription.
+                if existing.is_active() {
+                    return Err(BrokerError::DurableInUse {
+                        client_id,
+                        name: name.clone(),
+                    });
+                }
+                broker.remove_topic_sub(&existing);
+                broker.inner.durables.remove(&key);
+            }
+            let sub = self.new_topic_sub(pattern, Some(key.clone()), spec, &limits)?;
+            broker.inner.durables.insert(key, sub.clone());
+            sub.attach_consumer(
+                self.outbox.clone(),
+                spec.subscription,
+                prefetch,
+                self.id,
+                dead,
+            );
+            return Ok(SubHandle::Topic { sub });
+        }
+        let sub = self.new_topic_sub(pattern, None, spec, &limits)?;
+        sub.attach_consumer(
+            self.outbox.clone(),
+            spec.subscription,
+            prefetch,
+            self.id,
+            dead,
+        );
+        Ok(SubHandle::Topic { sub })
+    }
+
+    fn new_topic_sub(
+        &mut self,
+        pattern: DestinationPattern,
+        durable: Option<(String, String)>,
+        spec: &SubscribeSpec,
+        limits: &DestinationLimits,
+    ) -> Result<Arc<TopicSub>, BrokerError> {
+        let broker = self.broker.clone();
+        let id = broker.inner.next_topic_sub.fetch_add(1, Ordering::Relaxed);
+        let sub = Arc::new(TopicSub::new(
+            id,
+            pattern.clone(),
+            durable,
+            spec.no_local,
+            limits,
+        ));
+        match pattern.as_destination() {
+            Some(dest) => {
+                let topic = if dest.kind() == Kind::TempTopic {
+                    self.temp_topic_for_consumer(&dest)?
+                } else {
+                    broker.topic(&dest, 0)
+                };
+                topic.attach(&sub);
+            }
+            None => {
+                let _registry = broker.inner.topic_registry.lock();
+                broker.inner.wildcard_subs.write().push(sub.clone());
+                for t in broker.inner.topics.iter() {
+                    if pattern.matches(&t.dest) {
+                        t.attach(&sub);
+                    }
+                }
+            }
+        }
+        Ok(sub)
+    }
+
+    fn temp_topic_for_consumer(&mut self, dest: &Destination) -> Result<Arc<Topic>, BrokerError> {
+        if let Some(t) = self.broker.inner.topics.get(dest.as_str()) {
+            if t.owner != self.id {
+                return Err(BrokerError::NotOwner(dest.to_string()));
+            }
+            return Ok(t.clone());
+        }
+        if !self.owns_temp_name(dest) {
+            return Err(BrokerError::NotOwner(dest.to_string()));
+        }
+        let t = self.broker.topic(dest, self.id);
+        self.temps.push(Target::Topic(t.clone()));
+        Ok(t)
+    }
+
+    /// Ends a subscription. Unacknowledged queue deliveries go back to the queue; a durable
+    /// subscription keeps collecting messages unless `remove_durable`.
+    pub fn unsubscribe(
+        &mut self,
+        subscription: u64,
+        remove_durable: bool,
+    ) -> Result<(), BrokerError> {
+        let handle = self
+            .subs
+            .remove(&subscription)
+            .ok_or(BrokerError::NoSuchSubscription(subscription))?;
+        self.release(handle, remove_durable);
+        Ok(())
+    }
+
+    fn release(&self, handle: SubHandle, remove_durable: bool) {
+        let mut dead = DeadLetters::default();
+        match handle {
+            SubHandle::Queue { queue, slot } => queue.remove_consumer(slot, &mut dead),
+            SubHandle::Topic { sub } => match (&sub.durable, remove_durable) {
+                (Some(_), false) => sub.detach_consumer(&mut dead),
+                (Some(key), true) => {
+                    self.broker.inner.durables.remove(key);
+                    self.broker.remove_topic_sub(&sub);
+                }
+                (None, _) => self.broker.remove_topic_sub(&sub),
+            },
+        }
+        self.broker.bury(dead);
+    }
+
+    fn handle(&self, subscription: u64) -> Result<&SubHandle, BrokerError> {
+        self.subs
+            .get(&subscription)
+            .ok_or(BrokerError::NoSuchSubscription(subscription))
+    }
+
+    /// Acknowledges every delivery with tag <= `up_to` (cumulative) and each of `tags`.
+    pub fn ack(
+        &mut self,
+        subscription: u64,
+        up_to: u64,
+        tags: &[u64],
+    ) -> Result<AckOutcome, BrokerError> {
+        let mut dead = DeadLetters::default();
+        let outcome = match self.handle(subscription)? {
+            SubHandle::Queue { queue, slot } => queue.ack(*slot, up_to, tags, &mut dead),
+            SubHandle::Topic { sub } => sub.ack(up_to, tags, &mut dead),
+        };
+        self.broker.bury(dead);
+        Self::check_known(subscription, outcome)
+    }
+
+    /// Returns deliveries for redelivery (to the DLQ past `max_redeliveries`).
+    pub fn nack(&mut self, subscription: u64, tags: &[u64]) -> Result<AckOutcome, BrokerError> {
+        let mut dead = DeadLetters::default();
+        let outcome = match self.handle(subscription)? {
+            SubHandle::Queue { queue, slot } => queue.nack(*slot, tags, &mut dead),
+            SubHandle::Topic { sub } => sub.nack(tags, &mut dead),
+        };
+        self.broker.bury(dead);
+        Self::check_known(subscription, outcome)
+    }
+
+    fn check_known(subscription: u64, outcome: AckOutcome) -> Result<AckOutcome, BrokerError> {
+        if outcome.unknown > 0 {
+            return Err(BrokerError::UnknownDelivery {
+                subscription,
+                unknown: outcome.unknown,
+            });
+        }
+        Ok(outcome)
+    }
+
+    /// Closes the session: subscriptions end (unacknowledged messages return to their queues
+    /// as redelivered), temporary destinations are deleted, the client id is freed.
+    /// Idempotent; also done on drop.
+    pub fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.outbox.close();
+        for (_, handle) in std::mem::take(&mut self.subs) {
+            self.release(handle, false);
+        }
+        drop(self.outbox.take_all());
+        for temp in std::mem::take(&mut self.temps) {
+            match temp {
+                Target::Queue(q) => {
+                    self.broker.inner.queues.remove(q.dest.as_str());
+                    q.delete();
+                }
+                Target::Topic(t) => {
+                    self.broker.inner.topics.remove(t.dest.as_str());
+                    for sub in t.delete() {
+                        sub.clear();
+                    }
+                }
+            }
+        }
+        if let Some(cid) = &self.client_id {
+            self.broker
+                .inner
+                .client_ids
+                .remove_if(cid, |_, id| *id == self.id);
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Broker {
+    /// Detaches a topic subscription from every topic and forgets its messages.
+    fn remove_topic_sub(&self, sub: &Arc<TopicSub>) {
+        match sub.pattern.as_destination() {
+            Some(dest) => {
+                if let Some(t) = self.inner.topics.get(dest.as_str()) {
+                    t.detach(sub.id);
+                }
+            }
+            None => {
+                let _registry = self.inner.topic_registry.lock();
+                self.inner.wildcard_subs.write().retain(|s| s.id != sub.id);
+                for t in self.inner.topics.iter() {
+                    if sub.pattern.matches(&t.dest) {
+                        t.detach(sub.id);
+                    }
+                }
+            }
+        }
+        sub.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,150 @@
+//! Memory accounting for producer flow control.
+//!
+//! Every accepted message carries a `MemoryCharge` that adds its size to the broker-wide pool
+//! and to its destination; dropping the last reference to the message releases both. So the
+//! accounting is exact by construction: no code path has to remember to "un-count".
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use super::stats::DestinationCounters;
+
+/// The broker-wide budget for message memory.
+#[derive(Debug)]
+pub struct MemoryPool {
+    used: AtomicU64,
+    limit: u64,
+    waiting: AtomicUsize,
+    room: Notify,
+}
+
+impl MemoryPool {
+    pub fn new(limit: u64) -> MemoryPool {
+        MemoryPool {
+            used: AtomicU64::new(0),
+            limit,
+            waiting: AtomicUsize::new(0),
+            room: Notify::new(),
+        }
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// True when both the broker and the destination have room for another message.
+    pub fn has_room(&self, dest: &DestinationCounters) -> bool {
+        self.used() < self.limit && dest.memory_limit.is_none_or(|l| dest.memory() < l)
+    }
+
+    pub(crate) fn charge(
+        self: &Arc<Self>,
+        bytes: u64,
+        dest: &Arc<DestinationCounters>,
+    ) -> MemoryCharge {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+        dest.memory.fetch_add(bytes, Ordering::Relaxed);
+        MemoryCharge {
+            bytes,
+            pool: Some(self.clone()),
+            dest: Some(dest.clone()),
+        }
+    }
+
+    fn release(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Waits until `dest` (and the broker) have room. Returns at once when they already do.
+    pub async fn wait_for_room(&self, dest: &DestinationCounters) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.waiting.fetch_add(1, Ordering::AcqRel);
+            let ready = self.has_room(dest);
+            if !ready {
+                notified.await;
+            }
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            if ready || self.has_room(dest) {
+                return;
+            }
+        }
+    }
+}
+
+/// Releases a message's bytes when dropped.
+#[derive(Debug, Default)]
+pub struct MemoryCharge {
+    bytes: u64,
+    pool: Option<Arc<MemoryPool>>,
+    dest: Option<Arc<DestinationCounters>>,
+}
+
+impl MemoryCharge {
+    pub fn none() -> MemoryCharge {
+        MemoryCharge::default()
+    }
+
+    pub(crate) fn counters(&self) -> Option<&Arc<DestinationCounters>> {
+        self.dest.as_ref()
+    }
+}
+
+impl Drop for MemoryCharge {
+    fn drop(&mut self) {
+        if let Some(dest) = &self.dest {
+            dest.memory.fetch_sub(self.bytes, Ordering::Relaxed);
+        }
+        if let Some(pool) = &self.pool {
+            pool.release(self.bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::destination::Destination;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn charges_release_on_drop_and_wake_waiters() {
+        let pool = Arc::new(MemoryPool::new(100));
+        let dest = Arc::new(DestinationCounters::new(
+            Destination::parse("queue://q").unwrap(),
+            Some(60),
+        ));
+        let a = pool.charge(50, &dest);
+        assert!(pool.has_room(&dest));
+        let b = pool.charge(20, &dest);
+        assert!(!pool.has_room(&dest), "destination limit 60 reached");
+        assert_eq!(pool.used(), 70);
+
+        let waiter = {
+            let pool = pool.clone();
+            let dest = dest.clone();
+            tokio::spawn(async move { pool.wait_for_room(&dest).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "must wait while full");
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken when room appears")
+            .unwrap();
+        drop(a);
+        assert_eq!(pool.used(), 0);
+        assert_eq!(dest.memory(), 0);
+    }
+}

@@ -1,0 +1,117 @@
+//! A message as the broker holds it, and the memory it is charged for.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::destination::Destination;
+use super::memory::MemoryCharge;
+
+/// Bytes charged for a message beyond its body and headers (struct, Arc, queue slots).
+pub const MESSAGE_OVERHEAD: u64 = 256;
+
+/// Highest message priority (JMS: 0..=9, 4 by default).
+pub const MAX_PRIORITY: u8 = 9;
+pub const DEFAULT_PRIORITY: u8 = 4;
+
+/// One message. Immutable once accepted: the broker shares it (`Arc`) between every queue
+/// slot and subscriber that holds it, so a message fanned out to a thousand subscribers is
+/// one allocation. Per-delivery facts (redelivery count, tag) live beside it, not in it.
+#[derive(Debug, Default)]
+pub struct Message {
+    pub destination: Option<Destination>,
+    pub body: Bytes,
+    pub headers: Vec<(String, String)>,
+    pub persistent: bool,
+    pub priority: u8,
+    /// Milliseconds since the Unix epoch; 0 = never.
+    pub expires_at_ms: u64,
+    /// Identity: (producer id, sequence).
+    pub producer_id: Bytes,
+    pub sequence: u64,
+    pub reply_to: String,
+    pub correlation_id: String,
+    pub content_type: String,
+    pub timestamp_ms: u64,
+    /// Groups this message was forwarded through (network connectors).
+    pub broker_path: Vec<Arc<str>>,
+    /// The broker connection that published it (0 = none), for `no_local` subscriptions.
+    pub origin: u64,
+    pub(crate) charge: MemoryCharge,
+}
+
+impl Message {
+    /// Bytes this message is charged against memory limits.
+    pub fn memory_size(&self) -> u64 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 48)
+            .sum();
+        MESSAGE_OVERHEAD
+            + self.body.len() as u64
+            + headers as u64
+            + (self.producer_id.len()
+                + self.reply_to.len()
+                + self.correlation_id.len()
+                + self.content_type.len()) as u64
+    }
+
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms != 0 && now_ms >= self.expires_at_ms
+    }
+
+    /// The destination it was accepted on. Every accepted message has one.
+    pub fn dest(&self) -> &Destination {
+        self.destination
+            .as_ref()
+            .expect("accepted messages always carry their destination")
+    }
+
+    /// A copy for another destination (dead-lettering), sharing the body.
+    pub(crate) fn copy_to(&self, destination: Destination, extra: &[(&str, String)]) -> Message {
+        let mut headers = self.headers.clone();
+        for (k, v) in extra {
+            headers.retain(|(hk, _)| hk != k);
+            headers.push((k.to_string(), v.clone()));
+        }
+        Message {
+            destination: Some(destination),
+            body: self.body.clone(),
+            headers,
+            persistent: self.persistent,
+            priority: self.priority,
+            expires_at_ms: 0,
+            producer_id: self.producer_id.clone(),
+            sequence: self.sequence,
+            reply_to: self.reply_to.clone(),
+            correlation_id: self.correlation_id.clone(),
+            content_type: self.content_type.clone(),
+            timestamp_ms: self.timestamp_ms,
+            broker_path: self.broker_path.clone(),
+            origin: 0,
+            charge: MemoryCharge::none(),
+        }
+    }
+}
+
+/// A message in a queue (or a subscriber's private queue) with its delivery history.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub msg: Arc<Message>,
+    /// Arrival order in its queue; redelivered entries go back in this order.
+    pub seq: u64,
+    pub redeliveries: u32,
+}
+
+/// What a connection receives from the broker: one delivery of a message to one of its
+/// subscriptions.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The subscription id the client chose.
+    pub subscription: u64,
+    /// Increasing per subscription; acks name it.
+    pub tag: u64,
+    pub redelivery_count: u32,
+    pub message: Arc<Message>,
+}

@@ -1,0 +1,415 @@
+//! A queue: pending messages in priority lanes, competing consumers in priority bands, and
+//! credit-based dispatch.
+//!
+//! Dispatch rule: the next message goes to the first consumer, in the highest priority band,
+//! that has prefetch credit, starting after the consumer served last in that band
+//! (round-robin inside a priority, as ActiveMQ's `useConsumerPriority`). A message leaves the
+//! queue only when acknowledged; until then it sits in its consumer's in-flight list and goes
+//! back to the queue (flagged redelivered) if the consumer leaves or nacks it.
+//! Everything is under one lock per queue; the only lock taken inside it is an outbox's.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::destination::Destination;
+use super::inflight::Inflight;
+use super::message::{Delivery, Entry, Message, MAX_PRIORITY};
+use super::outbox::Outbox;
+use super::stats::DestinationCounters;
+use super::{now_ms, DeadLetters, DestinationLimits};
+
+/// Pending messages, highest priority first, FIFO inside a priority.
+#[derive(Debug, Default)]
+struct Lanes {
+    lanes: [VecDeque<Entry>; MAX_PRIORITY as usize + 1],
+    len: usize,
+}
+
+impl Lanes {
+    fn push_back(&mut self, e: Entry) {
+        self.lanes[e.msg.priority.min(MAX_PRIORITY) as usize].push_back(e);
+        self.len += 1;
+    }
+
+    fn push_front(&mut self, e: Entry) {
+        self.lanes[e.msg.priority.min(MAX_PRIORITY) as usize].push_front(e);
+        self.len += 1;
+    }
+
+    fn pop_front(&mut self) -> Option<Entry> {
+        if self.len == 0 {
+            return None;
+        }
+        for lane in self.lanes.iter_mut().rev() {
+            if let Some(e) = lane.pop_front() {
+                self.len -= 1;
+                return Some(e);
+            }
+        }
+        None
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) -> Vec<Entry> {
+        let mut removed = Vec::new();
+        for lane in &mut self.lanes {
+            let mut kept = VecDeque::with_capacity(lane.len());
+            for e in lane.drain(..) {
+                if keep(&e) {
+                    kept.push_back(e);
+                } else {
+                    removed.push(e);
+                }
+            }
+            *lane = kept;
+        }
+        self.len -= removed.len();
+        removed
+    }
+
+    fn clear(&mut self) -> usize {
+        let n = self.len;
+        for lane in &mut self.lanes {
+            lane.clear();
+        }
+        self.len = 0;
+        n
+    }
+}
+
+#[derive(Debug)]
+struct Consumer {
+    outbox: Arc<Outbox>,
+    subscription: u64,
+    prefetch: usize,
+    priority: i32,
+    inflight: Inflight,
+}
+
+#[derive(Debug)]
+struct Band {
+    priority: i32,
+    slots: Vec<usize>,
+    /// Position in `slots` to try first (the one after the consumer served last).
+    cursor: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    pending: Lanes,
+    consumers: Vec<Option<Consumer>>,
+    free_slots: Vec<usize>,
+    bands: Vec<Band>,
+    inflight: usize,
+    next_seq: u64,
+    /// Pending messages with an expiry, so sweeps skip queues that have none.
+    expiring: usize,
+}
+
+impl State {
+    /// (band, position) of the next consumer with credit.
+    fn pick(&self) -> Option<(usize, usize)> {
+        for (b, band) in self.bands.iter().enumerate() {
+            let n = band.slots.len();
+            for k in 0..n {
+                let pos = (band.cursor + k) % n;
+                if let Some(c) = &self.consumers[band.slots[pos]] {
+                    if c.inflight.len() < c.prefetch {
+                        return Some((b, pos));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// What a consumer-facing operation needs to tell its caller.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AckOutcome {
+    pub acked: usize,
+    pub unknown: usize,
+}
+
+#[derive(Debug)]
+pub struct Queue {
+    pub(crate) dest: Destination,
+    pub(crate) limits: DestinationLimits,
+    pub(crate) counters: Arc<DestinationCounters>,
+    /// The connection owning a temporary queue (0 for ordinary queues).
+    pub(crate) owner: u64,
+    deleted: AtomicBool,
+    state: Mutex<State>,
+}
+
+impl Queue {
+    pub(crate) fn new(dest: Destination, limits: DestinationLimits, owner: u64) -> Queue {
+        let counters = Arc::new(DestinationCounters::new(dest.clone(), limits.memory_limit));
+        Queue {
+            dest,
+            limits,
+            counters,
+            owner,
+            deleted: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub(crate) fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    fn is_dead_letter_queue(&self) -> bool {
+        self.dest.name().starts_with("DLQ.")
+    }
+
+    pub(crate) fn enqueue(&self, msg: Arc<Message>, dead: &mut DeadLetters) {
+        let mut st = self.state.lock();
+        st.next_seq += 1;
+        let seq = st.next_seq;
+        if msg.expires_at_ms != 0 {
+            st.expiring += 1;
+        }
+        st.pending.push_back(Entry {
+            msg,
+            seq,
+            redeliveries: 0,
+        });
+        DestinationCounters::add(&self.counters.enqueued, 1);
+        self.dispatch(&mut st, dead);
+    }
+
+    pub(crate) fn add_consumer(
+        &self,
+        outbox: Arc<Outbox>,
+        subscription: u64,
+        prefetch: u32,
+        priority: i32,
+        dead: &mut DeadLetters,
+    ) -> usize {
+        let mut st = self.state.lock();
+        let consumer = Consumer {
+            outbox,
+            subscription,
+            prefetch: prefetch.max(1) as usize,
+            priority,
+            inflight: Inflight::default(),
+        };
+        let slot = match st.free_slots.pop() {
+            Some(s) => {
+                st.consumers[s] = Some(consumer);
+                s
+            }
+            None => {
+                st.consumers.push(Some(consumer));
+                st.consumers.len() - 1
+            }
+        };
+        match st.bands.binary_search_by(|b| priority.cmp(&b.priority)) {
+            Ok(b) => st.bands[b].slots.push(slot),
+            Err(b) => st.bands.insert(
+                b,
+                Band {
+                    priority,
+                    slots: vec![slot],
+                    cursor: 0,
+                },
+            ),
+        }
+        DestinationCounters::add(&self.counters.consumers, 1);
+        self.dispatch(&mut st, dead);
+        slot
+    }
+
+    /// Removes a consumer; its unacknowledged messages go back to the queue as redelivered.
+    pub(crate) fn remove_consumer(&self, slot: usize, dead: &mut DeadLetters) {
+        let mut st = self.state.lock();
+        let Some(mut consumer) = st.consumers.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        st.free_slots.push(slot);
+        if let Ok(b) = st
+            .bands
+            .binary_search_by(|b| consumer.priority.cmp(&b.priority))
+        {
+            let band = &mut st.bands[b];
+            if let Some(pos) = band.slots.iter().position(|&s| s == slot) {
+                band.slots.remove(pos);
+                if band.cursor > pos {
+                    band.cursor -= 1;
+                }
+                if band.slots.is_empty() {
+                    st.bands.remove(b);
+                } else {
+                    band.cursor %= band.slots.len();
+                }
+            }
+        }
+        self.counters
+            .consumers
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let returned: Vec<Entry> = consumer.inflight.drain().collect();
+        st.inflight -= returned.len();
+        self.requeue(&mut st, returned, dead);
+        self.dispatch(&mut st, dead);
+    }
+
+    pub(crate) fn ack(
+        &self,
+        slot: usize,
+        up_to: u64,
+        tags: &[u64],
+        dead: &mut DeadLetters,
+    ) -> AckOutcome {
+        let mut st = self.state.lock();
+        let Some(consumer) = st.consumers.get_mut(slot).and_then(Option::as_mut) else {
+            return AckOutcome {
+                acked: 0,
+                unknown: tags.len(),
+            };
+        };
+        let mut acked = 0;
+        let unknown = consumer.inflight.remove(up_to, tags, |_| acked += 1);
+        st.inflight -= acked;
+        DestinationCounters::add(&self.counters.dequeued, acked as u64);
+        self.dispatch(&mut st, dead);
+        AckOutcome { acked, unknown }
+    }
+
+    /// Returns the named deliveries to the queue for redelivery (or the DLQ).
+    pub(crate) fn nack(&self, slot: usize, tags: &[u64], dead: &mut DeadLetters) -> AckOutcome {
+        let mut st = self.state.lock();
+        let Some(consumer) = st.consumers.get_mut(slot).and_then(Option::as_mut) else {
+            return AckOutcome {
+                acked: 0,
+                unknown: tags.len(),
+            };
+        };
+        let mut returned = Vec::new();
+        let unknown = consumer.inflight.remove(0, tags, |e| returned.push(e));
+        let n = returned.len();
+        st.inflight -= n;
+        self.requeue(&mut st, returned, dead);
+        self.dispatch(&mut st, dead);
+        AckOutcome { acked: n, unknown }
+    }
+
+    /// Puts returned entries back at the front, in their original order, counting one more
+    /// delivery attempt; entries past `max_redeliveries` go to the dead-letter queue.
+    fn requeue(&self, st: &mut State, mut entries: Vec<Entry>, dead: &mut DeadLetters) {
+        if entries.is_empty() {
+            return;
+        }
+        entries.sort_by_key(|e| std::cmp::Reverse(e.seq));
+        for mut e in entries {
+            e.redeliveries += 1;
+            DestinationCounters::add(&self.counters.redelivered, 1);
+            if e.redeliveries > self.limits.max_redeliveries && !self.is_dead_letter_queue() {
+                DestinationCounters::add(&self.counters.dead_lettered, 1);
+                dead.push(e, DeadReason::RedeliveryLimit);
+            } else {
+                if e.msg.expires_at_ms != 0 {
+                    st.expiring += 1;
+                }
+                st.pending.push_front(e);
+            }
+        }
+        self.update_gauges(st);
+    }
+
+    fn dispatch(&self, st: &mut State, dead: &mut DeadLetters) {
+        let mut now: Option<u64> = None;
+        while st.pending.len > 0 {
+            let Some((b, pos)) = st.pick() else { break };
+            let Some(entry) = st.pending.pop_front() else {
+                break;
+            };
+            if entry.msg.expires_at_ms != 0 {
+                st.expiring = st.expiring.saturating_sub(1);
+                if entry.msg.is_expired(*now.get_or_insert_with(now_ms)) {
+                    self.expire(entry, dead);
+                    continue;
+                }
+            }
+            let band = &mut st.bands[b];
+            let slot = band.slots[pos];
+            band.cursor = (pos + 1) % band.slots.len();
+            let Some(c) = st.consumers[slot].as_mut() else {
+                break;
+            };
+            let message = entry.msg.clone();
+            let redelivery_count = entry.redeliveries;
+            let tag = c.inflight.push(entry);
+            c.outbox.push(Delivery {
+                subscription: c.subscription,
+                tag,
+                redelivery_count,
+                message,
+            });
+            st.inflight += 1;
+        }
+        self.update_gauges(st);
+    }
+
+    fn expire(&self, entry: Entry, dead: &mut DeadLetters) {
+        DestinationCounters::add(&self.counters.expired, 1);
+        if entry.msg.persistent && !self.is_dead_letter_queue() {
+            DestinationCounters::add(&self.counters.dead_lettered, 1);
+            dead.push(entry, DeadReason::Expired);
+        }
+    }
+
+    fn update_gauges(&self, st: &State) {
+        self.counters
+            .pending
+            .store(st.pending.len as u64, Ordering::Relaxed);
+        self.counters
+            .inflight
+            .store(st.inflight as u64, Ordering::Relaxed);
+    }
+
+    /// Drops expired pending messages (persistent ones go to the DLQ).
+    pub(crate) fn sweep_expired(&self, now: u64, dead: &mut DeadLetters) {
+        let mut st = self.state.lock();
+        if st.expiring == 0 {
+            return;
+        }
+        let removed = st.pending.retain(|e| !e.msg.is_expired(now));
+        st.expiring -= removed.len().min(st.expiring);
+        for e in removed {
+            self.expire(e, dead);
+        }
+        self.update_gauges(&st);
+    }
+
+    /// Deletes a temporary queue: nothing can be sent to it afterwards; its messages go.
+    pub(crate) fn delete(&self) {
+        self.deleted.store(true, Ordering::Release);
+        let mut st = self.state.lock();
+        st.pending.clear();
+        st.expiring = 0;
+        self.update_gauges(&st);
+    }
+
+    pub(crate) fn depth(&self) -> usize {
+        let st = self.state.lock();
+        st.pending.len + st.inflight
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadReason {
+    RedeliveryLimit,
+    Expired,
+}
+
+impl DeadReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::RedeliveryLimit => "redelivery limit exceeded",
+            DeadReason::Expired => "expired",
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Per-destination counters, updated with relaxed atomics on the hot path and read by the
+//! admin endpoints (`/status`, `/metrics`) without taking any destination lock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use super::destination::Destination;
+
+#[derive(Debug)]
+pub struct DestinationCounters {
+    pub destination: Destination,
+    pub memory_limit: Option<u64>,
+    pub(crate) memory: AtomicU64,
+    pub(crate) enqueued: AtomicU64,
+    pub(crate) dequeued: AtomicU64,
+    pub(crate) expired: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) pending: AtomicU64,
+    pub(crate) inflight: AtomicU64,
+    pub(crate) consumers: AtomicU64,
+    pub(crate) redelivered: AtomicU64,
+}
+
+impl DestinationCounters {
+    pub fn new(destination: Destination, memory_limit: Option<u64>) -> DestinationCounters {
+        DestinationCounters {
+            destination,
+            memory_limit,
+            memory: AtomicU64::new(0),
+            enqueued: AtomicU64::new(0),
+            dequeued: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            inflight: AtomicU64::new(0),
+            consumers: AtomicU64::new(0),
+            redelivered: AtomicU64::new(0),
+        }
+    }
+
+    pub fn memory(&self) -> u64 {
+        self.memory.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> DestinationStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        DestinationStats {
+            destination: self.destination.to_string(),
+            depth: get(&self.pending) + get(&self.inflight),
+            pending: get(&self.pending),
+            inflight: get(&self.inflight),
+            consumers: get(&self.consumers),
+            enqueued: get(&self.enqueued),
+            dequeued: get(&self.dequeued),
+            expired: get(&self.expired),
+            dead_lettered: get(&self.dead_lettered),
+            dropped: get(&self.dropped),
+            redelivered: get(&self.redelivered),
+            memory_bytes: get(&self.memory),
+        }
+    }
+}
+
+/// A point-in-time copy of a destination's counters.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct DestinationStats {
+    pub destination: String,
+    /// Messages held: pending + in flight (delivered, not yet acknowledged).
+    pub depth: u64,
+    pub pending: u64,
+    pub inflight: u64,
+    pub consumers: u64,
+    /// Messages accepted onto the destination.
+    pub enqueued: u64,
+    /// Messages acknowledged by consumers (queues) or delivered and acknowledged (topics).
+    pub dequeued: u64,
+    pub expired: u64,
+    pub dead_lettered: u64,
+    /// Topic messages discarded for slow subscribers (`topic_pending_limit`).
+    pub dropped: u64,
+    pub redelivered: u64,
+    pub memory_bytes: u64,
+}

@@ -1,0 +1,501 @@
+//! Broker core tests: sessions driven directly, deliveries read from their outboxes.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::*;
+
+fn broker() -> Broker {
+    Broker::new(BrokerSettings::default())
+}
+
+fn broker_with(f: impl FnOnce(&mut BrokerSettings)) -> Broker {
+    let mut s = BrokerSettings::default();
+    f(&mut s);
+    Broker::new(s)
+}
+
+fn msg(body: &str) -> Message {
+    Message {
+        body: Bytes::copy_from_slice(body.as_bytes()),
+        priority: DEFAULT_PRIORITY,
+        ..Message::default()
+    }
+}
+
+fn send(s: &mut Session, dest: &str, m: Message) {
+    let t = s.target(dest).unwrap();
+    s.publish(&t, m).unwrap();
+}
+
+fn sub(s: &mut Session, id: u64, dest: &str, prefetch: u32) {
+    s.subscribe(SubscribeSpec {
+        subscription: id,
+        destination: dest.into(),
+        selector: String::new(),
+        prefetch,
+        priority: 0,
+        durable_name: None,
+        no_local: false,
+    })
+    .unwrap();
+}
+
+fn drain(s: &Session) -> Vec<Delivery> {
+    let mut out = VecDeque::new();
+    s.outbox().drain_into(&mut out);
+    out.into()
+}
+
+fn bodies(d: &[Delivery]) -> Vec<String> {
+    d.iter()
+        .map(|d| String::from_utf8_lossy(&d.message.body).into_owned())
+        .collect()
+}
+
+#[test]
+fn competing_consumers_share_a_queue_round_robin() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut c1 = b.open_session(None).unwrap();
+    let mut c2 = b.open_session(None).unwrap();
+    sub(&mut c1, 1, "queue://q", 100);
+    sub(&mut c2, 1, "queue://q", 100);
+    for i in 0..10 {
+        send(&mut p, "queue://q", msg(&i.to_string()));
+    }
+    let d1 = drain(&c1);
+    let d2 = drain(&c2);
+    assert_eq!(d1.len(), 5);
+    assert_eq!(d2.len(), 5);
+    assert_eq!(bodies(&d1), vec!["0", "2", "4", "6", "8"]);
+}
+
+#[test]
+fn prefetch_credit_gives_a_fast_consumer_more() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut fast = b.open_session(None).unwrap();
+    let mut slow = b.open_session(None).unwrap();
+    sub(&mut fast, 1, "queue://work", 10);
+    sub(&mut slow, 1, "queue://work", 10);
+    for i in 0..5000 {
+        send(&mut p, "queue://work", msg(&i.to_string()));
+    }
+    let (mut fast_total, mut slow_total) = (0usize, 0usize);
+    let mut fast_q: VecDeque<u64> = VecDeque::new();
+    let mut slow_q: VecDeque<u64> = VecDeque::new();
+    for _tick in 0..400 {
+        fast_q.extend(drain(&fast).iter().map(|d| d.tag));
+        slow_q.extend(drain(&slow).iter().map(|d| d.tag));
+        // The fast consumer acks ten per tick; the slow one one every tick.
+        for _ in 0..10 {
+            if let Some(t) = fast_q.pop_front() {
+                fast.ack(1, 0, &[t]).unwrap();
+                fast_total += 1;
+            }
+        }
+        if let Some(t) = slow_q.pop_front() {
+            slow.ack(1, 0, &[t]).unwrap();
+            slow_total += 1;
+        }
+    }
+    assert!(
+        fast_total >= 3 * slow_total,
+        "fast {fast_total} vs slow {slow_total}"
+    );
+}
+
+#[test]
+fn higher_priority_consumers_are_served_first() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut low = b.open_session(None).unwrap();
+    let mut high = b.open_session(None).unwrap();
+    sub(&mut low, 1, "queue://q", 100);
+    high.subscribe(SubscribeSpec {
+        subscription: 1,
+        destination: "queue://q".into(),
+        selector: String::new(),
+        prefetch: 3,
+        priority: 5,
+        durable_name: None,
+        no_local: false,
+    })
+    .unwrap();
+    for i in 0..5 {
+        send(&mut p, "queue://q", msg(&i.to_string()));
+    }
+    assert_eq!(
+        bodies(&drain(&high)),
+        vec!["0", "1", "2"],
+        "high fills its prefetch first"
+    );
+    assert_eq!(
+        bodies(&drain(&low)),
+        vec!["3", "4"],
+        "low gets the overflow"
+    );
+}
+
+#[test]
+fn message_priority_orders_pending_messages() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    for (body, prio) in [("low", 1), ("high", 9), ("mid", 4), ("high2", 9)] {
+        let mut m = msg(body);
+        m.priority = prio;
+        send(&mut p, "queue://q", m);
+    }
+    let mut c = b.open_session(None).unwrap();
+    sub(&mut c, 1, "queue://q", 100);
+    assert_eq!(bodies(&drain(&c)), vec!["high", "high2", "mid", "low"]);
+}
+
+#[test]
+fn unacked_messages_of_a_closed_consumer_are_redelivered_to_another() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut c1 = b.open_session(None).unwrap();
+    sub(&mut c1, 1, "queue://q", 10);
+    for i in 0..3 {
+        send(&mut p, "queue://q", msg(&i.to_string()));
+    }
+    let first = drain(&c1);
+    assert_eq!(first.len(), 3);
+    c1.ack(1, 0, &[first[0].tag]).unwrap();
+    drop(c1);
+    let mut c2 = b.open_session(None).unwrap();
+    sub(&mut c2, 7, "queue://q", 10);
+    let again = drain(&c2);
+    assert_eq!(bodies(&again), vec!["1", "2"]);
+    assert!(again
+        .iter()
+        .all(|d| d.redelivery_count == 1 && d.subscription == 7));
+    assert_eq!(b.queue_depth("queue://q"), Some(2));
+}
+
+#[test]
+fn cumulative_ack_acknowledges_everything_up_to_the_tag() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut c = b.open_session(None).unwrap();
+    sub(&mut c, 1, "queue://q", 100);
+    for i in 0..5 {
+        send(&mut p, "queue://q", msg(&i.to_string()));
+    }
+    let d = drain(&c);
+    let out = c.ack(1, d[3].tag, &[]).unwrap();
+    assert_eq!(out.acked, 4);
+    assert_eq!(b.queue_depth("queue://q"), Some(1));
+    assert_eq!(
+        c.ack(1, 0, &[d[0].tag]),
+        Err(BrokerError::UnknownDelivery {
+            subscription: 1,
+            unknown: 1
+        }),
+        "acking twice is reported"
+    );
+}
+
+#[test]
+fn a_message_goes_to_the_dlq_after_max_redeliveries() {
+    let b = broker_with(|s| s.defaults.max_redeliveries = 2);
+    let mut p = b.open_session(None).unwrap();
+    let mut c = b.open_session(None).unwrap();
+    sub(&mut c, 1, "queue://orders", 10);
+    send(&mut p, "queue://orders", msg("poison"));
+    let mut deliveries = 0;
+    loop {
+        let d = drain(&c);
+        if d.is_empty() {
+            break;
+        }
+        assert_eq!(d[0].redelivery_count, deliveries);
+        deliveries += 1;
+        c.nack(1, &[d[0].tag]).unwrap();
+    }
+    assert_eq!(
+        deliveries, 3,
+        "one delivery + max_redeliveries redeliveries"
+    );
+    assert_eq!(b.queue_depth("queue://orders"), Some(0));
+    let mut dlq = b.open_session(None).unwrap();
+    sub(&mut dlq, 1, "queue://DLQ.orders", 10);
+    let d = drain(&dlq);
+    assert_eq!(bodies(&d), vec!["poison"]);
+    let h = &d[0].message.headers;
+    assert!(h.contains(&(
+        "meshmq.original_destination".into(),
+        "queue://orders".into()
+    )));
+    let stats = b.destination_stats();
+    let orders = stats
+        .iter()
+        .find(|s| s.destination == "queue://orders")
+        .unwrap();
+    assert_eq!(orders.dead_lettered, 1);
+}
+
+#[test]
+fn expired_messages_are_not_delivered_and_persistent_ones_are_dead_lettered() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut gone = msg("gone");
+    gone.expires_at_ms = 1;
+    let mut kept = msg("kept");
+    kept.expires_at_ms = now_ms() + 60_000;
+    let mut dead = msg("dead");
+    dead.expires_at_ms = 1;
+    dead.persistent = true;
+    for m in [gone, kept, dead] {
+        send(&mut p, "queue://q", m);
+    }
+    b.sweep_expired();
+    let mut c = b.open_session(None).unwrap();
+    sub(&mut c, 1, "queue://q", 10);
+    assert_eq!(bodies(&drain(&c)), vec!["kept"]);
+    let s = b.destination_stats();
+    let q = s.iter().find(|s| s.destination == "queue://q").unwrap();
+    assert_eq!(q.expired, 2);
+    assert_eq!(b.queue_depth("queue://DLQ.q"), Some(1));
+}
+
+#[test]
+fn topic_subscribers_each_get_every_message_and_wildcards_match() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut exact = b.open_session(None).unwrap();
+    let mut star = b.open_session(None).unwrap();
+    let mut rest = b.open_session(None).unwrap();
+    sub(&mut exact, 1, "topic://prices.eu.fx", 100);
+    sub(&mut star, 1, "topic://prices.*.fx", 100);
+    sub(&mut rest, 1, "topic://prices.>", 100);
+    send(&mut p, "topic://prices.eu.fx", msg("a"));
+    send(&mut p, "topic://prices.us.fx", msg("b"));
+    send(&mut p, "topic://prices.us.bonds.long", msg("c"));
+    send(&mut p, "topic://other", msg("d"));
+    assert_eq!(bodies(&drain(&exact)), vec!["a"]);
+    assert_eq!(bodies(&drain(&star)), vec!["a", "b"]);
+    assert_eq!(bodies(&drain(&rest)), vec!["a", "b", "c"]);
+}
+
+#[test]
+fn a_wildcard_subscription_sees_topics_created_later_once() {
+    let b = broker();
+    let mut s = b.open_session(None).unwrap();
+    sub(&mut s, 1, "topic://a.>", 100);
+    sub(&mut s, 2, "topic://a.*", 100);
+    let mut p = b.open_session(None).unwrap();
+    send(&mut p, "topic://a.new", msg("x"));
+    let d = drain(&s);
+    let mut subs: Vec<u64> = d.iter().map(|d| d.subscription).collect();
+    subs.sort();
+    assert_eq!(subs, vec![1, 2], "each subscription once");
+    s.unsubscribe(1, false).unwrap();
+    send(&mut p, "topic://a.new", msg("y"));
+    assert_eq!(drain(&s).len(), 1);
+}
+
+#[test]
+fn a_stalled_topic_subscriber_loses_its_oldest_and_never_blocks_others() {
+    let b = broker_with(|s| s.defaults.topic_pending_limit = 5);
+    let mut p = b.open_session(None).unwrap();
+    let mut stalled = b.open_session(None).unwrap();
+    let mut live = b.open_session(None).unwrap();
+    sub(&mut stalled, 1, "topic://t", 2);
+    sub(&mut live, 1, "topic://t", 1000);
+    for i in 0..100 {
+        send(&mut p, "topic://t", msg(&i.to_string()));
+    }
+    assert_eq!(
+        drain(&live).len(),
+        100,
+        "the live subscriber gets everything"
+    );
+    let first = drain(&stalled);
+    assert_eq!(bodies(&first), vec!["0", "1"], "its prefetch");
+    stalled.ack(1, first[1].tag, &[]).unwrap();
+    assert_eq!(
+        bodies(&drain(&stalled)),
+        vec!["95", "96"],
+        "it kept only its newest five"
+    );
+    let t = b
+        .destination_stats()
+        .into_iter()
+        .find(|s| s.destination == "topic://t")
+        .unwrap();
+    assert_eq!(t.dropped, 93);
+}
+
+#[test]
+fn a_durable_subscription_keeps_messages_while_offline() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let durable = |id| SubscribeSpec {
+        subscription: id,
+        destination: "topic://news".into(),
+        selector: String::new(),
+        prefetch: 100,
+        priority: 0,
+        durable_name: Some("reader".into()),
+        no_local: false,
+    };
+    let mut c = b.open_session(Some("client-1".into())).unwrap();
+    c.subscribe(durable(1)).unwrap();
+    send(&mut p, "topic://news", msg("1"));
+    let d = drain(&c);
+    assert_eq!(bodies(&d), vec!["1"]);
+    drop(c);
+    send(&mut p, "topic://news", msg("2"));
+    send(&mut p, "topic://news", msg("3"));
+    assert_eq!(
+        b.open_session(None).unwrap().subscribe(SubscribeSpec {
+            durable_name: Some("x".into()),
+            ..durable(1)
+        }),
+        Err(BrokerError::DurableNeedsClientId)
+    );
+    let mut c = b.open_session(Some("client-1".into())).unwrap();
+    assert_eq!(
+        b.open_session(Some("client-1".into())).unwrap_err(),
+        BrokerError::ClientIdInUse("client-1".into())
+    );
+    c.subscribe(durable(9)).unwrap();
+    let d = drain(&c);
+    assert_eq!(
+        bodies(&d),
+        vec!["1", "2", "3"],
+        "the unacked one comes back first"
+    );
+    assert_eq!(d[0].redelivery_count, 1);
+    c.unsubscribe(9, true).unwrap();
+    assert_eq!(b.durable_subscriptions(), 0);
+}
+
+#[test]
+fn temporary_queues_belong_to_their_connection_and_die_with_it() {
+    let b = broker();
+    let mut owner = b.open_session(None).unwrap();
+    let name = format!("temp-queue://{}.1", owner.connection_id());
+    sub(&mut owner, 1, &name, 10);
+    let mut other = b.open_session(None).unwrap();
+    assert!(matches!(
+        other.subscribe(SubscribeSpec {
+            subscription: 1,
+            destination: name.clone(),
+            selector: String::new(),
+            prefetch: 0,
+            priority: 0,
+            durable_name: None,
+            no_local: false,
+        }),
+        Err(BrokerError::NotOwner(_))
+    ));
+    send(&mut other, &name, msg("reply"));
+    assert_eq!(bodies(&drain(&owner)), vec!["reply"]);
+    drop(owner);
+    assert!(matches!(other.target(&name), Err(BrokerError::NotFound(_))));
+    assert!(matches!(
+        other.target("temp-queue://never.made"),
+        Err(BrokerError::NotFound(_))
+    ));
+}
+
+#[test]
+fn memory_limits_refuse_room_until_consumers_make_it() {
+    let b = broker_with(|s| {
+        s.policies.push((
+            DestinationPattern::parse("queue://small").unwrap(),
+            DestinationLimits {
+                memory_limit: Some(4096),
+                ..DestinationLimits::default()
+            },
+        ))
+    });
+    let mut p = b.open_session(None).unwrap();
+    let t = p.target("queue://small").unwrap();
+    let mut sent = 0;
+    while p.has_room(&t) {
+        p.publish(&t, msg(&"x".repeat(500))).unwrap();
+        sent += 1;
+    }
+    assert!(
+        (4..=6).contains(&sent),
+        "about 4 KiB of 750-byte messages: {sent}"
+    );
+    let other = p.target("queue://other").unwrap();
+    assert!(p.has_room(&other), "only the full destination is refused");
+    let mut c = b.open_session(None).unwrap();
+    sub(&mut c, 1, "queue://small", 100);
+    let d = drain(&c);
+    assert!(!p.has_room(&t), "delivered but unacked still holds memory");
+    let last = d.last().unwrap().tag;
+    drop(d);
+    c.ack(1, last, &[]).unwrap();
+    assert!(p.has_room(&t));
+    assert_eq!(b.memory().used(), 0);
+}
+
+#[test]
+fn no_local_subscriptions_skip_their_own_messages() {
+    let b = broker();
+    let mut s = b.open_session(None).unwrap();
+    s.subscribe(SubscribeSpec {
+        subscription: 1,
+        destination: "topic://chat".into(),
+        selector: String::new(),
+        prefetch: 10,
+        priority: 0,
+        durable_name: None,
+        no_local: true,
+    })
+    .unwrap();
+    send(&mut s, "topic://chat", msg("mine"));
+    let mut other = b.open_session(None).unwrap();
+    send(&mut other, "topic://chat", msg("theirs"));
+    assert_eq!(bodies(&drain(&s)), vec!["theirs"]);
+}
+
+#[test]
+fn refusals_are_typed() {
+    let b = broker_with(|s| s.max_subscriptions_per_connection = 1);
+    let mut s = b.open_session(None).unwrap();
+    sub(&mut s, 1, "queue://a", 1);
+    let spec = |id: u64, dest: &str| SubscribeSpec {
+        subscription: id,
+        destination: dest.into(),
+        selector: String::new(),
+        prefetch: 0,
+        priority: 0,
+        durable_name: None,
+        no_local: false,
+    };
+    assert_eq!(
+        s.subscribe(spec(1, "queue://b")),
+        Err(BrokerError::SubscriptionExists(1))
+    );
+    assert_eq!(
+        s.subscribe(spec(2, "queue://b")),
+        Err(BrokerError::TooManySubscriptions(1))
+    );
+    s.unsubscribe(1, false).unwrap();
+    assert_eq!(
+        s.subscribe(spec(2, "queue://a.*")),
+        Err(BrokerError::WildcardQueue("queue://a.*".into()))
+    );
+    assert!(matches!(
+        s.subscribe(spec(2, "nonsense")),
+        Err(BrokerError::Destination(_))
+    ));
+    assert_eq!(
+        s.unsubscribe(5, false),
+        Err(BrokerError::NoSuchSubscription(5))
+    );
+    let t = s.target("queue://a").unwrap();
+    let mut m = msg("x");
+    m.priority = 10;
+    assert_eq!(s.publish(&t, m), Err(BrokerError::BadPriority(10)));
+}

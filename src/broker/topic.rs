@@ -1,0 +1,311 @@
+//! Topics and their subscriptions.
+//!
+//! A topic holds no messages itself: publishing offers the (shared) message to each attached
+//! subscription, which is a private queue of one consumer. A subscription with credit gets the
+//! message straight into its connection's outbox; otherwise it waits in the subscription's
+//! pending list. A non-durable subscription's pending list is capped at `topic_pending_limit`
+//! and loses its oldest message when full (counted as dropped), so a stalled subscriber never
+//! slows the producer or the other subscribers. A durable subscription keeps everything while
+//! its consumer is away; memory limits bound it. A wildcard subscription is attached to every
+//! topic its pattern matches, each message reaching it once (it is published on one topic).
+//! Lock order: a topic's subscription list, then a subscription's state, then an outbox.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::destination::{Destination, DestinationPattern};
+use super::inflight::Inflight;
+use super::message::{Delivery, Entry, Message};
+use super::outbox::Outbox;
+use super::queue::{AckOutcome, DeadReason};
+use super::stats::DestinationCounters;
+use super::{now_ms, DeadLetters, DestinationLimits};
+
+#[derive(Debug)]
+pub struct Topic {
+    pub(crate) dest: Destination,
+    pub(crate) limits: DestinationLimits,
+    pub(crate) counters: Arc<DestinationCounters>,
+    pub(crate) owner: u64,
+    deleted: AtomicBool,
+    subs: RwLock<Vec<Arc<TopicSub>>>,
+}
+
+impl Topic {
+    pub(crate) fn new(dest: Destination, limits: DestinationLimits, owner: u64) -> Topic {
+        let counters = Arc::new(DestinationCounters::new(dest.clone(), limits.memory_limit));
+        Topic {
+            dest,
+            limits,
+            counters,
+            owner,
+            deleted: AtomicBool::new(false),
+            subs: RwLock::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn publish(&self, msg: Arc<Message>, dead: &mut DeadLetters) {
+        DestinationCounters::add(&self.counters.enqueued, 1);
+        let subs = self.subs.read();
+        for sub in subs.iter() {
+            sub.offer(&msg, &self.counters, dead);
+        }
+    }
+
+    pub(crate) fn attach(&self, sub: &Arc<TopicSub>) {
+        let mut subs = self.subs.write();
+        if !subs.iter().any(|s| s.id == sub.id) {
+            subs.push(sub.clone());
+            DestinationCounters::add(&self.counters.consumers, 1);
+        }
+    }
+
+    pub(crate) fn detach(&self, sub_id: u64) {
+        let mut subs = self.subs.write();
+        if let Some(i) = subs.iter().position(|s| s.id == sub_id) {
+            subs.swap_remove(i);
+            self.counters.consumers.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn subscriptions(&self) -> Vec<Arc<TopicSub>> {
+        self.subs.read().clone()
+    }
+
+    pub(crate) fn delete(&self) -> Vec<Arc<TopicSub>> {
+        self.deleted.store(true, Ordering::Release);
+        std::mem::take(&mut *self.subs.write())
+    }
+}
+
+/// The consumer currently attached to a subscription.
+#[derive(Debug)]
+struct Attached {
+    outbox: Arc<Outbox>,
+    subscription: u64,
+    prefetch: usize,
+    connection: u64,
+}
+
+#[derive(Debug, Default)]
+struct SubState {
+    attached: Option<Attached>,
+    pending: VecDeque<Entry>,
+    inflight: Inflight,
+    next_seq: u64,
+}
+
+#[derive(Debug)]
+pub struct TopicSub {
+    pub(crate) id: u64,
+    pub(crate) pattern: DestinationPattern,
+    /// (client id, subscription name) of a durable subscription.
+    pub(crate) durable: Option<(String, String)>,
+    no_local: bool,
+    /// 0 = unbounded (durable subscriptions).
+    pending_limit: usize,
+    max_redeliveries: u32,
+    state: Mutex<SubState>,
+}
+
+impl TopicSub {
+    pub(crate) fn new(
+        id: u64,
+        pattern: DestinationPattern,
+        durable: Option<(String, String)>,
+        no_local: bool,
+        limits: &DestinationLimits,
+    ) -> TopicSub {
+        TopicSub {
+            id,
+            pending_limit: if durable.is_some() {
+                0
+            } else {
+                limits.topic_pending_limit
+            },
+            max_redeliveries: limits.max_redeliveries,
+            pattern,
+            durable,
+            no_local,
+            state: Mutex::new(SubState::default()),
+        }
+    }
+
+    fn offer(&self, msg: &Arc<Message>, counters: &DestinationCounters, dead: &mut DeadLetters) {
+        let mut st = self.state.lock();
+        if self.no_local {
+            if let Some(a) = &st.attached {
+                if msg.origin != 0 && a.connection == msg.origin {
+                    return;
+                }
+            }
+        }
+        st.next_seq += 1;
+        let entry = Entry {
+            msg: msg.clone(),
+            seq: st.next_seq,
+            redeliveries: 0,
+        };
+        st.pending.push_back(entry);
+        DestinationCounters::add(&counters.pending, 1);
+        if self.pending_limit > 0 && st.pending.len() > self.pending_limit {
+            if let Some(old) = st.pending.pop_front() {
+                old.msg.counters().pending.fetch_sub(1, Ordering::Relaxed);
+                DestinationCounters::add(&old.msg.counters().dropped, 1);
+            }
+        }
+        self.pump(&mut st, dead);
+    }
+
+    /// Moves pending messages to the attached consumer while it has credit.
+    fn pump(&self, st: &mut SubState, dead: &mut DeadLetters) {
+        let Some(attached) = &st.attached else { return };
+        let mut now: Option<u64> = None;
+        while st.inflight.len() < attached.prefetch {
+            let Some(entry) = st.pending.pop_front() else {
+                break;
+            };
+            let counters = entry.msg.counters().clone();
+            counters.pending.fetch_sub(1, Ordering::Relaxed);
+            if entry.msg.expires_at_ms != 0 && entry.msg.is_expired(*now.get_or_insert_with(now_ms))
+            {
+                DestinationCounters::add(&counters.expired, 1);
+                if entry.msg.persistent {
+                    DestinationCounters::add(&counters.dead_lettered, 1);
+                    dead.push(entry, DeadReason::Expired);
+                }
+                continue;
+            }
+            DestinationCounters::add(&counters.inflight, 1);
+            let message = entry.msg.clone();
+            let redelivery_count = entry.redeliveries;
+            let tag = st.inflight.push(entry);
+            attached.outbox.push(Delivery {
+                subscription: attached.subscription,
+                tag,
+                redelivery_count,
+                message,
+            });
+        }
+    }
+
+    /// Attaches a consumer (a new subscription, or a durable one coming back).
+    pub(crate) fn attach_consumer(
+        &self,
+        outbox: Arc<Outbox>,
+        subscription: u64,
+        prefetch: u32,
+        connection: u64,
+        dead: &mut DeadLetters,
+    ) -> bool {
+        let mut st = self.state.lock();
+        if st.attached.is_some() {
+            return false;
+        }
+        st.attached = Some(Attached {
+            outbox,
+            subscription,
+            prefetch: prefetch.max(1) as usize,
+            connection,
+        });
+        self.pump(&mut st, dead);
+        true
+    }
+
+    /// Detaches the consumer; its unacknowledged deliveries return to pending (redelivered).
+    pub(crate) fn detach_consumer(&self, dead: &mut DeadLetters) {
+        let mut st = self.state.lock();
+        st.attached = None;
+        let returned: Vec<Entry> = st.inflight.drain().collect();
+        self.requeue(&mut st, returned, dead);
+    }
+
+    pub(crate) fn is_active(&self) -> bool {
+        self.state.lock().attached.is_some()
+    }
+
+    fn requeue(&self, st: &mut SubState, mut entries: Vec<Entry>, dead: &mut DeadLetters) {
+        entries.sort_by_key(|e| std::cmp::Reverse(e.seq));
+        for mut e in entries {
+            let counters = e.msg.counters().clone();
+            counters.inflight.fetch_sub(1, Ordering::Relaxed);
+            e.redeliveries += 1;
+            DestinationCounters::add(&counters.redelivered, 1);
+            if e.redeliveries > self.max_redeliveries {
+                DestinationCounters::add(&counters.dead_lettered, 1);
+                dead.push(e, DeadReason::RedeliveryLimit);
+            } else {
+                DestinationCounters::add(&counters.pending, 1);
+                st.pending.push_front(e);
+            }
+        }
+    }
+
+    pub(crate) fn ack(&self, up_to: u64, tags: &[u64], dead: &mut DeadLetters) -> AckOutcome {
+        let mut st = self.state.lock();
+        let mut acked = 0;
+        let unknown = st.inflight.remove(up_to, tags, |e| {
+            let c = e.msg.counters();
+            c.inflight.fetch_sub(1, Ordering::Relaxed);
+            DestinationCounters::add(&c.dequeued, 1);
+            acked += 1;
+        });
+        self.pump(&mut st, dead);
+        AckOutcome { acked, unknown }
+    }
+
+    pub(crate) fn nack(&self, tags: &[u64], dead: &mut DeadLetters) -> AckOutcome {
+        let mut st = self.state.lock();
+        let mut returned = Vec::new();
+        let unknown = st.inflight.remove(0, tags, |e| returned.push(e));
+        let acked = returned.len();
+        self.requeue(&mut st, returned, dead);
+        self.pump(&mut st, dead);
+        AckOutcome { acked, unknown }
+    }
+
+    /// Forgets every message held (the subscription is being removed).
+    pub(crate) fn clear(&self) {
+        let mut st = self.state.lock();
+        st.attached = None;
+        for e in st.pending.drain(..) {
+            e.msg.counters().pending.fetch_sub(1, Ordering::Relaxed);
+        }
+        for e in st.inflight.drain() {
+            e.msg.counters().inflight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn sweep_expired(&self, now: u64, dead: &mut DeadLetters) {
+        let mut st = self.state.lock();
+        if !st.pending.iter().any(|e| e.msg.is_expired(now)) {
+            return;
+        }
+        let mut kept = VecDeque::with_capacity(st.pending.len());
+        for e in st.pending.drain(..) {
+            if e.msg.is_expired(now) {
+                let c = e.msg.counters().clone();
+                c.pending.fetch_sub(1, Ordering::Relaxed);
+                DestinationCounters::add(&c.expired, 1);
+                if e.msg.persistent {
+                    DestinationCounters::add(&c.dead_lettered, 1);
+                    dead.push(e, DeadReason::Expired);
+                }
+            } else {
+                kept.push_back(e);
+            }
+        }
+        st.pending = kept;
+    }
+
+    pub(crate) fn pending_len(&self) -> usize {
+        self.state.lock().pending.len()
+    }
+}
