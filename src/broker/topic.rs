@@ -304,8 +304,4 @@ impl TopicSub {
         }
         st.pending = kept;
     }
-
-    pub(crate) fn pending_len(&self) -> usize {
-        self.state.lock().pending.len()
-    }
 }

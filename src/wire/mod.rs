@@ -27,6 +27,8 @@ pub const LENGTH_PREFIX: usize = 4;
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 100 * 1024 * 1024;
 
 /// What `decode` found at the front of the buffer.
+// Not boxed: a frame is moved once, and boxing would cost an allocation per frame.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
 pub enum Decoded {
     /// One whole frame, removed from the buffer.
@@ -78,6 +80,31 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
 /// Wraps a body into a `Frame`.
 pub fn frame(body: Body) -> Frame {
     Frame { body: Some(body) }
+}
+
+/// The frame's kind, for messages ("Send", "an empty frame", ...).
+pub fn frame_name(f: &Frame) -> &'static str {
+    match &f.body {
+        None => "an empty frame",
+        Some(Body::Connect(_)) => "Connect",
+        Some(Body::Connected(_)) => "Connected",
+        Some(Body::Send(_)) => "Send",
+        Some(Body::Subscribe(_)) => "Subscribe",
+        Some(Body::Deliver(_)) => "Deliver",
+        Some(Body::Ack(_)) => "Ack",
+        Some(Body::Nack(_)) => "Nack",
+        Some(Body::Unsubscribe(_)) => "Unsubscribe",
+        Some(Body::Receipt(_)) => "Receipt",
+        Some(Body::Error(_)) => "Error",
+        Some(Body::Control(_)) => "ConnectionControl",
+        Some(Body::Heartbeat(_)) => "Heartbeat",
+        Some(Body::Disconnect(_)) => "Disconnect",
+        Some(Body::BrokerInfo(_)) => "BrokerInfo",
+        Some(Body::DemandAdd(_)) => "DemandAdd",
+        Some(Body::DemandRemove(_)) => "DemandRemove",
+        Some(Body::Forward(_)) => "Forward",
+        Some(Body::ForwardAck(_)) => "ForwardAck",
+    }
 }
 
 // ---- allocation-free encoders for the hot frames -------------------------------------------
@@ -393,7 +420,7 @@ mod tests {
                 receipt: 3,
                 fatal: true,
             })),
-            frame(Body::Heartbeat(Heartbeat {})),
+            frame(Body::Heartbeat(Heartbeat { receipt: 5 })),
             frame(Body::Disconnect(Disconnect {
                 receipt: 1,
                 reason: "bye".into(),

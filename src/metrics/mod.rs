@@ -1,0 +1,279 @@
+//! Every Prometheus metric meshmq exports: names, help texts, the exporter, and the
+//! scrape-time collectors.
+//!
+//! Owns: metric names (all `meshmq_*`, only here), their descriptions, the recorder install and
+//! `/metrics` rendering. Must not touch: broker internals beyond the read-only stats they
+//! publish. Invariants: every metric is described before use (so `promtool check metrics` finds
+//! HELP for each); histograms have explicit buckets (so they render as histograms); per-
+//! destination series are collected at scrape time from the broker's counters — the message
+//! path never touches a labelled metric — and at most `max_destinations` destinations get their
+//! own label, the rest being summed under `destination="_other"`.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::broker::DestinationStats;
+
+pub const CONNECTIONS: &str = "meshmq_connections";
+pub const CONNECTIONS_ACCEPTED: &str = "meshmq_connections_accepted_total";
+pub const CONNECTIONS_REFUSED: &str = "meshmq_connections_refused_total";
+pub const BAD_FRAMES: &str = "meshmq_bad_frames_total";
+pub const MESSAGES_RECEIVED: &str = "meshmq_messages_received_total";
+pub const MESSAGES_DELIVERED: &str = "meshmq_messages_delivered_total";
+pub const SENDS_REFUSED: &str = "meshmq_sends_refused_total";
+pub const PRODUCER_BLOCKS: &str = "meshmq_producer_flow_control_waits_total";
+pub const MEMORY_USED: &str = "meshmq_memory_used_bytes";
+pub const MEMORY_LIMIT: &str = "meshmq_memory_limit_bytes";
+pub const DEST_DEPTH: &str = "meshmq_destination_depth";
+pub const DEST_INFLIGHT: &str = "meshmq_destination_inflight";
+pub const DEST_CONSUMERS: &str = "meshmq_destination_consumers";
+pub const DEST_MEMORY: &str = "meshmq_destination_memory_bytes";
+pub const DEST_ENQUEUED: &str = "meshmq_destination_enqueued_total";
+pub const DEST_DEQUEUED: &str = "meshmq_destination_dequeued_total";
+pub const DEST_EXPIRED: &str = "meshmq_destination_expired_total";
+pub const DEST_DEAD_LETTERED: &str = "meshmq_destination_dead_lettered_total";
+pub const DEST_DROPPED: &str = "meshmq_destination_dropped_total";
+pub const DEST_REDELIVERED: &str = "meshmq_destination_redelivered_total";
+pub const DESTINATIONS: &str = "meshmq_destinations";
+pub const DISPATCH_BATCH: &str = "meshmq_connection_write_batch_messages";
+pub const UPTIME: &str = "meshmq_uptime_seconds";
+pub const UP: &str = "meshmq_up";
+pub const PROCESS_RSS: &str = "meshmq_process_resident_memory_bytes";
+pub const PROCESS_OPEN_FDS: &str = "meshmq_process_open_fds";
+pub const PROCESS_CPU: &str = "meshmq_process_cpu_seconds_total";
+
+/// The label under which destinations beyond `max_destinations` are summed.
+pub const OTHER_DESTINATIONS: &str = "_other";
+
+fn describe_all() {
+    describe_gauge!(
+        CONNECTIONS,
+        "Open client connections, by listener and protocol."
+    );
+    describe_counter!(
+        CONNECTIONS_ACCEPTED,
+        "Connections accepted, by listener and protocol."
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections refused, by listener and reason (max_connections, shutting_down, ...)."
+    );
+    describe_counter!(
+        BAD_FRAMES,
+        "Malformed or oversized frames; each closed its connection."
+    );
+    describe_counter!(MESSAGES_RECEIVED, "Messages accepted from producers.");
+    describe_counter!(
+        MESSAGES_DELIVERED,
+        "Deliveries written to consumer connections."
+    );
+    describe_counter!(
+        SENDS_REFUSED,
+        "Sends refused, by reason (full, invalid, not_found, ...)."
+    );
+    describe_counter!(
+        PRODUCER_BLOCKS,
+        "Sends that waited for memory room (producer flow control, on_full = block)."
+    );
+    describe_gauge!(
+        MEMORY_USED,
+        Unit::Bytes,
+        "Message memory in use, broker-wide."
+    );
+    describe_gauge!(
+        MEMORY_LIMIT,
+        Unit::Bytes,
+        "The broker-wide message memory limit."
+    );
+    describe_gauge!(
+        DEST_DEPTH,
+        "Messages held by a destination: pending plus in flight."
+    );
+    describe_gauge!(
+        DEST_INFLIGHT,
+        "Messages delivered and not yet acknowledged."
+    );
+    describe_gauge!(
+        DEST_CONSUMERS,
+        "Consumers (subscriptions) attached to a destination."
+    );
+    describe_gauge!(
+        DEST_MEMORY,
+        Unit::Bytes,
+        "Message memory charged to a destination."
+    );
+    describe_counter!(DEST_ENQUEUED, "Messages accepted onto a destination.");
+    describe_counter!(
+        DEST_DEQUEUED,
+        "Messages acknowledged by consumers of a destination."
+    );
+    describe_counter!(DEST_EXPIRED, "Messages that expired on a destination.");
+    describe_counter!(DEST_DEAD_LETTERED, "Messages moved to a destination's DLQ.");
+    describe_counter!(
+        DEST_DROPPED,
+        "Topic messages dropped for slow subscribers (topic_pending_limit)."
+    );
+    describe_counter!(DEST_REDELIVERED, "Deliveries returned for redelivery.");
+    describe_gauge!(DESTINATIONS, "Destinations on this broker.");
+    describe_histogram!(
+        DISPATCH_BATCH,
+        "Messages written to a connection per socket write (dispatch batching)."
+    );
+    describe_gauge!(UPTIME, Unit::Seconds, "Seconds since this member started.");
+    describe_gauge!(UP, "1 while this member runs.");
+    describe_gauge!(
+        PROCESS_RSS,
+        Unit::Bytes,
+        "Resident memory of the broker process."
+    );
+    describe_gauge!(
+        PROCESS_OPEN_FDS,
+        "Open file descriptors of the broker process."
+    );
+    describe_counter!(
+        PROCESS_CPU,
+        Unit::Seconds,
+        "CPU time used by the broker process."
+    );
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot install the Prometheus recorder: {0}")]
+pub struct MetricsError(String);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls return the first handle).
+pub fn install(group: &str, member: &str) -> Result<PrometheusHandle, MetricsError> {
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .add_global_label("group", group)
+        .add_global_label("member", member)
+        .set_buckets(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0])
+        .map_err(|e| MetricsError(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| MetricsError(e.to_string()))?;
+    describe_all();
+    gauge!(UP).set(1.0);
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// Publishes per-destination series: the `max` busiest by enqueued count get their own label,
+/// the rest are summed under `_other`.
+pub fn publish_destinations(mut stats: Vec<DestinationStats>, max: usize) {
+    gauge!(DESTINATIONS).set(stats.len() as f64);
+    stats.sort_by(|a, b| {
+        b.enqueued
+            .cmp(&a.enqueued)
+            .then_with(|| a.destination.cmp(&b.destination))
+    });
+    let rest = if stats.len() > max {
+        stats.split_off(max)
+    } else {
+        Vec::new()
+    };
+    for s in &stats {
+        publish_one(&s.destination, s);
+    }
+    if !rest.is_empty() {
+        let mut other = DestinationStats::default();
+        for s in &rest {
+            other.depth += s.depth;
+            other.inflight += s.inflight;
+            other.consumers += s.consumers;
+            other.memory_bytes += s.memory_bytes;
+            other.enqueued += s.enqueued;
+            other.dequeued += s.dequeued;
+            other.expired += s.expired;
+            other.dead_lettered += s.dead_lettered;
+            other.dropped += s.dropped;
+            other.redelivered += s.redelivered;
+        }
+        publish_one(OTHER_DESTINATIONS, &other);
+    }
+}
+
+fn publish_one(label: &str, s: &DestinationStats) {
+    let d = label.to_string();
+    gauge!(DEST_DEPTH, "destination" => d.clone()).set(s.depth as f64);
+    gauge!(DEST_INFLIGHT, "destination" => d.clone()).set(s.inflight as f64);
+    gauge!(DEST_CONSUMERS, "destination" => d.clone()).set(s.consumers as f64);
+    gauge!(DEST_MEMORY, "destination" => d.clone()).set(s.memory_bytes as f64);
+    metrics::counter!(DEST_ENQUEUED, "destination" => d.clone()).absolute(s.enqueued);
+    metrics::counter!(DEST_DEQUEUED, "destination" => d.clone()).absolute(s.dequeued);
+    metrics::counter!(DEST_EXPIRED, "destination" => d.clone()).absolute(s.expired);
+    metrics::counter!(DEST_DEAD_LETTERED, "destination" => d.clone()).absolute(s.dead_lettered);
+    metrics::counter!(DEST_DROPPED, "destination" => d.clone()).absolute(s.dropped);
+    metrics::counter!(DEST_REDELIVERED, "destination" => d).absolute(s.redelivered);
+}
+
+/// Publishes process-level gauges read from `/proc/self`.
+pub fn publish_process(started: Instant) {
+    gauge!(UPTIME).set(started.elapsed().as_secs_f64());
+    let p = process_usage();
+    gauge!(PROCESS_RSS).set(p.rss_bytes as f64);
+    gauge!(PROCESS_OPEN_FDS).set(p.open_fds as f64);
+    metrics::counter!(PROCESS_CPU).absolute(p.cpu_seconds as u64);
+}
+
+/// Resource use of this process.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ProcessUsage {
+    pub rss_bytes: u64,
+    pub open_fds: u64,
+    pub cpu_seconds: f64,
+}
+
+/// Reads this process's RSS, open descriptors and CPU time (zeros where /proc is unreadable).
+pub fn process_usage() -> ProcessUsage {
+    process_usage_of("self")
+}
+
+/// Reads RSS, open descriptors and CPU time of `pid` ("self" or a number) from /proc.
+pub fn process_usage_of(pid: &str) -> ProcessUsage {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    // SAFETY: as above.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let rss_bytes = std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|pages| pages * page)
+        .unwrap_or(0);
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
+    // Fields 14 and 15 (utime, stime) come after the parenthesised command name.
+    let cpu_seconds = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .unwrap_or(0.0);
+    ProcessUsage {
+        rss_bytes,
+        open_fds,
+        cpu_seconds,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_usage_reads_this_process() {
+        let p = process_usage();
+        assert!(p.rss_bytes > 0);
+        assert!(p.open_fds > 0);
+    }
+}

@@ -1,0 +1,132 @@
+//! The admin HTTP port: `/metrics`, `/status`, `/healthz`, `/readyz`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::DestinationStats;
+use crate::metrics as m;
+
+use super::MemberState;
+
+/// `/status`: one member's view of itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemberStatus {
+    pub mesh: String,
+    pub group: String,
+    pub member: String,
+    /// `master` when serving clients.
+    pub role: String,
+    pub epoch: u64,
+    pub ready: bool,
+    pub uptime_seconds: f64,
+    pub version: String,
+    pub connections: u64,
+    pub listeners: Vec<ListenerStatus>,
+    pub memory_used_bytes: u64,
+    pub memory_limit_bytes: u64,
+    pub process: ProcessStatus,
+    pub destinations: Vec<DestinationStats>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ListenerStatus {
+    pub url: String,
+    pub protocol: String,
+    /// The address actually bound (differs from the URL when it asked for port 0).
+    pub bound: String,
+    pub connections: u64,
+    pub max_connections: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ProcessStatus {
+    pub rss_bytes: u64,
+    pub open_fds: u64,
+    pub cpu_seconds: f64,
+}
+
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<MemberState>,
+    shutdown: CancellationToken,
+) {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "admin server failed");
+    }
+}
+
+async fn metrics(State(state): State<Arc<MemberState>>) -> impl IntoResponse {
+    m::publish_destinations(state.broker.destination_stats(), state.max_destinations);
+    m::publish_process(state.started);
+    metrics::gauge!(m::MEMORY_USED).set(state.broker.memory().used() as f64);
+    state.prometheus.run_upkeep();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.prometheus.render(),
+    )
+}
+
+pub(crate) fn member_status(state: &MemberState) -> MemberStatus {
+    let listeners: Vec<ListenerStatus> = state
+        .listeners
+        .iter()
+        .map(|(spec, bound, count)| ListenerStatus {
+            url: spec.url.clone(),
+            protocol: spec.protocol.as_str().to_string(),
+            bound: bound.to_string(),
+            connections: count.open() as u64,
+            max_connections: spec.max_connections as u64,
+        })
+        .collect();
+    let p = m::process_usage();
+    let ready = state.ready.load(Ordering::Acquire);
+    MemberStatus {
+        mesh: state.identity.mesh.clone(),
+        group: state.identity.group.clone(),
+        member: state.identity.member.clone(),
+        role: if ready { "master" } else { "starting" }.to_string(),
+        epoch: 0,
+        ready,
+        uptime_seconds: state.started.elapsed().as_secs_f64(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        connections: listeners.iter().map(|l| l.connections).sum(),
+        listeners,
+        memory_used_bytes: state.broker.memory().used(),
+        memory_limit_bytes: state.broker.memory().limit(),
+        process: ProcessStatus {
+            rss_bytes: p.rss_bytes,
+            open_fds: p.open_fds,
+            cpu_seconds: p.cpu_seconds,
+        },
+        destinations: state.broker.destination_stats(),
+    }
+}
+
+async fn status(State(state): State<Arc<MemberState>>) -> Json<MemberStatus> {
+    Json(member_status(&state))
+}
+
+async fn ready(State(state): State<Arc<MemberState>>) -> impl IntoResponse {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}

@@ -1,0 +1,363 @@
+//! One running member: its listeners, the connection tasks they spawn, the admin HTTP port,
+//! periodic broker chores, and graceful shutdown.
+//!
+//! Owns: the member's tasks and their lifetime. Must not touch: message semantics (the broker
+//! decides those) or socket details (transport owns those). Invariants: every listener is
+//! bound before any is served, so a member that cannot bind starts nothing; one cancellation
+//! token reaches every task; `wait` returns only when every task has ended or the shutdown
+//! timeout has passed, so the process exits promptly on SIGTERM.
+
+mod admin;
+pub(crate) mod native;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge, Counter, Gauge};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{Broker, BrokerError, BrokerSettings};
+use crate::metrics as m;
+use crate::transport::{ConnectionCount, Incoming, Listener, TransportError};
+
+/// Who this member is.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    pub mesh: String,
+    pub group: String,
+    pub member: String,
+}
+
+/// Per-connection protocol settings.
+#[derive(Debug, Clone)]
+pub struct ConnSettings {
+    /// How often the broker sends a heartbeat to an otherwise idle connection (0 = never).
+    pub heartbeat: Duration,
+    /// A connection that sends no Connect within this is closed.
+    pub connect_timeout: Duration,
+    pub max_frame_size: usize,
+}
+
+impl Default for ConnSettings {
+    fn default() -> Self {
+        ConnSettings {
+            heartbeat: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            max_frame_size: crate::wire::DEFAULT_MAX_FRAME_SIZE,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Native,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Native => "native",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    /// As written in the topology, e.g. `tcp://127.0.0.1:61616` (metric label and status).
+    pub url: String,
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+    pub max_connections: usize,
+}
+
+/// Everything needed to run one member.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub identity: Identity,
+    pub listeners: Vec<ListenerSpec>,
+    pub admin: SocketAddr,
+    pub broker: BrokerSettings,
+    pub conn: ConnSettings,
+    pub shutdown_timeout: Duration,
+    pub expiry_check_interval: Duration,
+    pub max_destinations: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("cannot serve the admin port {addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Metrics(#[from] m::MetricsError),
+}
+
+/// Metric handles of one listener, created once and shared by its connections.
+pub(crate) struct ListenerMetrics {
+    listener: String,
+    protocol: &'static str,
+    open: Gauge,
+    accepted: Counter,
+    bad_frames: Counter,
+    received: Counter,
+    delivered: Counter,
+    blocked: Counter,
+}
+
+impl ListenerMetrics {
+    fn new(listener: &str, protocol: Protocol) -> ListenerMetrics {
+        let l = listener.to_string();
+        let p = protocol.as_str();
+        ListenerMetrics {
+            listener: l.clone(),
+            protocol: p,
+            open: gauge!(m::CONNECTIONS, "listener" => l.clone(), "protocol" => p),
+            accepted: counter!(m::CONNECTIONS_ACCEPTED, "listener" => l.clone(), "protocol" => p),
+            bad_frames: counter!(m::BAD_FRAMES, "listener" => l.clone(), "protocol" => p),
+            received: counter!(m::MESSAGES_RECEIVED, "listener" => l.clone(), "protocol" => p),
+            delivered: counter!(m::MESSAGES_DELIVERED, "listener" => l.clone(), "protocol" => p),
+            blocked: counter!(m::PRODUCER_BLOCKS, "listener" => l, "protocol" => p),
+        }
+    }
+
+    fn connection_opened(&self) {
+        self.open.increment(1.0);
+        self.accepted.increment(1);
+    }
+
+    fn connection_closed(&self) {
+        self.open.decrement(1.0);
+    }
+
+    fn bad_frame(&self) {
+        self.bad_frames.increment(1);
+    }
+
+    fn received(&self) {
+        self.received.increment(1);
+    }
+
+    fn delivered(&self, n: u64) {
+        self.delivered.increment(n);
+    }
+
+    fn producer_blocked(&self) {
+        self.blocked.increment(1);
+    }
+
+    fn refused(&self, reason: &'static str) {
+        counter!(m::CONNECTIONS_REFUSED, "listener" => self.listener.clone(), "reason" => reason)
+            .increment(1);
+    }
+
+    fn send_refused(&self, e: &BrokerError) {
+        let reason = match e {
+            BrokerError::Full { .. } => "full",
+            BrokerError::NotFound(_) => "not_found",
+            BrokerError::NotOwner(_) => "forbidden",
+            _ => "invalid",
+        };
+        counter!(m::SENDS_REFUSED, "protocol" => self.protocol, "reason" => reason).increment(1);
+    }
+}
+
+/// What every connection of a listener shares.
+pub(crate) struct ConnCtx {
+    pub broker: Broker,
+    pub settings: ConnSettings,
+    pub identity: Arc<Identity>,
+    pub metrics: ListenerMetrics,
+}
+
+/// Shared with the admin endpoints.
+pub(crate) struct MemberState {
+    identity: Arc<Identity>,
+    broker: Broker,
+    started: Instant,
+    listeners: Vec<(ListenerSpec, SocketAddr, Arc<ConnectionCount>)>,
+    ready: AtomicBool,
+    max_destinations: usize,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+/// A started member.
+pub struct RunningServer {
+    /// Bound addresses, in the order of `ServerOptions::listeners`.
+    pub listen_addrs: Vec<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    shutdown_timeout: Duration,
+    broker: Broker,
+}
+
+impl RunningServer {
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Starts a graceful shutdown (idempotent).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits for every task to end after `shutdown`; gives up after the shutdown timeout.
+    /// Returns false when tasks were still running at the deadline.
+    pub async fn wait(self) -> bool {
+        self.shutdown.cancelled().await;
+        self.tracker.close();
+        tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+}
+
+/// Binds every listener and the admin port, then serves in the background.
+pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
+    let prometheus = m::install(&opts.identity.group, &opts.identity.member)?;
+    gauge!(m::MEMORY_LIMIT).set(opts.broker.memory_limit as f64);
+    let broker = Broker::new(opts.broker.clone());
+    let identity = Arc::new(opts.identity.clone());
+
+    let mut bound = Vec::new();
+    for spec in &opts.listeners {
+        let l = Listener::bind(spec.addr, spec.max_connections).await?;
+        let addr = l.local_addr().map_err(|source| TransportError::Bind {
+            addr: spec.addr,
+            source,
+        })?;
+        bound.push((spec.clone(), addr, l));
+    }
+    let admin_listener = tokio::net::TcpListener::bind(opts.admin)
+        .await
+        .map_err(|source| ServerError::Admin {
+            addr: opts.admin,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| ServerError::Admin {
+            addr: opts.admin,
+            source,
+        })?;
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let state = Arc::new(MemberState {
+        identity: identity.clone(),
+        broker: broker.clone(),
+        started: Instant::now(),
+        listeners: bound
+            .iter()
+            .map(|(spec, addr, l)| (spec.clone(), *addr, l.count()))
+            .collect(),
+        ready: AtomicBool::new(false),
+        max_destinations: opts.max_destinations,
+        prometheus,
+    });
+
+    let listen_addrs = bound.iter().map(|(_, a, _)| *a).collect();
+    for (spec, addr, listener) in bound {
+        let ctx = Arc::new(ConnCtx {
+            broker: broker.clone(),
+            settings: opts.conn.clone(),
+            identity: identity.clone(),
+            metrics: ListenerMetrics::new(&spec.url, spec.protocol),
+        });
+        tracing::info!(listener = %spec.url, %addr, "listening");
+        tracker.spawn(accept_loop(
+            listener,
+            spec,
+            ctx,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
+    tracker.spawn(admin::serve(
+        admin_listener,
+        state.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(chores(
+        broker.clone(),
+        opts.expiry_check_interval,
+        shutdown.clone(),
+    ));
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(admin = %admin_addr, member = %opts.identity.member, "member serving");
+
+    Ok(RunningServer {
+        listen_addrs,
+        admin_addr,
+        shutdown,
+        tracker,
+        shutdown_timeout: opts.shutdown_timeout,
+        broker,
+    })
+}
+
+async fn accept_loop(
+    listener: Listener,
+    spec: ListenerSpec,
+    ctx: Arc<ConnCtx>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let incoming = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.cancelled() => return,
+        };
+        match incoming {
+            Ok(Incoming::Admitted {
+                stream,
+                peer,
+                permit,
+            }) => {
+                tracker.spawn(native::serve(
+                    Box::new(stream),
+                    peer,
+                    ctx.clone(),
+                    shutdown.clone(),
+                    permit,
+                ));
+            }
+            Ok(Incoming::OverLimit { stream, peer }) => {
+                ctx.metrics.refused("max_connections");
+                tracing::debug!(%peer, listener = %spec.url, "refused: max_connections");
+                tracker.spawn(native::refuse_over_limit(
+                    Box::new(stream),
+                    spec.max_connections,
+                ));
+            }
+            Err(e) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                tracing::warn!(listener = %spec.url, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Periodic broker work: expiry sweeps.
+async fn chores(broker: Broker, expiry: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(expiry.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => broker.sweep_expired(),
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Sockets: TCP listeners and dialers, connection limits, and the per-connection I/O pump.
+//!
+//! Owns: every socket in meshmq (TLS and QUIC streams join here as further `Stream` kinds).
+//! Must not touch: frame meaning — it moves bytes between a socket and two buffers and tells
+//! its caller what happened. Invariants: a listener never holds more than `max_connections`
+//! admitted connections (one more is accepted only to be refused with a message and closed);
+//! the pump never blocks reading on writing or writing on reading, so a peer that does not read
+//! cannot stop us from reading its acks, and one that does not write cannot stop its deliveries.
+
+use std::future::poll_fn;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_util::io::poll_read_buf;
+
+/// Anything that carries a byte stream both ways.
+pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncStream for T {}
+
+pub type Stream = Box<dyn AsyncStream>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: SocketAddr, source: io::Error },
+    #[error("cannot bind the local address {addr} for an outgoing connection: {source}")]
+    LocalBind { addr: IpAddr, source: io::Error },
+}
+
+/// Read room a fresh connection reserves; it doubles each time a read fills it, up to
+/// `MAX_READ_CHUNK`, so busy connections read in large batches and idle ones stay small.
+const MIN_READ_CHUNK: usize = 512;
+const MAX_READ_CHUNK: usize = 64 * 1024;
+/// An idle connection gives back a buffer larger than this.
+const IDLE_BUFFER: usize = 64 * 1024;
+
+/// Counts a listener's admitted connections; a `Permit` gives its slot back on drop.
+#[derive(Debug, Default)]
+pub struct ConnectionCount {
+    open: AtomicUsize,
+}
+
+impl ConnectionCount {
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn try_admit(self: &Arc<Self>, max: usize) -> Option<Permit> {
+        let mut cur = self.open.load(Ordering::Relaxed);
+        loop {
+            if cur >= max {
+                return None;
+            }
+            match self
+                .open
+                .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(Permit(self.clone())),
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Permit(Arc<ConnectionCount>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A bound TCP listener with a connection limit.
+pub struct Listener {
+    listener: TcpListener,
+    max_connections: usize,
+    count: Arc<ConnectionCount>,
+}
+
+/// What `accept` produced.
+pub enum Incoming {
+    /// Within the limit: serve it; the permit holds its slot.
+    Admitted {
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: Permit,
+    },
+    /// Over the limit: tell the peer and close.
+    OverLimit { stream: TcpStream, peer: SocketAddr },
+}
+
+impl Listener {
+    pub async fn bind(
+        addr: SocketAddr,
+        max_connections: usize,
+    ) -> Result<Listener, TransportError> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(addr)?;
+            Ok(s)
+        })
+        .map_err(|source| TransportError::Bind { addr, source })?;
+        let listener = socket
+            .listen(4096)
+            .map_err(|source| TransportError::Bind { addr, source })?;
+        Ok(Listener {
+            listener,
+            max_connections,
+            count: Arc::new(ConnectionCount::default()),
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn count(&self) -> Arc<ConnectionCount> {
+        self.count.clone()
+    }
+
+    /// Waits for the next connection. Accept errors (e.g. out of file descriptors) are returned
+    /// so the caller can log them and back off; they do not end the listener.
+    pub async fn accept(&self) -> io::Result<Incoming> {
+        let (stream, peer) = self.listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok(match self.count.try_admit(self.max_connections) {
+            Some(permit) => Incoming::Admitted {
+                stream,
+                peer,
+                permit,
+            },
+            None => Incoming::OverLimit { stream, peer },
+        })
+    }
+}
+
+/// Dials `addr`, from `local` when given (a per-broker 127.0.0.x, or a chosen interface).
+pub async fn dial(addr: SocketAddr, local: Option<IpAddr>) -> Result<TcpStream, TransportError> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|source| TransportError::Connect { addr, source })?;
+    if let Some(ip) = local {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|source| TransportError::LocalBind { addr: ip, source })?;
+    }
+    let stream = socket
+        .connect(addr)
+        .await
+        .map_err(|source| TransportError::Connect { addr, source })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// What the pump saw.
+#[derive(Debug, PartialEq, Eq)]
+pub enum IoEvent {
+    /// New bytes are in the read buffer.
+    Read,
+    /// The write buffer drained; the caller may refill it.
+    Drained,
+    /// The caller's wake-up source is ready (e.g. an outbox has deliveries).
+    Wake,
+    /// The peer closed its side.
+    Closed,
+}
+
+/// A socket with its read and write buffers.
+pub struct Pump {
+    stream: Stream,
+    pub rbuf: BytesMut,
+    pub wbuf: BytesMut,
+    read_chunk: usize,
+}
+
+impl Pump {
+    pub fn new(stream: Stream) -> Pump {
+        Pump {
+            stream,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            read_chunk: MIN_READ_CHUNK,
+        }
+    }
+
+    /// Writes what it can, then waits for the first of: bytes to read (if `reading`), the write
+    /// buffer draining, or `wake` becoming ready (only polled while the write buffer is below
+    /// `refill_below`, since the caller could not take more anyway).
+    pub async fn next_event(
+        &mut self,
+        reading: bool,
+        refill_below: usize,
+        mut wake: impl FnMut(&mut Context<'_>) -> Poll<()>,
+    ) -> io::Result<IoEvent> {
+        poll_fn(|cx| {
+            if !self.wbuf.is_empty() {
+                loop {
+                    match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Ok(IoEvent::Closed)),
+                        Poll::Ready(Ok(n)) => {
+                            self.wbuf.advance(n);
+                            if self.wbuf.is_empty() {
+                                return Poll::Ready(Ok(IoEvent::Drained));
+                            }
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => break,
+                    }
+                }
+            }
+            if reading {
+                if self.rbuf.capacity() - self.rbuf.len() < self.read_chunk / 2 {
+                    self.rbuf.reserve(self.read_chunk);
+                }
+                let room = self.rbuf.capacity() - self.rbuf.len();
+                match poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(IoEvent::Closed)),
+                    Poll::Ready(Ok(n)) => {
+                        if n >= room {
+                            self.read_chunk = (self.read_chunk * 2).min(MAX_READ_CHUNK);
+                        }
+                        return Poll::Ready(Ok(IoEvent::Read));
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if self.wbuf.len() < refill_below && wake(cx).is_ready() {
+                return Poll::Ready(Ok(IoEvent::Wake));
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Gives back a large read buffer once it is empty (idle connections stay small).
+    pub fn shrink_idle(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_BUFFER {
+            self.rbuf = BytesMut::new();
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > IDLE_BUFFER {
+            self.wbuf = BytesMut::new();
+        }
+    }
+
+    /// Writes everything buffered and shuts the write side down.
+    pub async fn flush_and_close(&mut self) -> io::Result<()> {
+        while !self.wbuf.is_empty() {
+            let n = self.stream.write(&self.wbuf).await?;
+            if n == 0 {
+                break;
+            }
+            self.wbuf.advance(n);
+        }
+        self.stream.flush().await?;
+        self.stream.shutdown().await
+    }
+
+    pub fn into_stream(self) -> Stream {
+        self.stream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn a_listener_refuses_past_its_limit_and_frees_slots() {
+        let l = Listener::bind("127.0.0.1:0".parse().unwrap(), 1)
+            .await
+            .unwrap();
+        let addr = l.local_addr().unwrap();
+        let _c1 = dial(addr, None).await.unwrap();
+        let first = l.accept().await.unwrap();
+        assert!(matches!(first, Incoming::Admitted { .. }));
+        let _c2 = dial(addr, Some("127.0.0.1".parse().unwrap()))
+            .await
+            .unwrap();
+        assert!(matches!(
+            l.accept().await.unwrap(),
+            Incoming::OverLimit { .. }
+        ));
+        drop(first);
+        let _c3 = dial(addr, None).await.unwrap();
+        assert!(matches!(
+            l.accept().await.unwrap(),
+            Incoming::Admitted { .. }
+        ));
+        assert_eq!(l.count().open(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_pump_reads_while_the_peer_does_not_read() {
+        let l = Listener::bind("127.0.0.1:0".parse().unwrap(), 10)
+            .await
+            .unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut peer = dial(addr, None).await.unwrap();
+        let Incoming::Admitted { stream, .. } = l.accept().await.unwrap() else {
+            panic!("refused")
+        };
+        let mut pump = Pump::new(Box::new(stream));
+        // 64 MiB queued for a peer that never reads: the writes stall, reads must not.
+        pump.wbuf.extend_from_slice(&vec![7u8; 64 << 20]);
+        peer.write_all(b"ack").await.unwrap();
+        let ev = tokio::time::timeout(
+            Duration::from_secs(5),
+            pump.next_event(true, 0, |_| Poll::Pending),
+        )
+        .await
+        .expect("reading is not blocked by a full socket")
+        .unwrap();
+        assert_eq!(ev, IoEvent::Read);
+        assert_eq!(&pump.rbuf[..], b"ack");
+        let mut buf = vec![0u8; 1024];
+        assert!(peer.read(&mut buf).await.unwrap() > 0);
+    }
+}
