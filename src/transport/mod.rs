@@ -303,10 +303,8 @@ mod tests {
         ));
         drop(first);
         let _c3 = dial(addr, None).await.unwrap();
-        assert!(matches!(
-            l.accept().await.unwrap(),
-            Incoming::Admitted { .. }
-        ));
+        let third = l.accept().await.unwrap();
+        assert!(matches!(third, Incoming::Admitted { .. }));
         assert_eq!(l.count().open(), 1);
     }
 
