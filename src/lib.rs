@@ -1,2 +1,3 @@
 pub mod broker;
+pub mod config;
 pub mod wire;
