@@ -281,7 +281,8 @@ mod tests {
     #[test]
     fn refuses_malformed_destinations_with_a_reason() {
         use DestinationError::*;
-        let cases: &[(&str, fn(&DestinationError) -> bool)] = &[
+        type Check = fn(&DestinationError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("orders", |e| matches!(e, NoScheme(_))),
             ("fifo://a", |e| matches!(e, UnknownKind(..))),
             ("queue://", |e| matches!(e, Empty(_))),

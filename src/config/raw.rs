@@ -703,6 +703,103 @@ mod tests {
         );
     }
 
+    /// Every key path (without indices) in a parsed tree, tables included.
+    fn key_paths(
+        tree: &serde_json::Value,
+        prefix: &str,
+        out: &mut std::collections::BTreeSet<String>,
+    ) {
+        let Some(table) = tree.as_object() else {
+            return;
+        };
+        for (key, child) in table {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match child {
+                serde_json::Value::Object(_) => key_paths(child, &path, out),
+                serde_json::Value::Array(items) => {
+                    for item in items {
+                        key_paths(item, &path, out);
+                    }
+                }
+                _ => {}
+            }
+            out.insert(path);
+        }
+    }
+
+    /// The keys serde accepts in the table at `path`, read from its unknown-key refusal.
+    fn accepted_keys(path: &str) -> Vec<String> {
+        let mut text = String::new();
+        let mut at = String::new();
+        for part in path.split('.').filter(|p| !p.is_empty()) {
+            at = if at.is_empty() {
+                part.to_string()
+            } else {
+                format!("{at}.{part}")
+            };
+            match example(&at) {
+                Some(Example::Tables) => text.push_str(&format!("[[{at}]]\n")),
+                _ => text.push_str(&format!("[{at}]\n")),
+            }
+        }
+        text.push_str("zz_unknown = 1\n");
+        let fix = match read(&text, Path::new("t.toml")) {
+            Err(e) => e.fix,
+            Ok(_) => panic!("zz_unknown must be refused in {path:?}"),
+        };
+        let list = fix
+            .rsplit("valid keys here are: ")
+            .next()
+            .unwrap_or_default();
+        list.split(", ")
+            .map(|k| {
+                if path.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{path}.{k}")
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_reference_topology_sets_every_key_the_format_accepts() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/reference.toml");
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => panic!("{}: {e}", file.display()),
+        };
+        let parsed = config::Config::builder()
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize::<serde_json::Value>());
+        let tree = match parsed {
+            Ok(tree) => tree,
+            Err(e) => panic!("{e}"),
+        };
+        let mut in_reference = std::collections::BTreeSet::new();
+        key_paths(&tree, "", &mut in_reference);
+        let documented: Vec<String> = documented_keys();
+        assert_eq!(in_reference.into_iter().collect::<Vec<_>>(), documented);
+
+        let tables = documented
+            .iter()
+            .filter(|k| matches!(example(k), Some(Example::Table | Example::Tables)));
+        let mut accepted: Vec<String> = std::iter::once(String::new())
+            .chain(tables.cloned())
+            .flat_map(|t| accepted_keys(&t))
+            .collect();
+        accepted.sort();
+        assert_eq!(
+            accepted, documented,
+            "EXAMPLES must list exactly the keys the raw structs accept"
+        );
+    }
+
     #[test]
     fn edit_distance_counts_single_edits() {
         assert_eq!(edit_distance("admin", "admn"), 1);

@@ -321,22 +321,6 @@ impl Checker<'_> {
             return base.clone();
         };
         let key = |k: &str| format!("{at}.{k}");
-        let max_frame_size = self
-            .size(&key("max_frame_size"), raw.max_frame_size.as_deref(), Zero::Refused)
-            .and_then(|bytes| match u32::try_from(bytes) {
-                Ok(b) => Some(b),
-                Err(_) => {
-                    self.refuse(
-                        &key("max_frame_size"),
-                        format!(
-                            "is {:?}, but a frame's length is a 32-bit number, so at most 4294967295 bytes",
-                            raw.max_frame_size.as_deref().unwrap_or_default()
-                        ),
-                        "write at most \"4095MiB\", e.g. \"100MiB\"",
-                    );
-                    None
-                }
-            });
         BrokerPolicy {
             memory_limit: self
                 .size(
@@ -368,7 +352,9 @@ impl Checker<'_> {
             prefetch: self
                 .whole(&key("prefetch"), raw.prefetch, 1, U32_MAX)
                 .unwrap_or(base.prefetch),
-            max_frame_size: max_frame_size.unwrap_or(base.max_frame_size),
+            max_frame_size: self
+                .frame_size(&key("max_frame_size"), raw.max_frame_size.as_deref())
+                .unwrap_or(base.max_frame_size),
             heartbeat: self
                 .duration(&key("heartbeat"), raw.heartbeat.as_deref(), Zero::Allowed)
                 .unwrap_or(base.heartbeat),
@@ -402,6 +388,23 @@ impl Checker<'_> {
                 )
                 .unwrap_or(base.shutdown_timeout),
         }
+    }
+
+    /// A frame's length travels as a u32, so the limit must fit one.
+    fn frame_size(&mut self, key: &str, text: Option<&str>) -> Option<u32> {
+        let bytes = self.size(key, text, Zero::Refused)?;
+        let fits = u32::try_from(bytes).ok();
+        if fits.is_none() {
+            self.refuse(
+                key,
+                format!(
+                    "is {:?}, but a frame's length is a 32-bit number, so at most 4294967295 bytes",
+                    text.unwrap_or_default()
+                ),
+                "write at most \"4095MiB\", e.g. \"100MiB\"",
+            );
+        }
+        fits
     }
 
     fn policy(&mut self, at: &str, raw: &RawPolicy) -> Option<DestinationPolicy> {
@@ -481,10 +484,14 @@ impl Checker<'_> {
             raw.store_limit.as_deref(),
             Zero::Refused,
         );
-        if let Some(limit) = store_limit.filter(|l| *l < segment_size) {
+        if store_limit.is_some_and(|limit| limit < segment_size) {
             self.refuse(
                 "store.store_limit",
-                format!("is {limit} bytes, less than one segment ({segment_size} bytes)"),
+                format!(
+                    "is {:?}, less than one segment (segment_size {:?})",
+                    raw.store_limit.as_deref().unwrap_or_default(),
+                    raw.segment_size.as_deref().unwrap_or("64MiB")
+                ),
                 "make store_limit at least segment_size, or remove it for no limit",
             );
         }
@@ -809,6 +816,7 @@ impl Checker<'_> {
             let mut members = Vec::new();
             let mut all_members_ok = true;
             for (mi, m) in g.member.iter().enumerate() {
+                let name_unique = member_labels[member_index].is_some();
                 let label = member_labels[member_index]
                     .clone()
                     .unwrap_or_else(|| mi.to_string());
@@ -832,6 +840,7 @@ impl Checker<'_> {
                     at: &member_at,
                     index: member_index,
                     election,
+                    name_unique,
                     cluster_updates_on,
                 };
                 let member = self.member(&context, m, &mut addresses, &mut directories);
@@ -839,7 +848,12 @@ impl Checker<'_> {
                 members.extend(member);
                 member_index += 1;
             }
-            let group = self.group(&at, g, name, election, members, broker, &mut directories);
+            let parts = GroupParts {
+                name,
+                election,
+                members,
+            };
+            let group = self.group(&at, g, parts, broker, &mut directories);
             groups.push(group.filter(|_| all_members_ok));
         }
         self.address_clashes(&addresses);
@@ -847,17 +861,19 @@ impl Checker<'_> {
         groups
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn group(
         &mut self,
         at: &str,
         g: &RawGroup,
-        name: Option<GroupName>,
-        election: Election,
-        members: Vec<Member>,
+        parts: GroupParts,
         broker: &BrokerPolicy,
         directories: &mut Vec<Directory>,
     ) -> Option<Group> {
+        let GroupParts {
+            name,
+            election,
+            members,
+        } = parts;
         let key = |k: &str| format!("{at}.{k}");
         let count = g.member.len();
         if count == 0 {
@@ -997,10 +1013,11 @@ impl Checker<'_> {
         if let Some(addr) = admin {
             addresses.push((addr, claim(key("admin"))));
         }
+        // A duplicate name is refused already; its default data_dir would only repeat that.
         let data_dir_text = match (&raw.data_dir, &name) {
             (Some(dir), _) => Some(dir.clone()),
-            (None, Some(name)) => Some(format!("data/{name}")),
-            (None, None) => None,
+            (None, Some(name)) if context.name_unique => Some(format!("data/{name}")),
+            _ => None,
         };
         let data_dir = self.path(&key("data_dir"), data_dir_text.as_deref());
         if let (Some(dir), Some(text)) = (&data_dir, data_dir_text) {
@@ -1173,20 +1190,29 @@ impl Checker<'_> {
             }
             return ok.then_some(None);
         }
-        let cert = self.required(
-            &format!("{at}.tls_cert"),
-            raw.tls_cert.as_deref(),
-            &format!("a {scheme} listener needs its PEM certificate chain, e.g. tls_cert = \"certs/hub-1.pem\""),
-        );
-        let key = self.required(
-            &format!("{at}.tls_key"),
-            raw.tls_key.as_deref(),
-            &format!(
-                "a {scheme} listener needs its PEM private key, e.g. tls_key = \"certs/hub-1.key\""
+        let required = [
+            (
+                "tls_cert",
+                raw.tls_cert.as_deref(),
+                "set the PEM certificate chain file, e.g. tls_cert = \"certs/hub-1.pem\"",
             ),
-        );
-        let cert = self.path(&format!("{at}.tls_cert"), cert);
-        let key = self.path(&format!("{at}.tls_key"), key);
+            (
+                "tls_key",
+                raw.tls_key.as_deref(),
+                "set the PEM private key file, e.g. tls_key = \"certs/hub-1.key\"",
+            ),
+        ];
+        for (k, value, fix) in required {
+            if value.is_none() {
+                self.refuse(
+                    &format!("{at}.{k}"),
+                    format!("is required because the url's scheme is \"{scheme}\""),
+                    fix,
+                );
+            }
+        }
+        let cert = self.path(&format!("{at}.tls_cert"), raw.tls_cert.as_deref());
+        let key = self.path(&format!("{at}.tls_key"), raw.tls_key.as_deref());
         let client_ca = self.path(&format!("{at}.tls_client_ca"), raw.tls_client_ca.as_deref());
         if raw.tls_client_ca.is_some() && client_ca.is_none() {
             return None;
@@ -1373,13 +1399,14 @@ impl Checker<'_> {
         self.refuse(
             &format!("{at}.transport"),
             format!(
-                "is \"{transport}\"{}, but {} of group {} {} no {scheme} listener",
+                "is \"{transport}\"{}, but {} {} of group {} {} no {scheme} listener",
                 if c.transport.is_none() { " (the default)" } else { "" },
+                if missing.len() == 1 { "member" } else { "members" },
                 quoted_list(&missing),
                 target.name,
                 if missing.len() == 1 { "has" } else { "have" },
             ),
-            format!("add a {scheme}:// listener to every member of {}, or set transport to a scheme they all listen on", target.name),
+            format!("give every member of {} a listener with scheme {scheme}, or set transport to a scheme they all listen on", target.name),
         );
     }
 
@@ -1478,8 +1505,13 @@ impl Checker<'_> {
             self.refuse(
                 &key("reconnect_max_delay"),
                 format!(
-                    "is {}, shorter than reconnect_initial_delay ({})",
+                    "is {}{}, shorter than reconnect_initial_delay ({})",
                     humantime::format_duration(max),
+                    if c.reconnect_max_delay.is_none() {
+                        " (the default)"
+                    } else {
+                        ""
+                    },
                     humantime::format_duration(initial)
                 ),
                 "make reconnect_max_delay at least reconnect_initial_delay",
@@ -1562,12 +1594,21 @@ impl Checker<'_> {
     }
 }
 
+/// What `groups` reads before the group's own keys: its name, election and members.
+struct GroupParts {
+    name: Option<GroupName>,
+    election: Election,
+    members: Vec<Member>,
+}
+
 /// What a member's checks need to know about where it sits.
 struct MemberContext<'a> {
     at: &'a str,
     /// Position among all members of the mesh, in file order.
     index: usize,
     election: Election,
+    /// Whether no other member of the mesh has this member's name.
+    name_unique: bool,
     /// Whether any listener of the mesh sends cluster updates.
     cluster_updates_on: bool,
 }
@@ -1611,4 +1652,297 @@ fn check_password_hash(text: &str) -> Result<(), String> {
         return Err("has no salt or no hash part".to_string());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::broker::destination::Destination;
+    use crate::config::{parse_str, OnFull, SyncMode, Topology};
+
+    const BASE: &str = r#"
+[mesh]
+name = "demo"
+
+[[group]]
+name = "hub"
+
+[[group.member]]
+name = "hub-1"
+admin = "127.0.0.1:8161"
+
+[[group.member.listener]]
+url = "tcp://127.0.0.1:61616"
+"#;
+
+    const EDGE: &str = r#"
+[[group]]
+name = "edge"
+
+[[group.member]]
+name = "edge-1"
+admin = "127.0.0.1:8171"
+
+[[group.member.listener]]
+url = "tcp://127.0.0.1:61716"
+"#;
+
+    const HASH: &str =
+        "$argon2id$v=19$m=256,t=2,p=1$c29tZXNhbHQ$nf65EOgLrQMR/uIPnA4rEsF5h7TKyQwu9U1bMCHGi/4";
+
+    fn parse(text: &str) -> Topology {
+        match parse_str(text, Path::new("/etc/meshmq/t.toml")) {
+            Ok(t) => t,
+            Err(e) => panic!("must parse:\n{e}"),
+        }
+    }
+
+    /// The key paths of every error, in order.
+    fn refused_keys(text: &str) -> Vec<String> {
+        match parse_str(text, Path::new("t.toml")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.errors.into_iter().map(|e| e.key).collect(),
+        }
+    }
+
+    #[test]
+    fn broker_policy_resolves_group_over_top_level_over_defaults() {
+        let text = format!(
+            "[broker]\nprefetch = 50\nmemory_limit = \"2GiB\"\n{BASE}[group.broker]\nprefetch = 7\n{EDGE}"
+        );
+        let topo = parse(&text);
+        let (Some(hub), Some(edge)) = (topo.group("hub"), topo.group("edge")) else {
+            panic!("both groups exist");
+        };
+        assert_eq!(hub.broker.prefetch, 7, "group override");
+        assert_eq!(
+            hub.broker.memory_limit,
+            2 << 30,
+            "top level under the override"
+        );
+        assert_eq!(edge.broker.prefetch, 50, "top level");
+        assert_eq!(edge.broker.max_redeliveries, 6, "built-in default");
+        assert_eq!(topo.broker.heartbeat, std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn defaults_of_a_minimal_topology() {
+        let topo = parse(BASE);
+        let Some((hub, member)) = topo.member("hub-1") else {
+            panic!("hub-1 exists");
+        };
+        assert_eq!(hub.sync, SyncMode::LocalDisk);
+        assert_eq!(hub.replicas, 1);
+        assert_eq!(member.data_dir, Path::new("/etc/meshmq/data/hub-1"));
+        assert_eq!(member.weight, 1);
+        assert_eq!(member.listeners[0].max_connections, 10_000);
+        assert!(topo.security.allow_anonymous);
+        assert_eq!(topo.store.segment_size, 64 << 20);
+        assert_eq!(topo.metrics.max_destinations, 100);
+        assert!(topo.zookeeper.is_none());
+        assert!(topo.unsupported().is_empty());
+    }
+
+    #[test]
+    fn zookeeper_groups_default_to_quorum_mem_and_their_member_count() {
+        let text = r#"
+[mesh]
+name = "demo"
+[zookeeper]
+connect = "zk1:2181, 127.0.0.1:2182"
+[[group]]
+name = "hub"
+election = "zookeeper"
+[[group.member]]
+name = "hub-1"
+admin = "127.0.0.1:8161"
+replication = "127.0.0.1:61619"
+[[group.member.listener]]
+url = "tcp://127.0.0.1:61616"
+[[group.member]]
+name = "hub-2"
+admin = "127.0.0.1:8162"
+replication = "127.0.0.1:61629"
+[[group.member.listener]]
+url = "tcp://127.0.0.1:61626"
+"#;
+        let topo = parse(text);
+        let Some(hub) = topo.group("hub") else {
+            panic!("hub exists");
+        };
+        assert_eq!((hub.sync, hub.replicas), (SyncMode::QuorumMem, 2));
+        let zk = topo
+            .zookeeper
+            .as_ref()
+            .map(|z| (z.connect.len(), z.root.as_str()));
+        assert_eq!(zk, Some((2, "/meshmq")));
+    }
+
+    #[test]
+    fn policy_for_takes_the_first_matching_entry_key_by_key() {
+        let text = format!(
+            r#"
+[broker]
+max_redeliveries = 4
+[[policy]]
+destination = "queue://orders.eu"
+prefetch = 1
+[[policy]]
+destination = "queue://orders.>"
+prefetch = 10
+memory_limit = "64MiB"
+on_full = "fail"
+{BASE}"#
+        );
+        let topo = parse(&text);
+        let Some(hub) = topo.group("hub") else {
+            panic!("hub exists");
+        };
+        let limits = |d: &str| match Destination::parse(d) {
+            Ok(dest) => hub.policy_for(&topo, &dest),
+            Err(e) => panic!("{e}"),
+        };
+        let eu = limits("queue://orders.eu");
+        assert_eq!(
+            (eu.prefetch, eu.memory_limit, eu.on_full),
+            (1, None, OnFull::Block)
+        );
+        assert_eq!(
+            eu.max_redeliveries, 4,
+            "unset keys come from the group's broker policy"
+        );
+        let us = limits("queue://orders.us");
+        assert_eq!(
+            (us.prefetch, us.memory_limit, us.on_full),
+            (10, Some(64 << 20), OnFull::Fail)
+        );
+        let other = limits("topic://orders.us");
+        assert_eq!((other.prefetch, other.memory_limit), (1000, None));
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_file_and_are_normalised() {
+        let text = BASE.replace(
+            "admin = \"127.0.0.1:8161\"",
+            "admin = \"127.0.0.1:8161\"\ndata_dir = \"../var/./hub-1\"",
+        );
+        let topo = parse(&text);
+        let dir = topo.member("hub-1").map(|(_, m)| m.data_dir.clone());
+        assert_eq!(dir, Some("/etc/var/hub-1".into()));
+    }
+
+    #[test]
+    fn network_ttl_sets_both_ttls_unless_given() {
+        let text = format!(
+            "{BASE}{EDGE}[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nnetwork_ttl = 3\nconsumer_ttl = 2\n"
+        );
+        let topo = parse(&text);
+        let ttls = topo
+            .connectors
+            .first()
+            .map(|c| (c.message_ttl, c.consumer_ttl, c.name.to_string()));
+        assert_eq!(ttls, Some((3, 2, "hub-edge".to_string())));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let text = r#"
+[mesh]
+name = "demo"
+[zookeeper]
+connect = "127.0.0.1:2181"
+digest = "meshmq:topsecret"
+[[group]]
+name = "hub"
+election = "zookeeper"
+replication_token = "topsecret"
+[[group.member]]
+name = "hub-1"
+admin = "127.0.0.1:8161"
+replication = "127.0.0.1:61619"
+[[group.member.listener]]
+url = "tcp://127.0.0.1:61616"
+"#;
+        let topo = parse(text);
+        assert!(!format!("{topo:?}").contains("topsecret"));
+        let digest = topo
+            .zookeeper
+            .as_ref()
+            .and_then(|z| z.digest.as_ref())
+            .map(|d| d.expose());
+        assert_eq!(digest, Some("meshmq:topsecret"));
+    }
+
+    #[test]
+    fn every_semantic_check_names_its_key_and_all_are_collected() {
+        let user = format!(
+            "[[security.user]]\nname = \"alice\"\npassword_hash = \"{HASH}\"\ngroups = [\"p\"]\n"
+        );
+        let cases: Vec<(String, Vec<&str>)> = vec![
+            ("".into(), vec!["mesh", "group"]),
+            ("[mesh]\nname = \"a b\"\n".into(), vec!["mesh.name", "group"]),
+            (format!("{BASE}{}", EDGE.replace("edge", "hub")), vec!["group[1].name", "group[1].member[0].name"]),
+            (format!("{BASE}\n[[group]]\nname = \"e\"\n"), vec!["group[e]"]),
+            (format!("{BASE}\n[[group]]\nname = \"e\"\n[[group.member]]\nname = \"e1\"\nadmin = \"127.0.0.1:1\"\n"), vec!["group[e].member[e1]"]),
+            (format!("{BASE}\n[[group.member.listener]]\nurl = \"stomp://0.0.0.0:61616\"\n"), vec!["group[hub].member[hub-1].listener[1].url"]),
+            (format!("{BASE}\n[[group.member.listener]]\nurl = \"stomp://[::]:8161\"\n"), vec!["group[hub].member[hub-1].listener[1].url"]),
+            (format!("{BASE}\n[[group.member.listener]]\nurl = \"stomp://[::1]:61616\"\n"), vec![]),
+            (format!("{BASE}{}", EDGE.replace("8171", "8161")), vec!["group[edge].member[edge-1].admin"]),
+            (format!("{BASE}\n[[group.member]]\nname = \"hub-2\"\nadmin = \"127.0.0.1:2\"\n[[group.member.listener]]\nurl = \"tcp://127.0.0.1:3\"\n"), vec!["group[hub]"]),
+            (BASE.replace("name = \"hub\"", "name = \"hub\"\nreplicas = 0"), vec!["group[hub].replicas"]),
+            (BASE.replace("name = \"hub\"", "name = \"hub\"\nsync = \"quorum_disk\""), vec!["group[hub].sync"]),
+            (BASE.replace("name = \"hub\"", "name = \"hub\"\nquorum_timeout = \"1s\""), vec!["group[hub].quorum_timeout"]),
+            (BASE.replace("name = \"hub\"", "name = \"hub\"\nelection = \"file-lock\"\nshared_dir = \"data/hub-1\""), vec!["group[hub].shared_dir"]),
+            (BASE.replace("name = \"hub\"", "name = \"hub\"\nelection = \"zookeeper\""), vec!["group[hub].member[hub-1].replication", "zookeeper"]),
+            (format!("{BASE}tls_client_ca = \"ca.pem\"\n"), vec!["group[hub].member[hub-1].listener[0].tls_client_ca"]),
+            (format!("{BASE}\n[[group.member.listener]]\nurl = \"quic://127.0.0.1:9\"\ntls_cert = \"c\"\n"), vec!["group[hub].member[hub-1].listener[1].tls_key"]),
+            (format!("{BASE}{EDGE}[[connector]]\nfrom = \"hub\"\nto = \"nope\"\n"), vec!["connector[hub-nope].to"]),
+            (format!("{BASE}{EDGE}[[connector]]\nfrom = \"edge\"\nto = \"edge\"\n"), vec!["connector[edge-edge].to"]),
+            (format!("{BASE}{EDGE}[[connector]]\nfrom = \"hub\"\nto = \"edge\"\n[[connector]]\nfrom = \"edge\"\nto = \"hub\"\nduplex = true\n"), vec!["connector[edge-hub]"]),
+            (format!("{BASE}{EDGE}[[connector]]\nfrom = \"hub\"\nto = \"edge\"\n[[connector]]\nfrom = \"edge\"\nto = \"hub\"\n"), vec![]),
+            (format!("{BASE}{EDGE}[[connector]]\nfrom = \"hub\"\nto = \"edge\"\ntransport = \"quic\"\n"), vec!["connector[hub-edge].transport"]),
+            (format!("{BASE}{EDGE}[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nstatic_bridge = true\n"), vec!["connector[hub-edge].static_bridge"]),
+            (format!("{BASE}{EDGE}[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nreconnect_multiplier = 0.99\nprefetch = 0\nheartbeat = \"0s\"\n"), vec!["connector[hub-edge].prefetch", "connector[hub-edge].reconnect_multiplier", "connector[hub-edge].heartbeat"]),
+            (format!("{BASE}{EDGE}[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nusername = \"bob\"\n{user}"), vec!["connector[hub-edge].username"]),
+            (format!("{user}[[security.acl]]\ndestination = \"queue://a\"\nread = [\"p\", \"q\"]\nadmin = [\"r\"]\n{BASE}"), vec!["security.acl[0].read[1]", "security.acl[0].admin[0]"]),
+            (format!("[[security.user]]\nname = \"alice\"\npassword_hash = \"$argon2id$v=19$m=1,t=1,p=1$c29tZXNhbHQ$nf65EOgLrQMR/uIPnA4rEsF5h7TKyQwu9U1bMCHGi/4\"\n{BASE}"), vec!["security.user[alice].password_hash"]),
+            (format!("[[security.user]]\nname = \"al:ice\"\npassword_hash = \"{HASH}\"\n{BASE}"), vec!["security.user[0].name"]),
+            (format!("{BASE}update_cluster_clients = true\nupdate_cluster_filter = [\"ok\", \"(\"]\n"), vec!["group[hub].member[hub-1].listener[0].update_cluster_filter[1]"]),
+            (format!("[store]\ncheckpoint_interval = \"0s\"\ngroup_commit_window = \"0s\"\n[metrics]\nmax_destinations = 0\n{BASE}"), vec!["store.checkpoint_interval", "metrics.max_destinations"]),
+            (format!("[broker]\nmax_redeliveries = -1\nheartbeat = \"0s\"\n{BASE}"), vec!["broker.max_redeliveries"]),
+        ];
+        for (text, keys) in cases {
+            assert_eq!(refused_keys(&text), keys, "{text}");
+        }
+    }
+
+    #[test]
+    fn password_hashes_must_be_argon2_phc_strings() {
+        use super::check_password_hash;
+        assert_eq!(check_password_hash(HASH), Ok(()));
+        let refused = |h: &str| check_password_hash(h).is_err();
+        assert!(refused("hunter2"));
+        assert!(refused("$argon2id$v=19$m=256,t=2,p=1"));
+        assert!(refused("$argon2id$garbage"));
+        assert!(!check_password_hash("secret").is_err_and(|e| e.contains("secret")));
+    }
+
+    #[test]
+    fn wildcard_binds_overlap_only_what_they_cover() {
+        use super::overlaps;
+        let addr = |s: &str| match s.parse() {
+            Ok(a) => a,
+            Err(e) => panic!("{s}: {e}"),
+        };
+        assert!(overlaps(addr("0.0.0.0:1"), addr("127.0.0.1:1")));
+        assert!(overlaps(addr("[::1]:1"), addr("[::]:1")));
+        assert!(
+            overlaps(addr("127.0.0.1:1"), addr("[::]:1")),
+            "[::] binds dual-stack"
+        );
+        assert!(!overlaps(addr("0.0.0.0:1"), addr("[::1]:1")));
+        assert!(!overlaps(addr("0.0.0.0:1"), addr("127.0.0.1:2")));
+        assert!(!overlaps(addr("127.0.0.1:1"), addr("127.0.0.2:1")));
+    }
 }
