@@ -609,6 +609,12 @@ url = "tcp://127.0.0.1:61616"
         r#"bad.toml: broker.max_frame_size: is "8GiB", but a frame's length is a 32-bit number, so at most 4294967295 bytes; write at most "4095MiB", e.g. "100MiB""#,
     ),
 
+    (
+        "nan is refused, not read as an unset key",
+        concat!(base!(), edge!(), "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nreconnect_multiplier = nan\n"),
+        r#"bad.toml: connector[hub-edge].reconnect_multiplier: is nan or inf, which no key accepts; write it like reconnect_multiplier = 2.0"#,
+    ),
+
 ];
 
 fn refusal(text: &str) -> String {

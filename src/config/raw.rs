@@ -10,7 +10,8 @@
 //! becomes the integer 3, `5` becomes the string `"5"`), which would let typos through
 //! silently. So the `config::Config` is first turned into a `serde_json::Value`, which keeps
 //! each value's TOML type exactly, and the raw structs are read from that with
-//! `serde_path_to_error` for the key path of a refusal.
+//! `serde_path_to_error` for the key path of a refusal. The one loss in that bridge, `nan` and
+//! `inf` becoming JSON null (which an optional key would read as "not set"), is refused first.
 
 use std::path::Path;
 
@@ -230,7 +231,49 @@ pub(super) fn read(text: &str, file: &Path) -> Result<RawTopology, ConfigError> 
         problem: format!("cannot be read as a table of keys ({e})"),
         fix: "write a TOML table such as [mesh] with name = \"demo\"".to_string(),
     })?;
+    if let Some(path) = first_null(&tree) {
+        return Err(not_finite(file, &tree, &path));
+    }
     serde_path_to_error::deserialize(&tree).map_err(|e| shape_error(file, &tree, &e))
+}
+
+/// One step of a key path: a table key or a list index.
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// TOML has no null, but `nan` and `inf` floats become JSON nulls, which an `Option` field
+/// would silently read as "not set"; so any null is refused before deserializing.
+fn first_null(tree: &serde_json::Value) -> Option<Vec<Step>> {
+    match tree {
+        serde_json::Value::Null => Some(Vec::new()),
+        serde_json::Value::Object(table) => table.iter().find_map(|(k, v)| {
+            let mut path = first_null(v)?;
+            path.insert(0, Step::Key(k.clone()));
+            Some(path)
+        }),
+        serde_json::Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| {
+            let mut path = first_null(v)?;
+            path.insert(0, Step::Index(i));
+            Some(path)
+        }),
+        _ => None,
+    }
+}
+
+fn not_finite(file: &Path, tree: &serde_json::Value, path: &[Step]) -> ConfigError {
+    let (key, schema_path, leaf) = describe_steps(tree, path);
+    let fix = match example(&schema_path) {
+        Some(Example::Value(v)) => format!("write it like {leaf} = {v}"),
+        _ => "write a finite number".to_string(),
+    };
+    ConfigError {
+        file: file.to_path_buf(),
+        key,
+        problem: "is nan or inf, which no key accepts".to_string(),
+        fix,
+    }
 }
 
 fn syntax_error(file: &Path, e: &config::ConfigError) -> ConfigError {
@@ -323,13 +366,26 @@ fn describe_path(
     path: &serde_path_to_error::Path,
 ) -> (String, String, String) {
     use serde_path_to_error::Segment;
+    let steps: Vec<Step> = path
+        .iter()
+        .map(|segment| match segment {
+            Segment::Seq { index } => Step::Index(*index),
+            Segment::Map { key } => Step::Key(key.clone()),
+            Segment::Enum { variant } => Step::Key(variant.clone()),
+            Segment::Unknown => Step::Key("?".to_string()),
+        })
+        .collect();
+    describe_steps(tree, &steps)
+}
+
+fn describe_steps(tree: &serde_json::Value, steps: &[Step]) -> (String, String, String) {
     let mut key = String::new();
     let mut schema = Vec::new();
     let mut node = Some(tree);
     let mut parent_key = String::new();
-    for segment in path.iter() {
-        match segment {
-            Segment::Seq { index } => {
+    for step in steps {
+        match step {
+            Step::Index(index) => {
                 let elements = node.and_then(|n| n.as_array());
                 let label = elements
                     .and_then(|els| {
@@ -342,7 +398,7 @@ fn describe_path(
                 key.push_str(&format!("[{label}]"));
                 node = elements.and_then(|els| els.get(*index));
             }
-            Segment::Map { key: name } => {
+            Step::Key(name) => {
                 if !key.is_empty() {
                     key.push('.');
                 }
@@ -351,8 +407,6 @@ fn describe_path(
                 parent_key = name.clone();
                 node = node.and_then(|n| n.get(name));
             }
-            Segment::Enum { variant } => key.push_str(variant),
-            Segment::Unknown => key.push('?'),
         }
     }
     let leaf = schema.last().map(|s| s.to_string()).unwrap_or_default();
@@ -415,7 +469,6 @@ fn wrong_type(rest: &str, schema_path: &str, leaf: &str) -> (String, String) {
     let found = match found {
         "map" => "a table".to_string(),
         "sequence" => "a list".to_string(),
-        "null" => "not a finite number".to_string(),
         other => other
             .trim_start_matches("integer ")
             .trim_start_matches("floating point ")
@@ -688,6 +741,8 @@ mod tests {
             ("mesh = 5\n", "t.toml: mesh: is 5, but must be a table; write it as a [mesh] table"),
             ("[group]\nname = \"a\"\n", "t.toml: group: is a table, but must be a list; write a [[group]] table (double brackets) for each entry"),
             ("[broker]\nprefetch = \"10\"\n", "t.toml: broker.prefetch: is \"10\", but must be a whole number; write it like prefetch = 1000"),
+            ("[[connector]]\nreconnect_multiplier = nan\n", "t.toml: connector[0].reconnect_multiplier: is nan or inf, which no key accepts; write it like reconnect_multiplier = 2.0"),
+            ("[[group]]\nname = \"hub\"\nreplicas = -inf\n", "t.toml: group[hub].replicas: is nan or inf, which no key accepts; write it like replicas = 3"),
         ];
         for (text, expected) in cases {
             assert_eq!(shape(text), expected, "{text}");
