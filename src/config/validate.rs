@@ -97,10 +97,6 @@ fn labels(names: &[Option<&str>]) -> Vec<String> {
         .collect()
 }
 
-fn quoted_list(items: &[&str]) -> String {
-    items.join(", ")
-}
-
 /// Lexical normalisation (no file system access): drops `.`, resolves `..` against the path.
 fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
@@ -644,7 +640,7 @@ impl Checker<'_> {
                     let in_use: Vec<&str> = held.iter().copied().collect();
                     format!(
                         "add {group:?} to some user's groups, or fix the name (groups in use: {})",
-                        quoted_list(&in_use)
+                        in_use.join(", ")
                     )
                 };
                 self.refuse(
@@ -1322,7 +1318,7 @@ impl Checker<'_> {
                 self.refuse(
                     &key,
                     format!("no group is named {value:?}"),
-                    format!("use one of: {}", quoted_list(group_names)),
+                    format!("use one of: {}", group_names.join(", ")),
                 );
             }
         }
@@ -1402,7 +1398,7 @@ impl Checker<'_> {
                 "is \"{transport}\"{}, but {} {} of group {} {} no {scheme} listener",
                 if c.transport.is_none() { " (the default)" } else { "" },
                 if missing.len() == 1 { "member" } else { "members" },
-                quoted_list(&missing),
+                missing.join(", "),
                 target.name,
                 if missing.len() == 1 { "has" } else { "have" },
             ),
