@@ -1,6 +1,7 @@
 //! meshmq: a network-of-brokers message mesh. See `README.md` and `DESIGN.md`.
 pub mod broker;
 pub mod client;
+pub mod config;
 pub mod metrics;
 pub mod server;
 pub mod transport;

@@ -1,0 +1,134 @@
+//! What this build cannot serve yet. Each feature is one small check naming the keys that use
+//! it; when the feature lands, delete its check and its line in `CHECKS`.
+
+use super::topology::{Election, Listener, Topology};
+use super::units::Scheme;
+
+type Check = fn(&Topology, &mut Vec<String>);
+
+const CHECKS: &[Check] = &[
+    elections_other_than_none,
+    listeners_other_than_tcp,
+    connectors,
+    zookeeper_section,
+    users_and_acls,
+    anonymous_refused,
+    store_keys,
+    explicit_sync,
+    cluster_client_options,
+    tls_files,
+    replication_addresses,
+    replication_tokens,
+];
+
+pub(super) fn unsupported(topo: &Topology) -> Vec<String> {
+    let mut keys = Vec::new();
+    for check in CHECKS {
+        check(topo, &mut keys);
+    }
+    keys
+}
+
+fn elections_other_than_none(topo: &Topology, keys: &mut Vec<String>) {
+    for g in topo.groups.iter().filter(|g| g.election != Election::None) {
+        keys.push(format!("group[{}].election ({})", g.name, g.election));
+    }
+}
+
+/// Every listener of the mesh with its key path.
+fn listeners(topo: &Topology) -> impl Iterator<Item = (String, &Listener)> {
+    topo.members().flat_map(|(g, m)| {
+        m.listeners.iter().enumerate().map(move |(i, l)| {
+            (
+                format!("group[{}].member[{}].listener[{i}]", g.name, m.name),
+                l,
+            )
+        })
+    })
+}
+
+fn listeners_other_than_tcp(topo: &Topology, keys: &mut Vec<String>) {
+    for (at, l) in listeners(topo).filter(|(_, l)| l.url.scheme != Scheme::Tcp) {
+        keys.push(format!("{at}.url ({})", l.url.scheme));
+    }
+}
+
+fn connectors(topo: &Topology, keys: &mut Vec<String>) {
+    for c in &topo.connectors {
+        keys.push(format!("connector[{}]", c.name));
+    }
+}
+
+fn zookeeper_section(topo: &Topology, keys: &mut Vec<String>) {
+    if topo.zookeeper.is_some() {
+        keys.push("zookeeper".to_string());
+    }
+}
+
+fn users_and_acls(topo: &Topology, keys: &mut Vec<String>) {
+    for u in &topo.security.users {
+        keys.push(format!("security.user[{}]", u.name));
+    }
+    for (i, _) in topo.security.acls.iter().enumerate() {
+        keys.push(format!("security.acl[{i}]"));
+    }
+}
+
+fn anonymous_refused(topo: &Topology, keys: &mut Vec<String>) {
+    if !topo.security.allow_anonymous {
+        keys.push("security.allow_anonymous (false)".to_string());
+    }
+}
+
+fn store_keys(topo: &Topology, keys: &mut Vec<String>) {
+    for k in &topo.store_keys_set {
+        keys.push(format!("store.{k}"));
+    }
+}
+
+fn explicit_sync(topo: &Topology, keys: &mut Vec<String>) {
+    for g in topo.groups.iter().filter(|g| g.sync_explicit) {
+        keys.push(format!("group[{}].sync ({})", g.name, g.sync));
+    }
+}
+
+fn cluster_client_options(topo: &Topology, keys: &mut Vec<String>) {
+    for (at, l) in listeners(topo) {
+        let options = [
+            ("update_cluster_clients", l.update_cluster_clients),
+            ("rebalance_cluster_clients", l.rebalance_cluster_clients),
+            (
+                "update_cluster_clients_on_remove",
+                l.update_cluster_clients_on_remove,
+            ),
+            ("update_cluster_filter", !l.update_cluster_filter.is_empty()),
+        ];
+        for (k, _) in options.iter().filter(|(_, on)| *on) {
+            keys.push(format!("{at}.{k}"));
+        }
+    }
+}
+
+fn tls_files(topo: &Topology, keys: &mut Vec<String>) {
+    for (at, l) in listeners(topo) {
+        if let Some(tls) = &l.tls {
+            keys.push(format!("{at}.tls_cert"));
+            keys.push(format!("{at}.tls_key"));
+            if tls.client_ca.is_some() {
+                keys.push(format!("{at}.tls_client_ca"));
+            }
+        }
+    }
+}
+
+fn replication_addresses(topo: &Topology, keys: &mut Vec<String>) {
+    for (g, m) in topo.members().filter(|(_, m)| m.replication.is_some()) {
+        keys.push(format!("group[{}].member[{}].replication", g.name, m.name));
+    }
+}
+
+fn replication_tokens(topo: &Topology, keys: &mut Vec<String>) {
+    for g in topo.groups.iter().filter(|g| g.replication_token.is_some()) {
+        keys.push(format!("group[{}].replication_token", g.name));
+    }
+}
