@@ -1,1 +1,127 @@
-fn main() {}
+//! The `meshmq` command: brokers, the local mesh runner, the CLI client and the benchmarks.
+
+mod cli;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use cli::bench::{ConnectionsArgs, FanoutArgs, QueueArgs, SuiteArgs};
+use cli::clients::{ConsumeArgs, ProduceArgs};
+
+#[derive(Parser)]
+#[command(name = "meshmq", version, about = "A network-of-brokers message mesh")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one member of a topology (production: one per machine).
+    Broker {
+        #[arg(long)]
+        topology: PathBuf,
+        #[arg(long)]
+        member: String,
+    },
+    /// Run every member of a topology on this machine until Ctrl-C.
+    Up { topology: PathBuf },
+    /// Validate a topology and print a summary.
+    Check {
+        topology: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every member's status as one table.
+    Status {
+        topology: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Refresh every N seconds.
+        #[arg(long)]
+        watch: Option<f64>,
+    },
+    /// Send messages.
+    Produce(ProduceArgs),
+    /// Receive messages.
+    Consume(ConsumeArgs),
+    /// Load generator scenarios; each prints one JSON line.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Producers and consumers on one queue.
+    Queue(QueueArgs),
+    /// One producer, many topic subscribers (each its own connection).
+    Fanout(FanoutArgs),
+    /// Many idle consumer connections, then one message to all.
+    Connections(ConnectionsArgs),
+    /// The standard set, as a table (what `make bench` runs).
+    Suite(SuiteArgs),
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHMQ_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_broker = matches!(cli.command, Command::Broker { .. });
+    init_logging(if is_broker { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("meshmq: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshmq: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Broker { topology, member } => cli::mesh::broker(&topology, &member).await,
+        Command::Up { topology } => cli::mesh::up(&topology).await,
+        Command::Check { topology, json } => cli::mesh::check(&topology, json),
+        Command::Status {
+            topology,
+            json,
+            watch,
+        } => cli::mesh::status(&topology, json, watch).await,
+        Command::Produce(args) => cli::clients::produce(args).await,
+        Command::Consume(args) => cli::clients::consume(args).await,
+        Command::Bench(b) => {
+            let report = match b {
+                BenchCommand::Queue(a) => cli::bench::queue(&a).await?,
+                BenchCommand::Fanout(a) => cli::bench::fanout(&a).await?,
+                BenchCommand::Connections(a) => cli::bench::connections(&a).await?,
+                BenchCommand::Suite(a) => {
+                    cli::bench::suite(&a).await?;
+                    return Ok(());
+                }
+            };
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+    }
+}

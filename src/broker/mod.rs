@@ -28,6 +28,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
+pub use crate::config::{DestinationLimits, OnFull};
 pub use destination::{Destination, DestinationError, DestinationPattern, Kind};
 pub use memory::MemoryPool;
 pub use message::{Delivery, Message, DEFAULT_PRIORITY, MAX_PRIORITY};
@@ -45,38 +46,6 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// What a producer meets when a memory limit is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OnFull {
-    /// The send waits until consumers make room.
-    #[default]
-    Block,
-    /// The send fails at once with a "resource exhausted" error.
-    Fail,
-}
-
-/// Limits that apply to one destination (resolved from the topology's policies).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DestinationLimits {
-    pub memory_limit: Option<u64>,
-    pub max_redeliveries: u32,
-    pub topic_pending_limit: usize,
-    pub prefetch: u32,
-    pub on_full: OnFull,
-}
-
-impl Default for DestinationLimits {
-    fn default() -> Self {
-        DestinationLimits {
-            memory_limit: None,
-            max_redeliveries: 6,
-            topic_pending_limit: 1000,
-            prefetch: 1000,
-            on_full: OnFull::Block,
-        }
-    }
 }
 
 /// How a broker is configured (built by the server from the topology).
@@ -106,8 +75,8 @@ impl BrokerSettings {
         self.policies
             .iter()
             .find(|(p, _)| p.matches(dest))
-            .map(|(_, l)| l.clone())
-            .unwrap_or_else(|| self.defaults.clone())
+            .map(|(_, l)| *l)
+            .unwrap_or(self.defaults)
     }
 }
 
@@ -593,7 +562,7 @@ impl Session {
         let broker = self.broker.clone();
         let limits = match pattern.as_destination() {
             Some(d) => broker.inner.settings.limits_for(&d),
-            None => broker.inner.settings.defaults.clone(),
+            None => broker.inner.settings.defaults,
         };
         let prefetch = if spec.prefetch == 0 {
             limits.prefetch

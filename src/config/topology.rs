@@ -182,6 +182,19 @@ pub struct DestinationPolicy {
     pub on_full: Option<OnFull>,
 }
 
+impl DestinationPolicy {
+    /// This entry's limits, with what it leaves unset taken from `base`.
+    pub fn resolve(&self, base: &BrokerPolicy) -> DestinationLimits {
+        DestinationLimits {
+            memory_limit: self.memory_limit,
+            max_redeliveries: self.max_redeliveries.unwrap_or(base.max_redeliveries),
+            topic_pending_limit: self.topic_pending_limit.unwrap_or(base.topic_pending_limit),
+            prefetch: self.prefetch.unwrap_or(base.prefetch),
+            on_full: self.on_full.unwrap_or(base.on_full),
+        }
+    }
+}
+
 /// The limits that apply to one destination on one group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DestinationLimits {
@@ -191,6 +204,25 @@ pub struct DestinationLimits {
     pub topic_pending_limit: usize,
     pub prefetch: u32,
     pub on_full: OnFull,
+}
+
+impl BrokerPolicy {
+    /// The limits of a destination no `[[policy]]` entry matches.
+    pub fn destination_limits(&self) -> DestinationLimits {
+        DestinationLimits {
+            memory_limit: None,
+            max_redeliveries: self.max_redeliveries,
+            topic_pending_limit: self.topic_pending_limit,
+            prefetch: self.prefetch,
+            on_full: self.on_full,
+        }
+    }
+}
+
+impl Default for DestinationLimits {
+    fn default() -> DestinationLimits {
+        BrokerPolicy::default().destination_limits()
+    }
 }
 
 /// The journal's options.
@@ -347,19 +379,11 @@ impl Group {
     /// Limits for `dest` on this group: the first `[[policy]]` (file order) whose pattern
     /// matches overrides this group's broker policy, key by key.
     pub fn policy_for(&self, topo: &Topology, dest: &Destination) -> DestinationLimits {
-        let base = &self.broker;
-        let entry = topo.policies.iter().find(|p| p.destination.matches(dest));
-        DestinationLimits {
-            memory_limit: entry.and_then(|p| p.memory_limit),
-            max_redeliveries: entry
-                .and_then(|p| p.max_redeliveries)
-                .unwrap_or(base.max_redeliveries),
-            topic_pending_limit: entry
-                .and_then(|p| p.topic_pending_limit)
-                .unwrap_or(base.topic_pending_limit),
-            prefetch: entry.and_then(|p| p.prefetch).unwrap_or(base.prefetch),
-            on_full: entry.and_then(|p| p.on_full).unwrap_or(base.on_full),
-        }
+        topo.policies
+            .iter()
+            .find(|p| p.destination.matches(dest))
+            .map(|p| p.resolve(&self.broker))
+            .unwrap_or_else(|| self.broker.destination_limits())
     }
 }
 

@@ -7,7 +7,7 @@
 //! token reaches every task; `wait` returns only when every task has ended or the shutdown
 //! timeout has passed, so the process exits promptly on SIGTERM.
 
-mod admin;
+pub mod admin;
 pub(crate) mod native;
 
 use std::net::SocketAddr;
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::{Broker, BrokerError, BrokerSettings};
+use crate::config::Topology;
 use crate::metrics as m;
 use crate::transport::{ConnectionCount, Incoming, Listener, TransportError};
 
@@ -86,8 +87,68 @@ pub struct ServerOptions {
     pub max_destinations: usize,
 }
 
+impl ServerOptions {
+    /// The options of `member` in `topo`.
+    pub fn from_topology(topo: &Topology, member: &str) -> Result<ServerOptions, ServerError> {
+        let (group, m) = topo
+            .member(member)
+            .ok_or_else(|| ServerError::UnknownMember {
+                file: topo.file.display().to_string(),
+                member: member.to_string(),
+                known: topo
+                    .members()
+                    .map(|(_, m)| m.name.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        let policy = &group.broker;
+        Ok(ServerOptions {
+            identity: Identity {
+                mesh: topo.mesh.to_string(),
+                group: group.name.to_string(),
+                member: m.name.to_string(),
+            },
+            listeners: m
+                .listeners
+                .iter()
+                .map(|l| ListenerSpec {
+                    url: l.url.to_string(),
+                    addr: l.url.addr,
+                    protocol: Protocol::Native,
+                    max_connections: l.max_connections as usize,
+                })
+                .collect(),
+            admin: m.admin,
+            broker: BrokerSettings {
+                memory_limit: policy.memory_limit,
+                defaults: policy.destination_limits(),
+                policies: topo
+                    .policies
+                    .iter()
+                    .map(|p| (p.destination.clone(), p.resolve(policy)))
+                    .collect(),
+                max_subscriptions_per_connection: policy.max_subscriptions_per_connection as usize,
+            },
+            conn: ConnSettings {
+                heartbeat: policy.heartbeat,
+                connect_timeout: policy.connect_timeout,
+                max_frame_size: policy.max_frame_size as usize,
+            },
+            shutdown_timeout: policy.shutdown_timeout,
+            expiry_check_interval: policy.expiry_check_interval,
+            max_destinations: topo.metrics.max_destinations,
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error("{file}: no member named {member:?}; the members are: {known}")]
+    UnknownMember {
+        file: String,
+        member: String,
+        known: String,
+    },
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error("cannot serve the admin port {addr}: {source}")]

@@ -1,0 +1,35 @@
+# meshmq — the two commands a newcomer needs are `make run` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+MESHMQ := target/release/meshmq
+TOPOLOGY ?= topologies/demo.toml
+APT := apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends
+
+.PHONY: run build test test-deps lint bench clean
+
+## Build, then bring up the demo mesh on this machine (Ctrl-C stops it).
+run: build
+	$(MESHMQ) up $(TOPOLOGY)
+
+build:
+	$(CARGO) build --release
+
+## Install what the tests need, check formatting and lints, run every test.
+test: test-deps lint
+	$(CARGO) test --release -- --test-threads=2
+
+## Tools the integration tests start for real (installed when missing).
+test-deps:
+	@command -v $(CARGO) >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+## Run the standard benchmark set and print a results table.
+bench: build
+	$(MESHMQ) bench suite
+
+clean:
+	$(CARGO) clean
+	rm -rf data

@@ -1,0 +1,821 @@
+//! `meshmq bench`: the load generator. Each scenario prints one JSON line; `suite` runs the
+//! standard set and prints a table. Benchmarks measure; tests never assert on timing.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use bytes::{BufMut, Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use meshmq::client::{AckMode, Client, ClientOptions, Outgoing, SubscribeOptions};
+use meshmq::server::admin::MemberStatus;
+
+use super::http;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// Broker to load (tcp://HOST:PORT). Without it the bench starts its own broker.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The broker's admin address (HOST:PORT), for RSS readings with --url.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum AckArg {
+    Auto,
+    Client,
+    Individual,
+}
+
+impl From<AckArg> for AckMode {
+    fn from(a: AckArg) -> AckMode {
+        match a {
+            AckArg::Auto => AckMode::Auto,
+            AckArg::Client => AckMode::Client,
+            AckArg::Individual => AckMode::ClientIndividual,
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct QueueArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(long, default_value_t = 1)]
+    pub producers: usize,
+    #[arg(long, default_value_t = 1)]
+    pub consumers: usize,
+    /// Messages in total.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub count: u64,
+    /// Body bytes (at least 16: a timestamp and an index).
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    #[arg(long)]
+    pub persistent: bool,
+    /// Each send waits for the broker's receipt.
+    #[arg(long)]
+    pub receipts: bool,
+    #[arg(long, value_enum, default_value_t = AckArg::Auto)]
+    pub ack: AckArg,
+    #[arg(long, default_value_t = 1000)]
+    pub prefetch: u32,
+    /// Total send rate in messages per second (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    #[arg(long, default_value = "queue://bench")]
+    pub destination: String,
+    /// Give up when nothing arrives for this many seconds.
+    #[arg(long, default_value_t = 30)]
+    pub idle_timeout: u64,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(long, default_value_t = 100)]
+    pub subscribers: usize,
+    /// Messages published (each reaches every subscriber).
+    #[arg(long, default_value_t = 20_000)]
+    pub count: u64,
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub prefetch: u32,
+    #[arg(long)]
+    pub rate: Option<u64>,
+    #[arg(long, default_value = "topic://bench.fanout")]
+    pub destination: String,
+    #[arg(long, default_value_t = 30)]
+    pub idle_timeout: u64,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectionsArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: usize,
+    /// Source addresses to spread connections over (127.0.0.0/8 on loopback).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.1.1,127.0.1.2,127.0.1.3,127.0.1.4"
+    )]
+    pub sources: Vec<IpAddr>,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    #[arg(long, default_value = "topic://bench.connections")]
+    pub destination: String,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SuiteArgs {
+    /// A shorter run (a tenth of the messages; 2,000 connections).
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// One scenario's result (one JSON line).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    pub scenario: String,
+    pub params: String,
+    /// Messages per second (queue) or deliveries per second (fanout).
+    pub rate: f64,
+    pub unit: String,
+    pub sent: u64,
+    pub received: u64,
+    pub seconds: f64,
+    pub latency_us_p50: u64,
+    pub latency_us_p99: u64,
+    pub latency_us_p999: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub redelivered: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra: Option<serde_json::Value>,
+}
+
+/// The broker a scenario loads: one it started, or one it was pointed at.
+struct BrokerUnderTest {
+    url: String,
+    admin: Option<SocketAddr>,
+    child: Option<tokio::process::Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl BrokerUnderTest {
+    /// `broker_keys`: extra `[broker]` keys for a broker the bench starts itself.
+    async fn start(target: &Target, broker_keys: &str) -> anyhow::Result<BrokerUnderTest> {
+        if let Some(url) = &target.url {
+            return Ok(BrokerUnderTest {
+                url: url.clone(),
+                admin: target.admin,
+                child: None,
+                _dir: None,
+            });
+        }
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let admin_port = free_port()?;
+        let topology = format!(
+            r#"[mesh]
+name = "bench"
+
+[broker]
+memory_limit = "2GiB"
+{broker_keys}
+
+[[group]]
+name = "bench"
+
+[[group.member]]
+name = "bench-1"
+admin = "127.0.0.1:{admin_port}"
+data_dir = "data"
+
+[[group.member.listener]]
+url = "tcp://127.0.0.1:{port}"
+max_connections = 100000
+"#
+        );
+        let path = dir.path().join("bench.toml");
+        std::fs::write(&path, topology)?;
+        let log = std::fs::File::create(dir.path().join("broker.log"))?;
+        let child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["broker", "--topology"])
+            .arg(&path)
+            .args(["--member", "bench-1"])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start a broker for the benchmark")?;
+        let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse()?;
+        http::wait_ready(admin, Duration::from_secs(20)).await?;
+        Ok(BrokerUnderTest {
+            url: format!("tcp://127.0.0.1:{port}"),
+            admin: Some(admin),
+            child: Some(child),
+            _dir: Some(dir),
+        })
+    }
+
+    async fn status(&self) -> Option<MemberStatus> {
+        let (code, body) = http::get(self.admin?, "/status", Duration::from_secs(5))
+            .await
+            .ok()?;
+        (code == 200).then(|| serde_json::from_str(&body).ok())?
+    }
+
+    async fn stop(mut self) {
+        if let Some(child) = &mut self.child {
+            if let Some(pid) = child.id() {
+                // SAFETY: sending a signal to our own child process.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        }
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Body: 8 bytes send time (ns since `base`), 8 bytes message index, padding.
+fn body(base: Instant, index: u64, size: usize) -> Bytes {
+    let mut b = BytesMut::with_capacity(size.max(16));
+    b.put_u64(base.elapsed().as_nanos() as u64);
+    b.put_u64(index);
+    b.resize(size.max(16), b'x');
+    b.freeze()
+}
+
+fn read_body(base: Instant, body: &[u8]) -> Option<(u64, u64)> {
+    if body.len() < 16 {
+        return None;
+    }
+    let sent = u64::from_be_bytes(body[0..8].try_into().ok()?);
+    let index = u64::from_be_bytes(body[8..16].try_into().ok()?);
+    let now = base.elapsed().as_nanos() as u64;
+    Some((now.saturating_sub(sent) / 1000, index))
+}
+
+/// Which message indexes arrived (lock-free bitset).
+struct Seen {
+    bits: Vec<AtomicU64>,
+}
+
+impl Seen {
+    fn new(n: u64) -> Seen {
+        Seen {
+            bits: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// True when `i` was new.
+    fn mark(&self, i: u64) -> bool {
+        let Some(word) = self.bits.get((i / 64) as usize) else {
+            return false;
+        };
+        let bit = 1u64 << (i % 64);
+        word.fetch_or(bit, Ordering::Relaxed) & bit == 0
+    }
+
+    fn count(&self) -> u64 {
+        self.bits
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed).count_ones() as u64)
+            .sum()
+    }
+}
+
+/// Paces a producer to `rate` messages per second.
+struct Pacer {
+    start: Instant,
+    per_sec: Option<u64>,
+    sent: u64,
+}
+
+impl Pacer {
+    async fn wait(&mut self) {
+        if let Some(rate) = self.per_sec {
+            self.sent += 1;
+            let due = Duration::from_secs_f64(self.sent as f64 / rate as f64);
+            let elapsed = self.start.elapsed();
+            if due > elapsed + Duration::from_millis(1) {
+                tokio::time::sleep(due - elapsed).await;
+            }
+        }
+    }
+}
+
+struct Progress {
+    received: AtomicU64,
+    last: Mutex<Instant>,
+    done: Notify,
+}
+
+impl Progress {
+    fn new() -> Arc<Progress> {
+        Arc::new(Progress {
+            received: AtomicU64::new(0),
+            last: Mutex::new(Instant::now()),
+            done: Notify::new(),
+        })
+    }
+
+    fn add(&self, target: u64) {
+        let n = self.received.fetch_add(1, Ordering::Relaxed) + 1;
+        if n % 1024 == 0 || n >= target {
+            *self.last.lock() = Instant::now();
+        }
+        if n >= target {
+            self.done.notify_waiters();
+        }
+    }
+
+    /// Waits until `target` arrived or nothing arrived for `idle`.
+    async fn wait(&self, target: u64, idle: Duration) {
+        loop {
+            let notified = self.done.notified();
+            if self.received.load(Ordering::Relaxed) >= target {
+                return;
+            }
+            if tokio::time::timeout(Duration::from_millis(200), notified)
+                .await
+                .is_ok()
+            {
+                continue;
+            }
+            if self.last.lock().elapsed() > idle {
+                return;
+            }
+        }
+    }
+}
+
+fn fill_latency(r: &mut Report, h: &Histogram<u64>) {
+    if !h.is_empty() {
+        r.latency_us_p50 = h.value_at_quantile(0.5);
+        r.latency_us_p99 = h.value_at_quantile(0.99);
+        r.latency_us_p999 = h.value_at_quantile(0.999);
+    }
+}
+
+pub async fn queue(args: &QueueArgs) -> anyhow::Result<Report> {
+    if args.producers == 0 || args.consumers == 0 {
+        bail!("--producers and --consumers must be at least 1");
+    }
+    let broker = BrokerUnderTest::start(&args.target, "").await?;
+    let result = run_queue(args, &broker.url).await;
+    broker.stop().await;
+    result
+}
+
+async fn run_queue(args: &QueueArgs, url: &str) -> anyhow::Result<Report> {
+    let base = Instant::now();
+    let seen = Arc::new(Seen::new(args.count));
+    let progress = Progress::new();
+    let hist = Arc::new(Mutex::new(new_histogram()));
+    let dups = Arc::new(AtomicU64::new(0));
+    let redelivered = Arc::new(AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut consumers = Vec::new();
+    for _ in 0..args.consumers {
+        let client = Client::connect(url, ClientOptions::default()).await?;
+        let mut sub = client
+            .subscribe(
+                &args.destination,
+                SubscribeOptions {
+                    ack: args.ack.into(),
+                    prefetch: args.prefetch,
+                    ..SubscribeOptions::default()
+                },
+            )
+            .await?;
+        let (seen, progress, hist, dups, redelivered) = (
+            seen.clone(),
+            progress.clone(),
+            hist.clone(),
+            dups.clone(),
+            redelivered.clone(),
+        );
+        let count = args.count;
+        let ack = args.ack;
+        let stop = stop.clone();
+        consumers.push(tokio::spawn(async move {
+            let mut local = new_histogram();
+            loop {
+                let d = tokio::select! {
+                    d = sub.next() => match d { Some(d) => d, None => break },
+                    _ = stop.cancelled() => break,
+                };
+                if let Some((lat, idx)) = read_body(base, &d.body) {
+                    let _ = local.record(lat.max(1));
+                    if !seen.mark(idx) && !d.redelivered() {
+                        dups.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if d.redelivered() {
+                    redelivered.fetch_add(1, Ordering::Relaxed);
+                }
+                match ack {
+                    AckArg::Auto => {}
+                    AckArg::Client | AckArg::Individual => {
+                        if sub.ack(&d).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                progress.add(count);
+                if progress.received.load(Ordering::Relaxed) >= count {
+                    break;
+                }
+            }
+            hist.lock().add(&local).ok();
+            drop(client);
+        }));
+    }
+    let started = Instant::now();
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut producers = Vec::new();
+    for p in 0..args.producers {
+        let client = Client::connect(url, ClientOptions::default()).await?;
+        let args = args.clone();
+        let sent = sent.clone();
+        producers.push(tokio::spawn(async move {
+            let mut pacer = Pacer {
+                start: Instant::now(),
+                per_sec: args.rate.map(|r| (r / args.producers as u64).max(1)),
+                sent: 0,
+            };
+            let mut i = p as u64;
+            while i < args.count {
+                let msg = Outgoing::new(body(base, i, args.size)).persistent(args.persistent);
+                if args.receipts {
+                    client.send_with_receipt(&args.destination, &msg).await?;
+                } else {
+                    client.send(&args.destination, &msg).await?;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                pacer.wait().await;
+                i += args.producers as u64;
+            }
+            client.flush().await?;
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for p in producers {
+        p.await??;
+    }
+    progress
+        .wait(args.count, Duration::from_secs(args.idle_timeout))
+        .await;
+    let elapsed = progress.last.lock().duration_since(started);
+    stop.cancel();
+    for c in consumers {
+        let _ = c.await;
+    }
+    let received = seen.count();
+    let mut r = Report {
+        scenario: "queue".into(),
+        params: format!(
+            "{}P/{}C {}B{}{} ack={:?}",
+            args.producers,
+            args.consumers,
+            args.size,
+            if args.persistent { " persistent" } else { "" },
+            if args.receipts { " receipts" } else { "" },
+            args.ack
+        )
+        .to_lowercase(),
+        rate: received as f64 / elapsed.as_secs_f64(),
+        unit: "msg/s".into(),
+        sent: sent.load(Ordering::Relaxed),
+        received,
+        seconds: elapsed.as_secs_f64(),
+        lost: args.count - received,
+        duplicates: dups.load(Ordering::Relaxed),
+        redelivered: redelivered.load(Ordering::Relaxed),
+        ..Report::default()
+    };
+    fill_latency(&mut r, &hist.lock());
+    Ok(r)
+}
+
+pub async fn fanout(args: &FanoutArgs) -> anyhow::Result<Report> {
+    // Every subscriber keeps the whole run pending if it must: the benchmark measures
+    // deliveries, not the slow-subscriber discard policy.
+    let keys = format!("topic_pending_limit = {}", args.count.max(1));
+    let broker = BrokerUnderTest::start(&args.target, &keys).await?;
+    let result = run_fanout(args, &broker.url).await;
+    broker.stop().await;
+    result
+}
+
+async fn run_fanout(args: &FanoutArgs, url: &str) -> anyhow::Result<Report> {
+    let base = Instant::now();
+    let expected = args.count * args.subscribers as u64;
+    let progress = Progress::new();
+    let hist = Arc::new(Mutex::new(new_histogram()));
+    let lost = Arc::new(AtomicU64::new(0));
+    let dups = Arc::new(AtomicU64::new(0));
+    let mut subs = Vec::new();
+    for _ in 0..args.subscribers {
+        let client = Client::connect(url, ClientOptions::default()).await?;
+        let mut sub = client
+            .subscribe(
+                &args.destination,
+                SubscribeOptions {
+                    prefetch: args.prefetch,
+                    ..SubscribeOptions::default()
+                },
+            )
+            .await?;
+        let (progress, hist, lost, dups) =
+            (progress.clone(), hist.clone(), lost.clone(), dups.clone());
+        let count = args.count;
+        let idle = Duration::from_secs(args.idle_timeout);
+        subs.push(tokio::spawn(async move {
+            let mut local = new_histogram();
+            let mut next_index = 0u64;
+            let mut got = 0u64;
+            while next_index < count {
+                let Some(d) = sub.next_timeout(idle).await else {
+                    break;
+                };
+                if let Some((lat, idx)) = read_body(base, &d.body) {
+                    let _ = local.record(lat.max(1));
+                    if idx < next_index {
+                        dups.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    next_index = idx + 1;
+                }
+                got += 1;
+                progress.add(expected);
+            }
+            // Every message this subscriber never saw (gaps included: a slow subscriber past
+            // its topic_pending_limit loses its oldest).
+            lost.fetch_add(count.saturating_sub(got), Ordering::Relaxed);
+            hist.lock().add(&local).ok();
+            drop(client);
+        }));
+    }
+    let started = Instant::now();
+    let client = Client::connect(url, ClientOptions::default()).await?;
+    let mut pacer = Pacer {
+        start: Instant::now(),
+        per_sec: args.rate,
+        sent: 0,
+    };
+    for i in 0..args.count {
+        client
+            .send(&args.destination, &Outgoing::new(body(base, i, args.size)))
+            .await?;
+        pacer.wait().await;
+    }
+    client.flush().await?;
+    progress
+        .wait(expected, Duration::from_secs(args.idle_timeout))
+        .await;
+    let elapsed = progress.last.lock().duration_since(started);
+    for s in subs {
+        let _ = tokio::time::timeout(Duration::from_secs(args.idle_timeout + 5), s).await;
+    }
+    let received = progress.received.load(Ordering::Relaxed);
+    let mut r = Report {
+        scenario: "fanout".into(),
+        params: format!("1P -> {} subscribers {}B", args.subscribers, args.size),
+        rate: received as f64 / elapsed.as_secs_f64(),
+        unit: "deliveries/s".into(),
+        sent: args.count,
+        received,
+        seconds: elapsed.as_secs_f64(),
+        lost: lost.load(Ordering::Relaxed),
+        duplicates: dups.load(Ordering::Relaxed),
+        ..Report::default()
+    };
+    fill_latency(&mut r, &hist.lock());
+    Ok(r)
+}
+
+pub async fn connections(args: &ConnectionsArgs) -> anyhow::Result<Report> {
+    if args.sources.is_empty() {
+        bail!("--sources needs at least one address");
+    }
+    let broker = BrokerUnderTest::start(&args.target, "").await?;
+    let result = run_connections(args, &broker).await;
+    broker.stop().await;
+    result
+}
+
+async fn run_connections(
+    args: &ConnectionsArgs,
+    broker: &BrokerUnderTest,
+) -> anyhow::Result<Report> {
+    let rss_before = broker.status().await.map(|s| s.process.rss_bytes);
+    let received = Arc::new(AtomicU64::new(0));
+    let all_in = Arc::new(Notify::new());
+    let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(args.connections);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<anyhow::Result<()>>();
+    for i in 0..args.connections {
+        let url = broker.url.clone();
+        let source = args.sources[i % args.sources.len()];
+        let dest = args.destination.clone();
+        let permits = permits.clone();
+        let ready = ready_tx.clone();
+        let received = received.clone();
+        let all_in = all_in.clone();
+        let total = args.connections as u64;
+        tasks.push(tokio::spawn(async move {
+            let opened = async {
+                let _permit = permits.acquire().await?;
+                let client = Client::connect(
+                    &url,
+                    ClientOptions {
+                        local_addr: Some(source),
+                        ..ClientOptions::default()
+                    },
+                )
+                .await?;
+                let sub = client
+                    .subscribe(
+                        &dest,
+                        SubscribeOptions {
+                            prefetch: 10,
+                            ..SubscribeOptions::default()
+                        },
+                    )
+                    .await?;
+                Ok::<_, anyhow::Error>((client, sub))
+            }
+            .await;
+            let (client, mut sub) = match opened {
+                Ok(x) => {
+                    let _ = ready.send(Ok(()));
+                    x
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            };
+            if sub.next().await.is_some() && received.fetch_add(1, Ordering::Relaxed) + 1 == total {
+                all_in.notify_one();
+            }
+            drop(client);
+        }));
+    }
+    drop(ready_tx);
+    let mut connected = 0usize;
+    let mut first_error = None;
+    for _ in 0..args.connections {
+        let Some(r) = ready_rx.recv().await else {
+            break;
+        };
+        match r {
+            Ok(()) => connected += 1,
+            Err(e) => {
+                if first_error.is_none() {
+                    first_error = Some(e);
+                }
+            }
+        }
+    }
+    let connect_secs = start.elapsed().as_secs_f64();
+    if connected < args.connections {
+        return Err(anyhow!(
+            "{} of {} connections failed; first error: {}",
+            args.connections - connected,
+            args.connections,
+            first_error.map(|e| e.to_string()).unwrap_or_default()
+        ));
+    }
+    // Let the broker settle, then read its memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = broker.status().await.map(|s| s.process.rss_bytes);
+    let publisher = Client::connect(&broker.url, ClientOptions::default()).await?;
+    let waiting = all_in.notified();
+    tokio::pin!(waiting);
+    waiting.as_mut().enable();
+    let sent_at = Instant::now();
+    publisher
+        .send_with_receipt(&args.destination, &Outgoing::new(&b"to everyone"[..]))
+        .await?;
+    let reached_all = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .is_ok();
+    let fanout_ms = sent_at.elapsed().as_secs_f64() * 1000.0;
+    let got = received.load(Ordering::Relaxed);
+    for t in tasks {
+        t.abort();
+    }
+    let per_conn = match (rss_before, rss_after) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / args.connections as f64),
+        _ => None,
+    };
+    Ok(Report {
+        scenario: "connections".into(),
+        params: format!("{} idle subscribers", args.connections),
+        rate: args.connections as f64 / connect_secs,
+        unit: "connects/s".into(),
+        sent: 1,
+        received: got,
+        seconds: connect_secs,
+        lost: args.connections as u64 - got,
+        extra: Some(serde_json::json!({
+            "connect_seconds": connect_secs,
+            "broker_rss_per_connection_bytes": per_conn,
+            "broker_rss_before_bytes": rss_before,
+            "broker_rss_after_bytes": rss_after,
+            "fanout_to_all_ms": if reached_all { Some(fanout_ms) } else { None },
+        })),
+        ..Report::default()
+    })
+}
+
+/// Runs the standard set and prints a table.
+pub async fn suite(args: &SuiteArgs) -> anyhow::Result<Vec<Report>> {
+    let scale = if args.quick { 10 } else { 1 };
+    let local = Target {
+        url: None,
+        admin: None,
+    };
+    let q = |p: usize, c: usize| QueueArgs {
+        target: local.clone(),
+        producers: p,
+        consumers: c,
+        count: 2_000_000 / scale,
+        size: 256,
+        persistent: false,
+        receipts: false,
+        ack: AckArg::Auto,
+        prefetch: 1000,
+        rate: None,
+        destination: "queue://bench".into(),
+        idle_timeout: 30,
+    };
+    let mut reports = Vec::new();
+    for (p, c) in [(1, 1), (4, 4)] {
+        let r = queue(&q(p, c)).await?;
+        println!("{}", serde_json::to_string(&r)?);
+        reports.push(r);
+    }
+    let r = fanout(&FanoutArgs {
+        target: local.clone(),
+        subscribers: 100,
+        count: 20_000 / scale,
+        size: 256,
+        prefetch: 1000,
+        rate: None,
+        destination: "topic://bench.fanout".into(),
+        idle_timeout: 30,
+    })
+    .await?;
+    println!("{}", serde_json::to_string(&r)?);
+    reports.push(r);
+    let r = connections(&ConnectionsArgs {
+        target: local,
+        connections: if args.quick { 2_000 } else { 10_000 },
+        sources: ["127.0.1.1", "127.0.1.2", "127.0.1.3", "127.0.1.4"]
+            .iter()
+            .map(|s| s.parse().expect("valid IP literal"))
+            .collect(),
+        concurrency: 256,
+        destination: "topic://bench.connections".into(),
+    })
+    .await?;
+    println!("{}", serde_json::to_string(&r)?);
+    reports.push(r);
+    print_table(&reports);
+    Ok(reports)
+}
+
+pub fn print_table(reports: &[Report]) {
+    println!();
+    println!(
+        "{:<12} {:<34} {:>16} {:>9} {:>9} {:>9} {:>6} {:>6}",
+        "scenario", "parameters", "rate", "p50 us", "p99 us", "p999 us", "lost", "dups"
+    );
+    for r in reports {
+        println!(
+            "{:<12} {:<34} {:>10.0} {:<5} {:>9} {:>9} {:>9} {:>6} {:>6}",
+            r.scenario,
+            r.params,
+            r.rate,
+            r.unit.split('/').next().unwrap_or(""),
+            r.latency_us_p50,
+            r.latency_us_p99,
+            r.latency_us_p999,
+            r.lost,
+            r.duplicates
+        );
+        if let Some(extra) = &r.extra {
+            println!("{:<12} {}", "", extra);
+        }
+    }
+}

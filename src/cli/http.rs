@@ -1,0 +1,47 @@
+//! A minimal HTTP/1.1 GET for talking to members' admin ports.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+
+/// GETs `path` from `addr`; returns the status code and the body.
+pub async fn get(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
+    tokio::time::timeout(timeout, get_inner(addr, path))
+        .await
+        .map_err(|_| anyhow!("http://{addr}{path}: no answer within {timeout:?}"))?
+}
+
+async fn get_inner(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot reach the admin port {addr}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .body(Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Waits until `addr`'s `/readyz` answers 200.
+pub async fn wait_ready(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Ok((200, _)) = get(addr, "/readyz", Duration::from_secs(1)).await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(anyhow!(
+                "{addr}/readyz did not answer 200 within {timeout:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
