@@ -140,6 +140,13 @@ pub struct ConsumeArgs {
     pub durable: Option<String>,
     #[arg(long)]
     pub client_id: Option<String>,
+    /// Never acknowledge (with --ack client or individual): the broker redelivers everything
+    /// received once this consumer goes away. For testing redelivery.
+    #[arg(long)]
+    pub no_ack: bool,
+    /// After the last message, keep the connection open this many seconds.
+    #[arg(long)]
+    pub linger: Option<f64>,
     /// Do not print message bodies.
     #[arg(long)]
     pub quiet: bool,
@@ -159,6 +166,9 @@ struct ConsumedMessage<'a> {
 }
 
 pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
+    if args.no_ack && matches!(args.ack, AckArg::Auto) {
+        bail!("--no-ack needs --ack client or --ack individual (auto acknowledges for you)");
+    }
     let client = Client::connect(
         &args.url,
         ClientOptions {
@@ -204,9 +214,12 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         } else if !args.quiet {
             println!("{}", String::from_utf8_lossy(&d.body));
         }
-        if !matches!(args.ack, AckArg::Auto) {
+        if !matches!(args.ack, AckArg::Auto) && !args.no_ack {
             sub.ack(&d).await?;
         }
+    }
+    if let Some(secs) = args.linger {
+        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     }
     sub.unsubscribe(false).await.ok();
     client.close().await?;
