@@ -4,5 +4,6 @@ pub mod client;
 pub mod config;
 pub mod metrics;
 pub mod server;
+pub mod store;
 pub mod transport;
 pub mod wire;

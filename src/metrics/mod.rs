@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, gauge, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::broker::DestinationStats;
 
@@ -39,6 +39,12 @@ pub const DEST_DROPPED: &str = "meshmq_destination_dropped_total";
 pub const DEST_REDELIVERED: &str = "meshmq_destination_redelivered_total";
 pub const DESTINATIONS: &str = "meshmq_destinations";
 pub const DISPATCH_BATCH: &str = "meshmq_connection_write_batch_messages";
+pub const JOURNAL_WRITE_SECONDS: &str = "meshmq_journal_write_seconds";
+pub const JOURNAL_SYNCS: &str = "meshmq_journal_syncs_total";
+pub const JOURNAL_BYTES: &str = "meshmq_journal_bytes_total";
+pub const JOURNAL_SEGMENTS: &str = "meshmq_journal_segments";
+pub const JOURNAL_DISK_BYTES: &str = "meshmq_journal_disk_bytes";
+pub const JOURNAL_FULL: &str = "meshmq_journal_full";
 pub const UPTIME: &str = "meshmq_uptime_seconds";
 pub const UP: &str = "meshmq_up";
 pub const PROCESS_RSS: &str = "meshmq_process_resident_memory_bytes";
@@ -122,6 +128,26 @@ fn describe_all() {
         DISPATCH_BATCH,
         "Messages written to a connection per socket write (dispatch batching)."
     );
+    describe_histogram!(
+        JOURNAL_WRITE_SECONDS,
+        Unit::Seconds,
+        "Time to write (and sync, with local_disk) one group-commit batch of journal records."
+    );
+    describe_counter!(
+        JOURNAL_SYNCS,
+        "Journal fdatasync calls (one per group-commit batch)."
+    );
+    describe_counter!(JOURNAL_BYTES, Unit::Bytes, "Bytes appended to the journal.");
+    describe_gauge!(JOURNAL_SEGMENTS, "Journal segment files on disk.");
+    describe_gauge!(
+        JOURNAL_DISK_BYTES,
+        Unit::Bytes,
+        "Disk space held by journal segments."
+    );
+    describe_gauge!(
+        JOURNAL_FULL,
+        "1 while the journal is at store_limit or the disk is full (persistent sends wait or fail)."
+    );
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since this member started.");
     describe_gauge!(UP, "1 while this member runs.");
     describe_gauge!(
@@ -151,11 +177,20 @@ pub fn install(group: &str, member: &str) -> Result<PrometheusHandle, MetricsErr
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }
+    let err = |e: metrics_exporter_prometheus::BuildError| MetricsError(e.to_string());
     let handle = PrometheusBuilder::new()
         .add_global_label("group", group)
         .add_global_label("member", member)
         .set_buckets(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0])
-        .map_err(|e| MetricsError(e.to_string()))?
+        .map_err(err)?
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                0.25, 0.5, 1.0, 2.5,
+            ],
+        )
+        .map_err(err)?
         .install_recorder()
         .map_err(|e| MetricsError(e.to_string()))?;
     describe_all();

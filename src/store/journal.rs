@@ -1,0 +1,506 @@
+//! The append-only segmented journal: one writer thread, group commit, positional reads.
+//!
+//! Appends are framed by the caller's thread into a shared batch (the index is assigned under
+//! the same lock, so indexes are consecutive in file order); the writer thread swaps the batch
+//! out, writes it with as few syscalls as the segment boundaries allow, syncs once per batch
+//! (`local_disk`), and then publishes the synced index. Every append that arrived while a sync
+//! was running shares the next one: that is the group commit. Segments are preallocated with
+//! `fallocate`, so a write never grows a file and running out of space shows up when a segment
+//! is created — where it is handled like `store_limit`: the batch waits and is retried.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use super::frame::{self, FRAME_HEADER};
+use super::StoreError;
+
+/// How a batch is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Written to the OS (survives a process crash, not a power loss).
+    Written,
+    /// Written and `fdatasync`ed.
+    Synced,
+}
+
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    pub segment_size: u64,
+    pub store_limit: Option<u64>,
+    pub durability: Durability,
+    /// Extra time the writer waits to gather more appends into one sync (0 = none: group
+    /// commit comes from appends arriving while the previous sync runs).
+    pub group_commit_window: Duration,
+    pub max_record: usize,
+}
+
+pub(crate) fn segment_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}.log"))
+}
+
+/// One segment file.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub first: u64,
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    pub capacity: u64,
+    /// Offset of each record (record `first + i` at `offsets[i]`).
+    pub offsets: Vec<u32>,
+    /// Offset just past the last record.
+    pub end: u64,
+    /// Messages added in this segment that are still live.
+    pub live: AtomicU64,
+}
+
+impl Segment {
+    fn contains(&self, index: u64) -> bool {
+        index >= self.first && index < self.first + self.offsets.len() as u64
+    }
+}
+
+/// Creates and preallocates a segment file.
+pub(crate) fn create_segment(dir: &Path, first: u64, capacity: u64) -> Result<Segment, StoreError> {
+    let path = segment_path(dir, first);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| StoreError::io(&path, "create", e))?;
+    // SAFETY: fallocate on a descriptor we own, with in-range arguments.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, capacity as libc::off_t) };
+    if rc != 0 {
+        let err = io::Error::from_raw_os_error(rc);
+        drop(file);
+        let _ = std::fs::remove_file(&path);
+        return Err(if rc == libc::ENOSPC {
+            StoreError::NoSpace {
+                path: path.display().to_string(),
+            }
+        } else {
+            StoreError::io(&path, "preallocate", err)
+        });
+    }
+    sync_dir(dir)?;
+    Ok(Segment {
+        first,
+        path,
+        file: Arc::new(file),
+        capacity,
+        offsets: Vec::new(),
+        end: 0,
+        live: AtomicU64::new(0),
+    })
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(dir, "sync the directory", e))
+}
+
+/// Called on the writer thread with the newest synced index.
+pub type SyncedHook = Box<dyn Fn(u64) + Send + Sync>;
+
+/// Appends waiting for the writer.
+#[derive(Default)]
+struct Batch {
+    buf: BytesMut,
+    /// (index, frame length) of each record in `buf`, in order.
+    frames: Vec<(u64, u32)>,
+}
+
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    pub options: JournalOptions,
+    batch: Mutex<Batch>,
+    /// Assigned under the batch lock, so indexes follow file order.
+    next_index: AtomicU64,
+    wake: Condvar,
+    pub segments: RwLock<Vec<Segment>>,
+    synced: tokio::sync::watch::Sender<u64>,
+    failed: Mutex<Option<String>>,
+    full: AtomicBool,
+    unsynced_bytes: AtomicU64,
+    disk_bytes: AtomicU64,
+    stop: AtomicBool,
+    on_synced: RwLock<Option<SyncedHook>>,
+    pub fsyncs: AtomicU64,
+    pub appended_bytes: AtomicU64,
+}
+
+/// The journal handle.
+#[derive(Clone)]
+pub struct Journal {
+    pub(crate) shared: Arc<Shared>,
+    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl Journal {
+    /// Starts the writer over `segments` (recovered, oldest first; the last one is appended to).
+    pub(crate) fn start(
+        dir: PathBuf,
+        options: JournalOptions,
+        segments: Vec<Segment>,
+        next_index: u64,
+    ) -> Journal {
+        let disk: u64 = segments.iter().map(|s| s.capacity).sum();
+        let shared = Arc::new(Shared {
+            dir,
+            options,
+            batch: Mutex::new(Batch::default()),
+            next_index: AtomicU64::new(next_index),
+            wake: Condvar::new(),
+            segments: RwLock::new(segments),
+            synced: tokio::sync::watch::Sender::new(next_index.saturating_sub(1)),
+            failed: Mutex::new(None),
+            full: AtomicBool::new(false),
+            unsynced_bytes: AtomicU64::new(0),
+            disk_bytes: AtomicU64::new(disk),
+            stop: AtomicBool::new(false),
+            on_synced: RwLock::new(None),
+            fsyncs: AtomicU64::new(0),
+            appended_bytes: AtomicU64::new(0),
+        });
+        let thread_shared = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("meshmq-journal".into())
+            .spawn(move || writer(thread_shared))
+            .expect("spawning the journal writer thread");
+        Journal {
+            shared,
+            writer: Arc::new(Mutex::new(Some(handle))),
+        }
+    }
+
+    /// Frames `payload` as the next record and queues it; returns its index.
+    pub fn append(&self, payload: &[u8]) -> u64 {
+        let len = frame::frame_len(payload.len());
+        let mut batch = self.shared.batch.lock();
+        let index = self.shared.next_index.fetch_add(1, Ordering::Relaxed);
+        frame::put_frame(index, payload, &mut batch.buf);
+        batch.frames.push((index, len as u32));
+        drop(batch);
+        self.shared
+            .unsynced_bytes
+            .fetch_add(len as u64, Ordering::Relaxed);
+        self.shared.wake.notify_one();
+        index
+    }
+
+    /// The index the next append will get.
+    pub fn next_index(&self) -> u64 {
+        self.shared.next_index.load(Ordering::Relaxed)
+    }
+
+    /// Every record up to this index is durable.
+    pub fn synced(&self) -> u64 {
+        *self.shared.synced.borrow()
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failed.lock().clone()
+    }
+
+    /// Waits until `index` is durable.
+    pub async fn wait_synced(&self, index: u64) -> Result<(), StoreError> {
+        let mut rx = self.shared.synced.subscribe();
+        loop {
+            if *rx.borrow_and_update() >= index {
+                return Ok(());
+            }
+            if let Some(f) = self.failure() {
+                return Err(StoreError::Failed(f));
+            }
+            if rx.changed().await.is_err() {
+                return Err(StoreError::Failed("the journal writer stopped".into()));
+            }
+        }
+    }
+
+    /// Called (on the writer thread) with the synced index after every batch.
+    pub fn set_on_synced(&self, f: SyncedHook) {
+        *self.shared.on_synced.write() = Some(f);
+    }
+
+    /// False while the store is at its limit (or the disk is full), or the writer is far behind.
+    pub fn has_room(&self) -> bool {
+        !self.shared.full.load(Ordering::Relaxed)
+            && self.shared.unsynced_bytes.load(Ordering::Relaxed) < 64 << 20
+            && self.failure().is_none()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.shared.full.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of segment files on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.shared.disk_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.shared.segments.read().len()
+    }
+
+    /// Reads the payload of record `index`.
+    pub fn read(&self, index: u64) -> Result<Vec<u8>, StoreError> {
+        let (file, offset, path) = {
+            let segs = self.shared.segments.read();
+            let seg = segs
+                .iter()
+                .rev()
+                .find(|s| s.contains(index))
+                .ok_or(StoreError::Missing(index))?;
+            let off = seg.offsets[(index - seg.first) as usize] as u64;
+            (seg.file.clone(), off, seg.path.clone())
+        };
+        let mut header = [0u8; FRAME_HEADER];
+        file.read_exact_at(&mut header, offset)
+            .map_err(|e| StoreError::io(&path, "read", e))?;
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if len < 8 || len > self.shared.options.max_record + 8 {
+            return Err(StoreError::Corrupt {
+                path: path.display().to_string(),
+                offset,
+                reason: format!("impossible frame length {len} when reading record {index}"),
+            });
+        }
+        let mut body = vec![0u8; len];
+        file.read_exact_at(&mut body, offset + 8)
+            .map_err(|e| StoreError::io(&path, "read", e))?;
+        let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+        if crc32c::crc32c(&body) != crc || body[..8] != index.to_be_bytes() {
+            return Err(StoreError::Corrupt {
+                path: path.display().to_string(),
+                offset,
+                reason: format!("record {index} fails its checksum"),
+            });
+        }
+        body.drain(..8);
+        Ok(body)
+    }
+
+    /// Counts a message added at `index` as live in its segment.
+    pub fn retain(&self, index: u64) {
+        let segs = self.shared.segments.read();
+        if let Some(s) = segs.iter().rev().find(|s| index >= s.first) {
+            s.live.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The message added at `index` is gone; its segment may become deletable.
+    pub fn release(&self, index: u64) {
+        let segs = self.shared.segments.read();
+        if let Some(s) = segs.iter().rev().find(|s| index >= s.first) {
+            let _ = s
+                .live
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+        }
+    }
+
+    /// Deletes segments that hold only records before `before` and no live message.
+    /// Returns how many were deleted.
+    pub fn collect_garbage(&self, before: u64) -> usize {
+        let mut deleted = 0;
+        let mut segs = self.shared.segments.write();
+        while segs.len() > 1 {
+            let s = &segs[0];
+            let next_first = segs[1].first;
+            if next_first > before || s.live.load(Ordering::Relaxed) > 0 {
+                break;
+            }
+            if let Err(e) = std::fs::remove_file(&s.path) {
+                tracing::warn!(path = %s.path.display(), error = %e, "cannot delete a journal segment");
+                break;
+            }
+            self.shared
+                .disk_bytes
+                .fetch_sub(s.capacity, Ordering::Relaxed);
+            segs.remove(0);
+            deleted += 1;
+        }
+        drop(segs);
+        if deleted > 0 {
+            let _ = sync_dir(&self.shared.dir);
+            if self.shared.full.load(Ordering::Relaxed) {
+                // The writer retries its waiting batch now there may be room.
+                self.shared.wake.notify_one();
+            }
+        }
+        deleted
+    }
+
+    /// Writes everything queued, then stops the writer.
+    pub fn close(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+        if let Some(h) = self.writer.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn writer(shared: Arc<Shared>) {
+    let mut carry = Batch::default();
+    let mut spare = Batch::default();
+    loop {
+        if carry.frames.is_empty() {
+            let mut batch = shared.batch.lock();
+            while batch.frames.is_empty() && !shared.stop.load(Ordering::Acquire) {
+                shared.wake.wait(&mut batch);
+            }
+            if batch.frames.is_empty() {
+                return;
+            }
+            if !shared.options.group_commit_window.is_zero() {
+                parking_lot::MutexGuard::unlocked(&mut batch, || {
+                    std::thread::sleep(shared.options.group_commit_window)
+                });
+            }
+            std::mem::swap(&mut *batch, &mut spare);
+            drop(batch);
+            std::mem::swap(&mut carry, &mut spare);
+        }
+        match write_batch(&shared, &mut carry) {
+            Ok(()) => shared.full.store(false, Ordering::Relaxed),
+            Err(StoreError::NoSpace { path }) => {
+                if !shared.full.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(%path, "journal full (store_limit or disk): persistent sends wait until consumers free space");
+                }
+                if shared.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let mut batch = shared.batch.lock();
+                shared.wake.wait_for(&mut batch, Duration::from_millis(200));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "journal write failed: persistent sends are refused from now on");
+                *shared.failed.lock() = Some(e.to_string());
+                shared.synced.send_modify(|_| {});
+                return;
+            }
+        }
+    }
+}
+
+/// Makes the first `frames` records of `batch` (`bytes` long) durable and visible, and drops
+/// them from the batch.
+fn complete(
+    shared: &Shared,
+    batch: &mut Batch,
+    frames: usize,
+    bytes: usize,
+) -> Result<(), StoreError> {
+    if frames == 0 {
+        return Ok(());
+    }
+    if shared.options.durability == Durability::Synced {
+        let file = shared
+            .segments
+            .read()
+            .last()
+            .map(|s| (s.file.clone(), s.path.clone()));
+        if let Some((file, path)) = file {
+            file.sync_data()
+                .map_err(|e| StoreError::io(&path, "sync", e))?;
+            shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let last = batch.frames[frames - 1].0;
+    shared
+        .unsynced_bytes
+        .fetch_sub(bytes as u64, Ordering::Relaxed);
+    shared
+        .appended_bytes
+        .fetch_add(bytes as u64, Ordering::Relaxed);
+    let _ = batch.buf.split_to(bytes);
+    batch.frames.drain(..frames);
+    shared.synced.send_replace(last);
+    if let Some(f) = shared.on_synced.read().as_ref() {
+        f(last);
+    }
+    Ok(())
+}
+
+/// Writes a batch, rolling to new segments as needed, then completes it. When the store is
+/// full midway, the written prefix is completed and the rest stays in `batch` for a retry.
+fn write_batch(shared: &Shared, batch: &mut Batch) -> Result<(), StoreError> {
+    let mut pos = 0usize;
+    let mut i = 0usize;
+    let started = Instant::now();
+    let result = write_frames(shared, batch, &mut pos, &mut i);
+    complete(shared, batch, i, pos)?;
+    metrics::histogram!(crate::metrics::JOURNAL_WRITE_SECONDS)
+        .record(started.elapsed().as_secs_f64());
+    result
+}
+
+fn write_frames(
+    shared: &Shared,
+    batch: &Batch,
+    pos: &mut usize,
+    i: &mut usize,
+) -> Result<(), StoreError> {
+    while *i < batch.frames.len() {
+        let mut segs = shared.segments.write();
+        let room = segs.last().map(|s| s.capacity - s.end).unwrap_or(0);
+        // Take as many whole frames as fit in the active segment.
+        let mut take = 0usize;
+        let mut bytes = 0u64;
+        while *i + take < batch.frames.len() && bytes + batch.frames[*i + take].1 as u64 <= room {
+            bytes += batch.frames[*i + take].1 as u64;
+            take += 1;
+        }
+        if take == 0 {
+            let first = batch.frames[*i].0;
+            let need = (batch.frames[*i].1 as u64).max(shared.options.segment_size);
+            if let Some(limit) = shared.options.store_limit {
+                if shared.disk_bytes.load(Ordering::Relaxed) + need > limit {
+                    return Err(StoreError::NoSpace {
+                        path: format!("{} (store_limit {limit} bytes)", shared.dir.display()),
+                    });
+                }
+            }
+            if let Some(active) = segs.last() {
+                // The old active segment is complete: make it durable before moving on.
+                if shared.options.durability == Durability::Synced {
+                    active
+                        .file
+                        .sync_data()
+                        .map_err(|e| StoreError::io(&active.path, "sync", e))?;
+                }
+            }
+            let seg = create_segment(&shared.dir, first, need)?;
+            shared.disk_bytes.fetch_add(seg.capacity, Ordering::Relaxed);
+            segs.push(seg);
+            continue;
+        }
+        let seg = segs
+            .last_mut()
+            .expect("a segment exists once one was created");
+        let chunk = &batch.buf[*pos..*pos + bytes as usize];
+        seg.file
+            .write_all_at(chunk, seg.end)
+            .map_err(|e| StoreError::io(&seg.path, "write", e))?;
+        let mut off = seg.end;
+        for f in &batch.frames[*i..*i + take] {
+            seg.offsets.push(off as u32);
+            off += f.1 as u64;
+        }
+        seg.end = off;
+        *pos += bytes as usize;
+        *i += take;
+    }
+    Ok(())
+}

@@ -1,0 +1,577 @@
+//! Start-up: verify every segment, cut a torn tail, refuse corruption before it, then rebuild
+//! the live state from the last checkpoint plus the records after it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message as _;
+
+use super::frame::{self, End};
+use super::journal::Segment;
+use super::proto::{record, Checkpoint, MessageAdded, Record};
+use super::StoreError;
+use crate::broker::{Destination, DestinationPattern, Kind};
+
+/// A live persistent queue message found at start-up.
+#[derive(Debug, Clone)]
+pub struct RecoveredMessage {
+    pub index: u64,
+    pub redelivery_count: u32,
+    pub priority: u8,
+    pub expires_at_ms: u64,
+    /// The whole record when it fits the memory budget; `None`: read it back on dispatch.
+    pub record: Option<MessageAdded>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecoveredDurable {
+    pub client_id: String,
+    pub name: String,
+    pub pattern: String,
+    pub no_local: bool,
+    /// (message index, redelivery count), oldest first.
+    pub messages: Vec<(u64, u32)>,
+}
+
+/// The live state of a journal.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Per queue, its live messages in index order.
+    pub queues: Vec<(String, Vec<RecoveredMessage>)>,
+    pub durables: Vec<RecoveredDurable>,
+    /// Persistent topic messages held by durable subscriptions.
+    pub topic_messages: HashMap<u64, MessageAdded>,
+    /// Producer high-water marks: (producer id, highest sequence stored).
+    pub producers: Vec<(Bytes, u64)>,
+    /// False after a crash: deliveries in flight then are unknown, so every recovered message
+    /// counts as possibly delivered (redelivery count at least 1).
+    pub clean: bool,
+    pub epoch: u64,
+    pub next_index: u64,
+    /// What was cut or found, for the log.
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug)]
+struct QMsg {
+    redeliveries: u32,
+    priority: u8,
+    expires_at_ms: u64,
+    record: Option<MessageAdded>,
+    known: bool,
+}
+
+#[derive(Debug)]
+struct Dur {
+    pattern: String,
+    matcher: Option<DestinationPattern>,
+    no_local: bool,
+    pending: BTreeMap<u64, u32>,
+}
+
+/// Applies records in index order.
+#[derive(Debug, Default)]
+pub(crate) struct Replay {
+    queues: HashMap<String, BTreeMap<u64, QMsg>>,
+    queue_of: HashMap<u64, String>,
+    durables: HashMap<(String, String), Dur>,
+    topic_msgs: HashMap<u64, (MessageAdded, u32)>,
+    producers: HashMap<Bytes, u64>,
+    txs: HashMap<u64, Vec<(u64, Record)>>,
+    epoch: u64,
+    budget: u64,
+    loaded: u64,
+}
+
+fn message_bytes(m: &MessageAdded) -> u64 {
+    (m.body.len() + 256) as u64
+}
+
+impl Replay {
+    pub(crate) fn new(memory_budget: u64) -> Replay {
+        Replay {
+            budget: memory_budget,
+            ..Replay::default()
+        }
+    }
+
+    fn from_checkpoint(c: &Checkpoint, memory_budget: u64) -> Replay {
+        let mut r = Replay::new(memory_budget);
+        r.epoch = c.epoch;
+        for q in &c.queues {
+            let map = r.queues.entry(q.destination.clone()).or_default();
+            for m in &q.messages {
+                map.insert(
+                    m.index,
+                    QMsg {
+                        redeliveries: m.redelivery_count,
+                        priority: 4,
+                        expires_at_ms: 0,
+                        record: None,
+                        known: false,
+                    },
+                );
+                r.queue_of.insert(m.index, q.destination.clone());
+            }
+        }
+        for d in &c.durables {
+            let mut pending = BTreeMap::new();
+            for m in &d.messages {
+                pending.insert(m.index, m.redelivery_count);
+                r.topic_msgs
+                    .entry(m.index)
+                    .or_insert_with(|| (MessageAdded::default(), 0))
+                    .1 += 1;
+            }
+            r.durables.insert(
+                (d.client_id.clone(), d.name.clone()),
+                Dur {
+                    matcher: DestinationPattern::parse(&d.pattern).ok(),
+                    pattern: d.pattern.clone(),
+                    no_local: d.no_local,
+                    pending,
+                },
+            );
+        }
+        for p in &c.producers {
+            r.producers.insert(p.producer_id.clone(), p.sequence);
+        }
+        r
+    }
+
+    /// Indexes before the checkpoint whose records must be read (their bodies are needed).
+    fn wanted(&self) -> HashSet<u64> {
+        self.queue_of
+            .keys()
+            .chain(self.topic_msgs.keys())
+            .copied()
+            .collect()
+    }
+
+    /// Supplies the record of a message the checkpoint listed as live.
+    fn fill(&mut self, index: u64, added: MessageAdded) {
+        if let Some(q) = self
+            .queue_of
+            .get(&index)
+            .and_then(|d| self.queues.get_mut(d))
+        {
+            if let Some(m) = q.get_mut(&index) {
+                m.priority = added.priority.min(9) as u8;
+                m.expires_at_ms = added.expires_at_ms;
+                m.known = true;
+                let size = message_bytes(&added);
+                if self.loaded + size <= self.budget {
+                    self.loaded += size;
+                    m.record = Some(added);
+                }
+                return;
+            }
+        }
+        if let Some(t) = self.topic_msgs.get_mut(&index) {
+            t.0 = added;
+        }
+    }
+
+    pub(crate) fn apply(&mut self, index: u64, rec: Record) {
+        if rec.tx != 0 {
+            if let Some(record::Kind::TxEnd(end)) = &rec.kind {
+                let ops = self.txs.remove(&rec.tx).unwrap_or_default();
+                if end.commit {
+                    for (i, op) in ops {
+                        self.apply_now(i, op);
+                    }
+                }
+            } else {
+                self.txs.entry(rec.tx).or_default().push((index, rec));
+            }
+            return;
+        }
+        self.apply_now(index, rec);
+    }
+
+    fn apply_now(&mut self, index: u64, rec: Record) {
+        match rec.kind {
+            Some(record::Kind::Added(m)) => {
+                let hw = self.producers.entry(m.producer_id.clone()).or_insert(0);
+                *hw = (*hw).max(m.sequence);
+                let Ok(dest) = Destination::parse(&m.destination) else {
+                    return;
+                };
+                if dest.kind() == Kind::Queue {
+                    let size = message_bytes(&m);
+                    let keep = self.loaded + size <= self.budget;
+                    if keep {
+                        self.loaded += size;
+                    }
+                    self.queue_of.insert(index, m.destination.clone());
+                    self.queues
+                        .entry(m.destination.clone())
+                        .or_default()
+                        .insert(
+                            index,
+                            QMsg {
+                                redeliveries: m.redelivery_count,
+                                priority: m.priority.min(9) as u8,
+                                expires_at_ms: m.expires_at_ms,
+                                known: true,
+                                record: keep.then_some(m),
+                            },
+                        );
+                } else if dest.kind() == Kind::Topic {
+                    let mut refs = 0;
+                    for d in self.durables.values_mut() {
+                        if d.matcher.as_ref().is_some_and(|p| p.matches(&dest)) {
+                            d.pending.insert(index, m.redelivery_count);
+                            refs += 1;
+                        }
+                    }
+                    if refs > 0 {
+                        self.topic_msgs.insert(index, (m, refs));
+                    }
+                }
+            }
+            Some(record::Kind::Removed(r)) => {
+                if r.durable_client_id.is_empty() {
+                    if let Some(dest) = self.queue_of.remove(&r.message) {
+                        if let Some(q) = self.queues.get_mut(&dest) {
+                            if let Some(m) = q.remove(&r.message) {
+                                if let Some(rec) = &m.record {
+                                    self.loaded = self.loaded.saturating_sub(message_bytes(rec));
+                                }
+                            }
+                        }
+                    }
+                } else if let Some(d) = self
+                    .durables
+                    .get_mut(&(r.durable_client_id, r.durable_name))
+                {
+                    if d.pending.remove(&r.message).is_some() {
+                        self.release_topic(r.message);
+                    }
+                }
+            }
+            Some(record::Kind::DurableAdded(a)) => {
+                let key = (a.client_id, a.name);
+                if let Some(old) = self.durables.remove(&key) {
+                    for i in old.pending.keys() {
+                        self.release_topic(*i);
+                    }
+                }
+                self.durables.insert(
+                    key,
+                    Dur {
+                        matcher: DestinationPattern::parse(&a.pattern).ok(),
+                        pattern: a.pattern,
+                        no_local: a.no_local,
+                        pending: BTreeMap::new(),
+                    },
+                );
+            }
+            Some(record::Kind::DurableRemoved(r)) => {
+                if let Some(old) = self.durables.remove(&(r.client_id, r.name)) {
+                    for i in old.pending.keys() {
+                        self.release_topic(*i);
+                    }
+                }
+            }
+            Some(record::Kind::Epoch(e)) => self.epoch = self.epoch.max(e.epoch),
+            Some(record::Kind::TxEnd(_)) | None => {}
+        }
+    }
+
+    fn release_topic(&mut self, index: u64) {
+        if let Some(t) = self.topic_msgs.get_mut(&index) {
+            t.1 = t.1.saturating_sub(1);
+            if t.1 == 0 {
+                self.topic_msgs.remove(&index);
+            }
+        }
+    }
+
+    /// Live message indexes (queue messages and topic messages held by durables).
+    pub(crate) fn live_indexes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.queue_of.keys().chain(self.topic_msgs.keys()).copied()
+    }
+
+    pub(crate) fn finish(self, clean: bool, next_index: u64, notes: Vec<String>) -> Recovered {
+        let mut queues: Vec<(String, Vec<RecoveredMessage>)> = self
+            .queues
+            .into_iter()
+            .map(|(dest, msgs)| {
+                let list = msgs
+                    .into_iter()
+                    .filter(|(_, m)| m.known)
+                    .map(|(index, m)| RecoveredMessage {
+                        index,
+                        redelivery_count: if clean {
+                            m.redeliveries
+                        } else {
+                            m.redeliveries.max(1)
+                        },
+                        priority: m.priority,
+                        expires_at_ms: m.expires_at_ms,
+                        record: m.record,
+                    })
+                    .collect();
+                (dest, list)
+            })
+            .collect();
+        queues.sort_by(|a, b| a.0.cmp(&b.0));
+        let durables = self
+            .durables
+            .into_iter()
+            .map(|((client_id, name), d)| RecoveredDurable {
+                client_id,
+                name,
+                pattern: d.pattern,
+                no_local: d.no_local,
+                messages: d
+                    .pending
+                    .into_iter()
+                    .map(|(i, r)| (i, if clean { r } else { r.max(1) }))
+                    .collect(),
+            })
+            .collect();
+        Recovered {
+            queues,
+            durables,
+            topic_messages: self
+                .topic_msgs
+                .into_iter()
+                .filter(|(_, (m, _))| !m.destination.is_empty())
+                .map(|(i, (m, _))| (i, m))
+                .collect(),
+            producers: self.producers.into_iter().collect(),
+            clean,
+            epoch: self.epoch,
+            next_index,
+            notes,
+        }
+    }
+}
+
+pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
+
+pub(crate) fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>, StoreError> {
+    let path = dir.join(CHECKPOINT_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            if bytes.len() < 4 {
+                return Err(StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    offset: 0,
+                    reason: "the checkpoint is truncated".into(),
+                });
+            }
+            let (body, crc) = bytes.split_at(bytes.len() - 4);
+            let crc = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
+            if crc32c::crc32c(body) != crc {
+                return Err(StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    offset: 0,
+                    reason: "the checkpoint fails its checksum".into(),
+                });
+            }
+            Checkpoint::decode(body)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    offset: 0,
+                    reason: format!("the checkpoint does not decode: {e}"),
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io(&path, "read", e)),
+    }
+}
+
+pub(crate) fn write_checkpoint(dir: &Path, c: &Checkpoint) -> Result<(), StoreError> {
+    let mut bytes = c.encode_to_vec();
+    let crc = crc32c::crc32c(&bytes);
+    bytes.extend_from_slice(&crc.to_be_bytes());
+    let tmp = dir.join("checkpoint.tmp");
+    let fin = dir.join(CHECKPOINT_FILE);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, &bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &fin)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            StoreError::NoSpace {
+                path: tmp.display().to_string(),
+            }
+        } else {
+            StoreError::io(&tmp, "write", e)
+        }
+    })?;
+    super::journal::sync_dir(dir)
+}
+
+/// Lists segment files by first index.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, std::path::PathBuf)>, StoreError> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| StoreError::io(dir, "list", e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(dir, "list", e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".log") {
+            if let Ok(first) = stem.parse::<u64>() {
+                out.push((first, entry.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn zero_from(file: &std::fs::File, path: &Path, from: u64, to: u64) -> Result<(), StoreError> {
+    use std::os::unix::fs::FileExt;
+    let zeros = vec![0u8; 1 << 16];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(zeros.len());
+        file.write_all_at(&zeros[..n], at)
+            .map_err(|e| StoreError::io(path, "truncate", e))?;
+        at += n as u64;
+    }
+    file.sync_data()
+        .map_err(|e| StoreError::io(path, "sync", e))
+}
+
+/// Opens a journal directory: verifies, repairs a torn tail, and replays.
+pub(crate) fn recover(
+    dir: &Path,
+    max_record: usize,
+    memory_budget: u64,
+    repair: bool,
+) -> Result<(Vec<Segment>, Recovered), StoreError> {
+    let checkpoint = read_checkpoint(dir)?;
+    let start = checkpoint.as_ref().map(|c| c.next_index).unwrap_or(1);
+    let mut replay = match &checkpoint {
+        Some(c) => Replay::from_checkpoint(c, memory_budget),
+        None => Replay::new(memory_budget),
+    };
+    let wanted = replay.wanted();
+    let files = list_segments(dir)?;
+    let mut notes = Vec::new();
+    let mut segments = Vec::new();
+    let mut expected: Option<u64> = None;
+    let mut replayed_after_checkpoint = false;
+    let mut stop_after: Option<usize> = None;
+    for (n, (first, path)) in files.iter().enumerate() {
+        if let Some(cut) = stop_after {
+            if n > cut {
+                std::fs::remove_file(path).map_err(|e| StoreError::io(path, "remove", e))?;
+                notes.push(format!(
+                    "repair: removed {} (after the damage)",
+                    path.display()
+                ));
+                continue;
+            }
+        }
+        if let Some(e) = expected {
+            if *first != e {
+                return Err(StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    offset: 0,
+                    reason: format!("records {e}..{first} are missing between segments"),
+                });
+            }
+        } else if *first > start {
+            return Err(StoreError::Corrupt {
+                path: path.display().to_string(),
+                offset: 0,
+                reason: format!("records {start}..{first} after the checkpoint are missing"),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(|e| StoreError::io(path, "read", e))?;
+        let scan = frame::scan(&bytes, *first, max_record + 8);
+        let last_file = n + 1 == files.len();
+        let mut end = scan.end;
+        if let End::Damaged { offset, reason } = &scan.ended {
+            let next = first + scan.records.len() as u64;
+            let later_valid = !last_file
+                || frame::valid_frame_after(&bytes, *offset, next, max_record + 8).is_some();
+            if later_valid && !repair {
+                return Err(StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    offset: *offset as u64,
+                    reason: reason.clone(),
+                });
+            }
+            end = *offset;
+            let what = if later_valid {
+                "repair: cut corrupt data"
+            } else {
+                "cut a torn tail"
+            };
+            notes.push(format!(
+                "{what} in {} at offset {offset} ({reason}); {} records before it kept",
+                path.display(),
+                scan.records.len()
+            ));
+            if later_valid {
+                stop_after = Some(n);
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| StoreError::io(path, "open", e))?;
+        let capacity = bytes.len() as u64;
+        if end < scan.end || matches!(scan.ended, End::Damaged { .. }) {
+            zero_from(&file, path, end as u64, capacity)?;
+        }
+        let mut offsets = Vec::with_capacity(scan.records.len());
+        for f in scan.records.iter().take_while(|f| f.offset < end) {
+            offsets.push(f.offset as u32);
+            let payload = Bytes::copy_from_slice(&bytes[f.payload..f.payload + f.payload_len]);
+            if f.index >= start {
+                let rec = Record::decode(payload).map_err(|e| StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    offset: f.offset as u64,
+                    reason: format!("record {} does not decode: {e}", f.index),
+                })?;
+                replay.apply(f.index, rec);
+                replayed_after_checkpoint = true;
+            } else if wanted.contains(&f.index) {
+                if let Ok(Record {
+                    kind: Some(record::Kind::Added(m)),
+                    ..
+                }) = Record::decode(payload)
+                {
+                    replay.fill(f.index, m);
+                }
+            }
+        }
+        expected = Some(first + offsets.len() as u64);
+        segments.push(Segment {
+            first: *first,
+            path: path.clone(),
+            file: Arc::new(file),
+            capacity,
+            end: end as u64,
+            offsets,
+            live: AtomicU64::new(0),
+        });
+    }
+    let next_index = expected.unwrap_or(start).max(start);
+    // Count live messages per segment so garbage collection knows what it may delete.
+    for index in replay.live_indexes() {
+        if let Some(s) = segments.iter().rev().find(|s| index >= s.first) {
+            s.live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let clean = checkpoint.as_ref().is_some_and(|c| c.clean) && !replayed_after_checkpoint;
+    Ok((
+        segments,
+        replay.finish(clean || files.is_empty(), next_index, notes),
+    ))
+}

@@ -1,0 +1,402 @@
+//! Journal tests on real files in temporary directories.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::proto::{record::Kind, *};
+use super::*;
+
+fn config(dir: &Path) -> StoreConfig {
+    StoreConfig {
+        dir: dir.to_path_buf(),
+        segment_size: 4096,
+        store_limit: None,
+        durability: Durability::Synced,
+        group_commit_window: Duration::ZERO,
+        max_record: 1 << 20,
+        memory_budget: 1 << 30,
+    }
+}
+
+fn added(dest: &str, body: &str, producer: &str, seq: u64) -> Record {
+    Record {
+        kind: Some(Kind::Added(MessageAdded {
+            destination: dest.into(),
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            producer_id: Bytes::copy_from_slice(producer.as_bytes()),
+            sequence: seq,
+            priority: 4,
+            ..MessageAdded::default()
+        })),
+        tx: 0,
+    }
+}
+
+fn removed(index: u64) -> Record {
+    Record {
+        kind: Some(Kind::Removed(MessageRemoved {
+            message: index,
+            ..MessageRemoved::default()
+        })),
+        tx: 0,
+    }
+}
+
+fn bodies(r: &Recovered, dest: &str) -> Vec<String> {
+    r.queues
+        .iter()
+        .find(|(d, _)| d == dest)
+        .map(|(_, ms)| {
+            ms.iter()
+                .map(|m| String::from_utf8_lossy(&m.record.as_ref().unwrap().body).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn append_all(store: &Store, records: &[Record]) -> Vec<u64> {
+    let idx: Vec<u64> = records.iter().map(|r| store.append(r)).collect();
+    store
+        .journal()
+        .wait_synced(*idx.last().unwrap())
+        .await
+        .unwrap();
+    idx
+}
+
+#[tokio::test]
+async fn records_survive_a_reopen_and_removals_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = Store::open(config(dir.path()), false).unwrap();
+    assert!(rec.queues.is_empty());
+    let idx = append_all(
+        &store,
+        &[
+            added("queue://a", "one", "p", 1),
+            added("queue://a", "two", "p", 2),
+            added("queue://b", "three", "q", 7),
+        ],
+    )
+    .await;
+    append_all(&store, &[removed(idx[0])]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&store.read_message(idx[1]).unwrap().body),
+        "two"
+    );
+    store.close();
+    let (store, rec) = Store::open(config(dir.path()), false).unwrap();
+    assert_eq!(bodies(&rec, "queue://a"), vec!["two"]);
+    assert_eq!(bodies(&rec, "queue://b"), vec!["three"]);
+    let mut producers = rec.producers.clone();
+    producers.sort();
+    assert_eq!(
+        producers,
+        vec![(Bytes::from_static(b"p"), 2), (Bytes::from_static(b"q"), 7)]
+    );
+    assert!(!rec.clean, "no clean-shutdown checkpoint was written");
+    assert!(rec
+        .queues
+        .iter()
+        .all(|(_, m)| m.iter().all(|m| m.redelivery_count >= 1)));
+    assert_eq!(store.journal().next_index(), idx[2] + 2);
+    store.close();
+}
+
+#[tokio::test]
+async fn durable_subscriptions_keep_their_topic_messages_and_transactions_apply_at_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(config(dir.path()), false).unwrap();
+    let durable = |name: &str| Record {
+        kind: Some(Kind::DurableAdded(DurableAdded {
+            client_id: "c".into(),
+            name: name.into(),
+            pattern: "topic://news.>".into(),
+            no_local: false,
+        })),
+        tx: 0,
+    };
+    let idx = append_all(
+        &store,
+        &[
+            durable("a"),
+            durable("b"),
+            added("topic://news.eu", "n1", "p", 1),
+            added("topic://other", "ignored", "p", 2),
+        ],
+    )
+    .await;
+    let mut tx_send = added("queue://q", "in tx", "p", 3);
+    tx_send.tx = 9;
+    let mut tx_abort = added("queue://q", "aborted", "p", 4);
+    tx_abort.tx = 10;
+    append_all(
+        &store,
+        &[
+            Record {
+                kind: Some(Kind::Removed(MessageRemoved {
+                    message: idx[2],
+                    durable_client_id: "c".into(),
+                    durable_name: "a".into(),
+                })),
+                tx: 0,
+            },
+            tx_send,
+            tx_abort,
+            Record {
+                kind: Some(Kind::TxEnd(TxEnd { commit: true })),
+                tx: 9,
+            },
+            Record {
+                kind: Some(Kind::TxEnd(TxEnd { commit: false })),
+                tx: 10,
+            },
+        ],
+    )
+    .await;
+    store.close();
+    let (store, rec) = Store::open(config(dir.path()), false).unwrap();
+    let mut d = rec.durables.clone();
+    d.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(d[0].messages, vec![], "a acknowledged it");
+    assert_eq!(d[1].messages.len(), 1, "b still holds it");
+    assert_eq!(rec.topic_messages[&idx[2]].body, Bytes::from_static(b"n1"));
+    assert_eq!(bodies(&rec, "queue://q"), vec!["in tx"], "committed only");
+    store.close();
+}
+
+/// Writes three records, then cuts or damages the last one's bytes.
+async fn three_records(dir: &Path) -> (PathBuf, Vec<u64>, u64) {
+    let (store, _) = Store::open(config(dir), false).unwrap();
+    let idx = append_all(
+        &store,
+        &[
+            added("queue://a", "first", "p", 1),
+            added("queue://a", "second", "p", 2),
+            added("queue://a", "third", "p", 3),
+        ],
+    )
+    .await;
+    let seg = store.journal().shared.segments.read();
+    let path = seg[0].path.clone();
+    let last_offset = seg[0].offsets[2] as u64;
+    drop(seg);
+    store.close();
+    (path, idx, last_offset)
+}
+
+#[tokio::test]
+async fn a_torn_last_record_cut_at_every_byte_recovers_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _, last) = three_records(dir.path()).await;
+    let pristine = std::fs::read(&path).unwrap();
+    let end = {
+        let s = frame::scan(&pristine, 1, 1 << 20);
+        s.end
+    };
+    for cut in last as usize..end {
+        let mut torn = pristine.clone();
+        for b in &mut torn[cut..end] {
+            *b = 0;
+        }
+        std::fs::write(&path, &torn).unwrap();
+        let (store, rec) =
+            Store::open(config(dir.path()), false).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        assert_eq!(
+            bodies(&rec, "queue://a"),
+            vec!["first", "second"],
+            "cut at {cut}"
+        );
+        let next = store.append(&added("queue://a", "after", "p", 9));
+        assert_eq!(next, 3, "the torn record's index is reused");
+        store.journal().wait_synced(next).await.unwrap();
+        store.close();
+        let (store, rec) = Store::open(config(dir.path()), false).unwrap();
+        assert_eq!(bodies(&rec, "queue://a"), vec!["first", "second", "after"]);
+        store.close();
+        std::fs::write(&path, &pristine).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_an_earlier_record_is_refused_with_its_offset_until_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _, _) = three_records(dir.path()).await;
+    let mut bytes = std::fs::read(&path).unwrap();
+    let second = {
+        let s = frame::scan(&bytes, 1, 1 << 20);
+        s.records[1].offset
+    };
+    bytes[second + frame::FRAME_HEADER + 3] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Store::open(config(dir.path()), false).unwrap_err();
+    match &err {
+        StoreError::Corrupt {
+            path: p, offset, ..
+        } => {
+            assert_eq!(*offset, second as u64);
+            assert!(p.ends_with(".log"));
+        }
+        other => panic!("expected corruption, got {other}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("offset {second}")) && text.contains("--repair"),
+        "{text}"
+    );
+    let (store, rec) = Store::open(config(dir.path()), true).unwrap();
+    assert_eq!(
+        bodies(&rec, "queue://a"),
+        vec!["first"],
+        "repair cuts at the damage"
+    );
+    store.close();
+}
+
+#[tokio::test]
+async fn checkpoints_let_acknowledged_segments_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(config(dir.path()), false).unwrap();
+    let body = "x".repeat(1000);
+    for round in 0..20u64 {
+        let idx = append_all(&store, &[added("queue://a", &body, "p", round)]).await;
+        store.journal().retain(idx[0]);
+        append_all(&store, &[removed(idx[0])]).await;
+        store.journal().release(idx[0]);
+    }
+    let before = store.journal().segment_count();
+    let cp = Checkpoint {
+        next_index: store.journal().next_index(),
+        clean: true,
+        queues: vec![QueueState {
+            destination: "queue://a".into(),
+            messages: Vec::new(),
+        }],
+        ..Checkpoint::default()
+    };
+    // A checkpoint that lists nothing live lets every finished segment go but the active one.
+    let deleted = store.checkpoint(&cp).unwrap();
+    assert!(
+        before > 3 && deleted > 0,
+        "{before} segments, {deleted} deleted"
+    );
+    assert_eq!(store.journal().segment_count(), before - deleted);
+    let disk = store.journal().disk_bytes();
+    store.close();
+    let (store, rec) = Store::open(config(dir.path()), false).unwrap();
+    assert!(rec.queues.iter().all(|(_, m)| m.is_empty()));
+    assert_eq!(store.journal().disk_bytes(), disk);
+    store.close();
+}
+
+#[tokio::test]
+async fn garbage_collection_keeps_segments_with_live_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(config(dir.path()), false).unwrap();
+    let body = "y".repeat(1500);
+    let mut live = Vec::new();
+    for i in 0..12u64 {
+        let idx = append_all(&store, &[added("queue://a", &body, "p", i)]).await[0];
+        store.journal().retain(idx);
+        if i == 0 || i == 7 {
+            live.push(idx);
+        } else {
+            append_all(&store, &[removed(idx)]).await;
+            store.journal().release(idx);
+        }
+    }
+    let cp = Checkpoint {
+        next_index: store.journal().next_index(),
+        clean: true,
+        queues: vec![QueueState {
+            destination: "queue://a".into(),
+            messages: live
+                .iter()
+                .map(|i| LiveMessage {
+                    index: *i,
+                    redelivery_count: 2,
+                })
+                .collect(),
+        }],
+        ..Checkpoint::default()
+    };
+    store.checkpoint(&cp).unwrap();
+    store.close();
+    let (store, rec) = Store::open(config(dir.path()), false).unwrap();
+    assert!(rec.clean);
+    let q = &rec.queues[0].1;
+    assert_eq!(q.iter().map(|m| m.index).collect::<Vec<_>>(), live);
+    assert!(q
+        .iter()
+        .all(|m| m.redelivery_count == 2 && m.record.is_some()));
+    store.close();
+}
+
+#[tokio::test]
+async fn the_store_limit_stops_appends_until_space_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    // Two 4 KiB segments, two 1.5 KiB records each.
+    cfg.store_limit = Some(2 * 4096);
+    let (store, _) = Store::open(cfg, false).unwrap();
+    let body = "z".repeat(1500);
+    let mut idx = Vec::new();
+    for i in 0..6u64 {
+        let i = store.append(&added("queue://a", &body, "p", i));
+        store.journal().retain(i);
+        idx.push(i);
+    }
+    store.journal().wait_synced(idx[3]).await.unwrap();
+    let waiting = tokio::time::timeout(
+        Duration::from_millis(300),
+        store.journal().wait_synced(idx[4]),
+    )
+    .await;
+    assert!(waiting.is_err(), "past the limit the last appends wait");
+    assert!(store.journal().is_full() && !store.journal().has_room());
+    // Consumers take the first segment's two messages; a checkpoint lets it go.
+    let mut last = 0;
+    for i in &idx[..2] {
+        last = store.append(&removed(*i));
+        store.journal().release(*i);
+    }
+    let cp = Checkpoint {
+        next_index: last + 1,
+        ..Checkpoint::default()
+    };
+    assert_eq!(store.checkpoint(&cp).unwrap(), 1);
+    tokio::time::timeout(Duration::from_secs(10), store.journal().wait_synced(last))
+        .await
+        .expect("room again")
+        .unwrap();
+    assert!(!store.journal().is_full());
+    store.close();
+}
+
+#[tokio::test]
+async fn concurrent_appends_share_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.segment_size = 1 << 20;
+    let (store, _) = Store::open(cfg, false).unwrap();
+    let mut tasks = Vec::new();
+    for p in 0..32u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for s in 0..20u64 {
+                let i = store.append(&added("queue://a", "m", &p.to_string(), s));
+                store.journal().wait_synced(i).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let syncs = store
+        .journal()
+        .shared
+        .fsyncs
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(syncs < 640, "640 appends in {syncs} syncs");
+    store.close();
+}
