@@ -25,6 +25,9 @@ enum Command {
         topology: PathBuf,
         #[arg(long)]
         member: String,
+        /// Cut a corrupt journal at the damage and start (records after it are lost).
+        #[arg(long)]
+        repair: bool,
     },
     /// Run every member of a topology on this machine until Ctrl-C.
     Up { topology: PathBuf },
@@ -100,7 +103,11 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Broker { topology, member } => cli::mesh::broker(&topology, &member).await,
+        Command::Broker {
+            topology,
+            member,
+            repair,
+        } => cli::mesh::broker(&topology, &member, repair).await,
         Command::Up { topology } => cli::mesh::up(&topology).await,
         Command::Check { topology, json } => cli::mesh::check(&topology, json),
         Command::Status {

@@ -53,6 +53,10 @@ impl Inflight {
         missing
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.items.iter().map(|(_, e)| e)
+    }
+
     /// Empties the list (consumer gone), oldest first.
     pub fn drain(&mut self) -> impl Iterator<Item = Entry> + '_ {
         self.items.drain(..).map(|(_, e)| e)

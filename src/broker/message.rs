@@ -1,5 +1,6 @@
 //! A message as the broker holds it, and the memory it is charged for.
 
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -37,6 +38,10 @@ pub struct Message {
     pub broker_path: Vec<Arc<str>>,
     /// The broker connection that published it (0 = none), for `no_local` subscriptions.
     pub origin: u64,
+    /// Its journal record (0 = not journaled).
+    pub(crate) store_index: u64,
+    /// Durable subscriptions holding this (journaled topic) message.
+    pub(crate) durable_refs: AtomicU32,
     pub(crate) charge: MemoryCharge,
 }
 
@@ -90,6 +95,8 @@ impl Message {
             timestamp_ms: self.timestamp_ms,
             broker_path: self.broker_path.clone(),
             origin: 0,
+            store_index: 0,
+            durable_refs: AtomicU32::new(0),
             charge: MemoryCharge::none(),
         }
     }

@@ -16,6 +16,7 @@ mod inflight;
 mod memory;
 mod message;
 mod outbox;
+mod persist;
 mod queue;
 mod stats;
 mod topic;
@@ -36,6 +37,7 @@ pub use outbox::Outbox;
 pub use queue::{AckOutcome, DeadReason};
 pub use stats::{DestinationCounters, DestinationStats};
 
+use crate::store::proto::{record::Kind as RecordKind, Record};
 use message::Entry;
 use queue::Queue;
 use topic::{Topic, TopicSub};
@@ -116,14 +118,67 @@ pub enum BrokerError {
     UnknownDelivery { subscription: u64, unknown: usize },
 }
 
-/// Messages to move to a dead-letter queue, collected while a destination lock is held and
-/// moved after it is released.
+/// Work that follows from a change made under a destination lock, done after the lock is
+/// released: dead-lettering, and journal records of messages that left.
 #[derive(Debug, Default)]
-pub(crate) struct DeadLetters(Vec<(Entry, DeadReason)>);
+pub(crate) struct Effects {
+    dead: Vec<(Entry, DeadReason)>,
+    removed: Vec<persist::Removal>,
+}
 
-impl DeadLetters {
+impl Effects {
     pub(crate) fn push(&mut self, entry: Entry, reason: DeadReason) {
-        self.0.push((entry, reason));
+        self.dead.push((entry, reason));
+    }
+
+    /// A journaled queue message left its queue for good.
+    pub(crate) fn removed_from_queue(&mut self, msg: &Message) {
+        if msg.store_index != 0 {
+            self.removed.push(persist::Removal {
+                index: msg.store_index,
+                durable: None,
+                release: true,
+                record: true,
+            });
+        }
+    }
+
+    /// A journaled topic message left a durable subscription.
+    pub(crate) fn removed_from_durable(&mut self, msg: &Message, durable: &(String, String)) {
+        if msg.store_index != 0 {
+            let last = msg
+                .durable_refs
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1))
+                == Ok(1);
+            self.removed.push(persist::Removal {
+                index: msg.store_index,
+                durable: Some(durable.clone()),
+                release: last,
+                record: true,
+            });
+        }
+    }
+
+    /// A durable subscription was deleted with this message in it: its DurableRemoved record
+    /// covers the removal; only the last holder releases the record.
+    pub(crate) fn dropped_with_durable(&mut self, msg: &Message) {
+        if msg.store_index != 0
+            && msg
+                .durable_refs
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1))
+                == Ok(1)
+        {
+            self.removed.push(persist::Removal {
+                index: msg.store_index,
+                durable: None,
+                release: true,
+                record: false,
+            });
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.dead.is_empty() && self.removed.is_empty()
     }
 }
 
@@ -193,13 +248,55 @@ struct Inner {
     next_connection: AtomicU64,
     next_topic_sub: AtomicU64,
     run_id: String,
+    producers: persist::ProducerMarks,
+    persistence: Option<persist::Persistence>,
+    pager: Option<Arc<dyn queue::Pager>>,
 }
 
+/// What became of a published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Accepted and visible to consumers.
+    Accepted,
+    /// Journaled: accepted once the journal has synced this index (receipt then).
+    Pending(u64),
+    /// Already received from this producer (a re-send): dropped, and safe to receipt.
+    Duplicate,
+}
+
+/// Producer high-water marks kept before the oldest are pruned.
+const PRODUCER_MARKS: usize = 100_000;
+
 impl Broker {
+    /// A broker that keeps everything in memory.
     pub fn new(settings: BrokerSettings) -> Broker {
+        Broker::build(settings, None)
+    }
+
+    /// A broker over an opened journal, restored to its recovered state.
+    pub fn with_store(
+        settings: BrokerSettings,
+        store: crate::store::Store,
+        recovered: crate::store::Recovered,
+    ) -> Broker {
+        let broker = Broker::build(settings, Some(store));
+        broker.restore(recovered);
+        broker
+    }
+
+    fn build(settings: BrokerSettings, store: Option<crate::store::Store>) -> Broker {
         let memory = Arc::new(MemoryPool::new(settings.memory_limit));
+        let pager: Option<Arc<dyn queue::Pager>> = store.as_ref().map(|s| {
+            Arc::new(persist::JournalPager {
+                store: s.clone(),
+                memory: memory.clone(),
+            }) as Arc<dyn queue::Pager>
+        });
         Broker {
             inner: Arc::new(Inner {
+                producers: persist::ProducerMarks::new(PRODUCER_MARKS),
+                persistence: store.map(persist::Persistence::new),
+                pager,
                 settings,
                 memory,
                 queues: DashMap::new(),
@@ -243,6 +340,7 @@ impl Broker {
             subs: HashMap::new(),
             temps: Vec::new(),
             last_target: None,
+            last_record: 0,
             closed: false,
         })
     }
@@ -255,10 +353,16 @@ impl Broker {
             .queues
             .entry(Arc::from(dest.as_str()))
             .or_insert_with(|| {
+                let pager = if dest.kind().is_temp() {
+                    None
+                } else {
+                    self.inner.pager.clone()
+                };
                 Arc::new(Queue::new(
                     dest.clone(),
                     self.inner.settings.limits_for(dest),
                     owner,
+                    pager,
                 ))
             })
             .clone()
@@ -288,29 +392,12 @@ impl Broker {
         topic
     }
 
-    /// Moves dead letters to their DLQs (after the source lock was released).
-    fn bury(&self, dead: DeadLetters) {
-        for (entry, reason) in dead.0 {
-            let source = entry.msg.dest();
-            let dlq = self.queue(&source.dead_letter_queue(), 0);
-            let mut copy = entry.msg.copy_to(
-                dlq.dest.clone(),
-                &[
-                    ("meshmq.original_destination", source.to_string()),
-                    ("meshmq.dlq_reason", reason.as_str().to_string()),
-                ],
-            );
-            copy.charge = self.inner.memory.charge(copy.memory_size(), &dlq.counters);
-            let mut more = DeadLetters::default();
-            dlq.enqueue(Arc::new(copy), &mut more);
-            debug_assert!(more.0.is_empty(), "a DLQ never dead-letters");
-        }
-    }
-
     /// Drops expired messages everywhere (persistent ones go to their DLQ).
     pub fn sweep_expired(&self) {
+        self.inner.producers.prune();
+        let _gate = self.gate();
         let now = now_ms();
-        let mut dead = DeadLetters::default();
+        let mut dead = Effects::default();
         let queues: Vec<Arc<Queue>> = self
             .inner
             .queues
@@ -339,7 +426,7 @@ impl Broker {
                 d.sweep_expired(now, &mut dead);
             }
         }
-        self.bury(dead);
+        self.apply(dead);
     }
 
     /// Counters of every destination, sorted by name.
@@ -396,10 +483,18 @@ pub struct Session {
     subs: HashMap<u64, SubHandle>,
     temps: Vec<Target>,
     last_target: Option<Target>,
+    /// Index of the last journal record this session's operations appended (0 = none).
+    last_record: u64,
     closed: bool,
 }
 
 impl Session {
+    /// The last journal record this session appended: a receipt for the operation that
+    /// appended it waits until the journal has synced it.
+    pub fn last_record(&self) -> u64 {
+        self.last_record
+    }
+
     pub fn id(&self) -> u64 {
         self.id
     }
@@ -463,16 +558,34 @@ impl Session {
         Ok(target)
     }
 
-    /// True when the broker and the target have memory room for another message.
-    pub fn has_room(&self, target: &Target) -> bool {
-        self.broker.memory().has_room(target.counters())
+    /// True when there is room for a message: in memory for a message kept in memory; in the
+    /// journal for one that is journaled (memory then pages it out as needed).
+    pub fn has_room(&self, target: &Target, persistent: bool) -> bool {
+        match self.broker.store() {
+            Some(store) if persistent && !target.destination().kind().is_temp() => {
+                store.journal().has_room()
+            }
+            _ => self.broker.memory().has_room(target.counters()),
+        }
     }
 
-    /// Accepts a message onto a target: charges its memory, then queues or fans it out.
-    /// Flow control is the caller's: check `has_room` (and wait or refuse) first.
-    pub fn publish(&mut self, target: &Target, mut msg: Message) -> Result<(), BrokerError> {
+    /// Accepts a message onto a target: charges its memory, then queues or fans it out — or
+    /// journals it, to become visible once durable. A re-send (its producer sequence is not
+    /// above the producer's mark) is dropped as a duplicate. Flow control is the caller's:
+    /// check `has_room` (and wait or refuse) first.
+    pub fn publish(&mut self, target: &Target, mut msg: Message) -> Result<Published, BrokerError> {
         if msg.priority > MAX_PRIORITY {
             return Err(BrokerError::BadPriority(msg.priority as u32));
+        }
+        if msg.sequence != 0
+            && !msg.producer_id.is_empty()
+            && !self
+                .broker
+                .inner
+                .producers
+                .advance(&msg.producer_id, msg.sequence)
+        {
+            return Ok(Published::Duplicate);
         }
         msg.origin = self.id;
         msg.destination = Some(target.destination().clone());
@@ -481,15 +594,19 @@ impl Session {
             .inner
             .memory
             .charge(msg.memory_size(), target.counters());
-        let mut dead = DeadLetters::default();
+        let _gate = self.broker.gate();
+        if self.broker.journals(target, &msg) {
+            let index = self.broker.journal_publish(target, msg);
+            self.last_record = index;
+            return Ok(Published::Pending(index));
+        }
+        let mut effects = Effects::default();
         match target {
-            Target::Queue(q) => q.enqueue(Arc::new(msg), &mut dead),
-            Target::Topic(t) => t.publish(Arc::new(msg), &mut dead),
+            Target::Queue(q) => q.enqueue(Arc::new(msg), &mut effects),
+            Target::Topic(t) => t.publish(Arc::new(msg), &mut effects),
         }
-        if !dead.0.is_empty() {
-            self.broker.bury(dead);
-        }
-        Ok(())
+        self.broker.apply(effects);
+        Ok(Published::Accepted)
     }
 
     pub fn subscribe(&mut self, spec: SubscribeSpec) -> Result<(), BrokerError> {
@@ -508,7 +625,9 @@ impl Session {
         if kind.is_queue() && spec.durable_name.is_some() {
             return Err(BrokerError::DurableOnQueue(spec.destination));
         }
-        let mut dead = DeadLetters::default();
+        let broker = self.broker.clone();
+        let _gate = broker.gate();
+        let mut dead = Effects::default();
         let handle = if kind.is_queue() {
             let Some(dest) = pattern.as_destination() else {
                 return Err(BrokerError::WildcardQueue(spec.destination));
@@ -531,7 +650,7 @@ impl Session {
             self.subscribe_topic(&spec, pattern, &mut dead)?
         };
         self.subs.insert(spec.subscription, handle);
-        self.broker.bury(dead);
+        self.broker.apply(dead);
         Ok(())
     }
 
@@ -557,7 +676,7 @@ impl Session {
         &mut self,
         spec: &SubscribeSpec,
         pattern: DestinationPattern,
-        dead: &mut DeadLetters,
+        dead: &mut Effects,
     ) -> Result<SubHandle, BrokerError> {
         let broker = self.broker.clone();
         let limits = match pattern.as_destination() {
@@ -598,11 +717,23 @@ impl Session {
                         name: name.clone(),
                     });
                 }
-                broker.remove_topic_sub(&existing);
+                broker.remove_topic_sub(&existing, dead);
                 broker.inner.durables.remove(&key);
+                self.last_record = broker.journal_record(durable_removed(&key));
             }
-            let sub = self.new_topic_sub(pattern, Some(key.clone()), spec, &limits)?;
-            broker.inner.durables.insert(key, sub.clone());
+            let sub = self.new_topic_sub(pattern.clone(), Some(key.clone()), spec, &limits)?;
+            broker.inner.durables.insert(key.clone(), sub.clone());
+            self.last_record = broker.journal_record(Record {
+                kind: Some(RecordKind::DurableAdded(
+                    crate::store::proto::DurableAdded {
+                        client_id: key.0,
+                        name: key.1,
+                        pattern: pattern.as_str().to_string(),
+                        no_local: spec.no_local,
+                    },
+                )),
+                tx: 0,
+            });
             sub.attach_consumer(
                 self.outbox.clone(),
                 spec.subscription,
@@ -630,35 +761,23 @@ impl Session {
         spec: &SubscribeSpec,
         limits: &DestinationLimits,
     ) -> Result<Arc<TopicSub>, BrokerError> {
-        let broker = self.broker.clone();
-        let id = broker.inner.next_topic_sub.fetch_add(1, Ordering::Relaxed);
-        let sub = Arc::new(TopicSub::new(
-            id,
-            pattern.clone(),
-            durable,
-            spec.no_local,
-            limits,
-        ));
-        match pattern.as_destination() {
-            Some(dest) => {
-                let topic = if dest.kind() == Kind::TempTopic {
-                    self.temp_topic_for_consumer(&dest)?
-                } else {
-                    broker.topic(&dest, 0)
-                };
-                topic.attach(&sub);
-            }
-            None => {
-                let _registry = broker.inner.topic_registry.lock();
-                broker.inner.wildcard_subs.write().push(sub.clone());
-                for t in broker.inner.topics.iter() {
-                    if pattern.matches(&t.dest) {
-                        t.attach(&sub);
-                    }
-                }
-            }
+        if let Some(dest) = pattern
+            .as_destination()
+            .filter(|d| d.kind() == Kind::TempTopic)
+        {
+            let topic = self.temp_topic_for_consumer(&dest)?;
+            let id = self
+                .broker
+                .inner
+                .next_topic_sub
+                .fetch_add(1, Ordering::Relaxed);
+            let sub = Arc::new(TopicSub::new(id, pattern, durable, spec.no_local, limits));
+            topic.attach(&sub);
+            return Ok(sub);
         }
-        Ok(sub)
+        Ok(self
+            .broker
+            .create_topic_sub(pattern, durable, spec.no_local, limits))
     }
 
     fn temp_topic_for_consumer(&mut self, dest: &Destination) -> Result<Arc<Topic>, BrokerError> {
@@ -691,20 +810,23 @@ impl Session {
         Ok(())
     }
 
-    fn release(&self, handle: SubHandle, remove_durable: bool) {
-        let mut dead = DeadLetters::default();
+    fn release(&mut self, handle: SubHandle, remove_durable: bool) {
+        let broker = self.broker.clone();
+        let _gate = broker.gate();
+        let mut dead = Effects::default();
         match handle {
             SubHandle::Queue { queue, slot } => queue.remove_consumer(slot, &mut dead),
             SubHandle::Topic { sub } => match (&sub.durable, remove_durable) {
                 (Some(_), false) => sub.detach_consumer(&mut dead),
                 (Some(key), true) => {
-                    self.broker.inner.durables.remove(key);
-                    self.broker.remove_topic_sub(&sub);
+                    broker.inner.durables.remove(key);
+                    broker.remove_topic_sub(&sub, &mut dead);
+                    self.last_record = broker.journal_record(durable_removed(key));
                 }
-                (None, _) => self.broker.remove_topic_sub(&sub),
+                (None, _) => broker.remove_topic_sub(&sub, &mut dead),
             },
         }
-        self.broker.bury(dead);
+        broker.apply(dead);
     }
 
     fn handle(&self, subscription: u64) -> Result<&SubHandle, BrokerError> {
@@ -720,23 +842,24 @@ impl Session {
         up_to: u64,
         tags: &[u64],
     ) -> Result<AckOutcome, BrokerError> {
-        let mut dead = DeadLetters::default();
+        let mut dead = Effects::default();
         let outcome = match self.handle(subscription)? {
             SubHandle::Queue { queue, slot } => queue.ack(*slot, up_to, tags, &mut dead),
             SubHandle::Topic { sub } => sub.ack(up_to, tags, &mut dead),
         };
-        self.broker.bury(dead);
+        self.broker.apply(dead);
         Self::check_known(subscription, outcome)
     }
 
     /// Returns deliveries for redelivery (to the DLQ past `max_redeliveries`).
     pub fn nack(&mut self, subscription: u64, tags: &[u64]) -> Result<AckOutcome, BrokerError> {
-        let mut dead = DeadLetters::default();
+        let _gate = self.broker.gate();
+        let mut dead = Effects::default();
         let outcome = match self.handle(subscription)? {
             SubHandle::Queue { queue, slot } => queue.nack(*slot, tags, &mut dead),
             SubHandle::Topic { sub } => sub.nack(tags, &mut dead),
         };
-        self.broker.bury(dead);
+        self.broker.apply(dead);
         Self::check_known(subscription, outcome)
     }
 
@@ -771,9 +894,11 @@ impl Session {
                 }
                 Target::Topic(t) => {
                     self.broker.inner.topics.remove(t.dest.as_str());
+                    let mut effects = Effects::default();
                     for sub in t.delete() {
-                        sub.clear();
+                        sub.clear(&mut effects);
                     }
+                    self.broker.apply(effects);
                 }
             }
         }
@@ -792,9 +917,53 @@ impl Drop for Session {
     }
 }
 
+fn durable_removed(key: &(String, String)) -> Record {
+    Record {
+        kind: Some(RecordKind::DurableRemoved(
+            crate::store::proto::DurableRemoved {
+                client_id: key.0.clone(),
+                name: key.1.clone(),
+            },
+        )),
+        tx: 0,
+    }
+}
+
 impl Broker {
+    /// A new (non-temporary) topic subscription, attached to every topic its pattern matches
+    /// now or later.
+    pub(crate) fn create_topic_sub(
+        &self,
+        pattern: DestinationPattern,
+        durable: Option<(String, String)>,
+        no_local: bool,
+        limits: &DestinationLimits,
+    ) -> Arc<TopicSub> {
+        let id = self.inner.next_topic_sub.fetch_add(1, Ordering::Relaxed);
+        let sub = Arc::new(TopicSub::new(
+            id,
+            pattern.clone(),
+            durable,
+            no_local,
+            limits,
+        ));
+        match pattern.as_destination() {
+            Some(dest) => self.topic(&dest, 0).attach(&sub),
+            None => {
+                let _registry = self.inner.topic_registry.lock();
+                self.inner.wildcard_subs.write().push(sub.clone());
+                for t in self.inner.topics.iter() {
+                    if pattern.matches(&t.dest) {
+                        t.attach(&sub);
+                    }
+                }
+            }
+        }
+        sub
+    }
+
     /// Detaches a topic subscription from every topic and forgets its messages.
-    fn remove_topic_sub(&self, sub: &Arc<TopicSub>) {
+    fn remove_topic_sub(&self, sub: &Arc<TopicSub>, effects: &mut Effects) {
         match sub.pattern.as_destination() {
             Some(dest) => {
                 if let Some(t) = self.inner.topics.get(dest.as_str()) {
@@ -811,7 +980,7 @@ impl Broker {
                 }
             }
         }
-        sub.clear();
+        sub.clear(effects);
     }
 }
 

@@ -19,27 +19,81 @@ use super::inflight::Inflight;
 use super::message::{Delivery, Entry, Message, MAX_PRIORITY};
 use super::outbox::Outbox;
 use super::stats::DestinationCounters;
-use super::{now_ms, DeadLetters, DestinationLimits};
+use super::{now_ms, DestinationLimits, Effects};
+
+/// A pending message: in memory, or paged out to the journal (read back on dispatch).
+#[derive(Debug)]
+pub(crate) enum Slot {
+    Loaded(Arc<Message>),
+    Paged {
+        index: u64,
+        priority: u8,
+        expires_at_ms: u64,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct QEntry {
+    pub slot: Slot,
+    pub seq: u64,
+    pub redeliveries: u32,
+}
+
+impl QEntry {
+    fn priority(&self) -> u8 {
+        match &self.slot {
+            Slot::Loaded(m) => m.priority,
+            Slot::Paged { priority, .. } => *priority,
+        }
+    }
+
+    fn expires_at_ms(&self) -> u64 {
+        match &self.slot {
+            Slot::Loaded(m) => m.expires_at_ms,
+            Slot::Paged { expires_at_ms, .. } => *expires_at_ms,
+        }
+    }
+
+    fn is_expired(&self, now: u64) -> bool {
+        let e = self.expires_at_ms();
+        e != 0 && now >= e
+    }
+
+    fn store_index(&self) -> u64 {
+        match &self.slot {
+            Slot::Loaded(m) => m.store_index,
+            Slot::Paged { index, .. } => *index,
+        }
+    }
+
+    fn from_entry(e: Entry) -> QEntry {
+        QEntry {
+            slot: Slot::Loaded(e.msg),
+            seq: e.seq,
+            redeliveries: e.redeliveries,
+        }
+    }
+}
 
 /// Pending messages, highest priority first, FIFO inside a priority.
 #[derive(Debug, Default)]
 struct Lanes {
-    lanes: [VecDeque<Entry>; MAX_PRIORITY as usize + 1],
+    lanes: [VecDeque<QEntry>; MAX_PRIORITY as usize + 1],
     len: usize,
 }
 
 impl Lanes {
-    fn push_back(&mut self, e: Entry) {
-        self.lanes[e.msg.priority.min(MAX_PRIORITY) as usize].push_back(e);
+    fn push_back(&mut self, e: QEntry) {
+        self.lanes[e.priority().min(MAX_PRIORITY) as usize].push_back(e);
         self.len += 1;
     }
 
-    fn push_front(&mut self, e: Entry) {
-        self.lanes[e.msg.priority.min(MAX_PRIORITY) as usize].push_front(e);
+    fn push_front(&mut self, e: QEntry) {
+        self.lanes[e.priority().min(MAX_PRIORITY) as usize].push_front(e);
         self.len += 1;
     }
 
-    fn pop_front(&mut self) -> Option<Entry> {
+    fn pop_front(&mut self) -> Option<QEntry> {
         if self.len == 0 {
             return None;
         }
@@ -52,7 +106,7 @@ impl Lanes {
         None
     }
 
-    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) -> Vec<Entry> {
+    fn retain(&mut self, mut keep: impl FnMut(&QEntry) -> bool) -> Vec<QEntry> {
         let mut removed = Vec::new();
         for lane in &mut self.lanes {
             let mut kept = VecDeque::with_capacity(lane.len());
@@ -76,6 +130,10 @@ impl Lanes {
         }
         self.len = 0;
         n
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &QEntry> {
+        self.lanes.iter().rev().flat_map(|l| l.iter())
     }
 }
 
@@ -140,18 +198,31 @@ pub struct Queue {
     pub(crate) counters: Arc<DestinationCounters>,
     /// The connection owning a temporary queue (0 for ordinary queues).
     pub(crate) owner: u64,
+    /// Reads paged-out messages back (queues of a broker with a journal).
+    pager: Option<Arc<dyn Pager>>,
     deleted: AtomicBool,
     state: Mutex<State>,
 }
 
+/// Reads a paged-out message back from the journal.
+pub(crate) trait Pager: Send + Sync + std::fmt::Debug {
+    fn load(&self, index: u64, counters: &Arc<DestinationCounters>) -> Option<Arc<Message>>;
+}
+
 impl Queue {
-    pub(crate) fn new(dest: Destination, limits: DestinationLimits, owner: u64) -> Queue {
+    pub(crate) fn new(
+        dest: Destination,
+        limits: DestinationLimits,
+        owner: u64,
+        pager: Option<Arc<dyn Pager>>,
+    ) -> Queue {
         let counters = Arc::new(DestinationCounters::new(dest.clone(), limits.memory_limit));
         Queue {
             dest,
             limits,
             counters,
             owner,
+            pager,
             deleted: AtomicBool::new(false),
             state: Mutex::new(State::default()),
         }
@@ -165,18 +236,23 @@ impl Queue {
         self.dest.name().starts_with("DLQ.")
     }
 
-    pub(crate) fn enqueue(&self, msg: Arc<Message>, dead: &mut DeadLetters) {
+    pub(crate) fn enqueue(&self, msg: Arc<Message>, dead: &mut Effects) {
+        self.enqueue_slot(Slot::Loaded(msg), 0, dead);
+    }
+
+    /// Adds a message (in memory or paged out) with a redelivery count (recovered messages).
+    pub(crate) fn enqueue_slot(&self, slot: Slot, redeliveries: u32, dead: &mut Effects) {
         let mut st = self.state.lock();
         st.next_seq += 1;
-        let seq = st.next_seq;
-        if msg.expires_at_ms != 0 {
+        let entry = QEntry {
+            slot,
+            seq: st.next_seq,
+            redeliveries,
+        };
+        if entry.expires_at_ms() != 0 {
             st.expiring += 1;
         }
-        st.pending.push_back(Entry {
-            msg,
-            seq,
-            redeliveries: 0,
-        });
+        st.pending.push_back(entry);
         DestinationCounters::add(&self.counters.enqueued, 1);
         self.dispatch(&mut st, dead);
     }
@@ -187,7 +263,7 @@ impl Queue {
         subscription: u64,
         prefetch: u32,
         priority: i32,
-        dead: &mut DeadLetters,
+        dead: &mut Effects,
     ) -> usize {
         let mut st = self.state.lock();
         let consumer = Consumer {
@@ -224,7 +300,7 @@ impl Queue {
     }
 
     /// Removes a consumer; its unacknowledged messages go back to the queue as redelivered.
-    pub(crate) fn remove_consumer(&self, slot: usize, dead: &mut DeadLetters) {
+    pub(crate) fn remove_consumer(&self, slot: usize, dead: &mut Effects) {
         let mut st = self.state.lock();
         let Some(mut consumer) = st.consumers.get_mut(slot).and_then(Option::take) else {
             return;
@@ -261,7 +337,7 @@ impl Queue {
         slot: usize,
         up_to: u64,
         tags: &[u64],
-        dead: &mut DeadLetters,
+        dead: &mut Effects,
     ) -> AckOutcome {
         let mut st = self.state.lock();
         let Some(consumer) = st.consumers.get_mut(slot).and_then(Option::as_mut) else {
@@ -271,7 +347,10 @@ impl Queue {
             };
         };
         let mut acked = 0;
-        let unknown = consumer.inflight.remove(up_to, tags, |_| acked += 1);
+        let unknown = consumer.inflight.remove(up_to, tags, |e| {
+            dead.removed_from_queue(&e.msg);
+            acked += 1;
+        });
         st.inflight -= acked;
         DestinationCounters::add(&self.counters.dequeued, acked as u64);
         self.dispatch(&mut st, dead);
@@ -279,7 +358,7 @@ impl Queue {
     }
 
     /// Returns the named deliveries to the queue for redelivery (or the DLQ).
-    pub(crate) fn nack(&self, slot: usize, tags: &[u64], dead: &mut DeadLetters) -> AckOutcome {
+    pub(crate) fn nack(&self, slot: usize, tags: &[u64], dead: &mut Effects) -> AckOutcome {
         let mut st = self.state.lock();
         let Some(consumer) = st.consumers.get_mut(slot).and_then(Option::as_mut) else {
             return AckOutcome {
@@ -298,7 +377,7 @@ impl Queue {
 
     /// Puts returned entries back at the front, in their original order, counting one more
     /// delivery attempt; entries past `max_redeliveries` go to the dead-letter queue.
-    fn requeue(&self, st: &mut State, mut entries: Vec<Entry>, dead: &mut DeadLetters) {
+    fn requeue(&self, st: &mut State, mut entries: Vec<Entry>, dead: &mut Effects) {
         if entries.is_empty() {
             return;
         }
@@ -313,26 +392,27 @@ impl Queue {
                 if e.msg.expires_at_ms != 0 {
                     st.expiring += 1;
                 }
-                st.pending.push_front(e);
+                st.pending.push_front(QEntry::from_entry(e));
             }
         }
         self.update_gauges(st);
     }
 
-    fn dispatch(&self, st: &mut State, dead: &mut DeadLetters) {
+    fn dispatch(&self, st: &mut State, dead: &mut Effects) {
         let mut now: Option<u64> = None;
         while st.pending.len > 0 {
             let Some((b, pos)) = st.pick() else { break };
-            let Some(entry) = st.pending.pop_front() else {
+            let Some(qe) = st.pending.pop_front() else {
                 break;
             };
-            if entry.msg.expires_at_ms != 0 {
+            if qe.expires_at_ms() != 0 {
                 st.expiring = st.expiring.saturating_sub(1);
-                if entry.msg.is_expired(*now.get_or_insert_with(now_ms)) {
-                    self.expire(entry, dead);
+                if qe.is_expired(*now.get_or_insert_with(now_ms)) {
+                    self.expire(qe, dead);
                     continue;
                 }
             }
+            let Some(entry) = self.load(qe) else { continue };
             let band = &mut st.bands[b];
             let slot = band.slots[pos];
             band.cursor = (pos + 1) % band.slots.len();
@@ -353,11 +433,44 @@ impl Queue {
         self.update_gauges(st);
     }
 
-    fn expire(&self, entry: Entry, dead: &mut DeadLetters) {
+    /// Makes a pending entry deliverable, reading a paged-out message back.
+    fn load(&self, qe: QEntry) -> Option<Entry> {
+        let msg = match qe.slot {
+            Slot::Loaded(m) => m,
+            Slot::Paged { index, .. } => {
+                let loaded = self
+                    .pager
+                    .as_ref()
+                    .and_then(|p| p.load(index, &self.counters));
+                match loaded {
+                    Some(m) => m,
+                    None => {
+                        tracing::error!(destination = %self.dest, index, "a paged-out message could not be read back from the journal; it is skipped");
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(Entry {
+            msg,
+            seq: qe.seq,
+            redeliveries: qe.redeliveries,
+        })
+    }
+
+    fn expire(&self, qe: QEntry, dead: &mut Effects) {
         DestinationCounters::add(&self.counters.expired, 1);
-        if entry.msg.persistent && !self.is_dead_letter_queue() {
-            DestinationCounters::add(&self.counters.dead_lettered, 1);
-            dead.push(entry, DeadReason::Expired);
+        let persistent = match &qe.slot {
+            Slot::Loaded(m) => m.persistent,
+            Slot::Paged { .. } => true,
+        };
+        if persistent && !self.is_dead_letter_queue() {
+            if let Some(entry) = self.load(qe) {
+                DestinationCounters::add(&self.counters.dead_lettered, 1);
+                dead.push(entry, DeadReason::Expired);
+            }
+        } else if let Slot::Loaded(m) = &qe.slot {
+            dead.removed_from_queue(m);
         }
     }
 
@@ -371,12 +484,12 @@ impl Queue {
     }
 
     /// Drops expired pending messages (persistent ones go to the DLQ).
-    pub(crate) fn sweep_expired(&self, now: u64, dead: &mut DeadLetters) {
+    pub(crate) fn sweep_expired(&self, now: u64, dead: &mut Effects) {
         let mut st = self.state.lock();
         if st.expiring == 0 {
             return;
         }
-        let removed = st.pending.retain(|e| !e.msg.is_expired(now));
+        let removed = st.pending.retain(|e| !e.is_expired(now));
         st.expiring -= removed.len().min(st.expiring);
         for e in removed {
             self.expire(e, dead);
@@ -396,6 +509,27 @@ impl Queue {
     pub(crate) fn depth(&self) -> usize {
         let st = self.state.lock();
         st.pending.len + st.inflight
+    }
+
+    /// Journal indexes and redelivery counts of every journaled message held (checkpoints).
+    pub(crate) fn journaled(&self) -> Vec<(u64, u32)> {
+        let st = self.state.lock();
+        let mut out: Vec<(u64, u32)> = st
+            .pending
+            .iter()
+            .filter(|e| e.store_index() != 0)
+            .map(|e| (e.store_index(), e.redeliveries))
+            .collect();
+        for c in st.consumers.iter().flatten() {
+            out.extend(
+                c.inflight
+                    .iter()
+                    .filter(|e| e.msg.store_index != 0)
+                    .map(|e| (e.msg.store_index, e.redeliveries)),
+            );
+        }
+        out.sort_unstable();
+        out
     }
 }
 

@@ -22,7 +22,7 @@ use super::message::{Delivery, Entry, Message};
 use super::outbox::Outbox;
 use super::queue::{AckOutcome, DeadReason};
 use super::stats::DestinationCounters;
-use super::{now_ms, DeadLetters, DestinationLimits};
+use super::{now_ms, DestinationLimits, Effects};
 
 #[derive(Debug)]
 pub struct Topic {
@@ -51,7 +51,7 @@ impl Topic {
         self.deleted.load(Ordering::Acquire)
     }
 
-    pub(crate) fn publish(&self, msg: Arc<Message>, dead: &mut DeadLetters) {
+    pub(crate) fn publish(&self, msg: Arc<Message>, dead: &mut Effects) {
         DestinationCounters::add(&self.counters.enqueued, 1);
         let subs = self.subs.read();
         for sub in subs.iter() {
@@ -73,6 +73,11 @@ impl Topic {
             subs.swap_remove(i);
             self.counters.consumers.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    /// True when a durable subscription is attached (persistent messages are then journaled).
+    pub(crate) fn has_durable(&self) -> bool {
+        self.subs.read().iter().any(|s| s.durable.is_some())
     }
 
     pub(crate) fn subscriptions(&self) -> Vec<Arc<TopicSub>> {
@@ -138,7 +143,7 @@ impl TopicSub {
         }
     }
 
-    fn offer(&self, msg: &Arc<Message>, counters: &DestinationCounters, dead: &mut DeadLetters) {
+    fn offer(&self, msg: &Arc<Message>, counters: &DestinationCounters, dead: &mut Effects) {
         let mut st = self.state.lock();
         if self.no_local {
             if let Some(a) = &st.attached {
@@ -148,6 +153,9 @@ impl TopicSub {
             }
         }
         st.next_seq += 1;
+        if self.durable.is_some() && msg.store_index != 0 {
+            msg.durable_refs.fetch_add(1, Ordering::AcqRel);
+        }
         let entry = Entry {
             msg: msg.clone(),
             seq: st.next_seq,
@@ -165,7 +173,7 @@ impl TopicSub {
     }
 
     /// Moves pending messages to the attached consumer while it has credit.
-    fn pump(&self, st: &mut SubState, dead: &mut DeadLetters) {
+    fn pump(&self, st: &mut SubState, dead: &mut Effects) {
         let Some(attached) = &st.attached else { return };
         let mut now: Option<u64> = None;
         while st.inflight.len() < attached.prefetch {
@@ -203,7 +211,7 @@ impl TopicSub {
         subscription: u64,
         prefetch: u32,
         connection: u64,
-        dead: &mut DeadLetters,
+        dead: &mut Effects,
     ) -> bool {
         let mut st = self.state.lock();
         if st.attached.is_some() {
@@ -220,18 +228,22 @@ impl TopicSub {
     }
 
     /// Detaches the consumer; its unacknowledged deliveries return to pending (redelivered).
-    pub(crate) fn detach_consumer(&self, dead: &mut DeadLetters) {
+    pub(crate) fn detach_consumer(&self, dead: &mut Effects) {
         let mut st = self.state.lock();
         st.attached = None;
         let returned: Vec<Entry> = st.inflight.drain().collect();
         self.requeue(&mut st, returned, dead);
     }
 
+    pub(crate) fn no_local(&self) -> bool {
+        self.no_local
+    }
+
     pub(crate) fn is_active(&self) -> bool {
         self.state.lock().attached.is_some()
     }
 
-    fn requeue(&self, st: &mut SubState, mut entries: Vec<Entry>, dead: &mut DeadLetters) {
+    fn requeue(&self, st: &mut SubState, mut entries: Vec<Entry>, dead: &mut Effects) {
         entries.sort_by_key(|e| std::cmp::Reverse(e.seq));
         for mut e in entries {
             let counters = e.msg.counters().clone();
@@ -240,6 +252,9 @@ impl TopicSub {
             DestinationCounters::add(&counters.redelivered, 1);
             if e.redeliveries > self.max_redeliveries {
                 DestinationCounters::add(&counters.dead_lettered, 1);
+                if let Some(key) = &self.durable {
+                    dead.removed_from_durable(&e.msg, key);
+                }
                 dead.push(e, DeadReason::RedeliveryLimit);
             } else {
                 DestinationCounters::add(&counters.pending, 1);
@@ -248,20 +263,37 @@ impl TopicSub {
         }
     }
 
-    pub(crate) fn ack(&self, up_to: u64, tags: &[u64], dead: &mut DeadLetters) -> AckOutcome {
+    /// An expired message leaves: persistent ones go to the DLQ, a journaled one's durable
+    /// hold is recorded as removed.
+    fn expire(&self, entry: Entry, counters: &DestinationCounters, dead: &mut Effects) {
+        DestinationCounters::add(&counters.expired, 1);
+        if let Some(key) = &self.durable {
+            dead.removed_from_durable(&entry.msg, key);
+        }
+        if entry.msg.persistent {
+            DestinationCounters::add(&counters.dead_lettered, 1);
+            dead.push(entry, DeadReason::Expired);
+        }
+    }
+
+    pub(crate) fn ack(&self, up_to: u64, tags: &[u64], dead: &mut Effects) -> AckOutcome {
         let mut st = self.state.lock();
         let mut acked = 0;
+        let durable = self.durable.as_ref();
         let unknown = st.inflight.remove(up_to, tags, |e| {
             let c = e.msg.counters();
             c.inflight.fetch_sub(1, Ordering::Relaxed);
             DestinationCounters::add(&c.dequeued, 1);
+            if let Some(key) = durable {
+                dead.removed_from_durable(&e.msg, key);
+            }
             acked += 1;
         });
         self.pump(&mut st, dead);
         AckOutcome { acked, unknown }
     }
 
-    pub(crate) fn nack(&self, tags: &[u64], dead: &mut DeadLetters) -> AckOutcome {
+    pub(crate) fn nack(&self, tags: &[u64], dead: &mut Effects) -> AckOutcome {
         let mut st = self.state.lock();
         let mut returned = Vec::new();
         let unknown = st.inflight.remove(0, tags, |e| returned.push(e));
@@ -272,18 +304,47 @@ impl TopicSub {
     }
 
     /// Forgets every message held (the subscription is being removed).
-    pub(crate) fn clear(&self) {
+    pub(crate) fn clear(&self, dead: &mut Effects) {
         let mut st = self.state.lock();
         st.attached = None;
         for e in st.pending.drain(..) {
             e.msg.counters().pending.fetch_sub(1, Ordering::Relaxed);
+            dead.dropped_with_durable(&e.msg);
         }
         for e in st.inflight.drain() {
             e.msg.counters().inflight.fetch_sub(1, Ordering::Relaxed);
+            dead.dropped_with_durable(&e.msg);
         }
     }
 
-    pub(crate) fn sweep_expired(&self, now: u64, dead: &mut DeadLetters) {
+    /// Journal indexes and redelivery counts of the journaled messages held (checkpoints).
+    pub(crate) fn journaled(&self) -> Vec<(u64, u32)> {
+        let st = self.state.lock();
+        let mut out: Vec<(u64, u32)> = st
+            .pending
+            .iter()
+            .chain(st.inflight.iter())
+            .filter(|e| e.msg.store_index != 0)
+            .map(|e| (e.msg.store_index, e.redeliveries))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Puts a recovered message back (durable subscriptions after a restart).
+    pub(crate) fn restore(&self, msg: Arc<Message>, redeliveries: u32) {
+        let mut st = self.state.lock();
+        st.next_seq += 1;
+        let seq = st.next_seq;
+        DestinationCounters::add(&msg.counters().pending, 1);
+        st.pending.push_back(Entry {
+            msg,
+            seq,
+            redeliveries,
+        });
+    }
+
+    pub(crate) fn sweep_expired(&self, now: u64, dead: &mut Effects) {
         let mut st = self.state.lock();
         if !st.pending.iter().any(|e| e.msg.is_expired(now)) {
             return;
@@ -293,11 +354,7 @@ impl TopicSub {
             if e.msg.is_expired(now) {
                 let c = e.msg.counters().clone();
                 c.pending.fetch_sub(1, Ordering::Relaxed);
-                DestinationCounters::add(&c.expired, 1);
-                if e.msg.persistent {
-                    DestinationCounters::add(&c.dead_lettered, 1);
-                    dead.push(e, DeadReason::Expired);
-                }
+                self.expire(e, &c, dead);
             } else {
                 kept.push_back(e);
             }

@@ -37,10 +37,11 @@ fn refuse_unsupported(topo: &Topology) -> anyhow::Result<()> {
     )
 }
 
-pub async fn broker(topology: &Path, member: &str) -> anyhow::Result<()> {
+pub async fn broker(topology: &Path, member: &str, repair: bool) -> anyhow::Result<()> {
     let topo = load(topology)?;
     refuse_unsupported(&topo)?;
-    let opts = ServerOptions::from_topology(&topo, member).map_err(|e| anyhow!("{e}"))?;
+    let mut opts = ServerOptions::from_topology(&topo, member).map_err(|e| anyhow!("{e}"))?;
+    opts.repair = repair;
     let running = server::start(opts).await?;
     let token = running.shutdown_token();
     tokio::spawn(async move {

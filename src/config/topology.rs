@@ -242,7 +242,7 @@ impl Default for StoreOptions {
             segment_size: 64 << 20,
             store_limit: None,
             checkpoint_interval: Duration::from_secs(30),
-            group_commit_window: Duration::from_millis(2),
+            group_commit_window: Duration::ZERO,
         }
     }
 }
@@ -371,8 +371,6 @@ pub struct Group {
     pub broker: BrokerPolicy,
     /// At least one; exactly one for election `none`.
     pub members: Vec<Member>,
-    /// Whether `sync` was written in the file rather than defaulted.
-    pub(crate) sync_explicit: bool,
 }
 
 impl Group {
@@ -446,8 +444,6 @@ pub struct Topology {
     /// At least one; names unique.
     pub groups: Vec<Group>,
     pub connectors: Vec<Connector>,
-    /// `[store]` keys written in the file (the store is not served by every build).
-    pub(crate) store_keys_set: Vec<&'static str>,
 }
 
 impl Topology {

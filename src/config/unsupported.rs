@@ -13,8 +13,6 @@ const CHECKS: &[Check] = &[
     zookeeper_section,
     users_and_acls,
     anonymous_refused,
-    store_keys,
-    explicit_sync,
     cluster_client_options,
     tls_files,
     replication_addresses,
@@ -77,18 +75,6 @@ fn users_and_acls(topo: &Topology, keys: &mut Vec<String>) {
 fn anonymous_refused(topo: &Topology, keys: &mut Vec<String>) {
     if !topo.security.allow_anonymous {
         keys.push("security.allow_anonymous (false)".to_string());
-    }
-}
-
-fn store_keys(topo: &Topology, keys: &mut Vec<String>) {
-    for k in &topo.store_keys_set {
-        keys.push(format!("store.{k}"));
-    }
-}
-
-fn explicit_sync(topo: &Topology, keys: &mut Vec<String>) {
-    for g in topo.groups.iter().filter(|g| g.sync_explicit) {
-        keys.push(format!("group[{}].sync ({})", g.name, g.sync));
     }
 }
 

@@ -63,7 +63,7 @@ pub(super) fn validate(
         .enumerate()
         .map(|(i, p)| c.policy(&format!("policy[{i}]"), p))
         .collect();
-    let (store, store_keys_set) = c.store(raw.store.as_ref());
+    let store = c.store(raw.store.as_ref());
     let metrics = c.metrics(raw.metrics.as_ref());
     let security = c.security(raw.security.as_ref());
     let groups = c.groups(&raw.group, &broker);
@@ -84,7 +84,6 @@ pub(super) fn validate(
         zookeeper,
         groups: groups.into_iter().flatten().collect(),
         connectors: connectors.into_iter().flatten().collect(),
-        store_keys_set,
     })
 }
 
@@ -456,18 +455,11 @@ impl Checker<'_> {
         Some(policy)
     }
 
-    fn store(&mut self, raw: Option<&RawStore>) -> (StoreOptions, Vec<&'static str>) {
+    fn store(&mut self, raw: Option<&RawStore>) -> StoreOptions {
         let defaults = StoreOptions::default();
         let Some(raw) = raw else {
-            return (defaults, Vec::new());
+            return defaults;
         };
-        let set = [
-            ("segment_size", raw.segment_size.is_some()),
-            ("store_limit", raw.store_limit.is_some()),
-            ("checkpoint_interval", raw.checkpoint_interval.is_some()),
-            ("group_commit_window", raw.group_commit_window.is_some()),
-        ];
-        let keys_set = set.iter().filter(|(_, s)| *s).map(|(k, _)| *k).collect();
         let segment_size = self
             .size(
                 "store.segment_size",
@@ -509,7 +501,7 @@ impl Checker<'_> {
                 )
                 .unwrap_or(defaults.group_commit_window),
         };
-        (options, keys_set)
+        options
     }
 
     fn metrics(&mut self, raw: Option<&RawMetrics>) -> MetricsOptions {
@@ -975,7 +967,6 @@ impl Checker<'_> {
             replication_token: g.replication_token.clone().map(Secret::new),
             broker: group_broker,
             members,
-            sync_explicit: g.sync.is_some(),
         })
     }
 

@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::{Broker, BrokerError, BrokerSettings};
-use crate::config::Topology;
+use crate::config::{SyncMode, Topology};
 use crate::metrics as m;
+use crate::store::{Durability, Store, StoreConfig, StoreError};
 use crate::transport::{ConnectionCount, Incoming, Listener, TransportError};
 
 /// Who this member is.
@@ -85,6 +86,11 @@ pub struct ServerOptions {
     pub shutdown_timeout: Duration,
     pub expiry_check_interval: Duration,
     pub max_destinations: usize,
+    /// The journal (`None`: everything stays in memory).
+    pub store: Option<StoreConfig>,
+    pub checkpoint_interval: Duration,
+    /// Cut a corrupt journal at the damage instead of refusing to start.
+    pub repair: bool,
 }
 
 impl ServerOptions {
@@ -137,6 +143,20 @@ impl ServerOptions {
             shutdown_timeout: policy.shutdown_timeout,
             expiry_check_interval: policy.expiry_check_interval,
             max_destinations: topo.metrics.max_destinations,
+            store: Some(StoreConfig {
+                dir: m.data_dir.join("journal"),
+                segment_size: topo.store.segment_size,
+                store_limit: topo.store.store_limit,
+                durability: match group.sync {
+                    SyncMode::LocalMem => Durability::Written,
+                    _ => Durability::Synced,
+                },
+                group_commit_window: topo.store.group_commit_window,
+                max_record: policy.max_frame_size as usize + (64 << 10),
+                memory_budget: policy.memory_limit / 2,
+            }),
+            checkpoint_interval: topo.store.checkpoint_interval,
+            repair: false,
         })
     }
 }
@@ -158,6 +178,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Metrics(#[from] m::MetricsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Metric handles of one listener, created once and shared by its connections.
@@ -274,13 +296,22 @@ impl RunningServer {
     }
 
     /// Waits for every task to end after `shutdown`; gives up after the shutdown timeout.
-    /// Returns false when tasks were still running at the deadline.
+    /// Then writes a clean checkpoint and closes the journal. Returns false when tasks were
+    /// still running at the deadline.
     pub async fn wait(self) -> bool {
         self.shutdown.cancelled().await;
         self.tracker.close();
-        tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
+        let ended = tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
             .await
-            .is_ok()
+            .is_ok();
+        if let Some(store) = self.broker.store() {
+            if let Err(e) = self.broker.checkpoint(ended).await {
+                tracing::warn!(error = %e, "final checkpoint failed; the next start replays the journal");
+            }
+            let store = store.clone();
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        }
+        ended
     }
 }
 
@@ -288,7 +319,26 @@ impl RunningServer {
 pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
     let prometheus = m::install(&opts.identity.group, &opts.identity.member)?;
     gauge!(m::MEMORY_LIMIT).set(opts.broker.memory_limit as f64);
-    let broker = Broker::new(opts.broker.clone());
+    let broker = match &opts.store {
+        Some(cfg) => {
+            let cfg = cfg.clone();
+            let repair = opts.repair;
+            let started = Instant::now();
+            let (store, recovered) = tokio::task::spawn_blocking(move || Store::open(cfg, repair))
+                .await
+                .map_err(|e| StoreError::Failed(format!("journal recovery panicked: {e}")))??;
+            let messages: usize = recovered.queues.iter().map(|(_, m)| m.len()).sum();
+            tracing::info!(
+                messages,
+                durables = recovered.durables.len(),
+                clean = recovered.clean,
+                seconds = started.elapsed().as_secs_f64(),
+                "journal recovered"
+            );
+            Broker::with_store(opts.broker.clone(), store, recovered)
+        }
+        None => Broker::new(opts.broker.clone()),
+    };
     let identity = Arc::new(opts.identity.clone());
 
     let mut bound = Vec::new();
@@ -353,6 +403,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
     tracker.spawn(chores(
         broker.clone(),
         opts.expiry_check_interval,
+        opts.checkpoint_interval,
         shutdown.clone(),
     ));
     state.ready.store(true, Ordering::Release);
@@ -411,14 +462,42 @@ async fn accept_loop(
     }
 }
 
-/// Periodic broker work: expiry sweeps.
-async fn chores(broker: Broker, expiry: Duration, shutdown: CancellationToken) {
+/// Periodic broker work: expiry sweeps, checkpoints (every second while the journal is full,
+/// so acknowledged segments are freed promptly), journal gauges.
+async fn chores(
+    broker: Broker,
+    expiry: Duration,
+    checkpoint_every: Duration,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(expiry.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_checkpoint = Instant::now();
     loop {
         tokio::select! {
-            _ = tick.tick() => broker.sweep_expired(),
+            _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
+        }
+        broker.sweep_expired();
+        let Some(store) = broker.store() else {
+            continue;
+        };
+        let j = store.journal();
+        gauge!(m::JOURNAL_SEGMENTS).set(j.segment_count() as f64);
+        gauge!(m::JOURNAL_DISK_BYTES).set(j.disk_bytes() as f64);
+        gauge!(m::JOURNAL_FULL).set(if j.is_full() { 1.0 } else { 0.0 });
+        let (syncs, bytes) = j.counters();
+        metrics::counter!(m::JOURNAL_SYNCS).absolute(syncs);
+        metrics::counter!(m::JOURNAL_BYTES).absolute(bytes);
+        let due = last_checkpoint.elapsed() >= checkpoint_every
+            || (j.is_full() && last_checkpoint.elapsed() >= Duration::from_secs(1));
+        if due {
+            last_checkpoint = Instant::now();
+            match broker.checkpoint(false).await {
+                Ok(deleted) if deleted > 0 => tracing::debug!(deleted, "journal segments deleted"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::{sleep_until, Instant as TokioInstant};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{BrokerError, Delivery, Message, Session, SubscribeSpec, Target};
+use crate::broker::{BrokerError, Delivery, Message, Published, Session, SubscribeSpec, Target};
 use crate::transport::{IoEvent, Permit, Pump, Stream};
 use crate::wire::{self, proto, Body, DecodeError, Decoded, Frame, MessageRef};
 
@@ -194,6 +194,10 @@ struct Connection {
     last_write: Instant,
     client_heartbeat: Option<Duration>,
     last_producer: Bytes,
+    /// Receipts waiting for the journal to sync their record: (index, receipt), in order.
+    deferred: VecDeque<(u64, u64)>,
+    /// The client disconnected: close once the deferred receipts are out.
+    disconnecting: bool,
 }
 
 impl Connection {
@@ -215,6 +219,8 @@ impl Connection {
             last_write: now,
             client_heartbeat,
             last_producer: Bytes::new(),
+            deferred: VecDeque::new(),
+            disconnecting: false,
         }
     }
 
@@ -239,6 +245,9 @@ impl Connection {
         self.process_frames();
         loop {
             self.fill();
+            if self.disconnecting && self.deferred.is_empty() && self.closing.is_none() {
+                self.closing = Some("client disconnected");
+            }
             if let Some(reason) = self.closing {
                 let _ =
                     tokio::time::timeout(Duration::from_secs(2), self.pump.flush_and_close()).await;
@@ -248,10 +257,27 @@ impl Connection {
             let outbox = self.session.outbox().clone();
             let blocked_counters = self.blocked.as_ref().map(|b| b.target.counters().clone());
             let broker = self.session.broker().clone();
+            let blocked_journal = self
+                .blocked
+                .as_ref()
+                .map(|b| b.message.persistent)
+                .unwrap_or(false);
             let room = async {
-                match &blocked_counters {
-                    Some(c) => broker.memory().wait_for_room(c).await,
-                    None => std::future::pending().await,
+                match (&blocked_counters, broker.store()) {
+                    (Some(_), Some(store)) if blocked_journal => {
+                        // The journal frees room as consumers acknowledge and segments go.
+                        while !store.journal().has_room() {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    (Some(c), _) => broker.memory().wait_for_room(c).await,
+                    (None, _) => std::future::pending().await,
+                }
+            };
+            let synced = async {
+                match (self.deferred.front(), broker.store()) {
+                    (Some((index, _)), Some(store)) => store.journal().wait_synced(*index).await,
+                    _ => std::future::pending().await,
                 }
             };
             tokio::select! {
@@ -273,6 +299,7 @@ impl Connection {
                     self.retry_blocked();
                     self.process_frames();
                 }
+                result = synced => self.release_receipts(result),
                 _ = &mut heartbeat => {
                     self.on_heartbeat_timer();
                     heartbeat.as_mut().reset(self.next_heartbeat_check());
@@ -349,13 +376,77 @@ impl Connection {
     }
 
     fn receipt(&mut self, receipt: u64) {
-        if receipt != 0 {
+        self.receipt_after(0, receipt);
+    }
+
+    /// Sends a receipt once the journal has synced `index` (0: nothing to wait for). Receipts
+    /// leave in the order their frames arrived.
+    fn receipt_after(&mut self, index: u64, receipt: u64) {
+        if receipt == 0 {
+            return;
+        }
+        let waits = self
+            .deferred
+            .back()
+            .map(|(i, _)| *i)
+            .unwrap_or(0)
+            .max(index);
+        let synced = self
+            .session
+            .broker()
+            .store()
+            .map(|s| s.journal().synced())
+            .unwrap_or(u64::MAX);
+        if waits == 0 || (self.deferred.is_empty() && synced >= waits) {
             self.push_frame(&wire::frame(Body::Receipt(proto::Receipt { receipt })));
+        } else {
+            self.deferred.push_back((waits, receipt));
+        }
+    }
+
+    /// Sends the deferred receipts the journal has now synced (errors if the journal failed).
+    fn release_receipts(&mut self, result: Result<(), crate::store::StoreError>) {
+        let synced = self
+            .session
+            .broker()
+            .store()
+            .map(|s| s.journal().synced())
+            .unwrap_or(u64::MAX);
+        match result {
+            Ok(()) => {
+                while let Some(&(index, receipt)) = self.deferred.front() {
+                    if index > synced {
+                        break;
+                    }
+                    self.deferred.pop_front();
+                    self.push_frame(&wire::frame(Body::Receipt(proto::Receipt { receipt })));
+                }
+            }
+            Err(e) => {
+                for (_, receipt) in std::mem::take(&mut self.deferred) {
+                    self.push_frame(&error_frame(
+                        proto::ErrorCode::Unknown,
+                        format!("not stored: {e}"),
+                        receipt,
+                        false,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The journal record an operation appended, if it appended one.
+    fn changed_record(&self, before: u64) -> u64 {
+        let now = self.session.last_record();
+        if now != before {
+            now
+        } else {
+            0
         }
     }
 
     fn process_frames(&mut self) {
-        while self.blocked.is_none() && self.closing.is_none() {
+        while self.blocked.is_none() && self.closing.is_none() && !self.disconnecting {
             match wire::decode(&mut self.pump.rbuf, self.ctx.settings.max_frame_size) {
                 Ok(Decoded::Frame(f)) => self.handle(f),
                 Ok(Decoded::NeedMore(_)) => return,
@@ -382,8 +473,9 @@ impl Connection {
                     durable_name: (!s.durable_name.is_empty()).then_some(s.durable_name),
                     no_local: s.no_local,
                 };
+                let before = self.session.last_record();
                 match self.session.subscribe(spec) {
-                    Ok(()) => self.receipt(receipt),
+                    Ok(()) => self.receipt_after(self.changed_record(before), receipt),
                     Err(e) => self.fail(&e, receipt),
                 }
             }
@@ -404,7 +496,7 @@ impl Connection {
             Some(Body::Heartbeat(h)) => self.receipt(h.receipt),
             Some(Body::Disconnect(d)) => {
                 self.receipt(d.receipt);
-                self.closing = Some("client disconnected");
+                self.disconnecting = true;
             }
             other => {
                 self.ctx.metrics.bad_frame();
@@ -430,7 +522,7 @@ impl Connection {
             }
         };
         let message = self.message_from(s);
-        if !self.session.has_room(&target) {
+        if !self.session.has_room(&target, message.persistent) {
             match target.on_full() {
                 crate::broker::OnFull::Fail => {
                     let e = BrokerError::Full {
@@ -455,9 +547,13 @@ impl Connection {
 
     fn publish(&mut self, target: &Target, message: Message, receipt: u64) {
         match self.session.publish(target, message) {
-            Ok(()) => {
+            Ok(Published::Accepted) | Ok(Published::Duplicate) => {
                 self.ctx.metrics.received();
                 self.receipt(receipt);
+            }
+            Ok(Published::Pending(index)) => {
+                self.ctx.metrics.received();
+                self.receipt_after(index, receipt);
             }
             Err(e) => {
                 self.ctx.metrics.send_refused(&e);
@@ -468,7 +564,7 @@ impl Connection {
 
     fn retry_blocked(&mut self) {
         if let Some(b) = self.blocked.take() {
-            if self.session.has_room(&b.target) {
+            if self.session.has_room(&b.target, b.message.persistent) {
                 self.publish(&b.target, b.message, b.receipt);
             } else {
                 self.blocked = Some(b);

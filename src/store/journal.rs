@@ -249,6 +249,14 @@ impl Journal {
         self.shared.disk_bytes.load(Ordering::Relaxed)
     }
 
+    /// (syncs, bytes appended) so far.
+    pub fn counters(&self) -> (u64, u64) {
+        (
+            self.shared.fsyncs.load(Ordering::Relaxed),
+            self.shared.appended_bytes.load(Ordering::Relaxed),
+        )
+    }
+
     pub fn segment_count(&self) -> usize {
         self.shared.segments.read().len()
     }

@@ -1,0 +1,512 @@
+//! The broker's side of the journal: what is written when, what a checkpoint holds, and how a
+//! broker is rebuilt from a recovered journal.
+//!
+//! A persistent message is journaled and becomes visible to consumers only once its record is
+//! durable (per the sync mode), so nothing is delivered that a crash could take back; its
+//! producer gets its receipt at the same moment. A message leaving a queue (ack, expiry,
+//! dead-letter) is recorded after it left memory, and a checkpoint snapshot is taken with the
+//! gate closed, so for every record before a checkpoint the checkpoint holds its effect.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+
+use super::message::Message;
+use super::queue::{Pager, Slot};
+use super::stats::DestinationCounters;
+use super::{Broker, Destination, DestinationPattern, Effects, Kind, MemoryPool, Target};
+use crate::store::proto::{self, record::Kind as RecordKind, Record};
+use crate::store::{Recovered, Store, StoreError};
+
+/// A journal removal to write (and a live count to release) after a lock is released.
+#[derive(Debug)]
+pub(crate) struct Removal {
+    pub index: u64,
+    pub durable: Option<(String, String)>,
+    /// The last holder: the journal may let the record's segment go.
+    pub release: bool,
+    /// False when another record (DurableRemoved) already says it.
+    pub record: bool,
+}
+
+/// A journaled message waiting for its record to be durable.
+#[derive(Debug)]
+struct Pending {
+    index: u64,
+    target: Target,
+    msg: Arc<Message>,
+}
+
+/// Producer high-water marks, for duplicate detection. Marks not touched for two pruning
+/// rounds are forgotten once there are more than `cap` of them.
+#[derive(Debug)]
+pub(crate) struct ProducerMarks {
+    marks: DashMap<Bytes, (u64, u32)>,
+    generation: AtomicU64,
+    cap: usize,
+}
+
+impl ProducerMarks {
+    pub(crate) fn new(cap: usize) -> ProducerMarks {
+        ProducerMarks {
+            marks: DashMap::new(),
+            generation: AtomicU64::new(0),
+            cap,
+        }
+    }
+
+    /// Records `seq` for `producer`; false when it is not above the mark (a duplicate).
+    pub(crate) fn advance(&self, producer: &Bytes, seq: u64) -> bool {
+        let generation = self.generation.load(Ordering::Relaxed) as u32;
+        if let Some(mut m) = self.marks.get_mut(producer) {
+            if seq <= m.0 {
+                return false;
+            }
+            *m = (seq, generation);
+            return true;
+        }
+        self.marks.insert(producer.clone(), (seq, generation));
+        true
+    }
+
+    pub(crate) fn prune(&self) {
+        if self.marks.len() <= self.cap {
+            return;
+        }
+        let now = self.generation.fetch_add(1, Ordering::Relaxed) as u32;
+        self.marks.retain(|_, (_, g)| now.wrapping_sub(*g) < 2);
+    }
+
+    fn snapshot(&self) -> Vec<proto::ProducerMark> {
+        self.marks
+            .iter()
+            .map(|e| proto::ProducerMark {
+                producer_id: e.key().clone(),
+                sequence: e.value().0,
+            })
+            .collect()
+    }
+}
+
+/// The journal and what the broker keeps beside it.
+pub(crate) struct Persistence {
+    pub store: Store,
+    /// Held (shared) by every operation that changes journaled state; a checkpoint holds it
+    /// exclusively while it takes its snapshot.
+    gate: RwLock<()>,
+    visible: Mutex<VecDeque<Pending>>,
+}
+
+impl std::fmt::Debug for Persistence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persistence")
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+impl Persistence {
+    pub(crate) fn new(store: Store) -> Persistence {
+        Persistence {
+            store,
+            gate: RwLock::new(()),
+            visible: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
+pub(crate) fn added_record(msg: &Message) -> Record {
+    Record {
+        kind: Some(RecordKind::Added(proto::MessageAdded {
+            destination: msg.dest().as_str().to_string(),
+            body: msg.body.clone(),
+            headers: msg
+                .headers
+                .iter()
+                .map(|(k, v)| proto::Header {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            priority: msg.priority as u32,
+            expires_at_ms: msg.expires_at_ms,
+            producer_id: msg.producer_id.clone(),
+            sequence: msg.sequence,
+            reply_to: msg.reply_to.clone(),
+            correlation_id: msg.correlation_id.clone(),
+            content_type: msg.content_type.clone(),
+            timestamp_ms: msg.timestamp_ms,
+            broker_path: msg.broker_path.iter().map(|g| g.to_string()).collect(),
+            redelivery_count: 0,
+        })),
+        tx: 0,
+    }
+}
+
+/// A message rebuilt from its journal record (not yet charged to memory).
+pub(crate) fn message_from_record(m: proto::MessageAdded, index: u64) -> Option<Message> {
+    let destination = Destination::parse(&m.destination).ok()?;
+    Some(Message {
+        destination: Some(destination),
+        body: m.body,
+        headers: m.headers.into_iter().map(|h| (h.key, h.value)).collect(),
+        persistent: true,
+        priority: m.priority.min(9) as u8,
+        expires_at_ms: m.expires_at_ms,
+        producer_id: m.producer_id,
+        sequence: m.sequence,
+        reply_to: m.reply_to,
+        correlation_id: m.correlation_id,
+        content_type: m.content_type,
+        timestamp_ms: m.timestamp_ms,
+        broker_path: m.broker_path.into_iter().map(Arc::from).collect(),
+        origin: 0,
+        store_index: index,
+        ..Message::default()
+    })
+}
+
+/// Reads paged-out queue messages back from the journal.
+#[derive(Debug)]
+pub(crate) struct JournalPager {
+    pub store: Store,
+    pub memory: Arc<MemoryPool>,
+}
+
+impl Pager for JournalPager {
+    fn load(&self, index: u64, counters: &Arc<DestinationCounters>) -> Option<Arc<Message>> {
+        let record = match self.store.read_message(index) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(index, error = %e, "reading a paged-out message failed");
+                return None;
+            }
+        };
+        let mut msg = message_from_record(record, index)?;
+        msg.charge = self.memory.charge(msg.memory_size(), counters);
+        Some(Arc::new(msg))
+    }
+}
+
+impl Broker {
+    /// The shared side of the checkpoint gate (a no-op without a journal). Taken recursively so
+    /// nested operations never wait behind a queued checkpoint.
+    pub(crate) fn gate(&self) -> Option<RwLockReadGuard<'_, ()>> {
+        self.inner
+            .persistence
+            .as_ref()
+            .map(|p| p.gate.read_recursive())
+    }
+
+    pub fn store(&self) -> Option<&Store> {
+        self.inner.persistence.as_ref().map(|p| &p.store)
+    }
+
+    /// Whether `msg` on `target` is journaled: persistent messages on queues, and on topics
+    /// when a durable subscription will hold them. Temporary destinations never are.
+    pub(crate) fn journals(&self, target: &Target, msg: &Message) -> bool {
+        if !msg.persistent || self.inner.persistence.is_none() {
+            return false;
+        }
+        match target {
+            Target::Queue(q) => !q.dest.kind().is_temp(),
+            Target::Topic(t) => !t.dest.kind().is_temp() && t.has_durable(),
+        }
+    }
+
+    /// Journals `msg` (the caller holds the gate); it becomes visible once durable.
+    pub(crate) fn journal_publish(&self, target: &Target, mut msg: Message) -> u64 {
+        let p = self
+            .inner
+            .persistence
+            .as_ref()
+            .expect("journal_publish needs a journal");
+        let payload = prost::Message::encode_to_vec(&added_record(&msg));
+        let mut visible = p.visible.lock();
+        let index = p.store.journal().append(&payload);
+        msg.store_index = index;
+        visible.push_back(Pending {
+            index,
+            target: target.clone(),
+            msg: Arc::new(msg),
+        });
+        index
+    }
+
+    /// Appends a non-message record (durable subscription changes); returns its index.
+    pub(crate) fn journal_record(&self, record: Record) -> u64 {
+        match &self.inner.persistence {
+            Some(p) => p.store.append(&record),
+            None => 0,
+        }
+    }
+
+    /// The writer thread's hook: makes durable messages visible.
+    pub(crate) fn on_synced(&self, upto: u64) {
+        let Some(p) = &self.inner.persistence else {
+            return;
+        };
+        let ready: Vec<Pending> = {
+            let mut visible = p.visible.lock();
+            let n = visible.iter().take_while(|e| e.index <= upto).count();
+            visible.drain(..n).collect()
+        };
+        if ready.is_empty() {
+            return;
+        }
+        let _gate = self.gate();
+        let mut effects = Effects::default();
+        for pending in ready {
+            p.store.journal().retain(pending.index);
+            match &pending.target {
+                Target::Queue(q) => {
+                    let memory = &self.inner.memory;
+                    let over = !memory.has_room(&q.counters);
+                    if over {
+                        let slot = Slot::Paged {
+                            index: pending.index,
+                            priority: pending.msg.priority,
+                            expires_at_ms: pending.msg.expires_at_ms,
+                        };
+                        drop(pending.msg);
+                        q.enqueue_slot(slot, 0, &mut effects);
+                    } else {
+                        q.enqueue(pending.msg, &mut effects);
+                    }
+                }
+                Target::Topic(t) => {
+                    t.publish(pending.msg.clone(), &mut effects);
+                    if pending.msg.durable_refs.load(Ordering::Acquire) == 0 {
+                        // Every durable subscription left before it became visible.
+                        effects.removed.push(Removal {
+                            index: pending.index,
+                            durable: None,
+                            release: true,
+                            record: false,
+                        });
+                    }
+                }
+            }
+        }
+        self.apply(effects);
+    }
+
+    /// Dead-letters and journals what `effects` collected (the caller holds the gate).
+    pub(crate) fn apply(&self, effects: Effects) {
+        if effects.is_empty() {
+            return;
+        }
+        for (entry, reason) in effects.dead {
+            let source = entry.msg.dest().clone();
+            let dlq_dest = source.dead_letter_queue();
+            let dlq = self.queue(&dlq_dest, 0);
+            let mut copy = entry.msg.copy_to(
+                dlq.dest.clone(),
+                &[
+                    ("meshmq.original_destination", source.to_string()),
+                    ("meshmq.dlq_reason", reason.as_str().to_string()),
+                ],
+            );
+            copy.charge = self.inner.memory.charge(copy.memory_size(), &dlq.counters);
+            let target = Target::Queue(dlq.clone());
+            // Journal the copy before the original's removal: a crash between the two leaves
+            // the message in both places, never in neither.
+            if self.journals(&target, &copy) {
+                self.journal_publish(&target, copy);
+            } else {
+                let mut more = Effects::default();
+                dlq.enqueue(Arc::new(copy), &mut more);
+                debug_assert!(more.dead.is_empty(), "a DLQ never dead-letters");
+            }
+            if source.kind() == Kind::Queue && entry.msg.store_index != 0 {
+                self.journal_removal(&Removal {
+                    index: entry.msg.store_index,
+                    durable: None,
+                    release: true,
+                    record: true,
+                });
+            }
+        }
+        for r in &effects.removed {
+            self.journal_removal(r);
+        }
+    }
+
+    fn journal_removal(&self, r: &Removal) {
+        let Some(p) = &self.inner.persistence else {
+            return;
+        };
+        if r.record {
+            let (client, name) = r.durable.clone().unwrap_or_default();
+            p.store.append(&Record {
+                kind: Some(RecordKind::Removed(proto::MessageRemoved {
+                    message: r.index,
+                    durable_client_id: client,
+                    durable_name: name,
+                })),
+                tx: 0,
+            });
+        }
+        if r.release {
+            p.store.journal().release(r.index);
+        }
+    }
+
+    /// Writes a checkpoint of everything journaled and lets covered segments go. `clean`:
+    /// written at shutdown, after every connection ended.
+    pub async fn checkpoint(&self, clean: bool) -> Result<usize, StoreError> {
+        let Some(p) = &self.inner.persistence else {
+            return Ok(0);
+        };
+        let checkpoint = {
+            let _closed = p.gate.write();
+            let next_index = p.store.journal().next_index();
+            let mut queues: HashMap<String, Vec<proto::LiveMessage>> = HashMap::new();
+            for q in self.inner.queues.iter() {
+                if q.dest.kind() != Kind::Queue {
+                    continue;
+                }
+                let list = queues.entry(q.dest.as_str().to_string()).or_default();
+                list.extend(
+                    q.journaled()
+                        .into_iter()
+                        .map(|(index, r)| proto::LiveMessage {
+                            index,
+                            redelivery_count: r,
+                        }),
+                );
+            }
+            let mut durables: Vec<proto::DurableState> = self
+                .inner
+                .durables
+                .iter()
+                .map(|d| proto::DurableState {
+                    client_id: d.key().0.clone(),
+                    name: d.key().1.clone(),
+                    pattern: d.pattern.as_str().to_string(),
+                    no_local: d.no_local(),
+                    messages: d
+                        .journaled()
+                        .into_iter()
+                        .map(|(index, r)| proto::LiveMessage {
+                            index,
+                            redelivery_count: r,
+                        })
+                        .collect(),
+                })
+                .collect();
+            for pending in p.visible.lock().iter() {
+                let live = proto::LiveMessage {
+                    index: pending.index,
+                    redelivery_count: 0,
+                };
+                match &pending.target {
+                    Target::Queue(q) => queues
+                        .entry(q.dest.as_str().to_string())
+                        .or_default()
+                        .push(live),
+                    Target::Topic(t) => {
+                        for d in durables.iter_mut() {
+                            if DestinationPattern::parse(&d.pattern)
+                                .is_ok_and(|pat| pat.matches(&t.dest))
+                            {
+                                d.messages.push(live);
+                            }
+                        }
+                    }
+                }
+            }
+            proto::Checkpoint {
+                next_index,
+                clean,
+                queues: queues
+                    .into_iter()
+                    .map(|(destination, messages)| proto::QueueState {
+                        destination,
+                        messages,
+                    })
+                    .collect(),
+                durables,
+                producers: self.inner.producers.snapshot(),
+                epoch: 0,
+            }
+        };
+        if checkpoint.next_index > 1 {
+            p.store
+                .journal()
+                .wait_synced(checkpoint.next_index - 1)
+                .await?;
+        }
+        let store = p.store.clone();
+        tokio::task::spawn_blocking(move || store.checkpoint(&checkpoint))
+            .await
+            .map_err(|e| StoreError::Failed(format!("the checkpoint task failed: {e}")))?
+    }
+
+    /// Rebuilds a broker's journaled state (called once, before it serves).
+    pub(crate) fn restore(&self, recovered: Recovered) {
+        for (producer, seq) in &recovered.producers {
+            self.inner.producers.advance(producer, *seq);
+        }
+        let mut effects = Effects::default();
+        for (dest, messages) in recovered.queues {
+            let Ok(dest) = Destination::parse(&dest) else {
+                continue;
+            };
+            let queue = self.queue(&dest, 0);
+            for m in messages {
+                let slot = match m.record.and_then(|r| message_from_record(r, m.index)) {
+                    Some(mut msg) => {
+                        msg.charge = self.inner.memory.charge(msg.memory_size(), &queue.counters);
+                        Slot::Loaded(Arc::new(msg))
+                    }
+                    None => Slot::Paged {
+                        index: m.index,
+                        priority: m.priority,
+                        expires_at_ms: m.expires_at_ms,
+                    },
+                };
+                queue.enqueue_slot(slot, m.redelivery_count, &mut effects);
+            }
+        }
+        let mut topic_messages: HashMap<u64, Arc<Message>> = HashMap::new();
+        for (index, record) in recovered.topic_messages {
+            if let Some(mut msg) = message_from_record(record, index) {
+                let topic = self.topic(msg.dest(), 0);
+                msg.charge = self.inner.memory.charge(msg.memory_size(), &topic.counters);
+                topic_messages.insert(index, Arc::new(msg));
+            }
+        }
+        for d in recovered.durables {
+            let Ok(pattern) = DestinationPattern::parse(&d.pattern) else {
+                continue;
+            };
+            let limits = match pattern.as_destination() {
+                Some(dest) => self.inner.settings.limits_for(&dest),
+                None => self.inner.settings.defaults,
+            };
+            let key = (d.client_id, d.name);
+            let sub = self.create_topic_sub(pattern, Some(key.clone()), d.no_local, &limits);
+            for (index, redeliveries) in d.messages {
+                if let Some(m) = topic_messages.get(&index) {
+                    m.durable_refs.fetch_add(1, Ordering::AcqRel);
+                    sub.restore(m.clone(), redeliveries);
+                }
+            }
+            self.inner.durables.insert(key, sub);
+        }
+        self.apply(effects);
+        let weak = Arc::downgrade(&self.inner);
+        if let Some(p) = &self.inner.persistence {
+            p.store.journal().set_on_synced(Box::new(move |upto| {
+                if let Some(inner) = weak.upgrade() {
+                    Broker { inner }.on_synced(upto);
+                }
+            }));
+        }
+    }
+}
