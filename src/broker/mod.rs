@@ -985,4 +985,6 @@ impl Broker {
 }
 
 #[cfg(test)]
+mod persist_tests;
+#[cfg(test)]
 mod tests;

@@ -1,0 +1,366 @@
+//! The broker over a real journal in a temporary directory, restarted in-process: closing the
+//! store without a checkpoint is what a `kill -9` after the last sync leaves behind.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::store::{Durability, Store, StoreConfig};
+
+fn store_config(dir: &Path) -> StoreConfig {
+    StoreConfig {
+        dir: dir.join("journal"),
+        segment_size: 64 << 10,
+        store_limit: None,
+        durability: Durability::Synced,
+        group_commit_window: Duration::ZERO,
+        max_record: 1 << 20,
+        memory_budget: 1 << 30,
+    }
+}
+
+fn open(dir: &Path, settings: BrokerSettings) -> Broker {
+    let (store, recovered) = Store::open(store_config(dir), false).unwrap();
+    Broker::with_store(settings, store, recovered)
+}
+
+/// Stops without a checkpoint (as a crash after the last sync would).
+fn crash(b: Broker) {
+    b.store().unwrap().close();
+}
+
+fn msg(body: &str, persistent: bool) -> Message {
+    Message {
+        body: Bytes::copy_from_slice(body.as_bytes()),
+        persistent,
+        priority: DEFAULT_PRIORITY,
+        ..Message::default()
+    }
+}
+
+/// Publishes and waits until it is durable and visible.
+async fn publish(s: &mut Session, dest: &str, m: Message) -> Published {
+    let t = s.target(dest).unwrap();
+    let p = s.publish(&t, m).unwrap();
+    if let Published::Pending(i) = p {
+        s.broker()
+            .store()
+            .unwrap()
+            .journal()
+            .wait_synced(i)
+            .await
+            .unwrap();
+        // The hook runs on the writer thread right after the sync is published.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p
+}
+
+fn sub(s: &mut Session, id: u64, dest: &str, durable: Option<&str>) {
+    s.subscribe(SubscribeSpec {
+        subscription: id,
+        destination: dest.into(),
+        selector: String::new(),
+        prefetch: 1000,
+        priority: 0,
+        durable_name: durable.map(String::from),
+        no_local: false,
+    })
+    .unwrap();
+}
+
+fn drain(s: &Session) -> Vec<Delivery> {
+    let mut out = VecDeque::new();
+    s.outbox().drain_into(&mut out);
+    out.into()
+}
+
+fn bodies(d: &[Delivery]) -> Vec<String> {
+    d.iter()
+        .map(|d| String::from_utf8_lossy(&d.message.body).into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn unacknowledged_persistent_messages_survive_a_crash_flagged_redelivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path(), BrokerSettings::default());
+    let mut p = b.open_session(None).unwrap();
+    for i in 0..5 {
+        assert!(matches!(
+            publish(&mut p, "queue://q", msg(&i.to_string(), true)).await,
+            Published::Pending(_)
+        ));
+    }
+    assert_eq!(
+        publish(&mut p, "queue://q", msg("memory only", false)).await,
+        Published::Accepted
+    );
+    let mut c = b.open_session(None).unwrap();
+    sub(&mut c, 1, "queue://q", None);
+    let d = drain(&c);
+    assert_eq!(d.len(), 6);
+    let acked = d[1].tag;
+    drop(d);
+    c.ack(1, acked, &[]).unwrap();
+    // Let the removal records reach the disk, then crash.
+    let last = b.store().unwrap().journal().next_index() - 1;
+    b.store()
+        .unwrap()
+        .journal()
+        .wait_synced(last)
+        .await
+        .unwrap();
+    drop(c);
+    drop(p);
+    crash(b);
+
+    let b = open(dir.path(), BrokerSettings::default());
+    let mut c = b.open_session(None).unwrap();
+    sub(&mut c, 1, "queue://q", None);
+    let d = drain(&c);
+    assert_eq!(
+        bodies(&d),
+        vec!["2", "3", "4"],
+        "acked ones gone, the non-persistent one lost"
+    );
+    assert!(
+        d.iter().all(|d| d.redelivery_count >= 1),
+        "after a crash, possibly delivered"
+    );
+}
+
+#[tokio::test]
+async fn a_clean_shutdown_keeps_exact_redelivery_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path(), BrokerSettings::default());
+    let mut p = b.open_session(None).unwrap();
+    publish(&mut p, "queue://q", msg("never delivered", true)).await;
+    drop(p);
+    b.checkpoint(true).await.unwrap();
+    crash(b);
+    let b = open(dir.path(), BrokerSettings::default());
+    let mut c = b.open_session(None).unwrap();
+    sub(&mut c, 1, "queue://q", None);
+    let d = drain(&c);
+    assert_eq!(bodies(&d), vec!["never delivered"]);
+    assert_eq!(d[0].redelivery_count, 0);
+}
+
+#[tokio::test]
+async fn durable_subscriptions_and_their_messages_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path(), BrokerSettings::default());
+    let mut d = b.open_session(Some("reader".into())).unwrap();
+    sub(&mut d, 1, "topic://news.>", Some("all-news"));
+    let got = drain(&d);
+    assert!(got.is_empty());
+    drop(d);
+    let mut p = b.open_session(None).unwrap();
+    for i in 0..3 {
+        let r = publish(&mut p, "topic://news.eu", msg(&format!("n{i}"), true)).await;
+        assert!(
+            matches!(r, Published::Pending(_)),
+            "journaled for the durable subscription"
+        );
+    }
+    assert_eq!(
+        publish(&mut p, "topic://unheard", msg("no durable listens", true)).await,
+        Published::Accepted
+    );
+    b.checkpoint(false).await.unwrap();
+    publish(&mut p, "topic://news.us", msg("after the checkpoint", true)).await;
+    drop(p);
+    crash(b);
+
+    let b = open(dir.path(), BrokerSettings::default());
+    let mut d = b.open_session(Some("reader".into())).unwrap();
+    sub(&mut d, 7, "topic://news.>", Some("all-news"));
+    let got = drain(&d);
+    assert_eq!(bodies(&got), vec!["n0", "n1", "n2", "after the checkpoint"]);
+    let last = got.last().unwrap().tag;
+    drop(got);
+    d.ack(7, last, &[]).unwrap();
+    let next = b.store().unwrap().journal().next_index() - 1;
+    b.store()
+        .unwrap()
+        .journal()
+        .wait_synced(next)
+        .await
+        .unwrap();
+    drop(d);
+    crash(b);
+
+    let b = open(dir.path(), BrokerSettings::default());
+    assert_eq!(b.durable_subscriptions(), 1);
+    let mut d = b.open_session(Some("reader".into())).unwrap();
+    sub(&mut d, 7, "topic://news.>", Some("all-news"));
+    assert!(drain(&d).is_empty(), "everything was acknowledged");
+    d.unsubscribe(7, true).unwrap();
+    let next = b.store().unwrap().journal().next_index() - 1;
+    b.store()
+        .unwrap()
+        .journal()
+        .wait_synced(next)
+        .await
+        .unwrap();
+    drop(d);
+    crash(b);
+    let b = open(dir.path(), BrokerSettings::default());
+    assert_eq!(b.durable_subscriptions(), 0, "its removal was journaled");
+}
+
+#[tokio::test]
+async fn a_producer_re_send_after_a_restart_is_dropped_as_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path(), BrokerSettings::default());
+    let mut p = b.open_session(None).unwrap();
+    let tagged = |seq: u64| Message {
+        producer_id: Bytes::from_static(b"producer-7"),
+        sequence: seq,
+        ..msg(&format!("s{seq}"), true)
+    };
+    for seq in 1..=3 {
+        publish(&mut p, "queue://q", tagged(seq)).await;
+    }
+    drop(p);
+    crash(b);
+    let b = open(dir.path(), BrokerSettings::default());
+    let mut p = b.open_session(None).unwrap();
+    assert_eq!(
+        publish(&mut p, "queue://q", tagged(2)).await,
+        Published::Duplicate
+    );
+    assert_eq!(
+        publish(&mut p, "queue://q", tagged(3)).await,
+        Published::Duplicate
+    );
+    assert!(matches!(
+        publish(&mut p, "queue://q", tagged(4)).await,
+        Published::Pending(_)
+    ));
+    let mut c = b.open_session(None).unwrap();
+    sub(&mut c, 1, "queue://q", None);
+    assert_eq!(bodies(&drain(&c)), vec!["s1", "s2", "s3", "s4"]);
+}
+
+#[tokio::test]
+async fn persistent_messages_past_the_memory_limit_are_paged_out_and_read_back_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = BrokerSettings {
+        memory_limit: 64 << 10,
+        ..BrokerSettings::default()
+    };
+    let b = open(dir.path(), settings.clone());
+    let mut p = b.open_session(None).unwrap();
+    let body = "p".repeat(1000);
+    let t = p.target("queue://big").unwrap();
+    let mut last = 0;
+    for i in 0..1000 {
+        assert!(
+            p.has_room(&t, true),
+            "persistent sends are not held back by memory"
+        );
+        if let Published::Pending(idx) = p.publish(&t, msg(&format!("{i:04}{body}"), true)).unwrap()
+        {
+            last = idx;
+        }
+    }
+    b.store()
+        .unwrap()
+        .journal()
+        .wait_synced(last)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        b.memory().used() <= (64 << 10) + 4 * 1300,
+        "memory holds only what fits: {} bytes",
+        b.memory().used()
+    );
+    assert_eq!(b.queue_depth("queue://big"), Some(1000));
+    let mut c = b.open_session(None).unwrap();
+    c.subscribe(SubscribeSpec {
+        subscription: 1,
+        destination: "queue://big".into(),
+        selector: String::new(),
+        prefetch: 10,
+        priority: 0,
+        durable_name: None,
+        no_local: false,
+    })
+    .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 1000 {
+        let d = drain(&c);
+        assert!(!d.is_empty(), "stalled after {}", got.len());
+        let tag = d.last().unwrap().tag;
+        got.extend(
+            d.iter()
+                .map(|d| String::from_utf8_lossy(&d.message.body[..4]).into_owned()),
+        );
+        drop(d);
+        c.ack(1, tag, &[]).unwrap();
+    }
+    let expected: Vec<String> = (0..1000).map(|i| format!("{i:04}")).collect();
+    assert_eq!(got, expected);
+}
+
+#[tokio::test]
+async fn dead_lettered_persistent_messages_stay_persistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = BrokerSettings::default();
+    settings.defaults.max_redeliveries = 0;
+    let b = open(dir.path(), settings.clone());
+    let mut p = b.open_session(None).unwrap();
+    publish(&mut p, "queue://orders", msg("poison", true)).await;
+    let mut c = b.open_session(None).unwrap();
+    sub(&mut c, 1, "queue://orders", None);
+    let d = drain(&c);
+    let tag = d[0].tag;
+    drop(d);
+    c.nack(1, &[tag]).unwrap();
+    let next = b.store().unwrap().journal().next_index() - 1;
+    b.store()
+        .unwrap()
+        .journal()
+        .wait_synced(next)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(c);
+    drop(p);
+    crash(b);
+    let b = open(dir.path(), settings);
+    assert_eq!(b.queue_depth("queue://orders"), Some(0));
+    assert_eq!(b.queue_depth("queue://DLQ.orders"), Some(1));
+}
+
+#[tokio::test]
+async fn acknowledged_segments_are_deleted_after_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path(), BrokerSettings::default());
+    let mut p = b.open_session(None).unwrap();
+    let mut c = b.open_session(None).unwrap();
+    sub(&mut c, 1, "queue://q", None);
+    let body = "g".repeat(4000);
+    for round in 0..100 {
+        publish(&mut p, "queue://q", msg(&format!("{round}{body}"), true)).await;
+        let d = drain(&c);
+        let tag = d.last().unwrap().tag;
+        drop(d);
+        c.ack(1, tag, &[]).unwrap();
+    }
+    let journal = b.store().unwrap().journal().clone();
+    let before = journal.segment_count();
+    let deleted = b.checkpoint(false).await.unwrap();
+    assert!(before >= 6, "{before} segments of 64 KiB for 400 KB");
+    assert!(
+        journal.segment_count() <= 2,
+        "{before} → {} after deleting {deleted}",
+        journal.segment_count()
+    );
+}
