@@ -109,6 +109,9 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io(dir, "sync the directory", e))
 }
 
+/// A batch buffer larger than this is given back once written.
+const MAX_IDLE_BATCH: usize = 4 << 20;
+
 /// Called on the writer thread with the newest synced index.
 pub type SyncedHook = Box<dyn Fn(u64) + Send + Sync>;
 
@@ -434,6 +437,11 @@ fn complete(
         .fetch_add(bytes as u64, Ordering::Relaxed);
     let _ = batch.buf.split_to(bytes);
     batch.frames.drain(..frames);
+    if batch.frames.is_empty() && batch.buf.capacity() > MAX_IDLE_BATCH {
+        // A burst grew it; do not keep the peak for ever.
+        batch.buf = BytesMut::new();
+        batch.frames = Vec::new();
+    }
     shared.synced.send_replace(last);
     if let Some(f) = shared.on_synced.read().as_ref() {
         f(last);
