@@ -3,6 +3,8 @@ pub mod broker;
 pub mod client;
 pub mod config;
 pub mod metrics;
+pub mod security;
 pub mod server;
+pub mod stomp;
 pub mod transport;
 pub mod wire;
