@@ -1,0 +1,377 @@
+//! Bytes → frames.
+//!
+//! ```text
+//! COMMAND EOL
+//! (name:value EOL)*        escaped per version, except in CONNECT, STOMP and CONNECTED
+//! EOL
+//! body                     content-length octets if that header is present (NULs allowed),
+//!                          else everything up to the first NUL
+//! NUL
+//! ```
+//! EOL is `\n` or `\r\n` (accepted in every version: telnet users of 1.0 send `\r\n` too).
+//! A bare EOL where a frame would start is a heart-beat (it also covers the EOLs the spec
+//! allows after a frame's NUL).
+//!
+//! The [`Decoder`] remembers how far it has read into a frame that is still arriving, so each
+//! byte is examined once however the frame is split across reads: a body without
+//! `content-length` arriving in small pieces costs no rescans.
+
+use bytes::{Buf, BytesMut};
+use memchr::memchr;
+
+use super::{quote, Command, Frame, Limits, StompError, Version};
+
+/// What the decoder found at the front of the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// One whole frame, removed from the buffer.
+    Frame(Frame),
+    /// A bare EOL, removed from the buffer: the peer is alive.
+    Heartbeat,
+    /// The buffer holds part of a frame, left in place; call again when more bytes arrived.
+    NeedMore,
+}
+
+/// Decodes frames from one peer's byte stream.
+///
+/// The buffer passed to [`Decoder::decode`] must be the same stream's buffer every time, only
+/// appended to between calls (the decoder itself removes what it decoded). A shorter buffer
+/// than at the last call is taken as a new stream and read from its start.
+#[derive(Debug)]
+pub struct Decoder {
+    version: Version,
+    limits: Limits,
+    partial: Option<Partial>,
+}
+
+/// A frame whose command line has been read but which is not complete yet.
+#[derive(Debug)]
+struct Partial {
+    command: Command,
+    headers: Vec<(String, String)>,
+    /// Offset of the first header line not read yet.
+    next_line: usize,
+    /// The first `content-length` header, once read.
+    content_length: Option<usize>,
+    /// Offset of the body, once the blank line ending the headers has been read.
+    body_start: Option<usize>,
+    /// Without `content-length`: how many body bytes are known to hold no NUL.
+    searched: usize,
+    /// The buffer's length when this was saved.
+    seen: usize,
+}
+
+impl Decoder {
+    /// `version` decides header escaping: `V1_0` before a CONNECT has been negotiated (the
+    /// handshake frames are never escaped, so it does not matter for them).
+    pub fn new(version: Version, limits: Limits) -> Decoder {
+        Decoder {
+            version,
+            limits,
+            partial: None,
+        }
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Switches the escaping rules once CONNECT has negotiated a version.
+    pub fn set_version(&mut self, version: Version) {
+        self.version = version;
+    }
+
+    /// Takes one frame or heart-beat off the front of `buf` (zero-copy: the frame's body
+    /// shares `buf`'s allocation).
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, StompError> {
+        let partial = match self.partial.take() {
+            Some(p) if p.seen <= buf.len() => p,
+            _ => match self.start(buf)? {
+                Start::Decoded(d) => return Ok(d),
+                Start::Frame(p) => p,
+            },
+        };
+        let mut partial = partial;
+        match self.resume(&mut partial, buf)? {
+            Some(frame) => Ok(Decoded::Frame(frame)),
+            None => {
+                partial.seen = buf.len();
+                self.partial = Some(partial);
+                Ok(Decoded::NeedMore)
+            }
+        }
+    }
+
+    /// Reads a heart-beat or a frame's command line.
+    fn start(&self, buf: &mut BytesMut) -> Result<Start, StompError> {
+        match buf.first() {
+            None => return Ok(Start::Decoded(Decoded::NeedMore)),
+            Some(b'\n') => {
+                buf.advance(1);
+                return Ok(Start::Decoded(Decoded::Heartbeat));
+            }
+            Some(b'\r') if buf.len() < 2 => return Ok(Start::Decoded(Decoded::NeedMore)),
+            Some(b'\r') if buf[1] == b'\n' => {
+                buf.advance(2);
+                return Ok(Start::Decoded(Decoded::Heartbeat));
+            }
+            Some(_) => {}
+        }
+        let Some(eol) = memchr(b'\n', buf) else {
+            // No command is this long: refuse garbage (an HTTP request, a TLS hello) at once.
+            if buf.len() > Command::MAX_LEN + 1 {
+                return Err(StompError::UnknownCommand(quote(buf)));
+            }
+            self.check_size(buf.len())?;
+            return Ok(Start::Decoded(Decoded::NeedMore));
+        };
+        let line = strip_cr(&buf[..eol]);
+        let command =
+            Command::parse(line).ok_or_else(|| StompError::UnknownCommand(quote(line)))?;
+        self.check_size(eol + 1)?;
+        Ok(Start::Frame(Partial {
+            command,
+            headers: Vec::new(),
+            next_line: eol + 1,
+            content_length: None,
+            body_start: None,
+            searched: 0,
+            seen: 0,
+        }))
+    }
+
+    /// Reads as far as `buf` allows; `None` when the frame is not complete yet.
+    fn resume(&self, p: &mut Partial, buf: &mut BytesMut) -> Result<Option<Frame>, StompError> {
+        let limits = &self.limits;
+        let escaping = Escaping::of(self.version, p.command);
+        let body_start = loop {
+            if let Some(start) = p.body_start {
+                break start;
+            }
+            let rest = &buf[p.next_line..];
+            let Some(eol) = memchr(b'\n', rest) else {
+                // One byte of slack: the line may still end with "\r\n".
+                if rest.len() > limits.max_header_length + 1 {
+                    return Err(StompError::HeaderTooLong {
+                        command: p.command,
+                        max: limits.max_header_length,
+                    });
+                }
+                self.check_size(buf.len())?;
+                return Ok(None);
+            };
+            let line = strip_cr(&rest[..eol]);
+            let line_end = p.next_line + eol + 1;
+            self.check_size(line_end)?;
+            p.next_line = line_end;
+            if line.is_empty() {
+                p.body_start = Some(line_end);
+                continue;
+            }
+            if p.headers.len() == limits.max_headers {
+                return Err(StompError::TooManyHeaders {
+                    command: p.command,
+                    max: limits.max_headers,
+                });
+            }
+            if line.len() > limits.max_header_length {
+                return Err(StompError::HeaderTooLong {
+                    command: p.command,
+                    max: limits.max_header_length,
+                });
+            }
+            if memchr(0, line).is_some() {
+                return Err(StompError::NulInHeaders { command: p.command });
+            }
+            let (key, value) = parse_header(line, p.command, escaping)?;
+            if key == "content-length" && p.content_length.is_none() {
+                let len = parse_content_length(&value, p.command)?;
+                // Refuse an oversize body from its header, before any of it is buffered.
+                self.check_size(line_end.saturating_add(len).saturating_add(1))?;
+                p.content_length = Some(len);
+            }
+            p.headers.push((key, value));
+        };
+
+        let (body_len, total) = match p.content_length {
+            Some(len) => {
+                let total = body_start + len + 1;
+                self.check_size(total)?;
+                if buf.len() < total {
+                    return Ok(None);
+                }
+                let found = buf[body_start + len];
+                if found != 0 {
+                    return Err(StompError::MissingNul {
+                        command: p.command,
+                        content_length: len,
+                        found,
+                    });
+                }
+                (len, total)
+            }
+            None => {
+                // A NUL at offset i makes a frame of i + 1 bytes: look no further than the limit.
+                let search_end = buf.len().min(limits.max_frame_size);
+                let from = (body_start + p.searched).min(search_end);
+                match memchr(0, &buf[from..search_end]) {
+                    Some(i) => {
+                        let nul = from + i;
+                        (nul - body_start, nul + 1)
+                    }
+                    None => {
+                        p.searched = search_end.saturating_sub(body_start);
+                        self.check_size(buf.len() + 1)?;
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+
+        let bytes = buf.split_to(total).freeze();
+        Ok(Some(Frame {
+            command: p.command,
+            headers: std::mem::take(&mut p.headers),
+            body: bytes.slice(body_start..body_start + body_len),
+        }))
+    }
+
+    /// Refuses a frame known to be at least `size` bytes long when that passes the limit.
+    fn check_size(&self, size: usize) -> Result<(), StompError> {
+        if size > self.limits.max_frame_size {
+            return Err(StompError::FrameTooLarge {
+                size,
+                max: self.limits.max_frame_size,
+            });
+        }
+        Ok(())
+    }
+}
+
+enum Start {
+    Decoded(Decoded),
+    Frame(Partial),
+}
+
+/// Takes one frame or heart-beat off the front of `buf` without keeping state between calls
+/// (a frame that arrives in pieces is re-read from its start each time; a connection should
+/// keep a [`Decoder`]).
+pub fn decode(
+    buf: &mut BytesMut,
+    version: Version,
+    limits: &Limits,
+) -> Result<Decoded, StompError> {
+    Decoder::new(version, *limits).decode(buf)
+}
+
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// The header escaping rules in force for one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Escaping {
+    /// STOMP 1.0, and CONNECT / STOMP / CONNECTED in every version.
+    None,
+    /// `\\` `\n` `\c`.
+    V1_1,
+    /// `\\` `\n` `\c` `\r`.
+    V1_2,
+}
+
+impl Escaping {
+    pub(super) fn of(version: Version, command: Command) -> Escaping {
+        match version {
+            _ if !command.escapes_headers() => Escaping::None,
+            Version::V1_0 => Escaping::None,
+            Version::V1_1 => Escaping::V1_1,
+            Version::V1_2 => Escaping::V1_2,
+        }
+    }
+
+    fn defined(self) -> &'static str {
+        match self {
+            Escaping::None => "no escapes",
+            Escaping::V1_1 => r"only \\ \n \c",
+            Escaping::V1_2 => r"only \\ \n \r \c",
+        }
+    }
+}
+
+/// Splits `name:value` at the first ':' (an escaped name holds no raw ':'; a raw ':' in a
+/// value is tolerated, as every broker does) and unescapes both halves.
+fn parse_header(
+    line: &[u8],
+    command: Command,
+    escaping: Escaping,
+) -> Result<(String, String), StompError> {
+    let colon = memchr(b':', line).ok_or_else(|| StompError::HeaderWithoutColon {
+        command,
+        line: quote(line),
+    })?;
+    let key = unescape(&line[..colon], line, command, escaping)?;
+    let value = unescape(&line[colon + 1..], line, command, escaping)?;
+    Ok((key, value))
+}
+
+fn unescape(
+    raw: &[u8],
+    line: &[u8],
+    command: Command,
+    escaping: Escaping,
+) -> Result<String, StompError> {
+    let not_utf8 = || StompError::HeaderNotUtf8 {
+        command,
+        line: quote(line),
+    };
+    if escaping == Escaping::None || memchr(b'\\', raw).is_none() {
+        return String::from_utf8(raw.to_vec()).map_err(|_| not_utf8());
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.iter().copied();
+    while let Some(b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        let next = bytes.next();
+        let unescaped = match next {
+            Some(b'\\') => b'\\',
+            Some(b'n') => b'\n',
+            Some(b'c') => b':',
+            Some(b'r') if escaping == Escaping::V1_2 => b'\r',
+            _ => {
+                let escape = match next {
+                    Some(c) => quote(&[b'\\', c]),
+                    None => "\\".to_string(),
+                };
+                return Err(StompError::BadEscape {
+                    command,
+                    version: if escaping == Escaping::V1_1 {
+                        Version::V1_1
+                    } else {
+                        Version::V1_2
+                    },
+                    line: quote(line),
+                    escape,
+                    defined: escaping.defined(),
+                });
+            }
+        };
+        out.push(unescaped);
+    }
+    String::from_utf8(out).map_err(|_| not_utf8())
+}
+
+fn parse_content_length(value: &str, command: Command) -> Result<usize, StompError> {
+    let digits = value.trim_matches([' ', '\t']);
+    let bad = || StompError::BadContentLength {
+        command,
+        value: quote(value.as_bytes()),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    // All digits but too big for usize: larger than any limit, so refuse it as too large.
+    Ok(digits.parse::<usize>().unwrap_or(usize::MAX))
+}

@@ -1,0 +1,108 @@
+//! Frames → bytes.
+//!
+//! Every line ends with `\n`. Headers are escaped as the version and command require (see
+//! [`Escaping`]). A character the rules in force cannot carry — a NUL anywhere; `\r` in 1.1; in
+//! 1.0 and in CONNECT / STOMP / CONNECTED frames `\n`, `\r`, and `:` in a header name — is
+//! written as U+FFFD (�): the frame stays well formed and the loss is visible, where writing it
+//! raw would corrupt the stream or silently change the header.
+
+use bytes::{BufMut, BytesMut};
+
+use super::decode::Escaping;
+use super::{Command, Frame, Version};
+
+/// The header the encoder computes itself; a caller's own is dropped so it can never lie.
+const CONTENT_LENGTH: &str = "content-length";
+const REPLACEMENT: &str = "\u{fffd}";
+
+/// Appends one frame to `dst`. Any `content-length` header in `frame` is replaced by the body's
+/// real length, which is written whenever the body is not empty and always for MESSAGE and
+/// ERROR, so bodies containing NULs survive.
+pub fn encode(frame: &Frame, version: Version, dst: &mut BytesMut) {
+    let headers = frame.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    encode_parts(frame.command, version, headers, &frame.body, dst);
+}
+
+/// Appends a MESSAGE frame from borrowed parts (the hot delivery path: nothing is allocated
+/// when no header needs escaping and `dst` has room). `headers` are written in order, without
+/// any `content-length` among them; `content-length` is always added.
+pub fn encode_message<'a>(
+    version: Version,
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    body: &[u8],
+    dst: &mut BytesMut,
+) {
+    encode_parts(Command::Message, version, headers, body, dst);
+}
+
+fn encode_parts<'a>(
+    command: Command,
+    version: Version,
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    body: &[u8],
+    dst: &mut BytesMut,
+) {
+    let escaping = Escaping::of(version, command);
+    // Headers of a typical frame fit in this; BytesMut grows if they do not.
+    dst.reserve(command.as_str().len() + 256 + body.len());
+    dst.put_slice(command.as_str().as_bytes());
+    dst.put_u8(b'\n');
+    for (key, value) in headers {
+        if key == CONTENT_LENGTH {
+            continue;
+        }
+        put_escaped(key.as_bytes(), escaping, true, dst);
+        dst.put_u8(b':');
+        put_escaped(value.as_bytes(), escaping, false, dst);
+        dst.put_u8(b'\n');
+    }
+    if !body.is_empty() || matches!(command, Command::Message | Command::Error) {
+        dst.put_slice(CONTENT_LENGTH.as_bytes());
+        dst.put_u8(b':');
+        put_decimal(body.len(), dst);
+        dst.put_u8(b'\n');
+    }
+    dst.put_u8(b'\n');
+    dst.put_slice(body);
+    dst.put_u8(0);
+}
+
+/// Writes a length in decimal without going through `fmt` on the hot path.
+fn put_decimal(mut n: usize, dst: &mut BytesMut) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    dst.put_slice(&digits[start..]);
+}
+
+fn needs_care(b: u8) -> bool {
+    matches!(b, b'\\' | b'\n' | b'\r' | b':' | 0)
+}
+
+fn put_escaped(text: &[u8], escaping: Escaping, is_name: bool, dst: &mut BytesMut) {
+    if !text.iter().copied().any(needs_care) {
+        dst.put_slice(text);
+        return;
+    }
+    for &b in text {
+        match (escaping, b) {
+            (_, 0) => dst.put_slice(REPLACEMENT.as_bytes()),
+            (Escaping::None, b'\n' | b'\r') => dst.put_slice(REPLACEMENT.as_bytes()),
+            (Escaping::None, b':') if is_name => dst.put_slice(REPLACEMENT.as_bytes()),
+            (Escaping::None, _) => dst.put_u8(b),
+            (_, b'\\') => dst.put_slice(b"\\\\"),
+            (_, b'\n') => dst.put_slice(b"\\n"),
+            (_, b':') => dst.put_slice(b"\\c"),
+            (Escaping::V1_2, b'\r') => dst.put_slice(b"\\r"),
+            (Escaping::V1_1, b'\r') => dst.put_slice(REPLACEMENT.as_bytes()),
+            (_, b) => dst.put_u8(b),
+        }
+    }
+}
