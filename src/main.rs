@@ -55,6 +55,15 @@ enum Command {
     Produce(ProduceArgs),
     /// Receive messages.
     Consume(ConsumeArgs),
+    /// Print an argon2 hash of a password for a topology's `password_hash` (reads the
+    /// password from standard input, one line).
+    Passwd,
+    /// Generate a development CA and a certificate and key per member of a topology.
+    Certs {
+        topology: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Load generator scenarios; each prints one JSON line.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -120,6 +129,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
             json,
             watch,
         } => cli::mesh::status(&topology, json, watch).await,
+        Command::Passwd => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                anyhow::bail!("no password on standard input: echo 'the password' | meshmq passwd");
+            }
+            println!("{}", meshmq::security::hash_password(password));
+            Ok(())
+        }
+        Command::Certs { topology, out } => {
+            let topo = meshmq::config::load(&topology).map_err(|e| anyhow::anyhow!("{e}"))?;
+            for path in meshmq::security::generate_dev_pki(&topo, &out)? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
         Command::Produce(args) => cli::clients::produce(args).await,
         Command::Consume(args) => cli::clients::consume(args).await,
         Command::Bench(b) => {

@@ -250,6 +250,25 @@ impl DestinationPattern {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// True when every destination `other` matches, this pattern matches too.
+    pub fn covers(&self, other: &DestinationPattern) -> bool {
+        fn covers(a: &[Segment], b: &[Segment]) -> bool {
+            match (a.first(), b.first()) {
+                (None, None) => true,
+                (Some(Segment::Rest), _) => !b.is_empty(),
+                (_, None) | (None, _) => false,
+                (Some(Segment::One), Some(Segment::One | Segment::Literal(_))) => {
+                    covers(&a[1..], &b[1..])
+                }
+                (Some(Segment::Literal(x)), Some(Segment::Literal(y))) if x == y => {
+                    covers(&a[1..], &b[1..])
+                }
+                _ => false,
+            }
+        }
+        self.kind == other.kind && covers(&self.segments, &other.segments)
+    }
 }
 
 impl fmt::Display for DestinationPattern {
@@ -341,6 +360,23 @@ mod tests {
             DestinationPattern::parse("topic://a.b*"),
             Err(DestinationError::PartialWildcard(_))
         ));
+    }
+
+    #[test]
+    fn coverage_of_one_pattern_by_another() {
+        let covers = |a: &str, b: &str| pat(a).covers(&pat(b));
+        assert!(covers("topic://a.>", "topic://a.b.*"));
+        assert!(covers("topic://a.>", "topic://a.>"));
+        assert!(covers("topic://>", "topic://x.>"));
+        assert!(covers("topic://a.*.c", "topic://a.b.c"));
+        assert!(covers("topic://a.*", "topic://a.*"));
+        assert!(
+            !covers("topic://a.*", "topic://a.>"),
+            "> reaches deeper than *"
+        );
+        assert!(!covers("topic://a.b.>", "topic://a.>"));
+        assert!(!covers("topic://a.b", "topic://a.*"));
+        assert!(!covers("queue://>", "topic://a"));
     }
 
     #[test]

@@ -249,6 +249,7 @@ struct Inner {
     next_topic_sub: AtomicU64,
     run_id: String,
     producers: persist::ProducerMarks,
+    next_tx: AtomicU64,
     persistence: Option<persist::Persistence>,
     pager: Option<Arc<dyn queue::Pager>>,
 }
@@ -295,6 +296,7 @@ impl Broker {
         Broker {
             inner: Arc::new(Inner {
                 producers: persist::ProducerMarks::new(PRODUCER_MARKS),
+                next_tx: AtomicU64::new(rand::random::<u32>() as u64 + 1),
                 persistence: store.map(persist::Persistence::new),
                 pager,
                 settings,
@@ -440,6 +442,15 @@ impl Broker {
             .collect();
         out.sort_by(|a, b| a.destination.cmp(&b.destination));
         out
+    }
+
+    /// Whether the destination exists already (creating one may need the admin right).
+    pub fn destination_exists(&self, dest: &Destination) -> bool {
+        if dest.kind().is_queue() {
+            self.inner.queues.contains_key(dest.as_str())
+        } else {
+            self.inner.topics.contains_key(dest.as_str())
+        }
     }
 
     /// Messages held in a queue (pending + in flight), if it exists.
@@ -871,6 +882,61 @@ impl Session {
             });
         }
         Ok(outcome)
+    }
+
+    /// Prepares a message for a transaction: checks and stamps it as `publish` would, without
+    /// making it visible. `None` when it is a producer re-send (drop it).
+    pub fn stage(
+        &mut self,
+        target: &Target,
+        mut msg: Message,
+    ) -> Result<Option<(Target, Message)>, BrokerError> {
+        if msg.priority > MAX_PRIORITY {
+            return Err(BrokerError::BadPriority(msg.priority as u32));
+        }
+        if msg.sequence != 0
+            && !msg.producer_id.is_empty()
+            && !self
+                .broker
+                .inner
+                .producers
+                .advance(&msg.producer_id, msg.sequence)
+        {
+            return Ok(None);
+        }
+        msg.origin = self.id;
+        msg.destination = Some(target.destination().clone());
+        msg.charge = self
+            .broker
+            .inner
+            .memory
+            .charge(msg.memory_size(), target.counters());
+        Ok(Some((target.clone(), msg)))
+    }
+
+    /// Commits staged sends and acknowledgements `(subscription, tag)` together. Returns the
+    /// journal index the commit's receipt must wait for (0: none).
+    pub fn commit(&mut self, sends: Vec<(Target, Message)>, acks: &[(u64, u64)]) -> u64 {
+        let broker = self.broker.clone();
+        let _gate = broker.gate();
+        let subs = &self.subs;
+        let index = broker.commit_transaction(sends, |effects| {
+            for (sub, tag) in acks {
+                match subs.get(sub) {
+                    Some(SubHandle::Queue { queue, slot }) => {
+                        queue.ack(*slot, 0, &[*tag], effects);
+                    }
+                    Some(SubHandle::Topic { sub }) => {
+                        sub.ack(0, &[*tag], effects);
+                    }
+                    None => {}
+                }
+            }
+        });
+        if index != 0 {
+            self.last_record = index;
+        }
+        index
     }
 
     /// Closes the session: subscriptions end (unacknowledged messages return to their queues

@@ -33,7 +33,8 @@ pub(crate) struct Removal {
     pub record: bool,
 }
 
-/// A journaled message waiting for its record to be durable.
+/// A message waiting for a journal record to be durable before it becomes visible: its own
+/// record, or the end marker of its transaction.
 #[derive(Debug)]
 struct Pending {
     index: u64,
@@ -261,14 +262,16 @@ impl Broker {
         let _gate = self.gate();
         let mut effects = Effects::default();
         for pending in ready {
-            p.store.journal().retain(pending.index);
+            if pending.msg.store_index != 0 {
+                p.store.journal().retain(pending.msg.store_index);
+            }
             match &pending.target {
                 Target::Queue(q) => {
                     let memory = &self.inner.memory;
                     let over = !memory.has_room(&q.counters);
-                    if over {
+                    if over && pending.msg.store_index != 0 {
                         let slot = Slot::Paged {
-                            index: pending.index,
+                            index: pending.msg.store_index,
                             priority: pending.msg.priority,
                             expires_at_ms: pending.msg.expires_at_ms,
                         };
@@ -280,10 +283,12 @@ impl Broker {
                 }
                 Target::Topic(t) => {
                     t.publish(pending.msg.clone(), &mut effects);
-                    if pending.msg.durable_refs.load(Ordering::Acquire) == 0 {
+                    if pending.msg.store_index != 0
+                        && pending.msg.durable_refs.load(Ordering::Acquire) == 0
+                    {
                         // Every durable subscription left before it became visible.
                         effects.removed.push(Removal {
-                            index: pending.index,
+                            index: pending.msg.store_index,
                             durable: None,
                             release: true,
                             record: false,
@@ -323,20 +328,79 @@ impl Broker {
                 debug_assert!(more.dead.is_empty(), "a DLQ never dead-letters");
             }
             if source.kind() == Kind::Queue && entry.msg.store_index != 0 {
-                self.journal_removal(&Removal {
-                    index: entry.msg.store_index,
-                    durable: None,
-                    release: true,
-                    record: true,
-                });
+                self.journal_removal(
+                    &Removal {
+                        index: entry.msg.store_index,
+                        durable: None,
+                        release: true,
+                        record: true,
+                    },
+                    0,
+                );
             }
         }
         for r in &effects.removed {
-            self.journal_removal(r);
+            self.journal_removal(r, 0);
         }
     }
 
-    fn journal_removal(&self, r: &Removal) {
+    /// Commits a transaction: its sends become visible and its acknowledgements take effect
+    /// together. Journaled parts carry the transaction id and are followed by a commit marker,
+    /// so after a crash either all of them count or none. Returns the journal index the
+    /// commit's receipt waits for (0: nothing to wait for). The caller holds the gate.
+    pub(crate) fn commit_transaction(
+        &self,
+        sends: Vec<(Target, Message)>,
+        apply_acks: impl FnOnce(&mut Effects),
+    ) -> u64 {
+        let mut effects = Effects::default();
+        apply_acks(&mut effects);
+        let journaled = self.inner.persistence.is_some()
+            && (sends.iter().any(|(t, m)| self.journals(t, m)) || !effects.removed.is_empty());
+        if !journaled {
+            for (target, msg) in sends {
+                let msg = Arc::new(msg);
+                match &target {
+                    Target::Queue(q) => q.enqueue(msg, &mut effects),
+                    Target::Topic(t) => t.publish(msg, &mut effects),
+                }
+            }
+            self.apply(effects);
+            return 0;
+        }
+        let p = self.inner.persistence.as_ref().expect("checked above");
+        let tx = self.inner.next_tx.fetch_add(1, Ordering::Relaxed);
+        let mut visible = p.visible.lock();
+        let mut held = Vec::with_capacity(sends.len());
+        for (target, mut msg) in sends {
+            if self.journals(&target, &msg) {
+                let mut record = added_record(&msg);
+                record.tx = tx;
+                msg.store_index = p.store.append(&record);
+            }
+            held.push((target, msg));
+        }
+        for r in &effects.removed {
+            self.journal_removal(r, tx);
+        }
+        let end = p.store.append(&Record {
+            kind: Some(RecordKind::TxEnd(proto::TxEnd { commit: true })),
+            tx,
+        });
+        for (target, msg) in held {
+            visible.push_back(Pending {
+                index: end,
+                target,
+                msg: Arc::new(msg),
+            });
+        }
+        drop(visible);
+        effects.removed.clear();
+        self.apply(effects);
+        end
+    }
+
+    fn journal_removal(&self, r: &Removal, tx: u64) {
         let Some(p) = &self.inner.persistence else {
             return;
         };
@@ -348,7 +412,7 @@ impl Broker {
                     durable_client_id: client,
                     durable_name: name,
                 })),
-                tx: 0,
+                tx,
             });
         }
         if r.release {

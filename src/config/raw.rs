@@ -55,6 +55,8 @@ pub(super) struct RawBroker {
     pub heartbeat: Option<String>,
     pub connect_timeout: Option<String>,
     pub max_subscriptions_per_connection: Option<i64>,
+    pub stomp_max_headers: Option<i64>,
+    pub stomp_max_header_length: Option<String>,
     pub expiry_check_interval: Option<String>,
     pub shutdown_timeout: Option<String>,
 }
@@ -515,6 +517,8 @@ const BROKER_EXAMPLES: &[(&str, Example)] = &[
     ("heartbeat", Example::Value("\"10s\"")),
     ("connect_timeout", Example::Value("\"10s\"")),
     ("max_subscriptions_per_connection", Example::Value("10000")),
+    ("stomp_max_headers", Example::Value("1000")),
+    ("stomp_max_header_length", Example::Value("\"10KiB\"")),
     ("expiry_check_interval", Example::Value("\"1s\"")),
     ("shutdown_timeout", Example::Value("\"5s\"")),
 ];

@@ -149,6 +149,10 @@ pub struct BrokerPolicy {
     /// A socket that sends no Connect/CONNECT within it is closed.
     pub connect_timeout: Duration,
     pub max_subscriptions_per_connection: u32,
+    /// STOMP: header lines allowed in one frame.
+    pub stomp_max_headers: u32,
+    /// STOMP: bytes of one header line.
+    pub stomp_max_header_length: u64,
     pub expiry_check_interval: Duration,
     pub shutdown_timeout: Duration,
 }
@@ -165,6 +169,8 @@ impl Default for BrokerPolicy {
             heartbeat: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             max_subscriptions_per_connection: 10_000,
+            stomp_max_headers: 1000,
+            stomp_max_header_length: 10 << 10,
             expiry_check_interval: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(5),
         }

@@ -8,13 +8,10 @@ type Check = fn(&Topology, &mut Vec<String>);
 
 const CHECKS: &[Check] = &[
     elections_other_than_none,
-    listeners_other_than_tcp,
+    quic_listeners,
     connectors,
     zookeeper_section,
-    users_and_acls,
-    anonymous_refused,
     cluster_client_options,
-    tls_files,
     replication_addresses,
     replication_tokens,
 ];
@@ -45,8 +42,8 @@ fn listeners(topo: &Topology) -> impl Iterator<Item = (String, &Listener)> {
     })
 }
 
-fn listeners_other_than_tcp(topo: &Topology, keys: &mut Vec<String>) {
-    for (at, l) in listeners(topo).filter(|(_, l)| l.url.scheme != Scheme::Tcp) {
+fn quic_listeners(topo: &Topology, keys: &mut Vec<String>) {
+    for (at, l) in listeners(topo).filter(|(_, l)| l.url.scheme == Scheme::Quic) {
         keys.push(format!("{at}.url ({})", l.url.scheme));
     }
 }
@@ -63,21 +60,6 @@ fn zookeeper_section(topo: &Topology, keys: &mut Vec<String>) {
     }
 }
 
-fn users_and_acls(topo: &Topology, keys: &mut Vec<String>) {
-    for u in &topo.security.users {
-        keys.push(format!("security.user[{}]", u.name));
-    }
-    for (i, _) in topo.security.acls.iter().enumerate() {
-        keys.push(format!("security.acl[{i}]"));
-    }
-}
-
-fn anonymous_refused(topo: &Topology, keys: &mut Vec<String>) {
-    if !topo.security.allow_anonymous {
-        keys.push("security.allow_anonymous (false)".to_string());
-    }
-}
-
 fn cluster_client_options(topo: &Topology, keys: &mut Vec<String>) {
     for (at, l) in listeners(topo) {
         let options = [
@@ -91,18 +73,6 @@ fn cluster_client_options(topo: &Topology, keys: &mut Vec<String>) {
         ];
         for (k, _) in options.iter().filter(|(_, on)| *on) {
             keys.push(format!("{at}.{k}"));
-        }
-    }
-}
-
-fn tls_files(topo: &Topology, keys: &mut Vec<String>) {
-    for (at, l) in listeners(topo) {
-        if let Some(tls) = &l.tls {
-            keys.push(format!("{at}.tls_cert"));
-            keys.push(format!("{at}.tls_key"));
-            if tls.client_ca.is_some() {
-                keys.push(format!("{at}.tls_client_ca"));
-            }
         }
     }
 }

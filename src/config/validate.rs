@@ -368,6 +368,16 @@ impl Checker<'_> {
                     U32_MAX,
                 )
                 .unwrap_or(base.max_subscriptions_per_connection),
+            stomp_max_headers: self
+                .whole(&key("stomp_max_headers"), raw.stomp_max_headers, 1, U32_MAX)
+                .unwrap_or(base.stomp_max_headers),
+            stomp_max_header_length: self
+                .size(
+                    &key("stomp_max_header_length"),
+                    raw.stomp_max_header_length.as_deref(),
+                    Zero::Refused,
+                )
+                .unwrap_or(base.stomp_max_header_length),
             expiry_check_interval: self
                 .duration(
                     &key("expiry_check_interval"),

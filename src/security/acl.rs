@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::broker::Destination;
+use crate::broker::{Destination, DestinationPattern};
 use crate::config::{Acl, Security};
 
 use super::Principal;
@@ -41,7 +41,8 @@ impl Action {
 pub struct Denied {
     pub user: Option<String>,
     pub action: Action,
-    pub destination: Destination,
+    /// The destination, or the wildcard pattern of a subscription.
+    pub destination: String,
     /// The groups the matching ACL entries allow for the action (none matched: `None`).
     pub allowed: Option<Vec<String>>,
 }
@@ -110,7 +111,45 @@ impl Authorizer {
         Err(Denied {
             user: principal.user.clone(),
             action,
-            destination: destination.clone(),
+            destination: destination.to_string(),
+            allowed,
+        })
+    }
+
+    /// Checks a subscription pattern. A wildcard is allowed only when one ACL entry whose
+    /// pattern covers all of it grants the action: a grant on part of what a wildcard matches
+    /// does not open the rest.
+    pub fn check_pattern(
+        &self,
+        principal: &Principal,
+        action: Action,
+        pattern: &DestinationPattern,
+    ) -> Result<(), Denied> {
+        if let Some(dest) = pattern.as_destination() {
+            return self.check(principal, action, &dest);
+        }
+        if self.acls.is_empty() || pattern.kind().is_temp() {
+            return Ok(());
+        }
+        let mut allowed: Option<Vec<String>> = None;
+        for acl in self.acls.iter().filter(|a| a.destination.covers(pattern)) {
+            let granted = action.groups(acl);
+            if granted.iter().any(|g| principal.groups.contains(g)) {
+                return Ok(());
+            }
+            let groups = allowed.get_or_insert_with(Vec::new);
+            groups.extend(
+                granted
+                    .iter()
+                    .filter(|g| !groups.contains(g))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+        }
+        Err(Denied {
+            user: principal.user.clone(),
+            action,
+            destination: pattern.to_string(),
             allowed,
         })
     }
@@ -119,7 +158,6 @@ impl Authorizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::DestinationPattern;
 
     fn acl(pattern: &str, read: &[&str], write: &[&str], admin: &[&str]) -> Acl {
         let names = |g: &[&str]| g.iter().map(|s| s.to_string()).collect();

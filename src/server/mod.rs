@@ -8,7 +8,9 @@
 //! timeout has passed, so the process exits promptly on SIGTERM.
 
 pub mod admin;
+mod conn;
 pub(crate) mod native;
+mod stomp;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::{Broker, BrokerError, BrokerSettings};
-use crate::config::{SyncMode, Topology};
+use crate::config::{Scheme, SyncMode, Topology};
 use crate::metrics as m;
+use crate::security::{Authenticator, Authorizer, Principal};
 use crate::store::{Durability, Store, StoreConfig, StoreError};
 use crate::transport::{ConnectionCount, Incoming, Listener, TransportError};
 
@@ -56,12 +59,14 @@ impl Default for ConnSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Native,
+    Stomp,
 }
 
 impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Native => "native",
+            Protocol::Stomp => "stomp",
         }
     }
 }
@@ -73,6 +78,15 @@ pub struct ListenerSpec {
     pub addr: SocketAddr,
     pub protocol: Protocol,
     pub max_connections: usize,
+    /// TLS files (`ssl://`, `stomp+ssl://`).
+    pub tls: Option<crate::config::TlsFiles>,
+}
+
+/// Limits of the STOMP decoder.
+#[derive(Debug, Clone, Copy)]
+pub struct StompLimits {
+    pub max_headers: usize,
+    pub max_header_length: usize,
 }
 
 /// Everything needed to run one member.
@@ -86,6 +100,8 @@ pub struct ServerOptions {
     pub shutdown_timeout: Duration,
     pub expiry_check_interval: Duration,
     pub max_destinations: usize,
+    pub security: crate::config::Security,
+    pub stomp: StompLimits,
     /// The journal (`None`: everything stays in memory).
     pub store: Option<StoreConfig>,
     pub checkpoint_interval: Duration,
@@ -120,8 +136,12 @@ impl ServerOptions {
                 .map(|l| ListenerSpec {
                     url: l.url.to_string(),
                     addr: l.url.addr,
-                    protocol: Protocol::Native,
+                    protocol: match l.url.scheme {
+                        Scheme::Stomp | Scheme::StompSsl => Protocol::Stomp,
+                        _ => Protocol::Native,
+                    },
                     max_connections: l.max_connections as usize,
+                    tls: l.tls.clone(),
                 })
                 .collect(),
             admin: m.admin,
@@ -143,6 +163,11 @@ impl ServerOptions {
             shutdown_timeout: policy.shutdown_timeout,
             expiry_check_interval: policy.expiry_check_interval,
             max_destinations: topo.metrics.max_destinations,
+            security: topo.security.clone(),
+            stomp: StompLimits {
+                max_headers: policy.stomp_max_headers as usize,
+                max_header_length: policy.stomp_max_header_length as usize,
+            },
             store: Some(StoreConfig {
                 dir: m.data_dir.join("journal"),
                 segment_size: topo.store.segment_size,
@@ -180,6 +205,11 @@ pub enum ServerError {
     Metrics(#[from] m::MetricsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("listener {listener}: {source}")]
+    Tls {
+        listener: String,
+        source: crate::security::CertError,
+    },
 }
 
 /// Metric handles of one listener, created once and shared by its connections.
@@ -235,6 +265,16 @@ impl ListenerMetrics {
         self.blocked.increment(1);
     }
 
+    fn denied(&self) {
+        counter!(m::ACCESS_DENIED, "listener" => self.listener.clone(), "protocol" => self.protocol)
+            .increment(1);
+    }
+
+    fn auth_failed(&self) {
+        counter!(m::AUTH_FAILURES, "listener" => self.listener.clone(), "protocol" => self.protocol)
+            .increment(1);
+    }
+
     fn refused(&self, reason: &'static str) {
         counter!(m::CONNECTIONS_REFUSED, "listener" => self.listener.clone(), "reason" => reason)
             .increment(1);
@@ -257,6 +297,31 @@ pub(crate) struct ConnCtx {
     pub settings: ConnSettings,
     pub identity: Arc<Identity>,
     pub metrics: ListenerMetrics,
+    pub authenticator: Arc<Authenticator>,
+    /// `None` when the topology has no ACL entries (everyone logged in may do everything).
+    pub authorizer: Option<Arc<Authorizer>>,
+    pub stomp: StompLimits,
+}
+
+impl ConnCtx {
+    /// Logs a client in. Password hashing is slow by design, so it runs off the async threads;
+    /// a refusal is counted and takes as long whether or not the user exists.
+    pub(crate) async fn login(
+        &self,
+        user: Option<String>,
+        password: Option<String>,
+    ) -> Result<Principal, String> {
+        let authn = self.authenticator.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            authn.authenticate(user.as_deref(), password.as_deref())
+        })
+        .await
+        .map_err(|e| format!("login failed: {e}"))?;
+        result.map_err(|e| {
+            self.metrics.auth_failed();
+            e.to_string()
+        })
+    }
 }
 
 /// Shared with the admin endpoints.
@@ -379,17 +444,33 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
     });
 
     let listen_addrs = bound.iter().map(|(_, a, _)| *a).collect();
+    let authenticator = Arc::new(Authenticator::new(&opts.security));
+    let authorizer =
+        (!opts.security.acls.is_empty()).then(|| Arc::new(Authorizer::new(&opts.security)));
     for (spec, addr, listener) in bound {
+        let tls = match &spec.tls {
+            Some(files) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                crate::security::load_server_config(files).map_err(|source| ServerError::Tls {
+                    listener: spec.url.clone(),
+                    source,
+                })?,
+            ))),
+            None => None,
+        };
         let ctx = Arc::new(ConnCtx {
             broker: broker.clone(),
             settings: opts.conn.clone(),
             identity: identity.clone(),
             metrics: ListenerMetrics::new(&spec.url, spec.protocol),
+            authenticator: authenticator.clone(),
+            authorizer: authorizer.clone(),
+            stomp: opts.stomp,
         });
         tracing::info!(listener = %spec.url, %addr, "listening");
         tracker.spawn(accept_loop(
             listener,
             spec,
+            tls,
             ctx,
             shutdown.clone(),
             tracker.clone(),
@@ -422,6 +503,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
 async fn accept_loop(
     listener: Listener,
     spec: ListenerSpec,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     ctx: Arc<ConnCtx>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -437,9 +519,11 @@ async fn accept_loop(
                 peer,
                 permit,
             }) => {
-                tracker.spawn(native::serve(
-                    Box::new(stream),
+                tracker.spawn(serve_connection(
+                    stream,
                     peer,
+                    spec.protocol,
+                    tls.clone(),
                     ctx.clone(),
                     shutdown.clone(),
                     permit,
@@ -448,10 +532,21 @@ async fn accept_loop(
             Ok(Incoming::OverLimit { stream, peer }) => {
                 ctx.metrics.refused("max_connections");
                 tracing::debug!(%peer, listener = %spec.url, "refused: max_connections");
-                tracker.spawn(native::refuse_over_limit(
-                    Box::new(stream),
+                let (protocol, tls, max, ctx) = (
+                    spec.protocol,
+                    tls.clone(),
                     spec.max_connections,
-                ));
+                    ctx.clone(),
+                );
+                tracker.spawn(async move {
+                    let Some(stream) = secure(stream, tls, &ctx).await else {
+                        return;
+                    };
+                    match protocol {
+                        Protocol::Native => native::refuse_over_limit(stream, max).await,
+                        Protocol::Stomp => stomp::refuse_over_limit(stream, max).await,
+                    }
+                });
             }
             Err(e) => {
                 // Usually out of file descriptors: back off instead of spinning.
@@ -459,6 +554,47 @@ async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// Completes the TLS handshake when the listener has TLS (within the connect timeout).
+async fn secure(
+    stream: tokio::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    ctx: &ConnCtx,
+) -> Option<crate::transport::Stream> {
+    let Some(acceptor) = tls else {
+        return Some(Box::new(stream));
+    };
+    match tokio::time::timeout(ctx.settings.connect_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => Some(Box::new(s)),
+        Ok(Err(e)) => {
+            ctx.metrics.refused("tls_handshake");
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            ctx.metrics.refused("connect_timeout");
+            None
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    protocol: Protocol,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    ctx: Arc<ConnCtx>,
+    shutdown: CancellationToken,
+    permit: crate::transport::Permit,
+) {
+    let Some(stream) = secure(stream, tls, &ctx).await else {
+        return;
+    };
+    match protocol {
+        Protocol::Native => native::serve(stream, peer, ctx, shutdown, permit).await,
+        Protocol::Stomp => stomp::serve(stream, peer, ctx, shutdown, permit).await,
     }
 }
 

@@ -1,0 +1,832 @@
+//! STOMP 1.0–1.2 on a client connection: CONNECT/STOMP with version, heart-beat and login
+//! negotiation, then frames → broker calls, with ActiveMQ's destination names.
+//!
+//! Every error is an ERROR frame with a `message` header followed by a close (STOMP has no
+//! non-fatal errors); an open transaction dies with its connection. Temporary destinations a
+//! client names `/temp-queue/x` are its own (`temp-queue://<connection>.x`); another
+//! connection's appear to it as `/remote-temp-queue/<connection>.x`, as in ActiveMQ.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::time::{sleep_until, Instant as TokioInstant};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Delivery, Destination, Kind, Message, Session, SubscribeSpec, Target};
+use crate::security::{Action, Principal};
+use crate::stomp::{self, Command, Decoder, Frame, Limits, Version};
+use crate::transport::{IoEvent, Permit, Pump, Stream};
+use crate::wire::proto::ErrorCode;
+
+use super::conn::{error_code, Cx, Decoded, Driver, Protocol, Reply};
+use super::native::changed;
+use super::ConnCtx;
+
+/// A STOMP client is dropped after this many of its heart-beat intervals of silence.
+const HEARTBEAT_GRACE: u32 = 2;
+
+/// Headers with a meaning of their own; every other header travels with the message.
+const RESERVED: &[&str] = &[
+    "destination",
+    "content-length",
+    "content-type",
+    "receipt",
+    "transaction",
+    "persistent",
+    "priority",
+    "expires",
+    "reply-to",
+    "correlation-id",
+    "message-id",
+    "subscription",
+    "ack",
+    "timestamp",
+    "redelivered",
+];
+
+fn limits(ctx: &ConnCtx) -> Limits {
+    Limits {
+        max_frame_size: ctx.settings.max_frame_size,
+        max_headers: ctx.stomp.max_headers,
+        max_header_length: ctx.stomp.max_header_length,
+    }
+}
+
+fn error(message: &str) -> Frame {
+    Frame::new(Command::Error)
+        .with_header("message", message)
+        .with_header("content-type", "text/plain")
+        .with_body(Bytes::copy_from_slice(message.as_bytes()))
+}
+
+async fn refuse<T>(pump: &mut Pump, message: &str) -> std::io::Result<Option<T>> {
+    stomp::encode(&error(message), Version::V1_0, &mut pump.wbuf);
+    let _ = tokio::time::timeout(Duration::from_secs(2), pump.flush_and_close()).await;
+    Ok(None)
+}
+
+/// Writes a refusal to a connection over the listener's limit and closes it.
+pub(crate) async fn refuse_over_limit(stream: Stream, max: usize) {
+    let mut pump = Pump::new(stream);
+    let _: std::io::Result<Option<()>> = refuse(
+        &mut pump,
+        &format!("this listener already serves its max_connections ({max}); try another broker"),
+    )
+    .await;
+}
+
+pub(crate) async fn serve(
+    stream: Stream,
+    peer: SocketAddr,
+    ctx: Arc<ConnCtx>,
+    shutdown: CancellationToken,
+    _permit: Permit,
+) {
+    ctx.metrics.connection_opened();
+    let mut pump = Pump::new(stream);
+    match handshake(&mut pump, &ctx, &shutdown).await {
+        Ok(Some((proto, session, principal, send_every, expect_every))) => {
+            let mut driver = Driver::new(
+                proto,
+                pump,
+                session,
+                ctx.clone(),
+                principal,
+                send_every,
+                expect_every.map(|e| e * HEARTBEAT_GRACE),
+            );
+            let reason = driver.run(&shutdown).await;
+            tracing::debug!(%peer, reason, "stomp connection closed");
+        }
+        Ok(None) => {}
+        Err(e) => tracing::debug!(%peer, error = %e, "stomp connection failed before connecting"),
+    }
+    ctx.metrics.connection_closed();
+}
+
+type Handshake = (
+    Stomp,
+    Session,
+    Principal,
+    Option<Duration>,
+    Option<Duration>,
+);
+
+async fn handshake(
+    pump: &mut Pump,
+    ctx: &ConnCtx,
+    shutdown: &CancellationToken,
+) -> std::io::Result<Option<Handshake>> {
+    let deadline = TokioInstant::now() + ctx.settings.connect_timeout;
+    let mut decoder = Decoder::new(Version::V1_0, limits(ctx));
+    let connect = loop {
+        match decoder.decode(&mut pump.rbuf) {
+            Ok(stomp::Decoded::Frame(f))
+                if matches!(f.command, Command::Connect | Command::Stomp) =>
+            {
+                break f
+            }
+            Ok(stomp::Decoded::Frame(f)) => {
+                ctx.metrics.bad_frame();
+                return refuse(
+                    pump,
+                    &format!(
+                        "the first frame must be CONNECT or STOMP, got {}",
+                        f.command.as_str()
+                    ),
+                )
+                .await;
+            }
+            Ok(stomp::Decoded::Heartbeat) => continue,
+            Ok(stomp::Decoded::NeedMore) => {}
+            Err(e) => {
+                ctx.metrics.bad_frame();
+                return refuse(pump, &e.to_string()).await;
+            }
+        }
+        tokio::select! {
+            ev = pump.next_event(true, 0, |_| std::task::Poll::Pending) => match ev? {
+                IoEvent::Closed => return Ok(None),
+                _ => continue,
+            },
+            _ = sleep_until(deadline) => {
+                ctx.metrics.refused("connect_timeout");
+                return refuse(pump, &format!("no CONNECT frame within the connect timeout ({:?})", ctx.settings.connect_timeout)).await;
+            }
+            _ = shutdown.cancelled() => return refuse(pump, "the broker is shutting down").await,
+        }
+    };
+    let Some(version) = stomp::negotiate(connect.header("accept-version")) else {
+        return refuse(
+            pump,
+            &format!(
+                "no common STOMP version: the client accepts {:?}, this broker speaks 1.0, 1.1 and 1.2",
+                connect.header("accept-version").unwrap_or("")
+            ),
+        )
+        .await;
+    };
+    let client_beats = match connect.header("heart-beat").map(stomp::parse_heartbeat) {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => return refuse(pump, &e.to_string()).await,
+        None => (0, 0),
+    };
+    let server_ms = ctx.settings.heartbeat.as_millis() as u64;
+    let (send_every, expect_every) =
+        stomp::negotiate_heartbeat(client_beats, (server_ms, server_ms));
+    let principal = match ctx
+        .login(
+            connect.header("login").map(String::from),
+            connect.header("passcode").map(String::from),
+        )
+        .await
+    {
+        Ok(p) => p,
+        Err(message) => return refuse(pump, &message).await,
+    };
+    let client_id = connect.header("client-id").map(String::from);
+    let session = match ctx.broker.open_session(client_id) {
+        Ok(s) => s,
+        Err(e) => return refuse(pump, &e.to_string()).await,
+    };
+    let connected = Frame::new(Command::Connected)
+        .with_header("version", version.as_str())
+        .with_header("heart-beat", format!("{send_every},{expect_every}"))
+        .with_header("server", format!("meshmq/{}", env!("CARGO_PKG_VERSION")))
+        .with_header("session", session.connection_id());
+    stomp::encode(&connected, version, &mut pump.wbuf);
+    decoder.set_version(version);
+    let proto = Stomp {
+        decoder,
+        version,
+        connection_id: session.connection_id().to_string(),
+        subs: HashMap::new(),
+        sub_ids: HashMap::new(),
+        next_sub: 1,
+        by_message_id: HashMap::new(),
+        txs: HashMap::new(),
+        next_sequence: 1,
+        producer_id: Bytes::from(session.connection_id().to_string()),
+    };
+    let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
+    Ok(Some((
+        proto,
+        session,
+        principal,
+        ms(send_every),
+        ms(expect_every),
+    )))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AckMode {
+    Auto,
+    Client,
+    Individual,
+}
+
+#[derive(Debug)]
+struct Sub {
+    id: String,
+    ack: AckMode,
+    durable: Option<String>,
+}
+
+/// Sends and acknowledgements waiting for COMMIT.
+#[derive(Default)]
+struct Tx {
+    sends: Vec<(Target, Message)>,
+    acks: Vec<(u64, u64)>,
+    nacks: Vec<(u64, u64)>,
+}
+
+pub(crate) struct Stomp {
+    decoder: Decoder,
+    version: Version,
+    connection_id: String,
+    subs: HashMap<u64, Sub>,
+    sub_ids: HashMap<String, u64>,
+    next_sub: u64,
+    /// STOMP 1.0/1.1 acknowledge by `message-id` (1.1 with `subscription`): which delivery
+    /// that is, for deliveries of client-acknowledged subscriptions.
+    by_message_id: HashMap<(String, u64), u64>,
+    txs: HashMap<String, Tx>,
+    next_sequence: u64,
+    producer_id: Bytes,
+}
+
+/// The `ack` id of a delivery (STOMP 1.2): subscription and tag.
+fn ack_id(sub: u64, tag: u64) -> String {
+    format!("{sub}:{tag}")
+}
+
+fn parse_ack_id(id: &str) -> Option<(u64, u64)> {
+    let (s, t) = id.split_once(':')?;
+    Some((s.parse().ok()?, t.parse().ok()?))
+}
+
+fn message_id(m: &Message, sub: u64, tag: u64) -> String {
+    if m.producer_id.is_empty() || m.sequence == 0 {
+        format!("ID:{sub}:{tag}")
+    } else {
+        format!(
+            "ID:{}:{}",
+            String::from_utf8_lossy(&m.producer_id),
+            m.sequence
+        )
+    }
+}
+
+impl Stomp {
+    fn fail(&self, message: impl Into<String>, receipt: Option<String>) -> Reply<String> {
+        Reply::Error {
+            code: ErrorCode::Invalid,
+            message: message.into(),
+            receipt,
+            fatal: true,
+        }
+    }
+
+    /// A destination as this connection names it → meshmq's form.
+    fn destination(&self, given: &str) -> Result<Destination, String> {
+        if let Some(rest) = given.strip_prefix("/remote-temp-queue/") {
+            return Destination::new(Kind::TempQueue, rest).map_err(|e| e.to_string());
+        }
+        if let Some(rest) = given.strip_prefix("/remote-temp-topic/") {
+            return Destination::new(Kind::TempTopic, rest).map_err(|e| e.to_string());
+        }
+        let d = stomp::from_stomp_destination(given).map_err(|e| e.to_string())?;
+        if d.kind().is_temp() {
+            return Destination::new(d.kind(), &format!("{}.{}", self.connection_id, d.name()))
+                .map_err(|e| e.to_string());
+        }
+        Ok(d)
+    }
+
+    /// A meshmq destination → how this connection sees it.
+    fn stomp_name(&self, d: &Destination) -> String {
+        if d.kind().is_temp() {
+            let prefix = format!("{}.", self.connection_id);
+            let (own, remote) = match d.kind() {
+                Kind::TempQueue => ("/temp-queue/", "/remote-temp-queue/"),
+                _ => ("/temp-topic/", "/remote-temp-topic/"),
+            };
+            return match d.name().strip_prefix(&prefix) {
+                Some(local) => format!("{own}{local}"),
+                None => format!("{remote}{}", d.name()),
+            };
+        }
+        stomp::to_stomp_destination(d)
+    }
+
+    fn reply_to_stomp(&self, reply_to: &str) -> String {
+        match Destination::parse(reply_to) {
+            Ok(d) => self.stomp_name(&d),
+            Err(_) => reply_to.to_string(),
+        }
+    }
+
+    fn message(&mut self, f: &Frame) -> Result<Message, String> {
+        let priority = match f.header("priority") {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .map_err(|_| format!("priority {p:?} is not a number from 0 to 9"))?,
+            None => crate::broker::DEFAULT_PRIORITY,
+        };
+        let expires_at_ms = match f.header("expires") {
+            Some(e) => e.trim().parse::<u64>().map_err(|_| {
+                format!("expires {e:?} is not a time in milliseconds since the epoch")
+            })?,
+            None => 0,
+        };
+        let reply_to = match f.header("reply-to") {
+            Some(r) => self.destination(r)?.to_string(),
+            None => String::new(),
+        };
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        Ok(Message {
+            body: f.body.clone(),
+            headers: f
+                .headers
+                .iter()
+                .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
+                .cloned()
+                .collect(),
+            persistent: f
+                .header("persistent")
+                .is_some_and(|p| p.eq_ignore_ascii_case("true")),
+            priority,
+            expires_at_ms,
+            producer_id: self.producer_id.clone(),
+            sequence,
+            reply_to,
+            correlation_id: f.header("correlation-id").unwrap_or("").to_string(),
+            content_type: f.header("content-type").unwrap_or("").to_string(),
+            timestamp_ms: crate::broker::now_ms(),
+            ..Message::default()
+        })
+    }
+
+    /// The delivery an ACK or NACK names.
+    fn delivery_named(&mut self, f: &Frame) -> Result<(u64, u64), String> {
+        if self.version == Version::V1_2 {
+            let id = f
+                .header("id")
+                .ok_or("ACK/NACK needs the id header (the ack header of the MESSAGE)")?;
+            return parse_ack_id(id).ok_or_else(|| {
+                format!("{id:?} is not the ack header of a MESSAGE of this connection")
+            });
+        }
+        let mid = f
+            .header("message-id")
+            .ok_or("ACK/NACK needs the message-id header")?;
+        let sub = match f.header("subscription") {
+            Some(s) => *self
+                .sub_ids
+                .get(s)
+                .ok_or_else(|| format!("no subscription {s:?} on this connection"))?,
+            None if self.version == Version::V1_1 => {
+                return Err("STOMP 1.1 ACK/NACK needs the subscription header".into())
+            }
+            None => {
+                let hit = self
+                    .by_message_id
+                    .keys()
+                    .find(|(m, _)| m == mid)
+                    .map(|(_, s)| *s);
+                hit.ok_or_else(|| format!("no unacknowledged message {mid:?} on this connection"))?
+            }
+        };
+        let tag = self
+            .by_message_id
+            .get(&(mid.to_string(), sub))
+            .copied()
+            .ok_or_else(|| format!("no unacknowledged message {mid:?} on this subscription"))?;
+        Ok((sub, tag))
+    }
+
+    fn forget_acked(&mut self, sub: u64, tag: u64, cumulative: bool) {
+        self.by_message_id
+            .retain(|(_, s), t| !(*s == sub && (*t == tag || (cumulative && *t < tag))));
+    }
+
+    fn on_ack(
+        &mut self,
+        f: &Frame,
+        nack: bool,
+        cx: &mut Cx<'_>,
+        receipt: Option<String>,
+    ) -> Vec<Reply<String>> {
+        let (sub, tag) = match self.delivery_named(f) {
+            Ok(x) => x,
+            Err(e) => return vec![self.fail(e, receipt)],
+        };
+        let Some(mode) = self.subs.get(&sub).map(|s| s.ack) else {
+            return vec![self.fail(format!("no subscription {sub} on this connection"), receipt)];
+        };
+        let cumulative = mode == AckMode::Client && !nack;
+        if let Some(tx_name) = f.header("transaction") {
+            let Some(tx) = self.txs.get_mut(tx_name) else {
+                return vec![self.fail(
+                    format!("no transaction {tx_name:?}: BEGIN it first"),
+                    receipt,
+                )];
+            };
+            if nack {
+                tx.nacks.push((sub, tag));
+            } else {
+                tx.acks.push((sub, tag));
+            }
+            return receipt.map(Reply::Receipt).into_iter().collect();
+        }
+        self.forget_acked(sub, tag, cumulative);
+        let result = if nack {
+            cx.session.nack(sub, &[tag])
+        } else if cumulative {
+            cx.session.ack(sub, tag, &[])
+        } else {
+            cx.session.ack(sub, 0, &[tag])
+        };
+        match result {
+            Ok(_) => receipt.map(Reply::Receipt).into_iter().collect(),
+            Err(e) => vec![self.fail(e.to_string(), receipt)],
+        }
+    }
+
+    fn on_subscribe(
+        &mut self,
+        f: &Frame,
+        cx: &mut Cx<'_>,
+        receipt: Option<String>,
+    ) -> Vec<Reply<String>> {
+        let Some(given) = f.header("destination") else {
+            return vec![self.fail("SUBSCRIBE needs a destination header", receipt)];
+        };
+        let pattern = if given.starts_with("/temp-") || given.starts_with("/remote-temp-") {
+            self.destination(given).map(|d| d.to_string())
+        } else {
+            stomp::from_stomp_pattern(given)
+                .map(|p| p.to_string())
+                .map_err(|e| e.to_string())
+        };
+        let pattern = match pattern {
+            Ok(p) => p,
+            Err(e) => return vec![self.fail(e, receipt)],
+        };
+        let id = match (f.header("id"), self.version) {
+            (Some(id), _) => id.to_string(),
+            (None, Version::V1_0) => given.to_string(),
+            (None, _) => return vec![self.fail("SUBSCRIBE needs an id header", receipt)],
+        };
+        if self.sub_ids.contains_key(&id) {
+            return vec![self.fail(
+                format!("subscription id {id:?} is already in use on this connection"),
+                receipt,
+            )];
+        }
+        let ack = match f.header("ack").unwrap_or("auto") {
+            "auto" => AckMode::Auto,
+            "client" => AckMode::Client,
+            "client-individual" => AckMode::Individual,
+            other => {
+                return vec![self.fail(
+                    format!("ack mode {other:?} is not one of auto, client, client-individual"),
+                    receipt,
+                )]
+            }
+        };
+        let prefetch = match f
+            .header("activemq.prefetchSize")
+            .map(|p| p.trim().parse::<u32>())
+        {
+            Some(Ok(p)) => p,
+            Some(Err(_)) => {
+                return vec![self.fail("activemq.prefetchSize must be a whole number", receipt)]
+            }
+            None => 0,
+        };
+        if let Err(denied) = cx.authorize(Action::Read, &pattern) {
+            cx.ctx.metrics.denied();
+            return vec![Reply::Error {
+                code: ErrorCode::Forbidden,
+                message: denied,
+                receipt,
+                fatal: true,
+            }];
+        }
+        let durable = f
+            .header("activemq.subscriptionName")
+            .or_else(|| f.header("durable-subscription-name"))
+            .map(String::from);
+        let num = self.next_sub;
+        self.next_sub += 1;
+        let spec = SubscribeSpec {
+            subscription: num,
+            destination: pattern,
+            selector: f.header("selector").unwrap_or("").to_string(),
+            prefetch,
+            priority: f
+                .header("activemq.priority")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0),
+            durable_name: durable.clone(),
+            no_local: f.header("activemq.noLocal").is_some_and(|v| v == "true"),
+        };
+        let before = cx.session.last_record();
+        match cx.session.subscribe(spec) {
+            Ok(()) => {
+                self.sub_ids.insert(id.clone(), num);
+                self.subs.insert(num, Sub { id, ack, durable });
+                receipt
+                    .map(|r| Reply::ReceiptAfter(changed(cx, before), r))
+                    .into_iter()
+                    .collect()
+            }
+            Err(e) => vec![Reply::Error {
+                code: error_code(&e),
+                message: e.to_string(),
+                receipt,
+                fatal: true,
+            }],
+        }
+    }
+
+    fn on_send(
+        &mut self,
+        f: &Frame,
+        cx: &mut Cx<'_>,
+        receipt: Option<String>,
+    ) -> Vec<Reply<String>> {
+        let Some(given) = f.header("destination") else {
+            return vec![self.fail("SEND needs a destination header", receipt)];
+        };
+        let dest = match self.destination(given) {
+            Ok(d) => d,
+            Err(e) => return vec![self.fail(e, receipt)],
+        };
+        if let Err(denied) = cx.authorize(Action::Write, dest.as_str()) {
+            cx.ctx.metrics.denied();
+            return vec![Reply::Error {
+                code: ErrorCode::Forbidden,
+                message: denied,
+                receipt,
+                fatal: true,
+            }];
+        }
+        let target = match cx.session.target(dest.as_str()) {
+            Ok(t) => t,
+            Err(e) => {
+                cx.ctx.metrics.send_refused(&e);
+                return vec![self.fail(e.to_string(), receipt)];
+            }
+        };
+        let message = match self.message(f) {
+            Ok(m) => m,
+            Err(e) => return vec![self.fail(e, receipt)],
+        };
+        if let Some(tx_name) = f.header("transaction") {
+            if !self.txs.contains_key(tx_name) {
+                return vec![self.fail(
+                    format!("no transaction {tx_name:?}: BEGIN it first"),
+                    receipt,
+                )];
+            }
+            let staged = match cx.session.stage(&target, message) {
+                Ok(s) => s,
+                Err(e) => return vec![self.fail(e.to_string(), receipt)],
+            };
+            if let (Some(tx), Some(s)) = (self.txs.get_mut(tx_name), staged) {
+                tx.sends.push(s);
+            }
+            return receipt.map(Reply::Receipt).into_iter().collect();
+        }
+        vec![Reply::Publish {
+            target,
+            message,
+            receipt,
+        }]
+    }
+
+    fn on_transaction(
+        &mut self,
+        f: &Frame,
+        cx: &mut Cx<'_>,
+        receipt: Option<String>,
+    ) -> Vec<Reply<String>> {
+        let Some(name) = f.header("transaction").map(String::from) else {
+            return vec![self.fail(
+                format!("{} needs a transaction header", f.command.as_str()),
+                receipt,
+            )];
+        };
+        match f.command {
+            Command::Begin => {
+                if self.txs.contains_key(&name) {
+                    return vec![
+                        self.fail(format!("transaction {name:?} is already open"), receipt)
+                    ];
+                }
+                self.txs.insert(name, Tx::default());
+                receipt.map(Reply::Receipt).into_iter().collect()
+            }
+            Command::Commit => {
+                let Some(tx) = self.txs.remove(&name) else {
+                    return vec![self.fail(format!("no transaction {name:?} to commit"), receipt)];
+                };
+                for (sub, tag) in &tx.acks {
+                    let cumulative = self.subs.get(sub).is_some_and(|s| s.ack == AckMode::Client);
+                    self.forget_acked(*sub, *tag, cumulative);
+                }
+                let index = cx.session.commit(tx.sends, &tx.acks);
+                for (sub, tag) in tx.nacks {
+                    let _ = cx.session.nack(sub, &[tag]);
+                }
+                receipt
+                    .map(|r| Reply::ReceiptAfter(index, r))
+                    .into_iter()
+                    .collect()
+            }
+            _ => {
+                let Some(tx) = self.txs.remove(&name) else {
+                    return vec![self.fail(format!("no transaction {name:?} to abort"), receipt)];
+                };
+                abort(tx, cx);
+                receipt.map(Reply::Receipt).into_iter().collect()
+            }
+        }
+    }
+}
+
+/// Undoes a transaction: its sends vanish; what it acknowledged is redelivered.
+fn abort(tx: Tx, cx: &mut Cx<'_>) {
+    for (sub, tag) in tx.acks.into_iter().chain(tx.nacks) {
+        let _ = cx.session.nack(sub, &[tag]);
+    }
+}
+
+impl Protocol for Stomp {
+    type Frame = Frame;
+    type Receipt = String;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded<Frame>, (ErrorCode, String)> {
+        match self.decoder.decode(buf) {
+            Ok(stomp::Decoded::Frame(f)) => Ok(Decoded::Frame(f)),
+            Ok(stomp::Decoded::Heartbeat) => Ok(Decoded::Alive),
+            Ok(stomp::Decoded::NeedMore) => Ok(Decoded::NeedMore),
+            Err(e) => Err((ErrorCode::BadFrame, e.to_string())),
+        }
+    }
+
+    fn handle(&mut self, f: Frame, cx: &mut Cx<'_>, replies: &mut Vec<Reply<String>>) {
+        let receipt = f.header("receipt").map(String::from);
+        let out = match f.command {
+            Command::Send => self.on_send(&f, cx, receipt),
+            Command::Subscribe => self.on_subscribe(&f, cx, receipt),
+            Command::Unsubscribe => {
+                let id = f
+                    .header("id")
+                    .or_else(|| f.header("destination"))
+                    .map(String::from);
+                match id.and_then(|id| self.sub_ids.remove(&id)) {
+                    Some(num) => {
+                        let sub = self.subs.remove(&num);
+                        let remove_durable = sub.as_ref().is_some_and(|s| s.durable.is_some())
+                            && (f.header("activemq.subscriptionName").is_some()
+                                || f.header("durable-subscription-name").is_some());
+                        self.by_message_id.retain(|(_, s), _| *s != num);
+                        let before = cx.session.last_record();
+                        match cx.session.unsubscribe(num, remove_durable) {
+                            Ok(()) => receipt
+                                .map(|r| Reply::ReceiptAfter(changed(cx, before), r))
+                                .into_iter()
+                                .collect(),
+                            Err(e) => vec![self.fail(e.to_string(), receipt)],
+                        }
+                    }
+                    None => vec![self.fail(
+                        "UNSUBSCRIBE names no subscription of this connection",
+                        receipt,
+                    )],
+                }
+            }
+            Command::Ack => self.on_ack(&f, false, cx, receipt),
+            Command::Nack => self.on_ack(&f, true, cx, receipt),
+            Command::Begin | Command::Commit | Command::Abort => {
+                self.on_transaction(&f, cx, receipt)
+            }
+            Command::Disconnect => {
+                let mut r: Vec<Reply<String>> = receipt.map(Reply::Receipt).into_iter().collect();
+                r.push(Reply::Disconnect);
+                r
+            }
+            Command::Connect | Command::Stomp => vec![self.fail("already connected", receipt)],
+            other => {
+                cx.ctx.metrics.bad_frame();
+                vec![self.fail(
+                    format!(
+                        "{} is a frame the server sends, not the client",
+                        other.as_str()
+                    ),
+                    receipt,
+                )]
+            }
+        };
+        replies.extend(out);
+    }
+
+    fn encode_delivery(&mut self, d: &Delivery, out: &mut BytesMut) -> bool {
+        let Some(sub) = self.subs.get(&d.subscription) else {
+            return false;
+        };
+        let m = &d.message;
+        let mid = message_id(m, d.subscription, d.tag);
+        let destination = m
+            .destination
+            .as_ref()
+            .map(|x| self.stomp_name(x))
+            .unwrap_or_default();
+        let ack = ack_id(d.subscription, d.tag);
+        let priority = m.priority.to_string();
+        let timestamp = m.timestamp_ms.to_string();
+        let expires = m.expires_at_ms.to_string();
+        let redeliveries = d.redelivery_count.to_string();
+        let reply_to = (!m.reply_to.is_empty()).then(|| self.reply_to_stomp(&m.reply_to));
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(12 + m.headers.len());
+        headers.push(("subscription", sub.id.as_str()));
+        headers.push(("message-id", mid.as_str()));
+        headers.push(("destination", destination.as_str()));
+        if self.version == Version::V1_2 && sub.ack != AckMode::Auto {
+            headers.push(("ack", ack.as_str()));
+        }
+        if !m.content_type.is_empty() {
+            headers.push(("content-type", m.content_type.as_str()));
+        }
+        headers.push(("persistent", if m.persistent { "true" } else { "false" }));
+        headers.push(("priority", priority.as_str()));
+        headers.push(("timestamp", timestamp.as_str()));
+        if m.expires_at_ms != 0 {
+            headers.push(("expires", expires.as_str()));
+        }
+        if let Some(r) = &reply_to {
+            headers.push(("reply-to", r.as_str()));
+        }
+        if !m.correlation_id.is_empty() {
+            headers.push(("correlation-id", m.correlation_id.as_str()));
+        }
+        if d.redelivery_count > 0 {
+            headers.push(("redelivered", "true"));
+            headers.push(("meshmq.redelivery_count", redeliveries.as_str()));
+        }
+        for (k, v) in &m.headers {
+            headers.push((k.as_str(), v.as_str()));
+        }
+        stomp::encode_message(self.version, headers, &m.body, out);
+        let auto = sub.ack == AckMode::Auto;
+        if !auto && self.version != Version::V1_2 {
+            self.by_message_id.insert((mid, d.subscription), d.tag);
+        }
+        auto
+    }
+
+    fn encode_receipt(&mut self, receipt: &String, out: &mut BytesMut) {
+        stomp::encode(
+            &Frame::new(Command::Receipt).with_header("receipt-id", receipt.as_str()),
+            self.version,
+            out,
+        );
+    }
+
+    fn encode_error(
+        &mut self,
+        _code: ErrorCode,
+        message: &str,
+        receipt: Option<&String>,
+        _fatal: bool,
+        out: &mut BytesMut,
+    ) {
+        let mut frame = error(message);
+        if let Some(r) = receipt {
+            frame = frame.with_header("receipt-id", r.as_str());
+        }
+        stomp::encode(&frame, self.version, out);
+    }
+
+    fn encode_heartbeat(&mut self, out: &mut BytesMut) {
+        out.extend_from_slice(b"\n");
+    }
+
+    fn errors_are_fatal(&self) -> bool {
+        true
+    }
+
+    fn on_close(&mut self, cx: &mut Cx<'_>) {
+        for (_, tx) in std::mem::take(&mut self.txs) {
+            abort(tx, cx);
+        }
+    }
+}
