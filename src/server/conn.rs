@@ -27,6 +27,9 @@ const FILL_TO: usize = 256 * 1024;
 const WRITE_BACKLOG_LIMIT: usize = 8 * 1024 * 1024;
 
 /// What a protocol asks the driver to do after a frame.
+// Not boxed: a reply lives for microseconds in a reused Vec, and boxing `Publish` would cost an
+// allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Reply<R> {
     /// Confirm a frame now (after any receipts still waiting, to keep order).
