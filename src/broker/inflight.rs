@@ -74,6 +74,7 @@ mod tests {
             msg: Arc::new(Message::default()),
             seq,
             redeliveries: 0,
+            arrived_ms: 0,
         }
     }
 

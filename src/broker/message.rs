@@ -34,8 +34,11 @@ pub struct Message {
     pub correlation_id: String,
     pub content_type: String,
     pub timestamp_ms: u64,
-    /// Groups this message was forwarded through (network connectors).
+    /// Groups this message was forwarded through (network connectors), oldest first.
     pub broker_path: Vec<Arc<str>>,
+    /// For a forwarded topic message: the groups it is still meant to reach (the origin chose
+    /// one route to each); `None` for a message published here.
+    pub targets: Option<Arc<[Arc<str>]>>,
     /// The broker connection that published it (0 = none), for `no_local` subscriptions.
     pub origin: u64,
     /// Its journal record (0 = not journaled).
@@ -94,6 +97,7 @@ impl Message {
             content_type: self.content_type.clone(),
             timestamp_ms: self.timestamp_ms,
             broker_path: self.broker_path.clone(),
+            targets: None,
             origin: 0,
             store_index: 0,
             durable_refs: AtomicU32::new(0),
@@ -109,6 +113,8 @@ pub(crate) struct Entry {
     /// Arrival order in its queue; redelivered entries go back in this order.
     pub seq: u64,
     pub redeliveries: u32,
+    /// When it arrived on this broker (ms since the epoch), for replay delays.
+    pub arrived_ms: u64,
 }
 
 /// What a connection receives from the broker: one delivery of a message to one of its

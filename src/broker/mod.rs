@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
@@ -34,7 +35,7 @@ pub use destination::{Destination, DestinationError, DestinationPattern, Kind};
 pub use memory::MemoryPool;
 pub use message::{Delivery, Message, DEFAULT_PRIORITY, MAX_PRIORITY};
 pub use outbox::Outbox;
-pub use queue::{AckOutcome, DeadReason};
+pub use queue::{AckOutcome, DeadReason, NetworkFilter};
 pub use stats::{DestinationCounters, DestinationStats};
 
 use crate::store::proto::{record::Kind as RecordKind, Record};
@@ -250,6 +251,10 @@ struct Inner {
     run_id: String,
     producers: persist::ProducerMarks,
     next_tx: AtomicU64,
+    demand: DashMap<u64, Demand>,
+    demand_events: tokio::sync::broadcast::Sender<DemandEvent>,
+    next_demand: AtomicU64,
+    recent_forwards: Mutex<RecentIds>,
     persistence: Option<persist::Persistence>,
     pager: Option<Arc<dyn queue::Pager>>,
 }
@@ -267,6 +272,67 @@ pub enum Published {
 
 /// Producer high-water marks kept before the oldest are pruned.
 const PRODUCER_MARKS: usize = 100_000;
+/// Demand changes buffered for a slow watcher before it must resynchronise.
+const DEMAND_EVENTS: usize = 8192;
+/// Forwarded message ids remembered to drop re-sent forwards.
+const RECENT_FORWARDS: usize = 262_144;
+
+/// "Someone here consumes this": a consumer, local or standing for a remote one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Demand {
+    pub id: u64,
+    /// The destination or pattern consumed.
+    pub destination: String,
+    /// Groups the demand came through, nearest first... empty for a local consumer.
+    pub path: Vec<Arc<str>>,
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DemandEvent {
+    Added(Demand),
+    Removed(u64),
+}
+
+/// A network consumer's settings: what it may take, and the remote demand it stands for.
+#[derive(Debug, Clone)]
+pub struct NetworkSpec {
+    pub filter: NetworkFilter,
+    /// The path of the demand it serves (first element: the consumer's group).
+    pub path: Vec<Arc<str>>,
+}
+
+/// A bounded set of recent message ids, oldest forgotten first.
+#[derive(Debug)]
+struct RecentIds {
+    set: std::collections::HashSet<(Bytes, u64)>,
+    order: std::collections::VecDeque<(Bytes, u64)>,
+    cap: usize,
+}
+
+impl RecentIds {
+    fn new(cap: usize) -> RecentIds {
+        RecentIds {
+            set: Default::default(),
+            order: Default::default(),
+            cap,
+        }
+    }
+
+    /// True when the id was not seen (and remembers it).
+    fn insert(&mut self, id: (Bytes, u64)) -> bool {
+        if !self.set.insert(id.clone()) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
 
 impl Broker {
     /// A broker that keeps everything in memory.
@@ -297,6 +363,10 @@ impl Broker {
             inner: Arc::new(Inner {
                 producers: persist::ProducerMarks::new(PRODUCER_MARKS),
                 next_tx: AtomicU64::new(rand::random::<u32>() as u64 + 1),
+                demand: DashMap::new(),
+                demand_events: tokio::sync::broadcast::channel(DEMAND_EVENTS).0,
+                next_demand: AtomicU64::new(1),
+                recent_forwards: Mutex::new(RecentIds::new(RECENT_FORWARDS)),
                 persistence: store.map(persist::Persistence::new),
                 pager,
                 settings,
@@ -340,6 +410,7 @@ impl Broker {
             client_id,
             outbox: Arc::new(Outbox::new()),
             subs: HashMap::new(),
+            demand_ids: HashMap::new(),
             temps: Vec::new(),
             last_target: None,
             last_record: 0,
@@ -444,6 +515,66 @@ impl Broker {
         out
     }
 
+    /// Current demand (every consumer), and a stream of later changes. Subscribe before
+    /// reading the snapshot; an event may then repeat what the snapshot shows.
+    pub fn demand(&self) -> (tokio::sync::broadcast::Receiver<DemandEvent>, Vec<Demand>) {
+        let rx = self.inner.demand_events.subscribe();
+        let snapshot = self
+            .inner
+            .demand
+            .iter()
+            .map(|d| d.value().clone())
+            .collect();
+        (rx, snapshot)
+    }
+
+    fn add_demand(&self, destination: String, path: Vec<Arc<str>>, priority: i32) -> u64 {
+        let id = self.inner.next_demand.fetch_add(1, Ordering::Relaxed);
+        let d = Demand {
+            id,
+            destination,
+            path,
+            priority,
+        };
+        self.inner.demand.insert(id, d.clone());
+        let _ = self.inner.demand_events.send(DemandEvent::Added(d));
+        id
+    }
+
+    fn remove_demand(&self, id: u64) {
+        if self.inner.demand.remove(&id).is_some() {
+            let _ = self.inner.demand_events.send(DemandEvent::Removed(id));
+        }
+    }
+
+    /// For a message arriving over a bridge: true the first time its id is seen (a re-sent
+    /// forward after a lost acknowledgement is dropped).
+    pub fn first_forward(&self, producer: &Bytes, sequence: u64) -> bool {
+        if producer.is_empty() || sequence == 0 {
+            return true;
+        }
+        self.inner
+            .recent_forwards
+            .lock()
+            .insert((producer.clone(), sequence))
+    }
+
+    /// Dispatches again where network consumers wait on time (replay delays).
+    pub fn redispatch(&self) {
+        let _gate = self.gate();
+        let mut effects = Effects::default();
+        let queues: Vec<Arc<Queue>> = self
+            .inner
+            .queues
+            .iter()
+            .map(|q| q.value().clone())
+            .collect();
+        for q in queues {
+            q.redispatch(&mut effects);
+        }
+        self.apply(effects);
+    }
+
     /// Whether the destination exists already (creating one may need the admin right).
     pub fn destination_exists(&self, dest: &Destination) -> bool {
         if dest.kind().is_queue() {
@@ -492,6 +623,8 @@ pub struct Session {
     client_id: Option<String>,
     outbox: Arc<Outbox>,
     subs: HashMap<u64, SubHandle>,
+    /// The demand each subscription registered.
+    demand_ids: HashMap<u64, u64>,
     temps: Vec<Target>,
     last_target: Option<Target>,
     /// Index of the last journal record this session's operations appended (0 = none).
@@ -621,6 +754,23 @@ impl Session {
     }
 
     pub fn subscribe(&mut self, spec: SubscribeSpec) -> Result<(), BrokerError> {
+        self.subscribe_with(spec, None)
+    }
+
+    /// A network consumer: a subscription that forwards to another group.
+    pub fn subscribe_network(
+        &mut self,
+        spec: SubscribeSpec,
+        net: NetworkSpec,
+    ) -> Result<(), BrokerError> {
+        self.subscribe_with(spec, Some(net))
+    }
+
+    fn subscribe_with(
+        &mut self,
+        spec: SubscribeSpec,
+        net: Option<NetworkSpec>,
+    ) -> Result<(), BrokerError> {
         if self.subs.contains_key(&spec.subscription) {
             return Err(BrokerError::SubscriptionExists(spec.subscription));
         }
@@ -654,13 +804,24 @@ impl Session {
                 spec.subscription,
                 prefetch,
                 spec.priority,
+                net.as_ref().map(|n| n.filter.clone()),
                 &mut dead,
             );
             SubHandle::Queue { queue, slot }
         } else {
-            self.subscribe_topic(&spec, pattern, &mut dead)?
+            self.subscribe_topic(
+                &spec,
+                pattern,
+                net.as_ref().map(|n| n.filter.clone()),
+                &mut dead,
+            )?
         };
         self.subs.insert(spec.subscription, handle);
+        let path = net.map(|n| n.path).unwrap_or_default();
+        let demand = self
+            .broker
+            .add_demand(spec.destination.clone(), path, spec.priority);
+        self.demand_ids.insert(spec.subscription, demand);
         self.broker.apply(dead);
         Ok(())
     }
@@ -687,6 +848,7 @@ impl Session {
         &mut self,
         spec: &SubscribeSpec,
         pattern: DestinationPattern,
+        filter: Option<NetworkFilter>,
         dead: &mut Effects,
     ) -> Result<SubHandle, BrokerError> {
         let broker = self.broker.clone();
@@ -732,7 +894,8 @@ impl Session {
                 broker.inner.durables.remove(&key);
                 self.last_record = broker.journal_record(durable_removed(&key));
             }
-            let sub = self.new_topic_sub(pattern.clone(), Some(key.clone()), spec, &limits)?;
+            let sub =
+                self.new_topic_sub(pattern.clone(), Some(key.clone()), spec, &limits, None)?;
             broker.inner.durables.insert(key.clone(), sub.clone());
             self.last_record = broker.journal_record(Record {
                 kind: Some(RecordKind::DurableAdded(
@@ -754,7 +917,7 @@ impl Session {
             );
             return Ok(SubHandle::Topic { sub });
         }
-        let sub = self.new_topic_sub(pattern, None, spec, &limits)?;
+        let sub = self.new_topic_sub(pattern, None, spec, &limits, filter)?;
         sub.attach_consumer(
             self.outbox.clone(),
             spec.subscription,
@@ -771,6 +934,7 @@ impl Session {
         durable: Option<(String, String)>,
         spec: &SubscribeSpec,
         limits: &DestinationLimits,
+        filter: Option<NetworkFilter>,
     ) -> Result<Arc<TopicSub>, BrokerError> {
         if let Some(dest) = pattern
             .as_destination()
@@ -782,13 +946,20 @@ impl Session {
                 .inner
                 .next_topic_sub
                 .fetch_add(1, Ordering::Relaxed);
-            let sub = Arc::new(TopicSub::new(id, pattern, durable, spec.no_local, limits));
+            let sub = Arc::new(TopicSub::new(
+                id,
+                pattern,
+                durable,
+                spec.no_local,
+                limits,
+                filter,
+            ));
             topic.attach(&sub);
             return Ok(sub);
         }
         Ok(self
             .broker
-            .create_topic_sub(pattern, durable, spec.no_local, limits))
+            .create_topic_sub(pattern, durable, spec.no_local, limits, filter))
     }
 
     fn temp_topic_for_consumer(&mut self, dest: &Destination) -> Result<Arc<Topic>, BrokerError> {
@@ -817,6 +988,9 @@ impl Session {
             .subs
             .remove(&subscription)
             .ok_or(BrokerError::NoSuchSubscription(subscription))?;
+        if let Some(d) = self.demand_ids.remove(&subscription) {
+            self.broker.remove_demand(d);
+        }
         self.release(handle, remove_durable);
         Ok(())
     }
@@ -948,6 +1122,9 @@ impl Session {
         }
         self.closed = true;
         self.outbox.close();
+        for (_, d) in std::mem::take(&mut self.demand_ids) {
+            self.broker.remove_demand(d);
+        }
         for (_, handle) in std::mem::take(&mut self.subs) {
             self.release(handle, false);
         }
@@ -1004,6 +1181,7 @@ impl Broker {
         durable: Option<(String, String)>,
         no_local: bool,
         limits: &DestinationLimits,
+        filter: Option<NetworkFilter>,
     ) -> Arc<TopicSub> {
         let id = self.inner.next_topic_sub.fetch_add(1, Ordering::Relaxed);
         let sub = Arc::new(TopicSub::new(
@@ -1012,6 +1190,7 @@ impl Broker {
             durable,
             no_local,
             limits,
+            filter,
         ));
         match pattern.as_destination() {
             Some(dest) => self.topic(&dest, 0).attach(&sub),

@@ -274,6 +274,8 @@ impl Broker {
                             index: pending.msg.store_index,
                             priority: pending.msg.priority,
                             expires_at_ms: pending.msg.expires_at_ms,
+                            path: (!pending.msg.broker_path.is_empty())
+                                .then(|| pending.msg.broker_path.clone().into_boxed_slice()),
                         };
                         drop(pending.msg);
                         q.enqueue_slot(slot, 0, &mut effects);
@@ -532,6 +534,12 @@ impl Broker {
                         index: m.index,
                         priority: m.priority,
                         expires_at_ms: m.expires_at_ms,
+                        path: (!m.broker_path.is_empty()).then(|| {
+                            m.broker_path
+                                .iter()
+                                .map(|g| Arc::from(g.as_str()))
+                                .collect()
+                        }),
                     },
                 };
                 queue.enqueue_slot(slot, m.redelivery_count, &mut effects);
@@ -554,7 +562,7 @@ impl Broker {
                 None => self.inner.settings.defaults,
             };
             let key = (d.client_id, d.name);
-            let sub = self.create_topic_sub(pattern, Some(key.clone()), d.no_local, &limits);
+            let sub = self.create_topic_sub(pattern, Some(key.clone()), d.no_local, &limits, None);
             for (index, redeliveries) in d.messages {
                 if let Some(m) = topic_messages.get(&index) {
                     m.durable_refs.fetch_add(1, Ordering::AcqRel);

@@ -29,6 +29,8 @@ pub(crate) enum Slot {
         index: u64,
         priority: u8,
         expires_at_ms: u64,
+        /// The broker path, for network consumers' filters (`None` when empty).
+        path: Option<Box<[Arc<str>]>>,
     },
 }
 
@@ -37,6 +39,7 @@ pub(crate) struct QEntry {
     pub slot: Slot,
     pub seq: u64,
     pub redeliveries: u32,
+    pub arrived_ms: u64,
 }
 
 impl QEntry {
@@ -59,6 +62,13 @@ impl QEntry {
         e != 0 && now >= e
     }
 
+    fn path(&self) -> &[Arc<str>] {
+        match &self.slot {
+            Slot::Loaded(m) => &m.broker_path,
+            Slot::Paged { path, .. } => path.as_deref().unwrap_or(&[]),
+        }
+    }
+
     fn store_index(&self) -> u64 {
         match &self.slot {
             Slot::Loaded(m) => m.store_index,
@@ -71,6 +81,7 @@ impl QEntry {
             slot: Slot::Loaded(e.msg),
             seq: e.seq,
             redeliveries: e.redeliveries,
+            arrived_ms: e.arrived_ms,
         }
     }
 }
@@ -135,6 +146,70 @@ impl Lanes {
     fn iter(&self) -> impl Iterator<Item = &QEntry> {
         self.lanes.iter().rev().flat_map(|l| l.iter())
     }
+
+    /// The first of at most `limit` entries, in dispatch order, that `accept` takes.
+    fn find(
+        &self,
+        limit: usize,
+        mut accept: impl FnMut(&QEntry) -> bool,
+    ) -> Option<(usize, usize)> {
+        let mut seen = 0;
+        for (lane, entries) in self.lanes.iter().enumerate().rev() {
+            for (i, e) in entries.iter().enumerate() {
+                if seen == limit {
+                    return None;
+                }
+                seen += 1;
+                if accept(e) {
+                    return Some((lane, i));
+                }
+            }
+        }
+        None
+    }
+
+    fn remove(&mut self, lane: usize, i: usize) -> Option<QEntry> {
+        let e = self.lanes[lane].remove(i)?;
+        self.len -= 1;
+        Some(e)
+    }
+}
+
+/// Pending entries a filtered (network) consumer looks through for one it takes.
+const FILTER_SCAN: usize = 512;
+
+/// What a network consumer forwards: not back to a group the message came through (unless
+/// it is a replay), not past `message_ttl`.
+#[derive(Debug, Clone)]
+pub struct NetworkFilter {
+    /// The group the consumer forwards to.
+    pub target: Arc<str>,
+    pub message_ttl: u32,
+    /// `Some(delay)`: a queue message whose path holds the target may still go back (a
+    /// replay) when this broker has no local consumer of the queue and the message has been
+    /// here at least `delay` milliseconds.
+    pub replay_after_ms: Option<u64>,
+}
+
+impl NetworkFilter {
+    pub fn accepts(
+        &self,
+        path: &[Arc<str>],
+        arrived_ms: u64,
+        now_ms: u64,
+        local_consumers: usize,
+    ) -> bool {
+        if path.len() >= self.message_ttl as usize {
+            return false;
+        }
+        if !path.iter().any(|g| *g == self.target) {
+            return true;
+        }
+        match self.replay_after_ms {
+            Some(delay) => local_consumers == 0 && now_ms.saturating_sub(arrived_ms) >= delay,
+            None => false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -144,6 +219,8 @@ struct Consumer {
     prefetch: usize,
     priority: i32,
     inflight: Inflight,
+    /// Network consumers only take what their filter accepts.
+    filter: Option<NetworkFilter>,
 }
 
 #[derive(Debug)]
@@ -164,17 +241,21 @@ struct State {
     next_seq: u64,
     /// Pending messages with an expiry, so sweeps skip queues that have none.
     expiring: usize,
+    /// Consumers without a network filter (the replay rule asks whether there are any).
+    local_consumers: usize,
+    network_consumers: usize,
 }
 
 impl State {
-    /// (band, position) of the next consumer with credit.
-    fn pick(&self) -> Option<(usize, usize)> {
+    /// (band, position) of the next consumer with credit, not among `skip`.
+    fn pick(&self, skip: &[usize]) -> Option<(usize, usize)> {
         for (b, band) in self.bands.iter().enumerate() {
             let n = band.slots.len();
             for k in 0..n {
                 let pos = (band.cursor + k) % n;
-                if let Some(c) = &self.consumers[band.slots[pos]] {
-                    if c.inflight.len() < c.prefetch {
+                let slot = band.slots[pos];
+                if let Some(c) = &self.consumers[slot] {
+                    if c.inflight.len() < c.prefetch && !skip.contains(&slot) {
                         return Some((b, pos));
                     }
                 }
@@ -248,6 +329,7 @@ impl Queue {
             slot,
             seq: st.next_seq,
             redeliveries,
+            arrived_ms: now_ms(),
         };
         if entry.expires_at_ms() != 0 {
             st.expiring += 1;
@@ -263,15 +345,22 @@ impl Queue {
         subscription: u64,
         prefetch: u32,
         priority: i32,
+        filter: Option<NetworkFilter>,
         dead: &mut Effects,
     ) -> usize {
         let mut st = self.state.lock();
+        if filter.is_some() {
+            st.network_consumers += 1;
+        } else {
+            st.local_consumers += 1;
+        }
         let consumer = Consumer {
             outbox,
             subscription,
             prefetch: prefetch.max(1) as usize,
             priority,
             inflight: Inflight::default(),
+            filter,
         };
         let slot = match st.free_slots.pop() {
             Some(s) => {
@@ -400,9 +489,30 @@ impl Queue {
 
     fn dispatch(&self, st: &mut State, dead: &mut Effects) {
         let mut now: Option<u64> = None;
+        // Network consumers that found nothing they may take in this round.
+        let mut skip: Vec<usize> = Vec::new();
         while st.pending.len > 0 {
-            let Some((b, pos)) = st.pick() else { break };
-            let Some(qe) = st.pending.pop_front() else {
+            let Some((b, pos)) = st.pick(&skip) else {
+                break;
+            };
+            let slot = st.bands[b].slots[pos];
+            let qe = match st.consumers[slot].as_ref().and_then(|c| c.filter.as_ref()) {
+                None => st.pending.pop_front(),
+                Some(filter) => {
+                    let t = *now.get_or_insert_with(now_ms);
+                    let locals = st.local_consumers;
+                    match st.pending.find(FILTER_SCAN, |e| {
+                        filter.accepts(e.path(), e.arrived_ms, t, locals)
+                    }) {
+                        Some((lane, i)) => st.pending.remove(lane, i),
+                        None => {
+                            skip.push(slot);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Some(qe) = qe else {
                 break;
             };
             if qe.expires_at_ms() != 0 {
@@ -455,6 +565,7 @@ impl Queue {
             msg,
             seq: qe.seq,
             redeliveries: qe.redeliveries,
+            arrived_ms: qe.arrived_ms,
         })
     }
 
@@ -504,6 +615,14 @@ impl Queue {
         st.pending.clear();
         st.expiring = 0;
         self.update_gauges(&st);
+    }
+
+    /// Dispatches again (replay delays expire with time, not with events).
+    pub(crate) fn redispatch(&self, dead: &mut Effects) {
+        let mut st = self.state.lock();
+        if st.network_consumers > 0 && st.pending.len > 0 {
+            self.dispatch(&mut st, dead);
+        }
     }
 
     pub(crate) fn depth(&self) -> usize {

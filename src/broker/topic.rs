@@ -20,7 +20,7 @@ use super::destination::{Destination, DestinationPattern};
 use super::inflight::Inflight;
 use super::message::{Delivery, Entry, Message};
 use super::outbox::Outbox;
-use super::queue::{AckOutcome, DeadReason};
+use super::queue::{AckOutcome, DeadReason, NetworkFilter};
 use super::stats::DestinationCounters;
 use super::{now_ms, DestinationLimits, Effects};
 
@@ -114,6 +114,8 @@ pub struct TopicSub {
     /// (client id, subscription name) of a durable subscription.
     pub(crate) durable: Option<(String, String)>,
     no_local: bool,
+    /// A network consumer's filter (what it may forward).
+    filter: Option<NetworkFilter>,
     /// 0 = unbounded (durable subscriptions).
     pending_limit: usize,
     max_redeliveries: u32,
@@ -127,9 +129,11 @@ impl TopicSub {
         durable: Option<(String, String)>,
         no_local: bool,
         limits: &DestinationLimits,
+        filter: Option<NetworkFilter>,
     ) -> TopicSub {
         TopicSub {
             id,
+            filter,
             pending_limit: if durable.is_some() {
                 0
             } else {
@@ -144,6 +148,11 @@ impl TopicSub {
     }
 
     fn offer(&self, msg: &Arc<Message>, counters: &DestinationCounters, dead: &mut Effects) {
+        if let Some(f) = &self.filter {
+            if !f.accepts(&msg.broker_path, 0, 0, 1) {
+                return;
+            }
+        }
         let mut st = self.state.lock();
         if self.no_local {
             if let Some(a) = &st.attached {
@@ -160,6 +169,7 @@ impl TopicSub {
             msg: msg.clone(),
             seq: st.next_seq,
             redeliveries: 0,
+            arrived_ms: 0,
         };
         st.pending.push_back(entry);
         DestinationCounters::add(&counters.pending, 1);
@@ -341,6 +351,7 @@ impl TopicSub {
             msg,
             seq,
             redeliveries,
+            arrived_ms: 0,
         });
     }
 

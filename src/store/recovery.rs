@@ -22,6 +22,7 @@ pub struct RecoveredMessage {
     pub redelivery_count: u32,
     pub priority: u8,
     pub expires_at_ms: u64,
+    pub broker_path: Vec<String>,
     /// The whole record when it fits the memory budget; `None`: read it back on dispatch.
     pub record: Option<MessageAdded>,
 }
@@ -60,6 +61,7 @@ struct QMsg {
     redeliveries: u32,
     priority: u8,
     expires_at_ms: u64,
+    broker_path: Vec<String>,
     record: Option<MessageAdded>,
     known: bool,
 }
@@ -110,6 +112,7 @@ impl Replay {
                         redeliveries: m.redelivery_count,
                         priority: 4,
                         expires_at_ms: 0,
+                        broker_path: Vec::new(),
                         record: None,
                         known: false,
                     },
@@ -161,6 +164,7 @@ impl Replay {
             if let Some(m) = q.get_mut(&index) {
                 m.priority = added.priority.min(9) as u8;
                 m.expires_at_ms = added.expires_at_ms;
+                m.broker_path = added.broker_path.clone();
                 m.known = true;
                 let size = message_bytes(&added);
                 if self.loaded + size <= self.budget {
@@ -216,6 +220,7 @@ impl Replay {
                                 redeliveries: m.redelivery_count,
                                 priority: m.priority.min(9) as u8,
                                 expires_at_ms: m.expires_at_ms,
+                                broker_path: m.broker_path.clone(),
                                 known: true,
                                 record: keep.then_some(m),
                             },
@@ -313,6 +318,7 @@ impl Replay {
                         },
                         priority: m.priority,
                         expires_at_ms: m.expires_at_ms,
+                        broker_path: m.broker_path,
                         record: m.record,
                     })
                     .collect();
