@@ -202,7 +202,7 @@ impl NetworkFilter {
         if path.len() >= self.message_ttl as usize {
             return false;
         }
-        if !path.iter().any(|g| *g == self.target) {
+        if !path.contains(&self.target) {
             return true;
         }
         match self.replay_after_ms {
