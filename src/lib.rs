@@ -3,6 +3,7 @@ pub mod broker;
 pub mod client;
 pub mod config;
 pub mod metrics;
+pub mod network;
 pub mod security;
 pub mod server;
 pub mod stomp;

@@ -39,6 +39,10 @@ pub struct Message {
     /// For a forwarded topic message: the groups it is still meant to reach (the origin chose
     /// one route to each); `None` for a message published here.
     pub targets: Option<Arc<[Arc<str>]>>,
+    /// Deliveries before it arrived here (a forwarded message keeps its history).
+    pub redeliveries: u32,
+    /// Duplicate detection was done elsewhere (forwarded messages).
+    pub(crate) sequence_checked: bool,
     /// The broker connection that published it (0 = none), for `no_local` subscriptions.
     pub origin: u64,
     /// Its journal record (0 = not journaled).
@@ -98,6 +102,8 @@ impl Message {
             timestamp_ms: self.timestamp_ms,
             broker_path: self.broker_path.clone(),
             targets: None,
+            redeliveries: 0,
+            sequence_checked: false,
             origin: 0,
             store_index: 0,
             durable_refs: AtomicU32::new(0),

@@ -302,11 +302,15 @@ pub struct NetworkSpec {
     pub path: Vec<Arc<str>>,
 }
 
+/// A forwarded message's identity: (producer, sequence, how far it travelled — or `u32::MAX`
+/// for topic messages, which reach a group once whatever their route).
+type ForwardId = (Bytes, u64, u32);
+
 /// A bounded set of recent message ids, oldest forgotten first.
 #[derive(Debug)]
 struct RecentIds {
-    set: std::collections::HashSet<(Bytes, u64)>,
-    order: std::collections::VecDeque<(Bytes, u64)>,
+    set: std::collections::HashSet<ForwardId>,
+    order: std::collections::VecDeque<ForwardId>,
     cap: usize,
 }
 
@@ -320,7 +324,7 @@ impl RecentIds {
     }
 
     /// True when the id was not seen (and remembers it).
-    fn insert(&mut self, id: (Bytes, u64)) -> bool {
+    fn insert(&mut self, id: ForwardId) -> bool {
         if !self.set.insert(id.clone()) {
             return false;
         }
@@ -547,16 +551,23 @@ impl Broker {
         }
     }
 
-    /// For a message arriving over a bridge: true the first time its id is seen (a re-sent
-    /// forward after a lost acknowledgement is dropped).
-    pub fn first_forward(&self, producer: &Bytes, sequence: u64) -> bool {
-        if producer.is_empty() || sequence == 0 {
+    /// For a message arriving over a bridge: true the first time it is seen. A queue message
+    /// re-sent after a lost acknowledgement has the same path length and is dropped; one that
+    /// legitimately comes back (a replay) has travelled further. A topic message is taken once
+    /// whatever its route.
+    pub fn first_forward(&self, msg: &Message, topic: bool) -> bool {
+        if msg.producer_id.is_empty() || msg.sequence == 0 {
             return true;
         }
+        let reach = if topic {
+            u32::MAX
+        } else {
+            msg.broker_path.len() as u32
+        };
         self.inner
             .recent_forwards
             .lock()
-            .insert((producer.clone(), sequence))
+            .insert((msg.producer_id.clone(), msg.sequence, reach))
     }
 
     /// Dispatches again where network consumers wait on time (replay delays).
@@ -721,14 +732,7 @@ impl Session {
         if msg.priority > MAX_PRIORITY {
             return Err(BrokerError::BadPriority(msg.priority as u32));
         }
-        if msg.sequence != 0
-            && !msg.producer_id.is_empty()
-            && !self
-                .broker
-                .inner
-                .producers
-                .advance(&msg.producer_id, msg.sequence)
-        {
+        if self.is_resend(&msg) {
             return Ok(Published::Duplicate);
         }
         msg.origin = self.id;
@@ -1058,6 +1062,31 @@ impl Session {
         Ok(outcome)
     }
 
+    /// True when `msg` repeats what its producer already sent here (its sequence is not above
+    /// the producer's mark). Forwarded messages are checked by `Broker::first_forward` instead.
+    fn is_resend(&self, msg: &Message) -> bool {
+        msg.sequence != 0
+            && !msg.sequence_checked
+            && !msg.producer_id.is_empty()
+            && !self
+                .broker
+                .inner
+                .producers
+                .advance(&msg.producer_id, msg.sequence)
+    }
+
+    /// Accepts a message that arrived over a bridge: like `publish`, without the producer's
+    /// high-water mark (forwards of one producer may arrive out of order; duplicates are
+    /// caught by `Broker::first_forward`).
+    pub fn publish_forwarded(
+        &mut self,
+        target: &Target,
+        mut msg: Message,
+    ) -> Result<Published, BrokerError> {
+        msg.sequence_checked = true;
+        self.publish(target, msg)
+    }
+
     /// Prepares a message for a transaction: checks and stamps it as `publish` would, without
     /// making it visible. `None` when it is a producer re-send (drop it).
     pub fn stage(
@@ -1068,14 +1097,7 @@ impl Session {
         if msg.priority > MAX_PRIORITY {
             return Err(BrokerError::BadPriority(msg.priority as u32));
         }
-        if msg.sequence != 0
-            && !msg.producer_id.is_empty()
-            && !self
-                .broker
-                .inner
-                .producers
-                .advance(&msg.producer_id, msg.sequence)
-        {
+        if self.is_resend(&msg) {
             return Ok(None);
         }
         msg.origin = self.id;

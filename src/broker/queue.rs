@@ -318,7 +318,8 @@ impl Queue {
     }
 
     pub(crate) fn enqueue(&self, msg: Arc<Message>, dead: &mut Effects) {
-        self.enqueue_slot(Slot::Loaded(msg), 0, dead);
+        let redeliveries = msg.redeliveries;
+        self.enqueue_slot(Slot::Loaded(msg), redeliveries, dead);
     }
 
     /// Adds a message (in memory or paged out) with a redelivery count (recovered messages).
@@ -395,6 +396,11 @@ impl Queue {
             return;
         };
         st.free_slots.push(slot);
+        if consumer.filter.is_some() {
+            st.network_consumers -= 1;
+        } else {
+            st.local_consumers -= 1;
+        }
         if let Ok(b) = st
             .bands
             .binary_search_by(|b| consumer.priority.cmp(&b.priority))

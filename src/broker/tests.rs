@@ -505,3 +505,86 @@ fn refusals_are_typed() {
     m.priority = 10;
     assert_eq!(s.publish(&t, m), Err(BrokerError::BadPriority(10)));
 }
+
+fn net_spec(target: &str, ttl: u32, replay_ms: Option<u64>) -> NetworkSpec {
+    NetworkSpec {
+        filter: NetworkFilter {
+            target: std::sync::Arc::from(target),
+            message_ttl: ttl,
+            replay_after_ms: replay_ms,
+        },
+        path: vec![std::sync::Arc::from(target)],
+    }
+}
+
+fn from_path(body: &str, path: &[&str]) -> Message {
+    Message {
+        broker_path: path.iter().map(|g| std::sync::Arc::from(*g)).collect(),
+        ..msg(body)
+    }
+}
+
+#[test]
+fn network_consumers_never_send_a_message_back_nor_past_its_ttl() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut net = b.open_session(None).unwrap();
+    net.subscribe_network(
+        SubscribeSpec {
+            subscription: 1,
+            destination: "queue://q".into(),
+            selector: String::new(),
+            prefetch: 100,
+            priority: -5,
+            durable_name: None,
+            no_local: false,
+        },
+        net_spec("hub", 2, None),
+    )
+    .unwrap();
+    send(&mut p, "queue://q", from_path("local", &[]));
+    send(&mut p, "queue://q", from_path("came from hub", &["hub"]));
+    send(&mut p, "queue://q", from_path("one hop", &["x"]));
+    send(&mut p, "queue://q", from_path("ttl spent", &["x", "y"]));
+    assert_eq!(bodies(&drain(&net)), vec!["local", "one hop"]);
+    assert_eq!(
+        b.queue_depth("queue://q"),
+        Some(4),
+        "the others stay for local consumers"
+    );
+}
+
+#[test]
+fn a_parked_message_is_replayed_once_no_local_consumer_is_left() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut local = b.open_session(None).unwrap();
+    sub(&mut local, 1, "queue://q", 100);
+    send(&mut p, "queue://q", from_path("parked", &["hub"]));
+    let d = drain(&local);
+    assert_eq!(d.len(), 1);
+    drop(d);
+    let mut net = b.open_session(None).unwrap();
+    net.subscribe_network(
+        SubscribeSpec {
+            subscription: 1,
+            destination: "queue://q".into(),
+            selector: String::new(),
+            prefetch: 100,
+            priority: -8,
+            durable_name: None,
+            no_local: false,
+        },
+        net_spec("hub", 3, Some(0)),
+    )
+    .unwrap();
+    drop(local);
+    b.redispatch();
+    let d = drain(&net);
+    assert_eq!(
+        bodies(&d),
+        vec!["parked"],
+        "no local consumer: back toward the hub"
+    );
+    assert_eq!(d[0].redelivery_count, 1);
+}

@@ -168,7 +168,7 @@ impl TopicSub {
         let entry = Entry {
             msg: msg.clone(),
             seq: st.next_seq,
-            redeliveries: 0,
+            redeliveries: msg.redeliveries,
             arrived_ms: 0,
         };
         st.pending.push_back(entry);

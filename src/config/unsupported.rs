@@ -1,7 +1,7 @@
 //! What this build cannot serve yet. Each feature is one small check naming the keys that use
 //! it; when the feature lands, delete its check and its line in `CHECKS`.
 
-use super::topology::{Election, Listener, Topology};
+use super::topology::{ConnectorTransport, Election, Listener, Topology};
 use super::units::Scheme;
 
 type Check = fn(&Topology, &mut Vec<String>);
@@ -49,8 +49,12 @@ fn quic_listeners(topo: &Topology, keys: &mut Vec<String>) {
 }
 
 fn connectors(topo: &Topology, keys: &mut Vec<String>) {
-    for c in &topo.connectors {
-        keys.push(format!("connector[{}]", c.name));
+    for c in topo
+        .connectors
+        .iter()
+        .filter(|c| c.transport != ConnectorTransport::Tcp)
+    {
+        keys.push(format!("connector[{}].transport ({})", c.name, c.transport));
     }
 }
 

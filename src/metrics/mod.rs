@@ -47,6 +47,16 @@ pub const JOURNAL_BYTES: &str = "meshmq_journal_bytes_total";
 pub const JOURNAL_SEGMENTS: &str = "meshmq_journal_segments";
 pub const JOURNAL_DISK_BYTES: &str = "meshmq_journal_disk_bytes";
 pub const JOURNAL_FULL: &str = "meshmq_journal_full";
+pub const CONNECTOR_UP: &str = "meshmq_connector_up";
+pub const CONNECTOR_RECONNECTS: &str = "meshmq_connector_reconnects_total";
+pub const CONNECTOR_FORWARDED: &str = "meshmq_connector_forwarded_total";
+pub const CONNECTOR_ACKED: &str = "meshmq_connector_acked_total";
+pub const CONNECTOR_REPLAYED: &str = "meshmq_connector_replayed_total";
+pub const CONNECTOR_DUPLICATES: &str = "meshmq_connector_duplicates_dropped_total";
+pub const CONNECTOR_FULL: &str = "meshmq_connector_refused_full_total";
+pub const CONNECTOR_INFLIGHT: &str = "meshmq_connector_inflight";
+pub const CONNECTOR_REMOTE_DEMAND: &str = "meshmq_connector_remote_demand";
+pub const REMOTE_DEMAND: &str = "meshmq_remote_demand";
 pub const UPTIME: &str = "meshmq_uptime_seconds";
 pub const UP: &str = "meshmq_up";
 pub const PROCESS_RSS: &str = "meshmq_process_resident_memory_bytes";
@@ -154,6 +164,43 @@ fn describe_all() {
     describe_gauge!(
         JOURNAL_FULL,
         "1 while the journal is at store_limit or the disk is full (persistent sends wait or fail)."
+    );
+    describe_gauge!(CONNECTOR_UP, "1 while the connector's bridge is up.");
+    describe_counter!(
+        CONNECTOR_RECONNECTS,
+        "Bridge connections lost or failed and dialled again."
+    );
+    describe_counter!(
+        CONNECTOR_FORWARDED,
+        "Messages sent to the peer over the connector."
+    );
+    describe_counter!(
+        CONNECTOR_ACKED,
+        "Forwarded messages the peer accepted (and stored)."
+    );
+    describe_counter!(
+        CONNECTOR_REPLAYED,
+        "Queue messages sent back toward a group they came from (no consumer left here)."
+    );
+    describe_counter!(
+        CONNECTOR_DUPLICATES,
+        "Re-sent forwards received and dropped as duplicates."
+    );
+    describe_counter!(
+        CONNECTOR_FULL,
+        "Forwards refused here because the destination was full (sent again later)."
+    );
+    describe_gauge!(
+        CONNECTOR_INFLIGHT,
+        "Forwarded messages not yet accepted by the peer."
+    );
+    describe_gauge!(
+        CONNECTOR_REMOTE_DEMAND,
+        "Remote consumers the peer advertised over the connector."
+    );
+    describe_gauge!(
+        REMOTE_DEMAND,
+        "Remote consumers known here, by destination."
     );
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since this member started.");
     describe_gauge!(UP, "1 while this member runs.");

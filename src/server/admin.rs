@@ -34,6 +34,8 @@ pub struct MemberStatus {
     pub memory_limit_bytes: u64,
     pub process: ProcessStatus,
     pub destinations: Vec<DestinationStats>,
+    #[serde(default)]
+    pub connectors: Vec<crate::network::ConnectorStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -76,6 +78,9 @@ async fn metrics(State(state): State<Arc<MemberState>>) -> impl IntoResponse {
     m::publish_destinations(state.broker.destination_stats(), state.max_destinations);
     m::publish_process(state.started);
     metrics::gauge!(m::MEMORY_USED).set(state.broker.memory().used() as f64);
+    if let Some(n) = state.network.get() {
+        n.publish_demand_metrics();
+    }
     state.prometheus.run_upkeep();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -116,6 +121,7 @@ pub(crate) fn member_status(state: &MemberState) -> MemberStatus {
             cpu_seconds: p.cpu_seconds,
         },
         destinations: state.broker.destination_stats(),
+        connectors: state.network.get().map(|n| n.status()).unwrap_or_default(),
     }
 }
 

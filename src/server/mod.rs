@@ -102,6 +102,8 @@ pub struct ServerOptions {
     pub max_destinations: usize,
     pub security: crate::config::Security,
     pub stomp: StompLimits,
+    /// Connectors of this member's group (`None`: no network).
+    pub network: Option<crate::network::NetworkOptions>,
     /// The journal (`None`: everything stays in memory).
     pub store: Option<StoreConfig>,
     pub checkpoint_interval: Duration,
@@ -164,6 +166,7 @@ impl ServerOptions {
             expiry_check_interval: policy.expiry_check_interval,
             max_destinations: topo.metrics.max_destinations,
             security: topo.security.clone(),
+            network: Some(crate::network::NetworkOptions::from_topology(topo, member)?),
             stomp: StompLimits {
                 max_headers: policy.stomp_max_headers as usize,
                 max_header_length: policy.stomp_max_header_length as usize,
@@ -205,6 +208,8 @@ pub enum ServerError {
     Metrics(#[from] m::MetricsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     #[error("listener {listener}: {source}")]
     Tls {
         listener: String,
@@ -301,6 +306,8 @@ pub(crate) struct ConnCtx {
     /// `None` when the topology has no ACL entries (everyone logged in may do everything).
     pub authorizer: Option<Arc<Authorizer>>,
     pub stomp: StompLimits,
+    /// Bridges from other groups arrive on client listeners.
+    pub network: Option<Arc<crate::network::Network>>,
 }
 
 impl ConnCtx {
@@ -333,6 +340,7 @@ pub(crate) struct MemberState {
     ready: AtomicBool,
     max_destinations: usize,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    network: std::sync::OnceLock<Arc<crate::network::Network>>,
 }
 
 /// A started member.
@@ -441,12 +449,25 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         ready: AtomicBool::new(false),
         max_destinations: opts.max_destinations,
         prometheus,
+        network: std::sync::OnceLock::new(),
     });
 
     let listen_addrs = bound.iter().map(|(_, a, _)| *a).collect();
     let authenticator = Arc::new(Authenticator::new(&opts.security));
     let authorizer =
         (!opts.security.acls.is_empty()).then(|| Arc::new(Authorizer::new(&opts.security)));
+    let network = opts.network.clone().map(|n| {
+        crate::network::Network::start(
+            n,
+            broker.clone(),
+            authenticator.clone(),
+            shutdown.clone(),
+            &tracker,
+        )
+    });
+    if let Some(n) = &network {
+        let _ = state.network.set(n.clone());
+    }
     for (spec, addr, listener) in bound {
         let tls = match &spec.tls {
             Some(files) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
@@ -465,6 +486,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             authenticator: authenticator.clone(),
             authorizer: authorizer.clone(),
             stomp: opts.stomp,
+            network: network.clone(),
         });
         tracing::info!(listener = %spec.url, %addr, "listening");
         tracker.spawn(accept_loop(
@@ -615,6 +637,7 @@ async fn chores(
             _ = shutdown.cancelled() => return,
         }
         broker.sweep_expired();
+        broker.redispatch();
         let Some(store) = broker.store() else {
             continue;
         };

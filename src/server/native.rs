@@ -55,7 +55,18 @@ pub(crate) async fn serve(
     ctx.metrics.connection_opened();
     let mut pump = Pump::new(stream);
     match handshake(&mut pump, &ctx, &shutdown).await {
-        Ok(Some((session, principal, client_heartbeat))) => {
+        Ok(Some(Hello::Bridge(info))) => match &ctx.network {
+            Some(network) => network.accept(pump, info).await,
+            None => {
+                let _: std::io::Result<Option<()>> = refuse(
+                    &mut pump,
+                    ErrorCode::Unsupported,
+                    "this broker runs no connectors",
+                )
+                .await;
+            }
+        },
+        Ok(Some(Hello::Client(session, principal, client_heartbeat))) => {
             let heartbeat_out =
                 (!ctx.settings.heartbeat.is_zero()).then_some(ctx.settings.heartbeat);
             let native = Native {
@@ -80,18 +91,28 @@ pub(crate) async fn serve(
     ctx.metrics.connection_closed();
 }
 
-/// Waits for `Connect`, logs the client in, and answers `Connected` — or an error and a close.
+/// Who opened a connection: a client, or another group's bridge.
+enum Hello {
+    Client(Session, Principal, Option<Duration>),
+    Bridge(proto::BrokerInfo),
+}
+
+/// Waits for `Connect` (or a bridge's `BrokerInfo`), logs the client in, and answers
+/// `Connected` — or an error and a close.
 async fn handshake(
     pump: &mut Pump,
     ctx: &ConnCtx,
     shutdown: &CancellationToken,
-) -> std::io::Result<Option<(Session, Principal, Option<Duration>)>> {
+) -> std::io::Result<Option<Hello>> {
     let deadline = TokioInstant::now() + ctx.settings.connect_timeout;
     let connect = loop {
         match wire::decode(&mut pump.rbuf, ctx.settings.max_frame_size) {
             Ok(wire::Decoded::Frame(Frame {
                 body: Some(Body::Connect(c)),
             })) => break c,
+            Ok(wire::Decoded::Frame(Frame {
+                body: Some(Body::BrokerInfo(info)),
+            })) => return Ok(Some(Hello::Bridge(info))),
             Ok(wire::Decoded::Frame(f)) => {
                 ctx.metrics.bad_frame();
                 let what = wire::frame_name(&f);
@@ -162,7 +183,7 @@ async fn handshake(
     wire::encode(&connected, &mut pump.wbuf);
     let client_heartbeat =
         (connect.heartbeat_ms > 0).then(|| Duration::from_millis(connect.heartbeat_ms as u64));
-    Ok(Some((session, principal, client_heartbeat)))
+    Ok(Some(Hello::Client(session, principal, client_heartbeat)))
 }
 
 async fn refuse<T>(

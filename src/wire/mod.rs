@@ -207,10 +207,10 @@ mod send_tag {
     pub const FRAME: u32 = 3;
 }
 
-/// Appends a `Send` frame built from borrowed data.
-pub fn encode_send(m: &MessageRef<'_>, receipt: u64, dst: &mut BytesMut) {
+/// Length of the `Send` message body for `m`.
+fn send_len(m: &MessageRef<'_>, receipt: u64) -> usize {
     use send_tag::*;
-    let inner = len_delimited_len(DESTINATION, m.destination.len())
+    len_delimited_len(DESTINATION, m.destination.len())
         + len_delimited_len(BODY, m.body.len())
         + headers_len(HEADERS, m.headers)
         + varint_len(PERSISTENT, m.persistent as u64)
@@ -222,8 +222,11 @@ pub fn encode_send(m: &MessageRef<'_>, receipt: u64, dst: &mut BytesMut) {
         + len_delimited_len(REPLY_TO, m.reply_to.len())
         + len_delimited_len(CORRELATION, m.correlation_id.len())
         + len_delimited_len(CONTENT_TYPE, m.content_type.len())
-        + varint_len(TIMESTAMP, m.timestamp_ms);
-    put_frame_header(FRAME, inner, dst);
+        + varint_len(TIMESTAMP, m.timestamp_ms)
+}
+
+fn put_send(m: &MessageRef<'_>, receipt: u64, dst: &mut BytesMut) {
+    use send_tag::*;
     put_len_delimited(DESTINATION, m.destination.as_bytes(), dst);
     put_len_delimited(BODY, m.body, dst);
     put_headers(HEADERS, m.headers, dst);
@@ -237,6 +240,60 @@ pub fn encode_send(m: &MessageRef<'_>, receipt: u64, dst: &mut BytesMut) {
     put_len_delimited(CORRELATION, m.correlation_id.as_bytes(), dst);
     put_len_delimited(CONTENT_TYPE, m.content_type.as_bytes(), dst);
     put_varint(TIMESTAMP, m.timestamp_ms, dst);
+}
+
+/// Appends a `Send` frame built from borrowed data.
+pub fn encode_send(m: &MessageRef<'_>, receipt: u64, dst: &mut BytesMut) {
+    put_frame_header(send_tag::FRAME, send_len(m, receipt), dst);
+    put_send(m, receipt, dst);
+}
+
+/// Appends a `Forward` frame (broker to broker) built from borrowed data.
+pub fn encode_forward(
+    forward_id: u64,
+    m: &MessageRef<'_>,
+    broker_path: &[&str],
+    redelivery_count: u32,
+    targets: &[&str],
+    dst: &mut BytesMut,
+) {
+    const FORWARD_ID: u32 = 1;
+    const MESSAGE: u32 = 2;
+    const PATH: u32 = 3;
+    const REDELIVERY: u32 = 4;
+    const TARGETS: u32 = 5;
+    const FRAME: u32 = 23;
+    let send = send_len(m, 0);
+    let inner = varint_len(FORWARD_ID, forward_id)
+        + key_len(MESSAGE)
+        + encoded_len_varint(send as u64)
+        + send
+        + broker_path
+            .iter()
+            .map(|g| key_len(PATH) + encoded_len_varint(g.len() as u64) + g.len())
+            .sum::<usize>()
+        + varint_len(REDELIVERY, redelivery_count as u64)
+        + targets
+            .iter()
+            .map(|g| key_len(TARGETS) + encoded_len_varint(g.len() as u64) + g.len())
+            .sum::<usize>();
+    put_frame_header(FRAME, inner, dst);
+    put_varint(FORWARD_ID, forward_id, dst);
+    encode_key(MESSAGE, WireType::LengthDelimited, dst);
+    encode_varint(send as u64, dst);
+    put_send(m, 0, dst);
+    for g in broker_path {
+        // Repeated strings are written even when empty (proto3 keeps list elements).
+        encode_key(PATH, WireType::LengthDelimited, dst);
+        encode_varint(g.len() as u64, dst);
+        dst.put_slice(g.as_bytes());
+    }
+    put_varint(REDELIVERY, redelivery_count as u64, dst);
+    for g in targets {
+        encode_key(TARGETS, WireType::LengthDelimited, dst);
+        encode_varint(g.len() as u64, dst);
+        dst.put_slice(g.as_bytes());
+    }
 }
 
 /// Field numbers of `Deliver` (see the .proto).
@@ -435,6 +492,7 @@ mod tests {
                 message: None,
                 broker_path: vec!["hub".into()],
                 redelivery_count: 1,
+                targets: vec!["edge".into()],
             })),
         ]
     }
@@ -551,6 +609,38 @@ mod tests {
         let mut again = BytesMut::new();
         encode_send(&m, 99, &mut again);
         assert_eq!(again, via_prost, "byte-identical to prost's encoding");
+    }
+
+    #[test]
+    fn borrowed_forward_encoder_matches_prost() {
+        let headers = vec![("h".to_string(), "v".to_string())];
+        let m = sample_ref(&headers);
+        let mut buf = BytesMut::new();
+        encode_forward(77, &m, &["hub", "edge-1"], 2, &["edge-2"], &mut buf);
+        let expected = frame(Body::Forward(Forward {
+            forward_id: 77,
+            message: Some(Send {
+                destination: m.destination.into(),
+                body: Bytes::copy_from_slice(m.body),
+                headers: headers_to_wire(&headers),
+                persistent: true,
+                priority: 7,
+                expires_at_ms: m.expires_at_ms,
+                producer_id: Bytes::copy_from_slice(m.producer_id),
+                sequence: 42,
+                receipt: 0,
+                reply_to: m.reply_to.into(),
+                correlation_id: m.correlation_id.into(),
+                content_type: m.content_type.into(),
+                timestamp_ms: m.timestamp_ms,
+            }),
+            broker_path: vec!["hub".into(), "edge-1".into()],
+            redelivery_count: 2,
+            targets: vec!["edge-2".into()],
+        }));
+        let mut via_prost = BytesMut::new();
+        encode(&expected, &mut via_prost);
+        assert_eq!(buf, via_prost);
     }
 
     #[test]

@@ -1,0 +1,745 @@
+//! One live bridge between this group and a peer group, over one connection.
+//!
+//! A bridge side may have three roles. It *exports* this broker's demand (its consumers, and
+//! the remote consumers it relays within `consumer_ttl`) to the peer. It *forwards*: for each
+//! piece of the peer's demand it holds a network consumer on the local broker, and sends what
+//! that consumer receives to the peer. It *imports* what the peer forwards. The dialling side
+//! forwards; the accepting side exports and imports; a duplex connector gives both sides every
+//! role. A forwarded message is acknowledged on the local broker only when the peer has
+//! accepted it (after its journal synced, for a persistent one); if the bridge dies first, the
+//! network consumer goes with it and its messages return to their queue as redelivered.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{
+    Delivery, Demand, DemandEvent, Destination, DestinationPattern, Message, NetworkFilter,
+    NetworkSpec, Published, Session, SubscribeSpec,
+};
+use crate::transport::{IoEvent, Pump};
+use crate::wire::{self, proto, Body, Frame, MessageRef};
+
+use super::metrics::BridgeMetrics;
+use super::routes::Routes;
+
+/// A forward refused for being full is sent again after this long (doubling, capped).
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+const REFILL_BELOW: usize = 64 * 1024;
+const FILL_TO: usize = 256 * 1024;
+
+/// What one side of a connector does, resolved from the topology.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    pub connector: String,
+    pub local: Arc<str>,
+    pub peer: Arc<str>,
+    /// Send the peer what its consumers want.
+    pub forward: bool,
+    /// Tell the peer what our consumers want.
+    pub export: bool,
+    pub message_ttl: u32,
+    pub consumer_ttl: u32,
+    pub conduit: bool,
+    pub decrease_priority: bool,
+    pub priority_base: i32,
+    pub prefetch: u32,
+    pub dynamically_included: Vec<DestinationPattern>,
+    pub statically_included: Vec<DestinationPattern>,
+    pub excluded: Vec<DestinationPattern>,
+    pub static_bridge: bool,
+    pub bridge_temp: bool,
+    pub replay: Option<Duration>,
+    pub heartbeat: Duration,
+    pub max_frame_size: usize,
+}
+
+impl BridgeConfig {
+    /// Whether demand for (or messages on) this destination or pattern crosses the bridge.
+    pub fn permits(&self, pattern: &DestinationPattern) -> bool {
+        if pattern.kind().is_temp() && !self.bridge_temp {
+            return false;
+        }
+        if self.excluded.iter().any(|e| e.covers(pattern)) {
+            return false;
+        }
+        if self.statically_included.iter().any(|s| s.covers(pattern)) {
+            return true;
+        }
+        self.dynamically_included.is_empty()
+            || self.dynamically_included.iter().any(|d| d.covers(pattern))
+    }
+
+    /// Network consumers rank below local ones, and lower the further their consumer is.
+    fn network_priority(&self, remote: i32, hops: usize) -> i32 {
+        if !self.decrease_priority {
+            return remote;
+        }
+        if hops > 1 {
+            self.priority_base - (hops as i32 + 1)
+        } else {
+            self.priority_base
+        }
+    }
+}
+
+/// A network consumer on the local broker, standing for some of the peer's demand.
+#[derive(Debug)]
+struct NetSub {
+    topic: bool,
+    /// Remote consumer id → its path (conduit folds several into one network consumer).
+    demand: HashMap<String, Vec<Arc<str>>>,
+    /// Static ones live as long as the bridge.
+    permanent: bool,
+    inflight: usize,
+    /// No demand left: unsubscribe once nothing is in flight.
+    draining: bool,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    sub: u64,
+    tag: u64,
+    msg: Arc<Message>,
+    redeliveries: u32,
+    retry_after: Duration,
+}
+
+pub(crate) struct Bridge {
+    cfg: Arc<BridgeConfig>,
+    pump: Pump,
+    session: Session,
+    routes: Arc<Routes>,
+    metrics: Arc<BridgeMetrics>,
+    subs: HashMap<u64, NetSub>,
+    /// Conduit key (destination) or remote consumer id → network consumer.
+    sub_for: HashMap<String, u64>,
+    demand_sub: HashMap<String, u64>,
+    next_sub: u64,
+    inflight: HashMap<u64, InFlight>,
+    retries: VecDeque<(Instant, u64)>,
+    next_forward: u64,
+    deliveries: VecDeque<Delivery>,
+    /// Local demand advertised to the peer: demand id → the remote consumer id used.
+    exported: HashMap<u64, String>,
+    /// Forward acknowledgements waiting for the journal: (index, forward id).
+    deferred: VecDeque<(u64, u64)>,
+    last_read: Instant,
+    last_write: Instant,
+}
+
+impl Bridge {
+    pub(crate) fn new(
+        cfg: Arc<BridgeConfig>,
+        pump: Pump,
+        session: Session,
+        routes: Arc<Routes>,
+        metrics: Arc<BridgeMetrics>,
+    ) -> Bridge {
+        let now = Instant::now();
+        Bridge {
+            cfg,
+            pump,
+            session,
+            routes,
+            metrics,
+            subs: HashMap::new(),
+            sub_for: HashMap::new(),
+            demand_sub: HashMap::new(),
+            next_sub: 1,
+            inflight: HashMap::new(),
+            retries: VecDeque::new(),
+            next_forward: 1,
+            deliveries: VecDeque::new(),
+            exported: HashMap::new(),
+            deferred: VecDeque::new(),
+            last_read: now,
+            last_write: now,
+        }
+    }
+
+    /// Runs until the link fails, the peer goes silent, or `stop` fires; returns why.
+    pub(crate) async fn run(mut self, stop: &CancellationToken) -> String {
+        self.metrics.up(true);
+        let reason = self.run_loop(stop).await;
+        self.metrics.up(false);
+        self.metrics.inflight(0);
+        self.routes.remove_peer(&self.cfg.peer);
+        self.session.close();
+        reason
+    }
+
+    async fn run_loop(&mut self, stop: &CancellationToken) -> String {
+        let mut demand_rx = if self.cfg.export {
+            let (rx, snapshot) = self.session.broker().demand();
+            for d in snapshot {
+                self.export_added(&d);
+            }
+            Some(rx)
+        } else {
+            None
+        };
+        if self.cfg.forward {
+            for pattern in self.cfg.statically_included.clone() {
+                self.open_sub(pattern.as_str(), vec![self.cfg.peer.clone()], 0, None, true);
+            }
+        }
+        let mut tick = tokio::time::interval(self.cfg.heartbeat.max(Duration::from_millis(50)) / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.fill();
+            let outbox = self.session.outbox().clone();
+            let broker = self.session.broker().clone();
+            let synced = async {
+                match (self.deferred.front(), broker.store()) {
+                    (Some((index, _)), Some(store)) => store.journal().wait_synced(*index).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            let demand = async {
+                match demand_rx.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let next_retry = self.retries.front().map(|(at, _)| *at);
+            let retry = async {
+                match next_retry {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ev = self.pump.next_event(true, REFILL_BELOW, |cx| outbox.poll_ready(cx)) => match ev {
+                    Ok(IoEvent::Read) => {
+                        self.last_read = Instant::now();
+                        if let Err(e) = self.process_frames() {
+                            return e;
+                        }
+                        self.pump.shrink_idle();
+                    }
+                    Ok(IoEvent::Drained) => self.last_write = Instant::now(),
+                    Ok(IoEvent::Wake) => {}
+                    Ok(IoEvent::Closed) => return "the peer closed the connection".into(),
+                    Err(e) => return format!("socket error: {e}"),
+                },
+                event = demand => match event {
+                    Ok(DemandEvent::Added(d)) => self.export_added(&d),
+                    Ok(DemandEvent::Removed(id)) => self.export_removed(id),
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.resync_exports(),
+                    Err(broadcast::error::RecvError::Closed) => return "the broker stopped".into(),
+                },
+                result = synced => {
+                    if let Err(e) = result {
+                        return format!("journal failure: {e}");
+                    }
+                    self.release_acks();
+                }
+                _ = retry => self.resend_due(),
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if now.duration_since(self.last_read) > self.cfg.heartbeat * 3 {
+                        return format!("no heartbeat from {} for {:?}", self.cfg.peer, self.cfg.heartbeat * 3);
+                    }
+                    if now.duration_since(self.last_write) >= self.cfg.heartbeat && self.pump.wbuf.is_empty() {
+                        wire::encode(&wire::frame(Body::Heartbeat(proto::Heartbeat { receipt: 0 })), &mut self.pump.wbuf);
+                        self.last_write = now;
+                    }
+                }
+                _ = stop.cancelled() => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), self.pump.flush_and_close()).await;
+                    return "stopped".into();
+                }
+            }
+        }
+    }
+
+    fn send_frame(&mut self, body: Body) {
+        wire::encode(&wire::frame(body), &mut self.pump.wbuf);
+    }
+
+    // ---- export -----------------------------------------------------------------------------
+
+    /// Advertises a local consumer (or relayed demand) to the peer when the rules allow.
+    fn export_added(&mut self, d: &Demand) {
+        if self.exported.contains_key(&d.id) || d.path.contains(&self.cfg.peer) {
+            return;
+        }
+        let mut path: Vec<String> = d.path.iter().map(|g| g.to_string()).collect();
+        path.push(self.cfg.local.to_string());
+        if path.len() > self.cfg.consumer_ttl as usize {
+            return;
+        }
+        let Ok(pattern) = DestinationPattern::parse(&d.destination) else {
+            return;
+        };
+        if !self.cfg.permits(&pattern) {
+            return;
+        }
+        let consumer_id = d.id.to_string();
+        self.exported.insert(d.id, consumer_id.clone());
+        self.send_frame(Body::DemandAdd(proto::DemandAdd {
+            destination: d.destination.clone(),
+            broker_path: path,
+            consumer_id,
+            priority: d.priority,
+        }));
+    }
+
+    fn export_removed(&mut self, id: u64) {
+        if let Some(consumer_id) = self.exported.remove(&id) {
+            self.send_frame(Body::DemandRemove(proto::DemandRemove {
+                destination: String::new(),
+                consumer_id,
+            }));
+        }
+    }
+
+    /// Demand events were lost (too many too fast): compare with the current demand.
+    fn resync_exports(&mut self) {
+        let (_, snapshot) = self.session.broker().demand();
+        let live: std::collections::HashSet<u64> = snapshot.iter().map(|d| d.id).collect();
+        let gone: Vec<u64> = self
+            .exported
+            .keys()
+            .filter(|id| !live.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.export_removed(id);
+        }
+        for d in &snapshot {
+            self.export_added(d);
+        }
+    }
+
+    // ---- forward ----------------------------------------------------------------------------
+
+    /// A network consumer for `destination`, standing for the demand `consumer` with `path`.
+    fn open_sub(
+        &mut self,
+        destination: &str,
+        path: Vec<Arc<str>>,
+        priority: i32,
+        consumer: Option<&str>,
+        permanent: bool,
+    ) {
+        let Ok(pattern) = DestinationPattern::parse(destination) else {
+            return;
+        };
+        let key = match (self.cfg.conduit, consumer) {
+            (false, Some(c)) => format!("consumer:{c}"),
+            _ => format!("dest:{destination}"),
+        };
+        if let Some(&sub) = self.sub_for.get(&key) {
+            if let Some(ns) = self.subs.get_mut(&sub) {
+                if let Some(c) = consumer {
+                    ns.demand.insert(c.to_string(), path);
+                    self.demand_sub.insert(c.to_string(), sub);
+                }
+                ns.draining = false;
+                ns.permanent |= permanent;
+            }
+            return;
+        }
+        let topic = !pattern.kind().is_queue();
+        let sub = self.next_sub;
+        self.next_sub += 1;
+        let spec = SubscribeSpec {
+            subscription: sub,
+            destination: destination.to_string(),
+            selector: String::new(),
+            prefetch: self.cfg.prefetch,
+            priority: self.cfg.network_priority(priority, path.len()),
+            durable_name: None,
+            no_local: false,
+        };
+        let net = NetworkSpec {
+            filter: NetworkFilter {
+                target: self.cfg.peer.clone(),
+                message_ttl: self.cfg.message_ttl,
+                replay_after_ms: if topic {
+                    None
+                } else {
+                    self.cfg.replay.map(|d| d.as_millis() as u64)
+                },
+            },
+            path: path.clone(),
+        };
+        if let Err(e) = self.session.subscribe_network(spec, net) {
+            tracing::warn!(connector = %self.cfg.connector, destination, error = %e, "cannot create a network consumer");
+            return;
+        }
+        let mut demand = HashMap::new();
+        if let Some(c) = consumer {
+            demand.insert(c.to_string(), path);
+            self.demand_sub.insert(c.to_string(), sub);
+        }
+        self.subs.insert(
+            sub,
+            NetSub {
+                topic,
+                demand,
+                permanent,
+                inflight: 0,
+                draining: false,
+            },
+        );
+        self.sub_for.insert(key, sub);
+    }
+
+    fn on_demand_add(&mut self, d: proto::DemandAdd) {
+        if !self.cfg.forward || self.cfg.static_bridge {
+            return;
+        }
+        let path: Vec<Arc<str>> = d
+            .broker_path
+            .iter()
+            .map(|g| Arc::from(g.as_str()))
+            .collect();
+        if path.is_empty()
+            || path.contains(&self.cfg.local)
+            || path.len() > self.cfg.consumer_ttl as usize
+        {
+            return;
+        }
+        let Ok(pattern) = DestinationPattern::parse(&d.destination) else {
+            return;
+        };
+        if !self.cfg.permits(&pattern) {
+            return;
+        }
+        self.routes
+            .add(&self.cfg.peer, &d.consumer_id, pattern, &path);
+        self.open_sub(
+            &d.destination,
+            path,
+            d.priority,
+            Some(&d.consumer_id),
+            false,
+        );
+        self.metrics.remote_demand(self.routes_from_peer());
+    }
+
+    fn routes_from_peer(&self) -> usize {
+        self.demand_sub.len()
+    }
+
+    fn on_demand_remove(&mut self, d: proto::DemandRemove) {
+        self.routes.remove(&self.cfg.peer, &d.consumer_id);
+        let Some(sub) = self.demand_sub.remove(&d.consumer_id) else {
+            return;
+        };
+        self.metrics.remote_demand(self.routes_from_peer());
+        if let Some(ns) = self.subs.get_mut(&sub) {
+            ns.demand.remove(&d.consumer_id);
+            if ns.demand.is_empty() && !ns.permanent {
+                ns.draining = true;
+            }
+        }
+        self.close_if_drained(sub);
+    }
+
+    /// Ends a network consumer without demand once none of its forwards is in flight, so a
+    /// late acknowledgement never meets a message already returned to its queue.
+    fn close_if_drained(&mut self, sub: u64) {
+        let done = self
+            .subs
+            .get(&sub)
+            .is_some_and(|ns| ns.draining && ns.inflight == 0);
+        if done {
+            self.subs.remove(&sub);
+            self.sub_for.retain(|_, s| *s != sub);
+            let _ = self.session.unsubscribe(sub, false);
+        }
+    }
+
+    /// Moves deliveries of network consumers onto the link.
+    fn fill(&mut self) {
+        if self.pump.wbuf.len() >= REFILL_BELOW {
+            return;
+        }
+        if self.deliveries.is_empty() {
+            self.session.outbox().drain_into(&mut self.deliveries);
+        }
+        while self.pump.wbuf.len() < FILL_TO {
+            let Some(d) = self.deliveries.pop_front() else {
+                break;
+            };
+            let Some(ns) = self.subs.get(&d.subscription) else {
+                continue;
+            };
+            let topic = ns.topic;
+            let targets: Vec<Arc<str>> = if topic {
+                let dest = d.message.dest();
+                let t = self
+                    .routes
+                    .targets(dest, &self.cfg.peer, d.message.targets.as_deref());
+                if t.is_empty() {
+                    // Every group that wants it is reached another way.
+                    let _ = self.session.ack(d.subscription, 0, &[d.tag]);
+                    continue;
+                }
+                t
+            } else {
+                Vec::new()
+            };
+            let forward_id = self.next_forward;
+            self.next_forward += 1;
+            if d.message.broker_path.contains(&self.cfg.peer) {
+                self.metrics.replayed();
+            }
+            encode_forward(
+                &self.cfg.local,
+                forward_id,
+                &d.message,
+                d.redelivery_count,
+                &targets,
+                &mut self.pump.wbuf,
+            );
+            self.metrics.forwarded();
+            if let Some(ns) = self.subs.get_mut(&d.subscription) {
+                ns.inflight += 1;
+            }
+            self.inflight.insert(
+                forward_id,
+                InFlight {
+                    sub: d.subscription,
+                    tag: d.tag,
+                    msg: d.message,
+                    redeliveries: d.redelivery_count,
+                    retry_after: RETRY_FIRST,
+                },
+            );
+        }
+        self.metrics.inflight(self.inflight.len());
+    }
+
+    fn on_forward_ack(&mut self, a: proto::ForwardAck) {
+        let Some(f) = self.inflight.remove(&a.forward_id) else {
+            return;
+        };
+        if !a.accepted && a.retry {
+            // The peer is full for that destination: keep it in flight and try again later,
+            // without holding up the bridge's other destinations.
+            let at = Instant::now() + f.retry_after;
+            self.retries.push_back((at, a.forward_id));
+            self.inflight.insert(a.forward_id, f);
+            return;
+        }
+        if a.accepted {
+            self.metrics.acked();
+            let _ = self.session.ack(f.sub, 0, &[f.tag]);
+        } else {
+            tracing::warn!(connector = %self.cfg.connector, error = %a.error, "the peer refused a forwarded message; it is redelivered here");
+            let _ = self.session.nack(f.sub, &[f.tag]);
+        }
+        if let Some(ns) = self.subs.get_mut(&f.sub) {
+            ns.inflight -= 1;
+        }
+        self.close_if_drained(f.sub);
+        self.metrics.inflight(self.inflight.len());
+    }
+
+    fn resend_due(&mut self) {
+        let now = Instant::now();
+        while self.retries.front().is_some_and(|(at, _)| *at <= now) {
+            let Some((_, id)) = self.retries.pop_front() else {
+                break;
+            };
+            let Some(f) = self.inflight.get_mut(&id) else {
+                continue;
+            };
+            f.retry_after = (f.retry_after * 2).min(RETRY_MAX);
+            let targets = if f.msg.dest().kind().is_queue() {
+                Vec::new()
+            } else {
+                self.routes
+                    .targets(f.msg.dest(), &self.cfg.peer, f.msg.targets.as_deref())
+            };
+            let (msg, redeliveries) = (f.msg.clone(), f.redeliveries);
+            encode_forward(
+                &self.cfg.local,
+                id,
+                &msg,
+                redeliveries,
+                &targets,
+                &mut self.pump.wbuf,
+            );
+        }
+    }
+
+    // ---- import -----------------------------------------------------------------------------
+
+    fn on_forward(&mut self, f: proto::Forward) {
+        let id = f.forward_id;
+        let refuse = |this: &mut Bridge, error: String, retry: bool| {
+            this.send_frame(Body::ForwardAck(proto::ForwardAck {
+                forward_id: id,
+                accepted: false,
+                error,
+                retry,
+            }));
+        };
+        let Some(send) = f.message else {
+            return refuse(self, "a forward without a message".into(), false);
+        };
+        let target = match self.session.target(&send.destination) {
+            Ok(t) => t,
+            Err(e) => return refuse(self, e.to_string(), false),
+        };
+        let msg = imported_message(send, f.broker_path, f.targets, f.redelivery_count);
+        if !self.session.has_room(&target, msg.persistent) {
+            self.metrics.refused_full();
+            return refuse(self, format!("{} is full here", target.destination()), true);
+        }
+        let topic = !target.destination().kind().is_queue();
+        if !self.session.broker().first_forward(&msg, topic) {
+            self.metrics.duplicate();
+            return self.accept(id, 0);
+        }
+        match self.session.publish_forwarded(&target, msg) {
+            Ok(Published::Pending(index)) => self.accept(id, index),
+            Ok(_) => self.accept(id, 0),
+            Err(e) => refuse(self, e.to_string(), false),
+        }
+    }
+
+    /// Acknowledges a forward now, or once the journal has synced `index`.
+    fn accept(&mut self, forward_id: u64, index: u64) {
+        let waits = self
+            .deferred
+            .back()
+            .map(|(i, _)| *i)
+            .unwrap_or(0)
+            .max(index);
+        let synced = self
+            .session
+            .broker()
+            .store()
+            .map(|s| s.journal().synced())
+            .unwrap_or(u64::MAX);
+        if waits == 0 || (self.deferred.is_empty() && synced >= waits) {
+            self.send_frame(Body::ForwardAck(proto::ForwardAck {
+                forward_id,
+                accepted: true,
+                error: String::new(),
+                retry: false,
+            }));
+        } else {
+            self.deferred.push_back((waits, forward_id));
+        }
+    }
+
+    fn release_acks(&mut self) {
+        let synced = self
+            .session
+            .broker()
+            .store()
+            .map(|s| s.journal().synced())
+            .unwrap_or(u64::MAX);
+        while self.deferred.front().is_some_and(|(i, _)| *i <= synced) {
+            if let Some((_, forward_id)) = self.deferred.pop_front() {
+                self.send_frame(Body::ForwardAck(proto::ForwardAck {
+                    forward_id,
+                    accepted: true,
+                    error: String::new(),
+                    retry: false,
+                }));
+            }
+        }
+    }
+
+    fn process_frames(&mut self) -> Result<(), String> {
+        loop {
+            match wire::decode(&mut self.pump.rbuf, self.cfg.max_frame_size) {
+                Ok(wire::Decoded::Frame(f)) => match f.body {
+                    Some(Body::DemandAdd(d)) => self.on_demand_add(d),
+                    Some(Body::DemandRemove(d)) => self.on_demand_remove(d),
+                    Some(Body::Forward(fw)) => self.on_forward(fw),
+                    Some(Body::ForwardAck(a)) => self.on_forward_ack(a),
+                    Some(Body::Heartbeat(_)) => {}
+                    Some(Body::Error(e)) => {
+                        return Err(format!("the peer reported: {}", e.message))
+                    }
+                    other => {
+                        return Err(format!(
+                            "unexpected {} on a bridge",
+                            wire::frame_name(&Frame { body: other })
+                        ))
+                    }
+                },
+                Ok(wire::Decoded::NeedMore(_)) => return Ok(()),
+                // A frame that does not decode tears this bridge down; what it carried is
+                // redelivered from the source when the peer's network consumer closes.
+                Err(e) => return Err(format!("bad frame from the peer: {e}")),
+            }
+        }
+    }
+}
+
+fn encode_forward(
+    local: &str,
+    forward_id: u64,
+    m: &Message,
+    redeliveries: u32,
+    targets: &[Arc<str>],
+    out: &mut BytesMut,
+) {
+    let mut path: Vec<&str> = m.broker_path.iter().map(|g| &**g).collect();
+    path.push(local);
+    let targets: Vec<&str> = targets.iter().map(|g| &**g).collect();
+    wire::encode_forward(
+        forward_id,
+        &MessageRef {
+            destination: m.dest().as_str(),
+            body: &m.body,
+            headers: &m.headers,
+            persistent: m.persistent,
+            priority: m.priority as u32,
+            expires_at_ms: m.expires_at_ms,
+            producer_id: &m.producer_id,
+            sequence: m.sequence,
+            reply_to: &m.reply_to,
+            correlation_id: &m.correlation_id,
+            content_type: &m.content_type,
+            timestamp_ms: m.timestamp_ms,
+        },
+        &path,
+        redeliveries,
+        &targets,
+        out,
+    );
+}
+
+/// A forwarded message as this broker keeps it.
+fn imported_message(
+    s: proto::Send,
+    path: Vec<String>,
+    targets: Vec<String>,
+    redeliveries: u32,
+) -> Message {
+    Message {
+        destination: Destination::parse(&s.destination).ok(),
+        body: Bytes::copy_from_slice(&s.body),
+        headers: wire::headers_from_wire(s.headers),
+        persistent: s.persistent,
+        priority: s.priority.min(9) as u8,
+        expires_at_ms: s.expires_at_ms,
+        producer_id: s.producer_id,
+        sequence: s.sequence,
+        reply_to: s.reply_to,
+        correlation_id: s.correlation_id,
+        content_type: s.content_type,
+        timestamp_ms: s.timestamp_ms,
+        broker_path: path.into_iter().map(Arc::from).collect(),
+        targets: (!targets.is_empty()).then(|| targets.into_iter().map(Arc::from).collect()),
+        redeliveries,
+        ..Message::default()
+    }
+}

@@ -1,0 +1,487 @@
+//! Network connectors: bridges between broker groups that forward queue and topic demand, so a
+//! message sent anywhere reaches a consumer anywhere — without loss, loops or stuck messages.
+//!
+//! Owns: one dialler task per connector this group starts, the bridges (dialled and accepted),
+//! the routing table of remote demand. Must not touch: client listeners, or message semantics
+//! beyond what a network consumer does (the broker dispatches, the journal stores). Invariants:
+//! at most one live bridge per connector (a newer connection replaces an older one); a bridge
+//! is accepted only from a known group of the same mesh over a connector the topology names, and
+//! never from this group itself; a forwarded message leaves its source only when the target
+//! accepted it; demand never returns to a group on its path and never travels further than
+//! `consumer_ttl`; messages never go back to a group on their path (except replays) nor past
+//! `message_ttl`.
+
+pub mod bridge;
+mod metrics;
+pub mod routes;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::Broker;
+use crate::config::{ConnectorTransport, Scheme, Topology};
+use crate::security::Authenticator;
+use crate::transport::{self, IoEvent, Pump};
+use crate::wire::{self, proto, Body, Frame};
+
+pub use bridge::BridgeConfig;
+use metrics::BridgeMetrics;
+pub use metrics::ConnectorStatus;
+use routes::Routes;
+
+/// How to reach the group a connector dials.
+#[derive(Debug, Clone)]
+pub struct DialPlan {
+    /// The target group's members (failover over them, in order).
+    pub addrs: Vec<SocketAddr>,
+    pub local: Option<IpAddr>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+    pub multiplier: f64,
+    pub handshake_timeout: Duration,
+}
+
+/// One connector as this member sees it.
+#[derive(Debug, Clone)]
+pub struct ConnectorPlan {
+    pub bridge: BridgeConfig,
+    pub duplex: bool,
+    /// `Some` on the dialling side.
+    pub dial: Option<DialPlan>,
+    /// Accepting side: the user the dialling side must log in as (`None`: no login needed).
+    pub username: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NetworkOptions {
+    pub mesh: String,
+    pub group: Arc<str>,
+    pub member: String,
+    pub connectors: Vec<ConnectorPlan>,
+    pub allow_anonymous: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("{file}: connector[{connector}].password_file {path}: {source}")]
+    PasswordFile {
+        file: String,
+        connector: String,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl NetworkOptions {
+    /// The connectors of `member`'s group in `topo`.
+    pub fn from_topology(topo: &Topology, member: &str) -> Result<NetworkOptions, NetworkError> {
+        let (group, m) = topo
+            .member(member)
+            .expect("the member was checked by the caller");
+        let mut connectors = Vec::new();
+        for c in &topo.connectors {
+            let dialling = c.from == group.name;
+            if !dialling && c.to != group.name {
+                continue;
+            }
+            let peer = if dialling { &c.to } else { &c.from };
+            let bridge = BridgeConfig {
+                connector: c.name.to_string(),
+                local: Arc::from(group.name.as_str()),
+                peer: Arc::from(peer.as_str()),
+                forward: dialling || c.duplex,
+                export: !dialling || c.duplex,
+                message_ttl: c.message_ttl,
+                consumer_ttl: c.consumer_ttl,
+                conduit: c.conduit_subscriptions,
+                decrease_priority: c.decrease_network_consumer_priority,
+                priority_base: c.consumer_priority_base,
+                prefetch: c.prefetch,
+                dynamically_included: c.dynamically_included.clone(),
+                statically_included: c.statically_included.clone(),
+                excluded: c.excluded.clone(),
+                static_bridge: c.static_bridge,
+                bridge_temp: c.bridge_temp_destinations,
+                replay: c.replay_when_no_consumers.then_some(c.replay_delay),
+                heartbeat: c.heartbeat,
+                max_frame_size: group.broker.max_frame_size as usize,
+            };
+            let dial = if dialling {
+                let scheme = match c.transport {
+                    ConnectorTransport::Tcp => Scheme::Tcp,
+                    ConnectorTransport::Ssl => Scheme::Ssl,
+                    ConnectorTransport::Quic => Scheme::Quic,
+                };
+                let target = topo
+                    .group(c.to.as_str())
+                    .expect("validated connector target");
+                let addrs = target
+                    .members
+                    .iter()
+                    .flat_map(|tm| {
+                        tm.listeners
+                            .iter()
+                            .filter(|l| l.url.scheme == scheme)
+                            .map(|l| l.url.addr)
+                    })
+                    .collect();
+                let password = match &c.password_file {
+                    Some(path) => Some(
+                        std::fs::read_to_string(path)
+                            .map_err(|source| NetworkError::PasswordFile {
+                                file: topo.file.display().to_string(),
+                                connector: c.name.to_string(),
+                                path: path.display().to_string(),
+                                source,
+                            })?
+                            .trim_end()
+                            .to_string(),
+                    ),
+                    None => None,
+                };
+                Some(DialPlan {
+                    addrs,
+                    local: m.bind,
+                    username: c.username.clone(),
+                    password,
+                    initial_delay: c.reconnect_initial_delay,
+                    max_delay: c.reconnect_max_delay,
+                    multiplier: c.reconnect_multiplier,
+                    handshake_timeout: c.handshake_timeout,
+                })
+            } else {
+                None
+            };
+            connectors.push(ConnectorPlan {
+                bridge,
+                duplex: c.duplex,
+                dial,
+                username: if dialling { None } else { c.username.clone() },
+            });
+        }
+        Ok(NetworkOptions {
+            mesh: topo.mesh.to_string(),
+            group: Arc::from(group.name.as_str()),
+            member: m.name.to_string(),
+            connectors,
+            allow_anonymous: topo.security.allow_anonymous,
+        })
+    }
+}
+
+/// The connectors of one running member.
+pub struct Network {
+    opts: NetworkOptions,
+    broker: Broker,
+    authenticator: Arc<Authenticator>,
+    routes: Arc<Routes>,
+    metrics: HashMap<String, Arc<BridgeMetrics>>,
+    /// The live bridge of each connector, by connector name: (bridge number, its stop).
+    live: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    next_bridge: std::sync::atomic::AtomicU64,
+    shutdown: CancellationToken,
+    /// Destinations last published with remote demand (to zero them when it goes).
+    published_demand: Mutex<HashSet<String>>,
+}
+
+impl Network {
+    /// Starts a dialler for every connector this group dials.
+    pub fn start(
+        opts: NetworkOptions,
+        broker: Broker,
+        authenticator: Arc<Authenticator>,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Arc<Network> {
+        let metrics = opts
+            .connectors
+            .iter()
+            .map(|c| {
+                (
+                    c.bridge.connector.clone(),
+                    Arc::new(BridgeMetrics::new(&c.bridge.connector, &c.bridge.peer)),
+                )
+            })
+            .collect();
+        let net = Arc::new(Network {
+            opts,
+            broker,
+            authenticator,
+            routes: Arc::new(Routes::default()),
+            metrics,
+            live: Mutex::new(HashMap::new()),
+            next_bridge: std::sync::atomic::AtomicU64::new(1),
+            shutdown,
+            published_demand: Mutex::new(HashSet::new()),
+        });
+        for plan in net.opts.connectors.iter().filter(|c| c.dial.is_some()) {
+            tracker.spawn(net.clone().dial_loop(plan.clone()));
+        }
+        net
+    }
+
+    pub fn status(&self) -> Vec<ConnectorStatus> {
+        let mut out: Vec<ConnectorStatus> = self.metrics.values().map(|m| m.status()).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Publishes remote demand per destination (zero for destinations whose demand went).
+    pub fn publish_demand_metrics(&self) {
+        let now = self.routes.demand_by_destination();
+        let mut published = self.published_demand.lock();
+        for gone in published.iter().filter(|d| !now.contains_key(*d)) {
+            ::metrics::gauge!(crate::metrics::REMOTE_DEMAND, "destination" => gone.clone())
+                .set(0.0);
+        }
+        for (dest, n) in &now {
+            ::metrics::gauge!(crate::metrics::REMOTE_DEMAND, "destination" => dest.clone())
+                .set(*n as f64);
+        }
+        *published = now.into_keys().collect();
+    }
+
+    fn broker_info(&self, connector: &str, duplex: bool) -> proto::BrokerInfo {
+        proto::BrokerInfo {
+            mesh: self.opts.mesh.clone(),
+            group: self.opts.group.to_string(),
+            member: self.opts.member.clone(),
+            connector: connector.to_string(),
+            duplex,
+            ..proto::BrokerInfo::default()
+        }
+    }
+
+    /// Runs a bridge as the connector's only live one; returns why it ended.
+    async fn run_bridge(&self, plan: &ConnectorPlan, pump: Pump) -> String {
+        let stop = self.shutdown.child_token();
+        let number = self
+            .next_bridge
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some((_, old)) = self
+            .live
+            .lock()
+            .insert(plan.bridge.connector.clone(), (number, stop.clone()))
+        {
+            tracing::info!(connector = %plan.bridge.connector, "a newer bridge replaces the live one");
+            old.cancel();
+        }
+        let session = match self.broker.open_session(None) {
+            Ok(s) => s,
+            Err(e) => return e.to_string(),
+        };
+        let metrics = self.metrics[&plan.bridge.connector].clone();
+        tracing::info!(connector = %plan.bridge.connector, peer = %plan.bridge.peer, "bridge up");
+        let b = bridge::Bridge::new(
+            Arc::new(plan.bridge.clone()),
+            pump,
+            session,
+            self.routes.clone(),
+            metrics,
+        );
+        let reason = b.run(&stop).await;
+        let mut live = self.live.lock();
+        if live
+            .get(&plan.bridge.connector)
+            .is_some_and(|(n, _)| *n == number)
+        {
+            live.remove(&plan.bridge.connector);
+        }
+        reason
+    }
+
+    async fn dial_loop(self: Arc<Self>, plan: ConnectorPlan) {
+        let dial = plan.dial.clone().expect("dialling plan");
+        let metrics = self.metrics[&plan.bridge.connector].clone();
+        let mut delay = dial.initial_delay;
+        let mut attempt = 0usize;
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            let addr = dial.addrs[attempt % dial.addrs.len().max(1)];
+            attempt += 1;
+            let connected = tokio::select! {
+                r = self.connect(&plan, &dial, addr) => r,
+                _ = self.shutdown.cancelled() => return,
+            };
+            match connected {
+                Ok(pump) => {
+                    let started = Instant::now();
+                    let reason = self.run_bridge(&plan, pump).await;
+                    if self.shutdown.is_cancelled() {
+                        return;
+                    }
+                    tracing::warn!(connector = %plan.bridge.connector, %reason, "bridge down; dialling again");
+                    metrics.reconnect();
+                    if started.elapsed() > Duration::from_secs(5) {
+                        delay = dial.initial_delay;
+                    }
+                }
+                Err(e) => {
+                    if attempt == 1 || attempt % 10 == 0 {
+                        tracing::warn!(connector = %plan.bridge.connector, %addr, error = %e, attempt, "cannot reach the peer");
+                    }
+                    metrics.reconnect();
+                }
+            }
+            let jitter = 0.8 + rand::random::<f64>() * 0.4;
+            tokio::select! {
+                _ = tokio::time::sleep(delay.mul_f64(jitter)) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            delay = delay.mul_f64(dial.multiplier).min(dial.max_delay);
+        }
+    }
+
+    /// Dials one member of the target group and completes the bridge handshake.
+    async fn connect(
+        &self,
+        plan: &ConnectorPlan,
+        dial: &DialPlan,
+        addr: SocketAddr,
+    ) -> Result<Pump, String> {
+        let attempt = async {
+            let stream = transport::dial(addr, dial.local)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut pump = Pump::new(Box::new(stream));
+            let mut hello = self.broker_info(&plan.bridge.connector, plan.duplex);
+            hello.username = dial.username.clone().unwrap_or_default();
+            hello.password = dial.password.clone().unwrap_or_default();
+            wire::encode(&wire::frame(Body::BrokerInfo(hello)), &mut pump.wbuf);
+            loop {
+                match wire::decode(&mut pump.rbuf, plan.bridge.max_frame_size) {
+                    Ok(wire::Decoded::Frame(Frame {
+                        body: Some(Body::BrokerInfo(info)),
+                    })) => {
+                        if info.group != plan.bridge.peer.as_ref() || info.mesh != self.opts.mesh {
+                            return Err(format!(
+                                "{addr} is group {} of mesh {}, not group {} of mesh {}",
+                                info.group, info.mesh, plan.bridge.peer, self.opts.mesh
+                            ));
+                        }
+                        return Ok(pump);
+                    }
+                    Ok(wire::Decoded::Frame(Frame {
+                        body: Some(Body::Error(e)),
+                    })) => return Err(format!("refused: {}", e.message)),
+                    Ok(wire::Decoded::Frame(f)) => {
+                        return Err(format!(
+                            "unexpected {} in the bridge handshake",
+                            wire::frame_name(&f)
+                        ))
+                    }
+                    Ok(wire::Decoded::NeedMore(_)) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                match pump.next_event(true, 0, |_| std::task::Poll::Pending).await {
+                    Ok(IoEvent::Closed) => return Err("closed during the handshake".into()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        };
+        tokio::time::timeout(dial.handshake_timeout, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "{addr}: no handshake within {:?}",
+                    dial.handshake_timeout
+                ))
+            })
+    }
+
+    /// Takes over a client connection whose first frame was a `BrokerInfo`: checks the peer,
+    /// answers, and runs the bridge until it ends.
+    pub async fn accept(&self, mut pump: Pump, info: proto::BrokerInfo) {
+        let refuse = |pump: &mut Pump, message: String| {
+            tracing::warn!(peer_group = %info.group, connector = %info.connector, %message, "bridge refused");
+            wire::encode(
+                &wire::frame(Body::Error(proto::Error {
+                    code: proto::ErrorCode::Forbidden as i32,
+                    message,
+                    receipt: 0,
+                    fatal: true,
+                })),
+                &mut pump.wbuf,
+            );
+        };
+        let plan = if info.mesh != self.opts.mesh {
+            Err(format!(
+                "mesh {:?} is not this mesh {:?}",
+                info.mesh, self.opts.mesh
+            ))
+        } else if info.group == self.opts.group.as_ref() {
+            Err(format!(
+                "group {} dialled itself (connector {:?})",
+                info.group, info.connector
+            ))
+        } else {
+            self.opts
+                .connectors
+                .iter()
+                .find(|c| {
+                    c.dial.is_none()
+                        && c.bridge.connector == info.connector
+                        && *c.bridge.peer == *info.group
+                })
+                .cloned()
+                .ok_or_else(|| {
+                    format!(
+                        "no connector {:?} from group {:?} to {} in the topology",
+                        info.connector, info.group, self.opts.group
+                    )
+                })
+        };
+        let plan = match plan {
+            Ok(p) => p,
+            Err(message) => {
+                refuse(&mut pump, message);
+                let _ = tokio::time::timeout(Duration::from_secs(1), pump.flush_and_close()).await;
+                return;
+            }
+        };
+        let login_ok = match &plan.username {
+            Some(expected) => {
+                let authn = self.authenticator.clone();
+                let (user, password) = (info.username.clone(), info.password.clone());
+                *expected == user
+                    && tokio::task::spawn_blocking(move || {
+                        authn.authenticate(Some(&user), Some(&password)).is_ok()
+                    })
+                    .await
+                    .unwrap_or(false)
+            }
+            // A connector without credentials is let in only where anonymous access is.
+            None => self.opts.allow_anonymous,
+        };
+        if !login_ok {
+            refuse(
+                &mut pump,
+                format!(
+                    "connector {:?}: wrong or missing credentials",
+                    info.connector
+                ),
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(1), pump.flush_and_close()).await;
+            return;
+        }
+        wire::encode(
+            &wire::frame(Body::BrokerInfo(
+                self.broker_info(&plan.bridge.connector, plan.duplex),
+            )),
+            &mut pump.wbuf,
+        );
+        let reason = self.run_bridge(&plan, pump).await;
+        tracing::info!(connector = %plan.bridge.connector, %reason, "accepted bridge ended");
+    }
+}
