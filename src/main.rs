@@ -77,6 +77,8 @@ enum BenchCommand {
     Fanout(FanoutArgs),
     /// Many idle consumer connections, then one message to all.
     Connections(ConnectionsArgs),
+    /// A producer on a hub, consumers on two edges, against one broker.
+    Mesh(cli::bench_mesh::MeshArgs),
     /// The standard set, as a table (what `make bench` runs).
     Suite(SuiteArgs),
 }
@@ -153,6 +155,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 BenchCommand::Queue(a) => cli::bench::queue(&a).await?,
                 BenchCommand::Fanout(a) => cli::bench::fanout(&a).await?,
                 BenchCommand::Connections(a) => cli::bench::connections(&a).await?,
+                BenchCommand::Mesh(a) => {
+                    let (reports, summary) = cli::bench_mesh::mesh(&a).await?;
+                    for r in &reports {
+                        println!("{}", serde_json::to_string(r)?);
+                    }
+                    println!("{}", serde_json::to_string(&summary)?);
+                    return Ok(());
+                }
                 BenchCommand::Suite(a) => {
                     cli::bench::suite(&a).await?;
                     return Ok(());

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
@@ -17,6 +17,7 @@ use meshmq::client::{AckMode, Client, ClientOptions, Outgoing, SubscribeOptions}
 use meshmq::server::admin::MemberStatus;
 
 use super::http;
+use super::spawn::{free_port, Spawned};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
@@ -151,14 +152,7 @@ pub struct Report {
 struct BrokerUnderTest {
     url: String,
     admin: Option<SocketAddr>,
-    child: Option<tokio::process::Child>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    spawned: Option<Spawned>,
 }
 
 impl BrokerUnderTest {
@@ -168,13 +162,11 @@ impl BrokerUnderTest {
             return Ok(BrokerUnderTest {
                 url: url.clone(),
                 admin: target.admin,
-                child: None,
-                _dir: None,
+                spawned: None,
             });
         }
-        let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let admin_port = free_port()?;
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let topology = format!(
             r#"[mesh]
 name = "bench"
@@ -188,7 +180,7 @@ name = "bench"
 
 [[group.member]]
 name = "bench-1"
-admin = "127.0.0.1:{admin_port}"
+admin = "{admin}"
 data_dir = "data"
 
 [[group.member.listener]]
@@ -196,25 +188,11 @@ url = "tcp://127.0.0.1:{port}"
 max_connections = 100000
 "#
         );
-        let path = dir.path().join("bench.toml");
-        std::fs::write(&path, topology)?;
-        let log = std::fs::File::create(dir.path().join("broker.log"))?;
-        let child = tokio::process::Command::new(std::env::current_exe()?)
-            .args(["broker", "--topology"])
-            .arg(&path)
-            .args(["--member", "bench-1"])
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start a broker for the benchmark")?;
-        let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse()?;
-        http::wait_ready(admin, Duration::from_secs(20)).await?;
+        let spawned = Spawned::start(&topology, &[("bench-1", admin)]).await?;
         Ok(BrokerUnderTest {
             url: format!("tcp://127.0.0.1:{port}"),
             admin: Some(admin),
-            child: Some(child),
-            _dir: Some(dir),
+            spawned: Some(spawned),
         })
     }
 
@@ -225,15 +203,9 @@ max_connections = 100000
         (code == 200).then(|| serde_json::from_str(&body).ok())?
     }
 
-    async fn stop(mut self) {
-        if let Some(child) = &mut self.child {
-            if let Some(pid) = child.id() {
-                // SAFETY: sending a signal to our own child process.
-                unsafe {
-                    libc::kill(pid as i32, libc::SIGTERM);
-                }
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    async fn stop(self) {
+        if let Some(s) = self.spawned {
+            s.stop().await;
         }
     }
 }
@@ -374,6 +346,16 @@ pub async fn queue(args: &QueueArgs) -> anyhow::Result<Report> {
 }
 
 async fn run_queue(args: &QueueArgs, url: &str) -> anyhow::Result<Report> {
+    run_queue_at(args, &[url.to_string()], &[url.to_string()]).await
+}
+
+/// The queue scenario with producers spread over `producer_urls` and consumers over
+/// `consumer_urls` (round robin): one broker, or a mesh.
+pub(crate) async fn run_queue_at(
+    args: &QueueArgs,
+    producer_urls: &[String],
+    consumer_urls: &[String],
+) -> anyhow::Result<Report> {
     let base = Instant::now();
     let seen = Arc::new(Seen::new(args.count));
     let progress = Progress::new();
@@ -382,7 +364,8 @@ async fn run_queue(args: &QueueArgs, url: &str) -> anyhow::Result<Report> {
     let redelivered = Arc::new(AtomicU64::new(0));
     let stop = tokio_util::sync::CancellationToken::new();
     let mut consumers = Vec::new();
-    for _ in 0..args.consumers {
+    for c in 0..args.consumers {
+        let url = &consumer_urls[c % consumer_urls.len()];
         let client = Client::connect(url, ClientOptions::default()).await?;
         let mut sub = client
             .subscribe(
@@ -441,6 +424,7 @@ async fn run_queue(args: &QueueArgs, url: &str) -> anyhow::Result<Report> {
     let sent = Arc::new(AtomicU64::new(0));
     let mut producers = Vec::new();
     for p in 0..args.producers {
+        let url = &producer_urls[p % producer_urls.len()];
         let client = Client::connect(url, ClientOptions::default()).await?;
         let args = args.clone();
         let sent = sent.clone();

@@ -1,5 +1,7 @@
 //! The `meshmq` command's subcommands (part of the binary, not the library).
 pub mod bench;
+pub mod bench_mesh;
 pub mod clients;
 pub mod http;
 pub mod mesh;
+pub mod spawn;
