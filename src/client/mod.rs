@@ -133,6 +133,10 @@ pub struct ClientOptions {
     pub max_frame_size: usize,
     /// Bytes of encoded, unsent frames a sender may queue before it waits.
     pub send_buffer: usize,
+    /// The CA certificate(s) trusted for `ssl://` and `quic://` brokers (PEM file).
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// The name the broker's certificate must carry (default: the URL's host).
+    pub tls_server_name: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -147,6 +151,8 @@ impl Default for ClientOptions {
             local_addr: None,
             max_frame_size: wire::DEFAULT_MAX_FRAME_SIZE,
             send_buffer: 1 << 20,
+            tls_ca: None,
+            tls_server_name: None,
         }
     }
 }
@@ -429,10 +435,38 @@ impl Client {
             .resolve()
             .await
             .map_err(|e| connect_err(e.to_string()))?;
-        let stream = transport::dial(addr, options.local_addr)
+        let tls = || -> Result<rustls::ClientConfig, ClientError> {
+            let ca = options.tls_ca.as_ref().ok_or_else(|| {
+                ClientError::InvalidArgument(format!(
+                    "{url} uses TLS: set ClientOptions::tls_ca to the CA file that signed the broker's certificate"
+                ))
+            })?;
+            transport::tls::client_config(ca)
+                .map_err(|e| ClientError::InvalidArgument(e.to_string()))
+        };
+        let server_name = options
+            .tls_server_name
+            .clone()
+            .unwrap_or_else(|| url.host.clone());
+        let stream: transport::Stream = match url.scheme.as_str() {
+            "ssl" => transport::tls::dial(
+                addr,
+                &server_name,
+                std::sync::Arc::new(tls()?),
+                options.local_addr,
+            )
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
-        let mut pump = Pump::new(Box::new(stream));
+            .map_err(|e| connect_err(e.to_string()))?,
+            "quic" => transport::quic::dial(addr, &server_name, tls()?, options.local_addr)
+                .await
+                .map_err(|e| connect_err(e.to_string()))?,
+            _ => Box::new(
+                transport::dial(addr, options.local_addr)
+                    .await
+                    .map_err(|e| connect_err(e.to_string()))?,
+            ),
+        };
+        let mut pump = Pump::new(stream);
         wire::encode(
             &wire::frame(Body::Connect(proto::Connect {
                 protocol_version: wire::PROTOCOL_VERSION,

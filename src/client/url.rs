@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
-    #[error("{0:?} is not a broker URL: write tcp://HOST:PORT, e.g. tcp://127.0.0.1:61616")]
+    #[error("{0:?} is not a broker URL: write tcp://HOST:PORT (or ssl:// or quic://), e.g. tcp://127.0.0.1:61616")]
     Malformed(String),
     #[error(
-        "{url:?}: the {scheme}:// scheme is not supported yet by this client; use tcp://HOST:PORT"
+        "{url:?}: the {scheme}:// scheme is not one this client speaks; use tcp://, ssl:// or quic://"
     )]
     UnsupportedScheme { url: String, scheme: String },
     #[error("{0:?} has no valid port: write tcp://HOST:PORT with a port from 1 to 65535")]
@@ -31,7 +31,7 @@ impl BrokerUrl {
         let (scheme, rest) = text
             .split_once("://")
             .ok_or_else(|| UrlError::Malformed(text.to_string()))?;
-        if scheme != "tcp" {
+        if !matches!(scheme, "tcp" | "ssl" | "quic") {
             return Err(UrlError::UnsupportedScheme {
                 url: text.to_string(),
                 scheme: scheme.to_string(),
@@ -123,5 +123,10 @@ mod tests {
             BrokerUrl::parse("stomp://h:1"),
             Err(UrlError::UnsupportedScheme { .. })
         ));
+        assert_eq!(
+            BrokerUrl::parse("quic://127.0.0.1:7").unwrap().scheme,
+            "quic"
+        );
+        assert_eq!(BrokerUrl::parse("ssl://127.0.0.1:7").unwrap().scheme, "ssl");
     }
 }

@@ -207,6 +207,7 @@ pub(super) struct RawConnector {
     pub handshake_timeout: Option<String>,
     pub username: Option<String>,
     pub password_file: Option<String>,
+    pub tls_ca: Option<String>,
 }
 
 impl RawConnector {
@@ -680,6 +681,7 @@ pub(super) const EXAMPLES: &[(&str, Example)] = &[
         "connector.password_file",
         Example::Value("\"secrets/bridge\""),
     ),
+    ("connector.tls_ca", Example::Value("\"certs/ca.pem\"")),
 ];
 
 pub(super) fn example(schema_path: &str) -> Option<Example> {

@@ -430,6 +430,8 @@ pub struct Connector {
     pub username: Option<String>,
     /// Absolute; only with `username`.
     pub password_file: Option<PathBuf>,
+    /// The CA that signs the target members' certificates (ssl and quic transports).
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// A whole validated topology file.

@@ -1,15 +1,12 @@
 //! What this build cannot serve yet. Each feature is one small check naming the keys that use
 //! it; when the feature lands, delete its check and its line in `CHECKS`.
 
-use super::topology::{ConnectorTransport, Election, Listener, Topology};
-use super::units::Scheme;
+use super::topology::{Election, Listener, Topology};
 
 type Check = fn(&Topology, &mut Vec<String>);
 
 const CHECKS: &[Check] = &[
     elections_other_than_none,
-    quic_listeners,
-    connectors,
     zookeeper_section,
     cluster_client_options,
     replication_addresses,
@@ -40,22 +37,6 @@ fn listeners(topo: &Topology) -> impl Iterator<Item = (String, &Listener)> {
             )
         })
     })
-}
-
-fn quic_listeners(topo: &Topology, keys: &mut Vec<String>) {
-    for (at, l) in listeners(topo).filter(|(_, l)| l.url.scheme == Scheme::Quic) {
-        keys.push(format!("{at}.url ({})", l.url.scheme));
-    }
-}
-
-fn connectors(topo: &Topology, keys: &mut Vec<String>) {
-    for c in topo
-        .connectors
-        .iter()
-        .filter(|c| c.transport != ConnectorTransport::Tcp)
-    {
-        keys.push(format!("connector[{}].transport ({})", c.name, c.transport));
-    }
 }
 
 fn zookeeper_section(topo: &Topology, keys: &mut Vec<String>) {

@@ -1549,6 +1549,20 @@ impl Checker<'_> {
             );
         }
         let password_file = self.path(&key("password_file"), c.password_file.as_deref());
+        let tls_ca = self.path(&key("tls_ca"), c.tls_ca.as_deref());
+        match (&transport, &tls_ca) {
+            (ConnectorTransport::Tcp, Some(_)) => self.refuse(
+                &key("tls_ca"),
+                "is set, but the transport is tcp (no TLS)",
+                "remove tls_ca, or set transport = \"ssl\" or \"quic\"",
+            ),
+            (ConnectorTransport::Ssl | ConnectorTransport::Quic, None) => self.refuse(
+                &key("tls_ca"),
+                "is missing: ssl and quic connectors verify the target's certificate",
+                "set tls_ca to the CA file that signed the target members' certificates, e.g. the ca.pem of `meshmq certs`",
+            ),
+            _ => {}
+        }
         if !patterns_ok {
             return None;
         }
@@ -1587,6 +1601,7 @@ impl Checker<'_> {
             handshake_timeout,
             username: c.username.clone(),
             password_file,
+            tls_ca,
         })
     }
 }
@@ -1898,7 +1913,8 @@ url = "tcp://127.0.0.1:61616"
             (format!("{BASE}{EDGE}[[connector]]\nfrom = \"edge\"\nto = \"edge\"\n"), vec!["connector[edge-edge].to"]),
             (format!("{BASE}{EDGE}[[connector]]\nfrom = \"hub\"\nto = \"edge\"\n[[connector]]\nfrom = \"edge\"\nto = \"hub\"\nduplex = true\n"), vec!["connector[edge-hub]"]),
             (format!("{BASE}{EDGE}[[connector]]\nfrom = \"hub\"\nto = \"edge\"\n[[connector]]\nfrom = \"edge\"\nto = \"hub\"\n"), vec![]),
-            (format!("{BASE}{EDGE}[[connector]]\nfrom = \"hub\"\nto = \"edge\"\ntransport = \"quic\"\n"), vec!["connector[hub-edge].transport"]),
+            (format!("{BASE}{EDGE}[[connector]]\nfrom = \"hub\"\nto = \"edge\"\ntransport = \"quic\"\ntls_ca = \"ca.pem\"\n"), vec!["connector[hub-edge].transport"]),
+            (format!("{BASE}{EDGE}[[connector]]\nfrom = \"hub\"\nto = \"edge\"\ntls_ca = \"ca.pem\"\n"), vec!["connector[hub-edge].tls_ca"]),
             (format!("{BASE}{EDGE}[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nstatic_bridge = true\n"), vec!["connector[hub-edge].static_bridge"]),
             (format!("{BASE}{EDGE}[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nreconnect_multiplier = 0.99\nprefetch = 0\nheartbeat = \"0s\"\n"), vec!["connector[hub-edge].prefetch", "connector[hub-edge].reconnect_multiplier", "connector[hub-edge].heartbeat"]),
             (format!("{BASE}{EDGE}[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nusername = \"bob\"\n{user}"), vec!["connector[hub-edge].username"]),

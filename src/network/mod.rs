@@ -47,6 +47,8 @@ pub struct DialPlan {
     pub max_delay: Duration,
     pub multiplier: f64,
     pub handshake_timeout: Duration,
+    /// `Some` for ssl and quic connectors: how to trust the target's certificates.
+    pub tls: Option<(ConnectorTransport, Arc<rustls::ClientConfig>)>,
 }
 
 /// One connector as this member sees it.
@@ -71,6 +73,12 @@ pub struct NetworkOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
+    #[error("{file}: connector[{connector}].tls_ca: {source}")]
+    Tls {
+        file: String,
+        connector: String,
+        source: crate::transport::tls::TlsError,
+    },
     #[error("{file}: connector[{connector}].password_file {path}: {source}")]
     PasswordFile {
         file: String,
@@ -147,7 +155,21 @@ impl NetworkOptions {
                     ),
                     None => None,
                 };
+                let tls = match (&c.transport, &c.tls_ca) {
+                    (ConnectorTransport::Tcp, _) | (_, None) => None,
+                    (t, Some(ca)) => Some((
+                        *t,
+                        Arc::new(crate::transport::tls::client_config(ca).map_err(|source| {
+                            NetworkError::Tls {
+                                file: topo.file.display().to_string(),
+                                connector: c.name.to_string(),
+                                source,
+                            }
+                        })?),
+                    )),
+                };
                 Some(DialPlan {
+                    tls,
                     addrs,
                     local: m.bind,
                     username: c.username.clone(),
@@ -350,10 +372,20 @@ impl Network {
         addr: SocketAddr,
     ) -> Result<Pump, String> {
         let attempt = async {
-            let stream = transport::dial(addr, dial.local)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut pump = Pump::new(Box::new(stream));
+            let name = addr.ip().to_string();
+            let stream: transport::Stream = match &dial.tls {
+                Some((ConnectorTransport::Quic, config)) => {
+                    transport::quic::dial(addr, &name, (**config).clone(), dial.local).await
+                }
+                Some((_, config)) => {
+                    transport::tls::dial(addr, &name, config.clone(), dial.local).await
+                }
+                None => transport::dial(addr, dial.local)
+                    .await
+                    .map(|s| Box::new(s) as transport::Stream),
+            }
+            .map_err(|e| e.to_string())?;
+            let mut pump = Pump::new(stream);
             let mut hello = self.broker_info(&plan.bridge.connector, plan.duplex);
             hello.username = dial.username.clone().unwrap_or_default();
             hello.password = dial.password.clone().unwrap_or_default();

@@ -1,5 +1,5 @@
-//! Development certificates (`meshmq certs T --out DIR`) and rustls configurations built from
-//! certificate files.
+//! Development certificates (`meshmq certs T --out DIR`). The rustls configurations built from
+//! certificate files live in `transport::tls` (re-exported here).
 //!
 //! The development PKI is one CA (`ca.pem`, `ca.key`) and, per member of the topology, a
 //! certificate `<member>.pem` with its key `<member>.key`, signed by that CA, valid for server
@@ -14,19 +14,15 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
+use crate::config::{Member, Topology};
+pub use crate::transport::tls::{
+    client_config, client_config_with_identity, load_server_config, TlsError,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
-
-use crate::config::{Member, TlsFiles, Topology};
 
 /// How long development certificates are valid.
 const VALID_DAYS: i64 = 3650;
@@ -38,19 +34,8 @@ pub enum CertError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot read {path}: {source}; check the tls_* paths in the topology, or create development certificates with `meshmq certs TOPOLOGY --out DIR`")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} holds no usable PEM {what} ({detail}); it should hold a -----BEGIN {what}----- block")]
-    Pem {
-        path: PathBuf,
-        what: &'static str,
-        detail: String,
-    },
-    #[error("{path}: {detail}")]
-    Rejected { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cannot generate the development certificates: {0}")]
     Generate(#[from] rcgen::Error),
 }
@@ -187,114 +172,6 @@ fn write_file(path: &Path, contents: &str, secret: bool) -> Result<PathBuf, Cert
         .map_err(failed)?;
     file.write_all(contents.as_bytes()).map_err(failed)?;
     Ok(path.to_path_buf())
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, CertError> {
-    fs::read(path).map_err(|source| CertError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
-    let bad = |detail: String| CertError::Pem {
-        path: path.to_path_buf(),
-        what: "CERTIFICATE",
-        detail,
-    };
-    let certs = CertificateDer::pem_slice_iter(&read(path)?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(bad("no certificate found".into()));
-    }
-    Ok(certs)
-}
-
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
-    PrivateKeyDer::from_pem_slice(&read(path)?).map_err(|e| CertError::Pem {
-        path: path.to_path_buf(),
-        what: "PRIVATE KEY",
-        detail: e.to_string(),
-    })
-}
-
-fn read_roots(path: &Path) -> Result<RootCertStore, CertError> {
-    let mut roots = RootCertStore::empty();
-    for cert in read_certs(path)? {
-        roots.add(cert).map_err(|e| CertError::Rejected {
-            path: path.to_path_buf(),
-            detail: format!("not a usable CA certificate ({e})"),
-        })?;
-    }
-    Ok(roots)
-}
-
-fn rejected(path: &Path) -> impl FnOnce(rustls::Error) -> CertError + '_ {
-    move |e| CertError::Rejected {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    }
-}
-
-/// The rustls server configuration of a TLS listener: its certificate chain and key, and when
-/// `client_ca` is set, a requirement that clients present a certificate signed by it.
-pub fn load_server_config(tls: &TlsFiles) -> Result<ServerConfig, CertError> {
-    let certs = read_certs(&tls.cert)?;
-    let key = read_key(&tls.key)?;
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(rejected(&tls.cert))?;
-    let builder = match &tls.client_ca {
-        Some(ca) => {
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(read_roots(ca)?), provider())
-                    .build()
-                    .map_err(|e| CertError::Rejected {
-                        path: ca.clone(),
-                        detail: e.to_string(),
-                    })?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    builder
-        .with_single_cert(certs, key)
-        .map_err(|e| CertError::Rejected {
-            path: tls.key.clone(),
-            detail: format!("does not fit certificate {} ({e})", tls.cert.display()),
-        })
-}
-
-/// A rustls client configuration trusting only the CA certificate(s) in `ca`.
-pub fn client_config(ca: &Path) -> Result<ClientConfig, CertError> {
-    Ok(ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(rejected(ca))?
-        .with_root_certificates(read_roots(ca)?)
-        .with_no_client_auth())
-}
-
-/// Like [`client_config`], also presenting `cert`/`key` to servers that ask for a client
-/// certificate (listeners with `tls_client_ca`; bridges between members).
-pub fn client_config_with_identity(
-    ca: &Path,
-    cert: &Path,
-    key: &Path,
-) -> Result<ClientConfig, CertError> {
-    ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(rejected(ca))?
-        .with_root_certificates(read_roots(ca)?)
-        .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
-        .map_err(|e| CertError::Rejected {
-            path: key.to_path_buf(),
-            detail: format!("does not fit certificate {} ({e})", cert.display()),
-        })
 }
 
 #[cfg(test)]

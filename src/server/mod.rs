@@ -26,6 +26,7 @@ use crate::config::{Scheme, SyncMode, Topology};
 use crate::metrics as m;
 use crate::security::{Authenticator, Authorizer, Principal};
 use crate::store::{Durability, Store, StoreConfig, StoreError};
+use crate::transport::quic::{self, QuicIncoming, QuicListener};
 use crate::transport::{ConnectionCount, Incoming, Listener, TransportError};
 
 /// Who this member is.
@@ -78,8 +79,25 @@ pub struct ListenerSpec {
     pub addr: SocketAddr,
     pub protocol: Protocol,
     pub max_connections: usize,
-    /// TLS files (`ssl://`, `stomp+ssl://`).
+    /// TLS files (`ssl://`, `stomp+ssl://`, `quic://`).
     pub tls: Option<crate::config::TlsFiles>,
+    /// Over QUIC rather than TCP.
+    pub quic: bool,
+}
+
+/// A bound listener of either transport.
+enum Bound {
+    Tcp(Listener),
+    Quic(QuicListener),
+}
+
+impl Bound {
+    fn count(&self) -> Arc<ConnectionCount> {
+        match self {
+            Bound::Tcp(l) => l.count(),
+            Bound::Quic(l) => l.count(),
+        }
+    }
 }
 
 /// Limits of the STOMP decoder.
@@ -144,6 +162,7 @@ impl ServerOptions {
                     },
                     max_connections: l.max_connections as usize,
                     tls: l.tls.clone(),
+                    quic: l.url.scheme == Scheme::Quic,
                 })
                 .collect(),
             admin: m.admin,
@@ -213,7 +232,7 @@ pub enum ServerError {
     #[error("listener {listener}: {source}")]
     Tls {
         listener: String,
-        source: crate::security::CertError,
+        source: crate::transport::tls::TlsError,
     },
 }
 
@@ -416,11 +435,30 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
 
     let mut bound = Vec::new();
     for spec in &opts.listeners {
-        let l = Listener::bind(spec.addr, spec.max_connections).await?;
-        let addr = l.local_addr().map_err(|source| TransportError::Bind {
+        let tls_err = |source| ServerError::Tls {
+            listener: spec.url.clone(),
+            source,
+        };
+        let bind_err = |source| TransportError::Bind {
             addr: spec.addr,
             source,
-        })?;
+        };
+        let (l, addr) = if spec.quic {
+            let files = spec.tls.as_ref().ok_or_else(|| {
+                tls_err(crate::transport::tls::TlsError::Rejected {
+                    path: std::path::PathBuf::from(&spec.url),
+                    detail: "a QUIC listener needs tls_cert and tls_key".into(),
+                })
+            })?;
+            let config = crate::security::load_server_config(files).map_err(tls_err)?;
+            let l = QuicListener::bind(spec.addr, config, spec.max_connections)?;
+            let addr = l.local_addr().map_err(bind_err)?;
+            (Bound::Quic(l), addr)
+        } else {
+            let l = Listener::bind(spec.addr, spec.max_connections).await?;
+            let addr = l.local_addr().map_err(bind_err)?;
+            (Bound::Tcp(l), addr)
+        };
         bound.push((spec.clone(), addr, l));
     }
     let admin_listener = tokio::net::TcpListener::bind(opts.admin)
@@ -469,7 +507,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         let _ = state.network.set(n.clone());
     }
     for (spec, addr, listener) in bound {
-        let tls = match &spec.tls {
+        let tls = match spec.tls.as_ref().filter(|_| !spec.quic) {
             Some(files) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
                 crate::security::load_server_config(files).map_err(|source| ServerError::Tls {
                     listener: spec.url.clone(),
@@ -489,14 +527,23 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             network: network.clone(),
         });
         tracing::info!(listener = %spec.url, %addr, "listening");
-        tracker.spawn(accept_loop(
-            listener,
-            spec,
-            tls,
-            ctx,
-            shutdown.clone(),
-            tracker.clone(),
-        ));
+        match listener {
+            Bound::Tcp(listener) => tracker.spawn(accept_loop(
+                listener,
+                spec,
+                tls,
+                ctx,
+                shutdown.clone(),
+                tracker.clone(),
+            )),
+            Bound::Quic(listener) => tracker.spawn(quic_accept_loop(
+                listener,
+                spec,
+                ctx,
+                shutdown.clone(),
+                tracker.clone(),
+            )),
+        };
     }
     tracker.spawn(admin::serve(
         admin_listener,
@@ -614,9 +661,65 @@ async fn serve_connection(
     let Some(stream) = secure(stream, tls, &ctx).await else {
         return;
     };
+    serve_stream(stream, peer, protocol, ctx, shutdown, permit).await;
+}
+
+async fn serve_stream(
+    stream: crate::transport::Stream,
+    peer: SocketAddr,
+    protocol: Protocol,
+    ctx: Arc<ConnCtx>,
+    shutdown: CancellationToken,
+    permit: crate::transport::Permit,
+) {
     match protocol {
         Protocol::Native => native::serve(stream, peer, ctx, shutdown, permit).await,
         Protocol::Stomp => stomp::serve(stream, peer, ctx, shutdown, permit).await,
+    }
+}
+
+async fn quic_accept_loop(
+    listener: QuicListener,
+    spec: ListenerSpec,
+    ctx: Arc<ConnCtx>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let incoming = tokio::select! {
+            i = listener.accept() => i,
+            _ = shutdown.cancelled() => {
+                listener.close();
+                return;
+            }
+        };
+        let Some(incoming) = incoming else { return };
+        let (ctx, shutdown, timeout) =
+            (ctx.clone(), shutdown.clone(), ctx.settings.connect_timeout);
+        let (protocol, max) = (spec.protocol, spec.max_connections);
+        match incoming {
+            QuicIncoming::Admitted { incoming, permit } => {
+                tracker.spawn(async move {
+                    match quic::accept_stream(incoming, timeout).await {
+                        Ok((stream, peer)) => {
+                            serve_stream(stream, peer, protocol, ctx, shutdown, permit).await
+                        }
+                        Err(e) => {
+                            ctx.metrics.refused("quic_handshake");
+                            tracing::debug!(error = %e, "QUIC connection failed");
+                        }
+                    }
+                });
+            }
+            QuicIncoming::OverLimit(incoming) => {
+                ctx.metrics.refused("max_connections");
+                tracker.spawn(async move {
+                    if let Ok((stream, _)) = quic::accept_stream(incoming, timeout).await {
+                        native::refuse_over_limit(stream, max).await;
+                    }
+                });
+            }
+        }
     }
 }
 

@@ -20,6 +20,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::io::poll_read_buf;
 
+pub mod quic;
+pub mod tls;
+
 /// Anything that carries a byte stream both ways.
 pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncStream for T {}
@@ -81,6 +84,7 @@ impl Drop for Permit {
 }
 
 /// A bound TCP listener with a connection limit.
+
 pub struct Listener {
     listener: TcpListener,
     max_connections: usize,
