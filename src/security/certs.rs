@@ -184,6 +184,9 @@ mod tests {
     use tokio_rustls::{TlsAcceptor, TlsConnector};
 
     use super::*;
+    use crate::config::TlsFiles;
+    use rustls::{ClientConfig, ServerConfig};
+    use std::sync::Arc;
 
     const TOPOLOGY: &str = r#"
 [mesh]

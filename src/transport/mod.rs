@@ -84,7 +84,6 @@ impl Drop for Permit {
 }
 
 /// A bound TCP listener with a connection limit.
-
 pub struct Listener {
     listener: TcpListener,
     max_connections: usize,
