@@ -230,15 +230,18 @@ impl<P: Protocol> Driver<P> {
         // Frames may already be buffered behind the handshake.
         self.process_frames();
         loop {
-            self.fill();
             if self.disconnecting && self.deferred.is_empty() && self.closing.is_none() {
                 self.closing = Some("client disconnected");
             }
             if let Some(reason) = self.closing {
+                // The frame that ended the connection (an error, a Disconnect's receipt) is the
+                // last one written: deliveries not yet encoded go back to their destinations
+                // with the session's close instead of trailing after it.
                 let _ =
                     tokio::time::timeout(Duration::from_secs(2), self.pump.flush_and_close()).await;
                 return reason;
             }
+            self.fill();
             let reading = self.blocked.is_none() && self.pump.wbuf.len() < WRITE_BACKLOG_LIMIT;
             let outbox = self.session.outbox().clone();
             let broker = self.session.broker().clone();
