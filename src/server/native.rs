@@ -238,12 +238,15 @@ impl Connection {
         // Frames may already be buffered behind the Connect.
         self.process_frames();
         loop {
-            self.fill();
             if let Some(reason) = self.closing {
+                // The frame that ended the connection (an error, a Disconnect's receipt) is the
+                // last one written: deliveries not yet encoded go back to their destinations
+                // with the session's close instead of trailing after it.
                 let _ =
                     tokio::time::timeout(Duration::from_secs(2), self.pump.flush_and_close()).await;
                 return reason;
             }
+            self.fill();
             let reading = self.blocked.is_none() && self.pump.wbuf.len() < WRITE_BACKLOG_LIMIT;
             let outbox = self.session.outbox().clone();
             let blocked_counters = self.blocked.as_ref().map(|b| b.target.counters().clone());

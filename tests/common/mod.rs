@@ -490,14 +490,6 @@ pub struct RawConn {
     buf: BytesMut,
 }
 
-/// What the broker sent a raw connection.
-#[derive(Debug)]
-pub enum Incoming {
-    Frame(Frame),
-    /// A clean end of stream (FIN).
-    Eof,
-}
-
 impl RawConn {
     pub fn open(addr: SocketAddr) -> RawConn {
         let stream = TcpStream::connect(addr).expect("raw connect");
@@ -514,9 +506,14 @@ impl RawConn {
     }
 
     pub fn send(&mut self, body: Body) {
+        self.try_send(body).expect("raw write");
+    }
+
+    /// Sends a frame the broker may already have stopped reading (it may close at any time).
+    pub fn try_send(&mut self, body: Body) -> io::Result<()> {
         let mut out = BytesMut::new();
         wire::encode(&wire::frame(body), &mut out);
-        self.write(&out);
+        self.stream.write_all(&out)
     }
 
     /// Sends `Connect` (with this heartbeat promise) and returns the broker's `Connected`.
@@ -528,19 +525,19 @@ impl RawConn {
             ..Default::default()
         }));
         match self.next() {
-            Incoming::Frame(Frame {
+            Some(Frame {
                 body: Some(Body::Connected(c)),
             }) => c,
             other => panic!("expected Connected, got {other:?}"),
         }
     }
 
-    /// The next frame, or the end of the stream. Fails the test on a reset, a timeout or bytes
-    /// that are not a frame.
-    pub fn next(&mut self) -> Incoming {
+    /// The next frame, or `None` at a clean end of the stream (FIN). Fails the test on a reset,
+    /// a timeout or bytes that are not a frame.
+    pub fn next(&mut self) -> Option<Frame> {
         loop {
             match wire::decode(&mut self.buf, wire::DEFAULT_MAX_FRAME_SIZE) {
-                Ok(Decoded::Frame(f)) => return Incoming::Frame(f),
+                Ok(Decoded::Frame(f)) => return Some(f),
                 Ok(Decoded::NeedMore(_)) => {}
                 Err(e) => panic!("the broker sent something that is not a frame: {e}"),
             }
@@ -552,7 +549,7 @@ impl RawConn {
                         "the stream ended inside a frame ({} bytes)",
                         self.buf.len()
                     );
-                    return Incoming::Eof;
+                    return None;
                 }
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) => {
@@ -566,17 +563,17 @@ impl RawConn {
     pub fn expect_error_then_eof(&mut self) -> proto::Error {
         let error = loop {
             match self.next() {
-                Incoming::Frame(Frame {
+                Some(Frame {
                     body: Some(Body::Heartbeat(_)),
                 }) => {}
-                Incoming::Frame(Frame {
+                Some(Frame {
                     body: Some(Body::Error(e)),
                 }) => break e,
                 other => panic!("expected an Error frame, got {other:?}"),
             }
         };
         match self.next() {
-            Incoming::Eof => error,
+            None => error,
             other => panic!("expected the broker to close after {error:?}, got {other:?}"),
         }
     }
