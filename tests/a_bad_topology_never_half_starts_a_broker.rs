@@ -90,10 +90,13 @@ fn an_unknown_member_is_refused_listing_the_members() {
 #[test]
 fn a_taken_admin_port_stops_the_start_before_any_listener_is_served() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ports = Ports::pick();
     // Something else holds the admin port; the native listener binds first and must not be
     // served (nor left bound) when the admin bind fails.
-    let squatter = TcpListener::bind(ports.admin_addr()).expect("hold the admin port");
+    let squatter = TcpListener::bind("127.0.0.1:0").expect("hold a port");
+    let ports = Ports {
+        listen: common::free_ports(1)[0],
+        admin: squatter.local_addr().expect("squatted port").port(),
+    };
     let path = write_file(dir.path(), "t.toml", &Config::new().topology(ports));
     let done = broker(&path);
     assert!(!done.status.success(), "{done:?}");
