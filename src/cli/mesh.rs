@@ -42,10 +42,12 @@ pub async fn broker(topology: &Path, member: &str, repair: bool) -> anyhow::Resu
     refuse_unsupported(&topo)?;
     let mut opts = ServerOptions::from_topology(&topo, member).map_err(|e| anyhow!("{e}"))?;
     opts.repair = repair;
+    // Before serving: a SIGTERM sent as soon as /readyz answers must stop us gracefully.
+    let mut signals = Signals::install()?;
     let running = server::start(opts).await?;
     let token = running.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.recv().await;
         tracing::info!("signal received: shutting down");
         token.cancel();
     });
@@ -56,17 +58,29 @@ pub async fn broker(topology: &Path, member: &str, repair: bool) -> anyhow::Resu
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGINT and SIGTERM, caught from `install` on. Until a handler is installed a signal kills
+/// the process outright (no graceful shutdown, and `up` would orphan its members), so install
+/// before anything can be observed from outside; a signal that arrives while nobody is waiting
+/// is kept for the next `recv`.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
 
@@ -113,6 +127,7 @@ async fn monitor(
 pub async fn up(topology: &Path) -> anyhow::Result<()> {
     let topo = load(topology)?;
     refuse_unsupported(&topo)?;
+    let mut signals = Signals::install()?;
     let exe = std::env::current_exe()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
@@ -159,12 +174,17 @@ pub async fn up(topology: &Path) -> anyhow::Result<()> {
                 stop_members(&stop_tx, &mut exit_rx).await;
                 bail!("member {name} exited before the mesh was ready ({status})");
             }
+            _ = signals.recv() => {
+                println!("stopping {running} members");
+                stop_members(&stop_tx, &mut exit_rx).await;
+                return Ok(());
+            }
         }
     }
     print_urls(&topo);
     loop {
         tokio::select! {
-            _ = wait_for_signal() => break,
+            _ = signals.recv() => break,
             exit = exit_rx.recv() => match exit {
                 Some((name, status)) => {
                     println!("member {name} exited ({status})");

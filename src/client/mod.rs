@@ -388,11 +388,14 @@ impl Shared {
 }
 
 /// Ends the connection when the last handle goes.
-struct CloseOnDrop(CancellationToken);
+struct CloseOnDrop(Arc<Shared>);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        self.0.cancel();
+        self.0.stop.cancel();
+        // The connection task waits on this waker, not on the token: without the wake it
+        // would notice only at its next heartbeat tick, seconds later.
+        self.0.out_ready.wake();
     }
 }
 
@@ -536,7 +539,7 @@ impl Client {
             info,
             async_errors: Mutex::new(Vec::new()),
             async_error_count: AtomicU64::new(0),
-            stop: stop.clone(),
+            stop,
             ended: CancellationToken::new(),
             replies: tokio::sync::Mutex::new(None),
         });
@@ -547,8 +550,8 @@ impl Client {
             options.max_frame_size,
         ));
         Ok(Client {
+            _guard: Arc::new(CloseOnDrop(shared.clone())),
             shared,
-            _guard: Arc::new(CloseOnDrop(stop)),
         })
     }
 
