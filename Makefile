@@ -21,6 +21,9 @@ test: test-deps lint
 ## Tools the integration tests start for real (installed when missing).
 test-deps:
 	@command -v $(CARGO) >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
+	@command -v python3 >/dev/null || $(APT) python3 python3-pip
+	@python3 -c 'import stomp' 2>/dev/null || python3 -m pip install --quiet stomp.py \
+		|| python3 -m pip install --quiet --break-system-packages stomp.py
 
 lint:
 	$(CARGO) fmt --check
