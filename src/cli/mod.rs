@@ -3,3 +3,4 @@ pub mod bench;
 pub mod clients;
 pub mod http;
 pub mod mesh;
+pub mod stomp_load;
