@@ -693,6 +693,7 @@ async fn run_queue_stomp(args: &QueueArgs, addr: SocketAddr) -> anyhow::Result<R
         consumers.push(tokio::spawn(async move {
             let mut local = new_histogram();
             let mut unacked = 0u32;
+            let mut last = None;
             loop {
                 let m = tokio::select! {
                     m = conn.next_frame() => m?,
@@ -712,10 +713,17 @@ async fn run_queue_stomp(args: &QueueArgs, addr: SocketAddr) -> anyhow::Result<R
                     redelivered.fetch_add(1, Ordering::Relaxed);
                 }
                 stomp_ack(&mut conn, acks, &m, &mut unacked);
+                last = Some(m);
                 progress.add(count);
                 if progress.received.load(Ordering::Relaxed) >= count {
                     break;
                 }
+            }
+            // Acknowledge the tail too: what this consumer took must not return to the queue
+            // (and reach the others as redeliveries) when it disconnects.
+            if let (true, Some(id)) = (unacked > 0, last.as_ref().and_then(|m| m.header("ack"))) {
+                conn.frame(Command::Ack, &[("id", id), ("receipt", "tail")], &[]);
+                conn.receipt("tail").await?;
             }
             Ok::<_, anyhow::Error>(local)
         }));
