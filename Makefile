@@ -26,6 +26,9 @@ test-deps:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO $(APT) prometheus || { $$SUDO apt-get update && $$SUDO $(APT) prometheus; }; \
 	}
+	@command -v python3 >/dev/null || $(APT) python3 python3-pip
+	@python3 -c 'import stomp' 2>/dev/null || python3 -m pip install --quiet stomp.py \
+		|| python3 -m pip install --quiet --break-system-packages stomp.py
 
 lint:
 	$(CARGO) fmt --check

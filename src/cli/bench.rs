@@ -6,22 +6,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
+use anyhow::{anyhow, bail, Context};
 use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use meshmq::broker::Destination;
 use meshmq::client::{AckMode, Client, ClientOptions, Outgoing, SubscribeOptions};
 use meshmq::server::admin::MemberStatus;
+use meshmq::stomp::Command;
 
 use super::http;
 use super::spawn::{free_port, Spawned};
+use super::stomp_load::StompConn;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
-    /// Broker to load (tcp://HOST:PORT). Without it the bench starts its own broker.
+    /// Broker to load (tcp://HOST:PORT, or stomp://HOST:PORT with --protocol stomp). Without
+    /// it the bench starts its own broker.
     #[arg(long)]
     pub url: Option<String>,
     /// The broker's admin address (HOST:PORT), for RSS readings with --url.
@@ -44,6 +48,14 @@ impl From<AckArg> for AckMode {
             AckArg::Individual => AckMode::ClientIndividual,
         }
     }
+}
+
+/// The protocol the load generator's clients speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProtocolArg {
+    Native,
+    /// STOMP 1.2, on the broker's stomp:// listener.
+    Stomp,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -77,6 +89,8 @@ pub struct QueueArgs {
     /// Give up when nothing arrives for this many seconds.
     #[arg(long, default_value_t = 30)]
     pub idle_timeout: u64,
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Native)]
+    pub protocol: ProtocolArg,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -98,6 +112,8 @@ pub struct FanoutArgs {
     pub destination: String,
     #[arg(long, default_value_t = 30)]
     pub idle_timeout: u64,
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Native)]
+    pub protocol: ProtocolArg,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -151,6 +167,8 @@ pub struct Report {
 /// The broker a scenario loads: one it started, or one it was pointed at.
 struct BrokerUnderTest {
     url: String,
+    /// Its STOMP listener (the bench's own broker always has one).
+    stomp: Option<SocketAddr>,
     admin: Option<SocketAddr>,
     spawned: Option<Spawned>,
 }
@@ -159,14 +177,26 @@ impl BrokerUnderTest {
     /// `broker_keys`: extra `[broker]` keys for a broker the bench starts itself.
     async fn start(target: &Target, broker_keys: &str) -> anyhow::Result<BrokerUnderTest> {
         if let Some(url) = &target.url {
+            let stomp = match url.strip_prefix("stomp://") {
+                Some(addr) => Some(
+                    tokio::net::lookup_host(addr)
+                        .await
+                        .with_context(|| format!("cannot resolve {url}"))?
+                        .next()
+                        .ok_or_else(|| anyhow!("{url} resolves to no address"))?,
+                ),
+                None => None,
+            };
             return Ok(BrokerUnderTest {
                 url: url.clone(),
+                stomp,
                 admin: target.admin,
                 spawned: None,
             });
         }
         let port = free_port()?;
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let stomp_port = free_port()?;
         let topology = format!(
             r#"[mesh]
 name = "bench"
@@ -186,13 +216,28 @@ data_dir = "data"
 [[group.member.listener]]
 url = "tcp://127.0.0.1:{port}"
 max_connections = 100000
+
+[[group.member.listener]]
+url = "stomp://127.0.0.1:{stomp_port}"
+max_connections = 100000
 "#
         );
         let spawned = Spawned::start(&topology, &[("bench-1", admin)]).await?;
         Ok(BrokerUnderTest {
             url: format!("tcp://127.0.0.1:{port}"),
+            stomp: Some(SocketAddr::from(([127, 0, 0, 1], stomp_port))),
             admin: Some(admin),
             spawned: Some(spawned),
+        })
+    }
+
+    /// The STOMP listener to load with `--protocol stomp`.
+    fn stomp_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.stomp.ok_or_else(|| {
+            anyhow!(
+                "--protocol stomp loads a STOMP listener: give --url stomp://HOST:PORT (got {})",
+                self.url
+            )
         })
     }
 
@@ -340,7 +385,13 @@ pub async fn queue(args: &QueueArgs) -> anyhow::Result<Report> {
         bail!("--producers and --consumers must be at least 1");
     }
     let broker = BrokerUnderTest::start(&args.target, "").await?;
-    let result = run_queue(args, &broker.url).await;
+    let result = match args.protocol {
+        ProtocolArg::Native => run_queue(args, &broker.url).await,
+        ProtocolArg::Stomp => match broker.stomp_addr() {
+            Ok(addr) => run_queue_stomp(args, addr).await,
+            Err(e) => Err(e),
+        },
+    };
     broker.stop().await;
     result
 }
@@ -488,12 +539,247 @@ pub(crate) async fn run_queue_at(
     Ok(r)
 }
 
+/// A destination as STOMP clients name it (`queue://x` → `/queue/x`).
+fn stomp_destination(destination: &str) -> anyhow::Result<String> {
+    let d =
+        Destination::parse(destination).map_err(|e| anyhow!("--destination {destination}: {e}"))?;
+    Ok(meshmq::stomp::to_stomp_destination(&d))
+}
+
+/// Writes `body`'s send time and index in place (the layout `body` makes, without allocating).
+fn stamp_body(buf: &mut [u8], base: Instant, index: u64) {
+    buf[0..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_be_bytes());
+    buf[8..16].copy_from_slice(&index.to_be_bytes());
+}
+
+/// A STOMP producer writes once this much is buffered.
+const STOMP_WRITE_BATCH: usize = 64 * 1024;
+
+/// What one STOMP producer sends: indexes `first`, `first + step`, … below `count`.
+struct StompProducer {
+    addr: SocketAddr,
+    destination: String,
+    first: u64,
+    step: u64,
+    count: u64,
+    size: usize,
+    persistent: bool,
+    /// Wait for a receipt on every message (else only on the last).
+    receipts: bool,
+    rate: Option<u64>,
+}
+
+impl StompProducer {
+    /// Pipelined SENDs; returns once the broker has confirmed the last.
+    async fn run(self, base: Instant, sent: Arc<AtomicU64>) -> anyhow::Result<()> {
+        let mut conn = StompConn::connect(self.addr).await?;
+        let mut body = vec![b'x'; self.size.max(16)];
+        let mut pacer = Pacer {
+            start: Instant::now(),
+            per_sec: self.rate,
+            sent: 0,
+        };
+        let mut receipt = String::new();
+        let mut i = self.first;
+        while i < self.count {
+            stamp_body(&mut body, base, i);
+            let last = i + self.step >= self.count;
+            receipt.clear();
+            if self.receipts || last {
+                use std::fmt::Write;
+                let _ = write!(receipt, "r{i}");
+            }
+            let mut headers = [("destination", self.destination.as_str()); 3];
+            let mut n = 1;
+            if self.persistent {
+                headers[n] = ("persistent", "true");
+                n += 1;
+            }
+            if !receipt.is_empty() {
+                headers[n] = ("receipt", receipt.as_str());
+                n += 1;
+            }
+            conn.frame(Command::Send, &headers[..n], &body);
+            sent.fetch_add(1, Ordering::Relaxed);
+            if !receipt.is_empty() {
+                conn.receipt(&receipt).await?;
+            } else if self.rate.is_some() {
+                conn.flush_to(1).await?;
+            } else if conn.buffered() >= STOMP_WRITE_BATCH {
+                conn.flush_to(STOMP_WRITE_BATCH).await?;
+            }
+            pacer.wait().await;
+            i += self.step;
+        }
+        Ok(())
+    }
+}
+
+/// How a STOMP consumer acknowledges: every message (`client-individual`), or cumulatively
+/// every `every` messages (`client`).
+#[derive(Clone, Copy)]
+enum StompAcks {
+    Each,
+    Every(u32),
+}
+
+impl StompAcks {
+    fn new(ack: AckArg, prefetch: u32) -> StompAcks {
+        match ack {
+            AckArg::Individual => StompAcks::Each,
+            AckArg::Auto | AckArg::Client => StompAcks::Every((prefetch / 2).max(1)),
+        }
+    }
+
+    fn header(self) -> &'static str {
+        match self {
+            StompAcks::Each => "client-individual",
+            StompAcks::Every(_) => "client",
+        }
+    }
+}
+
+/// Acknowledges `m` when it is due; `unacked` counts the messages not acknowledged yet.
+fn stomp_ack(conn: &mut StompConn, acks: StompAcks, m: &meshmq::stomp::Frame, unacked: &mut u32) {
+    *unacked += 1;
+    let due = match acks {
+        StompAcks::Each => true,
+        StompAcks::Every(n) => *unacked >= n,
+    };
+    if let (true, Some(id)) = (due, m.header("ack")) {
+        conn.frame(Command::Ack, &[("id", id)], &[]);
+        *unacked = 0;
+    }
+}
+
+async fn run_queue_stomp(args: &QueueArgs, addr: SocketAddr) -> anyhow::Result<Report> {
+    let base = Instant::now();
+    let destination = stomp_destination(&args.destination)?;
+    let seen = Arc::new(Seen::new(args.count));
+    let progress = Progress::new();
+    let dups = Arc::new(AtomicU64::new(0));
+    let redelivered = Arc::new(AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let acks = StompAcks::new(args.ack, args.prefetch);
+    let mut consumers = Vec::new();
+    for c in 0..args.consumers {
+        let mut conn = StompConn::connect(addr).await?;
+        conn.subscribe(&destination, &format!("c{c}"), acks.header(), args.prefetch)
+            .await?;
+        let (seen, progress, dups, redelivered, stop) = (
+            seen.clone(),
+            progress.clone(),
+            dups.clone(),
+            redelivered.clone(),
+            stop.clone(),
+        );
+        let count = args.count;
+        consumers.push(tokio::spawn(async move {
+            let mut local = new_histogram();
+            let mut unacked = 0u32;
+            let mut last = None;
+            loop {
+                let m = tokio::select! {
+                    m = conn.next_frame() => m?,
+                    _ = stop.cancelled() => break,
+                };
+                if m.command != Command::Message {
+                    continue;
+                }
+                let again = m.header("redelivered").is_some();
+                if let Some((lat, idx)) = read_body(base, &m.body) {
+                    let _ = local.record(lat.max(1));
+                    if !seen.mark(idx) && !again {
+                        dups.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if again {
+                    redelivered.fetch_add(1, Ordering::Relaxed);
+                }
+                stomp_ack(&mut conn, acks, &m, &mut unacked);
+                last = Some(m);
+                progress.add(count);
+                if progress.received.load(Ordering::Relaxed) >= count {
+                    break;
+                }
+            }
+            // Acknowledge the tail too: what this consumer took must not return to the queue
+            // (and reach the others as redeliveries) when it disconnects.
+            if let (true, Some(id)) = (unacked > 0, last.as_ref().and_then(|m| m.header("ack"))) {
+                conn.frame(Command::Ack, &[("id", id), ("receipt", "tail")], &[]);
+                conn.receipt("tail").await?;
+            }
+            Ok::<_, anyhow::Error>(local)
+        }));
+    }
+    let started = Instant::now();
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut producers = Vec::new();
+    for p in 0..args.producers {
+        let producer = StompProducer {
+            addr,
+            destination: destination.clone(),
+            first: p as u64,
+            step: args.producers as u64,
+            count: args.count,
+            size: args.size,
+            persistent: args.persistent,
+            receipts: args.receipts,
+            rate: args.rate.map(|r| (r / args.producers as u64).max(1)),
+        };
+        producers.push(tokio::spawn(producer.run(base, sent.clone())));
+    }
+    for p in producers {
+        p.await??;
+    }
+    progress
+        .wait(args.count, Duration::from_secs(args.idle_timeout))
+        .await;
+    let elapsed = progress.last.lock().duration_since(started);
+    stop.cancel();
+    let mut hist = new_histogram();
+    for c in consumers {
+        hist.add(&c.await??).ok();
+    }
+    let received = seen.count();
+    let mut r = Report {
+        scenario: "queue".into(),
+        params: format!(
+            "{}P/{}C {}B{}{} ack={:?} stomp",
+            args.producers,
+            args.consumers,
+            args.size,
+            if args.persistent { " persistent" } else { "" },
+            if args.receipts { " receipts" } else { "" },
+            args.ack
+        )
+        .to_lowercase(),
+        rate: received as f64 / elapsed.as_secs_f64(),
+        unit: "msg/s".into(),
+        sent: sent.load(Ordering::Relaxed),
+        received,
+        seconds: elapsed.as_secs_f64(),
+        lost: args.count - received,
+        duplicates: dups.load(Ordering::Relaxed),
+        redelivered: redelivered.load(Ordering::Relaxed),
+        ..Report::default()
+    };
+    fill_latency(&mut r, &hist);
+    Ok(r)
+}
+
 pub async fn fanout(args: &FanoutArgs) -> anyhow::Result<Report> {
     // Every subscriber keeps the whole run pending if it must: the benchmark measures
     // deliveries, not the slow-subscriber discard policy.
     let keys = format!("topic_pending_limit = {}", args.count.max(1));
     let broker = BrokerUnderTest::start(&args.target, &keys).await?;
-    let result = run_fanout(args, &broker.url).await;
+    let result = match args.protocol {
+        ProtocolArg::Native => run_fanout(args, &broker.url).await,
+        ProtocolArg::Stomp => match broker.stomp_addr() {
+            Ok(addr) => run_fanout_stomp(args, addr).await,
+            Err(e) => Err(e),
+        },
+    };
     broker.stop().await;
     result
 }
@@ -582,6 +868,98 @@ async fn run_fanout(args: &FanoutArgs, url: &str) -> anyhow::Result<Report> {
         ..Report::default()
     };
     fill_latency(&mut r, &hist.lock());
+    Ok(r)
+}
+
+async fn run_fanout_stomp(args: &FanoutArgs, addr: SocketAddr) -> anyhow::Result<Report> {
+    let base = Instant::now();
+    let destination = stomp_destination(&args.destination)?;
+    let expected = args.count * args.subscribers as u64;
+    let progress = Progress::new();
+    let lost = Arc::new(AtomicU64::new(0));
+    let dups = Arc::new(AtomicU64::new(0));
+    let acks = StompAcks::new(AckArg::Client, args.prefetch);
+    let mut subs = Vec::new();
+    for s in 0..args.subscribers {
+        let mut conn = StompConn::connect(addr).await?;
+        conn.subscribe(&destination, &format!("s{s}"), acks.header(), args.prefetch)
+            .await?;
+        let (progress, lost, dups) = (progress.clone(), lost.clone(), dups.clone());
+        let count = args.count;
+        let idle = Duration::from_secs(args.idle_timeout);
+        subs.push(tokio::spawn(async move {
+            let mut local = new_histogram();
+            let mut next_index = 0u64;
+            let mut got = 0u64;
+            let mut unacked = 0u32;
+            while next_index < count {
+                let Ok(m) = tokio::time::timeout(idle, conn.next_frame()).await else {
+                    break;
+                };
+                let m = m?;
+                if m.command != Command::Message {
+                    continue;
+                }
+                stomp_ack(&mut conn, acks, &m, &mut unacked);
+                if let Some((lat, idx)) = read_body(base, &m.body) {
+                    let _ = local.record(lat.max(1));
+                    if idx < next_index {
+                        dups.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    next_index = idx + 1;
+                }
+                got += 1;
+                progress.add(expected);
+            }
+            lost.fetch_add(count.saturating_sub(got), Ordering::Relaxed);
+            Ok::<_, anyhow::Error>(local)
+        }));
+    }
+    let started = Instant::now();
+    StompProducer {
+        addr,
+        destination,
+        first: 0,
+        step: 1,
+        count: args.count,
+        size: args.size,
+        persistent: false,
+        receipts: false,
+        rate: args.rate,
+    }
+    .run(base, Arc::new(AtomicU64::new(0)))
+    .await?;
+    progress
+        .wait(expected, Duration::from_secs(args.idle_timeout))
+        .await;
+    let elapsed = progress.last.lock().duration_since(started);
+    let mut hist = new_histogram();
+    for s in subs {
+        match tokio::time::timeout(Duration::from_secs(args.idle_timeout + 5), s).await {
+            Ok(done) => {
+                hist.add(&done??).ok();
+            }
+            Err(_) => bail!("a subscriber did not finish"),
+        }
+    }
+    let received = progress.received.load(Ordering::Relaxed);
+    let mut r = Report {
+        scenario: "fanout".into(),
+        params: format!(
+            "1P -> {} subscribers {}B stomp",
+            args.subscribers, args.size
+        ),
+        rate: received as f64 / elapsed.as_secs_f64(),
+        unit: "deliveries/s".into(),
+        sent: args.count,
+        received,
+        seconds: elapsed.as_secs_f64(),
+        lost: lost.load(Ordering::Relaxed),
+        duplicates: dups.load(Ordering::Relaxed),
+        ..Report::default()
+    };
+    fill_latency(&mut r, &hist);
     Ok(r)
 }
 
@@ -729,7 +1107,7 @@ pub async fn suite(args: &SuiteArgs) -> anyhow::Result<Vec<Report>> {
         url: None,
         admin: None,
     };
-    let q = |p: usize, c: usize| QueueArgs {
+    let q = |p: usize, c: usize, protocol: ProtocolArg| QueueArgs {
         target: local.clone(),
         producers: p,
         consumers: c,
@@ -742,14 +1120,9 @@ pub async fn suite(args: &SuiteArgs) -> anyhow::Result<Vec<Report>> {
         rate: None,
         destination: "queue://bench".into(),
         idle_timeout: 30,
+        protocol,
     };
-    let mut reports = Vec::new();
-    for (p, c) in [(1, 1), (4, 4)] {
-        let r = queue(&q(p, c)).await?;
-        println!("{}", serde_json::to_string(&r)?);
-        reports.push(r);
-    }
-    let r = fanout(&FanoutArgs {
+    let fan = |protocol: ProtocolArg| FanoutArgs {
         target: local.clone(),
         subscribers: 100,
         count: 20_000 / scale,
@@ -758,10 +1131,23 @@ pub async fn suite(args: &SuiteArgs) -> anyhow::Result<Vec<Report>> {
         rate: None,
         destination: "topic://bench.fanout".into(),
         idle_timeout: 30,
-    })
-    .await?;
-    println!("{}", serde_json::to_string(&r)?);
-    reports.push(r);
+        protocol,
+    };
+    let mut reports = Vec::new();
+    for (p, c, protocol) in [
+        (1, 1, ProtocolArg::Native),
+        (4, 4, ProtocolArg::Native),
+        (4, 4, ProtocolArg::Stomp),
+    ] {
+        let r = queue(&q(p, c, protocol)).await?;
+        println!("{}", serde_json::to_string(&r)?);
+        reports.push(r);
+    }
+    for protocol in [ProtocolArg::Native, ProtocolArg::Stomp] {
+        let r = fanout(&fan(protocol)).await?;
+        println!("{}", serde_json::to_string(&r)?);
+        reports.push(r);
+    }
     let r = connections(&ConnectionsArgs {
         target: local,
         connections: if args.quick { 2_000 } else { 10_000 },

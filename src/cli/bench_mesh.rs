@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::bail;
 use serde::Serialize;
 
-use super::bench::{queue, run_queue_at, AckArg, QueueArgs, Report, Target};
+use super::bench::{queue, run_queue_at, AckArg, ProtocolArg, QueueArgs, Report, Target};
 use super::spawn::{free_port, Spawned};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -106,6 +106,7 @@ fn queue_args(args: &MeshArgs, rate: Option<u64>, count: u64) -> QueueArgs {
         rate,
         destination: "queue://bench.mesh".into(),
         idle_timeout: 30,
+        protocol: ProtocolArg::Native,
     }
 }
 

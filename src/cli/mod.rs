@@ -5,3 +5,4 @@ pub mod clients;
 pub mod http;
 pub mod mesh;
 pub mod spawn;
+pub mod stomp_load;

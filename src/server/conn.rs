@@ -213,6 +213,12 @@ impl<P: Protocol> Driver<P> {
     /// Serves the connection until it ends; returns why.
     pub async fn run(&mut self, shutdown: &CancellationToken) -> &'static str {
         let reason = self.run_loop(shutdown).await;
+        self.end_session();
+        reason
+    }
+
+    /// Undoes what must not outlive the connection and closes the session (idempotent).
+    fn end_session(&mut self) {
         let mut cx = Cx {
             session: &mut self.session,
             ctx: &self.ctx,
@@ -221,7 +227,6 @@ impl<P: Protocol> Driver<P> {
         self.proto.on_close(&mut cx);
         self.deliveries.clear();
         self.session.close();
-        reason
     }
 
     async fn run_loop(&mut self, shutdown: &CancellationToken) -> &'static str {
@@ -243,7 +248,9 @@ impl<P: Protocol> Driver<P> {
             }
             self.fill();
             let reading = self.blocked.is_none() && self.pump.wbuf.len() < WRITE_BACKLOG_LIMIT;
-            let outbox = self.session.outbox().clone();
+            // A disconnecting client's session has ended: its closed outbox would wake us
+            // at once, forever.
+            let outbox = (!self.disconnecting).then(|| self.session.outbox().clone());
             let broker = self.session.broker().clone();
             let blocked = self
                 .blocked
@@ -268,7 +275,10 @@ impl<P: Protocol> Driver<P> {
                 }
             };
             tokio::select! {
-                ev = self.pump.next_event(reading, REFILL_BELOW, |cx| outbox.poll_ready(cx)) => match ev {
+                ev = self.pump.next_event(reading, REFILL_BELOW, |cx| match &outbox {
+                    Some(o) => o.poll_ready(cx),
+                    None => std::task::Poll::Pending,
+                }) => match ev {
                     Ok(IoEvent::Read) => {
                         self.last_read = Instant::now();
                         self.process_frames();
@@ -399,7 +409,13 @@ impl<P: Protocol> Driver<P> {
                 message,
                 receipt,
             } => self.send(target, message, receipt),
-            Reply::Disconnect => self.disconnecting = true,
+            Reply::Disconnect => {
+                // A client may reconnect (with the same client id, to the same durable
+                // subscriptions) the moment it reads its DISCONNECT receipt, which is written
+                // after this: the session ends now, not once the socket has closed.
+                self.end_session();
+                self.disconnecting = true;
+            }
         }
     }
 

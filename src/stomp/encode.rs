@@ -35,7 +35,10 @@ pub fn encode_message<'a>(
     encode_parts(Command::Message, version, headers, body, dst);
 }
 
-fn encode_parts<'a>(
+/// Appends a frame of any command from borrowed parts, as [`encode`] would write it, without
+/// building a [`Frame`] (for clients sending at a high rate: SEND, ACK). A `content-length`
+/// among `headers` is replaced by the body's real length.
+pub fn encode_parts<'a>(
     command: Command,
     version: Version,
     headers: impl IntoIterator<Item = (&'a str, &'a str)>,
