@@ -246,6 +246,7 @@ pub(crate) struct ListenerMetrics {
     received: Counter,
     delivered: Counter,
     blocked: Counter,
+    write_batch: metrics::Histogram,
 }
 
 impl ListenerMetrics {
@@ -260,7 +261,8 @@ impl ListenerMetrics {
             bad_frames: counter!(m::BAD_FRAMES, "listener" => l.clone(), "protocol" => p),
             received: counter!(m::MESSAGES_RECEIVED, "listener" => l.clone(), "protocol" => p),
             delivered: counter!(m::MESSAGES_DELIVERED, "listener" => l.clone(), "protocol" => p),
-            blocked: counter!(m::PRODUCER_BLOCKS, "listener" => l, "protocol" => p),
+            blocked: counter!(m::PRODUCER_BLOCKS, "listener" => l.clone(), "protocol" => p),
+            write_batch: metrics::histogram!(m::DISPATCH_BATCH, "listener" => l, "protocol" => p),
         }
     }
 
@@ -283,6 +285,10 @@ impl ListenerMetrics {
 
     fn delivered(&self, n: u64) {
         self.delivered.increment(n);
+    }
+
+    fn write_batch(&self, n: u64) {
+        self.write_batch.record(n as f64);
     }
 
     fn producer_blocked(&self) {
