@@ -113,11 +113,18 @@ pub enum Action {
 pub enum Role {
     /// Waiting for a master or an election; our published position is final.
     Candidate,
-    Following { master: String, epoch: u64 },
+    Following {
+        master: String,
+        epoch: u64,
+    },
     /// Our replication client is stopping.
     Unfollowing,
-    Claiming { epoch: u64 },
-    Master { epoch: u64 },
+    Claiming {
+        epoch: u64,
+    },
+    Master {
+        epoch: u64,
+    },
     /// Our term is stopping.
     Resigning,
 }
@@ -224,7 +231,11 @@ impl Machine {
     /// A fresh read of the group.
     pub fn handle_view(&mut self, view: View, now: Instant) {
         self.epoch = self.epoch.max(view.epoch);
-        if let Some(me) = view.members.iter().find(|s| s.info.name == self.config.name) {
+        if let Some(me) = view
+            .members
+            .iter()
+            .find(|s| s.info.name == self.config.name)
+        {
             // What ZooKeeper holds for us is what we published (the driver re-publishes a
             // lost write on the next view).
             if self.published.as_ref() != Some(&me.info) {
@@ -283,8 +294,8 @@ impl Machine {
             self.published = Some(self.announce());
             self.actions.push_back(Action::Serve { epoch });
         } else {
+            // Nothing was written: our znode still holds our candidacy.
             self.role = Role::Candidate;
-            self.published = None;
         }
         self.evaluate(now);
     }
@@ -334,12 +345,15 @@ impl Machine {
         }
     }
 
-    fn publish(&mut self) {
+    /// Queues a write of our announcement if it changed; true when one was queued.
+    fn publish(&mut self) -> bool {
         let a = self.announce();
-        if self.published.as_ref() != Some(&a) {
-            self.published = Some(a.clone());
-            self.actions.push_back(Action::Publish(a));
+        if self.published.as_ref() == Some(&a) {
+            return false;
         }
+        self.published = Some(a.clone());
+        self.actions.push_back(Action::Publish(a));
+        true
     }
 
     fn evaluate(&mut self, now: Instant) {
@@ -369,8 +383,10 @@ impl Machine {
                     // ended): an epoch we never served. Announce we are a candidate; the
                     // election that follows moves past it.
                 }
-                self.publish();
-                self.maybe_claim(&view);
+                // A claim must check the version our write creates: wait for the next view.
+                if !self.publish() {
+                    self.maybe_claim(&view);
+                }
             }
             Role::Following { master, epoch } => {
                 let still = view.live_master().is_some_and(|m| m.info.name == master)
@@ -405,7 +421,11 @@ impl Machine {
         let me = &self.config.name;
         // Our own znode must show our final candidacy, or others cannot count us.
         let mine = self.announce();
-        if !view.members.iter().any(|s| &s.info.name == me && s.info == mine) {
+        if !view
+            .members
+            .iter()
+            .any(|s| &s.info.name == me && s.info == mine)
+        {
             return;
         }
         if view
@@ -517,7 +537,10 @@ mod tests {
         m.handle_claimed(true, t, t);
         assert_eq!(m.poll_action(), Some(Action::Serve { epoch: 2 }));
         assert!(m.may_commit(t));
-        assert!(!m.may_commit(t + Duration::from_millis(1600)), "lease ran out");
+        assert!(
+            !m.may_commit(t + Duration::from_millis(1600)),
+            "lease ran out"
+        );
     }
 
     #[test]
@@ -529,10 +552,7 @@ mod tests {
         following.phase = Phase::Following;
         m.handle_view(
             View {
-                members: vec![
-                    seen(candidate("a", 1, 9), 0),
-                    seen(candidate("b", 1, 7), 0),
-                ],
+                members: vec![seen(candidate("a", 1, 9), 0), seen(candidate("b", 1, 7), 0)],
                 epoch: 1,
                 epoch_version: 0,
             },
@@ -582,7 +602,10 @@ mod tests {
             Some(Action::Publish(a)) => assert_eq!(a.phase, Phase::Following),
             other => panic!("expected to announce following first, got {other:?}"),
         }
-        assert!(matches!(m.poll_action(), Some(Action::Follow { epoch: 2, .. })));
+        assert!(matches!(
+            m.poll_action(),
+            Some(Action::Follow { epoch: 2, .. })
+        ));
         m.handle_view(
             View {
                 members: vec![seen(candidate("b", 2, 7), 1)],
@@ -592,11 +615,23 @@ mod tests {
             t,
         );
         assert_eq!(m.poll_action(), Some(Action::StopFollowing));
-        m.handle_stopped(Position { epoch: 2, index: 12 }, t);
+        m.handle_stopped(
+            Position {
+                epoch: 2,
+                index: 12,
+            },
+            t,
+        );
         match m.poll_action() {
             Some(Action::Publish(a)) => {
                 assert_eq!(a.phase, Phase::Candidate);
-                assert_eq!(a.position, Position { epoch: 2, index: 12 });
+                assert_eq!(
+                    a.position,
+                    Position {
+                        epoch: 2,
+                        index: 12
+                    }
+                );
             }
             other => panic!("expected a final candidacy, got {other:?}"),
         }
@@ -609,10 +644,7 @@ mod tests {
         m.handle_session(Session::Connected, t);
         m.handle_view(
             View {
-                members: vec![
-                    seen(candidate("a", 1, 9), 0),
-                    seen(candidate("b", 1, 7), 0),
-                ],
+                members: vec![seen(candidate("a", 1, 9), 0), seen(candidate("b", 1, 7), 0)],
                 epoch: 1,
                 epoch_version: 0,
             },
