@@ -79,6 +79,9 @@ enum BenchCommand {
     Connections(ConnectionsArgs),
     /// A producer on a hub, consumers on two edges, against one broker.
     Mesh(cli::bench_mesh::MeshArgs),
+    /// A replicated group: quorum_mem against local_mem, then master kills timed to the first
+    /// receipt from the new master (starts its own ZooKeeper).
+    Ha(cli::bench_ha::HaArgs),
     /// The standard set, as a table (what `make bench` runs).
     Suite(SuiteArgs),
 }
@@ -161,6 +164,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         println!("{}", serde_json::to_string(r)?);
                     }
                     println!("{}", serde_json::to_string(&summary)?);
+                    return Ok(());
+                }
+                BenchCommand::Ha(a) => {
+                    for r in cli::bench_ha::ha(&a).await? {
+                        println!("{}", serde_json::to_string(&r)?);
+                    }
                     return Ok(());
                 }
                 BenchCommand::Suite(a) => {
