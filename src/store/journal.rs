@@ -6,7 +6,16 @@
 //! (`local_disk`), and then publishes the synced index. Every append that arrived while a sync
 //! was running shares the next one: that is the group commit. Segments are preallocated with
 //! `fallocate`, so a write never grows a file and running out of space shows up when a segment
-//! is created — where it is handled like `store_limit`: the batch waits and is retried.
+//! is created — where it is handled like `store_limit`.
+//!
+//! Full is never a dead end: checkpoints (which let old segments go) wait until everything
+//! appended is written, and consumers' acknowledgements are appended behind what producers sent.
+//! So at `store_limit` the journal may create one segment beyond it, and it keeps a reserve file
+//! of one segment that it deletes when the disk is full; spending either makes the journal
+//! `full` — new persistent sends wait or fail — while what was already accepted, and the
+//! acknowledgements after it, are written and checkpoints go on. The journal is not full again
+//! once its segments are back under the limit and the reserve file could be made again. (Flow
+//! control keeps what may be accepted but unwritten to half a segment, so the reserve holds it.)
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -47,6 +56,9 @@ pub(crate) fn segment_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.log"))
 }
 
+/// The reserve file: one segment of disk space the journal gives up when the disk is full.
+pub(crate) const RESERVE_FILE: &str = "reserve";
+
 /// One segment file.
 #[derive(Debug)]
 pub(crate) struct Segment {
@@ -68,29 +80,35 @@ impl Segment {
     }
 }
 
-/// Creates and preallocates a segment file.
-pub(crate) fn create_segment(dir: &Path, first: u64, capacity: u64) -> Result<Segment, StoreError> {
-    let path = segment_path(dir, first);
+/// Creates a file of `size` bytes, allocated on disk (a full disk is `NoSpace`).
+fn allocate(path: &Path, size: u64) -> Result<File, StoreError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
-        .open(&path)
-        .map_err(|e| StoreError::io(&path, "create", e))?;
+        .open(path)
+        .map_err(|e| StoreError::io(path, "create", e))?;
     // SAFETY: fallocate on a descriptor we own, with in-range arguments.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, capacity as libc::off_t) };
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size as libc::off_t) };
     if rc != 0 {
         let err = io::Error::from_raw_os_error(rc);
         drop(file);
-        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(path);
         return Err(if rc == libc::ENOSPC {
             StoreError::NoSpace {
                 path: path.display().to_string(),
             }
         } else {
-            StoreError::io(&path, "preallocate", err)
+            StoreError::io(path, "preallocate", err)
         });
     }
+    Ok(file)
+}
+
+/// Creates and preallocates a segment file.
+pub(crate) fn create_segment(dir: &Path, first: u64, capacity: u64) -> Result<Segment, StoreError> {
+    let path = segment_path(dir, first);
+    let file = allocate(&path, capacity)?;
     sync_dir(dir)?;
     Ok(Segment {
         first,
@@ -133,13 +151,62 @@ pub(crate) struct Shared {
     pub segments: RwLock<Vec<Segment>>,
     synced: tokio::sync::watch::Sender<u64>,
     failed: Mutex<Option<String>>,
-    full: AtomicBool,
+    /// The writer waits for space (even the reserve is spent).
+    stuck: AtomicBool,
+    /// A segment beyond `store_limit` exists.
+    over_limit: AtomicBool,
+    /// The reserve file is not there (given up to a full disk, or it could not be made).
+    reserve_missing: AtomicBool,
+    /// `next_index` of the newest checkpoint on disk (0: none).
+    checkpointed: AtomicU64,
+    /// Told each time a new segment is started (a checkpoint may let old ones go).
+    started_segment: tokio::sync::Notify,
     unsynced_bytes: AtomicU64,
     disk_bytes: AtomicU64,
     stop: AtomicBool,
     on_synced: RwLock<Option<SyncedHook>>,
     pub fsyncs: AtomicU64,
     pub appended_bytes: AtomicU64,
+}
+
+impl Shared {
+    fn is_full(&self) -> bool {
+        self.stuck.load(Ordering::Relaxed)
+            || self.over_limit.load(Ordering::Relaxed)
+            || self.reserve_missing.load(Ordering::Relaxed)
+    }
+
+    fn reserve_path(&self) -> PathBuf {
+        self.dir.join(RESERVE_FILE)
+    }
+
+    /// Deletes the reserve file to make room for a segment; false when there is none.
+    fn give_up_reserve(&self) -> bool {
+        if self.reserve_missing.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        std::fs::remove_file(self.reserve_path()).is_ok()
+    }
+
+    /// Makes the reserve file when it is missing (at start, and once a full disk has room
+    /// again).
+    fn restore_reserve(&self) {
+        let path = self.reserve_path();
+        let size = self.options.segment_size;
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() >= size) {
+            self.reserve_missing.store(false, Ordering::Relaxed);
+            return;
+        }
+        let _ = std::fs::remove_file(&path);
+        match allocate(&path, size).and_then(|_| sync_dir(&self.dir)) {
+            Ok(()) => self.reserve_missing.store(false, Ordering::Relaxed),
+            Err(e) => {
+                if !self.reserve_missing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "no room for the journal's reserve: persistent sends wait until there is");
+                }
+            }
+        }
+    }
 }
 
 /// The journal handle.
@@ -156,6 +223,7 @@ impl Journal {
         options: JournalOptions,
         segments: Vec<Segment>,
         next_index: u64,
+        checkpointed: u64,
     ) -> Journal {
         let disk: u64 = segments.iter().map(|s| s.capacity).sum();
         let shared = Arc::new(Shared {
@@ -167,7 +235,11 @@ impl Journal {
             segments: RwLock::new(segments),
             synced: tokio::sync::watch::Sender::new(next_index.saturating_sub(1)),
             failed: Mutex::new(None),
-            full: AtomicBool::new(false),
+            stuck: AtomicBool::new(false),
+            over_limit: AtomicBool::new(false),
+            reserve_missing: AtomicBool::new(false),
+            checkpointed: AtomicU64::new(checkpointed),
+            started_segment: tokio::sync::Notify::new(),
             unsynced_bytes: AtomicU64::new(0),
             disk_bytes: AtomicU64::new(disk),
             stop: AtomicBool::new(false),
@@ -175,6 +247,10 @@ impl Journal {
             fsyncs: AtomicU64::new(0),
             appended_bytes: AtomicU64::new(0),
         });
+        if let Some(limit) = shared.options.store_limit {
+            shared.over_limit.store(disk > limit, Ordering::Relaxed);
+        }
+        shared.restore_reserve();
         let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("meshmq-journal".into())
@@ -236,15 +312,17 @@ impl Journal {
         *self.shared.on_synced.write() = Some(f);
     }
 
-    /// False while the store is at its limit (or the disk is full), or the writer is far behind.
+    /// False while the journal is full (at its limit, or the disk is), or the writer is behind
+    /// by half a segment (what the reserve must be able to hold) or 64 MiB.
     pub fn has_room(&self) -> bool {
-        !self.shared.full.load(Ordering::Relaxed)
-            && self.shared.unsynced_bytes.load(Ordering::Relaxed) < 64 << 20
+        let behind = (self.shared.options.segment_size / 2).min(64 << 20);
+        !self.is_full()
+            && self.shared.unsynced_bytes.load(Ordering::Relaxed) < behind
             && self.failure().is_none()
     }
 
     pub fn is_full(&self) -> bool {
-        self.shared.full.load(Ordering::Relaxed)
+        self.shared.is_full()
     }
 
     /// Bytes of segment files on disk.
@@ -320,8 +398,26 @@ impl Journal {
         }
     }
 
-    /// Deletes segments that hold only records before `before` and no live message.
-    /// Returns how many were deleted.
+    /// Resolves once the writer has started a new segment since the last call.
+    pub async fn segment_started(&self) {
+        self.shared.started_segment.notified().await
+    }
+
+    /// Notes that a checkpoint covering every record before `next_index` is on disk.
+    pub(crate) fn checkpointed(&self, next_index: u64) {
+        self.shared
+            .checkpointed
+            .fetch_max(next_index, Ordering::Relaxed);
+    }
+
+    /// `next_index` of the newest checkpoint on disk (0: none).
+    pub(crate) fn last_checkpoint(&self) -> u64 {
+        self.shared.checkpointed.load(Ordering::Relaxed)
+    }
+
+    /// Deletes segments that hold only records before `before` and no live message, then
+    /// takes back what a full journal spent of its reserve if there is room again.
+    /// Returns how many segments were deleted.
     pub fn collect_garbage(&self, before: u64) -> usize {
         let mut deleted = 0;
         let mut segs = self.shared.segments.write();
@@ -344,10 +440,16 @@ impl Journal {
         drop(segs);
         if deleted > 0 {
             let _ = sync_dir(&self.shared.dir);
-            if self.shared.full.load(Ordering::Relaxed) {
-                // The writer retries its waiting batch now there may be room.
-                self.shared.wake.notify_one();
+        }
+        if let Some(limit) = self.shared.options.store_limit {
+            if self.disk_bytes() <= limit {
+                self.shared.over_limit.store(false, Ordering::Relaxed);
             }
+        }
+        self.shared.restore_reserve();
+        if self.shared.stuck.load(Ordering::Relaxed) {
+            // The writer retries its waiting batch now there may be room.
+            self.shared.wake.notify_one();
         }
         deleted
     }
@@ -384,10 +486,10 @@ fn writer(shared: Arc<Shared>) {
             std::mem::swap(&mut carry, &mut spare);
         }
         match write_batch(&shared, &mut carry) {
-            Ok(()) => shared.full.store(false, Ordering::Relaxed),
+            Ok(()) => shared.stuck.store(false, Ordering::Relaxed),
             Err(StoreError::NoSpace { path }) => {
-                if !shared.full.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(%path, "journal full (store_limit or disk): persistent sends wait until consumers free space");
+                if !shared.stuck.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(%path, "journal full (store_limit or disk) and its reserve spent: writes wait until consumers free space");
                 }
                 if shared.stop.load(Ordering::Acquire) {
                     return;
@@ -481,8 +583,12 @@ fn write_frames(
         if take == 0 {
             let first = batch.frames[*i].0;
             let need = (batch.frames[*i].1 as u64).max(shared.options.segment_size);
-            if let Some(limit) = shared.options.store_limit {
-                if shared.disk_bytes.load(Ordering::Relaxed) + need > limit {
+            let beyond_limit = shared
+                .options
+                .store_limit
+                .filter(|limit| shared.disk_bytes.load(Ordering::Relaxed) + need > *limit);
+            if let Some(limit) = beyond_limit {
+                if shared.over_limit.load(Ordering::Relaxed) {
                     return Err(StoreError::NoSpace {
                         path: format!("{} (store_limit {limit} bytes)", shared.dir.display()),
                     });
@@ -497,9 +603,20 @@ fn write_frames(
                         .map_err(|e| StoreError::io(&active.path, "sync", e))?;
                 }
             }
-            let seg = create_segment(&shared.dir, first, need)?;
+            let seg = match create_segment(&shared.dir, first, need) {
+                Err(StoreError::NoSpace { path }) if shared.give_up_reserve() => {
+                    tracing::warn!(%path, "journal full (the disk): persistent sends wait until consumers free space; the journal's reserve takes what was already accepted");
+                    create_segment(&shared.dir, first, need)?
+                }
+                created => created?,
+            };
+            if let Some(limit) = beyond_limit {
+                shared.over_limit.store(true, Ordering::Relaxed);
+                tracing::warn!(limit, "journal full (store_limit): persistent sends wait until consumers free space; one segment beyond the limit takes what was already accepted");
+            }
             shared.disk_bytes.fetch_add(seg.capacity, Ordering::Relaxed);
             segs.push(seg);
+            shared.started_segment.notify_one();
             continue;
         }
         let seg = segs

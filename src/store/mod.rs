@@ -9,7 +9,9 @@
 //! written (`local_mem`) or written and `fdatasync`ed (`local_disk`); recovery keeps every
 //! record before a torn tail, cuts the tail, and refuses to start — naming the file and the
 //! offset — when damage is followed by valid data, unless told to `--repair`; a segment is
-//! deleted only when a checkpoint covers all its records and none of its messages is live.
+//! deleted only when a checkpoint covers all its records and none of its messages is live; a
+//! full journal (store limit or disk) keeps writing what it already accepted into its one-segment
+//! reserve, so acknowledgements and checkpoints still get through and free space.
 
 mod frame;
 mod journal;
@@ -109,6 +111,7 @@ impl Store {
             },
             segments,
             recovered.next_index,
+            recovered.checkpointed,
         );
         Ok((
             Store {
@@ -147,10 +150,23 @@ impl Store {
         }
     }
 
-    /// Writes a checkpoint, then deletes the segments it makes unnecessary.
+    /// Writes a checkpoint, then deletes the segments it makes unnecessary. When the disk has
+    /// no room even for the checkpoint, the newest checkpoint on disk still covers the older
+    /// segments: those whose messages are gone are deleted to make room for the next one.
     pub fn checkpoint(&self, c: &proto::Checkpoint) -> Result<usize, StoreError> {
-        recovery::write_checkpoint(&self.dir, c)?;
-        Ok(self.journal.collect_garbage(c.next_index))
+        match recovery::write_checkpoint(&self.dir, c) {
+            Ok(()) => {
+                self.journal.checkpointed(c.next_index);
+                Ok(self.journal.collect_garbage(c.next_index))
+            }
+            Err(e @ StoreError::NoSpace { .. }) => {
+                match self.journal.collect_garbage(self.journal.last_checkpoint()) {
+                    0 => Err(e),
+                    deleted => Ok(deleted),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Flushes everything queued and stops the writer.

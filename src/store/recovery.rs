@@ -52,6 +52,8 @@ pub struct Recovered {
     pub clean: bool,
     pub epoch: u64,
     pub next_index: u64,
+    /// `next_index` of the checkpoint recovery started from (0: none).
+    pub checkpointed: u64,
     /// What was cut or found, for the log.
     pub notes: Vec<String>,
 }
@@ -354,6 +356,7 @@ impl Replay {
             clean,
             epoch: self.epoch,
             next_index,
+            checkpointed: 0,
             notes,
         }
     }
@@ -576,8 +579,7 @@ pub(crate) fn recover(
         }
     }
     let clean = checkpoint.as_ref().is_some_and(|c| c.clean) && !replayed_after_checkpoint;
-    Ok((
-        segments,
-        replay.finish(clean || files.is_empty(), next_index, notes),
-    ))
+    let mut recovered = replay.finish(clean || files.is_empty(), next_index, notes);
+    recovered.checkpointed = checkpoint.map(|c| c.next_index).unwrap_or(0);
+    Ok((segments, recovered))
 }

@@ -333,30 +333,30 @@ async fn garbage_collection_keeps_segments_with_live_messages() {
 }
 
 #[tokio::test]
-async fn the_store_limit_stops_appends_until_space_is_freed() {
+async fn at_the_store_limit_one_more_segment_takes_what_was_accepted_then_appends_wait() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
-    // Two 4 KiB segments, two 1.5 KiB records each.
+    // Two 4 KiB segments under the limit, two 1.5 KiB records each, and one beyond it.
     cfg.store_limit = Some(2 * 4096);
     let (store, _) = Store::open(cfg, false).unwrap();
     let body = "z".repeat(1500);
     let mut idx = Vec::new();
-    for i in 0..6u64 {
+    for i in 0..8u64 {
         let i = store.append(&added("queue://a", &body, "p", i));
         store.journal().retain(i);
         idx.push(i);
     }
-    store.journal().wait_synced(idx[3]).await.unwrap();
+    store.journal().wait_synced(idx[5]).await.unwrap();
+    assert!(store.journal().is_full() && !store.journal().has_room());
     let waiting = tokio::time::timeout(
         Duration::from_millis(300),
-        store.journal().wait_synced(idx[4]),
+        store.journal().wait_synced(idx[6]),
     )
     .await;
-    assert!(waiting.is_err(), "past the limit the last appends wait");
-    assert!(store.journal().is_full() && !store.journal().has_room());
-    // Consumers take the first segment's two messages; a checkpoint lets it go.
+    assert!(waiting.is_err(), "past the one segment beyond the limit appends wait");
+    // Consumers take the first two segments' messages; a checkpoint lets them go.
     let mut last = 0;
-    for i in &idx[..2] {
+    for i in &idx[..4] {
         last = store.append(&removed(*i));
         store.journal().release(*i);
     }
@@ -364,12 +364,13 @@ async fn the_store_limit_stops_appends_until_space_is_freed() {
         next_index: last + 1,
         ..Checkpoint::default()
     };
-    assert_eq!(store.checkpoint(&cp).unwrap(), 1);
+    assert_eq!(store.checkpoint(&cp).unwrap(), 2);
     tokio::time::timeout(Duration::from_secs(10), store.journal().wait_synced(last))
         .await
         .expect("room again")
         .unwrap();
-    assert!(!store.journal().is_full());
+    assert!(!store.journal().is_full() && store.journal().has_room());
+    assert_eq!(store.journal().disk_bytes(), 2 * 4096);
     store.close();
 }
 
