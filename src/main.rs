@@ -7,6 +7,21 @@ mod cli;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read before `main`: a background thread hands pages freed for a second
+/// back to the OS. By default jemalloc keeps them for ten seconds, and a broker streaming
+/// persistent messages through memory to its journal frees hundreds of megabytes in that time —
+/// its RSS would follow that churn instead of its live messages.
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(
+    // SAFETY: a NUL-terminated string with 'static lifetime, read as a C string by jemalloc.
+    unsafe {
+        &*b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"
+            .as_ptr()
+            .cast::<std::ffi::c_char>()
+    },
+);
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

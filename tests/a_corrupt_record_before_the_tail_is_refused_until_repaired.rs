@@ -60,7 +60,10 @@ async fn a_flipped_byte_in_an_earlier_record_is_refused_then_repaired() {
         format!("offset {}", damaged.offset),
         "--repair".to_string(),
     ] {
-        assert!(log.contains(&part), "the refusal does not name {part:?}:\n{log}");
+        assert!(
+            log.contains(&part),
+            "the refusal does not name {part:?}:\n{log}"
+        );
     }
     let after = common::segment_files(&broker.journal_dir())
         .iter()
@@ -89,5 +92,9 @@ async fn a_flipped_byte_in_an_earlier_record_is_refused_then_repaired() {
     common::drain(&broker, QUEUE, &history).await;
     let h = history.lock().unwrap();
     h.check();
-    assert_eq!(h.deliveries(), kept, "exactly the records before the damage: {h:?}");
+    assert_eq!(
+        h.deliveries(),
+        kept,
+        "exactly the records before the damage: {h:?}"
+    );
 }

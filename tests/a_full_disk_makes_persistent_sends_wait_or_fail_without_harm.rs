@@ -59,7 +59,10 @@ impl Drop for Tmpfs {
             .is_ok_and(|s| s.success());
         if !unmounted {
             // Something still holds it (a broker being reaped): detach it now, freed later.
-            let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
         }
     }
 }
@@ -163,7 +166,11 @@ async fn fill_drain_and_recover(on_full: &str) {
         )));
     }
     common::wait_until("the disk is full", || {
-        assert!(broker.exited().is_none(), "the broker died:\n{}", broker.log());
+        assert!(
+            broker.exited().is_none(),
+            "the broker died:\n{}",
+            broker.log()
+        );
         journal_full(&broker)
     });
     assert!(
@@ -179,10 +186,17 @@ async fn fill_drain_and_recover(on_full: &str) {
             .send_with_receipt(QUEUE, &message("refused"))
             .await
             .expect_err("a send to a full journal is refused under on_full = fail");
-        assert_eq!(refusal.code(), Some(ErrorCode::ResourceExhausted), "{refusal}");
+        assert_eq!(
+            refusal.code(),
+            Some(ErrorCode::ResourceExhausted),
+            "{refusal}"
+        );
         let text = refusal.to_string();
         for word in ["journal", "disk", QUEUE] {
-            assert!(text.contains(word), "the refusal does not mention {word:?}: {text}");
+            assert!(
+                text.contains(word),
+                "the refusal does not mention {word:?}: {text}"
+            );
         }
     } else {
         let at_full = receipted.load(Ordering::Relaxed);
@@ -210,7 +224,11 @@ async fn fill_drain_and_recover(on_full: &str) {
             .expect("join")
             .expect("every send was accepted in the end");
     }
-    assert!(broker.exited().is_none(), "the broker died:\n{}", broker.log());
+    assert!(
+        broker.exited().is_none(),
+        "the broker died:\n{}",
+        broker.log()
+    );
     assert!(delivered.load(Ordering::Relaxed) > 0);
     stop.cancel();
     tokio::time::timeout(GUARD, consumer)

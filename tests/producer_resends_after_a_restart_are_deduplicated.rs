@@ -50,7 +50,9 @@ fn send_all(broker: &Broker, sends: &[(u64, String)]) {
 }
 
 fn originals() -> Vec<(u64, String)> {
-    (1..=ORIGINALS).map(|s| (s, format!("orig-{s:03}"))).collect()
+    (1..=ORIGINALS)
+        .map(|s| (s, format!("orig-{s:03}")))
+        .collect()
 }
 
 /// Re-sends of every original (different bodies, so a re-send that got through shows) and the

@@ -95,7 +95,11 @@ async fn receipted_messages_survive_five_kill9s_under_load() {
             delivered.clone(),
         )));
         common::wait_until("producers are receipted and the consumer is busy", || {
-            assert!(broker.exited().is_none(), "the broker died:\n{}", broker.log());
+            assert!(
+                broker.exited().is_none(),
+                "the broker died:\n{}",
+                broker.log()
+            );
             receipts.load(Ordering::Relaxed) >= RECEIPTS_PER_CYCLE
                 && delivered.load(Ordering::Relaxed) >= RECEIPTS_PER_CYCLE / 2
         });

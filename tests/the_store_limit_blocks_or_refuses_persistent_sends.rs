@@ -76,7 +76,10 @@ async fn persistent_sends_wait_at_the_store_limit_until_a_consumer_drains() {
     ));
 
     common::wait_until("the journal is full", || {
-        assert!(!producer.is_finished(), "the producer finished with no consumer");
+        assert!(
+            !producer.is_finished(),
+            "the producer finished with no consumer"
+        );
         journal_full(&broker)
     });
     let at_limit = receipted.load(Ordering::Relaxed);
@@ -162,7 +165,10 @@ async fn persistent_sends_past_the_store_limit_are_refused_with_a_clear_error_un
         true,
     ));
     common::wait_until("the journal is full", || {
-        assert!(!filler.is_finished(), "the filler finished with no consumer");
+        assert!(
+            !filler.is_finished(),
+            "the filler finished with no consumer"
+        );
         journal_full(&broker)
     });
 
@@ -174,10 +180,17 @@ async fn persistent_sends_past_the_store_limit_are_refused_with_a_clear_error_un
         .await
         .expect_err("a send to a full journal is refused under on_full = fail");
     assert_eq!(refusal.kind(), ErrorKind::Refused, "{refusal}");
-    assert_eq!(refusal.code(), Some(ErrorCode::ResourceExhausted), "{refusal}");
+    assert_eq!(
+        refusal.code(),
+        Some(ErrorCode::ResourceExhausted),
+        "{refusal}"
+    );
     let text = refusal.to_string();
     for word in ["journal", "store_limit", QUEUE] {
-        assert!(text.contains(word), "the refusal does not mention {word:?}: {text}");
+        assert!(
+            text.contains(word),
+            "the refusal does not mention {word:?}: {text}"
+        );
     }
     assert!(!other.is_closed(), "a refusal does not end the connection");
 

@@ -9,13 +9,17 @@
 //! is created — where it is handled like `store_limit`.
 //!
 //! Full is never a dead end: checkpoints (which let old segments go) wait until everything
-//! appended is written, and consumers' acknowledgements are appended behind what producers sent.
-//! So at `store_limit` the journal may create one segment beyond it, and it keeps a reserve file
-//! of one segment that it deletes when the disk is full; spending either makes the journal
-//! `full` — new persistent sends wait or fail — while what was already accepted, and the
-//! acknowledgements after it, are written and checkpoints go on. The journal is not full again
-//! once its segments are back under the limit and the reserve file could be made again. (Flow
-//! control keeps what may be accepted but unwritten to half a segment, so the reserve holds it.)
+//! appended is written, and consumers' acknowledgements are appended behind what producers sent,
+//! so the writer must always be able to go on. `store_limit` is therefore enforced where sends
+//! are admitted, not by the writer: once the segments would pass the limit the journal is `full`
+//! — new persistent sends wait or fail — while what was already accepted, and the
+//! acknowledgements after it, are still written (beyond the limit if they must be: flow control
+//! keeps what may be accepted but unwritten to half a segment, so without acknowledgements that
+//! is at most one segment) and checkpoints go on. A full disk cannot be written past, so the
+//! journal keeps a reserve file of one segment that it deletes when the disk is full: the
+//! segment that takes its place holds what was accepted and the acknowledgements after it, and a
+//! checkpoint that finds no room may use the reserve too. The journal is not full again once its
+//! segments are back under the limit and the reserve file could be made again.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -127,6 +131,9 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io(dir, "sync the directory", e))
 }
 
+/// Most bytes of records the writer may be behind before new persistent sends wait.
+const MAX_BEHIND: u64 = 8 << 20;
+
 /// A batch buffer larger than this is given back once written.
 const MAX_IDLE_BATCH: usize = 4 << 20;
 
@@ -171,10 +178,12 @@ pub(crate) struct Shared {
     failed: Mutex<Option<String>>,
     /// The writer waits for space (even the reserve is spent).
     stuck: AtomicBool,
-    /// A segment beyond `store_limit` exists.
+    /// The segments are beyond `store_limit`.
     over_limit: AtomicBool,
     /// The reserve file is not there (given up to a full disk, or it could not be made).
     reserve_missing: AtomicBool,
+    /// Held while the reserve file is given up or made again (by the writer, a checkpoint).
+    reserve_lock: Mutex<()>,
     /// `next_index` of the newest checkpoint on disk (0: none).
     checkpointed: AtomicU64,
     /// Told each time a new segment is started (a checkpoint may let old ones go).
@@ -198,8 +207,9 @@ impl Shared {
         self.dir.join(RESERVE_FILE)
     }
 
-    /// Deletes the reserve file to make room for a segment; false when there is none.
+    /// Deletes the reserve file to make room on a full disk; false when there is none.
     fn give_up_reserve(&self) -> bool {
+        let _reserve = self.reserve_lock.lock();
         if self.reserve_missing.swap(true, Ordering::Relaxed) {
             return false;
         }
@@ -209,6 +219,7 @@ impl Shared {
     /// Makes the reserve file when it is missing (at start, and once a full disk has room
     /// again).
     fn restore_reserve(&self) {
+        let _reserve = self.reserve_lock.lock();
         let path = self.reserve_path();
         let size = self.options.segment_size;
         if std::fs::metadata(&path).is_ok_and(|m| m.len() >= size) {
@@ -260,6 +271,7 @@ impl Journal {
             stuck: AtomicBool::new(false),
             over_limit: AtomicBool::new(false),
             reserve_missing: AtomicBool::new(false),
+            reserve_lock: Mutex::new(()),
             checkpointed: AtomicU64::new(checkpointed),
             started_segment: tokio::sync::Notify::new(),
             unsynced_bytes: AtomicU64::new(0),
@@ -500,9 +512,12 @@ impl Journal {
     }
 
     /// False while the journal is full (at its limit, or the disk is), or the writer is behind
-    /// by half a segment (what the reserve must be able to hold) or 64 MiB.
+    /// by half a segment (what the reserve must be able to hold) or 8 MiB. The records waiting
+    /// for the writer, and the bodies of their messages until they are durable and can be paged
+    /// out, are in memory beyond `memory_limit`: this keeps them small, and a writer 8 MiB
+    /// behind still syncs batches large enough to keep up.
     pub fn has_room(&self) -> bool {
-        let behind = (self.shared.options.segment_size / 2).min(64 << 20);
+        let behind = (self.shared.options.segment_size / 2).min(MAX_BEHIND);
         !self.is_full()
             && self.shared.unsynced_bytes.load(Ordering::Relaxed) < behind
             && self.failure().is_none()
@@ -583,6 +598,13 @@ impl Journal {
                 .live
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
         }
+    }
+
+    /// Gives up the reserve file so a checkpoint can be written on a full disk (the checkpoint
+    /// is what lets segments go); false when there is none. The journal is full until the
+    /// reserve can be made again.
+    pub(crate) fn give_up_reserve(&self) -> bool {
+        self.shared.give_up_reserve()
     }
 
     /// Resolves once the writer has started a new segment since the last call.
@@ -682,7 +704,7 @@ fn writer(shared: Arc<Shared>) {
             Ok(()) => shared.stuck.store(false, Ordering::Relaxed),
             Err(StoreError::NoSpace { path }) => {
                 if !shared.stuck.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(%path, "journal full (store_limit or disk) and its reserve spent: writes wait until consumers free space");
+                    tracing::warn!(%path, "journal full (the disk) and its reserve spent: writes wait until there is space");
                 }
                 if shared.stop.load(Ordering::Acquire) {
                     return;
@@ -779,15 +801,10 @@ fn write_frames(
         if take == 0 {
             let first = batch.frames[*i].0;
             let need = (batch.frames[*i].1 as u64).max(shared.options.segment_size);
-            let beyond_limit = shared
-                .options
-                .store_limit
-                .filter(|limit| shared.disk_bytes.load(Ordering::Relaxed) + need > *limit);
-            if let Some(limit) = beyond_limit {
-                if shared.over_limit.load(Ordering::Relaxed) {
-                    return Err(StoreError::NoSpace {
-                        path: format!("{} (store_limit {limit} bytes)", shared.dir.display()),
-                    });
+            if let Some(limit) = shared.options.store_limit {
+                let beyond = shared.disk_bytes.load(Ordering::Relaxed) + need > limit;
+                if beyond && !shared.over_limit.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(limit, "journal full (store_limit): persistent sends wait or fail until consumers free space; what was already accepted, and the acknowledgements after it, are still written");
                 }
             }
             if let Some(active) = segs.last() {
@@ -801,15 +818,11 @@ fn write_frames(
             }
             let seg = match create_segment(&shared.dir, first, need) {
                 Err(StoreError::NoSpace { path }) if shared.give_up_reserve() => {
-                    tracing::warn!(%path, "journal full (the disk): persistent sends wait until consumers free space; the journal's reserve takes what was already accepted");
+                    tracing::warn!(%path, "journal full (the disk): persistent sends wait or fail until consumers free space; the journal's reserve takes what was already accepted");
                     create_segment(&shared.dir, first, need)?
                 }
                 created => created?,
             };
-            if let Some(limit) = beyond_limit {
-                shared.over_limit.store(true, Ordering::Relaxed);
-                tracing::warn!(limit, "journal full (store_limit): persistent sends wait until consumers free space; one segment beyond the limit takes what was already accepted");
-            }
             shared.disk_bytes.fetch_add(seg.capacity, Ordering::Relaxed);
             segs.push(seg);
             shared.started_segment.notify_one();

@@ -333,44 +333,65 @@ async fn garbage_collection_keeps_segments_with_live_messages() {
 }
 
 #[tokio::test]
-async fn at_the_store_limit_one_more_segment_takes_what_was_accepted_then_appends_wait() {
+async fn at_the_store_limit_the_journal_is_full_but_what_was_appended_is_still_written() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
-    // Two 4 KiB segments under the limit, two 1.5 KiB records each, and one beyond it.
+    // Two 4 KiB segments fit the limit; two 1.5 KiB records fill a segment.
     cfg.store_limit = Some(2 * 4096);
     let (store, _) = Store::open(cfg, false).unwrap();
     let body = "z".repeat(1500);
     let mut idx = Vec::new();
-    for i in 0..8u64 {
+    for i in 0..4u64 {
         let i = store.append(&added("queue://a", &body, "p", i));
         store.journal().retain(i);
         idx.push(i);
     }
-    store.journal().wait_synced(idx[5]).await.unwrap();
-    assert!(store.journal().is_full() && !store.journal().has_room());
-    let waiting = tokio::time::timeout(
-        Duration::from_millis(300),
-        store.journal().wait_synced(idx[6]),
-    )
-    .await;
-    assert!(waiting.is_err(), "past the one segment beyond the limit appends wait");
-    // Consumers take the first two segments' messages; a checkpoint lets them go.
-    let mut last = 0;
-    for i in &idx[..4] {
-        last = store.append(&removed(*i));
-        store.journal().release(*i);
+    store.journal().wait_synced(idx[3]).await.unwrap();
+    assert!(
+        store.journal().has_room(),
+        "the limit is reached, not passed"
+    );
+    // Appended before anyone could see the limit pass (sends already accepted): written into
+    // a segment beyond the limit, which makes the journal full.
+    for i in 4..6u64 {
+        let i = store.append(&added("queue://a", &body, "p", i));
+        store.journal().retain(i);
+        idx.push(i);
     }
+    let within = Duration::from_secs(10);
+    tokio::time::timeout(within, store.journal().wait_synced(idx[5]))
+        .await
+        .expect("the writer never waits for the limit")
+        .unwrap();
+    assert!(store.journal().is_full() && !store.journal().has_room());
+    assert_eq!(store.journal().disk_bytes(), 3 * 4096);
+    // While full, consumers take every message; their acknowledgements are written too,
+    // however many (here, with repeats, several segments' worth).
+    let mut last = 0;
+    for round in 0..200 {
+        for i in &idx {
+            last = store.append(&removed(*i));
+            if round == 0 {
+                store.journal().release(*i);
+            }
+        }
+    }
+    tokio::time::timeout(within, store.journal().wait_synced(last))
+        .await
+        .expect("acknowledgements are written while the journal is full")
+        .unwrap();
+    assert!(store.journal().is_full());
+    assert!(store.journal().disk_bytes() > 4 * 4096);
+    // A checkpoint after them lets every segment but the active one go: under the limit, room
+    // again.
+    let segments = store.journal().segment_count();
     let cp = Checkpoint {
         next_index: last + 1,
         ..Checkpoint::default()
     };
-    assert_eq!(store.checkpoint(&cp).unwrap(), 2);
-    tokio::time::timeout(Duration::from_secs(10), store.journal().wait_synced(last))
-        .await
-        .expect("room again")
-        .unwrap();
+    assert_eq!(store.checkpoint(&cp).unwrap(), segments - 1);
     assert!(!store.journal().is_full() && store.journal().has_room());
-    assert_eq!(store.journal().disk_bytes(), 2 * 4096);
+    assert_eq!(store.journal().disk_bytes(), 4096);
     store.close();
 }
 

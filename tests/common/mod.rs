@@ -417,11 +417,17 @@ impl Broker {
     /// Starts the broker again expecting it to refuse: waits for it to exit and returns its
     /// status and log. Fails the test if it becomes ready instead.
     pub fn restart_refused(&mut self, args: &[&str]) -> (ExitStatus, String) {
-        assert!(self.proc.try_wait().is_some(), "the broker is still running");
+        assert!(
+            self.proc.try_wait().is_some(),
+            "the broker is still running"
+        );
         self.runs += 1;
         self.proc = Broker::launch(self.dir.path(), &self.topology, self.runs, args);
         match self.wait_ready() {
-            Ok(()) => panic!("the broker started but should have refused:\n{}", self.log()),
+            Ok(()) => panic!(
+                "the broker started but should have refused:\n{}",
+                self.log()
+            ),
             Err(StartError::PortTaken(log)) => panic!("a port was taken:\n{log}"),
             Err(StartError::Other(_)) => {}
         }
