@@ -14,12 +14,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(
-    // SAFETY: a NUL-terminated string with 'static lifetime, read as a C string by jemalloc.
-    unsafe {
-        &*b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"
-            .as_ptr()
-            .cast::<std::ffi::c_char>()
-    },
+    // SAFETY: the first byte of a NUL-terminated string with 'static lifetime, which jemalloc
+    // reads as a C string.
+    unsafe { &*c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr() },
 );
 
 use std::path::PathBuf;

@@ -102,6 +102,7 @@ async fn away_across_a_restart(stop: Stop) {
 
     let (client, mut sub) = reader(&broker).await;
     receive_all(&mut sub, &history).await;
+    client.close().await.expect("close");
     let h = history.lock().unwrap();
     h.check();
     for i in 0..AWAY_BEFORE_RESTART {
@@ -112,8 +113,6 @@ async fn away_across_a_restart(stop: Stop) {
         assert_eq!(h.redeliveries(), 0, "{h:?}");
         assert_eq!(h.deliveries(), h.delivered_count());
     }
-    drop(h);
-    client.close().await.expect("close");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
