@@ -366,7 +366,14 @@ impl Journal {
     /// quorum acknowledged it); never moves backwards, never past what is durable here.
     pub fn publish_committed(&self, index: u64) {
         let index = index.min(*self.shared.local.borrow());
-        let moved = self.shared.synced.send_if_modified(|c| {
+        if index <= *self.shared.synced.borrow() {
+            return;
+        }
+        // The hook first (see `complete`).
+        if let Some(f) = self.shared.on_synced.read().as_ref() {
+            f(index);
+        }
+        self.shared.synced.send_if_modified(|c| {
             if index > *c {
                 *c = index;
                 true
@@ -374,11 +381,6 @@ impl Journal {
                 false
             }
         });
-        if moved {
-            if let Some(f) = self.shared.on_synced.read().as_ref() {
-                f(index);
-            }
-        }
     }
 
     /// Stops every commit for good (this member stopped serving): waiters fail with `reason`.
@@ -506,7 +508,8 @@ impl Journal {
         Ok(())
     }
 
-    /// Called (on the writer thread) with the synced index after every batch.
+    /// Called with each newly committed index (on the writer thread, or by whoever publishes
+    /// a commit), before waiters on that index are woken.
     pub fn set_on_synced(&self, f: SyncedHook) {
         *self.shared.on_synced.write() = Some(f);
     }
@@ -761,10 +764,13 @@ fn complete(
     }
     shared.local.send_replace(last);
     if shared.gate.lock().is_none() {
-        shared.synced.send_replace(last);
+        // The hook before the waiters: whoever sees an index committed (a checkpoint about
+        // to let segments go, a producer's receipt) finds its messages already counted live
+        // in their segments and visible.
         if let Some(f) = shared.on_synced.read().as_ref() {
             f(last);
         }
+        shared.synced.send_replace(last);
     }
     Ok(())
 }
