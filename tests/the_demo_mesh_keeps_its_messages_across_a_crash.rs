@@ -23,6 +23,20 @@ struct Member {
     url: String,
 }
 
+/// A running `meshmq up`. Dropped (a failed test), it kills the members too: `up` itself is
+/// killed with SIGKILL and could not stop them.
+struct Up(CliChild);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        for pid in common::children_of(self.0.proc.pid()) {
+            // SAFETY: signalling the members this test's `up` started, by the pids it reports
+            // as its children.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
 struct Demo {
     topology: PathBuf,
     /// Every group by name, with its members.
@@ -106,7 +120,7 @@ impl Demo {
         serving[0]
     }
 
-    fn up(&self) -> CliChild {
+    fn up(&self) -> Up {
         let mut up = CliChild::spawn(meshmq().arg("up").arg(&self.topology));
         common::wait_until("`up` reports the mesh ready", || {
             assert!(
@@ -117,7 +131,7 @@ impl Demo {
             );
             up.stdout().contains("press Ctrl-C to stop every member")
         });
-        up
+        Up(up)
     }
 
     /// Every address of every member is closed.
@@ -140,8 +154,8 @@ impl Demo {
 }
 
 /// The pid of member `name` among `up`'s children (from its command line).
-fn pid_of(up: &CliChild, name: &str) -> i32 {
-    common::children_of(up.proc.pid())
+fn pid_of(up: &Up, name: &str) -> i32 {
+    common::children_of(up.0.proc.pid())
         .into_iter()
         .find(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -192,10 +206,10 @@ async fn the_demo_keeps_its_messages_when_a_master_dies_and_when_the_machine_die
     send(&hub.url, ORDERS, "later-order", 60, &hub_history).await;
 
     // The machine dies: `up` and its members, all at once.
-    let members = common::children_of(up.proc.pid());
+    let members = common::children_of(up.0.proc.pid());
     assert_eq!(members.len(), 5, "five members still run: {members:?}");
-    up.proc.signal(libc::SIGKILL);
-    up.proc.wait_timeout(GUARD).expect("SIGKILL ends `up`");
+    up.0.proc.signal(libc::SIGKILL);
+    up.0.proc.wait_timeout(GUARD).expect("SIGKILL ends `up`");
     for pid in &members {
         // SAFETY: signalling the members `up` started, by the pids it reported as children.
         unsafe { libc::kill(*pid, libc::SIGKILL) };
@@ -216,10 +230,11 @@ async fn the_demo_keeps_its_messages_when_a_master_dies_and_when_the_machine_die
     assert_eq!(h.receipted_count(), 50);
     drop(h);
 
-    again.proc.signal(libc::SIGINT);
+    again.0.proc.signal(libc::SIGINT);
     let status = again
+        .0
         .proc
         .wait_timeout(GUARD)
         .expect("`up` stops on SIGINT");
-    assert!(status.success(), "{status}:\n{}", again.stdout());
+    assert!(status.success(), "{status}:\n{}", again.0.stdout());
 }
