@@ -103,6 +103,10 @@ fn init_logging(default: &str) {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
+        // A member whose log reader is gone (its `meshmq up` was killed) must go on and stop
+        // on SIGTERM: by default a failed log write is reported with `eprintln!`, which panics
+        // on the same broken pipe — in whatever task logged, the signal handler's included.
+        .log_internal_errors(false)
         .init();
 }
 
