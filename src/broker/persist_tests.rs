@@ -41,7 +41,8 @@ fn msg(body: &str, persistent: bool) -> Message {
     }
 }
 
-/// Publishes and waits until it is durable and visible.
+/// Publishes and waits until it is durable, and so visible (the hook that makes it visible
+/// runs before the sync is published).
 async fn publish(s: &mut Session, dest: &str, m: Message) -> Published {
     let t = s.target(dest).unwrap();
     let p = s.publish(&t, m).unwrap();
@@ -53,8 +54,6 @@ async fn publish(s: &mut Session, dest: &str, m: Message) -> Published {
             .wait_synced(i)
             .await
             .unwrap();
-        // The hook runs on the writer thread right after the sync is published.
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     p
 }
