@@ -1309,7 +1309,7 @@ impl Sim {
                     return Ok(());
                 };
                 let member = &mut self.members[m];
-                let cut = (keep + 1)..=member.last();
+                let cut = keep + 1..member.last() + 1;
                 for (&index, writes) in self.receipted_at.range(cut) {
                     let held = member.journal[index as usize - 1];
                     if writes
@@ -1840,9 +1840,14 @@ fn five_members_never_commit_twice_nor_lose_a_receipted_write() {
     }
 }
 
+/// Replays `REPLAY`, or `MESHMQ_SIM_REPLAY=<members>:<seed>`, printing the whole trace.
 #[test]
 fn replay_one_schedule() {
-    if let Some((members, seed)) = REPLAY {
+    let from_env = std::env::var("MESHMQ_SIM_REPLAY").ok().and_then(|v| {
+        let (members, seed) = v.split_once(':')?;
+        Some((members.parse().ok()?, seed.parse().ok()?))
+    });
+    if let Some((members, seed)) = from_env.or(REPLAY) {
         let mut sim = Sim::new(Params::new(members), seed, true);
         let result = sim.run();
         for line in sim.trace.take().unwrap_or_default() {
