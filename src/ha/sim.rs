@@ -801,6 +801,16 @@ impl Sim {
                     z.version += 1;
                     z.data = data;
                     self.log(|| format!("zk: m{m} claims epoch {epoch}"));
+                } else {
+                    let stale: Vec<_> = checks
+                        .iter()
+                        .filter(|(p, v)| self.zk.znodes.get(p).map(|z| z.version) != Some(*v))
+                        .map(|(p, v)| (p.clone(), *v, self.zk.znodes.get(p).map(|z| z.version)))
+                        .collect();
+                    let versions = (epoch_version, self.zk.epoch_version);
+                    self.log(|| {
+                        format!("zk: m{m}'s claim fails: stale {stale:?}, epoch versions {versions:?}")
+                    });
                 }
                 reply(self, ZkReply::Done { op, ok });
                 if ok {
