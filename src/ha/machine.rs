@@ -428,7 +428,14 @@ impl Machine {
         {
             return;
         }
-        if view.members.len() < self.config.quorum() {
+        // A member that restarted (or reconnected with a new session) keeps its previous
+        // znode until that session expires on the servers: one member, two znodes. Counted
+        // twice, it would make a quorum on its own (and its old position may be stale). Wait
+        // until every registered member has exactly one znode.
+        let mut names: Vec<&str> = view.members.iter().map(|s| s.info.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        if names.len() != view.members.len() || names.len() < self.config.quorum() {
             return;
         }
         let best = view
@@ -676,6 +683,49 @@ mod tests {
             }
             other => panic!("expected a fresh claim, got {other:?}"),
         }
+    }
+
+    /// Found by the simulation (3 members, seed 5, before this fix): m2 crashed and restarted
+    /// within the session timeout while m0 and m1, which held the last receipted writes, were
+    /// paused and lost their sessions. m2's znodes of its old and new session made "two
+    /// candidates"; m2 claimed epoch 3 alone and served without the writes m1 had receipted
+    /// with m0's acknowledgement.
+    #[test]
+    fn a_member_with_two_znodes_is_one_vote_and_waits_for_the_old_one_to_go() {
+        let t = Instant::now();
+        let mut m = Machine::new(config("a"), Position { epoch: 1, index: 9 });
+        m.handle_session(Session::Connected, t);
+        let mut old = seen(candidate("a", 1, 9), 2);
+        old.path = "/g/a-old".into();
+        let view = |members: Vec<Seen>| View {
+            members,
+            epoch: 1,
+            epoch_version: 0,
+        };
+        m.handle_view(view(vec![old.clone(), seen(candidate("a", 1, 9), 0)]), t);
+        while m.poll_action().is_some() {}
+        let no_claim = |m: &mut Machine| {
+            std::iter::from_fn(|| m.poll_action()).all(|a| !matches!(a, Action::Claim { .. }))
+        };
+        m.handle_view(view(vec![old.clone(), seen(candidate("a", 1, 9), 1)]), t);
+        assert!(no_claim(&mut m), "one member is not a quorum of 3");
+        m.handle_view(
+            view(vec![
+                old,
+                seen(candidate("a", 1, 9), 1),
+                seen(candidate("b", 1, 7), 0),
+            ]),
+            t,
+        );
+        assert!(no_claim(&mut m), "the old session may hold a stale position");
+        m.handle_view(
+            view(vec![
+                seen(candidate("a", 1, 9), 1),
+                seen(candidate("b", 1, 7), 0),
+            ]),
+            t,
+        );
+        assert!(matches!(m.poll_action(), Some(Action::Claim { .. })));
     }
 
     #[test]
