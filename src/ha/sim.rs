@@ -94,13 +94,22 @@ struct Receipt {
 
 #[derive(Debug, Clone)]
 enum ZkRequest {
-    /// Open a session and register our member znode with this data.
-    Create(Announce),
+    /// Open a new session.
+    Connect,
+    /// Resume our session on a new connection.
     Reconnect,
+    /// Create our member znode (ephemeral, sequential) with this data.
+    Register(Announce),
     Ping,
     /// The lease renewal (any read, e.g. `exists`).
-    Renew { op: u64 },
-    SetData { op: u64, path: String, data: Announce },
+    Renew {
+        op: u64,
+    },
+    SetData {
+        op: u64,
+        path: String,
+        data: Announce,
+    },
     Multi {
         op: u64,
         checks: Vec<(String, i32)>,
@@ -113,11 +122,16 @@ enum ZkRequest {
 
 #[derive(Debug, Clone)]
 enum ZkReply {
-    Created { session: u64, path: String },
-    Reconnected,
+    Session(u64),
+    /// The session lives on; the member znode it owns, if any.
+    Reconnected(Option<String>),
+    Registered(String),
     Expired,
     Pong,
-    Done { op: u64, ok: bool },
+    Done {
+        op: u64,
+        ok: bool,
+    },
     View(View),
 }
 
@@ -130,15 +144,23 @@ enum ReplMsg {
         last: u64,
     },
     /// Master → follower: keep records up to `keep`, cut the rest; appends follow.
-    Start { keep: u64 },
-    Append { first: u64, records: Vec<Record> },
-    Ack { last: u64 },
+    Start {
+        keep: u64,
+    },
+    Append {
+        first: u64,
+        records: Vec<Record>,
+    },
+    Ack {
+        last: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
 enum Fault {
-    CutZk(usize),
-    HealZk(usize),
+    /// Cut a member's link to ZooKeeper towards ZooKeeper, back, or both.
+    CutZk(usize, [bool; 2]),
+    HealZk(usize, [bool; 2]),
     CutPeers(usize, usize),
     HealPeers(usize, usize),
     /// Hold the link's messages until then.
@@ -238,17 +260,31 @@ impl Ord for Scheduled {
 /// One end of a connection; `None` is ZooKeeper.
 type End = Option<(usize, u32)>;
 
+/// A connection; direction `d` carries messages from `ends[d]`.
 struct Conn {
     ends: [End; 2],
-    broken: bool,
+    /// Nothing more gets through in this direction (both: the connection is broken).
+    dead: [bool; 2],
     /// The last delivery time in each direction (FIFO).
     last_due: [Time; 2],
 }
 
+impl Conn {
+    fn broken(&self) -> bool {
+        self.dead == [true, true]
+    }
+
+    /// The direction of a message from `from`.
+    fn dir(&self, from: End) -> usize {
+        usize::from(self.ends[0] != from)
+    }
+}
+
 #[derive(Default)]
 struct Links {
-    /// Active cuts between a member and ZooKeeper (a count: cuts may overlap).
-    zk_cut: Vec<u32>,
+    /// Active cuts between a member and ZooKeeper (a count: cuts may overlap), towards
+    /// ZooKeeper and back: a cut one way leaves the connection half open.
+    zk_cut: Vec<[u32; 2]>,
     peer_cut: Vec<Vec<u32>>,
     /// Messages on a stalled link are held until then.
     zk_stall: Vec<Time>,
@@ -286,7 +322,9 @@ struct ZooKeeper {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ZkState {
-    /// Waiting for a new session and its znode.
+    /// Opening a new session.
+    Connecting,
+    /// Creating our member znode in the new session.
     Registering,
     Connected,
     Disconnected,
@@ -355,6 +393,8 @@ struct Member {
     journal: Vec<Record>,
     history: EpochHistory,
     incarnation: u32,
+    /// How fast its clock runs against real time.
+    clock_rate: f64,
     node: Option<Node>,
     paused: bool,
     deferred: VecDeque<Event>,
@@ -409,6 +449,7 @@ impl Sim {
                 journal: Vec::new(),
                 history: EpochHistory::default(),
                 incarnation: 0,
+                clock_rate: rng.random_range(0.95..1.05),
                 node: None,
                 paused: false,
                 deferred: VecDeque::new(),
@@ -423,7 +464,7 @@ impl Sim {
             queue: BinaryHeap::new(),
             conns: Vec::new(),
             links: Links {
-                zk_cut: vec![0; p.members],
+                zk_cut: vec![[0, 0]; p.members],
                 peer_cut: vec![vec![0; p.members]; p.members],
                 zk_stall: vec![0; p.members],
                 peer_stall: vec![vec![0; p.members]; p.members],
@@ -448,8 +489,14 @@ impl Sim {
         }
     }
 
-    fn instant(&self, t: Time) -> Instant {
-        self.base + Duration::from_micros(t)
+    /// Member `m`'s clock at `t`: each member's runs at its own (constant) rate.
+    fn clock(&self, m: usize, t: Time) -> Instant {
+        self.clock_of(m)(t)
+    }
+
+    fn clock_of(&self, m: usize) -> impl Fn(Time) -> Instant {
+        let (base, rate) = (self.base, self.members[m].clock_rate);
+        move |t| base + Duration::from_micros((t as f64 * rate) as u64)
     }
 
     fn log(&mut self, line: impl FnOnce() -> String) {
@@ -509,7 +556,7 @@ impl Sim {
                 conn,
                 reply,
             } => {
-                if self.running(to, incarnation) {
+                if self.running(to, incarnation) && self.arrives(conn, Some((to, incarnation))) {
                     self.zk_reply(to, conn, reply)?;
                     self.drive(to)?;
                     self.try_commit(to)?;
@@ -522,7 +569,7 @@ impl Sim {
                 conn,
                 msg,
             } => {
-                if self.running(to, incarnation) {
+                if self.running(to, incarnation) && self.arrives(conn, Some((to, incarnation))) {
                     self.repl_receive(to, conn, msg)?;
                     self.drive(to)?;
                 }
@@ -603,34 +650,33 @@ impl Sim {
         self.now < self.p.chaos
     }
 
-    fn link_cut(&self, ends: [End; 2]) -> bool {
+    /// Whether the link under a connection is cut in direction `dir`.
+    fn link_cut(&self, ends: [End; 2], dir: usize) -> bool {
         match ends {
-            [Some((m, _)), None] | [None, Some((m, _))] => self.links.zk_cut[m] > 0,
+            [Some((m, _)), None] => self.links.zk_cut[m][dir] > 0,
             [Some((a, _)), Some((b, _))] => self.links.peer_cut[a][b] > 0,
-            [None, None] => false,
+            _ => unreachable!("members open connections"),
         }
     }
 
     fn link_stall(&self, ends: [End; 2]) -> Time {
         match ends {
-            [Some((m, _)), None] | [None, Some((m, _))] => self.links.zk_stall[m],
+            [Some((m, _)), None] => self.links.zk_stall[m],
             [Some((a, _)), Some((b, _))] => self.links.peer_stall[a][b],
-            [None, None] => 0,
+            _ => unreachable!("members open connections"),
         }
     }
 
     fn open(&mut self, from: End, to: End) -> u64 {
         let ends = [from, to];
-        let broken = self.link_cut(ends);
         self.conns.push(Conn {
             ends,
-            broken: false,
+            dead: [false, false],
             last_due: [0, 0],
         });
         let id = self.conns.len() as u64 - 1;
-        if broken {
-            self.break_conn(id);
-        }
+        let cut = [self.link_cut(ends, 0), self.link_cut(ends, 1)];
+        self.cut_conn(id, cut);
         id
     }
 
@@ -638,37 +684,58 @@ impl Sim {
     /// (a ZooKeeper client only by its own timeout).
     fn break_conn(&mut self, id: u64) {
         let conn = &mut self.conns[id as usize];
-        if conn.broken {
+        if conn.broken() {
             return;
         }
-        conn.broken = true;
+        conn.dead = [true, true];
         let ends = conn.ends;
-        let zk_conn = ends.contains(&None);
+        if ends.contains(&None) {
+            return;
+        }
         for (m, incarnation) in ends.into_iter().flatten() {
-            if !zk_conn {
-                let at = self.now + self.rng.random_range(10 * MS..800 * MS);
-                self.schedule(
-                    at,
-                    Event::ReplClosed {
-                        to: m,
-                        incarnation,
-                        conn: id,
-                    },
-                );
+            let at = self.now + self.rng.random_range(10 * MS..800 * MS);
+            self.schedule(
+                at,
+                Event::ReplClosed {
+                    to: m,
+                    incarnation,
+                    conn: id,
+                },
+            );
+        }
+    }
+
+    /// Loses what is in flight in the directions cut: both break the connection, one leaves it
+    /// half open (nothing more gets through that way, and nobody is told).
+    fn cut_conn(&mut self, id: u64, dirs: [bool; 2]) {
+        match dirs {
+            [true, true] => self.break_conn(id),
+            [false, false] => {}
+            _ => {
+                let conn = &mut self.conns[id as usize];
+                for d in 0..2 {
+                    conn.dead[d] |= dirs[d];
+                }
             }
         }
     }
 
-    /// Sends on a connection: FIFO, delayed, held by stalls, lost (breaking the connection)
-    /// when the link is cut or with a small probability during the chaos.
+    /// Sends on a connection: FIFO, delayed, held by stalls, lost when the link is cut (and
+    /// with a small probability during the chaos, breaking the connection).
     fn send(&mut self, id: u64, from: End, event: Event) {
         let conn = &self.conns[id as usize];
-        if conn.broken {
+        let dir = conn.dir(from);
+        if conn.dead[dir] {
             return;
         }
         let ends = conn.ends;
-        let dir = usize::from(ends[0] != from);
-        if self.link_cut(ends) || (self.in_chaos() && self.rng.random_bool(0.0005)) {
+        if self.link_cut(ends, dir) {
+            let mut dirs = [false; 2];
+            dirs[dir] = true;
+            self.cut_conn(id, dirs);
+            return;
+        }
+        if self.in_chaos() && self.rng.random_bool(0.0005) {
             self.break_conn(id);
             return;
         }
@@ -685,15 +752,17 @@ impl Sim {
         });
     }
 
-    fn delivered(&self, conn: u64) -> bool {
-        !self.conns[conn as usize].broken
+    /// Whether a message sent on `conn` towards `to` still gets there.
+    fn arrives(&self, conn: u64, to: End) -> bool {
+        let conn = &self.conns[conn as usize];
+        !conn.dead[1 - conn.dir(to)]
     }
 
     // -----------------------------------------------------------------------------------------
     // ZooKeeper (the servers)
 
     fn zk_receive(&mut self, conn: u64, session: Option<u64>, request: ZkRequest) -> Check {
-        if !self.delivered(conn) || !self.zk.up {
+        if !self.arrives(conn, None) || !self.zk.up {
             return Ok(());
         }
         let Some((m, incarnation)) = self.conns[conn as usize].ends[0] else {
@@ -712,9 +781,6 @@ impl Sim {
             );
         };
         let Some(id) = session else {
-            let ZkRequest::Create(data) = request else {
-                unreachable!("only a create has no session");
-            };
             let id = self.zk.sessions.len() as u64 + 1;
             self.zk.sessions.insert(
                 id,
@@ -726,21 +792,9 @@ impl Sim {
                     alive: true,
                 },
             );
-            self.zk.next_seq += 1;
-            let path = format!("/g/member-{:010}", self.zk.next_seq);
-            self.log(|| format!("zk: session {id} of m{m} registers {path}"));
-            self.zk.znodes.insert(
-                path.clone(),
-                Znode {
-                    version: 0,
-                    data,
-                    owner: id,
-                },
-            );
             let at = self.now + self.p.session_timeout;
             self.schedule(at, Event::SessionCheck { session: id });
-            reply(self, ZkReply::Created { session: id, path });
-            self.zk_notify();
+            reply(self, ZkReply::Session(id));
             return Ok(());
         };
         let session = self.zk.sessions.get_mut(&id).expect("sessions are kept");
@@ -751,7 +805,13 @@ impl Sim {
         if let ZkRequest::Reconnect = request {
             session.conn = conn;
             session.last_contact = self.now;
-            reply(self, ZkReply::Reconnected);
+            let path = self
+                .zk
+                .znodes
+                .iter()
+                .find(|(_, z)| z.owner == id)
+                .map(|(p, _)| p.clone());
+            reply(self, ZkReply::Reconnected(path));
             let view = self.zk_view();
             reply(self, ZkReply::View(view));
             return Ok(());
@@ -762,7 +822,22 @@ impl Sim {
         }
         session.last_contact = self.now;
         match request {
-            ZkRequest::Create(_) | ZkRequest::Reconnect => unreachable!("handled above"),
+            ZkRequest::Connect | ZkRequest::Reconnect => unreachable!("handled above"),
+            ZkRequest::Register(data) => {
+                self.zk.next_seq += 1;
+                let path = format!("/g/member-{:010}", self.zk.next_seq);
+                self.log(|| format!("zk: session {id} of m{m} registers {path}"));
+                self.zk.znodes.insert(
+                    path.clone(),
+                    Znode {
+                        version: 0,
+                        data,
+                        owner: id,
+                    },
+                );
+                reply(self, ZkReply::Registered(path));
+                self.zk_notify();
+            }
             ZkRequest::Ping => reply(self, ZkReply::Pong),
             ZkRequest::Renew { op } => reply(self, ZkReply::Done { op, ok: true }),
             ZkRequest::SetData { op, path, data } => {
@@ -787,12 +862,10 @@ impl Sim {
                 path,
                 data,
             } => {
-                let ok = checks.iter().all(|(p, v)| {
-                    self.zk
-                        .znodes
-                        .get(p)
-                        .is_some_and(|z| z.version == *v)
-                }) && self.zk.epoch_version == epoch_version
+                let ok = checks
+                    .iter()
+                    .all(|(p, v)| self.zk.znodes.get(p).is_some_and(|z| z.version == *v))
+                    && self.zk.epoch_version == epoch_version
                     && self.zk.znodes.get(&path).is_some_and(|z| z.owner == id);
                 if ok {
                     self.zk.epoch = epoch;
@@ -809,7 +882,9 @@ impl Sim {
                         .collect();
                     let versions = (epoch_version, self.zk.epoch_version);
                     self.log(|| {
-                        format!("zk: m{m}'s claim fails: stale {stale:?}, epoch versions {versions:?}")
+                        format!(
+                            "zk: m{m}'s claim fails: stale {stale:?}, epoch versions {versions:?}"
+                        )
                     });
                 }
                 reply(self, ZkReply::Done { op, ok });
@@ -900,7 +975,7 @@ impl Sim {
         self.members[m].node = Some(Node {
             machine: Machine::new(config, position),
             zk: ZkClient {
-                state: ZkState::Registering,
+                state: ZkState::Connecting,
                 session: None,
                 path: None,
                 conn: u64::MAX,
@@ -918,7 +993,7 @@ impl Sim {
             seen_epoch,
         });
         self.log(|| format!("m{m}: starts at {position}"));
-        self.register(m);
+        self.connect_session(m);
         let at = self.now + self.rng.random_range(0..self.p.session_timeout / 10);
         self.schedule(
             at,
@@ -929,28 +1004,27 @@ impl Sim {
         );
     }
 
-    /// Opens a new session and registers our znode with what the machine announces now.
-    fn register(&mut self, m: usize) {
+    /// Opens a new session (a handshake; our znode is created once it is open).
+    fn connect_session(&mut self, m: usize) {
         let incarnation = self.members[m].incarnation;
         let conn = self.open(Some((m, incarnation)), None);
         let retry = self.p.session_timeout / 2;
         let now = self.now;
+        let zk = &mut self.node(m).zk;
+        zk.state = ZkState::Connecting;
+        zk.session = None;
+        zk.path = None;
+        zk.conn = conn;
+        zk.next_attempt = now + retry;
+        self.zk_send(m, ZkRequest::Connect);
+    }
+
+    /// Creates our znode with what the machine announces now.
+    fn register(&mut self, m: usize) {
         let node = self.node(m);
         node.zk.state = ZkState::Registering;
-        node.zk.session = None;
-        node.zk.path = None;
-        node.zk.conn = conn;
-        node.zk.next_attempt = now + retry;
         let data = node.machine.announce();
-        self.send(
-            conn,
-            Some((m, incarnation)),
-            Event::ToZk {
-                conn,
-                session: None,
-                request: ZkRequest::Create(data),
-            },
-        );
+        self.zk_send(m, ZkRequest::Register(data));
     }
 
     fn zk_send(&mut self, m: usize, request: ZkRequest) {
@@ -975,33 +1049,45 @@ impl Sim {
 
     fn zk_reply(&mut self, m: usize, conn: u64, reply: ZkReply) -> Check {
         let now = self.now;
-        let at = self.instant(now);
-        let base = self.base;
-        let node = self.node(m);
-        if conn != node.zk.conn {
+        let clock = self.clock_of(m);
+        let at = clock(now);
+        let node = self.members[m].node.as_mut().expect("running");
+        if conn != node.zk.conn || !self.conns[conn as usize].ends.contains(&None) {
             return Ok(());
         }
         node.zk.last_heard = now;
         match reply {
-            ZkReply::Created { session, path } => {
+            ZkReply::Session(id) => {
+                if node.zk.state == ZkState::Connecting {
+                    node.zk.session = Some(id);
+                    self.register(m);
+                }
+            }
+            ZkReply::Registered(path) => {
                 if node.zk.state == ZkState::Registering {
                     node.zk.state = ZkState::Connected;
-                    node.zk.session = Some(session);
                     node.zk.path = Some(path);
                     node.machine.handle_session(Session::Connected, at);
                 }
             }
-            ZkReply::Reconnected => {
+            ZkReply::Reconnected(path) => {
                 if node.zk.state == ZkState::Disconnected {
-                    node.zk.state = ZkState::Connected;
-                    node.machine.handle_session(Session::Connected, at);
+                    match path {
+                        Some(path) => {
+                            node.zk.state = ZkState::Connected;
+                            node.zk.path = Some(path);
+                            node.machine.handle_session(Session::Connected, at);
+                        }
+                        // Our create was lost with the old connection.
+                        None => self.register(m),
+                    }
                 }
             }
             ZkReply::Expired => self.expire(m),
             ZkReply::Pong => {}
             ZkReply::Done { op, ok } => {
                 if let Some(sent_at) = node.zk.renewals.remove(&op) {
-                    node.machine.handle_lease(base + micros(sent_at), at);
+                    node.machine.handle_lease(clock(sent_at), at);
                     return Ok(());
                 }
                 match node.awaiting.take() {
@@ -1011,7 +1097,7 @@ impl Sim {
                         }
                     }
                     Some(Awaiting::Claim { op: o, sent_at }) if o == op => {
-                        node.machine.handle_claimed(ok, base + micros(sent_at), at);
+                        node.machine.handle_claimed(ok, clock(sent_at), at);
                     }
                     other => node.awaiting = other,
                 }
@@ -1027,70 +1113,74 @@ impl Sim {
     /// The connection to ZooKeeper is lost (the session may live on): pending operations
     /// fail with a connection loss.
     fn disconnect(&mut self, m: usize) {
-        let at = self.instant(self.now);
-        let base = self.base;
-        let node = self.node(m);
+        let clock = self.clock_of(m);
+        let at = clock(self.now);
+        let node = self.members[m].node.as_mut().expect("running");
         node.zk.state = ZkState::Disconnected;
         node.zk.renewals.clear();
         node.zk.next_attempt = 0;
         node.machine.handle_session(Session::Disconnected, at);
         if let Some(Awaiting::Claim { sent_at, .. }) = node.awaiting.take() {
             // The outcome is unknown; the driver reports a failure.
-            node.machine
-                .handle_claimed(false, base + micros(sent_at), at);
+            node.machine.handle_claimed(false, clock(sent_at), at);
         }
         self.log(|| format!("m{m}: zk disconnected"));
     }
 
     /// The session is gone: tell the machine, open a new one.
     fn expire(&mut self, m: usize) {
-        let at = self.instant(self.now);
+        let at = self.clock(m, self.now);
         let node = self.node(m);
         node.zk.renewals.clear();
         node.machine.handle_session(Session::Expired, at);
         node.awaiting = None;
         self.log(|| format!("m{m}: zk session expired"));
-        self.register(m);
+        self.connect_session(m);
     }
 
     fn tick(&mut self, m: usize) -> Check {
         let now = self.now;
-        let at = self.instant(now);
+        let at = self.clock(m, now);
         let t = self.p.session_timeout;
         let node = self.node(m);
         node.machine.handle_tick(at);
-        match node.zk.state {
-            ZkState::Connected if now - node.zk.last_heard > t * 2 / 3 => self.disconnect(m),
-            ZkState::Connected => {
-                if now - node.zk.last_ping >= t / 3 {
-                    node.zk.last_ping = now;
+        let zk = &mut node.zk;
+        match zk.state {
+            ZkState::Connecting => {
+                if now >= zk.next_attempt {
+                    self.connect_session(m);
+                }
+            }
+            ZkState::Registering | ZkState::Connected if now - zk.last_heard > t * 2 / 3 => {
+                self.disconnect(m)
+            }
+            ZkState::Registering | ZkState::Connected => {
+                let ping = now - zk.last_ping >= t / 3;
+                if ping {
+                    zk.last_ping = now;
+                }
+                let renew = zk.state == ZkState::Connected && now - zk.last_renew >= t / 5;
+                if ping {
                     self.zk_send(m, ZkRequest::Ping);
                 }
-                let node = self.node(m);
-                if now - node.zk.last_renew >= t / 5 {
-                    node.zk.last_renew = now;
+                if renew {
                     let op = self.op();
-                    self.node(m).zk.renewals.insert(op, now);
+                    let zk = &mut self.node(m).zk;
+                    zk.last_renew = now;
+                    zk.renewals.insert(op, now);
                     self.zk_send(m, ZkRequest::Renew { op });
                 }
             }
-            ZkState::Disconnected if now - node.zk.last_heard > node.zk.give_up_after => {
-                self.expire(m)
-            }
+            ZkState::Disconnected if now - zk.last_heard > zk.give_up_after => self.expire(m),
             ZkState::Disconnected => {
-                if now >= node.zk.next_attempt {
+                if now >= zk.next_attempt {
                     let incarnation = self.members[m].incarnation;
                     let conn = self.open(Some((m, incarnation)), None);
                     let retry = self.rng.random_range(t / 10..t / 3);
-                    let node = self.node(m);
-                    node.zk.conn = conn;
-                    node.zk.next_attempt = now + retry;
+                    let zk = &mut self.node(m).zk;
+                    zk.conn = conn;
+                    zk.next_attempt = now + retry;
                     self.zk_send(m, ZkRequest::Reconnect);
-                }
-            }
-            ZkState::Registering => {
-                if now >= node.zk.next_attempt {
-                    self.register(m);
                 }
             }
         }
@@ -1120,7 +1210,7 @@ impl Sim {
     fn drive(&mut self, m: usize) -> Check {
         loop {
             let now = self.now;
-            let at = self.instant(now);
+            let at = self.clock(m, now);
             let node = self.node(m);
             while let Some(a) = node.machine.poll_action() {
                 node.actions.push_back(a);
@@ -1213,7 +1303,7 @@ impl Sim {
 
     /// Our replication client or term has stopped: report where the journal ends.
     fn stopped(&mut self, m: usize) {
-        let at = self.instant(self.now);
+        let at = self.clock(m, self.now);
         let member = &self.members[m];
         let position = member.history.position(member.last());
         self.node(m).machine.handle_stopped(position, at);
@@ -1269,9 +1359,6 @@ impl Sim {
     }
 
     fn repl_receive(&mut self, m: usize, conn: u64, msg: ReplMsg) -> Check {
-        if !self.delivered(conn) {
-            return Ok(());
-        }
         match msg {
             ReplMsg::Hello {
                 epoch,
@@ -1322,10 +1409,12 @@ impl Sim {
                 let cut = keep + 1..member.last() + 1;
                 for (&index, writes) in self.receipted_at.range(cut) {
                     let held = member.journal[index as usize - 1];
-                    if writes
-                        .iter()
-                        .any(|&(e, w)| held == Record { epoch: e, write: Some(w) })
-                    {
+                    if writes.iter().any(|&(e, w)| {
+                        held == Record {
+                            epoch: e,
+                            write: Some(w),
+                        }
+                    }) {
                         return Err(format!(
                             "m{m} cuts the receipted record {index} ({held:?}) following epoch {epoch}"
                         ));
@@ -1479,7 +1568,7 @@ impl Sim {
 
     /// Commits (receipts) what `replicas/2` followers hold, if the lease allows.
     fn try_commit(&mut self, m: usize) -> Check {
-        let at = self.instant(self.now);
+        let at = self.clock(m, self.now);
         let need = self.p.members / 2;
         let last = self.members[m].last();
         let incarnation = self.members[m].incarnation;
@@ -1554,7 +1643,21 @@ impl Sim {
         }
         self.next_write += 1;
         let id = self.next_write;
-        let to = self.rng.random_range(0..self.p.members);
+        // Clients write to a member that serves (one that has not noticed it was deposed
+        // too), now and then to any member.
+        let serving: Vec<usize> = (0..self.p.members)
+            .filter(|&m| {
+                self.members[m]
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| n.term.is_some())
+            })
+            .collect();
+        let to = if !serving.is_empty() && self.rng.random_bool(0.9) {
+            serving[self.rng.random_range(0..serving.len())]
+        } else {
+            self.rng.random_range(0..self.p.members)
+        };
         let incarnation = self.members[to].incarnation;
         let at = self.now + self.latency();
         self.schedule(
@@ -1580,8 +1683,18 @@ impl Sim {
         let other = (m + self.rng.random_range(1..n)) % n;
         let long = self.rng.random_range(t / 10..3 * t).min(left);
         let short = self.rng.random_range(t / 20..3 * t / 2).min(left);
-        let (fault, heal, after) = match self.rng.random_range(0..10) {
-            0 => (Fault::CutZk(m), Some(Fault::HealZk(m)), long),
+        let one_way = [[true, false], [false, true]][self.rng.random_range(0..2)];
+        let (fault, heal, after) = match self.rng.random_range(0..11) {
+            0 => (
+                Fault::CutZk(m, [true; 2]),
+                Some(Fault::HealZk(m, [true; 2])),
+                long,
+            ),
+            10 => (
+                Fault::CutZk(m, one_way),
+                Some(Fault::HealZk(m, one_way)),
+                long,
+            ),
             1 => (
                 Fault::CutPeers(m, other),
                 Some(Fault::HealPeers(m, other)),
@@ -1593,7 +1706,11 @@ impl Sim {
                     self.schedule(self.now, Event::Fault(Fault::CutPeers(m, o)));
                     self.schedule(self.now + long, Event::Fault(Fault::HealPeers(m, o)));
                 }
-                (Fault::CutZk(m), Some(Fault::HealZk(m)), long)
+                (
+                    Fault::CutZk(m, [true; 2]),
+                    Some(Fault::HealZk(m, [true; 2])),
+                    long,
+                )
             }
             3 => (Fault::StallZk(m, self.now + short), None, 0),
             4 => (Fault::StallPeers(m, other, self.now + short), None, 0),
@@ -1604,7 +1721,8 @@ impl Sim {
                 Some(Fault::Restart(m)),
                 self.rng.random_range(0..2 * t).min(left),
             ),
-            _ => (Fault::ZkDown, Some(Fault::ZkUp), short),
+            9 => (Fault::ZkDown, Some(Fault::ZkUp), short),
+            _ => unreachable!("faults are numbered"),
         };
         self.schedule(self.now, Event::Fault(fault));
         if let Some(heal) = heal {
@@ -1617,12 +1735,23 @@ impl Sim {
     fn fault(&mut self, f: Fault) -> Check {
         self.log(|| format!("fault: {f:?}"));
         match f {
-            Fault::CutZk(m) => {
+            Fault::CutZk(m, dirs) => {
                 self.stats.faults += 1;
-                self.links.zk_cut[m] += 1;
-                self.break_where(|ends| ends.contains(&None) && ends[0].is_some_and(|e| e.0 == m));
+                for d in 0..2 {
+                    self.links.zk_cut[m][d] += u32::from(dirs[d]);
+                }
+                let picked = self.conns_where(|ends| {
+                    ends == [ends[0], None] && ends[0].is_some_and(|e| e.0 == m)
+                });
+                for c in picked {
+                    self.cut_conn(c, dirs);
+                }
             }
-            Fault::HealZk(m) => self.links.zk_cut[m] -= 1,
+            Fault::HealZk(m, dirs) => {
+                for d in 0..2 {
+                    self.links.zk_cut[m][d] -= u32::from(dirs[d]);
+                }
+            }
             Fault::CutPeers(a, b) => {
                 self.stats.faults += 1;
                 self.links.peer_cut[a][b] += 1;
@@ -1647,7 +1776,7 @@ impl Sim {
             }
             Fault::BreakConn => {
                 let live: Vec<u64> = (0..self.conns.len() as u64)
-                    .filter(|&c| !self.conns[c as usize].broken)
+                    .filter(|&c| !self.conns[c as usize].broken())
                     .collect();
                 if !live.is_empty() {
                     self.stats.faults += 1;
@@ -1702,14 +1831,17 @@ impl Sim {
         Ok(())
     }
 
-    fn break_where(&mut self, pick: impl Fn(&[End; 2]) -> bool) {
-        let picked: Vec<u64> = (0..self.conns.len() as u64)
+    fn conns_where(&self, pick: impl Fn([End; 2]) -> bool) -> Vec<u64> {
+        (0..self.conns.len() as u64)
             .filter(|&c| {
                 let conn = &self.conns[c as usize];
-                !conn.broken && pick(&conn.ends)
+                !conn.broken() && pick(conn.ends)
             })
-            .collect();
-        for c in picked {
+            .collect()
+    }
+
+    fn break_where(&mut self, pick: impl Fn([End; 2]) -> bool) {
+        for c in self.conns_where(pick) {
             self.break_conn(c);
         }
     }
@@ -1718,13 +1850,12 @@ impl Sim {
     // The end
 
     fn check_settled(&mut self) -> Check {
-        let at = self.instant(self.now);
         let masters: Vec<usize> = (0..self.p.members)
             .filter(|&m| {
                 self.members[m].node.as_ref().is_some_and(|n| {
                     n.term.is_some()
                         && matches!(n.machine.role(), Role::Master { .. })
-                        && n.machine.may_commit(at)
+                        && n.machine.may_commit(self.clock(m, self.now))
                 })
             })
             .collect();
@@ -1771,10 +1902,6 @@ impl Sim {
         }
         Ok(())
     }
-}
-
-fn micros(t: Time) -> Duration {
-    Duration::from_micros(t)
 }
 
 fn index_of(name: &str) -> usize {
