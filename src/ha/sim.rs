@@ -27,7 +27,7 @@
 //!   writes, and its journal holds every receipted write in receipt order.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,7 @@ const REGRESSIONS: &[(usize, u64)] = &[];
 #[derive(Debug, Clone, Copy)]
 struct Params {
     members: usize,
+    sync: SyncMode,
     session_timeout: Time,
     /// Faults are injected (and all healed) within this time.
     chaos: Time,
@@ -61,11 +62,25 @@ struct Params {
     fault_every: Time,
 }
 
+/// When a record counts as held: `quorum_mem` once in memory (a crash loses what was not yet
+/// synced), `quorum_disk` once synced, on the master and on each follower that acks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncMode {
+    Mem,
+    Disk,
+}
+
 impl Params {
-    fn new(members: usize) -> Params {
+    /// Even seeds run `quorum_mem`, odd ones `quorum_disk`.
+    fn new(members: usize, seed: u64) -> Params {
         let t = 2_000 * MS;
         Params {
             members,
+            sync: if seed % 2 == 0 {
+                SyncMode::Mem
+            } else {
+                SyncMode::Disk
+            },
             session_timeout: t,
             chaos: 20 * t,
             settle: 15 * t,
@@ -203,6 +218,11 @@ enum Event {
         member: usize,
         incarnation: u32,
     },
+    /// The member's journal reaches the disk.
+    Sync {
+        member: usize,
+        incarnation: u32,
+    },
     Write {
         to: usize,
         incarnation: u32,
@@ -224,7 +244,7 @@ impl Event {
             | Event::Repl { to, .. }
             | Event::ReplClosed { to, .. }
             | Event::Write { to, .. } => Some(to),
-            Event::Tick { member, .. } => Some(member),
+            Event::Tick { member, .. } | Event::Sync { member, .. } => Some(member),
             _ => None,
         }
     }
@@ -389,9 +409,10 @@ struct Node {
 struct Member {
     name: String,
     weight: u32,
-    /// Durable: survives crashes.
+    /// Survives crashes up to `synced`.
     journal: Vec<Record>,
     history: EpochHistory,
+    synced: u64,
     incarnation: u32,
     /// How fast its clock runs against real time.
     clock_rate: f64,
@@ -409,6 +430,9 @@ impl Member {
 #[derive(Debug, Default, Clone, Copy)]
 struct Stats {
     events: u64,
+    /// Unsynced records lost in crashes.
+    lost_records: u64,
+    excused: u64,
     epochs: u64,
     receipts: u64,
     faults: u64,
@@ -428,6 +452,9 @@ struct Sim {
     next_op: u64,
     next_write: u64,
     receipts: Vec<Receipt>,
+    /// Receipted writes (`quorum_mem`) that a member lost in a crash before syncing them: the
+    /// mode promises nothing for them any more.
+    excused: BTreeSet<u64>,
     /// Receipted writes by index: (epoch, write).
     receipted_at: BTreeMap<u64, Vec<(u64, u64)>>,
     /// Who committed in each epoch: (member, incarnation).
@@ -448,6 +475,7 @@ impl Sim {
                 weight: rng.random_range(1..=2),
                 journal: Vec::new(),
                 history: EpochHistory::default(),
+                synced: 0,
                 incarnation: 0,
                 clock_rate: rng.random_range(0.95..1.05),
                 node: None,
@@ -481,6 +509,7 @@ impl Sim {
             next_op: 0,
             next_write: 0,
             receipts: Vec::new(),
+            excused: BTreeSet::new(),
             receipted_at: BTreeMap::new(),
             committers: BTreeMap::new(),
             newest_commit_epoch: 0,
@@ -534,6 +563,7 @@ impl Sim {
         self.check_settled()?;
         self.stats.epochs = self.zk.epoch;
         self.stats.receipts = self.receipts.len() as u64;
+        self.stats.excused = self.excused.len() as u64;
         Ok(self.stats)
     }
 
@@ -591,6 +621,15 @@ impl Sim {
             } => {
                 if self.running(member, incarnation) {
                     self.tick(member)?;
+                }
+                Ok(())
+            }
+            Event::Sync {
+                member,
+                incarnation,
+            } => {
+                if self.running(member, incarnation) {
+                    self.sync(member)?;
                 }
                 Ok(())
             }
@@ -994,6 +1033,14 @@ impl Sim {
         });
         self.log(|| format!("m{m}: starts at {position}"));
         self.connect_session(m);
+        let at = self.now + self.rng.random_range(MS..300 * MS);
+        self.schedule(
+            at,
+            Event::Sync {
+                member: m,
+                incarnation,
+            },
+        );
         let at = self.now + self.rng.random_range(0..self.p.session_timeout / 10);
         self.schedule(
             at,
@@ -1413,7 +1460,7 @@ impl Sim {
                         held == Record {
                             epoch: e,
                             write: Some(w),
-                        }
+                        } && !self.excused.contains(&w)
                     }) {
                         return Err(format!(
                             "m{m} cuts the receipted record {index} ({held:?}) following epoch {epoch}"
@@ -1422,8 +1469,9 @@ impl Sim {
                 }
                 member.journal.truncate(keep as usize);
                 member.history.truncate_after(keep);
+                member.synced = member.synced.min(keep);
                 self.node(m).follow.as_mut().expect("following").started = true;
-                self.repl_send(m, conn, ReplMsg::Ack { last: keep });
+                self.ack(m);
                 Ok(())
             }
             ReplMsg::Append { first, records } => {
@@ -1447,11 +1495,45 @@ impl Sim {
                         return Err(format!("m{m}: epoch history disagrees at {index}"));
                     }
                 }
-                let last = member.last();
-                self.repl_send(m, conn, ReplMsg::Ack { last });
+                self.ack(m);
                 Ok(())
             }
         }
+    }
+
+    /// A follower acknowledges what it holds: in memory or on disk, as the mode says.
+    fn ack(&mut self, m: usize) {
+        let member = &self.members[m];
+        let last = match self.p.sync {
+            SyncMode::Mem => member.last(),
+            SyncMode::Disk => member.synced,
+        };
+        let conn = member
+            .node
+            .as_ref()
+            .and_then(|n| n.follow.as_ref().filter(|f| f.started).and_then(|f| f.conn));
+        if let Some(conn) = conn {
+            self.repl_send(m, conn, ReplMsg::Ack { last });
+        }
+    }
+
+    fn sync(&mut self, m: usize) -> Check {
+        let member = &mut self.members[m];
+        member.synced = member.last();
+        let incarnation = member.incarnation;
+        if self.p.sync == SyncMode::Disk {
+            self.ack(m);
+            self.try_commit(m)?;
+        }
+        let at = self.now + self.rng.random_range(MS..300 * MS);
+        self.schedule(
+            at,
+            Event::Sync {
+                member: m,
+                incarnation,
+            },
+        );
+        Ok(())
     }
 
     /// Whether the follower takes records from this connection: it must be its current
@@ -1526,7 +1608,10 @@ impl Sim {
                 member.history.last_epoch()
             ));
         }
-        for r in &self.receipts {
+        // (A claim's answer that reaches a member after a pause can still make it serve an
+        // epoch older than one that receipted since; that term cannot commit.)
+        let earlier = |r: &&Receipt| r.epoch < epoch && !self.excused.contains(&r.write);
+        for r in self.receipts.iter().filter(earlier) {
             let held = member.journal.get(r.index as usize - 1);
             if held
                 != Some(&Record {
@@ -1570,7 +1655,10 @@ impl Sim {
     fn try_commit(&mut self, m: usize) -> Check {
         let at = self.clock(m, self.now);
         let need = self.p.members / 2;
-        let last = self.members[m].last();
+        let last = match self.p.sync {
+            SyncMode::Mem => self.members[m].last(),
+            SyncMode::Disk => self.members[m].synced,
+        };
         let incarnation = self.members[m].incarnation;
         let node = self.node(m);
         let Some(term) = &node.term else {
@@ -1803,6 +1891,24 @@ impl Sim {
             Fault::Crash(m) => {
                 let member = &mut self.members[m];
                 if member.node.take().is_some() {
+                    let kept = member.synced;
+                    for (&index, writes) in self.receipted_at.range(kept + 1..member.last() + 1) {
+                        let held = member.journal[index as usize - 1];
+                        for &(epoch, write) in writes {
+                            if self.p.sync == SyncMode::Mem
+                                && held
+                                    == (Record {
+                                        epoch,
+                                        write: Some(write),
+                                    })
+                            {
+                                self.excused.insert(write);
+                            }
+                        }
+                    }
+                    self.stats.lost_records += member.last() - kept;
+                    member.journal.truncate(kept as usize);
+                    member.history.truncate_after(kept);
                     self.stats.faults += 1;
                     member.incarnation += 1;
                     member.paused = false;
@@ -1879,7 +1985,11 @@ impl Sim {
         }
         let journal = &self.members[m].journal;
         let mut last_of_epoch: BTreeMap<u64, u64> = BTreeMap::new();
-        for r in &self.receipts {
+        for r in self
+            .receipts
+            .iter()
+            .filter(|r| !self.excused.contains(&r.write))
+        {
             let held = journal.get(r.index as usize - 1);
             if held
                 != Some(&Record {
@@ -1910,16 +2020,18 @@ fn index_of(name: &str) -> usize {
 
 /// Runs one schedule; on a violation, replays it with a trace and returns the report.
 fn run_schedule(members: usize, seed: u64) -> Result<Stats, String> {
-    match Sim::new(Params::new(members), seed, false).run() {
+    let params = Params::new(members, seed);
+    match Sim::new(params, seed, false).run() {
         Ok(stats) => Ok(stats),
         Err(violation) => {
-            let mut sim = Sim::new(Params::new(members), seed, true);
+            let mut sim = Sim::new(params, seed, true);
             let again = sim.run();
             let trace = sim.trace.take().unwrap_or_default();
             let tail = trace.len().saturating_sub(400);
             let mut report = format!(
-                "{members} members, seed {seed}: {violation}\n\
-                 (replay: set REPLAY to Some(({members}, {seed})) in src/ha/sim.rs)\n"
+                "{members} members, {:?} sync, seed {seed}: {violation}\n\
+                 (replay: set REPLAY to Some(({members}, {seed})) in src/ha/sim.rs)\n",
+                params.sync
             );
             if again.as_ref().err() != Some(&violation) {
                 let _ = writeln!(report, "the replay differs: {again:?}");
@@ -1953,6 +2065,8 @@ fn run_many(members: usize, count: u64) {
         match run_schedule(members, seed) {
             Ok(s) => {
                 total.events += s.events;
+                total.lost_records += s.lost_records;
+                total.excused += s.excused;
                 total.epochs += s.epochs;
                 total.receipts += s.receipts;
                 total.faults += s.faults;
@@ -1985,7 +2099,7 @@ fn replay_one_schedule() {
         Some((members.parse().ok()?, seed.parse().ok()?))
     });
     if let Some((members, seed)) = from_env.or(REPLAY) {
-        let mut sim = Sim::new(Params::new(members), seed, true);
+        let mut sim = Sim::new(Params::new(members, seed), seed, true);
         let result = sim.run();
         for line in sim.trace.take().unwrap_or_default() {
             eprintln!("{line}");
