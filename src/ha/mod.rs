@@ -14,5 +14,7 @@
 //! holds every acknowledged write.
 
 pub mod machine;
+pub mod replication;
 #[cfg(test)]
 mod sim;
+pub mod zk;
