@@ -26,6 +26,11 @@ test-deps:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO $(APT) prometheus || { $$SUDO apt-get update && $$SUDO $(APT) prometheus; }; \
 	}
+	@{ [ -e /usr/share/java/zookeeper.jar ] && command -v java >/dev/null; } || { \
+		echo "installing zookeeper (Debian's package, with its JRE) for the HA tests"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO $(APT) zookeeper || { $$SUDO apt-get update && $$SUDO $(APT) zookeeper; }; \
+	}
 	@command -v python3 >/dev/null || $(APT) python3 python3-pip
 	@python3 -c 'import stomp' 2>/dev/null || python3 -m pip install --quiet stomp.py \
 		|| python3 -m pip install --quiet --break-system-packages stomp.py
