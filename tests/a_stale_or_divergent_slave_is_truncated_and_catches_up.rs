@@ -78,9 +78,9 @@ fn stale_and_divergent_members_are_truncated_and_catch_up() {
         let sends: Vec<_> = (0..10)
             .map(|k| {
                 let direct = direct.clone();
-                tokio::spawn(async move {
-                    send_receipted(&direct, DIVERGENT + k, common::GUARD).await
-                })
+                tokio::spawn(
+                    async move { send_receipted(&direct, DIVERGENT + k, common::GUARD).await },
+                )
             })
             .collect();
         let mut outcomes = Vec::new();
@@ -99,7 +99,10 @@ fn stale_and_divergent_members_are_truncated_and_catch_up() {
     if took > limit {
         group.fail(&format!("the sends without slaves took {took:?} to fail"));
     }
-    eprintln!("without slaves, the sends failed after {took:?}: {:?}", outcomes[0]);
+    eprintln!(
+        "without slaves, the sends failed after {took:?}: {:?}",
+        outcomes[0]
+    );
     let forbidden: BTreeSet<u64> = (DIVERGENT..DIVERGENT + 10).collect();
     drop(direct);
     group.kill9(a);
@@ -116,14 +119,22 @@ fn stale_and_divergent_members_are_truncated_and_catch_up() {
         ));
     }
     let load = Load::start(group.endpoints(), history.next_seq(), SEND_LIMIT);
-    load.wait_more(&group, 100, "in the new epoch, before the divergent member returns");
+    load.wait_more(
+        &group,
+        100,
+        "in the new epoch, before the divergent member returns",
+    );
     group.start_member(a);
     group.wait_role(a, "slave");
 
     // `a` becomes the only follower, then the master.
     let other = 3 - new - a;
     group.kill9(other);
-    load.wait_more(&group, 50, "acknowledged by the once-divergent member alone");
+    load.wait_more(
+        &group,
+        50,
+        "acknowledged by the once-divergent member alone",
+    );
     group.kill9(new);
     group.start_member(other);
     let master = group.wait_master("a master serves after the once-divergent member took over");

@@ -12,7 +12,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::ha::{assert_history, runtime, send_receipted, GroupSpec, HaGroup, History, Load, Sampler};
+use common::ha::{
+    assert_history, runtime, send_receipted, GroupSpec, HaGroup, History, Load, Sampler,
+};
 use common::{refuses_connections, GUARD};
 use meshmq::client::{Client, ClientOptions};
 
@@ -67,7 +69,11 @@ fn a_master_stopped_past_its_session_is_fenced_and_demotes_itself() {
             group.members[new].name
         ));
     }
-    load.wait_more(&group, 50, "from the new master while the old one is frozen");
+    load.wait_more(
+        &group,
+        50,
+        "from the new master while the old one is frozen",
+    );
     eprintln!(
         "frozen {:?} (session timeout {session:?}) when {} served epoch {new_epoch}",
         frozen.elapsed(),
@@ -77,7 +83,9 @@ fn a_master_stopped_past_its_session_is_fenced_and_demotes_itself() {
     group.sigcont(old);
     let mut forbidden = BTreeSet::from([DIRECT + 1]);
     match rt.block_on(in_flight).expect("in-flight send task") {
-        Ok(()) => group.fail("the send that waited across the freeze was receipted by the fenced master"),
+        Ok(()) => {
+            group.fail("the send that waited across the freeze was receipted by the fenced master")
+        }
         Err(e) => eprintln!("the send that waited across the freeze failed: {e}"),
     }
     // Whatever the old master does with its connection now, nothing sent to it is receipted.
@@ -86,10 +94,15 @@ fn a_master_stopped_past_its_session_is_fenced_and_demotes_itself() {
         forbidden.insert(seq);
         let started = Instant::now();
         match rt.block_on(send_receipted(&direct, seq, GUARD)) {
-            Ok(()) => group.fail(&format!("the fenced master receipted a send ({seq}) after -CONT")),
-            Err(e) if started.elapsed() > quorum_timeout + Duration::from_secs(2) => group.fail(
-                &format!("a send to the fenced master took {:?} to fail: {e}", started.elapsed()),
-            ),
+            Ok(()) => group.fail(&format!(
+                "the fenced master receipted a send ({seq}) after -CONT"
+            )),
+            Err(e) if started.elapsed() > quorum_timeout + Duration::from_secs(2) => {
+                group.fail(&format!(
+                    "a send to the fenced master took {:?} to fail: {e}",
+                    started.elapsed()
+                ))
+            }
             Err(_) => {}
         }
     }

@@ -96,13 +96,25 @@ fn without_slaves_sends_fail_fast_and_resume_when_one_returns() {
     }
 
     group.sigcont(slaves[1]);
-    let load = Load::start(group.endpoints(), history.next_seq(), Duration::from_secs(10));
+    let load = Load::start(
+        group.endpoints(),
+        history.next_seq(),
+        Duration::from_secs(10),
+    );
     load.wait_more(&group, 50, "after one slave returned");
     group.start_member(slaves[0]);
     group.wait_for("every member is back and one is master", || {
         let roles: Vec<Option<String>> = group.members.iter().map(|m| m.role()).collect();
-        roles.iter().filter(|r| r.as_deref() == Some("master")).count() == 1
-            && roles.iter().filter(|r| r.as_deref() == Some("slave")).count() == 2
+        roles
+            .iter()
+            .filter(|r| r.as_deref() == Some("master"))
+            .count()
+            == 1
+            && roles
+                .iter()
+                .filter(|r| r.as_deref() == Some("slave"))
+                .count()
+                == 2
     });
     load.wait_more(&group, 50, "with every member back");
     history.merge(load.finish());

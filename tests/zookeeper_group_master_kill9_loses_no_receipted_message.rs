@@ -51,9 +51,10 @@ fn killing_the_master_twenty_times_loses_no_receipted_message() {
         let before = load.receipted();
         let new = group.wait_new_master(master, &format!("round {round}: a new master serves"));
         let took = killed.elapsed();
-        group.wait_for(&format!("round {round}: a receipt from the new master"), || {
-            load.receipted() > before
-        });
+        group.wait_for(
+            &format!("round {round}: a receipt from the new master"),
+            || load.receipted() > before,
+        );
         first_receipts.push(killed.elapsed());
         takeovers.push(took);
         let new_epoch = group.members[new].status().map_or(0, |s| s.epoch);

@@ -90,7 +90,23 @@ impl Member {
 
     /// `/readyz` answers 200: it is the master and serves clients.
     pub fn ready(&self) -> bool {
-        matches!(http_get_within(self.admin, "/readyz", PROBE_TIMEOUT), Ok((200, _)))
+        matches!(
+            http_get_within(self.admin, "/readyz", PROBE_TIMEOUT),
+            Ok((200, _))
+        )
+    }
+
+    /// True when the test started it and it has exited since (a zombie not yet reaped).
+    fn exited(&self) -> bool {
+        self.proc.as_ref().is_some_and(|p| {
+            std::fs::read_to_string(format!("/proc/{}/stat", p.pid()))
+                .ok()
+                .and_then(|stat| {
+                    stat.rsplit_once(") ")
+                        .map(|(_, rest)| rest.starts_with('Z'))
+                })
+                .unwrap_or(true)
+        })
     }
 
     /// Its stdout and stderr over every run.
@@ -114,7 +130,10 @@ fn all_threads_stopped(pid: i32) -> bool {
         std::fs::read_to_string(t.path().join("stat"))
             .ok()
             // The state follows the parenthesised command name, which may contain spaces.
-            .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+            .and_then(|stat| {
+                stat.rsplit_once(") ")
+                    .map(|(_, rest)| rest.starts_with('T'))
+            })
             .unwrap_or(false)
     })
 }
@@ -245,9 +264,10 @@ impl HaGroup {
         p.signal(libc::SIGSTOP);
         let pid = p.pid();
         m.stopped = true;
-        self.wait_for(&format!("every thread of {} is stopped", self.members[i].name), || {
-            all_threads_stopped(pid)
-        });
+        self.wait_for(
+            &format!("every thread of {} is stopped", self.members[i].name),
+            || all_threads_stopped(pid),
+        );
     }
 
     /// `kill -CONT` member `i`.
@@ -259,11 +279,6 @@ impl HaGroup {
             .signal(libc::SIGCONT);
         m.stopped = false;
         m.note_in_log("continued with SIGCONT");
-    }
-
-    /// True when member `i` exited on its own (it should never).
-    pub fn exited(&mut self, i: usize) -> Option<std::process::ExitStatus> {
-        self.members[i].proc.as_mut().and_then(|p| p.try_wait())
     }
 
     /// The member serving as master right now (`/readyz` 200), if exactly one does.
@@ -312,6 +327,12 @@ impl HaGroup {
         while !cond() {
             if Instant::now() >= deadline {
                 self.fail(&format!("gave up after {GUARD:?} waiting until {what}"));
+            }
+            if let Some(m) = self.members.iter().find(|m| m.exited()) {
+                self.fail(&format!(
+                    "{} exited on its own while waiting until {what}",
+                    m.name
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -740,9 +761,7 @@ impl Sampler {
                     let members = std::thread::scope(|s| {
                         let probes: Vec<_> = admins
                             .iter()
-                            .map(|a| {
-                                s.spawn(move || status_of(*a).map(|st| (st.role, st.epoch)))
-                            })
+                            .map(|a| s.spawn(move || status_of(*a).map(|st| (st.role, st.epoch))))
                             .collect();
                         probes
                             .into_iter()

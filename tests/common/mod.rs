@@ -429,7 +429,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
 
 /// [`http_get`] that gives up after `timeout` per connect, read and write (a stopped process
 /// accepts the connection in the kernel and then never answers).
-pub fn http_get_within(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<(u16, String)> {
+pub fn http_get_within(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;

@@ -34,7 +34,9 @@ impl StallProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let addr = listener.local_addr().expect("proxy address");
         // Non-blocking accept so the acceptor notices `stop` without a wake-up connection.
-        listener.set_nonblocking(true).expect("nonblocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
         let shared = Arc::new(Shared {
             upstream,
             stalled: AtomicBool::new(false),

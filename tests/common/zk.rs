@@ -94,10 +94,7 @@ impl ZooKeeper {
                 }
             })
             .collect();
-        let mut zk = ZooKeeper {
-            servers,
-            _dir: dir,
-        };
+        let mut zk = ZooKeeper { servers, _dir: dir };
         for i in 0..n {
             zk.restart(i);
         }
