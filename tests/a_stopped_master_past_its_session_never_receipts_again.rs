@@ -117,6 +117,11 @@ fn a_master_stopped_past_its_session_is_fenced_and_demotes_itself() {
 
     history.merge(load.finish());
     let samples = sampler.finish();
+    eprintln!(
+        "masters seen (member, epoch): {:?} over {} samples",
+        samples.master_changes(),
+        samples.len()
+    );
     let same_epoch = samples.two_masters_in_one_epoch();
     if !same_epoch.is_empty() {
         group.fail(&format!(
@@ -124,6 +129,7 @@ fn a_master_stopped_past_its_session_is_fenced_and_demotes_itself() {
             &same_epoch[..same_epoch.len().min(5)]
         ));
     }
+    assert_history(&rt, &group, &history, &forbidden);
     let two = samples.two_masters();
     if !two.is_empty() {
         group.fail(&format!(
@@ -131,10 +137,4 @@ fn a_master_stopped_past_its_session_is_fenced_and_demotes_itself() {
             &two[..two.len().min(5)]
         ));
     }
-    eprintln!(
-        "masters seen (member, epoch): {:?} over {} samples",
-        samples.master_changes(),
-        samples.len()
-    );
-    assert_history(&rt, &group, &history, &forbidden);
 }

@@ -2,9 +2,9 @@
 //! - the ensemble's leader is `kill -9`ed: the surviving servers elect a new leader, the
 //!   members' sessions survive, and the group keeps the same master in the same epoch (the
 //!   sampler never sees another) while receipts go on;
-//! - every ZooKeeper server is killed: once the session timeout (+ 2 s) has passed no member
-//!   serves as master and nothing is receipted — a master that cannot prove its session must
-//!   not acknowledge;
+//! - every ZooKeeper server is killed: once the session timeout (+ 2 s) has passed nothing is
+//!   receipted — neither the load nor a send made straight to each member that still accepts
+//!   clients — because a master that cannot prove its session must not acknowledge;
 //! - ZooKeeper comes back on its data: a master serves again, receipts resume, and the
 //!   history check finds every message receipted before, during and after the outage.
 //!
@@ -16,8 +16,14 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::ha::{assert_history, runtime, GroupSpec, HaGroup, Load, Sampler};
+use common::ha::{
+    assert_history, runtime, send_receipted, GroupSpec, HaGroup, History, Load, Sampler,
+};
 use common::zk::ZooKeeper;
+use meshmq::client::{Client, ClientOptions};
+
+/// Sequence numbers of the sends made straight to each member during the outage.
+const PROBE: u64 = 2_000_000_000;
 
 #[test]
 fn leader_loss_changes_no_master_and_a_total_outage_stops_receipts_until_zookeeper_returns() {
@@ -27,7 +33,7 @@ fn leader_loss_changes_no_master_and_a_total_outage_stops_receipts_until_zookeep
         session_timeout: Duration::from_secs(4),
         ..GroupSpec::default()
     };
-    let session = spec.session_timeout;
+    let (session, quorum_timeout) = (spec.session_timeout, spec.quorum_timeout);
     let group = HaGroup::start(&zk.connect_string(), spec);
     let master = group.wait_master("a master serves");
     let epoch = group.members[master].status().expect("/status").epoch;
@@ -63,19 +69,46 @@ fn leader_loss_changes_no_master_and_a_total_outage_stops_receipts_until_zookeep
     let outage = Instant::now();
     std::thread::sleep(session + Duration::from_secs(2));
     let receipted_at_deadline = load.receipted();
-    let serving: Vec<&str> = group
+    // Whether a member still *says* master is reported; what must not happen is a receipt.
+    let claiming: Vec<String> = group
         .members
         .iter()
-        .filter(|m| m.ready())
-        .map(|m| m.name.as_str())
+        .filter_map(|m| {
+            m.status()
+                .filter(|s| s.role == "master")
+                .map(|s| format!("{} (ready {})", m.name, s.ready))
+        })
         .collect();
-    if !serving.is_empty() {
-        group.fail(&format!(
-            "{serving:?} still serve(s) as master {:?} into a total zookeeper outage",
-            outage.elapsed()
+    eprintln!(
+        "{:?} into the outage, members saying master: {claiming:?}",
+        outage.elapsed()
+    );
+    // Straight to every member that still accepts clients: each send fails.
+    let mut probes = History::default();
+    for (i, m) in group.members.iter().enumerate() {
+        let options = ClientOptions {
+            connect_timeout: Duration::from_secs(2),
+            ..ClientOptions::default()
+        };
+        let Ok(c) = rt.block_on(Client::connect(&m.url(), options)) else {
+            continue;
+        };
+        let seq = PROBE + i as u64;
+        let outcome = rt.block_on(send_receipted(
+            &c,
+            seq,
+            quorum_timeout + Duration::from_secs(2),
         ));
+        probes.record(seq, &outcome);
+        if outcome.is_ok() {
+            group.fail(&format!(
+                "{} receipted a send {:?} into a total zookeeper outage",
+                m.name,
+                outage.elapsed()
+            ));
+        }
     }
-    // Give a master that wrongly kept acknowledging the chance to show it.
+    // Give a master that wrongly kept acknowledging the load the time to show it.
     std::thread::sleep(Duration::from_secs(3));
     let late = load.receipted() - receipted_at_deadline;
     if late > 0 {
@@ -93,7 +126,8 @@ fn leader_loss_changes_no_master_and_a_total_outage_stops_receipts_until_zookeep
         "a master served {:?} after zookeeper returned",
         back.elapsed()
     );
-    let history = load.finish();
+    let mut history = load.finish();
+    history.merge(probes);
     let rest = sampler.finish();
     let mut both = leader_loss.two_masters();
     both.extend(rest.two_masters());
