@@ -26,8 +26,8 @@ test-deps:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO $(APT) prometheus || { $$SUDO apt-get update && $$SUDO $(APT) prometheus; }; \
 	}
-	@test -f /usr/share/java/zookeeper.jar || { \
-		echo "installing ZooKeeper (Debian's zookeeper package) for the HA tests"; \
+	@{ [ -e /usr/share/java/zookeeper.jar ] && command -v java >/dev/null; } || { \
+		echo "installing zookeeper (Debian's package, with its JRE) for the HA tests"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO $(APT) zookeeper || { $$SUDO apt-get update && $$SUDO $(APT) zookeeper; }; \
 	}

@@ -10,6 +10,10 @@
 // Each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod ha;
+pub mod stall_proxy;
+pub mod zk;
+
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -551,9 +555,19 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// A minimal HTTP/1.1 GET: the status code and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    http_get_within(addr, path, Duration::from_secs(10))
+}
+
+/// [`http_get`] that gives up after `timeout` per connect, read and write (a stopped process
+/// accepts the connection in the kernel and then never answers).
+pub fn http_get_within(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
