@@ -218,8 +218,20 @@ fn tls_client_ca_requires_a_client_certificate_signed_by_it() {
         err.to_lowercase().contains("certificate"),
         "the refusal is about the missing certificate: {err}"
     );
+    let refused = |b: &Broker| {
+        b.metric(
+            "meshmq_connections_refused_total",
+            &[("reason", "tls_handshake")],
+        )
+    };
+    let before = refused(&pki.broker);
     let r = stomp_py(pki.broker.port("stomp_ssl_mutual"), &pki.ca, None);
     assert_eq!(r["connected"], json!(false), "{r}");
+    assert_eq!(
+        refused(&pki.broker),
+        before + 1.0,
+        "the broker itself refused the stomp.py handshake ({r})"
+    );
 
     // With the member certificate the CA signed: served.
     let identified = meshmq::security::client_config_with_identity(&pki.ca, &pki.cert, &pki.key)

@@ -160,6 +160,8 @@ pub struct Machine {
     /// What we last asked to publish (to avoid rewriting the same data).
     published: Option<Announce>,
     lease_until: Option<Instant>,
+    /// The view our pending claim was computed from.
+    claimed_from: Option<View>,
     actions: std::collections::VecDeque<Action>,
 }
 
@@ -175,6 +177,7 @@ impl Machine {
             view: None,
             published: None,
             lease_until: None,
+            claimed_from: None,
             actions: Default::default(),
         }
     }
@@ -299,10 +302,22 @@ impl Machine {
             // computed from the view of the previous write — would check a version that the
             // rewrite bumps: it fails and queues another rewrite, for ever.) If the answer was
             // lost and the claim did succeed, the next view shows a master znode that differs
-            // from `published`, and `handle_view` republishes.
+            // from `published`, and `handle_view` republishes. The view the claim came from is
+            // stale (that is why it failed): unless a newer one arrived meanwhile, claiming
+            // again from it would fail the same way, so wait for a fresh one.
             self.role = Role::Candidate;
+            if self.view == self.claimed_from {
+                self.view = None;
+            }
         }
+        self.claimed_from = None;
         self.evaluate(now);
+    }
+
+    /// A `Publish` failed: ZooKeeper may not hold what we last asked to write, so the next
+    /// change of role writes it again.
+    pub fn handle_publish_failed(&mut self) {
+        self.published = None;
     }
 
     /// Our replication client or our term ended; the journal now ends at `position`.
@@ -466,6 +481,7 @@ impl Machine {
         }
         let epoch = view.epoch.max(self.epoch) + 1;
         self.role = Role::Claiming { epoch };
+        self.claimed_from = Some(view.clone());
         let announce = self.announce();
         self.actions.push_back(Action::Claim {
             epoch,
@@ -706,6 +722,39 @@ mod tests {
                 assert_eq!(checks, &[("/g/a".to_string(), 1), ("/g/b".to_string(), 1)])
             }
             other => panic!("expected a fresh claim, got {other:?}"),
+        }
+    }
+
+    /// Found by a real ZooKeeper group (a fresh group that never elected): a claim that fails
+    /// because its view was stale must not be sent again from that same view — the driver
+    /// would repeat it for ever without reading the group again.
+    #[test]
+    fn a_failed_claim_waits_for_a_fresh_view() {
+        let t = Instant::now();
+        let mut m = Machine::new(config("a"), Position { epoch: 1, index: 9 });
+        m.handle_session(Session::Connected, t);
+        let stale = View {
+            members: vec![seen(candidate("a", 1, 9), 0), seen(candidate("b", 1, 7), 0)],
+            epoch: 1,
+            epoch_version: 4,
+        };
+        m.handle_view(stale.clone(), t);
+        while m.poll_action().is_some() {}
+        m.handle_view(stale.clone(), t);
+        let _ = m.poll_action();
+        assert!(matches!(m.role(), Role::Claiming { .. }), "{:?}", m.role());
+        m.handle_claimed(false, t, t);
+        assert_eq!(
+            m.poll_action(),
+            None,
+            "no second claim from the same stale view"
+        );
+        let mut fresh = stale;
+        fresh.members[1].version = 1;
+        m.handle_view(fresh, t);
+        match m.poll_action() {
+            Some(Action::Claim { checks, .. }) => assert_eq!(checks[1].1, 1),
+            other => panic!("expected a claim from the fresh view, got {other:?}"),
         }
     }
 

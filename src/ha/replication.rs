@@ -218,10 +218,9 @@ impl Master {
 
     fn count_at_least(&self, index: u64) -> usize {
         self.shared
-            .followers
-            .lock()
+            .member_acks()
             .values()
-            .filter(|(_, acked)| *acked >= index)
+            .filter(|acked| **acked >= index)
             .count()
     }
 
@@ -232,19 +231,28 @@ impl Master {
     /// Each connected follower, for `/status` and metrics.
     pub fn followers(&self) -> Vec<FollowerStatus> {
         let last = self.shared.store.journal().next_index().saturating_sub(1);
-        let mut v: Vec<_> = self
-            .shared
-            .followers
-            .lock()
-            .values()
+        self.shared
+            .member_acks()
+            .into_iter()
             .map(|(member, acked)| FollowerStatus {
-                member: member.clone(),
-                acked: *acked,
-                lag: last.saturating_sub(*acked),
+                member,
+                lag: last.saturating_sub(acked),
+                acked,
             })
-            .collect();
-        v.sort_by(|a, b| a.member.cmp(&b.member));
-        v
+            .collect()
+    }
+}
+
+impl MasterShared {
+    /// The highest ack of each follower member: a member with two sessions (it reconnected
+    /// before its old session ended) is one replica, never two.
+    fn member_acks(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut by_member = std::collections::BTreeMap::new();
+        for (member, acked) in self.followers.lock().values() {
+            let best = by_member.entry(member.clone()).or_insert(0);
+            *best = (*best).max(*acked);
+        }
+        by_member
     }
 }
 
@@ -273,7 +281,7 @@ async fn commit_loop(s: Arc<MasterShared>, stop: CancellationToken) {
         // Marks the value seen, so `changed()` below waits for the next write.
         let written = *local.borrow_and_update();
         if s.gated && (s.lease)() {
-            let mut acks: Vec<u64> = s.followers.lock().values().map(|(_, a)| *a).collect();
+            let mut acks: Vec<u64> = s.member_acks().into_values().collect();
             if let Some(q) = quorum_index(&mut acks, s.needed) {
                 let commit = q.min(written);
                 if commit >= s.epoch_start {
@@ -393,10 +401,6 @@ async fn serve_follower(
     write_msg(&mut wr, &start.encode_to_vec())
         .await
         .map_err(io)?;
-    if from <= hello.last_index && !snapshot {
-        // The follower discards its journal and comes back empty.
-        return Ok(());
-    }
     s.followers
         .lock()
         .insert(session, (hello.member.clone(), from.saturating_sub(1)));
@@ -591,8 +595,46 @@ async fn follow_inner(
     }
     let last = store.journal().next_index().saturating_sub(1);
     let master_epochs = epochs_from_proto(&start.epochs);
-    if start.snapshot || start.from <= last {
-        // Start over: discard this journal and copy the master's.
+    if !start.snapshot && start.from <= last {
+        // Our tail diverged from the master's: cut it at the match point, keeping everything
+        // before it (committed records stay where a quorum needs them).
+        let cfg = opts.store.clone();
+        let old = store.clone();
+        let keep = start.from - 1;
+        let cut = tokio::task::spawn_blocking(move || -> Result<Option<Store>, StoreError> {
+            old.close();
+            if !store::truncate_journal_after(&cfg.dir, keep, cfg.max_record)? {
+                return Ok(None);
+            }
+            Store::open(cfg, false).map(|(s, _)| Some(s))
+        })
+        .await
+        .map_err(|e| StoreError::Failed(format!("truncating the journal panicked: {e}")))??;
+        match cut {
+            Some(s) if s.journal().next_index() == start.from => {
+                tracing::warn!(master = %master, had = last, kept = keep, "divergent tail cut");
+                *store = s;
+            }
+            other => {
+                // The checkpoint covers the divergent records (or the cut did not land where
+                // asked): only a fresh copy is sound.
+                let cfg = opts.store.clone();
+                let old = other.unwrap_or_else(|| store.clone());
+                *store = tokio::task::spawn_blocking(move || -> Result<Store, StoreError> {
+                    old.close();
+                    store::wipe_journal(&cfg.dir)?;
+                    Ok(Store::open_empty_at(cfg, 1, EpochHistory::default()))
+                })
+                .await
+                .map_err(|e| {
+                    StoreError::Failed(format!("resetting the journal panicked: {e}"))
+                })??;
+                tracing::warn!(master = %master, had = last, "journal discarded to be copied again");
+                return Err(ReplError::Resync);
+            }
+        }
+    } else if start.snapshot {
+        // Too far behind: discard this journal and copy the master's from its checkpoint.
         let cfg = opts.store.clone();
         let old = store.clone();
         let checkpoint = (!start.checkpoint.is_empty())
@@ -602,23 +644,18 @@ async fn follow_inner(
                 peer: peer.clone(),
                 detail: format!("undecodable checkpoint: {e}"),
             })?;
-        let snapshot = start.snapshot;
         let from = start.from;
         let epochs = master_epochs.clone();
         let fresh = tokio::task::spawn_blocking(move || -> Result<Store, StoreError> {
             old.close();
             store::wipe_journal(&cfg.dir)?;
-            if snapshot {
-                let mut covered = epochs.clone();
-                covered.truncate_after(from.saturating_sub(1));
-                let fresh = Store::open_empty_at(cfg, from, covered);
-                if let Some(c) = checkpoint {
-                    fresh.install_checkpoint(&c)?;
-                }
-                Ok(fresh)
-            } else {
-                Ok(Store::open_empty_at(cfg, 1, EpochHistory::default()))
+            let mut covered = epochs.clone();
+            covered.truncate_after(from.saturating_sub(1));
+            let fresh = Store::open_empty_at(cfg, from, covered);
+            if let Some(c) = checkpoint {
+                fresh.install_checkpoint(&c)?;
             }
+            Ok(fresh)
         })
         .await
         .map_err(|e| StoreError::Failed(format!("resetting the journal panicked: {e}")))??;
@@ -627,12 +664,8 @@ async fn follow_inner(
             master = %master,
             had = last,
             from,
-            snapshot,
-            "journal replaced by a copy of the master's"
+            "journal replaced by the master's snapshot"
         );
-        if !snapshot {
-            return Err(ReplError::Resync);
-        }
     }
     store.set_epochs(master_epochs);
     let journal = store.journal().clone();

@@ -972,6 +972,10 @@ impl Sim {
                 reply(self, ZkReply::Done { op, ok });
                 if ok {
                     self.zk_notify();
+                } else {
+                    // The driver reads the group again after a failed claim.
+                    let view = self.zk_view();
+                    reply(self, ZkReply::View(view));
                 }
             }
         }

@@ -29,8 +29,35 @@ use super::{MemberState, Role, ServerError, ServerOptions, ZooKeeperElection};
 struct Serving {
     term: Term,
     store: Store,
-    repl_stop: CancellationToken,
-    repl_tracker: TaskTracker,
+    replication: Replication,
+}
+
+impl Serving {
+    /// Stops the term (fencing its pending writes first when `fence` says why), then its
+    /// replication.
+    async fn stop(self, state: &MemberState, timeout: Duration, fence: Option<&str>) {
+        if let Some(reason) = fence {
+            self.store.journal().fence(reason);
+        }
+        self.term.stop(state, timeout).await;
+        self.replication.end(state).await;
+    }
+}
+
+/// The replication tasks of a master term.
+#[derive(Clone)]
+struct Replication {
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Replication {
+    async fn end(&self, state: &MemberState) {
+        *state.replication.write() = None;
+        self.stop.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
 }
 
 enum Done {
@@ -257,6 +284,7 @@ impl Driver {
 
     /// Carries out every pending action; false when the session is gone.
     async fn act(&mut self, session: &GroupSession) -> bool {
+        let mut publish_failed = false;
         while let Some(action) = self.machine.poll_action() {
             tracing::debug!(?action, "ha action");
             match action {
@@ -268,7 +296,21 @@ impl Driver {
                                 .handle_session(Session::Expired, Instant::now());
                             return false;
                         }
+                        self.machine.handle_publish_failed();
+                        publish_failed = true;
                     }
+                }
+                Action::Follow { .. } if publish_failed => {
+                    // ZooKeeper does not show that we follow, so appending now would let an
+                    // election count our old position as final. The follow ends before it
+                    // starts; the machine tries again on the next event.
+                    let position = self
+                        .local
+                        .as_ref()
+                        .map(|s| s.position())
+                        .unwrap_or_default();
+                    self.machine.handle_stopped(position, Instant::now());
+                    return true;
                 }
                 Action::Follow { master, epoch } => self.start_following(master, epoch),
                 Action::StopFollowing => {
@@ -297,6 +339,10 @@ impl Driver {
                         tracing::info!(epoch, "won the election");
                     }
                     self.machine.handle_claimed(ok, sent, Instant::now());
+                    if !ok {
+                        // The machine waits for a fresh view before it claims again.
+                        self.refresh(session).await;
+                    }
                 }
                 Action::Serve { epoch } => self.start_serving(epoch),
                 Action::Resign { reason } => {
@@ -400,12 +446,8 @@ impl Driver {
     /// Fences and stops the term, then takes the journal back as a candidate.
     async fn end_term(&mut self, reason: &str) {
         if let Some(s) = self.serving.take() {
-            s.store.journal().fence(reason);
-            *self.state.replication.write() = None;
-            s.term.stop(&self.state, self.opts.shutdown_timeout).await;
-            s.repl_stop.cancel();
-            s.repl_tracker.close();
-            s.repl_tracker.wait().await;
+            s.stop(&self.state, self.opts.shutdown_timeout, Some(reason))
+                .await;
         }
         self.reopen_local().await;
     }
@@ -439,11 +481,7 @@ impl Driver {
             stop.cancel();
         }
         if let Some(s) = self.serving.take() {
-            *self.state.replication.write() = None;
-            s.term.stop(&self.state, self.opts.shutdown_timeout).await;
-            s.repl_stop.cancel();
-            s.repl_tracker.close();
-            s.repl_tracker.wait().await;
+            s.stop(&self.state, self.opts.shutdown_timeout, None).await;
         }
         while self.following.is_some() || self.starting.is_some() {
             match done_rx.recv().await {
@@ -454,8 +492,7 @@ impl Driver {
                 Some(Done::Started(r)) => {
                     self.starting = None;
                     if let Ok(s) = r {
-                        s.term.stop(&self.state, self.opts.shutdown_timeout).await;
-                        s.repl_stop.cancel();
+                        s.stop(&self.state, self.opts.shutdown_timeout, None).await;
                     }
                 }
                 None => break,
@@ -518,8 +555,10 @@ async fn serve(
             }
         }
     };
-    let repl_stop = CancellationToken::new();
-    let repl_tracker = TaskTracker::new();
+    let replication = Replication {
+        stop: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    };
     let master = replication::Master::start(
         listener,
         store.clone(),
@@ -532,29 +571,18 @@ async fn serve(
             token: ha.token.clone(),
             heartbeat: (ha.zookeeper.session_timeout / 4).max(Duration::from_millis(100)),
         },
-        repl_stop.clone(),
-        &repl_tracker,
+        replication.stop.clone(),
+        &replication.tracker,
     );
     *state.replication.write() = Some(master.clone());
-    let abandon = |why: &'static str| {
-        let store = store.clone();
-        let broker = broker.clone();
-        let repl_stop = repl_stop.clone();
-        let repl_tracker = repl_tracker.clone();
-        async move {
-            store.journal().fence(why);
-            repl_stop.cancel();
-            repl_tracker.close();
-            repl_tracker.wait().await;
-            close_store(&broker).await;
-        }
-    };
     tokio::select! {
         _ = master.caught_up() => {}
         _ = stop.cancelled() => {
-            *state.replication.write() = None;
-            abandon("stepped down before serving").await;
-            return Err(ServerError::Stopped("stepped down before serving".into()));
+            let why = "stepped down before serving";
+            store.journal().fence(why);
+            replication.end(state).await;
+            close_store(&broker).await;
+            return Err(ServerError::Stopped(why.into()));
         }
     }
     tracing::info!(epoch, "followers caught up; opening the client listeners");
@@ -562,14 +590,10 @@ async fn serve(
         Ok(term) => Ok(Serving {
             term,
             store,
-            repl_stop,
-            repl_tracker,
+            replication,
         }),
         Err(e) => {
-            *state.replication.write() = None;
-            repl_stop.cancel();
-            repl_tracker.close();
-            repl_tracker.wait().await;
+            replication.end(state).await;
             Err(e)
         }
     }

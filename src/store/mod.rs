@@ -112,6 +112,31 @@ impl Store {
         for note in &recovered.notes {
             tracing::warn!("journal recovery: {note}");
         }
+        let store = Store::start(
+            config,
+            segments,
+            recovered.next_index,
+            recovered.checkpoint_next.unwrap_or(0),
+            recovered.epochs.clone(),
+        );
+        Ok((store, recovered))
+    }
+
+    /// Opens an empty journal that continues at `next_index` (a follower installing its
+    /// master's snapshot: records from `next_index` on follow). The directory must be empty
+    /// of segments.
+    pub fn open_empty_at(config: StoreConfig, next_index: u64, epochs: EpochHistory) -> Store {
+        Store::start(config, Vec::new(), next_index, 0, epochs)
+    }
+
+    /// Starts the writer over `segments` (what recovery found, or none).
+    fn start(
+        config: StoreConfig,
+        segments: Vec<journal::Segment>,
+        next_index: u64,
+        checkpoint_next: u64,
+        epochs: EpochHistory,
+    ) -> Store {
         let journal = Journal::start(
             config.dir.clone(),
             journal::JournalOptions {
@@ -122,36 +147,8 @@ impl Store {
                 max_record: config.max_record,
             },
             segments,
-            recovered.next_index,
-            recovered.checkpoint_next.unwrap_or(0),
-        );
-        Ok((
-            Store {
-                journal,
-                dir: config.dir,
-                epochs: std::sync::Arc::new(parking_lot::Mutex::new(recovered.epochs.clone())),
-                on_checkpoint: Default::default(),
-            },
-            recovered,
-        ))
-    }
-
-    /// Opens an empty journal that continues at `next_index` (a follower installing its
-    /// master's snapshot: records from `next_index` on follow). The directory must be empty
-    /// of segments.
-    pub fn open_empty_at(config: StoreConfig, next_index: u64, epochs: EpochHistory) -> Store {
-        let journal = Journal::start(
-            config.dir.clone(),
-            journal::JournalOptions {
-                segment_size: config.segment_size,
-                store_limit: config.store_limit,
-                durability: config.durability,
-                group_commit_window: config.group_commit_window,
-                max_record: config.max_record,
-            },
-            Vec::new(),
             next_index,
-            0,
+            checkpoint_next,
         );
         Store {
             journal,
@@ -289,6 +286,16 @@ impl Store {
     pub fn close(&self) {
         self.journal.close();
     }
+}
+
+/// Drops every record after `last` from the closed journal in `dir`; `Ok(false)` (nothing
+/// changed) when its checkpoint already covers later records.
+pub fn truncate_journal_after(
+    dir: &Path,
+    last: u64,
+    max_record: usize,
+) -> Result<bool, StoreError> {
+    recovery::truncate_after(dir, last, max_record)
 }
 
 /// Deletes every journal file in `dir` (segments and checkpoint): a follower starting over

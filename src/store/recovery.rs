@@ -430,6 +430,33 @@ pub(crate) fn write_checkpoint(dir: &Path, c: &Checkpoint) -> Result<(), StoreEr
     super::journal::sync_dir(dir)
 }
 
+/// Drops every record after `last` from the closed journal in `dir` (a follower whose tail
+/// diverged from its master's): later segments are deleted, the segment holding `last + 1` is
+/// zeroed from that record on. `Ok(false)`, touching nothing, when the checkpoint covers
+/// records after `last` — then only starting over from the master's copy is sound.
+pub(crate) fn truncate_after(dir: &Path, last: u64, max_record: usize) -> Result<bool, StoreError> {
+    if read_checkpoint(dir)?.is_some_and(|c| c.next_index > last + 1) {
+        return Ok(false);
+    }
+    for (first, path) in list_segments(dir)? {
+        if first > last {
+            std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, "delete", e))?;
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(|e| StoreError::io(&path, "read", e))?;
+        let scan = frame::scan(&bytes, first, max_record + 8);
+        if let Some(cut) = scan.records.iter().find(|f| f.index == last + 1) {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| StoreError::io(&path, "open", e))?;
+            zero_from(&file, &path, cut.offset as u64, bytes.len() as u64)?;
+        }
+    }
+    super::journal::sync_dir(dir)?;
+    Ok(true)
+}
+
 /// Lists segment files by first index.
 fn list_segments(dir: &Path) -> Result<Vec<(u64, std::path::PathBuf)>, StoreError> {
     let mut out = Vec::new();

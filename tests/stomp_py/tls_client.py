@@ -6,7 +6,7 @@ import time
 
 import stomp
 
-from stomp_helpers import GUARD, HOST, Recorder, done, fail, send, subscribe
+from stomp_helpers import GUARD, HOST, Recorder, done, send, subscribe
 
 port = int(sys.argv[1])
 ca = sys.argv[2]
@@ -24,15 +24,20 @@ except Exception as e:  # the TLS handshake failed on our side (an untrusted ser
     sys.exit(0)
 
 # The server may refuse after the handshake looked complete to us (a missing client
-# certificate under TLS 1.3): then the connection just ends.
+# certificate under TLS 1.3): then the connection just ends. stomp.py 9 does not always
+# notice that end on a TLS socket (its non-blocking TLS reader takes an end of stream for
+# "no data yet"; only a failed write of CONNECT reveals it), so a CONNECTED that never
+# comes within the guard also counts as a refusal; the caller checks the broker's own
+# count of refused handshakes to tell a refusal from a hang.
 deadline = time.monotonic() + GUARD
 with rec.cond:
     while rec.connected is None and not rec.disconnected and not rec.errors:
         if time.monotonic() > deadline:
-            fail("neither CONNECTED nor a close within %ss" % GUARD)
+            break
         rec.cond.wait(0.1)
 if rec.connected is None:
-    done({"connected": False, "error": "closed by the broker: %s" % rec.errors})
+    seen = "closed by the broker" if rec.disconnected or rec.errors else "no CONNECTED within %ss" % GUARD
+    done({"connected": False, "error": "%s: %s" % (seen, rec.errors)})
     sys.exit(0)
 
 subscribe(conn, rec, "/queue/tls", "1")
