@@ -16,7 +16,7 @@ build:
 
 ## Install what the tests need, check formatting and lints, run every test.
 test: test-deps lint
-	$(CARGO) test --release -- --test-threads=2
+	$(CARGO) test --profile ci -- --test-threads=2
 
 ## Tools the integration tests start for real (installed when missing).
 test-deps:
@@ -32,7 +32,7 @@ test-deps:
 
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(CARGO) clippy --profile ci --all-targets -- -D warnings
 
 ## Run the standard benchmark set and print a results table.
 bench: build

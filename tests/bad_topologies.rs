@@ -681,7 +681,6 @@ fn the_full_reference_topology_loads_and_lists_what_this_build_cannot_serve() {
     };
     let expected = [
         "group[hub].election (zookeeper)",
-        "group[edge-1].election (file-lock)",
         "zookeeper",
         "group[hub].member[hub-1].listener[0].update_cluster_clients",
         "group[hub].member[hub-1].listener[0].rebalance_cluster_clients",

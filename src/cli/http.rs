@@ -32,14 +32,24 @@ async fn get_inner(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)
 
 /// Waits until `addr`'s `/readyz` answers 200.
 pub async fn wait_ready(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    wait_any_ready(&[addr], timeout).await.map(|_| ())
+}
+
+/// Waits until one of `addrs` answers 200 on `/readyz` (a group is ready when its master is;
+/// standbys answer 503). Returns the one that did.
+pub async fn wait_any_ready(addrs: &[SocketAddr], timeout: Duration) -> anyhow::Result<SocketAddr> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Ok((200, _)) = get(addr, "/readyz", Duration::from_secs(1)).await {
-            return Ok(());
+        for &addr in addrs {
+            if let Ok((200, _)) = get(addr, "/readyz", Duration::from_secs(1)).await {
+                return Ok(addr);
+            }
         }
         if tokio::time::Instant::now() >= deadline {
+            let list: Vec<String> = addrs.iter().map(|a| format!("{a}/readyz")).collect();
             return Err(anyhow!(
-                "{addr}/readyz did not answer 200 within {timeout:?}"
+                "none of {} answered 200 within {timeout:?}",
+                list.join(", ")
             ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -163,12 +163,14 @@ pub async fn up(topology: &Path) -> anyhow::Result<()> {
         running += 1;
     }
     drop(exit_tx);
-    for (_, member) in topo.members() {
-        let ready = http::wait_ready(member.admin, Duration::from_secs(30));
+    // A group is ready when one member serves it (the others of an HA group stand by).
+    for group in &topo.groups {
+        let admins: Vec<_> = group.members.iter().map(|m| m.admin).collect();
+        let ready = http::wait_any_ready(&admins, Duration::from_secs(30));
         tokio::select! {
             r = ready => if let Err(e) = r {
                 stop_members(&stop_tx, &mut exit_rx).await;
-                bail!("member {} did not become ready: {e}", member.name);
+                bail!("group {} has no master: {e}", group.name);
             },
             Some((name, status)) = exit_rx.recv() => {
                 stop_members(&stop_tx, &mut exit_rx).await;

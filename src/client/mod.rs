@@ -379,7 +379,7 @@ impl Shared {
 
     fn poll_out(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.out_ready.register(cx.waker());
-        if !self.out.lock().buf.is_empty() || self.stop.is_cancelled() {
+        if !self.out.lock().buf.is_empty() {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -403,7 +403,9 @@ impl Drop for CloseOnDrop {
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,
-    _guard: Arc<CloseOnDrop>,
+    /// `None` for the client's own background work (the reply router), which must not keep
+    /// the connection open once the application's handles are gone.
+    _guard: Option<Arc<CloseOnDrop>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -550,7 +552,7 @@ impl Client {
             options.max_frame_size,
         ));
         Ok(Client {
-            _guard: Arc::new(CloseOnDrop(shared.clone())),
+            _guard: Some(Arc::new(CloseOnDrop(shared.clone()))),
             shared,
         })
     }
@@ -925,8 +927,12 @@ struct ReplyRouter {
 
 impl ReplyRouter {
     async fn start(client: &Client) -> Result<ReplyRouter, ClientError> {
-        let queue = client.temp_queue_name();
-        let mut sub = client
+        let background = Client {
+            shared: client.shared.clone(),
+            _guard: None,
+        };
+        let queue = background.temp_queue_name();
+        let mut sub = background
             .subscribe(&queue, SubscribeOptions::default())
             .await?;
         let pending: Arc<Mutex<HashMap<String, oneshot::Sender<Delivery>>>> = Arc::default();
@@ -976,17 +982,28 @@ async fn run_connection(
             .into_iter()
             .filter(|d| !d.is_zero())
             .min()
-            .unwrap_or(Duration::from_secs(3600))
+            .unwrap_or(Duration::from_secs(20))
+            .min(Duration::from_secs(20))
             / 2,
     );
+    // Set once the application closed the client: what is queued may still go out, for a
+    // bounded time (a broker that stopped reading must not keep us spinning).
+    let mut stopping: Option<Instant> = None;
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason: ClientError = 'conn: loop {
         take_outgoing(&shared, &mut pump);
-        if shared.stop.is_cancelled() && pump.wbuf.is_empty() && shared.out.lock().buf.is_empty() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), pump.flush_and_close()).await;
-            break ClientError::Closed("closed by the client".into());
+        if let Some(since) = stopping {
+            let flushed = pump.wbuf.is_empty() && shared.out.lock().buf.is_empty();
+            if flushed || since.elapsed() > Duration::from_secs(2) {
+                let _ = tokio::time::timeout(Duration::from_secs(2), pump.flush_and_close()).await;
+                break ClientError::Closed("closed by the client".into());
+            }
         }
         tokio::select! {
+            _ = shared.stop.cancelled(), if stopping.is_none() => {
+                stopping = Some(Instant::now());
+            }
+            _ = tokio::time::sleep(Duration::from_millis(100)), if stopping.is_some() => {}
             ev = pump.next_event(true, 256 * 1024, |cx| shared.poll_out(cx)) => match ev {
                 Ok(IoEvent::Read) => {
                     last_read = Instant::now();
@@ -1001,7 +1018,6 @@ async fn run_connection(
                             Err(e) => break 'conn ClientError::Protocol(e.to_string()),
                         }
                     }
-                    pump.shrink_idle();
                 }
                 Ok(IoEvent::Drained) => {
                     last_write = Instant::now();
@@ -1011,6 +1027,7 @@ async fn run_connection(
                 Err(e) => break ClientError::Closed(format!("socket error: {e}")),
             },
             _ = tick.tick() => {
+                pump.shrink_idle();
                 let now = Instant::now();
                 if !broker_heartbeat.is_zero() && now.duration_since(last_read) > broker_heartbeat * 3 {
                     break ClientError::Timeout(format!("no heartbeat from the broker for {:?}", broker_heartbeat * 3));

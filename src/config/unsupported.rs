@@ -22,7 +22,11 @@ pub(super) fn unsupported(topo: &Topology) -> Vec<String> {
 }
 
 fn elections_other_than_none(topo: &Topology, keys: &mut Vec<String>) {
-    for g in topo.groups.iter().filter(|g| g.election != Election::None) {
+    for g in topo
+        .groups
+        .iter()
+        .filter(|g| g.election == Election::ZooKeeper)
+    {
         keys.push(format!("group[{}].election ({})", g.name, g.election));
     }
 }

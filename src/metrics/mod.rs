@@ -57,6 +57,8 @@ pub const CONNECTOR_FULL: &str = "meshmq_connector_refused_full_total";
 pub const CONNECTOR_INFLIGHT: &str = "meshmq_connector_inflight";
 pub const CONNECTOR_REMOTE_DEMAND: &str = "meshmq_connector_remote_demand";
 pub const REMOTE_DEMAND: &str = "meshmq_remote_demand";
+pub const ROLE: &str = "meshmq_role_master";
+pub const TERMS: &str = "meshmq_master_terms_total";
 pub const UPTIME: &str = "meshmq_uptime_seconds";
 pub const UP: &str = "meshmq_up";
 pub const PROCESS_RSS: &str = "meshmq_process_resident_memory_bytes";
@@ -202,6 +204,11 @@ fn describe_all() {
         REMOTE_DEMAND,
         "Remote consumers known here, by destination."
     );
+    describe_gauge!(
+        ROLE,
+        "1 while this member is its group's master (serving clients), 0 otherwise."
+    );
+    describe_counter!(TERMS, "Times this member became master.");
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since this member started.");
     describe_gauge!(UP, "1 while this member runs.");
     describe_gauge!(

@@ -129,6 +129,8 @@ pub(crate) struct Bridge {
     exported: HashMap<u64, String>,
     /// Forward acknowledgements waiting for the journal: (index, forward id).
     deferred: VecDeque<(u64, u64)>,
+    /// Forwards accepted during the current read batch, acknowledged together.
+    accepted: Vec<u64>,
     last_read: Instant,
     last_write: Instant,
 }
@@ -158,6 +160,7 @@ impl Bridge {
             deliveries: VecDeque::new(),
             exported: HashMap::new(),
             deferred: VecDeque::new(),
+            accepted: Vec::new(),
             last_read: now,
             last_write: now,
         }
@@ -221,7 +224,6 @@ impl Bridge {
                         if let Err(e) = self.process_frames() {
                             return e;
                         }
-                        self.pump.shrink_idle();
                     }
                     Ok(IoEvent::Drained) => self.last_write = Instant::now(),
                     Ok(IoEvent::Wake) => {}
@@ -242,6 +244,7 @@ impl Bridge {
                 }
                 _ = retry => self.resend_due(),
                 _ = tick.tick() => {
+                    self.pump.shrink_idle();
                     let now = Instant::now();
                     if now.duration_since(self.last_read) > self.cfg.heartbeat * 3 {
                         return format!("no heartbeat from {} for {:?}", self.cfg.peer, self.cfg.heartbeat * 3);
@@ -521,10 +524,29 @@ impl Bridge {
     }
 
     fn on_forward_ack(&mut self, a: proto::ForwardAck) {
+        if a.accepted {
+            // Acknowledge on the local broker in one call per network consumer.
+            let mut by_sub: HashMap<u64, Vec<u64>> = HashMap::new();
+            for id in std::iter::once(a.forward_id).chain(a.more.iter().copied()) {
+                if let Some(f) = self.inflight.remove(&id) {
+                    self.metrics.acked();
+                    by_sub.entry(f.sub).or_default().push(f.tag);
+                }
+            }
+            for (sub, tags) in by_sub {
+                let _ = self.session.ack(sub, 0, &tags);
+                if let Some(ns) = self.subs.get_mut(&sub) {
+                    ns.inflight -= tags.len();
+                }
+                self.close_if_drained(sub);
+            }
+            self.metrics.inflight(self.inflight.len());
+            return;
+        }
         let Some(f) = self.inflight.remove(&a.forward_id) else {
             return;
         };
-        if !a.accepted && a.retry {
+        if a.retry {
             // The peer is full for that destination: keep it in flight and try again later,
             // without holding up the bridge's other destinations.
             let at = Instant::now() + f.retry_after;
@@ -532,13 +554,8 @@ impl Bridge {
             self.inflight.insert(a.forward_id, f);
             return;
         }
-        if a.accepted {
-            self.metrics.acked();
-            let _ = self.session.ack(f.sub, 0, &[f.tag]);
-        } else {
-            tracing::warn!(connector = %self.cfg.connector, error = %a.error, "the peer refused a forwarded message; it is redelivered here");
-            let _ = self.session.nack(f.sub, &[f.tag]);
-        }
+        tracing::warn!(connector = %self.cfg.connector, error = %a.error, "the peer refused a forwarded message; it is redelivered here");
+        let _ = self.session.nack(f.sub, &[f.tag]);
         if let Some(ns) = self.subs.get_mut(&f.sub) {
             ns.inflight -= 1;
         }
@@ -584,6 +601,7 @@ impl Bridge {
                 accepted: false,
                 error,
                 retry,
+                more: Vec::new(),
             }));
         };
         let Some(send) = f.message else {
@@ -625,12 +643,7 @@ impl Bridge {
             .map(|s| s.journal().synced())
             .unwrap_or(u64::MAX);
         if waits == 0 || (self.deferred.is_empty() && synced >= waits) {
-            self.send_frame(Body::ForwardAck(proto::ForwardAck {
-                forward_id,
-                accepted: true,
-                error: String::new(),
-                retry: false,
-            }));
+            self.accepted.push(forward_id);
         } else {
             self.deferred.push_back((waits, forward_id));
         }
@@ -645,14 +658,26 @@ impl Bridge {
             .unwrap_or(u64::MAX);
         while self.deferred.front().is_some_and(|(i, _)| *i <= synced) {
             if let Some((_, forward_id)) = self.deferred.pop_front() {
-                self.send_frame(Body::ForwardAck(proto::ForwardAck {
-                    forward_id,
-                    accepted: true,
-                    error: String::new(),
-                    retry: false,
-                }));
+                self.accepted.push(forward_id);
             }
         }
+        self.flush_accepted();
+    }
+
+    /// Sends the acceptances gathered since the last flush as one frame.
+    fn flush_accepted(&mut self) {
+        let Some((&first, rest)) = self.accepted.split_first() else {
+            return;
+        };
+        let frame = Body::ForwardAck(proto::ForwardAck {
+            forward_id: first,
+            accepted: true,
+            error: String::new(),
+            retry: false,
+            more: rest.to_vec(),
+        });
+        self.accepted.clear();
+        self.send_frame(frame);
     }
 
     fn process_frames(&mut self) -> Result<(), String> {
@@ -674,7 +699,10 @@ impl Bridge {
                         ))
                     }
                 },
-                Ok(wire::Decoded::NeedMore(_)) => return Ok(()),
+                Ok(wire::Decoded::NeedMore(_)) => {
+                    self.flush_accepted();
+                    return Ok(());
+                }
                 // A frame that does not decode tears this bridge down; what it carried is
                 // redelivered from the source when the peer's network consumer closes.
                 Err(e) => return Err(format!("bad frame from the peer: {e}")),

@@ -1,6 +1,5 @@
 //! The admin HTTP port: `/metrics`, `/status`, `/healthz`, `/readyz`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -14,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::DestinationStats;
 use crate::metrics as m;
 
-use super::MemberState;
+use super::{MemberState, Role};
 
 /// `/status`: one member's view of itself.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -75,11 +74,15 @@ pub(crate) async fn serve(
 }
 
 async fn metrics(State(state): State<Arc<MemberState>>) -> impl IntoResponse {
-    m::publish_destinations(state.broker.destination_stats(), state.max_destinations);
     m::publish_process(state.started);
-    metrics::gauge!(m::MEMORY_USED).set(state.broker.memory().used() as f64);
-    if let Some(n) = state.network.get() {
-        n.publish_demand_metrics();
+    // A standby has no broker: it reports its role and process only.
+    let term = state.term.read().clone();
+    if let Some(term) = term {
+        m::publish_destinations(term.broker.destination_stats(), state.max_destinations);
+        metrics::gauge!(m::MEMORY_USED).set(term.broker.memory().used() as f64);
+        if let Some(n) = &term.network {
+            n.publish_demand_metrics();
+        }
     }
     state.prometheus.run_upkeep();
     (
@@ -89,9 +92,11 @@ async fn metrics(State(state): State<Arc<MemberState>>) -> impl IntoResponse {
 }
 
 pub(crate) fn member_status(state: &MemberState) -> MemberStatus {
-    let listeners: Vec<ListenerStatus> = state
-        .listeners
+    let term = state.term.read().clone();
+    let role = *state.role.lock();
+    let listeners: Vec<ListenerStatus> = term
         .iter()
+        .flat_map(|t| t.listeners.iter())
         .map(|(spec, bound, count)| ListenerStatus {
             url: spec.url.clone(),
             protocol: spec.protocol.as_str().to_string(),
@@ -101,27 +106,34 @@ pub(crate) fn member_status(state: &MemberState) -> MemberStatus {
         })
         .collect();
     let p = m::process_usage();
-    let ready = state.ready.load(Ordering::Acquire);
+    let ready = role == Role::Master && term.is_some();
     MemberStatus {
         mesh: state.identity.mesh.clone(),
         group: state.identity.group.clone(),
         member: state.identity.member.clone(),
-        role: if ready { "master" } else { "starting" }.to_string(),
-        epoch: 0,
+        role: role.as_str().to_string(),
+        epoch: state.epoch.load(std::sync::atomic::Ordering::Acquire),
         ready,
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         connections: listeners.iter().map(|l| l.connections).sum(),
         listeners,
-        memory_used_bytes: state.broker.memory().used(),
-        memory_limit_bytes: state.broker.memory().limit(),
+        memory_used_bytes: term.as_ref().map_or(0, |t| t.broker.memory().used()),
+        memory_limit_bytes: state.memory_limit,
         process: ProcessStatus {
             rss_bytes: p.rss_bytes,
             open_fds: p.open_fds,
             cpu_seconds: p.cpu_seconds,
         },
-        destinations: state.broker.destination_stats(),
-        connectors: state.network.get().map(|n| n.status()).unwrap_or_default(),
+        destinations: term
+            .as_ref()
+            .map(|t| t.broker.destination_stats())
+            .unwrap_or_default(),
+        connectors: term
+            .as_ref()
+            .and_then(|t| t.network.as_ref())
+            .map(|n| n.status())
+            .unwrap_or_default(),
     }
 }
 
@@ -130,7 +142,7 @@ async fn status(State(state): State<Arc<MemberState>>) -> Json<MemberStatus> {
 }
 
 async fn ready(State(state): State<Arc<MemberState>>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Acquire) {
+    if *state.role.lock() == Role::Master && state.term.read().is_some() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

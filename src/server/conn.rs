@@ -201,7 +201,8 @@ impl<P: Protocol> Driver<P> {
     }
 
     fn next_heartbeat_check(&self) -> TokioInstant {
-        let far = Instant::now() + Duration::from_secs(3600);
+        // At least this often, so idle buffers are given back even without heartbeats.
+        let far = Instant::now() + Duration::from_secs(10);
         let out = self
             .heartbeat_out
             .map(|h| self.last_write + h)
@@ -282,12 +283,8 @@ impl<P: Protocol> Driver<P> {
                     Ok(IoEvent::Read) => {
                         self.last_read = Instant::now();
                         self.process_frames();
-                        self.pump.shrink_idle();
                     }
-                    Ok(IoEvent::Drained) => {
-                        self.last_write = Instant::now();
-                        self.pump.shrink_idle();
-                    }
+                    Ok(IoEvent::Drained) => self.last_write = Instant::now(),
                     Ok(IoEvent::Wake) => {}
                     Ok(IoEvent::Closed) => return "peer closed",
                     Err(_) => return "socket error",
@@ -310,6 +307,9 @@ impl<P: Protocol> Driver<P> {
     }
 
     fn on_heartbeat_timer(&mut self) {
+        // Buffers a burst grew are given back here, not after every write: a busy connection
+        // would otherwise drop and regrow them all the time.
+        self.pump.shrink_idle();
         let now = Instant::now();
         if let Some(silence) = self.peer_silence {
             if now >= self.last_read + silence {
@@ -353,6 +353,7 @@ impl<P: Protocol> Driver<P> {
         }
         if written > 0 {
             self.ctx.metrics.delivered(written);
+            self.ctx.metrics.write_batch(written);
         }
         for (sub, tags) in ack_on_write {
             let _ = self.session.ack(sub, 0, &tags);

@@ -9,11 +9,14 @@
 
 pub mod admin;
 mod conn;
+mod election;
 pub(crate) mod native;
 mod stomp;
+mod term;
+
+use term::Term;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,10 +25,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::{Broker, BrokerError, BrokerSettings};
-use crate::config::{Scheme, SyncMode, Topology};
+use crate::config::{Election, Scheme, SyncMode, Topology};
 use crate::metrics as m;
 use crate::security::{Authenticator, Authorizer, Principal};
-use crate::store::{Durability, Store, StoreConfig, StoreError};
+use crate::store::{Durability, StoreConfig, StoreError};
 use crate::transport::quic::{self, QuicIncoming, QuicListener};
 use crate::transport::{ConnectionCount, Incoming, Listener, TransportError};
 
@@ -87,14 +90,15 @@ pub struct ListenerSpec {
 
 /// A bound listener of either transport.
 enum Bound {
-    Tcp(Listener),
+    /// With its TLS acceptor when the listener is `ssl://` or `stomp+ssl://`.
+    Tcp(Listener, Option<tokio_rustls::TlsAcceptor>),
     Quic(QuicListener),
 }
 
 impl Bound {
     fn count(&self) -> Arc<ConnectionCount> {
         match self {
-            Bound::Tcp(l) => l.count(),
+            Bound::Tcp(l, _) => l.count(),
             Bound::Quic(l) => l.count(),
         }
     }
@@ -107,9 +111,23 @@ pub struct StompLimits {
     pub max_header_length: usize,
 }
 
+/// How a member's group picks the one that serves.
+#[derive(Debug, Clone)]
+pub enum ElectionOptions {
+    /// A single member, always master.
+    None,
+    /// Members share `dir`; the holder of the OS lock on `dir/lock` is master. A standby tries
+    /// the lock every `poll`.
+    FileLock {
+        dir: std::path::PathBuf,
+        poll: Duration,
+    },
+}
+
 /// Everything needed to run one member.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
+    pub election: ElectionOptions,
     pub identity: Identity,
     pub listeners: Vec<ListenerSpec>,
     pub admin: SocketAddr,
@@ -144,7 +162,21 @@ impl ServerOptions {
                     .join(", "),
             })?;
         let policy = &group.broker;
+        let election = match (group.election, &group.shared_dir) {
+            (Election::FileLock, Some(dir)) => ElectionOptions::FileLock {
+                dir: dir.clone(),
+                poll: group.lock_poll,
+            },
+            _ => ElectionOptions::None,
+        };
+        // A file-lock group keeps one journal in its shared directory: whoever holds the lock
+        // serves from it.
+        let journal_dir = match &election {
+            ElectionOptions::FileLock { dir, .. } => dir.join("journal"),
+            ElectionOptions::None => m.data_dir.join("journal"),
+        };
         Ok(ServerOptions {
+            election,
             identity: Identity {
                 mesh: topo.mesh.to_string(),
                 group: group.name.to_string(),
@@ -191,7 +223,7 @@ impl ServerOptions {
                 max_header_length: policy.stomp_max_header_length as usize,
             },
             store: Some(StoreConfig {
-                dir: m.data_dir.join("journal"),
+                dir: journal_dir,
                 segment_size: topo.store.segment_size,
                 store_limit: topo.store.store_limit,
                 durability: match group.sync {
@@ -246,6 +278,7 @@ pub(crate) struct ListenerMetrics {
     received: Counter,
     delivered: Counter,
     blocked: Counter,
+    write_batch: metrics::Histogram,
 }
 
 impl ListenerMetrics {
@@ -260,7 +293,8 @@ impl ListenerMetrics {
             bad_frames: counter!(m::BAD_FRAMES, "listener" => l.clone(), "protocol" => p),
             received: counter!(m::MESSAGES_RECEIVED, "listener" => l.clone(), "protocol" => p),
             delivered: counter!(m::MESSAGES_DELIVERED, "listener" => l.clone(), "protocol" => p),
-            blocked: counter!(m::PRODUCER_BLOCKS, "listener" => l, "protocol" => p),
+            blocked: counter!(m::PRODUCER_BLOCKS, "listener" => l.clone(), "protocol" => p),
+            write_batch: metrics::histogram!(m::DISPATCH_BATCH, "listener" => l, "protocol" => p),
         }
     }
 
@@ -283,6 +317,10 @@ impl ListenerMetrics {
 
     fn delivered(&self, n: u64) {
         self.delivered.increment(n);
+    }
+
+    fn write_batch(&self, n: u64) {
+        self.write_batch.record(n as f64);
     }
 
     fn producer_blocked(&self) {
@@ -350,34 +388,59 @@ impl ConnCtx {
     }
 }
 
-/// Shared with the admin endpoints.
+/// A member's role in its group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Starting,
+    /// Standing by: another member serves (no client listener open here).
+    Slave,
+    Master,
+    Stopping,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Starting => "starting",
+            Role::Slave => "slave",
+            Role::Master => "master",
+            Role::Stopping => "stopping",
+        }
+    }
+}
+
+/// Shared with the admin endpoints: who this member is, and its current master term if any.
 pub(crate) struct MemberState {
     identity: Arc<Identity>,
-    broker: Broker,
     started: Instant,
-    listeners: Vec<(ListenerSpec, SocketAddr, Arc<ConnectionCount>)>,
-    ready: AtomicBool,
+    role: parking_lot::Mutex<Role>,
+    /// The group's epoch this member last served in (0: never).
+    epoch: std::sync::atomic::AtomicU64,
+    term: parking_lot::RwLock<Option<term::TermView>>,
     max_destinations: usize,
+    memory_limit: u64,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
-    network: std::sync::OnceLock<Arc<crate::network::Network>>,
+}
+
+impl MemberState {
+    pub(crate) fn set_role(&self, role: Role) {
+        *self.role.lock() = role;
+        gauge!(m::ROLE).set(if role == Role::Master { 1.0 } else { 0.0 });
+    }
 }
 
 /// A started member.
 pub struct RunningServer {
-    /// Bound addresses, in the order of `ServerOptions::listeners`.
+    /// Bound addresses, in the order of `ServerOptions::listeners` (a member that starts as a
+    /// standby binds them only when it becomes master: empty then).
     pub listen_addrs: Vec<SocketAddr>,
     pub admin_addr: SocketAddr,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     shutdown_timeout: Duration,
-    broker: Broker,
 }
 
 impl RunningServer {
-    pub fn broker(&self) -> &Broker {
-        &self.broker
-    }
-
     /// Starts a graceful shutdown (idempotent).
     pub fn shutdown(&self) {
         self.shutdown.cancel();
@@ -387,23 +450,19 @@ impl RunningServer {
         self.shutdown.clone()
     }
 
-    /// Waits for every task to end after `shutdown`; gives up after the shutdown timeout.
-    /// Then writes a clean checkpoint and closes the journal. Returns false when tasks were
-    /// still running at the deadline.
+    /// Waits, after `shutdown`, for the master term to stop (connections told, a clean
+    /// checkpoint written, the journal closed) and every task to end. Returns false when
+    /// something was still running at the deadline.
     pub async fn wait(self) -> bool {
         self.shutdown.cancelled().await;
         self.tracker.close();
-        let ended = tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
-            .await
-            .is_ok();
-        if let Some(store) = self.broker.store() {
-            if let Err(e) = self.broker.checkpoint(ended).await {
-                tracing::warn!(error = %e, "final checkpoint failed; the next start replays the journal");
-            }
-            let store = store.clone();
-            let _ = tokio::task::spawn_blocking(move || store.close()).await;
-        }
-        ended
+        // The term's own stop is bounded by the shutdown timeout; allow for the checkpoint.
+        tokio::time::timeout(
+            self.shutdown_timeout * 2 + Duration::from_secs(5),
+            self.tracker.wait(),
+        )
+        .await
+        .is_ok()
     }
 }
 
@@ -411,56 +470,6 @@ impl RunningServer {
 pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
     let prometheus = m::install(&opts.identity.group, &opts.identity.member)?;
     gauge!(m::MEMORY_LIMIT).set(opts.broker.memory_limit as f64);
-    let broker = match &opts.store {
-        Some(cfg) => {
-            let cfg = cfg.clone();
-            let repair = opts.repair;
-            let started = Instant::now();
-            let (store, recovered) = tokio::task::spawn_blocking(move || Store::open(cfg, repair))
-                .await
-                .map_err(|e| StoreError::Failed(format!("journal recovery panicked: {e}")))??;
-            let messages: usize = recovered.queues.iter().map(|(_, m)| m.len()).sum();
-            tracing::info!(
-                messages,
-                durables = recovered.durables.len(),
-                clean = recovered.clean,
-                seconds = started.elapsed().as_secs_f64(),
-                "journal recovered"
-            );
-            Broker::with_store(opts.broker.clone(), store, recovered)
-        }
-        None => Broker::new(opts.broker.clone()),
-    };
-    let identity = Arc::new(opts.identity.clone());
-
-    let mut bound = Vec::new();
-    for spec in &opts.listeners {
-        let tls_err = |source| ServerError::Tls {
-            listener: spec.url.clone(),
-            source,
-        };
-        let bind_err = |source| TransportError::Bind {
-            addr: spec.addr,
-            source,
-        };
-        let (l, addr) = if spec.quic {
-            let files = spec.tls.as_ref().ok_or_else(|| {
-                tls_err(crate::transport::tls::TlsError::Rejected {
-                    path: std::path::PathBuf::from(&spec.url),
-                    detail: "a QUIC listener needs tls_cert and tls_key".into(),
-                })
-            })?;
-            let config = crate::security::load_server_config(files).map_err(tls_err)?;
-            let l = QuicListener::bind(spec.addr, config, spec.max_connections)?;
-            let addr = l.local_addr().map_err(bind_err)?;
-            (Bound::Quic(l), addr)
-        } else {
-            let l = Listener::bind(spec.addr, spec.max_connections).await?;
-            let addr = l.local_addr().map_err(bind_err)?;
-            (Bound::Tcp(l), addr)
-        };
-        bound.push((spec.clone(), addr, l));
-    }
     let admin_listener = tokio::net::TcpListener::bind(opts.admin)
         .await
         .map_err(|source| ServerError::Admin {
@@ -473,99 +482,56 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             addr: opts.admin,
             source,
         })?;
-
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let state = Arc::new(MemberState {
-        identity: identity.clone(),
-        broker: broker.clone(),
+        identity: Arc::new(opts.identity.clone()),
         started: Instant::now(),
-        listeners: bound
-            .iter()
-            .map(|(spec, addr, l)| (spec.clone(), *addr, l.count()))
-            .collect(),
-        ready: AtomicBool::new(false),
+        role: parking_lot::Mutex::new(Role::Starting),
+        epoch: std::sync::atomic::AtomicU64::new(0),
+        term: parking_lot::RwLock::new(None),
         max_destinations: opts.max_destinations,
+        memory_limit: opts.broker.memory_limit,
         prometheus,
-        network: std::sync::OnceLock::new(),
     });
-
-    let listen_addrs = bound.iter().map(|(_, a, _)| *a).collect();
-    let authenticator = Arc::new(Authenticator::new(&opts.security));
-    let authorizer =
-        (!opts.security.acls.is_empty()).then(|| Arc::new(Authorizer::new(&opts.security)));
-    let network = opts.network.clone().map(|n| {
-        crate::network::Network::start(
-            n,
-            broker.clone(),
-            authenticator.clone(),
-            shutdown.clone(),
-            &tracker,
-        )
-    });
-    if let Some(n) = &network {
-        let _ = state.network.set(n.clone());
-    }
-    for (spec, addr, listener) in bound {
-        let tls = match spec.tls.as_ref().filter(|_| !spec.quic) {
-            Some(files) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
-                crate::security::load_server_config(files).map_err(|source| ServerError::Tls {
-                    listener: spec.url.clone(),
-                    source,
-                })?,
-            ))),
-            None => None,
-        };
-        let ctx = Arc::new(ConnCtx {
-            broker: broker.clone(),
-            settings: opts.conn.clone(),
-            identity: identity.clone(),
-            metrics: ListenerMetrics::new(&spec.url, spec.protocol),
-            authenticator: authenticator.clone(),
-            authorizer: authorizer.clone(),
-            stomp: opts.stomp,
-            network: network.clone(),
-        });
-        tracing::info!(listener = %spec.url, %addr, "listening");
-        match listener {
-            Bound::Tcp(listener) => tracker.spawn(accept_loop(
-                listener,
-                spec,
-                tls,
-                ctx,
-                shutdown.clone(),
-                tracker.clone(),
-            )),
-            Bound::Quic(listener) => tracker.spawn(quic_accept_loop(
-                listener,
-                spec,
-                ctx,
-                shutdown.clone(),
-                tracker.clone(),
-            )),
-        };
-    }
     tracker.spawn(admin::serve(
         admin_listener,
         state.clone(),
         shutdown.clone(),
     ));
-    tracker.spawn(chores(
-        broker.clone(),
-        opts.expiry_check_interval,
-        opts.checkpoint_interval,
-        shutdown.clone(),
-    ));
-    state.ready.store(true, Ordering::Release);
-    tracing::info!(admin = %admin_addr, member = %opts.identity.member, "member serving");
-
+    let opts = Arc::new(opts);
+    let listen_addrs = match &opts.election {
+        ElectionOptions::None => {
+            // The only member of its group: serve at once, and fail at once if we cannot.
+            let term = Term::start(&opts, &state, &shutdown).await?;
+            let listen_addrs = term.listen_addrs.clone();
+            let (state, shutdown_token, timeout) =
+                (state.clone(), shutdown.clone(), opts.shutdown_timeout);
+            tracker.spawn(async move {
+                shutdown_token.cancelled().await;
+                term.stop(&state, timeout).await;
+            });
+            listen_addrs
+        }
+        ElectionOptions::FileLock { dir, poll } => {
+            *state.role.lock() = Role::Slave;
+            tracker.spawn(election::file_lock_member(
+                opts.clone(),
+                state.clone(),
+                dir.clone(),
+                *poll,
+                shutdown.clone(),
+            ));
+            Vec::new()
+        }
+    };
+    tracing::info!(admin = %admin_addr, member = %opts.identity.member, "member started");
     Ok(RunningServer {
         listen_addrs,
         admin_addr,
         shutdown,
         tracker,
         shutdown_timeout: opts.shutdown_timeout,
-        broker,
     })
 }
 

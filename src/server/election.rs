@@ -1,0 +1,205 @@
+//! File-lock election: the members of a group share a directory (its journal lives there) and
+//! the one holding an exclusive OS lock on `DIR/lock` is master.
+//!
+//! The kernel releases the lock when its holder dies, however it dies, so a standby polling
+//! every `lock_poll` takes over within that time. The master re-checks every `lock_poll` that
+//! the lock file it holds is still the one at that path (deleted or replaced by someone else
+//! means another process could lock the new file), and steps down at once if not — never two
+//! masters writing one journal.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::term::Term;
+use super::{MemberState, Role, ServerOptions};
+
+/// An exclusive lock on a file, held while this value lives.
+pub(crate) struct FileLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl FileLock {
+    /// Takes the lock if it is free; `Ok(None)` when another process holds it.
+    pub fn try_acquire(path: &Path) -> std::io::Result<Option<FileLock>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        // SAFETY: flock on a descriptor we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(Some(FileLock {
+                file,
+                path: path.to_path_buf(),
+            }));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(err)
+        }
+    }
+
+    /// True while the file at the path is still the one this lock is on.
+    pub fn still_held(&self) -> bool {
+        match (std::fs::metadata(&self.path), self.file.metadata()) {
+            (Ok(at_path), Ok(ours)) => at_path.ino() == ours.ino() && at_path.dev() == ours.dev(),
+            _ => false,
+        }
+    }
+}
+
+/// Runs a file-lock member until shutdown: standby until the lock is ours, master while it
+/// stays ours.
+pub(crate) async fn file_lock_member(
+    opts: Arc<ServerOptions>,
+    state: Arc<MemberState>,
+    dir: PathBuf,
+    poll: Duration,
+    shutdown: CancellationToken,
+) {
+    let lock_path = dir.join("lock");
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        tracing::error!(dir = %dir.display(), error = %e, "cannot create the shared directory");
+    }
+    let mut warned = false;
+    loop {
+        state.set_role(Role::Slave);
+        let lock = loop {
+            match FileLock::try_acquire(&lock_path) {
+                Ok(Some(lock)) => break lock,
+                Ok(None) => {}
+                Err(e) if !warned => {
+                    warned = true;
+                    tracing::warn!(path = %lock_path.display(), error = %e, "cannot try the master lock");
+                }
+                Err(_) => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        };
+        match next_epoch(&dir) {
+            Ok(epoch) => {
+                state
+                    .epoch
+                    .store(epoch, std::sync::atomic::Ordering::Release);
+                tracing::info!(path = %lock_path.display(), epoch, "took the master lock");
+            }
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot record the new epoch; giving the lock up");
+                drop(lock);
+                tokio::select! {
+                    _ = tokio::time::sleep(poll.max(Duration::from_secs(1))) => continue,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+        let term = match Term::start(&opts, &state, &shutdown).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve as master; giving the lock up");
+                drop(lock);
+                tokio::select! {
+                    _ = tokio::time::sleep(poll.max(Duration::from_secs(1))) => continue,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        };
+        let stopped = term.stopped();
+        let lost = loop {
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {
+                    if !lock.still_held() {
+                        break true;
+                    }
+                }
+                _ = stopped.cancelled() => break false,
+            }
+        };
+        if lost {
+            tracing::error!(path = %lock_path.display(), "the master lock file was removed or replaced: stepping down");
+        }
+        term.stop(&state, opts.shutdown_timeout).await;
+        drop(lock);
+        if shutdown.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// Advances the group's epoch, kept in `DIR/epoch`, and returns the new one. Only the lock
+/// holder calls this; the file is replaced atomically and synced, so a crash leaves either the
+/// old or the new number.
+fn next_epoch(dir: &Path) -> std::io::Result<u64> {
+    let path = dir.join("epoch");
+    let current = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{}: {e}; delete it to start again from epoch 1",
+                    path.display()
+                ),
+            )
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    let next = current + 1;
+    let tmp = dir.join("epoch.tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, format!("{next}\n").as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    File::open(dir)?.sync_all()?;
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_holder_at_a_time_and_a_replaced_file_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let first = FileLock::try_acquire(&path).unwrap().expect("free");
+        assert!(first.still_held());
+        assert!(FileLock::try_acquire(&path).unwrap().is_none(), "held");
+        drop(first);
+        let second = FileLock::try_acquire(&path)
+            .unwrap()
+            .expect("released on drop");
+        std::fs::remove_file(&path).unwrap();
+        assert!(!second.still_held(), "the file was removed");
+        std::fs::write(&path, b"").unwrap();
+        assert!(
+            !second.still_held(),
+            "a new file at the path is another lock"
+        );
+    }
+
+    #[test]
+    fn epochs_count_up_and_a_garbled_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(next_epoch(dir.path()).unwrap(), 1);
+        assert_eq!(next_epoch(dir.path()).unwrap(), 2);
+        std::fs::write(dir.path().join("epoch"), b"x").unwrap();
+        let e = next_epoch(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("delete it"), "{e}");
+    }
+}

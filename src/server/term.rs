@@ -1,0 +1,219 @@
+//! A master term: the period a member serves its group. It opens the journal and rebuilds the
+//! broker from it, binds the client listeners, starts the connectors and the chores; stopping
+//! it tells every connection, waits for them, writes a checkpoint and closes the journal — so a
+//! member can step down and later serve again (or another member take over the same journal).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics::counter;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::Broker;
+use crate::metrics as m;
+use crate::security::{Authenticator, Authorizer};
+use crate::store::{Store, StoreError};
+use crate::transport::quic::QuicListener;
+use crate::transport::{ConnectionCount, Listener, TransportError};
+
+use super::{
+    accept_loop, chores, quic_accept_loop, Bound, ConnCtx, ListenerMetrics, ListenerSpec,
+    MemberState, Role, ServerError, ServerOptions,
+};
+
+/// What the admin endpoints see of the running term.
+#[derive(Clone)]
+pub(crate) struct TermView {
+    pub broker: Broker,
+    pub listeners: Vec<(ListenerSpec, SocketAddr, Arc<ConnectionCount>)>,
+    pub network: Option<Arc<crate::network::Network>>,
+}
+
+pub(crate) struct Term {
+    broker: Broker,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    pub listen_addrs: Vec<SocketAddr>,
+}
+
+async fn bind(spec: &ListenerSpec) -> Result<(Bound, SocketAddr), ServerError> {
+    let tls_err = |source| ServerError::Tls {
+        listener: spec.url.clone(),
+        source,
+    };
+    let bind_err = |source| TransportError::Bind {
+        addr: spec.addr,
+        source,
+    };
+    if spec.quic {
+        let files = spec.tls.as_ref().ok_or_else(|| {
+            tls_err(crate::transport::tls::TlsError::Rejected {
+                path: std::path::PathBuf::from(&spec.url),
+                detail: "a QUIC listener needs tls_cert and tls_key".into(),
+            })
+        })?;
+        let config = crate::security::load_server_config(files).map_err(tls_err)?;
+        let l = QuicListener::bind(spec.addr, config, spec.max_connections)?;
+        let addr = l.local_addr().map_err(bind_err)?;
+        Ok((Bound::Quic(l), addr))
+    } else {
+        let tls = match &spec.tls {
+            Some(files) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                crate::security::load_server_config(files).map_err(tls_err)?,
+            ))),
+            None => None,
+        };
+        let l = Listener::bind(spec.addr, spec.max_connections).await?;
+        let addr = l.local_addr().map_err(bind_err)?;
+        Ok((Bound::Tcp(l, tls), addr))
+    }
+}
+
+impl Term {
+    /// Becomes master: recovers the journal, binds every listener (all or nothing), serves.
+    pub async fn start(
+        opts: &ServerOptions,
+        state: &Arc<MemberState>,
+        parent: &CancellationToken,
+    ) -> Result<Term, ServerError> {
+        let broker = match &opts.store {
+            Some(cfg) => {
+                let cfg = cfg.clone();
+                let repair = opts.repair;
+                let started = Instant::now();
+                let (store, recovered) =
+                    tokio::task::spawn_blocking(move || Store::open(cfg, repair))
+                        .await
+                        .map_err(|e| {
+                            StoreError::Failed(format!("journal recovery panicked: {e}"))
+                        })??;
+                let messages: usize = recovered.queues.iter().map(|(_, m)| m.len()).sum();
+                tracing::info!(
+                    messages,
+                    durables = recovered.durables.len(),
+                    clean = recovered.clean,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "journal recovered"
+                );
+                Broker::with_store(opts.broker.clone(), store, recovered)
+            }
+            None => Broker::new(opts.broker.clone()),
+        };
+        let mut bound = Vec::new();
+        for spec in &opts.listeners {
+            match bind(spec).await {
+                Ok((l, addr)) => bound.push((spec.clone(), addr, l)),
+                Err(e) => {
+                    close_store(&broker).await;
+                    return Err(e);
+                }
+            }
+        }
+        let stop = parent.child_token();
+        let tracker = TaskTracker::new();
+        let identity = state.identity.clone();
+        let authenticator = Arc::new(Authenticator::new(&opts.security));
+        let authorizer =
+            (!opts.security.acls.is_empty()).then(|| Arc::new(Authorizer::new(&opts.security)));
+        let network = opts.network.clone().map(|n| {
+            crate::network::Network::start(
+                n,
+                broker.clone(),
+                authenticator.clone(),
+                stop.clone(),
+                &tracker,
+            )
+        });
+        let view = TermView {
+            broker: broker.clone(),
+            listeners: bound
+                .iter()
+                .map(|(spec, addr, l)| (spec.clone(), *addr, l.count()))
+                .collect(),
+            network: network.clone(),
+        };
+        let listen_addrs = bound.iter().map(|(_, a, _)| *a).collect();
+        for (spec, addr, listener) in bound {
+            let ctx = Arc::new(ConnCtx {
+                broker: broker.clone(),
+                settings: opts.conn.clone(),
+                identity: identity.clone(),
+                metrics: ListenerMetrics::new(&spec.url, spec.protocol),
+                authenticator: authenticator.clone(),
+                authorizer: authorizer.clone(),
+                stomp: opts.stomp,
+                network: network.clone(),
+            });
+            tracing::info!(listener = %spec.url, %addr, "listening");
+            match listener {
+                Bound::Tcp(listener, tls) => tracker.spawn(accept_loop(
+                    listener,
+                    spec,
+                    tls,
+                    ctx,
+                    stop.clone(),
+                    tracker.clone(),
+                )),
+                Bound::Quic(listener) => tracker.spawn(quic_accept_loop(
+                    listener,
+                    spec,
+                    ctx,
+                    stop.clone(),
+                    tracker.clone(),
+                )),
+            };
+        }
+        tracker.spawn(chores(
+            broker.clone(),
+            opts.expiry_check_interval,
+            opts.checkpoint_interval,
+            stop.clone(),
+        ));
+        *state.term.write() = Some(view);
+        state.set_role(Role::Master);
+        counter!(m::TERMS).increment(1);
+        tracing::info!(member = %opts.identity.member, "serving as master");
+        Ok(Term {
+            broker,
+            stop,
+            tracker,
+            listen_addrs,
+        })
+    }
+
+    /// Fires when something ended the term from inside (e.g. a fatal journal failure).
+    pub fn stopped(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Stops serving: connections are told and closed, then a checkpoint is written (clean
+    /// when everything ended in time) and the journal closed.
+    pub async fn stop(self, state: &MemberState, timeout: Duration) {
+        state.set_role(Role::Stopping);
+        self.stop.cancel();
+        self.tracker.close();
+        let ended = tokio::time::timeout(timeout, self.tracker.wait())
+            .await
+            .is_ok();
+        if !ended {
+            tracing::warn!("some connections did not close within the shutdown timeout");
+        }
+        if self.broker.store().is_some() {
+            if let Err(e) = self.broker.checkpoint(ended).await {
+                tracing::warn!(error = %e, "final checkpoint failed; the next start replays the journal");
+            }
+        }
+        close_store(&self.broker).await;
+        *state.term.write() = None;
+        state.set_role(Role::Slave);
+    }
+}
+
+async fn close_store(broker: &Broker) {
+    if let Some(store) = broker.store() {
+        let store = store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    }
+}
