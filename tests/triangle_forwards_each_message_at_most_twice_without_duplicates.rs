@@ -6,7 +6,9 @@
 mod common;
 
 use common::history::{consume, send_numbered, History};
-use common::{wait_until, Mesh, MeshConfig};
+use std::time::{Duration, Instant};
+
+use common::{wait_until, Mesh, MeshConfig, GUARD};
 use meshmq::client::{AckMode, Client, SubscribeOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -33,11 +35,21 @@ fn triangle() -> Mesh {
 /// Waits until every connector of every group knows `demand[group][connector]` remote
 /// consumers.
 fn wait_for_demand(mesh: &Mesh, demand: &[(&str, &str, u64)]) {
-    wait_until("demand has spread over the triangle", || {
+    let seen = || -> Vec<(&str, &str, u64)> {
         demand
             .iter()
-            .all(|(g, c, n)| mesh.member(g).connector(c).remote_demand == *n)
-    });
+            .map(|(g, c, _)| (*g, *c, mesh.member(g).connector(c).remote_demand))
+            .collect()
+    };
+    let deadline = Instant::now() + GUARD;
+    while seen() != demand {
+        assert!(
+            Instant::now() < deadline,
+            "demand did not spread as expected within {GUARD:?}: want {demand:?}, have {:?}",
+            seen()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 async fn subscribe(mesh: &Mesh, group: &str, dest: &str) -> (Client, meshmq::client::Subscription) {

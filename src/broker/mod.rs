@@ -294,12 +294,21 @@ pub enum DemandEvent {
     Removed(u64),
 }
 
-/// A network consumer's settings: what it may take, and the remote demand it stands for.
+/// A network consumer's settings: what it may take. The remote demand it stands for is
+/// registered apart, one [`Session::add_network_demand`] per remote consumer, so a conduit
+/// that folds consumers reached by different paths still advertises each by its own path.
 #[derive(Debug, Clone)]
 pub struct NetworkSpec {
     pub filter: NetworkFilter,
-    /// The path of the demand it serves (first element: the consumer's group).
-    pub path: Vec<Arc<str>>,
+}
+
+/// The demand one subscription registered: a local consumer's one, or the remote consumers a
+/// network consumer stands for.
+#[derive(Debug)]
+struct SubDemand {
+    destination: String,
+    priority: i32,
+    ids: Vec<u64>,
 }
 
 /// A forwarded message's identity: (producer, sequence, how far it travelled — or `u32::MAX`
@@ -635,7 +644,7 @@ pub struct Session {
     outbox: Arc<Outbox>,
     subs: HashMap<u64, SubHandle>,
     /// The demand each subscription registered.
-    demand_ids: HashMap<u64, u64>,
+    demand_ids: HashMap<u64, SubDemand>,
     temps: Vec<Target>,
     last_target: Option<Target>,
     /// Index of the last journal record this session's operations appended (0 = none).
@@ -821,13 +830,59 @@ impl Session {
             )?
         };
         self.subs.insert(spec.subscription, handle);
-        let path = net.map(|n| n.path).unwrap_or_default();
-        let demand = self
-            .broker
-            .add_demand(spec.destination.clone(), path, spec.priority);
-        self.demand_ids.insert(spec.subscription, demand);
+        let ids = if net.is_none() {
+            vec![self
+                .broker
+                .add_demand(spec.destination.clone(), Vec::new(), spec.priority)]
+        } else {
+            Vec::new()
+        };
+        self.demand_ids.insert(
+            spec.subscription,
+            SubDemand {
+                destination: spec.destination.clone(),
+                priority: spec.priority,
+                ids,
+            },
+        );
         self.broker.apply(dead);
         Ok(())
+    }
+
+    /// Registers one remote consumer a network consumer stands for, by the path its demand
+    /// came (first element: the consumer's group); returns the demand's id.
+    pub fn add_network_demand(
+        &mut self,
+        subscription: u64,
+        path: Vec<Arc<str>>,
+    ) -> Result<u64, BrokerError> {
+        let sd = self
+            .demand_ids
+            .get_mut(&subscription)
+            .ok_or(BrokerError::NoSuchSubscription(subscription))?;
+        let id = self
+            .broker
+            .add_demand(sd.destination.clone(), path, sd.priority);
+        sd.ids.push(id);
+        Ok(id)
+    }
+
+    /// Withdraws one remote consumer's demand (the network consumer itself stays).
+    pub fn remove_network_demand(&mut self, subscription: u64, demand: u64) {
+        if let Some(sd) = self.demand_ids.get_mut(&subscription) {
+            if let Some(i) = sd.ids.iter().position(|d| *d == demand) {
+                sd.ids.swap_remove(i);
+                self.broker.remove_demand(demand);
+            }
+        }
+    }
+
+    /// How many deliveries in a row a queue network consumer gets when its turn comes: the
+    /// number of consumers it stands for, so a queue's split follows the consumers.
+    pub fn set_network_weight(&mut self, subscription: u64, weight: u32) {
+        if let Some(SubHandle::Queue { queue, slot }) = self.subs.get(&subscription) {
+            queue.set_weight(*slot, weight);
+        }
     }
 
     fn queue_for_consumer(&mut self, dest: &Destination) -> Result<Arc<Queue>, BrokerError> {
@@ -992,8 +1047,10 @@ impl Session {
             .subs
             .remove(&subscription)
             .ok_or(BrokerError::NoSuchSubscription(subscription))?;
-        if let Some(d) = self.demand_ids.remove(&subscription) {
-            self.broker.remove_demand(d);
+        if let Some(sd) = self.demand_ids.remove(&subscription) {
+            for d in sd.ids {
+                self.broker.remove_demand(d);
+            }
         }
         self.release(handle, remove_durable);
         Ok(())
@@ -1144,7 +1201,10 @@ impl Session {
         }
         self.closed = true;
         self.outbox.close();
-        for (_, d) in std::mem::take(&mut self.demand_ids) {
+        for d in std::mem::take(&mut self.demand_ids)
+            .into_values()
+            .flat_map(|sd| sd.ids)
+        {
             self.broker.remove_demand(d);
         }
         for (_, handle) in std::mem::take(&mut self.subs) {

@@ -513,8 +513,66 @@ fn net_spec(target: &str, ttl: u32, replay_ms: Option<u64>) -> NetworkSpec {
             message_ttl: ttl,
             replay_after_ms: replay_ms,
         },
-        path: vec![std::sync::Arc::from(target)],
     }
+}
+
+fn net_sub(s: &mut Session, id: u64, dest: &str, target: &str) {
+    s.subscribe_network(
+        SubscribeSpec {
+            subscription: id,
+            destination: dest.into(),
+            selector: String::new(),
+            prefetch: 100,
+            priority: -5,
+            durable_name: None,
+            no_local: false,
+        },
+        net_spec(target, 3, None),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_weighted_consumer_gets_its_weight_in_a_row() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut one = b.open_session(None).unwrap();
+    let mut three = b.open_session(None).unwrap();
+    net_sub(&mut one, 1, "queue://q", "edge-1");
+    net_sub(&mut three, 1, "queue://q", "edge-2");
+    three.set_network_weight(1, 3);
+    for i in 0..40 {
+        send(&mut p, "queue://q", msg(&i.to_string()));
+    }
+    assert_eq!(drain(&one).len(), 10);
+    assert_eq!(drain(&three).len(), 30);
+    three.set_network_weight(1, 1);
+    for i in 0..40 {
+        send(&mut p, "queue://q", msg(&i.to_string()));
+    }
+    assert_eq!(drain(&one).len(), 20, "back to an even split");
+    assert_eq!(drain(&three).len(), 20);
+}
+
+#[test]
+fn a_network_consumer_advertises_each_remote_consumer_by_its_own_path() {
+    let b = broker();
+    let mut net = b.open_session(None).unwrap();
+    net_sub(&mut net, 1, "queue://q", "b");
+    let (_, none) = b.demand();
+    assert!(none.is_empty(), "no remote consumer yet: {none:?}");
+    let g = |s: &str| std::sync::Arc::<str>::from(s);
+    let relayed = net.add_network_demand(1, vec![g("c"), g("b")]).unwrap();
+    let direct = net.add_network_demand(1, vec![g("b")]).unwrap();
+    let mut paths: Vec<_> = b.demand().1.into_iter().map(|d| d.path).collect();
+    paths.sort();
+    assert_eq!(paths, vec![vec![g("b")], vec![g("c"), g("b")]]);
+    net.remove_network_demand(1, relayed);
+    let (_, left) = b.demand();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, direct);
+    net.unsubscribe(1, false).unwrap();
+    assert!(b.demand().1.is_empty());
 }
 
 fn from_path(body: &str, path: &[&str]) -> Message {

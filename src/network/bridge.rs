@@ -92,8 +92,9 @@ impl BridgeConfig {
 #[derive(Debug)]
 struct NetSub {
     topic: bool,
-    /// Remote consumer id → its path (conduit folds several into one network consumer).
-    demand: HashMap<String, Vec<Arc<str>>>,
+    /// Remote consumer id → its path and the local demand registered for it (conduit folds
+    /// several into one network consumer).
+    demand: HashMap<String, (Vec<Arc<str>>, u64)>,
     /// Static ones live as long as the bridge.
     permanent: bool,
     inflight: usize,
@@ -341,12 +342,11 @@ impl Bridge {
         };
         if let Some(&sub) = self.sub_for.get(&key) {
             if let Some(ns) = self.subs.get_mut(&sub) {
-                if let Some(c) = consumer {
-                    ns.demand.insert(c.to_string(), path);
-                    self.demand_sub.insert(c.to_string(), sub);
-                }
                 ns.draining = false;
                 ns.permanent |= permanent;
+            }
+            if let Some(c) = consumer {
+                self.add_demand(sub, c, path);
             }
             return;
         }
@@ -372,28 +372,65 @@ impl Bridge {
                     self.cfg.replay.map(|d| d.as_millis() as u64)
                 },
             },
-            path: path.clone(),
         };
         if let Err(e) = self.session.subscribe_network(spec, net) {
             tracing::warn!(connector = %self.cfg.connector, destination, error = %e, "cannot create a network consumer");
             return;
         }
-        let mut demand = HashMap::new();
-        if let Some(c) = consumer {
-            demand.insert(c.to_string(), path);
-            self.demand_sub.insert(c.to_string(), sub);
-        }
         self.subs.insert(
             sub,
             NetSub {
                 topic,
-                demand,
+                demand: HashMap::new(),
                 permanent,
                 inflight: 0,
                 draining: false,
             },
         );
         self.sub_for.insert(key, sub);
+        match consumer {
+            Some(c) => self.add_demand(sub, c, path),
+            // A static destination stands for the peer as a whole, for as long as the bridge.
+            None => {
+                let _ = self.session.add_network_demand(sub, path);
+            }
+        }
+    }
+
+    /// Records that network consumer `sub` stands for remote `consumer` (reached by `path`):
+    /// registered as local demand by that path, so it is relayed by that path's rules.
+    fn add_demand(&mut self, sub: u64, consumer: &str, path: Vec<Arc<str>>) {
+        let Ok(id) = self.session.add_network_demand(sub, path.clone()) else {
+            return;
+        };
+        let Some(ns) = self.subs.get_mut(&sub) else {
+            return;
+        };
+        if let Some((_, old)) = ns.demand.insert(consumer.to_string(), (path, id)) {
+            self.session.remove_network_demand(sub, old);
+        }
+        self.demand_sub.insert(consumer.to_string(), sub);
+        self.reweigh(sub);
+    }
+
+    /// A queue's conduit gets as many deliveries in a row as it has nearest consumers, so the
+    /// peer's share of the queue follows its consumers (further ones are mostly the same
+    /// consumers reached again through another group).
+    fn reweigh(&mut self, sub: u64) {
+        let Some(ns) = self.subs.get(&sub) else {
+            return;
+        };
+        if ns.topic {
+            return;
+        }
+        let nearest = ns.demand.values().map(|(p, _)| p.len()).min();
+        let weight = ns
+            .demand
+            .values()
+            .filter(|(p, _)| Some(p.len()) == nearest)
+            .count();
+        self.session
+            .set_network_weight(sub, weight.clamp(1, u32::MAX as usize) as u32);
     }
 
     fn on_demand_add(&mut self, d: proto::DemandAdd) {
@@ -440,11 +477,14 @@ impl Bridge {
         };
         self.metrics.remote_demand(self.routes_from_peer());
         if let Some(ns) = self.subs.get_mut(&sub) {
-            ns.demand.remove(&d.consumer_id);
+            if let Some((_, id)) = ns.demand.remove(&d.consumer_id) {
+                self.session.remove_network_demand(sub, id);
+            }
             if ns.demand.is_empty() && !ns.permanent {
                 ns.draining = true;
             }
         }
+        self.reweigh(sub);
         self.close_if_drained(sub);
     }
 
