@@ -11,10 +11,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::broadcast;
+// The runtime's clock, so the heartbeat and retry rules can be tested on paused time.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
@@ -31,6 +33,12 @@ use super::routes::Routes;
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 const REFILL_BELOW: usize = 64 * 1024;
+/// Heartbeat intervals of silence after which the link is given up. Checked every quarter
+/// interval, a dead link goes at most 2.75 intervals after the peer's last byte — inside the
+/// 3 promised — while a live peer, which writes at least every 1.25 intervals, has twice
+/// that slack.
+const SILENT_INTERVALS: f64 = 2.5;
+const CHECKS_PER_INTERVAL: u32 = 4;
 const FILL_TO: usize = 256 * 1024;
 
 /// What one side of a connector does, resolved from the topology.
@@ -193,7 +201,10 @@ impl Bridge {
                 self.open_sub(pattern.as_str(), vec![self.cfg.peer.clone()], 0, None, true);
             }
         }
-        let mut tick = tokio::time::interval(self.cfg.heartbeat.max(Duration::from_millis(50)) / 2);
+        let silence_limit = self.cfg.heartbeat.mul_f64(SILENT_INTERVALS);
+        let mut tick = tokio::time::interval(
+            self.cfg.heartbeat.max(Duration::from_millis(40)) / CHECKS_PER_INTERVAL,
+        );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.fill();
@@ -214,7 +225,7 @@ impl Bridge {
             let next_retry = self.retries.front().map(|(at, _)| *at);
             let retry = async {
                 match next_retry {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -247,8 +258,8 @@ impl Bridge {
                 _ = tick.tick() => {
                     self.pump.shrink_idle();
                     let now = Instant::now();
-                    if now.duration_since(self.last_read) > self.cfg.heartbeat * 3 {
-                        return format!("no heartbeat from {} for {:?}", self.cfg.peer, self.cfg.heartbeat * 3);
+                    if now.duration_since(self.last_read) > silence_limit {
+                        return format!("no heartbeat from {} for {silence_limit:?}", self.cfg.peer);
                     }
                     if now.duration_since(self.last_write) >= self.cfg.heartbeat && self.pump.wbuf.is_empty() {
                         wire::encode(&wire::frame(Body::Heartbeat(proto::Heartbeat { receipt: 0 })), &mut self.pump.wbuf);
@@ -809,5 +820,141 @@ fn imported_message(
         targets: (!targets.is_empty()).then(|| targets.into_iter().map(Arc::from).collect()),
         redeliveries,
         ..Message::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{Broker, BrokerSettings};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    const HEARTBEAT: Duration = Duration::from_secs(1);
+
+    fn config() -> BridgeConfig {
+        BridgeConfig {
+            connector: "hub-edge".into(),
+            local: Arc::from("hub"),
+            peer: Arc::from("edge"),
+            forward: true,
+            export: true,
+            message_ttl: 1,
+            consumer_ttl: 1,
+            conduit: true,
+            decrease_priority: true,
+            priority_base: -5,
+            prefetch: 1000,
+            dynamically_included: Vec::new(),
+            statically_included: Vec::new(),
+            excluded: Vec::new(),
+            static_bridge: false,
+            bridge_temp: true,
+            replay: None,
+            heartbeat: HEARTBEAT,
+            max_frame_size: 1 << 20,
+        }
+    }
+
+    /// A bridge over one end of an in-memory link; the test plays the peer on the other.
+    fn bridge(stream: DuplexStream) -> Bridge {
+        let broker = Broker::new(BrokerSettings::default());
+        Bridge::new(
+            Arc::new(config()),
+            Pump::new(Box::new(stream)),
+            broker.open_session(None).expect("session"),
+            Arc::new(Routes::default()),
+            Arc::new(BridgeMetrics::new("hub-edge", "edge")),
+        )
+    }
+
+    fn heartbeat() -> BytesMut {
+        let mut b = BytesMut::new();
+        wire::encode(
+            &wire::frame(Body::Heartbeat(proto::Heartbeat { receipt: 0 })),
+            &mut b,
+        );
+        b
+    }
+
+    /// Reads (and drops) what the bridge writes, so it is never blocked on a full link.
+    fn drain(mut r: tokio::io::ReadHalf<DuplexStream>) {
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
+        });
+    }
+
+    // Time is the runtime's paused clock: it moves only when every task waits, so these
+    // check the bridge's rules, not this machine's speed.
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_given_up_within_three_heartbeat_intervals() {
+        // The peer's last byte falls at every phase of the bridge's checks.
+        for k in 0..8u32 {
+            let (ours, theirs) = tokio::io::duplex(1 << 16);
+            let (r, mut w) = tokio::io::split(theirs);
+            drain(r);
+            let started = tokio::time::Instant::now();
+            let run = tokio::spawn(async move {
+                let stop = CancellationToken::new();
+                let reason = bridge(ours).run(&stop).await;
+                (reason, tokio::time::Instant::now())
+            });
+            for _ in 0..5 {
+                tokio::time::sleep(HEARTBEAT).await;
+                w.write_all(&heartbeat()).await.expect("write");
+            }
+            tokio::time::sleep(HEARTBEAT * k / 8).await;
+            w.write_all(&heartbeat()).await.expect("write");
+            let last_byte = tokio::time::Instant::now();
+            // The socket stays open: only silence can end the bridge.
+            let (reason, ended) = run.await.expect("bridge task");
+            assert!(reason.contains("no heartbeat from edge"), "{reason}");
+            assert!(
+                ended - last_byte <= HEARTBEAT * 3,
+                "phase {k}: given up {:?} after the last byte",
+                ended - last_byte
+            );
+            assert!(ended - started > HEARTBEAT * 5, "not before the silence");
+            drop(w);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_heartbeating_at_its_slowest_keeps_the_link_and_hears_one_in_time() {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let (mut r, mut w) = tokio::io::split(theirs);
+        let stop = CancellationToken::new();
+        let run = {
+            let stop = stop.clone();
+            tokio::spawn(async move { bridge(ours).run(&stop).await })
+        };
+        // What the bridge writes, and when: with no traffic, only heartbeats.
+        let heard = tokio::spawn(async move {
+            let mut at = Vec::new();
+            let mut buf = vec![0u8; 4096];
+            while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {
+                at.push(tokio::time::Instant::now());
+            }
+            at
+        });
+        let started = tokio::time::Instant::now();
+        // The slowest a live bridge heartbeats: 1.25 intervals apart.
+        for _ in 0..16 {
+            tokio::time::sleep(HEARTBEAT * 5 / 4).await;
+            w.write_all(&heartbeat()).await.expect("write");
+        }
+        assert!(!run.is_finished(), "the link was kept");
+        stop.cancel();
+        assert_eq!(run.await.expect("bridge task"), "stopped");
+        drop(w);
+        let mut at = heard.await.expect("reader");
+        at.insert(0, started);
+        let longest = at.windows(2).map(|p| p[1] - p[0]).max().expect("heard");
+        assert!(at.len() > 10, "{} writes", at.len());
+        assert!(
+            longest <= HEARTBEAT * 5 / 4,
+            "the bridge was silent for {longest:?}"
+        );
     }
 }
