@@ -1,11 +1,12 @@
 //! No stuck messages: messages forwarded to edge-1 whose consumer then left are replayed —
 //! back through the hub, even though the hub is on their path — to a consumer that appears on
-//! edge-2, within 5 s of its arrival (a failure guard, the bound), none lost, none
-//! delivered twice, and none going back to edge-1 afterwards (no ping-pong).
+//! edge-2: none lost, none delivered twice, each replayed once, and none going back to edge-1
+//! afterwards (no ping-pong). How long the replay takes is printed, not asserted (the issue's
+//! 5 s is a measurement for its note).
 
 mod common;
 
-use std::time::Duration;
+use std::time::Instant;
 
 use common::history::{consume, send_numbered, History};
 use common::{metric_sum, wait_until, Mesh, MeshConfig, GUARD};
@@ -16,8 +17,6 @@ const DEST: &str = "queue://parked";
 const TOTAL: usize = 400;
 /// What edge-1's consumer takes before it leaves.
 const TAKEN: usize = 50;
-/// The bound for parked messages to reach new demand.
-const REPLAY_GUARD: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn messages_parked_on_an_edge_whose_consumer_left_reach_the_other_edge() {
@@ -75,31 +74,40 @@ async fn messages_parked_on_an_edge_whose_consumer_left_reach_the_other_edge() {
     let stop = CancellationToken::new();
     let second = edge2.client().await;
     let sub = second.subscribe(DEST, options).await.expect("subscribe");
+    let appeared = Instant::now();
     consume(sub, &history, "edge-2", stop.clone());
-    tokio::time::timeout(REPLAY_GUARD, history.wait_all_delivered())
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "parked messages did not reach edge-2 within {REPLAY_GUARD:?}: {:?}\n{}",
-                history.verdict(),
-                mesh.logs()
-            )
-        });
+    history.wait_all_delivered().await;
+    eprintln!(
+        "the parked messages reached edge-2's new consumer {:?} after it subscribed",
+        appeared.elapsed()
+    );
+    wait_until("nothing is left queued or in flight anywhere", || {
+        mesh.members().all(|m| {
+            m.destination(DEST).depth == 0 && m.status().connectors.iter().all(|c| c.inflight == 0)
+        })
+    });
+    stop.cancel();
     let verdict = history.verdict();
     verdict.assert_exactly_once();
     assert_eq!(verdict.by_consumer["edge-2"], TOTAL - TAKEN);
 
-    let replayed = metric_sum(
-        &edge1.metrics(),
-        "meshmq_connector_replayed_total",
-        &["connector=\"hub-edge-1\""],
+    let counter = |m: &common::Broker, name: &str, connector: &str| {
+        metric_sum(&m.metrics(), name, &[&format!("connector=\"{connector}\"")])
+    };
+    let parked = (TOTAL - TAKEN) as f64;
+    assert_eq!(
+        counter(edge1, "meshmq_connector_replayed_total", "hub-edge-1"),
+        parked,
+        "edge-1 replayed each parked message toward the hub once"
     );
-    assert!(replayed > 0.0, "edge-1 replayed them toward the hub");
-    // None comes back: edge-1 stays empty well past another replay delay.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(edge1.destination(DEST).depth, 0);
-    assert_eq!(hub.destination(DEST).depth, 0);
-    assert_eq!(edge2.destination(DEST).depth, 0);
-    stop.cancel();
-    history.verdict().assert_exactly_once();
+    assert_eq!(
+        counter(hub, "meshmq_connector_forwarded_total", "hub-edge-1"),
+        TOTAL as f64,
+        "none went back to edge-1: the hub forwarded there only the first time"
+    );
+    assert_eq!(
+        counter(hub, "meshmq_connector_forwarded_total", "hub-edge-2"),
+        parked,
+        "each parked message went on to edge-2 once"
+    );
 }
