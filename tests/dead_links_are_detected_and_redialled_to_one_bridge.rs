@@ -99,7 +99,9 @@ async fn a_silent_link_is_torn_down_and_redialled_to_one_bridge_losing_nothing()
     mesh.wait_connected();
     send_numbered(&producer, &history, DEST, "after", 0..500, true).await;
     history.wait_all_delivered().await;
-    wait_until("the hub's queue is empty", || hub.destination(DEST).depth == 0);
+    wait_until("the hub's queue is empty", || {
+        hub.destination(DEST).depth == 0
+    });
     stop.cancel();
     history.verdict().assert_exactly_once();
     assert!(hub.connector("hub-edge").reconnects >= 1);
