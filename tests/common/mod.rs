@@ -493,6 +493,8 @@ struct GroupSpec {
     broker: Vec<String>,
     quic: bool,
     proxy: Option<ProxyMode>,
+    /// `false`: in the topology, but no process runs it (the test plays it).
+    process: bool,
 }
 
 /// A mesh for [`Mesh::start`]: groups of one member each (`<group>-1`), every group on its
@@ -531,7 +533,15 @@ impl MeshConfig {
             broker: Vec::new(),
             quic: false,
             proxy: None,
+            process: true,
         });
+        self
+    }
+
+    /// A group in the topology with no `meshmq` process behind it: the test plays it, e.g.
+    /// dialling a real group over a connector with a [`RawConn`].
+    pub fn played_by_test(mut self, group: &str) -> MeshConfig {
+        self.group_mut(group).process = false;
         self
     }
 
@@ -672,6 +682,7 @@ impl Mesh {
             .groups
             .iter()
             .zip(&placements)
+            .filter(|(g, _)| g.process)
             .map(|(g, p)| {
                 let member = format!("{}-1", g.name);
                 let broker = Broker::launch(&dir, &topology, &member, p.ip, p.ports);
