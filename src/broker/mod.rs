@@ -29,6 +29,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
 
 pub use crate::config::{DestinationLimits, OnFull};
 pub use destination::{Destination, DestinationError, DestinationPattern, Kind};
@@ -274,8 +275,9 @@ pub enum Published {
 const PRODUCER_MARKS: usize = 100_000;
 /// Demand changes buffered for a slow watcher before it must resynchronise.
 const DEMAND_EVENTS: usize = 8192;
-/// Forwarded message ids remembered to drop re-sent forwards.
-const RECENT_FORWARDS: usize = 262_144;
+/// Chunks of forwarded message ids remembered to drop re-sent forwards: at most 8 MiB, the
+/// last 16,384 producers' ids at least, 67 million ids of a busy one.
+const RECENT_FORWARD_CHUNKS: usize = 16_384;
 
 /// "Someone here consumes this": a consumer, local or standing for a remote one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,39 +313,100 @@ struct SubDemand {
     ids: Vec<u64>,
 }
 
-/// A forwarded message's identity: (producer, sequence, how far it travelled — or `u32::MAX`
-/// for topic messages, which reach a group once whatever their route).
-type ForwardId = (Bytes, u64, u32);
+/// Sequences per chunk of remembered forward ids (a chunk is 512 bytes of bits).
+const CHUNK_IDS: u64 = 4096;
 
-/// A bounded set of recent message ids, oldest forgotten first.
+/// A chunk of remembered forward ids: (interned producer, how far the message travelled — or
+/// `u32::MAX` for topic messages, which reach a group once whatever their route — and the
+/// sequence divided by [`CHUNK_IDS`]).
+type ChunkKey = (u32, u32, u64);
+
+/// The forwarded message ids seen lately, to drop a forward sent again after its
+/// acknowledgement was lost. It is checked once per forwarded message, so it is built for
+/// that: ids are bits in 4096-sequence chunks per (producer, reach), so a check is one lookup
+/// in a small map and a bit test, with no per-message allocation and no rehashing churn. The
+/// `cap` most recent chunks are kept, oldest forgotten first; an id whose chunk is forgotten
+/// counts as new (a duplicate is then possible, a loss never). Producer ids are interned (and
+/// copied, so no received frame stays alive for them) and forgotten with their last chunk.
 #[derive(Debug)]
 struct RecentIds {
-    set: std::collections::HashSet<ForwardId>,
-    order: std::collections::VecDeque<ForwardId>,
+    chunks: FxHashMap<ChunkKey, Box<[u64; CHUNK_IDS as usize / 64]>>,
+    /// Every chunk held, oldest first.
+    order: std::collections::VecDeque<ChunkKey>,
     cap: usize,
+    /// Interned producer ids by number, with how many chunks use each.
+    producers: Vec<Option<(Bytes, usize)>>,
+    free: Vec<u32>,
+    number_of: FxHashMap<Bytes, u32>,
 }
 
 impl RecentIds {
     fn new(cap: usize) -> RecentIds {
         RecentIds {
-            set: Default::default(),
+            chunks: Default::default(),
             order: Default::default(),
             cap,
+            producers: Vec::new(),
+            free: Vec::new(),
+            number_of: Default::default(),
         }
     }
 
     /// True when the id was not seen (and remembers it).
-    fn insert(&mut self, id: ForwardId) -> bool {
-        if !self.set.insert(id.clone()) {
-            return false;
+    fn insert(&mut self, producer: &Bytes, sequence: u64, reach: u32) -> bool {
+        let p = match self.number_of.get(producer) {
+            Some(&p) => p,
+            None => self.intern(producer),
+        };
+        let key = (p, reach, sequence / CHUNK_IDS);
+        let bit = sequence % CHUNK_IDS;
+        let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
+        if let Some(chunk) = self.chunks.get_mut(&key) {
+            let seen = chunk[word] & mask != 0;
+            chunk[word] |= mask;
+            return !seen;
         }
-        self.order.push_back(id);
+        let mut chunk = Box::new([0u64; CHUNK_IDS as usize / 64]);
+        chunk[word] = mask;
+        self.chunks.insert(key, chunk);
+        self.order.push_back(key);
+        if let Some((_, uses)) = &mut self.producers[p as usize] {
+            *uses += 1;
+        }
         if self.order.len() > self.cap {
             if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
+                self.chunks.remove(&old);
+                self.release(old.0);
             }
         }
         true
+    }
+
+    fn intern(&mut self, producer: &Bytes) -> u32 {
+        let owned = Bytes::copy_from_slice(producer);
+        let p = match self.free.pop() {
+            Some(p) => p,
+            None => {
+                self.producers.push(None);
+                (self.producers.len() - 1) as u32
+            }
+        };
+        self.producers[p as usize] = Some((owned.clone(), 0));
+        self.number_of.insert(owned, p);
+        p
+    }
+
+    /// A chunk of producer `p` was forgotten; the producer goes with its last.
+    fn release(&mut self, p: u32) {
+        let slot = &mut self.producers[p as usize];
+        if let Some((id, uses)) = slot {
+            *uses -= 1;
+            if *uses == 0 {
+                self.number_of.remove(id);
+                *slot = None;
+                self.free.push(p);
+            }
+        }
     }
 }
 
@@ -379,7 +442,7 @@ impl Broker {
                 demand: DashMap::new(),
                 demand_events: tokio::sync::broadcast::channel(DEMAND_EVENTS).0,
                 next_demand: AtomicU64::new(1),
-                recent_forwards: Mutex::new(RecentIds::new(RECENT_FORWARDS)),
+                recent_forwards: Mutex::new(RecentIds::new(RECENT_FORWARD_CHUNKS)),
                 persistence: store.map(persist::Persistence::new),
                 pager,
                 settings,
@@ -576,7 +639,7 @@ impl Broker {
         self.inner
             .recent_forwards
             .lock()
-            .insert((msg.producer_id.clone(), msg.sequence, reach))
+            .insert(&msg.producer_id, msg.sequence, reach)
     }
 
     /// Dispatches again where network consumers wait on time (replay delays).

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
 use tokio::sync::broadcast;
 // The runtime's clock, so the heartbeat and retry rules can be tested on paused time.
 use tokio::time::Instant;
@@ -125,12 +126,13 @@ pub(crate) struct Bridge {
     session: Session,
     routes: Arc<Routes>,
     metrics: Arc<BridgeMetrics>,
-    subs: HashMap<u64, NetSub>,
+    subs: FxHashMap<u64, NetSub>,
     /// Conduit key (destination) or remote consumer id → network consumer.
     sub_for: HashMap<String, u64>,
     demand_sub: HashMap<String, u64>,
     next_sub: u64,
-    inflight: HashMap<u64, InFlight>,
+    /// By forward id (sequential numbers: FxHash is enough, and it is on every message).
+    inflight: FxHashMap<u64, InFlight>,
     retries: VecDeque<(Instant, u64)>,
     next_forward: u64,
     deliveries: VecDeque<Delivery>,
@@ -159,11 +161,11 @@ impl Bridge {
             session,
             routes,
             metrics,
-            subs: HashMap::new(),
+            subs: FxHashMap::default(),
             sub_for: HashMap::new(),
             demand_sub: HashMap::new(),
             next_sub: 1,
-            inflight: HashMap::new(),
+            inflight: FxHashMap::default(),
             retries: VecDeque::new(),
             next_forward: 1,
             deliveries: VecDeque::new(),
@@ -521,6 +523,7 @@ impl Bridge {
         if self.deliveries.is_empty() {
             self.session.outbox().drain_into(&mut self.deliveries);
         }
+        let mut forwarded = 0;
         while self.pump.wbuf.len() < FILL_TO {
             let Some(d) = self.deliveries.pop_front() else {
                 break;
@@ -556,7 +559,7 @@ impl Bridge {
                 &targets,
                 &mut self.pump.wbuf,
             );
-            self.metrics.forwarded();
+            forwarded += 1;
             if let Some(ns) = self.subs.get_mut(&d.subscription) {
                 ns.inflight += 1;
             }
@@ -571,19 +574,22 @@ impl Bridge {
                 },
             );
         }
+        self.metrics.forwarded(forwarded);
         self.metrics.inflight(self.inflight.len());
     }
 
     fn on_forward_ack(&mut self, a: proto::ForwardAck) {
         if a.accepted {
             // Acknowledge on the local broker in one call per network consumer.
-            let mut by_sub: HashMap<u64, Vec<u64>> = HashMap::new();
+            let mut by_sub: FxHashMap<u64, Vec<u64>> = FxHashMap::default();
+            let mut acked = 0;
             for id in std::iter::once(a.forward_id).chain(a.more.iter().copied()) {
                 if let Some(f) = self.inflight.remove(&id) {
-                    self.metrics.acked();
+                    acked += 1;
                     by_sub.entry(f.sub).or_default().push(f.tag);
                 }
             }
+            self.metrics.acked(acked);
             for (sub, tags) in by_sub {
                 let _ = self.session.ack(sub, 0, &tags);
                 if let Some(ns) = self.subs.get_mut(&sub) {
@@ -662,7 +668,13 @@ impl Bridge {
             Ok(t) => t,
             Err(e) => return refuse(self, e.to_string(), false),
         };
-        let msg = imported_message(send, f.broker_path, f.targets, f.redelivery_count);
+        let msg = imported_message(
+            target.destination().clone(),
+            send,
+            f.broker_path,
+            f.targets,
+            f.redelivery_count,
+        );
         if !self.session.has_room(&target, msg.persistent) {
             self.metrics.refused_full();
             return refuse(self, format!("{} is full here", target.destination()), true);
@@ -796,15 +808,16 @@ fn encode_forward(
     );
 }
 
-/// A forwarded message as this broker keeps it.
+/// A forwarded message as this broker keeps it (on `destination`, already resolved).
 fn imported_message(
+    destination: Destination,
     s: proto::Send,
     path: Vec<String>,
     targets: Vec<String>,
     redeliveries: u32,
 ) -> Message {
     Message {
-        destination: Destination::parse(&s.destination).ok(),
+        destination: Some(destination),
         body: Bytes::copy_from_slice(&s.body),
         headers: wire::headers_from_wire(s.headers),
         persistent: s.persistent,
