@@ -1,17 +1,11 @@
 //! What this build cannot serve yet. Each feature is one small check naming the keys that use
 //! it; when the feature lands, delete its check and its line in `CHECKS`.
 
-use super::topology::{Election, Listener, Topology};
+use super::topology::{Listener, Topology};
 
 type Check = fn(&Topology, &mut Vec<String>);
 
-const CHECKS: &[Check] = &[
-    elections_other_than_none,
-    zookeeper_section,
-    cluster_client_options,
-    replication_addresses,
-    replication_tokens,
-];
+const CHECKS: &[Check] = &[cluster_client_options];
 
 pub(super) fn unsupported(topo: &Topology) -> Vec<String> {
     let mut keys = Vec::new();
@@ -19,16 +13,6 @@ pub(super) fn unsupported(topo: &Topology) -> Vec<String> {
         check(topo, &mut keys);
     }
     keys
-}
-
-fn elections_other_than_none(topo: &Topology, keys: &mut Vec<String>) {
-    for g in topo
-        .groups
-        .iter()
-        .filter(|g| g.election == Election::ZooKeeper)
-    {
-        keys.push(format!("group[{}].election ({})", g.name, g.election));
-    }
 }
 
 /// Every listener of the mesh with its key path.
@@ -41,12 +25,6 @@ fn listeners(topo: &Topology) -> impl Iterator<Item = (String, &Listener)> {
             )
         })
     })
-}
-
-fn zookeeper_section(topo: &Topology, keys: &mut Vec<String>) {
-    if topo.zookeeper.is_some() {
-        keys.push("zookeeper".to_string());
-    }
 }
 
 fn cluster_client_options(topo: &Topology, keys: &mut Vec<String>) {
@@ -63,17 +41,5 @@ fn cluster_client_options(topo: &Topology, keys: &mut Vec<String>) {
         for (k, _) in options.iter().filter(|(_, on)| *on) {
             keys.push(format!("{at}.{k}"));
         }
-    }
-}
-
-fn replication_addresses(topo: &Topology, keys: &mut Vec<String>) {
-    for (g, m) in topo.members().filter(|(_, m)| m.replication.is_some()) {
-        keys.push(format!("group[{}].member[{}].replication", g.name, m.name));
-    }
-}
-
-fn replication_tokens(topo: &Topology, keys: &mut Vec<String>) {
-    for g in topo.groups.iter().filter(|g| g.replication_token.is_some()) {
-        keys.push(format!("group[{}].replication_token", g.name));
     }
 }
