@@ -32,6 +32,9 @@ async fn garbage_ends_one_bridge_and_its_forwards_come_back() {
     wait_until("the other group's bridge is up", || {
         edge.connector("other-edge").up && other.connector("other-edge").up
     });
+    // Dial attempts made before the edge listened count as reconnects too: compare with now.
+    let reconnects = |side: &common::Broker| side.connector("other-edge").reconnects;
+    let before = [reconnects(edge), reconnects(other)];
 
     // The hub's side of the bridge: a BrokerInfo, then demand for DEST.
     let mut hub = RawConn::open(edge.listen_addr());
@@ -117,9 +120,9 @@ async fn garbage_ends_one_bridge_and_its_forwards_come_back() {
     history.verdict().assert_exactly_once();
 
     // The other bridge never noticed.
-    for side in [edge, other] {
+    for (side, before) in [edge, other].into_iter().zip(before) {
         let status = side.connector("other-edge");
         assert!(status.up, "{}: {status:?}", side.member());
-        assert_eq!(status.reconnects, 0, "{}: {status:?}", side.member());
+        assert_eq!(status.reconnects, before, "{}: {status:?}", side.member());
     }
 }
