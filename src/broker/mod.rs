@@ -29,6 +29,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
 
 pub use crate::config::{DestinationLimits, OnFull};
 pub use destination::{Destination, DestinationError, DestinationPattern, Kind};
@@ -276,8 +277,9 @@ pub enum Published {
 const PRODUCER_MARKS: usize = 100_000;
 /// Demand changes buffered for a slow watcher before it must resynchronise.
 const DEMAND_EVENTS: usize = 8192;
-/// Forwarded message ids remembered to drop re-sent forwards.
-const RECENT_FORWARDS: usize = 262_144;
+/// Chunks of forwarded message ids remembered to drop re-sent forwards: at most 8 MiB, the
+/// last 16,384 producers' ids at least, 67 million ids of a busy one.
+const RECENT_FORWARD_CHUNKS: usize = 16_384;
 
 /// "Someone here consumes this": a consumer, local or standing for a remote one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,47 +298,117 @@ pub enum DemandEvent {
     Removed(u64),
 }
 
-/// A network consumer's settings: what it may take, and the remote demand it stands for.
+/// A network consumer's settings: what it may take. The remote demand it stands for is
+/// registered apart, one [`Session::add_network_demand`] per remote consumer, so a conduit
+/// that folds consumers reached by different paths still advertises each by its own path.
 #[derive(Debug, Clone)]
 pub struct NetworkSpec {
     pub filter: NetworkFilter,
-    /// The path of the demand it serves (first element: the consumer's group).
-    pub path: Vec<Arc<str>>,
 }
 
-/// A forwarded message's identity: (producer, sequence, how far it travelled — or `u32::MAX`
-/// for topic messages, which reach a group once whatever their route).
-type ForwardId = (Bytes, u64, u32);
+/// The demand one subscription registered: a local consumer's one, or the remote consumers a
+/// network consumer stands for.
+#[derive(Debug)]
+struct SubDemand {
+    destination: String,
+    priority: i32,
+    ids: Vec<u64>,
+}
 
-/// A bounded set of recent message ids, oldest forgotten first.
+/// Sequences per chunk of remembered forward ids (a chunk is 512 bytes of bits).
+const CHUNK_IDS: u64 = 4096;
+
+/// A chunk of remembered forward ids: (interned producer, how far the message travelled — or
+/// `u32::MAX` for topic messages, which reach a group once whatever their route — and the
+/// sequence divided by [`CHUNK_IDS`]).
+type ChunkKey = (u32, u32, u64);
+
+/// The forwarded message ids seen lately, to drop a forward sent again after its
+/// acknowledgement was lost. It is checked once per forwarded message, so it is built for
+/// that: ids are bits in 4096-sequence chunks per (producer, reach), so a check is one lookup
+/// in a small map and a bit test, with no per-message allocation and no rehashing churn. The
+/// `cap` most recent chunks are kept, oldest forgotten first; an id whose chunk is forgotten
+/// counts as new (a duplicate is then possible, a loss never). Producer ids are interned (and
+/// copied, so no received frame stays alive for them) and forgotten with their last chunk.
 #[derive(Debug)]
 struct RecentIds {
-    set: std::collections::HashSet<ForwardId>,
-    order: std::collections::VecDeque<ForwardId>,
+    chunks: FxHashMap<ChunkKey, Box<[u64; CHUNK_IDS as usize / 64]>>,
+    /// Every chunk held, oldest first.
+    order: std::collections::VecDeque<ChunkKey>,
     cap: usize,
+    /// Interned producer ids by number, with how many chunks use each.
+    producers: Vec<Option<(Bytes, usize)>>,
+    free: Vec<u32>,
+    number_of: FxHashMap<Bytes, u32>,
 }
 
 impl RecentIds {
     fn new(cap: usize) -> RecentIds {
         RecentIds {
-            set: Default::default(),
+            chunks: Default::default(),
             order: Default::default(),
             cap,
+            producers: Vec::new(),
+            free: Vec::new(),
+            number_of: Default::default(),
         }
     }
 
     /// True when the id was not seen (and remembers it).
-    fn insert(&mut self, id: ForwardId) -> bool {
-        if !self.set.insert(id.clone()) {
-            return false;
+    fn insert(&mut self, producer: &Bytes, sequence: u64, reach: u32) -> bool {
+        let p = match self.number_of.get(producer) {
+            Some(&p) => p,
+            None => self.intern(producer),
+        };
+        let key = (p, reach, sequence / CHUNK_IDS);
+        let bit = sequence % CHUNK_IDS;
+        let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
+        if let Some(chunk) = self.chunks.get_mut(&key) {
+            let seen = chunk[word] & mask != 0;
+            chunk[word] |= mask;
+            return !seen;
         }
-        self.order.push_back(id);
+        let mut chunk = Box::new([0u64; CHUNK_IDS as usize / 64]);
+        chunk[word] = mask;
+        self.chunks.insert(key, chunk);
+        self.order.push_back(key);
+        if let Some((_, uses)) = &mut self.producers[p as usize] {
+            *uses += 1;
+        }
         if self.order.len() > self.cap {
             if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
+                self.chunks.remove(&old);
+                self.release(old.0);
             }
         }
         true
+    }
+
+    fn intern(&mut self, producer: &Bytes) -> u32 {
+        let owned = Bytes::copy_from_slice(producer);
+        let p = match self.free.pop() {
+            Some(p) => p,
+            None => {
+                self.producers.push(None);
+                (self.producers.len() - 1) as u32
+            }
+        };
+        self.producers[p as usize] = Some((owned.clone(), 0));
+        self.number_of.insert(owned, p);
+        p
+    }
+
+    /// A chunk of producer `p` was forgotten; the producer goes with its last.
+    fn release(&mut self, p: u32) {
+        let slot = &mut self.producers[p as usize];
+        if let Some((id, uses)) = slot {
+            *uses -= 1;
+            if *uses == 0 {
+                self.number_of.remove(id);
+                *slot = None;
+                self.free.push(p);
+            }
+        }
     }
 }
 
@@ -372,7 +444,7 @@ impl Broker {
                 demand: DashMap::new(),
                 demand_events: tokio::sync::broadcast::channel(DEMAND_EVENTS).0,
                 next_demand: AtomicU64::new(1),
-                recent_forwards: Mutex::new(RecentIds::new(RECENT_FORWARDS)),
+                recent_forwards: Mutex::new(RecentIds::new(RECENT_FORWARD_CHUNKS)),
                 persistence: store.map(persist::Persistence::new),
                 pager,
                 settings,
@@ -569,7 +641,7 @@ impl Broker {
         self.inner
             .recent_forwards
             .lock()
-            .insert((msg.producer_id.clone(), msg.sequence, reach))
+            .insert(&msg.producer_id, msg.sequence, reach)
     }
 
     /// Dispatches again where network consumers wait on time (replay delays).
@@ -637,7 +709,7 @@ pub struct Session {
     outbox: Arc<Outbox>,
     subs: HashMap<u64, SubHandle>,
     /// The demand each subscription registered.
-    demand_ids: HashMap<u64, u64>,
+    demand_ids: HashMap<u64, SubDemand>,
     temps: Vec<Target>,
     last_target: Option<Target>,
     /// Index of the last journal record this session's operations appended (0 = none).
@@ -838,13 +910,59 @@ impl Session {
             )?
         };
         self.subs.insert(spec.subscription, handle);
-        let path = net.map(|n| n.path).unwrap_or_default();
-        let demand = self
-            .broker
-            .add_demand(spec.destination.clone(), path, spec.priority);
-        self.demand_ids.insert(spec.subscription, demand);
+        let ids = if net.is_none() {
+            vec![self
+                .broker
+                .add_demand(spec.destination.clone(), Vec::new(), spec.priority)]
+        } else {
+            Vec::new()
+        };
+        self.demand_ids.insert(
+            spec.subscription,
+            SubDemand {
+                destination: spec.destination.clone(),
+                priority: spec.priority,
+                ids,
+            },
+        );
         self.broker.apply(dead);
         Ok(())
+    }
+
+    /// Registers one remote consumer a network consumer stands for, by the path its demand
+    /// came (first element: the consumer's group); returns the demand's id.
+    pub fn add_network_demand(
+        &mut self,
+        subscription: u64,
+        path: Vec<Arc<str>>,
+    ) -> Result<u64, BrokerError> {
+        let sd = self
+            .demand_ids
+            .get_mut(&subscription)
+            .ok_or(BrokerError::NoSuchSubscription(subscription))?;
+        let id = self
+            .broker
+            .add_demand(sd.destination.clone(), path, sd.priority);
+        sd.ids.push(id);
+        Ok(id)
+    }
+
+    /// Withdraws one remote consumer's demand (the network consumer itself stays).
+    pub fn remove_network_demand(&mut self, subscription: u64, demand: u64) {
+        if let Some(sd) = self.demand_ids.get_mut(&subscription) {
+            if let Some(i) = sd.ids.iter().position(|d| *d == demand) {
+                sd.ids.swap_remove(i);
+                self.broker.remove_demand(demand);
+            }
+        }
+    }
+
+    /// How many deliveries in a row a queue network consumer gets when its turn comes: the
+    /// number of consumers it stands for, so a queue's split follows the consumers.
+    pub fn set_network_weight(&mut self, subscription: u64, weight: u32) {
+        if let Some(SubHandle::Queue { queue, slot }) = self.subs.get(&subscription) {
+            queue.set_weight(*slot, weight);
+        }
     }
 
     fn queue_for_consumer(&mut self, dest: &Destination) -> Result<Arc<Queue>, BrokerError> {
@@ -1009,8 +1127,10 @@ impl Session {
             .subs
             .remove(&subscription)
             .ok_or(BrokerError::NoSuchSubscription(subscription))?;
-        if let Some(d) = self.demand_ids.remove(&subscription) {
-            self.broker.remove_demand(d);
+        if let Some(sd) = self.demand_ids.remove(&subscription) {
+            for d in sd.ids {
+                self.broker.remove_demand(d);
+            }
         }
         self.release(handle, remove_durable);
         Ok(())
@@ -1161,7 +1281,10 @@ impl Session {
         }
         self.closed = true;
         self.outbox.close();
-        for (_, d) in std::mem::take(&mut self.demand_ids) {
+        for d in std::mem::take(&mut self.demand_ids)
+            .into_values()
+            .flat_map(|sd| sd.ids)
+        {
             self.broker.remove_demand(d);
         }
         for (_, handle) in std::mem::take(&mut self.subs) {

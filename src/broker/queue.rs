@@ -3,7 +3,10 @@
 //!
 //! Dispatch rule: the next message goes to the first consumer, in the highest priority band,
 //! that has prefetch credit, starting after the consumer served last in that band
-//! (round-robin inside a priority, as ActiveMQ's `useConsumerPriority`). A message leaves the
+//! (round-robin inside a priority, as ActiveMQ's `useConsumerPriority`). A consumer with a
+//! weight above 1 — a conduit network consumer standing for several remote consumers — is
+//! served that many times in a row before its turn passes, so a group's share of a queue
+//! follows its number of consumers, not its number of network consumers. A message leaves the
 //! queue only when acknowledged; until then it sits in its consumer's in-flight list and goes
 //! back to the queue (flagged redelivered) if the consumer leaves or nacks it.
 //! Everything is under one lock per queue; the only lock taken inside it is an outbox's.
@@ -218,6 +221,8 @@ struct Consumer {
     subscription: u64,
     prefetch: usize,
     priority: i32,
+    /// Deliveries in a row before the band's turn passes on (at least 1).
+    weight: u32,
     inflight: Inflight,
     /// Network consumers only take what their filter accepts.
     filter: Option<NetworkFilter>,
@@ -227,8 +232,10 @@ struct Consumer {
 struct Band {
     priority: i32,
     slots: Vec<usize>,
-    /// Position in `slots` to try first (the one after the consumer served last).
+    /// Position in `slots` to try first (the one served last, while its weight lasts).
     cursor: usize,
+    /// Deliveries made in a row to the consumer at `cursor`.
+    streak: u32,
 }
 
 #[derive(Debug, Default)]
@@ -360,6 +367,7 @@ impl Queue {
             subscription,
             prefetch: prefetch.max(1) as usize,
             priority,
+            weight: 1,
             inflight: Inflight::default(),
             filter,
         };
@@ -381,12 +389,21 @@ impl Queue {
                     priority,
                     slots: vec![slot],
                     cursor: 0,
+                    streak: 0,
                 },
             ),
         }
         DestinationCounters::add(&self.counters.consumers, 1);
         self.dispatch(&mut st, dead);
         slot
+    }
+
+    /// How many deliveries in a row the consumer in `slot` gets when its turn comes.
+    pub(crate) fn set_weight(&self, slot: usize, weight: u32) {
+        let mut st = self.state.lock();
+        if let Some(c) = st.consumers.get_mut(slot).and_then(Option::as_mut) {
+            c.weight = weight.max(1);
+        }
     }
 
     /// Removes a consumer; its unacknowledged messages go back to the queue as redelivered.
@@ -410,6 +427,8 @@ impl Queue {
                 band.slots.remove(pos);
                 if band.cursor > pos {
                     band.cursor -= 1;
+                } else if band.cursor == pos {
+                    band.streak = 0;
                 }
                 if band.slots.is_empty() {
                     st.bands.remove(b);
@@ -531,10 +550,18 @@ impl Queue {
             let Some(entry) = self.load(qe) else { continue };
             let band = &mut st.bands[b];
             let slot = band.slots[pos];
-            band.cursor = (pos + 1) % band.slots.len();
             let Some(c) = st.consumers[slot].as_mut() else {
                 break;
             };
+            if band.cursor != pos {
+                band.cursor = pos;
+                band.streak = 0;
+            }
+            band.streak += 1;
+            if band.streak >= c.weight {
+                band.cursor = (pos + 1) % band.slots.len();
+                band.streak = 0;
+            }
             let message = entry.msg.clone();
             let redelivery_count = entry.redeliveries;
             let tag = c.inflight.push(entry);

@@ -513,8 +513,66 @@ fn net_spec(target: &str, ttl: u32, replay_ms: Option<u64>) -> NetworkSpec {
             message_ttl: ttl,
             replay_after_ms: replay_ms,
         },
-        path: vec![std::sync::Arc::from(target)],
     }
+}
+
+fn net_sub(s: &mut Session, id: u64, dest: &str, target: &str) {
+    s.subscribe_network(
+        SubscribeSpec {
+            subscription: id,
+            destination: dest.into(),
+            selector: String::new(),
+            prefetch: 100,
+            priority: -5,
+            durable_name: None,
+            no_local: false,
+        },
+        net_spec(target, 3, None),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_weighted_consumer_gets_its_weight_in_a_row() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut one = b.open_session(None).unwrap();
+    let mut three = b.open_session(None).unwrap();
+    net_sub(&mut one, 1, "queue://q", "edge-1");
+    net_sub(&mut three, 1, "queue://q", "edge-2");
+    three.set_network_weight(1, 3);
+    for i in 0..40 {
+        send(&mut p, "queue://q", msg(&i.to_string()));
+    }
+    assert_eq!(drain(&one).len(), 10);
+    assert_eq!(drain(&three).len(), 30);
+    three.set_network_weight(1, 1);
+    for i in 0..40 {
+        send(&mut p, "queue://q", msg(&i.to_string()));
+    }
+    assert_eq!(drain(&one).len(), 20, "back to an even split");
+    assert_eq!(drain(&three).len(), 20);
+}
+
+#[test]
+fn a_network_consumer_advertises_each_remote_consumer_by_its_own_path() {
+    let b = broker();
+    let mut net = b.open_session(None).unwrap();
+    net_sub(&mut net, 1, "queue://q", "b");
+    let (_, none) = b.demand();
+    assert!(none.is_empty(), "no remote consumer yet: {none:?}");
+    let g = |s: &str| std::sync::Arc::<str>::from(s);
+    let relayed = net.add_network_demand(1, vec![g("c"), g("b")]).unwrap();
+    let direct = net.add_network_demand(1, vec![g("b")]).unwrap();
+    let mut paths: Vec<_> = b.demand().1.into_iter().map(|d| d.path).collect();
+    paths.sort();
+    assert_eq!(paths, vec![vec![g("b")], vec![g("c"), g("b")]]);
+    net.remove_network_demand(1, relayed);
+    let (_, left) = b.demand();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, direct);
+    net.unsubscribe(1, false).unwrap();
+    assert!(b.demand().1.is_empty());
 }
 
 fn from_path(body: &str, path: &[&str]) -> Message {
@@ -587,4 +645,34 @@ fn a_parked_message_is_replayed_once_no_local_consumer_is_left() {
         "no local consumer: back toward the hub"
     );
     assert_eq!(d[0].redelivery_count, 1);
+}
+
+#[test]
+fn recent_forward_ids_drop_repeats_and_forget_the_oldest_chunk_with_its_producer() {
+    let mut r = RecentIds::new(3);
+    let (a, b) = (
+        Bytes::from_static(b"producer-a"),
+        Bytes::from_static(b"producer-b"),
+    );
+    assert!(r.insert(&a, 1, 1));
+    assert!(!r.insert(&a, 1, 1), "a repeat is dropped");
+    assert!(r.insert(&a, 2, 1));
+    assert!(!r.insert(&a, 2, 1));
+    assert!(
+        r.insert(&a, 1, 2),
+        "the same message having travelled further is new"
+    );
+    assert!(r.insert(&b, 1, 1));
+    assert_eq!(r.number_of.len(), 2);
+    // A fourth chunk (a's sequences from 4096 on) forgets the oldest, a's first.
+    assert!(r.insert(&a, CHUNK_IDS, 1));
+    assert!(r.insert(&a, 1, 1), "forgotten, so taken as new");
+    assert!(!r.insert(&a, CHUNK_IDS, 1));
+    // Only b's chunks left once a's age out: a is forgotten too, its number reused.
+    for n in 1..=3 {
+        assert!(r.insert(&b, n * CHUNK_IDS, 1));
+    }
+    assert_eq!(r.number_of.len(), 1, "{:?}", r.number_of);
+    assert!(r.insert(&a, 9, 1));
+    assert_eq!(r.producers.len(), 2, "a's number was reused");
 }

@@ -11,10 +11,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
 use tokio::sync::broadcast;
+// The runtime's clock, so the heartbeat and retry rules can be tested on paused time.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
@@ -31,6 +34,12 @@ use super::routes::Routes;
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 const REFILL_BELOW: usize = 64 * 1024;
+/// Heartbeat intervals of silence after which the link is given up. Checked every quarter
+/// interval, a dead link goes at most 2.75 intervals after the peer's last byte — inside the
+/// 3 promised — while a live peer, which writes at least every 1.25 intervals, has twice
+/// that slack.
+const SILENT_INTERVALS: f64 = 2.5;
+const CHECKS_PER_INTERVAL: u32 = 4;
 const FILL_TO: usize = 256 * 1024;
 
 /// What one side of a connector does, resolved from the topology.
@@ -92,8 +101,9 @@ impl BridgeConfig {
 #[derive(Debug)]
 struct NetSub {
     topic: bool,
-    /// Remote consumer id → its path (conduit folds several into one network consumer).
-    demand: HashMap<String, Vec<Arc<str>>>,
+    /// Remote consumer id → its path and the local demand registered for it (conduit folds
+    /// several into one network consumer).
+    demand: HashMap<String, (Vec<Arc<str>>, u64)>,
     /// Static ones live as long as the bridge.
     permanent: bool,
     inflight: usize,
@@ -116,12 +126,13 @@ pub(crate) struct Bridge {
     session: Session,
     routes: Arc<Routes>,
     metrics: Arc<BridgeMetrics>,
-    subs: HashMap<u64, NetSub>,
+    subs: FxHashMap<u64, NetSub>,
     /// Conduit key (destination) or remote consumer id → network consumer.
     sub_for: HashMap<String, u64>,
     demand_sub: HashMap<String, u64>,
     next_sub: u64,
-    inflight: HashMap<u64, InFlight>,
+    /// By forward id (sequential numbers: FxHash is enough, and it is on every message).
+    inflight: FxHashMap<u64, InFlight>,
     retries: VecDeque<(Instant, u64)>,
     next_forward: u64,
     deliveries: VecDeque<Delivery>,
@@ -150,11 +161,11 @@ impl Bridge {
             session,
             routes,
             metrics,
-            subs: HashMap::new(),
+            subs: FxHashMap::default(),
             sub_for: HashMap::new(),
             demand_sub: HashMap::new(),
             next_sub: 1,
-            inflight: HashMap::new(),
+            inflight: FxHashMap::default(),
             retries: VecDeque::new(),
             next_forward: 1,
             deliveries: VecDeque::new(),
@@ -192,7 +203,10 @@ impl Bridge {
                 self.open_sub(pattern.as_str(), vec![self.cfg.peer.clone()], 0, None, true);
             }
         }
-        let mut tick = tokio::time::interval(self.cfg.heartbeat.max(Duration::from_millis(50)) / 2);
+        let silence_limit = self.cfg.heartbeat.mul_f64(SILENT_INTERVALS);
+        let mut tick = tokio::time::interval(
+            self.cfg.heartbeat.max(Duration::from_millis(40)) / CHECKS_PER_INTERVAL,
+        );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.fill();
@@ -213,7 +227,7 @@ impl Bridge {
             let next_retry = self.retries.front().map(|(at, _)| *at);
             let retry = async {
                 match next_retry {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -246,8 +260,8 @@ impl Bridge {
                 _ = tick.tick() => {
                     self.pump.shrink_idle();
                     let now = Instant::now();
-                    if now.duration_since(self.last_read) > self.cfg.heartbeat * 3 {
-                        return format!("no heartbeat from {} for {:?}", self.cfg.peer, self.cfg.heartbeat * 3);
+                    if now.duration_since(self.last_read) > silence_limit {
+                        return format!("no heartbeat from {} for {silence_limit:?}", self.cfg.peer);
                     }
                     if now.duration_since(self.last_write) >= self.cfg.heartbeat && self.pump.wbuf.is_empty() {
                         wire::encode(&wire::frame(Body::Heartbeat(proto::Heartbeat { receipt: 0 })), &mut self.pump.wbuf);
@@ -341,12 +355,11 @@ impl Bridge {
         };
         if let Some(&sub) = self.sub_for.get(&key) {
             if let Some(ns) = self.subs.get_mut(&sub) {
-                if let Some(c) = consumer {
-                    ns.demand.insert(c.to_string(), path);
-                    self.demand_sub.insert(c.to_string(), sub);
-                }
                 ns.draining = false;
                 ns.permanent |= permanent;
+            }
+            if let Some(c) = consumer {
+                self.add_demand(sub, c, path);
             }
             return;
         }
@@ -372,28 +385,65 @@ impl Bridge {
                     self.cfg.replay.map(|d| d.as_millis() as u64)
                 },
             },
-            path: path.clone(),
         };
         if let Err(e) = self.session.subscribe_network(spec, net) {
             tracing::warn!(connector = %self.cfg.connector, destination, error = %e, "cannot create a network consumer");
             return;
         }
-        let mut demand = HashMap::new();
-        if let Some(c) = consumer {
-            demand.insert(c.to_string(), path);
-            self.demand_sub.insert(c.to_string(), sub);
-        }
         self.subs.insert(
             sub,
             NetSub {
                 topic,
-                demand,
+                demand: HashMap::new(),
                 permanent,
                 inflight: 0,
                 draining: false,
             },
         );
         self.sub_for.insert(key, sub);
+        match consumer {
+            Some(c) => self.add_demand(sub, c, path),
+            // A static destination stands for the peer as a whole, for as long as the bridge.
+            None => {
+                let _ = self.session.add_network_demand(sub, path);
+            }
+        }
+    }
+
+    /// Records that network consumer `sub` stands for remote `consumer` (reached by `path`):
+    /// registered as local demand by that path, so it is relayed by that path's rules.
+    fn add_demand(&mut self, sub: u64, consumer: &str, path: Vec<Arc<str>>) {
+        let Ok(id) = self.session.add_network_demand(sub, path.clone()) else {
+            return;
+        };
+        let Some(ns) = self.subs.get_mut(&sub) else {
+            return;
+        };
+        if let Some((_, old)) = ns.demand.insert(consumer.to_string(), (path, id)) {
+            self.session.remove_network_demand(sub, old);
+        }
+        self.demand_sub.insert(consumer.to_string(), sub);
+        self.reweigh(sub);
+    }
+
+    /// A queue's conduit gets as many deliveries in a row as it has nearest consumers, so the
+    /// peer's share of the queue follows its consumers (further ones are mostly the same
+    /// consumers reached again through another group).
+    fn reweigh(&mut self, sub: u64) {
+        let Some(ns) = self.subs.get(&sub) else {
+            return;
+        };
+        if ns.topic {
+            return;
+        }
+        let nearest = ns.demand.values().map(|(p, _)| p.len()).min();
+        let weight = ns
+            .demand
+            .values()
+            .filter(|(p, _)| Some(p.len()) == nearest)
+            .count();
+        self.session
+            .set_network_weight(sub, weight.clamp(1, u32::MAX as usize) as u32);
     }
 
     fn on_demand_add(&mut self, d: proto::DemandAdd) {
@@ -440,11 +490,14 @@ impl Bridge {
         };
         self.metrics.remote_demand(self.routes_from_peer());
         if let Some(ns) = self.subs.get_mut(&sub) {
-            ns.demand.remove(&d.consumer_id);
+            if let Some((_, id)) = ns.demand.remove(&d.consumer_id) {
+                self.session.remove_network_demand(sub, id);
+            }
             if ns.demand.is_empty() && !ns.permanent {
                 ns.draining = true;
             }
         }
+        self.reweigh(sub);
         self.close_if_drained(sub);
     }
 
@@ -470,6 +523,7 @@ impl Bridge {
         if self.deliveries.is_empty() {
             self.session.outbox().drain_into(&mut self.deliveries);
         }
+        let mut forwarded = 0;
         while self.pump.wbuf.len() < FILL_TO {
             let Some(d) = self.deliveries.pop_front() else {
                 break;
@@ -505,7 +559,7 @@ impl Bridge {
                 &targets,
                 &mut self.pump.wbuf,
             );
-            self.metrics.forwarded();
+            forwarded += 1;
             if let Some(ns) = self.subs.get_mut(&d.subscription) {
                 ns.inflight += 1;
             }
@@ -520,19 +574,22 @@ impl Bridge {
                 },
             );
         }
+        self.metrics.forwarded(forwarded);
         self.metrics.inflight(self.inflight.len());
     }
 
     fn on_forward_ack(&mut self, a: proto::ForwardAck) {
         if a.accepted {
             // Acknowledge on the local broker in one call per network consumer.
-            let mut by_sub: HashMap<u64, Vec<u64>> = HashMap::new();
+            let mut by_sub: FxHashMap<u64, Vec<u64>> = FxHashMap::default();
+            let mut acked = 0;
             for id in std::iter::once(a.forward_id).chain(a.more.iter().copied()) {
                 if let Some(f) = self.inflight.remove(&id) {
-                    self.metrics.acked();
+                    acked += 1;
                     by_sub.entry(f.sub).or_default().push(f.tag);
                 }
             }
+            self.metrics.acked(acked);
             for (sub, tags) in by_sub {
                 let _ = self.session.ack(sub, 0, &tags);
                 if let Some(ns) = self.subs.get_mut(&sub) {
@@ -611,7 +668,13 @@ impl Bridge {
             Ok(t) => t,
             Err(e) => return refuse(self, e.to_string(), false),
         };
-        let msg = imported_message(send, f.broker_path, f.targets, f.redelivery_count);
+        let msg = imported_message(
+            target.destination().clone(),
+            send,
+            f.broker_path,
+            f.targets,
+            f.redelivery_count,
+        );
         if !self.session.has_room(&target, msg.persistent) {
             self.metrics.refused_full();
             return refuse(self, format!("{} is full here", target.destination()), true);
@@ -745,15 +808,16 @@ fn encode_forward(
     );
 }
 
-/// A forwarded message as this broker keeps it.
+/// A forwarded message as this broker keeps it (on `destination`, already resolved).
 fn imported_message(
+    destination: Destination,
     s: proto::Send,
     path: Vec<String>,
     targets: Vec<String>,
     redeliveries: u32,
 ) -> Message {
     Message {
-        destination: Destination::parse(&s.destination).ok(),
+        destination: Some(destination),
         body: Bytes::copy_from_slice(&s.body),
         headers: wire::headers_from_wire(s.headers),
         persistent: s.persistent,
@@ -769,5 +833,141 @@ fn imported_message(
         targets: (!targets.is_empty()).then(|| targets.into_iter().map(Arc::from).collect()),
         redeliveries,
         ..Message::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{Broker, BrokerSettings};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    const HEARTBEAT: Duration = Duration::from_secs(1);
+
+    fn config() -> BridgeConfig {
+        BridgeConfig {
+            connector: "hub-edge".into(),
+            local: Arc::from("hub"),
+            peer: Arc::from("edge"),
+            forward: true,
+            export: true,
+            message_ttl: 1,
+            consumer_ttl: 1,
+            conduit: true,
+            decrease_priority: true,
+            priority_base: -5,
+            prefetch: 1000,
+            dynamically_included: Vec::new(),
+            statically_included: Vec::new(),
+            excluded: Vec::new(),
+            static_bridge: false,
+            bridge_temp: true,
+            replay: None,
+            heartbeat: HEARTBEAT,
+            max_frame_size: 1 << 20,
+        }
+    }
+
+    /// A bridge over one end of an in-memory link; the test plays the peer on the other.
+    fn bridge(stream: DuplexStream) -> Bridge {
+        let broker = Broker::new(BrokerSettings::default());
+        Bridge::new(
+            Arc::new(config()),
+            Pump::new(Box::new(stream)),
+            broker.open_session(None).expect("session"),
+            Arc::new(Routes::default()),
+            Arc::new(BridgeMetrics::new("hub-edge", "edge")),
+        )
+    }
+
+    fn heartbeat() -> BytesMut {
+        let mut b = BytesMut::new();
+        wire::encode(
+            &wire::frame(Body::Heartbeat(proto::Heartbeat { receipt: 0 })),
+            &mut b,
+        );
+        b
+    }
+
+    /// Reads (and drops) what the bridge writes, so it is never blocked on a full link.
+    fn drain(mut r: tokio::io::ReadHalf<DuplexStream>) {
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
+        });
+    }
+
+    // Time is the runtime's paused clock: it moves only when every task waits, so these
+    // check the bridge's rules, not this machine's speed.
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_given_up_within_three_heartbeat_intervals() {
+        // The peer's last byte falls at every phase of the bridge's checks.
+        for k in 0..8u32 {
+            let (ours, theirs) = tokio::io::duplex(1 << 16);
+            let (r, mut w) = tokio::io::split(theirs);
+            drain(r);
+            let started = tokio::time::Instant::now();
+            let run = tokio::spawn(async move {
+                let stop = CancellationToken::new();
+                let reason = bridge(ours).run(&stop).await;
+                (reason, tokio::time::Instant::now())
+            });
+            for _ in 0..5 {
+                tokio::time::sleep(HEARTBEAT).await;
+                w.write_all(&heartbeat()).await.expect("write");
+            }
+            tokio::time::sleep(HEARTBEAT * k / 8).await;
+            w.write_all(&heartbeat()).await.expect("write");
+            let last_byte = tokio::time::Instant::now();
+            // The socket stays open: only silence can end the bridge.
+            let (reason, ended) = run.await.expect("bridge task");
+            assert!(reason.contains("no heartbeat from edge"), "{reason}");
+            assert!(
+                ended - last_byte <= HEARTBEAT * 3,
+                "phase {k}: given up {:?} after the last byte",
+                ended - last_byte
+            );
+            assert!(ended - started > HEARTBEAT * 5, "not before the silence");
+            drop(w);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_heartbeating_at_its_slowest_keeps_the_link_and_hears_one_in_time() {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let (mut r, mut w) = tokio::io::split(theirs);
+        let stop = CancellationToken::new();
+        let run = {
+            let stop = stop.clone();
+            tokio::spawn(async move { bridge(ours).run(&stop).await })
+        };
+        // What the bridge writes, and when: with no traffic, only heartbeats.
+        let heard = tokio::spawn(async move {
+            let mut at = Vec::new();
+            let mut buf = vec![0u8; 4096];
+            while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {
+                at.push(tokio::time::Instant::now());
+            }
+            at
+        });
+        let started = tokio::time::Instant::now();
+        // The slowest a live bridge heartbeats: 1.25 intervals apart.
+        for _ in 0..16 {
+            tokio::time::sleep(HEARTBEAT * 5 / 4).await;
+            w.write_all(&heartbeat()).await.expect("write");
+        }
+        assert!(!run.is_finished(), "the link was kept");
+        stop.cancel();
+        assert_eq!(run.await.expect("bridge task"), "stopped");
+        drop(w);
+        let mut at = heard.await.expect("reader");
+        at.insert(0, started);
+        let longest = at.windows(2).map(|p| p[1] - p[0]).max().expect("heard");
+        assert!(at.len() > 10, "{} writes", at.len());
+        assert!(
+            longest <= HEARTBEAT * 5 / 4,
+            "the bridge was silent for {longest:?}"
+        );
     }
 }

@@ -62,9 +62,11 @@ impl BridgeMetrics {
         metrics
     }
 
-    fn count(&self, i: usize, c: &Counter) {
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        c.increment(1);
+    fn count(&self, i: usize, c: &Counter, n: u64) {
+        if n > 0 {
+            self.counts[i].fetch_add(n, Ordering::Relaxed);
+            c.increment(n);
+        }
     }
 
     pub fn up(&self, up: bool) {
@@ -77,19 +79,20 @@ impl BridgeMetrics {
     }
 
     pub fn reconnect(&self) {
-        self.count(0, &self.reconnects);
+        self.count(0, &self.reconnects, 1);
     }
 
-    pub fn forwarded(&self) {
-        self.count(1, &self.forwarded);
+    /// Counted per batch: these run for every forwarded message.
+    pub fn forwarded(&self, n: u64) {
+        self.count(1, &self.forwarded, n);
     }
 
-    pub fn acked(&self) {
-        self.count(2, &self.acked);
+    pub fn acked(&self, n: u64) {
+        self.count(2, &self.acked, n);
     }
 
     pub fn replayed(&self) {
-        self.count(3, &self.replayed);
+        self.count(3, &self.replayed, 1);
     }
 
     pub fn duplicate(&self) {

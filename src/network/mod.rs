@@ -35,11 +35,68 @@ use metrics::BridgeMetrics;
 pub use metrics::ConnectorStatus;
 use routes::Routes;
 
+/// Where a connector dials one member of its target group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialTarget {
+    /// An IP literal or a host name (resolved at each attempt); also the TLS server name.
+    pub host: String,
+    pub port: u16,
+}
+
+impl DialTarget {
+    /// A member's listener as seen from another machine: its address — unless it binds every
+    /// address (0.0.0.0, ::), which names no machine: then the address it advertises, or, with
+    /// none, this machine's loopback (where `meshmq certs` also vouches for it).
+    pub fn of(listener: &crate::config::Listener) -> DialTarget {
+        let addr = listener.url.addr;
+        if !addr.ip().is_unspecified() {
+            return DialTarget {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            };
+        }
+        match &listener.advertise {
+            Some(adv) => DialTarget {
+                host: adv.target.host.clone(),
+                port: adv.target.port,
+            },
+            None => DialTarget {
+                host: match addr.ip() {
+                    IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.to_string(),
+                    IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.to_string(),
+                },
+                port: addr.port(),
+            },
+        }
+    }
+
+    async fn resolve(&self) -> Result<SocketAddr, String> {
+        if let Ok(ip) = self.host.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, self.port));
+        }
+        tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| format!("cannot resolve {self}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{self} resolves to no address"))
+    }
+}
+
+impl std::fmt::Display for DialTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
 /// How to reach the group a connector dials.
 #[derive(Debug, Clone)]
 pub struct DialPlan {
     /// The target group's members (failover over them, in order).
-    pub addrs: Vec<SocketAddr>,
+    pub addrs: Vec<DialTarget>,
     pub local: Option<IpAddr>,
     pub username: Option<String>,
     pub password: Option<String>,
@@ -138,7 +195,7 @@ impl NetworkOptions {
                         tm.listeners
                             .iter()
                             .filter(|l| l.url.scheme == scheme)
-                            .map(|l| l.url.addr)
+                            .map(DialTarget::of)
                     })
                     .collect();
                 let password = match &c.password_file {
@@ -329,7 +386,7 @@ impl Network {
             if self.shutdown.is_cancelled() {
                 return;
             }
-            let addr = dial.addrs[attempt % dial.addrs.len().max(1)];
+            let addr = &dial.addrs[attempt % dial.addrs.len().max(1)];
             attempt += 1;
             let connected = tokio::select! {
                 r = self.connect(&plan, &dial, addr) => r,
@@ -369,16 +426,17 @@ impl Network {
         &self,
         plan: &ConnectorPlan,
         dial: &DialPlan,
-        addr: SocketAddr,
+        target: &DialTarget,
     ) -> Result<Pump, String> {
         let attempt = async {
-            let name = addr.ip().to_string();
+            let addr = target.resolve().await?;
+            let name = target.host.as_str();
             let stream: transport::Stream = match &dial.tls {
                 Some((ConnectorTransport::Quic, config)) => {
-                    transport::quic::dial(addr, &name, (**config).clone(), dial.local).await
+                    transport::quic::dial(addr, name, (**config).clone(), dial.local).await
                 }
                 Some((_, config)) => {
-                    transport::tls::dial(addr, &name, config.clone(), dial.local).await
+                    transport::tls::dial(addr, name, config.clone(), dial.local).await
                 }
                 None => transport::dial(addr, dial.local)
                     .await
@@ -397,7 +455,7 @@ impl Network {
                     })) => {
                         if info.group != plan.bridge.peer.as_ref() || info.mesh != self.opts.mesh {
                             return Err(format!(
-                                "{addr} is group {} of mesh {}, not group {} of mesh {}",
+                                "{target} is group {} of mesh {}, not group {} of mesh {}",
                                 info.group, info.mesh, plan.bridge.peer, self.opts.mesh
                             ));
                         }
@@ -426,7 +484,7 @@ impl Network {
             .await
             .unwrap_or_else(|_| {
                 Err(format!(
-                    "{addr}: no handshake within {:?}",
+                    "{target}: no handshake within {:?}",
                     dial.handshake_timeout
                 ))
             })
@@ -515,5 +573,65 @@ impl Network {
         );
         let reason = self.run_bridge(&plan, pump).await;
         tracing::info!(connector = %plan.bridge.connector, %reason, "accepted bridge ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOPOLOGY: &str = r#"
+[mesh]
+name = "t"
+
+[[group]]
+name = "hub"
+[[group.member]]
+name = "hub-1"
+admin = "127.0.0.1:9001"
+[[group.member.listener]]
+url = "tcp://127.0.0.1:9101"
+
+[[group]]
+name = "edge"
+election = "file-lock"
+shared_dir = "edge"
+[[group.member]]
+name = "edge-1"
+admin = "127.0.0.1:9002"
+[[group.member.listener]]
+url = "tcp://127.0.0.2:9102"
+[[group.member]]
+name = "edge-2"
+admin = "127.0.0.1:9003"
+[[group.member.listener]]
+url = "tcp://0.0.0.0:9103"
+advertise = "tcp://edge-2.example.com:9203"
+[[group.member]]
+name = "edge-3"
+admin = "127.0.0.1:9004"
+[[group.member.listener]]
+url = "tcp://0.0.0.0:9104"
+
+[[connector]]
+from = "hub"
+to = "edge"
+"#;
+
+    #[test]
+    fn a_connector_dials_each_member_where_another_machine_reaches_it() {
+        let topo = crate::config::parse_str(TOPOLOGY, std::path::Path::new("t.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let opts = NetworkOptions::from_topology(&topo, "hub-1").expect("options");
+        let dial = opts.connectors[0].dial.as_ref().expect("the hub dials");
+        let shown: Vec<String> = dial.addrs.iter().map(|t| t.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "127.0.0.2:9102",          // a specific address: as it is
+                "edge-2.example.com:9203", // every address: what it advertises
+                "127.0.0.1:9104",          // every address, nothing advertised: loopback
+            ]
+        );
     }
 }

@@ -3,6 +3,12 @@
 //! wire-protocol connection for tests that misbehave on purpose, and for fault tests a broker
 //! restarted on its own data directory, a history checker and a journal-frame reader.
 //!
+//! A lone broker is [`Broker::start`] (group `hub`, member `hub-1`). A mesh is [`Mesh::start`]:
+//! one topology, one `meshmq broker --member X` process per group, each group on its own
+//! loopback IP; a group may sit behind a [`proxy::Proxy`] that cuts, silences or blackholes
+//! its links (see [`MeshConfig`] for how the proxy gets between the groups).
+//! [`history::History`] checks what was sent against what was delivered.
+//!
 //! Everything here is blocking (std sockets, std processes) so it can be called from plain
 //! tests and from multi-threaded tokio tests alike; waits are bounded by [`GUARD`], which is a
 //! failure guard, never a measurement.
@@ -11,23 +17,28 @@
 #![allow(dead_code)]
 
 pub mod ha;
+pub mod history;
+pub mod proxy;
 pub mod stall_proxy;
 pub mod zk;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use meshmq::broker::DestinationStats;
 use meshmq::client::{AckMode, Client, ClientOptions, SubscribeOptions};
+use meshmq::network::ConnectorStatus;
 use meshmq::server::admin::MemberStatus;
 use meshmq::wire::{self, proto, Body, Decoded, Frame};
+use proxy::{Proxy, ProxyMode};
 use tempfile::TempDir;
 
 /// How long any wait may take before the test fails. Generous: tests run two at a time on a
@@ -298,12 +309,17 @@ pub fn run(cmd: &mut Command) -> Finished {
     CliChild::spawn(cmd).finish()
 }
 
-/// One `meshmq broker` process, killed and reaped on drop. It can be started again on the same
-/// topology, ports and data directory once it has exited (`restart`).
+/// One `meshmq broker` process, killed and reaped on drop: a lone broker ([`Broker::start`])
+/// or one member of a [`Mesh`]. It can be started again on the same topology, ports and data
+/// directory once it has exited (`restart`).
 pub struct Broker {
     proc: ChildGuard,
     ports: Ports,
-    dir: TempDir,
+    /// The IP its native listener and admin port are reached at.
+    ip: Ipv4Addr,
+    member: String,
+    /// The topology's directory (shared by a mesh's members), removed with the last of them.
+    dir: Arc<TempDir>,
     topology: PathBuf,
     data_dir: PathBuf,
     /// How many times a process was started (each run logs to its own file).
@@ -342,31 +358,46 @@ impl Broker {
     }
 
     fn spawn(config: &Config, ports: Ports) -> Result<Broker, StartError> {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         let topology = write_file(dir.path(), "topology.toml", &config.topology(ports));
         let data_dir = config
             .data_dir
             .clone()
             .unwrap_or_else(|| dir.path().join("data").join("hub-1"));
-        let proc = Broker::launch(dir.path(), &topology, 1, &[]);
-        let mut broker = Broker {
-            proc,
-            ports,
-            dir,
-            topology,
-            data_dir,
-            runs: 1,
-        };
+        let mut broker = Broker::new_member(&dir, &topology, "hub-1", Ipv4Addr::LOCALHOST, ports);
+        broker.data_dir = data_dir;
         broker.wait_ready()?;
         Ok(broker)
     }
 
-    fn launch(dir: &Path, topology: &Path, run: usize, args: &[&str]) -> ChildGuard {
-        let log = File::create(dir.join(format!("broker-{run}.log"))).expect("log file");
+    /// Starts `meshmq broker --member member` without waiting for it (run 1); its output goes
+    /// to `<member>-1.log` beside the topology.
+    fn new_member(
+        dir: &Arc<TempDir>,
+        topology: &Path,
+        member: &str,
+        ip: Ipv4Addr,
+        ports: Ports,
+    ) -> Broker {
+        Broker {
+            proc: Broker::launch(dir.path(), topology, member, 1, &[]),
+            ports,
+            ip,
+            member: member.to_string(),
+            dir: dir.clone(),
+            topology: topology.to_path_buf(),
+            data_dir: dir.path().join("data").join(member),
+            runs: 1,
+        }
+    }
+
+    /// Starts run `run` of `member`, logging to `<member>-<run>.log` in `dir`.
+    fn launch(dir: &Path, topology: &Path, member: &str, run: usize, args: &[&str]) -> ChildGuard {
+        let log = File::create(dir.join(format!("{member}-{run}.log"))).expect("log file");
         let child = meshmq()
             .args(["broker", "--topology"])
             .arg(topology)
-            .args(["--member", "hub-1"])
+            .args(["--member", member])
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
@@ -376,23 +407,25 @@ impl Broker {
         ChildGuard::new(child)
     }
 
+    /// Waits until `/readyz` answers 200 (within the guard).
     fn wait_ready(&mut self) -> Result<(), StartError> {
         let deadline = Instant::now() + GUARD;
         loop {
             if let Some(status) = self.proc.try_wait() {
-                let log = format!("exited with {status}:\n{}", self.log());
+                let log = format!("{} exited with {status}:\n{}", self.member, self.log());
                 return Err(if log.contains("Address already in use") {
                     StartError::PortTaken(log)
                 } else {
                     StartError::Other(log)
                 });
             }
-            if matches!(http_get(self.ports.admin_addr(), "/readyz"), Ok((200, _))) {
+            if matches!(http_get(self.admin(), "/readyz"), Ok((200, _))) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 return Err(StartError::Other(format!(
-                    "not ready within {GUARD:?}:\n{}",
+                    "{} not ready within {GUARD:?}:\n{}",
+                    self.member,
                     self.log()
                 )));
             }
@@ -408,7 +441,13 @@ impl Broker {
             "restart: the broker is still running"
         );
         self.runs += 1;
-        self.proc = Broker::launch(self.dir.path(), &self.topology, self.runs, args);
+        self.proc = Broker::launch(
+            self.dir.path(),
+            &self.topology,
+            &self.member,
+            self.runs,
+            args,
+        );
         if let Err(StartError::PortTaken(log) | StartError::Other(log)) = self.wait_ready() {
             panic!("the broker did not start again:\n{log}");
         }
@@ -426,7 +465,13 @@ impl Broker {
             "the broker is still running"
         );
         self.runs += 1;
-        self.proc = Broker::launch(self.dir.path(), &self.topology, self.runs, args);
+        self.proc = Broker::launch(
+            self.dir.path(),
+            &self.topology,
+            &self.member,
+            self.runs,
+            args,
+        );
         match self.wait_ready() {
             Ok(()) => panic!(
                 "the broker started but should have refused:\n{}",
@@ -443,13 +488,22 @@ impl Broker {
         self.ports
     }
 
-    /// `tcp://127.0.0.1:PORT` of the native listener.
+    /// `tcp://IP:PORT` of the native listener.
     pub fn url(&self) -> String {
-        self.ports.url()
+        format!("tcp://{}", self.listen_addr())
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, self.ports.listen))
     }
 
     pub fn admin(&self) -> SocketAddr {
-        self.ports.admin_addr()
+        SocketAddr::from((self.ip, self.ports.admin))
+    }
+
+    /// The member's name in the topology.
+    pub fn member(&self) -> &str {
+        &self.member
     }
 
     pub fn pid(&self) -> i32 {
@@ -458,8 +512,17 @@ impl Broker {
 
     /// The stdout and stderr of the broker's current (or last) run so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("broker-{}.log", self.runs)))
-            .unwrap_or_default()
+        std::fs::read_to_string(
+            self.dir
+                .path()
+                .join(format!("{}-{}.log", self.member, self.runs)),
+        )
+        .unwrap_or_default()
+    }
+
+    /// The directory holding its topology (and a mesh's certificates).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The member's data directory.
@@ -522,6 +585,393 @@ impl Broker {
         Client::connect(&self.url(), options)
             .await
             .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url()))
+    }
+}
+
+/// Loopback IPs handed to mesh groups, one each (127.0.0.2 …), so the groups of tests that
+/// run at the same time never share an address.
+static NEXT_IP: AtomicU32 = AtomicU32::new(0);
+
+fn next_ip() -> Ipv4Addr {
+    let n = NEXT_IP.fetch_add(1, Ordering::Relaxed);
+    Ipv4Addr::new(127, 0, 0, 2 + (n % 250) as u8)
+}
+
+/// A TCP port on `ip` that was free a moment ago.
+fn free_port_on(ip: Ipv4Addr) -> u16 {
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("bind {ip}:0: {e}"))
+}
+
+/// A UDP port on `ip` that was free a moment ago (for QUIC listeners).
+fn free_udp_port_on(ip: Ipv4Addr) -> u16 {
+    std::net::UdpSocket::bind((ip, 0))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("bind udp {ip}:0: {e}"))
+}
+
+#[derive(Debug, Clone)]
+struct GroupSpec {
+    name: String,
+    broker: Vec<String>,
+    quic: bool,
+    proxy: Option<ProxyMode>,
+    /// `false`: in the topology, but no process runs it (the test plays it).
+    process: bool,
+}
+
+/// A mesh for [`Mesh::start`]: groups of one member each (`<group>-1`), every group on its
+/// own loopback IP (its member binds its listener, admin port and outgoing links there), and
+/// connectors between them. Every member reads the same topology file.
+///
+/// A group put [`behind_proxy`](MeshConfig::behind_proxy) is reached by the connectors that
+/// dial it only through a [`Proxy`] the test controls: its member's native listener binds
+/// every address (`tcp://0.0.0.0:P`) and advertises the proxy (`advertise =
+/// "tcp://127.0.0.1:Q"`); a connector dials a listener that binds every address at the address
+/// it advertises, so the dialling group reaches `Q`, and the proxy forwards to the member's
+/// real port `P`. Clients of the test connect to the member directly (its IP, port `P`).
+#[derive(Debug, Clone, Default)]
+pub struct MeshConfig {
+    broker: Vec<String>,
+    groups: Vec<GroupSpec>,
+    connectors: Vec<String>,
+    sections: Vec<String>,
+}
+
+impl MeshConfig {
+    pub fn new() -> MeshConfig {
+        MeshConfig::default()
+    }
+
+    /// A `key = value` line of the mesh-wide `[broker]` section.
+    pub fn broker(mut self, line: &str) -> MeshConfig {
+        self.broker.push(line.to_string());
+        self
+    }
+
+    /// A group with one member, `<name>-1`, serving the native protocol over TCP.
+    pub fn group(mut self, name: &str) -> MeshConfig {
+        self.groups.push(GroupSpec {
+            name: name.to_string(),
+            broker: Vec::new(),
+            quic: false,
+            proxy: None,
+            process: true,
+        });
+        self
+    }
+
+    /// A group in the topology with no `meshmq` process behind it: the test plays it, e.g.
+    /// dialling a real group over a connector with a [`RawConn`].
+    pub fn played_by_test(mut self, group: &str) -> MeshConfig {
+        self.group_mut(group).process = false;
+        self
+    }
+
+    fn group_mut(&mut self, name: &str) -> &mut GroupSpec {
+        self.groups
+            .iter_mut()
+            .find(|g| g.name == name)
+            .unwrap_or_else(|| panic!("no group {name} in this mesh config"))
+    }
+
+    /// A `key = value` line of the group's own `[group.broker]` section.
+    pub fn group_broker(mut self, group: &str, line: &str) -> MeshConfig {
+        self.group_mut(group).broker.push(line.to_string());
+        self
+    }
+
+    /// Gives the group's member a `quic://` listener too, with a certificate from the
+    /// development CA that `meshmq certs` writes into `certs/` beside the topology.
+    pub fn quic(mut self, group: &str) -> MeshConfig {
+        self.group_mut(group).quic = true;
+        self
+    }
+
+    /// Connectors reach the group only through a proxy, which starts in `mode`.
+    pub fn behind_proxy(mut self, group: &str, mode: ProxyMode) -> MeshConfig {
+        self.group_mut(group).proxy = Some(mode);
+        self
+    }
+
+    /// A `[[connector]]` from `from` to `to` with extra `key = value` lines. Unless the lines
+    /// say otherwise, it re-dials after 100 ms, backing off to at most 1 s (tests wait less).
+    pub fn connector(mut self, from: &str, to: &str, lines: &[&str]) -> MeshConfig {
+        let mut t = format!("[[connector]]\nfrom = \"{from}\"\nto = \"{to}\"\n");
+        for line in lines {
+            t.push_str(line);
+            t.push('\n');
+        }
+        for (key, default) in [
+            ("reconnect_initial_delay", "\"100ms\""),
+            ("reconnect_max_delay", "\"1s\""),
+        ] {
+            if !lines.iter().any(|l| l.trim_start().starts_with(key)) {
+                t.push_str(&format!("{key} = {default}\n"));
+            }
+        }
+        self.connectors.push(t);
+        self
+    }
+
+    /// Whole tables appended to the file, e.g. a `[[policy]]` or `[[security.user]]`.
+    pub fn section(mut self, text: &str) -> MeshConfig {
+        self.sections.push(text.to_string());
+        self
+    }
+
+    fn uses_quic(&self) -> bool {
+        self.groups.iter().any(|g| g.quic)
+    }
+}
+
+/// Where one member of a mesh listens, picked before the topology is written.
+struct Placement {
+    ip: Ipv4Addr,
+    ports: Ports,
+    quic: Option<u16>,
+    proxy: Option<Proxy>,
+}
+
+/// Several `meshmq broker --member X` processes of one topology; all killed when dropped.
+pub struct Mesh {
+    dir: Arc<TempDir>,
+    topology: PathBuf,
+    members: Vec<(String, Broker)>,
+    proxies: Vec<(String, Proxy)>,
+}
+
+impl Mesh {
+    /// Starts every member, waits until each is ready and every connector's bridge is up.
+    pub fn start(config: &MeshConfig) -> Mesh {
+        let mesh = Mesh::start_unconnected(config);
+        mesh.wait_connected();
+        mesh
+    }
+
+    /// Starts every member and waits until each is ready (bridges may still be down).
+    pub fn start_unconnected(config: &MeshConfig) -> Mesh {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Mesh::try_start(config) {
+                Ok(mesh) => return mesh,
+                Err(StartError::PortTaken(log)) => last = log,
+                Err(StartError::Other(log)) => panic!("the mesh did not start:\n{log}"),
+            }
+        }
+        panic!("the mesh could not bind fresh ports three times:\n{last}")
+    }
+
+    fn try_start(config: &MeshConfig) -> Result<Mesh, StartError> {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        let placements: Vec<Placement> = config
+            .groups
+            .iter()
+            .map(|g| {
+                let ip = next_ip();
+                let listen = if g.proxy.is_some() {
+                    free_port_on(Ipv4Addr::UNSPECIFIED)
+                } else {
+                    free_port_on(ip)
+                };
+                let ports = Ports {
+                    listen,
+                    admin: free_port_on(ip),
+                };
+                Placement {
+                    ip,
+                    ports,
+                    quic: g.quic.then(|| free_udp_port_on(ip)),
+                    proxy: g
+                        .proxy
+                        .map(|mode| Proxy::start(SocketAddr::from((ip, listen)), mode)),
+                }
+            })
+            .collect();
+        let topology = write_file(
+            dir.path(),
+            "topology.toml",
+            &Mesh::topology_text(config, &placements),
+        );
+        if config.uses_quic() {
+            let made = run(meshmq()
+                .arg("certs")
+                .arg(&topology)
+                .arg("--out")
+                .arg(dir.path().join("certs")));
+            assert!(made.status.success(), "meshmq certs: {}", made.stderr);
+        }
+        let mut members: Vec<(String, Broker)> = config
+            .groups
+            .iter()
+            .zip(&placements)
+            .filter(|(g, _)| g.process)
+            .map(|(g, p)| {
+                let member = format!("{}-1", g.name);
+                let broker = Broker::new_member(&dir, &topology, &member, p.ip, p.ports);
+                (g.name.clone(), broker)
+            })
+            .collect();
+        for (_, broker) in &mut members {
+            broker.wait_ready()?;
+        }
+        let proxies = config
+            .groups
+            .iter()
+            .zip(placements)
+            .filter_map(|(g, p)| Some((g.name.clone(), p.proxy?)))
+            .collect();
+        Ok(Mesh {
+            dir,
+            topology,
+            members,
+            proxies,
+        })
+    }
+
+    fn topology_text(config: &MeshConfig, placements: &[Placement]) -> String {
+        let mut t = String::from("[mesh]\nname = \"test\"\n\n[broker]\n");
+        for line in &config.broker {
+            t.push_str(line);
+            t.push('\n');
+        }
+        for (g, p) in config.groups.iter().zip(placements) {
+            let member = format!("{}-1", g.name);
+            t.push_str(&format!("\n[[group]]\nname = \"{}\"\n", g.name));
+            if !g.broker.is_empty() {
+                t.push_str("[group.broker]\n");
+                for line in &g.broker {
+                    t.push_str(line);
+                    t.push('\n');
+                }
+            }
+            t.push_str(&format!(
+                "[[group.member]]\nname = \"{member}\"\nadmin = \"{}:{}\"\nbind = \"{}\"\n",
+                p.ip, p.ports.admin, p.ip
+            ));
+            match &p.proxy {
+                Some(proxy) => t.push_str(&format!(
+                    "[[group.member.listener]]\nurl = \"tcp://0.0.0.0:{}\"\nadvertise = \"tcp://{}\"\n",
+                    p.ports.listen,
+                    proxy.addr()
+                )),
+                None => t.push_str(&format!(
+                    "[[group.member.listener]]\nurl = \"tcp://{}:{}\"\n",
+                    p.ip, p.ports.listen
+                )),
+            }
+            if let Some(port) = p.quic {
+                t.push_str(&format!(
+                    "[[group.member.listener]]\nurl = \"quic://{}:{port}\"\ntls_cert = \"certs/{member}.pem\"\ntls_key = \"certs/{member}.key\"\n",
+                    p.ip
+                ));
+            }
+        }
+        for c in &config.connectors {
+            t.push('\n');
+            t.push_str(c);
+        }
+        for s in &config.sections {
+            t.push('\n');
+            t.push_str(s);
+            t.push('\n');
+        }
+        t
+    }
+
+    /// The member of `group`.
+    pub fn member(&self, group: &str) -> &Broker {
+        self.members
+            .iter()
+            .find(|(g, _)| g == group)
+            .map(|(_, b)| b)
+            .unwrap_or_else(|| panic!("no group {group} in this mesh"))
+    }
+
+    pub fn member_mut(&mut self, group: &str) -> &mut Broker {
+        self.members
+            .iter_mut()
+            .find(|(g, _)| g == group)
+            .map(|(_, b)| b)
+            .unwrap_or_else(|| panic!("no group {group} in this mesh"))
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = &Broker> {
+        self.members.iter().map(|(_, b)| b)
+    }
+
+    /// The proxy in front of `group`.
+    pub fn proxy(&self, group: &str) -> &Proxy {
+        self.proxies
+            .iter()
+            .find(|(g, _)| g == group)
+            .map(|(_, p)| p)
+            .unwrap_or_else(|| panic!("group {group} is not behind a proxy"))
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn topology(&self) -> &Path {
+        &self.topology
+    }
+
+    /// `quic://IP:PORT` of the group's QUIC listener.
+    pub fn quic_url(&self, group: &str) -> String {
+        let status = self.member(group).status();
+        let bound = status
+            .listeners
+            .iter()
+            .find(|l| l.url.starts_with("quic://"))
+            .unwrap_or_else(|| panic!("group {group} has no quic listener"))
+            .bound
+            .clone();
+        format!("quic://{bound}")
+    }
+
+    /// Waits until every connector of every member reports its bridge up.
+    pub fn wait_connected(&self) {
+        wait_until("every connector's bridge is up", || {
+            self.members()
+                .all(|m| m.status().connectors.iter().all(|c| c.up))
+        });
+    }
+
+    /// The sum of a metric over every member of the mesh.
+    pub fn metric_sum(&self, name: &str, labels: &[&str]) -> f64 {
+        self.members()
+            .map(|m| metric_sum(&m.metrics(), name, labels))
+            .sum()
+    }
+
+    /// Every member's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.members()
+            .map(|m| format!("==== {} ====\n{}", m.member(), m.log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Broker {
+    /// The named connector in `/status`.
+    pub fn connector(&self, name: &str) -> ConnectorStatus {
+        let status = self.status();
+        status
+            .connectors
+            .iter()
+            .find(|c| c.name == name)
+            .cloned()
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} has no connector {name}: {:?}",
+                    self.member, status.connectors
+                )
+            })
     }
 }
 
