@@ -410,7 +410,9 @@ mod tests {
                 heartbeat_ms: 1000,
                 client_name: "n".into(),
                 fault_tolerant: true,
-                failover_reconnect: false,
+                failover_reconnect: true,
+                temp_prefixes: vec!["ID-1-2".into()],
+                priority_pinned: true,
             })),
             frame(Body::Connected(Connected {
                 protocol_version: 1,
