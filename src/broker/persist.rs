@@ -498,7 +498,9 @@ impl Broker {
                     .collect(),
                 durables,
                 producers: self.inner.producers.snapshot(),
+                // The store fills in its epoch history.
                 epoch: 0,
+                epochs: Vec::new(),
             }
         };
         if checkpoint.next_index > 1 {

@@ -112,6 +112,14 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 /// A batch buffer larger than this is given back once written.
 const MAX_IDLE_BATCH: usize = 4 << 20;
 
+/// Records copied out of (or into) a journal as their on-disk frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFrames {
+    pub first: u64,
+    pub count: u64,
+    pub bytes: Vec<u8>,
+}
+
 /// Called on the writer thread with the newest synced index.
 pub type SyncedHook = Box<dyn Fn(u64) + Send + Sync>;
 
@@ -131,7 +139,17 @@ pub(crate) struct Shared {
     next_index: AtomicU64,
     wake: Condvar,
     pub segments: RwLock<Vec<Segment>>,
+    /// What waiters see: every record up to it is committed (locally durable, and in a
+    /// replicated group also acknowledged by a quorum).
     synced: tokio::sync::watch::Sender<u64>,
+    /// Every record up to it is durable here (equal to `synced` unless gated).
+    local: tokio::sync::watch::Sender<u64>,
+    /// Set by replication: `synced` then moves only through `publish_committed`.
+    gate: Mutex<Option<Duration>>,
+    /// Why commits stopped for good in this term (this member no longer serves).
+    fenced: Mutex<Option<String>>,
+    /// Indexes that garbage collection must keep (a follower still streaming them).
+    pins: Mutex<std::collections::HashMap<u64, u64>>,
     failed: Mutex<Option<String>>,
     full: AtomicBool,
     unsynced_bytes: AtomicU64,
@@ -166,6 +184,10 @@ impl Journal {
             wake: Condvar::new(),
             segments: RwLock::new(segments),
             synced: tokio::sync::watch::Sender::new(next_index.saturating_sub(1)),
+            local: tokio::sync::watch::Sender::new(next_index.saturating_sub(1)),
+            gate: Mutex::new(None),
+            fenced: Mutex::new(None),
+            pins: Mutex::new(std::collections::HashMap::new()),
             failed: Mutex::new(None),
             full: AtomicBool::new(false),
             unsynced_bytes: AtomicU64::new(0),
@@ -215,8 +237,20 @@ impl Journal {
         self.shared.failed.lock().clone()
     }
 
-    /// Waits until `index` is durable.
+    /// Waits until `index` is committed. In a replicated group that takes a quorum's
+    /// acknowledgement, and the wait fails after the quorum timeout rather than hang.
     pub async fn wait_synced(&self, index: u64) -> Result<(), StoreError> {
+        let timeout = *self.shared.gate.lock();
+        match timeout {
+            None => self.wait_committed(index).await,
+            Some(t) => match tokio::time::timeout(t, self.wait_committed(index)).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::NoQuorum { waited: t }),
+            },
+        }
+    }
+
+    async fn wait_committed(&self, index: u64) -> Result<(), StoreError> {
         let mut rx = self.shared.synced.subscribe();
         loop {
             if *rx.borrow_and_update() >= index {
@@ -225,10 +259,163 @@ impl Journal {
             if let Some(f) = self.failure() {
                 return Err(StoreError::Failed(f));
             }
+            if let Some(reason) = self.shared.fenced.lock().clone() {
+                return Err(StoreError::Fenced(reason));
+            }
             if rx.changed().await.is_err() {
                 return Err(StoreError::Failed("the journal writer stopped".into()));
             }
         }
+    }
+
+    /// Hands commits to replication: from now on `synced` advances only through
+    /// [`Journal::publish_committed`], and a wait for a commit fails after `timeout`.
+    pub fn gate(&self, timeout: Duration) {
+        *self.shared.gate.lock() = Some(timeout);
+    }
+
+    /// Records that everything up to `index` is committed (replication calls this once a
+    /// quorum acknowledged it); never moves backwards, never past what is durable here.
+    pub fn publish_committed(&self, index: u64) {
+        let index = index.min(*self.shared.local.borrow());
+        let moved = self.shared.synced.send_if_modified(|c| {
+            if index > *c {
+                *c = index;
+                true
+            } else {
+                false
+            }
+        });
+        if moved {
+            if let Some(f) = self.shared.on_synced.read().as_ref() {
+                f(index);
+            }
+        }
+    }
+
+    /// Stops every commit for good (this member stopped serving): waiters fail with `reason`.
+    pub fn fence(&self, reason: &str) {
+        *self.shared.fenced.lock() = Some(reason.to_string());
+        self.shared.synced.send_modify(|_| {});
+    }
+
+    /// Every record up to the returned index is durable on this member.
+    pub fn local_synced(&self) -> u64 {
+        *self.shared.local.borrow()
+    }
+
+    /// Watches [`Journal::local_synced`].
+    pub fn watch_local(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.local.subscribe()
+    }
+
+    /// The oldest record still on disk (`next_index` when there is none).
+    pub fn first_index(&self) -> u64 {
+        self.shared
+            .segments
+            .read()
+            .iter()
+            .find(|s| !s.offsets.is_empty())
+            .map_or_else(|| self.next_index(), |s| s.first)
+    }
+
+    /// Keeps garbage collection from deleting record `index` and later (`id` names the pin).
+    pub fn pin(&self, id: u64, index: u64) {
+        self.shared.pins.lock().insert(id, index);
+    }
+
+    pub fn unpin(&self, id: u64) {
+        self.shared.pins.lock().remove(&id);
+    }
+
+    /// Raw frames from record `from` on, as they are on disk (at least one record, at most
+    /// about `max_bytes`), for replication. `Ok(None)` when `from` is not written yet.
+    pub fn read_frames(
+        &self,
+        from: u64,
+        max_bytes: usize,
+    ) -> Result<Option<RawFrames>, StoreError> {
+        let (file, path, start, end, count) = {
+            let segs = self.shared.segments.read();
+            if segs.first().is_some_and(|s| from < s.first) {
+                return Err(StoreError::Missing(from));
+            }
+            let Some(seg) = segs.iter().rev().find(|s| s.contains(from)) else {
+                if segs
+                    .iter()
+                    .all(|s| from >= s.first + s.offsets.len() as u64)
+                {
+                    return Ok(None);
+                }
+                return Err(StoreError::Missing(from));
+            };
+            let i = (from - seg.first) as usize;
+            let start = seg.offsets[i] as u64;
+            let mut j = i + 1;
+            while j < seg.offsets.len() && (seg.offsets[j] as u64 - start) < max_bytes as u64 {
+                j += 1;
+            }
+            let end = seg.offsets.get(j).map_or(seg.end, |&o| o as u64);
+            (
+                seg.file.clone(),
+                seg.path.clone(),
+                start,
+                end,
+                (j - i) as u64,
+            )
+        };
+        let mut bytes = vec![0u8; (end - start) as usize];
+        file.read_exact_at(&mut bytes, start)
+            .map_err(|e| StoreError::io(&path, "read", e))?;
+        Ok(Some(RawFrames {
+            first: from,
+            count,
+            bytes,
+        }))
+    }
+
+    /// Appends frames copied from another journal (a follower's copy of its master's). They
+    /// must continue this journal exactly and pass their checksums.
+    pub fn append_frames(&self, frames: &RawFrames) -> Result<(), StoreError> {
+        let scan = frame::scan(
+            &frames.bytes,
+            frames.first,
+            self.shared.options.max_record + 8,
+        );
+        if scan.ended != frame::End::Clean
+            || scan.end != frames.bytes.len()
+            || scan.records.len() as u64 != frames.count
+        {
+            return Err(StoreError::Failed(format!(
+                "replicated records {}..{} are damaged",
+                frames.first,
+                frames.first + frames.count
+            )));
+        }
+        let mut batch = self.shared.batch.lock();
+        let next = self.shared.next_index.load(Ordering::Relaxed);
+        if next != frames.first {
+            return Err(StoreError::Failed(format!(
+                "replicated records start at {} but this journal continues at {next}",
+                frames.first
+            )));
+        }
+        batch.buf.extend_from_slice(&frames.bytes);
+        let mut lens = Vec::with_capacity(scan.records.len());
+        for (k, f) in scan.records.iter().enumerate() {
+            let end = scan.records.get(k + 1).map_or(scan.end, |n| n.offset);
+            lens.push((f.index, (end - f.offset) as u32));
+        }
+        batch.frames.extend(lens);
+        self.shared
+            .next_index
+            .store(frames.first + frames.count, Ordering::Relaxed);
+        drop(batch);
+        self.shared
+            .unsynced_bytes
+            .fetch_add(frames.bytes.len() as u64, Ordering::Relaxed);
+        self.shared.wake.notify_one();
+        Ok(())
     }
 
     /// Called (on the writer thread) with the synced index after every batch.
@@ -323,6 +510,12 @@ impl Journal {
     /// Deletes segments that hold only records before `before` and no live message.
     /// Returns how many were deleted.
     pub fn collect_garbage(&self, before: u64) -> usize {
+        let before = self
+            .shared
+            .pins
+            .lock()
+            .values()
+            .fold(before, |b, &pin| b.min(pin));
         let mut deleted = 0;
         let mut segs = self.shared.segments.write();
         while segs.len() > 1 {
@@ -442,9 +635,12 @@ fn complete(
         batch.buf = BytesMut::new();
         batch.frames = Vec::new();
     }
-    shared.synced.send_replace(last);
-    if let Some(f) = shared.on_synced.read().as_ref() {
-        f(last);
+    shared.local.send_replace(last);
+    if shared.gate.lock().is_none() {
+        shared.synced.send_replace(last);
+        if let Some(f) = shared.on_synced.read().as_ref() {
+            f(last);
+        }
     }
     Ok(())
 }

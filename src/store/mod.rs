@@ -11,6 +11,7 @@
 //! offset — when damage is followed by valid data, unless told to `--repair`; a segment is
 //! deleted only when a checkpoint covers all its records and none of its messages is live.
 
+mod epochs;
 mod frame;
 mod journal;
 mod recovery;
@@ -20,7 +21,8 @@ use std::time::Duration;
 
 use prost::Message as _;
 
-pub use journal::{Durability, Journal};
+pub use epochs::{EpochHistory, Position};
+pub use journal::{Durability, Journal, RawFrames};
 pub use recovery::{Recovered, RecoveredDurable, RecoveredMessage};
 
 pub mod proto {
@@ -49,6 +51,10 @@ pub enum StoreError {
     NotAMessage { index: u64, reason: String },
     #[error("the journal failed: {0}")]
     Failed(String),
+    #[error("no quorum: fewer than the needed replicas acknowledged the write within quorum_timeout ({waited:?}); it may or may not survive a failover, so resend it")]
+    NoQuorum { waited: Duration },
+    #[error("this member stopped serving ({0}); the write may or may not survive, resend it to the new master")]
+    Fenced(String),
 }
 
 impl StoreError {
@@ -80,7 +86,12 @@ pub struct StoreConfig {
 pub struct Store {
     journal: Journal,
     dir: PathBuf,
+    epochs: std::sync::Arc<parking_lot::Mutex<EpochHistory>>,
+    on_checkpoint: std::sync::Arc<parking_lot::RwLock<Option<CheckpointHook>>>,
 }
+
+/// Called with each checkpoint written (replication sends it on to followers).
+pub type CheckpointHook = Box<dyn Fn(&proto::Checkpoint) + Send + Sync>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -114,9 +125,93 @@ impl Store {
             Store {
                 journal,
                 dir: config.dir,
+                epochs: std::sync::Arc::new(parking_lot::Mutex::new(recovered.epochs.clone())),
+                on_checkpoint: Default::default(),
             },
             recovered,
         ))
+    }
+
+    /// Opens an empty journal that continues at `next_index` (a follower installing its
+    /// master's snapshot: records from `next_index` on follow). The directory must be empty
+    /// of segments.
+    pub fn open_empty_at(config: StoreConfig, next_index: u64, epochs: EpochHistory) -> Store {
+        let journal = Journal::start(
+            config.dir.clone(),
+            journal::JournalOptions {
+                segment_size: config.segment_size,
+                store_limit: config.store_limit,
+                durability: config.durability,
+                group_commit_window: config.group_commit_window,
+                max_record: config.max_record,
+            },
+            Vec::new(),
+            next_index,
+        );
+        Store {
+            journal,
+            dir: config.dir,
+            epochs: std::sync::Arc::new(parking_lot::Mutex::new(epochs)),
+            on_checkpoint: Default::default(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The epoch history of this journal.
+    pub fn epochs(&self) -> EpochHistory {
+        self.epochs.lock().clone()
+    }
+
+    /// Replaces the epoch history (a follower adopting its master's).
+    pub fn set_epochs(&self, epochs: EpochHistory) {
+        *self.epochs.lock() = epochs;
+    }
+
+    /// The epoch and index of the last record appended.
+    pub fn position(&self) -> Position {
+        self.epochs
+            .lock()
+            .position(self.journal.next_index().saturating_sub(1))
+    }
+
+    /// Starts an HA epoch: appends its `Epoch` record (before anything else of the epoch) and
+    /// returns that record's index.
+    pub fn begin_epoch(&self, epoch: u64) -> u64 {
+        let mut epochs = self.epochs.lock();
+        let index = self.append(&proto::Record {
+            kind: Some(proto::record::Kind::Epoch(proto::Epoch { epoch })),
+            tx: 0,
+        });
+        epochs.begin(epoch, index);
+        index
+    }
+
+    /// Called with every checkpoint this store writes from now on.
+    pub fn set_on_checkpoint(&self, hook: CheckpointHook) {
+        *self.on_checkpoint.write() = Some(hook);
+    }
+
+    /// The last checkpoint written, if any.
+    pub fn read_checkpoint(&self) -> Result<Option<proto::Checkpoint>, StoreError> {
+        recovery::read_checkpoint(&self.dir)
+    }
+
+    /// Writes a checkpoint received from the master (a follower), then deletes the segments
+    /// it makes unnecessary: those before both its replay start and its oldest live message.
+    pub fn install_checkpoint(&self, c: &proto::Checkpoint) -> Result<usize, StoreError> {
+        recovery::write_checkpoint(&self.dir, c)?;
+        let oldest_live = c
+            .queues
+            .iter()
+            .flat_map(|q| q.messages.iter())
+            .chain(c.durables.iter().flat_map(|d| d.messages.iter()))
+            .map(|m| m.index)
+            .min()
+            .unwrap_or(u64::MAX);
+        Ok(self.journal.collect_garbage(c.next_index.min(oldest_live)))
     }
 
     pub fn journal(&self) -> &Journal {
@@ -149,7 +244,18 @@ impl Store {
 
     /// Writes a checkpoint, then deletes the segments it makes unnecessary.
     pub fn checkpoint(&self, c: &proto::Checkpoint) -> Result<usize, StoreError> {
-        recovery::write_checkpoint(&self.dir, c)?;
+        let mut c = c.clone();
+        {
+            let epochs = self.epochs.lock();
+            let mut covered = epochs.clone();
+            covered.truncate_after(c.next_index.saturating_sub(1));
+            c.epoch = covered.last_epoch();
+            c.epochs = covered.to_proto();
+        }
+        recovery::write_checkpoint(&self.dir, &c)?;
+        if let Some(hook) = self.on_checkpoint.read().as_ref() {
+            hook(&c);
+        }
         Ok(self.journal.collect_garbage(c.next_index))
     }
 

@@ -12,7 +12,7 @@ use prost::Message as _;
 use super::frame::{self, End};
 use super::journal::Segment;
 use super::proto::{record, Checkpoint, MessageAdded, Record};
-use super::StoreError;
+use super::{EpochHistory, StoreError};
 use crate::broker::{Destination, DestinationPattern, Kind};
 
 /// A live persistent queue message found at start-up.
@@ -51,6 +51,10 @@ pub struct Recovered {
     /// counts as possibly delivered (redelivery count at least 1).
     pub clean: bool,
     pub epoch: u64,
+    /// Where each HA epoch began (checkpointed history plus the `Epoch` records replayed).
+    pub epochs: EpochHistory,
+    /// The checkpoint replay started from (`None`: replayed from the first record).
+    pub checkpoint_next: Option<u64>,
     pub next_index: u64,
     /// What was cut or found, for the log.
     pub notes: Vec<String>,
@@ -84,6 +88,7 @@ pub(crate) struct Replay {
     producers: HashMap<Bytes, u64>,
     txs: HashMap<u64, Vec<(u64, Record)>>,
     epoch: u64,
+    epochs: EpochHistory,
     budget: u64,
     loaded: u64,
 }
@@ -103,6 +108,7 @@ impl Replay {
     fn from_checkpoint(c: &Checkpoint, memory_budget: u64) -> Replay {
         let mut r = Replay::new(memory_budget);
         r.epoch = c.epoch;
+        r.epochs = EpochHistory::from_proto(&c.epochs);
         for q in &c.queues {
             let map = r.queues.entry(q.destination.clone()).or_default();
             for m in &q.messages {
@@ -282,7 +288,10 @@ impl Replay {
                     }
                 }
             }
-            Some(record::Kind::Epoch(e)) => self.epoch = self.epoch.max(e.epoch),
+            Some(record::Kind::Epoch(e)) => {
+                self.epoch = self.epoch.max(e.epoch);
+                self.epochs.begin(e.epoch, index);
+            }
             Some(record::Kind::TxEnd(_)) | None => {}
         }
     }
@@ -353,6 +362,8 @@ impl Replay {
             producers: self.producers.into_iter().collect(),
             clean,
             epoch: self.epoch,
+            epochs: self.epochs,
+            checkpoint_next: None,
             next_index,
             notes,
         }
@@ -576,8 +587,7 @@ pub(crate) fn recover(
         }
     }
     let clean = checkpoint.as_ref().is_some_and(|c| c.clean) && !replayed_after_checkpoint;
-    Ok((
-        segments,
-        replay.finish(clean || files.is_empty(), next_index, notes),
-    ))
+    let mut recovered = replay.finish(clean || files.is_empty(), next_index, notes);
+    recovered.checkpoint_next = checkpoint.as_ref().map(|c| c.next_index);
+    Ok((segments, recovered))
 }
