@@ -304,7 +304,7 @@ pub struct SubscribeOptions {
 }
 
 /// What the broker said when the client connected.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ServerInfo {
     pub connection_id: String,
     pub server: String,
@@ -344,11 +344,15 @@ enum Waiter {
 }
 
 /// Sends kept for re-sending after a failover: every send waiting for its receipt, and with
-/// `trackMessages` the latest fire-and-forget ones (up to `max_cache` bytes).
+/// `trackMessages` the latest fire-and-forget ones (up to `max_cache` bytes) until a later
+/// receipt shows the broker has them (it processes a connection's frames in order).
 struct SendTracker {
     /// By producer sequence: re-sent in this order.
     sends: BTreeMap<u64, (Bytes, u64)>,
+    /// Receipt id → the sequence of its send (sends), or the next sequence when it was asked
+    /// (flushes): its answer confirms every fire-and-forget send below that.
     by_receipt: HashMap<u64, u64>,
+    pings: HashMap<u64, u64>,
     fire_and_forget: VecDeque<u64>,
     cached_bytes: usize,
     max_cache: usize,
@@ -360,6 +364,7 @@ impl SendTracker {
         SendTracker {
             sends: BTreeMap::new(),
             by_receipt: HashMap::new(),
+            pings: HashMap::new(),
             fire_and_forget: VecDeque::new(),
             cached_bytes: 0,
             max_cache,
@@ -393,8 +398,29 @@ impl SendTracker {
     }
 
     fn answered(&mut self, receipt: u64) {
-        if let Some(seq) = self.by_receipt.remove(&receipt) {
-            self.sends.remove(&seq);
+        let below = match self.by_receipt.remove(&receipt) {
+            Some(seq) => {
+                self.sends.remove(&seq);
+                seq
+            }
+            None => match self.pings.remove(&receipt) {
+                Some(next) => next,
+                None => return,
+            },
+        };
+        while self.fire_and_forget.front().is_some_and(|s| *s < below) {
+            if let Some(seq) = self.fire_and_forget.pop_front() {
+                if let Some((f, _)) = self.sends.remove(&seq) {
+                    self.cached_bytes -= f.len();
+                }
+            }
+        }
+    }
+
+    /// A flush was asked when `next` was the next sequence.
+    fn ping(&mut self, receipt: u64, next: u64) {
+        if self.track_fire_and_forget {
+            self.pings.insert(receipt, next);
         }
     }
 
@@ -458,6 +484,9 @@ pub(crate) struct Shared {
     send_timeout: Option<Duration>,
     /// The URL of the broker this client is on now.
     current_url: RwLock<String>,
+    /// Connections a failover client opened after its first, and how many were moves.
+    reconnects: AtomicU64,
+    moves: AtomicU64,
 }
 
 impl Shared {
@@ -500,6 +529,8 @@ impl Shared {
             events: broadcast::channel(1024).0,
             send_timeout,
             current_url: RwLock::new(url),
+            reconnects: AtomicU64::new(0),
+            moves: AtomicU64::new(0),
         }
     }
 
@@ -606,7 +637,7 @@ impl Shared {
         let waiter = self.receipts.lock().remove(&id);
         match waiter {
             Some(Waiter::Reply(tx, kind)) => {
-                if kind == WaitKind::Send {
+                if matches!(kind, WaitKind::Send | WaitKind::Ping) {
                     if let Some(t) = &mut self.out.lock().tracker {
                         t.answered(id);
                     }
@@ -771,7 +802,10 @@ pub(crate) struct Hello {
     pub fault_tolerant: bool,
     pub failover_reconnect: bool,
     pub temp_prefixes: Vec<String>,
+    /// Sent as is: the caller decides whether the broker dialled is a priority one.
     pub priority_pinned: bool,
+    /// Not sent: the priority brokers, for callers that try several URIs.
+    pub priority: Vec<BrokerUrl>,
 }
 
 fn server_info(c: &proto::Connected) -> ServerInfo {
@@ -926,6 +960,15 @@ impl Client {
     /// The URL of the broker this client is on now.
     pub fn current_url(&self) -> String {
         self.shared.current_url.read().clone()
+    }
+
+    /// How many times a failover client connected again after its first connection, and how
+    /// many of those were moves on purpose (rebalance, priority broker).
+    pub fn reconnects(&self) -> (u64, u64) {
+        (
+            self.shared.reconnects.load(Ordering::Relaxed),
+            self.shared.moves.load(Ordering::Relaxed),
+        )
     }
 
     /// The failover client's lifecycle: interrupted, resumed (with the new URL), cluster
@@ -1129,7 +1172,13 @@ impl Client {
         let ping = wire::frame(Body::Heartbeat(proto::Heartbeat { receipt: id }));
         if let Err(e) = self
             .shared
-            .enqueue(FrameKind::Other, |out| wire::encode(&ping, &mut out.buf))
+            .enqueue(FrameKind::Other, |out| {
+                wire::encode(&ping, &mut out.buf);
+                let next = out.next_sequence;
+                if let Some(t) = &mut out.tracker {
+                    t.ping(id, next);
+                }
+            })
             .await
         {
             self.shared.forget_receipt(id);
