@@ -52,17 +52,24 @@ fn an_invalid_topology_is_refused_naming_file_and_key() {
 fn an_unsupported_topology_is_refused_naming_file_and_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ports = Ports::pick();
-    // Cluster updates to clients are not served by this build yet.
-    let text = Config::new().topology(ports).replace(
-        "[[group.member.listener]]\n",
-        "[[group.member.listener]]\nupdate_cluster_clients = true\n",
-    );
+    // ZooKeeper groups are not served by this build yet.
+    let text = Config::new()
+        .topology(ports)
+        .replace(
+            "name = \"hub\"\n",
+            "name = \"hub\"\nelection = \"zookeeper\"\n",
+        )
+        .replace(
+            "name = \"hub-1\"\n",
+            "name = \"hub-1\"\nreplication = \"127.0.0.1:1\"\n",
+        )
+        + "\n[zookeeper]\nconnect = [\"127.0.0.1:2181\"]\n";
     let path = write_file(dir.path(), "cluster.toml", &text);
     let done = broker(&path);
     assert!(!done.status.success(), "{done:?}");
     assert!(
         done.stderr.contains(&format!(
-            "meshmq: {}: this build of meshmq cannot run this topology yet:\n  not supported yet: group[hub].member[hub-1].listener[0].update_cluster_clients\n",
+            "meshmq: {}: this build of meshmq cannot run this topology yet:\n  not supported yet: group[hub].election (zookeeper)\n  not supported yet: zookeeper\n  not supported yet: group[hub].member[hub-1].replication\n",
             path.display()
         )),
         "{done:?}"

@@ -682,10 +682,6 @@ fn the_full_reference_topology_loads_and_lists_what_this_build_cannot_serve() {
     let expected = [
         "group[hub].election (zookeeper)",
         "zookeeper",
-        "group[hub].member[hub-1].listener[0].update_cluster_clients",
-        "group[hub].member[hub-1].listener[0].rebalance_cluster_clients",
-        "group[hub].member[hub-1].listener[0].update_cluster_clients_on_remove",
-        "group[hub].member[hub-1].listener[0].update_cluster_filter",
         "group[hub].member[hub-1].replication",
         "group[hub].member[hub-2].replication",
         "group[hub].member[hub-3].replication",

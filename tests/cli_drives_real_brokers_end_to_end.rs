@@ -217,17 +217,24 @@ fn check_exits_zero_on_a_valid_topology_and_non_zero_with_the_error_otherwise() 
     let cluster = write_file(
         dir.path(),
         "cluster.toml",
-        &Config::new().topology(ports).replace(
-            "[[group.member.listener]]\n",
-            "[[group.member.listener]]\nupdate_cluster_clients = true\n",
-        ),
+        &(Config::new()
+            .topology(ports)
+            .replace(
+                "name = \"hub\"\n",
+                "name = \"hub\"\nelection = \"zookeeper\"\n",
+            )
+            .replace(
+                "name = \"hub-1\"\n",
+                "name = \"hub-1\"\nreplication = \"127.0.0.1:1\"\n",
+            )
+            + "\n[zookeeper]\nconnect = [\"127.0.0.1:2181\"]\n"),
     );
     let refused = run(meshmq().arg("check").arg(&cluster));
     assert!(!refused.status.success(), "{refused:?}");
     assert_eq!(
         refused.stderr,
         format!(
-            "meshmq: {}: this build of meshmq cannot run this topology yet:\n  not supported yet: group[hub].member[hub-1].listener[0].update_cluster_clients\nremove these keys (or use a build that supports them)\n",
+            "meshmq: {}: this build of meshmq cannot run this topology yet:\n  not supported yet: group[hub].election (zookeeper)\n  not supported yet: zookeeper\n  not supported yet: group[hub].member[hub-1].replication\nremove these keys (or use a build that supports them)\n",
             cluster.display()
         )
     );

@@ -374,7 +374,11 @@ impl Supervisor {
     }
 
     /// Handles a broker's `ConnectionControl`; returns where to move, if anywhere.
-    fn on_control(&mut self, c: proto::ConnectionControl, current: &BrokerUrl) -> Option<Vec<BrokerUrl>> {
+    fn on_control(
+        &mut self,
+        c: proto::ConnectionControl,
+        current: &BrokerUrl,
+    ) -> Option<Vec<BrokerUrl>> {
         if let Some(view) = &c.cluster {
             self.apply_view(view);
         }
@@ -532,7 +536,10 @@ impl Supervisor {
 
 /// Connects a failover client: the first broker of the connect list that answers (retrying
 /// by the options), then a supervisor that keeps it connected.
-pub(crate) async fn connect(url: FailoverUrl, options: ClientOptions) -> Result<Client, ClientError> {
+pub(crate) async fn connect(
+    url: FailoverUrl,
+    options: ClientOptions,
+) -> Result<Client, ClientError> {
     let placeholder = Arc::new(Shared::new(
         Default::default(),
         String::new(),
@@ -586,7 +593,13 @@ mod tests {
     fn sup(text: &str) -> Supervisor {
         let url = FailoverUrl::parse(text).unwrap();
         let options = ClientOptions::default();
-        let shared = Arc::new(Shared::new(Default::default(), String::new(), &options, None, None));
+        let shared = Arc::new(Shared::new(
+            Default::default(),
+            String::new(),
+            &options,
+            None,
+            None,
+        ));
         Supervisor::new(url, options, shared)
     }
 
@@ -617,7 +630,9 @@ mod tests {
 
     #[test]
     fn priority_brokers_come_first_and_reconnect_to_is_obeyed_unless_pinned() {
-        let mut s = sup("failover:(tcp://h:1,tcp://h:2,tcp://h:3)?priorityBackup=true&priorityURIs=tcp://h:3");
+        let mut s = sup(
+            "failover:(tcp://h:1,tcp://h:2,tcp://h:3)?priorityBackup=true&priorityURIs=tcp://h:3",
+        );
         assert_eq!(s.connect_list(None)[0].to_string(), "tcp://h:3");
         let control = |to: &str| proto::ConnectionControl {
             cluster: None,
@@ -626,9 +641,20 @@ mod tests {
         };
         let on_3 = BrokerUrl::parse("tcp://h:3").unwrap();
         let on_1 = BrokerUrl::parse("tcp://h:1").unwrap();
-        assert_eq!(s.on_control(control("tcp://h:2"), &on_3), None, "pinned to its priority broker");
-        assert_eq!(names(&s.on_control(control("tcp://h:2"), &on_1).unwrap()), ["tcp://h:2"]);
-        assert_eq!(s.on_control(control("tcp://h:1"), &on_1), None, "already there");
+        assert_eq!(
+            s.on_control(control("tcp://h:2"), &on_3),
+            None,
+            "pinned to its priority broker"
+        );
+        assert_eq!(
+            names(&s.on_control(control("tcp://h:2"), &on_1).unwrap()),
+            ["tcp://h:2"]
+        );
+        assert_eq!(
+            s.on_control(control("tcp://h:1"), &on_1),
+            None,
+            "already there"
+        );
         let mut s = sup("failover:(tcp://h:1)?reconnectSupported=false");
         assert_eq!(s.on_control(control("tcp://h:2"), &on_1), None);
     }
@@ -657,6 +683,9 @@ mod tests {
         ));
         assert!(s.read_uris_file());
         assert!(!s.read_uris_file(), "unchanged");
-        assert_eq!(names(&s.connect_list(None)), ["tcp://h:7", "tcp://h:8", "tcp://h:1"]);
+        assert_eq!(
+            names(&s.connect_list(None)),
+            ["tcp://h:7", "tcp://h:8", "tcp://h:1"]
+        );
     }
 }

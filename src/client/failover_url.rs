@@ -272,7 +272,10 @@ impl FailoverUrl {
         if self.options.priority_uris.is_empty() {
             self.uris.first().is_some_and(|p| p.same_broker(url))
         } else {
-            self.options.priority_uris.iter().any(|p| p.same_broker(url))
+            self.options
+                .priority_uris
+                .iter()
+                .any(|p| p.same_broker(url))
         }
     }
 }
@@ -312,7 +315,10 @@ mod tests {
         assert_eq!(o.max_reconnect_delay, Duration::from_millis(900));
         assert!(!o.use_exponential_backoff);
         assert_eq!(o.reconnect_delay_exponent, 1.5);
-        assert_eq!((o.max_reconnect_attempts, o.startup_max_reconnect_attempts), (3, 0));
+        assert_eq!(
+            (o.max_reconnect_attempts, o.startup_max_reconnect_attempts),
+            (3, 0)
+        );
         assert!(!o.randomize && o.backup && o.priority_backup && o.track_messages);
         assert_eq!(o.backup_pool_size, 2);
         assert_eq!(o.timeout, Some(Duration::from_millis(2500)));
@@ -355,7 +361,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("local file"), "{e}");
-        for bad in ["failover:", "failover:()", "failover:(tcp://a:1", "failover:(tcp://a:1)x"] {
+        for bad in [
+            "failover:",
+            "failover:()",
+            "failover:(tcp://a:1",
+            "failover:(tcp://a:1)x",
+        ] {
             assert!(FailoverUrl::parse(bad).is_err(), "{bad}");
         }
     }

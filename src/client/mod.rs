@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::transport::{self, IoEvent, Pump};
 use crate::wire::{self, proto, Body, Decoded, Frame, MessageRef};
 
+pub(crate) use self::failover::Backoff;
 pub use self::failover::ClientEvent;
 pub use self::failover_url::{ConnectUrl, FailoverOptions, FailoverUrl};
 pub use self::url::{BrokerUrl, UrlError};
@@ -588,7 +589,10 @@ impl Shared {
         }
     }
 
-    fn register_receipt(&self, kind: WaitKind) -> (u64, oneshot::Receiver<Result<(), ClientError>>) {
+    fn register_receipt(
+        &self,
+        kind: WaitKind,
+    ) -> (u64, oneshot::Receiver<Result<(), ClientError>>) {
         let id = self.next_receipt.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.receipts.lock().insert(id, Waiter::Reply(tx, kind));
@@ -1032,11 +1036,7 @@ impl Client {
                     &mut out.buf,
                 );
                 if let Some(t) = out.tracker.as_mut().filter(|t| t.wants(receipt)) {
-                    t.record(
-                        sequence,
-                        Bytes::copy_from_slice(&out.buf[start..]),
-                        receipt,
-                    );
+                    t.record(sequence, Bytes::copy_from_slice(&out.buf[start..]), receipt);
                 }
             })
             .await

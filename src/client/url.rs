@@ -217,10 +217,18 @@ mod tests {
             .unwrap();
         assert_eq!(u.connect_timeout, Some(Duration::from_millis(250)));
         assert_eq!(u.local_addr, Some("127.0.0.3".parse().unwrap()));
-        assert_eq!(u.to_string(), "tcp://127.0.0.1:1", "options are not part of the address");
-        let e = BrokerUrl::parse("tcp://h:1?soTimeout=1&bogus").unwrap_err().to_string();
+        assert_eq!(
+            u.to_string(),
+            "tcp://127.0.0.1:1",
+            "options are not part of the address"
+        );
+        let e = BrokerUrl::parse("tcp://h:1?soTimeout=1&bogus")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("soTimeout, bogus"), "{e}");
-        let e = BrokerUrl::parse("tcp://h:1?connectionTimeout=soon").unwrap_err().to_string();
+        let e = BrokerUrl::parse("tcp://h:1?connectionTimeout=soon")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("connectionTimeout"), "{e}");
         let nested = [("localAddress".to_string(), "127.0.0.9".to_string())];
         let u = BrokerUrl::parse_with("tcp://h:1", &nested).unwrap();

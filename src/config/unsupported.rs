@@ -8,7 +8,6 @@ type Check = fn(&Topology, &mut Vec<String>);
 const CHECKS: &[Check] = &[
     elections_other_than_none,
     zookeeper_section,
-    cluster_client_options,
     replication_addresses,
     replication_tokens,
 ];
@@ -46,23 +45,6 @@ fn listeners(topo: &Topology) -> impl Iterator<Item = (String, &Listener)> {
 fn zookeeper_section(topo: &Topology, keys: &mut Vec<String>) {
     if topo.zookeeper.is_some() {
         keys.push("zookeeper".to_string());
-    }
-}
-
-fn cluster_client_options(topo: &Topology, keys: &mut Vec<String>) {
-    for (at, l) in listeners(topo) {
-        let options = [
-            ("update_cluster_clients", l.update_cluster_clients),
-            ("rebalance_cluster_clients", l.rebalance_cluster_clients),
-            (
-                "update_cluster_clients_on_remove",
-                l.update_cluster_clients_on_remove,
-            ),
-            ("update_cluster_filter", !l.update_cluster_filter.is_empty()),
-        ];
-        for (k, _) in options.iter().filter(|(_, on)| *on) {
-            keys.push(format!("{at}.{k}"));
-        }
     }
 }
 

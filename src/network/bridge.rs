@@ -21,6 +21,7 @@ use crate::broker::{
     Delivery, Demand, DemandEvent, Destination, DestinationPattern, Message, NetworkFilter,
     NetworkSpec, Published, Session, SubscribeSpec,
 };
+use crate::cluster::Cluster;
 use crate::transport::{IoEvent, Pump};
 use crate::wire::{self, proto, Body, Frame, MessageRef};
 
@@ -133,7 +134,13 @@ pub(crate) struct Bridge {
     accepted: Vec<u64>,
     last_read: Instant,
     last_write: Instant,
+    /// Where the peer's load reports go, and this bridge's number there.
+    cluster: (Arc<Cluster>, u64),
+    last_load: Instant,
 }
+
+/// How often a bridge tells its peer this group's client load.
+const LOAD_EVERY: Duration = Duration::from_secs(1);
 
 impl Bridge {
     pub(crate) fn new(
@@ -142,6 +149,7 @@ impl Bridge {
         session: Session,
         routes: Arc<Routes>,
         metrics: Arc<BridgeMetrics>,
+        cluster: (Arc<Cluster>, u64),
     ) -> Bridge {
         let now = Instant::now();
         Bridge {
@@ -163,6 +171,8 @@ impl Bridge {
             accepted: Vec::new(),
             last_read: now,
             last_write: now,
+            cluster,
+            last_load: now,
         }
     }
 
@@ -192,7 +202,9 @@ impl Bridge {
                 self.open_sub(pattern.as_str(), vec![self.cfg.peer.clone()], 0, None, true);
             }
         }
-        let mut tick = tokio::time::interval(self.cfg.heartbeat.max(Duration::from_millis(50)) / 2);
+        let mut tick = tokio::time::interval(
+            (self.cfg.heartbeat.max(Duration::from_millis(50)) / 2).min(LOAD_EVERY),
+        );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.fill();
@@ -248,6 +260,11 @@ impl Bridge {
                     let now = Instant::now();
                     if now.duration_since(self.last_read) > self.cfg.heartbeat * 3 {
                         return format!("no heartbeat from {} for {:?}", self.cfg.peer, self.cfg.heartbeat * 3);
+                    }
+                    if now.duration_since(self.last_load) >= LOAD_EVERY {
+                        self.last_load = now;
+                        self.send_frame(Body::BrokerInfo(super::load_info(&self.cluster.0)));
+                        self.last_write = now;
                     }
                     if now.duration_since(self.last_write) >= self.cfg.heartbeat && self.pump.wbuf.is_empty() {
                         wire::encode(&wire::frame(Body::Heartbeat(proto::Heartbeat { receipt: 0 })), &mut self.pump.wbuf);
@@ -689,6 +706,11 @@ impl Bridge {
                     Some(Body::Forward(fw)) => self.on_forward(fw),
                     Some(Body::ForwardAck(a)) => self.on_forward_ack(a),
                     Some(Body::Heartbeat(_)) => {}
+                    Some(Body::BrokerInfo(info)) => {
+                        if info.group == *self.cfg.peer {
+                            self.cluster.0.peer_load(self.cluster.1, &info);
+                        }
+                    }
                     Some(Body::Error(e)) => {
                         return Err(format!("the peer reported: {}", e.message))
                     }

@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::Broker;
+use crate::client::{Backoff, FailoverOptions};
+use crate::cluster::Cluster;
 use crate::config::{ConnectorTransport, Scheme, Topology};
 use crate::security::Authenticator;
 use crate::transport::{self, IoEvent, Pump};
@@ -199,6 +201,19 @@ impl NetworkOptions {
     }
 }
 
+/// This group's client URIs and load, as a bridge tells its peer (in its handshake and again
+/// every second).
+pub(crate) fn load_info(cluster: &Cluster) -> proto::BrokerInfo {
+    let (clients, capacity) = cluster.load();
+    proto::BrokerInfo {
+        group: cluster.group().to_string(),
+        client_uris: cluster.own_uris().to_vec(),
+        clients,
+        capacity,
+        ..proto::BrokerInfo::default()
+    }
+}
+
 /// The connectors of one running member.
 pub struct Network {
     opts: NetworkOptions,
@@ -212,6 +227,8 @@ pub struct Network {
     shutdown: CancellationToken,
     /// Destinations last published with remote demand (to zero them when it goes).
     published_demand: Mutex<HashSet<String>>,
+    /// Learns which groups are bridged (and their loads) for the clients' mesh view.
+    cluster: Arc<Cluster>,
 }
 
 impl Network {
@@ -220,6 +237,7 @@ impl Network {
         opts: NetworkOptions,
         broker: Broker,
         authenticator: Arc<Authenticator>,
+        cluster: Arc<Cluster>,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Arc<Network> {
@@ -243,6 +261,7 @@ impl Network {
             next_bridge: std::sync::atomic::AtomicU64::new(1),
             shutdown,
             published_demand: Mutex::new(HashSet::new()),
+            cluster,
         });
         for plan in net.opts.connectors.iter().filter(|c| c.dial.is_some()) {
             tracker.spawn(net.clone().dial_loop(plan.clone()));
@@ -278,12 +297,18 @@ impl Network {
             member: self.opts.member.clone(),
             connector: connector.to_string(),
             duplex,
-            ..proto::BrokerInfo::default()
+            ..load_info(&self.cluster)
         }
     }
 
-    /// Runs a bridge as the connector's only live one; returns why it ended.
-    async fn run_bridge(&self, plan: &ConnectorPlan, pump: Pump) -> String {
+    /// Runs a bridge as the connector's only live one; returns why it ended. `peer` is the
+    /// peer's handshake.
+    async fn run_bridge(
+        &self,
+        plan: &ConnectorPlan,
+        pump: Pump,
+        peer: &proto::BrokerInfo,
+    ) -> String {
         let stop = self.shutdown.child_token();
         let number = self
             .next_bridge
@@ -302,14 +327,17 @@ impl Network {
         };
         let metrics = self.metrics[&plan.bridge.connector].clone();
         tracing::info!(connector = %plan.bridge.connector, peer = %plan.bridge.peer, "bridge up");
+        self.cluster.peer_up(number, peer);
         let b = bridge::Bridge::new(
             Arc::new(plan.bridge.clone()),
             pump,
             session,
             self.routes.clone(),
             metrics,
+            (self.cluster.clone(), number),
         );
         let reason = b.run(&stop).await;
+        self.cluster.peer_down(number);
         let mut live = self.live.lock();
         if live
             .get(&plan.bridge.connector)
@@ -323,7 +351,12 @@ impl Network {
     async fn dial_loop(self: Arc<Self>, plan: ConnectorPlan) {
         let dial = plan.dial.clone().expect("dialling plan");
         let metrics = self.metrics[&plan.bridge.connector].clone();
-        let mut delay = dial.initial_delay;
+        let mut backoff = Backoff::new(&FailoverOptions {
+            initial_reconnect_delay: dial.initial_delay,
+            max_reconnect_delay: dial.max_delay,
+            reconnect_delay_exponent: dial.multiplier,
+            ..FailoverOptions::default()
+        });
         let mut attempt = 0usize;
         loop {
             if self.shutdown.is_cancelled() {
@@ -336,16 +369,16 @@ impl Network {
                 _ = self.shutdown.cancelled() => return,
             };
             match connected {
-                Ok(pump) => {
+                Ok((pump, peer)) => {
                     let started = Instant::now();
-                    let reason = self.run_bridge(&plan, pump).await;
+                    let reason = self.run_bridge(&plan, pump, &peer).await;
                     if self.shutdown.is_cancelled() {
                         return;
                     }
                     tracing::warn!(connector = %plan.bridge.connector, %reason, "bridge down; dialling again");
                     metrics.reconnect();
                     if started.elapsed() > Duration::from_secs(5) {
-                        delay = dial.initial_delay;
+                        backoff.reset();
                     }
                 }
                 Err(e) => {
@@ -357,10 +390,9 @@ impl Network {
             }
             let jitter = 0.8 + rand::random::<f64>() * 0.4;
             tokio::select! {
-                _ = tokio::time::sleep(delay.mul_f64(jitter)) => {}
+                _ = tokio::time::sleep(backoff.next_delay().mul_f64(jitter)) => {}
                 _ = self.shutdown.cancelled() => return,
             }
-            delay = delay.mul_f64(dial.multiplier).min(dial.max_delay);
         }
     }
 
@@ -370,7 +402,7 @@ impl Network {
         plan: &ConnectorPlan,
         dial: &DialPlan,
         addr: SocketAddr,
-    ) -> Result<Pump, String> {
+    ) -> Result<(Pump, proto::BrokerInfo), String> {
         let attempt = async {
             let name = addr.ip().to_string();
             let stream: transport::Stream = match &dial.tls {
@@ -401,7 +433,7 @@ impl Network {
                                 info.group, info.mesh, plan.bridge.peer, self.opts.mesh
                             ));
                         }
-                        return Ok(pump);
+                        return Ok((pump, info));
                     }
                     Ok(wire::Decoded::Frame(Frame {
                         body: Some(Body::Error(e)),
@@ -513,7 +545,7 @@ impl Network {
             )),
             &mut pump.wbuf,
         );
-        let reason = self.run_bridge(&plan, pump).await;
+        let reason = self.run_bridge(&plan, pump, &info).await;
         tracing::info!(connector = %plan.bridge.connector, %reason, "accepted bridge ended");
     }
 }

@@ -8,7 +8,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::{sleep_until, Instant as TokioInstant};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Delivery, Message, Session, SubscribeSpec};
+use crate::broker::{BrokerError, Delivery, Message, Session, SubscribeSpec};
+use crate::cluster::{ClientHello, Registration};
 use crate::security::{Action, Principal};
 use crate::transport::{IoEvent, Permit, Pump, Stream};
 use crate::wire::proto::{self, ErrorCode};
@@ -66,7 +67,7 @@ pub(crate) async fn serve(
                 .await;
             }
         },
-        Ok(Some(Hello::Client(session, principal, client_heartbeat))) => {
+        Ok(Some(Hello::Client(session, principal, client_heartbeat, registration))) => {
             let heartbeat_out =
                 (!ctx.settings.heartbeat.is_zero()).then_some(ctx.settings.heartbeat);
             let native = Native {
@@ -81,6 +82,7 @@ pub(crate) async fn serve(
                 principal,
                 heartbeat_out,
                 client_heartbeat.map(|h| h * HEARTBEAT_GRACE),
+                Some(registration),
             );
             let reason = driver.run(&shutdown).await;
             tracing::debug!(%peer, reason, "connection closed");
@@ -93,8 +95,35 @@ pub(crate) async fn serve(
 
 /// Who opened a connection: a client, or another group's bridge.
 enum Hello {
-    Client(Session, Principal, Option<Duration>),
+    Client(Session, Principal, Option<Duration>, Registration),
     Bridge(proto::BrokerInfo),
+}
+
+/// How long a failover reconnect waits for the connection it replaces to let go of its
+/// client id.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens the client's session. A failover reconnect whose client id is still held here (its
+/// old connection's end has not been noticed yet: a half-open socket, a lost receipt) ends
+/// that old connection and takes the id over, as ActiveMQ does with a stale connection.
+async fn open_session(ctx: &ConnCtx, connect: &proto::Connect) -> Result<Session, BrokerError> {
+    let client_id = (!connect.client_id.is_empty()).then(|| connect.client_id.clone());
+    let deadline = TokioInstant::now() + TAKEOVER_WAIT;
+    loop {
+        match ctx.broker.open_session(client_id.clone()) {
+            Err(BrokerError::ClientIdInUse(cid))
+                if connect.failover_reconnect && TokioInstant::now() < deadline =>
+            {
+                if let Some(holder) = ctx.broker.client_id_holder(&cid) {
+                    if ctx.cluster.kick(holder) {
+                        tracing::debug!(client_id = %cid, "a failover reconnect takes over the client id");
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Waits for `Connect` (or a bridge's `BrokerInfo`), logs the client in, and answers
@@ -165,11 +194,23 @@ async fn handshake(
         Ok(p) => p,
         Err(message) => return refuse(pump, ErrorCode::Unauthenticated, message).await,
     };
-    let client_id = (!connect.client_id.is_empty()).then(|| connect.client_id.clone());
-    let session = match ctx.broker.open_session(client_id) {
+    let mut session = match open_session(ctx, &connect).await {
         Ok(s) => s,
         Err(e) => return refuse(pump, error_code(&e), e.to_string()).await,
     };
+    if connect.failover_reconnect {
+        session.adopt_temp_prefixes(connect.temp_prefixes.clone());
+    }
+    let mut registration = ctx.cluster.register(
+        session.id(),
+        &ClientHello {
+            fault_tolerant: connect.fault_tolerant,
+            failover_reconnect: connect.failover_reconnect,
+            priority_pinned: connect.priority_pinned,
+        },
+        Some(ctx.cluster_policy.clone()),
+    );
+    let cluster = registration.feed.as_mut().map(|f| f.initial());
     let connected = wire::frame(Body::Connected(proto::Connected {
         protocol_version: connect.protocol_version.min(wire::PROTOCOL_VERSION),
         connection_id: session.connection_id().to_string(),
@@ -178,12 +219,17 @@ async fn handshake(
         member: ctx.identity.member.clone(),
         heartbeat_ms: ctx.settings.heartbeat.as_millis() as u32,
         max_frame_size: ctx.settings.max_frame_size as u64,
-        cluster: None,
+        cluster,
     }));
     wire::encode(&connected, &mut pump.wbuf);
     let client_heartbeat =
         (connect.heartbeat_ms > 0).then(|| Duration::from_millis(connect.heartbeat_ms as u64));
-    Ok(Some(Hello::Client(session, principal, client_heartbeat)))
+    Ok(Some(Hello::Client(
+        session,
+        principal,
+        client_heartbeat,
+        registration,
+    )))
 }
 
 async fn refuse<T>(
@@ -415,6 +461,10 @@ impl Protocol for Native {
             &wire::frame(Body::Heartbeat(proto::Heartbeat { receipt: 0 })),
             out,
         );
+    }
+
+    fn encode_control(&mut self, control: proto::ConnectionControl, out: &mut BytesMut) {
+        wire::encode(&wire::frame(Body::Control(control)), out);
     }
 }
 

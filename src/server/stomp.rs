@@ -89,6 +89,10 @@ pub(crate) async fn serve(
     let mut pump = Pump::new(stream);
     match handshake(&mut pump, &ctx, &shutdown).await {
         Ok(Some((proto, session, principal, send_every, expect_every))) => {
+            // Counted in the group's load; STOMP takes no pushes.
+            let registration =
+                ctx.cluster
+                    .register(session.id(), &crate::cluster::ClientHello::default(), None);
             let mut driver = Driver::new(
                 proto,
                 pump,
@@ -97,6 +101,7 @@ pub(crate) async fn serve(
                 principal,
                 send_every,
                 expect_every.map(|e| e * HEARTBEAT_GRACE),
+                Some(registration),
             );
             let reason = driver.run(&shutdown).await;
             tracing::debug!(%peer, reason, "stomp connection closed");
