@@ -23,6 +23,8 @@ use meshmq::server::admin::MemberStatus;
 use meshmq::wire::{self, proto, Body, Decoded, Frame};
 use tempfile::TempDir;
 
+pub mod mesh;
+
 /// How long any wait may take before the test fails. Generous: tests run two at a time on a
 /// loaded two-core machine.
 pub const GUARD: Duration = Duration::from_secs(60);
