@@ -1,7 +1,7 @@
 //! What this build cannot serve yet. Each feature is one small check naming the keys that use
 //! it; when the feature lands, delete its check and its line in `CHECKS`.
 
-use super::topology::{Election, Listener, Topology};
+use super::topology::{Election, Topology};
 
 type Check = fn(&Topology, &mut Vec<String>);
 
@@ -28,18 +28,6 @@ fn elections_other_than_none(topo: &Topology, keys: &mut Vec<String>) {
     {
         keys.push(format!("group[{}].election ({})", g.name, g.election));
     }
-}
-
-/// Every listener of the mesh with its key path.
-fn listeners(topo: &Topology) -> impl Iterator<Item = (String, &Listener)> {
-    topo.members().flat_map(|(g, m)| {
-        m.listeners.iter().enumerate().map(move |(i, l)| {
-            (
-                format!("group[{}].member[{}].listener[{i}]", g.name, m.name),
-                l,
-            )
-        })
-    })
 }
 
 fn zookeeper_section(topo: &Topology, keys: &mut Vec<String>) {
