@@ -283,9 +283,9 @@ impl Supervisor {
                 .any(|u| !self.pushed.iter().any(|p| p.same_broker(u)));
         self.pushed = pushed;
         if changed {
-            self.shared.emit(ClientEvent::ClusterUpdated {
-                uris: self.pushed.iter().map(|u| u.to_string()).collect(),
-            });
+            let uris: Vec<String> = self.pushed.iter().map(|u| u.to_string()).collect();
+            *self.shared.cluster_uris.write() = uris.clone();
+            self.shared.emit(ClientEvent::ClusterUpdated { uris });
         }
     }
 

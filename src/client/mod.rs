@@ -488,6 +488,8 @@ pub(crate) struct Shared {
     /// Connections a failover client opened after its first, and how many were moves.
     reconnects: AtomicU64,
     moves: AtomicU64,
+    /// The URIs the brokers pushed (a failover client's learned list).
+    cluster_uris: RwLock<Vec<String>>,
 }
 
 impl Shared {
@@ -532,6 +534,7 @@ impl Shared {
             current_url: RwLock::new(url),
             reconnects: AtomicU64::new(0),
             moves: AtomicU64::new(0),
+            cluster_uris: RwLock::new(Vec::new()),
         }
     }
 
@@ -973,6 +976,12 @@ impl Client {
             self.shared.reconnects.load(Ordering::Relaxed),
             self.shared.moves.load(Ordering::Relaxed),
         )
+    }
+
+    /// The broker URIs a failover client learned from cluster pushes (besides the ones it was
+    /// given, which it always keeps).
+    pub fn cluster_uris(&self) -> Vec<String> {
+        self.shared.cluster_uris.read().clone()
     }
 
     /// The failover client's lifecycle: interrupted, resumed (with the new URL), cluster
