@@ -15,7 +15,10 @@ use meshmq::client::{Client, ClientEvent, ClientOptions, Outgoing, SubscribeOpti
 
 const OPTIONS: &str = "randomize=false&initialReconnectDelay=50&maxReconnectDelay=300";
 
-async fn wait_resumed(client: &Client, events: &mut tokio::sync::broadcast::Receiver<ClientEvent>) -> String {
+async fn wait_resumed(
+    client: &Client,
+    events: &mut tokio::sync::broadcast::Receiver<ClientEvent>,
+) -> String {
     loop {
         match tokio::time::timeout(GUARD, events.recv()).await {
             Ok(Ok(ClientEvent::Resumed { url, .. })) => return url,
@@ -90,7 +93,10 @@ async fn clients_learn_filtered_groups_from_pushes_and_keep_their_static_uris() 
             other => panic!("no push with edge-2 ({other:?})"),
         }
     };
-    assert!(!learned.contains(&hub), "the filter hides the hub: {learned:?}");
+    assert!(
+        !learned.contains(&hub),
+        "the filter hides the hub: {learned:?}"
+    );
 
     // edge-1 dies: the learner moves to the URI it only learned.
     mesh.kill9("edge-1");

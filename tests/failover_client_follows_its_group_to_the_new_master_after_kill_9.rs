@@ -94,7 +94,10 @@ async fn the_client_reconnects_to_the_new_master_and_loses_nothing_receipted() {
     };
     // Some traffic before the kill.
     while received.len() < 100 {
-        let d = sub.next_timeout(GUARD).await.expect("a message before the kill");
+        let d = sub
+            .next_timeout(GUARD)
+            .await
+            .expect("a message before the kill");
         take(&d, &mut received);
         sub.ack(&d).await.expect("ack");
     }
@@ -145,7 +148,10 @@ async fn the_client_reconnects_to_the_new_master_and_loses_nothing_receipted() {
         let Some(d) = sub.next_timeout(left).await else {
             break;
         };
-        assert_eq!(d.subscription, sub_id, "the same subscription id after failover");
+        assert_eq!(
+            d.subscription, sub_id,
+            "the same subscription id after failover"
+        );
         take(&d, &mut received);
         sub.ack(&d).await.expect("ack");
     }
@@ -157,9 +163,16 @@ async fn the_client_reconnects_to_the_new_master_and_loses_nothing_receipted() {
         .copied()
         .collect();
     let max_sent = receipted.last().copied().unwrap_or(0) + 1;
-    let invented: Vec<u64> = received.keys().filter(|n| **n > max_sent).copied().collect();
+    let invented: Vec<u64> = received
+        .keys()
+        .filter(|n| **n > max_sent)
+        .copied()
+        .collect();
     assert!(lost.is_empty(), "receipted but never delivered: {lost:?}");
-    assert!(invented.is_empty(), "delivered but never sent: {invented:?}");
+    assert!(
+        invented.is_empty(),
+        "delivered but never sent: {invented:?}"
+    );
     assert!(
         unflagged_duplicates.is_empty(),
         "delivered twice without a redelivery flag: {unflagged_duplicates:?}"

@@ -94,6 +94,9 @@ pub struct ClusterStatus {
     pub clients: u64,
     pub rebalance_rounds: u64,
     pub rebalance_moves: u64,
+    /// Moves scheduled by the current round and not yet asked.
+    #[serde(default)]
+    pub rebalance_pending: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +139,7 @@ pub struct Cluster {
     client_count: AtomicU64,
     rounds: AtomicU64,
     moves: AtomicU64,
+    pending: AtomicU64,
 }
 
 /// What a client connection says about itself when it registers.
@@ -160,6 +164,7 @@ impl Cluster {
             client_count: AtomicU64::new(0),
             rounds: AtomicU64::new(0),
             moves: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
         })
     }
 
@@ -282,6 +287,7 @@ impl Cluster {
             clients: self.client_count.load(Ordering::Relaxed),
             rebalance_rounds: self.rounds.load(Ordering::Relaxed),
             rebalance_moves: self.moves.load(Ordering::Relaxed),
+            rebalance_pending: self.pending.load(Ordering::Relaxed),
         }
     }
 

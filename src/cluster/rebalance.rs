@@ -217,6 +217,7 @@ impl Cluster {
             };
             tracing::info!(plan = ?plan.moves, clients = moves.len(), over = ?*last, "rebalancing: moving this group's surplus clients");
             quiet_until = now + *last + SETTLE;
+            self.pending.store(moves.len() as u64, Ordering::Relaxed);
             let (cluster, stop) = (self.clone(), stop.clone());
             let start = tokio::time::Instant::now();
             tokio::spawn(async move {
@@ -225,6 +226,7 @@ impl Cluster {
                         _ = tokio::time::sleep_until(start + at) => cluster.ask_to_move(id, &group),
                         _ = stop.cancelled() => return,
                     }
+                    cluster.pending.fetch_sub(1, Ordering::Relaxed);
                 }
             });
         }
