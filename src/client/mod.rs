@@ -85,6 +85,9 @@ pub enum ErrorKind {
     /// A failover client lost its connection before the broker confirmed the request; the
     /// error says what became of it.
     Interrupted,
+    /// A transaction was rolled back (the connection failed over while it was open, or its
+    /// commit was in doubt): nothing it sent was delivered, nothing it acknowledged counts.
+    RolledBack,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -105,6 +108,8 @@ pub enum ClientError {
     Protocol(String),
     #[error("interrupted by a failover: {0}")]
     Interrupted(String),
+    #[error("transaction rolled back: {0}")]
+    RolledBack(String),
 }
 
 impl ClientError {
@@ -117,6 +122,7 @@ impl ClientError {
             ClientError::Url(_) | ClientError::InvalidArgument(_) => ErrorKind::InvalidArgument,
             ClientError::Protocol(_) => ErrorKind::Protocol,
             ClientError::Interrupted(_) => ErrorKind::Interrupted,
+            ClientError::RolledBack(_) => ErrorKind::RolledBack,
         }
     }
 
@@ -334,6 +340,9 @@ enum WaitKind {
     Subscribe,
     /// A flush: asked again after the re-sends.
     Ping,
+    /// A transaction's commit: in doubt when the connection ends first, so reported rolled
+    /// back (as ActiveMQ does).
+    Commit,
     /// Anything else (acks, unsubscribes, …): answered with `Interrupted`.
     Other,
 }
@@ -467,6 +476,7 @@ pub(crate) struct Shared {
     next_receipt: AtomicU64,
     next_subscription: AtomicU64,
     next_temp: AtomicU64,
+    next_transaction: AtomicU64,
     producer_id: Bytes,
     /// Temporary destination names start with this: the first connection's id, kept across
     /// failovers.
@@ -516,6 +526,7 @@ impl Shared {
             next_receipt: AtomicU64::new(1),
             next_subscription: AtomicU64::new(1),
             next_temp: AtomicU64::new(1),
+            next_transaction: AtomicU64::new(1),
             producer_id: Bytes::from(format!(
                 "{}-{:016x}",
                 info.connection_id,
@@ -703,6 +714,26 @@ impl Shared {
             let _ = tx.send(Err(ClientError::Interrupted(format!(
                 "the connection ended before the broker confirmed ({reason}); an unconfirmed ack \
                  or nack leaves the message to be redelivered, an unsubscribe may not have happened"
+            ))));
+        }
+        let commits: Vec<ReceiptSender> = {
+            let mut receipts = self.receipts.lock();
+            let ids: Vec<u64> = receipts
+                .iter()
+                .filter(|(_, w)| matches!(w, Waiter::Reply(_, WaitKind::Commit)))
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| match receipts.remove(&id) {
+                    Some(Waiter::Reply(tx, _)) => Some(tx),
+                    _ => None,
+                })
+                .collect()
+        };
+        for tx in commits {
+            let _ = tx.send(Err(ClientError::RolledBack(format!(
+                "completion in doubt due to failover ({reason}); resend what the transaction sent \
+                 if it must arrive"
             ))));
         }
         self.room.notify_waiters();
@@ -1111,6 +1142,24 @@ impl Client {
         })
     }
 
+    /// Begins a transaction: what it sends becomes visible, and what it acknowledges counts,
+    /// only when it commits. A failover while it is open rolls it back (its operations then
+    /// fail with `RolledBack`); a commit whose answer a failover cut off is reported rolled
+    /// back too, because the client cannot know whether it happened. Dropping it rolls it back.
+    pub async fn begin(&self) -> Result<Transaction, ClientError> {
+        let id = self.shared.next_transaction.fetch_add(1, Ordering::Relaxed);
+        let epoch = self.shared.epoch();
+        let tx = Transaction {
+            client: self.clone(),
+            id,
+            epoch,
+            done: false,
+        };
+        tx.control(proto::TransactionAction::Begin, WaitKind::Other)
+            .await?;
+        Ok(tx)
+    }
+
     /// A name for a new temporary queue owned by this client (created on subscribe). A
     /// failover client keeps its names across brokers.
     pub fn temp_queue_name(&self) -> String {
@@ -1259,6 +1308,156 @@ impl Client {
     }
 }
 
+/// An open transaction (see [`Client::begin`]).
+pub struct Transaction {
+    client: Client,
+    id: u64,
+    /// The connection it was begun on: it cannot outlive it.
+    epoch: u64,
+    done: bool,
+}
+
+impl std::fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction").field("id", &self.id).finish()
+    }
+}
+
+impl Transaction {
+    fn rolled_back() -> ClientError {
+        ClientError::RolledBack(
+            "the connection failed over while the transaction was open; the broker rolled it back"
+                .into(),
+        )
+    }
+
+    /// Writes a frame of this transaction, unless the connection it began on is gone.
+    async fn enqueue(&self, kind: FrameKind, frame: &Frame) -> Result<(), ClientError> {
+        let (shared, epoch) = (&self.client.shared, self.epoch);
+        self.client
+            .shared
+            .enqueue(kind, |out| {
+                if shared.epoch() != epoch {
+                    return Err(Transaction::rolled_back());
+                }
+                wire::encode(frame, &mut out.buf);
+                Ok(())
+            })
+            .await?
+    }
+
+    async fn control(
+        &self,
+        action: proto::TransactionAction,
+        wait: WaitKind,
+    ) -> Result<(), ClientError> {
+        let shared = &self.client.shared;
+        let (receipt, rx) = shared.register_receipt(wait);
+        let frame = wire::frame(Body::Transaction(proto::Transaction {
+            transaction: self.id,
+            action: action as i32,
+            receipt,
+        }));
+        if let Err(e) = self.enqueue(FrameKind::Other, &frame).await {
+            shared.forget_receipt(receipt);
+            return Err(e);
+        }
+        shared.await_receipt(receipt, rx).await
+    }
+
+    /// Sends `msg` as part of the transaction (the broker holds it until the commit).
+    pub async fn send(&self, destination: &str, msg: &Outgoing) -> Result<(), ClientError> {
+        let shared = &self.client.shared;
+        let (producer_id, epoch) = (&shared.producer_id, self.epoch);
+        let id = self.id;
+        self.client
+            .shared
+            .enqueue(FrameKind::Send, |out| {
+                if shared.epoch() != epoch {
+                    return Err(Transaction::rolled_back());
+                }
+                let sequence = out.next_sequence;
+                out.next_sequence += 1;
+                let send = proto::Send {
+                    destination: destination.to_string(),
+                    body: msg.body.clone(),
+                    headers: wire::headers_to_wire(&msg.headers),
+                    persistent: msg.persistent,
+                    priority: msg.priority as u32,
+                    expires_at_ms: msg.expires_at_ms,
+                    producer_id: producer_id.clone(),
+                    sequence,
+                    receipt: 0,
+                    reply_to: msg.reply_to.clone(),
+                    correlation_id: msg.correlation_id.clone(),
+                    content_type: msg.content_type.clone(),
+                    timestamp_ms: now_ms(),
+                    transaction: id,
+                };
+                wire::encode(&wire::frame(Body::Send(send)), &mut out.buf);
+                Ok(())
+            })
+            .await?
+    }
+
+    /// Acknowledges `d` as part of the transaction (it counts when the transaction commits).
+    /// Use a `Client` or `ClientIndividual` subscription: `Auto` acknowledges by itself.
+    pub async fn ack(&self, d: &Delivery) -> Result<(), ClientError> {
+        if d.epoch != self.epoch {
+            return Err(Transaction::rolled_back());
+        }
+        let frame = wire::frame(Body::Ack(proto::Ack {
+            subscription: d.subscription,
+            up_to: 0,
+            tags: vec![d.tag],
+            receipt: 0,
+            transaction: self.id,
+        }));
+        self.enqueue(FrameKind::Other, &frame).await
+    }
+
+    /// Commits: `Ok` once the broker applied (and stored) everything. `RolledBack` when the
+    /// transaction did not survive a failover, or the commit's answer was lost in one.
+    pub async fn commit(mut self) -> Result<(), ClientError> {
+        self.done = true;
+        self.control(proto::TransactionAction::Commit, WaitKind::Commit)
+            .await
+    }
+
+    /// Rolls back: its sends vanish, what it acknowledged is redelivered.
+    pub async fn rollback(mut self) -> Result<(), ClientError> {
+        self.done = true;
+        match self
+            .control(proto::TransactionAction::Rollback, WaitKind::Other)
+            .await
+        {
+            // Whatever ended the connection rolled the transaction back already.
+            Err(ClientError::RolledBack(_) | ClientError::Interrupted(_)) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let shared = &self.client.shared;
+        let mut out = shared.out.lock();
+        if out.connected && out.closed.is_none() && shared.epoch() == self.epoch {
+            let frame = wire::frame(Body::Transaction(proto::Transaction {
+                transaction: self.id,
+                action: proto::TransactionAction::Rollback as i32,
+                receipt: 0,
+            }));
+            wire::encode(&frame, &mut out.buf);
+            drop(out);
+            shared.out_ready.wake();
+        }
+    }
+}
+
 /// A subscription: a stream of deliveries. Dropping it does not unsubscribe (call
 /// `unsubscribe`); the broker ends it when the connection closes. A failover client restores
 /// it on every new connection, with the same id.
@@ -1350,6 +1549,7 @@ impl Subscription {
                 up_to: self.auto_last,
                 tags: Vec::new(),
                 receipt: 0,
+                transaction: 0,
             }));
             let _ = self.client.send_frame(frame).await;
         }
@@ -1362,6 +1562,7 @@ impl Subscription {
             up_to: if cumulative { d.tag } else { 0 },
             tags: if cumulative { Vec::new() } else { vec![d.tag] },
             receipt: 0,
+            transaction: 0,
         }))
     }
 

@@ -130,6 +130,33 @@ impl Cx<'_> {
     }
 }
 
+/// A transaction's staged work, native and STOMP alike.
+#[derive(Debug, Default)]
+pub(crate) struct Tx {
+    pub sends: Vec<(Target, Message)>,
+    pub acks: Vec<(u64, u64)>,
+    pub nacks: Vec<(u64, u64)>,
+}
+
+impl Tx {
+    /// Applies the transaction: its sends and acknowledgements take effect together, its
+    /// nacks after. Returns the journal index a receipt must wait for (0: none).
+    pub fn commit(self, cx: &mut Cx<'_>) -> u64 {
+        let index = cx.session.commit(self.sends, &self.acks);
+        for (sub, tag) in self.nacks {
+            let _ = cx.session.nack(sub, &[tag]);
+        }
+        index
+    }
+
+    /// Undoes the transaction: its sends vanish; what it acknowledged is redelivered.
+    pub fn abort(self, cx: &mut Cx<'_>) {
+        for (sub, tag) in self.acks.into_iter().chain(self.nacks) {
+            let _ = cx.session.nack(sub, &[tag]);
+        }
+    }
+}
+
 /// Maps a broker refusal onto a wire error code.
 pub(crate) fn error_code(e: &BrokerError) -> ErrorCode {
     use ErrorCode as C;

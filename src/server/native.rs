@@ -1,5 +1,6 @@
 //! The native protocol on a client connection: handshake (with login), frames → broker calls.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use crate::transport::{IoEvent, Permit, Pump, Stream};
 use crate::wire::proto::{self, ErrorCode};
 use crate::wire::{self, Body, DecodeError, Frame, MessageRef};
 
-use super::conn::{error_code, Cx, Decoded, Driver, Protocol, Reply};
+use super::conn::{error_code, Cx, Decoded, Driver, Protocol, Reply, Tx};
 use super::ConnCtx;
 
 /// A native client is dropped after this many of its heartbeat intervals of silence.
@@ -73,6 +74,7 @@ pub(crate) async fn serve(
             let native = Native {
                 max_frame_size: ctx.settings.max_frame_size,
                 last_producer: Bytes::new(),
+                txs: HashMap::new(),
             };
             let mut driver = Driver::new(
                 native,
@@ -285,6 +287,8 @@ fn some(receipt: u64) -> Option<u64> {
 struct Native {
     max_frame_size: usize,
     last_producer: Bytes,
+    /// Open transactions, by the client's number.
+    txs: HashMap<u64, Tx>,
 }
 
 impl Native {
@@ -316,6 +320,64 @@ impl Native {
                 s.timestamp_ms
             },
             ..Message::default()
+        }
+    }
+}
+
+fn no_transaction(transaction: u64, receipt: u64) -> Reply<u64> {
+    refusal(
+        ErrorCode::NotFound,
+        format!("no open transaction {transaction} on this connection: begin it first"),
+        receipt,
+    )
+}
+
+impl Native {
+    fn on_transaction(
+        &mut self,
+        t: proto::Transaction,
+        cx: &mut Cx<'_>,
+        replies: &mut Vec<Reply<u64>>,
+    ) {
+        let (id, receipt) = (t.transaction, t.receipt);
+        if id == 0 {
+            return replies.push(refusal(
+                ErrorCode::Invalid,
+                "transaction 0 is not a transaction; number them from 1".into(),
+                receipt,
+            ));
+        }
+        match proto::TransactionAction::try_from(t.action) {
+            Ok(proto::TransactionAction::Begin) => {
+                if self.txs.contains_key(&id) {
+                    return replies.push(refusal(
+                        ErrorCode::Invalid,
+                        format!("transaction {id} is already open"),
+                        receipt,
+                    ));
+                }
+                self.txs.insert(id, Tx::default());
+                replies.extend(some(receipt).map(Reply::Receipt));
+            }
+            Ok(proto::TransactionAction::Commit) => match self.txs.remove(&id) {
+                Some(tx) => {
+                    let index = tx.commit(cx);
+                    replies.extend(some(receipt).map(|r| Reply::ReceiptAfter(index, r)));
+                }
+                None => replies.push(no_transaction(id, receipt)),
+            },
+            Ok(proto::TransactionAction::Rollback) => match self.txs.remove(&id) {
+                Some(tx) => {
+                    tx.abort(cx);
+                    replies.extend(some(receipt).map(Reply::Receipt));
+                }
+                None => replies.push(no_transaction(id, receipt)),
+            },
+            Err(_) => replies.push(refusal(
+                ErrorCode::BadFrame,
+                format!("unknown transaction action {}", t.action),
+                receipt,
+            )),
         }
     }
 }
@@ -359,7 +421,20 @@ impl Protocol for Native {
                         return replies.push(refusal(error_code(&e), e.to_string(), receipt));
                     }
                 };
+                let transaction = s.transaction;
                 let message = self.message_from(s);
+                if transaction != 0 {
+                    let Some(tx) = self.txs.get_mut(&transaction) else {
+                        return replies.push(no_transaction(transaction, receipt));
+                    };
+                    match cx.session.stage(&target, message) {
+                        Ok(staged) => tx.sends.extend(staged),
+                        Err(e) => {
+                            return replies.push(refusal(error_code(&e), e.to_string(), receipt))
+                        }
+                    }
+                    return replies.extend(some(receipt).map(Reply::Receipt));
+                }
                 replies.push(Reply::Publish {
                     target,
                     message,
@@ -388,10 +463,27 @@ impl Protocol for Native {
                     Err(e) => replies.push(refusal(error_code(&e), e.to_string(), receipt)),
                 }
             }
+            Some(Body::Ack(a)) if a.transaction != 0 => {
+                let Some(tx) = self.txs.get_mut(&a.transaction) else {
+                    return replies.push(no_transaction(a.transaction, a.receipt));
+                };
+                if a.up_to != 0 {
+                    return replies.push(refusal(
+                        ErrorCode::Invalid,
+                        "inside a transaction, acknowledge deliveries by their tags (not up_to)"
+                            .into(),
+                        a.receipt,
+                    ));
+                }
+                tx.acks
+                    .extend(a.tags.iter().map(|tag| (a.subscription, *tag)));
+                replies.extend(some(a.receipt).map(Reply::Receipt));
+            }
             Some(Body::Ack(a)) => match cx.session.ack(a.subscription, a.up_to, &a.tags) {
                 Ok(_) => replies.extend(some(a.receipt).map(Reply::Receipt)),
                 Err(e) => replies.push(refusal(error_code(&e), e.to_string(), a.receipt)),
             },
+            Some(Body::Transaction(t)) => self.on_transaction(t, cx, replies),
             Some(Body::Nack(n)) => match cx.session.nack(n.subscription, &n.tags) {
                 Ok(_) => replies.extend(some(n.receipt).map(Reply::Receipt)),
                 Err(e) => replies.push(refusal(error_code(&e), e.to_string(), n.receipt)),
@@ -465,6 +557,12 @@ impl Protocol for Native {
 
     fn encode_control(&mut self, control: proto::ConnectionControl, out: &mut BytesMut) {
         wire::encode(&wire::frame(Body::Control(control)), out);
+    }
+
+    fn on_close(&mut self, cx: &mut Cx<'_>) {
+        for (_, tx) in std::mem::take(&mut self.txs) {
+            tx.abort(cx);
+        }
     }
 }
 

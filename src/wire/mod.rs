@@ -99,6 +99,7 @@ pub fn frame_name(f: &Frame) -> &'static str {
         Some(Body::Control(_)) => "ConnectionControl",
         Some(Body::Heartbeat(_)) => "Heartbeat",
         Some(Body::Disconnect(_)) => "Disconnect",
+        Some(Body::Transaction(_)) => "Transaction",
         Some(Body::BrokerInfo(_)) => "BrokerInfo",
         Some(Body::DemandAdd(_)) => "DemandAdd",
         Some(Body::DemandRemove(_)) => "DemandRemove",
@@ -483,6 +484,11 @@ mod tests {
             frame(Body::Disconnect(Disconnect {
                 receipt: 1,
                 reason: "bye".into(),
+            })),
+            frame(Body::Transaction(Transaction {
+                transaction: 3,
+                action: TransactionAction::Commit as i32,
+                receipt: 4,
             })),
             frame(Body::Control(ConnectionControl {
                 cluster: None,
