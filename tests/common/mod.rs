@@ -24,6 +24,7 @@ use meshmq::wire::{self, proto, Body, Decoded, Frame};
 use tempfile::TempDir;
 
 pub mod mesh;
+pub mod proxy;
 
 /// How long any wait may take before the test fails. Generous: tests run two at a time on a
 /// loaded two-core machine.
