@@ -55,7 +55,10 @@ async fn the_resent_copy_is_dropped_and_the_send_completes() {
     common::wait_until("the broker has the second message", || {
         broker.destination(QUEUE).enqueued == 2
     });
-    assert!(!in_flight.is_finished(), "no receipt can have reached the client");
+    assert!(
+        !in_flight.is_finished(),
+        "no receipt can have reached the client"
+    );
 
     proxy.cut();
     loop {
@@ -85,6 +88,10 @@ async fn the_resent_copy_is_dropped_and_the_send_completes() {
         got.push(String::from_utf8(d.body.to_vec()).expect("utf-8"));
     }
     assert_eq!(got, ["before", "the one", "after"], "each exactly once");
-    assert_eq!(broker.destination(QUEUE).enqueued, 3, "the copy was dropped");
+    assert_eq!(
+        broker.destination(QUEUE).enqueued,
+        3,
+        "the copy was dropped"
+    );
     assert!(sub.next_timeout(Duration::from_millis(200)).await.is_none());
 }

@@ -1,5 +1,6 @@
-//! A TCP proxy the test controls, between clients and one broker: it can swallow everything
-//! the broker says (a reply lost on the way back) and cut every connection it carries.
+//! A TCP proxy the test controls, between clients and one broker: it can swallow what either
+//! side says (a request or a reply lost on the way), cut every connection it carries, and
+//! refuse new ones (a broker out of reach).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -12,6 +13,8 @@ use parking_lot::Mutex;
 #[derive(Default)]
 struct State {
     mute_replies: AtomicBool,
+    mute_requests: AtomicBool,
+    refuse: AtomicBool,
     stopped: AtomicBool,
     /// Both sockets of every connection carried, to cut them.
     sockets: Mutex<Vec<TcpStream>>,
@@ -35,6 +38,10 @@ impl Proxy {
                     return;
                 }
                 let Ok(client) = client else { continue };
+                if st.refuse.load(Ordering::Acquire) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(upstream) else {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
@@ -68,6 +75,16 @@ impl Proxy {
         self.state.mute_replies.store(on, Ordering::Release);
     }
 
+    /// While on, bytes from the client are read and dropped.
+    pub fn mute_requests(&self, on: bool) {
+        self.state.mute_requests.store(on, Ordering::Release);
+    }
+
+    /// While on, a new connection is closed as soon as it is accepted.
+    pub fn refuse_new(&self, on: bool) {
+        self.state.refuse.store(on, Ordering::Release);
+    }
+
     /// Resets every connection carried so far (both ends see the link die).
     pub fn cut(&self) {
         for s in self.state.sockets.lock().drain(..) {
@@ -92,7 +109,12 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, state: &State, replies: bool) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if replies && state.mute_replies.load(Ordering::Acquire) {
+        let muted = if replies {
+            &state.mute_replies
+        } else {
+            &state.mute_requests
+        };
+        if muted.load(Ordering::Acquire) {
             continue;
         }
         if to.write_all(&buf[..n]).is_err() {
