@@ -79,6 +79,12 @@ enum BenchCommand {
     Connections(ConnectionsArgs),
     /// A producer on a hub, consumers on two edges, against one broker.
     Mesh(cli::bench_mesh::MeshArgs),
+    /// Failover consumers over edge groups, a kill schedule: reconnect times, moves per
+    /// client, lost and duplicate messages.
+    Failover(cli::bench_failover::FailoverArgs),
+    /// One client process of `bench failover` (started by it).
+    #[command(hide = true)]
+    FailoverWorker(cli::bench_failover::WorkerArgs),
     /// The standard set, as a table (what `make bench` runs).
     Suite(SuiteArgs),
 }
@@ -163,6 +169,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string(&summary)?);
                     return Ok(());
                 }
+                BenchCommand::Failover(a) => cli::bench_failover::failover(&a).await?,
+                BenchCommand::FailoverWorker(a) => return cli::bench_failover::worker(&a).await,
                 BenchCommand::Suite(a) => {
                     cli::bench::suite(&a).await?;
                     return Ok(());
