@@ -84,8 +84,9 @@ pub struct WorkerArgs {
 /// What a worker saw, printed as one JSON line when it is told to stop.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct WorkerReport {
-    /// Per client: (interrupted, resumed) wall-clock ms of each failover or move.
-    episodes: Vec<Vec<(u64, u64)>>,
+    /// Per client: (interrupted, resumed) wall-clock ms of each reconnect, and whether it was
+    /// a move on purpose (rebalance) rather than a broken link.
+    episodes: Vec<Vec<(u64, u64, bool)>>,
     /// Message number → deliveries, and how many of those were flagged redelivered.
     received: Vec<(u64, u32)>,
     redelivered: u64,
@@ -157,9 +158,9 @@ pub async fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
                     e = events.recv() => match e {
                         Ok(ClientEvent::Interrupted { .. }) => interrupted = Some(wall_ms()),
                         Ok(ClientEvent::Moving { .. }) => interrupted = Some(wall_ms()),
-                        Ok(ClientEvent::Resumed { .. }) => {
+                        Ok(ClientEvent::Resumed { moved, .. }) => {
                             let now = wall_ms();
-                            episodes.push((interrupted.take().unwrap_or(now), now));
+                            episodes.push((interrupted.take().unwrap_or(now), now, moved));
                         }
                         Ok(_) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -520,12 +521,13 @@ async fn run(args: &FailoverArgs, spawned: &mut Spawned, edges: &[Edge]) -> anyh
     let mut kill_reports = Vec::new();
     for (i, (k, killed_at, brokers_saw)) in kills.iter().enumerate() {
         let until = kills.get(i + 1).map_or(u64::MAX, |next| next.1);
+        // Broken-link reconnects only: rebalance moves are counted apart.
         let mut times: Vec<u64> = episodes
             .iter()
             .filter_map(|eps| {
                 eps.iter()
-                    .find(|(int, _)| *int >= *killed_at && *int < until)
-                    .map(|(_, res)| res.saturating_sub(*killed_at))
+                    .find(|(int, _, moved)| !moved && *int >= *killed_at && *int < until)
+                    .map(|(_, res, _)| res.saturating_sub(*killed_at))
             })
             .collect();
         times.sort_unstable();
@@ -545,6 +547,10 @@ async fn run(args: &FailoverArgs, spawned: &mut Spawned, edges: &[Edge]) -> anyh
     }
     after_kill.sort_unstable();
     let moves: Vec<usize> = episodes.iter().map(Vec::len).collect();
+    let rebalance_moves: usize = episodes
+        .iter()
+        .map(|eps| eps.iter().filter(|(_, _, moved)| *moved).count())
+        .sum();
     let receipted = receipted.lock().clone();
     let lost = receipted
         .iter()
@@ -573,6 +579,7 @@ async fn run(args: &FailoverArgs, spawned: &mut Spawned, edges: &[Edge]) -> anyh
             "clients": total,
             "connect_all_seconds": connect_secs,
             "kills": kill_reports,
+            "rebalance_moves": rebalance_moves,
             "moves_per_client_max": moves.iter().max().copied().unwrap_or(0),
             "moves_per_client_mean": moves.iter().sum::<usize>() as f64 / moves.len().max(1) as f64,
         })),
