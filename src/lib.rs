@@ -3,6 +3,7 @@ pub mod broker;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod ha;
 pub mod metrics;
 pub mod network;
 pub mod security;

@@ -1,0 +1,630 @@
+//! The role of one member of a ZooKeeper-elected group, as a state machine with no I/O.
+//!
+//! The driver feeds it what it observes — the group's znodes (`handle_view`), the session's
+//! state, the outcome of a claim, the end of a follow or a term, each successful lease renewal —
+//! and carries out the `Action`s it polls. Time comes in as an argument, never from a clock.
+//!
+//! Invariants (checked over random schedules in `sim.rs`):
+//! - A member announces `Following` — and the driver waits for that write — before it appends
+//!   anything from a master, and announces `Candidate` with its position only after its
+//!   replication client has stopped: a published candidate position is final.
+//! - An election happens only when no live master of the current epoch is registered, every
+//!   registered member is a candidate, and at least `replicas/2 + 1` are. The highest
+//!   (position, weight, name) claims, with one conditional ZooKeeper transaction that checks
+//!   every candidate's znode version and the epoch znode's version: two claims of one epoch
+//!   cannot both succeed, and a claim fails if any counted position changed.
+//! - A master commits (receipts) only while its lease holds: until `0.75 × session_timeout`
+//!   after the start of the last ZooKeeper operation that succeeded. ZooKeeper expires the
+//!   session no earlier than `session_timeout` after it last heard from the member, and no
+//!   other master can be elected before that, so two masters never commit at the same time.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::Position;
+
+/// What a member announces in its znode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Candidate,
+    Following,
+    Master,
+}
+
+/// The data of a member znode (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announce {
+    pub name: String,
+    pub phase: Phase,
+    /// The epoch it follows or leads; for a candidate the newest epoch it has seen.
+    pub epoch: u64,
+    /// Its journal position; final when `phase` is `Candidate`.
+    pub position: Position,
+    pub weight: u32,
+    /// Where followers replicate from (its replication address).
+    pub replication: String,
+}
+
+/// One registered member as read from ZooKeeper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// The znode's path.
+    pub path: String,
+    pub version: i32,
+    pub info: Announce,
+}
+
+/// The group as read from ZooKeeper in one consistent sweep.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct View {
+    pub members: Vec<Seen>,
+    /// The current epoch (the epoch znode) and its version.
+    pub epoch: u64,
+    pub epoch_version: i32,
+}
+
+impl View {
+    /// The registered master of the current epoch, if any.
+    pub fn live_master(&self) -> Option<&Seen> {
+        self.members
+            .iter()
+            .find(|s| s.info.phase == Phase::Master && s.info.epoch == self.epoch)
+    }
+}
+
+/// The session with ZooKeeper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Session {
+    /// Connected; our member znode is registered at this path with this version.
+    Connected,
+    /// Connection lost; the session may still be alive on the servers.
+    Disconnected,
+    /// The session is gone (our znode with it); the driver opens a new one.
+    Expired,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Write our znode's data (conditional on the version the driver last saw; a failed write
+    /// is followed by a fresh view).
+    Publish(Announce),
+    /// Start replicating from this master, after the preceding `Publish` succeeded.
+    Follow { master: Announce, epoch: u64 },
+    /// Stop the replication client; report `handle_stopped` once nothing more is appended.
+    StopFollowing,
+    /// One transaction: check every `checks` (path, version), set the epoch znode to `epoch`
+    /// at `epoch_version`, set our znode to `announce` — all or nothing.
+    Claim {
+        epoch: u64,
+        checks: Vec<(String, i32)>,
+        epoch_version: i32,
+        announce: Announce,
+    },
+    /// Become master of `epoch` (recover, begin the epoch, catch followers up, serve).
+    Serve { epoch: u64 },
+    /// Stop serving at once (fence pending writes); report `handle_stopped` when done.
+    Resign { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Waiting for a master or an election; our published position is final.
+    Candidate,
+    Following { master: String, epoch: u64 },
+    /// Our replication client is stopping.
+    Unfollowing,
+    Claiming { epoch: u64 },
+    Master { epoch: u64 },
+    /// Our term is stopping.
+    Resigning,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub weight: u32,
+    pub replication: String,
+    pub replicas: usize,
+    pub session_timeout: Duration,
+}
+
+impl Config {
+    /// Members that must take part in an election.
+    pub fn quorum(&self) -> usize {
+        self.replicas / 2 + 1
+    }
+
+    fn lease(&self) -> Duration {
+        self.session_timeout * 3 / 4
+    }
+}
+
+pub struct Machine {
+    config: Config,
+    role: Role,
+    position: Position,
+    /// The newest epoch seen anywhere (never goes back).
+    epoch: u64,
+    session: Session,
+    view: Option<View>,
+    /// What we last asked to publish (to avoid rewriting the same data).
+    published: Option<Announce>,
+    lease_until: Option<Instant>,
+    actions: std::collections::VecDeque<Action>,
+}
+
+impl Machine {
+    /// A member whose journal ends at `position`, not yet registered.
+    pub fn new(config: Config, position: Position) -> Machine {
+        Machine {
+            config,
+            role: Role::Candidate,
+            epoch: position.epoch,
+            position,
+            session: Session::Disconnected,
+            view: None,
+            published: None,
+            lease_until: None,
+            actions: Default::default(),
+        }
+    }
+
+    pub fn role(&self) -> &Role {
+        &self.role
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Our announcement as it should read now.
+    pub fn announce(&self) -> Announce {
+        let (phase, epoch) = match &self.role {
+            Role::Following { epoch, .. } => (Phase::Following, *epoch),
+            Role::Master { epoch } => (Phase::Master, *epoch),
+            Role::Claiming { epoch } => (Phase::Master, *epoch),
+            // Not final yet: an election must not count these.
+            Role::Unfollowing | Role::Resigning => (Phase::Following, self.epoch),
+            Role::Candidate => (Phase::Candidate, self.epoch),
+        };
+        Announce {
+            name: self.config.name.clone(),
+            phase,
+            epoch,
+            position: self.position,
+            weight: self.config.weight,
+            replication: self.config.replication.clone(),
+        }
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// True while a master may acknowledge writes.
+    pub fn may_commit(&self, now: Instant) -> bool {
+        matches!(self.role, Role::Master { .. })
+            && self.session == Session::Connected
+            && self.lease_until.is_some_and(|t| now < t)
+    }
+
+    /// When the lease runs out (the driver renews well before).
+    pub fn lease_until(&self) -> Option<Instant> {
+        self.lease_until
+    }
+
+    /// A fresh read of the group.
+    pub fn handle_view(&mut self, view: View, now: Instant) {
+        self.epoch = self.epoch.max(view.epoch);
+        if let Some(me) = view.members.iter().find(|s| s.info.name == self.config.name) {
+            // What ZooKeeper holds for us is what we published (the driver re-publishes a
+            // lost write on the next view).
+            if self.published.as_ref() != Some(&me.info) {
+                self.published = None;
+            }
+        } else {
+            self.published = None;
+        }
+        self.view = Some(view);
+        self.evaluate(now);
+    }
+
+    pub fn handle_session(&mut self, session: Session, now: Instant) {
+        self.session = session;
+        match session {
+            Session::Expired => {
+                self.view = None;
+                self.published = None;
+                self.lease_until = None;
+                match self.role {
+                    Role::Master { .. } => self.resign("the ZooKeeper session expired"),
+                    // The claim's outcome is unknown; our znode is gone either way, so a
+                    // master of that epoch can never be seen live — never serve it.
+                    Role::Claiming { .. } => self.role = Role::Candidate,
+                    _ => {}
+                }
+            }
+            Session::Disconnected => {}
+            Session::Connected => self.evaluate(now),
+        }
+    }
+
+    /// A ZooKeeper operation sent at `sent_at` succeeded: the session was alive then.
+    pub fn handle_lease(&mut self, sent_at: Instant, now: Instant) {
+        if matches!(self.role, Role::Master { .. }) {
+            let until = sent_at + self.config.lease();
+            self.lease_until = Some(self.lease_until.map_or(until, |t| t.max(until)));
+        }
+        self.check_lease(now);
+    }
+
+    /// Time passed (the driver calls this on a timer).
+    pub fn handle_tick(&mut self, now: Instant) {
+        self.check_lease(now);
+    }
+
+    /// The outcome of our `Claim` sent at `sent_at`.
+    pub fn handle_claimed(&mut self, ok: bool, sent_at: Instant, now: Instant) {
+        let Role::Claiming { epoch } = self.role else {
+            return;
+        };
+        if ok && self.session == Session::Connected {
+            self.epoch = self.epoch.max(epoch);
+            self.role = Role::Master { epoch };
+            self.lease_until = Some(sent_at + self.config.lease());
+            self.published = Some(self.announce());
+            self.actions.push_back(Action::Serve { epoch });
+        } else {
+            self.role = Role::Candidate;
+            self.published = None;
+        }
+        self.evaluate(now);
+    }
+
+    /// Our replication client or our term ended; the journal now ends at `position`.
+    pub fn handle_stopped(&mut self, position: Position, now: Instant) {
+        self.position = position;
+        self.epoch = self.epoch.max(position.epoch);
+        match self.role {
+            Role::Following { .. } | Role::Unfollowing | Role::Resigning => {
+                self.role = Role::Candidate;
+                self.lease_until = None;
+            }
+            Role::Master { .. } => {
+                // The term ended by itself (a fatal journal error, a bind failure).
+                self.role = Role::Candidate;
+                self.lease_until = None;
+            }
+            Role::Candidate | Role::Claiming { .. } => {}
+        }
+        self.evaluate(now);
+    }
+
+    /// A candidate's journal position changed (only before it registers).
+    pub fn set_position(&mut self, position: Position) {
+        if self.role == Role::Candidate {
+            self.position = position;
+            self.epoch = self.epoch.max(position.epoch);
+        }
+    }
+
+    fn resign(&mut self, reason: &str) {
+        self.role = Role::Resigning;
+        self.lease_until = None;
+        self.actions.push_back(Action::Resign {
+            reason: reason.to_string(),
+        });
+    }
+
+    fn check_lease(&mut self, now: Instant) {
+        if let (Role::Master { .. }, Some(until)) = (&self.role, self.lease_until) {
+            // Unable to renew for a whole session timeout past the lease: the session is
+            // certainly gone on the servers; stop instead of waiting for the client's verdict.
+            if now >= until + self.config.session_timeout {
+                self.resign("no ZooKeeper contact for longer than the session timeout");
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let a = self.announce();
+        if self.published.as_ref() != Some(&a) {
+            self.published = Some(a.clone());
+            self.actions.push_back(Action::Publish(a));
+        }
+    }
+
+    fn evaluate(&mut self, now: Instant) {
+        self.check_lease(now);
+        if self.session != Session::Connected {
+            return;
+        }
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        match self.role.clone() {
+            Role::Candidate => {
+                if let Some(master) = view.live_master() {
+                    if master.info.name != self.config.name {
+                        self.role = Role::Following {
+                            master: master.info.name.clone(),
+                            epoch: view.epoch,
+                        };
+                        self.publish();
+                        self.actions.push_back(Action::Follow {
+                            master: master.info.clone(),
+                            epoch: view.epoch,
+                        });
+                        return;
+                    }
+                    // Our own old master znode (a claim whose answer was lost, a term that
+                    // ended): an epoch we never served. Announce we are a candidate; the
+                    // election that follows moves past it.
+                }
+                self.publish();
+                self.maybe_claim(&view);
+            }
+            Role::Following { master, epoch } => {
+                let still = view.live_master().is_some_and(|m| m.info.name == master)
+                    && view.epoch == epoch;
+                if !still {
+                    self.role = Role::Unfollowing;
+                    self.actions.push_back(Action::StopFollowing);
+                }
+            }
+            Role::Master { epoch } => {
+                // A view older than our claim says nothing about this term.
+                if view.epoch < epoch {
+                    return;
+                }
+                let me_master = view.members.iter().any(|s| {
+                    s.info.name == self.config.name
+                        && s.info.phase == Phase::Master
+                        && s.info.epoch == epoch
+                });
+                if view.epoch > epoch || !me_master {
+                    self.resign("a newer epoch began or our znode no longer names us master");
+                }
+            }
+            Role::Unfollowing | Role::Claiming { .. } | Role::Resigning => {}
+        }
+    }
+
+    fn maybe_claim(&mut self, view: &View) {
+        if view.live_master().is_some() {
+            return;
+        }
+        let me = &self.config.name;
+        // Our own znode must show our final candidacy, or others cannot count us.
+        let mine = self.announce();
+        if !view.members.iter().any(|s| &s.info.name == me && s.info == mine) {
+            return;
+        }
+        if view
+            .members
+            .iter()
+            .any(|s| s.info.phase != Phase::Candidate && s.info.name != *me)
+        {
+            return;
+        }
+        if view.members.len() < self.config.quorum() {
+            return;
+        }
+        let best = view
+            .members
+            .iter()
+            .max_by(|a, b| {
+                (a.info.position, a.info.weight, &a.info.name).cmp(&(
+                    b.info.position,
+                    b.info.weight,
+                    &b.info.name,
+                ))
+            })
+            .expect("a quorum is not empty");
+        if &best.info.name != me {
+            return;
+        }
+        let epoch = view.epoch.max(self.epoch) + 1;
+        self.role = Role::Claiming { epoch };
+        let announce = self.announce();
+        self.actions.push_back(Action::Claim {
+            epoch,
+            checks: view
+                .members
+                .iter()
+                .map(|s| (s.path.clone(), s.version))
+                .collect(),
+            epoch_version: view.epoch_version,
+            announce,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str) -> Config {
+        Config {
+            name: name.into(),
+            weight: 1,
+            replication: format!("{name}:1"),
+            replicas: 3,
+            session_timeout: Duration::from_secs(2),
+        }
+    }
+
+    fn seen(a: Announce, version: i32) -> Seen {
+        Seen {
+            path: format!("/g/{}", a.name),
+            version,
+            info: a,
+        }
+    }
+
+    fn candidate(name: &str, epoch: u64, index: u64) -> Announce {
+        Announce {
+            name: name.into(),
+            phase: Phase::Candidate,
+            epoch,
+            position: Position { epoch, index },
+            weight: 1,
+            replication: format!("{name}:1"),
+        }
+    }
+
+    #[test]
+    fn the_highest_position_claims_once_a_quorum_of_candidates_is_in() {
+        let t = Instant::now();
+        let mut m = Machine::new(config("a"), Position { epoch: 1, index: 9 });
+        m.handle_session(Session::Connected, t);
+        let view = |members: Vec<Seen>| View {
+            members,
+            epoch: 1,
+            epoch_version: 4,
+        };
+        m.handle_view(view(vec![seen(candidate("a", 1, 9), 0)]), t);
+        assert!(matches!(m.poll_action(), Some(Action::Publish(_))));
+        assert_eq!(m.poll_action(), None, "alone is not a quorum");
+        m.handle_view(
+            view(vec![
+                seen(candidate("a", 1, 9), 1),
+                seen(candidate("b", 1, 7), 0),
+            ]),
+            t,
+        );
+        match m.poll_action() {
+            Some(Action::Claim {
+                epoch,
+                checks,
+                epoch_version,
+                ..
+            }) => {
+                assert_eq!(epoch, 2);
+                assert_eq!(epoch_version, 4);
+                assert_eq!(checks.len(), 2);
+            }
+            other => panic!("expected a claim, got {other:?}"),
+        }
+        m.handle_claimed(true, t, t);
+        assert_eq!(m.poll_action(), Some(Action::Serve { epoch: 2 }));
+        assert!(m.may_commit(t));
+        assert!(!m.may_commit(t + Duration::from_millis(1600)), "lease ran out");
+    }
+
+    #[test]
+    fn a_lower_position_waits_and_a_following_member_blocks_the_election() {
+        let t = Instant::now();
+        let mut m = Machine::new(config("b"), Position { epoch: 1, index: 7 });
+        m.handle_session(Session::Connected, t);
+        let mut following = candidate("c", 1, 3);
+        following.phase = Phase::Following;
+        m.handle_view(
+            View {
+                members: vec![
+                    seen(candidate("a", 1, 9), 0),
+                    seen(candidate("b", 1, 7), 0),
+                ],
+                epoch: 1,
+                epoch_version: 0,
+            },
+            t,
+        );
+        while let Some(a) = m.poll_action() {
+            assert!(!matches!(a, Action::Claim { .. }), "b is not the highest");
+        }
+        let mut m = Machine::new(config("a"), Position { epoch: 1, index: 9 });
+        m.handle_session(Session::Connected, t);
+        m.handle_view(
+            View {
+                members: vec![
+                    seen(candidate("a", 1, 9), 0),
+                    seen(candidate("b", 1, 7), 0),
+                    seen(following, 0),
+                ],
+                epoch: 1,
+                epoch_version: 0,
+            },
+            t,
+        );
+        while let Some(a) = m.poll_action() {
+            assert!(
+                !matches!(a, Action::Claim { .. }),
+                "c may still be appending"
+            );
+        }
+    }
+
+    #[test]
+    fn a_candidate_follows_the_live_master_and_stops_when_it_goes() {
+        let t = Instant::now();
+        let mut m = Machine::new(config("b"), Position { epoch: 1, index: 7 });
+        m.handle_session(Session::Connected, t);
+        let mut master = candidate("a", 2, 9);
+        master.phase = Phase::Master;
+        m.handle_view(
+            View {
+                members: vec![seen(master.clone(), 1), seen(candidate("b", 1, 7), 0)],
+                epoch: 2,
+                epoch_version: 1,
+            },
+            t,
+        );
+        match m.poll_action() {
+            Some(Action::Publish(a)) => assert_eq!(a.phase, Phase::Following),
+            other => panic!("expected to announce following first, got {other:?}"),
+        }
+        assert!(matches!(m.poll_action(), Some(Action::Follow { epoch: 2, .. })));
+        m.handle_view(
+            View {
+                members: vec![seen(candidate("b", 2, 7), 1)],
+                epoch: 2,
+                epoch_version: 1,
+            },
+            t,
+        );
+        assert_eq!(m.poll_action(), Some(Action::StopFollowing));
+        m.handle_stopped(Position { epoch: 2, index: 12 }, t);
+        match m.poll_action() {
+            Some(Action::Publish(a)) => {
+                assert_eq!(a.phase, Phase::Candidate);
+                assert_eq!(a.position, Position { epoch: 2, index: 12 });
+            }
+            other => panic!("expected a final candidacy, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_master_resigns_when_its_session_expires_or_contact_is_lost_too_long() {
+        let t = Instant::now();
+        let mut m = Machine::new(config("a"), Position { epoch: 1, index: 9 });
+        m.handle_session(Session::Connected, t);
+        m.handle_view(
+            View {
+                members: vec![
+                    seen(candidate("a", 1, 9), 0),
+                    seen(candidate("b", 1, 7), 0),
+                ],
+                epoch: 1,
+                epoch_version: 0,
+            },
+            t,
+        );
+        while m.poll_action().is_some() {}
+        m.handle_claimed(true, t, t);
+        while m.poll_action().is_some() {}
+        m.handle_session(Session::Disconnected, t);
+        assert!(!m.may_commit(t), "no commits while disconnected");
+        m.handle_tick(t + Duration::from_millis(3600));
+        assert!(matches!(m.poll_action(), Some(Action::Resign { .. })));
+        assert_eq!(m.role(), &Role::Resigning);
+    }
+}
