@@ -81,6 +81,56 @@ impl Default for FailoverOptions {
     }
 }
 
+impl FailoverOptions {
+    /// The options set away from their defaults that only a client can honour (a network
+    /// connector takes the reconnect delays, `randomize` and `nested.*`).
+    pub fn client_only_changes(&self) -> Vec<&'static str> {
+        let d = FailoverOptions::default();
+        let mut out = Vec::new();
+        let mut check = |changed: bool, name: &'static str| {
+            if changed {
+                out.push(name);
+            }
+        };
+        check(
+            self.max_reconnect_attempts != d.max_reconnect_attempts,
+            "maxReconnectAttempts",
+        );
+        check(
+            self.startup_max_reconnect_attempts != d.startup_max_reconnect_attempts,
+            "startupMaxReconnectAttempts",
+        );
+        check(self.backup != d.backup, "backup");
+        check(
+            self.backup_pool_size != d.backup_pool_size,
+            "backupPoolSize",
+        );
+        check(self.priority_backup != d.priority_backup, "priorityBackup");
+        check(self.priority_uris != d.priority_uris, "priorityURIs");
+        check(self.timeout != d.timeout, "timeout");
+        check(self.track_messages != d.track_messages, "trackMessages");
+        check(self.max_cache_size != d.max_cache_size, "maxCacheSize");
+        check(
+            self.update_uris_supported != d.update_uris_supported,
+            "updateURIsSupported",
+        );
+        check(self.update_uris_url != d.update_uris_url, "updateURIsURL");
+        check(
+            self.rebalance_update_uris != d.rebalance_update_uris,
+            "rebalanceUpdateURIs",
+        );
+        check(
+            self.reconnect_supported != d.reconnect_supported,
+            "reconnectSupported",
+        );
+        check(
+            self.warn_after_reconnect_attempts != d.warn_after_reconnect_attempts,
+            "warnAfterReconnectAttempts",
+        );
+        out
+    }
+}
+
 const OPTIONS: &[&str] = &[
     "initialReconnectDelay",
     "maxReconnectDelay",
@@ -121,6 +171,18 @@ pub enum ConnectUrl {
 }
 
 impl ConnectUrl {
+    /// As a failover URL: a single broker URL is a list of one with the default options.
+    pub fn into_failover(self) -> FailoverUrl {
+        match self {
+            ConnectUrl::Failover(f) => f,
+            ConnectUrl::Single(u) => FailoverUrl {
+                uris: vec![u],
+                options: FailoverOptions::default(),
+                nested: Vec::new(),
+            },
+        }
+    }
+
     pub fn parse(text: &str) -> Result<ConnectUrl, UrlError> {
         let t = text.trim();
         match t.strip_prefix("failover:") {

@@ -420,6 +420,9 @@ pub struct Connector {
     pub replay_delay: Duration,
     /// Every member of `to` has a listener of this transport's scheme.
     pub transport: ConnectorTransport,
+    /// `uri`: where and how to dial instead of the target's members and the reconnect_* keys
+    /// (ActiveMQ's failover URL; every URI of the transport's scheme, no client-only option).
+    pub uri: Option<crate::client::FailoverUrl>,
     pub reconnect_initial_delay: Duration,
     /// At least `reconnect_initial_delay`.
     pub reconnect_max_delay: Duration,

@@ -113,11 +113,18 @@ pub enum Action {
 pub enum Role {
     /// Waiting for a master or an election; our published position is final.
     Candidate,
-    Following { master: String, epoch: u64 },
+    Following {
+        master: String,
+        epoch: u64,
+    },
     /// Our replication client is stopping.
     Unfollowing,
-    Claiming { epoch: u64 },
-    Master { epoch: u64 },
+    Claiming {
+        epoch: u64,
+    },
+    Master {
+        epoch: u64,
+    },
     /// Our term is stopping.
     Resigning,
 }
@@ -224,7 +231,11 @@ impl Machine {
     /// A fresh read of the group.
     pub fn handle_view(&mut self, view: View, now: Instant) {
         self.epoch = self.epoch.max(view.epoch);
-        if let Some(me) = view.members.iter().find(|s| s.info.name == self.config.name) {
+        if let Some(me) = view
+            .members
+            .iter()
+            .find(|s| s.info.name == self.config.name)
+        {
             // What ZooKeeper holds for us is what we published (the driver re-publishes a
             // lost write on the next view).
             if self.published.as_ref() != Some(&me.info) {
@@ -405,7 +416,11 @@ impl Machine {
         let me = &self.config.name;
         // Our own znode must show our final candidacy, or others cannot count us.
         let mine = self.announce();
-        if !view.members.iter().any(|s| &s.info.name == me && s.info == mine) {
+        if !view
+            .members
+            .iter()
+            .any(|s| &s.info.name == me && s.info == mine)
+        {
             return;
         }
         if view
@@ -517,7 +532,10 @@ mod tests {
         m.handle_claimed(true, t, t);
         assert_eq!(m.poll_action(), Some(Action::Serve { epoch: 2 }));
         assert!(m.may_commit(t));
-        assert!(!m.may_commit(t + Duration::from_millis(1600)), "lease ran out");
+        assert!(
+            !m.may_commit(t + Duration::from_millis(1600)),
+            "lease ran out"
+        );
     }
 
     #[test]
@@ -529,10 +547,7 @@ mod tests {
         following.phase = Phase::Following;
         m.handle_view(
             View {
-                members: vec![
-                    seen(candidate("a", 1, 9), 0),
-                    seen(candidate("b", 1, 7), 0),
-                ],
+                members: vec![seen(candidate("a", 1, 9), 0), seen(candidate("b", 1, 7), 0)],
                 epoch: 1,
                 epoch_version: 0,
             },
@@ -582,7 +597,10 @@ mod tests {
             Some(Action::Publish(a)) => assert_eq!(a.phase, Phase::Following),
             other => panic!("expected to announce following first, got {other:?}"),
         }
-        assert!(matches!(m.poll_action(), Some(Action::Follow { epoch: 2, .. })));
+        assert!(matches!(
+            m.poll_action(),
+            Some(Action::Follow { epoch: 2, .. })
+        ));
         m.handle_view(
             View {
                 members: vec![seen(candidate("b", 2, 7), 1)],
@@ -592,11 +610,23 @@ mod tests {
             t,
         );
         assert_eq!(m.poll_action(), Some(Action::StopFollowing));
-        m.handle_stopped(Position { epoch: 2, index: 12 }, t);
+        m.handle_stopped(
+            Position {
+                epoch: 2,
+                index: 12,
+            },
+            t,
+        );
         match m.poll_action() {
             Some(Action::Publish(a)) => {
                 assert_eq!(a.phase, Phase::Candidate);
-                assert_eq!(a.position, Position { epoch: 2, index: 12 });
+                assert_eq!(
+                    a.position,
+                    Position {
+                        epoch: 2,
+                        index: 12
+                    }
+                );
             }
             other => panic!("expected a final candidacy, got {other:?}"),
         }
@@ -609,10 +639,7 @@ mod tests {
         m.handle_session(Session::Connected, t);
         m.handle_view(
             View {
-                members: vec![
-                    seen(candidate("a", 1, 9), 0),
-                    seen(candidate("b", 1, 7), 0),
-                ],
+                members: vec![seen(candidate("a", 1, 9), 0), seen(candidate("b", 1, 7), 0)],
                 epoch: 1,
                 epoch_version: 0,
             },

@@ -16,7 +16,7 @@ mod metrics;
 pub mod routes;
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::Broker;
-use crate::client::{Backoff, FailoverOptions};
+use crate::client::{Backoff, BrokerUrl, FailoverOptions, FailoverUrl};
 use crate::cluster::Cluster;
 use crate::config::{ConnectorTransport, Scheme, Topology};
 use crate::security::Authenticator;
@@ -40,14 +40,12 @@ use routes::Routes;
 /// How to reach the group a connector dials.
 #[derive(Debug, Clone)]
 pub struct DialPlan {
-    /// The target group's members (failover over them, in order).
-    pub addrs: Vec<SocketAddr>,
+    /// The target group's members, or the connector's `uri`: failover over them, in order
+    /// (shuffled per round with `randomize`), backing off by the URL's options.
+    pub target: FailoverUrl,
     pub local: Option<IpAddr>,
     pub username: Option<String>,
     pub password: Option<String>,
-    pub initial_delay: Duration,
-    pub max_delay: Duration,
-    pub multiplier: f64,
     pub handshake_timeout: Duration,
     /// `Some` for ssl and quic connectors: how to trust the target's certificates.
     pub tls: Option<(ConnectorTransport, Arc<rustls::ClientConfig>)>,
@@ -133,16 +131,31 @@ impl NetworkOptions {
                 let target = topo
                     .group(c.to.as_str())
                     .expect("validated connector target");
-                let addrs = target
-                    .members
-                    .iter()
-                    .flat_map(|tm| {
-                        tm.listeners
+                let target = match &c.uri {
+                    Some(uri) => uri.clone(),
+                    None => FailoverUrl {
+                        uris: target
+                            .members
                             .iter()
-                            .filter(|l| l.url.scheme == scheme)
-                            .map(|l| l.url.addr)
-                    })
-                    .collect();
+                            .flat_map(|tm| tm.listeners.iter().filter(|l| l.url.scheme == scheme))
+                            .map(|l| BrokerUrl {
+                                scheme: scheme.to_string(),
+                                host: l.url.addr.ip().to_string(),
+                                port: l.url.addr.port(),
+                                connect_timeout: None,
+                                local_addr: None,
+                            })
+                            .collect(),
+                        options: FailoverOptions {
+                            initial_reconnect_delay: c.reconnect_initial_delay,
+                            max_reconnect_delay: c.reconnect_max_delay,
+                            reconnect_delay_exponent: c.reconnect_multiplier,
+                            randomize: false,
+                            ..FailoverOptions::default()
+                        },
+                        nested: Vec::new(),
+                    },
+                };
                 let password = match &c.password_file {
                     Some(path) => Some(
                         std::fs::read_to_string(path)
@@ -172,13 +185,10 @@ impl NetworkOptions {
                 };
                 Some(DialPlan {
                     tls,
-                    addrs,
+                    target,
                     local: m.bind,
                     username: c.username.clone(),
                     password,
-                    initial_delay: c.reconnect_initial_delay,
-                    max_delay: c.reconnect_max_delay,
-                    multiplier: c.reconnect_multiplier,
                     handshake_timeout: c.handshake_timeout,
                 })
             } else {
@@ -351,21 +361,27 @@ impl Network {
     async fn dial_loop(self: Arc<Self>, plan: ConnectorPlan) {
         let dial = plan.dial.clone().expect("dialling plan");
         let metrics = self.metrics[&plan.bridge.connector].clone();
-        let mut backoff = Backoff::new(&FailoverOptions {
-            initial_reconnect_delay: dial.initial_delay,
-            max_reconnect_delay: dial.max_delay,
-            reconnect_delay_exponent: dial.multiplier,
-            ..FailoverOptions::default()
-        });
+        let mut backoff = Backoff::new(&dial.target.options);
+        let mut order: Vec<BrokerUrl> = Vec::new();
         let mut attempt = 0usize;
         loop {
             if self.shutdown.is_cancelled() {
                 return;
             }
-            let addr = dial.addrs[attempt % dial.addrs.len().max(1)];
+            if order.is_empty() {
+                order = dial.target.uris.clone();
+                if dial.target.options.randomize {
+                    use rand::seq::SliceRandom;
+                    order.shuffle(&mut rand::rng());
+                }
+                order.reverse();
+            }
+            let Some(url) = order.pop() else {
+                return;
+            };
             attempt += 1;
             let connected = tokio::select! {
-                r = self.connect(&plan, &dial, addr) => r,
+                r = self.connect(&plan, &dial, &url) => r,
                 _ = self.shutdown.cancelled() => return,
             };
             match connected {
@@ -383,7 +399,7 @@ impl Network {
                 }
                 Err(e) => {
                     if attempt == 1 || attempt % 10 == 0 {
-                        tracing::warn!(connector = %plan.bridge.connector, %addr, error = %e, attempt, "cannot reach the peer");
+                        tracing::warn!(connector = %plan.bridge.connector, %url, error = %e, attempt, "cannot reach the peer");
                     }
                     metrics.reconnect();
                 }
@@ -396,23 +412,24 @@ impl Network {
         }
     }
 
-    /// Dials one member of the target group and completes the bridge handshake.
+    /// Dials one member of the target group (one URI of the connector's URL) and completes
+    /// the bridge handshake, within the URI's `connectionTimeout` or `handshake_timeout`.
     async fn connect(
         &self,
         plan: &ConnectorPlan,
         dial: &DialPlan,
-        addr: SocketAddr,
+        url: &BrokerUrl,
     ) -> Result<(Pump, proto::BrokerInfo), String> {
+        let timeout = url.connect_timeout.unwrap_or(dial.handshake_timeout);
         let attempt = async {
-            let name = addr.ip().to_string();
+            let addr = url.resolve().await.map_err(|e| e.to_string())?;
+            let (name, local) = (url.host.as_str(), url.local_addr.or(dial.local));
             let stream: transport::Stream = match &dial.tls {
                 Some((ConnectorTransport::Quic, config)) => {
-                    transport::quic::dial(addr, &name, (**config).clone(), dial.local).await
+                    transport::quic::dial(addr, name, (**config).clone(), local).await
                 }
-                Some((_, config)) => {
-                    transport::tls::dial(addr, &name, config.clone(), dial.local).await
-                }
-                None => transport::dial(addr, dial.local)
+                Some((_, config)) => transport::tls::dial(addr, name, config.clone(), local).await,
+                None => transport::dial(addr, local)
                     .await
                     .map(|s| Box::new(s) as transport::Stream),
             }
@@ -429,7 +446,7 @@ impl Network {
                     })) => {
                         if info.group != plan.bridge.peer.as_ref() || info.mesh != self.opts.mesh {
                             return Err(format!(
-                                "{addr} is group {} of mesh {}, not group {} of mesh {}",
+                                "{url} is group {} of mesh {}, not group {} of mesh {}",
                                 info.group, info.mesh, plan.bridge.peer, self.opts.mesh
                             ));
                         }
@@ -454,14 +471,9 @@ impl Network {
                 }
             }
         };
-        tokio::time::timeout(dial.handshake_timeout, attempt)
+        tokio::time::timeout(timeout, attempt)
             .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "{addr}: no handshake within {:?}",
-                    dial.handshake_timeout
-                ))
-            })
+            .unwrap_or_else(|_| Err(format!("{url}: no handshake within {timeout:?}")))
     }
 
     /// Takes over a client connection whose first frame was a `BrokerInfo`: checks the peer,

@@ -445,6 +445,7 @@ mod tests {
                 correlation_id: "x".into(),
                 content_type: "text/plain".into(),
                 timestamp_ms: 3,
+                transaction: 7,
             })),
             frame(Body::Subscribe(Subscribe {
                 subscription: 1,
@@ -462,6 +463,7 @@ mod tests {
                 up_to: 0,
                 tags: vec![1, 2, 5],
                 receipt: 0,
+                transaction: 7,
             })),
             frame(Body::Nack(Nack {
                 subscription: 1,
@@ -610,6 +612,7 @@ mod tests {
             correlation_id: m.correlation_id.into(),
             content_type: m.content_type.into(),
             timestamp_ms: m.timestamp_ms,
+            transaction: 0,
         }));
         assert_eq!(f, expected);
         let mut via_prost = BytesMut::new();
@@ -637,6 +640,7 @@ mod tests {
                 producer_id: Bytes::copy_from_slice(m.producer_id),
                 sequence: 42,
                 receipt: 0,
+                transaction: 0,
                 reply_to: m.reply_to.into(),
                 correlation_id: m.correlation_id.into(),
                 content_type: m.content_type.into(),
