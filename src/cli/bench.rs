@@ -24,8 +24,8 @@ use super::stomp_load::StompConn;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
-    /// Broker to load (tcp://HOST:PORT, or stomp://HOST:PORT with --protocol stomp). Without
-    /// it the bench starts its own broker.
+    /// Broker to load (tcp://HOST:PORT or failover:(…)?options, or stomp://HOST:PORT with
+    /// --protocol stomp). Without it the bench starts its own broker.
     #[arg(long)]
     pub url: Option<String>,
     /// The broker's admin address (HOST:PORT), for RSS readings with --url.

@@ -26,6 +26,7 @@ pub struct MeshBuilder {
     groups: Vec<GroupSpec>,
     connectors: Vec<String>,
     broker: Vec<String>,
+    sections: Vec<String>,
 }
 
 impl MeshBuilder {
@@ -49,6 +50,13 @@ impl MeshBuilder {
         self.connectors.push(format!(
             "[[connector]]\nfrom = \"{from}\"\nto = \"{to}\"\nduplex = true\nreconnect_initial_delay = \"100ms\"\nreconnect_max_delay = \"1s\"\nheartbeat = \"500ms\"\n{extra}\n"
         ));
+        self
+    }
+
+    /// Tables appended as written, after `{url:MEMBER}` is replaced by that member's
+    /// `tcp://` URL (e.g. a connector with a `uri`).
+    pub fn section(mut self, text: &str) -> MeshBuilder {
+        self.sections.push(text.to_string());
         self
     }
 
@@ -102,6 +110,14 @@ impl MeshBuilder {
         for c in &self.connectors {
             text.push('\n');
             text.push_str(c);
+        }
+        for section in &self.sections {
+            let mut section = section.clone();
+            for m in &members {
+                section = section.replace(&format!("{{url:{}}}", m.name), &m.url());
+            }
+            text.push('\n');
+            text.push_str(&section);
         }
         let topology = dir.path().join("topology.toml");
         std::fs::write(&topology, &text).expect("write topology");
