@@ -27,6 +27,7 @@ pub struct MeshBuilder {
     connectors: Vec<String>,
     broker: Vec<String>,
     sections: Vec<String>,
+    stomp: bool,
 }
 
 impl MeshBuilder {
@@ -60,6 +61,12 @@ impl MeshBuilder {
         self
     }
 
+    /// Gives every member a `stomp://` listener too.
+    pub fn stomp(mut self) -> MeshBuilder {
+        self.stomp = true;
+        self
+    }
+
     /// A line of the `[broker]` section.
     pub fn broker(mut self, line: &str) -> MeshBuilder {
         self.broker.push(line.to_string());
@@ -89,18 +96,27 @@ impl MeshBuilder {
                 } else {
                     g.name.clone()
                 };
-                let p = free_ports(2);
+                let p = free_ports(3);
                 let listen = SocketAddr::from(([127, 0, 0, 1], p[0]));
                 let admin = SocketAddr::from(([127, 0, 0, 1], p[1]));
+                let stomp = self
+                    .stomp
+                    .then(|| SocketAddr::from(([127, 0, 0, 1], p[2])));
                 text.push_str(&format!(
                     "\n[[group.member]]\nname = \"{name}\"\nadmin = \"{admin}\"\ndata_dir = \"{}\"\n\n[[group.member.listener]]\nurl = \"tcp://{listen}\"\n{}\n",
                     dir.path().join(format!("data-{name}")).display(),
                     g.listener
                 ));
+                if let Some(addr) = stomp {
+                    text.push_str(&format!(
+                        "\n[[group.member.listener]]\nurl = \"stomp://{addr}\"\n"
+                    ));
+                }
                 members.push(Member {
                     name,
                     group: g.name.clone(),
                     listen,
+                    stomp,
                     admin,
                     proc: None,
                     log: dir.path().join(format!("{}.log", members.len())),
@@ -133,6 +149,8 @@ pub struct Member {
     pub name: String,
     pub group: String,
     pub listen: SocketAddr,
+    /// The STOMP listener, with [`MeshBuilder::stomp`].
+    pub stomp: Option<SocketAddr>,
     pub admin: SocketAddr,
     proc: Option<ChildGuard>,
     log: PathBuf,
@@ -241,6 +259,13 @@ impl Mesh {
         let mut p = m.proc.take().expect("running");
         p.signal(libc::SIGKILL);
         p.wait_timeout(GUARD).expect("SIGKILL ends the member");
+    }
+
+    /// SIGTERM to a member (a graceful stop); does not wait.
+    pub fn sigterm(&self, name: &str) {
+        if let Some(p) = &self.member(name).proc {
+            p.signal(libc::SIGTERM);
+        }
     }
 
     /// The member of `group` that serves now, if any.
