@@ -36,19 +36,31 @@ fn cli_bench_and_connectors_take_failover_urls() {
             .args(["--dest", "queue://cli.failover", "--count", "3", "--json"]),
     );
     mesh.wait_until("the hub learned the edge's consumer", |m| {
-        m.member("hub").status().is_some_and(|s| {
-            s.connectors.iter().any(|c| c.remote_demand > 0)
-        })
+        m.member("hub")
+            .status()
+            .is_some_and(|s| s.connectors.iter().any(|c| c.remote_demand > 0))
     });
     let produced = run(meshmq()
         .arg("produce")
-        .arg(format!("failover:({dead},{hub})?randomize=false&maxReconnectAttempts=3"))
-        .args(["--dest", "queue://cli.failover", "--count", "3", "--receipts"]));
+        .arg(format!(
+            "failover:({dead},{hub})?randomize=false&maxReconnectAttempts=3"
+        ))
+        .args([
+            "--dest",
+            "queue://cli.failover",
+            "--count",
+            "3",
+            "--receipts",
+        ]));
     assert!(produced.status.success(), "{produced:?}");
     let consumed = consumer.finish();
     assert!(consumed.status.success(), "{consumed:?}");
     assert_eq!(
-        consumed.stdout.lines().filter(|l| l.contains("\"body\"")).count(),
+        consumed
+            .stdout
+            .lines()
+            .filter(|l| l.contains("\"body\""))
+            .count(),
         3,
         "{consumed:?}"
     );
@@ -74,7 +86,9 @@ fn cli_bench_and_connectors_take_failover_urls() {
         .args(["--dest", "queue://x"]));
     assert!(!refused.status.success(), "{refused:?}");
     assert!(
-        refused.stderr.contains("unknown failover option(s) randomise, jitter"),
+        refused
+            .stderr
+            .contains("unknown failover option(s) randomise, jitter"),
         "{refused:?}"
     );
 }

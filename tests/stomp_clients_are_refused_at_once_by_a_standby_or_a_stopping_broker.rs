@@ -39,7 +39,9 @@ fn a_standby_refuses_and_a_stopping_master_answers_error() {
     mesh.sigterm(&master);
     let told = open.expect(Cmd::Error);
     assert!(
-        told.header("message").unwrap_or("").contains("shutting down"),
+        told.header("message")
+            .unwrap_or("")
+            .contains("shutting down"),
         "{told:?}"
     );
     assert!(open.recv().is_none(), "closed after the ERROR");
@@ -60,8 +62,6 @@ fn a_standby_refuses_and_a_stopping_master_answers_error() {
     // The client's next host: the standby, once it has taken over.
     mesh.wait_until("the standby serves", |m| m.member(&standby).ready());
     let mut next = RawStomp::connect(standby_stomp, &[]);
-    next.send(
-        &meshmq::stomp::Frame::new(Cmd::Disconnect).with_header("receipt", "bye"),
-    );
+    next.send(&meshmq::stomp::Frame::new(Cmd::Disconnect).with_header("receipt", "bye"));
     next.expect(Cmd::Receipt);
 }

@@ -20,11 +20,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::transport::Pump;
-use crate::wire::proto;
+use crate::transport::{IoEvent, Pump};
+use crate::wire::{self, proto, Body, Decoded};
 
 use super::failover_url::{parse_uri_list, FailoverOptions, FailoverUrl};
 use super::{
@@ -121,6 +122,71 @@ pub(crate) struct Conn {
 }
 
 type Attempt = Pin<Box<dyn Future<Output = Option<Conn>> + Send>>;
+
+/// A warm standby connection (`backup`): connected and logged in to another broker, kept
+/// alive with heartbeats (what the broker pushes to it is read and dropped), and handed over
+/// when the live connection breaks — a failover without a dial.
+struct Standby {
+    url: BrokerUrl,
+    give: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Option<Conn>>,
+}
+
+impl Standby {
+    fn open(url: BrokerUrl, options: ClientOptions, hello: Hello) -> Standby {
+        let (give, take) = oneshot::channel::<()>();
+        let target = url.clone();
+        let task = tokio::spawn(async move {
+            let (mut pump, connected) = open(&target, &options, &hello).await.ok()?;
+            let mut take = take;
+            let every = if options.heartbeat.is_zero() {
+                Duration::from_secs(10)
+            } else {
+                options.heartbeat
+            };
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    given = &mut take => {
+                        return given.ok().map(|()| Conn { url: target, pump, connected });
+                    }
+                    ev = pump.next_event(true, 0, |_| std::task::Poll::Pending) => match ev {
+                        Ok(IoEvent::Read) => loop {
+                            match wire::decode(&mut pump.rbuf, options.max_frame_size) {
+                                Ok(Decoded::Frame(_)) => {}
+                                Ok(Decoded::NeedMore(_)) => break,
+                                Err(_) => return None,
+                            }
+                        },
+                        Ok(IoEvent::Closed) | Err(_) => return None,
+                        Ok(_) => {}
+                    },
+                    _ = tick.tick() => {
+                        if !options.heartbeat.is_zero() {
+                            wire::encode(&wire::frame(Body::Heartbeat(proto::Heartbeat { receipt: 0 })), &mut pump.wbuf);
+                        }
+                    }
+                }
+            }
+        });
+        Standby {
+            url,
+            give: Some(give),
+            task,
+        }
+    }
+
+    /// The standby's connection, if it is still alive.
+    async fn take(mut self) -> Option<Conn> {
+        if let Some(give) = self.give.take() {
+            let _ = give.send(());
+        }
+        self.task.await.ok().flatten()
+    }
+}
+
+/// How often the `backup` pool is topped up.
+const BACKUP_REFILL: Duration = Duration::from_secs(1);
 
 /// Tries `urls` in order; the first that connects wins.
 async fn first_of(urls: Vec<BrokerUrl>, options: ClientOptions, hello: Hello) -> Option<Conn> {
@@ -397,8 +463,36 @@ impl Supervisor {
         }
     }
 
+    /// Tops the `backup` pool up to `backupPoolSize` standbys on brokers other than `current`,
+    /// dropping the ones that died.
+    fn refill(&self, standbys: &mut Vec<Standby>, current: &BrokerUrl) {
+        standbys.retain(|s| !s.task.is_finished() && !s.url.same_broker(current));
+        for url in self.connect_list(Some(current)) {
+            if standbys.len() >= self.o().backup_pool_size {
+                break;
+            }
+            if url.same_broker(current) || standbys.iter().any(|s| s.url.same_broker(&url)) {
+                continue;
+            }
+            let mut hello = self.moving_hello();
+            hello.priority_pinned &= self.url.is_priority(&url);
+            standbys.push(Standby::open(url, self.options.clone(), hello));
+        }
+    }
+
+    /// The first standby still alive, if any.
+    async fn from_standbys(standbys: &mut Vec<Standby>) -> Option<Conn> {
+        while !standbys.is_empty() {
+            if let Some(c) = standbys.remove(0).take().await {
+                return Some(c);
+            }
+        }
+        None
+    }
+
     /// Runs connections until the client ends.
     async fn run(mut self, mut conn: Conn) {
+        let mut standbys: Vec<Standby> = Vec::new();
         loop {
             let current = conn.url.clone();
             let on_priority = self.on_priority(&current);
@@ -421,6 +515,8 @@ impl Supervisor {
                 PRIORITY_PROBE,
             );
             let mut file_poll = tokio::time::interval(URIS_FILE_POLL);
+            let mut backup_refill = tokio::time::interval(BACKUP_REFILL);
+            let backup = self.o().backup && self.o().backup_pool_size > 0;
             let probing = self.o().priority_backup && !on_priority;
             let polling_file = self.o().update_uris_url.is_some() && self.o().rebalance_update_uris;
             let end = loop {
@@ -457,6 +553,7 @@ impl Supervisor {
                         move_reason = "back to a priority broker".into();
                         attempt = Some(Box::pin(first_of(self.priority_uris(), self.options.clone(), self.moving_hello())));
                     }
+                    _ = backup_refill.tick(), if backup => self.refill(&mut standbys, &current),
                     _ = file_poll.tick(), if polling_file && idle => {
                         if self.read_uris_file()
                             && !self.from_file.iter().chain(&self.url.uris).any(|u| u.same_broker(&current))
@@ -489,6 +586,8 @@ impl Supervisor {
                     self.shared.interrupt(&e);
                     if self.o().max_reconnect_attempts == 0 {
                         Err(e)
+                    } else if let Some(c) = Self::from_standbys(&mut standbys).await {
+                        Ok((c, false))
                     } else {
                         self.reconnect(Some(&current)).await.map(|c| (c, false))
                     }

@@ -99,9 +99,7 @@ impl MeshBuilder {
                 let p = free_ports(3);
                 let listen = SocketAddr::from(([127, 0, 0, 1], p[0]));
                 let admin = SocketAddr::from(([127, 0, 0, 1], p[1]));
-                let stomp = self
-                    .stomp
-                    .then(|| SocketAddr::from(([127, 0, 0, 1], p[2])));
+                let stomp = self.stomp.then(|| SocketAddr::from(([127, 0, 0, 1], p[2])));
                 text.push_str(&format!(
                     "\n[[group.member]]\nname = \"{name}\"\nadmin = \"{admin}\"\ndata_dir = \"{}\"\n\n[[group.member.listener]]\nurl = \"tcp://{listen}\"\n{}\n",
                     dir.path().join(format!("data-{name}")).display(),
