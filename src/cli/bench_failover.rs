@@ -265,7 +265,14 @@ struct Edge {
     members: Vec<(usize, String)>,
 }
 
-fn topology(args: &FailoverArgs) -> anyhow::Result<(String, Vec<(String, SocketAddr)>, Vec<Edge>)> {
+/// The generated mesh: the topology text, every member (name, admin address) and the edges.
+struct MeshPlan {
+    text: String,
+    members: Vec<(String, SocketAddr)>,
+    edges: Vec<Edge>,
+}
+
+fn topology(args: &FailoverArgs) -> anyhow::Result<MeshPlan> {
     let mut text =
         String::from("[mesh]\nname = \"bench-failover\"\n\n[broker]\nmemory_limit = \"1GiB\"\n");
     let mut members = Vec::new();
@@ -311,7 +318,11 @@ fn topology(args: &FailoverArgs) -> anyhow::Result<(String, Vec<(String, SocketA
             ));
         }
     }
-    Ok((text, members, edges))
+    Ok(MeshPlan {
+        text,
+        members,
+        edges,
+    })
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -342,7 +353,11 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<Report> {
             args.edges
         );
     }
-    let (text, members, edges) = topology(args)?;
+    let MeshPlan {
+        text,
+        members,
+        edges,
+    } = topology(args)?;
     eprintln!("bench failover: starting {} members", members.len());
     let refs: Vec<(&str, SocketAddr)> = members.iter().map(|(n, a)| (n.as_str(), *a)).collect();
     let mut spawned = Spawned::launch(&text, &refs)?;

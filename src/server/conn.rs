@@ -213,7 +213,6 @@ impl<P: Protocol> Driver<P> {
         principal: Principal,
         heartbeat_out: Option<Duration>,
         peer_silence: Option<Duration>,
-        registration: Option<Registration>,
     ) -> Driver<P> {
         let now = Instant::now();
         Driver {
@@ -231,8 +230,14 @@ impl<P: Protocol> Driver<P> {
             last_write: now,
             heartbeat_out,
             peer_silence,
-            registration,
+            registration: None,
         }
+    }
+
+    /// Ties the connection to its place in the cluster registry (pushes, takeover).
+    pub fn with_registration(mut self, registration: Registration) -> Driver<P> {
+        self.registration = Some(registration);
+        self
     }
 
     fn next_heartbeat_check(&self) -> TokioInstant {

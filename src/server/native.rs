@@ -84,8 +84,8 @@ pub(crate) async fn serve(
                 principal,
                 heartbeat_out,
                 client_heartbeat.map(|h| h * HEARTBEAT_GRACE),
-                Some(registration),
-            );
+            )
+            .with_registration(registration);
             let reason = driver.run(&shutdown).await;
             tracing::debug!(%peer, reason, "connection closed");
         }

@@ -101,8 +101,8 @@ pub(crate) async fn serve(
                 principal,
                 send_every,
                 expect_every.map(|e| e * HEARTBEAT_GRACE),
-                Some(registration),
-            );
+            )
+            .with_registration(registration);
             let reason = driver.run(&shutdown).await;
             tracing::debug!(%peer, reason, "stomp connection closed");
         }
