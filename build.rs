@@ -2,8 +2,16 @@
 fn main() {
     println!("cargo:rerun-if-changed=proto/meshmq.proto");
     println!("cargo:rerun-if-changed=proto/journal.proto");
-    let descriptors = protox::compile(["proto/meshmq.proto", "proto/journal.proto"], ["proto"])
-        .unwrap_or_else(|e| panic!("proto/*.proto does not compile: {e}"));
+    println!("cargo:rerun-if-changed=proto/replication.proto");
+    let descriptors = protox::compile(
+        [
+            "proto/meshmq.proto",
+            "proto/journal.proto",
+            "proto/replication.proto",
+        ],
+        ["proto"],
+    )
+    .unwrap_or_else(|e| panic!("proto/*.proto does not compile: {e}"));
     prost_build::Config::new()
         .bytes(["."])
         .compile_fds(descriptors)

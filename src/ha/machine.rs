@@ -294,8 +294,8 @@ impl Machine {
             self.published = Some(self.announce());
             self.actions.push_back(Action::Serve { epoch });
         } else {
+            // Nothing was written: our znode still holds our candidacy.
             self.role = Role::Candidate;
-            self.published = None;
         }
         self.evaluate(now);
     }
@@ -345,12 +345,15 @@ impl Machine {
         }
     }
 
-    fn publish(&mut self) {
+    /// Queues a write of our announcement if it changed; true when one was queued.
+    fn publish(&mut self) -> bool {
         let a = self.announce();
-        if self.published.as_ref() != Some(&a) {
-            self.published = Some(a.clone());
-            self.actions.push_back(Action::Publish(a));
+        if self.published.as_ref() == Some(&a) {
+            return false;
         }
+        self.published = Some(a.clone());
+        self.actions.push_back(Action::Publish(a));
+        true
     }
 
     fn evaluate(&mut self, now: Instant) {
@@ -380,8 +383,10 @@ impl Machine {
                     // ended): an epoch we never served. Announce we are a candidate; the
                     // election that follows moves past it.
                 }
-                self.publish();
-                self.maybe_claim(&view);
+                // A claim must check the version our write creates: wait for the next view.
+                if !self.publish() {
+                    self.maybe_claim(&view);
+                }
             }
             Role::Following { master, epoch } => {
                 let still = view.live_master().is_some_and(|m| m.info.name == master)

@@ -14,3 +14,5 @@
 //! holds every acknowledged write.
 
 pub mod machine;
+pub mod replication;
+pub mod zk;

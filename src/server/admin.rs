@@ -39,6 +39,9 @@ pub struct MemberStatus {
     /// a standby).
     #[serde(default)]
     pub cluster: Option<crate::cluster::ClusterStatus>,
+    /// On the master of a replicated group: each connected slave and its lag.
+    #[serde(default)]
+    pub slaves: Vec<crate::ha::replication::FollowerStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -124,6 +127,12 @@ pub(crate) fn member_status(state: &MemberState) -> MemberStatus {
         listeners,
         memory_used_bytes: term.as_ref().map_or(0, |t| t.broker.memory().used()),
         memory_limit_bytes: state.memory_limit,
+        slaves: state
+            .replication
+            .read()
+            .as_ref()
+            .map(|r| r.followers())
+            .unwrap_or_default(),
         process: ProcessStatus {
             rss_bytes: p.rss_bytes,
             open_fds: p.open_fds,

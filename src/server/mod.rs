@@ -11,6 +11,7 @@ pub mod admin;
 mod conn;
 mod election;
 pub(crate) mod native;
+mod replicated;
 mod stomp;
 mod term;
 
@@ -125,6 +126,22 @@ pub enum ElectionOptions {
         dir: std::path::PathBuf,
         poll: Duration,
     },
+    /// Each member keeps its own journal; ZooKeeper elects the master, which replicates its
+    /// journal to the others.
+    ZooKeeper(Box<ZooKeeperElection>),
+}
+
+/// A ZooKeeper-elected member's settings.
+#[derive(Debug, Clone)]
+pub struct ZooKeeperElection {
+    pub zookeeper: crate::config::ZooKeeperOptions,
+    pub replicas: usize,
+    pub sync: SyncMode,
+    pub quorum_timeout: Duration,
+    pub weight: u32,
+    /// Where this member serves followers while it is master.
+    pub replication: SocketAddr,
+    pub token: Option<String>,
 }
 
 /// Everything needed to run one member.
@@ -172,13 +189,30 @@ impl ServerOptions {
                 dir: dir.clone(),
                 poll: group.lock_poll,
             },
+            (Election::ZooKeeper, _) => {
+                let (Some(zookeeper), Some(replication)) = (&topo.zookeeper, m.replication) else {
+                    unreachable!("validation requires [zookeeper] and a replication address");
+                };
+                ElectionOptions::ZooKeeper(Box::new(ZooKeeperElection {
+                    zookeeper: zookeeper.clone(),
+                    replicas: group.replicas as usize,
+                    sync: group.sync,
+                    quorum_timeout: group.quorum_timeout,
+                    weight: m.weight,
+                    replication,
+                    token: group
+                        .replication_token
+                        .as_ref()
+                        .map(|t| t.expose().to_string()),
+                }))
+            }
             _ => ElectionOptions::None,
         };
         // A file-lock group keeps one journal in its shared directory: whoever holds the lock
         // serves from it.
         let journal_dir = match &election {
             ElectionOptions::FileLock { dir, .. } => dir.join("journal"),
-            ElectionOptions::None => m.data_dir.join("journal"),
+            ElectionOptions::None | ElectionOptions::ZooKeeper(_) => m.data_dir.join("journal"),
         };
         Ok(ServerOptions {
             election,
@@ -238,9 +272,14 @@ impl ServerOptions {
                 dir: journal_dir,
                 segment_size: topo.store.segment_size,
                 store_limit: topo.store.store_limit,
+                // What "held" means here, for a master and for a follower acknowledging.
                 durability: match group.sync {
-                    SyncMode::LocalMem => Durability::Written,
-                    _ => Durability::Synced,
+                    SyncMode::LocalDisk | SyncMode::RemoteDisk | SyncMode::QuorumDisk => {
+                        Durability::Synced
+                    }
+                    SyncMode::LocalMem | SyncMode::RemoteMem | SyncMode::QuorumMem => {
+                        Durability::Written
+                    }
                 },
                 group_commit_window: topo.store.group_commit_window,
                 max_record: policy.max_frame_size as usize + (64 << 10),
@@ -283,6 +322,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error("stopped: {0}")]
+    Stopped(String),
     #[error("cannot serve the admin port {addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -454,6 +495,8 @@ pub(crate) struct MemberState {
     /// The group's epoch this member last served in (0: never).
     epoch: std::sync::atomic::AtomicU64,
     term: parking_lot::RwLock<Option<term::TermView>>,
+    /// The master's replication (followers and their lag), while it is one.
+    replication: parking_lot::RwLock<Option<crate::ha::replication::Master>>,
     max_destinations: usize,
     memory_limit: u64,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
@@ -527,6 +570,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         role: parking_lot::Mutex::new(Role::Starting),
         epoch: std::sync::atomic::AtomicU64::new(0),
         term: parking_lot::RwLock::new(None),
+        replication: parking_lot::RwLock::new(None),
         max_destinations: opts.max_destinations,
         memory_limit: opts.broker.memory_limit,
         prometheus,
@@ -557,6 +601,16 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
                 state.clone(),
                 dir.clone(),
                 *poll,
+                shutdown.clone(),
+            ));
+            Vec::new()
+        }
+        ElectionOptions::ZooKeeper(ha) => {
+            *state.role.lock() = Role::Slave;
+            tracker.spawn(replicated::zookeeper_member(
+                opts.clone(),
+                state.clone(),
+                (**ha).clone(),
                 shutdown.clone(),
             ));
             Vec::new()

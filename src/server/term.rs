@@ -80,29 +80,18 @@ impl Term {
         state: &Arc<MemberState>,
         parent: &CancellationToken,
     ) -> Result<Term, ServerError> {
-        let broker = match &opts.store {
-            Some(cfg) => {
-                let cfg = cfg.clone();
-                let repair = opts.repair;
-                let started = Instant::now();
-                let (store, recovered) =
-                    tokio::task::spawn_blocking(move || Store::open(cfg, repair))
-                        .await
-                        .map_err(|e| {
-                            StoreError::Failed(format!("journal recovery panicked: {e}"))
-                        })??;
-                let messages: usize = recovered.queues.iter().map(|(_, m)| m.len()).sum();
-                tracing::info!(
-                    messages,
-                    durables = recovered.durables.len(),
-                    clean = recovered.clean,
-                    seconds = started.elapsed().as_secs_f64(),
-                    "journal recovered"
-                );
-                Broker::with_store(opts.broker.clone(), store, recovered)
-            }
-            None => Broker::new(opts.broker.clone()),
-        };
+        let broker = open_broker(opts).await?;
+        Term::serve(opts, state, parent, broker).await
+    }
+
+    /// Serves `broker` (already rebuilt from its journal): binds every listener (all or
+    /// nothing — on failure the journal is closed), starts the connectors and the chores.
+    pub async fn serve(
+        opts: &ServerOptions,
+        state: &Arc<MemberState>,
+        parent: &CancellationToken,
+        broker: Broker,
+    ) -> Result<Term, ServerError> {
         let mut bound = Vec::new();
         for spec in &opts.listeners {
             match bind(spec).await {
@@ -219,7 +208,29 @@ impl Term {
     }
 }
 
-async fn close_store(broker: &Broker) {
+/// Recovers the journal (when the member has one) and rebuilds the broker from it.
+pub(crate) async fn open_broker(opts: &ServerOptions) -> Result<Broker, ServerError> {
+    let Some(cfg) = &opts.store else {
+        return Ok(Broker::new(opts.broker.clone()));
+    };
+    let cfg = cfg.clone();
+    let repair = opts.repair;
+    let started = Instant::now();
+    let (store, recovered) = tokio::task::spawn_blocking(move || Store::open(cfg, repair))
+        .await
+        .map_err(|e| StoreError::Failed(format!("journal recovery panicked: {e}")))??;
+    let messages: usize = recovered.queues.iter().map(|(_, m)| m.len()).sum();
+    tracing::info!(
+        messages,
+        durables = recovered.durables.len(),
+        clean = recovered.clean,
+        seconds = started.elapsed().as_secs_f64(),
+        "journal recovered"
+    );
+    Ok(Broker::with_store(opts.broker.clone(), store, recovered))
+}
+
+pub(crate) async fn close_store(broker: &Broker) {
     if let Some(store) = broker.store() {
         let store = store.clone();
         let _ = tokio::task::spawn_blocking(move || store.close()).await;

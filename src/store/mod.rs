@@ -265,5 +265,25 @@ impl Store {
     }
 }
 
+/// Deletes every journal file in `dir` (segments and checkpoint): a follower starting over
+/// from its master's copy. The directory itself stays.
+pub fn wipe_journal(dir: &Path) -> Result<(), StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::io(dir, "list", e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(dir, "list", e))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".log") || name.starts_with(recovery::CHECKPOINT_FILE) {
+            std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, "delete", e))?;
+        }
+    }
+    journal::sync_dir(dir)
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,711 @@
+//! Journal replication: a master streams its journal's frames to each follower over TCP, the
+//! followers append them verbatim and acknowledge what they hold, and the master commits
+//! (lets receipts go) once `replicas/2` followers hold a record and its lease holds.
+//!
+//! Owns: the replication listener of a master term, one session per follower, and the
+//! follower's client. Must not touch: elections (the driver decides who masters and follows) or
+//! the broker. Invariants: a follower's journal is always a prefix of its master's — a follower
+//! whose tail diverges (records the master does not have at that index and epoch) discards its
+//! journal and copies the master's from its oldest retained record, with the checkpoint that
+//! covers what came before; a follower refuses a master of an epoch older than the newest it
+//! has seen; the master commits an index only if it is at least its own epoch's first record
+//! (so older records are committed through the new epoch, never on their own).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use prost::Message as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::store::{self, EpochHistory, RawFrames, Store, StoreConfig, StoreError};
+
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/meshmq.replication.rs"));
+}
+
+use proto::{to_follower, to_master, ToFollower, ToMaster};
+
+/// The largest replication message accepted.
+const MAX_MESSAGE: usize = 256 << 20;
+/// Records sent per message, about.
+const BATCH_BYTES: usize = 512 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplError {
+    #[error("replication link {peer}: {source}")]
+    Io {
+        peer: String,
+        source: std::io::Error,
+    },
+    #[error("replication link {peer}: {detail}")]
+    Protocol { peer: String, detail: String },
+    #[error("refused by the master: {0}")]
+    Refused(String),
+    #[error("the journal is not a prefix of the master's; it was discarded to be copied again")]
+    Resync,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What both ends agree on.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    pub token: Option<String>,
+    /// A link silent for three of these is dead.
+    pub heartbeat: Duration,
+}
+
+async fn write_msg(s: &mut (impl AsyncWriteExt + Unpin), bytes: &[u8]) -> std::io::Result<()> {
+    s.write_u32(bytes.len() as u32).await?;
+    s.write_all(bytes).await?;
+    s.flush().await
+}
+
+async fn read_msg<M: prost::Message + Default>(
+    s: &mut (impl AsyncReadExt + Unpin),
+    peer: &str,
+) -> Result<M, ReplError> {
+    let io = |source| ReplError::Io {
+        peer: peer.to_string(),
+        source,
+    };
+    let len = s.read_u32().await.map_err(io)? as usize;
+    if len > MAX_MESSAGE {
+        return Err(ReplError::Protocol {
+            peer: peer.to_string(),
+            detail: format!("a message of {len} bytes is over the limit"),
+        });
+    }
+    let mut buf = vec![0u8; len];
+    s.read_exact(&mut buf).await.map_err(io)?;
+    M::decode(buf.as_slice()).map_err(|e| ReplError::Protocol {
+        peer: peer.to_string(),
+        detail: format!("undecodable message: {e}"),
+    })
+}
+
+fn epochs_to_proto(h: &EpochHistory) -> Vec<proto::EpochStart> {
+    h.starts()
+        .iter()
+        .map(|&(epoch, first)| proto::EpochStart { epoch, first })
+        .collect()
+}
+
+fn epochs_from_proto(list: &[proto::EpochStart]) -> EpochHistory {
+    EpochHistory::from_starts(list.iter().map(|e| (e.epoch, e.first)))
+}
+
+/// One follower as the master sees it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FollowerStatus {
+    pub member: String,
+    /// Every record up to it is held by the follower.
+    pub acked: u64,
+    /// Records the follower lacks.
+    pub lag: u64,
+}
+
+/// Decides whether the master may commit now (its lease holds).
+pub type LeaseCheck = Arc<dyn Fn() -> bool + Send + Sync>;
+
+struct MasterShared {
+    store: Store,
+    epoch: u64,
+    /// The index of this epoch's first record.
+    epoch_start: u64,
+    /// Followers that must hold a record before it commits.
+    needed: usize,
+    /// Commits wait for followers (remote_* / quorum_* modes).
+    gated: bool,
+    lease: LeaseCheck,
+    options: LinkOptions,
+    followers: Mutex<HashMap<u64, (String, u64)>>,
+    changed: tokio::sync::Notify,
+    next_session: AtomicU64,
+    checkpoints: tokio::sync::watch::Sender<Option<Arc<store::proto::Checkpoint>>>,
+}
+
+/// The master's side of replication for one term.
+#[derive(Clone)]
+pub struct Master {
+    shared: Arc<MasterShared>,
+}
+
+impl Master {
+    /// Starts serving followers on `listener` and committing per the quorum rule.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        listener: TcpListener,
+        store: Store,
+        epoch: u64,
+        epoch_start: u64,
+        needed: usize,
+        gated: bool,
+        lease: LeaseCheck,
+        options: LinkOptions,
+        stop: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Master {
+        let (checkpoints, _) = tokio::sync::watch::channel(None);
+        let shared = Arc::new(MasterShared {
+            store: store.clone(),
+            epoch,
+            epoch_start,
+            needed,
+            gated,
+            lease,
+            options,
+            followers: Mutex::new(HashMap::new()),
+            changed: tokio::sync::Notify::new(),
+            next_session: AtomicU64::new(1),
+            checkpoints,
+        });
+        {
+            let s = shared.clone();
+            store.set_on_checkpoint(Box::new(move |c| {
+                s.checkpoints.send_replace(Some(Arc::new(c.clone())));
+            }));
+        }
+        tracker.spawn(commit_loop(shared.clone(), stop.clone()));
+        let t = tracker.clone();
+        let s = shared.clone();
+        tracker.spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let s = s.clone();
+                        let stop = stop.clone();
+                        t.spawn(async move {
+                            if let Err(e) = serve_follower(&s, stream, peer, stop).await {
+                                tracing::info!(%peer, error = %e, "replication session ended");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "replication accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        Master { shared }
+    }
+
+    /// Waits until `needed` followers hold this epoch's first record.
+    pub async fn caught_up(&self) {
+        loop {
+            let changed = self.shared.changed.notified();
+            if self.count_at_least(self.shared.epoch_start) >= self.shared.needed {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    fn count_at_least(&self, index: u64) -> usize {
+        self.shared
+            .followers
+            .lock()
+            .values()
+            .filter(|(_, acked)| *acked >= index)
+            .count()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.shared.epoch
+    }
+
+    /// Each connected follower, for `/status` and metrics.
+    pub fn followers(&self) -> Vec<FollowerStatus> {
+        let last = self.shared.store.journal().next_index().saturating_sub(1);
+        let mut v: Vec<_> = self
+            .shared
+            .followers
+            .lock()
+            .values()
+            .map(|(member, acked)| FollowerStatus {
+                member: member.clone(),
+                acked: *acked,
+                lag: last.saturating_sub(*acked),
+            })
+            .collect();
+        v.sort_by(|a, b| a.member.cmp(&b.member));
+        v
+    }
+}
+
+/// The highest index `needed` followers all hold.
+fn quorum_index(acks: &mut [u64], needed: usize) -> Option<u64> {
+    if needed == 0 {
+        return Some(u64::MAX);
+    }
+    if acks.len() < needed {
+        return None;
+    }
+    acks.sort_unstable_by(|a, b| b.cmp(a));
+    Some(acks[needed - 1])
+}
+
+async fn commit_loop(s: Arc<MasterShared>, stop: CancellationToken) {
+    let journal = s.store.journal().clone();
+    let mut local = journal.watch_local();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let changed = s.changed.notified();
+        if s.gated && (s.lease)() {
+            let mut acks: Vec<u64> = s.followers.lock().values().map(|(_, a)| *a).collect();
+            if let Some(q) = quorum_index(&mut acks, s.needed) {
+                let commit = q.min(*local.borrow());
+                if commit >= s.epoch_start {
+                    journal.publish_committed(commit);
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = changed => {}
+            r = local.changed() => if r.is_err() { return },
+            _ = tick.tick() => {}
+        }
+    }
+}
+
+async fn serve_follower(
+    s: &Arc<MasterShared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) -> Result<(), ReplError> {
+    let peer_s = peer.to_string();
+    let (mut rd, mut wr) = stream.into_split();
+    let hello = match tokio::time::timeout(
+        s.options.heartbeat * 3,
+        read_msg::<ToMaster>(&mut rd, &peer_s),
+    )
+    .await
+    {
+        Ok(Ok(ToMaster {
+            kind: Some(to_master::Kind::Hello(h)),
+        })) => h,
+        Ok(Ok(_)) => {
+            return Err(ReplError::Protocol {
+                peer: peer_s,
+                detail: "the first message is not a hello".into(),
+            })
+        }
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return Err(ReplError::Protocol {
+                peer: peer_s,
+                detail: "no hello in time".into(),
+            })
+        }
+    };
+    let refuse = |why: String| ToFollower {
+        kind: Some(to_follower::Kind::Refused(why)),
+    };
+    let io = |source| ReplError::Io {
+        peer: peer.to_string(),
+        source,
+    };
+    if s.options.token.as_deref().unwrap_or("") != hello.token {
+        tracing::warn!(%peer, member = %hello.member, "replication login with a wrong token refused");
+        let _ = write_msg(
+            &mut wr,
+            &refuse("wrong replication token".into()).encode_to_vec(),
+        )
+        .await;
+        return Ok(());
+    }
+    if hello.seen_epoch > s.epoch {
+        let _ = write_msg(
+            &mut wr,
+            &refuse(format!(
+                "this master's epoch {} is older than epoch {} the follower has seen",
+                s.epoch, hello.seen_epoch
+            ))
+            .encode_to_vec(),
+        )
+        .await;
+        return Ok(());
+    }
+    let journal = s.store.journal().clone();
+    let session = s.next_session.fetch_add(1, Ordering::Relaxed);
+    // Pin before looking at the oldest record, so it cannot go while we start.
+    journal.pin(session, journal.first_index());
+    let _unpin = scopeguard(journal.clone(), session);
+    let mine = s.store.epochs();
+    let master_last = journal.next_index().saturating_sub(1);
+    let theirs = epochs_from_proto(&hello.epochs);
+    let matched = mine.match_point(master_last, &theirs, hello.last_index);
+    let first = journal.first_index();
+    let (from, snapshot) = if matched + 1 < first {
+        (first, true)
+    } else {
+        (matched + 1, false)
+    };
+    journal.pin(session, from);
+    let checkpoint = if snapshot {
+        s.store
+            .read_checkpoint()?
+            .map(|c| c.encode_to_vec())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    tracing::info!(
+        member = %hello.member,
+        follower_last = hello.last_index,
+        matched,
+        from,
+        snapshot,
+        "follower joined"
+    );
+    let start = ToFollower {
+        kind: Some(to_follower::Kind::Start(proto::Start {
+            epoch: s.epoch,
+            from,
+            snapshot,
+            checkpoint: checkpoint.into(),
+            epochs: epochs_to_proto(&mine),
+        })),
+    };
+    write_msg(&mut wr, &start.encode_to_vec())
+        .await
+        .map_err(io)?;
+    if from <= hello.last_index && !snapshot {
+        // The follower discards its journal and comes back empty.
+        return Ok(());
+    }
+    s.followers
+        .lock()
+        .insert(session, (hello.member.clone(), from.saturating_sub(1)));
+    let _gone = FollowerGone(s.clone(), session);
+    // Acks come in on their own task.
+    let acks = {
+        let s = s.clone();
+        let peer_s = peer_s.clone();
+        let journal = journal.clone();
+        async move {
+            loop {
+                match read_msg::<ToMaster>(&mut rd, &peer_s).await? {
+                    ToMaster {
+                        kind: Some(to_master::Kind::Ack(index)),
+                    } => {
+                        if let Some(f) = s.followers.lock().get_mut(&session) {
+                            f.1 = f.1.max(index);
+                        }
+                        journal.pin(session, index + 1);
+                        s.changed.notify_waiters();
+                    }
+                    _ => {
+                        return Err::<(), _>(ReplError::Protocol {
+                            peer: peer_s,
+                            detail: "unexpected message from a follower".into(),
+                        })
+                    }
+                }
+            }
+        }
+    };
+    let mut next = from;
+    let mut local = journal.watch_local();
+    let mut checkpoints = s.checkpoints.subscribe();
+    let mut pending_checkpoint: Option<Arc<store::proto::Checkpoint>> = None;
+    let sends = async {
+        let mut heartbeat = tokio::time::interval(s.options.heartbeat);
+        heartbeat.tick().await;
+        loop {
+            let mut sent = false;
+            while let Some(frames) = journal.read_frames(next, BATCH_BYTES)? {
+                let count = frames.count;
+                let msg = ToFollower {
+                    kind: Some(to_follower::Kind::Records(proto::Records {
+                        first: frames.first,
+                        count,
+                        frames: frames.bytes.into(),
+                    })),
+                };
+                write_msg(&mut wr, &msg.encode_to_vec()).await.map_err(io)?;
+                next += count;
+                sent = true;
+            }
+            if let Some(c) = pending_checkpoint.take() {
+                if c.next_index <= next {
+                    let msg = ToFollower {
+                        kind: Some(to_follower::Kind::Checkpoint(c.encode_to_vec().into())),
+                    };
+                    write_msg(&mut wr, &msg.encode_to_vec()).await.map_err(io)?;
+                    sent = true;
+                } else {
+                    pending_checkpoint = Some(c);
+                }
+            }
+            if sent {
+                heartbeat.reset();
+            }
+            tokio::select! {
+                r = local.changed() => if r.is_err() { return Ok::<(), ReplError>(()) },
+                r = checkpoints.changed() => {
+                    if r.is_err() { return Ok(()) }
+                    pending_checkpoint = checkpoints.borrow_and_update().clone();
+                }
+                _ = heartbeat.tick() => {
+                    let msg = ToFollower { kind: Some(to_follower::Kind::Heartbeat(next)) };
+                    write_msg(&mut wr, &msg.encode_to_vec()).await.map_err(io)?;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = stop.cancelled() => Ok(()),
+        r = acks => r,
+        r = sends => r,
+    }
+}
+
+/// Unpins a session's records when it ends.
+struct Unpinner(crate::store::Journal, u64);
+
+impl Drop for Unpinner {
+    fn drop(&mut self) {
+        self.0.unpin(self.1);
+    }
+}
+
+fn scopeguard(journal: crate::store::Journal, session: u64) -> Unpinner {
+    Unpinner(journal, session)
+}
+
+/// Forgets a follower when its session ends.
+struct FollowerGone(Arc<MasterShared>, u64);
+
+impl Drop for FollowerGone {
+    fn drop(&mut self) {
+        self.0.followers.lock().remove(&self.1);
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// What a follower needs to know.
+#[derive(Debug, Clone)]
+pub struct FollowOptions {
+    pub member: String,
+    pub link: LinkOptions,
+    /// The journal's configuration (to start over when told to).
+    pub store: StoreConfig,
+}
+
+/// Follows the master at `master` until `stop`, the link dies, or the master refuses; the
+/// journal (possibly replaced by a fresh copy) is handed back either way, with nothing
+/// appended after this returns.
+pub async fn follow(
+    opts: &FollowOptions,
+    mut store: Store,
+    master: SocketAddr,
+    seen_epoch: u64,
+    stop: CancellationToken,
+) -> (Store, Result<(), ReplError>) {
+    let result = follow_inner(opts, &mut store, master, seen_epoch, stop).await;
+    (store, result)
+}
+
+async fn follow_inner(
+    opts: &FollowOptions,
+    store: &mut Store,
+    master: SocketAddr,
+    seen_epoch: u64,
+    stop: CancellationToken,
+) -> Result<(), ReplError> {
+    let peer = master.to_string();
+    let io = |source| ReplError::Io {
+        peer: master.to_string(),
+        source,
+    };
+    let stream = tokio::select! {
+        _ = stop.cancelled() => return Ok(()),
+        r = tokio::time::timeout(opts.link.heartbeat * 3, TcpStream::connect(master)) => match r {
+            Ok(r) => r.map_err(io)?,
+            Err(_) => return Err(io(std::io::ErrorKind::TimedOut.into())),
+        },
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let hello = ToMaster {
+        kind: Some(to_master::Kind::Hello(proto::Hello {
+            token: opts.link.token.clone().unwrap_or_default(),
+            member: opts.member.clone(),
+            seen_epoch,
+            epochs: epochs_to_proto(&store.epochs()),
+            last_index: store.journal().next_index().saturating_sub(1),
+        })),
+    };
+    write_msg(&mut wr, &hello.encode_to_vec())
+        .await
+        .map_err(io)?;
+    let dead = opts.link.heartbeat * 3;
+    let first = tokio::select! {
+        _ = stop.cancelled() => return Ok(()),
+        r = tokio::time::timeout(dead, read_msg::<ToFollower>(&mut rd, &peer)) => match r {
+            Ok(r) => r?,
+            Err(_) => return Err(io(std::io::ErrorKind::TimedOut.into())),
+        },
+    };
+    let start = match first.kind {
+        Some(to_follower::Kind::Start(s)) => s,
+        Some(to_follower::Kind::Refused(why)) => return Err(ReplError::Refused(why)),
+        _ => {
+            return Err(ReplError::Protocol {
+                peer,
+                detail: "the master did not start the stream".into(),
+            })
+        }
+    };
+    if start.epoch < seen_epoch {
+        return Err(ReplError::Refused(format!(
+            "master of epoch {} is older than epoch {seen_epoch}",
+            start.epoch
+        )));
+    }
+    let last = store.journal().next_index().saturating_sub(1);
+    let master_epochs = epochs_from_proto(&start.epochs);
+    if start.snapshot || start.from <= last {
+        // Start over: discard this journal and copy the master's.
+        let cfg = opts.store.clone();
+        let old = store.clone();
+        let checkpoint = (!start.checkpoint.is_empty())
+            .then(|| store::proto::Checkpoint::decode(start.checkpoint.as_ref()))
+            .transpose()
+            .map_err(|e| ReplError::Protocol {
+                peer: peer.clone(),
+                detail: format!("undecodable checkpoint: {e}"),
+            })?;
+        let snapshot = start.snapshot;
+        let from = start.from;
+        let epochs = master_epochs.clone();
+        let fresh = tokio::task::spawn_blocking(move || -> Result<Store, StoreError> {
+            old.close();
+            store::wipe_journal(&cfg.dir)?;
+            if snapshot {
+                let mut covered = epochs.clone();
+                covered.truncate_after(from.saturating_sub(1));
+                let fresh = Store::open_empty_at(cfg, from, covered);
+                if let Some(c) = checkpoint {
+                    fresh.install_checkpoint(&c)?;
+                }
+                Ok(fresh)
+            } else {
+                Ok(Store::open_empty_at(cfg, 1, EpochHistory::default()))
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Failed(format!("resetting the journal panicked: {e}")))??;
+        *store = fresh;
+        tracing::warn!(
+            master = %master,
+            had = last,
+            from,
+            snapshot,
+            "journal replaced by a copy of the master's"
+        );
+        if !snapshot {
+            return Err(ReplError::Resync);
+        }
+    }
+    store.set_epochs(master_epochs);
+    let journal = store.journal().clone();
+    let mut local = journal.watch_local();
+    let acks = async {
+        let mut acked = 0;
+        loop {
+            let now = *local.borrow_and_update();
+            if now > acked {
+                let msg = ToMaster {
+                    kind: Some(to_master::Kind::Ack(now)),
+                };
+                write_msg(&mut wr, &msg.encode_to_vec()).await.map_err(io)?;
+                acked = now;
+            }
+            if local.changed().await.is_err() {
+                return Ok::<(), ReplError>(());
+            }
+        }
+    };
+    let receive = async {
+        loop {
+            let msg = match tokio::time::timeout(dead, read_msg::<ToFollower>(&mut rd, &peer)).await
+            {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(ReplError::Protocol {
+                        peer: peer.clone(),
+                        detail: format!("silent for {dead:?}"),
+                    })
+                }
+            };
+            match msg.kind {
+                Some(to_follower::Kind::Records(r)) => {
+                    journal.append_frames(&RawFrames {
+                        first: r.first,
+                        count: r.count,
+                        bytes: r.frames.to_vec(),
+                    })?;
+                }
+                Some(to_follower::Kind::Checkpoint(bytes)) => {
+                    let c = store::proto::Checkpoint::decode(bytes.as_ref()).map_err(|e| {
+                        ReplError::Protocol {
+                            peer: peer.clone(),
+                            detail: format!("undecodable checkpoint: {e}"),
+                        }
+                    })?;
+                    let st = store.clone();
+                    tokio::task::spawn_blocking(move || st.install_checkpoint(&c))
+                        .await
+                        .map_err(|e| StoreError::Failed(format!("checkpoint panicked: {e}")))??;
+                }
+                Some(to_follower::Kind::Heartbeat(_)) => {}
+                Some(to_follower::Kind::Refused(why)) => return Err(ReplError::Refused(why)),
+                Some(to_follower::Kind::Start(_)) | None => {
+                    return Err(ReplError::Protocol {
+                        peer: peer.clone(),
+                        detail: "unexpected message in the stream".into(),
+                    })
+                }
+            }
+        }
+    };
+    let started = Instant::now();
+    let r = tokio::select! {
+        _ = stop.cancelled() => Ok(()),
+        r = acks => r,
+        r = receive => r,
+    };
+    tracing::info!(master = %master, seconds = started.elapsed().as_secs_f64(), "stopped following");
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quorum_index;
+
+    #[test]
+    fn the_quorum_index_is_the_needed_th_highest_ack() {
+        assert_eq!(quorum_index(&mut [5, 9], 1), Some(9));
+        assert_eq!(quorum_index(&mut [5, 9, 7], 2), Some(7));
+        assert_eq!(quorum_index(&mut [5], 2), None);
+        assert_eq!(quorum_index(&mut [], 0), Some(u64::MAX));
+    }
+}

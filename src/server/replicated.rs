@@ -1,0 +1,572 @@
+//! The driver of a ZooKeeper-elected member: a thin task that carries out what the role
+//! machine (`ha::machine`) decides — publish, follow, claim, serve, resign — and feeds back
+//! what ZooKeeper, the replication link and the term report.
+//!
+//! Owns: this member's journal between terms (as a follower's copy), its ZooKeeper session,
+//! and the master term with its replication listener while it serves. Must not touch: the
+//! election rules (they are the machine's). Invariants: the journal is held by exactly one of
+//! {the candidate, the follower task, the term}; a term's commits stop (`fence`) before the
+//! term is torn down; the lease the replication commits under is the machine's, refreshed
+//! after every event.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use zookeeper_client::SessionState;
+
+use crate::ha::machine::{Action, Config, Machine, Role as HaRole, Session, View};
+use crate::ha::replication::{self, FollowOptions, LinkOptions, ReplError};
+use crate::ha::zk::GroupSession;
+use crate::store::{Store, StoreConfig, StoreError};
+
+use super::term::{close_store, open_broker, Term};
+use super::{MemberState, Role, ServerError, ServerOptions, ZooKeeperElection};
+
+/// A master term with its replication.
+struct Serving {
+    term: Term,
+    store: Store,
+    repl_stop: CancellationToken,
+    repl_tracker: TaskTracker,
+}
+
+enum Done {
+    Followed(Store),
+    Started(Result<Serving, ServerError>),
+}
+
+struct Driver {
+    opts: Arc<ServerOptions>,
+    state: Arc<MemberState>,
+    ha: ZooKeeperElection,
+    store_cfg: StoreConfig,
+    follow: FollowOptions,
+    machine: Machine,
+    local: Option<Store>,
+    following: Option<CancellationToken>,
+    starting: Option<CancellationToken>,
+    serving: Option<Serving>,
+    lease: Arc<parking_lot::Mutex<Option<Instant>>>,
+    done: mpsc::UnboundedSender<Done>,
+    shutdown: CancellationToken,
+}
+
+async fn open_local(cfg: &StoreConfig, repair: bool) -> Result<Store, StoreError> {
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || Store::open(cfg, repair).map(|(s, _)| s))
+        .await
+        .map_err(|e| StoreError::Failed(format!("opening the journal panicked: {e}")))?
+}
+
+/// Runs a ZooKeeper-elected member until shutdown.
+pub(crate) async fn zookeeper_member(
+    opts: Arc<ServerOptions>,
+    state: Arc<MemberState>,
+    ha: ZooKeeperElection,
+    shutdown: CancellationToken,
+) {
+    let Some(store_cfg) = opts.store.clone() else {
+        tracing::error!("a replicated member needs a journal");
+        return;
+    };
+    let local = loop {
+        match open_local(&store_cfg, opts.repair).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the journal; retrying in 5 s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    };
+    let position = local.position();
+    tracing::info!(%position, "journal opened; joining the group's election");
+    let machine = Machine::new(
+        Config {
+            name: opts.identity.member.clone(),
+            weight: ha.weight,
+            replication: ha.replication.to_string(),
+            replicas: ha.replicas,
+            session_timeout: ha.zookeeper.session_timeout,
+        },
+        position,
+    );
+    let (done, mut done_rx) = mpsc::unbounded_channel();
+    let mut d = Driver {
+        follow: FollowOptions {
+            member: opts.identity.member.clone(),
+            link: LinkOptions {
+                token: ha.token.clone(),
+                heartbeat: (ha.zookeeper.session_timeout / 4).max(Duration::from_millis(100)),
+            },
+            store: store_cfg.clone(),
+        },
+        opts,
+        state,
+        ha,
+        store_cfg,
+        machine,
+        local: Some(local),
+        following: None,
+        starting: None,
+        serving: None,
+        lease: Default::default(),
+        done,
+        shutdown: shutdown.clone(),
+    };
+    d.run(&mut done_rx).await;
+    d.stop_everything(&mut done_rx).await;
+}
+
+impl Driver {
+    async fn run(&mut self, done_rx: &mut mpsc::UnboundedReceiver<Done>) {
+        let mesh = self.opts.identity.mesh.clone();
+        let group = self.opts.identity.group.clone();
+        'session: loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            let announce = self.machine.announce();
+            let session = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                s = GroupSession::open(&self.ha.zookeeper, &mesh, &group, &announce) => s,
+            };
+            let session = match session {
+                Ok(s) => Arc::new(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no ZooKeeper session; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue 'session,
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                }
+            };
+            let mut watcher = match session.watch().await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the group; opening a new session");
+                    continue 'session;
+                }
+            };
+            let mut states = session.state_watcher();
+            tracing::info!("registered with ZooKeeper");
+            self.machine
+                .handle_session(Session::Connected, Instant::now());
+            self.refresh(&session).await;
+            let (lease_tx, mut lease_rx) = mpsc::unbounded_channel();
+            let renewer = {
+                let session = session.clone();
+                let every = self.ha.zookeeper.session_timeout / 6;
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(every).await;
+                        match session.touch().await {
+                            Ok(sent) => {
+                                if lease_tx.send(sent).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) if e.is_expired() => return,
+                            Err(_) => {}
+                        }
+                    }
+                })
+            };
+            let _renewer = AbortOnDrop(renewer);
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                if !self.act(&session).await {
+                    continue 'session;
+                }
+                self.sync_lease();
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = watcher.changed() => self.refresh(&session).await,
+                    s = states.changed() => match s {
+                        SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                            self.machine.handle_session(Session::Connected, Instant::now());
+                            self.refresh(&session).await;
+                        }
+                        SessionState::Disconnected => {
+                            tracing::warn!("ZooKeeper connection lost; commits pause until it is back");
+                            self.machine.handle_session(Session::Disconnected, Instant::now());
+                        }
+                        other => {
+                            tracing::warn!(state = ?other, "ZooKeeper session ended; opening a new one");
+                            self.machine.handle_session(Session::Expired, Instant::now());
+                            self.sync_lease();
+                            let _ = self.act(&session).await;
+                            continue 'session;
+                        }
+                    },
+                    Some(sent) = lease_rx.recv() => self.machine.handle_lease(sent, Instant::now()),
+                    _ = tick.tick() => {
+                        self.machine.handle_tick(Instant::now());
+                        let ended = self.serving.as_ref().is_some_and(|s| s.term.stopped().is_cancelled());
+                        if ended {
+                            tracing::error!("the term ended by itself; rejoining as a candidate");
+                            self.end_term("the term failed").await;
+                        }
+                    }
+                    Some(done) = done_rx.recv() => self.finished(done).await,
+                }
+            }
+        }
+    }
+
+    /// Reads the group and hands it to the machine.
+    async fn refresh(&mut self, session: &GroupSession) {
+        match session.view().await {
+            Ok(view) => self.see(view),
+            Err(e) => tracing::debug!(error = %e, "cannot read the group now"),
+        }
+    }
+
+    fn see(&mut self, view: View) {
+        self.machine.handle_view(view, Instant::now());
+        self.state
+            .epoch
+            .store(self.machine.epoch(), std::sync::atomic::Ordering::Release);
+    }
+
+    fn sync_lease(&self) {
+        let now = Instant::now();
+        *self.lease.lock() = if self.machine.may_commit(now) {
+            self.machine.lease_until()
+        } else {
+            None
+        };
+    }
+
+    /// Carries out every pending action; false when the session is gone.
+    async fn act(&mut self, session: &GroupSession) -> bool {
+        while let Some(action) = self.machine.poll_action() {
+            tracing::debug!(?action, "ha action");
+            match action {
+                Action::Publish(a) => {
+                    if let Err(e) = session.publish(&a).await {
+                        tracing::warn!(error = %e, "cannot publish our state");
+                        if e.is_expired() {
+                            self.machine
+                                .handle_session(Session::Expired, Instant::now());
+                            return false;
+                        }
+                    }
+                }
+                Action::Follow { master, epoch } => self.start_following(master, epoch),
+                Action::StopFollowing => {
+                    if let Some(stop) = &self.following {
+                        stop.cancel();
+                    }
+                }
+                Action::Claim {
+                    epoch,
+                    checks,
+                    epoch_version,
+                    announce,
+                } => {
+                    let sent = Instant::now();
+                    let ok = match session
+                        .claim(epoch, &checks, epoch_version, &announce)
+                        .await
+                    {
+                        Ok(ok) => ok,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "claim failed");
+                            false
+                        }
+                    };
+                    if ok {
+                        tracing::info!(epoch, "won the election");
+                    }
+                    self.machine.handle_claimed(ok, sent, Instant::now());
+                }
+                Action::Serve { epoch } => self.start_serving(epoch),
+                Action::Resign { reason } => {
+                    tracing::warn!(%reason, "stepping down");
+                    if let Some(stop) = &self.starting {
+                        stop.cancel();
+                    }
+                    if self.serving.is_some() {
+                        self.end_term(&reason).await;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn start_following(&mut self, master: crate::ha::machine::Announce, epoch: u64) {
+        let Some(store) = self.local.take() else {
+            tracing::error!("asked to follow without the journal in hand");
+            return;
+        };
+        self.state.set_role(Role::Slave);
+        let stop = self.shutdown.child_token();
+        self.following = Some(stop.clone());
+        let opts = self.follow.clone();
+        let done = self.done.clone();
+        tracing::info!(master = %master.name, epoch, "following");
+        tokio::spawn(async move {
+            let (store, result) = match master.replication.parse() {
+                Ok(addr) => replication::follow(&opts, store, addr, epoch, stop.clone()).await,
+                Err(_) => (
+                    store,
+                    Err(ReplError::Refused(format!(
+                        "unusable replication address {:?}",
+                        master.replication
+                    ))),
+                ),
+            };
+            if let Err(e) = &result {
+                tracing::warn!(master = %master.name, error = %e, "replication stopped");
+                if !matches!(e, ReplError::Resync) {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                }
+            }
+            let _ = done.send(Done::Followed(store));
+        });
+    }
+
+    fn start_serving(&mut self, epoch: u64) {
+        let Some(store) = self.local.take() else {
+            tracing::error!("asked to serve without the journal in hand");
+            return;
+        };
+        let stop = self.shutdown.child_token();
+        self.starting = Some(stop.clone());
+        let (opts, state, ha, lease, done) = (
+            self.opts.clone(),
+            self.state.clone(),
+            self.ha.clone(),
+            self.lease.clone(),
+            self.done.clone(),
+        );
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+            let r = serve(&opts, &state, &ha, epoch, lease, stop, &shutdown).await;
+            let _ = done.send(Done::Started(r));
+        });
+    }
+
+    async fn finished(&mut self, done: Done) {
+        let now = Instant::now();
+        match done {
+            Done::Followed(store) => {
+                self.following = None;
+                let position = store.position();
+                self.local = Some(store);
+                self.machine.handle_stopped(position, now);
+            }
+            Done::Started(Ok(serving)) => {
+                self.starting = None;
+                if matches!(self.machine.role(), HaRole::Master { .. }) {
+                    self.serving = Some(serving);
+                } else {
+                    // Resigned while starting.
+                    self.serving = Some(serving);
+                    self.end_term("resigned while starting").await;
+                }
+            }
+            Done::Started(Err(e)) => {
+                self.starting = None;
+                tracing::error!(error = %e, "could not start serving");
+                self.reopen_local().await;
+            }
+        }
+    }
+
+    /// Fences and stops the term, then takes the journal back as a candidate.
+    async fn end_term(&mut self, reason: &str) {
+        if let Some(s) = self.serving.take() {
+            s.store.journal().fence(reason);
+            *self.state.replication.write() = None;
+            s.term.stop(&self.state, self.opts.shutdown_timeout).await;
+            s.repl_stop.cancel();
+            s.repl_tracker.close();
+            s.repl_tracker.wait().await;
+        }
+        self.reopen_local().await;
+    }
+
+    async fn reopen_local(&mut self) {
+        self.state.set_role(Role::Slave);
+        loop {
+            match open_local(&self.store_cfg, false).await {
+                Ok(s) => {
+                    let position = s.position();
+                    self.local = Some(s);
+                    self.machine.handle_stopped(position, Instant::now());
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reopen the journal; retrying in 1 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn stop_everything(&mut self, done_rx: &mut mpsc::UnboundedReceiver<Done>) {
+        if let Some(stop) = &self.following {
+            stop.cancel();
+        }
+        if let Some(stop) = &self.starting {
+            stop.cancel();
+        }
+        if let Some(s) = self.serving.take() {
+            *self.state.replication.write() = None;
+            s.term.stop(&self.state, self.opts.shutdown_timeout).await;
+            s.repl_stop.cancel();
+            s.repl_tracker.close();
+            s.repl_tracker.wait().await;
+        }
+        while self.following.is_some() || self.starting.is_some() {
+            match done_rx.recv().await {
+                Some(Done::Followed(store)) => {
+                    self.following = None;
+                    self.local = Some(store);
+                }
+                Some(Done::Started(r)) => {
+                    self.starting = None;
+                    if let Ok(s) = r {
+                        s.term.stop(&self.state, self.opts.shutdown_timeout).await;
+                        s.repl_stop.cancel();
+                    }
+                }
+                None => break,
+            }
+        }
+        if let Some(store) = self.local.take() {
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        }
+    }
+}
+
+/// Becomes master of `epoch`: recovers the journal, begins the epoch, serves followers, waits
+/// until `replicas/2` of them hold the epoch's first record, then opens the client listeners.
+async fn serve(
+    opts: &ServerOptions,
+    state: &Arc<MemberState>,
+    ha: &ZooKeeperElection,
+    epoch: u64,
+    lease: Arc<parking_lot::Mutex<Option<Instant>>>,
+    stop: CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<Serving, ServerError> {
+    let broker = open_broker(opts).await?;
+    let store = broker
+        .store()
+        .expect("a replicated member has a journal")
+        .clone();
+    let needed = ha.replicas / 2;
+    let gated = ha.sync.needs_replicas();
+    if gated {
+        store.journal().gate(ha.quorum_timeout);
+    }
+    let epoch_start = store.begin_epoch(epoch);
+    tracing::info!(
+        epoch,
+        epoch_start,
+        needed,
+        "epoch begun; waiting for followers"
+    );
+    let listener = {
+        let mut tries = 0;
+        loop {
+            match tokio::net::TcpListener::bind(ha.replication).await {
+                Ok(l) => break l,
+                Err(e) if tries < 20 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "replication address busy; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(source) => {
+                    store
+                        .journal()
+                        .fence("the replication address cannot be bound");
+                    close_store(&broker).await;
+                    return Err(ServerError::Admin {
+                        addr: ha.replication,
+                        source,
+                    });
+                }
+            }
+        }
+    };
+    let repl_stop = CancellationToken::new();
+    let repl_tracker = TaskTracker::new();
+    let master = replication::Master::start(
+        listener,
+        store.clone(),
+        epoch,
+        epoch_start,
+        needed,
+        gated,
+        Arc::new(move || lease.lock().is_some_and(|t| Instant::now() < t)),
+        LinkOptions {
+            token: ha.token.clone(),
+            heartbeat: (ha.zookeeper.session_timeout / 4).max(Duration::from_millis(100)),
+        },
+        repl_stop.clone(),
+        &repl_tracker,
+    );
+    *state.replication.write() = Some(master.clone());
+    let abandon = |why: &'static str| {
+        let store = store.clone();
+        let broker = broker.clone();
+        let repl_stop = repl_stop.clone();
+        let repl_tracker = repl_tracker.clone();
+        async move {
+            store.journal().fence(why);
+            repl_stop.cancel();
+            repl_tracker.close();
+            repl_tracker.wait().await;
+            close_store(&broker).await;
+        }
+    };
+    tokio::select! {
+        _ = master.caught_up() => {}
+        _ = stop.cancelled() => {
+            *state.replication.write() = None;
+            abandon("stepped down before serving").await;
+            return Err(ServerError::Stopped("stepped down before serving".into()));
+        }
+    }
+    tracing::info!(epoch, "followers caught up; opening the client listeners");
+    match Term::serve(opts, state, shutdown, broker.clone()).await {
+        Ok(term) => Ok(Serving {
+            term,
+            store,
+            repl_stop,
+            repl_tracker,
+        }),
+        Err(e) => {
+            *state.replication.write() = None;
+            repl_stop.cancel();
+            repl_tracker.close();
+            repl_tracker.wait().await;
+            Err(e)
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
