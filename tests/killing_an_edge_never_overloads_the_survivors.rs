@@ -11,8 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::mesh::{Mesh, MeshBuilder};
-use meshmq::client::{Client, ClientOptions};
+use common::mesh::{connect_clients, Mesh, MeshBuilder};
 
 const PER_EDGE: usize = 1500;
 const LIMIT: u64 = 2000;
@@ -43,24 +42,14 @@ async fn the_displaced_clients_spread_without_exceeding_any_limit() {
     mesh.wait_for_view(&EDGES);
 
     // 1,500 clients per edge, each given its own edge's members (it learns the rest).
-    let gate = Arc::new(tokio::sync::Semaphore::new(64));
-    let mut tasks = Vec::new();
+    let mut urls = Vec::new();
     for edge in EDGES {
         let members: Vec<String> = mesh.group(edge).iter().map(|m| m.name.clone()).collect();
         let names: Vec<&str> = members.iter().map(String::as_str).collect();
         let url = mesh.failover_url(&names, "initialReconnectDelay=100&maxReconnectDelay=2000");
-        for _ in 0..PER_EDGE {
-            let (url, gate) = (url.clone(), gate.clone());
-            tasks.push(tokio::spawn(async move {
-                let _slot = gate.acquire().await.expect("semaphore");
-                Client::connect(&url, ClientOptions::default()).await
-            }));
-        }
+        urls.push((url, PER_EDGE));
     }
-    let mut clients = Vec::new();
-    for t in tasks {
-        clients.push(t.await.expect("task").expect("client connects"));
-    }
+    let clients = connect_clients(&urls).await;
     mesh.wait_until("1,500 clients on each edge", |m| {
         loads(m).iter().all(|n| *n == PER_EDGE as u64)
     });

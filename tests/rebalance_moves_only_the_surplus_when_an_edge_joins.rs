@@ -6,10 +6,8 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use common::mesh::{Mesh, MeshBuilder};
-use meshmq::client::{Client, ClientOptions};
+use common::mesh::{connect_clients, Mesh, MeshBuilder};
+use meshmq::client::Client;
 
 const CLIENTS: usize = 2000;
 
@@ -62,19 +60,7 @@ async fn a_joining_edge_gets_a_fair_share_without_a_storm() {
         &["edge-1", "edge-2"],
         "initialReconnectDelay=50&maxReconnectDelay=1000",
     );
-    let gate = Arc::new(tokio::sync::Semaphore::new(64));
-    let mut tasks = Vec::new();
-    for _ in 0..CLIENTS {
-        let (url, gate) = (url.clone(), gate.clone());
-        tasks.push(tokio::spawn(async move {
-            let _slot = gate.acquire().await.expect("semaphore");
-            Client::connect(&url, ClientOptions::default()).await
-        }));
-    }
-    let mut clients = Vec::new();
-    for t in tasks {
-        clients.push(t.await.expect("task").expect("client connects"));
-    }
+    let clients = connect_clients(&[(url, CLIENTS)]).await;
     mesh.wait_until("both edges count all 2,000 clients", |m| {
         counts(m).iter().sum::<u64>() == CLIENTS as u64
     });

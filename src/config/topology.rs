@@ -333,17 +333,6 @@ pub struct Listener {
     pub tls: Option<TlsFiles>,
 }
 
-impl Listener {
-    /// Whether cluster updates sent through this listener include `group`.
-    pub fn shows_group(&self, group: &GroupName) -> bool {
-        self.update_cluster_filter.is_empty()
-            || self
-                .update_cluster_filter
-                .iter()
-                .any(|re| re.is_match(group.as_str()))
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct Member {
     pub name: MemberName,

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use meshmq::client::{Client, ClientOptions};
 use meshmq::server::admin::MemberStatus;
 use tempfile::TempDir;
 
@@ -320,4 +321,24 @@ impl Mesh {
             })
         });
     }
+}
+
+/// Connects `n` clients to each URL (64 connects at a time); fails the test if one cannot.
+pub async fn connect_clients(urls: &[(String, usize)]) -> Vec<Client> {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::new();
+    for (url, n) in urls {
+        for _ in 0..*n {
+            let (url, gate) = (url.clone(), gate.clone());
+            tasks.push(tokio::spawn(async move {
+                let _slot = gate.acquire().await.expect("semaphore");
+                Client::connect(&url, ClientOptions::default()).await
+            }));
+        }
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.expect("task").expect("client connects"));
+    }
+    clients
 }
