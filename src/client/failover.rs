@@ -11,7 +11,8 @@
 //! `randomize`, the broker that just failed last; a failed round backs off
 //! (`initialReconnectDelay` × `reconnectDelayExponent`, up to `maxReconnectDelay`); past
 //! `maxReconnectAttempts` rounds (`startupMaxReconnectAttempts` before the first connection)
-//! the client ends with the last error.
+//! the client ends with the last error. With `backup` it keeps `backupPoolSize` warm standby
+//! connections to other brokers and fails over onto one without dialling.
 
 use std::future::Future;
 use std::pin::Pin;

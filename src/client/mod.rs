@@ -1,7 +1,8 @@
 //! The Rust client: a cheap-to-clone [`Client`] handle and one connection task per client.
 //!
 //! Owns: the client side of the native protocol — connecting, sends (fire-and-forget or with a
-//! receipt), subscriptions as streams, acks, request/reply over a temporary queue, heartbeats.
+//! receipt), subscriptions as streams, acks, transactions, request/reply over a temporary
+//! queue, heartbeats, and the failover transport.
 //! Must not touch: broker internals; it uses only `wire` and `transport`, so applications can
 //! embed it. Invariants: sends are encoded straight into a shared outgoing buffer that the
 //! connection task swaps with its write buffer (double buffering, no per-message allocation);
@@ -15,7 +16,9 @@
 //! subscriptions (same ids), re-sends every send not yet receipted (same producer id and
 //! sequence, so the broker drops what it already has) and, with `trackMessages`, the tracked
 //! fire-and-forget sends. Deliveries of an earlier connection are dropped from the streams and
-//! their acks ignored: the broker redelivers them.
+//! their acks ignored: the broker redelivers them. A transaction never outlives the connection
+//! it began on: after a failover its operations fail with `RolledBack`, and a commit whose
+//! answer the failover cut off is reported rolled back (in doubt).
 
 mod failover;
 mod failover_url;
