@@ -602,6 +602,5 @@ async fn run(args: &FailoverArgs, spawned: &mut Spawned, edges: &[Edge]) -> anyh
             "moves_per_client_max": moves.iter().max().copied().unwrap_or(0),
             "moves_per_client_mean": moves.iter().sum::<usize>() as f64 / moves.len().max(1) as f64,
         })),
-        ..Report::default()
     })
 }
