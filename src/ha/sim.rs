@@ -795,8 +795,8 @@ impl Sim {
             [false, false] => {}
             _ => {
                 let conn = &mut self.conns[id as usize];
-                for d in 0..2 {
-                    conn.dead[d] |= dirs[d];
+                for (dead, cut) in conn.dead.iter_mut().zip(dirs) {
+                    *dead |= cut;
                 }
             }
         }
@@ -1878,8 +1878,8 @@ impl Sim {
         match f {
             Fault::CutZk(m, dirs) => {
                 self.stats.faults += 1;
-                for d in 0..2 {
-                    self.links.zk_cut[m][d] += u32::from(dirs[d]);
+                for (n, cut) in self.links.zk_cut[m].iter_mut().zip(dirs) {
+                    *n += u32::from(cut);
                 }
                 let picked = self.conns_where(|ends| {
                     ends == [ends[0], None] && ends[0].is_some_and(|e| e.0 == m)
@@ -1889,8 +1889,8 @@ impl Sim {
                 }
             }
             Fault::HealZk(m, dirs) => {
-                for d in 0..2 {
-                    self.links.zk_cut[m][d] -= u32::from(dirs[d]);
+                for (n, cut) in self.links.zk_cut[m].iter_mut().zip(dirs) {
+                    *n -= u32::from(cut);
                 }
             }
             Fault::CutPeers(a, b) => {
