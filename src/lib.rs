@@ -1,6 +1,7 @@
 //! meshmq: a network-of-brokers message mesh. See `README.md` and `DESIGN.md`.
 pub mod broker;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod ha;
 pub mod metrics;

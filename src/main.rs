@@ -91,6 +91,12 @@ enum BenchCommand {
     Connections(ConnectionsArgs),
     /// A producer on a hub, consumers on two edges, against one broker.
     Mesh(cli::bench_mesh::MeshArgs),
+    /// Failover consumers over edge groups, a kill schedule: reconnect times, moves per
+    /// client, lost and duplicate messages.
+    Failover(cli::bench_failover::FailoverArgs),
+    /// One client process of `bench failover` (started by it).
+    #[command(hide = true)]
+    FailoverWorker(cli::bench_failover::WorkerArgs),
     /// A replicated group: quorum_mem against local_mem, then master kills timed to the first
     /// receipt from the new master (starts its own ZooKeeper).
     Ha(cli::bench_ha::HaArgs),
@@ -182,6 +188,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string(&summary)?);
                     return Ok(());
                 }
+                BenchCommand::Failover(a) => cli::bench_failover::failover(&a).await?,
+                BenchCommand::FailoverWorker(a) => return cli::bench_failover::worker(&a).await,
                 BenchCommand::Ha(a) => {
                     for r in cli::bench_ha::ha(&a).await? {
                         println!("{}", serde_json::to_string(&r)?);

@@ -470,6 +470,11 @@ impl Broker {
         &self.inner.memory
     }
 
+    /// The session holding client id `cid`, if any.
+    pub fn client_id_holder(&self, cid: &str) -> Option<u64> {
+        self.inner.client_ids.get(cid).map(|e| *e.value())
+    }
+
     /// Opens a session for a new connection. A client id, when given, must be unused.
     pub fn open_session(&self, client_id: Option<String>) -> Result<Session, BrokerError> {
         let id = self.inner.next_connection.fetch_add(1, Ordering::Relaxed);
@@ -490,6 +495,7 @@ impl Broker {
             subs: HashMap::new(),
             demand_ids: HashMap::new(),
             temps: Vec::new(),
+            temp_prefixes: Vec::new(),
             last_target: None,
             last_record: 0,
             closed: false,
@@ -711,6 +717,9 @@ pub struct Session {
     /// The demand each subscription registered.
     demand_ids: HashMap<u64, SubDemand>,
     temps: Vec<Target>,
+    /// Connection ids of a failover client's earlier connections: it keeps naming its
+    /// temporary destinations after the first, and may re-create them here.
+    temp_prefixes: Vec<String>,
     last_target: Option<Target>,
     /// Index of the last journal record this session's operations appended (0 = none).
     last_record: u64,
@@ -746,9 +755,19 @@ impl Session {
     }
 
     fn owns_temp_name(&self, dest: &Destination) -> bool {
-        dest.name()
-            .strip_prefix(self.connection_id.as_str())
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        std::iter::once(&self.connection_id)
+            .chain(&self.temp_prefixes)
+            .any(|prefix| {
+                dest.name()
+                    .strip_prefix(prefix.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+            })
+    }
+
+    /// Lets this session create (and own) temporary destinations named after a failover
+    /// client's earlier connection ids. An empty prefix is ignored.
+    pub fn adopt_temp_prefixes(&mut self, prefixes: Vec<String>) {
+        self.temp_prefixes = prefixes.into_iter().filter(|p| !p.is_empty()).collect();
     }
 
     /// Resolves a destination to publish to. Ordinary destinations are created on first use;

@@ -24,8 +24,8 @@ use super::stomp_load::StompConn;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
-    /// Broker to load (tcp://HOST:PORT, or stomp://HOST:PORT with --protocol stomp). Without
-    /// it the bench starts its own broker.
+    /// Broker to load (tcp://HOST:PORT or failover:(…)?options, or stomp://HOST:PORT with
+    /// --protocol stomp). Without it the bench starts its own broker.
     #[arg(long)]
     pub url: Option<String>,
     /// The broker's admin address (HOST:PORT), for RSS readings with --url.
@@ -138,7 +138,7 @@ pub struct ConnectionsArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SuiteArgs {
-    /// A shorter run (a tenth of the messages; 2,000 connections).
+    /// A shorter run (a tenth of the messages; 2,000 connections; 900 failover clients).
     #[arg(long)]
     pub quick: bool,
 }
@@ -1157,6 +1157,22 @@ pub async fn suite(args: &SuiteArgs) -> anyhow::Result<Vec<Report>> {
             .collect(),
         concurrency: 256,
         destination: "topic://bench.connections".into(),
+    })
+    .await?;
+    println!("{}", serde_json::to_string(&r)?);
+    reports.push(r);
+    let r = super::bench_failover::failover(&super::bench_failover::FailoverArgs {
+        edges: 3,
+        clients_per_edge: if args.quick { 300 } else { 3000 },
+        processes_per_edge: if args.quick { 1 } else { 2 },
+        first_source: std::net::Ipv4Addr::new(127, 0, 3, 1),
+        kill: vec![1],
+        before_kill: Duration::from_secs(3),
+        restart_after: Duration::from_secs(2),
+        ha: false,
+        rebalance: false,
+        rate: 200,
+        options: String::new(),
     })
     .await?;
     println!("{}", serde_json::to_string(&r)?);

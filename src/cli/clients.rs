@@ -12,7 +12,8 @@ use super::bench::AckArg;
 
 #[derive(Debug, clap::Args)]
 pub struct ProduceArgs {
-    /// Broker URL, e.g. tcp://127.0.0.1:61616
+    /// Broker URL, e.g. tcp://127.0.0.1:61616, or a failover URL such as
+    /// 'failover:(tcp://10.0.0.1:61616,tcp://10.0.0.2:61616)?randomize=false'
     pub url: String,
     /// Destination, e.g. queue://orders or topic://prices.eu
     #[arg(long)]
@@ -121,7 +122,8 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
 
 #[derive(Debug, clap::Args)]
 pub struct ConsumeArgs {
-    /// Broker URL, e.g. tcp://127.0.0.1:61616
+    /// Broker URL, e.g. tcp://127.0.0.1:61616, or a failover URL such as
+    /// 'failover:(tcp://10.0.0.1:61616,tcp://10.0.0.2:61616)?randomize=false'
     pub url: String,
     #[arg(long)]
     pub dest: String,

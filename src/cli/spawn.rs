@@ -1,6 +1,7 @@
 //! Brokers the CLI starts as child processes from a generated topology (benchmarks).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -19,40 +20,72 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// Members of one topology running as children of this process.
 pub struct Spawned {
-    _dir: tempfile::TempDir,
-    children: Vec<Child>,
+    dir: tempfile::TempDir,
+    topology: PathBuf,
+    names: Vec<String>,
+    children: Vec<Option<Child>>,
     pub admins: Vec<SocketAddr>,
 }
 
 impl Spawned {
     /// Writes `topology` and starts each `(member, admin address)`; waits until all are ready.
     pub async fn start(topology: &str, members: &[(&str, SocketAddr)]) -> anyhow::Result<Spawned> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("topology.toml");
-        std::fs::write(&path, topology)?;
-        let mut children = Vec::new();
-        for (member, _) in members {
-            let log = std::fs::File::create(dir.path().join(format!("{member}.log")))?;
-            let child = tokio::process::Command::new(std::env::current_exe()?)
-                .args(["broker", "--topology"])
-                .arg(&path)
-                .args(["--member", member])
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("cannot start member {member}"))?;
-            children.push(child);
-        }
-        let spawned = Spawned {
-            _dir: dir,
-            children,
-            admins: members.iter().map(|(_, a)| *a).collect(),
-        };
+        let spawned = Spawned::launch(topology, members)?;
         for admin in &spawned.admins {
             http::wait_ready(*admin, Duration::from_secs(20)).await?;
         }
         Ok(spawned)
+    }
+
+    /// Writes `topology` and starts each member without waiting (standbys never get ready).
+    pub fn launch(topology: &str, members: &[(&str, SocketAddr)]) -> anyhow::Result<Spawned> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("topology.toml");
+        std::fs::write(&path, topology)?;
+        let mut spawned = Spawned {
+            dir,
+            topology: path,
+            names: members.iter().map(|(m, _)| m.to_string()).collect(),
+            children: Vec::new(),
+            admins: members.iter().map(|(_, a)| *a).collect(),
+        };
+        for i in 0..members.len() {
+            let child = spawned.spawn(i)?;
+            spawned.children.push(Some(child));
+        }
+        Ok(spawned)
+    }
+
+    fn spawn(&self, i: usize) -> anyhow::Result<Child> {
+        let member = &self.names[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{member}.log")))?;
+        tokio::process::Command::new(std::env::current_exe()?)
+            .args(["broker", "--topology"])
+            .arg(&self.topology)
+            .args(["--member", member])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start member {member}"))
+    }
+
+    /// `kill -9` of member `i`; waits until it is gone.
+    pub async fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.children.get_mut(i).and_then(Option::take) {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Starts member `i` again (after `kill9`).
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let child = self.spawn(i)?;
+        self.children[i] = Some(child);
+        Ok(())
     }
 
     pub async fn status(&self, member: usize) -> Option<MemberStatus> {
@@ -64,7 +97,7 @@ impl Spawned {
 
     /// SIGTERM to every member, then waits for them.
     pub async fn stop(mut self) {
-        for child in &self.children {
+        for child in self.children.iter().flatten() {
             if let Some(pid) = child.id() {
                 // SAFETY: sending a signal to our own child process.
                 unsafe {
@@ -72,7 +105,7 @@ impl Spawned {
                 }
             }
         }
-        for child in &mut self.children {
+        for child in self.children.iter_mut().flatten() {
             let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
         }
     }

@@ -200,6 +200,7 @@ pub(super) struct RawConnector {
     pub replay_when_no_consumers: Option<bool>,
     pub replay_delay: Option<String>,
     pub transport: Option<String>,
+    pub uri: Option<String>,
     pub reconnect_initial_delay: Option<String>,
     pub reconnect_max_delay: Option<String>,
     pub reconnect_multiplier: Option<f64>,
@@ -668,6 +669,12 @@ pub(super) const EXAMPLES: &[(&str, Example)] = &[
     ("connector.replay_when_no_consumers", Example::Value("true")),
     ("connector.replay_delay", Example::Value("\"1s\"")),
     ("connector.transport", Example::Value("\"tcp\"")),
+    (
+        "connector.uri",
+        Example::Value(
+            "\"failover:(ssl://127.0.0.1:61617,ssl://127.0.0.1:61627)?randomize=false\"",
+        ),
+    ),
     (
         "connector.reconnect_initial_delay",
         Example::Value("\"1s\""),

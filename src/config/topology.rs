@@ -333,17 +333,6 @@ pub struct Listener {
     pub tls: Option<TlsFiles>,
 }
 
-impl Listener {
-    /// Whether cluster updates sent through this listener include `group`.
-    pub fn shows_group(&self, group: &GroupName) -> bool {
-        self.update_cluster_filter.is_empty()
-            || self
-                .update_cluster_filter
-                .iter()
-                .any(|re| re.is_match(group.as_str()))
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct Member {
     pub name: MemberName,
@@ -420,6 +409,9 @@ pub struct Connector {
     pub replay_delay: Duration,
     /// Every member of `to` has a listener of this transport's scheme.
     pub transport: ConnectorTransport,
+    /// `uri`: where and how to dial instead of the target's members and the reconnect_* keys
+    /// (ActiveMQ's failover URL; every URI of the transport's scheme, no client-only option).
+    pub uri: Option<crate::client::FailoverUrl>,
     pub reconnect_initial_delay: Duration,
     /// At least `reconnect_initial_delay`.
     pub reconnect_max_delay: Duration,

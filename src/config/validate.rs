@@ -1407,6 +1407,61 @@ impl Checker<'_> {
         );
     }
 
+    /// A connector's `uri`: a failover (or single broker) URL of the transport's scheme whose
+    /// options a connector can honour, not set twice with the reconnect_* keys.
+    fn connector_uri(
+        &mut self,
+        key: &str,
+        text: &str,
+        c: &RawConnector,
+        transport: ConnectorTransport,
+    ) -> Option<crate::client::FailoverUrl> {
+        const FIX: &str = "write failover:(tcp://HOST:PORT,tcp://HOST:PORT)?option=value with ActiveMQ failover options (initialReconnectDelay, maxReconnectDelay, useExponentialBackOff, reconnectDelayExponent, randomize, nested.*)";
+        let url = match crate::client::ConnectUrl::parse(text) {
+            Ok(u) => u.into_failover(),
+            Err(e) => {
+                self.refuse(key, e.to_string(), FIX);
+                return None;
+            }
+        };
+        let client_only = url.options.client_only_changes();
+        if !client_only.is_empty() {
+            self.refuse(
+                key,
+                format!("sets {} (only clients honour them)", client_only.join(", ")),
+                FIX,
+            );
+        }
+        let scheme = transport.scheme().to_string();
+        if let Some(other) = url.uris.iter().find(|u| u.scheme != scheme) {
+            self.refuse(
+                key,
+                format!("names {other}, but the connector's transport is {transport}"),
+                format!("write {scheme}:// URIs, or set transport to their scheme"),
+            );
+        }
+        let both: Vec<&str> = [
+            (
+                "reconnect_initial_delay",
+                c.reconnect_initial_delay.is_some(),
+            ),
+            ("reconnect_max_delay", c.reconnect_max_delay.is_some()),
+            ("reconnect_multiplier", c.reconnect_multiplier.is_some()),
+        ]
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(k, _)| *k)
+        .collect();
+        if !both.is_empty() {
+            self.refuse(
+                key,
+                format!("is set together with {}", both.join(", ")),
+                "set the reconnect delays in one place: the uri's failover options or the reconnect_* keys",
+            );
+        }
+        Some(url)
+    }
+
     fn connector(&mut self, at: &str, c: &RawConnector, security: &Security) -> Option<Connector> {
         let key = |k: &str| format!("{at}.{k}");
         let name = c
@@ -1522,6 +1577,10 @@ impl Checker<'_> {
                 "write 1.0 to retry at a constant delay, or more to back off, e.g. reconnect_multiplier = 2.0",
             );
         }
+        let uri = c
+            .uri
+            .as_deref()
+            .and_then(|text| self.connector_uri(&key("uri"), text, c, transport));
         let heartbeat = self
             .duration(&key("heartbeat"), c.heartbeat.as_deref(), Zero::Refused)
             .unwrap_or(Duration::from_secs(1));
@@ -1594,6 +1653,7 @@ impl Checker<'_> {
             replay_when_no_consumers: c.replay_when_no_consumers.unwrap_or(true),
             replay_delay,
             transport,
+            uri,
             reconnect_initial_delay: initial,
             reconnect_max_delay: max,
             reconnect_multiplier: multiplier,

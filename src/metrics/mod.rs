@@ -57,6 +57,12 @@ pub const CONNECTOR_FULL: &str = "meshmq_connector_refused_full_total";
 pub const CONNECTOR_INFLIGHT: &str = "meshmq_connector_inflight";
 pub const CONNECTOR_REMOTE_DEMAND: &str = "meshmq_connector_remote_demand";
 pub const REMOTE_DEMAND: &str = "meshmq_remote_demand";
+pub const CLUSTER_GROUPS: &str = "meshmq_cluster_groups";
+pub const CLUSTER_CLIENTS: &str = "meshmq_cluster_clients";
+pub const CLUSTER_PUSHES: &str = "meshmq_cluster_pushes_total";
+pub const FAILOVER_RECONNECTS: &str = "meshmq_failover_reconnects_total";
+pub const REBALANCE_ROUNDS: &str = "meshmq_rebalance_rounds_total";
+pub const REBALANCE_MOVES: &str = "meshmq_rebalance_moves_total";
 pub const ROLE: &str = "meshmq_role_master";
 pub const TERMS: &str = "meshmq_master_terms_total";
 pub const UPTIME: &str = "meshmq_uptime_seconds";
@@ -166,6 +172,30 @@ fn describe_all() {
     describe_gauge!(
         JOURNAL_FULL,
         "1 while the journal is at store_limit or the disk is full (persistent sends wait or fail)."
+    );
+    describe_gauge!(
+        CLUSTER_GROUPS,
+        "Groups in the mesh view pushed to failover clients (this group and those with a live bridge)."
+    );
+    describe_gauge!(
+        CLUSTER_CLIENTS,
+        "Client connections on this member, as shared with other groups for rebalancing."
+    );
+    describe_counter!(
+        CLUSTER_PUSHES,
+        "Cluster views sent to failover clients (on connect and on every change)."
+    );
+    describe_counter!(
+        FAILOVER_RECONNECTS,
+        "Client connections that replaced one a failover client lost or left."
+    );
+    describe_counter!(
+        REBALANCE_ROUNDS,
+        "Times the rebalancer compared the groups' loads."
+    );
+    describe_counter!(
+        REBALANCE_MOVES,
+        "Clients asked to reconnect to a less-loaded group."
     );
     describe_gauge!(CONNECTOR_UP, "1 while the connector's bridge is up.");
     describe_counter!(

@@ -24,6 +24,7 @@ use crate::broker::{
     Delivery, Demand, DemandEvent, Destination, DestinationPattern, Message, NetworkFilter,
     NetworkSpec, Published, Session, SubscribeSpec,
 };
+use crate::cluster::Cluster;
 use crate::transport::{IoEvent, Pump};
 use crate::wire::{self, proto, Body, Frame, MessageRef};
 
@@ -144,7 +145,13 @@ pub(crate) struct Bridge {
     accepted: Vec<u64>,
     last_read: Instant,
     last_write: Instant,
+    /// Where the peer's load reports go, and this bridge's number there.
+    cluster: (Arc<Cluster>, u64),
+    last_load: Instant,
 }
+
+/// How often a bridge tells its peer this group's client load.
+const LOAD_EVERY: Duration = Duration::from_secs(1);
 
 impl Bridge {
     pub(crate) fn new(
@@ -153,6 +160,7 @@ impl Bridge {
         session: Session,
         routes: Arc<Routes>,
         metrics: Arc<BridgeMetrics>,
+        cluster: (Arc<Cluster>, u64),
     ) -> Bridge {
         let now = Instant::now();
         Bridge {
@@ -174,6 +182,8 @@ impl Bridge {
             accepted: Vec::new(),
             last_read: now,
             last_write: now,
+            cluster,
+            last_load: now,
         }
     }
 
@@ -205,7 +215,8 @@ impl Bridge {
         }
         let silence_limit = self.cfg.heartbeat.mul_f64(SILENT_INTERVALS);
         let mut tick = tokio::time::interval(
-            self.cfg.heartbeat.max(Duration::from_millis(40)) / CHECKS_PER_INTERVAL,
+            (self.cfg.heartbeat.max(Duration::from_millis(40)) / CHECKS_PER_INTERVAL)
+                .min(LOAD_EVERY),
         );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -262,6 +273,11 @@ impl Bridge {
                     let now = Instant::now();
                     if now.duration_since(self.last_read) > silence_limit {
                         return format!("no heartbeat from {} for {silence_limit:?}", self.cfg.peer);
+                    }
+                    if now.duration_since(self.last_load) >= LOAD_EVERY {
+                        self.last_load = now;
+                        self.send_frame(Body::BrokerInfo(super::load_info(&self.cluster.0)));
+                        self.last_write = now;
                     }
                     if now.duration_since(self.last_write) >= self.cfg.heartbeat && self.pump.wbuf.is_empty() {
                         wire::encode(&wire::frame(Body::Heartbeat(proto::Heartbeat { receipt: 0 })), &mut self.pump.wbuf);
@@ -752,6 +768,11 @@ impl Bridge {
                     Some(Body::Forward(fw)) => self.on_forward(fw),
                     Some(Body::ForwardAck(a)) => self.on_forward_ack(a),
                     Some(Body::Heartbeat(_)) => {}
+                    Some(Body::BrokerInfo(info)) => {
+                        if info.group == *self.cfg.peer {
+                            self.cluster.0.peer_load(self.cluster.1, &info);
+                        }
+                    }
                     Some(Body::Error(e)) => {
                         return Err(format!("the peer reported: {}", e.message))
                     }
@@ -877,6 +898,10 @@ mod tests {
             broker.open_session(None).expect("session"),
             Arc::new(Routes::default()),
             Arc::new(BridgeMetrics::new("hub-edge", "edge")),
+            (
+                crate::cluster::Cluster::new(crate::cluster::ClusterOptions::default()),
+                0,
+            ),
         )
     }
 

@@ -16,7 +16,7 @@ mod metrics;
 pub mod routes;
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::Broker;
+use crate::client::{Backoff, BrokerUrl, FailoverOptions, FailoverUrl};
+use crate::cluster::Cluster;
 use crate::config::{ConnectorTransport, Scheme, Topology};
 use crate::security::Authenticator;
 use crate::transport::{self, IoEvent, Pump};
@@ -35,74 +37,41 @@ use metrics::BridgeMetrics;
 pub use metrics::ConnectorStatus;
 use routes::Routes;
 
-/// Where a connector dials one member of its target group.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DialTarget {
-    /// An IP literal or a host name (resolved at each attempt); also the TLS server name.
-    pub host: String,
-    pub port: u16,
-}
-
-impl DialTarget {
-    /// A member's listener as seen from another machine: its address — unless it binds every
-    /// address (0.0.0.0, ::), which names no machine: then the address it advertises, or, with
-    /// none, this machine's loopback (where `meshmq certs` also vouches for it).
-    pub fn of(listener: &crate::config::Listener) -> DialTarget {
-        let addr = listener.url.addr;
-        if !addr.ip().is_unspecified() {
-            return DialTarget {
-                host: addr.ip().to_string(),
-                port: addr.port(),
-            };
-        }
-        match &listener.advertise {
-            Some(adv) => DialTarget {
-                host: adv.target.host.clone(),
-                port: adv.target.port,
-            },
-            None => DialTarget {
-                host: match addr.ip() {
-                    IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.to_string(),
-                    IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.to_string(),
-                },
-                port: addr.port(),
-            },
-        }
-    }
-
-    async fn resolve(&self) -> Result<SocketAddr, String> {
-        if let Ok(ip) = self.host.parse::<IpAddr>() {
-            return Ok(SocketAddr::new(ip, self.port));
-        }
-        tokio::net::lookup_host((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| format!("cannot resolve {self}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{self} resolves to no address"))
-    }
-}
-
-impl std::fmt::Display for DialTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
+/// A member's listener as another machine dials it, as one URI of a connector's failover
+/// list: its address — unless it binds every address (0.0.0.0, ::), which names no machine:
+/// then the address it advertises, or, with none, this machine's loopback (where
+/// `meshmq certs` also vouches for it).
+pub fn member_url(listener: &crate::config::Listener, scheme: Scheme) -> BrokerUrl {
+    let addr = listener.url.addr;
+    let (host, port) = if !addr.ip().is_unspecified() {
+        (addr.ip().to_string(), addr.port())
+    } else if let Some(adv) = &listener.advertise {
+        (adv.target.host.clone(), adv.target.port)
+    } else {
+        let loopback = match addr.ip() {
+            IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.to_string(),
+            IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.to_string(),
+        };
+        (loopback, addr.port())
+    };
+    BrokerUrl {
+        scheme: scheme.to_string(),
+        host,
+        port,
+        connect_timeout: None,
+        local_addr: None,
     }
 }
 
 /// How to reach the group a connector dials.
 #[derive(Debug, Clone)]
 pub struct DialPlan {
-    /// The target group's members (failover over them, in order).
-    pub addrs: Vec<DialTarget>,
+    /// The target group's members, or the connector's `uri`: failover over them, in order
+    /// (shuffled per round with `randomize`), backing off by the URL's options.
+    pub target: FailoverUrl,
     pub local: Option<IpAddr>,
     pub username: Option<String>,
     pub password: Option<String>,
-    pub initial_delay: Duration,
-    pub max_delay: Duration,
-    pub multiplier: f64,
     pub handshake_timeout: Duration,
     /// `Some` for ssl and quic connectors: how to trust the target's certificates.
     pub tls: Option<(ConnectorTransport, Arc<rustls::ClientConfig>)>,
@@ -188,16 +157,25 @@ impl NetworkOptions {
                 let target = topo
                     .group(c.to.as_str())
                     .expect("validated connector target");
-                let addrs = target
-                    .members
-                    .iter()
-                    .flat_map(|tm| {
-                        tm.listeners
+                let target = match &c.uri {
+                    Some(uri) => uri.clone(),
+                    None => FailoverUrl {
+                        uris: target
+                            .members
                             .iter()
-                            .filter(|l| l.url.scheme == scheme)
-                            .map(DialTarget::of)
-                    })
-                    .collect();
+                            .flat_map(|tm| tm.listeners.iter().filter(|l| l.url.scheme == scheme))
+                            .map(|l| member_url(l, scheme))
+                            .collect(),
+                        options: FailoverOptions {
+                            initial_reconnect_delay: c.reconnect_initial_delay,
+                            max_reconnect_delay: c.reconnect_max_delay,
+                            reconnect_delay_exponent: c.reconnect_multiplier,
+                            randomize: false,
+                            ..FailoverOptions::default()
+                        },
+                        nested: Vec::new(),
+                    },
+                };
                 let password = match &c.password_file {
                     Some(path) => Some(
                         std::fs::read_to_string(path)
@@ -227,13 +205,10 @@ impl NetworkOptions {
                 };
                 Some(DialPlan {
                     tls,
-                    addrs,
+                    target,
                     local: m.bind,
                     username: c.username.clone(),
                     password,
-                    initial_delay: c.reconnect_initial_delay,
-                    max_delay: c.reconnect_max_delay,
-                    multiplier: c.reconnect_multiplier,
                     handshake_timeout: c.handshake_timeout,
                 })
             } else {
@@ -256,6 +231,19 @@ impl NetworkOptions {
     }
 }
 
+/// This group's client URIs and load, as a bridge tells its peer (in its handshake and again
+/// every second).
+pub(crate) fn load_info(cluster: &Cluster) -> proto::BrokerInfo {
+    let (clients, capacity) = cluster.load();
+    proto::BrokerInfo {
+        group: cluster.group().to_string(),
+        client_uris: cluster.own_uris().to_vec(),
+        clients,
+        capacity,
+        ..proto::BrokerInfo::default()
+    }
+}
+
 /// The connectors of one running member.
 pub struct Network {
     opts: NetworkOptions,
@@ -269,6 +257,8 @@ pub struct Network {
     shutdown: CancellationToken,
     /// Destinations last published with remote demand (to zero them when it goes).
     published_demand: Mutex<HashSet<String>>,
+    /// Learns which groups are bridged (and their loads) for the clients' mesh view.
+    cluster: Arc<Cluster>,
 }
 
 impl Network {
@@ -277,6 +267,7 @@ impl Network {
         opts: NetworkOptions,
         broker: Broker,
         authenticator: Arc<Authenticator>,
+        cluster: Arc<Cluster>,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Arc<Network> {
@@ -300,6 +291,7 @@ impl Network {
             next_bridge: std::sync::atomic::AtomicU64::new(1),
             shutdown,
             published_demand: Mutex::new(HashSet::new()),
+            cluster,
         });
         for plan in net.opts.connectors.iter().filter(|c| c.dial.is_some()) {
             tracker.spawn(net.clone().dial_loop(plan.clone()));
@@ -335,12 +327,18 @@ impl Network {
             member: self.opts.member.clone(),
             connector: connector.to_string(),
             duplex,
-            ..proto::BrokerInfo::default()
+            ..load_info(&self.cluster)
         }
     }
 
-    /// Runs a bridge as the connector's only live one; returns why it ended.
-    async fn run_bridge(&self, plan: &ConnectorPlan, pump: Pump) -> String {
+    /// Runs a bridge as the connector's only live one; returns why it ended. `peer` is the
+    /// peer's handshake.
+    async fn run_bridge(
+        &self,
+        plan: &ConnectorPlan,
+        pump: Pump,
+        peer: &proto::BrokerInfo,
+    ) -> String {
         let stop = self.shutdown.child_token();
         let number = self
             .next_bridge
@@ -359,14 +357,17 @@ impl Network {
         };
         let metrics = self.metrics[&plan.bridge.connector].clone();
         tracing::info!(connector = %plan.bridge.connector, peer = %plan.bridge.peer, "bridge up");
+        self.cluster.peer_up(number, peer);
         let b = bridge::Bridge::new(
             Arc::new(plan.bridge.clone()),
             pump,
             session,
             self.routes.clone(),
             metrics,
+            (self.cluster.clone(), number),
         );
         let reason = b.run(&stop).await;
+        self.cluster.peer_down(number);
         let mut live = self.live.lock();
         if live
             .get(&plan.bridge.connector)
@@ -380,65 +381,75 @@ impl Network {
     async fn dial_loop(self: Arc<Self>, plan: ConnectorPlan) {
         let dial = plan.dial.clone().expect("dialling plan");
         let metrics = self.metrics[&plan.bridge.connector].clone();
-        let mut delay = dial.initial_delay;
+        let mut backoff = Backoff::new(&dial.target.options);
+        let mut order: Vec<BrokerUrl> = Vec::new();
         let mut attempt = 0usize;
         loop {
             if self.shutdown.is_cancelled() {
                 return;
             }
-            let addr = &dial.addrs[attempt % dial.addrs.len().max(1)];
+            if order.is_empty() {
+                order = dial.target.uris.clone();
+                if dial.target.options.randomize {
+                    use rand::seq::SliceRandom;
+                    order.shuffle(&mut rand::rng());
+                }
+                order.reverse();
+            }
+            let Some(url) = order.pop() else {
+                return;
+            };
             attempt += 1;
             let connected = tokio::select! {
-                r = self.connect(&plan, &dial, addr) => r,
+                r = self.connect(&plan, &dial, &url) => r,
                 _ = self.shutdown.cancelled() => return,
             };
             match connected {
-                Ok(pump) => {
+                Ok((pump, peer)) => {
                     let started = Instant::now();
-                    let reason = self.run_bridge(&plan, pump).await;
+                    let reason = self.run_bridge(&plan, pump, &peer).await;
                     if self.shutdown.is_cancelled() {
                         return;
                     }
                     tracing::warn!(connector = %plan.bridge.connector, %reason, "bridge down; dialling again");
                     metrics.reconnect();
                     if started.elapsed() > Duration::from_secs(5) {
-                        delay = dial.initial_delay;
+                        backoff.reset();
                     }
                 }
                 Err(e) => {
                     if attempt == 1 || attempt % 10 == 0 {
-                        tracing::warn!(connector = %plan.bridge.connector, %addr, error = %e, attempt, "cannot reach the peer");
+                        tracing::warn!(connector = %plan.bridge.connector, %url, error = %e, attempt, "cannot reach the peer");
                     }
                     metrics.reconnect();
                 }
             }
             let jitter = 0.8 + rand::random::<f64>() * 0.4;
             tokio::select! {
-                _ = tokio::time::sleep(delay.mul_f64(jitter)) => {}
+                _ = tokio::time::sleep(backoff.next_delay().mul_f64(jitter)) => {}
                 _ = self.shutdown.cancelled() => return,
             }
-            delay = delay.mul_f64(dial.multiplier).min(dial.max_delay);
         }
     }
 
-    /// Dials one member of the target group and completes the bridge handshake.
+    /// Dials one member of the target group (one URI of the connector's URL) and completes
+    /// the bridge handshake, within the URI's `connectionTimeout` or `handshake_timeout`.
     async fn connect(
         &self,
         plan: &ConnectorPlan,
         dial: &DialPlan,
-        target: &DialTarget,
-    ) -> Result<Pump, String> {
+        url: &BrokerUrl,
+    ) -> Result<(Pump, proto::BrokerInfo), String> {
+        let timeout = url.connect_timeout.unwrap_or(dial.handshake_timeout);
         let attempt = async {
-            let addr = target.resolve().await?;
-            let name = target.host.as_str();
+            let addr = url.resolve().await.map_err(|e| e.to_string())?;
+            let (name, local) = (url.host.as_str(), url.local_addr.or(dial.local));
             let stream: transport::Stream = match &dial.tls {
                 Some((ConnectorTransport::Quic, config)) => {
-                    transport::quic::dial(addr, name, (**config).clone(), dial.local).await
+                    transport::quic::dial(addr, name, (**config).clone(), local).await
                 }
-                Some((_, config)) => {
-                    transport::tls::dial(addr, name, config.clone(), dial.local).await
-                }
-                None => transport::dial(addr, dial.local)
+                Some((_, config)) => transport::tls::dial(addr, name, config.clone(), local).await,
+                None => transport::dial(addr, local)
                     .await
                     .map(|s| Box::new(s) as transport::Stream),
             }
@@ -455,11 +466,11 @@ impl Network {
                     })) => {
                         if info.group != plan.bridge.peer.as_ref() || info.mesh != self.opts.mesh {
                             return Err(format!(
-                                "{target} is group {} of mesh {}, not group {} of mesh {}",
+                                "{url} is group {} of mesh {}, not group {} of mesh {}",
                                 info.group, info.mesh, plan.bridge.peer, self.opts.mesh
                             ));
                         }
-                        return Ok(pump);
+                        return Ok((pump, info));
                     }
                     Ok(wire::Decoded::Frame(Frame {
                         body: Some(Body::Error(e)),
@@ -480,14 +491,9 @@ impl Network {
                 }
             }
         };
-        tokio::time::timeout(dial.handshake_timeout, attempt)
+        tokio::time::timeout(timeout, attempt)
             .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "{target}: no handshake within {:?}",
-                    dial.handshake_timeout
-                ))
-            })
+            .unwrap_or_else(|_| Err(format!("{url}: no handshake within {timeout:?}")))
     }
 
     /// Takes over a client connection whose first frame was a `BrokerInfo`: checks the peer,
@@ -571,7 +577,7 @@ impl Network {
             )),
             &mut pump.wbuf,
         );
-        let reason = self.run_bridge(&plan, pump).await;
+        let reason = self.run_bridge(&plan, pump, &info).await;
         tracing::info!(connector = %plan.bridge.connector, %reason, "accepted bridge ended");
     }
 }
@@ -624,13 +630,13 @@ to = "edge"
             .unwrap_or_else(|e| panic!("{e}"));
         let opts = NetworkOptions::from_topology(&topo, "hub-1").expect("options");
         let dial = opts.connectors[0].dial.as_ref().expect("the hub dials");
-        let shown: Vec<String> = dial.addrs.iter().map(|t| t.to_string()).collect();
+        let shown: Vec<String> = dial.target.uris.iter().map(|t| t.to_string()).collect();
         assert_eq!(
             shown,
             [
-                "127.0.0.2:9102",          // a specific address: as it is
-                "edge-2.example.com:9203", // every address: what it advertises
-                "127.0.0.1:9104",          // every address, nothing advertised: loopback
+                "tcp://127.0.0.2:9102",          // a specific address: as it is
+                "tcp://edge-2.example.com:9203", // every address: what it advertises
+                "tcp://127.0.0.1:9104",          // every address, nothing advertised: loopback
             ]
         );
     }

@@ -35,6 +35,10 @@ pub struct MemberStatus {
     pub destinations: Vec<DestinationStats>,
     #[serde(default)]
     pub connectors: Vec<crate::network::ConnectorStatus>,
+    /// What this member's failover clients are told, and its rebalancing counters (absent on
+    /// a standby).
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterStatus>,
     /// On the master of a replicated group: each connected slave and its lag.
     #[serde(default)]
     pub slaves: Vec<crate::ha::replication::FollowerStatus>,
@@ -143,6 +147,7 @@ pub(crate) fn member_status(state: &MemberState) -> MemberStatus {
             .and_then(|t| t.network.as_ref())
             .map(|n| n.status())
             .unwrap_or_default(),
+        cluster: term.as_ref().map(|t| t.cluster.status()),
     }
 }
 

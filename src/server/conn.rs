@@ -13,9 +13,10 @@ use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{BrokerError, Delivery, Message, OnFull, Published, Session, Target};
+use crate::cluster::Registration;
 use crate::security::{Action, Principal};
 use crate::transport::{IoEvent, Pump};
-use crate::wire::proto::ErrorCode;
+use crate::wire::proto::{self, ErrorCode};
 
 use super::ConnCtx;
 
@@ -88,6 +89,8 @@ pub(crate) trait Protocol: Send + 'static {
         out: &mut BytesMut,
     );
     fn encode_heartbeat(&mut self, out: &mut BytesMut);
+    /// Writes a cluster push (protocols that have none never get one).
+    fn encode_control(&mut self, _control: proto::ConnectionControl, _out: &mut BytesMut) {}
     /// True when every error ends the connection (STOMP).
     fn errors_are_fatal(&self) -> bool {
         false
@@ -124,6 +127,33 @@ impl Cx<'_> {
                 .map_err(|d| d.to_string())?;
         }
         Ok(())
+    }
+}
+
+/// A transaction's staged work, native and STOMP alike.
+#[derive(Debug, Default)]
+pub(crate) struct Tx {
+    pub sends: Vec<(Target, Message)>,
+    pub acks: Vec<(u64, u64)>,
+    pub nacks: Vec<(u64, u64)>,
+}
+
+impl Tx {
+    /// Applies the transaction: its sends and acknowledgements take effect together, its
+    /// nacks after. Returns the journal index a receipt must wait for (0: none).
+    pub fn commit(self, cx: &mut Cx<'_>) -> u64 {
+        let index = cx.session.commit(self.sends, &self.acks);
+        for (sub, tag) in self.nacks {
+            let _ = cx.session.nack(sub, &[tag]);
+        }
+        index
+    }
+
+    /// Undoes the transaction: its sends vanish; what it acknowledged is redelivered.
+    pub fn abort(self, cx: &mut Cx<'_>) {
+        for (sub, tag) in self.acks.into_iter().chain(self.nacks) {
+            let _ = cx.session.nack(sub, &[tag]);
+        }
     }
 }
 
@@ -171,6 +201,9 @@ pub(crate) struct Driver<P: Protocol> {
     /// How often we write when idle, and how long the peer may be silent (None: no limit).
     heartbeat_out: Option<Duration>,
     peer_silence: Option<Duration>,
+    /// The connection's place in the cluster registry: its pushes, and the signal that a
+    /// failover reconnect of the same client took over.
+    registration: Option<Registration>,
 }
 
 impl<P: Protocol> Driver<P> {
@@ -199,7 +232,14 @@ impl<P: Protocol> Driver<P> {
             last_write: now,
             heartbeat_out,
             peer_silence,
+            registration: None,
         }
+    }
+
+    /// Ties the connection to its place in the cluster registry (pushes, takeover).
+    pub fn with_registration(mut self, registration: Registration) -> Driver<P> {
+        self.registration = Some(registration);
+        self
     }
 
     fn next_heartbeat_check(&self) -> TokioInstant {
@@ -277,7 +317,28 @@ impl<P: Protocol> Driver<P> {
                     _ => std::future::pending().await,
                 }
             };
+            let kicked = self.registration.as_ref().map(|r| r.kicked());
+            let replaced = async {
+                match &kicked {
+                    Some(k) => k.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let feed = self.registration.as_mut().and_then(|r| r.feed.as_mut());
+            let pushed = async {
+                match feed {
+                    Some(f) => f.next().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                control = pushed => {
+                    self.proto.encode_control(control, &mut self.pump.wbuf);
+                }
+                _ = replaced, if self.closing.is_none() => {
+                    self.error(ErrorCode::ClientIdInUse, "a newer connection of this client took over (failover reconnect)", None, true);
+                    self.closing = Some("replaced by a failover reconnect");
+                }
                 ev = self.pump.next_event(reading, REFILL_BELOW, |cx| match &outbox {
                     Some(o) => o.poll_ready(cx),
                     None => std::task::Poll::Pending,

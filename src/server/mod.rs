@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::{Broker, BrokerError, BrokerSettings};
+use crate::cluster::{Cluster, ClusterOptions, ClusterPolicy};
 use crate::config::{Election, Scheme, SyncMode, Topology};
 use crate::metrics as m;
 use crate::security::{Authenticator, Authorizer, Principal};
@@ -87,6 +88,8 @@ pub struct ListenerSpec {
     pub tls: Option<crate::config::TlsFiles>,
     /// Over QUIC rather than TCP.
     pub quic: bool,
+    /// Cluster updates and rebalancing for this listener's failover clients.
+    pub cluster: Arc<ClusterPolicy>,
 }
 
 /// A bound listener of either transport.
@@ -162,6 +165,8 @@ pub struct ServerOptions {
     pub checkpoint_interval: Duration,
     /// Cut a corrupt journal at the damage instead of refusing to start.
     pub repair: bool,
+    /// This group as its clients are told about it.
+    pub cluster: ClusterOptions,
 }
 
 impl ServerOptions {
@@ -229,6 +234,13 @@ impl ServerOptions {
                     max_connections: l.max_connections as usize,
                     tls: l.tls.clone(),
                     quic: l.url.scheme == Scheme::Quic,
+                    cluster: Arc::new(ClusterPolicy {
+                        update: l.update_cluster_clients,
+                        rebalance: l.rebalance_cluster_clients,
+                        on_remove: l.update_cluster_clients_on_remove,
+                        filter: l.update_cluster_filter.clone(),
+                        scheme: l.url.scheme.to_string(),
+                    }),
                 })
                 .collect(),
             admin: m.admin,
@@ -275,8 +287,29 @@ impl ServerOptions {
             }),
             checkpoint_interval: topo.store.checkpoint_interval,
             repair: false,
+            cluster: ClusterOptions {
+                group: group.name.to_string(),
+                uris: group_client_uris(group),
+                capacity: m.listeners.iter().map(|l| l.max_connections as u64).sum(),
+                rebalance: m.listeners.iter().any(|l| l.rebalance_cluster_clients),
+            },
         })
     }
+}
+
+/// The native client URIs `group`'s members advertise (`advertise`, else the listener URL),
+/// every member in file order: clients try them in turn and only the master answers.
+pub fn group_client_uris(group: &crate::config::Group) -> Vec<String> {
+    group
+        .members
+        .iter()
+        .flat_map(|m| m.listeners.iter())
+        .filter(|l| !matches!(l.url.scheme, Scheme::Stomp | Scheme::StompSsl))
+        .map(|l| match &l.advertise {
+            Some(a) => a.to_string(),
+            None => l.url.to_string(),
+        })
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -406,6 +439,10 @@ pub(crate) struct ConnCtx {
     pub stomp: StompLimits,
     /// Bridges from other groups arrive on client listeners.
     pub network: Option<Arc<crate::network::Network>>,
+    /// The mesh view and client registry of this term.
+    pub cluster: Arc<Cluster>,
+    /// This listener's cluster options.
+    pub cluster_policy: Arc<ClusterPolicy>,
 }
 
 impl ConnCtx {

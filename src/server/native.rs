@@ -1,5 +1,6 @@
 //! The native protocol on a client connection: handshake (with login), frames → broker calls.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,13 +9,14 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::{sleep_until, Instant as TokioInstant};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Delivery, Message, Session, SubscribeSpec};
+use crate::broker::{BrokerError, Delivery, Message, Session, SubscribeSpec};
+use crate::cluster::{ClientHello, Registration};
 use crate::security::{Action, Principal};
 use crate::transport::{IoEvent, Permit, Pump, Stream};
 use crate::wire::proto::{self, ErrorCode};
 use crate::wire::{self, Body, DecodeError, Frame, MessageRef};
 
-use super::conn::{error_code, Cx, Decoded, Driver, Protocol, Reply};
+use super::conn::{error_code, Cx, Decoded, Driver, Protocol, Reply, Tx};
 use super::ConnCtx;
 
 /// A native client is dropped after this many of its heartbeat intervals of silence.
@@ -66,12 +68,13 @@ pub(crate) async fn serve(
                 .await;
             }
         },
-        Ok(Some(Hello::Client(session, principal, client_heartbeat))) => {
+        Ok(Some(Hello::Client(session, principal, client_heartbeat, registration))) => {
             let heartbeat_out =
                 (!ctx.settings.heartbeat.is_zero()).then_some(ctx.settings.heartbeat);
             let native = Native {
                 max_frame_size: ctx.settings.max_frame_size,
                 last_producer: Bytes::new(),
+                txs: HashMap::new(),
             };
             let mut driver = Driver::new(
                 native,
@@ -81,7 +84,8 @@ pub(crate) async fn serve(
                 principal,
                 heartbeat_out,
                 client_heartbeat.map(|h| h * HEARTBEAT_GRACE),
-            );
+            )
+            .with_registration(registration);
             let reason = driver.run(&shutdown).await;
             tracing::debug!(%peer, reason, "connection closed");
         }
@@ -93,8 +97,35 @@ pub(crate) async fn serve(
 
 /// Who opened a connection: a client, or another group's bridge.
 enum Hello {
-    Client(Session, Principal, Option<Duration>),
+    Client(Session, Principal, Option<Duration>, Registration),
     Bridge(proto::BrokerInfo),
+}
+
+/// How long a failover reconnect waits for the connection it replaces to let go of its
+/// client id.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens the client's session. A failover reconnect whose client id is still held here (its
+/// old connection's end has not been noticed yet: a half-open socket, a lost receipt) ends
+/// that old connection and takes the id over, as ActiveMQ does with a stale connection.
+async fn open_session(ctx: &ConnCtx, connect: &proto::Connect) -> Result<Session, BrokerError> {
+    let client_id = (!connect.client_id.is_empty()).then(|| connect.client_id.clone());
+    let deadline = TokioInstant::now() + TAKEOVER_WAIT;
+    loop {
+        match ctx.broker.open_session(client_id.clone()) {
+            Err(BrokerError::ClientIdInUse(cid))
+                if connect.failover_reconnect && TokioInstant::now() < deadline =>
+            {
+                if let Some(holder) = ctx.broker.client_id_holder(&cid) {
+                    if ctx.cluster.kick(holder) {
+                        tracing::debug!(client_id = %cid, "a failover reconnect takes over the client id");
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Waits for `Connect` (or a bridge's `BrokerInfo`), logs the client in, and answers
@@ -165,11 +196,23 @@ async fn handshake(
         Ok(p) => p,
         Err(message) => return refuse(pump, ErrorCode::Unauthenticated, message).await,
     };
-    let client_id = (!connect.client_id.is_empty()).then(|| connect.client_id.clone());
-    let session = match ctx.broker.open_session(client_id) {
+    let mut session = match open_session(ctx, &connect).await {
         Ok(s) => s,
         Err(e) => return refuse(pump, error_code(&e), e.to_string()).await,
     };
+    if connect.failover_reconnect {
+        session.adopt_temp_prefixes(connect.temp_prefixes.clone());
+    }
+    let mut registration = ctx.cluster.register(
+        session.id(),
+        &ClientHello {
+            fault_tolerant: connect.fault_tolerant,
+            failover_reconnect: connect.failover_reconnect,
+            priority_pinned: connect.priority_pinned,
+        },
+        Some(ctx.cluster_policy.clone()),
+    );
+    let cluster = registration.feed.as_mut().map(|f| f.initial());
     let connected = wire::frame(Body::Connected(proto::Connected {
         protocol_version: connect.protocol_version.min(wire::PROTOCOL_VERSION),
         connection_id: session.connection_id().to_string(),
@@ -178,12 +221,17 @@ async fn handshake(
         member: ctx.identity.member.clone(),
         heartbeat_ms: ctx.settings.heartbeat.as_millis() as u32,
         max_frame_size: ctx.settings.max_frame_size as u64,
-        cluster: None,
+        cluster,
     }));
     wire::encode(&connected, &mut pump.wbuf);
     let client_heartbeat =
         (connect.heartbeat_ms > 0).then(|| Duration::from_millis(connect.heartbeat_ms as u64));
-    Ok(Some(Hello::Client(session, principal, client_heartbeat)))
+    Ok(Some(Hello::Client(
+        session,
+        principal,
+        client_heartbeat,
+        registration,
+    )))
 }
 
 async fn refuse<T>(
@@ -239,6 +287,8 @@ fn some(receipt: u64) -> Option<u64> {
 struct Native {
     max_frame_size: usize,
     last_producer: Bytes,
+    /// Open transactions, by the client's number.
+    txs: HashMap<u64, Tx>,
 }
 
 impl Native {
@@ -270,6 +320,64 @@ impl Native {
                 s.timestamp_ms
             },
             ..Message::default()
+        }
+    }
+}
+
+fn no_transaction(transaction: u64, receipt: u64) -> Reply<u64> {
+    refusal(
+        ErrorCode::NotFound,
+        format!("no open transaction {transaction} on this connection: begin it first"),
+        receipt,
+    )
+}
+
+impl Native {
+    fn on_transaction(
+        &mut self,
+        t: proto::Transaction,
+        cx: &mut Cx<'_>,
+        replies: &mut Vec<Reply<u64>>,
+    ) {
+        let (id, receipt) = (t.transaction, t.receipt);
+        if id == 0 {
+            return replies.push(refusal(
+                ErrorCode::Invalid,
+                "transaction 0 is not a transaction; number them from 1".into(),
+                receipt,
+            ));
+        }
+        match proto::TransactionAction::try_from(t.action) {
+            Ok(proto::TransactionAction::Begin) => {
+                if self.txs.contains_key(&id) {
+                    return replies.push(refusal(
+                        ErrorCode::Invalid,
+                        format!("transaction {id} is already open"),
+                        receipt,
+                    ));
+                }
+                self.txs.insert(id, Tx::default());
+                replies.extend(some(receipt).map(Reply::Receipt));
+            }
+            Ok(proto::TransactionAction::Commit) => match self.txs.remove(&id) {
+                Some(tx) => {
+                    let index = tx.commit(cx);
+                    replies.extend(some(receipt).map(|r| Reply::ReceiptAfter(index, r)));
+                }
+                None => replies.push(no_transaction(id, receipt)),
+            },
+            Ok(proto::TransactionAction::Rollback) => match self.txs.remove(&id) {
+                Some(tx) => {
+                    tx.abort(cx);
+                    replies.extend(some(receipt).map(Reply::Receipt));
+                }
+                None => replies.push(no_transaction(id, receipt)),
+            },
+            Err(_) => replies.push(refusal(
+                ErrorCode::BadFrame,
+                format!("unknown transaction action {}", t.action),
+                receipt,
+            )),
         }
     }
 }
@@ -313,7 +421,20 @@ impl Protocol for Native {
                         return replies.push(refusal(error_code(&e), e.to_string(), receipt));
                     }
                 };
+                let transaction = s.transaction;
                 let message = self.message_from(s);
+                if transaction != 0 {
+                    let Some(tx) = self.txs.get_mut(&transaction) else {
+                        return replies.push(no_transaction(transaction, receipt));
+                    };
+                    match cx.session.stage(&target, message) {
+                        Ok(staged) => tx.sends.extend(staged),
+                        Err(e) => {
+                            return replies.push(refusal(error_code(&e), e.to_string(), receipt))
+                        }
+                    }
+                    return replies.extend(some(receipt).map(Reply::Receipt));
+                }
                 replies.push(Reply::Publish {
                     target,
                     message,
@@ -342,10 +463,27 @@ impl Protocol for Native {
                     Err(e) => replies.push(refusal(error_code(&e), e.to_string(), receipt)),
                 }
             }
+            Some(Body::Ack(a)) if a.transaction != 0 => {
+                let Some(tx) = self.txs.get_mut(&a.transaction) else {
+                    return replies.push(no_transaction(a.transaction, a.receipt));
+                };
+                if a.up_to != 0 {
+                    return replies.push(refusal(
+                        ErrorCode::Invalid,
+                        "inside a transaction, acknowledge deliveries by their tags (not up_to)"
+                            .into(),
+                        a.receipt,
+                    ));
+                }
+                tx.acks
+                    .extend(a.tags.iter().map(|tag| (a.subscription, *tag)));
+                replies.extend(some(a.receipt).map(Reply::Receipt));
+            }
             Some(Body::Ack(a)) => match cx.session.ack(a.subscription, a.up_to, &a.tags) {
                 Ok(_) => replies.extend(some(a.receipt).map(Reply::Receipt)),
                 Err(e) => replies.push(refusal(error_code(&e), e.to_string(), a.receipt)),
             },
+            Some(Body::Transaction(t)) => self.on_transaction(t, cx, replies),
             Some(Body::Nack(n)) => match cx.session.nack(n.subscription, &n.tags) {
                 Ok(_) => replies.extend(some(n.receipt).map(Reply::Receipt)),
                 Err(e) => replies.push(refusal(error_code(&e), e.to_string(), n.receipt)),
@@ -415,6 +553,16 @@ impl Protocol for Native {
             &wire::frame(Body::Heartbeat(proto::Heartbeat { receipt: 0 })),
             out,
         );
+    }
+
+    fn encode_control(&mut self, control: proto::ConnectionControl, out: &mut BytesMut) {
+        wire::encode(&wire::frame(Body::Control(control)), out);
+    }
+
+    fn on_close(&mut self, cx: &mut Cx<'_>) {
+        for (_, tx) in std::mem::take(&mut self.txs) {
+            tx.abort(cx);
+        }
     }
 }
 

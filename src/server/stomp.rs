@@ -15,13 +15,13 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::{sleep_until, Instant as TokioInstant};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Delivery, Destination, Kind, Message, Session, SubscribeSpec, Target};
+use crate::broker::{Delivery, Destination, Kind, Message, Session, SubscribeSpec};
 use crate::security::{Action, Principal};
 use crate::stomp::{self, Command, Decoder, Frame, Limits, Version};
 use crate::transport::{IoEvent, Permit, Pump, Stream};
 use crate::wire::proto::ErrorCode;
 
-use super::conn::{error_code, Cx, Decoded, Driver, Protocol, Reply};
+use super::conn::{error_code, Cx, Decoded, Driver, Protocol, Reply, Tx};
 use super::native::changed;
 use super::ConnCtx;
 
@@ -89,6 +89,10 @@ pub(crate) async fn serve(
     let mut pump = Pump::new(stream);
     match handshake(&mut pump, &ctx, &shutdown).await {
         Ok(Some((proto, session, principal, send_every, expect_every))) => {
+            // Counted in the group's load; STOMP takes no pushes.
+            let registration =
+                ctx.cluster
+                    .register(session.id(), &crate::cluster::ClientHello::default(), None);
             let mut driver = Driver::new(
                 proto,
                 pump,
@@ -97,7 +101,8 @@ pub(crate) async fn serve(
                 principal,
                 send_every,
                 expect_every.map(|e| e * HEARTBEAT_GRACE),
-            );
+            )
+            .with_registration(registration);
             let reason = driver.run(&shutdown).await;
             tracing::debug!(%peer, reason, "stomp connection closed");
         }
@@ -233,14 +238,6 @@ struct Sub {
     id: String,
     ack: AckMode,
     durable: Option<String>,
-}
-
-/// Sends and acknowledgements waiting for COMMIT.
-#[derive(Default)]
-struct Tx {
-    sends: Vec<(Target, Message)>,
-    acks: Vec<(u64, u64)>,
-    nacks: Vec<(u64, u64)>,
 }
 
 pub(crate) struct Stomp {
@@ -642,10 +639,7 @@ impl Stomp {
                     let cumulative = self.subs.get(sub).is_some_and(|s| s.ack == AckMode::Client);
                     self.forget_acked(*sub, *tag, cumulative);
                 }
-                let index = cx.session.commit(tx.sends, &tx.acks);
-                for (sub, tag) in tx.nacks {
-                    let _ = cx.session.nack(sub, &[tag]);
-                }
+                let index = tx.commit(cx);
                 receipt
                     .map(|r| Reply::ReceiptAfter(index, r))
                     .into_iter()
@@ -655,17 +649,10 @@ impl Stomp {
                 let Some(tx) = self.txs.remove(&name) else {
                     return vec![self.fail(format!("no transaction {name:?} to abort"), receipt)];
                 };
-                abort(tx, cx);
+                tx.abort(cx);
                 receipt.map(Reply::Receipt).into_iter().collect()
             }
         }
-    }
-}
-
-/// Undoes a transaction: its sends vanish; what it acknowledged is redelivered.
-fn abort(tx: Tx, cx: &mut Cx<'_>) {
-    for (sub, tag) in tx.acks.into_iter().chain(tx.nacks) {
-        let _ = cx.session.nack(sub, &[tag]);
     }
 }
 
@@ -826,7 +813,7 @@ impl Protocol for Stomp {
 
     fn on_close(&mut self, cx: &mut Cx<'_>) {
         for (_, tx) in std::mem::take(&mut self.txs) {
-            abort(tx, cx);
+            tx.abort(cx);
         }
     }
 }

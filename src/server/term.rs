@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::Broker;
+use crate::cluster::Cluster;
 use crate::metrics as m;
 use crate::security::{Authenticator, Authorizer};
 use crate::store::{Store, StoreError};
@@ -29,6 +30,7 @@ pub(crate) struct TermView {
     pub broker: Broker,
     pub listeners: Vec<(ListenerSpec, SocketAddr, Arc<ConnectionCount>)>,
     pub network: Option<Arc<crate::network::Network>>,
+    pub cluster: Arc<Cluster>,
 }
 
 pub(crate) struct Term {
@@ -106,15 +108,18 @@ impl Term {
         let authenticator = Arc::new(Authenticator::new(&opts.security));
         let authorizer =
             (!opts.security.acls.is_empty()).then(|| Arc::new(Authorizer::new(&opts.security)));
+        let cluster = Cluster::new(opts.cluster.clone());
         let network = opts.network.clone().map(|n| {
             crate::network::Network::start(
                 n,
                 broker.clone(),
                 authenticator.clone(),
+                cluster.clone(),
                 stop.clone(),
                 &tracker,
             )
         });
+        tracker.spawn(cluster.clone().run_rebalancer(stop.clone()));
         let view = TermView {
             broker: broker.clone(),
             listeners: bound
@@ -122,6 +127,7 @@ impl Term {
                 .map(|(spec, addr, l)| (spec.clone(), *addr, l.count()))
                 .collect(),
             network: network.clone(),
+            cluster: cluster.clone(),
         };
         let listen_addrs = bound.iter().map(|(_, a, _)| *a).collect();
         for (spec, addr, listener) in bound {
@@ -134,6 +140,8 @@ impl Term {
                 authorizer: authorizer.clone(),
                 stomp: opts.stomp,
                 network: network.clone(),
+                cluster: cluster.clone(),
+                cluster_policy: spec.cluster.clone(),
             });
             tracing::info!(listener = %spec.url, %addr, "listening");
             match listener {

@@ -99,6 +99,7 @@ pub fn frame_name(f: &Frame) -> &'static str {
         Some(Body::Control(_)) => "ConnectionControl",
         Some(Body::Heartbeat(_)) => "Heartbeat",
         Some(Body::Disconnect(_)) => "Disconnect",
+        Some(Body::Transaction(_)) => "Transaction",
         Some(Body::BrokerInfo(_)) => "BrokerInfo",
         Some(Body::DemandAdd(_)) => "DemandAdd",
         Some(Body::DemandRemove(_)) => "DemandRemove",
@@ -410,7 +411,9 @@ mod tests {
                 heartbeat_ms: 1000,
                 client_name: "n".into(),
                 fault_tolerant: true,
-                failover_reconnect: false,
+                failover_reconnect: true,
+                temp_prefixes: vec!["ID-1-2".into()],
+                priority_pinned: true,
             })),
             frame(Body::Connected(Connected {
                 protocol_version: 1,
@@ -442,6 +445,7 @@ mod tests {
                 correlation_id: "x".into(),
                 content_type: "text/plain".into(),
                 timestamp_ms: 3,
+                transaction: 7,
             })),
             frame(Body::Subscribe(Subscribe {
                 subscription: 1,
@@ -459,6 +463,7 @@ mod tests {
                 up_to: 0,
                 tags: vec![1, 2, 5],
                 receipt: 0,
+                transaction: 7,
             })),
             frame(Body::Nack(Nack {
                 subscription: 1,
@@ -481,6 +486,11 @@ mod tests {
             frame(Body::Disconnect(Disconnect {
                 receipt: 1,
                 reason: "bye".into(),
+            })),
+            frame(Body::Transaction(Transaction {
+                transaction: 3,
+                action: TransactionAction::Commit as i32,
+                receipt: 4,
             })),
             frame(Body::Control(ConnectionControl {
                 cluster: None,
@@ -602,6 +612,7 @@ mod tests {
             correlation_id: m.correlation_id.into(),
             content_type: m.content_type.into(),
             timestamp_ms: m.timestamp_ms,
+            transaction: 0,
         }));
         assert_eq!(f, expected);
         let mut via_prost = BytesMut::new();
@@ -629,6 +640,7 @@ mod tests {
                 producer_id: Bytes::copy_from_slice(m.producer_id),
                 sequence: 42,
                 receipt: 0,
+                transaction: 0,
                 reply_to: m.reply_to.into(),
                 correlation_id: m.correlation_id.into(),
                 content_type: m.content_type.into(),

@@ -16,8 +16,10 @@
 // Each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod client_proxy;
 pub mod ha;
 pub mod history;
+pub mod mesh;
 pub mod proxy;
 pub mod stall_proxy;
 pub mod zk;

@@ -1,0 +1,344 @@
+//! Multi-group meshes of real `meshmq` processes: a topology built from a few lines per group
+//! and connector, members started, killed (`kill -9`) and restarted by name, their `/status`
+//! read, and failover URLs over their listeners. A wait that gives up prints every member's
+//! log.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use meshmq::client::{Client, ClientOptions};
+use meshmq::server::admin::MemberStatus;
+use tempfile::TempDir;
+
+use super::{free_ports, http_get, meshmq, ChildGuard, GUARD};
+
+struct GroupSpec {
+    name: String,
+    members: usize,
+    listener: String,
+}
+
+/// Builds a mesh topology.
+#[derive(Default)]
+pub struct MeshBuilder {
+    groups: Vec<GroupSpec>,
+    connectors: Vec<String>,
+    broker: Vec<String>,
+    sections: Vec<String>,
+    stomp: bool,
+}
+
+impl MeshBuilder {
+    pub fn new() -> MeshBuilder {
+        MeshBuilder::default()
+    }
+
+    /// A group of `members` members (more than one: a file-lock pair sharing a directory)
+    /// whose native listeners carry the `listener` lines (e.g. `update_cluster_clients = true`).
+    pub fn group(mut self, name: &str, members: usize, listener: &str) -> MeshBuilder {
+        self.groups.push(GroupSpec {
+            name: name.to_string(),
+            members,
+            listener: listener.to_string(),
+        });
+        self
+    }
+
+    /// A duplex connector `from` → `to` (its lines after the `to` key, e.g. `network_ttl = 2`).
+    pub fn connector(mut self, from: &str, to: &str, extra: &str) -> MeshBuilder {
+        self.connectors.push(format!(
+            "[[connector]]\nfrom = \"{from}\"\nto = \"{to}\"\nduplex = true\nreconnect_initial_delay = \"100ms\"\nreconnect_max_delay = \"1s\"\nheartbeat = \"500ms\"\n{extra}\n"
+        ));
+        self
+    }
+
+    /// Tables appended as written, after `{url:MEMBER}` is replaced by that member's
+    /// `tcp://` URL (e.g. a connector with a `uri`).
+    pub fn section(mut self, text: &str) -> MeshBuilder {
+        self.sections.push(text.to_string());
+        self
+    }
+
+    /// Gives every member a `stomp://` listener too.
+    pub fn stomp(mut self) -> MeshBuilder {
+        self.stomp = true;
+        self
+    }
+
+    /// A line of the `[broker]` section.
+    pub fn broker(mut self, line: &str) -> MeshBuilder {
+        self.broker.push(line.to_string());
+        self
+    }
+
+    /// Picks ports and writes the topology; nothing is started.
+    pub fn build(self) -> Mesh {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut text = String::from("[mesh]\nname = \"test\"\n\n[broker]\n");
+        for l in &self.broker {
+            text.push_str(l);
+            text.push('\n');
+        }
+        let mut members = Vec::new();
+        for g in &self.groups {
+            text.push_str(&format!("\n[[group]]\nname = \"{}\"\n", g.name));
+            if g.members > 1 {
+                text.push_str(&format!(
+                    "election = \"file-lock\"\nshared_dir = \"{}\"\nlock_poll = \"200ms\"\n",
+                    dir.path().join(format!("shared-{}", g.name)).display()
+                ));
+            }
+            for i in 0..g.members {
+                let name = if g.members > 1 {
+                    format!("{}{}", g.name, (b'a' + i as u8) as char)
+                } else {
+                    g.name.clone()
+                };
+                let p = free_ports(3);
+                let listen = SocketAddr::from(([127, 0, 0, 1], p[0]));
+                let admin = SocketAddr::from(([127, 0, 0, 1], p[1]));
+                let stomp = self.stomp.then(|| SocketAddr::from(([127, 0, 0, 1], p[2])));
+                text.push_str(&format!(
+                    "\n[[group.member]]\nname = \"{name}\"\nadmin = \"{admin}\"\ndata_dir = \"{}\"\n\n[[group.member.listener]]\nurl = \"tcp://{listen}\"\n{}\n",
+                    dir.path().join(format!("data-{name}")).display(),
+                    g.listener
+                ));
+                if let Some(addr) = stomp {
+                    text.push_str(&format!(
+                        "\n[[group.member.listener]]\nurl = \"stomp://{addr}\"\n"
+                    ));
+                }
+                members.push(Member {
+                    name,
+                    group: g.name.clone(),
+                    listen,
+                    stomp,
+                    admin,
+                    proc: None,
+                    log: dir.path().join(format!("{}.log", members.len())),
+                });
+            }
+        }
+        for c in &self.connectors {
+            text.push('\n');
+            text.push_str(c);
+        }
+        for section in &self.sections {
+            let mut section = section.clone();
+            for m in &members {
+                section = section.replace(&format!("{{url:{}}}", m.name), &m.url());
+            }
+            text.push('\n');
+            text.push_str(&section);
+        }
+        let topology = dir.path().join("topology.toml");
+        std::fs::write(&topology, &text).expect("write topology");
+        Mesh {
+            dir,
+            topology,
+            members,
+        }
+    }
+}
+
+pub struct Member {
+    pub name: String,
+    pub group: String,
+    pub listen: SocketAddr,
+    /// The STOMP listener, with [`MeshBuilder::stomp`].
+    pub stomp: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    proc: Option<ChildGuard>,
+    log: PathBuf,
+}
+
+impl Member {
+    pub fn url(&self) -> String {
+        format!("tcp://{}", self.listen)
+    }
+
+    pub fn running(&self) -> bool {
+        self.proc.is_some()
+    }
+
+    pub fn status(&self) -> Option<MemberStatus> {
+        match http_get(self.admin, "/status") {
+            Ok((200, body)) => serde_json::from_str(&body).ok(),
+            _ => None,
+        }
+    }
+
+    /// True while this member serves its group.
+    pub fn ready(&self) -> bool {
+        matches!(http_get(self.admin, "/readyz"), Ok((200, _)))
+    }
+
+    /// Client connections it holds now (0 when it does not answer).
+    pub fn clients(&self) -> u64 {
+        self.status()
+            .and_then(|s| s.cluster)
+            .map_or(0, |c| c.clients)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A running (or partly running) mesh.
+pub struct Mesh {
+    pub dir: TempDir,
+    pub topology: PathBuf,
+    pub members: Vec<Member>,
+}
+
+impl Mesh {
+    pub fn member(&self, name: &str) -> &Member {
+        self.members
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no member {name}"))
+    }
+
+    fn member_mut(&mut self, name: &str) -> &mut Member {
+        self.members
+            .iter_mut()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no member {name}"))
+    }
+
+    /// The members of `group`.
+    pub fn group(&self, group: &str) -> Vec<&Member> {
+        self.members.iter().filter(|m| m.group == group).collect()
+    }
+
+    /// Starts one member (does not wait).
+    pub fn start(&mut self, name: &str) {
+        let topology = self.topology.clone();
+        let m = self.member_mut(name);
+        assert!(m.proc.is_none(), "{name} is already running");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .expect("log file");
+        let child = meshmq()
+            .args(["broker", "--topology"])
+            .arg(&topology)
+            .args(["--member", &m.name])
+            .env("MESHMQ_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn meshmq broker");
+        m.proc = Some(ChildGuard::new(child));
+    }
+
+    /// Starts every member and waits until each group has a master.
+    pub fn start_all(&mut self) {
+        let names: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
+        for n in &names {
+            self.start(n);
+        }
+        let groups: Vec<String> = self.members.iter().map(|m| m.group.clone()).collect();
+        for g in groups {
+            self.wait_until(&format!("group {g} has a master"), |mesh| {
+                mesh.group(&g).iter().any(|m| m.ready())
+            });
+        }
+    }
+
+    /// `kill -9` of a member; waits for it to be gone.
+    pub fn kill9(&mut self, name: &str) {
+        let m = self.member_mut(name);
+        let mut p = m.proc.take().expect("running");
+        p.signal(libc::SIGKILL);
+        p.wait_timeout(GUARD).expect("SIGKILL ends the member");
+    }
+
+    /// SIGTERM to a member (a graceful stop); does not wait.
+    pub fn sigterm(&self, name: &str) {
+        if let Some(p) = &self.member(name).proc {
+            p.signal(libc::SIGTERM);
+        }
+    }
+
+    /// The member of `group` that serves now, if any.
+    pub fn master(&self, group: &str) -> Option<&Member> {
+        self.group(group).into_iter().find(|m| m.ready())
+    }
+
+    /// `failover:(…)?options` over the listeners of `members`, in that order.
+    pub fn failover_url(&self, members: &[&str], options: &str) -> String {
+        let uris: Vec<String> = members.iter().map(|n| self.member(n).url()).collect();
+        if options.is_empty() {
+            format!("failover:({})", uris.join(","))
+        } else {
+            format!("failover:({})?{options}", uris.join(","))
+        }
+    }
+
+    /// Polls `cond` every 50 ms; fails with every member's log after [`GUARD`].
+    pub fn wait_until(&self, what: &str, mut cond: impl FnMut(&Mesh) -> bool) {
+        let deadline = Instant::now() + GUARD;
+        while !cond(self) {
+            if Instant::now() >= deadline {
+                let logs: Vec<String> = self
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let log = m.log();
+                        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                        let tail: Vec<&str> = tail.into_iter().rev().collect();
+                        format!("--- {} ---\n{}", m.name, tail.join("\n"))
+                    })
+                    .collect();
+                panic!(
+                    "gave up after {GUARD:?} waiting until {what}\n{}",
+                    logs.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until every running master sees `n` groups in its cluster view.
+    pub fn wait_for_view(&self, groups: &[&str]) {
+        self.wait_until(&format!("every master sees groups {groups:?}"), |mesh| {
+            groups.iter().all(|g| {
+                mesh.master(g)
+                    .and_then(|m| m.status())
+                    .and_then(|s| s.cluster)
+                    .is_some_and(|c| {
+                        groups
+                            .iter()
+                            .all(|want| c.groups.iter().any(|v| v.name == *want))
+                    })
+            })
+        });
+    }
+}
+
+/// Connects `n` clients to each URL (64 connects at a time); fails the test if one cannot.
+pub async fn connect_clients(urls: &[(String, usize)]) -> Vec<Client> {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::new();
+    for (url, n) in urls {
+        for _ in 0..*n {
+            let (url, gate) = (url.clone(), gate.clone());
+            tasks.push(tokio::spawn(async move {
+                let _slot = gate.acquire().await.expect("semaphore");
+                Client::connect(&url, ClientOptions::default()).await
+            }));
+        }
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.expect("task").expect("client connects"));
+    }
+    clients
+}
