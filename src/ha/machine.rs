@@ -294,7 +294,12 @@ impl Machine {
             self.published = Some(self.announce());
             self.actions.push_back(Action::Serve { epoch });
         } else {
-            // Nothing was written: our znode still holds our candidacy.
+            // A failed transaction left our znode as it was, so `published` still holds. (Had
+            // it been cleared, the unchanged candidacy would be rewritten, and the next claim —
+            // computed from the view of the previous write — would check a version that the
+            // rewrite bumps: it fails and queues another rewrite, for ever.) If the answer was
+            // lost and the claim did succeed, the next view shows a master znode that differs
+            // from `published`, and `handle_view` republishes.
             self.role = Role::Candidate;
         }
         self.evaluate(now);
@@ -435,7 +440,14 @@ impl Machine {
         {
             return;
         }
-        if view.members.len() < self.config.quorum() {
+        // A member that restarted (or reconnected with a new session) keeps its previous
+        // znode until that session expires on the servers: one member, two znodes. Counted
+        // twice, it would make a quorum on its own (and its old position may be stale). Wait
+        // until every registered member has exactly one znode.
+        let mut names: Vec<&str> = view.members.iter().map(|s| s.info.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        if names.len() != view.members.len() || names.len() < self.config.quorum() {
             return;
         }
         let best = view
@@ -637,21 +649,134 @@ mod tests {
         }
     }
 
+    /// Found by the simulation (3 members, seeds 0 and 105, before this fix). Seed 0: every
+    /// member starts with `published` unknown, so its first evaluation rewrote its znode (same
+    /// data, next version) and — in the same breath — claimed with the version the view
+    /// showed. The driver runs the write first, so the claim failed; the failure cleared
+    /// `published`, which queued the same write-then-claim pair again, and the group never
+    /// elected anyone. Seed 105: the claim, no longer queued behind the write, was computed
+    /// from the view of the previous identical write while the next one was in flight — the
+    /// failure's rewrite kept the two one step out of phase for good.
+    #[test]
+    fn a_claim_is_never_queued_behind_a_write_to_our_own_znode() {
+        let t = Instant::now();
+        let mut m = Machine::new(config("a"), Position { epoch: 1, index: 9 });
+        m.handle_session(Session::Connected, t);
+        let view = |a_version: i32| View {
+            members: vec![
+                seen(candidate("a", 1, 9), a_version),
+                seen(candidate("b", 1, 7), 0),
+            ],
+            epoch: 1,
+            epoch_version: 4,
+        };
+        let drain = |m: &mut Machine| std::iter::from_fn(|| m.poll_action()).collect::<Vec<_>>();
+        let claims_version = |actions: &[Action]| {
+            actions.iter().find_map(|a| match a {
+                Action::Claim { checks, .. } => Some(checks[0].1),
+                _ => None,
+            })
+        };
+        m.handle_view(view(0), t);
+        let actions = drain(&mut m);
+        assert!(matches!(actions[..], [Action::Publish(_)]), "{actions:?}");
+        // The write landed: version 1.
+        m.handle_view(view(1), t);
+        let actions = drain(&mut m);
+        assert_eq!(claims_version(&actions), Some(1), "{actions:?}");
+        // The claim failed (b's znode changed meanwhile): our znode is as it was, so it is
+        // not rewritten, and the claim is retried on the view that shows b's change.
+        m.handle_view(
+            View {
+                members: vec![seen(candidate("a", 1, 9), 1), seen(candidate("b", 1, 7), 1)],
+                epoch: 1,
+                epoch_version: 4,
+            },
+            t,
+        );
+        assert_eq!(drain(&mut m), vec![], "nothing while claiming");
+        m.handle_claimed(false, t, t);
+        let actions = drain(&mut m);
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Publish(_))),
+            "{actions:?}"
+        );
+        match &actions[..] {
+            [Action::Claim { checks, .. }] => {
+                assert_eq!(checks, &[("/g/a".to_string(), 1), ("/g/b".to_string(), 1)])
+            }
+            other => panic!("expected a fresh claim, got {other:?}"),
+        }
+    }
+
+    /// Found by the simulation (3 members, seed 5, before this fix): m2 crashed and restarted
+    /// within the session timeout while m0 and m1, which held the last receipted writes, were
+    /// paused and lost their sessions. m2's znodes of its old and new session made "two
+    /// candidates"; m2 claimed epoch 3 alone and served without the writes m1 had receipted
+    /// with m0's acknowledgement.
+    #[test]
+    fn a_member_with_two_znodes_is_one_vote_and_waits_for_the_old_one_to_go() {
+        let t = Instant::now();
+        let mut m = Machine::new(config("a"), Position { epoch: 1, index: 9 });
+        m.handle_session(Session::Connected, t);
+        let mut old = seen(candidate("a", 1, 9), 2);
+        old.path = "/g/a-old".into();
+        let view = |members: Vec<Seen>| View {
+            members,
+            epoch: 1,
+            epoch_version: 0,
+        };
+        m.handle_view(view(vec![old.clone(), seen(candidate("a", 1, 9), 0)]), t);
+        while m.poll_action().is_some() {}
+        let no_claim = |m: &mut Machine| {
+            std::iter::from_fn(|| m.poll_action()).all(|a| !matches!(a, Action::Claim { .. }))
+        };
+        m.handle_view(view(vec![old.clone(), seen(candidate("a", 1, 9), 1)]), t);
+        assert!(no_claim(&mut m), "one member is not a quorum of 3");
+        m.handle_view(
+            view(vec![
+                old,
+                seen(candidate("a", 1, 9), 1),
+                seen(candidate("b", 1, 7), 0),
+            ]),
+            t,
+        );
+        assert!(
+            no_claim(&mut m),
+            "the old session may hold a stale position"
+        );
+        m.handle_view(
+            view(vec![
+                seen(candidate("a", 1, 9), 1),
+                seen(candidate("b", 1, 7), 0),
+            ]),
+            t,
+        );
+        assert!(matches!(m.poll_action(), Some(Action::Claim { .. })));
+    }
+
     #[test]
     fn a_master_resigns_when_its_session_expires_or_contact_is_lost_too_long() {
         let t = Instant::now();
         let mut m = Machine::new(config("a"), Position { epoch: 1, index: 9 });
         m.handle_session(Session::Connected, t);
-        m.handle_view(
-            View {
-                members: vec![seen(candidate("a", 1, 9), 0), seen(candidate("b", 1, 7), 0)],
-                epoch: 1,
-                epoch_version: 0,
-            },
-            t,
-        );
-        while m.poll_action().is_some() {}
+        // Our candidacy is written, then claimed on the view that shows it.
+        for version in [0, 1] {
+            m.handle_view(
+                View {
+                    members: vec![
+                        seen(candidate("a", 1, 9), version),
+                        seen(candidate("b", 1, 7), 0),
+                    ],
+                    epoch: 1,
+                    epoch_version: 0,
+                },
+                t,
+            );
+            while m.poll_action().is_some() {}
+        }
         m.handle_claimed(true, t, t);
+        assert!(matches!(m.role(), Role::Master { epoch: 2 }));
         while m.poll_action().is_some() {}
         m.handle_session(Session::Disconnected, t);
         assert!(!m.may_commit(t), "no commits while disconnected");

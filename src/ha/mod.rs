@@ -15,4 +15,6 @@
 
 pub mod machine;
 pub mod replication;
+#[cfg(test)]
+mod sim;
 pub mod zk;
