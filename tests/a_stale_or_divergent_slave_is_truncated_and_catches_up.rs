@@ -2,10 +2,11 @@
 //! with records nobody acknowledged has them truncated — proven by making each of them the only
 //! member that can hold the newest receipted messages, then the master, and draining it:
 //!
-//! - **stale**: slave A is `kill -9`ed while receipts go on, then restarted. The other slave
-//!   is killed, so every later receipt needs A's acknowledgement, and the master is killed: A,
-//!   now ahead of the restarted third member, must win the election and hold everything,
-//!   including what was receipted while it was away.
+//! - **stale**: slave A is `kill -9`ed while receipts go on, then restarted; the master's
+//!   `/status` comes to list it with lag 0. The other slave is killed, so every later receipt
+//!   needs A's acknowledgement, and the master is killed: A, now ahead of the restarted third
+//!   member, must win the election and hold everything, including what was receipted while
+//!   it was away.
 //! - **divergent**: both slaves of master A are killed and A is sent messages it can only
 //!   journal locally — they fail (no quorum, or its stepping down) — and A is `kill -9`ed.
 //!   The other two elect a new master and receipt more in the newer epoch, over the positions
@@ -46,6 +47,10 @@ fn stale_and_divergent_members_are_truncated_and_catch_up() {
     load.wait_more(&group, 300, "while slave a is down");
     group.start_member(a);
     group.wait_role(a, "slave");
+    group.wait_for(
+        "the master reports the stale member caught up (lag 0)",
+        || group.slave_lag(m0, a) == Some(0),
+    );
     group.kill9(b);
     load.wait_more(&group, 50, "acknowledged by a alone");
     group.kill9(m0);
@@ -126,6 +131,17 @@ fn stale_and_divergent_members_are_truncated_and_catch_up() {
     );
     group.start_member(a);
     group.wait_role(a, "slave");
+    group.wait_for(
+        "the master reports the once-divergent member caught up (lag 0)",
+        || group.slave_lag(new, a) == Some(0),
+    );
+
+    let member = format!("member={}", group.members[a].name);
+    eprintln!(
+        "how {} rejoined the new master: {:?}",
+        group.members[a].name,
+        group.log_lines(new, &["follower joined", &member])
+    );
 
     // `a` becomes the only follower, then the master.
     let other = 3 - new - a;

@@ -62,6 +62,7 @@ fn a_master_stopped_past_its_session_is_fenced_and_demotes_itself() {
         rt.spawn(async move { send_receipted(&direct, DIRECT + 1, GUARD).await })
     };
     let new = group.wait_new_master(old, "the others elect a new master");
+    let takeover = frozen.elapsed();
     let new_epoch = group.members[new].status().map_or(0, |s| s.epoch);
     if new_epoch <= old_epoch {
         group.fail(&format!(
@@ -75,9 +76,9 @@ fn a_master_stopped_past_its_session_is_fenced_and_demotes_itself() {
         "from the new master while the old one is frozen",
     );
     eprintln!(
-        "frozen {:?} (session timeout {session:?}) when {} served epoch {new_epoch}",
-        frozen.elapsed(),
-        group.members[new].name
+        "{} served epoch {new_epoch} {takeover:?} into the freeze (session timeout {session:?}); continued after {:?}",
+        group.members[new].name,
+        frozen.elapsed()
     );
 
     group.sigcont(old);

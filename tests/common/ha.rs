@@ -38,6 +38,9 @@ pub const QUEUE: &str = "queue://ha.orders";
 /// in the kernel and never answers.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 
+/// The pause of the load between receipted sends (at most ~500 messages a second).
+const PACE: Duration = Duration::from_millis(2);
+
 /// The group's knobs a test chooses.
 #[derive(Debug, Clone)]
 pub struct GroupSpec {
@@ -313,6 +316,18 @@ impl HaGroup {
         found.expect("a new master")
     }
 
+    /// How many records member `slave` lacks, as the master `master` reports in `/status`
+    /// (`None` when the master does not list it as a connected slave).
+    pub fn slave_lag(&self, master: usize, slave: usize) -> Option<u64> {
+        let name = &self.members[slave].name;
+        self.members[master]
+            .status()?
+            .slaves
+            .into_iter()
+            .find(|f| &f.member == name)
+            .map(|f| f.lag)
+    }
+
     /// Waits until member `i` reports `role`.
     pub fn wait_role(&self, i: usize, role: &str) {
         let m = &self.members[i];
@@ -341,6 +356,16 @@ impl HaGroup {
     /// Fails the test with `msg`, every member's role and the tail of every member's log.
     pub fn fail(&self, msg: &str) -> ! {
         panic!("{msg}\n{}", self.logs())
+    }
+
+    /// The lines of member `i`'s log that contain every one of `words` (for reports).
+    pub fn log_lines(&self, i: usize, words: &[&str]) -> Vec<String> {
+        self.members[i]
+            .log()
+            .lines()
+            .filter(|l| words.iter().all(|w| l.contains(w)))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Every member's role and the tail of its log, for failure messages.
@@ -586,6 +611,8 @@ async fn produce(
             receipted.fetch_add(1, Ordering::AcqRel);
             seq += 1;
             client = Some(c);
+            // A steady load, not a flood: the journals and the final drain stay small.
+            tokio::time::sleep(PACE).await;
         } else {
             // The same sequence number goes again, to whoever is master next.
             failed.fetch_add(1, Ordering::AcqRel);
