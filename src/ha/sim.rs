@@ -73,8 +73,9 @@ struct Quirks {
     /// A follower whose journal diverges from its master's discards all of it and copies the
     /// master's again from the first record (instead of cutting only after the match point).
     wipe_on_divergence: bool,
-    /// The master counts acknowledging sessions, not followers: a follower's new session and
-    /// its old one, not yet seen dead, make two.
+    /// The master counts acknowledging sessions, not followers, and sees a session end only
+    /// when writing to it fails (here 30 s late): a follower's new session and its old one
+    /// make two acknowledgements.
     count_sessions: bool,
 }
 
@@ -219,6 +220,8 @@ enum Fault {
     StallZk(usize, Time),
     StallPeers(usize, usize, Time),
     BreakConn,
+    /// A partition in two (the cuts it makes follow as their own faults).
+    Split,
     Pause(usize),
     Resume(usize),
     Crash(usize),
@@ -774,8 +777,11 @@ impl Sim {
         if ends.contains(&None) {
             return;
         }
-        for (m, incarnation) in ends.into_iter().flatten() {
-            let at = self.now + self.rng.random_range(10 * MS..800 * MS);
+        for (end, (m, incarnation)) in ends.into_iter().flatten().enumerate() {
+            let mut at = self.now + self.rng.random_range(10 * MS..800 * MS);
+            if end == 1 && self.p.quirks.count_sessions {
+                at += 30_000 * MS;
+            }
             self.schedule(
                 at,
                 Event::ReplClosed {
@@ -1825,7 +1831,7 @@ impl Sim {
         let long = self.rng.random_range(t / 10..3 * t).min(left);
         let short = self.rng.random_range(t / 20..3 * t / 2).min(left);
         let one_way = [[true, false], [false, true]][self.rng.random_range(0..2)];
-        let (fault, heal, after) = match self.rng.random_range(0..11) {
+        let (fault, heal, after) = match self.rng.random_range(0..12) {
             0 => (
                 Fault::CutZk(m, [true; 2]),
                 Some(Fault::HealZk(m, [true; 2])),
@@ -1863,6 +1869,24 @@ impl Sim {
                 self.rng.random_range(0..2 * t).min(left),
             ),
             9 => (Fault::ZkDown, Some(Fault::ZkUp), short),
+            11 => {
+                // Split the group in two; one side may lose ZooKeeper too.
+                let side: Vec<bool> = (0..n)
+                    .map(|i| i == m || self.rng.random_bool(0.4))
+                    .collect();
+                for a in (0..n).filter(|&a| side[a]) {
+                    for b in (0..n).filter(|&b| !side[b]) {
+                        self.schedule(self.now, Event::Fault(Fault::CutPeers(a, b)));
+                        self.schedule(self.now + long, Event::Fault(Fault::HealPeers(a, b)));
+                    }
+                }
+                let cut_zk = self.rng.random_bool(0.5);
+                for a in (0..n).filter(|&a| cut_zk && side[a]) {
+                    self.schedule(self.now, Event::Fault(Fault::CutZk(a, [true; 2])));
+                    self.schedule(self.now + long, Event::Fault(Fault::HealZk(a, [true; 2])));
+                }
+                (Fault::Split, None, 0)
+            }
             _ => unreachable!("faults are numbered"),
         };
         self.schedule(self.now, Event::Fault(fault));
@@ -1906,6 +1930,7 @@ impl Sim {
                 self.links.peer_cut[a][b] -= 1;
                 self.links.peer_cut[b][a] -= 1;
             }
+            Fault::Split => self.stats.faults += 1,
             Fault::StallZk(m, until) => {
                 self.stats.faults += 1;
                 self.links.zk_stall[m] = until;
