@@ -5,7 +5,7 @@ MESHMQ := target/release/meshmq
 TOPOLOGY ?= topologies/demo.toml
 APT := apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends
 
-.PHONY: run build test test-deps lint bench clean
+.PHONY: run build test test-deps lint bench clean zk zk-stop
 
 ## Build, then bring up the demo mesh on this machine (Ctrl-C stops it).
 run: build
@@ -26,9 +26,19 @@ test-deps:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO $(APT) prometheus || { $$SUDO apt-get update && $$SUDO $(APT) prometheus; }; \
 	}
+	@{ [ -e /usr/share/java/zookeeper.jar ] && command -v java >/dev/null; } || { \
+		echo "installing zookeeper (Debian's package, with its JRE) for the HA tests"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO $(APT) zookeeper || { $$SUDO apt-get update && $$SUDO $(APT) zookeeper; }; \
+	}
 	@command -v python3 >/dev/null || $(APT) python3 python3-pip
 	@python3 -c 'import stomp' 2>/dev/null || python3 -m pip install --quiet stomp.py \
 		|| python3 -m pip install --quiet --break-system-packages stomp.py
+	@command -v mount >/dev/null && command -v umount >/dev/null || { \
+		echo "installing mount (util-linux) for the full-disk test's tmpfs"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO $(APT) mount || { $$SUDO apt-get update && $$SUDO $(APT) mount; }; \
+	}
 
 lint:
 	$(CARGO) fmt --check
@@ -37,6 +47,26 @@ lint:
 ## Run the standard benchmark set and print a results table.
 bench: build
 	$(MESHMQ) bench suite
+
+## A three-server ZooKeeper ensemble on 127.0.0.1:2181-2183 for topologies/ha-zk.toml
+## (data and logs in data/zk; `make zk-stop` stops it).
+ZK_CP := /usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar
+zk:
+	@test -f /usr/share/java/zookeeper.jar || $(MAKE) test-deps
+	@for i in 1 2 3; do \
+		d=$$PWD/data/zk/$$i; mkdir -p $$d; echo $$i > $$d/myid; \
+		printf '%s\n' tickTime=500 initLimit=10 syncLimit=5 dataDir=$$d clientPort=218$$i \
+			clientPortAddress=127.0.0.1 maxClientCnxns=0 admin.enableServer=false \
+			4lw.commands.whitelist=srvr,mntr \
+			server.1=127.0.0.1:2891:3891 server.2=127.0.0.1:2892:3892 \
+			server.3=127.0.0.1:2893:3893 > $$d/zoo.cfg; \
+		setsid java -Xmx256m -cp $(ZK_CP) org.apache.zookeeper.server.quorum.QuorumPeerMain \
+			$$d/zoo.cfg > $$d/zookeeper.log 2>&1 < /dev/null & echo $$! > $$d/pid; \
+	done
+	@echo "ZooKeeper starting on 127.0.0.1:2181,127.0.0.1:2182,127.0.0.1:2183 (logs in data/zk)"
+
+zk-stop:
+	@for i in 1 2 3; do test -f data/zk/$$i/pid && kill $$(cat data/zk/$$i/pid) 2>/dev/null; rm -f data/zk/$$i/pid; done; true
 
 clean:
 	$(CARGO) clean

@@ -7,6 +7,18 @@ mod cli;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read before `main`: a background thread hands pages freed for a second
+/// back to the OS. By default jemalloc keeps them for ten seconds, and a broker streaming
+/// persistent messages through memory to its journal frees hundreds of megabytes in that time —
+/// its RSS would follow that churn instead of its live messages.
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(
+    // SAFETY: the first byte of a NUL-terminated string with 'static lifetime, which jemalloc
+    // reads as a C string.
+    unsafe { &*c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr() },
+);
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -79,6 +91,9 @@ enum BenchCommand {
     Connections(ConnectionsArgs),
     /// A producer on a hub, consumers on two edges, against one broker.
     Mesh(cli::bench_mesh::MeshArgs),
+    /// A replicated group: quorum_mem against local_mem, then master kills timed to the first
+    /// receipt from the new master (starts its own ZooKeeper).
+    Ha(cli::bench_ha::HaArgs),
     /// The standard set, as a table (what `make bench` runs).
     Suite(SuiteArgs),
 }
@@ -91,6 +106,10 @@ fn init_logging(default: &str) {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
+        // A member whose log reader is gone (its `meshmq up` was killed) must go on and stop
+        // on SIGTERM: by default a failed log write is reported with `eprintln!`, which panics
+        // on the same broken pipe — in whatever task logged, the signal handler's included.
+        .log_internal_errors(false)
         .init();
 }
 
@@ -161,6 +180,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         println!("{}", serde_json::to_string(r)?);
                     }
                     println!("{}", serde_json::to_string(&summary)?);
+                    return Ok(());
+                }
+                BenchCommand::Ha(a) => {
+                    for r in cli::bench_ha::ha(&a).await? {
+                        println!("{}", serde_json::to_string(&r)?);
+                    }
                     return Ok(());
                 }
                 BenchCommand::Suite(a) => {

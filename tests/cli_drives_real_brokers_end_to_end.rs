@@ -97,22 +97,6 @@ fn produce_and_consume_processes_move_bodies_intact_through_a_broker() {
     assert_eq!(depth, 0, "everything consumed and acknowledged");
 }
 
-/// Every pid that is a child of `pid` (any of its threads may have forked it).
-fn children_of(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
-                out.extend(
-                    text.split_whitespace()
-                        .filter_map(|p| p.parse::<i32>().ok()),
-                );
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn up_serves_a_one_member_topology_until_sigint_then_stops_it_cleanly() {
     let ports = Ports::pick();
@@ -131,7 +115,7 @@ async fn up_serves_a_one_member_topology_until_sigint_then_stops_it_cleanly() {
     });
     let (code, _) = common::http_get(ports.admin_addr(), "/readyz").expect("readyz");
     assert_eq!(code, 200);
-    let members = children_of(up.proc.pid());
+    let members = common::children_of(up.proc.pid());
     assert_eq!(members.len(), 1, "one member process: {members:?}");
 
     let client = meshmq::client::Client::connect(&ports.url(), Default::default())

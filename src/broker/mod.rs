@@ -113,6 +113,8 @@ pub enum BrokerError {
     SelectorUnsupported(String),
     #[error("{destination} is full (memory limit reached) and its policy is on_full = \"fail\"; retry later or raise memory_limit")]
     Full { destination: String },
+    #[error("{destination}: the journal is full (store_limit or disk space reached) and its policy is on_full = \"fail\"; retry once consumers have freed space, or raise store_limit or free disk space")]
+    JournalFull { destination: String },
     #[error("priority {0} is out of range: use 0..=9")]
     BadPriority(u32),
     #[error("{unknown} of the acknowledged deliveries of subscription {subscription} are not in flight (already acknowledged, or returned to the queue)")]
@@ -716,12 +718,27 @@ impl Session {
     /// True when there is room for a message: in memory for a message kept in memory; in the
     /// journal for one that is journaled (memory then pages it out as needed).
     pub fn has_room(&self, target: &Target, persistent: bool) -> bool {
-        match self.broker.store() {
-            Some(store) if persistent && !target.destination().kind().is_temp() => {
-                store.journal().has_room()
-            }
-            _ => self.broker.memory().has_room(target.counters()),
+        match self.journal_for(target, persistent) {
+            Some(store) => store.journal().has_room(),
+            None => self.broker.memory().has_room(target.counters()),
         }
+    }
+
+    /// What refuses a send when `has_room` said no: the journal for a message it would hold,
+    /// the memory limit otherwise.
+    pub fn full_error(&self, target: &Target, persistent: bool) -> BrokerError {
+        let destination = target.destination().to_string();
+        match self.journal_for(target, persistent) {
+            Some(_) => BrokerError::JournalFull { destination },
+            None => BrokerError::Full { destination },
+        }
+    }
+
+    /// The journal whose room a send needs (persistent, not to a temporary destination).
+    fn journal_for(&self, target: &Target, persistent: bool) -> Option<&crate::store::Store> {
+        self.broker
+            .store()
+            .filter(|_| persistent && !target.destination().kind().is_temp())
     }
 
     /// Accepts a message onto a target: charges its memory, then queues or fans it out — or

@@ -251,6 +251,10 @@ impl Broker {
         let Some(p) = &self.inner.persistence else {
             return;
         };
+        // The gate first: a checkpoint snapshot must find each message either still pending
+        // or already on its destination. Taken out of `visible` before the gate, a message
+        // could be in neither for a checkpoint that then covers its record — lost on recovery.
+        let _gate = self.gate();
         let ready: Vec<Pending> = {
             let mut visible = p.visible.lock();
             let n = visible.iter().take_while(|e| e.index <= upto).count();
@@ -259,7 +263,6 @@ impl Broker {
         if ready.is_empty() {
             return;
         }
-        let _gate = self.gate();
         let mut effects = Effects::default();
         for pending in ready {
             if pending.msg.store_index != 0 {

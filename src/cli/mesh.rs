@@ -48,8 +48,8 @@ pub async fn broker(topology: &Path, member: &str, repair: bool) -> anyhow::Resu
     let token = running.shutdown_token();
     tokio::spawn(async move {
         signals.recv().await;
-        tracing::info!("signal received: shutting down");
         token.cancel();
+        tracing::info!("signal received: shutting down");
     });
     if !running.wait().await {
         tracing::warn!("some connections did not close within the shutdown timeout");

@@ -1,5 +1,6 @@
 //! The `meshmq` command's subcommands (part of the binary, not the library).
 pub mod bench;
+pub mod bench_ha;
 pub mod bench_mesh;
 pub mod clients;
 pub mod http;

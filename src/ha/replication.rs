@@ -207,6 +207,8 @@ impl Master {
     pub async fn caught_up(&self) {
         loop {
             let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             if self.count_at_least(self.shared.epoch_start) >= self.shared.needed {
                 return;
             }
@@ -264,11 +266,16 @@ async fn commit_loop(s: Arc<MasterShared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Registered before looking, so an ack arriving meanwhile is not missed.
         let changed = s.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        // Marks the value seen, so `changed()` below waits for the next write.
+        let written = *local.borrow_and_update();
         if s.gated && (s.lease)() {
             let mut acks: Vec<u64> = s.followers.lock().values().map(|(_, a)| *a).collect();
             if let Some(q) = quorum_index(&mut acks, s.needed) {
-                let commit = q.min(*local.borrow());
+                let commit = q.min(written);
                 if commit >= s.epoch_start {
                     journal.publish_committed(commit);
                 }
@@ -430,6 +437,8 @@ async fn serve_follower(
         heartbeat.tick().await;
         loop {
             let mut sent = false;
+            // Seen: `changed()` below then waits for records written after this sweep.
+            local.borrow_and_update();
             while let Some(frames) = journal.read_frames(next, BATCH_BYTES)? {
                 let count = frames.count;
                 let msg = ToFollower {

@@ -140,7 +140,9 @@ pub(crate) fn error_code(e: &BrokerError) -> ErrorCode {
         | BrokerError::UnknownDelivery { .. } => C::Invalid,
         BrokerError::NotFound(_) | BrokerError::NoSuchSubscription(_) => C::NotFound,
         BrokerError::NotOwner(_) => C::Forbidden,
-        BrokerError::TooManySubscriptions(_) | BrokerError::Full { .. } => C::ResourceExhausted,
+        BrokerError::TooManySubscriptions(_)
+        | BrokerError::Full { .. }
+        | BrokerError::JournalFull { .. } => C::ResourceExhausted,
         BrokerError::ClientIdInUse(_) => C::ClientIdInUse,
         BrokerError::WildcardQueue(_) | BrokerError::SelectorUnsupported(_) => C::Unsupported,
     }
@@ -425,9 +427,7 @@ impl<P: Protocol> Driver<P> {
         if !self.session.has_room(&target, message.persistent) {
             match target.on_full() {
                 OnFull::Fail => {
-                    let e = BrokerError::Full {
-                        destination: target.destination().to_string(),
-                    };
+                    let e = self.session.full_error(&target, message.persistent);
                     self.ctx.metrics.send_refused(&e);
                     self.error(error_code(&e), &e.to_string(), receipt.as_ref(), false);
                     return;

@@ -385,7 +385,7 @@ impl ListenerMetrics {
 
     fn send_refused(&self, e: &BrokerError) {
         let reason = match e {
-            BrokerError::Full { .. } => "full",
+            BrokerError::Full { .. } | BrokerError::JournalFull { .. } => "full",
             BrokerError::NotFound(_) => "not_found",
             BrokerError::NotOwner(_) => "forbidden",
             _ => "invalid",
@@ -743,24 +743,37 @@ async fn quic_accept_loop(
     }
 }
 
-/// Periodic broker work: expiry sweeps, checkpoints (every second while the journal is full,
-/// so acknowledged segments are freed promptly), journal gauges.
+/// Periodic broker work: expiry sweeps, checkpoints (on schedule, whenever the journal starts a
+/// new segment — so disk use follows traffic, not the clock — and every second while the
+/// journal is full, so acknowledged segments are freed promptly), journal gauges.
 async fn chores(
     broker: Broker,
     expiry: Duration,
     checkpoint_every: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(expiry.max(Duration::from_millis(10)));
+    let period = expiry.min(checkpoint_every).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_checkpoint = Instant::now();
+    let mut last_sweep = Instant::now();
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let rolled = async {
+            match broker.store() {
+                Some(store) => store.journal().segment_started().await,
+                None => std::future::pending().await,
+            }
+        };
+        let rolled = tokio::select! {
+            _ = tick.tick() => false,
+            _ = rolled => true,
             _ = shutdown.cancelled() => return,
+        };
+        if last_sweep.elapsed() >= expiry {
+            last_sweep = Instant::now();
+            broker.sweep_expired();
+            broker.redispatch();
         }
-        broker.sweep_expired();
-        broker.redispatch();
         let Some(store) = broker.store() else {
             continue;
         };
@@ -771,7 +784,8 @@ async fn chores(
         let (syncs, bytes) = j.counters();
         metrics::counter!(m::JOURNAL_SYNCS).absolute(syncs);
         metrics::counter!(m::JOURNAL_BYTES).absolute(bytes);
-        let due = last_checkpoint.elapsed() >= checkpoint_every
+        let due = rolled
+            || last_checkpoint.elapsed() >= checkpoint_every
             || (j.is_full() && last_checkpoint.elapsed() >= Duration::from_secs(1));
         if due {
             last_checkpoint = Instant::now();

@@ -146,13 +146,25 @@ impl Driver {
                     }
                 }
             };
-            let mut watcher = match session.watch().await {
+            let watcher = match session.watch().await {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot watch the group; opening a new session");
                     continue 'session;
                 }
             };
+            // The crate's persistent watcher panics when polled after its session ended, so it
+            // lives on a task of its own and changes arrive over a channel.
+            let (changed_tx, mut changed) = mpsc::unbounded_channel::<()>();
+            let _forwarder = AbortOnDrop(tokio::spawn(async move {
+                let mut watcher = watcher;
+                loop {
+                    let event = watcher.changed().await;
+                    if event.session_state.is_terminated() || changed_tx.send(()).is_err() {
+                        return;
+                    }
+                }
+            }));
             let mut states = session.state_watcher();
             tracing::info!("registered with ZooKeeper");
             self.machine
@@ -186,7 +198,7 @@ impl Driver {
                 self.sync_lease();
                 tokio::select! {
                     _ = self.shutdown.cancelled() => return,
-                    _ = watcher.changed() => self.refresh(&session).await,
+                    Some(()) = changed.recv() => self.refresh(&session).await,
                     s = states.changed() => match s {
                         SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
                             self.machine.handle_session(Session::Connected, Instant::now());

@@ -6,7 +6,20 @@
 //! (`local_disk`), and then publishes the synced index. Every append that arrived while a sync
 //! was running shares the next one: that is the group commit. Segments are preallocated with
 //! `fallocate`, so a write never grows a file and running out of space shows up when a segment
-//! is created — where it is handled like `store_limit`: the batch waits and is retried.
+//! is created — where it is handled like `store_limit`.
+//!
+//! Full is never a dead end: checkpoints (which let old segments go) wait until everything
+//! appended is written, and consumers' acknowledgements are appended behind what producers sent,
+//! so the writer must always be able to go on. `store_limit` is therefore enforced where sends
+//! are admitted, not by the writer: once the segments would pass the limit the journal is `full`
+//! — new persistent sends wait or fail — while what was already accepted, and the
+//! acknowledgements after it, are still written (beyond the limit if they must be: flow control
+//! keeps what may be accepted but unwritten to half a segment, so without acknowledgements that
+//! is at most one segment) and checkpoints go on. A full disk cannot be written past, so the
+//! journal keeps a reserve file of one segment that it deletes when the disk is full: the
+//! segment that takes its place holds what was accepted and the acknowledgements after it, and a
+//! checkpoint that finds no room may use the reserve too. The journal is not full again once its
+//! segments are back under the limit and the reserve file could be made again.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -47,6 +60,9 @@ pub(crate) fn segment_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.log"))
 }
 
+/// The reserve file: one segment of disk space the journal gives up when the disk is full.
+pub(crate) const RESERVE_FILE: &str = "reserve";
+
 /// One segment file.
 #[derive(Debug)]
 pub(crate) struct Segment {
@@ -68,29 +84,35 @@ impl Segment {
     }
 }
 
-/// Creates and preallocates a segment file.
-pub(crate) fn create_segment(dir: &Path, first: u64, capacity: u64) -> Result<Segment, StoreError> {
-    let path = segment_path(dir, first);
+/// Creates a file of `size` bytes, allocated on disk (a full disk is `NoSpace`).
+fn allocate(path: &Path, size: u64) -> Result<File, StoreError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
-        .open(&path)
-        .map_err(|e| StoreError::io(&path, "create", e))?;
+        .open(path)
+        .map_err(|e| StoreError::io(path, "create", e))?;
     // SAFETY: fallocate on a descriptor we own, with in-range arguments.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, capacity as libc::off_t) };
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size as libc::off_t) };
     if rc != 0 {
         let err = io::Error::from_raw_os_error(rc);
         drop(file);
-        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(path);
         return Err(if rc == libc::ENOSPC {
             StoreError::NoSpace {
                 path: path.display().to_string(),
             }
         } else {
-            StoreError::io(&path, "preallocate", err)
+            StoreError::io(path, "preallocate", err)
         });
     }
+    Ok(file)
+}
+
+/// Creates and preallocates a segment file.
+pub(crate) fn create_segment(dir: &Path, first: u64, capacity: u64) -> Result<Segment, StoreError> {
+    let path = segment_path(dir, first);
+    let file = allocate(&path, capacity)?;
     sync_dir(dir)?;
     Ok(Segment {
         first,
@@ -108,6 +130,9 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io(dir, "sync the directory", e))
 }
+
+/// Most bytes of records the writer may be behind before new persistent sends wait.
+const MAX_BEHIND: u64 = 8 << 20;
 
 /// A batch buffer larger than this is given back once written.
 const MAX_IDLE_BATCH: usize = 4 << 20;
@@ -151,13 +176,66 @@ pub(crate) struct Shared {
     /// Indexes that garbage collection must keep (a follower still streaming them).
     pins: Mutex<std::collections::HashMap<u64, u64>>,
     failed: Mutex<Option<String>>,
-    full: AtomicBool,
+    /// The writer waits for space (even the reserve is spent).
+    stuck: AtomicBool,
+    /// The segments are beyond `store_limit`.
+    over_limit: AtomicBool,
+    /// The reserve file is not there (given up to a full disk, or it could not be made).
+    reserve_missing: AtomicBool,
+    /// Held while the reserve file is given up or made again (by the writer, a checkpoint).
+    reserve_lock: Mutex<()>,
+    /// `next_index` of the newest checkpoint on disk (0: none).
+    checkpointed: AtomicU64,
+    /// Told each time a new segment is started (a checkpoint may let old ones go).
+    started_segment: tokio::sync::Notify,
     unsynced_bytes: AtomicU64,
     disk_bytes: AtomicU64,
     stop: AtomicBool,
     on_synced: RwLock<Option<SyncedHook>>,
     pub fsyncs: AtomicU64,
     pub appended_bytes: AtomicU64,
+}
+
+impl Shared {
+    fn is_full(&self) -> bool {
+        self.stuck.load(Ordering::Relaxed)
+            || self.over_limit.load(Ordering::Relaxed)
+            || self.reserve_missing.load(Ordering::Relaxed)
+    }
+
+    fn reserve_path(&self) -> PathBuf {
+        self.dir.join(RESERVE_FILE)
+    }
+
+    /// Deletes the reserve file to make room on a full disk; false when there is none.
+    fn give_up_reserve(&self) -> bool {
+        let _reserve = self.reserve_lock.lock();
+        if self.reserve_missing.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        std::fs::remove_file(self.reserve_path()).is_ok()
+    }
+
+    /// Makes the reserve file when it is missing (at start, and once a full disk has room
+    /// again).
+    fn restore_reserve(&self) {
+        let _reserve = self.reserve_lock.lock();
+        let path = self.reserve_path();
+        let size = self.options.segment_size;
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() >= size) {
+            self.reserve_missing.store(false, Ordering::Relaxed);
+            return;
+        }
+        let _ = std::fs::remove_file(&path);
+        match allocate(&path, size).and_then(|_| sync_dir(&self.dir)) {
+            Ok(()) => self.reserve_missing.store(false, Ordering::Relaxed),
+            Err(e) => {
+                if !self.reserve_missing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "no room for the journal's reserve: persistent sends wait until there is");
+                }
+            }
+        }
+    }
 }
 
 /// The journal handle.
@@ -174,6 +252,7 @@ impl Journal {
         options: JournalOptions,
         segments: Vec<Segment>,
         next_index: u64,
+        checkpointed: u64,
     ) -> Journal {
         let disk: u64 = segments.iter().map(|s| s.capacity).sum();
         let shared = Arc::new(Shared {
@@ -189,7 +268,12 @@ impl Journal {
             fenced: Mutex::new(None),
             pins: Mutex::new(std::collections::HashMap::new()),
             failed: Mutex::new(None),
-            full: AtomicBool::new(false),
+            stuck: AtomicBool::new(false),
+            over_limit: AtomicBool::new(false),
+            reserve_missing: AtomicBool::new(false),
+            reserve_lock: Mutex::new(()),
+            checkpointed: AtomicU64::new(checkpointed),
+            started_segment: tokio::sync::Notify::new(),
             unsynced_bytes: AtomicU64::new(0),
             disk_bytes: AtomicU64::new(disk),
             stop: AtomicBool::new(false),
@@ -197,6 +281,10 @@ impl Journal {
             fsyncs: AtomicU64::new(0),
             appended_bytes: AtomicU64::new(0),
         });
+        if let Some(limit) = shared.options.store_limit {
+            shared.over_limit.store(disk > limit, Ordering::Relaxed);
+        }
+        shared.restore_reserve();
         let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("meshmq-journal".into())
@@ -278,7 +366,14 @@ impl Journal {
     /// quorum acknowledged it); never moves backwards, never past what is durable here.
     pub fn publish_committed(&self, index: u64) {
         let index = index.min(*self.shared.local.borrow());
-        let moved = self.shared.synced.send_if_modified(|c| {
+        if index <= *self.shared.synced.borrow() {
+            return;
+        }
+        // The hook first (see `complete`).
+        if let Some(f) = self.shared.on_synced.read().as_ref() {
+            f(index);
+        }
+        self.shared.synced.send_if_modified(|c| {
             if index > *c {
                 *c = index;
                 true
@@ -286,11 +381,6 @@ impl Journal {
                 false
             }
         });
-        if moved {
-            if let Some(f) = self.shared.on_synced.read().as_ref() {
-                f(index);
-            }
-        }
     }
 
     /// Stops every commit for good (this member stopped serving): waiters fail with `reason`.
@@ -418,20 +508,26 @@ impl Journal {
         Ok(())
     }
 
-    /// Called (on the writer thread) with the synced index after every batch.
+    /// Called with each newly committed index (on the writer thread, or by whoever publishes
+    /// a commit), before waiters on that index are woken.
     pub fn set_on_synced(&self, f: SyncedHook) {
         *self.shared.on_synced.write() = Some(f);
     }
 
-    /// False while the store is at its limit (or the disk is full), or the writer is far behind.
+    /// False while the journal is full (at its limit, or the disk is), or the writer is behind
+    /// by half a segment (what the reserve must be able to hold) or 8 MiB. The records waiting
+    /// for the writer, and the bodies of their messages until they are durable and can be paged
+    /// out, are in memory beyond `memory_limit`: this keeps them small, and a writer 8 MiB
+    /// behind still syncs batches large enough to keep up.
     pub fn has_room(&self) -> bool {
-        !self.shared.full.load(Ordering::Relaxed)
-            && self.shared.unsynced_bytes.load(Ordering::Relaxed) < 64 << 20
+        let behind = (self.shared.options.segment_size / 2).min(MAX_BEHIND);
+        !self.is_full()
+            && self.shared.unsynced_bytes.load(Ordering::Relaxed) < behind
             && self.failure().is_none()
     }
 
     pub fn is_full(&self) -> bool {
-        self.shared.full.load(Ordering::Relaxed)
+        self.shared.is_full()
     }
 
     /// Bytes of segment files on disk.
@@ -507,8 +603,33 @@ impl Journal {
         }
     }
 
-    /// Deletes segments that hold only records before `before` and no live message.
-    /// Returns how many were deleted.
+    /// Gives up the reserve file so a checkpoint can be written on a full disk (the checkpoint
+    /// is what lets segments go); false when there is none. The journal is full until the
+    /// reserve can be made again.
+    pub(crate) fn give_up_reserve(&self) -> bool {
+        self.shared.give_up_reserve()
+    }
+
+    /// Resolves once the writer has started a new segment since the last call.
+    pub async fn segment_started(&self) {
+        self.shared.started_segment.notified().await
+    }
+
+    /// Notes that a checkpoint covering every record before `next_index` is on disk.
+    pub(crate) fn checkpointed(&self, next_index: u64) {
+        self.shared
+            .checkpointed
+            .fetch_max(next_index, Ordering::Relaxed);
+    }
+
+    /// `next_index` of the newest checkpoint on disk (0: none).
+    pub(crate) fn last_checkpoint(&self) -> u64 {
+        self.shared.checkpointed.load(Ordering::Relaxed)
+    }
+
+    /// Deletes segments that hold only records before `before` and no live message, then
+    /// takes back what a full journal spent of its reserve if there is room again.
+    /// Returns how many segments were deleted.
     pub fn collect_garbage(&self, before: u64) -> usize {
         let before = self
             .shared
@@ -537,10 +658,16 @@ impl Journal {
         drop(segs);
         if deleted > 0 {
             let _ = sync_dir(&self.shared.dir);
-            if self.shared.full.load(Ordering::Relaxed) {
-                // The writer retries its waiting batch now there may be room.
-                self.shared.wake.notify_one();
+        }
+        if let Some(limit) = self.shared.options.store_limit {
+            if self.disk_bytes() <= limit {
+                self.shared.over_limit.store(false, Ordering::Relaxed);
             }
+        }
+        self.shared.restore_reserve();
+        if self.shared.stuck.load(Ordering::Relaxed) {
+            // The writer retries its waiting batch now there may be room.
+            self.shared.wake.notify_one();
         }
         deleted
     }
@@ -577,10 +704,10 @@ fn writer(shared: Arc<Shared>) {
             std::mem::swap(&mut carry, &mut spare);
         }
         match write_batch(&shared, &mut carry) {
-            Ok(()) => shared.full.store(false, Ordering::Relaxed),
+            Ok(()) => shared.stuck.store(false, Ordering::Relaxed),
             Err(StoreError::NoSpace { path }) => {
-                if !shared.full.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(%path, "journal full (store_limit or disk): persistent sends wait until consumers free space");
+                if !shared.stuck.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(%path, "journal full (the disk) and its reserve spent: writes wait until there is space");
                 }
                 if shared.stop.load(Ordering::Acquire) {
                     return;
@@ -637,10 +764,13 @@ fn complete(
     }
     shared.local.send_replace(last);
     if shared.gate.lock().is_none() {
-        shared.synced.send_replace(last);
+        // The hook before the waiters: whoever sees an index committed (a checkpoint about
+        // to let segments go, a producer's receipt) finds its messages already counted live
+        // in their segments and visible.
         if let Some(f) = shared.on_synced.read().as_ref() {
             f(last);
         }
+        shared.synced.send_replace(last);
     }
     Ok(())
 }
@@ -678,10 +808,9 @@ fn write_frames(
             let first = batch.frames[*i].0;
             let need = (batch.frames[*i].1 as u64).max(shared.options.segment_size);
             if let Some(limit) = shared.options.store_limit {
-                if shared.disk_bytes.load(Ordering::Relaxed) + need > limit {
-                    return Err(StoreError::NoSpace {
-                        path: format!("{} (store_limit {limit} bytes)", shared.dir.display()),
-                    });
+                let beyond = shared.disk_bytes.load(Ordering::Relaxed) + need > limit;
+                if beyond && !shared.over_limit.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(limit, "journal full (store_limit): persistent sends wait or fail until consumers free space; what was already accepted, and the acknowledgements after it, are still written");
                 }
             }
             if let Some(active) = segs.last() {
@@ -693,9 +822,16 @@ fn write_frames(
                         .map_err(|e| StoreError::io(&active.path, "sync", e))?;
                 }
             }
-            let seg = create_segment(&shared.dir, first, need)?;
+            let seg = match create_segment(&shared.dir, first, need) {
+                Err(StoreError::NoSpace { path }) if shared.give_up_reserve() => {
+                    tracing::warn!(%path, "journal full (the disk): persistent sends wait or fail until consumers free space; the journal's reserve takes what was already accepted");
+                    create_segment(&shared.dir, first, need)?
+                }
+                created => created?,
+            };
             shared.disk_bytes.fetch_add(seg.capacity, Ordering::Relaxed);
             segs.push(seg);
+            shared.started_segment.notify_one();
             continue;
         }
         let seg = segs

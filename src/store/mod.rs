@@ -9,7 +9,10 @@
 //! written (`local_mem`) or written and `fdatasync`ed (`local_disk`); recovery keeps every
 //! record before a torn tail, cuts the tail, and refuses to start — naming the file and the
 //! offset — when damage is followed by valid data, unless told to `--repair`; a segment is
-//! deleted only when a checkpoint covers all its records and none of its messages is live.
+//! deleted only when a checkpoint covers all its records and none of its messages is live; a
+//! full journal (store limit or disk) refuses new persistent sends but keeps writing what it
+//! already accepted and the acknowledgements after it — past `store_limit`, or into its
+//! one-segment reserve on a full disk — so checkpoints still get through and free space.
 
 mod epochs;
 mod frame;
@@ -120,6 +123,7 @@ impl Store {
             },
             segments,
             recovered.next_index,
+            recovered.checkpoint_next.unwrap_or(0),
         );
         Ok((
             Store {
@@ -147,6 +151,7 @@ impl Store {
             },
             Vec::new(),
             next_index,
+            0,
         );
         Store {
             journal,
@@ -242,7 +247,10 @@ impl Store {
         }
     }
 
-    /// Writes a checkpoint, then deletes the segments it makes unnecessary.
+    /// Writes a checkpoint, then deletes the segments it makes unnecessary. On a full disk the
+    /// checkpoint may take the journal's reserve; when even that is spent, the newest checkpoint
+    /// on disk still covers the older segments: those whose messages are gone are deleted to
+    /// make room for the next one.
     pub fn checkpoint(&self, c: &proto::Checkpoint) -> Result<usize, StoreError> {
         let mut c = c.clone();
         {
@@ -252,11 +260,29 @@ impl Store {
             c.epoch = covered.last_epoch();
             c.epochs = covered.to_proto();
         }
-        recovery::write_checkpoint(&self.dir, &c)?;
-        if let Some(hook) = self.on_checkpoint.read().as_ref() {
-            hook(&c);
+        let written = match recovery::write_checkpoint(&self.dir, &c) {
+            Err(StoreError::NoSpace { path }) if self.journal.give_up_reserve() => {
+                tracing::warn!(%path, "no disk space for a checkpoint: the journal's reserve makes room for it");
+                recovery::write_checkpoint(&self.dir, &c)
+            }
+            written => written,
+        };
+        match written {
+            Ok(()) => {
+                self.journal.checkpointed(c.next_index);
+                if let Some(hook) = self.on_checkpoint.read().as_ref() {
+                    hook(&c);
+                }
+                Ok(self.journal.collect_garbage(c.next_index))
+            }
+            Err(e @ StoreError::NoSpace { .. }) => {
+                match self.journal.collect_garbage(self.journal.last_checkpoint()) {
+                    0 => Err(e),
+                    deleted => Ok(deleted),
+                }
+            }
+            Err(e) => Err(e),
         }
-        Ok(self.journal.collect_garbage(c.next_index))
     }
 
     /// Flushes everything queued and stops the writer.

@@ -333,43 +333,65 @@ async fn garbage_collection_keeps_segments_with_live_messages() {
 }
 
 #[tokio::test]
-async fn the_store_limit_stops_appends_until_space_is_freed() {
+async fn at_the_store_limit_the_journal_is_full_but_what_was_appended_is_still_written() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
-    // Two 4 KiB segments, two 1.5 KiB records each.
+    // Two 4 KiB segments fit the limit; two 1.5 KiB records fill a segment.
     cfg.store_limit = Some(2 * 4096);
     let (store, _) = Store::open(cfg, false).unwrap();
     let body = "z".repeat(1500);
     let mut idx = Vec::new();
-    for i in 0..6u64 {
+    for i in 0..4u64 {
         let i = store.append(&added("queue://a", &body, "p", i));
         store.journal().retain(i);
         idx.push(i);
     }
     store.journal().wait_synced(idx[3]).await.unwrap();
-    let waiting = tokio::time::timeout(
-        Duration::from_millis(300),
-        store.journal().wait_synced(idx[4]),
-    )
-    .await;
-    assert!(waiting.is_err(), "past the limit the last appends wait");
-    assert!(store.journal().is_full() && !store.journal().has_room());
-    // Consumers take the first segment's two messages; a checkpoint lets it go.
-    let mut last = 0;
-    for i in &idx[..2] {
-        last = store.append(&removed(*i));
-        store.journal().release(*i);
+    assert!(
+        store.journal().has_room(),
+        "the limit is reached, not passed"
+    );
+    // Appended before anyone could see the limit pass (sends already accepted): written into
+    // a segment beyond the limit, which makes the journal full.
+    for i in 4..6u64 {
+        let i = store.append(&added("queue://a", &body, "p", i));
+        store.journal().retain(i);
+        idx.push(i);
     }
+    let within = Duration::from_secs(10);
+    tokio::time::timeout(within, store.journal().wait_synced(idx[5]))
+        .await
+        .expect("the writer never waits for the limit")
+        .unwrap();
+    assert!(store.journal().is_full() && !store.journal().has_room());
+    assert_eq!(store.journal().disk_bytes(), 3 * 4096);
+    // While full, consumers take every message; their acknowledgements are written too,
+    // however many (here, with repeats, several segments' worth).
+    let mut last = 0;
+    for round in 0..200 {
+        for i in &idx {
+            last = store.append(&removed(*i));
+            if round == 0 {
+                store.journal().release(*i);
+            }
+        }
+    }
+    tokio::time::timeout(within, store.journal().wait_synced(last))
+        .await
+        .expect("acknowledgements are written while the journal is full")
+        .unwrap();
+    assert!(store.journal().is_full());
+    assert!(store.journal().disk_bytes() > 4 * 4096);
+    // A checkpoint after them lets every segment but the active one go: under the limit, room
+    // again.
+    let segments = store.journal().segment_count();
     let cp = Checkpoint {
         next_index: last + 1,
         ..Checkpoint::default()
     };
-    assert_eq!(store.checkpoint(&cp).unwrap(), 1);
-    tokio::time::timeout(Duration::from_secs(10), store.journal().wait_synced(last))
-        .await
-        .expect("room again")
-        .unwrap();
-    assert!(!store.journal().is_full());
+    assert_eq!(store.checkpoint(&cp).unwrap(), segments - 1);
+    assert!(!store.journal().is_full() && store.journal().has_room());
+    assert_eq!(store.journal().disk_bytes(), 4096);
     store.close();
 }
 
@@ -398,5 +420,45 @@ async fn concurrent_appends_share_syncs() {
         .fsyncs
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(syncs < 640, "640 appends in {syncs} syncs");
+    store.close();
+}
+
+#[tokio::test]
+async fn the_synced_hook_runs_before_anyone_sees_the_commit() {
+    // The broker's hook makes messages visible and counts them live in their segments; a
+    // checkpoint waiting for the commit must find that done, or it could let a segment with a
+    // live message go.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(config(dir.path()), false).unwrap();
+    let seen_early = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen_late = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let journal = store.journal().clone();
+    let (early, late) = (seen_early.clone(), seen_late.clone());
+    store.journal().set_on_synced(Box::new(move |upto| {
+        let counter = if journal.synced() < upto {
+            &early
+        } else {
+            &late
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }));
+    for i in 0..20u64 {
+        let index = store.append(&added("queue://a", "m", "p", i));
+        store.journal().wait_synced(index).await.unwrap();
+    }
+    // Replicated: commits are published by replication once a quorum has the records.
+    store.journal().gate(Duration::from_secs(10));
+    for i in 20..40u64 {
+        let index = store.append(&added("queue://a", "m", "p", i));
+        let mut local = store.journal().watch_local();
+        local.wait_for(|l| *l >= index).await.unwrap();
+        store.journal().publish_committed(index);
+        store.journal().wait_synced(index).await.unwrap();
+    }
+    // Drop the hook (it holds the journal).
+    store.journal().set_on_synced(Box::new(|_| {}));
+    let early = seen_early.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(early >= 21, "the hook ran {early} times");
+    assert_eq!(seen_late.load(std::sync::atomic::Ordering::Relaxed), 0);
     store.close();
 }

@@ -1,6 +1,7 @@
 //! The integration-test harness: real `meshmq` processes on loopback ports the test picks, a
-//! topology written into a temporary directory, a tiny HTTP GET for the admin port, and a raw
-//! wire-protocol connection for tests that misbehave on purpose.
+//! topology written into a temporary directory, a tiny HTTP GET for the admin port, a raw
+//! wire-protocol connection for tests that misbehave on purpose, and for fault tests a broker
+//! restarted on its own data directory, a history checker and a journal-frame reader.
 //!
 //! Everything here is blocking (std sockets, std processes) so it can be called from plain
 //! tests and from multi-threaded tokio tests alike; waits are bounded by [`GUARD`], which is a
@@ -9,16 +10,22 @@
 // Each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod ha;
+pub mod stall_proxy;
+pub mod zk;
+
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use meshmq::broker::DestinationStats;
-use meshmq::client::{Client, ClientOptions};
+use meshmq::client::{AckMode, Client, ClientOptions, SubscribeOptions};
 use meshmq::server::admin::MemberStatus;
 use meshmq::wire::{self, proto, Body, Decoded, Frame};
 use tempfile::TempDir;
@@ -75,6 +82,9 @@ impl Ports {
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     broker: Vec<String>,
+    store: Vec<String>,
+    group: Vec<String>,
+    data_dir: Option<PathBuf>,
     listener: Vec<String>,
     sections: Vec<String>,
 }
@@ -87,6 +97,24 @@ impl Config {
     /// A `key = value` line of the `[broker]` section.
     pub fn broker(mut self, line: &str) -> Config {
         self.broker.push(line.to_string());
+        self
+    }
+
+    /// A `key = value` line of the `[store]` section (the journal).
+    pub fn store(mut self, line: &str) -> Config {
+        self.store.push(line.to_string());
+        self
+    }
+
+    /// A `key = value` line of the group (e.g. `sync = "local_mem"`).
+    pub fn group(mut self, line: &str) -> Config {
+        self.group.push(line.to_string());
+        self
+    }
+
+    /// The member's `data_dir` (default: `data/hub-1` beside the topology).
+    pub fn data_dir(mut self, dir: &Path) -> Config {
+        self.data_dir = Some(dir.to_path_buf());
         self
     }
 
@@ -109,9 +137,28 @@ impl Config {
             t.push_str(line);
             t.push('\n');
         }
+        if !self.store.is_empty() {
+            t.push_str("\n[store]\n");
+            for line in &self.store {
+                t.push_str(line);
+                t.push('\n');
+            }
+        }
+        t.push_str("\n[[group]]\nname = \"hub\"\n");
+        for line in &self.group {
+            t.push_str(line);
+            t.push('\n');
+        }
         t.push_str(&format!(
-            "\n[[group]]\nname = \"hub\"\n\n[[group.member]]\nname = \"hub-1\"\nadmin = \"127.0.0.1:{}\"\n\n[[group.member.listener]]\nurl = \"tcp://127.0.0.1:{}\"\n",
-            ports.admin, ports.listen
+            "\n[[group.member]]\nname = \"hub-1\"\nadmin = \"127.0.0.1:{}\"\n",
+            ports.admin
+        ));
+        if let Some(dir) = &self.data_dir {
+            t.push_str(&format!("data_dir = {:?}\n", dir.display().to_string()));
+        }
+        t.push_str(&format!(
+            "\n[[group.member.listener]]\nurl = \"tcp://127.0.0.1:{}\"\n",
+            ports.listen
         ));
         for line in &self.listener {
             t.push_str(line);
@@ -251,11 +298,16 @@ pub fn run(cmd: &mut Command) -> Finished {
     CliChild::spawn(cmd).finish()
 }
 
-/// One `meshmq broker` process, killed and reaped on drop.
+/// One `meshmq broker` process, killed and reaped on drop. It can be started again on the same
+/// topology, ports and data directory once it has exited (`restart`).
 pub struct Broker {
     proc: ChildGuard,
     ports: Ports,
     dir: TempDir,
+    topology: PathBuf,
+    data_dir: PathBuf,
+    /// How many times a process was started (each run logs to its own file).
+    runs: usize,
 }
 
 /// Why a broker did not come up.
@@ -292,42 +344,99 @@ impl Broker {
     fn spawn(config: &Config, ports: Ports) -> Result<Broker, StartError> {
         let dir = tempfile::tempdir().expect("tempdir");
         let topology = write_file(dir.path(), "topology.toml", &config.topology(ports));
-        let log = File::create(dir.path().join("broker.log")).expect("log file");
+        let data_dir = config
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data").join("hub-1"));
+        let proc = Broker::launch(dir.path(), &topology, 1, &[]);
+        let mut broker = Broker {
+            proc,
+            ports,
+            dir,
+            topology,
+            data_dir,
+            runs: 1,
+        };
+        broker.wait_ready()?;
+        Ok(broker)
+    }
+
+    fn launch(dir: &Path, topology: &Path, run: usize, args: &[&str]) -> ChildGuard {
+        let log = File::create(dir.join(format!("broker-{run}.log"))).expect("log file");
         let child = meshmq()
             .args(["broker", "--topology"])
-            .arg(&topology)
+            .arg(topology)
             .args(["--member", "hub-1"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
             .spawn()
             .expect("spawn meshmq broker");
-        let mut broker = Broker {
-            proc: ChildGuard::new(child),
-            ports,
-            dir,
-        };
+        ChildGuard::new(child)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), StartError> {
         let deadline = Instant::now() + GUARD;
         loop {
-            if let Some(status) = broker.proc.try_wait() {
-                let log = format!("exited with {status}:\n{}", broker.log());
+            if let Some(status) = self.proc.try_wait() {
+                let log = format!("exited with {status}:\n{}", self.log());
                 return Err(if log.contains("Address already in use") {
                     StartError::PortTaken(log)
                 } else {
                     StartError::Other(log)
                 });
             }
-            if matches!(http_get(ports.admin_addr(), "/readyz"), Ok((200, _))) {
-                return Ok(broker);
+            if matches!(http_get(self.ports.admin_addr(), "/readyz"), Ok((200, _))) {
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 return Err(StartError::Other(format!(
                     "not ready within {GUARD:?}:\n{}",
-                    broker.log()
+                    self.log()
                 )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Starts the broker again (after it exited) on the same topology, ports and data
+    /// directory, with extra command-line `args`, and waits until it is ready.
+    pub fn restart_with(&mut self, args: &[&str]) {
+        assert!(
+            self.proc.try_wait().is_some(),
+            "restart: the broker is still running"
+        );
+        self.runs += 1;
+        self.proc = Broker::launch(self.dir.path(), &self.topology, self.runs, args);
+        if let Err(StartError::PortTaken(log) | StartError::Other(log)) = self.wait_ready() {
+            panic!("the broker did not start again:\n{log}");
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    /// Starts the broker again expecting it to refuse: waits for it to exit and returns its
+    /// status and log. Fails the test if it becomes ready instead.
+    pub fn restart_refused(&mut self, args: &[&str]) -> (ExitStatus, String) {
+        assert!(
+            self.proc.try_wait().is_some(),
+            "the broker is still running"
+        );
+        self.runs += 1;
+        self.proc = Broker::launch(self.dir.path(), &self.topology, self.runs, args);
+        match self.wait_ready() {
+            Ok(()) => panic!(
+                "the broker started but should have refused:\n{}",
+                self.log()
+            ),
+            Err(StartError::PortTaken(log)) => panic!("a port was taken:\n{log}"),
+            Err(StartError::Other(_)) => {}
+        }
+        let status = self.proc.try_wait().expect("it exited");
+        (status, self.log())
     }
 
     pub fn ports(&self) -> Ports {
@@ -347,25 +456,35 @@ impl Broker {
         self.proc.pid()
     }
 
-    /// The broker's stdout and stderr so far.
+    /// The stdout and stderr of the broker's current (or last) run so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join(format!("broker-{}.log", self.runs)))
+            .unwrap_or_default()
+    }
+
+    /// The member's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Where its journal lives (`data_dir/journal`).
+    pub fn journal_dir(&self) -> PathBuf {
+        self.data_dir.join("journal")
+    }
+
+    /// True once the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.proc.try_wait()
     }
 
     /// `GET /status`, parsed.
     pub fn status(&self) -> MemberStatus {
-        let (code, body) = http_get(self.admin(), "/status").expect("GET /status");
-        assert_eq!(code, 200, "/status answered {code}: {body}");
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad /status ({e}): {body}"))
+        member_status(self.admin())
     }
 
     /// One destination's counters from `/status` (all zero when it does not exist).
     pub fn destination(&self, name: &str) -> DestinationStats {
-        self.status()
-            .destinations
-            .into_iter()
-            .find(|d| d.destination == name)
-            .unwrap_or_default()
+        destination_at(self.admin(), name)
     }
 
     /// `GET /metrics` text.
@@ -406,6 +525,22 @@ impl Broker {
     }
 }
 
+/// `GET /status` of the admin port at `admin`, parsed.
+pub fn member_status(admin: SocketAddr) -> MemberStatus {
+    let (code, body) = http_get(admin, "/status").expect("GET /status");
+    assert_eq!(code, 200, "/status answered {code}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad /status ({e}): {body}"))
+}
+
+/// One destination's counters from the `/status` at `admin` (all zero when it does not exist).
+pub fn destination_at(admin: SocketAddr, name: &str) -> DestinationStats {
+    member_status(admin)
+        .destinations
+        .into_iter()
+        .find(|d| d.destination == name)
+        .unwrap_or_default()
+}
+
 /// Polls `cond` every 20 ms until it holds; fails the test after [`GUARD`].
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + GUARD;
@@ -420,9 +555,19 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// A minimal HTTP/1.1 GET: the status code and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    http_get_within(addr, path, Duration::from_secs(10))
+}
+
+/// [`http_get`] that gives up after `timeout` per connect, read and write (a stopped process
+/// accepts the connection in the kernel and then never answers).
+pub fn http_get_within(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
@@ -577,4 +722,258 @@ impl RawConn {
             other => panic!("expected the broker to close after {error:?}, got {other:?}"),
         }
     }
+}
+
+/// Every pid that is a child of `pid` (any of its threads may have forked it).
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// What a fault test saw, message by message (a message is named by its unique body, or by
+/// the part of it before the first `|`): what was sent, what the broker receipted, and every
+/// delivery with its redelivery count. [`History::check`] is the invariant of every fault
+/// test: each receipted message delivered, nothing invented, a message delivered again only
+/// flagged as a redelivery.
+#[derive(Debug, Default)]
+pub struct History {
+    sent: HashSet<String>,
+    receipted: HashSet<String>,
+    deliveries: HashMap<String, Vec<u32>>,
+    total: usize,
+}
+
+/// A history shared between a test's producer and consumer tasks (never locked across an
+/// `.await`).
+pub type SharedHistory = Arc<Mutex<History>>;
+
+/// The name of a message in a [`History`]: its body up to the first `|`.
+pub fn message_name(body: &[u8]) -> String {
+    let end = body.iter().position(|b| *b == b'|').unwrap_or(body.len());
+    String::from_utf8_lossy(&body[..end]).into_owned()
+}
+
+impl History {
+    pub fn shared() -> SharedHistory {
+        Arc::new(Mutex::new(History::default()))
+    }
+
+    /// Called before the message is handed to the client.
+    pub fn sent(&mut self, name: &str) {
+        self.sent.insert(name.to_string());
+    }
+
+    pub fn receipted(&mut self, name: &str) {
+        assert!(self.sent.contains(name), "{name} receipted but never sent");
+        self.receipted.insert(name.to_string());
+    }
+
+    pub fn delivered(&mut self, name: &str, redelivery_count: u32) {
+        self.deliveries
+            .entry(name.to_string())
+            .or_default()
+            .push(redelivery_count);
+        self.total += 1;
+    }
+
+    pub fn sent_count(&self) -> usize {
+        self.sent.len()
+    }
+
+    pub fn receipted_count(&self) -> usize {
+        self.receipted.len()
+    }
+
+    /// Distinct messages delivered.
+    pub fn delivered_count(&self) -> usize {
+        self.deliveries.len()
+    }
+
+    /// Deliveries, counting repeats.
+    pub fn deliveries(&self) -> usize {
+        self.total
+    }
+
+    /// Deliveries flagged as redeliveries.
+    pub fn redeliveries(&self) -> usize {
+        self.deliveries
+            .values()
+            .flatten()
+            .filter(|count| **count > 0)
+            .count()
+    }
+
+    pub fn was_delivered(&self, name: &str) -> bool {
+        self.deliveries.contains_key(name)
+    }
+
+    /// Receipted messages not delivered (yet).
+    pub fn lost(&self) -> Vec<&String> {
+        let mut lost: Vec<&String> = self
+            .receipted
+            .iter()
+            .filter(|m| !self.deliveries.contains_key(*m))
+            .collect();
+        lost.sort();
+        lost
+    }
+
+    /// Fails the test unless every receipted message was delivered, every delivered message
+    /// was sent, and every repeated delivery was flagged as a redelivery.
+    pub fn check(&self) {
+        let lost = self.lost();
+        let mut invented: Vec<&String> = self
+            .deliveries
+            .keys()
+            .filter(|m| !self.sent.contains(*m))
+            .collect();
+        invented.sort();
+        let mut unflagged: Vec<(&String, &Vec<u32>)> = self
+            .deliveries
+            .iter()
+            .filter(|(_, counts)| counts.iter().skip(1).any(|c| *c == 0))
+            .collect();
+        unflagged.sort();
+        assert!(
+            lost.is_empty() && invented.is_empty() && unflagged.is_empty(),
+            "history: {} sent, {} receipted, {} delivered ({} deliveries)\n{} lost: {:?}\n{} invented: {:?}\n{} delivered again unflagged (redelivery counts): {:?}",
+            self.sent.len(),
+            self.receipted.len(),
+            self.deliveries.len(),
+            self.total,
+            lost.len(),
+            &lost[..lost.len().min(20)],
+            invented.len(),
+            &invented[..invented.len().min(20)],
+            unflagged.len(),
+            &unflagged[..unflagged.len().min(20)],
+        );
+    }
+}
+
+/// Consumes `dest` on a new connection, acknowledging each delivery and recording it in
+/// `history`, until every receipted message has arrived and the broker holds nothing more for
+/// the queue. Fails when nothing arrives within [`GUARD`] while something is still missing.
+pub async fn drain(broker: &Broker, dest: &str, history: &SharedHistory) {
+    drain_at(&broker.url(), broker.admin(), dest, history).await
+}
+
+/// [`drain`] for a broker this harness did not start: its client URL and admin address.
+pub async fn drain_at(url: &str, admin: SocketAddr, dest: &str, history: &SharedHistory) {
+    let client = Client::connect(url, ClientOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    let mut sub = client
+        .subscribe(
+            dest,
+            SubscribeOptions {
+                ack: AckMode::ClientIndividual,
+                prefetch: 200,
+                ..SubscribeOptions::default()
+            },
+        )
+        .await
+        .expect("subscribe to drain");
+    let mut progress = Instant::now();
+    loop {
+        match sub.next_timeout(Duration::from_millis(200)).await {
+            Some(d) => {
+                history
+                    .lock()
+                    .unwrap()
+                    .delivered(&message_name(&d.body), d.redelivery_count);
+                sub.ack(&d).await.expect("ack");
+                progress = Instant::now();
+            }
+            None => {
+                let missing = history.lock().unwrap().lost().len();
+                let held = destination_at(admin, dest);
+                if missing == 0 && held.depth == 0 {
+                    break;
+                }
+                assert!(
+                    progress.elapsed() < GUARD,
+                    "draining {dest}: nothing arrived for {GUARD:?}; {missing} receipted messages missing, broker holds {held:?}"
+                );
+            }
+        }
+    }
+    client.close().await.expect("close the draining client");
+}
+
+/// One frame of a journal segment: `u32 len | u32 crc32c | u64 index | payload`, `len`
+/// counting the index and the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalFrame {
+    /// Where the frame starts in its segment.
+    pub offset: usize,
+    /// The whole frame's length, header included.
+    pub len: usize,
+    pub index: u64,
+}
+
+impl JournalFrame {
+    pub fn end(&self) -> usize {
+        self.offset + self.len
+    }
+
+    pub fn payload<'a>(&self, segment: &'a [u8]) -> &'a [u8] {
+        &segment[self.offset + 16..self.end()]
+    }
+}
+
+/// The segment files of a journal directory (`<first index>.log`), oldest first.
+pub fn segment_files(journal: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(journal)
+        .unwrap_or_else(|e| panic!("list {}: {e}", journal.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The frames of a segment, up to its zero padding (segments are preallocated). Reads only
+/// frames with a plausible length; checksums are the broker's business.
+pub fn journal_frames(segment: &[u8]) -> Vec<JournalFrame> {
+    let mut frames = Vec::new();
+    let mut at = 0usize;
+    while at + 16 <= segment.len() {
+        let len = u32::from_be_bytes(segment[at..at + 4].try_into().expect("4 bytes")) as usize;
+        if len < 8 || at + 8 + len > segment.len() {
+            break;
+        }
+        let index = u64::from_be_bytes(segment[at + 8..at + 16].try_into().expect("8 bytes"));
+        frames.push(JournalFrame {
+            offset: at,
+            len: 8 + len,
+            index,
+        });
+        at += 8 + len;
+    }
+    frames
+}
+
+/// The bytes of every file in `dir` (not recursive).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
