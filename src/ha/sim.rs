@@ -872,8 +872,8 @@ impl Sim {
             [false, false] => {}
             _ => {
                 let conn = &mut self.conns[id as usize];
-                for d in 0..2 {
-                    conn.dead[d] |= dirs[d];
+                for (dead, cut) in conn.dead.iter_mut().zip(dirs) {
+                    *dead |= cut;
                 }
             }
         }
@@ -1974,19 +1974,18 @@ impl Sim {
         match f {
             Fault::CutZk(m, dirs) => {
                 self.stats.faults += 1;
-                for d in 0..2 {
-                    self.links.zk_cut[m][d] += u32::from(dirs[d]);
+                for (count, cut) in self.links.zk_cut[m].iter_mut().zip(dirs) {
+                    *count += u32::from(cut);
                 }
-                let picked = self.conns_where(|ends| {
-                    ends == [ends[0], None] && ends[0].is_some_and(|e| e.0 == m)
-                });
+                let picked =
+                    self.conns_where(|ends| ends[1].is_none() && ends[0].is_some_and(|e| e.0 == m));
                 for c in picked {
                     self.cut_conn(c, dirs);
                 }
             }
             Fault::HealZk(m, dirs) => {
-                for d in 0..2 {
-                    self.links.zk_cut[m][d] -= u32::from(dirs[d]);
+                for (count, cut) in self.links.zk_cut[m].iter_mut().zip(dirs) {
+                    *count -= u32::from(cut);
                 }
             }
             Fault::CutPeers(a, b) => {
