@@ -2225,14 +2225,14 @@ fn run_many(members: usize, count: u64) {
 #[test]
 fn three_members_never_commit_twice_nor_lose_a_receipted_write() {
     if REPLAY.is_none() {
-        run_many(3, 1500);
+        run_many(3, 3000);
     }
 }
 
 #[test]
 fn five_members_never_commit_twice_nor_lose_a_receipted_write() {
     if REPLAY.is_none() {
-        run_many(5, 500);
+        run_many(5, 1000);
     }
 }
 
