@@ -283,7 +283,12 @@ pub async fn ha(args: &HaArgs) -> anyhow::Result<Vec<Report>> {
     let mut reports = Vec::new();
     let master = group.master(Duration::from_secs(10)).await?;
     let url = group.members[master].url.clone();
-    let mut quorum = run_queue_at(&load(args, &url), &[url.clone()], &[url.clone()]).await?;
+    let mut quorum = run_queue_at(
+        &load(args, &url),
+        std::slice::from_ref(&url),
+        std::slice::from_ref(&url),
+    )
+    .await?;
     quorum.scenario = "ha-quorum_mem".into();
     quorum.params = format!(
         "3 replicas, {}P/1C 1KiB persistent receipts",
@@ -292,8 +297,8 @@ pub async fn ha(args: &HaArgs) -> anyhow::Result<Vec<Report>> {
     let single_url = single_group.members[0].url.clone();
     let mut local = run_queue_at(
         &load(args, &single_url),
-        &[single_url.clone()],
-        &[single_url.clone()],
+        std::slice::from_ref(&single_url),
+        std::slice::from_ref(&single_url),
     )
     .await?;
     local.scenario = "ha-local_mem".into();
