@@ -84,7 +84,7 @@ const QUIRK_SEEDS: &[(Quirks, usize, u64)] = &[
             ..Quirks::NONE
         },
         3,
-        2990,
+        4664,
     ),
     (
         Quirks {
@@ -92,7 +92,7 @@ const QUIRK_SEEDS: &[(Quirks, usize, u64)] = &[
             ..Quirks::NONE
         },
         3,
-        401,
+        207,
     ),
     (
         Quirks {
@@ -100,7 +100,7 @@ const QUIRK_SEEDS: &[(Quirks, usize, u64)] = &[
             ..Quirks::NONE
         },
         5,
-        2381,
+        5893,
     ),
     (
         Quirks {
@@ -108,7 +108,7 @@ const QUIRK_SEEDS: &[(Quirks, usize, u64)] = &[
             ..Quirks::NONE
         },
         5,
-        3782,
+        958,
     ),
 ];
 
