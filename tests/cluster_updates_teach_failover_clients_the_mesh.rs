@@ -86,13 +86,23 @@ async fn clients_learn_filtered_groups_from_pushes_and_keep_their_static_uris() 
 
     // edge-2 joins: a push tells connected clients.
     mesh.start("edge-2");
-    let learned = loop {
-        match tokio::time::timeout(GUARD, learner_events.recv()).await {
-            Ok(Ok(ClientEvent::ClusterUpdated { uris })) if uris.contains(&edge2) => break uris,
-            Ok(Ok(_)) => {}
-            other => panic!("no push with edge-2 ({other:?})"),
+    async fn learn(
+        events: &mut tokio::sync::broadcast::Receiver<ClientEvent>,
+        uri: &str,
+    ) -> Vec<String> {
+        loop {
+            match tokio::time::timeout(GUARD, events.recv()).await {
+                Ok(Ok(ClientEvent::ClusterUpdated { uris })) if uris.iter().any(|u| u == uri) => {
+                    return uris
+                }
+                Ok(Ok(_)) => {}
+                other => panic!("no push with {uri} ({other:?})"),
+            }
         }
-    };
+    }
+    let learned = learn(&mut learner_events, &edge2).await;
+    // Both clients must have heard of edge-2 before edge-1 dies (pushes reach them one by one).
+    learn(&mut keeper_events, &edge2).await;
     assert!(
         !learned.contains(&hub),
         "the filter hides the hub: {learned:?}"
