@@ -290,6 +290,9 @@ pub struct Demand {
     /// Groups the demand came through, nearest first... empty for a local consumer.
     pub path: Vec<Arc<str>>,
     pub priority: i32,
+    /// The real consumer a network consumer's demand stands for, as its bridge learnt it
+    /// (`"<group>/<id there>"`, the same over every route); `None` for a local consumer.
+    pub origin: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -612,13 +615,20 @@ impl Broker {
         (rx, snapshot)
     }
 
-    fn add_demand(&self, destination: String, path: Vec<Arc<str>>, priority: i32) -> u64 {
+    fn add_demand(
+        &self,
+        destination: String,
+        path: Vec<Arc<str>>,
+        priority: i32,
+        origin: Option<Arc<str>>,
+    ) -> u64 {
         let id = self.inner.next_demand.fetch_add(1, Ordering::Relaxed);
         let d = Demand {
             id,
             destination,
             path,
             priority,
+            origin,
         };
         self.inner.demand.insert(id, d.clone());
         let _ = self.inner.demand_events.send(DemandEvent::Added(d));
@@ -932,7 +942,7 @@ impl Session {
         let ids = if net.is_none() {
             vec![self
                 .broker
-                .add_demand(spec.destination.clone(), Vec::new(), spec.priority)]
+                .add_demand(spec.destination.clone(), Vec::new(), spec.priority, None)]
         } else {
             Vec::new()
         };
@@ -954,6 +964,7 @@ impl Session {
         &mut self,
         subscription: u64,
         path: Vec<Arc<str>>,
+        origin: Option<Arc<str>>,
     ) -> Result<u64, BrokerError> {
         let sd = self
             .demand_ids
@@ -961,7 +972,7 @@ impl Session {
             .ok_or(BrokerError::NoSuchSubscription(subscription))?;
         let id = self
             .broker
-            .add_demand(sd.destination.clone(), path, sd.priority);
+            .add_demand(sd.destination.clone(), path, sd.priority, origin);
         sd.ids.push(id);
         Ok(id)
     }

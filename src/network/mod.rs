@@ -147,6 +147,8 @@ impl NetworkOptions {
                 replay: c.replay_when_no_consumers.then_some(c.replay_delay),
                 heartbeat: c.heartbeat,
                 max_frame_size: group.broker.max_frame_size as usize,
+                always_sync_send: c.always_sync_send,
+                suppress_duplicate_queues: c.suppress_duplicate_queue_subscriptions,
             };
             let dial = if dialling {
                 let scheme = match c.transport {
