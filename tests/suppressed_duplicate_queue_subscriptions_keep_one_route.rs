@@ -11,8 +11,9 @@ mod common;
 
 use common::history::{consume, send_numbered, History};
 use common::proxy::ProxyMode;
-use common::{wait_until, Mesh, MeshConfig};
+use common::{wait_until, Mesh, MeshConfig, GUARD};
 use meshmq::client::{AckMode, Client, SubscribeOptions};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 const DEST: &str = "queue://jobs";
@@ -68,7 +69,19 @@ fn held_at_a(mesh: &Mesh) -> (u64, u64, u64) {
 }
 
 fn wait_held_at_a(mesh: &Mesh, what: &str, want: (u64, u64, u64)) {
-    wait_until(what, || held_at_a(mesh) == want);
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let held = held_at_a(mesh);
+        if held == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {GUARD:?} waiting until {what}: (a-b, c-a, consumers) is {held:?}, not {want:?}\n{}",
+            mesh.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn wait_forwards_settled(mesh: &Mesh) {

@@ -221,6 +221,8 @@ impl Bridge {
         let reason = self.run_loop(stop).await;
         self.metrics.up(false);
         self.metrics.inflight(0);
+        // A bridge that is down stands for no remote consumer.
+        self.metrics.remote_demand(0);
         self.routes.remove_peer(&self.cfg.peer);
         self.session.close();
         reason
