@@ -1091,6 +1091,81 @@ mod tests {
         }
     }
 
+    fn forward_frame(forward_id: u64, sequence: u64, unacknowledged: bool) -> BytesMut {
+        let mut b = BytesMut::new();
+        wire::encode(
+            &wire::frame(Body::Forward(proto::Forward {
+                forward_id,
+                message: Some(proto::Send {
+                    destination: "queue://q".into(),
+                    body: Bytes::from_static(b"tick"),
+                    producer_id: Bytes::from_static(b"edge-producer"),
+                    sequence,
+                    ..proto::Send::default()
+                }),
+                broker_path: vec!["edge".into()],
+                redelivery_count: 0,
+                targets: Vec::new(),
+                unacknowledged,
+            })),
+            &mut b,
+        );
+        b
+    }
+
+    #[tokio::test]
+    async fn an_unacknowledged_forward_is_taken_once_and_never_answered() {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let (mut r, mut w) = tokio::io::split(theirs);
+        let b = bridge(ours);
+        let broker = b.session.broker().clone();
+        let stop = CancellationToken::new();
+        let run = {
+            let stop = stop.clone();
+            tokio::spawn(async move { b.run(&stop).await })
+        };
+        w.write_all(&forward_frame(1, 7, true))
+            .await
+            .expect("write");
+        // The same message again (same producer and sequence): a copy to drop, unanswered too.
+        w.write_all(&forward_frame(2, 7, true))
+            .await
+            .expect("write");
+        // A synchronous one after them: its answer shows the two before were handled.
+        w.write_all(&forward_frame(3, 8, false))
+            .await
+            .expect("write");
+        let mut acked = Vec::new();
+        let mut buf = BytesMut::new();
+        while !acked.contains(&3) {
+            match wire::decode(&mut buf, 1 << 20).expect("the bridge writes good frames") {
+                wire::Decoded::Frame(Frame {
+                    body: Some(Body::ForwardAck(a)),
+                }) => {
+                    assert!(a.accepted, "{a:?}");
+                    acked.push(a.forward_id);
+                    acked.extend(a.more);
+                }
+                wire::Decoded::Frame(_) => {}
+                wire::Decoded::NeedMore(_) => {
+                    let mut chunk = vec![0u8; 4096];
+                    let n = r.read(&mut chunk).await.expect("read");
+                    assert!(n > 0, "the bridge closed the link");
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+        assert_eq!(acked, [3], "only the synchronous forward is answered");
+        let q = broker
+            .destination_stats()
+            .into_iter()
+            .find(|d| d.destination == "queue://q")
+            .expect("the queue exists");
+        assert_eq!(q.enqueued, 2, "sequence 7 once, sequence 8 once: {q:?}");
+        stop.cancel();
+        assert_eq!(run.await.expect("bridge task"), "stopped");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_peer_heartbeating_at_its_slowest_keeps_the_link_and_hears_one_in_time() {
         let (ours, theirs) = tokio::io::duplex(1 << 16);
