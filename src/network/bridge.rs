@@ -574,18 +574,18 @@ impl Bridge {
     fn hold_best_routes(&mut self) {
         let best = self.routes.best_queue_routes();
         let mut take = Vec::new();
-        let mut drop = Vec::new();
+        let mut give_up = Vec::new();
         for (consumer, h) in self.heard.iter().filter(|(_, h)| self.suppresses(h)) {
             let ours = best.get(&h.origin).is_none_or(|via| *via == self.cfg.peer);
             match (ours, self.demand_sub.contains_key(consumer)) {
                 (true, false) => take.push((consumer.clone(), h.clone())),
-                (false, true) => drop.push(consumer.clone()),
+                (false, true) => give_up.push(consumer.clone()),
                 _ => {}
             }
         }
         // Sorted so the order of the network consumers' demand does not depend on hashing.
         take.sort_by(|a, b| a.0.cmp(&b.0));
-        for consumer in drop {
+        for consumer in give_up {
             self.release(&consumer);
         }
         for (consumer, h) in take {
