@@ -292,6 +292,7 @@ impl ServerOptions {
                 uris: group_client_uris(group),
                 capacity: m.listeners.iter().map(|l| l.max_connections as u64).sum(),
                 rebalance: m.listeners.iter().any(|l| l.rebalance_cluster_clients),
+                settings: topo.rebalance.clone(),
             },
         })
     }
