@@ -32,8 +32,8 @@ const SETTLE: Duration = Duration::from_secs(5);
 /// A group is overloaded only when it is more than this many clients above its share (and
 /// more than the `[rebalance] threshold` fraction of it): a few clients never move.
 const MIN_SURPLUS: f64 = 2.0;
-/// The rest (threshold, window, rate cap, failover grace, join settle) is `[rebalance]` in the
-/// topology: `RebalanceOptions`.
+// The rest (threshold, window, rate cap, failover grace, join settle) is `[rebalance]` in the
+// topology: `RebalanceOptions`.
 
 /// One group's load.
 #[derive(Debug, Clone, PartialEq, Eq)]
