@@ -391,6 +391,14 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<bool> {
     let timeout = Duration::from_secs_f64(args.timeout);
     let tty = std::io::stdout().is_terminal();
     let mut stdout = std::io::stdout();
+    // Registered before the first refresh, so a Ctrl-C that comes while members are being
+    // asked is kept for the wait below rather than killing the process mid-line.
+    let mut interrupt = match args.watch {
+        Some(_) => Some(tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::interrupt(),
+        )?),
+        None => None,
+    };
     loop {
         let answers = ask_all(&targets, timeout).await;
         let report = StatusReport::build(topo.mesh.as_str(), &targets, answers);
@@ -411,12 +419,12 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<bool> {
         stdout.write_all(text.as_bytes())?;
         stdout.flush()?;
         let ok = report.every_group_has_a_master();
-        let Some(every) = args.watch else {
+        let (Some(every), Some(interrupt)) = (args.watch, interrupt.as_mut()) else {
             return Ok(ok);
         };
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs_f64(every)) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(ok),
+            _ = interrupt.recv() => return Ok(ok),
         }
     }
 }
