@@ -55,7 +55,7 @@ enum Command {
         json: bool,
     },
     /// Every member of a topology as one table: role, epoch, clients, queue depth, connectors
-    /// and replication lag (exit status 2 when some group has no master).
+    /// and replication lag (exit status 3 when some group has no master).
     Status(cli::status::StatusArgs),
     /// Send messages.
     Produce(ProduceArgs),

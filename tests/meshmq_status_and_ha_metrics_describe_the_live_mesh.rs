@@ -7,7 +7,7 @@
 //! acks that keep rising under load, the file-lock pair its role and epoch — and every
 //! member's exposition passes `promtool check metrics`. A killed member becomes a `down` row, a
 //! stopped one (it accepts and never answers) too, and the command still ends; a group left
-//! without a master makes it exit 2, and 0 again once a master is back.
+//! without a master makes it exit 3, and 0 again once a master is back.
 
 mod common;
 
@@ -435,7 +435,7 @@ fn status_and_ha_metrics_describe_the_live_mesh() {
         done.stdout
     );
 
-    // --- a stopped member (accepts, never answers) is down too; f without master: exit 2 ---
+    // --- a stopped member (accepts, never answers) is down too; f without master: exit 3 ---
     f[1].proc.as_ref().expect("f-2 runs").signal(libc::SIGSTOP);
     let f1 = f[0].proc.as_mut().expect("f-1 runs");
     f1.signal(libc::SIGKILL);
@@ -446,15 +446,15 @@ fn status_and_ha_metrics_describe_the_live_mesh() {
     let (done, report) = status_json(&group);
     assert_eq!(
         done.status.code(),
-        Some(2),
-        "f has no master: exit 2: {done:?}"
+        Some(3),
+        "f has no master: exit 3: {done:?}"
     );
     assert_eq!(report["groups_without_master"], serde_json::json!(["f"]));
     for name in ["f-1", "f-2"] {
         assert_eq!(member(&report, name)["role"], "down", "{report:#}");
     }
     let done = status(&group, &[]);
-    assert_eq!(done.status.code(), Some(2), "{done:?}");
+    assert_eq!(done.status.code(), Some(3), "{done:?}");
     assert!(
         done.stdout.contains("group f: NO MASTER"),
         "{}",

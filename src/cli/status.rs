@@ -22,8 +22,9 @@ use meshmq::server::admin::MemberStatus;
 
 use super::http;
 
-/// The exit code when some group has no master (other failures exit with 1).
-pub const NO_MASTER_EXIT: u8 = 2;
+/// The exit code when some group has no master (other failures exit with 1, and clap's usage
+/// errors with 2).
+pub const NO_MASTER_EXIT: u8 = 3;
 
 #[derive(clap::Args)]
 #[command(
@@ -50,7 +51,7 @@ fn positive_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(v),
         _ => Err(format!(
-            "{s:?} is not a number of seconds between 0 and 86400 (e.g. 2 or 0.5)"
+            "{s:?} is not a number of seconds above 0 and at most 86400 (e.g. 2 or 0.5)"
         )),
     }
 }
@@ -63,7 +64,7 @@ pub struct StatusReport {
     pub groups: Vec<GroupReport>,
     /// One entry per member of the topology, in file order.
     pub members: Vec<MemberReport>,
-    /// Groups where no member answered as master (the command then exits with 2).
+    /// Groups where no member answered as master (the command then exits with 3).
     pub groups_without_master: Vec<String>,
 }
 
