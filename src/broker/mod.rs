@@ -641,18 +641,21 @@ impl Broker {
         }
     }
 
-    /// For a message arriving over a bridge: true the first time it is seen. A queue message
-    /// re-sent after a lost acknowledgement has the same path length and is dropped; one that
-    /// legitimately comes back (a replay) has travelled further. A topic message is taken once
-    /// whatever its route.
-    pub fn first_forward(&self, msg: &Message, topic: bool) -> bool {
+    /// For a message arriving over a bridge at group `local`: true the first time it is seen.
+    /// A queue message is known by how many times it has already left `local` (the times
+    /// `local` is on its path): a copy re-sent after a lost acknowledgement — over the same
+    /// bridge or rerouted through another group when that bridge died — has left `local` as
+    /// often as the copy already here and is dropped; one that legitimately comes back (a
+    /// replay after it was forwarded away from here) has left once more. A topic message is
+    /// taken once whatever its route.
+    pub fn first_forward(&self, msg: &Message, topic: bool, local: &str) -> bool {
         if msg.producer_id.is_empty() || msg.sequence == 0 {
             return true;
         }
         let reach = if topic {
             u32::MAX
         } else {
-            msg.broker_path.len() as u32
+            msg.broker_path.iter().filter(|g| &***g == local).count() as u32
         };
         self.inner
             .recent_forwards

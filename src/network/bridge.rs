@@ -821,7 +821,11 @@ impl Bridge {
             return refuse(self, format!("{} is full here", target.destination()), true);
         }
         let topic = !target.destination().kind().is_queue();
-        if !self.session.broker().first_forward(&msg, topic) {
+        if !self
+            .session
+            .broker()
+            .first_forward(&msg, topic, &self.cfg.local)
+        {
             self.metrics.duplicate();
             if !unacknowledged {
                 self.accept(id, 0);
