@@ -580,7 +580,7 @@ impl<P: Protocol> Driver<P> {
                 for (_, r) in std::mem::take(&mut self.deferred) {
                     self.error(
                         ErrorCode::Unknown,
-                        &format!("not stored: {e}"),
+                        &format!("not confirmed: {e}"),
                         Some(&r),
                         false,
                     );
