@@ -54,9 +54,11 @@ pub enum StoreError {
     NotAMessage { index: u64, reason: String },
     #[error("the journal failed: {0}")]
     Failed(String),
-    #[error("no quorum within quorum_timeout ({waited:?}); the message may or may not be delivered — resend it with the same producer id and sequence to be safe")]
+    #[error(
+        "no quorum within quorum_timeout ({waited:?}); the message may or may not be delivered"
+    )]
     NoQuorum { waited: Duration },
-    #[error("this member stopped serving ({0}); the message may or may not be delivered — resend it to the new master with the same producer id and sequence to be safe")]
+    #[error("this member stopped serving ({0}); the message may or may not be delivered")]
     Fenced(String),
 }
 
