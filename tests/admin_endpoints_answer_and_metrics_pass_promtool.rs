@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-use common::{Broker, Config, RawConn, GUARD};
+use common::{promtool_check, Broker, Config, RawConn, GUARD};
 use meshmq::client::{AckMode, Client, Outgoing, SubscribeOptions};
 use meshmq::wire::{proto, Body};
 
@@ -103,29 +100,6 @@ async fn traffic(broker: &Broker) {
     .expect("bad frame answered");
 }
 
-fn promtool_check(text: &str) -> std::process::Output {
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => panic!(
-            "cannot run promtool ({e}): it comes from Debian's `prometheus` package; \
-             `make test-deps` installs it (apt-get install --no-install-recommends prometheus)"
-        ),
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    child.wait_with_output().expect("promtool output")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_pass_promtool_and_status_healthz_readyz_answer() {
     let broker = Broker::start(
@@ -151,6 +125,8 @@ async fn metrics_pass_promtool_and_status_healthz_readyz_answer() {
         "meshmq_memory_used_bytes",
         "meshmq_process_resident_memory_bytes",
         "meshmq_up",
+        "meshmq_ha_role",
+        "meshmq_ha_epoch",
     ] {
         assert!(
             metrics.contains(&format!("# TYPE {family} ")),

@@ -7,4 +7,5 @@ pub mod clients;
 pub mod http;
 pub mod mesh;
 pub mod spawn;
+pub mod status;
 pub mod stomp_load;

@@ -21,8 +21,12 @@ pub struct MemberStatus {
     pub mesh: String,
     pub group: String,
     pub member: String,
-    /// `master` when serving clients.
+    /// `master` when serving clients; `slave` when following the master (ZooKeeper) or
+    /// waiting for the lock (file-lock); `candidate` between masters (ZooKeeper); `starting` or
+    /// `stopping` briefly.
     pub role: String,
+    /// The newest epoch of the group this member knows (0: none yet, and always 0 in a group
+    /// without election).
     pub epoch: u64,
     pub ready: bool,
     pub uptime_seconds: f64,
@@ -92,10 +96,25 @@ async fn metrics(State(state): State<Arc<MemberState>>) -> impl IntoResponse {
         }
     }
     state.prometheus.run_upkeep();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.prometheus.render(),
-    )
+    let mut text = state.prometheus.render();
+    let lags: Vec<(String, u64)> = state
+        .replication
+        .read()
+        .as_ref()
+        .map(|r| {
+            r.followers()
+                .into_iter()
+                .map(|f| (f.member, f.lag))
+                .collect()
+        })
+        .unwrap_or_default();
+    m::render_replication_lag(
+        &mut text,
+        &state.identity.group,
+        &state.identity.member,
+        &lags,
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 pub(crate) fn member_status(state: &MemberState) -> MemberStatus {

@@ -292,6 +292,7 @@ impl ServerOptions {
                 uris: group_client_uris(group),
                 capacity: m.listeners.iter().map(|l| l.max_connections as u64).sum(),
                 rebalance: m.listeners.iter().any(|l| l.rebalance_cluster_clients),
+                settings: topo.rebalance.clone(),
             },
         })
     }
@@ -470,8 +471,12 @@ impl ConnCtx {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Starting,
-    /// Standing by: another member serves (no client listener open here).
+    /// Standing by: following the master (ZooKeeper groups) or waiting for the lock
+    /// (file-lock groups); no client listener open here.
     Slave,
+    /// Between masters (ZooKeeper groups): waiting for an election, claiming, or catching its
+    /// followers up before it serves; no client listener open here.
+    Candidate,
     Master,
     Stopping,
 }
@@ -481,8 +486,19 @@ impl Role {
         match self {
             Role::Starting => "starting",
             Role::Slave => "slave",
+            Role::Candidate => "candidate",
             Role::Master => "master",
             Role::Stopping => "stopping",
+        }
+    }
+
+    /// The role as `meshmq_ha_role` counts it: master, slave, or candidate for every state in
+    /// between (starting, electing, stepping down).
+    pub fn ha_role(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Slave => "slave",
+            Role::Candidate | Role::Starting | Role::Stopping => "candidate",
         }
     }
 }
@@ -505,7 +521,14 @@ pub(crate) struct MemberState {
 impl MemberState {
     pub(crate) fn set_role(&self, role: Role) {
         *self.role.lock() = role;
-        gauge!(m::ROLE).set(if role == Role::Master { 1.0 } else { 0.0 });
+        m::publish_ha_role(role.ha_role());
+    }
+
+    /// Records the newest epoch of the group this member knows.
+    pub(crate) fn set_epoch(&self, epoch: u64) {
+        self.epoch
+            .store(epoch, std::sync::atomic::Ordering::Release);
+        gauge!(m::HA_EPOCH).set(epoch as f64);
     }
 }
 
@@ -582,6 +605,8 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         memory_limit: opts.broker.memory_limit,
         prometheus,
     });
+    state.set_role(Role::Starting);
+    state.set_epoch(0);
     tracker.spawn(admin::serve(
         admin_listener,
         state.clone(),
@@ -602,7 +627,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             listen_addrs
         }
         ElectionOptions::FileLock { dir, poll } => {
-            *state.role.lock() = Role::Slave;
+            state.set_role(Role::Slave);
             tracker.spawn(election::file_lock_member(
                 opts.clone(),
                 state.clone(),
@@ -613,7 +638,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             Vec::new()
         }
         ElectionOptions::ZooKeeper(ha) => {
-            *state.role.lock() = Role::Slave;
+            state.set_role(Role::Candidate);
             tracker.spawn(supervise(
                 "the ZooKeeper HA driver",
                 replicated::zookeeper_member(

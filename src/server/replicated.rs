@@ -20,6 +20,7 @@ use zookeeper_client::SessionState;
 use crate::ha::machine::{Action, Config, Machine, Role as HaRole, Session, View};
 use crate::ha::replication::{self, FollowOptions, LinkOptions, ReplError};
 use crate::ha::zk::GroupSession;
+use crate::metrics as m;
 use crate::store::{Store, StoreConfig, StoreError};
 
 use super::term::{close_store, open_broker, Term};
@@ -82,6 +83,11 @@ struct Driver {
     newest_epoch: tokio::sync::watch::Sender<u64>,
     done: mpsc::UnboundedSender<Done>,
     shutdown: CancellationToken,
+    /// `meshmq_zookeeper_session_connected`.
+    zk_connected: metrics::Gauge,
+    /// `meshmq_ha_elections_total` by result.
+    elections_won: metrics::Counter,
+    elections_lost: metrics::Counter,
 }
 
 async fn open_local(cfg: &StoreConfig, repair: bool) -> Result<Store, StoreError> {
@@ -126,6 +132,13 @@ pub(crate) async fn zookeeper_member(
         },
         position,
     );
+    state.set_epoch(machine.epoch());
+    let zk_connected = metrics::gauge!(m::ZOOKEEPER_SESSION);
+    zk_connected.set(0.0);
+    let elections = |result: &'static str| metrics::counter!(m::HA_ELECTIONS, "result" => result);
+    let (won, lost) = (elections("won"), elections("lost"));
+    won.increment(0);
+    lost.increment(0);
     let (done, mut done_rx) = mpsc::unbounded_channel();
     let mut d = Driver {
         follow: FollowOptions {
@@ -149,6 +162,9 @@ pub(crate) async fn zookeeper_member(
         newest_epoch: tokio::sync::watch::Sender::new(0),
         done,
         shutdown: shutdown.clone(),
+        zk_connected,
+        elections_won: won,
+        elections_lost: lost,
     };
     d.run(&mut done_rx).await;
     d.stop_everything(&mut done_rx).await;
@@ -168,7 +184,10 @@ impl Driver {
                 s = GroupSession::open(&self.ha.zookeeper, &mesh, &group, &announce) => s,
             };
             let session = match session {
-                Ok(s) => Arc::new(s),
+                Ok(s) => {
+                    self.zk_connected.set(1.0);
+                    Arc::new(s)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "no ZooKeeper session; retrying");
                     tokio::select! {
@@ -181,6 +200,7 @@ impl Driver {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot watch the group; opening a new session");
+                    self.zk_connected.set(0.0);
                     continue 'session;
                 }
             };
@@ -224,6 +244,7 @@ impl Driver {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             loop {
                 if !self.act(&session).await {
+                    self.zk_connected.set(0.0);
                     continue 'session;
                 }
                 self.sync_lease();
@@ -233,15 +254,18 @@ impl Driver {
                     Some(()) = changed.recv() => self.refresh(&session).await,
                     s = states.changed() => match s {
                         SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                            self.zk_connected.set(1.0);
                             self.machine.handle_session(Session::Connected, Instant::now());
                             self.refresh(&session).await;
                         }
                         SessionState::Disconnected => {
                             tracing::warn!("ZooKeeper connection lost; commits pause until it is back");
+                            self.zk_connected.set(0.0);
                             self.machine.handle_session(Session::Disconnected, Instant::now());
                         }
                         other => {
                             tracing::warn!(state = ?other, "ZooKeeper session ended; opening a new one");
+                            self.zk_connected.set(0.0);
                             self.machine.handle_session(Session::Expired, Instant::now());
                             self.sync_lease();
                             let _ = self.act(&session).await;
@@ -273,9 +297,7 @@ impl Driver {
 
     fn see(&mut self, view: View) {
         self.machine.handle_view(view, Instant::now());
-        self.state
-            .epoch
-            .store(self.machine.epoch(), std::sync::atomic::Ordering::Release);
+        self.state.set_epoch(self.machine.epoch());
         self.note_epoch(self.machine.epoch());
     }
 
@@ -352,8 +374,12 @@ impl Driver {
                     };
                     if ok {
                         tracing::info!(epoch, "won the election");
+                        self.elections_won.increment(1);
+                    } else {
+                        self.elections_lost.increment(1);
                     }
                     self.machine.handle_claimed(ok, sent, Instant::now());
+                    self.state.set_epoch(self.machine.epoch());
                     if !ok {
                         // The machine waits for a fresh view before it claims again.
                         self.refresh(session).await;
@@ -438,6 +464,7 @@ impl Driver {
         match done {
             Done::Followed(store) => {
                 self.following = None;
+                self.state.set_role(Role::Candidate);
                 let position = store.position();
                 self.local = Some(store);
                 self.machine.handle_stopped(position, now);
@@ -470,7 +497,7 @@ impl Driver {
     }
 
     async fn reopen_local(&mut self) {
-        self.state.set_role(Role::Slave);
+        self.state.set_role(Role::Candidate);
         loop {
             match open_local(&self.store_cfg, false).await {
                 Ok(s) => {
