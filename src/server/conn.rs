@@ -95,6 +95,11 @@ pub(crate) trait Protocol: Send + 'static {
     fn errors_are_fatal(&self) -> bool {
         false
     }
+    /// What a producer should do with a persistent send that was not confirmed (it may or
+    /// may not be delivered): resend it the way this protocol keeps from duplicating it.
+    fn resend_advice(&self) -> &'static str {
+        "resend it with the same producer id and sequence to be safe"
+    }
     /// The connection is ending: undo what must not outlive it (open transactions).
     fn on_close(&mut self, _cx: &mut Cx<'_>) {}
 }
@@ -580,7 +585,7 @@ impl<P: Protocol> Driver<P> {
                 for (_, r) in std::mem::take(&mut self.deferred) {
                     self.error(
                         ErrorCode::Unknown,
-                        &format!("not stored: {e}"),
+                        &format!("not confirmed: {e} — {}", self.proto.resend_advice()),
                         Some(&r),
                         false,
                     );
