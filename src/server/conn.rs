@@ -198,7 +198,9 @@ pub(crate) struct Driver<P: Protocol> {
     principal: Principal,
     deliveries: VecDeque<Delivery>,
     blocked: Option<Blocked<P::Receipt>>,
-    deferred: VecDeque<(u64, P::Receipt)>,
+    /// Receipts waiting for the journal: (index, when the send was taken, receipt). The
+    /// quorum timeout of a replicated group counts from when the send was taken.
+    deferred: VecDeque<(u64, tokio::time::Instant, P::Receipt)>,
     closing: Option<&'static str>,
     disconnecting: bool,
     last_read: Instant,
@@ -318,7 +320,9 @@ impl<P: Protocol> Driver<P> {
             };
             let synced = async {
                 match (self.deferred.front(), broker.store()) {
-                    (Some((index, _)), Some(store)) => store.journal().wait_synced(*index).await,
+                    (Some((index, since, _)), Some(store)) => {
+                        store.journal().wait_synced_since(*index, *since).await
+                    }
                     _ => std::future::pending().await,
                 }
             };
@@ -549,7 +553,7 @@ impl<P: Protocol> Driver<P> {
         let waits = self
             .deferred
             .back()
-            .map(|(i, _)| *i)
+            .map(|(i, _, _)| *i)
             .unwrap_or(0)
             .max(index);
         let synced = self
@@ -561,7 +565,8 @@ impl<P: Protocol> Driver<P> {
         if waits == 0 || (self.deferred.is_empty() && synced >= waits) {
             self.proto.encode_receipt(&receipt, &mut self.pump.wbuf);
         } else {
-            self.deferred.push_back((waits, receipt));
+            self.deferred
+                .push_back((waits, tokio::time::Instant::now(), receipt));
         }
     }
 
@@ -575,14 +580,14 @@ impl<P: Protocol> Driver<P> {
             .unwrap_or(u64::MAX);
         match result {
             Ok(()) => {
-                while self.deferred.front().is_some_and(|(i, _)| *i <= synced) {
-                    if let Some((_, r)) = self.deferred.pop_front() {
+                while self.deferred.front().is_some_and(|(i, _, _)| *i <= synced) {
+                    if let Some((_, _, r)) = self.deferred.pop_front() {
                         self.proto.encode_receipt(&r, &mut self.pump.wbuf);
                     }
                 }
             }
             Err(e) => {
-                for (_, r) in std::mem::take(&mut self.deferred) {
+                for (_, _, r) in std::mem::take(&mut self.deferred) {
                     self.error(
                         ErrorCode::Unknown,
                         &format!("not confirmed: {e} — {}", self.proto.resend_advice()),

@@ -344,10 +344,21 @@ impl Journal {
     /// Waits until `index` is committed. In a replicated group that takes a quorum's
     /// acknowledgement, and the wait fails after the quorum timeout rather than hang.
     pub async fn wait_synced(&self, index: u64) -> Result<(), StoreError> {
+        self.wait_synced_since(index, tokio::time::Instant::now())
+            .await
+    }
+
+    /// [`Journal::wait_synced`] for a wait that began at `since`: the quorum timeout counts
+    /// from then, however often the caller stops waiting and comes back.
+    pub async fn wait_synced_since(
+        &self,
+        index: u64,
+        since: tokio::time::Instant,
+    ) -> Result<(), StoreError> {
         let timeout = *self.shared.gate.lock();
         match timeout {
             None => self.wait_committed(index).await,
-            Some(t) => match tokio::time::timeout(t, self.wait_committed(index)).await {
+            Some(t) => match tokio::time::timeout_at(since + t, self.wait_committed(index)).await {
                 Ok(r) => r,
                 Err(_) => Err(StoreError::NoQuorum { waited: t }),
             },
