@@ -319,10 +319,12 @@ impl Journal {
         let index = self.shared.next_index.fetch_add(1, Ordering::Relaxed);
         frame::put_frame(index, payload, &mut batch.buf);
         batch.frames.push((index, len as u32));
-        drop(batch);
+        // Counted while the batch is held, so the writer (which subtracts what it took from
+        // the batch) never sees the record before its bytes are counted.
         self.shared
             .unsynced_bytes
             .fetch_add(len as u64, Ordering::Relaxed);
+        drop(batch);
         self.shared.wake.notify_one();
         index
     }
@@ -527,10 +529,10 @@ impl Journal {
         self.shared
             .next_index
             .store(frames.first + frames.count, Ordering::Relaxed);
-        drop(batch);
         self.shared
             .unsynced_bytes
             .fetch_add(frames.bytes.len() as u64, Ordering::Relaxed);
+        drop(batch);
         if self.shared.options.durability == Durability::Written {
             // Nothing to sync: a write to the OS costs less than waking the writer thread
             // and being woken back. When the writer is busy (or waits for disk space) it
