@@ -63,6 +63,8 @@ enum Command {
         #[arg(long)]
         watch: Option<f64>,
     },
+    /// Print a Prometheus scrape configuration (YAML) for every member of a topology.
+    PrometheusConfig(cli::prometheus::PrometheusConfigArgs),
     /// Send messages.
     Produce(ProduceArgs),
     /// Receive messages.
@@ -173,6 +175,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::PrometheusConfig(args) => cli::prometheus::prometheus_config(&args),
         Command::Produce(args) => cli::clients::produce(args).await,
         Command::Consume(args) => cli::clients::consume(args).await,
         Command::Bench(b) => {

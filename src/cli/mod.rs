@@ -6,5 +6,6 @@ pub mod bench_mesh;
 pub mod clients;
 pub mod http;
 pub mod mesh;
+pub mod prometheus;
 pub mod spawn;
 pub mod stomp_load;

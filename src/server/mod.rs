@@ -347,6 +347,8 @@ pub(crate) struct ListenerMetrics {
     listener: String,
     protocol: &'static str,
     open: Gauge,
+    producers: Gauge,
+    consumers: Gauge,
     accepted: Counter,
     bad_frames: Counter,
     received: Counter,
@@ -363,6 +365,8 @@ impl ListenerMetrics {
             listener: l.clone(),
             protocol: p,
             open: gauge!(m::CONNECTIONS, "listener" => l.clone(), "protocol" => p),
+            producers: gauge!(m::PRODUCERS, "listener" => l.clone(), "protocol" => p),
+            consumers: gauge!(m::CONSUMERS, "listener" => l.clone(), "protocol" => p),
             accepted: counter!(m::CONNECTIONS_ACCEPTED, "listener" => l.clone(), "protocol" => p),
             bad_frames: counter!(m::BAD_FRAMES, "listener" => l.clone(), "protocol" => p),
             received: counter!(m::MESSAGES_RECEIVED, "listener" => l.clone(), "protocol" => p),
@@ -379,6 +383,19 @@ impl ListenerMetrics {
 
     fn connection_closed(&self) {
         self.open.decrement(1.0);
+    }
+
+    fn producer_started(&self) {
+        self.producers.increment(1.0);
+    }
+
+    fn producer_gone(&self) {
+        self.producers.decrement(1.0);
+    }
+
+    /// Subscriptions opened (positive) or closed (negative) on one connection.
+    fn consumers(&self, change: f64) {
+        self.consumers.increment(change);
     }
 
     fn bad_frame(&self) {
