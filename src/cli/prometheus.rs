@@ -69,11 +69,19 @@ pub fn scrape_config(topo: &Topology, interval: Duration, job: &str) -> anyhow::
     );
     let _ = writeln!(out, "global:");
     let _ = writeln!(out, "  scrape_interval: {}", prometheus_duration(interval));
-    let _ = writeln!(out, "  evaluation_interval: {}", prometheus_duration(interval));
+    let _ = writeln!(
+        out,
+        "  evaluation_interval: {}",
+        prometheus_duration(interval)
+    );
     let _ = writeln!(out, "scrape_configs:");
     let _ = writeln!(out, "  - job_name: {}", quoted(job));
     let _ = writeln!(out, "    metrics_path: /metrics");
-    let _ = writeln!(out, "    scrape_interval: {}", prometheus_duration(interval));
+    let _ = writeln!(
+        out,
+        "    scrape_interval: {}",
+        prometheus_duration(interval)
+    );
     let _ = writeln!(out, "    scrape_timeout: {}", prometheus_duration(timeout));
     let _ = writeln!(
         out,
@@ -107,7 +115,11 @@ mod tests {
     fn load(text: &str) -> Topology {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.toml");
-        std::fs::write(&path, text.replace("DIR", &dir.path().display().to_string())).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("DIR", &dir.path().display().to_string()),
+        )
+        .unwrap();
         config::load(&path).unwrap()
     }
 
@@ -173,6 +185,9 @@ url = "tcp://127.0.0.1:19202"
         let err = scrape_config(&topo, Duration::from_secs(1), "meshmq")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("edge-1") && err.contains("every interface"), "{err}");
+        assert!(
+            err.contains("edge-1") && err.contains("every interface"),
+            "{err}"
+        );
     }
 }

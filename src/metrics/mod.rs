@@ -303,6 +303,16 @@ pub fn install(group: &str, member: &str) -> Result<PrometheusHandle, MetricsErr
         .map_err(|e| MetricsError(e.to_string()))?;
     describe_all();
     gauge!(UP).set(1.0);
+    // Counters of rare events exist from the start, so a dashboard shows 0 rather than no data.
+    for rare in [
+        REBALANCE_MOVES,
+        REBALANCE_ROUNDS,
+        FAILOVER_RECONNECTS,
+        CLUSTER_PUSHES,
+        TERMS,
+    ] {
+        metrics::counter!(rare).increment(0);
+    }
     let handle = HANDLE.get_or_init(|| handle).clone();
     let upkeep = handle.clone();
     std::thread::Builder::new()
@@ -325,16 +335,27 @@ pub struct Scrape {
 /// Renders `/metrics`: the recorder's families, then the per-destination families (capped)
 /// and the latency histograms.
 pub fn render(handle: &PrometheusHandle, scrape: Scrape) -> String {
+    if let Some(stats) = &scrape.destinations {
+        gauge!(SLOW_CONSUMERS).set(scrape.slow_consumers as f64);
+        gauge!(DESTINATIONS).set(stats.len() as f64);
+    }
     handle.run_upkeep();
     let mut out = handle.render();
     let labels = GLOBAL_LABELS.get().map(String::as_str).unwrap_or("");
     if let Some(stats) = scrape.destinations {
-        gauge!(SLOW_CONSUMERS).set(scrape.slow_consumers as f64);
         render_destinations(&mut out, labels, stats, scrape.max_destinations);
     }
     DISPATCH_LATENCY_HISTOGRAM.render(&mut out, labels);
     END_TO_END_LATENCY_HISTOGRAM.render(&mut out, labels);
     out
+}
+
+/// Whether connections count each message (received and delivered counters, write batches,
+/// latency histograms): on unless `MESHMQ_MESSAGE_METRICS=off`, a switch that exists to
+/// measure what that work costs (see the README's benchmarks).
+pub fn message_metrics_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MESHMQ_MESSAGE_METRICS").map_or(true, |v| v != "off"))
 }
 
 /// Escapes a label value for the text exposition format.
@@ -458,12 +479,8 @@ fn cap_destinations(mut stats: Vec<DestinationStats>, max: usize) -> Vec<Destina
 /// Writes the per-destination families: the `max` busiest destinations by their own label,
 /// the rest summed under `_other`. Only destinations that exist now appear.
 fn render_destinations(out: &mut String, labels: &str, stats: Vec<DestinationStats>, max: usize) {
-    gauge!(DESTINATIONS).set(stats.len() as f64);
     let shown = cap_destinations(stats, max);
-    let names: Vec<String> = shown
-        .iter()
-        .map(|s| escape_label(&s.destination))
-        .collect();
+    let names: Vec<String> = shown.iter().map(|s| escape_label(&s.destination)).collect();
     for f in &DESTINATION_FAMILIES {
         let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
@@ -681,8 +698,14 @@ mod tests {
             "meshmq_destination_depth{group=\"g\",member=\"m\",destination=\"_other\"} 3"
         ));
         // Every family once, with help and type.
-        assert_eq!(second.matches("# HELP ").count(), DESTINATION_FAMILIES.len());
-        assert_eq!(second.matches("# TYPE ").count(), DESTINATION_FAMILIES.len());
+        assert_eq!(
+            second.matches("# HELP ").count(),
+            DESTINATION_FAMILIES.len()
+        );
+        assert_eq!(
+            second.matches("# TYPE ").count(),
+            DESTINATION_FAMILIES.len()
+        );
     }
 
     #[test]

@@ -286,7 +286,9 @@ impl<P: Protocol> Driver<P> {
     /// Brings the listener's consumers gauge in line with this connection's subscriptions.
     fn count_consumers(&mut self, now: usize) {
         if now != self.consumers {
-            self.ctx.metrics.consumers(now as f64 - self.consumers as f64);
+            self.ctx
+                .metrics
+                .consumers(now as f64 - self.consumers as f64);
             self.consumers = now;
         }
     }
@@ -434,11 +436,8 @@ impl<P: Protocol> Driver<P> {
         let mut ack_on_write: HashMap<u64, Vec<u64>> = HashMap::new();
         let mut dispatch = LatencyBatch::default();
         let mut end_to_end = LatencyBatch::default();
-        let now = if self.deliveries.is_empty() {
-            0
-        } else {
-            crate::broker::now_ms()
-        };
+        let timed = self.ctx.metrics.per_message && !self.deliveries.is_empty();
+        let now = if timed { crate::broker::now_ms() } else { 0 };
         while self.pump.wbuf.len() < FILL_TO {
             let Some(d) = self.deliveries.pop_front() else {
                 break;
@@ -447,7 +446,7 @@ impl<P: Protocol> Driver<P> {
                 ack_on_write.entry(d.subscription).or_default().push(d.tag);
             }
             // Redeliveries would report how long the first consumer held them, not dispatch.
-            if d.redelivery_count == 0 {
+            if timed && d.redelivery_count == 0 {
                 if d.message.received_ms != 0 {
                     dispatch.record_ms(now.saturating_sub(d.message.received_ms));
                 }

@@ -346,6 +346,8 @@ pub enum ServerError {
 pub(crate) struct ListenerMetrics {
     listener: String,
     protocol: &'static str,
+    /// Count each message (see `metrics::message_metrics_enabled`).
+    pub(crate) per_message: bool,
     open: Gauge,
     producers: Gauge,
     consumers: Gauge,
@@ -364,6 +366,7 @@ impl ListenerMetrics {
         ListenerMetrics {
             listener: l.clone(),
             protocol: p,
+            per_message: m::message_metrics_enabled(),
             open: gauge!(m::CONNECTIONS, "listener" => l.clone(), "protocol" => p),
             producers: gauge!(m::PRODUCERS, "listener" => l.clone(), "protocol" => p),
             consumers: gauge!(m::CONSUMERS, "listener" => l.clone(), "protocol" => p),
@@ -403,15 +406,21 @@ impl ListenerMetrics {
     }
 
     fn received(&self) {
-        self.received.increment(1);
+        if self.per_message {
+            self.received.increment(1);
+        }
     }
 
     fn delivered(&self, n: u64) {
-        self.delivered.increment(n);
+        if self.per_message {
+            self.delivered.increment(n);
+        }
     }
 
     fn write_batch(&self, n: u64) {
-        self.write_batch.record(n as f64);
+        if self.per_message {
+            self.write_batch.record(n as f64);
+        }
     }
 
     fn producer_blocked(&self) {
