@@ -54,15 +54,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Every member's status as one table.
-    Status {
-        topology: PathBuf,
-        #[arg(long)]
-        json: bool,
-        /// Refresh every N seconds.
-        #[arg(long)]
-        watch: Option<f64>,
-    },
+    /// Every member of a topology as one table: role, epoch, clients, queue depth, connectors
+    /// and replication lag (exit status 3 when some group has no master).
+    Status(cli::status::StatusArgs),
     /// Print a Prometheus scrape configuration (YAML) for every member of a topology.
     PrometheusConfig(cli::prometheus::PrometheusConfigArgs),
     /// Send messages.
@@ -136,7 +130,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("meshmq: {e:#}");
             ExitCode::FAILURE
@@ -144,20 +138,20 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Broker {
             topology,
             member,
             repair,
-        } => cli::mesh::broker(&topology, &member, repair).await,
-        Command::Up { topology } => cli::mesh::up(&topology).await,
-        Command::Check { topology, json } => cli::mesh::check(&topology, json),
-        Command::Status {
-            topology,
-            json,
-            watch,
-        } => cli::mesh::status(&topology, json, watch).await,
+        } => cli::mesh::broker(&topology, &member, repair).await?,
+        Command::Up { topology } => cli::mesh::up(&topology).await?,
+        Command::Check { topology, json } => cli::mesh::check(&topology, json)?,
+        Command::Status(args) => {
+            if !cli::status::status(&args).await? {
+                return Ok(ExitCode::from(cli::status::NO_MASTER_EXIT));
+            }
+        }
         Command::Passwd => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line)?;
@@ -166,18 +160,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 anyhow::bail!("no password on standard input: echo 'the password' | meshmq passwd");
             }
             println!("{}", meshmq::security::hash_password(password));
-            Ok(())
         }
         Command::Certs { topology, out } => {
             let topo = meshmq::config::load(&topology).map_err(|e| anyhow::anyhow!("{e}"))?;
             for path in meshmq::security::generate_dev_pki(&topo, &out)? {
                 println!("{}", path.display());
             }
-            Ok(())
         }
-        Command::PrometheusConfig(args) => cli::prometheus::prometheus_config(&args),
-        Command::Produce(args) => cli::clients::produce(args).await,
-        Command::Consume(args) => cli::clients::consume(args).await,
+        Command::PrometheusConfig(args) => cli::prometheus::prometheus_config(&args)?,
+        Command::Produce(args) => cli::clients::produce(args).await?,
+        Command::Consume(args) => cli::clients::consume(args).await?,
         Command::Bench(b) => {
             let report = match b {
                 BenchCommand::Queue(a) => cli::bench::queue(&a).await?,
@@ -189,23 +181,26 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         println!("{}", serde_json::to_string(r)?);
                     }
                     println!("{}", serde_json::to_string(&summary)?);
-                    return Ok(());
+                    return Ok(ExitCode::SUCCESS);
                 }
                 BenchCommand::Failover(a) => cli::bench_failover::failover(&a).await?,
-                BenchCommand::FailoverWorker(a) => return cli::bench_failover::worker(&a).await,
+                BenchCommand::FailoverWorker(a) => {
+                    cli::bench_failover::worker(&a).await?;
+                    return Ok(ExitCode::SUCCESS);
+                }
                 BenchCommand::Ha(a) => {
                     for r in cli::bench_ha::ha(&a).await? {
                         println!("{}", serde_json::to_string(&r)?);
                     }
-                    return Ok(());
+                    return Ok(ExitCode::SUCCESS);
                 }
                 BenchCommand::Suite(a) => {
                     cli::bench::suite(&a).await?;
-                    return Ok(());
+                    return Ok(ExitCode::SUCCESS);
                 }
             };
             println!("{}", serde_json::to_string(&report)?);
-            Ok(())
         }
     }
+    Ok(ExitCode::SUCCESS)
 }

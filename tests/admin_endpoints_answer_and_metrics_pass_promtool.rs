@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::prometheus::promtool_check;
-use common::{Broker, Config, RawConn, GUARD};
+use common::{promtool_check, Broker, Config, RawConn, GUARD};
 use meshmq::client::{AckMode, Client, Outgoing, SubscribeOptions};
 use meshmq::wire::{proto, Body};
 
@@ -132,6 +131,8 @@ async fn metrics_pass_promtool_and_status_healthz_readyz_answer() {
         "meshmq_destination_depth",
         "meshmq_process_resident_memory_bytes",
         "meshmq_up",
+        "meshmq_ha_role",
+        "meshmq_ha_epoch",
     ] {
         assert!(
             metrics.contains(&format!("# TYPE {family} ")),
@@ -148,8 +149,13 @@ async fn metrics_pass_promtool_and_status_healthz_readyz_answer() {
             "every series names its member: {line}"
         );
     }
-    let (clean, lint) = promtool_check(&metrics);
-    assert!(clean, "promtool: {lint}\n{metrics}");
+    let checked = promtool_check(&metrics);
+    let lint = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(checked.status.success(), "promtool: {lint}\n{metrics}");
     assert_eq!(lint, "", "promtool has no complaint");
 
     let status = broker.status();

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::mesh::{connect_clients, Mesh, MeshBuilder};
-use common::prometheus::{promtool_check, Prometheus};
+use common::prometheus::Prometheus;
 use common::zk::ZooKeeper;
-use common::{meshmq, run, GUARD};
+use common::{meshmq, promtool_check, run, GUARD};
 use meshmq::client::{AckMode, Client, ClientOptions, Outgoing, SubscribeOptions};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -486,8 +486,17 @@ async fn every_panel_query_returns_data_from_a_live_mesh() {
     for m in &mesh.members {
         let (code, text) = common::http_get(m.admin, "/metrics").expect("GET /metrics");
         assert_eq!(code, 200);
-        let (clean, lint) = promtool_check(&text);
-        assert!(clean && lint.is_empty(), "{}: promtool: {lint}", m.name);
+        let checked = promtool_check(&text);
+        let lint = format!(
+            "{}{}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+        assert!(
+            checked.status.success() && lint.is_empty(),
+            "{}: promtool: {lint}",
+            m.name
+        );
     }
 
     // Every template variable has values, and every panel's every query returns data.

@@ -1,6 +1,5 @@
-//! The topology commands: `broker`, `up`, `check`, `status`.
+//! The topology commands: `broker`, `up`, `check` (`status` is in `status.rs`).
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -11,7 +10,6 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 
 use meshmq::config::{self, Topology};
-use meshmq::server::admin::MemberStatus;
 use meshmq::server::{self, ServerOptions};
 
 use super::http;
@@ -255,88 +253,4 @@ pub fn check(topology: &Path, json: bool) -> anyhow::Result<()> {
         println!("{}: valid", topo.file.display());
     }
     refuse_unsupported(&topo)
-}
-
-/// One row of `meshmq status`.
-#[derive(Debug, serde::Serialize)]
-struct StatusRow {
-    group: String,
-    member: String,
-    admin: SocketAddr,
-    reachable: bool,
-    error: Option<String>,
-    status: Option<MemberStatus>,
-}
-
-async fn collect_status(topo: &Topology) -> Vec<StatusRow> {
-    let mut rows = Vec::new();
-    for (group, member) in topo.members() {
-        let got = http::get(member.admin, "/status", Duration::from_secs(2)).await;
-        let (status, error) = match got {
-            Ok((200, body)) => match serde_json::from_str::<MemberStatus>(&body) {
-                Ok(s) => (Some(s), None),
-                Err(e) => (None, Some(format!("unreadable /status: {e}"))),
-            },
-            Ok((code, _)) => (None, Some(format!("/status answered {code}"))),
-            Err(e) => (None, Some(e.to_string())),
-        };
-        rows.push(StatusRow {
-            group: group.name.to_string(),
-            member: member.name.to_string(),
-            admin: member.admin,
-            reachable: status.is_some(),
-            error,
-            status,
-        });
-    }
-    rows
-}
-
-fn print_status(rows: &[StatusRow]) {
-    println!(
-        "{:<12} {:<14} {:<9} {:>6} {:>8} {:>12} {:>6} {:>10}",
-        "group", "member", "role", "epoch", "clients", "depth", "dests", "uptime"
-    );
-    for r in rows {
-        match &r.status {
-            Some(s) => println!(
-                "{:<12} {:<14} {:<9} {:>6} {:>8} {:>12} {:>6} {:>9.0}s",
-                r.group,
-                r.member,
-                s.role,
-                s.epoch,
-                s.connections,
-                s.destinations.iter().map(|d| d.depth).sum::<u64>(),
-                s.destinations.len(),
-                s.uptime_seconds
-            ),
-            None => println!(
-                "{:<12} {:<14} {:<9} {}",
-                r.group,
-                r.member,
-                "down",
-                r.error.as_deref().unwrap_or("")
-            ),
-        }
-    }
-}
-
-/// `meshmq status`: every member's `/status` as one table.
-pub async fn status(topology: &Path, json: bool, watch: Option<f64>) -> anyhow::Result<()> {
-    let topo = load(topology)?;
-    loop {
-        let rows = collect_status(&topo).await;
-        if json {
-            println!("{}", serde_json::to_string(&rows)?);
-        } else {
-            if watch.is_some() {
-                print!("\x1b[2J\x1b[H");
-            }
-            print_status(&rows);
-        }
-        match watch {
-            Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.1))).await,
-            None => return Ok(()),
-        }
-    }
 }

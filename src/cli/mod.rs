@@ -8,4 +8,5 @@ pub mod http;
 pub mod mesh;
 pub mod prometheus;
 pub mod spawn;
+pub mod status;
 pub mod stomp_load;

@@ -46,6 +46,8 @@ pub struct ClusterOptions {
     pub capacity: u64,
     /// Whether any listener of this member rebalances its clients.
     pub rebalance: bool,
+    /// The topology's `[rebalance]` section.
+    pub settings: crate::config::RebalanceOptions,
 }
 
 /// A client listener's cluster options.
@@ -471,6 +473,7 @@ mod tests {
             uris: vec!["tcp://127.0.0.1:1".into(), "ssl://127.0.0.1:2".into()],
             capacity: 100,
             rebalance: true,
+            ..ClusterOptions::default()
         })
     }
 

@@ -6,7 +6,7 @@
 //!
 //! Every group plans from the same shared numbers: a group's fair share is the total number of
 //! clients in proportion to its capacity (the sum of its listeners' `max_connections`); a group
-//! more than `THRESHOLD` (and `MIN_SURPLUS` clients) above its share is overloaded; each
+//! more than `[rebalance] threshold` (and `MIN_SURPLUS` clients) above its share is overloaded; each
 //! overloaded group sends each underloaded group the part of that group's deficit that matches
 //! its own part of the total surplus (so two overloaded groups do not both fill the same gap).
 
@@ -19,6 +19,7 @@ use metrics::counter;
 use rand::seq::SliceRandom;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::RebalanceOptions;
 use crate::metrics as m;
 use crate::wire::proto;
 
@@ -26,21 +27,13 @@ use super::Cluster;
 
 /// How often the rebalancer looks at the loads.
 const TICK: Duration = Duration::from_secs(1);
-/// A change in the set of groups must hold this long before a round (a failover's reconnects
-/// settle first).
-const JOIN_SETTLE: Duration = Duration::from_secs(3);
-/// The moves of one round are spread over at least this long.
-const WINDOW: Duration = Duration::from_secs(10);
 /// After a round's last move, wait this long for the counts to catch up.
 const SETTLE: Duration = Duration::from_secs(5);
-/// New connections per second the mesh sends one target group, in total.
-const RATE_CAP: f64 = 100.0;
-/// A group is overloaded above its fair share by more than this fraction of it ...
-const THRESHOLD: f64 = 0.10;
-/// ... and by more than this many clients.
+/// A group is overloaded only when it is more than this many clients above its share (and
+/// more than the `[rebalance] threshold` fraction of it): a few clients never move.
 const MIN_SURPLUS: f64 = 2.0;
-/// A client that failed over (or was moved) this recently is not moved.
-const FAILOVER_GRACE: Duration = Duration::from_secs(30);
+// The rest (threshold, window, rate cap, failover grace, join settle) is `[rebalance]` in the
+// topology: `RebalanceOptions`.
 
 /// One group's load.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +54,7 @@ pub struct Plan {
 }
 
 /// The plan of `loads[0]` (this group), given every group's load.
-pub fn plan(loads: &[Load]) -> Plan {
+pub fn plan(loads: &[Load], opts: &RebalanceOptions) -> Plan {
     let none = Plan {
         moves: Vec::new(),
         rate: 0.0,
@@ -79,7 +72,7 @@ pub fn plan(loads: &[Load]) -> Plan {
         .collect();
     let overloaded = |i: usize| {
         let share = total * weight(&loads[i]) / weights;
-        surplus[i] > MIN_SURPLUS.max(THRESHOLD * share)
+        surplus[i] > MIN_SURPLUS.max(opts.threshold * share)
     };
     if !overloaded(0) {
         return none;
@@ -107,13 +100,13 @@ pub fn plan(loads: &[Load]) -> Plan {
     }
     Plan {
         moves,
-        rate: RATE_CAP * part,
+        rate: opts.max_moves_per_second * part,
     }
 }
 
 /// When each chosen client is asked to move: per target, `n` moves spread evenly over at
-/// least `WINDOW` (longer when the rate cap needs it), each at a random point of its slot.
-fn schedule(plan: &Plan, mut eligible: Vec<u64>) -> Vec<(Duration, u64, String)> {
+/// least `window` (longer when the rate cap needs it), each at a random point of its slot.
+fn schedule(plan: &Plan, window: Duration, mut eligible: Vec<u64>) -> Vec<(Duration, u64, String)> {
     eligible.shuffle(&mut rand::rng());
     let mut out = Vec::new();
     let mut clients = eligible.into_iter();
@@ -123,7 +116,7 @@ fn schedule(plan: &Plan, mut eligible: Vec<u64>) -> Vec<(Duration, u64, String)>
             break;
         }
         let k = chosen.len() as f64;
-        let span = WINDOW.max(Duration::from_secs_f64(k / plan.rate.max(1.0)));
+        let span = window.max(Duration::from_secs_f64(k / plan.rate.max(1.0)));
         for (i, id) in chosen.into_iter().enumerate() {
             let at = span.mul_f64((i as f64 + rand::random::<f64>()) / k);
             out.push((at, id, group.clone()));
@@ -143,7 +136,7 @@ impl Cluster {
                 e.movable
                     && !e.pinned
                     && e.failed_over_at
-                        .is_none_or(|t| now.duration_since(t) >= FAILOVER_GRACE)
+                        .is_none_or(|t| now.duration_since(t) >= self.opts.settings.failover_grace)
             })
             .map(|(id, _)| *id)
             .collect()
@@ -202,16 +195,18 @@ impl Cluster {
                 groups = seen;
                 groups_since = now;
             }
-            if now < quiet_until || now.duration_since(groups_since) < JOIN_SETTLE {
+            if now < quiet_until
+                || now.duration_since(groups_since) < self.opts.settings.join_settle
+            {
                 continue;
             }
             self.rounds.fetch_add(1, Ordering::Relaxed);
             counter!(m::REBALANCE_ROUNDS).increment(1);
-            let plan = plan(&self.loads());
+            let plan = plan(&self.loads(), &self.opts.settings);
             if plan.moves.is_empty() {
                 continue;
             }
-            let moves = schedule(&plan, self.eligible(now));
+            let moves = schedule(&plan, self.opts.settings.window, self.eligible(now));
             let Some((last, _, _)) = moves.last() else {
                 continue;
             };
@@ -252,21 +247,30 @@ mod tests {
             load("b", 1000, 10_000),
             load("c", 0, 10_000),
         ];
-        let p = plan(&loads);
+        let p = plan(&loads, &RebalanceOptions::default());
         assert_eq!(p.moves, vec![("c".to_string(), 333)]);
-        assert!((p.rate - RATE_CAP / 2.0).abs() < 1e-9, "half the cap each");
+        assert!(
+            (p.rate - RebalanceOptions::default().max_moves_per_second / 2.0).abs() < 1e-9,
+            "half the cap each"
+        );
         let loads = [
             load("b", 1000, 10_000),
             load("a", 1000, 10_000),
             load("c", 0, 10_000),
         ];
-        assert_eq!(plan(&loads).moves, vec![("c".to_string(), 333)]);
+        assert_eq!(
+            plan(&loads, &RebalanceOptions::default()).moves,
+            vec![("c".to_string(), 333)]
+        );
         let loads = [
             load("c", 0, 10_000),
             load("a", 1000, 10_000),
             load("b", 1000, 10_000),
         ];
-        assert!(plan(&loads).moves.is_empty(), "the new group moves nobody");
+        assert!(
+            plan(&loads, &RebalanceOptions::default()).moves.is_empty(),
+            "the new group moves nobody"
+        );
     }
 
     #[test]
@@ -276,10 +280,13 @@ mod tests {
             load("b", 650, 100),
             load("c", 650, 100),
         ];
-        assert!(plan(&loads).moves.is_empty(), "within the threshold");
+        assert!(
+            plan(&loads, &RebalanceOptions::default()).moves.is_empty(),
+            "within the threshold"
+        );
         let loads = [load("a", 3, 10), load("b", 0, 10)];
         assert!(
-            plan(&loads).moves.is_empty(),
+            plan(&loads, &RebalanceOptions::default()).moves.is_empty(),
             "a surplus of one or two clients is noise"
         );
     }
@@ -288,14 +295,17 @@ mod tests {
     fn capacity_weighs_the_fair_share_and_caps_what_a_target_takes() {
         // b admits three times as many clients as a.
         let loads = [load("a", 500, 1000), load("b", 500, 3000)];
-        assert_eq!(plan(&loads).moves, vec![("b".to_string(), 250)]);
+        assert_eq!(
+            plan(&loads, &RebalanceOptions::default()).moves,
+            vec![("b".to_string(), 250)]
+        );
         // c is nearly full: it takes only its headroom.
         let loads = [
             load("a", 2000, 2000),
             load("c", 1950, 2000),
             load("d", 0, 10),
         ];
-        let p = plan(&loads);
+        let p = plan(&loads, &RebalanceOptions::default());
         assert!(p.moves.iter().all(|(_, n)| *n <= 10), "{:?}", p.moves);
     }
 
@@ -305,11 +315,13 @@ mod tests {
             moves: vec![("c".into(), 50), ("d".into(), 3000)],
             rate: 100.0,
         };
-        let s = schedule(&p, (0..100).collect());
+        let s = schedule(&p, RebalanceOptions::default().window, (0..100).collect());
         assert_eq!(s.len(), 100, "no more moves than eligible clients");
         let to_c: Vec<_> = s.iter().filter(|(_, _, g)| g == "c").collect();
         assert_eq!(to_c.len(), 50);
-        assert!(s.iter().all(|(at, _, _)| *at <= WINDOW));
+        assert!(s
+            .iter()
+            .all(|(at, _, _)| *at <= RebalanceOptions::default().window));
         let ids: HashSet<u64> = s.iter().map(|(_, id, _)| *id).collect();
         assert_eq!(ids.len(), 100, "each client at most once");
         // 1000 moves at 50/s take 20 s, more than the window.
@@ -317,7 +329,7 @@ mod tests {
             moves: vec![("c".into(), 1000)],
             rate: 50.0,
         };
-        let s = schedule(&p, (0..1000).collect());
+        let s = schedule(&p, RebalanceOptions::default().window, (0..1000).collect());
         let in_first_second = s
             .iter()
             .filter(|(at, _, _)| *at < Duration::from_secs(1))

@@ -31,6 +31,7 @@ pub(super) struct RawTopology {
     pub metrics: Option<RawMetrics>,
     pub security: Option<RawSecurity>,
     pub zookeeper: Option<RawZooKeeper>,
+    pub rebalance: Option<RawRebalance>,
     #[serde(default)]
     pub group: Vec<RawGroup>,
     #[serde(default)]
@@ -85,6 +86,16 @@ pub(super) struct RawStore {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMetrics {
     pub max_destinations: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRebalance {
+    pub threshold: Option<f64>,
+    pub window: Option<String>,
+    pub max_moves_per_second: Option<f64>,
+    pub failover_grace: Option<String>,
+    pub join_settle: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -545,6 +556,12 @@ pub(super) const EXAMPLES: &[(&str, Example)] = &[
     ("store.group_commit_window", Example::Value("\"2ms\"")),
     ("metrics", Example::Table),
     ("metrics.max_destinations", Example::Value("100")),
+    ("rebalance", Example::Table),
+    ("rebalance.threshold", Example::Value("0.1")),
+    ("rebalance.window", Example::Value("\"10s\"")),
+    ("rebalance.max_moves_per_second", Example::Value("100.0")),
+    ("rebalance.failover_grace", Example::Value("\"30s\"")),
+    ("rebalance.join_settle", Example::Value("\"3s\"")),
     ("security", Example::Table),
     ("security.allow_anonymous", Example::Value("false")),
     ("security.user", Example::Tables),

@@ -253,6 +253,35 @@ impl Default for StoreOptions {
     }
 }
 
+/// `[rebalance]`: how clients are spread over the groups (every group plans from the same
+/// numbers, so these are mesh-wide). Used by listeners with `rebalance_cluster_clients`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RebalanceOptions {
+    /// A group is overloaded when it holds more than its fair share by this fraction of it
+    /// (and by more than two clients).
+    pub threshold: f64,
+    /// The moves of one round are spread over at least this long, each at a random point.
+    pub window: Duration,
+    /// New connections per second the whole mesh sends one target group.
+    pub max_moves_per_second: f64,
+    /// A client that failed over or was moved this recently is not asked to move.
+    pub failover_grace: Duration,
+    /// A change in the set of groups must hold this long before a round.
+    pub join_settle: Duration,
+}
+
+impl Default for RebalanceOptions {
+    fn default() -> RebalanceOptions {
+        RebalanceOptions {
+            threshold: 0.10,
+            window: Duration::from_secs(10),
+            max_moves_per_second: 100.0,
+            failover_grace: Duration::from_secs(30),
+            join_settle: Duration::from_secs(3),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetricsOptions {
     /// Cap on distinct values of the `destination` label.
@@ -438,6 +467,7 @@ pub struct Topology {
     pub policies: Vec<DestinationPolicy>,
     pub store: StoreOptions,
     pub metrics: MetricsOptions,
+    pub rebalance: RebalanceOptions,
     pub security: Security,
     /// Present exactly when some group's election is zookeeper.
     pub zookeeper: Option<ZooKeeperOptions>,

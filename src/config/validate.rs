@@ -20,12 +20,12 @@ use super::names::{
 };
 use super::raw::{
     RawAcl, RawBroker, RawConnector, RawGroup, RawListener, RawMember, RawMetrics, RawPolicy,
-    RawSecurity, RawStore, RawTopology, RawUser, RawZooKeeper,
+    RawRebalance, RawSecurity, RawStore, RawTopology, RawUser, RawZooKeeper,
 };
 use super::topology::{
     Acl, BrokerPolicy, Connector, ConnectorTransport, DestinationPolicy, Election, Group, Listener,
-    Member, MetricsOptions, OnFull, Secret, Security, StoreOptions, SyncMode, TlsFiles, Topology,
-    User, ZooKeeperOptions,
+    Member, MetricsOptions, OnFull, RebalanceOptions, Secret, Security, StoreOptions, SyncMode,
+    TlsFiles, Topology, User, ZooKeeperOptions,
 };
 use super::units::{
     parse_bind_ip, parse_client_url, parse_duration, parse_group_filter, parse_host_port,
@@ -65,6 +65,7 @@ pub(super) fn validate(
         .collect();
     let store = c.store(raw.store.as_ref());
     let metrics = c.metrics(raw.metrics.as_ref());
+    let rebalance = c.rebalance(raw.rebalance.as_ref());
     let security = c.security(raw.security.as_ref());
     let groups = c.groups(&raw.group, &broker);
     let zookeeper = c.zookeeper(raw.zookeeper.as_ref(), &raw.group);
@@ -80,6 +81,7 @@ pub(super) fn validate(
         policies: policies.into_iter().flatten().collect(),
         store,
         metrics,
+        rebalance,
         security,
         zookeeper,
         groups: groups.into_iter().flatten().collect(),
@@ -522,6 +524,60 @@ impl Checker<'_> {
                     self.whole("metrics.max_destinations", m.max_destinations, 1, U32_MAX)
                 })
                 .unwrap_or(defaults.max_destinations),
+        }
+    }
+
+    fn rebalance(&mut self, raw: Option<&RawRebalance>) -> RebalanceOptions {
+        let defaults = RebalanceOptions::default();
+        let Some(raw) = raw else {
+            return defaults;
+        };
+        let mut fraction = |key: &str, value: Option<f64>, min: f64, max: f64, example: &str| {
+            let value = value?;
+            if value.is_finite() && value >= min && value <= max {
+                return Some(value);
+            }
+            self.refuse(
+                key,
+                format!("is {value}, but must be from {min} to {max}"),
+                format!("write a number in that range, e.g. {example}"),
+            );
+            None
+        };
+        let threshold = fraction(
+            "rebalance.threshold",
+            raw.threshold,
+            0.01,
+            10.0,
+            "threshold = 0.1 (10 % above the fair share)",
+        );
+        let rate = fraction(
+            "rebalance.max_moves_per_second",
+            raw.max_moves_per_second,
+            0.1,
+            1_000_000.0,
+            "max_moves_per_second = 100.0",
+        );
+        RebalanceOptions {
+            threshold: threshold.unwrap_or(defaults.threshold),
+            max_moves_per_second: rate.unwrap_or(defaults.max_moves_per_second),
+            window: self
+                .duration("rebalance.window", raw.window.as_deref(), Zero::Allowed)
+                .unwrap_or(defaults.window),
+            failover_grace: self
+                .duration(
+                    "rebalance.failover_grace",
+                    raw.failover_grace.as_deref(),
+                    Zero::Allowed,
+                )
+                .unwrap_or(defaults.failover_grace),
+            join_settle: self
+                .duration(
+                    "rebalance.join_settle",
+                    raw.join_settle.as_deref(),
+                    Zero::Allowed,
+                )
+                .unwrap_or(defaults.join_settle),
         }
     }
 
@@ -1729,9 +1785,10 @@ fn check_password_hash(text: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::time::Duration;
 
     use crate::broker::destination::Destination;
-    use crate::config::{parse_str, OnFull, SyncMode, Topology};
+    use crate::config::{parse_str, OnFull, RebalanceOptions, SyncMode, Topology};
 
     const BASE: &str = r#"
 [mesh]
@@ -1812,6 +1869,20 @@ url = "tcp://127.0.0.1:61716"
         assert!(topo.security.allow_anonymous);
         assert_eq!(topo.store.segment_size, 64 << 20);
         assert_eq!(topo.metrics.max_destinations, 100);
+        assert_eq!(topo.rebalance, RebalanceOptions::default());
+        let tuned = parse(&format!(
+            "[rebalance]\nthreshold = 0.25\nwindow = \"30s\"\nmax_moves_per_second = 20.0\nfailover_grace = \"1m\"\njoin_settle = \"0s\"\n{BASE}"
+        ));
+        assert_eq!(
+            tuned.rebalance,
+            RebalanceOptions {
+                threshold: 0.25,
+                window: Duration::from_secs(30),
+                max_moves_per_second: 20.0,
+                failover_grace: Duration::from_secs(60),
+                join_settle: Duration::ZERO,
+            }
+        );
         assert!(topo.zookeeper.is_none());
         assert!(topo.unsupported().is_empty());
     }
@@ -1984,6 +2055,7 @@ url = "tcp://127.0.0.1:61616"
             (format!("{BASE}update_cluster_clients = true\nupdate_cluster_filter = [\"ok\", \"(\"]\n"), vec!["group[hub].member[hub-1].listener[0].update_cluster_filter[1]"]),
             (format!("[store]\ncheckpoint_interval = \"0s\"\ngroup_commit_window = \"0s\"\n[metrics]\nmax_destinations = 0\n{BASE}"), vec!["store.checkpoint_interval", "metrics.max_destinations"]),
             (format!("[broker]\nmax_redeliveries = -1\nheartbeat = \"0s\"\n{BASE}"), vec!["broker.max_redeliveries"]),
+            (format!("[rebalance]\nthreshold = 0.0\nmax_moves_per_second = 0.0\nwindow = \"soon\"\n{BASE}"), vec!["rebalance.threshold", "rebalance.max_moves_per_second", "rebalance.window"]),
         ];
         for (text, keys) in cases {
             assert_eq!(refused_keys(&text), keys, "{text}");

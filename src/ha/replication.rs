@@ -405,6 +405,8 @@ async fn serve_follower(
         .lock()
         .insert(session, (hello.member.clone(), from.saturating_sub(1)));
     let _gone = FollowerGone(s.clone(), session);
+    let acks_total =
+        metrics::counter!(crate::metrics::REPLICATION_ACKS, "slave" => hello.member.clone());
     // Acks come in on their own task.
     let acks = {
         let s = s.clone();
@@ -416,6 +418,7 @@ async fn serve_follower(
                     ToMaster {
                         kind: Some(to_master::Kind::Ack(index)),
                     } => {
+                        acks_total.increment(1);
                         if let Some(f) = s.followers.lock().get_mut(&session) {
                             f.1 = f.1.max(index);
                         }

@@ -76,8 +76,13 @@ pub const CLUSTER_PUSHES: &str = "meshmq_cluster_pushes_total";
 pub const FAILOVER_RECONNECTS: &str = "meshmq_failover_reconnects_total";
 pub const REBALANCE_ROUNDS: &str = "meshmq_rebalance_rounds_total";
 pub const REBALANCE_MOVES: &str = "meshmq_rebalance_moves_total";
-pub const ROLE: &str = "meshmq_role_master";
 pub const TERMS: &str = "meshmq_master_terms_total";
+pub const HA_ROLE: &str = "meshmq_ha_role";
+pub const HA_EPOCH: &str = "meshmq_ha_epoch";
+pub const HA_ELECTIONS: &str = "meshmq_ha_elections_total";
+pub const ZOOKEEPER_SESSION: &str = "meshmq_zookeeper_session_connected";
+pub const REPLICATION_LAG: &str = "meshmq_replication_lag_records";
+pub const REPLICATION_ACKS: &str = "meshmq_replication_acks_total";
 pub const UPTIME: &str = "meshmq_uptime_seconds";
 pub const UP: &str = "meshmq_up";
 pub const PROCESS_RSS: &str = "meshmq_process_resident_memory_bytes";
@@ -235,11 +240,36 @@ fn describe_all() {
         REMOTE_DEMAND,
         "Remote consumers known here, by destination."
     );
-    describe_gauge!(
-        ROLE,
-        "1 while this member is its group's master (serving clients), 0 otherwise."
+    describe_counter!(
+        TERMS,
+        "Terms this member served as master (each time it opened its client listeners)."
     );
-    describe_counter!(TERMS, "Times this member became master.");
+    describe_gauge!(
+        HA_ROLE,
+        "1 for this member's current role in its group, 0 for the others: master (serving \
+         clients), slave (following the master, or waiting for a file lock), candidate \
+         (between masters: starting, electing, stepping down)."
+    );
+    describe_gauge!(
+        HA_EPOCH,
+        "The newest epoch of its group this member knows (one epoch per master term)."
+    );
+    describe_counter!(
+        HA_ELECTIONS,
+        "Elections this member stood in, by result: won or lost. ZooKeeper groups: each claim \
+         of a new epoch it made (a conditional write that only one member can win). File-lock \
+         groups: each time it took the lock (always won)."
+    );
+    describe_gauge!(
+        ZOOKEEPER_SESSION,
+        "1 while this member's ZooKeeper session is connected, 0 otherwise. Exported only by \
+         members of groups elected through ZooKeeper."
+    );
+    describe_counter!(
+        REPLICATION_ACKS,
+        "On a master: acknowledgements received from a slave, each saying it holds every \
+         record up to an index."
+    );
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since this member started.");
     describe_gauge!(UP, "1 while this member runs.");
     describe_gauge!(
@@ -323,6 +353,54 @@ pub fn install(group: &str, member: &str) -> Result<PrometheusHandle, MetricsErr
         })
         .map_err(|e| MetricsError(format!("cannot start the metrics upkeep thread: {e}")))?;
     Ok(handle)
+}
+
+/// The roles `meshmq_ha_role` has a series for.
+pub const HA_ROLES: [&str; 3] = ["master", "slave", "candidate"];
+
+/// Sets `meshmq_ha_role`: 1 for `role` (one of [`HA_ROLES`]), 0 for the others.
+pub fn publish_ha_role(role: &str) {
+    for r in HA_ROLES {
+        gauge!(HA_ROLE, "role" => r).set(if r == role { 1.0 } else { 0.0 });
+    }
+}
+
+/// Help for `meshmq_replication_lag_records`, which [`render_replication_lag`] writes itself.
+const REPLICATION_LAG_HELP: &str =
+    "On a master: records a connected slave lacks (the journal's last index minus the slave's \
+     last acknowledged index).";
+
+/// Appends `meshmq_replication_lag_records{slave}` for each `(slave, lag)` to a rendered
+/// exposition. The exporter cannot drop a series, and a lag must vanish when its slave
+/// disconnects or this member stops being master (a frozen last value would lie), so this
+/// family is written at scrape time from the live follower list instead of through the
+/// recorder. Nothing is written when there is no slave.
+pub fn render_replication_lag(out: &mut String, group: &str, member: &str, lags: &[(String, u64)]) {
+    use std::fmt::Write;
+    if lags.is_empty() {
+        return;
+    }
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    let _ = writeln!(out, "# HELP {REPLICATION_LAG} {REPLICATION_LAG_HELP}");
+    let _ = writeln!(out, "# TYPE {REPLICATION_LAG} gauge");
+    for (slave, lag) in lags {
+        let _ = writeln!(
+            out,
+            "{REPLICATION_LAG}{{slave=\"{}\",group=\"{}\",member=\"{}\"}} {lag}",
+            label_value(slave),
+            label_value(group),
+            label_value(member)
+        );
+    }
+}
+
+/// Escapes a label value for the text exposition format.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// What a scrape adds to the recorder's output: the member's destinations (when it serves).
@@ -731,6 +809,32 @@ mod tests {
         assert!(out.contains("meshmq_test_latency_seconds_bucket{group=\"g\",le=\"+Inf\"} 6\n"));
         assert!(out.contains("meshmq_test_latency_seconds_count{group=\"g\"} 6\n"));
         assert!(out.contains("meshmq_test_latency_seconds_sum{group=\"g\"} 60.046\n"));
+    }
+
+    #[test]
+    fn replication_lag_renders_one_escaped_series_per_slave_and_nothing_without_slaves() {
+        let mut out = String::from("meshmq_up{group=\"g\",member=\"g-1\"} 1");
+        render_replication_lag(&mut out, "g", "g-1", &[]);
+        assert_eq!(out, "meshmq_up{group=\"g\",member=\"g-1\"} 1");
+        render_replication_lag(
+            &mut out,
+            "g",
+            "g-1",
+            &[("g-2".into(), 0), ("odd\"\\name".into(), 17)],
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "meshmq_up{group=\"g\",member=\"g-1\"} 1");
+        assert!(lines[1].starts_with("# HELP meshmq_replication_lag_records "));
+        assert_eq!(lines[2], "# TYPE meshmq_replication_lag_records gauge");
+        assert_eq!(
+            lines[3],
+            "meshmq_replication_lag_records{slave=\"g-2\",group=\"g\",member=\"g-1\"} 0"
+        );
+        assert_eq!(
+            lines[4],
+            "meshmq_replication_lag_records{slave=\"odd\\\"\\\\name\",group=\"g\",member=\"g-1\"} 17"
+        );
+        assert_eq!(lines.len(), 5);
     }
 
     #[test]

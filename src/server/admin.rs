@@ -21,8 +21,12 @@ pub struct MemberStatus {
     pub mesh: String,
     pub group: String,
     pub member: String,
-    /// `master` when serving clients.
+    /// `master` when serving clients; `slave` when following the master (ZooKeeper) or
+    /// waiting for the lock (file-lock); `candidate` between masters (ZooKeeper); `starting` or
+    /// `stopping` briefly.
     pub role: String,
+    /// The newest epoch of the group this member knows (0: none yet, and always 0 in a group
+    /// without election).
     pub epoch: u64,
     pub ready: bool,
     pub uptime_seconds: f64,
@@ -97,10 +101,25 @@ async fn metrics(State(state): State<Arc<MemberState>>) -> impl IntoResponse {
             n.publish_demand_metrics();
         }
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        m::render(&state.prometheus, scrape),
-    )
+    let mut text = m::render(&state.prometheus, scrape);
+    let lags: Vec<(String, u64)> = state
+        .replication
+        .read()
+        .as_ref()
+        .map(|r| {
+            r.followers()
+                .into_iter()
+                .map(|f| (f.member, f.lag))
+                .collect()
+        })
+        .unwrap_or_default();
+    m::render_replication_lag(
+        &mut text,
+        &state.identity.group,
+        &state.identity.member,
+        &lags,
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 pub(crate) fn member_status(state: &MemberState) -> MemberStatus {

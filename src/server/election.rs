@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::term::Term;
 use super::{MemberState, Role, ServerOptions};
+use crate::metrics as m;
 
 /// An exclusive lock on a file, held while this value lives.
 pub(crate) struct FileLock {
@@ -73,9 +74,15 @@ pub(crate) async fn file_lock_member(
         tracing::error!(dir = %dir.display(), error = %e, "cannot create the shared directory");
     }
     let mut warned = false;
+    let won = metrics::counter!(m::HA_ELECTIONS, "result" => "won");
+    won.increment(0);
     loop {
         state.set_role(Role::Slave);
         let lock = loop {
+            // A standby shows the epoch of the master it stands behind.
+            if let Ok(Some(epoch)) = current_epoch(&dir) {
+                state.set_epoch(epoch);
+            }
             match FileLock::try_acquire(&lock_path) {
                 Ok(Some(lock)) => break lock,
                 Ok(None) => {}
@@ -92,9 +99,8 @@ pub(crate) async fn file_lock_member(
         };
         match next_epoch(&dir) {
             Ok(epoch) => {
-                state
-                    .epoch
-                    .store(epoch, std::sync::atomic::Ordering::Release);
+                state.set_epoch(epoch);
+                won.increment(1);
                 tracing::info!(path = %lock_path.display(), epoch, "took the master lock");
             }
             Err(e) => {
@@ -143,9 +149,23 @@ pub(crate) async fn file_lock_member(
 /// holder calls this; the file is replaced atomically and synced, so a crash leaves either the
 /// old or the new number.
 fn next_epoch(dir: &Path) -> std::io::Result<u64> {
+    let next = current_epoch(dir)?.unwrap_or(0) + 1;
+    let tmp = dir.join("epoch.tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, format!("{next}\n").as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join("epoch"))?;
+    File::open(dir)?.sync_all()?;
+    Ok(next)
+}
+
+/// The group's epoch as `DIR/epoch` holds it (`None` before the first master).
+fn current_epoch(dir: &Path) -> std::io::Result<Option<u64>> {
     let path = dir.join("epoch");
-    let current = match std::fs::read_to_string(&path) {
-        Ok(text) => text.trim().parse::<u64>().map_err(|e| {
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().map(Some).map_err(|e| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!(
@@ -153,20 +173,10 @@ fn next_epoch(dir: &Path) -> std::io::Result<u64> {
                     path.display()
                 ),
             )
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(e),
-    };
-    let next = current + 1;
-    let tmp = dir.join("epoch.tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, format!("{next}\n").as_bytes())?;
-        f.sync_all()?;
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
-    std::fs::rename(&tmp, &path)?;
-    File::open(dir)?.sync_all()?;
-    Ok(next)
 }
 
 #[cfg(test)]
@@ -196,8 +206,10 @@ mod tests {
     #[test]
     fn epochs_count_up_and_a_garbled_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
+        assert_eq!(current_epoch(dir.path()).unwrap(), None);
         assert_eq!(next_epoch(dir.path()).unwrap(), 1);
         assert_eq!(next_epoch(dir.path()).unwrap(), 2);
+        assert_eq!(current_epoch(dir.path()).unwrap(), Some(2));
         std::fs::write(dir.path().join("epoch"), b"x").unwrap();
         let e = next_epoch(dir.path()).unwrap_err().to_string();
         assert!(e.contains("delete it"), "{e}");

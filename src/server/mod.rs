@@ -292,6 +292,7 @@ impl ServerOptions {
                 uris: group_client_uris(group),
                 capacity: m.listeners.iter().map(|l| l.max_connections as u64).sum(),
                 rebalance: m.listeners.iter().any(|l| l.rebalance_cluster_clients),
+                settings: topo.rebalance.clone(),
             },
         })
     }
@@ -496,8 +497,12 @@ impl ConnCtx {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Starting,
-    /// Standing by: another member serves (no client listener open here).
+    /// Standing by: following the master (ZooKeeper groups) or waiting for the lock
+    /// (file-lock groups); no client listener open here.
     Slave,
+    /// Between masters (ZooKeeper groups): waiting for an election, claiming, or catching its
+    /// followers up before it serves; no client listener open here.
+    Candidate,
     Master,
     Stopping,
 }
@@ -507,8 +512,19 @@ impl Role {
         match self {
             Role::Starting => "starting",
             Role::Slave => "slave",
+            Role::Candidate => "candidate",
             Role::Master => "master",
             Role::Stopping => "stopping",
+        }
+    }
+
+    /// The role as `meshmq_ha_role` counts it: master, slave, or candidate for every state in
+    /// between (starting, electing, stepping down).
+    pub fn ha_role(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Slave => "slave",
+            Role::Candidate | Role::Starting | Role::Stopping => "candidate",
         }
     }
 }
@@ -531,7 +547,14 @@ pub(crate) struct MemberState {
 impl MemberState {
     pub(crate) fn set_role(&self, role: Role) {
         *self.role.lock() = role;
-        gauge!(m::ROLE).set(if role == Role::Master { 1.0 } else { 0.0 });
+        m::publish_ha_role(role.ha_role());
+    }
+
+    /// Records the newest epoch of the group this member knows.
+    pub(crate) fn set_epoch(&self, epoch: u64) {
+        self.epoch
+            .store(epoch, std::sync::atomic::Ordering::Release);
+        gauge!(m::HA_EPOCH).set(epoch as f64);
     }
 }
 
@@ -601,6 +624,8 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         memory_limit: opts.broker.memory_limit,
         prometheus,
     });
+    state.set_role(Role::Starting);
+    state.set_epoch(0);
     tracker.spawn(admin::serve(
         admin_listener,
         state.clone(),
@@ -621,7 +646,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             listen_addrs
         }
         ElectionOptions::FileLock { dir, poll } => {
-            *state.role.lock() = Role::Slave;
+            state.set_role(Role::Slave);
             tracker.spawn(election::file_lock_member(
                 opts.clone(),
                 state.clone(),
@@ -632,7 +657,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             Vec::new()
         }
         ElectionOptions::ZooKeeper(ha) => {
-            *state.role.lock() = Role::Slave;
+            state.set_role(Role::Candidate);
             tracker.spawn(replicated::zookeeper_member(
                 opts.clone(),
                 state.clone(),

@@ -20,6 +20,7 @@ use zookeeper_client::SessionState;
 use crate::ha::machine::{Action, Config, Machine, Role as HaRole, Session, View};
 use crate::ha::replication::{self, FollowOptions, LinkOptions, ReplError};
 use crate::ha::zk::GroupSession;
+use crate::metrics as m;
 use crate::store::{Store, StoreConfig, StoreError};
 
 use super::term::{close_store, open_broker, Term};
@@ -79,6 +80,11 @@ struct Driver {
     lease: Arc<parking_lot::Mutex<Option<Instant>>>,
     done: mpsc::UnboundedSender<Done>,
     shutdown: CancellationToken,
+    /// `meshmq_zookeeper_session_connected`.
+    zk_connected: metrics::Gauge,
+    /// `meshmq_ha_elections_total` by result.
+    elections_won: metrics::Counter,
+    elections_lost: metrics::Counter,
 }
 
 async fn open_local(cfg: &StoreConfig, repair: bool) -> Result<Store, StoreError> {
@@ -123,6 +129,13 @@ pub(crate) async fn zookeeper_member(
         },
         position,
     );
+    state.set_epoch(machine.epoch());
+    let zk_connected = metrics::gauge!(m::ZOOKEEPER_SESSION);
+    zk_connected.set(0.0);
+    let elections = |result: &'static str| metrics::counter!(m::HA_ELECTIONS, "result" => result);
+    let (won, lost) = (elections("won"), elections("lost"));
+    won.increment(0);
+    lost.increment(0);
     let (done, mut done_rx) = mpsc::unbounded_channel();
     let mut d = Driver {
         follow: FollowOptions {
@@ -145,6 +158,9 @@ pub(crate) async fn zookeeper_member(
         lease: Default::default(),
         done,
         shutdown: shutdown.clone(),
+        zk_connected,
+        elections_won: won,
+        elections_lost: lost,
     };
     d.run(&mut done_rx).await;
     d.stop_everything(&mut done_rx).await;
@@ -164,7 +180,10 @@ impl Driver {
                 s = GroupSession::open(&self.ha.zookeeper, &mesh, &group, &announce) => s,
             };
             let session = match session {
-                Ok(s) => Arc::new(s),
+                Ok(s) => {
+                    self.zk_connected.set(1.0);
+                    Arc::new(s)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "no ZooKeeper session; retrying");
                     tokio::select! {
@@ -177,6 +196,7 @@ impl Driver {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot watch the group; opening a new session");
+                    self.zk_connected.set(0.0);
                     continue 'session;
                 }
             };
@@ -220,6 +240,7 @@ impl Driver {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             loop {
                 if !self.act(&session).await {
+                    self.zk_connected.set(0.0);
                     continue 'session;
                 }
                 self.sync_lease();
@@ -228,15 +249,18 @@ impl Driver {
                     Some(()) = changed.recv() => self.refresh(&session).await,
                     s = states.changed() => match s {
                         SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                            self.zk_connected.set(1.0);
                             self.machine.handle_session(Session::Connected, Instant::now());
                             self.refresh(&session).await;
                         }
                         SessionState::Disconnected => {
                             tracing::warn!("ZooKeeper connection lost; commits pause until it is back");
+                            self.zk_connected.set(0.0);
                             self.machine.handle_session(Session::Disconnected, Instant::now());
                         }
                         other => {
                             tracing::warn!(state = ?other, "ZooKeeper session ended; opening a new one");
+                            self.zk_connected.set(0.0);
                             self.machine.handle_session(Session::Expired, Instant::now());
                             self.sync_lease();
                             let _ = self.act(&session).await;
@@ -268,9 +292,7 @@ impl Driver {
 
     fn see(&mut self, view: View) {
         self.machine.handle_view(view, Instant::now());
-        self.state
-            .epoch
-            .store(self.machine.epoch(), std::sync::atomic::Ordering::Release);
+        self.state.set_epoch(self.machine.epoch());
     }
 
     fn sync_lease(&self) {
@@ -337,8 +359,12 @@ impl Driver {
                     };
                     if ok {
                         tracing::info!(epoch, "won the election");
+                        self.elections_won.increment(1);
+                    } else {
+                        self.elections_lost.increment(1);
                     }
                     self.machine.handle_claimed(ok, sent, Instant::now());
+                    self.state.set_epoch(self.machine.epoch());
                     if !ok {
                         // The machine waits for a fresh view before it claims again.
                         self.refresh(session).await;
@@ -421,6 +447,7 @@ impl Driver {
         match done {
             Done::Followed(store) => {
                 self.following = None;
+                self.state.set_role(Role::Candidate);
                 let position = store.position();
                 self.local = Some(store);
                 self.machine.handle_stopped(position, now);
@@ -453,7 +480,7 @@ impl Driver {
     }
 
     async fn reopen_local(&mut self) {
-        self.state.set_role(Role::Slave);
+        self.state.set_role(Role::Candidate);
         loop {
             match open_local(&self.store_cfg, false).await {
                 Ok(s) => {

@@ -48,6 +48,9 @@ pub struct GroupSpec {
     pub quorum_timeout: Duration,
     /// Per member; a higher weight wins an election between equal journal positions.
     pub weights: [u32; 3],
+    /// More topology (other groups, connectors) appended after group `g`; the test starts
+    /// those members itself. Relative paths in it are relative to the topology's directory.
+    pub extra_toml: String,
 }
 
 impl Default for GroupSpec {
@@ -56,6 +59,7 @@ impl Default for GroupSpec {
             session_timeout: Duration::from_secs(2),
             quorum_timeout: Duration::from_secs(3),
             weights: [1, 1, 1],
+            extra_toml: String::new(),
         }
     }
 }
@@ -208,6 +212,7 @@ impl HaGroup {
                 m.listen
             ));
         }
+        text.push_str(&spec.extra_toml);
         let topology = dir.path().join("topology.toml");
         std::fs::write(&topology, text).expect("write topology");
         HaGroup {
@@ -216,6 +221,11 @@ impl HaGroup {
             topology,
             _dir: dir,
         }
+    }
+
+    /// The topology file every member runs from.
+    pub fn topology(&self) -> &std::path::Path {
+        &self.topology
     }
 
     /// Starts member `i` (again, on its own data directory); does not wait.

@@ -48,6 +48,31 @@ use tempfile::TempDir;
 /// loaded two-core machine.
 pub const GUARD: Duration = Duration::from_secs(60);
 
+/// Runs `promtool check metrics` (Debian's `prometheus` package) on an exposition; panics
+/// with how to install it when it is missing — a test that needs it fails, it never skips.
+pub fn promtool_check(text: &str) -> std::process::Output {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "cannot run promtool ({e}): it comes from Debian's `prometheus` package; \
+             `make test-deps` installs it (apt-get install --no-install-recommends prometheus)"
+        ),
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    child.wait_with_output().expect("promtool output")
+}
+
 /// The `meshmq` binary under test.
 pub fn meshmq() -> Command {
     Command::new(env!("CARGO_BIN_EXE_meshmq"))

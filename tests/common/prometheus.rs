@@ -1,11 +1,9 @@
-//! Debian's real Prometheus for the metrics tests: `promtool check metrics` on an exposition,
-//! and a `prometheus` server (a child of the test, bound to 127.0.0.1 on a port the test
-//! picked, its TSDB in a temporary directory) queried through its HTTP API. Both come from the
-//! `prometheus` package that `make test-deps` installs; without them a test fails, it never
-//! skips. Dropping the [`Prometheus`] kills the server.
+//! Debian's real Prometheus for the metrics tests: a `prometheus` server (a child of the test,
+//! bound to 127.0.0.1 on a port the test picked, its TSDB in a temporary directory) queried
+//! through its HTTP API. It comes from the `prometheus` package that `make test-deps` installs;
+//! without it a test fails, it never skips. Dropping the [`Prometheus`] kills the server.
 
 use std::fs::File;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -16,38 +14,6 @@ use tempfile::TempDir;
 use super::{free_ports, http_get, ChildGuard, GUARD};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
-
-/// Runs `promtool check metrics` on `text`: its exit status, and what it printed.
-pub fn promtool_check(text: &str) -> (bool, String) {
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => panic!(
-            "cannot run promtool ({e}): it comes from Debian's `prometheus` package; \
-             `make test-deps` installs it (apt-get install --no-install-recommends prometheus)"
-        ),
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool output");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 /// A running Prometheus server.
 pub struct Prometheus {
