@@ -2,8 +2,8 @@
 //! panels all use the `datasource` variable; and every query of every panel returns data from
 //! a live mesh — a ZooKeeper-replicated hub and two edges joined by connectors — scraped by
 //! Debian's real Prometheus with the configuration `meshmq prometheus-config` prints, after
-//! traffic through every feature the dashboards show (queue and topic forwarding, a replay,
-//! a rebalance, a slow topic subscriber, dead letters, expiry, a refused connection). Prometheus
+//! traffic through every feature the dashboards show (queue and topic forwarding, a replay
+//! back to the hub, a rebalance, a slow topic subscriber, dead letters, expiry, a refused connection). Prometheus
 //! scrapes every member (`up == 1`, labelled with its group and member, no `exported_*`
 //! duplicates), and every member's `/metrics` passes `promtool check metrics`.
 
@@ -191,9 +191,11 @@ async fn every_panel_query_returns_data_from_a_live_mesh() {
         .group("edge-1", 1, rebalancing)
         .group_lines("edge-1", "sync = \"local_disk\"")
         .group("edge-2", 1, rebalancing)
-        .connector("hub", "edge-1", "")
-        .connector("hub", "edge-2", "")
-        .connector("edge-1", "edge-2", "")
+        // A replay takes a message a second hop (back where it came from); between the edges
+        // only one hop, so a message from the hub parked on edge-1 can go back to the hub only.
+        .connector("hub", "edge-1", "network_ttl = 3")
+        .connector("hub", "edge-2", "network_ttl = 3")
+        .connector("edge-1", "edge-2", "network_ttl = 1")
         .build();
 
     // Prometheus, configured by the real CLI, scrapes from the start.
@@ -369,58 +371,6 @@ async fn every_panel_query_returns_data_from_a_live_mesh() {
         destination(m, "edge-2", "queue://stale").expired == 5
     });
 
-    // A replay: messages parked on edge-1 after its consumer left go to a consumer on edge-2.
-    let parked_client = Client::connect(&edge1_url, ClientOptions::default())
-        .await
-        .expect("parked consumer connects");
-    let mut parked = parked_client
-        .subscribe(
-            "queue://parked",
-            SubscribeOptions {
-                ack: AckMode::ClientIndividual,
-                prefetch: 5,
-                ..SubscribeOptions::default()
-            },
-        )
-        .await
-        .expect("subscribe parked");
-    mesh.wait_until("the hub sees the parked consumer", |m| {
-        let hub = m.master("hub").expect("hub master");
-        common::http_get(hub.admin, "/metrics").is_ok_and(|(_, text)| {
-            common::metric_sum(
-                &text,
-                "meshmq_remote_demand",
-                &["destination=\"queue://parked\""],
-            ) > 0.0
-        })
-    });
-    for i in 0..40 {
-        producer
-            .send_with_receipt("queue://parked", &Outgoing::new(format!("k{i}")))
-            .await
-            .expect("send parked");
-    }
-    let d = parked.next_timeout(GUARD).await.expect("a parked delivery");
-    parked.ack_with_receipt(&d).await.expect("ack");
-    mesh.wait_until("every parked message reached edge-1", |m| {
-        destination(m, "edge-1", "queue://parked").enqueued == 40
-    });
-    parked_client.close().await.expect("close parked consumer");
-    let replayed = Arc::new(AtomicU64::new(0));
-    consume(
-        edge2_url.clone(),
-        "queue://parked",
-        replayed.clone(),
-        stop.clone(),
-    )
-    .await;
-    mesh.wait_until(
-        "edge-1 replayed the parked messages to edge-2's consumer",
-        |m| {
-            connector_sum(m, "edge-1", |c| c.replayed) > 0 && replayed.load(Ordering::Relaxed) >= 39
-        },
-    );
-
     // A refused connection: the hub's listener takes 100.
     let mut extra = Vec::new();
     loop {
@@ -556,6 +506,70 @@ async fn every_panel_query_returns_data_from_a_live_mesh() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Last, a replay: messages parked on edge-1 after its consumer left go back to a consumer
+    // on the hub (the replayed-messages panels exist from the start, at zero).
+    let parked_client = Client::connect(&edge1_url, ClientOptions::default())
+        .await
+        .expect("parked consumer connects");
+    let mut parked = parked_client
+        .subscribe(
+            "queue://parked",
+            SubscribeOptions {
+                ack: AckMode::ClientIndividual,
+                prefetch: 5,
+                ..SubscribeOptions::default()
+            },
+        )
+        .await
+        .expect("subscribe parked");
+    mesh.wait_until("the hub sees the parked consumer", |m| {
+        let hub = m.master("hub").expect("hub master");
+        common::http_get(hub.admin, "/metrics").is_ok_and(|(_, text)| {
+            common::metric_sum(
+                &text,
+                "meshmq_remote_demand",
+                &["destination=\"queue://parked\""],
+            ) > 0.0
+        })
+    });
+    for i in 0..40 {
+        producer
+            .send_with_receipt("queue://parked", &Outgoing::new(format!("k{i}")))
+            .await
+            .expect("send parked");
+    }
+    let d = parked.next_timeout(GUARD).await.expect("a parked delivery");
+    parked.ack_with_receipt(&d).await.expect("ack");
+    mesh.wait_until("every parked message reached edge-1", |m| {
+        destination(m, "edge-1", "queue://parked").enqueued == 40
+    });
+    parked_client.close().await.expect("close parked consumer");
+    let replayed = Arc::new(AtomicU64::new(0));
+    let polls = AtomicU64::new(0);
+    // The hub is on their path: only a replay takes them back there.
+    consume(
+        hub_url.clone(),
+        "queue://parked",
+        replayed.clone(),
+        stop.clone(),
+    )
+    .await;
+    mesh.wait_until(
+        "edge-1 replayed the parked messages to the hub's consumer",
+        |m| {
+            let done = connector_sum(m, "edge-1", |c| c.replayed) > 0
+                && replayed.load(Ordering::Relaxed) >= 39;
+            if !done && polls.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
+                eprintln!(
+                    "replay so far: edge-1 {:?}, hub consumer got {}, edge-1 connectors {:?}",
+                    destination(m, "edge-1", "queue://parked"),
+                    replayed.load(Ordering::Relaxed),
+                    m.member("edge-1").status().map(|s| s.connectors)
+                );
+            }
+            done
+        },
+    );
     stop.cancel();
     drop(movers);
 }
