@@ -427,6 +427,11 @@ bad.toml: connector[hub-edge].uri: is set together with reconnect_multiplier; se
         r#"bad.toml: connector[hub-edge].static_bridge: is true, but statically_included is empty, so the bridge would forward nothing; list the destinations to forward in statically_included, or set static_bridge = false"#,
     ),
     (
+        "suppress_duplicate_topic_subscriptions = false (duplicates in cycles)",
+        concat!(base!(), edge!(), "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nsuppress_duplicate_topic_subscriptions = false\n"),
+        r#"bad.toml: connector[hub-edge].suppress_duplicate_topic_subscriptions: is false, which would give every network topic subscription its own copy, so a topic message would reach a group once per route in a cyclic mesh; meshmq always sends each topic message to each subscribing group once, over its shortest route; remove the key or set it to true"#,
+    ),
+    (
         "reconnect_multiplier below 1",
         concat!(base!(), edge!(), "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nreconnect_multiplier = 0.5\n"),
         r#"bad.toml: connector[hub-edge].reconnect_multiplier: is 0.5, but must be at least 1.0; write 1.0 to retry at a constant delay, or more to back off, e.g. reconnect_multiplier = 2.0"#,
@@ -565,7 +570,7 @@ url = "tcp://127.0.0.1:61616"
     (
         "unknown top-level section",
         concat!("[brokr]\nprefetch = 10\n", base!()),
-        r#"bad.toml: brokr: unknown key; did you mean "broker"? valid keys here are: mesh, broker, policy, store, metrics, security, zookeeper, group, connector"#,
+        r#"bad.toml: brokr: unknown key; did you mean "broker"? valid keys here are: mesh, broker, policy, store, metrics, security, zookeeper, rebalance, group, connector"#,
     ),
     (
         "a hash of another algorithm",

@@ -290,6 +290,9 @@ pub struct Demand {
     /// Groups the demand came through, nearest first... empty for a local consumer.
     pub path: Vec<Arc<str>>,
     pub priority: i32,
+    /// The real consumer a network consumer's demand stands for, as its bridge learnt it
+    /// (`"<group>/<id there>"`, the same over every route); `None` for a local consumer.
+    pub origin: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -633,13 +636,20 @@ impl Broker {
         (rx, snapshot)
     }
 
-    fn add_demand(&self, destination: String, path: Vec<Arc<str>>, priority: i32) -> u64 {
+    fn add_demand(
+        &self,
+        destination: String,
+        path: Vec<Arc<str>>,
+        priority: i32,
+        origin: Option<Arc<str>>,
+    ) -> u64 {
         let id = self.inner.next_demand.fetch_add(1, Ordering::Relaxed);
         let d = Demand {
             id,
             destination,
             path,
             priority,
+            origin,
         };
         self.inner.demand.insert(id, d.clone());
         let _ = self.inner.demand_events.send(DemandEvent::Added(d));
@@ -652,18 +662,21 @@ impl Broker {
         }
     }
 
-    /// For a message arriving over a bridge: true the first time it is seen. A queue message
-    /// re-sent after a lost acknowledgement has the same path length and is dropped; one that
-    /// legitimately comes back (a replay) has travelled further. A topic message is taken once
-    /// whatever its route.
-    pub fn first_forward(&self, msg: &Message, topic: bool) -> bool {
+    /// For a message arriving over a bridge at group `local`: true the first time it is seen.
+    /// A queue message is known by how many times it has already left `local` (the times
+    /// `local` is on its path): a copy re-sent after a lost acknowledgement — over the same
+    /// bridge or rerouted through another group when that bridge died — has left `local` as
+    /// often as the copy already here and is dropped; one that legitimately comes back (a
+    /// replay after it was forwarded away from here) has left once more. A topic message is
+    /// taken once whatever its route.
+    pub fn first_forward(&self, msg: &Message, topic: bool, local: &str) -> bool {
         if msg.producer_id.is_empty() || msg.sequence == 0 {
             return true;
         }
         let reach = if topic {
             u32::MAX
         } else {
-            msg.broker_path.len() as u32
+            msg.broker_path.iter().filter(|g| &***g == local).count() as u32
         };
         self.inner
             .recent_forwards
@@ -954,7 +967,7 @@ impl Session {
         let ids = if net.is_none() {
             vec![self
                 .broker
-                .add_demand(spec.destination.clone(), Vec::new(), spec.priority)]
+                .add_demand(spec.destination.clone(), Vec::new(), spec.priority, None)]
         } else {
             Vec::new()
         };
@@ -976,6 +989,7 @@ impl Session {
         &mut self,
         subscription: u64,
         path: Vec<Arc<str>>,
+        origin: Option<Arc<str>>,
     ) -> Result<u64, BrokerError> {
         let sd = self
             .demand_ids
@@ -983,7 +997,7 @@ impl Session {
             .ok_or(BrokerError::NoSuchSubscription(subscription))?;
         let id = self
             .broker
-            .add_demand(sd.destination.clone(), path, sd.priority);
+            .add_demand(sd.destination.clone(), path, sd.priority, origin);
         sd.ids.push(id);
         Ok(id)
     }

@@ -562,8 +562,12 @@ fn a_network_consumer_advertises_each_remote_consumer_by_its_own_path() {
     let (_, none) = b.demand();
     assert!(none.is_empty(), "no remote consumer yet: {none:?}");
     let g = |s: &str| std::sync::Arc::<str>::from(s);
-    let relayed = net.add_network_demand(1, vec![g("c"), g("b")]).unwrap();
-    let direct = net.add_network_demand(1, vec![g("b")]).unwrap();
+    let relayed = net
+        .add_network_demand(1, vec![g("c"), g("b")], Some(g("c/7")))
+        .unwrap();
+    let direct = net
+        .add_network_demand(1, vec![g("b")], Some(g("b/3")))
+        .unwrap();
     let mut paths: Vec<_> = b.demand().1.into_iter().map(|d| d.path).collect();
     paths.sort();
     assert_eq!(paths, vec![vec![g("b")], vec![g("c"), g("b")]]);

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
 
 use super::destination::{Destination, DestinationPattern};
 use super::inflight::Inflight;
@@ -31,7 +32,40 @@ pub struct Topic {
     pub(crate) counters: Arc<DestinationCounters>,
     pub(crate) owner: u64,
     deleted: AtomicBool,
-    subs: RwLock<Vec<Arc<TopicSub>>>,
+    subs: RwLock<Subscribers>,
+}
+
+/// A topic's subscriptions: a dense list to fan out over, and each one's place in it, so that
+/// attaching and detaching cost the same with ten subscribers or ten thousand (a mass
+/// disconnect must not be quadratic).
+#[derive(Debug, Default)]
+struct Subscribers {
+    list: Vec<Arc<TopicSub>>,
+    place: FxHashMap<u64, usize>,
+}
+
+impl Subscribers {
+    /// False when `sub` was already attached.
+    fn insert(&mut self, sub: &Arc<TopicSub>) -> bool {
+        if self.place.contains_key(&sub.id) {
+            return false;
+        }
+        self.place.insert(sub.id, self.list.len());
+        self.list.push(sub.clone());
+        true
+    }
+
+    /// False when no subscription `id` was attached.
+    fn remove(&mut self, id: u64) -> bool {
+        let Some(i) = self.place.remove(&id) else {
+            return false;
+        };
+        self.list.swap_remove(i);
+        if let Some(moved) = self.list.get(i) {
+            self.place.insert(moved.id, i);
+        }
+        true
+    }
 }
 
 impl Topic {
@@ -43,7 +77,7 @@ impl Topic {
             counters,
             owner,
             deleted: AtomicBool::new(false),
-            subs: RwLock::new(Vec::new()),
+            subs: RwLock::new(Subscribers::default()),
         }
     }
 
@@ -54,39 +88,35 @@ impl Topic {
     pub(crate) fn publish(&self, msg: Arc<Message>, dead: &mut Effects) {
         DestinationCounters::add(&self.counters.enqueued, 1);
         let subs = self.subs.read();
-        for sub in subs.iter() {
+        for sub in subs.list.iter() {
             sub.offer(&msg, &self.counters, dead);
         }
     }
 
     pub(crate) fn attach(&self, sub: &Arc<TopicSub>) {
-        let mut subs = self.subs.write();
-        if !subs.iter().any(|s| s.id == sub.id) {
-            subs.push(sub.clone());
+        if self.subs.write().insert(sub) {
             DestinationCounters::add(&self.counters.consumers, 1);
         }
     }
 
     pub(crate) fn detach(&self, sub_id: u64) {
-        let mut subs = self.subs.write();
-        if let Some(i) = subs.iter().position(|s| s.id == sub_id) {
-            subs.swap_remove(i);
+        if self.subs.write().remove(sub_id) {
             self.counters.consumers.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
     /// True when a durable subscription is attached (persistent messages are then journaled).
     pub(crate) fn has_durable(&self) -> bool {
-        self.subs.read().iter().any(|s| s.durable.is_some())
+        self.subs.read().list.iter().any(|s| s.durable.is_some())
     }
 
     pub(crate) fn subscriptions(&self) -> Vec<Arc<TopicSub>> {
-        self.subs.read().clone()
+        self.subs.read().list.clone()
     }
 
     pub(crate) fn delete(&self) -> Vec<Arc<TopicSub>> {
         self.deleted.store(true, Ordering::Release);
-        std::mem::take(&mut *self.subs.write())
+        std::mem::take(&mut *self.subs.write()).list
     }
 }
 
@@ -376,5 +406,59 @@ impl TopicSub {
             }
         }
         st.pending = kept;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(id: u64) -> Arc<TopicSub> {
+        Arc::new(TopicSub::new(
+            id,
+            DestinationPattern::parse("topic://t").expect("valid pattern"),
+            None,
+            false,
+            &DestinationLimits::default(),
+            None,
+        ))
+    }
+
+    /// Every attached subscription is in the list exactly once and its recorded place is
+    /// where it is.
+    fn assert_consistent(subs: &Subscribers, expected: &[u64]) {
+        let mut ids: Vec<u64> = subs.list.iter().map(|s| s.id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, expected);
+        assert_eq!(subs.place.len(), subs.list.len());
+        for (i, s) in subs.list.iter().enumerate() {
+            assert_eq!(subs.place.get(&s.id), Some(&i), "place of {}", s.id);
+        }
+    }
+
+    #[test]
+    fn subscribers_stay_consistent_through_attach_and_detach() {
+        let mut subs = Subscribers::default();
+        for id in 1..=6 {
+            assert!(subs.insert(&sub(id)));
+        }
+        assert!(!subs.insert(&sub(3)), "attached twice");
+        assert_consistent(&subs, &[1, 2, 3, 4, 5, 6]);
+        assert!(subs.remove(2), "from the middle");
+        assert_consistent(&subs, &[1, 3, 4, 5, 6]);
+        let last = subs.list.last().map(|s| s.id).expect("not empty");
+        assert!(subs.remove(last), "the last one");
+        assert!(!subs.remove(last), "detached twice");
+        assert!(!subs.remove(99), "never attached");
+        assert!(subs.remove(1), "the first one");
+        let mut left: Vec<u64> = [3, 4, 5, 6].into_iter().filter(|i| *i != last).collect();
+        left.sort_unstable();
+        assert_consistent(&subs, &left);
+        for id in left {
+            assert!(subs.remove(id));
+        }
+        assert_consistent(&subs, &[]);
+        assert!(subs.insert(&sub(2)), "a detached id may come back");
+        assert_consistent(&subs, &[2]);
     }
 }

@@ -1029,7 +1029,11 @@ async fn run_connections(
             if sub.next().await.is_some() && received.fetch_add(1, Ordering::Relaxed) + 1 == total {
                 all_in.notify_one();
             }
-            drop(client);
+            // An idle subscriber stays connected and subscribed: closing here would put ten
+            // thousand disconnects (and the broker's session teardowns) inside the window
+            // being measured. The tasks are aborted, and the clients closed, once it is over.
+            std::future::pending::<()>().await;
+            drop((client, sub));
         }));
     }
     drop(ready_tx);

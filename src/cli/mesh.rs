@@ -43,6 +43,7 @@ pub async fn broker(topology: &Path, member: &str, repair: bool) -> anyhow::Resu
     // Before serving: a SIGTERM sent as soon as /readyz answers must stop us gracefully.
     let mut signals = Signals::install()?;
     let running = server::start(opts).await?;
+    let fatal = running.fatal();
     let token = running.shutdown_token();
     tokio::spawn(async move {
         signals.recv().await;
@@ -51,6 +52,9 @@ pub async fn broker(topology: &Path, member: &str, repair: bool) -> anyhow::Resu
     });
     if !running.wait().await {
         tracing::warn!("some connections did not close within the shutdown timeout");
+    }
+    if let Some(cause) = fatal.cause() {
+        bail!("member {member} stopped: {cause}");
     }
     tracing::info!("stopped");
     Ok(())

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -493,7 +493,10 @@ pub(crate) struct Shared {
     stop: CancellationToken,
     ended: CancellationToken,
     replies: tokio::sync::Mutex<Option<ReplyRouter>>,
-    events: broadcast::Sender<ClientEvent>,
+    /// Created by the first `events()` call: a broadcast channel allocates all its slots up
+    /// front, which ten thousand clients in one process would pay for (memory, and time at
+    /// drop) without ever reading an event.
+    events: OnceLock<broadcast::Sender<ClientEvent>>,
     /// The failover `timeout`: how long a send waits for a connection.
     send_timeout: Option<Duration>,
     /// The URL of the broker this client is on now.
@@ -543,7 +546,7 @@ impl Shared {
             stop: CancellationToken::new(),
             ended: CancellationToken::new(),
             replies: tokio::sync::Mutex::new(None),
-            events: broadcast::channel(1024).0,
+            events: OnceLock::new(),
             send_timeout,
             current_url: RwLock::new(url),
             reconnects: AtomicU64::new(0),
@@ -650,7 +653,10 @@ impl Shared {
     }
 
     fn emit(&self, event: ClientEvent) {
-        let _ = self.events.send(event);
+        // Nobody has asked for events yet: nobody could see this one.
+        if let Some(events) = self.events.get() {
+            let _ = events.send(event);
+        }
     }
 
     /// A receipt arrived (or an error carrying one): answer whoever waits for it.
@@ -1021,7 +1027,10 @@ impl Client {
     /// The failover client's lifecycle: interrupted, resumed (with the new URL), cluster
     /// changes. Events sent before this call are not seen.
     pub fn events(&self) -> broadcast::Receiver<ClientEvent> {
-        self.shared.events.subscribe()
+        self.shared
+            .events
+            .get_or_init(|| broadcast::channel(EVENT_BACKLOG).0)
+            .subscribe()
     }
 
     /// Sends without waiting for the broker (errors arrive later through `take_errors`).
@@ -1697,6 +1706,9 @@ pub(crate) enum End {
 /// The receipt of the `Disconnect` a moving client sends; no request uses it.
 const LEAVE_RECEIPT: u64 = u64::MAX;
 
+/// Lifecycle events kept for a reader of `Client::events` that falls behind.
+const EVENT_BACKLOG: usize = 1024;
+
 /// A plain (non-failover) client: one connection, then the end.
 async fn run_single(pump: Pump, shared: Arc<Shared>, heartbeat: Duration, max_frame_size: usize) {
     let (controls, _) = mpsc::unbounded_channel();
@@ -1776,7 +1788,8 @@ pub(crate) async fn run_connection(
                     reason: "moving to another broker".into(),
                 })), &mut pump.wbuf);
             }
-            _ = tokio::time::sleep(Duration::from_millis(100)), if stopping.is_some() || leaving.is_some() => {}
+            // Lazy: a disabled branch's future is still built on every turn of the loop.
+            _ = async { tokio::time::sleep(Duration::from_millis(100)).await }, if stopping.is_some() || leaving.is_some() => {}
             ev = pump.next_event(true, 256 * 1024, |cx| shared.poll_out(cx)) => match ev {
                 Ok(IoEvent::Read) => {
                     last_read = Instant::now();

@@ -431,9 +431,13 @@ pub struct Connector {
     /// Only with a non-empty `statically_included`.
     pub static_bridge: bool,
     pub bridge_temp_destinations: bool,
+    /// `false`: non-persistent forwards are acknowledged at the source once written to the
+    /// link, and lost if it dies; persistent ones always wait for the target.
     pub always_sync_send: bool,
+    /// Hold network queue demand for a remote consumer only over its best route.
+    /// (`suppress_duplicate_topic_subscriptions` has no field: topic messages always take
+    /// one route per subscribing group, so only its `true` is accepted.)
     pub suppress_duplicate_queue_subscriptions: bool,
-    pub suppress_duplicate_topic_subscriptions: bool,
     pub replay_when_no_consumers: bool,
     pub replay_delay: Duration,
     /// Every member of `to` has a listener of this transport's scheme.

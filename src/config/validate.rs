@@ -1571,6 +1571,15 @@ impl Checker<'_> {
         let dynamically_included = patterns(self, "dynamically_included", &c.dynamically_included);
         let statically_included = patterns(self, "statically_included", &c.statically_included);
         let excluded = patterns(self, "excluded", &c.excluded);
+        if c.suppress_duplicate_topic_subscriptions == Some(false) {
+            self.refuse(
+                &key("suppress_duplicate_topic_subscriptions"),
+                "is false, which would give every network topic subscription its own copy, so a \
+                 topic message would reach a group once per route in a cyclic mesh; meshmq always \
+                 sends each topic message to each subscribing group once, over its shortest route",
+                "remove the key or set it to true",
+            );
+        }
         let static_bridge = c.static_bridge.unwrap_or(false);
         if static_bridge && c.statically_included.is_empty() {
             self.refuse(
@@ -1703,9 +1712,6 @@ impl Checker<'_> {
             suppress_duplicate_queue_subscriptions: c
                 .suppress_duplicate_queue_subscriptions
                 .unwrap_or(false),
-            suppress_duplicate_topic_subscriptions: c
-                .suppress_duplicate_topic_subscriptions
-                .unwrap_or(true),
             replay_when_no_consumers: c.replay_when_no_consumers.unwrap_or(true),
             replay_delay,
             transport,

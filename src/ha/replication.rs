@@ -8,8 +8,10 @@
 //! whose tail diverges (records the master does not have at that index and epoch) discards its
 //! journal and copies the master's from its oldest retained record, with the checkpoint that
 //! covers what came before; a follower refuses a master of an epoch older than the newest it
-//! has seen; the master commits an index only if it is at least its own epoch's first record
-//! (so older records are committed through the new epoch, never on their own).
+//! has seen, when the stream starts and before each append (its member may see a newer epoch
+//! in the middle of a stream); the master commits an index only if it is at least its own
+//! epoch's first record (so older records are committed through the new epoch, never on their
+//! own).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -62,11 +64,27 @@ pub struct LinkOptions {
     pub heartbeat: Duration,
 }
 
-async fn write_msg(s: &mut (impl AsyncWriteExt + Unpin), bytes: &[u8]) -> std::io::Result<()> {
-    s.write_u32(bytes.len() as u32).await?;
-    s.write_all(bytes).await?;
-    s.flush().await
+/// The bytes of one message on the link: its length (u32, big-endian), then its encoding.
+fn frame_msg(msg: &impl prost::Message) -> Vec<u8> {
+    let len = msg.encoded_len();
+    let mut buf = Vec::with_capacity(4 + len);
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    msg.encode(&mut buf)
+        .expect("a Vec grows to hold any message");
+    buf
 }
+
+/// Writes one message with a single write: with `TCP_NODELAY` a separate length would go out
+/// as a packet of its own and wake the peer twice.
+async fn write_msg(
+    s: &mut (impl AsyncWriteExt + Unpin),
+    msg: &impl prost::Message,
+) -> std::io::Result<()> {
+    s.write_all(&frame_msg(msg)).await
+}
+
+/// Read buffer of each end of a link: a batch of records usually arrives in one read.
+const READ_BUFFER: usize = 256 << 10;
 
 async fn read_msg<M: prost::Message + Default>(
     s: &mut (impl AsyncReadExt + Unpin),
@@ -85,7 +103,7 @@ async fn read_msg<M: prost::Message + Default>(
     }
     let mut buf = vec![0u8; len];
     s.read_exact(&mut buf).await.map_err(io)?;
-    M::decode(buf.as_slice()).map_err(|e| ReplError::Protocol {
+    M::decode(bytes::Bytes::from(buf)).map_err(|e| ReplError::Protocol {
         peer: peer.to_string(),
         detail: format!("undecodable message: {e}"),
     })
@@ -127,6 +145,8 @@ struct MasterShared {
     lease: LeaseCheck,
     options: LinkOptions,
     followers: Mutex<HashMap<u64, (String, u64)>>,
+    /// Held while a commit is worked out and published.
+    committing: Mutex<()>,
     changed: tokio::sync::Notify,
     next_session: AtomicU64,
     checkpoints: tokio::sync::watch::Sender<Option<Arc<store::proto::Checkpoint>>>,
@@ -163,6 +183,7 @@ impl Master {
             lease,
             options,
             followers: Mutex::new(HashMap::new()),
+            committing: Mutex::new(()),
             changed: tokio::sync::Notify::new(),
             next_session: AtomicU64::new(1),
             checkpoints,
@@ -244,6 +265,29 @@ impl Master {
 }
 
 impl MasterShared {
+    /// Commits what `needed` followers and this member hold, if the lease holds. Called by
+    /// each follower's session as its ack arrives (no hop to another task on the way to the
+    /// receipts) and by the commit loop on local writes and lease ticks.
+    fn commit(&self) {
+        if !self.gated {
+            return;
+        }
+        // One commit at a time, so the journal's hook sees commits in order.
+        let _one = self.committing.lock();
+        if !(self.lease)() {
+            return;
+        }
+        let journal = self.store.journal();
+        let written = journal.local_synced();
+        let mut acks: Vec<u64> = self.member_acks().into_values().collect();
+        if let Some(q) = quorum_index(&mut acks, self.needed) {
+            let commit = q.min(written);
+            if commit >= self.epoch_start {
+                journal.publish_committed(commit);
+            }
+        }
+    }
+
     /// The highest ack of each follower member: a member with two sessions (it reconnected
     /// before its old session ended) is one replica, never two.
     fn member_acks(&self) -> std::collections::BTreeMap<String, u64> {
@@ -279,16 +323,8 @@ async fn commit_loop(s: Arc<MasterShared>, stop: CancellationToken) {
         tokio::pin!(changed);
         changed.as_mut().enable();
         // Marks the value seen, so `changed()` below waits for the next write.
-        let written = *local.borrow_and_update();
-        if s.gated && (s.lease)() {
-            let mut acks: Vec<u64> = s.member_acks().into_values().collect();
-            if let Some(q) = quorum_index(&mut acks, s.needed) {
-                let commit = q.min(written);
-                if commit >= s.epoch_start {
-                    journal.publish_committed(commit);
-                }
-            }
-        }
+        local.borrow_and_update();
+        s.commit();
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = changed => {}
@@ -305,7 +341,8 @@ async fn serve_follower(
     stop: CancellationToken,
 ) -> Result<(), ReplError> {
     let peer_s = peer.to_string();
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER, rd);
     let hello = match tokio::time::timeout(
         s.options.heartbeat * 3,
         read_msg::<ToMaster>(&mut rd, &peer_s),
@@ -338,11 +375,7 @@ async fn serve_follower(
     };
     if s.options.token.as_deref().unwrap_or("") != hello.token {
         tracing::warn!(%peer, member = %hello.member, "replication login with a wrong token refused");
-        let _ = write_msg(
-            &mut wr,
-            &refuse("wrong replication token".into()).encode_to_vec(),
-        )
-        .await;
+        let _ = write_msg(&mut wr, &refuse("wrong replication token".into())).await;
         return Ok(());
     }
     if hello.seen_epoch > s.epoch {
@@ -351,8 +384,7 @@ async fn serve_follower(
             &refuse(format!(
                 "this master's epoch {} is older than epoch {} the follower has seen",
                 s.epoch, hello.seen_epoch
-            ))
-            .encode_to_vec(),
+            )),
         )
         .await;
         return Ok(());
@@ -398,9 +430,7 @@ async fn serve_follower(
             epochs: epochs_to_proto(&mine),
         })),
     };
-    write_msg(&mut wr, &start.encode_to_vec())
-        .await
-        .map_err(io)?;
+    write_msg(&mut wr, &start).await.map_err(io)?;
     s.followers
         .lock()
         .insert(session, (hello.member.clone(), from.saturating_sub(1)));
@@ -423,6 +453,7 @@ async fn serve_follower(
                             f.1 = f.1.max(index);
                         }
                         journal.pin(session, index + 1);
+                        s.commit();
                         s.changed.notify_waiters();
                     }
                     _ => {
@@ -455,7 +486,7 @@ async fn serve_follower(
                         frames: frames.bytes.into(),
                     })),
                 };
-                write_msg(&mut wr, &msg.encode_to_vec()).await.map_err(io)?;
+                write_msg(&mut wr, &msg).await.map_err(io)?;
                 next += count;
                 sent = true;
             }
@@ -464,7 +495,7 @@ async fn serve_follower(
                     let msg = ToFollower {
                         kind: Some(to_follower::Kind::Checkpoint(c.encode_to_vec().into())),
                     };
-                    write_msg(&mut wr, &msg.encode_to_vec()).await.map_err(io)?;
+                    write_msg(&mut wr, &msg).await.map_err(io)?;
                     sent = true;
                 } else {
                     pending_checkpoint = Some(c);
@@ -481,7 +512,7 @@ async fn serve_follower(
                 }
                 _ = heartbeat.tick() => {
                     let msg = ToFollower { kind: Some(to_follower::Kind::Heartbeat(next)) };
-                    write_msg(&mut wr, &msg.encode_to_vec()).await.map_err(io)?;
+                    write_msg(&mut wr, &msg).await.map_err(io)?;
                 }
             }
         }
@@ -527,25 +558,39 @@ pub struct FollowOptions {
 
 /// Follows the master at `master` until `stop`, the link dies, or the master refuses; the
 /// journal (possibly replaced by a fresh copy) is handed back either way, with nothing
-/// appended after this returns.
+/// appended after this returns. `newest` is the newest epoch this member has seen, kept up to
+/// date while the stream runs: once it is newer than the master's epoch, the stream ends with
+/// [`ReplError::Refused`] and nothing more of it is appended — at its start or at any point.
 pub async fn follow(
     opts: &FollowOptions,
     mut store: Store,
     master: SocketAddr,
-    seen_epoch: u64,
+    newest: tokio::sync::watch::Receiver<u64>,
     stop: CancellationToken,
 ) -> (Store, Result<(), ReplError>) {
-    let result = follow_inner(opts, &mut store, master, seen_epoch, stop).await;
+    let result = follow_inner(opts, &mut store, master, newest, stop).await;
     (store, result)
+}
+
+/// Refuses a master of `epoch` when this member has seen a newer one.
+fn check_epoch(epoch: u64, newest: &tokio::sync::watch::Receiver<u64>) -> Result<(), ReplError> {
+    let seen = *newest.borrow();
+    if epoch < seen {
+        return Err(ReplError::Refused(format!(
+            "master of epoch {epoch} is older than epoch {seen} this member has seen"
+        )));
+    }
+    Ok(())
 }
 
 async fn follow_inner(
     opts: &FollowOptions,
     store: &mut Store,
     master: SocketAddr,
-    seen_epoch: u64,
+    mut newest: tokio::sync::watch::Receiver<u64>,
     stop: CancellationToken,
 ) -> Result<(), ReplError> {
+    let seen_epoch = *newest.borrow_and_update();
     let peer = master.to_string();
     let io = |source| ReplError::Io {
         peer: master.to_string(),
@@ -559,7 +604,8 @@ async fn follow_inner(
         },
     };
     let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER, rd);
     let hello = ToMaster {
         kind: Some(to_master::Kind::Hello(proto::Hello {
             token: opts.link.token.clone().unwrap_or_default(),
@@ -569,9 +615,7 @@ async fn follow_inner(
             last_index: store.journal().next_index().saturating_sub(1),
         })),
     };
-    write_msg(&mut wr, &hello.encode_to_vec())
-        .await
-        .map_err(io)?;
+    write_msg(&mut wr, &hello).await.map_err(io)?;
     let dead = opts.link.heartbeat * 3;
     let first = tokio::select! {
         _ = stop.cancelled() => return Ok(()),
@@ -590,12 +634,8 @@ async fn follow_inner(
             })
         }
     };
-    if start.epoch < seen_epoch {
-        return Err(ReplError::Refused(format!(
-            "master of epoch {} is older than epoch {seen_epoch}",
-            start.epoch
-        )));
-    }
+    let epoch = start.epoch;
+    check_epoch(epoch, &newest)?;
     let last = store.journal().next_index().saturating_sub(1);
     let master_epochs = epochs_from_proto(&start.epochs);
     if !start.snapshot && start.from <= last {
@@ -673,6 +713,7 @@ async fn follow_inner(
     store.set_epochs(master_epochs);
     let journal = store.journal().clone();
     let mut local = journal.watch_local();
+    let newest_at_append = newest.clone();
     let acks = async {
         let mut acked = 0;
         loop {
@@ -681,7 +722,7 @@ async fn follow_inner(
                 let msg = ToMaster {
                     kind: Some(to_master::Kind::Ack(now)),
                 };
-                write_msg(&mut wr, &msg.encode_to_vec()).await.map_err(io)?;
+                write_msg(&mut wr, &msg).await.map_err(io)?;
                 acked = now;
             }
             if local.changed().await.is_err() {
@@ -703,6 +744,8 @@ async fn follow_inner(
             };
             match msg.kind {
                 Some(to_follower::Kind::Records(r)) => {
+                    // The member may have seen a newer epoch since the stream began.
+                    check_epoch(epoch, &newest_at_append)?;
                     journal.append_frames(&RawFrames {
                         first: r.first,
                         count: r.count,
@@ -732,11 +775,20 @@ async fn follow_inner(
             }
         }
     };
+    let superseded = async {
+        loop {
+            if newest.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            check_epoch(epoch, &newest)?;
+        }
+    };
     let started = Instant::now();
     let r = tokio::select! {
         _ = stop.cancelled() => Ok(()),
         r = acks => r,
         r = receive => r,
+        r = superseded => r,
     };
     tracing::info!(master = %master, seconds = started.elapsed().as_secs_f64(), "stopped following");
     r
@@ -744,7 +796,111 @@ async fn follow_inner(
 
 #[cfg(test)]
 mod tests {
-    use super::quorum_index;
+    use super::*;
+    use crate::store::Durability;
+
+    fn config(dir: &std::path::Path) -> StoreConfig {
+        StoreConfig {
+            dir: dir.to_path_buf(),
+            segment_size: 1 << 20,
+            store_limit: None,
+            durability: Durability::Written,
+            group_commit_window: Duration::ZERO,
+            max_record: 1 << 20,
+            memory_budget: 1 << 30,
+        }
+    }
+
+    fn record(sequence: u64) -> store::proto::Record {
+        store::proto::Record {
+            kind: Some(store::proto::record::Kind::Added(
+                store::proto::MessageAdded {
+                    destination: "queue://q".into(),
+                    sequence,
+                    ..Default::default()
+                },
+            )),
+            tx: 0,
+        }
+    }
+
+    /// A member that learns of a newer epoch while it follows an older master (ZooKeeper
+    /// shows a new election it is not part of yet) must not take one more record from it,
+    /// or the old master could count it toward a quorum of a superseded epoch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_refuses_appends_from_an_older_epoch_in_the_middle_of_a_stream() {
+        const GUARD: Duration = Duration::from_secs(30);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (master_store, _) =
+            Store::open(config(&dir.path().join("master")), false).expect("master journal");
+        master_store.journal().gate(GUARD);
+        let epoch_start = master_store.begin_epoch(3);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
+        let link = LinkOptions {
+            token: None,
+            heartbeat: Duration::from_millis(500),
+        };
+        Master::start(
+            listener,
+            master_store.clone(),
+            3,
+            epoch_start,
+            1,
+            true,
+            Arc::new(|| true),
+            link.clone(),
+            stop.clone(),
+            &tracker,
+        );
+        let follower_cfg = config(&dir.path().join("follower"));
+        let (follower_store, _) = Store::open(follower_cfg.clone(), false).expect("journal");
+        let (newest_tx, newest) = tokio::sync::watch::channel(3);
+        let opts = FollowOptions {
+            member: "f".into(),
+            link,
+            store: follower_cfg,
+        };
+        let following = tokio::spawn(async move {
+            follow(
+                &opts,
+                follower_store,
+                addr,
+                newest,
+                CancellationToken::new(),
+            )
+            .await
+        });
+
+        // Streaming works: a record of epoch 3 is committed through the follower's ack.
+        let first = master_store.append(&record(1));
+        tokio::time::timeout(GUARD, master_store.journal().wait_synced(first))
+            .await
+            .expect("the follower never acknowledged")
+            .expect("commit");
+
+        // The member sees epoch 4 while the stream of epoch 3 goes on.
+        newest_tx.send(4).expect("the follow is running");
+        let later = master_store.append(&record(2));
+        let (follower_store, result) = tokio::time::timeout(GUARD, following)
+            .await
+            .expect("the follower kept following a master of an older epoch")
+            .expect("the follow task");
+        assert!(
+            matches!(&result, Err(ReplError::Refused(why)) if why.contains("epoch 3")),
+            "{result:?}"
+        );
+        assert!(
+            follower_store.journal().next_index() <= later,
+            "record {later} of epoch 3 was appended after epoch 4 was seen"
+        );
+        follower_store.close();
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
+        master_store.close();
+    }
 
     #[test]
     fn the_quorum_index_is_the_needed_th_highest_ack() {

@@ -234,7 +234,7 @@ fn describe_all() {
     );
     describe_gauge!(
         CONNECTOR_REMOTE_DEMAND,
-        "Remote consumers the peer advertised over the connector."
+        "Remote consumers the connector's live bridge holds network demand for (all the peer advertised, less those suppressed for a better route)."
     );
     describe_gauge!(
         REMOTE_DEMAND,

@@ -7,7 +7,17 @@
 //! forwards; the accepting side exports and imports; a duplex connector gives both sides every
 //! role. A forwarded message is acknowledged on the local broker only when the peer has
 //! accepted it (after its journal synced, for a persistent one); if the bridge dies first, the
-//! network consumer goes with it and its messages return to their queue as redelivered.
+//! network consumer goes with it and its messages return to their queue as redelivered. The
+//! one exception is opt-in: with `always_sync_send = false` a non-persistent message is
+//! acknowledged here as soon as it is written to the link, flagged so the peer sends no
+//! acknowledgement (the peer still drops a copy it already has), and is lost if the link dies.
+//!
+//! With `suppress_duplicate_queue_subscriptions`, the forwarding side holds network queue
+//! demand for a remote consumer only while this bridge is that consumer's best route among
+//! all the broker's bridges (the shared [`Routes`]); it re-evaluates whenever any bridge's
+//! routes change, taking up a consumer whose better route went and draining one that a better
+//! route took over. Owns: its network consumers, its in-flight forwards, the peer's demand it
+//! heard. Must not touch: other bridges' state except through `Routes`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -67,6 +77,10 @@ pub struct BridgeConfig {
     pub replay: Option<Duration>,
     pub heartbeat: Duration,
     pub max_frame_size: usize,
+    /// Wait for the peer's acknowledgement of non-persistent forwards too.
+    pub always_sync_send: bool,
+    /// Hold network queue demand only where this bridge is the consumer's best route.
+    pub suppress_duplicate_queues: bool,
 }
 
 impl BridgeConfig {
@@ -96,6 +110,16 @@ impl BridgeConfig {
             self.priority_base
         }
     }
+}
+
+/// A remote consumer the peer advertised and this bridge accepted, held or not.
+#[derive(Debug, Clone)]
+struct Heard {
+    destination: String,
+    path: Vec<Arc<str>>,
+    priority: i32,
+    origin: Arc<str>,
+    queue: bool,
 }
 
 /// A network consumer on the local broker, standing for some of the peer's demand.
@@ -130,7 +154,10 @@ pub(crate) struct Bridge {
     subs: FxHashMap<u64, NetSub>,
     /// Conduit key (destination) or remote consumer id → network consumer.
     sub_for: HashMap<String, u64>,
+    /// Remote consumer id → the network consumer holding its demand.
     demand_sub: HashMap<String, u64>,
+    /// Every remote consumer the peer advertised (by its id), held in `demand_sub` or not.
+    heard: HashMap<String, Heard>,
     next_sub: u64,
     /// By forward id (sequential numbers: FxHash is enough, and it is on every message).
     inflight: FxHashMap<u64, InFlight>,
@@ -172,6 +199,7 @@ impl Bridge {
             subs: FxHashMap::default(),
             sub_for: HashMap::new(),
             demand_sub: HashMap::new(),
+            heard: HashMap::new(),
             next_sub: 1,
             inflight: FxHashMap::default(),
             retries: VecDeque::new(),
@@ -193,6 +221,8 @@ impl Bridge {
         let reason = self.run_loop(stop).await;
         self.metrics.up(false);
         self.metrics.inflight(0);
+        // A bridge that is down stands for no remote consumer.
+        self.metrics.remote_demand(0);
         self.routes.remove_peer(&self.cfg.peer);
         self.session.close();
         reason
@@ -213,6 +243,8 @@ impl Bridge {
                 self.open_sub(pattern.as_str(), vec![self.cfg.peer.clone()], 0, None, true);
             }
         }
+        let mut routes_rx =
+            (self.cfg.forward && self.cfg.suppress_duplicate_queues).then(|| self.routes.watch());
         let silence_limit = self.cfg.heartbeat.mul_f64(SILENT_INTERVALS);
         let mut tick = tokio::time::interval(
             (self.cfg.heartbeat.max(Duration::from_millis(40)) / CHECKS_PER_INTERVAL)
@@ -232,6 +264,17 @@ impl Bridge {
             let demand = async {
                 match demand_rx.as_mut() {
                     Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let routes_changed = async {
+                match routes_rx.as_mut() {
+                    // The sender lives in `Routes`, which this bridge holds: never closed.
+                    Some(rx) => {
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -267,6 +310,7 @@ impl Bridge {
                     }
                     self.release_acks();
                 }
+                _ = routes_changed => self.hold_best_routes(),
                 _ = retry => self.resend_due(),
                 _ = tick.tick() => {
                     self.pump.shrink_idle();
@@ -315,12 +359,17 @@ impl Bridge {
             return;
         }
         let consumer_id = d.id.to_string();
+        let origin = match &d.origin {
+            Some(o) => o.to_string(),
+            None => format!("{}/{}", self.cfg.local, d.id),
+        };
         self.exported.insert(d.id, consumer_id.clone());
         self.send_frame(Body::DemandAdd(proto::DemandAdd {
             destination: d.destination.clone(),
             broker_path: path,
             consumer_id,
             priority: d.priority,
+            origin,
         }));
     }
 
@@ -421,7 +470,7 @@ impl Bridge {
             Some(c) => self.add_demand(sub, c, path),
             // A static destination stands for the peer as a whole, for as long as the bridge.
             None => {
-                let _ = self.session.add_network_demand(sub, path);
+                let _ = self.session.add_network_demand(sub, path, None);
             }
         }
     }
@@ -429,7 +478,8 @@ impl Bridge {
     /// Records that network consumer `sub` stands for remote `consumer` (reached by `path`):
     /// registered as local demand by that path, so it is relayed by that path's rules.
     fn add_demand(&mut self, sub: u64, consumer: &str, path: Vec<Arc<str>>) {
-        let Ok(id) = self.session.add_network_demand(sub, path.clone()) else {
+        let origin = self.heard.get(consumer).map(|h| h.origin.clone());
+        let Ok(id) = self.session.add_network_demand(sub, path.clone(), origin) else {
             return;
         };
         let Some(ns) = self.subs.get_mut(&sub) else {
@@ -483,15 +533,64 @@ impl Bridge {
         if !self.cfg.permits(&pattern) {
             return;
         }
+        // A peer that names no origin: the consumer is told apart from every other.
+        let origin: Arc<str> = if d.origin.is_empty() {
+            Arc::from(format!("{}:{}", self.cfg.peer, d.consumer_id))
+        } else {
+            Arc::from(d.origin)
+        };
+        let queue = pattern.kind().is_queue();
         self.routes
-            .add(&self.cfg.peer, &d.consumer_id, pattern, &path);
-        self.open_sub(
-            &d.destination,
+            .add(&self.cfg.peer, &d.consumer_id, &origin, pattern, &path);
+        let heard = Heard {
+            destination: d.destination,
             path,
-            d.priority,
-            Some(&d.consumer_id),
-            false,
-        );
+            priority: d.priority,
+            origin,
+            queue,
+        };
+        self.heard.insert(d.consumer_id.clone(), heard.clone());
+        if self.suppresses(&heard) {
+            // Whether this bridge is its best route is decided with every other bridge's
+            // routes, when the change just made to them wakes the loop.
+            return;
+        }
+        self.hold(&d.consumer_id, heard);
+    }
+
+    /// Whether this bridge holds `heard`'s demand only while it is its best route.
+    fn suppresses(&self, heard: &Heard) -> bool {
+        heard.queue && self.cfg.suppress_duplicate_queues
+    }
+
+    /// Opens (or joins) the network consumer standing for a heard remote consumer.
+    fn hold(&mut self, consumer: &str, h: Heard) {
+        self.open_sub(&h.destination, h.path, h.priority, Some(consumer), false);
+        self.metrics.remote_demand(self.routes_from_peer());
+    }
+
+    /// Holds the demand of each suppressed queue consumer this bridge is the best route to,
+    /// and lets go of the others (their network consumer drains as on a removal).
+    fn hold_best_routes(&mut self) {
+        let best = self.routes.best_queue_routes();
+        let mut take = Vec::new();
+        let mut give_up = Vec::new();
+        for (consumer, h) in self.heard.iter().filter(|(_, h)| self.suppresses(h)) {
+            let ours = best.get(&h.origin).is_none_or(|via| *via == self.cfg.peer);
+            match (ours, self.demand_sub.contains_key(consumer)) {
+                (true, false) => take.push((consumer.clone(), h.clone())),
+                (false, true) => give_up.push(consumer.clone()),
+                _ => {}
+            }
+        }
+        // Sorted so the order of the network consumers' demand does not depend on hashing.
+        take.sort_by(|a, b| a.0.cmp(&b.0));
+        for consumer in give_up {
+            self.release(&consumer);
+        }
+        for (consumer, h) in take {
+            self.hold(&consumer, h);
+        }
         self.metrics.remote_demand(self.routes_from_peer());
     }
 
@@ -501,12 +600,19 @@ impl Bridge {
 
     fn on_demand_remove(&mut self, d: proto::DemandRemove) {
         self.routes.remove(&self.cfg.peer, &d.consumer_id);
-        let Some(sub) = self.demand_sub.remove(&d.consumer_id) else {
+        self.heard.remove(&d.consumer_id);
+        self.release(&d.consumer_id);
+        self.metrics.remote_demand(self.routes_from_peer());
+    }
+
+    /// Withdraws the demand held for a remote consumer; a network consumer left without
+    /// demand drains and closes.
+    fn release(&mut self, consumer: &str) {
+        let Some(sub) = self.demand_sub.remove(consumer) else {
             return;
         };
-        self.metrics.remote_demand(self.routes_from_peer());
         if let Some(ns) = self.subs.get_mut(&sub) {
-            if let Some((_, id)) = ns.demand.remove(&d.consumer_id) {
+            if let Some((_, id)) = ns.demand.remove(consumer) {
                 self.session.remove_network_demand(sub, id);
             }
             if ns.demand.is_empty() && !ns.permanent {
@@ -540,6 +646,8 @@ impl Bridge {
             self.session.outbox().drain_into(&mut self.deliveries);
         }
         let mut forwarded = 0;
+        // Forwards nobody acknowledges, acknowledged here per network consumer.
+        let mut written: FxHashMap<u64, Vec<u64>> = FxHashMap::default();
         while self.pump.wbuf.len() < FILL_TO {
             let Some(d) = self.deliveries.pop_front() else {
                 break;
@@ -567,15 +675,21 @@ impl Bridge {
             if d.message.broker_path.contains(&self.cfg.peer) {
                 self.metrics.replayed();
             }
+            let unacknowledged = !self.cfg.always_sync_send && !d.message.persistent;
             encode_forward(
                 &self.cfg.local,
                 forward_id,
                 &d.message,
                 d.redelivery_count,
                 &targets,
+                unacknowledged,
                 &mut self.pump.wbuf,
             );
             forwarded += 1;
+            if unacknowledged {
+                written.entry(d.subscription).or_default().push(d.tag);
+                continue;
+            }
             if let Some(ns) = self.subs.get_mut(&d.subscription) {
                 ns.inflight += 1;
             }
@@ -589,6 +703,10 @@ impl Bridge {
                     retry_after: RETRY_FIRST,
                 },
             );
+        }
+        for (sub, tags) in written {
+            let _ = self.session.ack(sub, 0, &tags);
+            self.close_if_drained(sub);
         }
         self.metrics.forwarded(forwarded);
         self.metrics.inflight(self.inflight.len());
@@ -659,6 +777,7 @@ impl Bridge {
                 &msg,
                 redeliveries,
                 &targets,
+                false,
                 &mut self.pump.wbuf,
             );
         }
@@ -668,7 +787,13 @@ impl Bridge {
 
     fn on_forward(&mut self, f: proto::Forward) {
         let id = f.forward_id;
+        let unacknowledged = f.unacknowledged;
         let refuse = |this: &mut Bridge, error: String, retry: bool| {
+            if unacknowledged {
+                // The sender let it go when it wrote it: it is lost, as its connector allows.
+                tracing::debug!(connector = %this.cfg.connector, %error, "an unacknowledged forward is dropped");
+                return;
+            }
             this.send_frame(Body::ForwardAck(proto::ForwardAck {
                 forward_id: id,
                 accepted: false,
@@ -696,11 +821,19 @@ impl Bridge {
             return refuse(self, format!("{} is full here", target.destination()), true);
         }
         let topic = !target.destination().kind().is_queue();
-        if !self.session.broker().first_forward(&msg, topic) {
+        if !self
+            .session
+            .broker()
+            .first_forward(&msg, topic, &self.cfg.local)
+        {
             self.metrics.duplicate();
-            return self.accept(id, 0);
+            if !unacknowledged {
+                self.accept(id, 0);
+            }
+            return;
         }
         match self.session.publish_forwarded(&target, msg) {
+            Ok(_) if unacknowledged => {}
             Ok(Published::Pending(index)) => self.accept(id, index),
             Ok(_) => self.accept(id, 0),
             Err(e) => refuse(self, e.to_string(), false),
@@ -801,6 +934,7 @@ fn encode_forward(
     m: &Message,
     redeliveries: u32,
     targets: &[Arc<str>],
+    unacknowledged: bool,
     out: &mut BytesMut,
 ) {
     let mut path: Vec<&str> = m.broker_path.iter().map(|g| &**g).collect();
@@ -825,6 +959,7 @@ fn encode_forward(
         &path,
         redeliveries,
         &targets,
+        unacknowledged,
         out,
     );
 }
@@ -886,6 +1021,8 @@ mod tests {
             replay: None,
             heartbeat: HEARTBEAT,
             max_frame_size: 1 << 20,
+            always_sync_send: true,
+            suppress_duplicate_queues: false,
         }
     }
 
@@ -956,6 +1093,81 @@ mod tests {
             assert!(ended - started > HEARTBEAT * 5, "not before the silence");
             drop(w);
         }
+    }
+
+    fn forward_frame(forward_id: u64, sequence: u64, unacknowledged: bool) -> BytesMut {
+        let mut b = BytesMut::new();
+        wire::encode(
+            &wire::frame(Body::Forward(proto::Forward {
+                forward_id,
+                message: Some(proto::Send {
+                    destination: "queue://q".into(),
+                    body: Bytes::from_static(b"tick"),
+                    producer_id: Bytes::from_static(b"edge-producer"),
+                    sequence,
+                    ..proto::Send::default()
+                }),
+                broker_path: vec!["edge".into()],
+                redelivery_count: 0,
+                targets: Vec::new(),
+                unacknowledged,
+            })),
+            &mut b,
+        );
+        b
+    }
+
+    #[tokio::test]
+    async fn an_unacknowledged_forward_is_taken_once_and_never_answered() {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let (mut r, mut w) = tokio::io::split(theirs);
+        let b = bridge(ours);
+        let broker = b.session.broker().clone();
+        let stop = CancellationToken::new();
+        let run = {
+            let stop = stop.clone();
+            tokio::spawn(async move { b.run(&stop).await })
+        };
+        w.write_all(&forward_frame(1, 7, true))
+            .await
+            .expect("write");
+        // The same message again (same producer and sequence): a copy to drop, unanswered too.
+        w.write_all(&forward_frame(2, 7, true))
+            .await
+            .expect("write");
+        // A synchronous one after them: its answer shows the two before were handled.
+        w.write_all(&forward_frame(3, 8, false))
+            .await
+            .expect("write");
+        let mut acked = Vec::new();
+        let mut buf = BytesMut::new();
+        while !acked.contains(&3) {
+            match wire::decode(&mut buf, 1 << 20).expect("the bridge writes good frames") {
+                wire::Decoded::Frame(Frame {
+                    body: Some(Body::ForwardAck(a)),
+                }) => {
+                    assert!(a.accepted, "{a:?}");
+                    acked.push(a.forward_id);
+                    acked.extend(a.more);
+                }
+                wire::Decoded::Frame(_) => {}
+                wire::Decoded::NeedMore(_) => {
+                    let mut chunk = vec![0u8; 4096];
+                    let n = r.read(&mut chunk).await.expect("read");
+                    assert!(n > 0, "the bridge closed the link");
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+        assert_eq!(acked, [3], "only the synchronous forward is answered");
+        let q = broker
+            .destination_stats()
+            .into_iter()
+            .find(|d| d.destination == "queue://q")
+            .expect("the queue exists");
+        assert_eq!(q.enqueued, 2, "sequence 7 once, sequence 8 once: {q:?}");
+        stop.cancel();
+        assert_eq!(run.await.expect("bridge task"), "stopped");
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,9 +7,12 @@
 //! at most one live bridge per connector (a newer connection replaces an older one); a bridge
 //! is accepted only from a known group of the same mesh over a connector the topology names, and
 //! never from this group itself; a forwarded message leaves its source only when the target
-//! accepted it; demand never returns to a group on its path and never travels further than
-//! `consumer_ttl`; messages never go back to a group on their path (except replays) nor past
-//! `message_ttl`.
+//! accepted it (except, opted into with `always_sync_send = false`, a non-persistent one, which
+//! leaves once written to the link); demand never returns to a group on its path and never
+//! travels further than `consumer_ttl`; messages never go back to a group on their path (except
+//! replays) nor past `message_ttl`; with `suppress_duplicate_queue_subscriptions`, a remote
+//! queue consumer heard over several bridges is held only by the bridge of its best route in
+//! the shared `Routes`, and another takes it up as soon as that route goes.
 
 pub mod bridge;
 mod metrics;
@@ -147,6 +150,8 @@ impl NetworkOptions {
                 replay: c.replay_when_no_consumers.then_some(c.replay_delay),
                 heartbeat: c.heartbeat,
                 max_frame_size: group.broker.max_frame_size as usize,
+                always_sync_send: c.always_sync_send,
+                suppress_duplicate_queues: c.suppress_duplicate_queue_subscriptions,
             };
             let dial = if dialling {
                 let scheme = match c.transport {

@@ -96,6 +96,11 @@ pub(crate) trait Protocol: Send + 'static {
     fn errors_are_fatal(&self) -> bool {
         false
     }
+    /// What a producer should do with a persistent send that was not confirmed (it may or
+    /// may not be delivered): resend it the way this protocol keeps from duplicating it.
+    fn resend_advice(&self) -> &'static str {
+        "resend it with the same producer id and sequence to be safe"
+    }
     /// The connection is ending: undo what must not outlive it (open transactions).
     fn on_close(&mut self, _cx: &mut Cx<'_>) {}
 }
@@ -194,7 +199,9 @@ pub(crate) struct Driver<P: Protocol> {
     principal: Principal,
     deliveries: VecDeque<Delivery>,
     blocked: Option<Blocked<P::Receipt>>,
-    deferred: VecDeque<(u64, P::Receipt)>,
+    /// Receipts waiting for the journal: (index, when the send was taken, receipt). The
+    /// quorum timeout of a replicated group counts from when the send was taken.
+    deferred: VecDeque<(u64, tokio::time::Instant, P::Receipt)>,
     closing: Option<&'static str>,
     disconnecting: bool,
     last_read: Instant,
@@ -342,7 +349,9 @@ impl<P: Protocol> Driver<P> {
             };
             let synced = async {
                 match (self.deferred.front(), broker.store()) {
-                    (Some((index, _)), Some(store)) => store.journal().wait_synced(*index).await,
+                    (Some((index, since, _)), Some(store)) => {
+                        store.journal().wait_synced_since(*index, *since).await
+                    }
                     _ => std::future::pending().await,
                 }
             };
@@ -590,7 +599,7 @@ impl<P: Protocol> Driver<P> {
         let waits = self
             .deferred
             .back()
-            .map(|(i, _)| *i)
+            .map(|(i, _, _)| *i)
             .unwrap_or(0)
             .max(index);
         let synced = self
@@ -602,7 +611,8 @@ impl<P: Protocol> Driver<P> {
         if waits == 0 || (self.deferred.is_empty() && synced >= waits) {
             self.proto.encode_receipt(&receipt, &mut self.pump.wbuf);
         } else {
-            self.deferred.push_back((waits, receipt));
+            self.deferred
+                .push_back((waits, tokio::time::Instant::now(), receipt));
         }
     }
 
@@ -616,17 +626,17 @@ impl<P: Protocol> Driver<P> {
             .unwrap_or(u64::MAX);
         match result {
             Ok(()) => {
-                while self.deferred.front().is_some_and(|(i, _)| *i <= synced) {
-                    if let Some((_, r)) = self.deferred.pop_front() {
+                while self.deferred.front().is_some_and(|(i, _, _)| *i <= synced) {
+                    if let Some((_, _, r)) = self.deferred.pop_front() {
                         self.proto.encode_receipt(&r, &mut self.pump.wbuf);
                     }
                 }
             }
             Err(e) => {
-                for (_, r) in std::mem::take(&mut self.deferred) {
+                for (_, _, r) in std::mem::take(&mut self.deferred) {
                     self.error(
                         ErrorCode::Unknown,
-                        &format!("not stored: {e}"),
+                        &format!("not confirmed: {e} — {}", self.proto.resend_advice()),
                         Some(&r),
                         false,
                     );

@@ -567,9 +567,15 @@ pub struct RunningServer {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     shutdown_timeout: Duration,
+    fatal: Fatal,
 }
 
 impl RunningServer {
+    /// Set once the member must exit with a failure (see [`supervise`]); it shuts down then.
+    pub fn fatal(&self) -> Fatal {
+        self.fatal.clone()
+    }
+
     /// Starts a graceful shutdown (idempotent).
     pub fn shutdown(&self) {
         self.shutdown.cancel();
@@ -613,6 +619,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         })?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let fatal = Fatal::default();
     let state = Arc::new(MemberState {
         identity: Arc::new(opts.identity.clone()),
         started: Instant::now(),
@@ -658,11 +665,16 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         }
         ElectionOptions::ZooKeeper(ha) => {
             state.set_role(Role::Candidate);
-            tracker.spawn(replicated::zookeeper_member(
-                opts.clone(),
-                state.clone(),
-                (**ha).clone(),
+            tracker.spawn(supervise(
+                "the ZooKeeper HA driver",
+                replicated::zookeeper_member(
+                    opts.clone(),
+                    state.clone(),
+                    (**ha).clone(),
+                    shutdown.clone(),
+                ),
                 shutdown.clone(),
+                fatal.clone(),
             ));
             Vec::new()
         }
@@ -674,7 +686,49 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         shutdown,
         tracker,
         shutdown_timeout: opts.shutdown_timeout,
+        fatal,
     })
+}
+
+/// Why the member cannot go on (a task it cannot live without died), once one did.
+#[derive(Clone, Default)]
+pub struct Fatal(Arc<parking_lot::Mutex<Option<String>>>);
+
+impl Fatal {
+    pub fn cause(&self) -> Option<String> {
+        self.0.lock().clone()
+    }
+}
+
+/// Runs `task`, which must last until `shutdown`. If it panics, or ends while the member is
+/// not shutting down, the member would live on as a zombie — registered, maybe holding its
+/// listeners, but never following, serving or stepping down — so the cause is logged and
+/// recorded in `fatal`, and the member shuts down to exit with a failure (a supervisor
+/// restarts it).
+pub(crate) async fn supervise(
+    what: &'static str,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
+    fatal: Fatal,
+) {
+    let outcome = tokio::spawn(task).await;
+    let cause = match outcome {
+        Ok(()) if shutdown.is_cancelled() => return,
+        Ok(()) => format!("{what} ended by itself"),
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            format!("{what} panicked: {message}")
+        }
+        Err(e) => format!("{what} was cancelled: {e}"),
+    };
+    tracing::error!(%cause, "this member cannot go on; exiting with a failure so that a supervisor restarts it");
+    fatal.0.lock().get_or_insert(cause);
+    shutdown.cancel();
 }
 
 async fn accept_loop(
@@ -883,5 +937,59 @@ async fn chores(
                 Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{supervise, Fatal};
+    use tokio_util::sync::CancellationToken;
+
+    #[tokio::test]
+    async fn a_panicking_driver_shuts_the_member_down_with_its_cause() {
+        let (shutdown, fatal) = (CancellationToken::new(), Fatal::default());
+        supervise(
+            "the driver",
+            async { panic!("the journal is gone") },
+            shutdown.clone(),
+            fatal.clone(),
+        )
+        .await;
+        assert!(
+            shutdown.is_cancelled(),
+            "the member goes on without its driver"
+        );
+        let cause = fatal.cause().expect("no cause recorded for the exit");
+        assert!(
+            cause.contains("the driver panicked: the journal is gone"),
+            "{cause}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_driver_that_ends_by_itself_shuts_the_member_down() {
+        let (shutdown, fatal) = (CancellationToken::new(), Fatal::default());
+        supervise("the driver", async {}, shutdown.clone(), fatal.clone()).await;
+        assert!(
+            shutdown.is_cancelled(),
+            "the member goes on without its driver"
+        );
+        let cause = fatal.cause().expect("no cause recorded for the exit");
+        assert!(cause.contains("the driver ended by itself"), "{cause}");
+    }
+
+    #[tokio::test]
+    async fn a_driver_that_ends_at_shutdown_is_no_failure() {
+        let (shutdown, fatal) = (CancellationToken::new(), Fatal::default());
+        let token = shutdown.clone();
+        let stopping = tokio::spawn(supervise(
+            "the driver",
+            async move { token.cancelled().await },
+            shutdown.clone(),
+            fatal.clone(),
+        ));
+        shutdown.cancel();
+        stopping.await.expect("the supervisor ends");
+        assert_eq!(fatal.cause(), None);
     }
 }

@@ -78,6 +78,9 @@ struct Driver {
     starting: Option<CancellationToken>,
     serving: Option<Serving>,
     lease: Arc<parking_lot::Mutex<Option<Instant>>>,
+    /// The newest epoch the machine has seen: a follow in progress refuses a master older
+    /// than it at any point of its stream.
+    newest_epoch: tokio::sync::watch::Sender<u64>,
     done: mpsc::UnboundedSender<Done>,
     shutdown: CancellationToken,
     /// `meshmq_zookeeper_session_connected`.
@@ -156,6 +159,7 @@ pub(crate) async fn zookeeper_member(
         starting: None,
         serving: None,
         lease: Default::default(),
+        newest_epoch: tokio::sync::watch::Sender::new(0),
         done,
         shutdown: shutdown.clone(),
         zk_connected,
@@ -244,6 +248,7 @@ impl Driver {
                     continue 'session;
                 }
                 self.sync_lease();
+                self.note_epoch(self.machine.epoch());
                 tokio::select! {
                     _ = self.shutdown.cancelled() => return,
                     Some(()) = changed.recv() => self.refresh(&session).await,
@@ -293,6 +298,16 @@ impl Driver {
     fn see(&mut self, view: View) {
         self.machine.handle_view(view, Instant::now());
         self.state.set_epoch(self.machine.epoch());
+        self.note_epoch(self.machine.epoch());
+    }
+
+    /// Tells a follow in progress the newest epoch seen (never moving it back).
+    fn note_epoch(&self, epoch: u64) {
+        self.newest_epoch.send_if_modified(|e| {
+            let newer = epoch > *e;
+            *e = (*e).max(epoch);
+            newer
+        });
     }
 
     fn sync_lease(&self) {
@@ -395,10 +410,12 @@ impl Driver {
         self.following = Some(stop.clone());
         let opts = self.follow.clone();
         let done = self.done.clone();
+        self.note_epoch(self.machine.epoch().max(epoch));
+        let newest = self.newest_epoch.subscribe();
         tracing::info!(master = %master.name, epoch, "following");
         tokio::spawn(async move {
             let (store, result) = match master.replication.parse() {
-                Ok(addr) => replication::follow(&opts, store, addr, epoch, stop.clone()).await,
+                Ok(addr) => replication::follow(&opts, store, addr, newest, stop.clone()).await,
                 Err(_) => (
                     store,
                     Err(ReplError::Refused(format!(

@@ -807,6 +807,11 @@ impl Protocol for Stomp {
         out.extend_from_slice(b"\n");
     }
 
+    fn resend_advice(&self) -> &'static str {
+        // A STOMP producer's sends are numbered per connection: a resend is a new message.
+        "resend it to be safe (it may then arrive twice)"
+    }
+
     fn errors_are_fatal(&self) -> bool {
         true
     }

@@ -6,7 +6,11 @@
 //! (`local_disk`), and then publishes the synced index. Every append that arrived while a sync
 //! was running shares the next one: that is the group commit. Segments are preallocated with
 //! `fallocate`, so a write never grows a file and running out of space shows up when a segment
-//! is created — where it is handled like `store_limit`.
+//! is created — where it is handled like `store_limit`. Whoever writes holds the `writing`
+//! lock from taking a batch until it is complete, so batches reach the files in index order;
+//! a follower appending its master's records without syncing (`_mem` modes) writes them itself
+//! when the lock is free, sparing the hand-over to the writer thread and back on the path to
+//! its acknowledgement.
 //!
 //! Full is never a dead end: checkpoints (which let old segments go) wait until everything
 //! appended is written, and consumers' acknowledgements are appended behind what producers sent,
@@ -148,6 +152,14 @@ pub struct RawFrames {
 /// Called on the writer thread with the newest synced index.
 pub type SyncedHook = Box<dyn Fn(u64) + Send + Sync>;
 
+/// The batches of whoever writes: the one being written (kept while the disk is full) and an
+/// empty one to swap in for the next appends.
+#[derive(Default)]
+struct Writing {
+    carry: Batch,
+    spare: Batch,
+}
+
 /// Appends waiting for the writer.
 #[derive(Default)]
 struct Batch {
@@ -160,6 +172,9 @@ pub(crate) struct Shared {
     pub dir: PathBuf,
     pub options: JournalOptions,
     batch: Mutex<Batch>,
+    /// Held by whoever writes, from taking a batch until it is complete (then the batch lock
+    /// is taken inside it, never the other way round).
+    writing: Mutex<Writing>,
     /// Assigned under the batch lock, so indexes follow file order.
     next_index: AtomicU64,
     wake: Condvar,
@@ -259,6 +274,7 @@ impl Journal {
             dir,
             options,
             batch: Mutex::new(Batch::default()),
+            writing: Mutex::new(Writing::default()),
             next_index: AtomicU64::new(next_index),
             wake: Condvar::new(),
             segments: RwLock::new(segments),
@@ -328,10 +344,21 @@ impl Journal {
     /// Waits until `index` is committed. In a replicated group that takes a quorum's
     /// acknowledgement, and the wait fails after the quorum timeout rather than hang.
     pub async fn wait_synced(&self, index: u64) -> Result<(), StoreError> {
+        self.wait_synced_since(index, tokio::time::Instant::now())
+            .await
+    }
+
+    /// [`Journal::wait_synced`] for a wait that began at `since`: the quorum timeout counts
+    /// from then, however often the caller stops waiting and comes back.
+    pub async fn wait_synced_since(
+        &self,
+        index: u64,
+        since: tokio::time::Instant,
+    ) -> Result<(), StoreError> {
         let timeout = *self.shared.gate.lock();
         match timeout {
             None => self.wait_committed(index).await,
-            Some(t) => match tokio::time::timeout(t, self.wait_committed(index)).await {
+            Some(t) => match tokio::time::timeout_at(since + t, self.wait_committed(index)).await {
                 Ok(r) => r,
                 Err(_) => Err(StoreError::NoQuorum { waited: t }),
             },
@@ -504,7 +531,32 @@ impl Journal {
         self.shared
             .unsynced_bytes
             .fetch_add(frames.bytes.len() as u64, Ordering::Relaxed);
-        self.shared.wake.notify_one();
+        if self.shared.options.durability == Durability::Written {
+            // Nothing to sync: a write to the OS costs less than waking the writer thread
+            // and being woken back. When the writer is busy (or waits for disk space) it
+            // takes these records with the rest.
+            if let Some(mut w) = self.shared.writing.try_lock() {
+                if w.carry.frames.is_empty() {
+                    match write_queued(&self.shared, &mut w, false) {
+                        Ok(()) => {}
+                        // Kept for the writer, which retries it once there is space.
+                        Err(StoreError::NoSpace { .. }) => {
+                            self.shared.wake.notify_one();
+                        }
+                        Err(e) => {
+                            drop(w);
+                            fail(&self.shared, &e);
+                            self.shared.wake.notify_one();
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+        // Whatever is still queued is the writer's.
+        if !self.shared.batch.lock().frames.is_empty() {
+            self.shared.wake.notify_one();
+        }
         Ok(())
     }
 
@@ -683,15 +735,18 @@ impl Journal {
 }
 
 fn writer(shared: Arc<Shared>) {
-    let mut carry = Batch::default();
-    let mut spare = Batch::default();
     loop {
-        if carry.frames.is_empty() {
+        // A batch kept from a full disk is retried before anything new is waited for.
+        let carried = !shared.writing.lock().carry.frames.is_empty();
+        if !carried {
             let mut batch = shared.batch.lock();
-            while batch.frames.is_empty() && !shared.stop.load(Ordering::Acquire) {
+            while batch.frames.is_empty()
+                && !shared.stop.load(Ordering::Acquire)
+                && shared.failed.lock().is_none()
+            {
                 shared.wake.wait(&mut batch);
             }
-            if batch.frames.is_empty() {
+            if batch.frames.is_empty() || shared.failed.lock().is_some() {
                 return;
             }
             if !shared.options.group_commit_window.is_zero() {
@@ -699,16 +754,11 @@ fn writer(shared: Arc<Shared>) {
                     std::thread::sleep(shared.options.group_commit_window)
                 });
             }
-            std::mem::swap(&mut *batch, &mut spare);
-            drop(batch);
-            std::mem::swap(&mut carry, &mut spare);
         }
-        match write_batch(&shared, &mut carry) {
-            Ok(()) => shared.stuck.store(false, Ordering::Relaxed),
-            Err(StoreError::NoSpace { path }) => {
-                if !shared.stuck.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(%path, "journal full (the disk) and its reserve spent: writes wait until there is space");
-                }
+        let written = write_queued(&shared, &mut shared.writing.lock(), true);
+        match written {
+            Ok(()) => {}
+            Err(StoreError::NoSpace { .. }) => {
                 if shared.stop.load(Ordering::Acquire) {
                     return;
                 }
@@ -716,13 +766,64 @@ fn writer(shared: Arc<Shared>) {
                 shared.wake.wait_for(&mut batch, Duration::from_millis(200));
             }
             Err(e) => {
-                tracing::error!(error = %e, "journal write failed: persistent sends are refused from now on");
-                *shared.failed.lock() = Some(e.to_string());
-                shared.synced.send_modify(|_| {});
+                fail(&shared, &e);
                 return;
             }
         }
     }
+}
+
+/// Writes what is queued (first a batch kept from a full disk). The caller holds `writing`.
+/// Nothing is written once the journal has failed. Without `roll`, a batch that does not fit
+/// in the active segment is left for the writer thread (a new segment is preallocated and
+/// the directory synced: not for a caller on an async task).
+fn write_queued(shared: &Shared, w: &mut Writing, roll: bool) -> Result<(), StoreError> {
+    if let Some(f) = shared.failed.lock().clone() {
+        return Err(StoreError::Failed(f));
+    }
+    if w.carry.frames.is_empty() {
+        let mut batch = shared.batch.lock();
+        if batch.frames.is_empty() {
+            return Ok(());
+        }
+        if !roll {
+            let room = shared
+                .segments
+                .read()
+                .last()
+                .map_or(0, |s| s.capacity - s.end);
+            if batch.buf.len() as u64 > room {
+                return Ok(());
+            }
+        }
+        std::mem::swap(&mut *batch, &mut w.spare);
+        drop(batch);
+        std::mem::swap(&mut w.carry, &mut w.spare);
+    }
+    match write_batch(shared, &mut w.carry) {
+        Ok(()) => {
+            shared.stuck.store(false, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(StoreError::NoSpace { path }) => {
+            if !shared.stuck.swap(true, Ordering::Relaxed) {
+                tracing::warn!(%path, "journal full (the disk) and its reserve spent: writes wait until there is space");
+            }
+            Err(StoreError::NoSpace { path })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The journal cannot write any more: persistent sends are refused from now on.
+fn fail(shared: &Shared, e: &StoreError) {
+    let mut failed = shared.failed.lock();
+    if failed.is_none() {
+        tracing::error!(error = %e, "journal write failed: persistent sends are refused from now on");
+        *failed = Some(e.to_string());
+    }
+    drop(failed);
+    shared.synced.send_modify(|_| {});
 }
 
 /// Makes the first `frames` records of `batch` (`bytes` long) durable and visible, and drops

@@ -54,9 +54,11 @@ pub enum StoreError {
     NotAMessage { index: u64, reason: String },
     #[error("the journal failed: {0}")]
     Failed(String),
-    #[error("no quorum: fewer than the needed replicas acknowledged the write within quorum_timeout ({waited:?}); it may or may not survive a failover, so resend it")]
+    #[error(
+        "no quorum within quorum_timeout ({waited:?}); the message may or may not be delivered"
+    )]
     NoQuorum { waited: Duration },
-    #[error("this member stopped serving ({0}); the write may or may not survive, resend it to the new master")]
+    #[error("this member stopped serving ({0}); the message may or may not be delivered")]
     Fenced(String),
 }
 

@@ -462,3 +462,34 @@ async fn the_synced_hook_runs_before_anyone_sees_the_commit() {
     assert_eq!(seen_late.load(std::sync::atomic::Ordering::Relaxed), 0);
     store.close();
 }
+
+#[tokio::test]
+async fn a_quorum_wait_times_out_from_when_it_began_not_from_each_return_to_it() {
+    // A connection comes back to the wait for its oldest receipt after every other frame it
+    // handles; the quorum timeout must count from when the send was taken, or a busy client
+    // would wait past it for ever.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(config(dir.path()), false).unwrap();
+    let timeout = Duration::from_millis(300);
+    store.journal().gate(timeout);
+    let index = store.append(&added("queue://a", "m", "p", 1));
+    let began = tokio::time::Instant::now();
+    // Come back to the wait every 50 ms, as a busy connection does: never commits, and each
+    // slice alone is shorter than the timeout.
+    let outcome = loop {
+        let slice = tokio::time::sleep(Duration::from_millis(50));
+        tokio::select! {
+            r = store.journal().wait_synced_since(index, began) => break r,
+            _ = slice => {}
+        }
+        assert!(
+            began.elapsed() < timeout * 20,
+            "the wait never timed out: it restarts on every return"
+        );
+    };
+    assert!(
+        matches!(outcome, Err(crate::store::StoreError::NoQuorum { waited }) if waited == timeout),
+        "{outcome:?}"
+    );
+    store.close();
+}

@@ -250,12 +250,14 @@ pub fn encode_send(m: &MessageRef<'_>, receipt: u64, dst: &mut BytesMut) {
 }
 
 /// Appends a `Forward` frame (broker to broker) built from borrowed data.
+/// `unacknowledged`: the sender keeps no copy in flight and wants no `ForwardAck`.
 pub fn encode_forward(
     forward_id: u64,
     m: &MessageRef<'_>,
     broker_path: &[&str],
     redelivery_count: u32,
     targets: &[&str],
+    unacknowledged: bool,
     dst: &mut BytesMut,
 ) {
     const FORWARD_ID: u32 = 1;
@@ -263,6 +265,7 @@ pub fn encode_forward(
     const PATH: u32 = 3;
     const REDELIVERY: u32 = 4;
     const TARGETS: u32 = 5;
+    const UNACKNOWLEDGED: u32 = 6;
     const FRAME: u32 = 23;
     let send = send_len(m, 0);
     let inner = varint_len(FORWARD_ID, forward_id)
@@ -277,7 +280,8 @@ pub fn encode_forward(
         + targets
             .iter()
             .map(|g| key_len(TARGETS) + encoded_len_varint(g.len() as u64) + g.len())
-            .sum::<usize>();
+            .sum::<usize>()
+        + varint_len(UNACKNOWLEDGED, unacknowledged as u64);
     put_frame_header(FRAME, inner, dst);
     put_varint(FORWARD_ID, forward_id, dst);
     encode_key(MESSAGE, WireType::LengthDelimited, dst);
@@ -295,6 +299,7 @@ pub fn encode_forward(
         encode_varint(g.len() as u64, dst);
         dst.put_slice(g.as_bytes());
     }
+    put_varint(UNACKNOWLEDGED, unacknowledged as u64, dst);
 }
 
 /// Field numbers of `Deliver` (see the .proto).
@@ -503,6 +508,7 @@ mod tests {
                 broker_path: vec!["hub".into()],
                 redelivery_count: 1,
                 targets: vec!["edge".into()],
+                unacknowledged: true,
             })),
         ]
     }
@@ -624,10 +630,24 @@ mod tests {
 
     #[test]
     fn borrowed_forward_encoder_matches_prost() {
+        for unacknowledged in [false, true] {
+            borrowed_forward_matches_prost(unacknowledged);
+        }
+    }
+
+    fn borrowed_forward_matches_prost(unacknowledged: bool) {
         let headers = vec![("h".to_string(), "v".to_string())];
         let m = sample_ref(&headers);
         let mut buf = BytesMut::new();
-        encode_forward(77, &m, &["hub", "edge-1"], 2, &["edge-2"], &mut buf);
+        encode_forward(
+            77,
+            &m,
+            &["hub", "edge-1"],
+            2,
+            &["edge-2"],
+            unacknowledged,
+            &mut buf,
+        );
         let expected = frame(Body::Forward(Forward {
             forward_id: 77,
             message: Some(Send {
@@ -649,6 +669,7 @@ mod tests {
             broker_path: vec!["hub".into(), "edge-1".into()],
             redelivery_count: 2,
             targets: vec!["edge-2".into()],
+            unacknowledged,
         }));
         let mut via_prost = BytesMut::new();
         encode(&expected, &mut via_prost);

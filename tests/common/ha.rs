@@ -68,6 +68,8 @@ impl Default for GroupSpec {
 pub struct Member {
     pub name: String,
     pub listen: SocketAddr,
+    /// Its STOMP listener (open only while it is master, like `listen`).
+    pub stomp: SocketAddr,
     pub admin: SocketAddr,
     pub replication: SocketAddr,
     log: PathBuf,
@@ -179,14 +181,15 @@ impl HaGroup {
     /// Writes the topology without starting anyone.
     pub fn configure(zk_connect: &str, spec: GroupSpec) -> HaGroup {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = free_ports(9);
+        let p = free_ports(12);
         let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         let members: Vec<Member> = (0..3)
             .map(|i| Member {
                 name: format!("g-{}", i + 1),
-                admin: addr(p[3 * i]),
-                listen: addr(p[3 * i + 1]),
-                replication: addr(p[3 * i + 2]),
+                admin: addr(p[4 * i]),
+                listen: addr(p[4 * i + 1]),
+                replication: addr(p[4 * i + 2]),
+                stomp: addr(p[4 * i + 3]),
                 log: dir.path().join(format!("g-{}.log", i + 1)),
                 proc: None,
                 stopped: false,
@@ -204,12 +207,14 @@ impl HaGroup {
             text.push_str(&format!(
                 "\n[[group.member]]\nname = \"{}\"\nadmin = \"{}\"\ndata_dir = \"{}\"\n\
                  weight = {weight}\nreplication = \"{}\"\n\
-                 [[group.member.listener]]\nurl = \"tcp://{}\"\n",
+                 [[group.member.listener]]\nurl = \"tcp://{}\"\n\
+                 [[group.member.listener]]\nurl = \"stomp://{}\"\n",
                 m.name,
                 m.admin,
                 dir.path().join(&m.name).display(),
                 m.replication,
-                m.listen
+                m.listen,
+                m.stomp
             ));
         }
         text.push_str(&spec.extra_toml);
