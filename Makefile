@@ -21,8 +21,8 @@ test: test-deps lint
 ## Tools the integration tests start for real (installed when missing).
 test-deps:
 	@command -v $(CARGO) >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
-	@command -v promtool >/dev/null || { \
-		echo "installing promtool (Debian's prometheus package) for the metrics test"; \
+	@{ command -v promtool >/dev/null && command -v prometheus >/dev/null; } || { \
+		echo "installing prometheus and promtool (Debian's prometheus package) for the metrics tests"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO $(APT) prometheus || { $$SUDO apt-get update && $$SUDO $(APT) prometheus; }; \
 	}

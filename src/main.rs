@@ -57,6 +57,8 @@ enum Command {
     /// Every member of a topology as one table: role, epoch, clients, queue depth, connectors
     /// and replication lag (exit status 3 when some group has no master).
     Status(cli::status::StatusArgs),
+    /// Print a Prometheus scrape configuration (YAML) for every member of a topology.
+    PrometheusConfig(cli::prometheus::PrometheusConfigArgs),
     /// Send messages.
     Produce(ProduceArgs),
     /// Receive messages.
@@ -165,6 +167,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 println!("{}", path.display());
             }
         }
+        Command::PrometheusConfig(args) => cli::prometheus::prometheus_config(&args)?,
         Command::Produce(args) => cli::clients::produce(args).await?,
         Command::Consume(args) => cli::clients::consume(args).await?,
         Command::Bench(b) => {

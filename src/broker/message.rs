@@ -34,6 +34,9 @@ pub struct Message {
     pub correlation_id: String,
     pub content_type: String,
     pub timestamp_ms: u64,
+    /// When this broker accepted it (ms since the epoch; 0 = not through `publish`, e.g.
+    /// recovered from the journal), for the dispatch latency metric.
+    pub received_ms: u64,
     /// Groups this message was forwarded through (network connectors), oldest first.
     pub broker_path: Vec<Arc<str>>,
     /// For a forwarded topic message: the groups it is still meant to reach (the origin chose
@@ -100,6 +103,7 @@ impl Message {
             correlation_id: self.correlation_id.clone(),
             content_type: self.content_type.clone(),
             timestamp_ms: self.timestamp_ms,
+            received_ms: self.received_ms,
             broker_path: self.broker_path.clone(),
             targets: None,
             redeliveries: 0,

@@ -589,6 +589,27 @@ impl Broker {
         self.apply(dead);
     }
 
+    /// Non-durable topic subscriptions whose pending list is at its `topic_pending_limit`:
+    /// consumers too slow for their topic, losing their oldest messages.
+    pub fn slow_consumers(&self) -> u64 {
+        let topics: Vec<Arc<Topic>> = self
+            .inner
+            .topics
+            .iter()
+            .map(|t| t.value().clone())
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut slow = 0;
+        for t in topics {
+            for sub in t.subscriptions() {
+                if seen.insert(sub.id) && sub.is_slow() {
+                    slow += 1;
+                }
+            }
+        }
+        slow
+    }
+
     /// Counters of every destination, sorted by name.
     pub fn destination_stats(&self) -> Vec<DestinationStats> {
         let mut out: Vec<DestinationStats> = self
@@ -857,6 +878,7 @@ impl Session {
             return Ok(Published::Duplicate);
         }
         msg.origin = self.id;
+        msg.received_ms = now_ms();
         msg.destination = Some(target.destination().clone());
         msg.charge = self
             .broker
@@ -1271,6 +1293,7 @@ impl Session {
             return Ok(None);
         }
         msg.origin = self.id;
+        msg.received_ms = now_ms();
         msg.destination = Some(target.destination().clone());
         msg.charge = self
             .broker

@@ -177,6 +177,11 @@ impl TopicSub {
         }
     }
 
+    /// At its pending limit: the next message published drops its oldest.
+    pub(crate) fn is_slow(&self) -> bool {
+        self.pending_limit > 0 && self.state.lock().pending.len() >= self.pending_limit
+    }
+
     fn offer(&self, msg: &Arc<Message>, counters: &DestinationCounters, dead: &mut Effects) {
         if let Some(f) = &self.filter {
             if !f.accepts(&msg.broker_path, 0, 0, 1) {

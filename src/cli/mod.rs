@@ -6,6 +6,7 @@ pub mod bench_mesh;
 pub mod clients;
 pub mod http;
 pub mod mesh;
+pub mod prometheus;
 pub mod spawn;
 pub mod status;
 pub mod stomp_load;

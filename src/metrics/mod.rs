@@ -7,10 +7,17 @@
 //! HELP for each); histograms have explicit buckets (so they render as histograms); per-
 //! destination series are collected at scrape time from the broker's counters — the message
 //! path never touches a labelled metric — and at most `max_destinations` destinations get their
-//! own label, the rest being summed under `destination="_other"`.
+//! own label, the rest being summed under `destination="_other"`. Per-destination families and
+//! the per-message latency histograms are rendered by this module at scrape time, beside the
+//! recorder's output, so a destination that drops out of the top `max_destinations` loses its
+//! own series at once instead of being counted twice (in its stale series and in `_other`).
+//! The message path records latencies into a local `LatencyBatch` and adds it to the shared
+//! atomic buckets once per write batch; it never allocates for a metric.
 
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, gauge, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -18,6 +25,12 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use crate::broker::DestinationStats;
 
 pub const CONNECTIONS: &str = "meshmq_connections";
+pub const PRODUCERS: &str = "meshmq_producers";
+pub const CONSUMERS: &str = "meshmq_consumers";
+pub const SLOW_CONSUMERS: &str = "meshmq_slow_consumers";
+pub const DISPATCH_LATENCY: &str = "meshmq_dispatch_latency_seconds";
+pub const END_TO_END_LATENCY: &str = "meshmq_end_to_end_latency_seconds";
+pub const JOURNAL_FSYNC_SECONDS: &str = "meshmq_journal_fsync_seconds";
 pub const CONNECTIONS_ACCEPTED: &str = "meshmq_connections_accepted_total";
 pub const CONNECTIONS_REFUSED: &str = "meshmq_connections_refused_total";
 pub const BAD_FRAMES: &str = "meshmq_bad_frames_total";
@@ -84,6 +97,23 @@ fn describe_all() {
         CONNECTIONS,
         "Open client connections, by listener and protocol."
     );
+    describe_gauge!(
+        PRODUCERS,
+        "Client connections that have sent at least one message, by listener and protocol."
+    );
+    describe_gauge!(
+        CONSUMERS,
+        "Client subscriptions (consumers) open on this member, by listener and protocol."
+    );
+    describe_gauge!(
+        SLOW_CONSUMERS,
+        "Non-durable topic subscribers holding topic_pending_limit messages (they lose their oldest)."
+    );
+    describe_histogram!(
+        JOURNAL_FSYNC_SECONDS,
+        Unit::Seconds,
+        "Time of one journal fdatasync (local_disk and stronger sync modes)."
+    );
     describe_counter!(
         CONNECTIONS_ACCEPTED,
         "Connections accepted, by listener and protocol."
@@ -124,35 +154,6 @@ fn describe_all() {
         Unit::Bytes,
         "The broker-wide message memory limit."
     );
-    describe_gauge!(
-        DEST_DEPTH,
-        "Messages held by a destination: pending plus in flight."
-    );
-    describe_gauge!(
-        DEST_INFLIGHT,
-        "Messages delivered and not yet acknowledged."
-    );
-    describe_gauge!(
-        DEST_CONSUMERS,
-        "Consumers (subscriptions) attached to a destination."
-    );
-    describe_gauge!(
-        DEST_MEMORY,
-        Unit::Bytes,
-        "Message memory charged to a destination."
-    );
-    describe_counter!(DEST_ENQUEUED, "Messages accepted onto a destination.");
-    describe_counter!(
-        DEST_DEQUEUED,
-        "Messages acknowledged by consumers of a destination."
-    );
-    describe_counter!(DEST_EXPIRED, "Messages that expired on a destination.");
-    describe_counter!(DEST_DEAD_LETTERED, "Messages moved to a destination's DLQ.");
-    describe_counter!(
-        DEST_DROPPED,
-        "Topic messages dropped for slow subscribers (topic_pending_limit)."
-    );
-    describe_counter!(DEST_REDELIVERED, "Deliveries returned for redelivery.");
     describe_gauge!(DESTINATIONS, "Destinations on this broker.");
     describe_histogram!(
         DISPATCH_BATCH,
@@ -293,11 +294,27 @@ pub struct MetricsError(String);
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// The `group` and `member` labels of every series (the recorder adds them to its own; the
+/// families rendered here add them by hand).
+static GLOBAL_LABELS: OnceLock<String> = OnceLock::new();
+
+/// How often recorded histogram samples are folded into their buckets when nobody scrapes:
+/// the recorder keeps every sample until then, so without this a broker that is never scraped
+/// would grow without bound.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Installs the process-wide recorder (once; later calls return the first handle).
 pub fn install(group: &str, member: &str) -> Result<PrometheusHandle, MetricsError> {
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }
+    GLOBAL_LABELS.get_or_init(|| {
+        format!(
+            "group=\"{}\",member=\"{}\"",
+            escape_label(group),
+            escape_label(member)
+        )
+    });
     let err = |e: metrics_exporter_prometheus::BuildError| MetricsError(e.to_string());
     let handle = PrometheusBuilder::new()
         .add_global_label("group", group)
@@ -316,7 +333,26 @@ pub fn install(group: &str, member: &str) -> Result<PrometheusHandle, MetricsErr
         .map_err(|e| MetricsError(e.to_string()))?;
     describe_all();
     gauge!(UP).set(1.0);
-    Ok(HANDLE.get_or_init(|| handle).clone())
+    // Counters of rare events exist from the start, so a dashboard shows 0 rather than no data.
+    for rare in [
+        REBALANCE_MOVES,
+        REBALANCE_ROUNDS,
+        FAILOVER_RECONNECTS,
+        CLUSTER_PUSHES,
+        TERMS,
+    ] {
+        metrics::counter!(rare).increment(0);
+    }
+    let handle = HANDLE.get_or_init(|| handle).clone();
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_INTERVAL);
+            upkeep.run_upkeep();
+        })
+        .map_err(|e| MetricsError(format!("cannot start the metrics upkeep thread: {e}")))?;
+    Ok(handle)
 }
 
 /// The roles `meshmq_ha_role` has a series for.
@@ -367,54 +403,272 @@ fn label_value(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Publishes per-destination series: the `max` busiest by enqueued count get their own label,
-/// the rest are summed under `_other`.
-pub fn publish_destinations(mut stats: Vec<DestinationStats>, max: usize) {
-    gauge!(DESTINATIONS).set(stats.len() as f64);
+/// What a scrape adds to the recorder's output: the member's destinations (when it serves).
+pub struct Scrape {
+    pub destinations: Option<Vec<DestinationStats>>,
+    pub max_destinations: usize,
+    pub slow_consumers: u64,
+}
+
+/// Renders `/metrics`: the recorder's families, then the per-destination families (capped)
+/// and the latency histograms.
+pub fn render(handle: &PrometheusHandle, scrape: Scrape) -> String {
+    if let Some(stats) = &scrape.destinations {
+        gauge!(SLOW_CONSUMERS).set(scrape.slow_consumers as f64);
+        gauge!(DESTINATIONS).set(stats.len() as f64);
+    }
+    handle.run_upkeep();
+    let mut out = handle.render();
+    let labels = GLOBAL_LABELS.get().map(String::as_str).unwrap_or("");
+    if let Some(stats) = scrape.destinations {
+        render_destinations(&mut out, labels, stats, scrape.max_destinations);
+    }
+    DISPATCH_LATENCY_HISTOGRAM.render(&mut out, labels);
+    END_TO_END_LATENCY_HISTOGRAM.render(&mut out, labels);
+    out
+}
+
+/// Whether connections count each message (received and delivered counters, write batches,
+/// latency histograms): on unless `MESHMQ_MESSAGE_METRICS=off`, a switch that exists to
+/// measure what that work costs (see the README's benchmarks).
+pub fn message_metrics_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MESHMQ_MESSAGE_METRICS").map_or(true, |v| v != "off"))
+}
+
+/// Escapes a label value for the text exposition format.
+fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// One per-destination family: name, type, help, and how to read it from the stats.
+struct DestinationFamily {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: fn(&DestinationStats) -> u64,
+}
+
+const DESTINATION_FAMILIES: [DestinationFamily; 10] = [
+    DestinationFamily {
+        name: DEST_DEPTH,
+        kind: "gauge",
+        help: "Messages held by a destination: pending plus in flight.",
+        value: |s| s.depth,
+    },
+    DestinationFamily {
+        name: DEST_INFLIGHT,
+        kind: "gauge",
+        help: "Messages delivered and not yet acknowledged.",
+        value: |s| s.inflight,
+    },
+    DestinationFamily {
+        name: DEST_CONSUMERS,
+        kind: "gauge",
+        help: "Consumers (subscriptions, network consumers included) attached to a destination.",
+        value: |s| s.consumers,
+    },
+    DestinationFamily {
+        name: DEST_MEMORY,
+        kind: "gauge",
+        help: "Message memory charged to a destination, in bytes.",
+        value: |s| s.memory_bytes,
+    },
+    DestinationFamily {
+        name: DEST_ENQUEUED,
+        kind: "counter",
+        help: "Messages accepted onto a destination.",
+        value: |s| s.enqueued,
+    },
+    DestinationFamily {
+        name: DEST_DEQUEUED,
+        kind: "counter",
+        help: "Messages acknowledged by consumers of a destination.",
+        value: |s| s.dequeued,
+    },
+    DestinationFamily {
+        name: DEST_EXPIRED,
+        kind: "counter",
+        help: "Messages that expired on a destination.",
+        value: |s| s.expired,
+    },
+    DestinationFamily {
+        name: DEST_DEAD_LETTERED,
+        kind: "counter",
+        help: "Messages moved to a destination's DLQ.",
+        value: |s| s.dead_lettered,
+    },
+    DestinationFamily {
+        name: DEST_DROPPED,
+        kind: "counter",
+        help: "Topic messages dropped for slow subscribers (topic_pending_limit).",
+        value: |s| s.dropped,
+    },
+    DestinationFamily {
+        name: DEST_REDELIVERED,
+        kind: "counter",
+        help: "Deliveries returned for redelivery.",
+        value: |s| s.redelivered,
+    },
+];
+
+/// Keeps the `max` busiest destinations (by enqueued count, then name) and sums the rest into
+/// one `_other` entry.
+fn cap_destinations(mut stats: Vec<DestinationStats>, max: usize) -> Vec<DestinationStats> {
     stats.sort_by(|a, b| {
         b.enqueued
             .cmp(&a.enqueued)
             .then_with(|| a.destination.cmp(&b.destination))
     });
-    let rest = if stats.len() > max {
-        stats.split_off(max)
-    } else {
-        Vec::new()
-    };
-    for s in &stats {
-        publish_one(&s.destination, s);
+    if stats.len() <= max {
+        return stats;
     }
-    if !rest.is_empty() {
-        let mut other = DestinationStats::default();
-        for s in &rest {
-            other.depth += s.depth;
-            other.inflight += s.inflight;
-            other.consumers += s.consumers;
-            other.memory_bytes += s.memory_bytes;
-            other.enqueued += s.enqueued;
-            other.dequeued += s.dequeued;
-            other.expired += s.expired;
-            other.dead_lettered += s.dead_lettered;
-            other.dropped += s.dropped;
-            other.redelivered += s.redelivered;
+    let rest = stats.split_off(max);
+    let mut other = DestinationStats {
+        destination: OTHER_DESTINATIONS.to_string(),
+        ..DestinationStats::default()
+    };
+    for s in &rest {
+        other.depth += s.depth;
+        other.pending += s.pending;
+        other.inflight += s.inflight;
+        other.consumers += s.consumers;
+        other.memory_bytes += s.memory_bytes;
+        other.enqueued += s.enqueued;
+        other.dequeued += s.dequeued;
+        other.expired += s.expired;
+        other.dead_lettered += s.dead_lettered;
+        other.dropped += s.dropped;
+        other.redelivered += s.redelivered;
+    }
+    stats.push(other);
+    stats
+}
+
+/// Writes the per-destination families: the `max` busiest destinations by their own label,
+/// the rest summed under `_other`. Only destinations that exist now appear.
+fn render_destinations(out: &mut String, labels: &str, stats: Vec<DestinationStats>, max: usize) {
+    let shown = cap_destinations(stats, max);
+    let names: Vec<String> = shown.iter().map(|s| escape_label(&s.destination)).collect();
+    for f in &DESTINATION_FAMILIES {
+        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+        let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
+        for (s, name) in shown.iter().zip(&names) {
+            let _ = writeln!(
+                out,
+                "{}{{{labels},destination=\"{name}\"}} {}",
+                f.name,
+                (f.value)(s)
+            );
         }
-        publish_one(OTHER_DESTINATIONS, &other);
     }
 }
 
-fn publish_one(label: &str, s: &DestinationStats) {
-    let d = label.to_string();
-    gauge!(DEST_DEPTH, "destination" => d.clone()).set(s.depth as f64);
-    gauge!(DEST_INFLIGHT, "destination" => d.clone()).set(s.inflight as f64);
-    gauge!(DEST_CONSUMERS, "destination" => d.clone()).set(s.consumers as f64);
-    gauge!(DEST_MEMORY, "destination" => d.clone()).set(s.memory_bytes as f64);
-    metrics::counter!(DEST_ENQUEUED, "destination" => d.clone()).absolute(s.enqueued);
-    metrics::counter!(DEST_DEQUEUED, "destination" => d.clone()).absolute(s.dequeued);
-    metrics::counter!(DEST_EXPIRED, "destination" => d.clone()).absolute(s.expired);
-    metrics::counter!(DEST_DEAD_LETTERED, "destination" => d.clone()).absolute(s.dead_lettered);
-    metrics::counter!(DEST_DROPPED, "destination" => d.clone()).absolute(s.dropped);
-    metrics::counter!(DEST_REDELIVERED, "destination" => d).absolute(s.redelivered);
+/// Upper bounds of the latency buckets, in milliseconds (message timestamps have millisecond
+/// resolution).
+const LATENCY_BOUNDS_MS: [u64; 14] = [
+    1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000,
+];
+const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
+
+/// A histogram of millisecond latencies shared by every connection: fixed buckets of relaxed
+/// atomics, so recording is a handful of adds and memory stays constant however long nobody
+/// scrapes.
+pub struct LatencyHistogram {
+    name: &'static str,
+    help: &'static str,
+    buckets: [AtomicU64; LATENCY_BUCKETS],
+    sum_ms: AtomicU64,
 }
+
+/// Latencies gathered by one connection over one write batch, added to a `LatencyHistogram`
+/// at once.
+#[derive(Default)]
+pub struct LatencyBatch {
+    buckets: [u64; LATENCY_BUCKETS],
+    sum_ms: u64,
+    count: u64,
+}
+
+impl LatencyBatch {
+    pub fn record_ms(&mut self, ms: u64) {
+        let i = LATENCY_BOUNDS_MS.partition_point(|&b| b < ms);
+        self.buckets[i] += 1;
+        self.sum_ms += ms;
+        self.count += 1;
+    }
+}
+
+impl LatencyHistogram {
+    const fn new(name: &'static str, help: &'static str) -> LatencyHistogram {
+        LatencyHistogram {
+            name,
+            help,
+            buckets: [const { AtomicU64::new(0) }; LATENCY_BUCKETS],
+            sum_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds a batch (and empties it).
+    pub fn add(&self, batch: &mut LatencyBatch) {
+        if batch.count == 0 {
+            return;
+        }
+        for (shared, n) in self.buckets.iter().zip(batch.buckets.iter_mut()) {
+            if *n > 0 {
+                shared.fetch_add(*n, Ordering::Relaxed);
+                *n = 0;
+            }
+        }
+        self.sum_ms.fetch_add(batch.sum_ms, Ordering::Relaxed);
+        batch.sum_ms = 0;
+        batch.count = 0;
+    }
+
+    fn render(&self, out: &mut String, labels: &str) {
+        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
+        let _ = writeln!(out, "# TYPE {} histogram", self.name);
+        let mut cumulative = 0u64;
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            let le = match LATENCY_BOUNDS_MS.get(i) {
+                Some(ms) => format!("{}", *ms as f64 / 1000.0),
+                None => "+Inf".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "{}_bucket{{{labels},le=\"{le}\"}} {cumulative}",
+                self.name
+            );
+        }
+        let sum = self.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+        let _ = writeln!(out, "{}_sum{{{labels}}} {sum}", self.name);
+        let _ = writeln!(out, "{}_count{{{labels}}} {cumulative}", self.name);
+    }
+}
+
+/// From a message's arrival on this member to its delivery being written to a consumer's
+/// connection (queueing plus dispatch).
+pub static DISPATCH_LATENCY_HISTOGRAM: LatencyHistogram = LatencyHistogram::new(
+    DISPATCH_LATENCY,
+    "Time from a message's arrival on this member to its delivery being written to a consumer connection (millisecond resolution).",
+);
+
+/// From a message's timestamp (its producer's send, or the first broker's receipt) to its
+/// delivery being written here: the whole trip, across the mesh.
+pub static END_TO_END_LATENCY_HISTOGRAM: LatencyHistogram = LatencyHistogram::new(
+    END_TO_END_LATENCY,
+    "Time from a message's timestamp (set by its producer or first broker) to its delivery being written to a consumer connection, across every hop (millisecond resolution).",
+);
 
 /// Publishes process-level gauges read from `/proc/self`.
 pub fn publish_process(started: Instant) {
@@ -473,6 +727,89 @@ pub fn process_usage_of(pid: &str) -> ProcessUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stats(name: &str, enqueued: u64, depth: u64) -> DestinationStats {
+        DestinationStats {
+            destination: name.to_string(),
+            enqueued,
+            depth,
+            ..DestinationStats::default()
+        }
+    }
+
+    #[test]
+    fn destinations_beyond_the_cap_are_summed_under_other() {
+        let shown = cap_destinations(
+            vec![
+                stats("queue://a", 5, 1),
+                stats("queue://b", 50, 2),
+                stats("queue://c", 7, 4),
+                stats("queue://d", 1, 8),
+            ],
+            2,
+        );
+        let names: Vec<&str> = shown.iter().map(|s| s.destination.as_str()).collect();
+        assert_eq!(names, ["queue://b", "queue://c", "_other"]);
+        assert_eq!(shown[2].enqueued, 6);
+        assert_eq!(shown[2].depth, 9);
+        let under = cap_destinations(vec![stats("queue://a", 1, 1)], 2);
+        assert_eq!(under.len(), 1);
+    }
+
+    #[test]
+    fn a_destination_pushed_out_of_the_cap_loses_its_own_series() {
+        let labels = "group=\"g\",member=\"m\"";
+        let mut first = String::new();
+        render_destinations(&mut first, labels, vec![stats("queue://a", 1, 3)], 1);
+        assert!(first.contains(
+            "meshmq_destination_depth{group=\"g\",member=\"m\",destination=\"queue://a\"} 3"
+        ));
+        let mut second = String::new();
+        render_destinations(
+            &mut second,
+            labels,
+            vec![stats("queue://a", 1, 3), stats("queue://b", 9, 1)],
+            1,
+        );
+        assert!(!second.contains("destination=\"queue://a\""), "{second}");
+        assert!(second.contains(
+            "meshmq_destination_depth{group=\"g\",member=\"m\",destination=\"_other\"} 3"
+        ));
+        // Every family once, with help and type.
+        assert_eq!(
+            second.matches("# HELP ").count(),
+            DESTINATION_FAMILIES.len()
+        );
+        assert_eq!(
+            second.matches("# TYPE ").count(),
+            DESTINATION_FAMILIES.len()
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn latency_histogram_buckets_are_cumulative_and_count_every_sample() {
+        let h = LatencyHistogram::new("meshmq_test_latency_seconds", "test");
+        let mut batch = LatencyBatch::default();
+        for ms in [0, 1, 2, 3, 40, 60_000] {
+            batch.record_ms(ms);
+        }
+        h.add(&mut batch);
+        assert_eq!(batch.count, 0);
+        let mut out = String::new();
+        h.render(&mut out, "group=\"g\"");
+        assert!(out.contains("meshmq_test_latency_seconds_bucket{group=\"g\",le=\"0.001\"} 2\n"));
+        assert!(out.contains("meshmq_test_latency_seconds_bucket{group=\"g\",le=\"0.002\"} 3\n"));
+        assert!(out.contains("meshmq_test_latency_seconds_bucket{group=\"g\",le=\"0.05\"} 5\n"));
+        assert!(out.contains("meshmq_test_latency_seconds_bucket{group=\"g\",le=\"30\"} 5\n"));
+        assert!(out.contains("meshmq_test_latency_seconds_bucket{group=\"g\",le=\"+Inf\"} 6\n"));
+        assert!(out.contains("meshmq_test_latency_seconds_count{group=\"g\"} 6\n"));
+        assert!(out.contains("meshmq_test_latency_seconds_sum{group=\"g\"} 60.046\n"));
+    }
 
     #[test]
     fn replication_lag_renders_one_escaped_series_per_slave_and_nothing_without_slaves() {

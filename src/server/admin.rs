@@ -88,15 +88,20 @@ async fn metrics(State(state): State<Arc<MemberState>>) -> impl IntoResponse {
     m::publish_process(state.started);
     // A standby has no broker: it reports its role and process only.
     let term = state.term.read().clone();
+    let mut scrape = m::Scrape {
+        destinations: None,
+        max_destinations: state.max_destinations,
+        slow_consumers: 0,
+    };
     if let Some(term) = term {
-        m::publish_destinations(term.broker.destination_stats(), state.max_destinations);
+        scrape.destinations = Some(term.broker.destination_stats());
+        scrape.slow_consumers = term.broker.slow_consumers();
         metrics::gauge!(m::MEMORY_USED).set(term.broker.memory().used() as f64);
         if let Some(n) = &term.network {
             n.publish_demand_metrics();
         }
     }
-    state.prometheus.run_upkeep();
-    let mut text = state.prometheus.render();
+    let mut text = m::render(&state.prometheus, scrape);
     let lags: Vec<(String, u64)> = state
         .replication
         .read()

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{BrokerError, Delivery, Message, OnFull, Published, Session, Target};
 use crate::cluster::Registration;
+use crate::metrics::{LatencyBatch, DISPATCH_LATENCY_HISTOGRAM, END_TO_END_LATENCY_HISTOGRAM};
 use crate::security::{Action, Principal};
 use crate::transport::{IoEvent, Pump};
 use crate::wire::proto::{self, ErrorCode};
@@ -211,6 +212,10 @@ pub(crate) struct Driver<P: Protocol> {
     /// The connection's place in the cluster registry: its pushes, and the signal that a
     /// failover reconnect of the same client took over.
     registration: Option<Registration>,
+    /// Counted in the listener's producers gauge (it has sent a message).
+    producing: bool,
+    /// Subscriptions counted in the listener's consumers gauge.
+    consumers: usize,
 }
 
 impl<P: Protocol> Driver<P> {
@@ -240,6 +245,8 @@ impl<P: Protocol> Driver<P> {
             heartbeat_out,
             peer_silence,
             registration: None,
+            producing: false,
+            consumers: 0,
         }
     }
 
@@ -277,6 +284,27 @@ impl<P: Protocol> Driver<P> {
         self.proto.on_close(&mut cx);
         self.deliveries.clear();
         self.session.close();
+        self.count_consumers(0);
+        if std::mem::take(&mut self.producing) {
+            self.ctx.metrics.producer_gone();
+        }
+    }
+
+    /// Brings the listener's consumers gauge in line with this connection's subscriptions.
+    fn count_consumers(&mut self, now: usize) {
+        if now != self.consumers {
+            self.ctx
+                .metrics
+                .consumers(now as f64 - self.consumers as f64);
+            self.consumers = now;
+        }
+    }
+
+    fn count_producer(&mut self) {
+        if !self.producing {
+            self.producing = true;
+            self.ctx.metrics.producer_started();
+        }
     }
 
     async fn run_loop(&mut self, shutdown: &CancellationToken) -> &'static str {
@@ -297,6 +325,7 @@ impl<P: Protocol> Driver<P> {
                 return reason;
             }
             self.fill();
+            self.count_consumers(self.session.subscription_count());
             let reading = self.blocked.is_none() && self.pump.wbuf.len() < WRITE_BACKLOG_LIMIT;
             // A disconnecting client's session has ended: its closed outbox would wake us
             // at once, forever.
@@ -414,6 +443,10 @@ impl<P: Protocol> Driver<P> {
         }
         let mut written = 0u64;
         let mut ack_on_write: HashMap<u64, Vec<u64>> = HashMap::new();
+        let mut dispatch = LatencyBatch::default();
+        let mut end_to_end = LatencyBatch::default();
+        let timed = self.ctx.metrics.per_message && !self.deliveries.is_empty();
+        let now = if timed { crate::broker::now_ms() } else { 0 };
         while self.pump.wbuf.len() < FILL_TO {
             let Some(d) = self.deliveries.pop_front() else {
                 break;
@@ -421,11 +454,22 @@ impl<P: Protocol> Driver<P> {
             if self.proto.encode_delivery(&d, &mut self.pump.wbuf) {
                 ack_on_write.entry(d.subscription).or_default().push(d.tag);
             }
+            // Redeliveries would report how long the first consumer held them, not dispatch.
+            if timed && d.redelivery_count == 0 {
+                if d.message.received_ms != 0 {
+                    dispatch.record_ms(now.saturating_sub(d.message.received_ms));
+                }
+                if d.message.timestamp_ms != 0 {
+                    end_to_end.record_ms(now.saturating_sub(d.message.timestamp_ms));
+                }
+            }
             written += 1;
         }
         if written > 0 {
             self.ctx.metrics.delivered(written);
             self.ctx.metrics.write_batch(written);
+            DISPATCH_LATENCY_HISTOGRAM.add(&mut dispatch);
+            END_TO_END_LATENCY_HISTOGRAM.add(&mut end_to_end);
         }
         for (sub, tags) in ack_on_write {
             let _ = self.session.ack(sub, 0, &tags);
@@ -520,12 +564,14 @@ impl<P: Protocol> Driver<P> {
         match self.session.publish(target, message) {
             Ok(Published::Accepted) | Ok(Published::Duplicate) => {
                 self.ctx.metrics.received();
+                self.count_producer();
                 if let Some(r) = receipt {
                     self.receipt_after(0, r);
                 }
             }
             Ok(Published::Pending(index)) => {
                 self.ctx.metrics.received();
+                self.count_producer();
                 if let Some(r) = receipt {
                     self.receipt_after(index, r);
                 }

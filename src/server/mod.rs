@@ -347,7 +347,11 @@ pub enum ServerError {
 pub(crate) struct ListenerMetrics {
     listener: String,
     protocol: &'static str,
+    /// Count each message (see `metrics::message_metrics_enabled`).
+    pub(crate) per_message: bool,
     open: Gauge,
+    producers: Gauge,
+    consumers: Gauge,
     accepted: Counter,
     bad_frames: Counter,
     received: Counter,
@@ -363,7 +367,10 @@ impl ListenerMetrics {
         ListenerMetrics {
             listener: l.clone(),
             protocol: p,
+            per_message: m::message_metrics_enabled(),
             open: gauge!(m::CONNECTIONS, "listener" => l.clone(), "protocol" => p),
+            producers: gauge!(m::PRODUCERS, "listener" => l.clone(), "protocol" => p),
+            consumers: gauge!(m::CONSUMERS, "listener" => l.clone(), "protocol" => p),
             accepted: counter!(m::CONNECTIONS_ACCEPTED, "listener" => l.clone(), "protocol" => p),
             bad_frames: counter!(m::BAD_FRAMES, "listener" => l.clone(), "protocol" => p),
             received: counter!(m::MESSAGES_RECEIVED, "listener" => l.clone(), "protocol" => p),
@@ -382,20 +389,39 @@ impl ListenerMetrics {
         self.open.decrement(1.0);
     }
 
+    fn producer_started(&self) {
+        self.producers.increment(1.0);
+    }
+
+    fn producer_gone(&self) {
+        self.producers.decrement(1.0);
+    }
+
+    /// Subscriptions opened (positive) or closed (negative) on one connection.
+    fn consumers(&self, change: f64) {
+        self.consumers.increment(change);
+    }
+
     fn bad_frame(&self) {
         self.bad_frames.increment(1);
     }
 
     fn received(&self) {
-        self.received.increment(1);
+        if self.per_message {
+            self.received.increment(1);
+        }
     }
 
     fn delivered(&self, n: u64) {
-        self.delivered.increment(n);
+        if self.per_message {
+            self.delivered.increment(n);
+        }
     }
 
     fn write_batch(&self, n: u64) {
-        self.write_batch.record(n as f64);
+        if self.per_message {
+            self.write_batch.record(n as f64);
+        }
     }
 
     fn producer_blocked(&self) {

@@ -846,8 +846,11 @@ fn complete(
             .last()
             .map(|s| (s.file.clone(), s.path.clone()));
         if let Some((file, path)) = file {
+            let started = Instant::now();
             file.sync_data()
                 .map_err(|e| StoreError::io(&path, "sync", e))?;
+            metrics::histogram!(crate::metrics::JOURNAL_FSYNC_SECONDS)
+                .record(started.elapsed().as_secs_f64());
             shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
     }

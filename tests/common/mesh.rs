@@ -19,6 +19,10 @@ struct GroupSpec {
     name: String,
     members: usize,
     listener: String,
+    /// `election = "zookeeper"`: each member its own journal, replicated to the others.
+    replicated: bool,
+    /// Lines of the `[[group]]` table itself (e.g. `sync = "local_disk"`).
+    lines: String,
 }
 
 /// Builds a mesh topology.
@@ -29,6 +33,7 @@ pub struct MeshBuilder {
     broker: Vec<String>,
     sections: Vec<String>,
     stomp: bool,
+    zookeeper: Option<String>,
 }
 
 impl MeshBuilder {
@@ -43,7 +48,43 @@ impl MeshBuilder {
             name: name.to_string(),
             members,
             listener: listener.to_string(),
+            replicated: false,
+            lines: String::new(),
         });
+        self
+    }
+
+    /// A ZooKeeper-elected group of `members` members (`replicas = members`, `quorum_mem`),
+    /// each with its own journal and replication port; ZooKeeper is at `zk_connect`.
+    pub fn replicated_group(
+        mut self,
+        name: &str,
+        members: usize,
+        listener: &str,
+        zk_connect: &str,
+    ) -> MeshBuilder {
+        self.zookeeper = Some(zk_connect.to_string());
+        self.groups.push(GroupSpec {
+            name: name.to_string(),
+            members,
+            listener: listener.to_string(),
+            replicated: true,
+            lines: format!(
+                "election = \"zookeeper\"\nreplicas = {members}\nsync = \"quorum_mem\"\n"
+            ),
+        });
+        self
+    }
+
+    /// Lines of group `name`'s own `[[group]]` table (e.g. `sync = "local_disk"`).
+    pub fn group_lines(mut self, name: &str, lines: &str) -> MeshBuilder {
+        let g = self
+            .groups
+            .iter_mut()
+            .find(|g| g.name == name)
+            .unwrap_or_else(|| panic!("no group {name}"));
+        g.lines.push_str(lines);
+        g.lines.push('\n');
         self
     }
 
@@ -82,10 +123,15 @@ impl MeshBuilder {
             text.push_str(l);
             text.push('\n');
         }
+        if let Some(connect) = &self.zookeeper {
+            text.push_str(&format!(
+                "\n[zookeeper]\nconnect = \"{connect}\"\nsession_timeout = \"2s\"\nroot = \"/meshmq\"\n"
+            ));
+        }
         let mut members = Vec::new();
         for g in &self.groups {
-            text.push_str(&format!("\n[[group]]\nname = \"{}\"\n", g.name));
-            if g.members > 1 {
+            text.push_str(&format!("\n[[group]]\nname = \"{}\"\n{}", g.name, g.lines));
+            if g.members > 1 && !g.replicated {
                 text.push_str(&format!(
                     "election = \"file-lock\"\nshared_dir = \"{}\"\nlock_poll = \"200ms\"\n",
                     dir.path().join(format!("shared-{}", g.name)).display()
@@ -97,12 +143,17 @@ impl MeshBuilder {
                 } else {
                     g.name.clone()
                 };
-                let p = free_ports(3);
+                let p = free_ports(4);
                 let listen = SocketAddr::from(([127, 0, 0, 1], p[0]));
                 let admin = SocketAddr::from(([127, 0, 0, 1], p[1]));
                 let stomp = self.stomp.then(|| SocketAddr::from(([127, 0, 0, 1], p[2])));
+                let replication = if g.replicated {
+                    format!("replication = \"127.0.0.1:{}\"\n", p[3])
+                } else {
+                    String::new()
+                };
                 text.push_str(&format!(
-                    "\n[[group.member]]\nname = \"{name}\"\nadmin = \"{admin}\"\ndata_dir = \"{}\"\n\n[[group.member.listener]]\nurl = \"tcp://{listen}\"\n{}\n",
+                    "\n[[group.member]]\nname = \"{name}\"\nadmin = \"{admin}\"\ndata_dir = \"{}\"\n{replication}\n[[group.member.listener]]\nurl = \"tcp://{listen}\"\n{}\n",
                     dir.path().join(format!("data-{name}")).display(),
                     g.listener
                 ));

@@ -20,6 +20,7 @@ pub mod client_proxy;
 pub mod ha;
 pub mod history;
 pub mod mesh;
+pub mod prometheus;
 pub mod proxy;
 pub mod stall_proxy;
 pub mod zk;
