@@ -389,18 +389,11 @@ pub fn render_replication_lag(out: &mut String, group: &str, member: &str, lags:
         let _ = writeln!(
             out,
             "{REPLICATION_LAG}{{slave=\"{}\",group=\"{}\",member=\"{}\"}} {lag}",
-            label_value(slave),
-            label_value(group),
-            label_value(member)
+            escape_label(slave),
+            escape_label(group),
+            escape_label(member)
         );
     }
-}
-
-/// Escapes a label value for the text exposition format.
-fn label_value(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// What a scrape adds to the recorder's output: the member's destinations (when it serves).
