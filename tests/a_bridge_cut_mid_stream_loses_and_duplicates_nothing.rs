@@ -7,10 +7,9 @@
 
 mod common;
 
-use common::history::{consume, send_numbered, History};
+use common::history::{send_numbered, History};
 use common::proxy::ProxyMode;
 use common::{metric_sum, wait_until, Mesh, MeshConfig};
-use meshmq::client::{AckMode, SubscribeOptions};
 use tokio_util::sync::CancellationToken;
 
 const DEST: &str = "queue://stream";
@@ -36,21 +35,7 @@ async fn stream_through(fault: Fault) {
     );
     let (hub, edge, proxy) = (mesh.member("hub"), mesh.member("edge"), mesh.proxy("edge"));
     let (history, stop) = (History::new(), CancellationToken::new());
-    let consumer = edge.client().await;
-    let sub = consumer
-        .subscribe(
-            DEST,
-            SubscribeOptions {
-                ack: AckMode::ClientIndividual,
-                ..SubscribeOptions::default()
-            },
-        )
-        .await
-        .expect("subscribe");
-    consume(sub, &history, "edge", stop.clone());
-    wait_until("the hub knows the edge consumer", || {
-        hub.connector("hub-edge").remote_demand == 1
-    });
+    let _consumer = mesh.edge_consumer(DEST, &history, &stop).await;
 
     let producer = hub.client().await;
     let sending = {

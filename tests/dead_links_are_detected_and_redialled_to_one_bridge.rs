@@ -9,10 +9,9 @@
 
 mod common;
 
-use common::history::{consume, send_numbered, History};
+use common::history::{send_numbered, History};
 use common::proxy::ProxyMode;
 use common::{metric_sum, wait_until, Mesh, MeshConfig};
-use meshmq::client::{AckMode, SubscribeOptions};
 use tokio_util::sync::CancellationToken;
 
 const UP: &str = "meshmq_connector_up";
@@ -28,21 +27,7 @@ fn hub_and_edge(mode: ProxyMode, connector: &[&str]) -> MeshConfig {
 /// Messages sent on the hub reach a consumer on the edge, each once.
 async fn carries_messages(mesh: &Mesh, dest: &str) {
     let (history, stop) = (History::new(), CancellationToken::new());
-    let consumer = mesh.member("edge").client().await;
-    let sub = consumer
-        .subscribe(
-            dest,
-            SubscribeOptions {
-                ack: AckMode::ClientIndividual,
-                ..SubscribeOptions::default()
-            },
-        )
-        .await
-        .expect("subscribe");
-    consume(sub, &history, "edge", stop.clone());
-    wait_until("the hub knows the edge consumer", || {
-        mesh.member("hub").connector("hub-edge").remote_demand == 1
-    });
+    let _consumer = mesh.edge_consumer(dest, &history, &stop).await;
     let producer = mesh.member("hub").client().await;
     send_numbered(&producer, &history, dest, "m", 0..100, false).await;
     history.wait_all_delivered().await;
@@ -59,21 +44,7 @@ async fn a_silent_link_is_torn_down_and_redialled_to_one_bridge_losing_nothing()
     ));
     let (hub, edge, proxy) = (mesh.member("hub"), mesh.member("edge"), mesh.proxy("edge"));
     let (history, stop) = (History::new(), CancellationToken::new());
-    let consumer = edge.client().await;
-    let sub = consumer
-        .subscribe(
-            DEST,
-            SubscribeOptions {
-                ack: AckMode::ClientIndividual,
-                ..SubscribeOptions::default()
-            },
-        )
-        .await
-        .expect("subscribe");
-    consume(sub, &history, "edge", stop.clone());
-    wait_until("the hub knows the edge consumer", || {
-        hub.connector("hub-edge").remote_demand == 1
-    });
+    let _consumer = mesh.edge_consumer(DEST, &history, &stop).await;
     let producer = hub.client().await;
     send_numbered(&producer, &history, DEST, "before", 0..500, true).await;
     history.wait_all_delivered().await;

@@ -7,9 +7,8 @@
 
 mod common;
 
-use common::history::{consume, send_numbered, History};
+use common::history::{send_numbered, History};
 use common::{wait_until, Mesh, MeshConfig};
-use meshmq::client::{AckMode, SubscribeOptions};
 use tokio_util::sync::CancellationToken;
 
 const DEST: &str = "queue://ticks";
@@ -32,21 +31,7 @@ async fn forward_both_kinds(
     ));
     let (hub, edge) = (mesh.member("hub"), mesh.member("edge"));
     let (history, stop) = (History::new(), CancellationToken::new());
-    let consumer = edge.client().await;
-    let sub = consumer
-        .subscribe(
-            DEST,
-            SubscribeOptions {
-                ack: AckMode::ClientIndividual,
-                ..SubscribeOptions::default()
-            },
-        )
-        .await
-        .expect("subscribe");
-    consume(sub, &history, "edge", stop.clone());
-    wait_until("the hub knows the edge consumer", || {
-        hub.connector("hub-edge").remote_demand == 1
-    });
+    let _consumer = mesh.edge_consumer(DEST, &history, &stop).await;
     let producer = hub.client().await;
     let settled = || {
         wait_until("the hub's queue is empty and nothing is in flight", || {

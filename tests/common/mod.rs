@@ -931,6 +931,34 @@ impl Mesh {
         self.members.iter().map(|(_, b)| b)
     }
 
+    /// A client-individual consumer of `dest` on group `edge`, recording into `history` as
+    /// "edge" until `stop`, once the hub knows of it over connector `hub-edge`. The returned
+    /// client must be kept for as long as it should consume.
+    pub async fn edge_consumer(
+        &self,
+        dest: &str,
+        history: &history::History,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Client {
+        let client = self.member("edge").client().await;
+        let sub = client
+            .subscribe(
+                dest,
+                SubscribeOptions {
+                    ack: AckMode::ClientIndividual,
+                    ..SubscribeOptions::default()
+                },
+            )
+            .await
+            .expect("subscribe");
+        history::consume(sub, history, "edge", stop.clone());
+        let hub = self.member("hub");
+        wait_until("the hub knows the edge consumer", || {
+            hub.connector("hub-edge").remote_demand == 1
+        });
+        client
+    }
+
     /// The proxy in front of `group`.
     pub fn proxy(&self, group: &str) -> &Proxy {
         self.proxies
