@@ -9,15 +9,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_ports, http_get, meshmq, refuses_connections, ChildGuard, GUARD};
+use common::{free_ports, http_get, refuses_connections, spawn_broker, ChildGuard, GUARD};
 use meshmq::client::{AckMode, Client, ClientOptions, Outgoing, SubscribeOptions};
 use meshmq::server::admin::MemberStatus;
 
@@ -34,21 +32,7 @@ struct Member {
 
 impl Member {
     fn start(&mut self, topology: &Path) {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let child = meshmq()
-            .args(["broker", "--topology"])
-            .arg(topology)
-            .args(["--member", self.name])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn meshmq broker");
-        self.proc = Some(ChildGuard::new(child));
+        self.proc = Some(spawn_broker(topology, self.name, &self.log, &[]));
     }
 
     fn kill9(&mut self) {

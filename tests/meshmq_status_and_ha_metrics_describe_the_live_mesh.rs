@@ -11,17 +11,15 @@
 
 mod common;
 
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::ha::{GroupSpec, HaGroup, Load};
 use common::zk::ZooKeeper;
 use common::{
-    free_ports, http_get, http_get_within, meshmq, metric_sum, promtool_check, run, ChildGuard,
-    CliChild, Finished, GUARD,
+    free_ports, http_get, http_get_within, meshmq, metric_sum, promtool_check, run, spawn_broker,
+    ChildGuard, CliChild, Finished, GUARD,
 };
 use serde_json::Value;
 
@@ -35,21 +33,7 @@ struct FileLockMember {
 
 impl FileLockMember {
     fn start(&mut self, topology: &std::path::Path) {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("member log");
-        let child = meshmq()
-            .args(["broker", "--topology"])
-            .arg(topology)
-            .args(["--member", self.name])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn meshmq broker");
-        self.proc = Some(ChildGuard::new(child));
+        self.proc = Some(spawn_broker(topology, self.name, &self.log, &[]));
     }
 
     fn ready(&self) -> bool {

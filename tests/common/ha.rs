@@ -19,7 +19,6 @@ use std::fs::File;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -29,7 +28,7 @@ use meshmq::client::{AckMode, Client, ClientError, ClientOptions, Outgoing, Subs
 use meshmq::server::admin::MemberStatus;
 use tempfile::TempDir;
 
-use super::{free_ports, http_get_within, meshmq, ChildGuard, GUARD};
+use super::{free_ports, http_get_within, spawn_broker, ChildGuard, GUARD};
 
 /// The queue every HA test loads and drains.
 pub const QUEUE: &str = "queue://ha.orders";
@@ -238,21 +237,7 @@ impl HaGroup {
         let m = &mut self.members[i];
         assert!(m.proc.is_none(), "{} is running", m.name);
         m.note_in_log("starting");
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&m.log)
-            .expect("member log");
-        let child = meshmq()
-            .args(["broker", "--topology"])
-            .arg(&self.topology)
-            .args(["--member", &m.name])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn meshmq broker");
-        m.proc = Some(ChildGuard::new(child));
+        m.proc = Some(spawn_broker(&self.topology, &m.name, &m.log, &[]));
         m.stopped = false;
     }
 

@@ -3,17 +3,15 @@
 //! read, and failover URLs over their listeners. A wait that gives up prints every member's
 //! log.
 
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use meshmq::client::{Client, ClientOptions};
 use meshmq::server::admin::MemberStatus;
 use tempfile::TempDir;
 
-use super::{free_ports, http_get, meshmq, ChildGuard, GUARD};
+use super::{free_ports, http_get, spawn_broker, ChildGuard, GUARD};
 
 struct GroupSpec {
     name: String,
@@ -271,22 +269,12 @@ impl Mesh {
         let topology = self.topology.clone();
         let m = self.member_mut(name);
         assert!(m.proc.is_none(), "{name} is already running");
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&m.log)
-            .expect("log file");
-        let child = meshmq()
-            .args(["broker", "--topology"])
-            .arg(&topology)
-            .args(["--member", &m.name])
-            .env("MESHMQ_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn meshmq broker");
-        m.proc = Some(ChildGuard::new(child));
+        m.proc = Some(spawn_broker(
+            &topology,
+            &m.name,
+            &m.log,
+            &[("MESHMQ_LOG", "info")],
+        ));
     }
 
     /// Starts every member and waits until each group has a master.

@@ -225,6 +225,27 @@ pub struct ChildGuard {
     exited: Option<ExitStatus>,
 }
 
+/// Starts `meshmq broker --topology T --member M` with stdout and stderr appended to `log`
+/// (a restarted member keeps one log) and `env` set.
+pub fn spawn_broker(topology: &Path, member: &str, log: &Path, env: &[(&str, &str)]) -> ChildGuard {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("member log");
+    let child = meshmq()
+        .args(["broker", "--topology"])
+        .arg(topology)
+        .args(["--member", member])
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn meshmq broker");
+    ChildGuard::new(child)
+}
+
 impl ChildGuard {
     pub fn new(child: Child) -> ChildGuard {
         ChildGuard {
