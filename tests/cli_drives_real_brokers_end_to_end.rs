@@ -1,6 +1,7 @@
 //! The `meshmq` CLI works end to end as real processes: `produce`/`consume` move bodies intact
 //! through a `broker`, `up` serves until SIGINT and then stops its member cleanly, and `check`'s
-//! exit code tells a valid topology from an invalid one.
+//! exit code tells a valid topology from an invalid one; a client that cannot connect says why
+//! once (the URL and the cause, each a single time, for a plain and a failover URL).
 
 mod common;
 
@@ -215,4 +216,27 @@ fn check_exits_zero_on_a_valid_topology_and_non_zero_with_the_error_otherwise() 
     assert!(accepted.stdout.contains("connector"), "{accepted:?}");
     // Checking starts nothing.
     assert!(common::refuses_connections(ports.listen_addr()));
+}
+
+#[test]
+fn a_client_that_cannot_connect_names_the_url_and_the_cause_once() {
+    let port = common::free_ports(2);
+    let plain = format!("tcp://127.0.0.1:{}", port[0]);
+    let failover = format!(
+        "failover:(tcp://127.0.0.1:{},tcp://127.0.0.1:{})?maxReconnectAttempts=0&initialReconnectDelay=10",
+        port[0], port[1]
+    );
+    for url in [&plain, &failover] {
+        let done = run(meshmq().args(["produce", url, "--dest", "queue://q", "--count", "1"]));
+        assert!(!done.status.success(), "nothing listens on {url}");
+        let last = done.stderr.lines().last().unwrap_or_default().to_string();
+        assert_eq!(last.matches("Connection refused").count(), 1, "{last}");
+        let named = url.split('?').next().unwrap_or_default();
+        assert_eq!(last.matches(named).count(), 1, "the URL once: {last}");
+        assert_eq!(
+            last.matches("cannot connect").count(),
+            1,
+            "one 'cannot connect': {last}"
+        );
+    }
 }

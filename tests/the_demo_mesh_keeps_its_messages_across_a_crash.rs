@@ -11,7 +11,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use common::{meshmq, CliChild, History, SharedHistory, GUARD};
+use common::{History, SharedHistory, Up, GUARD};
 use meshmq::client::{Client, Outgoing};
 
 const ORDERS: &str = "queue://demo.orders";
@@ -21,20 +21,6 @@ struct Member {
     name: String,
     admin: SocketAddr,
     url: String,
-}
-
-/// A running `meshmq up`. Dropped (a failed test), it kills the members too: `up` itself is
-/// killed with SIGKILL and could not stop them.
-struct Up(CliChild);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        for pid in common::children_of(self.0.proc.pid()) {
-            // SAFETY: signalling the members this test's `up` started, by the pids it reports
-            // as its children.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
 }
 
 struct Demo {
@@ -121,17 +107,7 @@ impl Demo {
     }
 
     fn up(&self) -> Up {
-        let mut up = CliChild::spawn(meshmq().arg("up").arg(&self.topology));
-        common::wait_until("`up` reports the mesh ready", || {
-            assert!(
-                up.proc.try_wait().is_none(),
-                "up exited early:\n{}\n{}",
-                up.stdout(),
-                up.stderr()
-            );
-            up.stdout().contains("press Ctrl-C to stop every member")
-        });
-        Up(up)
+        Up::start(&self.topology)
     }
 
     /// Every address of every member is closed.
@@ -151,19 +127,6 @@ impl Demo {
             }
         }
     }
-}
-
-/// The pid of member `name` among `up`'s children (from its command line).
-fn pid_of(up: &Up, name: &str) -> i32 {
-    common::children_of(up.0.proc.pid())
-        .into_iter()
-        .find(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            args.windows(2)
-                .any(|w| w[0] == b"--member" && w[1] == name.as_bytes())
-        })
-        .unwrap_or_else(|| panic!("no child of `up` runs member {name}"))
 }
 
 async fn send(url: &str, dest: &str, prefix: &str, count: usize, history: &SharedHistory) {
@@ -198,7 +161,7 @@ async fn the_demo_keeps_its_messages_when_a_master_dies_and_when_the_machine_die
     // The hub's master dies; its standby takes over the same journal and has every order.
     let killed = hub.name.clone();
     // SAFETY: signalling a member `up` started, found among its children by its command line.
-    unsafe { libc::kill(pid_of(&up, &killed), libc::SIGKILL) };
+    unsafe { libc::kill(up.pid_of(&killed), libc::SIGKILL) };
     let hub = demo.master("hub");
     assert_ne!(hub.name, killed, "the standby serves the hub");
     common::drain_at(&hub.url, hub.admin, ORDERS, &hub_history).await;
@@ -216,7 +179,7 @@ async fn the_demo_keeps_its_messages_when_a_master_dies_and_when_the_machine_die
     }
     demo.wait_all_down();
 
-    let mut again = demo.up();
+    let again = demo.up();
     let hub = demo.master("hub");
     common::drain_at(&hub.url, hub.admin, ORDERS, &hub_history).await;
     let edge = demo.master("edge-1");
@@ -230,11 +193,5 @@ async fn the_demo_keeps_its_messages_when_a_master_dies_and_when_the_machine_die
     assert_eq!(h.receipted_count(), 50);
     drop(h);
 
-    again.0.proc.signal(libc::SIGINT);
-    let status = again
-        .0
-        .proc
-        .wait_timeout(GUARD)
-        .expect("`up` stops on SIGINT");
-    assert!(status.success(), "{status}:\n{}", again.0.stdout());
+    again.stop();
 }

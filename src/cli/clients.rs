@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use serde::Serialize;
 
-use meshmq::client::{Client, ClientOptions, Outgoing, SubscribeOptions};
+use meshmq::client::{Client, ClientError, ClientOptions, Outgoing, SubscribeOptions};
 
 use super::bench::AckArg;
 
@@ -67,7 +67,7 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     }
     let client = Client::connect(&args.url, ClientOptions::default())
         .await
-        .with_context(|| format!("cannot connect to {}", args.url))?;
+        .map_err(|e| connect_error(&args.url, e))?;
     let body = match &args.body {
         Some(text) => Bytes::from(text.clone().into_bytes()),
         None => Bytes::from(vec![b'x'; args.size]),
@@ -179,7 +179,7 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         },
     )
     .await
-    .with_context(|| format!("cannot connect to {}", args.url))?;
+    .map_err(|e| connect_error(&args.url, e))?;
     let mut sub = client
         .subscribe(
             &args.dest,
@@ -243,4 +243,13 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A failed connect, saying each cause once: a connect error already names the URL it could
+/// not reach; other refusals (a login, a limit) get the URL in front.
+fn connect_error(url: &str, e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Connect { .. } => anyhow::Error::new(e),
+        other => anyhow::Error::new(other).context(format!("cannot connect to {url}")),
+    }
 }

@@ -55,3 +55,23 @@ pub async fn wait_any_ready(addrs: &[SocketAddr], timeout: Duration) -> anyhow::
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Waits until every one of `addrs` answers 200 on `/healthz` (the process is up and serving
+/// its admin port, whatever its role).
+pub async fn wait_all_answer(addrs: &[SocketAddr], timeout: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    for &addr in addrs {
+        loop {
+            if let Ok((200, _)) = get(addr, "/healthz", Duration::from_secs(1)).await {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(anyhow!(
+                    "http://{addr}/healthz did not answer 200 within {timeout:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}

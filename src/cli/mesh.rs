@@ -9,10 +9,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 
-use meshmq::config::{self, Topology};
+use meshmq::config::{self, Election, Scheme, Topology};
 use meshmq::server::{self, ServerOptions};
 
-use super::http;
+use super::{http, status};
 
 fn load(path: &Path) -> anyhow::Result<Topology> {
     config::load(path).map_err(|e| anyhow!("{e}"))
@@ -125,7 +125,51 @@ async fn monitor(
     let _ = exits.send((name, text));
 }
 
+/// A member `up` started: its stdout and stderr prefixed with its name, watched by `monitor`.
+fn spawn_member(
+    exe: &Path,
+    topology: &Path,
+    member: &str,
+    stop: &watch::Receiver<bool>,
+    exits: &mpsc::UnboundedSender<(String, String)>,
+) -> anyhow::Result<()> {
+    let mut child = Command::new(exe)
+        .args(["broker", "--topology"])
+        .arg(topology)
+        .args(["--member", member])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| anyhow!("cannot start member {member}: {e}"))?;
+    if let Some(out) = child.stdout.take() {
+        prefix_lines(member.to_string(), out);
+    }
+    if let Some(err) = child.stderr.take() {
+        prefix_lines(member.to_string(), err);
+    }
+    tokio::spawn(monitor(
+        member.to_string(),
+        child,
+        stop.clone(),
+        exits.clone(),
+    ));
+    Ok(())
+}
+
+/// How `up` ended a wait: the wait finished, or a signal asks the mesh to stop.
+enum Waited {
+    Done,
+    Interrupted,
+}
+
 /// `meshmq up`: every member of the topology as a child process, logs prefixed, until Ctrl-C.
+///
+/// The first member of each file-lock group starts alone and `up` waits until it serves before
+/// starting the rest of its group: whichever member takes the lock first serves, so starting
+/// them together made a different member master from one run to the next. The first member
+/// listed is therefore the master every time (until it dies and a standby takes over). Members
+/// of ZooKeeper groups start together, since their election needs a quorum of them.
 pub async fn up(topology: &Path) -> anyhow::Result<()> {
     let topo = load(topology)?;
     refuse_unsupported(&topo)?;
@@ -133,59 +177,54 @@ pub async fn up(topology: &Path) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
+    let (first, standby): (Vec<_>, Vec<_>) = topo.members().partition(|(g, m)| {
+        g.election != Election::FileLock || g.members.first().map(|f| &f.name) == Some(&m.name)
+    });
     let mut running = 0usize;
-    for (_, member) in topo.members() {
-        let spawned = Command::new(&exe)
-            .args(["broker", "--topology"])
-            .arg(topology)
-            .args(["--member", member.name.as_str()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn();
-        let mut child = match spawned {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = stop_tx.send(true);
-                bail!("cannot start member {}: {e}", member.name);
-            }
-        };
-        if let Some(out) = child.stdout.take() {
-            prefix_lines(member.name.to_string(), out);
+    for (_, member) in &first {
+        if let Err(e) = spawn_member(&exe, topology, member.name.as_str(), &stop_rx, &exit_tx) {
+            stop_members(&stop_tx, &mut exit_rx).await;
+            return Err(e);
         }
-        if let Some(err) = child.stderr.take() {
-            prefix_lines(member.name.to_string(), err);
-        }
-        tokio::spawn(monitor(
-            member.name.to_string(),
-            child,
-            stop_rx.clone(),
-            exit_tx.clone(),
-        ));
         running += 1;
     }
-    drop(exit_tx);
     // A group is ready when one member serves it (the others of an HA group stand by).
     for group in &topo.groups {
         let admins: Vec<_> = group.members.iter().map(|m| m.admin).collect();
-        let ready = http::wait_any_ready(&admins, Duration::from_secs(30));
-        tokio::select! {
-            r = ready => if let Err(e) = r {
-                stop_members(&stop_tx, &mut exit_rx).await;
-                bail!("group {} has no master: {e}", group.name);
-            },
-            Some((name, status)) = exit_rx.recv() => {
-                stop_members(&stop_tx, &mut exit_rx).await;
-                bail!("member {name} exited before the mesh was ready ({status})");
-            }
-            _ = signals.recv() => {
-                println!("stopping {running} members");
-                stop_members(&stop_tx, &mut exit_rx).await;
-                return Ok(());
-            }
+        let ready = async {
+            http::wait_any_ready(&admins, Duration::from_secs(30))
+                .await
+                .map(|_| ())
+        };
+        let what = format!("group {}", group.name);
+        if let Waited::Interrupted =
+            wait_or_stop(ready, &what, &mut signals, &stop_tx, &mut exit_rx).await?
+        {
+            println!("stopping {running} members");
+            stop_members(&stop_tx, &mut exit_rx).await;
+            return Ok(());
         }
     }
-    print_urls(&topo);
+    for (_, member) in &standby {
+        if let Err(e) = spawn_member(&exe, topology, member.name.as_str(), &stop_rx, &exit_tx) {
+            stop_members(&stop_tx, &mut exit_rx).await;
+            return Err(e);
+        }
+        running += 1;
+    }
+    drop(exit_tx);
+    // Standbys answer their admin port once they wait for the lock: the table shows them so.
+    let standbys: Vec<_> = standby.iter().map(|(_, m)| m.admin).collect();
+    let answering = http::wait_all_answer(&standbys, Duration::from_secs(30));
+    let what = "the standby members";
+    if let Waited::Interrupted =
+        wait_or_stop(answering, what, &mut signals, &stop_tx, &mut exit_rx).await?
+    {
+        println!("stopping {running} members");
+        stop_members(&stop_tx, &mut exit_rx).await;
+        return Ok(());
+    }
+    print!("{}", up_table(&topo).await);
     loop {
         tokio::select! {
             _ = signals.recv() => break,
@@ -206,6 +245,31 @@ pub async fn up(topology: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits for `wait`, unless a member exits first (the mesh stops and `up` fails) or a signal
+/// comes (the caller stops the mesh).
+async fn wait_or_stop(
+    wait: impl std::future::Future<Output = anyhow::Result<()>>,
+    what: &str,
+    signals: &mut Signals,
+    stop: &watch::Sender<bool>,
+    exits: &mut mpsc::UnboundedReceiver<(String, String)>,
+) -> anyhow::Result<Waited> {
+    tokio::select! {
+        r = wait => match r {
+            Ok(()) => Ok(Waited::Done),
+            Err(e) => {
+                stop_members(stop, exits).await;
+                bail!("{what} is not up: {e}");
+            }
+        },
+        Some((name, status)) = exits.recv() => {
+            stop_members(stop, exits).await;
+            bail!("member {name} exited before the mesh was ready ({status})");
+        }
+        _ = signals.recv() => Ok(Waited::Interrupted),
+    }
+}
+
 async fn stop_members(
     stop: &watch::Sender<bool>,
     exits: &mut mpsc::UnboundedReceiver<(String, String)>,
@@ -216,22 +280,56 @@ async fn stop_members(
     }
 }
 
-fn print_urls(topo: &Topology) {
-    println!();
-    println!("mesh {} is up:", topo.mesh);
-    println!("{:<14} {:<12} {:<40} admin", "member", "group", "listeners");
-    for (group, member) in topo.members() {
+/// The table `up` prints once the mesh serves: every member with its role as its admin port
+/// reports it (the master serves its listeners; a standby opens them only when it takes
+/// over), and for each group the failover URL that reaches whichever member serves.
+async fn up_table(topo: &Topology) -> String {
+    let targets = status::targets(topo);
+    let answers = status::ask_all(&targets, Duration::from_secs(2)).await;
+    let mut out = format!("\nmesh {} is up:\n", topo.mesh);
+    out += &format!(
+        "{:<10} {:<10} {:<9} {:<44} admin\n",
+        "group", "member", "role", "listeners"
+    );
+    for ((group, member), answer) in topo.members().zip(answers) {
+        let role = match answer {
+            Ok(s) if s.role == "master" => "serves".to_string(),
+            Ok(s) if s.role == "slave" => "standby".to_string(),
+            Ok(s) => s.role,
+            Err(_) => "down".to_string(),
+        };
         let listeners: Vec<String> = member.listeners.iter().map(|l| l.url.to_string()).collect();
-        println!(
-            "{:<14} {:<12} {:<40} http://{}/status",
-            member.name.as_str(),
+        out += &format!(
+            "{:<10} {:<10} {:<9} {:<44} http://{}/status\n",
             group.name.as_str(),
+            member.name.as_str(),
+            role,
             listeners.join(" "),
             member.admin
         );
     }
-    println!("press Ctrl-C to stop every member");
-    println!();
+    out += "\nclients reach whichever member of a group serves through a failover URL:\n";
+    for group in &topo.groups {
+        for scheme in [Scheme::Tcp, Scheme::Stomp] {
+            let urls: Vec<String> = group
+                .members
+                .iter()
+                .flat_map(|m| m.listeners.iter())
+                .filter(|l| l.url.scheme == scheme)
+                .map(|l| l.url.to_string())
+                .collect();
+            let url = match (scheme, urls.len()) {
+                (_, 0) => continue,
+                (_, 1) => urls[0].clone(),
+                (Scheme::Tcp, _) => format!("failover:({})", urls.join(",")),
+                // STOMP clients take a list of hosts themselves (stomp.py `host_and_ports`).
+                _ => urls.join(" or "),
+            };
+            out += &format!("  {:<10} {url}\n", group.name.as_str());
+        }
+    }
+    out += "press Ctrl-C to stop every member\n\n";
+    out
 }
 
 /// `meshmq check`: validates and summarises; exit 1 when the topology is invalid or uses

@@ -343,7 +343,7 @@ fn member_report(t: &Target, answer: Result<MemberStatus, String>) -> MemberRepo
     r
 }
 
-fn targets(topo: &Topology) -> Vec<Target> {
+pub(super) fn targets(topo: &Topology) -> Vec<Target> {
     topo.members()
         .map(|(g, m)| Target {
             group: g.name.to_string(),
@@ -355,7 +355,10 @@ fn targets(topo: &Topology) -> Vec<Target> {
 }
 
 /// Asks every target at once; each answer within `timeout`.
-async fn ask_all(targets: &[Target], timeout: Duration) -> Vec<Result<MemberStatus, String>> {
+pub(super) async fn ask_all(
+    targets: &[Target],
+    timeout: Duration,
+) -> Vec<Result<MemberStatus, String>> {
     let mut tasks = tokio::task::JoinSet::new();
     for (i, t) in targets.iter().enumerate() {
         let admin = t.admin;

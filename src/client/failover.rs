@@ -401,10 +401,22 @@ impl Supervisor {
             // every round is a reconnect attempt.
             let allowed = if first { limit + 1 } else { limit };
             if limit >= 0 && failures >= allowed.max(1) {
-                return Err(last_error.unwrap_or_else(|| ClientError::Connect {
-                    url: self.url_text(),
-                    reason: "no broker URI to try".into(),
-                }));
+                return Err(match last_error {
+                    // Name the failover URL once, and the last member's cause once.
+                    Some(ClientError::Connect { url, reason }) if self.url.uris.len() > 1 => {
+                        ClientError::Connect {
+                            url: self.url_text(),
+                            reason: format!(
+                                "no member answered in {failures} round(s); the last, {url}: {reason}"
+                            ),
+                        }
+                    }
+                    Some(e) => e,
+                    None => ClientError::Connect {
+                        url: self.url_text(),
+                        reason: "no broker URI to try".into(),
+                    },
+                });
             }
             let warn_every = self.o().warn_after_reconnect_attempts;
             if warn_every > 0 && (failures == 1 || failures % warn_every == 0) {

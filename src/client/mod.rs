@@ -910,18 +910,26 @@ async fn open_unbounded(
         .clone()
         .unwrap_or_else(|| url.host.clone());
     let local = url.local_addr.or(options.local_addr);
+    // The URL is already in the error: say the transport's cause without its address again,
+    // unless the URL named a host the address was resolved from.
+    let dial_err = |e: transport::TransportError| match e {
+        transport::TransportError::Connect { addr, source } => {
+            if url.host == addr.ip().to_string() {
+                connect_err(source.to_string())
+            } else {
+                connect_err(format!("{addr}: {source}"))
+            }
+        }
+        other => connect_err(other.to_string()),
+    };
     let stream: transport::Stream = match url.scheme.as_str() {
         "ssl" => transport::tls::dial(addr, &server_name, std::sync::Arc::new(tls()?), local)
             .await
-            .map_err(|e| connect_err(e.to_string()))?,
+            .map_err(dial_err)?,
         "quic" => transport::quic::dial(addr, &server_name, tls()?, local)
             .await
-            .map_err(|e| connect_err(e.to_string()))?,
-        _ => Box::new(
-            transport::dial(addr, local)
-                .await
-                .map_err(|e| connect_err(e.to_string()))?,
-        ),
+            .map_err(dial_err)?,
+        _ => Box::new(transport::dial(addr, local).await.map_err(dial_err)?),
     };
     let mut pump = Pump::new(stream);
     wire::encode(

@@ -1251,6 +1251,61 @@ impl RawConn {
     }
 }
 
+/// A running `meshmq up`. Dropped (a failed test), it kills the members too: `up` itself is
+/// killed with SIGKILL and could not stop them.
+pub struct Up(pub CliChild);
+
+impl Up {
+    /// Starts `meshmq up TOPOLOGY` and waits until it reports the mesh ready.
+    pub fn start(topology: &Path) -> Up {
+        let mut up = CliChild::spawn(meshmq().arg("up").arg(topology));
+        wait_until("`up` reports the mesh ready", || {
+            assert!(
+                up.proc.try_wait().is_none(),
+                "up exited early:\n{}\n{}",
+                up.stdout(),
+                up.stderr()
+            );
+            up.stdout().contains("press Ctrl-C to stop every member")
+        });
+        Up(up)
+    }
+
+    /// The pid of member `name` among `up`'s children (from its command line).
+    pub fn pid_of(&self, name: &str) -> i32 {
+        children_of(self.0.proc.pid())
+            .into_iter()
+            .find(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                args.windows(2)
+                    .any(|w| w[0] == b"--member" && w[1] == name.as_bytes())
+            })
+            .unwrap_or_else(|| panic!("no child of `up` runs member {name}"))
+    }
+
+    /// Ctrl-C: `up` stops every member and exits successfully.
+    pub fn stop(mut self) {
+        self.0.proc.signal(libc::SIGINT);
+        let status = self
+            .0
+            .proc
+            .wait_timeout(GUARD)
+            .expect("`up` stops on SIGINT");
+        assert!(status.success(), "{status}:\n{}", self.0.stdout());
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        for pid in children_of(self.0.proc.pid()) {
+            // SAFETY: signalling the members this test's `up` started, by the pids it reports
+            // as its children.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
 /// Every pid that is a child of `pid` (any of its threads may have forked it).
 pub fn children_of(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
