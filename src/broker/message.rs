@@ -1,4 +1,6 @@
-//! A message as the broker holds it, and the memory it is charged for.
+//! A message as the broker holds it, the memory it is charged for, and the one way a message
+//! from outside becomes one: [`MessageBuilder::build`] from a [`Draft`], for producers of every
+//! protocol and for peer groups' forwards alike.
 
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
@@ -7,6 +9,7 @@ use bytes::Bytes;
 
 use super::destination::Destination;
 use super::memory::MemoryCharge;
+use super::{now_ms, BrokerError};
 
 /// Bytes charged for a message beyond its body and headers (struct, Arc, queue slots).
 pub const MESSAGE_OVERHEAD: u64 = 256;
@@ -14,6 +17,85 @@ pub const MESSAGE_OVERHEAD: u64 = 256;
 /// Highest message priority (JMS: 0..=9, 4 by default).
 pub const MAX_PRIORITY: u8 = 9;
 pub const DEFAULT_PRIORITY: u8 = 4;
+
+/// Bodies smaller than this are copied out of the buffer they arrived in, so a message that
+/// lives long never pins a whole read chunk; larger ones share it (a copy would cost more than
+/// the chunk they keep alive).
+pub const COPY_BODY_BELOW: usize = 16 * 1024;
+
+/// A message as it arrives from outside (a producer, or a peer group's forward), before the
+/// broker takes it. Only [`MessageBuilder::build`] turns it into a [`Message`].
+#[derive(Debug, Default)]
+pub struct Draft {
+    pub body: Bytes,
+    pub headers: Vec<(String, String)>,
+    pub persistent: bool,
+    /// As asked; JMS priorities are 0..=9 and anything else is refused.
+    pub priority: u32,
+    /// Milliseconds since the Unix epoch; 0 = never.
+    pub expires_at_ms: u64,
+    pub producer_id: Bytes,
+    pub sequence: u64,
+    pub reply_to: String,
+    pub correlation_id: String,
+    pub content_type: String,
+    /// When the producer sent it (ms since the epoch); 0 = now.
+    pub timestamp_ms: u64,
+    /// Groups a forwarded message came through, oldest first (empty from a producer).
+    pub broker_path: Vec<Arc<str>>,
+    /// For a forwarded topic message: the groups it is still meant to reach.
+    pub targets: Option<Arc<[Arc<str>]>>,
+    /// Deliveries before it arrived here (a forwarded message keeps its history).
+    pub redeliveries: u32,
+}
+
+/// Builds the messages of one connection or bridge. It remembers the last producer id it
+/// copied, so a producer's id is copied out of the read buffer once, not once per message.
+#[derive(Debug, Default)]
+pub struct MessageBuilder {
+    last_producer: Bytes,
+}
+
+impl MessageBuilder {
+    /// The message `draft` describes. The rules are the same for every protocol: a priority
+    /// outside JMS's 0..=9 is refused (naming what was asked); small bodies and producer ids
+    /// are copied out of the read buffer (see [`COPY_BODY_BELOW`]); a missing timestamp is now.
+    pub fn build(&mut self, draft: Draft) -> Result<Message, BrokerError> {
+        if draft.priority > MAX_PRIORITY as u32 {
+            return Err(BrokerError::BadPriority(draft.priority));
+        }
+        let body = if draft.body.len() < COPY_BODY_BELOW {
+            Bytes::copy_from_slice(&draft.body)
+        } else {
+            draft.body
+        };
+        if draft.producer_id != self.last_producer {
+            self.last_producer = Bytes::copy_from_slice(&draft.producer_id);
+        }
+        Ok(Message {
+            destination: None,
+            body,
+            headers: draft.headers,
+            persistent: draft.persistent,
+            priority: draft.priority as u8,
+            expires_at_ms: draft.expires_at_ms,
+            producer_id: self.last_producer.clone(),
+            sequence: draft.sequence,
+            reply_to: draft.reply_to,
+            correlation_id: draft.correlation_id,
+            content_type: draft.content_type,
+            timestamp_ms: if draft.timestamp_ms == 0 {
+                now_ms()
+            } else {
+                draft.timestamp_ms
+            },
+            broker_path: draft.broker_path,
+            targets: draft.targets,
+            redeliveries: draft.redeliveries,
+            ..Message::default()
+        })
+    }
+}
 
 /// One message. Immutable once accepted: the broker shares it (`Arc`) between every queue
 /// slot and subscriber that holds it, so a message fanned out to a thousand subscribers is

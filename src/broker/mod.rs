@@ -2,16 +2,22 @@
 //! dead-lettering, expiry, temporary destinations, durable subscriptions and producer flow
 //! control.
 //!
-//! Owns: every queue and topic of one broker and the messages in them. Must not touch: sockets,
-//! tasks, protocols, configuration files — a connection drives it through a [`Session`] and
-//! receives deliveries from the session's [`Outbox`]. Everything here is synchronous except
-//! waiting for memory room. Invariants: a queue message leaves the broker only when a consumer
-//! acknowledges it (or it expires or is dead-lettered); an unacknowledged delivery whose consumer
-//! goes away returns to its queue with a higher redelivery count; an outbox never holds more
-//! deliveries than its subscriptions' prefetch; message memory is charged while any reference
-//! to the message lives and released when the last one drops.
+//! Owns: every queue and topic of one broker and the messages in them, and the only view of the
+//! journal the rest of meshmq gets (the durability facade: room, commits, a [`SyncedQueue`] to
+//! hold replies until their work is synced). Must not touch: sockets, protocol state,
+//! configuration files — a connection drives it through a [`Session`], hands it messages built
+//! by the one [`MessageBuilder`] (`wire.rs` converts the native wire's `Send`; `wire` is a leaf,
+//! so that edge makes no cycle), and receives deliveries from the session's [`Outbox`].
+//! Everything here is synchronous except waiting for room and for commits; the one thread of
+//! its own is the dispatcher (`persist.rs`), which makes journaled messages visible once they
+//! are synced. Invariants: a queue message leaves the broker only when a consumer acknowledges
+//! it (or it expires or is dead-lettered); an unacknowledged delivery whose consumer goes away
+//! returns to its queue with a higher redelivery count; an outbox never holds more deliveries
+//! than its subscriptions' prefetch; message memory is charged while any reference to the
+//! message lives and released when the last one drops.
 
 pub mod destination;
+mod durability;
 mod inflight;
 mod memory;
 mod message;
@@ -20,6 +26,7 @@ mod persist;
 mod queue;
 mod stats;
 mod topic;
+mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,8 +40,11 @@ use rustc_hash::FxHashMap;
 
 pub use crate::config::{DestinationLimits, OnFull};
 pub use destination::{Destination, DestinationError, DestinationPattern, Kind};
+pub use durability::{CommitLog, JournalStats, SyncedQueue};
 pub use memory::MemoryPool;
-pub use message::{Delivery, Message, DEFAULT_PRIORITY, MAX_PRIORITY};
+pub use message::{
+    Delivery, Draft, Message, MessageBuilder, COPY_BODY_BELOW, DEFAULT_PRIORITY, MAX_PRIORITY,
+};
 pub use outbox::Outbox;
 pub use queue::{AckOutcome, DeadReason, NetworkFilter};
 pub use stats::{DestinationCounters, DestinationStats};
@@ -260,6 +270,17 @@ struct Inner {
     recent_forwards: Mutex<RecentIds>,
     persistence: Option<persist::Persistence>,
     pager: Option<Arc<dyn queue::Pager>>,
+}
+
+/// What to do with a send, per its destination's room and `on_full` policy.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// There is room: take it.
+    Now,
+    /// Full, and the destination blocks its producers: wait for room (`Broker::wait_room`).
+    Wait,
+    /// Full, and the destination fails sends: refuse with this error.
+    Refuse(BrokerError),
 }
 
 /// What became of a published message.
@@ -730,7 +751,7 @@ enum SubHandle {
 #[derive(Debug, Clone)]
 pub struct SubscribeSpec {
     pub subscription: u64,
-    pub destination: String,
+    pub destination: DestinationPattern,
     pub selector: String,
     /// 0 = the destination's default.
     pub prefetch: u32,
@@ -765,6 +786,16 @@ impl Session {
     /// appended it waits until the journal has synced it.
     pub fn last_record(&self) -> u64 {
         self.last_record
+    }
+
+    /// The journal record appended since `before` (a [`Session::last_record`] taken before an
+    /// operation), which the operation's receipt must wait for; 0 when it appended none.
+    pub fn record_since(&self, before: u64) -> u64 {
+        if self.last_record != before {
+            self.last_record
+        } else {
+            0
+        }
     }
 
     pub fn id(&self) -> u64 {
@@ -806,16 +837,15 @@ impl Session {
 
     /// Resolves a destination to publish to. Ordinary destinations are created on first use;
     /// a temporary one must exist.
-    pub fn target(&mut self, destination: &str) -> Result<Target, BrokerError> {
+    pub fn target(&mut self, dest: &Destination) -> Result<Target, BrokerError> {
         if let Some(t) = &self.last_target {
-            if t.destination().as_str() == destination && !t.is_deleted() {
+            if t.destination() == dest && !t.is_deleted() {
                 return Ok(t.clone());
             }
         }
-        let dest = Destination::parse(destination)?;
         let target = match dest.kind() {
-            Kind::Queue => Target::Queue(self.broker.queue(&dest, 0)),
-            Kind::Topic => Target::Topic(self.broker.topic(&dest, 0)),
+            Kind::Queue => Target::Queue(self.broker.queue(dest, 0)),
+            Kind::Topic => Target::Topic(self.broker.topic(dest, 0)),
             Kind::TempQueue => Target::Queue(
                 self.broker
                     .inner
@@ -843,9 +873,19 @@ impl Session {
     /// True when there is room for a message: in memory for a message kept in memory; in the
     /// journal for one that is journaled (memory then pages it out as needed).
     pub fn has_room(&self, target: &Target, persistent: bool) -> bool {
-        match self.journal_for(target, persistent) {
-            Some(store) => store.journal().has_room(),
-            None => self.broker.memory().has_room(target.counters()),
+        self.broker.has_room(target, persistent)
+    }
+
+    /// The one full-destination decision, for every producer and every bridge: take the
+    /// message now, wait for room, or refuse it (the destination's `on_full`). A bridge never
+    /// waits (its link carries other destinations too): it treats `Wait` as "try again later".
+    pub fn admit(&self, target: &Target, persistent: bool) -> Admission {
+        if self.has_room(target, persistent) {
+            return Admission::Now;
+        }
+        match target.on_full() {
+            OnFull::Block => Admission::Wait,
+            OnFull::Fail => Admission::Refuse(self.full_error(target, persistent)),
         }
     }
 
@@ -853,29 +893,22 @@ impl Session {
     /// the memory limit otherwise.
     pub fn full_error(&self, target: &Target, persistent: bool) -> BrokerError {
         let destination = target.destination().to_string();
-        match self.journal_for(target, persistent) {
-            Some(_) => BrokerError::JournalFull { destination },
-            None => BrokerError::Full { destination },
+        if self.broker.needs_journal_room(target, persistent) {
+            BrokerError::JournalFull { destination }
+        } else {
+            BrokerError::Full { destination }
         }
     }
 
-    /// The journal whose room a send needs (persistent, not to a temporary destination).
-    fn journal_for(&self, target: &Target, persistent: bool) -> Option<&crate::store::Store> {
-        self.broker
-            .store()
-            .filter(|_| persistent && !target.destination().kind().is_temp())
-    }
-
-    /// Accepts a message onto a target: charges its memory, then queues or fans it out — or
-    /// journals it, to become visible once durable. A re-send (its producer sequence is not
-    /// above the producer's mark) is dropped as a duplicate. Flow control is the caller's:
-    /// check `has_room` (and wait or refuse) first.
-    pub fn publish(&mut self, target: &Target, mut msg: Message) -> Result<Published, BrokerError> {
+    /// Checks a message and stamps it for `target` as the broker keeps it: its destination,
+    /// the connection it came from, when it arrived, and its memory charge. False when it is a
+    /// producer re-send (drop it).
+    fn stamp(&self, target: &Target, msg: &mut Message) -> Result<bool, BrokerError> {
         if msg.priority > MAX_PRIORITY {
             return Err(BrokerError::BadPriority(msg.priority as u32));
         }
-        if self.is_resend(&msg) {
-            return Ok(Published::Duplicate);
+        if self.is_resend(msg) {
+            return Ok(false);
         }
         msg.origin = self.id;
         msg.received_ms = now_ms();
@@ -885,6 +918,17 @@ impl Session {
             .inner
             .memory
             .charge(msg.memory_size(), target.counters());
+        Ok(true)
+    }
+
+    /// Accepts a message onto a target: charges its memory, then queues or fans it out — or
+    /// journals it, to become visible once durable. A re-send (its producer sequence is not
+    /// above the producer's mark) is dropped as a duplicate. Flow control is the caller's:
+    /// check `has_room` (and wait or refuse) first.
+    pub fn publish(&mut self, target: &Target, mut msg: Message) -> Result<Published, BrokerError> {
+        if !self.stamp(target, &mut msg)? {
+            return Ok(Published::Duplicate);
+        }
         let _gate = self.broker.gate();
         if self.broker.journals(target, &msg) {
             let index = self.broker.journal_publish(target, msg);
@@ -926,19 +970,21 @@ impl Session {
             return Err(BrokerError::TooManySubscriptions(max));
         }
         if !spec.selector.trim().is_empty() {
-            return Err(BrokerError::SelectorUnsupported(spec.destination));
+            return Err(BrokerError::SelectorUnsupported(
+                spec.destination.to_string(),
+            ));
         }
-        let pattern = DestinationPattern::parse(&spec.destination)?;
+        let pattern = spec.destination.clone();
         let kind = pattern.kind();
         if kind.is_queue() && spec.durable_name.is_some() {
-            return Err(BrokerError::DurableOnQueue(spec.destination));
+            return Err(BrokerError::DurableOnQueue(spec.destination.to_string()));
         }
         let broker = self.broker.clone();
         let _gate = broker.gate();
         let mut dead = Effects::default();
         let handle = if kind.is_queue() {
             let Some(dest) = pattern.as_destination() else {
-                return Err(BrokerError::WildcardQueue(spec.destination));
+                return Err(BrokerError::WildcardQueue(spec.destination.to_string()));
             };
             let queue = self.queue_for_consumer(&dest)?;
             let prefetch = if spec.prefetch == 0 {
@@ -965,16 +1011,19 @@ impl Session {
         };
         self.subs.insert(spec.subscription, handle);
         let ids = if net.is_none() {
-            vec![self
-                .broker
-                .add_demand(spec.destination.clone(), Vec::new(), spec.priority, None)]
+            vec![self.broker.add_demand(
+                spec.destination.to_string(),
+                Vec::new(),
+                spec.priority,
+                None,
+            )]
         } else {
             Vec::new()
         };
         self.demand_ids.insert(
             spec.subscription,
             SubDemand {
-                destination: spec.destination.clone(),
+                destination: spec.destination.to_string(),
                 priority: spec.priority,
                 ids,
             },
@@ -1286,20 +1335,9 @@ impl Session {
         target: &Target,
         mut msg: Message,
     ) -> Result<Option<(Target, Message)>, BrokerError> {
-        if msg.priority > MAX_PRIORITY {
-            return Err(BrokerError::BadPriority(msg.priority as u32));
-        }
-        if self.is_resend(&msg) {
+        if !self.stamp(target, &mut msg)? {
             return Ok(None);
         }
-        msg.origin = self.id;
-        msg.received_ms = now_ms();
-        msg.destination = Some(target.destination().clone());
-        msg.charge = self
-            .broker
-            .inner
-            .memory
-            .charge(msg.memory_size(), target.counters());
         Ok(Some((target.clone(), msg)))
     }
 

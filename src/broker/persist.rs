@@ -6,6 +6,14 @@
 //! producer gets its receipt at the same moment. A message leaving a queue (ack, expiry,
 //! dead-letter) is recorded after it left memory, and a checkpoint snapshot is taken with the
 //! gate closed, so for every record before a checkpoint the checkpoint holds its effect.
+//!
+//! Dispatch after a sync runs on the broker's own dispatcher thread, never on the journal's
+//! writer thread (which only publishes the index it synced) nor on a replication task (which
+//! only publishes what a quorum has). The dispatcher makes the messages up to that index
+//! visible and counts them live in their segments, *then* publishes the index as the broker's
+//! [`Broker::synced`]: whoever sees an index synced through the broker — a producer's receipt,
+//! a checkpoint about to let segments go — finds its messages already visible and counted, and
+//! no consumer ever sees a message whose receipt could still fail.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -100,6 +108,10 @@ pub(crate) struct Persistence {
     /// exclusively while it takes its snapshot.
     gate: RwLock<()>,
     visible: Mutex<VecDeque<Pending>>,
+    /// Every record up to this index is committed and its messages are visible: the
+    /// dispatcher moves it, after dispatching. It is also marked changed (without moving) when
+    /// the journal fails or is fenced, so waiters look at why.
+    pub(crate) synced: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Persistence {
@@ -112,10 +124,12 @@ impl std::fmt::Debug for Persistence {
 
 impl Persistence {
     pub(crate) fn new(store: Store) -> Persistence {
+        let synced = tokio::sync::watch::Sender::new(store.journal().synced());
         Persistence {
             store,
             gate: RwLock::new(()),
             visible: Mutex::new(VecDeque::new()),
+            synced,
         }
     }
 }
@@ -246,11 +260,53 @@ impl Broker {
         }
     }
 
-    /// The writer thread's hook: makes durable messages visible.
+    /// The dispatcher's work for a commit: makes the messages up to `upto` visible, then
+    /// publishes `upto` as synced (also when nothing moved: the journal may have failed).
     pub(crate) fn on_synced(&self, upto: u64) {
         let Some(p) = &self.inner.persistence else {
             return;
         };
+        self.dispatch_synced(p, upto);
+        p.synced.send_modify(|synced| *synced = (*synced).max(upto));
+    }
+
+    /// Starts the dispatcher: a thread of its own that follows the journal's commits and
+    /// dispatches what each one makes durable (see the module doc). It ends once the journal is
+    /// closed or the broker is gone.
+    fn start_dispatcher(&self) {
+        let Some(p) = &self.inner.persistence else {
+            return;
+        };
+        let journal = p.store.journal().clone();
+        let mut committed = journal.watch_synced();
+        let broker = Arc::downgrade(&self.inner);
+        let dispatch = async move {
+            loop {
+                let upto = *committed.borrow_and_update();
+                let Some(inner) = broker.upgrade() else {
+                    return;
+                };
+                Broker { inner }.on_synced(upto);
+                if journal.is_closed() || committed.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name("meshmq-dispatch".into())
+            .spawn(move || {
+                // A runtime of its own only to wait on the journal's watch: no I/O, no timers.
+                match tokio::runtime::Builder::new_current_thread().build() {
+                    Ok(rt) => rt.block_on(dispatch),
+                    Err(e) => tracing::error!(error = %e, "the dispatcher cannot start"),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "the dispatcher thread cannot start");
+        }
+    }
+
+    fn dispatch_synced(&self, p: &Persistence, upto: u64) {
         // The gate first: a checkpoint snapshot must find each message either still pending
         // or already on its destination. Taken out of `visible` before the gate, a message
         // could be in neither for a checkpoint that then covers its record — lost on recovery.
@@ -507,10 +563,9 @@ impl Broker {
             }
         };
         if checkpoint.next_index > 1 {
-            p.store
-                .journal()
-                .wait_synced(checkpoint.next_index - 1)
-                .await?;
+            // Through the broker: once it says synced, every message before the checkpoint
+            // is dispatched and counted live, so no segment holding one can be let go.
+            self.wait_synced(checkpoint.next_index - 1).await?;
         }
         let store = p.store.clone();
         tokio::task::spawn_blocking(move || store.checkpoint(&checkpoint))
@@ -577,13 +632,7 @@ impl Broker {
             self.inner.durables.insert(key, sub);
         }
         self.apply(effects);
-        let weak = Arc::downgrade(&self.inner);
-        if let Some(p) = &self.inner.persistence {
-            p.store.journal().set_on_synced(Box::new(move |upto| {
-                if let Some(inner) = weak.upgrade() {
-                    Broker { inner }.on_synced(upto);
-                }
-            }));
-        }
+        // Only now: what was restored is in place before anything new is dispatched.
+        self.start_dispatcher();
     }
 }

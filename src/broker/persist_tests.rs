@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::tests::{pattern, to_dest};
 use super::*;
 use crate::store::{Durability, Store, StoreConfig};
 
@@ -41,19 +42,13 @@ fn msg(body: &str, persistent: bool) -> Message {
     }
 }
 
-/// Publishes and waits until it is durable, and so visible (the hook that makes it visible
-/// runs before the sync is published).
+/// Publishes and waits until it is durable, and so visible (the broker publishes an index as
+/// synced only once it has dispatched what it holds).
 async fn publish(s: &mut Session, dest: &str, m: Message) -> Published {
-    let t = s.target(dest).unwrap();
+    let t = s.target(&to_dest(dest)).unwrap();
     let p = s.publish(&t, m).unwrap();
     if let Published::Pending(i) = p {
-        s.broker()
-            .store()
-            .unwrap()
-            .journal()
-            .wait_synced(i)
-            .await
-            .unwrap();
+        s.broker().wait_synced(i).await.unwrap();
     }
     p
 }
@@ -61,7 +56,7 @@ async fn publish(s: &mut Session, dest: &str, m: Message) -> Published {
 fn sub(s: &mut Session, id: u64, dest: &str, durable: Option<&str>) {
     s.subscribe(SubscribeSpec {
         subscription: id,
-        destination: dest.into(),
+        destination: pattern(dest),
         selector: String::new(),
         prefetch: 1000,
         priority: 0,
@@ -256,7 +251,7 @@ async fn persistent_messages_past_the_memory_limit_are_paged_out_and_read_back_i
     let b = open(dir.path(), settings.clone());
     let mut p = b.open_session(None).unwrap();
     let body = "p".repeat(1000);
-    let t = p.target("queue://big").unwrap();
+    let t = p.target(&to_dest("queue://big")).unwrap();
     let mut last = 0;
     for i in 0..1000 {
         // The journal's own flow control (its writer at most half a segment behind) may hold
@@ -274,12 +269,7 @@ async fn persistent_messages_past_the_memory_limit_are_paged_out_and_read_back_i
             last = idx;
         }
     }
-    b.store()
-        .unwrap()
-        .journal()
-        .wait_synced(last)
-        .await
-        .unwrap();
+    b.wait_synced(last).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
         b.memory().used() <= (64 << 10) + 4 * 1300,
@@ -290,7 +280,7 @@ async fn persistent_messages_past_the_memory_limit_are_paged_out_and_read_back_i
     let mut c = b.open_session(None).unwrap();
     c.subscribe(SubscribeSpec {
         subscription: 1,
-        destination: "queue://big".into(),
+        destination: pattern("queue://big"),
         selector: String::new(),
         prefetch: 10,
         priority: 0,
@@ -368,4 +358,58 @@ async fn acknowledged_segments_are_deleted_after_a_checkpoint() {
         "{before} → {} after deleting {deleted}",
         journal.segment_count()
     );
+}
+
+/// Messages counted live in their journal segments (what garbage collection must keep).
+fn live_in_segments(b: &Broker) -> u64 {
+    b.store()
+        .unwrap()
+        .journal()
+        .shared
+        .segments
+        .read()
+        .iter()
+        .map(|s| s.live.load(std::sync::atomic::Ordering::Relaxed))
+        .sum()
+}
+
+#[tokio::test]
+async fn dispatch_runs_before_anyone_sees_the_commit() {
+    // The dispatcher makes messages visible and counts them live in their segments; a receipt
+    // or a checkpoint waiting for the commit through the broker must find that done, or a
+    // checkpoint could let a segment with a live message go.
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path(), BrokerSettings::default());
+    let mut p = b.open_session(None).unwrap();
+    let t = p.target(&to_dest("queue://q")).unwrap();
+    let (mut seen_dispatched, mut seen_early) = (0u64, 0u64);
+    for i in 0..40u64 {
+        if i == 20 {
+            // Replicated: commits are published by replication once a quorum has the records.
+            b.store().unwrap().journal().gate(Duration::from_secs(10));
+        }
+        let Published::Pending(index) = p.publish(&t, msg(&i.to_string(), true)).unwrap() else {
+            panic!("a persistent message is journaled");
+        };
+        if i >= 20 {
+            let journal = b.store().unwrap().journal().clone();
+            let mut local = journal.watch_local();
+            local.wait_for(|l| *l >= index).await.unwrap();
+            assert!(b.synced() < index, "seen synced before a quorum had it");
+            journal.publish_committed(index);
+        }
+        b.wait_synced(index).await.unwrap();
+        let visible = b.queue_depth("queue://q") == Some(i as usize + 1);
+        let counted = live_in_segments(&b) == i + 1;
+        if visible && counted {
+            seen_dispatched += 1;
+        } else {
+            seen_early += 1;
+        }
+    }
+    assert_eq!(
+        seen_dispatched, 40,
+        "every commit seen found its message dispatched"
+    );
+    assert_eq!(seen_early, 0);
 }

@@ -6,6 +6,14 @@ use bytes::Bytes;
 
 use super::*;
 
+pub(super) fn to_dest(text: &str) -> Destination {
+    Destination::parse(text).expect("a valid destination")
+}
+
+pub(super) fn pattern(text: &str) -> DestinationPattern {
+    DestinationPattern::parse(text).expect("a valid pattern")
+}
+
 fn broker() -> Broker {
     Broker::new(BrokerSettings::default())
 }
@@ -25,14 +33,14 @@ fn msg(body: &str) -> Message {
 }
 
 fn send(s: &mut Session, dest: &str, m: Message) {
-    let t = s.target(dest).unwrap();
+    let t = s.target(&to_dest(dest)).unwrap();
     s.publish(&t, m).unwrap();
 }
 
 fn sub(s: &mut Session, id: u64, dest: &str, prefetch: u32) {
     s.subscribe(SubscribeSpec {
         subscription: id,
-        destination: dest.into(),
+        destination: pattern(dest),
         selector: String::new(),
         prefetch,
         priority: 0,
@@ -116,7 +124,7 @@ fn higher_priority_consumers_are_served_first() {
     sub(&mut low, 1, "queue://q", 100);
     high.subscribe(SubscribeSpec {
         subscription: 1,
-        destination: "queue://q".into(),
+        destination: pattern("queue://q"),
         selector: String::new(),
         prefetch: 3,
         priority: 5,
@@ -336,7 +344,7 @@ fn a_durable_subscription_keeps_messages_while_offline() {
     let mut p = b.open_session(None).unwrap();
     let durable = |id| SubscribeSpec {
         subscription: id,
-        destination: "topic://news".into(),
+        destination: pattern("topic://news"),
         selector: String::new(),
         prefetch: 100,
         priority: 0,
@@ -385,7 +393,7 @@ fn temporary_queues_belong_to_their_connection_and_die_with_it() {
     assert!(matches!(
         other.subscribe(SubscribeSpec {
             subscription: 1,
-            destination: name.clone(),
+            destination: pattern(&name),
             selector: String::new(),
             prefetch: 0,
             priority: 0,
@@ -397,9 +405,12 @@ fn temporary_queues_belong_to_their_connection_and_die_with_it() {
     send(&mut other, &name, msg("reply"));
     assert_eq!(bodies(&drain(&owner)), vec!["reply"]);
     drop(owner);
-    assert!(matches!(other.target(&name), Err(BrokerError::NotFound(_))));
     assert!(matches!(
-        other.target("temp-queue://never.made"),
+        other.target(&to_dest(&name)),
+        Err(BrokerError::NotFound(_))
+    ));
+    assert!(matches!(
+        other.target(&to_dest("temp-queue://never.made")),
         Err(BrokerError::NotFound(_))
     ));
 }
@@ -416,7 +427,7 @@ fn memory_limits_refuse_room_until_consumers_make_it() {
         ))
     });
     let mut p = b.open_session(None).unwrap();
-    let t = p.target("queue://small").unwrap();
+    let t = p.target(&to_dest("queue://small")).unwrap();
     let mut sent = 0;
     while p.has_room(&t, false) {
         p.publish(&t, msg(&"x".repeat(500))).unwrap();
@@ -426,7 +437,7 @@ fn memory_limits_refuse_room_until_consumers_make_it() {
         (4..=6).contains(&sent),
         "about 4 KiB of 750-byte messages: {sent}"
     );
-    let other = p.target("queue://other").unwrap();
+    let other = p.target(&to_dest("queue://other")).unwrap();
     assert!(
         p.has_room(&other, false),
         "only the full destination is refused"
@@ -451,7 +462,7 @@ fn no_local_subscriptions_skip_their_own_messages() {
     let mut s = b.open_session(None).unwrap();
     s.subscribe(SubscribeSpec {
         subscription: 1,
-        destination: "topic://chat".into(),
+        destination: pattern("topic://chat"),
         selector: String::new(),
         prefetch: 10,
         priority: 0,
@@ -472,7 +483,7 @@ fn refusals_are_typed() {
     sub(&mut s, 1, "queue://a", 1);
     let spec = |id: u64, dest: &str| SubscribeSpec {
         subscription: id,
-        destination: dest.into(),
+        destination: pattern(dest),
         selector: String::new(),
         prefetch: 0,
         priority: 0,
@@ -492,15 +503,16 @@ fn refusals_are_typed() {
         s.subscribe(spec(2, "queue://a.*")),
         Err(BrokerError::WildcardQueue("queue://a.*".into()))
     );
+    // A malformed destination is refused where it is parsed, before any subscribe sees it.
     assert!(matches!(
-        s.subscribe(spec(2, "nonsense")),
+        DestinationPattern::parse("nonsense").map_err(BrokerError::from),
         Err(BrokerError::Destination(_))
     ));
     assert_eq!(
         s.unsubscribe(5, false),
         Err(BrokerError::NoSuchSubscription(5))
     );
-    let t = s.target("queue://a").unwrap();
+    let t = s.target(&to_dest("queue://a")).unwrap();
     let mut m = msg("x");
     m.priority = 10;
     assert_eq!(s.publish(&t, m), Err(BrokerError::BadPriority(10)));
@@ -520,7 +532,7 @@ fn net_sub(s: &mut Session, id: u64, dest: &str, target: &str) {
     s.subscribe_network(
         SubscribeSpec {
             subscription: id,
-            destination: dest.into(),
+            destination: pattern(dest),
             selector: String::new(),
             prefetch: 100,
             priority: -5,
@@ -594,7 +606,7 @@ fn network_consumers_never_send_a_message_back_nor_past_its_ttl() {
     net.subscribe_network(
         SubscribeSpec {
             subscription: 1,
-            destination: "queue://q".into(),
+            destination: pattern("queue://q"),
             selector: String::new(),
             prefetch: 100,
             priority: -5,
@@ -630,7 +642,7 @@ fn a_parked_message_is_replayed_once_no_local_consumer_is_left() {
     net.subscribe_network(
         SubscribeSpec {
             subscription: 1,
-            destination: "queue://q".into(),
+            destination: pattern("queue://q"),
             selector: String::new(),
             prefetch: 100,
             priority: -8,

@@ -38,7 +38,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::transport::{self, IoEvent, Pump};
+use crate::transport::{self, Due, IoEvent, Liveness, Pump};
 use crate::wire::{self, proto, Body, Decoded, Frame, MessageRef};
 
 pub(crate) use self::failover::Backoff;
@@ -1748,23 +1748,18 @@ pub(crate) async fn run_connection(
 ) -> End {
     let broker_heartbeat = shared.info.read().heartbeat;
     let epoch = shared.epoch();
-    let mut last_read = Instant::now();
-    let mut last_write = Instant::now();
-    let mut tick = tokio::time::interval(
-        [heartbeat, broker_heartbeat]
-            .into_iter()
-            .filter(|d| !d.is_zero())
-            .min()
-            .unwrap_or(Duration::from_secs(20))
-            .min(Duration::from_secs(20))
-            / 2,
+    let mut liveness = Liveness::new(
+        tokio::time::Instant::now(),
+        Some(heartbeat),
+        Some(broker_heartbeat * BROKER_SILENT_INTERVALS),
     );
+    let timer = tokio::time::sleep_until(next_check(&liveness));
+    tokio::pin!(timer);
     // Set once the application closed the client: what is queued may still go out, for a
     // bounded time (a broker that stopped reading must not keep us spinning).
     let mut stopping: Option<Instant> = None;
     // Set once a failover client decided to leave this broker.
     let mut leaving: Option<Instant> = None;
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         take_outgoing(&shared, &mut pump);
         if let Some(since) = stopping {
@@ -1800,7 +1795,7 @@ pub(crate) async fn run_connection(
             _ = async { tokio::time::sleep(Duration::from_millis(100)).await }, if stopping.is_some() || leaving.is_some() => {}
             ev = pump.next_event(true, 256 * 1024, |cx| shared.poll_out(cx)) => match ev {
                 Ok(IoEvent::Read) => {
-                    last_read = Instant::now();
+                    liveness.read(tokio::time::Instant::now());
                     loop {
                         match wire::decode(&mut pump.rbuf, max_frame_size) {
                             Ok(Decoded::Frame(f)) => match on_frame(&shared, f, epoch) {
@@ -1819,27 +1814,37 @@ pub(crate) async fn run_connection(
                         }
                     }
                 }
-                Ok(IoEvent::Drained) => {
-                    last_write = Instant::now();
-                }
+                Ok(IoEvent::Drained) => liveness.wrote(tokio::time::Instant::now()),
                 Ok(IoEvent::Wake) => {}
                 Ok(IoEvent::Closed) if leaving.is_some() => return End::Left,
                 Ok(IoEvent::Closed) => return End::Lost(ClientError::Closed("the broker closed the connection".into())),
                 Err(e) => return End::Lost(ClientError::Closed(format!("socket error: {e}"))),
             },
-            _ = tick.tick() => {
+            _ = &mut timer => {
                 pump.shrink_idle();
-                let now = Instant::now();
-                if !broker_heartbeat.is_zero() && now.duration_since(last_read) > broker_heartbeat * 3 {
-                    return End::Lost(ClientError::Timeout(format!("no heartbeat from the broker for {:?}", broker_heartbeat * 3)));
+                match liveness.poll(tokio::time::Instant::now(), pump.wbuf.is_empty()) {
+                    Some(Due::Dead(silence)) => {
+                        return End::Lost(ClientError::Timeout(format!("no heartbeat from the broker for {silence:?}")));
+                    }
+                    Some(Due::Beat) => wire::encode(&wire::frame(Body::Heartbeat(proto::Heartbeat { receipt: 0 })), &mut pump.wbuf),
+                    None => {}
                 }
-                if !heartbeat.is_zero() && now.duration_since(last_write) >= heartbeat && pump.wbuf.is_empty() {
-                    wire::encode(&wire::frame(Body::Heartbeat(proto::Heartbeat { receipt: 0 })), &mut pump.wbuf);
-                    last_write = now;
-                }
+                timer.as_mut().reset(next_check(&liveness));
             }
         }
     }
+}
+
+/// Heartbeat intervals of the broker's silence after which a client gives its connection up.
+const BROKER_SILENT_INTERVALS: u32 = 3;
+/// Idle buffers are given back at least this often, heartbeats or not.
+const SHRINK_EVERY: Duration = Duration::from_secs(10);
+
+/// When the connection task must next look at its heartbeats (and idle buffers).
+fn next_check(liveness: &Liveness) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    let shrink = now + SHRINK_EVERY;
+    liveness.next_check(now).map_or(shrink, |at| at.min(shrink))
 }
 
 /// What a frame asks of the connection task.

@@ -23,7 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use rustc_hash::FxHashMap;
 use tokio::sync::broadcast;
 // The runtime's clock, so the heartbeat and retry rules can be tested on paused time.
@@ -31,11 +31,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
-    Delivery, Demand, DemandEvent, Destination, DestinationPattern, Message, NetworkFilter,
-    NetworkSpec, Published, Session, SubscribeSpec,
+    Admission, Delivery, Demand, DemandEvent, Destination, DestinationPattern, Draft, Message,
+    MessageBuilder, NetworkFilter, NetworkSpec, Published, Session, SubscribeSpec, SyncedQueue,
 };
 use crate::cluster::Cluster;
-use crate::transport::{IoEvent, Pump};
+use crate::transport::{Due, IoEvent, Liveness, Pump};
 use crate::wire::{self, proto, Body, Frame, MessageRef};
 
 use super::metrics::BridgeMetrics;
@@ -45,12 +45,10 @@ use super::routes::Routes;
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 const REFILL_BELOW: usize = 64 * 1024;
-/// Heartbeat intervals of silence after which the link is given up. Checked every quarter
-/// interval, a dead link goes at most 2.75 intervals after the peer's last byte — inside the
-/// 3 promised — while a live peer, which writes at least every 1.25 intervals, has twice
-/// that slack.
+/// Heartbeat intervals of silence after which the link is given up: a dead link goes 2.5
+/// intervals after the peer's last byte — inside the 3 promised — while a live peer, which
+/// writes at least every 1.25 intervals, has twice that slack.
 const SILENT_INTERVALS: f64 = 2.5;
-const CHECKS_PER_INTERVAL: u32 = 4;
 const FILL_TO: usize = 256 * 1024;
 
 /// What one side of a connector does, resolved from the topology.
@@ -166,12 +164,13 @@ pub(crate) struct Bridge {
     deliveries: VecDeque<Delivery>,
     /// Local demand advertised to the peer: demand id → the remote consumer id used.
     exported: HashMap<u64, String>,
-    /// Forward acknowledgements waiting for the journal: (index, forward id).
-    deferred: VecDeque<(u64, u64)>,
+    /// Builds imported messages (the same rules as a client's sends).
+    builder: MessageBuilder,
+    /// Acceptances of forwards waiting for the journal (by forward id), in arrival order.
+    acceptances: SyncedQueue<u64>,
     /// Forwards accepted during the current read batch, acknowledged together.
     accepted: Vec<u64>,
-    last_read: Instant,
-    last_write: Instant,
+    liveness: Liveness,
     /// Where the peer's load reports go, and this bridge's number there.
     cluster: (Arc<Cluster>, u64),
     last_load: Instant,
@@ -191,7 +190,6 @@ impl Bridge {
     ) -> Bridge {
         let now = Instant::now();
         Bridge {
-            cfg,
             pump,
             session,
             routes,
@@ -206,13 +204,27 @@ impl Bridge {
             next_forward: 1,
             deliveries: VecDeque::new(),
             exported: HashMap::new(),
-            deferred: VecDeque::new(),
+            builder: MessageBuilder::default(),
+            acceptances: SyncedQueue::default(),
             accepted: Vec::new(),
-            last_read: now,
-            last_write: now,
+            liveness: Liveness::new(
+                now,
+                Some(cfg.heartbeat),
+                Some(cfg.heartbeat.mul_f64(SILENT_INTERVALS)),
+            ),
             cluster,
             last_load: now,
+            cfg,
         }
+    }
+
+    /// When the loop must next look at the clock: heartbeats, silence, the load report.
+    fn next_timer(&self) -> Instant {
+        let load = self.last_load + LOAD_EVERY;
+        let now = Instant::now();
+        self.liveness
+            .next_check(now)
+            .map_or(load, |at| at.min(load))
     }
 
     /// Runs until the link fails, the peer goes silent, or `stop` fires; returns why.
@@ -245,22 +257,13 @@ impl Bridge {
         }
         let mut routes_rx =
             (self.cfg.forward && self.cfg.suppress_duplicate_queues).then(|| self.routes.watch());
-        let silence_limit = self.cfg.heartbeat.mul_f64(SILENT_INTERVALS);
-        let mut tick = tokio::time::interval(
-            (self.cfg.heartbeat.max(Duration::from_millis(40)) / CHECKS_PER_INTERVAL)
-                .min(LOAD_EVERY),
-        );
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let timer = tokio::time::sleep_until(self.next_timer());
+        tokio::pin!(timer);
         loop {
             self.fill();
             let outbox = self.session.outbox().clone();
             let broker = self.session.broker().clone();
-            let synced = async {
-                match (self.deferred.front(), broker.store()) {
-                    (Some((index, _)), Some(store)) => store.journal().wait_synced(*index).await,
-                    _ => std::future::pending().await,
-                }
-            };
+            let synced = self.acceptances.synced(&broker);
             let demand = async {
                 match demand_rx.as_mut() {
                     Some(rx) => rx.recv().await,
@@ -288,12 +291,12 @@ impl Bridge {
             tokio::select! {
                 ev = self.pump.next_event(true, REFILL_BELOW, |cx| outbox.poll_ready(cx)) => match ev {
                     Ok(IoEvent::Read) => {
-                        self.last_read = Instant::now();
+                        self.liveness.read(Instant::now());
                         if let Err(e) = self.process_frames() {
                             return e;
                         }
                     }
-                    Ok(IoEvent::Drained) => self.last_write = Instant::now(),
+                    Ok(IoEvent::Drained) => self.liveness.wrote(Instant::now()),
                     Ok(IoEvent::Wake) => {}
                     Ok(IoEvent::Closed) => return "the peer closed the connection".into(),
                     Err(e) => return format!("socket error: {e}"),
@@ -312,21 +315,22 @@ impl Bridge {
                 }
                 _ = routes_changed => self.hold_best_routes(),
                 _ = retry => self.resend_due(),
-                _ = tick.tick() => {
+                _ = &mut timer => {
                     self.pump.shrink_idle();
                     let now = Instant::now();
-                    if now.duration_since(self.last_read) > silence_limit {
-                        return format!("no heartbeat from {} for {silence_limit:?}", self.cfg.peer);
-                    }
-                    if now.duration_since(self.last_load) >= LOAD_EVERY {
+                    if now >= self.last_load + LOAD_EVERY {
                         self.last_load = now;
                         self.send_frame(Body::BrokerInfo(super::load_info(&self.cluster.0)));
-                        self.last_write = now;
+                        self.liveness.wrote(now);
                     }
-                    if now.duration_since(self.last_write) >= self.cfg.heartbeat && self.pump.wbuf.is_empty() {
-                        wire::encode(&wire::frame(Body::Heartbeat(proto::Heartbeat { receipt: 0 })), &mut self.pump.wbuf);
-                        self.last_write = now;
+                    match self.liveness.poll(now, self.pump.wbuf.is_empty()) {
+                        Some(Due::Dead(silence)) => {
+                            return format!("no heartbeat from {} for {silence:?}", self.cfg.peer);
+                        }
+                        Some(Due::Beat) => self.send_frame(Body::Heartbeat(proto::Heartbeat { receipt: 0 })),
+                        None => {}
                     }
+                    timer.as_mut().reset(self.next_timer());
                 }
                 _ = stop.cancelled() => {
                     let _ = tokio::time::timeout(Duration::from_secs(1), self.pump.flush_and_close()).await;
@@ -433,7 +437,7 @@ impl Bridge {
         self.next_sub += 1;
         let spec = SubscribeSpec {
             subscription: sub,
-            destination: destination.to_string(),
+            destination: pattern,
             selector: String::new(),
             prefetch: self.cfg.prefetch,
             priority: self.cfg.network_priority(priority, path.len()),
@@ -805,18 +809,26 @@ impl Bridge {
         let Some(send) = f.message else {
             return refuse(self, "a forward without a message".into(), false);
         };
-        let target = match self.session.target(&send.destination) {
+        let destination = match Destination::parse(&send.destination) {
+            Ok(d) => d,
+            Err(e) => return refuse(self, e.to_string(), false),
+        };
+        let target = match self.session.target(&destination) {
             Ok(t) => t,
             Err(e) => return refuse(self, e.to_string(), false),
         };
-        let msg = imported_message(
-            target.destination().clone(),
-            send,
-            f.broker_path,
-            f.targets,
-            f.redelivery_count,
-        );
-        if !self.session.has_room(&target, msg.persistent) {
+        let mut draft = Draft::from(send);
+        draft.broker_path = f.broker_path.into_iter().map(Arc::from).collect();
+        draft.targets =
+            (!f.targets.is_empty()).then(|| f.targets.into_iter().map(Arc::from).collect());
+        draft.redeliveries = f.redelivery_count;
+        let msg = match self.builder.build(draft) {
+            Ok(m) => m,
+            Err(e) => return refuse(self, e.to_string(), false),
+        };
+        // Full, whatever the destination's policy: a bridge never waits (its link carries
+        // other destinations too) and never drops; the sender tries again later.
+        if !matches!(self.session.admit(&target, msg.persistent), Admission::Now) {
             self.metrics.refused_full();
             return refuse(self, format!("{} is full here", target.destination()), true);
         }
@@ -842,37 +854,15 @@ impl Bridge {
 
     /// Acknowledges a forward now, or once the journal has synced `index`.
     fn accept(&mut self, forward_id: u64, index: u64) {
-        let waits = self
-            .deferred
-            .back()
-            .map(|(i, _)| *i)
-            .unwrap_or(0)
-            .max(index);
-        let synced = self
-            .session
-            .broker()
-            .store()
-            .map(|s| s.journal().synced())
-            .unwrap_or(u64::MAX);
-        if waits == 0 || (self.deferred.is_empty() && synced >= waits) {
-            self.accepted.push(forward_id);
-        } else {
-            self.deferred.push_back((waits, forward_id));
+        let broker = self.session.broker();
+        if let Some(now) = self.acceptances.push(broker, index, forward_id) {
+            self.accepted.push(now);
         }
     }
 
     fn release_acks(&mut self) {
-        let synced = self
-            .session
-            .broker()
-            .store()
-            .map(|s| s.journal().synced())
-            .unwrap_or(u64::MAX);
-        while self.deferred.front().is_some_and(|(i, _)| *i <= synced) {
-            if let Some((_, forward_id)) = self.deferred.pop_front() {
-                self.accepted.push(forward_id);
-            }
-        }
+        let broker = self.session.broker().clone();
+        self.accepted.extend(self.acceptances.release(&broker));
         self.flush_accepted();
     }
 
@@ -942,20 +932,7 @@ fn encode_forward(
     let targets: Vec<&str> = targets.iter().map(|g| &**g).collect();
     wire::encode_forward(
         forward_id,
-        &MessageRef {
-            destination: m.dest().as_str(),
-            body: &m.body,
-            headers: &m.headers,
-            persistent: m.persistent,
-            priority: m.priority as u32,
-            expires_at_ms: m.expires_at_ms,
-            producer_id: &m.producer_id,
-            sequence: m.sequence,
-            reply_to: &m.reply_to,
-            correlation_id: &m.correlation_id,
-            content_type: &m.content_type,
-            timestamp_ms: m.timestamp_ms,
-        },
+        &MessageRef::from(m),
         &path,
         redeliveries,
         &targets,
@@ -964,38 +941,11 @@ fn encode_forward(
     );
 }
 
-/// A forwarded message as this broker keeps it (on `destination`, already resolved).
-fn imported_message(
-    destination: Destination,
-    s: proto::Send,
-    path: Vec<String>,
-    targets: Vec<String>,
-    redeliveries: u32,
-) -> Message {
-    Message {
-        destination: Some(destination),
-        body: Bytes::copy_from_slice(&s.body),
-        headers: wire::headers_from_wire(s.headers),
-        persistent: s.persistent,
-        priority: s.priority.min(9) as u8,
-        expires_at_ms: s.expires_at_ms,
-        producer_id: s.producer_id,
-        sequence: s.sequence,
-        reply_to: s.reply_to,
-        correlation_id: s.correlation_id,
-        content_type: s.content_type,
-        timestamp_ms: s.timestamp_ms,
-        broker_path: path.into_iter().map(Arc::from).collect(),
-        targets: (!targets.is_empty()).then(|| targets.into_iter().map(Arc::from).collect()),
-        redeliveries,
-        ..Message::default()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::broker::{Broker, BrokerSettings};
+    use bytes::Bytes;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     const HEARTBEAT: Duration = Duration::from_secs(1);

@@ -1,24 +1,35 @@
-//! The protocol-neutral half of a client connection: one task that reads frames, writes
-//! deliveries and replies, applies producer flow control, holds receipts until the journal has
-//! synced what they confirm, keeps heartbeats, and honours shutdown. A protocol (native,
-//! STOMP) plugs in through [`Protocol`]: it turns frames into broker calls and [`Reply`]s, and
-//! encodes what goes out; it never touches the socket.
+//! The protocol-neutral half of a client connection: one task that reads frames, applies the
+//! requests they carry, writes deliveries and replies, keeps heartbeats, and honours shutdown.
+//!
+//! A protocol plugs in through [`Codec`]: it decodes its frames into [`Request`]s and encodes
+//! deliveries, receipts, errors and heartbeats; it never touches the socket or the broker.
+//! [`Connection::apply`] is the one place a request takes effect, for every protocol:
+//! authorize → resolve the destination (once; the codec parsed it) → flow control (plain and
+//! transactional sends alike) → publish or stage → receipt. Receipts of journaled work wait in
+//! a [`SyncedQueue`] until the journal has synced it, and go out in the order the frames came.
+//! Owns: the connection's transactions, its blocked send, its held receipts. Must not touch:
+//! the journal (the broker's durability facade stands for it) or bytes (the codec's).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::time::Instant as TokioInstant;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{BrokerError, Delivery, Message, OnFull, Published, Session, Target};
+use crate::broker::{
+    Admission, BrokerError, Delivery, Destination, DestinationPattern, Message, MessageBuilder,
+    Published, Session, SyncedQueue, Target,
+};
 use crate::cluster::Registration;
 use crate::metrics::{LatencyBatch, DISPATCH_LATENCY_HISTOGRAM, END_TO_END_LATENCY_HISTOGRAM};
 use crate::security::{Action, Principal};
-use crate::transport::{IoEvent, Pump};
+use crate::store::StoreError;
+use crate::transport::{Due, IoEvent, Liveness, Pump};
 use crate::wire::proto::{self, ErrorCode};
 
+use super::request::{Refusal, Request, SendRequest, TxName};
 use super::ConnCtx;
 
 /// Deliveries are moved from the outbox into the write buffer while it holds less than this.
@@ -27,56 +38,27 @@ const REFILL_BELOW: usize = 64 * 1024;
 const FILL_TO: usize = 256 * 1024;
 /// A peer that does not read while we owe it more than this stops being read from.
 const WRITE_BACKLOG_LIMIT: usize = 8 * 1024 * 1024;
+/// Idle buffers are given back at least this often, heartbeats or not.
+const SHRINK_EVERY: Duration = Duration::from_secs(10);
 
-/// What a protocol asks the driver to do after a frame.
-// Not boxed: a reply lives for microseconds in a reused Vec, and boxing `Publish` would cost an
-// allocation per message.
+/// What a codec found at the front of the read buffer.
+// Not boxed: a request lives for microseconds between decode and apply, and boxing a send
+// would cost an allocation per message.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub(crate) enum Reply<R> {
-    /// Confirm a frame now (after any receipts still waiting, to keep order).
-    Receipt(R),
-    /// Confirm once the journal has synced this index.
-    ReceiptAfter(u64, R),
-    /// Tell the peer something went wrong; `fatal` closes the connection after it.
-    Error {
-        code: ErrorCode,
-        message: String,
-        receipt: Option<R>,
-        fatal: bool,
-    },
-    /// Accept a message (flow control applies; ACLs were checked by the protocol).
-    Publish {
-        target: Target,
-        message: Message,
-        receipt: Option<R>,
-    },
-    /// The client said goodbye: close once every receipt is out.
-    Disconnect,
-}
-
-/// A frame decoded by a protocol.
-pub(crate) enum Decoded<F> {
-    Frame(F),
+pub(crate) enum Inbound<R> {
+    Request(Request<R>),
     /// Something that only shows the peer is alive (a heartbeat).
     Alive,
     NeedMore,
 }
 
-/// One wire protocol's side of a connection.
-pub(crate) trait Protocol: Send + 'static {
-    type Frame: Send;
+/// One wire protocol's side of a connection: bytes to requests, and replies to bytes.
+pub(crate) trait Codec: Send + 'static {
     type Receipt: Send + std::fmt::Debug;
 
     /// Takes one frame off the buffer; an error closes the connection (after `encode_error`).
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded<Self::Frame>, (ErrorCode, String)>;
-    /// Acts on a frame.
-    fn handle(
-        &mut self,
-        frame: Self::Frame,
-        cx: &mut Cx<'_>,
-        replies: &mut Vec<Reply<Self::Receipt>>,
-    );
+    fn decode(&mut self, buf: &mut BytesMut)
+        -> Result<Inbound<Self::Receipt>, (ErrorCode, String)>;
     /// Writes a delivery; returns true when the protocol acknowledges it as it is written
     /// (STOMP `ack:auto`).
     fn encode_delivery(&mut self, d: &Delivery, out: &mut BytesMut) -> bool;
@@ -101,64 +83,33 @@ pub(crate) trait Protocol: Send + 'static {
     fn resend_advice(&self) -> &'static str {
         "resend it with the same producer id and sequence to be safe"
     }
-    /// The connection is ending: undo what must not outlive it (open transactions).
-    fn on_close(&mut self, _cx: &mut Cx<'_>) {}
-}
-
-/// What a protocol may use while handling a frame.
-pub(crate) struct Cx<'a> {
-    pub session: &'a mut Session,
-    pub ctx: &'a ConnCtx,
-    pub principal: &'a Principal,
-}
-
-impl Cx<'_> {
-    /// Checks an ACL action on a destination; creating a destination that does not exist yet
-    /// also needs `Admin`.
-    pub fn authorize(&self, action: Action, destination: &str) -> Result<(), String> {
-        let Some(authz) = &self.ctx.authorizer else {
-            return Ok(());
-        };
-        let pattern =
-            crate::broker::DestinationPattern::parse(destination).map_err(|e| e.to_string())?;
-        authz
-            .check_pattern(self.principal, action, &pattern)
-            .map_err(|d| d.to_string())?;
-        let Some(concrete) = pattern.as_destination() else {
-            return Ok(());
-        };
-        if !concrete.kind().is_temp() && !self.session.broker().destination_exists(&concrete) {
-            authz
-                .check(self.principal, Action::Admin, &concrete)
-                .map_err(|d| d.to_string())?;
-        }
-        Ok(())
-    }
+    /// A transaction's acknowledgements `(subscription, tag)` took effect at its commit.
+    fn committed_acks(&mut self, _acks: &[(u64, u64)]) {}
 }
 
 /// A transaction's staged work, native and STOMP alike.
 #[derive(Debug, Default)]
-pub(crate) struct Tx {
-    pub sends: Vec<(Target, Message)>,
-    pub acks: Vec<(u64, u64)>,
-    pub nacks: Vec<(u64, u64)>,
+struct Tx {
+    sends: Vec<(Target, Message)>,
+    acks: Vec<(u64, u64)>,
+    nacks: Vec<(u64, u64)>,
 }
 
 impl Tx {
     /// Applies the transaction: its sends and acknowledgements take effect together, its
     /// nacks after. Returns the journal index a receipt must wait for (0: none).
-    pub fn commit(self, cx: &mut Cx<'_>) -> u64 {
-        let index = cx.session.commit(self.sends, &self.acks);
+    fn commit(self, session: &mut Session) -> u64 {
+        let index = session.commit(self.sends, &self.acks);
         for (sub, tag) in self.nacks {
-            let _ = cx.session.nack(sub, &[tag]);
+            let _ = session.nack(sub, &[tag]);
         }
         index
     }
 
     /// Undoes the transaction: its sends vanish; what it acknowledged is redelivered.
-    pub fn abort(self, cx: &mut Cx<'_>) {
+    fn abort(self, session: &mut Session) {
         for (sub, tag) in self.acks.into_iter().chain(self.nacks) {
-            let _ = cx.session.nack(sub, &[tag]);
+            let _ = session.nack(sub, &[tag]);
         }
     }
 }
@@ -184,31 +135,36 @@ pub(crate) fn error_code(e: &BrokerError) -> ErrorCode {
     }
 }
 
-/// A send waiting for room (producer flow control).
-struct Blocked<R> {
+fn no_transaction(name: &TxName) -> String {
+    format!("no open transaction {name} on this connection: begin it first")
+}
+
+/// A send past authorization, resolved and built, waiting for room or about to be taken.
+struct Accepted<R> {
     target: Target,
     message: Message,
+    transaction: Option<TxName>,
     receipt: Option<R>,
 }
 
-pub(crate) struct Driver<P: Protocol> {
-    pub proto: P,
+/// One client connection: its protocol codec, socket, broker session and state.
+pub(crate) struct Connection<C: Codec> {
+    pub codec: C,
     pump: Pump,
     session: Session,
     ctx: Arc<ConnCtx>,
     principal: Principal,
+    builder: MessageBuilder,
+    /// Open transactions, by the client's name for them.
+    txs: HashMap<TxName, Tx>,
     deliveries: VecDeque<Delivery>,
-    blocked: Option<Blocked<P::Receipt>>,
-    /// Receipts waiting for the journal: (index, when the send was taken, receipt). The
-    /// quorum timeout of a replicated group counts from when the send was taken.
-    deferred: VecDeque<(u64, tokio::time::Instant, P::Receipt)>,
+    /// A send waiting for room (producer flow control); no frame is read meanwhile.
+    blocked: Option<Accepted<C::Receipt>>,
+    /// Receipts waiting for the journal, in frame order.
+    receipts: SyncedQueue<C::Receipt>,
     closing: Option<&'static str>,
     disconnecting: bool,
-    last_read: Instant,
-    last_write: Instant,
-    /// How often we write when idle, and how long the peer may be silent (None: no limit).
-    heartbeat_out: Option<Duration>,
-    peer_silence: Option<Duration>,
+    liveness: Liveness,
     /// The connection's place in the cluster registry: its pushes, and the signal that a
     /// failover reconnect of the same client took over.
     registration: Option<Registration>,
@@ -218,32 +174,32 @@ pub(crate) struct Driver<P: Protocol> {
     consumers: usize,
 }
 
-impl<P: Protocol> Driver<P> {
+impl<C: Codec> Connection<C> {
+    /// `heartbeat_out`: how often we write when idle; `peer_silence`: how long the peer may be
+    /// silent (each protocol's own grace over the interval the client announced).
     pub fn new(
-        proto: P,
+        codec: C,
         pump: Pump,
         session: Session,
         ctx: Arc<ConnCtx>,
         principal: Principal,
         heartbeat_out: Option<Duration>,
         peer_silence: Option<Duration>,
-    ) -> Driver<P> {
-        let now = Instant::now();
-        Driver {
-            proto,
+    ) -> Connection<C> {
+        Connection {
+            codec,
             pump,
             session,
             ctx,
             principal,
+            builder: MessageBuilder::default(),
+            txs: HashMap::new(),
             deliveries: VecDeque::new(),
             blocked: None,
-            deferred: VecDeque::new(),
+            receipts: SyncedQueue::default(),
             closing: None,
             disconnecting: false,
-            last_read: now,
-            last_write: now,
-            heartbeat_out,
-            peer_silence,
+            liveness: Liveness::new(Instant::now(), heartbeat_out, peer_silence),
             registration: None,
             producing: false,
             consumers: 0,
@@ -251,20 +207,17 @@ impl<P: Protocol> Driver<P> {
     }
 
     /// Ties the connection to its place in the cluster registry (pushes, takeover).
-    pub fn with_registration(mut self, registration: Registration) -> Driver<P> {
+    pub fn with_registration(mut self, registration: Registration) -> Connection<C> {
         self.registration = Some(registration);
         self
     }
 
-    fn next_heartbeat_check(&self) -> TokioInstant {
-        // At least this often, so idle buffers are given back even without heartbeats.
-        let far = Instant::now() + Duration::from_secs(10);
-        let out = self
-            .heartbeat_out
-            .map(|h| self.last_write + h)
-            .unwrap_or(far);
-        let inbound = self.peer_silence.map(|s| self.last_read + s).unwrap_or(far);
-        TokioInstant::from_std(out.min(inbound))
+    fn next_timer(&self) -> Instant {
+        let now = Instant::now();
+        let shrink = now + SHRINK_EVERY;
+        self.liveness
+            .next_check(now)
+            .map_or(shrink, |at| at.min(shrink))
     }
 
     /// Serves the connection until it ends; returns why.
@@ -276,12 +229,10 @@ impl<P: Protocol> Driver<P> {
 
     /// Undoes what must not outlive the connection and closes the session (idempotent).
     fn end_session(&mut self) {
-        let mut cx = Cx {
-            session: &mut self.session,
-            ctx: &self.ctx,
-            principal: &self.principal,
-        };
-        self.proto.on_close(&mut cx);
+        for (_, tx) in std::mem::take(&mut self.txs) {
+            tx.abort(&mut self.session);
+        }
+        self.blocked = None;
         self.deliveries.clear();
         self.session.close();
         self.count_consumers(0);
@@ -308,12 +259,12 @@ impl<P: Protocol> Driver<P> {
     }
 
     async fn run_loop(&mut self, shutdown: &CancellationToken) -> &'static str {
-        let heartbeat = tokio::time::sleep_until(self.next_heartbeat_check());
-        tokio::pin!(heartbeat);
+        let timer = tokio::time::sleep_until(self.next_timer());
+        tokio::pin!(timer);
         // Frames may already be buffered behind the handshake.
         self.process_frames();
         loop {
-            if self.disconnecting && self.deferred.is_empty() && self.closing.is_none() {
+            if self.disconnecting && self.receipts.is_empty() && self.closing.is_none() {
                 self.closing = Some("client disconnected");
             }
             if let Some(reason) = self.closing {
@@ -334,27 +285,14 @@ impl<P: Protocol> Driver<P> {
             let blocked = self
                 .blocked
                 .as_ref()
-                .map(|b| (b.target.counters().clone(), b.message.persistent));
+                .map(|b| (b.target.clone(), b.message.persistent));
             let room = async {
-                match (&blocked, broker.store()) {
-                    (Some((_, true)), Some(store)) => {
-                        // The journal frees room as consumers acknowledge and segments go.
-                        while !store.journal().has_room() {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                    (Some((c, _)), _) => broker.memory().wait_for_room(c).await,
-                    (None, _) => std::future::pending().await,
+                match &blocked {
+                    Some((target, persistent)) => broker.wait_room(target, *persistent).await,
+                    None => std::future::pending().await,
                 }
             };
-            let synced = async {
-                match (self.deferred.front(), broker.store()) {
-                    (Some((index, since, _)), Some(store)) => {
-                        store.journal().wait_synced_since(*index, *since).await
-                    }
-                    _ => std::future::pending().await,
-                }
-            };
+            let synced = self.receipts.synced(&broker);
             let kicked = self.registration.as_ref().map(|r| r.kicked());
             let replaced = async {
                 match &kicked {
@@ -371,7 +309,7 @@ impl<P: Protocol> Driver<P> {
             };
             tokio::select! {
                 control = pushed => {
-                    self.proto.encode_control(control, &mut self.pump.wbuf);
+                    self.codec.encode_control(control, &mut self.pump.wbuf);
                 }
                 _ = replaced, if self.closing.is_none() => {
                     self.error(ErrorCode::ClientIdInUse, "a newer connection of this client took over (failover reconnect)", None, true);
@@ -382,10 +320,10 @@ impl<P: Protocol> Driver<P> {
                     None => std::task::Poll::Pending,
                 }) => match ev {
                     Ok(IoEvent::Read) => {
-                        self.last_read = Instant::now();
+                        self.liveness.read(Instant::now());
                         self.process_frames();
                     }
-                    Ok(IoEvent::Drained) => self.last_write = Instant::now(),
+                    Ok(IoEvent::Drained) => self.liveness.wrote(Instant::now()),
                     Ok(IoEvent::Wake) => {}
                     Ok(IoEvent::Closed) => return "peer closed",
                     Err(_) => return "socket error",
@@ -395,9 +333,9 @@ impl<P: Protocol> Driver<P> {
                     self.process_frames();
                 }
                 result = synced => self.release_receipts(result),
-                _ = &mut heartbeat => {
-                    self.on_heartbeat_timer();
-                    heartbeat.as_mut().reset(self.next_heartbeat_check());
+                _ = &mut timer => {
+                    self.on_timer();
+                    timer.as_mut().reset(self.next_timer());
                 }
                 _ = shutdown.cancelled(), if self.closing.is_none() => {
                     self.error(ErrorCode::ShuttingDown, "the broker is shutting down; reconnect to another member", None, true);
@@ -407,13 +345,15 @@ impl<P: Protocol> Driver<P> {
         }
     }
 
-    fn on_heartbeat_timer(&mut self) {
+    fn on_timer(&mut self) {
         // Buffers a burst grew are given back here, not after every write: a busy connection
         // would otherwise drop and regrow them all the time.
         self.pump.shrink_idle();
-        let now = Instant::now();
-        if let Some(silence) = self.peer_silence {
-            if now >= self.last_read + silence {
+        match self
+            .liveness
+            .poll(Instant::now(), self.pump.wbuf.is_empty())
+        {
+            Some(Due::Dead(silence)) => {
                 self.error(
                     ErrorCode::Timeout,
                     &format!("nothing received from the client for {silence:?} (heartbeats)"),
@@ -421,14 +361,9 @@ impl<P: Protocol> Driver<P> {
                     true,
                 );
                 self.closing = Some("heartbeat timeout");
-                return;
             }
-        }
-        if let Some(h) = self.heartbeat_out {
-            if now >= self.last_write + h && self.pump.wbuf.is_empty() {
-                self.proto.encode_heartbeat(&mut self.pump.wbuf);
-                self.last_write = now;
-            }
+            Some(Due::Beat) => self.codec.encode_heartbeat(&mut self.pump.wbuf),
+            None => {}
         }
     }
 
@@ -451,7 +386,7 @@ impl<P: Protocol> Driver<P> {
             let Some(d) = self.deliveries.pop_front() else {
                 break;
             };
-            if self.proto.encode_delivery(&d, &mut self.pump.wbuf) {
+            if self.codec.encode_delivery(&d, &mut self.pump.wbuf) {
                 ack_on_write.entry(d.subscription).or_default().push(d.tag);
             }
             // Redeliveries would report how long the first consumer held them, not dispatch.
@@ -476,32 +411,26 @@ impl<P: Protocol> Driver<P> {
         }
     }
 
-    fn error(&mut self, code: ErrorCode, message: &str, receipt: Option<&P::Receipt>, fatal: bool) {
-        let fatal = fatal || self.proto.errors_are_fatal();
-        self.proto
+    fn error(&mut self, code: ErrorCode, message: &str, receipt: Option<&C::Receipt>, fatal: bool) {
+        let fatal = fatal || self.codec.errors_are_fatal();
+        self.codec
             .encode_error(code, message, receipt, fatal, &mut self.pump.wbuf);
         if fatal && self.closing.is_none() {
             self.closing = Some("error");
         }
     }
 
+    /// Tells the client the broker refused what it asked.
+    fn refuse(&mut self, e: &BrokerError, receipt: Option<C::Receipt>) {
+        self.error(error_code(e), &e.to_string(), receipt.as_ref(), false);
+    }
+
     fn process_frames(&mut self) {
-        let mut replies = Vec::new();
         while self.blocked.is_none() && self.closing.is_none() && !self.disconnecting {
-            match self.proto.decode(&mut self.pump.rbuf) {
-                Ok(Decoded::Frame(f)) => {
-                    let mut cx = Cx {
-                        session: &mut self.session,
-                        ctx: &self.ctx,
-                        principal: &self.principal,
-                    };
-                    self.proto.handle(f, &mut cx, &mut replies);
-                    for r in replies.drain(..) {
-                        self.apply(r);
-                    }
-                }
-                Ok(Decoded::Alive) => {}
-                Ok(Decoded::NeedMore) => return,
+            match self.codec.decode(&mut self.pump.rbuf) {
+                Ok(Inbound::Request(r)) => self.apply(r),
+                Ok(Inbound::Alive) => {}
+                Ok(Inbound::NeedMore) => return,
                 Err((code, message)) => {
                     self.ctx.metrics.bad_frame();
                     self.error(code, &message, None, true);
@@ -511,74 +440,294 @@ impl<P: Protocol> Driver<P> {
         }
     }
 
-    fn apply(&mut self, reply: Reply<P::Receipt>) {
-        match reply {
-            Reply::Receipt(r) => self.receipt_after(0, r),
-            Reply::ReceiptAfter(index, r) => self.receipt_after(index, r),
-            Reply::Error {
-                code,
-                message,
+    /// Checks an ACL action on a destination or pattern; creating a destination that does
+    /// not exist yet also needs `Admin`.
+    fn authorize(&self, action: Action, pattern: &DestinationPattern) -> Result<(), String> {
+        let Some(concrete) = pattern.as_destination() else {
+            return self.authorize_pattern(action, pattern);
+        };
+        self.authorize_destination(action, &concrete)
+    }
+
+    fn authorize_pattern(
+        &self,
+        action: Action,
+        pattern: &DestinationPattern,
+    ) -> Result<(), String> {
+        let Some(authz) = &self.ctx.authorizer else {
+            return Ok(());
+        };
+        authz
+            .check_pattern(&self.principal, action, pattern)
+            .map_err(|d| d.to_string())
+    }
+
+    fn authorize_destination(&self, action: Action, dest: &Destination) -> Result<(), String> {
+        let Some(authz) = &self.ctx.authorizer else {
+            return Ok(());
+        };
+        authz
+            .check(&self.principal, action, dest)
+            .map_err(|d| d.to_string())?;
+        if !dest.kind().is_temp() && !self.session.broker().destination_exists(dest) {
+            authz
+                .check(&self.principal, Action::Admin, dest)
+                .map_err(|d| d.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Does what one request asks: the only place requests take effect, for every protocol.
+    fn apply(&mut self, request: Request<C::Receipt>) {
+        match request {
+            Request::Send(send) => self.on_send(send),
+            Request::Subscribe { spec, receipt } => {
+                if let Err(denied) = self.authorize(Action::Read, &spec.destination) {
+                    self.ctx.metrics.denied();
+                    return self.error(ErrorCode::Forbidden, &denied, receipt.as_ref(), false);
+                }
+                let before = self.session.last_record();
+                match self.session.subscribe(spec) {
+                    Ok(()) => self.receipt_after(self.session.record_since(before), receipt),
+                    Err(e) => self.refuse(&e, receipt),
+                }
+            }
+            Request::Unsubscribe {
+                subscription,
+                remove_durable,
                 receipt,
-                fatal,
-            } => self.error(code, &message, receipt.as_ref(), fatal),
-            Reply::Publish {
-                target,
-                message,
+            } => {
+                let before = self.session.last_record();
+                match self.session.unsubscribe(subscription, remove_durable) {
+                    Ok(()) => self.receipt_after(self.session.record_since(before), receipt),
+                    Err(e) => self.refuse(&e, receipt),
+                }
+            }
+            Request::Ack {
+                subscription,
+                up_to,
+                tags,
+                transaction: Some(name),
                 receipt,
-            } => self.send(target, message, receipt),
-            Reply::Disconnect => {
+            } => {
+                let Some(tx) = self.txs.get_mut(&name) else {
+                    return self.error(
+                        ErrorCode::NotFound,
+                        &no_transaction(&name),
+                        receipt.as_ref(),
+                        false,
+                    );
+                };
+                if up_to != 0 {
+                    return self.error(
+                        ErrorCode::Invalid,
+                        "inside a transaction, acknowledge deliveries by their tags (not up_to)",
+                        receipt.as_ref(),
+                        false,
+                    );
+                }
+                tx.acks.extend(tags.iter().map(|tag| (subscription, *tag)));
+                self.receipt_after(0, receipt);
+            }
+            Request::Ack {
+                subscription,
+                up_to,
+                tags,
+                transaction: None,
+                receipt,
+            } => match self.session.ack(subscription, up_to, &tags) {
+                Ok(_) => self.receipt_after(0, receipt),
+                Err(e) => self.refuse(&e, receipt),
+            },
+            Request::Nack {
+                subscription,
+                tags,
+                transaction: Some(name),
+                receipt,
+            } => {
+                let Some(tx) = self.txs.get_mut(&name) else {
+                    return self.error(
+                        ErrorCode::NotFound,
+                        &no_transaction(&name),
+                        receipt.as_ref(),
+                        false,
+                    );
+                };
+                tx.nacks.extend(tags.iter().map(|tag| (subscription, *tag)));
+                self.receipt_after(0, receipt);
+            }
+            Request::Nack {
+                subscription,
+                tags,
+                transaction: None,
+                receipt,
+            } => match self.session.nack(subscription, &tags) {
+                Ok(_) => self.receipt_after(0, receipt),
+                Err(e) => self.refuse(&e, receipt),
+            },
+            Request::Begin {
+                transaction,
+                receipt,
+            } => {
+                if self.txs.contains_key(&transaction) {
+                    return self.error(
+                        ErrorCode::Invalid,
+                        &format!("transaction {transaction} is already open"),
+                        receipt.as_ref(),
+                        false,
+                    );
+                }
+                self.txs.insert(transaction, Tx::default());
+                self.receipt_after(0, receipt);
+            }
+            Request::Commit {
+                transaction,
+                receipt,
+            } => match self.txs.remove(&transaction) {
+                Some(tx) => {
+                    self.codec.committed_acks(&tx.acks);
+                    let index = tx.commit(&mut self.session);
+                    self.receipt_after(index, receipt);
+                }
+                None => self.error(
+                    ErrorCode::NotFound,
+                    &no_transaction(&transaction),
+                    receipt.as_ref(),
+                    false,
+                ),
+            },
+            Request::Abort {
+                transaction,
+                receipt,
+            } => match self.txs.remove(&transaction) {
+                Some(tx) => {
+                    tx.abort(&mut self.session);
+                    self.receipt_after(0, receipt);
+                }
+                None => self.error(
+                    ErrorCode::NotFound,
+                    &no_transaction(&transaction),
+                    receipt.as_ref(),
+                    false,
+                ),
+            },
+            Request::Ping { receipt } => self.receipt_after(0, Some(receipt)),
+            Request::Disconnect { receipt } => {
+                self.receipt_after(0, receipt);
                 // A client may reconnect (with the same client id, to the same durable
                 // subscriptions) the moment it reads its DISCONNECT receipt, which is written
                 // after this: the session ends now, not once the socket has closed.
                 self.end_session();
                 self.disconnecting = true;
             }
-        }
-    }
-
-    /// Accepts a message, or waits for room, or refuses it, per the destination's `on_full`.
-    fn send(&mut self, target: Target, message: Message, receipt: Option<P::Receipt>) {
-        if !self.session.has_room(&target, message.persistent) {
-            match target.on_full() {
-                OnFull::Fail => {
-                    let e = self.session.full_error(&target, message.persistent);
+            Request::Refuse { refusal, receipt } => match refusal {
+                Refusal::BadFrame {
+                    code,
+                    message,
+                    fatal,
+                } => {
+                    self.ctx.metrics.bad_frame();
+                    self.error(code, &message, receipt.as_ref(), fatal);
+                }
+                Refusal::Invalid { code, message } => {
+                    self.error(code, &message, receipt.as_ref(), false)
+                }
+                Refusal::Send(e) => {
                     self.ctx.metrics.send_refused(&e);
-                    self.error(error_code(&e), &e.to_string(), receipt.as_ref(), false);
-                    return;
+                    self.refuse(&e, receipt);
                 }
-                OnFull::Block => {
-                    self.ctx.metrics.producer_blocked();
-                    self.blocked = Some(Blocked {
-                        target,
-                        message,
-                        receipt,
-                    });
-                    return;
-                }
-            }
+            },
         }
-        self.publish(&target, message, receipt);
     }
 
-    fn publish(&mut self, target: &Target, message: Message, receipt: Option<P::Receipt>) {
-        match self.session.publish(target, message) {
-            Ok(Published::Accepted) | Ok(Published::Duplicate) => {
-                self.ctx.metrics.received();
-                self.count_producer();
-                if let Some(r) = receipt {
-                    self.receipt_after(0, r);
-                }
+    /// A send: authorized, resolved, built, then through flow control — transactional or not.
+    fn on_send(&mut self, send: SendRequest<C::Receipt>) {
+        let SendRequest {
+            destination,
+            draft,
+            transaction,
+            receipt,
+        } = send;
+        if let Err(denied) = self.authorize_destination(Action::Write, &destination) {
+            self.ctx.metrics.denied();
+            return self.error(ErrorCode::Forbidden, &denied, receipt.as_ref(), false);
+        }
+        let target = match self.session.target(&destination) {
+            Ok(t) => t,
+            Err(e) => {
+                self.ctx.metrics.send_refused(&e);
+                return self.refuse(&e, receipt);
             }
-            Ok(Published::Pending(index)) => {
+        };
+        let message = match self.builder.build(draft) {
+            Ok(m) => m,
+            Err(e) => {
+                self.ctx.metrics.send_refused(&e);
+                return self.refuse(&e, receipt);
+            }
+        };
+        if let Some(name) = &transaction {
+            if !self.txs.contains_key(name) {
+                let message = no_transaction(name);
+                return self.error(ErrorCode::NotFound, &message, receipt.as_ref(), false);
+            }
+        }
+        let send = Accepted {
+            target,
+            message,
+            transaction,
+            receipt,
+        };
+        match self.session.admit(&send.target, send.message.persistent) {
+            Admission::Now => self.take(send),
+            Admission::Wait => {
+                self.ctx.metrics.producer_blocked();
+                self.blocked = Some(send);
+            }
+            Admission::Refuse(e) => {
+                self.ctx.metrics.send_refused(&e);
+                self.refuse(&e, send.receipt);
+            }
+        }
+    }
+
+    /// Takes a send that has room: stages it in its transaction, or publishes it.
+    fn take(&mut self, send: Accepted<C::Receipt>) {
+        let Accepted {
+            target,
+            message,
+            transaction,
+            receipt,
+        } = send;
+        if let Some(name) = transaction {
+            return match self.session.stage(&target, message) {
+                Ok(staged) => {
+                    self.ctx.metrics.received();
+                    self.count_producer();
+                    if let Some(tx) = self.txs.get_mut(&name) {
+                        tx.sends.extend(staged);
+                    }
+                    self.receipt_after(0, receipt);
+                }
+                Err(e) => {
+                    self.ctx.metrics.send_refused(&e);
+                    self.refuse(&e, receipt);
+                }
+            };
+        }
+        match self.session.publish(&target, message) {
+            Ok(published) => {
                 self.ctx.metrics.received();
                 self.count_producer();
-                if let Some(r) = receipt {
-                    self.receipt_after(index, r);
-                }
+                let index = match published {
+                    Published::Pending(index) => index,
+                    Published::Accepted | Published::Duplicate => 0,
+                };
+                self.receipt_after(index, receipt);
             }
             Err(e) => {
                 self.ctx.metrics.send_refused(&e);
-                self.error(error_code(&e), &e.to_string(), receipt.as_ref(), false);
+                self.refuse(&e, receipt);
             }
         }
     }
@@ -586,7 +735,7 @@ impl<P: Protocol> Driver<P> {
     fn retry_blocked(&mut self) {
         if let Some(b) = self.blocked.take() {
             if self.session.has_room(&b.target, b.message.persistent) {
-                self.publish(&b.target, b.message, b.receipt);
+                self.take(b);
             } else {
                 self.blocked = Some(b);
             }
@@ -595,48 +744,31 @@ impl<P: Protocol> Driver<P> {
 
     /// Sends a receipt once the journal has synced `index` (0: nothing to wait for), in the
     /// order the frames arrived.
-    fn receipt_after(&mut self, index: u64, receipt: P::Receipt) {
-        let waits = self
-            .deferred
-            .back()
-            .map(|(i, _, _)| *i)
-            .unwrap_or(0)
-            .max(index);
-        let synced = self
-            .session
-            .broker()
-            .store()
-            .map(|s| s.journal().synced())
-            .unwrap_or(u64::MAX);
-        if waits == 0 || (self.deferred.is_empty() && synced >= waits) {
-            self.proto.encode_receipt(&receipt, &mut self.pump.wbuf);
-        } else {
-            self.deferred
-                .push_back((waits, tokio::time::Instant::now(), receipt));
+    fn receipt_after(&mut self, index: u64, receipt: Option<C::Receipt>) {
+        let Some(receipt) = receipt else {
+            return;
+        };
+        let broker = self.session.broker();
+        if let Some(now) = self.receipts.push(broker, index, receipt) {
+            self.codec.encode_receipt(&now, &mut self.pump.wbuf);
         }
     }
 
-    /// Sends the deferred receipts the journal has synced (errors if the journal failed).
-    fn release_receipts(&mut self, result: Result<(), crate::store::StoreError>) {
-        let synced = self
-            .session
-            .broker()
-            .store()
-            .map(|s| s.journal().synced())
-            .unwrap_or(u64::MAX);
+    /// Sends the held receipts the journal has synced (errors if the journal failed).
+    fn release_receipts(&mut self, result: Result<(), StoreError>) {
+        let broker = self.session.broker().clone();
         match result {
             Ok(()) => {
-                while self.deferred.front().is_some_and(|(i, _, _)| *i <= synced) {
-                    if let Some((_, _, r)) = self.deferred.pop_front() {
-                        self.proto.encode_receipt(&r, &mut self.pump.wbuf);
-                    }
+                for r in self.receipts.release(&broker) {
+                    self.codec.encode_receipt(&r, &mut self.pump.wbuf);
                 }
             }
             Err(e) => {
-                for (_, _, r) in std::mem::take(&mut self.deferred) {
+                let failed: Vec<_> = self.receipts.fail_all().collect();
+                for r in failed {
                     self.error(
                         ErrorCode::Unknown,
-                        &format!("not confirmed: {e} — {}", self.proto.resend_advice()),
+                        &format!("not confirmed: {e} — {}", self.codec.resend_advice()),
                         Some(&r),
                         false,
                     );
@@ -645,3 +777,7 @@ impl<P: Protocol> Driver<P> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "conn_tests.rs"]
+mod tests;

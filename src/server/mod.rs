@@ -12,6 +12,7 @@ mod conn;
 mod election;
 pub(crate) mod native;
 mod replicated;
+mod request;
 mod stomp;
 mod term;
 
@@ -900,15 +901,9 @@ async fn chores(
     let mut last_checkpoint = Instant::now();
     let mut last_sweep = Instant::now();
     loop {
-        let rolled = async {
-            match broker.store() {
-                Some(store) => store.journal().segment_started().await,
-                None => std::future::pending().await,
-            }
-        };
         let rolled = tokio::select! {
             _ = tick.tick() => false,
-            _ = rolled => true,
+            _ = broker.segment_started() => true,
             _ = shutdown.cancelled() => return,
         };
         if last_sweep.elapsed() >= expiry {
@@ -916,19 +911,17 @@ async fn chores(
             broker.sweep_expired();
             broker.redispatch();
         }
-        let Some(store) = broker.store() else {
+        let Some(j) = broker.journal_stats() else {
             continue;
         };
-        let j = store.journal();
-        gauge!(m::JOURNAL_SEGMENTS).set(j.segment_count() as f64);
-        gauge!(m::JOURNAL_DISK_BYTES).set(j.disk_bytes() as f64);
-        gauge!(m::JOURNAL_FULL).set(if j.is_full() { 1.0 } else { 0.0 });
-        let (syncs, bytes) = j.counters();
-        metrics::counter!(m::JOURNAL_SYNCS).absolute(syncs);
-        metrics::counter!(m::JOURNAL_BYTES).absolute(bytes);
+        gauge!(m::JOURNAL_SEGMENTS).set(j.segments as f64);
+        gauge!(m::JOURNAL_DISK_BYTES).set(j.disk_bytes as f64);
+        gauge!(m::JOURNAL_FULL).set(if j.full { 1.0 } else { 0.0 });
+        metrics::counter!(m::JOURNAL_SYNCS).absolute(j.syncs);
+        metrics::counter!(m::JOURNAL_BYTES).absolute(j.bytes);
         let due = rolled
             || last_checkpoint.elapsed() >= checkpoint_every
-            || (j.is_full() && last_checkpoint.elapsed() >= Duration::from_secs(1));
+            || (j.full && last_checkpoint.elapsed() >= Duration::from_secs(1));
         if due {
             last_checkpoint = Instant::now();
             match broker.checkpoint(false).await {

@@ -1,29 +1,29 @@
-//! The native protocol on a client connection: handshake (with login), frames → broker calls.
+//! The native protocol on a client connection: handshake (with login), then its codec —
+//! frames → [`Request`]s, deliveries and replies → frames.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::time::{sleep_until, Instant as TokioInstant};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{BrokerError, Delivery, Message, Session, SubscribeSpec};
+use crate::broker::{
+    BrokerError, Delivery, Destination, DestinationPattern, Draft, Session, SubscribeSpec,
+};
 use crate::cluster::{ClientHello, Registration};
-use crate::security::{Action, Principal};
+use crate::security::Principal;
 use crate::transport::{IoEvent, Permit, Pump, Stream};
 use crate::wire::proto::{self, ErrorCode};
 use crate::wire::{self, Body, DecodeError, Frame, MessageRef};
 
-use super::conn::{error_code, Cx, Decoded, Driver, Protocol, Reply, Tx};
+use super::conn::{error_code, Codec, Connection, Inbound};
+use super::request::{Refusal, Request, SendRequest, TxName};
 use super::ConnCtx;
 
 /// A native client is dropped after this many of its heartbeat intervals of silence.
 const HEARTBEAT_GRACE: u32 = 3;
-/// Bodies smaller than this are copied out of the read buffer so a long-lived message never
-/// pins a whole read chunk.
-const COPY_BODY_BELOW: usize = 16 * 1024;
 
 pub(crate) fn error_frame(
     code: ErrorCode,
@@ -71,12 +71,8 @@ pub(crate) async fn serve(
         Ok(Some(Hello::Client(session, principal, client_heartbeat, registration))) => {
             let heartbeat_out =
                 (!ctx.settings.heartbeat.is_zero()).then_some(ctx.settings.heartbeat);
-            let native = Native {
-                max_frame_size: ctx.settings.max_frame_size,
-                last_producer: Bytes::new(),
-                txs: HashMap::new(),
-            };
-            let mut driver = Driver::new(
+            let native = Native::new(ctx.settings.max_frame_size);
+            let mut connection = Connection::new(
                 native,
                 pump,
                 session,
@@ -86,7 +82,7 @@ pub(crate) async fn serve(
                 client_heartbeat.map(|h| h * HEARTBEAT_GRACE),
             )
             .with_registration(registration);
-            let reason = driver.run(&shutdown).await;
+            let reason = connection.run(&shutdown).await;
             tracing::debug!(%peer, reason, "connection closed");
         }
         Ok(None) => {}
@@ -261,258 +257,139 @@ pub(crate) async fn refuse_over_limit(stream: Stream, max: usize) {
     let _ = tokio::time::timeout(Duration::from_secs(2), pump.flush_and_close()).await;
 }
 
-/// Borrows a message's fields for the wire encoder.
-pub(crate) fn message_ref(m: &Message) -> MessageRef<'_> {
-    MessageRef {
-        destination: m.destination.as_ref().map(|d| d.as_str()).unwrap_or(""),
-        body: &m.body,
-        headers: &m.headers,
-        persistent: m.persistent,
-        priority: m.priority as u32,
-        expires_at_ms: m.expires_at_ms,
-        producer_id: &m.producer_id,
-        sequence: m.sequence,
-        reply_to: &m.reply_to,
-        correlation_id: &m.correlation_id,
-        content_type: &m.content_type,
-        timestamp_ms: m.timestamp_ms,
-    }
-}
-
-fn some(receipt: u64) -> Option<u64> {
+fn receipt(receipt: u64) -> Option<u64> {
     (receipt != 0).then_some(receipt)
 }
 
-/// The native protocol's side of a connection.
-struct Native {
+/// The native protocol's side of a connection: frames to requests, replies to frames.
+pub(crate) struct Native {
     max_frame_size: usize,
-    last_producer: Bytes,
-    /// Open transactions, by the client's number.
-    txs: HashMap<u64, Tx>,
 }
 
 impl Native {
-    fn message_from(&mut self, s: proto::Send) -> Message {
-        let body = if s.body.len() < COPY_BODY_BELOW {
-            Bytes::copy_from_slice(&s.body)
-        } else {
-            s.body
-        };
-        if s.producer_id != self.last_producer {
-            self.last_producer = Bytes::copy_from_slice(&s.producer_id);
-        }
-        Message {
-            destination: None,
-            body,
-            headers: wire::headers_from_wire(s.headers),
-            persistent: s.persistent,
-            // Out-of-range priorities are refused by the broker with a clear error.
-            priority: s.priority.min(u8::MAX as u32) as u8,
-            expires_at_ms: s.expires_at_ms,
-            producer_id: self.last_producer.clone(),
-            sequence: s.sequence,
-            reply_to: s.reply_to,
-            correlation_id: s.correlation_id,
-            content_type: s.content_type,
-            timestamp_ms: if s.timestamp_ms == 0 {
-                crate::broker::now_ms()
-            } else {
-                s.timestamp_ms
-            },
-            ..Message::default()
-        }
-    }
-}
-
-fn no_transaction(transaction: u64, receipt: u64) -> Reply<u64> {
-    refusal(
-        ErrorCode::NotFound,
-        format!("no open transaction {transaction} on this connection: begin it first"),
-        receipt,
-    )
-}
-
-impl Native {
-    fn on_transaction(
-        &mut self,
-        t: proto::Transaction,
-        cx: &mut Cx<'_>,
-        replies: &mut Vec<Reply<u64>>,
-    ) {
-        let (id, receipt) = (t.transaction, t.receipt);
-        if id == 0 {
-            return replies.push(refusal(
-                ErrorCode::Invalid,
-                "transaction 0 is not a transaction; number them from 1".into(),
-                receipt,
-            ));
-        }
-        match proto::TransactionAction::try_from(t.action) {
-            Ok(proto::TransactionAction::Begin) => {
-                if self.txs.contains_key(&id) {
-                    return replies.push(refusal(
-                        ErrorCode::Invalid,
-                        format!("transaction {id} is already open"),
-                        receipt,
-                    ));
-                }
-                self.txs.insert(id, Tx::default());
-                replies.extend(some(receipt).map(Reply::Receipt));
-            }
-            Ok(proto::TransactionAction::Commit) => match self.txs.remove(&id) {
-                Some(tx) => {
-                    let index = tx.commit(cx);
-                    replies.extend(some(receipt).map(|r| Reply::ReceiptAfter(index, r)));
-                }
-                None => replies.push(no_transaction(id, receipt)),
-            },
-            Ok(proto::TransactionAction::Rollback) => match self.txs.remove(&id) {
-                Some(tx) => {
-                    tx.abort(cx);
-                    replies.extend(some(receipt).map(Reply::Receipt));
-                }
-                None => replies.push(no_transaction(id, receipt)),
-            },
-            Err(_) => replies.push(refusal(
-                ErrorCode::BadFrame,
-                format!("unknown transaction action {}", t.action),
-                receipt,
-            )),
-        }
-    }
-}
-
-fn refusal(code: ErrorCode, message: String, receipt: u64) -> Reply<u64> {
-    Reply::Error {
-        code,
-        message,
-        receipt: some(receipt),
-        fatal: false,
-    }
-}
-
-impl Protocol for Native {
-    type Frame = Frame;
-    type Receipt = u64;
-
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded<Frame>, (ErrorCode, String)> {
-        match wire::decode(buf, self.max_frame_size) {
-            Ok(wire::Decoded::Frame(Frame {
-                body: Some(Body::Heartbeat(proto::Heartbeat { receipt: 0 })),
-            })) => Ok(Decoded::Alive),
-            Ok(wire::Decoded::Frame(f)) => Ok(Decoded::Frame(f)),
-            Ok(wire::Decoded::NeedMore(_)) => Ok(Decoded::NeedMore),
-            Err(e) => Err((decode_error_code(&e), e.to_string())),
-        }
+    pub(crate) fn new(max_frame_size: usize) -> Native {
+        Native { max_frame_size }
     }
 
-    fn handle(&mut self, f: Frame, cx: &mut Cx<'_>, replies: &mut Vec<Reply<u64>>) {
-        match f.body {
+    /// What a frame asks (destinations parsed here, once).
+    pub(crate) fn inbound(&mut self, f: Frame) -> Inbound<u64> {
+        let request = match f.body {
             Some(Body::Send(s)) => {
-                let receipt = s.receipt;
-                if let Err(denied) = cx.authorize(Action::Write, &s.destination) {
-                    cx.ctx.metrics.denied();
-                    return replies.push(refusal(ErrorCode::Forbidden, denied, receipt));
+                let receipt = receipt(s.receipt);
+                match Destination::parse(&s.destination) {
+                    Ok(destination) => Request::Send(SendRequest {
+                        destination,
+                        transaction: transaction(s.transaction),
+                        draft: Draft::from(s),
+                        receipt,
+                    }),
+                    Err(e) => Request::refuse(Refusal::Send(e.into()), receipt),
                 }
-                let target = match cx.session.target(&s.destination) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        cx.ctx.metrics.send_refused(&e);
-                        return replies.push(refusal(error_code(&e), e.to_string(), receipt));
-                    }
-                };
-                let transaction = s.transaction;
-                let message = self.message_from(s);
-                if transaction != 0 {
-                    let Some(tx) = self.txs.get_mut(&transaction) else {
-                        return replies.push(no_transaction(transaction, receipt));
-                    };
-                    match cx.session.stage(&target, message) {
-                        Ok(staged) => tx.sends.extend(staged),
-                        Err(e) => {
-                            return replies.push(refusal(error_code(&e), e.to_string(), receipt))
-                        }
-                    }
-                    return replies.extend(some(receipt).map(Reply::Receipt));
-                }
-                replies.push(Reply::Publish {
-                    target,
-                    message,
-                    receipt: some(receipt),
-                });
             }
             Some(Body::Subscribe(s)) => {
-                let receipt = s.receipt;
-                if let Err(denied) = cx.authorize(Action::Read, &s.destination) {
-                    cx.ctx.metrics.denied();
-                    return replies.push(refusal(ErrorCode::Forbidden, denied, receipt));
-                }
-                let spec = SubscribeSpec {
-                    subscription: s.subscription,
-                    destination: s.destination,
-                    selector: s.selector,
-                    prefetch: s.prefetch,
-                    priority: s.priority,
-                    durable_name: (!s.durable_name.is_empty()).then_some(s.durable_name),
-                    no_local: s.no_local,
-                };
-                let before = cx.session.last_record();
-                match cx.session.subscribe(spec) {
-                    Ok(()) => replies
-                        .extend(some(receipt).map(|r| Reply::ReceiptAfter(changed(cx, before), r))),
-                    Err(e) => replies.push(refusal(error_code(&e), e.to_string(), receipt)),
+                let receipt = receipt(s.receipt);
+                match DestinationPattern::parse(&s.destination) {
+                    Ok(destination) => Request::Subscribe {
+                        spec: SubscribeSpec {
+                            subscription: s.subscription,
+                            destination,
+                            selector: s.selector,
+                            prefetch: s.prefetch,
+                            priority: s.priority,
+                            durable_name: (!s.durable_name.is_empty()).then_some(s.durable_name),
+                            no_local: s.no_local,
+                        },
+                        receipt,
+                    },
+                    Err(e) => Request::refuse(Refusal::invalid(e.to_string()), receipt),
                 }
             }
-            Some(Body::Ack(a)) if a.transaction != 0 => {
-                let Some(tx) = self.txs.get_mut(&a.transaction) else {
-                    return replies.push(no_transaction(a.transaction, a.receipt));
-                };
-                if a.up_to != 0 {
-                    return replies.push(refusal(
-                        ErrorCode::Invalid,
-                        "inside a transaction, acknowledge deliveries by their tags (not up_to)"
-                            .into(),
-                        a.receipt,
+            Some(Body::Ack(a)) => Request::Ack {
+                subscription: a.subscription,
+                up_to: a.up_to,
+                tags: a.tags,
+                transaction: transaction(a.transaction),
+                receipt: receipt(a.receipt),
+            },
+            Some(Body::Nack(n)) => Request::Nack {
+                subscription: n.subscription,
+                tags: n.tags,
+                transaction: None,
+                receipt: receipt(n.receipt),
+            },
+            Some(Body::Transaction(t)) => {
+                let receipt = receipt(t.receipt);
+                let Some(transaction) = transaction(t.transaction) else {
+                    return Inbound::Request(Request::refuse(
+                        Refusal::invalid("transaction 0 is not a transaction; number them from 1"),
+                        receipt,
                     ));
-                }
-                tx.acks
-                    .extend(a.tags.iter().map(|tag| (a.subscription, *tag)));
-                replies.extend(some(a.receipt).map(Reply::Receipt));
-            }
-            Some(Body::Ack(a)) => match cx.session.ack(a.subscription, a.up_to, &a.tags) {
-                Ok(_) => replies.extend(some(a.receipt).map(Reply::Receipt)),
-                Err(e) => replies.push(refusal(error_code(&e), e.to_string(), a.receipt)),
-            },
-            Some(Body::Transaction(t)) => self.on_transaction(t, cx, replies),
-            Some(Body::Nack(n)) => match cx.session.nack(n.subscription, &n.tags) {
-                Ok(_) => replies.extend(some(n.receipt).map(Reply::Receipt)),
-                Err(e) => replies.push(refusal(error_code(&e), e.to_string(), n.receipt)),
-            },
-            Some(Body::Unsubscribe(u)) => {
-                let before = cx.session.last_record();
-                match cx.session.unsubscribe(u.subscription, u.remove_durable) {
-                    Ok(()) => replies.extend(
-                        some(u.receipt).map(|r| Reply::ReceiptAfter(changed(cx, before), r)),
+                };
+                match proto::TransactionAction::try_from(t.action) {
+                    Ok(proto::TransactionAction::Begin) => Request::Begin {
+                        transaction,
+                        receipt,
+                    },
+                    Ok(proto::TransactionAction::Commit) => Request::Commit {
+                        transaction,
+                        receipt,
+                    },
+                    Ok(proto::TransactionAction::Rollback) => Request::Abort {
+                        transaction,
+                        receipt,
+                    },
+                    Err(_) => Request::refuse(
+                        Refusal::Invalid {
+                            code: ErrorCode::BadFrame,
+                            message: format!("unknown transaction action {}", t.action),
+                        },
+                        receipt,
                     ),
-                    Err(e) => replies.push(refusal(error_code(&e), e.to_string(), u.receipt)),
                 }
             }
-            // A heartbeat with a receipt is a ping: answered after every earlier frame.
-            Some(Body::Heartbeat(h)) => replies.extend(some(h.receipt).map(Reply::Receipt)),
-            Some(Body::Disconnect(d)) => {
-                replies.extend(some(d.receipt).map(Reply::Receipt));
-                replies.push(Reply::Disconnect);
-            }
+            Some(Body::Unsubscribe(u)) => Request::Unsubscribe {
+                subscription: u.subscription,
+                remove_durable: u.remove_durable,
+                receipt: receipt(u.receipt),
+            },
+            // A heartbeat with a receipt is a ping: answered after every earlier frame; one
+            // without is only a sign of life.
+            Some(Body::Heartbeat(h)) => match receipt(h.receipt) {
+                Some(receipt) => Request::Ping { receipt },
+                None => return Inbound::Alive,
+            },
+            Some(Body::Disconnect(d)) => Request::Disconnect {
+                receipt: receipt(d.receipt),
+            },
             other => {
-                cx.ctx.metrics.bad_frame();
                 let name = wire::frame_name(&Frame { body: other });
-                replies.push(Reply::Error {
-                    code: ErrorCode::BadFrame,
-                    message: format!("{name} is not a frame a client may send here"),
-                    receipt: None,
-                    fatal: true,
-                });
+                Request::refuse(
+                    Refusal::BadFrame {
+                        code: ErrorCode::BadFrame,
+                        message: format!("{name} is not a frame a client may send here"),
+                        fatal: true,
+                    },
+                    None,
+                )
             }
+        };
+        Inbound::Request(request)
+    }
+}
+
+/// A frame's transaction field: 0 is none.
+fn transaction(number: u64) -> Option<TxName> {
+    (number != 0).then_some(TxName::Numbered(number))
+}
+
+impl Codec for Native {
+    type Receipt = u64;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Inbound<u64>, (ErrorCode, String)> {
+        match wire::decode(buf, self.max_frame_size) {
+            Ok(wire::Decoded::Frame(f)) => Ok(self.inbound(f)),
+            Ok(wire::Decoded::NeedMore(_)) => Ok(Inbound::NeedMore),
+            Err(e) => Err((decode_error_code(&e), e.to_string())),
         }
     }
 
@@ -521,7 +398,7 @@ impl Protocol for Native {
             d.subscription,
             d.tag,
             d.redelivery_count,
-            &message_ref(&d.message),
+            &MessageRef::from(&*d.message),
             out,
         );
         false
@@ -557,21 +434,5 @@ impl Protocol for Native {
 
     fn encode_control(&mut self, control: proto::ConnectionControl, out: &mut BytesMut) {
         wire::encode(&wire::frame(Body::Control(control)), out);
-    }
-
-    fn on_close(&mut self, cx: &mut Cx<'_>) {
-        for (_, tx) in std::mem::take(&mut self.txs) {
-            tx.abort(cx);
-        }
-    }
-}
-
-/// The journal record an operation appended (0: none, nothing to wait for).
-pub(crate) fn changed(cx: &Cx<'_>, before: u64) -> u64 {
-    let now = cx.session.last_record();
-    if now != before {
-        now
-    } else {
-        0
     }
 }

@@ -1,5 +1,6 @@
 //! STOMP 1.0–1.2 on a client connection: CONNECT/STOMP with version, heart-beat and login
-//! negotiation, then frames → broker calls, with ActiveMQ's destination names.
+//! negotiation, then its codec — frames → [`Request`]s, deliveries and replies → frames — with
+//! ActiveMQ's destination names.
 //!
 //! Every error is an ERROR frame with a `message` header followed by a close (STOMP has no
 //! non-fatal errors); an open transaction dies with its connection. Temporary destinations a
@@ -15,14 +16,16 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::{sleep_until, Instant as TokioInstant};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Delivery, Destination, Kind, Message, Session, SubscribeSpec};
-use crate::security::{Action, Principal};
+use crate::broker::{
+    Delivery, Destination, DestinationPattern, Draft, Kind, Message, Session, SubscribeSpec,
+};
+use crate::security::Principal;
 use crate::stomp::{self, Command, Decoder, Frame, Limits, Version};
 use crate::transport::{IoEvent, Permit, Pump, Stream};
 use crate::wire::proto::ErrorCode;
 
-use super::conn::{error_code, Cx, Decoded, Driver, Protocol, Reply, Tx};
-use super::native::changed;
+use super::conn::{Codec, Connection, Inbound};
+use super::request::{Refusal, Request, SendRequest, TxName};
 use super::ConnCtx;
 
 /// A STOMP client is dropped after this many of its heart-beat intervals of silence.
@@ -93,7 +96,7 @@ pub(crate) async fn serve(
             let registration =
                 ctx.cluster
                     .register(session.id(), &crate::cluster::ClientHello::default(), None);
-            let mut driver = Driver::new(
+            let mut connection = Connection::new(
                 proto,
                 pump,
                 session,
@@ -103,7 +106,7 @@ pub(crate) async fn serve(
                 expect_every.map(|e| e * HEARTBEAT_GRACE),
             )
             .with_registration(registration);
-            let reason = driver.run(&shutdown).await;
+            let reason = connection.run(&shutdown).await;
             tracing::debug!(%peer, reason, "stomp connection closed");
         }
         Ok(None) => {}
@@ -204,18 +207,7 @@ async fn handshake(
         .with_header("session", session.connection_id());
     stomp::encode(&connected, version, &mut pump.wbuf);
     decoder.set_version(version);
-    let proto = Stomp {
-        decoder,
-        version,
-        connection_id: session.connection_id().to_string(),
-        subs: HashMap::new(),
-        sub_ids: HashMap::new(),
-        next_sub: 1,
-        by_message_id: HashMap::new(),
-        txs: HashMap::new(),
-        next_sequence: 1,
-        producer_id: Bytes::from(session.connection_id().to_string()),
-    };
+    let proto = Stomp::new(decoder, session.connection_id());
     let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
     Ok(Some((
         proto,
@@ -250,9 +242,25 @@ pub(crate) struct Stomp {
     /// STOMP 1.0/1.1 acknowledge by `message-id` (1.1 with `subscription`): which delivery
     /// that is, for deliveries of client-acknowledged subscriptions.
     by_message_id: HashMap<(String, u64), u64>,
-    txs: HashMap<String, Tx>,
     next_sequence: u64,
     producer_id: Bytes,
+}
+
+impl Stomp {
+    /// The codec of a connection whose handshake settled `decoder`'s version.
+    pub(crate) fn new(decoder: Decoder, connection_id: &str) -> Stomp {
+        Stomp {
+            version: decoder.version(),
+            decoder,
+            connection_id: connection_id.to_string(),
+            subs: HashMap::new(),
+            sub_ids: HashMap::new(),
+            next_sub: 1,
+            by_message_id: HashMap::new(),
+            next_sequence: 1,
+            producer_id: Bytes::from(connection_id.to_string()),
+        }
+    }
 }
 
 /// The `ack` id of a delivery (STOMP 1.2): subscription and tag.
@@ -278,15 +286,6 @@ fn message_id(m: &Message, sub: u64, tag: u64) -> String {
 }
 
 impl Stomp {
-    fn fail(&self, message: impl Into<String>, receipt: Option<String>) -> Reply<String> {
-        Reply::Error {
-            code: ErrorCode::Invalid,
-            message: message.into(),
-            receipt,
-            fatal: true,
-        }
-    }
-
     /// A destination as this connection names it → meshmq's form.
     fn destination(&self, given: &str) -> Result<Destination, String> {
         if let Some(rest) = given.strip_prefix("/remote-temp-queue/") {
@@ -326,13 +325,14 @@ impl Stomp {
         }
     }
 
-    fn message(&mut self, f: &Frame) -> Result<Message, String> {
+    /// The message a SEND carries, as a draft for the broker's builder.
+    fn draft(&mut self, f: &Frame) -> Result<Draft, String> {
         let priority = match f.header("priority") {
             Some(p) => p
                 .trim()
-                .parse::<u8>()
+                .parse::<u32>()
                 .map_err(|_| format!("priority {p:?} is not a number from 0 to 9"))?,
-            None => crate::broker::DEFAULT_PRIORITY,
+            None => crate::broker::DEFAULT_PRIORITY as u32,
         };
         let expires_at_ms = match f.header("expires") {
             Some(e) => e.trim().parse::<u64>().map_err(|_| {
@@ -346,7 +346,7 @@ impl Stomp {
         };
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        Ok(Message {
+        Ok(Draft {
             body: f.body.clone(),
             headers: f
                 .headers
@@ -364,8 +364,9 @@ impl Stomp {
             reply_to,
             correlation_id: f.header("correlation-id").unwrap_or("").to_string(),
             content_type: f.header("content-type").unwrap_or("").to_string(),
-            timestamp_ms: crate::broker::now_ms(),
-            ..Message::default()
+            // STOMP producers give no timestamp: the builder stamps it now.
+            timestamp_ms: 0,
+            ..Draft::default()
         })
     }
 
@@ -412,89 +413,81 @@ impl Stomp {
             .retain(|(_, s), t| !(*s == sub && (*t == tag || (cumulative && *t < tag))));
     }
 
-    fn on_ack(
-        &mut self,
-        f: &Frame,
-        nack: bool,
-        cx: &mut Cx<'_>,
-        receipt: Option<String>,
-    ) -> Vec<Reply<String>> {
+    fn on_ack(&mut self, f: &Frame, nack: bool, receipt: Option<String>) -> Request<String> {
         let (sub, tag) = match self.delivery_named(f) {
             Ok(x) => x,
-            Err(e) => return vec![self.fail(e, receipt)],
+            Err(e) => return Request::refuse(Refusal::invalid(e), receipt),
         };
         let Some(mode) = self.subs.get(&sub).map(|s| s.ack) else {
-            return vec![self.fail(format!("no subscription {sub} on this connection"), receipt)];
+            let message = format!("no subscription {sub} on this connection");
+            return Request::refuse(Refusal::invalid(message), receipt);
         };
+        let transaction = f
+            .header("transaction")
+            .map(|t| TxName::Named(t.to_string()));
+        // In client mode an ACK covers every earlier delivery of its subscription; inside a
+        // transaction it names its own (and is forgotten here once the transaction commits).
         let cumulative = mode == AckMode::Client && !nack;
-        if let Some(tx_name) = f.header("transaction") {
-            let Some(tx) = self.txs.get_mut(tx_name) else {
-                return vec![self.fail(
-                    format!("no transaction {tx_name:?}: BEGIN it first"),
-                    receipt,
-                )];
-            };
-            if nack {
-                tx.nacks.push((sub, tag));
-            } else {
-                tx.acks.push((sub, tag));
-            }
-            return receipt.map(Reply::Receipt).into_iter().collect();
+        if transaction.is_none() {
+            self.forget_acked(sub, tag, cumulative);
         }
-        self.forget_acked(sub, tag, cumulative);
-        let result = if nack {
-            cx.session.nack(sub, &[tag])
-        } else if cumulative {
-            cx.session.ack(sub, tag, &[])
-        } else {
-            cx.session.ack(sub, 0, &[tag])
-        };
-        match result {
-            Ok(_) => receipt.map(Reply::Receipt).into_iter().collect(),
-            Err(e) => vec![self.fail(e.to_string(), receipt)],
+        match (nack, cumulative && transaction.is_none()) {
+            (true, _) => Request::Nack {
+                subscription: sub,
+                tags: vec![tag],
+                transaction,
+                receipt,
+            },
+            (false, true) => Request::Ack {
+                subscription: sub,
+                up_to: tag,
+                tags: Vec::new(),
+                transaction,
+                receipt,
+            },
+            (false, false) => Request::Ack {
+                subscription: sub,
+                up_to: 0,
+                tags: vec![tag],
+                transaction,
+                receipt,
+            },
         }
     }
 
-    fn on_subscribe(
-        &mut self,
-        f: &Frame,
-        cx: &mut Cx<'_>,
-        receipt: Option<String>,
-    ) -> Vec<Reply<String>> {
+    fn on_subscribe(&mut self, f: &Frame, receipt: Option<String>) -> Request<String> {
+        let fail = |message: &str| Request::refuse(Refusal::invalid(message), receipt.clone());
         let Some(given) = f.header("destination") else {
-            return vec![self.fail("SUBSCRIBE needs a destination header", receipt)];
+            return fail("SUBSCRIBE needs a destination header");
         };
         let pattern = if given.starts_with("/temp-") || given.starts_with("/remote-temp-") {
-            self.destination(given).map(|d| d.to_string())
+            self.destination(given)
+                .and_then(|d| DestinationPattern::parse(d.as_str()).map_err(|e| e.to_string()))
         } else {
-            stomp::from_stomp_pattern(given)
-                .map(|p| p.to_string())
-                .map_err(|e| e.to_string())
+            stomp::from_stomp_pattern(given).map_err(|e| e.to_string())
         };
         let pattern = match pattern {
             Ok(p) => p,
-            Err(e) => return vec![self.fail(e, receipt)],
+            Err(e) => return fail(&e),
         };
         let id = match (f.header("id"), self.version) {
             (Some(id), _) => id.to_string(),
             (None, Version::V1_0) => given.to_string(),
-            (None, _) => return vec![self.fail("SUBSCRIBE needs an id header", receipt)],
+            (None, _) => return fail("SUBSCRIBE needs an id header"),
         };
         if self.sub_ids.contains_key(&id) {
-            return vec![self.fail(
-                format!("subscription id {id:?} is already in use on this connection"),
-                receipt,
-            )];
+            return fail(&format!(
+                "subscription id {id:?} is already in use on this connection"
+            ));
         }
         let ack = match f.header("ack").unwrap_or("auto") {
             "auto" => AckMode::Auto,
             "client" => AckMode::Client,
             "client-individual" => AckMode::Individual,
             other => {
-                return vec![self.fail(
-                    format!("ack mode {other:?} is not one of auto, client, client-individual"),
-                    receipt,
-                )]
+                return fail(&format!(
+                    "ack mode {other:?} is not one of auto, client, client-individual"
+                ))
             }
         };
         let prefetch = match f
@@ -502,20 +495,9 @@ impl Stomp {
             .map(|p| p.trim().parse::<u32>())
         {
             Some(Ok(p)) => p,
-            Some(Err(_)) => {
-                return vec![self.fail("activemq.prefetchSize must be a whole number", receipt)]
-            }
+            Some(Err(_)) => return fail("activemq.prefetchSize must be a whole number"),
             None => 0,
         };
-        if let Err(denied) = cx.authorize(Action::Read, &pattern) {
-            cx.ctx.metrics.denied();
-            return vec![Reply::Error {
-                code: ErrorCode::Forbidden,
-                message: denied,
-                receipt,
-                fatal: true,
-            }];
-        }
         let durable = f
             .header("activemq.subscriptionName")
             .or_else(|| f.header("durable-subscription-name"))
@@ -534,196 +516,116 @@ impl Stomp {
             durable_name: durable.clone(),
             no_local: f.header("activemq.noLocal").is_some_and(|v| v == "true"),
         };
-        let before = cx.session.last_record();
-        match cx.session.subscribe(spec) {
-            Ok(()) => {
-                self.sub_ids.insert(id.clone(), num);
-                self.subs.insert(num, Sub { id, ack, durable });
-                receipt
-                    .map(|r| Reply::ReceiptAfter(changed(cx, before), r))
-                    .into_iter()
-                    .collect()
-            }
-            Err(e) => vec![Reply::Error {
-                code: error_code(&e),
-                message: e.to_string(),
-                receipt,
-                fatal: true,
-            }],
-        }
+        // Known before the broker has the subscription: if it refuses, the error closes the
+        // connection (STOMP errors are fatal), so no delivery ever looks this id up in vain.
+        self.sub_ids.insert(id.clone(), num);
+        self.subs.insert(num, Sub { id, ack, durable });
+        Request::Subscribe { spec, receipt }
     }
 
-    fn on_send(
-        &mut self,
-        f: &Frame,
-        cx: &mut Cx<'_>,
-        receipt: Option<String>,
-    ) -> Vec<Reply<String>> {
-        let Some(given) = f.header("destination") else {
-            return vec![self.fail("SEND needs a destination header", receipt)];
-        };
-        let dest = match self.destination(given) {
-            Ok(d) => d,
-            Err(e) => return vec![self.fail(e, receipt)],
-        };
-        if let Err(denied) = cx.authorize(Action::Write, dest.as_str()) {
-            cx.ctx.metrics.denied();
-            return vec![Reply::Error {
-                code: ErrorCode::Forbidden,
-                message: denied,
+    fn on_unsubscribe(&mut self, f: &Frame, receipt: Option<String>) -> Request<String> {
+        let id = f.header("id").or_else(|| f.header("destination"));
+        let Some(num) = id.and_then(|id| self.sub_ids.remove(id)) else {
+            return Request::refuse(
+                Refusal::invalid("UNSUBSCRIBE names no subscription of this connection"),
                 receipt,
-                fatal: true,
-            }];
-        }
-        let target = match cx.session.target(dest.as_str()) {
-            Ok(t) => t,
-            Err(e) => {
-                cx.ctx.metrics.send_refused(&e);
-                return vec![self.fail(e.to_string(), receipt)];
-            }
+            );
         };
-        let message = match self.message(f) {
-            Ok(m) => m,
-            Err(e) => return vec![self.fail(e, receipt)],
-        };
-        if let Some(tx_name) = f.header("transaction") {
-            if !self.txs.contains_key(tx_name) {
-                return vec![self.fail(
-                    format!("no transaction {tx_name:?}: BEGIN it first"),
-                    receipt,
-                )];
-            }
-            let staged = match cx.session.stage(&target, message) {
-                Ok(s) => s,
-                Err(e) => return vec![self.fail(e.to_string(), receipt)],
-            };
-            if let (Some(tx), Some(s)) = (self.txs.get_mut(tx_name), staged) {
-                tx.sends.push(s);
-            }
-            return receipt.map(Reply::Receipt).into_iter().collect();
-        }
-        vec![Reply::Publish {
-            target,
-            message,
+        let sub = self.subs.remove(&num);
+        let remove_durable = sub.as_ref().is_some_and(|s| s.durable.is_some())
+            && (f.header("activemq.subscriptionName").is_some()
+                || f.header("durable-subscription-name").is_some());
+        self.by_message_id.retain(|(_, s), _| *s != num);
+        Request::Unsubscribe {
+            subscription: num,
+            remove_durable,
             receipt,
-        }]
+        }
     }
 
-    fn on_transaction(
-        &mut self,
-        f: &Frame,
-        cx: &mut Cx<'_>,
-        receipt: Option<String>,
-    ) -> Vec<Reply<String>> {
-        let Some(name) = f.header("transaction").map(String::from) else {
-            return vec![self.fail(
-                format!("{} needs a transaction header", f.command.as_str()),
-                receipt,
-            )];
+    fn on_send(&mut self, f: &Frame, receipt: Option<String>) -> Request<String> {
+        let Some(given) = f.header("destination") else {
+            return Request::refuse(Refusal::invalid("SEND needs a destination header"), receipt);
         };
+        let destination = match self.destination(given) {
+            Ok(d) => d,
+            Err(e) => return Request::refuse(Refusal::invalid(e), receipt),
+        };
+        let draft = match self.draft(f) {
+            Ok(d) => d,
+            Err(e) => return Request::refuse(Refusal::invalid(e), receipt),
+        };
+        Request::Send(SendRequest {
+            destination,
+            draft,
+            transaction: f
+                .header("transaction")
+                .map(|t| TxName::Named(t.to_string())),
+            receipt,
+        })
+    }
+
+    fn on_transaction(&mut self, f: &Frame, receipt: Option<String>) -> Request<String> {
+        let Some(name) = f.header("transaction") else {
+            let message = format!("{} needs a transaction header", f.command.as_str());
+            return Request::refuse(Refusal::invalid(message), receipt);
+        };
+        let transaction = TxName::Named(name.to_string());
         match f.command {
-            Command::Begin => {
-                if self.txs.contains_key(&name) {
-                    return vec![
-                        self.fail(format!("transaction {name:?} is already open"), receipt)
-                    ];
-                }
-                self.txs.insert(name, Tx::default());
-                receipt.map(Reply::Receipt).into_iter().collect()
+            Command::Begin => Request::Begin {
+                transaction,
+                receipt,
+            },
+            Command::Commit => Request::Commit {
+                transaction,
+                receipt,
+            },
+            _ => Request::Abort {
+                transaction,
+                receipt,
+            },
+        }
+    }
+
+    /// What a frame asks (destinations translated and parsed here, once).
+    pub(crate) fn request(&mut self, f: Frame) -> Request<String> {
+        let receipt = f.header("receipt").map(String::from);
+        match f.command {
+            Command::Send => self.on_send(&f, receipt),
+            Command::Subscribe => self.on_subscribe(&f, receipt),
+            Command::Unsubscribe => self.on_unsubscribe(&f, receipt),
+            Command::Ack => self.on_ack(&f, false, receipt),
+            Command::Nack => self.on_ack(&f, true, receipt),
+            Command::Begin | Command::Commit | Command::Abort => self.on_transaction(&f, receipt),
+            Command::Disconnect => Request::Disconnect { receipt },
+            Command::Connect | Command::Stomp => {
+                Request::refuse(Refusal::invalid("already connected"), receipt)
             }
-            Command::Commit => {
-                let Some(tx) = self.txs.remove(&name) else {
-                    return vec![self.fail(format!("no transaction {name:?} to commit"), receipt)];
-                };
-                for (sub, tag) in &tx.acks {
-                    let cumulative = self.subs.get(sub).is_some_and(|s| s.ack == AckMode::Client);
-                    self.forget_acked(*sub, *tag, cumulative);
-                }
-                let index = tx.commit(cx);
-                receipt
-                    .map(|r| Reply::ReceiptAfter(index, r))
-                    .into_iter()
-                    .collect()
-            }
-            _ => {
-                let Some(tx) = self.txs.remove(&name) else {
-                    return vec![self.fail(format!("no transaction {name:?} to abort"), receipt)];
-                };
-                tx.abort(cx);
-                receipt.map(Reply::Receipt).into_iter().collect()
-            }
+            other => Request::refuse(
+                Refusal::BadFrame {
+                    code: ErrorCode::Invalid,
+                    message: format!(
+                        "{} is a frame the server sends, not the client",
+                        other.as_str()
+                    ),
+                    fatal: true,
+                },
+                receipt,
+            ),
         }
     }
 }
 
-impl Protocol for Stomp {
-    type Frame = Frame;
+impl Codec for Stomp {
     type Receipt = String;
 
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded<Frame>, (ErrorCode, String)> {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Inbound<String>, (ErrorCode, String)> {
         match self.decoder.decode(buf) {
-            Ok(stomp::Decoded::Frame(f)) => Ok(Decoded::Frame(f)),
-            Ok(stomp::Decoded::Heartbeat) => Ok(Decoded::Alive),
-            Ok(stomp::Decoded::NeedMore) => Ok(Decoded::NeedMore),
+            Ok(stomp::Decoded::Frame(f)) => Ok(Inbound::Request(self.request(f))),
+            Ok(stomp::Decoded::Heartbeat) => Ok(Inbound::Alive),
+            Ok(stomp::Decoded::NeedMore) => Ok(Inbound::NeedMore),
             Err(e) => Err((ErrorCode::BadFrame, e.to_string())),
         }
-    }
-
-    fn handle(&mut self, f: Frame, cx: &mut Cx<'_>, replies: &mut Vec<Reply<String>>) {
-        let receipt = f.header("receipt").map(String::from);
-        let out = match f.command {
-            Command::Send => self.on_send(&f, cx, receipt),
-            Command::Subscribe => self.on_subscribe(&f, cx, receipt),
-            Command::Unsubscribe => {
-                let id = f
-                    .header("id")
-                    .or_else(|| f.header("destination"))
-                    .map(String::from);
-                match id.and_then(|id| self.sub_ids.remove(&id)) {
-                    Some(num) => {
-                        let sub = self.subs.remove(&num);
-                        let remove_durable = sub.as_ref().is_some_and(|s| s.durable.is_some())
-                            && (f.header("activemq.subscriptionName").is_some()
-                                || f.header("durable-subscription-name").is_some());
-                        self.by_message_id.retain(|(_, s), _| *s != num);
-                        let before = cx.session.last_record();
-                        match cx.session.unsubscribe(num, remove_durable) {
-                            Ok(()) => receipt
-                                .map(|r| Reply::ReceiptAfter(changed(cx, before), r))
-                                .into_iter()
-                                .collect(),
-                            Err(e) => vec![self.fail(e.to_string(), receipt)],
-                        }
-                    }
-                    None => vec![self.fail(
-                        "UNSUBSCRIBE names no subscription of this connection",
-                        receipt,
-                    )],
-                }
-            }
-            Command::Ack => self.on_ack(&f, false, cx, receipt),
-            Command::Nack => self.on_ack(&f, true, cx, receipt),
-            Command::Begin | Command::Commit | Command::Abort => {
-                self.on_transaction(&f, cx, receipt)
-            }
-            Command::Disconnect => {
-                let mut r: Vec<Reply<String>> = receipt.map(Reply::Receipt).into_iter().collect();
-                r.push(Reply::Disconnect);
-                r
-            }
-            Command::Connect | Command::Stomp => vec![self.fail("already connected", receipt)],
-            other => {
-                cx.ctx.metrics.bad_frame();
-                vec![self.fail(
-                    format!(
-                        "{} is a frame the server sends, not the client",
-                        other.as_str()
-                    ),
-                    receipt,
-                )]
-            }
-        };
-        replies.extend(out);
     }
 
     fn encode_delivery(&mut self, d: &Delivery, out: &mut BytesMut) -> bool {
@@ -816,9 +718,10 @@ impl Protocol for Stomp {
         true
     }
 
-    fn on_close(&mut self, cx: &mut Cx<'_>) {
-        for (_, tx) in std::mem::take(&mut self.txs) {
-            tx.abort(cx);
+    fn committed_acks(&mut self, acks: &[(u64, u64)]) {
+        for (sub, tag) in acks {
+            let cumulative = self.subs.get(sub).is_some_and(|s| s.ack == AckMode::Client);
+            self.forget_acked(*sub, *tag, cumulative);
         }
     }
 }

@@ -149,9 +149,6 @@ pub struct RawFrames {
     pub bytes: Vec<u8>,
 }
 
-/// Called on the writer thread with the newest synced index.
-pub type SyncedHook = Box<dyn Fn(u64) + Send + Sync>;
-
 /// The batches of whoever writes: the one being written (kept while the disk is full) and an
 /// empty one to swap in for the next appends.
 #[derive(Default)]
@@ -204,9 +201,13 @@ pub(crate) struct Shared {
     /// Told each time a new segment is started (a checkpoint may let old ones go).
     started_segment: tokio::sync::Notify,
     unsynced_bytes: AtomicU64,
+    /// Told whenever `has_room` may have turned true (a batch written, segments deleted, the
+    /// reserve made again), for producers waiting for room.
+    room: tokio::sync::Notify,
     disk_bytes: AtomicU64,
     stop: AtomicBool,
-    on_synced: RwLock<Option<SyncedHook>>,
+    /// The writer has written its last and stopped (`close`).
+    closed: AtomicBool,
     pub fsyncs: AtomicU64,
     pub appended_bytes: AtomicU64,
 }
@@ -238,12 +239,17 @@ impl Shared {
         let path = self.reserve_path();
         let size = self.options.segment_size;
         if std::fs::metadata(&path).is_ok_and(|m| m.len() >= size) {
-            self.reserve_missing.store(false, Ordering::Relaxed);
+            if self.reserve_missing.swap(false, Ordering::Relaxed) {
+                self.room.notify_waiters();
+            }
             return;
         }
         let _ = std::fs::remove_file(&path);
         match allocate(&path, size).and_then(|_| sync_dir(&self.dir)) {
-            Ok(()) => self.reserve_missing.store(false, Ordering::Relaxed),
+            Ok(()) => {
+                self.reserve_missing.store(false, Ordering::Relaxed);
+                self.room.notify_waiters();
+            }
             Err(e) => {
                 if !self.reserve_missing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "no room for the journal's reserve: persistent sends wait until there is");
@@ -291,9 +297,10 @@ impl Journal {
             checkpointed: AtomicU64::new(checkpointed),
             started_segment: tokio::sync::Notify::new(),
             unsynced_bytes: AtomicU64::new(0),
+            room: tokio::sync::Notify::new(),
             disk_bytes: AtomicU64::new(disk),
             stop: AtomicBool::new(false),
-            on_synced: RwLock::new(None),
+            closed: AtomicBool::new(false),
             fsyncs: AtomicU64::new(0),
             appended_bytes: AtomicU64::new(0),
         });
@@ -373,16 +380,40 @@ impl Journal {
             if *rx.borrow_and_update() >= index {
                 return Ok(());
             }
-            if let Some(f) = self.failure() {
-                return Err(StoreError::Failed(f));
-            }
-            if let Some(reason) = self.shared.fenced.lock().clone() {
-                return Err(StoreError::Fenced(reason));
-            }
+            self.still_committing()?;
             if rx.changed().await.is_err() {
                 return Err(StoreError::Failed("the journal writer stopped".into()));
             }
         }
+    }
+
+    /// Why nothing more will be committed, if so: the journal failed, or this member was
+    /// fenced.
+    pub fn still_committing(&self) -> Result<(), StoreError> {
+        if let Some(f) = self.failure() {
+            return Err(StoreError::Failed(f));
+        }
+        if let Some(reason) = self.shared.fenced.lock().clone() {
+            return Err(StoreError::Fenced(reason));
+        }
+        Ok(())
+    }
+
+    /// How long a wait for a commit may take before it fails (`None`: no limit; set while
+    /// replication decides commits).
+    pub fn commit_timeout(&self) -> Option<Duration> {
+        *self.shared.gate.lock()
+    }
+
+    /// Watches [`Journal::synced`]; it is also marked changed (without moving) when the journal
+    /// fails, is fenced or is closed, so a watcher can look at why.
+    pub fn watch_synced(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.synced.subscribe()
+    }
+
+    /// True once [`Journal::close`] has run: nothing more will be written or synced.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
     }
 
     /// Hands commits to replication: from now on `synced` advances only through
@@ -397,10 +428,6 @@ impl Journal {
         let index = index.min(*self.shared.local.borrow());
         if index <= *self.shared.synced.borrow() {
             return;
-        }
-        // The hook first (see `complete`).
-        if let Some(f) = self.shared.on_synced.read().as_ref() {
-            f(index);
         }
         self.shared.synced.send_if_modified(|c| {
             if index > *c {
@@ -562,12 +589,6 @@ impl Journal {
         Ok(())
     }
 
-    /// Called with each newly committed index (on the writer thread, or by whoever publishes
-    /// a commit), before waiters on that index are woken.
-    pub fn set_on_synced(&self, f: SyncedHook) {
-        *self.shared.on_synced.write() = Some(f);
-    }
-
     /// False while the journal is full (at its limit, or the disk is), or the writer is behind
     /// by half a segment (what the reserve must be able to hold) or 8 MiB. The records waiting
     /// for the writer, and the bodies of their messages until they are durable and can be paged
@@ -582,6 +603,21 @@ impl Journal {
 
     pub fn is_full(&self) -> bool {
         self.shared.is_full()
+    }
+
+    /// Resolves once [`Journal::has_room`] says yes (at once if it does now). Woken by the
+    /// journal each time it frees room, never by polling.
+    pub async fn wait_room(&self) {
+        loop {
+            let freed = self.shared.room.notified();
+            tokio::pin!(freed);
+            // Registered before the check: room freed after it wakes this waiter.
+            freed.as_mut().enable();
+            if self.has_room() {
+                return;
+            }
+            freed.await;
+        }
     }
 
     /// Bytes of segment files on disk.
@@ -714,8 +750,8 @@ impl Journal {
             let _ = sync_dir(&self.shared.dir);
         }
         if let Some(limit) = self.shared.options.store_limit {
-            if self.disk_bytes() <= limit {
-                self.shared.over_limit.store(false, Ordering::Relaxed);
+            if self.disk_bytes() <= limit && self.shared.over_limit.swap(false, Ordering::Relaxed) {
+                self.shared.room.notify_waiters();
             }
         }
         self.shared.restore_reserve();
@@ -733,6 +769,9 @@ impl Journal {
         if let Some(h) = self.writer.lock().take() {
             let _ = h.join();
         }
+        self.shared.closed.store(true, Ordering::Release);
+        // Watchers of `synced` (the broker's dispatcher) see the last index, then the close.
+        self.shared.synced.send_modify(|_| {});
     }
 }
 
@@ -804,7 +843,9 @@ fn write_queued(shared: &Shared, w: &mut Writing, roll: bool) -> Result<(), Stor
     }
     match write_batch(shared, &mut w.carry) {
         Ok(()) => {
-            shared.stuck.store(false, Ordering::Relaxed);
+            if shared.stuck.swap(false, Ordering::Relaxed) {
+                shared.room.notify_waiters();
+            }
             Ok(())
         }
         Err(StoreError::NoSpace { path }) => {
@@ -858,6 +899,7 @@ fn complete(
     shared
         .unsynced_bytes
         .fetch_sub(bytes as u64, Ordering::Relaxed);
+    shared.room.notify_waiters();
     shared
         .appended_bytes
         .fetch_add(bytes as u64, Ordering::Relaxed);
@@ -870,12 +912,8 @@ fn complete(
     }
     shared.local.send_replace(last);
     if shared.gate.lock().is_none() {
-        // The hook before the waiters: whoever sees an index committed (a checkpoint about
-        // to let segments go, a producer's receipt) finds its messages already counted live
-        // in their segments and visible.
-        if let Some(f) = shared.on_synced.read().as_ref() {
-            f(last);
-        }
+        // Only the index moves here: making the messages visible is the broker's, on its own
+        // thread, so this one goes back to writing at once.
         shared.synced.send_replace(last);
     }
     Ok(())

@@ -424,46 +424,6 @@ async fn concurrent_appends_share_syncs() {
 }
 
 #[tokio::test]
-async fn the_synced_hook_runs_before_anyone_sees_the_commit() {
-    // The broker's hook makes messages visible and counts them live in their segments; a
-    // checkpoint waiting for the commit must find that done, or it could let a segment with a
-    // live message go.
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = Store::open(config(dir.path()), false).unwrap();
-    let seen_early = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let seen_late = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let journal = store.journal().clone();
-    let (early, late) = (seen_early.clone(), seen_late.clone());
-    store.journal().set_on_synced(Box::new(move |upto| {
-        let counter = if journal.synced() < upto {
-            &early
-        } else {
-            &late
-        };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }));
-    for i in 0..20u64 {
-        let index = store.append(&added("queue://a", "m", "p", i));
-        store.journal().wait_synced(index).await.unwrap();
-    }
-    // Replicated: commits are published by replication once a quorum has the records.
-    store.journal().gate(Duration::from_secs(10));
-    for i in 20..40u64 {
-        let index = store.append(&added("queue://a", "m", "p", i));
-        let mut local = store.journal().watch_local();
-        local.wait_for(|l| *l >= index).await.unwrap();
-        store.journal().publish_committed(index);
-        store.journal().wait_synced(index).await.unwrap();
-    }
-    // Drop the hook (it holds the journal).
-    store.journal().set_on_synced(Box::new(|_| {}));
-    let early = seen_early.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(early >= 21, "the hook ran {early} times");
-    assert_eq!(seen_late.load(std::sync::atomic::Ordering::Relaxed), 0);
-    store.close();
-}
-
-#[tokio::test]
 async fn a_quorum_wait_times_out_from_when_it_began_not_from_each_return_to_it() {
     // A connection comes back to the wait for its oldest receipt after every other frame it
     // handles; the quorum timeout must count from when the send was taken, or a busy client

@@ -20,8 +20,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::io::poll_read_buf;
 
+pub mod liveness;
 pub mod quic;
 pub mod tls;
+
+pub use liveness::{Due, Liveness};
 
 /// Anything that carries a byte stream both ways.
 pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}

@@ -43,7 +43,8 @@ pub struct Topology {
     dir: tempfile::TempDir,
     admin: u16,
     broker_keys: String,
-    security: String,
+    /// Top-level tables after `[broker]` (`[security]`, `[[policy]]`, …).
+    tables: String,
     listeners: Vec<ListenerDef>,
     /// Held until the topology is written, so one topology never gets a port twice.
     reserved: Vec<TcpListener>,
@@ -62,7 +63,7 @@ impl Topology {
             dir: tempfile::tempdir().expect("temporary directory"),
             admin,
             broker_keys: String::new(),
-            security: String::new(),
+            tables: String::new(),
             listeners: Vec::new(),
             reserved: vec![l],
         }
@@ -76,9 +77,14 @@ impl Topology {
     }
 
     /// A `[security]` section and its `[[security.*]]` tables, as TOML text.
-    pub fn security(mut self, text: &str) -> Topology {
-        self.security.push_str(text);
-        self.security.push('\n');
+    pub fn security(self, text: &str) -> Topology {
+        self.section(text)
+    }
+
+    /// Further top-level tables (e.g. a `[[policy]]`), as TOML text.
+    pub fn section(mut self, text: &str) -> Topology {
+        self.tables.push_str(text);
+        self.tables.push('\n');
         self
     }
 
@@ -108,7 +114,7 @@ impl Topology {
         let mut text = format!(
             "[mesh]\nname = \"test\"\n\n[broker]\n{}\n{}\n[[group]]\nname = \"g\"\n\n\
              [[group.member]]\nname = \"{MEMBER}\"\nadmin = \"127.0.0.1:{}\"\ndata_dir = \"data\"\n",
-            self.broker_keys, self.security, self.admin
+            self.broker_keys, self.tables, self.admin
         );
         for l in &self.listeners {
             text.push_str(&format!(
