@@ -47,28 +47,33 @@ fn demo_copy(dir: &Path) -> PathBuf {
 }
 
 /// Runs the walkthrough block with bash from the repository's top directory; returns what it
-/// printed (stdout, then stderr, where the CLI reports its counts).
-fn run_walkthrough(script: &str) -> String {
+/// printed (stdout, then stderr, where the CLI reports its counts). A failure shows the
+/// members' logs as `up` printed them.
+fn run_walkthrough(script: &str, up: &Up, round: u32) -> String {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_meshmq"));
     let path = format!(
         "{}:{}",
         bin.parent().expect("the binary's directory").display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let done = common::run(
+    let mut run = common::CliChild::spawn(
         std::process::Command::new("bash")
             .args(["-euo", "pipefail", "-c", script])
             .current_dir(repo())
             .env("PATH", path),
     );
-    assert!(
-        done.status.success(),
-        "the walkthrough failed ({}):\n{script}\nstdout:\n{}\nstderr:\n{}",
-        done.status,
-        done.stdout,
-        done.stderr
-    );
-    format!("{}{}", done.stdout, done.stderr)
+    let status = run.proc.wait_timeout(common::GUARD);
+    let printed = format!("{}{}", run.stdout(), run.stderr());
+    if !status.is_some_and(|s| s.success()) {
+        let logs = up.0.stdout();
+        let tail: Vec<&str> = logs.lines().rev().take(150).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "round {round}: the walkthrough failed ({status:?}):\n{script}\nit printed:\n{printed}\nthe members' logs (last lines):\n{}",
+            tail.join("\n")
+        );
+    }
+    printed
 }
 
 /// The role `up`'s table gives `member`.
@@ -122,7 +127,7 @@ fn the_readme_walkthrough_works_every_time_whichever_member_serves() {
             "hub-1"
         };
 
-        let out = run_walkthrough(&script);
+        let out = run_walkthrough(&script, &up, round);
         let hellos = out.lines().filter(|l| *l == "hello").count();
         assert_eq!(hellos, 10, "round {round}: the consumer printed:\n{out}");
         assert!(out.contains("sent 10 messages"), "round {round}:\n{out}");
