@@ -666,7 +666,7 @@ async fn follow_inner(
                 *store = tokio::task::spawn_blocking(move || -> Result<Store, StoreError> {
                     old.close();
                     store::wipe_journal(&cfg.dir)?;
-                    Ok(Store::open_empty_at(cfg, 1, EpochHistory::default()))
+                    Store::open_empty_at(cfg, 1, EpochHistory::default())
                 })
                 .await
                 .map_err(|e| {
@@ -694,7 +694,7 @@ async fn follow_inner(
             store::wipe_journal(&cfg.dir)?;
             let mut covered = epochs.clone();
             covered.truncate_after(from.saturating_sub(1));
-            let fresh = Store::open_empty_at(cfg, from, covered);
+            let fresh = Store::open_empty_at(cfg, from, covered)?;
             if let Some(c) = checkpoint {
                 fresh.install_checkpoint(&c)?;
             }

@@ -60,6 +60,7 @@ pub const JOURNAL_BYTES: &str = "meshmq_journal_bytes_total";
 pub const JOURNAL_SEGMENTS: &str = "meshmq_journal_segments";
 pub const JOURNAL_DISK_BYTES: &str = "meshmq_journal_disk_bytes";
 pub const JOURNAL_FULL: &str = "meshmq_journal_full";
+pub const JOURNAL_FAILURES: &str = "meshmq_journal_failures_total";
 pub const CONNECTOR_UP: &str = "meshmq_connector_up";
 pub const CONNECTOR_RECONNECTS: &str = "meshmq_connector_reconnects_total";
 pub const CONNECTOR_FORWARDED: &str = "meshmq_connector_forwarded_total";
@@ -178,6 +179,10 @@ fn describe_all() {
     describe_gauge!(
         JOURNAL_FULL,
         "1 while the journal is at store_limit or the disk is full (persistent sends wait or fail)."
+    );
+    describe_counter!(
+        JOURNAL_FAILURES,
+        "Journal write or sync failures (EIO): each ended the master term, and nothing it covered was receipted."
     );
     describe_gauge!(
         CLUSTER_GROUPS,

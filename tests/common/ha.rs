@@ -47,6 +47,8 @@ pub struct GroupSpec {
     pub quorum_timeout: Duration,
     /// Per member; a higher weight wins an election between equal journal positions.
     pub weights: [u32; 3],
+    /// The group's `sync` mode (default `quorum_mem`).
+    pub sync: &'static str,
     /// More topology (other groups, connectors) appended after group `g`; the test starts
     /// those members itself. Relative paths in it are relative to the topology's directory.
     pub extra_toml: String,
@@ -58,6 +60,7 @@ impl Default for GroupSpec {
             session_timeout: Duration::from_secs(2),
             quorum_timeout: Duration::from_secs(3),
             weights: [1, 1, 1],
+            sync: "quorum_mem",
             extra_toml: String::new(),
         }
     }
@@ -198,8 +201,9 @@ impl HaGroup {
             "[mesh]\nname = \"ha\"\n\n[zookeeper]\nconnect = \"{zk_connect}\"\n\
              session_timeout = \"{}ms\"\nroot = \"/meshmq\"\n\n\
              [[group]]\nname = \"g\"\nelection = \"zookeeper\"\nreplicas = 3\n\
-             sync = \"quorum_mem\"\nquorum_timeout = \"{}ms\"\n",
+             sync = \"{}\"\nquorum_timeout = \"{}ms\"\n",
             spec.session_timeout.as_millis(),
+            spec.sync,
             spec.quorum_timeout.as_millis()
         );
         for (m, weight) in members.iter().zip(spec.weights) {
@@ -225,6 +229,15 @@ impl HaGroup {
             topology,
             _dir: dir,
         }
+    }
+
+    /// Member `i`'s journal directory (`DIR/g-N/journal`).
+    pub fn journal_dir(&self, i: usize) -> PathBuf {
+        self.topology
+            .parent()
+            .expect("the topology's directory")
+            .join(&self.members[i].name)
+            .join("journal")
     }
 
     /// The topology file every member runs from.
