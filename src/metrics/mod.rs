@@ -84,6 +84,7 @@ pub const HA_ELECTIONS: &str = "meshmq_ha_elections_total";
 pub const ZOOKEEPER_SESSION: &str = "meshmq_zookeeper_session_connected";
 pub const REPLICATION_LAG: &str = "meshmq_replication_lag_records";
 pub const REPLICATION_ACKS: &str = "meshmq_replication_acks_total";
+pub const REPLICATION_REFUSED: &str = "meshmq_replication_refused_total";
 pub const UPTIME: &str = "meshmq_uptime_seconds";
 pub const UP: &str = "meshmq_up";
 pub const PROCESS_RSS: &str = "meshmq_process_resident_memory_bytes";
@@ -274,6 +275,12 @@ fn describe_all() {
         REPLICATION_ACKS,
         "On a master: acknowledgements received from a slave, each saying it holds every \
          record up to an index."
+    );
+    describe_counter!(
+        REPLICATION_REFUSED,
+        "On a master: replication peers refused or cut off, by reason (no_hello, no_token, \
+         wrong_token, unknown_member, old_epoch, ack_beyond_sent). An ack_beyond_sent link \
+         acknowledged records it was never sent: it is closed and the ack never counts."
     );
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since this member started.");
     describe_gauge!(UP, "1 while this member runs.");

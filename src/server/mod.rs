@@ -142,7 +142,10 @@ pub struct ZooKeeperElection {
     pub weight: u32,
     /// Where this member serves followers while it is master.
     pub replication: SocketAddr,
+    /// The group's replication token (required by validation when the group has others).
     pub token: Option<String>,
+    /// The group's other members: the only followers this member admits while it is master.
+    pub peers: Vec<String>,
 }
 
 /// Everything needed to run one member.
@@ -205,6 +208,12 @@ impl ServerOptions {
                         .replication_token
                         .as_ref()
                         .map(|t| t.expose().to_string()),
+                    peers: group
+                        .members
+                        .iter()
+                        .filter(|other| other.name != m.name)
+                        .map(|other| other.name.to_string())
+                        .collect(),
                 }))
             }
             _ => ElectionOptions::None,
