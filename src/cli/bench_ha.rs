@@ -190,7 +190,7 @@ fn write_topology(
     let mut members = Vec::new();
     let mut text = format!(
         "[mesh]\nname = \"bench-ha\"\n\n[zookeeper]\nconnect = \"{zookeeper}\"\n\
-         session_timeout = \"{}ms\"\nroot = \"/meshmq-bench-{}\"\n\n[broker]\nmemory_limit = \"2GiB\"\n\n\
+         session_timeout = \"{}ms\"\nroot = \"/meshmq-bench-{}\"\n\n\
          [[group]]\nname = \"ha\"\nelection = \"zookeeper\"\nreplicas = 3\nsync = \"quorum_mem\"\n\
          quorum_timeout = \"5s\"\nreplication_token = \"{}\"\n",
         session.as_millis(),

@@ -348,6 +348,13 @@ impl Checker<'_> {
                     U32_MAX,
                 )
                 .unwrap_or(base.topic_pending_limit),
+            topic_pending_size: self
+                .size(
+                    &key("topic_pending_size"),
+                    raw.topic_pending_size.as_deref(),
+                    Zero::Refused,
+                )
+                .or(base.topic_pending_size),
             prefetch: self
                 .whole(&key("prefetch"), raw.prefetch, 1, U32_MAX)
                 .unwrap_or(base.prefetch),
@@ -431,16 +438,25 @@ impl Checker<'_> {
             1,
             U32_MAX,
         );
-        if let (Some(pattern), Some(_)) = (&destination, topic_pending_limit) {
-            if pattern.kind().is_queue() {
-                self.refuse(
-                    &key("topic_pending_limit"),
+        let topic_pending_size = self.size(
+            &key("topic_pending_size"),
+            raw.topic_pending_size.as_deref(),
+            Zero::Refused,
+        );
+        for (name, set) in [
+            ("topic_pending_limit", topic_pending_limit.is_some()),
+            ("topic_pending_size", topic_pending_size.is_some()),
+        ] {
+            match &destination {
+                Some(pattern) if set && pattern.kind().is_queue() => self.refuse(
+                    &key(name),
                     format!(
                         "only applies to topics, and {:?} is a queue pattern",
                         pattern.as_str()
                     ),
                     "remove it, or move it to a policy for topic:// destinations",
-                );
+                ),
+                _ => {}
             }
         }
         let policy = DestinationPolicy {
@@ -457,6 +473,7 @@ impl Checker<'_> {
                 U32_MAX,
             ),
             topic_pending_limit,
+            topic_pending_size,
             prefetch: self.whole(&key("prefetch"), raw.prefetch, 1, U32_MAX),
             on_full: self.keyword(
                 &key("on_full"),
