@@ -12,9 +12,11 @@
 mod acl;
 mod auth;
 pub mod certs;
+mod live;
 
 pub use acl::{Action, Authorizer, Denied};
 pub use auth::{hash_password, AuthError, Authenticator, Principal};
 pub use certs::{
     client_config, client_config_with_identity, generate_dev_pki, load_server_config, CertError,
 };
+pub use live::{LiveSecurity, Rules};
