@@ -19,13 +19,13 @@ use super::names::{
     NAME_FIX,
 };
 use super::raw::{
-    RawAcl, RawBroker, RawConnector, RawGroup, RawListener, RawMember, RawMetrics, RawPolicy,
-    RawRebalance, RawSecurity, RawStore, RawTopology, RawUser, RawZooKeeper,
+    RawAcl, RawAdmin, RawBroker, RawConnector, RawGroup, RawListener, RawMember, RawMetrics,
+    RawPolicy, RawRebalance, RawSecurity, RawStore, RawTopology, RawUser, RawZooKeeper,
 };
 use super::topology::{
-    Acl, BrokerPolicy, Connector, ConnectorTransport, DestinationPolicy, Election, Group, Listener,
-    Member, MetricsOptions, OnFull, RebalanceOptions, Secret, Security, StoreOptions, SyncMode,
-    TlsFiles, Topology, User, ZooKeeperOptions,
+    Acl, AdminOptions, BrokerPolicy, Connector, ConnectorTransport, DestinationPolicy, Election,
+    Group, Listener, Member, MetricsOptions, OnFull, RebalanceOptions, Secret, Security, Source,
+    StoreOptions, SyncMode, TlsFiles, Topology, User, ZooKeeperOptions,
 };
 use super::units::{
     parse_bind_ip, parse_client_url, parse_duration, parse_group_filter, parse_host_port,
@@ -47,8 +47,12 @@ enum Zero {
     Refused,
 }
 
+/// An admin token shorter than this is refused (a guessable token would open every write).
+const MIN_ADMIN_TOKEN: usize = 16;
+
 pub(super) fn validate(
     raw: &RawTopology,
+    source: &str,
     file: &Path,
     base_dir: &Path,
 ) -> Result<Topology, Vec<ConfigError>> {
@@ -72,6 +76,7 @@ pub(super) fn validate(
     let groups = c.groups(&raw.group, &broker);
     let zookeeper = c.zookeeper(raw.zookeeper.as_ref(), &raw.group);
     let connectors = c.connectors(&raw.connector, &raw.group, &groups, &security);
+    let admin = c.admin(raw.admin.as_ref());
 
     let (Some(mesh), true) = (mesh, c.errors.is_empty()) else {
         return Err(c.errors);
@@ -88,6 +93,8 @@ pub(super) fn validate(
         zookeeper,
         groups: groups.into_iter().flatten().collect(),
         connectors: connectors.into_iter().flatten().collect(),
+        admin,
+        source: Source::new(source),
     })
 }
 
@@ -543,6 +550,28 @@ impl Checker<'_> {
                     self.whole("metrics.max_destinations", m.max_destinations, 1, U32_MAX)
                 })
                 .unwrap_or(defaults.max_destinations),
+        }
+    }
+
+    /// `[admin]`: the credential that running members require of topology writes.
+    fn admin(&mut self, raw: Option<&RawAdmin>) -> AdminOptions {
+        let Some(token) = raw.and_then(|a| a.token.as_deref()) else {
+            return AdminOptions::default();
+        };
+        if token.chars().count() < MIN_ADMIN_TOKEN || token.chars().any(char::is_whitespace) {
+            self.refuse(
+                "admin.token",
+                format!(
+                    "is {} characters long{}; an admin token must be at least {MIN_ADMIN_TOKEN} characters without spaces",
+                    token.chars().count(),
+                    if token.chars().any(char::is_whitespace) { " and holds whitespace" } else { "" }
+                ),
+                "write a long random string, e.g. the output of `openssl rand -hex 16`".to_string(),
+            );
+            return AdminOptions::default();
+        }
+        AdminOptions {
+            token: Some(Secret::new(token.to_string())),
         }
     }
 
@@ -2145,6 +2174,9 @@ url = "tcp://127.0.0.1:61616"
             (format!("[store]\ncheckpoint_interval = \"0s\"\ngroup_commit_window = \"0s\"\n[metrics]\nmax_destinations = 0\n{BASE}"), vec!["store.checkpoint_interval", "metrics.max_destinations"]),
             (format!("[broker]\nmax_redeliveries = -1\nheartbeat = \"0s\"\n{BASE}"), vec!["broker.max_redeliveries"]),
             (format!("[rebalance]\nthreshold = 0.0\nmax_moves_per_second = 0.0\nwindow = \"soon\"\n{BASE}"), vec!["rebalance.threshold", "rebalance.max_moves_per_second", "rebalance.window"]),
+            (format!("{BASE}\n[admin]\ntoken = \"short\"\n"), vec!["admin.token"]),
+            (format!("{BASE}\n[admin]\ntoken = \"sixteen chars ok\"\n"), vec!["admin.token"]),
+            (format!("{BASE}\n[admin]\ntoken = \"0123456789abcdef\"\n"), vec![]),
         ];
         for (text, keys) in cases {
             assert_eq!(refused_keys(&text), keys, "{text}");

@@ -13,12 +13,14 @@
 mod acl;
 mod auth;
 pub mod certs;
+mod live;
 
 pub use acl::{Action, Authorizer, Denied};
 pub use auth::{hash_password, AuthError, Authenticator, Principal};
 pub use certs::{
     client_config, client_config_with_identity, generate_dev_pki, load_server_config, CertError,
 };
+pub use live::{LiveSecurity, Rules};
 
 /// A fresh random secret for a topology's `replication_token`: 32 bytes from the operating
 /// system's generator, as 64 hex digits.

@@ -8,8 +8,10 @@
 //! timeout has passed, so the process exits promptly on SIGTERM.
 
 pub mod admin;
+pub mod admin_topology;
 mod conn;
 mod election;
+pub mod live;
 pub(crate) mod native;
 mod replicated;
 mod request;
@@ -30,7 +32,7 @@ use crate::broker::{Broker, BrokerError, BrokerSettings};
 use crate::cluster::{Cluster, ClusterOptions, ClusterPolicy};
 use crate::config::{Election, Scheme, SyncMode, Topology};
 use crate::metrics as m;
-use crate::security::{Authenticator, Authorizer, Principal};
+use crate::security::{LiveSecurity, Principal};
 use crate::store::{Durability, StoreConfig, StoreError};
 use crate::transport::quic::{self, QuicIncoming, QuicListener};
 use crate::transport::{ConnectionCount, Incoming, Listener, TransportError};
@@ -160,7 +162,6 @@ pub struct ServerOptions {
     pub shutdown_timeout: Duration,
     pub expiry_check_interval: Duration,
     pub max_destinations: usize,
-    pub security: crate::config::Security,
     pub stomp: StompLimits,
     /// Connectors of this member's group (`None`: no network).
     pub network: Option<crate::network::NetworkOptions>,
@@ -171,6 +172,9 @@ pub struct ServerOptions {
     pub repair: bool,
     /// This group as its clients are told about it.
     pub cluster: ClusterOptions,
+    /// The whole topology the member starts with (what it reports on `/topology`, and what
+    /// `meshmq apply` changes).
+    pub topology: Arc<Topology>,
 }
 
 impl ServerOptions {
@@ -272,7 +276,6 @@ impl ServerOptions {
             shutdown_timeout: policy.shutdown_timeout,
             expiry_check_interval: policy.expiry_check_interval,
             max_destinations: topo.metrics.max_destinations,
-            security: topo.security.clone(),
             network: Some(crate::network::NetworkOptions::from_topology(topo, member)?),
             stomp: StompLimits {
                 max_headers: policy.stomp_max_headers as usize,
@@ -304,6 +307,7 @@ impl ServerOptions {
                 rebalance: m.listeners.iter().any(|l| l.rebalance_cluster_clients),
                 settings: topo.rebalance.clone(),
             },
+            topology: Arc::new(topo.clone()),
         })
     }
 }
@@ -470,9 +474,8 @@ pub(crate) struct ConnCtx {
     pub settings: ConnSettings,
     pub identity: Arc<Identity>,
     pub metrics: ListenerMetrics,
-    pub authenticator: Arc<Authenticator>,
-    /// `None` when the topology has no ACL entries (everyone logged in may do everything).
-    pub authorizer: Option<Arc<Authorizer>>,
+    /// The member's current login and ACL rules (replaced in place by `meshmq apply`).
+    pub security: Arc<LiveSecurity>,
     pub stomp: StompLimits,
     /// Bridges from other groups arrive on client listeners.
     pub network: Option<Arc<crate::network::Network>>,
@@ -490,7 +493,7 @@ impl ConnCtx {
         user: Option<String>,
         password: Option<String>,
     ) -> Result<Principal, String> {
-        let authn = self.authenticator.clone();
+        let authn = self.security.current().authenticator.clone();
         let result = tokio::task::spawn_blocking(move || {
             authn.authenticate(user.as_deref(), password.as_deref())
         })
@@ -552,6 +555,8 @@ pub(crate) struct MemberState {
     max_destinations: usize,
     memory_limit: u64,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    /// The topology it runs now, its live security and connectors.
+    live: live::LiveTopology,
 }
 
 impl MemberState {
@@ -640,6 +645,11 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         max_destinations: opts.max_destinations,
         memory_limit: opts.broker.memory_limit,
         prometheus,
+        live: live::LiveTopology::new(
+            opts.topology.clone(),
+            &opts.identity.member,
+            opts.network.clone(),
+        ),
     });
     state.set_role(Role::Starting);
     state.set_epoch(0);
