@@ -570,7 +570,7 @@ url = "tcp://127.0.0.1:61616"
     (
         "unknown top-level section",
         concat!("[brokr]\nprefetch = 10\n", base!()),
-        r#"bad.toml: brokr: unknown key; did you mean "broker"? valid keys here are: mesh, broker, policy, store, metrics, security, zookeeper, rebalance, group, connector"#,
+        r#"bad.toml: brokr: unknown key; did you mean "broker"? valid keys here are: mesh, broker, policy, store, metrics, security, zookeeper, rebalance, admin, group, connector"#,
     ),
     (
         "a hash of another algorithm",

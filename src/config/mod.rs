@@ -25,9 +25,9 @@ use std::path::{Path, PathBuf};
 pub use error::{ConfigError, TopologyError};
 pub use names::{ConnectorName, GroupName, InvalidName, MemberName, MeshName, MAX_NAME_LEN};
 pub use topology::{
-    Acl, BrokerPolicy, Connector, ConnectorTransport, DestinationLimits, DestinationPolicy,
-    Election, Group, Listener, Member, MetricsOptions, OnFull, RebalanceOptions, Secret, Security,
-    StoreOptions, SyncMode, TlsFiles, Topology, User, ZooKeeperOptions,
+    Acl, AdminOptions, BrokerPolicy, Connector, ConnectorTransport, DestinationLimits,
+    DestinationPolicy, Election, Group, Listener, Member, MetricsOptions, OnFull, RebalanceOptions,
+    Secret, Security, StoreOptions, SyncMode, TlsFiles, Topology, User, ZooKeeperOptions,
 };
 pub use units::{ClientUrl, HostPort, ListenerUrl, Scheme};
 

@@ -32,6 +32,7 @@ pub(super) struct RawTopology {
     pub security: Option<RawSecurity>,
     pub zookeeper: Option<RawZooKeeper>,
     pub rebalance: Option<RawRebalance>,
+    pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub group: Vec<RawGroup>,
     #[serde(default)]
@@ -96,6 +97,12 @@ pub(super) struct RawRebalance {
     pub max_moves_per_second: Option<f64>,
     pub failover_grace: Option<String>,
     pub join_settle: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -562,6 +569,11 @@ pub(super) const EXAMPLES: &[(&str, Example)] = &[
     ("rebalance.max_moves_per_second", Example::Value("100.0")),
     ("rebalance.failover_grace", Example::Value("\"30s\"")),
     ("rebalance.join_settle", Example::Value("\"3s\"")),
+    ("admin", Example::Table),
+    (
+        "admin.token",
+        Example::Value("\"a long random string\" (sent as `Authorization: Bearer …`)"),
+    ),
     ("security", Example::Table),
     ("security.allow_anonymous", Example::Value("false")),
     ("security.user", Example::Tables),

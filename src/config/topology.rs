@@ -282,6 +282,14 @@ impl Default for RebalanceOptions {
     }
 }
 
+/// `[admin]`: who may change a running member through its admin port.
+#[derive(Clone, Debug, Default)]
+pub struct AdminOptions {
+    /// The bearer token admin writes (`POST /drain`) must carry; `None`: every admin write is
+    /// refused.
+    pub token: Option<Secret>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetricsOptions {
     /// Cap on distinct values of the `destination` label.
@@ -472,6 +480,7 @@ pub struct Topology {
     pub store: StoreOptions,
     pub metrics: MetricsOptions,
     pub rebalance: RebalanceOptions,
+    pub admin: AdminOptions,
     pub security: Security,
     /// Present exactly when some group's election is zookeeper.
     pub zookeeper: Option<ZooKeeperOptions>,

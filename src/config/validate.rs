@@ -19,13 +19,13 @@ use super::names::{
     NAME_FIX,
 };
 use super::raw::{
-    RawAcl, RawBroker, RawConnector, RawGroup, RawListener, RawMember, RawMetrics, RawPolicy,
-    RawRebalance, RawSecurity, RawStore, RawTopology, RawUser, RawZooKeeper,
+    RawAcl, RawAdmin, RawBroker, RawConnector, RawGroup, RawListener, RawMember, RawMetrics,
+    RawPolicy, RawRebalance, RawSecurity, RawStore, RawTopology, RawUser, RawZooKeeper,
 };
 use super::topology::{
-    Acl, BrokerPolicy, Connector, ConnectorTransport, DestinationPolicy, Election, Group, Listener,
-    Member, MetricsOptions, OnFull, RebalanceOptions, Secret, Security, StoreOptions, SyncMode,
-    TlsFiles, Topology, User, ZooKeeperOptions,
+    Acl, AdminOptions, BrokerPolicy, Connector, ConnectorTransport, DestinationPolicy, Election,
+    Group, Listener, Member, MetricsOptions, OnFull, RebalanceOptions, Secret, Security,
+    StoreOptions, SyncMode, TlsFiles, Topology, User, ZooKeeperOptions,
 };
 use super::units::{
     parse_bind_ip, parse_client_url, parse_duration, parse_group_filter, parse_host_port,
@@ -33,6 +33,8 @@ use super::units::{
 };
 
 const U32_MAX: i64 = u32::MAX as i64;
+/// The shortest `[admin] token` accepted.
+const MIN_ADMIN_TOKEN: usize = 16;
 const PATTERN_FIX: &str =
     "write a destination pattern such as \"queue://orders.>\" or \"topic://prices.*\"";
 const PASSWD_FIX: &str = "run `meshmq passwd` and paste the argon2 hash it prints";
@@ -66,6 +68,7 @@ pub(super) fn validate(
     let store = c.store(raw.store.as_ref());
     let metrics = c.metrics(raw.metrics.as_ref());
     let rebalance = c.rebalance(raw.rebalance.as_ref());
+    let admin = c.admin(raw.admin.as_ref());
     let security = c.security(raw.security.as_ref());
     let groups = c.groups(&raw.group, &broker);
     let zookeeper = c.zookeeper(raw.zookeeper.as_ref(), &raw.group);
@@ -82,6 +85,7 @@ pub(super) fn validate(
         store,
         metrics,
         rebalance,
+        admin,
         security,
         zookeeper,
         groups: groups.into_iter().flatten().collect(),
@@ -525,6 +529,25 @@ impl Checker<'_> {
                 })
                 .unwrap_or(defaults.max_destinations),
         }
+    }
+
+    fn admin(&mut self, raw: Option<&RawAdmin>) -> AdminOptions {
+        let token = raw.and_then(|r| r.token.as_deref()).and_then(|t| {
+            if t.chars().count() >= MIN_ADMIN_TOKEN && !t.chars().any(char::is_whitespace) {
+                return Some(Secret::new(t.to_string()));
+            }
+            self.refuse(
+                "admin.token",
+                format!(
+                    "is {} characters long{}; an admin token must be at least {MIN_ADMIN_TOKEN} characters without spaces",
+                    t.chars().count(),
+                    if t.chars().any(char::is_whitespace) { " with spaces" } else { "" }
+                ),
+                "write a long random string, e.g. the output of `head -c 24 /dev/urandom | base64`",
+            );
+            None
+        });
+        AdminOptions { token }
     }
 
     fn rebalance(&mut self, raw: Option<&RawRebalance>) -> RebalanceOptions {
@@ -1992,6 +2015,29 @@ on_full = "fail"
             .first()
             .map(|c| (c.message_ttl, c.consumer_ttl, c.name.to_string()));
         assert_eq!(ttls, Some((3, 2, "hub-edge".to_string())));
+    }
+
+    #[test]
+    fn an_admin_token_is_optional_long_and_secret() {
+        assert!(
+            parse(BASE).admin.token.is_none(),
+            "no [admin]: admin writes are off"
+        );
+        let topo = parse(&format!(
+            "[admin]\ntoken = \"0123456789abcdef-secret\"\n{BASE}"
+        ));
+        assert_eq!(
+            topo.admin.token.as_ref().map(|t| t.expose()),
+            Some("0123456789abcdef-secret")
+        );
+        assert!(!format!("{topo:?}").contains("0123456789abcdef-secret"));
+        for short in ["short", "with spaces inside it"] {
+            assert_eq!(
+                refused_keys(&format!("[admin]\ntoken = \"{short}\"\n{BASE}")),
+                vec!["admin.token"],
+                "{short}"
+            );
+        }
     }
 
     #[test]

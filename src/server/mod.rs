@@ -8,7 +8,9 @@
 //! timeout has passed, so the process exits promptly on SIGTERM.
 
 pub mod admin;
+pub mod admin_ui;
 mod conn;
+pub mod drain;
 mod election;
 pub(crate) mod native;
 mod replicated;
@@ -168,6 +170,12 @@ pub struct ServerOptions {
     pub repair: bool,
     /// This group as its clients are told about it.
     pub cluster: ClusterOptions,
+    /// The bearer token admin writes must carry (`None`: they are refused).
+    pub admin_token: Option<crate::config::Secret>,
+    /// How many members this member's group has (1: a drain moves its clients to other groups).
+    pub group_members: usize,
+    /// Every member of the mesh and its admin address (the mesh view reads their `/status`).
+    pub mesh_members: Vec<admin_ui::MeshMemberRef>,
 }
 
 impl ServerOptions {
@@ -295,6 +303,16 @@ impl ServerOptions {
                 rebalance: m.listeners.iter().any(|l| l.rebalance_cluster_clients),
                 settings: topo.rebalance.clone(),
             },
+            admin_token: topo.admin.token.clone(),
+            group_members: group.members.len(),
+            mesh_members: topo
+                .members()
+                .map(|(g, m)| admin_ui::MeshMemberRef {
+                    group: g.name.to_string(),
+                    member: m.name.to_string(),
+                    admin: m.admin,
+                })
+                .collect(),
         })
     }
 }
@@ -471,6 +489,9 @@ pub(crate) struct ConnCtx {
     pub cluster: Arc<Cluster>,
     /// This listener's cluster options.
     pub cluster_policy: Arc<ClusterPolicy>,
+    /// Cancelled when the member stops taking new connections (a drain): the accept loop
+    /// ends and its socket closes, while the connections it admitted go on.
+    pub accepting: CancellationToken,
 }
 
 impl ConnCtx {
@@ -543,6 +564,8 @@ pub(crate) struct MemberState {
     max_destinations: usize,
     memory_limit: u64,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    /// Admin writes (the drain) and the mesh view.
+    operations: drain::Operations,
 }
 
 impl MemberState {
@@ -631,6 +654,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         max_destinations: opts.max_destinations,
         memory_limit: opts.broker.memory_limit,
         prometheus,
+        operations: drain::Operations::new(&opts, shutdown.clone()),
     });
     state.set_role(Role::Starting);
     state.set_epoch(0);
@@ -744,6 +768,7 @@ async fn accept_loop(
         let incoming = tokio::select! {
             r = listener.accept() => r,
             _ = shutdown.cancelled() => return,
+            _ = ctx.accepting.cancelled() => return,
         };
         match incoming {
             Ok(Incoming::Admitted {
@@ -852,6 +877,10 @@ async fn quic_accept_loop(
         let incoming = tokio::select! {
             i = listener.accept() => i,
             _ = shutdown.cancelled() => {
+                listener.close();
+                return;
+            }
+            _ = ctx.accepting.cancelled() => {
                 listener.close();
                 return;
             }
