@@ -63,6 +63,9 @@ enum Command {
     /// Every member of a topology as one table: role, epoch, clients, queue depth, connectors
     /// and replication lag (exit status 3 when some group has no master).
     Status(cli::status::StatusArgs),
+    /// Drain a member before an upgrade: it stops accepting clients, moves them to other groups
+    /// (or hands its group to a standby), waits until its queues are empty and exits.
+    Drain(cli::drain::DrainArgs),
     /// Print a Prometheus scrape configuration (YAML) for every member of a topology.
     PrometheusConfig(cli::prometheus::PrometheusConfigArgs),
     /// Send messages.
@@ -182,6 +185,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 println!("{}", path.display());
             }
         }
+        Command::Drain(args) => cli::drain::drain(&args).await?,
         Command::PrometheusConfig(args) => cli::prometheus::prometheus_config(&args)?,
         Command::Produce(args) => cli::clients::produce(args).await?,
         Command::Consume(args) => cli::clients::consume(args).await?,

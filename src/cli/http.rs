@@ -110,3 +110,32 @@ pub async fn wait_all_answer(addrs: &[SocketAddr], timeout: Duration) -> anyhow:
     }
     Ok(())
 }
+
+/// POSTs an empty body to `path` on `addr` with `Authorization: Bearer TOKEN`; returns the
+/// status code and the body.
+pub async fn post_bearer(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    let post = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("cannot reach the admin port {addr}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = hyper::Request::post(path)
+            .header(hyper::header::HOST, addr.to_string())
+            .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Empty::<Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(timeout, post)
+        .await
+        .map_err(|_| anyhow!("http://{addr}{path}: no answer within {timeout:?}"))?
+}

@@ -5,6 +5,7 @@ pub mod bench_failover;
 pub mod bench_ha;
 pub mod bench_mesh;
 pub mod clients;
+pub mod drain;
 pub mod http;
 pub mod mesh;
 pub mod prometheus;

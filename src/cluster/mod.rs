@@ -16,6 +16,7 @@
 //! listener, not just failed over, not pinned to its priority broker), each time to a named
 //! group, and never twice in one round.
 
+mod drain;
 mod rebalance;
 
 use std::collections::{BTreeMap, HashSet};

@@ -143,7 +143,7 @@ impl Cluster {
     }
 
     /// Tells client `id` to reconnect to `group` (its URIs of the client's scheme).
-    fn ask_to_move(&self, id: u64, group: &str) {
+    pub(super) fn ask_to_move(&self, id: u64, group: &str) {
         let Some(uris) = self.view().groups.get(group).cloned() else {
             return;
         };

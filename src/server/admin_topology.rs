@@ -17,6 +17,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::config::Secret;
 use crate::metrics as m;
 
 use super::live::{self, ApplyError, RunningTopology};
@@ -64,34 +65,44 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `None` when the request may write; otherwise the refusal.
-fn authenticate(state: &MemberState, headers: &HeaderMap) -> Option<Response> {
-    let topology = state.live.topology();
-    let Some(token) = &topology.admin.token else {
-        return Some(refuse(
+/// Why a write is refused: its status, the `reason` label it is counted by, and what the
+/// caller is told.
+type WriteRefusal = (StatusCode, &'static str, &'static str);
+
+/// Checks an `Authorization` header against the `[admin]` token (in constant time): every admin
+/// write — a topology, a drain — passes here.
+fn check_token(token: Option<&Secret>, authorization: Option<&str>) -> Result<(), WriteRefusal> {
+    let Some(token) = token else {
+        return Err((
             StatusCode::FORBIDDEN,
             "no_admin_token",
-            "this member's topology has no [admin] token, so its admin port takes no writes: add `[admin] token = \"...\"` to the file and restart the members once".into(),
+            "this member's topology has no [admin] token, so its admin port takes no writes: add `[admin] token = \"...\"` to the file and restart the members once",
         ));
     };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        None => Some(refuse(
+    match authorization.and_then(|v| v.strip_prefix("Bearer ")) {
+        None => Err((
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
-            "a topology write needs `Authorization: Bearer <[admin] token>`".into(),
+            "an admin write needs `Authorization: Bearer <[admin] token>`",
         )),
-        Some(p) if !same_secret(p.trim().as_bytes(), token.expose().as_bytes()) => Some(refuse(
+        Some(p) if !same_secret(p.trim().as_bytes(), token.expose().as_bytes()) => Err((
             StatusCode::UNAUTHORIZED,
             "wrong_token",
-            "wrong admin token: it must be the [admin] token of the topology this member runs now"
-                .into(),
+            "wrong admin token: it must be the [admin] token of the topology this member runs now",
         )),
-        Some(_) => None,
+        Some(_) => Ok(()),
     }
+}
+
+/// `None` when the request may write; otherwise the refusal (counted and logged).
+pub(super) fn authenticate(state: &MemberState, headers: &HeaderMap) -> Option<Response> {
+    let topology = state.live.topology();
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    check_token(topology.admin.token.as_ref(), authorization)
+        .err()
+        .map(|(status, reason, error)| refuse(status, reason, error.into()))
 }
 
 async fn write(
@@ -137,7 +148,47 @@ async fn write(
 
 #[cfg(test)]
 mod tests {
-    use super::same_secret;
+    use super::{check_token, same_secret};
+    use crate::config::Secret;
+    use axum::http::StatusCode;
+
+    #[test]
+    fn admin_writes_need_the_configured_token() {
+        let refused =
+            |r: Result<(), super::WriteRefusal>| r.map_err(|(status, reason, _)| (status, reason));
+        assert_eq!(
+            refused(check_token(None, Some("Bearer anything-at-all-1234"))),
+            Err((StatusCode::FORBIDDEN, "no_admin_token"))
+        );
+        let token = Secret::new("0123456789abcdef".to_string());
+        assert_eq!(
+            check_token(Some(&token), Some("Bearer 0123456789abcdef")),
+            Ok(())
+        );
+        for bad in [
+            None,
+            Some("0123456789abcdef"),
+            Some("Basic 0123456789abcdef"),
+        ] {
+            assert_eq!(
+                refused(check_token(Some(&token), bad)),
+                Err((StatusCode::UNAUTHORIZED, "unauthenticated")),
+                "{bad:?}"
+            );
+        }
+        for bad in [
+            "Bearer ",
+            "Bearer 0123456789abcde",
+            "Bearer 0123456789abcdefX",
+            "Bearer 0123456789abcdeF",
+        ] {
+            assert_eq!(
+                refused(check_token(Some(&token), Some(bad))),
+                Err((StatusCode::UNAUTHORIZED, "wrong_token")),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn secrets_match_only_when_equal() {

@@ -54,6 +54,7 @@ fn ctx(broker: &Broker, acls: Vec<Acl>) -> Arc<ConnCtx> {
         network: None,
         cluster: Cluster::new(ClusterOptions::default()),
         cluster_policy: Arc::new(ClusterPolicy::default()),
+        accepting: tokio_util::sync::CancellationToken::new(),
     })
 }
 

@@ -9,7 +9,9 @@
 
 pub mod admin;
 pub mod admin_topology;
+pub mod admin_ui;
 mod conn;
+pub mod drain;
 mod election;
 pub mod live;
 pub(crate) mod native;
@@ -175,6 +177,10 @@ pub struct ServerOptions {
     /// The whole topology the member starts with (what it reports on `/topology`, and what
     /// `meshmq apply` changes).
     pub topology: Arc<Topology>,
+    /// How many members this member's group has (1: a drain moves its clients to other groups).
+    pub group_members: usize,
+    /// Every member of the mesh and its admin address (the mesh view reads their `/status`).
+    pub mesh_members: Vec<admin_ui::MeshMemberRef>,
 }
 
 impl ServerOptions {
@@ -308,6 +314,15 @@ impl ServerOptions {
                 settings: topo.rebalance.clone(),
             },
             topology: Arc::new(topo.clone()),
+            group_members: group.members.len(),
+            mesh_members: topo
+                .members()
+                .map(|(g, m)| admin_ui::MeshMemberRef {
+                    group: g.name.to_string(),
+                    member: m.name.to_string(),
+                    admin: m.admin,
+                })
+                .collect(),
         })
     }
 }
@@ -483,6 +498,9 @@ pub(crate) struct ConnCtx {
     pub cluster: Arc<Cluster>,
     /// This listener's cluster options.
     pub cluster_policy: Arc<ClusterPolicy>,
+    /// Cancelled when the member stops taking new connections (a drain): the accept loop
+    /// ends and its socket closes, while the connections it admitted go on.
+    pub accepting: CancellationToken,
 }
 
 impl ConnCtx {
@@ -557,6 +575,8 @@ pub(crate) struct MemberState {
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
     /// The topology it runs now, its live security and connectors.
     live: live::LiveTopology,
+    /// Admin writes (the drain) and the mesh view.
+    operations: drain::Operations,
 }
 
 impl MemberState {
@@ -650,6 +670,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             &opts.identity.member,
             opts.network.clone(),
         ),
+        operations: drain::Operations::new(&opts, shutdown.clone()),
     });
     state.set_role(Role::Starting);
     state.set_epoch(0);
@@ -778,6 +799,7 @@ async fn accept_loop(
         let incoming = tokio::select! {
             r = listener.accept() => r,
             _ = shutdown.cancelled() => return,
+            _ = ctx.accepting.cancelled() => return,
         };
         match incoming {
             Ok(Incoming::Admitted {
@@ -886,6 +908,10 @@ async fn quic_accept_loop(
         let incoming = tokio::select! {
             i = listener.accept() => i,
             _ = shutdown.cancelled() => {
+                listener.close();
+                return;
+            }
+            _ = ctx.accepting.cancelled() => {
                 listener.close();
                 return;
             }

@@ -30,6 +30,8 @@ pub(crate) struct TermView {
     pub listeners: Vec<(ListenerSpec, SocketAddr, Arc<ConnectionCount>)>,
     pub network: Option<Arc<crate::network::Network>>,
     pub cluster: Arc<Cluster>,
+    /// Cancel to stop taking new connections (see `ConnCtx::accepting`).
+    pub accepting: CancellationToken,
 }
 
 pub(crate) struct Term {
@@ -120,7 +122,9 @@ impl Term {
             )
         });
         tracker.spawn(cluster.clone().run_rebalancer(stop.clone()));
+        let accepting = stop.child_token();
         let view = TermView {
+            accepting: accepting.clone(),
             broker: broker.clone(),
             listeners: bound
                 .iter()
@@ -141,6 +145,7 @@ impl Term {
                 network: network.clone(),
                 cluster: cluster.clone(),
                 cluster_policy: spec.cluster.clone(),
+                accepting: accepting.clone(),
             });
             tracing::info!(listener = %spec.url, %addr, "listening");
             match listener {

@@ -1123,6 +1123,30 @@ pub fn http_get_within(
     Ok((code, body.to_string()))
 }
 
+/// POSTs an empty body to `path` (with `Authorization: Bearer TOKEN` when given); returns the
+/// status code and the body. Panics when the member does not answer.
+pub fn http_post(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let post = || -> io::Result<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        Ok((code, text))
+    };
+    post().unwrap_or_else(|e| panic!("POST http://{addr}{path}: {e}"))
+}
+
 fn dechunk(mut body: &str) -> Option<String> {
     let mut out = String::new();
     loop {
