@@ -72,6 +72,8 @@ enum Command {
     /// Print an argon2 hash of a password for a topology's `password_hash` (reads the
     /// password from standard input, one line).
     Passwd,
+    /// Print a fresh random token for a replicated group's `replication_token`.
+    Token,
     /// Generate a development CA and a certificate and key per member of a topology.
     Certs {
         topology: PathBuf,
@@ -173,6 +175,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             println!("{}", meshmq::security::hash_password(password));
         }
+        Command::Token => println!("{}", meshmq::security::generate_token()),
         Command::Certs { topology, out } => {
             let topo = meshmq::config::load(&topology).map_err(|e| anyhow::anyhow!("{e}"))?;
             for path in meshmq::security::generate_dev_pki(&topo, &out)? {
