@@ -142,7 +142,7 @@ macro_rules! fields {
 }
 
 fn broker_fields(b: &BrokerPolicy) -> Fields {
-    fields!(b; memory_limit, on_full, max_redeliveries, topic_pending_limit, prefetch,
+    fields!(b; memory_limit, on_full, max_redeliveries, topic_pending_limit, topic_pending_size, prefetch,
         max_frame_size, heartbeat, connect_timeout, max_subscriptions_per_connection,
         stomp_max_headers, stomp_max_header_length, expiry_check_interval, shutdown_timeout)
 }
@@ -197,7 +197,7 @@ fn acl_fields(a: &Acl) -> Fields {
 }
 
 fn policy_fields(p: &DestinationPolicy) -> Fields {
-    fields!(p; memory_limit, max_redeliveries, topic_pending_limit, prefetch, on_full)
+    fields!(p; memory_limit, max_redeliveries, topic_pending_limit, topic_pending_size, prefetch, on_full)
 }
 
 /// A digest that tells two secrets apart without showing them (never printed: a changed

@@ -659,7 +659,7 @@ pub(super) const EXAMPLES: &[(&str, Example)] = &[
     ("admin", Example::Table),
     (
         "admin.token",
-        Example::Value("\"a long random string\" (e.g. the output of `openssl rand -hex 16`)"),
+        Example::Value("\"...\" (the output of `meshmq token`)"),
     ),
     ("connector", Example::Tables),
     ("connector.name", Example::Value("\"hub-edge-1\"")),

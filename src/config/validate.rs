@@ -566,7 +566,7 @@ impl Checker<'_> {
                     token.chars().count(),
                     if token.chars().any(char::is_whitespace) { " and holds whitespace" } else { "" }
                 ),
-                "write a long random string, e.g. the output of `openssl rand -hex 16`".to_string(),
+                "run `meshmq token` and paste the secret it prints".to_string(),
             );
             return AdminOptions::default();
         }

@@ -59,10 +59,10 @@ fn refuse(status: StatusCode, reason: &'static str, error: String) -> Response {
     response
 }
 
-/// Compares without stopping at the first difference, so the time taken does not tell how
-/// much of a guess was right.
+/// Compares in constant time, so the time taken does not tell how much of a guess was right.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 /// Why a write is refused: its status, the `reason` label it is counted by, and what the
