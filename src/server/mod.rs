@@ -294,6 +294,13 @@ impl ServerOptions {
                 capacity: m.listeners.iter().map(|l| l.max_connections as u64).sum(),
                 rebalance: m.listeners.iter().any(|l| l.rebalance_cluster_clients),
                 settings: topo.rebalance.clone(),
+                mesh_groups: topo.groups.iter().map(|g| g.name.to_string()).collect(),
+                rebalance_filters: m
+                    .listeners
+                    .iter()
+                    .filter(|l| l.rebalance_cluster_clients)
+                    .map(|l| l.update_cluster_filter.clone())
+                    .collect(),
             },
         })
     }
