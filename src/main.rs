@@ -54,6 +54,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What applying a topology file would change in the running mesh, group by group (asks
+    /// every member the file lists and every member running).
+    Plan(cli::apply::PlanArgs),
+    /// Make the running members take a topology file without restarting (connectors, users,
+    /// ACLs, groups); prints which members took it.
+    Apply(cli::apply::ApplyArgs),
     /// Every member of a topology as one table: role, epoch, clients, queue depth, connectors
     /// and replication lag (exit status 3 when some group has no master).
     Status(cli::status::StatusArgs),
@@ -66,6 +72,8 @@ enum Command {
     /// Print an argon2 hash of a password for a topology's `password_hash` (reads the
     /// password from standard input, one line).
     Passwd,
+    /// Print a fresh random token for a replicated group's `replication_token`.
+    Token,
     /// Generate a development CA and a certificate and key per member of a topology.
     Certs {
         topology: PathBuf,
@@ -147,6 +155,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => cli::mesh::broker(&topology, &member, repair).await?,
         Command::Up { topology } => cli::mesh::up(&topology).await?,
         Command::Check { topology, json } => cli::mesh::check(&topology, json)?,
+        Command::Plan(args) => cli::apply::plan(&args).await?,
+        Command::Apply(args) => {
+            if !cli::apply::apply(&args).await? {
+                return Ok(ExitCode::from(cli::apply::PARTIAL_EXIT));
+            }
+        }
         Command::Status(args) => {
             if !cli::status::status(&args).await? {
                 return Ok(ExitCode::from(cli::status::NO_MASTER_EXIT));
@@ -161,6 +175,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             println!("{}", meshmq::security::hash_password(password));
         }
+        Command::Token => println!("{}", meshmq::security::generate_token()),
         Command::Certs { topology, out } => {
             let topo = meshmq::config::load(&topology).map_err(|e| anyhow::anyhow!("{e}"))?;
             for path in meshmq::security::generate_dev_pki(&topo, &out)? {

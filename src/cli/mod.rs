@@ -1,4 +1,5 @@
 //! The `meshmq` command's subcommands (part of the binary, not the library).
+pub mod apply;
 pub mod bench;
 pub mod bench_failover;
 pub mod bench_ha;

@@ -36,6 +36,13 @@ pub(super) struct RawTopology {
     pub group: Vec<RawGroup>,
     #[serde(default)]
     pub connector: Vec<RawConnector>,
+    pub admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -51,6 +58,7 @@ pub(super) struct RawBroker {
     pub on_full: Option<String>,
     pub max_redeliveries: Option<i64>,
     pub topic_pending_limit: Option<i64>,
+    pub topic_pending_size: Option<String>,
     pub prefetch: Option<i64>,
     pub max_frame_size: Option<String>,
     pub heartbeat: Option<String>,
@@ -69,6 +77,7 @@ pub(super) struct RawPolicy {
     pub memory_limit: Option<String>,
     pub max_redeliveries: Option<i64>,
     pub topic_pending_limit: Option<i64>,
+    pub topic_pending_size: Option<String>,
     pub prefetch: Option<i64>,
     pub on_full: Option<String>,
 }
@@ -524,7 +533,8 @@ const BROKER_EXAMPLES: &[(&str, Example)] = &[
     ("memory_limit", Example::Value("\"1GiB\"")),
     ("on_full", Example::Value("\"block\"")),
     ("max_redeliveries", Example::Value("6")),
-    ("topic_pending_limit", Example::Value("1000")),
+    ("topic_pending_limit", Example::Value("100000")),
+    ("topic_pending_size", Example::Value("\"64MiB\"")),
     ("prefetch", Example::Value("1000")),
     ("max_frame_size", Example::Value("\"100MiB\"")),
     ("heartbeat", Example::Value("\"10s\"")),
@@ -547,6 +557,7 @@ pub(super) const EXAMPLES: &[(&str, Example)] = &[
     ("policy.memory_limit", Example::Value("\"64MiB\"")),
     ("policy.max_redeliveries", Example::Value("3")),
     ("policy.topic_pending_limit", Example::Value("500")),
+    ("policy.topic_pending_size", Example::Value("\"8MiB\"")),
     ("policy.prefetch", Example::Value("10")),
     ("policy.on_full", Example::Value("\"fail\"")),
     ("store", Example::Table),
@@ -644,6 +655,11 @@ pub(super) const EXAMPLES: &[(&str, Example)] = &[
     (
         "group.member.listener.tls_client_ca",
         Example::Value("\"certs/ca.pem\""),
+    ),
+    ("admin", Example::Table),
+    (
+        "admin.token",
+        Example::Value("\"a long random string\" (e.g. the output of `openssl rand -hex 16`)"),
     ),
     ("connector", Example::Tables),
     ("connector.name", Example::Value("\"hub-edge-1\"")),

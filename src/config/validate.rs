@@ -19,13 +19,13 @@ use super::names::{
     NAME_FIX,
 };
 use super::raw::{
-    RawAcl, RawBroker, RawConnector, RawGroup, RawListener, RawMember, RawMetrics, RawPolicy,
-    RawRebalance, RawSecurity, RawStore, RawTopology, RawUser, RawZooKeeper,
+    RawAcl, RawAdmin, RawBroker, RawConnector, RawGroup, RawListener, RawMember, RawMetrics,
+    RawPolicy, RawRebalance, RawSecurity, RawStore, RawTopology, RawUser, RawZooKeeper,
 };
 use super::topology::{
-    Acl, BrokerPolicy, Connector, ConnectorTransport, DestinationPolicy, Election, Group, Listener,
-    Member, MetricsOptions, OnFull, RebalanceOptions, Secret, Security, StoreOptions, SyncMode,
-    TlsFiles, Topology, User, ZooKeeperOptions,
+    Acl, AdminOptions, BrokerPolicy, Connector, ConnectorTransport, DestinationPolicy, Election,
+    Group, Listener, Member, MetricsOptions, OnFull, RebalanceOptions, Secret, Security, Source,
+    StoreOptions, SyncMode, TlsFiles, Topology, User, ZooKeeperOptions,
 };
 use super::units::{
     parse_bind_ip, parse_client_url, parse_duration, parse_group_filter, parse_host_port,
@@ -33,6 +33,8 @@ use super::units::{
 };
 
 const U32_MAX: i64 = u32::MAX as i64;
+/// The shortest replication token accepted (`meshmq token` makes 64 characters).
+pub const MIN_REPLICATION_TOKEN: usize = 16;
 const PATTERN_FIX: &str =
     "write a destination pattern such as \"queue://orders.>\" or \"topic://prices.*\"";
 const PASSWD_FIX: &str = "run `meshmq passwd` and paste the argon2 hash it prints";
@@ -45,8 +47,12 @@ enum Zero {
     Refused,
 }
 
+/// An admin token shorter than this is refused (a guessable token would open every write).
+const MIN_ADMIN_TOKEN: usize = 16;
+
 pub(super) fn validate(
     raw: &RawTopology,
+    source: &str,
     file: &Path,
     base_dir: &Path,
 ) -> Result<Topology, Vec<ConfigError>> {
@@ -71,6 +77,7 @@ pub(super) fn validate(
     c.cluster_filters(&groups);
     let zookeeper = c.zookeeper(raw.zookeeper.as_ref(), &raw.group);
     let connectors = c.connectors(&raw.connector, &raw.group, &groups, &security);
+    let admin = c.admin(raw.admin.as_ref());
 
     let (Some(mesh), true) = (mesh, c.errors.is_empty()) else {
         return Err(c.errors);
@@ -87,6 +94,8 @@ pub(super) fn validate(
         zookeeper,
         groups: groups.into_iter().flatten().collect(),
         connectors: connectors.into_iter().flatten().collect(),
+        admin,
+        source: Source::new(source),
     })
 }
 
@@ -347,6 +356,13 @@ impl Checker<'_> {
                     U32_MAX,
                 )
                 .unwrap_or(base.topic_pending_limit),
+            topic_pending_size: self
+                .size(
+                    &key("topic_pending_size"),
+                    raw.topic_pending_size.as_deref(),
+                    Zero::Refused,
+                )
+                .or(base.topic_pending_size),
             prefetch: self
                 .whole(&key("prefetch"), raw.prefetch, 1, U32_MAX)
                 .unwrap_or(base.prefetch),
@@ -430,16 +446,25 @@ impl Checker<'_> {
             1,
             U32_MAX,
         );
-        if let (Some(pattern), Some(_)) = (&destination, topic_pending_limit) {
-            if pattern.kind().is_queue() {
-                self.refuse(
-                    &key("topic_pending_limit"),
+        let topic_pending_size = self.size(
+            &key("topic_pending_size"),
+            raw.topic_pending_size.as_deref(),
+            Zero::Refused,
+        );
+        for (name, set) in [
+            ("topic_pending_limit", topic_pending_limit.is_some()),
+            ("topic_pending_size", topic_pending_size.is_some()),
+        ] {
+            match &destination {
+                Some(pattern) if set && pattern.kind().is_queue() => self.refuse(
+                    &key(name),
                     format!(
                         "only applies to topics, and {:?} is a queue pattern",
                         pattern.as_str()
                     ),
                     "remove it, or move it to a policy for topic:// destinations",
-                );
+                ),
+                _ => {}
             }
         }
         let policy = DestinationPolicy {
@@ -456,6 +481,7 @@ impl Checker<'_> {
                 U32_MAX,
             ),
             topic_pending_limit,
+            topic_pending_size,
             prefetch: self.whole(&key("prefetch"), raw.prefetch, 1, U32_MAX),
             on_full: self.keyword(
                 &key("on_full"),
@@ -525,6 +551,28 @@ impl Checker<'_> {
                     self.whole("metrics.max_destinations", m.max_destinations, 1, U32_MAX)
                 })
                 .unwrap_or(defaults.max_destinations),
+        }
+    }
+
+    /// `[admin]`: the credential that running members require of topology writes.
+    fn admin(&mut self, raw: Option<&RawAdmin>) -> AdminOptions {
+        let Some(token) = raw.and_then(|a| a.token.as_deref()) else {
+            return AdminOptions::default();
+        };
+        if token.chars().count() < MIN_ADMIN_TOKEN || token.chars().any(char::is_whitespace) {
+            self.refuse(
+                "admin.token",
+                format!(
+                    "is {} characters long{}; an admin token must be at least {MIN_ADMIN_TOKEN} characters without spaces",
+                    token.chars().count(),
+                    if token.chars().any(char::is_whitespace) { " and holds whitespace" } else { "" }
+                ),
+                "write a long random string, e.g. the output of `openssl rand -hex 16`".to_string(),
+            );
+            return AdminOptions::default();
+        }
+        AdminOptions {
+            token: Some(Secret::new(token.to_string())),
         }
     }
 
@@ -1084,6 +1132,9 @@ impl Checker<'_> {
         if g.replication_token.is_some() && election != Election::ZooKeeper {
             self.only_for(&key("replication_token"), Election::ZooKeeper, election);
         }
+        if election == Election::ZooKeeper {
+            self.replication_token(&key("replication_token"), g, count);
+        }
         let group_broker = self.broker(&key("broker"), g.broker.as_ref(), broker);
         if count == 0 {
             return None;
@@ -1100,6 +1151,30 @@ impl Checker<'_> {
             broker: group_broker,
             members,
         })
+    }
+
+    /// A replicated group with more than one member authenticates its followers: without a
+    /// token, anyone who reaches a replication port could follow the master and acknowledge
+    /// writes toward its quorum.
+    fn replication_token(&mut self, key: &str, g: &RawGroup, count: usize) {
+        let make = "make one with `meshmq token` and set replication_token = \"THAT TOKEN\" in this [[group]] (every member reads the same file)";
+        match g.replication_token.as_deref() {
+            None if count > 1 => self.refuse(
+                key,
+                format!("is missing, and the group's {count} members replicate its journal to each other: without it anyone who reaches a replication port could follow the master and acknowledge writes"),
+                make,
+            ),
+            // The value is a credential: name its length, never echo it.
+            Some(t) if t.chars().count() < MIN_REPLICATION_TOKEN => self.refuse(
+                key,
+                format!(
+                    "is {} characters long, shorter than {MIN_REPLICATION_TOKEN}: it could be guessed",
+                    t.chars().count()
+                ),
+                make,
+            ),
+            _ => {}
+        }
     }
 
     fn member(
@@ -1969,6 +2044,7 @@ connect = "zk1:2181, 127.0.0.1:2182"
 [[group]]
 name = "hub"
 election = "zookeeper"
+replication_token = "a-token-of-24-characters"
 [[group.member]]
 name = "hub-1"
 admin = "127.0.0.1:8161"
@@ -1992,6 +2068,42 @@ url = "tcp://127.0.0.1:61626"
             .as_ref()
             .map(|z| (z.connect.len(), z.root.as_str()));
         assert_eq!(zk, Some((2, "/meshmq")));
+    }
+
+    #[test]
+    fn a_replicated_group_of_several_members_needs_a_token_of_16_characters() {
+        let group = |token: &str| {
+            format!(
+                "[mesh]\nname = \"demo\"\n[zookeeper]\nconnect = \"127.0.0.1:2181\"\n\
+                 [[group]]\nname = \"hub\"\nelection = \"zookeeper\"\n{token}\n\
+                 [[group.member]]\nname = \"hub-1\"\nadmin = \"127.0.0.1:8161\"\n\
+                 replication = \"127.0.0.1:61619\"\n\
+                 [[group.member.listener]]\nurl = \"tcp://127.0.0.1:61616\"\n\
+                 [[group.member]]\nname = \"hub-2\"\nadmin = \"127.0.0.1:8162\"\n\
+                 replication = \"127.0.0.1:61629\"\n\
+                 [[group.member.listener]]\nurl = \"tcp://127.0.0.1:61626\"\n"
+            )
+        };
+        let missing = match parse_str(&group(""), Path::new("t.toml")) {
+            Ok(_) => panic!("a two-member group without a replication token was accepted"),
+            Err(e) => e.to_string(),
+        };
+        for words in ["group[hub].replication_token", "is missing", "meshmq token"] {
+            assert!(missing.contains(words), "{words:?} not in: {missing}");
+        }
+        let short = match parse_str(
+            &group("replication_token = \"fifteen-chars-x\""),
+            Path::new("t.toml"),
+        ) {
+            Ok(_) => panic!("a 15-character replication token was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(short.contains("15 characters"), "{short}");
+        assert!(
+            !short.contains("fifteen-chars-x"),
+            "the token is echoed: {short}"
+        );
+        assert!(refused_keys(&group("replication_token = \"sixteen-chars-xx\"")).is_empty());
     }
 
     #[test]
@@ -2071,7 +2183,7 @@ digest = "meshmq:topsecret"
 [[group]]
 name = "hub"
 election = "zookeeper"
-replication_token = "topsecret"
+replication_token = "topsecret-topsecret"
 [[group.member]]
 name = "hub-1"
 admin = "127.0.0.1:8161"
@@ -2128,6 +2240,9 @@ url = "tcp://127.0.0.1:61616"
             (format!("[store]\ncheckpoint_interval = \"0s\"\ngroup_commit_window = \"0s\"\n[metrics]\nmax_destinations = 0\n{BASE}"), vec!["store.checkpoint_interval", "metrics.max_destinations"]),
             (format!("[broker]\nmax_redeliveries = -1\nheartbeat = \"0s\"\n{BASE}"), vec!["broker.max_redeliveries"]),
             (format!("[rebalance]\nthreshold = 0.0\nmax_moves_per_second = 0.0\nwindow = \"soon\"\n{BASE}"), vec!["rebalance.threshold", "rebalance.max_moves_per_second", "rebalance.window"]),
+            (format!("{BASE}\n[admin]\ntoken = \"short\"\n"), vec!["admin.token"]),
+            (format!("{BASE}\n[admin]\ntoken = \"sixteen chars ok\"\n"), vec!["admin.token"]),
+            (format!("{BASE}\n[admin]\ntoken = \"0123456789abcdef\"\n"), vec![]),
         ];
         for (text, keys) in cases {
             assert_eq!(refused_keys(&text), keys, "{text}");

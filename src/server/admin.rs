@@ -1,4 +1,5 @@
-//! The admin HTTP port: `/metrics`, `/status`, `/healthz`, `/readyz`.
+//! The admin HTTP port: `/metrics`, `/status`, `/healthz`, `/readyz` (and `/topology`, in
+//! `admin_topology`).
 
 use std::sync::Arc;
 
@@ -75,6 +76,7 @@ pub(crate) async fn serve(
         .route("/status", get(status))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .merge(super::admin_topology::routes())
         .with_state(state);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())

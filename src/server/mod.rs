@@ -8,8 +8,10 @@
 //! timeout has passed, so the process exits promptly on SIGTERM.
 
 pub mod admin;
+pub mod admin_topology;
 mod conn;
 mod election;
+pub mod live;
 pub(crate) mod native;
 mod replicated;
 mod request;
@@ -30,7 +32,7 @@ use crate::broker::{Broker, BrokerError, BrokerSettings};
 use crate::cluster::{Cluster, ClusterOptions, ClusterPolicy};
 use crate::config::{Election, Scheme, SyncMode, Topology};
 use crate::metrics as m;
-use crate::security::{Authenticator, Authorizer, Principal};
+use crate::security::{LiveSecurity, Principal};
 use crate::store::{Durability, StoreConfig, StoreError};
 use crate::transport::quic::{self, QuicIncoming, QuicListener};
 use crate::transport::{ConnectionCount, Incoming, Listener, TransportError};
@@ -142,7 +144,10 @@ pub struct ZooKeeperElection {
     pub weight: u32,
     /// Where this member serves followers while it is master.
     pub replication: SocketAddr,
+    /// The group's replication token (required by validation when the group has others).
     pub token: Option<String>,
+    /// The group's other members: the only followers this member admits while it is master.
+    pub peers: Vec<String>,
 }
 
 /// Everything needed to run one member.
@@ -157,7 +162,6 @@ pub struct ServerOptions {
     pub shutdown_timeout: Duration,
     pub expiry_check_interval: Duration,
     pub max_destinations: usize,
-    pub security: crate::config::Security,
     pub stomp: StompLimits,
     /// Connectors of this member's group (`None`: no network).
     pub network: Option<crate::network::NetworkOptions>,
@@ -168,6 +172,9 @@ pub struct ServerOptions {
     pub repair: bool,
     /// This group as its clients are told about it.
     pub cluster: ClusterOptions,
+    /// The whole topology the member starts with (what it reports on `/topology`, and what
+    /// `meshmq apply` changes).
+    pub topology: Arc<Topology>,
 }
 
 impl ServerOptions {
@@ -205,6 +212,12 @@ impl ServerOptions {
                         .replication_token
                         .as_ref()
                         .map(|t| t.expose().to_string()),
+                    peers: group
+                        .members
+                        .iter()
+                        .filter(|other| other.name != m.name)
+                        .map(|other| other.name.to_string())
+                        .collect(),
                 }))
             }
             _ => ElectionOptions::None,
@@ -263,7 +276,6 @@ impl ServerOptions {
             shutdown_timeout: policy.shutdown_timeout,
             expiry_check_interval: policy.expiry_check_interval,
             max_destinations: topo.metrics.max_destinations,
-            security: topo.security.clone(),
             network: Some(crate::network::NetworkOptions::from_topology(topo, member)?),
             stomp: StompLimits {
                 max_headers: policy.stomp_max_headers as usize,
@@ -302,6 +314,7 @@ impl ServerOptions {
                     .map(|l| l.update_cluster_filter.clone())
                     .collect(),
             },
+            topology: Arc::new(topo.clone()),
         })
     }
 }
@@ -468,9 +481,8 @@ pub(crate) struct ConnCtx {
     pub settings: ConnSettings,
     pub identity: Arc<Identity>,
     pub metrics: ListenerMetrics,
-    pub authenticator: Arc<Authenticator>,
-    /// `None` when the topology has no ACL entries (everyone logged in may do everything).
-    pub authorizer: Option<Arc<Authorizer>>,
+    /// The member's current login and ACL rules (replaced in place by `meshmq apply`).
+    pub security: Arc<LiveSecurity>,
     pub stomp: StompLimits,
     /// Bridges from other groups arrive on client listeners.
     pub network: Option<Arc<crate::network::Network>>,
@@ -488,7 +500,7 @@ impl ConnCtx {
         user: Option<String>,
         password: Option<String>,
     ) -> Result<Principal, String> {
-        let authn = self.authenticator.clone();
+        let authn = self.security.current().authenticator.clone();
         let result = tokio::task::spawn_blocking(move || {
             authn.authenticate(user.as_deref(), password.as_deref())
         })
@@ -550,6 +562,8 @@ pub(crate) struct MemberState {
     max_destinations: usize,
     memory_limit: u64,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    /// The topology it runs now, its live security and connectors.
+    live: live::LiveTopology,
 }
 
 impl MemberState {
@@ -638,6 +652,11 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         max_destinations: opts.max_destinations,
         memory_limit: opts.broker.memory_limit,
         prometheus,
+        live: live::LiveTopology::new(
+            opts.topology.clone(),
+            &opts.identity.member,
+            opts.network.clone(),
+        ),
     });
     state.set_role(Role::Starting);
     state.set_epoch(0);
@@ -652,10 +671,25 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             // The only member of its group: serve at once, and fail at once if we cannot.
             let term = Term::start(&opts, &state, &shutdown).await?;
             let listen_addrs = term.listen_addrs.clone();
-            let (state, shutdown_token, timeout) =
-                (state.clone(), shutdown.clone(), opts.shutdown_timeout);
+            let (state, shutdown_token, timeout, fatal) = (
+                state.clone(),
+                shutdown.clone(),
+                opts.shutdown_timeout,
+                fatal.clone(),
+            );
+            let stopped = term.stopped();
             tracker.spawn(async move {
-                shutdown_token.cancelled().await;
+                tokio::select! {
+                    _ = shutdown_token.cancelled() => {}
+                    _ = stopped.cancelled() => {
+                        // The term ended itself (its journal failed): with no other member to
+                        // take over, exit with a failure; a restart recovers what is on disk.
+                        let cause = "the master term ended by itself (see the error above)";
+                        tracing::error!(cause, "this member cannot go on; exiting with a failure so that a supervisor restarts it");
+                        fatal.0.lock().get_or_insert(cause.to_string());
+                        shutdown_token.cancel();
+                    }
+                }
                 term.stop(&state, timeout).await;
             });
             listen_addrs
@@ -890,6 +924,23 @@ async fn quic_accept_loop(
                 });
             }
         }
+    }
+}
+
+/// Ends the master term at once when the journal fails (a write or an `fsync` returned an
+/// error): the failed records were not receipted and never will be — a receipt after a failed
+/// sync would be a lie, and Linux may already have dropped the unsynced pages — so the member
+/// stops serving, says why in the log and in `meshmq_journal_failures_total`, and its election
+/// driver decides what is next (a standby takes over; a lone member exits for a restart that
+/// recovers what is on disk).
+async fn stop_on_journal_failure(broker: Broker, stop: CancellationToken) {
+    tokio::select! {
+        reason = broker.journal_failed() => {
+            counter!(m::JOURNAL_FAILURES).increment(1);
+            tracing::error!(%reason, "the journal failed: nothing more is receipted; this member stops serving");
+            stop.cancel();
+        }
+        _ = stop.cancelled() => {}
     }
 }
 

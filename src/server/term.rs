@@ -14,14 +14,13 @@ use tokio_util::task::TaskTracker;
 use crate::broker::Broker;
 use crate::cluster::Cluster;
 use crate::metrics as m;
-use crate::security::{Authenticator, Authorizer};
 use crate::store::{Store, StoreError};
 use crate::transport::quic::QuicListener;
 use crate::transport::{ConnectionCount, Listener, TransportError};
 
 use super::{
-    accept_loop, chores, quic_accept_loop, Bound, ConnCtx, ListenerMetrics, ListenerSpec,
-    MemberState, Role, ServerError, ServerOptions,
+    accept_loop, chores, quic_accept_loop, stop_on_journal_failure, Bound, ConnCtx,
+    ListenerMetrics, ListenerSpec, MemberState, Role, ServerError, ServerOptions,
 };
 
 /// What the admin endpoints see of the running term.
@@ -105,15 +104,16 @@ impl Term {
         let stop = parent.child_token();
         let tracker = TaskTracker::new();
         let identity = state.identity.clone();
-        let authenticator = Arc::new(Authenticator::new(&opts.security));
-        let authorizer =
-            (!opts.security.acls.is_empty()).then(|| Arc::new(Authorizer::new(&opts.security)));
+        let security = state.live.security.clone();
         let cluster = Cluster::new(opts.cluster.clone());
-        let network = opts.network.clone().map(|n| {
+        // The connectors of the topology the member runs now (an apply may have changed them
+        // since it started).
+        let (version, network_opts) = state.live.network();
+        let network = network_opts.map(|n| {
             crate::network::Network::start(
                 n,
                 broker.clone(),
-                authenticator.clone(),
+                security.clone(),
                 cluster.clone(),
                 stop.clone(),
                 &tracker,
@@ -136,8 +136,7 @@ impl Term {
                 settings: opts.conn.clone(),
                 identity: identity.clone(),
                 metrics: ListenerMetrics::new(&spec.url, spec.protocol),
-                authenticator: authenticator.clone(),
-                authorizer: authorizer.clone(),
+                security: security.clone(),
                 stomp: opts.stomp,
                 network: network.clone(),
                 cluster: cluster.clone(),
@@ -162,13 +161,23 @@ impl Term {
                 )),
             };
         }
+        tracker.spawn(stop_on_journal_failure(broker.clone(), stop.clone()));
         tracker.spawn(chores(
             broker.clone(),
             opts.expiry_check_interval,
             opts.checkpoint_interval,
             stop.clone(),
         ));
-        *state.term.write() = Some(view);
+        {
+            let mut published = state.term.write();
+            // An apply that came in since the connectors were read found no term to change.
+            if let (Some(net), (now, Some(latest))) = (&network, state.live.network()) {
+                if now != version {
+                    net.reconfigure(latest);
+                }
+            }
+            *published = Some(view);
+        }
         state.set_role(Role::Master);
         counter!(m::TERMS).increment(1);
         tracing::info!(member = %opts.identity.member, "serving as master");

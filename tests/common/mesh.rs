@@ -68,7 +68,8 @@ impl MeshBuilder {
             listener: listener.to_string(),
             replicated: true,
             lines: format!(
-                "election = \"zookeeper\"\nreplicas = {members}\nsync = \"quorum_mem\"\n"
+                "election = \"zookeeper\"\nreplicas = {members}\nsync = \"quorum_mem\"\n\
+                 replication_token = \"mesh-tests-replication-token\"\n"
             ),
         });
         self
@@ -213,6 +214,12 @@ impl Member {
         self.proc.is_some()
     }
 
+    /// The process id of the running member (`None` when it is not running or has exited).
+    pub fn pid(&mut self) -> Option<i32> {
+        let p = self.proc.as_mut()?;
+        p.try_wait().is_none().then(|| p.pid())
+    }
+
     pub fn status(&self) -> Option<MemberStatus> {
         match http_get(self.admin, "/status") {
             Ok((200, body)) => serde_json::from_str(&body).ok(),
@@ -304,7 +311,7 @@ impl Mesh {
             .unwrap_or_else(|| panic!("no member {name}"))
     }
 
-    fn member_mut(&mut self, name: &str) -> &mut Member {
+    pub fn member_mut(&mut self, name: &str) -> &mut Member {
         self.members
             .iter_mut()
             .find(|m| m.name == name)

@@ -555,6 +555,11 @@ impl Broker {
         &self.member
     }
 
+    /// The topology file it was started with.
+    pub fn topology(&self) -> &Path {
+        &self.topology
+    }
+
     pub fn pid(&self) -> i32 {
         self.proc.pid()
     }
