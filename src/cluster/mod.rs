@@ -57,8 +57,6 @@ pub struct ClusterOptions {
     pub rebalance: bool,
     /// The topology's `[rebalance]` section.
     pub settings: crate::config::RebalanceOptions,
-    /// Every group the topology names (the view accepts no other); empty: any.
-    pub mesh_groups: Vec<String>,
     /// The `update_cluster_filter` of each rebalancing listener (an empty one admits every
     /// group): the rebalancer evens out the load over this group and the groups one admits.
     pub rebalance_filters: Vec<Vec<regex::Regex>>,
@@ -174,7 +172,7 @@ impl Cluster {
         groups.insert(opts.group.clone(), opts.uris.clone());
         let view = watch::channel(Arc::new(MeshView { groups })).0;
         gauge!(m::CLUSTER_GROUPS).set(1.0);
-        let table = MeshTable::new(&opts.group, &opts.mesh_groups, RELAY_EXPIRY);
+        let table = MeshTable::new(&opts.group, RELAY_EXPIRY);
         Arc::new(Cluster {
             opts,
             table: Mutex::new(table),

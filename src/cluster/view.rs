@@ -8,10 +8,16 @@
 //! is up; a relayed group stays only while some live bridge's latest report carries it and that
 //! report is younger than `expiry`; a report never carries a group back over the bridge its
 //! best route goes through (split horizon), nor the receiving peer itself; routes longer than
-//! `max_hops`, routes to this group and groups the topology does not name are dropped, so a
-//! withdrawn group can never bounce between members for long.
+//! `MAX_HOPS` and routes to this group are dropped, so a withdrawn group can never bounce
+//! between members for long. Group names are not pinned to the topology a term started with:
+//! `meshmq apply` may add groups to a running mesh (and bridges are only accepted from the
+//! mesh's own groups).
 
-use std::collections::{BTreeMap, HashSet};
+/// No route is longer than this many hops (a mesh of more groups in one chain than this is
+/// not one this view serves).
+pub const MAX_HOPS: u32 = 16;
+
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::wire::proto;
@@ -41,33 +47,22 @@ struct Heard {
 #[derive(Debug, Clone)]
 pub struct MeshTable {
     own: String,
-    /// The topology's group names; empty: every name is accepted.
-    known: HashSet<String>,
-    max_hops: u32,
     expiry: Duration,
     bridges: BTreeMap<u64, Heard>,
 }
 
 impl MeshTable {
-    /// `known` are the topology's groups (a route is never longer than their number less one);
-    /// relayed routes not reported again within `expiry` are dropped.
-    pub fn new(own: &str, known: &[String], expiry: Duration) -> MeshTable {
-        let max_hops = if known.is_empty() {
-            16
-        } else {
-            (known.len() as u32).saturating_sub(1).max(1)
-        };
+    /// Relayed routes not reported again within `expiry` are dropped.
+    pub fn new(own: &str, expiry: Duration) -> MeshTable {
         MeshTable {
             own: own.to_string(),
-            known: known.iter().cloned().collect(),
-            max_hops,
             expiry,
             bridges: BTreeMap::new(),
         }
     }
 
     fn admits(&self, group: &str) -> bool {
-        group != self.own && (self.known.is_empty() || self.known.contains(group))
+        !group.is_empty() && group != self.own
     }
 
     /// A report (or the handshake) from the peer of `bridge`: its own load and its view.
@@ -84,7 +79,7 @@ impl MeshTable {
             .filter(|g| g.group != info.group && self.admits(&g.group))
             .filter_map(|g| {
                 let hops = g.hops.max(1).saturating_add(1);
-                (hops <= self.max_hops).then(|| {
+                (hops <= MAX_HOPS).then(|| {
                     (
                         g.group.clone(),
                         Route {
@@ -190,10 +185,6 @@ mod tests {
 
     const EXPIRY: Duration = Duration::from_secs(5);
 
-    fn names(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
-
     fn report(group: &str, clients: u64, view: &[(&str, u32)]) -> proto::BrokerInfo {
         proto::BrokerInfo {
             group: group.into(),
@@ -214,14 +205,10 @@ mod tests {
         }
     }
 
-    fn mesh() -> Vec<String> {
-        names(&["hub", "edge-1", "edge-2", "edge-3"])
-    }
-
     #[test]
     fn an_edge_learns_the_other_edges_through_the_hub_with_their_distance() {
         let t0 = Instant::now();
-        let mut edge1 = MeshTable::new("edge-1", &mesh(), EXPIRY);
+        let mut edge1 = MeshTable::new("edge-1", EXPIRY);
         assert!(edge1.heard(1, &report("hub", 0, &[]), t0));
         assert!(edge1.heard(
             1,
@@ -252,7 +239,7 @@ mod tests {
     #[test]
     fn a_withdrawn_group_leaves_with_the_next_report_and_a_dead_bridge_takes_its_routes() {
         let t0 = Instant::now();
-        let mut edge1 = MeshTable::new("edge-1", &mesh(), EXPIRY);
+        let mut edge1 = MeshTable::new("edge-1", EXPIRY);
         edge1.heard(1, &report("hub", 0, &[("edge-2", 1), ("edge-3", 1)]), t0);
         // edge-2's bridge with the hub died: the hub's next report lacks it.
         assert!(edge1.heard(1, &report("hub", 0, &[("edge-3", 1)]), t0));
@@ -269,7 +256,7 @@ mod tests {
     #[test]
     fn relayed_routes_expire_when_their_reports_stop_but_the_peer_stays_while_its_bridge_is_up() {
         let t0 = Instant::now();
-        let mut edge1 = MeshTable::new("edge-1", &mesh(), EXPIRY);
+        let mut edge1 = MeshTable::new("edge-1", EXPIRY);
         edge1.heard(1, &report("hub", 0, &[("edge-2", 1)]), t0);
         let within = t0 + EXPIRY;
         assert!(!edge1.expire(within), "not yet stale");
@@ -288,9 +275,9 @@ mod tests {
     }
 
     #[test]
-    fn reports_split_the_horizon_and_long_or_unknown_routes_are_dropped() {
+    fn reports_split_the_horizon_and_overlong_routes_are_dropped() {
         let t0 = Instant::now();
-        let mut hub = MeshTable::new("hub", &mesh(), EXPIRY);
+        let mut hub = MeshTable::new("hub", EXPIRY);
         hub.heard(1, &report("edge-1", 0, &[]), t0);
         hub.heard(2, &report("edge-2", 0, &[("edge-3", 1)]), t0);
         let to_edge1: Vec<(String, u32)> = hub
@@ -304,29 +291,28 @@ mod tests {
         );
         let to_edge2: Vec<String> = hub.report_for(2, t0).into_iter().map(|g| g.group).collect();
         assert_eq!(to_edge2, vec!["edge-1"], "edge-3 is reached through edge-2");
-        // Four groups: no simple path is longer than three hops.
-        let mut edge1 = MeshTable::new("edge-1", &mesh(), EXPIRY);
-        edge1.heard(
-            1,
-            &report("hub", 0, &[("edge-2", 2), ("edge-3", 3), ("nowhere", 1)]),
-            t0,
-        );
+        // A route one hop past MAX_HOPS is dropped; a report naming this group is ignored.
+        let mut edge1 = MeshTable::new("edge-1", EXPIRY);
+        let far = [
+            ("edge-2", MAX_HOPS - 1),
+            ("edge-3", MAX_HOPS),
+            ("edge-1", 1),
+        ];
+        edge1.heard(1, &report("hub", 0, &far), t0);
         assert_eq!(
             edge1.groups(t0).into_keys().collect::<Vec<_>>(),
             vec!["edge-2", "hub"]
         );
-        // A stranger group reporting itself is ignored.
-        assert!(!edge1.heard(9, &report("nowhere", 0, &[]), t0));
+        assert!(!edge1.heard(9, &report("edge-1", 0, &[]), t0), "itself");
     }
 
     #[test]
     fn a_chain_carries_a_group_two_hops_and_withdraws_it_when_the_far_link_dies() {
         let t0 = Instant::now();
-        let known = names(&["hub", "edge-a", "edge-b"]);
         // hub -- edge-a -- edge-b
-        let mut hub = MeshTable::new("hub", &known, EXPIRY);
-        let mut a = MeshTable::new("edge-a", &known, EXPIRY);
-        let mut b = MeshTable::new("edge-b", &known, EXPIRY);
+        let mut hub = MeshTable::new("hub", EXPIRY);
+        let mut a = MeshTable::new("edge-a", EXPIRY);
+        let mut b = MeshTable::new("edge-b", EXPIRY);
         let info = |t: &MeshTable, group: &str, bridge: u64| proto::BrokerInfo {
             group: group.into(),
             client_uris: vec![format!("tcp://{group}:1")],

@@ -306,7 +306,6 @@ impl ServerOptions {
                 capacity: m.listeners.iter().map(|l| l.max_connections as u64).sum(),
                 rebalance: m.listeners.iter().any(|l| l.rebalance_cluster_clients),
                 settings: topo.rebalance.clone(),
-                mesh_groups: topo.groups.iter().map(|g| g.name.to_string()).collect(),
                 rebalance_filters: m
                     .listeners
                     .iter()
