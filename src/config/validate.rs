@@ -74,6 +74,7 @@ pub(super) fn validate(
     let rebalance = c.rebalance(raw.rebalance.as_ref());
     let security = c.security(raw.security.as_ref());
     let groups = c.groups(&raw.group, &broker);
+    c.cluster_filters(&groups);
     let zookeeper = c.zookeeper(raw.zookeeper.as_ref(), &raw.group);
     let connectors = c.connectors(&raw.connector, &raw.group, &groups, &security);
     let admin = c.admin(raw.admin.as_ref());
@@ -961,6 +962,71 @@ impl Checker<'_> {
         self.address_clashes(&addresses);
         self.directory_clashes(&directories);
         groups
+    }
+
+    /// Every `update_cluster_filter` must admit the listener's own group and some group whose
+    /// clients it could be told about (one with a native client listener): a filter that admits
+    /// nothing of the kind would leave its clients nowhere to be sent or fail over to.
+    fn cluster_filters(&mut self, groups: &[Option<Group>]) {
+        let groups: Vec<&Group> = groups.iter().flatten().collect();
+        let with_clients: Vec<&str> = groups
+            .iter()
+            .filter(|g| {
+                g.members
+                    .iter()
+                    .flat_map(|m| &m.listeners)
+                    .any(|l| !matches!(l.url.scheme, Scheme::Stomp | Scheme::StompSsl))
+            })
+            .map(|g| g.name.as_str())
+            .collect();
+        for g in &groups {
+            for m in &g.members {
+                for (li, l) in m.listeners.iter().enumerate() {
+                    if l.update_cluster_filter.is_empty() {
+                        continue;
+                    }
+                    let admits =
+                        |name: &str| l.update_cluster_filter.iter().any(|re| re.is_match(name));
+                    let key = format!(
+                        "group[{}].member[{}].listener[{li}].update_cluster_filter",
+                        g.name.as_str(),
+                        m.name.as_str()
+                    );
+                    let patterns: Vec<&str> = l
+                        .update_cluster_filter
+                        .iter()
+                        .map(|re| {
+                            let p = re.as_str();
+                            p.strip_prefix("^(?:")
+                                .and_then(|p| p.strip_suffix(")$"))
+                                .unwrap_or(p)
+                        })
+                        .collect();
+                    if !with_clients.iter().any(|n| admits(n)) {
+                        self.refuse(
+                            &key,
+                            format!(
+                                "{patterns:?} matches no group with a client listener (those are: {})",
+                                with_clients.join(", ")
+                            ),
+                            "write regexes that match whole group names, e.g. [\"edge-.*\"]",
+                        );
+                    } else if !admits(g.name.as_str()) {
+                        self.refuse(
+                            &key,
+                            format!(
+                                "{patterns:?} leaves out this listener's own group \"{}\"",
+                                g.name.as_str()
+                            ),
+                            format!(
+                                "add a regex matching \"{}\": its clients are always told of their own group",
+                                g.name.as_str()
+                            ),
+                        );
+                    }
+                }
+            }
+        }
     }
 
     fn group(

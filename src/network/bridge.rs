@@ -422,7 +422,12 @@ impl Bridge {
                     let now = Instant::now();
                     if now >= self.last_load + LOAD_EVERY {
                         self.last_load = now;
-                        self.send_frame(Body::BrokerInfo(super::load_info(&self.cluster.0)));
+                        let (cluster, number) = &self.cluster;
+                        let report = proto::BrokerInfo {
+                            mesh_groups: cluster.report_for(*number),
+                            ..super::load_info(cluster)
+                        };
+                        self.send_frame(Body::BrokerInfo(report));
                         self.liveness.wrote(now);
                     }
                     match self.liveness.poll(now, self.pump.wbuf.is_empty()) {

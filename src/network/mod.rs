@@ -241,7 +241,7 @@ impl NetworkOptions {
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// This group's client URIs and load, as a bridge tells its peer (in its handshake and again
-/// every second).
+/// every second, then with the rest of the mesh view it relays).
 pub(crate) fn load_info(cluster: &Cluster) -> proto::BrokerInfo {
     let (clients, capacity) = cluster.load();
     proto::BrokerInfo {

@@ -312,6 +312,12 @@ impl ServerOptions {
                 capacity: m.listeners.iter().map(|l| l.max_connections as u64).sum(),
                 rebalance: m.listeners.iter().any(|l| l.rebalance_cluster_clients),
                 settings: topo.rebalance.clone(),
+                rebalance_filters: m
+                    .listeners
+                    .iter()
+                    .filter(|l| l.rebalance_cluster_clients)
+                    .map(|l| l.update_cluster_filter.clone())
+                    .collect(),
             },
             topology: Arc::new(topo.clone()),
             group_members: group.members.len(),
