@@ -131,6 +131,7 @@ mod tests {
             capacity: 100,
             rebalance: false,
             settings,
+            rebalance_filters: Vec::new(),
         });
         c.peer_up(1, &peer("edge-2", 2, 0));
         c.peer_up(2, &peer("edge-3", 3, 4));
