@@ -1367,6 +1367,60 @@ pub struct History {
 /// A history shared between a test's producer and consumer tasks (never locked across an
 /// `.await`).
 pub type SharedHistory = Arc<Mutex<History>>;
+/// A producer for the crash tests: sends persistent messages to `queue` one receipt at a time,
+/// recording each as sent and then receipted in `history`, until the connection breaks.
+pub async fn produce_until_broken(
+    url: String,
+    queue: &'static str,
+    name: String,
+    history: SharedHistory,
+    receipts: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let Ok(client) = Client::connect(&url, ClientOptions::default()).await else {
+        return;
+    };
+    for i in 0.. {
+        let body = format!("{name}-{i:06}");
+        history.lock().unwrap().sent(&body);
+        let msg = meshmq::client::Outgoing::new(body.clone()).persistent(true);
+        if client.send_with_receipt(queue, &msg).await.is_err() {
+            return;
+        }
+        history.lock().unwrap().receipted(&body);
+        receipts.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A consumer for the crash tests: records and acknowledges (without waiting) every delivery
+/// from `queue` until the connection breaks.
+pub async fn consume_until_broken(
+    url: String,
+    queue: &'static str,
+    history: SharedHistory,
+    delivered: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let Ok(client) = Client::connect(&url, ClientOptions::default()).await else {
+        return;
+    };
+    let options = SubscribeOptions {
+        ack: AckMode::ClientIndividual,
+        prefetch: 50,
+        ..SubscribeOptions::default()
+    };
+    let Ok(mut sub) = client.subscribe(queue, options).await else {
+        return;
+    };
+    while let Some(d) = sub.next().await {
+        history
+            .lock()
+            .unwrap()
+            .delivered(&message_name(&d.body), d.redelivery_count);
+        delivered.fetch_add(1, Ordering::Relaxed);
+        if sub.ack(&d).await.is_err() {
+            return;
+        }
+    }
+}
 
 /// The name of a message in a [`History`]: its body up to the first `|`.
 pub fn message_name(body: &[u8]) -> String {
