@@ -700,8 +700,10 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             let stopped = term.stopped();
             tracker.spawn(async move {
                 tokio::select! {
+                    // A shutdown also ends the term: that is not the term ending by itself.
+                    biased;
                     _ = shutdown_token.cancelled() => {}
-                    _ = stopped.cancelled() => {
+                    _ = stopped.cancelled(), if !shutdown_token.is_cancelled() => {
                         // The term ended itself (its journal failed): with no other member to
                         // take over, exit with a failure; a restart recovers what is on disk.
                         let cause = "the master term ended by itself (see the error above)";
