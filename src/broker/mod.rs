@@ -49,6 +49,7 @@ pub use outbox::Outbox;
 pub use queue::{AckOutcome, DeadReason, NetworkFilter};
 pub use stats::{DestinationCounters, DestinationStats};
 
+use crate::selector::{Selector, SelectorError};
 use crate::store::proto::{record::Kind as RecordKind, Record};
 use message::Entry;
 use queue::Queue;
@@ -120,8 +121,16 @@ pub enum BrokerError {
     DurableOnQueue(String),
     #[error("{0}: wildcard subscriptions are supported on topics only; subscribe to each queue")]
     WildcardQueue(String),
-    #[error("message selectors are not supported yet (subscription to {0})")]
-    SelectorUnsupported(String),
+    #[error(
+        "the selector {selector:?} of the subscription to {destination} does not parse: {error}"
+    )]
+    BadSelector {
+        destination: String,
+        selector: String,
+        error: SelectorError,
+    },
+    #[error("{0}: selectors on durable subscriptions are not supported yet; subscribe without a selector, or non-durably")]
+    DurableSelectorUnsupported(String),
     #[error("{destination} is full (memory limit reached) and its policy is on_full = \"fail\"; retry later or raise memory_limit")]
     Full { destination: String },
     #[error("{destination}: the journal is full (store_limit or disk space reached) and its policy is on_full = \"fail\"; retry once consumers have freed space, or raise store_limit or free disk space")]
@@ -760,6 +769,23 @@ pub struct SubscribeSpec {
     pub no_local: bool,
 }
 
+impl SubscribeSpec {
+    /// The subscription's selector, parsed; `None` when it has none (an empty or blank
+    /// selector is none, as in JMS).
+    fn parse_selector(&self) -> Result<Option<Arc<Selector>>, BrokerError> {
+        if self.selector.trim().is_empty() {
+            return Ok(None);
+        }
+        Selector::parse(&self.selector)
+            .map(|s| Some(Arc::new(s)))
+            .map_err(|error| BrokerError::BadSelector {
+                destination: self.destination.to_string(),
+                selector: self.selector.clone(),
+                error,
+            })
+    }
+}
+
 /// One connection's view of the broker. Dropping it closes it.
 #[derive(Debug)]
 pub struct Session {
@@ -969,15 +995,16 @@ impl Session {
         if self.subs.len() >= max {
             return Err(BrokerError::TooManySubscriptions(max));
         }
-        if !spec.selector.trim().is_empty() {
-            return Err(BrokerError::SelectorUnsupported(
-                spec.destination.to_string(),
-            ));
-        }
+        let selector = spec.parse_selector()?;
         let pattern = spec.destination.clone();
         let kind = pattern.kind();
         if kind.is_queue() && spec.durable_name.is_some() {
             return Err(BrokerError::DurableOnQueue(spec.destination.to_string()));
+        }
+        if selector.is_some() && spec.durable_name.is_some() {
+            return Err(BrokerError::DurableSelectorUnsupported(
+                spec.destination.to_string(),
+            ));
         }
         let broker = self.broker.clone();
         let _gate = broker.gate();
@@ -997,7 +1024,10 @@ impl Session {
                 spec.subscription,
                 prefetch,
                 spec.priority,
-                net.as_ref().map(|n| n.filter.clone()),
+                queue::Takes {
+                    filter: net.as_ref().map(|n| n.filter.clone()),
+                    selector,
+                },
                 &mut dead,
             );
             SubHandle::Queue { queue, slot }
@@ -1006,6 +1036,7 @@ impl Session {
                 &spec,
                 pattern,
                 net.as_ref().map(|n| n.filter.clone()),
+                selector,
                 &mut dead,
             )?
         };
@@ -1092,6 +1123,7 @@ impl Session {
         spec: &SubscribeSpec,
         pattern: DestinationPattern,
         filter: Option<NetworkFilter>,
+        selector: Option<Arc<Selector>>,
         dead: &mut Effects,
     ) -> Result<SubHandle, BrokerError> {
         let broker = self.broker.clone();
@@ -1137,8 +1169,14 @@ impl Session {
                 broker.inner.durables.remove(&key);
                 self.last_record = broker.journal_record(durable_removed(&key));
             }
-            let sub =
-                self.new_topic_sub(pattern.clone(), Some(key.clone()), spec, &limits, None)?;
+            let sub = self.new_topic_sub(
+                pattern.clone(),
+                Some(key.clone()),
+                spec,
+                &limits,
+                None,
+                None,
+            )?;
             broker.inner.durables.insert(key.clone(), sub.clone());
             self.last_record = broker.journal_record(Record {
                 kind: Some(RecordKind::DurableAdded(
@@ -1160,7 +1198,7 @@ impl Session {
             );
             return Ok(SubHandle::Topic { sub });
         }
-        let sub = self.new_topic_sub(pattern, None, spec, &limits, filter)?;
+        let sub = self.new_topic_sub(pattern, None, spec, &limits, filter, selector)?;
         sub.attach_consumer(
             self.outbox.clone(),
             spec.subscription,
@@ -1178,6 +1216,7 @@ impl Session {
         spec: &SubscribeSpec,
         limits: &DestinationLimits,
         filter: Option<NetworkFilter>,
+        selector: Option<Arc<Selector>>,
     ) -> Result<Arc<TopicSub>, BrokerError> {
         if let Some(dest) = pattern
             .as_destination()
@@ -1196,13 +1235,14 @@ impl Session {
                 spec.no_local,
                 limits,
                 filter,
+                selector,
             ));
             topic.attach(&sub);
             return Ok(sub);
         }
         Ok(self
             .broker
-            .create_topic_sub(pattern, durable, spec.no_local, limits, filter))
+            .create_topic_sub(pattern, durable, spec.no_local, limits, filter, selector))
     }
 
     fn temp_topic_for_consumer(&mut self, dest: &Destination) -> Result<Arc<Topic>, BrokerError> {
@@ -1438,6 +1478,7 @@ impl Broker {
         no_local: bool,
         limits: &DestinationLimits,
         filter: Option<NetworkFilter>,
+        selector: Option<Arc<Selector>>,
     ) -> Arc<TopicSub> {
         let id = self.inner.next_topic_sub.fetch_add(1, Ordering::Relaxed);
         let sub = Arc::new(TopicSub::new(
@@ -1447,6 +1488,7 @@ impl Broker {
             no_local,
             limits,
             filter,
+            selector,
         ));
         match pattern.as_destination() {
             Some(dest) => self.topic(&dest, 0).attach(&sub),

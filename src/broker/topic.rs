@@ -26,6 +26,7 @@ use super::outbox::Outbox;
 use super::queue::{AckOutcome, DeadReason, NetworkFilter};
 use super::stats::DestinationCounters;
 use super::{now_ms, DestinationLimits, Effects};
+use crate::selector::Selector;
 
 #[derive(Debug)]
 pub struct Topic {
@@ -216,6 +217,8 @@ pub struct TopicSub {
     no_local: bool,
     /// A network consumer's filter (what it may forward).
     filter: Option<NetworkFilter>,
+    /// Only messages it matches reach the subscription.
+    selector: Option<Arc<Selector>>,
     pending_limit: PendingLimit,
     max_redeliveries: u32,
     state: Mutex<SubState>,
@@ -229,10 +232,12 @@ impl TopicSub {
         no_local: bool,
         limits: &DestinationLimits,
         filter: Option<NetworkFilter>,
+        selector: Option<Arc<Selector>>,
     ) -> TopicSub {
         TopicSub {
             id,
             filter,
+            selector,
             pending_limit: if durable.is_some() {
                 PendingLimit {
                     messages: 0,
@@ -260,6 +265,11 @@ impl TopicSub {
     fn offer(&self, msg: &Arc<Message>, counters: &DestinationCounters, dead: &mut Effects) {
         if let Some(f) = &self.filter {
             if !f.accepts(&msg.broker_path, 0, 0, 1) {
+                return;
+            }
+        }
+        if let Some(s) = &self.selector {
+            if !s.matches(&**msg) {
                 return;
             }
         }
@@ -496,6 +506,7 @@ mod tests {
             None,
             false,
             &DestinationLimits::default(),
+            None,
             None,
         ))
     }
