@@ -323,6 +323,9 @@ pub struct Demand {
     /// The real consumer a network consumer's demand stands for, as its bridge learnt it
     /// (`"<group>/<id there>"`, the same over every route); `None` for a local consumer.
     pub origin: Option<Arc<str>>,
+    /// The consumer's selector (as written), `None` when it takes every message: a network
+    /// consumer standing for it forwards only what it (or another of its consumers) matches.
+    pub selector: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -672,6 +675,7 @@ impl Broker {
         path: Vec<Arc<str>>,
         priority: i32,
         origin: Option<Arc<str>>,
+        selector: Option<Arc<str>>,
     ) -> u64 {
         let id = self.inner.next_demand.fetch_add(1, Ordering::Relaxed);
         let d = Demand {
@@ -680,6 +684,7 @@ impl Broker {
             path,
             priority,
             origin,
+            selector,
         };
         self.inner.demand.insert(id, d.clone());
         let _ = self.inner.demand_events.send(DemandEvent::Added(d));
@@ -996,6 +1001,7 @@ impl Session {
             return Err(BrokerError::TooManySubscriptions(max));
         }
         let selector = spec.parse_selector()?;
+        let selector_text = selector.as_ref().map(|s| Arc::<str>::from(s.text()));
         let pattern = spec.destination.clone();
         let kind = pattern.kind();
         if kind.is_queue() && spec.durable_name.is_some() {
@@ -1026,7 +1032,7 @@ impl Session {
                 spec.priority,
                 queue::Takes {
                     filter: net.as_ref().map(|n| n.filter.clone()),
-                    selector,
+                    selectors: selector.into_iter().collect(),
                 },
                 &mut dead,
             );
@@ -1047,6 +1053,7 @@ impl Session {
                 Vec::new(),
                 spec.priority,
                 None,
+                selector_text,
             )]
         } else {
             Vec::new()
@@ -1064,22 +1071,40 @@ impl Session {
     }
 
     /// Registers one remote consumer a network consumer stands for, by the path its demand
-    /// came (first element: the consumer's group); returns the demand's id.
+    /// came (first element: the consumer's group) and its selector (relayed with it); returns
+    /// the demand's id.
     pub fn add_network_demand(
         &mut self,
         subscription: u64,
         path: Vec<Arc<str>>,
         origin: Option<Arc<str>>,
+        selector: Option<Arc<str>>,
     ) -> Result<u64, BrokerError> {
         let sd = self
             .demand_ids
             .get_mut(&subscription)
             .ok_or(BrokerError::NoSuchSubscription(subscription))?;
-        let id = self
-            .broker
-            .add_demand(sd.destination.clone(), path, sd.priority, origin);
+        let id =
+            self.broker
+                .add_demand(sd.destination.clone(), path, sd.priority, origin, selector);
         sd.ids.push(id);
         Ok(id)
+    }
+
+    /// What a network consumer takes: the messages any of `selectors` matches, or every
+    /// message when the list is empty (some consumer it stands for has no selector). Called
+    /// as its remote consumers come and go; a queue then dispatches again.
+    pub fn set_network_selectors(&mut self, subscription: u64, selectors: Vec<Arc<Selector>>) {
+        let _gate = self.broker.gate();
+        let mut effects = Effects::default();
+        match self.subs.get(&subscription) {
+            Some(SubHandle::Queue { queue, slot }) => {
+                queue.set_selectors(*slot, selectors, &mut effects)
+            }
+            Some(SubHandle::Topic { sub }) => sub.set_selectors(selectors),
+            None => {}
+        }
+        self.broker.apply(effects);
     }
 
     /// Withdraws one remote consumer's demand (the network consumer itself stays).

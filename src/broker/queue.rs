@@ -235,13 +235,15 @@ struct Consumer {
 pub(crate) struct Takes {
     /// Network consumers only take what their filter accepts.
     pub filter: Option<NetworkFilter>,
-    pub selector: Option<Arc<Selector>>,
+    /// A message any of them matches; every message when empty. A local consumer has at most
+    /// one; a network consumer has its remote consumers' (none if one of them has none).
+    pub selectors: Vec<Arc<Selector>>,
 }
 
 impl Takes {
     /// Takes only some messages (and so looks for them instead of taking the head).
     fn is_picky(&self) -> bool {
-        self.filter.is_some() || self.selector.is_some()
+        self.filter.is_some() || !self.selectors.is_empty()
     }
 }
 
@@ -551,7 +553,7 @@ impl Queue {
                         c.filter
                             .as_ref()
                             .is_none_or(|f| f.accepts(e.path(), e.arrived_ms, t, locals))
-                            && c.selector.as_ref().is_none_or(|s| self.selects(s, e))
+                            && (c.selectors.is_empty() || self.selects(&c.selectors, e))
                     }) {
                         Some((lane, i)) => st.pending.remove(lane, i),
                         None => {
@@ -600,16 +602,31 @@ impl Queue {
         self.update_gauges(st);
     }
 
-    /// Whether `selector` matches a pending entry; a paged-out message is read back from the
-    /// journal to be tested (and not kept: it stays paged out).
-    fn selects(&self, selector: &Selector, e: &QEntry) -> bool {
+    /// Whether one of `selectors` matches a pending entry; a paged-out message is read back
+    /// from the journal to be tested (and not kept: it stays paged out).
+    fn selects(&self, selectors: &[Arc<Selector>], e: &QEntry) -> bool {
+        let any = |m: &Message| selectors.iter().any(|s| s.matches(m));
         match &e.slot {
-            Slot::Loaded(m) => selector.matches(&**m),
+            Slot::Loaded(m) => any(m),
             Slot::Paged { index, .. } => self
                 .pager
                 .as_ref()
                 .and_then(|p| p.load(*index, &self.counters))
-                .is_some_and(|m| selector.matches(&*m)),
+                .is_some_and(|m| any(&m)),
+        }
+    }
+
+    /// Replaces what the consumer in `slot` selects, and dispatches what it may now take.
+    pub(crate) fn set_selectors(
+        &self,
+        slot: usize,
+        selectors: Vec<Arc<Selector>>,
+        dead: &mut Effects,
+    ) {
+        let mut st = self.state.lock();
+        if let Some(c) = st.consumers.get_mut(slot).and_then(Option::as_mut) {
+            c.takes.selectors = selectors;
+            self.dispatch(&mut st, dead);
         }
     }
 

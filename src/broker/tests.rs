@@ -631,10 +631,10 @@ fn a_network_consumer_advertises_each_remote_consumer_by_its_own_path() {
     assert!(none.is_empty(), "no remote consumer yet: {none:?}");
     let g = |s: &str| std::sync::Arc::<str>::from(s);
     let relayed = net
-        .add_network_demand(1, vec![g("c"), g("b")], Some(g("c/7")))
+        .add_network_demand(1, vec![g("c"), g("b")], Some(g("c/7")), None)
         .unwrap();
     let direct = net
-        .add_network_demand(1, vec![g("b")], Some(g("b/3")))
+        .add_network_demand(1, vec![g("b")], Some(g("b/3")), None)
         .unwrap();
     let mut paths: Vec<_> = b.demand().1.into_iter().map(|d| d.path).collect();
     paths.sort();

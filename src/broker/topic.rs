@@ -202,6 +202,8 @@ impl PendingLimit {
 
 #[derive(Debug, Default)]
 struct SubState {
+    /// Only messages one of these matches reach the subscription (all, when empty).
+    selectors: Vec<Arc<Selector>>,
     attached: Option<Attached>,
     pending: Backlog,
     inflight: Inflight,
@@ -217,8 +219,6 @@ pub struct TopicSub {
     no_local: bool,
     /// A network consumer's filter (what it may forward).
     filter: Option<NetworkFilter>,
-    /// Only messages it matches reach the subscription.
-    selector: Option<Arc<Selector>>,
     pending_limit: PendingLimit,
     max_redeliveries: u32,
     state: Mutex<SubState>,
@@ -237,7 +237,6 @@ impl TopicSub {
         TopicSub {
             id,
             filter,
-            selector,
             pending_limit: if durable.is_some() {
                 PendingLimit {
                     messages: 0,
@@ -253,8 +252,16 @@ impl TopicSub {
             pattern,
             durable,
             no_local,
-            state: Mutex::new(SubState::default()),
+            state: Mutex::new(SubState {
+                selectors: selector.into_iter().collect(),
+                ..SubState::default()
+            }),
         }
+    }
+
+    /// Replaces what the subscription selects (a network consumer's remote consumers changed).
+    pub(crate) fn set_selectors(&self, selectors: Vec<Arc<Selector>>) {
+        self.state.lock().selectors = selectors;
     }
 
     /// At its pending limit: the next message published drops its oldest.
@@ -268,12 +275,10 @@ impl TopicSub {
                 return;
             }
         }
-        if let Some(s) = &self.selector {
-            if !s.matches(&**msg) {
-                return;
-            }
-        }
         let mut st = self.state.lock();
+        if !st.selectors.is_empty() && !st.selectors.iter().any(|s| s.matches(&**msg)) {
+            return;
+        }
         if self.no_local {
             if let Some(a) = &st.attached {
                 if msg.origin != 0 && a.connection == msg.origin {
