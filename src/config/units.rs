@@ -75,16 +75,26 @@ pub enum Scheme {
     Stomp,
     StompSsl,
     Quic,
+    /// STOMP over WebSocket.
+    Ws,
+    Wss,
 }
 
 impl Scheme {
-    pub const ALL: [Scheme; 5] = [
+    pub const ALL: [Scheme; 7] = [
         Scheme::Tcp,
         Scheme::Ssl,
         Scheme::Stomp,
         Scheme::StompSsl,
         Scheme::Quic,
+        Scheme::Ws,
+        Scheme::Wss,
     ];
+
+    /// Schemes of meshmq's own protocol (the ones failover clients and connectors dial).
+    pub fn is_native(self) -> bool {
+        matches!(self, Scheme::Tcp | Scheme::Ssl | Scheme::Quic)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -93,12 +103,17 @@ impl Scheme {
             Scheme::Stomp => "stomp",
             Scheme::StompSsl => "stomp+ssl",
             Scheme::Quic => "quic",
+            Scheme::Ws => "ws",
+            Scheme::Wss => "wss",
         }
     }
 
     /// Schemes whose listener needs a certificate and key (QUIC is always encrypted).
     pub fn is_tls(self) -> bool {
-        matches!(self, Scheme::Ssl | Scheme::StompSsl | Scheme::Quic)
+        matches!(
+            self,
+            Scheme::Ssl | Scheme::StompSsl | Scheme::Quic | Scheme::Wss
+        )
     }
 
     /// A port used in examples of this scheme.
@@ -109,6 +124,8 @@ impl Scheme {
             Scheme::Stomp => 61613,
             Scheme::StompSsl => 61612,
             Scheme::Quic => 61618,
+            Scheme::Ws => 61614,
+            Scheme::Wss => 61619,
         }
     }
 
@@ -167,7 +184,7 @@ impl fmt::Display for ClientUrl {
     }
 }
 
-const SCHEME_LIST: &str = "tcp, ssl, stomp, stomp+ssl or quic";
+const SCHEME_LIST: &str = "tcp, ssl, stomp, stomp+ssl, quic, ws or wss";
 
 /// Splits `host:port` / `[v6]:port`; the host comes back without brackets, the port as text.
 enum Split<'a> {

@@ -19,6 +19,7 @@ mod replicated;
 mod request;
 mod stomp;
 mod term;
+mod websocket;
 
 use term::Term;
 
@@ -89,10 +90,12 @@ pub struct ListenerSpec {
     pub addr: SocketAddr,
     pub protocol: Protocol,
     pub max_connections: usize,
-    /// TLS files (`ssl://`, `stomp+ssl://`, `quic://`).
+    /// TLS files (`ssl://`, `stomp+ssl://`, `quic://`, `wss://`).
     pub tls: Option<crate::config::TlsFiles>,
     /// Over QUIC rather than TCP.
     pub quic: bool,
+    /// Over a WebSocket (`ws://`, `wss://`): the protocol then runs inside its messages.
+    pub websocket: bool,
     /// Cluster updates and rebalancing for this listener's failover clients.
     pub cluster: Arc<ClusterPolicy>,
 }
@@ -248,9 +251,12 @@ impl ServerOptions {
                     url: l.url.to_string(),
                     addr: l.url.addr,
                     protocol: match l.url.scheme {
-                        Scheme::Stomp | Scheme::StompSsl => Protocol::Stomp,
+                        Scheme::Stomp | Scheme::StompSsl | Scheme::Ws | Scheme::Wss => {
+                            Protocol::Stomp
+                        }
                         _ => Protocol::Native,
                     },
+                    websocket: matches!(l.url.scheme, Scheme::Ws | Scheme::Wss),
                     max_connections: l.max_connections as usize,
                     tls: l.tls.clone(),
                     quic: l.url.scheme == Scheme::Quic,
@@ -340,7 +346,7 @@ pub fn group_client_uris(group: &crate::config::Group) -> Vec<String> {
         .members
         .iter()
         .flat_map(|m| m.listeners.iter())
-        .filter(|l| !matches!(l.url.scheme, Scheme::Stomp | Scheme::StompSsl))
+        .filter(|l| l.url.scheme.is_native())
         .map(|l| match &l.advertise {
             Some(a) => a.to_string(),
             None => l.url.to_string(),
@@ -823,7 +829,7 @@ async fn accept_loop(
                 tracker.spawn(serve_connection(
                     stream,
                     peer,
-                    spec.protocol,
+                    (spec.protocol, spec.websocket),
                     tls.clone(),
                     ctx.clone(),
                     shutdown.clone(),
@@ -833,8 +839,9 @@ async fn accept_loop(
             Ok(Incoming::OverLimit { stream, peer }) => {
                 ctx.metrics.refused("max_connections");
                 tracing::debug!(%peer, listener = %spec.url, "refused: max_connections");
-                let (protocol, tls, max, ctx) = (
+                let (protocol, websocket, tls, max, ctx) = (
                     spec.protocol,
+                    spec.websocket,
                     tls.clone(),
                     spec.max_connections,
                     ctx.clone(),
@@ -844,6 +851,7 @@ async fn accept_loop(
                         return;
                     };
                     match protocol {
+                        _ if websocket => websocket::refuse_over_limit(stream, max).await,
                         Protocol::Native => native::refuse_over_limit(stream, max).await,
                         Protocol::Stomp => stomp::refuse_over_limit(stream, max).await,
                     }
@@ -881,10 +889,11 @@ async fn secure(
     }
 }
 
+/// Serves one accepted connection: `(protocol, over a WebSocket)`.
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    protocol: Protocol,
+    (protocol, websocket): (Protocol, bool),
     tls: Option<tokio_rustls::TlsAcceptor>,
     ctx: Arc<ConnCtx>,
     shutdown: CancellationToken,
@@ -893,7 +902,11 @@ async fn serve_connection(
     let Some(stream) = secure(stream, tls, &ctx).await else {
         return;
     };
-    serve_stream(stream, peer, protocol, ctx, shutdown, permit).await;
+    if websocket {
+        websocket::serve(stream, peer, ctx, shutdown, permit).await;
+    } else {
+        serve_stream(stream, peer, protocol, ctx, shutdown, permit).await;
+    }
 }
 
 async fn serve_stream(
