@@ -124,6 +124,7 @@ pub(crate) fn error_code(e: &BrokerError) -> ErrorCode {
         | BrokerError::DurableOnQueue(_)
         | BrokerError::DurableInUse { .. }
         | BrokerError::BadPriority(_)
+        | BrokerError::BadSelector { .. }
         | BrokerError::UnknownDelivery { .. } => C::Invalid,
         BrokerError::NotFound(_) | BrokerError::NoSuchSubscription(_) => C::NotFound,
         BrokerError::NotOwner(_) => C::Forbidden,
@@ -131,7 +132,9 @@ pub(crate) fn error_code(e: &BrokerError) -> ErrorCode {
         | BrokerError::Full { .. }
         | BrokerError::JournalFull { .. } => C::ResourceExhausted,
         BrokerError::ClientIdInUse(_) => C::ClientIdInUse,
-        BrokerError::WildcardQueue(_) | BrokerError::SelectorUnsupported(_) => C::Unsupported,
+        BrokerError::WildcardQueue(_) | BrokerError::DurableSelectorUnsupported(_) => {
+            C::Unsupported
+        }
     }
 }
 
@@ -556,7 +559,12 @@ impl<C: Codec> Connection<C> {
                         self.subscribed.insert(sub, pattern);
                         self.receipt_after(self.session.record_since(before), receipt)
                     }
-                    Err(e) => self.refuse(&e, receipt),
+                    Err(e) => {
+                        if matches!(e, BrokerError::BadSelector { .. }) {
+                            self.ctx.metrics.bad_selector();
+                        }
+                        self.refuse(&e, receipt)
+                    }
                 }
             }
             Request::Unsubscribe {

@@ -463,6 +463,11 @@ impl ListenerMetrics {
         self.blocked.increment(1);
     }
 
+    fn bad_selector(&self) {
+        counter!(m::BAD_SELECTORS, "listener" => self.listener.clone(), "protocol" => self.protocol)
+            .increment(1);
+    }
+
     fn denied(&self) {
         counter!(m::ACCESS_DENIED, "listener" => self.listener.clone(), "protocol" => self.protocol)
             .increment(1);
