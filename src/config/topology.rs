@@ -385,7 +385,7 @@ pub struct Listener {
     pub update_cluster_clients_on_remove: bool,
     /// Regexes, each compiled to match a whole group name; empty: every group.
     pub update_cluster_filter: Vec<regex::Regex>,
-    /// Present exactly when the scheme is ssl, stomp+ssl or quic.
+    /// Present exactly when the scheme is ssl, stomp+ssl, mqtt+ssl or quic.
     pub tls: Option<TlsFiles>,
 }
 

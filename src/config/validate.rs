@@ -975,7 +975,7 @@ impl Checker<'_> {
                 g.members
                     .iter()
                     .flat_map(|m| &m.listeners)
-                    .any(|l| !matches!(l.url.scheme, Scheme::Stomp | Scheme::StompSsl))
+                    .any(|l| l.url.scheme.is_native())
             })
             .map(|g| g.name.as_str())
             .collect();
@@ -1377,8 +1377,8 @@ impl Checker<'_> {
                     ok = false;
                     self.refuse(
                         &format!("{at}.{k}"),
-                        format!("is only used by ssl, stomp+ssl and quic listeners, and this one is \"{scheme}\""),
-                        "remove it, or change the url's scheme to ssl, stomp+ssl or quic",
+                        format!("is only used by ssl, stomp+ssl, mqtt+ssl and quic listeners, and this one is \"{scheme}\""),
+                        "remove it, or change the url's scheme to ssl, stomp+ssl, mqtt+ssl or quic",
                     );
                 }
             }

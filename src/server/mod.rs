@@ -14,6 +14,7 @@ mod conn;
 pub mod drain;
 mod election;
 pub mod live;
+mod mqtt;
 pub(crate) mod native;
 mod replicated;
 mod request;
@@ -71,6 +72,7 @@ impl Default for ConnSettings {
 pub enum Protocol {
     Native,
     Stomp,
+    Mqtt,
 }
 
 impl Protocol {
@@ -78,6 +80,7 @@ impl Protocol {
         match self {
             Protocol::Native => "native",
             Protocol::Stomp => "stomp",
+            Protocol::Mqtt => "mqtt",
         }
     }
 }
@@ -89,7 +92,7 @@ pub struct ListenerSpec {
     pub addr: SocketAddr,
     pub protocol: Protocol,
     pub max_connections: usize,
-    /// TLS files (`ssl://`, `stomp+ssl://`, `quic://`).
+    /// TLS files (`ssl://`, `stomp+ssl://`, `mqtt+ssl://`, `quic://`).
     pub tls: Option<crate::config::TlsFiles>,
     /// Over QUIC rather than TCP.
     pub quic: bool,
@@ -249,7 +252,8 @@ impl ServerOptions {
                     addr: l.url.addr,
                     protocol: match l.url.scheme {
                         Scheme::Stomp | Scheme::StompSsl => Protocol::Stomp,
-                        _ => Protocol::Native,
+                        Scheme::Mqtt | Scheme::MqttSsl => Protocol::Mqtt,
+                        Scheme::Tcp | Scheme::Ssl | Scheme::Quic => Protocol::Native,
                     },
                     max_connections: l.max_connections as usize,
                     tls: l.tls.clone(),
@@ -340,7 +344,7 @@ pub fn group_client_uris(group: &crate::config::Group) -> Vec<String> {
         .members
         .iter()
         .flat_map(|m| m.listeners.iter())
-        .filter(|l| !matches!(l.url.scheme, Scheme::Stomp | Scheme::StompSsl))
+        .filter(|l| l.url.scheme.is_native())
         .map(|l| match &l.advertise {
             Some(a) => a.to_string(),
             None => l.url.to_string(),
@@ -846,6 +850,7 @@ async fn accept_loop(
                     match protocol {
                         Protocol::Native => native::refuse_over_limit(stream, max).await,
                         Protocol::Stomp => stomp::refuse_over_limit(stream, max).await,
+                        Protocol::Mqtt => mqtt::refuse_over_limit(stream, ctx).await,
                     }
                 });
             }
@@ -907,6 +912,7 @@ async fn serve_stream(
     match protocol {
         Protocol::Native => native::serve(stream, peer, ctx, shutdown, permit).await,
         Protocol::Stomp => stomp::serve(stream, peer, ctx, shutdown, permit).await,
+        Protocol::Mqtt => mqtt::serve(stream, peer, ctx, shutdown, permit).await,
     }
 }
 

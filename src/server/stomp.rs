@@ -697,12 +697,14 @@ impl Codec for Stomp {
         receipt: Option<&String>,
         _fatal: bool,
         out: &mut BytesMut,
-    ) {
+    ) -> bool {
         let mut frame = error(message);
         if let Some(r) = receipt {
             frame = frame.with_header("receipt-id", r.as_str());
         }
         stomp::encode(&frame, self.version, out);
+        // STOMP has no non-fatal errors: every ERROR ends the connection.
+        true
     }
 
     fn encode_heartbeat(&mut self, out: &mut BytesMut) {
@@ -712,10 +714,6 @@ impl Codec for Stomp {
     fn resend_advice(&self) -> &'static str {
         // A STOMP producer's sends are numbered per connection: a resend is a new message.
         "resend it to be safe (it may then arrive twice)"
-    }
-
-    fn errors_are_fatal(&self) -> bool {
-        true
     }
 
     fn committed_acks(&mut self, acks: &[(u64, u64)]) {
