@@ -374,6 +374,8 @@ pub(crate) struct Stomp {
     next_sequence: u64,
     producer_id: Bytes,
     writer: HeaderWriter,
+    /// The last SEND's destination as the client wrote it, and parsed.
+    last_send: Option<(Box<str>, Destination)>,
 }
 
 impl Stomp {
@@ -390,6 +392,7 @@ impl Stomp {
             next_sequence: 1,
             producer_id: Bytes::from(connection_id.to_string()),
             writer: HeaderWriter::default(),
+            last_send: None,
         }
     }
 }
@@ -452,7 +455,8 @@ impl Stomp {
     }
 
     /// The message a SEND carries, as a draft for the broker's builder.
-    fn draft(&mut self, f: &Frame) -> Result<Draft, String> {
+    /// Takes the frame's body and the headers that travel with the message (moved, not copied).
+    fn draft(&mut self, f: &mut Frame) -> Result<Draft, String> {
         let priority = match f.header("priority") {
             Some(p) => p
                 .trim()
@@ -472,24 +476,26 @@ impl Stomp {
         };
         let sequence = self.next_sequence;
         self.next_sequence += 1;
+        let persistent = f
+            .header("persistent")
+            .is_some_and(|p| p.eq_ignore_ascii_case("true"));
+        let correlation_id = f.header("correlation-id").unwrap_or("").to_string();
+        let content_type = f.header("content-type").unwrap_or("").to_string();
+        let mut headers = std::mem::take(&mut f.headers);
+        headers.retain(|(k, _)| !RESERVED.contains(&k.as_str()));
+        // The message may live long: it keeps no room for the headers that stayed behind.
+        headers.shrink_to_fit();
         Ok(Draft {
-            body: f.body.clone(),
-            headers: f
-                .headers
-                .iter()
-                .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
-                .cloned()
-                .collect(),
-            persistent: f
-                .header("persistent")
-                .is_some_and(|p| p.eq_ignore_ascii_case("true")),
+            body: std::mem::take(&mut f.body),
+            headers,
+            persistent,
             priority,
             expires_at_ms,
             producer_id: self.producer_id.clone(),
             sequence,
             reply_to,
-            correlation_id: f.header("correlation-id").unwrap_or("").to_string(),
-            content_type: f.header("content-type").unwrap_or("").to_string(),
+            correlation_id,
+            content_type,
             // STOMP producers give no timestamp: the builder stamps it now.
             timestamp_ms: 0,
             ..Draft::default()
@@ -670,24 +676,32 @@ impl Stomp {
         }
     }
 
-    fn on_send(&mut self, f: &Frame, receipt: Option<String>) -> Request<String> {
+    fn on_send(&mut self, mut f: Frame, receipt: Option<String>) -> Request<String> {
         let Some(given) = f.header("destination") else {
             return Request::refuse(Refusal::invalid("SEND needs a destination header"), receipt);
         };
-        let destination = match self.destination(given) {
-            Ok(d) => d,
-            Err(e) => return Request::refuse(Refusal::invalid(e), receipt),
+        // A producer mostly sends to one destination: it is translated and parsed once.
+        let destination = match &self.last_send {
+            Some((text, d)) if **text == *given => d.clone(),
+            _ => match self.destination(given) {
+                Ok(d) => {
+                    self.last_send = Some((given.into(), d.clone()));
+                    d
+                }
+                Err(e) => return Request::refuse(Refusal::invalid(e), receipt),
+            },
         };
-        let draft = match self.draft(f) {
+        let transaction = f
+            .header("transaction")
+            .map(|t| TxName::Named(t.to_string()));
+        let draft = match self.draft(&mut f) {
             Ok(d) => d,
             Err(e) => return Request::refuse(Refusal::invalid(e), receipt),
         };
         Request::Send(SendRequest {
             destination,
             draft,
-            transaction: f
-                .header("transaction")
-                .map(|t| TxName::Named(t.to_string())),
+            transaction,
             receipt,
         })
     }
@@ -718,7 +732,7 @@ impl Stomp {
     pub(crate) fn request(&mut self, f: Frame) -> Request<String> {
         let receipt = f.header("receipt").map(String::from);
         match f.command {
-            Command::Send => self.on_send(&f, receipt),
+            Command::Send => self.on_send(f, receipt),
             Command::Subscribe => self.on_subscribe(&f, receipt),
             Command::Unsubscribe => self.on_unsubscribe(&f, receipt),
             Command::Ack => self.on_ack(&f, false, receipt),
