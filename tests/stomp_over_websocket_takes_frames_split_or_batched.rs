@@ -121,3 +121,42 @@ async fn a_message_that_is_not_stomp_gets_an_error_and_the_close() {
     );
     assert_eq!(b.metric("meshmq_bad_frames_total", &[]), before + 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mqtt_subprotocol_gets_mqtt_on_the_same_port() {
+    let b = broker();
+    let mut request = format!("ws://127.0.0.1:{}/", b.port("ws"))
+        .into_client_request()
+        .expect("request");
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("header"));
+    let (mut ws, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("upgrade");
+    assert_eq!(
+        response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .map(|v| v.to_str().unwrap()),
+        Some("mqtt")
+    );
+    // MQTT 3.1.1 CONNECT, clean session, keep-alive 60 s, client id "ws".
+    let connect: Vec<u8> = vec![
+        0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 2, b'w', b's',
+    ];
+    ws.send(Message::binary(connect)).await.expect("send");
+    loop {
+        match tokio::time::timeout(GUARD, ws.next())
+            .await
+            .expect("no hang")
+        {
+            Some(Ok(Message::Binary(b))) => {
+                assert_eq!(&b[..], &[0x20, 2, 0, 0], "CONNACK, accepted");
+                break;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("no CONNACK in a binary message: {other:?}"),
+        }
+    }
+}

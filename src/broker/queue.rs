@@ -270,6 +270,20 @@ struct State {
     /// Consumers without a network filter (the replay rule asks whether there are any).
     local_consumers: usize,
     network_consumers: usize,
+    /// Deliveries made by one dispatch round to the consumer in `batch_slot`, handed to its
+    /// outbox together (one lock and one wake-up per consumer per round, not per message).
+    batch: Vec<Delivery>,
+    batch_slot: usize,
+}
+
+impl State {
+    /// Hands the batched deliveries to their consumer's outbox.
+    fn flush_batch(&mut self) {
+        if let Some(Some(c)) = self.consumers.get(self.batch_slot) {
+            c.outbox.push_all(&mut self.batch);
+        }
+        self.batch.clear();
+    }
 }
 
 impl State {
@@ -591,14 +605,20 @@ impl Queue {
             let message = entry.msg.clone();
             let redelivery_count = entry.redeliveries;
             let tag = c.inflight.push(entry);
-            c.outbox.push(Delivery {
+            let delivery = Delivery {
                 subscription: c.subscription,
                 tag,
                 redelivery_count,
                 message,
-            });
+            };
+            if st.batch_slot != slot {
+                st.flush_batch();
+                st.batch_slot = slot;
+            }
+            st.batch.push(delivery);
             st.inflight += 1;
         }
+        st.flush_batch();
         self.update_gauges(st);
     }
 

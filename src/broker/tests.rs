@@ -184,6 +184,39 @@ fn unacked_messages_of_a_closed_consumer_are_redelivered_to_another() {
     assert_eq!(b.queue_depth("queue://q"), Some(2));
 }
 
+/// One dispatch round that serves several consumers (messages returned by a consumer that
+/// left) hands each of the others its own deliveries, round robin, in queue order, and no
+/// more than its prefetch; one connection's two subscriptions share its outbox in that order.
+#[test]
+fn a_dispatch_round_gives_each_consumer_its_own_messages_in_order_within_prefetch() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut leaving = b.open_session(None).unwrap();
+    sub(&mut leaving, 1, "queue://q", 100);
+    for i in 0..7 {
+        send(&mut p, "queue://q", msg(&i.to_string()));
+    }
+    assert_eq!(drain(&leaving).len(), 7);
+    let mut c1 = b.open_session(None).unwrap();
+    let mut c2 = b.open_session(None).unwrap();
+    sub(&mut c1, 1, "queue://q", 2);
+    sub(&mut c2, 1, "queue://q", 2);
+    sub(&mut c2, 2, "queue://q", 2);
+    drop(leaving);
+    let d1 = drain(&c1);
+    let d2 = drain(&c2);
+    assert_eq!(bodies(&d1), vec!["0", "3"]);
+    assert_eq!(bodies(&d2), vec!["1", "2", "4", "5"]);
+    let subs: Vec<u64> = d2.iter().map(|d| d.subscription).collect();
+    assert_eq!(subs, vec![1, 2, 1, 2]);
+    assert!(d1.iter().chain(&d2).all(|d| d.redelivery_count == 1));
+    assert_eq!(b.queue_depth("queue://q"), Some(7));
+    // The one left goes to whoever acknowledges first.
+    c1.ack(1, d1[1].tag, &[]).unwrap();
+    assert_eq!(bodies(&drain(&c1)), vec!["6"]);
+    assert!(drain(&c2).is_empty());
+}
+
 #[test]
 fn cumulative_ack_acknowledges_everything_up_to_the_tag() {
     let b = broker();

@@ -75,26 +75,25 @@ pub enum Scheme {
     Stomp,
     StompSsl,
     Quic,
+    Mqtt,
+    MqttSsl,
     /// STOMP over WebSocket.
     Ws,
     Wss,
 }
 
 impl Scheme {
-    pub const ALL: [Scheme; 7] = [
+    pub const ALL: [Scheme; 9] = [
         Scheme::Tcp,
         Scheme::Ssl,
         Scheme::Stomp,
         Scheme::StompSsl,
         Scheme::Quic,
+        Scheme::Mqtt,
+        Scheme::MqttSsl,
         Scheme::Ws,
         Scheme::Wss,
     ];
-
-    /// Schemes of meshmq's own protocol (the ones failover clients and connectors dial).
-    pub fn is_native(self) -> bool {
-        matches!(self, Scheme::Tcp | Scheme::Ssl | Scheme::Quic)
-    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -103,6 +102,8 @@ impl Scheme {
             Scheme::Stomp => "stomp",
             Scheme::StompSsl => "stomp+ssl",
             Scheme::Quic => "quic",
+            Scheme::Mqtt => "mqtt",
+            Scheme::MqttSsl => "mqtt+ssl",
             Scheme::Ws => "ws",
             Scheme::Wss => "wss",
         }
@@ -112,8 +113,13 @@ impl Scheme {
     pub fn is_tls(self) -> bool {
         matches!(
             self,
-            Scheme::Ssl | Scheme::StompSsl | Scheme::Quic | Scheme::Wss
+            Scheme::Ssl | Scheme::StompSsl | Scheme::MqttSsl | Scheme::Quic | Scheme::Wss
         )
+    }
+
+    /// Schemes that serve the native protocol (the ones failover clients and bridges dial).
+    pub fn is_native(self) -> bool {
+        matches!(self, Scheme::Tcp | Scheme::Ssl | Scheme::Quic)
     }
 
     /// A port used in examples of this scheme.
@@ -124,6 +130,8 @@ impl Scheme {
             Scheme::Stomp => 61613,
             Scheme::StompSsl => 61612,
             Scheme::Quic => 61618,
+            Scheme::Mqtt => 1883,
+            Scheme::MqttSsl => 8883,
             Scheme::Ws => 61614,
             Scheme::Wss => 61619,
         }
@@ -184,7 +192,7 @@ impl fmt::Display for ClientUrl {
     }
 }
 
-const SCHEME_LIST: &str = "tcp, ssl, stomp, stomp+ssl, quic, ws or wss";
+const SCHEME_LIST: &str = "tcp, ssl, stomp, stomp+ssl, mqtt, mqtt+ssl, quic, ws or wss";
 
 /// Splits `host:port` / `[v6]:port`; the host comes back without brackets, the port as text.
 enum Split<'a> {

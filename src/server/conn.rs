@@ -63,6 +63,9 @@ pub(crate) trait Codec: Send + 'static {
     /// (STOMP `ack:auto`).
     fn encode_delivery(&mut self, d: &Delivery, out: &mut BytesMut) -> bool;
     fn encode_receipt(&mut self, receipt: &Self::Receipt, out: &mut BytesMut);
+    /// Writes an error (`fatal`: the connection closes after it). Returns whether the
+    /// connection must close: a protocol may have no way to tell a client of an error but
+    /// closing (every STOMP error; an MQTT 3 refused publish).
     fn encode_error(
         &mut self,
         code: ErrorCode,
@@ -70,14 +73,10 @@ pub(crate) trait Codec: Send + 'static {
         receipt: Option<&Self::Receipt>,
         fatal: bool,
         out: &mut BytesMut,
-    );
+    ) -> bool;
     fn encode_heartbeat(&mut self, out: &mut BytesMut);
     /// Writes a cluster push (protocols that have none never get one).
     fn encode_control(&mut self, _control: proto::ConnectionControl, _out: &mut BytesMut) {}
-    /// True when every error ends the connection (STOMP).
-    fn errors_are_fatal(&self) -> bool {
-        false
-    }
     /// What a producer should do with a persistent send that was not confirmed (it may or
     /// may not be delivered): resend it the way this protocol keeps from duplicating it.
     fn resend_advice(&self) -> &'static str {
@@ -475,8 +474,8 @@ impl<C: Codec> Connection<C> {
     }
 
     fn error(&mut self, code: ErrorCode, message: &str, receipt: Option<&C::Receipt>, fatal: bool) {
-        let fatal = fatal || self.codec.errors_are_fatal();
-        self.codec
+        let fatal = self
+            .codec
             .encode_error(code, message, receipt, fatal, &mut self.pump.wbuf);
         if fatal && self.closing.is_none() {
             self.closing = Some("error");

@@ -1,14 +1,15 @@
-//! WebSocket listeners (`ws://`, and `wss://` through the listener's TLS): the HTTP/1.1
-//! upgrade is axum's (tokio-tungstenite underneath); after it, the connection is the very one
-//! a TCP client gets (`serve_stream`: the same codec, session and limits), over [`WsStream`],
-//! which turns WebSocket messages into a byte stream and back.
+//! WebSocket listeners (`ws://`, and `wss://` through the listener's TLS) for STOMP and MQTT:
+//! the HTTP/1.1 upgrade is axum's (tokio-tungstenite underneath); after it, the connection is
+//! the very one a TCP client gets (`serve_stream`: the same codec, session and limits), over
+//! [`WsStream`], which turns WebSocket messages into a byte stream and back.
 //!
 //! Owns: the upgrade and the adapter. Must not touch: what the bytes mean — a frame may come
 //! whole in one message, split across several, or several to a message, as clients send them.
-//! Invariants: the subprotocol (`Sec-WebSocket-Protocol`) picks the protocol from
-//! [`SUBPROTOCOLS`]; a request that names only protocols not served there is refused (400), one
-//! that names none gets STOMP; a message is capped at `max_frame_size`; the connection is
-//! served inside the listener's tracked task, so shutdown waits for it as for any other.
+//! Invariants: the subprotocol (`Sec-WebSocket-Protocol`) picks the protocol (STOMP or MQTT)
+//! from [`SUBPROTOCOLS`]; a request that names only protocols not served there is refused
+//! (400), one that names none gets STOMP; a message is capped at `max_frame_size`; the
+//! connection is served inside the listener's tracked task, so shutdown waits for it as for
+//! any other.
 
 use std::io;
 use std::net::SocketAddr;
@@ -38,6 +39,9 @@ const SUBPROTOCOLS: &[(&str, Protocol)] = &[
     ("v12.stomp", Protocol::Stomp),
     ("v11.stomp", Protocol::Stomp),
     ("v10.stomp", Protocol::Stomp),
+    ("mqtt", Protocol::Mqtt),
+    // What MQTT 3.1 clients (before the OASIS standard) ask for.
+    ("mqttv3.1", Protocol::Mqtt),
 ];
 
 /// What a request that names none of the served subprotocols gets.
@@ -91,8 +95,10 @@ pub(super) async fn serve(
     let Ok(Ok((socket, protocol))) = upgraded else {
         return;
     };
+    // MQTT goes in binary messages (MQTT 3.1.1 §6); STOMP frames as text, as browsers expect.
+    let text = protocol == Protocol::Stomp;
     serve_stream(
-        Box::new(WsStream::new(socket)),
+        Box::new(WsStream::new(socket, text)),
         peer,
         protocol,
         ctx,
@@ -172,8 +178,8 @@ pub(super) async fn refuse_over_limit(mut stream: Stream, max: usize) {
 
 /// A WebSocket as a byte stream: reads return the payloads of text and binary messages in
 /// turn (pings and pongs are answered by tungstenite and skipped; a close is the end of the
-/// stream); each write goes out as one message — text when it is UTF-8, as STOMP frames are,
-/// binary otherwise.
+/// stream); each write goes out as one message — binary, or with `text` (STOMP) text when it
+/// is UTF-8, as STOMP frames are.
 ///
 /// A write is reported done only once its message is flushed to the socket, because the
 /// connection's pump flushes nothing itself. Until then the write is pending with its message
@@ -181,6 +187,7 @@ pub(super) async fn refuse_over_limit(mut stream: Stream, max: usize) {
 /// offered), and the write then completes with the queued length.
 struct WsStream {
     ws: WebSocket,
+    text: bool,
     read: Bytes,
     eof: bool,
     /// Bytes of a message queued but not yet flushed.
@@ -188,9 +195,10 @@ struct WsStream {
 }
 
 impl WsStream {
-    fn new(ws: WebSocket) -> WsStream {
+    fn new(ws: WebSocket, text: bool) -> WsStream {
         WsStream {
             ws,
+            text,
             read: Bytes::new(),
             eof: false,
             queued: None,
@@ -233,8 +241,8 @@ impl AsyncWrite for WsStream {
         if this.queued.is_none() {
             ready!(Pin::new(&mut this.ws).poll_ready(cx)).map_err(io::Error::other)?;
             let message = match std::str::from_utf8(data) {
-                Ok(text) => Message::Text(text.into()),
-                Err(_) => Message::Binary(Bytes::copy_from_slice(data)),
+                Ok(text) if this.text => Message::Text(text.into()),
+                _ => Message::Binary(Bytes::copy_from_slice(data)),
             };
             Pin::new(&mut this.ws)
                 .start_send(message)
