@@ -273,8 +273,9 @@ struct MeshPlan {
 }
 
 fn topology(args: &FailoverArgs) -> anyhow::Result<MeshPlan> {
-    let mut text =
-        String::from("[mesh]\nname = \"bench-failover\"\n\n[broker]\nmemory_limit = \"1GiB\"\n");
+    let mut text = String::from(
+        "[mesh]\nname = \"bench-failover\"\nsecret_file = \"mesh.secret\"\n\n[broker]\nmemory_limit = \"1GiB\"\n",
+    );
     let mut members = Vec::new();
     let mut edges = Vec::new();
     let listener_extra = if args.rebalance {

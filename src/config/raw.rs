@@ -42,6 +42,8 @@ pub(super) struct RawTopology {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMesh {
     pub name: Option<String>,
+    pub secret_file: Option<String>,
+    pub allow_anonymous_bridges: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -541,6 +543,11 @@ const BROKER_EXAMPLES: &[(&str, Example)] = &[
 pub(super) const EXAMPLES: &[(&str, Example)] = &[
     ("mesh", Example::Table),
     ("mesh.name", Example::Value("\"demo\"")),
+    (
+        "mesh.secret_file",
+        Example::Value("\"../data/demo/mesh.secret\""),
+    ),
+    ("mesh.allow_anonymous_bridges", Example::Value("false")),
     ("broker", Example::Table),
     ("policy", Example::Tables),
     ("policy.destination", Example::Value("\"queue://orders.>\"")),
@@ -746,7 +753,7 @@ mod tests {
     fn keys_keep_their_case() {
         assert_eq!(
             shape("[mesh]\nName = \"x\"\n"),
-            "t.toml: mesh.Name: unknown key; did you mean \"name\"? valid keys here are: name"
+            "t.toml: mesh.Name: unknown key; did you mean \"name\"? valid keys here are: name, secret_file, allow_anonymous_bridges"
         );
     }
 

@@ -105,7 +105,11 @@ impl Term {
         let stop = parent.child_token();
         let tracker = TaskTracker::new();
         let identity = state.identity.clone();
-        let authenticator = Arc::new(Authenticator::new(&opts.security));
+        // Password verifications running at once may use a sixteenth of the memory limit.
+        let authenticator = Arc::new(Authenticator::with_login_memory(
+            &opts.security,
+            (opts.broker.memory_limit / 16).max(crate::security::DEFAULT_LOGIN_MEMORY),
+        ));
         let authorizer =
             (!opts.security.acls.is_empty()).then(|| Arc::new(Authorizer::new(&opts.security)));
         let cluster = Cluster::new(opts.cluster.clone());
