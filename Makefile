@@ -34,6 +34,11 @@ test-deps:
 	@command -v python3 >/dev/null || $(APT) python3 python3-pip
 	@python3 -c 'import stomp' 2>/dev/null || python3 -m pip install --quiet stomp.py \
 		|| python3 -m pip install --quiet --break-system-packages stomp.py
+	@command -v fusermount3 >/dev/null || { \
+		echo "installing fuse3 (fusermount3) for the power-loss filesystem of the durability tests"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO $(APT) fuse3 || { $$SUDO apt-get update && $$SUDO $(APT) fuse3; }; \
+	}
 	@command -v mount >/dev/null && command -v umount >/dev/null || { \
 		echo "installing mount (util-linux) for the full-disk test's tmpfs"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

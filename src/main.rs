@@ -69,6 +69,8 @@ enum Command {
     /// Write a new random mesh secret to a file (for `[mesh] secret_file`), unless it exists;
     /// copy the same file to every machine of the mesh.
     Secret { path: PathBuf },
+    /// Print a fresh random token for a replicated group's `replication_token`.
+    Token,
     /// Generate a development CA and a certificate and key per member of a topology.
     Certs {
         topology: PathBuf,
@@ -171,6 +173,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 println!("{} exists; kept it", path.display());
             }
         }
+        Command::Token => println!("{}", meshmq::security::generate_token()),
         Command::Certs { topology, out } => {
             let topo = meshmq::config::load(&topology).map_err(|e| anyhow::anyhow!("{e}"))?;
             for path in meshmq::security::generate_dev_pki(&topo, &out)? {

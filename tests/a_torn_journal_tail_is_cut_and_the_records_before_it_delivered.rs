@@ -1,6 +1,7 @@
-//! A journal whose last record was torn by a crash (the file cut short, or the end of the
-//! record never written over the preallocated zeros) recovers on a real broker: it starts, logs
-//! the cut with the segment file and the record's offset, and delivers every record before it.
+//! A journal whose last record was torn by a crash before its sync (the file cut short, or the
+//! end of the record never written over the preallocated zeros; the synced mark before it)
+//! recovers on a real broker: it starts, logs the cut with the segment file and the record's
+//! offset, and delivers every record before it.
 
 mod common;
 
@@ -98,6 +99,11 @@ async fn a_torn_last_record_is_cut_at_each_offset_and_the_records_before_it_deli
         };
         restore(&journal, &files);
         tear(&segment, &pristine, last.offset + cut, how);
+        // A torn write is one whose sync never completed (a crash in between): the journal's
+        // synced mark is still at the record before it. With the mark at the torn record
+        // itself, the damage is corruption instead (see
+        // a_damaged_synced_journal_is_refused_until_repaired.rs).
+        meshmq::store::write_mark(&journal, last.index - 1).expect("set the synced mark");
 
         broker.restart();
         let log = broker.log();

@@ -304,7 +304,27 @@ admin = "127.0.0.1:8162"
 url = "tcp://127.0.0.1:61626"
 "#,
         r#"bad.toml: group[hub].member[hub-2].replication: is required for election = "zookeeper"; set the address followers replicate the journal from, e.g. replication = "127.0.0.1:61619"
-bad.toml: group[hub].replicas: is 3, but the group has 2 members; set replicas to at most 2, or add members"#,
+bad.toml: group[hub].replicas: is 3, but the group has 2 members; set replicas to at most 2, or add members
+bad.toml: group[hub].replication_token: is missing, and the group's 2 members replicate its journal to each other: without it anyone who reaches a replication port could follow the master and acknowledge writes; make one with `meshmq token` and set replication_token = "THAT TOKEN" in this [[group]] (every member reads the same file)"#,
+    ),
+    (
+        "a replication token short enough to guess is refused without echoing it",
+        r#"[mesh]
+name = "demo"
+[zookeeper]
+connect = "127.0.0.1:2181"
+[[group]]
+name = "hub"
+election = "zookeeper"
+replication_token = "short-token"
+[[group.member]]
+name = "hub-1"
+admin = "127.0.0.1:8161"
+replication = "127.0.0.1:61619"
+[[group.member.listener]]
+url = "tcp://127.0.0.1:61616"
+"#,
+        r#"bad.toml: group[hub].replication_token: is 11 characters long, shorter than 16: it could be guessed; make one with `meshmq token` and set replication_token = "THAT TOKEN" in this [[group]] (every member reads the same file)"#,
     ),
     (
         "replication and replication_token outside zookeeper",

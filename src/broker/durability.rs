@@ -92,6 +92,30 @@ impl Broker {
         self.wait_synced_since(index, Instant::now()).await
     }
 
+    /// Why the journal stopped writing (a write or sync failed), once it did; `None` while it
+    /// works or without a journal.
+    pub fn journal_failure(&self) -> Option<String> {
+        self.store()?.journal().failure()
+    }
+
+    /// Resolves once the journal has failed (never without a journal, nor after it closed
+    /// without failing).
+    pub async fn journal_failed(&self) -> String {
+        let Some(store) = self.store() else {
+            return std::future::pending().await;
+        };
+        let journal = store.journal().clone();
+        let mut rx = journal.watch_synced();
+        loop {
+            if let Some(reason) = journal.failure() {
+                return reason;
+            }
+            if journal.is_closed() || rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Resolves each time the journal starts a new segment (a checkpoint may then let old
     /// ones go); never without a journal.
     pub async fn segment_started(&self) {

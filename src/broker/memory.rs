@@ -119,6 +119,11 @@ impl MemoryCharge {
         MemoryCharge::default()
     }
 
+    /// The bytes charged (0 for an uncharged message).
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     pub(crate) fn counters(&self) -> Option<&Arc<DestinationCounters>> {
         self.dest.as_ref()
     }

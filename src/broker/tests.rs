@@ -339,6 +339,62 @@ fn a_stalled_topic_subscriber_loses_its_oldest_and_never_blocks_others() {
 }
 
 #[test]
+fn a_burst_a_subscriber_will_absorb_is_held_not_dropped_at_default_settings() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut behind = b.open_session(None).unwrap();
+    sub(&mut behind, 1, "topic://t", 2);
+    // 10,000 x 256 B: the burst that lost deliveries under a 1,000-message default.
+    let body = "x".repeat(256);
+    for _ in 0..10_000 {
+        send(&mut p, "topic://t", msg(&body));
+    }
+    let t = b
+        .destination_stats()
+        .into_iter()
+        .find(|s| s.destination == "topic://t")
+        .unwrap();
+    assert_eq!(t.dropped, 0, "a burst within the byte limit is kept");
+    assert_eq!(t.pending, 10_000 - 2, "all but its prefetch wait for it");
+}
+
+#[test]
+fn a_subscriber_past_its_byte_limit_keeps_only_its_newest() {
+    let limit = 20_000;
+    let b = broker_with(|s| s.defaults.topic_pending_size = limit);
+    let mut p = b.open_session(None).unwrap();
+    let mut stalled = b.open_session(None).unwrap();
+    sub(&mut stalled, 1, "topic://t", 1);
+    let body = "x".repeat(1000);
+    for i in 0..100 {
+        send(&mut p, "topic://t", msg(&format!("{i:03}{body}")));
+    }
+    let t = b
+        .destination_stats()
+        .into_iter()
+        .find(|s| s.destination == "topic://t")
+        .unwrap();
+    let kept = t.pending;
+    assert!(
+        (1..=limit / 1000).contains(&kept),
+        "held within {limit} bytes: {kept} messages of 1 KB kept"
+    );
+    assert_eq!(
+        t.dropped,
+        100 - 1 - kept,
+        "the rest was dropped and counted"
+    );
+    let first = drain(&stalled);
+    stalled.ack(1, first[0].tag, &[]).unwrap();
+    let next = bodies(&drain(&stalled));
+    assert_eq!(
+        next[0][..3].parse::<u64>().unwrap(),
+        100 - kept,
+        "what it kept is the newest"
+    );
+}
+
+#[test]
 fn a_durable_subscription_keeps_messages_while_offline() {
     let b = broker();
     let mut p = b.open_session(None).unwrap();

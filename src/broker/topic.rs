@@ -3,9 +3,11 @@
 //! A topic holds no messages itself: publishing offers the (shared) message to each attached
 //! subscription, which is a private queue of one consumer. A subscription with credit gets the
 //! message straight into its connection's outbox; otherwise it waits in the subscription's
-//! pending list. A non-durable subscription's pending list is capped at `topic_pending_limit`
-//! and loses its oldest message when full (counted as dropped), so a stalled subscriber never
-//! slows the producer or the other subscribers. A durable subscription keeps everything while
+//! pending list. A non-durable subscription's pending list is capped in bytes at
+//! `topic_pending_size` (64 MiB by default, at most an eighth of the memory limit) and, when
+//! set, in messages at `topic_pending_limit`; past either it loses its oldest message (counted
+//! as dropped). So a burst that a healthy subscriber will absorb is never dropped, while a
+//! subscriber that stays behind is bounded and never slows the producer or the others. A durable subscription keeps everything while
 //! its consumer is away; memory limits bound it. A wildcard subscription is attached to every
 //! topic its pattern matches, each message reaching it once (it is published on one topic).
 //! Lock order: a topic's subscription list, then a subscription's state, then an outbox.
@@ -129,10 +131,78 @@ struct Attached {
     connection: u64,
 }
 
+/// Bytes counted for one pending entry beyond its message's charge (the entry itself and its
+/// slot), so that a subscriber's limit also bounds what its list costs when the message is
+/// shared with thousands of other subscribers.
+const ENTRY_OVERHEAD: u64 = 64;
+
+/// A subscription's messages not yet handed to its consumer, and what they weigh.
+#[derive(Debug, Default)]
+struct Backlog {
+    entries: VecDeque<Entry>,
+    bytes: u64,
+}
+
+impl Backlog {
+    fn weight(e: &Entry) -> u64 {
+        e.msg.charge.bytes() + ENTRY_OVERHEAD
+    }
+
+    fn push_back(&mut self, e: Entry) {
+        self.bytes += Self::weight(&e);
+        self.entries.push_back(e);
+    }
+
+    fn push_front(&mut self, e: Entry) {
+        self.bytes += Self::weight(&e);
+        self.entries.push_front(e);
+    }
+
+    fn pop_front(&mut self) -> Option<Entry> {
+        let e = self.entries.pop_front()?;
+        self.bytes -= Self::weight(&e);
+        Some(e)
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter()
+    }
+
+    fn take(&mut self) -> VecDeque<Entry> {
+        self.bytes = 0;
+        std::mem::take(&mut self.entries)
+    }
+}
+
+/// How much a non-durable subscription may hold pending before it loses its oldest.
+#[derive(Debug, Clone, Copy)]
+struct PendingLimit {
+    /// 0: no count limit.
+    messages: usize,
+    /// 0: unbounded (durable subscriptions).
+    bytes: u64,
+}
+
+impl PendingLimit {
+    fn exceeded_by(&self, backlog: &Backlog) -> bool {
+        (self.messages > 0 && backlog.len() > self.messages)
+            || (self.bytes > 0 && backlog.bytes > self.bytes)
+    }
+
+    fn reached_by(&self, backlog: &Backlog) -> bool {
+        (self.messages > 0 && backlog.len() >= self.messages)
+            || (self.bytes > 0 && backlog.bytes >= self.bytes)
+    }
+}
+
 #[derive(Debug, Default)]
 struct SubState {
     attached: Option<Attached>,
-    pending: VecDeque<Entry>,
+    pending: Backlog,
     inflight: Inflight,
     next_seq: u64,
 }
@@ -146,8 +216,7 @@ pub struct TopicSub {
     no_local: bool,
     /// A network consumer's filter (what it may forward).
     filter: Option<NetworkFilter>,
-    /// 0 = unbounded (durable subscriptions).
-    pending_limit: usize,
+    pending_limit: PendingLimit,
     max_redeliveries: u32,
     state: Mutex<SubState>,
 }
@@ -165,9 +234,15 @@ impl TopicSub {
             id,
             filter,
             pending_limit: if durable.is_some() {
-                0
+                PendingLimit {
+                    messages: 0,
+                    bytes: 0,
+                }
             } else {
-                limits.topic_pending_limit
+                PendingLimit {
+                    messages: limits.topic_pending_limit,
+                    bytes: limits.topic_pending_size,
+                }
             },
             max_redeliveries: limits.max_redeliveries,
             pattern,
@@ -179,7 +254,7 @@ impl TopicSub {
 
     /// At its pending limit: the next message published drops its oldest.
     pub(crate) fn is_slow(&self) -> bool {
-        self.pending_limit > 0 && self.state.lock().pending.len() >= self.pending_limit
+        self.pending_limit.reached_by(&self.state.lock().pending)
     }
 
     fn offer(&self, msg: &Arc<Message>, counters: &DestinationCounters, dead: &mut Effects) {
@@ -208,13 +283,16 @@ impl TopicSub {
         };
         st.pending.push_back(entry);
         DestinationCounters::add(&counters.pending, 1);
-        if self.pending_limit > 0 && st.pending.len() > self.pending_limit {
-            if let Some(old) = st.pending.pop_front() {
-                old.msg.counters().pending.fetch_sub(1, Ordering::Relaxed);
-                DestinationCounters::add(&old.msg.counters().dropped, 1);
-            }
-        }
         self.pump(&mut st, dead);
+        // What the consumer has no credit for waits; past the limit the oldest goes, but never
+        // the newest (a message larger than the limit still reaches a subscriber keeping up).
+        while st.pending.len() > 1 && self.pending_limit.exceeded_by(&st.pending) {
+            let Some(old) = st.pending.pop_front() else {
+                break;
+            };
+            old.msg.counters().pending.fetch_sub(1, Ordering::Relaxed);
+            DestinationCounters::add(&old.msg.counters().dropped, 1);
+        }
     }
 
     /// Moves pending messages to the attached consumer while it has credit.
@@ -352,7 +430,7 @@ impl TopicSub {
     pub(crate) fn clear(&self, dead: &mut Effects) {
         let mut st = self.state.lock();
         st.attached = None;
-        for e in st.pending.drain(..) {
+        for e in st.pending.take() {
             e.msg.counters().pending.fetch_sub(1, Ordering::Relaxed);
             dead.dropped_with_durable(&e.msg);
         }
@@ -395,17 +473,15 @@ impl TopicSub {
         if !st.pending.iter().any(|e| e.msg.is_expired(now)) {
             return;
         }
-        let mut kept = VecDeque::with_capacity(st.pending.len());
-        for e in st.pending.drain(..) {
+        for e in st.pending.take() {
             if e.msg.is_expired(now) {
                 let c = e.msg.counters().clone();
                 c.pending.fetch_sub(1, Ordering::Relaxed);
                 self.expire(e, &c, dead);
             } else {
-                kept.push_back(e);
+                st.pending.push_back(e);
             }
         }
-        st.pending = kept;
     }
 }
 

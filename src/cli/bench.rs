@@ -174,8 +174,7 @@ struct BrokerUnderTest {
 }
 
 impl BrokerUnderTest {
-    /// `broker_keys`: extra `[broker]` keys for a broker the bench starts itself.
-    async fn start(target: &Target, broker_keys: &str) -> anyhow::Result<BrokerUnderTest> {
+    async fn start(target: &Target) -> anyhow::Result<BrokerUnderTest> {
         if let Some(url) = &target.url {
             let stomp = match url.strip_prefix("stomp://") {
                 Some(addr) => Some(
@@ -200,10 +199,6 @@ impl BrokerUnderTest {
         let topology = format!(
             r#"[mesh]
 name = "bench"
-
-[broker]
-memory_limit = "2GiB"
-{broker_keys}
 
 [[group]]
 name = "bench"
@@ -384,7 +379,7 @@ pub async fn queue(args: &QueueArgs) -> anyhow::Result<Report> {
     if args.producers == 0 || args.consumers == 0 {
         bail!("--producers and --consumers must be at least 1");
     }
-    let broker = BrokerUnderTest::start(&args.target, "").await?;
+    let broker = BrokerUnderTest::start(&args.target).await?;
     let result = match args.protocol {
         ProtocolArg::Native => run_queue(args, &broker.url).await,
         ProtocolArg::Stomp => match broker.stomp_addr() {
@@ -769,10 +764,8 @@ async fn run_queue_stomp(args: &QueueArgs, addr: SocketAddr) -> anyhow::Result<R
 }
 
 pub async fn fanout(args: &FanoutArgs) -> anyhow::Result<Report> {
-    // Every subscriber keeps the whole run pending if it must: the benchmark measures
-    // deliveries, not the slow-subscriber discard policy.
-    let keys = format!("topic_pending_limit = {}", args.count.max(1));
-    let broker = BrokerUnderTest::start(&args.target, &keys).await?;
+    // A default broker: what a user gets is what the benchmark measures, drops included.
+    let broker = BrokerUnderTest::start(&args.target).await?;
     let result = match args.protocol {
         ProtocolArg::Native => run_fanout(args, &broker.url).await,
         ProtocolArg::Stomp => match broker.stomp_addr() {
@@ -826,8 +819,8 @@ async fn run_fanout(args: &FanoutArgs, url: &str) -> anyhow::Result<Report> {
                 got += 1;
                 progress.add(expected);
             }
-            // Every message this subscriber never saw (gaps included: a slow subscriber past
-            // its topic_pending_limit loses its oldest).
+            // Every message this subscriber never saw (gaps included: a subscriber that fell
+            // past its topic_pending_size loses its oldest).
             lost.fetch_add(count.saturating_sub(got), Ordering::Relaxed);
             hist.lock().add(&local).ok();
             drop(client);
@@ -967,7 +960,7 @@ pub async fn connections(args: &ConnectionsArgs) -> anyhow::Result<Report> {
     if args.sources.is_empty() {
         bail!("--sources needs at least one address");
     }
-    let broker = BrokerUnderTest::start(&args.target, "").await?;
+    let broker = BrokerUnderTest::start(&args.target).await?;
     let result = run_connections(args, &broker).await;
     broker.stop().await;
     result

@@ -190,11 +190,12 @@ fn write_topology(
     let mut members = Vec::new();
     let mut text = format!(
         "[mesh]\nname = \"bench-ha\"\n\n[zookeeper]\nconnect = \"{zookeeper}\"\n\
-         session_timeout = \"{}ms\"\nroot = \"/meshmq-bench-{}\"\n\n[broker]\nmemory_limit = \"2GiB\"\n\n\
+         session_timeout = \"{}ms\"\nroot = \"/meshmq-bench-{}\"\n\n\
          [[group]]\nname = \"ha\"\nelection = \"zookeeper\"\nreplicas = 3\nsync = \"quorum_mem\"\n\
-         quorum_timeout = \"5s\"\n",
+         quorum_timeout = \"5s\"\nreplication_token = \"{}\"\n",
         session.as_millis(),
-        std::process::id()
+        std::process::id(),
+        meshmq::security::generate_token()
     );
     for i in 1..=3 {
         let (port, admin, repl) = (free_port()?, free_port()?, free_port()?);

@@ -138,8 +138,12 @@ pub struct BrokerPolicy {
     pub memory_limit: u64,
     pub on_full: OnFull,
     pub max_redeliveries: u32,
-    /// Messages a slow topic subscriber may have pending before its oldest are dropped.
+    /// Messages a slow topic subscriber may have pending before its oldest are dropped;
+    /// 0 (the default): no count limit, only `topic_pending_size`.
     pub topic_pending_limit: usize,
+    /// Bytes a topic subscriber may have pending before its oldest are dropped; `None` (the
+    /// default): [`BrokerPolicy::default_topic_pending_size`].
+    pub topic_pending_size: Option<u64>,
     /// Default consumer prefetch; at least 1.
     pub prefetch: u32,
     /// Largest frame accepted, bytes; a u32 because the wire length prefix is one.
@@ -163,7 +167,8 @@ impl Default for BrokerPolicy {
             memory_limit: 1 << 30,
             on_full: OnFull::Block,
             max_redeliveries: 6,
-            topic_pending_limit: 1000,
+            topic_pending_limit: 0,
+            topic_pending_size: None,
             prefetch: 1000,
             max_frame_size: 100 << 20,
             heartbeat: Duration::from_secs(10),
@@ -184,6 +189,7 @@ pub struct DestinationPolicy {
     pub memory_limit: Option<u64>,
     pub max_redeliveries: Option<u32>,
     pub topic_pending_limit: Option<usize>,
+    pub topic_pending_size: Option<u64>,
     pub prefetch: Option<u32>,
     pub on_full: Option<OnFull>,
 }
@@ -195,6 +201,9 @@ impl DestinationPolicy {
             memory_limit: self.memory_limit,
             max_redeliveries: self.max_redeliveries.unwrap_or(base.max_redeliveries),
             topic_pending_limit: self.topic_pending_limit.unwrap_or(base.topic_pending_limit),
+            topic_pending_size: self
+                .topic_pending_size
+                .unwrap_or_else(|| base.topic_pending_size()),
             prefetch: self.prefetch.unwrap_or(base.prefetch),
             on_full: self.on_full.unwrap_or(base.on_full),
         }
@@ -207,18 +216,36 @@ pub struct DestinationLimits {
     /// Per-destination cap, bytes; `None`: only the broker-wide `memory_limit` applies.
     pub memory_limit: Option<u64>,
     pub max_redeliveries: u32,
+    /// Messages a non-durable topic subscriber may have pending; 0: no count limit.
     pub topic_pending_limit: usize,
+    /// Bytes a non-durable topic subscriber may have pending (always set).
+    pub topic_pending_size: u64,
     pub prefetch: u32,
     pub on_full: OnFull,
 }
 
 impl BrokerPolicy {
+    /// What a topic subscriber may hold pending when `topic_pending_size` is not written:
+    /// 64 MiB (what NATS lets a connection fall behind before it calls it slow), but at most an
+    /// eighth of `memory_limit`, so a few stalled subscribers never fill the broker and block
+    /// its producers.
+    pub fn default_topic_pending_size(memory_limit: u64) -> u64 {
+        (64 << 20).min(memory_limit / 8).max(1)
+    }
+
+    /// The effective per-subscriber byte limit of this policy.
+    pub fn topic_pending_size(&self) -> u64 {
+        self.topic_pending_size
+            .unwrap_or_else(|| Self::default_topic_pending_size(self.memory_limit))
+    }
+
     /// The limits of a destination no `[[policy]]` entry matches.
     pub fn destination_limits(&self) -> DestinationLimits {
         DestinationLimits {
             memory_limit: None,
             max_redeliveries: self.max_redeliveries,
             topic_pending_limit: self.topic_pending_limit,
+            topic_pending_size: self.topic_pending_size(),
             prefetch: self.prefetch,
             on_full: self.on_full,
         }

@@ -33,6 +33,8 @@ use super::units::{
 };
 
 const U32_MAX: i64 = u32::MAX as i64;
+/// The shortest replication token accepted (`meshmq token` makes 64 characters).
+pub const MIN_REPLICATION_TOKEN: usize = 16;
 const PATTERN_FIX: &str =
     "write a destination pattern such as \"queue://orders.>\" or \"topic://prices.*\"";
 const PASSWD_FIX: &str = "run `meshmq passwd` and paste the argon2 hash it prints";
@@ -358,6 +360,13 @@ impl Checker<'_> {
                     U32_MAX,
                 )
                 .unwrap_or(base.topic_pending_limit),
+            topic_pending_size: self
+                .size(
+                    &key("topic_pending_size"),
+                    raw.topic_pending_size.as_deref(),
+                    Zero::Refused,
+                )
+                .or(base.topic_pending_size),
             prefetch: self
                 .whole(&key("prefetch"), raw.prefetch, 1, U32_MAX)
                 .unwrap_or(base.prefetch),
@@ -441,16 +450,25 @@ impl Checker<'_> {
             1,
             U32_MAX,
         );
-        if let (Some(pattern), Some(_)) = (&destination, topic_pending_limit) {
-            if pattern.kind().is_queue() {
-                self.refuse(
-                    &key("topic_pending_limit"),
+        let topic_pending_size = self.size(
+            &key("topic_pending_size"),
+            raw.topic_pending_size.as_deref(),
+            Zero::Refused,
+        );
+        for (name, set) in [
+            ("topic_pending_limit", topic_pending_limit.is_some()),
+            ("topic_pending_size", topic_pending_size.is_some()),
+        ] {
+            match &destination {
+                Some(pattern) if set && pattern.kind().is_queue() => self.refuse(
+                    &key(name),
                     format!(
                         "only applies to topics, and {:?} is a queue pattern",
                         pattern.as_str()
                     ),
                     "remove it, or move it to a policy for topic:// destinations",
-                );
+                ),
+                _ => {}
             }
         }
         let policy = DestinationPolicy {
@@ -467,6 +485,7 @@ impl Checker<'_> {
                 U32_MAX,
             ),
             topic_pending_limit,
+            topic_pending_size,
             prefetch: self.whole(&key("prefetch"), raw.prefetch, 1, U32_MAX),
             on_full: self.keyword(
                 &key("on_full"),
@@ -1030,6 +1049,9 @@ impl Checker<'_> {
         if g.replication_token.is_some() && election != Election::ZooKeeper {
             self.only_for(&key("replication_token"), Election::ZooKeeper, election);
         }
+        if election == Election::ZooKeeper {
+            self.replication_token(&key("replication_token"), g, count);
+        }
         let group_broker = self.broker(&key("broker"), g.broker.as_ref(), broker);
         if count == 0 {
             return None;
@@ -1046,6 +1068,30 @@ impl Checker<'_> {
             broker: group_broker,
             members,
         })
+    }
+
+    /// A replicated group with more than one member authenticates its followers: without a
+    /// token, anyone who reaches a replication port could follow the master and acknowledge
+    /// writes toward its quorum.
+    fn replication_token(&mut self, key: &str, g: &RawGroup, count: usize) {
+        let make = "make one with `meshmq token` and set replication_token = \"THAT TOKEN\" in this [[group]] (every member reads the same file)";
+        match g.replication_token.as_deref() {
+            None if count > 1 => self.refuse(
+                key,
+                format!("is missing, and the group's {count} members replicate its journal to each other: without it anyone who reaches a replication port could follow the master and acknowledge writes"),
+                make,
+            ),
+            // The value is a credential: name its length, never echo it.
+            Some(t) if t.chars().count() < MIN_REPLICATION_TOKEN => self.refuse(
+                key,
+                format!(
+                    "is {} characters long, shorter than {MIN_REPLICATION_TOKEN}: it could be guessed",
+                    t.chars().count()
+                ),
+                make,
+            ),
+            _ => {}
+        }
     }
 
     fn member(
@@ -1915,6 +1961,7 @@ connect = "zk1:2181, 127.0.0.1:2182"
 [[group]]
 name = "hub"
 election = "zookeeper"
+replication_token = "a-token-of-24-characters"
 [[group.member]]
 name = "hub-1"
 admin = "127.0.0.1:8161"
@@ -1938,6 +1985,42 @@ url = "tcp://127.0.0.1:61626"
             .as_ref()
             .map(|z| (z.connect.len(), z.root.as_str()));
         assert_eq!(zk, Some((2, "/meshmq")));
+    }
+
+    #[test]
+    fn a_replicated_group_of_several_members_needs_a_token_of_16_characters() {
+        let group = |token: &str| {
+            format!(
+                "[mesh]\nname = \"demo\"\n[zookeeper]\nconnect = \"127.0.0.1:2181\"\n\
+                 [[group]]\nname = \"hub\"\nelection = \"zookeeper\"\n{token}\n\
+                 [[group.member]]\nname = \"hub-1\"\nadmin = \"127.0.0.1:8161\"\n\
+                 replication = \"127.0.0.1:61619\"\n\
+                 [[group.member.listener]]\nurl = \"tcp://127.0.0.1:61616\"\n\
+                 [[group.member]]\nname = \"hub-2\"\nadmin = \"127.0.0.1:8162\"\n\
+                 replication = \"127.0.0.1:61629\"\n\
+                 [[group.member.listener]]\nurl = \"tcp://127.0.0.1:61626\"\n"
+            )
+        };
+        let missing = match parse_str(&group(""), Path::new("t.toml")) {
+            Ok(_) => panic!("a two-member group without a replication token was accepted"),
+            Err(e) => e.to_string(),
+        };
+        for words in ["group[hub].replication_token", "is missing", "meshmq token"] {
+            assert!(missing.contains(words), "{words:?} not in: {missing}");
+        }
+        let short = match parse_str(
+            &group("replication_token = \"fifteen-chars-x\""),
+            Path::new("t.toml"),
+        ) {
+            Ok(_) => panic!("a 15-character replication token was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(short.contains("15 characters"), "{short}");
+        assert!(
+            !short.contains("fifteen-chars-x"),
+            "the token is echoed: {short}"
+        );
+        assert!(refused_keys(&group("replication_token = \"sixteen-chars-xx\"")).is_empty());
     }
 
     #[test]
@@ -2017,7 +2100,7 @@ digest = "meshmq:topsecret"
 [[group]]
 name = "hub"
 election = "zookeeper"
-replication_token = "topsecret"
+replication_token = "topsecret-topsecret"
 [[group.member]]
 name = "hub-1"
 admin = "127.0.0.1:8161"

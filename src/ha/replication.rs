@@ -12,6 +12,14 @@
 //! in the middle of a stream); the master commits an index only if it is at least its own
 //! epoch's first record (so older records are committed through the new epoch, never on their
 //! own).
+//!
+//! Trust: a master admits a follower only with the group's replication token (compared in
+//! constant time) and a member name of the group other than its own, one link per member (a
+//! second replaces the first). Only what the master can vouch for counts toward a quorum: an
+//! acknowledgement above the last index sent on its link is a protocol violation that closes
+//! the link uncounted, and a follower's claim (in its hello) to hold records of this term counts
+//! only as far as that member acknowledged them on an earlier link — the rest is sent again.
+//! Every refusal is logged with the peer and counted with a `reason`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,6 +44,8 @@ use proto::{to_follower, to_master, ToFollower, ToMaster};
 
 /// The largest replication message accepted.
 const MAX_MESSAGE: usize = 256 << 20;
+/// The largest hello accepted: a stranger's first message costs at most this much memory.
+const MAX_HELLO: usize = 1 << 20;
 /// Records sent per message, about.
 const BATCH_BYTES: usize = 512 << 10;
 
@@ -59,6 +69,7 @@ pub enum ReplError {
 /// What both ends agree on.
 #[derive(Debug, Clone)]
 pub struct LinkOptions {
+    /// The group's replication token; a master without one admits no follower.
     pub token: Option<String>,
     /// A link silent for three of these is dead.
     pub heartbeat: Duration,
@@ -90,12 +101,22 @@ async fn read_msg<M: prost::Message + Default>(
     s: &mut (impl AsyncReadExt + Unpin),
     peer: &str,
 ) -> Result<M, ReplError> {
+    read_msg_within(s, peer, MAX_MESSAGE).await
+}
+
+/// Reads one message of at most `max` bytes; a longer one is refused from its length, before
+/// anything is allocated for it.
+async fn read_msg_within<M: prost::Message + Default>(
+    s: &mut (impl AsyncReadExt + Unpin),
+    peer: &str,
+    max: usize,
+) -> Result<M, ReplError> {
     let io = |source| ReplError::Io {
         peer: peer.to_string(),
         source,
     };
     let len = s.read_u32().await.map_err(io)? as usize;
-    if len > MAX_MESSAGE {
+    if len > max {
         return Err(ReplError::Protocol {
             peer: peer.to_string(),
             detail: format!("a message of {len} bytes is over the limit"),
@@ -133,6 +154,67 @@ pub struct FollowerStatus {
 /// Decides whether the master may commit now (its lease holds).
 pub type LeaseCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
+/// Why a master refused a replication peer or cut its link: the `reason` label of
+/// `meshmq_replication_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// The first message was not a hello (or came late, too large or undecodable).
+    NoHello,
+    /// A hello without a token.
+    NoToken,
+    /// A hello whose token is not the group's.
+    WrongToken,
+    /// A hello naming no member of the group that may follow (or the master itself).
+    UnknownMember,
+    /// A follower that has seen a newer epoch than this master's.
+    OldEpoch,
+    /// An acknowledgement above the last index sent on the link.
+    AckBeyondSent,
+}
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::NoHello => "no_hello",
+            Refusal::NoToken => "no_token",
+            Refusal::WrongToken => "wrong_token",
+            Refusal::UnknownMember => "unknown_member",
+            Refusal::OldEpoch => "old_epoch",
+            Refusal::AckBeyondSent => "ack_beyond_sent",
+        }
+    }
+
+    fn count(self) {
+        metrics::counter!(crate::metrics::REPLICATION_REFUSED, "reason" => self.label())
+            .increment(1);
+    }
+}
+
+/// At most this much of a peer's claimed member name goes into a log line.
+fn shown(member: &str) -> &str {
+    match member.char_indices().nth(64) {
+        Some((end, _)) => &member[..end],
+        None => member,
+    }
+}
+
+/// True when `offered` is the group's token; a master without one admits nobody. Constant
+/// time in the token's bytes: a peer learns nothing from how long a refusal takes.
+fn token_matches(expected: Option<&str>, offered: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    match expected {
+        Some(t) if !t.is_empty() => t.as_bytes().ct_eq(offered.as_bytes()).into(),
+        _ => false,
+    }
+}
+
+/// The live link of one follower member.
+struct Link {
+    session: u64,
+    peer: SocketAddr,
+    stop: CancellationToken,
+}
+
 struct MasterShared {
     store: Store,
     epoch: u64,
@@ -144,7 +226,14 @@ struct MasterShared {
     gated: bool,
     lease: LeaseCheck,
     options: LinkOptions,
+    /// The group's members other than this one: the only names a follower may log in as.
+    peers: Vec<String>,
     followers: Mutex<HashMap<u64, (String, u64)>>,
+    /// The live link of each member: a second one replaces the first.
+    links: Mutex<HashMap<String, Link>>,
+    /// The highest index each member acknowledged on any link of this term (acknowledgements
+    /// are bounded by what was sent): how far its claim to hold this term's records is believed.
+    vouched: Mutex<HashMap<String, u64>>,
     /// Held while a commit is worked out and published.
     committing: Mutex<()>,
     changed: tokio::sync::Notify,
@@ -159,7 +248,8 @@ pub struct Master {
 }
 
 impl Master {
-    /// Starts serving followers on `listener` and committing per the quorum rule.
+    /// Starts serving followers on `listener` and committing per the quorum rule. `peers` are
+    /// the members that may follow (the group's others).
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         listener: TcpListener,
@@ -170,6 +260,7 @@ impl Master {
         gated: bool,
         lease: LeaseCheck,
         options: LinkOptions,
+        peers: Vec<String>,
         stop: CancellationToken,
         tracker: &TaskTracker,
     ) -> Master {
@@ -182,7 +273,10 @@ impl Master {
             gated,
             lease,
             options,
+            peers,
             followers: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
+            vouched: Mutex::new(HashMap::new()),
             committing: Mutex::new(()),
             changed: tokio::sync::Notify::new(),
             next_session: AtomicU64::new(1),
@@ -334,6 +428,23 @@ async fn commit_loop(s: Arc<MasterShared>, stop: CancellationToken) {
     }
 }
 
+/// Answers a refused peer, logs and counts the refusal; the link is closed by the caller.
+async fn refuse(
+    wr: &mut (impl AsyncWriteExt + Unpin),
+    peer: SocketAddr,
+    member: &str,
+    reason: Refusal,
+    why: String,
+) -> Result<(), ReplError> {
+    reason.count();
+    tracing::warn!(%peer, member = %shown(member), reason = reason.label(), "replication login refused: {why}");
+    let msg = ToFollower {
+        kind: Some(to_follower::Kind::Refused(why)),
+    };
+    let _ = write_msg(wr, &msg).await;
+    Ok(())
+}
+
 async fn serve_follower(
     s: &Arc<MasterShared>,
     stream: TcpStream,
@@ -343,51 +454,55 @@ async fn serve_follower(
     let peer_s = peer.to_string();
     let (rd, mut wr) = stream.into_split();
     let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER, rd);
-    let hello = match tokio::time::timeout(
+    let first = tokio::time::timeout(
         s.options.heartbeat * 3,
-        read_msg::<ToMaster>(&mut rd, &peer_s),
+        read_msg_within::<ToMaster>(&mut rd, &peer_s, MAX_HELLO),
     )
-    .await
-    {
+    .await;
+    let hello = match first {
         Ok(Ok(ToMaster {
             kind: Some(to_master::Kind::Hello(h)),
         })) => h,
-        Ok(Ok(_)) => {
+        other => {
+            let detail = match other {
+                Ok(Ok(_)) => "the first message is not a hello".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no hello in time".to_string(),
+            };
+            Refusal::NoHello.count();
+            tracing::warn!(%peer, reason = Refusal::NoHello.label(), "replication peer refused: {detail}");
             return Err(ReplError::Protocol {
                 peer: peer_s,
-                detail: "the first message is not a hello".into(),
-            })
+                detail,
+            });
         }
-        Ok(Err(e)) => return Err(e),
-        Err(_) => {
-            return Err(ReplError::Protocol {
-                peer: peer_s,
-                detail: "no hello in time".into(),
-            })
-        }
-    };
-    let refuse = |why: String| ToFollower {
-        kind: Some(to_follower::Kind::Refused(why)),
     };
     let io = |source| ReplError::Io {
         peer: peer.to_string(),
         source,
     };
-    if s.options.token.as_deref().unwrap_or("") != hello.token {
-        tracing::warn!(%peer, member = %hello.member, "replication login with a wrong token refused");
-        let _ = write_msg(&mut wr, &refuse("wrong replication token".into())).await;
-        return Ok(());
+    // The token first: a stranger learns nothing about the group's members.
+    if !token_matches(s.options.token.as_deref(), &hello.token) {
+        let (reason, why) = if hello.token.is_empty() {
+            (Refusal::NoToken, "no replication token")
+        } else {
+            (Refusal::WrongToken, "wrong replication token")
+        };
+        return refuse(&mut wr, peer, &hello.member, reason, why.into()).await;
+    }
+    if !s.peers.contains(&hello.member) {
+        let why = format!(
+            "{:?} is not a member of this group that may follow its master",
+            shown(&hello.member)
+        );
+        return refuse(&mut wr, peer, &hello.member, Refusal::UnknownMember, why).await;
     }
     if hello.seen_epoch > s.epoch {
-        let _ = write_msg(
-            &mut wr,
-            &refuse(format!(
-                "this master's epoch {} is older than epoch {} the follower has seen",
-                s.epoch, hello.seen_epoch
-            )),
-        )
-        .await;
-        return Ok(());
+        let why = format!(
+            "this master's epoch {} is older than epoch {} the follower has seen",
+            s.epoch, hello.seen_epoch
+        );
+        return refuse(&mut wr, peer, &hello.member, Refusal::OldEpoch, why).await;
     }
     let journal = s.store.journal().clone();
     let session = s.next_session.fetch_add(1, Ordering::Relaxed);
@@ -397,7 +512,19 @@ async fn serve_follower(
     let mine = s.store.epochs();
     let master_last = journal.next_index().saturating_sub(1);
     let theirs = epochs_from_proto(&hello.epochs);
-    let matched = mine.match_point(master_last, &theirs, hello.last_index);
+    // The follower's claim to hold records of this term counts only as far as this member
+    // acknowledged them before (what it holds beyond that is cut and sent again); records of
+    // earlier terms are matched by their epochs and never commit on their own.
+    let vouched = s
+        .vouched
+        .lock()
+        .get(&hello.member)
+        .copied()
+        .unwrap_or(0)
+        .max(s.epoch_start.saturating_sub(1));
+    let matched = mine
+        .match_point(master_last, &theirs, hello.last_index)
+        .min(vouched);
     let first = journal.first_index();
     let (from, snapshot) = if matched + 1 < first {
         (first, true)
@@ -430,11 +557,26 @@ async fn serve_follower(
             epochs: epochs_to_proto(&mine),
         })),
     };
+    let link_stop = stop.child_token();
+    let replaced = s.links.lock().insert(
+        hello.member.clone(),
+        Link {
+            session,
+            peer,
+            stop: link_stop.clone(),
+        },
+    );
+    if let Some(old) = replaced {
+        tracing::warn!(member = %hello.member, %peer, old_peer = %old.peer, "a second replication link of this member replaces the first");
+        old.stop.cancel();
+    }
+    let _gone = FollowerGone(s.clone(), session, hello.member.clone());
+    // The highest index sent on this link: no acknowledgement may go above it.
+    let sent_up_to = Arc::new(AtomicU64::new(from.saturating_sub(1)));
     write_msg(&mut wr, &start).await.map_err(io)?;
     s.followers
         .lock()
         .insert(session, (hello.member.clone(), from.saturating_sub(1)));
-    let _gone = FollowerGone(s.clone(), session);
     let acks_total =
         metrics::counter!(crate::metrics::REPLICATION_ACKS, "slave" => hello.member.clone());
     // Acks come in on their own task.
@@ -442,15 +584,34 @@ async fn serve_follower(
         let s = s.clone();
         let peer_s = peer_s.clone();
         let journal = journal.clone();
+        let sent_up_to = sent_up_to.clone();
+        let member = hello.member.clone();
         async move {
             loop {
                 match read_msg::<ToMaster>(&mut rd, &peer_s).await? {
                     ToMaster {
                         kind: Some(to_master::Kind::Ack(index)),
                     } => {
+                        let bound = sent_up_to.load(Ordering::Acquire);
+                        if index > bound {
+                            Refusal::AckBeyondSent.count();
+                            let detail = format!(
+                                "acknowledged index {index}, above {bound}, the last sent on this link"
+                            );
+                            tracing::warn!(%peer, %member, reason = Refusal::AckBeyondSent.label(), "replication link closed: {detail}");
+                            return Err(ReplError::Protocol {
+                                peer: peer_s,
+                                detail,
+                            });
+                        }
                         acks_total.increment(1);
                         if let Some(f) = s.followers.lock().get_mut(&session) {
                             f.1 = f.1.max(index);
+                        }
+                        {
+                            let mut vouched = s.vouched.lock();
+                            let v = vouched.entry(member.clone()).or_insert(0);
+                            *v = (*v).max(index);
                         }
                         journal.pin(session, index + 1);
                         s.commit();
@@ -479,6 +640,8 @@ async fn serve_follower(
             local.borrow_and_update();
             while let Some(frames) = journal.read_frames(next, BATCH_BYTES)? {
                 let count = frames.count;
+                // Raised before the records leave: the follower's ack may beat our return.
+                sent_up_to.fetch_max(frames.first + count.saturating_sub(1), Ordering::Release);
                 let msg = ToFollower {
                     kind: Some(to_follower::Kind::Records(proto::Records {
                         first: frames.first,
@@ -518,7 +681,7 @@ async fn serve_follower(
         }
     };
     tokio::select! {
-        _ = stop.cancelled() => Ok(()),
+        _ = link_stop.cancelled() => Ok(()),
         r = acks => r,
         r = sends => r,
     }
@@ -537,12 +700,18 @@ fn scopeguard(journal: crate::store::Journal, session: u64) -> Unpinner {
     Unpinner(journal, session)
 }
 
-/// Forgets a follower when its session ends.
-struct FollowerGone(Arc<MasterShared>, u64);
+/// Forgets a follower's session (and its member's link, unless a newer one replaced it) when
+/// the session ends.
+struct FollowerGone(Arc<MasterShared>, u64, String);
 
 impl Drop for FollowerGone {
     fn drop(&mut self) {
         self.0.followers.lock().remove(&self.1);
+        let mut links = self.0.links.lock();
+        if links.get(&self.2).is_some_and(|l| l.session == self.1) {
+            links.remove(&self.2);
+        }
+        drop(links);
         self.0.changed.notify_waiters();
     }
 }
@@ -666,7 +835,7 @@ async fn follow_inner(
                 *store = tokio::task::spawn_blocking(move || -> Result<Store, StoreError> {
                     old.close();
                     store::wipe_journal(&cfg.dir)?;
-                    Ok(Store::open_empty_at(cfg, 1, EpochHistory::default()))
+                    Store::open_empty_at(cfg, 1, EpochHistory::default())
                 })
                 .await
                 .map_err(|e| {
@@ -694,7 +863,7 @@ async fn follow_inner(
             store::wipe_journal(&cfg.dir)?;
             let mut covered = epochs.clone();
             covered.truncate_after(from.saturating_sub(1));
-            let fresh = Store::open_empty_at(cfg, from, covered);
+            let fresh = Store::open_empty_at(cfg, from, covered)?;
             if let Some(c) = checkpoint {
                 fresh.install_checkpoint(&c)?;
             }
@@ -799,6 +968,8 @@ mod tests {
     use super::*;
     use crate::store::Durability;
 
+    const TOKEN: &str = "the-group-replication-token";
+
     fn config(dir: &std::path::Path) -> StoreConfig {
         StoreConfig {
             dir: dir.to_path_buf(),
@@ -839,7 +1010,7 @@ mod tests {
         let addr = listener.local_addr().expect("address");
         let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
         let link = LinkOptions {
-            token: None,
+            token: Some(TOKEN.into()),
             heartbeat: Duration::from_millis(500),
         };
         Master::start(
@@ -851,6 +1022,7 @@ mod tests {
             true,
             Arc::new(|| true),
             link.clone(),
+            vec!["f".into()],
             stop.clone(),
             &tracker,
         );
@@ -900,6 +1072,220 @@ mod tests {
         tracker.close();
         tracker.wait().await;
         master_store.close();
+    }
+
+    /// A master of epoch 3 that needs one follower (`f` or `g`) to commit, with no follower
+    /// yet: what a rogue peer meets.
+    struct Lone {
+        _dir: tempfile::TempDir,
+        store: Store,
+        master: Master,
+        addr: SocketAddr,
+        stop: CancellationToken,
+        tracker: TaskTracker,
+    }
+
+    impl Lone {
+        async fn start(quorum_timeout: Duration) -> Lone {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (store, _) =
+                Store::open(config(&dir.path().join("master")), false).expect("master journal");
+            store.journal().gate(quorum_timeout);
+            let epoch_start = store.begin_epoch(3);
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("address");
+            let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
+            let master = Master::start(
+                listener,
+                store.clone(),
+                3,
+                epoch_start,
+                1,
+                true,
+                Arc::new(|| true),
+                LinkOptions {
+                    token: Some(TOKEN.into()),
+                    heartbeat: Duration::from_millis(200),
+                },
+                vec!["f".into(), "g".into()],
+                stop.clone(),
+                &tracker,
+            );
+            Lone {
+                _dir: dir,
+                store,
+                master,
+                addr,
+                stop,
+                tracker,
+            }
+        }
+
+        async fn end(self) {
+            self.stop.cancel();
+            self.tracker.close();
+            self.tracker.wait().await;
+            self.store.close();
+        }
+    }
+
+    type Rogue = (
+        tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+        tokio::net::tcp::OwnedWriteHalf,
+    );
+
+    /// Connects to `addr` and says hello; returns the link and the master's answer.
+    async fn hello(addr: SocketAddr, hello: proto::Hello) -> (Rogue, ToFollower) {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (rd, mut wr) = stream.into_split();
+        let mut rd = tokio::io::BufReader::new(rd);
+        let msg = ToMaster {
+            kind: Some(to_master::Kind::Hello(hello)),
+        };
+        write_msg(&mut wr, &msg).await.expect("hello");
+        let answer = tokio::time::timeout(GUARD, read_msg::<ToFollower>(&mut rd, "master"))
+            .await
+            .expect("no answer to a hello")
+            .expect("an answer");
+        ((rd, wr), answer)
+    }
+
+    fn login(token: &str, member: &str) -> proto::Hello {
+        proto::Hello {
+            token: token.into(),
+            member: member.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Reads until the master closes the link; panics if it stays open.
+    async fn assert_closed(rd: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>) {
+        let closed = tokio::time::timeout(GUARD, async {
+            while read_msg::<ToFollower>(rd, "master").await.is_ok() {}
+        })
+        .await;
+        assert!(closed.is_ok(), "the master kept the link open");
+    }
+
+    const GUARD: Duration = Duration::from_secs(30);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn strangers_are_refused_and_closed_before_they_count() {
+        let lone = Lone::start(GUARD).await;
+        let cases = [
+            ("", "f", "no replication token"),
+            (
+                "the-group-replication-tokeN",
+                "f",
+                "wrong replication token",
+            ),
+            (TOKEN, "g-9", "is not a member of this group"),
+            (TOKEN, "", "is not a member of this group"),
+        ];
+        for (token, member, why) in cases {
+            let ((mut rd, _wr), answer) = hello(lone.addr, login(token, member)).await;
+            match answer.kind {
+                Some(to_follower::Kind::Refused(text)) => {
+                    assert!(
+                        text.contains(why),
+                        "{member:?}: {text:?} does not say {why:?}"
+                    )
+                }
+                other => panic!("token {token:?}, member {member:?} was not refused: {other:?}"),
+            }
+            assert_closed(&mut rd).await;
+            assert!(lone.master.followers().is_empty());
+        }
+        // The right token and a member of the group: admitted.
+        let (_link, answer) = hello(lone.addr, login(TOKEN, "f")).await;
+        assert!(
+            matches!(answer.kind, Some(to_follower::Kind::Start(_))),
+            "{answer:?}"
+        );
+        lone.end().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ack_above_what_the_link_was_sent_closes_it_and_never_commits() {
+        let lone = Lone::start(Duration::from_millis(500)).await;
+        let ((mut rd, mut wr), answer) = hello(lone.addr, login(TOKEN, "f")).await;
+        let Some(to_follower::Kind::Start(start)) = answer.kind else {
+            panic!("not admitted: {answer:?}");
+        };
+        let forged = start.from + 1_000_000_000_000;
+        let ack = ToMaster {
+            kind: Some(to_master::Kind::Ack(forged)),
+        };
+        write_msg(&mut wr, &ack).await.expect("ack");
+        assert_closed(&mut rd).await;
+        let index = lone.store.append(&record(1));
+        let outcome = lone.store.journal().wait_synced(index).await;
+        assert!(
+            matches!(outcome, Err(StoreError::NoQuorum { .. })),
+            "a record was committed on a forged ack: {outcome:?}"
+        );
+        assert!(lone.master.followers().is_empty());
+        lone.end().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hello_claiming_this_terms_records_counts_only_what_was_acknowledged() {
+        let lone = Lone::start(Duration::from_millis(500)).await;
+        let index = lone.store.append(&record(1));
+        // A follower that says it already holds everything the master has, epochs and all.
+        let claim = proto::Hello {
+            epochs: epochs_to_proto(&lone.store.epochs()),
+            last_index: index,
+            ..login(TOKEN, "f")
+        };
+        let (_link, answer) = hello(lone.addr, claim).await;
+        let Some(to_follower::Kind::Start(start)) = answer.kind else {
+            panic!("not admitted: {answer:?}");
+        };
+        assert!(
+            start.from <= index,
+            "records up to {index} were taken on the follower's word (stream from {})",
+            start.from
+        );
+        let outcome = lone.store.journal().wait_synced(index).await;
+        assert!(
+            matches!(outcome, Err(StoreError::NoQuorum { .. })),
+            "a record was committed on a follower's claim: {outcome:?}"
+        );
+        lone.end().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_link_of_a_member_replaces_the_first() {
+        let lone = Lone::start(GUARD).await;
+        let ((mut first, _w1), a1) = hello(lone.addr, login(TOKEN, "f")).await;
+        assert!(
+            matches!(a1.kind, Some(to_follower::Kind::Start(_))),
+            "{a1:?}"
+        );
+        let (_second, a2) = hello(lone.addr, login(TOKEN, "f")).await;
+        assert!(
+            matches!(a2.kind, Some(to_follower::Kind::Start(_))),
+            "{a2:?}"
+        );
+        assert_closed(&mut first).await;
+        let members: Vec<String> = lone
+            .master
+            .followers()
+            .into_iter()
+            .map(|f| f.member)
+            .collect();
+        assert_eq!(members, ["f"]);
+        lone.end().await;
+    }
+
+    #[test]
+    fn tokens_match_only_when_equal_and_configured() {
+        assert!(token_matches(Some(TOKEN), TOKEN));
+        assert!(!token_matches(Some(TOKEN), "the-group-replication-toke"));
+        assert!(!token_matches(Some(TOKEN), ""));
+        assert!(!token_matches(None, ""));
+        assert!(!token_matches(Some(""), ""));
     }
 
     #[test]

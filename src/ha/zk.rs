@@ -6,6 +6,12 @@
 //!
 //! Owns: the `zookeeper_client::Client` and its watchers. Must not touch: the role machine's
 //! decisions (it only reads and writes what the driver asks) or the journal.
+//!
+//! Access: with a `digest`, the session logs in with it and the group's znodes (the group's
+//! own, `members`, `epoch` and every member znode) are created with ZooKeeper's `creator_all`
+//! ACL: only a session holding the same digest can read or change them. The shared ancestors
+//! (`ROOT`, `ROOT/MESH`) let anyone read and create children, so meshes and groups with other
+//! digests can live under one root. Without a digest every znode is open to anyone.
 
 use std::time::{Duration, Instant};
 
@@ -82,12 +88,18 @@ impl GroupSession {
         let mut connector = zk::Client::connector()
             .with_session_timeout(opts.session_timeout)
             .with_connection_timeout(opts.session_timeout * 3 / 5);
-        let acls = match &opts.digest {
+        // With a digest, `ROOT` and `ROOT/MESH`: anyone may list them and add a mesh or group
+        // of its own; nobody may change or delete them.
+        let shared_ancestors = [zk::Acl::new(
+            zk::Permission::READ | zk::Permission::CREATE,
+            zk::AuthId::anyone(),
+        )];
+        let (acls, ancestors) = match &opts.digest {
             Some(secret) => {
                 connector = connector.with_auth("digest", secret.expose().as_bytes());
-                zk::Acls::creator_all()
+                (zk::Acls::creator_all(), zk::Acls::new(&shared_ancestors))
             }
-            None => zk::Acls::anyone_all(),
+            None => (zk::Acls::anyone_all(), zk::Acls::anyone_all()),
         };
         let client = connector
             .connect(&connect)
@@ -99,18 +111,21 @@ impl GroupSession {
         let base = group_path(opts, mesh, group);
         let members = format!("{base}/members");
         let epoch_path = format!("{base}/epoch");
-        let persistent = zk::CreateMode::Persistent.with_acls(acls);
+        let mesh_path = format!("{}/{}", opts.root, mesh);
         client
-            .mkdir(&members, &persistent)
+            .mkdir(&mesh_path, &zk::CreateMode::Persistent.with_acls(ancestors))
             .await
             .or_else(|e| match e {
                 zk::Error::NodeExists => Ok(()),
                 e => Err(e),
             })
-            .map_err(op("mkdir", &members))?;
-        match client.create(&epoch_path, b"0", &persistent).await {
-            Ok(_) | Err(zk::Error::NodeExists) => {}
-            Err(e) => return Err(op("create", &epoch_path)(e)),
+            .map_err(op("mkdir", &mesh_path))?;
+        let persistent = zk::CreateMode::Persistent.with_acls(acls);
+        for (path, data) in [(&base, &b""[..]), (&members, b""), (&epoch_path, b"0")] {
+            match client.create(path, data, &persistent).await {
+                Ok(_) | Err(zk::Error::NodeExists) => {}
+                Err(e) => return Err(op("create", path)(e)),
+            }
         }
         let prefix = format!("{members}/{}-", announce.name);
         let data = encode(announce);

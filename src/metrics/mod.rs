@@ -62,6 +62,7 @@ pub const JOURNAL_BYTES: &str = "meshmq_journal_bytes_total";
 pub const JOURNAL_SEGMENTS: &str = "meshmq_journal_segments";
 pub const JOURNAL_DISK_BYTES: &str = "meshmq_journal_disk_bytes";
 pub const JOURNAL_FULL: &str = "meshmq_journal_full";
+pub const JOURNAL_FAILURES: &str = "meshmq_journal_failures_total";
 pub const CONNECTOR_UP: &str = "meshmq_connector_up";
 pub const CONNECTOR_RECONNECTS: &str = "meshmq_connector_reconnects_total";
 pub const CONNECTOR_FORWARDED: &str = "meshmq_connector_forwarded_total";
@@ -85,6 +86,7 @@ pub const HA_ELECTIONS: &str = "meshmq_ha_elections_total";
 pub const ZOOKEEPER_SESSION: &str = "meshmq_zookeeper_session_connected";
 pub const REPLICATION_LAG: &str = "meshmq_replication_lag_records";
 pub const REPLICATION_ACKS: &str = "meshmq_replication_acks_total";
+pub const REPLICATION_REFUSED: &str = "meshmq_replication_refused_total";
 pub const UPTIME: &str = "meshmq_uptime_seconds";
 pub const UP: &str = "meshmq_up";
 pub const PROCESS_RSS: &str = "meshmq_process_resident_memory_bytes";
@@ -189,6 +191,10 @@ fn describe_all() {
         JOURNAL_FULL,
         "1 while the journal is at store_limit or the disk is full (persistent sends wait or fail)."
     );
+    describe_counter!(
+        JOURNAL_FAILURES,
+        "Journal write or sync failures (EIO): each ended the master term, and nothing it covered was receipted."
+    );
     describe_gauge!(
         CLUSTER_GROUPS,
         "Groups in the mesh view pushed to failover clients (this group and those with a live bridge)."
@@ -279,6 +285,12 @@ fn describe_all() {
         REPLICATION_ACKS,
         "On a master: acknowledgements received from a slave, each saying it holds every \
          record up to an index."
+    );
+    describe_counter!(
+        REPLICATION_REFUSED,
+        "On a master: replication peers refused or cut off, by reason (no_hello, no_token, \
+         wrong_token, unknown_member, old_epoch, ack_beyond_sent). An ack_beyond_sent link \
+         acknowledged records it was never sent: it is closed and the ack never counts."
     );
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since this member started.");
     describe_gauge!(UP, "1 while this member runs.");

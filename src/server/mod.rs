@@ -142,7 +142,10 @@ pub struct ZooKeeperElection {
     pub weight: u32,
     /// Where this member serves followers while it is master.
     pub replication: SocketAddr,
+    /// The group's replication token (required by validation when the group has others).
     pub token: Option<String>,
+    /// The group's other members: the only followers this member admits while it is master.
+    pub peers: Vec<String>,
 }
 
 /// Everything needed to run one member.
@@ -205,6 +208,12 @@ impl ServerOptions {
                         .replication_token
                         .as_ref()
                         .map(|t| t.expose().to_string()),
+                    peers: group
+                        .members
+                        .iter()
+                        .filter(|other| other.name != m.name)
+                        .map(|other| other.name.to_string())
+                        .collect(),
                 }))
             }
             _ => ElectionOptions::None,
@@ -666,10 +675,25 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             // The only member of its group: serve at once, and fail at once if we cannot.
             let term = Term::start(&opts, &state, &shutdown).await?;
             let listen_addrs = term.listen_addrs.clone();
-            let (state, shutdown_token, timeout) =
-                (state.clone(), shutdown.clone(), opts.shutdown_timeout);
+            let (state, shutdown_token, timeout, fatal) = (
+                state.clone(),
+                shutdown.clone(),
+                opts.shutdown_timeout,
+                fatal.clone(),
+            );
+            let stopped = term.stopped();
             tracker.spawn(async move {
-                shutdown_token.cancelled().await;
+                tokio::select! {
+                    _ = shutdown_token.cancelled() => {}
+                    _ = stopped.cancelled() => {
+                        // The term ended itself (its journal failed): with no other member to
+                        // take over, exit with a failure; a restart recovers what is on disk.
+                        let cause = "the master term ended by itself (see the error above)";
+                        tracing::error!(cause, "this member cannot go on; exiting with a failure so that a supervisor restarts it");
+                        fatal.0.lock().get_or_insert(cause.to_string());
+                        shutdown_token.cancel();
+                    }
+                }
                 term.stop(&state, timeout).await;
             });
             listen_addrs
@@ -904,6 +928,23 @@ async fn quic_accept_loop(
                 });
             }
         }
+    }
+}
+
+/// Ends the master term at once when the journal fails (a write or an `fsync` returned an
+/// error): the failed records were not receipted and never will be — a receipt after a failed
+/// sync would be a lie, and Linux may already have dropped the unsynced pages — so the member
+/// stops serving, says why in the log and in `meshmq_journal_failures_total`, and its election
+/// driver decides what is next (a standby takes over; a lone member exits for a restart that
+/// recovers what is on disk).
+async fn stop_on_journal_failure(broker: Broker, stop: CancellationToken) {
+    tokio::select! {
+        reason = broker.journal_failed() => {
+            counter!(m::JOURNAL_FAILURES).increment(1);
+            tracing::error!(%reason, "the journal failed: nothing more is receipted; this member stops serving");
+            stop.cancel();
+        }
+        _ = stop.cancelled() => {}
     }
 }
 

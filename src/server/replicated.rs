@@ -615,6 +615,7 @@ async fn serve(
             token: ha.token.clone(),
             heartbeat: (ha.zookeeper.session_timeout / 4).max(Duration::from_millis(100)),
         },
+        ha.peers.clone(),
         replication.stop.clone(),
         &replication.tracker,
     );

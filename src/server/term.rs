@@ -20,8 +20,8 @@ use crate::transport::quic::QuicListener;
 use crate::transport::{ConnectionCount, Listener, TransportError};
 
 use super::{
-    accept_loop, chores, quic_accept_loop, Bound, ConnCtx, ListenerMetrics, ListenerSpec,
-    MemberState, Role, ServerError, ServerOptions,
+    accept_loop, chores, quic_accept_loop, stop_on_journal_failure, Bound, ConnCtx,
+    ListenerMetrics, ListenerSpec, MemberState, Role, ServerError, ServerOptions,
 };
 
 /// What the admin endpoints see of the running term.
@@ -166,6 +166,7 @@ impl Term {
                 )),
             };
         }
+        tracker.spawn(stop_on_journal_failure(broker.clone(), stop.clone()));
         tracker.spawn(chores(
             broker.clone(),
             opts.expiry_check_interval,

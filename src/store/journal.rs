@@ -38,6 +38,7 @@ use bytes::BytesMut;
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::frame::{self, FRAME_HEADER};
+use super::mark::SyncedMark;
 use super::StoreError;
 
 /// How a batch is made durable.
@@ -210,6 +211,8 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     pub fsyncs: AtomicU64,
     pub appended_bytes: AtomicU64,
+    /// The last record known durable, for recovery to tell a torn tail from corruption.
+    mark: SyncedMark,
 }
 
 impl Shared {
@@ -274,6 +277,7 @@ impl Journal {
         segments: Vec<Segment>,
         next_index: u64,
         checkpointed: u64,
+        mark: SyncedMark,
     ) -> Journal {
         let disk: u64 = segments.iter().map(|s| s.capacity).sum();
         let shared = Arc::new(Shared {
@@ -303,6 +307,7 @@ impl Journal {
             closed: AtomicBool::new(false),
             fsyncs: AtomicU64::new(0),
             appended_bytes: AtomicU64::new(0),
+            mark,
         });
         if let Some(limit) = shared.options.store_limit {
             shared.over_limit.store(disk > limit, Ordering::Relaxed);
@@ -769,6 +774,9 @@ impl Journal {
         if let Some(h) = self.writer.lock().take() {
             let _ = h.join();
         }
+        if let Err(e) = self.shared.mark.sync() {
+            tracing::warn!(error = %e, "cannot sync the journal's synced mark at close");
+        }
         self.shared.closed.store(true, Ordering::Release);
         // Watchers of `synced` (the broker's dispatcher) see the last index, then the close.
         self.shared.synced.send_modify(|_| {});
@@ -780,6 +788,15 @@ fn writer(shared: Arc<Shared>) {
         // A batch kept from a full disk is retried before anything new is waited for.
         let carried = !shared.writing.lock().carry.frames.is_empty();
         if !carried {
+            let synced_mode = shared.options.durability == Durability::Synced;
+            if synced_mode && shared.batch.lock().frames.is_empty() {
+                // Idle: make the synced mark durable before waiting, so after a power cut it
+                // lags the true synced point only by what was written since.
+                if let Err(e) = shared.mark.sync() {
+                    fail(&shared, &e);
+                    return;
+                }
+            }
             let mut batch = shared.batch.lock();
             while batch.frames.is_empty()
                 && !shared.stop.load(Ordering::Acquire)
@@ -896,6 +913,7 @@ fn complete(
         }
     }
     let last = batch.frames[frames - 1].0;
+    shared.mark.record(last)?;
     shared
         .unsynced_bytes
         .fetch_sub(bytes as u64, Ordering::Relaxed);

@@ -6,9 +6,12 @@
 //! broker decides what to write and rebuilds itself from `Recovered`; this module only stores,
 //! syncs, reads back and recovers records. Invariants: record indexes are consecutive across
 //! segments and every record carries a CRC32C; an append is reported synced only after it was
-//! written (`local_mem`) or written and `fdatasync`ed (`local_disk`); recovery keeps every
-//! record before a torn tail, cuts the tail, and refuses to start — naming the file and the
-//! offset — when damage is followed by valid data, unless told to `--repair`; a segment is
+//! written (`local_mem`) or written and `fdatasync`ed (`local_disk`); a synced mark beside the
+//! segments names the last record known durable, and a torn tail can only lie past it:
+//! recovery keeps every record before a torn tail, cuts the tail, and refuses to start —
+//! naming the file and the offset — when damage is followed by valid data, touches a record at
+//! or before the mark, or the journal ends short of the mark (a deleted or truncated segment),
+//! unless told to `--repair`; a segment is
 //! deleted only when a checkpoint covers all its records and none of its messages is live; a
 //! full journal (store limit or disk) refuses new persistent sends but keeps writing what it
 //! already accepted and the acknowledgements after it — past `store_limit`, or into its
@@ -17,6 +20,7 @@
 mod epochs;
 mod frame;
 mod journal;
+mod mark;
 mod recovery;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +30,7 @@ use prost::Message as _;
 
 pub use epochs::{EpochHistory, Position};
 pub use journal::{Durability, Journal, RawFrames};
+pub use mark::{read_mark, write_mark};
 pub use recovery::{Recovered, RecoveredDurable, RecoveredMessage};
 
 pub mod proto {
@@ -40,7 +45,7 @@ pub enum StoreError {
         op: &'static str,
         source: std::io::Error,
     },
-    #[error("{path}: the journal is corrupt at offset {offset}: {reason}. Valid records follow the damage, so it is not a torn write; to start anyway, cut the journal there with `meshmq broker --topology FILE --member NAME --repair` (records from that offset on are lost)")]
+    #[error("{path}: the journal is corrupt at offset {offset}: {reason}; to start anyway, cut the journal there with `meshmq broker --topology FILE --member NAME --repair` (records from that offset on are lost)")]
     Corrupt {
         path: String,
         offset: u64,
@@ -120,14 +125,20 @@ impl Store {
             recovered.next_index,
             recovered.checkpoint_next.unwrap_or(0),
             recovered.epochs.clone(),
-        );
+        )?;
         Ok((store, recovered))
     }
 
     /// Opens an empty journal that continues at `next_index` (a follower installing its
     /// master's snapshot: records from `next_index` on follow). The directory must be empty
-    /// of segments.
-    pub fn open_empty_at(config: StoreConfig, next_index: u64, epochs: EpochHistory) -> Store {
+    /// of segments (and of a synced mark: see [`wipe_journal`]).
+    pub fn open_empty_at(
+        config: StoreConfig,
+        next_index: u64,
+        epochs: EpochHistory,
+    ) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(&config.dir)
+            .map_err(|e| StoreError::io(&config.dir, "create", e))?;
         Store::start(config, Vec::new(), next_index, 0, epochs)
     }
 
@@ -138,7 +149,8 @@ impl Store {
         next_index: u64,
         checkpoint_next: u64,
         epochs: EpochHistory,
-    ) -> Store {
+    ) -> Result<Store, StoreError> {
+        let mark = mark::SyncedMark::open(&config.dir)?;
         let journal = Journal::start(
             config.dir.clone(),
             journal::JournalOptions {
@@ -151,13 +163,14 @@ impl Store {
             segments,
             next_index,
             checkpoint_next,
+            mark,
         );
-        Store {
+        Ok(Store {
             journal,
             dir: config.dir,
             epochs: std::sync::Arc::new(parking_lot::Mutex::new(epochs)),
             on_checkpoint: Default::default(),
-        }
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -313,7 +326,10 @@ pub fn wipe_journal(dir: &Path) -> Result<(), StoreError> {
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.ends_with(".log") || name.starts_with(recovery::CHECKPOINT_FILE) {
+        if name.ends_with(".log")
+            || name.starts_with(recovery::CHECKPOINT_FILE)
+            || name == mark::MARK_FILE
+        {
             std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, "delete", e))?;
         }
     }

@@ -454,6 +454,7 @@ pub(crate) fn truncate_after(dir: &Path, last: u64, max_record: usize) -> Result
         }
     }
     super::journal::sync_dir(dir)?;
+    super::mark::lower_mark(dir, last)?;
     Ok(true)
 }
 
@@ -495,7 +496,16 @@ pub(crate) fn recover(
     memory_budget: u64,
     repair: bool,
 ) -> Result<(Vec<Segment>, Recovered), StoreError> {
-    let checkpoint = read_checkpoint(dir)?;
+    let mut notes = Vec::new();
+    let checkpoint = match read_checkpoint(dir) {
+        Err(StoreError::Corrupt { path, reason, .. }) if repair => {
+            // Replay from the first record instead; refused below if segments are gone.
+            notes.push(format!("repair: ignored {path} ({reason})"));
+            None
+        }
+        read => read?,
+    };
+    let synced_mark = super::mark::read_mark(dir)?;
     let start = checkpoint.as_ref().map(|c| c.next_index).unwrap_or(1);
     let mut replay = match &checkpoint {
         Some(c) => Replay::from_checkpoint(c, memory_budget),
@@ -503,11 +513,11 @@ pub(crate) fn recover(
     };
     let wanted = replay.wanted();
     let files = list_segments(dir)?;
-    let mut notes = Vec::new();
     let mut segments = Vec::new();
     let mut expected: Option<u64> = None;
     let mut replayed_after_checkpoint = false;
     let mut stop_after: Option<usize> = None;
+    let mut resynced = false;
     for (n, (first, path)) in files.iter().enumerate() {
         if let Some(cut) = stop_after {
             if n > cut {
@@ -540,13 +550,22 @@ pub(crate) fn recover(
         let mut end = scan.end;
         if let End::Damaged { offset, reason } = &scan.ended {
             let next = first + scan.records.len() as u64;
-            let later_valid = !last_file
-                || frame::valid_frame_after(&bytes, *offset, next, max_record + 8).is_some();
-            if later_valid && !repair {
+            // Damage is a torn write only at the end of the data and past the synced mark.
+            let corrupt = if !last_file
+                || frame::valid_frame_after(&bytes, *offset, next, max_record + 8).is_some()
+            {
+                Some("valid records follow the damage, so it is not a torn write".to_string())
+            } else {
+                synced_mark.filter(|m| next <= *m).map(|m| {
+                    format!("record {next} was synced (the synced mark is at record {m}), so it is not a torn write")
+                })
+            };
+            let later_valid = corrupt.is_some();
+            if let (Some(why), false) = (&corrupt, repair) {
                 return Err(StoreError::Corrupt {
                     path: path.display().to_string(),
                     offset: *offset as u64,
-                    reason: reason.clone(),
+                    reason: format!("{reason}; {why}"),
                 });
             }
             end = *offset;
@@ -572,6 +591,22 @@ pub(crate) fn recover(
         let capacity = bytes.len() as u64;
         if end < scan.end || matches!(scan.ended, End::Damaged { .. }) {
             zero_from(&file, path, end as u64, capacity)?;
+        }
+        if let Some(mark) = synced_mark {
+            // Records past the mark were written but maybe never synced — and after a failed
+            // sync Linux may hold them only in the page cache, marked clean, where a later
+            // sync never writes them: write them again and sync them before anything follows.
+            if let Some(f) = scan
+                .records
+                .iter()
+                .find(|f| f.index > mark && f.offset < end)
+            {
+                use std::os::unix::fs::FileExt;
+                file.write_all_at(&bytes[f.offset..end], f.offset as u64)
+                    .and_then(|()| file.sync_data())
+                    .map_err(|e| StoreError::io(path, "sync", e))?;
+                resynced = true;
+            }
         }
         let mut offsets = Vec::with_capacity(scan.records.len());
         for f in scan.records.iter().take_while(|f| f.offset < end) {
@@ -607,6 +642,32 @@ pub(crate) fn recover(
         });
     }
     let next_index = expected.unwrap_or(start).max(start);
+    if let Some(mark) = synced_mark.filter(|m| *m >= next_index) {
+        // Records the journal synced are not there: a segment deleted or cut short.
+        let (path, offset) = segments
+            .last()
+            .map_or((dir.to_path_buf(), 0), |s| (s.path.clone(), s.end));
+        if !repair {
+            return Err(StoreError::Corrupt {
+                path: path.display().to_string(),
+                offset,
+                reason: format!(
+                    "the journal ends at record {} but records up to {mark} were synced (a segment deleted or cut short)",
+                    next_index - 1
+                ),
+            });
+        }
+        notes.push(format!(
+            "repair: records {next_index}..={mark} were synced but are gone; the journal goes on from record {next_index}"
+        ));
+    }
+    if repair {
+        // Whatever was cut is no longer synced: the mark must not claim it.
+        super::mark::lower_mark(dir, next_index.saturating_sub(1))?;
+    }
+    if resynced {
+        super::mark::write_mark(dir, next_index.saturating_sub(1))?;
+    }
     // Count live messages per segment so garbage collection knows what it may delete.
     for index in replay.live_indexes() {
         if let Some(s) = segments.iter().rev().find(|s| index >= s.first) {

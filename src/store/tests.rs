@@ -200,6 +200,8 @@ async fn a_torn_last_record_cut_at_every_byte_recovers_the_rest() {
             *b = 0;
         }
         std::fs::write(&path, &torn).unwrap();
+        // A torn write is one that never completed its sync: the mark is before it.
+        write_mark(dir.path(), 2).unwrap();
         let (store, rec) =
             Store::open(config(dir.path()), false).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
         assert_eq!(
@@ -450,6 +452,177 @@ async fn a_quorum_wait_times_out_from_when_it_began_not_from_each_return_to_it()
     assert!(
         matches!(outcome, Err(crate::store::StoreError::NoQuorum { waited }) if waited == timeout),
         "{outcome:?}"
+    );
+    store.close();
+}
+
+/// Damage to the last record, which was synced: corruption, named by file and offset.
+#[tokio::test]
+async fn a_flipped_byte_in_the_last_synced_record_is_refused_until_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, idx, last) = three_records(dir.path()).await;
+    assert_eq!(
+        read_mark(dir.path()).unwrap(),
+        Some(idx[2]),
+        "the mark names the last record"
+    );
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[last as usize + frame::FRAME_HEADER + 2] ^= 0x04;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Store::open(config(dir.path()), false).unwrap_err();
+    match &err {
+        StoreError::Corrupt {
+            path: p,
+            offset,
+            reason,
+        } => {
+            assert_eq!(*offset, last);
+            assert_eq!(p, &path.display().to_string());
+            assert!(reason.contains("was synced"), "{reason}");
+        }
+        other => panic!("expected corruption, got {other}"),
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "a refused start changes nothing"
+    );
+    let (store, rec) = Store::open(config(dir.path()), true).unwrap();
+    assert_eq!(bodies(&rec, "queue://a"), vec!["first", "second"]);
+    assert_eq!(rec.next_index, 3);
+    store.close();
+    assert_eq!(
+        read_mark(dir.path()).unwrap(),
+        Some(2),
+        "repair lowers the mark"
+    );
+    let (store, rec) = Store::open(config(dir.path()), false).unwrap();
+    assert_eq!(bodies(&rec, "queue://a"), vec!["first", "second"]);
+    store.close();
+}
+
+/// A journal cut at a record boundary (the last record's bytes gone, the file shorter or its
+/// zeros back) scans clean: only the mark shows a synced record is missing.
+#[tokio::test]
+async fn a_journal_cut_at_a_record_boundary_is_refused_until_repaired() {
+    for shorten in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _, last) = three_records(dir.path()).await;
+        let mut bytes = std::fs::read(&path).unwrap();
+        if shorten {
+            bytes.truncate(last as usize);
+        } else {
+            bytes[last as usize..].fill(0);
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Store::open(config(dir.path()), false).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&path.display().to_string())
+                && text.contains(&format!("offset {last}"))
+                && text.contains("records up to 3 were synced")
+                && text.contains("--repair"),
+            "shorten {shorten}: {text}"
+        );
+        let (store, rec) = Store::open(config(dir.path()), true).unwrap();
+        assert_eq!(bodies(&rec, "queue://a"), vec!["first", "second"]);
+        store.close();
+    }
+}
+
+/// The newest segment deleted: the records it held were synced, so the start is refused.
+#[tokio::test]
+async fn a_deleted_last_segment_is_refused_until_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(config(dir.path()), false).unwrap();
+    let body = "y".repeat(1000);
+    let records: Vec<Record> = (0..12)
+        .map(|i| added("queue://a", &format!("{i}{body}"), "p", i + 1))
+        .collect();
+    let idx = append_all(&store, &records).await;
+    let segs: Vec<(u64, PathBuf)> = store
+        .journal()
+        .shared
+        .segments
+        .read()
+        .iter()
+        .map(|s| (s.first, s.path.clone()))
+        .collect();
+    store.close();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let (first_gone, gone) = segs.last().unwrap().clone();
+    std::fs::remove_file(&gone).unwrap();
+    let err = Store::open(config(dir.path()), false).unwrap_err();
+    let text = err.to_string();
+    let before = &segs[segs.len() - 2].1;
+    assert!(
+        text.contains(&before.display().to_string())
+            && text.contains(&format!(
+                "ends at record {} but records up to {} were synced",
+                first_gone - 1,
+                idx.last().unwrap()
+            )),
+        "{text}"
+    );
+    let (store, rec) = Store::open(config(dir.path()), true).unwrap();
+    assert_eq!(
+        bodies(&rec, "queue://a").len() as u64,
+        first_gone - 1,
+        "repair keeps the segments before"
+    );
+    assert_eq!(rec.next_index, first_gone);
+    store.close();
+}
+
+/// A damaged checkpoint is refused naming it; `--repair` replays from the first record.
+#[tokio::test]
+async fn a_corrupt_checkpoint_is_refused_until_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(config(dir.path()), false).unwrap();
+    append_all(
+        &store,
+        &[
+            added("queue://a", "one", "p", 1),
+            added("queue://a", "two", "p", 2),
+        ],
+    )
+    .await;
+    let mut c = Checkpoint {
+        next_index: store.journal().next_index(),
+        ..Checkpoint::default()
+    };
+    c.queues.push(QueueState {
+        destination: "queue://a".into(),
+        messages: vec![
+            LiveMessage {
+                index: 1,
+                redelivery_count: 0,
+            },
+            LiveMessage {
+                index: 2,
+                redelivery_count: 0,
+            },
+        ],
+    });
+    store.checkpoint(&c).unwrap();
+    store.close();
+    let cp = dir.path().join("checkpoint");
+    let mut bytes = std::fs::read(&cp).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x08;
+    std::fs::write(&cp, &bytes).unwrap();
+    let err = Store::open(config(dir.path()), false).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&cp.display().to_string()) && text.contains("checksum"),
+        "{text}"
+    );
+    let (store, rec) = Store::open(config(dir.path()), true).unwrap();
+    assert_eq!(bodies(&rec, "queue://a"), vec!["one", "two"]);
+    assert!(
+        rec.notes.iter().any(|n| n.contains("ignored")),
+        "{:?}",
+        rec.notes
     );
     store.close();
 }

@@ -40,6 +40,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 /// The pause of the load between receipted sends (at most ~500 messages a second).
 const PACE: Duration = Duration::from_millis(2);
 
+/// The replication token of every group the harness writes (validation requires one in a
+/// replicated group of more than one member).
+pub const REPLICATION_TOKEN: &str = "ha-tests-replication-token";
+
 /// The group's knobs a test chooses.
 #[derive(Debug, Clone)]
 pub struct GroupSpec {
@@ -47,9 +51,13 @@ pub struct GroupSpec {
     pub quorum_timeout: Duration,
     /// Per member; a higher weight wins an election between equal journal positions.
     pub weights: [u32; 3],
+    /// The group's `sync` mode (default `quorum_mem`).
+    pub sync: &'static str,
     /// More topology (other groups, connectors) appended after group `g`; the test starts
     /// those members itself. Relative paths in it are relative to the topology's directory.
     pub extra_toml: String,
+    /// `[zookeeper] digest` (`USER:PASSWORD`), if any.
+    pub zk_digest: Option<String>,
 }
 
 impl Default for GroupSpec {
@@ -58,7 +66,9 @@ impl Default for GroupSpec {
             session_timeout: Duration::from_secs(2),
             quorum_timeout: Duration::from_secs(3),
             weights: [1, 1, 1],
+            sync: "quorum_mem",
             extra_toml: String::new(),
+            zk_digest: None,
         }
     }
 }
@@ -197,10 +207,16 @@ impl HaGroup {
         let mut text = super::mesh_table("ha");
         text += &format!(
             "\n[zookeeper]\nconnect = \"{zk_connect}\"\n\
-             session_timeout = \"{}ms\"\nroot = \"/meshmq\"\n\n\
+             session_timeout = \"{}ms\"\nroot = \"/meshmq\"\n{}\n\
              [[group]]\nname = \"g\"\nelection = \"zookeeper\"\nreplicas = 3\n\
-             sync = \"quorum_mem\"\nquorum_timeout = \"{}ms\"\n",
+             sync = \"{}\"\nquorum_timeout = \"{}ms\"\n\
+             replication_token = \"{REPLICATION_TOKEN}\"\n",
             spec.session_timeout.as_millis(),
+            spec.zk_digest
+                .as_ref()
+                .map(|d| format!("digest = \"{d}\"\n"))
+                .unwrap_or_default(),
+            spec.sync,
             spec.quorum_timeout.as_millis()
         );
         for (m, weight) in members.iter().zip(spec.weights) {
@@ -228,6 +244,15 @@ impl HaGroup {
         }
     }
 
+    /// Member `i`'s journal directory (`DIR/g-N/journal`).
+    pub fn journal_dir(&self, i: usize) -> PathBuf {
+        self.topology
+            .parent()
+            .expect("the topology's directory")
+            .join(&self.members[i].name)
+            .join("journal")
+    }
+
     /// The topology file every member runs from.
     pub fn topology(&self) -> &std::path::Path {
         &self.topology
@@ -239,6 +264,16 @@ impl HaGroup {
         assert!(m.proc.is_none(), "{} is running", m.name);
         m.note_in_log("starting");
         m.proc = Some(spawn_broker(&self.topology, &m.name, &m.log, &[]));
+        m.stopped = false;
+    }
+
+    /// Starts member `i` from another topology file (a variant of [`HaGroup::topology`]); does
+    /// not wait.
+    pub fn start_member_from(&mut self, i: usize, topology: &std::path::Path) {
+        let m = &mut self.members[i];
+        assert!(m.proc.is_none(), "{} is running", m.name);
+        m.note_in_log(&format!("starting from {}", topology.display()));
+        m.proc = Some(spawn_broker(topology, &m.name, &m.log, &[]));
         m.stopped = false;
     }
 

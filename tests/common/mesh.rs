@@ -68,7 +68,8 @@ impl MeshBuilder {
             listener: listener.to_string(),
             replicated: true,
             lines: format!(
-                "election = \"zookeeper\"\nreplicas = {members}\nsync = \"quorum_mem\"\n"
+                "election = \"zookeeper\"\nreplicas = {members}\nsync = \"quorum_mem\"\n\
+                 replication_token = \"mesh-tests-replication-token\"\n"
             ),
         });
         self
