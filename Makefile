@@ -39,6 +39,13 @@ test-deps:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO $(APT) fuse3 || { $$SUDO apt-get update && $$SUDO $(APT) fuse3; }; \
 	}
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || { \
+		echo "installing chromium and chromium-driver (Debian's) for the mesh view's browser test"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO $(APT) chromium chromium-driver || { $$SUDO apt-get update && $$SUDO $(APT) chromium chromium-driver; }; \
+	}
+	@python3 -c 'import selenium' 2>/dev/null || python3 -m pip install --quiet selenium \
+		|| python3 -m pip install --quiet --break-system-packages selenium
 	@command -v mount >/dev/null && command -v umount >/dev/null || { \
 		echo "installing mount (util-linux) for the full-disk test's tmpfs"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

@@ -54,9 +54,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What applying a topology file would change in the running mesh, group by group (asks
+    /// every member the file lists and every member running).
+    Plan(cli::apply::PlanArgs),
+    /// Make the running members take a topology file without restarting (connectors, users,
+    /// ACLs, groups); prints which members took it.
+    Apply(cli::apply::ApplyArgs),
     /// Every member of a topology as one table: role, epoch, clients, queue depth, connectors
     /// and replication lag (exit status 3 when some group has no master).
     Status(cli::status::StatusArgs),
+    /// Drain a member before an upgrade: it stops accepting clients, moves them to other groups
+    /// (or hands its group to a standby), waits until its queues are empty and exits.
+    Drain(cli::drain::DrainArgs),
     /// Print a Prometheus scrape configuration (YAML) for every member of a topology.
     PrometheusConfig(cli::prometheus::PrometheusConfigArgs),
     /// Send messages.
@@ -152,6 +161,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => cli::mesh::broker(&topology, &member, repair).await?,
         Command::Up { topology } => cli::mesh::up(&topology).await?,
         Command::Check { topology, json } => cli::mesh::check(&topology, json)?,
+        Command::Plan(args) => cli::apply::plan(&args).await?,
+        Command::Apply(args) => {
+            if !cli::apply::apply(&args).await? {
+                return Ok(ExitCode::from(cli::apply::PARTIAL_EXIT));
+            }
+        }
         Command::Status(args) => {
             if !cli::status::status(&args).await? {
                 return Ok(ExitCode::from(cli::status::NO_MASTER_EXIT));
@@ -185,6 +200,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Drain(args) => cli::drain::drain(&args).await?,
         Command::PrometheusConfig(args) => cli::prometheus::prometheus_config(&args)?,
         Command::Produce(args) => cli::clients::produce(args).await?,
         Command::Consume(args) => cli::clients::consume(args).await?,

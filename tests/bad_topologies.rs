@@ -535,6 +535,16 @@ bad.toml: policy[1].topic_pending_limit: only applies to topics, and "queue://x"
         r#"bad.toml: group[hub].member[hub-1].listener[0].update_cluster_filter[0]: "edge-(" is not a valid regex (unclosed group); write a regex over group names, e.g. "edge-.*""#,
     ),
     (
+        "a cluster filter that matches no group with a client listener",
+        concat!(base!(), "update_cluster_clients = true\nupdate_cluster_filter = [\"egde\", \"edge-[0-9]\"]\n", edge!()),
+        r#"bad.toml: group[hub].member[hub-1].listener[0].update_cluster_filter: ["egde", "edge-[0-9]"] matches no group with a client listener (those are: hub, edge); write regexes that match whole group names, e.g. ["edge-.*"]"#,
+    ),
+    (
+        "a cluster filter that leaves out the listener's own group",
+        concat!(base!(), "rebalance_cluster_clients = true\nupdate_cluster_filter = [\"edge\"]\n", edge!()),
+        r#"bad.toml: group[hub].member[hub-1].listener[0].update_cluster_filter: ["edge"] leaves out this listener's own group "hub"; add a regex matching "hub": its clients are always told of their own group"#,
+    ),
+    (
         "advertise needed for a wildcard listener when cluster updates are on",
         r#"[mesh]
 name = "demo"
@@ -590,7 +600,7 @@ url = "tcp://127.0.0.1:61616"
     (
         "unknown top-level section",
         concat!("[brokr]\nprefetch = 10\n", base!()),
-        r#"bad.toml: brokr: unknown key; did you mean "broker"? valid keys here are: mesh, broker, policy, store, metrics, security, zookeeper, rebalance, group, connector"#,
+        r#"bad.toml: brokr: unknown key; did you mean "broker"? valid keys here are: mesh, broker, policy, store, metrics, security, zookeeper, rebalance, group, connector, admin"#,
     ),
     (
         "a hash of another algorithm",

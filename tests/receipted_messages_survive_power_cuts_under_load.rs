@@ -12,8 +12,7 @@ mod powerloss;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::{Broker, Config, History, SharedHistory, GUARD};
-use meshmq::client::{AckMode, Outgoing, SubscribeOptions};
+use common::{Broker, Config, History, GUARD};
 use powerloss::PowerLoss;
 
 const QUEUE: &str = "queue://orders";
@@ -21,48 +20,6 @@ const CUTS: usize = 5;
 const PRODUCERS: usize = 3;
 /// Receipts to collect in a cycle before the cut.
 const RECEIPTS_PER_CYCLE: usize = 300;
-
-/// A producer: sends persistent messages one receipt at a time until the connection breaks.
-async fn produce(url: String, name: String, history: SharedHistory, receipts: Arc<AtomicUsize>) {
-    let Ok(client) = meshmq::client::Client::connect(&url, Default::default()).await else {
-        return;
-    };
-    for i in 0.. {
-        let body = format!("{name}-{i:06}");
-        history.lock().unwrap().sent(&body);
-        let msg = Outgoing::new(body.clone()).persistent(true);
-        if client.send_with_receipt(QUEUE, &msg).await.is_err() {
-            return;
-        }
-        history.lock().unwrap().receipted(&body);
-        receipts.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// A consumer: records and acknowledges every delivery until the connection breaks.
-async fn consume(url: String, history: SharedHistory, delivered: Arc<AtomicUsize>) {
-    let Ok(client) = meshmq::client::Client::connect(&url, Default::default()).await else {
-        return;
-    };
-    let options = SubscribeOptions {
-        ack: AckMode::ClientIndividual,
-        prefetch: 50,
-        ..SubscribeOptions::default()
-    };
-    let Ok(mut sub) = client.subscribe(QUEUE, options).await else {
-        return;
-    };
-    while let Some(d) = sub.next().await {
-        history
-            .lock()
-            .unwrap()
-            .delivered(&common::message_name(&d.body), d.redelivery_count);
-        delivered.fetch_add(1, Ordering::Relaxed);
-        if sub.ack(&d).await.is_err() {
-            return;
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn receipted_messages_survive_five_power_cuts_under_load() {
@@ -85,15 +42,17 @@ async fn receipted_messages_survive_five_power_cuts_under_load() {
         let delivered = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for p in 0..PRODUCERS {
-            tasks.push(tokio::spawn(produce(
+            tasks.push(tokio::spawn(common::produce_until_broken(
                 broker.url(),
+                QUEUE,
                 format!("c{cut}-p{p}"),
                 history.clone(),
                 receipts.clone(),
             )));
         }
-        tasks.push(tokio::spawn(consume(
+        tasks.push(tokio::spawn(common::consume_until_broken(
             broker.url(),
+            QUEUE,
             history.clone(),
             delivered.clone(),
         )));

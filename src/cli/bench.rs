@@ -1170,6 +1170,7 @@ pub async fn suite(args: &SuiteArgs) -> anyhow::Result<Vec<Report>> {
         rebalance: false,
         rate: 200,
         options: String::new(),
+        hub: false,
     })
     .await?;
     println!("{}", serde_json::to_string(&r)?);

@@ -9,6 +9,11 @@
 //! from cluster pushes, so each edge starts with the same number of clients. A producer sends
 //! persistent, receipted messages to one queue all along; every consumer takes from it.
 //! Times are wall-clock milliseconds, comparable across the processes of one machine.
+//!
+//! With `--hub` the mesh is `topologies/edges.toml`'s shape: a producer-facing hub dialling
+//! every edge (the edges never dial each other), the edges' listeners filtering `edge-.*` with
+//! 16,000 connections each; the producer is on the hub, and the report adds each edge's share
+//! of the clients after each phase and the most connections each edge held against its limit.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -68,7 +73,14 @@ pub struct FailoverArgs {
     /// Failover options added to every client's URL (e.g. `maxReconnectDelay=1000`).
     #[arg(long, default_value = "")]
     pub options: String,
+    /// `topologies/edges.toml`'s shape: a hub for the producer dialling every edge, the edges
+    /// filtering `edge-.*` (no edge-to-edge connectors).
+    #[arg(long)]
+    pub hub: bool,
 }
+
+/// An edge listener's `max_connections` with `--hub` (as in `topologies/edges.toml`).
+const HUB_EDGE_LIMIT: u64 = 16_000;
 
 /// One worker process's share (hidden subcommand).
 #[derive(Debug, Clone, clap::Args)]
@@ -265,11 +277,13 @@ struct Edge {
     members: Vec<(usize, String)>,
 }
 
-/// The generated mesh: the topology text, every member (name, admin address) and the edges.
+/// The generated mesh: the topology text, every member (name, admin address), the edges and
+/// (with `--hub`) the hub's index and client URL.
 struct MeshPlan {
     text: String,
     members: Vec<(String, SocketAddr)>,
     edges: Vec<Edge>,
+    hub: Option<(usize, String)>,
 }
 
 fn topology(args: &FailoverArgs) -> anyhow::Result<MeshPlan> {
@@ -278,11 +292,28 @@ fn topology(args: &FailoverArgs) -> anyhow::Result<MeshPlan> {
     );
     let mut members = Vec::new();
     let mut edges = Vec::new();
-    let listener_extra = if args.rebalance {
-        "update_cluster_clients = true\nrebalance_cluster_clients = true\n"
+    let mut listener_extra = String::from("update_cluster_clients = true\n");
+    if args.rebalance {
+        listener_extra.push_str("rebalance_cluster_clients = true\n");
+    }
+    let limit = if args.hub {
+        listener_extra.push_str(
+            "update_cluster_clients_on_remove = true\nupdate_cluster_filter = [\"edge-.*\"]\n",
+        );
+        HUB_EDGE_LIMIT
     } else {
-        "update_cluster_clients = true\n"
+        100_000
     };
+    let mut hub = None;
+    if args.hub {
+        let (port, admin) = (free_port()?, free_port()?);
+        let admin: SocketAddr = format!("127.0.0.1:{admin}").parse()?;
+        text.push_str(&format!(
+            "\n[[group]]\nname = \"hub\"\n\n[[group.member]]\nname = \"hub\"\nadmin = \"{admin}\"\ndata_dir = \"data-hub\"\n\n[[group.member.listener]]\nurl = \"tcp://127.0.0.1:{port}\"\n"
+        ));
+        hub = Some((members.len(), format!("tcp://127.0.0.1:{port}")));
+        members.push(("hub".to_string(), admin));
+    }
     for e in 1..=args.edges {
         text.push_str(&format!("\n[[group]]\nname = \"edge-{e}\"\n"));
         let count = if args.ha { 2 } else { 1 };
@@ -303,7 +334,7 @@ fn topology(args: &FailoverArgs) -> anyhow::Result<MeshPlan> {
             let (port, admin) = (free_port()?, free_port()?);
             let admin: SocketAddr = format!("127.0.0.1:{admin}").parse()?;
             text.push_str(&format!(
-                "\n[[group.member]]\nname = \"{name}\"\nadmin = \"{admin}\"\ndata_dir = \"data-{name}\"\n\n[[group.member.listener]]\nurl = \"tcp://127.0.0.1:{port}\"\nmax_connections = 100000\n{listener_extra}"
+                "\n[[group.member]]\nname = \"{name}\"\nadmin = \"{admin}\"\ndata_dir = \"data-{name}\"\n\n[[group.member.listener]]\nurl = \"tcp://127.0.0.1:{port}\"\nmax_connections = {limit}\n{listener_extra}"
             ));
             edge.members
                 .push((members.len(), format!("tcp://127.0.0.1:{port}")));
@@ -311,8 +342,15 @@ fn topology(args: &FailoverArgs) -> anyhow::Result<MeshPlan> {
         }
         edges.push(edge);
     }
+    if args.hub {
+        for e in 1..=args.edges {
+            text.push_str(&format!(
+                "\n[[connector]]\nfrom = \"hub\"\nto = \"edge-{e}\"\nduplex = true\nnetwork_ttl = 3\nreconnect_max_delay = \"2s\"\n"
+            ));
+        }
+    }
     for a in 1..=args.edges {
-        for b in a + 1..=args.edges {
+        for b in (a + 1..=args.edges).filter(|_| !args.hub) {
             text.push_str(&format!(
                 "\n[[connector]]\nfrom = \"edge-{a}\"\nto = \"edge-{b}\"\nduplex = true\nnetwork_ttl = {}\nreconnect_initial_delay = \"100ms\"\nreconnect_max_delay = \"1s\"\nheartbeat = \"1s\"\n",
                 args.edges
@@ -323,6 +361,7 @@ fn topology(args: &FailoverArgs) -> anyhow::Result<MeshPlan> {
         text,
         members,
         edges,
+        hub,
     })
 }
 
@@ -334,17 +373,85 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i]
 }
 
-/// Client connections on every member that serves now.
-async fn connected(spawned: &Spawned) -> u64 {
-    let mut n = 0;
-    for i in 0..spawned.admins.len() {
-        if let Some(s) = spawned.status(i).await {
-            if s.ready {
-                n += s.cluster.map_or(0, |c| c.clients);
+/// Client connections on each edge's serving member (0 for an edge without one).
+async fn shares(spawned: &Spawned, edges: &[Edge]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for edge in edges {
+        let mut n = 0;
+        for (i, _) in &edge.members {
+            if let Some(s) = spawned.status(*i).await {
+                if s.ready {
+                    n += s.cluster.map_or(0, |c| c.clients);
+                }
             }
+        }
+        out.push(n);
+    }
+    out
+}
+
+/// Client connections on every edge's serving member.
+async fn connected(spawned: &Spawned, edges: &[Edge]) -> u64 {
+    shares(spawned, edges).await.iter().sum()
+}
+
+/// Moves the edges' rebalancers still have scheduled.
+async fn pending_moves(spawned: &Spawned, edges: &[Edge]) -> u64 {
+    let mut n = 0;
+    for (i, _) in edges.iter().flat_map(|e| &e.members) {
+        if let Some(s) = spawned.status(*i).await {
+            n += s.cluster.map_or(0, |c| c.rebalance_pending);
         }
     }
     n
+}
+
+/// Waits (at most `bound`) until every edge holds its fair share of `total` within 10 % and no
+/// move is pending; returns the seconds it took, or `None` past the bound.
+async fn settled(spawned: &Spawned, edges: &[Edge], total: u64, bound: Duration) -> Option<f64> {
+    let start = Instant::now();
+    let share = total as f64 / edges.len() as f64;
+    loop {
+        let s = shares(spawned, edges).await;
+        if s.iter()
+            .all(|n| (*n as f64 - share).abs() <= (share * 0.1).max(2.0))
+            && pending_moves(spawned, edges).await == 0
+        {
+            return Some(start.elapsed().as_secs_f64());
+        }
+        if start.elapsed() > bound {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Samples every edge member's connections (clients and bridges) until `stop`; returns the
+/// most each edge held.
+fn sample_peaks(
+    admins: Vec<Vec<SocketAddr>>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<Vec<u64>> {
+    tokio::spawn(async move {
+        let mut peaks = vec![0u64; admins.len()];
+        while !stop.is_cancelled() {
+            for (e, members) in admins.iter().enumerate() {
+                for admin in members {
+                    if let Ok((200, body)) =
+                        http::get(*admin, "/status", Duration::from_secs(2)).await
+                    {
+                        if let Ok(s) =
+                            serde_json::from_str::<meshmq::server::admin::MemberStatus>(&body)
+                        {
+                            peaks[e] = peaks[e].max(s.connections);
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        peaks
+    })
 }
 
 pub async fn failover(args: &FailoverArgs) -> anyhow::Result<Report> {
@@ -358,6 +465,7 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<Report> {
         text,
         members,
         edges,
+        hub,
     } = topology(args)?;
     eprintln!("bench failover: starting {} members", members.len());
     let refs: Vec<(&str, SocketAddr)> = members.iter().map(|(n, a)| (n.as_str(), *a)).collect();
@@ -366,12 +474,34 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<Report> {
         let admins: Vec<SocketAddr> = edge.members.iter().map(|(i, _)| members[*i].1).collect();
         http::wait_any_ready(&admins, Duration::from_secs(30)).await?;
     }
-    let result = run(args, &mut spawned, &edges).await;
+    if let Some((i, _)) = &hub {
+        http::wait_any_ready(&[members[*i].1], Duration::from_secs(30)).await?;
+    }
+    let admins: Vec<Vec<SocketAddr>> = edges
+        .iter()
+        .map(|e| e.members.iter().map(|(i, _)| members[*i].1).collect())
+        .collect();
+    let result = run(
+        args,
+        &mut spawned,
+        &edges,
+        hub.as_ref().map(|(_, u)| u.as_str()),
+        admins,
+    )
+    .await;
     spawned.stop().await;
     result
 }
 
-async fn run(args: &FailoverArgs, spawned: &mut Spawned, edges: &[Edge]) -> anyhow::Result<Report> {
+async fn run(
+    args: &FailoverArgs,
+    spawned: &mut Spawned,
+    edges: &[Edge],
+    hub: Option<&str>,
+    admins: Vec<Vec<SocketAddr>>,
+) -> anyhow::Result<Report> {
+    let sampling = CancellationToken::new();
+    let peaks = sample_peaks(admins, sampling.clone());
     let total = (args.edges * args.clients_per_edge) as u64;
     let extra = if args.options.is_empty() {
         String::new()
@@ -416,7 +546,7 @@ async fn run(args: &FailoverArgs, spawned: &mut Spawned, edges: &[Edge]) -> anyh
     let connect_secs = connect_started.elapsed().as_secs_f64();
     eprintln!("bench failover: all clients connected in {connect_secs:.1}s");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while connected(spawned).await < total {
+    while connected(spawned, edges).await < total {
         if Instant::now() > deadline {
             bail!("the brokers never counted all {total} clients");
         }
@@ -428,11 +558,13 @@ async fn run(args: &FailoverArgs, spawned: &mut Spawned, edges: &[Edge]) -> anyh
         .iter()
         .flat_map(|e| e.members.iter().map(|(_, u)| u.clone()))
         .collect();
-    let producer = Client::connect(
-        &format!("failover:({})", all.join(",")),
-        ClientOptions::default(),
-    )
-    .await?;
+    let after_connect = shares(spawned, edges).await;
+    eprintln!("bench failover: clients per edge {after_connect:?}");
+    let producer_url = match hub {
+        Some(hub) => hub.to_string(),
+        None => format!("failover:({})", all.join(",")),
+    };
+    let producer = Client::connect(&producer_url, ClientOptions::default()).await?;
     let receipted: Arc<Mutex<Vec<u64>>> = Arc::default();
     let producing = CancellationToken::new();
     let sender = {
@@ -468,7 +600,7 @@ async fn run(args: &FailoverArgs, spawned: &mut Spawned, edges: &[Edge]) -> anyh
         let killed_at = wall_ms();
         spawned.kill9(victim).await;
         let since = Instant::now();
-        while connected(spawned).await < total {
+        while connected(spawned, edges).await < total {
             if since.elapsed() > Duration::from_secs(60) {
                 bail!("clients of edge-{k} were not all back within 60 s");
             }
@@ -478,9 +610,24 @@ async fn run(args: &FailoverArgs, spawned: &mut Spawned, edges: &[Edge]) -> anyh
         eprintln!(
             "bench failover: the brokers count every client again after {brokers_saw_all_back:.1}s"
         );
+        let after_kill = shares(spawned, edges).await;
+        eprintln!("bench failover: clients per edge {after_kill:?}");
         tokio::time::sleep(args.restart_after).await;
         spawned.restart(victim)?;
-        kills.push((k, killed_at, brokers_saw_all_back));
+        let mut after_restart = None;
+        if args.rebalance {
+            let took = settled(spawned, edges, total, Duration::from_secs(120)).await;
+            let s = shares(spawned, edges).await;
+            eprintln!("bench failover: after the restart and the rebalance ({took:?} s): {s:?}");
+            after_restart = Some((took, s));
+        }
+        kills.push((
+            k,
+            killed_at,
+            brokers_saw_all_back,
+            after_kill,
+            after_restart,
+        ));
     }
     // Let the restarted edges come up and forward what they held, then stop producing.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -535,7 +682,9 @@ async fn run(args: &FailoverArgs, spawned: &mut Spawned, edges: &[Edge]) -> anyh
     // Reconnect times after each kill, counted from the kill, for the clients it displaced.
     let mut after_kill: Vec<u64> = Vec::new();
     let mut kill_reports = Vec::new();
-    for (i, (k, killed_at, brokers_saw)) in kills.iter().enumerate() {
+    for (i, (k, killed_at, brokers_saw, shares_after_kill, after_restart)) in
+        kills.iter().enumerate()
+    {
         let until = kills.get(i + 1).map_or(u64::MAX, |next| next.1);
         // Broken-link reconnects only: rebalance moves are counted apart.
         let mut times: Vec<u64> = episodes
@@ -558,10 +707,15 @@ async fn run(args: &FailoverArgs, spawned: &mut Spawned, edges: &[Edge]) -> anyh
             "within_5s": within(5000),
             "within_15s": within(15_000),
             "brokers_counted_all_back_s": brokers_saw,
+            "clients_per_edge_after_kill": shares_after_kill,
+            "rebalanced_after_restart_s": after_restart.as_ref().map(|(t, _)| *t),
+            "clients_per_edge_after_restart": after_restart.as_ref().map(|(_, s)| s.clone()),
         }));
         after_kill.extend(times);
     }
     after_kill.sort_unstable();
+    sampling.cancel();
+    let peaks = peaks.await.unwrap_or_default();
     let moves: Vec<usize> = episodes.iter().map(Vec::len).collect();
     let rebalance_moves: usize = episodes
         .iter()
@@ -576,7 +730,8 @@ async fn run(args: &FailoverArgs, spawned: &mut Spawned, edges: &[Edge]) -> anyh
     Ok(Report {
         scenario: "failover".into(),
         params: format!(
-            "{} edges{} x {} clients, kill {:?}{}",
+            "{}{} edges{} x {} clients, kill {:?}{}",
+            if args.hub { "hub + " } else { "" },
             args.edges,
             if args.ha { " (file-lock pairs)" } else { "" },
             args.clients_per_edge,
@@ -597,6 +752,9 @@ async fn run(args: &FailoverArgs, spawned: &mut Spawned, edges: &[Edge]) -> anyh
         redelivered,
         extra: Some(serde_json::json!({
             "clients": total,
+            "clients_per_edge_after_connect": after_connect,
+            "peak_connections_per_edge": peaks,
+            "edge_connection_limit": if args.hub { HUB_EDGE_LIMIT } else { 100_000 },
             "connect_all_seconds": connect_secs,
             "kills": kill_reports,
             "rebalance_moves": rebalance_moves,

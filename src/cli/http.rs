@@ -1,10 +1,11 @@
-//! A minimal HTTP/1.1 GET for talking to members' admin ports.
+//! A minimal HTTP/1.1 client for talking to members' admin ports (GET, and the authenticated
+//! PUT of `meshmq apply`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
@@ -28,6 +29,40 @@ async fn get_inner(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// PUTs a JSON `body` to `path` on `addr` with `Authorization: Bearer <bearer>`; returns the
+/// status code and the body.
+pub async fn put_json(
+    addr: SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+    body: String,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    let attempt = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("cannot reach the admin port {addr}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let mut req = hyper::Request::put(path)
+            .header(hyper::header::HOST, addr.to_string())
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = bearer {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let resp = sender
+            .send_request(req.body(Full::new(Bytes::from(body)))?)
+            .await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| anyhow!("http://{addr}{path}: no answer within {timeout:?}"))?
 }
 
 /// Waits until `addr`'s `/readyz` answers 200.
@@ -74,4 +109,33 @@ pub async fn wait_all_answer(addrs: &[SocketAddr], timeout: Duration) -> anyhow:
         }
     }
     Ok(())
+}
+
+/// POSTs an empty body to `path` on `addr` with `Authorization: Bearer TOKEN`; returns the
+/// status code and the body.
+pub async fn post_bearer(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    let post = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("cannot reach the admin port {addr}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = hyper::Request::post(path)
+            .header(hyper::header::HOST, addr.to_string())
+            .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Empty::<Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(timeout, post)
+        .await
+        .map_err(|_| anyhow!("http://{addr}{path}: no answer within {timeout:?}"))?
 }

@@ -1,9 +1,11 @@
 //! The `meshmq` command's subcommands (part of the binary, not the library).
+pub mod apply;
 pub mod bench;
 pub mod bench_failover;
 pub mod bench_ha;
 pub mod bench_mesh;
 pub mod clients;
+pub mod drain;
 pub mod http;
 pub mod mesh;
 pub mod prometheus;

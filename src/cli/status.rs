@@ -483,6 +483,7 @@ mod tests {
             connectors: Vec::new(),
             cluster: None,
             slaves: Vec::new(),
+            drain: None,
         }
     }
 

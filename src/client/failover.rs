@@ -8,7 +8,9 @@
 //!
 //! The reconnect loop follows ActiveMQ's `doReconnect`: the connect list is the broker-pushed
 //! URIs, then the `updateURIsURL` file's, then the static ones (never dropped), shuffled when
-//! `randomize`, the broker that just failed last; a failed round backs off
+//! `randomize` — weighted by the room each pushed group had when the broker last told the
+//! client (its capacity less its clients), so the clients of a dead broker land on the
+//! emptier survivors — the broker that just failed last; a failed round backs off
 //! (`initialReconnectDelay` × `reconnectDelayExponent`, up to `maxReconnectDelay`); past
 //! `maxReconnectAttempts` rounds (`startupMaxReconnectAttempts` before the first connection)
 //! the client ends with the last error. With `backup` it keeps `backupPoolSize` warm standby
@@ -20,7 +22,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::seq::SliceRandom;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -214,8 +215,10 @@ struct Supervisor {
     url: FailoverUrl,
     options: ClientOptions,
     shared: Arc<Shared>,
-    /// URIs from the brokers' cluster pushes (only the scheme(s) of the static URIs).
+    /// URIs from the brokers' cluster pushes (only the scheme(s) of the static URIs), each
+    /// with its share of its group's room (`None`: the group's capacity is unknown).
     pushed: Vec<BrokerUrl>,
+    room: Vec<Option<f64>>,
     /// URIs from the `updateURIsURL` file, and its text when last read.
     from_file: Vec<BrokerUrl>,
     file_text: Option<String>,
@@ -230,6 +233,7 @@ impl Supervisor {
             options,
             shared,
             pushed: Vec::new(),
+            room: Vec::new(),
             from_file: Vec::new(),
             file_text: None,
             connects: 0,
@@ -281,7 +285,7 @@ impl Supervisor {
             }
         }
         if self.o().randomize {
-            list.shuffle(&mut rand::rng());
+            self.shuffle_by_room(&mut list);
         }
         if self.o().priority_backup {
             // A priority broker is tried first whenever it may be up.
@@ -294,6 +298,30 @@ impl Supervisor {
             }
         }
         list
+    }
+
+    /// A random order in which a URI comes early in proportion to its group's room (weighted
+    /// sampling without replacement: each key is u^(1/weight), largest first). URIs without a
+    /// known room weigh as much as the roomiest known one.
+    fn shuffle_by_room(&self, list: &mut Vec<BrokerUrl>) {
+        let room_of = |u: &BrokerUrl| {
+            self.pushed
+                .iter()
+                .position(|p| p.same_broker(u))
+                .and_then(|i| self.room[i])
+        };
+        let known = list.iter().filter_map(room_of).fold(0.0_f64, f64::max);
+        let fallback = if known > 0.0 { known } else { 1.0 };
+        let mut keyed: Vec<(f64, BrokerUrl)> = list
+            .drain(..)
+            .map(|u| {
+                let weight = room_of(&u).unwrap_or(fallback);
+                let r: f64 = rand::random::<f64>().max(f64::MIN_POSITIVE);
+                (r.powf(1.0 / weight), u)
+            })
+            .collect();
+        keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
+        list.extend(keyed.into_iter().map(|(_, u)| u));
     }
 
     /// Re-reads the `updateURIsURL` file; true when its list changed.
@@ -331,12 +359,19 @@ impl Supervisor {
         }
         let schemes: Vec<&str> = self.url.uris.iter().map(|u| u.scheme.as_str()).collect();
         let mut pushed = Vec::new();
+        let mut room = Vec::new();
         for g in &view.groups {
+            // The group's room (at least one client), shared by its members' URIs: only its
+            // master answers.
+            let share = (g.capacity > 0).then(|| {
+                g.capacity.saturating_sub(g.clients).max(1) as f64 / g.uris.len().max(1) as f64
+            });
             for text in &g.uris {
                 match BrokerUrl::parse_with(text, &self.url.nested) {
                     Ok(u) if schemes.contains(&u.scheme.as_str()) => {
                         if !pushed.iter().any(|x: &BrokerUrl| x.same_broker(&u)) {
                             pushed.push(u);
+                            room.push(share);
                         }
                     }
                     Ok(_) => {}
@@ -349,6 +384,7 @@ impl Supervisor {
                 .iter()
                 .any(|u| !self.pushed.iter().any(|p| p.same_broker(u)));
         self.pushed = pushed;
+        self.room = room;
         if changed {
             let uris: Vec<String> = self.pushed.iter().map(|u| u.to_string()).collect();
             *self.shared.cluster_uris.write() = uris.clone();
@@ -727,6 +763,7 @@ mod tests {
                 name: "g".into(),
                 uris: vec!["tcp://h:3".into(), "tcp://h:1".into(), "ssl://h:9".into()],
                 clients: 0,
+                capacity: 0,
             }],
         });
         let failed = BrokerUrl::parse("tcp://h:3").unwrap();
@@ -772,6 +809,37 @@ mod tests {
     }
 
     #[test]
+    fn a_failover_prefers_the_group_with_the_most_room() {
+        let mut s = sup("failover:(tcp://h:1)");
+        let group = |name: &str, uri: &str, clients: u64| proto::ClusterGroup {
+            name: name.into(),
+            uris: vec![uri.into()],
+            clients,
+            capacity: 1000,
+        };
+        s.apply_view(&proto::ClusterView {
+            groups: vec![
+                group("dead", "tcp://h:1", 500),
+                group("full", "tcp://h:2", 900),
+                group("empty", "tcp://h:3", 0),
+            ],
+        });
+        let dead = BrokerUrl::parse("tcp://h:1").unwrap();
+        let mut first = std::collections::HashMap::new();
+        for _ in 0..2000 {
+            let list = s.connect_list(Some(&dead));
+            assert_eq!(list.last().unwrap().to_string(), "tcp://h:1");
+            *first.entry(list[0].to_string()).or_insert(0) += 1;
+        }
+        // Room 100 against 1000: about 1 in 11 goes to the fuller group first.
+        let to_full = first.get("tcp://h:2").copied().unwrap_or(0);
+        assert!(
+            (60..=300).contains(&to_full),
+            "{to_full} of 2000 went to the fuller group first: {first:?}"
+        );
+    }
+
+    #[test]
     fn update_uris_supported_false_ignores_pushes() {
         let mut s = sup("failover:(tcp://h:1)?updateURIsSupported=false&randomize=false");
         s.apply_view(&proto::ClusterView {
@@ -779,6 +847,7 @@ mod tests {
                 name: "g".into(),
                 uris: vec!["tcp://h:3".into()],
                 clients: 0,
+                capacity: 0,
             }],
         });
         assert_eq!(names(&s.connect_list(None)), ["tcp://h:1"]);

@@ -2,26 +2,31 @@
 //! connections, and load-aware rebalancing (ActiveMQ's `updateClusterClients` /
 //! `rebalanceClusterClients`, done without reconnect storms).
 //!
-//! Owns: which groups this member's clients are told about (this group, and every group with
-//! a live bridge in either direction, each by the client URIs its members advertise), the
-//! client counts groups exchange over their bridges, the registry of this member's client
-//! connections (to push to them, to move some, and to end one a failover reconnect replaces),
-//! and the rebalancer (`rebalance`). Must not touch: sockets — connections and bridges feed it
-//! and write the frames it gives them — or message semantics.
+//! Owns: which groups this member's clients are told about (this group, and every group of
+//! the mesh reachable over the bridges, however many hops away, each by the client URIs its
+//! members advertise — the distance-vector table in `view`), the client counts groups relay
+//! to each other over their bridges, the registry of this member's client connections (to push
+//! to them, to move some, and to end one a failover reconnect replaces), and the rebalancer
+//! (`rebalance`). Must not touch: sockets — connections and bridges feed it and write the
+//! frames it gives them — or message semantics.
 //!
-//! Invariants: a peer group is in the view exactly while at least one bridge with it is up; a
+//! Invariants: a peer group is in the view while at least one bridge with it is up, and a
+//! group further away while a live bridge's latest (unexpired) report carries it; a
 //! connection only hears of groups its listener's `update_cluster_filter` admits, by URIs of
-//! its listener's scheme, and of a removal only with `update_cluster_clients_on_remove`; a
-//! client is asked to move only when it is eligible (fault tolerant, on a rebalancing
-//! listener, not just failed over, not pinned to its priority broker), each time to a named
-//! group, and never twice in one round.
+//! its listener's scheme, and of a removal only with `update_cluster_clients_on_remove`; the
+//! same filter bounds where the rebalancer sends the listener's clients (a group outside it is
+//! never a target); a client is asked to move only when it is eligible (fault tolerant, on a
+//! rebalancing listener, not just failed over, not pinned to its priority broker), each time
+//! to a named group, and never twice in one round.
 
+mod drain;
 mod rebalance;
+pub mod view;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
 use parking_lot::Mutex;
@@ -33,6 +38,11 @@ use crate::metrics as m;
 use crate::wire::proto;
 
 pub use rebalance::{plan, Load, Plan};
+use view::MeshTable;
+
+/// A relayed group whose reports stopped for this long leaves the view (a bridge reports every
+/// second; a bridge whose peer stays silent longer than its heartbeat allows goes down anyway).
+pub const RELAY_EXPIRY: Duration = Duration::from_secs(5);
 
 /// What one member knows about its own group, from the topology.
 #[derive(Debug, Clone, Default)]
@@ -48,6 +58,20 @@ pub struct ClusterOptions {
     pub rebalance: bool,
     /// The topology's `[rebalance]` section.
     pub settings: crate::config::RebalanceOptions,
+    /// The `update_cluster_filter` of each rebalancing listener (an empty one admits every
+    /// group): the rebalancer evens out the load over this group and the groups one admits.
+    pub rebalance_filters: Vec<Vec<regex::Regex>>,
+}
+
+impl ClusterOptions {
+    /// Whether this member's rebalancer counts `group` (a possible target).
+    fn rebalances_over(&self, group: &str) -> bool {
+        group == self.group
+            || self
+                .rebalance_filters
+                .iter()
+                .any(|f| f.is_empty() || f.iter().any(|re| re.is_match(group)))
+    }
 }
 
 /// A client listener's cluster options.
@@ -68,7 +92,7 @@ impl ClusterPolicy {
         self.update || self.rebalance
     }
 
-    fn shows(&self, group: &str) -> bool {
+    pub(crate) fn shows(&self, group: &str) -> bool {
         self.filter.is_empty() || self.filter.iter().any(|re| re.is_match(group))
     }
 
@@ -90,7 +114,7 @@ pub struct GroupView {
 /// `/status`: what this member's clients are told, and the rebalancer's counters.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterStatus {
-    /// This group first, then the peers with a live bridge.
+    /// This group first, then every other group of the mesh view.
     pub groups: Vec<GroupView>,
     /// Client connections on this member (native and STOMP).
     pub clients: u64,
@@ -99,15 +123,6 @@ pub struct ClusterStatus {
     /// Moves scheduled by the current round and not yet asked.
     #[serde(default)]
     pub rebalance_pending: u64,
-}
-
-#[derive(Debug, Clone)]
-struct Peer {
-    uris: Vec<String>,
-    clients: u64,
-    capacity: u64,
-    /// The live bridges with this group (connector numbers).
-    bridges: HashSet<u64>,
 }
 
 /// The groups and their URIs (no counts: those change all the time and are read when a
@@ -126,8 +141,8 @@ struct ClientEntry {
     pinned: bool,
     /// Set when the connection replaced one a failover client lost (or moved from).
     failed_over_at: Option<Instant>,
-    /// The listener's scheme: moves name URIs of it.
-    scheme: String,
+    /// The listener's policy: moves name groups its filter admits, by URIs of its scheme.
+    policy: Arc<ClusterPolicy>,
     control: Option<mpsc::UnboundedSender<proto::ConnectionControl>>,
     kick: CancellationToken,
 }
@@ -135,7 +150,7 @@ struct ClientEntry {
 /// This member's cluster state for one master term.
 pub struct Cluster {
     opts: ClusterOptions,
-    peers: Mutex<BTreeMap<String, Peer>>,
+    table: Mutex<MeshTable>,
     view: watch::Sender<Arc<MeshView>>,
     clients: Mutex<std::collections::HashMap<u64, ClientEntry>>,
     client_count: AtomicU64,
@@ -158,9 +173,10 @@ impl Cluster {
         groups.insert(opts.group.clone(), opts.uris.clone());
         let view = watch::channel(Arc::new(MeshView { groups })).0;
         gauge!(m::CLUSTER_GROUPS).set(1.0);
+        let table = MeshTable::new(&opts.group, RELAY_EXPIRY);
         Arc::new(Cluster {
             opts,
-            peers: Mutex::new(BTreeMap::new()),
+            table: Mutex::new(table),
             view,
             clients: Mutex::new(Default::default()),
             client_count: AtomicU64::new(0),
@@ -192,12 +208,9 @@ impl Cluster {
         self.view.borrow().clone()
     }
 
-    fn publish_view(&self, peers: &BTreeMap<String, Peer>) {
-        let mut groups = BTreeMap::new();
+    fn publish_view(&self, table: &MeshTable, now: Instant) {
+        let mut groups = table.groups(now);
         groups.insert(self.opts.group.clone(), self.opts.uris.clone());
-        for (name, p) in peers {
-            groups.insert(name.clone(), p.uris.clone());
-        }
         gauge!(m::CLUSTER_GROUPS).set(groups.len() as f64);
         let view = MeshView { groups };
         self.view.send_if_modified(|v| {
@@ -212,48 +225,39 @@ impl Cluster {
 
     /// A bridge with `info.group` came up (`bridge` numbers it among this member's bridges).
     pub fn peer_up(&self, bridge: u64, info: &proto::BrokerInfo) {
-        let mut peers = self.peers.lock();
-        let p = peers.entry(info.group.clone()).or_insert_with(|| Peer {
-            uris: Vec::new(),
-            clients: 0,
-            capacity: 0,
-            bridges: HashSet::new(),
-        });
-        p.bridges.insert(bridge);
-        p.uris = info.client_uris.clone();
-        p.clients = info.clients;
-        p.capacity = info.capacity;
-        self.publish_view(&peers);
+        let now = Instant::now();
+        let mut table = self.table.lock();
+        if table.heard(bridge, info, now) {
+            self.publish_view(&table, now);
+        }
     }
 
-    /// A bridge reported its group's load (and URIs) again.
+    /// A bridge reported its group's load, URIs and view again.
     pub fn peer_load(&self, bridge: u64, info: &proto::BrokerInfo) {
-        let mut peers = self.peers.lock();
-        let Some(p) = peers.get_mut(&info.group) else {
-            return;
-        };
-        if !p.bridges.contains(&bridge) {
-            return;
-        }
-        p.clients = info.clients;
-        p.capacity = info.capacity;
-        if p.uris != info.client_uris {
-            p.uris = info.client_uris.clone();
-            self.publish_view(&peers);
+        let now = Instant::now();
+        let mut table = self.table.lock();
+        if table.has_bridge(bridge, &info.group) && table.heard(bridge, info, now) {
+            self.publish_view(&table, now);
         }
     }
 
-    /// A bridge went down; its group leaves the view with its last bridge.
+    /// A bridge went down; what only it said leaves the view.
     pub fn peer_down(&self, bridge: u64) {
-        let mut peers = self.peers.lock();
-        let before = peers.len();
-        peers.retain(|_, p| {
-            p.bridges.remove(&bridge);
-            !p.bridges.is_empty()
-        });
-        if peers.len() != before {
-            self.publish_view(&peers);
+        let now = Instant::now();
+        let mut table = self.table.lock();
+        if table.bridge_down(bridge, now) {
+            self.publish_view(&table, now);
         }
+    }
+
+    /// The groups to report over `bridge` (expiring stale relayed routes first).
+    pub fn report_for(&self, bridge: u64) -> Vec<proto::MeshGroup> {
+        let now = Instant::now();
+        let mut table = self.table.lock();
+        if table.expire(now) {
+            self.publish_view(&table, now);
+        }
+        table.report_for(bridge, now)
     }
 
     /// Every group's load as this member knows it (this group first).
@@ -264,12 +268,21 @@ impl Cluster {
             clients,
             capacity,
         }];
-        out.extend(self.peers.lock().iter().map(|(g, p)| Load {
-            group: g.clone(),
-            clients: p.clients,
-            capacity: p.capacity,
+        let best = self.table.lock().best(Instant::now());
+        out.extend(best.into_iter().map(|(g, (_, r))| Load {
+            group: g,
+            clients: r.clients,
+            capacity: r.capacity,
         }));
         out
+    }
+
+    /// The loads the rebalancer evens out: this group first, then the groups a rebalancing
+    /// listener's filter admits.
+    pub fn rebalance_loads(&self) -> Vec<Load> {
+        let mut loads = self.loads();
+        loads.retain(|l| self.opts.rebalances_over(&l.group));
+        loads
     }
 
     pub fn status(&self) -> ClusterStatus {
@@ -313,10 +326,7 @@ impl Cluster {
             movable: control.is_some() && policy.as_ref().is_some_and(|p| p.rebalance),
             pinned: hello.priority_pinned,
             failed_over_at: hello.failover_reconnect.then(Instant::now),
-            scheme: policy
-                .as_ref()
-                .map(|p| p.scheme.clone())
-                .unwrap_or_default(),
+            policy: policy.clone().unwrap_or_default(),
             control,
             kick: kick.clone(),
         };
@@ -410,13 +420,14 @@ impl Feed {
         let loads = self.cluster.loads();
         let groups = shown
             .iter()
-            .map(|(g, uris)| proto::ClusterGroup {
-                name: g.clone(),
-                uris: uris.clone(),
-                clients: loads
-                    .iter()
-                    .find(|l| l.group == *g)
-                    .map_or(0, |l| l.clients),
+            .map(|(g, uris)| {
+                let load = loads.iter().find(|l| l.group == *g);
+                proto::ClusterGroup {
+                    name: g.clone(),
+                    uris: uris.clone(),
+                    clients: load.map_or(0, |l| l.clients),
+                    capacity: load.map_or(0, |l| l.capacity),
+                }
             })
             .collect();
         counter!(m::CLUSTER_PUSHES).increment(1);

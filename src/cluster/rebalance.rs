@@ -4,6 +4,11 @@
 //! less-loaded group, spread over a window with jitter and capped in new connections per
 //! second per target — so a group joining never causes a reconnect storm.
 //!
+//! The groups planned over are this group and those a rebalancing listener's
+//! `update_cluster_filter` admits, from the mesh-wide view (however many hops away), so a
+//! consumer-facing edge never sends its clients to a producer-facing group the filter leaves
+//! out, and edges that reach each other only through a hub still even out between them.
+//!
 //! Every group plans from the same shared numbers: a group's fair share is the total number of
 //! clients in proportion to its capacity (the sum of its listeners' `max_connections`); a group
 //! more than `[rebalance] threshold` (and `MIN_SURPLUS` clients) above its share is overloaded; each
@@ -23,7 +28,7 @@ use crate::config::RebalanceOptions;
 use crate::metrics as m;
 use crate::wire::proto;
 
-use super::Cluster;
+use super::{Cluster, ClusterPolicy};
 
 /// How often the rebalancer looks at the loads.
 const TICK: Duration = Duration::from_secs(1);
@@ -106,14 +111,26 @@ pub fn plan(loads: &[Load], opts: &RebalanceOptions) -> Plan {
 
 /// When each chosen client is asked to move: per target, `n` moves spread evenly over at
 /// least `window` (longer when the rate cap needs it), each at a random point of its slot.
-fn schedule(plan: &Plan, window: Duration, mut eligible: Vec<u64>) -> Vec<(Duration, u64, String)> {
+/// A client goes only to a group its listener's filter admits.
+fn schedule(
+    plan: &Plan,
+    window: Duration,
+    mut eligible: Vec<(u64, Arc<ClusterPolicy>)>,
+) -> Vec<(Duration, u64, String)> {
     eligible.shuffle(&mut rand::rng());
     let mut out = Vec::new();
-    let mut clients = eligible.into_iter();
     for (group, n) in &plan.moves {
-        let chosen: Vec<u64> = clients.by_ref().take(*n as usize).collect();
+        let mut chosen: Vec<u64> = Vec::new();
+        eligible.retain(|(id, policy)| {
+            if chosen.len() < *n as usize && policy.shows(group) {
+                chosen.push(*id);
+                false
+            } else {
+                true
+            }
+        });
         if chosen.is_empty() {
-            break;
+            continue;
         }
         let k = chosen.len() as f64;
         let span = window.max(Duration::from_secs_f64(k / plan.rate.max(1.0)));
@@ -127,8 +144,8 @@ fn schedule(plan: &Plan, window: Duration, mut eligible: Vec<u64>) -> Vec<(Durat
 }
 
 impl Cluster {
-    /// Client connections that may be asked to move now.
-    fn eligible(&self, now: Instant) -> Vec<u64> {
+    /// Client connections that may be asked to move now, with their listener's policy.
+    fn eligible(&self, now: Instant) -> Vec<(u64, Arc<ClusterPolicy>)> {
         self.clients
             .lock()
             .iter()
@@ -138,12 +155,13 @@ impl Cluster {
                     && e.failed_over_at
                         .is_none_or(|t| now.duration_since(t) >= self.opts.settings.failover_grace)
             })
-            .map(|(id, _)| *id)
+            .map(|(id, e)| (*id, e.policy.clone()))
             .collect()
     }
 
-    /// Tells client `id` to reconnect to `group` (its URIs of the client's scheme).
-    fn ask_to_move(&self, id: u64, group: &str) {
+    /// Tells client `id` to reconnect to `group` (its URIs of the client's scheme), if its
+    /// listener's filter admits that group.
+    pub(super) fn ask_to_move(&self, id: u64, group: &str) {
         let Some(uris) = self.view().groups.get(group).cloned() else {
             return;
         };
@@ -154,7 +172,10 @@ impl Cluster {
         let Some(control) = &e.control else {
             return;
         };
-        let prefix = format!("{}://", e.scheme);
+        if !e.policy.shows(group) {
+            return;
+        }
+        let prefix = format!("{}://", e.policy.scheme);
         let uris: Vec<String> = uris
             .into_iter()
             .filter(|u| u.starts_with(&prefix))
@@ -190,7 +211,13 @@ impl Cluster {
                 _ = stop.cancelled() => return,
             }
             let now = Instant::now();
-            let seen: HashSet<String> = self.view().groups.keys().cloned().collect();
+            let seen: HashSet<String> = self
+                .view()
+                .groups
+                .keys()
+                .filter(|g| self.opts.rebalances_over(g))
+                .cloned()
+                .collect();
             if seen != groups {
                 groups = seen;
                 groups_since = now;
@@ -202,7 +229,7 @@ impl Cluster {
             }
             self.rounds.fetch_add(1, Ordering::Relaxed);
             counter!(m::REBALANCE_ROUNDS).increment(1);
-            let plan = plan(&self.loads(), &self.opts.settings);
+            let plan = plan(&self.rebalance_loads(), &self.opts.settings);
             if plan.moves.is_empty() {
                 continue;
             }
@@ -231,6 +258,12 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Clients on a listener without a filter.
+    fn anyone(ids: std::ops::Range<u64>) -> Vec<(u64, Arc<ClusterPolicy>)> {
+        let policy = Arc::new(ClusterPolicy::default());
+        ids.map(|id| (id, policy.clone())).collect()
+    }
 
     fn load(group: &str, clients: u64, capacity: u64) -> Load {
         Load {
@@ -315,7 +348,7 @@ mod tests {
             moves: vec![("c".into(), 50), ("d".into(), 3000)],
             rate: 100.0,
         };
-        let s = schedule(&p, RebalanceOptions::default().window, (0..100).collect());
+        let s = schedule(&p, RebalanceOptions::default().window, anyone(0..100));
         assert_eq!(s.len(), 100, "no more moves than eligible clients");
         let to_c: Vec<_> = s.iter().filter(|(_, _, g)| g == "c").collect();
         assert_eq!(to_c.len(), 50);
@@ -329,7 +362,7 @@ mod tests {
             moves: vec![("c".into(), 1000)],
             rate: 50.0,
         };
-        let s = schedule(&p, RebalanceOptions::default().window, (0..1000).collect());
+        let s = schedule(&p, RebalanceOptions::default().window, anyone(0..1000));
         let in_first_second = s
             .iter()
             .filter(|(at, _, _)| *at < Duration::from_secs(1))

@@ -12,6 +12,7 @@
 //! every error names the file, the key path and what to write instead; relative paths are
 //! resolved against the file's directory, so every path in a `Topology` is absolute.
 
+pub mod diff;
 mod error;
 mod names;
 mod raw;
@@ -25,9 +26,9 @@ use std::path::{Path, PathBuf};
 pub use error::{ConfigError, TopologyError};
 pub use names::{ConnectorName, GroupName, InvalidName, MemberName, MeshName, MAX_NAME_LEN};
 pub use topology::{
-    Acl, BridgeAuth, BrokerPolicy, Connector, ConnectorTransport, DestinationLimits,
+    Acl, AdminOptions, BridgeAuth, BrokerPolicy, Connector, ConnectorTransport, DestinationLimits,
     DestinationPolicy, Election, Group, Listener, Member, MetricsOptions, OnFull, RebalanceOptions,
-    Secret, Security, StoreOptions, SyncMode, TlsFiles, Topology, User, ZooKeeperOptions,
+    Secret, Security, Source, StoreOptions, SyncMode, TlsFiles, Topology, User, ZooKeeperOptions,
     MIN_MESH_SECRET,
 };
 pub use units::{ClientUrl, HostPort, ListenerUrl, Scheme};
@@ -64,7 +65,7 @@ pub fn parse_str(text: &str, file_label: &Path) -> Result<Topology, TopologyErro
         )
     })?;
     let raw = raw::read(text, file_label).map_err(|e| TopologyError { errors: vec![e] })?;
-    validate::validate(&raw, file_label, &base_dir).map_err(|errors| TopologyError { errors })
+    validate::validate(&raw, text, file_label, &base_dir).map_err(|errors| TopologyError { errors })
 }
 
 fn single(file: &Path, problem: String, fix: &str) -> TopologyError {

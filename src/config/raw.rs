@@ -36,6 +36,13 @@ pub(super) struct RawTopology {
     pub group: Vec<RawGroup>,
     #[serde(default)]
     pub connector: Vec<RawConnector>,
+    pub admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -655,6 +662,11 @@ pub(super) const EXAMPLES: &[(&str, Example)] = &[
     (
         "group.member.listener.tls_client_ca",
         Example::Value("\"certs/ca.pem\""),
+    ),
+    ("admin", Example::Table),
+    (
+        "admin.token",
+        Example::Value("\"...\" (the output of `meshmq token`)"),
     ),
     ("connector", Example::Tables),
     ("connector.name", Example::Value("\"hub-edge-1\"")),

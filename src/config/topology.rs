@@ -499,6 +499,35 @@ pub struct Connector {
     pub tls_ca: Option<PathBuf>,
 }
 
+/// `[admin]`: who may change the running mesh through the members' admin ports.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct AdminOptions {
+    /// What a topology write (`meshmq apply`) must present as `Authorization: Bearer`; with
+    /// none, members refuse every write.
+    pub token: Option<Secret>,
+}
+
+/// The text a topology was read from (what a member reports as its running topology, so a
+/// reader can parse it again exactly). `Debug` shows its length only.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Source(std::sync::Arc<str>);
+
+impl Source {
+    pub(crate) fn new(text: &str) -> Source {
+        Source(std::sync::Arc::from(text))
+    }
+
+    pub fn text(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes of TOML>", self.0.len())
+    }
+}
+
 /// A whole validated topology file.
 #[derive(Clone, Debug)]
 pub struct Topology {
@@ -520,6 +549,9 @@ pub struct Topology {
     /// At least one; names unique.
     pub groups: Vec<Group>,
     pub connectors: Vec<Connector>,
+    pub admin: AdminOptions,
+    /// The text this topology was parsed from.
+    pub source: Source,
 }
 
 impl Topology {

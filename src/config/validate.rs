@@ -19,13 +19,13 @@ use super::names::{
     NAME_FIX,
 };
 use super::raw::{
-    RawAcl, RawBroker, RawConnector, RawGroup, RawListener, RawMember, RawMesh, RawMetrics,
-    RawPolicy, RawRebalance, RawSecurity, RawStore, RawTopology, RawUser, RawZooKeeper,
+    RawAcl, RawAdmin, RawBroker, RawConnector, RawGroup, RawListener, RawMember, RawMesh,
+    RawMetrics, RawPolicy, RawRebalance, RawSecurity, RawStore, RawTopology, RawUser, RawZooKeeper,
 };
 use super::topology::{
-    Acl, BridgeAuth, BrokerPolicy, Connector, ConnectorTransport, DestinationPolicy, Election,
-    Group, Listener, Member, MetricsOptions, OnFull, RebalanceOptions, Secret, Security,
-    StoreOptions, SyncMode, TlsFiles, Topology, User, ZooKeeperOptions,
+    Acl, AdminOptions, BridgeAuth, BrokerPolicy, Connector, ConnectorTransport, DestinationPolicy,
+    Election, Group, Listener, Member, MetricsOptions, OnFull, RebalanceOptions, Secret, Security,
+    Source, StoreOptions, SyncMode, TlsFiles, Topology, User, ZooKeeperOptions,
 };
 use super::units::{
     parse_bind_ip, parse_client_url, parse_duration, parse_group_filter, parse_host_port,
@@ -47,8 +47,12 @@ enum Zero {
     Refused,
 }
 
+/// An admin token shorter than this is refused (a guessable token would open every write).
+const MIN_ADMIN_TOKEN: usize = 16;
+
 pub(super) fn validate(
     raw: &RawTopology,
+    source: &str,
     file: &Path,
     base_dir: &Path,
 ) -> Result<Topology, Vec<ConfigError>> {
@@ -70,9 +74,11 @@ pub(super) fn validate(
     let rebalance = c.rebalance(raw.rebalance.as_ref());
     let security = c.security(raw.security.as_ref());
     let groups = c.groups(&raw.group, &broker);
+    c.cluster_filters(&groups);
     let zookeeper = c.zookeeper(raw.zookeeper.as_ref(), &raw.group);
     let connectors = c.connectors(&raw.connector, &raw.group, &groups, &security);
     let bridges = c.bridges(raw.mesh.as_ref());
+    let admin = c.admin(raw.admin.as_ref());
 
     let (Some(mesh), true) = (mesh, c.errors.is_empty()) else {
         return Err(c.errors);
@@ -90,6 +96,8 @@ pub(super) fn validate(
         zookeeper,
         groups: groups.into_iter().flatten().collect(),
         connectors: connectors.into_iter().flatten().collect(),
+        admin,
+        source: Source::new(source),
     })
 }
 
@@ -558,6 +566,28 @@ impl Checker<'_> {
         }
     }
 
+    /// `[admin]`: the credential that running members require of topology writes.
+    fn admin(&mut self, raw: Option<&RawAdmin>) -> AdminOptions {
+        let Some(token) = raw.and_then(|a| a.token.as_deref()) else {
+            return AdminOptions::default();
+        };
+        if token.chars().count() < MIN_ADMIN_TOKEN || token.chars().any(char::is_whitespace) {
+            self.refuse(
+                "admin.token",
+                format!(
+                    "is {} characters long{}; an admin token must be at least {MIN_ADMIN_TOKEN} characters without spaces",
+                    token.chars().count(),
+                    if token.chars().any(char::is_whitespace) { " and holds whitespace" } else { "" }
+                ),
+                "run `meshmq token` and paste the secret it prints".to_string(),
+            );
+            return AdminOptions::default();
+        }
+        AdminOptions {
+            token: Some(Secret::new(token.to_string())),
+        }
+    }
+
     fn rebalance(&mut self, raw: Option<&RawRebalance>) -> RebalanceOptions {
         let defaults = RebalanceOptions::default();
         let Some(raw) = raw else {
@@ -944,6 +974,71 @@ impl Checker<'_> {
         self.address_clashes(&addresses);
         self.directory_clashes(&directories);
         groups
+    }
+
+    /// Every `update_cluster_filter` must admit the listener's own group and some group whose
+    /// clients it could be told about (one with a native client listener): a filter that admits
+    /// nothing of the kind would leave its clients nowhere to be sent or fail over to.
+    fn cluster_filters(&mut self, groups: &[Option<Group>]) {
+        let groups: Vec<&Group> = groups.iter().flatten().collect();
+        let with_clients: Vec<&str> = groups
+            .iter()
+            .filter(|g| {
+                g.members
+                    .iter()
+                    .flat_map(|m| &m.listeners)
+                    .any(|l| !matches!(l.url.scheme, Scheme::Stomp | Scheme::StompSsl))
+            })
+            .map(|g| g.name.as_str())
+            .collect();
+        for g in &groups {
+            for m in &g.members {
+                for (li, l) in m.listeners.iter().enumerate() {
+                    if l.update_cluster_filter.is_empty() {
+                        continue;
+                    }
+                    let admits =
+                        |name: &str| l.update_cluster_filter.iter().any(|re| re.is_match(name));
+                    let key = format!(
+                        "group[{}].member[{}].listener[{li}].update_cluster_filter",
+                        g.name.as_str(),
+                        m.name.as_str()
+                    );
+                    let patterns: Vec<&str> = l
+                        .update_cluster_filter
+                        .iter()
+                        .map(|re| {
+                            let p = re.as_str();
+                            p.strip_prefix("^(?:")
+                                .and_then(|p| p.strip_suffix(")$"))
+                                .unwrap_or(p)
+                        })
+                        .collect();
+                    if !with_clients.iter().any(|n| admits(n)) {
+                        self.refuse(
+                            &key,
+                            format!(
+                                "{patterns:?} matches no group with a client listener (those are: {})",
+                                with_clients.join(", ")
+                            ),
+                            "write regexes that match whole group names, e.g. [\"edge-.*\"]",
+                        );
+                    } else if !admits(g.name.as_str()) {
+                        self.refuse(
+                            &key,
+                            format!(
+                                "{patterns:?} leaves out this listener's own group \"{}\"",
+                                g.name.as_str()
+                            ),
+                            format!(
+                                "add a regex matching \"{}\": its clients are always told of their own group",
+                                g.name.as_str()
+                            ),
+                        );
+                    }
+                }
+            }
+        }
     }
 
     fn group(
@@ -2157,6 +2252,9 @@ url = "tcp://127.0.0.1:61616"
             (format!("[store]\ncheckpoint_interval = \"0s\"\ngroup_commit_window = \"0s\"\n[metrics]\nmax_destinations = 0\n{BASE}"), vec!["store.checkpoint_interval", "metrics.max_destinations"]),
             (format!("[broker]\nmax_redeliveries = -1\nheartbeat = \"0s\"\n{BASE}"), vec!["broker.max_redeliveries"]),
             (format!("[rebalance]\nthreshold = 0.0\nmax_moves_per_second = 0.0\nwindow = \"soon\"\n{BASE}"), vec!["rebalance.threshold", "rebalance.max_moves_per_second", "rebalance.window"]),
+            (format!("{BASE}\n[admin]\ntoken = \"short\"\n"), vec!["admin.token"]),
+            (format!("{BASE}\n[admin]\ntoken = \"sixteen chars ok\"\n"), vec!["admin.token"]),
+            (format!("{BASE}\n[admin]\ntoken = \"0123456789abcdef\"\n"), vec![]),
         ];
         for (text, keys) in cases {
             assert_eq!(refused_keys(&text), keys, "{text}");

@@ -88,6 +88,8 @@ pub const REPLICATION_LAG: &str = "meshmq_replication_lag_records";
 pub const REPLICATION_ACKS: &str = "meshmq_replication_acks_total";
 pub const REPLICATION_REFUSED: &str = "meshmq_replication_refused_total";
 pub const UPTIME: &str = "meshmq_uptime_seconds";
+pub const ADMIN_WRITES_REFUSED: &str = "meshmq_admin_writes_refused_total";
+pub const TOPOLOGY_APPLIES: &str = "meshmq_topology_applies_total";
 pub const UP: &str = "meshmq_up";
 pub const PROCESS_RSS: &str = "meshmq_process_resident_memory_bytes";
 pub const PROCESS_OPEN_FDS: &str = "meshmq_process_open_fds";
@@ -97,6 +99,14 @@ pub const PROCESS_CPU: &str = "meshmq_process_cpu_seconds_total";
 pub const OTHER_DESTINATIONS: &str = "_other";
 
 fn describe_all() {
+    describe_counter!(
+        ADMIN_WRITES_REFUSED,
+        "Writes to the admin port refused, by reason (no_admin_token, unauthenticated, wrong_token)."
+    );
+    describe_counter!(
+        TOPOLOGY_APPLIES,
+        "New topologies this member took while running (meshmq apply), each once authenticated and valid."
+    );
     describe_gauge!(
         CONNECTIONS,
         "Open client connections, by listener and protocol."

@@ -174,6 +174,23 @@ pub(crate) struct Bridge {
     /// Where the peer's load reports go, and this bridge's number there.
     cluster: (Arc<Cluster>, u64),
     last_load: Instant,
+    /// Fires when the connector is removed from the topology: the bridge drains (see
+    /// [`Bridge::draining`]).
+    drain: Option<Drain>,
+    /// Since when and until when it drains, once `drain` fired.
+    draining: Option<(Instant, Instant)>,
+}
+
+/// How a bridge ends when its connector is removed while it runs.
+#[derive(Clone)]
+pub(crate) struct Drain {
+    pub signal: CancellationToken,
+    /// The side that closes the link once nothing is in flight (the dialling side); the other
+    /// waits for that close.
+    pub closes: bool,
+    /// After this long draining, the bridge stops anyway: what is still in flight returns to
+    /// its queue as redelivered, as when a link dies.
+    pub timeout: Duration,
 }
 
 /// How often a bridge tells its peer this group's client load.
@@ -215,7 +232,69 @@ impl Bridge {
             cluster,
             last_load: now,
             cfg,
+            drain: None,
+            draining: None,
         }
+    }
+
+    /// Drains instead of running on once `drain.signal` fires.
+    pub(crate) fn with_drain(mut self, drain: Drain) -> Bridge {
+        self.drain = Some(drain);
+        self
+    }
+
+    /// The connector was removed: tell the peer our consumers want nothing more over this
+    /// link, let go of every network consumer (their undelivered messages stay in their
+    /// queues), and from now on take no new demand. Forwards already in flight are still
+    /// acknowledged or refused by the peer, and what the peer forwards is still taken.
+    fn begin_drain(&mut self, timeout: Duration) {
+        let now = Instant::now();
+        self.draining = Some((now, now + timeout));
+        tracing::info!(connector = %self.cfg.connector, inflight = self.inflight.len(), "connector removed: draining its bridge");
+        let mut exported: Vec<u64> = self.exported.keys().copied().collect();
+        exported.sort_unstable();
+        for id in exported {
+            self.export_removed(id);
+        }
+        let mut heard: Vec<String> = self.heard.keys().cloned().collect();
+        heard.sort();
+        for consumer in heard {
+            self.routes.remove(&self.cfg.peer, &consumer);
+            self.heard.remove(&consumer);
+            self.release(&consumer);
+        }
+        let subs: Vec<u64> = self.subs.keys().copied().collect();
+        for sub in subs {
+            if let Some(ns) = self.subs.get_mut(&sub) {
+                ns.permanent = false;
+                ns.draining = true;
+            }
+            self.close_if_drained(sub);
+        }
+        self.metrics.remote_demand(0);
+    }
+
+    /// While draining: `Some(reason)` once the bridge should end — nothing in flight either
+    /// way (on the closing side), or the drain timed out.
+    fn drained(&self, now: Instant) -> Option<String> {
+        let (since, deadline) = self.draining?;
+        let idle = self.subs.is_empty()
+            && self.inflight.is_empty()
+            && self.acceptances.is_empty()
+            && self.accepted.is_empty();
+        let closes = self.drain.as_ref().is_some_and(|d| d.closes);
+        if idle && closes {
+            return Some(format!(
+                "connector removed: drained in {:?}",
+                now.duration_since(since)
+            ));
+        }
+        (now >= deadline).then(|| {
+            format!(
+                "connector removed: drain timed out with {} forwards in flight (they return to their queues)",
+                self.inflight.len()
+            )
+        })
     }
 
     /// When the loop must next look at the clock: heartbeats, silence, the load report.
@@ -261,6 +340,24 @@ impl Bridge {
         tokio::pin!(timer);
         loop {
             self.fill();
+            if let Some(reason) = self.drained(Instant::now()) {
+                if self.drain.as_ref().is_some_and(|d| d.closes) {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), self.pump.flush_and_close())
+                            .await;
+                }
+                return reason;
+            }
+            let drain_signal = match (&self.drain, self.draining) {
+                (Some(d), None) => Some((d.signal.clone(), d.timeout)),
+                _ => None,
+            };
+            let drain_fired = async {
+                match &drain_signal {
+                    Some((signal, _)) => signal.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
             let outbox = self.session.outbox().clone();
             let broker = self.session.broker().clone();
             let synced = self.acceptances.synced(&broker);
@@ -313,6 +410,11 @@ impl Bridge {
                     }
                     self.release_acks();
                 }
+                _ = drain_fired => {
+                    if let Some((_, timeout)) = drain_signal {
+                        self.begin_drain(timeout);
+                    }
+                }
                 _ = routes_changed => self.hold_best_routes(),
                 _ = retry => self.resend_due(),
                 _ = &mut timer => {
@@ -320,7 +422,12 @@ impl Bridge {
                     let now = Instant::now();
                     if now >= self.last_load + LOAD_EVERY {
                         self.last_load = now;
-                        self.send_frame(Body::BrokerInfo(super::load_info(&self.cluster.0)));
+                        let (cluster, number) = &self.cluster;
+                        let report = proto::BrokerInfo {
+                            mesh_groups: cluster.report_for(*number),
+                            ..super::load_info(cluster)
+                        };
+                        self.send_frame(Body::BrokerInfo(report));
                         self.liveness.wrote(now);
                     }
                     match self.liveness.poll(now, self.pump.wbuf.is_empty()) {
@@ -348,7 +455,10 @@ impl Bridge {
 
     /// Advertises a local consumer (or relayed demand) to the peer when the rules allow.
     fn export_added(&mut self, d: &Demand) {
-        if self.exported.contains_key(&d.id) || d.path.contains(&self.cfg.peer) {
+        if self.draining.is_some()
+            || self.exported.contains_key(&d.id)
+            || d.path.contains(&self.cfg.peer)
+        {
             return;
         }
         let mut path: Vec<String> = d.path.iter().map(|g| g.to_string()).collect();
@@ -517,7 +627,7 @@ impl Bridge {
     }
 
     fn on_demand_add(&mut self, d: proto::DemandAdd) {
-        if !self.cfg.forward || self.cfg.static_bridge {
+        if !self.cfg.forward || self.cfg.static_bridge || self.draining.is_some() {
             return;
         }
         let path: Vec<Arc<str>> = d
@@ -577,6 +687,9 @@ impl Bridge {
     /// and lets go of the others (their network consumer drains as on a removal).
     fn hold_best_routes(&mut self) {
         let best = self.routes.best_queue_routes();
+        if self.draining.is_some() {
+            return;
+        }
         let mut take = Vec::new();
         let mut give_up = Vec::new();
         for (consumer, h) in self.heard.iter().filter(|(_, h)| self.suppresses(h)) {
@@ -659,6 +772,13 @@ impl Bridge {
             let Some(ns) = self.subs.get(&d.subscription) else {
                 continue;
             };
+            if self.draining.is_some() {
+                // The connector is going: nothing new leaves. Left unacknowledged, the
+                // delivery returns to its queue when its network consumer closes (once the
+                // forwards already sent are answered), and the consumer's credit runs out
+                // meanwhile, so the broker stops dispatching to it.
+                continue;
+            }
             let topic = ns.topic;
             let targets: Vec<Arc<str>> = if topic {
                 let dest = d.message.dest();

@@ -31,7 +31,7 @@ use crate::broker::Broker;
 use crate::client::{Backoff, BrokerUrl, FailoverOptions, FailoverUrl};
 use crate::cluster::Cluster;
 use crate::config::{ConnectorTransport, Scheme, Topology};
-use crate::security::Authenticator;
+use crate::security::LiveSecurity;
 use crate::transport::{self, IoEvent, Pump};
 use crate::wire::{self, proto, Body, Frame};
 
@@ -274,6 +274,24 @@ fn mesh_secret(topo: &Topology) -> Result<Option<crate::config::Secret>, Network
     Ok(Some(crate::config::Secret::new(text.to_string())))
 }
 
+/// Logs what a member's bridge settings leave open: anonymous bridges allowed, or connectors
+/// whose bridges will be refused because neither side can prove anything.
+fn warn_unproven(opts: &NetworkOptions) {
+    if opts.allow_anonymous_bridges {
+        tracing::warn!(
+            "allow_anonymous_bridges = true: anyone who reaches a client listener can open a bridge without the mesh secret"
+        );
+    } else if opts.secret.is_none() {
+        for c in opts
+            .connectors
+            .iter()
+            .filter(|c| c.dial.is_none() && c.username.is_none())
+        {
+            tracing::warn!(connector = %c.bridge.connector, "no [mesh] secret and no credentials for this connector: its bridges will be refused");
+        }
+    }
+}
+
 /// Whether `presented` is the mesh secret, in time that does not depend on where they differ.
 fn secret_matches(secret: &crate::config::Secret, presented: &str) -> bool {
     use subtle::ConstantTimeEq;
@@ -281,8 +299,12 @@ fn secret_matches(secret: &crate::config::Secret, presented: &str) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
+/// How long a removed connector's bridge may drain its in-flight forwards before it is
+/// stopped (what is left returns to its queues, as when a link dies).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// This group's client URIs and load, as a bridge tells its peer (in its handshake and again
-/// every second).
+/// every second, then with the rest of the mesh view it relays).
 pub(crate) fn load_info(cluster: &Cluster) -> proto::BrokerInfo {
     let (clients, capacity) = cluster.load();
     proto::BrokerInfo {
@@ -294,17 +316,54 @@ pub(crate) fn load_info(cluster: &Cluster) -> proto::BrokerInfo {
     }
 }
 
-/// The connectors of one running member.
+/// A bridge running as its connector's live one.
+struct LiveBridge {
+    number: u64,
+    stop: CancellationToken,
+    /// Fired when the connector is removed: the bridge drains, then ends.
+    drain: CancellationToken,
+}
+
+/// What a connector of a running member is, as `reconfigure` compares it: two plans with the
+/// same fingerprint dial the same way and forward the same things.
+fn fingerprint(plan: &ConnectorPlan) -> String {
+    let dial = plan.dial.as_ref().map(|d| {
+        format!(
+            "{:?} local={:?} user={:?} password={:08x} handshake={:?} tls={:?}",
+            d.target,
+            d.local,
+            d.username,
+            crc32c::crc32c(d.password.as_deref().unwrap_or("").as_bytes()),
+            d.handshake_timeout,
+            d.tls.as_ref().map(|(t, _)| *t),
+        )
+    });
+    format!(
+        "{:?} duplex={} dial={dial:?} user={:?}",
+        plan.bridge, plan.duplex, plan.username
+    )
+}
+
+/// The connectors of one running member. The set can change while it runs
+/// ([`Network::reconfigure`]): a new connector dials at once, a removed one drains.
 pub struct Network {
-    opts: NetworkOptions,
+    /// This member's identity and its connectors now (only `connectors` and
+    /// `allow_anonymous` change).
+    opts: parking_lot::RwLock<NetworkOptions>,
     broker: Broker,
-    authenticator: Arc<Authenticator>,
+    /// Bridge logins are checked against the member's current users.
+    security: Arc<LiveSecurity>,
     routes: Arc<Routes>,
-    metrics: HashMap<String, Arc<BridgeMetrics>>,
-    /// The live bridge of each connector, by connector name: (bridge number, its stop).
-    live: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    metrics: parking_lot::RwLock<HashMap<String, Arc<BridgeMetrics>>>,
+    /// The live bridge of each connector, by connector name.
+    live: Mutex<HashMap<String, LiveBridge>>,
+    /// The dial loop of each connector this member dials, by name: cancelled on removal.
+    dialers: Mutex<HashMap<String, CancellationToken>>,
     next_bridge: std::sync::atomic::AtomicU64,
     shutdown: CancellationToken,
+    tracker: TaskTracker,
+    /// How long a removed connector's bridge may drain before it is stopped.
+    drain_timeout: Duration,
     /// Destinations last published with remote demand (to zero them when it goes).
     published_demand: Mutex<HashSet<String>>,
     /// Learns which groups are bridged (and their loads) for the clients' mesh view.
@@ -316,56 +375,103 @@ impl Network {
     pub fn start(
         opts: NetworkOptions,
         broker: Broker,
-        authenticator: Arc<Authenticator>,
+        security: Arc<LiveSecurity>,
         cluster: Arc<Cluster>,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Arc<Network> {
-        let metrics = opts
-            .connectors
-            .iter()
-            .map(|c| {
-                (
-                    c.bridge.connector.clone(),
-                    Arc::new(BridgeMetrics::new(&c.bridge.connector, &c.bridge.peer)),
-                )
-            })
-            .collect();
         let net = Arc::new(Network {
-            opts,
+            opts: parking_lot::RwLock::new(NetworkOptions {
+                connectors: Vec::new(),
+                ..opts.clone()
+            }),
             broker,
-            authenticator,
+            security,
             routes: Arc::new(Routes::default()),
-            metrics,
+            metrics: parking_lot::RwLock::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
+            dialers: Mutex::new(HashMap::new()),
             next_bridge: std::sync::atomic::AtomicU64::new(1),
             shutdown,
+            tracker: tracker.clone(),
+            drain_timeout: DRAIN_TIMEOUT,
             published_demand: Mutex::new(HashSet::new()),
             cluster,
         });
-        if net.opts.allow_anonymous_bridges {
-            tracing::warn!(
-                "allow_anonymous_bridges = true: anyone who reaches a client listener can open a bridge without the mesh secret"
-            );
-        }
-        if net.opts.secret.is_none() && !net.opts.allow_anonymous_bridges {
-            for c in net
-                .opts
-                .connectors
-                .iter()
-                .filter(|c| c.dial.is_none() && c.username.is_none())
-            {
-                tracing::warn!(connector = %c.bridge.connector, "no [mesh] secret and no credentials for this connector: its bridges will be refused");
-            }
-        }
-        for plan in net.opts.connectors.iter().filter(|c| c.dial.is_some()) {
-            tracker.spawn(net.clone().dial_loop(plan.clone()));
-        }
+        warn_unproven(&opts);
+        net.reconfigure(opts);
         net
     }
 
+    /// Takes a new set of connectors while running: a connector that is new (or whose plan
+    /// changed) gets its metrics and, on the dialling side, a dial loop that starts at once; a
+    /// removed (or changed) one stops dialling and its live bridge drains — it stops taking
+    /// demand, waits for its in-flight forwards to be acknowledged, and closes — so nothing in
+    /// flight is lost. Idempotent: the same options change nothing. Returns the names of the
+    /// connectors added and removed.
+    pub fn reconfigure(self: &Arc<Self>, new: NetworkOptions) -> (Vec<String>, Vec<String>) {
+        let mut opts = self.opts.write();
+        let old: HashMap<String, String> = opts
+            .connectors
+            .iter()
+            .map(|c| (c.bridge.connector.clone(), fingerprint(c)))
+            .collect();
+        let next: HashMap<String, String> = new
+            .connectors
+            .iter()
+            .map(|c| (c.bridge.connector.clone(), fingerprint(c)))
+            .collect();
+        let mut removed: Vec<String> = old
+            .iter()
+            .filter(|(name, f)| next.get(*name) != Some(f))
+            .map(|(name, _)| name.clone())
+            .collect();
+        removed.sort();
+        let added: Vec<String> = new
+            .connectors
+            .iter()
+            .map(|c| c.bridge.connector.clone())
+            .filter(|name| old.get(name) != next.get(name))
+            .collect();
+        for name in &removed {
+            if let Some(dialer) = self.dialers.lock().remove(name) {
+                dialer.cancel();
+            }
+            if let Some(bridge) = self.live.lock().get(name) {
+                bridge.drain.cancel();
+            }
+            self.metrics.write().remove(name);
+            tracing::info!(connector = %name, "connector removed from the topology");
+        }
+        opts.secret = new.secret;
+        opts.allow_anonymous_bridges = new.allow_anonymous_bridges;
+        opts.connectors = new.connectors;
+        for plan in opts
+            .connectors
+            .iter()
+            .filter(|c| added.contains(&c.bridge.connector))
+        {
+            let name = plan.bridge.connector.clone();
+            self.metrics.write().insert(
+                name.clone(),
+                Arc::new(BridgeMetrics::new(&name, &plan.bridge.peer)),
+            );
+            if plan.dial.is_some() {
+                let stop = self.shutdown.child_token();
+                self.dialers.lock().insert(name.clone(), stop.clone());
+                self.tracker
+                    .spawn(self.clone().dial_loop(plan.clone(), stop));
+            }
+            if !old.is_empty() || !removed.is_empty() {
+                tracing::info!(connector = %name, "connector added to the topology");
+            }
+        }
+        (added, removed)
+    }
+
     pub fn status(&self) -> Vec<ConnectorStatus> {
-        let mut out: Vec<ConnectorStatus> = self.metrics.values().map(|m| m.status()).collect();
+        let mut out: Vec<ConnectorStatus> =
+            self.metrics.read().values().map(|m| m.status()).collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
@@ -386,10 +492,11 @@ impl Network {
     }
 
     fn broker_info(&self, connector: &str, duplex: bool) -> proto::BrokerInfo {
+        let opts = self.opts.read();
         proto::BrokerInfo {
-            mesh: self.opts.mesh.clone(),
-            group: self.opts.group.to_string(),
-            member: self.opts.member.clone(),
+            mesh: opts.mesh.clone(),
+            group: opts.group.to_string(),
+            member: opts.member.clone(),
             connector: connector.to_string(),
             duplex,
             ..load_info(&self.cluster)
@@ -405,22 +512,44 @@ impl Network {
         peer: &proto::BrokerInfo,
     ) -> String {
         let stop = self.shutdown.child_token();
+        let drain = CancellationToken::new();
         let number = self
             .next_bridge
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some((_, old)) = self
-            .live
-            .lock()
-            .insert(plan.bridge.connector.clone(), (number, stop.clone()))
         {
-            tracing::info!(connector = %plan.bridge.connector, "a newer bridge replaces the live one");
-            old.cancel();
+            // Under the plans' lock, so a removal either sees this bridge (and drains it) or
+            // happened before (and this bridge is not started).
+            let opts = self.opts.read();
+            if !opts
+                .connectors
+                .iter()
+                .any(|c| fingerprint(c) == fingerprint(plan))
+            {
+                return "the connector was removed from the topology".into();
+            }
+            if let Some(old) = self.live.lock().insert(
+                plan.bridge.connector.clone(),
+                LiveBridge {
+                    number,
+                    stop: stop.clone(),
+                    drain: drain.clone(),
+                },
+            ) {
+                tracing::info!(connector = %plan.bridge.connector, "a newer bridge replaces the live one");
+                old.stop.cancel();
+            }
         }
         let session = match self.broker.open_session(None) {
             Ok(s) => s,
             Err(e) => return e.to_string(),
         };
-        let metrics = self.metrics[&plan.bridge.connector].clone();
+        let metrics = match self.metrics.read().get(&plan.bridge.connector) {
+            Some(m) => m.clone(),
+            None => Arc::new(BridgeMetrics::new(
+                &plan.bridge.connector,
+                &plan.bridge.peer,
+            )),
+        };
         tracing::info!(connector = %plan.bridge.connector, peer = %plan.bridge.peer, "bridge up");
         self.cluster.peer_up(number, peer);
         let b = bridge::Bridge::new(
@@ -430,27 +559,50 @@ impl Network {
             self.routes.clone(),
             metrics,
             (self.cluster.clone(), number),
-        );
+        )
+        .with_drain(bridge::Drain {
+            signal: drain,
+            closes: plan.dial.is_some(),
+            timeout: self.drain_timeout,
+        });
         let reason = b.run(&stop).await;
         self.cluster.peer_down(number);
         let mut live = self.live.lock();
         if live
             .get(&plan.bridge.connector)
-            .is_some_and(|(n, _)| *n == number)
+            .is_some_and(|b| b.number == number)
         {
             live.remove(&plan.bridge.connector);
         }
         reason
     }
 
-    async fn dial_loop(self: Arc<Self>, plan: ConnectorPlan) {
+    /// Dials the connector's target until `stop` (shutdown, or the connector's removal).
+    async fn dial_loop(self: Arc<Self>, plan: ConnectorPlan, stop: CancellationToken) {
         let dial = plan.dial.clone().expect("dialling plan");
-        let metrics = self.metrics[&plan.bridge.connector].clone();
+        let Some(metrics) = self.metrics.read().get(&plan.bridge.connector).cloned() else {
+            return;
+        };
         let mut backoff = Backoff::new(&dial.target.options);
         let mut order: Vec<BrokerUrl> = Vec::new();
         let mut attempt = 0usize;
+        // A changed connector: its old bridge drains first (its in-flight forwards are
+        // acknowledged), then this one dials, so nothing is sent twice.
+        let draining_until = Instant::now() + self.drain_timeout;
+        while Instant::now() < draining_until
+            && self
+                .live
+                .lock()
+                .get(&plan.bridge.connector)
+                .is_some_and(|b| b.drain.is_cancelled())
+        {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
         loop {
-            if self.shutdown.is_cancelled() {
+            if stop.is_cancelled() {
                 return;
             }
             if order.is_empty() {
@@ -467,13 +619,14 @@ impl Network {
             attempt += 1;
             let connected = tokio::select! {
                 r = self.connect(&plan, &dial, &url) => r,
-                _ = self.shutdown.cancelled() => return,
+                _ = stop.cancelled() => return,
             };
             match connected {
                 Ok((pump, peer)) => {
                     let started = Instant::now();
                     let reason = self.run_bridge(&plan, pump, &peer).await;
-                    if self.shutdown.is_cancelled() {
+                    if stop.is_cancelled() {
+                        tracing::info!(connector = %plan.bridge.connector, %reason, "bridge ended");
                         return;
                     }
                     tracing::warn!(connector = %plan.bridge.connector, %reason, "bridge down; dialling again");
@@ -492,7 +645,7 @@ impl Network {
             let jitter = 0.8 + rand::random::<f64>() * 0.4;
             tokio::select! {
                 _ = tokio::time::sleep(backoff.next_delay().mul_f64(jitter)) => {}
-                _ = self.shutdown.cancelled() => return,
+                _ = stop.cancelled() => return,
             }
         }
     }
@@ -525,20 +678,22 @@ impl Network {
             hello.password = dial.password.clone().unwrap_or_default();
             hello.token = self
                 .opts
+                .read()
                 .secret
                 .as_ref()
                 .map(|s| s.expose().to_string())
                 .unwrap_or_default();
+            let mesh = hello.mesh.clone();
             wire::encode(&wire::frame(Body::BrokerInfo(hello)), &mut pump.wbuf);
             loop {
                 match wire::decode(&mut pump.rbuf, plan.bridge.max_frame_size) {
                     Ok(wire::Decoded::Frame(Frame {
                         body: Some(Body::BrokerInfo(info)),
                     })) => {
-                        if info.group != plan.bridge.peer.as_ref() || info.mesh != self.opts.mesh {
+                        if info.group != plan.bridge.peer.as_ref() || info.mesh != mesh {
                             return Err(format!(
-                                "{url} is group {} of mesh {}, not group {} of mesh {}",
-                                info.group, info.mesh, plan.bridge.peer, self.opts.mesh
+                                "{url} is group {} of mesh {}, not group {} of mesh {mesh}",
+                                info.group, info.mesh, plan.bridge.peer
                             ));
                         }
                         return Ok((pump, info));
@@ -607,14 +762,15 @@ impl Network {
         info: &proto::BrokerInfo,
         peer: SocketAddr,
     ) -> Result<ConnectorPlan, (&'static str, String)> {
-        if info.mesh != self.opts.mesh {
+        let opts = self.opts.read().clone();
+        if info.mesh != opts.mesh {
             return Err((
                 "other_mesh",
-                format!("mesh {:?} is not this mesh {:?}", info.mesh, self.opts.mesh),
+                format!("mesh {:?} is not this mesh {:?}", info.mesh, opts.mesh),
             ));
         }
         // The secret before anything else: a stranger learns nothing about the connectors.
-        let secret_ok = match &self.opts.secret {
+        let secret_ok = match &opts.secret {
             Some(secret) if !secret_matches(secret, &info.token) => {
                 let problem = if info.token.is_empty() {
                     "presented no mesh secret"
@@ -625,14 +781,14 @@ impl Network {
                     "bad_secret",
                     format!(
                         "connector {:?} {problem}: every group of mesh {:?} needs the same [mesh] secret",
-                        info.connector, self.opts.mesh
+                        info.connector, opts.mesh
                     ),
                 ));
             }
             Some(_) => true,
             None => false,
         };
-        if info.group == self.opts.group.as_ref() {
+        if info.group == opts.group.as_ref() {
             return Err((
                 "own_group",
                 format!(
@@ -641,8 +797,7 @@ impl Network {
                 ),
             ));
         }
-        let plan = self
-            .opts
+        let plan = opts
             .connectors
             .iter()
             .find(|c| {
@@ -656,7 +811,7 @@ impl Network {
                     "unknown_connector",
                     format!(
                         "no connector {:?} from group {:?} to {} in the topology",
-                        info.connector, info.group, self.opts.group
+                        info.connector, info.group, opts.group
                     ),
                 )
             })?;
@@ -674,7 +829,8 @@ impl Network {
                 if *expected != info.username {
                     return Err(bad_credentials());
                 }
-                let login = self.authenticator.login(
+                let authn = self.security.current().authenticator.clone();
+                let login = authn.login(
                     peer.ip(),
                     Some(info.username.clone()),
                     Some(info.password.clone()),
@@ -688,7 +844,7 @@ impl Network {
                 }
             }
             // Neither a secret nor credentials: an anonymous bridge.
-            None if !secret_ok && !self.opts.allow_anonymous_bridges => {
+            None if !secret_ok && !opts.allow_anonymous_bridges => {
                 return Err((
                     "anonymous",
                     format!(

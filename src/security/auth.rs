@@ -40,6 +40,10 @@ pub enum AuthError {
     /// Deliberately one error for an unknown user and a wrong password.
     #[error("wrong user name or password")]
     InvalidCredentials,
+    /// The topology changed under a logged-in connection: its user was removed or its password
+    /// changed.
+    #[error("this login was revoked by a topology change (user removed or password changed): log in again")]
+    Revoked,
 }
 
 /// Why a login failed: refused by its credentials, or turned away before they were checked.
@@ -61,6 +65,9 @@ pub fn hash_password(plain: &str) -> String {
 
 struct Account {
     hash: PasswordHash,
+    /// The hash as written, to tell whether a user's password changed between two versions
+    /// of the rules.
+    hash_text: String,
     groups: Vec<String>,
 }
 
@@ -96,6 +103,7 @@ impl Authenticator {
                         user.name.clone(),
                         Account {
                             hash,
+                            hash_text: user.password_hash.clone(),
                             groups: user.groups.clone(),
                         },
                     );
@@ -156,6 +164,35 @@ impl Authenticator {
         drop(slot);
         self.gate.record(from, outcome.is_ok());
         Ok(outcome?)
+    }
+
+    /// Whether a connection let in by `earlier` may stay under these rules, and with which
+    /// security groups: a user must still exist with the same password, an anonymous
+    /// connection needs anonymous access still allowed. No password is verified (the
+    /// connection proved it knew it when it logged in).
+    pub fn readmit(
+        &self,
+        principal: &Principal,
+        earlier: &Authenticator,
+    ) -> Result<Principal, AuthError> {
+        let Some(name) = &principal.user else {
+            return if self.allow_anonymous || self.dummy.is_none() {
+                Ok(Principal::anonymous())
+            } else {
+                Err(AuthError::AnonymousRefused)
+            };
+        };
+        let now = self.accounts.get(name);
+        let then = earlier.accounts.get(name);
+        match (now, then) {
+            (Some(now), Some(then)) if now.hash_text == then.hash_text => Ok(Principal {
+                user: Some(name.clone()),
+                groups: now.groups.clone(),
+            }),
+            // No users left at all: credentials are ignored, anonymous access decides.
+            (None, _) if self.dummy.is_none() && self.allow_anonymous => Ok(Principal::anonymous()),
+            _ => Err(AuthError::Revoked),
+        }
     }
 
     /// Logs a connection in. No user name (or an empty one) asks for anonymous access. With no

@@ -15,6 +15,7 @@ mod acl;
 mod auth;
 pub mod certs;
 mod gate;
+mod live;
 mod secret;
 
 pub use acl::{Action, Authorizer, Denied};
@@ -25,6 +26,7 @@ pub use certs::{
     client_config, client_config_with_identity, generate_dev_pki, load_server_config, CertError,
 };
 pub use gate::{GateRefusal, LoginGate};
+pub use live::{LiveSecurity, Rules};
 pub use secret::ensure_mesh_secret;
 
 /// A fresh random secret for a topology's `replication_token`: 32 bytes from the operating

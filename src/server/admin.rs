@@ -1,4 +1,5 @@
-//! The admin HTTP port: `/metrics`, `/status`, `/healthz`, `/readyz`.
+//! The admin HTTP port: `/metrics`, `/status`, `/healthz`, `/readyz`; `/topology` and its
+//! writes are `admin_topology`'s, the mesh view and the drain `admin_ui`'s.
 
 use std::sync::Arc;
 
@@ -46,6 +47,9 @@ pub struct MemberStatus {
     /// On the master of a replicated group: each connected slave and its lag.
     #[serde(default)]
     pub slaves: Vec<crate::ha::replication::FollowerStatus>,
+    /// While the member drains (`POST /drain`): its progress.
+    #[serde(default)]
+    pub drain: Option<super::drain::DrainStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -75,6 +79,8 @@ pub(crate) async fn serve(
         .route("/status", get(status))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .merge(super::admin_topology::routes())
+        .merge(super::admin_ui::routes())
         .with_state(state);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -172,6 +178,7 @@ pub(crate) fn member_status(state: &MemberState) -> MemberStatus {
             .map(|n| n.status())
             .unwrap_or_default(),
         cluster: term.as_ref().map(|t| t.cluster.status()),
+        drain: state.operations.drain_status(),
     }
 }
 

@@ -24,7 +24,7 @@ use crate::broker::{
 };
 use crate::cluster::Registration;
 use crate::metrics::{LatencyBatch, DISPATCH_LATENCY_HISTOGRAM, END_TO_END_LATENCY_HISTOGRAM};
-use crate::security::{Action, Principal};
+use crate::security::{Action, Principal, Rules};
 use crate::store::StoreError;
 use crate::transport::{Due, IoEvent, Liveness, Pump};
 use crate::wire::proto::{self, ErrorCode};
@@ -187,6 +187,12 @@ pub(crate) struct Connection<C: Codec> {
     pending: crate::broker::PendingCharge,
     /// Rate-limits creating subscriptions and destinations.
     creations: TokenBucket,
+    /// The login and ACL rules this connection was last checked against, and the signal
+    /// that they were replaced (`meshmq apply`): then it is checked again at once.
+    rules: Arc<Rules>,
+    rules_changed: tokio::sync::watch::Receiver<u64>,
+    /// What each open subscription reads (to end those whose read right is revoked).
+    subscribed: HashMap<u64, DestinationPattern>,
 }
 
 impl<C: Codec> Connection<C> {
@@ -202,6 +208,10 @@ impl<C: Codec> Connection<C> {
         peer_silence: Option<Duration>,
     ) -> Connection<C> {
         let pending = session.broker().memory_pending();
+        let rules_changed = ctx.security.watch();
+        // The login may have been checked against rules replaced since: the first turn of
+        // the loop checks it against these.
+        let rules = ctx.security.current();
         Connection {
             pending,
             creations: TokenBucket::new(CREATION_BURST, CREATIONS_PER_SECOND, Instant::now()),
@@ -221,6 +231,53 @@ impl<C: Codec> Connection<C> {
             registration: None,
             producing: false,
             consumers: 0,
+            rules,
+            rules_changed,
+            subscribed: HashMap::new(),
+        }
+    }
+
+    /// Checks the connection against the member's current rules: a login that is no longer
+    /// valid (user removed, password changed, anonymous access turned off) ends the
+    /// connection; a subscription whose read right is gone ends with an error; every later
+    /// action is checked against the new ACLs.
+    fn recheck_rules(&mut self) {
+        self.rules_changed.borrow_and_update();
+        let now = self.ctx.security.current();
+        match now.readmit(&self.principal, &self.rules) {
+            Err(e) => {
+                self.ctx.metrics.denied();
+                tracing::info!(user = ?self.principal.user, "a topology change revoked this connection's login");
+                self.error(ErrorCode::Unauthenticated, &e.to_string(), None, true);
+                self.closing = Some("login revoked");
+            }
+            Ok(principal) => {
+                self.principal = principal;
+                self.rules = now;
+                let mut lost: Vec<(u64, DestinationPattern)> = self
+                    .subscribed
+                    .iter()
+                    .filter(|(_, p)| {
+                        self.rules
+                            .authorizer
+                            .check_pattern(&self.principal, Action::Read, p)
+                            .is_err()
+                    })
+                    .map(|(s, p)| (*s, p.clone()))
+                    .collect();
+                lost.sort_by_key(|(s, _)| *s);
+                for (sub, pattern) in lost {
+                    self.ctx.metrics.denied();
+                    self.subscribed.remove(&sub);
+                    let _ = self.session.unsubscribe(sub, false);
+                    self.error(
+                        ErrorCode::Forbidden,
+                        &format!("subscription {sub} to {pattern}: the read right was revoked by a topology change; the subscription is closed"),
+                        None,
+                        false,
+                    );
+                }
+            }
         }
     }
 
@@ -279,6 +336,7 @@ impl<C: Codec> Connection<C> {
     async fn run_loop(&mut self, shutdown: &CancellationToken) -> &'static str {
         let timer = tokio::time::sleep_until(self.next_timer());
         tokio::pin!(timer);
+        self.recheck_rules();
         // Frames may already be buffered behind the handshake.
         self.process_frames();
         loop {
@@ -332,7 +390,9 @@ impl<C: Codec> Connection<C> {
                     None => std::future::pending().await,
                 }
             };
+            let mut rules_changed = self.rules_changed.clone();
             tokio::select! {
+                Ok(()) = rules_changed.changed() => self.recheck_rules(),
                 control = pushed => {
                     self.codec.encode_control(control, &mut self.pump.wbuf);
                 }
@@ -493,18 +553,14 @@ impl<C: Codec> Connection<C> {
         action: Action,
         pattern: &DestinationPattern,
     ) -> Result<(), String> {
-        let Some(authz) = &self.ctx.authorizer else {
-            return Ok(());
-        };
-        authz
+        self.rules
+            .authorizer
             .check_pattern(&self.principal, action, pattern)
             .map_err(|d| d.to_string())
     }
 
     fn authorize_destination(&self, action: Action, dest: &Destination) -> Result<(), String> {
-        let Some(authz) = &self.ctx.authorizer else {
-            return Ok(());
-        };
+        let authz = &self.rules.authorizer;
         authz
             .check(&self.principal, action, dest)
             .map_err(|d| d.to_string())?;
@@ -518,6 +574,13 @@ impl<C: Codec> Connection<C> {
 
     /// Does what one request asks: the only place requests take effect, for every protocol.
     fn apply(&mut self, request: Request<C::Receipt>) {
+        // Rules replaced while frames were being read apply from the next frame on.
+        if self.rules_changed.has_changed().unwrap_or(false) {
+            self.recheck_rules();
+            if self.closing.is_some() {
+                return;
+            }
+        }
         match request {
             Request::Send(send) => self.on_send(send),
             Request::Subscribe { spec, receipt } => {
@@ -529,8 +592,12 @@ impl<C: Codec> Connection<C> {
                     return self.creation_refused(receipt);
                 }
                 let before = self.session.last_record();
+                let (sub, pattern) = (spec.subscription, spec.destination.clone());
                 match self.session.subscribe(spec) {
-                    Ok(()) => self.receipt_after(self.session.record_since(before), receipt),
+                    Ok(()) => {
+                        self.subscribed.insert(sub, pattern);
+                        self.receipt_after(self.session.record_since(before), receipt)
+                    }
                     Err(e) => self.refuse(&e, receipt),
                 }
             }
@@ -541,7 +608,10 @@ impl<C: Codec> Connection<C> {
             } => {
                 let before = self.session.last_record();
                 match self.session.unsubscribe(subscription, remove_durable) {
-                    Ok(()) => self.receipt_after(self.session.record_since(before), receipt),
+                    Ok(()) => {
+                        self.subscribed.remove(&subscription);
+                        self.receipt_after(self.session.record_since(before), receipt)
+                    }
                     Err(e) => self.refuse(&e, receipt),
                 }
             }

@@ -11,7 +11,7 @@ use super::*;
 use crate::broker::{Broker, BrokerSettings, DestinationLimits, Draft, OnFull, SubscribeSpec};
 use crate::cluster::{Cluster, ClusterOptions, ClusterPolicy};
 use crate::config::{Acl, Security};
-use crate::security::{Authenticator, Authorizer};
+use crate::security::LiveSecurity;
 use crate::server::native::Native;
 use crate::server::{ConnSettings, Identity, ListenerMetrics, Protocol, StompLimits};
 use crate::wire::{self, Body};
@@ -46,8 +46,7 @@ fn ctx(broker: &Broker, acls: Vec<Acl>) -> Arc<ConnCtx> {
         settings: ConnSettings::default(),
         identity: Arc::new(Identity::default()),
         metrics: ListenerMetrics::new("tcp://127.0.0.1:1", Protocol::Native),
-        authenticator: Arc::new(Authenticator::new(&security)),
-        authorizer: (!security.acls.is_empty()).then(|| Arc::new(Authorizer::new(&security))),
+        security: LiveSecurity::new(&security, crate::security::DEFAULT_LOGIN_MEMORY),
         stomp: StompLimits {
             max_headers: 100,
             max_header_length: 10 * 1024,
@@ -55,6 +54,7 @@ fn ctx(broker: &Broker, acls: Vec<Acl>) -> Arc<ConnCtx> {
         network: None,
         cluster: Cluster::new(ClusterOptions::default()),
         cluster_policy: Arc::new(ClusterPolicy::default()),
+        accepting: tokio_util::sync::CancellationToken::new(),
     })
 }
 

@@ -8,8 +8,12 @@
 //! timeout has passed, so the process exits promptly on SIGTERM.
 
 pub mod admin;
+pub mod admin_topology;
+pub mod admin_ui;
 mod conn;
+pub mod drain;
 mod election;
+pub mod live;
 pub(crate) mod native;
 mod replicated;
 mod request;
@@ -30,7 +34,7 @@ use crate::broker::{Broker, BrokerError, BrokerSettings};
 use crate::cluster::{Cluster, ClusterOptions, ClusterPolicy};
 use crate::config::{Election, Scheme, SyncMode, Topology};
 use crate::metrics as m;
-use crate::security::{Authenticator, Authorizer, LoginError, Principal};
+use crate::security::{LiveSecurity, LoginError, Principal};
 use crate::store::{Durability, StoreConfig, StoreError};
 use crate::transport::quic::{self, QuicIncoming, QuicListener};
 use crate::transport::{ConnectionCount, Incoming, Listener, TransportError};
@@ -160,7 +164,6 @@ pub struct ServerOptions {
     pub shutdown_timeout: Duration,
     pub expiry_check_interval: Duration,
     pub max_destinations: usize,
-    pub security: crate::config::Security,
     pub stomp: StompLimits,
     /// Connectors of this member's group (`None`: no network).
     pub network: Option<crate::network::NetworkOptions>,
@@ -171,6 +174,13 @@ pub struct ServerOptions {
     pub repair: bool,
     /// This group as its clients are told about it.
     pub cluster: ClusterOptions,
+    /// The whole topology the member starts with (what it reports on `/topology`, and what
+    /// `meshmq apply` changes).
+    pub topology: Arc<Topology>,
+    /// How many members this member's group has (1: a drain moves its clients to other groups).
+    pub group_members: usize,
+    /// Every member of the mesh and its admin address (the mesh view reads their `/status`).
+    pub mesh_members: Vec<admin_ui::MeshMemberRef>,
 }
 
 impl ServerOptions {
@@ -274,7 +284,6 @@ impl ServerOptions {
             shutdown_timeout: policy.shutdown_timeout,
             expiry_check_interval: policy.expiry_check_interval,
             max_destinations: topo.metrics.max_destinations,
-            security: topo.security.clone(),
             network: Some(crate::network::NetworkOptions::from_topology(topo, member)?),
             stomp: StompLimits {
                 max_headers: policy.stomp_max_headers as usize,
@@ -305,7 +314,23 @@ impl ServerOptions {
                 capacity: m.listeners.iter().map(|l| l.max_connections as u64).sum(),
                 rebalance: m.listeners.iter().any(|l| l.rebalance_cluster_clients),
                 settings: topo.rebalance.clone(),
+                rebalance_filters: m
+                    .listeners
+                    .iter()
+                    .filter(|l| l.rebalance_cluster_clients)
+                    .map(|l| l.update_cluster_filter.clone())
+                    .collect(),
             },
+            topology: Arc::new(topo.clone()),
+            group_members: group.members.len(),
+            mesh_members: topo
+                .members()
+                .map(|(g, m)| admin_ui::MeshMemberRef {
+                    group: g.name.to_string(),
+                    member: m.name.to_string(),
+                    admin: m.admin,
+                })
+                .collect(),
         })
     }
 }
@@ -477,9 +502,8 @@ pub(crate) struct ConnCtx {
     pub settings: ConnSettings,
     pub identity: Arc<Identity>,
     pub metrics: ListenerMetrics,
-    pub authenticator: Arc<Authenticator>,
-    /// `None` when the topology has no ACL entries (everyone logged in may do everything).
-    pub authorizer: Option<Arc<Authorizer>>,
+    /// The member's current login and ACL rules (replaced in place by `meshmq apply`).
+    pub security: Arc<LiveSecurity>,
     pub stomp: StompLimits,
     /// Bridges from other groups arrive on client listeners.
     pub network: Option<Arc<crate::network::Network>>,
@@ -487,6 +511,9 @@ pub(crate) struct ConnCtx {
     pub cluster: Arc<Cluster>,
     /// This listener's cluster options.
     pub cluster_policy: Arc<ClusterPolicy>,
+    /// Cancelled when the member stops taking new connections (a drain): the accept loop
+    /// ends and its socket closes, while the connections it admitted go on.
+    pub accepting: CancellationToken,
 }
 
 impl ConnCtx {
@@ -500,19 +527,17 @@ impl ConnCtx {
         user: Option<String>,
         password: Option<String>,
     ) -> Result<Principal, String> {
-        self.authenticator
-            .login(peer.ip(), user, password)
-            .await
-            .map_err(|e| {
-                match &e {
-                    LoginError::Refused(_) => self.metrics.auth_failed(),
-                    LoginError::Gate(g) => {
-                        self.metrics.refused(g.reason());
-                        tracing::debug!(%peer, error = %g, "login turned away");
-                    }
+        let authn = self.security.current().authenticator.clone();
+        authn.login(peer.ip(), user, password).await.map_err(|e| {
+            match &e {
+                LoginError::Refused(_) => self.metrics.auth_failed(),
+                LoginError::Gate(g) => {
+                    self.metrics.refused(g.reason());
+                    tracing::debug!(%peer, error = %g, "login turned away");
                 }
-                e.to_string()
-            })
+            }
+            e.to_string()
+        })
     }
 }
 
@@ -573,6 +598,10 @@ pub(crate) struct MemberState {
     max_destinations: usize,
     memory_limit: u64,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    /// The topology it runs now, its live security and connectors.
+    live: live::LiveTopology,
+    /// Admin writes (the drain) and the mesh view.
+    operations: drain::Operations,
 }
 
 impl MemberState {
@@ -661,6 +690,14 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         max_destinations: opts.max_destinations,
         memory_limit: opts.broker.memory_limit,
         prometheus,
+        live: live::LiveTopology::new(
+            opts.topology.clone(),
+            &opts.identity.member,
+            opts.network.clone(),
+            // Password verifications running at once may use a sixteenth of the memory limit.
+            (opts.broker.memory_limit / 16).max(crate::security::DEFAULT_LOGIN_MEMORY),
+        ),
+        operations: drain::Operations::new(&opts, shutdown.clone()),
     });
     state.set_role(Role::Starting);
     state.set_epoch(0);
@@ -684,8 +721,10 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             let stopped = term.stopped();
             tracker.spawn(async move {
                 tokio::select! {
+                    // A shutdown also ends the term: that is not the term ending by itself.
+                    biased;
                     _ = shutdown_token.cancelled() => {}
-                    _ = stopped.cancelled() => {
+                    _ = stopped.cancelled(), if !shutdown_token.is_cancelled() => {
                         // The term ended itself (its journal failed): with no other member to
                         // take over, exit with a failure; a restart recovers what is on disk.
                         let cause = "the master term ended by itself (see the error above)";
@@ -789,6 +828,7 @@ async fn accept_loop(
         let incoming = tokio::select! {
             r = listener.accept() => r,
             _ = shutdown.cancelled() => return,
+            _ = ctx.accepting.cancelled() => return,
         };
         match incoming {
             Ok(Incoming::Admitted {
@@ -897,6 +937,10 @@ async fn quic_accept_loop(
         let incoming = tokio::select! {
             i = listener.accept() => i,
             _ = shutdown.cancelled() => {
+                listener.close();
+                return;
+            }
+            _ = ctx.accepting.cancelled() => {
                 listener.close();
                 return;
             }

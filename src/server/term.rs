@@ -14,7 +14,6 @@ use tokio_util::task::TaskTracker;
 use crate::broker::Broker;
 use crate::cluster::Cluster;
 use crate::metrics as m;
-use crate::security::{Authenticator, Authorizer};
 use crate::store::{Store, StoreError};
 use crate::transport::quic::QuicListener;
 use crate::transport::{ConnectionCount, Listener, TransportError};
@@ -31,6 +30,8 @@ pub(crate) struct TermView {
     pub listeners: Vec<(ListenerSpec, SocketAddr, Arc<ConnectionCount>)>,
     pub network: Option<Arc<crate::network::Network>>,
     pub cluster: Arc<Cluster>,
+    /// Cancel to stop taking new connections (see `ConnCtx::accepting`).
+    pub accepting: CancellationToken,
 }
 
 pub(crate) struct Term {
@@ -105,26 +106,25 @@ impl Term {
         let stop = parent.child_token();
         let tracker = TaskTracker::new();
         let identity = state.identity.clone();
-        // Password verifications running at once may use a sixteenth of the memory limit.
-        let authenticator = Arc::new(Authenticator::with_login_memory(
-            &opts.security,
-            (opts.broker.memory_limit / 16).max(crate::security::DEFAULT_LOGIN_MEMORY),
-        ));
-        let authorizer =
-            (!opts.security.acls.is_empty()).then(|| Arc::new(Authorizer::new(&opts.security)));
+        let security = state.live.security.clone();
         let cluster = Cluster::new(opts.cluster.clone());
-        let network = opts.network.clone().map(|n| {
+        // The connectors of the topology the member runs now (an apply may have changed them
+        // since it started).
+        let (version, network_opts) = state.live.network();
+        let network = network_opts.map(|n| {
             crate::network::Network::start(
                 n,
                 broker.clone(),
-                authenticator.clone(),
+                security.clone(),
                 cluster.clone(),
                 stop.clone(),
                 &tracker,
             )
         });
         tracker.spawn(cluster.clone().run_rebalancer(stop.clone()));
+        let accepting = stop.child_token();
         let view = TermView {
+            accepting: accepting.clone(),
             broker: broker.clone(),
             listeners: bound
                 .iter()
@@ -140,12 +140,12 @@ impl Term {
                 settings: opts.conn.clone(),
                 identity: identity.clone(),
                 metrics: ListenerMetrics::new(&spec.url, spec.protocol),
-                authenticator: authenticator.clone(),
-                authorizer: authorizer.clone(),
+                security: security.clone(),
                 stomp: opts.stomp,
                 network: network.clone(),
                 cluster: cluster.clone(),
                 cluster_policy: spec.cluster.clone(),
+                accepting: accepting.clone(),
             });
             tracing::info!(listener = %spec.url, %addr, "listening");
             match listener {
@@ -173,7 +173,16 @@ impl Term {
             opts.checkpoint_interval,
             stop.clone(),
         ));
-        *state.term.write() = Some(view);
+        {
+            let mut published = state.term.write();
+            // An apply that came in since the connectors were read found no term to change.
+            if let (Some(net), (now, Some(latest))) = (&network, state.live.network()) {
+                if now != version {
+                    net.reconfigure(latest);
+                }
+            }
+            *published = Some(view);
+        }
         state.set_role(Role::Master);
         counter!(m::TERMS).increment(1);
         tracing::info!(member = %opts.identity.member, "serving as master");

@@ -136,6 +136,12 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io(dir, "sync the directory", e))
 }
 
+/// How long the writer waits for more work before it syncs the synced mark.
+const MARK_IDLE: Duration = Duration::from_millis(20);
+
+/// The longest the synced mark goes unsynced under a load that never lets the writer idle.
+const MARK_MAX_LAG: Duration = Duration::from_secs(1);
+
 /// Most bytes of records the writer may be behind before new persistent sends wait.
 const MAX_BEHIND: u64 = 8 << 20;
 
@@ -789,19 +795,28 @@ fn writer(shared: Arc<Shared>) {
         let carried = !shared.writing.lock().carry.frames.is_empty();
         if !carried {
             let synced_mode = shared.options.durability == Durability::Synced;
-            if synced_mode && shared.batch.lock().frames.is_empty() {
-                // Idle: make the synced mark durable before waiting, so after a power cut it
-                // lags the true synced point only by what was written since.
-                if let Err(e) = shared.mark.sync() {
-                    fail(&shared, &e);
-                    return;
-                }
-            }
             let mut batch = shared.batch.lock();
             while batch.frames.is_empty()
                 && !shared.stop.load(Ordering::Acquire)
                 && shared.failed.lock().is_none()
             {
+                if synced_mode && shared.mark.is_dirty() {
+                    // Idle for a moment: make the synced mark durable, so after a power cut it
+                    // lags the true synced point only by what was written since. Not at once:
+                    // a producer waiting for each receipt would pay a second sync per message.
+                    if shared.wake.wait_for(&mut batch, MARK_IDLE).timed_out()
+                        && batch.frames.is_empty()
+                    {
+                        let synced =
+                            parking_lot::MutexGuard::unlocked(&mut batch, || shared.mark.sync());
+                        if let Err(e) = synced {
+                            drop(batch);
+                            fail(&shared, &e);
+                            return;
+                        }
+                    }
+                    continue;
+                }
                 shared.wake.wait(&mut batch);
             }
             if batch.frames.is_empty() || shared.failed.lock().is_some() {
@@ -914,6 +929,10 @@ fn complete(
     }
     let last = batch.frames[frames - 1].0;
     shared.mark.record(last)?;
+    if shared.options.durability == Durability::Synced && shared.mark.since_sync() >= MARK_MAX_LAG {
+        // Under a load that never lets the writer idle, the mark is still synced now and then.
+        shared.mark.sync()?;
+    }
     shared
         .unsynced_bytes
         .fetch_sub(bytes as u64, Ordering::Relaxed);

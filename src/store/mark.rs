@@ -13,6 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use super::StoreError;
 
@@ -78,6 +79,7 @@ pub(crate) struct SyncedMark {
     file: File,
     path: std::path::PathBuf,
     dirty: AtomicBool,
+    last_sync: parking_lot::Mutex<Instant>,
 }
 
 impl SyncedMark {
@@ -99,6 +101,7 @@ impl SyncedMark {
             file,
             path,
             dirty: AtomicBool::new(false),
+            last_sync: parking_lot::Mutex::new(Instant::now()),
         })
     }
 
@@ -111,6 +114,16 @@ impl SyncedMark {
         Ok(())
     }
 
+    /// A recorded mark is not durable yet.
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Acquire)
+    }
+
+    /// Time since the mark was last made durable.
+    pub(crate) fn since_sync(&self) -> Duration {
+        self.last_sync.lock().elapsed()
+    }
+
     /// Makes the last recorded mark durable, if it is not yet.
     pub(crate) fn sync(&self) -> Result<(), StoreError> {
         if self.dirty.swap(false, Ordering::AcqRel) {
@@ -119,6 +132,7 @@ impl SyncedMark {
                 return Err(StoreError::io(&self.path, "sync", e));
             }
         }
+        *self.last_sync.lock() = Instant::now();
         Ok(())
     }
 }

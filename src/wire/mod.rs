@@ -433,6 +433,7 @@ mod tests {
                         name: "g".into(),
                         uris: vec!["tcp://127.0.0.1:1".into()],
                         clients: 3,
+                        capacity: 10,
                     }],
                 }),
             })),

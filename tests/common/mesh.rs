@@ -214,6 +214,12 @@ impl Member {
         self.proc.is_some()
     }
 
+    /// The process id of the running member (`None` when it is not running or has exited).
+    pub fn pid(&mut self) -> Option<i32> {
+        let p = self.proc.as_mut()?;
+        p.try_wait().is_none().then(|| p.pid())
+    }
+
     pub fn status(&self) -> Option<MemberStatus> {
         match http_get(self.admin, "/status") {
             Ok((200, body)) => serde_json::from_str(&body).ok(),
@@ -246,6 +252,58 @@ pub struct Mesh {
 }
 
 impl Mesh {
+    /// A copy of the shipped `topologies/NAME`, every `127.0.0.1:PORT` moved to a free port
+    /// (data directories default to the copy's directory); nothing is started.
+    pub fn from_shipped(name: &str) -> Mesh {
+        let original = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("topologies")
+            .join(name);
+        let text = std::fs::read_to_string(&original).expect("read the shipped topology");
+        let marker = "127.0.0.1:";
+        let mut ports: Vec<u16> = Vec::new();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find(marker) {
+            rest = &rest[at + marker.len()..];
+            let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            if rest[digits.len()..].starts_with('"') {
+                ports.push(digits.parse().expect("a port"));
+            }
+        }
+        let mut copy = text.clone();
+        for (old, new) in ports.iter().zip(free_ports(ports.len())) {
+            copy = copy.replace(&format!("{marker}{old}\""), &format!("{marker}{new}\""));
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let topology = dir.path().join(name);
+        std::fs::write(&topology, &copy).expect("write the copy");
+        let topo = meshmq::config::load(&topology).expect("the copy is a valid topology");
+        let mut members = Vec::new();
+        for g in &topo.groups {
+            for m in &g.members {
+                let addr_of = |scheme: &str| {
+                    m.listeners
+                        .iter()
+                        .find(|l| l.url.scheme.to_string() == scheme)
+                        .map(|l| l.url.addr)
+                };
+                members.push(Member {
+                    name: m.name.as_str().to_string(),
+                    group: g.name.as_str().to_string(),
+                    listen: addr_of("tcp").expect("a tcp listener"),
+                    stomp: addr_of("stomp"),
+                    admin: m.admin,
+                    proc: None,
+                    log: dir.path().join(format!("{}.log", members.len())),
+                });
+            }
+        }
+        Mesh {
+            dir,
+            topology,
+            members,
+        }
+    }
+
     pub fn member(&self, name: &str) -> &Member {
         self.members
             .iter()
@@ -253,7 +311,7 @@ impl Mesh {
             .unwrap_or_else(|| panic!("no member {name}"))
     }
 
-    fn member_mut(&mut self, name: &str) -> &mut Member {
+    pub fn member_mut(&mut self, name: &str) -> &mut Member {
         self.members
             .iter_mut()
             .find(|m| m.name == name)

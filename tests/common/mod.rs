@@ -580,6 +580,11 @@ impl Broker {
         &self.member
     }
 
+    /// The topology file it was started with.
+    pub fn topology(&self) -> &Path {
+        &self.topology
+    }
+
     pub fn pid(&self) -> i32 {
         self.proc.pid()
     }
@@ -1151,6 +1156,30 @@ pub fn http_get_within(
     Ok((code, body.to_string()))
 }
 
+/// POSTs an empty body to `path` (with `Authorization: Bearer TOKEN` when given); returns the
+/// status code and the body. Panics when the member does not answer.
+pub fn http_post(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let post = || -> io::Result<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        Ok((code, text))
+    };
+    post().unwrap_or_else(|e| panic!("POST http://{addr}{path}: {e}"))
+}
+
 fn dechunk(mut body: &str) -> Option<String> {
     let mut out = String::new();
     loop {
@@ -1371,6 +1400,60 @@ pub struct History {
 /// A history shared between a test's producer and consumer tasks (never locked across an
 /// `.await`).
 pub type SharedHistory = Arc<Mutex<History>>;
+/// A producer for the crash tests: sends persistent messages to `queue` one receipt at a time,
+/// recording each as sent and then receipted in `history`, until the connection breaks.
+pub async fn produce_until_broken(
+    url: String,
+    queue: &'static str,
+    name: String,
+    history: SharedHistory,
+    receipts: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let Ok(client) = Client::connect(&url, ClientOptions::default()).await else {
+        return;
+    };
+    for i in 0.. {
+        let body = format!("{name}-{i:06}");
+        history.lock().unwrap().sent(&body);
+        let msg = meshmq::client::Outgoing::new(body.clone()).persistent(true);
+        if client.send_with_receipt(queue, &msg).await.is_err() {
+            return;
+        }
+        history.lock().unwrap().receipted(&body);
+        receipts.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A consumer for the crash tests: records and acknowledges (without waiting) every delivery
+/// from `queue` until the connection breaks.
+pub async fn consume_until_broken(
+    url: String,
+    queue: &'static str,
+    history: SharedHistory,
+    delivered: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let Ok(client) = Client::connect(&url, ClientOptions::default()).await else {
+        return;
+    };
+    let options = SubscribeOptions {
+        ack: AckMode::ClientIndividual,
+        prefetch: 50,
+        ..SubscribeOptions::default()
+    };
+    let Ok(mut sub) = client.subscribe(queue, options).await else {
+        return;
+    };
+    while let Some(d) = sub.next().await {
+        history
+            .lock()
+            .unwrap()
+            .delivered(&message_name(&d.body), d.redelivery_count);
+        delivered.fetch_add(1, Ordering::Relaxed);
+        if sub.ack(&d).await.is_err() {
+            return;
+        }
+    }
+}
 
 /// The name of a message in a [`History`]: its body up to the first `|`.
 pub fn message_name(body: &[u8]) -> String {

@@ -1,0 +1,181 @@
+//! Draining a member before an upgrade (`POST /drain` on its admin port; `meshmq drain`).
+//!
+//! A drained master stops accepting connections at once. Alone in its group, it then asks its
+//! failover clients to move to the other groups at a bounded rate (see `cluster::drain`), waits
+//! until they have left and its queues have emptied through the connectors, and exits. With
+//! standbys in its group it hands the group over instead: its term stops (connections told,
+//! a clean checkpoint, the journal closed) and the file lock or the ZooKeeper session goes with
+//! the process, so a standby takes over and the clients reconnect to it through their failover
+//! URLs. A standby just exits.
+//!
+//! Owns: the drain's sequence and the progress `/status` shows, and the admin token check.
+//! Must not touch: how a client moves (the cluster registry asks it) or how a term stops (the
+//! term does that). Invariants: a drain starts at most once and only with the `[admin]` token;
+//! nothing is dropped — a client that cannot be asked to move is closed by the ordinary
+//! shutdown (it reconnects through its failover URL), and messages still queued at the
+//! deadline stay in the journal for the member's next start.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::{admin_ui::MeshMemberRef, MemberState, ServerOptions};
+
+/// `/status` while a drain runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DrainStatus {
+    /// `moving clients`, `emptying queues`, `handing over` or `stopping`.
+    pub phase: String,
+    /// Client connections still here.
+    pub clients: u64,
+    /// Messages still held on this member's queues.
+    pub queued: u64,
+    /// Requests to move sent so far.
+    pub moves_asked: u64,
+    /// Seconds until the drain stops waiting and exits anyway.
+    pub seconds_left: f64,
+}
+
+/// What the admin port may change on a member, and what it shows of the mesh.
+pub(crate) struct Operations {
+    group_members: usize,
+    pub(crate) mesh: Vec<MeshMemberRef>,
+    shutdown: CancellationToken,
+    drain: Mutex<Option<(Instant, DrainStatus)>>,
+}
+
+/// Why an admin write was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// A drain is already running.
+    AlreadyDraining,
+}
+
+impl Operations {
+    pub(crate) fn new(opts: &ServerOptions, shutdown: CancellationToken) -> Operations {
+        Operations {
+            group_members: opts.group_members,
+            mesh: opts.mesh_members.clone(),
+            shutdown,
+            drain: Mutex::new(None),
+        }
+    }
+
+    /// The drain's progress, once one started.
+    pub(crate) fn drain_status(&self) -> Option<DrainStatus> {
+        self.drain.lock().as_ref().map(|(deadline, s)| {
+            let mut s = s.clone();
+            s.seconds_left = deadline
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64();
+            s
+        })
+    }
+
+    fn set(&self, update: impl FnOnce(&mut DrainStatus)) {
+        if let Some((_, s)) = self.drain.lock().as_mut() {
+            update(s);
+        }
+    }
+}
+
+/// Starts draining `state`'s member (at most once); it exits within about `timeout`.
+pub(crate) fn start(state: &Arc<MemberState>, timeout: Duration) -> Result<(), Refused> {
+    {
+        let mut drain = state.operations.drain.lock();
+        if drain.is_some() {
+            return Err(Refused::AlreadyDraining);
+        }
+        *drain = Some((
+            Instant::now() + timeout,
+            DrainStatus {
+                phase: "starting".into(),
+                clients: 0,
+                queued: 0,
+                moves_asked: 0,
+                seconds_left: timeout.as_secs_f64(),
+            },
+        ));
+    }
+    tracing::info!(?timeout, "drain requested");
+    tokio::spawn(run(state.clone(), timeout));
+    Ok(())
+}
+
+/// Messages held on the broker's queues (durable topic subscriptions keep theirs for their
+/// subscriber and are not waited for).
+fn queued(broker: &crate::broker::Broker) -> u64 {
+    broker
+        .destination_stats()
+        .iter()
+        .filter(|d| d.destination.starts_with("queue://"))
+        .map(|d| d.depth)
+        .sum()
+}
+
+async fn run(state: Arc<MemberState>, timeout: Duration) {
+    let ops = &state.operations;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let term = state.term.read().clone();
+    let Some(term) = term else {
+        tracing::info!("draining a standby: it serves no client; stopping");
+        ops.set(|s| s.phase = "stopping".into());
+        ops.shutdown.cancel();
+        return;
+    };
+    term.accepting.cancel();
+    tracing::info!("draining: new connections are refused");
+    if ops.group_members > 1 {
+        // A standby takes the group over once this term has stopped and the lock (or the
+        // ZooKeeper session) has gone with the process.
+        ops.set(|s| {
+            s.phase = "handing over".into();
+            s.clients = term.cluster.load().0;
+        });
+        tracing::info!("draining: handing the group over to a standby");
+        ops.shutdown.cancel();
+        return;
+    }
+    ops.set(|s| s.phase = "moving clients".into());
+    let asking = CancellationToken::new();
+    let mover = {
+        let (cluster, asking) = (term.cluster.clone(), asking.clone());
+        tokio::spawn(async move { cluster.ask_everyone_to_leave(&asking).await })
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = ops.shutdown.cancelled() => break,
+        }
+        let clients = term.cluster.load().0;
+        let queued = queued(&term.broker);
+        let moves = term.cluster.status().rebalance_moves;
+        ops.set(|s| {
+            s.clients = clients;
+            s.queued = queued;
+            s.moves_asked = moves;
+            s.phase = if clients > 0 {
+                "moving clients".into()
+            } else {
+                "emptying queues".into()
+            };
+        });
+        if clients == 0 && queued == 0 {
+            break;
+        }
+    }
+    asking.cancel();
+    let asked = mover.await.unwrap_or(0);
+    let (clients, queued) = (term.cluster.load().0, queued(&term.broker));
+    if clients > 0 || queued > 0 {
+        tracing::warn!(clients, queued, "draining: the deadline passed; the remaining clients are closed (they reconnect by their failover URLs) and the queued messages stay in the journal");
+    }
+    tracing::info!(asked, "draining: empty; stopping");
+    ops.set(|s| s.phase = "stopping".into());
+    ops.shutdown.cancel();
+}

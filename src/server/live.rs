@@ -1,0 +1,232 @@
+//! The topology a running member runs now, and taking a new one without restarting
+//! (`meshmq apply`, through the admin port's authenticated `PUT /topology`).
+//!
+//! Owns: the member's current topology, its live security rules, the connector plans the next
+//! master term starts with, and the rule for what a new file may change in place. Must not
+//! touch: listeners, the journal or the election (those keys are reported as needing a
+//! restart, never half-applied). Invariants: a file that does not validate, names another
+//! mesh, or no longer names this member changes nothing; applies are serialized; applying the
+//! file a member already runs changes nothing (idempotent); a master term and an apply never
+//! miss each other (the term's network is reconfigured under the same lock an apply takes).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{self, diff, Topology};
+use crate::network::NetworkOptions;
+use crate::security::LiveSecurity;
+
+use super::MemberState;
+
+/// What `GET /topology` answers: the file this member runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunningTopology {
+    pub mesh: String,
+    pub group: String,
+    pub member: String,
+    /// The file as the member (or the last apply) named it; relative paths in `text` resolve
+    /// against its directory.
+    pub file: String,
+    pub text: String,
+    /// 0 for the file it started with, then one more per apply that changed something.
+    pub version: u64,
+    /// Changes this member took from an apply that apply only at its restart.
+    pub restart_pending: Vec<String>,
+}
+
+/// What a member answers to an apply.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApplyOutcome {
+    pub member: String,
+    /// Each change taken in place, as `heading: what`.
+    pub applied: Vec<String>,
+    /// Changes for this member that apply only at its restart (cumulative since it started).
+    pub restart_pending: Vec<String>,
+    pub version: u64,
+}
+
+/// Why a member refused a new topology (nothing changed).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+struct Current {
+    topology: Arc<Topology>,
+    network: Option<NetworkOptions>,
+    version: u64,
+}
+
+/// A member's running topology.
+pub(crate) struct LiveTopology {
+    member: String,
+    started: Arc<Topology>,
+    current: RwLock<Current>,
+    pub security: Arc<LiveSecurity>,
+    /// One apply at a time.
+    applying: tokio::sync::Mutex<()>,
+}
+
+impl LiveTopology {
+    /// `login_memory`: bytes the password verifications running at once may use.
+    pub fn new(
+        topology: Arc<Topology>,
+        member: &str,
+        network: Option<NetworkOptions>,
+        login_memory: u64,
+    ) -> Self {
+        LiveTopology {
+            member: member.to_string(),
+            security: LiveSecurity::new(&topology.security, login_memory),
+            started: topology.clone(),
+            current: RwLock::new(Current {
+                topology,
+                network,
+                version: 0,
+            }),
+            applying: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn topology(&self) -> Arc<Topology> {
+        self.current.read().topology.clone()
+    }
+
+    /// The connectors a master term starts with now, and the version they belong to.
+    pub fn network(&self) -> (u64, Option<NetworkOptions>) {
+        let c = self.current.read();
+        (c.version, c.network.clone())
+    }
+
+    pub fn version(&self) -> u64 {
+        self.current.read().version
+    }
+
+    /// Changes between the file this member started with and `now` that it applies only at
+    /// its restart.
+    fn restart_pending(&self, now: &Topology) -> Vec<String> {
+        diff::diff(&self.started, now)
+            .into_iter()
+            .filter(|c| c.restarts(&self.member))
+            .map(|c| format!("{}: {}", c.heading, c.what))
+            .collect()
+    }
+
+    pub fn running(&self) -> RunningTopology {
+        let c = self.current.read();
+        let t = &c.topology;
+        let group = t
+            .member(&self.member)
+            .map(|(g, _)| g.name.to_string())
+            .unwrap_or_default();
+        RunningTopology {
+            mesh: t.mesh.to_string(),
+            group,
+            member: self.member.clone(),
+            file: t.file.display().to_string(),
+            text: t.source.text().to_string(),
+            version: c.version,
+            restart_pending: self.restart_pending(t),
+        }
+    }
+}
+
+/// Takes the topology `text` (named `file`) while running: validates it, checks it is this
+/// mesh and still names this member, then replaces the security rules and the connectors in
+/// place and records it as the running topology. Keys that need a restart are taken into the
+/// record but reported in `restart_pending`.
+pub(crate) async fn apply(
+    state: &MemberState,
+    text: &str,
+    file: &Path,
+) -> Result<ApplyOutcome, ApplyError> {
+    let live = &state.live;
+    let _one_at_a_time = live.applying.lock().await;
+    let new = config::parse_str(text, file).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+    let unsupported = new.unsupported();
+    if !unsupported.is_empty() {
+        return Err(ApplyError::Invalid(format!(
+            "{}: this build of meshmq cannot run: {}",
+            file.display(),
+            unsupported.join(", ")
+        )));
+    }
+    let old = live.topology();
+    if new.mesh != old.mesh {
+        return Err(ApplyError::Conflict(format!(
+            "{} is mesh {:?}, but this member runs mesh {:?}: a member never changes mesh",
+            file.display(),
+            new.mesh.as_str(),
+            old.mesh.as_str()
+        )));
+    }
+    let (old_group, _) = old
+        .member(&live.member)
+        .ok_or_else(|| ApplyError::Conflict("this member is not in its own topology".into()))?;
+    let Some((new_group, _)) = new.member(&live.member) else {
+        return Err(ApplyError::Conflict(format!(
+            "{} has no member {:?}: a member removed from the topology is stopped, not reconfigured",
+            file.display(),
+            live.member
+        )));
+    };
+    if new_group.name != old_group.name {
+        return Err(ApplyError::Conflict(format!(
+            "{} moves member {:?} from group {} to group {}: stop it and start it with the new file",
+            file.display(),
+            live.member,
+            old_group.name,
+            new_group.name
+        )));
+    }
+    let network = NetworkOptions::from_topology(&new, &live.member)
+        .map_err(|e| ApplyError::Invalid(e.to_string()))?;
+    let changes = diff::diff(&old, &new);
+    let applied: Vec<String> = changes
+        .iter()
+        .filter(|c| !c.needs_restart())
+        .map(|c| format!("{}: {}", c.heading, c.what))
+        .collect();
+    if changes.is_empty() {
+        // The same file again: nothing to do (the text may differ in comments only).
+        return Ok(ApplyOutcome {
+            member: live.member.clone(),
+            applied: Vec::new(),
+            restart_pending: live.restart_pending(&old),
+            version: live.version(),
+        });
+    }
+    if new.security != old.security {
+        live.security.replace(&new.security);
+    }
+    let new = Arc::new(new);
+    let version = {
+        // Under the term's lock: a term starting now either sees the new connectors when it
+        // publishes itself, or is published already and reconfigured here.
+        let term = state.term.read();
+        let version = {
+            let mut c = live.current.write();
+            c.version += 1;
+            c.topology = new.clone();
+            c.network = Some(network.clone());
+            c.version
+        };
+        if let Some(net) = term.as_ref().and_then(|t| t.network.as_ref()) {
+            net.reconfigure(network);
+        }
+        version
+    };
+    tracing::info!(version, changes = applied.len(), file = %file.display(), "took a new topology");
+    Ok(ApplyOutcome {
+        member: live.member.clone(),
+        applied,
+        restart_pending: live.restart_pending(&new),
+        version,
+    })
+}
