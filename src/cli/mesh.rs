@@ -310,7 +310,7 @@ async fn up_table(topo: &Topology) -> String {
     }
     out += "\nclients reach whichever member of a group serves through a failover URL:\n";
     for group in &topo.groups {
-        for scheme in [Scheme::Tcp, Scheme::Stomp] {
+        for scheme in [Scheme::Tcp, Scheme::Stomp, Scheme::Mqtt] {
             let urls: Vec<String> = group
                 .members
                 .iter()

@@ -63,6 +63,9 @@ pub(crate) trait Codec: Send + 'static {
     /// (STOMP `ack:auto`).
     fn encode_delivery(&mut self, d: &Delivery, out: &mut BytesMut) -> bool;
     fn encode_receipt(&mut self, receipt: &Self::Receipt, out: &mut BytesMut);
+    /// Writes an error (`fatal`: the connection closes after it). Returns whether the
+    /// connection must close: a protocol may have no way to tell a client of an error but
+    /// closing (every STOMP error; an MQTT 3 refused publish).
     fn encode_error(
         &mut self,
         code: ErrorCode,
@@ -70,14 +73,10 @@ pub(crate) trait Codec: Send + 'static {
         receipt: Option<&Self::Receipt>,
         fatal: bool,
         out: &mut BytesMut,
-    );
+    ) -> bool;
     fn encode_heartbeat(&mut self, out: &mut BytesMut);
     /// Writes a cluster push (protocols that have none never get one).
     fn encode_control(&mut self, _control: proto::ConnectionControl, _out: &mut BytesMut) {}
-    /// True when every error ends the connection (STOMP).
-    fn errors_are_fatal(&self) -> bool {
-        false
-    }
     /// What a producer should do with a persistent send that was not confirmed (it may or
     /// may not be delivered): resend it the way this protocol keeps from duplicating it.
     fn resend_advice(&self) -> &'static str {
@@ -124,6 +123,7 @@ pub(crate) fn error_code(e: &BrokerError) -> ErrorCode {
         | BrokerError::DurableOnQueue(_)
         | BrokerError::DurableInUse { .. }
         | BrokerError::BadPriority(_)
+        | BrokerError::BadSelector { .. }
         | BrokerError::UnknownDelivery { .. } => C::Invalid,
         BrokerError::NotFound(_) | BrokerError::NoSuchSubscription(_) => C::NotFound,
         BrokerError::NotOwner(_) => C::Forbidden,
@@ -131,7 +131,9 @@ pub(crate) fn error_code(e: &BrokerError) -> ErrorCode {
         | BrokerError::Full { .. }
         | BrokerError::JournalFull { .. } => C::ResourceExhausted,
         BrokerError::ClientIdInUse(_) => C::ClientIdInUse,
-        BrokerError::WildcardQueue(_) | BrokerError::SelectorUnsupported(_) => C::Unsupported,
+        BrokerError::WildcardQueue(_) | BrokerError::DurableSelectorUnsupported(_) => {
+            C::Unsupported
+        }
     }
 }
 
@@ -472,8 +474,8 @@ impl<C: Codec> Connection<C> {
     }
 
     fn error(&mut self, code: ErrorCode, message: &str, receipt: Option<&C::Receipt>, fatal: bool) {
-        let fatal = fatal || self.codec.errors_are_fatal();
-        self.codec
+        let fatal = self
+            .codec
             .encode_error(code, message, receipt, fatal, &mut self.pump.wbuf);
         if fatal && self.closing.is_none() {
             self.closing = Some("error");
@@ -556,7 +558,12 @@ impl<C: Codec> Connection<C> {
                         self.subscribed.insert(sub, pattern);
                         self.receipt_after(self.session.record_since(before), receipt)
                     }
-                    Err(e) => self.refuse(&e, receipt),
+                    Err(e) => {
+                        if matches!(e, BrokerError::BadSelector { .. }) {
+                            self.ctx.metrics.bad_selector();
+                        }
+                        self.refuse(&e, receipt)
+                    }
                 }
             }
             Request::Unsubscribe {

@@ -14,6 +14,7 @@ mod conn;
 pub mod drain;
 mod election;
 pub mod live;
+mod mqtt;
 pub(crate) mod native;
 mod replicated;
 mod request;
@@ -71,6 +72,7 @@ impl Default for ConnSettings {
 pub enum Protocol {
     Native,
     Stomp,
+    Mqtt,
 }
 
 impl Protocol {
@@ -78,6 +80,7 @@ impl Protocol {
         match self {
             Protocol::Native => "native",
             Protocol::Stomp => "stomp",
+            Protocol::Mqtt => "mqtt",
         }
     }
 }
@@ -89,7 +92,7 @@ pub struct ListenerSpec {
     pub addr: SocketAddr,
     pub protocol: Protocol,
     pub max_connections: usize,
-    /// TLS files (`ssl://`, `stomp+ssl://`, `quic://`).
+    /// TLS files (`ssl://`, `stomp+ssl://`, `mqtt+ssl://`, `quic://`).
     pub tls: Option<crate::config::TlsFiles>,
     /// Over QUIC rather than TCP.
     pub quic: bool,
@@ -197,6 +200,27 @@ impl ServerOptions {
                     .collect::<Vec<_>>()
                     .join(", "),
             })?;
+        // A member serves with its hard open-file limit; a listener without max_connections
+        // admits what that leaves after the reserve for journal, bridges and peers.
+        let open_files = crate::transport::files::raise_open_file_limit();
+        let default_max = crate::transport::files::default_max_connections(open_files);
+        let max_connections =
+            |l: &crate::config::Listener| l.max_connections.unwrap_or(default_max);
+        let admitted: u64 = m
+            .listeners
+            .iter()
+            .map(|l| u64::from(max_connections(l)))
+            .sum();
+        if m.listeners.iter().any(|l| l.max_connections.is_some())
+            && admitted > open_files.saturating_sub(crate::transport::files::RESERVED_FILES)
+        {
+            tracing::warn!(
+                member,
+                admitted,
+                open_files,
+                "the listeners' max_connections add up to more than this process's open-file limit leaves (ulimit -n): past it, connections fail as the limit is hit instead of being refused with a message"
+            );
+        }
         let policy = &group.broker;
         let election = match (group.election, &group.shared_dir) {
             (Election::FileLock, Some(dir)) => ElectionOptions::FileLock {
@@ -249,9 +273,10 @@ impl ServerOptions {
                     addr: l.url.addr,
                     protocol: match l.url.scheme {
                         Scheme::Stomp | Scheme::StompSsl => Protocol::Stomp,
-                        _ => Protocol::Native,
+                        Scheme::Mqtt | Scheme::MqttSsl => Protocol::Mqtt,
+                        Scheme::Tcp | Scheme::Ssl | Scheme::Quic => Protocol::Native,
                     },
-                    max_connections: l.max_connections as usize,
+                    max_connections: max_connections(l) as usize,
                     tls: l.tls.clone(),
                     quic: l.url.scheme == Scheme::Quic,
                     cluster: Arc::new(ClusterPolicy {
@@ -310,7 +335,7 @@ impl ServerOptions {
             cluster: ClusterOptions {
                 group: group.name.to_string(),
                 uris: group_client_uris(group),
-                capacity: m.listeners.iter().map(|l| l.max_connections as u64).sum(),
+                capacity: admitted,
                 rebalance: m.listeners.iter().any(|l| l.rebalance_cluster_clients),
                 settings: topo.rebalance.clone(),
                 rebalance_filters: m
@@ -341,7 +366,7 @@ pub fn group_client_uris(group: &crate::config::Group) -> Vec<String> {
         .members
         .iter()
         .flat_map(|m| m.listeners.iter())
-        .filter(|l| !matches!(l.url.scheme, Scheme::Stomp | Scheme::StompSsl))
+        .filter(|l| l.url.scheme.is_native())
         .map(|l| match &l.advertise {
             Some(a) => a.to_string(),
             None => l.url.to_string(),
@@ -462,6 +487,11 @@ impl ListenerMetrics {
 
     fn producer_blocked(&self) {
         self.blocked.increment(1);
+    }
+
+    fn bad_selector(&self) {
+        counter!(m::BAD_SELECTORS, "listener" => self.listener.clone(), "protocol" => self.protocol)
+            .increment(1);
     }
 
     fn denied(&self) {
@@ -842,6 +872,7 @@ async fn accept_loop(
                     match protocol {
                         Protocol::Native => native::refuse_over_limit(stream, max).await,
                         Protocol::Stomp => stomp::refuse_over_limit(stream, max).await,
+                        Protocol::Mqtt => mqtt::refuse_over_limit(stream, ctx).await,
                     }
                 });
             }
@@ -903,6 +934,7 @@ async fn serve_stream(
     match protocol {
         Protocol::Native => native::serve(stream, peer, ctx, shutdown, permit).await,
         Protocol::Stomp => stomp::serve(stream, peer, ctx, shutdown, permit).await,
+        Protocol::Mqtt => mqtt::serve(stream, peer, ctx, shutdown, permit).await,
     }
 }
 

@@ -101,17 +101,19 @@ enum Hello {
 /// client id.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
-/// Opens the client's session. A failover reconnect whose client id is still held here (its
-/// old connection's end has not been noticed yet: a half-open socket, a lost receipt) ends
-/// that old connection and takes the id over, as ActiveMQ does with a stale connection.
-async fn open_session(ctx: &ConnCtx, connect: &proto::Connect) -> Result<Session, BrokerError> {
-    let client_id = (!connect.client_id.is_empty()).then(|| connect.client_id.clone());
+/// Opens the client's session. With `take_over` (a failover reconnect; any MQTT connect), a
+/// client id still held here (its old connection's end has not been noticed yet: a half-open
+/// socket, a lost receipt) ends that old connection and takes the id over, as ActiveMQ does
+/// with a stale connection.
+pub(super) async fn open_session(
+    ctx: &ConnCtx,
+    client_id: Option<String>,
+    take_over: bool,
+) -> Result<Session, BrokerError> {
     let deadline = TokioInstant::now() + TAKEOVER_WAIT;
     loop {
         match ctx.broker.open_session(client_id.clone()) {
-            Err(BrokerError::ClientIdInUse(cid))
-                if connect.failover_reconnect && TokioInstant::now() < deadline =>
-            {
+            Err(BrokerError::ClientIdInUse(cid)) if take_over && TokioInstant::now() < deadline => {
                 if let Some(holder) = ctx.broker.client_id_holder(&cid) {
                     if ctx.cluster.kick(holder) {
                         tracing::debug!(client_id = %cid, "a failover reconnect takes over the client id");
@@ -192,7 +194,8 @@ async fn handshake(
         Ok(p) => p,
         Err(message) => return refuse(pump, ErrorCode::Unauthenticated, message).await,
     };
-    let mut session = match open_session(ctx, &connect).await {
+    let client_id = (!connect.client_id.is_empty()).then(|| connect.client_id.clone());
+    let mut session = match open_session(ctx, client_id, connect.failover_reconnect).await {
         Ok(s) => s,
         Err(e) => return refuse(pump, error_code(&e), e.to_string()).await,
     };
@@ -418,11 +421,12 @@ impl Codec for Native {
         receipt: Option<&u64>,
         fatal: bool,
         out: &mut BytesMut,
-    ) {
+    ) -> bool {
         wire::encode(
             &error_frame(code, message, receipt.copied().unwrap_or(0), fatal),
             out,
         );
+        fatal
     }
 
     fn encode_heartbeat(&mut self, out: &mut BytesMut) {
