@@ -73,6 +73,9 @@ pub struct BrokerSettings {
     /// Per-destination limits; the first matching pattern wins.
     pub policies: Vec<(DestinationPattern, DestinationLimits)>,
     pub max_subscriptions_per_connection: usize,
+    /// The group this broker serves: messages that arrived over bridges are known again at
+    /// start-up by how often they had left it.
+    pub group: String,
 }
 
 impl Default for BrokerSettings {
@@ -82,6 +85,7 @@ impl Default for BrokerSettings {
             defaults: DestinationLimits::default(),
             policies: Vec::new(),
             max_subscriptions_per_connection: 10_000,
+            group: String::new(),
         }
     }
 }
@@ -363,6 +367,21 @@ struct SubDemand {
 /// Sequences per chunk of remembered forward ids (a chunk is 512 bytes of bits).
 const CHUNK_IDS: u64 = 4096;
 
+/// Chunks of remembered forward ids a checkpoint keeps (the newest; at most 128 KiB). Only a
+/// forward in flight unacknowledged when its target restarts needs remembering, and records
+/// journaled after the checkpoint are remembered from the journal itself.
+const CHECKPOINT_FORWARD_CHUNKS: usize = 256;
+
+/// How a forwarded message is told apart from a later legitimate return: for a queue message,
+/// how many times it had left `local` (on its path); topic messages reach a group once.
+fn forward_reach<'a>(topic: bool, path: impl Iterator<Item = &'a str>, local: &str) -> u32 {
+    if topic {
+        u32::MAX
+    } else {
+        path.filter(|g| *g == local).count() as u32
+    }
+}
+
 /// A chunk of remembered forward ids: (interned producer, how far the message travelled — or
 /// `u32::MAX` for topic messages, which reach a group once whatever their route — and the
 /// sequence divided by [`CHUNK_IDS`]).
@@ -427,6 +446,38 @@ impl RecentIds {
             }
         }
         true
+    }
+
+    /// The newest `max` chunks, oldest first, for a checkpoint.
+    fn export(&self, max: usize) -> Vec<crate::store::proto::ForwardChunk> {
+        let skip = self.order.len().saturating_sub(max);
+        self.order
+            .iter()
+            .skip(skip)
+            .filter_map(|key| {
+                let (producer, _) = self.producers[key.0 as usize].as_ref()?;
+                Some(crate::store::proto::ForwardChunk {
+                    producer_id: producer.clone(),
+                    reach: key.1,
+                    chunk: key.2,
+                    bits: self.chunks.get(key)?.to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    /// Remembers every id of a checkpointed chunk (a malformed one is skipped: it can only
+    /// cost a duplicate).
+    fn import(&mut self, c: &crate::store::proto::ForwardChunk) {
+        for (w, word) in c.bits.iter().enumerate().take(CHUNK_IDS as usize / 64) {
+            let mut bits = *word;
+            while bits != 0 {
+                let bit = bits.trailing_zeros() as u64;
+                bits &= bits - 1;
+                let sequence = c.chunk * CHUNK_IDS + w as u64 * 64 + bit;
+                self.insert(&c.producer_id, sequence, c.reach);
+            }
+        }
     }
 
     fn intern(&mut self, producer: &Bytes) -> u32 {
@@ -746,19 +797,43 @@ impl Broker {
     /// often as the copy already here and is dropped; one that legitimately comes back (a
     /// replay after it was forwarded away from here) has left once more. A topic message is
     /// taken once whatever its route.
+    /// What was seen is journaled with the message and checkpointed, so it holds across a
+    /// restart (see [`Broker::restore_forwards`]).
     pub fn first_forward(&self, msg: &Message, topic: bool, local: &str) -> bool {
         if msg.producer_id.is_empty() || msg.sequence == 0 {
             return true;
         }
-        let reach = if topic {
-            u32::MAX
-        } else {
-            msg.broker_path.iter().filter(|g| &***g == local).count() as u32
-        };
+        let reach = forward_reach(topic, msg.broker_path.iter().map(|g| &**g), local);
         self.inner
             .recent_forwards
             .lock()
             .insert(&msg.producer_id, msg.sequence, reach)
+    }
+
+    /// Remembers the forwards a restarted broker had taken: the checkpoint's chunks, then the
+    /// messages journaled after it.
+    fn restore_forwards(
+        &self,
+        chunks: &[crate::store::proto::ForwardChunk],
+        forwarded: &[crate::store::ForwardedId],
+    ) {
+        let local = self.inner.settings.group.as_str();
+        let mut recent = self.inner.recent_forwards.lock();
+        for c in chunks {
+            recent.import(c);
+        }
+        for f in forwarded {
+            let reach = forward_reach(f.topic, f.broker_path.iter().map(|g| g.as_str()), local);
+            recent.insert(&f.producer_id, f.sequence, reach);
+        }
+    }
+
+    /// The newest remembered forward ids, for a checkpoint.
+    fn export_forwards(&self) -> Vec<crate::store::proto::ForwardChunk> {
+        self.inner
+            .recent_forwards
+            .lock()
+            .export(CHECKPOINT_FORWARD_CHUNKS)
     }
 
     /// Dispatches again where network consumers wait on time (replay delays).

@@ -298,6 +298,7 @@ impl ServerOptions {
                     .map(|p| (p.destination.clone(), p.resolve(policy)))
                     .collect(),
                 max_subscriptions_per_connection: policy.max_subscriptions_per_connection as usize,
+                group: group.name.to_string(),
             },
             conn: ConnSettings {
                 heartbeat: policy.heartbeat,
