@@ -46,6 +46,11 @@ test-deps:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO $(APT) fuse3 || { $$SUDO apt-get update && $$SUDO $(APT) fuse3; }; \
 	}
+	@command -v iptables >/dev/null || { \
+		echo "installing iptables for the partition tests (rules on loopback addresses)"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO $(APT) iptables || { $$SUDO apt-get update && $$SUDO $(APT) iptables; }; \
+	}
 	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || { \
 		echo "installing chromium and chromium-driver (Debian's) for the mesh view's browser test"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

@@ -16,6 +16,7 @@
 //! than its subscriptions' prefetch; message memory is charged while any reference to the
 //! message lives and released when the last one drops.
 
+mod claims;
 pub mod destination;
 mod durability;
 mod inflight;
@@ -41,7 +42,7 @@ use rustc_hash::FxHashMap;
 pub use crate::config::{DestinationLimits, OnFull};
 pub use destination::{Destination, DestinationError, DestinationPattern, Kind};
 pub use durability::{CommitLog, JournalStats, SyncedQueue};
-pub use memory::MemoryPool;
+pub use memory::{MemoryPool, PendingCharge};
 pub use message::{
     Delivery, Draft, Message, MessageBuilder, COPY_BODY_BELOW, DEFAULT_PRIORITY, MAX_PRIORITY,
 };
@@ -72,6 +73,9 @@ pub struct BrokerSettings {
     /// Per-destination limits; the first matching pattern wins.
     pub policies: Vec<(DestinationPattern, DestinationLimits)>,
     pub max_subscriptions_per_connection: usize,
+    /// The group this broker serves: messages that arrived over bridges are known again at
+    /// start-up by how often they had left it.
+    pub group: String,
 }
 
 impl Default for BrokerSettings {
@@ -81,6 +85,7 @@ impl Default for BrokerSettings {
             defaults: DestinationLimits::default(),
             policies: Vec::new(),
             max_subscriptions_per_connection: 10_000,
+            group: String::new(),
         }
     }
 }
@@ -113,6 +118,10 @@ pub enum BrokerError {
         "client id {0:?} is already connected; a client id may be used by one connection at a time"
     )]
     ClientIdInUse(String),
+    #[error("client id {0:?} belongs to another user: only the user who first connected with it may use it or take it over")]
+    ClientIdOwned(String),
+    #[error("temporary destination names under {0:?} belong to another user's connection")]
+    TempPrefixOwned(String),
     #[error("a durable subscription needs a client id: set one when connecting")]
     DurableNeedsClientId,
     #[error("durable subscription {name:?} of client {client_id:?} is already active on another connection")]
@@ -267,7 +276,11 @@ struct Inner {
     topic_registry: Mutex<()>,
     wildcard_subs: RwLock<Vec<Arc<TopicSub>>>,
     durables: DashMap<(String, String), Arc<TopicSub>>,
-    client_ids: DashMap<String, u64>,
+    /// Each client id in use: its session and that session's user.
+    client_ids: DashMap<String, (u64, Option<String>)>,
+    /// Client ids, and connection ids (temporary destination name prefixes), by user.
+    client_id_claims: claims::Claims,
+    temp_claims: claims::Claims,
     next_connection: AtomicU64,
     next_topic_sub: AtomicU64,
     run_id: String,
@@ -354,6 +367,21 @@ struct SubDemand {
 /// Sequences per chunk of remembered forward ids (a chunk is 512 bytes of bits).
 const CHUNK_IDS: u64 = 4096;
 
+/// Chunks of remembered forward ids a checkpoint keeps (the newest; at most 128 KiB). Only a
+/// forward in flight unacknowledged when its target restarts needs remembering, and records
+/// journaled after the checkpoint are remembered from the journal itself.
+const CHECKPOINT_FORWARD_CHUNKS: usize = 256;
+
+/// How a forwarded message is told apart from a later legitimate return: for a queue message,
+/// how many times it had left `local` (on its path); topic messages reach a group once.
+fn forward_reach<'a>(topic: bool, path: impl Iterator<Item = &'a str>, local: &str) -> u32 {
+    if topic {
+        u32::MAX
+    } else {
+        path.filter(|g| *g == local).count() as u32
+    }
+}
+
 /// A chunk of remembered forward ids: (interned producer, how far the message travelled — or
 /// `u32::MAX` for topic messages, which reach a group once whatever their route — and the
 /// sequence divided by [`CHUNK_IDS`]).
@@ -418,6 +446,38 @@ impl RecentIds {
             }
         }
         true
+    }
+
+    /// The newest `max` chunks, oldest first, for a checkpoint.
+    fn export(&self, max: usize) -> Vec<crate::store::proto::ForwardChunk> {
+        let skip = self.order.len().saturating_sub(max);
+        self.order
+            .iter()
+            .skip(skip)
+            .filter_map(|key| {
+                let (producer, _) = self.producers[key.0 as usize].as_ref()?;
+                Some(crate::store::proto::ForwardChunk {
+                    producer_id: producer.clone(),
+                    reach: key.1,
+                    chunk: key.2,
+                    bits: self.chunks.get(key)?.to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    /// Remembers every id of a checkpointed chunk (a malformed one is skipped: it can only
+    /// cost a duplicate).
+    fn import(&mut self, c: &crate::store::proto::ForwardChunk) {
+        for (w, word) in c.bits.iter().enumerate().take(CHUNK_IDS as usize / 64) {
+            let mut bits = *word;
+            while bits != 0 {
+                let bit = bits.trailing_zeros() as u64;
+                bits &= bits - 1;
+                let sequence = c.chunk * CHUNK_IDS + w as u64 * 64 + bit;
+                self.insert(&c.producer_id, sequence, c.reach);
+            }
+        }
     }
 
     fn intern(&mut self, producer: &Bytes) -> u32 {
@@ -491,6 +551,8 @@ impl Broker {
                 wildcard_subs: RwLock::new(Vec::new()),
                 durables: DashMap::new(),
                 client_ids: DashMap::new(),
+                client_id_claims: claims::Claims::default(),
+                temp_claims: claims::Claims::default(),
                 next_connection: AtomicU64::new(1),
                 next_topic_sub: AtomicU64::new(1),
                 run_id: format!("{:08x}", rand::random::<u32>()),
@@ -506,26 +568,57 @@ impl Broker {
         &self.inner.memory
     }
 
-    /// The session holding client id `cid`, if any.
-    pub fn client_id_holder(&self, cid: &str) -> Option<u64> {
-        self.inner.client_ids.get(cid).map(|e| *e.value())
+    /// A charge, starting at 0, for bytes a connection holds of frames not yet handed over.
+    pub fn memory_pending(&self) -> PendingCharge {
+        self.inner.memory.pending()
     }
 
-    /// Opens a session for a new connection. A client id, when given, must be unused.
+    /// The session holding client id `cid`, if any, with its user (`None`: anonymous).
+    pub fn client_id_holder(&self, cid: &str) -> Option<(u64, Option<String>)> {
+        self.inner.client_ids.get(cid).map(|e| e.value().clone())
+    }
+
+    /// Opens an anonymous session for a new connection. A client id, when given, must be
+    /// unused and unclaimed by any user.
     pub fn open_session(&self, client_id: Option<String>) -> Result<Session, BrokerError> {
+        self.open_session_as(client_id, None)
+    }
+
+    /// Opens a session for a connection logged in as `user` (`None`: anonymous). A client id,
+    /// when given, must be unused, and not claimed by another user: a user's client id and
+    /// connection id (its temporary destinations' prefix) stay that user's after it closes.
+    pub fn open_session_as(
+        &self,
+        client_id: Option<String>,
+        user: Option<String>,
+    ) -> Result<Session, BrokerError> {
         let id = self.inner.next_connection.fetch_add(1, Ordering::Relaxed);
         if let Some(cid) = &client_id {
+            if self
+                .inner
+                .client_id_claims
+                .check(cid, user.as_deref())
+                .is_err()
+            {
+                return Err(BrokerError::ClientIdOwned(cid.clone()));
+            }
             match self.inner.client_ids.entry(cid.clone()) {
                 dashmap::Entry::Occupied(_) => return Err(BrokerError::ClientIdInUse(cid.clone())),
                 dashmap::Entry::Vacant(v) => {
-                    v.insert(id);
+                    v.insert((id, user.clone()));
                 }
             }
+            // Checked above; the entry held since keeps any other user from claiming it.
+            let _ = self.inner.client_id_claims.take(cid, user.as_deref());
         }
+        let connection_id = format!("ID-{}-{}", self.inner.run_id, id);
+        // A fresh id nobody can have claimed: adopting one not yet issued is refused.
+        let _ = self.inner.temp_claims.take(&connection_id, user.as_deref());
         Ok(Session {
             broker: self.clone(),
             id,
-            connection_id: format!("ID-{}-{}", self.inner.run_id, id),
+            connection_id,
+            user,
             client_id,
             outbox: Arc::new(Outbox::new()),
             subs: HashMap::new(),
@@ -704,19 +797,43 @@ impl Broker {
     /// often as the copy already here and is dropped; one that legitimately comes back (a
     /// replay after it was forwarded away from here) has left once more. A topic message is
     /// taken once whatever its route.
+    /// What was seen is journaled with the message and checkpointed, so it holds across a
+    /// restart (see [`Broker::restore_forwards`]).
     pub fn first_forward(&self, msg: &Message, topic: bool, local: &str) -> bool {
         if msg.producer_id.is_empty() || msg.sequence == 0 {
             return true;
         }
-        let reach = if topic {
-            u32::MAX
-        } else {
-            msg.broker_path.iter().filter(|g| &***g == local).count() as u32
-        };
+        let reach = forward_reach(topic, msg.broker_path.iter().map(|g| &**g), local);
         self.inner
             .recent_forwards
             .lock()
             .insert(&msg.producer_id, msg.sequence, reach)
+    }
+
+    /// Remembers the forwards a restarted broker had taken: the checkpoint's chunks, then the
+    /// messages journaled after it.
+    fn restore_forwards(
+        &self,
+        chunks: &[crate::store::proto::ForwardChunk],
+        forwarded: &[crate::store::ForwardedId],
+    ) {
+        let local = self.inner.settings.group.as_str();
+        let mut recent = self.inner.recent_forwards.lock();
+        for c in chunks {
+            recent.import(c);
+        }
+        for f in forwarded {
+            let reach = forward_reach(f.topic, f.broker_path.iter().map(|g| g.as_str()), local);
+            recent.insert(&f.producer_id, f.sequence, reach);
+        }
+    }
+
+    /// The newest remembered forward ids, for a checkpoint.
+    fn export_forwards(&self) -> Vec<crate::store::proto::ForwardChunk> {
+        self.inner
+            .recent_forwards
+            .lock()
+            .export(CHECKPOINT_FORWARD_CHUNKS)
     }
 
     /// Dispatches again where network consumers wait on time (replay delays).
@@ -797,6 +914,8 @@ pub struct Session {
     broker: Broker,
     id: u64,
     connection_id: String,
+    /// Who logged in (`None`: anonymous): whose claims this session's names are.
+    user: Option<String>,
     client_id: Option<String>,
     outbox: Arc<Outbox>,
     subs: HashMap<u64, SubHandle>,
@@ -861,9 +980,36 @@ impl Session {
     }
 
     /// Lets this session create (and own) temporary destinations named after a failover
-    /// client's earlier connection ids. An empty prefix is ignored.
-    pub fn adopt_temp_prefixes(&mut self, prefixes: Vec<String>) {
-        self.temp_prefixes = prefixes.into_iter().filter(|p| !p.is_empty()).collect();
+    /// client's earlier connection ids. An empty prefix is ignored. Refused, adopting none,
+    /// when another user claimed one of them, or one is a connection id this broker has not
+    /// issued yet (claiming it would take a future connection's names).
+    pub fn adopt_temp_prefixes(&mut self, prefixes: Vec<String>) -> Result<(), BrokerError> {
+        let claims = &self.broker.inner.temp_claims;
+        let issued = self.broker.inner.next_connection.load(Ordering::Relaxed);
+        let mine = format!("ID-{}-", self.broker.inner.run_id);
+        let mut adopted: Vec<String> = Vec::new();
+        for prefix in prefixes.into_iter().filter(|p| !p.is_empty()) {
+            let future = prefix
+                .strip_prefix(&mine)
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n >= issued);
+            let taken = !future
+                && (adopted.contains(&prefix)
+                    || claims.take(&prefix, self.user.as_deref()).is_ok());
+            if !taken {
+                for p in &adopted {
+                    claims.release(p, self.user.as_deref());
+                }
+                return Err(BrokerError::TempPrefixOwned(prefix));
+            }
+            if !adopted.contains(&prefix) {
+                adopted.push(prefix);
+            }
+        }
+        for p in std::mem::replace(&mut self.temp_prefixes, adopted) {
+            claims.release(&p, self.user.as_deref());
+        }
+        Ok(())
     }
 
     /// Resolves a destination to publish to. Ordinary destinations are created on first use;
@@ -1467,10 +1613,18 @@ impl Session {
             }
         }
         if let Some(cid) = &self.client_id {
-            self.broker
-                .inner
+            let inner = &self.broker.inner;
+            if inner
                 .client_ids
-                .remove_if(cid, |_, id| *id == self.id);
+                .remove_if(cid, |_, (id, _)| *id == self.id)
+                .is_some()
+            {
+                inner.client_id_claims.release(cid, self.user.as_deref());
+            }
+        }
+        let user = self.user.as_deref();
+        for prefix in std::iter::once(&self.connection_id).chain(&self.temp_prefixes) {
+            self.broker.inner.temp_claims.release(prefix, user);
         }
     }
 }

@@ -946,6 +946,8 @@ async fn follow_inner(
                             detail: format!("undecodable checkpoint: {e}"),
                         }
                     })?;
+                    // The records it covers arrived before it, but may wait for the writer.
+                    journal.wait_local(c.next_index.saturating_sub(1)).await?;
                     let st = store.clone();
                     tokio::task::spawn_blocking(move || st.install_checkpoint(&c))
                         .await
