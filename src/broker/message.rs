@@ -17,6 +17,9 @@ pub const MESSAGE_OVERHEAD: u64 = 256;
 /// Highest message priority (JMS: 0..=9, 4 by default).
 pub const MAX_PRIORITY: u8 = 9;
 pub const DEFAULT_PRIORITY: u8 = 4;
+/// A message header `true` asks its topic to retain it (MQTT's retain flag; ActiveMQ's
+/// property of the same name), so it travels the mesh with the message.
+pub const RETAIN_HEADER: &str = "ActiveMQ.Retain";
 
 /// Bodies smaller than this are copied out of the buffer they arrived in, so a message that
 /// lives long never pins a whole read chunk; larger ones share it (a copy would cost more than
@@ -152,6 +155,13 @@ impl Message {
                 + self.reply_to.len()
                 + self.correlation_id.len()
                 + self.content_type.len()) as u64
+    }
+
+    /// Published to be retained by its topic (MQTT retain; ActiveMQ's `ActiveMQ.Retain`).
+    pub fn is_retained(&self) -> bool {
+        self.headers
+            .iter()
+            .any(|(k, v)| k == RETAIN_HEADER && v == "true")
     }
 
     pub fn is_expired(&self, now_ms: u64) -> bool {
