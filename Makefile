@@ -16,7 +16,7 @@ build:
 
 ## Install what the tests need, check formatting and lints, run every test.
 test: test-deps lint
-	$(CARGO) test --profile ci -- --test-threads=2
+	$(CARGO) test --profile ci --no-fail-fast -- --test-threads=2
 
 ## Tools the integration tests start for real (installed when missing).
 test-deps:

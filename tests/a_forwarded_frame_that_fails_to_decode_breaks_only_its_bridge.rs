@@ -58,6 +58,7 @@ async fn garbage_ends_one_bridge_and_its_forwards_come_back() {
         consumer_id: "1".into(),
         priority: 0,
         origin: "hub/1".into(),
+        selector: String::new(),
     }));
     wait_until("the edge knows the hub's consumer", || {
         edge.connector("hub-edge").remote_demand == 1

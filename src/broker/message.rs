@@ -3,13 +3,14 @@
 //! protocol and for peer groups' forwards alike.
 
 use std::sync::atomic::AtomicU32;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
-use super::destination::Destination;
+use super::destination::{Destination, Kind};
 use super::memory::MemoryCharge;
 use super::{now_ms, BrokerError};
+use crate::selector::MessageView;
 
 /// Bytes charged for a message beyond its body and headers (struct, Arc, queue slots).
 pub const MESSAGE_OVERHEAD: u64 = 256;
@@ -138,23 +139,48 @@ pub struct Message {
     /// Durable subscriptions holding this (journaled topic) message.
     pub(crate) durable_refs: AtomicU32,
     pub(crate) charge: MemoryCharge,
+    /// What one protocol codec encoded of this message once for all its deliveries (a topic
+    /// message's subscribers): the codec's key and the bytes. See [`Message::encoded_once`].
+    pub(crate) encoded: OnceLock<(u32, Box<[u8]>)>,
 }
 
 impl Message {
-    /// Bytes this message is charged against memory limits.
+    /// Bytes this message is charged against memory limits. A topic message's headers count
+    /// twice: its subscribers' codec may keep them encoded once more ([`Message::encoded_once`]).
     pub fn memory_size(&self) -> u64 {
         let headers: usize = self
             .headers
             .iter()
             .map(|(k, v)| k.len() + v.len() + 48)
             .sum();
-        MESSAGE_OVERHEAD
-            + self.body.len() as u64
-            + headers as u64
-            + (self.producer_id.len()
-                + self.reply_to.len()
-                + self.correlation_id.len()
-                + self.content_type.len()) as u64
+        let fields = (self.producer_id.len()
+            + self.reply_to.len()
+            + self.correlation_id.len()
+            + self.content_type.len()) as u64;
+        let mut size = MESSAGE_OVERHEAD + self.body.len() as u64 + headers as u64 + fields;
+        if self
+            .destination
+            .as_ref()
+            .is_some_and(|d| matches!(d.kind(), Kind::Topic | Kind::TempTopic))
+        {
+            size += headers as u64 + fields;
+        }
+        size
+    }
+
+    /// The bytes `encode` writes for this message, encoded by the first delivery that asks and
+    /// shared by every later one (a topic message reaching a thousand subscribers is encoded
+    /// once, not a thousand times). The cache has one slot: `key` names the codec and the
+    /// variant of its encoding (a protocol version), and a caller whose key did not fill the
+    /// slot gets `None` and encodes for itself. Only what is the same for every delivery with
+    /// that key may go in: nothing that depends on the subscription or the connection.
+    pub fn encoded_once(&self, key: u32, encode: impl FnOnce(&mut BytesMut)) -> Option<&[u8]> {
+        let (filled_by, bytes) = self.encoded.get_or_init(|| {
+            let mut buf = BytesMut::new();
+            encode(&mut buf);
+            (key, Vec::from(buf).into_boxed_slice())
+        });
+        (*filled_by == key).then_some(&bytes[..])
     }
 
     /// Published to be retained by its topic (MQTT retain; ActiveMQ's `ActiveMQ.Retain`).
@@ -204,6 +230,7 @@ impl Message {
             store_index: 0,
             durable_refs: AtomicU32::new(0),
             charge: MemoryCharge::none(),
+            encoded: OnceLock::new(),
         }
     }
 }
@@ -229,4 +256,46 @@ pub struct Delivery {
     pub tag: u64,
     pub redelivery_count: u32,
     pub message: Arc<Message>,
+}
+
+/// What a selector sees of a message: its user headers (STOMP's `type` header is `JMSType`),
+/// and the JMS header fields meshmq keeps.
+impl MessageView for Message {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn priority(&self) -> u8 {
+        self.priority
+    }
+
+    fn timestamp_ms(&self) -> u64 {
+        self.timestamp_ms
+    }
+
+    fn persistent(&self) -> bool {
+        self.persistent
+    }
+
+    fn jms_type(&self) -> Option<&str> {
+        self.header("type")
+    }
+
+    fn correlation_id(&self) -> Option<&str> {
+        (!self.correlation_id.is_empty()).then_some(self.correlation_id.as_str())
+    }
+
+    /// The id consumers see (`message-id` in STOMP): `ID:` producer id `:` sequence.
+    fn message_id(&self) -> Option<String> {
+        (!self.producer_id.is_empty() && self.sequence != 0).then(|| {
+            format!(
+                "ID:{}:{}",
+                String::from_utf8_lossy(&self.producer_id),
+                self.sequence
+            )
+        })
+    }
 }

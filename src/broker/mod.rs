@@ -50,6 +50,7 @@ pub use outbox::Outbox;
 pub use queue::{AckOutcome, DeadReason, NetworkFilter};
 pub use stats::{DestinationCounters, DestinationStats};
 
+use crate::selector::{Selector, SelectorError};
 use crate::store::proto::{record::Kind as RecordKind, Record};
 use message::Entry;
 use queue::Queue;
@@ -121,8 +122,16 @@ pub enum BrokerError {
     DurableOnQueue(String),
     #[error("{0}: wildcard subscriptions are supported on topics only; subscribe to each queue")]
     WildcardQueue(String),
-    #[error("message selectors are not supported yet (subscription to {0})")]
-    SelectorUnsupported(String),
+    #[error(
+        "the selector {selector:?} of the subscription to {destination} does not parse: {error}"
+    )]
+    BadSelector {
+        destination: String,
+        selector: String,
+        error: SelectorError,
+    },
+    #[error("{0}: selectors on durable subscriptions are not supported yet; subscribe without a selector, or non-durably")]
+    DurableSelectorUnsupported(String),
     #[error("{destination} is full (memory limit reached) and its policy is on_full = \"fail\"; retry later or raise memory_limit")]
     Full { destination: String },
     #[error("{destination}: the journal is full (store_limit or disk space reached) and its policy is on_full = \"fail\"; retry once consumers have freed space, or raise store_limit or free disk space")]
@@ -315,6 +324,9 @@ pub struct Demand {
     /// The real consumer a network consumer's demand stands for, as its bridge learnt it
     /// (`"<group>/<id there>"`, the same over every route); `None` for a local consumer.
     pub origin: Option<Arc<str>>,
+    /// The consumer's selector (as written), `None` when it takes every message: a network
+    /// consumer standing for it forwards only what it (or another of its consumers) matches.
+    pub selector: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -664,6 +676,7 @@ impl Broker {
         path: Vec<Arc<str>>,
         priority: i32,
         origin: Option<Arc<str>>,
+        selector: Option<Arc<str>>,
     ) -> u64 {
         let id = self.inner.next_demand.fetch_add(1, Ordering::Relaxed);
         let d = Demand {
@@ -672,6 +685,7 @@ impl Broker {
             path,
             priority,
             origin,
+            selector,
         };
         self.inner.demand.insert(id, d.clone());
         let _ = self.inner.demand_events.send(DemandEvent::Added(d));
@@ -783,6 +797,23 @@ pub struct SubscribeSpec {
     pub priority: i32,
     pub durable_name: Option<String>,
     pub no_local: bool,
+}
+
+impl SubscribeSpec {
+    /// The subscription's selector, parsed; `None` when it has none (an empty or blank
+    /// selector is none, as in JMS).
+    fn parse_selector(&self) -> Result<Option<Arc<Selector>>, BrokerError> {
+        if self.selector.trim().is_empty() {
+            return Ok(None);
+        }
+        Selector::parse(&self.selector)
+            .map(|s| Some(Arc::new(s)))
+            .map_err(|error| BrokerError::BadSelector {
+                destination: self.destination.to_string(),
+                selector: self.selector.clone(),
+                error,
+            })
+    }
 }
 
 /// One connection's view of the broker. Dropping it closes it.
@@ -994,15 +1025,17 @@ impl Session {
         if self.subs.len() >= max {
             return Err(BrokerError::TooManySubscriptions(max));
         }
-        if !spec.selector.trim().is_empty() {
-            return Err(BrokerError::SelectorUnsupported(
-                spec.destination.to_string(),
-            ));
-        }
+        let selector = spec.parse_selector()?;
+        let selector_text = selector.as_ref().map(|s| Arc::<str>::from(s.text()));
         let pattern = spec.destination.clone();
         let kind = pattern.kind();
         if kind.is_queue() && spec.durable_name.is_some() {
             return Err(BrokerError::DurableOnQueue(spec.destination.to_string()));
+        }
+        if selector.is_some() && spec.durable_name.is_some() {
+            return Err(BrokerError::DurableSelectorUnsupported(
+                spec.destination.to_string(),
+            ));
         }
         let broker = self.broker.clone();
         let _gate = broker.gate();
@@ -1022,7 +1055,10 @@ impl Session {
                 spec.subscription,
                 prefetch,
                 spec.priority,
-                net.as_ref().map(|n| n.filter.clone()),
+                queue::Takes {
+                    filter: net.as_ref().map(|n| n.filter.clone()),
+                    selectors: selector.into_iter().collect(),
+                },
                 &mut dead,
             );
             SubHandle::Queue { queue, slot }
@@ -1031,6 +1067,7 @@ impl Session {
                 &spec,
                 pattern,
                 net.as_ref().map(|n| n.filter.clone()),
+                selector,
                 &mut dead,
             )?
         };
@@ -1041,6 +1078,7 @@ impl Session {
                 Vec::new(),
                 spec.priority,
                 None,
+                selector_text,
             )]
         } else {
             Vec::new()
@@ -1058,22 +1096,40 @@ impl Session {
     }
 
     /// Registers one remote consumer a network consumer stands for, by the path its demand
-    /// came (first element: the consumer's group); returns the demand's id.
+    /// came (first element: the consumer's group) and its selector (relayed with it); returns
+    /// the demand's id.
     pub fn add_network_demand(
         &mut self,
         subscription: u64,
         path: Vec<Arc<str>>,
         origin: Option<Arc<str>>,
+        selector: Option<Arc<str>>,
     ) -> Result<u64, BrokerError> {
         let sd = self
             .demand_ids
             .get_mut(&subscription)
             .ok_or(BrokerError::NoSuchSubscription(subscription))?;
-        let id = self
-            .broker
-            .add_demand(sd.destination.clone(), path, sd.priority, origin);
+        let id =
+            self.broker
+                .add_demand(sd.destination.clone(), path, sd.priority, origin, selector);
         sd.ids.push(id);
         Ok(id)
+    }
+
+    /// What a network consumer takes: the messages any of `selectors` matches, or every
+    /// message when the list is empty (some consumer it stands for has no selector). Called
+    /// as its remote consumers come and go; a queue then dispatches again.
+    pub fn set_network_selectors(&mut self, subscription: u64, selectors: Vec<Arc<Selector>>) {
+        let _gate = self.broker.gate();
+        let mut effects = Effects::default();
+        match self.subs.get(&subscription) {
+            Some(SubHandle::Queue { queue, slot }) => {
+                queue.set_selectors(*slot, selectors, &mut effects)
+            }
+            Some(SubHandle::Topic { sub }) => sub.set_selectors(selectors),
+            None => {}
+        }
+        self.broker.apply(effects);
     }
 
     /// Withdraws one remote consumer's demand (the network consumer itself stays).
@@ -1117,6 +1173,7 @@ impl Session {
         spec: &SubscribeSpec,
         pattern: DestinationPattern,
         filter: Option<NetworkFilter>,
+        selector: Option<Arc<Selector>>,
         dead: &mut Effects,
     ) -> Result<SubHandle, BrokerError> {
         let broker = self.broker.clone();
@@ -1162,8 +1219,14 @@ impl Session {
                 broker.inner.durables.remove(&key);
                 self.last_record = broker.journal_record(durable_removed(&key));
             }
-            let sub =
-                self.new_topic_sub(pattern.clone(), Some(key.clone()), spec, &limits, None)?;
+            let sub = self.new_topic_sub(
+                pattern.clone(),
+                Some(key.clone()),
+                spec,
+                &limits,
+                None,
+                None,
+            )?;
             broker.inner.durables.insert(key.clone(), sub.clone());
             self.last_record = broker.journal_record(Record {
                 kind: Some(RecordKind::DurableAdded(
@@ -1185,7 +1248,7 @@ impl Session {
             );
             return Ok(SubHandle::Topic { sub });
         }
-        let sub = self.new_topic_sub(pattern, None, spec, &limits, filter)?;
+        let sub = self.new_topic_sub(pattern, None, spec, &limits, filter, selector)?;
         sub.attach_consumer(
             self.outbox.clone(),
             spec.subscription,
@@ -1203,6 +1266,7 @@ impl Session {
         spec: &SubscribeSpec,
         limits: &DestinationLimits,
         filter: Option<NetworkFilter>,
+        selector: Option<Arc<Selector>>,
     ) -> Result<Arc<TopicSub>, BrokerError> {
         if let Some(dest) = pattern
             .as_destination()
@@ -1221,13 +1285,14 @@ impl Session {
                 spec.no_local,
                 limits,
                 filter,
+                selector,
             ));
             topic.attach(&sub);
             return Ok(sub);
         }
         Ok(self
             .broker
-            .create_topic_sub(pattern, durable, spec.no_local, limits, filter))
+            .create_topic_sub(pattern, durable, spec.no_local, limits, filter, selector))
     }
 
     fn temp_topic_for_consumer(&mut self, dest: &Destination) -> Result<Arc<Topic>, BrokerError> {
@@ -1463,6 +1528,7 @@ impl Broker {
         no_local: bool,
         limits: &DestinationLimits,
         filter: Option<NetworkFilter>,
+        selector: Option<Arc<Selector>>,
     ) -> Arc<TopicSub> {
         let id = self.inner.next_topic_sub.fetch_add(1, Ordering::Relaxed);
         let sub = Arc::new(TopicSub::new(
@@ -1472,6 +1538,7 @@ impl Broker {
             no_local,
             limits,
             filter,
+            selector,
         ));
         match pattern.as_destination() {
             Some(dest) => self.topic(&dest, 0).attach(&sub),

@@ -4,14 +4,16 @@
 //! connection's own task drains it. It is bounded by credits, not by a capacity check: the
 //! broker pushes a delivery only while the subscription has prefetch credit, so an outbox never
 //! holds more than the sum of its subscriptions' prefetch. Pushing never blocks and never
-//! allocates once the deque has grown to that size.
+//! allocates once the deque has grown to that size. Deliveries are pushed in runs (one lock and
+//! one wake-up per run, not per message): a queue's dispatch round batches each consumer's,
+//! a topic subscription's pump holds the lock for what its credit lets through.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use super::message::Delivery;
 
@@ -27,8 +29,13 @@ impl Outbox {
         Outbox::default()
     }
 
-    pub(crate) fn push(&self, delivery: Delivery) {
-        self.items.lock().push_back(delivery);
+    /// Pushes every delivery of `batch`, in order, under one lock and with one wake-up
+    /// (`batch` is left empty, its room kept for the next batch).
+    pub(crate) fn push_all(&self, batch: &mut Vec<Delivery>) {
+        if batch.is_empty() {
+            return;
+        }
+        self.items.lock().extend(batch.drain(..));
         self.waker.wake();
     }
 
@@ -65,8 +72,39 @@ impl Outbox {
         std::mem::take(&mut *self.items.lock())
     }
 
+    /// Starts a run of pushes under one lock, woken once when the run ends (dropped).
+    pub(crate) fn batch(&self) -> OutboxBatch<'_> {
+        OutboxBatch {
+            outbox: self,
+            items: None,
+        }
+    }
+
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.waker.wake();
+    }
+}
+
+/// A run of pushes into one outbox: its lock is taken at the first push and held to the end of
+/// the run; the consumer is woken once, when the run ends.
+pub(crate) struct OutboxBatch<'a> {
+    outbox: &'a Outbox,
+    items: Option<MutexGuard<'a, VecDeque<Delivery>>>,
+}
+
+impl OutboxBatch<'_> {
+    pub(crate) fn push(&mut self, delivery: Delivery) {
+        self.items
+            .get_or_insert_with(|| self.outbox.items.lock())
+            .push_back(delivery);
+    }
+}
+
+impl Drop for OutboxBatch<'_> {
+    fn drop(&mut self) {
+        if self.items.take().is_some() {
+            self.outbox.waker.wake();
+        }
     }
 }

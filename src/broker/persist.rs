@@ -622,7 +622,8 @@ impl Broker {
                 None => self.inner.settings.defaults,
             };
             let key = (d.client_id, d.name);
-            let sub = self.create_topic_sub(pattern, Some(key.clone()), d.no_local, &limits, None);
+            let sub =
+                self.create_topic_sub(pattern, Some(key.clone()), d.no_local, &limits, None, None);
             for (index, redeliveries) in d.messages {
                 if let Some(m) = topic_messages.get(&index) {
                     m.durable_refs.fetch_add(1, Ordering::AcqRel);

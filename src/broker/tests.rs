@@ -184,6 +184,39 @@ fn unacked_messages_of_a_closed_consumer_are_redelivered_to_another() {
     assert_eq!(b.queue_depth("queue://q"), Some(2));
 }
 
+/// One dispatch round that serves several consumers (messages returned by a consumer that
+/// left) hands each of the others its own deliveries, round robin, in queue order, and no
+/// more than its prefetch; one connection's two subscriptions share its outbox in that order.
+#[test]
+fn a_dispatch_round_gives_each_consumer_its_own_messages_in_order_within_prefetch() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut leaving = b.open_session(None).unwrap();
+    sub(&mut leaving, 1, "queue://q", 100);
+    for i in 0..7 {
+        send(&mut p, "queue://q", msg(&i.to_string()));
+    }
+    assert_eq!(drain(&leaving).len(), 7);
+    let mut c1 = b.open_session(None).unwrap();
+    let mut c2 = b.open_session(None).unwrap();
+    sub(&mut c1, 1, "queue://q", 2);
+    sub(&mut c2, 1, "queue://q", 2);
+    sub(&mut c2, 2, "queue://q", 2);
+    drop(leaving);
+    let d1 = drain(&c1);
+    let d2 = drain(&c2);
+    assert_eq!(bodies(&d1), vec!["0", "3"]);
+    assert_eq!(bodies(&d2), vec!["1", "2", "4", "5"]);
+    let subs: Vec<u64> = d2.iter().map(|d| d.subscription).collect();
+    assert_eq!(subs, vec![1, 2, 1, 2]);
+    assert!(d1.iter().chain(&d2).all(|d| d.redelivery_count == 1));
+    assert_eq!(b.queue_depth("queue://q"), Some(7));
+    // The one left goes to whoever acknowledges first.
+    c1.ack(1, d1[1].tag, &[]).unwrap();
+    assert_eq!(bodies(&drain(&c1)), vec!["6"]);
+    assert!(drain(&c2).is_empty());
+}
+
 #[test]
 fn cumulative_ack_acknowledges_everything_up_to_the_tag() {
     let b = broker();
@@ -631,10 +664,10 @@ fn a_network_consumer_advertises_each_remote_consumer_by_its_own_path() {
     assert!(none.is_empty(), "no remote consumer yet: {none:?}");
     let g = |s: &str| std::sync::Arc::<str>::from(s);
     let relayed = net
-        .add_network_demand(1, vec![g("c"), g("b")], Some(g("c/7")))
+        .add_network_demand(1, vec![g("c"), g("b")], Some(g("c/7")), None)
         .unwrap();
     let direct = net
-        .add_network_demand(1, vec![g("b")], Some(g("b/3")))
+        .add_network_demand(1, vec![g("b")], Some(g("b/3")), None)
         .unwrap();
     let mut paths: Vec<_> = b.demand().1.into_iter().map(|d| d.path).collect();
     paths.sort();
@@ -782,4 +815,106 @@ fn a_topic_keeps_its_latest_retained_message_until_an_empty_one_clears_it() {
     };
     send(&mut s, "topic://status.boiler", expired);
     assert!(found("topic://status.boiler").is_empty(), "expired: gone");
+}
+
+fn sub_selecting(s: &mut Session, id: u64, dest: &str, selector: &str) -> Result<(), BrokerError> {
+    s.subscribe(SubscribeSpec {
+        subscription: id,
+        destination: pattern(dest),
+        selector: selector.to_string(),
+        prefetch: 100,
+        priority: 0,
+        durable_name: None,
+        no_local: false,
+    })
+}
+
+fn msg_with(body: &str, color: &str) -> Message {
+    Message {
+        headers: vec![("color".to_string(), color.to_string())],
+        ..msg(body)
+    }
+}
+
+#[test]
+fn a_queue_consumer_with_a_selector_takes_only_matches_and_leaves_the_rest_in_order() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut picky = b.open_session(None).unwrap();
+    sub_selecting(&mut picky, 1, "queue://q", "color = 'red'").unwrap();
+    for i in 0..10 {
+        let color = if i % 3 == 0 { "red" } else { "blue" };
+        send(&mut p, "queue://q", msg_with(&i.to_string(), color));
+    }
+    assert_eq!(bodies(&drain(&picky)), vec!["0", "3", "6", "9"]);
+    assert_eq!(b.queue_depth("queue://q"), Some(10));
+    // The others wait for a consumer that takes them, in the order they were sent.
+    let mut plain = b.open_session(None).unwrap();
+    sub(&mut plain, 1, "queue://q", 100);
+    assert_eq!(bodies(&drain(&plain)), vec!["1", "2", "4", "5", "7", "8"]);
+    assert!(drain(&picky).is_empty());
+}
+
+#[test]
+fn a_selective_consumer_beside_a_plain_one_loses_nothing() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut picky = b.open_session(None).unwrap();
+    let mut plain = b.open_session(None).unwrap();
+    sub_selecting(&mut picky, 1, "queue://q", "color IN ('red')").unwrap();
+    sub(&mut plain, 1, "queue://q", 100);
+    for i in 0..20 {
+        let color = if i % 2 == 0 { "red" } else { "blue" };
+        send(&mut p, "queue://q", msg_with(&i.to_string(), color));
+    }
+    let got_picky = drain(&picky);
+    let got_plain = drain(&plain);
+    assert!(got_picky.iter().all(|d| d.message.headers[0].1 == "red"));
+    assert_eq!(got_picky.len() + got_plain.len(), 20);
+    let mut all: Vec<u32> = bodies(&got_picky)
+        .iter()
+        .chain(bodies(&got_plain).iter())
+        .map(|b| b.parse().unwrap())
+        .collect();
+    all.sort();
+    assert_eq!(all, (0..20).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_topic_subscriber_with_a_selector_gets_only_matches() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut picky = b.open_session(None).unwrap();
+    let mut plain = b.open_session(None).unwrap();
+    sub_selecting(
+        &mut picky,
+        1,
+        "topic://t.>",
+        "color <> 'blue' AND JMSPriority > 3",
+    )
+    .unwrap();
+    sub(&mut plain, 1, "topic://t.>", 100);
+    for i in 0..6 {
+        let color = if i % 2 == 0 { "red" } else { "blue" };
+        send(&mut p, "topic://t.a", msg_with(&i.to_string(), color));
+    }
+    send(&mut p, "topic://t.b", msg("no color"));
+    assert_eq!(bodies(&drain(&picky)), vec!["0", "2", "4"]);
+    assert_eq!(drain(&plain).len(), 7);
+}
+
+#[test]
+fn a_selector_that_does_not_parse_is_refused_and_makes_no_subscription() {
+    let b = broker();
+    let mut c = b.open_session(None).unwrap();
+    let err = sub_selecting(&mut c, 1, "queue://q", "color = 'red").unwrap_err();
+    assert!(
+        matches!(&err, BrokerError::BadSelector { error, .. } if error.position == 13),
+        "{err}"
+    );
+    assert!(err.to_string().contains("does not parse"), "{err}");
+    assert_eq!(c.subscription_count(), 0);
+    // A blank selector is no selector.
+    sub_selecting(&mut c, 1, "queue://q", "  ").unwrap();
+    assert_eq!(c.subscription_count(), 1);
 }

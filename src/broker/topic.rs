@@ -26,6 +26,7 @@ use super::outbox::Outbox;
 use super::queue::{AckOutcome, DeadReason, NetworkFilter};
 use super::stats::DestinationCounters;
 use super::{now_ms, DestinationLimits, Effects};
+use crate::selector::Selector;
 
 #[derive(Debug)]
 pub struct Topic {
@@ -217,6 +218,8 @@ impl PendingLimit {
 
 #[derive(Debug, Default)]
 struct SubState {
+    /// Only messages one of these matches reach the subscription (all, when empty).
+    selectors: Vec<Arc<Selector>>,
     attached: Option<Attached>,
     pending: Backlog,
     inflight: Inflight,
@@ -245,6 +248,7 @@ impl TopicSub {
         no_local: bool,
         limits: &DestinationLimits,
         filter: Option<NetworkFilter>,
+        selector: Option<Arc<Selector>>,
     ) -> TopicSub {
         TopicSub {
             id,
@@ -264,8 +268,16 @@ impl TopicSub {
             pattern,
             durable,
             no_local,
-            state: Mutex::new(SubState::default()),
+            state: Mutex::new(SubState {
+                selectors: selector.into_iter().collect(),
+                ..SubState::default()
+            }),
         }
+    }
+
+    /// Replaces what the subscription selects (a network consumer's remote consumers changed).
+    pub(crate) fn set_selectors(&self, selectors: Vec<Arc<Selector>>) {
+        self.state.lock().selectors = selectors;
     }
 
     /// At its pending limit: the next message published drops its oldest.
@@ -280,6 +292,9 @@ impl TopicSub {
             }
         }
         let mut st = self.state.lock();
+        if !st.selectors.is_empty() && !st.selectors.iter().any(|s| s.matches(&**msg)) {
+            return;
+        }
         if self.no_local {
             if let Some(a) = &st.attached {
                 if msg.origin != 0 && a.connection == msg.origin {
@@ -314,12 +329,15 @@ impl TopicSub {
     /// Moves pending messages to the attached consumer while it has credit.
     fn pump(&self, st: &mut SubState, dead: &mut Effects) {
         let Some(attached) = &st.attached else { return };
+        let mut outbox = attached.outbox.batch();
         let mut now: Option<u64> = None;
         while st.inflight.len() < attached.prefetch {
             let Some(entry) = st.pending.pop_front() else {
                 break;
             };
-            let counters = entry.msg.counters().clone();
+            // Borrowed, not cloned: a clone and drop of the shared counters' `Arc` per delivery
+            // would be two atomic read-modify-writes on a line every subscriber's thread uses.
+            let counters = entry.msg.counters();
             counters.pending.fetch_sub(1, Ordering::Relaxed);
             if entry.msg.expires_at_ms != 0 && entry.msg.is_expired(*now.get_or_insert_with(now_ms))
             {
@@ -334,7 +352,7 @@ impl TopicSub {
             let message = entry.msg.clone();
             let redelivery_count = entry.redeliveries;
             let tag = st.inflight.push(entry);
-            attached.outbox.push(Delivery {
+            outbox.push(Delivery {
                 subscription: attached.subscription,
                 tag,
                 redelivery_count,
@@ -512,6 +530,7 @@ mod tests {
             None,
             false,
             &DestinationLimits::default(),
+            None,
             None,
         ))
     }

@@ -378,7 +378,8 @@ pub struct Listener {
     /// What clients are told to dial in cluster updates; set whenever `url` binds an unspecified
     /// IP and cluster updates are on anywhere in the mesh.
     pub advertise: Option<ClientUrl>,
-    pub max_connections: u32,
+    /// `None`: what the member's open-file limit leaves (see `transport::files`).
+    pub max_connections: Option<u32>,
     pub update_cluster_clients: bool,
     pub rebalance_cluster_clients: bool,
     /// Only when `update_cluster_clients` is on.

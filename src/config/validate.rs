@@ -1320,9 +1320,7 @@ impl Checker<'_> {
                 );
             }
         }
-        let max_connections = self
-            .whole(&key("max_connections"), raw.max_connections, 1, U32_MAX)
-            .unwrap_or(10_000);
+        let max_connections = self.whole(&key("max_connections"), raw.max_connections, 1, U32_MAX);
         let update = raw.update_cluster_clients.unwrap_or(false);
         let on_remove = raw.update_cluster_clients_on_remove.unwrap_or(false);
         if on_remove && !update {
@@ -2012,7 +2010,7 @@ url = "tcp://127.0.0.1:61716"
         assert_eq!(hub.replicas, 1);
         assert_eq!(member.data_dir, Path::new("/etc/meshmq/data/hub-1"));
         assert_eq!(member.weight, 1);
-        assert_eq!(member.listeners[0].max_connections, 10_000);
+        assert_eq!(member.listeners[0].max_connections, None);
         assert!(topo.security.allow_anonymous);
         assert_eq!(topo.store.segment_size, 64 << 20);
         assert_eq!(topo.metrics.max_destinations, 100);

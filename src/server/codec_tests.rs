@@ -456,3 +456,158 @@ fn a_transaction_name_reads_as_the_client_wrote_it() {
     assert_eq!(TxName::Numbered(4).to_string(), "4");
     assert_eq!(TxName::Named("t 1".into()).to_string(), "\"t 1\"");
 }
+
+/// Subscribes `codec` to `destination` as `id` and returns the subscription's number.
+fn stomp_subscribe(codec: &mut Stomp, destination: &str, id: &str, ack: &str) -> u64 {
+    match codec.request(frame(
+        Command::Subscribe,
+        &[("destination", destination), ("id", id), ("ack", ack)],
+    )) {
+        Request::Subscribe { spec, .. } => spec.subscription,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The MESSAGE frame `codec` writes for one delivery, decoded back.
+fn stomp_delivery(
+    codec: &mut Stomp,
+    message: &std::sync::Arc<crate::broker::Message>,
+    subscription: u64,
+    tag: u64,
+    redelivery_count: u32,
+) -> stomp::Frame {
+    use crate::server::conn::Codec;
+    let delivery = crate::broker::Delivery {
+        subscription,
+        tag,
+        redelivery_count,
+        message: message.clone(),
+    };
+    let mut out = bytes::BytesMut::new();
+    codec.encode_delivery(&delivery, &mut out);
+    // Version 1.1 and 1.2 unescape alike for what these tests send; 1.1 writes U+FFFD for a
+    // carriage return, which decodes as itself.
+    let mut decoder = Decoder::new(Version::V1_0, Limits::default());
+    decoder.set_version(Version::V1_2);
+    let frame = match decoder.decode(&mut out) {
+        Ok(stomp::Decoded::Frame(f)) => f,
+        other => panic!("not a frame: {other:?}"),
+    };
+    assert!(out.is_empty(), "one frame per delivery");
+    let mut names: Vec<&str> = frame.headers.iter().map(|(k, _)| k.as_str()).collect();
+    names.sort_unstable();
+    let before = names.len();
+    names.dedup();
+    assert_eq!(
+        before,
+        names.len(),
+        "a header written twice: {:?}",
+        frame.headers
+    );
+    frame
+}
+
+/// A topic message's headers are encoded once and shared by its subscribers: every frame still
+/// names its own subscription, ack id and redelivery, each connection sees a temporary reply-to
+/// under its own name, and a client of another version gets its own escaping.
+#[test]
+fn each_topic_subscriber_gets_its_own_message_frame_from_one_shared_encoding() {
+    use crate::broker::{Destination, Message};
+    use std::sync::Arc;
+    let topic_message = |reply_to: &str| {
+        Arc::new(Message {
+            destination: Some(Destination::parse("topic://prices.eu").expect("valid")),
+            body: Bytes::from_static(b"body\0with a NUL"),
+            headers: vec![("region".into(), "eu:west\rline".into())],
+            producer_id: Bytes::from_static(b"ID-prod:7"),
+            sequence: 3,
+            priority: 6,
+            timestamp_ms: 1_800_000_000_000,
+            reply_to: reply_to.into(),
+            correlation_id: "corr-1".into(),
+            content_type: "text/plain".into(),
+            ..Message::default()
+        })
+    };
+    let mut one = stomp_codec(Version::V1_2);
+    let auto = stomp_subscribe(&mut one, "/topic/prices.>", "s-auto", "auto");
+    let individual = stomp_subscribe(&mut one, "/topic/prices.eu", "s-ind", "client-individual");
+    let mut other_decoder = Decoder::new(Version::V1_0, Limits::default());
+    other_decoder.set_version(Version::V1_2);
+    let mut two = Stomp::new(other_decoder, "ID-conn-2");
+    let two_sub = stomp_subscribe(&mut two, "/topic/prices.eu", "s-two", "client");
+    let mut old = stomp_codec(Version::V1_1);
+    let old_sub = stomp_subscribe(&mut old, "/topic/prices.eu", "s-old", "client");
+
+    let m = topic_message("queue://replies");
+    let frames = [
+        (stomp_delivery(&mut one, &m, auto, 1, 0), "s-auto", None),
+        (
+            stomp_delivery(&mut one, &m, individual, 1, 2),
+            "s-ind",
+            Some(format!("{individual}:1")),
+        ),
+        (
+            stomp_delivery(&mut two, &m, two_sub, 5, 0),
+            "s-two",
+            Some(format!("{two_sub}:5")),
+        ),
+        (stomp_delivery(&mut old, &m, old_sub, 9, 0), "s-old", None),
+    ];
+    for (i, (f, sub, ack)) in frames.iter().enumerate() {
+        assert_eq!(f.command, Command::Message);
+        assert_eq!(f.header("subscription"), Some(*sub), "frame {i}");
+        assert_eq!(f.header("ack").map(String::from), *ack, "frame {i}");
+        assert_eq!(f.header("message-id"), Some("ID:ID-prod:7:3"), "frame {i}");
+        assert_eq!(f.header("destination"), Some("/topic/prices.eu"));
+        assert_eq!(f.header("reply-to"), Some("/queue/replies"));
+        assert_eq!(f.header("correlation-id"), Some("corr-1"));
+        assert_eq!(f.header("content-type"), Some("text/plain"));
+        assert_eq!(f.header("priority"), Some("6"));
+        assert_eq!(f.header("persistent"), Some("false"));
+        assert_eq!(f.header("timestamp"), Some("1800000000000"));
+        assert_eq!(f.header("content-length"), Some("15"));
+        assert_eq!(&f.body[..], b"body\0with a NUL");
+        let redelivered = i == 1;
+        assert_eq!(f.header("redelivered").is_some(), redelivered, "frame {i}");
+        assert_eq!(
+            f.header("meshmq.redelivery_count"),
+            redelivered.then_some("2"),
+            "frame {i}"
+        );
+    }
+    // 1.2 escapes a carriage return; 1.1 cannot carry one and writes U+FFFD.
+    for (f, _, _) in &frames[..3] {
+        assert_eq!(f.header("region"), Some("eu:west\rline"));
+    }
+    assert_eq!(frames[3].0.header("region"), Some("eu:west\u{fffd}line"));
+
+    // A temporary reply-to is named per connection: its owner sees its own name.
+    let m = topic_message("temp-queue://ID-conn-1.r");
+    let mine = stomp_delivery(&mut one, &m, auto, 2, 0);
+    let theirs = stomp_delivery(&mut two, &m, two_sub, 6, 0);
+    assert_eq!(mine.header("reply-to"), Some("/temp-queue/r"));
+    assert_eq!(
+        theirs.header("reply-to"),
+        Some("/remote-temp-queue/ID-conn-1.r")
+    );
+
+    // Without a producer identity the message id is per delivery.
+    let anonymous = Arc::new(Message {
+        producer_id: Bytes::new(),
+        ..Message {
+            destination: Some(Destination::parse("topic://prices.eu").expect("valid")),
+            ..Message::default()
+        }
+    });
+    let a = stomp_delivery(&mut one, &anonymous, auto, 7, 0);
+    let b = stomp_delivery(&mut two, &anonymous, two_sub, 8, 0);
+    assert_eq!(
+        a.header("message-id"),
+        Some(format!("ID:{auto}:7").as_str())
+    );
+    assert_eq!(
+        b.header("message-id"),
+        Some(format!("ID:{two_sub}:8").as_str())
+    );
+}

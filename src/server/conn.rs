@@ -142,6 +142,7 @@ pub(crate) fn error_code(e: &BrokerError) -> ErrorCode {
         | BrokerError::DurableOnQueue(_)
         | BrokerError::DurableInUse { .. }
         | BrokerError::BadPriority(_)
+        | BrokerError::BadSelector { .. }
         | BrokerError::UnknownDelivery { .. } => C::Invalid,
         BrokerError::NotFound(_) | BrokerError::NoSuchSubscription(_) => C::NotFound,
         BrokerError::NotOwner(_) => C::Forbidden,
@@ -149,7 +150,9 @@ pub(crate) fn error_code(e: &BrokerError) -> ErrorCode {
         | BrokerError::Full { .. }
         | BrokerError::JournalFull { .. } => C::ResourceExhausted,
         BrokerError::ClientIdInUse(_) => C::ClientIdInUse,
-        BrokerError::WildcardQueue(_) | BrokerError::SelectorUnsupported(_) => C::Unsupported,
+        BrokerError::WildcardQueue(_) | BrokerError::DurableSelectorUnsupported(_) => {
+            C::Unsupported
+        }
     }
 }
 
@@ -584,7 +587,12 @@ impl<C: Codec> Connection<C> {
                         }
                         self.subscribed.insert(sub, pattern);
                     }
-                    Err(e) => self.refuse(&e, receipt),
+                    Err(e) => {
+                        if matches!(e, BrokerError::BadSelector { .. }) {
+                            self.ctx.metrics.bad_selector();
+                        }
+                        self.refuse(&e, receipt)
+                    }
                 }
             }
             Request::Unsubscribe {

@@ -200,6 +200,27 @@ impl ServerOptions {
                     .collect::<Vec<_>>()
                     .join(", "),
             })?;
+        // A member serves with its hard open-file limit; a listener without max_connections
+        // admits what that leaves after the reserve for journal, bridges and peers.
+        let open_files = crate::transport::files::raise_open_file_limit();
+        let default_max = crate::transport::files::default_max_connections(open_files);
+        let max_connections =
+            |l: &crate::config::Listener| l.max_connections.unwrap_or(default_max);
+        let admitted: u64 = m
+            .listeners
+            .iter()
+            .map(|l| u64::from(max_connections(l)))
+            .sum();
+        if m.listeners.iter().any(|l| l.max_connections.is_some())
+            && admitted > open_files.saturating_sub(crate::transport::files::RESERVED_FILES)
+        {
+            tracing::warn!(
+                member,
+                admitted,
+                open_files,
+                "the listeners' max_connections add up to more than this process's open-file limit leaves (ulimit -n): past it, connections fail as the limit is hit instead of being refused with a message"
+            );
+        }
         let policy = &group.broker;
         let election = match (group.election, &group.shared_dir) {
             (Election::FileLock, Some(dir)) => ElectionOptions::FileLock {
@@ -255,7 +276,7 @@ impl ServerOptions {
                         Scheme::Mqtt | Scheme::MqttSsl => Protocol::Mqtt,
                         Scheme::Tcp | Scheme::Ssl | Scheme::Quic => Protocol::Native,
                     },
-                    max_connections: l.max_connections as usize,
+                    max_connections: max_connections(l) as usize,
                     tls: l.tls.clone(),
                     quic: l.url.scheme == Scheme::Quic,
                     cluster: Arc::new(ClusterPolicy {
@@ -313,7 +334,7 @@ impl ServerOptions {
             cluster: ClusterOptions {
                 group: group.name.to_string(),
                 uris: group_client_uris(group),
-                capacity: m.listeners.iter().map(|l| l.max_connections as u64).sum(),
+                capacity: admitted,
                 rebalance: m.listeners.iter().any(|l| l.rebalance_cluster_clients),
                 settings: topo.rebalance.clone(),
                 rebalance_filters: m
@@ -465,6 +486,11 @@ impl ListenerMetrics {
 
     fn producer_blocked(&self) {
         self.blocked.increment(1);
+    }
+
+    fn bad_selector(&self) {
+        counter!(m::BAD_SELECTORS, "listener" => self.listener.clone(), "protocol" => self.protocol)
+            .increment(1);
     }
 
     fn denied(&self) {

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::time::{sleep_until, Instant as TokioInstant};
 use tokio_util::sync::CancellationToken;
 
@@ -227,9 +227,138 @@ enum AckMode {
 
 #[derive(Debug)]
 struct Sub {
-    id: String,
     ack: AckMode,
     durable: Option<String>,
+    /// Its `subscription:<id>` header line, escaped once for every MESSAGE it gets.
+    line: Box<[u8]>,
+}
+
+impl Sub {
+    fn new(id: &str, ack: AckMode, durable: Option<String>, version: Version) -> Sub {
+        let mut line = BytesMut::new();
+        stomp::put_message_header(version, "subscription", id.as_bytes(), &mut line);
+        Sub {
+            ack,
+            durable,
+            line: Vec::from(line).into_boxed_slice(),
+        }
+    }
+}
+
+/// The key under which a STOMP codec of `version` shares a message's encoded headers
+/// ([`Message::encoded_once`]): the headers are escaped differently per version.
+fn shared_key(version: Version) -> u32 {
+    const STOMP: u32 = 0x5354_0000;
+    STOMP | version as u32
+}
+
+/// True when the message carries its producer's identity (its `message-id` is then the same
+/// for every delivery).
+fn has_producer_id(m: &Message) -> bool {
+    !m.producer_id.is_empty() && m.sequence != 0
+}
+
+/// True when neither the message's destination nor its reply-to is a temporary destination:
+/// every connection then names them alike.
+fn names_no_temporary(m: &Message) -> bool {
+    let temp = m.destination.as_ref().is_some_and(|d| d.kind().is_temp())
+        || (!m.reply_to.is_empty()
+            && Destination::parse(&m.reply_to).is_ok_and(|d| d.kind().is_temp()));
+    !temp
+}
+
+/// Writes a MESSAGE's headers without allocating once warm: a scratch buffer for ids, and the
+/// last destination's header line (a consumer mostly reads one destination).
+#[derive(Debug, Default)]
+struct HeaderWriter {
+    scratch: BytesMut,
+    last_destination: Option<(Destination, Box<[u8]>)>,
+}
+
+impl HeaderWriter {
+    /// `prefix` `a` `:` `b` into the scratch buffer.
+    fn id_pair(&mut self, prefix: &str, a: u64, b: u64) {
+        self.scratch.clear();
+        self.scratch.put_slice(prefix.as_bytes());
+        stomp::put_decimal(a, &mut self.scratch);
+        self.scratch.put_u8(b':');
+        stomp::put_decimal(b, &mut self.scratch);
+    }
+
+    /// The headers of the message itself (what is the same for every subscription), the
+    /// `content-length` and the blank line before the body.
+    fn message_headers(
+        &mut self,
+        version: Version,
+        connection_id: &str,
+        m: &Message,
+        out: &mut BytesMut,
+    ) {
+        if has_producer_id(m) {
+            self.scratch.clear();
+            self.scratch.put_slice(b"ID:");
+            match std::str::from_utf8(&m.producer_id) {
+                Ok(id) => self.scratch.put_slice(id.as_bytes()),
+                Err(_) => self
+                    .scratch
+                    .put_slice(String::from_utf8_lossy(&m.producer_id).as_bytes()),
+            }
+            self.scratch.put_u8(b':');
+            stomp::put_decimal(m.sequence, &mut self.scratch);
+            stomp::put_message_header(version, "message-id", &self.scratch, out);
+        }
+        match &m.destination {
+            Some(dest) => {
+                let fresh = self
+                    .last_destination
+                    .as_ref()
+                    .is_none_or(|(d, _)| d != dest);
+                if fresh {
+                    let mut line = BytesMut::new();
+                    let name = stomp_name(connection_id, dest);
+                    stomp::put_message_header(version, "destination", name.as_bytes(), &mut line);
+                    self.last_destination =
+                        Some((dest.clone(), Vec::from(line).into_boxed_slice()));
+                }
+                if let Some((_, line)) = &self.last_destination {
+                    out.put_slice(line);
+                }
+            }
+            None => out.put_slice(b"destination:\n"),
+        }
+        if !m.content_type.is_empty() {
+            stomp::put_message_header(version, "content-type", m.content_type.as_bytes(), out);
+        }
+        out.put_slice(if m.persistent {
+            b"persistent:true\n"
+        } else {
+            b"persistent:false\n"
+        });
+        out.put_slice(b"priority:");
+        stomp::put_decimal(m.priority, out);
+        out.put_slice(b"\ntimestamp:");
+        stomp::put_decimal(m.timestamp_ms, out);
+        out.put_u8(b'\n');
+        if m.expires_at_ms != 0 {
+            out.put_slice(b"expires:");
+            stomp::put_decimal(m.expires_at_ms, out);
+            out.put_u8(b'\n');
+        }
+        if !m.reply_to.is_empty() {
+            let reply_to = reply_to_stomp(connection_id, &m.reply_to);
+            stomp::put_message_header(version, "reply-to", reply_to.as_bytes(), out);
+        }
+        if !m.correlation_id.is_empty() {
+            let id = m.correlation_id.as_bytes();
+            stomp::put_message_header(version, "correlation-id", id, out);
+        }
+        for (k, v) in &m.headers {
+            stomp::put_message_header(version, k, v.as_bytes(), out);
+        }
+        out.put_slice(b"content-length:");
+        stomp::put_decimal(m.body.len() as u64, out);
+        out.put_slice(b"\n\n");
+    }
 }
 
 pub(crate) struct Stomp {
@@ -244,6 +373,9 @@ pub(crate) struct Stomp {
     by_message_id: HashMap<(String, u64), u64>,
     next_sequence: u64,
     producer_id: Bytes,
+    writer: HeaderWriter,
+    /// The last SEND's destination as the client wrote it, and parsed.
+    last_send: Option<(Box<str>, Destination)>,
 }
 
 impl Stomp {
@@ -259,13 +391,33 @@ impl Stomp {
             by_message_id: HashMap::new(),
             next_sequence: 1,
             producer_id: Bytes::from(connection_id.to_string()),
+            writer: HeaderWriter::default(),
+            last_send: None,
         }
     }
 }
 
-/// The `ack` id of a delivery (STOMP 1.2): subscription and tag.
-fn ack_id(sub: u64, tag: u64) -> String {
-    format!("{sub}:{tag}")
+/// A meshmq destination → how connection `connection_id` sees it.
+fn stomp_name(connection_id: &str, d: &Destination) -> String {
+    if d.kind().is_temp() {
+        let prefix = format!("{connection_id}.");
+        let (own, remote) = match d.kind() {
+            Kind::TempQueue => ("/temp-queue/", "/remote-temp-queue/"),
+            _ => ("/temp-topic/", "/remote-temp-topic/"),
+        };
+        return match d.name().strip_prefix(&prefix) {
+            Some(local) => format!("{own}{local}"),
+            None => format!("{remote}{}", d.name()),
+        };
+    }
+    stomp::to_stomp_destination(d)
+}
+
+fn reply_to_stomp(connection_id: &str, reply_to: &str) -> String {
+    match Destination::parse(reply_to) {
+        Ok(d) => stomp_name(connection_id, &d),
+        Err(_) => reply_to.to_string(),
+    }
 }
 
 fn parse_ack_id(id: &str) -> Option<(u64, u64)> {
@@ -302,31 +454,9 @@ impl Stomp {
         Ok(d)
     }
 
-    /// A meshmq destination → how this connection sees it.
-    fn stomp_name(&self, d: &Destination) -> String {
-        if d.kind().is_temp() {
-            let prefix = format!("{}.", self.connection_id);
-            let (own, remote) = match d.kind() {
-                Kind::TempQueue => ("/temp-queue/", "/remote-temp-queue/"),
-                _ => ("/temp-topic/", "/remote-temp-topic/"),
-            };
-            return match d.name().strip_prefix(&prefix) {
-                Some(local) => format!("{own}{local}"),
-                None => format!("{remote}{}", d.name()),
-            };
-        }
-        stomp::to_stomp_destination(d)
-    }
-
-    fn reply_to_stomp(&self, reply_to: &str) -> String {
-        match Destination::parse(reply_to) {
-            Ok(d) => self.stomp_name(&d),
-            Err(_) => reply_to.to_string(),
-        }
-    }
-
     /// The message a SEND carries, as a draft for the broker's builder.
-    fn draft(&mut self, f: &Frame) -> Result<Draft, String> {
+    /// Takes the frame's body and the headers that travel with the message (moved, not copied).
+    fn draft(&mut self, f: &mut Frame) -> Result<Draft, String> {
         let priority = match f.header("priority") {
             Some(p) => p
                 .trim()
@@ -346,24 +476,26 @@ impl Stomp {
         };
         let sequence = self.next_sequence;
         self.next_sequence += 1;
+        let persistent = f
+            .header("persistent")
+            .is_some_and(|p| p.eq_ignore_ascii_case("true"));
+        let correlation_id = f.header("correlation-id").unwrap_or("").to_string();
+        let content_type = f.header("content-type").unwrap_or("").to_string();
+        let mut headers = std::mem::take(&mut f.headers);
+        headers.retain(|(k, _)| !RESERVED.contains(&k.as_str()));
+        // The message may live long: it keeps no room for the headers that stayed behind.
+        headers.shrink_to_fit();
         Ok(Draft {
-            body: f.body.clone(),
-            headers: f
-                .headers
-                .iter()
-                .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
-                .cloned()
-                .collect(),
-            persistent: f
-                .header("persistent")
-                .is_some_and(|p| p.eq_ignore_ascii_case("true")),
+            body: std::mem::take(&mut f.body),
+            headers,
+            persistent,
             priority,
             expires_at_ms,
             producer_id: self.producer_id.clone(),
             sequence,
             reply_to,
-            correlation_id: f.header("correlation-id").unwrap_or("").to_string(),
-            content_type: f.header("content-type").unwrap_or("").to_string(),
+            correlation_id,
+            content_type,
             // STOMP producers give no timestamp: the builder stamps it now.
             timestamp_ms: 0,
             ..Draft::default()
@@ -518,8 +650,9 @@ impl Stomp {
         };
         // Known before the broker has the subscription: if it refuses, the error closes the
         // connection (STOMP errors are fatal), so no delivery ever looks this id up in vain.
-        self.sub_ids.insert(id.clone(), num);
-        self.subs.insert(num, Sub { id, ack, durable });
+        self.subs
+            .insert(num, Sub::new(&id, ack, durable, self.version));
+        self.sub_ids.insert(id, num);
         Request::Subscribe { spec, receipt }
     }
 
@@ -543,24 +676,32 @@ impl Stomp {
         }
     }
 
-    fn on_send(&mut self, f: &Frame, receipt: Option<String>) -> Request<String> {
+    fn on_send(&mut self, mut f: Frame, receipt: Option<String>) -> Request<String> {
         let Some(given) = f.header("destination") else {
             return Request::refuse(Refusal::invalid("SEND needs a destination header"), receipt);
         };
-        let destination = match self.destination(given) {
-            Ok(d) => d,
-            Err(e) => return Request::refuse(Refusal::invalid(e), receipt),
+        // A producer mostly sends to one destination: it is translated and parsed once.
+        let destination = match &self.last_send {
+            Some((text, d)) if **text == *given => d.clone(),
+            _ => match self.destination(given) {
+                Ok(d) => {
+                    self.last_send = Some((given.into(), d.clone()));
+                    d
+                }
+                Err(e) => return Request::refuse(Refusal::invalid(e), receipt),
+            },
         };
-        let draft = match self.draft(f) {
+        let transaction = f
+            .header("transaction")
+            .map(|t| TxName::Named(t.to_string()));
+        let draft = match self.draft(&mut f) {
             Ok(d) => d,
             Err(e) => return Request::refuse(Refusal::invalid(e), receipt),
         };
         Request::Send(SendRequest {
             destination,
             draft,
-            transaction: f
-                .header("transaction")
-                .map(|t| TxName::Named(t.to_string())),
+            transaction,
             receipt,
         })
     }
@@ -591,7 +732,7 @@ impl Stomp {
     pub(crate) fn request(&mut self, f: Frame) -> Request<String> {
         let receipt = f.header("receipt").map(String::from);
         match f.command {
-            Command::Send => self.on_send(&f, receipt),
+            Command::Send => self.on_send(f, receipt),
             Command::Subscribe => self.on_subscribe(&f, receipt),
             Command::Unsubscribe => self.on_unsubscribe(&f, receipt),
             Command::Ack => self.on_ack(&f, false, receipt),
@@ -628,56 +769,63 @@ impl Codec for Stomp {
         }
     }
 
+    /// Writes a MESSAGE: first the lines of this delivery (subscription, ack id, redelivery),
+    /// then the message's own headers. Those are the same for every subscriber of a topic
+    /// message that names no temporary destination (which each connection sees under its own
+    /// name), so they are encoded once per message and copied for each delivery; otherwise
+    /// they are written here. Nothing is allocated on the way unless a 1.0/1.1 client
+    /// acknowledges by `message-id`.
     fn encode_delivery(&mut self, d: &Delivery, out: &mut BytesMut) -> bool {
-        let Some(sub) = self.subs.get(&d.subscription) else {
+        let Stomp {
+            version,
+            connection_id,
+            subs,
+            by_message_id,
+            writer,
+            ..
+        } = self;
+        let Some(sub) = subs.get(&d.subscription) else {
             return false;
         };
-        let m = &d.message;
-        let mid = message_id(m, d.subscription, d.tag);
-        let destination = m
-            .destination
-            .as_ref()
-            .map(|x| self.stomp_name(x))
-            .unwrap_or_default();
-        let ack = ack_id(d.subscription, d.tag);
-        let priority = m.priority.to_string();
-        let timestamp = m.timestamp_ms.to_string();
-        let expires = m.expires_at_ms.to_string();
-        let redeliveries = d.redelivery_count.to_string();
-        let reply_to = (!m.reply_to.is_empty()).then(|| self.reply_to_stomp(&m.reply_to));
-        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(12 + m.headers.len());
-        headers.push(("subscription", sub.id.as_str()));
-        headers.push(("message-id", mid.as_str()));
-        headers.push(("destination", destination.as_str()));
-        if self.version == Version::V1_2 && sub.ack != AckMode::Auto {
-            headers.push(("ack", ack.as_str()));
-        }
-        if !m.content_type.is_empty() {
-            headers.push(("content-type", m.content_type.as_str()));
-        }
-        headers.push(("persistent", if m.persistent { "true" } else { "false" }));
-        headers.push(("priority", priority.as_str()));
-        headers.push(("timestamp", timestamp.as_str()));
-        if m.expires_at_ms != 0 {
-            headers.push(("expires", expires.as_str()));
-        }
-        if let Some(r) = &reply_to {
-            headers.push(("reply-to", r.as_str()));
-        }
-        if !m.correlation_id.is_empty() {
-            headers.push(("correlation-id", m.correlation_id.as_str()));
+        let (m, version) = (&d.message, *version);
+        let auto = sub.ack == AckMode::Auto;
+        out.reserve(sub.line.len() + 256 + m.body.len());
+        out.put_slice(b"MESSAGE\n");
+        out.put_slice(&sub.line);
+        if version == Version::V1_2 && !auto {
+            writer.id_pair("", d.subscription, d.tag);
+            stomp::put_message_header(version, "ack", &writer.scratch, out);
         }
         if d.redelivery_count > 0 {
-            headers.push(("redelivered", "true"));
-            headers.push(("meshmq.redelivery_count", redeliveries.as_str()));
+            out.put_slice(b"redelivered:true\nmeshmq.redelivery_count:");
+            stomp::put_decimal(d.redelivery_count, out);
+            out.put_u8(b'\n');
         }
-        for (k, v) in &m.headers {
-            headers.push((k.as_str(), v.as_str()));
+        if !has_producer_id(m) {
+            writer.id_pair("ID:", d.subscription, d.tag);
+            stomp::put_message_header(version, "message-id", &writer.scratch, out);
         }
-        stomp::encode_message(self.version, headers, &m.body, out);
-        let auto = sub.ack == AckMode::Auto;
-        if !auto && self.version != Version::V1_2 {
-            self.by_message_id.insert((mid, d.subscription), d.tag);
+        let shared = m
+            .destination
+            .as_ref()
+            .is_some_and(|dest| dest.kind() == Kind::Topic)
+            && names_no_temporary(m);
+        let cached = if shared {
+            m.encoded_once(shared_key(version), |buf| {
+                writer.message_headers(version, connection_id, m, buf)
+            })
+        } else {
+            None
+        };
+        match cached {
+            Some(block) => out.put_slice(block),
+            None => writer.message_headers(version, connection_id, m, out),
+        }
+        out.put_slice(&m.body);
+        out.put_u8(0);
+        if !auto && version != Version::V1_2 {
+            let mid = message_id(m, d.subscription, d.tag);
+            by_message_id.insert((mid, d.subscription), d.tag);
         }
         auto
     }

@@ -62,7 +62,7 @@ pub fn encode_parts<'a>(
     if !body.is_empty() || matches!(command, Command::Message | Command::Error) {
         dst.put_slice(CONTENT_LENGTH.as_bytes());
         dst.put_u8(b':');
-        put_decimal(body.len(), dst);
+        put_decimal(body.len() as u64, dst);
         dst.put_u8(b'\n');
     }
     dst.put_u8(b'\n');
@@ -70,8 +70,19 @@ pub fn encode_parts<'a>(
     dst.put_u8(0);
 }
 
-/// Writes a length in decimal without going through `fmt` on the hot path.
-fn put_decimal(mut n: usize, dst: &mut BytesMut) {
+/// Appends one `key:value` header line of a MESSAGE frame, escaped as `version` requires: for
+/// servers that write a delivery's lines themselves (see [`encode_message`] for a whole frame).
+pub fn put_message_header(version: Version, key: &str, value: &[u8], dst: &mut BytesMut) {
+    let escaping = Escaping::of(version, Command::Message);
+    put_escaped(key.as_bytes(), escaping, true, dst);
+    dst.put_u8(b':');
+    put_escaped(value, escaping, false, dst);
+    dst.put_u8(b'\n');
+}
+
+/// Writes a number in decimal without going through `fmt` on the hot path.
+pub fn put_decimal(n: impl Into<u64>, dst: &mut BytesMut) {
+    let mut n: u64 = n.into();
     let mut digits = [0u8; 20];
     let mut start = digits.len();
     loop {
@@ -85,12 +96,19 @@ fn put_decimal(mut n: usize, dst: &mut BytesMut) {
     dst.put_slice(&digits[start..]);
 }
 
-fn needs_care(b: u8) -> bool {
-    matches!(b, b'\\' | b'\n' | b'\r' | b':' | 0)
+/// True when `text` holds a byte some version escapes or replaces. Long texts are searched
+/// with SIMD (`memchr`); short ones byte by byte, which is faster for them.
+fn needs_care(text: &[u8]) -> bool {
+    if text.len() < 16 {
+        return text
+            .iter()
+            .any(|&b| matches!(b, b'\\' | b'\n' | b'\r' | b':' | 0));
+    }
+    memchr::memchr3(b'\\', b'\n', b':', text).is_some() || memchr::memchr2(b'\r', 0, text).is_some()
 }
 
 fn put_escaped(text: &[u8], escaping: Escaping, is_name: bool, dst: &mut BytesMut) {
-    if !text.iter().copied().any(needs_care) {
+    if !needs_care(text) {
         dst.put_slice(text);
         return;
     }

@@ -29,7 +29,7 @@ pub use decode::{decode, Decoded, Decoder};
 pub use destination::{
     from_stomp_destination, from_stomp_pattern, to_stomp_destination, STOMP_PREFIXES,
 };
-pub use encode::{encode, encode_message, encode_parts};
+pub use encode::{encode, encode_message, encode_parts, put_decimal, put_message_header};
 pub use negotiate::{negotiate, negotiate_heartbeat, parse_heartbeat};
 
 /// The STOMP versions this codec speaks, oldest first (so `Ord` picks the newest).

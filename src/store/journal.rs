@@ -466,14 +466,17 @@ impl Journal {
         self.shared.local.subscribe()
     }
 
-    /// The oldest record still on disk (`next_index` when there is none).
+    /// The oldest record held: on disk, or appended and about to be written into the last
+    /// segment (`next_index` when there is none).
     pub fn first_index(&self) -> u64 {
-        self.shared
-            .segments
-            .read()
-            .iter()
-            .find(|s| !s.offsets.is_empty())
-            .map_or_else(|| self.next_index(), |s| s.first)
+        let segments = self.shared.segments.read();
+        // With no record in any segment, whatever was written is gone (it was durable), and
+        // the oldest held is the first record after it, appended but not yet written (segments
+        // are made by the writer, when it writes).
+        segments.iter().find(|s| !s.offsets.is_empty()).map_or_else(
+            || (self.local_synced() + 1).min(self.next_index()),
+            |s| s.first,
+        )
     }
 
     /// Keeps garbage collection from deleting record `index` and later (`id` names the pin).

@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::io::poll_read_buf;
 
+pub mod files;
 pub mod liveness;
 pub mod quic;
 pub mod tls;
