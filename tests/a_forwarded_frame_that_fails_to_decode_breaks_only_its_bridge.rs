@@ -44,6 +44,7 @@ async fn garbage_ends_one_bridge_and_its_forwards_come_back() {
         member: "hub-1".into(),
         connector: "hub-edge".into(),
         duplex: true,
+        token: common::MESH_SECRET.into(),
         ..proto::BrokerInfo::default()
     }));
     match hub.next() {

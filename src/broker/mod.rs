@@ -16,6 +16,7 @@
 //! than its subscriptions' prefetch; message memory is charged while any reference to the
 //! message lives and released when the last one drops.
 
+mod claims;
 pub mod destination;
 mod durability;
 mod inflight;
@@ -41,7 +42,7 @@ use rustc_hash::FxHashMap;
 pub use crate::config::{DestinationLimits, OnFull};
 pub use destination::{Destination, DestinationError, DestinationPattern, Kind};
 pub use durability::{CommitLog, JournalStats, SyncedQueue};
-pub use memory::MemoryPool;
+pub use memory::{MemoryPool, PendingCharge};
 pub use message::{
     Delivery, Draft, Message, MessageBuilder, COPY_BODY_BELOW, DEFAULT_PRIORITY, MAX_PRIORITY,
 };
@@ -117,6 +118,10 @@ pub enum BrokerError {
         "client id {0:?} is already connected; a client id may be used by one connection at a time"
     )]
     ClientIdInUse(String),
+    #[error("client id {0:?} belongs to another user: only the user who first connected with it may use it or take it over")]
+    ClientIdOwned(String),
+    #[error("temporary destination names under {0:?} belong to another user's connection")]
+    TempPrefixOwned(String),
     #[error("a durable subscription needs a client id: set one when connecting")]
     DurableNeedsClientId,
     #[error("durable subscription {name:?} of client {client_id:?} is already active on another connection")]
@@ -271,7 +276,11 @@ struct Inner {
     topic_registry: Mutex<()>,
     wildcard_subs: RwLock<Vec<Arc<TopicSub>>>,
     durables: DashMap<(String, String), Arc<TopicSub>>,
-    client_ids: DashMap<String, u64>,
+    /// Each client id in use: its session and that session's user.
+    client_ids: DashMap<String, (u64, Option<String>)>,
+    /// Client ids, and connection ids (temporary destination name prefixes), by user.
+    client_id_claims: claims::Claims,
+    temp_claims: claims::Claims,
     next_connection: AtomicU64,
     next_topic_sub: AtomicU64,
     run_id: String,
@@ -542,6 +551,8 @@ impl Broker {
                 wildcard_subs: RwLock::new(Vec::new()),
                 durables: DashMap::new(),
                 client_ids: DashMap::new(),
+                client_id_claims: claims::Claims::default(),
+                temp_claims: claims::Claims::default(),
                 next_connection: AtomicU64::new(1),
                 next_topic_sub: AtomicU64::new(1),
                 run_id: format!("{:08x}", rand::random::<u32>()),
@@ -557,26 +568,57 @@ impl Broker {
         &self.inner.memory
     }
 
-    /// The session holding client id `cid`, if any.
-    pub fn client_id_holder(&self, cid: &str) -> Option<u64> {
-        self.inner.client_ids.get(cid).map(|e| *e.value())
+    /// A charge, starting at 0, for bytes a connection holds of frames not yet handed over.
+    pub fn memory_pending(&self) -> PendingCharge {
+        self.inner.memory.pending()
     }
 
-    /// Opens a session for a new connection. A client id, when given, must be unused.
+    /// The session holding client id `cid`, if any, with its user (`None`: anonymous).
+    pub fn client_id_holder(&self, cid: &str) -> Option<(u64, Option<String>)> {
+        self.inner.client_ids.get(cid).map(|e| e.value().clone())
+    }
+
+    /// Opens an anonymous session for a new connection. A client id, when given, must be
+    /// unused and unclaimed by any user.
     pub fn open_session(&self, client_id: Option<String>) -> Result<Session, BrokerError> {
+        self.open_session_as(client_id, None)
+    }
+
+    /// Opens a session for a connection logged in as `user` (`None`: anonymous). A client id,
+    /// when given, must be unused, and not claimed by another user: a user's client id and
+    /// connection id (its temporary destinations' prefix) stay that user's after it closes.
+    pub fn open_session_as(
+        &self,
+        client_id: Option<String>,
+        user: Option<String>,
+    ) -> Result<Session, BrokerError> {
         let id = self.inner.next_connection.fetch_add(1, Ordering::Relaxed);
         if let Some(cid) = &client_id {
+            if self
+                .inner
+                .client_id_claims
+                .check(cid, user.as_deref())
+                .is_err()
+            {
+                return Err(BrokerError::ClientIdOwned(cid.clone()));
+            }
             match self.inner.client_ids.entry(cid.clone()) {
                 dashmap::Entry::Occupied(_) => return Err(BrokerError::ClientIdInUse(cid.clone())),
                 dashmap::Entry::Vacant(v) => {
-                    v.insert(id);
+                    v.insert((id, user.clone()));
                 }
             }
+            // Checked above; the entry held since keeps any other user from claiming it.
+            let _ = self.inner.client_id_claims.take(cid, user.as_deref());
         }
+        let connection_id = format!("ID-{}-{}", self.inner.run_id, id);
+        // A fresh id nobody can have claimed: adopting one not yet issued is refused.
+        let _ = self.inner.temp_claims.take(&connection_id, user.as_deref());
         Ok(Session {
             broker: self.clone(),
             id,
-            connection_id: format!("ID-{}-{}", self.inner.run_id, id),
+            connection_id,
+            user,
             client_id,
             outbox: Arc::new(Outbox::new()),
             subs: HashMap::new(),
@@ -872,6 +914,8 @@ pub struct Session {
     broker: Broker,
     id: u64,
     connection_id: String,
+    /// Who logged in (`None`: anonymous): whose claims this session's names are.
+    user: Option<String>,
     client_id: Option<String>,
     outbox: Arc<Outbox>,
     subs: HashMap<u64, SubHandle>,
@@ -936,9 +980,36 @@ impl Session {
     }
 
     /// Lets this session create (and own) temporary destinations named after a failover
-    /// client's earlier connection ids. An empty prefix is ignored.
-    pub fn adopt_temp_prefixes(&mut self, prefixes: Vec<String>) {
-        self.temp_prefixes = prefixes.into_iter().filter(|p| !p.is_empty()).collect();
+    /// client's earlier connection ids. An empty prefix is ignored. Refused, adopting none,
+    /// when another user claimed one of them, or one is a connection id this broker has not
+    /// issued yet (claiming it would take a future connection's names).
+    pub fn adopt_temp_prefixes(&mut self, prefixes: Vec<String>) -> Result<(), BrokerError> {
+        let claims = &self.broker.inner.temp_claims;
+        let issued = self.broker.inner.next_connection.load(Ordering::Relaxed);
+        let mine = format!("ID-{}-", self.broker.inner.run_id);
+        let mut adopted: Vec<String> = Vec::new();
+        for prefix in prefixes.into_iter().filter(|p| !p.is_empty()) {
+            let future = prefix
+                .strip_prefix(&mine)
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n >= issued);
+            let taken = !future
+                && (adopted.contains(&prefix)
+                    || claims.take(&prefix, self.user.as_deref()).is_ok());
+            if !taken {
+                for p in &adopted {
+                    claims.release(p, self.user.as_deref());
+                }
+                return Err(BrokerError::TempPrefixOwned(prefix));
+            }
+            if !adopted.contains(&prefix) {
+                adopted.push(prefix);
+            }
+        }
+        for p in std::mem::replace(&mut self.temp_prefixes, adopted) {
+            claims.release(&p, self.user.as_deref());
+        }
+        Ok(())
     }
 
     /// Resolves a destination to publish to. Ordinary destinations are created on first use;
@@ -1542,10 +1613,18 @@ impl Session {
             }
         }
         if let Some(cid) = &self.client_id {
-            self.broker
-                .inner
+            let inner = &self.broker.inner;
+            if inner
                 .client_ids
-                .remove_if(cid, |_, id| *id == self.id);
+                .remove_if(cid, |_, (id, _)| *id == self.id)
+                .is_some()
+            {
+                inner.client_id_claims.release(cid, self.user.as_deref());
+            }
+        }
+        let user = self.user.as_deref();
+        for prefix in std::iter::once(&self.connection_id).chain(&self.temp_prefixes) {
+            self.broker.inner.temp_claims.release(prefix, user);
         }
     }
 }

@@ -284,7 +284,8 @@ struct MeshPlan {
 }
 
 fn topology(args: &FailoverArgs) -> anyhow::Result<MeshPlan> {
-    let mut text = String::from("[mesh]\nname = \"bench-failover\"\n");
+    let mut text =
+        String::from("[mesh]\nname = \"bench-failover\"\nsecret_file = \"mesh.secret\"\n");
     let mut members = Vec::new();
     let mut edges = Vec::new();
     let mut listener_extra = String::from("update_cluster_clients = true\n");

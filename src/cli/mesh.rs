@@ -173,6 +173,12 @@ enum Waited {
 pub async fn up(topology: &Path) -> anyhow::Result<()> {
     let topo = load(topology)?;
     refuse_unsupported(&topo)?;
+    // Every member runs on this machine, so they share one secret file: make it if missing.
+    if let Some(path) = &topo.bridges.secret_file {
+        if meshmq::security::ensure_mesh_secret(path)? {
+            println!("wrote a new mesh secret to {}", path.display());
+        }
+    }
     let mut signals = Signals::install()?;
     let exe = std::env::current_exe()?;
     let (stop_tx, stop_rx) = watch::channel(false);

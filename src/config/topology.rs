@@ -352,6 +352,19 @@ pub struct Security {
     pub acls: Vec<Acl>,
 }
 
+/// A mesh secret shorter than this is refused: it is what keeps strangers' bridges out.
+pub const MIN_MESH_SECRET: usize = 16;
+
+/// How a bridge proves it belongs to the mesh (`[mesh]` `secret_file`,
+/// `allow_anonymous_bridges`).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct BridgeAuth {
+    /// The file holding the mesh secret (absolute; read when a member starts).
+    pub secret_file: Option<PathBuf>,
+    /// Let a bridge in that proves nothing (no secret, no connector credentials).
+    pub allow_anonymous: bool,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ZooKeeperOptions {
     /// At least one server.
@@ -530,6 +543,8 @@ pub struct Topology {
     pub metrics: MetricsOptions,
     pub rebalance: RebalanceOptions,
     pub security: Security,
+    /// How bridges between groups prove they belong to this mesh.
+    pub bridges: BridgeAuth,
     /// Present exactly when some group's election is zookeeper.
     pub zookeeper: Option<ZooKeeperOptions>,
     /// At least one; names unique.

@@ -19,13 +19,13 @@ use super::names::{
     NAME_FIX,
 };
 use super::raw::{
-    RawAcl, RawAdmin, RawBroker, RawConnector, RawGroup, RawListener, RawMember, RawMetrics,
-    RawPolicy, RawRebalance, RawSecurity, RawStore, RawTopology, RawUser, RawZooKeeper,
+    RawAcl, RawAdmin, RawBroker, RawConnector, RawGroup, RawListener, RawMember, RawMesh,
+    RawMetrics, RawPolicy, RawRebalance, RawSecurity, RawStore, RawTopology, RawUser, RawZooKeeper,
 };
 use super::topology::{
-    Acl, AdminOptions, BrokerPolicy, Connector, ConnectorTransport, DestinationPolicy, Election,
-    Group, Listener, Member, MetricsOptions, OnFull, RebalanceOptions, Secret, Security, Source,
-    StoreOptions, SyncMode, TlsFiles, Topology, User, ZooKeeperOptions,
+    Acl, AdminOptions, BridgeAuth, BrokerPolicy, Connector, ConnectorTransport, DestinationPolicy,
+    Election, Group, Listener, Member, MetricsOptions, OnFull, RebalanceOptions, Secret, Security,
+    Source, StoreOptions, SyncMode, TlsFiles, Topology, User, ZooKeeperOptions,
 };
 use super::units::{
     parse_bind_ip, parse_client_url, parse_duration, parse_group_filter, parse_host_port,
@@ -77,6 +77,7 @@ pub(super) fn validate(
     c.cluster_filters(&groups);
     let zookeeper = c.zookeeper(raw.zookeeper.as_ref(), &raw.group);
     let connectors = c.connectors(&raw.connector, &raw.group, &groups, &security);
+    let bridges = c.bridges(raw.mesh.as_ref());
     let admin = c.admin(raw.admin.as_ref());
 
     let (Some(mesh), true) = (mesh, c.errors.is_empty()) else {
@@ -91,6 +92,7 @@ pub(super) fn validate(
         metrics,
         rebalance,
         security,
+        bridges,
         zookeeper,
         groups: groups.into_iter().flatten().collect(),
         connectors: connectors.into_iter().flatten().collect(),
@@ -321,6 +323,16 @@ impl Checker<'_> {
             "name the mesh, e.g. name = \"demo\"",
         )?;
         self.name("mesh.name", name, MeshName::parse)
+    }
+
+    fn bridges(&mut self, raw: Option<&RawMesh>) -> BridgeAuth {
+        let Some(raw) = raw else {
+            return BridgeAuth::default();
+        };
+        BridgeAuth {
+            secret_file: self.path("mesh.secret_file", raw.secret_file.as_deref()),
+            allow_anonymous: raw.allow_anonymous_bridges.unwrap_or(false),
+        }
     }
 
     fn broker(&mut self, at: &str, raw: Option<&RawBroker>, base: &BrokerPolicy) -> BrokerPolicy {

@@ -35,7 +35,7 @@ use crate::broker::{Broker, BrokerError, BrokerSettings};
 use crate::cluster::{Cluster, ClusterOptions, ClusterPolicy};
 use crate::config::{Election, Scheme, SyncMode, Topology};
 use crate::metrics as m;
-use crate::security::{LiveSecurity, Principal};
+use crate::security::{LiveSecurity, LoginError, Principal};
 use crate::store::{Durability, StoreConfig, StoreError};
 use crate::transport::quic::{self, QuicIncoming, QuicListener};
 use crate::transport::{ConnectionCount, Incoming, Listener, TransportError};
@@ -303,7 +303,9 @@ impl ServerOptions {
             conn: ConnSettings {
                 heartbeat: policy.heartbeat,
                 connect_timeout: policy.connect_timeout,
-                max_frame_size: policy.max_frame_size as usize,
+                // A frame larger than the memory limit could never be held: refused from its
+                // header like one over max_frame_size.
+                max_frame_size: u64::from(policy.max_frame_size).min(policy.memory_limit) as usize,
             },
             shutdown_timeout: policy.shutdown_timeout,
             expiry_check_interval: policy.expiry_check_interval,
@@ -494,6 +496,11 @@ impl ListenerMetrics {
             .increment(1);
     }
 
+    fn creation_refused(&self) {
+        counter!(m::CREATIONS_REFUSED, "listener" => self.listener.clone(), "protocol" => self.protocol)
+            .increment(1);
+    }
+
     fn denied(&self) {
         counter!(m::ACCESS_DENIED, "listener" => self.listener.clone(), "protocol" => self.protocol)
             .increment(1);
@@ -541,24 +548,36 @@ pub(crate) struct ConnCtx {
 }
 
 impl ConnCtx {
-    /// Logs a client in. Password hashing is slow by design, so it runs off the async threads;
-    /// a refusal is counted and takes as long whether or not the user exists.
+    /// Logs a client from `peer` in. Password verification is slow and memory-hungry by
+    /// design, so it runs on the authenticator's bounded slots, off the async threads; a
+    /// refusal is counted (a failed login as an auth failure, a login turned away unverified
+    /// as a refused connection) and takes as long whether or not the user exists.
     pub(crate) async fn login(
         &self,
+        peer: SocketAddr,
         user: Option<String>,
         password: Option<String>,
     ) -> Result<Principal, String> {
         let authn = self.security.current().authenticator.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            authn.authenticate(user.as_deref(), password.as_deref())
-        })
-        .await
-        .map_err(|e| format!("login failed: {e}"))?;
-        result.map_err(|e| {
-            self.metrics.auth_failed();
+        authn.login(peer.ip(), user, password).await.map_err(|e| {
+            match &e {
+                LoginError::Refused(_) => self.metrics.auth_failed(),
+                LoginError::Gate(g) => {
+                    self.metrics.refused(g.reason());
+                    tracing::debug!(%peer, error = %g, "login turned away");
+                }
+            }
             e.to_string()
         })
     }
+}
+
+/// The largest frame a connection may send before it has logged in (a `Connect`, a STOMP
+/// `CONNECT` or a bridge's `BrokerInfo`): a stranger who never logs in holds no more.
+pub(crate) const HANDSHAKE_MAX_FRAME: usize = 64 * 1024;
+
+pub(crate) fn handshake_frame_limit(ctx: &ConnCtx) -> usize {
+    HANDSHAKE_MAX_FRAME.min(ctx.settings.max_frame_size)
 }
 
 /// A member's role in its group.
@@ -706,6 +725,8 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             opts.topology.clone(),
             &opts.identity.member,
             opts.network.clone(),
+            // Password verifications running at once may use a sixteenth of the memory limit.
+            (opts.broker.memory_limit / 16).max(crate::security::DEFAULT_LOGIN_MEMORY),
         ),
         operations: drain::Operations::new(&opts, shutdown.clone()),
     });

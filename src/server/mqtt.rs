@@ -984,6 +984,8 @@ enum ConnRefusal {
     Version,
     Identifier,
     Credentials,
+    /// Logged in, but not allowed this (another user's client id).
+    NotAuthorized,
     Unavailable,
     Malformed(u8),
 }
@@ -995,6 +997,7 @@ fn write_connack_refusal(wire: &mut Wire, refusal: ConnRefusal, out: &mut BytesM
                 ConnRefusal::Version => v3::ConnectAckReason::UnacceptableProtocolVersion,
                 ConnRefusal::Identifier => v3::ConnectAckReason::IdentifierRejected,
                 ConnRefusal::Credentials => v3::ConnectAckReason::BadUserNameOrPassword,
+                ConnRefusal::NotAuthorized => v3::ConnectAckReason::NotAuthorized,
                 ConnRefusal::Unavailable => v3::ConnectAckReason::ServiceUnavailable,
                 // MQTT 3 answers a malformed CONNECT by closing.
                 ConnRefusal::Malformed(_) => return,
@@ -1012,6 +1015,7 @@ fn write_connack_refusal(wire: &mut Wire, refusal: ConnRefusal, out: &mut BytesM
                 ConnRefusal::Version => v5::ConnectAckReason::UnsupportedProtocolVersion,
                 ConnRefusal::Identifier => v5::ConnectAckReason::ClientIdentifierNotValid,
                 ConnRefusal::Credentials => v5::ConnectAckReason::BadUserNameOrPassword,
+                ConnRefusal::NotAuthorized => v5::ConnectAckReason::NotAuthorized,
                 ConnRefusal::Unavailable => v5::ConnectAckReason::ServerBusy,
                 ConnRefusal::Malformed(r) => v5::ConnectAckReason::try_from(r)
                     .unwrap_or(v5::ConnectAckReason::MalformedPacket),
@@ -1101,7 +1105,7 @@ pub(crate) async fn serve(
 ) {
     ctx.metrics.connection_opened();
     let mut pump = Pump::new(stream);
-    match handshake(&mut pump, &ctx, &shutdown).await {
+    match handshake(&mut pump, peer, &ctx, &shutdown).await {
         Ok(Some((codec, session, principal, keep_alive))) => {
             // Counted in the group's load; MQTT takes no cluster pushes.
             let registration =
@@ -1137,6 +1141,7 @@ struct Connect {
 
 async fn handshake(
     pump: &mut Pump,
+    peer: SocketAddr,
     ctx: &ConnCtx,
     shutdown: &CancellationToken,
 ) -> std::io::Result<Option<Handshake>> {
@@ -1217,7 +1222,7 @@ async fn handshake(
         .password
         .as_ref()
         .map(|p| String::from_utf8_lossy(p).into_owned());
-    let principal = match ctx.login(connect.username.clone(), password).await {
+    let principal = match ctx.login(peer, connect.username.clone(), password).await {
         Ok(p) => p,
         Err(message) => {
             tracing::debug!(user = ?connect.username, message, "MQTT login refused");
@@ -1232,13 +1237,15 @@ async fn handshake(
         return close(pump).await;
     }
     let client_id = (!assigned).then(|| connect.client_id.clone());
-    // A new connection with a client id in use takes it over (MQTT 3.1.4-3).
-    let session = match super::native::open_session(ctx, client_id, true).await {
+    // A new connection with a client id in use takes it over (MQTT 3.1.4-3), if it is the
+    // same user's: another user's client id is refused as not authorized.
+    let session = match super::native::open_session(ctx, client_id, true, &principal).await {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(error = %e, "MQTT session refused");
             let refusal = match e {
                 BrokerError::ClientIdInUse(_) => ConnRefusal::Identifier,
+                BrokerError::ClientIdOwned(_) => ConnRefusal::NotAuthorized,
                 _ => ConnRefusal::Unavailable,
             };
             write_connack_refusal(&mut wire, refusal, &mut pump.wbuf);

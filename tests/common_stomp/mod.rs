@@ -190,6 +190,11 @@ impl Broker {
         self.topology.dir()
     }
 
+    /// The broker process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn listener(&self, name: &str) -> &ListenerDef {
         self.topology
             .listeners
