@@ -18,6 +18,9 @@ pub const MESSAGE_OVERHEAD: u64 = 256;
 /// Highest message priority (JMS: 0..=9, 4 by default).
 pub const MAX_PRIORITY: u8 = 9;
 pub const DEFAULT_PRIORITY: u8 = 4;
+/// A message header `true` asks its topic to retain it (MQTT's retain flag; ActiveMQ's
+/// property of the same name), so it travels the mesh with the message.
+pub const RETAIN_HEADER: &str = "ActiveMQ.Retain";
 
 /// Bodies smaller than this are copied out of the buffer they arrived in, so a message that
 /// lives long never pins a whole read chunk; larger ones share it (a copy would cost more than
@@ -178,6 +181,13 @@ impl Message {
             (key, Vec::from(buf).into_boxed_slice())
         });
         (*filled_by == key).then_some(&bytes[..])
+    }
+
+    /// Published to be retained by its topic (MQTT retain; ActiveMQ's `ActiveMQ.Retain`).
+    pub fn is_retained(&self) -> bool {
+        self.headers
+            .iter()
+            .any(|(k, v)| k == RETAIN_HEADER && v == "true")
     }
 
     pub fn is_expired(&self, now_ms: u64) -> bool {

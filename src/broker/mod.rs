@@ -45,6 +45,7 @@ pub use durability::{CommitLog, JournalStats, SyncedQueue};
 pub use memory::{MemoryPool, PendingCharge};
 pub use message::{
     Delivery, Draft, Message, MessageBuilder, COPY_BODY_BELOW, DEFAULT_PRIORITY, MAX_PRIORITY,
+    RETAIN_HEADER,
 };
 pub use outbox::Outbox;
 pub use queue::{AckOutcome, DeadReason, NetworkFilter};
@@ -859,6 +860,30 @@ impl Broker {
         } else {
             self.inner.topics.contains_key(dest.as_str())
         }
+    }
+
+    /// The retained messages (see [`RETAIN_HEADER`]) of the topics `pattern` matches, oldest
+    /// in topic name order; expired ones are dropped.
+    pub fn retained_matching(&self, pattern: &DestinationPattern) -> Vec<Arc<Message>> {
+        let now = now_ms();
+        let mut found: Vec<Arc<Message>> = match pattern.as_destination() {
+            Some(dest) => self
+                .inner
+                .topics
+                .get(dest.as_str())
+                .and_then(|t| t.retained(now))
+                .into_iter()
+                .collect(),
+            None => self
+                .inner
+                .topics
+                .iter()
+                .filter(|t| pattern.matches(&t.dest))
+                .filter_map(|t| t.retained(now))
+                .collect(),
+        };
+        found.sort_by(|a, b| a.dest().cmp(b.dest()));
+        found
     }
 
     /// Messages held in a queue (pending + in flight), if it exists.

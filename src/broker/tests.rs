@@ -782,6 +782,41 @@ fn recent_forward_ids_drop_repeats_and_forget_the_oldest_chunk_with_its_producer
     assert_eq!(r.producers.len(), 2, "a's number was reused");
 }
 
+#[test]
+fn a_topic_keeps_its_latest_retained_message_until_an_empty_one_clears_it() {
+    let b = broker();
+    let mut s = b.open_session(None).unwrap();
+    let retained = |body: &str| Message {
+        headers: vec![(RETAIN_HEADER.to_string(), "true".to_string())],
+        ..msg(body)
+    };
+    send(&mut s, "topic://status.boiler", retained("on"));
+    send(&mut s, "topic://status.boiler", retained("hot"));
+    send(&mut s, "topic://status.boiler", msg("not retained"));
+    send(&mut s, "topic://status.pump", retained("running"));
+    send(&mut s, "topic://other.x", retained("elsewhere"));
+    let found = |p: &str| -> Vec<String> {
+        b.retained_matching(&pattern(p))
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+            .collect()
+    };
+    assert_eq!(found("topic://status.>"), vec!["hot", "running"]);
+    assert_eq!(found("topic://status.boiler"), vec!["hot"]);
+    send(&mut s, "topic://status.pump", retained(""));
+    assert_eq!(
+        found("topic://status.*"),
+        vec!["hot"],
+        "an empty one clears"
+    );
+    let expired = Message {
+        expires_at_ms: 1,
+        ..retained("stale")
+    };
+    send(&mut s, "topic://status.boiler", expired);
+    assert!(found("topic://status.boiler").is_empty(), "expired: gone");
+}
+
 fn sub_selecting(s: &mut Session, id: u64, dest: &str, selector: &str) -> Result<(), BrokerError> {
     s.subscribe(SubscribeSpec {
         subscription: id,

@@ -36,6 +36,9 @@ pub struct Topic {
     pub(crate) owner: u64,
     deleted: AtomicBool,
     subs: RwLock<Subscribers>,
+    /// The topic's retained message (MQTT retain, ActiveMQ's `ActiveMQ.Retain` property):
+    /// kept in memory, replaced by the next one, cleared by an empty one.
+    retained: parking_lot::Mutex<Option<Arc<Message>>>,
 }
 
 /// A topic's subscriptions: a dense list to fan out over, and each one's place in it, so that
@@ -81,7 +84,17 @@ impl Topic {
             owner,
             deleted: AtomicBool::new(false),
             subs: RwLock::new(Subscribers::default()),
+            retained: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// The retained message, unless it has expired.
+    pub(crate) fn retained(&self, now: u64) -> Option<Arc<Message>> {
+        let mut slot = self.retained.lock();
+        if slot.as_ref().is_some_and(|m| m.is_expired(now)) {
+            *slot = None;
+        }
+        slot.clone()
     }
 
     pub(crate) fn is_deleted(&self) -> bool {
@@ -90,6 +103,9 @@ impl Topic {
 
     pub(crate) fn publish(&self, msg: Arc<Message>, dead: &mut Effects) {
         DestinationCounters::add(&self.counters.enqueued, 1);
+        if msg.is_retained() {
+            *self.retained.lock() = (!msg.body.is_empty()).then(|| msg.clone());
+        }
         let subs = self.subs.read();
         for sub in subs.list.iter() {
             sub.offer(&msg, &self.counters, dead);

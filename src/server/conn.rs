@@ -92,6 +92,25 @@ pub(crate) trait Codec: Send + 'static {
     }
     /// A transaction's acknowledgements `(subscription, tag)` took effect at its commit.
     fn committed_acks(&mut self, _acks: &[(u64, u64)]) {}
+    /// True when a new subscription gets the retained messages of the topics it matches
+    /// (MQTT); they are then handed to [`Codec::encode_retained`].
+    fn replays_retained(&self) -> bool {
+        false
+    }
+    /// Writes the retained messages a new subscription matches (not acknowledged to the
+    /// broker: they stay retained).
+    fn encode_retained(
+        &mut self,
+        _subscription: u64,
+        _retained: &[Arc<Message>],
+        _out: &mut BytesMut,
+    ) {
+    }
+    /// What the connection asks of the broker as it ends, unless the client said goodbye
+    /// (MQTT's will message). Asked once.
+    fn farewell(&mut self) -> Option<Request<Self::Receipt>> {
+        None
+    }
 }
 
 /// A transaction's staged work, native and STOMP alike.
@@ -306,6 +325,9 @@ impl<C: Codec> Connection<C> {
 
     /// Undoes what must not outlive the connection and closes the session (idempotent).
     fn end_session(&mut self) {
+        if let Some(last) = self.codec.farewell() {
+            self.apply(last);
+        }
         for (_, tx) in std::mem::take(&mut self.txs) {
             tx.abort(&mut self.session);
         }
@@ -597,8 +619,15 @@ impl<C: Codec> Connection<C> {
                 let (sub, pattern) = (spec.subscription, spec.destination.clone());
                 match self.session.subscribe(spec) {
                     Ok(()) => {
+                        self.receipt_after(self.session.record_since(before), receipt);
+                        if self.codec.replays_retained() {
+                            let retained = self.session.broker().retained_matching(&pattern);
+                            if !retained.is_empty() {
+                                self.codec
+                                    .encode_retained(sub, &retained, &mut self.pump.wbuf);
+                            }
+                        }
                         self.subscribed.insert(sub, pattern);
-                        self.receipt_after(self.session.record_since(before), receipt)
                     }
                     Err(e) => {
                         if matches!(e, BrokerError::BadSelector { .. }) {

@@ -7,7 +7,11 @@
 //! a QoS 1 or 2 publish is a persistent send whose PUBACK (PUBREC) is its receipt, so it goes
 //! out only once the message is durable. A delivery goes out at the subscription's QoS, capped
 //! at 0 for a non-persistent message; QoS 0 deliveries are acknowledged as they are written,
-//! QoS 1 ones by PUBACK, QoS 2 ones by PUBREC. The codec owns the packet ids of both
+//! QoS 1 ones by PUBACK, QoS 2 ones by PUBREC. A retained publish carries the
+//! `ActiveMQ.Retain` header, so its topic keeps it (in memory, per group; forwarded copies are
+//! retained where they arrive) and a new subscription gets it, flagged retained, right after
+//! its SUBACK. A will is published through the same pipeline when the connection ends without
+//! a DISCONNECT (or with MQTT 5's "disconnect with will"). The codec owns the packet ids of both
 //! directions and the mapping from a client's filters to subscriptions; it never touches the
 //! socket or the broker. Invariants: every SUBSCRIBE/UNSUBSCRIBE gets exactly one
 //! SUBACK/UNSUBACK with one code per filter, written once every filter's request is answered;
@@ -32,7 +36,8 @@ use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
-    BrokerError, Delivery, Destination, DestinationPattern, Draft, Kind, Session, SubscribeSpec,
+    BrokerError, Delivery, Destination, DestinationPattern, Draft, Kind, Message, Session,
+    SubscribeSpec, RETAIN_HEADER,
 };
 use crate::security::Principal;
 use crate::transport::{IoEvent, Permit, Pump, Stream};
@@ -176,6 +181,7 @@ struct Sub {
 /// A delivery at QoS 1 or 2 the client has not finished acknowledging.
 #[derive(Debug, Clone, Copy)]
 struct Outgoing {
+    /// 0 for a retained message replayed to a new subscription (nothing to acknowledge).
     subscription: u64,
     tag: u64,
     qos: QoS,
@@ -189,6 +195,8 @@ struct Gathering {
     codes: Vec<Option<u8>>,
     /// The subscription each filter of a SUBSCRIBE opened (to forget it if refused).
     subs: Vec<Option<u64>>,
+    /// Retained messages for those subscriptions, written after the SUBACK.
+    retained: Vec<(u64, Arc<Message>)>,
 }
 
 /// The version-specific packet parser and writer.
@@ -214,7 +222,10 @@ enum Packet {
         filters: Vec<ByteString>,
     },
     Ping,
-    Disconnect,
+    /// `keep_will`: MQTT 5's "disconnect with will message".
+    Disconnect {
+        keep_will: bool,
+    },
     /// A packet a client may not send now (a second CONNECT, a server's packet, AUTH).
     Unexpected(&'static str),
 }
@@ -248,7 +259,7 @@ impl Wire {
                         filters: topic_filters,
                     },
                     v3::Packet::PingRequest => Packet::Ping,
-                    v3::Packet::Disconnect => Packet::Disconnect,
+                    v3::Packet::Disconnect => Packet::Disconnect { keep_will: false },
                     v3::Packet::Connect(_) => Packet::Unexpected("a second CONNECT"),
                     _ => Packet::Unexpected("a packet only a server sends"),
                 },
@@ -274,7 +285,10 @@ impl Wire {
                         filters: u.topic_filters,
                     },
                     v5::Packet::PingRequest => Packet::Ping,
-                    v5::Packet::Disconnect(_) => Packet::Disconnect,
+                    v5::Packet::Disconnect(d) => Packet::Disconnect {
+                        keep_will: d.reason_code
+                            == v5::DisconnectReasonCode::DisconnectWithWillMessage,
+                    },
                     v5::Packet::Connect(_) => Packet::Unexpected("a second CONNECT"),
                     v5::Packet::Auth(_) => {
                         Packet::Unexpected("AUTH (this broker offers no extended authentication)")
@@ -324,6 +338,8 @@ pub(crate) struct Mqtt {
     awaiting_release: HashSet<u16>,
     /// The MQTT 5 reason of the refusal being written (set where the codec refuses).
     refusal_reason: Option<u8>,
+    /// Published if the connection ends without a DISCONNECT.
+    will: Option<SendRequest<Receipt>>,
 }
 
 impl Mqtt {
@@ -343,6 +359,24 @@ impl Mqtt {
             next_packet_id: 0,
             awaiting_release: HashSet::new(),
             refusal_reason: None,
+            will: None,
+        }
+    }
+
+    /// Keeps the will of the CONNECT (its topic was checked before the CONNACK).
+    fn set_will(&mut self, will: Publish) {
+        match self.draft_of(&will) {
+            Ok((destination, draft)) => {
+                self.will = Some(SendRequest {
+                    destination,
+                    draft,
+                    transaction: None,
+                    receipt: None,
+                })
+            }
+            Err((_, e)) => {
+                tracing::debug!(connection = %self.connection_id, error = %e, "will refused")
+            }
         }
     }
 
@@ -437,6 +471,7 @@ impl Mqtt {
         let Some(g) = self.gathering.remove(&packet_id) else {
             return;
         };
+        let retained = g.retained;
         let codes: Vec<u8> = g.codes.into_iter().flatten().collect();
         match (self.v5(), g.subscribe) {
             (false, true) => {
@@ -487,6 +522,11 @@ impl Mqtt {
                 );
             }
         }
+        for (sub, m) in retained {
+            if self.subs.contains_key(&sub) {
+                self.write_publish(sub, None, 0, &m, out);
+            }
+        }
     }
 
     /// A packet that ends the connection as malformed (counted as a bad frame).
@@ -522,24 +562,48 @@ impl Mqtt {
                 )
             }
         };
-        let props = p.properties.clone().unwrap_or_default();
-        if props.topic_alias.is_some() {
-            return self.fatal(
-                reason::TOPIC_ALIAS_INVALID,
-                "topic aliases are not accepted here (the CONNACK allowed none)".into(),
-            );
-        }
-        let destination = match topic_to_destination(&p.topic) {
+        let (destination, draft) = match self.draft_of(&p) {
             Ok(d) => d,
-            Err(e) => return self.fatal(reason::TOPIC_NAME_INVALID, e.to_string()),
-        };
-        let reply_to = match props.response_topic.as_deref().map(topic_to_destination) {
-            Some(Ok(d)) => d.to_string(),
-            Some(Err(e)) => return self.fatal(reason::TOPIC_NAME_INVALID, e.to_string()),
-            None => String::new(),
+            Err((reason, message)) => return self.fatal(reason, message),
         };
         if let Some(Receipt::PubRec(id)) = &receipt {
             self.awaiting_release.insert(id.get());
+        }
+        Inbound::Request(Request::Send(SendRequest {
+            destination,
+            draft,
+            transaction: None,
+            receipt,
+        }))
+    }
+
+    /// The destination and message a PUBLISH (or a will) stands for; an MQTT 5 reason and
+    /// why when it cannot be one.
+    fn draft_of(&mut self, p: &Publish) -> Result<(Destination, Draft), (u8, String)> {
+        let props = p.properties.clone().unwrap_or_default();
+        if props.topic_alias.is_some() {
+            return Err((
+                reason::TOPIC_ALIAS_INVALID,
+                "topic aliases are not accepted here (the CONNACK allowed none)".into(),
+            ));
+        }
+        let destination = topic_to_destination(&p.topic)
+            .map_err(|e| (reason::TOPIC_NAME_INVALID, e.to_string()))?;
+        let reply_to = match props.response_topic.as_deref().map(topic_to_destination) {
+            Some(Ok(d)) => d.to_string(),
+            Some(Err(e)) => return Err((reason::TOPIC_NAME_INVALID, e.to_string())),
+            None => String::new(),
+        };
+        // The retain flag alone decides what the topic keeps: a client's property of the same
+        // name does not.
+        let mut headers: Vec<(String, String)> = props
+            .user_properties
+            .iter()
+            .filter(|(k, _)| &**k != RETAIN_HEADER)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        if p.retain {
+            headers.push((RETAIN_HEADER.to_string(), "true".to_string()));
         }
         let sequence = self.next_sequence;
         self.next_sequence += 1;
@@ -548,11 +612,7 @@ impl Mqtt {
         });
         let draft = Draft {
             body: p.payload.clone(),
-            headers: props
-                .user_properties
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            headers,
             persistent: p.qos != QoS::AtMostOnce,
             priority: u32::from(crate::broker::DEFAULT_PRIORITY),
             expires_at_ms,
@@ -572,12 +632,7 @@ impl Mqtt {
             timestamp_ms: 0,
             ..Draft::default()
         };
-        Inbound::Request(Request::Send(SendRequest {
-            destination,
-            draft,
-            transaction: None,
-            receipt,
-        }))
+        Ok((destination, draft))
     }
 
     fn on_subscribe(
@@ -595,6 +650,7 @@ impl Mqtt {
             subscribe: true,
             codes: vec![None; filters.len()],
             subs: vec![None; filters.len()],
+            retained: Vec::new(),
         };
         for (index, (filter, qos, no_local)) in filters.into_iter().enumerate() {
             let filter = filter.to_string();
@@ -662,6 +718,7 @@ impl Mqtt {
             subscribe: false,
             codes: vec![None; filters.len()],
             subs: vec![None; filters.len()],
+            retained: Vec::new(),
         };
         for (index, filter) in filters.iter().enumerate() {
             let receipt = Receipt::UnsubAck { packet_id, index };
@@ -701,18 +758,19 @@ impl Mqtt {
         match packet {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(id) => match self.inflight.remove(&id.get()) {
-                Some(o) => Inbound::Request(Request::Ack {
+                Some(o) if o.subscription != 0 => Inbound::Request(Request::Ack {
                     subscription: o.subscription,
                     up_to: 0,
                     tags: vec![o.tag],
                     transaction: None,
                     receipt: None,
                 }),
-                // A PUBACK for a delivery of a subscription since ended: nothing to do.
-                None => Inbound::Alive,
+                // A retained replay, or a delivery of a subscription since ended: nothing to
+                // acknowledge.
+                _ => Inbound::Alive,
             },
             Packet::PubRec(id) => match self.inflight.get(&id.get()).copied() {
-                Some(o) if o.qos == QoS::ExactlyOnce => {
+                Some(o) if o.qos == QoS::ExactlyOnce && o.subscription != 0 => {
                     // The packet id stays taken until PUBCOMP; the message is acknowledged
                     // now, so it is delivered once.
                     self.inflight.insert(
@@ -730,9 +788,21 @@ impl Mqtt {
                         receipt: Some(Receipt::PubRel(id)),
                     })
                 }
-                _ => Inbound::Request(Request::Ping {
-                    receipt: Receipt::PubRel(id),
-                }),
+                other => {
+                    if let Some(o) = other {
+                        // A retained replay at QoS 2: released, nothing to acknowledge.
+                        self.inflight.insert(
+                            id.get(),
+                            Outgoing {
+                                qos: QoS::AtMostOnce,
+                                ..o
+                            },
+                        );
+                    }
+                    Inbound::Request(Request::Ping {
+                        receipt: Receipt::PubRel(id),
+                    })
+                }
             },
             Packet::PubRel(id) => {
                 self.awaiting_release.remove(&id.get());
@@ -749,7 +819,12 @@ impl Mqtt {
             Packet::Ping => Inbound::Request(Request::Ping {
                 receipt: Receipt::PingResp,
             }),
-            Packet::Disconnect => Inbound::Request(Request::Disconnect { receipt: None }),
+            Packet::Disconnect { keep_will } => {
+                if !keep_will {
+                    self.will = None;
+                }
+                Inbound::Request(Request::Disconnect { receipt: None })
+            }
             Packet::Unexpected(what) => self.fatal(
                 reason::PROTOCOL_ERROR,
                 format!("{what} is not allowed from a connected client"),
@@ -767,31 +842,22 @@ impl Mqtt {
         }
         None
     }
-}
 
-impl Codec for Mqtt {
-    type Receipt = Receipt;
-
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Inbound<Receipt>, (ErrorCode, String)> {
-        if let Some(r) = self.pending.pop_front() {
-            return Ok(Inbound::Request(r));
-        }
-        match self.wire.decode(buf) {
-            Ok(Some(packet)) => Ok(self.on_packet(packet)),
-            Ok(None) => Ok(Inbound::NeedMore),
-            Err(e) => {
-                let (reason, code) = decode_error(&e);
-                self.refusal_reason = Some(reason);
-                Err((code, format!("malformed MQTT packet: {e}")))
-            }
-        }
-    }
-
-    fn encode_delivery(&mut self, d: &Delivery, out: &mut BytesMut) -> bool {
-        let Some(sub_qos) = self.subs.get(&d.subscription).map(|s| s.qos) else {
+    /// Writes one PUBLISH of `m` to subscription `sub`: a delivery (`tag`) or a retained
+    /// replay (`None`, flagged retained). True when it needs no acknowledgement (QoS 0, or not
+    /// written).
+    fn write_publish(
+        &mut self,
+        sub: u64,
+        tag: Option<u64>,
+        redelivery_count: u32,
+        m: &Message,
+        out: &mut BytesMut,
+    ) -> bool {
+        let retain = tag.is_none();
+        let Some(sub_qos) = self.subs.get(&sub).map(|s| s.qos) else {
             return true;
         };
-        let m = &d.message;
         // A non-persistent message was published at QoS 0: it is never delivered above it.
         let qos = if m.persistent {
             sub_qos
@@ -808,7 +874,7 @@ impl Codec for Mqtt {
             _ => match self.take_packet_id() {
                 Some(id) => (qos, Some(id)),
                 None => {
-                    tracing::warn!(connection = %self.connection_id, subscription = d.subscription, "65,535 MQTT deliveries are unacknowledged: this one goes out at QoS 0");
+                    tracing::warn!(connection = %self.connection_id, subscription = sub, "65,535 MQTT deliveries are unacknowledged: this one goes out at QoS 0");
                     (QoS::AtMostOnce, None)
                 }
             },
@@ -832,14 +898,15 @@ impl Codec for Mqtt {
                 user_properties: m
                     .headers
                     .iter()
+                    .filter(|(k, _)| k != RETAIN_HEADER)
                     .map(|(k, v)| (ByteString::from(k.as_str()), ByteString::from(v.as_str())))
                     .collect(),
                 ..v5::PublishProperties::default()
             }
         });
         let publish = Publish {
-            dup: d.redelivery_count > 0 && qos != QoS::AtMostOnce,
-            retain: false,
+            dup: redelivery_count > 0 && qos != QoS::AtMostOnce,
+            retain,
             qos,
             topic: ByteString::from(topic),
             packet_id,
@@ -858,14 +925,77 @@ impl Codec for Mqtt {
                 self.inflight.insert(
                     id.get(),
                     Outgoing {
-                        subscription: d.subscription,
-                        tag: d.tag,
+                        subscription: if tag.is_some() { sub } else { 0 },
+                        tag: tag.unwrap_or(0),
                         qos,
                     },
                 );
                 false
             }
             _ => true,
+        }
+    }
+}
+
+impl Codec for Mqtt {
+    type Receipt = Receipt;
+
+    fn encode_delivery(&mut self, d: &Delivery, out: &mut BytesMut) -> bool {
+        self.write_publish(
+            d.subscription,
+            Some(d.tag),
+            d.redelivery_count,
+            &d.message,
+            out,
+        )
+    }
+
+    fn replays_retained(&self) -> bool {
+        true
+    }
+
+    fn encode_retained(
+        &mut self,
+        subscription: u64,
+        retained: &[Arc<Message>],
+        out: &mut BytesMut,
+    ) {
+        // Behind the SUBACK when it is still being gathered.
+        let gathering = self
+            .gathering
+            .values_mut()
+            .find(|g| g.subs.contains(&Some(subscription)));
+        match gathering {
+            Some(g) => g
+                .retained
+                .extend(retained.iter().map(|m| (subscription, m.clone()))),
+            None => {
+                for m in retained {
+                    self.write_publish(subscription, None, 0, m, out);
+                }
+            }
+        }
+    }
+
+    fn farewell(&mut self) -> Option<Request<Receipt>> {
+        let mut will = self.will.take()?;
+        will.draft.sequence = self.next_sequence;
+        self.next_sequence += 1;
+        Some(Request::Send(will))
+    }
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Inbound<Receipt>, (ErrorCode, String)> {
+        if let Some(r) = self.pending.pop_front() {
+            return Ok(Inbound::Request(r));
+        }
+        match self.wire.decode(buf) {
+            Ok(Some(packet)) => Ok(self.on_packet(packet)),
+            Ok(None) => Ok(Inbound::NeedMore),
+            Err(e) => {
+                let (reason, code) = decode_error(&e);
+                self.refusal_reason = Some(reason);
+                Err((code, format!("malformed MQTT packet: {e}")))
+            }
         }
     }
 
@@ -1137,6 +1267,8 @@ struct Connect {
     receive_max: Option<u16>,
     /// MQTT 5: the largest packet the client takes.
     max_packet_size: Option<u32>,
+    /// The will, as the PUBLISH it becomes.
+    will: Option<Publish>,
 }
 
 async fn handshake(
@@ -1161,6 +1293,15 @@ async fn handshake(
                         password: c.password,
                         receive_max: None,
                         max_packet_size: None,
+                        will: c.last_will.map(|w| Publish {
+                            dup: false,
+                            retain: w.retain,
+                            qos: w.qos,
+                            topic: w.topic,
+                            packet_id: None,
+                            payload: w.message,
+                            properties: None,
+                        }),
                     }),
                     _ => None,
                 })
@@ -1175,6 +1316,23 @@ async fn handshake(
                         password: c.password,
                         receive_max: c.receive_max.map(NonZeroU16::get),
                         max_packet_size: c.max_packet_size.map(|m| m.get()),
+                        will: c.last_will.map(|w| Publish {
+                            dup: false,
+                            retain: w.retain,
+                            qos: w.qos,
+                            topic: w.topic,
+                            packet_id: None,
+                            payload: w.message,
+                            properties: Some(v5::PublishProperties {
+                                correlation_data: w.correlation_data,
+                                message_expiry_interval: w.message_expiry_interval,
+                                content_type: w.content_type,
+                                user_properties: w.user_properties,
+                                is_utf8_payload: w.is_utf8_payload.unwrap_or(false),
+                                response_topic: w.response_topic,
+                                ..v5::PublishProperties::default()
+                            }),
+                        }),
                     }),
                     _ => None,
                 })
@@ -1230,6 +1388,17 @@ async fn handshake(
             return close(pump).await;
         }
     };
+    if let Some(Err(e)) = connect
+        .will
+        .as_ref()
+        .map(|w| topic_to_destination(&w.topic))
+    {
+        ctx.metrics.bad_frame();
+        tracing::debug!(error = %e, "MQTT will refused");
+        let refusal = ConnRefusal::Malformed(reason::TOPIC_NAME_INVALID);
+        write_connack_refusal(&mut wire, refusal, &mut pump.wbuf);
+        return close(pump).await;
+    }
     // MQTT 3.1.1 assigns an id to a clean client that gave none, and refuses an unclean one.
     let assigned = connect.client_id.is_empty();
     if assigned && !connect.clean && !v5 {
@@ -1273,7 +1442,7 @@ async fn handshake(
                     assigned_client_id: assigned
                         .then(|| ByteString::from(session.connection_id().to_string())),
                     topic_alias_max: 0,
-                    retain_available: false,
+                    retain_available: true,
                     wildcard_subscription_available: true,
                     subscription_identifiers_available: false,
                     shared_subscription_available: false,
@@ -1286,7 +1455,10 @@ async fn handshake(
     let keep_alive =
         (connect.keep_alive > 0).then(|| Duration::from_secs(u64::from(connect.keep_alive)));
     let prefetch = connect.receive_max.map_or(0, u32::from);
-    let codec = Mqtt::new(wire, session.connection_id(), prefetch);
+    let mut codec = Mqtt::new(wire, session.connection_id(), prefetch);
+    if let Some(will) = connect.will {
+        codec.set_will(will);
+    }
     Ok(Some((codec, session, principal, keep_alive)))
 }
 

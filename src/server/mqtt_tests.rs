@@ -1,7 +1,8 @@
 //! The MQTT codec on its own: client packets (written by rmqtt-codec as a client would) become
 //! [`Request`]s, and deliveries and answers become packets a client decodes — round trips for
 //! MQTT 3.1.1 and 5, every packet truncated at every byte, oversize and malformed lengths,
-//! wildcards and bad UTF-8 in a PUBLISH, and arbitrary bytes that must never panic.
+//! wildcards and bad UTF-8 in a PUBLISH, retained replays behind their SUBACK, wills, and
+//! arbitrary bytes that must never panic.
 
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use super::super::request::{Refusal, Request};
 use super::{
     destination_to_topic, filter_to_pattern, topic_to_destination, Mqtt, Receipt, TopicError, Wire,
 };
-use crate::broker::{Delivery, Destination, Message};
+use crate::broker::{Delivery, Destination, Message, RETAIN_HEADER};
 use crate::wire::proto::ErrorCode;
 
 const MAX: u32 = 64 * 1024;
@@ -797,4 +798,139 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_retain_flag_becomes_the_retain_header_and_a_clients_own_header_does_not() {
+    let mut c = codec(true);
+    let mut p = publish("status/boiler", QoS::AtLeastOnce, Some(1), true);
+    p.retain = true;
+    let r = one(&mut c, &v5_bytes(v5::Packet::Publish(Box::new(p.clone()))));
+    let Request::Send(s) = r else { panic!("{r:?}") };
+    assert!(s
+        .draft
+        .headers
+        .contains(&(RETAIN_HEADER.to_string(), "true".to_string())));
+    p.retain = false;
+    p.packet_id = Some(id(2));
+    p.properties = Some(v5::PublishProperties {
+        user_properties: vec![(ByteString::from(RETAIN_HEADER), ByteString::from("true"))],
+        ..v5::PublishProperties::default()
+    });
+    let r = one(&mut c, &v5_bytes(v5::Packet::Publish(Box::new(p))));
+    let Request::Send(s) = r else { panic!("{r:?}") };
+    assert!(
+        s.draft.headers.iter().all(|(k, _)| k != RETAIN_HEADER),
+        "only the retain flag retains: {:?}",
+        s.draft.headers
+    );
+}
+
+#[test]
+fn retained_messages_follow_the_suback_flagged_and_need_no_acknowledgement() {
+    let mut c = codec(false);
+    let bytes = v3_bytes(v3::Packet::Subscribe {
+        packet_id: id(9),
+        topic_filters: vec![
+            (ByteString::from("status/#"), QoS::AtLeastOnce),
+            (ByteString::from("other/+"), QoS::AtMostOnce),
+        ],
+    });
+    let rs = requests(&mut c, &bytes);
+    let mut out = BytesMut::new();
+    let (Request::Subscribe { spec, receipt }, Request::Subscribe { receipt: last, .. }) =
+        (&rs[0], &rs[1])
+    else {
+        panic!("{rs:?}")
+    };
+    c.encode_receipt(receipt.as_ref().expect("receipt"), &mut out);
+    let mut retained = delivery(0, 0, "topic://status.boiler", true).message;
+    Arc::get_mut(&mut retained).expect("unshared").headers =
+        vec![(RETAIN_HEADER.to_string(), "true".to_string())];
+    c.encode_retained(spec.subscription, &[retained.clone()], &mut out);
+    assert!(out.is_empty(), "nothing goes out before the SUBACK");
+    c.encode_receipt(last.as_ref().expect("receipt"), &mut out);
+    let replies = v3_replies(&out);
+    let [v3::Packet::SubscribeAck { .. }, v3::Packet::Publish(p)] = &replies[..] else {
+        panic!("the SUBACK, then the retained message: {replies:?}")
+    };
+    assert!(p.retain, "a retained replay is flagged retained");
+    assert_eq!((&p.topic[..], p.qos), ("status/boiler", QoS::AtLeastOnce));
+    let puback = v3_bytes(v3::Packet::PublishAck {
+        packet_id: p.packet_id.expect("QoS 1"),
+    });
+    assert!(
+        requests(&mut c, &puback).is_empty(),
+        "a retained replay is not a delivery the broker waits for"
+    );
+    // A live delivery of the same message is not flagged, and MQTT 5 does not see the header.
+    let mut c5 = codec(true);
+    let sub = subscribed(&mut c5, true, "status/#", QoS::AtMostOnce);
+    let mut out = BytesMut::new();
+    let live = Delivery {
+        subscription: sub,
+        tag: 1,
+        redelivery_count: 0,
+        message: retained,
+    };
+    c5.encode_delivery(&live, &mut out);
+    match &v5_replies(&out)[..] {
+        [v5::Packet::Publish(p)] => {
+            assert!(!p.retain);
+            let props = p.properties.clone().expect("properties");
+            assert!(props
+                .user_properties
+                .iter()
+                .all(|(k, _)| &**k != RETAIN_HEADER));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_will_is_asked_for_unless_the_client_said_goodbye() {
+    let will = || Publish {
+        dup: false,
+        retain: false,
+        qos: QoS::AtLeastOnce,
+        topic: ByteString::from("wills/dev-1"),
+        packet_id: None,
+        payload: Bytes::from_static(b"gone"),
+        properties: Some(v5::PublishProperties::default()),
+    };
+    let disconnect = |reason| {
+        v5_bytes(v5::Packet::Disconnect(v5::Disconnect {
+            reason_code: reason,
+            ..v5::Disconnect::default()
+        }))
+    };
+    // Vanished: the will goes out, once.
+    let mut c = codec(true);
+    c.set_will(will());
+    match c.farewell() {
+        Some(Request::Send(s)) => {
+            assert_eq!(s.destination.as_str(), "topic://wills.dev-1");
+            assert!(s.draft.persistent);
+            assert_eq!(&s.draft.body[..], b"gone");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(c.farewell().is_none(), "asked once");
+    // A plain DISCONNECT: no will.
+    let mut c = codec(true);
+    c.set_will(will());
+    let r = one(
+        &mut c,
+        &disconnect(v5::DisconnectReasonCode::NormalDisconnection),
+    );
+    assert!(matches!(r, Request::Disconnect { .. }), "{r:?}");
+    assert!(c.farewell().is_none());
+    // MQTT 5's "disconnect with will message": the will all the same.
+    let mut c = codec(true);
+    c.set_will(will());
+    one(
+        &mut c,
+        &disconnect(v5::DisconnectReasonCode::DisconnectWithWillMessage),
+    );
+    assert!(matches!(c.farewell(), Some(Request::Send(_))));
 }

@@ -28,7 +28,7 @@ use meshmq::client::{AckMode, Client, ClientError, ClientOptions, Outgoing, Subs
 use meshmq::server::admin::MemberStatus;
 use tempfile::TempDir;
 
-use super::{free_ports, http_get_within, spawn_broker, ChildGuard, GUARD};
+use super::{free_ports, http_get_within, spawn_broker, spawn_broker_as, ChildGuard, GUARD};
 
 /// The queue every HA test loads and drains.
 pub const QUEUE: &str = "queue://ha.orders";
@@ -58,6 +58,10 @@ pub struct GroupSpec {
     pub extra_toml: String,
     /// `[zookeeper] digest` (`USER:PASSWORD`), if any.
     pub zk_digest: Option<String>,
+    /// Per member: the loopback address it binds (default `127.0.0.1`).
+    pub ips: Option<[std::net::Ipv4Addr; 3]>,
+    /// Per member: the user id it runs as (default: the test's own).
+    pub uids: Option<[u32; 3]>,
 }
 
 impl Default for GroupSpec {
@@ -69,6 +73,8 @@ impl Default for GroupSpec {
             sync: "quorum_mem",
             extra_toml: String::new(),
             zk_digest: None,
+            ips: None,
+            uids: None,
         }
     }
 }
@@ -84,6 +90,7 @@ pub struct Member {
     log: PathBuf,
     proc: Option<ChildGuard>,
     stopped: bool,
+    uid: Option<u32>,
 }
 
 impl Member {
@@ -191,19 +198,35 @@ impl HaGroup {
     pub fn configure(zk_connect: &str, spec: GroupSpec) -> HaGroup {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = free_ports(12);
-        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let ips = spec.ips.unwrap_or([std::net::Ipv4Addr::LOCALHOST; 3]);
         let members: Vec<Member> = (0..3)
-            .map(|i| Member {
-                name: format!("g-{}", i + 1),
-                admin: addr(p[4 * i]),
-                listen: addr(p[4 * i + 1]),
-                replication: addr(p[4 * i + 2]),
-                stomp: addr(p[4 * i + 3]),
-                log: dir.path().join(format!("g-{}.log", i + 1)),
-                proc: None,
-                stopped: false,
+            .map(|i| {
+                let addr = |port: u16| SocketAddr::from((ips[i], port));
+                Member {
+                    name: format!("g-{}", i + 1),
+                    admin: addr(p[4 * i]),
+                    listen: addr(p[4 * i + 1]),
+                    replication: addr(p[4 * i + 2]),
+                    stomp: addr(p[4 * i + 3]),
+                    log: dir.path().join(format!("g-{}.log", i + 1)),
+                    proc: None,
+                    stopped: false,
+                    uid: spec.uids.map(|u| u[i]),
+                }
             })
             .collect();
+        if let Some(uids) = spec.uids {
+            // Each member's own data directory, writable by its user; the topology readable.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod the group's directory");
+            for (m, uid) in members.iter().zip(uids) {
+                let data = dir.path().join(&m.name);
+                std::fs::create_dir_all(&data).expect("member data directory");
+                std::os::unix::fs::chown(&data, Some(uid), Some(uid))
+                    .expect("chown the member's data directory");
+            }
+        }
         let mut text = super::mesh_table("ha");
         text += &format!(
             "\n[zookeeper]\nconnect = \"{zk_connect}\"\n\
@@ -263,7 +286,7 @@ impl HaGroup {
         let m = &mut self.members[i];
         assert!(m.proc.is_none(), "{} is running", m.name);
         m.note_in_log("starting");
-        m.proc = Some(spawn_broker(&self.topology, &m.name, &m.log, &[]));
+        m.proc = Some(spawn_broker_as(&self.topology, &m.name, &m.log, &[], m.uid));
         m.stopped = false;
     }
 

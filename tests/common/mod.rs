@@ -19,6 +19,7 @@
 pub mod client_proxy;
 pub mod ha;
 pub mod history;
+pub mod iptables;
 pub mod mesh;
 pub mod prometheus;
 pub mod proxy;
@@ -253,12 +254,28 @@ pub struct ChildGuard {
 /// Starts `meshmq broker --topology T --member M` with stdout and stderr appended to `log`
 /// (a restarted member keeps one log) and `env` set.
 pub fn spawn_broker(topology: &Path, member: &str, log: &Path, env: &[(&str, &str)]) -> ChildGuard {
+    spawn_broker_as(topology, member, log, env, None)
+}
+
+/// [`spawn_broker`] running as user id `uid` when given (so iptables can match its packets
+/// by owner).
+pub fn spawn_broker_as(
+    topology: &Path,
+    member: &str,
+    log: &Path,
+    env: &[(&str, &str)],
+    uid: Option<u32>,
+) -> ChildGuard {
     let log = File::options()
         .create(true)
         .append(true)
         .open(log)
         .expect("member log");
-    let child = meshmq()
+    let mut cmd = meshmq();
+    if let Some(uid) = uid {
+        std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+    }
+    let child = cmd
         .args(["broker", "--topology"])
         .arg(topology)
         .args(["--member", member])
@@ -700,6 +717,8 @@ struct GroupSpec {
     proxy: Option<ProxyMode>,
     /// `false`: in the topology, but no process runs it (the test plays it).
     process: bool,
+    /// Its loopback address (default: the next free one of `127.0.0.2..`).
+    ip: Option<Ipv4Addr>,
 }
 
 /// A mesh for [`Mesh::start`]: groups of one member each (`<group>-1`), every group on its
@@ -747,7 +766,15 @@ impl MeshConfig {
             quic: false,
             proxy: None,
             process: true,
+            ip: None,
         });
+        self
+    }
+
+    /// The group's member listens on, and dials from, `ip` (a test's own loopback address, so
+    /// iptables rules can name the group's links).
+    pub fn at(mut self, group: &str, ip: Ipv4Addr) -> MeshConfig {
+        self.group_mut(group).ip = Some(ip);
         self
     }
 
@@ -858,7 +885,7 @@ impl Mesh {
             .groups
             .iter()
             .map(|g| {
-                let ip = next_ip();
+                let ip = g.ip.unwrap_or_else(next_ip);
                 let listen = if g.proxy.is_some() {
                     free_port_on(Ipv4Addr::UNSPECIFIED)
                 } else {

@@ -38,21 +38,29 @@ struct Server {
 /// One ZooKeeper deployment owned by a test.
 pub struct ZooKeeper {
     servers: Vec<Server>,
+    /// The loopback address every server binds.
+    ip: std::net::Ipv4Addr,
     _dir: TempDir,
 }
 
 impl ZooKeeper {
     /// One standalone server, serving when this returns.
     pub fn standalone() -> ZooKeeper {
-        ZooKeeper::start(1)
+        ZooKeeper::start(1, std::net::Ipv4Addr::LOCALHOST)
+    }
+
+    /// One standalone server bound to `ip` (a test's own loopback address, so iptables rules
+    /// can name it), serving when this returns.
+    pub fn standalone_on(ip: std::net::Ipv4Addr) -> ZooKeeper {
+        ZooKeeper::start(1, ip)
     }
 
     /// A three-server ensemble with a leader and two followers serving when this returns.
     pub fn ensemble() -> ZooKeeper {
-        ZooKeeper::start(3)
+        ZooKeeper::start(3, std::net::Ipv4Addr::LOCALHOST)
     }
 
-    fn start(n: usize) -> ZooKeeper {
+    fn start(n: usize, ip: std::net::Ipv4Addr) -> ZooKeeper {
         assert!(
             Path::new(ZOOKEEPER_JAR).exists(),
             "{ZOOKEEPER_JAR} is missing: install Debian's zookeeper package (`make test-deps`)"
@@ -63,7 +71,7 @@ impl ZooKeeper {
         let peers: String = (0..n)
             .map(|i| {
                 format!(
-                    "server.{}=127.0.0.1:{}:{}\n",
+                    "server.{}={ip}:{}:{}\n",
                     i + 1,
                     ports[3 * i + 1],
                     ports[3 * i + 2]
@@ -77,7 +85,7 @@ impl ZooKeeper {
                 std::fs::create_dir_all(&data).expect("zookeeper data dir");
                 let mut cfg = format!(
                     "tickTime=500\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={}\n\
-                     clientPortAddress=127.0.0.1\nmaxClientCnxns=0\nadmin.enableServer=false\n\
+                     clientPortAddress={ip}\nmaxClientCnxns=0\nadmin.enableServer=false\n\
                      4lw.commands.whitelist=ruok,srvr,stat,mntr\n",
                     data.display(),
                     ports[3 * i]
@@ -94,7 +102,11 @@ impl ZooKeeper {
                 }
             })
             .collect();
-        let mut zk = ZooKeeper { servers, _dir: dir };
+        let mut zk = ZooKeeper {
+            servers,
+            ip,
+            _dir: dir,
+        };
         for i in 0..n {
             zk.restart(i);
         }
@@ -110,13 +122,13 @@ impl ZooKeeper {
     pub fn connect_string(&self) -> String {
         self.servers
             .iter()
-            .map(|s| format!("127.0.0.1:{}", s.client_port))
+            .map(|s| format!("{}:{}", self.ip, s.client_port))
             .collect::<Vec<_>>()
             .join(",")
     }
 
     pub fn client_addr(&self, i: usize) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.servers[i].client_port))
+        SocketAddr::from((self.ip, self.servers[i].client_port))
     }
 
     /// Starts server `i` (again) on its configuration and data; does not wait.
