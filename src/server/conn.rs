@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use rustc_hash::FxHashMap;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -158,6 +159,9 @@ pub(crate) struct Connection<C: Codec> {
     /// Open transactions, by the client's name for them.
     txs: HashMap<TxName, Tx>,
     deliveries: VecDeque<Delivery>,
+    /// Per subscription acknowledged on write: the last tag one `fill` wrote (kept for its
+    /// room; empty between calls).
+    acked_on_write: FxHashMap<u64, u64>,
     /// A send waiting for room (producer flow control); no frame is read meanwhile.
     blocked: Option<Accepted<C::Receipt>>,
     /// Receipts waiting for the journal, in frame order.
@@ -170,6 +174,8 @@ pub(crate) struct Connection<C: Codec> {
     registration: Option<Registration>,
     /// Counted in the listener's producers gauge (it has sent a message).
     producing: bool,
+    /// Messages taken since the received counter was last told (once per run of frames).
+    received: u64,
     /// Subscriptions counted in the listener's consumers gauge.
     consumers: usize,
     /// The login and ACL rules this connection was last checked against, and the signal
@@ -205,6 +211,7 @@ impl<C: Codec> Connection<C> {
             builder: MessageBuilder::default(),
             txs: HashMap::new(),
             deliveries: VecDeque::new(),
+            acked_on_write: FxHashMap::default(),
             blocked: None,
             receipts: SyncedQueue::default(),
             closing: None,
@@ -212,6 +219,7 @@ impl<C: Codec> Connection<C> {
             liveness: Liveness::new(Instant::now(), heartbeat_out, peer_silence),
             registration: None,
             producing: false,
+            received: 0,
             consumers: 0,
             rules,
             rules_changed,
@@ -437,7 +445,6 @@ impl<C: Codec> Connection<C> {
             self.session.outbox().drain_into(&mut self.deliveries);
         }
         let mut written = 0u64;
-        let mut ack_on_write: HashMap<u64, Vec<u64>> = HashMap::new();
         let mut dispatch = LatencyBatch::default();
         let mut end_to_end = LatencyBatch::default();
         let timed = self.ctx.metrics.per_message && !self.deliveries.is_empty();
@@ -447,7 +454,7 @@ impl<C: Codec> Connection<C> {
                 break;
             };
             if self.codec.encode_delivery(&d, &mut self.pump.wbuf) {
-                ack_on_write.entry(d.subscription).or_default().push(d.tag);
+                self.acked_on_write.insert(d.subscription, d.tag);
             }
             // Redeliveries would report how long the first consumer held them, not dispatch.
             if timed && d.redelivery_count == 0 {
@@ -466,8 +473,10 @@ impl<C: Codec> Connection<C> {
             DISPATCH_LATENCY_HISTOGRAM.add(&mut dispatch);
             END_TO_END_LATENCY_HISTOGRAM.add(&mut end_to_end);
         }
-        for (sub, tags) in ack_on_write {
-            let _ = self.session.ack(sub, 0, &tags);
+        // A subscription's deliveries are written in tag order, and each one acknowledged as it
+        // is written: one cumulative ack up to the last written covers the whole run.
+        for (sub, up_to) in self.acked_on_write.drain() {
+            let _ = self.session.ack(sub, up_to, &[]);
         }
     }
 
@@ -485,7 +494,15 @@ impl<C: Codec> Connection<C> {
         self.error(error_code(e), &e.to_string(), receipt.as_ref(), false);
     }
 
+    /// Applies the frames buffered so far; the messages they sent are counted once for all.
     fn process_frames(&mut self) {
+        self.apply_buffered();
+        self.ctx
+            .metrics
+            .received(std::mem::take(&mut self.received));
+    }
+
+    fn apply_buffered(&mut self) {
         while self.blocked.is_none() && self.closing.is_none() && !self.disconnecting {
             match self.codec.decode(&mut self.pump.rbuf) {
                 Ok(Inbound::Request(r)) => self.apply(r),
@@ -772,7 +789,7 @@ impl<C: Codec> Connection<C> {
         if let Some(name) = transaction {
             return match self.session.stage(&target, message) {
                 Ok(staged) => {
-                    self.ctx.metrics.received();
+                    self.received += 1;
                     self.count_producer();
                     if let Some(tx) = self.txs.get_mut(&name) {
                         tx.sends.extend(staged);
@@ -787,7 +804,7 @@ impl<C: Codec> Connection<C> {
         }
         match self.session.publish(&target, message) {
             Ok(published) => {
-                self.ctx.metrics.received();
+                self.received += 1;
                 self.count_producer();
                 let index = match published {
                     Published::Pending(index) => index,
