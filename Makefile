@@ -16,7 +16,7 @@ build:
 
 ## Install what the tests need, check formatting and lints, run every test.
 test: test-deps lint
-	$(CARGO) test --profile ci -- --test-threads=2
+	$(CARGO) test --profile ci --no-fail-fast -- --test-threads=2
 
 ## Tools the integration tests start for real (installed when missing).
 test-deps:
@@ -34,10 +34,22 @@ test-deps:
 	@command -v python3 >/dev/null || $(APT) python3 python3-pip
 	@python3 -c 'import stomp' 2>/dev/null || python3 -m pip install --quiet stomp.py \
 		|| python3 -m pip install --quiet --break-system-packages stomp.py
+	@python3 -c 'import paho.mqtt' 2>/dev/null || python3 -m pip install --quiet paho-mqtt \
+		|| python3 -m pip install --quiet --break-system-packages paho-mqtt
+	@command -v mosquitto_pub >/dev/null && command -v mosquitto_sub >/dev/null || { \
+		echo "installing mosquitto-clients (mosquitto_pub, mosquitto_sub) for the MQTT tests"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO $(APT) mosquitto-clients || { $$SUDO apt-get update && $$SUDO $(APT) mosquitto-clients; }; \
+	}
 	@command -v fusermount3 >/dev/null || { \
 		echo "installing fuse3 (fusermount3) for the power-loss filesystem of the durability tests"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO $(APT) fuse3 || { $$SUDO apt-get update && $$SUDO $(APT) fuse3; }; \
+	}
+	@command -v iptables >/dev/null || { \
+		echo "installing iptables for the partition tests (rules on loopback addresses)"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO $(APT) iptables || { $$SUDO apt-get update && $$SUDO $(APT) iptables; }; \
 	}
 	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || { \
 		echo "installing chromium and chromium-driver (Debian's) for the mesh view's browser test"; \

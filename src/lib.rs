@@ -7,6 +7,7 @@ pub mod ha;
 pub mod metrics;
 pub mod network;
 pub mod security;
+pub mod selector;
 pub mod server;
 pub mod stomp;
 pub mod store;

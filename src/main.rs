@@ -75,6 +75,9 @@ enum Command {
     /// Print an argon2 hash of a password for a topology's `password_hash` (reads the
     /// password from standard input, one line).
     Passwd,
+    /// Write a new random mesh secret to a file (for `[mesh] secret_file`), unless it exists;
+    /// copy the same file to every machine of the mesh.
+    Secret { path: PathBuf },
     /// Print a fresh random token for a replicated group's `replication_token`.
     Token,
     /// Generate a development CA and a certificate and key per member of a topology.
@@ -178,11 +181,23 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             println!("{}", meshmq::security::hash_password(password));
         }
+        Command::Secret { path } => {
+            if meshmq::security::ensure_mesh_secret(&path)? {
+                println!("{}", path.display());
+            } else {
+                println!("{} exists; kept it", path.display());
+            }
+        }
         Command::Token => println!("{}", meshmq::security::generate_token()),
         Command::Certs { topology, out } => {
             let topo = meshmq::config::load(&topology).map_err(|e| anyhow::anyhow!("{e}"))?;
             for path in meshmq::security::generate_dev_pki(&topo, &out)? {
                 println!("{}", path.display());
+            }
+            if let Some(path) = &topo.bridges.secret_file {
+                if meshmq::security::ensure_mesh_secret(path)? {
+                    println!("{}", path.display());
+                }
             }
         }
         Command::Drain(args) => cli::drain::drain(&args).await?,

@@ -44,6 +44,7 @@ async fn garbage_ends_one_bridge_and_its_forwards_come_back() {
         member: "hub-1".into(),
         connector: "hub-edge".into(),
         duplex: true,
+        token: common::MESH_SECRET.into(),
         ..proto::BrokerInfo::default()
     }));
     match hub.next() {
@@ -58,6 +59,7 @@ async fn garbage_ends_one_bridge_and_its_forwards_come_back() {
         consumer_id: "1".into(),
         priority: 0,
         origin: "hub/1".into(),
+        selector: String::new(),
     }));
     wait_until("the edge knows the hub's consumer", || {
         edge.connector("hub-edge").remote_demand == 1

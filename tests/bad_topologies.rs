@@ -178,7 +178,7 @@ url = "tcp://localhost"
     (
         "unknown scheme",
         concat!(base!(), "\n[[group.member.listener]]\nurl = \"http://127.0.0.1:8080\"\n"),
-        r#"bad.toml: group[hub].member[hub-1].listener[1].url: "http://127.0.0.1:8080" has an unknown scheme "http"; use tcp, ssl, stomp, stomp+ssl or quic, e.g. tcp://127.0.0.1:61616"#,
+        r#"bad.toml: group[hub].member[hub-1].listener[1].url: "http://127.0.0.1:8080" has an unknown scheme "http"; use tcp, ssl, stomp, stomp+ssl, mqtt, mqtt+ssl or quic, e.g. tcp://127.0.0.1:61616"#,
     ),
     (
         "host that is not an IP",
@@ -384,7 +384,7 @@ bad.toml: group[hub].member[hub-1].listener[1].tls_key: is required because the 
     (
         "tls keys on a tcp listener",
         concat!(base!(), "tls_cert = \"certs/hub-1.pem\"\n"),
-        r#"bad.toml: group[hub].member[hub-1].listener[0].tls_cert: is only used by ssl, stomp+ssl and quic listeners, and this one is "tcp"; remove it, or change the url's scheme to ssl, stomp+ssl or quic"#,
+        r#"bad.toml: group[hub].member[hub-1].listener[0].tls_cert: is only used by ssl, stomp+ssl, mqtt+ssl and quic listeners, and this one is "tcp"; remove it, or change the url's scheme to ssl, stomp+ssl, mqtt+ssl or quic"#,
     ),
     (
         "connector to an unknown group",

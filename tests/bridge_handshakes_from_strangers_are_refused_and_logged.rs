@@ -24,6 +24,7 @@ fn hello(mesh: &str, group: &str, connector: &str, password: &str) -> proto::Bro
             "bridge".into()
         },
         password: password.into(),
+        token: common::MESH_SECRET.into(),
         ..proto::BrokerInfo::default()
     }
 }

@@ -55,6 +55,7 @@ impl Demo {
         let shared = "shared_dir = \"../data/demo/";
         assert_eq!(copy.matches(shared).count(), 3, "three file-lock groups");
         copy = copy.replace(shared, "shared_dir = \"data/");
+        copy = copy.replace("secret_file = \"../data/demo/", "secret_file = \"data/");
         let topology = common::write_file(dir, "demo.toml", &copy);
 
         let topo = meshmq::config::load(&topology).expect("the copy is a valid topology");

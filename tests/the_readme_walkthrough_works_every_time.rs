@@ -42,7 +42,9 @@ fn demo_copy(dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(repo().join("topologies/demo.toml")).expect("read demo");
     let shared = "shared_dir = \"../data/demo/";
     assert_eq!(text.matches(shared).count(), 3, "three file-lock groups");
-    let copy = text.replace(shared, "shared_dir = \"data/");
+    let copy = text
+        .replace(shared, "shared_dir = \"data/")
+        .replace("secret_file = \"../data/demo/", "secret_file = \"data/");
     common::write_file(dir, "demo.toml", &copy)
 }
 

@@ -64,19 +64,42 @@ impl MemoryPool {
         }
     }
 
+    /// True when the broker as a whole is under its limit.
+    pub fn has_broker_room(&self) -> bool {
+        self.used() < self.limit
+    }
+
+    /// A charge for the bytes a connection holds of frames it has not handed over yet (a
+    /// frame still being received, frames waiting behind a blocked one); it starts at 0.
+    pub fn pending(self: &Arc<Self>) -> PendingCharge {
+        PendingCharge {
+            bytes: 0,
+            pool: self.clone(),
+        }
+    }
+
+    /// Waits until the broker as a whole is under its limit.
+    pub async fn wait_for_broker_room(&self) {
+        self.wait_until(|| self.has_broker_room()).await
+    }
+
     /// Waits until `dest` (and the broker) have room. Returns at once when they already do.
     pub async fn wait_for_room(&self, dest: &DestinationCounters) {
+        self.wait_until(|| self.has_room(dest)).await
+    }
+
+    async fn wait_until(&self, has_room: impl Fn() -> bool) {
         loop {
             let notified = self.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             self.waiting.fetch_add(1, Ordering::AcqRel);
-            let ready = self.has_room(dest);
+            let ready = has_room();
             if !ready {
                 notified.await;
             }
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-            if ready || self.has_room(dest) {
+            if ready || has_room() {
                 return;
             }
         }
@@ -117,6 +140,34 @@ impl Drop for MemoryCharge {
     }
 }
 
+/// Bytes a connection has received but not handed over as frames, charged to the pool so
+/// that partial frames count against the memory limit; released when dropped.
+#[derive(Debug)]
+pub struct PendingCharge {
+    bytes: u64,
+    pool: Arc<MemoryPool>,
+}
+
+impl PendingCharge {
+    /// Charges `bytes` now (more or fewer than before).
+    pub fn set(&mut self, bytes: u64) {
+        if bytes > self.bytes {
+            self.pool
+                .used
+                .fetch_add(bytes - self.bytes, Ordering::Relaxed);
+        } else if bytes < self.bytes {
+            self.pool.release(self.bytes - bytes);
+        }
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for PendingCharge {
+    fn drop(&mut self) {
+        self.set(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +202,19 @@ mod tests {
         drop(a);
         assert_eq!(pool.used(), 0);
         assert_eq!(dest.memory(), 0);
+    }
+
+    #[test]
+    fn pending_bytes_count_against_the_limit_until_dropped() {
+        let pool = Arc::new(MemoryPool::new(100));
+        let mut partial = pool.pending();
+        partial.set(60);
+        assert_eq!(pool.used(), 60);
+        partial.set(120);
+        assert!(!pool.has_broker_room());
+        partial.set(10);
+        assert_eq!(pool.used(), 10);
+        drop(partial);
+        assert_eq!(pool.used(), 0);
     }
 }

@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use super::destination::{Destination, Kind};
 use super::memory::MemoryCharge;
 use super::{now_ms, BrokerError};
+use crate::selector::MessageView;
 
 /// Bytes charged for a message beyond its body and headers (struct, Arc, queue slots).
 pub const MESSAGE_OVERHEAD: u64 = 256;
@@ -245,4 +246,46 @@ pub struct Delivery {
     pub tag: u64,
     pub redelivery_count: u32,
     pub message: Arc<Message>,
+}
+
+/// What a selector sees of a message: its user headers (STOMP's `type` header is `JMSType`),
+/// and the JMS header fields meshmq keeps.
+impl MessageView for Message {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn priority(&self) -> u8 {
+        self.priority
+    }
+
+    fn timestamp_ms(&self) -> u64 {
+        self.timestamp_ms
+    }
+
+    fn persistent(&self) -> bool {
+        self.persistent
+    }
+
+    fn jms_type(&self) -> Option<&str> {
+        self.header("type")
+    }
+
+    fn correlation_id(&self) -> Option<&str> {
+        (!self.correlation_id.is_empty()).then_some(self.correlation_id.as_str())
+    }
+
+    /// The id consumers see (`message-id` in STOMP): `ID:` producer id `:` sequence.
+    fn message_id(&self) -> Option<String> {
+        (!self.producer_id.is_empty() && self.sequence != 0).then(|| {
+            format!(
+                "ID:{}:{}",
+                String::from_utf8_lossy(&self.producer_id),
+                self.sequence
+            )
+        })
+    }
 }

@@ -16,6 +16,7 @@
 //! than its subscriptions' prefetch; message memory is charged while any reference to the
 //! message lives and released when the last one drops.
 
+mod claims;
 pub mod destination;
 mod durability;
 mod inflight;
@@ -41,7 +42,7 @@ use rustc_hash::FxHashMap;
 pub use crate::config::{DestinationLimits, OnFull};
 pub use destination::{Destination, DestinationError, DestinationPattern, Kind};
 pub use durability::{CommitLog, JournalStats, SyncedQueue};
-pub use memory::MemoryPool;
+pub use memory::{MemoryPool, PendingCharge};
 pub use message::{
     Delivery, Draft, Message, MessageBuilder, COPY_BODY_BELOW, DEFAULT_PRIORITY, MAX_PRIORITY,
 };
@@ -49,6 +50,7 @@ pub use outbox::Outbox;
 pub use queue::{AckOutcome, DeadReason, NetworkFilter};
 pub use stats::{DestinationCounters, DestinationStats};
 
+use crate::selector::{Selector, SelectorError};
 use crate::store::proto::{record::Kind as RecordKind, Record};
 use message::Entry;
 use queue::Queue;
@@ -71,6 +73,9 @@ pub struct BrokerSettings {
     /// Per-destination limits; the first matching pattern wins.
     pub policies: Vec<(DestinationPattern, DestinationLimits)>,
     pub max_subscriptions_per_connection: usize,
+    /// The group this broker serves: messages that arrived over bridges are known again at
+    /// start-up by how often they had left it.
+    pub group: String,
 }
 
 impl Default for BrokerSettings {
@@ -80,6 +85,7 @@ impl Default for BrokerSettings {
             defaults: DestinationLimits::default(),
             policies: Vec::new(),
             max_subscriptions_per_connection: 10_000,
+            group: String::new(),
         }
     }
 }
@@ -112,6 +118,10 @@ pub enum BrokerError {
         "client id {0:?} is already connected; a client id may be used by one connection at a time"
     )]
     ClientIdInUse(String),
+    #[error("client id {0:?} belongs to another user: only the user who first connected with it may use it or take it over")]
+    ClientIdOwned(String),
+    #[error("temporary destination names under {0:?} belong to another user's connection")]
+    TempPrefixOwned(String),
     #[error("a durable subscription needs a client id: set one when connecting")]
     DurableNeedsClientId,
     #[error("durable subscription {name:?} of client {client_id:?} is already active on another connection")]
@@ -120,8 +130,16 @@ pub enum BrokerError {
     DurableOnQueue(String),
     #[error("{0}: wildcard subscriptions are supported on topics only; subscribe to each queue")]
     WildcardQueue(String),
-    #[error("message selectors are not supported yet (subscription to {0})")]
-    SelectorUnsupported(String),
+    #[error(
+        "the selector {selector:?} of the subscription to {destination} does not parse: {error}"
+    )]
+    BadSelector {
+        destination: String,
+        selector: String,
+        error: SelectorError,
+    },
+    #[error("{0}: selectors on durable subscriptions are not supported yet; subscribe without a selector, or non-durably")]
+    DurableSelectorUnsupported(String),
     #[error("{destination} is full (memory limit reached) and its policy is on_full = \"fail\"; retry later or raise memory_limit")]
     Full { destination: String },
     #[error("{destination}: the journal is full (store_limit or disk space reached) and its policy is on_full = \"fail\"; retry once consumers have freed space, or raise store_limit or free disk space")]
@@ -258,7 +276,11 @@ struct Inner {
     topic_registry: Mutex<()>,
     wildcard_subs: RwLock<Vec<Arc<TopicSub>>>,
     durables: DashMap<(String, String), Arc<TopicSub>>,
-    client_ids: DashMap<String, u64>,
+    /// Each client id in use: its session and that session's user.
+    client_ids: DashMap<String, (u64, Option<String>)>,
+    /// Client ids, and connection ids (temporary destination name prefixes), by user.
+    client_id_claims: claims::Claims,
+    temp_claims: claims::Claims,
     next_connection: AtomicU64,
     next_topic_sub: AtomicU64,
     run_id: String,
@@ -314,6 +336,9 @@ pub struct Demand {
     /// The real consumer a network consumer's demand stands for, as its bridge learnt it
     /// (`"<group>/<id there>"`, the same over every route); `None` for a local consumer.
     pub origin: Option<Arc<str>>,
+    /// The consumer's selector (as written), `None` when it takes every message: a network
+    /// consumer standing for it forwards only what it (or another of its consumers) matches.
+    pub selector: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,6 +366,21 @@ struct SubDemand {
 
 /// Sequences per chunk of remembered forward ids (a chunk is 512 bytes of bits).
 const CHUNK_IDS: u64 = 4096;
+
+/// Chunks of remembered forward ids a checkpoint keeps (the newest; at most 128 KiB). Only a
+/// forward in flight unacknowledged when its target restarts needs remembering, and records
+/// journaled after the checkpoint are remembered from the journal itself.
+const CHECKPOINT_FORWARD_CHUNKS: usize = 256;
+
+/// How a forwarded message is told apart from a later legitimate return: for a queue message,
+/// how many times it had left `local` (on its path); topic messages reach a group once.
+fn forward_reach<'a>(topic: bool, path: impl Iterator<Item = &'a str>, local: &str) -> u32 {
+    if topic {
+        u32::MAX
+    } else {
+        path.filter(|g| *g == local).count() as u32
+    }
+}
 
 /// A chunk of remembered forward ids: (interned producer, how far the message travelled — or
 /// `u32::MAX` for topic messages, which reach a group once whatever their route — and the
@@ -406,6 +446,38 @@ impl RecentIds {
             }
         }
         true
+    }
+
+    /// The newest `max` chunks, oldest first, for a checkpoint.
+    fn export(&self, max: usize) -> Vec<crate::store::proto::ForwardChunk> {
+        let skip = self.order.len().saturating_sub(max);
+        self.order
+            .iter()
+            .skip(skip)
+            .filter_map(|key| {
+                let (producer, _) = self.producers[key.0 as usize].as_ref()?;
+                Some(crate::store::proto::ForwardChunk {
+                    producer_id: producer.clone(),
+                    reach: key.1,
+                    chunk: key.2,
+                    bits: self.chunks.get(key)?.to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    /// Remembers every id of a checkpointed chunk (a malformed one is skipped: it can only
+    /// cost a duplicate).
+    fn import(&mut self, c: &crate::store::proto::ForwardChunk) {
+        for (w, word) in c.bits.iter().enumerate().take(CHUNK_IDS as usize / 64) {
+            let mut bits = *word;
+            while bits != 0 {
+                let bit = bits.trailing_zeros() as u64;
+                bits &= bits - 1;
+                let sequence = c.chunk * CHUNK_IDS + w as u64 * 64 + bit;
+                self.insert(&c.producer_id, sequence, c.reach);
+            }
+        }
     }
 
     fn intern(&mut self, producer: &Bytes) -> u32 {
@@ -479,6 +551,8 @@ impl Broker {
                 wildcard_subs: RwLock::new(Vec::new()),
                 durables: DashMap::new(),
                 client_ids: DashMap::new(),
+                client_id_claims: claims::Claims::default(),
+                temp_claims: claims::Claims::default(),
                 next_connection: AtomicU64::new(1),
                 next_topic_sub: AtomicU64::new(1),
                 run_id: format!("{:08x}", rand::random::<u32>()),
@@ -494,26 +568,57 @@ impl Broker {
         &self.inner.memory
     }
 
-    /// The session holding client id `cid`, if any.
-    pub fn client_id_holder(&self, cid: &str) -> Option<u64> {
-        self.inner.client_ids.get(cid).map(|e| *e.value())
+    /// A charge, starting at 0, for bytes a connection holds of frames not yet handed over.
+    pub fn memory_pending(&self) -> PendingCharge {
+        self.inner.memory.pending()
     }
 
-    /// Opens a session for a new connection. A client id, when given, must be unused.
+    /// The session holding client id `cid`, if any, with its user (`None`: anonymous).
+    pub fn client_id_holder(&self, cid: &str) -> Option<(u64, Option<String>)> {
+        self.inner.client_ids.get(cid).map(|e| e.value().clone())
+    }
+
+    /// Opens an anonymous session for a new connection. A client id, when given, must be
+    /// unused and unclaimed by any user.
     pub fn open_session(&self, client_id: Option<String>) -> Result<Session, BrokerError> {
+        self.open_session_as(client_id, None)
+    }
+
+    /// Opens a session for a connection logged in as `user` (`None`: anonymous). A client id,
+    /// when given, must be unused, and not claimed by another user: a user's client id and
+    /// connection id (its temporary destinations' prefix) stay that user's after it closes.
+    pub fn open_session_as(
+        &self,
+        client_id: Option<String>,
+        user: Option<String>,
+    ) -> Result<Session, BrokerError> {
         let id = self.inner.next_connection.fetch_add(1, Ordering::Relaxed);
         if let Some(cid) = &client_id {
+            if self
+                .inner
+                .client_id_claims
+                .check(cid, user.as_deref())
+                .is_err()
+            {
+                return Err(BrokerError::ClientIdOwned(cid.clone()));
+            }
             match self.inner.client_ids.entry(cid.clone()) {
                 dashmap::Entry::Occupied(_) => return Err(BrokerError::ClientIdInUse(cid.clone())),
                 dashmap::Entry::Vacant(v) => {
-                    v.insert(id);
+                    v.insert((id, user.clone()));
                 }
             }
+            // Checked above; the entry held since keeps any other user from claiming it.
+            let _ = self.inner.client_id_claims.take(cid, user.as_deref());
         }
+        let connection_id = format!("ID-{}-{}", self.inner.run_id, id);
+        // A fresh id nobody can have claimed: adopting one not yet issued is refused.
+        let _ = self.inner.temp_claims.take(&connection_id, user.as_deref());
         Ok(Session {
             broker: self.clone(),
             id,
-            connection_id: format!("ID-{}-{}", self.inner.run_id, id),
+            connection_id,
+            user,
             client_id,
             outbox: Arc::new(Outbox::new()),
             subs: HashMap::new(),
@@ -663,6 +768,7 @@ impl Broker {
         path: Vec<Arc<str>>,
         priority: i32,
         origin: Option<Arc<str>>,
+        selector: Option<Arc<str>>,
     ) -> u64 {
         let id = self.inner.next_demand.fetch_add(1, Ordering::Relaxed);
         let d = Demand {
@@ -671,6 +777,7 @@ impl Broker {
             path,
             priority,
             origin,
+            selector,
         };
         self.inner.demand.insert(id, d.clone());
         let _ = self.inner.demand_events.send(DemandEvent::Added(d));
@@ -690,19 +797,43 @@ impl Broker {
     /// often as the copy already here and is dropped; one that legitimately comes back (a
     /// replay after it was forwarded away from here) has left once more. A topic message is
     /// taken once whatever its route.
+    /// What was seen is journaled with the message and checkpointed, so it holds across a
+    /// restart (see [`Broker::restore_forwards`]).
     pub fn first_forward(&self, msg: &Message, topic: bool, local: &str) -> bool {
         if msg.producer_id.is_empty() || msg.sequence == 0 {
             return true;
         }
-        let reach = if topic {
-            u32::MAX
-        } else {
-            msg.broker_path.iter().filter(|g| &***g == local).count() as u32
-        };
+        let reach = forward_reach(topic, msg.broker_path.iter().map(|g| &**g), local);
         self.inner
             .recent_forwards
             .lock()
             .insert(&msg.producer_id, msg.sequence, reach)
+    }
+
+    /// Remembers the forwards a restarted broker had taken: the checkpoint's chunks, then the
+    /// messages journaled after it.
+    fn restore_forwards(
+        &self,
+        chunks: &[crate::store::proto::ForwardChunk],
+        forwarded: &[crate::store::ForwardedId],
+    ) {
+        let local = self.inner.settings.group.as_str();
+        let mut recent = self.inner.recent_forwards.lock();
+        for c in chunks {
+            recent.import(c);
+        }
+        for f in forwarded {
+            let reach = forward_reach(f.topic, f.broker_path.iter().map(|g| g.as_str()), local);
+            recent.insert(&f.producer_id, f.sequence, reach);
+        }
+    }
+
+    /// The newest remembered forward ids, for a checkpoint.
+    fn export_forwards(&self) -> Vec<crate::store::proto::ForwardChunk> {
+        self.inner
+            .recent_forwards
+            .lock()
+            .export(CHECKPOINT_FORWARD_CHUNKS)
     }
 
     /// Dispatches again where network consumers wait on time (replay delays).
@@ -760,12 +891,31 @@ pub struct SubscribeSpec {
     pub no_local: bool,
 }
 
+impl SubscribeSpec {
+    /// The subscription's selector, parsed; `None` when it has none (an empty or blank
+    /// selector is none, as in JMS).
+    fn parse_selector(&self) -> Result<Option<Arc<Selector>>, BrokerError> {
+        if self.selector.trim().is_empty() {
+            return Ok(None);
+        }
+        Selector::parse(&self.selector)
+            .map(|s| Some(Arc::new(s)))
+            .map_err(|error| BrokerError::BadSelector {
+                destination: self.destination.to_string(),
+                selector: self.selector.clone(),
+                error,
+            })
+    }
+}
+
 /// One connection's view of the broker. Dropping it closes it.
 #[derive(Debug)]
 pub struct Session {
     broker: Broker,
     id: u64,
     connection_id: String,
+    /// Who logged in (`None`: anonymous): whose claims this session's names are.
+    user: Option<String>,
     client_id: Option<String>,
     outbox: Arc<Outbox>,
     subs: HashMap<u64, SubHandle>,
@@ -830,9 +980,36 @@ impl Session {
     }
 
     /// Lets this session create (and own) temporary destinations named after a failover
-    /// client's earlier connection ids. An empty prefix is ignored.
-    pub fn adopt_temp_prefixes(&mut self, prefixes: Vec<String>) {
-        self.temp_prefixes = prefixes.into_iter().filter(|p| !p.is_empty()).collect();
+    /// client's earlier connection ids. An empty prefix is ignored. Refused, adopting none,
+    /// when another user claimed one of them, or one is a connection id this broker has not
+    /// issued yet (claiming it would take a future connection's names).
+    pub fn adopt_temp_prefixes(&mut self, prefixes: Vec<String>) -> Result<(), BrokerError> {
+        let claims = &self.broker.inner.temp_claims;
+        let issued = self.broker.inner.next_connection.load(Ordering::Relaxed);
+        let mine = format!("ID-{}-", self.broker.inner.run_id);
+        let mut adopted: Vec<String> = Vec::new();
+        for prefix in prefixes.into_iter().filter(|p| !p.is_empty()) {
+            let future = prefix
+                .strip_prefix(&mine)
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n >= issued);
+            let taken = !future
+                && (adopted.contains(&prefix)
+                    || claims.take(&prefix, self.user.as_deref()).is_ok());
+            if !taken {
+                for p in &adopted {
+                    claims.release(p, self.user.as_deref());
+                }
+                return Err(BrokerError::TempPrefixOwned(prefix));
+            }
+            if !adopted.contains(&prefix) {
+                adopted.push(prefix);
+            }
+        }
+        for p in std::mem::replace(&mut self.temp_prefixes, adopted) {
+            claims.release(&p, self.user.as_deref());
+        }
+        Ok(())
     }
 
     /// Resolves a destination to publish to. Ordinary destinations are created on first use;
@@ -969,15 +1146,17 @@ impl Session {
         if self.subs.len() >= max {
             return Err(BrokerError::TooManySubscriptions(max));
         }
-        if !spec.selector.trim().is_empty() {
-            return Err(BrokerError::SelectorUnsupported(
-                spec.destination.to_string(),
-            ));
-        }
+        let selector = spec.parse_selector()?;
+        let selector_text = selector.as_ref().map(|s| Arc::<str>::from(s.text()));
         let pattern = spec.destination.clone();
         let kind = pattern.kind();
         if kind.is_queue() && spec.durable_name.is_some() {
             return Err(BrokerError::DurableOnQueue(spec.destination.to_string()));
+        }
+        if selector.is_some() && spec.durable_name.is_some() {
+            return Err(BrokerError::DurableSelectorUnsupported(
+                spec.destination.to_string(),
+            ));
         }
         let broker = self.broker.clone();
         let _gate = broker.gate();
@@ -997,7 +1176,10 @@ impl Session {
                 spec.subscription,
                 prefetch,
                 spec.priority,
-                net.as_ref().map(|n| n.filter.clone()),
+                queue::Takes {
+                    filter: net.as_ref().map(|n| n.filter.clone()),
+                    selectors: selector.into_iter().collect(),
+                },
                 &mut dead,
             );
             SubHandle::Queue { queue, slot }
@@ -1006,6 +1188,7 @@ impl Session {
                 &spec,
                 pattern,
                 net.as_ref().map(|n| n.filter.clone()),
+                selector,
                 &mut dead,
             )?
         };
@@ -1016,6 +1199,7 @@ impl Session {
                 Vec::new(),
                 spec.priority,
                 None,
+                selector_text,
             )]
         } else {
             Vec::new()
@@ -1033,22 +1217,40 @@ impl Session {
     }
 
     /// Registers one remote consumer a network consumer stands for, by the path its demand
-    /// came (first element: the consumer's group); returns the demand's id.
+    /// came (first element: the consumer's group) and its selector (relayed with it); returns
+    /// the demand's id.
     pub fn add_network_demand(
         &mut self,
         subscription: u64,
         path: Vec<Arc<str>>,
         origin: Option<Arc<str>>,
+        selector: Option<Arc<str>>,
     ) -> Result<u64, BrokerError> {
         let sd = self
             .demand_ids
             .get_mut(&subscription)
             .ok_or(BrokerError::NoSuchSubscription(subscription))?;
-        let id = self
-            .broker
-            .add_demand(sd.destination.clone(), path, sd.priority, origin);
+        let id =
+            self.broker
+                .add_demand(sd.destination.clone(), path, sd.priority, origin, selector);
         sd.ids.push(id);
         Ok(id)
+    }
+
+    /// What a network consumer takes: the messages any of `selectors` matches, or every
+    /// message when the list is empty (some consumer it stands for has no selector). Called
+    /// as its remote consumers come and go; a queue then dispatches again.
+    pub fn set_network_selectors(&mut self, subscription: u64, selectors: Vec<Arc<Selector>>) {
+        let _gate = self.broker.gate();
+        let mut effects = Effects::default();
+        match self.subs.get(&subscription) {
+            Some(SubHandle::Queue { queue, slot }) => {
+                queue.set_selectors(*slot, selectors, &mut effects)
+            }
+            Some(SubHandle::Topic { sub }) => sub.set_selectors(selectors),
+            None => {}
+        }
+        self.broker.apply(effects);
     }
 
     /// Withdraws one remote consumer's demand (the network consumer itself stays).
@@ -1092,6 +1294,7 @@ impl Session {
         spec: &SubscribeSpec,
         pattern: DestinationPattern,
         filter: Option<NetworkFilter>,
+        selector: Option<Arc<Selector>>,
         dead: &mut Effects,
     ) -> Result<SubHandle, BrokerError> {
         let broker = self.broker.clone();
@@ -1137,8 +1340,14 @@ impl Session {
                 broker.inner.durables.remove(&key);
                 self.last_record = broker.journal_record(durable_removed(&key));
             }
-            let sub =
-                self.new_topic_sub(pattern.clone(), Some(key.clone()), spec, &limits, None)?;
+            let sub = self.new_topic_sub(
+                pattern.clone(),
+                Some(key.clone()),
+                spec,
+                &limits,
+                None,
+                None,
+            )?;
             broker.inner.durables.insert(key.clone(), sub.clone());
             self.last_record = broker.journal_record(Record {
                 kind: Some(RecordKind::DurableAdded(
@@ -1160,7 +1369,7 @@ impl Session {
             );
             return Ok(SubHandle::Topic { sub });
         }
-        let sub = self.new_topic_sub(pattern, None, spec, &limits, filter)?;
+        let sub = self.new_topic_sub(pattern, None, spec, &limits, filter, selector)?;
         sub.attach_consumer(
             self.outbox.clone(),
             spec.subscription,
@@ -1178,6 +1387,7 @@ impl Session {
         spec: &SubscribeSpec,
         limits: &DestinationLimits,
         filter: Option<NetworkFilter>,
+        selector: Option<Arc<Selector>>,
     ) -> Result<Arc<TopicSub>, BrokerError> {
         if let Some(dest) = pattern
             .as_destination()
@@ -1196,13 +1406,14 @@ impl Session {
                 spec.no_local,
                 limits,
                 filter,
+                selector,
             ));
             topic.attach(&sub);
             return Ok(sub);
         }
         Ok(self
             .broker
-            .create_topic_sub(pattern, durable, spec.no_local, limits, filter))
+            .create_topic_sub(pattern, durable, spec.no_local, limits, filter, selector))
     }
 
     fn temp_topic_for_consumer(&mut self, dest: &Destination) -> Result<Arc<Topic>, BrokerError> {
@@ -1402,10 +1613,18 @@ impl Session {
             }
         }
         if let Some(cid) = &self.client_id {
-            self.broker
-                .inner
+            let inner = &self.broker.inner;
+            if inner
                 .client_ids
-                .remove_if(cid, |_, id| *id == self.id);
+                .remove_if(cid, |_, (id, _)| *id == self.id)
+                .is_some()
+            {
+                inner.client_id_claims.release(cid, self.user.as_deref());
+            }
+        }
+        let user = self.user.as_deref();
+        for prefix in std::iter::once(&self.connection_id).chain(&self.temp_prefixes) {
+            self.broker.inner.temp_claims.release(prefix, user);
         }
     }
 }
@@ -1438,6 +1657,7 @@ impl Broker {
         no_local: bool,
         limits: &DestinationLimits,
         filter: Option<NetworkFilter>,
+        selector: Option<Arc<Selector>>,
     ) -> Arc<TopicSub> {
         let id = self.inner.next_topic_sub.fetch_add(1, Ordering::Relaxed);
         let sub = Arc::new(TopicSub::new(
@@ -1447,6 +1667,7 @@ impl Broker {
             no_local,
             limits,
             filter,
+            selector,
         ));
         match pattern.as_destination() {
             Some(dest) => self.topic(&dest, 0).attach(&sub),

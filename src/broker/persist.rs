@@ -557,6 +557,7 @@ impl Broker {
                     .collect(),
                 durables,
                 producers: self.inner.producers.snapshot(),
+                forwards: self.export_forwards(),
                 // The store fills in its epoch history.
                 epoch: 0,
                 epochs: Vec::new(),
@@ -566,6 +567,12 @@ impl Broker {
             // Through the broker: once it says synced, every message before the checkpoint
             // is dispatched and counted live, so no segment holding one can be let go.
             self.wait_synced(checkpoint.next_index - 1).await?;
+            // Committed by a quorum is not yet written here: the checkpoint makes the records
+            // it covers durable here first.
+            p.store
+                .journal()
+                .wait_local(checkpoint.next_index - 1)
+                .await?;
         }
         let store = p.store.clone();
         tokio::task::spawn_blocking(move || store.checkpoint(&checkpoint))
@@ -578,6 +585,7 @@ impl Broker {
         for (producer, seq) in &recovered.producers {
             self.inner.producers.advance(producer, *seq);
         }
+        self.restore_forwards(&recovered.forward_chunks, &recovered.forwarded);
         let mut effects = Effects::default();
         for (dest, messages) in recovered.queues {
             let Ok(dest) = Destination::parse(&dest) else {
@@ -622,7 +630,8 @@ impl Broker {
                 None => self.inner.settings.defaults,
             };
             let key = (d.client_id, d.name);
-            let sub = self.create_topic_sub(pattern, Some(key.clone()), d.no_local, &limits, None);
+            let sub =
+                self.create_topic_sub(pattern, Some(key.clone()), d.no_local, &limits, None, None);
             for (index, redeliveries) in d.messages {
                 if let Some(m) = topic_messages.get(&index) {
                     m.durable_refs.fetch_add(1, Ordering::AcqRel);

@@ -413,3 +413,64 @@ async fn dispatch_runs_before_anyone_sees_the_commit() {
     );
     assert_eq!(seen_early, 0);
 }
+
+/// A message forwarded here from `hub` (producer `p`, sequence `seq`).
+fn forwarded(body: &str, seq: u64) -> Message {
+    Message {
+        producer_id: Bytes::from_static(b"p"),
+        sequence: seq,
+        broker_path: vec![Arc::from("hub")],
+        ..msg(body, true)
+    }
+}
+
+/// A forward this group took is known again after a restart, whether its record comes after
+/// the last checkpoint (replayed) or before it (remembered by the checkpoint): a copy the
+/// source sends again after losing the acknowledgement is dropped, not delivered twice.
+#[tokio::test]
+async fn forwards_taken_are_known_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = BrokerSettings {
+        group: "edge".into(),
+        ..BrokerSettings::default()
+    };
+    let b = open(dir.path(), settings.clone());
+    let mut s = b.open_session(None).unwrap();
+    let t = s.target(&to_dest("queue://f")).unwrap();
+    for seq in 1..=3 {
+        let m = forwarded(&format!("before {seq}"), seq);
+        assert!(b.first_forward(&m, false, "edge"));
+        if let Published::Pending(i) = s.publish_forwarded(&t, m).unwrap() {
+            b.wait_synced(i).await.unwrap();
+        }
+    }
+    b.checkpoint(false).await.unwrap();
+    for seq in 4..=5 {
+        let m = forwarded(&format!("after {seq}"), seq);
+        assert!(b.first_forward(&m, false, "edge"));
+        if let Published::Pending(i) = s.publish_forwarded(&t, m).unwrap() {
+            b.wait_synced(i).await.unwrap();
+        }
+    }
+    drop(s);
+    crash(b);
+    let b = open(dir.path(), settings);
+    for seq in 1..=5 {
+        assert!(
+            !b.first_forward(&forwarded("again", seq), false, "edge"),
+            "sequence {seq} is taken for new after the restart"
+        );
+    }
+    assert!(
+        b.first_forward(&forwarded("new", 6), false, "edge"),
+        "a forward never seen is new"
+    );
+    let mut back = forwarded("replayed back", 1);
+    back.broker_path.push(Arc::from("edge"));
+    back.broker_path.push(Arc::from("hub"));
+    assert!(
+        b.first_forward(&back, false, "edge"),
+        "a message that left here and legitimately comes back is not a copy"
+    );
+    crash(b);
+}

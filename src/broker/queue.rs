@@ -23,6 +23,7 @@ use super::message::{Delivery, Entry, Message, MAX_PRIORITY};
 use super::outbox::Outbox;
 use super::stats::DestinationCounters;
 use super::{now_ms, DestinationLimits, Effects};
+use crate::selector::Selector;
 
 /// A pending message: in memory, or paged out to the journal (read back on dispatch).
 #[derive(Debug)]
@@ -178,7 +179,8 @@ impl Lanes {
     }
 }
 
-/// Pending entries a filtered (network) consumer looks through for one it takes.
+/// Pending entries a picky consumer (a network consumer, or one with a selector) looks through
+/// for one it takes.
 const FILTER_SCAN: usize = 512;
 
 /// What a network consumer forwards: not back to a group the message came through (unless
@@ -224,8 +226,25 @@ struct Consumer {
     /// Deliveries in a row before the band's turn passes on (at least 1).
     weight: u32,
     inflight: Inflight,
+    takes: Takes,
+}
+
+/// Which messages a consumer takes: all, or only those its network filter and its selector
+/// accept (the others stay for other consumers).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Takes {
     /// Network consumers only take what their filter accepts.
-    filter: Option<NetworkFilter>,
+    pub filter: Option<NetworkFilter>,
+    /// A message any of them matches; every message when empty. A local consumer has at most
+    /// one; a network consumer has its remote consumers' (none if one of them has none).
+    pub selectors: Vec<Arc<Selector>>,
+}
+
+impl Takes {
+    /// Takes only some messages (and so looks for them instead of taking the head).
+    fn is_picky(&self) -> bool {
+        self.filter.is_some() || !self.selectors.is_empty()
+    }
 }
 
 #[derive(Debug)]
@@ -367,11 +386,11 @@ impl Queue {
         subscription: u64,
         prefetch: u32,
         priority: i32,
-        filter: Option<NetworkFilter>,
+        takes: Takes,
         dead: &mut Effects,
     ) -> usize {
         let mut st = self.state.lock();
-        if filter.is_some() {
+        if takes.filter.is_some() {
             st.network_consumers += 1;
         } else {
             st.local_consumers += 1;
@@ -383,7 +402,7 @@ impl Queue {
             priority,
             weight: 1,
             inflight: Inflight::default(),
-            filter,
+            takes,
         };
         let slot = match st.free_slots.pop() {
             Some(s) => {
@@ -427,7 +446,7 @@ impl Queue {
             return;
         };
         st.free_slots.push(slot);
-        if consumer.filter.is_some() {
+        if consumer.takes.filter.is_some() {
             st.network_consumers -= 1;
         } else {
             st.local_consumers -= 1;
@@ -535,13 +554,20 @@ impl Queue {
                 break;
             };
             let slot = st.bands[b].slots[pos];
-            let qe = match st.consumers[slot].as_ref().and_then(|c| c.filter.as_ref()) {
+            let qe = match st.consumers[slot]
+                .as_ref()
+                .map(|c| &c.takes)
+                .filter(|t| t.is_picky())
+            {
                 None => st.pending.pop_front(),
-                Some(filter) => {
+                Some(c) => {
                     let t = *now.get_or_insert_with(now_ms);
                     let locals = st.local_consumers;
                     match st.pending.find(FILTER_SCAN, |e| {
-                        filter.accepts(e.path(), e.arrived_ms, t, locals)
+                        c.filter
+                            .as_ref()
+                            .is_none_or(|f| f.accepts(e.path(), e.arrived_ms, t, locals))
+                            && (c.selectors.is_empty() || self.selects(&c.selectors, e))
                     }) {
                         Some((lane, i)) => st.pending.remove(lane, i),
                         None => {
@@ -594,6 +620,34 @@ impl Queue {
         }
         st.flush_batch();
         self.update_gauges(st);
+    }
+
+    /// Whether one of `selectors` matches a pending entry; a paged-out message is read back
+    /// from the journal to be tested (and not kept: it stays paged out).
+    fn selects(&self, selectors: &[Arc<Selector>], e: &QEntry) -> bool {
+        let any = |m: &Message| selectors.iter().any(|s| s.matches(m));
+        match &e.slot {
+            Slot::Loaded(m) => any(m),
+            Slot::Paged { index, .. } => self
+                .pager
+                .as_ref()
+                .and_then(|p| p.load(*index, &self.counters))
+                .is_some_and(|m| any(&m)),
+        }
+    }
+
+    /// Replaces what the consumer in `slot` selects, and dispatches what it may now take.
+    pub(crate) fn set_selectors(
+        &self,
+        slot: usize,
+        selectors: Vec<Arc<Selector>>,
+        dead: &mut Effects,
+    ) {
+        let mut st = self.state.lock();
+        if let Some(c) = st.consumers.get_mut(slot).and_then(Option::as_mut) {
+            c.takes.selectors = selectors;
+            self.dispatch(&mut st, dead);
+        }
     }
 
     /// Makes a pending entry deliverable, reading a paged-out message back.

@@ -699,10 +699,10 @@ fn a_network_consumer_advertises_each_remote_consumer_by_its_own_path() {
     assert!(none.is_empty(), "no remote consumer yet: {none:?}");
     let g = |s: &str| std::sync::Arc::<str>::from(s);
     let relayed = net
-        .add_network_demand(1, vec![g("c"), g("b")], Some(g("c/7")))
+        .add_network_demand(1, vec![g("c"), g("b")], Some(g("c/7")), None)
         .unwrap();
     let direct = net
-        .add_network_demand(1, vec![g("b")], Some(g("b/3")))
+        .add_network_demand(1, vec![g("b")], Some(g("b/3")), None)
         .unwrap();
     let mut paths: Vec<_> = b.demand().1.into_iter().map(|d| d.path).collect();
     paths.sort();
@@ -815,4 +815,106 @@ fn recent_forward_ids_drop_repeats_and_forget_the_oldest_chunk_with_its_producer
     assert_eq!(r.number_of.len(), 1, "{:?}", r.number_of);
     assert!(r.insert(&a, 9, 1));
     assert_eq!(r.producers.len(), 2, "a's number was reused");
+}
+
+fn sub_selecting(s: &mut Session, id: u64, dest: &str, selector: &str) -> Result<(), BrokerError> {
+    s.subscribe(SubscribeSpec {
+        subscription: id,
+        destination: pattern(dest),
+        selector: selector.to_string(),
+        prefetch: 100,
+        priority: 0,
+        durable_name: None,
+        no_local: false,
+    })
+}
+
+fn msg_with(body: &str, color: &str) -> Message {
+    Message {
+        headers: vec![("color".to_string(), color.to_string())],
+        ..msg(body)
+    }
+}
+
+#[test]
+fn a_queue_consumer_with_a_selector_takes_only_matches_and_leaves_the_rest_in_order() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut picky = b.open_session(None).unwrap();
+    sub_selecting(&mut picky, 1, "queue://q", "color = 'red'").unwrap();
+    for i in 0..10 {
+        let color = if i % 3 == 0 { "red" } else { "blue" };
+        send(&mut p, "queue://q", msg_with(&i.to_string(), color));
+    }
+    assert_eq!(bodies(&drain(&picky)), vec!["0", "3", "6", "9"]);
+    assert_eq!(b.queue_depth("queue://q"), Some(10));
+    // The others wait for a consumer that takes them, in the order they were sent.
+    let mut plain = b.open_session(None).unwrap();
+    sub(&mut plain, 1, "queue://q", 100);
+    assert_eq!(bodies(&drain(&plain)), vec!["1", "2", "4", "5", "7", "8"]);
+    assert!(drain(&picky).is_empty());
+}
+
+#[test]
+fn a_selective_consumer_beside_a_plain_one_loses_nothing() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut picky = b.open_session(None).unwrap();
+    let mut plain = b.open_session(None).unwrap();
+    sub_selecting(&mut picky, 1, "queue://q", "color IN ('red')").unwrap();
+    sub(&mut plain, 1, "queue://q", 100);
+    for i in 0..20 {
+        let color = if i % 2 == 0 { "red" } else { "blue" };
+        send(&mut p, "queue://q", msg_with(&i.to_string(), color));
+    }
+    let got_picky = drain(&picky);
+    let got_plain = drain(&plain);
+    assert!(got_picky.iter().all(|d| d.message.headers[0].1 == "red"));
+    assert_eq!(got_picky.len() + got_plain.len(), 20);
+    let mut all: Vec<u32> = bodies(&got_picky)
+        .iter()
+        .chain(bodies(&got_plain).iter())
+        .map(|b| b.parse().unwrap())
+        .collect();
+    all.sort();
+    assert_eq!(all, (0..20).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_topic_subscriber_with_a_selector_gets_only_matches() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut picky = b.open_session(None).unwrap();
+    let mut plain = b.open_session(None).unwrap();
+    sub_selecting(
+        &mut picky,
+        1,
+        "topic://t.>",
+        "color <> 'blue' AND JMSPriority > 3",
+    )
+    .unwrap();
+    sub(&mut plain, 1, "topic://t.>", 100);
+    for i in 0..6 {
+        let color = if i % 2 == 0 { "red" } else { "blue" };
+        send(&mut p, "topic://t.a", msg_with(&i.to_string(), color));
+    }
+    send(&mut p, "topic://t.b", msg("no color"));
+    assert_eq!(bodies(&drain(&picky)), vec!["0", "2", "4"]);
+    assert_eq!(drain(&plain).len(), 7);
+}
+
+#[test]
+fn a_selector_that_does_not_parse_is_refused_and_makes_no_subscription() {
+    let b = broker();
+    let mut c = b.open_session(None).unwrap();
+    let err = sub_selecting(&mut c, 1, "queue://q", "color = 'red").unwrap_err();
+    assert!(
+        matches!(&err, BrokerError::BadSelector { error, .. } if error.position == 13),
+        "{err}"
+    );
+    assert!(err.to_string().contains("does not parse"), "{err}");
+    assert_eq!(c.subscription_count(), 0);
+    // A blank selector is no selector.
+    sub_selecting(&mut c, 1, "queue://q", "  ").unwrap();
+    assert_eq!(c.subscription_count(), 1);
 }

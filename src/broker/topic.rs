@@ -26,6 +26,7 @@ use super::outbox::Outbox;
 use super::queue::{AckOutcome, DeadReason, NetworkFilter};
 use super::stats::DestinationCounters;
 use super::{now_ms, DestinationLimits, Effects};
+use crate::selector::Selector;
 
 #[derive(Debug)]
 pub struct Topic {
@@ -214,6 +215,8 @@ impl PendingLimit {
 
 #[derive(Debug, Default)]
 struct SubState {
+    /// Only messages one of these matches reach the subscription (all, when empty).
+    selectors: Vec<Arc<Selector>>,
     attached: Option<Attached>,
     pending: Backlog,
     inflight: Inflight,
@@ -242,6 +245,7 @@ impl TopicSub {
         no_local: bool,
         limits: &DestinationLimits,
         filter: Option<NetworkFilter>,
+        selector: Option<Arc<Selector>>,
     ) -> TopicSub {
         TopicSub {
             id,
@@ -261,8 +265,16 @@ impl TopicSub {
             pattern,
             durable,
             no_local,
-            state: Mutex::new(SubState::default()),
+            state: Mutex::new(SubState {
+                selectors: selector.into_iter().collect(),
+                ..SubState::default()
+            }),
         }
+    }
+
+    /// Replaces what the subscription selects (a network consumer's remote consumers changed).
+    pub(crate) fn set_selectors(&self, selectors: Vec<Arc<Selector>>) {
+        self.state.lock().selectors = selectors;
     }
 
     /// At its pending limit: the next message published drops its oldest.
@@ -277,6 +289,9 @@ impl TopicSub {
             }
         }
         let mut st = self.state.lock();
+        if !st.selectors.is_empty() && !st.selectors.iter().any(|s| s.matches(&**msg)) {
+            return;
+        }
         if self.no_local {
             if let Some(a) = &st.attached {
                 if msg.origin != 0 && a.connection == msg.origin {
@@ -512,6 +527,7 @@ mod tests {
             None,
             false,
             &DestinationLimits::default(),
+            None,
             None,
         ))
     }

@@ -210,11 +210,9 @@ data_dir = "data"
 
 [[group.member.listener]]
 url = "tcp://127.0.0.1:{port}"
-max_connections = 100000
 
 [[group.member.listener]]
 url = "stomp://127.0.0.1:{stomp_port}"
-max_connections = 100000
 "#
         );
         let spawned = Spawned::start(&topology, &[("bench-1", admin)]).await?;

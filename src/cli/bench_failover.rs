@@ -12,7 +12,7 @@
 //!
 //! With `--hub` the mesh is `topologies/edges.toml`'s shape: a producer-facing hub dialling
 //! every edge (the edges never dial each other), the edges' listeners filtering `edge-.*` with
-//! 16,000 connections each; the producer is on the hub, and the report adds each edge's share
+//! the default `max_connections` (what the open-file limit allows); the producer is on the hub, and the report adds each edge's share
 //! of the clients after each phase and the most connections each edge held against its limit.
 
 use std::collections::HashMap;
@@ -78,9 +78,6 @@ pub struct FailoverArgs {
     #[arg(long)]
     pub hub: bool,
 }
-
-/// An edge listener's `max_connections` with `--hub` (as in `topologies/edges.toml`).
-const HUB_EDGE_LIMIT: u64 = 16_000;
 
 /// One worker process's share (hidden subcommand).
 #[derive(Debug, Clone, clap::Args)]
@@ -288,21 +285,18 @@ struct MeshPlan {
 
 fn topology(args: &FailoverArgs) -> anyhow::Result<MeshPlan> {
     let mut text =
-        String::from("[mesh]\nname = \"bench-failover\"\n\n[broker]\nmemory_limit = \"1GiB\"\n");
+        String::from("[mesh]\nname = \"bench-failover\"\nsecret_file = \"mesh.secret\"\n");
     let mut members = Vec::new();
     let mut edges = Vec::new();
     let mut listener_extra = String::from("update_cluster_clients = true\n");
     if args.rebalance {
         listener_extra.push_str("rebalance_cluster_clients = true\n");
     }
-    let limit = if args.hub {
+    if args.hub {
         listener_extra.push_str(
             "update_cluster_clients_on_remove = true\nupdate_cluster_filter = [\"edge-.*\"]\n",
         );
-        HUB_EDGE_LIMIT
-    } else {
-        100_000
-    };
+    }
     let mut hub = None;
     if args.hub {
         let (port, admin) = (free_port()?, free_port()?);
@@ -333,7 +327,7 @@ fn topology(args: &FailoverArgs) -> anyhow::Result<MeshPlan> {
             let (port, admin) = (free_port()?, free_port()?);
             let admin: SocketAddr = format!("127.0.0.1:{admin}").parse()?;
             text.push_str(&format!(
-                "\n[[group.member]]\nname = \"{name}\"\nadmin = \"{admin}\"\ndata_dir = \"data-{name}\"\n\n[[group.member.listener]]\nurl = \"tcp://127.0.0.1:{port}\"\nmax_connections = {limit}\n{listener_extra}"
+                "\n[[group.member]]\nname = \"{name}\"\nadmin = \"{admin}\"\ndata_dir = \"data-{name}\"\n\n[[group.member.listener]]\nurl = \"tcp://127.0.0.1:{port}\"\n{listener_extra}"
             ));
             edge.members
                 .push((members.len(), format!("tcp://127.0.0.1:{port}")));
@@ -753,7 +747,9 @@ async fn run(
             "clients": total,
             "clients_per_edge_after_connect": after_connect,
             "peak_connections_per_edge": peaks,
-            "edge_connection_limit": if args.hub { HUB_EDGE_LIMIT } else { 100_000 },
+            "edge_connection_limit": meshmq::transport::files::default_max_connections(
+                meshmq::transport::files::raise_open_file_limit()
+            ),
             "connect_all_seconds": connect_secs,
             "kills": kill_reports,
             "rebalance_moves": rebalance_moves,

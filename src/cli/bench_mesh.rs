@@ -48,7 +48,8 @@ async fn start_mesh() -> anyhow::Result<(Spawned, String, Vec<String>)> {
         ports.push(free_port()?);
         admins.push(format!("127.0.0.1:{}", free_port()?).parse()?);
     }
-    let mut topology = String::from("[mesh]\nname = \"bench-mesh\"\n");
+    let mut topology =
+        String::from("[mesh]\nname = \"bench-mesh\"\nsecret_file = \"mesh.secret\"\n");
     for (i, name) in names.iter().enumerate() {
         topology.push_str(&format!(
             "\n[[group]]\nname = \"{name}\"\n[[group.member]]\nname = \"{name}-m\"\nadmin = \"{}\"\ndata_dir = \"data/{name}\"\n[[group.member.listener]]\nurl = \"tcp://127.0.0.1:{}\"\n",

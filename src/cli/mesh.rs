@@ -173,6 +173,12 @@ enum Waited {
 pub async fn up(topology: &Path) -> anyhow::Result<()> {
     let topo = load(topology)?;
     refuse_unsupported(&topo)?;
+    // Every member runs on this machine, so they share one secret file: make it if missing.
+    if let Some(path) = &topo.bridges.secret_file {
+        if meshmq::security::ensure_mesh_secret(path)? {
+            println!("wrote a new mesh secret to {}", path.display());
+        }
+    }
     let mut signals = Signals::install()?;
     let exe = std::env::current_exe()?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -310,7 +316,7 @@ async fn up_table(topo: &Topology) -> String {
     }
     out += "\nclients reach whichever member of a group serves through a failover URL:\n";
     for group in &topo.groups {
-        for scheme in [Scheme::Tcp, Scheme::Stomp] {
+        for scheme in [Scheme::Tcp, Scheme::Stomp, Scheme::Mqtt] {
             let urls: Vec<String> = group
                 .members
                 .iter()

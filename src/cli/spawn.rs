@@ -42,6 +42,8 @@ impl Spawned {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("topology.toml");
         std::fs::write(&path, topology)?;
+        // What a generated topology's `secret_file = "mesh.secret"` names.
+        meshmq::security::ensure_mesh_secret(&dir.path().join("mesh.secret"))?;
         let mut spawned = Spawned {
             dir,
             topology: path,

@@ -110,6 +110,31 @@ pub fn diff(old: &Topology, new: &Topology) -> Vec<Change> {
             restart: Restart::No,
         });
     }
+    if old.bridges.secret_file != new.bridges.secret_file {
+        let show = |p: &Option<std::path::PathBuf>| {
+            p.as_ref()
+                .map_or_else(|| "none".to_string(), |p| p.display().to_string())
+        };
+        out.push(Change {
+            heading: "mesh".into(),
+            what: format!(
+                "secret_file: {} -> {} (bridges dialled from now on present the new secret)",
+                show(&old.bridges.secret_file),
+                show(&new.bridges.secret_file)
+            ),
+            restart: Restart::No,
+        });
+    }
+    if old.bridges.allow_anonymous != new.bridges.allow_anonymous {
+        out.push(Change {
+            heading: "mesh".into(),
+            what: format!(
+                "allow_anonymous_bridges: {} -> {}",
+                old.bridges.allow_anonymous, new.bridges.allow_anonymous
+            ),
+            restart: Restart::No,
+        });
+    }
     groups(old, new, &mut out);
     connectors(old, new, &mut out);
     security(old, new, &mut out);

@@ -49,6 +49,8 @@ pub(super) struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMesh {
     pub name: Option<String>,
+    pub secret_file: Option<String>,
+    pub allow_anonymous_bridges: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -551,6 +553,11 @@ const BROKER_EXAMPLES: &[(&str, Example)] = &[
 pub(super) const EXAMPLES: &[(&str, Example)] = &[
     ("mesh", Example::Table),
     ("mesh.name", Example::Value("\"demo\"")),
+    (
+        "mesh.secret_file",
+        Example::Value("\"../data/demo/mesh.secret\""),
+    ),
+    ("mesh.allow_anonymous_bridges", Example::Value("false")),
     ("broker", Example::Table),
     ("policy", Example::Tables),
     ("policy.destination", Example::Value("\"queue://orders.>\"")),
@@ -762,7 +769,7 @@ mod tests {
     fn keys_keep_their_case() {
         assert_eq!(
             shape("[mesh]\nName = \"x\"\n"),
-            "t.toml: mesh.Name: unknown key; did you mean \"name\"? valid keys here are: name"
+            "t.toml: mesh.Name: unknown key; did you mean \"name\"? valid keys here are: name, secret_file, allow_anonymous_bridges"
         );
     }
 

@@ -352,6 +352,19 @@ pub struct Security {
     pub acls: Vec<Acl>,
 }
 
+/// A mesh secret shorter than this is refused: it is what keeps strangers' bridges out.
+pub const MIN_MESH_SECRET: usize = 16;
+
+/// How a bridge proves it belongs to the mesh (`[mesh]` `secret_file`,
+/// `allow_anonymous_bridges`).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct BridgeAuth {
+    /// The file holding the mesh secret (absolute; read when a member starts).
+    pub secret_file: Option<PathBuf>,
+    /// Let a bridge in that proves nothing (no secret, no connector credentials).
+    pub allow_anonymous: bool,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ZooKeeperOptions {
     /// At least one server.
@@ -378,14 +391,15 @@ pub struct Listener {
     /// What clients are told to dial in cluster updates; set whenever `url` binds an unspecified
     /// IP and cluster updates are on anywhere in the mesh.
     pub advertise: Option<ClientUrl>,
-    pub max_connections: u32,
+    /// `None`: what the member's open-file limit leaves (see `transport::files`).
+    pub max_connections: Option<u32>,
     pub update_cluster_clients: bool,
     pub rebalance_cluster_clients: bool,
     /// Only when `update_cluster_clients` is on.
     pub update_cluster_clients_on_remove: bool,
     /// Regexes, each compiled to match a whole group name; empty: every group.
     pub update_cluster_filter: Vec<regex::Regex>,
-    /// Present exactly when the scheme is ssl, stomp+ssl or quic.
+    /// Present exactly when the scheme is ssl, stomp+ssl, mqtt+ssl or quic.
     pub tls: Option<TlsFiles>,
 }
 
@@ -529,6 +543,8 @@ pub struct Topology {
     pub metrics: MetricsOptions,
     pub rebalance: RebalanceOptions,
     pub security: Security,
+    /// How bridges between groups prove they belong to this mesh.
+    pub bridges: BridgeAuth,
     /// Present exactly when some group's election is zookeeper.
     pub zookeeper: Option<ZooKeeperOptions>,
     /// At least one; names unique.

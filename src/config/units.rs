@@ -75,15 +75,19 @@ pub enum Scheme {
     Stomp,
     StompSsl,
     Quic,
+    Mqtt,
+    MqttSsl,
 }
 
 impl Scheme {
-    pub const ALL: [Scheme; 5] = [
+    pub const ALL: [Scheme; 7] = [
         Scheme::Tcp,
         Scheme::Ssl,
         Scheme::Stomp,
         Scheme::StompSsl,
         Scheme::Quic,
+        Scheme::Mqtt,
+        Scheme::MqttSsl,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -93,12 +97,22 @@ impl Scheme {
             Scheme::Stomp => "stomp",
             Scheme::StompSsl => "stomp+ssl",
             Scheme::Quic => "quic",
+            Scheme::Mqtt => "mqtt",
+            Scheme::MqttSsl => "mqtt+ssl",
         }
     }
 
     /// Schemes whose listener needs a certificate and key (QUIC is always encrypted).
     pub fn is_tls(self) -> bool {
-        matches!(self, Scheme::Ssl | Scheme::StompSsl | Scheme::Quic)
+        matches!(
+            self,
+            Scheme::Ssl | Scheme::StompSsl | Scheme::MqttSsl | Scheme::Quic
+        )
+    }
+
+    /// Schemes that serve the native protocol (the ones failover clients and bridges dial).
+    pub fn is_native(self) -> bool {
+        matches!(self, Scheme::Tcp | Scheme::Ssl | Scheme::Quic)
     }
 
     /// A port used in examples of this scheme.
@@ -109,6 +123,8 @@ impl Scheme {
             Scheme::Stomp => 61613,
             Scheme::StompSsl => 61612,
             Scheme::Quic => 61618,
+            Scheme::Mqtt => 1883,
+            Scheme::MqttSsl => 8883,
         }
     }
 
@@ -167,7 +183,7 @@ impl fmt::Display for ClientUrl {
     }
 }
 
-const SCHEME_LIST: &str = "tcp, ssl, stomp, stomp+ssl or quic";
+const SCHEME_LIST: &str = "tcp, ssl, stomp, stomp+ssl, mqtt, mqtt+ssl or quic";
 
 /// Splits `host:port` / `[v6]:port`; the host comes back without brackets, the port as text.
 enum Split<'a> {

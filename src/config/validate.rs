@@ -19,13 +19,13 @@ use super::names::{
     NAME_FIX,
 };
 use super::raw::{
-    RawAcl, RawAdmin, RawBroker, RawConnector, RawGroup, RawListener, RawMember, RawMetrics,
-    RawPolicy, RawRebalance, RawSecurity, RawStore, RawTopology, RawUser, RawZooKeeper,
+    RawAcl, RawAdmin, RawBroker, RawConnector, RawGroup, RawListener, RawMember, RawMesh,
+    RawMetrics, RawPolicy, RawRebalance, RawSecurity, RawStore, RawTopology, RawUser, RawZooKeeper,
 };
 use super::topology::{
-    Acl, AdminOptions, BrokerPolicy, Connector, ConnectorTransport, DestinationPolicy, Election,
-    Group, Listener, Member, MetricsOptions, OnFull, RebalanceOptions, Secret, Security, Source,
-    StoreOptions, SyncMode, TlsFiles, Topology, User, ZooKeeperOptions,
+    Acl, AdminOptions, BridgeAuth, BrokerPolicy, Connector, ConnectorTransport, DestinationPolicy,
+    Election, Group, Listener, Member, MetricsOptions, OnFull, RebalanceOptions, Secret, Security,
+    Source, StoreOptions, SyncMode, TlsFiles, Topology, User, ZooKeeperOptions,
 };
 use super::units::{
     parse_bind_ip, parse_client_url, parse_duration, parse_group_filter, parse_host_port,
@@ -77,6 +77,7 @@ pub(super) fn validate(
     c.cluster_filters(&groups);
     let zookeeper = c.zookeeper(raw.zookeeper.as_ref(), &raw.group);
     let connectors = c.connectors(&raw.connector, &raw.group, &groups, &security);
+    let bridges = c.bridges(raw.mesh.as_ref());
     let admin = c.admin(raw.admin.as_ref());
 
     let (Some(mesh), true) = (mesh, c.errors.is_empty()) else {
@@ -91,6 +92,7 @@ pub(super) fn validate(
         metrics,
         rebalance,
         security,
+        bridges,
         zookeeper,
         groups: groups.into_iter().flatten().collect(),
         connectors: connectors.into_iter().flatten().collect(),
@@ -321,6 +323,16 @@ impl Checker<'_> {
             "name the mesh, e.g. name = \"demo\"",
         )?;
         self.name("mesh.name", name, MeshName::parse)
+    }
+
+    fn bridges(&mut self, raw: Option<&RawMesh>) -> BridgeAuth {
+        let Some(raw) = raw else {
+            return BridgeAuth::default();
+        };
+        BridgeAuth {
+            secret_file: self.path("mesh.secret_file", raw.secret_file.as_deref()),
+            allow_anonymous: raw.allow_anonymous_bridges.unwrap_or(false),
+        }
     }
 
     fn broker(&mut self, at: &str, raw: Option<&RawBroker>, base: &BrokerPolicy) -> BrokerPolicy {
@@ -975,7 +987,7 @@ impl Checker<'_> {
                 g.members
                     .iter()
                     .flat_map(|m| &m.listeners)
-                    .any(|l| !matches!(l.url.scheme, Scheme::Stomp | Scheme::StompSsl))
+                    .any(|l| l.url.scheme.is_native())
             })
             .map(|g| g.name.as_str())
             .collect();
@@ -1320,9 +1332,7 @@ impl Checker<'_> {
                 );
             }
         }
-        let max_connections = self
-            .whole(&key("max_connections"), raw.max_connections, 1, U32_MAX)
-            .unwrap_or(10_000);
+        let max_connections = self.whole(&key("max_connections"), raw.max_connections, 1, U32_MAX);
         let update = raw.update_cluster_clients.unwrap_or(false);
         let on_remove = raw.update_cluster_clients_on_remove.unwrap_or(false);
         if on_remove && !update {
@@ -1377,8 +1387,8 @@ impl Checker<'_> {
                     ok = false;
                     self.refuse(
                         &format!("{at}.{k}"),
-                        format!("is only used by ssl, stomp+ssl and quic listeners, and this one is \"{scheme}\""),
-                        "remove it, or change the url's scheme to ssl, stomp+ssl or quic",
+                        format!("is only used by ssl, stomp+ssl, mqtt+ssl and quic listeners, and this one is \"{scheme}\""),
+                        "remove it, or change the url's scheme to ssl, stomp+ssl, mqtt+ssl or quic",
                     );
                 }
             }
@@ -2012,7 +2022,7 @@ url = "tcp://127.0.0.1:61716"
         assert_eq!(hub.replicas, 1);
         assert_eq!(member.data_dir, Path::new("/etc/meshmq/data/hub-1"));
         assert_eq!(member.weight, 1);
-        assert_eq!(member.listeners[0].max_connections, 10_000);
+        assert_eq!(member.listeners[0].max_connections, None);
         assert!(topo.security.allow_anonymous);
         assert_eq!(topo.store.segment_size, 64 << 20);
         assert_eq!(topo.metrics.max_destinations, 100);

@@ -44,8 +44,13 @@ use proto::{to_follower, to_master, ToFollower, ToMaster};
 
 /// The largest replication message accepted.
 const MAX_MESSAGE: usize = 256 << 20;
-/// The largest hello accepted: a stranger's first message costs at most this much memory.
-const MAX_HELLO: usize = 1 << 20;
+/// The largest hello accepted: a stranger's first message costs at most this much memory
+/// (room for thousands of terms of epoch history).
+const MAX_HELLO: usize = 256 << 10;
+/// Connections that may be waiting for their hello at once: a group has a handful of members,
+/// so more than this is a stranger's flood, turned away at once (`reason="busy"`). With
+/// `MAX_HELLO` this bounds what strangers on the replication port cost to 4 MiB.
+const HANDSHAKES: usize = 16;
 /// Records sent per message, about.
 const BATCH_BYTES: usize = 512 << 10;
 
@@ -160,6 +165,8 @@ pub type LeaseCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 enum Refusal {
     /// The first message was not a hello (or came late, too large or undecodable).
     NoHello,
+    /// Too many connections were already waiting for their hello.
+    Busy,
     /// A hello without a token.
     NoToken,
     /// A hello whose token is not the group's.
@@ -176,6 +183,7 @@ impl Refusal {
     fn label(self) -> &'static str {
         match self {
             Refusal::NoHello => "no_hello",
+            Refusal::Busy => "busy",
             Refusal::NoToken => "no_token",
             Refusal::WrongToken => "wrong_token",
             Refusal::UnknownMember => "unknown_member",
@@ -291,6 +299,7 @@ impl Master {
         tracker.spawn(commit_loop(shared.clone(), stop.clone()));
         let t = tracker.clone();
         let s = shared.clone();
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
         tracker.spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -299,11 +308,16 @@ impl Master {
                 };
                 match accepted {
                     Ok((stream, peer)) => {
+                        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+                            Refusal::Busy.count();
+                            tracing::warn!(%peer, reason = Refusal::Busy.label(), "replication peer refused: {HANDSHAKES} connections are already waiting for their hello");
+                            continue;
+                        };
                         let _ = stream.set_nodelay(true);
                         let s = s.clone();
                         let stop = stop.clone();
                         t.spawn(async move {
-                            if let Err(e) = serve_follower(&s, stream, peer, stop).await {
+                            if let Err(e) = serve_follower(&s, stream, peer, handshake, stop).await {
                                 tracing::info!(%peer, error = %e, "replication session ended");
                             }
                         });
@@ -449,16 +463,20 @@ async fn serve_follower(
     s: &Arc<MasterShared>,
     stream: TcpStream,
     peer: SocketAddr,
+    handshake: tokio::sync::OwnedSemaphorePermit,
     stop: CancellationToken,
 ) -> Result<(), ReplError> {
     let peer_s = peer.to_string();
-    let (rd, mut wr) = stream.into_split();
-    let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER, rd);
+    let (mut rd, mut wr) = stream.into_split();
+    // The hello is read unbuffered (a follower sends nothing else before its start): the read
+    // buffer is given only to a follower that was let in.
     let first = tokio::time::timeout(
         s.options.heartbeat * 3,
         read_msg_within::<ToMaster>(&mut rd, &peer_s, MAX_HELLO),
     )
     .await;
+    drop(handshake);
+    let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER, rd);
     let hello = match first {
         Ok(Ok(ToMaster {
             kind: Some(to_master::Kind::Hello(h)),
@@ -928,6 +946,8 @@ async fn follow_inner(
                             detail: format!("undecodable checkpoint: {e}"),
                         }
                     })?;
+                    // The records it covers arrived before it, but may wait for the writer.
+                    journal.wait_local(c.next_index.saturating_sub(1)).await?;
                     let st = store.clone();
                     tokio::task::spawn_blocking(move || st.install_checkpoint(&c))
                         .await
@@ -1087,6 +1107,11 @@ mod tests {
 
     impl Lone {
         async fn start(quorum_timeout: Duration) -> Lone {
+            Lone::start_with(quorum_timeout, Duration::from_millis(200)).await
+        }
+
+        /// As `start`, with `heartbeat` for the links (a hello is awaited for three of them).
+        async fn start_with(quorum_timeout: Duration, heartbeat: Duration) -> Lone {
             let dir = tempfile::tempdir().expect("tempdir");
             let (store, _) =
                 Store::open(config(&dir.path().join("master")), false).expect("master journal");
@@ -1105,7 +1130,7 @@ mod tests {
                 Arc::new(|| true),
                 LinkOptions {
                     token: Some(TOKEN.into()),
-                    heartbeat: Duration::from_millis(200),
+                    heartbeat,
                 },
                 vec!["f".into(), "g".into()],
                 stop.clone(),
@@ -1276,6 +1301,53 @@ mod tests {
             .map(|f| f.member)
             .collect();
         assert_eq!(members, ["f"]);
+        lone.end().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn strangers_waiting_for_their_hello_are_bounded() {
+        // Strangers get 30 s to send their hello: the slots stay taken for the whole test.
+        let lone = Lone::start_with(GUARD, Duration::from_secs(10)).await;
+        // Strangers that connect and say nothing hold every handshake slot...
+        let mut idle = Vec::new();
+        for _ in 0..HANDSHAKES {
+            idle.push(TcpStream::connect(lone.addr).await.expect("connect"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // ...so the next connection is closed before its hello is read, even a valid one.
+        let stream = TcpStream::connect(lone.addr).await.expect("connect");
+        let (rd, mut wr) = stream.into_split();
+        let mut rd = tokio::io::BufReader::new(rd);
+        let msg = ToMaster {
+            kind: Some(to_master::Kind::Hello(login(TOKEN, "f"))),
+        };
+        let _ = write_msg(&mut wr, &msg).await;
+        let answer = tokio::time::timeout(GUARD, read_msg::<ToFollower>(&mut rd, "master"))
+            .await
+            .expect("the master neither answered nor closed");
+        assert!(
+            answer.is_err(),
+            "a connection past {HANDSHAKES} waiting handshakes was served: {answer:?}"
+        );
+        // Once the strangers are gone, a follower is let in again.
+        drop(idle);
+        let admitted = tokio::time::timeout(GUARD, async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let stream = TcpStream::connect(lone.addr).await.expect("connect");
+                let (rd, mut wr) = stream.into_split();
+                let mut rd = tokio::io::BufReader::new(rd);
+                let _ = write_msg(&mut wr, &msg).await;
+                if let Ok(ToFollower {
+                    kind: Some(to_follower::Kind::Start(_)),
+                }) = read_msg::<ToFollower>(&mut rd, "master").await
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(admitted.is_ok(), "the slots were never given back");
         lone.end().await;
     }
 

@@ -35,7 +35,10 @@ pub const CONNECTIONS_ACCEPTED: &str = "meshmq_connections_accepted_total";
 pub const CONNECTIONS_REFUSED: &str = "meshmq_connections_refused_total";
 pub const BAD_FRAMES: &str = "meshmq_bad_frames_total";
 pub const AUTH_FAILURES: &str = "meshmq_auth_failures_total";
+pub const BRIDGES_REFUSED: &str = "meshmq_bridges_refused_total";
+pub const CREATIONS_REFUSED: &str = "meshmq_creations_refused_total";
 pub const ACCESS_DENIED: &str = "meshmq_access_denied_total";
+pub const BAD_SELECTORS: &str = "meshmq_bad_selectors_total";
 pub const MESSAGES_RECEIVED: &str = "meshmq_messages_received_total";
 pub const MESSAGES_DELIVERED: &str = "meshmq_messages_delivered_total";
 pub const SENDS_REFUSED: &str = "meshmq_sends_refused_total";
@@ -142,7 +145,19 @@ fn describe_all() {
         AUTH_FAILURES,
         "Failed logins (wrong user or password, anonymous refused)."
     );
+    describe_counter!(
+        BRIDGES_REFUSED,
+        "Bridge handshakes refused, by reason (bad_secret, anonymous, bad_credentials, unknown_connector, other_mesh, own_group)."
+    );
+    describe_counter!(
+        CREATIONS_REFUSED,
+        "Subscriptions and new destinations refused for coming faster than a connection's creation rate."
+    );
     describe_counter!(ACCESS_DENIED, "Sends and subscriptions refused by an ACL.");
+    describe_counter!(
+        BAD_SELECTORS,
+        "Subscriptions refused because their selector does not parse."
+    );
     describe_counter!(MESSAGES_RECEIVED, "Messages accepted from producers.");
     describe_counter!(
         MESSAGES_DELIVERED,

@@ -35,6 +35,7 @@ use crate::broker::{
     MessageBuilder, NetworkFilter, NetworkSpec, Published, Session, SubscribeSpec, SyncedQueue,
 };
 use crate::cluster::Cluster;
+use crate::selector::Selector;
 use crate::transport::{Due, IoEvent, Liveness, Pump};
 use crate::wire::{self, proto, Body, Frame, MessageRef};
 
@@ -118,6 +119,8 @@ struct Heard {
     priority: i32,
     origin: Arc<str>,
     queue: bool,
+    /// The remote consumer's selector; `None` when it takes everything.
+    selector: Option<Arc<Selector>>,
 }
 
 /// A network consumer on the local broker, standing for some of the peer's demand.
@@ -127,6 +130,9 @@ struct NetSub {
     /// Remote consumer id → its path and the local demand registered for it (conduit folds
     /// several into one network consumer).
     demand: HashMap<String, (Vec<Arc<str>>, u64)>,
+    /// Remote consumer id → its selector, for those that have one. The network consumer
+    /// takes what one of them matches — everything when some consumer in `demand` has none.
+    selectors: HashMap<String, Arc<Selector>>,
     /// Static ones live as long as the bridge.
     permanent: bool,
     inflight: usize,
@@ -484,6 +490,7 @@ impl Bridge {
             consumer_id,
             priority: d.priority,
             origin,
+            selector: d.selector.as_deref().unwrap_or("").to_string(),
         }));
     }
 
@@ -522,14 +529,14 @@ impl Bridge {
         destination: &str,
         path: Vec<Arc<str>>,
         priority: i32,
-        consumer: Option<&str>,
+        consumer: Option<(&str, Option<Arc<Selector>>)>,
         permanent: bool,
     ) {
         let Ok(pattern) = DestinationPattern::parse(destination) else {
             return;
         };
-        let key = match (self.cfg.conduit, consumer) {
-            (false, Some(c)) => format!("consumer:{c}"),
+        let key = match (self.cfg.conduit, &consumer) {
+            (false, Some((c, _))) => format!("consumer:{c}"),
             _ => format!("dest:{destination}"),
         };
         if let Some(&sub) = self.sub_for.get(&key) {
@@ -537,18 +544,24 @@ impl Bridge {
                 ns.draining = false;
                 ns.permanent |= permanent;
             }
-            if let Some(c) = consumer {
-                self.add_demand(sub, c, path);
+            if let Some((c, selector)) = consumer {
+                self.add_demand(sub, c, path, selector);
             }
             return;
         }
         let topic = !pattern.kind().is_queue();
         let sub = self.next_sub;
         self.next_sub += 1;
+        // Created selecting already (as the consumer it first stands for), so that it takes
+        // nothing that consumer would not.
+        let first_selector = match &consumer {
+            Some((_, Some(s))) => s.text().to_string(),
+            _ => String::new(),
+        };
         let spec = SubscribeSpec {
             subscription: sub,
             destination: pattern,
-            selector: String::new(),
+            selector: first_selector,
             prefetch: self.cfg.prefetch,
             priority: self.cfg.network_priority(priority, path.len()),
             durable_name: None,
@@ -574,6 +587,7 @@ impl Bridge {
             NetSub {
                 topic,
                 demand: HashMap::new(),
+                selectors: HashMap::new(),
                 permanent,
                 inflight: 0,
                 draining: false,
@@ -581,19 +595,30 @@ impl Bridge {
         );
         self.sub_for.insert(key, sub);
         match consumer {
-            Some(c) => self.add_demand(sub, c, path),
+            Some((c, selector)) => self.add_demand(sub, c, path, selector),
             // A static destination stands for the peer as a whole, for as long as the bridge.
             None => {
-                let _ = self.session.add_network_demand(sub, path, None);
+                let _ = self.session.add_network_demand(sub, path, None, None);
             }
         }
     }
 
-    /// Records that network consumer `sub` stands for remote `consumer` (reached by `path`):
-    /// registered as local demand by that path, so it is relayed by that path's rules.
-    fn add_demand(&mut self, sub: u64, consumer: &str, path: Vec<Arc<str>>) {
+    /// Records that network consumer `sub` stands for remote `consumer` (reached by `path`,
+    /// selecting with `selector`): registered as local demand by that path and with that
+    /// selector, so it is relayed by that path's rules and still selects further on.
+    fn add_demand(
+        &mut self,
+        sub: u64,
+        consumer: &str,
+        path: Vec<Arc<str>>,
+        selector: Option<Arc<Selector>>,
+    ) {
         let origin = self.heard.get(consumer).map(|h| h.origin.clone());
-        let Ok(id) = self.session.add_network_demand(sub, path.clone(), origin) else {
+        let text = selector.as_ref().map(|s| Arc::from(s.text()));
+        let Ok(id) = self
+            .session
+            .add_network_demand(sub, path.clone(), origin, text)
+        else {
             return;
         };
         let Some(ns) = self.subs.get_mut(&sub) else {
@@ -602,8 +627,34 @@ impl Bridge {
         if let Some((_, old)) = ns.demand.insert(consumer.to_string(), (path, id)) {
             self.session.remove_network_demand(sub, old);
         }
+        match selector {
+            Some(s) => ns.selectors.insert(consumer.to_string(), s),
+            None => ns.selectors.remove(consumer),
+        };
         self.demand_sub.insert(consumer.to_string(), sub);
         self.reweigh(sub);
+        self.reselect(sub);
+    }
+
+    /// Tells network consumer `sub` what to take: what one of its remote consumers' selectors
+    /// matches, or everything when one of them (or the static destination it serves) has none.
+    fn reselect(&mut self, sub: u64) {
+        let Some(ns) = self.subs.get(&sub) else {
+            return;
+        };
+        let takes_all = ns.permanent || ns.demand.keys().any(|c| !ns.selectors.contains_key(c));
+        let selectors = if takes_all {
+            Vec::new()
+        } else {
+            let mut distinct: Vec<Arc<Selector>> = Vec::new();
+            for s in ns.selectors.values() {
+                if !distinct.iter().any(|d| d.text() == s.text()) {
+                    distinct.push(s.clone());
+                }
+            }
+            distinct
+        };
+        self.session.set_network_selectors(sub, selectors);
     }
 
     /// A queue's conduit gets as many deliveries in a row as it has nearest consumers, so the
@@ -654,6 +705,19 @@ impl Bridge {
             Arc::from(d.origin)
         };
         let queue = pattern.kind().is_queue();
+        // A selector this broker cannot read (a newer peer's?) selects nothing away: the
+        // network consumer then forwards everything, and the peer selects.
+        let selector = if d.selector.trim().is_empty() {
+            None
+        } else {
+            match Selector::parse(&d.selector) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    tracing::warn!(connector = %self.cfg.connector, selector = %d.selector, error = %e, "a remote consumer's selector does not parse here; forwarding it everything");
+                    None
+                }
+            }
+        };
         self.routes
             .add(&self.cfg.peer, &d.consumer_id, &origin, pattern, &path);
         let heard = Heard {
@@ -662,6 +726,7 @@ impl Bridge {
             priority: d.priority,
             origin,
             queue,
+            selector,
         };
         self.heard.insert(d.consumer_id.clone(), heard.clone());
         if self.suppresses(&heard) {
@@ -679,7 +744,13 @@ impl Bridge {
 
     /// Opens (or joins) the network consumer standing for a heard remote consumer.
     fn hold(&mut self, consumer: &str, h: Heard) {
-        self.open_sub(&h.destination, h.path, h.priority, Some(consumer), false);
+        self.open_sub(
+            &h.destination,
+            h.path,
+            h.priority,
+            Some((consumer, h.selector)),
+            false,
+        );
         self.metrics.remote_demand(self.routes_from_peer());
     }
 
@@ -732,11 +803,15 @@ impl Bridge {
             if let Some((_, id)) = ns.demand.remove(consumer) {
                 self.session.remove_network_demand(sub, id);
             }
+            ns.selectors.remove(consumer);
             if ns.demand.is_empty() && !ns.permanent {
                 ns.draining = true;
             }
         }
         self.reweigh(sub);
+        if self.subs.get(&sub).is_some_and(|ns| !ns.demand.is_empty()) {
+            self.reselect(sub);
+        }
         self.close_if_drained(sub);
     }
 

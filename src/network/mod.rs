@@ -19,7 +19,7 @@ mod metrics;
 pub mod routes;
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -97,7 +97,11 @@ pub struct NetworkOptions {
     pub group: Arc<str>,
     pub member: String,
     pub connectors: Vec<ConnectorPlan>,
-    pub allow_anonymous: bool,
+    /// The mesh secret every bridge must present (`[mesh]` `secret` or `secret_file`).
+    pub secret: Option<crate::config::Secret>,
+    /// Let in a bridge that proves nothing: no mesh secret is configured and its connector
+    /// has no credentials (`[mesh] allow_anonymous_bridges = true`).
+    pub allow_anonymous_bridges: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +111,18 @@ pub enum NetworkError {
         file: String,
         connector: String,
         source: crate::transport::tls::TlsError,
+    },
+    #[error("{file}: mesh.secret_file {path}: {source}; make one with `meshmq secret {path}`")]
+    SecretFile {
+        file: String,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: mesh.secret_file {path} holds fewer than {min} characters; make a new one with `meshmq secret {path}`")]
+    ShortSecret {
+        file: String,
+        path: String,
+        min: usize,
     },
     #[error("{file}: connector[{connector}].password_file {path}: {source}")]
     PasswordFile {
@@ -231,9 +247,56 @@ impl NetworkOptions {
             group: Arc::from(group.name.as_str()),
             member: m.name.to_string(),
             connectors,
-            allow_anonymous: topo.security.allow_anonymous,
+            secret: mesh_secret(topo)?,
+            allow_anonymous_bridges: topo.bridges.allow_anonymous,
         })
     }
+}
+
+/// The mesh secret of `topo`, read from its `secret_file`.
+fn mesh_secret(topo: &Topology) -> Result<Option<crate::config::Secret>, NetworkError> {
+    let Some(path) = &topo.bridges.secret_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| NetworkError::SecretFile {
+        file: topo.file.display().to_string(),
+        path: path.display().to_string(),
+        source,
+    })?;
+    let text = text.trim();
+    if text.len() < crate::config::MIN_MESH_SECRET {
+        return Err(NetworkError::ShortSecret {
+            file: topo.file.display().to_string(),
+            path: path.display().to_string(),
+            min: crate::config::MIN_MESH_SECRET,
+        });
+    }
+    Ok(Some(crate::config::Secret::new(text.to_string())))
+}
+
+/// Logs what a member's bridge settings leave open: anonymous bridges allowed, or connectors
+/// whose bridges will be refused because neither side can prove anything.
+fn warn_unproven(opts: &NetworkOptions) {
+    if opts.allow_anonymous_bridges {
+        tracing::warn!(
+            "allow_anonymous_bridges = true: anyone who reaches a client listener can open a bridge without the mesh secret"
+        );
+    } else if opts.secret.is_none() {
+        for c in opts
+            .connectors
+            .iter()
+            .filter(|c| c.dial.is_none() && c.username.is_none())
+        {
+            tracing::warn!(connector = %c.bridge.connector, "no [mesh] secret and no credentials for this connector: its bridges will be refused");
+        }
+    }
+}
+
+/// Whether `presented` is the mesh secret, in time that does not depend on where they differ.
+fn secret_matches(secret: &crate::config::Secret, presented: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let (a, b) = (secret.expose().as_bytes(), presented.as_bytes());
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 /// How long a removed connector's bridge may drain its in-flight forwards before it is
@@ -335,6 +398,7 @@ impl Network {
             published_demand: Mutex::new(HashSet::new()),
             cluster,
         });
+        warn_unproven(&opts);
         net.reconfigure(opts);
         net
     }
@@ -379,7 +443,8 @@ impl Network {
             self.metrics.write().remove(name);
             tracing::info!(connector = %name, "connector removed from the topology");
         }
-        opts.allow_anonymous = new.allow_anonymous;
+        opts.secret = new.secret;
+        opts.allow_anonymous_bridges = new.allow_anonymous_bridges;
         opts.connectors = new.connectors;
         for plan in opts
             .connectors
@@ -611,6 +676,13 @@ impl Network {
             let mut hello = self.broker_info(&plan.bridge.connector, plan.duplex);
             hello.username = dial.username.clone().unwrap_or_default();
             hello.password = dial.password.clone().unwrap_or_default();
+            hello.token = self
+                .opts
+                .read()
+                .secret
+                .as_ref()
+                .map(|s| s.expose().to_string())
+                .unwrap_or_default();
             let mesh = hello.mesh.clone();
             wire::encode(&wire::frame(Body::BrokerInfo(hello)), &mut pump.wbuf);
             loop {
@@ -651,88 +723,141 @@ impl Network {
     }
 
     /// Takes over a client connection whose first frame was a `BrokerInfo`: checks the peer,
-    /// answers, and runs the bridge until it ends.
-    pub async fn accept(&self, mut pump: Pump, info: proto::BrokerInfo) {
-        let refuse = |pump: &mut Pump, message: String| {
-            tracing::warn!(peer_group = %info.group, connector = %info.connector, %message, "bridge refused");
-            wire::encode(
-                &wire::frame(Body::Error(proto::Error {
-                    code: proto::ErrorCode::Forbidden as i32,
-                    message,
-                    receipt: 0,
-                    fatal: true,
-                })),
-                &mut pump.wbuf,
-            );
-        };
+    /// answers, and runs the bridge until it ends. A refusal is logged with the peer's address,
+    /// counted by reason (`meshmq_bridges_refused_total`), answered with a `Forbidden` error,
+    /// and the connection closed.
+    pub async fn accept(&self, mut pump: Pump, info: proto::BrokerInfo, peer: SocketAddr) {
+        match self.admit(&info, peer).await {
+            Ok(plan) => {
+                wire::encode(
+                    &wire::frame(Body::BrokerInfo(
+                        self.broker_info(&plan.bridge.connector, plan.duplex),
+                    )),
+                    &mut pump.wbuf,
+                );
+                let reason = self.run_bridge(&plan, pump, &info).await;
+                tracing::info!(connector = %plan.bridge.connector, %reason, "accepted bridge ended");
+            }
+            Err((reason, message)) => {
+                ::metrics::counter!(crate::metrics::BRIDGES_REFUSED, "reason" => reason)
+                    .increment(1);
+                tracing::warn!(%peer, peer_group = %info.group, connector = %info.connector, reason, %message, "bridge refused");
+                wire::encode(
+                    &wire::frame(Body::Error(proto::Error {
+                        code: proto::ErrorCode::Forbidden as i32,
+                        message,
+                        receipt: 0,
+                        fatal: true,
+                    })),
+                    &mut pump.wbuf,
+                );
+                let _ = tokio::time::timeout(Duration::from_secs(1), pump.flush_and_close()).await;
+            }
+        }
+    }
+
+    /// The connector a bridge handshake may run over, or why not: (metric reason, message).
+    async fn admit(
+        &self,
+        info: &proto::BrokerInfo,
+        peer: SocketAddr,
+    ) -> Result<ConnectorPlan, (&'static str, String)> {
         let opts = self.opts.read().clone();
-        let plan = if info.mesh != opts.mesh {
-            Err(format!(
-                "mesh {:?} is not this mesh {:?}",
-                info.mesh, opts.mesh
-            ))
-        } else if info.group == opts.group.as_ref() {
-            Err(format!(
-                "group {} dialled itself (connector {:?})",
-                info.group, info.connector
-            ))
-        } else {
-            opts.connectors
-                .iter()
-                .find(|c| {
-                    c.dial.is_none()
-                        && c.bridge.connector == info.connector
-                        && *c.bridge.peer == *info.group
-                })
-                .cloned()
-                .ok_or_else(|| {
+        if info.mesh != opts.mesh {
+            return Err((
+                "other_mesh",
+                format!("mesh {:?} is not this mesh {:?}", info.mesh, opts.mesh),
+            ));
+        }
+        // The secret before anything else: a stranger learns nothing about the connectors.
+        let secret_ok = match &opts.secret {
+            Some(secret) if !secret_matches(secret, &info.token) => {
+                let problem = if info.token.is_empty() {
+                    "presented no mesh secret"
+                } else {
+                    "presented the wrong mesh secret"
+                };
+                return Err((
+                    "bad_secret",
+                    format!(
+                        "connector {:?} {problem}: every group of mesh {:?} needs the same [mesh] secret",
+                        info.connector, opts.mesh
+                    ),
+                ));
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if info.group == opts.group.as_ref() {
+            return Err((
+                "own_group",
+                format!(
+                    "group {} dialled itself (connector {:?})",
+                    info.group, info.connector
+                ),
+            ));
+        }
+        let plan = opts
+            .connectors
+            .iter()
+            .find(|c| {
+                c.dial.is_none()
+                    && c.bridge.connector == info.connector
+                    && *c.bridge.peer == *info.group
+            })
+            .cloned()
+            .ok_or_else(|| {
+                (
+                    "unknown_connector",
                     format!(
                         "no connector {:?} from group {:?} to {} in the topology",
                         info.connector, info.group, opts.group
-                    )
-                })
-        };
-        let plan = match plan {
-            Ok(p) => p,
-            Err(message) => {
-                refuse(&mut pump, message);
-                let _ = tokio::time::timeout(Duration::from_secs(1), pump.flush_and_close()).await;
-                return;
-            }
-        };
-        let login_ok = match &plan.username {
-            Some(expected) => {
-                let authn = self.security.current().authenticator.clone();
-                let (user, password) = (info.username.clone(), info.password.clone());
-                *expected == user
-                    && tokio::task::spawn_blocking(move || {
-                        authn.authenticate(Some(&user), Some(&password)).is_ok()
-                    })
-                    .await
-                    .unwrap_or(false)
-            }
-            // A connector without credentials is let in only where anonymous access is.
-            None => opts.allow_anonymous,
-        };
-        if !login_ok {
-            refuse(
-                &mut pump,
+                    ),
+                )
+            })?;
+        let bad_credentials = || {
+            (
+                "bad_credentials",
                 format!(
                     "connector {:?}: wrong or missing credentials",
                     info.connector
                 ),
-            );
-            let _ = tokio::time::timeout(Duration::from_secs(1), pump.flush_and_close()).await;
-            return;
+            )
+        };
+        match &plan.username {
+            Some(expected) => {
+                if *expected != info.username {
+                    return Err(bad_credentials());
+                }
+                let authn = self.security.current().authenticator.clone();
+                let login = authn.login(
+                    peer.ip(),
+                    Some(info.username.clone()),
+                    Some(info.password.clone()),
+                );
+                match login.await {
+                    Ok(_) => {}
+                    Err(crate::security::LoginError::Gate(g)) => {
+                        return Err((g.reason(), format!("connector {:?}: {g}", info.connector)))
+                    }
+                    Err(_) => return Err(bad_credentials()),
+                }
+            }
+            // Neither a secret nor credentials: an anonymous bridge.
+            None if !secret_ok && !opts.allow_anonymous_bridges => {
+                return Err((
+                    "anonymous",
+                    format!(
+                        "connector {:?} proved nothing: set the same [mesh] secret_file on every \
+                         group (or give the connector credentials); allow_anonymous_bridges = true \
+                         lets such bridges in",
+                        info.connector
+                    ),
+                ));
+            }
+            None => {}
         }
-        wire::encode(
-            &wire::frame(Body::BrokerInfo(
-                self.broker_info(&plan.bridge.connector, plan.duplex),
-            )),
-            &mut pump.wbuf,
-        );
-        let reason = self.run_bridge(&plan, pump, &info).await;
-        tracing::info!(connector = %plan.bridge.connector, %reason, "accepted bridge ended");
+        Ok(plan)
     }
 }
 

@@ -1,11 +1,18 @@
 //! Password hashes and logins.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
 
 use argon2::password_hash::{CustomizedPasswordHasher, PasswordHasher, PasswordVerifier};
 use argon2::{Argon2, Params, PasswordHash};
 
+use super::gate::{GateRefusal, LoginGate};
 use crate::config::Security;
+
+/// What verifications may use at once by default, in bytes: [`LoginGate`] slots are sized
+/// from it (two of the 19 MiB hashes `meshmq passwd` makes).
+pub const DEFAULT_LOGIN_MEMORY: u64 = 40 << 20;
 
 /// Who a connection is, once logged in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +46,15 @@ pub enum AuthError {
     Revoked,
 }
 
+/// Why a login failed: refused by its credentials, or turned away before they were checked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoginError {
+    #[error(transparent)]
+    Refused(#[from] AuthError),
+    #[error(transparent)]
+    Gate(#[from] GateRefusal),
+}
+
 /// Hashes a password for the topology's `password_hash` (argon2id, default cost, random salt).
 pub fn hash_password(plain: &str) -> String {
     Argon2::default()
@@ -66,12 +82,19 @@ pub struct Authenticator {
     /// costs what refusing a wrong password does. Built once, with the first user's argon2
     /// parameters (the cost of a verification depends on them alone). `None` without users.
     dummy: Option<PasswordHash>,
+    /// Bounds the verifications running at once and slows addresses that keep failing.
+    gate: LoginGate,
 }
 
 impl Authenticator {
     /// `security` comes from a validated topology, whose hashes all parse; a user whose hash
     /// does not (a hand-built `Security`) is logged as an error and can never log in.
     pub fn new(security: &Security) -> Authenticator {
+        Authenticator::with_login_memory(security, DEFAULT_LOGIN_MEMORY)
+    }
+
+    /// As [`Authenticator::new`], with `budget` bytes for the verifications running at once.
+    pub fn with_login_memory(security: &Security, budget: u64) -> Authenticator {
         let mut accounts = HashMap::with_capacity(security.users.len());
         for user in &security.users {
             match usable_hash(&user.password_hash) {
@@ -98,11 +121,49 @@ impl Authenticator {
                 .find_map(|u| accounts.get(&u.name).map(|a| &a.hash));
             dummy_like(like)
         });
+        // What one verification allocates: the argon2 memory cost (KiB) of the hashes.
+        let per_verification = dummy
+            .as_ref()
+            .and_then(|d| Params::try_from(d).ok())
+            .map_or(1, |p| u64::from(p.m_cost()) * 1024);
         Authenticator {
             allow_anonymous: security.allow_anonymous,
             accounts,
             dummy,
+            gate: LoginGate::new(budget, per_verification),
         }
+    }
+
+    /// Verifications that may run at once.
+    pub fn login_slots(&self) -> usize {
+        self.gate.size()
+    }
+
+    /// Logs a connection from `from` in, as [`Authenticator::authenticate`], with the cost
+    /// bounded: a login that needs a password verified waits (briefly) for one of the slots
+    /// and runs it off the async threads; an address that keeps failing is refused without
+    /// verifying until its backoff has passed.
+    pub async fn login(
+        self: &Arc<Self>,
+        from: IpAddr,
+        username: Option<String>,
+        password: Option<String>,
+    ) -> Result<Principal, LoginError> {
+        let verifies = self.dummy.is_some() && username.as_deref().is_some_and(|u| !u.is_empty());
+        if !verifies {
+            return Ok(self.authenticate(username.as_deref(), password.as_deref())?);
+        }
+        self.gate.admit(from)?;
+        let slot = self.gate.slot().await?;
+        let me = self.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            me.authenticate(username.as_deref(), password.as_deref())
+        })
+        .await
+        .unwrap_or(Err(AuthError::InvalidCredentials));
+        drop(slot);
+        self.gate.record(from, outcome.is_ok());
+        Ok(outcome?)
     }
 
     /// Whether a connection let in by `earlier` may stay under these rules, and with which

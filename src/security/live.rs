@@ -34,13 +34,17 @@ impl Rules {
 pub struct LiveSecurity {
     current: RwLock<Arc<Rules>>,
     changed: watch::Sender<u64>,
+    /// Bytes the password verifications running at once may use (each version's own gate).
+    login_memory: u64,
 }
 
 impl LiveSecurity {
-    pub fn new(security: &Security) -> Arc<LiveSecurity> {
+    /// `login_memory`: bytes the password verifications running at once may use.
+    pub fn new(security: &Security, login_memory: u64) -> Arc<LiveSecurity> {
         Arc::new(LiveSecurity {
+            login_memory,
             current: RwLock::new(Arc::new(Rules {
-                authenticator: Arc::new(Authenticator::new(security)),
+                authenticator: Arc::new(Authenticator::with_login_memory(security, login_memory)),
                 authorizer: Authorizer::new(security),
                 version: 1,
             })),
@@ -58,7 +62,10 @@ impl LiveSecurity {
             let mut current = self.current.write();
             let version = current.version + 1;
             *current = Arc::new(Rules {
-                authenticator: Arc::new(Authenticator::new(security)),
+                authenticator: Arc::new(Authenticator::with_login_memory(
+                    security,
+                    self.login_memory,
+                )),
                 authorizer: Authorizer::new(security),
                 version,
             });

@@ -1,9 +1,10 @@
 //! Who may connect and what they may do: password hashes, logins, destination ACLs, and the
-//! development certificates and rustls configurations of TLS listeners.
+//! development certificates and rustls configurations of TLS listeners, and the mesh secret
+//! file bridges present.
 //!
 //! Owns: the argon2id hash format `meshmq passwd` prints ([`hash_password`]), the shared
-//! secrets `meshmq token` prints ([`generate_token`]), the login rules
-//! ([`Authenticator`]), the ActiveMQ-style authorization map ([`Authorizer`]), the development
+//! secrets `meshmq token` prints ([`generate_token`]), the login rules ([`Authenticator`]) and
+//! what they may cost ([`LoginGate`]), the ActiveMQ-style authorization map ([`Authorizer`]), the development
 //! PKI and loading certificate files into rustls (`certs`). Must not touch: sockets, frames,
 //! sessions, metrics — callers count refusals and close connections. Invariants: a wrong
 //! password and an unknown user give the same error after the same work (one argon2
@@ -13,14 +14,20 @@
 mod acl;
 mod auth;
 pub mod certs;
+mod gate;
 mod live;
+mod secret;
 
 pub use acl::{Action, Authorizer, Denied};
-pub use auth::{hash_password, AuthError, Authenticator, Principal};
+pub use auth::{
+    hash_password, AuthError, Authenticator, LoginError, Principal, DEFAULT_LOGIN_MEMORY,
+};
 pub use certs::{
     client_config, client_config_with_identity, generate_dev_pki, load_server_config, CertError,
 };
+pub use gate::{GateRefusal, LoginGate};
 pub use live::{LiveSecurity, Rules};
+pub use secret::ensure_mesh_secret;
 
 /// A fresh random secret for a topology's `replication_token`: 32 bytes from the operating
 /// system's generator, as 64 hex digits.

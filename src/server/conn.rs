@@ -41,6 +41,14 @@ const FILL_TO: usize = 256 * 1024;
 const WRITE_BACKLOG_LIMIT: usize = 8 * 1024 * 1024;
 /// Idle buffers are given back at least this often, heartbeats or not.
 const SHRINK_EVERY: Duration = Duration::from_secs(10);
+/// Received bytes a connection holds of frames not yet handed over without being charged to
+/// the memory limit (about a socket buffer's worth), and all it may hold when the broker is at
+/// its limit: past them it reads no more until there is room again.
+const PENDING_WHEN_FULL: usize = 64 * 1024;
+/// Subscriptions and new destinations one connection may create in a burst ...
+const CREATION_BURST: f64 = 2000.0;
+/// ... and per second after it.
+const CREATIONS_PER_SECOND: f64 = 500.0;
 
 /// What a codec found at the front of the read buffer.
 // Not boxed: a request lives for microseconds between decode and apply, and boxing a send
@@ -64,6 +72,9 @@ pub(crate) trait Codec: Send + 'static {
     /// (STOMP `ack:auto`).
     fn encode_delivery(&mut self, d: &Delivery, out: &mut BytesMut) -> bool;
     fn encode_receipt(&mut self, receipt: &Self::Receipt, out: &mut BytesMut);
+    /// Writes an error (`fatal`: the connection closes after it). Returns whether the
+    /// connection must close: a protocol may have no way to tell a client of an error but
+    /// closing (every STOMP error; an MQTT 3 refused publish).
     fn encode_error(
         &mut self,
         code: ErrorCode,
@@ -71,14 +82,10 @@ pub(crate) trait Codec: Send + 'static {
         receipt: Option<&Self::Receipt>,
         fatal: bool,
         out: &mut BytesMut,
-    );
+    ) -> bool;
     fn encode_heartbeat(&mut self, out: &mut BytesMut);
     /// Writes a cluster push (protocols that have none never get one).
     fn encode_control(&mut self, _control: proto::ConnectionControl, _out: &mut BytesMut) {}
-    /// True when every error ends the connection (STOMP).
-    fn errors_are_fatal(&self) -> bool {
-        false
-    }
     /// What a producer should do with a persistent send that was not confirmed (it may or
     /// may not be delivered): resend it the way this protocol keeps from duplicating it.
     fn resend_advice(&self) -> &'static str {
@@ -125,14 +132,19 @@ pub(crate) fn error_code(e: &BrokerError) -> ErrorCode {
         | BrokerError::DurableOnQueue(_)
         | BrokerError::DurableInUse { .. }
         | BrokerError::BadPriority(_)
+        | BrokerError::BadSelector { .. }
         | BrokerError::UnknownDelivery { .. } => C::Invalid,
         BrokerError::NotFound(_) | BrokerError::NoSuchSubscription(_) => C::NotFound,
-        BrokerError::NotOwner(_) => C::Forbidden,
+        BrokerError::NotOwner(_)
+        | BrokerError::ClientIdOwned(_)
+        | BrokerError::TempPrefixOwned(_) => C::Forbidden,
         BrokerError::TooManySubscriptions(_)
         | BrokerError::Full { .. }
         | BrokerError::JournalFull { .. } => C::ResourceExhausted,
         BrokerError::ClientIdInUse(_) => C::ClientIdInUse,
-        BrokerError::WildcardQueue(_) | BrokerError::SelectorUnsupported(_) => C::Unsupported,
+        BrokerError::WildcardQueue(_) | BrokerError::DurableSelectorUnsupported(_) => {
+            C::Unsupported
+        }
     }
 }
 
@@ -178,6 +190,11 @@ pub(crate) struct Connection<C: Codec> {
     received: u64,
     /// Subscriptions counted in the listener's consumers gauge.
     consumers: usize,
+    /// The received bytes not yet handed over as frames (a frame still arriving, frames
+    /// behind a blocked send), charged to the broker's memory.
+    pending: crate::broker::PendingCharge,
+    /// Rate-limits creating subscriptions and destinations.
+    creations: TokenBucket,
     /// The login and ACL rules this connection was last checked against, and the signal
     /// that they were replaced (`meshmq apply`): then it is checked again at once.
     rules: Arc<Rules>,
@@ -198,11 +215,14 @@ impl<C: Codec> Connection<C> {
         heartbeat_out: Option<Duration>,
         peer_silence: Option<Duration>,
     ) -> Connection<C> {
+        let pending = session.broker().memory_pending();
         let rules_changed = ctx.security.watch();
         // The login may have been checked against rules replaced since: the first turn of
         // the loop checks it against these.
         let rules = ctx.security.current();
         Connection {
+            pending,
+            creations: TokenBucket::new(CREATION_BURST, CREATIONS_PER_SECOND, Instant::now()),
             codec,
             pump,
             session,
@@ -343,11 +363,18 @@ impl<C: Codec> Connection<C> {
             }
             self.fill();
             self.count_consumers(self.session.subscription_count());
-            let reading = self.blocked.is_none() && self.pump.wbuf.len() < WRITE_BACKLOG_LIMIT;
+            let broker = self.session.broker().clone();
+            // Partial frames count against the memory limit; at the limit, a connection that
+            // already holds some stops reading (as a blocked producer does) until there is room.
+            self.pending
+                .set(self.pump.rbuf.len().saturating_sub(PENDING_WHEN_FULL) as u64);
+            let starved =
+                self.pump.rbuf.len() >= PENDING_WHEN_FULL && !broker.memory().has_broker_room();
+            let reading =
+                self.blocked.is_none() && self.pump.wbuf.len() < WRITE_BACKLOG_LIMIT && !starved;
             // A disconnecting client's session has ended: its closed outbox would wake us
             // at once, forever.
             let outbox = (!self.disconnecting).then(|| self.session.outbox().clone());
-            let broker = self.session.broker().clone();
             let blocked = self
                 .blocked
                 .as_ref()
@@ -400,6 +427,7 @@ impl<C: Codec> Connection<C> {
                     self.retry_blocked();
                     self.process_frames();
                 }
+                _ = broker.memory().wait_for_broker_room(), if starved => {}
                 result = synced => self.release_receipts(result),
                 _ = &mut timer => {
                     self.on_timer();
@@ -481,12 +509,25 @@ impl<C: Codec> Connection<C> {
     }
 
     fn error(&mut self, code: ErrorCode, message: &str, receipt: Option<&C::Receipt>, fatal: bool) {
-        let fatal = fatal || self.codec.errors_are_fatal();
-        self.codec
+        let fatal = self
+            .codec
             .encode_error(code, message, receipt, fatal, &mut self.pump.wbuf);
         if fatal && self.closing.is_none() {
             self.closing = Some("error");
         }
+    }
+
+    /// Refuses a subscription or a new destination over the connection's creation rate.
+    fn creation_refused(&mut self, receipt: Option<C::Receipt>) {
+        self.ctx.metrics.creation_refused();
+        self.error(
+            ErrorCode::ResourceExhausted,
+            &format!(
+                "this connection creates subscriptions and destinations faster than {CREATIONS_PER_SECOND} per second (after a burst of {CREATION_BURST}): slow down and retry"
+            ),
+            receipt.as_ref(),
+            false,
+        );
     }
 
     /// Tells the client the broker refused what it asked.
@@ -566,6 +607,9 @@ impl<C: Codec> Connection<C> {
                     self.ctx.metrics.denied();
                     return self.error(ErrorCode::Forbidden, &denied, receipt.as_ref(), false);
                 }
+                if !self.creations.take(Instant::now()) {
+                    return self.creation_refused(receipt);
+                }
                 let before = self.session.last_record();
                 let (sub, pattern) = (spec.subscription, spec.destination.clone());
                 match self.session.subscribe(spec) {
@@ -573,7 +617,12 @@ impl<C: Codec> Connection<C> {
                         self.subscribed.insert(sub, pattern);
                         self.receipt_after(self.session.record_since(before), receipt)
                     }
-                    Err(e) => self.refuse(&e, receipt),
+                    Err(e) => {
+                        if matches!(e, BrokerError::BadSelector { .. }) {
+                            self.ctx.metrics.bad_selector();
+                        }
+                        self.refuse(&e, receipt)
+                    }
                 }
             }
             Request::Unsubscribe {
@@ -739,6 +788,12 @@ impl<C: Codec> Connection<C> {
             self.ctx.metrics.denied();
             return self.error(ErrorCode::Forbidden, &denied, receipt.as_ref(), false);
         }
+        if !destination.kind().is_temp()
+            && !self.session.broker().destination_exists(&destination)
+            && !self.creations.take(Instant::now())
+        {
+            return self.creation_refused(receipt);
+        }
         let target = match self.session.target(&destination) {
             Ok(t) => t,
             Err(e) => {
@@ -868,3 +923,60 @@ impl<C: Codec> Connection<C> {
 #[cfg(test)]
 #[path = "conn_tests.rs"]
 mod tests;
+
+/// A token bucket: `burst` tokens, refilled at `per_second`.
+#[derive(Debug)]
+struct TokenBucket {
+    tokens: f64,
+    burst: f64,
+    per_second: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(burst: f64, per_second: f64, now: Instant) -> TokenBucket {
+        TokenBucket {
+            tokens: burst,
+            burst,
+            per_second,
+            at: now,
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod bucket_tests {
+    use super::TokenBucket;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[test]
+    fn a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(3.0, 10.0, t0);
+        assert!((0..3).all(|_| b.take(t0)));
+        assert!(!b.take(t0), "the burst is spent");
+        assert!(!b.take(t0 + Duration::from_millis(50)));
+        assert!(b.take(t0 + Duration::from_millis(150)), "one per 100 ms");
+        assert!(!b.take(t0 + Duration::from_millis(150)));
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(
+            (0..10).filter(|_| b.take(later)).count(),
+            3,
+            "never above the burst"
+        );
+    }
+}

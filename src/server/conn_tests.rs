@@ -46,7 +46,7 @@ fn ctx(broker: &Broker, acls: Vec<Acl>) -> Arc<ConnCtx> {
         settings: ConnSettings::default(),
         identity: Arc::new(Identity::default()),
         metrics: ListenerMetrics::new("tcp://127.0.0.1:1", Protocol::Native),
-        security: LiveSecurity::new(&security),
+        security: LiveSecurity::new(&security, crate::security::DEFAULT_LOGIN_MEMORY),
         stomp: StompLimits {
             max_headers: 100,
             max_header_length: 10 * 1024,

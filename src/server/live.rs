@@ -74,10 +74,16 @@ pub(crate) struct LiveTopology {
 }
 
 impl LiveTopology {
-    pub fn new(topology: Arc<Topology>, member: &str, network: Option<NetworkOptions>) -> Self {
+    /// `login_memory`: bytes the password verifications running at once may use.
+    pub fn new(
+        topology: Arc<Topology>,
+        member: &str,
+        network: Option<NetworkOptions>,
+        login_memory: u64,
+    ) -> Self {
         LiveTopology {
             member: member.to_string(),
-            security: LiveSecurity::new(&topology.security),
+            security: LiveSecurity::new(&topology.security, login_memory),
             started: topology.clone(),
             current: RwLock::new(Current {
                 topology,

@@ -14,6 +14,7 @@ mod conn;
 pub mod drain;
 mod election;
 pub mod live;
+mod mqtt;
 pub(crate) mod native;
 mod replicated;
 mod request;
@@ -34,7 +35,7 @@ use crate::broker::{Broker, BrokerError, BrokerSettings};
 use crate::cluster::{Cluster, ClusterOptions, ClusterPolicy};
 use crate::config::{Election, Scheme, SyncMode, Topology};
 use crate::metrics as m;
-use crate::security::{LiveSecurity, Principal};
+use crate::security::{LiveSecurity, LoginError, Principal};
 use crate::store::{Durability, StoreConfig, StoreError};
 use crate::transport::quic::{self, QuicIncoming, QuicListener};
 use crate::transport::{ConnectionCount, Incoming, Listener, TransportError};
@@ -71,6 +72,7 @@ impl Default for ConnSettings {
 pub enum Protocol {
     Native,
     Stomp,
+    Mqtt,
 }
 
 impl Protocol {
@@ -78,6 +80,7 @@ impl Protocol {
         match self {
             Protocol::Native => "native",
             Protocol::Stomp => "stomp",
+            Protocol::Mqtt => "mqtt",
         }
     }
 }
@@ -89,7 +92,7 @@ pub struct ListenerSpec {
     pub addr: SocketAddr,
     pub protocol: Protocol,
     pub max_connections: usize,
-    /// TLS files (`ssl://`, `stomp+ssl://`, `quic://`).
+    /// TLS files (`ssl://`, `stomp+ssl://`, `mqtt+ssl://`, `quic://`).
     pub tls: Option<crate::config::TlsFiles>,
     /// Over QUIC rather than TCP.
     pub quic: bool,
@@ -197,6 +200,27 @@ impl ServerOptions {
                     .collect::<Vec<_>>()
                     .join(", "),
             })?;
+        // A member serves with its hard open-file limit; a listener without max_connections
+        // admits what that leaves after the reserve for journal, bridges and peers.
+        let open_files = crate::transport::files::raise_open_file_limit();
+        let default_max = crate::transport::files::default_max_connections(open_files);
+        let max_connections =
+            |l: &crate::config::Listener| l.max_connections.unwrap_or(default_max);
+        let admitted: u64 = m
+            .listeners
+            .iter()
+            .map(|l| u64::from(max_connections(l)))
+            .sum();
+        if m.listeners.iter().any(|l| l.max_connections.is_some())
+            && admitted > open_files.saturating_sub(crate::transport::files::RESERVED_FILES)
+        {
+            tracing::warn!(
+                member,
+                admitted,
+                open_files,
+                "the listeners' max_connections add up to more than this process's open-file limit leaves (ulimit -n): past it, connections fail as the limit is hit instead of being refused with a message"
+            );
+        }
         let policy = &group.broker;
         let election = match (group.election, &group.shared_dir) {
             (Election::FileLock, Some(dir)) => ElectionOptions::FileLock {
@@ -249,9 +273,10 @@ impl ServerOptions {
                     addr: l.url.addr,
                     protocol: match l.url.scheme {
                         Scheme::Stomp | Scheme::StompSsl => Protocol::Stomp,
-                        _ => Protocol::Native,
+                        Scheme::Mqtt | Scheme::MqttSsl => Protocol::Mqtt,
+                        Scheme::Tcp | Scheme::Ssl | Scheme::Quic => Protocol::Native,
                     },
-                    max_connections: l.max_connections as usize,
+                    max_connections: max_connections(l) as usize,
                     tls: l.tls.clone(),
                     quic: l.url.scheme == Scheme::Quic,
                     cluster: Arc::new(ClusterPolicy {
@@ -273,11 +298,14 @@ impl ServerOptions {
                     .map(|p| (p.destination.clone(), p.resolve(policy)))
                     .collect(),
                 max_subscriptions_per_connection: policy.max_subscriptions_per_connection as usize,
+                group: group.name.to_string(),
             },
             conn: ConnSettings {
                 heartbeat: policy.heartbeat,
                 connect_timeout: policy.connect_timeout,
-                max_frame_size: policy.max_frame_size as usize,
+                // A frame larger than the memory limit could never be held: refused from its
+                // header like one over max_frame_size.
+                max_frame_size: u64::from(policy.max_frame_size).min(policy.memory_limit) as usize,
             },
             shutdown_timeout: policy.shutdown_timeout,
             expiry_check_interval: policy.expiry_check_interval,
@@ -309,7 +337,7 @@ impl ServerOptions {
             cluster: ClusterOptions {
                 group: group.name.to_string(),
                 uris: group_client_uris(group),
-                capacity: m.listeners.iter().map(|l| l.max_connections as u64).sum(),
+                capacity: admitted,
                 rebalance: m.listeners.iter().any(|l| l.rebalance_cluster_clients),
                 settings: topo.rebalance.clone(),
                 rebalance_filters: m
@@ -340,7 +368,7 @@ pub fn group_client_uris(group: &crate::config::Group) -> Vec<String> {
         .members
         .iter()
         .flat_map(|m| m.listeners.iter())
-        .filter(|l| !matches!(l.url.scheme, Scheme::Stomp | Scheme::StompSsl))
+        .filter(|l| l.url.scheme.is_native())
         .map(|l| match &l.advertise {
             Some(a) => a.to_string(),
             None => l.url.to_string(),
@@ -463,6 +491,16 @@ impl ListenerMetrics {
         self.blocked.increment(1);
     }
 
+    fn bad_selector(&self) {
+        counter!(m::BAD_SELECTORS, "listener" => self.listener.clone(), "protocol" => self.protocol)
+            .increment(1);
+    }
+
+    fn creation_refused(&self) {
+        counter!(m::CREATIONS_REFUSED, "listener" => self.listener.clone(), "protocol" => self.protocol)
+            .increment(1);
+    }
+
     fn denied(&self) {
         counter!(m::ACCESS_DENIED, "listener" => self.listener.clone(), "protocol" => self.protocol)
             .increment(1);
@@ -510,24 +548,36 @@ pub(crate) struct ConnCtx {
 }
 
 impl ConnCtx {
-    /// Logs a client in. Password hashing is slow by design, so it runs off the async threads;
-    /// a refusal is counted and takes as long whether or not the user exists.
+    /// Logs a client from `peer` in. Password verification is slow and memory-hungry by
+    /// design, so it runs on the authenticator's bounded slots, off the async threads; a
+    /// refusal is counted (a failed login as an auth failure, a login turned away unverified
+    /// as a refused connection) and takes as long whether or not the user exists.
     pub(crate) async fn login(
         &self,
+        peer: SocketAddr,
         user: Option<String>,
         password: Option<String>,
     ) -> Result<Principal, String> {
         let authn = self.security.current().authenticator.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            authn.authenticate(user.as_deref(), password.as_deref())
-        })
-        .await
-        .map_err(|e| format!("login failed: {e}"))?;
-        result.map_err(|e| {
-            self.metrics.auth_failed();
+        authn.login(peer.ip(), user, password).await.map_err(|e| {
+            match &e {
+                LoginError::Refused(_) => self.metrics.auth_failed(),
+                LoginError::Gate(g) => {
+                    self.metrics.refused(g.reason());
+                    tracing::debug!(%peer, error = %g, "login turned away");
+                }
+            }
             e.to_string()
         })
     }
+}
+
+/// The largest frame a connection may send before it has logged in (a `Connect`, a STOMP
+/// `CONNECT` or a bridge's `BrokerInfo`): a stranger who never logs in holds no more.
+pub(crate) const HANDSHAKE_MAX_FRAME: usize = 64 * 1024;
+
+pub(crate) fn handshake_frame_limit(ctx: &ConnCtx) -> usize {
+    HANDSHAKE_MAX_FRAME.min(ctx.settings.max_frame_size)
 }
 
 /// A member's role in its group.
@@ -675,6 +725,8 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             opts.topology.clone(),
             &opts.identity.member,
             opts.network.clone(),
+            // Password verifications running at once may use a sixteenth of the memory limit.
+            (opts.broker.memory_limit / 16).max(crate::security::DEFAULT_LOGIN_MEMORY),
         ),
         operations: drain::Operations::new(&opts, shutdown.clone()),
     });
@@ -841,6 +893,7 @@ async fn accept_loop(
                     match protocol {
                         Protocol::Native => native::refuse_over_limit(stream, max).await,
                         Protocol::Stomp => stomp::refuse_over_limit(stream, max).await,
+                        Protocol::Mqtt => mqtt::refuse_over_limit(stream, ctx).await,
                     }
                 });
             }
@@ -902,6 +955,7 @@ async fn serve_stream(
     match protocol {
         Protocol::Native => native::serve(stream, peer, ctx, shutdown, permit).await,
         Protocol::Stomp => stomp::serve(stream, peer, ctx, shutdown, permit).await,
+        Protocol::Mqtt => mqtt::serve(stream, peer, ctx, shutdown, permit).await,
     }
 }
 

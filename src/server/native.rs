@@ -57,9 +57,9 @@ pub(crate) async fn serve(
 ) {
     ctx.metrics.connection_opened();
     let mut pump = Pump::new(stream);
-    match handshake(&mut pump, &ctx, &shutdown).await {
+    match handshake(&mut pump, peer, &ctx, &shutdown).await {
         Ok(Some(Hello::Bridge(info))) => match &ctx.network {
-            Some(network) => network.accept(pump, info).await,
+            Some(network) => network.accept(pump, info, peer).await,
             None => {
                 let _: std::io::Result<Option<()>> = refuse(
                     &mut pump,
@@ -76,7 +76,7 @@ pub(crate) async fn serve(
             let mut connection = Connection::new(
                 native,
                 pump,
-                session,
+                *session,
                 ctx.clone(),
                 principal,
                 heartbeat_out,
@@ -94,7 +94,7 @@ pub(crate) async fn serve(
 
 /// Who opened a connection: a client, or another group's bridge.
 enum Hello {
-    Client(Session, Principal, Option<Duration>, Registration),
+    Client(Box<Session>, Principal, Option<Duration>, Registration),
     Bridge(proto::BrokerInfo),
 }
 
@@ -102,18 +102,28 @@ enum Hello {
 /// client id.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
-/// Opens the client's session. A failover reconnect whose client id is still held here (its
-/// old connection's end has not been noticed yet: a half-open socket, a lost receipt) ends
-/// that old connection and takes the id over, as ActiveMQ does with a stale connection.
-async fn open_session(ctx: &ConnCtx, connect: &proto::Connect) -> Result<Session, BrokerError> {
-    let client_id = (!connect.client_id.is_empty()).then(|| connect.client_id.clone());
+/// Opens the client's session. With `take_over` (a failover reconnect; any MQTT connect), a
+/// client id still held here (its old connection's end has not been noticed yet: a half-open
+/// socket, a lost receipt) ends that old connection and takes the id over, as ActiveMQ does
+/// with a stale connection — but only when both are the same user: another user's connection
+/// is refused and the holder keeps its session.
+pub(super) async fn open_session(
+    ctx: &ConnCtx,
+    client_id: Option<String>,
+    take_over: bool,
+    principal: &Principal,
+) -> Result<Session, BrokerError> {
     let deadline = TokioInstant::now() + TAKEOVER_WAIT;
     loop {
-        match ctx.broker.open_session(client_id.clone()) {
-            Err(BrokerError::ClientIdInUse(cid))
-                if connect.failover_reconnect && TokioInstant::now() < deadline =>
-            {
-                if let Some(holder) = ctx.broker.client_id_holder(&cid) {
+        match ctx
+            .broker
+            .open_session_as(client_id.clone(), principal.user.clone())
+        {
+            Err(BrokerError::ClientIdInUse(cid)) if take_over && TokioInstant::now() < deadline => {
+                if let Some((holder, user)) = ctx.broker.client_id_holder(&cid) {
+                    if user != principal.user {
+                        return Err(BrokerError::ClientIdOwned(cid));
+                    }
                     if ctx.cluster.kick(holder) {
                         tracing::debug!(client_id = %cid, "a failover reconnect takes over the client id");
                     }
@@ -129,12 +139,13 @@ async fn open_session(ctx: &ConnCtx, connect: &proto::Connect) -> Result<Session
 /// `Connected` — or an error and a close.
 async fn handshake(
     pump: &mut Pump,
+    peer: SocketAddr,
     ctx: &ConnCtx,
     shutdown: &CancellationToken,
 ) -> std::io::Result<Option<Hello>> {
     let deadline = TokioInstant::now() + ctx.settings.connect_timeout;
     let connect = loop {
-        match wire::decode(&mut pump.rbuf, ctx.settings.max_frame_size) {
+        match wire::decode(&mut pump.rbuf, super::handshake_frame_limit(ctx)) {
             Ok(wire::Decoded::Frame(Frame {
                 body: Some(Body::Connect(c)),
             })) => break c,
@@ -185,6 +196,7 @@ async fn handshake(
     }
     let principal = match ctx
         .login(
+            peer,
             (!connect.username.is_empty()).then(|| connect.username.clone()),
             (!connect.password.is_empty()).then(|| connect.password.clone()),
         )
@@ -193,12 +205,16 @@ async fn handshake(
         Ok(p) => p,
         Err(message) => return refuse(pump, ErrorCode::Unauthenticated, message).await,
     };
-    let mut session = match open_session(ctx, &connect).await {
-        Ok(s) => s,
-        Err(e) => return refuse(pump, error_code(&e), e.to_string()).await,
-    };
+    let client_id = (!connect.client_id.is_empty()).then(|| connect.client_id.clone());
+    let mut session =
+        match open_session(ctx, client_id, connect.failover_reconnect, &principal).await {
+            Ok(s) => s,
+            Err(e) => return refuse_owned(pump, ctx, &principal, e).await,
+        };
     if connect.failover_reconnect {
-        session.adopt_temp_prefixes(connect.temp_prefixes.clone());
+        if let Err(e) = session.adopt_temp_prefixes(connect.temp_prefixes.clone()) {
+            return refuse_owned(pump, ctx, &principal, e).await;
+        }
     }
     let mut registration = ctx.cluster.register(
         session.id(),
@@ -224,11 +240,28 @@ async fn handshake(
     let client_heartbeat =
         (connect.heartbeat_ms > 0).then(|| Duration::from_millis(connect.heartbeat_ms as u64));
     Ok(Some(Hello::Client(
-        session,
+        Box::new(session),
         principal,
         client_heartbeat,
         registration,
     )))
+}
+
+/// Refuses a connection whose session could not open; a name of another user's is logged.
+async fn refuse_owned<T>(
+    pump: &mut Pump,
+    ctx: &ConnCtx,
+    principal: &Principal,
+    e: BrokerError,
+) -> std::io::Result<Option<T>> {
+    if matches!(
+        e,
+        BrokerError::ClientIdOwned(_) | BrokerError::TempPrefixOwned(_)
+    ) {
+        ctx.metrics.refused("claimed_by_another_user");
+        tracing::warn!(user = ?principal.user, error = %e, "connection refused");
+    }
+    refuse(pump, error_code(&e), e.to_string()).await
 }
 
 async fn refuse<T>(
@@ -433,11 +466,12 @@ impl Codec for Native {
         receipt: Option<&u64>,
         fatal: bool,
         out: &mut BytesMut,
-    ) {
+    ) -> bool {
         wire::encode(
             &error_frame(code, message, receipt.copied().unwrap_or(0), fatal),
             out,
         );
+        fatal
     }
 
     fn encode_heartbeat(&mut self, out: &mut BytesMut) {

@@ -21,7 +21,7 @@ use crate::ha::machine::{Action, Config, Machine, Role as HaRole, Session, View}
 use crate::ha::replication::{self, FollowOptions, LinkOptions, ReplError};
 use crate::ha::zk::GroupSession;
 use crate::metrics as m;
-use crate::store::{Store, StoreConfig, StoreError};
+use crate::store::{self as store, Durability, EpochHistory, Store, StoreConfig, StoreError};
 
 use super::term::{close_store, open_broker, Term};
 use super::{MemberState, Role, ServerError, ServerOptions, ZooKeeperElection};
@@ -92,9 +92,21 @@ struct Driver {
 
 async fn open_local(cfg: &StoreConfig, repair: bool) -> Result<Store, StoreError> {
     let cfg = cfg.clone();
-    tokio::task::spawn_blocking(move || Store::open(cfg, repair).map(|(s, _)| s))
-        .await
-        .map_err(|e| StoreError::Failed(format!("opening the journal panicked: {e}")))?
+    tokio::task::spawn_blocking(move || match Store::open(cfg.clone(), repair) {
+        Ok((s, _)) => Ok(s),
+        Err(e @ StoreError::Corrupt { .. }) if cfg.durability == Durability::Written => {
+            // A `_mem` sync mode never promised this journal durable on its own: what was
+            // receipted lives in the memory of a quorum, and a power cut may leave this copy
+            // with holes. Refusing it would keep the member out for good; copying the
+            // master's again is what it is for. (A `_disk` journal's damage stays refused.)
+            tracing::error!(error = %e, "the journal is damaged; with a _mem sync mode it is only a copy of the group's: discarded, to be copied again from the master");
+            store::wipe_journal(&cfg.dir)?;
+            Store::open_empty_at(cfg, 1, EpochHistory::default())
+        }
+        Err(e) => Err(e),
+    })
+    .await
+    .map_err(|e| StoreError::Failed(format!("opening the journal panicked: {e}")))?
 }
 
 /// Runs a ZooKeeper-elected member until shutdown.

@@ -90,7 +90,7 @@ pub(crate) async fn serve(
 ) {
     ctx.metrics.connection_opened();
     let mut pump = Pump::new(stream);
-    match handshake(&mut pump, &ctx, &shutdown).await {
+    match handshake(&mut pump, peer, &ctx, &shutdown).await {
         Ok(Some((proto, session, principal, send_every, expect_every))) => {
             // Counted in the group's load; STOMP takes no pushes.
             let registration =
@@ -125,11 +125,19 @@ type Handshake = (
 
 async fn handshake(
     pump: &mut Pump,
+    peer: SocketAddr,
     ctx: &ConnCtx,
     shutdown: &CancellationToken,
 ) -> std::io::Result<Option<Handshake>> {
     let deadline = TokioInstant::now() + ctx.settings.connect_timeout;
-    let mut decoder = Decoder::new(Version::V1_0, limits(ctx));
+    // Before the login, a frame is a CONNECT: small (a stranger holds little memory).
+    let mut decoder = Decoder::new(
+        Version::V1_0,
+        Limits {
+            max_frame_size: super::handshake_frame_limit(ctx),
+            ..limits(ctx)
+        },
+    );
     let connect = loop {
         match decoder.decode(&mut pump.rbuf) {
             Ok(stomp::Decoded::Frame(f))
@@ -187,6 +195,7 @@ async fn handshake(
         stomp::negotiate_heartbeat(client_beats, (server_ms, server_ms));
     let principal = match ctx
         .login(
+            peer,
             connect.header("login").map(String::from),
             connect.header("passcode").map(String::from),
         )
@@ -196,9 +205,18 @@ async fn handshake(
         Err(message) => return refuse(pump, &message).await,
     };
     let client_id = connect.header("client-id").map(String::from);
-    let session = match ctx.broker.open_session(client_id) {
+    let session = match ctx
+        .broker
+        .open_session_as(client_id, principal.user.clone())
+    {
         Ok(s) => s,
-        Err(e) => return refuse(pump, &e.to_string()).await,
+        Err(e) => {
+            if matches!(e, crate::broker::BrokerError::ClientIdOwned(_)) {
+                ctx.metrics.refused("claimed_by_another_user");
+                tracing::warn!(user = ?principal.user, error = %e, "connection refused");
+            }
+            return refuse(pump, &e.to_string()).await;
+        }
     };
     let connected = Frame::new(Command::Connected)
         .with_header("version", version.as_str())
@@ -206,7 +224,8 @@ async fn handshake(
         .with_header("server", format!("meshmq/{}", env!("CARGO_PKG_VERSION")))
         .with_header("session", session.connection_id());
     stomp::encode(&connected, version, &mut pump.wbuf);
-    decoder.set_version(version);
+    // Logged in: frames up to max_frame_size from now on.
+    let decoder = Decoder::new(version, limits(ctx));
     let proto = Stomp::new(decoder, session.connection_id());
     let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
     Ok(Some((
@@ -845,12 +864,14 @@ impl Codec for Stomp {
         receipt: Option<&String>,
         _fatal: bool,
         out: &mut BytesMut,
-    ) {
+    ) -> bool {
         let mut frame = error(message);
         if let Some(r) = receipt {
             frame = frame.with_header("receipt-id", r.as_str());
         }
         stomp::encode(&frame, self.version, out);
+        // STOMP has no non-fatal errors: every ERROR ends the connection.
+        true
     }
 
     fn encode_heartbeat(&mut self, out: &mut BytesMut) {
@@ -860,10 +881,6 @@ impl Codec for Stomp {
     fn resend_advice(&self) -> &'static str {
         // A STOMP producer's sends are numbered per connection: a resend is a new message.
         "resend it to be safe (it may then arrive twice)"
-    }
-
-    fn errors_are_fatal(&self) -> bool {
-        true
     }
 
     fn committed_acks(&mut self, acks: &[(u64, u64)]) {

@@ -205,6 +205,9 @@ pub(crate) struct Shared {
     reserve_lock: Mutex<()>,
     /// `next_index` of the newest checkpoint on disk (0: none).
     checkpointed: AtomicU64,
+    /// Every record before it is on stable storage (`Written` journals: made so before each
+    /// checkpoint; 0 until the first).
+    durable_before: AtomicU64,
     /// Told each time a new segment is started (a checkpoint may let old ones go).
     started_segment: tokio::sync::Notify,
     unsynced_bytes: AtomicU64,
@@ -305,6 +308,7 @@ impl Journal {
             reserve_missing: AtomicBool::new(false),
             reserve_lock: Mutex::new(()),
             checkpointed: AtomicU64::new(checkpointed),
+            durable_before: AtomicU64::new(0),
             started_segment: tokio::sync::Notify::new(),
             unsynced_bytes: AtomicU64::new(0),
             room: tokio::sync::Notify::new(),
@@ -466,14 +470,17 @@ impl Journal {
         self.shared.local.subscribe()
     }
 
-    /// The oldest record still on disk (`next_index` when there is none).
+    /// The oldest record held: on disk, or appended and about to be written into the last
+    /// segment (`next_index` when there is none).
     pub fn first_index(&self) -> u64 {
-        self.shared
-            .segments
-            .read()
-            .iter()
-            .find(|s| !s.offsets.is_empty())
-            .map_or_else(|| self.next_index(), |s| s.first)
+        let segments = self.shared.segments.read();
+        // With no record in any segment, whatever was written is gone (it was durable), and
+        // the oldest held is the first record after it, appended but not yet written (segments
+        // are made by the writer, when it writes).
+        segments.iter().find(|s| !s.offsets.is_empty()).map_or_else(
+            || (self.local_synced() + 1).min(self.next_index()),
+            |s| s.first,
+        )
     }
 
     /// Keeps garbage collection from deleting record `index` and later (`id` names the pin).
@@ -723,6 +730,63 @@ impl Journal {
             .fetch_max(next_index, Ordering::Relaxed);
     }
 
+    /// Makes every record before `next_index` that is written durable, for a checkpoint about
+    /// to cover them: a checkpoint must never outlive the records of the live messages it
+    /// lists. A `Synced` journal already is; a `Written` one (a `_mem` sync mode) syncs nothing
+    /// by itself, so without this a power cut would leave its checkpoint listing messages whose
+    /// records are gone. Callers wait for the records first ([`Journal::wait_local`]), except a
+    /// follower installing its master's snapshot before the records it covers arrive. Costs one
+    /// `fdatasync` per segment written since the last checkpoint. Blocking.
+    pub(crate) fn make_durable_before(&self, next_index: u64) -> Result<(), StoreError> {
+        let shared = &self.shared;
+        let next_index = next_index.min(self.local_synced() + 1);
+        if shared.options.durability == Durability::Synced || next_index <= 1 {
+            return Ok(());
+        }
+        let last = next_index - 1;
+        let from = shared.durable_before.load(Ordering::Acquire);
+        if from >= next_index {
+            return Ok(());
+        }
+        let files: Vec<(Arc<File>, PathBuf)> = shared
+            .segments
+            .read()
+            .iter()
+            .filter(|s| {
+                let end = s.first + s.offsets.len() as u64;
+                s.first < next_index && end > from && !s.offsets.is_empty()
+            })
+            .map(|s| (s.file.clone(), s.path.clone()))
+            .collect();
+        for (file, path) in files {
+            file.sync_data()
+                .map_err(|e| StoreError::io(&path, "sync", e))?;
+            shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        shared
+            .durable_before
+            .fetch_max(next_index, Ordering::AcqRel);
+        shared.mark.record(last)?;
+        shared.mark.sync()
+    }
+
+    /// Waits until every record up to `index` is written here (durable by this journal's
+    /// own standard, whatever a quorum says).
+    pub async fn wait_local(&self, index: u64) -> Result<(), StoreError> {
+        let mut rx = self.shared.local.subscribe();
+        loop {
+            if *rx.borrow_and_update() >= index {
+                return Ok(());
+            }
+            if let Some(why) = self.failure() {
+                return Err(StoreError::Failed(why));
+            }
+            if self.is_closed() || rx.changed().await.is_err() {
+                return Err(StoreError::Failed("the journal writer stopped".into()));
+            }
+        }
+    }
+
     /// `next_index` of the newest checkpoint on disk (0: none).
     pub(crate) fn last_checkpoint(&self) -> u64 {
         self.shared.checkpointed.load(Ordering::Relaxed)
@@ -786,6 +850,7 @@ impl Journal {
         self.shared.closed.store(true, Ordering::Release);
         // Watchers of `synced` (the broker's dispatcher) see the last index, then the close.
         self.shared.synced.send_modify(|_| {});
+        self.shared.local.send_modify(|_| {});
     }
 }
 
@@ -899,6 +964,7 @@ fn fail(shared: &Shared, e: &StoreError) {
     }
     drop(failed);
     shared.synced.send_modify(|_| {});
+    shared.local.send_modify(|_| {});
 }
 
 /// Makes the first `frames` records of `batch` (`bytes` long) durable and visible, and drops
@@ -928,10 +994,14 @@ fn complete(
         }
     }
     let last = batch.frames[frames - 1].0;
-    shared.mark.record(last)?;
-    if shared.options.durability == Durability::Synced && shared.mark.since_sync() >= MARK_MAX_LAG {
-        // Under a load that never lets the writer idle, the mark is still synced now and then.
-        shared.mark.sync()?;
+    if shared.options.durability == Durability::Synced {
+        // A `Written` batch is not durable: its mark moves only when a checkpoint syncs it.
+        shared.mark.record(last)?;
+        if shared.mark.since_sync() >= MARK_MAX_LAG {
+            // Under a load that never lets the writer idle, the mark is still synced now and
+            // then.
+            shared.mark.sync()?;
+        }
     }
     shared
         .unsynced_bytes

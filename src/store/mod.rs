@@ -31,7 +31,7 @@ use prost::Message as _;
 pub use epochs::{EpochHistory, Position};
 pub use journal::{Durability, Journal, RawFrames};
 pub use mark::{read_mark, write_mark};
-pub use recovery::{Recovered, RecoveredDurable, RecoveredMessage};
+pub use recovery::{ForwardedId, Recovered, RecoveredDurable, RecoveredMessage, REPLAYED_FORWARDS};
 
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/meshmq.journal.rs"));
@@ -218,7 +218,9 @@ impl Store {
 
     /// Writes a checkpoint received from the master (a follower), then deletes the segments
     /// it makes unnecessary: those before both its replay start and its oldest live message.
+    /// Every record it covers must be written here first (see [`Journal::wait_local`]).
     pub fn install_checkpoint(&self, c: &proto::Checkpoint) -> Result<usize, StoreError> {
+        self.journal.make_durable_before(c.next_index)?;
         recovery::write_checkpoint(&self.dir, c)?;
         let oldest_live = c
             .queues
@@ -263,7 +265,9 @@ impl Store {
     /// checkpoint may take the journal's reserve; when even that is spent, the newest checkpoint
     /// on disk still covers the older segments: those whose messages are gone are deleted to
     /// make room for the next one.
+    /// Every record it covers must be written first (see [`Journal::wait_local`]).
     pub fn checkpoint(&self, c: &proto::Checkpoint) -> Result<usize, StoreError> {
+        self.journal.make_durable_before(c.next_index)?;
         let mut c = c.clone();
         {
             let epochs = self.epochs.lock();

@@ -1,7 +1,7 @@
 //! Start-up: verify every segment, cut a torn tail, refuse corruption before it, then rebuild
 //! the live state from the last checkpoint plus the records after it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use prost::Message as _;
 
 use super::frame::{self, End};
 use super::journal::Segment;
-use super::proto::{record, Checkpoint, MessageAdded, Record};
+use super::proto::{record, Checkpoint, ForwardChunk, MessageAdded, Record};
 use super::{EpochHistory, StoreError};
 use crate::broker::{Destination, DestinationPattern, Kind};
 
@@ -47,6 +47,11 @@ pub struct Recovered {
     pub topic_messages: HashMap<u64, MessageAdded>,
     /// Producer high-water marks: (producer id, highest sequence stored).
     pub producers: Vec<(Bytes, u64)>,
+    /// Forwarded-message ids the checkpoint remembered (the broker's recent forwards).
+    pub forward_chunks: Vec<ForwardChunk>,
+    /// Messages that arrived over a bridge since the checkpoint, oldest first (at most
+    /// [`REPLAYED_FORWARDS`], the newest): with the chunks, what the group already took.
+    pub forwarded: Vec<ForwardedId>,
     /// False after a crash: deliveries in flight then are unknown, so every recovered message
     /// counts as possibly delivered (redelivery count at least 1).
     pub clean: bool,
@@ -59,6 +64,20 @@ pub struct Recovered {
     /// What was cut or found, for the log.
     pub notes: Vec<String>,
 }
+
+/// The identity of a message that arrived over a bridge, as journaled.
+#[derive(Debug, Clone)]
+pub struct ForwardedId {
+    pub producer_id: Bytes,
+    pub sequence: u64,
+    pub topic: bool,
+    /// The groups it had left, as it arrived.
+    pub broker_path: Vec<String>,
+}
+
+/// How many of the forwarded messages replayed after the checkpoint are kept for the broker:
+/// the newest, far more than any bridge has in flight unacknowledged.
+pub const REPLAYED_FORWARDS: usize = 65_536;
 
 #[derive(Debug)]
 struct QMsg {
@@ -86,6 +105,8 @@ pub(crate) struct Replay {
     durables: HashMap<(String, String), Dur>,
     topic_msgs: HashMap<u64, (MessageAdded, u32)>,
     producers: HashMap<Bytes, u64>,
+    forward_chunks: Vec<ForwardChunk>,
+    forwarded: std::collections::VecDeque<ForwardedId>,
     txs: HashMap<u64, Vec<(u64, Record)>>,
     epoch: u64,
     epochs: EpochHistory,
@@ -148,11 +169,12 @@ impl Replay {
         for p in &c.producers {
             r.producers.insert(p.producer_id.clone(), p.sequence);
         }
+        r.forward_chunks = c.forwards.clone();
         r
     }
 
     /// Indexes before the checkpoint whose records must be read (their bodies are needed).
-    fn wanted(&self) -> HashSet<u64> {
+    fn wanted(&self) -> BTreeSet<u64> {
         self.queue_of
             .keys()
             .chain(self.topic_msgs.keys())
@@ -210,6 +232,17 @@ impl Replay {
                 let Ok(dest) = Destination::parse(&m.destination) else {
                     return;
                 };
+                if !m.broker_path.is_empty() && !m.producer_id.is_empty() && m.sequence != 0 {
+                    if self.forwarded.len() == REPLAYED_FORWARDS {
+                        self.forwarded.pop_front();
+                    }
+                    self.forwarded.push_back(ForwardedId {
+                        producer_id: m.producer_id.clone(),
+                        sequence: m.sequence,
+                        topic: !dest.kind().is_queue(),
+                        broker_path: m.broker_path.clone(),
+                    });
+                }
                 if dest.kind() == Kind::Queue {
                     let size = message_bytes(&m);
                     let keep = self.loaded + size <= self.budget;
@@ -296,6 +329,24 @@ impl Replay {
         }
     }
 
+    /// Messages the checkpoint listed as live, still live after the replay, whose records
+    /// were never found: the journal lost them (oldest first).
+    fn lost(&self) -> Vec<u64> {
+        let mut lost: Vec<u64> = self
+            .queues
+            .values()
+            .flat_map(|q| q.iter().filter(|(_, m)| !m.known).map(|(i, _)| *i))
+            .chain(
+                self.topic_msgs
+                    .iter()
+                    .filter(|(_, (m, _))| m.destination.is_empty())
+                    .map(|(i, _)| *i),
+            )
+            .collect();
+        lost.sort_unstable();
+        lost
+    }
+
     fn release_topic(&mut self, index: u64) {
         if let Some(t) = self.topic_msgs.get_mut(&index) {
             t.1 = t.1.saturating_sub(1);
@@ -360,6 +411,8 @@ impl Replay {
                 .map(|(i, (m, _))| (i, m))
                 .collect(),
             producers: self.producers.into_iter().collect(),
+            forward_chunks: self.forward_chunks,
+            forwarded: self.forwarded.into(),
             clean,
             epoch: self.epoch,
             epochs: self.epochs,
@@ -475,6 +528,18 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, std::path::PathBuf)>, StoreErro
     Ok(out)
 }
 
+/// True when none of `files` holds a record or anything but zeros at its start.
+fn no_records(files: &[(u64, std::path::PathBuf)], max_record: usize) -> Result<bool, StoreError> {
+    for (first, path) in files {
+        let bytes = std::fs::read(path).map_err(|e| StoreError::io(path, "read", e))?;
+        let scan = frame::scan(&bytes, *first, max_record + 8);
+        if !scan.records.is_empty() || scan.ended != End::Clean {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 fn zero_from(file: &std::fs::File, path: &Path, from: u64, to: u64) -> Result<(), StoreError> {
     use std::os::unix::fs::FileExt;
     let zeros = vec![0u8; 1 << 16];
@@ -529,15 +594,55 @@ pub(crate) fn recover(
                 continue;
             }
         }
-        if let Some(e) = expected {
-            if *first != e {
+        if let Some(e) = expected.filter(|e| e != first) {
+            // Records e..first are gone. Before the checkpoint's replay start that costs
+            // nothing (a `_mem` journal's unsynced records a power cut dropped, which the
+            // checkpoint had already summed up) — unless the checkpoint lists one of them as a
+            // live message: then its body is lost.
+            let covered = *first > e && *first <= start;
+            let lost = if *first > e {
+                wanted.range(e..*first).next().copied()
+            } else {
+                None
+            };
+            if *first > e && !covered && no_records(&files[n..], max_record)? {
+                // Nothing after the gap either: the journal simply ends at e, and segments
+                // created after it were never written (a `_mem` journal's unsynced tail a
+                // power cut dropped — the synced mark below refuses it if it was synced).
+                for (_, p) in &files[n..] {
+                    std::fs::remove_file(p).map_err(|e| StoreError::io(p, "remove", e))?;
+                    notes.push(format!(
+                        "removed {} (empty, after the journal's end at record {})",
+                        p.display(),
+                        e - 1
+                    ));
+                }
+                break;
+            }
+            if !covered || lost.is_some() {
+                let why = match lost {
+                    Some(i) if covered => format!(
+                        "; the checkpoint lists message {i} among them as live, so its body is lost"
+                    ),
+                    _ => String::new(),
+                };
+                let (p, offset) = segments
+                    .last()
+                    .map_or((path, 0), |s: &Segment| (&s.path, s.end));
                 return Err(StoreError::Corrupt {
-                    path: path.display().to_string(),
-                    offset: 0,
-                    reason: format!("records {e}..{first} are missing between segments"),
+                    path: p.display().to_string(),
+                    offset,
+                    reason: format!(
+                        "records {e}..{first} are missing between segments (before {}){why}",
+                        path.display()
+                    ),
                 });
             }
-        } else if *first > start {
+            notes.push(format!(
+                "records {e}..{first} are missing before {}, but the checkpoint covers them and lists none of them as live",
+                path.display()
+            ));
+        } else if expected.is_none() && *first > start {
             return Err(StoreError::Corrupt {
                 path: path.display().to_string(),
                 offset: 0,
@@ -642,6 +747,15 @@ pub(crate) fn recover(
         });
     }
     let next_index = expected.unwrap_or(start).max(start);
+    if let Some(last) = segments.last_mut() {
+        if last.first + last.offsets.len() as u64 != next_index {
+            // The checkpoint covers records past the journal's end (a `_mem` journal's unsynced
+            // records a power cut dropped): the next record must not follow the last one in
+            // its segment, where its index would be misread. Counted full, the segment makes
+            // the writer start a new one at `next_index`.
+            last.capacity = last.end;
+        }
+    }
     if let Some(mark) = synced_mark.filter(|m| *m >= next_index) {
         // Records the journal synced are not there: a segment deleted or cut short.
         let (path, offset) = segments
@@ -667,6 +781,32 @@ pub(crate) fn recover(
     }
     if resynced {
         super::mark::write_mark(dir, next_index.saturating_sub(1))?;
+    }
+    let lost = replay.lost();
+    if let Some(&i) = lost.first() {
+        // Listed live by the checkpoint, never acknowledged since, and its record is nowhere:
+        // starting would silently drop it.
+        let (path, offset) = segments
+            .iter()
+            .rev()
+            .find(|s| i >= s.first)
+            .map_or((dir.to_path_buf(), 0), |s| (s.path.clone(), s.end));
+        let what = format!(
+            "the checkpoint lists message {i} as live but its record is not in the journal ({} such messages{})",
+            lost.len(),
+            segments.first().map_or_else(
+                || ": there are no segments".to_string(),
+                |s| format!("; the journal holds records from {}", s.first)
+            )
+        );
+        if !repair {
+            return Err(StoreError::Corrupt {
+                path: path.display().to_string(),
+                offset,
+                reason: what,
+            });
+        }
+        notes.push(format!("repair: dropped {what}"));
     }
     // Count live messages per segment so garbage collection knows what it may delete.
     for index in replay.live_indexes() {

@@ -626,3 +626,299 @@ async fn a_corrupt_checkpoint_is_refused_until_repaired() {
     );
     store.close();
 }
+
+/// A `_mem` journal (`Written`) of twelve 1 KB messages over several 4 KiB segments, the
+/// messages of the first segment acknowledged, then a checkpoint listing as live the others and
+/// `also_live` (the first segment is pinned, so the checkpoint does not delete it). Returns the
+/// first segment's path and records, and every segment's first index.
+async fn checkpointed_over_segments(
+    dir: &Path,
+    also_live: &[u64],
+) -> (PathBuf, Vec<u64>, Vec<u64>) {
+    let mut cfg = config(dir);
+    cfg.durability = Durability::Written;
+    let (store, _) = Store::open(cfg, false).unwrap();
+    store.journal().pin(1, 1);
+    let body = "z".repeat(1000);
+    let records: Vec<Record> = (0..12)
+        .map(|i| added("queue://a", &format!("{i:02}{body}"), "p", i + 1))
+        .collect();
+    let idx = append_all(&store, &records).await;
+    let (first_path, first_records, firsts) = {
+        let segs = store.journal().shared.segments.read();
+        let s = &segs[0];
+        (
+            s.path.clone(),
+            (s.first..s.first + s.offsets.len() as u64).collect::<Vec<u64>>(),
+            segs.iter().map(|s| s.first).collect::<Vec<u64>>(),
+        )
+    };
+    assert!(firsts.len() >= 3, "{firsts:?}");
+    let acks: Vec<Record> = first_records.iter().map(|&i| removed(i)).collect();
+    append_all(&store, &acks).await;
+    let live: Vec<LiveMessage> = idx
+        .iter()
+        .filter(|i| !first_records.contains(i) || also_live.contains(i))
+        .map(|&index| LiveMessage {
+            index,
+            redelivery_count: 0,
+        })
+        .collect();
+    let c = Checkpoint {
+        next_index: store.journal().next_index(),
+        queues: vec![QueueState {
+            destination: "queue://a".into(),
+            messages: live,
+        }],
+        ..Checkpoint::default()
+    };
+    store.checkpoint(&c).unwrap();
+    store.close();
+    (first_path, first_records, firsts)
+}
+
+/// What a power cut leaves of a segment that was never synced: its preallocated zeros.
+fn zero_file(path: &Path) {
+    let len = std::fs::metadata(path).unwrap().len() as usize;
+    std::fs::write(path, vec![0u8; len]).unwrap();
+}
+
+/// The shape a power cut left on a `quorum_mem` member: the first segment empty (never
+/// synced), later segments whole, and a checkpoint covering the first segment's records with
+/// none of them live. Nothing receipted is missing, so the journal opens.
+#[tokio::test]
+async fn an_empty_first_segment_the_checkpoint_covers_is_no_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first_path, first_records, firsts) = checkpointed_over_segments(dir.path(), &[]).await;
+    zero_file(&first_path);
+    let mut cfg = config(dir.path());
+    cfg.durability = Durability::Written;
+    let (store, rec) =
+        Store::open(cfg, false).unwrap_or_else(|e| panic!("refused an undamaged journal: {e}"));
+    let want: Vec<String> = (first_records.len()..12)
+        .map(|i| format!("{i:02}{}", "z".repeat(1000)))
+        .collect();
+    assert_eq!(
+        bodies(&rec, "queue://a"),
+        want,
+        "every live message is back"
+    );
+    assert!(
+        rec.notes
+            .iter()
+            .any(|n| n.contains(&format!("records 1..{} are missing", firsts[1]))),
+        "{:?}",
+        rec.notes
+    );
+    let next = store.append(&added("queue://a", "after", "p", 99));
+    assert_eq!(next, rec.next_index, "the journal goes on where it was");
+    store.journal().wait_synced(next).await.unwrap();
+    store.close();
+}
+
+/// The same gap, but the checkpoint lists a message in it as live: its body is lost, which is
+/// real damage — refused, naming the segment and the offset where its records stop.
+#[tokio::test]
+async fn a_missing_segment_holding_a_live_message_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first_path, first_records, _) = checkpointed_over_segments(dir.path(), &[2]).await;
+    assert!(first_records.contains(&2));
+    zero_file(&first_path);
+    let mut cfg = config(dir.path());
+    cfg.durability = Durability::Written;
+    match Store::open(cfg, false).unwrap_err() {
+        StoreError::Corrupt {
+            path,
+            offset,
+            reason,
+        } => {
+            assert_eq!(path, first_path.display().to_string());
+            assert_eq!(offset, 0);
+            assert!(reason.contains("lists message 2"), "{reason}");
+        }
+        other => panic!("expected corruption, got {other}"),
+    }
+}
+
+/// A checkpoint listing a live message whose record is gone (here the only segment is empty) is
+/// refused rather than opened silently without the message; `--repair` drops it and says so.
+#[tokio::test]
+async fn a_live_message_whose_record_is_gone_is_refused_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.durability = Durability::Written;
+    let (store, _) = Store::open(cfg.clone(), false).unwrap();
+    let idx = append_all(
+        &store,
+        &[
+            added("queue://a", "one", "p", 1),
+            added("queue://a", "two", "p", 2),
+        ],
+    )
+    .await;
+    let path = store.journal().shared.segments.read()[0].path.clone();
+    let c = Checkpoint {
+        next_index: store.journal().next_index(),
+        queues: vec![QueueState {
+            destination: "queue://a".into(),
+            messages: idx
+                .iter()
+                .map(|&index| LiveMessage {
+                    index,
+                    redelivery_count: 0,
+                })
+                .collect(),
+        }],
+        ..Checkpoint::default()
+    };
+    store.checkpoint(&c).unwrap();
+    store.close();
+    zero_file(&path);
+    let err = Store::open(cfg.clone(), false).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&path.display().to_string())
+            && text
+                .contains("lists message 1 as live but its record is not in the journal (2 such"),
+        "{text}"
+    );
+    let (store, rec) = Store::open(cfg, true).unwrap();
+    assert!(bodies(&rec, "queue://a").is_empty());
+    assert!(
+        rec.notes.iter().any(|n| n.contains("repair: dropped")),
+        "{:?}",
+        rec.notes
+    );
+    store.close();
+}
+
+/// A `Written` journal syncs nothing per batch, so a checkpoint first syncs the segments it
+/// covers (a checkpoint must not outlive its live messages' records) and moves the mark.
+#[tokio::test]
+async fn a_written_journals_checkpoint_first_syncs_the_records_it_covers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.durability = Durability::Written;
+    let (store, _) = Store::open(cfg, false).unwrap();
+    let body = "w".repeat(1000);
+    let records: Vec<Record> = (0..12)
+        .map(|i| added("queue://a", &body, "p", i + 1))
+        .collect();
+    let idx = append_all(&store, &records).await;
+    let segments = store.journal().segment_count() as u64;
+    assert_eq!(store.journal().counters().0, 0, "no sync per batch");
+    assert_eq!(read_mark(dir.path()).unwrap(), None, "nothing synced yet");
+    let c = Checkpoint {
+        next_index: store.journal().next_index(),
+        ..Checkpoint::default()
+    };
+    store.journal().pin(1, 1);
+    store.checkpoint(&c).unwrap();
+    assert_eq!(
+        store.journal().counters().0,
+        segments,
+        "one sync per segment"
+    );
+    assert_eq!(read_mark(dir.path()).unwrap(), Some(*idx.last().unwrap()));
+    store.checkpoint(&c).unwrap();
+    assert_eq!(
+        store.journal().counters().0,
+        segments,
+        "nothing new to sync"
+    );
+    store.close();
+}
+
+/// A `_mem` journal's unsynced tail dropped by a power cut: the segments after its last
+/// checkpoint are all zeros, so records stop and the next segment starts after a gap with
+/// nothing behind it. That is the journal's end (as a torn tail is), not damage in the middle.
+#[tokio::test]
+async fn unwritten_segments_after_a_dropped_tail_end_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.durability = Durability::Written;
+    let (store, _) = Store::open(cfg.clone(), false).unwrap();
+    store.journal().pin(1, 1);
+    let body = "t".repeat(1000);
+    let records: Vec<Record> = (0..12)
+        .map(|i| added("queue://a", &format!("{i:02}{body}"), "p", i + 1))
+        .collect();
+    append_all(&store, &records).await;
+    let segs: Vec<(u64, PathBuf)> = store
+        .journal()
+        .shared
+        .segments
+        .read()
+        .iter()
+        .map(|s| (s.first, s.path.clone()))
+        .collect();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let covered = segs[1].0;
+    let c = Checkpoint {
+        next_index: covered,
+        queues: vec![QueueState {
+            destination: "queue://a".into(),
+            messages: (1..covered)
+                .map(|index| LiveMessage {
+                    index,
+                    redelivery_count: 0,
+                })
+                .collect(),
+        }],
+        ..Checkpoint::default()
+    };
+    store.checkpoint(&c).unwrap();
+    store.close();
+    for (_, p) in &segs[1..] {
+        zero_file(p);
+    }
+    let (store, rec) =
+        Store::open(cfg, false).unwrap_or_else(|e| panic!("refused a dropped tail: {e}"));
+    let want: Vec<String> = (0..covered - 1).map(|i| format!("{i:02}{body}")).collect();
+    assert_eq!(bodies(&rec, "queue://a"), want, "the checkpointed messages");
+    assert_eq!(rec.next_index, covered);
+    assert!(!segs[2].1.exists(), "the empty segments after the end go");
+    let next = store.append(&added("queue://a", "after", "p", 99));
+    assert_eq!(next, covered);
+    store.journal().wait_synced(next).await.unwrap();
+    store.close();
+}
+
+/// A checkpoint that covers records past the journal's end (a `_mem` journal lost its unsynced
+/// last records): the journal goes on at the checkpoint's index, in a new segment, and what is
+/// appended there reads back after a restart.
+#[tokio::test]
+async fn a_journal_behind_its_checkpoint_goes_on_in_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.durability = Durability::Written;
+    let (store, _) = Store::open(cfg.clone(), false).unwrap();
+    append_all(
+        &store,
+        &[
+            added("queue://a", "one", "p", 1),
+            added("queue://a", "two", "p", 2),
+        ],
+    )
+    .await;
+    let c = Checkpoint {
+        next_index: 6,
+        ..Checkpoint::default()
+    };
+    store.checkpoint(&c).unwrap();
+    store.close();
+    let (store, rec) = Store::open(cfg.clone(), false).unwrap();
+    assert_eq!(rec.next_index, 6);
+    let next = append_all(&store, &[added("queue://a", "six", "p", 6)]).await[0];
+    assert_eq!(next, 6);
+    assert_eq!(
+        store.journal().segment_count(),
+        2,
+        "a new segment for record 6"
+    );
+    store.close();
+    let (store, rec) = Store::open(cfg, false).unwrap();
+    assert_eq!(bodies(&rec, "queue://a"), vec!["six"]);
+    assert_eq!(rec.next_index, 7);
+    store.close();
+}

@@ -15,11 +15,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::io::poll_read_buf;
 
+pub mod files;
 pub mod liveness;
 pub mod quic;
 pub mod tls;
@@ -236,8 +237,11 @@ impl Pump {
                 if self.rbuf.capacity() - self.rbuf.len() < self.read_chunk / 2 {
                     self.rbuf.reserve(self.read_chunk);
                 }
-                let room = self.rbuf.capacity() - self.rbuf.len();
-                match poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf) {
+                let room = (self.rbuf.capacity() - self.rbuf.len()).min(self.read_chunk);
+                // At most one chunk per read, whatever spare capacity a grown buffer has: the
+                // caller decides between reads whether to take more (memory limit).
+                let mut limited = (&mut self.rbuf).limit(self.read_chunk);
+                match poll_read_buf(Pin::new(&mut self.stream), cx, &mut limited) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Ok(IoEvent::Closed)),
                     Poll::Ready(Ok(n)) => {
                         if n >= room {

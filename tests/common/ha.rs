@@ -204,8 +204,9 @@ impl HaGroup {
                 stopped: false,
             })
             .collect();
-        let mut text = format!(
-            "[mesh]\nname = \"ha\"\n\n[zookeeper]\nconnect = \"{zk_connect}\"\n\
+        let mut text = super::mesh_table("ha");
+        text += &format!(
+            "\n[zookeeper]\nconnect = \"{zk_connect}\"\n\
              session_timeout = \"{}ms\"\nroot = \"/meshmq\"\n{}\n\
              [[group]]\nname = \"g\"\nelection = \"zookeeper\"\nreplicas = 3\n\
              sync = \"{}\"\nquorum_timeout = \"{}ms\"\n\

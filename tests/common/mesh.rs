@@ -117,7 +117,7 @@ impl MeshBuilder {
     /// Picks ports and writes the topology; nothing is started.
     pub fn build(self) -> Mesh {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut text = String::from("[mesh]\nname = \"test\"\n\n[broker]\n");
+        let mut text = super::mesh_table("test") + "\n[broker]\n";
         for l in &self.broker {
             text.push_str(l);
             text.push('\n');

@@ -48,6 +48,31 @@ use tempfile::TempDir;
 /// loaded two-core machine.
 pub const GUARD: Duration = Duration::from_secs(60);
 
+/// The mesh secret of every test topology: its bridges prove with it that they belong to the
+/// mesh (a stranger's bridge, which lacks it, is refused).
+pub const MESH_SECRET: &str = "test-mesh-secret-4b1d9c0e7a";
+
+/// The file holding [`MESH_SECRET`], shared by every test (written, atomically, on first use
+/// in each test process: the content is always the same).
+pub fn mesh_secret_file() -> &'static Path {
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join("meshmq-test-mesh.secret");
+        let fresh = std::env::temp_dir().join(format!("meshmq-test-mesh.{}", std::process::id()));
+        std::fs::write(&fresh, MESH_SECRET).expect("write the test mesh secret");
+        std::fs::rename(&fresh, &path).expect("put the test mesh secret in place");
+        path
+    })
+}
+
+/// The `[mesh]` table of a test topology named `name`, with [`mesh_secret_file`].
+pub fn mesh_table(name: &str) -> String {
+    format!(
+        "[mesh]\nname = \"{name}\"\nsecret_file = \"{}\"\n",
+        mesh_secret_file().display()
+    )
+}
+
 /// Runs `promtool check metrics` (Debian's `prometheus` package) on an exposition; panics
 /// with how to install it when it is missing — a test that needs it fails, it never skips.
 pub fn promtool_check(text: &str) -> std::process::Output {
@@ -171,7 +196,7 @@ impl Config {
 
     /// The topology text for a member on `ports`.
     pub fn topology(&self, ports: Ports) -> String {
-        let mut t = String::from("[mesh]\nname = \"test\"\n\n[broker]\n");
+        let mut t = mesh_table("test") + "\n[broker]\n";
         for line in &self.broker {
             t.push_str(line);
             t.push('\n');
@@ -689,6 +714,8 @@ struct GroupSpec {
 /// real port `P`. Clients of the test connect to the member directly (its IP, port `P`).
 #[derive(Debug, Clone, Default)]
 pub struct MeshConfig {
+    /// The `[mesh]` table; [`mesh_table`] when `None`.
+    mesh: Option<String>,
     broker: Vec<String>,
     groups: Vec<GroupSpec>,
     connectors: Vec<String>,
@@ -698,6 +725,12 @@ pub struct MeshConfig {
 impl MeshConfig {
     pub fn new() -> MeshConfig {
         MeshConfig::default()
+    }
+
+    /// Replaces the `[mesh]` table (by default [`mesh_table`], carrying [`MESH_SECRET`]).
+    pub fn mesh_table(mut self, table: &str) -> MeshConfig {
+        self.mesh = Some(table.to_string());
+        self
     }
 
     /// A `key = value` line of the mesh-wide `[broker]` section.
@@ -887,7 +920,7 @@ impl Mesh {
     }
 
     fn topology_text(config: &MeshConfig, placements: &[Placement]) -> String {
-        let mut t = String::from("[mesh]\nname = \"test\"\n\n[broker]\n");
+        let mut t = config.mesh.clone().unwrap_or_else(|| mesh_table("test")) + "\n[broker]\n";
         for line in &config.broker {
             t.push_str(line);
             t.push('\n');

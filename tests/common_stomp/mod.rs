@@ -190,6 +190,11 @@ impl Broker {
         self.topology.dir()
     }
 
+    /// The broker process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn listener(&self, name: &str) -> &ListenerDef {
         self.topology
             .listeners
@@ -307,11 +312,17 @@ fn parse_labels(text: &str) -> HashMap<String, String> {
 /// Runs `tests/stomp_py/<script> args…` with python3 and returns the JSON object it prints
 /// last. Fails the test (with the script's output) when it exits non-zero or hangs.
 pub fn python(script: &str, args: &[String]) -> serde_json::Value {
+    python_in("stomp_py", script, args)
+}
+
+/// [`python`] for a script of another folder under `tests/` (e.g. the paho-mqtt scripts).
+pub fn python_in(folder: &str, script: &str, args: &[String]) -> serde_json::Value {
     let dir = tempfile::tempdir().expect("temporary directory");
     let out_path = dir.path().join("stdout");
     let err_path = dir.path().join("stderr");
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/stomp_py")
+        .join("tests")
+        .join(folder)
         .join(script);
     let mut child = Command::new("python3")
         .arg(&path)
@@ -320,7 +331,9 @@ pub fn python(script: &str, args: &[String]) -> serde_json::Value {
         .stdout(std::fs::File::create(&out_path).expect("stdout file"))
         .stderr(std::fs::File::create(&err_path).expect("stderr file"))
         .spawn()
-        .expect("python3 is needed for the stomp.py tests (make test-deps installs stomp.py)");
+        .expect(
+            "python3 is needed for the stomp.py and paho-mqtt tests (make test-deps installs them)",
+        );
     let limit = Duration::from_secs(120);
     let deadline = Instant::now() + limit;
     let status = loop {
