@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rustc_hash::FxHashMap;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -171,9 +170,11 @@ pub(crate) struct Connection<C: Codec> {
     /// Open transactions, by the client's name for them.
     txs: HashMap<TxName, Tx>,
     deliveries: VecDeque<Delivery>,
-    /// Per subscription acknowledged on write: the last tag one `fill` wrote (kept for its
-    /// room; empty between calls).
-    acked_on_write: FxHashMap<u64, u64>,
+    /// (subscription, tag) of the deliveries one `fill` wrote that the protocol acknowledges
+    /// on write, and the tags of one subscription among them: kept for their room (no
+    /// allocation per fill), empty between calls.
+    acked_on_write: Vec<(u64, u64)>,
+    ack_tags: Vec<u64>,
     /// A send waiting for room (producer flow control); no frame is read meanwhile.
     blocked: Option<Accepted<C::Receipt>>,
     /// Receipts waiting for the journal, in frame order.
@@ -231,7 +232,8 @@ impl<C: Codec> Connection<C> {
             builder: MessageBuilder::default(),
             txs: HashMap::new(),
             deliveries: VecDeque::new(),
-            acked_on_write: FxHashMap::default(),
+            acked_on_write: Vec::new(),
+            ack_tags: Vec::new(),
             blocked: None,
             receipts: SyncedQueue::default(),
             closing: None,
@@ -445,6 +447,8 @@ impl<C: Codec> Connection<C> {
         // Buffers a burst grew are given back here, not after every write: a busy connection
         // would otherwise drop and regrow them all the time.
         self.pump.shrink_idle();
+        self.acked_on_write.shrink_to(256);
+        self.ack_tags.shrink_to(256);
         match self
             .liveness
             .poll(Instant::now(), self.pump.wbuf.is_empty())
@@ -482,7 +486,7 @@ impl<C: Codec> Connection<C> {
                 break;
             };
             if self.codec.encode_delivery(&d, &mut self.pump.wbuf) {
-                self.acked_on_write.insert(d.subscription, d.tag);
+                self.acked_on_write.push((d.subscription, d.tag));
             }
             // Redeliveries would report how long the first consumer held them, not dispatch.
             if timed && d.redelivery_count == 0 {
@@ -501,11 +505,21 @@ impl<C: Codec> Connection<C> {
             DISPATCH_LATENCY_HISTOGRAM.add(&mut dispatch);
             END_TO_END_LATENCY_HISTOGRAM.add(&mut end_to_end);
         }
-        // A subscription's deliveries are written in tag order, and each one acknowledged as it
-        // is written: one cumulative ack up to the last written covers the whole run.
-        for (sub, up_to) in self.acked_on_write.drain() {
-            let _ = self.session.ack(sub, up_to, &[]);
+        // One ack per subscription, naming its tags in the order written. Not cumulative: a
+        // protocol may acknowledge some deliveries of a subscription on write and leave others
+        // to the client (MQTT: QoS 0 and QoS 1 messages on one subscription).
+        self.acked_on_write.sort_by_key(|(sub, _)| *sub);
+        let mut run = 0;
+        while run < self.acked_on_write.len() {
+            let sub = self.acked_on_write[run].0;
+            self.ack_tags.clear();
+            while let Some((_, tag)) = self.acked_on_write.get(run).filter(|(s, _)| *s == sub) {
+                self.ack_tags.push(*tag);
+                run += 1;
+            }
+            let _ = self.session.ack(sub, 0, &self.ack_tags);
         }
+        self.acked_on_write.clear();
     }
 
     fn error(&mut self, code: ErrorCode, message: &str, receipt: Option<&C::Receipt>, fatal: bool) {
