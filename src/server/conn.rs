@@ -508,7 +508,9 @@ impl<C: Codec> Connection<C> {
         // One ack per subscription, naming its tags in the order written. Not cumulative: a
         // protocol may acknowledge some deliveries of a subscription on write and leave others
         // to the client (MQTT: QoS 0 and QoS 1 messages on one subscription).
-        self.acked_on_write.sort_by_key(|(sub, _)| *sub);
+        // Tags grow in the order a subscription's deliveries are written, so sorting by
+        // (subscription, tag) keeps that order (and an unstable sort needs no scratch memory).
+        self.acked_on_write.sort_unstable();
         let mut run = 0;
         while run < self.acked_on_write.len() {
             let sub = self.acked_on_write[run].0;
