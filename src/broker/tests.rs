@@ -303,6 +303,41 @@ fn expired_messages_are_not_delivered_and_persistent_ones_are_dead_lettered() {
     assert_eq!(b.queue_depth("queue://DLQ.q"), Some(1));
 }
 
+/// A topic subscriber without credit keeps messages pending; the sweep drops the expired ones
+/// among them (and only those) and counts them, and what is left still reaches it in order.
+#[test]
+fn the_sweep_drops_expired_messages_pending_for_a_topic_subscriber() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut s = b.open_session(None).unwrap();
+    sub(&mut s, 1, "topic://t", 1);
+    send(&mut p, "topic://t", msg("first"));
+    let mut soon = msg("soon");
+    soon.expires_at_ms = now_ms() + 60_000;
+    send(&mut p, "topic://t", soon);
+    send(&mut p, "topic://t", msg("plain"));
+    let mut gone = msg("gone");
+    gone.expires_at_ms = 1;
+    send(&mut p, "topic://t", gone);
+    send(&mut p, "topic://t", msg("last"));
+    let first = drain(&s);
+    assert_eq!(bodies(&first), vec!["first"]);
+    b.sweep_expired();
+    let stats = b.destination_stats();
+    let t = stats.iter().find(|s| s.destination == "topic://t").unwrap();
+    assert_eq!(t.expired, 1);
+    let mut got = Vec::new();
+    let mut last = first[0].tag;
+    for _ in 0..3 {
+        s.ack(1, last, &[]).unwrap();
+        let d = drain(&s);
+        assert_eq!(d.len(), 1);
+        last = d[0].tag;
+        got.extend(bodies(&d));
+    }
+    assert_eq!(got, vec!["soon", "plain", "last"]);
+}
+
 #[test]
 fn topic_subscribers_each_get_every_message_and_wildcards_match() {
     let b = broker();

@@ -153,11 +153,13 @@ struct Attached {
 /// shared with thousands of other subscribers.
 const ENTRY_OVERHEAD: u64 = 64;
 
-/// A subscription's messages not yet handed to its consumer, and what they weigh.
+/// A subscription's messages not yet handed to its consumer, what they weigh, and how many of
+/// them can expire (so the periodic sweep passes over the many backlogs that hold none).
 #[derive(Debug, Default)]
 struct Backlog {
     entries: VecDeque<Entry>,
     bytes: u64,
+    expiring: usize,
 }
 
 impl Backlog {
@@ -165,19 +167,29 @@ impl Backlog {
         e.msg.charge.bytes() + ENTRY_OVERHEAD
     }
 
+    fn count_in(&mut self, e: &Entry) {
+        self.bytes += Self::weight(e);
+        if e.msg.expires_at_ms != 0 {
+            self.expiring += 1;
+        }
+    }
+
     fn push_back(&mut self, e: Entry) {
-        self.bytes += Self::weight(&e);
+        self.count_in(&e);
         self.entries.push_back(e);
     }
 
     fn push_front(&mut self, e: Entry) {
-        self.bytes += Self::weight(&e);
+        self.count_in(&e);
         self.entries.push_front(e);
     }
 
     fn pop_front(&mut self) -> Option<Entry> {
         let e = self.entries.pop_front()?;
         self.bytes -= Self::weight(&e);
+        if e.msg.expires_at_ms != 0 {
+            self.expiring -= 1;
+        }
         Some(e)
     }
 
@@ -191,6 +203,7 @@ impl Backlog {
 
     fn take(&mut self) -> VecDeque<Entry> {
         self.bytes = 0;
+        self.expiring = 0;
         std::mem::take(&mut self.entries)
     }
 }
@@ -504,7 +517,7 @@ impl TopicSub {
 
     pub(crate) fn sweep_expired(&self, now: u64, dead: &mut Effects) {
         let mut st = self.state.lock();
-        if !st.pending.iter().any(|e| e.msg.is_expired(now)) {
+        if st.pending.expiring == 0 || !st.pending.iter().any(|e| e.msg.is_expired(now)) {
             return;
         }
         for e in st.pending.take() {

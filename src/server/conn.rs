@@ -189,6 +189,11 @@ pub(crate) struct Connection<C: Codec> {
     /// Open transactions, by the client's name for them.
     txs: HashMap<TxName, Tx>,
     deliveries: VecDeque<Delivery>,
+    /// (subscription, tag) of the deliveries one `fill` wrote that the protocol acknowledges
+    /// on write, and the tags of one subscription among them: kept for their room (no
+    /// allocation per fill), empty between calls.
+    acked_on_write: Vec<(u64, u64)>,
+    ack_tags: Vec<u64>,
     /// A send waiting for room (producer flow control); no frame is read meanwhile.
     blocked: Option<Accepted<C::Receipt>>,
     /// Receipts waiting for the journal, in frame order.
@@ -201,6 +206,8 @@ pub(crate) struct Connection<C: Codec> {
     registration: Option<Registration>,
     /// Counted in the listener's producers gauge (it has sent a message).
     producing: bool,
+    /// Messages taken since the received counter was last told (once per run of frames).
+    received: u64,
     /// Subscriptions counted in the listener's consumers gauge.
     consumers: usize,
     /// The received bytes not yet handed over as frames (a frame still arriving, frames
@@ -244,6 +251,8 @@ impl<C: Codec> Connection<C> {
             builder: MessageBuilder::default(),
             txs: HashMap::new(),
             deliveries: VecDeque::new(),
+            acked_on_write: Vec::new(),
+            ack_tags: Vec::new(),
             blocked: None,
             receipts: SyncedQueue::default(),
             closing: None,
@@ -251,6 +260,7 @@ impl<C: Codec> Connection<C> {
             liveness: Liveness::new(Instant::now(), heartbeat_out, peer_silence),
             registration: None,
             producing: false,
+            received: 0,
             consumers: 0,
             rules,
             rules_changed,
@@ -459,6 +469,8 @@ impl<C: Codec> Connection<C> {
         // Buffers a burst grew are given back here, not after every write: a busy connection
         // would otherwise drop and regrow them all the time.
         self.pump.shrink_idle();
+        self.acked_on_write.shrink_to(256);
+        self.ack_tags.shrink_to(256);
         match self
             .liveness
             .poll(Instant::now(), self.pump.wbuf.is_empty())
@@ -487,7 +499,6 @@ impl<C: Codec> Connection<C> {
             self.session.outbox().drain_into(&mut self.deliveries);
         }
         let mut written = 0u64;
-        let mut ack_on_write: HashMap<u64, Vec<u64>> = HashMap::new();
         let mut dispatch = LatencyBatch::default();
         let mut end_to_end = LatencyBatch::default();
         let timed = self.ctx.metrics.per_message && !self.deliveries.is_empty();
@@ -497,7 +508,7 @@ impl<C: Codec> Connection<C> {
                 break;
             };
             if self.codec.encode_delivery(&d, &mut self.pump.wbuf) {
-                ack_on_write.entry(d.subscription).or_default().push(d.tag);
+                self.acked_on_write.push((d.subscription, d.tag));
             }
             // Redeliveries would report how long the first consumer held them, not dispatch.
             if timed && d.redelivery_count == 0 {
@@ -516,9 +527,23 @@ impl<C: Codec> Connection<C> {
             DISPATCH_LATENCY_HISTOGRAM.add(&mut dispatch);
             END_TO_END_LATENCY_HISTOGRAM.add(&mut end_to_end);
         }
-        for (sub, tags) in ack_on_write {
-            let _ = self.session.ack(sub, 0, &tags);
+        // One ack per subscription, naming its tags in the order written. Not cumulative: a
+        // protocol may acknowledge some deliveries of a subscription on write and leave others
+        // to the client (MQTT: QoS 0 and QoS 1 messages on one subscription).
+        // Tags grow in the order a subscription's deliveries are written, so sorting by
+        // (subscription, tag) keeps that order (and an unstable sort needs no scratch memory).
+        self.acked_on_write.sort_unstable();
+        let mut run = 0;
+        while run < self.acked_on_write.len() {
+            let sub = self.acked_on_write[run].0;
+            self.ack_tags.clear();
+            while let Some((_, tag)) = self.acked_on_write.get(run).filter(|(s, _)| *s == sub) {
+                self.ack_tags.push(*tag);
+                run += 1;
+            }
+            let _ = self.session.ack(sub, 0, &self.ack_tags);
         }
+        self.acked_on_write.clear();
     }
 
     fn error(&mut self, code: ErrorCode, message: &str, receipt: Option<&C::Receipt>, fatal: bool) {
@@ -548,7 +573,15 @@ impl<C: Codec> Connection<C> {
         self.error(error_code(e), &e.to_string(), receipt.as_ref(), false);
     }
 
+    /// Applies the frames buffered so far; the messages they sent are counted once for all.
     fn process_frames(&mut self) {
+        self.apply_buffered();
+        self.ctx
+            .metrics
+            .received(std::mem::take(&mut self.received));
+    }
+
+    fn apply_buffered(&mut self) {
         while self.blocked.is_none() && self.closing.is_none() && !self.disconnecting {
             match self.codec.decode(&mut self.pump.rbuf) {
                 Ok(Inbound::Request(r)) => self.apply(r),
@@ -856,7 +889,7 @@ impl<C: Codec> Connection<C> {
         if let Some(name) = transaction {
             return match self.session.stage(&target, message) {
                 Ok(staged) => {
-                    self.ctx.metrics.received();
+                    self.received += 1;
                     self.count_producer();
                     if let Some(tx) = self.txs.get_mut(&name) {
                         tx.sends.extend(staged);
@@ -871,7 +904,7 @@ impl<C: Codec> Connection<C> {
         }
         match self.session.publish(&target, message) {
             Ok(published) => {
-                self.ctx.metrics.received();
+                self.received += 1;
                 self.count_producer();
                 let index = match published {
                     Published::Pending(index) => index,

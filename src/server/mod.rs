@@ -475,9 +475,9 @@ impl ListenerMetrics {
         self.bad_frames.increment(1);
     }
 
-    fn received(&self) {
-        if self.per_message {
-            self.received.increment(1);
+    fn received(&self, n: u64) {
+        if self.per_message && n > 0 {
+            self.received.increment(n);
         }
     }
 

@@ -10,7 +10,8 @@ use tokio::time::{sleep_until, Instant as TokioInstant};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
-    BrokerError, Delivery, Destination, DestinationPattern, Draft, Session, SubscribeSpec,
+    BrokerError, Delivery, Destination, DestinationError, DestinationPattern, Draft, Session,
+    SubscribeSpec,
 };
 use crate::cluster::{ClientHello, Registration};
 use crate::security::Principal;
@@ -297,11 +298,25 @@ fn receipt(receipt: u64) -> Option<u64> {
 /// The native protocol's side of a connection: frames to requests, replies to frames.
 pub(crate) struct Native {
     max_frame_size: usize,
+    /// The last send's destination: a producer mostly sends to one, parsed once.
+    last_send: Option<Destination>,
 }
 
 impl Native {
     pub(crate) fn new(max_frame_size: usize) -> Native {
-        Native { max_frame_size }
+        Native {
+            max_frame_size,
+            last_send: None,
+        }
+    }
+
+    fn send_destination(&mut self, text: &str) -> Result<Destination, DestinationError> {
+        if let Some(d) = self.last_send.as_ref().filter(|d| d.as_str() == text) {
+            return Ok(d.clone());
+        }
+        let d = Destination::parse(text)?;
+        self.last_send = Some(d.clone());
+        Ok(d)
     }
 
     /// What a frame asks (destinations parsed here, once).
@@ -309,7 +324,7 @@ impl Native {
         let request = match f.body {
             Some(Body::Send(s)) => {
                 let receipt = receipt(s.receipt);
-                match Destination::parse(&s.destination) {
+                match self.send_destination(&s.destination) {
                     Ok(destination) => Request::Send(SendRequest {
                         destination,
                         transaction: transaction(s.transaction),
