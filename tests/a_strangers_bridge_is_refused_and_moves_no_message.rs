@@ -75,6 +75,7 @@ fn stranger(edge: &Broker, token: &str) -> (proto::Error, String) {
         consumer_id: "1".into(),
         priority: 0,
         origin: "hub/1".into(),
+        selector: String::new(),
     }));
     match raw.next() {
         Some(Frame {

@@ -61,7 +61,7 @@ fn mesh(dir: &std::path::Path) -> (Member, Member) {
     };
     let (hub_tcp, hub_admin, hub_ws) = place(HUB_IP);
     let (edge_tcp, edge_admin, edge_ws) = place(EDGE_IP);
-    let mut text = String::from("[mesh]\nname = \"ws\"\n\n[broker]\n");
+    let mut text = common::mesh_table("ws") + "\n[broker]\n";
     for (group, tcp, admin, ws) in [
         ("hub", hub_tcp, hub_admin, hub_ws),
         ("edge", edge_tcp, edge_admin, edge_ws),

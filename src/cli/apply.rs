@@ -199,22 +199,32 @@ fn render_plan(new: &Topology, members: &BTreeMap<String, (SocketAddr, Report)>)
 /// member took it.
 pub async fn apply(args: &ApplyArgs) -> anyhow::Result<bool> {
     let new = load(&args.topology)?;
-    let token = match std::env::var("MESHMQ_ADMIN_TOKEN") {
-        Ok(t) if !t.is_empty() => t,
-        _ => match &new.admin.token {
-            Some(t) => t.expose().to_string(),
-            None => bail!(
-                "{} has no [admin] token and MESHMQ_ADMIN_TOKEN is not set: members take a new topology only from a writer that presents their admin token",
-                args.topology.display()
-            ),
-        },
+    let Some(token) = admin_token(&new) else {
+        bail!(
+            "{} has no [admin] token and MESHMQ_ADMIN_TOKEN is not set: members take a new topology only from a writer that presents their admin token",
+            args.topology.display()
+        )
     };
-    let file = std::path::absolute(&args.topology)?;
+    send(&new, &args.topology, &token).await
+}
+
+/// The admin token a writer presents: `MESHMQ_ADMIN_TOKEN` when set, else the file's.
+pub fn admin_token(topo: &Topology) -> Option<String> {
+    match std::env::var("MESHMQ_ADMIN_TOKEN") {
+        Ok(t) if !t.is_empty() => Some(t),
+        _ => topo.admin.token.as_ref().map(|t| t.expose().to_string()),
+    }
+}
+
+/// Sends `new` (read from `path`) to every member it lists and prints what each did. Returns
+/// whether every member took it.
+pub async fn send(new: &Topology, path: &Path, token: &str) -> anyhow::Result<bool> {
+    let file = std::path::absolute(path)?;
     let body = serde_json::to_string(&meshmq::server::admin_topology::TopologyWrite {
         file: file.display().to_string(),
         text: new.source.text().to_string(),
     })?;
-    let members = survey(&new).await;
+    let members = survey(new).await;
     let targets: Vec<(String, SocketAddr)> = new
         .members()
         .map(|(_, m)| (m.name.to_string(), m.admin))
@@ -222,7 +232,7 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<bool> {
     let sends: Vec<_> = targets
         .iter()
         .map(|(name, addr)| {
-            let (name, addr, body, token) = (name.clone(), *addr, body.clone(), token.clone());
+            let (name, addr, body, token) = (name.clone(), *addr, body.clone(), token.to_string());
             async move {
                 let r = http::put_json(addr, "/topology", Some(&token), body, ANSWER_TIMEOUT).await;
                 (name, addr, r)
@@ -307,7 +317,7 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<bool> {
     if !all_took {
         println!(
             "not every member took the file: run `meshmq apply {}` again once they are reachable (members that took it change nothing the second time)",
-            args.topology.display()
+            path.display()
         );
     }
     Ok(all_took)

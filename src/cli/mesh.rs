@@ -1,5 +1,6 @@
 //! The topology commands: `broker`, `up`, `check` (`status` is in `status.rs`).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -9,10 +10,11 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 
+use meshmq::config::diff::{self, Restart};
 use meshmq::config::{self, Election, Scheme, Topology};
 use meshmq::server::{self, ServerOptions};
 
-use super::{http, status};
+use super::{apply, http, status};
 
 fn load(path: &Path) -> anyhow::Result<Topology> {
     config::load(path).map_err(|e| anyhow!("{e}"))
@@ -100,11 +102,12 @@ async fn monitor(
     name: String,
     mut child: Child,
     mut stop: watch::Receiver<bool>,
+    mut stop_this: watch::Receiver<bool>,
     exits: mpsc::UnboundedSender<(String, String)>,
 ) {
     let status = tokio::select! {
         s = child.wait() => s,
-        _ = stop.changed() => {
+        _ = async { tokio::select! { _ = stop.changed() => {}, _ = stop_this.changed() => {} } } => {
             if let Some(pid) = child.id() {
                 // SAFETY: signalling our own child process.
                 unsafe { libc::kill(pid as i32, libc::SIGTERM); }
@@ -126,13 +129,14 @@ async fn monitor(
 }
 
 /// A member `up` started: its stdout and stderr prefixed with its name, watched by `monitor`.
+/// Returns what stops this member alone (`stop` stops them all).
 fn spawn_member(
     exe: &Path,
     topology: &Path,
     member: &str,
     stop: &watch::Receiver<bool>,
     exits: &mpsc::UnboundedSender<(String, String)>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<watch::Sender<bool>> {
     let mut child = Command::new(exe)
         .args(["broker", "--topology"])
         .arg(topology)
@@ -148,13 +152,15 @@ fn spawn_member(
     if let Some(err) = child.stderr.take() {
         prefix_lines(member.to_string(), err);
     }
+    let (stop_this, stop_this_rx) = watch::channel(false);
     tokio::spawn(monitor(
         member.to_string(),
         child,
         stop.clone(),
+        stop_this_rx,
         exits.clone(),
     ));
-    Ok(())
+    Ok(stop_this)
 }
 
 /// How `up` ended a wait: the wait finished, or a signal asks the mesh to stop.
@@ -163,7 +169,9 @@ enum Waited {
     Interrupted,
 }
 
-/// `meshmq up`: every member of the topology as a child process, logs prefixed, until Ctrl-C.
+/// `meshmq up`: every member of the topology as a child process, logs prefixed, until Ctrl-C,
+/// following the file: a saved change is taken as `meshmq apply` takes it, and members that a
+/// change needs restarted (or that were added or removed) are restarted one at a time.
 ///
 /// The first member of each file-lock group starts alone and `up` waits until it serves before
 /// starting the rest of its group: whichever member takes the lock first serves, so starting
@@ -187,11 +195,15 @@ pub async fn up(topology: &Path) -> anyhow::Result<()> {
         g.election != Election::FileLock || g.members.first().map(|f| &f.name) == Some(&m.name)
     });
     let mut running = 0usize;
+    let mut members: BTreeMap<String, watch::Sender<bool>> = BTreeMap::new();
     for (_, member) in &first {
-        if let Err(e) = spawn_member(&exe, topology, member.name.as_str(), &stop_rx, &exit_tx) {
-            stop_members(&stop_tx, &mut exit_rx).await;
-            return Err(e);
-        }
+        match spawn_member(&exe, topology, member.name.as_str(), &stop_rx, &exit_tx) {
+            Ok(stop) => members.insert(member.name.to_string(), stop),
+            Err(e) => {
+                stop_members(&stop_tx, &mut exit_rx, running).await;
+                return Err(e);
+            }
+        };
         running += 1;
     }
     // A group is ready when one member serves it (the others of an HA group stand by).
@@ -204,51 +216,246 @@ pub async fn up(topology: &Path) -> anyhow::Result<()> {
         };
         let what = format!("group {}", group.name);
         if let Waited::Interrupted =
-            wait_or_stop(ready, &what, &mut signals, &stop_tx, &mut exit_rx).await?
+            wait_or_stop(ready, &what, &mut signals, &stop_tx, &mut exit_rx, running).await?
         {
             println!("stopping {running} members");
-            stop_members(&stop_tx, &mut exit_rx).await;
+            stop_members(&stop_tx, &mut exit_rx, running).await;
             return Ok(());
         }
     }
     for (_, member) in &standby {
-        if let Err(e) = spawn_member(&exe, topology, member.name.as_str(), &stop_rx, &exit_tx) {
-            stop_members(&stop_tx, &mut exit_rx).await;
-            return Err(e);
-        }
+        match spawn_member(&exe, topology, member.name.as_str(), &stop_rx, &exit_tx) {
+            Ok(stop) => members.insert(member.name.to_string(), stop),
+            Err(e) => {
+                stop_members(&stop_tx, &mut exit_rx, running).await;
+                return Err(e);
+            }
+        };
         running += 1;
     }
-    drop(exit_tx);
     // Standbys answer their admin port once they wait for the lock: the table shows them so.
     let standbys: Vec<_> = standby.iter().map(|(_, m)| m.admin).collect();
     let answering = http::wait_all_answer(&standbys, Duration::from_secs(30));
     let what = "the standby members";
-    if let Waited::Interrupted =
-        wait_or_stop(answering, what, &mut signals, &stop_tx, &mut exit_rx).await?
+    if let Waited::Interrupted = wait_or_stop(
+        answering,
+        what,
+        &mut signals,
+        &stop_tx,
+        &mut exit_rx,
+        running,
+    )
+    .await?
     {
         println!("stopping {running} members");
-        stop_members(&stop_tx, &mut exit_rx).await;
+        stop_members(&stop_tx, &mut exit_rx, running).await;
         return Ok(());
     }
     print!("{}", up_table(&topo).await);
+    println!(
+        "following {}: saving a change applies it (in place where members can take it, else by restarting the members it concerns one at a time)",
+        topology.display()
+    );
+    let mut up = Up {
+        exe,
+        file: topology.to_path_buf(),
+        topo,
+        text: std::fs::read_to_string(topology).unwrap_or_default(),
+        members,
+        running,
+        stop: stop_rx,
+        exits: exit_tx,
+    };
+    let mut look = tokio::time::interval(FOLLOW_INTERVAL);
     loop {
         tokio::select! {
             _ = signals.recv() => break,
             exit = exit_rx.recv() => match exit {
                 Some((name, status)) => {
                     println!("member {name} exited ({status})");
-                    running -= 1;
-                    if running == 0 {
+                    up.exited(&name);
+                    if up.running == 0 {
                         bail!("every member has exited");
                     }
                 }
                 None => bail!("every member has exited"),
+            },
+            _ = look.tick() => {
+                if let Some(new) = up.file_changed() {
+                    up.follow(new, &mut exit_rx).await;
+                }
             }
         }
     }
+    let running = up.running;
     println!("stopping {running} members");
-    stop_members(&stop_tx, &mut exit_rx).await;
+    drop(up);
+    stop_members(&stop_tx, &mut exit_rx, running).await;
     Ok(())
+}
+
+/// How often `up` looks at its file.
+const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a member `up` (re)starts has to answer on its admin port.
+const MEMBER_START: Duration = Duration::from_secs(30);
+
+/// The mesh `up` runs, and the file it follows.
+struct Up {
+    exe: std::path::PathBuf,
+    file: std::path::PathBuf,
+    /// The topology the members run (the last valid version of the file taken).
+    topo: Topology,
+    /// The file's text last looked at (valid or not), so that one bad save is reported once.
+    text: String,
+    /// Each running member, with what stops it alone.
+    members: BTreeMap<String, watch::Sender<bool>>,
+    running: usize,
+    stop: watch::Receiver<bool>,
+    exits: mpsc::UnboundedSender<(String, String)>,
+}
+
+impl Up {
+    fn exited(&mut self, name: &str) {
+        if self.members.remove(name).is_some() {
+            self.running -= 1;
+        }
+    }
+
+    /// The file's new topology, when its text changed and it is valid (an invalid one is
+    /// reported once and the mesh keeps running the last valid one).
+    fn file_changed(&mut self) -> Option<Topology> {
+        let text = std::fs::read_to_string(&self.file).ok()?;
+        if text == self.text {
+            return None;
+        }
+        self.text = text;
+        match load(&self.file).and_then(|t| refuse_unsupported(&t).map(|()| t)) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                println!(
+                    "{} changed but cannot be taken; the mesh keeps running the previous version:\n{e:#}",
+                    self.file.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Takes `new`: members no longer in it stop, new ones start, running ones take what they
+    /// can in place (with the file's `[admin]` token), and those a change needs restarted
+    /// restart one at a time, each waited for before the next.
+    async fn follow(
+        &mut self,
+        new: Topology,
+        exits: &mut mpsc::UnboundedReceiver<(String, String)>,
+    ) {
+        let changes = diff::diff(&self.topo, &new);
+        if changes.is_empty() {
+            self.topo = new;
+            return;
+        }
+        println!("{} changed:", self.file.display());
+        for c in &changes {
+            println!("  {}: {}", c.heading, c.what);
+        }
+        if let Some(path) = &new.bridges.secret_file {
+            if let Err(e) = meshmq::security::ensure_mesh_secret(path) {
+                println!(
+                    "cannot write the mesh secret {}: {e}; not taken",
+                    path.display()
+                );
+                return;
+            }
+        }
+        let wanted: Vec<String> = new.members().map(|(_, m)| m.name.to_string()).collect();
+        let gone: Vec<String> = self
+            .members
+            .keys()
+            .filter(|m| !wanted.contains(m))
+            .cloned()
+            .collect();
+        for name in gone {
+            println!("stopping {name} (no longer in the file)");
+            self.stop_one(&name, exits).await;
+        }
+        let mut restart: Vec<String> = Vec::new();
+        for c in &changes {
+            if let Restart::Members(names) = &c.restart {
+                for n in names {
+                    if self.members.contains_key(n) && !restart.contains(n) {
+                        restart.push(n.clone());
+                    }
+                }
+            }
+        }
+        let added: Vec<String> = wanted
+            .iter()
+            .filter(|m| !self.members.contains_key(*m))
+            .cloned()
+            .collect();
+        for name in &added {
+            println!("starting {name} (new in the file)");
+            self.start_one(&new, name).await;
+        }
+        if changes.iter().any(|c| c.restart == Restart::No) {
+            match apply::admin_token(&new) {
+                Some(token) => {
+                    if let Err(e) = apply::send(&new, &self.file, &token).await {
+                        println!("could not send the new file to the members: {e:#}");
+                    }
+                }
+                None => println!(
+                    "changes members take in place need an [admin] token in the file (or MESHMQ_ADMIN_TOKEN): add one, or restart `meshmq up`"
+                ),
+            }
+        }
+        for name in restart {
+            println!("restarting {name} to take the change");
+            self.stop_one(&name, exits).await;
+            self.start_one(&new, &name).await;
+        }
+        self.topo = new;
+        print!("{}", up_table(&self.topo).await);
+    }
+
+    /// Stops one member and waits for it to exit (other members' exits are reported too).
+    async fn stop_one(
+        &mut self,
+        name: &str,
+        exits: &mut mpsc::UnboundedReceiver<(String, String)>,
+    ) {
+        let Some(stop) = self.members.get(name) else {
+            return;
+        };
+        let _ = stop.send(true);
+        while let Some((who, status)) = exits.recv().await {
+            println!("member {who} stopped ({status})");
+            self.exited(&who);
+            if who == name {
+                return;
+            }
+        }
+    }
+
+    /// Starts one member of `new` and waits until its admin port answers.
+    async fn start_one(&mut self, new: &Topology, name: &str) {
+        match spawn_member(&self.exe, &self.file, name, &self.stop, &self.exits) {
+            Ok(stop) => {
+                self.members.insert(name.to_string(), stop);
+                self.running += 1;
+            }
+            Err(e) => {
+                println!("{e:#}");
+                return;
+            }
+        }
+        if let Some((_, m)) = new.member(name) {
+            if let Err(e) = http::wait_all_answer(&[m.admin], MEMBER_START).await {
+                println!("member {name} does not answer yet: {e:#}");
+            }
+        }
+    }
 }
 
 /// Waits for `wait`, unless a member exits first (the mesh stops and `up` fails) or a signal
@@ -259,30 +466,37 @@ async fn wait_or_stop(
     signals: &mut Signals,
     stop: &watch::Sender<bool>,
     exits: &mut mpsc::UnboundedReceiver<(String, String)>,
+    running: usize,
 ) -> anyhow::Result<Waited> {
     tokio::select! {
         r = wait => match r {
             Ok(()) => Ok(Waited::Done),
             Err(e) => {
-                stop_members(stop, exits).await;
+                stop_members(stop, exits, running).await;
                 bail!("{what} is not up: {e}");
             }
         },
         Some((name, status)) = exits.recv() => {
-            stop_members(stop, exits).await;
+            stop_members(stop, exits, running - 1).await;
             bail!("member {name} exited before the mesh was ready ({status})");
         }
         _ = signals.recv() => Ok(Waited::Interrupted),
     }
 }
 
+/// Stops every member and waits for the `running` ones to exit.
 async fn stop_members(
     stop: &watch::Sender<bool>,
     exits: &mut mpsc::UnboundedReceiver<(String, String)>,
+    mut running: usize,
 ) {
     let _ = stop.send(true);
-    while let Some((name, status)) = exits.recv().await {
+    while running > 0 {
+        let Some((name, status)) = exits.recv().await else {
+            break;
+        };
         println!("member {name} stopped ({status})");
+        running -= 1;
     }
 }
 

@@ -273,6 +273,22 @@ impl Mesh {
         for (old, new) in ports.iter().zip(free_ports(ports.len())) {
             copy = copy.replace(&format!("{marker}{old}\""), &format!("{marker}{new}\""));
         }
+        // The shipped file keeps its mesh secret beside the data (`meshmq up` writes it); the
+        // copy uses the tests' secret file instead.
+        let copy: String = copy
+            .lines()
+            .map(|line| {
+                if line.starts_with("secret_file = ") {
+                    format!(
+                        "secret_file = {:?}",
+                        super::mesh_secret_file().display().to_string()
+                    )
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
         let dir = tempfile::tempdir().expect("tempdir");
         let topology = dir.path().join(name);
         std::fs::write(&topology, &copy).expect("write the copy");

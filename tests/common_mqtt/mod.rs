@@ -366,6 +366,8 @@ impl TwoGroups {
         let topology = format!(
             r#"[mesh]
 name = "test"
+# Bridges prove they belong to the mesh with this secret (written beside the topology).
+secret_file = "mesh.secret"
 
 [broker]
 
@@ -401,6 +403,11 @@ reconnect_max_delay = "1s"
         );
         let file = dir.path().join("mesh.toml");
         std::fs::write(&file, topology).expect("write the topology");
+        std::fs::write(
+            dir.path().join("mesh.secret"),
+            "a-mesh-secret-for-the-mqtt-tests",
+        )
+        .expect("write the mesh secret");
         drop(held);
         let start = |member: &str| {
             let log = std::fs::File::create(dir.path().join(format!("{member}.log"))).expect("log");
