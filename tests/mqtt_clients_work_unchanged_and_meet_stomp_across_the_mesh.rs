@@ -448,3 +448,51 @@ fn stomp_and_mqtt_clients_meet_across_a_connector_both_ways() {
     assert_eq!(&message.body[..], b"evacuate");
     assert_eq!(message.header("persistent"), Some("true"));
 }
+
+/// Before it has logged in an MQTT client may send what a client of any protocol may (64 KiB):
+/// a larger CONNECT is refused from its header — closed and counted at once, not held open
+/// until the connect timeout while its body trickles in — and once logged in the listener's
+/// own `max_frame_size` (100 MiB by default) applies to a PUBLISH.
+#[test]
+fn a_connect_over_64_kib_is_refused_from_its_header_but_a_logged_in_client_sends_more() {
+    let b = Topology::new().listener("mqtt", "mqtt", "").start();
+    let addr = b.addr("mqtt");
+    let before = bad_frames(&b);
+    for (i, level) in [4u8, 5].into_iter().enumerate() {
+        let mut c = RawMqtt::open(addr, level == 5);
+        // CONNECT announcing 200,000 bytes (remaining length 0xC0 0x9A 0x0C), the protocol
+        // name and level, and nothing more.
+        c.write(&[
+            0x10, 0xC0, 0x9A, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', level,
+        ]);
+        let started = Instant::now();
+        loop {
+            match c.next() {
+                None => break,
+                Some(Reply::ConnAck(code)) => assert_ne!(code, 0, "MQTT level {level}"),
+                Some(other) => panic!("MQTT level {level}: {other:?}"),
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "MQTT level {level}: the oversize CONNECT was held until the connect timeout ({:?})",
+            started.elapsed()
+        );
+        assert_eq!(
+            bad_frames(&b),
+            before + i as f64 + 1.0,
+            "MQTT level {level}: the oversize CONNECT is counted as a bad frame"
+        );
+    }
+    for v5 in [false, true] {
+        let (mut c, code) = RawMqtt::connect(addr, v5, 30, None);
+        assert_eq!(code, 0);
+        let big = "x".repeat(200_000);
+        c.publish("big/one", &big, QoS::AtLeastOnce, Some(7));
+        assert_eq!(
+            c.next(),
+            Some(Reply::PubAck(7, 0)),
+            "a logged-in client's 200 KB PUBLISH (v5: {v5})"
+        );
+    }
+}

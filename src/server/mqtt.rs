@@ -1169,7 +1169,9 @@ async fn detect_version(
     shutdown: &CancellationToken,
 ) -> std::io::Result<Option<Wire>> {
     let deadline = TokioInstant::now() + ctx.settings.connect_timeout;
-    let max = u32::try_from(ctx.settings.max_frame_size).unwrap_or(u32::MAX);
+    // Before the login, a packet (the CONNECT) may be at most what any protocol may send
+    // before logging in; the listener's own limit applies once logged in.
+    let max = u32::try_from(super::handshake_frame_limit(ctx)).unwrap_or(u32::MAX);
     loop {
         match VersionCodec.decode(&mut pump.rbuf) {
             Ok(Some(ProtocolVersion::MQTT3)) => return Ok(Some(Wire::V3(v3::Codec::new(max)))),
@@ -1421,8 +1423,10 @@ async fn handshake(
             return close(pump).await;
         }
     };
+    let max = u32::try_from(ctx.settings.max_frame_size).unwrap_or(u32::MAX);
     match &mut wire {
         Wire::V3(c) => {
+            c.set_max_size(max);
             let _ = c.encode(
                 v3::Packet::ConnectAck(v3::ConnectAck {
                     return_code: v3::ConnectAckReason::ConnectionAccepted,
@@ -1432,6 +1436,7 @@ async fn handshake(
             );
         }
         Wire::V5(c) => {
+            c.set_max_inbound_size(max);
             if let Some(max) = connect.max_packet_size {
                 c.set_max_outbound_size(max);
             }
