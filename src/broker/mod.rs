@@ -894,6 +894,52 @@ impl Broker {
     pub fn durable_subscriptions(&self) -> usize {
         self.inner.durables.len()
     }
+
+    /// The durable subscriptions of `client_id` whose names start with `prefix`: (name,
+    /// pattern), by name.
+    pub fn durables_of(&self, client_id: &str, prefix: &str) -> Vec<(String, DestinationPattern)> {
+        let mut found: Vec<(String, DestinationPattern)> = self
+            .inner
+            .durables
+            .iter()
+            .filter(|d| d.key().0 == client_id && d.key().1.starts_with(prefix))
+            .map(|d| (d.key().1.clone(), d.value().pattern.clone()))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+
+    /// Deletes the durable subscriptions of `client_id` named with `prefix` that no connection
+    /// is attached to — when `last` is given, only those session `last` attached to last (a
+    /// session that ended ends its own, not a later one's) — with the messages they kept, each
+    /// removal journaled. Returns the journal record of the last removal (0: none).
+    pub fn remove_idle_durables(&self, client_id: &str, prefix: &str, last: Option<u64>) -> u64 {
+        if self.inner.durables.is_empty() {
+            return 0;
+        }
+        let _gate = self.gate();
+        let mut dead = Effects::default();
+        let mut record = 0;
+        let keys: Vec<(String, String)> = self
+            .inner
+            .durables
+            .iter()
+            .filter(|d| d.key().0 == client_id && d.key().1.starts_with(prefix))
+            .filter(|d| !d.value().is_active())
+            .filter(|d| last.is_none_or(|s| d.value().last_connection() == s))
+            .map(|d| d.key().clone())
+            .collect();
+        for key in keys {
+            // Checked again under the map's lock: a client may have attached meanwhile.
+            let Some((_, sub)) = self.inner.durables.remove_if(&key, |_, s| !s.is_active()) else {
+                continue;
+            };
+            self.remove_topic_sub(&sub, &mut dead);
+            record = self.journal_record(durable_removed(&key));
+        }
+        self.apply(dead);
+        record
+    }
 }
 
 /// What a subscription is attached to.

@@ -237,6 +237,8 @@ struct SubState {
     pending: Backlog,
     inflight: Inflight,
     next_seq: u64,
+    /// The connection (session id) that attached last (0: none since start-up).
+    last_connection: u64,
 }
 
 #[derive(Debug)]
@@ -393,6 +395,7 @@ impl TopicSub {
             prefetch: prefetch.max(1) as usize,
             connection,
         });
+        st.last_connection = connection;
         self.pump(&mut st, dead);
         true
     }
@@ -411,6 +414,11 @@ impl TopicSub {
 
     pub(crate) fn is_active(&self) -> bool {
         self.state.lock().attached.is_some()
+    }
+
+    /// The session that attached to it last (0: none since start-up).
+    pub(crate) fn last_connection(&self) -> u64 {
+        self.state.lock().last_connection
     }
 
     fn requeue(&self, st: &mut SubState, mut entries: Vec<Entry>, dead: &mut Effects) {
