@@ -17,7 +17,6 @@
 //! message lives and released when the last one drops.
 
 mod claims;
-pub mod destination;
 mod durability;
 mod inflight;
 mod memory;
@@ -40,7 +39,8 @@ use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 
 pub use crate::config::{DestinationLimits, OnFull};
-pub use destination::{Destination, DestinationError, DestinationPattern, Kind};
+pub use crate::destination::{Destination, DestinationError, DestinationPattern, Kind};
+pub use crate::metrics::DestinationStats;
 pub use durability::{CommitLog, JournalStats, SyncedQueue};
 pub use memory::{MemoryPool, PendingCharge};
 pub use message::{
@@ -49,7 +49,7 @@ pub use message::{
 };
 pub use outbox::Outbox;
 pub use queue::{AckOutcome, DeadReason, NetworkFilter};
-pub use stats::{DestinationCounters, DestinationStats};
+pub use stats::DestinationCounters;
 
 use crate::selector::{Selector, SelectorError};
 use crate::store::proto::{record::Kind as RecordKind, Record};

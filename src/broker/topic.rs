@@ -19,13 +19,13 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 
-use super::destination::{Destination, DestinationPattern};
 use super::inflight::Inflight;
 use super::message::{Delivery, Entry, Message};
 use super::outbox::Outbox;
 use super::queue::{AckOutcome, DeadReason, NetworkFilter};
 use super::stats::DestinationCounters;
 use super::{now_ms, DestinationLimits, Effects};
+use crate::destination::{Destination, DestinationPattern};
 use crate::selector::Selector;
 
 #[derive(Debug)]

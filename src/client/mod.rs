@@ -3,8 +3,8 @@
 //! Owns: the client side of the native protocol — connecting, sends (fire-and-forget or with a
 //! receipt), subscriptions as streams, acks, transactions, request/reply over a temporary
 //! queue, heartbeats, and the failover transport.
-//! Must not touch: broker internals; it uses only `wire` and `transport`, so applications can
-//! embed it. Invariants: sends are encoded straight into a shared outgoing buffer that the
+//! Must not touch: broker internals; it uses only `wire`, `url` and `transport`, so applications
+//! can embed it. Invariants: sends are encoded straight into a shared outgoing buffer that the
 //! connection task swaps with its write buffer (double buffering, no per-message allocation);
 //! that buffer is bounded — a sender waits while it holds more than `send_buffer` bytes; every
 //! pending receipt is answered, with an error if the connection ends first; when the connection
@@ -21,8 +21,6 @@
 //! answer the failover cut off is reported rolled back (in doubt).
 
 mod failover;
-mod failover_url;
-mod url;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -43,8 +41,7 @@ use crate::wire::{self, proto, Body, Decoded, Frame, MessageRef};
 
 pub(crate) use self::failover::Backoff;
 pub use self::failover::ClientEvent;
-pub use self::failover_url::{ConnectUrl, FailoverOptions, FailoverUrl};
-pub use self::url::{BrokerUrl, UrlError};
+pub use crate::url::{BrokerUrl, ConnectUrl, FailoverOptions, FailoverUrl, UrlError};
 pub use crate::wire::proto::ErrorCode;
 
 /// How the client acknowledges deliveries of a subscription.

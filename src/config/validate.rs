@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use crate::broker::destination::{DestinationError, DestinationPattern};
+use crate::destination::{DestinationError, DestinationPattern};
 
 use super::error::{ConfigError, Refusal};
 use super::names::{
@@ -1622,9 +1622,9 @@ impl Checker<'_> {
         text: &str,
         c: &RawConnector,
         transport: ConnectorTransport,
-    ) -> Option<crate::client::FailoverUrl> {
+    ) -> Option<crate::url::FailoverUrl> {
         const FIX: &str = "write failover:(tcp://HOST:PORT,tcp://HOST:PORT)?option=value with ActiveMQ failover options (initialReconnectDelay, maxReconnectDelay, useExponentialBackOff, reconnectDelayExponent, randomize, nested.*)";
-        let url = match crate::client::ConnectUrl::parse(text) {
+        let url = match crate::url::ConnectUrl::parse(text) {
             Ok(u) => u.into_failover(),
             Err(e) => {
                 self.refuse(key, e.to_string(), FIX);
@@ -1944,8 +1944,8 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
-    use crate::broker::destination::Destination;
     use crate::config::{parse_str, OnFull, RebalanceOptions, SyncMode, Topology};
+    use crate::destination::Destination;
 
     const BASE: &str = r#"
 [mesh]
