@@ -25,12 +25,13 @@ use super::raw::{
 use super::topology::{
     Acl, AdminOptions, BridgeAuth, BrokerPolicy, Connector, ConnectorTransport, DestinationPolicy,
     Election, Group, Listener, Member, MetricsOptions, OnFull, RebalanceOptions, Secret, Security,
-    Source, StoreOptions, SyncMode, TlsFiles, Topology, User, ZooKeeperOptions,
+    Source, StoreOptions, SyncMode, Topology, User, ZooKeeperOptions,
 };
 use super::units::{
     parse_bind_ip, parse_client_url, parse_duration, parse_group_filter, parse_host_port,
     parse_listener_url, parse_size, parse_socket_addr, Scheme,
 };
+use crate::transport::tls::TlsFiles;
 
 const U32_MAX: i64 = u32::MAX as i64;
 /// The shortest replication token accepted (`meshmq token` makes 64 characters).
