@@ -15,7 +15,8 @@ use super::stats::DestinationCounters;
 #[derive(Debug)]
 pub struct MemoryPool {
     used: AtomicU64,
-    limit: u64,
+    /// Changed in place by `meshmq apply` ([`MemoryPool::set_limit`]).
+    limit: AtomicU64,
     waiting: AtomicUsize,
     room: Notify,
 }
@@ -24,7 +25,7 @@ impl MemoryPool {
     pub fn new(limit: u64) -> MemoryPool {
         MemoryPool {
             used: AtomicU64::new(0),
-            limit,
+            limit: AtomicU64::new(limit),
             waiting: AtomicUsize::new(0),
             room: Notify::new(),
         }
@@ -35,12 +36,24 @@ impl MemoryPool {
     }
 
     pub fn limit(&self) -> u64 {
-        self.limit
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Takes a new broker-wide limit. Producers waiting for room re-check at once: a raised
+    /// limit lets them go on; a lowered one holds the next sends until consumers free enough.
+    pub fn set_limit(&self, limit: u64) {
+        self.limit.store(limit, Ordering::Relaxed);
+        self.wake();
+    }
+
+    /// Wakes every producer waiting for room, to check again (a limit changed).
+    pub fn wake(&self) {
+        self.room.notify_waiters();
     }
 
     /// True when both the broker and the destination have room for another message.
     pub fn has_room(&self, dest: &DestinationCounters) -> bool {
-        self.used() < self.limit && dest.memory_limit.is_none_or(|l| dest.memory() < l)
+        self.has_broker_room() && dest.memory_limit().is_none_or(|l| dest.memory() < l)
     }
 
     pub(crate) fn charge(
@@ -66,7 +79,7 @@ impl MemoryPool {
 
     /// True when the broker as a whole is under its limit.
     pub fn has_broker_room(&self) -> bool {
-        self.used() < self.limit
+        self.used() < self.limit()
     }
 
     /// A charge for the bytes a connection holds of frames it has not handed over yet (a

@@ -248,8 +248,8 @@ impl Target {
 
     pub fn on_full(&self) -> OnFull {
         match self {
-            Target::Queue(q) => q.limits.on_full,
-            Target::Topic(t) => t.limits.on_full,
+            Target::Queue(q) => q.limits().on_full,
+            Target::Topic(t) => t.limits().on_full,
         }
     }
 
@@ -269,7 +269,8 @@ pub struct Broker {
 
 #[derive(Debug)]
 struct Inner {
-    settings: BrokerSettings,
+    /// Replaced in place by [`Broker::update_settings`] (`meshmq apply`).
+    settings: RwLock<BrokerSettings>,
     memory: Arc<MemoryPool>,
     queues: DashMap<Arc<str>, Arc<Queue>>,
     topics: DashMap<Arc<str>, Arc<Topic>>,
@@ -544,7 +545,7 @@ impl Broker {
                 recent_forwards: Mutex::new(RecentIds::new(RECENT_FORWARD_CHUNKS)),
                 persistence: store.map(persist::Persistence::new),
                 pager,
-                settings,
+                settings: RwLock::new(settings),
                 memory,
                 queues: DashMap::new(),
                 topics: DashMap::new(),
@@ -561,8 +562,48 @@ impl Broker {
         }
     }
 
-    pub fn settings(&self) -> &BrokerSettings {
-        &self.inner.settings
+    pub fn settings(&self) -> BrokerSettings {
+        self.inner.settings.read().clone()
+    }
+
+    /// The limits of `dest` now (the first matching policy, else the defaults).
+    fn limits_for(&self, dest: &Destination) -> DestinationLimits {
+        self.inner.settings.read().limits_for(dest)
+    }
+
+    /// The limits a topic subscription on `pattern` takes: its topic's when it names one, the
+    /// defaults for a wildcard.
+    fn limits_for_pattern(&self, pattern: &DestinationPattern) -> DestinationLimits {
+        match pattern.as_destination() {
+            Some(d) => self.limits_for(&d),
+            None => self.inner.settings.read().defaults,
+        }
+    }
+
+    /// Takes new settings while running (`meshmq apply`): the broker-wide memory limit, and
+    /// each existing destination's and topic subscription's policy, re-resolved the way they
+    /// were at creation (the first matching entry wins); destinations created from now on use
+    /// the new ones. Producers waiting for room check again at once. The group name is kept:
+    /// a broker never changes group.
+    pub fn update_settings(&self, mut settings: BrokerSettings) {
+        settings.group = self.inner.settings.read().group.clone();
+        let memory_limit = settings.memory_limit;
+        *self.inner.settings.write() = settings;
+        // Queues are created under their map shard's lock after reading the settings, and
+        // topics re-read them once published: either sees the new settings or is seen here.
+        for q in self.inner.queues.iter() {
+            q.set_limits(self.limits_for(&q.dest));
+        }
+        let mut subs: Vec<Arc<TopicSub>> = self.inner.wildcard_subs.read().clone();
+        for t in self.inner.topics.iter() {
+            t.set_limits(self.limits_for(&t.dest));
+            subs.extend(t.subscriptions());
+        }
+        subs.extend(self.inner.durables.iter().map(|d| d.value().clone()));
+        for sub in subs {
+            sub.set_limits(&self.limits_for_pattern(&sub.pattern));
+        }
+        self.inner.memory.set_limit(memory_limit);
     }
 
     pub fn memory(&self) -> &MemoryPool {
@@ -647,7 +688,7 @@ impl Broker {
                 };
                 Arc::new(Queue::new(
                     dest.clone(),
-                    self.inner.settings.limits_for(dest),
+                    self.limits_for(dest),
                     owner,
                     pager,
                 ))
@@ -663,11 +704,7 @@ impl Broker {
         if let Some(t) = self.inner.topics.get(dest.as_str()) {
             return t.clone();
         }
-        let topic = Arc::new(Topic::new(
-            dest.clone(),
-            self.inner.settings.limits_for(dest),
-            owner,
-        ));
+        let topic = Arc::new(Topic::new(dest.clone(), self.limits_for(dest), owner));
         for sub in self.inner.wildcard_subs.read().iter() {
             if sub.pattern.matches(dest) {
                 topic.attach(sub);
@@ -676,6 +713,8 @@ impl Broker {
         self.inner
             .topics
             .insert(Arc::from(dest.as_str()), topic.clone());
+        // Settings replaced since they were read are either seen now or see this topic.
+        topic.set_limits(self.limits_for(dest));
         topic
     }
 
@@ -818,7 +857,8 @@ impl Broker {
         chunks: &[crate::store::proto::ForwardChunk],
         forwarded: &[crate::store::ForwardedId],
     ) {
-        let local = self.inner.settings.group.as_str();
+        let settings = self.inner.settings.read();
+        let local = settings.group.as_str();
         let mut recent = self.inner.recent_forwards.lock();
         for c in chunks {
             recent.import(c);
@@ -1213,7 +1253,12 @@ impl Session {
         if self.subs.contains_key(&spec.subscription) {
             return Err(BrokerError::SubscriptionExists(spec.subscription));
         }
-        let max = self.broker.inner.settings.max_subscriptions_per_connection;
+        let max = self
+            .broker
+            .inner
+            .settings
+            .read()
+            .max_subscriptions_per_connection;
         if self.subs.len() >= max {
             return Err(BrokerError::TooManySubscriptions(max));
         }
@@ -1238,7 +1283,7 @@ impl Session {
             };
             let queue = self.queue_for_consumer(&dest)?;
             let prefetch = if spec.prefetch == 0 {
-                queue.limits.prefetch
+                queue.limits().prefetch
             } else {
                 spec.prefetch
             };
@@ -1369,10 +1414,7 @@ impl Session {
         dead: &mut Effects,
     ) -> Result<SubHandle, BrokerError> {
         let broker = self.broker.clone();
-        let limits = match pattern.as_destination() {
-            Some(d) => broker.inner.settings.limits_for(&d),
-            None => broker.inner.settings.defaults,
-        };
+        let limits = broker.limits_for_pattern(&pattern);
         let prefetch = if spec.prefetch == 0 {
             limits.prefetch
         } else {
@@ -1752,6 +1794,9 @@ impl Broker {
                 }
             }
         }
+        // Settings replaced since `limits` was resolved are either seen now or see this
+        // subscription attached.
+        sub.set_limits(&self.limits_for_pattern(&sub.pattern));
         sub
     }
 

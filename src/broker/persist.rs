@@ -625,10 +625,7 @@ impl Broker {
             let Ok(pattern) = DestinationPattern::parse(&d.pattern) else {
                 continue;
             };
-            let limits = match pattern.as_destination() {
-                Some(dest) => self.inner.settings.limits_for(&dest),
-                None => self.inner.settings.defaults,
-            };
+            let limits = self.limits_for_pattern(&pattern);
             let key = (d.client_id, d.name);
             let sub =
                 self.create_topic_sub(pattern, Some(key.clone()), d.no_local, &limits, None, None);

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use super::inflight::Inflight;
 use super::message::{Delivery, Entry, Message, MAX_PRIORITY};
@@ -315,7 +315,8 @@ pub struct AckOutcome {
 #[derive(Debug)]
 pub struct Queue {
     pub(crate) dest: Destination,
-    pub(crate) limits: DestinationLimits,
+    /// Its policy: read where it applies, replaced in place by `meshmq apply`.
+    limits: RwLock<DestinationLimits>,
     pub(crate) counters: Arc<DestinationCounters>,
     /// The connection owning a temporary queue (0 for ordinary queues).
     pub(crate) owner: u64,
@@ -340,7 +341,7 @@ impl Queue {
         let counters = Arc::new(DestinationCounters::new(dest.clone(), limits.memory_limit));
         Queue {
             dest,
-            limits,
+            limits: RwLock::new(limits),
             counters,
             owner,
             pager,
@@ -351,6 +352,17 @@ impl Queue {
 
     pub(crate) fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn limits(&self) -> DestinationLimits {
+        *self.limits.read()
+    }
+
+    /// Takes a new policy: the memory cap and `on_full` apply to the next send, the redelivery
+    /// limit to the next redelivery, the prefetch to the next subscription that names none.
+    pub(crate) fn set_limits(&self, limits: DestinationLimits) {
+        *self.limits.write() = limits;
+        self.counters.set_memory_limit(limits.memory_limit);
     }
 
     fn is_dead_letter_queue(&self) -> bool {
@@ -532,7 +544,7 @@ impl Queue {
         for mut e in entries {
             e.redeliveries += 1;
             DestinationCounters::add(&self.counters.redelivered, 1);
-            if e.redeliveries > self.limits.max_redeliveries && !self.is_dead_letter_queue() {
+            if e.redeliveries > self.limits().max_redeliveries && !self.is_dead_letter_queue() {
                 DestinationCounters::add(&self.counters.dead_lettered, 1);
                 dead.push(e, DeadReason::RedeliveryLimit);
             } else {

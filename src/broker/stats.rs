@@ -6,10 +6,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::destination::Destination;
 use crate::metrics::DestinationStats;
 
+/// A destination memory cap of "none".
+const NO_LIMIT: u64 = u64::MAX;
+
 #[derive(Debug)]
 pub struct DestinationCounters {
     pub destination: Destination,
-    pub memory_limit: Option<u64>,
+    /// The destination's own memory cap, bytes; [`NO_LIMIT`]: none (changed in place by
+    /// `meshmq apply`).
+    memory_limit: AtomicU64,
     pub(crate) memory: AtomicU64,
     pub(crate) enqueued: AtomicU64,
     pub(crate) dequeued: AtomicU64,
@@ -26,7 +31,7 @@ impl DestinationCounters {
     pub fn new(destination: Destination, memory_limit: Option<u64>) -> DestinationCounters {
         DestinationCounters {
             destination,
-            memory_limit,
+            memory_limit: AtomicU64::new(memory_limit.unwrap_or(NO_LIMIT)),
             memory: AtomicU64::new(0),
             enqueued: AtomicU64::new(0),
             dequeued: AtomicU64::new(0),
@@ -38,6 +43,16 @@ impl DestinationCounters {
             consumers: AtomicU64::new(0),
             redelivered: AtomicU64::new(0),
         }
+    }
+
+    /// The destination's own memory cap, if it has one.
+    pub fn memory_limit(&self) -> Option<u64> {
+        Some(self.memory_limit.load(Ordering::Relaxed)).filter(|&l| l != NO_LIMIT)
+    }
+
+    pub(crate) fn set_memory_limit(&self, limit: Option<u64>) {
+        self.memory_limit
+            .store(limit.unwrap_or(NO_LIMIT), Ordering::Relaxed);
     }
 
     pub fn memory(&self) -> u64 {

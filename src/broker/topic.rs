@@ -13,7 +13,7 @@
 //! Lock order: a topic's subscription list, then a subscription's state, then an outbox.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -31,7 +31,8 @@ use crate::selector::Selector;
 #[derive(Debug)]
 pub struct Topic {
     pub(crate) dest: Destination,
-    pub(crate) limits: DestinationLimits,
+    /// Its policy: read where it applies, replaced in place by `meshmq apply`.
+    limits: RwLock<DestinationLimits>,
     pub(crate) counters: Arc<DestinationCounters>,
     pub(crate) owner: u64,
     deleted: AtomicBool,
@@ -79,7 +80,7 @@ impl Topic {
         let counters = Arc::new(DestinationCounters::new(dest.clone(), limits.memory_limit));
         Topic {
             dest,
-            limits,
+            limits: RwLock::new(limits),
             counters,
             owner,
             deleted: AtomicBool::new(false),
@@ -95,6 +96,16 @@ impl Topic {
             *slot = None;
         }
         slot.clone()
+    }
+
+    pub(crate) fn limits(&self) -> DestinationLimits {
+        *self.limits.read()
+    }
+
+    /// Takes a new policy (its subscriptions take theirs through [`TopicSub::set_limits`]).
+    pub(crate) fn set_limits(&self, limits: DestinationLimits) {
+        *self.limits.write() = limits;
+        self.counters.set_memory_limit(limits.memory_limit);
     }
 
     pub(crate) fn is_deleted(&self) -> bool {
@@ -218,6 +229,22 @@ struct PendingLimit {
 }
 
 impl PendingLimit {
+    /// A durable subscription keeps everything (memory limits bound it); a non-durable one
+    /// what its policy allows.
+    fn of(durable: bool, limits: &DestinationLimits) -> PendingLimit {
+        if durable {
+            PendingLimit {
+                messages: 0,
+                bytes: 0,
+            }
+        } else {
+            PendingLimit {
+                messages: limits.topic_pending_limit,
+                bytes: limits.topic_pending_size,
+            }
+        }
+    }
+
     fn exceeded_by(&self, backlog: &Backlog) -> bool {
         (self.messages > 0 && backlog.len() > self.messages)
             || (self.bytes > 0 && backlog.bytes > self.bytes)
@@ -250,8 +277,10 @@ pub struct TopicSub {
     no_local: bool,
     /// A network consumer's filter (what it may forward).
     filter: Option<NetworkFilter>,
-    pending_limit: PendingLimit,
-    max_redeliveries: u32,
+    /// `PendingLimit::messages` and `::bytes`, replaced in place by `meshmq apply`.
+    pending_messages: AtomicUsize,
+    pending_bytes: AtomicU64,
+    max_redeliveries: AtomicU32,
     state: Mutex<SubState>,
 }
 
@@ -268,18 +297,11 @@ impl TopicSub {
         TopicSub {
             id,
             filter,
-            pending_limit: if durable.is_some() {
-                PendingLimit {
-                    messages: 0,
-                    bytes: 0,
-                }
-            } else {
-                PendingLimit {
-                    messages: limits.topic_pending_limit,
-                    bytes: limits.topic_pending_size,
-                }
-            },
-            max_redeliveries: limits.max_redeliveries,
+            pending_messages: AtomicUsize::new(
+                PendingLimit::of(durable.is_some(), limits).messages,
+            ),
+            pending_bytes: AtomicU64::new(PendingLimit::of(durable.is_some(), limits).bytes),
+            max_redeliveries: AtomicU32::new(limits.max_redeliveries),
             pattern,
             durable,
             no_local,
@@ -290,14 +312,34 @@ impl TopicSub {
         }
     }
 
+    /// Takes a new policy: the pending limit applies from the next message published to it
+    /// (a backlog over a lowered limit loses its oldest then), the redelivery limit from the
+    /// next redelivery.
+    pub(crate) fn set_limits(&self, limits: &DestinationLimits) {
+        let limit = PendingLimit::of(self.durable.is_some(), limits);
+        self.pending_messages
+            .store(limit.messages, Ordering::Relaxed);
+        self.pending_bytes.store(limit.bytes, Ordering::Relaxed);
+        self.max_redeliveries
+            .store(limits.max_redeliveries, Ordering::Relaxed);
+    }
+
     /// Replaces what the subscription selects (a network consumer's remote consumers changed).
     pub(crate) fn set_selectors(&self, selectors: Vec<Arc<Selector>>) {
         self.state.lock().selectors = selectors;
     }
 
+    fn pending_limit(&self) -> PendingLimit {
+        PendingLimit {
+            messages: self.pending_messages.load(Ordering::Relaxed),
+            bytes: self.pending_bytes.load(Ordering::Relaxed),
+        }
+    }
+
     /// At its pending limit: the next message published drops its oldest.
     pub(crate) fn is_slow(&self) -> bool {
-        self.pending_limit.reached_by(&self.state.lock().pending)
+        let limit = self.pending_limit();
+        limit.reached_by(&self.state.lock().pending)
     }
 
     fn offer(&self, msg: &Arc<Message>, counters: &DestinationCounters, dead: &mut Effects) {
@@ -332,7 +374,8 @@ impl TopicSub {
         self.pump(&mut st, dead);
         // What the consumer has no credit for waits; past the limit the oldest goes, but never
         // the newest (a message larger than the limit still reaches a subscriber keeping up).
-        while st.pending.len() > 1 && self.pending_limit.exceeded_by(&st.pending) {
+        let limit = self.pending_limit();
+        while st.pending.len() > 1 && limit.exceeded_by(&st.pending) {
             let Some(old) = st.pending.pop_front() else {
                 break;
             };
@@ -428,7 +471,7 @@ impl TopicSub {
             counters.inflight.fetch_sub(1, Ordering::Relaxed);
             e.redeliveries += 1;
             DestinationCounters::add(&counters.redelivered, 1);
-            if e.redeliveries > self.max_redeliveries {
+            if e.redeliveries > self.max_redeliveries.load(Ordering::Relaxed) {
                 DestinationCounters::add(&counters.dead_lettered, 1);
                 if let Some(key) = &self.durable {
                     dead.removed_from_durable(&e.msg, key);

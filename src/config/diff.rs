@@ -5,9 +5,12 @@
 //! Items are matched by what names them — groups, members and connectors by name, listeners
 //! by URL, users by name, ACLs and policies by destination pattern — so a reordered file shows
 //! no change. Secrets are compared but never printed. Live changes are the mesh's shape around
-//! a member (groups and members it does not belong to, connectors, security, the admin token);
-//! a member's own listeners, addresses and data directory, its group's election, and the
-//! mesh-wide broker, store, ZooKeeper, metrics and rebalance settings need a restart.
+//! a member (groups and members it does not belong to, connectors, security, the admin token),
+//! destination policies, the broker's flow-control and destination limits, and listeners'
+//! `max_connections`; a member's own listeners, addresses and data directory, its group's
+//! election, the broker keys each connection agrees on when it opens (frame size, heartbeat,
+//! connect timeout, STOMP header limits) and the start-up timers, and the store, ZooKeeper,
+//! metrics and rebalance settings need a restart.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -67,9 +70,16 @@ pub fn diff(old: &Topology, new: &Topology) -> Vec<Change> {
     if old.mesh != new.mesh {
         out.push(mesh_wide(format!("name: {} -> {}", old.mesh, new.mesh)));
     }
-    let broker = fields_changed(&broker_fields(&old.broker), &broker_fields(&new.broker));
-    if !broker.is_empty() {
-        out.push(mesh_wide(format!("[broker] {}", describe(&broker))));
+    let (live, restart) = broker_changes(&old.broker, &new.broker);
+    if !live.is_empty() {
+        out.push(Change {
+            heading: "mesh".into(),
+            what: format!("[broker] {}", describe(&live)),
+            restart: Restart::No,
+        });
+    }
+    if !restart.is_empty() {
+        out.push(mesh_wide(format!("[broker] {}", describe(&restart))));
     }
     let sections: [(&str, String, String); 4] = [
         (
@@ -166,10 +176,29 @@ macro_rules! fields {
     };
 }
 
-fn broker_fields(b: &BrokerPolicy) -> Fields {
-    fields!(b; memory_limit, on_full, max_redeliveries, topic_pending_limit, topic_pending_size, prefetch,
-        max_frame_size, heartbeat, connect_timeout, max_subscriptions_per_connection,
-        stomp_max_headers, stomp_max_header_length, expiry_check_interval, shutdown_timeout)
+/// The broker keys a running member takes in place: flow control and destination limits,
+/// which the broker reads where they apply (each send, redelivery, subscription).
+fn broker_live_fields(b: &BrokerPolicy) -> Fields {
+    fields!(b; memory_limit, on_full, max_redeliveries, topic_pending_limit, topic_pending_size,
+        prefetch, max_subscriptions_per_connection)
+}
+
+/// The broker keys only a restart applies: each connection agrees on its frame size,
+/// heartbeat and header limits when it opens, and the expiry and shutdown timers are set when
+/// the member starts.
+fn broker_restart_fields(b: &BrokerPolicy) -> Fields {
+    fields!(b; max_frame_size, heartbeat, connect_timeout, stomp_max_headers,
+        stomp_max_header_length, expiry_check_interval, shutdown_timeout)
+}
+
+type FieldChanges = Vec<(&'static str, Option<String>, String)>;
+
+/// The keys of `[broker]` (or a group's) that changed: (taken in place, needing a restart).
+fn broker_changes(old: &BrokerPolicy, new: &BrokerPolicy) -> (FieldChanges, FieldChanges) {
+    (
+        fields_changed(&broker_live_fields(old), &broker_live_fields(new)),
+        fields_changed(&broker_restart_fields(old), &broker_restart_fields(new)),
+    )
 }
 
 fn group_fields(g: &Group) -> Fields {
@@ -190,7 +219,7 @@ fn member_fields(m: &Member) -> Fields {
 
 fn listener_fields(l: &Listener) -> Fields {
     let filters: Vec<&str> = l.update_cluster_filter.iter().map(|r| r.as_str()).collect();
-    let mut f = fields!(l; advertise, max_connections, update_cluster_clients,
+    let mut f = fields!(l; advertise, update_cluster_clients,
         rebalance_cluster_clients, update_cluster_clients_on_remove, tls);
     f.push(("update_cluster_filter", format!("{filters:?}")));
     f
@@ -340,16 +369,21 @@ fn groups(old: &Topology, new: &Topology, out: &mut Vec<Change>) {
                 }
                 // A group's limits are resolved over `[broker]`: a change that only follows the
                 // mesh-wide one is reported there, once.
-                let mesh_wide =
-                    fields_changed(&broker_fields(&old.broker), &broker_fields(&new.broker));
-                let broker: Vec<_> =
-                    fields_changed(&broker_fields(&a.broker), &broker_fields(&b.broker))
-                        .into_iter()
-                        .filter(|c| !mesh_wide.contains(c))
-                        .collect();
-                if !broker.is_empty() {
+                let (mesh_live, mesh_restart) = broker_changes(&old.broker, &new.broker);
+                let (live, restart) = broker_changes(&a.broker, &b.broker);
+                let own = |changed: FieldChanges, mesh: &FieldChanges| -> FieldChanges {
+                    changed.into_iter().filter(|c| !mesh.contains(c)).collect()
+                };
+                let (live, restart) = (own(live, &mesh_live), own(restart, &mesh_restart));
+                if !live.is_empty() {
                     out.push(change(
-                        format!("[group.broker] {}", describe(&broker)),
+                        format!("[group.broker] {}", describe(&live)),
+                        Restart::No,
+                    ));
+                }
+                if !restart.is_empty() {
+                    out.push(change(
+                        format!("[group.broker] {}", describe(&restart)),
                         Restart::Members(all.clone()),
                     ));
                 }
@@ -399,6 +433,21 @@ fn members(a: &Group, b: &Group, all: &[String], out: &mut Vec<Change>, heading:
                         (None, Some(_)) => "added".to_string(),
                         (Some(_), None) => "removed".to_string(),
                         (Some(p), Some(q)) => {
+                            // Its connection limit is taken in place: the next connection
+                            // meets it, those admitted stay.
+                            if p.max_connections != q.max_connections {
+                                let show = |m: Option<u32>| {
+                                    m.map_or_else(|| "default".to_string(), |m| m.to_string())
+                                };
+                                out.push(change(
+                                    format!(
+                                        "listener {url}: max_connections: {} -> {}",
+                                        show(p.max_connections),
+                                        show(q.max_connections)
+                                    ),
+                                    Restart::No,
+                                ));
+                            }
                             let c = fields_changed(&listener_fields(p), &listener_fields(q));
                             if c.is_empty() {
                                 continue;
@@ -513,8 +562,9 @@ fn security(old: &Topology, new: &Topology, out: &mut Vec<Change>) {
     }
 }
 
+/// Destination policies are taken in place: each running member re-resolves every destination
+/// it holds (the first matching entry wins, as at start).
 fn policies(old: &Topology, new: &Topology, out: &mut Vec<Change>) {
-    let everyone: Vec<String> = new.members().map(|(_, m)| m.name.to_string()).collect();
     let pairs = pair_up(
         old.policies
             .iter()
@@ -541,7 +591,7 @@ fn policies(old: &Topology, new: &Topology, out: &mut Vec<Change>) {
         out.push(Change {
             heading: "policies".into(),
             what: format!("policy {dest}: {what}"),
-            restart: Restart::Members(everyone.clone()),
+            restart: Restart::No,
         });
     }
     // The first matching entry wins: the same entries in another order are a change too.
@@ -555,7 +605,7 @@ fn policies(old: &Topology, new: &Topology, out: &mut Vec<Change>) {
         out.push(Change {
             heading: "policies".into(),
             what: format!("order: {:?} -> {:?}", order(old), order(new)),
-            restart: Restart::Members(everyone),
+            restart: Restart::No,
         });
     }
 }
@@ -691,5 +741,43 @@ to = "edge"
             "{}",
             changes[0].what
         );
+    }
+
+    #[test]
+    fn policies_flow_control_and_connection_limits_are_live_but_frame_size_is_not() {
+        let changed = format!(
+            "[broker]\nmemory_limit = \"64MiB\"\nmax_frame_size = \"1MiB\"\n{}\n[[policy]]\ndestination = \"queue://orders.>\"\nmemory_limit = \"1MiB\"\non_full = \"fail\"\n",
+            BASE.replace(
+                "url = \"tcp://127.0.0.1:9101\"",
+                "url = \"tcp://127.0.0.1:9101\"\nmax_connections = 10"
+            )
+        );
+        let changes = diff(&topo(BASE), &topo(&changed));
+        let shown = render(&changes);
+        let find = |what: &str| {
+            changes
+                .iter()
+                .find(|c| c.what.contains(what))
+                .unwrap_or_else(|| panic!("no change {what:?} in\n{shown}"))
+        };
+        assert!(
+            !find("memory_limit: 1073741824 -> 67108864").needs_restart(),
+            "{shown}"
+        );
+        assert!(
+            !find("policy queue://orders.>: added").needs_restart(),
+            "{shown}"
+        );
+        assert!(
+            !find("listener tcp://127.0.0.1:9101: max_connections: default -> 10").needs_restart(),
+            "{shown}"
+        );
+        let frame = find("max_frame_size");
+        assert!(
+            frame.restarts("hub-1") && frame.restarts("edge-1"),
+            "{shown}"
+        );
+        assert!(!frame.what.contains("memory_limit"), "{shown}");
+        assert_eq!(changes.len(), 4, "{shown}");
     }
 }

@@ -139,7 +139,7 @@ pub(crate) fn member_status(state: &MemberState) -> MemberStatus {
             protocol: spec.protocol.as_str().to_string(),
             bound: bound.to_string(),
             connections: count.open() as u64,
-            max_connections: spec.max_connections as u64,
+            max_connections: count.max() as u64,
         })
         .collect();
     let p = m::process_usage();
@@ -156,7 +156,9 @@ pub(crate) fn member_status(state: &MemberState) -> MemberStatus {
         connections: listeners.iter().map(|l| l.connections).sum(),
         listeners,
         memory_used_bytes: term.as_ref().map_or(0, |t| t.broker.memory().used()),
-        memory_limit_bytes: state.memory_limit,
+        memory_limit_bytes: state
+            .memory_limit
+            .load(std::sync::atomic::Ordering::Relaxed),
         slaves: state
             .replication
             .read()

@@ -1,9 +1,10 @@
 //! The topology a running member runs now, and taking a new one without restarting
 //! (`meshmq apply`, through the admin port's authenticated `PUT /topology`).
 //!
-//! Owns: the member's current topology, its live security rules, the connector plans the next
-//! master term starts with, and the rule for what a new file may change in place. Must not
-//! touch: listeners, the journal or the election (those keys are reported as needing a
+//! Owns: the member's current topology, its live security rules, the connector plans, broker
+//! settings (destination policies, memory limit) and listener connection limits the next master
+//! term starts with, and the rule for what a new file may change in place. Must not touch:
+//! listener addresses, the journal or the election (those keys are reported as needing a
 //! restart, never half-applied). Invariants: a file that does not validate, names another
 //! mesh, or no longer names this member changes nothing; applies are serialized; applying the
 //! file a member already runs changes nothing (idempotent); a master term and an apply never
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
+use crate::broker::BrokerSettings;
 use crate::config::{self, diff, Topology};
 use crate::network::NetworkOptions;
 use crate::security::LiveSecurity;
@@ -60,7 +62,64 @@ pub enum ApplyError {
 struct Current {
     topology: Arc<Topology>,
     network: Option<NetworkOptions>,
+    /// The broker settings of this member's group in `topology`.
+    broker: BrokerSettings,
+    /// `max_connections` of each of this member's listeners in `topology`, by URL.
+    max_connections: Vec<(String, usize)>,
     version: u64,
+}
+
+impl Current {
+    fn new(topology: Arc<Topology>, member: &str, network: Option<NetworkOptions>) -> Current {
+        let (broker, max_connections) = match topology.member(member) {
+            Some((group, m)) => (super::broker_settings(&topology, group), listener_limits(m)),
+            None => (BrokerSettings::default(), Vec::new()),
+        };
+        Current {
+            topology,
+            network,
+            broker,
+            max_connections,
+            version: 0,
+        }
+    }
+
+    /// Makes a serving term run with these settings and limits (a broker whose settings are
+    /// the same re-resolves them: cheap, and idempotent).
+    fn impose(&self, term: &super::term::TermView, state: &MemberState) {
+        term.broker.update_settings(self.broker.clone());
+        state.memory_limit.store(
+            self.broker.memory_limit,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        metrics::gauge!(crate::metrics::MEMORY_LIMIT).set(self.broker.memory_limit as f64);
+        for (spec, _, count) in &term.listeners {
+            if let Some((_, max)) = self
+                .max_connections
+                .iter()
+                .find(|(url, _)| *url == spec.url)
+            {
+                count.set_max(*max);
+            }
+        }
+    }
+}
+
+/// Each listener's `max_connections` as a running member applies it: the topology's, or the
+/// default the open-file limit leaves.
+fn listener_limits(m: &crate::config::Member) -> Vec<(String, usize)> {
+    let default_max = crate::transport::files::default_max_connections(
+        crate::transport::files::open_file_limit(),
+    );
+    m.listeners
+        .iter()
+        .map(|l| {
+            (
+                l.url.to_string(),
+                l.max_connections.unwrap_or(default_max) as usize,
+            )
+        })
+        .collect()
 }
 
 /// A member's running topology.
@@ -85,11 +144,7 @@ impl LiveTopology {
             member: member.to_string(),
             security: LiveSecurity::new(&topology.security, login_memory),
             started: topology.clone(),
-            current: RwLock::new(Current {
-                topology,
-                network,
-                version: 0,
-            }),
+            current: RwLock::new(Current::new(topology, member, network)),
             applying: tokio::sync::Mutex::new(()),
         }
     }
@@ -106,6 +161,13 @@ impl LiveTopology {
 
     pub fn version(&self) -> u64 {
         self.current.read().version
+    }
+
+    /// Makes a term that starts serving run with the current broker settings and listener
+    /// limits (an apply may have changed them since the member started). Called under the
+    /// term's publication lock, so an apply either sees the term or is seen here.
+    pub(crate) fn impose_on(&self, term: &super::term::TermView, state: &MemberState) {
+        self.current.read().impose(term, state);
     }
 
     /// Changes between the file this member started with and `now` that it applies only at
@@ -138,7 +200,8 @@ impl LiveTopology {
 }
 
 /// Takes the topology `text` (named `file`) while running: validates it, checks it is this
-/// mesh and still names this member, then replaces the security rules and the connectors in
+/// mesh and still names this member, then replaces the security rules, the connectors, the
+/// broker settings (destination policies, memory limit) and the listeners' connection limits in
 /// place and records it as the running topology. Keys that need a restart are taken into the
 /// record but reported in `restart_pending`.
 pub(crate) async fn apply(
@@ -212,10 +275,13 @@ pub(crate) async fn apply(
         let term = state.term.read();
         let version = {
             let mut c = live.current.write();
-            c.version += 1;
-            c.topology = new.clone();
-            c.network = Some(network.clone());
-            c.version
+            let version = c.version + 1;
+            *c = Current::new(new.clone(), &live.member, Some(network.clone()));
+            c.version = version;
+            if let Some(t) = term.as_ref() {
+                c.impose(t, state);
+            }
+            version
         };
         if let Some(net) = term.as_ref().and_then(|t| t.network.as_ref()) {
             net.reconfigure(network);

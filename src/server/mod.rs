@@ -296,17 +296,7 @@ impl ServerOptions {
                 })
                 .collect(),
             admin: m.admin,
-            broker: BrokerSettings {
-                memory_limit: policy.memory_limit,
-                defaults: policy.destination_limits(),
-                policies: topo
-                    .policies
-                    .iter()
-                    .map(|p| (p.destination.clone(), p.resolve(policy)))
-                    .collect(),
-                max_subscriptions_per_connection: policy.max_subscriptions_per_connection as usize,
-                group: group.name.to_string(),
-            },
+            broker: broker_settings(topo, group),
             conn: ConnSettings {
                 heartbeat: policy.heartbeat,
                 connect_timeout: policy.connect_timeout,
@@ -365,6 +355,23 @@ impl ServerOptions {
                 })
                 .collect(),
         })
+    }
+}
+
+/// The broker settings of `group` in `topo`: its resolved `[broker]` limits and every
+/// `[[policy]]` entry over them, in file order (the first matching entry wins).
+pub(crate) fn broker_settings(topo: &Topology, group: &crate::config::Group) -> BrokerSettings {
+    let policy = &group.broker;
+    BrokerSettings {
+        memory_limit: policy.memory_limit,
+        defaults: policy.destination_limits(),
+        policies: topo
+            .policies
+            .iter()
+            .map(|p| (p.destination.clone(), p.resolve(policy)))
+            .collect(),
+        max_subscriptions_per_connection: policy.max_subscriptions_per_connection as usize,
+        group: group.name.to_string(),
     }
 }
 
@@ -634,7 +641,8 @@ pub(crate) struct MemberState {
     /// The master's replication (followers and their lag), while it is one.
     replication: parking_lot::RwLock<Option<crate::ha::replication::Master>>,
     max_destinations: usize,
-    memory_limit: u64,
+    /// The broker-wide memory limit it runs with now (`meshmq apply` changes it).
+    memory_limit: std::sync::atomic::AtomicU64,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
     /// The topology it runs now, its live security and connectors.
     live: live::LiveTopology,
@@ -726,7 +734,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         term: parking_lot::RwLock::new(None),
         replication: parking_lot::RwLock::new(None),
         max_destinations: opts.max_destinations,
-        memory_limit: opts.broker.memory_limit,
+        memory_limit: std::sync::atomic::AtomicU64::new(opts.broker.memory_limit),
         prometheus,
         live: live::LiveTopology::new(
             opts.topology.clone(),
@@ -891,7 +899,7 @@ async fn accept_loop(
                     spec.protocol,
                     spec.websocket,
                     tls.clone(),
-                    spec.max_connections,
+                    listener.count().max(),
                     ctx.clone(),
                 );
                 tracker.spawn(async move {
@@ -995,7 +1003,7 @@ async fn quic_accept_loop(
         let Some(incoming) = incoming else { return };
         let (ctx, shutdown, timeout) =
             (ctx.clone(), shutdown.clone(), ctx.settings.connect_timeout);
-        let (protocol, max) = (spec.protocol, spec.max_connections);
+        let (protocol, max) = (spec.protocol, listener.count().max());
         match incoming {
             QuicIncoming::Admitted { incoming, permit } => {
                 tracker.spawn(async move {

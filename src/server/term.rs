@@ -186,6 +186,8 @@ impl Term {
                     net.reconfigure(latest);
                 }
             }
+            // The broker was built from the options the member started with.
+            state.live.impose_on(&view, state);
             *published = Some(view);
         }
         state.set_role(Role::Master);

@@ -51,17 +51,37 @@ const MAX_READ_CHUNK: usize = 64 * 1024;
 const IDLE_BUFFER: usize = 64 * 1024;
 
 /// Counts a listener's admitted connections; a `Permit` gives its slot back on drop.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnectionCount {
     open: AtomicUsize,
+    /// The listener's `max_connections`, changed in place by `meshmq apply`.
+    max: AtomicUsize,
 }
 
 impl ConnectionCount {
+    pub fn new(max: usize) -> ConnectionCount {
+        ConnectionCount {
+            open: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+        }
+    }
+
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 
-    fn try_admit(self: &Arc<Self>, max: usize) -> Option<Permit> {
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// Takes a new limit: it applies to the next connection accepted; connections already
+    /// admitted stay (a lowered limit only refuses newcomers until enough have left).
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    pub(crate) fn try_admit(self: &Arc<Self>) -> Option<Permit> {
+        let max = self.max();
         let mut cur = self.open.load(Ordering::Relaxed);
         loop {
             if cur >= max {
@@ -90,7 +110,6 @@ impl Drop for Permit {
 /// A bound TCP listener with a connection limit.
 pub struct Listener {
     listener: TcpListener,
-    max_connections: usize,
     count: Arc<ConnectionCount>,
 }
 
@@ -127,8 +146,7 @@ impl Listener {
             .map_err(|source| TransportError::Bind { addr, source })?;
         Ok(Listener {
             listener,
-            max_connections,
-            count: Arc::new(ConnectionCount::default()),
+            count: Arc::new(ConnectionCount::new(max_connections)),
         })
     }
 
@@ -145,7 +163,7 @@ impl Listener {
     pub async fn accept(&self) -> io::Result<Incoming> {
         let (stream, peer) = self.listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        Ok(match self.count.try_admit(self.max_connections) {
+        Ok(match self.count.try_admit() {
             Some(permit) => Incoming::Admitted {
                 stream,
                 peer,

@@ -28,7 +28,6 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
 /// A QUIC listener with a connection limit.
 pub struct QuicListener {
     endpoint: quinn::Endpoint,
-    max_connections: usize,
     count: Arc<ConnectionCount>,
 }
 
@@ -61,8 +60,7 @@ impl QuicListener {
             .map_err(|source| TransportError::Bind { addr, source })?;
         Ok(QuicListener {
             endpoint,
-            max_connections,
-            count: Arc::new(ConnectionCount::default()),
+            count: Arc::new(ConnectionCount::new(max_connections)),
         })
     }
 
@@ -77,7 +75,7 @@ impl QuicListener {
     /// The next incoming connection; `None` once the endpoint is closed.
     pub async fn accept(&self) -> Option<QuicIncoming> {
         let incoming = self.endpoint.accept().await?;
-        Some(match self.count.try_admit(self.max_connections) {
+        Some(match self.count.try_admit() {
             Some(permit) => QuicIncoming::Admitted { incoming, permit },
             None => QuicIncoming::OverLimit(incoming),
         })
