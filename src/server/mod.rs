@@ -15,6 +15,7 @@ pub mod drain;
 mod election;
 pub mod live;
 mod mqtt;
+mod mqtt_share;
 pub(crate) mod native;
 mod replicated;
 mod request;

@@ -51,6 +51,7 @@ use crate::transport::{IoEvent, Permit, Pump, Stream};
 use crate::wire::proto::ErrorCode;
 
 use super::conn::{Codec, Connection, Inbound};
+use super::mqtt_share::{share_queue, SHARE_TOPIC_HEADER};
 use super::request::{Refusal, Request, SendRequest};
 use super::ConnCtx;
 
@@ -208,6 +209,21 @@ pub(crate) fn destination_to_topic(dest: &Destination) -> String {
         .map(|segment| segment.replace('/', "."))
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// The MQTT topic a message is delivered on: its topic's — or, for a share group's copy, the
+/// topic it was published to.
+fn message_topic(m: &Message) -> String {
+    let shared = m
+        .headers
+        .iter()
+        .find(|(k, _)| k == SHARE_TOPIC_HEADER)
+        .and_then(|(_, v)| Destination::parse(v).ok());
+    shared
+        .as_ref()
+        .or(m.destination.as_ref())
+        .map(destination_to_topic)
+        .unwrap_or_default()
 }
 
 /// What the broker owes the client once a request is answered: the packet that answers it.
@@ -788,7 +804,17 @@ impl Mqtt {
                     receipt: None,
                 });
             }
-            let pattern = match filter_to_pattern(&filter) {
+            // A shared subscription reads its group's queue, and is not kept in the session.
+            let shared = share_queue(&filter);
+            let durable_name = durable_name.filter(|_| shared.is_none());
+            let pattern = match shared.map_or_else(
+                || filter_to_pattern(&filter).map_err(|e| e.to_string()),
+                |q| {
+                    q.map_err(|e| e.to_string()).and_then(|d| {
+                        DestinationPattern::parse(d.as_str()).map_err(|e| e.to_string())
+                    })
+                },
+            ) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::debug!(connection = %self.connection_id, error = %e, "MQTT subscription refused");
@@ -998,11 +1024,7 @@ impl Mqtt {
         } else {
             QoS::AtMostOnce
         };
-        let topic = m
-            .destination
-            .as_ref()
-            .map(destination_to_topic)
-            .unwrap_or_default();
+        let topic = message_topic(m);
         let (qos, packet_id) = match qos {
             QoS::AtMostOnce => (qos, None),
             _ => match self.take_packet_id() {
@@ -1032,7 +1054,7 @@ impl Mqtt {
                 user_properties: m
                     .headers
                     .iter()
-                    .filter(|(k, _)| k != RETAIN_HEADER)
+                    .filter(|(k, _)| k != RETAIN_HEADER && k != SHARE_TOPIC_HEADER)
                     .map(|(k, v)| (ByteString::from(k.as_str()), ByteString::from(v.as_str())))
                     .collect(),
                 ..v5::PublishProperties::default()
@@ -1626,7 +1648,7 @@ async fn handshake(
                     retain_available: true,
                     wildcard_subscription_available: true,
                     subscription_identifiers_available: false,
-                    shared_subscription_available: false,
+                    shared_subscription_available: true,
                     ..v5::ConnectAck::default()
                 })),
                 &mut pump.wbuf,

@@ -122,6 +122,11 @@ impl Term {
             )
         });
         tracker.spawn(cluster.clone().run_rebalancer(stop.clone()));
+        // MQTT share groups: copies of what is published here to the queues they read.
+        tracker.spawn(super::mqtt_share::feed_share_groups(
+            broker.clone(),
+            stop.clone(),
+        ));
         let accepting = stop.child_token();
         let view = TermView {
             accepting: accepting.clone(),
