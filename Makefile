@@ -58,6 +58,15 @@ test-deps:
 	}
 	@python3 -c 'import selenium' 2>/dev/null || python3 -m pip install --quiet selenium \
 		|| python3 -m pip install --quiet --break-system-packages selenium
+	@command -v npm >/dev/null || { \
+		echo "installing npm (Debian's) for mqtt.js, which the browser MQTT test loads"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO $(APT) npm || { $$SUDO apt-get update && $$SUDO $(APT) npm; }; \
+	}
+	@[ -f tests/ws_browser/node_modules/mqtt/dist/mqtt.min.js ] || { \
+		echo "installing mqtt.js (npm's mqtt) beside the browser test page"; \
+		npm install --prefix tests/ws_browser --no-save --no-package-lock --no-audit --no-fund mqtt@5.16.0; \
+	}
 	@command -v mount >/dev/null && command -v umount >/dev/null || { \
 		echo "installing mount (util-linux) for the full-disk test's tmpfs"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

@@ -17,8 +17,10 @@ use meshmq::broker::Destination;
 use meshmq::client::{AckMode, Client, ClientOptions, Outgoing, SubscribeOptions};
 use meshmq::server::admin::MemberStatus;
 use meshmq::stomp::Command;
+use rmqtt_codec::types::QoS;
 
 use super::http;
+use super::mqtt_load::MqttConn;
 use super::spawn::{free_port, Spawned};
 use super::stomp_load::StompConn;
 
@@ -56,6 +58,8 @@ pub enum ProtocolArg {
     Native,
     /// STOMP 1.2, on the broker's stomp:// listener.
     Stomp,
+    /// MQTT 3.1.1, on the broker's mqtt:// listener (fanout and connections).
+    Mqtt,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -114,6 +118,9 @@ pub struct FanoutArgs {
     pub idle_timeout: u64,
     #[arg(long, value_enum, default_value_t = ProtocolArg::Native)]
     pub protocol: ProtocolArg,
+    /// With --protocol mqtt: the QoS of the publishes and the subscriptions (0 or 1).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -134,6 +141,10 @@ pub struct ConnectionsArgs {
     pub concurrency: usize,
     #[arg(long, default_value = "topic://bench.connections")]
     pub destination: String,
+    /// native (the default) or mqtt (MQTT 3.1.1 subscribers at QoS 0 and a QoS 1 publisher,
+    /// on the broker's mqtt:// listener).
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Native)]
+    pub protocol: ProtocolArg,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -169,6 +180,8 @@ struct BrokerUnderTest {
     url: String,
     /// Its STOMP listener (the bench's own broker always has one).
     stomp: Option<SocketAddr>,
+    /// Its MQTT listener (the bench's own broker always has one).
+    mqtt: Option<SocketAddr>,
     admin: Option<SocketAddr>,
     spawned: Option<Spawned>,
 }
@@ -176,19 +189,22 @@ struct BrokerUnderTest {
 impl BrokerUnderTest {
     async fn start(target: &Target) -> anyhow::Result<BrokerUnderTest> {
         if let Some(url) = &target.url {
-            let stomp = match url.strip_prefix("stomp://") {
-                Some(addr) => Some(
-                    tokio::net::lookup_host(addr)
-                        .await
-                        .with_context(|| format!("cannot resolve {url}"))?
-                        .next()
-                        .ok_or_else(|| anyhow!("{url} resolves to no address"))?,
-                ),
-                None => None,
+            let resolve = |scheme: &'static str| async move {
+                match url.strip_prefix(scheme) {
+                    Some(addr) => Ok::<_, anyhow::Error>(Some(
+                        tokio::net::lookup_host(addr)
+                            .await
+                            .with_context(|| format!("cannot resolve {url}"))?
+                            .next()
+                            .ok_or_else(|| anyhow!("{url} resolves to no address"))?,
+                    )),
+                    None => Ok(None),
+                }
             };
             return Ok(BrokerUnderTest {
                 url: url.clone(),
-                stomp,
+                stomp: resolve("stomp://").await?,
+                mqtt: resolve("mqtt://").await?,
                 admin: target.admin,
                 spawned: None,
             });
@@ -196,6 +212,7 @@ impl BrokerUnderTest {
         let port = free_port()?;
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let stomp_port = free_port()?;
+        let mqtt_port = free_port()?;
         let topology = format!(
             r#"[mesh]
 name = "bench"
@@ -213,12 +230,16 @@ url = "tcp://127.0.0.1:{port}"
 
 [[group.member.listener]]
 url = "stomp://127.0.0.1:{stomp_port}"
+
+[[group.member.listener]]
+url = "mqtt://127.0.0.1:{mqtt_port}"
 "#
         );
         let spawned = Spawned::start(&topology, &[("bench-1", admin)]).await?;
         Ok(BrokerUnderTest {
             url: format!("tcp://127.0.0.1:{port}"),
             stomp: Some(SocketAddr::from(([127, 0, 0, 1], stomp_port))),
+            mqtt: Some(SocketAddr::from(([127, 0, 0, 1], mqtt_port))),
             admin: Some(admin),
             spawned: Some(spawned),
         })
@@ -229,6 +250,16 @@ url = "stomp://127.0.0.1:{stomp_port}"
         self.stomp.ok_or_else(|| {
             anyhow!(
                 "--protocol stomp loads a STOMP listener: give --url stomp://HOST:PORT (got {})",
+                self.url
+            )
+        })
+    }
+
+    /// The MQTT listener to load with `--protocol mqtt`.
+    fn mqtt_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.mqtt.ok_or_else(|| {
+            anyhow!(
+                "--protocol mqtt loads an MQTT listener: give --url mqtt://HOST:PORT (got {})",
                 self.url
             )
         })
@@ -380,6 +411,9 @@ pub async fn queue(args: &QueueArgs) -> anyhow::Result<Report> {
     let broker = BrokerUnderTest::start(&args.target).await?;
     let result = match args.protocol {
         ProtocolArg::Native => run_queue(args, &broker.url).await,
+        ProtocolArg::Mqtt => Err(anyhow!(
+            "the queue bench has no MQTT clients (MQTT has no queues): use fanout or connections"
+        )),
         ProtocolArg::Stomp => match broker.stomp_addr() {
             Ok(addr) => run_queue_stomp(args, addr).await,
             Err(e) => Err(e),
@@ -533,6 +567,16 @@ pub(crate) async fn run_queue_at(
 }
 
 /// A destination as STOMP clients name it (`queue://x` → `/queue/x`).
+/// The MQTT topic name of a meshmq topic (`topic://a.b` → `a/b`).
+fn mqtt_topic(destination: &str) -> anyhow::Result<String> {
+    let d =
+        Destination::parse(destination).map_err(|e| anyhow!("--destination {destination}: {e}"))?;
+    match d.kind() {
+        meshmq::broker::Kind::Topic => Ok(d.name().replace('.', "/")),
+        _ => bail!("--protocol mqtt needs a topic:// destination, not {destination}"),
+    }
+}
+
 fn stomp_destination(destination: &str) -> anyhow::Result<String> {
     let d =
         Destination::parse(destination).map_err(|e| anyhow!("--destination {destination}: {e}"))?;
@@ -766,6 +810,10 @@ pub async fn fanout(args: &FanoutArgs) -> anyhow::Result<Report> {
     let broker = BrokerUnderTest::start(&args.target).await?;
     let result = match args.protocol {
         ProtocolArg::Native => run_fanout(args, &broker.url).await,
+        ProtocolArg::Mqtt => match broker.mqtt_addr() {
+            Ok(addr) => run_fanout_mqtt(args, addr).await,
+            Err(e) => Err(e),
+        },
         ProtocolArg::Stomp => match broker.stomp_addr() {
             Ok(addr) => run_fanout_stomp(args, addr).await,
             Err(e) => Err(e),
@@ -859,6 +907,95 @@ async fn run_fanout(args: &FanoutArgs, url: &str) -> anyhow::Result<Report> {
         ..Report::default()
     };
     fill_latency(&mut r, &hist.lock());
+    Ok(r)
+}
+
+async fn run_fanout_mqtt(args: &FanoutArgs, addr: SocketAddr) -> anyhow::Result<Report> {
+    let base = Instant::now();
+    let topic = mqtt_topic(&args.destination)?;
+    let qos = if args.qos == 1 {
+        QoS::AtLeastOnce
+    } else {
+        QoS::AtMostOnce
+    };
+    let expected = args.count * args.subscribers as u64;
+    let progress = Progress::new();
+    let lost = Arc::new(AtomicU64::new(0));
+    let dups = Arc::new(AtomicU64::new(0));
+    let mut subs = Vec::new();
+    for s in 0..args.subscribers {
+        let mut conn = MqttConn::connect(addr, None, &format!("bench-fanout-{s}")).await?;
+        conn.subscribe(&topic, qos).await?;
+        let (progress, lost, dups) = (progress.clone(), lost.clone(), dups.clone());
+        let count = args.count;
+        let idle = Duration::from_secs(args.idle_timeout);
+        subs.push(tokio::spawn(async move {
+            let mut local = new_histogram();
+            let mut next_index = 0u64;
+            let mut got = 0u64;
+            while next_index < count {
+                let Ok(m) = tokio::time::timeout(idle, conn.next_message()).await else {
+                    break;
+                };
+                let m = m?;
+                if let Some((lat, idx)) = read_body(base, &m.payload) {
+                    let _ = local.record(lat.max(1));
+                    if idx < next_index {
+                        dups.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    next_index = idx + 1;
+                }
+                got += 1;
+                progress.add(expected);
+            }
+            lost.fetch_add(count.saturating_sub(got), Ordering::Relaxed);
+            Ok::<_, anyhow::Error>(local)
+        }));
+    }
+    let started = Instant::now();
+    let mut publisher = MqttConn::connect(addr, None, "bench-fanout-publisher").await?;
+    let mut pacer = Pacer {
+        start: Instant::now(),
+        per_sec: args.rate,
+        sent: 0,
+    };
+    for i in 0..args.count {
+        publisher
+            .publish(&topic, body(base, i, args.size), qos)
+            .await?;
+        pacer.wait().await;
+    }
+    progress
+        .wait(expected, Duration::from_secs(args.idle_timeout))
+        .await;
+    let elapsed = progress.last.lock().duration_since(started);
+    let mut hist = new_histogram();
+    for s in subs {
+        match tokio::time::timeout(Duration::from_secs(args.idle_timeout + 5), s).await {
+            Ok(done) => {
+                hist.add(&done??).ok();
+            }
+            Err(_) => bail!("a subscriber did not finish"),
+        }
+    }
+    let received = progress.received.load(Ordering::Relaxed);
+    let mut r = Report {
+        scenario: "fanout".into(),
+        params: format!(
+            "1P -> {} subscribers {}B mqtt qos {}",
+            args.subscribers, args.size, args.qos
+        ),
+        rate: received as f64 / elapsed.as_secs_f64(),
+        unit: "deliveries/s".into(),
+        sent: args.count,
+        received,
+        seconds: elapsed.as_secs_f64(),
+        lost: lost.load(Ordering::Relaxed),
+        duplicates: dups.load(Ordering::Relaxed),
+        ..Report::default()
+    };
+    fill_latency(&mut r, &hist);
     Ok(r)
 }
 
@@ -959,9 +1096,140 @@ pub async fn connections(args: &ConnectionsArgs) -> anyhow::Result<Report> {
         bail!("--sources needs at least one address");
     }
     let broker = BrokerUnderTest::start(&args.target).await?;
-    let result = run_connections(args, &broker).await;
+    let result = match args.protocol {
+        ProtocolArg::Native => run_connections(args, &broker).await,
+        ProtocolArg::Mqtt => match broker.mqtt_addr() {
+            Ok(addr) => run_connections_mqtt(args, &broker, addr).await,
+            Err(e) => Err(e),
+        },
+        ProtocolArg::Stomp => Err(anyhow!(
+            "the connections bench speaks native or mqtt (--protocol stomp is not served)"
+        )),
+    };
     broker.stop().await;
     result
+}
+
+/// [`run_connections`] with MQTT 3.1.1 clients: idle QoS 0 subscribers, one QoS 1 publish.
+async fn run_connections_mqtt(
+    args: &ConnectionsArgs,
+    broker: &BrokerUnderTest,
+    addr: SocketAddr,
+) -> anyhow::Result<Report> {
+    let topic = mqtt_topic(&args.destination)?;
+    let rss_before = broker.status().await.map(|s| s.process.rss_bytes);
+    let received = Arc::new(AtomicU64::new(0));
+    let all_in = Arc::new(Notify::new());
+    let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(args.connections);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<anyhow::Result<()>>();
+    let run = std::process::id();
+    for i in 0..args.connections {
+        let source = args.sources[i % args.sources.len()];
+        let topic = topic.clone();
+        let permits = permits.clone();
+        let ready = ready_tx.clone();
+        let received = received.clone();
+        let all_in = all_in.clone();
+        let total = args.connections as u64;
+        tasks.push(tokio::spawn(async move {
+            let opened = async {
+                let _permit = permits.acquire().await?;
+                let mut conn =
+                    MqttConn::connect(addr, Some(source), &format!("bench-{run}-{i}")).await?;
+                conn.subscribe(&topic, QoS::AtMostOnce).await?;
+                Ok::<_, anyhow::Error>(conn)
+            }
+            .await;
+            let mut conn = match opened {
+                Ok(c) => {
+                    let _ = ready.send(Ok(()));
+                    c
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            };
+            if conn.next_message().await.is_ok()
+                && received.fetch_add(1, Ordering::Relaxed) + 1 == total
+            {
+                all_in.notify_one();
+            }
+            // Idle and connected until the run is over (see run_connections).
+            std::future::pending::<()>().await;
+            drop(conn);
+        }));
+    }
+    drop(ready_tx);
+    let mut connected = 0usize;
+    let mut first_error = None;
+    for _ in 0..args.connections {
+        let Some(r) = ready_rx.recv().await else {
+            break;
+        };
+        match r {
+            Ok(()) => connected += 1,
+            Err(e) => {
+                if first_error.is_none() {
+                    first_error = Some(e);
+                }
+            }
+        }
+    }
+    let connect_secs = start.elapsed().as_secs_f64();
+    if connected < args.connections {
+        for t in tasks {
+            t.abort();
+        }
+        return Err(anyhow!(
+            "{} of {} MQTT connections failed; first error: {}",
+            args.connections - connected,
+            args.connections,
+            first_error.map(|e| e.to_string()).unwrap_or_default()
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = broker.status().await.map(|s| s.process.rss_bytes);
+    let mut publisher = MqttConn::connect(addr, None, &format!("bench-{run}-publisher")).await?;
+    let waiting = all_in.notified();
+    tokio::pin!(waiting);
+    waiting.as_mut().enable();
+    let sent_at = Instant::now();
+    publisher
+        .publish(&topic, Bytes::from_static(b"to everyone"), QoS::AtLeastOnce)
+        .await?;
+    let reached_all = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .is_ok();
+    let fanout_ms = sent_at.elapsed().as_secs_f64() * 1000.0;
+    let got = received.load(Ordering::Relaxed);
+    for t in tasks {
+        t.abort();
+    }
+    let per_conn = match (rss_before, rss_after) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / args.connections as f64),
+        _ => None,
+    };
+    Ok(Report {
+        scenario: "connections".into(),
+        params: format!("{} idle mqtt subscribers", args.connections),
+        rate: args.connections as f64 / connect_secs,
+        unit: "connects/s".into(),
+        sent: 1,
+        received: got,
+        seconds: connect_secs,
+        lost: args.connections as u64 - got,
+        extra: Some(serde_json::json!({
+            "connect_seconds": connect_secs,
+            "broker_rss_per_connection_bytes": per_conn,
+            "broker_rss_before_bytes": rss_before,
+            "broker_rss_after_bytes": rss_after,
+            "fanout_to_all_ms": if reached_all { Some(fanout_ms) } else { None },
+        })),
+        ..Report::default()
+    })
 }
 
 async fn run_connections(
@@ -1127,6 +1395,7 @@ pub async fn suite(args: &SuiteArgs) -> anyhow::Result<Vec<Report>> {
         destination: "topic://bench.fanout".into(),
         idle_timeout: 30,
         protocol,
+        qos: 0,
     };
     let mut reports = Vec::new();
     for (p, c, protocol) in [
@@ -1152,6 +1421,7 @@ pub async fn suite(args: &SuiteArgs) -> anyhow::Result<Vec<Report>> {
             .collect(),
         concurrency: 256,
         destination: "topic://bench.connections".into(),
+        protocol: ProtocolArg::Native,
     })
     .await?;
     println!("{}", serde_json::to_string(&r)?);

@@ -8,6 +8,7 @@ pub mod clients;
 pub mod drain;
 pub mod http;
 pub mod mesh;
+pub mod mqtt_load;
 pub mod prometheus;
 pub mod spawn;
 pub mod status;
