@@ -184,7 +184,7 @@ impl Drop for PendingCharge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::destination::Destination;
+    use crate::destination::Destination;
     use std::time::Duration;
 
     #[tokio::test]

@@ -7,9 +7,9 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 
-use super::destination::{Destination, Kind};
 use super::memory::MemoryCharge;
 use super::{now_ms, BrokerError};
+use crate::destination::{Destination, Kind};
 use crate::selector::MessageView;
 
 /// Bytes charged for a message beyond its body and headers (struct, Arc, queue slots).

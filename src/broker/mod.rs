@@ -17,7 +17,6 @@
 //! message lives and released when the last one drops.
 
 mod claims;
-pub mod destination;
 mod durability;
 mod inflight;
 mod memory;
@@ -40,7 +39,8 @@ use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 
 pub use crate::config::{DestinationLimits, OnFull};
-pub use destination::{Destination, DestinationError, DestinationPattern, Kind};
+pub use crate::destination::{Destination, DestinationError, DestinationPattern, Kind};
+pub use crate::metrics::DestinationStats;
 pub use durability::{CommitLog, JournalStats, SyncedQueue};
 pub use memory::{MemoryPool, PendingCharge};
 pub use message::{
@@ -49,7 +49,7 @@ pub use message::{
 };
 pub use outbox::Outbox;
 pub use queue::{AckOutcome, DeadReason, NetworkFilter};
-pub use stats::{DestinationCounters, DestinationStats};
+pub use stats::DestinationCounters;
 
 use crate::selector::{Selector, SelectorError};
 use crate::store::proto::{record::Kind as RecordKind, Record};
@@ -933,6 +933,52 @@ impl Broker {
 
     pub fn durable_subscriptions(&self) -> usize {
         self.inner.durables.len()
+    }
+
+    /// The durable subscriptions of `client_id` whose names start with `prefix`: (name,
+    /// pattern), by name.
+    pub fn durables_of(&self, client_id: &str, prefix: &str) -> Vec<(String, DestinationPattern)> {
+        let mut found: Vec<(String, DestinationPattern)> = self
+            .inner
+            .durables
+            .iter()
+            .filter(|d| d.key().0 == client_id && d.key().1.starts_with(prefix))
+            .map(|d| (d.key().1.clone(), d.value().pattern.clone()))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+
+    /// Deletes the durable subscriptions of `client_id` named with `prefix` that no connection
+    /// is attached to — when `last` is given, only those session `last` attached to last (a
+    /// session that ended ends its own, not a later one's) — with the messages they kept, each
+    /// removal journaled. Returns the journal record of the last removal (0: none).
+    pub fn remove_idle_durables(&self, client_id: &str, prefix: &str, last: Option<u64>) -> u64 {
+        if self.inner.durables.is_empty() {
+            return 0;
+        }
+        let _gate = self.gate();
+        let mut dead = Effects::default();
+        let mut record = 0;
+        let keys: Vec<(String, String)> = self
+            .inner
+            .durables
+            .iter()
+            .filter(|d| d.key().0 == client_id && d.key().1.starts_with(prefix))
+            .filter(|d| !d.value().is_active())
+            .filter(|d| last.is_none_or(|s| d.value().last_connection() == s))
+            .map(|d| d.key().clone())
+            .collect();
+        for key in keys {
+            // Checked again under the map's lock: a client may have attached meanwhile.
+            let Some((_, sub)) = self.inner.durables.remove_if(&key, |_, s| !s.is_active()) else {
+                continue;
+            };
+            self.remove_topic_sub(&sub, &mut dead);
+            record = self.journal_record(durable_removed(&key));
+        }
+        self.apply(dead);
+        record
     }
 }
 

@@ -17,12 +17,12 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::destination::Destination;
 use super::inflight::Inflight;
 use super::message::{Delivery, Entry, Message, MAX_PRIORITY};
 use super::outbox::Outbox;
 use super::stats::DestinationCounters;
 use super::{now_ms, DestinationLimits, Effects};
+use crate::destination::Destination;
 use crate::selector::Selector;
 
 /// A pending message: in memory, or paged out to the journal (read back on dispatch).

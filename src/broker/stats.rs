@@ -3,9 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
-
-use super::destination::Destination;
+use crate::destination::Destination;
+use crate::metrics::DestinationStats;
 
 /// A destination memory cap of "none".
 const NO_LIMIT: u64 = u64::MAX;
@@ -81,25 +80,4 @@ impl DestinationCounters {
             memory_bytes: get(&self.memory),
         }
     }
-}
-
-/// A point-in-time copy of a destination's counters.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
-pub struct DestinationStats {
-    pub destination: String,
-    /// Messages held: pending + in flight (delivered, not yet acknowledged).
-    pub depth: u64,
-    pub pending: u64,
-    pub inflight: u64,
-    pub consumers: u64,
-    /// Messages accepted onto the destination.
-    pub enqueued: u64,
-    /// Messages acknowledged by consumers (queues) or delivered and acknowledged (topics).
-    pub dequeued: u64,
-    pub expired: u64,
-    pub dead_lettered: u64,
-    /// Topic messages discarded for slow subscribers (`topic_pending_limit`).
-    pub dropped: u64,
-    pub redelivered: u64,
-    pub memory_bytes: u64,
 }

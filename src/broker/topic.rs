@@ -19,13 +19,13 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 
-use super::destination::{Destination, DestinationPattern};
 use super::inflight::Inflight;
 use super::message::{Delivery, Entry, Message};
 use super::outbox::Outbox;
 use super::queue::{AckOutcome, DeadReason, NetworkFilter};
 use super::stats::DestinationCounters;
 use super::{now_ms, DestinationLimits, Effects};
+use crate::destination::{Destination, DestinationPattern};
 use crate::selector::Selector;
 
 #[derive(Debug)]
@@ -264,6 +264,8 @@ struct SubState {
     pending: Backlog,
     inflight: Inflight,
     next_seq: u64,
+    /// The connection (session id) that attached last (0: none since start-up).
+    last_connection: u64,
 }
 
 #[derive(Debug)]
@@ -436,6 +438,7 @@ impl TopicSub {
             prefetch: prefetch.max(1) as usize,
             connection,
         });
+        st.last_connection = connection;
         self.pump(&mut st, dead);
         true
     }
@@ -454,6 +457,11 @@ impl TopicSub {
 
     pub(crate) fn is_active(&self) -> bool {
         self.state.lock().attached.is_some()
+    }
+
+    /// The session that attached to it last (0: none since start-up).
+    pub(crate) fn last_connection(&self) -> u64 {
+        self.state.lock().last_connection
     }
 
     fn requeue(&self, st: &mut SubState, mut entries: Vec<Entry>, dead: &mut Effects) {

@@ -29,11 +29,11 @@ use tokio_util::sync::CancellationToken;
 use crate::transport::{IoEvent, Pump};
 use crate::wire::{self, proto, Body, Decoded};
 
-use super::failover_url::{parse_uri_list, FailoverOptions, FailoverUrl};
 use super::{
     open, run_connection, server_info, BrokerUrl, Client, ClientError, ClientOptions, End,
     ErrorCode, Hello, SendTracker, Shared,
 };
+use crate::url::{parse_uri_list, FailoverOptions, FailoverUrl};
 
 /// What happened to a failover client, in order. Read them with [`Client::events`].
 #[derive(Debug, Clone, PartialEq, Eq)]

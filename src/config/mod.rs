@@ -23,12 +23,13 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use crate::transport::tls::TlsFiles;
 pub use error::{ConfigError, TopologyError};
 pub use names::{ConnectorName, GroupName, InvalidName, MemberName, MeshName, MAX_NAME_LEN};
 pub use topology::{
     Acl, AdminOptions, BridgeAuth, BrokerPolicy, Connector, ConnectorTransport, DestinationLimits,
     DestinationPolicy, Election, Group, Listener, Member, MetricsOptions, OnFull, RebalanceOptions,
-    Secret, Security, Source, StoreOptions, SyncMode, TlsFiles, Topology, User, ZooKeeperOptions,
+    Secret, Security, Source, StoreOptions, SyncMode, Topology, User, ZooKeeperOptions,
     MIN_MESH_SECRET,
 };
 pub use units::{ClientUrl, HostPort, ListenerUrl, Scheme};

@@ -8,7 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::broker::destination::{Destination, DestinationPattern};
+use crate::destination::{Destination, DestinationPattern};
+use crate::transport::tls::TlsFiles;
 
 use super::names::{ConnectorName, GroupName, MemberName, MeshName};
 use super::units::{ClientUrl, HostPort, ListenerUrl, Scheme};
@@ -376,15 +377,6 @@ pub struct ZooKeeperOptions {
     pub digest: Option<Secret>,
 }
 
-/// A listener's certificate files (absolute paths; existence is checked when it binds).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// When set, clients must present a certificate signed by it.
-    pub client_ca: Option<PathBuf>,
-}
-
 #[derive(Clone, Debug)]
 pub struct Listener {
     pub url: ListenerUrl,
@@ -485,7 +477,7 @@ pub struct Connector {
     pub transport: ConnectorTransport,
     /// `uri`: where and how to dial instead of the target's members and the reconnect_* keys
     /// (ActiveMQ's failover URL; every URI of the transport's scheme, no client-only option).
-    pub uri: Option<crate::client::FailoverUrl>,
+    pub uri: Option<crate::url::FailoverUrl>,
     pub reconnect_initial_delay: Duration,
     /// At least `reconnect_initial_delay`.
     pub reconnect_max_delay: Duration,

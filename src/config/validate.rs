@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use crate::broker::destination::{DestinationError, DestinationPattern};
+use crate::destination::{DestinationError, DestinationPattern};
 
 use super::error::{ConfigError, Refusal};
 use super::names::{
@@ -25,12 +25,13 @@ use super::raw::{
 use super::topology::{
     Acl, AdminOptions, BridgeAuth, BrokerPolicy, Connector, ConnectorTransport, DestinationPolicy,
     Election, Group, Listener, Member, MetricsOptions, OnFull, RebalanceOptions, Secret, Security,
-    Source, StoreOptions, SyncMode, TlsFiles, Topology, User, ZooKeeperOptions,
+    Source, StoreOptions, SyncMode, Topology, User, ZooKeeperOptions,
 };
 use super::units::{
     parse_bind_ip, parse_client_url, parse_duration, parse_group_filter, parse_host_port,
     parse_listener_url, parse_size, parse_socket_addr, Scheme,
 };
+use crate::transport::tls::TlsFiles;
 
 const U32_MAX: i64 = u32::MAX as i64;
 /// The shortest replication token accepted (`meshmq token` makes 64 characters).
@@ -1622,9 +1623,9 @@ impl Checker<'_> {
         text: &str,
         c: &RawConnector,
         transport: ConnectorTransport,
-    ) -> Option<crate::client::FailoverUrl> {
+    ) -> Option<crate::url::FailoverUrl> {
         const FIX: &str = "write failover:(tcp://HOST:PORT,tcp://HOST:PORT)?option=value with ActiveMQ failover options (initialReconnectDelay, maxReconnectDelay, useExponentialBackOff, reconnectDelayExponent, randomize, nested.*)";
-        let url = match crate::client::ConnectUrl::parse(text) {
+        let url = match crate::url::ConnectUrl::parse(text) {
             Ok(u) => u.into_failover(),
             Err(e) => {
                 self.refuse(key, e.to_string(), FIX);
@@ -1944,8 +1945,8 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
-    use crate::broker::destination::Destination;
     use crate::config::{parse_str, OnFull, RebalanceOptions, SyncMode, Topology};
+    use crate::destination::Destination;
 
     const BASE: &str = r#"
 [mesh]

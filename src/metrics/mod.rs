@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use metrics::{describe_counter, describe_gauge, describe_histogram, gauge, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::broker::DestinationStats;
+mod destination_stats;
+
+pub use destination_stats::DestinationStats;
 
 pub const CONNECTIONS: &str = "meshmq_connections";
 pub const PRODUCERS: &str = "meshmq_producers";

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
-use crate::broker::{Destination, DestinationPattern};
+use crate::destination::{Destination, DestinationPattern};
 
 #[derive(Debug, Clone)]
 struct Route {

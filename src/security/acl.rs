@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use crate::broker::{Destination, DestinationPattern};
 use crate::config::{Acl, Security};
+use crate::destination::{Destination, DestinationPattern};
 
 use super::Principal;
 

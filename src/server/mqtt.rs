@@ -11,7 +11,13 @@
 //! `ActiveMQ.Retain` header, so its topic keeps it (in memory, per group; forwarded copies are
 //! retained where they arrive) and a new subscription gets it, flagged retained, right after
 //! its SUBACK. A will is published through the same pipeline when the connection ends without
-//! a DISCONNECT (or with MQTT 5's "disconnect with will"). The codec owns the packet ids of both
+//! a DISCONNECT (or with MQTT 5's "disconnect with will"). A persistent session (MQTT 3
+//! `clean_session=0`, MQTT 5 `clean_start=0` with a session expiry) keeps each filter in a
+//! durable subscription named `mqtt:<qos>:<filter>` under the client id: messages that arrive
+//! while the client is away, and its unacknowledged QoS 1/2 deliveries, wait there — journaled,
+//! so across restarts and failovers of the group — and a reconnect resumes them (CONNACK
+//! `session present`); a clean start deletes them, and so does the end of an MQTT 5 session's
+//! expiry interval. The codec owns the packet ids of both
 //! directions and the mapping from a client's filters to subscriptions; it never touches the
 //! socket or the broker. Invariants: every SUBSCRIBE/UNSUBSCRIBE gets exactly one
 //! SUBACK/UNSUBACK with one code per filter, written once every filter's request is answered;
@@ -21,6 +27,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +43,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
-    BrokerError, Delivery, Destination, DestinationPattern, Draft, Kind, Message, Session,
+    Broker, BrokerError, Delivery, Destination, DestinationPattern, Draft, Kind, Message, Session,
     SubscribeSpec, RETAIN_HEADER,
 };
 use crate::security::Principal;
@@ -50,6 +57,62 @@ use super::ConnCtx;
 /// A client is dropped after one and a half of its keep-alive intervals of silence (MQTT
 /// 3.1.2.10).
 const KEEP_ALIVE_GRACE: f64 = 1.5;
+
+/// The durable subscriptions of a persistent session are named `mqtt:<qos>:<filter>` under
+/// the client's id.
+const SESSION_PREFIX: &str = "mqtt:";
+
+/// A session expiry interval that never ends (MQTT 5 3.1.2.11.2; MQTT 3's persistent session).
+const NEVER_EXPIRES: u32 = u32::MAX;
+
+/// The name of the durable subscription that keeps `filter` at `qos` for a persistent session.
+fn session_sub_name(qos: QoS, filter: &str) -> String {
+    format!("{SESSION_PREFIX}{}:{filter}", u8::from(qos))
+}
+
+/// The QoS and filter a persistent session's durable subscription was named after.
+fn parse_session_sub_name(name: &str) -> Option<(QoS, String)> {
+    let rest = name.strip_prefix(SESSION_PREFIX)?;
+    let (qos, filter) = rest.split_once(':')?;
+    let qos = QoS::try_from(qos.parse::<u8>().ok()?).ok()?;
+    Some((qos, filter.to_string()))
+}
+
+/// What outlives one connection of a client with a client id: how long its session is kept
+/// once the connection ends (seconds; `NEVER_EXPIRES`, or 0 for at once). An MQTT 5
+/// DISCONNECT may change it.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionEnd {
+    client_id: String,
+    expiry: Arc<AtomicU32>,
+}
+
+impl SessionEnd {
+    /// Ends the session of connection `session_id` after its expiry interval: its durable
+    /// subscriptions (and the messages they kept) are deleted unless a later connection of the
+    /// client took them over. The timer lives in memory: a broker that stops first keeps the
+    /// session until its client returns.
+    fn schedule(self, broker: &Broker, session_id: u64, shutdown: &CancellationToken) {
+        let secs = self.expiry.load(Ordering::Relaxed);
+        if secs == NEVER_EXPIRES {
+            return;
+        }
+        let expire = move |broker: &Broker| {
+            broker.remove_idle_durables(&self.client_id, SESSION_PREFIX, Some(session_id));
+        };
+        if secs == 0 {
+            expire(broker);
+            return;
+        }
+        let (broker, shutdown) = (broker.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(u64::from(secs))) => expire(&broker),
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
 
 /// MQTT 5 reason codes used here (MQTT 5 §2.4).
 mod reason {
@@ -169,6 +232,8 @@ pub(crate) enum Receipt {
         index: usize,
     },
     PingResp,
+    /// Subscription `n` of a resumed persistent session is attached again (nothing to write).
+    Resumed(u64),
 }
 
 /// One subscription as the client made it.
@@ -176,6 +241,10 @@ pub(crate) enum Receipt {
 struct Sub {
     filter: String,
     qos: QoS,
+    /// The durable subscription that keeps it, in a persistent session.
+    durable: Option<String>,
+    /// Restored from the session when the client reconnected (no retained replay).
+    resumed: bool,
 }
 
 /// A delivery at QoS 1 or 2 the client has not finished acknowledging.
@@ -222,9 +291,11 @@ enum Packet {
         filters: Vec<ByteString>,
     },
     Ping,
-    /// `keep_will`: MQTT 5's "disconnect with will message".
+    /// `keep_will`: MQTT 5's "disconnect with will message"; `expiry`: its new session
+    /// expiry interval.
     Disconnect {
         keep_will: bool,
+        expiry: Option<u32>,
     },
     /// A packet a client may not send now (a second CONNECT, a server's packet, AUTH).
     Unexpected(&'static str),
@@ -259,7 +330,10 @@ impl Wire {
                         filters: topic_filters,
                     },
                     v3::Packet::PingRequest => Packet::Ping,
-                    v3::Packet::Disconnect => Packet::Disconnect { keep_will: false },
+                    v3::Packet::Disconnect => Packet::Disconnect {
+                        keep_will: false,
+                        expiry: None,
+                    },
                     v3::Packet::Connect(_) => Packet::Unexpected("a second CONNECT"),
                     _ => Packet::Unexpected("a packet only a server sends"),
                 },
@@ -288,6 +362,7 @@ impl Wire {
                     v5::Packet::Disconnect(d) => Packet::Disconnect {
                         keep_will: d.reason_code
                             == v5::DisconnectReasonCode::DisconnectWithWillMessage,
+                        expiry: d.session_expiry_interval_secs,
                     },
                     v5::Packet::Connect(_) => Packet::Unexpected("a second CONNECT"),
                     v5::Packet::Auth(_) => {
@@ -340,6 +415,10 @@ pub(crate) struct Mqtt {
     refusal_reason: Option<u8>,
     /// Published if the connection ends without a DISCONNECT.
     will: Option<SendRequest<Receipt>>,
+    /// Subscriptions are durable (a persistent session of a client with an id).
+    persistent: bool,
+    /// The session's expiry interval, shared with whoever ends the session.
+    expiry: Option<Arc<AtomicU32>>,
 }
 
 impl Mqtt {
@@ -360,6 +439,43 @@ impl Mqtt {
             awaiting_release: HashSet::new(),
             refusal_reason: None,
             will: None,
+            persistent: false,
+            expiry: None,
+        }
+    }
+
+    /// Attaches the client again to the subscriptions its persistent session kept (the
+    /// durable subscriptions named after its filters), as if it had just subscribed, but
+    /// without a SUBACK or a retained replay (MQTT 3.1.2.4): what they kept is delivered.
+    fn resume(&mut self, kept: Vec<(String, DestinationPattern)>) {
+        for (name, pattern) in kept {
+            let Some((qos, filter)) = parse_session_sub_name(&name) else {
+                continue;
+            };
+            let num = self.next_sub;
+            self.next_sub += 1;
+            self.subs.insert(
+                num,
+                Sub {
+                    filter: filter.clone(),
+                    qos,
+                    durable: Some(name.clone()),
+                    resumed: true,
+                },
+            );
+            self.by_filter.insert(filter, num);
+            self.pending.push_back(Request::Subscribe {
+                spec: SubscribeSpec {
+                    subscription: num,
+                    destination: pattern,
+                    selector: String::new(),
+                    prefetch: self.prefetch,
+                    priority: 0,
+                    durable_name: Some(name),
+                    no_local: false,
+                },
+                receipt: Some(Receipt::Resumed(num)),
+            });
         }
     }
 
@@ -454,6 +570,8 @@ impl Mqtt {
             (_, Receipt::SubAck { .. } | Receipt::UnsubAck { .. }) => {
                 unreachable!("SUBACK and UNSUBACK are gathered, not written one filter at a time")
             }
+            // A resumed subscription answers nothing.
+            (_, Receipt::Resumed(_)) => {}
         }
     }
 
@@ -655,12 +773,18 @@ impl Mqtt {
         for (index, (filter, qos, no_local)) in filters.into_iter().enumerate() {
             let filter = filter.to_string();
             let receipt = Some(Receipt::SubAck { packet_id, index });
-            // Subscribing again to a filter replaces its subscription (MQTT 3.8.4).
+            let durable_name = self.persistent.then(|| session_sub_name(qos, &filter));
+            // Subscribing again to a filter replaces its subscription (MQTT 3.8.4); a durable
+            // one of the same name is only detached, so what it kept is not lost.
             if let Some(old) = self.by_filter.remove(&filter) {
+                let same = self
+                    .subs
+                    .get(&old)
+                    .is_some_and(|s| s.durable.is_some() && s.durable == durable_name);
                 self.forget_subscription(old);
                 self.pending.push_back(Request::Unsubscribe {
                     subscription: old,
-                    remove_durable: false,
+                    remove_durable: !same,
                     receipt: None,
                 });
             }
@@ -682,6 +806,8 @@ impl Mqtt {
                 Sub {
                     filter: filter.clone(),
                     qos,
+                    durable: durable_name.clone(),
+                    resumed: false,
                 },
             );
             self.by_filter.insert(filter, num);
@@ -693,7 +819,7 @@ impl Mqtt {
                     selector: String::new(),
                     prefetch: self.prefetch,
                     priority: 0,
-                    durable_name: None,
+                    durable_name,
                     no_local,
                 },
                 receipt,
@@ -725,9 +851,10 @@ impl Mqtt {
             match self.by_filter.remove(&filter.to_string()) {
                 Some(num) => {
                     self.forget_subscription(num);
+                    // An UNSUBSCRIBE ends a persistent session's subscription too.
                     self.pending.push_back(Request::Unsubscribe {
                         subscription: num,
-                        remove_durable: false,
+                        remove_durable: true,
                         receipt: Some(receipt),
                     });
                 }
@@ -819,9 +946,16 @@ impl Mqtt {
             Packet::Ping => Inbound::Request(Request::Ping {
                 receipt: Receipt::PingResp,
             }),
-            Packet::Disconnect { keep_will } => {
+            Packet::Disconnect { keep_will, expiry } => {
                 if !keep_will {
                     self.will = None;
+                }
+                // A session that was to end with its connection may not be kept after all
+                // (MQTT 5 3.14.2.2.2): only a kept one's interval changes.
+                if let (Some(shared), Some(secs)) = (&self.expiry, expiry) {
+                    if self.persistent {
+                        shared.store(secs, Ordering::Relaxed);
+                    }
                 }
                 Inbound::Request(Request::Disconnect { receipt: None })
             }
@@ -960,6 +1094,10 @@ impl Codec for Mqtt {
         retained: &[Arc<Message>],
         out: &mut BytesMut,
     ) {
+        // A resumed session's subscriptions get no retained replay: that follows a SUBSCRIBE.
+        if self.subs.get(&subscription).is_some_and(|s| s.resumed) {
+            return;
+        }
         // Behind the SUBACK when it is still being gathered.
         let gathering = self
             .gathering
@@ -1011,6 +1149,7 @@ impl Codec for Mqtt {
                 self.gather(*packet_id, *index, granted, out);
             }
             Receipt::UnsubAck { packet_id, index } => self.gather(*packet_id, *index, 0, out),
+            Receipt::Resumed(_) => {}
             other => self.write_ack(other, 0, None, out),
         }
     }
@@ -1050,6 +1189,15 @@ impl Codec for Mqtt {
             }
             Some(Receipt::UnsubAck { packet_id, index }) => {
                 self.gather(*packet_id, *index, reason::UNSPECIFIED, out);
+                true
+            }
+            // A kept subscription that cannot be resumed (its read right was revoked, say) is
+            // dropped from the session; the client may subscribe again.
+            Some(Receipt::Resumed(num)) => {
+                if let Some(sub) = self.subs.remove(num) {
+                    tracing::info!(connection = %self.connection_id, filter = %sub.filter, message, "a persistent session's subscription could not be resumed");
+                    self.by_filter.remove(&sub.filter);
+                }
                 true
             }
             Some(r @ (Receipt::PubAck(id) | Receipt::PubRec(id))) => {
@@ -1238,7 +1386,8 @@ pub(crate) async fn serve(
     ctx.metrics.connection_opened();
     let mut pump = Pump::new(stream);
     match handshake(&mut pump, peer, &ctx, &shutdown).await {
-        Ok(Some((codec, session, principal, keep_alive))) => {
+        Ok(Some((codec, session, principal, keep_alive, session_end))) => {
+            let session_id = session.id();
             // Counted in the group's load; MQTT takes no cluster pushes.
             let registration =
                 ctx.cluster
@@ -1249,6 +1398,9 @@ pub(crate) async fn serve(
                     .with_registration(registration);
             let reason = connection.run(&shutdown).await;
             tracing::debug!(%peer, reason, "mqtt connection closed");
+            if let Some(end) = session_end {
+                end.schedule(&ctx.broker, session_id, &shutdown);
+            }
         }
         Ok(None) => {}
         Err(e) => tracing::debug!(%peer, error = %e, "mqtt connection failed before connecting"),
@@ -1256,11 +1408,19 @@ pub(crate) async fn serve(
     ctx.metrics.connection_closed();
 }
 
-type Handshake = (Mqtt, Session, Principal, Option<Duration>);
+type Handshake = (
+    Mqtt,
+    Session,
+    Principal,
+    Option<Duration>,
+    Option<SessionEnd>,
+);
 
 /// What a CONNECT says, whatever the version.
 struct Connect {
     clean: bool,
+    /// How long the session outlives the connection (MQTT 3: forever unless clean).
+    session_expiry: u32,
     keep_alive: u16,
     client_id: String,
     username: Option<String>,
@@ -1289,6 +1449,7 @@ async fn handshake(
                 p.map(|(p, _)| match p {
                     v3::Packet::Connect(c) => Some(Connect {
                         clean: c.clean_session,
+                        session_expiry: if c.clean_session { 0 } else { NEVER_EXPIRES },
                         keep_alive: c.keep_alive,
                         client_id: c.client_id.to_string(),
                         username: c.username.map(|u| u.to_string()),
@@ -1312,6 +1473,7 @@ async fn handshake(
                 p.map(|(p, _)| match p {
                     v5::Packet::Connect(c) => Some(Connect {
                         clean: c.clean_start,
+                        session_expiry: c.session_expiry_interval_secs,
                         keep_alive: c.keep_alive,
                         client_id: c.client_id.to_string(),
                         username: c.username.map(|u| u.to_string()),
@@ -1410,7 +1572,8 @@ async fn handshake(
     let client_id = (!assigned).then(|| connect.client_id.clone());
     // A new connection with a client id in use takes it over (MQTT 3.1.4-3), if it is the
     // same user's: another user's client id is refused as not authorized.
-    let session = match super::native::open_session(ctx, client_id, true, &principal).await {
+    let session = match super::native::open_session(ctx, client_id.clone(), true, &principal).await
+    {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(error = %e, "MQTT session refused");
@@ -1423,6 +1586,19 @@ async fn handshake(
             return close(pump).await;
         }
     };
+    // A session is kept for a client with an id of its own: a clean start discards what an
+    // earlier one kept, otherwise the client resumes it. The session lives in durable
+    // subscriptions, journaled and replicated as any, so it survives restarts and follows the
+    // client to whichever member of the group is master.
+    let kept = match &client_id {
+        Some(cid) if connect.clean => {
+            ctx.broker.remove_idle_durables(cid, SESSION_PREFIX, None);
+            Vec::new()
+        }
+        Some(cid) => ctx.broker.durables_of(cid, SESSION_PREFIX),
+        None => Vec::new(),
+    };
+    let session_present = !kept.is_empty();
     let max = u32::try_from(ctx.settings.max_frame_size).unwrap_or(u32::MAX);
     match &mut wire {
         Wire::V3(c) => {
@@ -1430,7 +1606,7 @@ async fn handshake(
             let _ = c.encode(
                 v3::Packet::ConnectAck(v3::ConnectAck {
                     return_code: v3::ConnectAckReason::ConnectionAccepted,
-                    session_present: false,
+                    session_present,
                 }),
                 &mut pump.wbuf,
             );
@@ -1442,7 +1618,7 @@ async fn handshake(
             }
             let _ = c.encode(
                 v5::Packet::ConnectAck(Box::new(v5::ConnectAck {
-                    session_present: false,
+                    session_present,
                     max_packet_size: u32::try_from(ctx.settings.max_frame_size).ok(),
                     assigned_client_id: assigned
                         .then(|| ByteString::from(session.connection_id().to_string())),
@@ -1464,7 +1640,14 @@ async fn handshake(
     if let Some(will) = connect.will {
         codec.set_will(will);
     }
-    Ok(Some((codec, session, principal, keep_alive)))
+    let session_end = client_id.map(|client_id| {
+        let expiry = Arc::new(AtomicU32::new(connect.session_expiry));
+        codec.persistent = connect.session_expiry > 0;
+        codec.expiry = Some(expiry.clone());
+        SessionEnd { client_id, expiry }
+    });
+    codec.resume(kept);
+    Ok(Some((codec, session, principal, keep_alive, session_end)))
 }
 
 #[cfg(test)]

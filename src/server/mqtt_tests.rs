@@ -934,3 +934,92 @@ fn a_will_is_asked_for_unless_the_client_said_goodbye() {
     );
     assert!(matches!(c.farewell(), Some(Request::Send(_))));
 }
+
+#[test]
+fn a_persistent_sessions_filters_are_durable_subscriptions_resumed_without_suback_or_retained() {
+    use super::{parse_session_sub_name, session_sub_name};
+    // The name keeps the QoS and the whole filter (colons in it too).
+    for (qos, filter) in [
+        (QoS::AtLeastOnce, "plant/+/temp"),
+        (QoS::ExactlyOnce, "a:b/#"),
+    ] {
+        let name = session_sub_name(qos, filter);
+        assert!(name.starts_with("mqtt:"), "{name}");
+        assert_eq!(
+            parse_session_sub_name(&name),
+            Some((qos, filter.to_string()))
+        );
+    }
+    assert_eq!(parse_session_sub_name("headlines"), None);
+
+    // In a persistent session a SUBSCRIBE names its durable subscription; a clean one does not.
+    for persistent in [true, false] {
+        let mut c = codec(false);
+        c.persistent = persistent;
+        let bytes = v3_bytes(v3::Packet::Subscribe {
+            packet_id: id(1),
+            topic_filters: vec![(ByteString::from("plant/+/temp"), QoS::AtLeastOnce)],
+        });
+        match one(&mut c, &bytes) {
+            Request::Subscribe { spec, .. } => assert_eq!(
+                spec.durable_name,
+                persistent.then(|| "mqtt:1:plant/+/temp".to_string())
+            ),
+            other => panic!("{other:?}"),
+        }
+        // An UNSUBSCRIBE ends the durable subscription too.
+        let bytes = v3_or_v5_unsubscribe(false, "plant/+/temp");
+        match one(&mut c, &bytes) {
+            Request::Unsubscribe { remove_durable, .. } => assert!(remove_durable),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // A resumed session attaches its kept subscriptions first, answers nothing for them and
+    // replays no retained message to them; its deliveries go out at the kept QoS.
+    let mut c = codec(false);
+    c.persistent = true;
+    let pattern = filter_to_pattern("plant/+/temp").expect("filter");
+    c.resume(vec![("mqtt:1:plant/+/temp".to_string(), pattern.clone())]);
+    let resumed = match requests(&mut c, &[]).as_slice() {
+        [Request::Subscribe { spec, receipt }] => {
+            assert_eq!(spec.durable_name.as_deref(), Some("mqtt:1:plant/+/temp"));
+            assert_eq!(spec.destination, pattern);
+            assert_eq!(*receipt, Some(Receipt::Resumed(spec.subscription)));
+            let mut out = BytesMut::new();
+            c.encode_receipt(receipt.as_ref().expect("receipt"), &mut out);
+            assert!(out.is_empty(), "no SUBACK for a resumed subscription");
+            spec.subscription
+        }
+        other => panic!("{other:?}"),
+    };
+    let mut out = BytesMut::new();
+    let retained = delivery(0, 0, "topic://plant.boiler.temp", true).message;
+    c.encode_retained(resumed, &[retained], &mut out);
+    assert!(out.is_empty(), "no retained replay on resume");
+    c.encode_delivery(
+        &delivery(resumed, 1, "topic://plant.boiler.temp", true),
+        &mut out,
+    );
+    match &v3_replies(&out)[..] {
+        [v3::Packet::Publish(p)] => assert_eq!(p.qos, QoS::AtLeastOnce),
+        other => panic!("{other:?}"),
+    }
+    // Subscribing again at the same QoS keeps the durable subscription (and what it kept);
+    // at another QoS the old one goes.
+    for (qos, keeps) in [(QoS::AtLeastOnce, true), (QoS::AtMostOnce, false)] {
+        let bytes = v3_bytes(v3::Packet::Subscribe {
+            packet_id: id(2),
+            topic_filters: vec![(ByteString::from("plant/+/temp"), qos)],
+        });
+        let rs = requests(&mut c, &bytes);
+        match rs.as_slice() {
+            [Request::Unsubscribe { remove_durable, .. }, Request::Subscribe { receipt, .. }] => {
+                assert_eq!(*remove_durable, !keeps, "{qos:?}");
+                let mut out = BytesMut::new();
+                c.encode_receipt(receipt.as_ref().expect("receipt"), &mut out);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

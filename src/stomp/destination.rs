@@ -4,7 +4,7 @@
 //! separate segments; `*` and `>` are wildcards where a pattern is allowed). Scoping temp
 //! destinations to their connection is the server's business, not this mapping's.
 
-use crate::broker::{Destination, DestinationPattern, Kind};
+use crate::destination::{Destination, DestinationPattern, Kind};
 
 use super::{quote, StompError};
 

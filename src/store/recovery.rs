@@ -13,7 +13,7 @@ use super::frame::{self, End};
 use super::journal::Segment;
 use super::proto::{record, Checkpoint, ForwardChunk, MessageAdded, Record};
 use super::{EpochHistory, StoreError};
-use crate::broker::{Destination, DestinationPattern, Kind};
+use crate::destination::{Destination, DestinationPattern, Kind};
 
 /// A live persistent queue message found at start-up.
 #[derive(Debug, Clone)]

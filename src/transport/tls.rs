@@ -13,7 +13,15 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::config::TlsFiles;
+/// A listener's certificate files (absolute paths; existence is checked when it binds). The
+/// topology builds them; they live here so that transport depends on nothing else of meshmq.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by it.
+    pub client_ca: Option<PathBuf>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -104,13 +104,34 @@ pub fn meshmq() -> Command {
     Command::new(env!("CARGO_BIN_EXE_meshmq"))
 }
 
-/// `n` distinct loopback ports that were free a moment ago (bound to port 0, read, released).
+/// Every port this test process has handed out. Released ports go back to the kernel's pool, and
+/// the kernel may give the same one to the next bind; two members of one mesh must never share a
+/// port, so a port is handed out once per process.
+static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// A port from `bind` (a fresh socket on port 0) that this process has not handed out before.
+fn unique_port(mut bind: impl FnMut() -> io::Result<u16>) -> u16 {
+    for _ in 0..1000 {
+        let port = bind().unwrap_or_else(|e| panic!("bind port 0: {e}"));
+        let mut guard = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+    panic!("no port this process has not handed out already after 1000 binds");
+}
+
+/// `n` distinct loopback ports that were free a moment ago (bound to port 0, read, released),
+/// none handed out before in this process.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("local_addr").port())
+    (0..n)
+        .map(|_| {
+            unique_port(|| {
+                TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()
+                    .map(|a| a.port())
+            })
+        })
         .collect()
 }
 
@@ -695,18 +716,16 @@ fn next_ip() -> Ipv4Addr {
 
 /// A TCP port on `ip` that was free a moment ago.
 fn free_port_on(ip: Ipv4Addr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("bind {ip}:0: {e}"))
+    unique_port(|| TcpListener::bind((ip, 0))?.local_addr().map(|a| a.port()))
 }
 
 /// A UDP port on `ip` that was free a moment ago (for QUIC listeners).
 fn free_udp_port_on(ip: Ipv4Addr) -> u16 {
-    std::net::UdpSocket::bind((ip, 0))
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("bind udp {ip}:0: {e}"))
+    unique_port(|| {
+        std::net::UdpSocket::bind((ip, 0))?
+            .local_addr()
+            .map(|a| a.port())
+    })
 }
 
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::url::{query_pairs, BrokerUrl, UrlError};
+use super::{query_pairs, BrokerUrl, UrlError};
 
 /// The failover options (ActiveMQ names in the comments; defaults as ActiveMQ's).
 #[derive(Debug, Clone, PartialEq)]

@@ -4,6 +4,10 @@
 //! names are dot-separated segments. A pattern is a destination whose segments may be `*` (one
 //! segment) or `>` (the rest, last segment only). Parsing is the only way to build either, so a
 //! `Destination` never holds a wildcard and a `DestinationPattern` is always well formed.
+//!
+//! A leaf module: it depends on nothing else of meshmq, so the broker, the store, the
+//! configuration, ACLs and every protocol name destinations the same way without depending on
+//! each other.
 
 use std::fmt;
 use std::sync::Arc;

@@ -1,9 +1,15 @@
-//! Broker URLs as clients write them: `tcp://host:port`, optionally with per-connection options
+//! Broker URLs as clients write them (a leaf module: it depends on nothing else of meshmq, so
+//! config, client and network all parse URLs the same way): `tcp://host:port`, optionally with per-connection options
 //! (`?connectionTimeout=5000&localAddress=127.0.0.2`, the names ActiveMQ's TCP transport uses).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+
+mod failover;
+
+pub(crate) use failover::parse_uri_list;
+pub use failover::{ConnectUrl, FailoverOptions, FailoverUrl};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {

@@ -1,0 +1,219 @@
+//! One connection task: the loop that moves frames between the shared state and the socket,
+//! heartbeats, and what each frame from the broker means to the client.
+
+use super::*;
+
+/// Moves the outgoing buffer into the pump while it has room; wakes waiting senders.
+pub(crate) fn take_outgoing(shared: &Shared, pump: &mut Pump) {
+    const REFILL_BELOW: usize = 256 * 1024;
+    if pump.wbuf.len() >= REFILL_BELOW {
+        return;
+    }
+    let mut out = shared.out.lock();
+    if out.buf.is_empty() {
+        return;
+    }
+    if pump.wbuf.is_empty() {
+        std::mem::swap(&mut pump.wbuf, &mut out.buf);
+    } else {
+        pump.wbuf.extend_from_slice(&out.buf);
+        out.buf.clear();
+    }
+    drop(out);
+    shared.room.notify_waiters();
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// The application closed the client.
+    Stopped(ClientError),
+    /// The connection broke (or the broker ended it).
+    Lost(ClientError),
+    /// The client left on purpose (a failover client moving): every receipt it waited for
+    /// came first.
+    Left,
+}
+
+/// The receipt of the `Disconnect` a moving client sends; no request uses it.
+pub(crate) const LEAVE_RECEIPT: u64 = u64::MAX;
+
+/// Lifecycle events kept for a reader of `Client::events` that falls behind.
+pub(crate) const EVENT_BACKLOG: usize = 1024;
+
+/// A plain (non-failover) client: one connection, then the end.
+pub(crate) async fn run_single(
+    pump: Pump,
+    shared: Arc<Shared>,
+    heartbeat: Duration,
+    max_frame_size: usize,
+) {
+    let (controls, _) = mpsc::unbounded_channel();
+    let end = run_connection(
+        pump,
+        shared.clone(),
+        heartbeat,
+        max_frame_size,
+        controls,
+        CancellationToken::new(),
+    )
+    .await;
+    shared.finish(match end {
+        End::Stopped(e) | End::Lost(e) => e,
+        End::Left => ClientError::Closed("left".into()),
+    });
+}
+
+/// Runs one connection until it ends. `controls` receives the broker's ConnectionControl
+/// frames; cancelling `leave` makes the connection end politely (a `Disconnect` whose receipt
+/// comes after every other).
+pub(crate) async fn run_connection(
+    mut pump: Pump,
+    shared: Arc<Shared>,
+    heartbeat: Duration,
+    max_frame_size: usize,
+    controls: mpsc::UnboundedSender<proto::ConnectionControl>,
+    leave: CancellationToken,
+) -> End {
+    let broker_heartbeat = shared.info.read().heartbeat;
+    let epoch = shared.epoch();
+    let mut liveness = Liveness::new(
+        tokio::time::Instant::now(),
+        Some(heartbeat),
+        Some(broker_heartbeat * BROKER_SILENT_INTERVALS),
+    );
+    let timer = tokio::time::sleep_until(next_check(&liveness));
+    tokio::pin!(timer);
+    // Set once the application closed the client: what is queued may still go out, for a
+    // bounded time (a broker that stopped reading must not keep us spinning).
+    let mut stopping: Option<Instant> = None;
+    // Set once a failover client decided to leave this broker.
+    let mut leaving: Option<Instant> = None;
+    loop {
+        take_outgoing(&shared, &mut pump);
+        if let Some(since) = stopping {
+            let flushed = pump.wbuf.is_empty() && shared.out.lock().buf.is_empty();
+            if flushed || since.elapsed() > Duration::from_secs(2) {
+                let _ = tokio::time::timeout(Duration::from_secs(2), pump.flush_and_close()).await;
+                return End::Stopped(ClientError::Closed("closed by the client".into()));
+            }
+        }
+        if leaving.is_some_and(|since| since.elapsed() > Duration::from_secs(5)) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), pump.flush_and_close()).await;
+            return End::Left;
+        }
+        tokio::select! {
+            _ = shared.stop.cancelled(), if stopping.is_none() => {
+                stopping = Some(Instant::now());
+            }
+            _ = leave.cancelled(), if leaving.is_none() && stopping.is_none() => {
+                leaving = Some(Instant::now());
+                // New frames wait for the next connection; what was queued goes out first.
+                {
+                    let mut out = shared.out.lock();
+                    out.connected = false;
+                    pump.wbuf.extend_from_slice(&out.buf);
+                    out.buf.clear();
+                }
+                wire::encode(&wire::frame(Body::Disconnect(proto::Disconnect {
+                    receipt: LEAVE_RECEIPT,
+                    reason: "moving to another broker".into(),
+                })), &mut pump.wbuf);
+            }
+            // Lazy: a disabled branch's future is still built on every turn of the loop.
+            _ = async { tokio::time::sleep(Duration::from_millis(100)).await }, if stopping.is_some() || leaving.is_some() => {}
+            ev = pump.next_event(true, 256 * 1024, |cx| shared.poll_out(cx)) => match ev {
+                Ok(IoEvent::Read) => {
+                    liveness.read(tokio::time::Instant::now());
+                    loop {
+                        match wire::decode(&mut pump.rbuf, max_frame_size) {
+                            Ok(Decoded::Frame(f)) => match on_frame(&shared, f, epoch) {
+                                None => {}
+                                Some(Outcome::Control(c)) => {
+                                    let _ = controls.send(c);
+                                }
+                                Some(Outcome::Left) => {
+                                    let _ = tokio::time::timeout(Duration::from_secs(1), pump.flush_and_close()).await;
+                                    return End::Left;
+                                }
+                                Some(Outcome::Fatal(e)) => return End::Lost(e),
+                            },
+                            Ok(Decoded::NeedMore(_)) => break,
+                            Err(e) => return End::Lost(ClientError::Protocol(e.to_string())),
+                        }
+                    }
+                }
+                Ok(IoEvent::Drained) => liveness.wrote(tokio::time::Instant::now()),
+                Ok(IoEvent::Wake) => {}
+                Ok(IoEvent::Closed) if leaving.is_some() => return End::Left,
+                Ok(IoEvent::Closed) => return End::Lost(ClientError::Closed("the broker closed the connection".into())),
+                Err(e) => return End::Lost(ClientError::Closed(format!("socket error: {e}"))),
+            },
+            _ = &mut timer => {
+                pump.shrink_idle();
+                match liveness.poll(tokio::time::Instant::now(), pump.wbuf.is_empty()) {
+                    Some(Due::Dead(silence)) => {
+                        return End::Lost(ClientError::Timeout(format!("no heartbeat from the broker for {silence:?}")));
+                    }
+                    Some(Due::Beat) => wire::encode(&wire::frame(Body::Heartbeat(proto::Heartbeat { receipt: 0 })), &mut pump.wbuf),
+                    None => {}
+                }
+                timer.as_mut().reset(next_check(&liveness));
+            }
+        }
+    }
+}
+
+/// Heartbeat intervals of the broker's silence after which a client gives its connection up.
+pub(crate) const BROKER_SILENT_INTERVALS: u32 = 3;
+/// Idle buffers are given back at least this often, heartbeats or not.
+pub(crate) const SHRINK_EVERY: Duration = Duration::from_secs(10);
+
+/// When the connection task must next look at its heartbeats (and idle buffers).
+pub(crate) fn next_check(liveness: &Liveness) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    let shrink = now + SHRINK_EVERY;
+    liveness.next_check(now).map_or(shrink, |at| at.min(shrink))
+}
+
+/// What a frame asks of the connection task.
+pub(crate) enum Outcome {
+    /// The broker ended the connection with this error.
+    Fatal(ClientError),
+    Control(proto::ConnectionControl),
+    /// The receipt of a moving client's `Disconnect`.
+    Left,
+}
+
+/// Handles one frame from the broker.
+pub(crate) fn on_frame(shared: &Shared, f: Frame, epoch: u64) -> Option<Outcome> {
+    match f.body {
+        Some(Body::Deliver(d)) => {
+            let subs = shared.subs.lock();
+            if let Some(e) = subs.get(&d.subscription) {
+                let _ = e.tx.send(Delivery::from_wire(d, epoch));
+            }
+            None
+        }
+        Some(Body::Receipt(r)) if r.receipt == LEAVE_RECEIPT => Some(Outcome::Left),
+        Some(Body::Receipt(r)) => {
+            shared.answer(r.receipt, Ok(()));
+            None
+        }
+        Some(Body::Error(e)) => {
+            let err = ClientError::from_frame(&e);
+            if e.receipt != 0 {
+                shared.answer(e.receipt, Err(err.clone()));
+            } else if !e.fatal {
+                shared.note_async_error(err.clone());
+            }
+            e.fatal.then_some(Outcome::Fatal(err))
+        }
+        Some(Body::Control(c)) => Some(Outcome::Control(c)),
+        Some(Body::Heartbeat(_)) => None,
+        other => Some(Outcome::Fatal(ClientError::Protocol(format!(
+            "unexpected frame from the broker: {}",
+            wire::frame_name(&Frame { body: other })
+        )))),
+    }
+}

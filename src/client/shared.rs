@@ -1,0 +1,498 @@
+//! The state a client's handles share with its connection task: the outgoing buffer, pending
+//! receipts and the send tracker a failover replays, the subscriptions' channels.
+
+use super::*;
+
+pub(crate) type ReceiptSender = oneshot::Sender<Result<(), ClientError>>;
+
+/// What a pending receipt confirms, which decides its fate when a failover client's
+/// connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WaitKind {
+    /// A send: re-sent on the next connection, so it stays pending.
+    Send,
+    /// A subscription: restored on the next connection with the same receipt.
+    Subscribe,
+    /// A flush: asked again after the re-sends.
+    Ping,
+    /// A transaction's commit: in doubt when the connection ends first, so reported rolled
+    /// back (as ActiveMQ does).
+    Commit,
+    /// Anything else (acks, unsubscribes, …): answered with `Interrupted`.
+    Other,
+}
+
+pub(crate) enum Waiter {
+    Reply(ReceiptSender, WaitKind),
+    /// A subscription restored after a failover (its id); an error ends it.
+    Restore(u64),
+}
+
+/// Sends kept for re-sending after a failover: every send waiting for its receipt, and with
+/// `trackMessages` the latest fire-and-forget ones (up to `max_cache` bytes) until a later
+/// receipt shows the broker has them (it processes a connection's frames in order).
+pub(crate) struct SendTracker {
+    /// By producer sequence: re-sent in this order.
+    pub(super) sends: BTreeMap<u64, (Bytes, u64)>,
+    /// Receipt id → the sequence of its send (sends), or the next sequence when it was asked
+    /// (flushes): its answer confirms every fire-and-forget send below that.
+    by_receipt: HashMap<u64, u64>,
+    pings: HashMap<u64, u64>,
+    fire_and_forget: VecDeque<u64>,
+    cached_bytes: usize,
+    max_cache: usize,
+    track_fire_and_forget: bool,
+}
+
+impl SendTracker {
+    pub(super) fn new(track_fire_and_forget: bool, max_cache: usize) -> SendTracker {
+        SendTracker {
+            sends: BTreeMap::new(),
+            by_receipt: HashMap::new(),
+            pings: HashMap::new(),
+            fire_and_forget: VecDeque::new(),
+            cached_bytes: 0,
+            max_cache,
+            track_fire_and_forget,
+        }
+    }
+
+    pub(super) fn wants(&self, receipt: u64) -> bool {
+        receipt != 0 || self.track_fire_and_forget
+    }
+
+    pub(super) fn record(&mut self, sequence: u64, frame: Bytes, receipt: u64) {
+        if receipt != 0 {
+            self.by_receipt.insert(receipt, sequence);
+        } else {
+            self.cached_bytes += frame.len();
+            self.fire_and_forget.push_back(sequence);
+            while self.cached_bytes > self.max_cache {
+                let Some(old) = self.fire_and_forget.pop_front() else {
+                    break;
+                };
+                if let Some((f, _)) = self.sends.remove(&old) {
+                    self.cached_bytes -= f.len();
+                }
+            }
+            if self.cached_bytes > self.max_cache {
+                return;
+            }
+        }
+        self.sends.insert(sequence, (frame, receipt));
+    }
+
+    pub(super) fn answered(&mut self, receipt: u64) {
+        let below = match self.by_receipt.remove(&receipt) {
+            Some(seq) => {
+                self.sends.remove(&seq);
+                seq
+            }
+            None => match self.pings.remove(&receipt) {
+                Some(next) => next,
+                None => return,
+            },
+        };
+        while self.fire_and_forget.front().is_some_and(|s| *s < below) {
+            if let Some(seq) = self.fire_and_forget.pop_front() {
+                if let Some((f, _)) = self.sends.remove(&seq) {
+                    self.cached_bytes -= f.len();
+                }
+            }
+        }
+    }
+
+    /// A flush was asked when `next` was the next sequence.
+    pub(super) fn ping(&mut self, receipt: u64, next: u64) {
+        if self.track_fire_and_forget {
+            self.pings.insert(receipt, next);
+        }
+    }
+
+    fn replay(&self, out: &mut BytesMut) -> usize {
+        for (frame, _) in self.sends.values() {
+            out.extend_from_slice(frame);
+        }
+        self.sends.len()
+    }
+}
+
+pub(crate) struct Outbound {
+    pub(super) buf: BytesMut,
+    pub(super) closed: Option<ClientError>,
+    /// False while a failover client is between connections: senders wait.
+    pub(super) connected: bool,
+    pub(super) next_sequence: u64,
+    /// `Some` for failover clients.
+    pub(super) tracker: Option<SendTracker>,
+}
+
+/// A live subscription: where its deliveries go, and how to restore it after a failover.
+pub(crate) struct SubEntry {
+    pub(super) tx: mpsc::UnboundedSender<Delivery>,
+    pub(super) frame: proto::Subscribe,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FrameKind {
+    /// A message: with a failover `timeout`, waits at most that long for a connection.
+    Send,
+    Other,
+}
+
+pub(crate) struct Shared {
+    pub(super) out: Mutex<Outbound>,
+    pub(super) out_ready: AtomicWaker,
+    /// Woken when the outgoing buffer drains, and when a failover client (re)connects.
+    pub(super) room: Notify,
+    pub(super) send_buffer: usize,
+    receipts: Mutex<HashMap<u64, Waiter>>,
+    pub(super) subs: Mutex<HashMap<u64, SubEntry>>,
+    next_receipt: AtomicU64,
+    pub(super) next_subscription: AtomicU64,
+    pub(super) next_temp: AtomicU64,
+    pub(super) next_transaction: AtomicU64,
+    pub(super) producer_id: Bytes,
+    /// Temporary destination names start with this: the first connection's id, kept across
+    /// failovers.
+    pub(super) temp_prefix: String,
+    pub(super) info: RwLock<ServerInfo>,
+    /// Which connection this is (a failover client counts up).
+    pub(super) epoch: AtomicU64,
+    /// Errors the broker reported for requests without a receipt (fire-and-forget sends).
+    pub(super) async_errors: Mutex<Vec<ClientError>>,
+    pub(super) async_error_count: AtomicU64,
+    pub(super) stop: CancellationToken,
+    pub(super) ended: CancellationToken,
+    pub(super) replies: tokio::sync::Mutex<Option<ReplyRouter>>,
+    /// Created by the first `events()` call: a broadcast channel allocates all its slots up
+    /// front, which ten thousand clients in one process would pay for (memory, and time at
+    /// drop) without ever reading an event.
+    pub(super) events: OnceLock<broadcast::Sender<ClientEvent>>,
+    /// The failover `timeout`: how long a send waits for a connection.
+    send_timeout: Option<Duration>,
+    /// The URL of the broker this client is on now.
+    pub(super) current_url: RwLock<String>,
+    /// Connections a failover client opened after its first, and how many were moves.
+    pub(super) reconnects: AtomicU64,
+    pub(super) moves: AtomicU64,
+    /// The URIs the brokers pushed (a failover client's learned list).
+    pub(super) cluster_uris: RwLock<Vec<String>>,
+}
+
+impl Shared {
+    pub(super) fn new(
+        info: ServerInfo,
+        url: String,
+        options: &ClientOptions,
+        tracker: Option<SendTracker>,
+        send_timeout: Option<Duration>,
+    ) -> Shared {
+        Shared {
+            out: Mutex::new(Outbound {
+                buf: BytesMut::new(),
+                closed: None,
+                connected: true,
+                next_sequence: 1,
+                tracker,
+            }),
+            out_ready: AtomicWaker::new(),
+            room: Notify::new(),
+            send_buffer: options.send_buffer.max(1),
+            receipts: Mutex::new(HashMap::new()),
+            subs: Mutex::new(HashMap::new()),
+            next_receipt: AtomicU64::new(1),
+            next_subscription: AtomicU64::new(1),
+            next_temp: AtomicU64::new(1),
+            next_transaction: AtomicU64::new(1),
+            producer_id: Bytes::from(format!(
+                "{}-{:016x}",
+                info.connection_id,
+                rand::random::<u64>()
+            )),
+            temp_prefix: info.connection_id.clone(),
+            info: RwLock::new(info),
+            epoch: AtomicU64::new(0),
+            async_errors: Mutex::new(Vec::new()),
+            async_error_count: AtomicU64::new(0),
+            stop: CancellationToken::new(),
+            ended: CancellationToken::new(),
+            replies: tokio::sync::Mutex::new(None),
+            events: OnceLock::new(),
+            send_timeout,
+            current_url: RwLock::new(url),
+            reconnects: AtomicU64::new(0),
+            moves: AtomicU64::new(0),
+            cluster_uris: RwLock::new(Vec::new()),
+        }
+    }
+
+    pub(super) fn closed_error(&self) -> Option<ClientError> {
+        self.out.lock().closed.clone()
+    }
+
+    /// Runs `write` on the outgoing buffer once there is a connection and room, waiting until
+    /// then (a send waits for a connection at most the failover `timeout`).
+    pub(super) async fn enqueue<R>(
+        &self,
+        kind: FrameKind,
+        write: impl FnOnce(&mut Outbound) -> R,
+    ) -> Result<R, ClientError> {
+        let mut write = Some(write);
+        let mut deadline = match kind {
+            FrameKind::Send => self.send_timeout.map(|t| tokio::time::Instant::now() + t),
+            FrameKind::Other => None,
+        };
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let connected = {
+                let mut out = self.out.lock();
+                if let Some(e) = &out.closed {
+                    return Err(e.clone());
+                }
+                if out.connected && out.buf.len() < self.send_buffer {
+                    let write = write.take().expect("written once");
+                    let r = write(&mut out);
+                    drop(out);
+                    self.out_ready.wake();
+                    return Ok(r);
+                }
+                out.connected
+            };
+            match deadline {
+                Some(at) if !connected => {
+                    if tokio::time::timeout_at(at, notified).await.is_err()
+                        && !self.out.lock().connected
+                    {
+                        return Err(ClientError::Timeout(format!(
+                            "no broker connection within the failover timeout ({:?}); the client keeps reconnecting",
+                            self.send_timeout.unwrap_or_default()
+                        )));
+                    }
+                }
+                Some(_) => {
+                    deadline = None;
+                    notified.await;
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    pub(super) fn register_receipt(
+        &self,
+        kind: WaitKind,
+    ) -> (u64, oneshot::Receiver<Result<(), ClientError>>) {
+        let id = self.next_receipt.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.receipts.lock().insert(id, Waiter::Reply(tx, kind));
+        (id, rx)
+    }
+
+    pub(super) fn forget_receipt(&self, id: u64) {
+        self.receipts.lock().remove(&id);
+    }
+
+    pub(super) async fn await_receipt(
+        &self,
+        id: u64,
+        rx: oneshot::Receiver<Result<(), ClientError>>,
+    ) -> Result<(), ClientError> {
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => {
+                self.receipts.lock().remove(&id);
+                Err(self
+                    .closed_error()
+                    .unwrap_or_else(|| ClientError::Closed("connection ended".into())))
+            }
+        }
+    }
+
+    pub(super) fn poll_out(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.out_ready.register(cx.waker());
+        if !self.out.lock().buf.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub(super) fn emit(&self, event: ClientEvent) {
+        // Nobody has asked for events yet: nobody could see this one.
+        if let Some(events) = self.events.get() {
+            let _ = events.send(event);
+        }
+    }
+
+    /// A receipt arrived (or an error carrying one): answer whoever waits for it.
+    pub(super) fn answer(&self, id: u64, result: Result<(), ClientError>) {
+        let waiter = self.receipts.lock().remove(&id);
+        match waiter {
+            Some(Waiter::Reply(tx, kind)) => {
+                if matches!(kind, WaitKind::Send | WaitKind::Ping) {
+                    if let Some(t) = &mut self.out.lock().tracker {
+                        t.answered(id);
+                    }
+                }
+                let _ = tx.send(result);
+            }
+            Some(Waiter::Restore(sub)) => {
+                if let Err(e) = result {
+                    // The subscription could not be restored: end its stream, say why.
+                    self.subs.lock().remove(&sub);
+                    self.note_async_error(e.clone());
+                    self.emit(ClientEvent::SubscriptionLost {
+                        subscription: sub,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+            None => {}
+        }
+    }
+
+    pub(super) fn note_async_error(&self, err: ClientError) {
+        self.async_error_count.fetch_add(1, Ordering::Relaxed);
+        let mut errors = self.async_errors.lock();
+        if errors.len() < 1000 {
+            errors.push(err);
+        }
+    }
+
+    /// A failover client's connection ended: new frames wait for the next one; deliveries and
+    /// acks of this one become stale; requests that will not be repeated are answered.
+    pub(super) fn interrupt(&self, reason: &ClientError) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        {
+            let mut out = self.out.lock();
+            out.connected = false;
+            out.buf.clear();
+        }
+        let mut failed = Vec::new();
+        {
+            let mut receipts = self.receipts.lock();
+            let ids: Vec<u64> = receipts
+                .iter()
+                .filter(|(_, w)| {
+                    matches!(w, Waiter::Restore(_) | Waiter::Reply(_, WaitKind::Other))
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                if let Some(Waiter::Reply(tx, _)) = receipts.remove(&id) {
+                    failed.push(tx);
+                }
+            }
+        }
+        for tx in failed {
+            let _ = tx.send(Err(ClientError::Interrupted(format!(
+                "the connection ended before the broker confirmed ({reason}); an unconfirmed ack \
+                 or nack leaves the message to be redelivered, an unsubscribe may not have happened"
+            ))));
+        }
+        let commits: Vec<ReceiptSender> = {
+            let mut receipts = self.receipts.lock();
+            let ids: Vec<u64> = receipts
+                .iter()
+                .filter(|(_, w)| matches!(w, Waiter::Reply(_, WaitKind::Commit)))
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| match receipts.remove(&id) {
+                    Some(Waiter::Reply(tx, _)) => Some(tx),
+                    _ => None,
+                })
+                .collect()
+        };
+        for tx in commits {
+            let _ = tx.send(Err(ClientError::RolledBack(format!(
+                "completion in doubt due to failover ({reason}); resend what the transaction sent \
+                 if it must arrive"
+            ))));
+        }
+        self.room.notify_waiters();
+    }
+
+    /// Writes what a new connection must carry first: the subscriptions (same ids), every
+    /// tracked send (same producer id and sequence) and the pending flushes. Then lets senders
+    /// in.
+    pub(super) fn restore(&self, wbuf: &mut BytesMut) -> (usize, usize) {
+        let mut subs: Vec<proto::Subscribe> =
+            self.subs.lock().values().map(|e| e.frame.clone()).collect();
+        subs.sort_by_key(|s| s.subscription);
+        let pings: Vec<u64> = {
+            let mut receipts = self.receipts.lock();
+            for s in &mut subs {
+                let pending = matches!(
+                    receipts.get(&s.receipt),
+                    Some(Waiter::Reply(_, WaitKind::Subscribe))
+                );
+                if !pending {
+                    s.receipt = self.next_receipt.fetch_add(1, Ordering::Relaxed);
+                    receipts.insert(s.receipt, Waiter::Restore(s.subscription));
+                }
+            }
+            let mut pings: Vec<u64> = receipts
+                .iter()
+                .filter(|(_, w)| matches!(w, Waiter::Reply(_, WaitKind::Ping)))
+                .map(|(id, _)| *id)
+                .collect();
+            pings.sort_unstable();
+            pings
+        };
+        for s in &subs {
+            wire::encode(&wire::frame(Body::Subscribe(s.clone())), wbuf);
+        }
+        let mut out = self.out.lock();
+        let resent = out.tracker.as_ref().map(|t| t.replay(wbuf)).unwrap_or(0);
+        for id in pings {
+            wire::encode(
+                &wire::frame(Body::Heartbeat(proto::Heartbeat { receipt: id })),
+                wbuf,
+            );
+        }
+        out.buf.clear();
+        out.connected = true;
+        drop(out);
+        self.room.notify_waiters();
+        (subs.len(), resent)
+    }
+
+    /// The client is over: everyone waiting is answered, every stream ends.
+    pub(super) fn finish(&self, reason: ClientError) {
+        {
+            let mut out = self.out.lock();
+            out.closed = Some(reason.clone());
+            out.connected = false;
+            out.buf.clear();
+        }
+        self.room.notify_waiters();
+        let waiters: Vec<Waiter> = self.receipts.lock().drain().map(|(_, w)| w).collect();
+        for w in waiters {
+            if let Waiter::Reply(tx, _) = w {
+                let _ = tx.send(Err(reason.clone()));
+            }
+        }
+        self.subs.lock().clear();
+        self.ended.cancel();
+    }
+}
+
+/// Ends the connection when the last handle goes.
+pub(crate) struct CloseOnDrop(pub(super) Arc<Shared>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.stop.cancel();
+        // The connection task waits on this waker, not on the token: without the wake it
+        // would notice only at its next heartbeat tick, seconds later.
+        self.0.out_ready.wake();
+    }
+}
