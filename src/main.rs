@@ -143,7 +143,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let outcome = runtime.block_on(run(cli.command));
+    if let (Ok(_), Some(&handed_over_at)) = (&outcome, RESTART.get()) {
+        // A member that stopped to restart itself runs again once its tasks have ended.
+        runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+        let e = cli::mesh::restart_self(handed_over_at);
+        eprintln!("meshmq: cannot run again to restart: {e}");
+        return ExitCode::FAILURE;
+    }
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("meshmq: {e:#}");
@@ -152,13 +160,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Set when a member stopped to run itself again (`POST /restart`): the epoch in which it
+/// handed its group over (0: none).
+static RESTART: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Broker {
             topology,
             member,
             repair,
-        } => cli::mesh::broker(&topology, &member, repair).await?,
+        } => {
+            if let Some(handed_over_at) = cli::mesh::broker(&topology, &member, repair).await? {
+                let _ = RESTART.set(handed_over_at);
+            }
+        }
         Command::Up { topology } => cli::mesh::up(&topology).await?,
         Command::Check { topology, json } => cli::mesh::check(&topology, json)?,
         Command::Plan(args) => cli::apply::plan(&args).await?,

@@ -1,13 +1,18 @@
 //! `meshmq plan T` and `meshmq apply T`: change a running mesh to a new topology file without
-//! restarting it.
+//! restarting it; `meshmq apply --rolling T` also restarts, one at a time, the members a change
+//! needs restarted.
 //!
 //! Owns: asking the members (every member `T` lists, and every member the running members'
-//! topologies list) what they run, printing the difference group by group, and sending `T` to
-//! each member of `T`. Must not touch: the members' processes (it never starts or stops one).
-//! Invariants: an invalid `T` is refused before any member is asked to change (the checker's
-//! errors are printed); each member answers for itself, so a partial apply reports exactly
-//! which members took the file, and running it again is safe (a member already running the
-//! file changes nothing).
+//! topologies list) what they run, printing the difference group by group, sending `T` to each
+//! member of `T`, and the order and pacing of a rolling restart. Must not touch: the members'
+//! processes (it never starts, stops or signals one: a member restarts itself when asked on its
+//! authenticated admin port, so the roll works for members on other machines). Invariants: an
+//! invalid `T` is refused before any member is asked to change (the checker's errors are
+//! printed); each member answers for itself, so a partial apply reports exactly which members
+//! took the file, and running it again is safe (a member already running the file changes
+//! nothing); a roll restarts one member at a time — standbys before their master, so a master
+//! hands over to a member that already runs `T` — and asks for the next only once the last is
+//! back with `T` and its group serves; a member that does not come back stops the roll.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,7 +21,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 
-use meshmq::config::{self, diff, Topology};
+use meshmq::config::{self, diff, Member, Topology};
+use meshmq::server::admin::MemberStatus;
 use meshmq::server::live::{ApplyOutcome, RunningTopology};
 
 use super::http;
@@ -36,13 +42,27 @@ pub struct PlanArgs {
 #[derive(clap::Args)]
 #[command(
     after_help = "The admin token sent is MESHMQ_ADMIN_TOKEN when set, otherwise the \
-[admin] token of the file. Exit status: 0 when every member of the file took it; 4 when some \
-did not (the table says which; run it again once they are reachable); 1 when the file is invalid \
-(nothing was changed)."
+[admin] token of the file. Exit status: 0 when every member of the file took it (and, with \
+--rolling, every member to restart is back with it); 4 when some did not (the output says which; \
+run it again once they are reachable) or a member did not come back from its restart (the roll \
+stops there); 1 when the file is invalid (nothing was changed)."
 )]
 pub struct ApplyArgs {
     /// The new topology file.
     pub topology: PathBuf,
+    /// Then restart, one at a time, the members a change needs restarted (each drains — its
+    /// clients move, a master hands its group to a standby — and runs itself again with the
+    /// new file), waiting for each to be back before the next.
+    #[arg(long)]
+    pub rolling: bool,
+    /// With --rolling: how long a restarting member has to drain, run again and serve or
+    /// stand by with the new file (and its group to have a master) before the roll stops.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub member_timeout: Duration,
+    /// With --rolling: how long a member waits for its clients to move before it restarts
+    /// anyway (those left reconnect through their failover URLs).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
 }
 
 fn load(path: &Path) -> anyhow::Result<Topology> {
@@ -195,8 +215,9 @@ fn render_plan(new: &Topology, members: &BTreeMap<String, (SocketAddr, Report)>)
     out
 }
 
-/// `meshmq apply T`: every member of `T` takes it without restarting. Returns whether every
-/// member took it.
+/// `meshmq apply T`: every member of `T` takes it without restarting; with `--rolling`, the
+/// members a change needs restarted are then restarted one at a time. Returns whether every
+/// member took it (and came back, when rolling).
 pub async fn apply(args: &ApplyArgs) -> anyhow::Result<bool> {
     let new = load(&args.topology)?;
     let Some(token) = admin_token(&new) else {
@@ -205,7 +226,183 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<bool> {
             args.topology.display()
         )
     };
-    send(&new, &args.topology, &token).await
+    let sent = send(&new, &args.topology, &token).await?;
+    if sent.restart.is_empty() {
+        return Ok(sent.all_took);
+    }
+    if !args.rolling {
+        println!(
+            "still to restart for the changes above: {}; `meshmq apply --rolling {}` restarts them one at a time",
+            sent.restart.join(", "),
+            args.topology.display()
+        );
+        return Ok(sent.all_took);
+    }
+    if !sent.all_took {
+        println!(
+            "not rolling: not every member took the file (restarting some would leave the group running two versions); run it again once they are reachable"
+        );
+        return Ok(false);
+    }
+    roll(&new, &sent.restart, &token, args).await
+}
+
+/// What [`send`] found.
+pub struct Sent {
+    /// Every member of the file took it.
+    pub all_took: bool,
+    /// Members that took it with changes only a restart applies, in file order.
+    pub restart: Vec<String>,
+}
+
+/// The group members' order for a roll: standbys first, the serving master last (it then
+/// hands its group over to a member that already runs the new file).
+async fn next_to_restart(left: &[&Member]) -> usize {
+    for (i, m) in left.iter().enumerate() {
+        if !matches!(
+            http::get(m.admin, "/readyz", ANSWER_TIMEOUT).await,
+            Ok((200, _))
+        ) {
+            return i;
+        }
+    }
+    0
+}
+
+/// Restarts `members` one at a time (group by group, in file order), each back with `new`
+/// before the next. Returns false when one did not come back (the roll stops there).
+async fn roll(
+    new: &Topology,
+    members: &[String],
+    token: &str,
+    args: &ApplyArgs,
+) -> anyhow::Result<bool> {
+    let mut done: Vec<String> = Vec::new();
+    for group in &new.groups {
+        let mut left: Vec<&Member> = group
+            .members
+            .iter()
+            .filter(|m| members.iter().any(|n| n == m.name.as_str()))
+            .collect();
+        while !left.is_empty() {
+            let m = left.remove(next_to_restart(&left).await);
+            let started = tokio::time::Instant::now();
+            println!("restarting {} (group {})", m.name, group.name);
+            let path = format!("/restart?timeout={}ms", args.drain_timeout.as_millis());
+            let refused = match http::post_bearer(m.admin, &path, token, ANSWER_TIMEOUT).await {
+                Ok((202, _)) => None,
+                Ok((code, body)) => Some(format!("REFUSED ({code}): {}", body.trim())),
+                Err(e) => Some(format!("NOT REACHED: {e:#}")),
+            };
+            let outcome = match refused {
+                Some(r) => Err(r),
+                None => back(m, group, new, args.member_timeout).await,
+            };
+            match outcome {
+                Ok(role) => {
+                    println!(
+                        "  {} is back as {role} with the new file after {:.1}s; group {} serves",
+                        m.name,
+                        started.elapsed().as_secs_f64(),
+                        group.name
+                    );
+                    done.push(m.name.to_string());
+                }
+                Err(e) => {
+                    println!("  {}: {e}", m.name);
+                    let rest: Vec<&str> = members
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|n| *n != m.name.as_str() && !done.iter().any(|d| d == n))
+                        .collect();
+                    println!(
+                        "the roll stopped at {}; restarted: {}; not restarted: {}",
+                        m.name,
+                        if done.is_empty() {
+                            "none".to_string()
+                        } else {
+                            done.join(", ")
+                        },
+                        if rest.is_empty() {
+                            "none".to_string()
+                        } else {
+                            rest.join(", ")
+                        }
+                    );
+                    return Ok(false);
+                }
+            }
+        }
+    }
+    println!(
+        "every member to restart runs the new file: {}",
+        done.join(", ")
+    );
+    Ok(true)
+}
+
+/// Waits until `m` runs again — a new process (its uptime began after the request) that reads
+/// `new` and has nothing waiting for a restart — as master or standby, and its group has a
+/// master. Returns its role.
+async fn back(
+    m: &Member,
+    group: &config::Group,
+    new: &Topology,
+    timeout: Duration,
+) -> Result<String, String> {
+    let asked = tokio::time::Instant::now();
+    let deadline = asked + timeout;
+    let mut last = "did not answer".to_string();
+    loop {
+        let status = match http::get(m.admin, "/status", ANSWER_TIMEOUT).await {
+            Ok((200, body)) => serde_json::from_str::<MemberStatus>(&body).ok(),
+            _ => None,
+        };
+        let running = match http::get(m.admin, "/topology", ANSWER_TIMEOUT).await {
+            Ok((200, body)) => serde_json::from_str::<RunningTopology>(&body).ok(),
+            _ => None,
+        };
+        if let (Some(s), Some(r)) = (status, running) {
+            let fresh = s.uptime_seconds < asked.elapsed().as_secs_f64();
+            last = format!(
+                "runs as {} (up {:.1}s, version {})",
+                s.role, s.uptime_seconds, r.version
+            );
+            if fresh && r.text == new.source.text() && r.restart_pending.is_empty() {
+                if s.role == "master" || s.role == "slave" {
+                    let mut serving = false;
+                    for other in &group.members {
+                        if matches!(
+                            http::get(other.admin, "/readyz", ANSWER_TIMEOUT).await,
+                            Ok((200, _))
+                        ) {
+                            serving = true;
+                        }
+                    }
+                    if serving {
+                        return Ok(if s.role == "slave" {
+                            "standby".into()
+                        } else {
+                            s.role
+                        });
+                    }
+                    last = format!(
+                        "is back as {}, but group {} has no master yet",
+                        s.role, group.name
+                    );
+                }
+            } else if fresh {
+                last = format!("{last}, but not with the new file");
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "DID NOT COME BACK within {}: {last}",
+                humantime::format_duration(timeout)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The admin token a writer presents: `MESHMQ_ADMIN_TOKEN` when set, else the file's.
@@ -216,9 +413,8 @@ pub fn admin_token(topo: &Topology) -> Option<String> {
     }
 }
 
-/// Sends `new` (read from `path`) to every member it lists and prints what each did. Returns
-/// whether every member took it.
-pub async fn send(new: &Topology, path: &Path, token: &str) -> anyhow::Result<bool> {
+/// Sends `new` (read from `path`) to every member it lists and prints what each did.
+pub async fn send(new: &Topology, path: &Path, token: &str) -> anyhow::Result<Sent> {
     let file = std::path::absolute(path)?;
     let body = serde_json::to_string(&meshmq::server::admin_topology::TopologyWrite {
         file: file.display().to_string(),
@@ -240,6 +436,7 @@ pub async fn send(new: &Topology, path: &Path, token: &str) -> anyhow::Result<bo
         })
         .collect();
     let mut all_took = true;
+    let mut restart: Vec<String> = Vec::new();
     let mut lines = Vec::new();
     // Each change once, in the order members reported them.
     let mut changes: Vec<String> = Vec::new();
@@ -265,6 +462,7 @@ pub async fn send(new: &Topology, path: &Path, token: &str) -> anyhow::Result<bo
                         if o.applied.len() == 1 { "" } else { "s" }
                     );
                     if !o.restart_pending.is_empty() {
+                        restart.push(name.clone());
                         l.push_str(&format!(
                             "; at its next restart: {}",
                             o.restart_pending.join("; ")
@@ -320,5 +518,11 @@ pub async fn send(new: &Topology, path: &Path, token: &str) -> anyhow::Result<bo
             path.display()
         );
     }
-    Ok(all_took)
+    // In file order, as the members are listed.
+    let restart = targets
+        .iter()
+        .map(|(n, _)| n.clone())
+        .filter(|n| restart.contains(n))
+        .collect();
+    Ok(Sent { all_took, restart })
 }

@@ -37,15 +37,25 @@ fn refuse_unsupported(topo: &Topology) -> anyhow::Result<()> {
     )
 }
 
-pub async fn broker(topology: &Path, member: &str, repair: bool) -> anyhow::Result<()> {
+/// Set by a member that restarts itself (`POST /restart`) for the process it runs next: the
+/// epoch in which it handed its file-lock group over to a standby.
+pub const HANDED_OVER_ENV: &str = "MESHMQ_HANDED_OVER_AT";
+
+/// Runs one member until it stops. Returns `Some(epoch)` when it stopped to run itself again
+/// (`POST /restart`; see [`restart_self`]).
+pub async fn broker(topology: &Path, member: &str, repair: bool) -> anyhow::Result<Option<u64>> {
     let topo = load(topology)?;
     refuse_unsupported(&topo)?;
     let mut opts = ServerOptions::from_topology(&topo, member).map_err(|e| anyhow!("{e}"))?;
     opts.repair = repair;
+    opts.handed_over_at = std::env::var(HANDED_OVER_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok());
     // Before serving: a SIGTERM sent as soon as /readyz answers must stop us gracefully.
     let mut signals = Signals::install()?;
     let running = server::start(opts).await?;
     let fatal = running.fatal();
+    let restart = running.restart_request();
     let token = running.shutdown_token();
     tokio::spawn(async move {
         signals.recv().await;
@@ -58,8 +68,32 @@ pub async fn broker(topology: &Path, member: &str, repair: bool) -> anyhow::Resu
     if let Some(cause) = fatal.cause() {
         bail!("member {member} stopped: {cause}");
     }
+    if let Some(epoch) = restart.requested() {
+        tracing::info!("stopped; running again to take the topology");
+        return Ok(Some(epoch));
+    }
     tracing::info!("stopped");
-    Ok(())
+    Ok(None)
+}
+
+/// Replaces this process with a new run of the same command (`argv[0]`, found as the shell
+/// would, so an upgraded binary installed in its place is the one that runs; the same
+/// arguments, so the same `--topology` file, which the member saved first). The PID, the
+/// parent and the standard streams stay, so a supervisor or `meshmq up` sees no exit. Every
+/// other descriptor (sockets, the journal, the file lock) is close-on-exec. Returns only if
+/// the exec failed.
+pub fn restart_self(handed_over_at: u64) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os();
+    let program = args.next().unwrap_or_else(|| "meshmq".into());
+    let mut command = std::process::Command::new(&program);
+    command.args(args);
+    if handed_over_at > 0 {
+        command.env(HANDED_OVER_ENV, handed_over_at.to_string());
+    } else {
+        command.env_remove(HANDED_OVER_ENV);
+    }
+    command.exec()
 }
 
 /// SIGINT and SIGTERM, caught from `install` on. Until a handler is installed a signal kills

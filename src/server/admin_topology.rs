@@ -1,6 +1,7 @@
 //! The admin port's topology endpoints: `GET /topology` (the file this member runs, open like
-//! `/status`) and `PUT /topology` (take a new file without restarting — what `meshmq apply`
-//! calls).
+//! `/status`), `PUT /topology` (take a new file without restarting — what `meshmq apply`
+//! calls) and `POST /restart` (run again with the file it runs now, for the keys only a
+//! restart applies — what `meshmq apply --rolling` calls).
 //!
 //! Owns: the write endpoint's authentication. A write must carry `Authorization: Bearer
 //! <token>` matching `[admin] token` of the topology the member runs now; with no token
@@ -39,7 +40,9 @@ pub struct AdminError {
 }
 
 pub(super) fn routes() -> Router<Arc<MemberState>> {
-    Router::new().route("/topology", get(running).put(write))
+    Router::new()
+        .route("/topology", get(running).put(write))
+        .route("/restart", axum::routing::post(restart))
 }
 
 async fn running(State(state): State<Arc<MemberState>>) -> Json<RunningTopology> {
@@ -143,6 +146,71 @@ async fn write(
             )
                 .into_response()
         }
+    }
+}
+
+/// A restart's drain deadline when the request names none.
+const DEFAULT_RESTART_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `POST /restart?timeout=30s`: the member saves the topology it runs now where it reads it
+/// at start (its `--topology` file, unless that already holds it), drains (its clients move;
+/// a master hands its group to a standby) and runs its own binary again with its original
+/// arguments. Refused, changing nothing, without the admin token, when the file cannot be
+/// written, or while a drain runs.
+async fn restart(
+    State(state): State<Arc<MemberState>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    if let Some(refusal) = authenticate(&state, &headers) {
+        return refusal;
+    }
+    let param = super::admin_ui::timeout_param(&uri);
+    let timeout = match param.as_deref().map(humantime::parse_duration) {
+        None => DEFAULT_RESTART_DRAIN,
+        Some(Ok(t)) if !t.is_zero() => t,
+        Some(_) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(AdminError {
+                    error: format!(
+                        "timeout={:?} is not a duration; write e.g. timeout=30s",
+                        param.unwrap_or_default()
+                    ),
+                }),
+            )
+                .into_response()
+        }
+    };
+    let saved = match state.live.save_for_restart() {
+        Ok(saved) => saved,
+        Err(error) => {
+            tracing::error!(%error, "restart refused");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(AdminError { error }),
+            )
+                .into_response();
+        }
+    };
+    match super::drain::start(&state, timeout, super::drain::Purpose::Restart) {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            format!(
+                "restarting {} with {} (drains first, at most {})\n",
+                state.identity.member,
+                saved.display(),
+                humantime::format_duration(timeout)
+            ),
+        )
+            .into_response(),
+        Err(super::drain::Refused::AlreadyDraining) => (
+            StatusCode::CONFLICT,
+            Json(AdminError {
+                error: "this member is already draining; see /status".into(),
+            }),
+        )
+            .into_response(),
     }
 }
 

@@ -166,7 +166,7 @@ async fn read_status(addr: SocketAddr) -> Result<MemberStatus, String> {
 
 /// The `timeout` parameter of `/drain?timeout=90s`: how long the drain waits for clients and
 /// queues before the member exits anyway.
-fn timeout_param(uri: &Uri) -> Option<String> {
+pub(super) fn timeout_param(uri: &Uri) -> Option<String> {
     uri.query()?
         .split('&')
         .find_map(|kv| kv.strip_prefix("timeout="))
@@ -196,7 +196,7 @@ async fn start_drain(
                 .into_response()
         }
     };
-    match drain::start(&state, timeout) {
+    match drain::start(&state, timeout, drain::Purpose::Exit) {
         Ok(()) => (
             StatusCode::ACCEPTED,
             format!(

@@ -1,4 +1,5 @@
-//! Draining a member before an upgrade (`POST /drain` on its admin port; `meshmq drain`).
+//! Draining a member before an upgrade (`POST /drain` on its admin port; `meshmq drain`), or
+//! before it restarts itself (`POST /restart`; `meshmq apply --rolling`).
 //!
 //! A drained master stops accepting connections at once. Alone in its group, it then asks its
 //! failover clients to move to the other groups at a bounded rate (see `cluster::drain`), waits
@@ -6,7 +7,9 @@
 //! standbys in its group it hands the group over instead: its term stops (connections told,
 //! a clean checkpoint, the journal closed) and the file lock or the ZooKeeper session goes with
 //! the process, so a standby takes over and the clients reconnect to it through their failover
-//! URLs. A standby just exits.
+//! URLs. A standby just exits. A drain for a restart moves the clients the same way but does
+//! not wait for the queues (the journal keeps them for the restarted process), and ends with
+//! the process executing its own binary again instead of exiting.
 //!
 //! Owns: the drain's sequence and the progress `/status` shows, and the admin token check.
 //! Must not touch: how a client moves (the cluster registry asks it) or how a term stops (the
@@ -15,6 +18,7 @@
 //! shutdown (it reconnects through its failover URL), and messages still queued at the
 //! deadline stay in the journal for the member's next start.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +31,7 @@ use super::{admin_ui::MeshMemberRef, MemberState, ServerOptions};
 /// `/status` while a drain runs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DrainStatus {
-    /// `moving clients`, `emptying queues`, `handing over` or `stopping`.
+    /// `moving clients`, `emptying queues`, `handing over`, `stopping` or `restarting`.
     pub phase: String,
     /// Client connections still here.
     pub clients: u64,
@@ -39,12 +43,42 @@ pub struct DrainStatus {
     pub seconds_left: f64,
 }
 
+/// What a drain is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// The member exits once empty (an upgrade, or leaving the mesh).
+    Exit,
+    /// The member runs its own binary again once its clients have moved (a restart-only
+    /// change): its queues stay in its journal.
+    Restart,
+}
+
 /// What the admin port may change on a member, and what it shows of the mesh.
 pub(crate) struct Operations {
     group_members: usize,
     pub(crate) mesh: Vec<MeshMemberRef>,
     shutdown: CancellationToken,
     drain: Mutex<Option<(Instant, DrainStatus)>>,
+    /// Set when the drain under way ends in a restart (read once the member has stopped).
+    pub(crate) restart: Arc<RestartRequest>,
+}
+
+/// Whether a stopped member runs itself again, set by a drain for a restart.
+#[derive(Debug, Default)]
+pub struct RestartRequest {
+    requested: AtomicBool,
+    /// The epoch a master handed its group over in (0: it handed nothing over).
+    handed_over_at: AtomicU64,
+}
+
+impl RestartRequest {
+    /// `Some(epoch)` once a restart was asked for: the epoch this member handed its group over
+    /// in, 0 when it handed nothing over.
+    pub fn requested(&self) -> Option<u64> {
+        self.requested
+            .load(Ordering::SeqCst)
+            .then(|| self.handed_over_at.load(Ordering::SeqCst))
+    }
 }
 
 /// Why an admin write was refused.
@@ -61,6 +95,7 @@ impl Operations {
             mesh: opts.mesh_members.clone(),
             shutdown,
             drain: Mutex::new(None),
+            restart: Arc::new(RestartRequest::default()),
         }
     }
 
@@ -82,8 +117,13 @@ impl Operations {
     }
 }
 
-/// Starts draining `state`'s member (at most once); it exits within about `timeout`.
-pub(crate) fn start(state: &Arc<MemberState>, timeout: Duration) -> Result<(), Refused> {
+/// Starts draining `state`'s member (at most once); it exits (or, for a restart, runs itself
+/// again) within about `timeout`.
+pub(crate) fn start(
+    state: &Arc<MemberState>,
+    timeout: Duration,
+    purpose: Purpose,
+) -> Result<(), Refused> {
     {
         let mut drain = state.operations.drain.lock();
         if drain.is_some() {
@@ -100,8 +140,15 @@ pub(crate) fn start(state: &Arc<MemberState>, timeout: Duration) -> Result<(), R
             },
         ));
     }
-    tracing::info!(?timeout, "drain requested");
-    tokio::spawn(run(state.clone(), timeout));
+    if purpose == Purpose::Restart {
+        state
+            .operations
+            .restart
+            .requested
+            .store(true, Ordering::SeqCst);
+    }
+    tracing::info!(?timeout, ?purpose, "drain requested");
+    tokio::spawn(run(state.clone(), timeout, purpose));
     Ok(())
 }
 
@@ -116,7 +163,7 @@ fn queued(broker: &crate::broker::Broker) -> u64 {
         .sum()
 }
 
-async fn run(state: Arc<MemberState>, timeout: Duration) {
+async fn run(state: Arc<MemberState>, timeout: Duration, purpose: Purpose) {
     let ops = &state.operations;
     let deadline = tokio::time::Instant::now() + timeout;
     let term = state.term.read().clone();
@@ -136,6 +183,9 @@ async fn run(state: Arc<MemberState>, timeout: Duration) {
             s.clients = term.cluster.load().0;
         });
         tracing::info!("draining: handing the group over to a standby");
+        ops.restart
+            .handed_over_at
+            .store(state.epoch.load(Ordering::Acquire), Ordering::SeqCst);
         ops.shutdown.cancel();
         return;
     }
@@ -165,13 +215,22 @@ async fn run(state: Arc<MemberState>, timeout: Duration) {
                 "emptying queues".into()
             };
         });
-        if clients == 0 && queued == 0 {
+        // A restart keeps the queues in the journal: only the clients need to have moved (or
+        // be beyond moving: no other group, or clients that take no pushes).
+        let restart_ready = purpose == Purpose::Restart && (clients == 0 || mover.is_finished());
+        if (clients == 0 && queued == 0) || restart_ready {
             break;
         }
     }
     asking.cancel();
     let asked = mover.await.unwrap_or(0);
     let (clients, queued) = (term.cluster.load().0, queued(&term.broker));
+    if purpose == Purpose::Restart {
+        tracing::info!(asked, clients, queued, "draining for a restart: stopping, then running again (the remaining clients reconnect by their failover URLs; queued messages stay in the journal)");
+        ops.set(|s| s.phase = "restarting".into());
+        ops.shutdown.cancel();
+        return;
+    }
     if clients > 0 || queued > 0 {
         tracing::warn!(clients, queued, "draining: the deadline passed; the remaining clients are closed (they reconnect by their failover URLs) and the queued messages stay in the journal");
     }

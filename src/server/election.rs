@@ -76,6 +76,10 @@ pub(crate) async fn file_lock_member(
     let mut warned = false;
     let won = metrics::counter!(m::HA_ELECTIONS, "result" => "won");
     won.increment(0);
+    if let Some(epoch) = opts.handed_over_at.filter(|e| *e > 0) {
+        state.set_role(Role::Slave);
+        yield_to_standby(&dir, epoch, poll, &shutdown).await;
+    }
     loop {
         state.set_role(Role::Slave);
         let lock = loop {
@@ -143,6 +147,33 @@ pub(crate) async fn file_lock_member(
             return;
         }
     }
+}
+
+/// How long a master that handed its group over and restarted leaves the lock to a standby.
+const HAND_OVER_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until a standby has taken the group over from the master this process was in
+/// `epoch` (the group's epoch moved on), or `HAND_OVER_WAIT` passed (no standby took it): a
+/// restarted master must not win its own lock back before the standby it handed over to.
+async fn yield_to_standby(dir: &Path, epoch: u64, poll: Duration, shutdown: &CancellationToken) {
+    let deadline = tokio::time::Instant::now() + HAND_OVER_WAIT;
+    tracing::info!(
+        epoch,
+        "restarted after handing the group over: leaving the lock to a standby"
+    );
+    while tokio::time::Instant::now() < deadline {
+        if matches!(current_epoch(dir), Ok(Some(now)) if now > epoch) {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll.min(Duration::from_millis(100))) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+    tracing::warn!(
+        epoch,
+        "no standby took the group over; trying the lock again"
+    );
 }
 
 /// Advances the group's epoch, kept in `DIR/epoch`, and returns the new one. Only the lock

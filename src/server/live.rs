@@ -180,6 +180,44 @@ impl LiveTopology {
             .collect()
     }
 
+    /// Writes the topology this member runs now to the file it started from — where its next
+    /// start reads it — unless that file holds it already. The write is atomic (a synced
+    /// temporary file beside it, renamed over it), so a crash leaves the old file or the new
+    /// one. Returns the file.
+    pub(crate) fn save_for_restart(&self) -> Result<std::path::PathBuf, String> {
+        let path = self.started.file.clone();
+        let text = self.topology().source.text().to_string();
+        if std::fs::read_to_string(&path).is_ok_and(|on_disk| on_disk == text) {
+            return Ok(path);
+        }
+        let fail = |what: &str, e: std::io::Error| {
+            format!(
+                "cannot save the running topology to {} for the restart ({what}: {e}); nothing was changed: make the file writable by this member, or restart it yourself",
+                path.display()
+            )
+        };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(&dir).map_err(|e| fail("temporary file", e))?;
+        if let Ok(meta) = std::fs::metadata(&path) {
+            // The file keeps who may read it (a topology holds password hashes and tokens).
+            tmp.as_file()
+                .set_permissions(meta.permissions())
+                .map_err(|e| fail("permissions", e))?;
+        }
+        std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(|e| fail("write", e))?;
+        tmp.as_file().sync_all().map_err(|e| fail("sync", e))?;
+        tmp.persist(&path).map_err(|e| fail("rename", e.error))?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        tracing::info!(file = %path.display(), "saved the running topology for the restart");
+        Ok(path)
+    }
+
     pub fn running(&self) -> RunningTopology {
         let c = self.current.read();
         let t = &c.topology;

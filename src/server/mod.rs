@@ -188,6 +188,10 @@ pub struct ServerOptions {
     pub group_members: usize,
     /// Every member of the mesh and its admin address (the mesh view reads their `/status`).
     pub mesh_members: Vec<admin_ui::MeshMemberRef>,
+    /// Set when this process is a restart of a master that handed its file-lock group over
+    /// (`POST /restart`): the epoch it served in. It lets its standby take the lock — waits
+    /// until the group's epoch has moved past it (or `HAND_OVER_WAIT`) before trying the lock.
+    pub handed_over_at: Option<u64>,
 }
 
 impl ServerOptions {
@@ -354,6 +358,7 @@ impl ServerOptions {
                     admin: m.admin,
                 })
                 .collect(),
+            handed_over_at: None,
         })
     }
 }
@@ -674,6 +679,8 @@ pub struct RunningServer {
     tracker: TaskTracker,
     shutdown_timeout: Duration,
     fatal: Fatal,
+    /// `Operations::restart` of the member.
+    restart: Arc<drain::RestartRequest>,
 }
 
 impl RunningServer {
@@ -689,6 +696,12 @@ impl RunningServer {
 
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// Whether the member, once stopped, runs itself again (`POST /restart`): read it after
+    /// `wait`.
+    pub fn restart_request(&self) -> Arc<drain::RestartRequest> {
+        self.restart.clone()
     }
 
     /// Waits, after `shutdown`, for the master term to stop (connections told, a clean
@@ -747,6 +760,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
     });
     state.set_role(Role::Starting);
     state.set_epoch(0);
+    let restart = state.operations.restart.clone();
     tracker.spawn(admin::serve(
         admin_listener,
         state.clone(),
@@ -818,6 +832,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         tracker,
         shutdown_timeout: opts.shutdown_timeout,
         fatal,
+        restart,
     })
 }
 
