@@ -15,6 +15,7 @@ pub mod drain;
 mod election;
 pub mod live;
 mod mqtt;
+pub(crate) use mqtt::read_client_bytes as read_mqtt_client_bytes;
 pub(crate) mod native;
 mod replicated;
 mod request;
