@@ -5,7 +5,7 @@ MESHMQ := target/release/meshmq
 TOPOLOGY ?= topologies/demo.toml
 APT := apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends
 
-.PHONY: run build test test-deps lint bench clean zk zk-stop
+.PHONY: run build test test-deps lint fuzz bench clean zk zk-stop
 
 ## Build, then bring up the demo mesh on this machine (Ctrl-C stops it).
 run: build
@@ -14,9 +14,38 @@ run: build
 build:
 	$(CARGO) build --release
 
-## Install what the tests need, check formatting and lints, run every test.
-test: test-deps lint
+## Install what the tests need, check formatting and lints, fuzz each decoder for a bounded
+## time, run every test. `make test FUZZ=0` skips the fuzz build and run (the corpus is still
+## replayed by `tests/fuzz_corpus_replays.rs`).
+test: test-deps lint $(if $(filter 0,$(FUZZ)),,fuzz)
 	$(CARGO) test --profile ci --no-fail-fast -- --test-threads=2
+
+## Coverage-guided fuzzing on stable Rust: libFuzzer (the libfuzzer-sys crate) over code built
+## with LLVM's SanitizerCoverage passes, as cargo-fuzz does without a sanitizer. Each target
+## runs FUZZ_SECONDS from its committed corpus (fuzz/corpus/TARGET, left untouched; what it
+## finds goes to fuzz/target/run/TARGET) and fails on the first crash, its input saved under
+## fuzz/target/artifacts/TARGET/. Keep a crash as a regression: copy it into fuzz/corpus/TARGET.
+FUZZ_TARGETS := wire stomp mqtt journal replication
+FUZZ_SECONDS ?= 20
+FUZZ_HOST := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+FUZZ_RUSTFLAGS := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+	-Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+	-Cllvm-args=-sanitizer-coverage-trace-compares -Cllvm-args=-sanitizer-coverage-stack-depth \
+	--cfg fuzzing
+fuzz:
+	@command -v c++ >/dev/null || $(APT) g++ || { apt-get update && $(APT) g++; }
+	@start=$$(date +%s); \
+	cd fuzz && RUSTFLAGS="$(FUZZ_RUSTFLAGS)" $(CARGO) build --release --target $(FUZZ_HOST) --bins \
+		&& echo "fuzz build: $$(( $$(date +%s) - start )) s"
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/target/run/$$t fuzz/target/artifacts/$$t; \
+		echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
+		fuzz/target/$(FUZZ_HOST)/release/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+			-print_final_stats=1 -artifact_prefix=fuzz/target/artifacts/$$t/ \
+			fuzz/target/run/$$t fuzz/corpus/$$t > fuzz/target/run/$$t.log 2>&1 \
+			|| { tail -n 60 fuzz/target/run/$$t.log; echo "fuzz target $$t failed: input in fuzz/target/artifacts/$$t/"; exit 1; }; \
+		grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)' fuzz/target/run/$$t.log; \
+	done
 
 ## Tools the integration tests start for real (installed when missing).
 test-deps:

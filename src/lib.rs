@@ -4,6 +4,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod destination;
+pub mod fuzzing;
 pub mod ha;
 pub mod metrics;
 pub mod network;

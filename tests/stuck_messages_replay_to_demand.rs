@@ -1,12 +1,11 @@
 //! No stuck messages: messages forwarded to edge-1 whose consumer then left are replayed —
 //! back through the hub, even though the hub is on their path — to a consumer that appears on
 //! edge-2: none lost, none delivered twice, each replayed once, and none going back to edge-1
-//! afterwards (no ping-pong). How long the replay takes is printed, not asserted (the issue's
-//! 5 s is a measurement for its note).
+//! afterwards (no ping-pong) — and the replay ends within [`REPLAY_BUDGET`].
 
 mod common;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::history::{consume, send_numbered, History};
 use common::{metric_sum, wait_until, Mesh, MeshConfig, GUARD};
@@ -17,6 +16,10 @@ const DEST: &str = "queue://parked";
 const TOTAL: usize = 400;
 /// What edge-1's consumer takes before it leaves.
 const TAKEN: usize = 50;
+/// From the new consumer's subscribe to the last parked message delivered: 1.8 s seen on a
+/// 2-core machine under a load average of 9 (five builds and test runs beside it); 10 s is
+/// more than 5 times that (ActiveMQ's own test allows 30 s).
+const REPLAY_BUDGET: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn messages_parked_on_an_edge_whose_consumer_left_reach_the_other_edge() {
@@ -77,9 +80,11 @@ async fn messages_parked_on_an_edge_whose_consumer_left_reach_the_other_edge() {
     let appeared = Instant::now();
     consume(sub, &history, "edge-2", stop.clone());
     history.wait_all_delivered().await;
-    eprintln!(
-        "the parked messages reached edge-2's new consumer {:?} after it subscribed",
-        appeared.elapsed()
+    let replay = appeared.elapsed();
+    eprintln!("the parked messages reached edge-2's new consumer {replay:?} after it subscribed");
+    assert!(
+        replay <= REPLAY_BUDGET,
+        "the replay took {replay:?}, over its budget of {REPLAY_BUDGET:?}"
     );
     wait_until("nothing is left queued or in flight anywhere", || {
         mesh.members().all(|m| {

@@ -43,10 +43,10 @@ pub mod proto {
 use proto::{to_follower, to_master, ToFollower, ToMaster};
 
 /// The largest replication message accepted.
-const MAX_MESSAGE: usize = 256 << 20;
+pub(crate) const MAX_MESSAGE: usize = 256 << 20;
 /// The largest hello accepted: a stranger's first message costs at most this much memory
 /// (room for thousands of terms of epoch history).
-const MAX_HELLO: usize = 256 << 10;
+pub(crate) const MAX_HELLO: usize = 256 << 10;
 /// Connections that may be waiting for their hello at once: a group has a handful of members,
 /// so more than this is a stranger's flood, turned away at once (`reason="busy"`). With
 /// `MAX_HELLO` this bounds what strangers on the replication port cost to 4 MiB.
@@ -81,7 +81,7 @@ pub struct LinkOptions {
 }
 
 /// The bytes of one message on the link: its length (u32, big-endian), then its encoding.
-fn frame_msg(msg: &impl prost::Message) -> Vec<u8> {
+pub(crate) fn frame_msg(msg: &impl prost::Message) -> Vec<u8> {
     let len = msg.encoded_len();
     let mut buf = Vec::with_capacity(4 + len);
     buf.extend_from_slice(&(len as u32).to_be_bytes());
@@ -111,7 +111,7 @@ async fn read_msg<M: prost::Message + Default>(
 
 /// Reads one message of at most `max` bytes; a longer one is refused from its length, before
 /// anything is allocated for it.
-async fn read_msg_within<M: prost::Message + Default>(
+pub(crate) async fn read_msg_within<M: prost::Message + Default>(
     s: &mut (impl AsyncReadExt + Unpin),
     peer: &str,
     max: usize,
@@ -142,7 +142,7 @@ fn epochs_to_proto(h: &EpochHistory) -> Vec<proto::EpochStart> {
         .collect()
 }
 
-fn epochs_from_proto(list: &[proto::EpochStart]) -> EpochHistory {
+pub(crate) fn epochs_from_proto(list: &[proto::EpochStart]) -> EpochHistory {
     EpochHistory::from_starts(list.iter().map(|e| (e.epoch, e.first)))
 }
 

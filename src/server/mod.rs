@@ -16,6 +16,7 @@ mod election;
 pub mod live;
 mod mqtt;
 mod mqtt_share;
+pub(crate) use mqtt::read_client_bytes as read_mqtt_client_bytes;
 pub(crate) mod native;
 mod replicated;
 mod request;

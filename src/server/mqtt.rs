@@ -1455,6 +1455,113 @@ struct Connect {
     will: Option<Publish>,
 }
 
+/// The CONNECT of an MQTT 3 client; `None` for any other packet.
+fn v3_connect(p: v3::Packet) -> Option<Connect> {
+    let v3::Packet::Connect(c) = p else {
+        return None;
+    };
+    Some(Connect {
+        clean: c.clean_session,
+        session_expiry: if c.clean_session { 0 } else { NEVER_EXPIRES },
+        keep_alive: c.keep_alive,
+        client_id: c.client_id.to_string(),
+        username: c.username.map(|u| u.to_string()),
+        password: c.password,
+        receive_max: None,
+        max_packet_size: None,
+        will: c.last_will.map(|w| Publish {
+            dup: false,
+            retain: w.retain,
+            qos: w.qos,
+            topic: w.topic,
+            packet_id: None,
+            payload: w.message,
+            properties: None,
+        }),
+    })
+}
+
+/// The CONNECT of an MQTT 5 client; `None` for any other packet.
+fn v5_connect(p: v5::Packet) -> Option<Connect> {
+    let v5::Packet::Connect(c) = p else {
+        return None;
+    };
+    Some(Connect {
+        clean: c.clean_start,
+        session_expiry: c.session_expiry_interval_secs,
+        keep_alive: c.keep_alive,
+        client_id: c.client_id.to_string(),
+        username: c.username.map(|u| u.to_string()),
+        password: c.password,
+        receive_max: c.receive_max.map(NonZeroU16::get),
+        max_packet_size: c.max_packet_size.map(|m| m.get()),
+        will: c.last_will.map(|w| Publish {
+            dup: false,
+            retain: w.retain,
+            qos: w.qos,
+            topic: w.topic,
+            packet_id: None,
+            payload: w.message,
+            properties: Some(v5::PublishProperties {
+                correlation_data: w.correlation_data,
+                message_expiry_interval: w.message_expiry_interval,
+                content_type: w.content_type,
+                user_properties: w.user_properties,
+                is_utf8_payload: w.is_utf8_payload.unwrap_or(false),
+                response_topic: w.response_topic,
+                ..v5::PublishProperties::default()
+            }),
+        }),
+    })
+}
+
+/// What a connection makes of a client's bytes, with no socket (the entry of the MQTT fuzz
+/// target, `fuzzing::mqtt`): the version the first bytes name, the CONNECT at
+/// `handshake_max`, then packets at `max`, each through the parsers the connection uses.
+/// `Ok(packets read)` when the bytes run out; `Err` with the MQTT 5 reason code and the
+/// broker's error code when the connection would be closed for what it read.
+pub(crate) fn read_client_bytes(
+    buf: &mut BytesMut,
+    handshake_max: u32,
+    max: u32,
+) -> Result<usize, (u8, ErrorCode)> {
+    let refused = |e: &DecodeError| decode_error(e);
+    let mut wire = match VersionCodec.decode(buf) {
+        Ok(Some(ProtocolVersion::MQTT3)) => Wire::V3(v3::Codec::new(handshake_max)),
+        Ok(Some(ProtocolVersion::MQTT5)) => Wire::V5(v5::Codec::new(handshake_max, 0)),
+        Ok(None) => return Ok(0),
+        Err(DecodeError::InvalidProtocol) if unsupported_level(buf) => {
+            return Err((reason::PROTOCOL_ERROR, ErrorCode::BadFrame))
+        }
+        Err(e) => return Err(refused(&e)),
+    };
+    let connect = match &mut wire {
+        Wire::V3(c) => c.decode(buf).map(|p| p.map(|(p, _)| v3_connect(p))),
+        Wire::V5(c) => c.decode(buf).map(|p| p.map(|(p, _)| v5_connect(p))),
+    };
+    match connect {
+        Ok(Some(Some(_))) => {}
+        Ok(Some(None)) => return Err((reason::PROTOCOL_ERROR, ErrorCode::BadFrame)),
+        Ok(None) => return Ok(0),
+        Err(e) => return Err(refused(&e)),
+    }
+    match &mut wire {
+        Wire::V3(c) => c.set_max_size(max),
+        Wire::V5(c) => c.set_max_inbound_size(max),
+    }
+    let mut read = 1;
+    loop {
+        match wire.decode(buf) {
+            Ok(Some(Packet::Unexpected(_))) => {
+                return Err((reason::PROTOCOL_ERROR, ErrorCode::BadFrame))
+            }
+            Ok(Some(_)) => read += 1,
+            Ok(None) => return Ok(read),
+            Err(e) => return Err(refused(&e)),
+        }
+    }
+}
+
 async fn handshake(
     pump: &mut Pump,
     peer: SocketAddr,
@@ -1467,62 +1574,12 @@ async fn handshake(
     let deadline = TokioInstant::now() + ctx.settings.connect_timeout;
     let connect = loop {
         let decoded = match &mut wire {
-            Wire::V3(c) => c.decode(&mut pump.rbuf).map(|p| {
-                p.map(|(p, _)| match p {
-                    v3::Packet::Connect(c) => Some(Connect {
-                        clean: c.clean_session,
-                        session_expiry: if c.clean_session { 0 } else { NEVER_EXPIRES },
-                        keep_alive: c.keep_alive,
-                        client_id: c.client_id.to_string(),
-                        username: c.username.map(|u| u.to_string()),
-                        password: c.password,
-                        receive_max: None,
-                        max_packet_size: None,
-                        will: c.last_will.map(|w| Publish {
-                            dup: false,
-                            retain: w.retain,
-                            qos: w.qos,
-                            topic: w.topic,
-                            packet_id: None,
-                            payload: w.message,
-                            properties: None,
-                        }),
-                    }),
-                    _ => None,
-                })
-            }),
-            Wire::V5(c) => c.decode(&mut pump.rbuf).map(|p| {
-                p.map(|(p, _)| match p {
-                    v5::Packet::Connect(c) => Some(Connect {
-                        clean: c.clean_start,
-                        session_expiry: c.session_expiry_interval_secs,
-                        keep_alive: c.keep_alive,
-                        client_id: c.client_id.to_string(),
-                        username: c.username.map(|u| u.to_string()),
-                        password: c.password,
-                        receive_max: c.receive_max.map(NonZeroU16::get),
-                        max_packet_size: c.max_packet_size.map(|m| m.get()),
-                        will: c.last_will.map(|w| Publish {
-                            dup: false,
-                            retain: w.retain,
-                            qos: w.qos,
-                            topic: w.topic,
-                            packet_id: None,
-                            payload: w.message,
-                            properties: Some(v5::PublishProperties {
-                                correlation_data: w.correlation_data,
-                                message_expiry_interval: w.message_expiry_interval,
-                                content_type: w.content_type,
-                                user_properties: w.user_properties,
-                                is_utf8_payload: w.is_utf8_payload.unwrap_or(false),
-                                response_topic: w.response_topic,
-                                ..v5::PublishProperties::default()
-                            }),
-                        }),
-                    }),
-                    _ => None,
-                })
-            }),
+            Wire::V3(c) => c
+                .decode(&mut pump.rbuf)
+                .map(|p| p.map(|(p, _)| v3_connect(p))),
+            Wire::V5(c) => c
+                .decode(&mut pump.rbuf)
+                .map(|p| p.map(|(p, _)| v5_connect(p))),
         };
         match decoded {
             Ok(Some(Some(connect))) => break connect,

@@ -140,7 +140,7 @@ impl Command {
     }
 
     /// The spec exempts the connection handshake from header escaping in every version.
-    fn escapes_headers(self) -> bool {
+    pub(crate) fn escapes_headers(self) -> bool {
         !matches!(self, Command::Connect | Command::Stomp | Command::Connected)
     }
 }

@@ -156,6 +156,25 @@ pub struct RawFrames {
     pub bytes: Vec<u8>,
 }
 
+impl RawFrames {
+    /// Scans frames copied from another journal: they must be whole, pass their checksums,
+    /// number `count` and run from `first` on (each at most `max_record` bytes of payload).
+    pub(crate) fn check(&self, max_record: usize) -> Result<frame::Scan, StoreError> {
+        let scan = frame::scan(&self.bytes, self.first, max_record + 8);
+        if scan.ended != frame::End::Clean
+            || scan.end != self.bytes.len()
+            || scan.records.len() as u64 != self.count
+        {
+            return Err(StoreError::Failed(format!(
+                "replicated records {}..{} are damaged",
+                self.first,
+                self.first + self.count
+            )));
+        }
+        Ok(scan)
+    }
+}
+
 /// The batches of whoever writes: the one being written (kept while the disk is full) and an
 /// empty one to swap in for the next appends.
 #[derive(Default)]
@@ -541,21 +560,7 @@ impl Journal {
     /// Appends frames copied from another journal (a follower's copy of its master's). They
     /// must continue this journal exactly and pass their checksums.
     pub fn append_frames(&self, frames: &RawFrames) -> Result<(), StoreError> {
-        let scan = frame::scan(
-            &frames.bytes,
-            frames.first,
-            self.shared.options.max_record + 8,
-        );
-        if scan.ended != frame::End::Clean
-            || scan.end != frames.bytes.len()
-            || scan.records.len() as u64 != frames.count
-        {
-            return Err(StoreError::Failed(format!(
-                "replicated records {}..{} are damaged",
-                frames.first,
-                frames.first + frames.count
-            )));
-        }
+        let scan = frames.check(self.shared.options.max_record)?;
         let mut batch = self.shared.batch.lock();
         let next = self.shared.next_index.load(Ordering::Relaxed);
         if next != frames.first {

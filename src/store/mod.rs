@@ -18,10 +18,10 @@
 //! one-segment reserve on a full disk — so checkpoints still get through and free space.
 
 mod epochs;
-mod frame;
+pub(crate) mod frame;
 mod journal;
 mod mark;
-mod recovery;
+pub(crate) mod recovery;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -614,7 +614,7 @@ pub(crate) fn recover(
                     notes.push(format!(
                         "removed {} (empty, after the journal's end at record {})",
                         p.display(),
-                        e - 1
+                        e.saturating_sub(1)
                     ));
                 }
                 break;
@@ -767,7 +767,7 @@ pub(crate) fn recover(
                 offset,
                 reason: format!(
                     "the journal ends at record {} but records up to {mark} were synced (a segment deleted or cut short)",
-                    next_index - 1
+                    next_index.saturating_sub(1)
                 ),
             });
         }

@@ -1,0 +1,7 @@
+//! Fuzz target: `meshmq::fuzzing::replication` (its doc names the properties) on every input.
+#![no_main]
+
+#[global_allocator]
+static ALLOC: meshmq::fuzzing::CountingAlloc = meshmq::fuzzing::CountingAlloc;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| meshmq::fuzzing::replication(data));
