@@ -17,6 +17,16 @@
 //!   after the start of the last ZooKeeper operation that succeeded. ZooKeeper expires the
 //!   session no earlier than `session_timeout` after it last heard from the member, and no
 //!   other master can be elected before that, so two masters never commit at the same time.
+//! - Check quorum (as Raft's CheckQuorum): a master whose commits wait for followers steps
+//!   down when it has not heard from `replicas/2` of them for `quorum_timeout` (and at least two
+//!   session timeouts, so that dead followers have left ZooKeeper by then) while `replicas/2 +
+//!   1` others are registered — they could elect one of them, it could not be re-elected — and
+//!   then announces itself `Withdrawn` until a newer epoch begins or as long again has passed.
+//!   A master whose followers are dead stays master and refuses writes for want of a quorum. A withdrawn member's term has ended (its commits were fenced first) and it appends
+//!   nothing, so an election among the others may leave it out: any `replicas/2 + 1` members
+//!   other than it include one of the `replicas/2` followers that acknowledged each committed
+//!   write. Without the withdrawal its unreplicated tail — the highest position — would win
+//!   every election, and the group would stay stuck behind a master its followers cannot reach.
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +41,9 @@ pub enum Phase {
     Candidate,
     Following,
     Master,
+    /// Stepped down for want of a quorum of followers: final like a candidate's position, but
+    /// neither claims nor is waited for by an election (see the module's invariants).
+    Withdrawn,
 }
 
 /// The data of a member znode (JSON).
@@ -136,6 +149,10 @@ pub struct Config {
     pub replication: String,
     pub replicas: usize,
     pub session_timeout: Duration,
+    /// Check quorum: how long a master may go without hearing from `replicas/2` followers
+    /// before it steps down. `None` when commits do not wait for followers (`local_*` sync
+    /// modes, or a group of one): such a master serves without them.
+    pub quorum_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -146,6 +163,15 @@ impl Config {
 
     fn lease(&self) -> Duration {
         self.session_timeout * 3 / 4
+    }
+
+    /// How long a master goes without hearing from a quorum of followers before it steps
+    /// down: `quorum_timeout`, and at least two session timeouts — by then ZooKeeper has
+    /// expired the session of a follower that died (at most 1.5 × `session_timeout` after its
+    /// last word, the servers' tick included), so followers still registered are alive and
+    /// cut off from us, not dead.
+    pub fn check_quorum_after(&self) -> Option<Duration> {
+        self.quorum_timeout.map(|q| q.max(self.session_timeout * 2))
     }
 }
 
@@ -162,6 +188,12 @@ pub struct Machine {
     lease_until: Option<Instant>,
     /// The view our pending claim was computed from.
     claimed_from: Option<View>,
+    /// As master: the last time `replicas/2` followers had all been heard from (or when the
+    /// term began).
+    quorum_heard: Option<Instant>,
+    /// Stepped down for want of a quorum of followers: announce `Withdrawn` (and never claim)
+    /// until then, or until an epoch newer than `.1` begins.
+    withdrawn: Option<(Instant, u64)>,
     actions: std::collections::VecDeque<Action>,
 }
 
@@ -178,6 +210,8 @@ impl Machine {
             published: None,
             lease_until: None,
             claimed_from: None,
+            quorum_heard: None,
+            withdrawn: None,
             actions: Default::default(),
         }
     }
@@ -202,6 +236,7 @@ impl Machine {
             Role::Claiming { epoch } => (Phase::Master, *epoch),
             // Not final yet: an election must not count these.
             Role::Unfollowing | Role::Resigning => (Phase::Following, self.epoch),
+            Role::Candidate if self.withdrawn.is_some() => (Phase::Withdrawn, self.epoch),
             Role::Candidate => (Phase::Candidate, self.epoch),
         };
         Announce {
@@ -231,9 +266,27 @@ impl Machine {
         self.lease_until
     }
 
+    /// True while stepped down for want of a quorum of followers.
+    pub fn withdrawn(&self) -> bool {
+        self.withdrawn.is_some()
+    }
+
+    /// As master: `replicas/2` followers had all been heard from at `at` (the driver reports
+    /// the latest such time it knows).
+    pub fn handle_quorum_contact(&mut self, at: Instant, now: Instant) {
+        if matches!(self.role, Role::Master { .. }) {
+            self.quorum_heard = Some(self.quorum_heard.map_or(at, |t| t.max(at)));
+        }
+        self.check_lease(now);
+    }
+
     /// A fresh read of the group.
     pub fn handle_view(&mut self, view: View, now: Instant) {
         self.epoch = self.epoch.max(view.epoch);
+        if self.withdrawn.is_some_and(|(_, from)| view.epoch > from) {
+            // The others elected without us: we are an ordinary member again.
+            self.withdrawn = None;
+        }
         if let Some(me) = view
             .members
             .iter()
@@ -283,6 +336,12 @@ impl Machine {
     /// Time passed (the driver calls this on a timer).
     pub fn handle_tick(&mut self, now: Instant) {
         self.check_lease(now);
+        if self.withdrawn.is_some_and(|(until, _)| now >= until) {
+            // Nobody was elected meanwhile (the others may be gone rather than cut off): stand
+            // again, or the group could never elect once they come back.
+            self.withdrawn = None;
+            self.evaluate(now);
+        }
     }
 
     /// The outcome of our `Claim` sent at `sent_at`.
@@ -294,6 +353,7 @@ impl Machine {
             self.epoch = self.epoch.max(epoch);
             self.role = Role::Master { epoch };
             self.lease_until = Some(sent_at + self.config.lease());
+            self.quorum_heard = Some(now);
             self.published = Some(self.announce());
             self.actions.push_back(Action::Serve { epoch });
         } else {
@@ -350,6 +410,7 @@ impl Machine {
     fn resign(&mut self, reason: &str) {
         self.role = Role::Resigning;
         self.lease_until = None;
+        self.quorum_heard = None;
         self.actions.push_back(Action::Resign {
             reason: reason.to_string(),
         });
@@ -361,8 +422,44 @@ impl Machine {
             // certainly gone on the servers; stop instead of waiting for the client's verdict.
             if now >= until + self.config.session_timeout {
                 self.resign("no ZooKeeper contact for longer than the session timeout");
+                return;
             }
         }
+        if let (Role::Master { epoch }, Some(heard), Some(after)) = (
+            &self.role,
+            self.quorum_heard,
+            self.config.check_quorum_after(),
+        ) {
+            if now >= heard + after && self.others_registered() >= self.config.quorum() {
+                let epoch = *epoch;
+                self.withdrawn = Some((now + after, epoch));
+                self.resign(&format!(
+                    "no quorum of followers heard from for {after:?}, while enough of the \
+                     others are registered in ZooKeeper to elect one of them: withdrawing so \
+                     that a member they can reach is elected"
+                ));
+            }
+        }
+    }
+
+    /// Other members registered in the last view that could vote in an election without us:
+    /// following (trying to reach us) or candidates.
+    fn others_registered(&self) -> usize {
+        let Some(view) = &self.view else {
+            return 0;
+        };
+        let mut names: Vec<&str> = view
+            .members
+            .iter()
+            .filter(|s| {
+                s.info.name != self.config.name
+                    && matches!(s.info.phase, Phase::Candidate | Phase::Following)
+            })
+            .map(|s| s.info.name.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names.len()
     }
 
     /// Queues a write of our announcement if it changed; true when one was queued.
@@ -448,10 +545,15 @@ impl Machine {
         {
             return;
         }
+        if self.withdrawn.is_some() {
+            return;
+        }
+        // A withdrawn member's term is over and it appends nothing: not waited for, not
+        // counted, never chosen.
         if view
             .members
             .iter()
-            .any(|s| s.info.phase != Phase::Candidate && s.info.name != *me)
+            .any(|s| matches!(s.info.phase, Phase::Following | Phase::Master) && s.info.name != *me)
         {
             return;
         }
@@ -462,12 +564,14 @@ impl Machine {
         let mut names: Vec<&str> = view.members.iter().map(|s| s.info.name.as_str()).collect();
         names.sort_unstable();
         names.dedup();
-        if names.len() != view.members.len() || names.len() < self.config.quorum() {
-            return;
-        }
-        let best = view
+        let candidates = view
             .members
             .iter()
+            .filter(|s| s.info.phase == Phase::Candidate);
+        if names.len() != view.members.len() || candidates.clone().count() < self.config.quorum() {
+            return;
+        }
+        let best = candidates
             .max_by(|a, b| {
                 (a.info.position, a.info.weight, &a.info.name).cmp(&(
                     b.info.position,
@@ -507,6 +611,7 @@ mod tests {
             replication: format!("{name}:1"),
             replicas: 3,
             session_timeout: Duration::from_secs(2),
+            quorum_timeout: Some(Duration::from_secs(3)),
         }
     }
 
@@ -828,5 +933,241 @@ mod tests {
         m.handle_tick(t + Duration::from_millis(3600));
         assert!(matches!(m.poll_action(), Some(Action::Resign { .. })));
         assert_eq!(m.role(), &Role::Resigning);
+    }
+
+    /// Claims epoch 2 for `a` (position 1:9) on a view of a, b and c, and drains the actions.
+    fn master_a(t: Instant) -> Machine {
+        let mut m = Machine::new(config("a"), Position { epoch: 1, index: 9 });
+        m.handle_session(Session::Connected, t);
+        for version in [0, 1] {
+            m.handle_view(
+                View {
+                    members: vec![
+                        seen(candidate("a", 1, 9), version),
+                        seen(candidate("b", 1, 7), 0),
+                        seen(candidate("c", 1, 7), 0),
+                    ],
+                    epoch: 1,
+                    epoch_version: 0,
+                },
+                t,
+            );
+            while m.poll_action().is_some() {}
+        }
+        m.handle_claimed(true, t, t);
+        assert!(matches!(m.role(), Role::Master { epoch: 2 }));
+        while m.poll_action().is_some() {}
+        m
+    }
+
+    /// Check quorum: a master that hears from no quorum of followers for `quorum_timeout`
+    /// steps down while ZooKeeper still backs it, and announces itself withdrawn — so the
+    /// others, whose positions are lower than its unreplicated tail, can elect one of them.
+    #[test]
+    fn a_master_without_a_quorum_of_followers_steps_down_and_withdraws() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut m = master_a(t);
+        // Followers keep in touch, and ZooKeeper renews the lease: it stays master.
+        for k in 1..=20 {
+            let now = t + ms(500 * k);
+            m.handle_lease(now, now);
+            m.handle_quorum_contact(now, now);
+            m.handle_tick(now);
+            assert_eq!(m.poll_action(), None, "resigned with a quorum at {k}");
+        }
+        // Cut from its followers at 10 s; ZooKeeper still answers.
+        let cut = t + ms(10_000);
+        let mut resigned_at = None;
+        for k in 1..=60 {
+            let now = cut + ms(100 * k);
+            m.handle_lease(now, now);
+            m.handle_tick(now);
+            if let Some(a) = m.poll_action() {
+                match a {
+                    Action::Resign { reason } => assert!(reason.contains("quorum"), "{reason}"),
+                    other => panic!("expected a resignation, got {other:?}"),
+                }
+                resigned_at = Some(now);
+                break;
+            }
+            assert!(m.may_commit(now), "the lease holds while it is master");
+        }
+        let resigned_at = resigned_at.expect("stepped down");
+        assert_eq!(
+            resigned_at - cut,
+            ms(4000),
+            "after quorum_timeout and two session timeouts, not before"
+        );
+        assert!(!m.may_commit(resigned_at));
+        // The term ended: its journal has an unreplicated tail, the highest position.
+        let tail = Position {
+            epoch: 2,
+            index: 30,
+        };
+        m.handle_stopped(tail, resigned_at);
+        match m.poll_action() {
+            Some(Action::Publish(a)) => {
+                assert_eq!(a.phase, Phase::Withdrawn);
+                assert_eq!(a.position, tail);
+            }
+            other => panic!("expected to announce the withdrawal, got {other:?}"),
+        }
+        let withdrawn = m.announce();
+        let others = |b: Announce| View {
+            members: vec![
+                seen(withdrawn.clone(), 5),
+                seen(b, 1),
+                seen(candidate("c", 2, 20), 1),
+            ],
+            epoch: 2,
+            epoch_version: 1,
+        };
+        // It never claims while withdrawn, though its position is the highest.
+        m.handle_view(others(candidate("b", 2, 21)), resigned_at);
+        assert_eq!(m.poll_action(), None);
+        // b, the best of the others, claims without waiting for it.
+        let mut b = Machine::new(
+            config("b"),
+            Position {
+                epoch: 2,
+                index: 21,
+            },
+        );
+        b.handle_session(Session::Connected, resigned_at);
+        b.handle_view(others(candidate("b", 2, 21)), resigned_at);
+        assert!(matches!(b.poll_action(), Some(Action::Publish(_))));
+        b.handle_view(others(candidate("b", 2, 21)), resigned_at);
+        match b.poll_action() {
+            Some(Action::Claim { epoch, checks, .. }) => {
+                assert_eq!(epoch, 3);
+                assert_eq!(checks.len(), 3, "every znode's version is checked");
+            }
+            other => panic!("expected b to claim, got {other:?}"),
+        }
+        // Once b masters epoch 3, a is an ordinary member again and follows it.
+        let mut b_master = candidate("b", 3, 21);
+        b_master.phase = Phase::Master;
+        m.handle_view(
+            View {
+                members: vec![
+                    seen(withdrawn.clone(), 5),
+                    seen(b_master, 2),
+                    seen(candidate("c", 2, 20), 1),
+                ],
+                epoch: 3,
+                epoch_version: 2,
+            },
+            resigned_at,
+        );
+        assert!(!m.withdrawn());
+        match m.poll_action() {
+            Some(Action::Publish(a)) => assert_eq!(a.phase, Phase::Following),
+            other => panic!("expected to announce following, got {other:?}"),
+        }
+        assert!(matches!(
+            m.poll_action(),
+            Some(Action::Follow { epoch: 3, .. })
+        ));
+    }
+
+    /// A withdrawal ends by itself after as long again when nobody was elected (the others
+    /// went away meanwhile): the member stands again.
+    #[test]
+    fn a_withdrawal_ends_when_nobody_was_elected_meanwhile() {
+        let t = Instant::now();
+        let mut m = master_a(t);
+        let lost = t + Duration::from_secs(4);
+        m.handle_lease(lost, lost);
+        m.handle_tick(lost);
+        assert!(matches!(m.poll_action(), Some(Action::Resign { .. })));
+        m.handle_stopped(Position { epoch: 2, index: 9 }, lost);
+        assert!(matches!(m.poll_action(), Some(Action::Publish(a)) if a.phase == Phase::Withdrawn));
+        m.handle_tick(lost + Duration::from_millis(3900));
+        assert_eq!(m.poll_action(), None, "still withdrawn");
+        m.handle_tick(lost + Duration::from_secs(4));
+        assert!(!m.withdrawn());
+        assert!(matches!(m.poll_action(), Some(Action::Publish(a)) if a.phase == Phase::Candidate));
+    }
+
+    /// Followers that died leave ZooKeeper: nobody could be elected without the master, so it
+    /// stays master (its writes refused for want of a quorum) until they are back — and steps
+    /// down only if they register again yet still cannot reach it.
+    #[test]
+    fn a_master_whose_followers_are_dead_stays_master() {
+        let t = Instant::now();
+        let mut m = master_a(t);
+        let mut me = candidate("a", 2, 9);
+        me.phase = Phase::Master;
+        let view = |members: Vec<Seen>| View {
+            members,
+            epoch: 2,
+            epoch_version: 1,
+        };
+        m.handle_view(view(vec![seen(me.clone(), 2)]), t);
+        for k in 1..=100 {
+            let now = t + Duration::from_millis(100 * k);
+            m.handle_lease(now, now);
+            m.handle_tick(now);
+            assert_eq!(
+                m.poll_action(),
+                None,
+                "stepped down at {k} with nobody to elect"
+            );
+        }
+        let back = t + Duration::from_secs(10);
+        m.handle_view(
+            view(vec![seen(me.clone(), 2), seen(candidate("b", 1, 7), 0)]),
+            back,
+        );
+        m.handle_tick(back);
+        assert_eq!(m.poll_action(), None, "one other cannot elect");
+        m.handle_view(
+            view(vec![
+                seen(me, 2),
+                seen(candidate("b", 1, 7), 0),
+                seen(candidate("c", 1, 7), 0),
+            ]),
+            back,
+        );
+        m.handle_tick(back);
+        assert!(matches!(m.poll_action(), Some(Action::Resign { .. })));
+    }
+
+    /// Without check quorum (a `local_*` sync mode) a master serves on alone.
+    #[test]
+    fn a_master_whose_commits_need_no_followers_keeps_serving_without_them() {
+        let t = Instant::now();
+        let mut m = Machine::new(
+            Config {
+                quorum_timeout: None,
+                ..config("a")
+            },
+            Position { epoch: 1, index: 9 },
+        );
+        m.handle_session(Session::Connected, t);
+        for version in [0, 1] {
+            m.handle_view(
+                View {
+                    members: vec![
+                        seen(candidate("a", 1, 9), version),
+                        seen(candidate("b", 1, 7), 0),
+                    ],
+                    epoch: 1,
+                    epoch_version: 0,
+                },
+                t,
+            );
+            while m.poll_action().is_some() {}
+        }
+        m.handle_claimed(true, t, t);
+        while m.poll_action().is_some() {}
+        for k in 1..=100 {
+            let now = t + Duration::from_millis(200 * k);
+            m.handle_lease(now, now);
+            m.handle_tick(now);
+            assert_eq!(m.poll_action(), None);
+        }
+        assert!(matches!(m.role(), Role::Master { epoch: 2 }));
     }
 }

@@ -216,6 +216,13 @@ fn token_matches(expected: Option<&str>, offered: &str) -> bool {
     }
 }
 
+/// One follower session as the master sees it.
+struct Follower {
+    member: String,
+    acked: u64,
+    heard: Instant,
+}
+
 /// The live link of one follower member.
 struct Link {
     session: u64,
@@ -236,7 +243,9 @@ struct MasterShared {
     options: LinkOptions,
     /// The group's members other than this one: the only names a follower may log in as.
     peers: Vec<String>,
-    followers: Mutex<HashMap<u64, (String, u64)>>,
+    /// Each live session: its member, the highest index it acknowledged, and when the master
+    /// last heard from it (a follower answers every heartbeat).
+    followers: Mutex<HashMap<u64, Follower>>,
     /// The live link of each member: a second one replaces the first.
     links: Mutex<HashMap<String, Link>>,
     /// The highest index each member acknowledged on any link of this term (acknowledgements
@@ -345,6 +354,23 @@ impl Master {
         }
     }
 
+    /// The latest time at which `needed` distinct followers had all been heard from (now when
+    /// none are needed; `None` while fewer are connected): what check quorum needs.
+    pub fn quorum_contact(&self) -> Option<Instant> {
+        let needed = self.shared.needed;
+        if needed == 0 {
+            return Some(Instant::now());
+        }
+        let mut by_member: HashMap<String, Instant> = HashMap::new();
+        for f in self.shared.followers.lock().values() {
+            let t = by_member.entry(f.member.clone()).or_insert(f.heard);
+            *t = (*t).max(f.heard);
+        }
+        let mut heard: Vec<Instant> = by_member.into_values().collect();
+        heard.sort_unstable_by(|a, b| b.cmp(a));
+        heard.get(needed - 1).copied()
+    }
+
     fn count_at_least(&self, index: u64) -> usize {
         self.shared
             .member_acks()
@@ -400,9 +426,9 @@ impl MasterShared {
     /// before its old session ended) is one replica, never two.
     fn member_acks(&self) -> std::collections::BTreeMap<String, u64> {
         let mut by_member = std::collections::BTreeMap::new();
-        for (member, acked) in self.followers.lock().values() {
-            let best = by_member.entry(member.clone()).or_insert(0);
-            *best = (*best).max(*acked);
+        for f in self.followers.lock().values() {
+            let best = by_member.entry(f.member.clone()).or_insert(0);
+            *best = (*best).max(f.acked);
         }
         by_member
     }
@@ -592,9 +618,14 @@ async fn serve_follower(
     // The highest index sent on this link: no acknowledgement may go above it.
     let sent_up_to = Arc::new(AtomicU64::new(from.saturating_sub(1)));
     write_msg(&mut wr, &start).await.map_err(io)?;
-    s.followers
-        .lock()
-        .insert(session, (hello.member.clone(), from.saturating_sub(1)));
+    s.followers.lock().insert(
+        session,
+        Follower {
+            member: hello.member.clone(),
+            acked: from.saturating_sub(1),
+            heard: Instant::now(),
+        },
+    );
     let acks_total =
         metrics::counter!(crate::metrics::REPLICATION_ACKS, "slave" => hello.member.clone());
     // Acks come in on their own task.
@@ -624,7 +655,8 @@ async fn serve_follower(
                         }
                         acks_total.increment(1);
                         if let Some(f) = s.followers.lock().get_mut(&session) {
-                            f.1 = f.1.max(index);
+                            f.acked = f.acked.max(index);
+                            f.heard = Instant::now();
                         }
                         {
                             let mut vouched = s.vouched.lock();
@@ -901,19 +933,29 @@ async fn follow_inner(
     let journal = store.journal().clone();
     let mut local = journal.watch_local();
     let newest_at_append = newest.clone();
+    // Every heartbeat is answered (with what we hold), so the master hears from an idle
+    // follower too: its check quorum tells a silent link from a quiet one.
+    let beat = tokio::sync::Notify::new();
     let acks = async {
         let mut acked = 0;
+        let mut answer = false;
         loop {
             let now = *local.borrow_and_update();
-            if now > acked {
+            if now > acked || answer {
                 let msg = ToMaster {
                     kind: Some(to_master::Kind::Ack(now)),
                 };
                 write_msg(&mut wr, &msg).await.map_err(io)?;
-                acked = now;
+                acked = acked.max(now);
             }
-            if local.changed().await.is_err() {
-                return Ok::<(), ReplError>(());
+            tokio::select! {
+                r = local.changed() => {
+                    if r.is_err() {
+                        return Ok::<(), ReplError>(());
+                    }
+                    answer = false;
+                }
+                _ = beat.notified() => answer = true,
             }
         }
     };
@@ -953,7 +995,7 @@ async fn follow_inner(
                         .await
                         .map_err(|e| StoreError::Failed(format!("checkpoint panicked: {e}")))??;
                 }
-                Some(to_follower::Kind::Heartbeat(_)) => {}
+                Some(to_follower::Kind::Heartbeat(_)) => beat.notify_one(),
                 Some(to_follower::Kind::Refused(why)) => return Err(ReplError::Refused(why)),
                 Some(to_follower::Kind::Start(_)) | None => {
                     return Err(ReplError::Protocol {

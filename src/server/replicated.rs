@@ -141,6 +141,10 @@ pub(crate) async fn zookeeper_member(
             replication: ha.replication.to_string(),
             replicas: ha.replicas,
             session_timeout: ha.zookeeper.session_timeout,
+            // Check quorum only where commits wait for followers: a `local_*` master serves
+            // without them.
+            quorum_timeout: (ha.sync.needs_replicas() && ha.replicas / 2 > 0)
+                .then_some(ha.quorum_timeout),
         },
         position,
     );
@@ -286,6 +290,10 @@ impl Driver {
                     },
                     Some(sent) = lease_rx.recv() => self.machine.handle_lease(sent, Instant::now()),
                     _ = tick.tick() => {
+                        let contact = self.state.replication.read().as_ref().and_then(|r| r.quorum_contact());
+                        if let Some(at) = contact {
+                            self.machine.handle_quorum_contact(at, Instant::now());
+                        }
                         self.machine.handle_tick(Instant::now());
                         let ended = self.serving.as_ref().is_some_and(|s| s.term.stopped().is_cancelled());
                         if ended {
