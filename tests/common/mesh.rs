@@ -374,6 +374,14 @@ impl Mesh {
         p.wait_timeout(GUARD).expect("SIGKILL ends the member");
     }
 
+    /// SIGTERM to a member (a graceful stop); waits until it has exited.
+    pub fn stop(&mut self, name: &str) {
+        let m = self.member_mut(name);
+        let mut p = m.proc.take().expect("running");
+        p.signal(libc::SIGTERM);
+        p.wait_timeout(GUARD).expect("SIGTERM ends the member");
+    }
+
     /// SIGTERM to a member (a graceful stop); does not wait.
     pub fn sigterm(&self, name: &str) {
         if let Some(p) = &self.member(name).proc {
