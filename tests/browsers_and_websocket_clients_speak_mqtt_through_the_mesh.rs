@@ -7,103 +7,21 @@
 mod common;
 mod common_stomp;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::Ipv4Addr;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::{http_get, spawn_broker, write_file, ChildGuard, GUARD};
+use common::ws_mesh::mesh;
 use common_stomp::{python_in, Topology};
-use meshmq::server::admin::MemberStatus;
 use serde_json::{json, Value};
 
 /// This test's own loopback addresses, one per group.
 const HUB_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 20, 1);
 const EDGE_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 20, 2);
 
-fn free_port(ip: Ipv4Addr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("bind {ip}:0: {e}"))
-}
-
-struct Member {
-    admin: SocketAddr,
-    ws: SocketAddr,
-    _proc: ChildGuard,
-}
-
-impl Member {
-    fn status(&self) -> Option<MemberStatus> {
-        match http_get(self.admin, "/status") {
-            Ok((200, body)) => serde_json::from_str(&body).ok(),
-            _ => None,
-        }
-    }
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + GUARD;
-    while !cond() {
-        assert!(Instant::now() < deadline, "gave up waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A hub and an edge, each with a native and a `ws://` listener, joined by a duplex connector.
-fn mesh(dir: &std::path::Path) -> (Member, Member) {
-    let place = |ip: Ipv4Addr| {
-        (
-            SocketAddr::from((ip, free_port(ip))),
-            SocketAddr::from((ip, free_port(ip))),
-            SocketAddr::from((ip, free_port(ip))),
-        )
-    };
-    let (hub_tcp, hub_admin, hub_ws) = place(HUB_IP);
-    let (edge_tcp, edge_admin, edge_ws) = place(EDGE_IP);
-    let mut text = common::mesh_table("mqttws") + "\n[broker]\n";
-    for (group, tcp, admin, ws) in [
-        ("hub", hub_tcp, hub_admin, hub_ws),
-        ("edge", edge_tcp, edge_admin, edge_ws),
-    ] {
-        text.push_str(&format!(
-            "\n[[group]]\nname = \"{group}\"\n[[group.member]]\nname = \"{group}-1\"\nadmin = \"{admin}\"\n\
-             data_dir = \"{}\"\n[[group.member.listener]]\nurl = \"tcp://{tcp}\"\n\
-             [[group.member.listener]]\nurl = \"ws://{ws}\"\n",
-            dir.join(group).display()
-        ));
-    }
-    text.push_str(
-        "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nduplex = true\n\
-         reconnect_initial_delay = \"100ms\"\nreconnect_max_delay = \"1s\"\n",
-    );
-    let topology = write_file(dir, "topology.toml", &text);
-    let start = |member: &str, admin, ws| Member {
-        admin,
-        ws,
-        _proc: spawn_broker(
-            &topology,
-            member,
-            &dir.join(format!("{member}.log")),
-            &[("MESHMQ_LOG", "info")],
-        ),
-    };
-    let hub = start("hub-1", hub_admin, hub_ws);
-    let edge = start("edge-1", edge_admin, edge_ws);
-    wait_until("both members serve and the connector is up", || {
-        [&hub, &edge].iter().all(|m| {
-            m.status().is_some_and(|s| {
-                s.ready && !s.connectors.is_empty() && s.connectors.iter().all(|c| c.up)
-            })
-        })
-    });
-    (hub, edge)
-}
-
 #[test]
 fn mqtt_js_in_chromium_meets_stomp_js_across_the_connector_both_ways() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (hub, edge) = mesh(dir.path());
+    let (hub, edge) = mesh(dir.path(), "mqttws", HUB_IP, EDGE_IP);
     let count = 30;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ws_browser/meet.py");
     for version in [4, 5] {

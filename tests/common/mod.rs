@@ -24,6 +24,7 @@ pub mod mesh;
 pub mod prometheus;
 pub mod proxy;
 pub mod stall_proxy;
+pub mod ws_mesh;
 pub mod zk;
 
 use std::collections::{HashMap, HashSet};
@@ -715,7 +716,7 @@ fn next_ip() -> Ipv4Addr {
 }
 
 /// A TCP port on `ip` that was free a moment ago.
-fn free_port_on(ip: Ipv4Addr) -> u16 {
+pub fn free_port_on(ip: Ipv4Addr) -> u16 {
     unique_port(|| TcpListener::bind((ip, 0))?.local_addr().map(|a| a.port()))
 }
 
