@@ -166,6 +166,8 @@ impl MeshBuilder {
                     group: g.name.clone(),
                     listen,
                     stomp,
+                    mqtt: None,
+                    ws: None,
                     admin,
                     proc: None,
                     log: dir.path().join(format!("{}.log", members.len())),
@@ -200,6 +202,9 @@ pub struct Member {
     pub listen: SocketAddr,
     /// The STOMP listener, with [`MeshBuilder::stomp`].
     pub stomp: Option<SocketAddr>,
+    /// The MQTT and WebSocket listeners of a shipped topology that has them.
+    pub mqtt: Option<SocketAddr>,
+    pub ws: Option<SocketAddr>,
     pub admin: SocketAddr,
     proc: Option<ChildGuard>,
     log: PathBuf,
@@ -307,6 +312,8 @@ impl Mesh {
                     group: g.name.as_str().to_string(),
                     listen: addr_of("tcp").expect("a tcp listener"),
                     stomp: addr_of("stomp"),
+                    mqtt: addr_of("mqtt"),
+                    ws: addr_of("ws"),
                     admin: m.admin,
                     proc: None,
                     log: dir.path().join(format!("{}.log", members.len())),
