@@ -465,12 +465,21 @@ async fn every_panel_query_returns_data_from_a_live_mesh() {
                 .and_then(|r| r.rsplit_once(','))
                 .unwrap_or_else(|| panic!("{def}: not label_values(selector, label)"));
             let (selector, label) = (substitute(args.0.trim()), args.1.trim().to_string());
-            let values = prometheus
-                .label_values(&label, &selector)
-                .expect("label values");
+            // Prometheus answers from what it has scraped so far: wait for a scrape that
+            // carries the series, up to the guard.
+            let deadline = Instant::now() + GUARD;
+            let values = loop {
+                let values = prometheus
+                    .label_values(&label, &selector)
+                    .expect("label values");
+                if !values.is_empty() || Instant::now() >= deadline {
+                    break values;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            };
             assert!(
                 !values.is_empty(),
-                "{}: variable {}: {def} has no values",
+                "{}: variable {}: {def} has no values after {GUARD:?}",
                 d["title"],
                 v["name"]
             );
