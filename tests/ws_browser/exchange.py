@@ -1,49 +1,14 @@
 #!/usr/bin/env python3
-"""Drives Debian's Chromium, headless through chromedriver and selenium: loads page.html (beside
-this script), whose stomp.js connects a consumer to one WebSocket URL and a producer to another
-and moves messages between them; prints what the page reports as one JSON line.
+"""Loads page.html in headless Chromium (see browser.py): its stomp.js connects a consumer to
+one WebSocket URL and a producer to another and moves messages between them; prints what the
+page reports as one JSON line.
 
 Usage: exchange.py PRODUCER_WS_URL CONSUMER_WS_URL DESTINATION COUNT
 """
 
-import json
-import os
 import sys
-import tempfile
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
+from browser import run
 
-LIMIT_MS = 45000
-
-
-def main():
-    producer, consumer, destination, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    page = "file://" + os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--user-data-dir=" + tempfile.mkdtemp(prefix="meshmq-chromium-"),
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    try:
-        driver.set_script_timeout(LIMIT_MS / 1000 + 15)
-        driver.get(page)
-        result = driver.execute_async_script(
-            "exchange(arguments[0], arguments[1], arguments[2], arguments[3], arguments[4], arguments[5]);",
-            producer, consumer, destination, count, LIMIT_MS,
-        )
-    finally:
-        driver.quit()
-    print(json.dumps(result))
-
-
-main()
+producer, consumer, destination, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+run("page.html", "exchange", producer, consumer, destination, count)
