@@ -966,37 +966,14 @@ async fn run_fanout_mqtt(args: &FanoutArgs, addr: SocketAddr) -> anyhow::Result<
             .await?;
         pacer.wait().await;
     }
-    progress
-        .wait(expected, Duration::from_secs(args.idle_timeout))
-        .await;
-    let elapsed = progress.last.lock().duration_since(started);
-    let mut hist = new_histogram();
-    for s in subs {
-        match tokio::time::timeout(Duration::from_secs(args.idle_timeout + 5), s).await {
-            Ok(done) => {
-                hist.add(&done??).ok();
-            }
-            Err(_) => bail!("a subscriber did not finish"),
-        }
-    }
-    let received = progress.received.load(Ordering::Relaxed);
-    let mut r = Report {
-        scenario: "fanout".into(),
-        params: format!(
-            "1P -> {} subscribers {}B mqtt qos {}",
-            args.subscribers, args.size, args.qos
-        ),
-        rate: received as f64 / elapsed.as_secs_f64(),
-        unit: "deliveries/s".into(),
-        sent: args.count,
-        received,
-        seconds: elapsed.as_secs_f64(),
-        lost: lost.load(Ordering::Relaxed),
-        duplicates: dups.load(Ordering::Relaxed),
-        ..Report::default()
-    };
-    fill_latency(&mut r, &hist);
-    Ok(r)
+    let params = format!(
+        "1P -> {} subscribers {}B mqtt qos {}",
+        args.subscribers, args.size, args.qos
+    );
+    fanout_report(
+        args, params, &progress, started, expected, subs, &lost, &dups,
+    )
+    .await
 }
 
 async fn run_fanout_stomp(args: &FanoutArgs, addr: SocketAddr) -> anyhow::Result<Report> {
@@ -1058,6 +1035,29 @@ async fn run_fanout_stomp(args: &FanoutArgs, addr: SocketAddr) -> anyhow::Result
     }
     .run(base, Arc::new(AtomicU64::new(0)))
     .await?;
+    let params = format!(
+        "1P -> {} subscribers {}B stomp",
+        args.subscribers, args.size
+    );
+    fanout_report(
+        args, params, &progress, started, expected, subs, &lost, &dups,
+    )
+    .await
+}
+
+/// Waits for the fanout's deliveries (or its idle timeout), collects each subscriber's latency
+/// histogram and reports deliveries per second from the first send to the last delivery.
+#[allow(clippy::too_many_arguments)]
+async fn fanout_report(
+    args: &FanoutArgs,
+    params: String,
+    progress: &Progress,
+    started: Instant,
+    expected: u64,
+    subs: Vec<tokio::task::JoinHandle<anyhow::Result<Histogram<u64>>>>,
+    lost: &AtomicU64,
+    dups: &AtomicU64,
+) -> anyhow::Result<Report> {
     progress
         .wait(expected, Duration::from_secs(args.idle_timeout))
         .await;
@@ -1074,10 +1074,7 @@ async fn run_fanout_stomp(args: &FanoutArgs, addr: SocketAddr) -> anyhow::Result
     let received = progress.received.load(Ordering::Relaxed);
     let mut r = Report {
         scenario: "fanout".into(),
-        params: format!(
-            "1P -> {} subscribers {}B stomp",
-            args.subscribers, args.size
-        ),
+        params,
         rate: received as f64 / elapsed.as_secs_f64(),
         unit: "deliveries/s".into(),
         sent: args.count,
