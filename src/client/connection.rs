@@ -66,8 +66,35 @@ pub(crate) async fn run_single(
 
 /// Runs one connection until it ends. `controls` receives the broker's ConnectionControl
 /// frames; cancelling `leave` makes the connection end politely (a `Disconnect` whose receipt
-/// comes after every other).
+/// comes after every other). A leave that ends any other way (no receipt in time, the broker
+/// closed or failed first) is a loss, and the fire-and-forget sends it leaves in doubt are
+/// reported (`Client::take_errors`).
 pub(crate) async fn run_connection(
+    pump: Pump,
+    shared: Arc<Shared>,
+    heartbeat: Duration,
+    max_frame_size: usize,
+    controls: mpsc::UnboundedSender<proto::ConnectionControl>,
+    leave: CancellationToken,
+) -> End {
+    let end = serve(
+        pump,
+        shared.clone(),
+        heartbeat,
+        max_frame_size,
+        controls,
+        leave.clone(),
+    )
+    .await;
+    if let End::Lost(e) = &end {
+        if leave.is_cancelled() {
+            shared.report_unconfirmed_leave(&e.to_string());
+        }
+    }
+    end
+}
+
+async fn serve(
     mut pump: Pump,
     shared: Arc<Shared>,
     heartbeat: Duration,
@@ -98,9 +125,11 @@ pub(crate) async fn run_connection(
                 return End::Stopped(ClientError::Closed("closed by the client".into()));
             }
         }
-        if leaving.is_some_and(|since| since.elapsed() > Duration::from_secs(5)) {
+        if leaving.is_some_and(|since| since.elapsed() > LEAVE_TIMEOUT) {
             let _ = tokio::time::timeout(Duration::from_secs(1), pump.flush_and_close()).await;
-            return End::Left;
+            return End::Lost(ClientError::Timeout(format!(
+                "no receipt for the Disconnect within {LEAVE_TIMEOUT:?}"
+            )));
         }
         tokio::select! {
             _ = shared.stop.cancelled(), if stopping.is_none() => {
@@ -108,6 +137,7 @@ pub(crate) async fn run_connection(
             }
             _ = leave.cancelled(), if leaving.is_none() && stopping.is_none() => {
                 leaving = Some(Instant::now());
+                shared.leaving.store(true, Ordering::Release);
                 // New frames wait for the next connection; what was queued goes out first.
                 {
                     let mut out = shared.out.lock();
@@ -127,12 +157,18 @@ pub(crate) async fn run_connection(
                     liveness.read(tokio::time::Instant::now());
                     loop {
                         match wire::decode(&mut pump.rbuf, max_frame_size) {
+                            // Deliveries the broker wrote before it read our Disconnect: it
+                            // takes them back when it does (the session ends before the
+                            // receipt), and an ack from here could only reach the next broker.
+                            Ok(Decoded::Frame(f))
+                                if leaving.is_some() && matches!(f.body, Some(Body::Deliver(_))) => {}
                             Ok(Decoded::Frame(f)) => match on_frame(&shared, f, epoch) {
                                 None => {}
                                 Some(Outcome::Control(c)) => {
                                     let _ = controls.send(c);
                                 }
                                 Some(Outcome::Left) => {
+                                    shared.leave_confirmed();
                                     let _ = tokio::time::timeout(Duration::from_secs(1), pump.flush_and_close()).await;
                                     return End::Left;
                                 }
@@ -145,7 +181,6 @@ pub(crate) async fn run_connection(
                 }
                 Ok(IoEvent::Drained) => liveness.wrote(tokio::time::Instant::now()),
                 Ok(IoEvent::Wake) => {}
-                Ok(IoEvent::Closed) if leaving.is_some() => return End::Left,
                 Ok(IoEvent::Closed) => return End::Lost(ClientError::Closed("the broker closed the connection".into())),
                 Err(e) => return End::Lost(ClientError::Closed(format!("socket error: {e}"))),
             },
@@ -163,6 +198,10 @@ pub(crate) async fn run_connection(
         }
     }
 }
+
+/// How long a leaving client waits for its `Disconnect`'s receipt (a broker that stopped
+/// reading must not keep it).
+pub(crate) const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Heartbeat intervals of the broker's silence after which a client gives its connection up.
 pub(crate) const BROKER_SILENT_INTERVALS: u32 = 3;

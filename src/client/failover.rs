@@ -1,10 +1,13 @@
 //! The failover transport's supervisor: it owns the connection task of a `failover:(…)` client
 //! and replaces it when it ends — after a broken link (reconnect by the failover options), a
 //! broker's request to move (`reconnect_to`), or a priority broker coming back
-//! (`priorityBackup`). A new connection is restored before senders are let in (see
-//! `Shared::restore`). Moves are polite: the new broker is connected first, then the old
-//! connection sends `Disconnect` after everything queued and leaves when its receipt — the last
-//! of all its receipts — arrives, so a move never leaves a send in doubt.
+//! (`priorityBackup`), or a broker's notice that it is stopping (`leave`: a drain). A new
+//! connection is restored before senders are let in (see `Shared::restore`). Moves are polite:
+//! the new broker is connected first (after a `leave`, the failover URL is followed once the
+//! old connection has ended), then the old connection sends `Disconnect` after everything
+//! queued and leaves when its receipt — the last of all its receipts — arrives, so a move never
+//! leaves a send in doubt; a leave the broker never confirms is reported (see
+//! `run_connection`).
 //!
 //! The reconnect loop follows ActiveMQ's `doReconnect`: the connect list is the broker-pushed
 //! URIs, then the `updateURIsURL` file's, then the static ones (never dropped), shuffled when
@@ -579,7 +582,16 @@ impl Supervisor {
                 tokio::select! {
                     end = &mut running => break end,
                     Some(c) = controls.recv() => {
-                        if let Some(target) = self.on_control(c, &current) {
+                        if c.leave {
+                            // The broker is stopping: leave now (a move under way is given
+                            // up) and reconnect by the failover URL. Leaving politely, not
+                            // waiting to be cut off, is what keeps the frames already written.
+                            if !leave.is_cancelled() {
+                                tracing::info!(url = %current, "failover: the broker is stopping; leaving it");
+                                attempt = None;
+                                leave.cancel();
+                            }
+                        } else if let Some(target) = self.on_control(c, &current) {
                             if idle {
                                 move_reason = format!("the broker asked this client to move to {}", target[0]);
                                 attempt = Some(Box::pin(first_of(target, self.options.clone(), self.moving_hello())));
@@ -628,12 +640,18 @@ impl Supervisor {
                 }
                 End::Lost(e) => {
                     tracing::info!(url = %current, error = %e, "failover: connection lost; reconnecting");
+                    if let Some((first, last)) = self.shared.take_unconfirmed() {
+                        tracing::warn!(url = %current, first, last, "failover: the connection broke before the broker confirmed the fire-and-forget sends among these producer sequences; not tracked (trackMessages=false), they are not re-sent and may be lost");
+                    }
                     self.shared.emit(ClientEvent::Interrupted {
                         url: current.to_string(),
                         reason: e.to_string(),
                     });
                     self.shared.interrupt(&e);
-                    if self.o().max_reconnect_attempts == 0 {
+                    if let Some(c) = switch_to.take() {
+                        // A move whose leave went unconfirmed: its target is connected already.
+                        Ok((c, true))
+                    } else if self.o().max_reconnect_attempts == 0 {
                         Err(e)
                     } else if let Some(c) = Self::from_standbys(&mut standbys).await {
                         Ok((c, false))

@@ -68,6 +68,7 @@ fn priority_brokers_come_first_and_reconnect_to_is_obeyed_unless_pinned() {
         cluster: None,
         rebalance: true,
         reconnect_to: to.into(),
+        leave: false,
     };
     let on_3 = BrokerUrl::parse("tcp://h:3").unwrap();
     let on_1 = BrokerUrl::parse("tcp://h:1").unwrap();

@@ -29,7 +29,7 @@ mod failover;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -486,8 +486,13 @@ impl Client {
                     receipt,
                     &mut out.buf,
                 );
-                if let Some(t) = out.tracker.as_mut().filter(|t| t.wants(receipt)) {
-                    t.record(sequence, Bytes::copy_from_slice(&out.buf[start..]), receipt);
+                if let Some(t) = out.tracker.as_mut() {
+                    if receipt == 0 {
+                        t.fire_and_forget_written(sequence);
+                    }
+                    if t.wants(receipt) {
+                        t.record(sequence, Bytes::copy_from_slice(&out.buf[start..]), receipt);
+                    }
                 }
             })
             .await
@@ -625,7 +630,8 @@ impl Client {
         }
     }
 
-    /// Errors the broker reported for fire-and-forget sends since the last call.
+    /// Errors about fire-and-forget sends since the last call: the broker's refusals, and a
+    /// failover client's report that it left a broker that never confirmed some of them.
     pub fn take_errors(&self) -> Vec<ClientError> {
         std::mem::take(&mut *self.shared.async_errors.lock())
     }
@@ -696,6 +702,56 @@ impl Client {
         self.shared
             .enqueue(FrameKind::Other, |out| wire::encode(&frame, &mut out.buf))
             .await
+    }
+
+    /// Sends an acknowledgement of a delivery that came on connection `epoch`, unless that
+    /// connection has ended by the time the frame would be written (it may have waited while a
+    /// failover client moved): its tags mean nothing to the next broker, which redelivers.
+    /// False when it was dropped.
+    async fn send_frame_of(&self, frame: &Frame, epoch: u64) -> Result<bool, ClientError> {
+        let shared = &self.shared;
+        shared
+            .enqueue(FrameKind::Other, |out| {
+                let current = shared.epoch() == epoch;
+                if current {
+                    wire::encode(frame, &mut out.buf);
+                }
+                current
+            })
+            .await
+    }
+
+    /// `send_frame_of`, then waits for the broker to confirm.
+    async fn send_frame_of_with_receipt(
+        &self,
+        mut frame: Frame,
+        epoch: u64,
+    ) -> Result<(), ClientError> {
+        let (id, rx) = self.shared.register_receipt(WaitKind::Other);
+        match &mut frame.body {
+            Some(Body::Ack(a)) => a.receipt = id,
+            Some(Body::Nack(n)) => n.receipt = id,
+            _ => {
+                self.shared.forget_receipt(id);
+                return Err(ClientError::InvalidArgument(
+                    "this frame carries no receipt".into(),
+                ));
+            }
+        }
+        match self.send_frame_of(&frame, epoch).await {
+            Ok(true) => self.shared.await_receipt(id, rx).await,
+            Ok(false) => {
+                self.shared.forget_receipt(id);
+                Err(ClientError::Interrupted(
+                    "the delivery came on a connection that has since ended; the broker redelivers it"
+                        .into(),
+                ))
+            }
+            Err(e) => {
+                self.shared.forget_receipt(id);
+                Err(e)
+            }
+        }
     }
 
     async fn send_frame_with_receipt(&self, mut frame: Frame) -> Result<(), ClientError> {

@@ -42,6 +42,11 @@ pub(crate) struct SendTracker {
     cached_bytes: usize,
     max_cache: usize,
     track_fire_and_forget: bool,
+    /// The sequence of the latest fire-and-forget send written, and the sequence below which
+    /// the broker confirmed every send (a later receipt, a flush, a leave's receipt): what
+    /// lies between is in doubt when a connection ends unconfirmed.
+    last_fire_and_forget: u64,
+    confirmed_below: u64,
 }
 
 impl SendTracker {
@@ -54,7 +59,31 @@ impl SendTracker {
             cached_bytes: 0,
             max_cache,
             track_fire_and_forget,
+            last_fire_and_forget: 0,
+            confirmed_below: 0,
         }
+    }
+
+    /// A fire-and-forget send (`sequence`) was written.
+    pub(super) fn fire_and_forget_written(&mut self, sequence: u64) {
+        self.last_fire_and_forget = sequence;
+    }
+
+    /// The broker has every send below `sequence` (e.g. a leave's receipt came).
+    pub(super) fn confirm_below(&mut self, sequence: u64) {
+        self.confirmed_below = self.confirmed_below.max(sequence);
+    }
+
+    /// The fire-and-forget sends no receipt has confirmed and no re-send will repeat (they are
+    /// not tracked): the first and last sequence they may span. Taking them marks them
+    /// reported.
+    pub(super) fn take_unconfirmed(&mut self, next: u64) -> Option<(u64, u64)> {
+        let span = (!self.track_fire_and_forget
+            && self.last_fire_and_forget > 0
+            && self.last_fire_and_forget >= self.confirmed_below)
+            .then(|| (self.confirmed_below.max(1), self.last_fire_and_forget));
+        self.confirmed_below = next;
+        span
     }
 
     pub(super) fn wants(&self, receipt: u64) -> bool {
@@ -83,13 +112,19 @@ impl SendTracker {
     }
 
     pub(super) fn answered(&mut self, receipt: u64) {
+        // The broker processes a connection's frames in order: a send's receipt confirms it
+        // and every send before it, a flush's every send before it was asked.
         let below = match self.by_receipt.remove(&receipt) {
             Some(seq) => {
                 self.sends.remove(&seq);
+                self.confirm_below(seq + 1);
                 seq
             }
             None => match self.pings.remove(&receipt) {
-                Some(next) => next,
+                Some(next) => {
+                    self.confirm_below(next);
+                    next
+                }
                 None => return,
             },
         };
@@ -104,9 +139,7 @@ impl SendTracker {
 
     /// A flush was asked when `next` was the next sequence.
     pub(super) fn ping(&mut self, receipt: u64, next: u64) {
-        if self.track_fire_and_forget {
-            self.pings.insert(receipt, next);
-        }
+        self.pings.insert(receipt, next);
     }
 
     fn replay(&self, out: &mut BytesMut) -> usize {
@@ -159,6 +192,9 @@ pub(crate) struct Shared {
     pub(super) info: RwLock<ServerInfo>,
     /// Which connection this is (a failover client counts up).
     pub(super) epoch: AtomicU64,
+    /// Set while a failover client leaves its broker: deliveries not yet taken are left to the
+    /// broker (it takes them back at the `Disconnect`), as their acks could not reach it.
+    pub(super) leaving: AtomicBool,
     /// Errors the broker reported for requests without a receipt (fire-and-forget sends).
     pub(super) async_errors: Mutex<Vec<ClientError>>,
     pub(super) async_error_count: AtomicU64,
@@ -213,6 +249,7 @@ impl Shared {
             temp_prefix: info.connection_id.clone(),
             info: RwLock::new(info),
             epoch: AtomicU64::new(0),
+            leaving: AtomicBool::new(false),
             async_errors: Mutex::new(Vec::new()),
             async_error_count: AtomicU64::new(0),
             stop: CancellationToken::new(),
@@ -370,6 +407,7 @@ impl Shared {
     /// acks of this one become stale; requests that will not be repeated are answered.
     pub(super) fn interrupt(&self, reason: &ClientError) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.leaving.store(false, Ordering::Release);
         {
             let mut out = self.out.lock();
             out.connected = false;
@@ -463,6 +501,39 @@ impl Shared {
         drop(out);
         self.room.notify_waiters();
         (subs.len(), resent)
+    }
+
+    /// A leave's receipt came: the broker applied every frame this connection carried.
+    pub(super) fn leave_confirmed(&self) {
+        let mut out = self.out.lock();
+        let next = out.next_sequence;
+        if let Some(t) = &mut out.tracker {
+            t.confirm_below(next);
+        }
+    }
+
+    /// The connection ended without the broker confirming the fire-and-forget sends written
+    /// since its last receipt (they are not tracked, so nothing re-sends them): their span,
+    /// once (see `SendTracker::take_unconfirmed`).
+    pub(super) fn take_unconfirmed(&self) -> Option<(u64, u64)> {
+        let mut out = self.out.lock();
+        let next = out.next_sequence;
+        out.tracker.as_mut().and_then(|t| t.take_unconfirmed(next))
+    }
+
+    /// A leave the broker did not confirm (`why`): the fire-and-forget sends it may have lost
+    /// are reported to the application (`Client::take_errors`), never dropped in silence.
+    pub(super) fn report_unconfirmed_leave(&self, why: &str) {
+        let Some((first, last)) = self.take_unconfirmed() else {
+            return;
+        };
+        let url = self.current_url.read().clone();
+        tracing::warn!(%url, first, last, why, "failover: left a broker that did not confirm the fire-and-forget sends");
+        self.note_async_error(ClientError::Interrupted(format!(
+            "left {url} without its confirmation ({why}): the sends without a receipt among \
+             producer sequences {first}..={last} may not have arrived; send with a receipt, or \
+             set trackMessages=true to have them re-sent"
+        )));
     }
 
     /// The client is over: everyone waiting is answered, every stream ends.

@@ -99,7 +99,8 @@ impl Subscription {
     }
 
     /// The next delivery; `None` once the client has ended. Deliveries that arrived on a
-    /// connection a failover client has since lost are skipped: the broker redelivers them.
+    /// connection a failover client has since lost, or is leaving, are skipped: the broker
+    /// redelivers them.
     pub async fn next(&mut self) -> Option<Delivery> {
         loop {
             let d = match self.rx.try_recv() {
@@ -110,7 +111,9 @@ impl Subscription {
                     self.rx.recv().await?
                 }
             };
-            if !self.current(&d) {
+            // A delivery of a connection that ended, or of one leaving its broker (which takes
+            // it back: an ack could not reach it any more).
+            if !self.current(&d) || self.client.shared.leaving.load(Ordering::Acquire) {
                 continue;
             }
             self.note(&d).await;
@@ -153,7 +156,7 @@ impl Subscription {
                 receipt: 0,
                 transaction: 0,
             }));
-            let _ = self.client.send_frame(frame).await;
+            let _ = self.client.send_frame_of(&frame, self.auto_epoch).await;
         }
     }
 
@@ -181,7 +184,10 @@ impl Subscription {
         if !self.current(d) {
             return Ok(());
         }
-        self.client.send_frame(self.ack_frame(d)).await
+        self.client
+            .send_frame_of(&self.ack_frame(d), d.epoch)
+            .await
+            .map(|_| ())
     }
 
     /// Acknowledges and waits for the broker to confirm.
@@ -189,7 +195,9 @@ impl Subscription {
         if !self.current(d) {
             return Err(self.stale());
         }
-        self.client.send_frame_with_receipt(self.ack_frame(d)).await
+        self.client
+            .send_frame_of_with_receipt(self.ack_frame(d), d.epoch)
+            .await
     }
 
     /// Returns `d` to the broker for redelivery.
@@ -198,13 +206,12 @@ impl Subscription {
             // The lost connection already returned it.
             return Ok(());
         }
-        self.client
-            .send_frame_with_receipt(wire::frame(Body::Nack(proto::Nack {
-                subscription: self.id,
-                tags: vec![d.tag],
-                receipt: 0,
-            })))
-            .await
+        let nack = wire::frame(Body::Nack(proto::Nack {
+            subscription: self.id,
+            tags: vec![d.tag],
+            receipt: 0,
+        }));
+        self.client.send_frame_of_with_receipt(nack, d.epoch).await
     }
 
     /// Ends the subscription; with `remove_durable`, a durable subscription is deleted too.

@@ -1,7 +1,10 @@
 //! A drained member's clients leave for other groups: every client that takes pushes is asked
 //! to move (`reconnect_to`), at most `max_moves_per_second` a second, each to the peer group
 //! with the fewest clients for its capacity at that moment — so a drain never sends one group a
-//! reconnect storm, and the groups it empties into stay even.
+//! reconnect storm, and the groups it empties into stay even. A member that stops without
+//! another group to send them to (a master handing its group to a standby, a restart, the end
+//! of a drain) tells its remaining clients to leave (`leave`), so that none is cut off with
+//! frames the member never read.
 //!
 //! Owns: the choice of target and the pacing. Must not touch: sockets (the connection writes
 //! the control frame; the client connects to the target before it leaves, so a move loses no
@@ -16,6 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Cluster;
+use crate::wire::proto;
 
 /// How long a client asked to move has before it is asked again.
 const ASK_AGAIN_AFTER: Duration = Duration::from_secs(5);
@@ -49,6 +53,39 @@ impl Cluster {
                 share(a).total_cmp(&share(b))
             })
             .map(|l| l.group)
+    }
+
+    /// Client connections still here that can be told to leave.
+    pub fn askable_count(&self) -> usize {
+        self.clients
+            .lock()
+            .values()
+            .filter(|e| e.control.is_some())
+            .count()
+    }
+
+    /// Tells every client that takes pushes that this member is stopping: each sends
+    /// `Disconnect` after every frame it has queued and, once the receipt shows this member
+    /// applied them all, reconnects by its failover URL (to the standby that takes the group
+    /// over, or to this member restarted). Returns how many were told.
+    pub fn ask_everyone_to_go(&self) -> u64 {
+        let clients = self.clients.lock();
+        let mut told = 0;
+        for e in clients.values() {
+            let Some(control) = &e.control else {
+                continue;
+            };
+            let sent = control.send(proto::ConnectionControl {
+                cluster: None,
+                rebalance: false,
+                reconnect_to: String::new(),
+                leave: true,
+            });
+            if sent.is_ok() {
+                told += 1;
+            }
+        }
+        told
     }
 
     /// Asks every client that takes pushes to move to another group, paced by the

@@ -435,6 +435,7 @@ impl Feed {
             cluster: Some(proto::ClusterView { groups }),
             rebalance: false,
             reconnect_to: String::new(),
+            leave: false,
         }
     }
 

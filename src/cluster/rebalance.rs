@@ -187,6 +187,7 @@ impl Cluster {
             cluster: None,
             rebalance: true,
             reconnect_to: uris.join(","),
+            leave: false,
         });
         if sent.is_ok() {
             self.moves.fetch_add(1, Ordering::Relaxed);

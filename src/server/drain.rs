@@ -4,19 +4,21 @@
 //! A drained master stops accepting connections at once. Alone in its group, it then asks its
 //! failover clients to move to the other groups at a bounded rate (see `cluster::drain`), waits
 //! until they have left and its queues have emptied through the connectors, and exits. With
-//! standbys in its group it hands the group over instead: its term stops (connections told,
-//! a clean checkpoint, the journal closed) and the file lock or the ZooKeeper session goes with
-//! the process, so a standby takes over and the clients reconnect to it through their failover
-//! URLs. A standby just exits. A drain for a restart moves the clients the same way but does
+//! standbys in its group it hands the group over instead: it tells its failover clients to
+//! leave — each sends `Disconnect` after everything it wrote, and leaves once the member has
+//! applied it all — then its term stops (the rest of the connections told, a clean checkpoint,
+//! the journal closed) and the file lock or the ZooKeeper session goes with the process, so a
+//! standby takes over and the clients reconnect to it through their failover URLs. A standby just exits. A drain for a restart moves the clients the same way but does
 //! not wait for the queues (the journal keeps them for the restarted process), and ends with
 //! the process executing its own binary again instead of exiting.
 //!
 //! Owns: the drain's sequence and the progress `/status` shows, and the admin token check.
 //! Must not touch: how a client moves (the cluster registry asks it) or how a term stops (the
 //! term does that). Invariants: a drain starts at most once and only with the `[admin]` token;
-//! nothing is dropped — a client that cannot be asked to move is closed by the ordinary
-//! shutdown (it reconnects through its failover URL), and messages still queued at the
-//! deadline stay in the journal for the member's next start.
+//! nothing is dropped — a failover client that no other group took is told to leave before
+//! the member stops (never cut off with frames the member did not read), a client that cannot
+//! be told is closed by the ordinary shutdown (it reconnects through its failover URL), and
+//! messages still queued at the deadline stay in the journal for the member's next start.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -183,9 +185,11 @@ async fn run(state: Arc<MemberState>, timeout: Duration, purpose: Purpose) {
             s.clients = term.cluster.load().0;
         });
         tracing::info!("draining: handing the group over to a standby");
+        send_clients_away(ops, &term, deadline).await;
         ops.restart
             .handed_over_at
             .store(state.epoch.load(Ordering::Acquire), Ordering::SeqCst);
+        ops.set(|s| s.phase = "stopping".into());
         ops.shutdown.cancel();
         return;
     }
@@ -224,7 +228,11 @@ async fn run(state: Arc<MemberState>, timeout: Duration, purpose: Purpose) {
     }
     asking.cancel();
     let asked = mover.await.unwrap_or(0);
-    let (clients, queued) = (term.cluster.load().0, queued(&term.broker));
+    let queued = queued(&term.broker);
+    // The clients no other group took: told to leave, so none is cut off mid-send.
+    let grace = deadline.max(tokio::time::Instant::now() + LEAVE_GRACE);
+    send_clients_away(ops, &term, grace).await;
+    let clients = term.cluster.load().0;
     if purpose == Purpose::Restart {
         tracing::info!(asked, clients, queued, "draining for a restart: stopping, then running again (the remaining clients reconnect by their failover URLs; queued messages stay in the journal)");
         ops.set(|s| s.phase = "restarting".into());
@@ -237,4 +245,44 @@ async fn run(state: Arc<MemberState>, timeout: Duration, purpose: Purpose) {
     tracing::info!(asked, "draining: empty; stopping");
     ops.set(|s| s.phase = "stopping".into());
     ops.shutdown.cancel();
+}
+
+/// How long the clients told to leave at the end of a drain have, even past its deadline.
+const LEAVE_GRACE: Duration = Duration::from_secs(5);
+
+/// Tells the failover clients still here that this member is stopping, and waits until they
+/// have left or `deadline` passes. A client leaves politely: its `Disconnect` comes after every
+/// frame it wrote, and the member applies them all before its receipt — whereas the term's stop
+/// closes a connection at once, dropping what the member had not read yet (fire-and-forget
+/// sends that no receipt covers, lost for good). The clients that cannot be told (plain
+/// connections, STOMP, MQTT, listeners without cluster updates) are closed by the stop.
+async fn send_clients_away(
+    ops: &Operations,
+    term: &super::term::TermView,
+    deadline: tokio::time::Instant,
+) {
+    let told = term.cluster.ask_everyone_to_go();
+    if told == 0 {
+        return;
+    }
+    tracing::info!(
+        told,
+        "draining: the clients were told to leave; waiting for their goodbyes"
+    );
+    loop {
+        let left = term.cluster.askable_count();
+        ops.set(|s| s.clients = term.cluster.load().0);
+        if left == 0 {
+            tracing::info!(told, "draining: every told client has left");
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(told, left, "draining: some clients told to leave did not within the drain's time; they are closed");
+                return;
+            }
+            _ = ops.shutdown.cancelled() => return,
+        }
+    }
 }

@@ -502,6 +502,7 @@ mod tests {
                 cluster: None,
                 rebalance: true,
                 reconnect_to: "tcp://127.0.0.1:2".into(),
+                leave: true,
             })),
             frame(Body::Forward(Forward {
                 forward_id: 5,
