@@ -4,6 +4,9 @@
 use super::*;
 
 pub async fn fanout(args: &FanoutArgs) -> anyhow::Result<Report> {
+    if let Some(addr) = nats_addr(args.target.url.as_deref().unwrap_or("")).await? {
+        return run_fanout_nats(args, addr).await;
+    }
     // A default broker: what a user gets is what the benchmark measures, drops included.
     let broker = BrokerUnderTest::start(&args.target).await?;
     let result = match args.protocol {
@@ -246,7 +249,7 @@ async fn run_fanout_stomp(args: &FanoutArgs, addr: SocketAddr) -> anyhow::Result
 /// Waits for the fanout's deliveries (or its idle timeout), collects each subscriber's latency
 /// histogram and reports deliveries per second from the first send to the last delivery.
 #[allow(clippy::too_many_arguments)]
-async fn fanout_report(
+pub(super) async fn fanout_report(
     args: &FanoutArgs,
     params: String,
     progress: &Progress,

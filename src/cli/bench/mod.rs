@@ -26,10 +26,13 @@ use super::stomp_load::StompConn;
 
 mod connections;
 mod fanout;
+mod nats;
 mod queue;
 
 pub use connections::connections;
 pub use fanout::fanout;
+use fanout::fanout_report;
+use nats::{nats_addr, run_fanout_nats, run_queue_nats};
 pub use queue::queue;
 pub(crate) use queue::run_queue_at;
 use queue::{stomp_ack, StompAcks, StompProducer};
@@ -37,7 +40,8 @@ use queue::{stomp_ack, StompAcks, StompProducer};
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
     /// Broker to load (tcp://HOST:PORT or failover:(…)?options, or stomp://HOST:PORT with
-    /// --protocol stomp). Without it the bench starts its own broker.
+    /// --protocol stomp), or a NATS server (nats://HOST:PORT: queue and fanout, the same load
+    /// in NATS's protocol, for comparison). Without it the bench starts its own broker.
     #[arg(long)]
     pub url: Option<String>,
     /// The broker's admin address (HOST:PORT), for RSS readings with --url.

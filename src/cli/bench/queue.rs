@@ -6,6 +6,9 @@ pub async fn queue(args: &QueueArgs) -> anyhow::Result<Report> {
     if args.producers == 0 || args.consumers == 0 {
         bail!("--producers and --consumers must be at least 1");
     }
+    if let Some(addr) = nats_addr(args.target.url.as_deref().unwrap_or("")).await? {
+        return run_queue_nats(args, addr).await;
+    }
     let broker = BrokerUnderTest::start(&args.target).await?;
     let result = match args.protocol {
         ProtocolArg::Native => run_queue(args, &broker.url).await,
