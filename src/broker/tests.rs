@@ -788,36 +788,6 @@ fn a_parked_message_is_replayed_once_no_local_consumer_is_left() {
 }
 
 #[test]
-fn recent_forward_ids_drop_repeats_and_forget_the_oldest_chunk_with_its_producer() {
-    let mut r = RecentIds::new(3);
-    let (a, b) = (
-        Bytes::from_static(b"producer-a"),
-        Bytes::from_static(b"producer-b"),
-    );
-    assert!(r.insert(&a, 1, 1));
-    assert!(!r.insert(&a, 1, 1), "a repeat is dropped");
-    assert!(r.insert(&a, 2, 1));
-    assert!(!r.insert(&a, 2, 1));
-    assert!(
-        r.insert(&a, 1, 2),
-        "the same message having travelled further is new"
-    );
-    assert!(r.insert(&b, 1, 1));
-    assert_eq!(r.number_of.len(), 2);
-    // A fourth chunk (a's sequences from 4096 on) forgets the oldest, a's first.
-    assert!(r.insert(&a, CHUNK_IDS, 1));
-    assert!(r.insert(&a, 1, 1), "forgotten, so taken as new");
-    assert!(!r.insert(&a, CHUNK_IDS, 1));
-    // Only b's chunks left once a's age out: a is forgotten too, its number reused.
-    for n in 1..=3 {
-        assert!(r.insert(&b, n * CHUNK_IDS, 1));
-    }
-    assert_eq!(r.number_of.len(), 1, "{:?}", r.number_of);
-    assert!(r.insert(&a, 9, 1));
-    assert_eq!(r.producers.len(), 2, "a's number was reused");
-}
-
-#[test]
 fn a_topic_keeps_its_latest_retained_message_until_an_empty_one_clears_it() {
     let b = broker();
     let mut s = b.open_session(None).unwrap();

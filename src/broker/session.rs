@@ -1,0 +1,395 @@
+//! A session: one connection's view of the broker — publishing (one at a time or staged in a
+//! transaction), acknowledging, and closing, which returns what the connection held.
+//!
+//! Owns: [`Session`], its subscriptions' handles, its temporary destinations and its client id
+//! claim. Must not touch: sockets or protocol state (a connection drives it). Subscribing lives
+//! in `subscription.rs`. Invariant: a closed session holds nothing — its unacknowledged queue
+//! deliveries are back in their queues, its temporary destinations and client id are gone.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::demand::SubDemand;
+use super::{
+    now_ms, AckOutcome, Admission, Broker, BrokerError, Destination, Effects, Kind, Message,
+    OnFull, Outbox, Published, SubHandle, Target, MAX_PRIORITY,
+};
+
+/// One connection's view of the broker. Dropping it closes it.
+#[derive(Debug)]
+pub struct Session {
+    pub(super) broker: Broker,
+    pub(super) id: u64,
+    pub(super) connection_id: String,
+    /// Who logged in (`None`: anonymous): whose claims this session's names are.
+    pub(super) user: Option<String>,
+    pub(super) client_id: Option<String>,
+    pub(super) outbox: Arc<Outbox>,
+    pub(super) subs: HashMap<u64, SubHandle>,
+    /// The demand each subscription registered.
+    pub(super) demand_ids: HashMap<u64, SubDemand>,
+    pub(super) temps: Vec<Target>,
+    /// Connection ids of a failover client's earlier connections: it keeps naming its
+    /// temporary destinations after the first, and may re-create them here.
+    pub(super) temp_prefixes: Vec<String>,
+    pub(super) last_target: Option<Target>,
+    /// Index of the last journal record this session's operations appended (0 = none).
+    pub(super) last_record: u64,
+    pub(super) closed: bool,
+}
+
+impl Session {
+    /// The last journal record this session appended: a receipt for the operation that
+    /// appended it waits until the journal has synced it.
+    pub fn last_record(&self) -> u64 {
+        self.last_record
+    }
+
+    /// The journal record appended since `before` (a [`Session::last_record`] taken before an
+    /// operation), which the operation's receipt must wait for; 0 when it appended none.
+    pub fn record_since(&self, before: u64) -> u64 {
+        if self.last_record != before {
+            self.last_record
+        } else {
+            0
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Broker-assigned id; prefixes this connection's temporary destination names.
+    pub fn connection_id(&self) -> &str {
+        &self.connection_id
+    }
+
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subs.len()
+    }
+
+    pub(super) fn owns_temp_name(&self, dest: &Destination) -> bool {
+        std::iter::once(&self.connection_id)
+            .chain(&self.temp_prefixes)
+            .any(|prefix| {
+                dest.name()
+                    .strip_prefix(prefix.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+            })
+    }
+
+    /// Lets this session create (and own) temporary destinations named after a failover
+    /// client's earlier connection ids. An empty prefix is ignored. Refused, adopting none,
+    /// when another user claimed one of them, or one is a connection id this broker has not
+    /// issued yet (claiming it would take a future connection's names).
+    pub fn adopt_temp_prefixes(&mut self, prefixes: Vec<String>) -> Result<(), BrokerError> {
+        let claims = &self.broker.inner.temp_claims;
+        let issued = self.broker.inner.next_connection.load(Ordering::Relaxed);
+        let mine = format!("ID-{}-", self.broker.inner.run_id);
+        let mut adopted: Vec<String> = Vec::new();
+        for prefix in prefixes.into_iter().filter(|p| !p.is_empty()) {
+            let future = prefix
+                .strip_prefix(&mine)
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n >= issued);
+            let taken = !future
+                && (adopted.contains(&prefix)
+                    || claims.take(&prefix, self.user.as_deref()).is_ok());
+            if !taken {
+                for p in &adopted {
+                    claims.release(p, self.user.as_deref());
+                }
+                return Err(BrokerError::TempPrefixOwned(prefix));
+            }
+            if !adopted.contains(&prefix) {
+                adopted.push(prefix);
+            }
+        }
+        for p in std::mem::replace(&mut self.temp_prefixes, adopted) {
+            claims.release(&p, self.user.as_deref());
+        }
+        Ok(())
+    }
+
+    /// Resolves a destination to publish to. Ordinary destinations are created on first use;
+    /// a temporary one must exist.
+    pub fn target(&mut self, dest: &Destination) -> Result<Target, BrokerError> {
+        if let Some(t) = &self.last_target {
+            if t.destination() == dest && !t.is_deleted() {
+                return Ok(t.clone());
+            }
+        }
+        let target = match dest.kind() {
+            Kind::Queue => Target::Queue(self.broker.queue(dest, 0)),
+            Kind::Topic => Target::Topic(self.broker.topic(dest, 0)),
+            Kind::TempQueue => Target::Queue(
+                self.broker
+                    .inner
+                    .queues
+                    .get(dest.as_str())
+                    .map(|q| q.clone())
+                    .ok_or_else(|| BrokerError::NotFound(dest.to_string()))?,
+            ),
+            Kind::TempTopic => Target::Topic(
+                self.broker
+                    .inner
+                    .topics
+                    .get(dest.as_str())
+                    .map(|t| t.clone())
+                    .ok_or_else(|| BrokerError::NotFound(dest.to_string()))?,
+            ),
+        };
+        if target.is_deleted() {
+            return Err(BrokerError::NotFound(dest.to_string()));
+        }
+        self.last_target = Some(target.clone());
+        Ok(target)
+    }
+
+    /// True when there is room for a message: in memory for a message kept in memory; in the
+    /// journal for one that is journaled (memory then pages it out as needed).
+    pub fn has_room(&self, target: &Target, persistent: bool) -> bool {
+        self.broker.has_room(target, persistent)
+    }
+
+    /// The one full-destination decision, for every producer and every bridge: take the
+    /// message now, wait for room, or refuse it (the destination's `on_full`). A bridge never
+    /// waits (its link carries other destinations too): it treats `Wait` as "try again later".
+    pub fn admit(&self, target: &Target, persistent: bool) -> Admission {
+        if self.has_room(target, persistent) {
+            return Admission::Now;
+        }
+        match target.on_full() {
+            OnFull::Block => Admission::Wait,
+            OnFull::Fail => Admission::Refuse(self.full_error(target, persistent)),
+        }
+    }
+
+    /// What refuses a send when `has_room` said no: the journal for a message it would hold,
+    /// the memory limit otherwise.
+    pub fn full_error(&self, target: &Target, persistent: bool) -> BrokerError {
+        let destination = target.destination().to_string();
+        if self.broker.needs_journal_room(target, persistent) {
+            BrokerError::JournalFull { destination }
+        } else {
+            BrokerError::Full { destination }
+        }
+    }
+
+    /// Checks a message and stamps it for `target` as the broker keeps it: its destination,
+    /// the connection it came from, when it arrived, and its memory charge. False when it is a
+    /// producer re-send (drop it).
+    fn stamp(&self, target: &Target, msg: &mut Message) -> Result<bool, BrokerError> {
+        if msg.priority > MAX_PRIORITY {
+            return Err(BrokerError::BadPriority(msg.priority as u32));
+        }
+        if self.is_resend(msg) {
+            return Ok(false);
+        }
+        msg.origin = self.id;
+        msg.received_ms = now_ms();
+        msg.destination = Some(target.destination().clone());
+        msg.charge = self
+            .broker
+            .inner
+            .memory
+            .charge(msg.memory_size(), target.counters());
+        Ok(true)
+    }
+
+    /// Accepts a message onto a target: charges its memory, then queues or fans it out — or
+    /// journals it, to become visible once durable. A re-send (its producer sequence is not
+    /// above the producer's mark) is dropped as a duplicate. Flow control is the caller's:
+    /// check `has_room` (and wait or refuse) first.
+    pub fn publish(&mut self, target: &Target, mut msg: Message) -> Result<Published, BrokerError> {
+        if !self.stamp(target, &mut msg)? {
+            return Ok(Published::Duplicate);
+        }
+        let _gate = self.broker.gate();
+        if self.broker.journals(target, &msg) {
+            let index = self.broker.journal_publish(target, msg);
+            self.last_record = index;
+            return Ok(Published::Pending(index));
+        }
+        let mut effects = Effects::default();
+        match target {
+            Target::Queue(q) => q.enqueue(Arc::new(msg), &mut effects),
+            Target::Topic(t) => t.publish(Arc::new(msg), &mut effects),
+        }
+        self.broker.apply(effects);
+        Ok(Published::Accepted)
+    }
+
+    fn handle(&self, subscription: u64) -> Result<&SubHandle, BrokerError> {
+        self.subs
+            .get(&subscription)
+            .ok_or(BrokerError::NoSuchSubscription(subscription))
+    }
+
+    /// Acknowledges every delivery with tag <= `up_to` (cumulative) and each of `tags`.
+    pub fn ack(
+        &mut self,
+        subscription: u64,
+        up_to: u64,
+        tags: &[u64],
+    ) -> Result<AckOutcome, BrokerError> {
+        let mut dead = Effects::default();
+        let outcome = match self.handle(subscription)? {
+            SubHandle::Queue { queue, slot } => queue.ack(*slot, up_to, tags, &mut dead),
+            SubHandle::Topic { sub } => sub.ack(up_to, tags, &mut dead),
+        };
+        self.broker.apply(dead);
+        Self::check_known(subscription, outcome)
+    }
+
+    /// Returns deliveries for redelivery (to the DLQ past `max_redeliveries`).
+    pub fn nack(&mut self, subscription: u64, tags: &[u64]) -> Result<AckOutcome, BrokerError> {
+        let _gate = self.broker.gate();
+        let mut dead = Effects::default();
+        let outcome = match self.handle(subscription)? {
+            SubHandle::Queue { queue, slot } => queue.nack(*slot, tags, &mut dead),
+            SubHandle::Topic { sub } => sub.nack(tags, &mut dead),
+        };
+        self.broker.apply(dead);
+        Self::check_known(subscription, outcome)
+    }
+
+    fn check_known(subscription: u64, outcome: AckOutcome) -> Result<AckOutcome, BrokerError> {
+        if outcome.unknown > 0 {
+            return Err(BrokerError::UnknownDelivery {
+                subscription,
+                unknown: outcome.unknown,
+            });
+        }
+        Ok(outcome)
+    }
+
+    /// True when `msg` repeats what its producer already sent here (its sequence is not above
+    /// the producer's mark). Forwarded messages are checked by `Broker::first_forward` instead.
+    fn is_resend(&self, msg: &Message) -> bool {
+        msg.sequence != 0
+            && !msg.sequence_checked
+            && !msg.producer_id.is_empty()
+            && !self
+                .broker
+                .inner
+                .producers
+                .advance(&msg.producer_id, msg.sequence)
+    }
+
+    /// Accepts a message that arrived over a bridge: like `publish`, without the producer's
+    /// high-water mark (forwards of one producer may arrive out of order; duplicates are
+    /// caught by `Broker::first_forward`).
+    pub fn publish_forwarded(
+        &mut self,
+        target: &Target,
+        mut msg: Message,
+    ) -> Result<Published, BrokerError> {
+        msg.sequence_checked = true;
+        self.publish(target, msg)
+    }
+
+    /// Prepares a message for a transaction: checks and stamps it as `publish` would, without
+    /// making it visible. `None` when it is a producer re-send (drop it).
+    pub fn stage(
+        &mut self,
+        target: &Target,
+        mut msg: Message,
+    ) -> Result<Option<(Target, Message)>, BrokerError> {
+        if !self.stamp(target, &mut msg)? {
+            return Ok(None);
+        }
+        Ok(Some((target.clone(), msg)))
+    }
+
+    /// Commits staged sends and acknowledgements `(subscription, tag)` together. Returns the
+    /// journal index the commit's receipt must wait for (0: none).
+    pub fn commit(&mut self, sends: Vec<(Target, Message)>, acks: &[(u64, u64)]) -> u64 {
+        let broker = self.broker.clone();
+        let _gate = broker.gate();
+        let subs = &self.subs;
+        let index = broker.commit_transaction(sends, |effects| {
+            for (sub, tag) in acks {
+                match subs.get(sub) {
+                    Some(SubHandle::Queue { queue, slot }) => {
+                        queue.ack(*slot, 0, &[*tag], effects);
+                    }
+                    Some(SubHandle::Topic { sub }) => {
+                        sub.ack(0, &[*tag], effects);
+                    }
+                    None => {}
+                }
+            }
+        });
+        if index != 0 {
+            self.last_record = index;
+        }
+        index
+    }
+
+    /// Closes the session: subscriptions end (unacknowledged messages return to their queues
+    /// as redelivered), temporary destinations are deleted, the client id is freed.
+    /// Idempotent; also done on drop.
+    pub fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.outbox.close();
+        for d in std::mem::take(&mut self.demand_ids)
+            .into_values()
+            .flat_map(|sd| sd.ids)
+        {
+            self.broker.remove_demand(d);
+        }
+        for (_, handle) in std::mem::take(&mut self.subs) {
+            self.release(handle, false);
+        }
+        drop(self.outbox.take_all());
+        for temp in std::mem::take(&mut self.temps) {
+            match temp {
+                Target::Queue(q) => {
+                    self.broker.inner.queues.remove(q.dest.as_str());
+                    q.delete();
+                }
+                Target::Topic(t) => {
+                    self.broker.inner.topics.remove(t.dest.as_str());
+                    let mut effects = Effects::default();
+                    for sub in t.delete() {
+                        sub.clear(&mut effects);
+                    }
+                    self.broker.apply(effects);
+                }
+            }
+        }
+        if let Some(cid) = &self.client_id {
+            let inner = &self.broker.inner;
+            if inner
+                .client_ids
+                .remove_if(cid, |_, (id, _)| *id == self.id)
+                .is_some()
+            {
+                inner.client_id_claims.release(cid, self.user.as_deref());
+            }
+        }
+        let user = self.user.as_deref();
+        for prefix in std::iter::once(&self.connection_id).chain(&self.temp_prefixes) {
+            self.broker.inner.temp_claims.release(prefix, user);
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
