@@ -21,7 +21,66 @@ pub async fn queue(args: &QueueArgs) -> anyhow::Result<Report> {
         },
     };
     broker.stop().await;
-    result
+    let mut report = result?;
+    if args.persistent && args.receipts {
+        disk_limit(&mut report, args.producers).await?;
+    }
+    Ok(report)
+}
+
+/// Appends of one 4 KiB block, each followed by `fdatasync`, timed for the disk's limit.
+const SYNC_ROUNDS: u32 = 500;
+
+/// Adds the disk's limit for a receipt per message to a persistent run: with one send in
+/// flight per producer and one `fdatasync` per group commit at best, `producers / mean
+/// fdatasync` messages per second. The mean is measured right after the run on the filesystem
+/// of the temporary directory (where the bench's own broker keeps its journal), in a file
+/// allocated beforehand as the journal's segments are, so a sync writes data, not its size.
+async fn disk_limit(report: &mut Report, producers: usize) -> anyhow::Result<()> {
+    let mean = tokio::task::spawn_blocking(|| mean_fdatasync(&std::env::temp_dir())).await??;
+    let mean_us = mean.as_secs_f64() * 1e6;
+    let limit = producers as f64 / mean.as_secs_f64();
+    report.extra = Some(serde_json::json!({
+        "fdatasync_4k_mean_us": (mean_us * 10.0).round() / 10.0,
+        "disk_limit_msg_s": limit.round(),
+        "of_disk_limit": (report.rate / limit * 1000.0).round() / 1000.0,
+    }));
+    Ok(())
+}
+
+fn mean_fdatasync(dir: &std::path::Path) -> anyhow::Result<Duration> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let mut file = tempfile::tempfile_in(dir).with_context(|| {
+        format!(
+            "cannot create a file in {} to time fdatasync",
+            dir.display()
+        )
+    })?;
+    let block = [0x5a_u8; 4096];
+    // SAFETY: posix_fallocate on a file descriptor this function owns.
+    let err = unsafe {
+        libc::posix_fallocate(
+            file.as_raw_fd(),
+            0,
+            (block.len() as u32 * SYNC_ROUNDS) as libc::off_t,
+        )
+    };
+    if err != 0 {
+        bail!(
+            "cannot allocate a file in {} to time fdatasync: {}",
+            dir.display(),
+            std::io::Error::from_raw_os_error(err)
+        );
+    }
+    let mut total = Duration::ZERO;
+    for _ in 0..SYNC_ROUNDS {
+        file.write_all(&block)?;
+        let started = Instant::now();
+        file.sync_data()?;
+        total += started.elapsed();
+    }
+    Ok(total / SYNC_ROUNDS)
 }
 
 async fn run_queue(args: &QueueArgs, url: &str) -> anyhow::Result<Report> {
