@@ -65,14 +65,18 @@ async fn run_connections(
             Ok((client, sub))
         }
     };
-    let publish = || async {
-        let publisher = Client::connect(&broker.url, ClientOptions::default()).await?;
-        publisher
-            .send_with_receipt(&args.destination, &Outgoing::new(&b"to everyone"[..]))
-            .await?;
-        Ok(())
-    };
+    let url = args.publish_url.as_deref().unwrap_or(&broker.url);
+    let publish = || publish_native(url, &args.destination);
     run_idle_subscribers(args, broker, "", open, publish).await
+}
+
+/// The connections bench's one message, sent through `url` by a native client with a receipt.
+async fn publish_native(url: &str, destination: &str) -> anyhow::Result<()> {
+    let publisher = Client::connect(url, ClientOptions::default()).await?;
+    publisher
+        .send_with_receipt(destination, &Outgoing::new(&b"to everyone"[..]))
+        .await?;
+    Ok(())
 }
 
 /// MQTT 3.1.1 clients: idle QoS 0 subscribers, one QoS 1 publish.
@@ -93,6 +97,9 @@ async fn run_connections_mqtt(
         }
     };
     let publish = || async {
+        if let Some(url) = &args.publish_url {
+            return publish_native(url, &args.destination).await;
+        }
         let mut publisher =
             MqttConn::connect(addr, None, &format!("bench-{run}-publisher")).await?;
         publisher
@@ -193,6 +200,16 @@ where
     // Let the broker settle, then read its memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = broker.status().await.map(|s| s.process.rss_bytes);
+    if let Some(go) = &args.go_file {
+        eprintln!(
+            "ready: {} {protocol}subscribers open; sending once {} exists",
+            args.connections,
+            go.display()
+        );
+        while !go.exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     let waiting = all_in.notified();
     tokio::pin!(waiting);
     waiting.as_mut().enable();

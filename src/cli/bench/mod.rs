@@ -159,6 +159,14 @@ pub struct ConnectionsArgs {
     /// on the broker's mqtt:// listener).
     #[arg(long, value_enum, default_value_t = ProtocolArg::Native)]
     pub protocol: ProtocolArg,
+    /// Send the one message through this broker instead, with a native client and a receipt
+    /// (tcp://HOST:PORT or failover:(…)): e.g. the hub, with --url naming an edge.
+    #[arg(long)]
+    pub publish_url: Option<String>,
+    /// Once every subscriber is open, print `ready` on stderr and send only when this file
+    /// exists: several bench processes (one per edge and protocol) then send at one moment.
+    #[arg(long)]
+    pub go_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -500,6 +508,8 @@ pub async fn suite(args: &SuiteArgs) -> anyhow::Result<Vec<Report>> {
         concurrency: 256,
         destination: "topic://bench.connections".into(),
         protocol: ProtocolArg::Native,
+        publish_url: None,
+        go_file: None,
     })
     .await?;
     println!("{}", serde_json::to_string(&r)?);
