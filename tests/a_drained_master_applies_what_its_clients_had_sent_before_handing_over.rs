@@ -117,6 +117,8 @@ async fn a_batch_on_the_wire_when_the_master_is_drained_arrives_whole() {
         done.stderr
     );
     sending.await.expect("the producer saw no error");
+    // edgea answered the batch before it let the producer go; the next batch goes to edgeb.
+    send_numbered(&producer, &history, QUEUE, "m", 100..150, true).await;
     history.wait_all_delivered().await;
     stop.cancel();
     let verdict = history.verdict();
