@@ -151,6 +151,34 @@ impl RawMqtt {
         }
     }
 
+    /// The next packet if one arrives within `wait`; `None` when none did (or the broker
+    /// closed the connection).
+    pub fn next_within(&mut self, wait: Duration) -> Option<Reply> {
+        if let Some(reply) = self.decode() {
+            return Some(reply);
+        }
+        self.stream.set_read_timeout(Some(wait)).expect("timeout");
+        let mut chunk = [0u8; 4096];
+        let read = self.stream.read(&mut chunk);
+        self.stream.set_read_timeout(Some(GUARD)).expect("timeout");
+        match read {
+            Ok(0) => None,
+            Ok(n) => {
+                self.rbuf.extend_from_slice(&chunk[..n]);
+                self.decode()
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::ConnectionReset
+                ) =>
+            {
+                None
+            }
+            Err(e) => panic!("read from the broker failed: {e}"),
+        }
+    }
+
     fn decode(&mut self) -> Option<Reply> {
         if self.v5 {
             let (p, _) = v5::Codec::new(0, 0)

@@ -131,17 +131,7 @@ impl Topology {
     pub fn start(mut self) -> Broker {
         let file = self.write();
         let log_path = self.dir.path().join("broker.log");
-        let log = std::fs::File::create(&log_path).expect("create the broker log");
-        let child = Command::new(env!("CARGO_BIN_EXE_meshmq"))
-            .args(["broker", "--topology"])
-            .arg(&file)
-            .args(["--member", MEMBER])
-            .env("MESHMQ_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone the log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("start meshmq broker");
+        let child = launch(&file, &log_path);
         let admin: SocketAddr = format!("127.0.0.1:{}", self.admin)
             .parse()
             .expect("admin address");
@@ -154,6 +144,25 @@ impl Topology {
         broker.wait_ready();
         broker
     }
+}
+
+/// Starts `meshmq broker` on topology `file`, its output appended to `log_path`.
+fn launch(file: &Path, log_path: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .expect("open the broker log");
+    Command::new(env!("CARGO_BIN_EXE_meshmq"))
+        .args(["broker", "--topology"])
+        .arg(file)
+        .args(["--member", MEMBER])
+        .env("MESHMQ_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone the log handle"))
+        .stderr(log)
+        .spawn()
+        .expect("start meshmq broker")
 }
 
 /// A running broker process; killed and reaped on drop (its log is printed if the test failed).
@@ -188,6 +197,15 @@ impl Broker {
 
     pub fn dir(&self) -> &Path {
         self.topology.dir()
+    }
+
+    /// `kill -9`s the broker, then starts it again on the same topology and data (its log
+    /// goes on in the same file) and waits until it is ready.
+    pub fn kill9_and_restart(&mut self) {
+        self.child.kill().expect("SIGKILL the broker");
+        self.child.wait().expect("reap the broker");
+        self.child = launch(&self.topology.file(), &self.log_path);
+        self.wait_ready();
     }
 
     /// The broker process's id.
