@@ -422,6 +422,20 @@ pub fn run(cmd: &mut Command) -> Finished {
     CliChild::spawn(cmd).finish()
 }
 
+/// Runs `meshmq apply FILE` and returns its stdout; fails the test unless every member took it.
+pub fn apply(file: &Path) -> String {
+    let out = run(meshmq().arg("apply").arg(file));
+    assert!(
+        out.status.success(),
+        "meshmq apply {} failed ({}):\n{}\n{}",
+        file.display(),
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
+}
+
 /// One `meshmq broker` process, killed and reaped on drop: a lone broker ([`Broker::start`])
 /// or one member of a [`Mesh`]. It can be started again on the same topology, ports and data
 /// directory once it has exited (`restart`).
