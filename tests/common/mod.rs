@@ -21,6 +21,7 @@ pub mod ha;
 pub mod history;
 pub mod iptables;
 pub mod mesh;
+pub mod pair;
 pub mod prometheus;
 pub mod proxy;
 pub mod stall_proxy;
