@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use prost::Message as _;
 
-use crate::ha::replication::{self, proto as repl};
+use crate::ha::replication::{self, proto as repl, StartPlan};
 use crate::store::{frame, EpochHistory, RawFrames};
 
 use super::journal::{trusted_records, JOURNAL_MAX_RECORD};
@@ -108,6 +108,24 @@ fn follower_reads(m: &repl::ToFollower) {
     reframed(m);
     match &m.kind {
         Some(repl::to_follower::Kind::Start(s)) => {
+            // What the follower does with it, for followers at several journal ends: a cut
+            // keeps a prefix of what it holds, an append follows its last record.
+            for last in [0, 1, 7, s.from.saturating_sub(1), s.from, u64::MAX] {
+                match replication::plan_start(s, last) {
+                    Ok(StartPlan::CutAfter { keep }) => assert!(
+                        keep < last && keep + 1 == s.from,
+                        "a cut to {keep} for a stream from {} after record {last}",
+                        s.from
+                    ),
+                    Ok(StartPlan::Append) => assert_eq!(
+                        s.from,
+                        last + 1,
+                        "an append of a stream that does not follow record {last}"
+                    ),
+                    Ok(StartPlan::Snapshot) => assert!(s.snapshot && s.from > 0),
+                    Err(_) => {}
+                }
+            }
             let mut covered = replication::epochs_from_proto(&s.epochs);
             covered.truncate_after(s.from.saturating_sub(1));
             if !s.checkpoint.is_empty() {

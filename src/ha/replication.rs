@@ -766,6 +766,94 @@ impl Drop for FollowerGone {
     }
 }
 
+/// What a follower does with its master's `Start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StartPlan {
+    /// Our journal ends right before the stream: append it.
+    Append,
+    /// Our tail diverged from the master's: keep records up to `keep`, then append.
+    CutAfter { keep: u64 },
+    /// Too far behind: discard the journal and start over from the master's snapshot.
+    Snapshot,
+}
+
+/// Checks the master's `start` against the last record this follower holds: a stream from
+/// record 0 (records are numbered from 1) or past our end without a snapshot (a gap) is a
+/// protocol violation — the link closes with it and the journal is left as it was.
+pub(crate) fn plan_start(start: &proto::Start, last: u64) -> Result<StartPlan, String> {
+    if start.from == 0 {
+        return Err(format!(
+            "the master's stream (snapshot: {}) starts at record 0, but records are numbered \
+             from 1",
+            start.snapshot
+        ));
+    }
+    if start.snapshot {
+        return Ok(StartPlan::Snapshot);
+    }
+    if start.from <= last {
+        return Ok(StartPlan::CutAfter {
+            keep: start.from - 1,
+        });
+    }
+    if start.from > last.saturating_add(1) {
+        return Err(format!(
+            "the master's stream starts at record {}, past this journal's end at record \
+             {last}, without a snapshot",
+            start.from
+        ));
+    }
+    Ok(StartPlan::Append)
+}
+
+/// Tests only: journal directories whose install work (a snapshot or a checkpoint from the
+/// master) first sleeps this long, as on a slow disk.
+#[cfg(test)]
+static SLOW_INSTALLS: std::sync::Mutex<Vec<(std::path::PathBuf, Duration)>> =
+    std::sync::Mutex::new(Vec::new());
+
+#[cfg(test)]
+fn slow_disk(dir: &std::path::Path) {
+    let delay = SLOW_INSTALLS
+        .lock()
+        .expect("the slow-disk table")
+        .iter()
+        .find(|(d, _)| d == dir)
+        .map(|(_, delay)| *delay);
+    if let Some(delay) = delay {
+        std::thread::sleep(delay);
+    }
+}
+
+#[cfg(not(test))]
+fn slow_disk(_: &std::path::Path) {}
+
+/// Waits for `job` (blocking install work) while telling the master, every `every`, that
+/// this follower is alive and holds `held`: it reads nothing meanwhile, so it cannot answer
+/// heartbeats, and a master counts a follower silent for its check-quorum window as cut off —
+/// an install on a slow disk can outlast that window. A failed write stops the answers, not
+/// the job (the stream fails on the dead link after it).
+async fn answering_while<T>(
+    wr: &mut (impl AsyncWriteExt + Unpin),
+    held: u64,
+    every: Duration,
+    job: tokio::task::JoinHandle<T>,
+) -> Result<T, tokio::task::JoinError> {
+    tokio::pin!(job);
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    let mut answering = true;
+    loop {
+        tokio::select! {
+            r = &mut job => return r,
+            _ = tick.tick(), if answering => {
+                let msg = ToMaster { kind: Some(to_master::Kind::Ack(held)) };
+                answering = write_msg(wr, &msg).await.is_ok();
+            }
+        }
+    }
+}
+
 /// What a follower needs to know.
 #[derive(Debug, Clone)]
 pub struct FollowOptions {
@@ -856,13 +944,16 @@ async fn follow_inner(
     let epoch = start.epoch;
     check_epoch(epoch, &newest)?;
     let last = store.journal().next_index().saturating_sub(1);
+    let plan = plan_start(&start, last).map_err(|detail| ReplError::Protocol {
+        peer: peer.clone(),
+        detail,
+    })?;
     let master_epochs = epochs_from_proto(&start.epochs);
-    if !start.snapshot && start.from <= last {
+    if let StartPlan::CutAfter { keep } = plan {
         // Our tail diverged from the master's: cut it at the match point, keeping everything
         // before it (committed records stay where a quorum needs them).
         let cfg = opts.store.clone();
         let old = store.clone();
-        let keep = start.from - 1;
         let cut = tokio::task::spawn_blocking(move || -> Result<Option<Store>, StoreError> {
             old.close();
             if !store::truncate_journal_after(&cfg.dir, keep, cfg.max_record)? {
@@ -895,7 +986,7 @@ async fn follow_inner(
                 return Err(ReplError::Resync);
             }
         }
-    } else if start.snapshot {
+    } else if plan == StartPlan::Snapshot {
         // Too far behind: discard this journal and copy the master's from its checkpoint.
         let cfg = opts.store.clone();
         let old = store.clone();
@@ -908,19 +999,23 @@ async fn follow_inner(
             })?;
         let from = start.from;
         let epochs = master_epochs.clone();
-        let fresh = tokio::task::spawn_blocking(move || -> Result<Store, StoreError> {
+        let install = tokio::task::spawn_blocking(move || -> Result<Store, StoreError> {
+            slow_disk(&cfg.dir);
             old.close();
             store::wipe_journal(&cfg.dir)?;
             let mut covered = epochs.clone();
-            covered.truncate_after(from.saturating_sub(1));
+            covered.truncate_after(from - 1);
             let fresh = Store::open_empty_at(cfg, from, covered)?;
             if let Some(c) = checkpoint {
                 fresh.install_checkpoint(&c)?;
             }
             Ok(fresh)
-        })
-        .await
-        .map_err(|e| StoreError::Failed(format!("resetting the journal panicked: {e}")))??;
+        });
+        // The master counts this follower as holding what comes before `from` (the snapshot
+        // covers it) from the start: answering with that claims nothing more.
+        let fresh = answering_while(&mut wr, from - 1, opts.link.heartbeat, install)
+            .await
+            .map_err(|e| StoreError::Failed(format!("resetting the journal panicked: {e}")))??;
         *store = fresh;
         tracing::warn!(
             master = %master,
@@ -936,9 +1031,15 @@ async fn follow_inner(
     // Every heartbeat is answered (with what we hold), so the master hears from an idle
     // follower too: its check quorum tells a silent link from a quiet one.
     let beat = tokio::sync::Notify::new();
+    // Set while a checkpoint from the master installs: the receiving side reads no heartbeat
+    // then, so the acknowledging side answers on its own every heartbeat interval (see
+    // `answering_while`).
+    let installing = std::sync::atomic::AtomicBool::new(false);
     let acks = async {
         let mut acked = 0;
         let mut answer = false;
+        let mut tick = tokio::time::interval(opts.link.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let now = *local.borrow_and_update();
             if now > acked || answer {
@@ -956,6 +1057,7 @@ async fn follow_inner(
                     answer = false;
                 }
                 _ = beat.notified() => answer = true,
+                _ = tick.tick() => answer = installing.load(Ordering::Acquire),
             }
         }
     };
@@ -991,8 +1093,14 @@ async fn follow_inner(
                     // The records it covers arrived before it, but may wait for the writer.
                     journal.wait_local(c.next_index.saturating_sub(1)).await?;
                     let st = store.clone();
-                    tokio::task::spawn_blocking(move || st.install_checkpoint(&c))
-                        .await
+                    installing.store(true, Ordering::Release);
+                    let installed = tokio::task::spawn_blocking(move || {
+                        slow_disk(st.dir());
+                        st.install_checkpoint(&c)
+                    })
+                    .await;
+                    installing.store(false, Ordering::Release);
+                    installed
                         .map_err(|e| StoreError::Failed(format!("checkpoint panicked: {e}")))??;
                 }
                 Some(to_follower::Kind::Heartbeat(_)) => beat.notify_one(),
@@ -1154,9 +1262,19 @@ mod tests {
 
         /// As `start`, with `heartbeat` for the links (a hello is awaited for three of them).
         async fn start_with(quorum_timeout: Duration, heartbeat: Duration) -> Lone {
+            Lone::start_at(1, quorum_timeout, heartbeat).await
+        }
+
+        /// As `start_with`, with a journal whose oldest record is `first` (the ones before
+        /// it collected): a follower with less must copy a snapshot.
+        async fn start_at(first: u64, quorum_timeout: Duration, heartbeat: Duration) -> Lone {
             let dir = tempfile::tempdir().expect("tempdir");
-            let (store, _) =
-                Store::open(config(&dir.path().join("master")), false).expect("master journal");
+            let cfg = config(&dir.path().join("master"));
+            let store = if first == 1 {
+                Store::open(cfg, false).expect("master journal").0
+            } else {
+                Store::open_empty_at(cfg, first, EpochHistory::default()).expect("master journal")
+            };
             store.journal().gate(quorum_timeout);
             let epoch_start = store.begin_epoch(3);
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -1390,6 +1508,225 @@ mod tests {
         })
         .await;
         assert!(admitted.is_ok(), "the slots were never given back");
+        lone.end().await;
+    }
+
+    #[test]
+    fn a_start_is_planned_only_from_record_1_and_without_gaps() {
+        let start = |from, snapshot| proto::Start {
+            epoch: 3,
+            from,
+            snapshot,
+            ..Default::default()
+        };
+        // (start, follower's last record, plan)
+        let cases = [
+            (start(0, false), 0, None),
+            (start(0, false), 7, None),
+            (start(0, true), 7, None),
+            (start(1, false), 0, Some(StartPlan::Append)),
+            (start(8, false), 7, Some(StartPlan::Append)),
+            (start(3, false), 7, Some(StartPlan::CutAfter { keep: 2 })),
+            (start(1, false), 7, Some(StartPlan::CutAfter { keep: 0 })),
+            (start(9, false), 7, None),
+            (
+                start(u64::MAX, false),
+                u64::MAX,
+                Some(StartPlan::CutAfter { keep: u64::MAX - 1 }),
+            ),
+            (start(40, true), 7, Some(StartPlan::Snapshot)),
+            (start(3, true), 7, Some(StartPlan::Snapshot)),
+        ];
+        for (start, last, plan) in cases {
+            let got = plan_start(&start, last);
+            assert_eq!(
+                got.as_ref().ok(),
+                plan.as_ref(),
+                "{start:?} after record {last}: {got:?}"
+            );
+            if let Err(why) = got {
+                assert!(why.contains(&format!("record {}", start.from)), "{why}");
+            }
+        }
+    }
+
+    /// A master (or a stranger holding the token, or a damaged frame) that starts the stream
+    /// at record 0 gets the link closed with a clear error; the follower neither panics nor
+    /// touches its journal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_from_record_0_closes_the_link_and_leaves_the_journal_as_it_was() {
+        for snapshot in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let cfg = config(&dir.path().join("follower"));
+            let (store, _) = Store::open(cfg.clone(), false).expect("journal");
+            for sequence in 1..=3 {
+                store.append(&record(sequence));
+            }
+            store.journal().wait_local(3).await.expect("written");
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("address");
+            let master = tokio::spawn(async move {
+                let (stream, _) = listener.accept().await.expect("accept");
+                let (rd, mut wr) = stream.into_split();
+                let mut rd = tokio::io::BufReader::new(rd);
+                read_msg::<ToMaster>(&mut rd, "follower")
+                    .await
+                    .expect("a hello");
+                let start = ToFollower {
+                    kind: Some(to_follower::Kind::Start(proto::Start {
+                        epoch: 3,
+                        from: 0,
+                        snapshot,
+                        ..Default::default()
+                    })),
+                };
+                write_msg(&mut wr, &start).await.expect("start");
+                // Open until the follower closes it.
+                while read_msg::<ToMaster>(&mut rd, "follower").await.is_ok() {}
+            });
+            let (_newest_tx, newest) = tokio::sync::watch::channel(3);
+            let opts = FollowOptions {
+                member: "f".into(),
+                link: LinkOptions {
+                    token: Some(TOKEN.into()),
+                    heartbeat: Duration::from_millis(200),
+                },
+                store: cfg.clone(),
+            };
+            let (store, result) = tokio::time::timeout(
+                GUARD,
+                follow(&opts, store, addr, newest, CancellationToken::new()),
+            )
+            .await
+            .expect("the follower kept following a stream from record 0");
+            match &result {
+                Err(ReplError::Protocol { detail, .. }) => {
+                    assert!(detail.contains("record 0"), "snapshot {snapshot}: {detail}")
+                }
+                other => panic!("snapshot {snapshot}: not refused as a bad stream: {other:?}"),
+            }
+            tokio::time::timeout(GUARD, master)
+                .await
+                .expect("the follower kept the link open")
+                .expect("the master's task");
+            assert_eq!(
+                store.journal().next_index(),
+                4,
+                "snapshot {snapshot}: the journal changed"
+            );
+            store.close();
+            let (again, _) = Store::open(cfg, false).expect("reopen the journal");
+            assert_eq!(again.journal().next_index(), 4, "snapshot {snapshot}");
+            for sequence in 1..=3 {
+                let m = again.read_message(sequence).expect("a record kept");
+                assert_eq!(m.sequence, sequence, "snapshot {snapshot}");
+            }
+            again.close();
+        }
+    }
+
+    /// Samples the master's quorum contact (what its check quorum steps down on) for `span`;
+    /// returns the longest time it showed no contact.
+    async fn longest_silence(master: &Master, span: Duration) -> Duration {
+        let end = Instant::now() + span;
+        let mut worst = Duration::ZERO;
+        while Instant::now() < end {
+            if let Some(heard) = master.quorum_contact() {
+                worst = worst.max(heard.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        worst
+    }
+
+    /// A follower's install of its master's snapshot (at the start) or of a checkpoint (in the
+    /// stream) on a slow disk blocks its reading, so heartbeats go unread: it still tells the
+    /// master it is there every heartbeat interval, so a master that has just been elected
+    /// does not step down (check quorum) for want of a follower that is only busy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_installing_a_snapshot_or_a_checkpoint_still_answers_its_master() {
+        const HEARTBEAT: Duration = Duration::from_millis(200);
+        const INSTALL: Duration = Duration::from_secs(4);
+        // Ten heartbeats: a follower that answers is never silent that long, even on a loaded
+        // machine; one that does not is silent for the whole install.
+        const SILENCE: Duration = Duration::from_secs(2);
+        // The master's oldest record is 100: an empty follower must copy a snapshot.
+        let lone = Lone::start_at(100, GUARD, HEARTBEAT).await;
+        let epoch_start = lone.store.journal().next_index() - 1;
+        let follower_cfg = config(&lone._dir.path().join("follower"));
+        SLOW_INSTALLS
+            .lock()
+            .expect("the slow-disk table")
+            .push((follower_cfg.dir.clone(), INSTALL));
+        let (follower_store, _) = Store::open(follower_cfg.clone(), false).expect("journal");
+        let (_newest_tx, newest) = tokio::sync::watch::channel(3);
+        let opts = FollowOptions {
+            member: "f".into(),
+            link: LinkOptions {
+                token: Some(TOKEN.into()),
+                heartbeat: HEARTBEAT,
+            },
+            store: follower_cfg.clone(),
+        };
+        let stop = CancellationToken::new();
+        let following = tokio::spawn({
+            let (stop, addr) = (stop.clone(), lone.addr);
+            async move { follow(&opts, follower_store, addr, newest, stop).await }
+        });
+
+        // The snapshot: the follower is admitted (from 100, with a snapshot), then installs.
+        tokio::time::timeout(GUARD, async {
+            while lone.master.quorum_contact().is_none() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the follower was never admitted");
+        let silent = longest_silence(&lone.master, INSTALL).await;
+        assert!(
+            silent < SILENCE,
+            "the master heard nothing from its follower for {silent:?} while it installed a snapshot"
+        );
+        tokio::time::timeout(GUARD, lone.store.journal().wait_synced(epoch_start))
+            .await
+            .expect("the follower never caught up after the snapshot")
+            .expect("commit");
+
+        // A checkpoint in the stream: sent once the follower has what it covers.
+        let index = lone.store.append(&record(1));
+        tokio::time::timeout(GUARD, lone.store.journal().wait_synced(index))
+            .await
+            .expect("the follower never acknowledged")
+            .expect("commit");
+        let master_store = lone.store.clone();
+        tokio::task::spawn_blocking(move || {
+            master_store.checkpoint(&store::proto::Checkpoint {
+                next_index: index + 1,
+                ..Default::default()
+            })
+        })
+        .await
+        .expect("the checkpoint task")
+        .expect("a checkpoint");
+        let silent = longest_silence(&lone.master, INSTALL).await;
+        assert!(
+            silent < SILENCE,
+            "the master heard nothing from its follower for {silent:?} while it installed a checkpoint"
+        );
+        let index = lone.store.append(&record(2));
+        tokio::time::timeout(GUARD, lone.store.journal().wait_synced(index))
+            .await
+            .expect("the follower stopped acknowledging after the checkpoint")
+            .expect("commit");
+
+        stop.cancel();
+        let (follower_store, result) = following.await.expect("the follow task");
+        assert!(result.is_ok(), "{result:?}");
+        follower_store.close();
+        SLOW_INSTALLS
+            .lock()
+            .expect("the slow-disk table")
+            .retain(|(dir, _)| *dir != follower_cfg.dir);
         lone.end().await;
     }
 

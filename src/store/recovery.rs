@@ -424,6 +424,8 @@ impl Replay {
 }
 
 pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
+/// Where `--repair` keeps a checkpoint it ignored as corrupt (never read again).
+const CORRUPT_CHECKPOINT_FILE: &str = "checkpoint.corrupt";
 
 pub(crate) fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>, StoreError> {
     let path = dir.join(CHECKPOINT_FILE);
@@ -562,10 +564,12 @@ pub(crate) fn recover(
     repair: bool,
 ) -> Result<(Vec<Segment>, Recovered), StoreError> {
     let mut notes = Vec::new();
+    let mut ignored_checkpoint = None;
     let checkpoint = match read_checkpoint(dir) {
         Err(StoreError::Corrupt { path, reason, .. }) if repair => {
             // Replay from the first record instead; refused below if segments are gone.
             notes.push(format!("repair: ignored {path} ({reason})"));
+            ignored_checkpoint = Some(path);
             None
         }
         read => read?,
@@ -778,6 +782,18 @@ pub(crate) fn recover(
     if repair {
         // Whatever was cut is no longer synced: the mark must not claim it.
         super::mark::lower_mark(dir, next_index.saturating_sub(1))?;
+    }
+    if let Some(path) = ignored_checkpoint.take() {
+        // The records replayed here are the state now: a plain start must replay them too,
+        // not find the damaged checkpoint again and refuse. Kept aside for a post-mortem.
+        let aside = dir.join(CORRUPT_CHECKPOINT_FILE);
+        std::fs::rename(&path, &aside)
+            .map_err(|e| StoreError::io(Path::new(&path), "rename", e))?;
+        super::journal::sync_dir(dir)?;
+        notes.push(format!(
+            "repair: moved the ignored checkpoint aside to {}",
+            aside.display()
+        ));
     }
     if resynced {
         super::mark::write_mark(dir, next_index.saturating_sub(1))?;
