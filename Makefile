@@ -37,15 +37,18 @@ fuzz:
 	@start=$$(date +%s); \
 	cd fuzz && RUSTFLAGS="$(FUZZ_RUSTFLAGS)" $(CARGO) build --release --target $(FUZZ_HOST) --bins \
 		&& echo "fuzz build: $$(( $$(date +%s) - start )) s"
-	@for t in $(FUZZ_TARGETS); do \
-		mkdir -p fuzz/target/run/$$t fuzz/target/artifacts/$$t; \
-		echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
-		fuzz/target/$(FUZZ_HOST)/release/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
-			-print_final_stats=1 -artifact_prefix=fuzz/target/artifacts/$$t/ \
-			fuzz/target/run/$$t fuzz/corpus/$$t > fuzz/target/run/$$t.log 2>&1 \
-			|| { tail -n 60 fuzz/target/run/$$t.log; echo "fuzz target $$t failed: input in fuzz/target/artifacts/$$t/"; exit 1; }; \
-		grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)' fuzz/target/run/$$t.log; \
-	done
+	@$(MAKE) --no-print-directory -j$(FUZZ_JOBS) $(addprefix fuzz-run-,$(FUZZ_TARGETS))
+
+## One fuzz target for FUZZ_SECONDS (`make fuzz` runs FUZZ_JOBS of them at once, one per core:
+## libFuzzer uses one).
+FUZZ_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
+fuzz-run-%:
+	@t=$*; mkdir -p fuzz/target/run/$$t fuzz/target/artifacts/$$t; \
+	fuzz/target/$(FUZZ_HOST)/release/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+		-print_final_stats=1 -artifact_prefix=fuzz/target/artifacts/$$t/ \
+		fuzz/target/run/$$t fuzz/corpus/$$t > fuzz/target/run/$$t.log 2>&1 \
+		|| { tail -n 60 fuzz/target/run/$$t.log; echo "fuzz target $$t failed: input in fuzz/target/artifacts/$$t/"; exit 1; }; \
+	printf 'fuzzed %s for %s s: %s\n' $$t $(FUZZ_SECONDS) "$$(grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)' fuzz/target/run/$$t.log | tr -s ' \n' ' ')"
 
 ## Tools the integration tests start for real (installed when missing).
 test-deps:
