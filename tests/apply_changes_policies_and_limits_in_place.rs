@@ -10,80 +10,26 @@ mod common;
 mod common_stomp;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use common::mesh::MeshBuilder;
-use common::{meshmq, metric_sum, run, wait_until, GUARD};
-use common_stomp::RawStomp;
+use common::{apply, meshmq, metric_sum, run, wait_until, GUARD};
+use common_stomp::StompSubscriber;
 use meshmq::client::{Client, ClientOptions, ErrorCode, ErrorKind, Outgoing, SubscribeOptions};
-use meshmq::stomp::{Command as Cmd, Frame};
 
 const TOKEN: &str = "policy-apply-admin-token-0123456789";
 const KIB: usize = 1024;
 
 /// Runs `meshmq apply FILE`; fails the test unless every member took it in place.
-fn apply(file: &Path) -> String {
-    let out = run(meshmq().arg("apply").arg(file));
+fn apply_in_place(file: &Path) -> String {
+    let out = apply(file);
     assert!(
-        out.status.success(),
-        "meshmq apply {} failed ({}):\n{}\n{}",
-        file.display(),
-        out.status,
-        out.stdout,
-        out.stderr
-    );
-    assert!(
-        !out.stdout.contains("at its next restart"),
+        !out.contains("at its next restart"),
         "a policy or limit change was left for a restart:\n{}",
-        out.stdout
+        out
     );
-    out.stdout
-}
-
-/// A STOMP subscriber on its own thread: the MESSAGE bodies it gets; `broken` is set if its
-/// connection ever ends or reports an error.
-struct StompSubscriber {
-    bodies: Arc<Mutex<Vec<String>>>,
-    broken: Arc<AtomicBool>,
-}
-
-impl StompSubscriber {
-    fn start(addr: std::net::SocketAddr, destination: &str) -> StompSubscriber {
-        let mut c = RawStomp::connect(addr, &[]);
-        c.call(
-            Frame::new(Cmd::Subscribe)
-                .with_header("id", "1")
-                .with_header("destination", destination)
-                .with_header("ack", "auto"),
-            "subscribed",
-        );
-        let (bodies, broken) = (
-            Arc::new(Mutex::new(Vec::new())),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (b, k) = (bodies.clone(), broken.clone());
-        std::thread::spawn(move || loop {
-            match c.recv() {
-                Some(f) if f.command == Cmd::Message => {
-                    b.lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&f.body).into_owned());
-                }
-                other => {
-                    eprintln!("the STOMP subscriber's connection ended: {other:?}");
-                    k.store(true, Ordering::SeqCst);
-                    return;
-                }
-            }
-        });
-        StompSubscriber { bodies, broken }
-    }
-
-    fn got(&self, body: &str) -> bool {
-        self.bodies.lock().unwrap().iter().any(|b| b == body)
-    }
+    out
 }
 
 /// Sends 1 KiB messages with receipts until one is refused; returns how many were accepted
@@ -160,7 +106,7 @@ async fn policies_and_limits_change_in_a_running_member() {
         plan.stdout
     );
     let applying = Instant::now();
-    let out = apply(&limited);
+    let out = apply_in_place(&limited);
     eprintln!(
         "apply took {:?} (the policy is in effect when it returns):\n{out}",
         applying.elapsed()
@@ -213,7 +159,7 @@ async fn policies_and_limits_change_in_a_running_member() {
     // accepts again, and a third client is admitted.
     let relaxed = mesh.dir.path().join("relaxed.toml");
     std::fs::write(&relaxed, &original).expect("write");
-    apply(&relaxed);
+    apply_in_place(&relaxed);
     producer
         .send_with_receipt("queue://orders.old", &msg)
         .await

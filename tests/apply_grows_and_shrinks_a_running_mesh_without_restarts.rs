@@ -8,90 +8,21 @@
 mod common;
 mod common_stomp;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::history::{self, send_numbered, History};
 use common::mesh::MeshBuilder;
-use common::{meshmq, run, wait_until, Mesh, MeshConfig};
-use common_stomp::RawStomp;
+use common::{apply, meshmq, run, wait_until, Mesh, MeshConfig};
+use common_stomp::StompSubscriber;
 use meshmq::client::{AckMode, Client, ClientOptions, Outgoing, SubscribeOptions};
-use meshmq::stomp::{Command as Cmd, Frame};
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "apply-test-admin-token-0123456789";
 
 fn admin_section() -> String {
     format!("[admin]\ntoken = \"{TOKEN}\"\n")
-}
-
-/// Runs `meshmq apply FILE`; fails the test unless every member took it.
-fn apply(file: &Path) -> String {
-    let out = run(meshmq().arg("apply").arg(file));
-    assert!(
-        out.status.success(),
-        "meshmq apply {} failed ({}):\n{}\n{}",
-        file.display(),
-        out.status,
-        out.stdout,
-        out.stderr
-    );
-    out.stdout
-}
-
-/// A STOMP subscriber on its own thread: every MESSAGE body it gets, until a body `stop`;
-/// `broken` is set if its connection ever ends or reports an error.
-struct StompSubscriber {
-    bodies: Arc<Mutex<Vec<String>>>,
-    broken: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl StompSubscriber {
-    fn start(addr: std::net::SocketAddr, destination: &str) -> StompSubscriber {
-        let mut c = RawStomp::connect(addr, &[]);
-        c.call(
-            Frame::new(Cmd::Subscribe)
-                .with_header("id", "1")
-                .with_header("destination", destination)
-                .with_header("ack", "auto"),
-            "subscribed",
-        );
-        let (bodies, broken) = (
-            Arc::new(Mutex::new(Vec::new())),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let thread = {
-            let (bodies, broken) = (bodies.clone(), broken.clone());
-            std::thread::spawn(move || loop {
-                match c.recv() {
-                    Some(f) if f.command == Cmd::Message => {
-                        let body = String::from_utf8_lossy(&f.body).into_owned();
-                        if body == "stop" {
-                            return;
-                        }
-                        bodies.lock().unwrap().push(body);
-                    }
-                    other => {
-                        eprintln!("the STOMP subscriber's connection ended: {other:?}");
-                        broken.store(true, Ordering::SeqCst);
-                        return;
-                    }
-                }
-            })
-        };
-        StompSubscriber {
-            bodies,
-            broken,
-            thread,
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.bodies.lock().unwrap().len()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,62 +12,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::history::{consume, send_numbered, History};
+use common::history::{produce_in_batches, queue_consumer, History};
 use common::mesh::MeshBuilder;
 use common::{http_post, meshmq, run, RawConn};
-use meshmq::client::{AckMode, Client, ClientOptions, SubscribeOptions};
-use tokio::task::JoinHandle;
+use meshmq::client::{Client, ClientOptions};
 use tokio_util::sync::CancellationToken;
 
 const QUEUE: &str = "queue://roll.orders";
 const TOKEN: &str = "rolling-test-admin-token-0123";
 const LISTENER: &str = "update_cluster_clients = true";
-
-/// Persistent sends in batches of 50 (each batch's last one receipted) every 20 ms until
-/// `stop`, then one last batch; any refusal or error panics the task.
-fn produce(client: Client, history: &History, stop: CancellationToken) -> JoinHandle<usize> {
-    let history = history.clone();
-    tokio::spawn(async move {
-        let mut batch = 0;
-        loop {
-            let last = stop.is_cancelled();
-            send_numbered(
-                &client,
-                &history,
-                QUEUE,
-                "m",
-                batch * 50..(batch + 1) * 50,
-                true,
-            )
-            .await;
-            batch += 1;
-            if last || batch >= 2000 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        batch * 50
-    })
-}
-
-async fn consumer(url: &str, history: &History, label: &str, stop: &CancellationToken) -> Client {
-    let client = Client::connect(url, ClientOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("{label} connects to {url}: {e}"));
-    let sub = client
-        .subscribe(
-            QUEUE,
-            SubscribeOptions {
-                ack: AckMode::ClientIndividual,
-                prefetch: 20,
-                ..SubscribeOptions::default()
-            },
-        )
-        .await
-        .expect("subscribe");
-    consume(sub, history, label, stop.clone());
-    client
-}
 
 /// The heartbeat a member's native listener offers a new connection, in ms.
 fn offered_heartbeat(addr: std::net::SocketAddr) -> u32 {
@@ -126,13 +79,20 @@ async fn a_rolling_apply_restarts_a_pair_one_member_at_a_time_and_loses_nothing(
     let stop_consumers = CancellationToken::new();
     let mut consumers = Vec::new();
     for i in 0..3 {
-        consumers.push(consumer(&url, &history, &format!("c{i}"), &stop_consumers).await);
+        consumers
+            .push(queue_consumer(&url, QUEUE, &history, &format!("c{i}"), &stop_consumers).await);
     }
     let producer = Client::connect(&url, ClientOptions::default())
         .await
         .expect("producer connects");
     let stop_producing = CancellationToken::new();
-    let sending = produce(producer.clone(), &history, stop_producing.clone());
+    let sending = produce_in_batches(
+        producer.clone(),
+        &history,
+        QUEUE,
+        2000,
+        stop_producing.clone(),
+    );
     mesh.wait_until("the consumers have had messages", |_| {
         (0..3).all(|i| history.count_by(&format!("c{i}")) >= 20)
     });

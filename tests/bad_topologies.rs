@@ -7,36 +7,14 @@ use meshmq::config::{load, parse_str};
 /// `[mesh]` and a one-member group `hub`; rows append to it or write their own.
 macro_rules! base {
     () => {
-        r#"[mesh]
-name = "demo"
-
-[[group]]
-name = "hub"
-
-[[group.member]]
-name = "hub-1"
-admin = "127.0.0.1:8161"
-
-[[group.member.listener]]
-url = "tcp://127.0.0.1:61616"
-"#
+        include_str!("fixtures/one_group.toml")
     };
 }
 
 /// A second single-member group `edge` for connector rows.
 macro_rules! edge {
     () => {
-        r#"
-[[group]]
-name = "edge"
-
-[[group.member]]
-name = "edge-1"
-admin = "127.0.0.1:8171"
-
-[[group.member.listener]]
-url = "tcp://127.0.0.1:61716"
-"#
+        include_str!("fixtures/edge_group.toml")
     };
 }
 

@@ -13,11 +13,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::history::{consume, send_numbered, History};
+use common::history::{produce_in_batches, queue_consumer, History};
 use common::mesh::{Mesh, MeshBuilder};
 use common::{meshmq, refuses_connections, run};
-use meshmq::client::{AckMode, Client, ClientOptions, SubscribeOptions};
-use tokio::task::JoinHandle;
+use meshmq::client::{Client, ClientOptions};
 use tokio_util::sync::CancellationToken;
 
 const QUEUE: &str = "queue://drain.orders";
@@ -26,52 +25,6 @@ const LISTENER: &str = "update_cluster_clients = true";
 
 fn admin_section() -> String {
     format!("[admin]\ntoken = \"{TOKEN}\"\n")
-}
-
-/// Persistent sends in batches of 50 (each batch's last one receipted) every 20 ms until
-/// `stop`, then one last batch; any refusal or error panics the task.
-fn produce(client: Client, history: &History, stop: CancellationToken) -> JoinHandle<usize> {
-    let history = history.clone();
-    tokio::spawn(async move {
-        let mut batch = 0;
-        loop {
-            let last = stop.is_cancelled();
-            send_numbered(
-                &client,
-                &history,
-                QUEUE,
-                "m",
-                batch * 50..(batch + 1) * 50,
-                true,
-            )
-            .await;
-            batch += 1;
-            if last || batch >= 600 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        batch * 50
-    })
-}
-
-async fn consumer(url: &str, history: &History, label: &str, stop: &CancellationToken) -> Client {
-    let client = Client::connect(url, ClientOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("{label} connects to {url}: {e}"));
-    let sub = client
-        .subscribe(
-            QUEUE,
-            SubscribeOptions {
-                ack: AckMode::ClientIndividual,
-                prefetch: 20,
-                ..SubscribeOptions::default()
-            },
-        )
-        .await
-        .expect("subscribe");
-    consume(sub, history, label, stop.clone());
-    client
 }
 
 /// Runs `meshmq drain` to the end and returns its stdout (it must succeed).
@@ -126,9 +79,18 @@ async fn a_drained_edge_moves_its_consumers_away_and_loses_nothing() {
     let on_edge2 = mesh.failover_url(&["edge-2", "edge-1"], "randomize=false");
     let mut consumers = Vec::new();
     for i in 0..3 {
-        consumers.push(consumer(&on_edge1, &history, &format!("c{i}"), &stop_consumers).await);
+        consumers.push(
+            queue_consumer(
+                &on_edge1,
+                QUEUE,
+                &history,
+                &format!("c{i}"),
+                &stop_consumers,
+            )
+            .await,
+        );
     }
-    consumers.push(consumer(&on_edge2, &history, "c3", &stop_consumers).await);
+    consumers.push(queue_consumer(&on_edge2, QUEUE, &history, "c3", &stop_consumers).await);
     for c in &consumers[..3] {
         assert_eq!(c.server_info().group, "edge-1");
     }
@@ -142,7 +104,13 @@ async fn a_drained_edge_moves_its_consumers_away_and_loses_nothing() {
         .await
         .expect("producer connects to the hub");
     let stop_producing = CancellationToken::new();
-    let sending = produce(producer.clone(), &history, stop_producing.clone());
+    let sending = produce_in_batches(
+        producer.clone(),
+        &history,
+        QUEUE,
+        600,
+        stop_producing.clone(),
+    );
     mesh.wait_until("edge-1's consumers have had messages", |_| {
         (0..3).all(|i| history.count_by(&format!("c{i}")) >= 20)
     });
@@ -236,13 +204,20 @@ async fn a_drained_master_hands_its_group_to_the_standby_and_loses_nothing() {
     let stop_consumers = CancellationToken::new();
     let mut consumers = Vec::new();
     for i in 0..3 {
-        consumers.push(consumer(&url, &history, &format!("c{i}"), &stop_consumers).await);
+        consumers
+            .push(queue_consumer(&url, QUEUE, &history, &format!("c{i}"), &stop_consumers).await);
     }
     let producer = Client::connect(&url, ClientOptions::default())
         .await
         .expect("producer connects");
     let stop_producing = CancellationToken::new();
-    let sending = produce(producer.clone(), &history, stop_producing.clone());
+    let sending = produce_in_batches(
+        producer.clone(),
+        &history,
+        QUEUE,
+        600,
+        stop_producing.clone(),
+    );
     mesh.wait_until("the consumers have had messages", |_| {
         (0..3).all(|i| history.count_by(&format!("c{i}")) >= 20)
     });

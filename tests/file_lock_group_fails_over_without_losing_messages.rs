@@ -9,70 +9,17 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_ports, http_get, refuses_connections, spawn_broker, ChildGuard, GUARD};
+use common::pair::{file_lock_pair, wait_for};
+use common::{http_get, refuses_connections};
 use meshmq::client::{AckMode, Client, ClientOptions, Outgoing, SubscribeOptions};
 use meshmq::server::admin::MemberStatus;
 
 const QUEUE: &str = "queue://ha.orders";
 const KILLS: usize = 6;
-
-struct Member {
-    name: &'static str,
-    listen: SocketAddr,
-    admin: SocketAddr,
-    proc: Option<ChildGuard>,
-    log: PathBuf,
-}
-
-impl Member {
-    fn start(&mut self, topology: &Path) {
-        self.proc = Some(spawn_broker(topology, self.name, &self.log, &[]));
-    }
-
-    fn kill9(&mut self) {
-        let mut p = self.proc.take().expect("running");
-        p.signal(libc::SIGKILL);
-        p.wait_timeout(GUARD).expect("SIGKILL ends the member");
-    }
-
-    fn status(&self) -> Option<MemberStatus> {
-        match http_get(self.admin, "/status") {
-            Ok((200, body)) => serde_json::from_str(&body).ok(),
-            _ => None,
-        }
-    }
-
-    fn ready(&self) -> bool {
-        matches!(http_get(self.admin, "/readyz"), Ok((200, _)))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-fn wait_for(what: &str, members: &[Member], mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + GUARD;
-    while !cond() {
-        if Instant::now() >= deadline {
-            let logs: Vec<String> = members
-                .iter()
-                .map(|m| format!("--- {} ---\n{}", m.name, m.log()))
-                .collect();
-            panic!(
-                "gave up after {GUARD:?} waiting until {what}\n{}",
-                logs.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// What the producer knows: the sequence numbers the broker receipted, and those whose send
 /// failed at least once without an answer (the dying master may or may not have kept that
@@ -141,53 +88,7 @@ async fn produce(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_master_again_and_again_loses_no_receipted_message() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let p = free_ports(4);
-    let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-    let topology = dir.path().join("topology.toml");
-    std::fs::write(
-        &topology,
-        format!(
-            r#"[mesh]
-name = "ha"
-
-[[group]]
-name = "g"
-election = "file-lock"
-shared_dir = "shared"
-lock_poll = "1s"
-
-[[group.member]]
-name = "g-1"
-admin = "127.0.0.1:{}"
-[[group.member.listener]]
-url = "tcp://127.0.0.1:{}"
-
-[[group.member]]
-name = "g-2"
-admin = "127.0.0.1:{}"
-[[group.member.listener]]
-url = "tcp://127.0.0.1:{}"
-"#,
-            p[0], p[1], p[2], p[3]
-        ),
-    )
-    .expect("write topology");
-    let mut members = [
-        Member {
-            name: "g-1",
-            listen: addr(p[1]),
-            admin: addr(p[0]),
-            proc: None,
-            log: dir.path().join("g-1.log"),
-        },
-        Member {
-            name: "g-2",
-            listen: addr(p[3]),
-            admin: addr(p[2]),
-            proc: None,
-            log: dir.path().join("g-2.log"),
-        },
-    ];
+    let (topology, mut members) = file_lock_pair(dir.path(), "ha", "tcp", "1s");
 
     // g-1 starts first and takes the lock; g-2 stands by with its client port closed.
     members[0].start(&topology);

@@ -10,62 +10,11 @@ mod common;
 mod common_stomp;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{free_ports, http_get, spawn_broker, ChildGuard, GUARD};
+use common::pair::{file_lock_pair, wait_for};
 use common_stomp::python_in;
 use serde_json::{json, Value};
-
-struct Member {
-    name: &'static str,
-    mqtt: SocketAddr,
-    admin: SocketAddr,
-    log: PathBuf,
-    proc: Option<ChildGuard>,
-}
-
-impl Member {
-    fn start(&mut self, topology: &Path) {
-        self.proc = Some(spawn_broker(topology, self.name, &self.log, &[]));
-    }
-
-    fn kill9(&mut self) {
-        let mut p = self.proc.take().expect("running");
-        p.signal(libc::SIGKILL);
-        p.wait_timeout(GUARD).expect("SIGKILL ends the member");
-    }
-
-    fn role(&self) -> Option<String> {
-        match http_get(self.admin, "/status") {
-            Ok((200, body)) => serde_json::from_str::<Value>(&body)
-                .ok()
-                .and_then(|s| s["role"].as_str().map(str::to_string)),
-            _ => None,
-        }
-    }
-
-    fn ready(&self) -> bool {
-        matches!(http_get(self.admin, "/readyz"), Ok((200, _)))
-    }
-}
-
-fn wait_for(what: &str, members: &[Member], mut cond: impl FnMut(&[Member]) -> bool) {
-    let deadline = Instant::now() + GUARD;
-    while !cond(members) {
-        if Instant::now() >= deadline {
-            let logs: Vec<String> = members
-                .iter()
-                .map(|m| {
-                    let log = std::fs::read_to_string(&m.log).unwrap_or_default();
-                    format!("--- {} ---\n{log}", m.name)
-                })
-                .collect();
-            panic!("gave up waiting until {what}\n{}", logs.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// One step of `tests/mqtt_py/paho_session.py` against `port`.
 fn paho(port: SocketAddr, version: &str, action: &str, cid: &str, rest: &[&str]) -> Value {
@@ -130,63 +79,17 @@ fn away_then_back(port: SocketAddr, version: &str, cid: &str, topic: &str, prefi
 #[test]
 fn persistent_sessions_keep_subscriptions_and_messages_across_disconnects_restarts_and_failover() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let p = free_ports(4);
-    let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-    let topology = dir.path().join("topology.toml");
-    std::fs::write(
-        &topology,
-        format!(
-            r#"[mesh]
-name = "sessions"
-
-[[group]]
-name = "g"
-election = "file-lock"
-shared_dir = "shared"
-lock_poll = "500ms"
-
-[[group.member]]
-name = "g-1"
-admin = "127.0.0.1:{}"
-[[group.member.listener]]
-url = "mqtt://127.0.0.1:{}"
-
-[[group.member]]
-name = "g-2"
-admin = "127.0.0.1:{}"
-[[group.member.listener]]
-url = "mqtt://127.0.0.1:{}"
-"#,
-            p[0], p[1], p[2], p[3]
-        ),
-    )
-    .expect("write topology");
-    let mut members = [
-        Member {
-            name: "g-1",
-            admin: addr(p[0]),
-            mqtt: addr(p[1]),
-            log: dir.path().join("g-1.log"),
-            proc: None,
-        },
-        Member {
-            name: "g-2",
-            admin: addr(p[2]),
-            mqtt: addr(p[3]),
-            log: dir.path().join("g-2.log"),
-            proc: None,
-        },
-    ];
+    let (topology, mut members) = file_lock_pair(dir.path(), "sessions", "mqtt", "500ms");
     members[0].start(&topology);
-    wait_for("g-1 serves", &members, |m| m[0].ready());
+    wait_for("g-1 serves", &members, || members[0].ready());
     members[1].start(&topology);
-    wait_for("g-2 stands by", &members, |m| {
-        m[1].role().as_deref() == Some("slave")
+    wait_for("g-2 stands by", &members, || {
+        members[1].role().as_deref() == Some("slave")
     });
     let versions = ["3.1.1", "5"];
     let cid = |v: &str| format!("plant-{}", v.replace('.', ""));
     let topic = |v: &str| format!("plant-{}/boiler/temp", v.replace('.', ""));
-    let g1 = members[0].mqtt;
+    let g1 = members[0].listen;
 
     // A subscription made in a persistent session; the client goes away.
     for v in versions {
@@ -232,7 +135,7 @@ url = "mqtt://127.0.0.1:{}"
     members[1].kill9();
     members[0].kill9();
     members[0].start(&topology);
-    wait_for("g-1 serves again", &members, |m| m[0].ready());
+    wait_for("g-1 serves again", &members, || members[0].ready());
     for v in versions {
         let r = paho(g1, v, "receive", &cid(v), &["10"]);
         assert_eq!(r["session_present"], json!(true), "MQTT {v} after restart");
@@ -243,8 +146,8 @@ url = "mqtt://127.0.0.1:{}"
         );
     }
     members[1].start(&topology);
-    wait_for("g-2 stands by again", &members, |m| {
-        m[1].role().as_deref() == Some("slave")
+    wait_for("g-2 stands by again", &members, || {
+        members[1].role().as_deref() == Some("slave")
     });
 
     // A failover: the session follows the client to the member that took over.
@@ -253,8 +156,8 @@ url = "mqtt://127.0.0.1:{}"
         assert_eq!(r["pubacked"], json!(10));
     }
     members[0].kill9();
-    wait_for("g-2 takes over", &members, |m| m[1].ready());
-    let g2 = members[1].mqtt;
+    wait_for("g-2 takes over", &members, || members[1].ready());
+    let g2 = members[1].listen;
     for v in versions {
         let r = paho(g2, v, "receive", &cid(v), &["10"]);
         assert_eq!(r["session_present"], json!(true), "MQTT {v} after failover");

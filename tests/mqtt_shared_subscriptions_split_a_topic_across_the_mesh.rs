@@ -10,38 +10,20 @@ mod common_stomp;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 
-use common_mqtt::{free_port, wait_for};
-use common_stomp::{http_get, python_in};
+use common_mqtt::{free_port, wait_for, Members};
+use common_stomp::python_in;
 use serde_json::Value;
 
 /// Three single-member groups, `hub`, `edge-a` and `edge-b`, each with an MQTT listener, the
 /// hub joined to each edge by a duplex connector.
 struct Mesh {
-    dir: tempfile::TempDir,
-    children: Vec<Child>,
+    _members: Members,
     admin: [SocketAddr; 3],
     mqtt: [SocketAddr; 3],
 }
 
 const MEMBERS: [&str; 3] = ["hub-1", "edge-a-1", "edge-b-1"];
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            for name in MEMBERS {
-                let log = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
-                    .unwrap_or_default();
-                eprintln!("----- {name} -----\n{log}");
-            }
-        }
-    }
-}
 
 impl Mesh {
     fn start() -> Mesh {
@@ -82,42 +64,12 @@ url = "mqtt://127.0.0.1:{mqtt}"
         )
         .expect("write the mesh secret");
         drop(held);
-        let children = MEMBERS
-            .iter()
-            .map(|member| {
-                let log =
-                    std::fs::File::create(dir.path().join(format!("{member}.log"))).expect("log");
-                Command::new(env!("CARGO_BIN_EXE_meshmq"))
-                    .args(["broker", "--topology"])
-                    .arg(&file)
-                    .args(["--member", member])
-                    .stdin(Stdio::null())
-                    .stdout(log.try_clone().expect("log"))
-                    .stderr(log)
-                    .spawn()
-                    .expect("start meshmq")
-            })
-            .collect();
-        let mesh = Mesh {
-            dir,
-            children,
-            admin: [0, 3, 6].map(|i| addr(ports[i])),
+        let admin = [0, 3, 6].map(|i| addr(ports[i]));
+        Mesh {
+            _members: Members::start(dir, &file, &MEMBERS, &admin),
+            admin,
             mqtt: [2, 5, 8].map(|i| addr(ports[i])),
-        };
-        for admin in mesh.admin {
-            wait_for("every member is ready and its connectors are up", || {
-                http_get(admin, "/readyz").is_some_and(|(code, _)| code == 200)
-                    && http_get(admin, "/status").is_some_and(|(code, body)| {
-                        code == 200
-                            && serde_json::from_str::<Value>(&body).is_ok_and(|s| {
-                                s["connectors"].as_array().is_some_and(|c| {
-                                    !c.is_empty() && c.iter().all(|c| c["up"] == true)
-                                })
-                            })
-                    })
-            });
         }
-        mesh
     }
 }
 

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meshmq::client::{Client, Delivery, Outgoing, Subscription};
+use meshmq::client::{
+    AckMode, Client, ClientOptions, Delivery, Outgoing, SubscribeOptions, Subscription,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -226,4 +228,65 @@ pub fn consume(
             }
         }
     })
+}
+
+/// A producer task: persistent sends of `m-<n>` to `dest` in batches of 50 (each batch's last
+/// one receipted) every 20 ms until `stop`, then one last batch — at most `max_batches` in
+/// all; any refusal or error panics the task. Returns how many it sent.
+pub fn produce_in_batches(
+    client: Client,
+    history: &History,
+    dest: &'static str,
+    max_batches: usize,
+    stop: CancellationToken,
+) -> JoinHandle<usize> {
+    let history = history.clone();
+    tokio::spawn(async move {
+        let mut batch = 0;
+        loop {
+            let last = stop.is_cancelled();
+            send_numbered(
+                &client,
+                &history,
+                dest,
+                "m",
+                batch * 50..(batch + 1) * 50,
+                true,
+            )
+            .await;
+            batch += 1;
+            if last || batch >= max_batches {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        batch * 50
+    })
+}
+
+/// A consumer of queue `dest` through `url` (a failover URL, usually): individual acks, a
+/// prefetch of 20, every delivery recorded under `label` (see [`consume`]) until `stop`.
+pub async fn queue_consumer(
+    url: &str,
+    dest: &str,
+    history: &History,
+    label: &str,
+    stop: &CancellationToken,
+) -> Client {
+    let client = Client::connect(url, ClientOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{label} connects to {url}: {e}"));
+    let sub = client
+        .subscribe(
+            dest,
+            SubscribeOptions {
+                ack: AckMode::ClientIndividual,
+                prefetch: 20,
+                ..SubscribeOptions::default()
+            },
+        )
+        .await
+        .expect("subscribe");
+    consume(sub, history, label, stop.clone());
+    client
 }

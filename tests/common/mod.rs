@@ -21,6 +21,7 @@ pub mod ha;
 pub mod history;
 pub mod iptables;
 pub mod mesh;
+pub mod pair;
 pub mod prometheus;
 pub mod proxy;
 pub mod stall_proxy;
@@ -420,6 +421,20 @@ impl CliChild {
 /// Runs a CLI command to completion (within the guard).
 pub fn run(cmd: &mut Command) -> Finished {
     CliChild::spawn(cmd).finish()
+}
+
+/// Runs `meshmq apply FILE` and returns its stdout; fails the test unless every member took it.
+pub fn apply(file: &Path) -> String {
+    let out = run(meshmq().arg("apply").arg(file));
+    assert!(
+        out.status.success(),
+        "meshmq apply {} failed ({}):\n{}\n{}",
+        file.display(),
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
 }
 
 /// One `meshmq broker` process, killed and reaped on drop: a lone broker ([`Broker::start`])

@@ -8,6 +8,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::num::NonZeroU16;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -328,22 +329,76 @@ pub fn packet5(p: v5::Packet) -> Vec<u8> {
 
 /// Two single-member groups, `hub` (STOMP) and `edge` (MQTT), joined by a duplex connector.
 pub struct TwoGroups {
-    dir: tempfile::TempDir,
-    children: Vec<Child>,
+    _members: Members,
     pub hub_admin: SocketAddr,
     pub hub_stomp: SocketAddr,
     pub edge_admin: SocketAddr,
     pub edge_mqtt: SocketAddr,
 }
 
-impl Drop for TwoGroups {
+/// `meshmq broker` processes of one topology file, one per member, each logging to
+/// `DIR/MEMBER.log`: killed on drop, their logs printed when the test fails.
+pub struct Members {
+    dir: tempfile::TempDir,
+    children: Vec<Child>,
+    names: Vec<String>,
+}
+
+impl Members {
+    /// Starts each of `names` on the topology `file` (kept in `dir`), then waits until each
+    /// admin port of `admins` answers that its member is ready and all its connectors are up.
+    pub fn start(
+        dir: tempfile::TempDir,
+        file: &Path,
+        names: &[&str],
+        admins: &[SocketAddr],
+    ) -> Members {
+        let children = names
+            .iter()
+            .map(|member| {
+                let log =
+                    std::fs::File::create(dir.path().join(format!("{member}.log"))).expect("log");
+                Command::new(env!("CARGO_BIN_EXE_meshmq"))
+                    .args(["broker", "--topology"])
+                    .arg(file)
+                    .args(["--member", member])
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone().expect("log"))
+                    .stderr(log)
+                    .spawn()
+                    .expect("start meshmq")
+            })
+            .collect();
+        let members = Members {
+            dir,
+            children,
+            names: names.iter().map(|n| n.to_string()).collect(),
+        };
+        for admin in admins {
+            wait_for("every member is ready and its connectors are up", || {
+                http_get(*admin, "/readyz").is_some_and(|(code, _)| code == 200)
+                    && http_get(*admin, "/status").is_some_and(|(code, body)| {
+                        code == 200
+                            && serde_json::from_str::<Value>(&body).is_ok_and(|s| {
+                                s["connectors"].as_array().is_some_and(|c| {
+                                    !c.is_empty() && c.iter().all(|c| c["up"] == true)
+                                })
+                            })
+                    })
+            });
+        }
+        members
+    }
+}
+
+impl Drop for Members {
     fn drop(&mut self) {
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
         }
         if std::thread::panicking() {
-            for name in ["hub-1", "edge-1"] {
+            for name in &self.names {
                 let log = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
                     .unwrap_or_default();
                 eprintln!("----- {name} -----\n{log}");
@@ -437,39 +492,17 @@ reconnect_max_delay = "1s"
         )
         .expect("write the mesh secret");
         drop(held);
-        let start = |member: &str| {
-            let log = std::fs::File::create(dir.path().join(format!("{member}.log"))).expect("log");
-            Command::new(env!("CARGO_BIN_EXE_meshmq"))
-                .args(["broker", "--topology"])
-                .arg(&file)
-                .args(["--member", member])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .spawn()
-                .expect("start meshmq")
-        };
-        let mesh = TwoGroups {
-            children: vec![start("hub-1"), start("edge-1")],
+        TwoGroups {
+            _members: Members::start(
+                dir,
+                &file,
+                &["hub-1", "edge-1"],
+                &[addr(hub_admin), addr(edge_admin)],
+            ),
             hub_admin: addr(hub_admin),
             hub_stomp: addr(hub_stomp),
             edge_admin: addr(edge_admin),
             edge_mqtt: addr(edge_mqtt),
-            dir,
-        };
-        for admin in [mesh.hub_admin, mesh.edge_admin] {
-            wait_for("both members are ready and the bridge is up", || {
-                http_get(admin, "/readyz").is_some_and(|(code, _)| code == 200)
-                    && http_get(admin, "/status").is_some_and(|(code, body)| {
-                        code == 200
-                            && serde_json::from_str::<Value>(&body).is_ok_and(|s| {
-                                s["connectors"].as_array().is_some_and(|c| {
-                                    !c.is_empty() && c.iter().all(|c| c["up"] == true)
-                                })
-                            })
-                    })
-            });
         }
-        mesh
     }
 }

@@ -14,6 +14,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -660,4 +662,62 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// `tcp://127.0.0.1:port` of a native listener.
 pub fn native_url(broker: &Broker, name: &str) -> String {
     format!("tcp://{}", broker.addr(name))
+}
+
+/// A STOMP subscriber on its own thread: every MESSAGE body it gets, until a body `stop`;
+/// `broken` is set if its connection ever ends or reports an error.
+pub struct StompSubscriber {
+    pub bodies: Arc<Mutex<Vec<String>>>,
+    pub broken: Arc<AtomicBool>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+impl StompSubscriber {
+    pub fn start(addr: std::net::SocketAddr, destination: &str) -> StompSubscriber {
+        let mut c = RawStomp::connect(addr, &[]);
+        c.call(
+            Frame::new(Cmd::Subscribe)
+                .with_header("id", "1")
+                .with_header("destination", destination)
+                .with_header("ack", "auto"),
+            "subscribed",
+        );
+        let (bodies, broken) = (
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let thread = {
+            let (bodies, broken) = (bodies.clone(), broken.clone());
+            std::thread::spawn(move || loop {
+                match c.recv() {
+                    Some(f) if f.command == Cmd::Message => {
+                        let body = String::from_utf8_lossy(&f.body).into_owned();
+                        if body == "stop" {
+                            return;
+                        }
+                        bodies.lock().unwrap().push(body);
+                    }
+                    other => {
+                        eprintln!("the STOMP subscriber's connection ended: {other:?}");
+                        broken.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            })
+        };
+        StompSubscriber {
+            bodies,
+            broken,
+            thread,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.bodies.lock().unwrap().len()
+    }
+
+    /// Whether it got a message with this body.
+    pub fn got(&self, body: &str) -> bool {
+        self.bodies.lock().unwrap().iter().any(|b| b == body)
+    }
 }
