@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
@@ -124,6 +124,7 @@ impl Topic {
     }
 
     pub(crate) fn attach(&self, sub: &Arc<TopicSub>) {
+        let _ = sub.home.set(self.counters.clone());
         if self.subs.write().insert(sub) {
             DestinationCounters::add(&self.counters.consumers, 1);
         }
@@ -281,6 +282,12 @@ pub struct TopicSub {
     pending_messages: AtomicUsize,
     pending_bytes: AtomicU64,
     max_redeliveries: AtomicU32,
+    /// The counters of the first topic it was attached to (a plain subscription's only one).
+    /// Its messages' gauge and counter changes are summed over a run of deliveries or acks and
+    /// applied once: each is an atomic read-modify-write on a line every subscriber's thread
+    /// writes. A message of another topic (a wildcard's) is counted on its own. Increments are
+    /// applied before the subscription's lock is released, so a gauge never dips below zero.
+    home: OnceLock<Arc<DestinationCounters>>,
     state: Mutex<SubState>,
 }
 
@@ -305,6 +312,7 @@ impl TopicSub {
             pattern,
             durable,
             no_local,
+            home: OnceLock::new(),
             state: Mutex::new(SubState {
                 selectors: selector.into_iter().collect(),
                 ..SubState::default()
@@ -370,8 +378,10 @@ impl TopicSub {
             arrived_ms: 0,
         };
         st.pending.push_back(entry);
-        DestinationCounters::add(&counters.pending, 1);
-        self.pump(&mut st, dead);
+        // Counted as pending only if it stays so: most go straight to the consumer.
+        if !self.pump(&mut st, dead, true) {
+            DestinationCounters::add(&counters.pending, 1);
+        }
         // What the consumer has no credit for waits; past the limit the oldest goes, but never
         // the newest (a message larger than the limit still reaches a subscriber keeping up).
         let limit = self.pending_limit();
@@ -384,19 +394,34 @@ impl TopicSub {
         }
     }
 
-    /// Moves pending messages to the attached consumer while it has credit.
-    fn pump(&self, st: &mut SubState, dead: &mut Effects) {
-        let Some(attached) = &st.attached else { return };
+    /// Moves pending messages to the attached consumer while it has credit. With `fresh`, the
+    /// newest pending entry was just offered and is not counted as pending yet; returns whether
+    /// it was taken.
+    fn pump(&self, st: &mut SubState, dead: &mut Effects, fresh: bool) -> bool {
+        let Some(attached) = &st.attached else {
+            return false;
+        };
+        let home = self.home.get();
         let mut outbox = attached.outbox.batch();
         let mut now: Option<u64> = None;
+        let (mut took_fresh, mut left_home, mut home_inflight) = (false, 0u64, 0u64);
         while st.inflight.len() < attached.prefetch {
             let Some(entry) = st.pending.pop_front() else {
                 break;
             };
+            let counted = !(fresh && st.pending.len() == 0);
+            took_fresh |= !counted;
             // Borrowed, not cloned: a clone and drop of the shared counters' `Arc` per delivery
             // would be two atomic read-modify-writes on a line every subscriber's thread uses.
             let counters = entry.msg.counters();
-            counters.pending.fetch_sub(1, Ordering::Relaxed);
+            let at_home = home.is_some_and(|h| Arc::ptr_eq(h, counters));
+            match (counted, at_home) {
+                (false, _) => {}
+                (true, true) => left_home += 1,
+                (true, false) => {
+                    counters.pending.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
             if entry.msg.expires_at_ms != 0 && entry.msg.is_expired(*now.get_or_insert_with(now_ms))
             {
                 DestinationCounters::add(&counters.expired, 1);
@@ -406,7 +431,11 @@ impl TopicSub {
                 }
                 continue;
             }
-            DestinationCounters::add(&counters.inflight, 1);
+            if at_home {
+                home_inflight += 1;
+            } else {
+                DestinationCounters::add(&counters.inflight, 1);
+            }
             let message = entry.msg.clone();
             let redelivery_count = entry.redeliveries;
             let tag = st.inflight.push(entry);
@@ -417,6 +446,15 @@ impl TopicSub {
                 message,
             });
         }
+        if let Some(h) = home {
+            if home_inflight > 0 {
+                DestinationCounters::add(&h.inflight, home_inflight);
+            }
+            if left_home > 0 {
+                h.pending.fetch_sub(left_home, Ordering::Relaxed);
+            }
+        }
+        took_fresh
     }
 
     /// Attaches a consumer (a new subscription, or a durable one coming back).
@@ -439,7 +477,7 @@ impl TopicSub {
             connection,
         });
         st.last_connection = connection;
-        self.pump(&mut st, dead);
+        self.pump(&mut st, dead, false);
         true
     }
 
@@ -499,18 +537,27 @@ impl TopicSub {
 
     pub(crate) fn ack(&self, up_to: u64, tags: &[u64], dead: &mut Effects) -> AckOutcome {
         let mut st = self.state.lock();
-        let mut acked = 0;
+        let (mut acked, mut at_home) = (0, 0u64);
         let durable = self.durable.as_ref();
+        let home = self.home.get();
         let unknown = st.inflight.remove(up_to, tags, |e| {
             let c = e.msg.counters();
-            c.inflight.fetch_sub(1, Ordering::Relaxed);
-            DestinationCounters::add(&c.dequeued, 1);
+            if home.is_some_and(|h| Arc::ptr_eq(h, c)) {
+                at_home += 1;
+            } else {
+                c.inflight.fetch_sub(1, Ordering::Relaxed);
+                DestinationCounters::add(&c.dequeued, 1);
+            }
             if let Some(key) = durable {
                 dead.removed_from_durable(&e.msg, key);
             }
             acked += 1;
         });
-        self.pump(&mut st, dead);
+        if let (Some(h), true) = (home, at_home > 0) {
+            h.inflight.fetch_sub(at_home, Ordering::Relaxed);
+            DestinationCounters::add(&h.dequeued, at_home);
+        }
+        self.pump(&mut st, dead, false);
         AckOutcome { acked, unknown }
     }
 
@@ -520,7 +567,7 @@ impl TopicSub {
         let unknown = st.inflight.remove(0, tags, |e| returned.push(e));
         let acked = returned.len();
         self.requeue(&mut st, returned, dead);
-        self.pump(&mut st, dead);
+        self.pump(&mut st, dead, false);
         AckOutcome { acked, unknown }
     }
 
@@ -635,5 +682,112 @@ mod tests {
         assert_consistent(&subs, &[]);
         assert!(subs.insert(&sub(2)), "a detached id may come back");
         assert_consistent(&subs, &[2]);
+    }
+
+    /// Each subscriber of a topic gets each message once, in order, and the topic's gauges and
+    /// counters (summed per run of deliveries and acks for a subscription's home topic, one by
+    /// one for a wildcard's other topics) say what is pending, in flight and acknowledged at
+    /// every step and come back to zero.
+    #[test]
+    fn each_topic_subscriber_gets_each_message_once_and_the_counts_balance() {
+        use crate::broker::{Broker, BrokerSettings, Session, SubscribeSpec, DEFAULT_PRIORITY};
+        use crate::metrics::DestinationStats;
+
+        let b = Broker::new(BrokerSettings::default());
+        let subscribe = |s: &mut Session, pattern: &str, prefetch: u32| {
+            s.subscribe(SubscribeSpec {
+                subscription: 1,
+                destination: DestinationPattern::parse(pattern).expect("valid pattern"),
+                selector: String::new(),
+                prefetch,
+                priority: 0,
+                durable_name: None,
+                no_local: false,
+            })
+            .expect("subscribed");
+        };
+        let stats = |name: &str| -> DestinationStats {
+            b.destination_stats()
+                .into_iter()
+                .find(|s| s.destination == name)
+                .expect("the topic has stats")
+        };
+        let mut fast = b.open_session(None).unwrap();
+        let mut slow = b.open_session(None).unwrap();
+        let mut wild = b.open_session(None).unwrap();
+        subscribe(&mut fast, "topic://t.a", 1000);
+        subscribe(&mut slow, "topic://t.a", 3);
+        // Attached to t.a first (its home), then to t.b, whose messages count one by one.
+        subscribe(&mut wild, "topic://t.>", 1000);
+        let mut p = b.open_session(None).unwrap();
+        let (a, t_b) = (
+            p.target(&Destination::parse("topic://t.a").unwrap())
+                .unwrap(),
+            p.target(&Destination::parse("topic://t.b").unwrap())
+                .unwrap(),
+        );
+        for i in 0..10u32 {
+            for target in [&a, &t_b] {
+                let m = Message {
+                    body: bytes::Bytes::from(i.to_string()),
+                    priority: DEFAULT_PRIORITY,
+                    ..Message::default()
+                };
+                p.publish(target, m).unwrap();
+            }
+        }
+        let take = |s: &Session| {
+            let mut out = VecDeque::new();
+            s.outbox().drain_into(&mut out);
+            out.into_iter()
+                .map(|d| (String::from_utf8_lossy(&d.message.body).into_owned(), d.tag))
+                .collect::<Vec<_>>()
+        };
+        let numbers = |d: &[(String, u64)]| d.iter().map(|(b, _)| b.clone()).collect::<Vec<_>>();
+        let ten: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+        let got_fast = take(&fast);
+        assert_eq!(
+            numbers(&got_fast),
+            ten,
+            "the fast subscriber: each once, in order"
+        );
+        let got_wild = take(&wild);
+        assert_eq!(
+            got_wild.len(),
+            20,
+            "the wildcard: each message of both topics once"
+        );
+        let got_slow = take(&slow);
+        assert_eq!(numbers(&got_slow), ten[..3], "the slow one: its prefetch");
+        let ta = stats("topic://t.a");
+        assert_eq!(
+            (ta.pending, ta.inflight),
+            (7, 10 + 10 + 3),
+            "t.a before any ack"
+        );
+        let tb = stats("topic://t.b");
+        assert_eq!((tb.pending, tb.inflight), (0, 10), "t.b before any ack");
+
+        fast.ack(1, got_fast[9].1, &[]).unwrap();
+        wild.ack(1, got_wild[19].1, &[]).unwrap();
+        slow.ack(1, 0, &[got_slow[0].1, got_slow[1].1, got_slow[2].1])
+            .unwrap();
+        let mut rest = take(&slow);
+        assert_eq!(numbers(&rest), ten[3..6], "credit back: the next three");
+        while let Some((_, last)) = rest.last().cloned() {
+            slow.ack(1, last, &[]).unwrap();
+            rest = take(&slow);
+        }
+        let (ta, tb) = (stats("topic://t.a"), stats("topic://t.b"));
+        assert_eq!(
+            (ta.pending, ta.inflight, ta.dequeued),
+            (0, 0, 30),
+            "t.a acknowledged"
+        );
+        assert_eq!(
+            (tb.pending, tb.inflight, tb.dequeued),
+            (0, 0, 10),
+            "t.b acknowledged"
+        );
     }
 }

@@ -9,6 +9,7 @@ pub mod drain;
 pub mod http;
 pub mod mesh;
 pub mod mqtt_load;
+pub mod nats_load;
 pub mod prometheus;
 pub mod spawn;
 pub mod status;

@@ -112,18 +112,25 @@ fn put_escaped(text: &[u8], escaping: Escaping, is_name: bool, dst: &mut BytesMu
         dst.put_slice(text);
         return;
     }
-    for &b in text {
-        match (escaping, b) {
-            (_, 0) => dst.put_slice(REPLACEMENT.as_bytes()),
-            (Escaping::None, b'\n' | b'\r') => dst.put_slice(REPLACEMENT.as_bytes()),
-            (Escaping::None, b':') if is_name => dst.put_slice(REPLACEMENT.as_bytes()),
-            (Escaping::None, _) => dst.put_u8(b),
-            (_, b'\\') => dst.put_slice(b"\\\\"),
-            (_, b'\n') => dst.put_slice(b"\\n"),
-            (_, b':') => dst.put_slice(b"\\c"),
-            (Escaping::V1_2, b'\r') => dst.put_slice(b"\\r"),
-            (Escaping::V1_1, b'\r') => dst.put_slice(REPLACEMENT.as_bytes()),
-            (_, b) => dst.put_u8(b),
-        }
+    // The bytes between two that need care go out in one piece (an ack id or a message id
+    // holds a ':' or two among plain text).
+    let mut plain = 0;
+    for (i, &b) in text.iter().enumerate() {
+        let written: &[u8] = match (escaping, b) {
+            (_, 0) => REPLACEMENT.as_bytes(),
+            (Escaping::None, b'\n' | b'\r') => REPLACEMENT.as_bytes(),
+            (Escaping::None, b':') if is_name => REPLACEMENT.as_bytes(),
+            (Escaping::None, _) => continue,
+            (_, b'\\') => b"\\\\",
+            (_, b'\n') => b"\\n",
+            (_, b':') => b"\\c",
+            (Escaping::V1_2, b'\r') => b"\\r",
+            (Escaping::V1_1, b'\r') => REPLACEMENT.as_bytes(),
+            (_, _) => continue,
+        };
+        dst.put_slice(&text[plain..i]);
+        dst.put_slice(written);
+        plain = i + 1;
     }
+    dst.put_slice(&text[plain..]);
 }

@@ -1,0 +1,448 @@
+//! The queue scenario: producers and consumers on one queue, native or STOMP.
+
+use super::*;
+
+pub async fn queue(args: &QueueArgs) -> anyhow::Result<Report> {
+    if args.producers == 0 || args.consumers == 0 {
+        bail!("--producers and --consumers must be at least 1");
+    }
+    if let Some(addr) = nats_addr(args.target.url.as_deref().unwrap_or("")).await? {
+        return run_queue_nats(args, addr).await;
+    }
+    let broker = BrokerUnderTest::start(&args.target).await?;
+    let result = match args.protocol {
+        ProtocolArg::Native => run_queue(args, &broker.url).await,
+        ProtocolArg::Mqtt => Err(anyhow!(
+            "the queue bench has no MQTT clients (MQTT has no queues): use fanout or connections"
+        )),
+        ProtocolArg::Stomp => match broker.stomp_addr() {
+            Ok(addr) => run_queue_stomp(args, addr).await,
+            Err(e) => Err(e),
+        },
+    };
+    broker.stop().await;
+    let mut report = result?;
+    if args.persistent && args.receipts {
+        disk_limit(&mut report, args.producers).await?;
+    }
+    Ok(report)
+}
+
+/// Appends of one 4 KiB block, each followed by `fdatasync`, timed for the disk's limit.
+const SYNC_ROUNDS: u32 = 500;
+
+/// Adds the disk's limit for a receipt per message to a persistent run: with one send in
+/// flight per producer and one `fdatasync` per group commit at best, `producers / mean
+/// fdatasync` messages per second. The mean is measured right after the run on the filesystem
+/// of the temporary directory (where the bench's own broker keeps its journal), in a file
+/// allocated beforehand as the journal's segments are, so a sync writes data, not its size.
+async fn disk_limit(report: &mut Report, producers: usize) -> anyhow::Result<()> {
+    let mean = tokio::task::spawn_blocking(|| mean_fdatasync(&std::env::temp_dir())).await??;
+    let mean_us = mean.as_secs_f64() * 1e6;
+    let limit = producers as f64 / mean.as_secs_f64();
+    report.extra = Some(serde_json::json!({
+        "fdatasync_4k_mean_us": (mean_us * 10.0).round() / 10.0,
+        "disk_limit_msg_s": limit.round(),
+        "of_disk_limit": (report.rate / limit * 1000.0).round() / 1000.0,
+    }));
+    Ok(())
+}
+
+fn mean_fdatasync(dir: &std::path::Path) -> anyhow::Result<Duration> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let mut file = tempfile::tempfile_in(dir).with_context(|| {
+        format!(
+            "cannot create a file in {} to time fdatasync",
+            dir.display()
+        )
+    })?;
+    let block = [0x5a_u8; 4096];
+    // SAFETY: posix_fallocate on a file descriptor this function owns.
+    let err = unsafe {
+        libc::posix_fallocate(
+            file.as_raw_fd(),
+            0,
+            (block.len() as u32 * SYNC_ROUNDS) as libc::off_t,
+        )
+    };
+    if err != 0 {
+        bail!(
+            "cannot allocate a file in {} to time fdatasync: {}",
+            dir.display(),
+            std::io::Error::from_raw_os_error(err)
+        );
+    }
+    let mut total = Duration::ZERO;
+    for _ in 0..SYNC_ROUNDS {
+        file.write_all(&block)?;
+        let started = Instant::now();
+        file.sync_data()?;
+        total += started.elapsed();
+    }
+    Ok(total / SYNC_ROUNDS)
+}
+
+async fn run_queue(args: &QueueArgs, url: &str) -> anyhow::Result<Report> {
+    run_queue_at(args, &[url.to_string()], &[url.to_string()]).await
+}
+
+/// The queue scenario with producers spread over `producer_urls` and consumers over
+/// `consumer_urls` (round robin): one broker, or a mesh.
+pub(crate) async fn run_queue_at(
+    args: &QueueArgs,
+    producer_urls: &[String],
+    consumer_urls: &[String],
+) -> anyhow::Result<Report> {
+    let base = Instant::now();
+    let seen = Arc::new(Seen::new(args.count));
+    let progress = Progress::new();
+    let hist = Arc::new(Mutex::new(new_histogram()));
+    let dups = Arc::new(AtomicU64::new(0));
+    let redelivered = Arc::new(AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut consumers = Vec::new();
+    for c in 0..args.consumers {
+        let url = &consumer_urls[c % consumer_urls.len()];
+        let client = Client::connect(url, ClientOptions::default()).await?;
+        let mut sub = client
+            .subscribe(
+                &args.destination,
+                SubscribeOptions {
+                    ack: args.ack.into(),
+                    prefetch: args.prefetch,
+                    ..SubscribeOptions::default()
+                },
+            )
+            .await?;
+        let (seen, progress, hist, dups, redelivered) = (
+            seen.clone(),
+            progress.clone(),
+            hist.clone(),
+            dups.clone(),
+            redelivered.clone(),
+        );
+        let count = args.count;
+        let ack = args.ack;
+        let stop = stop.clone();
+        consumers.push(tokio::spawn(async move {
+            let mut local = new_histogram();
+            loop {
+                let d = tokio::select! {
+                    d = sub.next() => match d { Some(d) => d, None => break },
+                    _ = stop.cancelled() => break,
+                };
+                if let Some((lat, idx)) = read_body(base, &d.body) {
+                    let _ = local.record(lat.max(1));
+                    if !seen.mark(idx) && !d.redelivered() {
+                        dups.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if d.redelivered() {
+                    redelivered.fetch_add(1, Ordering::Relaxed);
+                }
+                match ack {
+                    AckArg::Auto => {}
+                    AckArg::Client | AckArg::Individual => {
+                        if sub.ack(&d).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                progress.add(count);
+                if progress.received.load(Ordering::Relaxed) >= count {
+                    break;
+                }
+            }
+            hist.lock().add(&local).ok();
+            drop(client);
+        }));
+    }
+    let started = Instant::now();
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut producers = Vec::new();
+    for p in 0..args.producers {
+        let url = &producer_urls[p % producer_urls.len()];
+        let client = Client::connect(url, ClientOptions::default()).await?;
+        let args = args.clone();
+        let sent = sent.clone();
+        producers.push(tokio::spawn(async move {
+            let mut pacer = Pacer {
+                start: Instant::now(),
+                per_sec: args.rate.map(|r| (r / args.producers as u64).max(1)),
+                sent: 0,
+            };
+            let mut i = p as u64;
+            while i < args.count {
+                let msg = Outgoing::new(body(base, i, args.size)).persistent(args.persistent);
+                if args.receipts {
+                    client.send_with_receipt(&args.destination, &msg).await?;
+                } else {
+                    client.send(&args.destination, &msg).await?;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                pacer.wait().await;
+                i += args.producers as u64;
+            }
+            client.flush().await?;
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for p in producers {
+        p.await??;
+    }
+    progress
+        .wait(args.count, Duration::from_secs(args.idle_timeout))
+        .await;
+    let elapsed = progress.last.lock().duration_since(started);
+    stop.cancel();
+    for c in consumers {
+        let _ = c.await;
+    }
+    let received = seen.count();
+    let mut r = Report {
+        scenario: "queue".into(),
+        params: format!(
+            "{}P/{}C {}B{}{} ack={:?}",
+            args.producers,
+            args.consumers,
+            args.size,
+            if args.persistent { " persistent" } else { "" },
+            if args.receipts { " receipts" } else { "" },
+            args.ack
+        )
+        .to_lowercase(),
+        rate: received as f64 / elapsed.as_secs_f64(),
+        unit: "msg/s".into(),
+        sent: sent.load(Ordering::Relaxed),
+        received,
+        seconds: elapsed.as_secs_f64(),
+        lost: args.count - received,
+        duplicates: dups.load(Ordering::Relaxed),
+        redelivered: redelivered.load(Ordering::Relaxed),
+        ..Report::default()
+    };
+    fill_latency(&mut r, &hist.lock());
+    Ok(r)
+}
+
+/// A STOMP producer writes once this much is buffered.
+const STOMP_WRITE_BATCH: usize = 64 * 1024;
+
+/// What one STOMP producer sends: indexes `first`, `first + step`, … below `count`.
+pub(super) struct StompProducer {
+    pub(super) addr: SocketAddr,
+    pub(super) destination: String,
+    pub(super) first: u64,
+    pub(super) step: u64,
+    pub(super) count: u64,
+    pub(super) size: usize,
+    pub(super) persistent: bool,
+    /// Wait for a receipt on every message (else only on the last).
+    pub(super) receipts: bool,
+    pub(super) rate: Option<u64>,
+}
+
+impl StompProducer {
+    /// Pipelined SENDs; returns once the broker has confirmed the last.
+    pub(super) async fn run(self, base: Instant, sent: Arc<AtomicU64>) -> anyhow::Result<()> {
+        let mut conn = StompConn::connect(self.addr).await?;
+        let mut body = vec![b'x'; self.size.max(16)];
+        let mut pacer = Pacer {
+            start: Instant::now(),
+            per_sec: self.rate,
+            sent: 0,
+        };
+        let mut receipt = String::new();
+        let mut i = self.first;
+        while i < self.count {
+            stamp_body(&mut body, base, i);
+            let last = i + self.step >= self.count;
+            receipt.clear();
+            if self.receipts || last {
+                use std::fmt::Write;
+                let _ = write!(receipt, "r{i}");
+            }
+            let mut headers = [("destination", self.destination.as_str()); 3];
+            let mut n = 1;
+            if self.persistent {
+                headers[n] = ("persistent", "true");
+                n += 1;
+            }
+            if !receipt.is_empty() {
+                headers[n] = ("receipt", receipt.as_str());
+                n += 1;
+            }
+            conn.frame(Command::Send, &headers[..n], &body);
+            sent.fetch_add(1, Ordering::Relaxed);
+            if !receipt.is_empty() {
+                conn.receipt(&receipt).await?;
+            } else if self.rate.is_some() {
+                conn.flush_to(1).await?;
+            } else if conn.buffered() >= STOMP_WRITE_BATCH {
+                conn.flush_to(STOMP_WRITE_BATCH).await?;
+            }
+            pacer.wait().await;
+            i += self.step;
+        }
+        Ok(())
+    }
+}
+
+/// How a STOMP consumer acknowledges: every message (`client-individual`), or cumulatively
+/// every `every` messages (`client`).
+#[derive(Clone, Copy)]
+pub(super) enum StompAcks {
+    Each,
+    Every(u32),
+}
+
+impl StompAcks {
+    pub(super) fn new(ack: AckArg, prefetch: u32) -> StompAcks {
+        match ack {
+            AckArg::Individual => StompAcks::Each,
+            AckArg::Auto | AckArg::Client => StompAcks::Every((prefetch / 2).max(1)),
+        }
+    }
+
+    pub(super) fn header(self) -> &'static str {
+        match self {
+            StompAcks::Each => "client-individual",
+            StompAcks::Every(_) => "client",
+        }
+    }
+}
+
+/// Acknowledges `m` when it is due; `unacked` counts the messages not acknowledged yet.
+pub(super) fn stomp_ack(
+    conn: &mut StompConn,
+    acks: StompAcks,
+    m: &meshmq::stomp::Frame,
+    unacked: &mut u32,
+) {
+    *unacked += 1;
+    let due = match acks {
+        StompAcks::Each => true,
+        StompAcks::Every(n) => *unacked >= n,
+    };
+    if let (true, Some(id)) = (due, m.header("ack")) {
+        conn.frame(Command::Ack, &[("id", id)], &[]);
+        *unacked = 0;
+    }
+}
+
+async fn run_queue_stomp(args: &QueueArgs, addr: SocketAddr) -> anyhow::Result<Report> {
+    let base = Instant::now();
+    let destination = stomp_destination(&args.destination)?;
+    let seen = Arc::new(Seen::new(args.count));
+    let progress = Progress::new();
+    let dups = Arc::new(AtomicU64::new(0));
+    let redelivered = Arc::new(AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let acks = StompAcks::new(args.ack, args.prefetch);
+    let mut consumers = Vec::new();
+    for c in 0..args.consumers {
+        let mut conn = StompConn::connect(addr).await?;
+        conn.subscribe(&destination, &format!("c{c}"), acks.header(), args.prefetch)
+            .await?;
+        let (seen, progress, dups, redelivered, stop) = (
+            seen.clone(),
+            progress.clone(),
+            dups.clone(),
+            redelivered.clone(),
+            stop.clone(),
+        );
+        let count = args.count;
+        consumers.push(tokio::spawn(async move {
+            let mut local = new_histogram();
+            let mut unacked = 0u32;
+            let mut last = None;
+            loop {
+                let m = tokio::select! {
+                    m = conn.next_frame() => m?,
+                    _ = stop.cancelled() => break,
+                };
+                if m.command != Command::Message {
+                    continue;
+                }
+                let again = m.header("redelivered").is_some();
+                if let Some((lat, idx)) = read_body(base, &m.body) {
+                    let _ = local.record(lat.max(1));
+                    if !seen.mark(idx) && !again {
+                        dups.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if again {
+                    redelivered.fetch_add(1, Ordering::Relaxed);
+                }
+                stomp_ack(&mut conn, acks, &m, &mut unacked);
+                last = Some(m);
+                progress.add(count);
+                if progress.received.load(Ordering::Relaxed) >= count {
+                    break;
+                }
+            }
+            // Acknowledge the tail too: what this consumer took must not return to the queue
+            // (and reach the others as redeliveries) when it disconnects.
+            if let (true, Some(id)) = (unacked > 0, last.as_ref().and_then(|m| m.header("ack"))) {
+                conn.frame(Command::Ack, &[("id", id), ("receipt", "tail")], &[]);
+                conn.receipt("tail").await?;
+            }
+            Ok::<_, anyhow::Error>(local)
+        }));
+    }
+    let started = Instant::now();
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut producers = Vec::new();
+    for p in 0..args.producers {
+        let producer = StompProducer {
+            addr,
+            destination: destination.clone(),
+            first: p as u64,
+            step: args.producers as u64,
+            count: args.count,
+            size: args.size,
+            persistent: args.persistent,
+            receipts: args.receipts,
+            rate: args.rate.map(|r| (r / args.producers as u64).max(1)),
+        };
+        producers.push(tokio::spawn(producer.run(base, sent.clone())));
+    }
+    for p in producers {
+        p.await??;
+    }
+    progress
+        .wait(args.count, Duration::from_secs(args.idle_timeout))
+        .await;
+    let elapsed = progress.last.lock().duration_since(started);
+    stop.cancel();
+    let mut hist = new_histogram();
+    for c in consumers {
+        hist.add(&c.await??).ok();
+    }
+    let received = seen.count();
+    let mut r = Report {
+        scenario: "queue".into(),
+        params: format!(
+            "{}P/{}C {}B{}{} ack={:?} stomp",
+            args.producers,
+            args.consumers,
+            args.size,
+            if args.persistent { " persistent" } else { "" },
+            if args.receipts { " receipts" } else { "" },
+            args.ack
+        )
+        .to_lowercase(),
+        rate: received as f64 / elapsed.as_secs_f64(),
+        unit: "msg/s".into(),
+        sent: sent.load(Ordering::Relaxed),
+        received,
+        seconds: elapsed.as_secs_f64(),
+        lost: args.count - received,
+        duplicates: dups.load(Ordering::Relaxed),
+        redelivered: redelivered.load(Ordering::Relaxed),
+        ..Report::default()
+    };
+    fill_latency(&mut r, &hist);
+    Ok(r)
+}
