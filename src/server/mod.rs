@@ -22,6 +22,7 @@ mod listener;
 pub mod live;
 mod member;
 mod mqtt;
+mod mqtt_session;
 mod mqtt_share;
 mod options;
 pub(crate) use mqtt::read_client_bytes as read_mqtt_client_bytes;
@@ -72,6 +73,9 @@ pub(crate) struct ConnCtx {
     /// Cancelled when the member stops taking new connections (a drain): the accept loop
     /// ends and its socket closes, while the connections it admitted go on.
     pub accepting: CancellationToken,
+    /// What MQTT persistent sessions keep in flight between connections (one per term,
+    /// shared by the term's listeners).
+    pub mqtt_sessions: Arc<mqtt_session::MqttSessions>,
 }
 
 impl ConnCtx {
