@@ -1,7 +1,7 @@
 //! Properties the decoders keep on any bytes, one function per fuzz target: the native frame
 //! decoder, the STOMP decoder, the MQTT path a connection reads, journal recovery over a
 //! directory built from the bytes, and the replication messages. The coverage-guided fuzzers
-//! under `fuzz/` call these on every input they make, and `tests/fuzz_corpus_replays.rs` calls
+//! under `fuzz/` call these on every input they make, and `tests/it/fuzz_corpus_replays.rs` calls
 //! them on every committed corpus file (the seeds and each crash found), so every `cargo test`
 //! checks the corpus even where the fuzzers are not built.
 //!

@@ -4,7 +4,7 @@ use std::time::Duration;
 use crate::config::{parse_str, OnFull, RebalanceOptions, SyncMode, Topology};
 use crate::destination::Destination;
 
-/// `[mesh]` and a one-member group `hub` (shared with `tests/bad_topologies.rs`).
+/// `[mesh]` and a one-member group `hub` (shared with `tests/it/bad_topologies.rs`).
 const BASE: &str = concat!("\n", include_str!("../../../tests/fixtures/one_group.toml"));
 
 /// A second single-member group `edge`.
