@@ -16,7 +16,7 @@ build:
 
 ## Install what the tests need, check formatting and lints, fuzz each decoder for a bounded
 ## time, run every test. `make test FUZZ=0` skips the fuzz build and run (the corpus is still
-## replayed by `tests/fuzz_corpus_replays.rs`).
+## replayed by `tests/it/fuzz_corpus_replays.rs`).
 test: test-deps lint $(if $(filter 0,$(FUZZ)),,fuzz)
 	$(CARGO) test --profile ci --no-fail-fast -- --test-threads=2
 

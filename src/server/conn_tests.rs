@@ -55,6 +55,7 @@ fn ctx(broker: &Broker, acls: Vec<Acl>) -> Arc<ConnCtx> {
         cluster: Cluster::new(ClusterOptions::default()),
         cluster_policy: Arc::new(ClusterPolicy::default()),
         accepting: tokio_util::sync::CancellationToken::new(),
+        mqtt_sessions: Default::default(),
     })
 }
 

@@ -18,8 +18,9 @@
 //! so across restarts and failovers of the group — and a reconnect resumes them (CONNACK
 //! `session present`); a clean start deletes them, and so does the end of an MQTT 5 session's
 //! expiry interval. The codec owns the packet ids of both
-//! directions and the mapping from a client's filters to subscriptions; it never touches the
-//! socket or the broker. Invariants: every SUBSCRIBE/UNSUBSCRIBE gets exactly one
+//! directions and the mapping from a client's filters to subscriptions; a persistent session's
+//! ids in flight outlive the connection (`mqtt_session.rs`), so a reconnect resumes its QoS 1/2
+//! deliveries with them. It never touches the socket or the broker. Invariants: every SUBSCRIBE/UNSUBSCRIBE gets exactly one
 //! SUBACK/UNSUBACK with one code per filter, written once every filter's request is answered;
 //! a refusal MQTT 3 cannot express (a refused publish, a lost subscription) closes the
 //! connection; in MQTT 5 it is a reason code, and a fatal one a DISCONNECT with its reason.
@@ -51,6 +52,7 @@ use crate::transport::{IoEvent, Permit, Pump, Stream};
 use crate::wire::proto::ErrorCode;
 
 use super::conn::{Codec, Connection, Inbound};
+use super::mqtt_session::{DeliveryKey, KeptInflight, MqttSessions};
 use super::mqtt_share::{share_queue, SHARE_TOPIC_HEADER};
 use super::request::{Refusal, Request, SendRequest};
 use super::ConnCtx;
@@ -435,6 +437,15 @@ pub(crate) struct Mqtt {
     persistent: bool,
     /// The session's expiry interval, shared with whoever ends the session.
     expiry: Option<Arc<AtomicU32>>,
+    /// The delivery each packet id in flight carries, for a persistent session's
+    /// subscriptions (`mqtt_session.rs`).
+    keys: HashMap<u16, DeliveryKey>,
+    /// The packet ids the session's last connection gave deliveries it never saw acknowledged:
+    /// they go out again with them.
+    resumed_ids: HashMap<DeliveryKey, u16>,
+    /// Where a persistent session keeps what is in flight when the connection ends, and its
+    /// client id.
+    keeper: Option<(Arc<MqttSessions>, String)>,
 }
 
 impl Mqtt {
@@ -457,7 +468,52 @@ impl Mqtt {
             will: None,
             persistent: false,
             expiry: None,
+            keys: HashMap::new(),
+            resumed_ids: HashMap::new(),
+            keeper: None,
         }
+    }
+
+    /// Takes up what the session's last connection had in flight: its released QoS 2
+    /// deliveries get their PUBREL again (first of all), its unacknowledged deliveries keep
+    /// their packet ids when they go out again.
+    fn resume_inflight(&mut self, kept: KeptInflight) {
+        for id in kept.released {
+            let Some(id) = NonZeroU16::new(id) else {
+                continue;
+            };
+            self.inflight.insert(
+                id.get(),
+                Outgoing {
+                    subscription: 0,
+                    tag: 0,
+                    qos: QoS::AtMostOnce,
+                },
+            );
+            self.pending.push_back(Request::Ping {
+                receipt: Receipt::PubRel(id),
+            });
+        }
+        self.resumed_ids = kept.ids;
+    }
+
+    /// What is in flight now, for the session's next connection.
+    fn inflight_to_keep(&mut self) -> KeptInflight {
+        let mut kept = KeptInflight::default();
+        for (id, o) in &self.inflight {
+            if o.qos == QoS::AtMostOnce {
+                kept.released.push(*id);
+            } else if let Some(key) = self.keys.get(id) {
+                kept.ids.insert(key.clone(), *id);
+            }
+        }
+        // Deliveries not sent again on this connection keep the ids they had.
+        for (key, id) in self.resumed_ids.drain() {
+            if !self.inflight.contains_key(&id) {
+                kept.ids.entry(key).or_insert(id);
+            }
+        }
+        kept
     }
 
     /// Attaches the client again to the subscriptions its persistent session kept (the
@@ -898,6 +954,8 @@ impl Mqtt {
     fn forget_subscription(&mut self, num: u64) {
         self.subs.remove(&num);
         self.inflight.retain(|_, o| o.subscription != num);
+        let inflight = &self.inflight;
+        self.keys.retain(|id, _| inflight.contains_key(id));
     }
 
     fn next_pending(&mut self) -> Inbound<Receipt> {
@@ -910,7 +968,9 @@ impl Mqtt {
     fn on_packet(&mut self, packet: Packet) -> Inbound<Receipt> {
         match packet {
             Packet::Publish(p) => self.on_publish(p),
-            Packet::PubAck(id) => match self.inflight.remove(&id.get()) {
+            Packet::PubAck(id) => match self.inflight.remove(&id.get()).inspect(|_| {
+                self.keys.remove(&id.get());
+            }) {
                 Some(o) if o.subscription != 0 => Inbound::Request(Request::Ack {
                     subscription: o.subscription,
                     up_to: 0,
@@ -926,6 +986,7 @@ impl Mqtt {
                 Some(o) if o.qos == QoS::ExactlyOnce && o.subscription != 0 => {
                     // The packet id stays taken until PUBCOMP; the message is acknowledged
                     // now, so it is delivered once.
+                    self.keys.remove(&id.get());
                     self.inflight.insert(
                         id.get(),
                         Outgoing {
@@ -996,7 +1057,8 @@ impl Mqtt {
     fn take_packet_id(&mut self) -> Option<NonZeroU16> {
         for _ in 0..u16::MAX {
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            if !self.inflight.contains_key(&self.next_packet_id) {
+            let id = self.next_packet_id;
+            if !self.inflight.contains_key(&id) && !self.resumed_ids.values().any(|r| *r == id) {
                 return NonZeroU16::new(self.next_packet_id);
             }
         }
@@ -1015,9 +1077,15 @@ impl Mqtt {
         out: &mut BytesMut,
     ) -> bool {
         let retain = tag.is_none();
-        let Some(sub_qos) = self.subs.get(&sub).map(|s| s.qos) else {
+        let Some((sub_qos, durable)) = self.subs.get(&sub).map(|s| (s.qos, s.durable.as_ref()))
+        else {
             return true;
         };
+        // A persistent session's delivery: known by its subscription and identity, so that a
+        // later connection sends it again with the same packet id.
+        let key = durable
+            .filter(|_| tag.is_some() && m.persistent && sub_qos != QoS::AtMostOnce)
+            .map(|name| (name.clone(), m.producer_id.clone(), m.sequence));
         // A non-persistent message was published at QoS 0: it is never delivered above it.
         let qos = if m.persistent {
             sub_qos
@@ -1027,7 +1095,13 @@ impl Mqtt {
         let topic = message_topic(m);
         let (qos, packet_id) = match qos {
             QoS::AtMostOnce => (qos, None),
-            _ => match self.take_packet_id() {
+            _ => match key
+                .as_ref()
+                .and_then(|k| self.resumed_ids.remove(k))
+                .filter(|id| !self.inflight.contains_key(id))
+                .and_then(NonZeroU16::new)
+                .or_else(|| self.take_packet_id())
+            {
                 Some(id) => (qos, Some(id)),
                 None => {
                     tracing::warn!(connection = %self.connection_id, subscription = sub, "65,535 MQTT deliveries are unacknowledged: this one goes out at QoS 0");
@@ -1086,6 +1160,9 @@ impl Mqtt {
                         qos,
                     },
                 );
+                if let Some(key) = key {
+                    self.keys.insert(id.get(), key);
+                }
                 false
             }
             _ => true,
@@ -1138,6 +1215,10 @@ impl Codec for Mqtt {
     }
 
     fn farewell(&mut self) -> Option<Request<Receipt>> {
+        if let Some((sessions, client_id)) = self.keeper.take() {
+            let kept = self.inflight_to_keep();
+            sessions.keep(&client_id, kept);
+        }
         let mut will = self.will.take()?;
         will.draft.sequence = self.next_sequence;
         self.next_sequence += 1;
@@ -1678,6 +1759,14 @@ async fn handshake(
         None => Vec::new(),
     };
     let session_present = !kept.is_empty();
+    let inflight = match &client_id {
+        Some(cid) if session_present => ctx.mqtt_sessions.take(cid),
+        Some(cid) => {
+            ctx.mqtt_sessions.forget(cid);
+            KeptInflight::default()
+        }
+        None => KeptInflight::default(),
+    };
     let max = u32::try_from(ctx.settings.max_frame_size).unwrap_or(u32::MAX);
     match &mut wire {
         Wire::V3(c) => {
@@ -1723,8 +1812,12 @@ async fn handshake(
         let expiry = Arc::new(AtomicU32::new(connect.session_expiry));
         codec.persistent = connect.session_expiry > 0;
         codec.expiry = Some(expiry.clone());
+        if codec.persistent {
+            codec.keeper = Some((ctx.mqtt_sessions.clone(), client_id.clone()));
+        }
         SessionEnd { client_id, expiry }
     });
+    codec.resume_inflight(inflight);
     codec.resume(kept);
     Ok(Some((codec, session, principal, keep_alive, session_end)))
 }

@@ -139,6 +139,7 @@ impl Term {
             cluster: cluster.clone(),
         };
         let listen_addrs = bound.iter().map(|(_, a, _)| *a).collect();
+        let mqtt_sessions = Arc::new(super::mqtt_session::MqttSessions::default());
         for (spec, addr, listener) in bound {
             let ctx = Arc::new(ConnCtx {
                 broker: broker.clone(),
@@ -151,6 +152,7 @@ impl Term {
                 cluster: cluster.clone(),
                 cluster_policy: spec.cluster.clone(),
                 accepting: accepting.clone(),
+                mqtt_sessions: mqtt_sessions.clone(),
             });
             tracing::info!(listener = %spec.url, %addr, "listening");
             match listener {

@@ -575,7 +575,10 @@ pub(crate) fn recover(
         read => read?,
     };
     let synced_mark = super::mark::read_mark(dir)?;
-    let start = checkpoint.as_ref().map(|c| c.next_index).unwrap_or(1);
+    let mut start = checkpoint.as_ref().map(|c| c.next_index).unwrap_or(1);
+    // With the checkpoint ignored and the records it summed up gone: where the state is
+    // rebuilt from instead.
+    let mut rebuilt_from = None;
     let mut replay = match &checkpoint {
         Some(c) => Replay::from_checkpoint(c, memory_budget),
         None => Replay::new(memory_budget),
@@ -646,6 +649,16 @@ pub(crate) fn recover(
                 "records {e}..{first} are missing before {}, but the checkpoint covers them and lists none of them as live",
                 path.display()
             ));
+        } else if expected.is_none() && *first > start && ignored_checkpoint.is_some() {
+            // Nothing can bring back what the ignored checkpoint summed up: the repair goes on
+            // from the oldest record left, and loses what only the checkpoint held.
+            notes.push(format!(
+                "repair: records {start}..{first} are gone and only the ignored checkpoint \
+                 summed them up: what it held (live messages, durable subscriptions, producer \
+                 marks) is lost; the state is rebuilt from record {first}"
+            ));
+            start = *first;
+            rebuilt_from = Some(*first);
         } else if expected.is_none() && *first > start {
             return Err(StoreError::Corrupt {
                 path: path.display().to_string(),
@@ -794,6 +807,19 @@ pub(crate) fn recover(
             "repair: moved the ignored checkpoint aside to {}",
             aside.display()
         ));
+        if let Some(from) = rebuilt_from {
+            // What the repair rebuilt from, for the next plain start to do the same.
+            write_checkpoint(
+                dir,
+                &Checkpoint {
+                    next_index: from,
+                    ..Checkpoint::default()
+                },
+            )?;
+            notes.push(format!(
+                "repair: wrote an empty checkpoint at record {from}"
+            ));
+        }
     }
     if resynced {
         super::mark::write_mark(dir, next_index.saturating_sub(1))?;
@@ -832,6 +858,6 @@ pub(crate) fn recover(
     }
     let clean = checkpoint.as_ref().is_some_and(|c| c.clean) && !replayed_after_checkpoint;
     let mut recovered = replay.finish(clean || files.is_empty(), next_index, notes);
-    recovered.checkpoint_next = checkpoint.as_ref().map(|c| c.next_index);
+    recovered.checkpoint_next = checkpoint.as_ref().map(|c| c.next_index).or(rebuilt_from);
     Ok((segments, recovered))
 }

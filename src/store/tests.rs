@@ -638,6 +638,71 @@ async fn a_corrupt_checkpoint_is_refused_until_repaired() {
     store.close();
 }
 
+/// A corrupt checkpoint whose records garbage collection already deleted: `--repair` can only
+/// rebuild from the oldest record left (saying what is lost), and a plain start afterwards
+/// does the same instead of refusing.
+#[tokio::test]
+async fn a_corrupt_checkpoint_over_collected_segments_is_repaired_from_the_oldest_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(config(dir.path()), false).unwrap();
+    let body = "x".repeat(1000);
+    for round in 0..20u64 {
+        let idx = append_all(&store, &[added("queue://a", &body, "p", round)]).await;
+        store.journal().retain(idx[0]);
+        append_all(&store, &[removed(idx[0])]).await;
+        store.journal().release(idx[0]);
+    }
+    let cp = Checkpoint {
+        next_index: store.journal().next_index(),
+        ..Checkpoint::default()
+    };
+    assert!(
+        store.checkpoint(&cp).unwrap() > 0,
+        "no segment was collected"
+    );
+    append_all(
+        &store,
+        &[
+            added("queue://a", "after-0", "p", 100),
+            added("queue://a", "after-1", "p", 101),
+        ],
+    )
+    .await;
+    store.close();
+    let oldest = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".log")?.parse::<u64>().ok()
+        })
+        .min()
+        .unwrap();
+    assert!(oldest > 1, "the first segment is still there");
+    let path = dir.path().join("checkpoint");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x08;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Store::open(config(dir.path()), false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&path.display().to_string()), "{err}");
+
+    let (store, rec) = Store::open(config(dir.path()), true).unwrap();
+    assert_eq!(bodies(&rec, "queue://a"), vec!["after-0", "after-1"]);
+    assert!(
+        rec.notes
+            .iter()
+            .any(|n| n.contains(&format!("rebuilt from record {oldest}"))),
+        "{:?}",
+        rec.notes
+    );
+    store.close();
+    let (store, rec) = Store::open(config(dir.path()), false).unwrap();
+    assert_eq!(bodies(&rec, "queue://a"), vec!["after-0", "after-1"]);
+    store.close();
+}
+
 /// A `_mem` journal (`Written`) of twelve 1 KB messages over several 4 KiB segments, the
 /// messages of the first segment acknowledged, then a checkpoint listing as live the others and
 /// `also_live` (the first segment is pinned, so the checkpoint does not delete it). Returns the

@@ -4,32 +4,11 @@ use std::time::Duration;
 use crate::config::{parse_str, OnFull, RebalanceOptions, SyncMode, Topology};
 use crate::destination::Destination;
 
-const BASE: &str = r#"
-[mesh]
-name = "demo"
+/// `[mesh]` and a one-member group `hub` (shared with `tests/it/bad_topologies.rs`).
+const BASE: &str = concat!("\n", include_str!("../../../tests/fixtures/one_group.toml"));
 
-[[group]]
-name = "hub"
-
-[[group.member]]
-name = "hub-1"
-admin = "127.0.0.1:8161"
-
-[[group.member.listener]]
-url = "tcp://127.0.0.1:61616"
-"#;
-
-const EDGE: &str = r#"
-[[group]]
-name = "edge"
-
-[[group.member]]
-name = "edge-1"
-admin = "127.0.0.1:8171"
-
-[[group.member.listener]]
-url = "tcp://127.0.0.1:61716"
-"#;
+/// A second single-member group `edge`.
+const EDGE: &str = include_str!("../../../tests/fixtures/edge_group.toml");
 
 const HASH: &str =
     "$argon2id$v=19$m=256,t=2,p=1$c29tZXNhbHQ$nf65EOgLrQMR/uIPnA4rEsF5h7TKyQwu9U1bMCHGi/4";

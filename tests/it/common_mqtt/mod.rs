@@ -1,0 +1,508 @@
+//! A blocking raw MQTT client for the MQTT integration tests: it sends exactly the packets a
+//! test asks for (rmqtt-codec writes them, as a client would) and reads the broker's answers
+//! as [`Reply`]s, so tests can check return and reason codes byte for byte.
+
+// Each test binary includes this module and uses a different part of it.
+#![allow(dead_code)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::num::NonZeroU16;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+// Every test binary that uses this module also has the STOMP one (for its HTTP helper).
+use crate::common_stomp::http_get;
+
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use rmqtt_codec::types::{Publish, QoS};
+use rmqtt_codec::{v3, v5};
+use tokio_util::codec::{Decoder, Encoder};
+
+/// How long any single read may take before the test fails as hung.
+pub const GUARD: Duration = Duration::from_secs(30);
+
+pub fn id(n: u16) -> NonZeroU16 {
+    NonZeroU16::new(n).expect("non-zero")
+}
+
+/// What a raw client reads from the broker, whatever the version.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// CONNACK with its return (MQTT 3) or reason (MQTT 5) code.
+    ConnAck(u8),
+    PubAck(u16, u8),
+    SubAck(u16, Vec<u8>),
+    Publish {
+        topic: String,
+        payload: String,
+        qos: u8,
+        packet_id: Option<u16>,
+        retain: bool,
+        /// MQTT 5 user properties.
+        user: Vec<(String, String)>,
+    },
+    PingResp,
+    Disconnect(u8),
+    Other(String),
+}
+
+/// A blocking MQTT client that sends exactly what the test tells it to.
+pub struct RawMqtt {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    v5: bool,
+}
+
+impl RawMqtt {
+    pub fn open(addr: SocketAddr, v5: bool) -> RawMqtt {
+        let stream = TcpStream::connect_timeout(&addr, GUARD).expect("connect");
+        stream.set_read_timeout(Some(GUARD)).expect("timeout");
+        RawMqtt {
+            stream,
+            rbuf: BytesMut::new(),
+            v5,
+        }
+    }
+
+    /// Opens a connection, sends CONNECT and returns the CONNACK's code.
+    pub fn connect(
+        addr: SocketAddr,
+        v5: bool,
+        keep_alive: u16,
+        login: Option<(&str, &str)>,
+    ) -> (RawMqtt, u8) {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let client_id = format!("raw-{}-{n}", std::process::id());
+        RawMqtt::connect_as(addr, v5, keep_alive, login, &client_id)
+    }
+
+    /// [`RawMqtt::connect`] with the client id given.
+    pub fn connect_as(
+        addr: SocketAddr,
+        v5: bool,
+        keep_alive: u16,
+        login: Option<(&str, &str)>,
+        client_id: &str,
+    ) -> (RawMqtt, u8) {
+        let mut c = RawMqtt::open(addr, v5);
+        let client_id = ByteString::from(client_id);
+        let username = login.map(|(u, _)| ByteString::from(u));
+        let password = login.map(|(_, p)| Bytes::copy_from_slice(p.as_bytes()));
+        let bytes = if v5 {
+            packet5(v5::Packet::Connect(Box::new(v5::Connect {
+                clean_start: true,
+                keep_alive,
+                session_expiry_interval_secs: 0,
+                auth_method: None,
+                auth_data: None,
+                request_problem_info: true,
+                request_response_info: false,
+                receive_max: None,
+                topic_alias_max: 0,
+                user_properties: Vec::new(),
+                max_packet_size: None,
+                last_will: None,
+                client_id,
+                username,
+                password,
+                cert: None,
+            })))
+        } else {
+            packet3(v3::Packet::Connect(Box::new(v3::Connect {
+                protocol: Default::default(),
+                clean_session: true,
+                keep_alive,
+                last_will: None,
+                client_id,
+                username,
+                password,
+                cert: None,
+            })))
+        };
+        c.write(&bytes);
+        match c.next() {
+            Some(Reply::ConnAck(code)) => (c, code),
+            other => panic!("expected a CONNACK, got {other:?}"),
+        }
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// The next packet from the broker; `None` once it closed the connection.
+    pub fn next(&mut self) -> Option<Reply> {
+        loop {
+            if let Some(reply) = self.decode() {
+                return Some(reply);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read from the broker failed (hung?): {e}"),
+            }
+        }
+    }
+
+    /// The next packet if one arrives within `wait`; `None` when none did (or the broker
+    /// closed the connection).
+    pub fn next_within(&mut self, wait: Duration) -> Option<Reply> {
+        if let Some(reply) = self.decode() {
+            return Some(reply);
+        }
+        self.stream.set_read_timeout(Some(wait)).expect("timeout");
+        let mut chunk = [0u8; 4096];
+        let read = self.stream.read(&mut chunk);
+        self.stream.set_read_timeout(Some(GUARD)).expect("timeout");
+        match read {
+            Ok(0) => None,
+            Ok(n) => {
+                self.rbuf.extend_from_slice(&chunk[..n]);
+                self.decode()
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::ConnectionReset
+                ) =>
+            {
+                None
+            }
+            Err(e) => panic!("read from the broker failed: {e}"),
+        }
+    }
+
+    fn decode(&mut self) -> Option<Reply> {
+        if self.v5 {
+            let (p, _) = v5::Codec::new(0, 0)
+                .decode(&mut self.rbuf)
+                .expect("the broker's packets decode")?;
+            Some(match p {
+                v5::Packet::ConnectAck(a) => Reply::ConnAck(u8::from(a.reason_code)),
+                v5::Packet::PublishAck(a) => {
+                    Reply::PubAck(a.packet_id.get(), u8::from(a.reason_code))
+                }
+                v5::Packet::SubscribeAck(a) => Reply::SubAck(
+                    a.packet_id.get(),
+                    a.status.into_iter().map(u8::from).collect(),
+                ),
+                v5::Packet::Publish(p) => publish_reply(&p),
+                v5::Packet::PingResponse => Reply::PingResp,
+                v5::Packet::Disconnect(d) => Reply::Disconnect(u8::from(d.reason_code)),
+                other => Reply::Other(format!("{other:?}")),
+            })
+        } else {
+            if self.rbuf.len() >= 4 && self.rbuf[0] == 0x20 {
+                // CONNACK: rmqtt-codec's MQTT 3 decoder keeps only the named return codes.
+                let code = self.rbuf[3];
+                let _ = self.rbuf.split_to(4);
+                return Some(Reply::ConnAck(code));
+            }
+            let (p, _) = v3::Codec::new(0)
+                .decode(&mut self.rbuf)
+                .expect("the broker's packets decode")?;
+            Some(match p {
+                v3::Packet::PublishAck { packet_id } => Reply::PubAck(packet_id.get(), 0),
+                v3::Packet::SubscribeAck { packet_id, status } => Reply::SubAck(
+                    packet_id.get(),
+                    status
+                        .into_iter()
+                        .map(|s| match s {
+                            v3::SubscribeReturnCode::Success(q) => u8::from(q),
+                            v3::SubscribeReturnCode::Failure => 0x80,
+                        })
+                        .collect(),
+                ),
+                v3::Packet::Publish(p) => publish_reply(&p),
+                v3::Packet::PingResponse => Reply::PingResp,
+                other => Reply::Other(format!("{other:?}")),
+            })
+        }
+    }
+
+    pub fn publish(&mut self, topic: &str, payload: &str, qos: QoS, packet_id: Option<u16>) {
+        self.publish_with(topic, payload, qos, packet_id, &[]);
+    }
+
+    /// A PUBLISH with MQTT 5 user properties.
+    pub fn publish_with(
+        &mut self,
+        topic: &str,
+        payload: &str,
+        qos: QoS,
+        packet_id: Option<u16>,
+        user: &[(&str, &str)],
+    ) {
+        let p = Publish {
+            dup: false,
+            retain: false,
+            qos,
+            topic: ByteString::from(topic),
+            packet_id: packet_id.map(id),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            properties: self.v5.then(|| v5::PublishProperties {
+                user_properties: user
+                    .iter()
+                    .map(|(k, v)| (ByteString::from(*k), ByteString::from(*v)))
+                    .collect(),
+                ..v5::PublishProperties::default()
+            }),
+        };
+        let bytes = if self.v5 {
+            packet5(v5::Packet::Publish(Box::new(p)))
+        } else {
+            packet3(v3::Packet::Publish(Box::new(p)))
+        };
+        self.write(&bytes);
+    }
+
+    pub fn subscribe(&mut self, filter: &str, qos: QoS, packet_id: u16) {
+        let bytes = if self.v5 {
+            packet5(v5::Packet::Subscribe(v5::Subscribe {
+                packet_id: id(packet_id),
+                id: None,
+                user_properties: Vec::new(),
+                topic_filters: vec![(
+                    ByteString::from(filter),
+                    v5::SubscriptionOptions {
+                        qos,
+                        no_local: false,
+                        retain_as_published: false,
+                        retain_handling: v5::RetainHandling::AtSubscribe,
+                    },
+                )],
+            }))
+        } else {
+            packet3(v3::Packet::Subscribe {
+                packet_id: id(packet_id),
+                topic_filters: vec![(ByteString::from(filter), qos)],
+            })
+        };
+        self.write(&bytes);
+    }
+
+    pub fn ping(&mut self) {
+        self.write(&[0xC0, 0x00]);
+    }
+}
+
+fn publish_reply(p: &Publish) -> Reply {
+    Reply::Publish {
+        topic: p.topic.to_string(),
+        payload: String::from_utf8_lossy(&p.payload).into_owned(),
+        qos: u8::from(p.qos),
+        packet_id: p.packet_id.map(NonZeroU16::get),
+        retain: p.retain,
+        user: p
+            .properties
+            .as_ref()
+            .map(|props| {
+                props
+                    .user_properties
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+pub fn packet3(p: v3::Packet) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    v3::Codec::new(0).encode(p, &mut b).expect("encode");
+    b.to_vec()
+}
+
+pub fn packet5(p: v5::Packet) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    v5::Codec::new(0, 0).encode(p, &mut b).expect("encode");
+    b.to_vec()
+}
+
+/// Two single-member groups, `hub` (STOMP) and `edge` (MQTT), joined by a duplex connector.
+pub struct TwoGroups {
+    _members: Members,
+    pub hub_admin: SocketAddr,
+    pub hub_stomp: SocketAddr,
+    pub edge_admin: SocketAddr,
+    pub edge_mqtt: SocketAddr,
+}
+
+/// `meshmq broker` processes of one topology file, one per member, each logging to
+/// `DIR/MEMBER.log`: killed on drop, their logs printed when the test fails.
+pub struct Members {
+    dir: tempfile::TempDir,
+    children: Vec<Child>,
+    names: Vec<String>,
+}
+
+impl Members {
+    /// Starts each of `names` on the topology `file` (kept in `dir`), then waits until each
+    /// admin port of `admins` answers that its member is ready and all its connectors are up.
+    pub fn start(
+        dir: tempfile::TempDir,
+        file: &Path,
+        names: &[&str],
+        admins: &[SocketAddr],
+    ) -> Members {
+        let children = names
+            .iter()
+            .map(|member| {
+                let log =
+                    std::fs::File::create(dir.path().join(format!("{member}.log"))).expect("log");
+                Command::new(env!("CARGO_BIN_EXE_meshmq"))
+                    .args(["broker", "--topology"])
+                    .arg(file)
+                    .args(["--member", member])
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone().expect("log"))
+                    .stderr(log)
+                    .spawn()
+                    .expect("start meshmq")
+            })
+            .collect();
+        let members = Members {
+            dir,
+            children,
+            names: names.iter().map(|n| n.to_string()).collect(),
+        };
+        for admin in admins {
+            wait_for("every member is ready and its connectors are up", || {
+                http_get(*admin, "/readyz").is_some_and(|(code, _)| code == 200)
+                    && http_get(*admin, "/status").is_some_and(|(code, body)| {
+                        code == 200
+                            && serde_json::from_str::<Value>(&body).is_ok_and(|s| {
+                                s["connectors"].as_array().is_some_and(|c| {
+                                    !c.is_empty() && c.iter().all(|c| c["up"] == true)
+                                })
+                            })
+                    })
+            });
+        }
+        members
+    }
+}
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            for name in &self.names {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+                    .unwrap_or_default();
+                eprintln!("----- {name} -----\n{log}");
+            }
+        }
+    }
+}
+
+/// A free loopback port, held (so no other call gets it) until the listener is dropped.
+pub fn free_port() -> (u16, TcpListener) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    (l.local_addr().expect("bound").port(), l)
+}
+
+pub fn status(admin: SocketAddr) -> Value {
+    match http_get(admin, "/status") {
+        Some((200, body)) => serde_json::from_str(&body).expect("status JSON"),
+        other => panic!("GET /status failed: {other:?}"),
+    }
+}
+
+pub fn remote_demand(admin: SocketAddr) -> u64 {
+    status(admin)["connectors"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .map(|c| c["remote_demand"].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + GUARD;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+impl TwoGroups {
+    pub fn start() -> TwoGroups {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let held = [(); 6].map(|_| free_port());
+        let [hub_admin, hub_tcp, hub_stomp, edge_admin, edge_tcp, edge_mqtt] =
+            held.each_ref().map(|(p, _)| *p);
+        let topology = format!(
+            r#"[mesh]
+name = "test"
+# Bridges prove they belong to the mesh with this secret (written beside the topology).
+secret_file = "mesh.secret"
+
+[broker]
+
+[[group]]
+name = "hub"
+[[group.member]]
+name = "hub-1"
+admin = "127.0.0.1:{hub_admin}"
+data_dir = "hub"
+[[group.member.listener]]
+url = "tcp://127.0.0.1:{hub_tcp}"
+[[group.member.listener]]
+url = "stomp://127.0.0.1:{hub_stomp}"
+
+[[group]]
+name = "edge"
+[[group.member]]
+name = "edge-1"
+admin = "127.0.0.1:{edge_admin}"
+data_dir = "edge"
+[[group.member.listener]]
+url = "tcp://127.0.0.1:{edge_tcp}"
+[[group.member.listener]]
+url = "mqtt://127.0.0.1:{edge_mqtt}"
+
+[[connector]]
+from = "hub"
+to = "edge"
+duplex = true
+reconnect_initial_delay = "100ms"
+reconnect_max_delay = "1s"
+"#
+        );
+        let file = dir.path().join("mesh.toml");
+        std::fs::write(&file, topology).expect("write the topology");
+        std::fs::write(
+            dir.path().join("mesh.secret"),
+            "a-mesh-secret-for-the-mqtt-tests",
+        )
+        .expect("write the mesh secret");
+        drop(held);
+        TwoGroups {
+            _members: Members::start(
+                dir,
+                &file,
+                &["hub-1", "edge-1"],
+                &[addr(hub_admin), addr(edge_admin)],
+            ),
+            hub_admin: addr(hub_admin),
+            hub_stomp: addr(hub_stomp),
+            edge_admin: addr(edge_admin),
+            edge_mqtt: addr(edge_mqtt),
+        }
+    }
+}

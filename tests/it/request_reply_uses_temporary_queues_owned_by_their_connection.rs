@@ -1,0 +1,121 @@
+//! Request/reply works over temporary queues, and a temporary queue belongs to the connection
+//! that created it: `Client::request` gets the responder's reply (matched by correlation id);
+//! another connection may send to the temporary queue but not consume from it (`Forbidden`);
+//! the queue disappears with its connection (sending then is refused with `NotFound`).
+
+use crate::common;
+
+use common::{Broker, Config, GUARD};
+use meshmq::client::{Client, ErrorCode, ErrorKind, Outgoing, SubscribeOptions};
+
+/// Answers every request on `queue://svc` with "re: BODY" to its reply-to, same correlation id.
+fn responder(client: Client, mut sub: meshmq::client::Subscription) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(req) = sub.next().await {
+            let reply = Outgoing::new(format!("re: {}", String::from_utf8_lossy(&req.body)))
+                .correlation_id(req.correlation_id.clone());
+            if client
+                .send_with_receipt(&req.reply_to, &reply)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_get_their_own_replies_through_a_temporary_queue() {
+    let broker = Broker::start(&Config::new());
+    let service = broker.client().await;
+    let requests = service
+        .subscribe("queue://svc", SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    let _responder = responder(service.clone(), requests);
+
+    let requester = broker.client().await;
+    let mut pending = Vec::new();
+    for i in 0..20 {
+        let r = requester.clone();
+        pending.push(tokio::spawn(async move {
+            r.request("queue://svc", Outgoing::new(format!("q{i}")), GUARD)
+                .await
+                .map(|d| (i, d))
+        }));
+    }
+    for p in pending {
+        let (i, reply) = p.await.expect("join").expect("a reply");
+        assert_eq!(&reply.body[..], format!("re: q{i}").as_bytes());
+        assert!(
+            reply.destination.starts_with("temp-queue://"),
+            "{}",
+            reply.destination
+        );
+        assert!(
+            reply
+                .destination
+                .contains(&requester.server_info().connection_id),
+            "the reply queue is named after the requester's connection"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_temporary_queue_is_its_owners_alone_and_dies_with_its_connection() {
+    let broker = Broker::start(&Config::new());
+    let owner = broker.client().await;
+    let other = broker.client().await;
+    let temp = owner.temp_queue_name();
+    let mut mine = owner
+        .subscribe(&temp, SubscribeOptions::default())
+        .await
+        .expect("the owner creates its temporary queue by subscribing");
+
+    // Anyone may send to it (that is what reply-to is for) ...
+    other
+        .send_with_receipt(&temp, &Outgoing::new("for the owner"))
+        .await
+        .expect("another connection may send to it");
+    let d = tokio::time::timeout(GUARD, mine.next())
+        .await
+        .expect("delivered")
+        .expect("open");
+    assert_eq!(&d.body[..], b"for the owner");
+
+    // ... but only the owner may consume from it.
+    let stolen = other
+        .subscribe(&temp, SubscribeOptions::default())
+        .await
+        .expect_err("another connection cannot consume from it");
+    assert_eq!(stolen.kind(), ErrorKind::Refused, "{stolen}");
+    assert_eq!(stolen.code(), Some(ErrorCode::Forbidden), "{stolen}");
+    // Nor may it create a temporary queue in the owner's name.
+    let squatted = other
+        .subscribe(&format!("{temp}.x"), SubscribeOptions::default())
+        .await
+        .expect_err("a temporary queue named after another connection");
+    assert_eq!(squatted.code(), Some(ErrorCode::Forbidden), "{squatted}");
+
+    owner.close().await.expect("close");
+    common::wait_until("the temporary queue is deleted with its connection", || {
+        !broker
+            .status()
+            .destinations
+            .iter()
+            .any(|d| d.destination == temp)
+    });
+    let gone = other
+        .send_with_receipt(&temp, &Outgoing::new("too late"))
+        .await
+        .expect_err("the temporary queue no longer exists");
+    assert_eq!(gone.kind(), ErrorKind::Refused, "{gone}");
+    assert_eq!(gone.code(), Some(ErrorCode::NotFound), "{gone}");
+    // The refusal does not end the sender's connection.
+    assert!(!other.is_closed());
+    other
+        .send_with_receipt("queue://ordinary", &Outgoing::new("fine"))
+        .await
+        .expect("ordinary sends still work");
+}
