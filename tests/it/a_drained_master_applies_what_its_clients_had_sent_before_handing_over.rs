@@ -5,7 +5,7 @@
 //! with no client error. (A master that closed its connections at once lost the 49 — nothing
 //! re-sends a send without a receipt — while the receipted one was re-sent and arrived.)
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
