@@ -48,28 +48,17 @@ async fn run_fanout(args: &FanoutArgs, url: &str) -> anyhow::Result<Report> {
         let count = args.count;
         let idle = Duration::from_secs(args.idle_timeout);
         subs.push(tokio::spawn(async move {
-            let mut local = new_histogram();
-            let mut next_index = 0u64;
-            let mut got = 0u64;
-            while next_index < count {
+            let mut tally = FanoutTally::new();
+            while tally.wants(count) {
                 let Some(d) = sub.next_timeout(idle).await else {
                     break;
                 };
-                if let Some((lat, idx)) = read_body(base, &d.body) {
-                    let _ = local.record(lat.max(1));
-                    if idx < next_index {
-                        dups.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    next_index = idx + 1;
-                }
-                got += 1;
-                progress.add(expected);
+                tally.see(base, &d.body, &dups, &progress, expected);
             }
             // Every message this subscriber never saw (gaps included: a subscriber that fell
             // past its topic_pending_size loses its oldest).
-            lost.fetch_add(count.saturating_sub(got), Ordering::Relaxed);
-            hist.lock().add(&local).ok();
+            lost.fetch_add(tally.missing(count), Ordering::Relaxed);
+            hist.lock().add(&tally.local).ok();
             drop(client);
         }));
     }
@@ -131,27 +120,16 @@ async fn run_fanout_mqtt(args: &FanoutArgs, addr: SocketAddr) -> anyhow::Result<
         let count = args.count;
         let idle = Duration::from_secs(args.idle_timeout);
         subs.push(tokio::spawn(async move {
-            let mut local = new_histogram();
-            let mut next_index = 0u64;
-            let mut got = 0u64;
-            while next_index < count {
+            let mut tally = FanoutTally::new();
+            while tally.wants(count) {
                 let Ok(m) = tokio::time::timeout(idle, conn.next_message()).await else {
                     break;
                 };
                 let m = m?;
-                if let Some((lat, idx)) = read_body(base, &m.payload) {
-                    let _ = local.record(lat.max(1));
-                    if idx < next_index {
-                        dups.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    next_index = idx + 1;
-                }
-                got += 1;
-                progress.add(expected);
+                tally.see(base, &m.payload, &dups, &progress, expected);
             }
-            lost.fetch_add(count.saturating_sub(got), Ordering::Relaxed);
-            Ok::<_, anyhow::Error>(local)
+            lost.fetch_add(tally.missing(count), Ordering::Relaxed);
+            Ok::<_, anyhow::Error>(tally.local)
         }));
     }
     let started = Instant::now();
@@ -194,11 +172,9 @@ async fn run_fanout_stomp(args: &FanoutArgs, addr: SocketAddr) -> anyhow::Result
         let count = args.count;
         let idle = Duration::from_secs(args.idle_timeout);
         subs.push(tokio::spawn(async move {
-            let mut local = new_histogram();
-            let mut next_index = 0u64;
-            let mut got = 0u64;
+            let mut tally = FanoutTally::new();
             let mut unacked = 0u32;
-            while next_index < count {
+            while tally.wants(count) {
                 let Ok(m) = tokio::time::timeout(idle, conn.next_frame()).await else {
                     break;
                 };
@@ -207,19 +183,10 @@ async fn run_fanout_stomp(args: &FanoutArgs, addr: SocketAddr) -> anyhow::Result
                     continue;
                 }
                 stomp_ack(&mut conn, acks, &m, &mut unacked);
-                if let Some((lat, idx)) = read_body(base, &m.body) {
-                    let _ = local.record(lat.max(1));
-                    if idx < next_index {
-                        dups.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    next_index = idx + 1;
-                }
-                got += 1;
-                progress.add(expected);
+                tally.see(base, &m.body, &dups, &progress, expected);
             }
-            lost.fetch_add(count.saturating_sub(got), Ordering::Relaxed);
-            Ok::<_, anyhow::Error>(local)
+            lost.fetch_add(tally.missing(count), Ordering::Relaxed);
+            Ok::<_, anyhow::Error>(tally.local)
         }));
     }
     let started = Instant::now();

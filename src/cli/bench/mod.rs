@@ -314,6 +314,55 @@ fn body(base: Instant, index: u64, size: usize) -> Bytes {
     b.freeze()
 }
 
+/// What one fanout subscriber has seen of the `count` messages sent: each counted once, in
+/// publish order (an index below the next expected one is a duplicate), with its latency.
+struct FanoutTally {
+    local: Histogram<u64>,
+    next_index: u64,
+    got: u64,
+}
+
+impl FanoutTally {
+    fn new() -> FanoutTally {
+        FanoutTally {
+            local: new_histogram(),
+            next_index: 0,
+            got: 0,
+        }
+    }
+
+    /// Whether messages of the `count` sent are still to come.
+    fn wants(&self, count: u64) -> bool {
+        self.next_index < count
+    }
+
+    /// Counts one delivered body (a duplicate goes to `dups` instead).
+    fn see(
+        &mut self,
+        base: Instant,
+        body: &[u8],
+        dups: &AtomicU64,
+        progress: &Progress,
+        expected: u64,
+    ) {
+        if let Some((lat, idx)) = read_body(base, body) {
+            let _ = self.local.record(lat.max(1));
+            if idx < self.next_index {
+                dups.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            self.next_index = idx + 1;
+        }
+        self.got += 1;
+        progress.add(expected);
+    }
+
+    /// The messages this subscriber never saw, gaps included.
+    fn missing(&self, count: u64) -> u64 {
+        count.saturating_sub(self.got)
+    }
+}
+
 fn read_body(base: Instant, body: &[u8]) -> Option<(u64, u64)> {
     if body.len() < 16 {
         return None;

@@ -169,27 +169,16 @@ pub(super) async fn run_fanout_nats(args: &FanoutArgs, addr: SocketAddr) -> anyh
         let count = args.count;
         let idle = Duration::from_secs(args.idle_timeout);
         subs.push(tokio::spawn(async move {
-            let mut local = new_histogram();
-            let mut next_index = 0u64;
-            let mut got = 0u64;
-            while next_index < count {
+            let mut tally = FanoutTally::new();
+            while tally.wants(count) {
                 let Ok(m) = tokio::time::timeout(idle, conn.next_message()).await else {
                     break;
                 };
                 let m = m?;
-                if let Some((lat, idx)) = read_body(base, &m) {
-                    let _ = local.record(lat.max(1));
-                    if idx < next_index {
-                        dups.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    next_index = idx + 1;
-                }
-                got += 1;
-                progress.add(expected);
+                tally.see(base, &m, &dups, &progress, expected);
             }
-            lost.fetch_add(count.saturating_sub(got), Ordering::Relaxed);
-            Ok::<_, anyhow::Error>(local)
+            lost.fetch_add(tally.missing(count), Ordering::Relaxed);
+            Ok::<_, anyhow::Error>(tally.local)
         }));
     }
     let started = Instant::now();
