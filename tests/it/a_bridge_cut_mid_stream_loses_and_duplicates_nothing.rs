@@ -63,10 +63,11 @@ async fn stream_through(fault: Fault) {
         }
         Fault::LoseAcks => {
             let before = history.count_by("edge");
-            proxy.blackhole_to_source();
+            proxy.mute_replies(true);
             wait_until("forwards arrive whose acks are lost", || {
                 history.count_by("edge") >= before + 100
             });
+            proxy.mute_replies(false);
             proxy.cut();
         }
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::history::{consume, send_numbered, History};
 use common::mesh::MeshBuilder;
-use common::proxy::{Proxy, ProxyMode};
+use common::proxy::Proxy;
 use common::{meshmq, refuses_connections, run};
 use meshmq::client::{AckMode, Client, ClientOptions, SubscribeOptions};
 use tokio_util::sync::CancellationToken;
@@ -59,7 +59,7 @@ async fn a_batch_on_the_wire_when_the_master_is_drained_arrives_whole() {
     consume(sub, &history, "c", stop.clone());
 
     // The producer reaches edgea through a link the test can stall.
-    let link = Proxy::start(mesh.member("edgea").listen, ProxyMode::Forward);
+    let link = Proxy::start(mesh.member("edgea").listen);
     let producer = Client::connect(
         &format!(
             "failover:(tcp://{},{})?randomize=false&initialReconnectDelay=50",

@@ -8,10 +8,9 @@
 
 use crate::common;
 
-use common::history::{send_numbered, History};
+use common::history::{consume_individually, send_numbered, History};
 use common::proxy::ProxyMode;
 use common::{metric_sum, wait_until, Mesh, MeshConfig};
-use meshmq::client::{AckMode, SubscribeOptions};
 use tokio_util::sync::CancellationToken;
 
 const DEST: &str = "queue://forwarded.once";
@@ -36,7 +35,7 @@ async fn a_forward_whose_ack_was_lost_is_delivered_once_after_the_target_restart
             ),
     );
     mesh.wait_connected();
-    mesh.proxy("edge").blackhole_to_source();
+    mesh.proxy("edge").mute_replies(true);
 
     let history = History::new();
     let producer = mesh.member("hub").client().await;
@@ -52,6 +51,7 @@ async fn a_forward_whose_ack_was_lost_is_delivered_once_after_the_target_restart
 
     // The edge dies before any acknowledgement gets through; its journal holds every forward.
     mesh.member_mut("edge").kill9();
+    mesh.proxy("edge").mute_replies(false);
     mesh.proxy("edge").cut();
     mesh.member_mut("edge").restart();
     mesh.wait_connected();
@@ -73,17 +73,7 @@ async fn a_forward_whose_ack_was_lost_is_delivered_once_after_the_target_restart
 
     let stop = CancellationToken::new();
     let consumer = edge.client().await;
-    let sub = consumer
-        .subscribe(
-            DEST,
-            SubscribeOptions {
-                ack: AckMode::ClientIndividual,
-                ..SubscribeOptions::default()
-            },
-        )
-        .await
-        .expect("subscribe on the edge");
-    let consuming = common::history::consume(sub, &history, "edge", stop.clone());
+    let consuming = consume_individually(&consumer, DEST, &history, "edge", stop.clone()).await;
     history.wait_all_delivered().await;
     wait_until("the edge's queue is empty", || {
         mesh.member("edge").destination(DEST).depth == 0

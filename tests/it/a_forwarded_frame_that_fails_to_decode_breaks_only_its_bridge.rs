@@ -8,9 +8,8 @@
 
 use crate::common;
 
-use common::history::{consume, send_numbered, History};
+use common::history::{consume_individually, send_numbered, History};
 use common::{wait_until, Mesh, MeshConfig, RawConn};
-use meshmq::client::{AckMode, SubscribeOptions};
 use meshmq::wire::{proto, Body, Frame};
 use tokio_util::sync::CancellationToken;
 
@@ -104,17 +103,7 @@ async fn garbage_ends_one_bridge_and_its_forwards_come_back() {
     // What the bridge carried comes back: a consumer on the edge gets it all, once.
     let stop = CancellationToken::new();
     let consumer = edge.client().await;
-    let sub = consumer
-        .subscribe(
-            DEST,
-            SubscribeOptions {
-                ack: AckMode::ClientIndividual,
-                ..SubscribeOptions::default()
-            },
-        )
-        .await
-        .expect("subscribe");
-    consume(sub, &history, "edge", stop.clone());
+    consume_individually(&consumer, DEST, &history, "edge", stop.clone()).await;
     history.wait_all_delivered().await;
     wait_until("the edge's queue is empty", || {
         edge.destination(DEST).depth == 0

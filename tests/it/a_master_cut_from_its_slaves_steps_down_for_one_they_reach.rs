@@ -148,26 +148,26 @@ fn a_master_cut_from_its_slaves_but_not_zookeeper_gives_way_and_rejoins_as_a_sla
     let cut_at = Instant::now();
 
     // Sends resume on a new master within the budget.
-    let first_new = loop {
-        let found = seen
-            .lock()
-            .receipts
-            .iter()
-            .find(|(at, url)| *at > cut_at && *url != old_url)
-            .cloned();
-        if let Some(r) = found {
-            break r;
-        }
-        if cut_at.elapsed() > budget {
-            group.fail(&format!(
-                "no receipt from a member other than the old master {} within {budget:?} of \
-                 cutting it from its slaves (it still holds the group: check quorum did not \
-                 step it down)",
-                group.members[old].name
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let first_new = common::wait::poll()
+        .within(budget.saturating_sub(cut_at.elapsed()))
+        .value(
+            "a member other than the old master receipts a send",
+            || {
+                seen.lock()
+                    .receipts
+                    .iter()
+                    .find(|(at, url)| *at > cut_at && *url != old_url)
+                    .cloned()
+            },
+            || {
+                group.fail(&format!(
+                    "no receipt from a member other than the old master {} within {budget:?} of \
+                     cutting it from its slaves (it still holds the group: check quorum did not \
+                     step it down)",
+                    group.members[old].name
+                ))
+            },
+        );
     let took = first_new.0 - cut_at;
     let last_old = seen
         .lock()

@@ -431,14 +431,14 @@ async fn a_partitioned_edge_uplink_loses_nothing_under_load() {
         cut_at.saturating_sub(BEFORE_MARGIN.as_micros() as u64),
         back_at,
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let topics = loop {
-        let check = check_topics(&log.lock().unwrap(), window);
-        if check.missing.is_empty() || Instant::now() > deadline {
-            break check;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let topics = common::wait::poll()
+        .every(Duration::from_millis(100))
+        .within(Duration::from_secs(30))
+        .settle_async(
+            || check_topics(&log.lock().unwrap(), window),
+            |check| check.missing.is_empty(),
+        )
+        .await;
 
     // Measured with every connection still open.
     let mut scrapes = Vec::new();

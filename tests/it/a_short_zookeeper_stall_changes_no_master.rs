@@ -10,14 +10,14 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::ha::{assert_history, runtime, GroupSpec, HaGroup, Load, Sampler};
-use common::stall_proxy::StallProxy;
+use common::proxy::Proxy;
 use common::zk::ZooKeeper;
 
 #[test]
 fn a_one_second_zookeeper_stall_keeps_the_master_and_its_epoch() {
     let rt = runtime();
     let zk = ZooKeeper::standalone();
-    let proxy = StallProxy::start(zk.client_addr(0));
+    let proxy = Proxy::start(zk.client_addr(0));
     let spec = GroupSpec {
         session_timeout: Duration::from_secs(4),
         ..GroupSpec::default()

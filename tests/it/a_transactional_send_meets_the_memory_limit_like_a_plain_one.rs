@@ -5,6 +5,7 @@
 //! until a consumer makes room. (Before the one command pipeline, a transactional send skipped
 //! flow control: a transaction could stage any amount past a destination's limit.)
 
+use crate::common;
 use crate::common_stomp;
 
 use std::time::Duration;
@@ -157,15 +158,15 @@ fn a_native_transactional_send_to_a_full_block_queue_waits_for_room() {
                 filler.flush().await
             }
         });
-        let full = tokio::time::Instant::now() + GUARD;
-        while b.metric(
-            "meshmq_destination_memory_bytes",
-            &[("destination", "queue://narrow")],
-        ) < 64.0 * 1024.0
-        {
-            assert!(tokio::time::Instant::now() < full, "the queue never filled");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        common::wait::poll()
+            .within(GUARD)
+            .until_async("the queue fills", || {
+                b.metric(
+                    "meshmq_destination_memory_bytes",
+                    &[("destination", "queue://narrow")],
+                ) >= 64.0 * 1024.0
+            })
+            .await;
 
         // A transactional producer: its send must wait like the plain one, and its commit
         // behind it.

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::history::{self, send_numbered, History};
+use common::history::{self, consume_individually, send_numbered, History};
 use common::mesh::MeshBuilder;
 use common::{apply, meshmq, run, wait_until, Mesh, MeshConfig};
 use common_stomp::StompSubscriber;
@@ -261,17 +261,7 @@ async fn a_connector_removed_under_load_drains_and_loses_nothing() {
     );
     // What did not cross stays on the hub, for a consumer there.
     let local = hub.client().await;
-    let sub = local
-        .subscribe(
-            DEST,
-            SubscribeOptions {
-                ack: AckMode::ClientIndividual,
-                ..SubscribeOptions::default()
-            },
-        )
-        .await
-        .expect("subscribe on the hub");
-    history::consume(sub, &history, "hub", stop.clone());
+    consume_individually(&local, DEST, &history, "hub", stop.clone()).await;
     history.wait_all_delivered().await;
     wait_until("the hub's queue is empty", || {
         hub.destination(DEST).depth == 0

@@ -12,11 +12,9 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::history::{produce_in_batches, queue_consumer, History};
+use common::history::QueueTraffic;
 use common::mesh::MeshBuilder;
 use common::{http_post, meshmq, run, RawConn};
-use meshmq::client::{Client, ClientOptions};
-use tokio_util::sync::CancellationToken;
 
 const QUEUE: &str = "queue://roll.orders";
 const TOKEN: &str = "rolling-test-admin-token-0123";
@@ -75,27 +73,10 @@ async fn a_rolling_apply_restarts_a_pair_one_member_at_a_time_and_loses_nothing(
         &["huba", "hubb"],
         "randomize=false&initialReconnectDelay=50",
     );
-    let history = History::new();
-    let stop_consumers = CancellationToken::new();
-    let mut consumers = Vec::new();
-    for i in 0..3 {
-        consumers
-            .push(queue_consumer(&url, QUEUE, &history, &format!("c{i}"), &stop_consumers).await);
-    }
-    let producer = Client::connect(&url, ClientOptions::default())
-        .await
-        .expect("producer connects");
-    let stop_producing = CancellationToken::new();
-    let sending = produce_in_batches(
-        producer.clone(),
-        &history,
-        QUEUE,
-        2000,
-        stop_producing.clone(),
-    );
-    mesh.wait_until("the consumers have had messages", |_| {
-        (0..3).all(|i| history.count_by(&format!("c{i}")) >= 20)
-    });
+    let mut traffic = QueueTraffic::new(QUEUE);
+    traffic.consumers(&url, 3).await;
+    traffic.produce(&url, 2000).await;
+    mesh.wait_until("the consumers have had messages", |_| traffic.flowing(3));
 
     let rolling = Instant::now();
     let out = {
@@ -127,25 +108,9 @@ async fn a_rolling_apply_restarts_a_pair_one_member_at_a_time_and_loses_nothing(
 
     // Keep producing a moment on the new master, then check the history.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop_producing.cancel();
-    let sent = sending.await.expect("the producer saw no error");
-    history.wait_all_delivered().await;
-    stop_consumers.cancel();
-    let verdict = history.verdict();
-    println!(
-        "rolling restart under load: {sent} sent, {} delivered, {} lost, {} flagged duplicates, per consumer {:?}",
-        verdict.delivered,
-        verdict.lost.len(),
-        verdict.flagged_duplicates,
-        verdict.by_consumer
-    );
+    let verdict = traffic.stop("rolling restart under load").await;
     verdict.assert_ok();
-    for (label, c) in consumers
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (format!("c{i}"), c))
-        .chain(std::iter::once(("producer".to_string(), &producer)))
-    {
+    for (label, c) in traffic.labelled() {
         assert!(!c.is_closed(), "{label} closed");
         let errors = c.take_errors();
         assert!(errors.is_empty(), "{label} saw errors: {errors:?}");

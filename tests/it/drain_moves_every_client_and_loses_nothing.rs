@@ -13,11 +13,10 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::history::{produce_in_batches, queue_consumer, History};
+use common::history::QueueTraffic;
 use common::mesh::{Mesh, MeshBuilder};
 use common::{meshmq, refuses_connections, run};
-use meshmq::client::{Client, ClientOptions};
-use tokio_util::sync::CancellationToken;
+use meshmq::client::Client;
 
 const QUEUE: &str = "queue://drain.orders";
 const TOKEN: &str = "drain-test-admin-token-0123";
@@ -72,26 +71,13 @@ async fn a_drained_edge_moves_its_consumers_away_and_loses_nothing() {
     mesh.wait_for_view(&["hub", "edge-1"]);
     mesh.wait_for_view(&["hub", "edge-2"]);
 
-    let history = History::new();
-    let stop_consumers = CancellationToken::new();
+    let mut traffic = QueueTraffic::new(QUEUE);
     // Three consumers start on edge-1 (listed first, no randomizing), one on edge-2.
     let on_edge1 = mesh.failover_url(&["edge-1", "edge-2"], "randomize=false");
     let on_edge2 = mesh.failover_url(&["edge-2", "edge-1"], "randomize=false");
-    let mut consumers = Vec::new();
-    for i in 0..3 {
-        consumers.push(
-            queue_consumer(
-                &on_edge1,
-                QUEUE,
-                &history,
-                &format!("c{i}"),
-                &stop_consumers,
-            )
-            .await,
-        );
-    }
-    consumers.push(queue_consumer(&on_edge2, QUEUE, &history, "c3", &stop_consumers).await);
-    for c in &consumers[..3] {
+    traffic.consumers(&on_edge1, 3).await;
+    traffic.consumers(&on_edge2, 1).await;
+    for c in &traffic.consumers[..3] {
         assert_eq!(c.server_info().group, "edge-1");
     }
     mesh.wait_until("the hub sees demand from both edges", |m| {
@@ -100,19 +86,9 @@ async fn a_drained_edge_moves_its_consumers_away_and_loses_nothing() {
         })
     });
 
-    let producer = Client::connect(&mesh.member("hub").url(), ClientOptions::default())
-        .await
-        .expect("producer connects to the hub");
-    let stop_producing = CancellationToken::new();
-    let sending = produce_in_batches(
-        producer.clone(),
-        &history,
-        QUEUE,
-        600,
-        stop_producing.clone(),
-    );
+    traffic.produce(&mesh.member("hub").url(), 600).await;
     mesh.wait_until("edge-1's consumers have had messages", |_| {
-        (0..3).all(|i| history.count_by(&format!("c{i}")) >= 20)
+        traffic.flowing(3)
     });
 
     // A write without the token is refused and changes nothing.
@@ -142,20 +118,9 @@ async fn a_drained_edge_moves_its_consumers_away_and_loses_nothing() {
     assert!(refuses_connections(mesh.member("edge-1").admin));
     assert!(refuses_connections(mesh.member("edge-1").listen));
 
-    stop_producing.cancel();
-    let sent = sending.await.expect("the producer saw no error");
-    history.wait_all_delivered().await;
-    stop_consumers.cancel();
-    let verdict = history.verdict();
-    println!(
-        "drained edge: {sent} sent, {} delivered, {} lost, {} flagged duplicates, per consumer {:?}",
-        verdict.delivered,
-        verdict.lost.len(),
-        verdict.flagged_duplicates,
-        verdict.by_consumer
-    );
+    let verdict = traffic.stop("drained edge").await;
     verdict.assert_exactly_once();
-    for (i, c) in consumers.iter().enumerate() {
+    for (i, c) in traffic.consumers.iter().enumerate() {
         let (reconnects, moves) = c.reconnects();
         if i < 3 {
             // edge-1 knows the whole mesh (the hub, and edge-2 through it): its clients move
@@ -171,12 +136,7 @@ async fn a_drained_edge_moves_its_consumers_away_and_loses_nothing() {
             assert_eq!(reconnects, 0, "c3 stayed where it was");
         }
     }
-    let labelled: Vec<(String, &Client)> = consumers
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (format!("c{i}"), c))
-        .chain(std::iter::once(("producer".to_string(), &producer)))
-        .collect();
+    let labelled = traffic.labelled();
     let labelled: Vec<(&str, &Client)> = labelled.iter().map(|(l, c)| (l.as_str(), *c)).collect();
     assert_no_client_error(&labelled);
 }
@@ -200,27 +160,10 @@ async fn a_drained_master_hands_its_group_to_the_standby_and_loses_nothing() {
         &["edgea", "edgeb"],
         "randomize=false&initialReconnectDelay=50",
     );
-    let history = History::new();
-    let stop_consumers = CancellationToken::new();
-    let mut consumers = Vec::new();
-    for i in 0..3 {
-        consumers
-            .push(queue_consumer(&url, QUEUE, &history, &format!("c{i}"), &stop_consumers).await);
-    }
-    let producer = Client::connect(&url, ClientOptions::default())
-        .await
-        .expect("producer connects");
-    let stop_producing = CancellationToken::new();
-    let sending = produce_in_batches(
-        producer.clone(),
-        &history,
-        QUEUE,
-        600,
-        stop_producing.clone(),
-    );
-    mesh.wait_until("the consumers have had messages", |_| {
-        (0..3).all(|i| history.count_by(&format!("c{i}")) >= 20)
-    });
+    let mut traffic = QueueTraffic::new(QUEUE);
+    traffic.consumers(&url, 3).await;
+    traffic.produce(&url, 600).await;
+    mesh.wait_until("the consumers have had messages", |_| traffic.flowing(3));
 
     let out = drain(&mesh, "edgea").await;
     assert!(out.contains("edgea has stopped"), "{out}");
@@ -229,25 +172,9 @@ async fn a_drained_master_hands_its_group_to_the_standby_and_loses_nothing() {
 
     // Keep producing for a moment on the new master, then check the history.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop_producing.cancel();
-    let sent = sending.await.expect("the producer saw no error");
-    history.wait_all_delivered().await;
-    stop_consumers.cancel();
-    let verdict = history.verdict();
-    println!(
-        "handed-over master: {sent} sent, {} delivered, {} lost, {} flagged duplicates, per consumer {:?}",
-        verdict.delivered,
-        verdict.lost.len(),
-        verdict.flagged_duplicates,
-        verdict.by_consumer
-    );
+    let verdict = traffic.stop("handed-over master").await;
     verdict.assert_exactly_once();
-    let labelled: Vec<(String, &Client)> = consumers
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (format!("c{i}"), c))
-        .chain(std::iter::once(("producer".to_string(), &producer)))
-        .collect();
+    let labelled = traffic.labelled();
     for (label, c) in &labelled {
         assert_eq!(c.server_info().member, "edgeb", "{label}");
         assert_eq!(c.reconnects().0, 1, "{label} reconnected once");

@@ -388,8 +388,8 @@ async fn every_panel_query_returns_data_from_a_live_mesh() {
         .iter()
         .map(|m| (m.name.clone(), m.group.clone()))
         .collect();
-    let deadline = Instant::now() + GUARD;
-    loop {
+    let last = std::cell::RefCell::new(String::new());
+    let every_member_scraped = || {
         let up = prometheus.query("up{job=\"meshmq\"}").expect("query up");
         let seen: BTreeMap<String, (String, String)> = up
             .iter()
@@ -407,16 +407,16 @@ async fn every_panel_query_returns_data_from_a_live_mesh() {
             .iter()
             .map(|(m, g)| (m.clone(), (g.clone(), "1".to_string())))
             .collect();
-        if seen == want {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus does not scrape every member: up = {seen:?}, want {want:?}\n{}",
-            prometheus.log()
+        *last.borrow_mut() = format!("up = {seen:?}, want {want:?}");
+        seen == want
+    };
+    common::wait::poll()
+        .every(Duration::from_millis(200))
+        .until_or(
+            "Prometheus scrapes every member",
+            every_member_scraped,
+            || format!("{}\n{}", last.borrow(), prometheus.log()),
         );
-        std::thread::sleep(Duration::from_millis(200));
-    }
     for label in ["exported_group", "exported_member", "exported_job"] {
         let renamed = prometheus
             .query(&format!("count({{job=\"meshmq\",{label}!=\"\"}})"))
@@ -467,16 +467,16 @@ async fn every_panel_query_returns_data_from_a_live_mesh() {
             let (selector, label) = (substitute(args.0.trim()), args.1.trim().to_string());
             // Prometheus answers from what it has scraped so far: wait for a scrape that
             // carries the series, up to the guard.
-            let deadline = Instant::now() + GUARD;
-            let values = loop {
-                let values = prometheus
-                    .label_values(&label, &selector)
-                    .expect("label values");
-                if !values.is_empty() || Instant::now() >= deadline {
-                    break values;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            };
+            let values = common::wait::poll()
+                .every(Duration::from_millis(200))
+                .settle(
+                    || {
+                        prometheus
+                            .label_values(&label, &selector)
+                            .expect("label values")
+                    },
+                    |values| !values.is_empty(),
+                );
             assert!(
                 !values.is_empty(),
                 "{}: variable {}: {def} has no values after {GUARD:?}",

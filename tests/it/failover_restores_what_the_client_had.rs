@@ -10,7 +10,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::client_proxy::Proxy;
+use common::proxy::Proxy;
 use common::{Broker, Config, GUARD};
 use meshmq::client::{
     AckMode, Client, ClientEvent, ClientOptions, ErrorKind, Outgoing, SubscribeOptions,

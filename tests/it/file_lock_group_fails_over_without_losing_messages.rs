@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::ha::{check, History, Verdict};
 use common::pair::{file_lock_pair, wait_for};
 use common::{http_get, refuses_connections};
 use meshmq::client::{AckMode, Client, ClientOptions, Outgoing, SubscribeOptions};
@@ -20,15 +21,6 @@ use meshmq::server::admin::MemberStatus;
 
 const QUEUE: &str = "queue://ha.orders";
 const KILLS: usize = 6;
-
-/// What the producer knows: the sequence numbers the broker receipted, and those whose send
-/// failed at least once without an answer (the dying master may or may not have kept that
-/// copy, so they may arrive twice, or — when never receipted — once or not at all).
-#[derive(Default)]
-struct History {
-    receipted: BTreeSet<u64>,
-    in_doubt: BTreeSet<u64>,
-}
 
 async fn connect_any(urls: &[String], stop: &AtomicBool) -> Option<Client> {
     let options = ClientOptions {
@@ -69,17 +61,13 @@ async fn produce(
         let mut body = format!("{seq:012}").into_bytes();
         body.resize(1024, b'.');
         let msg = Outgoing::new(body).persistent(true);
-        match c.send_with_receipt(QUEUE, &msg).await {
-            Ok(()) => {
-                history.receipted.insert(seq);
-                receipted_count.fetch_add(1, Ordering::Release);
-                seq += 1;
-                client = Some(c);
-            }
-            // The same seq goes again on the next master: it may already be journaled.
-            Err(_) => {
-                history.in_doubt.insert(seq);
-            }
+        let outcome = c.send_with_receipt(QUEUE, &msg).await;
+        // A failed seq goes again on the next master (it may already be journaled): in doubt.
+        history.record(seq, &outcome.as_ref().map_err(|e| e.to_string()).copied());
+        if outcome.is_ok() {
+            receipted_count.fetch_add(1, Ordering::Release);
+            seq += 1;
+            client = Some(c);
         }
     }
     history
@@ -212,22 +200,12 @@ async fn killing_the_master_again_and_again_loses_no_receipted_message() {
         *seen.entry(seq).or_default() += 1;
         sub.ack(&d).await.expect("ack");
     }
-    let lost: Vec<u64> = history
-        .receipted
-        .iter()
-        .filter(|s| !seen.contains_key(s))
-        .copied()
-        .collect();
-    let invented: Vec<u64> = seen
-        .keys()
-        .filter(|s| !history.receipted.contains(s) && !history.in_doubt.contains(s))
-        .copied()
-        .collect();
-    let doubled: Vec<u64> = seen
-        .iter()
-        .filter(|(s, n)| **n > 1 && !history.in_doubt.contains(s))
-        .map(|(s, _)| *s)
-        .collect();
+    let Verdict {
+        lost,
+        invented,
+        doubled,
+        ..
+    } = check(&history, &seen, &BTreeSet::new());
     assert!(lost.is_empty(), "receipted but lost: {lost:?}");
     assert!(
         invented.is_empty(),

@@ -5,9 +5,8 @@
 
 use crate::common;
 
-use common::history::{consume, send_numbered, History};
+use common::history::{consume_individually, send_numbered, History};
 use common::{wait_until, Mesh, MeshConfig};
-use meshmq::client::{AckMode, SubscribeOptions};
 use tokio_util::sync::CancellationToken;
 
 const DEST: &str = "queue://orders";
@@ -32,17 +31,9 @@ async fn every_message_reaches_one_consumer_and_the_busier_edge_gets_more() {
     for (group, count) in [("edge-1", 1), ("edge-2", 3)] {
         for _ in 0..count {
             let client = mesh.member(group).client().await;
-            let sub = client
-                .subscribe(
-                    DEST,
-                    SubscribeOptions {
-                        ack: AckMode::ClientIndividual,
-                        ..SubscribeOptions::default()
-                    },
-                )
-                .await
-                .expect("subscribe");
-            consumers.push((client, consume(sub, &history, group, stop.clone())));
+            let consuming =
+                consume_individually(&client, DEST, &history, group, stop.clone()).await;
+            consumers.push((client, consuming));
         }
     }
     wait_until("the hub knows every edge consumer", || {

@@ -6,9 +6,9 @@
 
 use crate::common;
 
-use common::history::{consume, send_numbered, History};
+use common::history::{consume_individually, send_numbered, History};
 use common::{meshmq, run, wait_until, Mesh, MeshConfig};
-use meshmq::client::{AckMode, Client, ClientOptions, ErrorKind, SubscribeOptions};
+use meshmq::client::{Client, ClientOptions, ErrorKind};
 use tokio_util::sync::CancellationToken;
 
 const DEST: &str = "queue://over-quic";
@@ -52,17 +52,7 @@ async fn a_quic_connector_and_quic_clients_carry_every_message_once() {
     let consumer = Client::connect(&edge_url, trusting(ca.clone()))
         .await
         .expect("a client trusting the CA connects over QUIC");
-    let sub = consumer
-        .subscribe(
-            DEST,
-            SubscribeOptions {
-                ack: AckMode::ClientIndividual,
-                ..SubscribeOptions::default()
-            },
-        )
-        .await
-        .expect("subscribe");
-    consume(sub, &history, "edge", stop.clone());
+    consume_individually(&consumer, DEST, &history, "edge", stop.clone()).await;
     wait_until("the hub knows the edge consumer", || {
         mesh.member("hub").connector("hub-edge").remote_demand == 1
     });

@@ -10,11 +10,10 @@
 
 use crate::common;
 
-use common::history::{consume, send_numbered, History};
+use common::history::{consume_individually, send_numbered, History};
 use common::proxy::ProxyMode;
-use common::{wait_until, Mesh, MeshConfig, GUARD};
-use meshmq::client::{AckMode, Client, SubscribeOptions};
-use std::time::{Duration, Instant};
+use common::{wait_until, Mesh, MeshConfig};
+use meshmq::client::Client;
 use tokio_util::sync::CancellationToken;
 
 const DEST: &str = "queue://jobs";
@@ -44,17 +43,7 @@ async fn consumer_on(
     stop: &CancellationToken,
 ) -> Client {
     let client = mesh.member(group).client().await;
-    let sub = client
-        .subscribe(
-            DEST,
-            SubscribeOptions {
-                ack: AckMode::ClientIndividual,
-                ..SubscribeOptions::default()
-            },
-        )
-        .await
-        .expect("subscribe");
-    consume(sub, history, group, stop.clone());
+    consume_individually(&client, DEST, history, group, stop.clone()).await;
     client
 }
 
@@ -70,19 +59,17 @@ fn held_at_a(mesh: &Mesh) -> (u64, u64, u64) {
 }
 
 fn wait_held_at_a(mesh: &Mesh, what: &str, want: (u64, u64, u64)) {
-    let deadline = Instant::now() + GUARD;
-    loop {
-        let held = held_at_a(mesh);
-        if held == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gave up after {GUARD:?} waiting until {what}: (a-b, c-a, consumers) is {held:?}, not {want:?}\n{}",
-            mesh.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait::poll().until_or(
+        what,
+        || held_at_a(mesh) == want,
+        || {
+            format!(
+                "(a-b, c-a, consumers) is {:?}, not {want:?}\n{}",
+                held_at_a(mesh),
+                mesh.logs()
+            )
+        },
+    );
 }
 
 fn wait_forwards_settled(mesh: &Mesh) {

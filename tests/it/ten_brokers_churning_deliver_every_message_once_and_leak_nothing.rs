@@ -80,18 +80,22 @@ fn resources(mesh: &Mesh, i: usize) -> (u64, u64, u64) {
 /// Waits until every live broker shows its live peers up and no dead one; returns how long it
 /// took, failing past the budget with what each broker shows.
 fn wait_peers(mesh: &Mesh, alive: &[bool], since: Instant, what: &str) -> Duration {
-    tokio::task::block_in_place(|| loop {
-        let live = (0..BROKERS).filter(|&i| alive[i]);
-        if live.clone().all(|i| peers_right(mesh, i, alive)) {
-            return since.elapsed();
-        }
-        if since.elapsed() > BUDGET {
-            let shown: Vec<String> = live
-                .map(|i| format!("b{i} (up, down): {:?}", peers(mesh, i)))
-                .collect();
-            panic!("{what}: not within {BUDGET:?}; alive {alive:?}; {shown:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let live = || (0..BROKERS).filter(|&i| alive[i]);
+    tokio::task::block_in_place(|| {
+        common::wait::poll()
+            .every(Duration::from_millis(50))
+            .within(BUDGET.saturating_sub(since.elapsed()))
+            .until_or(
+                what,
+                || live().all(|i| peers_right(mesh, i, alive)),
+                || {
+                    let shown: Vec<String> = live()
+                        .map(|i| format!("b{i} (up, down): {:?}", peers(mesh, i)))
+                        .collect();
+                    format!("{what}: not within {BUDGET:?}; alive {alive:?}; {shown:?}")
+                },
+            );
+        since.elapsed()
     })
 }
 

@@ -6,9 +6,8 @@
 use crate::common;
 
 use common::history::{consume, send_numbered, History};
-use std::time::{Duration, Instant};
 
-use common::{wait_until, Mesh, MeshConfig, GUARD};
+use common::{wait_until, Mesh, MeshConfig};
 use meshmq::client::{AckMode, Client, SubscribeOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -41,15 +40,11 @@ fn wait_for_demand(mesh: &Mesh, demand: &[(&str, &str, u64)]) {
             .map(|(g, c, _)| (*g, *c, mesh.member(g).connector(c).remote_demand))
             .collect()
     };
-    let deadline = Instant::now() + GUARD;
-    while seen() != demand {
-        assert!(
-            Instant::now() < deadline,
-            "demand did not spread as expected within {GUARD:?}: want {demand:?}, have {:?}",
-            seen()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait::poll().until_or(
+        "demand spreads as expected",
+        || seen() == demand,
+        || format!("want {demand:?}, have {:?}", seen()),
+    );
 }
 
 async fn subscribe(mesh: &Mesh, group: &str, dest: &str) -> (Client, meshmq::client::Subscription) {

@@ -28,6 +28,8 @@ use meshmq::client::{AckMode, Client, ClientError, ClientOptions, Outgoing, Subs
 use meshmq::server::admin::MemberStatus;
 use tempfile::TempDir;
 
+use super::history::Ledger;
+
 use super::{free_ports, http_get_within, spawn_broker, spawn_broker_as, ChildGuard, GUARD};
 
 /// The queue every HA test loads and drains.
@@ -397,10 +399,9 @@ impl HaGroup {
 
     /// Polls `cond` every 20 ms; after [`GUARD`] fails the test with every member's log.
     pub fn wait_for(&self, what: &str, mut cond: impl FnMut() -> bool) {
-        let deadline = Instant::now() + GUARD;
-        while !cond() {
-            if Instant::now() >= deadline {
-                self.fail(&format!("gave up after {GUARD:?} waiting until {what}"));
+        let held = || {
+            if cond() {
+                return true;
             }
             if let Some(m) = self.members.iter().find(|m| m.exited()) {
                 self.fail(&format!(
@@ -408,8 +409,11 @@ impl HaGroup {
                     m.name
                 ));
             }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            false
+        };
+        super::wait::poll().until_or(what, held, || {
+            self.fail(&format!("gave up after {GUARD:?} waiting until {what}"))
+        });
     }
 
     /// Fails the test with `msg`, every member's role and the tail of every member's log.
@@ -707,7 +711,8 @@ pub async fn drain(url: &str) -> Result<BTreeMap<u64, u32>, ClientError> {
     Ok(seen)
 }
 
-/// What the history checker found.
+/// What the history checker found, in its words (see `history`): the drain reads no
+/// redelivery flags, so every duplicate of a send not in doubt counts as unflagged.
 #[derive(Debug, Default)]
 pub struct Verdict {
     /// Receipted, never delivered.
@@ -729,33 +734,34 @@ impl Verdict {
     }
 }
 
-/// The history check: compares what was delivered with what producers know.
+/// The history check: compares what was delivered (sequence number → copies) with what
+/// producers know; a `forbidden` message delivered is resurrected, not invented.
 pub fn check(
     history: &History,
     delivered: &BTreeMap<u64, u32>,
     forbidden: &BTreeSet<u64>,
 ) -> Verdict {
+    let mut ledger = Ledger::default();
+    for seq in &history.receipted {
+        ledger.accepted(*seq);
+    }
+    for seq in &history.in_doubt {
+        ledger.in_doubt(*seq);
+    }
+    for (seq, copies) in delivered {
+        for _ in 0..*copies {
+            ledger.delivered(*seq, false);
+        }
+    }
+    let judged = ledger.judge();
     Verdict {
-        lost: history
-            .receipted
-            .iter()
-            .filter(|s| !delivered.contains_key(s))
-            .copied()
+        lost: judged.lost,
+        invented: judged
+            .invented
+            .into_iter()
+            .filter(|s| !forbidden.contains(s))
             .collect(),
-        invented: delivered
-            .keys()
-            .filter(|s| {
-                !history.receipted.contains(s)
-                    && !history.in_doubt.contains(s)
-                    && !forbidden.contains(s)
-            })
-            .copied()
-            .collect(),
-        doubled: delivered
-            .iter()
-            .filter(|(s, n)| **n > 1 && !history.in_doubt.contains(s))
-            .map(|(s, _)| *s)
-            .collect(),
+        doubled: judged.unflagged_duplicates,
         resurrected: delivered
             .keys()
             .filter(|s| forbidden.contains(s))

@@ -1,8 +1,23 @@
-//! A history checker for delivery guarantees: what producers sent (and the broker accepted),
-//! what each consumer received, and a verdict — every message delivered, none invented, and a
-//! message delivered more than once only when its later copies are flagged redelivered.
+//! The one history checker of the tests, with one meaning for each word it uses:
 //!
-//! Message bodies are their ids (`<prefix>-<n>`), so a delivery names its message.
+//! - **sent**: a producer handed the message to its client;
+//! - **accepted**: the producer was told the broker has it (a receipt, or a send the client
+//!   reported no error for): it must arrive;
+//! - **in doubt**: a send that failed without an answer and went again — the broker may hold
+//!   it twice, so it may arrive twice;
+//! - **lost**: accepted and never delivered;
+//! - **invented**: delivered and never sent;
+//! - **duplicate**: a delivery of a message after its first;
+//! - **redelivered**: a delivery the broker flagged as possibly seen before. A duplicate must be
+//!   flagged redelivered unless its send was in doubt: an *unflagged duplicate* breaks the
+//!   guarantee, a flagged one is at-least-once.
+//!
+//! [`Ledger`] holds those facts for any message key (an id string, a sequence number) and
+//! judges them; [`History`] is the ledger shared by a test's producer and consumer tasks, whose
+//! message bodies are their ids (`<prefix>-<n>`), with the helpers that feed it
+//! ([`send_numbered`], [`consume`], [`produce_in_batches`], [`QueueTraffic`]). The HA and crash
+//! tests keep their own records of sends (`ha::History`, `SharedHistory`) and judge them with a
+//! [`Ledger`] too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -14,10 +29,92 @@ use meshmq::client::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::GUARD;
+/// What producers and consumers saw of each message (see the words in the module doc).
+#[derive(Debug, Clone)]
+pub struct Ledger<K: Ord> {
+    pub sent: BTreeSet<K>,
+    pub accepted: BTreeSet<K>,
+    pub in_doubt: BTreeSet<K>,
+    /// Every delivery of each message, in order: true where it was flagged redelivered.
+    pub deliveries: BTreeMap<K, Vec<bool>>,
+}
+
+impl<K: Ord> Default for Ledger<K> {
+    fn default() -> Ledger<K> {
+        Ledger {
+            sent: BTreeSet::new(),
+            accepted: BTreeSet::new(),
+            in_doubt: BTreeSet::new(),
+            deliveries: BTreeMap::new(),
+        }
+    }
+}
+
+/// The judgement of a [`Ledger`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judgement<K> {
+    pub lost: Vec<K>,
+    pub invented: Vec<K>,
+    pub unflagged_duplicates: Vec<K>,
+    /// Duplicates flagged redelivered (allowed: at least once).
+    pub flagged_duplicates: usize,
+}
+
+impl<K: Ord + Clone> Ledger<K> {
+    pub fn sent(&mut self, key: K) {
+        self.sent.insert(key);
+    }
+
+    /// Accepted (and so sent).
+    pub fn accepted(&mut self, key: K) {
+        self.sent.insert(key.clone());
+        self.accepted.insert(key);
+    }
+
+    /// Sent again after a send that failed without an answer.
+    pub fn in_doubt(&mut self, key: K) {
+        self.sent.insert(key.clone());
+        self.in_doubt.insert(key);
+    }
+
+    pub fn delivered(&mut self, key: K, redelivered: bool) {
+        self.deliveries.entry(key).or_default().push(redelivered);
+    }
+
+    pub fn judge(&self) -> Judgement<K> {
+        let lost = self
+            .accepted
+            .iter()
+            .filter(|k| !self.deliveries.contains_key(*k))
+            .cloned()
+            .collect();
+        let invented = self
+            .deliveries
+            .keys()
+            .filter(|k| !self.sent.contains(*k))
+            .cloned()
+            .collect();
+        let mut unflagged_duplicates = Vec::new();
+        let mut flagged_duplicates = 0;
+        for (key, copies) in &self.deliveries {
+            let duplicates = copies.get(1..).unwrap_or_default();
+            flagged_duplicates += duplicates.iter().filter(|r| **r).count();
+            if duplicates.iter().any(|r| !*r) && !self.in_doubt.contains(key) {
+                unflagged_duplicates.push(key.clone());
+            }
+        }
+        Judgement {
+            lost,
+            invented,
+            unflagged_duplicates,
+            flagged_duplicates,
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 struct State {
+    /// Ids sent and accepted (a send is recorded once the client took it without an error).
     sent: BTreeSet<String>,
     /// id → every delivery: (consumer label, flagged redelivered).
     received: BTreeMap<String, Vec<(String, bool)>>,
@@ -37,9 +134,9 @@ pub struct Verdict {
     pub delivered: usize,
     pub lost: Vec<String>,
     pub invented: Vec<String>,
-    /// Deliveries beyond the first that were not flagged redelivered (must be none).
+    /// Messages delivered again without the redelivery flag (must be none).
     pub unflagged_duplicates: Vec<String>,
-    /// Deliveries beyond the first that were flagged redelivered (allowed: at least once).
+    /// Duplicates flagged redelivered (allowed: at least once).
     pub flagged_duplicates: usize,
     /// Deliveries per consumer label.
     pub by_consumer: BTreeMap<String, usize>,
@@ -118,53 +215,44 @@ impl History {
 
     pub fn verdict(&self) -> Verdict {
         let st = self.state.lock().unwrap();
-        let mut v = Verdict {
-            sent: st.sent.len(),
-            ..Verdict::default()
-        };
+        let mut ledger = Ledger::default();
         for id in &st.sent {
-            if st.received.contains_key(id) {
-                v.delivered += 1;
-            } else {
-                v.lost.push(id.clone());
-            }
+            ledger.accepted(id.clone());
         }
+        let mut by_consumer: BTreeMap<String, usize> = BTreeMap::new();
         for (id, copies) in &st.received {
-            if !st.sent.contains(id) {
-                v.invented.push(id.clone());
+            for (consumer, redelivered) in copies {
+                ledger.delivered(id.clone(), *redelivered);
+                *by_consumer.entry(consumer.clone()).or_default() += 1;
             }
-            for (consumer, _) in copies {
-                *v.by_consumer.entry(consumer.clone()).or_default() += 1;
-            }
-            // The first copy may be flagged (its first forward was lost on the way); every
-            // copy after the first unflagged one must be flagged.
-            let unflagged = copies.iter().filter(|(_, r)| !*r).count();
-            if unflagged > 1 {
-                v.unflagged_duplicates.push(id.clone());
-            }
-            v.flagged_duplicates += copies.len() - 1 - (unflagged.max(1) - 1);
         }
-        v
+        let judged = ledger.judge();
+        Verdict {
+            sent: st.sent.len(),
+            delivered: st.sent.len() - judged.lost.len(),
+            lost: judged.lost,
+            invented: judged.invented,
+            unflagged_duplicates: judged.unflagged_duplicates,
+            flagged_duplicates: judged.flagged_duplicates,
+            by_consumer,
+        }
     }
 
     /// Waits (within the guard) until every sent message has arrived at least once.
     pub async fn wait_all_delivered(&self) {
-        let deadline = tokio::time::Instant::now() + GUARD;
-        loop {
-            let v = self.verdict();
-            if v.lost.is_empty() {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "gave up after {GUARD:?}: {} of {} messages never arrived (e.g. {}); per consumer {:?}",
-                v.lost.len(),
-                v.sent,
-                sample(&v.lost),
-                v.by_consumer
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let every_message = || self.verdict().lost.is_empty();
+        super::wait::poll()
+            .until_async_or("every sent message arrived", every_message, || {
+                let v = self.verdict();
+                format!(
+                    "{} of {} messages never arrived (e.g. {}); per consumer {:?}",
+                    v.lost.len(),
+                    v.sent,
+                    sample(&v.lost),
+                    v.by_consumer
+                )
+            })
+            .await;
     }
 }
 
@@ -230,6 +318,28 @@ pub fn consume(
     })
 }
 
+/// Subscribes `client` to `dest` with individual acknowledgements (default prefetch) and
+/// consumes it into `history` under `label` (see [`consume`]).
+pub async fn consume_individually(
+    client: &Client,
+    dest: &str,
+    history: &History,
+    label: &str,
+    stop: CancellationToken,
+) -> JoinHandle<Subscription> {
+    let sub = client
+        .subscribe(
+            dest,
+            SubscribeOptions {
+                ack: AckMode::ClientIndividual,
+                ..SubscribeOptions::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{label} subscribes to {dest}: {e}"));
+    consume(sub, history, label, stop)
+}
+
 /// A producer task: persistent sends of `m-<n>` to `dest` in batches of 50 (each batch's last
 /// one receipted) every 20 ms until `stop`, then one last batch — at most `max_batches` in
 /// all; any refusal or error panics the task. Returns how many it sent.
@@ -289,4 +399,133 @@ pub async fn queue_consumer(
         .expect("subscribe");
     consume(sub, history, label, stop.clone());
     client
+}
+
+/// Queue traffic for the tests that change a mesh under load (a drain, a rolling apply): queue
+/// consumers `c0`, `c1`, … (see [`queue_consumer`]) and a batch producer (see
+/// [`produce_in_batches`]), all recording into one [`History`]; [`QueueTraffic::stop`] ends it
+/// in order — the producer, then every sent message arrived, then the consumers — and judges it.
+pub struct QueueTraffic {
+    pub history: History,
+    pub consumers: Vec<Client>,
+    pub producer: Option<Client>,
+    queue: &'static str,
+    stop_consumers: CancellationToken,
+    stop_producing: CancellationToken,
+    sending: Option<JoinHandle<usize>>,
+}
+
+impl QueueTraffic {
+    pub fn new(queue: &'static str) -> QueueTraffic {
+        QueueTraffic {
+            history: History::new(),
+            consumers: Vec::new(),
+            producer: None,
+            queue,
+            stop_consumers: CancellationToken::new(),
+            stop_producing: CancellationToken::new(),
+            sending: None,
+        }
+    }
+
+    /// Adds `n` consumers through `url`, labelled on from the ones there are.
+    pub async fn consumers(&mut self, url: &str, n: usize) {
+        for _ in 0..n {
+            let label = format!("c{}", self.consumers.len());
+            let c = queue_consumer(url, self.queue, &self.history, &label, &self.stop_consumers);
+            self.consumers.push(c.await);
+        }
+    }
+
+    /// Connects the producer through `url` and starts it (at most `max_batches` batches).
+    pub async fn produce(&mut self, url: &str, max_batches: usize) {
+        let producer = Client::connect(url, ClientOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("the producer connects to {url}: {e}"));
+        self.sending = Some(produce_in_batches(
+            producer.clone(),
+            &self.history,
+            self.queue,
+            max_batches,
+            self.stop_producing.clone(),
+        ));
+        self.producer = Some(producer);
+    }
+
+    /// True once each of the first `n` consumers has had 20 messages.
+    pub fn flowing(&self, n: usize) -> bool {
+        (0..n).all(|i| self.history.count_by(&format!("c{i}")) >= 20)
+    }
+
+    /// Stops the producer (which must have seen no error), waits until every sent message has
+    /// arrived, stops the consumers, and prints the verdict under `what`.
+    pub async fn stop(&mut self, what: &str) -> Verdict {
+        self.stop_producing.cancel();
+        let sending = self.sending.take().expect("the producer was started");
+        let sent = sending.await.expect("the producer saw no error");
+        self.history.wait_all_delivered().await;
+        self.stop_consumers.cancel();
+        let verdict = self.history.verdict();
+        println!(
+            "{what}: {sent} sent, {} delivered, {} lost, {} flagged duplicates, per consumer {:?}",
+            verdict.delivered,
+            verdict.lost.len(),
+            verdict.flagged_duplicates,
+            verdict.by_consumer
+        );
+        verdict
+    }
+
+    /// Every client, labelled: `c0`, `c1`, …, then `producer`.
+    pub fn labelled(&self) -> Vec<(String, &Client)> {
+        self.consumers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("c{i}"), c))
+            .chain(self.producer.iter().map(|p| ("producer".to_string(), p)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Judgement, Ledger};
+
+    /// Each word of the module doc, on a history made to show it.
+    #[test]
+    fn the_ledger_judges_lost_invented_and_duplicates_by_the_words() {
+        let mut l = Ledger::default();
+        for seq in 1..=6 {
+            l.accepted(seq);
+        }
+        l.in_doubt(7);
+        l.sent(8);
+        // 1: once. 2: never (lost). 3: again, flagged. 4: again, unflagged. 5: first copy
+        // flagged, then an unflagged one. 7: twice unflagged, but its send was in doubt.
+        // 8: sent, not accepted, never delivered (not lost). 9: never sent (invented).
+        for (seq, redelivered) in [
+            (1, false),
+            (3, false),
+            (3, true),
+            (4, false),
+            (4, false),
+            (5, true),
+            (5, false),
+            (6, false),
+            (7, false),
+            (7, false),
+            (9, false),
+        ] {
+            l.delivered(seq, redelivered);
+        }
+        assert_eq!(
+            l.judge(),
+            Judgement {
+                lost: vec![2],
+                invented: vec![9],
+                unflagged_duplicates: vec![4, 5],
+                flagged_duplicates: 1,
+            }
+        );
+    }
 }

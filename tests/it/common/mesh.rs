@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meshmq::client::{Client, ClientOptions};
 use meshmq::server::admin::MemberStatus;
@@ -413,9 +413,11 @@ impl Mesh {
 
     /// Polls `cond` every 50 ms; fails with every member's log after [`GUARD`].
     pub fn wait_until(&self, what: &str, mut cond: impl FnMut(&Mesh) -> bool) {
-        let deadline = Instant::now() + GUARD;
-        while !cond(self) {
-            if Instant::now() >= deadline {
+        let every = Duration::from_millis(50);
+        super::wait::poll().every(every).until_or(
+            what,
+            || cond(self),
+            || {
                 let logs: Vec<String> = self
                     .members
                     .iter()
@@ -426,13 +428,9 @@ impl Mesh {
                         format!("--- {} ---\n{}", m.name, tail.join("\n"))
                     })
                     .collect();
-                panic!(
-                    "gave up after {GUARD:?} waiting until {what}\n{}",
-                    logs.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+                logs.join("\n")
+            },
+        );
     }
 
     /// Waits until every running master sees `n` groups in its cluster view.

@@ -16,7 +16,6 @@
 // Each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
-pub mod client_proxy;
 pub mod ha;
 pub mod history;
 pub mod iptables;
@@ -24,7 +23,7 @@ pub mod mesh;
 pub mod pair;
 pub mod prometheus;
 pub mod proxy;
-pub mod stall_proxy;
+pub mod wait;
 pub mod ws_mesh;
 pub mod zk;
 
@@ -339,16 +338,9 @@ impl ChildGuard {
 
     /// Waits for the process to exit; `None` when it is still running after `timeout`.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.try_wait() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait::poll()
+            .within(timeout)
+            .settle(|| self.try_wait(), Option::is_some)
     }
 }
 
@@ -537,28 +529,31 @@ impl Broker {
 
     /// Waits until `/readyz` answers 200 (within the guard).
     fn wait_ready(&mut self) -> Result<(), StartError> {
-        let deadline = Instant::now() + GUARD;
-        loop {
-            if let Some(status) = self.proc.try_wait() {
-                let log = format!("{} exited with {status}:\n{}", self.member, self.log());
-                return Err(if log.contains("Address already in use") {
-                    StartError::PortTaken(log)
-                } else {
-                    StartError::Other(log)
-                });
-            }
-            if matches!(http_get(self.admin(), "/readyz"), Ok((200, _))) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(StartError::Other(format!(
-                    "{} not ready within {GUARD:?}:\n{}",
-                    self.member,
-                    self.log()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let admin = self.admin();
+        let (exited, ready) = wait::poll().settle(
+            || {
+                let exited = self.proc.try_wait();
+                let ready = exited.is_none() && matches!(http_get(admin, "/readyz"), Ok((200, _)));
+                (exited, ready)
+            },
+            |(exited, ready)| exited.is_some() || *ready,
+        );
+        if let Some(status) = exited {
+            let log = format!("{} exited with {status}:\n{}", self.member, self.log());
+            return Err(if log.contains("Address already in use") {
+                StartError::PortTaken(log)
+            } else {
+                StartError::Other(log)
+            });
         }
+        if ready {
+            return Ok(());
+        }
+        Err(StartError::Other(format!(
+            "{} not ready within {GUARD:?}:\n{}",
+            self.member,
+            self.log()
+        )))
     }
 
     /// Starts the broker again (after it exited) on the same topology, ports and data
@@ -936,7 +931,7 @@ impl Mesh {
                     quic: g.quic.then(|| free_udp_port_on(ip)),
                     proxy: g
                         .proxy
-                        .map(|mode| Proxy::start(SocketAddr::from((ip, listen)), mode)),
+                        .map(|mode| Proxy::start_in(SocketAddr::from((ip, listen)), mode)),
                 }
             })
             .collect();
@@ -1168,16 +1163,10 @@ pub fn destination_at(admin: SocketAddr, name: &str) -> DestinationStats {
         .unwrap_or_default()
 }
 
-/// Polls `cond` every 20 ms until it holds; fails the test after [`GUARD`].
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + GUARD;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "gave up after {GUARD:?} waiting until {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Polls `cond` every 20 ms until it holds; fails the test after [`GUARD`] (see [`wait`] for
+/// other paces, bounds and async tests).
+pub fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait::poll().until(what, cond);
 }
 
 /// A minimal HTTP/1.1 GET: the status code and the body.
@@ -1577,33 +1566,39 @@ impl History {
         self.deliveries.contains_key(name)
     }
 
+    /// This history in the one checker's words: receipted = accepted, a redelivery count
+    /// above 0 = flagged redelivered.
+    pub fn ledger(&self) -> history::Ledger<String> {
+        let mut ledger = history::Ledger::default();
+        for name in &self.sent {
+            ledger.sent(name.clone());
+        }
+        for name in &self.receipted {
+            ledger.accepted(name.clone());
+        }
+        for (name, counts) in &self.deliveries {
+            for count in counts {
+                ledger.delivered(name.clone(), *count > 0);
+            }
+        }
+        ledger
+    }
+
     /// Receipted messages not delivered (yet).
-    pub fn lost(&self) -> Vec<&String> {
-        let mut lost: Vec<&String> = self
-            .receipted
-            .iter()
-            .filter(|m| !self.deliveries.contains_key(*m))
-            .collect();
-        lost.sort();
-        lost
+    pub fn lost(&self) -> Vec<String> {
+        self.ledger().judge().lost
     }
 
     /// Fails the test unless every receipted message was delivered, every delivered message
     /// was sent, and every repeated delivery was flagged as a redelivery.
     pub fn check(&self) {
-        let lost = self.lost();
-        let mut invented: Vec<&String> = self
-            .deliveries
-            .keys()
-            .filter(|m| !self.sent.contains(*m))
-            .collect();
-        invented.sort();
-        let mut unflagged: Vec<(&String, &Vec<u32>)> = self
-            .deliveries
+        let judged = self.ledger().judge();
+        let (lost, invented) = (&judged.lost, &judged.invented);
+        let unflagged: Vec<(&String, &Vec<u32>)> = judged
+            .unflagged_duplicates
             .iter()
-            .filter(|(_, counts)| counts.iter().skip(1).any(|c| *c == 0))
+            .map(|m| (m, &self.deliveries[m]))
             .collect();
-        unflagged.sort();
         assert!(
             lost.is_empty() && invented.is_empty() && unflagged.is_empty(),
             "history: {} sent, {} receipted, {} delivered ({} deliveries)\n{} lost: {:?}\n{} invented: {:?}\n{} delivered again unflagged (redelivery counts): {:?}",

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use meshmq::server::admin::MemberStatus;
 
@@ -112,19 +111,12 @@ url = "{scheme}://127.0.0.1:{}"
 }
 
 /// Waits (within the guard) until `cond` holds; on giving up, fails with every member's log.
-pub fn wait_for(what: &str, members: &[Member], mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + GUARD;
-    while !cond() {
-        if Instant::now() >= deadline {
-            let logs: Vec<String> = members
-                .iter()
-                .map(|m| format!("--- {} ---\n{}", m.name, m.log()))
-                .collect();
-            panic!(
-                "gave up after {GUARD:?} waiting until {what}\n{}",
-                logs.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+pub fn wait_for(what: &str, members: &[Member], cond: impl FnMut() -> bool) {
+    super::wait::poll().until_or(what, cond, || {
+        let logs: Vec<String> = members
+            .iter()
+            .map(|m| format!("--- {} ---\n{}", m.name, m.log()))
+            .collect();
+        logs.join("\n")
+    });
 }

@@ -7,11 +7,11 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{free_ports, http_get, ChildGuard, GUARD};
+use super::{free_ports, http_get, ChildGuard};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 
@@ -52,15 +52,13 @@ impl Prometheus {
             dir,
             _proc: ChildGuard::new(child),
         };
-        let deadline = Instant::now() + GUARD;
-        while !matches!(http_get(addr, "/-/ready"), Ok((200, _))) {
-            assert!(
-                Instant::now() < deadline,
-                "Prometheus was not ready within {GUARD:?}:\n{}",
-                prometheus.log()
+        super::wait::poll()
+            .every(Duration::from_millis(100))
+            .until_or(
+                "Prometheus is ready",
+                || matches!(http_get(addr, "/-/ready"), Ok((200, _))),
+                || prometheus.log(),
             );
-            std::thread::sleep(Duration::from_millis(100));
-        }
         prometheus
     }
 

@@ -1,25 +1,26 @@
-//! A TCP proxy the test controls, put between two groups of a mesh to make their link fail
-//! for real: cut it, silence it, lose what flows back, or accept connections and never answer.
+//! The one TCP fault proxy of the tests: put between two peers (a group and the group it
+//! dials, failover clients and a broker, members and ZooKeeper) to make their link fail for
+//! real. It listens on `127.0.0.1:<port>` and forwards every connection it accepts to one
+//! target address; each accepted connection gets its own connection to the target and one
+//! forwarding thread per direction. Faults apply at once to every open connection and to those
+//! accepted later:
 //!
-//! The proxy listens on `127.0.0.1:<port>` and forwards every connection it accepts to one
-//! target address (a member's real listener). Each accepted connection gets its own connection
-//! to the target and two forwarding threads (one per direction). Commands apply at once to
-//! every open connection and to those accepted later:
-//!
-//! - [`Proxy::cut`] closes both sides of every open connection (the peers see the stream end);
-//!   it also ends a blackhole, so the connections that follow forward both ways again.
-//! - [`Proxy::pause`] / [`Proxy::resume`]: stop moving bytes while keeping every socket open —
-//!   a silent link, as a dead router or a frozen peer makes one. Bytes wait in the kernel.
-//! - [`Proxy::blackhole_to_source`]: keep forwarding towards the target and keep reading what
-//!   it sends back, but throw that away (the target's acknowledgements and heartbeats are lost
-//!   while it still receives and stores what the source sends).
-//! - [`Proxy::accept_and_hang`]: later connections are accepted and never forwarded — no bytes
-//!   either way, sockets left open — a peer that accepts TCP and never completes a handshake.
+//! - [`Proxy::cut`] closes both sides of every open connection (the peers see the stream end).
+//! - [`Proxy::pause`] / [`Proxy::resume`] / [`Proxy::stall_for`]: move no byte either way while
+//!   keeping every socket open (and accepting new ones) — a silent link, as a dead router, an
+//!   overloaded network or a long GC pause makes one. What was held back flows on in order at
+//!   `resume`; nothing is lost, reordered or closed early.
+//! - [`Proxy::mute_replies`] / [`Proxy::mute_requests`]: read what one side sends and throw it
+//!   away (a target's acknowledgements or receipts lost while it still receives what the
+//!   source sends, or the other way round). Muting outlasts a `cut`.
+//! - [`ProxyMode::Hang`] ([`Proxy::accept_and_hang`]): later connections are accepted and never
+//!   forwarded — a peer that accepts TCP and never completes a handshake. [`ProxyMode::Refuse`]
+//!   ([`Proxy::refuse_new`]): later connections are closed at once — a peer out of reach.
 //!   [`Proxy::forward`] goes back to forwarding (and closes the hung connections).
 //!
-//! Everything is blocking std I/O on plain threads, so tests on any runtime can drive it. The
-//! forwarding threads poll their commands between reads (a short read timeout), never while a
-//! command is being applied.
+//! Everything is blocking std I/O on plain threads, so tests on any runtime can drive it; the
+//! forwarding threads look at the faults between reads (a short read timeout). Dropping the
+//! proxy closes its listener and every connection.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -28,14 +29,18 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-/// How often a forwarding thread looks at the commands while its socket is quiet.
+/// How often a forwarding thread looks at the faults while its socket is quiet.
 const POLL: Duration = Duration::from_millis(20);
 
 /// What the proxy does with a newly accepted connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyMode {
+    /// Forward it to the target.
     Forward,
+    /// Keep it open and forward nothing.
     Hang,
+    /// Close it at once.
+    Refuse,
 }
 
 /// One accepted connection: its two sockets (the target's is absent while hanging).
@@ -59,7 +64,8 @@ struct Shared {
     target: SocketAddr,
     mode: Mutex<ProxyMode>,
     paused: AtomicBool,
-    blackhole: AtomicBool,
+    mute_replies: AtomicBool,
+    mute_requests: AtomicBool,
     links: Mutex<Vec<Link>>,
     accepted: AtomicUsize,
     stopped: AtomicBool,
@@ -72,15 +78,21 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Listens on a fresh `127.0.0.1` port and forwards (or hangs, per `mode`) to `target`.
-    pub fn start(target: SocketAddr, mode: ProxyMode) -> Proxy {
+    /// Listens on a fresh `127.0.0.1` port and forwards to `target`.
+    pub fn start(target: SocketAddr) -> Proxy {
+        Proxy::start_in(target, ProxyMode::Forward)
+    }
+
+    /// Listens on a fresh `127.0.0.1` port and treats new connections per `mode`.
+    pub fn start_in(target: SocketAddr, mode: ProxyMode) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let addr = listener.local_addr().expect("proxy address");
         let shared = Arc::new(Shared {
             target,
             mode: Mutex::new(mode),
             paused: AtomicBool::new(false),
-            blackhole: AtomicBool::new(false),
+            mute_replies: AtomicBool::new(false),
+            mute_requests: AtomicBool::new(false),
             links: Mutex::new(Vec::new()),
             accepted: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
@@ -90,9 +102,14 @@ impl Proxy {
         Proxy { addr, shared }
     }
 
-    /// Where the proxy listens (what the dialling group is told to dial).
+    /// Where the proxy listens (what the dialling side is told to dial).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The proxy as a native client URL.
+    pub fn url(&self) -> String {
+        format!("tcp://{}", self.addr)
     }
 
     /// Connections accepted so far (each dial attempt through the proxy is one).
@@ -107,9 +124,8 @@ impl Proxy {
         links.len()
     }
 
-    /// Closes both sides of every open connection; ends a blackhole.
+    /// Closes both sides of every open connection.
     pub fn cut(&self) {
-        self.shared.blackhole.store(false, Ordering::SeqCst);
         for link in self.shared.links.lock().unwrap().drain(..) {
             link.close();
         }
@@ -120,18 +136,40 @@ impl Proxy {
         self.shared.paused.store(true, Ordering::SeqCst);
     }
 
+    /// Moves bytes again, starting with what was held back.
     pub fn resume(&self) {
         self.shared.paused.store(false, Ordering::SeqCst);
     }
 
-    /// Reads what the target sends back and discards it (until `cut`).
-    pub fn blackhole_to_source(&self) {
-        self.shared.blackhole.store(true, Ordering::SeqCst);
+    /// Forwards nothing for `d`, then resumes.
+    pub fn stall_for(&self, d: Duration) {
+        self.pause();
+        thread::sleep(d);
+        self.resume();
+    }
+
+    /// While on, what the target sends back is read and dropped.
+    pub fn mute_replies(&self, on: bool) {
+        self.shared.mute_replies.store(on, Ordering::SeqCst);
+    }
+
+    /// While on, what the source sends is read and dropped.
+    pub fn mute_requests(&self, on: bool) {
+        self.shared.mute_requests.store(on, Ordering::SeqCst);
     }
 
     /// Later connections are accepted and never forwarded.
     pub fn accept_and_hang(&self) {
         *self.shared.mode.lock().unwrap() = ProxyMode::Hang;
+    }
+
+    /// While on, later connections are closed as soon as they are accepted.
+    pub fn refuse_new(&self, on: bool) {
+        *self.shared.mode.lock().unwrap() = if on {
+            ProxyMode::Refuse
+        } else {
+            ProxyMode::Forward
+        };
     }
 
     /// Later connections are forwarded; hung ones are closed.
@@ -151,6 +189,7 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.shared.stopped.store(true, Ordering::SeqCst);
+        self.shared.paused.store(false, Ordering::SeqCst);
         self.cut();
         // Wake the accept loop so it sees the stop.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
@@ -166,14 +205,23 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         // Counted once the connection is registered, so a `cut` that follows a count sees it.
         let counted = || shared.accepted.fetch_add(1, Ordering::SeqCst);
         let closed = Arc::new(AtomicBool::new(false));
-        if *shared.mode.lock().unwrap() == ProxyMode::Hang {
-            shared.links.lock().unwrap().push(Link {
-                source,
-                target: None,
-                closed,
-            });
-            counted();
-            continue;
+        let mode = *shared.mode.lock().unwrap();
+        match mode {
+            ProxyMode::Refuse => {
+                let _ = source.shutdown(Shutdown::Both);
+                counted();
+                continue;
+            }
+            ProxyMode::Hang => {
+                shared.links.lock().unwrap().push(Link {
+                    source,
+                    target: None,
+                    closed,
+                });
+                counted();
+                continue;
+            }
+            ProxyMode::Forward => {}
         }
         let Ok(target) = TcpStream::connect_timeout(&shared.target, Duration::from_secs(5)) else {
             // The target is down: the source sees its connection end, as with no proxy.
@@ -204,19 +252,29 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// Moves bytes `from` → `to` until either side ends or the link is cut; `back` is the
-/// target-to-source direction (the one a blackhole swallows).
+/// target-to-source direction (the replies). A chunk read while paused is held until the
+/// pause ends, so nothing moves while paused and nothing is lost by it.
 fn pump(mut from: TcpStream, mut to: TcpStream, back: bool, shared: &Shared, closed: &AtomicBool) {
     let _ = from.set_read_timeout(Some(POLL));
     let mut buf = vec![0u8; 64 * 1024];
+    let muted = if back {
+        &shared.mute_replies
+    } else {
+        &shared.mute_requests
+    };
     while !closed.load(Ordering::SeqCst) {
         if shared.paused.load(Ordering::SeqCst) {
             thread::sleep(POLL);
             continue;
         }
-        match from.read(&mut buf) {
+        let read = from.read(&mut buf);
+        while shared.paused.load(Ordering::SeqCst) && !closed.load(Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(2));
+        }
+        match read {
             Ok(0) => break,
             Ok(n) => {
-                if back && shared.blackhole.load(Ordering::SeqCst) {
+                if muted.load(Ordering::SeqCst) {
                     continue;
                 }
                 if to.write_all(&buf[..n]).is_err() {
@@ -236,4 +294,80 @@ fn pump(mut from: TcpStream, mut to: TcpStream, back: bool, shared: &Shared, clo
     closed.store(true, Ordering::SeqCst);
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Proxy;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    /// An echo server on a fresh port: each connection gets back what it sends.
+    fn echo() -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
+        let addr = listener.local_addr().expect("echo address");
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut s = s;
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn read_some(s: &mut TcpStream, within: Duration) -> Vec<u8> {
+        s.set_read_timeout(Some(within)).expect("timeout");
+        let mut buf = [0u8; 1024];
+        match s.read(&mut buf) {
+            Ok(n) => buf[..n].to_vec(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The faults do what they say: bytes flow, a pause holds them (and lets them through
+    /// in order at resume), muted replies are dropped, a cut ends the stream.
+    #[test]
+    fn pause_holds_mute_drops_and_cut_ends() {
+        let proxy = Proxy::start(echo());
+        let mut s = TcpStream::connect(proxy.addr()).expect("connect through the proxy");
+        s.write_all(b"one").expect("write");
+        assert_eq!(read_some(&mut s, Duration::from_secs(5)), b"one");
+        assert_eq!(proxy.accepted(), 1);
+
+        proxy.pause();
+        s.write_all(b"two").expect("write");
+        assert!(
+            read_some(&mut s, Duration::from_millis(300)).is_empty(),
+            "paused"
+        );
+        proxy.resume();
+        assert_eq!(read_some(&mut s, Duration::from_secs(5)), b"two");
+
+        proxy.mute_replies(true);
+        s.write_all(b"three").expect("write");
+        assert!(
+            read_some(&mut s, Duration::from_millis(300)).is_empty(),
+            "muted"
+        );
+        proxy.mute_replies(false);
+        s.write_all(b"four").expect("write");
+        assert_eq!(read_some(&mut s, Duration::from_secs(5)), b"four");
+
+        proxy.cut();
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = [0u8; 16];
+        assert!(
+            matches!(s.read(&mut buf), Ok(0) | Err(_)),
+            "the stream ends at a cut"
+        );
+    }
 }

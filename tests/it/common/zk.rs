@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -220,8 +220,8 @@ impl ZooKeeper {
     /// Waits (within the guard) until every running server serves: a standalone server, or a
     /// leader and a follower for each other running server.
     pub fn wait_serving(&self) {
-        let deadline = Instant::now() + GUARD;
-        loop {
+        let last = std::cell::RefCell::new(Vec::new());
+        let serving = || {
             let running: Vec<usize> = (0..self.servers.len())
                 .filter(|&i| self.is_running(i))
                 .collect();
@@ -232,17 +232,14 @@ impl ZooKeeper {
                 modes.iter().filter(|m| **m == Some(Mode::Leader)).count() == 1
                     && modes.iter().all(|m| m.is_some())
             };
-            if serving {
-                return;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "zookeeper did not serve within {GUARD:?} (modes {modes:?})\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            *last.borrow_mut() = modes;
+            serving
+        };
+        super::wait::poll()
+            .every(Duration::from_millis(50))
+            .until_or("zookeeper serves", serving, || {
+                format!("(modes {:?})\n{}", last.borrow(), self.logs())
+            });
     }
 
     /// Every server's log, for failure messages.

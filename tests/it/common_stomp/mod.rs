@@ -13,13 +13,15 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use meshmq::stomp::{Command as Cmd, Decoded, Decoder, Frame, Limits, Version};
+
+use crate::common::{spawn_broker, wait, ChildGuard};
 
 /// How long any single wait may take before the test fails as hung.
 pub const GUARD: Duration = Duration::from_secs(30);
@@ -149,27 +151,13 @@ impl Topology {
 }
 
 /// Starts `meshmq broker` on topology `file`, its output appended to `log_path`.
-fn launch(file: &Path, log_path: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path)
-        .expect("open the broker log");
-    Command::new(env!("CARGO_BIN_EXE_meshmq"))
-        .args(["broker", "--topology"])
-        .arg(file)
-        .args(["--member", MEMBER])
-        .env("MESHMQ_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("clone the log handle"))
-        .stderr(log)
-        .spawn()
-        .expect("start meshmq broker")
+fn launch(file: &Path, log_path: &Path) -> ChildGuard {
+    spawn_broker(file, MEMBER, log_path, &[("MESHMQ_LOG", "info")])
 }
 
 /// A running broker process; killed and reaped on drop (its log is printed if the test failed).
 pub struct Broker {
-    child: Child,
+    child: ChildGuard,
     pub admin: SocketAddr,
     topology: Topology,
     log_path: PathBuf,
@@ -177,24 +165,23 @@ pub struct Broker {
 
 impl Broker {
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + GUARD;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll the broker") {
+        let admin = self.admin;
+        let ready = || {
+            if let Some(status) = self.child.try_wait() {
                 panic!(
                     "the broker exited ({status}) before it was ready:\n{}",
-                    self.log()
+                    std::fs::read_to_string(&self.log_path).unwrap_or_default()
                 );
             }
-            if http_get(self.admin, "/readyz").is_some_and(|(code, _)| code == 200) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the broker was not ready within {GUARD:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
+            http_get(admin, "/readyz").is_some_and(|(code, _)| code == 200)
+        };
+        let log = self.log_path.clone();
+        wait::poll()
+            .every(Duration::from_millis(25))
+            .within(GUARD)
+            .until_or("the broker is ready", ready, || {
+                std::fs::read_to_string(&log).unwrap_or_default()
+            });
     }
 
     pub fn dir(&self) -> &Path {
@@ -204,15 +191,17 @@ impl Broker {
     /// `kill -9`s the broker, then starts it again on the same topology and data (its log
     /// goes on in the same file) and waits until it is ready.
     pub fn kill9_and_restart(&mut self) {
-        self.child.kill().expect("SIGKILL the broker");
-        self.child.wait().expect("reap the broker");
+        self.child.signal(libc::SIGKILL);
+        self.child
+            .wait_timeout(GUARD)
+            .expect("SIGKILL ends the broker");
         self.child = launch(&self.topology.file(), &self.log_path);
         self.wait_ready();
     }
 
     /// The broker process's id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.child.id()
     }
 
     fn listener(&self, name: &str) -> &ListenerDef {
@@ -257,8 +246,7 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // The guard kills and reaps the process.
         if std::thread::panicking() {
             eprintln!("----- broker log -----\n{}\n----- end -----", self.log());
         }
@@ -344,7 +332,7 @@ pub fn python_in(folder: &str, script: &str, args: &[String]) -> serde_json::Val
         .join("tests")
         .join(folder)
         .join(script);
-    let mut child = Command::new("python3")
+    let child = Command::new("python3")
         .arg(&path)
         .args(args)
         .stdin(Stdio::null())
@@ -355,18 +343,10 @@ pub fn python_in(folder: &str, script: &str, args: &[String]) -> serde_json::Val
             "python3 is needed for the stomp.py and paho-mqtt tests (make test-deps installs them)",
         );
     let limit = Duration::from_secs(120);
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("poll python3") {
-            break Some(s);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // Killed and reaped when dropped while still running.
+    let mut child = ChildGuard::new(child);
+    let status = child.wait_timeout(limit);
+    drop(child);
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     match status {
@@ -618,15 +598,17 @@ impl GoodClient {
     pub fn progress(&self) {
         use std::sync::atomic::Ordering;
         let from = self.done.load(Ordering::Relaxed);
-        let deadline = Instant::now() + GUARD;
-        while self.done.load(Ordering::Relaxed) < from + 3 {
+        let moved_on = || {
             assert!(
                 !self.thread.as_ref().is_some_and(|t| t.is_finished()),
                 "the good client's connection failed"
             );
-            assert!(Instant::now() < deadline, "the good client stalled");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+            self.done.load(Ordering::Relaxed) >= from + 3
+        };
+        wait::poll()
+            .every(Duration::from_millis(5))
+            .within(GUARD)
+            .until("the good client completes a few round trips", moved_on);
     }
 
     /// Stops it; fails the test if its connection failed at any point.
