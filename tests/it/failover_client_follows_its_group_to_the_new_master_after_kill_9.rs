@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::history::{Judgement, Ledger};
 use common::mesh::MeshBuilder;
 use common::GUARD;
 use meshmq::client::{AckMode, Client, ClientEvent, ClientOptions, Outgoing, SubscribeOptions};
@@ -83,14 +84,11 @@ async fn the_client_reconnects_to_the_new_master_and_loses_nothing_receipted() {
         })
     };
     let mut received: BTreeMap<u64, u32> = BTreeMap::new();
-    let mut unflagged_duplicates = Vec::new();
+    let mut ledger = Ledger::default();
     let mut take = |d: &meshmq::client::Delivery, received: &mut BTreeMap<u64, u32>| {
         let n: u64 = std::str::from_utf8(&d.body).unwrap().parse().unwrap();
-        let seen = received.entry(n).or_insert(0);
-        *seen += 1;
-        if *seen > 1 && !d.redelivered() {
-            unflagged_duplicates.push(n);
-        }
+        *received.entry(n).or_insert(0) += 1;
+        ledger.delivered(n, d.redelivered());
     };
     // Some traffic before the kill.
     while received.len() < 100 {
@@ -157,17 +155,18 @@ async fn the_client_reconnects_to_the_new_master_and_loses_nothing_receipted() {
     }
 
     let receipted = receipted.lock().clone();
-    let lost: Vec<u64> = receipted
-        .iter()
-        .filter(|n| !received.contains_key(n))
-        .copied()
-        .collect();
+    // Sent: every number up to the one after the last receipted (the producer numbers its
+    // sends 1, 2, …; only receipts are recorded).
     let max_sent = receipted.last().copied().unwrap_or(0) + 1;
-    let invented: Vec<u64> = received
-        .keys()
-        .filter(|n| **n > max_sent)
-        .copied()
-        .collect();
+    for n in 1..=max_sent {
+        ledger.sent(n);
+    }
+    for n in &receipted {
+        ledger.accepted(*n);
+    }
+    let judged = ledger.judge();
+    let unflagged_duplicates = judged.unflagged_after_the_first();
+    let Judgement { lost, invented, .. } = judged;
     assert!(lost.is_empty(), "receipted but never delivered: {lost:?}");
     assert!(
         invented.is_empty(),

@@ -115,14 +115,13 @@ fn mosquitto_sub(
         .stderr(std::fs::File::create(&err).expect("err"))
         .spawn()
         .expect("mosquitto_sub (Debian's mosquitto-clients; make test-deps installs it)");
-    let deadline = Instant::now() + GUARD;
-    while !std::fs::read_to_string(&out)
-        .unwrap_or_default()
-        .contains("SUBACK")
-    {
-        assert!(Instant::now() < deadline, "mosquitto_sub got no SUBACK");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::common::wait::poll()
+        .within(GUARD)
+        .until("mosquitto_sub gets its SUBACK", || {
+            std::fs::read_to_string(&out)
+                .unwrap_or_default()
+                .contains("SUBACK")
+        });
     (child, out, dir)
 }
 
@@ -140,19 +139,12 @@ fn mosquitto_pub(port: u16, version: &str, topic: &str, message: &str, qos: &str
 }
 
 /// Waits for `child` to exit by itself; kills it and fails when it hangs.
-fn wait_exit(mut child: Child, what: &str) {
-    let deadline = Instant::now() + GUARD;
-    loop {
-        if let Some(status) = child.try_wait().expect("poll") {
-            assert!(status.success(), "{what} failed: {status}");
-            return;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+fn wait_exit(child: Child, what: &str) {
+    // Killed and reaped when dropped unfinished.
+    let mut child = crate::common::ChildGuard::new(child);
+    match child.wait_timeout(GUARD) {
+        Some(status) => assert!(status.success(), "{what} failed: {status}"),
+        None => panic!("{what} did not finish"),
     }
 }
 

@@ -1594,8 +1594,8 @@ impl History {
     pub fn check(&self) {
         let judged = self.ledger().judge();
         let (lost, invented) = (&judged.lost, &judged.invented);
-        let unflagged: Vec<(&String, &Vec<u32>)> = judged
-            .unflagged_duplicates
+        let unflagged_after_the_first = judged.unflagged_after_the_first();
+        let unflagged: Vec<(&String, &Vec<u32>)> = unflagged_after_the_first
             .iter()
             .map(|m| (m, &self.deliveries[m]))
             .collect();

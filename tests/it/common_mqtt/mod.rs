@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::num::NonZeroU16;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -431,12 +431,11 @@ pub fn remote_demand(admin: SocketAddr) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + GUARD;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+pub fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    crate::common::wait::poll()
+        .every(Duration::from_millis(25))
+        .within(GUARD)
+        .until(what, done);
 }
 
 impl TwoGroups {
