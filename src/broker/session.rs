@@ -196,7 +196,9 @@ impl Session {
             return Ok(false);
         }
         msg.origin = self.id;
-        msg.received_ms = now_ms();
+        if msg.received_ms == 0 {
+            msg.received_ms = now_ms();
+        }
         msg.destination = Some(target.destination().clone());
         msg.charge = self
             .broker
