@@ -146,6 +146,9 @@ impl<K: Ord + Clone> Ledger<K> {
 struct State {
     /// Ids sent and accepted (a send is recorded once the client took it without an error).
     sent: BTreeSet<String>,
+    /// Sends whose outcome the producer never learned (no receipt, no refusal): they may
+    /// arrive or not, so they are neither lost nor invented.
+    in_doubt: BTreeSet<String>,
     /// id → every delivery: (consumer label, flagged redelivered).
     received: BTreeMap<String, Vec<(String, bool)>>,
 }
@@ -216,6 +219,11 @@ impl History {
         self.state.lock().unwrap().sent.insert(id.to_string());
     }
 
+    /// A send whose receipt never came: it may arrive or not.
+    pub fn in_doubt(&self, id: &str) {
+        self.state.lock().unwrap().in_doubt.insert(id.to_string());
+    }
+
     pub fn received(&self, consumer: &str, id: &str, redelivered: bool) {
         self.state
             .lock()
@@ -248,6 +256,11 @@ impl History {
         let mut ledger = Ledger::default();
         for id in &st.sent {
             ledger.accepted(id.clone());
+        }
+        // Sent with no receipt and no refusal: neither lost nor invented; a second unflagged
+        // copy of one is still an unflagged duplicate (its producer did not send it twice).
+        for id in &st.in_doubt {
+            ledger.sent(id.clone());
         }
         let mut by_consumer: BTreeMap<String, usize> = BTreeMap::new();
         for (id, copies) in &st.received {
