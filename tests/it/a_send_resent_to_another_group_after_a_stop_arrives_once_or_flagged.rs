@@ -17,9 +17,9 @@ use crate::common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::client_proxy::Proxy;
 use common::history::{History, Verdict};
 use common::mesh::{Mesh, MeshBuilder};
+use common::proxy::Proxy;
 use meshmq::client::{AckMode, Client, ClientOptions, Outgoing, SubscribeOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
