@@ -27,6 +27,7 @@ mod claims;
 mod demand;
 mod durability;
 mod error;
+mod feed;
 mod forwards;
 mod inflight;
 mod memory;
@@ -225,6 +226,8 @@ struct Inner {
     demand_events: tokio::sync::broadcast::Sender<DemandEvent>,
     next_demand: AtomicU64,
     recent_forwards: Mutex<RecentIds>,
+    /// Queues fed from topics (`feed.rs`).
+    feeds: feed::Feeds,
     persistence: Option<persist::Persistence>,
     pager: Option<Arc<dyn queue::Pager>>,
 }
@@ -287,6 +290,7 @@ impl Broker {
                 demand_events: tokio::sync::broadcast::channel(DEMAND_EVENTS).0,
                 next_demand: AtomicU64::new(1),
                 recent_forwards: Mutex::new(RecentIds::new(RECENT_FORWARD_CHUNKS)),
+                feeds: feed::Feeds::default(),
                 persistence: store.map(persist::Persistence::new),
                 pager,
                 settings: RwLock::new(settings),
