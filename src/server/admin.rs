@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::DestinationStats;
 use crate::metrics as m;
 
-use super::{MemberState, Role};
+use super::member::{MemberState, Role};
 
 /// `/status`: one member's view of itself.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -22,7 +22,7 @@ use crate::config::Secret;
 use crate::metrics as m;
 
 use super::live::{self, ApplyError, RunningTopology};
-use super::MemberState;
+use super::member::MemberState;
 
 /// The body of `PUT /topology`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

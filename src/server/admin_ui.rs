@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::admin::{member_status, MemberStatus};
 use super::drain::{self, Refused};
-use super::MemberState;
+use super::member::MemberState;
 
 /// How long the mesh view waits for one member's `/status`.
 const PEER_TIMEOUT: Duration = Duration::from_millis(1500);

@@ -28,7 +28,9 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::{admin_ui::MeshMemberRef, MemberState, ServerOptions};
+use super::admin_ui::MeshMemberRef;
+use super::member::MemberState;
+use super::options::ServerOptions;
 
 /// `/status` while a drain runs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::member::{MemberState, Role};
+use super::options::ServerOptions;
 use super::term::Term;
-use super::{MemberState, Role, ServerOptions};
 use crate::metrics as m;
 
 /// An exclusive lock on a file, held while this value lives.

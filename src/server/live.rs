@@ -21,7 +21,7 @@ use crate::config::{self, diff, Topology};
 use crate::network::NetworkOptions;
 use crate::security::LiveSecurity;
 
-use super::MemberState;
+use super::member::MemberState;
 
 /// What `GET /topology` answers: the file this member runs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -72,7 +72,10 @@ struct Current {
 impl Current {
     fn new(topology: Arc<Topology>, member: &str, network: Option<NetworkOptions>) -> Current {
         let (broker, max_connections) = match topology.member(member) {
-            Some((group, m)) => (super::broker_settings(&topology, group), listener_limits(m)),
+            Some((group, m)) => (
+                super::options::broker_settings(&topology, group),
+                listener_limits(m),
+            ),
             None => (BrokerSettings::default(), Vec::new()),
         };
         Current {

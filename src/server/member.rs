@@ -16,11 +16,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics as m;
 
+use super::options::{ElectionOptions, Identity, ServerError, ServerOptions};
 use super::term::Term;
-use super::{
-    admin, drain, election, live, replicated, term, ElectionOptions, Identity, ServerError,
-    ServerOptions,
-};
+use super::{admin, drain, election, live, replicated, term};
 
 /// A member's role in its group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,9 +19,8 @@ use crate::transport::{IoEvent, Permit, Pump, Stream};
 use crate::wire::proto::{self, ErrorCode};
 use crate::wire::{self, Body, DecodeError, Frame, MessageRef};
 
-use super::conn::{error_code, Codec, Connection, Inbound};
+use super::conn::{error_code, handshake_frame_limit, Codec, ConnCtx, Connection, Inbound};
 use super::request::{Refusal, Request, SendRequest, TxName};
-use super::ConnCtx;
 
 /// A native client is dropped after this many of its heartbeat intervals of silence.
 const HEARTBEAT_GRACE: u32 = 3;
@@ -145,7 +144,7 @@ async fn handshake(
 ) -> std::io::Result<Option<Hello>> {
     let deadline = TokioInstant::now() + ctx.settings.connect_timeout;
     let connect = loop {
-        match wire::decode(&mut pump.rbuf, super::handshake_frame_limit(ctx)) {
+        match wire::decode(&mut pump.rbuf, handshake_frame_limit(ctx)) {
             Ok(wire::Decoded::Frame(Frame {
                 body: Some(Body::Connect(c)),
             })) => break c,

@@ -23,8 +23,9 @@ use crate::ha::zk::GroupSession;
 use crate::metrics as m;
 use crate::store::{self as store, Durability, EpochHistory, Store, StoreConfig, StoreError};
 
+use super::member::{MemberState, Role};
+use super::options::{ServerError, ServerOptions, ZooKeeperElection};
 use super::term::{close_store, open_broker, Term};
-use super::{MemberState, Role, ServerError, ServerOptions, ZooKeeperElection};
 
 /// A master term with its replication.
 struct Serving {

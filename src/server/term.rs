@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics::counter;
+use metrics::{counter, gauge};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -18,10 +18,10 @@ use crate::store::{Store, StoreError};
 use crate::transport::quic::QuicListener;
 use crate::transport::{ConnectionCount, Listener, TransportError};
 
-use super::{
-    accept_loop, chores, quic_accept_loop, stop_on_journal_failure, Bound, ConnCtx,
-    ListenerMetrics, ListenerSpec, MemberState, Role, ServerError, ServerOptions,
-};
+use super::conn::{ConnCtx, ListenerMetrics};
+use super::listener::{accept_loop, quic_accept_loop, Bound};
+use super::member::{MemberState, Role};
+use super::options::{ListenerSpec, ServerError, ServerOptions};
 
 /// What the admin endpoints see of the running term.
 #[derive(Clone)]
@@ -259,5 +259,69 @@ pub(crate) async fn close_store(broker: &Broker) {
     if let Some(store) = broker.store() {
         let store = store.clone();
         let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    }
+}
+
+/// Ends the master term at once when the journal fails (a write or an `fsync` returned an
+/// error): the failed records were not receipted and never will be — a receipt after a failed
+/// sync would be a lie, and Linux may already have dropped the unsynced pages — so the member
+/// stops serving, says why in the log and in `meshmq_journal_failures_total`, and its election
+/// driver decides what is next (a standby takes over; a lone member exits for a restart that
+/// recovers what is on disk).
+async fn stop_on_journal_failure(broker: Broker, stop: CancellationToken) {
+    tokio::select! {
+        reason = broker.journal_failed() => {
+            counter!(m::JOURNAL_FAILURES).increment(1);
+            tracing::error!(%reason, "the journal failed: nothing more is receipted; this member stops serving");
+            stop.cancel();
+        }
+        _ = stop.cancelled() => {}
+    }
+}
+
+/// Periodic broker work: expiry sweeps, checkpoints (on schedule, whenever the journal starts a
+/// new segment — so disk use follows traffic, not the clock — and every second while the
+/// journal is full, so acknowledged segments are freed promptly), journal gauges.
+async fn chores(
+    broker: Broker,
+    expiry: Duration,
+    checkpoint_every: Duration,
+    shutdown: CancellationToken,
+) {
+    let period = expiry.min(checkpoint_every).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_checkpoint = Instant::now();
+    let mut last_sweep = Instant::now();
+    loop {
+        let rolled = tokio::select! {
+            _ = tick.tick() => false,
+            _ = broker.segment_started() => true,
+            _ = shutdown.cancelled() => return,
+        };
+        if last_sweep.elapsed() >= expiry {
+            last_sweep = Instant::now();
+            broker.sweep_expired();
+            broker.redispatch();
+        }
+        let Some(j) = broker.journal_stats() else {
+            continue;
+        };
+        gauge!(m::JOURNAL_SEGMENTS).set(j.segments as f64);
+        gauge!(m::JOURNAL_DISK_BYTES).set(j.disk_bytes as f64);
+        gauge!(m::JOURNAL_FULL).set(if j.full { 1.0 } else { 0.0 });
+        metrics::counter!(m::JOURNAL_SYNCS).absolute(j.syncs);
+        metrics::counter!(m::JOURNAL_BYTES).absolute(j.bytes);
+        let due = rolled
+            || last_checkpoint.elapsed() >= checkpoint_every
+            || (j.full && last_checkpoint.elapsed() >= Duration::from_secs(1));
+        if due {
+            last_checkpoint = Instant::now();
+            match broker.checkpoint(false).await {
+                Ok(deleted) if deleted > 0 => tracing::debug!(deleted, "journal segments deleted"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
+            }
+        }
     }
 }

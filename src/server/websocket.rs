@@ -30,7 +30,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::{serve_stream, ConnCtx, Protocol};
+use super::conn::ConnCtx;
+use super::options::Protocol;
+use super::serve::serve_stream;
 use crate::transport::{Permit, Stream};
 
 /// The WebSocket subprotocols served, in order of preference, and the protocol each carries.

@@ -8,12 +8,15 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::DuplexStream;
 
 use super::*;
+use crate::broker::Destination;
 use crate::broker::{Broker, BrokerSettings, DestinationLimits, Draft, OnFull, SubscribeSpec};
 use crate::cluster::{Cluster, ClusterOptions, ClusterPolicy};
 use crate::config::{Acl, Security};
 use crate::security::LiveSecurity;
 use crate::server::native::Native;
-use crate::server::{ConnSettings, Identity, ListenerMetrics, Protocol, StompLimits};
+use crate::server::request::{Refusal, Request, SendRequest};
+use crate::server::{ConnSettings, Identity, Protocol, StompLimits};
+use crate::wire::proto;
 use crate::wire::{self, Body};
 
 fn dest(text: &str) -> Destination {

@@ -1,36 +1,46 @@
 //! The protocol-neutral half of a client connection: one task that reads frames, applies the
 //! requests they carry, writes deliveries and replies, keeps heartbeats, and honours shutdown.
 //!
-//! A protocol plugs in through [`Codec`]: it decodes its frames into [`Request`]s and encodes
-//! deliveries, receipts, errors and heartbeats; it never touches the socket or the broker.
-//! [`Connection::apply`] is the one place a request takes effect, for every protocol:
-//! authorize → resolve the destination (once; the codec parsed it) → flow control (plain and
-//! transactional sends alike) → publish or stage → receipt. Receipts of journaled work wait in
-//! a [`SyncedQueue`] until the journal has synced it, and go out in the order the frames came.
+//! A protocol plugs in through [`Codec`] (`codec.rs`): it decodes its frames into
+//! [`Request`]s and encodes deliveries, receipts, errors and heartbeats; it never touches the
+//! socket or the broker. [`Connection::apply`] (`apply.rs`) is the one place a request takes
+//! effect, for every protocol. Here: the connection's loop, its timers, filling the write
+//! buffer from the outbox, and its receipts — receipts of journaled work wait in a
+//! [`SyncedQueue`] until the journal has synced it, and go out in the order the frames came.
+//! Beside it: `ctx.rs` (what every connection of a listener shares), `transaction.rs` (an open
+//! transaction's staged work), `bucket.rs` (the creation rate limit).
 //! Owns: the connection's transactions, its blocked send, its held receipts. Must not touch:
 //! the journal (the broker's durability facade stands for it) or bytes (the codec's).
+
+mod apply;
+mod bucket;
+mod codec;
+mod ctx;
+mod transaction;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
-    Admission, BrokerError, Delivery, Destination, DestinationPattern, Message, MessageBuilder,
-    Published, Session, SyncedQueue, Target,
+    BrokerError, Delivery, DestinationPattern, Message, MessageBuilder, Session, SyncedQueue,
+    Target,
 };
 use crate::cluster::Registration;
 use crate::metrics::{LatencyBatch, DISPATCH_LATENCY_HISTOGRAM, END_TO_END_LATENCY_HISTOGRAM};
 use crate::security::{Action, Principal, Rules};
+use crate::server::request::TxName;
 use crate::store::StoreError;
 use crate::transport::{Due, IoEvent, Liveness, Pump};
-use crate::wire::proto::{self, ErrorCode};
+use crate::wire::proto::ErrorCode;
 
-use super::request::{Refusal, Request, SendRequest, TxName};
-use super::ConnCtx;
+use bucket::TokenBucket;
+pub(crate) use codec::{error_code, Codec, Inbound};
+pub(crate) use ctx::{handshake_frame_limit, ConnCtx, ListenerMetrics};
+use transaction::Tx;
 
 /// Deliveries are moved from the outbox into the write buffer while it holds less than this.
 const REFILL_BELOW: usize = 64 * 1024;
@@ -48,127 +58,6 @@ const PENDING_WHEN_FULL: usize = 64 * 1024;
 const CREATION_BURST: f64 = 2000.0;
 /// ... and per second after it.
 const CREATIONS_PER_SECOND: f64 = 500.0;
-
-/// What a codec found at the front of the read buffer.
-// Not boxed: a request lives for microseconds between decode and apply, and boxing a send
-// would cost an allocation per message.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Inbound<R> {
-    Request(Request<R>),
-    /// Something that only shows the peer is alive (a heartbeat).
-    Alive,
-    NeedMore,
-}
-
-/// One wire protocol's side of a connection: bytes to requests, and replies to bytes.
-pub(crate) trait Codec: Send + 'static {
-    type Receipt: Send + std::fmt::Debug;
-
-    /// Takes one frame off the buffer; an error closes the connection (after `encode_error`).
-    fn decode(&mut self, buf: &mut BytesMut)
-        -> Result<Inbound<Self::Receipt>, (ErrorCode, String)>;
-    /// Writes a delivery; returns true when the protocol acknowledges it as it is written
-    /// (STOMP `ack:auto`).
-    fn encode_delivery(&mut self, d: &Delivery, out: &mut BytesMut) -> bool;
-    fn encode_receipt(&mut self, receipt: &Self::Receipt, out: &mut BytesMut);
-    /// Writes an error (`fatal`: the connection closes after it). Returns whether the
-    /// connection must close: a protocol may have no way to tell a client of an error but
-    /// closing (every STOMP error; an MQTT 3 refused publish).
-    fn encode_error(
-        &mut self,
-        code: ErrorCode,
-        message: &str,
-        receipt: Option<&Self::Receipt>,
-        fatal: bool,
-        out: &mut BytesMut,
-    ) -> bool;
-    fn encode_heartbeat(&mut self, out: &mut BytesMut);
-    /// Writes a cluster push (protocols that have none never get one).
-    fn encode_control(&mut self, _control: proto::ConnectionControl, _out: &mut BytesMut) {}
-    /// What a producer should do with a persistent send that was not confirmed (it may or
-    /// may not be delivered): resend it the way this protocol keeps from duplicating it.
-    fn resend_advice(&self) -> &'static str {
-        "resend it with the same producer id and sequence to be safe"
-    }
-    /// A transaction's acknowledgements `(subscription, tag)` took effect at its commit.
-    fn committed_acks(&mut self, _acks: &[(u64, u64)]) {}
-    /// True when a new subscription gets the retained messages of the topics it matches
-    /// (MQTT); they are then handed to [`Codec::encode_retained`].
-    fn replays_retained(&self) -> bool {
-        false
-    }
-    /// Writes the retained messages a new subscription matches (not acknowledged to the
-    /// broker: they stay retained).
-    fn encode_retained(
-        &mut self,
-        _subscription: u64,
-        _retained: &[Arc<Message>],
-        _out: &mut BytesMut,
-    ) {
-    }
-    /// What the connection asks of the broker as it ends, unless the client said goodbye
-    /// (MQTT's will message). Asked once.
-    fn farewell(&mut self) -> Option<Request<Self::Receipt>> {
-        None
-    }
-}
-
-/// A transaction's staged work, native and STOMP alike.
-#[derive(Debug, Default)]
-struct Tx {
-    sends: Vec<(Target, Message)>,
-    acks: Vec<(u64, u64)>,
-    nacks: Vec<(u64, u64)>,
-}
-
-impl Tx {
-    /// Applies the transaction: its sends and acknowledgements take effect together, its
-    /// nacks after. Returns the journal index a receipt must wait for (0: none).
-    fn commit(self, session: &mut Session) -> u64 {
-        let index = session.commit(self.sends, &self.acks);
-        for (sub, tag) in self.nacks {
-            let _ = session.nack(sub, &[tag]);
-        }
-        index
-    }
-
-    /// Undoes the transaction: its sends vanish; what it acknowledged is redelivered.
-    fn abort(self, session: &mut Session) {
-        for (sub, tag) in self.acks.into_iter().chain(self.nacks) {
-            let _ = session.nack(sub, &[tag]);
-        }
-    }
-}
-
-/// Maps a broker refusal onto a wire error code.
-pub(crate) fn error_code(e: &BrokerError) -> ErrorCode {
-    use ErrorCode as C;
-    match e {
-        BrokerError::Destination(_)
-        | BrokerError::SubscriptionExists(_)
-        | BrokerError::DurableNeedsClientId
-        | BrokerError::DurableOnQueue(_)
-        | BrokerError::DurableInUse { .. }
-        | BrokerError::BadPriority(_)
-        | BrokerError::BadSelector { .. }
-        | BrokerError::UnknownDelivery { .. } => C::Invalid,
-        BrokerError::NotFound(_) | BrokerError::NoSuchSubscription(_) => C::NotFound,
-        BrokerError::NotOwner(_)
-        | BrokerError::ClientIdOwned(_)
-        | BrokerError::TempPrefixOwned(_) => C::Forbidden,
-        BrokerError::TooManySubscriptions(_)
-        | BrokerError::Full { .. }
-        | BrokerError::JournalFull { .. } => C::ResourceExhausted,
-        BrokerError::ClientIdInUse(_) => C::ClientIdInUse,
-        BrokerError::WildcardQueue(_) | BrokerError::DurableSelectorUnsupported(_) => {
-            C::Unsupported
-        }
-    }
-}
-
-fn no_transaction(name: &TxName) -> String {
-    format!("no open transaction {name} on this connection: begin it first")
-}
 
 /// A send past authorization, resolved and built, waiting for room or about to be taken.
 struct Accepted<R> {
@@ -595,341 +484,6 @@ impl<C: Codec> Connection<C> {
             }
         }
     }
-
-    /// Checks an ACL action on a destination or pattern; creating a destination that does
-    /// not exist yet also needs `Admin`.
-    fn authorize(&self, action: Action, pattern: &DestinationPattern) -> Result<(), String> {
-        let Some(concrete) = pattern.as_destination() else {
-            return self.authorize_pattern(action, pattern);
-        };
-        self.authorize_destination(action, &concrete)
-    }
-
-    fn authorize_pattern(
-        &self,
-        action: Action,
-        pattern: &DestinationPattern,
-    ) -> Result<(), String> {
-        self.rules
-            .authorizer
-            .check_pattern(&self.principal, action, pattern)
-            .map_err(|d| d.to_string())
-    }
-
-    fn authorize_destination(&self, action: Action, dest: &Destination) -> Result<(), String> {
-        let authz = &self.rules.authorizer;
-        authz
-            .check(&self.principal, action, dest)
-            .map_err(|d| d.to_string())?;
-        if !dest.kind().is_temp() && !self.session.broker().destination_exists(dest) {
-            authz
-                .check(&self.principal, Action::Admin, dest)
-                .map_err(|d| d.to_string())?;
-        }
-        Ok(())
-    }
-
-    /// Does what one request asks: the only place requests take effect, for every protocol.
-    fn apply(&mut self, request: Request<C::Receipt>) {
-        // Rules replaced while frames were being read apply from the next frame on.
-        if self.rules_changed.has_changed().unwrap_or(false) {
-            self.recheck_rules();
-            if self.closing.is_some() {
-                return;
-            }
-        }
-        match request {
-            Request::Send(send) => self.on_send(send),
-            Request::Subscribe { spec, receipt } => {
-                if let Err(denied) = self.authorize(Action::Read, &spec.destination) {
-                    self.ctx.metrics.denied();
-                    return self.error(ErrorCode::Forbidden, &denied, receipt.as_ref(), false);
-                }
-                if !self.creations.take(Instant::now()) {
-                    return self.creation_refused(receipt);
-                }
-                let before = self.session.last_record();
-                let (sub, pattern) = (spec.subscription, spec.destination.clone());
-                match self.session.subscribe(spec) {
-                    Ok(()) => {
-                        self.receipt_after(self.session.record_since(before), receipt);
-                        if self.codec.replays_retained() {
-                            let retained = self.session.broker().retained_matching(&pattern);
-                            if !retained.is_empty() {
-                                self.codec
-                                    .encode_retained(sub, &retained, &mut self.pump.wbuf);
-                            }
-                        }
-                        self.subscribed.insert(sub, pattern);
-                    }
-                    Err(e) => {
-                        if matches!(e, BrokerError::BadSelector { .. }) {
-                            self.ctx.metrics.bad_selector();
-                        }
-                        self.refuse(&e, receipt)
-                    }
-                }
-            }
-            Request::Unsubscribe {
-                subscription,
-                remove_durable,
-                receipt,
-            } => {
-                let before = self.session.last_record();
-                match self.session.unsubscribe(subscription, remove_durable) {
-                    Ok(()) => {
-                        self.subscribed.remove(&subscription);
-                        self.receipt_after(self.session.record_since(before), receipt)
-                    }
-                    Err(e) => self.refuse(&e, receipt),
-                }
-            }
-            Request::Ack {
-                subscription,
-                up_to,
-                tags,
-                transaction: Some(name),
-                receipt,
-            } => {
-                let Some(tx) = self.txs.get_mut(&name) else {
-                    return self.error(
-                        ErrorCode::NotFound,
-                        &no_transaction(&name),
-                        receipt.as_ref(),
-                        false,
-                    );
-                };
-                if up_to != 0 {
-                    return self.error(
-                        ErrorCode::Invalid,
-                        "inside a transaction, acknowledge deliveries by their tags (not up_to)",
-                        receipt.as_ref(),
-                        false,
-                    );
-                }
-                tx.acks.extend(tags.iter().map(|tag| (subscription, *tag)));
-                self.receipt_after(0, receipt);
-            }
-            Request::Ack {
-                subscription,
-                up_to,
-                tags,
-                transaction: None,
-                receipt,
-            } => match self.session.ack(subscription, up_to, &tags) {
-                Ok(_) => self.receipt_after(0, receipt),
-                Err(e) => self.refuse(&e, receipt),
-            },
-            Request::Nack {
-                subscription,
-                tags,
-                transaction: Some(name),
-                receipt,
-            } => {
-                let Some(tx) = self.txs.get_mut(&name) else {
-                    return self.error(
-                        ErrorCode::NotFound,
-                        &no_transaction(&name),
-                        receipt.as_ref(),
-                        false,
-                    );
-                };
-                tx.nacks.extend(tags.iter().map(|tag| (subscription, *tag)));
-                self.receipt_after(0, receipt);
-            }
-            Request::Nack {
-                subscription,
-                tags,
-                transaction: None,
-                receipt,
-            } => match self.session.nack(subscription, &tags) {
-                Ok(_) => self.receipt_after(0, receipt),
-                Err(e) => self.refuse(&e, receipt),
-            },
-            Request::Begin {
-                transaction,
-                receipt,
-            } => {
-                if self.txs.contains_key(&transaction) {
-                    return self.error(
-                        ErrorCode::Invalid,
-                        &format!("transaction {transaction} is already open"),
-                        receipt.as_ref(),
-                        false,
-                    );
-                }
-                self.txs.insert(transaction, Tx::default());
-                self.receipt_after(0, receipt);
-            }
-            Request::Commit {
-                transaction,
-                receipt,
-            } => match self.txs.remove(&transaction) {
-                Some(tx) => {
-                    self.codec.committed_acks(&tx.acks);
-                    let index = tx.commit(&mut self.session);
-                    self.receipt_after(index, receipt);
-                }
-                None => self.error(
-                    ErrorCode::NotFound,
-                    &no_transaction(&transaction),
-                    receipt.as_ref(),
-                    false,
-                ),
-            },
-            Request::Abort {
-                transaction,
-                receipt,
-            } => match self.txs.remove(&transaction) {
-                Some(tx) => {
-                    tx.abort(&mut self.session);
-                    self.receipt_after(0, receipt);
-                }
-                None => self.error(
-                    ErrorCode::NotFound,
-                    &no_transaction(&transaction),
-                    receipt.as_ref(),
-                    false,
-                ),
-            },
-            Request::Ping { receipt } => self.receipt_after(0, Some(receipt)),
-            Request::Disconnect { receipt } => {
-                self.receipt_after(0, receipt);
-                // A client may reconnect (with the same client id, to the same durable
-                // subscriptions) the moment it reads its DISCONNECT receipt, which is written
-                // after this: the session ends now, not once the socket has closed.
-                self.end_session();
-                self.disconnecting = true;
-            }
-            Request::Refuse { refusal, receipt } => match refusal {
-                Refusal::BadFrame {
-                    code,
-                    message,
-                    fatal,
-                } => {
-                    self.ctx.metrics.bad_frame();
-                    self.error(code, &message, receipt.as_ref(), fatal);
-                }
-                Refusal::Invalid { code, message } => {
-                    self.error(code, &message, receipt.as_ref(), false)
-                }
-                Refusal::Send(e) => {
-                    self.ctx.metrics.send_refused(&e);
-                    self.refuse(&e, receipt);
-                }
-            },
-        }
-    }
-
-    /// A send: authorized, resolved, built, then through flow control — transactional or not.
-    fn on_send(&mut self, send: SendRequest<C::Receipt>) {
-        let SendRequest {
-            destination,
-            draft,
-            transaction,
-            receipt,
-        } = send;
-        if let Err(denied) = self.authorize_destination(Action::Write, &destination) {
-            self.ctx.metrics.denied();
-            return self.error(ErrorCode::Forbidden, &denied, receipt.as_ref(), false);
-        }
-        if !destination.kind().is_temp()
-            && !self.session.broker().destination_exists(&destination)
-            && !self.creations.take(Instant::now())
-        {
-            return self.creation_refused(receipt);
-        }
-        let target = match self.session.target(&destination) {
-            Ok(t) => t,
-            Err(e) => {
-                self.ctx.metrics.send_refused(&e);
-                return self.refuse(&e, receipt);
-            }
-        };
-        let message = match self.builder.build(draft) {
-            Ok(m) => m,
-            Err(e) => {
-                self.ctx.metrics.send_refused(&e);
-                return self.refuse(&e, receipt);
-            }
-        };
-        if let Some(name) = &transaction {
-            if !self.txs.contains_key(name) {
-                let message = no_transaction(name);
-                return self.error(ErrorCode::NotFound, &message, receipt.as_ref(), false);
-            }
-        }
-        let send = Accepted {
-            target,
-            message,
-            transaction,
-            receipt,
-        };
-        match self.session.admit(&send.target, send.message.persistent) {
-            Admission::Now => self.take(send),
-            Admission::Wait => {
-                self.ctx.metrics.producer_blocked();
-                self.blocked = Some(send);
-            }
-            Admission::Refuse(e) => {
-                self.ctx.metrics.send_refused(&e);
-                self.refuse(&e, send.receipt);
-            }
-        }
-    }
-
-    /// Takes a send that has room: stages it in its transaction, or publishes it.
-    fn take(&mut self, send: Accepted<C::Receipt>) {
-        let Accepted {
-            target,
-            message,
-            transaction,
-            receipt,
-        } = send;
-        if let Some(name) = transaction {
-            return match self.session.stage(&target, message) {
-                Ok(staged) => {
-                    self.received += 1;
-                    self.count_producer();
-                    if let Some(tx) = self.txs.get_mut(&name) {
-                        tx.sends.extend(staged);
-                    }
-                    self.receipt_after(0, receipt);
-                }
-                Err(e) => {
-                    self.ctx.metrics.send_refused(&e);
-                    self.refuse(&e, receipt);
-                }
-            };
-        }
-        match self.session.publish(&target, message) {
-            Ok(published) => {
-                self.received += 1;
-                self.count_producer();
-                let index = match published {
-                    Published::Pending(index) => index,
-                    Published::Accepted | Published::Duplicate => 0,
-                };
-                self.receipt_after(index, receipt);
-            }
-            Err(e) => {
-                self.ctx.metrics.send_refused(&e);
-                self.refuse(&e, receipt);
-            }
-        }
-    }
-
-    fn retry_blocked(&mut self) {
-        if let Some(b) = self.blocked.take() {
-            if self.session.has_room(&b.target, b.message.persistent) {
-                self.take(b);
-            } else {
-                self.blocked = Some(b);
-            }
-        }
-    }
-
-    /// Sends a receipt once the journal has synced `index` (0: nothing to wait for), in the
     /// order the frames arrived.
     fn receipt_after(&mut self, index: u64, receipt: Option<C::Receipt>) {
         let Some(receipt) = receipt else {
@@ -966,62 +520,4 @@ impl<C: Codec> Connection<C> {
 }
 
 #[cfg(test)]
-#[path = "conn_tests.rs"]
 mod tests;
-
-/// A token bucket: `burst` tokens, refilled at `per_second`.
-#[derive(Debug)]
-struct TokenBucket {
-    tokens: f64,
-    burst: f64,
-    per_second: f64,
-    at: Instant,
-}
-
-impl TokenBucket {
-    fn new(burst: f64, per_second: f64, now: Instant) -> TokenBucket {
-        TokenBucket {
-            tokens: burst,
-            burst,
-            per_second,
-            at: now,
-        }
-    }
-
-    /// Takes a token if there is one.
-    fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-#[cfg(test)]
-mod bucket_tests {
-    use super::TokenBucket;
-    use std::time::Duration;
-    use tokio::time::Instant;
-
-    #[test]
-    fn a_burst_then_the_rate() {
-        let t0 = Instant::now();
-        let mut b = TokenBucket::new(3.0, 10.0, t0);
-        assert!((0..3).all(|_| b.take(t0)));
-        assert!(!b.take(t0), "the burst is spent");
-        assert!(!b.take(t0 + Duration::from_millis(50)));
-        assert!(b.take(t0 + Duration::from_millis(150)), "one per 100 ms");
-        assert!(!b.take(t0 + Duration::from_millis(150)));
-        let later = t0 + Duration::from_secs(60);
-        assert_eq!(
-            (0..10).filter(|_| b.take(later)).count(),
-            3,
-            "never above the burst"
-        );
-    }
-}

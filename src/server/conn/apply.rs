@@ -1,0 +1,349 @@
+//! [`Connection::apply`], the one place a request takes effect, for every protocol:
+//! authorize → resolve the destination (once; the codec parsed it) → creation rate → flow
+//! control (plain and transactional sends alike) → publish or stage → receipt.
+
+use tokio::time::Instant;
+
+use crate::broker::{Admission, BrokerError, Destination, DestinationPattern, Published};
+use crate::security::Action;
+use crate::server::request::{Refusal, Request, SendRequest};
+use crate::wire::proto::ErrorCode;
+
+use super::codec::Codec;
+use super::transaction::{no_transaction, Tx};
+use super::{Accepted, Connection};
+
+impl<C: Codec> Connection<C> {
+    /// Checks an ACL action on a destination or pattern; creating a destination that does
+    /// not exist yet also needs `Admin`.
+    fn authorize(&self, action: Action, pattern: &DestinationPattern) -> Result<(), String> {
+        let Some(concrete) = pattern.as_destination() else {
+            return self.authorize_pattern(action, pattern);
+        };
+        self.authorize_destination(action, &concrete)
+    }
+
+    fn authorize_pattern(
+        &self,
+        action: Action,
+        pattern: &DestinationPattern,
+    ) -> Result<(), String> {
+        self.rules
+            .authorizer
+            .check_pattern(&self.principal, action, pattern)
+            .map_err(|d| d.to_string())
+    }
+
+    fn authorize_destination(&self, action: Action, dest: &Destination) -> Result<(), String> {
+        let authz = &self.rules.authorizer;
+        authz
+            .check(&self.principal, action, dest)
+            .map_err(|d| d.to_string())?;
+        if !dest.kind().is_temp() && !self.session.broker().destination_exists(dest) {
+            authz
+                .check(&self.principal, Action::Admin, dest)
+                .map_err(|d| d.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Does what one request asks: the only place requests take effect, for every protocol.
+    pub(super) fn apply(&mut self, request: Request<C::Receipt>) {
+        // Rules replaced while frames were being read apply from the next frame on.
+        if self.rules_changed.has_changed().unwrap_or(false) {
+            self.recheck_rules();
+            if self.closing.is_some() {
+                return;
+            }
+        }
+        match request {
+            Request::Send(send) => self.on_send(send),
+            Request::Subscribe { spec, receipt } => {
+                if let Err(denied) = self.authorize(Action::Read, &spec.destination) {
+                    self.ctx.metrics.denied();
+                    return self.error(ErrorCode::Forbidden, &denied, receipt.as_ref(), false);
+                }
+                if !self.creations.take(Instant::now()) {
+                    return self.creation_refused(receipt);
+                }
+                let before = self.session.last_record();
+                let (sub, pattern) = (spec.subscription, spec.destination.clone());
+                match self.session.subscribe(spec) {
+                    Ok(()) => {
+                        self.receipt_after(self.session.record_since(before), receipt);
+                        if self.codec.replays_retained() {
+                            let retained = self.session.broker().retained_matching(&pattern);
+                            if !retained.is_empty() {
+                                self.codec
+                                    .encode_retained(sub, &retained, &mut self.pump.wbuf);
+                            }
+                        }
+                        self.subscribed.insert(sub, pattern);
+                    }
+                    Err(e) => {
+                        if matches!(e, BrokerError::BadSelector { .. }) {
+                            self.ctx.metrics.bad_selector();
+                        }
+                        self.refuse(&e, receipt)
+                    }
+                }
+            }
+            Request::Unsubscribe {
+                subscription,
+                remove_durable,
+                receipt,
+            } => {
+                let before = self.session.last_record();
+                match self.session.unsubscribe(subscription, remove_durable) {
+                    Ok(()) => {
+                        self.subscribed.remove(&subscription);
+                        self.receipt_after(self.session.record_since(before), receipt)
+                    }
+                    Err(e) => self.refuse(&e, receipt),
+                }
+            }
+            Request::Ack {
+                subscription,
+                up_to,
+                tags,
+                transaction: Some(name),
+                receipt,
+            } => {
+                let Some(tx) = self.txs.get_mut(&name) else {
+                    return self.error(
+                        ErrorCode::NotFound,
+                        &no_transaction(&name),
+                        receipt.as_ref(),
+                        false,
+                    );
+                };
+                if up_to != 0 {
+                    return self.error(
+                        ErrorCode::Invalid,
+                        "inside a transaction, acknowledge deliveries by their tags (not up_to)",
+                        receipt.as_ref(),
+                        false,
+                    );
+                }
+                tx.acks.extend(tags.iter().map(|tag| (subscription, *tag)));
+                self.receipt_after(0, receipt);
+            }
+            Request::Ack {
+                subscription,
+                up_to,
+                tags,
+                transaction: None,
+                receipt,
+            } => match self.session.ack(subscription, up_to, &tags) {
+                Ok(_) => self.receipt_after(0, receipt),
+                Err(e) => self.refuse(&e, receipt),
+            },
+            Request::Nack {
+                subscription,
+                tags,
+                transaction: Some(name),
+                receipt,
+            } => {
+                let Some(tx) = self.txs.get_mut(&name) else {
+                    return self.error(
+                        ErrorCode::NotFound,
+                        &no_transaction(&name),
+                        receipt.as_ref(),
+                        false,
+                    );
+                };
+                tx.nacks.extend(tags.iter().map(|tag| (subscription, *tag)));
+                self.receipt_after(0, receipt);
+            }
+            Request::Nack {
+                subscription,
+                tags,
+                transaction: None,
+                receipt,
+            } => match self.session.nack(subscription, &tags) {
+                Ok(_) => self.receipt_after(0, receipt),
+                Err(e) => self.refuse(&e, receipt),
+            },
+            Request::Begin {
+                transaction,
+                receipt,
+            } => {
+                if self.txs.contains_key(&transaction) {
+                    return self.error(
+                        ErrorCode::Invalid,
+                        &format!("transaction {transaction} is already open"),
+                        receipt.as_ref(),
+                        false,
+                    );
+                }
+                self.txs.insert(transaction, Tx::default());
+                self.receipt_after(0, receipt);
+            }
+            Request::Commit {
+                transaction,
+                receipt,
+            } => match self.txs.remove(&transaction) {
+                Some(tx) => {
+                    self.codec.committed_acks(&tx.acks);
+                    let index = tx.commit(&mut self.session);
+                    self.receipt_after(index, receipt);
+                }
+                None => self.error(
+                    ErrorCode::NotFound,
+                    &no_transaction(&transaction),
+                    receipt.as_ref(),
+                    false,
+                ),
+            },
+            Request::Abort {
+                transaction,
+                receipt,
+            } => match self.txs.remove(&transaction) {
+                Some(tx) => {
+                    tx.abort(&mut self.session);
+                    self.receipt_after(0, receipt);
+                }
+                None => self.error(
+                    ErrorCode::NotFound,
+                    &no_transaction(&transaction),
+                    receipt.as_ref(),
+                    false,
+                ),
+            },
+            Request::Ping { receipt } => self.receipt_after(0, Some(receipt)),
+            Request::Disconnect { receipt } => {
+                self.receipt_after(0, receipt);
+                // A client may reconnect (with the same client id, to the same durable
+                // subscriptions) the moment it reads its DISCONNECT receipt, which is written
+                // after this: the session ends now, not once the socket has closed.
+                self.end_session();
+                self.disconnecting = true;
+            }
+            Request::Refuse { refusal, receipt } => match refusal {
+                Refusal::BadFrame {
+                    code,
+                    message,
+                    fatal,
+                } => {
+                    self.ctx.metrics.bad_frame();
+                    self.error(code, &message, receipt.as_ref(), fatal);
+                }
+                Refusal::Invalid { code, message } => {
+                    self.error(code, &message, receipt.as_ref(), false)
+                }
+                Refusal::Send(e) => {
+                    self.ctx.metrics.send_refused(&e);
+                    self.refuse(&e, receipt);
+                }
+            },
+        }
+    }
+
+    /// A send: authorized, resolved, built, then through flow control — transactional or not.
+    fn on_send(&mut self, send: SendRequest<C::Receipt>) {
+        let SendRequest {
+            destination,
+            draft,
+            transaction,
+            receipt,
+        } = send;
+        if let Err(denied) = self.authorize_destination(Action::Write, &destination) {
+            self.ctx.metrics.denied();
+            return self.error(ErrorCode::Forbidden, &denied, receipt.as_ref(), false);
+        }
+        if !destination.kind().is_temp()
+            && !self.session.broker().destination_exists(&destination)
+            && !self.creations.take(Instant::now())
+        {
+            return self.creation_refused(receipt);
+        }
+        let target = match self.session.target(&destination) {
+            Ok(t) => t,
+            Err(e) => {
+                self.ctx.metrics.send_refused(&e);
+                return self.refuse(&e, receipt);
+            }
+        };
+        let message = match self.builder.build(draft) {
+            Ok(m) => m,
+            Err(e) => {
+                self.ctx.metrics.send_refused(&e);
+                return self.refuse(&e, receipt);
+            }
+        };
+        if let Some(name) = &transaction {
+            if !self.txs.contains_key(name) {
+                let message = no_transaction(name);
+                return self.error(ErrorCode::NotFound, &message, receipt.as_ref(), false);
+            }
+        }
+        let send = Accepted {
+            target,
+            message,
+            transaction,
+            receipt,
+        };
+        match self.session.admit(&send.target, send.message.persistent) {
+            Admission::Now => self.take(send),
+            Admission::Wait => {
+                self.ctx.metrics.producer_blocked();
+                self.blocked = Some(send);
+            }
+            Admission::Refuse(e) => {
+                self.ctx.metrics.send_refused(&e);
+                self.refuse(&e, send.receipt);
+            }
+        }
+    }
+
+    /// Takes a send that has room: stages it in its transaction, or publishes it.
+    fn take(&mut self, send: Accepted<C::Receipt>) {
+        let Accepted {
+            target,
+            message,
+            transaction,
+            receipt,
+        } = send;
+        if let Some(name) = transaction {
+            return match self.session.stage(&target, message) {
+                Ok(staged) => {
+                    self.received += 1;
+                    self.count_producer();
+                    if let Some(tx) = self.txs.get_mut(&name) {
+                        tx.sends.extend(staged);
+                    }
+                    self.receipt_after(0, receipt);
+                }
+                Err(e) => {
+                    self.ctx.metrics.send_refused(&e);
+                    self.refuse(&e, receipt);
+                }
+            };
+        }
+        match self.session.publish(&target, message) {
+            Ok(published) => {
+                self.received += 1;
+                self.count_producer();
+                let index = match published {
+                    Published::Pending(index) => index,
+                    Published::Accepted | Published::Duplicate => 0,
+                };
+                self.receipt_after(index, receipt);
+            }
+            Err(e) => {
+                self.ctx.metrics.send_refused(&e);
+                self.refuse(&e, receipt);
+            }
+        }
+    }
+
+    pub(super) fn retry_blocked(&mut self) {
+        if let Some(b) = self.blocked.take() {
+            if self.session.has_room(&b.target, b.message.persistent) {
+                self.take(b);
+            } else {
+                self.blocked = Some(b);
+            }
+        }
+    }
+}
