@@ -25,11 +25,11 @@ fn mqtt5_session_expiry_is_journaled_and_runs_on_across_a_restart() {
     wait_for("g-1 serves", &members, || members[0].ready());
     let g1 = members[0].listen;
 
-    // Four sessions, each with a QoS 1 subscription to its own topics: "down" (2 s) and "kept"
-    // (an hour) are idle when the broker dies; "held" (3 s) and "held-long" (an hour) are
-    // held by a connection then.
+    // Four sessions, each with a QoS 1 subscription to its own topics: "down" (4 s, its client
+    // leaves just before the broker dies) and "kept" (an hour) are idle when the broker dies;
+    // "held" (3 s) and "held-long" (an hour) are held by a connection then.
     let sessions = [
-        ("down", 2),
+        ("down", 4),
         ("kept", 3600),
         ("held", 3),
         ("held-long", 3600),
@@ -45,6 +45,7 @@ fn mqtt5_session_expiry_is_journaled_and_runs_on_across_a_restart() {
         assert_eq!(r["session_present"], json!(false), "{cid}: a new session");
         assert_eq!(r["granted"], json!([1]), "{cid}");
     }
+    let down = hold_session(g1, "down", 4);
     let held = hold_session(g1, "held", 3);
     let held_long = hold_session(g1, "held-long", 3600);
     for (cid, _) in sessions {
@@ -52,10 +53,13 @@ fn mqtt5_session_expiry_is_journaled_and_runs_on_across_a_restart() {
         assert_eq!(r["pubacked"], json!(3), "{cid}");
     }
 
+    // "down"'s client goes (its socket closes): its 4 s start now, and run out while no
+    // broker serves it.
+    drop(down);
+    std::thread::sleep(Duration::from_millis(500));
     members[0].kill9();
     drop((held, held_long));
-    // "down"'s 2 s run out while no broker serves it.
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(5));
     members[0].start(&topology);
     wait_for("g-1 serves again", &members, || members[0].ready());
 
@@ -67,7 +71,7 @@ fn mqtt5_session_expiry_is_journaled_and_runs_on_across_a_restart() {
         got.sort();
         assert_eq!(got, payloads(cid, 3), "{cid}: every message it kept, once");
     }
-    let r = paho(g1, "5", "receive", "down", &["0", "--expiry", "2"]);
+    let r = paho(g1, "5", "receive", "down", &["0", "--expiry", "4"]);
     assert_eq!(
         r["session_present"],
         json!(false),
