@@ -18,7 +18,8 @@
 //!
 //! Here: the [`Broker`] handle, its destinations and [`Target`]s, and the work done after a
 //! destination's lock is released. Beside it: `session.rs` (a connection's operations),
-//! `subscription.rs` (subscribing, durable subscriptions), `demand.rs` (who consumes what, for
+//! `subscription.rs` (subscribing, durable subscriptions), `kept_sessions.rs` (when a client's
+//! kept session expires), `demand.rs` (who consumes what, for
 //! the network), `forwards.rs` (forwarded ids already taken), `settings.rs`, `error.rs`; the
 //! destinations themselves in `queue.rs` and `topic.rs`; the journal in `persist.rs` and
 //! `durability.rs`.
@@ -30,6 +31,7 @@ mod error;
 mod feed;
 mod forwards;
 mod inflight;
+mod kept_sessions;
 mod memory;
 mod message;
 mod outbox;
@@ -56,6 +58,7 @@ pub use crate::metrics::DestinationStats;
 pub use demand::{Demand, DemandEvent, NetworkSpec};
 pub use durability::{CommitLog, JournalStats, SyncedQueue};
 pub use error::BrokerError;
+pub use kept_sessions::NEVER_EXPIRES;
 pub use memory::{MemoryPool, PendingCharge};
 pub use message::{
     Delivery, Draft, Message, MessageBuilder, COPY_BODY_BELOW, DEFAULT_PRIORITY, MAX_PRIORITY,
@@ -212,6 +215,8 @@ struct Inner {
     topic_registry: Mutex<()>,
     wildcard_subs: RwLock<Vec<Arc<TopicSub>>>,
     durables: DashMap<(String, String), Arc<TopicSub>>,
+    /// The expiry state of kept client sessions, by client id (`kept_sessions.rs`).
+    kept_sessions: DashMap<String, kept_sessions::KeptSession>,
     /// Each client id in use: its session and that session's user.
     client_ids: DashMap<String, (u64, Option<String>)>,
     /// Client ids, and connection ids (temporary destination name prefixes), by user.
@@ -300,6 +305,7 @@ impl Broker {
                 topic_registry: Mutex::new(()),
                 wildcard_subs: RwLock::new(Vec::new()),
                 durables: DashMap::new(),
+                kept_sessions: DashMap::new(),
                 client_ids: DashMap::new(),
                 client_id_claims: claims::Claims::default(),
                 temp_claims: claims::Claims::default(),
