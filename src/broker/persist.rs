@@ -525,8 +525,15 @@ impl Broker {
                 })
                 .collect();
             for pending in p.visible.lock().iter() {
+                // Listed under its own record, which replay finds: a transaction's send waits
+                // for the end marker (`pending.index`) but is not that record, and a send the
+                // journal does not hold (index 0) is not listed at all.
+                let index = pending.msg.store_index;
+                if index == 0 {
+                    continue;
+                }
                 let live = proto::LiveMessage {
-                    index: pending.index,
+                    index,
                     redelivery_count: 0,
                 };
                 match &pending.target {
@@ -557,6 +564,7 @@ impl Broker {
                     .collect(),
                 durables,
                 producers: self.inner.producers.snapshot(),
+                sessions: self.export_kept_sessions(),
                 forwards: self.export_forwards(),
                 // The store fills in its epoch history.
                 epoch: 0,
@@ -586,6 +594,7 @@ impl Broker {
             self.inner.producers.advance(producer, *seq);
         }
         self.restore_forwards(&recovered.forward_chunks, &recovered.forwarded);
+        self.restore_kept_sessions(recovered.sessions);
         let mut effects = Effects::default();
         for (dest, messages) in recovered.queues {
             let Ok(dest) = Destination::parse(&dest) else {

@@ -34,6 +34,9 @@ pub struct Session {
     /// temporary destinations after the first, and may re-create them here.
     pub(super) temp_prefixes: Vec<String>,
     pub(super) last_target: Option<Target>,
+    /// A failover client's sends below this producer sequence are re-sends of sends another
+    /// group may hold already: accepted flagged redelivered (0 = none).
+    pub(super) resends_below: u64,
     /// Index of the last journal record this session's operations appended (0 = none).
     pub(super) last_record: u64,
     pub(super) closed: bool,
@@ -85,6 +88,16 @@ impl Session {
                     .strip_prefix(prefix.as_str())
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
             })
+    }
+
+    /// A failover client reconnected here from another group and starts by re-sending what
+    /// that group never receipted (producer sequences below `sequence`): that group may hold
+    /// them already, and its producer marks are not ours, so they cannot be dropped as
+    /// duplicates here. They are accepted flagged redelivered instead, so a consumer that gets
+    /// both copies sees the later one as a possible duplicate (at-least-once, never a second
+    /// first delivery).
+    pub fn flag_resends_below(&mut self, sequence: u64) {
+        self.resends_below = sequence;
     }
 
     /// Lets this session create (and own) temporary destinations named after a failover
@@ -195,6 +208,9 @@ impl Session {
         if self.is_resend(msg) {
             return Ok(false);
         }
+        if msg.sequence != 0 && msg.sequence < self.resends_below && !msg.sequence_checked {
+            msg.redeliveries = msg.redeliveries.max(1);
+        }
         msg.origin = self.id;
         if msg.received_ms == 0 {
             msg.received_ms = now_ms();
@@ -210,13 +226,27 @@ impl Session {
 
     /// Accepts a message onto a target: charges its memory, then queues or fans it out — or
     /// journals it, to become visible once durable. A re-send (its producer sequence is not
-    /// above the producer's mark) is dropped as a duplicate. Flow control is the caller's:
-    /// check `has_room` (and wait or refuse) first.
+    /// above the producer's mark) is dropped as a duplicate. A topic message published here
+    /// that feeds queues (`feed.rs`) is committed with its copies, as one transaction. Flow
+    /// control is the caller's: check `has_room` (and wait or refuse) first.
     pub fn publish(&mut self, target: &Target, mut msg: Message) -> Result<Published, BrokerError> {
         if !self.stamp(target, &mut msg)? {
             return Ok(Published::Duplicate);
         }
+        let copies = self.broker.fed_copies(target, &msg);
         let _gate = self.broker.gate();
+        if !copies.is_empty() {
+            // Staged with its copies, so its receipt waits for them too (`feed.rs`).
+            let sends = std::iter::once((target.clone(), msg))
+                .chain(copies)
+                .collect();
+            let index = self.broker.commit_transaction(sends, |_| {});
+            if index == 0 {
+                return Ok(Published::Accepted);
+            }
+            self.last_record = index;
+            return Ok(Published::Pending(index));
+        }
         if self.broker.journals(target, &msg) {
             let index = self.broker.journal_publish(target, msg);
             self.last_record = index;
@@ -317,6 +347,13 @@ impl Session {
     /// journal index the commit's receipt must wait for (0: none).
     pub fn commit(&mut self, sends: Vec<(Target, Message)>, acks: &[(u64, u64)]) -> u64 {
         let broker = self.broker.clone();
+        let sends = sends
+            .into_iter()
+            .flat_map(|(target, msg)| {
+                let copies = broker.fed_copies(&target, &msg);
+                std::iter::once((target, msg)).chain(copies)
+            })
+            .collect();
         let _gate = broker.gate();
         let subs = &self.subs;
         let index = broker.commit_transaction(sends, |effects| {

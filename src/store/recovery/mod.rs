@@ -11,7 +11,7 @@ use prost::Message as _;
 
 use super::frame::{self, End};
 use super::journal::Segment;
-use super::proto::{record, Checkpoint, ForwardChunk, MessageAdded, Record};
+use super::proto::{record, Checkpoint, ForwardChunk, MessageAdded, Record, SessionExpiry};
 use super::{EpochHistory, StoreError};
 use crate::destination::{Destination, DestinationPattern, Kind};
 
@@ -43,6 +43,8 @@ pub struct Recovered {
     /// Per queue, its live messages in index order.
     pub queues: Vec<(String, Vec<RecoveredMessage>)>,
     pub durables: Vec<RecoveredDurable>,
+    /// The expiry state of kept client sessions (the latest of each client id, none ended).
+    pub sessions: Vec<SessionExpiry>,
     /// Persistent topic messages held by durable subscriptions.
     pub topic_messages: HashMap<u64, MessageAdded>,
     /// Producer high-water marks: (producer id, highest sequence stored).
@@ -103,6 +105,7 @@ pub(crate) struct Replay {
     queues: HashMap<String, BTreeMap<u64, QMsg>>,
     queue_of: HashMap<u64, String>,
     durables: HashMap<(String, String), Dur>,
+    sessions: HashMap<String, SessionExpiry>,
     topic_msgs: HashMap<u64, (MessageAdded, u32)>,
     producers: HashMap<Bytes, u64>,
     forward_chunks: Vec<ForwardChunk>,
@@ -169,6 +172,9 @@ impl Replay {
         for p in &c.producers {
             r.producers.insert(p.producer_id.clone(), p.sequence);
         }
+        for s in &c.sessions {
+            r.apply_session(s.clone());
+        }
         r.forward_chunks = c.forwards.clone();
         r
     }
@@ -222,6 +228,15 @@ impl Replay {
             return;
         }
         self.apply_now(index, rec);
+    }
+
+    /// The latest state of a client's kept session replaces the last; an ended one is gone.
+    fn apply_session(&mut self, s: SessionExpiry) {
+        if s.ended {
+            self.sessions.remove(&s.client_id);
+        } else {
+            self.sessions.insert(s.client_id.clone(), s);
+        }
     }
 
     fn apply_now(&mut self, index: u64, rec: Record) {
@@ -321,6 +336,7 @@ impl Replay {
                     }
                 }
             }
+            Some(record::Kind::SessionExpiry(s)) => self.apply_session(s),
             Some(record::Kind::Epoch(e)) => {
                 self.epoch = self.epoch.max(e.epoch);
                 self.epochs.begin(e.epoch, index);
@@ -404,6 +420,11 @@ impl Replay {
         Recovered {
             queues,
             durables,
+            sessions: {
+                let mut sessions: Vec<SessionExpiry> = self.sessions.into_values().collect();
+                sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+                sessions
+            },
             topic_messages: self
                 .topic_msgs
                 .into_iter()
