@@ -182,8 +182,13 @@ mod tests {
         );
         assert_eq!(failed, Err("bad value"));
         assert_eq!(h, [("a", "1")].into_iter().collect());
-        h.push_parts::<()>(|t| Ok(t.push('b')), |t| Ok(t.push('2')))
-            .unwrap();
+        let push = |c: char| {
+            move |t: &mut String| -> Result<(), ()> {
+                t.push(c);
+                Ok(())
+            }
+        };
+        h.push_parts(push('b'), push('2')).unwrap();
         assert_eq!(h.iter().collect::<Vec<_>>(), [("a", "1"), ("b", "2")]);
     }
 }
