@@ -3,6 +3,12 @@
 //! Every accepted message carries a `MemoryCharge` that adds its size to the broker-wide pool
 //! and to its destination; dropping the last reference to the message releases both. So the
 //! accounting is exact by construction: no code path has to remember to "un-count".
+//!
+//! A queue with no `memory_limit` of its own is capped at [`default_queue_limit`] of the
+//! broker's limit (64 MiB at the default 1 GiB): producers that outrun their consumers are held
+//! back while the backlog is still small enough to be dispatched from cache, instead of
+//! building hundreds of megabytes of cold messages. Persistent messages past the cap are paged
+//! out to the journal rather than held back (as ActiveMQ's store cursor does).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,6 +16,14 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use super::stats::DestinationCounters;
+
+/// What a queue may hold when no `memory_limit` of its own applies: an eighth of the broker's
+/// limit, at most 64 MiB (as a topic subscriber's default pending size). ActiveMQ caps each
+/// destination too (its shipped configuration: 1 MB per queue, beyond which persistent
+/// messages stay in the store and producers of the others wait).
+pub fn default_queue_limit(broker_limit: u64) -> u64 {
+    (64 << 20).min(broker_limit / 8).max(1)
+}
 
 /// The broker-wide budget for message memory.
 #[derive(Debug)]
@@ -53,7 +67,17 @@ impl MemoryPool {
 
     /// True when both the broker and the destination have room for another message.
     pub fn has_room(&self, dest: &DestinationCounters) -> bool {
-        self.has_broker_room() && dest.memory_limit().is_none_or(|l| dest.memory() < l)
+        self.has_broker_room() && dest.memory() < self.limit_of(dest)
+    }
+
+    /// The bytes `dest` may hold: its own `memory_limit`, else for a queue
+    /// [`default_queue_limit`] of the broker's limit, else (a topic) only the broker's.
+    pub fn limit_of(&self, dest: &DestinationCounters) -> u64 {
+        match dest.memory_limit() {
+            Some(limit) => limit,
+            None if dest.is_queue() => default_queue_limit(self.limit()),
+            None => u64::MAX,
+        }
     }
 
     pub(crate) fn charge(
@@ -215,6 +239,37 @@ mod tests {
         drop(a);
         assert_eq!(pool.used(), 0);
         assert_eq!(dest.memory(), 0);
+    }
+
+    #[test]
+    fn a_queue_without_its_own_limit_gets_the_default_share_and_a_topic_none() {
+        let pool = Arc::new(MemoryPool::new(1 << 30));
+        let counters = |d: &str, limit| {
+            Arc::new(DestinationCounters::new(
+                Destination::parse(d).unwrap(),
+                limit,
+            ))
+        };
+        let queue = counters("queue://q", None);
+        let temp = counters("temp-queue://t", None);
+        let topic = counters("topic://t", None);
+        let own = counters("queue://own", Some(1 << 30));
+        assert_eq!(pool.limit_of(&queue), 64 << 20);
+        assert_eq!(pool.limit_of(&temp), 64 << 20);
+        assert_eq!(pool.limit_of(&topic), u64::MAX);
+        assert_eq!(pool.limit_of(&own), 1 << 30);
+
+        let held = pool.charge(64 << 20, &queue);
+        assert!(!pool.has_room(&queue), "the queue is at its default share");
+        assert!(pool.has_room(&own), "another queue still has room");
+        let _topic = pool.charge(128 << 20, &topic);
+        assert!(pool.has_room(&topic), "a topic has no share of its own");
+        drop(held);
+        assert!(pool.has_room(&queue));
+
+        // The share follows the broker's limit (changed by `meshmq apply`).
+        pool.set_limit(64 << 20);
+        assert_eq!(pool.limit_of(&queue), 8 << 20);
     }
 
     #[test]

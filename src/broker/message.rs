@@ -76,6 +76,9 @@ impl MessageBuilder {
         if draft.producer_id != self.last_producer {
             self.last_producer = Bytes::copy_from_slice(&draft.producer_id);
         }
+        // The one clock read for a message the producer did not stamp: its timestamp, and
+        // when this broker received it (which `Session::stamp` and the queue reuse).
+        let now = if draft.timestamp_ms == 0 { now_ms() } else { 0 };
         Ok(Message {
             destination: None,
             body,
@@ -89,10 +92,11 @@ impl MessageBuilder {
             correlation_id: draft.correlation_id,
             content_type: draft.content_type,
             timestamp_ms: if draft.timestamp_ms == 0 {
-                now_ms()
+                now
             } else {
                 draft.timestamp_ms
             },
+            received_ms: now,
             broker_path: draft.broker_path,
             targets: draft.targets,
             redeliveries: draft.redeliveries,
@@ -120,8 +124,9 @@ pub struct Message {
     pub correlation_id: String,
     pub content_type: String,
     pub timestamp_ms: u64,
-    /// When this broker accepted it (ms since the epoch; 0 = not through `publish`, e.g.
-    /// recovered from the journal), for the dispatch latency metric.
+    /// When this broker received it (ms since the epoch): the builder's clock read when it
+    /// stamped the message, else set when accepted (`publish`); 0 = not through `publish`,
+    /// e.g. recovered from the journal. For the dispatch latency metric.
     pub received_ms: u64,
     /// Groups this message was forwarded through (network connectors), oldest first.
     pub broker_path: Vec<Arc<str>>,

@@ -373,6 +373,7 @@ impl Broker {
             temp_prefixes: Vec::new(),
             last_target: None,
             last_record: 0,
+            resends_below: 0,
             closed: false,
         })
     }

@@ -376,13 +376,18 @@ impl Queue {
 
     /// Adds a message (in memory or paged out) with a redelivery count (recovered messages).
     pub(crate) fn enqueue_slot(&self, slot: Slot, redeliveries: u32, dead: &mut Effects) {
+        // A message just published was stamped when received: no second clock read.
+        let arrived_ms = match &slot {
+            Slot::Loaded(m) if m.received_ms != 0 => m.received_ms,
+            _ => now_ms(),
+        };
         let mut st = self.state.lock();
         st.next_seq += 1;
         let entry = QEntry {
             slot,
             seq: st.next_seq,
             redeliveries,
-            arrived_ms: now_ms(),
+            arrived_ms,
         };
         if entry.expires_at_ms() != 0 {
             st.expiring += 1;

@@ -34,6 +34,9 @@ pub struct Session {
     /// temporary destinations after the first, and may re-create them here.
     pub(super) temp_prefixes: Vec<String>,
     pub(super) last_target: Option<Target>,
+    /// A failover client's sends below this producer sequence are re-sends of sends another
+    /// group may hold already: accepted flagged redelivered (0 = none).
+    pub(super) resends_below: u64,
     /// Index of the last journal record this session's operations appended (0 = none).
     pub(super) last_record: u64,
     pub(super) closed: bool,
@@ -85,6 +88,16 @@ impl Session {
                     .strip_prefix(prefix.as_str())
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
             })
+    }
+
+    /// A failover client reconnected here from another group and starts by re-sending what
+    /// that group never receipted (producer sequences below `sequence`): that group may hold
+    /// them already, and its producer marks are not ours, so they cannot be dropped as
+    /// duplicates here. They are accepted flagged redelivered instead, so a consumer that gets
+    /// both copies sees the later one as a possible duplicate (at-least-once, never a second
+    /// first delivery).
+    pub fn flag_resends_below(&mut self, sequence: u64) {
+        self.resends_below = sequence;
     }
 
     /// Lets this session create (and own) temporary destinations named after a failover
@@ -195,8 +208,13 @@ impl Session {
         if self.is_resend(msg) {
             return Ok(false);
         }
+        if msg.sequence != 0 && msg.sequence < self.resends_below && !msg.sequence_checked {
+            msg.redeliveries = msg.redeliveries.max(1);
+        }
         msg.origin = self.id;
-        msg.received_ms = now_ms();
+        if msg.received_ms == 0 {
+            msg.received_ms = now_ms();
+        }
         msg.destination = Some(target.destination().clone());
         msg.charge = self
             .broker

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::destination::Destination;
+use crate::destination::{Destination, Kind};
 use crate::metrics::DestinationStats;
 
 /// A destination memory cap of "none".
@@ -15,6 +15,9 @@ pub struct DestinationCounters {
     /// The destination's own memory cap, bytes; [`NO_LIMIT`]: none (changed in place by
     /// `meshmq apply`).
     memory_limit: AtomicU64,
+    /// A queue (plain or temporary): without a cap of its own it takes the default queue
+    /// share of the broker's limit (see `MemoryPool::limit_of`).
+    is_queue: bool,
     pub(crate) memory: AtomicU64,
     pub(crate) enqueued: AtomicU64,
     pub(crate) dequeued: AtomicU64,
@@ -30,6 +33,7 @@ pub struct DestinationCounters {
 impl DestinationCounters {
     pub fn new(destination: Destination, memory_limit: Option<u64>) -> DestinationCounters {
         DestinationCounters {
+            is_queue: matches!(destination.kind(), Kind::Queue | Kind::TempQueue),
             destination,
             memory_limit: AtomicU64::new(memory_limit.unwrap_or(NO_LIMIT)),
             memory: AtomicU64::new(0),
@@ -48,6 +52,11 @@ impl DestinationCounters {
     /// The destination's own memory cap, if it has one.
     pub fn memory_limit(&self) -> Option<u64> {
         Some(self.memory_limit.load(Ordering::Relaxed)).filter(|&l| l != NO_LIMIT)
+    }
+
+    /// Whether this is a queue's (plain or temporary).
+    pub fn is_queue(&self) -> bool {
+        self.is_queue
     }
 
     pub(crate) fn set_memory_limit(&self, limit: Option<u64>) {

@@ -248,15 +248,23 @@ impl Supervisor {
     }
 
     fn hello(&self) -> Hello {
+        let reconnect = self.connects > 0;
+        let (resent_from_group, resends_below) = if reconnect {
+            self.shared.resends()
+        } else {
+            (String::new(), 0)
+        };
         Hello {
             fault_tolerant: true,
-            failover_reconnect: self.connects > 0,
-            temp_prefixes: if self.connects > 0 {
+            failover_reconnect: reconnect,
+            temp_prefixes: if reconnect {
                 vec![self.shared.temp_prefix.clone()]
             } else {
                 Vec::new()
             },
             priority_pinned: self.o().priority_backup,
+            resent_from_group,
+            resends_below,
             priority: self.priority_uris(),
         }
     }
@@ -696,6 +704,7 @@ impl Supervisor {
         let mut h = self.hello();
         h.failover_reconnect = true;
         h.temp_prefixes = vec![self.shared.temp_prefix.clone()];
+        (h.resent_from_group, h.resends_below) = self.shared.resends();
         h
     }
 }

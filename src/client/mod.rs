@@ -242,6 +242,10 @@ pub(crate) struct Hello {
     pub temp_prefixes: Vec<String>,
     /// Sent as is: the caller decides whether the broker dialled is a priority one.
     pub priority_pinned: bool,
+    /// A reconnect's re-sends: the group connected before, and the first sequence not used
+    /// yet (see `Connect::resends_below`).
+    pub resent_from_group: String,
+    pub resends_below: u64,
     /// Not sent: the priority brokers, for callers that try several URIs.
     pub priority: Vec<BrokerUrl>,
 }
@@ -335,6 +339,8 @@ async fn open_unbounded(
             failover_reconnect: hello.failover_reconnect,
             temp_prefixes: hello.temp_prefixes.clone(),
             priority_pinned: hello.priority_pinned,
+            resent_from_group: hello.resent_from_group.clone(),
+            resends_below: hello.resends_below,
         })),
         &mut pump.wbuf,
     );

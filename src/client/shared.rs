@@ -503,6 +503,14 @@ impl Shared {
         (subs.len(), resent)
     }
 
+    /// What a reconnect tells the new broker about the sends it is about to re-send: the
+    /// group the client was connected to, and the first sequence not used yet (every tracked
+    /// send lies below it).
+    pub(super) fn resends(&self) -> (String, u64) {
+        let group = self.info.read().group.clone();
+        (group, self.out.lock().next_sequence)
+    }
+
     /// A leave's receipt came: the broker applied every frame this connection carried.
     pub(super) fn leave_confirmed(&self) {
         let mut out = self.out.lock();

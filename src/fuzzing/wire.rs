@@ -179,6 +179,8 @@ pub(super) fn wire_seeds() -> Vec<Vec<u8>> {
             failover_reconnect: true,
             temp_prefixes: vec!["ID-1-2".into()],
             priority_pinned: true,
+            resent_from_group: "g0".into(),
+            resends_below: 7,
         })),
         wire::frame(Body::Send(sample_send())),
         wire::frame(Body::Subscribe(Subscribe {

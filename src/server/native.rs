@@ -214,6 +214,11 @@ async fn handshake(
         if let Err(e) = session.adopt_temp_prefixes(connect.temp_prefixes.clone()) {
             return refuse_owned(pump, ctx, &principal, e).await;
         }
+        // Re-sends from another group: this group's producer marks cannot catch them.
+        if !connect.resent_from_group.is_empty() && connect.resent_from_group != ctx.identity.group
+        {
+            session.flag_resends_below(connect.resends_below);
+        }
     }
     let mut registration = ctx.cluster.register(
         session.id(),

@@ -419,6 +419,8 @@ mod tests {
                 failover_reconnect: true,
                 temp_prefixes: vec!["ID-1-2".into()],
                 priority_pinned: true,
+                resent_from_group: "g0".into(),
+                resends_below: 7,
             })),
             frame(Body::Connected(Connected {
                 protocol_version: 1,

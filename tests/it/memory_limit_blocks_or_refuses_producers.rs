@@ -1,7 +1,9 @@
 //! The memory limit holds: with `on_full = "block"` a producer with no consumer stalls at the
 //! broker's limit while the broker's RSS stays bounded, and completes once a consumer drains,
-//! losing nothing; with `on_full = "fail"` on one queue its sends are refused with
-//! `ResourceExhausted` while another queue still accepts.
+//! losing nothing; a queue with no `memory_limit` of its own stalls its producer at the default
+//! queue share (an eighth of the broker's limit) while other queues still accept; with
+//! `on_full = "fail"` on one queue its sends are refused with `ResourceExhausted` while another
+//! queue still accepts.
 
 use crate::common;
 
@@ -30,10 +32,12 @@ fn body(seq: u64) -> Bytes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_producer_blocks_at_the_memory_limit_and_resumes_when_drained() {
+    // The queue's own cap is above the broker's, so the broker's limit is the one met.
     let broker = Broker::start(
         &Config::new()
             .broker("memory_limit = \"64MiB\"")
-            .broker("on_full = \"block\""),
+            .broker("on_full = \"block\"")
+            .section("[[policy]]\ndestination = \"queue://backlog\"\nmemory_limit = \"1GiB\""),
     );
     let producer = broker.client().await;
     let sent = Arc::new(AtomicU64::new(0));
@@ -120,6 +124,77 @@ async fn a_producer_blocks_at_the_memory_limit_and_resumes_when_drained() {
             s.depth == 0 && s.dequeued == TOTAL && broker.status().memory_used_bytes == 0
         },
     );
+}
+
+/// The default cap of a queue with no `memory_limit` of its own: an eighth of 64 MiB.
+const QUEUE_SHARE: u64 = LIMIT / 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queue_without_its_own_limit_stalls_its_producer_at_the_default_share() {
+    const SENT: u64 = 6 * QUEUE_SHARE / SIZE as u64;
+    let broker = Broker::start(&Config::new().broker("memory_limit = \"64MiB\""));
+    let producer = broker.client().await;
+    let sending = {
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            for i in 0..SENT {
+                producer.send(QUEUE, &Outgoing::new(body(i))).await?;
+            }
+            producer.flush().await
+        })
+    };
+    common::wait_until("the queue reaches its default share", || {
+        assert!(
+            !sending.is_finished(),
+            "the producer sent six times the queue's share with no consumer"
+        );
+        broker.destination(QUEUE).memory_bytes >= QUEUE_SHARE
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held = broker.destination(QUEUE);
+    assert!(!sending.is_finished(), "the producer is stalled, not done");
+    assert!(
+        held.memory_bytes < QUEUE_SHARE + 2 * SIZE as u64 + 1024,
+        "at most one message beyond the queue's share: {}",
+        held.memory_bytes
+    );
+    let status = broker.status();
+    assert!(
+        status.memory_used_bytes < status.memory_limit_bytes / 2,
+        "the broker itself is far from full: {} of {}",
+        status.memory_used_bytes,
+        status.memory_limit_bytes
+    );
+
+    // Another queue (another connection: the stalled one reads nothing more) still accepts.
+    let other = broker.client().await;
+    for i in 0..100 {
+        other
+            .send_with_receipt("queue://other", &Outgoing::new(body(i)))
+            .await
+            .expect("another queue still accepts");
+    }
+    assert_eq!(broker.destination("queue://other").depth, 100);
+
+    // A consumer drains: the producer completes; every message arrives once, in order.
+    let consumer = broker.client().await;
+    let mut sub = consumer
+        .subscribe(QUEUE, SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    for i in 0..SENT {
+        let d = tokio::time::timeout(GUARD, sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} did not arrive"))
+            .expect("open");
+        assert_eq!(d.body, body(i), "message {i}");
+    }
+    let done = tokio::time::timeout(GUARD, sending)
+        .await
+        .expect("the producer completes once drained")
+        .expect("join");
+    assert!(done.is_ok(), "{done:?}");
+    assert!(sub.next_timeout(Duration::from_millis(100)).await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

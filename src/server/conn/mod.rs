@@ -9,6 +9,8 @@
 //! [`SyncedQueue`] until the journal has synced it, and go out in the order the frames came.
 //! Beside it: `ctx.rs` (what every connection of a listener shares), `transaction.rs` (an open
 //! transaction's staged work), `bucket.rs` (the creation rate limit).
+//! A stopping broker's connection stops reading and delivering, sends the receipts of what it
+//! had accepted once they are synced (at most `STOP_GRACE`), then closes with an error.
 //! Owns: the connection's transactions, its blocked send, its held receipts. Must not touch:
 //! the journal (the broker's durability facade stands for it) or bytes (the codec's).
 
@@ -48,6 +50,9 @@ const REFILL_BELOW: usize = 64 * 1024;
 const FILL_TO: usize = 256 * 1024;
 /// A peer that does not read while we owe it more than this stops being read from.
 const WRITE_BACKLOG_LIMIT: usize = 8 * 1024 * 1024;
+/// How long a connection of a stopping broker waits for the receipts of what it already
+/// accepted (see `Connection::stopping`) before it closes anyway.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Idle buffers are given back at least this often, heartbeats or not.
 const SHRINK_EVERY: Duration = Duration::from_secs(10);
 /// Received bytes a connection holds of frames not yet handed over without being charged to
@@ -89,6 +94,10 @@ pub(crate) struct Connection<C: Codec> {
     receipts: SyncedQueue<C::Receipt>,
     closing: Option<&'static str>,
     disconnecting: bool,
+    /// The broker is stopping (until this deadline): nothing more is read or delivered, and
+    /// the connection closes once the receipts of what it accepted have gone out — a client
+    /// is never left to re-send elsewhere a message this broker holds and would deliver.
+    stopping: Option<Instant>,
     liveness: Liveness,
     /// The connection's place in the cluster registry: its pushes, and the signal that a
     /// failover reconnect of the same client took over.
@@ -146,6 +155,7 @@ impl<C: Codec> Connection<C> {
             receipts: SyncedQueue::default(),
             closing: None,
             disconnecting: false,
+            stopping: None,
             liveness: Liveness::new(Instant::now(), heartbeat_out, peer_silence),
             registration: None,
             producing: false,
@@ -266,6 +276,19 @@ impl<C: Codec> Connection<C> {
             if self.disconnecting && self.receipts.is_empty() && self.closing.is_none() {
                 self.closing = Some("client disconnected");
             }
+            if let Some(deadline) = self.stopping {
+                if self.closing.is_none()
+                    && (self.receipts.is_empty() || Instant::now() >= deadline)
+                {
+                    self.error(
+                        ErrorCode::ShuttingDown,
+                        "the broker is shutting down; reconnect to another member",
+                        None,
+                        true,
+                    );
+                    self.closing = Some("broker shutting down");
+                }
+            }
             if let Some(reason) = self.closing {
                 // The frame that ended the connection (an error, a Disconnect's receipt) is the
                 // last one written: deliveries not yet encoded go back to their destinations
@@ -274,7 +297,9 @@ impl<C: Codec> Connection<C> {
                     tokio::time::timeout(Duration::from_secs(2), self.pump.flush_and_close()).await;
                 return reason;
             }
-            self.fill();
+            if self.stopping.is_none() {
+                self.fill();
+            }
             self.count_consumers(self.session.subscription_count());
             let broker = self.session.broker().clone();
             // Partial frames count against the memory limit; at the limit, a connection that
@@ -283,11 +308,21 @@ impl<C: Codec> Connection<C> {
                 .set(self.pump.rbuf.len().saturating_sub(PENDING_WHEN_FULL) as u64);
             let starved =
                 self.pump.rbuf.len() >= PENDING_WHEN_FULL && !broker.memory().has_broker_room();
-            let reading =
-                self.blocked.is_none() && self.pump.wbuf.len() < WRITE_BACKLOG_LIMIT && !starved;
+            let reading = self.blocked.is_none()
+                && self.pump.wbuf.len() < WRITE_BACKLOG_LIMIT
+                && !starved
+                && self.stopping.is_none();
             // A disconnecting client's session has ended: its closed outbox would wake us
-            // at once, forever.
-            let outbox = (!self.disconnecting).then(|| self.session.outbox().clone());
+            // at once, forever. A stopping connection delivers nothing more.
+            let outbox = (!self.disconnecting && self.stopping.is_none())
+                .then(|| self.session.outbox().clone());
+            let stop_deadline = self.stopping;
+            let grace_over = async {
+                match stop_deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let blocked = self
                 .blocked
                 .as_ref()
@@ -346,10 +381,13 @@ impl<C: Codec> Connection<C> {
                     self.on_timer();
                     timer.as_mut().reset(self.next_timer());
                 }
-                _ = shutdown.cancelled(), if self.closing.is_none() => {
-                    self.error(ErrorCode::ShuttingDown, "the broker is shutting down; reconnect to another member", None, true);
-                    self.closing = Some("broker shutting down");
+                _ = shutdown.cancelled(), if self.closing.is_none() && self.stopping.is_none() => {
+                    // What was accepted is receipted before the close; a send still waiting
+                    // for room was not accepted (its client re-sends it elsewhere).
+                    self.blocked = None;
+                    self.stopping = Some(Instant::now() + STOP_GRACE);
                 }
+                _ = grace_over => {}
             }
         }
     }

@@ -19,6 +19,9 @@ use super::GUARD;
 #[derive(Debug, Default)]
 struct State {
     sent: BTreeSet<String>,
+    /// Sends whose outcome the producer never learned (no receipt, no refusal): they may
+    /// arrive or not, so they are neither lost nor invented.
+    in_doubt: BTreeSet<String>,
     /// id → every delivery: (consumer label, flagged redelivered).
     received: BTreeMap<String, Vec<(String, bool)>>,
 }
@@ -89,6 +92,11 @@ impl History {
         self.state.lock().unwrap().sent.insert(id.to_string());
     }
 
+    /// A send whose receipt never came: it may arrive or not.
+    pub fn in_doubt(&self, id: &str) {
+        self.state.lock().unwrap().in_doubt.insert(id.to_string());
+    }
+
     pub fn received(&self, consumer: &str, id: &str, redelivered: bool) {
         self.state
             .lock()
@@ -130,7 +138,7 @@ impl History {
             }
         }
         for (id, copies) in &st.received {
-            if !st.sent.contains(id) {
+            if !st.sent.contains(id) && !st.in_doubt.contains(id) {
                 v.invented.push(id.clone());
             }
             for (consumer, _) in copies {
