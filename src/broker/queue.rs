@@ -172,39 +172,11 @@ impl Lanes {
         None
     }
 
-    /// The entry `pop_front` would take next.
-    fn front(&self) -> Option<&QEntry> {
-        if self.len == 0 {
-            return None;
-        }
-        self.lanes.iter().rev().find_map(|lane| lane.front())
-    }
-
     fn remove(&mut self, lane: usize, i: usize) -> Option<QEntry> {
         let e = self.lanes[lane].remove(i)?;
         self.len -= 1;
         Some(e)
     }
-}
-
-/// Asks the CPU to bring `m` (its reference counts and fields) into cache; a hint, no effect
-/// on what the program does.
-#[inline]
-fn prefetch(m: &Arc<Message>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // The reference counts sit just before the message in the same allocation.
-        let start = Arc::as_ptr(m).cast::<u8>().wrapping_sub(16);
-        let len = std::mem::size_of::<Message>() + 16;
-        for offset in (0..len).step_by(64) {
-            // SAFETY: a prefetch reads nothing the program sees and never faults, whatever
-            // the address.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset).cast()) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = m;
 }
 
 /// Pending entries a picky consumer (a network consumer, or one with a selector) looks through
@@ -625,12 +597,6 @@ impl Queue {
             let Some(qe) = qe else {
                 break;
             };
-            // The next message is most likely the next one dispatched (by this round or the
-            // next ack's): start loading it now. Under a backlog it is cold, and the first
-            // touch of it (its reference count, below) was the round's costliest stall.
-            if let Some(Slot::Loaded(next)) = st.pending.front().map(|e| &e.slot) {
-                prefetch(next);
-            }
             // With nothing pending that can expire (the sweep trusts the same count), the
             // message is not read here: under a backlog it is cold, and this read was the
             // dispatch round's costliest load.
