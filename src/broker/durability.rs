@@ -24,13 +24,14 @@ use crate::store::StoreError;
 
 impl Broker {
     /// True when a message for `target` may be taken now: the journal has room for one it
-    /// would hold (persistent, not on a temporary destination), memory has room otherwise.
+    /// would hold (persistent, not on a temporary destination), memory has room otherwise —
+    /// for a topic, also in every queue it feeds (`feed.rs`).
     pub fn has_room(&self, target: &Target, persistent: bool) -> bool {
         match self.store() {
             Some(store) if self.needs_journal_room(target, persistent) => {
                 store.journal().has_room()
             }
-            _ => self.memory().has_room(target.counters()),
+            _ => self.memory().has_room(target.counters()) && self.feeds_have_room(target),
         }
     }
 
@@ -40,7 +41,10 @@ impl Broker {
             Some(store) if self.needs_journal_room(target, persistent) => {
                 store.journal().wait_room().await
             }
-            _ => self.memory().wait_for_room(target.counters()).await,
+            _ => {
+                self.memory().wait_for_room(target.counters()).await;
+                self.wait_feeds_room(target).await;
+            }
         }
     }
 

@@ -87,9 +87,11 @@ impl MemoryPool {
     ) -> MemoryCharge {
         self.used.fetch_add(bytes, Ordering::Relaxed);
         dest.memory.fetch_add(bytes, Ordering::Relaxed);
+        // The charge reaches the pool through its destination: one reference count per
+        // message (the destination's), not a second one on the pool every message shares.
+        dest.pool.get_or_init(|| self.clone());
         MemoryCharge {
             bytes,
-            pool: Some(self.clone()),
             dest: Some(dest.clone()),
         }
     }
@@ -147,7 +149,7 @@ impl MemoryPool {
 #[derive(Debug, Default)]
 pub struct MemoryCharge {
     bytes: u64,
-    pool: Option<Arc<MemoryPool>>,
+    /// Also the way to the pool ([`DestinationCounters::pool`]).
     dest: Option<Arc<DestinationCounters>>,
 }
 
@@ -170,9 +172,9 @@ impl Drop for MemoryCharge {
     fn drop(&mut self) {
         if let Some(dest) = &self.dest {
             dest.memory.fetch_sub(self.bytes, Ordering::Relaxed);
-        }
-        if let Some(pool) = &self.pool {
-            pool.release(self.bytes);
+            if let Some(pool) = dest.pool.get() {
+                pool.release(self.bytes);
+            }
         }
     }
 }

@@ -18,7 +18,8 @@
 //!
 //! Here: the [`Broker`] handle, its destinations and [`Target`]s, and the work done after a
 //! destination's lock is released. Beside it: `session.rs` (a connection's operations),
-//! `subscription.rs` (subscribing, durable subscriptions), `demand.rs` (who consumes what, for
+//! `subscription.rs` (subscribing, durable subscriptions), `kept_sessions.rs` (when a client's
+//! kept session expires), `demand.rs` (who consumes what, for
 //! the network), `forwards.rs` (forwarded ids already taken), `settings.rs`, `error.rs`; the
 //! destinations themselves in `queue.rs` and `topic.rs`; the journal in `persist.rs` and
 //! `durability.rs`.
@@ -27,8 +28,10 @@ mod claims;
 mod demand;
 mod durability;
 mod error;
+mod feed;
 mod forwards;
 mod inflight;
+mod kept_sessions;
 mod memory;
 mod message;
 mod outbox;
@@ -55,6 +58,7 @@ pub use crate::metrics::DestinationStats;
 pub use demand::{Demand, DemandEvent, NetworkSpec};
 pub use durability::{CommitLog, JournalStats, SyncedQueue};
 pub use error::BrokerError;
+pub use kept_sessions::NEVER_EXPIRES;
 pub use memory::{MemoryPool, PendingCharge};
 pub use message::{
     Delivery, Draft, Message, MessageBuilder, COPY_BODY_BELOW, DEFAULT_PRIORITY, MAX_PRIORITY,
@@ -211,6 +215,8 @@ struct Inner {
     topic_registry: Mutex<()>,
     wildcard_subs: RwLock<Vec<Arc<TopicSub>>>,
     durables: DashMap<(String, String), Arc<TopicSub>>,
+    /// The expiry state of kept client sessions, by client id (`kept_sessions.rs`).
+    kept_sessions: DashMap<String, kept_sessions::KeptSession>,
     /// Each client id in use: its session and that session's user.
     client_ids: DashMap<String, (u64, Option<String>)>,
     /// Client ids, and connection ids (temporary destination name prefixes), by user.
@@ -225,6 +231,8 @@ struct Inner {
     demand_events: tokio::sync::broadcast::Sender<DemandEvent>,
     next_demand: AtomicU64,
     recent_forwards: Mutex<RecentIds>,
+    /// Queues fed from topics (`feed.rs`).
+    feeds: feed::Feeds,
     persistence: Option<persist::Persistence>,
     pager: Option<Arc<dyn queue::Pager>>,
 }
@@ -287,6 +295,7 @@ impl Broker {
                 demand_events: tokio::sync::broadcast::channel(DEMAND_EVENTS).0,
                 next_demand: AtomicU64::new(1),
                 recent_forwards: Mutex::new(RecentIds::new(RECENT_FORWARD_CHUNKS)),
+                feeds: feed::Feeds::default(),
                 persistence: store.map(persist::Persistence::new),
                 pager,
                 settings: RwLock::new(settings),
@@ -296,6 +305,7 @@ impl Broker {
                 topic_registry: Mutex::new(()),
                 wildcard_subs: RwLock::new(Vec::new()),
                 durables: DashMap::new(),
+                kept_sessions: DashMap::new(),
                 client_ids: DashMap::new(),
                 client_id_claims: claims::Claims::default(),
                 temp_claims: claims::Claims::default(),

@@ -564,6 +564,7 @@ impl Broker {
                     .collect(),
                 durables,
                 producers: self.inner.producers.snapshot(),
+                sessions: self.export_kept_sessions(),
                 forwards: self.export_forwards(),
                 // The store fills in its epoch history.
                 epoch: 0,
@@ -593,6 +594,7 @@ impl Broker {
             self.inner.producers.advance(producer, *seq);
         }
         self.restore_forwards(&recovered.forward_chunks, &recovered.forwarded);
+        self.restore_kept_sessions(recovered.sessions);
         let mut effects = Effects::default();
         for (dest, messages) in recovered.queues {
             let Ok(dest) = Destination::parse(&dest) else {

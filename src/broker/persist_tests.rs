@@ -474,3 +474,41 @@ async fn forwards_taken_are_known_after_a_restart() {
     );
     crash(b);
 }
+
+#[tokio::test]
+async fn a_checkpoint_taken_while_a_transaction_commits_lists_its_sends_by_their_records() {
+    // A committed transaction's sends become visible with its end marker, but each is
+    // journaled under its own record: a checkpoint taken before the end marker is durable must
+    // list each under that record (and a send not journaled not at all), or the next start
+    // finds the "live message" is the end marker and refuses.
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        // Holds the commit on its way to the disk while the checkpoint takes its snapshot.
+        group_commit_window: Duration::from_millis(300),
+        ..store_config(dir.path())
+    };
+    let (store, recovered) = Store::open(config.clone(), false).unwrap();
+    let b = Broker::with_store(BrokerSettings::default(), store, recovered);
+    let mut p = b.open_session(None).unwrap();
+    let t = p.target(&to_dest("queue://q")).unwrap();
+    let sends = [("one", true), ("memory only", false), ("two", true)]
+        .into_iter()
+        .map(|(body, persistent)| p.stage(&t, msg(body, persistent)).unwrap().unwrap())
+        .collect();
+    let end = p.commit(sends, &[]);
+    assert!(end > 0, "the commit is journaled");
+    assert!(
+        b.synced() < end,
+        "the checkpoint must find the commit still pending"
+    );
+    b.checkpoint(false).await.unwrap();
+    drop(p);
+    crash(b);
+
+    let (store, recovered) = Store::open(config, false)
+        .expect("a checkpoint taken during a commit leaves a journal that opens");
+    let b = Broker::with_store(BrokerSettings::default(), store, recovered);
+    let mut c = b.open_session(None).unwrap();
+    sub(&mut c, 1, "queue://q", None);
+    assert_eq!(bodies(&drain(&c)), ["one", "two"]);
+}

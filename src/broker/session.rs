@@ -226,13 +226,27 @@ impl Session {
 
     /// Accepts a message onto a target: charges its memory, then queues or fans it out — or
     /// journals it, to become visible once durable. A re-send (its producer sequence is not
-    /// above the producer's mark) is dropped as a duplicate. Flow control is the caller's:
-    /// check `has_room` (and wait or refuse) first.
+    /// above the producer's mark) is dropped as a duplicate. A topic message published here
+    /// that feeds queues (`feed.rs`) is committed with its copies, as one transaction. Flow
+    /// control is the caller's: check `has_room` (and wait or refuse) first.
     pub fn publish(&mut self, target: &Target, mut msg: Message) -> Result<Published, BrokerError> {
         if !self.stamp(target, &mut msg)? {
             return Ok(Published::Duplicate);
         }
+        let copies = self.broker.fed_copies(target, &msg);
         let _gate = self.broker.gate();
+        if !copies.is_empty() {
+            // Staged with its copies, so its receipt waits for them too (`feed.rs`).
+            let sends = std::iter::once((target.clone(), msg))
+                .chain(copies)
+                .collect();
+            let index = self.broker.commit_transaction(sends, |_| {});
+            if index == 0 {
+                return Ok(Published::Accepted);
+            }
+            self.last_record = index;
+            return Ok(Published::Pending(index));
+        }
         if self.broker.journals(target, &msg) {
             let index = self.broker.journal_publish(target, msg);
             self.last_record = index;
@@ -333,6 +347,13 @@ impl Session {
     /// journal index the commit's receipt must wait for (0: none).
     pub fn commit(&mut self, sends: Vec<(Target, Message)>, acks: &[(u64, u64)]) -> u64 {
         let broker = self.broker.clone();
+        let sends = sends
+            .into_iter()
+            .flat_map(|(target, msg)| {
+                let copies = broker.fed_copies(&target, &msg);
+                std::iter::once((target, msg)).chain(copies)
+            })
+            .collect();
         let _gate = broker.gate();
         let subs = &self.subs;
         let index = broker.commit_transaction(sends, |effects| {

@@ -2,6 +2,9 @@
 //! admin endpoints (`/status`, `/metrics`) without taking any destination lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use super::memory::MemoryPool;
 
 use crate::destination::{Destination, Kind};
 use crate::metrics::DestinationStats;
@@ -19,6 +22,9 @@ pub struct DestinationCounters {
     /// share of the broker's limit (see `MemoryPool::limit_of`).
     is_queue: bool,
     pub(crate) memory: AtomicU64,
+    /// The broker's memory pool, set by the first charge: a message's charge releases its
+    /// bytes to it through this, so it holds no reference of its own to the pool.
+    pub(crate) pool: OnceLock<Arc<MemoryPool>>,
     pub(crate) enqueued: AtomicU64,
     pub(crate) dequeued: AtomicU64,
     pub(crate) expired: AtomicU64,
@@ -37,6 +43,7 @@ impl DestinationCounters {
             destination,
             memory_limit: AtomicU64::new(memory_limit.unwrap_or(NO_LIMIT)),
             memory: AtomicU64::new(0),
+            pool: OnceLock::new(),
             enqueued: AtomicU64::new(0),
             dequeued: AtomicU64::new(0),
             expired: AtomicU64::new(0),

@@ -468,6 +468,78 @@ fn stomp_subscribe(codec: &mut Stomp, destination: &str, id: &str, ack: &str) ->
     }
 }
 
+/// The ids the server generates — the 1.2 `ack` id, and the `message-id` of a message without
+/// its producer's identity — are written directly with each ':' as the version writes it
+/// (raw in 1.0, `\c` from 1.1), read back as generated, and name the delivery in an ACK.
+#[test]
+fn generated_ids_are_escaped_per_version_and_name_their_delivery() {
+    use crate::broker::{Destination, Message};
+    use crate::server::conn::Codec;
+    let m = std::sync::Arc::new(Message {
+        destination: Some(Destination::parse("queue://q").expect("valid")),
+        body: Bytes::from_static(b"b"),
+        ..Message::default()
+    });
+    for version in Version::ALL {
+        let mut c = stomp_codec(version);
+        let sub = stomp_subscribe(&mut c, "/queue/q", "s", "client-individual");
+        let mut raw = bytes::BytesMut::new();
+        let delivery = crate::broker::Delivery {
+            subscription: sub,
+            tag: 41,
+            redelivery_count: 0,
+            message: m.clone(),
+        };
+        c.encode_delivery(&delivery, &mut raw);
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        let (ack_line, id_line) = match version {
+            Version::V1_0 => (None, format!("\nmessage-id:ID:{sub}:41\n")),
+            Version::V1_1 => (None, format!("\nmessage-id:ID\\c{sub}\\c41\n")),
+            Version::V1_2 => (
+                Some(format!("\nack:{sub}\\c41\n")),
+                format!("\nmessage-id:ID\\c{sub}\\c41\n"),
+            ),
+        };
+        assert!(raw.contains(&id_line), "{version}: {raw:?}");
+        assert_eq!(
+            ack_line.as_ref().is_some_and(|l| raw.contains(l.as_str())),
+            ack_line.is_some(),
+            "{version}: {raw:?}"
+        );
+
+        let f = stomp_delivery(&mut c, &m, sub, 41, 0);
+        let mid = format!("ID:{sub}:41");
+        assert_eq!(f.header("message-id"), Some(mid.as_str()), "{version}");
+        let ack = match version {
+            Version::V1_2 => {
+                assert_eq!(f.header("ack"), Some(format!("{sub}:41").as_str()));
+                frame(Command::Ack, &[("id", f.header("ack").expect("ack"))])
+            }
+            Version::V1_1 => frame(Command::Ack, &[("message-id", &mid), ("subscription", "s")]),
+            Version::V1_0 => frame(Command::Ack, &[("message-id", &mid)]),
+        };
+        assert!(
+            matches!(
+                c.request(ack),
+                Request::Ack { subscription, ref tags, .. } if subscription == sub && tags == &[41]
+            ),
+            "{version}"
+        );
+    }
+
+    // A producer's identity is escaped where it needs it; the rest is written as is.
+    let from_producer = std::sync::Arc::new(Message {
+        destination: Some(Destination::parse("queue://q").expect("valid")),
+        producer_id: Bytes::from_static(b"p:1\\x"),
+        sequence: 9,
+        ..Message::default()
+    });
+    let mut c = stomp_codec(Version::V1_2);
+    let sub = stomp_subscribe(&mut c, "/queue/q", "s", "auto");
+    let f = stomp_delivery(&mut c, &from_producer, sub, 1, 0);
+    assert_eq!(f.header("message-id"), Some("ID:p:1\\x:9"));
+}
+
 /// The MESSAGE frame `codec` writes for one delivery, decoded back.
 fn stomp_delivery(
     codec: &mut Stomp,
@@ -494,7 +566,7 @@ fn stomp_delivery(
         other => panic!("not a frame: {other:?}"),
     };
     assert!(out.is_empty(), "one frame per delivery");
-    let mut names: Vec<&str> = frame.headers.iter().map(|(k, _)| k.as_str()).collect();
+    let mut names: Vec<&str> = frame.headers.iter().map(|(k, _)| k).collect();
     names.sort_unstable();
     let before = names.len();
     names.dedup();

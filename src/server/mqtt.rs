@@ -57,11 +57,13 @@ use super::mqtt_session::{DeliveryKey, MqttSessions};
 use super::request::{Refusal, Request, SendRequest};
 
 pub(crate) use connect::{read_client_bytes, refuse_over_limit, serve};
+pub(crate) use persistent::expire_kept_sessions;
 #[cfg(test)]
 use persistent::{parse_session_sub_name, session_sub_name};
 #[cfg(test)]
 use topic::{destination_to_topic, topic_to_destination};
 pub(crate) use topic::{filter_to_pattern, TopicError};
+pub(crate) use will::DelayedWills;
 use wire::{decode_error, reason, reason_for, Packet, Wire};
 
 /// What the broker owes the client once a request is answered: the packet that answers it.
@@ -145,6 +147,8 @@ pub(crate) struct Mqtt {
     refusal_reason: Option<u8>,
     /// Published if the connection ends without a DISCONNECT.
     will: Option<SendRequest<Receipt>>,
+    /// Where the will goes when the connection ends, if it waits for a delay (`will.rs`).
+    delayed_will: Option<will::WillSlot>,
     /// Subscriptions are durable (a persistent session of a client with an id).
     persistent: bool,
     /// The session's expiry interval, shared with whoever ends the session.
@@ -178,6 +182,7 @@ impl Mqtt {
             awaiting_release: HashSet::new(),
             refusal_reason: None,
             will: None,
+            delayed_will: None,
             persistent: false,
             expiry: None,
             keys: HashMap::new(),
@@ -366,10 +371,7 @@ impl Codec for Mqtt {
             let kept = self.inflight_to_keep();
             sessions.keep(&client_id, kept);
         }
-        let mut will = self.will.take()?;
-        will.draft.sequence = self.next_sequence;
-        self.next_sequence += 1;
-        Some(Request::Send(will))
+        self.take_will().map(Request::Send)
     }
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Inbound<Receipt>, (ErrorCode, String)> {

@@ -8,7 +8,8 @@
 //! only their packet ids, in memory, for the member's term: a restart or a failover forgets
 //! them (what the client then gets again comes with new ids). Owns: the kept ids by client id.
 //! Must not touch: the broker, sockets. Invariant: a client's ids are taken by at most one
-//! connection (the next one of its client id, which follows the end of the last).
+//! connection (the next one of its client id, which follows the end of the last). Beside them,
+//! the term's MQTT 5 wills waiting for their delay (`mqtt/will.rs`).
 
 use std::collections::HashMap;
 
@@ -38,6 +39,8 @@ impl KeptInflight {
 #[derive(Debug, Default)]
 pub(crate) struct MqttSessions {
     kept: Mutex<HashMap<String, KeptInflight>>,
+    /// MQTT 5 wills waiting for their delay, by client id.
+    pub(crate) wills: super::mqtt::DelayedWills,
 }
 
 impl MqttSessions {

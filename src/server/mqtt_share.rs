@@ -2,27 +2,23 @@
 //! way ActiveMQ's virtual topics work. A share group is a queue, `queue://$share.NAME.F` (F: the
 //! filter's levels as segments, `+` and `#` kept), and its subscribers are that queue's
 //! consumers. On every member where the queue has demand — a subscriber there, or a network
-//! consumer standing for subscribers further on — a feeder copies each message published *on
-//! that member* (one that did not arrive over a connector) to a topic the filter matches into
-//! the queue. So a message enters a group's queue once, where it was published, and the queue's
-//! demand crosses connectors as any queue's does: each message goes to one subscriber of the
-//! group, wherever it is in the mesh. The copy keeps the topic it was published to (in the
-//! [`SHARE_TOPIC_HEADER`] header), which is what the subscriber is told.
+//! consumer standing for subscribers further on — the queue is registered as a broker feed
+//! (`broker::feed`): each message published *on that member* (one that did not arrive over a
+//! connector) to a topic the filter matches is copied into the queue. So a message enters a
+//! group's queue once, where it was published, and the queue's demand crosses connectors as any
+//! queue's does: each message goes to one subscriber of the group, wherever it is in the mesh.
+//! The copy keeps the topic it was published to (in the [`SHARE_TOPIC_HEADER`] header), which is
+//! what the subscriber is told.
 //!
-//! What a feeder copies is not journaled before it is in the queue: a member that crashes may
-//! lose the messages it was copying at that moment (as a non-durable topic subscriber would).
+//! The copy is made and journaled with the publish itself, in one transaction: a QoS 1/2
+//! publish's PUBACK (PUBREC), or a STOMP receipt, goes out only once its copies are durable too.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 
-use bytes::Bytes;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{
-    Broker, Demand, DemandEvent, Destination, DestinationPattern, Kind, Message, NetworkFilter,
-    NetworkSpec, SubscribeSpec, RETAIN_HEADER,
-};
+use crate::broker::{Broker, Demand, DemandEvent, Destination, DestinationPattern, Kind};
 
 use super::mqtt::{filter_to_pattern, TopicError};
 
@@ -31,13 +27,6 @@ const SHARE_QUEUE_PREFIX: &str = "$share.";
 
 /// The header that carries the topic a share group's copy was published to.
 pub(crate) const SHARE_TOPIC_HEADER: &str = "meshmq.share-topic";
-
-/// How many copies a feeder has in hand at once.
-const FEED_PREFETCH: u32 = 1000;
-
-/// A feeder's network filter names this pseudo-group: no message's path holds it, and a
-/// message-ttl of 1 passes only messages with an empty path (published here).
-const FEEDER_TARGET: &str = "$share";
 
 /// Why a `$share/…` filter cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,20 +78,19 @@ fn fed_from(queue: &str) -> Option<DestinationPattern> {
     DestinationPattern::parse(&format!("topic://{}", segments.join("."))).ok()
 }
 
-/// Keeps one feeder running for every share-group queue with demand on this member, until
+/// Keeps one feed registered for every share-group queue with demand on this member, until
 /// `stop`.
 pub(crate) async fn feed_share_groups(broker: Broker, stop: CancellationToken) {
     let (mut events, snapshot) = broker.demand();
     let mut groups = Groups {
         broker,
-        stop,
         demand: HashMap::new(),
-        feeders: HashMap::new(),
+        feeds: HashMap::new(),
     };
     groups.resync(snapshot);
     loop {
         let event = tokio::select! {
-            _ = groups.stop.cancelled() => break,
+            _ = stop.cancelled() => break,
             e = events.recv() => e,
         };
         match event {
@@ -116,30 +104,33 @@ pub(crate) async fn feed_share_groups(broker: Broker, stop: CancellationToken) {
             Err(RecvError::Closed) => break,
         }
     }
-    for (_, stop) in groups.feeders.drain() {
-        stop.cancel();
+    for (queue, id) in groups.feeds.drain() {
+        groups.broker.remove_feed(id);
+        tracing::debug!(%queue, "share group feed stopped");
     }
 }
 
 struct Groups {
     broker: Broker,
-    stop: CancellationToken,
     /// Demand ids on share-group queues, and their queue.
     demand: HashMap<u64, String>,
-    /// A running feeder per queue.
-    feeders: HashMap<String, CancellationToken>,
+    /// The broker feed of each share-group queue with demand.
+    feeds: HashMap<String, u64>,
 }
 
 impl Groups {
     fn added(&mut self, d: Demand) {
-        if fed_from(&d.destination).is_none() {
+        let Some(pattern) = fed_from(&d.destination) else {
             return;
-        }
+        };
+        let Ok(queue) = Destination::parse(&d.destination) else {
+            return;
+        };
         self.demand.insert(d.id, d.destination.clone());
-        if !self.feeders.contains_key(&d.destination) {
-            let stop = self.stop.child_token();
-            self.feeders.insert(d.destination.clone(), stop.clone());
-            tokio::spawn(feed(self.broker.clone(), d.destination, stop));
+        if !self.feeds.contains_key(&d.destination) {
+            let id = self.broker.add_feed(pattern, queue, SHARE_TOPIC_HEADER);
+            tracing::debug!(queue = %d.destination, "share group feed started");
+            self.feeds.insert(d.destination, id);
         }
     }
 
@@ -148,9 +139,14 @@ impl Groups {
             return;
         };
         if !self.demand.values().any(|q| *q == queue) {
-            if let Some(stop) = self.feeders.remove(&queue) {
-                stop.cancel();
-            }
+            self.stop_feed(&queue);
+        }
+    }
+
+    fn stop_feed(&mut self, queue: &str) {
+        if let Some(id) = self.feeds.remove(queue) {
+            self.broker.remove_feed(id);
+            tracing::debug!(%queue, "share group feed stopped");
         }
     }
 
@@ -161,111 +157,16 @@ impl Groups {
             wanted.insert(d.destination.clone());
             self.added(d);
         }
-        self.feeders.retain(|queue, stop| {
-            let keep = wanted.contains(queue);
-            if !keep {
-                stop.cancel();
-            }
-            keep
-        });
-    }
-}
-
-/// Copies every message published here to the topics `queue` is fed from into `queue`, until
-/// `stop`.
-async fn feed(broker: Broker, queue: String, stop: CancellationToken) {
-    let (Some(pattern), Ok(dest)) = (fed_from(&queue), Destination::parse(&queue)) else {
-        return;
-    };
-    let mut session = match broker.open_session(None) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(%queue, error = %e, "a share group's feeder could not start");
-            return;
-        }
-    };
-    let spec = SubscribeSpec {
-        subscription: 1,
-        destination: pattern,
-        selector: String::new(),
-        prefetch: FEED_PREFETCH,
-        priority: 0,
-        durable_name: None,
-        no_local: false,
-    };
-    let net = NetworkSpec {
-        filter: NetworkFilter {
-            target: Arc::from(FEEDER_TARGET),
-            message_ttl: 1,
-            replay_after_ms: None,
-        },
-    };
-    if let Err(e) = session.subscribe_network(spec, net) {
-        tracing::warn!(%queue, error = %e, "a share group's feeder could not subscribe");
-        session.close();
-        return;
-    }
-    tracing::debug!(%queue, "share group feeder started");
-    let producer_id = Bytes::from(format!("{}-share", session.connection_id()));
-    let mut sequence = 0u64;
-    let mut batch = VecDeque::new();
-    'run: loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = std::future::poll_fn(|cx| session.outbox().poll_ready(cx)) => {}
-        }
-        session.outbox().drain_into(&mut batch);
-        if batch.is_empty() {
-            // Woken by a closed outbox: the broker is going away.
-            break;
-        }
-        while let Some(d) = batch.pop_front() {
-            let m = &d.message;
-            let target = match session.target(&dest) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(%queue, error = %e, "a share group's queue is gone");
-                    break 'run;
-                }
-            };
-            if !session.has_room(&target, m.persistent) {
-                tokio::select! {
-                    _ = stop.cancelled() => break 'run,
-                    _ = broker.wait_room(&target, m.persistent) => {}
-                }
-            }
-            sequence += 1;
-            let mut headers: Vec<(String, String)> = m
-                .headers
-                .iter()
-                .filter(|(k, _)| k != RETAIN_HEADER && k != SHARE_TOPIC_HEADER)
-                .cloned()
-                .collect();
-            if let Some(topic) = &m.destination {
-                headers.push((SHARE_TOPIC_HEADER.to_string(), topic.to_string()));
-            }
-            let copy = Message {
-                body: m.body.clone(),
-                headers,
-                persistent: m.persistent,
-                priority: m.priority,
-                expires_at_ms: m.expires_at_ms,
-                producer_id: producer_id.clone(),
-                sequence,
-                reply_to: m.reply_to.clone(),
-                correlation_id: m.correlation_id.clone(),
-                content_type: m.content_type.clone(),
-                timestamp_ms: m.timestamp_ms,
-                ..Message::default()
-            };
-            if let Err(e) = session.publish(&target, copy) {
-                tracing::warn!(%queue, error = %e, "a share group's copy was refused");
-            }
-            let _ = session.ack(1, 0, &[d.tag]);
+        let gone: Vec<String> = self
+            .feeds
+            .keys()
+            .filter(|q| !wanted.contains(*q))
+            .cloned()
+            .collect();
+        for queue in gone {
+            self.stop_feed(&queue);
         }
     }
-    tracing::debug!(%queue, "share group feeder stopped");
-    session.close();
 }
 
 #[cfg(test)]

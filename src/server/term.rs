@@ -122,6 +122,8 @@ impl Term {
             )
         });
         tracker.spawn(cluster.clone().run_rebalancer(stop.clone()));
+        // MQTT persistent sessions kept from the last term expire on their journaled schedule.
+        super::mqtt::expire_kept_sessions(broker.clone(), stop.clone());
         // MQTT share groups: copies of what is published here to the queues they read.
         tracker.spawn(super::mqtt_share::feed_share_groups(
             broker.clone(),

@@ -19,7 +19,7 @@
 use bytes::{Buf, BytesMut};
 use memchr::memchr;
 
-use super::{quote, Command, Frame, Limits, StompError, Version};
+use super::{quote, Command, Frame, Headers, Limits, StompError, Version};
 
 /// What the decoder found at the front of the buffer.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub struct Decoder {
 #[derive(Debug)]
 struct Partial {
     command: Command,
-    headers: Vec<(String, String)>,
+    headers: Headers,
     /// Offset of the first header line not read yet.
     next_line: usize,
     /// The first `content-length` header, once read.
@@ -131,7 +131,8 @@ impl Decoder {
         self.check_size(eol + 1)?;
         Ok(Start::Frame(Partial {
             command,
-            headers: Vec::new(),
+            // Room for a typical frame's headers: they are copied into it as they are read.
+            headers: Headers::with_capacity(4, 128),
             next_line: eol + 1,
             content_length: None,
             body_start: None,
@@ -183,14 +184,15 @@ impl Decoder {
             if memchr(0, line).is_some() {
                 return Err(StompError::NulInHeaders { command: p.command });
             }
-            let (key, value) = parse_header(line, p.command, escaping)?;
-            if key == "content-length" && p.content_length.is_none() {
-                let len = parse_content_length(&value, p.command)?;
-                // Refuse an oversize body from its header, before any of it is buffered.
-                self.check_size(line_end.saturating_add(len).saturating_add(1))?;
-                p.content_length = Some(len);
+            parse_header(line, p.command, escaping, &mut p.headers)?;
+            if p.content_length.is_none() {
+                if let Some(("content-length", value)) = p.headers.last() {
+                    let len = parse_content_length(value, p.command)?;
+                    // Refuse an oversize body from its header, before any of it is buffered.
+                    self.check_size(line_end.saturating_add(len).saturating_add(1))?;
+                    p.content_length = Some(len);
+                }
             }
-            p.headers.push((key, value));
         };
 
         let (body_len, total) = match p.content_length {
@@ -299,33 +301,39 @@ impl Escaping {
 }
 
 /// Splits `name:value` at the first ':' (an escaped name holds no raw ':'; a raw ':' in a
-/// value is tolerated, as every broker does) and unescapes both halves.
+/// value is tolerated, as every broker does) and appends both halves, unescaped, to `headers`.
 fn parse_header(
     line: &[u8],
     command: Command,
     escaping: Escaping,
-) -> Result<(String, String), StompError> {
+    headers: &mut Headers,
+) -> Result<(), StompError> {
     let colon = memchr(b':', line).ok_or_else(|| StompError::HeaderWithoutColon {
         command,
         line: quote(line),
     })?;
-    let key = unescape(&line[..colon], line, command, escaping)?;
-    let value = unescape(&line[colon + 1..], line, command, escaping)?;
-    Ok((key, value))
+    headers.push_parts(
+        |text| unescape_into(&line[..colon], line, command, escaping, text),
+        |text| unescape_into(&line[colon + 1..], line, command, escaping, text),
+    )
 }
 
-fn unescape(
+/// Appends `raw` unescaped to `text`: checked as UTF-8 in place, copied once, and allocating
+/// nothing unless it holds an escape.
+fn unescape_into(
     raw: &[u8],
     line: &[u8],
     command: Command,
     escaping: Escaping,
-) -> Result<String, StompError> {
+    text: &mut String,
+) -> Result<(), StompError> {
     let not_utf8 = || StompError::HeaderNotUtf8 {
         command,
         line: quote(line),
     };
     if escaping == Escaping::None || memchr(b'\\', raw).is_none() {
-        return String::from_utf8(raw.to_vec()).map_err(|_| not_utf8());
+        text.push_str(std::str::from_utf8(raw).map_err(|_| not_utf8())?);
+        return Ok(());
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut bytes = raw.iter().copied();
@@ -360,7 +368,8 @@ fn unescape(
         };
         out.push(unescaped);
     }
-    String::from_utf8(out).map_err(|_| not_utf8())
+    text.push_str(std::str::from_utf8(&out).map_err(|_| not_utf8())?);
+    Ok(())
 }
 
 fn parse_content_length(value: &str, command: Command) -> Result<usize, StompError> {

@@ -19,8 +19,13 @@ const REPLACEMENT: &str = "\u{fffd}";
 /// real length, which is written whenever the body is not empty and always for MESSAGE and
 /// ERROR, so bodies containing NULs survive.
 pub fn encode(frame: &Frame, version: Version, dst: &mut BytesMut) {
-    let headers = frame.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-    encode_parts(frame.command, version, headers, &frame.body, dst);
+    encode_parts(
+        frame.command,
+        version,
+        frame.headers.iter(),
+        &frame.body,
+        dst,
+    );
 }
 
 /// Appends a MESSAGE frame from borrowed parts (the hot delivery path: nothing is allocated
@@ -78,6 +83,23 @@ pub fn put_message_header(version: Version, key: &str, value: &[u8], dst: &mut B
     dst.put_u8(b':');
     put_escaped(value, escaping, false, dst);
     dst.put_u8(b'\n');
+}
+
+/// How a MESSAGE frame of `version` writes a ':' inside a header value: raw in 1.0 (which
+/// escapes nothing), `\c` from 1.1 on. For ids the server generates from numbers and a fixed
+/// prefix, which hold nothing else that needs escaping: they are written directly, never
+/// scanned byte by byte.
+pub fn value_colon(version: Version) -> &'static [u8] {
+    match Escaping::of(version, Command::Message) {
+        Escaping::None => b":",
+        Escaping::V1_1 | Escaping::V1_2 => b"\\c",
+    }
+}
+
+/// Appends a header value of a MESSAGE frame, escaped as `version` requires (the value part of
+/// [`put_message_header`], for a line written in pieces).
+pub fn put_message_value(version: Version, value: &[u8], dst: &mut BytesMut) {
+    put_escaped(value, Escaping::of(version, Command::Message), false, dst);
 }
 
 /// Writes a number in decimal without going through `fmt` on the hot path.

@@ -16,6 +16,7 @@
 mod decode;
 mod destination;
 mod encode;
+mod headers;
 mod negotiate;
 
 #[cfg(test)]
@@ -29,7 +30,11 @@ pub use decode::{decode, Decoded, Decoder};
 pub use destination::{
     from_stomp_destination, from_stomp_pattern, to_stomp_destination, STOMP_PREFIXES,
 };
-pub use encode::{encode, encode_message, encode_parts, put_decimal, put_message_header};
+pub use encode::{
+    encode, encode_message, encode_parts, put_decimal, put_message_header, put_message_value,
+    value_colon,
+};
+pub use headers::Headers;
 pub use negotiate::{negotiate, negotiate_heartbeat, parse_heartbeat};
 
 /// The STOMP versions this codec speaks, oldest first (so `Ord` picks the newest).
@@ -155,7 +160,7 @@ impl fmt::Display for Command {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     pub command: Command,
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     pub body: Bytes,
 }
 
@@ -163,14 +168,14 @@ impl Frame {
     pub fn new(command: Command) -> Frame {
         Frame {
             command,
-            headers: Vec::new(),
+            headers: Headers::new(),
             body: Bytes::new(),
         }
     }
 
     /// Appends a header (builder style).
-    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<String>) -> Frame {
-        self.headers.push((key.into(), value.into()));
+    pub fn with_header(mut self, key: impl AsRef<str>, value: impl AsRef<str>) -> Frame {
+        self.headers.push(key.as_ref(), value.as_ref());
         self
     }
 
@@ -181,10 +186,7 @@ impl Frame {
 
     /// The value of header `key`; when it is repeated the first occurrence wins (spec 1.1+).
     pub fn header(&self, key: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.headers.get(key)
     }
 }
 

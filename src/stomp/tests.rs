@@ -54,11 +54,11 @@ fn encoded(frame: &Frame, version: Version) -> BytesMut {
 /// the one the encoder writes.
 fn as_sent(frame: &Frame) -> Frame {
     let mut expected = frame.clone();
-    expected.headers.retain(|(k, _)| k != "content-length");
+    expected.headers.retain(|k, _| k != "content-length");
     if !frame.body.is_empty() || matches!(frame.command, Command::Message | Command::Error) {
         expected
             .headers
-            .push(("content-length".into(), frame.body.len().to_string()));
+            .push("content-length", &frame.body.len().to_string());
     }
     expected
 }
@@ -190,8 +190,7 @@ fn encode_message_matches_encode() {
             .with_header("x-user", "v\nw")
             .with_body(Bytes::copy_from_slice(body));
         let mut fast = BytesMut::new();
-        let pairs = frame.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        encode_message(version, pairs, body, &mut fast);
+        encode_message(version, frame.headers.iter(), body, &mut fast);
         assert_eq!(fast, encoded(&frame, version), "{version}");
     }
 }

@@ -31,6 +31,7 @@ use super::super::mqtt_session::KeptInflight;
 use super::super::ConnCtx;
 use super::persistent::{SessionEnd, NEVER_EXPIRES, SESSION_PREFIX};
 use super::topic::topic_to_destination;
+use super::will::{DelayedWills, WillSlot};
 use super::wire::{decode_error, reason, Packet, Wire};
 use super::Mqtt;
 
@@ -181,13 +182,14 @@ pub(crate) async fn serve(
                 ctx.cluster
                     .register(session.id(), &crate::cluster::ClientHello::default(), None);
             let silence = keep_alive.map(|k| k.mul_f64(KEEP_ALIVE_GRACE));
+            let will_principal = principal.clone();
             let mut connection =
                 Connection::new(codec, pump, session, ctx.clone(), principal, None, silence)
                     .with_registration(registration);
             let reason = connection.run(&shutdown).await;
             tracing::debug!(%peer, reason, "mqtt connection closed");
             if let Some(end) = session_end {
-                end.schedule(&ctx.broker, session_id, &shutdown);
+                end.schedule(&ctx, session_id, will_principal, &shutdown);
             }
         }
         Ok(None) => {}
@@ -219,6 +221,8 @@ pub(super) struct Connect {
     max_packet_size: Option<u32>,
     /// The will, as the PUBLISH it becomes.
     will: Option<Publish>,
+    /// MQTT 5: how long after the connection ends the will waits (seconds).
+    will_delay: u32,
 }
 
 /// The CONNECT of an MQTT 3 client; `None` for any other packet.
@@ -235,6 +239,7 @@ pub(super) fn v3_connect(p: v3::Packet) -> Option<Connect> {
         password: c.password,
         receive_max: None,
         max_packet_size: None,
+        will_delay: 0,
         will: c.last_will.map(|w| Publish {
             dup: false,
             retain: w.retain,
@@ -261,6 +266,11 @@ pub(super) fn v5_connect(p: v5::Packet) -> Option<Connect> {
         password: c.password,
         receive_max: c.receive_max.map(NonZeroU16::get),
         max_packet_size: c.max_packet_size.map(|m| m.get()),
+        will_delay: c
+            .last_will
+            .as_ref()
+            .and_then(|w| w.will_delay_interval_sec)
+            .unwrap_or(0),
         will: c.last_will.map(|w| Publish {
             dup: false,
             retain: w.retain,
@@ -331,7 +341,7 @@ pub(crate) fn read_client_bytes(
 pub(super) async fn handshake(
     pump: &mut Pump,
     peer: SocketAddr,
-    ctx: &ConnCtx,
+    ctx: &Arc<ConnCtx>,
     shutdown: &CancellationToken,
 ) -> std::io::Result<Option<Handshake>> {
     let Some(mut wire) = detect_version(pump, ctx, shutdown).await? else {
@@ -437,13 +447,18 @@ pub(super) async fn handshake(
     // client to whichever member of the group is master.
     let kept = match &client_id {
         Some(cid) if connect.clean => {
-            ctx.broker.remove_idle_durables(cid, SESSION_PREFIX, None);
+            ctx.broker.end_session(cid, SESSION_PREFIX);
             Vec::new()
         }
         Some(cid) => ctx.broker.durables_of(cid, SESSION_PREFIX),
         None => Vec::new(),
     };
     let session_present = !kept.is_empty();
+    // A will waiting for its delay is cancelled by the client's return to its session, or
+    // published now if the client starts clean (its old session ends).
+    if let Some(cid) = &client_id {
+        DelayedWills::reconnected(ctx, cid, connect.clean);
+    }
     let inflight = match &client_id {
         Some(cid) if session_present => ctx.mqtt_sessions.take(cid),
         Some(cid) => {
@@ -493,14 +508,31 @@ pub(super) async fn handshake(
     if let Some(will) = connect.will {
         codec.set_will(will);
     }
-    let session_end = client_id.map(|client_id| {
+    // A session that may be kept or was resumed has its expiry journaled; a clean one that
+    // ends with its connection keeps nothing to expire.
+    let kept_session = !connect.clean || connect.session_expiry > 0;
+    let session_end = client_id.filter(|_| kept_session).map(|client_id| {
         let expiry = Arc::new(AtomicU32::new(connect.session_expiry));
         codec.persistent = connect.session_expiry > 0;
         codec.expiry = Some(expiry.clone());
         if codec.persistent {
             codec.keeper = Some((ctx.mqtt_sessions.clone(), client_id.clone()));
         }
-        SessionEnd { client_id, expiry }
+        ctx.broker
+            .session_taken(&client_id, connect.session_expiry, session.id());
+        // An MQTT 5 will with a delay waits for it when the session outlives the connection
+        // (a session that ends with it publishes its will at once, MQTT 5 §3.1.3.2.2).
+        let will = (connect.will_delay > 0 && connect.session_expiry > 0 && codec.will.is_some())
+            .then(|| {
+                let slot = WillSlot::default();
+                codec.delayed_will = Some(slot.clone());
+                (slot, connect.will_delay)
+            });
+        SessionEnd {
+            client_id,
+            expiry,
+            will,
+        }
     });
     codec.resume_inflight(inflight);
     codec.resume(kept);

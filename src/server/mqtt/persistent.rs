@@ -3,8 +3,10 @@
 //! restarts and follow the client to the group's master), a reconnect attaches them again
 //! without a SUBACK or a retained replay and takes up the packet ids its last connection had
 //! in flight (`mqtt_session.rs`), and [`SessionEnd`] deletes them once the session's expiry
-//! interval has passed. Owns: the naming of the session's subscriptions, the resume and the
-//! expiry timer. Must not touch: the socket.
+//! interval has passed. The interval and when it began are journaled with the session (the
+//! broker's `kept_sessions.rs`), so a session whose interval ran out while the group was down
+//! ends when it starts again ([`expire_kept_sessions`]). Owns: the naming of the session's
+//! subscriptions, the resume and the expiry timers. Must not touch: the socket.
 
 use std::num::NonZeroU16;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,9 +17,12 @@ use rmqtt_codec::types::QoS;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, DestinationPattern, SubscribeSpec};
+use crate::security::Principal;
 
 use super::super::mqtt_session::KeptInflight;
 use super::super::request::Request;
+use super::super::ConnCtx;
+use super::will::{DelayedWills, WillSlot};
 use super::{Mqtt, Outgoing, Receipt, Sub};
 
 /// The durable subscriptions of a persistent session are named `mqtt:<qos>:<filter>` under
@@ -25,7 +30,11 @@ use super::{Mqtt, Outgoing, Receipt, Sub};
 pub(super) const SESSION_PREFIX: &str = "mqtt:";
 
 /// A session expiry interval that never ends (MQTT 5 3.1.2.11.2; MQTT 3's persistent session).
-pub(super) const NEVER_EXPIRES: u32 = u32::MAX;
+pub(super) use crate::broker::NEVER_EXPIRES;
+
+/// The longest a timer sleeps before the session's state is looked at again (tokio's timers
+/// do not take the 136 years of `u32::MAX - 1` seconds).
+const LONGEST_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 /// The name of the durable subscription that keeps `filter` at `qos` for a persistent session.
 pub(super) fn session_sub_name(qos: QoS, filter: &str) -> String {
@@ -47,32 +56,82 @@ pub(super) fn parse_session_sub_name(name: &str) -> Option<(QoS, String)> {
 pub(crate) struct SessionEnd {
     pub(super) client_id: String,
     pub(super) expiry: Arc<AtomicU32>,
+    /// An MQTT 5 will that waits for its delay (seconds) once the connection ends: the codec
+    /// leaves it in the slot.
+    pub(super) will: Option<(WillSlot, u32)>,
 }
 
 impl SessionEnd {
-    /// Ends the session of connection `session_id` after its expiry interval: its durable
-    /// subscriptions (and the messages they kept) are deleted unless a later connection of the
-    /// client took them over. The timer lives in memory: a broker that stops first keeps the
-    /// session until its client returns.
-    pub(super) fn schedule(self, broker: &Broker, session_id: u64, shutdown: &CancellationToken) {
+    /// Connection `session_id` ended: its session's expiry interval runs from now (journaled,
+    /// so a restart or a failover keeps counting), and once it has run out the session's
+    /// durable subscriptions go with the messages they kept — unless a later connection of the
+    /// client took the session over first (then its end is that connection's to start). A
+    /// will left waiting for its delay is parked until the delay or the session ends, whichever
+    /// is first; a taken-over session's is dropped (a new connection came first).
+    pub(super) fn schedule(
+        self,
+        ctx: &Arc<ConnCtx>,
+        session_id: u64,
+        principal: Principal,
+        shutdown: &CancellationToken,
+    ) {
         let secs = self.expiry.load(Ordering::Relaxed);
-        if secs == NEVER_EXPIRES {
+        let now = crate::broker::now_ms();
+        if !ctx
+            .broker
+            .session_left(&self.client_id, secs, session_id, now)
+        {
             return;
         }
-        let expire = move |broker: &Broker| {
-            broker.remove_idle_durables(&self.client_id, SESSION_PREFIX, Some(session_id));
-        };
-        if secs == 0 {
-            expire(broker);
-            return;
+        if let Some((will, delay)) = self
+            .will
+            .and_then(|(slot, delay)| slot.lock().take().map(|w| (w, delay)))
+        {
+            let wait = Duration::from_secs(u64::from(delay.min(secs)));
+            DelayedWills::park(ctx, self.client_id.clone(), will, principal, wait, shutdown);
         }
-        let (broker, shutdown) = (broker.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        watch_expiry(ctx.broker.clone(), self.client_id, shutdown.clone());
+    }
+}
+
+/// Ends the kept session of `client_id` when its interval runs out (at once if it has): a
+/// timer in memory over the journaled state, which it reads again when it fires, so a timer
+/// for a session taken over, or kept longer since, ends nothing.
+fn watch_expiry(broker: Broker, client_id: String, shutdown: CancellationToken) {
+    let Some(mut wait) =
+        broker.expire_session_if_due(&client_id, SESSION_PREFIX, crate::broker::now_ms())
+    else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(u64::from(secs))) => expire(&broker),
-                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(wait.min(LONGEST_WAIT)) => {}
+                _ = shutdown.cancelled() => return,
             }
-        });
+            match broker.expire_session_if_due(&client_id, SESSION_PREFIX, crate::broker::now_ms())
+            {
+                Some(left) => wait = left,
+                None => return,
+            }
+        }
+    });
+}
+
+/// At the start of a member's term (after a restart or a failover): ends the persistent
+/// sessions whose expiry interval ran out while no broker of the group served them, and
+/// watches the others — a session a connection held when the last term ended counts as idle
+/// from now.
+pub(crate) fn expire_kept_sessions(broker: Broker, shutdown: CancellationToken) {
+    let deadlines = broker.idle_session_deadlines(crate::broker::now_ms());
+    if !deadlines.is_empty() {
+        tracing::info!(
+            sessions = deadlines.len(),
+            "MQTT sessions with an expiry interval are kept from the last term"
+        );
+    }
+    for (client_id, _) in deadlines {
+        watch_expiry(broker.clone(), client_id, shutdown.clone());
     }
 }
 

@@ -12,7 +12,9 @@ use crate::server::conn::{Codec, Inbound};
 use crate::stomp::{self, Command, Decoder, Frame, Version};
 use crate::wire::proto::ErrorCode;
 
-use super::encode::{has_producer_id, message_id, names_no_temporary, shared_key, HeaderWriter};
+use super::encode::{
+    has_producer_id, message_id, names_no_temporary, put_id_pair, shared_key, HeaderWriter,
+};
 
 /// An ERROR frame saying `message` (in its header and its body).
 pub(super) fn error(message: &str) -> Frame {
@@ -123,8 +125,7 @@ impl Codec for Stomp {
         out.put_slice(b"MESSAGE\n");
         out.put_slice(&sub.line);
         if version == Version::V1_2 && !auto {
-            writer.id_pair("", d.subscription, d.tag);
-            stomp::put_message_header(version, "ack", &writer.scratch, out);
+            put_id_pair(version, b"ack", b"", d.subscription, d.tag, out);
         }
         if d.redelivery_count > 0 {
             out.put_slice(b"redelivered:true\nmeshmq.redelivery_count:");
@@ -132,8 +133,7 @@ impl Codec for Stomp {
             out.put_u8(b'\n');
         }
         if !has_producer_id(m) {
-            writer.id_pair("ID:", d.subscription, d.tag);
-            stomp::put_message_header(version, "message-id", &writer.scratch, out);
+            put_id_pair(version, b"message-id", b"ID:", d.subscription, d.tag, out);
         }
         let shared = m
             .destination

@@ -30,24 +30,44 @@ pub(super) fn names_no_temporary(m: &Message) -> bool {
     !temp
 }
 
-/// Writes a MESSAGE's headers without allocating once warm: a scratch buffer for ids, and the
-/// last destination's header line (a consumer mostly reads one destination).
+/// Writes the header line `key:` `prefix` `a` `:` `b` of a MESSAGE frame — an `ack` id
+/// (`sub:tag`) or a generated `message-id` (`ID:sub:tag`) — directly: `prefix` holds no byte
+/// that needs escaping besides a ':', the rest are digits, so only the ':'s are written as
+/// `version` requires ([`stomp::value_colon`]).
+pub(super) fn put_id_pair(
+    version: Version,
+    key: &[u8],
+    prefix: &[u8],
+    a: u64,
+    b: u64,
+    out: &mut BytesMut,
+) {
+    let colon = stomp::value_colon(version);
+    out.put_slice(key);
+    out.put_u8(b':');
+    for part in prefix.split_inclusive(|&c| c == b':') {
+        match part.strip_suffix(b":") {
+            Some(text) => {
+                out.put_slice(text);
+                out.put_slice(colon);
+            }
+            None => out.put_slice(part),
+        }
+    }
+    stomp::put_decimal(a, out);
+    out.put_slice(colon);
+    stomp::put_decimal(b, out);
+    out.put_u8(b'\n');
+}
+
+/// Writes a MESSAGE's headers without allocating once warm: the ids are written in place, and
+/// the last destination's header line is kept (a consumer mostly reads one destination).
 #[derive(Debug, Default)]
 pub(super) struct HeaderWriter {
-    pub scratch: BytesMut,
     last_destination: Option<(Destination, Box<[u8]>)>,
 }
 
 impl HeaderWriter {
-    /// `prefix` `a` `:` `b` into the scratch buffer.
-    pub(super) fn id_pair(&mut self, prefix: &str, a: u64, b: u64) {
-        self.scratch.clear();
-        self.scratch.put_slice(prefix.as_bytes());
-        stomp::put_decimal(a, &mut self.scratch);
-        self.scratch.put_u8(b':');
-        stomp::put_decimal(b, &mut self.scratch);
-    }
-
     /// The headers of the message itself (what is the same for every subscription), the
     /// `content-length` and the blank line before the body.
     pub(super) fn message_headers(
@@ -58,17 +78,20 @@ impl HeaderWriter {
         out: &mut BytesMut,
     ) {
         if has_producer_id(m) {
-            self.scratch.clear();
-            self.scratch.put_slice(b"ID:");
+            // `ID:` producer `:` sequence: only the producer's id can need escaping.
+            let colon = stomp::value_colon(version);
+            out.put_slice(b"message-id:ID");
+            out.put_slice(colon);
             match std::str::from_utf8(&m.producer_id) {
-                Ok(id) => self.scratch.put_slice(id.as_bytes()),
-                Err(_) => self
-                    .scratch
-                    .put_slice(String::from_utf8_lossy(&m.producer_id).as_bytes()),
+                Ok(id) => stomp::put_message_value(version, id.as_bytes(), out),
+                Err(_) => {
+                    let id = String::from_utf8_lossy(&m.producer_id);
+                    stomp::put_message_value(version, id.as_bytes(), out)
+                }
             }
-            self.scratch.put_u8(b':');
-            stomp::put_decimal(m.sequence, &mut self.scratch);
-            stomp::put_message_header(version, "message-id", &self.scratch, out);
+            out.put_slice(colon);
+            stomp::put_decimal(m.sequence, out);
+            out.put_u8(b'\n');
         }
         match &m.destination {
             Some(dest) => {

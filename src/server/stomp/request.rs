@@ -52,7 +52,8 @@ impl Stomp {
     }
 
     /// The message a SEND carries, as a draft for the broker's builder.
-    /// Takes the frame's body and the headers that travel with the message (moved, not copied).
+    /// Takes the frame's body; the headers that travel with the message are copied out of the
+    /// frame's header text (the others never become strings of their own).
     fn draft(&mut self, f: &mut Frame) -> Result<Draft, String> {
         let priority = match f.header("priority") {
             Some(p) => p
@@ -78,9 +79,14 @@ impl Stomp {
             .is_some_and(|p| p.eq_ignore_ascii_case("true"));
         let correlation_id = f.header("correlation-id").unwrap_or("").to_string();
         let content_type = f.header("content-type").unwrap_or("").to_string();
-        let mut headers = std::mem::take(&mut f.headers);
-        headers.retain(|(k, _)| !RESERVED.contains(&k.as_str()));
-        // The message may live long: it keeps no room for the headers that stayed behind.
+        // Only the headers that travel with the message become strings of their own (the
+        // message may live long: it keeps nothing of the frame's text).
+        let mut headers: Vec<(String, String)> = f
+            .headers
+            .iter()
+            .filter(|(k, _)| !RESERVED.contains(k))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         headers.shrink_to_fit();
         Ok(Draft {
             body: std::mem::take(&mut f.body),

@@ -315,6 +315,54 @@ fn publish_reply(p: &Publish) -> Reply {
     }
 }
 
+/// One step of `tests/mqtt_py/paho_session.py` (a paho-mqtt client of a persistent session)
+/// against `port`: its JSON answer.
+pub fn paho_session(
+    port: SocketAddr,
+    version: &str,
+    action: &str,
+    cid: &str,
+    rest: &[&str],
+) -> Value {
+    let mut args = vec![
+        port.port().to_string(),
+        version.to_string(),
+        action.to_string(),
+        cid.to_string(),
+    ];
+    args.extend(rest.iter().map(|a| a.to_string()));
+    crate::common_stomp::python_in("mqtt_py", "paho_session.py", &args)
+}
+
+/// An MQTT 5 connection of `client_id` that resumes (or starts) its kept session with
+/// `expiry` seconds of session expiry, and holds it until dropped (no DISCONNECT: the socket
+/// just closes).
+pub fn hold_session(addr: SocketAddr, client_id: &str, expiry: u32) -> RawMqtt {
+    let mut c = RawMqtt::open(addr, true);
+    c.write(&packet5(v5::Packet::Connect(Box::new(v5::Connect {
+        clean_start: false,
+        keep_alive: 0,
+        session_expiry_interval_secs: expiry,
+        auth_method: None,
+        auth_data: None,
+        request_problem_info: true,
+        request_response_info: false,
+        receive_max: None,
+        topic_alias_max: 0,
+        user_properties: Vec::new(),
+        max_packet_size: None,
+        last_will: None,
+        client_id: ByteString::from(client_id),
+        username: None,
+        password: None,
+        cert: None,
+    }))));
+    match c.next() {
+        Some(Reply::ConnAck(0)) => c,
+        other => panic!("{client_id}: expected a CONNACK accepting the session, got {other:?}"),
+    }
+}
+
 pub fn packet3(p: v3::Packet) -> Vec<u8> {
     let mut b = BytesMut::new();
     v3::Codec::new(0).encode(p, &mut b).expect("encode");

@@ -1,0 +1,293 @@
+//! When a client's kept session ends: a session that outlives its connections (an MQTT
+//! persistent session, whose subscriptions are durable subscriptions under the client id) has
+//! an expiry interval that runs from the moment its last connection ended. That state is
+//! journaled (`SessionExpiry` records, and the checkpoint's `sessions`), so it survives a
+//! restart and follows the group's master: a session whose interval ran out while the broker
+//! was down is ended when the broker starts again, with its durable subscriptions and what
+//! they kept.
+//!
+//! Owns: the expiry state of each kept session, and the connection holding it now (in memory:
+//! after a restart nobody holds one). Must not touch: protocols, timers (the protocol layer
+//! asks [`Broker::expire_session_if_due`] when the time comes). Invariants: the last
+//! connection to end is the only one whose end starts the interval (an older connection taken
+//! over ends without touching it); a session held by a connection never expires.
+
+use std::time::Duration;
+
+use crate::store::proto::{record::Kind as RecordKind, Record, SessionExpiry};
+
+use super::Broker;
+
+/// An expiry interval that never runs out.
+pub const NEVER_EXPIRES: u32 = u32::MAX;
+
+/// The expiry state of one kept session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeptSession {
+    /// Seconds after its last connection ended ([`NEVER_EXPIRES`]: never).
+    interval_secs: u32,
+    /// When its last connection ended (ms since the Unix epoch); 0 while one holds it.
+    idle_since_ms: u64,
+    /// The broker session (connection) holding it; 0: none since the broker started.
+    holder: u64,
+}
+
+impl KeptSession {
+    /// When it expires (ms since the Unix epoch), if it is idle and expires at all.
+    fn deadline_ms(&self) -> Option<u64> {
+        (self.idle_since_ms != 0 && self.interval_secs != NEVER_EXPIRES)
+            .then(|| self.idle_since_ms + u64::from(self.interval_secs) * 1000)
+    }
+}
+
+fn record(client_id: &str, interval_secs: u32, idle_since_ms: u64, ended: bool) -> Record {
+    Record {
+        kind: Some(RecordKind::SessionExpiry(SessionExpiry {
+            client_id: client_id.to_string(),
+            interval_secs,
+            idle_since_ms,
+            ended,
+        })),
+        tx: 0,
+    }
+}
+
+impl Broker {
+    /// Connection `holder` now holds the kept session of `client_id`, whose interval is
+    /// `interval_secs` once it ends. Journaled when that changes what a restart would find.
+    pub fn session_taken(&self, client_id: &str, interval_secs: u32, holder: u64) {
+        let _gate = self.gate();
+        let now = KeptSession {
+            interval_secs,
+            idle_since_ms: 0,
+            holder,
+        };
+        let before = self.inner.kept_sessions.insert(client_id.to_string(), now);
+        if before.is_none_or(|b| (b.interval_secs, b.idle_since_ms) != (interval_secs, 0)) {
+            self.journal_record(record(client_id, interval_secs, 0, false));
+        }
+    }
+
+    /// Connection `holder`'s hold on the session of `client_id` ended at `now_ms`, with
+    /// `interval_secs` (which an MQTT 5 DISCONNECT may have changed) to run from then. False
+    /// when another connection has taken the session over since: its end is not this one's.
+    pub fn session_left(
+        &self,
+        client_id: &str,
+        interval_secs: u32,
+        holder: u64,
+        now_ms: u64,
+    ) -> bool {
+        let _gate = self.gate();
+        let Some(mut kept) = self.inner.kept_sessions.get_mut(client_id) else {
+            return false;
+        };
+        if kept.holder != holder || kept.idle_since_ms != 0 {
+            return false;
+        }
+        kept.interval_secs = interval_secs;
+        kept.idle_since_ms = now_ms.max(1);
+        let idle_since_ms = kept.idle_since_ms;
+        drop(kept);
+        self.journal_record(record(client_id, interval_secs, idle_since_ms, false));
+        true
+    }
+
+    /// Ends the kept session of `client_id` if its interval has run out by `now_ms`: its
+    /// durable subscriptions named with `prefix` that no connection holds are deleted with the
+    /// messages they kept, and its state is forgotten (journaled). `Some(wait)` when it is idle
+    /// but not due yet; `None` when it ended now, is held, never expires or is unknown.
+    pub fn expire_session_if_due(
+        &self,
+        client_id: &str,
+        prefix: &str,
+        now_ms: u64,
+    ) -> Option<Duration> {
+        let _gate = self.gate();
+        let deadline = self.inner.kept_sessions.get(client_id)?.deadline_ms()?;
+        if deadline > now_ms {
+            return Some(Duration::from_millis(deadline - now_ms));
+        }
+        self.end_session(client_id, prefix);
+        None
+    }
+
+    /// Ends the kept session of `client_id` now (a clean start discards it, or it expired):
+    /// its idle durable subscriptions named with `prefix` go, with what they kept, and its
+    /// expiry state is forgotten (journaled if there was one).
+    pub fn end_session(&self, client_id: &str, prefix: &str) {
+        let _gate = self.gate();
+        self.remove_idle_durables(client_id, prefix, None);
+        if self.inner.kept_sessions.remove(client_id).is_some() {
+            self.journal_record(record(client_id, 0, 0, true));
+        }
+    }
+
+    /// Every kept session's client id and when it expires (ms since the Unix epoch) — sessions
+    /// that never expire are left out. A session a connection held when the broker stopped is
+    /// idle from `now_ms` on (when its connection ended is not known; not before the broker
+    /// stopped, and counting from now never ends a session early): journaled so.
+    pub fn idle_session_deadlines(&self, now_ms: u64) -> Vec<(String, u64)> {
+        let _gate = self.gate();
+        let mut found = Vec::new();
+        for mut kept in self.inner.kept_sessions.iter_mut() {
+            if kept.idle_since_ms == 0 && kept.holder == 0 {
+                kept.idle_since_ms = now_ms.max(1);
+                let (interval, idle) = (kept.interval_secs, kept.idle_since_ms);
+                self.journal_record(record(kept.key(), interval, idle, false));
+            }
+            if let Some(deadline) = kept.deadline_ms() {
+                found.push((kept.key().clone(), deadline));
+            }
+        }
+        found
+    }
+
+    /// The kept sessions' state for a checkpoint.
+    pub(crate) fn export_kept_sessions(&self) -> Vec<SessionExpiry> {
+        let mut all: Vec<SessionExpiry> = self
+            .inner
+            .kept_sessions
+            .iter()
+            .map(|k| SessionExpiry {
+                client_id: k.key().clone(),
+                interval_secs: k.interval_secs,
+                idle_since_ms: k.idle_since_ms,
+                ended: false,
+            })
+            .collect();
+        all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        all
+    }
+
+    /// Restores the kept sessions' state a journal held (no connection holds any).
+    pub(crate) fn restore_kept_sessions(&self, sessions: Vec<SessionExpiry>) {
+        for s in sessions {
+            self.inner.kept_sessions.insert(
+                s.client_id,
+                KeptSession {
+                    interval_secs: s.interval_secs,
+                    idle_since_ms: s.idle_since_ms,
+                    holder: 0,
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::broker::{BrokerSettings, DestinationPattern, SubscribeSpec};
+    use crate::store::{Durability, Store, StoreConfig};
+
+    fn open(dir: &Path) -> Broker {
+        let config = StoreConfig {
+            dir: dir.join("journal"),
+            segment_size: 64 << 10,
+            store_limit: None,
+            durability: Durability::Synced,
+            group_commit_window: Duration::ZERO,
+            max_record: 1 << 20,
+            memory_budget: 1 << 30,
+        };
+        let (store, recovered) = Store::open(config, false).unwrap();
+        Broker::with_store(BrokerSettings::default(), store, recovered)
+    }
+
+    /// Waits until everything journaled is synced, then stops without a checkpoint.
+    async fn crash(b: Broker) {
+        let next = b.store().unwrap().journal().next_index() - 1;
+        b.store()
+            .unwrap()
+            .journal()
+            .wait_synced(next)
+            .await
+            .unwrap();
+        b.store().unwrap().close();
+    }
+
+    fn deadlines(b: &Broker, now_ms: u64) -> Vec<(String, u64)> {
+        let mut all = b.idle_session_deadlines(now_ms);
+        all.sort();
+        all
+    }
+
+    #[tokio::test]
+    async fn expiry_state_survives_crashes_and_checkpoints_and_only_the_last_connection_starts_it()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let b = open(dir.path());
+        // "idle" keeps a durable subscription and left at t = 1 s with a minute to go.
+        let mut s = b.open_session(Some("idle".into())).unwrap();
+        s.subscribe(SubscribeSpec {
+            subscription: 1,
+            destination: DestinationPattern::parse("topic://a").unwrap(),
+            selector: String::new(),
+            prefetch: 0,
+            priority: 0,
+            durable_name: Some("mqtt:1:a".into()),
+            no_local: false,
+        })
+        .unwrap();
+        b.session_taken("idle", 60, s.id());
+        s.close();
+        assert!(b.session_left("idle", 60, s.id(), 1_000));
+        // "held" is held by a connection when the broker dies.
+        b.session_taken("held", 5, 100);
+        // "taken" was taken over: the old connection's end, which comes last, is not its end.
+        b.session_taken("taken", 30, 200);
+        b.session_taken("taken", 30, 201);
+        assert!(!b.session_left("taken", 30, 200, 1_000));
+        // "gone" ended (a clean start).
+        b.session_taken("gone", 5, 300);
+        b.end_session("gone", "mqtt:");
+        // "forever" never expires.
+        b.session_taken("forever", NEVER_EXPIRES, 400);
+        assert!(b.session_left("forever", NEVER_EXPIRES, 400, 1_000));
+        crash(b).await;
+
+        let b = open(dir.path());
+        assert_eq!(b.durable_subscriptions(), 1);
+        assert_eq!(
+            deadlines(&b, 10_000),
+            vec![
+                ("held".to_string(), 15_000),
+                ("idle".to_string(), 61_000),
+                ("taken".to_string(), 40_000)
+            ],
+            "sessions held at the crash count from the restart; ended and endless ones are not listed"
+        );
+        assert_eq!(
+            b.expire_session_if_due("idle", "mqtt:", 60_000),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(b.durable_subscriptions(), 1, "not due yet");
+        assert_eq!(b.expire_session_if_due("idle", "mqtt:", 61_000), None);
+        assert_eq!(
+            b.durable_subscriptions(),
+            0,
+            "its subscription went with it"
+        );
+        assert_eq!(
+            b.expire_session_if_due("held", "mqtt:", 11_000),
+            Some(Duration::from_secs(4))
+        );
+        b.checkpoint(false).await.unwrap();
+        crash(b).await;
+
+        let b = open(dir.path());
+        assert_eq!(b.durable_subscriptions(), 0);
+        assert_eq!(
+            deadlines(&b, 20_000),
+            vec![("held".to_string(), 15_000), ("taken".to_string(), 40_000)],
+            "a checkpoint keeps the state, and the idle start journaled at the last restart"
+        );
+        // A connection takes "held" up before its timer fires: nothing expires.
+        b.session_taken("held", 5, 7);
+        assert_eq!(b.expire_session_if_due("held", "mqtt:", 20_000), None);
+        assert_eq!(deadlines(&b, 20_000), vec![("taken".to_string(), 40_000)]);
+    }
+}

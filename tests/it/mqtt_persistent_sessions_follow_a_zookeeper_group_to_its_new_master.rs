@@ -1,0 +1,118 @@
+//! An MQTT persistent session follows its client across a failover of a ZooKeeper-elected
+//! group: paho-mqtt clients (3.1.1 `clean_session=0` and 5 `clean_start=0`, QoS 1) subscribed
+//! on the master, with messages waiting for them and deliveries they never acknowledged, find
+//! after a `kill -9` of the master — on the member elected in its place — their session
+//! present, their subscription still there without subscribing again, every message once (the
+//! unacknowledged ones flagged dup), and the session going on there.
+
+use crate::common;
+use crate::common_mqtt;
+
+use std::net::SocketAddr;
+
+use common::ha::{GroupSpec, HaGroup};
+use common::zk::ZooKeeper;
+use common_mqtt::paho_session as paho;
+use serde_json::{json, Value};
+
+fn payloads(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// What a `receive` step got, sorted (redeliveries come first).
+fn received(r: &Value) -> Vec<String> {
+    let mut got: Vec<String> = serde_json::from_value(r["messages"].clone()).expect("messages");
+    got.sort();
+    got
+}
+
+/// A ZooKeeper-elected group of three whose members also serve MQTT (while master), and each
+/// member's MQTT address.
+fn group_with_mqtt(zk: &ZooKeeper) -> (HaGroup, Vec<SocketAddr>) {
+    let mut group = HaGroup::configure(&zk.connect_string(), GroupSpec::default());
+    let ports = common::free_ports(3);
+    let mqtt: Vec<SocketAddr> = ports
+        .iter()
+        .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+        .collect();
+    let mut text = std::fs::read_to_string(group.topology()).expect("read the topology");
+    for (m, addr) in group.members.iter().zip(&mqtt) {
+        let stomp = format!("url = \"stomp://{}\"\n", m.stomp);
+        assert!(text.contains(&stomp), "{} has a STOMP listener", m.name);
+        text = text.replace(
+            &stomp,
+            &format!("{stomp}[[group.member.listener]]\nurl = \"mqtt://{addr}\"\n"),
+        );
+    }
+    std::fs::write(group.topology(), text).expect("write the topology");
+    for i in 0..3 {
+        group.start_member(i);
+    }
+    let master = group.wait_master("a first master serves");
+    for i in (0..3).filter(|&i| i != master) {
+        group.wait_role(i, "slave");
+    }
+    (group, mqtt)
+}
+
+#[test]
+fn persistent_sessions_follow_their_clients_to_the_new_master_after_kill_9() {
+    let zk = ZooKeeper::standalone();
+    let (mut group, mqtt) = group_with_mqtt(&zk);
+    let master = group.wait_master("the master serves");
+    let on_master = mqtt[master];
+    let versions = ["3.1.1", "5"];
+    let tag = |v: &str| v.replace('.', "");
+    let cid = |v: &str| format!("zk-plant-{}", tag(v));
+    let topic = |v: &str| format!("zk-plant-{}/boiler/temp", tag(v));
+
+    for v in versions {
+        let filter = format!("zk-plant-{}/+/temp", tag(v));
+        let r = paho(on_master, v, "subscribe", &cid(v), &[&filter]);
+        assert_eq!(
+            r["session_present"],
+            json!(false),
+            "MQTT {v}: a new session"
+        );
+        assert_eq!(r["granted"], json!([1]), "MQTT {v}");
+        // Ten messages wait for it; it takes four and acknowledges none of them.
+        let r = paho(on_master, v, "publish", "pub", &[&topic(v), "held", "10"]);
+        assert_eq!(r["pubacked"], json!(10), "MQTT {v}");
+        let r = paho(on_master, v, "take", &cid(v), &["4"]);
+        assert_eq!(r["messages"], json!(payloads("held", 4)), "MQTT {v}");
+    }
+
+    group.kill9(master);
+    let new = group.wait_new_master(master, "a new master takes over");
+    let on_new = mqtt[new];
+    for v in versions {
+        let r = paho(on_new, v, "receive", &cid(v), &["10"]);
+        assert_eq!(
+            r["session_present"],
+            json!(true),
+            "MQTT {v}: the session is on the new master: {r}"
+        );
+        assert_eq!(
+            received(&r),
+            payloads("held", 10),
+            "MQTT {v}: every message, each once, from the new master"
+        );
+        let dups = r["dups"].as_array().expect("dups");
+        for unacked in payloads("held", 4) {
+            assert!(
+                dups.contains(&json!(unacked)),
+                "MQTT {v}: {unacked} was delivered before the failover, so it is flagged dup: {r}"
+            );
+        }
+        // The subscription is still there: what is published now reaches the session too.
+        let r = paho(on_new, v, "publish", "pub", &[&topic(v), "after", "5"]);
+        assert_eq!(r["pubacked"], json!(5), "MQTT {v}");
+        let r = paho(on_new, v, "receive", &cid(v), &["5"]);
+        assert_eq!(r["session_present"], json!(true), "MQTT {v}");
+        assert_eq!(
+            received(&r),
+            payloads("after", 5),
+            "MQTT {v}: the session goes on on the new master"
+        );
+    }
+}
