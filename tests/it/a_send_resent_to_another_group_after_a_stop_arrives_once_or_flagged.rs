@@ -63,13 +63,14 @@ async fn mesh_with_consumer(history: &History) -> (Mesh, Client, JoinHandle<()>)
     (mesh, consumer, consuming)
 }
 
-/// `SENDERS` tasks sending persistent messages with receipts until `stop`; a send whose
-/// receipt never came is in doubt (it may arrive or not).
-fn producers(
-    producer: Arc<Client>,
-    history: &History,
-    stop: &CancellationToken,
-) -> Vec<JoinHandle<()>> {
+/// A failover producer on `url` and `SENDERS` tasks sending persistent messages with receipts
+/// until `stop`; a send whose receipt never came is in doubt (it may arrive or not).
+async fn producers(url: &str, history: &History, stop: &CancellationToken) -> Vec<JoinHandle<()>> {
+    let producer = Arc::new(
+        Client::connect(url, ClientOptions::default())
+            .await
+            .expect("producer"),
+    );
     (0..SENDERS)
         .map(|s| {
             let (producer, history, stop) = (producer.clone(), history.clone(), stop.clone());
@@ -131,13 +132,8 @@ async fn a_stopping_broker_receipts_what_it_took_so_nothing_is_sent_twice() {
         &["a", "b"],
         "randomize=false&initialReconnectDelay=20&maxReconnectDelay=200&priorityBackup=true",
     );
-    let producer = Arc::new(
-        Client::connect(&url, ClientOptions::default())
-            .await
-            .expect("producer"),
-    );
     let stop = CancellationToken::new();
-    let senders = producers(producer, &history, &stop);
+    let senders = producers(&url, &history, &stop).await;
     for round in 0..3 {
         tokio::time::sleep(Duration::from_millis(700)).await;
         tokio::task::block_in_place(|| mesh.stop("a"));
@@ -166,13 +162,8 @@ async fn sends_resent_to_another_group_after_a_cut_arrive_once_or_flagged() {
         proxy.url(),
         mesh.member("b").url()
     );
-    let producer = Arc::new(
-        Client::connect(&url, ClientOptions::default())
-            .await
-            .expect("producer"),
-    );
     let stop = CancellationToken::new();
-    let senders = producers(producer, &history, &stop);
+    let senders = producers(&url, &history, &stop).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     // a takes the sends in flight now, but its receipts never reach the producers; then the
     // link is cut and stays out of reach: the producers re-send them to b.
