@@ -467,6 +467,49 @@ impl Progress {
     }
 }
 
+/// A queue run's parameters as the table shows them; `protocol` (e.g. " stomp") ends them.
+fn queue_params(args: &QueueArgs, protocol: &str) -> String {
+    format!(
+        "{}P/{}C {}B{}{} ack={:?}{protocol}",
+        args.producers,
+        args.consumers,
+        args.size,
+        if args.persistent { " persistent" } else { "" },
+        if args.receipts { " receipts" } else { "" },
+        args.ack
+    )
+    .to_lowercase()
+}
+
+/// The report of a queue run that received `received` of `args.count` messages in `elapsed`.
+#[allow(clippy::too_many_arguments)]
+fn queue_report(
+    args: &QueueArgs,
+    params: String,
+    elapsed: Duration,
+    sent: u64,
+    received: u64,
+    duplicates: u64,
+    redelivered: u64,
+    latency: &Histogram<u64>,
+) -> Report {
+    let mut r = Report {
+        scenario: "queue".into(),
+        params,
+        rate: received as f64 / elapsed.as_secs_f64(),
+        unit: "msg/s".into(),
+        sent,
+        received,
+        seconds: elapsed.as_secs_f64(),
+        lost: args.count - received,
+        duplicates,
+        redelivered,
+        ..Report::default()
+    };
+    fill_latency(&mut r, latency);
+    r
+}
+
 fn fill_latency(r: &mut Report, h: &Histogram<u64>) {
     if !h.is_empty() {
         r.latency_us_p50 = h.value_at_quantile(0.5);

@@ -135,23 +135,20 @@ pub(super) async fn run_queue_nats(args: &QueueArgs, addr: SocketAddr) -> anyhow
         hist.add(&c.await??).ok();
     }
     let received = seen.count();
-    let mut r = Report {
-        scenario: "queue".into(),
-        params: format!(
-            "{}P/{}C {}B nats",
-            args.producers, args.consumers, args.size
-        ),
-        rate: received as f64 / elapsed.as_secs_f64(),
-        unit: "msg/s".into(),
-        sent: sent.load(Ordering::Relaxed),
+    let params = format!(
+        "{}P/{}C {}B nats",
+        args.producers, args.consumers, args.size
+    );
+    Ok(queue_report(
+        args,
+        params,
+        elapsed,
+        sent.load(Ordering::Relaxed),
         received,
-        seconds: elapsed.as_secs_f64(),
-        lost: args.count - received,
-        duplicates: dups.load(Ordering::Relaxed),
-        ..Report::default()
-    };
-    fill_latency(&mut r, &hist);
-    Ok(r)
+        dups.load(Ordering::Relaxed),
+        0,
+        &hist,
+    ))
 }
 
 pub(super) async fn run_fanout_nats(args: &FanoutArgs, addr: SocketAddr) -> anyhow::Result<Report> {

@@ -200,30 +200,17 @@ pub(crate) async fn run_queue_at(
         let _ = c.await;
     }
     let received = seen.count();
-    let mut r = Report {
-        scenario: "queue".into(),
-        params: format!(
-            "{}P/{}C {}B{}{} ack={:?}",
-            args.producers,
-            args.consumers,
-            args.size,
-            if args.persistent { " persistent" } else { "" },
-            if args.receipts { " receipts" } else { "" },
-            args.ack
-        )
-        .to_lowercase(),
-        rate: received as f64 / elapsed.as_secs_f64(),
-        unit: "msg/s".into(),
-        sent: sent.load(Ordering::Relaxed),
+    let latency = hist.lock();
+    Ok(queue_report(
+        args,
+        queue_params(args, ""),
+        elapsed,
+        sent.load(Ordering::Relaxed),
         received,
-        seconds: elapsed.as_secs_f64(),
-        lost: args.count - received,
-        duplicates: dups.load(Ordering::Relaxed),
-        redelivered: redelivered.load(Ordering::Relaxed),
-        ..Report::default()
-    };
-    fill_latency(&mut r, &hist.lock());
-    Ok(r)
+        dups.load(Ordering::Relaxed),
+        redelivered.load(Ordering::Relaxed),
+        &latency,
+    ))
 }
 
 /// A STOMP producer writes once this much is buffered.
@@ -421,28 +408,14 @@ async fn run_queue_stomp(args: &QueueArgs, addr: SocketAddr) -> anyhow::Result<R
         hist.add(&c.await??).ok();
     }
     let received = seen.count();
-    let mut r = Report {
-        scenario: "queue".into(),
-        params: format!(
-            "{}P/{}C {}B{}{} ack={:?} stomp",
-            args.producers,
-            args.consumers,
-            args.size,
-            if args.persistent { " persistent" } else { "" },
-            if args.receipts { " receipts" } else { "" },
-            args.ack
-        )
-        .to_lowercase(),
-        rate: received as f64 / elapsed.as_secs_f64(),
-        unit: "msg/s".into(),
-        sent: sent.load(Ordering::Relaxed),
+    Ok(queue_report(
+        args,
+        queue_params(args, " stomp"),
+        elapsed,
+        sent.load(Ordering::Relaxed),
         received,
-        seconds: elapsed.as_secs_f64(),
-        lost: args.count - received,
-        duplicates: dups.load(Ordering::Relaxed),
-        redelivered: redelivered.load(Ordering::Relaxed),
-        ..Report::default()
-    };
-    fill_latency(&mut r, &hist);
-    Ok(r)
+        dups.load(Ordering::Relaxed),
+        redelivered.load(Ordering::Relaxed),
+        &hist,
+    ))
 }
