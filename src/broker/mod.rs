@@ -22,7 +22,8 @@
 //! kept session expires), `demand.rs` (who consumes what, for
 //! the network), `forwards.rs` (forwarded ids already taken), `settings.rs`, `error.rs`; the
 //! destinations themselves in `queue.rs` and `topic.rs`; the journal in `persist.rs` and
-//! `durability.rs`.
+//! `durability.rs`; memory accounting in `pool.rs` (the broker-wide budget) and `memory.rs`
+//! (what one destination may hold, and the charge a message carries).
 
 mod claims;
 mod demand;
@@ -36,6 +37,7 @@ mod memory;
 mod message;
 mod outbox;
 mod persist;
+mod pool;
 mod queue;
 mod session;
 mod settings;
@@ -59,12 +61,12 @@ pub use demand::{Demand, DemandEvent, NetworkSpec};
 pub use durability::{CommitLog, JournalStats, SyncedQueue};
 pub use error::BrokerError;
 pub use kept_sessions::NEVER_EXPIRES;
-pub use memory::{MemoryPool, PendingCharge};
 pub use message::{
     Delivery, Draft, Message, MessageBuilder, COPY_BODY_BELOW, DEFAULT_PRIORITY, MAX_PRIORITY,
     RETAIN_HEADER,
 };
 pub use outbox::Outbox;
+pub use pool::{MemoryPool, PendingCharge};
 pub use queue::{AckOutcome, DeadReason, NetworkFilter};
 pub use session::Session;
 pub use settings::BrokerSettings;

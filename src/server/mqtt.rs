@@ -35,7 +35,7 @@ mod persistent;
 mod publish;
 mod subscribe;
 mod topic;
-mod will;
+pub(super) mod will;
 mod wire;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -63,7 +63,6 @@ use persistent::{parse_session_sub_name, session_sub_name};
 #[cfg(test)]
 use topic::{destination_to_topic, topic_to_destination};
 pub(crate) use topic::{filter_to_pattern, TopicError};
-pub(crate) use will::DelayedWills;
 use wire::{decode_error, reason, reason_for, Packet, Wire};
 
 /// What the broker owes the client once a request is answered: the packet that answers it.
