@@ -1,11 +1,11 @@
-//! MQTT clients work against meshmq unchanged and meet STOMP clients across the mesh:
-//! paho-mqtt (MQTT 3.1.1 and 5) and mosquitto_pub/mosquitto_sub publish and subscribe at QoS 0
-//! and 1 with ActiveMQ's topic mapping; a STOMP producer on a hub reaches an MQTT subscriber on
-//! an edge, and an MQTT publisher on the edge reaches a STOMP consumer on the hub, over a
-//! connector. Logins and ACLs hold (a bad password is a CONNACK refusal, counted; a refused
-//! publish or subscription is a reason code in MQTT 5), a silent client is dropped after one
-//! and a half keep-alives, and malformed, oversize and wildcard-topic packets get the
-//! protocol's error and a close, counted as bad frames.
+//! MQTT clients work against meshmq unchanged and meet STOMP clients across the mesh: paho-mqtt
+//! (MQTT 3.1, 3.1.1 and 5) and mosquitto_pub/mosquitto_sub publish and subscribe at QoS 0 and 1
+//! with ActiveMQ's topic mapping; a STOMP producer on a hub reaches an MQTT subscriber on an edge,
+//! and an MQTT publisher on the edge reaches a STOMP consumer on the hub, over a connector. Logins
+//! and ACLs hold (a bad password is a CONNACK refusal, counted; a refused publish or subscription
+//! is a reason code in MQTT 5), a silent client is dropped after one and a half keep-alives, and
+//! malformed, oversize and wildcard-topic packets get the protocol's error and a close, counted as
+//! bad frames.
 
 use crate::common_mqtt;
 use crate::common_stomp;
@@ -32,9 +32,9 @@ fn bad_frames(b: &Broker) -> f64 {
 }
 
 #[test]
-fn paho_clients_publish_and_subscribe_at_qos_0_and_1_in_mqtt_3_1_1_and_5() {
+fn paho_clients_publish_and_subscribe_at_qos_0_and_1_in_mqtt_3_1_3_1_1_and_5() {
     let b = mqtt_broker();
-    for version in ["3.1.1", "5"] {
+    for version in ["3.1", "3.1.1", "5"] {
         let r = python_in(
             "mqtt_py",
             "paho_pubsub.py",

@@ -1,9 +1,9 @@
 """paho-mqtt against meshmq: a subscriber on a wildcard filter at QoS 1 and a publisher at QoS 0
-and 1 (each QoS 1 publish waits for its PUBACK), in MQTT 3.1.1 or 5; then an unsubscribe that
+and 1 (each QoS 1 publish waits for its PUBACK), in MQTT 3.1, 3.1.1 or 5; then an unsubscribe that
 stops deliveries. With MQTT 5 the publish carries user properties and a message expiry, which
 must arrive with the message. Prints one JSON object of what the subscriber saw.
 
-usage: paho_pubsub.py PORT VERSION(3.1.1|5)"""
+usage: paho_pubsub.py PORT VERSION(3.1|3.1.1|5)"""
 
 import json
 import sys
@@ -19,7 +19,7 @@ GUARD = 30.0
 
 port = int(sys.argv[1])
 v5 = sys.argv[2] == "5"
-protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
+protocol = {"3.1": mqtt.MQTTv31, "3.1.1": mqtt.MQTTv311, "5": mqtt.MQTTv5}[sys.argv[2]]
 
 
 def fail(message):
