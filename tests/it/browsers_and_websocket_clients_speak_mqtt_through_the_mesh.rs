@@ -1,8 +1,9 @@
 //! Real MQTT clients over WebSocket: in headless Chromium (Debian's, driven by selenium), a page
 //! whose mqtt.js (npm's `mqtt`, MQTT 3.1.1 and 5) is on the edge group's `ws://` listener
 //! meets stomp.js on the hub group's, across the connector both ways — every message once, in
-//! order; and paho-mqtt over `wss://` publishes and receives when it trusts the CA `meshmq
-//! certs` made, while a client that does not is refused in the TLS handshake.
+//! order; and paho-mqtt over `wss://`, and over `mqtt+ssl://`, publishes and receives when it
+//! trusts the CA `meshmq certs` made, while a client that does not is refused in the TLS
+//! handshake.
 
 use crate::common;
 use crate::common_stomp;
@@ -82,7 +83,17 @@ const SERVER_FILES: &str = "tls_cert = \"certs/m1.pem\"\ntls_key = \"certs/m1.ke
 
 #[test]
 fn paho_over_wss_works_with_the_meshmq_ca_and_strangers_are_refused() {
-    let mut topo = Topology::new().listener("wss", "wss", SERVER_FILES);
+    paho_over_tls("wss", "websockets");
+}
+
+#[test]
+fn paho_over_mqtt_ssl_works_with_the_meshmq_ca_and_strangers_are_refused() {
+    paho_over_tls("mqtt+ssl", "tcp");
+}
+
+/// paho-mqtt (`transport`) on a `scheme` listener with the certificates `meshmq certs` made.
+fn paho_over_tls(scheme: &str, transport: &str) {
+    let mut topo = Topology::new().listener("tls", scheme, SERVER_FILES);
     let file = topo.write();
     let certs = topo.dir().join("certs");
     let out = Command::new(env!("CARGO_BIN_EXE_meshmq"))
@@ -103,14 +114,15 @@ fn paho_over_wss_works_with_the_meshmq_ca_and_strangers_are_refused() {
         "mqtt_py",
         "paho_wss.py",
         &[
-            broker.port("wss").to_string(),
+            broker.port("tls").to_string(),
             certs.join("ca.pem").display().to_string(),
             n.to_string(),
+            transport.to_string(),
         ],
     );
     let want: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
-    assert_eq!(r["311"], json!(want), "MQTT 3.1.1 over wss: {r}");
-    assert_eq!(r["5"], json!(want), "MQTT 5 over wss: {r}");
+    assert_eq!(r["311"], json!(want), "MQTT 3.1.1 over {scheme}: {r}");
+    assert_eq!(r["5"], json!(want), "MQTT 5 over {scheme}: {r}");
     assert!(
         r["stranger"]
             .as_str()

@@ -1,8 +1,9 @@
-"""paho-mqtt over `wss://` (WebSocket, subprotocol mqtt, inside TLS): a client that trusts the CA
-`meshmq certs` made subscribes and publishes QoS 1 through the broker, in MQTT 3.1.1 and 5; a
-client that trusts only the system's CAs fails its TLS handshake. Prints one JSON object.
+"""paho-mqtt over `wss://` (WebSocket, subprotocol mqtt, inside TLS) or, with TRANSPORT tcp, over
+`mqtt+ssl://`: a client that trusts the CA `meshmq certs` made subscribes and publishes QoS 1
+through the broker, in MQTT 3.1.1 and 5; a client that trusts only the system's CAs fails its
+TLS handshake. Prints one JSON object.
 
-usage: paho_wss.py PORT CA_PEM N"""
+usage: paho_wss.py PORT CA_PEM N [TRANSPORT(websockets|tcp)]"""
 
 import json
 import ssl
@@ -15,6 +16,7 @@ HOST = "127.0.0.1"
 GUARD = 30.0
 
 port, ca, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+transport = sys.argv[4] if len(sys.argv) > 4 else "websockets"
 
 
 def fail(message):
@@ -24,7 +26,7 @@ def fail(message):
 
 def run(protocol, tag):
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"wss-{tag}",
-                    transport="websockets", protocol=protocol)
+                    transport=transport, protocol=protocol)
     c.tls_set(ca_certs=ca)
     state = {"connected": threading.Event(), "subscribed": threading.Event(), "got": []}
     cond = threading.Condition()
@@ -45,7 +47,7 @@ def run(protocol, tag):
     c.connect(HOST, port, keepalive=30)
     c.loop_start()
     if not state["connected"].wait(GUARD) or state["reason"] != 0:
-        fail(f"{tag}: not connected over wss")
+        fail(f"{tag}: not connected over TLS ({transport})")
     c.subscribe(f"secure/{tag}", qos=1)
     if not state["subscribed"].wait(GUARD):
         fail(f"{tag}: no SUBACK")
@@ -63,7 +65,7 @@ result = {"311": run(mqtt.MQTTv311, "311"), "5": run(mqtt.MQTTv5, "5")}
 
 # A client trusting only the system's CAs.
 stranger = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="wss-stranger",
-                       transport="websockets", protocol=mqtt.MQTTv311)
+                       transport=transport, protocol=mqtt.MQTTv311)
 stranger.tls_set()
 try:
     stranger.connect(HOST, port, keepalive=30)
