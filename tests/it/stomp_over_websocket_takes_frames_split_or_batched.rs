@@ -2,6 +2,8 @@
 //! WebSocket messages, several frames in one message, text or binary messages; the broker
 //! answers in WebSocket messages of the `v12.stomp` subprotocol it chose. A message that is
 //! not STOMP gets an ERROR frame and the close, and is counted in `meshmq_bad_frames_total`.
+//! The same port serves MQTT to the `mqtt` subprotocol, a packet split across messages or
+//! several in one, where a message that is not MQTT closes the connection and is counted too.
 
 use crate::common_stomp;
 
@@ -122,9 +124,9 @@ async fn a_message_that_is_not_stomp_gets_an_error_and_the_close() {
     assert_eq!(b.metric("meshmq_bad_frames_total", &[]), before + 1.0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_mqtt_subprotocol_gets_mqtt_on_the_same_port() {
-    let b = broker();
+/// A WebSocket of subprotocol `mqtt` on the STOMP test's listener, past its MQTT 3.1.1
+/// CONNECT and CONNACK.
+async fn open_mqtt(b: &Broker) -> Ws {
     let mut request = format!("ws://127.0.0.1:{}/", b.port("ws"))
         .into_client_request()
         .expect("request");
@@ -153,10 +155,49 @@ async fn the_mqtt_subprotocol_gets_mqtt_on_the_same_port() {
         {
             Some(Ok(Message::Binary(b))) => {
                 assert_eq!(&b[..], &[0x20, 2, 0, 0], "CONNACK, accepted");
-                break;
+                return ws;
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
             other => panic!("no CONNACK in a binary message: {other:?}"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mqtt_subprotocol_gets_mqtt_on_the_same_port() {
+    let b = broker();
+    let mut ws = open_mqtt(&b).await;
+    // A PINGREQ split across two messages, then two in one message: three PINGRESPs.
+    for part in [&[0xC0][..], &[0x00], &[0xC0, 0x00, 0xC0, 0x00]] {
+        ws.send(Message::binary(part.to_vec())).await.expect("send");
+    }
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        match tokio::time::timeout(GUARD, ws.next())
+            .await
+            .expect("no hang")
+        {
+            Some(Ok(Message::Binary(b))) => got.extend_from_slice(&b),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("PINGRESPs expected, got {other:?} after {got:?}"),
+        }
+    }
+    assert_eq!(got, [0xD0, 0x00, 0xD0, 0x00, 0xD0, 0x00], "three PINGRESPs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_is_not_mqtt_closes_the_mqtt_websocket_and_is_counted() {
+    let b = broker();
+    let before = b.metric("meshmq_bad_frames_total", &[]);
+    let mut ws = open_mqtt(&b).await;
+    // Packet type 0 is reserved: no MQTT packet starts so.
+    ws.send(Message::binary(vec![0x00, 0x00]))
+        .await
+        .expect("send");
+    assert_eq!(
+        next_text(&mut ws).await,
+        None,
+        "the connection closes with nothing more said (MQTT 3.1.1 has no DISCONNECT from the server)"
+    );
+    assert_eq!(b.metric("meshmq_bad_frames_total", &[]), before + 1.0);
 }
