@@ -3,16 +3,20 @@
 //! on the master, with messages waiting for them and deliveries they never acknowledged, find
 //! after a `kill -9` of the master — on the member elected in its place — their session
 //! present, their subscription still there without subscribing again, every message once (the
-//! unacknowledged ones flagged dup), and the session going on there.
+//! unacknowledged ones flagged dup), and the session going on there. MQTT 5 session expiry
+//! runs on across such a failover: the new master ends a short-expiry session whose client had
+//! left, and one whose client was connected when the master died, once their intervals run
+//! out, while a long-expiry session is still there with every message it kept.
 
 use crate::common;
 use crate::common_mqtt;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use common::ha::{GroupSpec, HaGroup};
 use common::zk::ZooKeeper;
-use common_mqtt::paho_session as paho;
+use common_mqtt::{hold_session, paho_session as paho};
 use serde_json::{json, Value};
 
 fn payloads(prefix: &str, n: usize) -> Vec<String> {
@@ -115,4 +119,68 @@ fn persistent_sessions_follow_their_clients_to_the_new_master_after_kill_9() {
             "MQTT {v}: the session goes on on the new master"
         );
     }
+}
+
+#[test]
+fn mqtt5_session_expiry_runs_on_on_the_new_master_after_kill_9() {
+    let zk = ZooKeeper::standalone();
+    let (mut group, mqtt) = group_with_mqtt(&zk);
+    let master = group.wait_master("the master serves");
+    let on_master = mqtt[master];
+    // Each session has a QoS 1 subscription to its own topics and three messages waiting:
+    // "zk-left" (2 s) and "zk-kept" (an hour) are idle when the master dies, "zk-held" (3 s)
+    // is held by a connection then.
+    let sessions = [("zk-left", 2), ("zk-held", 3), ("zk-kept", 3600)];
+    for (cid, expiry) in sessions {
+        let args = [&format!("{cid}/#"), "--expiry", &expiry.to_string()];
+        let r = paho(on_master, "5", "subscribe", cid, &args);
+        assert_eq!(r["session_present"], json!(false), "{cid}: a new session");
+        assert_eq!(r["granted"], json!([1]), "{cid}");
+    }
+    let held = hold_session(on_master, "zk-held", 3);
+    for (cid, _) in sessions {
+        let r = paho(
+            on_master,
+            "5",
+            "publish",
+            "pub",
+            &[&format!("{cid}/x"), cid, "3"],
+        );
+        assert_eq!(r["pubacked"], json!(3), "{cid}");
+    }
+    // The idle state reaches the slaves before the master dies.
+    std::thread::sleep(Duration::from_millis(500));
+    group.kill9(master);
+    drop(held);
+    let new = group.wait_new_master(master, "a new master takes over");
+    let on_new = mqtt[new];
+    // Both short intervals have run out on the new master by now ("zk-held"'s counts from its
+    // term's start, before it served).
+    std::thread::sleep(Duration::from_millis(4500));
+    for (cid, expiry) in [("zk-left", "2"), ("zk-held", "3")] {
+        let r = paho(on_new, "5", "receive", cid, &["0", "--expiry", expiry]);
+        assert_eq!(
+            r["session_present"],
+            json!(false),
+            "{cid}: the new master ended it when its interval ran out: {r}"
+        );
+        assert_eq!(r["messages"], json!([]), "{cid}: its messages went with it");
+    }
+    let r = paho(
+        on_new,
+        "5",
+        "receive",
+        "zk-kept",
+        &["3", "--expiry", "3600"],
+    );
+    assert_eq!(
+        r["session_present"],
+        json!(true),
+        "zk-kept: still kept: {r}"
+    );
+    assert_eq!(
+        received(&r),
+        payloads("zk-kept", 3),
+        "zk-kept: every message it kept, once, from the new master"
+    );
 }
