@@ -37,6 +37,13 @@ impl Member {
         p.wait_timeout(GUARD).expect("SIGKILL ends the member");
     }
 
+    /// SIGTERM (a graceful stop); waits until it has exited.
+    pub fn stop(&mut self) {
+        let mut p = self.proc.take().expect("running");
+        p.signal(libc::SIGTERM);
+        p.wait_timeout(GUARD).expect("SIGTERM ends the member");
+    }
+
     pub fn status(&self) -> Option<MemberStatus> {
         match http_get(self.admin, "/status") {
             Ok((200, body)) => serde_json::from_str(&body).ok(),
