@@ -219,6 +219,8 @@ struct Inner {
     durables: DashMap<(String, String), Arc<TopicSub>>,
     /// The expiry state of kept client sessions, by client id (`kept_sessions.rs`).
     kept_sessions: DashMap<String, kept_sessions::KeptSession>,
+    /// Bumped whenever the kept sessions' shared subscriptions change (`kept_sessions.rs`).
+    kept_shares_changed: tokio::sync::watch::Sender<u64>,
     /// Each client id in use: its session and that session's user.
     client_ids: DashMap<String, (u64, Option<String>)>,
     /// Client ids, and connection ids (temporary destination name prefixes), by user.
@@ -308,6 +310,7 @@ impl Broker {
                 wildcard_subs: RwLock::new(Vec::new()),
                 durables: DashMap::new(),
                 kept_sessions: DashMap::new(),
+                kept_shares_changed: tokio::sync::watch::channel(0).0,
                 client_ids: DashMap::new(),
                 client_id_claims: claims::Claims::default(),
                 temp_claims: claims::Claims::default(),
