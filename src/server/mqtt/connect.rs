@@ -26,9 +26,9 @@ use crate::security::Principal;
 use crate::transport::{IoEvent, Permit, Pump, Stream};
 use crate::wire::proto::ErrorCode;
 
+use super::super::conn::ConnCtx;
 use super::super::conn::Connection;
 use super::super::mqtt_session::KeptInflight;
-use super::super::ConnCtx;
 use super::persistent::{SessionEnd, SessionShares, NEVER_EXPIRES, SESSION_PREFIX};
 use super::topic::topic_to_destination;
 use super::will::{DelayedWills, WillSlot};
@@ -108,7 +108,7 @@ pub(super) async fn detect_version(
     let deadline = TokioInstant::now() + ctx.settings.connect_timeout;
     // Before the login, a packet (the CONNECT) may be at most what any protocol may send
     // before logging in; the listener's own limit applies once logged in.
-    let max = u32::try_from(super::super::handshake_frame_limit(ctx)).unwrap_or(u32::MAX);
+    let max = u32::try_from(super::super::conn::handshake_frame_limit(ctx)).unwrap_or(u32::MAX);
     loop {
         match VersionCodec.decode(&mut pump.rbuf) {
             Ok(Some(ProtocolVersion::MQTT3)) => return Ok(Some(Wire::V3(v3::Codec::new(max)))),

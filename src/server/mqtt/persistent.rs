@@ -23,10 +23,10 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{Broker, DestinationPattern, SubscribeSpec};
 use crate::security::Principal;
 
+use super::super::conn::ConnCtx;
 use super::super::mqtt_session::KeptInflight;
 use super::super::mqtt_share::share_queue;
 use super::super::request::Request;
-use super::super::ConnCtx;
 use super::will::{DelayedWills, WillSlot};
 use super::{Mqtt, Outgoing, Receipt, Sub};
 
