@@ -132,11 +132,13 @@ async fn serve_connection(
     shutdown: CancellationToken,
     permit: crate::transport::Permit,
 ) {
-    let Some(stream) = secure(stream, tls, &ctx).await else {
+    // Boxed, as the protocols' futures are (`serve_stream`): the TLS handshake's and the
+    // WebSocket upgrade's state would otherwise stay in every connection's task.
+    let Some(stream) = Box::pin(secure(stream, tls, &ctx)).await else {
         return;
     };
     if websocket {
-        websocket::serve(stream, peer, ctx, shutdown, permit).await;
+        Box::pin(websocket::serve(stream, peer, ctx, shutdown, permit)).await;
     } else {
         serve_stream(stream, peer, protocol, ctx, shutdown, permit).await;
     }

@@ -11,6 +11,10 @@ use super::options::Protocol;
 use super::{mqtt, native, stomp};
 
 /// Serves `stream` as a connection of `protocol` until it ends.
+///
+/// Each protocol's connection future is boxed: inline, the caller's task would be as large as
+/// the largest protocol's state (and the TLS and WebSocket set-up before it) for every
+/// connection, whatever it speaks; boxed, an idle connection holds only its own protocol's.
 pub(super) async fn serve_stream(
     stream: crate::transport::Stream,
     peer: SocketAddr,
@@ -20,8 +24,8 @@ pub(super) async fn serve_stream(
     permit: crate::transport::Permit,
 ) {
     match protocol {
-        Protocol::Native => native::serve(stream, peer, ctx, shutdown, permit).await,
-        Protocol::Stomp => stomp::serve(stream, peer, ctx, shutdown, permit).await,
-        Protocol::Mqtt => mqtt::serve(stream, peer, ctx, shutdown, permit).await,
+        Protocol::Native => Box::pin(native::serve(stream, peer, ctx, shutdown, permit)).await,
+        Protocol::Stomp => Box::pin(stomp::serve(stream, peer, ctx, shutdown, permit)).await,
+        Protocol::Mqtt => Box::pin(mqtt::serve(stream, peer, ctx, shutdown, permit)).await,
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::io::poll_read_buf;
 
@@ -43,12 +43,15 @@ pub enum TransportError {
     LocalBind { addr: IpAddr, source: io::Error },
 }
 
-/// Read room a fresh connection reserves; it doubles each time a read fills it, up to
-/// `MAX_READ_CHUNK`, so busy connections read in large batches and idle ones stay small.
+/// Read room of a connection that is not busy, read on the stack (it holds no read buffer
+/// between frames); it doubles each time a read fills it, up to `MAX_READ_CHUNK`, in a heap
+/// buffer, so busy connections read in large batches and idle ones hold nothing.
 const MIN_READ_CHUNK: usize = 512;
 const MAX_READ_CHUNK: usize = 64 * 1024;
-/// An idle connection gives back a buffer larger than this.
-const IDLE_BUFFER: usize = 64 * 1024;
+/// A write buffer no larger than this is given back as soon as it drains (a receipt, a
+/// heartbeat, a few deliveries: cheap to allocate again); a larger one, a busy connection's,
+/// is kept until `Pump::shrink_idle`.
+const SMALL_WRITE_BUFFER: usize = 1024;
 
 /// Counts a listener's admitted connections; a `Permit` gives its slot back on drop.
 #[derive(Debug)]
@@ -243,6 +246,9 @@ impl Pump {
                         Poll::Ready(Ok(n)) => {
                             self.wbuf.advance(n);
                             if self.wbuf.is_empty() {
+                                if self.wbuf.capacity() <= SMALL_WRITE_BUFFER {
+                                    self.wbuf = BytesMut::new();
+                                }
                                 return Poll::Ready(Ok(IoEvent::Drained));
                             }
                         }
@@ -251,7 +257,30 @@ impl Pump {
                     }
                 }
             }
-            if reading {
+            if reading && self.rbuf.is_empty() && self.read_chunk == MIN_READ_CHUNK {
+                // Nothing pending and the connection is not busy: read into the stack, so
+                // a connection waiting for its next frame holds no read buffer at all.
+                if self.rbuf.capacity() != 0 {
+                    self.rbuf = BytesMut::new();
+                }
+                let mut room = [0u8; MIN_READ_CHUNK];
+                let mut buf = ReadBuf::new(&mut room);
+                match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                        return Poll::Ready(Ok(IoEvent::Closed))
+                    }
+                    Poll::Ready(Ok(())) => {
+                        let n = buf.filled().len();
+                        self.rbuf.extend_from_slice(buf.filled());
+                        if n == MIN_READ_CHUNK {
+                            self.read_chunk = MIN_READ_CHUNK * 2;
+                        }
+                        return Poll::Ready(Ok(IoEvent::Read));
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            } else if reading {
                 if self.rbuf.capacity() - self.rbuf.len() < self.read_chunk / 2 {
                     self.rbuf.reserve(self.read_chunk);
                 }
@@ -279,12 +308,15 @@ impl Pump {
         .await
     }
 
-    /// Gives back a large read buffer once it is empty (idle connections stay small).
+    /// Gives back the buffers a burst grew once they are empty, and starts reading small
+    /// again (called now and then, not after every write: a busy connection would otherwise
+    /// drop and regrow them all the time).
     pub fn shrink_idle(&mut self) {
-        if self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_BUFFER {
+        if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
+            self.read_chunk = MIN_READ_CHUNK;
         }
-        if self.wbuf.is_empty() && self.wbuf.capacity() > IDLE_BUFFER {
+        if self.wbuf.is_empty() {
             self.wbuf = BytesMut::new();
         }
     }
@@ -334,6 +366,81 @@ mod tests {
         let third = l.accept().await.unwrap();
         assert!(matches!(third, Incoming::Admitted { .. }));
         assert_eq!(l.count().open(), 1);
+    }
+
+    /// A pump and the peer socket it talks to.
+    async fn pumped() -> (Pump, TcpStream) {
+        let l = Listener::bind("127.0.0.1:0".parse().unwrap(), 10)
+            .await
+            .unwrap();
+        let peer = dial(l.local_addr().unwrap(), None).await.unwrap();
+        let Incoming::Admitted { stream, .. } = l.accept().await.unwrap() else {
+            panic!("refused")
+        };
+        (Pump::new(Box::new(stream)), peer)
+    }
+
+    /// Waits briefly for an event that should not come (the connection is idle).
+    async fn idle(pump: &mut Pump) {
+        let waited = tokio::time::timeout(
+            Duration::from_millis(100),
+            pump.next_event(true, 0, |_| Poll::Pending),
+        )
+        .await;
+        assert!(
+            waited.is_err(),
+            "an event on an idle connection: {waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_waiting_for_its_next_frame_holds_no_buffer() {
+        let (mut pump, mut peer) = pumped().await;
+        peer.write_all(b"SUBSCRIBE").await.unwrap();
+        let ev = pump.next_event(true, 0, |_| Poll::Pending).await.unwrap();
+        assert_eq!(ev, IoEvent::Read);
+        assert_eq!(&pump.rbuf[..], b"SUBSCRIBE");
+        // The codec takes the frame; the connection answers it.
+        drop(pump.rbuf.split());
+        pump.wbuf.extend_from_slice(b"RECEIPT");
+        let ev = pump.next_event(true, 0, |_| Poll::Pending).await.unwrap();
+        assert_eq!(ev, IoEvent::Drained);
+        idle(&mut pump).await;
+        assert_eq!(
+            (pump.rbuf.capacity(), pump.wbuf.capacity()),
+            (0, 0),
+            "an idle connection holds no read or write buffer"
+        );
+        // And it still reads what comes next.
+        peer.write_all(b"ACK").await.unwrap();
+        let ev = pump.next_event(true, 0, |_| Poll::Pending).await.unwrap();
+        assert_eq!(ev, IoEvent::Read);
+        assert_eq!(&pump.rbuf[..], b"ACK");
+    }
+
+    #[tokio::test]
+    async fn buffers_a_burst_grew_are_given_back_once_idle() {
+        let (mut pump, mut peer) = pumped().await;
+        let burst = vec![1u8; 256 * 1024];
+        let writer = tokio::spawn(async move {
+            peer.write_all(&burst).await.unwrap();
+            peer
+        });
+        let mut got = 0;
+        while got < 256 * 1024 {
+            let ev = pump.next_event(true, 0, |_| Poll::Pending).await.unwrap();
+            assert_eq!(ev, IoEvent::Read);
+            got += pump.rbuf.len();
+            drop(pump.rbuf.split());
+        }
+        let _peer = writer.await.unwrap();
+        assert!(pump.read_chunk > MIN_READ_CHUNK, "the burst grew the reads");
+        pump.wbuf.extend_from_slice(&vec![2u8; 32 * 1024]);
+        pump.wbuf.clear();
+        pump.shrink_idle();
+        idle(&mut pump).await;
+        assert_eq!((pump.rbuf.capacity(), pump.wbuf.capacity()), (0, 0));
+        assert_eq!(pump.read_chunk, MIN_READ_CHUNK);
     }
 
     #[tokio::test]

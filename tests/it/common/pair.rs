@@ -35,6 +35,11 @@ impl Member {
         self.proc.take().expect("running").kill9(&self.name);
     }
 
+    /// SIGTERM (a graceful stop); waits until it has exited.
+    pub fn stop(&mut self) {
+        self.proc.take().expect("running").stop(&self.name);
+    }
+
     pub fn status(&self) -> Option<MemberStatus> {
         super::try_status(self.admin)
     }

@@ -23,9 +23,9 @@ use crate::ha::zk::GroupSession;
 use crate::metrics as m;
 use crate::store::{self as store, Durability, EpochHistory, Store, StoreConfig, StoreError};
 
-use super::member::{MemberState, Role};
-use super::options::{ServerError, ServerOptions, ZooKeeperElection};
+use super::state::{MemberState, Role};
 use super::term::{close_store, open_broker, Term};
+use crate::server::options::{ServerError, ServerOptions, ZooKeeperElection};
 
 /// A master term with its replication.
 struct Serving {
