@@ -8,32 +8,10 @@
 
 use crate::common;
 
-use std::path::{Path, PathBuf};
-
 use common::repair::{
-    assert_delivers_the_first, assert_refused_naming, entry, filled_then_killed, COUNT,
+    assert_delivers_the_first, assert_refused_naming, entry, filled_then_killed, restore, snapshot,
+    COUNT,
 };
-
-fn snapshot(journal: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut files: Vec<_> = std::fs::read_dir(journal)
-        .expect("list the journal")
-        .map(|e| {
-            let path = e.expect("entry").path();
-            let bytes = std::fs::read(&path).expect("read a journal file");
-            (path, bytes)
-        })
-        .collect();
-    files.sort();
-    files
-}
-
-fn restore(journal: &Path, files: &[(PathBuf, Vec<u8>)]) {
-    std::fs::remove_dir_all(journal).expect("clear the journal");
-    std::fs::create_dir_all(journal).expect("recreate the journal");
-    for (path, bytes) in files {
-        std::fs::write(path, bytes).expect("restore a journal file");
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 enum Damage {

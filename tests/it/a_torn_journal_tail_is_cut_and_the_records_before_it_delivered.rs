@@ -5,8 +5,9 @@
 
 use crate::common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use common::repair::{restore, snapshot};
 use common::{Broker, Config, History, JournalFrame};
 use meshmq::client::Outgoing;
 use meshmq::store::proto::{record, Record};
@@ -17,26 +18,6 @@ const COUNT: usize = 40;
 
 fn name(i: usize) -> String {
     format!("entry-{i:03}")
-}
-
-/// Every file of the journal directory with its bytes.
-fn snapshot(journal: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    std::fs::read_dir(journal)
-        .expect("list the journal")
-        .map(|e| {
-            let path = e.expect("entry").path();
-            let bytes = std::fs::read(&path).expect("read a journal file");
-            (path, bytes)
-        })
-        .collect()
-}
-
-fn restore(journal: &Path, files: &[(PathBuf, Vec<u8>)]) {
-    std::fs::remove_dir_all(journal).expect("clear the journal");
-    std::fs::create_dir_all(journal).expect("recreate the journal");
-    for (path, bytes) in files {
-        std::fs::write(path, bytes).expect("restore a journal file");
-    }
 }
 
 #[derive(Debug, Clone, Copy)]

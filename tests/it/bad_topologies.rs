@@ -43,6 +43,23 @@ macro_rules! listener {
     };
 }
 
+/// A group `$group` of one member `$member` with its admin address and one listener.
+macro_rules! group {
+    ($group:expr, $member:expr, $admin:expr, $url:expr) => {
+        concat!(
+            "\n[[group]]\nname = \"",
+            $group,
+            "\"\n[[group.member]]\nname = \"",
+            $member,
+            "\"\nadmin = \"",
+            $admin,
+            "\"\n[[group.member.listener]]\nurl = \"",
+            $url,
+            "\"\n"
+        )
+    };
+}
+
 /// (the check a row proves, the topology, the exact error).
 const ROWS: &[(&str, &str, &str)] = &[
     (
@@ -71,28 +88,12 @@ bad.toml: group: is missing: a mesh needs at least one group; add a [[group]] wi
     ),
     (
         "duplicate group name",
-        concat!(base!(), r#"
-[[group]]
-name = "hub"
-[[group.member]]
-name = "hub-2"
-admin = "127.0.0.1:8162"
-[[group.member.listener]]
-url = "tcp://127.0.0.1:61626"
-"#),
+        concat!(base!(), group!("hub", "hub-2", "127.0.0.1:8162", "tcp://127.0.0.1:61626")),
         r#"bad.toml: group[1].name: "hub" is also the name of group[0]; give each group a different name"#,
     ),
     (
         "duplicate member name across groups",
-        concat!(base!(), r#"
-[[group]]
-name = "edge"
-[[group.member]]
-name = "hub-1"
-admin = "127.0.0.1:8171"
-[[group.member.listener]]
-url = "tcp://127.0.0.1:61716"
-"#),
+        concat!(base!(), group!("edge", "hub-1", "127.0.0.1:8171", "tcp://127.0.0.1:61716")),
         r#"bad.toml: group[edge].member[0].name: "hub-1" is also the name of group[hub].member[0]; give each member of the mesh a different name"#,
     ),
     (
@@ -135,28 +136,12 @@ url = "tcp://127.0.0.1:61616"
     ),
     (
         "same listener address in two members",
-        concat!(base!(), r#"
-[[group]]
-name = "edge"
-[[group.member]]
-name = "edge-1"
-admin = "127.0.0.1:8171"
-[[group.member.listener]]
-url = "tcp://127.0.0.1:61616"
-"#),
+        concat!(base!(), group!("edge", "edge-1", "127.0.0.1:8171", "tcp://127.0.0.1:61616")),
         r#"bad.toml: group[edge].member[edge-1].listener[0].url: 127.0.0.1:61616 is also used by group[hub].member[hub-1].listener[0].url; give every listener, admin and replication address its own port"#,
     ),
     (
         "admin address equal to a listener of another member",
-        concat!(base!(), r#"
-[[group]]
-name = "edge"
-[[group.member]]
-name = "edge-1"
-admin = "127.0.0.1:61616"
-[[group.member.listener]]
-url = "tcp://127.0.0.1:61716"
-"#),
+        concat!(base!(), group!("edge", "edge-1", "127.0.0.1:61616", "tcp://127.0.0.1:61716")),
         r#"bad.toml: group[edge].member[edge-1].admin: 127.0.0.1:61616 is also used by group[hub].member[hub-1].listener[0].url; give every listener, admin and replication address its own port"#,
     ),
     (

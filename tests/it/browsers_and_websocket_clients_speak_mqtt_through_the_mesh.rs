@@ -21,15 +21,15 @@ const EDGE_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 20, 2);
 
 #[test]
 fn mqtt_js_in_chromium_meets_stomp_js_across_the_connector_both_ways() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (hub, edge) = mesh(dir.path(), "mqttws", HUB_IP, EDGE_IP);
+    let mesh = mesh(HUB_IP, EDGE_IP);
+    let (hub_ws, edge_ws) = (mesh.ws_addr("hub"), mesh.ws_addr("edge"));
     let count = 30;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ws_browser/meet.py");
     for version in [4, 5] {
         let out = Command::new("python3")
             .arg(script)
-            .arg(format!("ws://{}", hub.ws))
-            .arg(format!("ws://{}", edge.ws))
+            .arg(format!("ws://{hub_ws}"))
+            .arg(format!("ws://{edge_ws}"))
             .arg(count.to_string())
             .arg(version.to_string())
             .output()

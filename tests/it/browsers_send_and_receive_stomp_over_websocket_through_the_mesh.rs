@@ -21,14 +21,14 @@ const EDGE_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 30, 2);
 
 #[test]
 fn stomp_js_in_chromium_sends_on_the_hub_and_receives_on_the_edge() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (hub, edge) = mesh(dir.path(), "ws", HUB_IP, EDGE_IP);
+    let mesh = mesh(HUB_IP, EDGE_IP);
+    let (hub_ws, edge_ws) = (mesh.ws_addr("hub"), mesh.ws_addr("edge"));
     let count = 50;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ws_browser/exchange.py");
     let out = Command::new("python3")
         .arg(script)
-        .arg(format!("ws://{}", hub.ws))
-        .arg(format!("ws://{}", edge.ws))
+        .arg(format!("ws://{hub_ws}"))
+        .arg(format!("ws://{edge_ws}"))
         .arg("/queue/browser")
         .arg(count.to_string())
         .output()
@@ -55,7 +55,7 @@ fn stomp_js_in_chromium_sends_on_the_hub_and_receives_on_the_edge() {
         result["versions"],
         json!({"consumer": "1.2", "producer": "1.2"})
     );
-    let hub_status = hub.status().expect("hub status");
+    let hub_status = mesh.member("hub").status();
     assert_eq!(
         hub_status.connectors[0].forwarded, count as u64,
         "every message crossed the connector once"
@@ -64,16 +64,16 @@ fn stomp_js_in_chromium_sends_on_the_hub_and_receives_on_the_edge() {
 
 #[test]
 fn an_upgrade_asking_only_for_unserved_subprotocols_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_hub, edge) = mesh(dir.path(), "ws", HUB_IP, EDGE_IP);
-    let mut s = TcpStream::connect(edge.ws).expect("connect");
+    let mesh = mesh(HUB_IP, EDGE_IP);
+    let edge_ws = mesh.ws_addr("edge");
+    let mut s = TcpStream::connect(edge_ws).expect("connect");
     s.set_read_timeout(Some(GUARD)).expect("timeout");
     write!(
         s,
         "GET / HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
          Sec-WebSocket-Protocol: xmpp, wamp\r\n\r\n",
-        edge.ws
+        edge_ws
     )
     .expect("write");
     let mut answer = String::new();

@@ -32,7 +32,7 @@ use super::history::Ledger;
 use super::topology::{self, Connector, Group, Topology};
 use crate::powerloss::PowerLoss;
 
-use super::{free_ports, http_get_within, spawn_broker, spawn_broker_as, ChildGuard, GUARD};
+use super::{free_ports, spawn_broker, spawn_broker_as, ChildGuard, GUARD};
 
 /// The queue every HA test loads and drains.
 pub const QUEUE: &str = "queue://ha.orders";
@@ -122,10 +122,7 @@ impl Member {
 
     /// `/readyz` answers 200: it is the master and serves clients.
     pub fn ready(&self) -> bool {
-        matches!(
-            http_get_within(self.admin, "/readyz", PROBE_TIMEOUT),
-            Ok((200, _))
-        )
+        super::ready_within(self.admin, PROBE_TIMEOUT)
     }
 
     /// True when the test started it and it has exited since (a zombie not yet reaped).
@@ -171,10 +168,7 @@ fn all_threads_stopped(pid: i32) -> bool {
 }
 
 fn status_of(admin: SocketAddr) -> Option<MemberStatus> {
-    match http_get_within(admin, "/status", PROBE_TIMEOUT) {
-        Ok((200, body)) => serde_json::from_str(&body).ok(),
-        _ => None,
-    }
+    super::status_within(admin, PROBE_TIMEOUT)
 }
 
 /// Three members `g-1`, `g-2`, `g-3` of group `g` in mesh `ha`, with `election = "zookeeper"`,
@@ -336,14 +330,10 @@ impl HaGroup {
     /// `kill -9` member `i` (continuing it first if it was stopped) and reaps it.
     pub fn kill9(&mut self, i: usize) {
         let m = &mut self.members[i];
-        let mut p = m
-            .proc
+        m.proc
             .take()
-            .unwrap_or_else(|| panic!("{} is not running", m.name));
-        p.signal(libc::SIGKILL);
-        if p.wait_timeout(GUARD).is_none() {
-            panic!("{} did not die of SIGKILL", m.name);
-        }
+            .unwrap_or_else(|| panic!("{} is not running", m.name))
+            .kill9(&m.name);
         m.stopped = false;
         m.note_in_log("killed with SIGKILL");
     }

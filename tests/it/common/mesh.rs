@@ -12,7 +12,7 @@ use meshmq::server::admin::MemberStatus;
 use tempfile::TempDir;
 
 use super::topology::{self, Connector, Group, Topology, QUICK_REDIAL};
-use super::{free_ports, http_get, spawn_broker, ChildGuard, GUARD};
+use super::{free_ports, spawn_broker, ChildGuard};
 
 struct GroupSpec {
     name: String,
@@ -236,15 +236,12 @@ impl Member {
     }
 
     pub fn status(&self) -> Option<MemberStatus> {
-        match http_get(self.admin, "/status") {
-            Ok((200, body)) => serde_json::from_str(&body).ok(),
-            _ => None,
-        }
+        super::try_status(self.admin)
     }
 
     /// True while this member serves its group.
     pub fn ready(&self) -> bool {
-        matches!(http_get(self.admin, "/readyz"), Ok((200, _)))
+        super::is_ready(self.admin)
     }
 
     /// Client connections it holds now (0 when it does not answer).
@@ -390,17 +387,13 @@ impl Mesh {
     /// `kill -9` of a member; waits for it to be gone.
     pub fn kill9(&mut self, name: &str) {
         let m = self.member_mut(name);
-        let mut p = m.proc.take().expect("running");
-        p.signal(libc::SIGKILL);
-        p.wait_timeout(GUARD).expect("SIGKILL ends the member");
+        m.proc.take().expect("running").kill9(name);
     }
 
     /// SIGTERM to a member (a graceful stop); waits until it has exited.
     pub fn stop(&mut self, name: &str) {
         let m = self.member_mut(name);
-        let mut p = m.proc.take().expect("running");
-        p.signal(libc::SIGTERM);
-        p.wait_timeout(GUARD).expect("SIGTERM ends the member");
+        m.proc.take().expect("running").stop(name);
     }
 
     /// SIGTERM to a member (a graceful stop); does not wait.
@@ -425,7 +418,7 @@ impl Mesh {
         }
     }
 
-    /// Polls `cond` every 50 ms; fails with every member's log after [`GUARD`].
+    /// Polls `cond` every 50 ms; fails with every member's log after [`super::GUARD`].
     pub fn wait_until(&self, what: &str, mut cond: impl FnMut(&Mesh) -> bool) {
         let every = Duration::from_millis(50);
         super::wait::poll().every(every).until_or(

@@ -6,8 +6,10 @@
 //! Every topology a test writes goes through [`topology::Topology`] (groups, members,
 //! listeners, connectors, top-level tables, security): the builders below render through it,
 //! and a test that needs a file of its own shape (for `meshmq up`, `apply`, `check`) builds one
-//! with it, or starts from [`Config::topology_of`]. A member process is a [`ChildGuard`]
-//! (killed and reaped on drop) started by [`spawn_broker`] or owned by a [`Broker`].
+//! with it, or starts from [`Config::topology_of`]. Every member process is started by
+//! [`spawn_broker_with`] (or its shorthands) and held by a [`ChildGuard`], which kills
+//! ([`ChildGuard::kill9`]), stops ([`ChildGuard::stop`]) and reaps it (on drop too); a member is
+//! ready when [`is_ready`] and its `/status` is [`try_status`].
 //!
 //! A lone broker is [`Broker::start`] (group `hub`, member `hub-1`). A mesh is [`Mesh::start`]:
 //! one topology, one `meshmq broker --member X` process per group, each group on its own
@@ -284,6 +286,19 @@ pub fn spawn_broker_as(
     env: &[(&str, &str)],
     uid: Option<u32>,
 ) -> ChildGuard {
+    spawn_broker_with(topology, member, log, env, &[], uid)
+}
+
+/// The one way the harness starts a member: `meshmq broker --topology T --member M ARGS…`
+/// with `env` set, as user `uid` when given, stdout and stderr appended to `log`.
+pub fn spawn_broker_with(
+    topology: &Path,
+    member: &str,
+    log: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+    uid: Option<u32>,
+) -> ChildGuard {
     let log = File::options()
         .create(true)
         .append(true)
@@ -297,6 +312,7 @@ pub fn spawn_broker_as(
         .args(["broker", "--topology"])
         .arg(topology)
         .args(["--member", member])
+        .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup log"))
@@ -330,6 +346,21 @@ impl ChildGuard {
             self.exited = self.child.try_wait().expect("try_wait");
         }
         self.exited
+    }
+
+    /// SIGKILL, then waits (within the guard) until it is gone; `what` names it in the failure.
+    pub fn kill9(&mut self, what: &str) {
+        self.signal(libc::SIGKILL);
+        if self.wait_timeout(GUARD).is_none() {
+            panic!("{what} did not die of SIGKILL");
+        }
+    }
+
+    /// SIGTERM (a graceful stop), then waits (within the guard) until it has exited.
+    pub fn stop(&mut self, what: &str) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_timeout(GUARD)
+            .unwrap_or_else(|| panic!("{what} did not stop on SIGTERM within {GUARD:?}"))
     }
 
     /// Waits for the process to exit; `None` when it is still running after `timeout`.
@@ -509,18 +540,8 @@ impl Broker {
 
     /// Starts run `run` of `member`, logging to `<member>-<run>.log` in `dir`.
     fn launch(dir: &Path, topology: &Path, member: &str, run: usize, args: &[&str]) -> ChildGuard {
-        let log = File::create(dir.join(format!("{member}-{run}.log"))).expect("log file");
-        let child = meshmq()
-            .args(["broker", "--topology"])
-            .arg(topology)
-            .args(["--member", member])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn meshmq broker");
-        ChildGuard::new(child)
+        let log = dir.join(format!("{member}-{run}.log"));
+        spawn_broker_with(topology, member, &log, &[], args, None)
     }
 
     /// Waits until `/readyz` answers 200 (within the guard).
@@ -686,10 +707,7 @@ impl Broker {
     }
 
     pub fn kill9(&mut self) {
-        self.proc.signal(libc::SIGKILL);
-        self.proc
-            .wait_timeout(GUARD)
-            .expect("SIGKILL ends the broker");
+        self.proc.kill9(&self.member);
     }
 
     /// Waits for the broker to exit (within the guard) and returns its status.
@@ -740,6 +758,8 @@ struct GroupSpec {
     name: String,
     broker: Vec<String>,
     quic: bool,
+    /// A `ws://` listener too.
+    ws: bool,
     proxy: Option<ProxyMode>,
     /// `false`: in the topology, but no process runs it (the test plays it).
     process: bool,
@@ -792,6 +812,7 @@ impl MeshConfig {
             name: name.to_string(),
             broker: Vec::new(),
             quic: false,
+            ws: false,
             proxy: None,
             process: true,
             ip: None,
@@ -833,6 +854,12 @@ impl MeshConfig {
         self
     }
 
+    /// Gives the group's member a `ws://` listener too (STOMP and MQTT over WebSocket).
+    pub fn ws(mut self, group: &str) -> MeshConfig {
+        self.group_mut(group).ws = true;
+        self
+    }
+
     /// Connectors reach the group only through a proxy, which starts in `mode`.
     pub fn behind_proxy(mut self, group: &str, mode: ProxyMode) -> MeshConfig {
         self.group_mut(group).proxy = Some(mode);
@@ -869,6 +896,7 @@ struct Placement {
     ip: Ipv4Addr,
     ports: Ports,
     quic: Option<u16>,
+    ws: Option<u16>,
     proxy: Option<Proxy>,
 }
 
@@ -966,6 +994,7 @@ impl Mesh {
                     ip,
                     ports,
                     quic: g.quic.then(|| free_udp_port_on(ip)),
+                    ws: g.ws.then(|| free_port_on(ip)),
                     proxy: g
                         .proxy
                         .map(|mode| Proxy::start_in(SocketAddr::from((ip, listen)), mode)),
@@ -993,6 +1022,9 @@ impl Mesh {
                 ),
                 None => member.tcp(SocketAddr::from((p.ip, p.ports.listen))),
             };
+            if let Some(port) = p.ws {
+                member = member.listener(&format!("ws://{}:{port}", p.ip), &[]);
+            }
             if let Some(port) = p.quic {
                 member = member.listener(
                     &format!("quic://{}:{port}", p.ip),
@@ -1086,6 +1118,20 @@ impl Mesh {
         &self.written
     }
 
+    /// The address of the group's `ws://` listener.
+    pub fn ws_addr(&self, group: &str) -> SocketAddr {
+        let status = self.member(group).status();
+        let bound = &status
+            .listeners
+            .iter()
+            .find(|l| l.url.starts_with("ws://"))
+            .unwrap_or_else(|| panic!("group {group} has no ws listener"))
+            .bound;
+        bound
+            .parse()
+            .unwrap_or_else(|e| panic!("the ws listener's address {bound:?}: {e}"))
+    }
+
     /// `quic://IP:PORT` of the group's QUIC listener.
     pub fn quic_url(&self, group: &str) -> String {
         let status = self.member(group).status();
@@ -1141,6 +1187,30 @@ impl Broker {
     }
 }
 
+/// `GET /status` at `admin`, parsed; `None` unless it answers 200 within `timeout` (a
+/// member starting, stopped or gone).
+pub fn status_within(admin: SocketAddr, timeout: Duration) -> Option<MemberStatus> {
+    match http_get_within(admin, "/status", timeout) {
+        Ok((200, body)) => serde_json::from_str(&body).ok(),
+        _ => None,
+    }
+}
+
+/// `/readyz` at `admin` answers 200 within `timeout`: the member serves clients.
+pub fn ready_within(admin: SocketAddr, timeout: Duration) -> bool {
+    matches!(http_get_within(admin, "/readyz", timeout), Ok((200, _)))
+}
+
+/// [`status_within`] [`HTTP_TIMEOUT`].
+pub fn try_status(admin: SocketAddr) -> Option<MemberStatus> {
+    status_within(admin, HTTP_TIMEOUT)
+}
+
+/// [`ready_within`] [`HTTP_TIMEOUT`].
+pub fn is_ready(admin: SocketAddr) -> bool {
+    ready_within(admin, HTTP_TIMEOUT)
+}
+
 /// `GET /status` of the admin port at `admin`, parsed.
 pub fn member_status(admin: SocketAddr) -> MemberStatus {
     let (code, body) = http_get(admin, "/status").expect("GET /status");
@@ -1165,8 +1235,11 @@ pub fn wait_until(what: &str, cond: impl FnMut() -> bool) {
 
 /// A minimal HTTP/1.1 GET: the status code and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    http_get_within(addr, path, Duration::from_secs(10))
+    http_get_within(addr, path, HTTP_TIMEOUT)
 }
+
+/// How long [`http_get`] waits to connect, write and read.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// [`http_get`] that gives up after `timeout` per connect, read and write (a stopped process
 /// accepts the connection in the kernel and then never answers).

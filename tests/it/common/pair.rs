@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use meshmq::server::admin::MemberStatus;
 
 use super::topology::{self, Group, Topology};
-use super::{free_ports, http_get, spawn_broker, ChildGuard, GUARD};
+use super::{free_ports, http_get, spawn_broker, ChildGuard};
 
 /// One member of the pair.
 pub struct Member {
@@ -32,23 +32,16 @@ impl Member {
     }
 
     pub fn kill9(&mut self) {
-        let mut p = self.proc.take().expect("running");
-        p.signal(libc::SIGKILL);
-        p.wait_timeout(GUARD).expect("SIGKILL ends the member");
+        self.proc.take().expect("running").kill9(&self.name);
     }
 
     /// SIGTERM (a graceful stop); waits until it has exited.
     pub fn stop(&mut self) {
-        let mut p = self.proc.take().expect("running");
-        p.signal(libc::SIGTERM);
-        p.wait_timeout(GUARD).expect("SIGTERM ends the member");
+        self.proc.take().expect("running").stop(&self.name);
     }
 
     pub fn status(&self) -> Option<MemberStatus> {
-        match http_get(self.admin, "/status") {
-            Ok((200, body)) => serde_json::from_str(&body).ok(),
-            _ => None,
-        }
+        super::try_status(self.admin)
     }
 
     /// Its role as `/status` reports it (`None` while it does not answer).
@@ -62,7 +55,7 @@ impl Member {
     }
 
     pub fn ready(&self) -> bool {
-        matches!(http_get(self.admin, "/readyz"), Ok((200, _)))
+        super::is_ready(self.admin)
     }
 
     pub fn log(&self) -> String {

@@ -2,10 +2,10 @@
 //! receipted [`COUNT`] numbered persistent messages on [`QUEUE`] and was then killed, the
 //! number of the message a journal record holds, the check that a start on a damaged journal
 //! is refused naming the file, the offset and `--repair`, and the check that a repaired broker
-//! delivers exactly the records before the damage. It damages nothing itself: each test does
-//! its own damage.
+//! delivers exactly the records before the damage, and a snapshot of the journal directory to
+//! compare with or put back. It damages nothing itself: each test does its own damage.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use meshmq::client::Outgoing;
 use meshmq::store::proto::{record, Record};
@@ -86,4 +86,27 @@ pub async fn assert_delivers_the_first(broker: &Broker, kept: usize, what: &str)
         kept,
         "{what}exactly the records before the damage: {h:?}"
     );
+}
+
+/// Every file of the journal directory with its bytes, sorted by path.
+pub fn snapshot(journal: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(journal)
+        .expect("list the journal")
+        .map(|e| {
+            let path = e.expect("entry").path();
+            let bytes = std::fs::read(&path).expect("read a journal file");
+            (path, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Puts the journal directory back as [`snapshot`] found it.
+pub fn restore(journal: &Path, files: &[(PathBuf, Vec<u8>)]) {
+    std::fs::remove_dir_all(journal).expect("clear the journal");
+    std::fs::create_dir_all(journal).expect("recreate the journal");
+    for (path, bytes) in files {
+        std::fs::write(path, bytes).expect("restore a journal file");
+    }
 }

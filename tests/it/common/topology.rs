@@ -4,7 +4,7 @@
 //! groups, the connectors, the extra tables — so a test that edits the written file (adds a
 //! listener line, cuts a group out) finds what it looks for. Every harness builder
 //! ([`super::Config`], [`super::MeshConfig`], [`super::mesh::MeshBuilder`],
-//! [`super::pair::file_lock_pair`], [`super::ha::HaGroup`], [`super::ws_mesh::mesh`]) writes
+//! [`super::pair::file_lock_pair`], [`super::ha::HaGroup`], `common_stomp::Topology`) writes
 //! through it; it picks no ports and starts nothing.
 //!
 //! Keys are written as the test gives them (`key = value` lines): the real parser

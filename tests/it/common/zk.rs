@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{free_ports, ChildGuard, GUARD};
+use super::{free_ports, ChildGuard};
 
 const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
 const SLF4J_SIMPLE_JAR: &str = "/usr/share/java/slf4j-simple.jar";
@@ -162,12 +162,11 @@ impl ZooKeeper {
 
     /// `kill -9` server `i` and reap it.
     pub fn kill9(&mut self, i: usize) {
-        let mut p = self.servers[i]
+        self.servers[i]
             .proc
             .take()
-            .unwrap_or_else(|| panic!("zookeeper {} is not running", i + 1));
-        p.signal(libc::SIGKILL);
-        p.wait_timeout(GUARD).expect("SIGKILL ends zookeeper");
+            .unwrap_or_else(|| panic!("zookeeper {} is not running", i + 1))
+            .kill9(&format!("zookeeper {}", i + 1));
     }
 
     /// `kill -9` every running server.

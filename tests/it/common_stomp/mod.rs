@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use meshmq::stomp::{Command as Cmd, Decoded, Decoder, Frame, Limits, Version};
 
-use crate::common::{spawn_broker, wait, ChildGuard};
+use crate::common::{self, spawn_broker, wait, ChildGuard};
 
 /// How long any single wait may take before the test fails as hung.
 pub const GUARD: Duration = Duration::from_secs(30);
@@ -29,10 +29,13 @@ pub const GUARD: Duration = Duration::from_secs(30);
 /// The only member of every test topology.
 pub const MEMBER: &str = "m1";
 
-/// A loopback port nobody listens on right now (the OS picks it).
-fn free_port() -> (u16, TcpListener) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    (l.local_addr().expect("bound address").port(), l)
+/// A loopback port that was free a moment ago, never handed out before in this test process.
+fn free_port() -> u16 {
+    common::free_ports(1)[0]
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 struct ListenerDef {
@@ -50,8 +53,6 @@ pub struct Topology {
     /// Top-level tables after `[broker]` (`[security]`, `[[policy]]`, …).
     tables: String,
     listeners: Vec<ListenerDef>,
-    /// Held until the topology is written, so one topology never gets a port twice.
-    reserved: Vec<TcpListener>,
 }
 
 impl Default for Topology {
@@ -62,14 +63,12 @@ impl Default for Topology {
 
 impl Topology {
     pub fn new() -> Topology {
-        let (admin, l) = free_port();
         Topology {
             dir: tempfile::tempdir().expect("temporary directory"),
-            admin,
+            admin: free_port(),
             broker_keys: String::new(),
             tables: String::new(),
             listeners: Vec::new(),
-            reserved: vec![l],
         }
     }
 
@@ -94,12 +93,10 @@ impl Topology {
 
     /// A listener on a fresh port; `extra` holds further keys of its table (TOML lines).
     pub fn listener(mut self, name: &str, scheme: &str, extra: &str) -> Topology {
-        let (port, l) = free_port();
-        self.reserved.push(l);
         self.listeners.push(ListenerDef {
             name: name.into(),
             scheme: scheme.into(),
-            port,
+            port: free_port(),
             extra: extra.into(),
         });
         self
@@ -113,22 +110,19 @@ impl Topology {
         self.dir.path().join("mesh.toml")
     }
 
-    /// Writes the topology file and frees the reserved ports for the broker.
+    /// Writes the topology file (through the harness's one topology writer).
     pub fn write(&mut self) -> PathBuf {
-        let mut text = format!(
-            "[mesh]\nname = \"test\"\n\n[broker]\n{}\n{}\n[[group]]\nname = \"g\"\n\n\
-             [[group.member]]\nname = \"{MEMBER}\"\nadmin = \"127.0.0.1:{}\"\ndata_dir = \"data\"\n",
-            self.broker_keys, self.tables, self.admin
-        );
+        let mut member = common::topology::Member::new(MEMBER, local(self.admin)).data_dir("data");
         for l in &self.listeners {
-            text.push_str(&format!(
-                "\n[[group.member.listener]]\nurl = \"{}://127.0.0.1:{}\"\n{}\n",
-                l.scheme, l.port, l.extra
-            ));
+            member = member.listener(&format!("{}://{}", l.scheme, local(l.port)), &[&l.extra]);
         }
-        std::fs::write(self.file(), text).expect("write the topology");
-        self.reserved.clear();
-        self.file()
+        let mut t = common::Topology::without_secret("test")
+            .table("broker", &[&self.broker_keys])
+            .group(common::topology::Group::new("g").member(member));
+        if !self.tables.is_empty() {
+            t = t.section(&self.tables);
+        }
+        t.write(self.dir.path(), "mesh.toml")
     }
 
     /// Starts `meshmq broker` on this topology and waits until its `/readyz` answers 200.
@@ -191,10 +185,7 @@ impl Broker {
     /// `kill -9`s the broker, then starts it again on the same topology and data (its log
     /// goes on in the same file) and waits until it is ready.
     pub fn kill9_and_restart(&mut self) {
-        self.child.signal(libc::SIGKILL);
-        self.child
-            .wait_timeout(GUARD)
-            .expect("SIGKILL ends the broker");
+        self.child.kill9(MEMBER);
         self.child = launch(&self.topology.file(), &self.log_path);
         self.wait_ready();
     }
