@@ -78,7 +78,7 @@ fn graph(src: &Path) -> Graph {
     for file in files {
         let rel = file.strip_prefix(src).expect("under src");
         let name = file.file_name().unwrap().to_string_lossy().to_string();
-        if name.ends_with("tests.rs") || name == "sim.rs" {
+        if name.ends_with("tests.rs") || rel.starts_with("ha/sim") {
             continue;
         }
         let first = rel
