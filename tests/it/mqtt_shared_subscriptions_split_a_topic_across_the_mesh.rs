@@ -5,70 +5,45 @@
 //! on an edge still gets every message once (its forwarded copies are not fed to the group
 //! again).
 
+use crate::common;
 use crate::common_mqtt;
 use crate::common_stomp;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
-use common_mqtt::{free_port, wait_for, Members};
+use common::mesh::MeshBuilder;
+use common_mqtt::wait_for;
 use common_stomp::python_in;
 use serde_json::Value;
 
 /// Three single-member groups, `hub`, `edge-a` and `edge-b`, each with an MQTT listener, the
-/// hub joined to each edge by a duplex connector.
+/// hub joined to each edge by a duplex connector (the harness's mesh, its connectors up).
 struct Mesh {
-    _members: Members,
+    _mesh: common::mesh::Mesh,
     admin: [SocketAddr; 3],
     mqtt: [SocketAddr; 3],
 }
 
-const MEMBERS: [&str; 3] = ["hub-1", "edge-a-1", "edge-b-1"];
-
 impl Mesh {
     fn start() -> Mesh {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let held = [(); 9].map(|_| free_port());
-        let ports = held.each_ref().map(|(p, _)| *p);
-        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-        let mut topology =
-            String::from("[mesh]\nname = \"share\"\nsecret_file = \"mesh.secret\"\n\n[broker]\n");
-        for (i, group) in ["hub", "edge-a", "edge-b"].iter().enumerate() {
-            let (admin, tcp, mqtt) = (ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]);
-            topology.push_str(&format!(
-                r#"
-[[group]]
-name = "{group}"
-[[group.member]]
-name = "{group}-1"
-admin = "127.0.0.1:{admin}"
-data_dir = "{group}"
-[[group.member.listener]]
-url = "tcp://127.0.0.1:{tcp}"
-[[group.member.listener]]
-url = "mqtt://127.0.0.1:{mqtt}"
-"#
-            ));
-        }
-        for edge in ["edge-a", "edge-b"] {
-            topology.push_str(&format!(
-                "\n[[connector]]\nfrom = \"hub\"\nto = \"{edge}\"\nduplex = true\n\
-                 reconnect_initial_delay = \"100ms\"\nreconnect_max_delay = \"1s\"\n"
-            ));
-        }
-        let file = dir.path().join("mesh.toml");
-        std::fs::write(&file, topology).expect("write the topology");
-        std::fs::write(
-            dir.path().join("mesh.secret"),
-            "a-mesh-secret-for-the-share-test",
-        )
-        .expect("write the mesh secret");
-        drop(held);
-        let admin = [0, 3, 6].map(|i| addr(ports[i]));
+        let mut mesh = MeshBuilder::new()
+            .group("hub", 1, "")
+            .group("edge-a", 1, "")
+            .group("edge-b", 1, "")
+            .connector("hub", "edge-a", "")
+            .connector("hub", "edge-b", "")
+            .mqtt()
+            .build();
+        mesh.start_all();
+        mesh.wait_connected();
+        let members = ["hub", "edge-a", "edge-b"].map(|name| mesh.member(name));
+        let admin = members.map(|m| m.admin);
+        let mqtt = members.map(|m| m.mqtt.expect("an MQTT listener"));
         Mesh {
-            _members: Members::start(dir, &file, &MEMBERS, &admin),
+            _mesh: mesh,
             admin,
-            mqtt: [2, 5, 8].map(|i| addr(ports[i])),
+            mqtt,
         }
     }
 }

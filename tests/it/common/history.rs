@@ -13,8 +13,9 @@
 //!   in doubt) breaks the guarantee, a flagged duplicate is at-least-once;
 //! - **overtaken**: the message's first copy was flagged and its one unflagged copy came
 //!   later — in a mesh a forward sent again after a lost acknowledgement can overtake the
-//!   original on another path. The single-broker and failover tests forbid it as well; the
-//!   mesh tests report it.
+//!   original on another path. The single-broker, failover and rolling-restart tests forbid
+//!   it; [`History`]'s verdict, used by the tests that cut links, does not count it (a forward
+//!   sent again after its acknowledgement was lost on a cut link may still overtake).
 //!
 //! [`Ledger`] holds those facts for any message key (an id string, a sequence number) and
 //! judges them; [`History`] is the ledger shared by a test's producer and consumer tasks, whose

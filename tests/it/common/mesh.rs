@@ -32,6 +32,7 @@ pub struct MeshBuilder {
     broker: Vec<String>,
     sections: Vec<String>,
     stomp: bool,
+    mqtt: bool,
     zookeeper: Option<String>,
 }
 
@@ -124,6 +125,12 @@ impl MeshBuilder {
         self
     }
 
+    /// Gives every member an `mqtt://` listener too.
+    pub fn mqtt(mut self) -> MeshBuilder {
+        self.mqtt = true;
+        self
+    }
+
     /// A line of the `[broker]` section.
     pub fn broker(mut self, line: &str) -> MeshBuilder {
         self.broker.push(line.to_string());
@@ -160,10 +167,11 @@ impl MeshBuilder {
                 } else {
                     g.name.clone()
                 };
-                let p = free_ports(4);
+                let p = free_ports(5);
                 let listen = SocketAddr::from(([127, 0, 0, 1], p[0]));
                 let admin = SocketAddr::from(([127, 0, 0, 1], p[1]));
                 let stomp = self.stomp.then(|| SocketAddr::from(([127, 0, 0, 1], p[2])));
+                let mqtt = self.mqtt.then(|| SocketAddr::from(([127, 0, 0, 1], p[4])));
                 let mut member = topology::Member::new(&name, admin)
                     .data_dir(dir.path().join(format!("data-{name}")));
                 if g.replicated {
@@ -173,13 +181,16 @@ impl MeshBuilder {
                 if let Some(addr) = stomp {
                     member = member.listener(&format!("stomp://{addr}"), &[]);
                 }
+                if let Some(addr) = mqtt {
+                    member = member.listener(&format!("mqtt://{addr}"), &[]);
+                }
                 group = group.member(member);
                 members.push(Member {
                     name,
                     group: g.name.clone(),
                     listen,
                     stomp,
-                    mqtt: None,
+                    mqtt,
                     ws: None,
                     admin,
                     proc: None,
@@ -438,6 +449,16 @@ impl Mesh {
                 logs.join("\n")
             },
         );
+    }
+
+    /// Waits until every running member reports each of its connectors up.
+    pub fn wait_connected(&self) {
+        self.wait_until("every running member's connectors are up", |mesh| {
+            mesh.members.iter().filter(|m| m.running()).all(|m| {
+                m.status()
+                    .is_some_and(|s| s.connectors.iter().all(|c| c.up))
+            })
+        });
     }
 
     /// Waits until every running master sees `n` groups in its cluster view.

@@ -6,15 +6,14 @@
 #![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::num::NonZeroU16;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
 // Every test binary that uses this module also has the STOMP one (for its HTTP helper).
+use crate::common::mesh::{Mesh, MeshBuilder};
 use crate::common_stomp::http_get;
 
 use bytes::{Bytes, BytesMut};
@@ -375,90 +374,14 @@ pub fn packet5(p: v5::Packet) -> Vec<u8> {
     b.to_vec()
 }
 
-/// Two single-member groups, `hub` (STOMP) and `edge` (MQTT), joined by a duplex connector.
+/// Two single-member groups, `hub` (its STOMP listener used) and `edge` (its MQTT listener
+/// used), joined by a duplex connector: the harness's mesh, started with its connector up.
 pub struct TwoGroups {
-    _members: Members,
+    _mesh: Mesh,
     pub hub_admin: SocketAddr,
     pub hub_stomp: SocketAddr,
     pub edge_admin: SocketAddr,
     pub edge_mqtt: SocketAddr,
-}
-
-/// `meshmq broker` processes of one topology file, one per member, each logging to
-/// `DIR/MEMBER.log`: killed on drop, their logs printed when the test fails.
-pub struct Members {
-    dir: tempfile::TempDir,
-    children: Vec<Child>,
-    names: Vec<String>,
-}
-
-impl Members {
-    /// Starts each of `names` on the topology `file` (kept in `dir`), then waits until each
-    /// admin port of `admins` answers that its member is ready and all its connectors are up.
-    pub fn start(
-        dir: tempfile::TempDir,
-        file: &Path,
-        names: &[&str],
-        admins: &[SocketAddr],
-    ) -> Members {
-        let children = names
-            .iter()
-            .map(|member| {
-                let log =
-                    std::fs::File::create(dir.path().join(format!("{member}.log"))).expect("log");
-                Command::new(env!("CARGO_BIN_EXE_meshmq"))
-                    .args(["broker", "--topology"])
-                    .arg(file)
-                    .args(["--member", member])
-                    .stdin(Stdio::null())
-                    .stdout(log.try_clone().expect("log"))
-                    .stderr(log)
-                    .spawn()
-                    .expect("start meshmq")
-            })
-            .collect();
-        let members = Members {
-            dir,
-            children,
-            names: names.iter().map(|n| n.to_string()).collect(),
-        };
-        for admin in admins {
-            wait_for("every member is ready and its connectors are up", || {
-                http_get(*admin, "/readyz").is_some_and(|(code, _)| code == 200)
-                    && http_get(*admin, "/status").is_some_and(|(code, body)| {
-                        code == 200
-                            && serde_json::from_str::<Value>(&body).is_ok_and(|s| {
-                                s["connectors"].as_array().is_some_and(|c| {
-                                    !c.is_empty() && c.iter().all(|c| c["up"] == true)
-                                })
-                            })
-                    })
-            });
-        }
-        members
-    }
-}
-
-impl Drop for Members {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            for name in &self.names {
-                let log = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
-                    .unwrap_or_default();
-                eprintln!("----- {name} -----\n{log}");
-            }
-        }
-    }
-}
-
-/// A free loopback port, held (so no other call gets it) until the listener is dropped.
-pub fn free_port() -> (u16, TcpListener) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    (l.local_addr().expect("bound").port(), l)
 }
 
 pub fn status(admin: SocketAddr) -> Value {
@@ -488,68 +411,22 @@ pub fn wait_for(what: &str, done: impl FnMut() -> bool) {
 
 impl TwoGroups {
     pub fn start() -> TwoGroups {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-        let held = [(); 6].map(|_| free_port());
-        let [hub_admin, hub_tcp, hub_stomp, edge_admin, edge_tcp, edge_mqtt] =
-            held.each_ref().map(|(p, _)| *p);
-        let topology = format!(
-            r#"[mesh]
-name = "test"
-# Bridges prove they belong to the mesh with this secret (written beside the topology).
-secret_file = "mesh.secret"
-
-[broker]
-
-[[group]]
-name = "hub"
-[[group.member]]
-name = "hub-1"
-admin = "127.0.0.1:{hub_admin}"
-data_dir = "hub"
-[[group.member.listener]]
-url = "tcp://127.0.0.1:{hub_tcp}"
-[[group.member.listener]]
-url = "stomp://127.0.0.1:{hub_stomp}"
-
-[[group]]
-name = "edge"
-[[group.member]]
-name = "edge-1"
-admin = "127.0.0.1:{edge_admin}"
-data_dir = "edge"
-[[group.member.listener]]
-url = "tcp://127.0.0.1:{edge_tcp}"
-[[group.member.listener]]
-url = "mqtt://127.0.0.1:{edge_mqtt}"
-
-[[connector]]
-from = "hub"
-to = "edge"
-duplex = true
-reconnect_initial_delay = "100ms"
-reconnect_max_delay = "1s"
-"#
-        );
-        let file = dir.path().join("mesh.toml");
-        std::fs::write(&file, topology).expect("write the topology");
-        std::fs::write(
-            dir.path().join("mesh.secret"),
-            "a-mesh-secret-for-the-mqtt-tests",
-        )
-        .expect("write the mesh secret");
-        drop(held);
+        let mut mesh = MeshBuilder::new()
+            .group("hub", 1, "")
+            .group("edge", 1, "")
+            .connector("hub", "edge", "")
+            .stomp()
+            .mqtt()
+            .build();
+        mesh.start_all();
+        mesh.wait_connected();
+        let (hub, edge) = (mesh.member("hub"), mesh.member("edge"));
         TwoGroups {
-            _members: Members::start(
-                dir,
-                &file,
-                &["hub-1", "edge-1"],
-                &[addr(hub_admin), addr(edge_admin)],
-            ),
-            hub_admin: addr(hub_admin),
-            hub_stomp: addr(hub_stomp),
-            edge_admin: addr(edge_admin),
-            edge_mqtt: addr(edge_mqtt),
+            hub_admin: hub.admin,
+            hub_stomp: hub.stomp.expect("a STOMP listener"),
+            edge_admin: edge.admin,
+            edge_mqtt: edge.mqtt.expect("an MQTT listener"),
+            _mesh: mesh,
         }
     }
 }
