@@ -187,6 +187,8 @@ impl CommitLog for Broker {
 #[derive(Debug)]
 pub struct SyncedQueue<T> {
     held: VecDeque<Held<T>>,
+    /// The highest index of work whose item has gone out (see [`SyncedQueue::confirmed`]).
+    confirmed: u64,
 }
 
 #[derive(Debug)]
@@ -202,6 +204,7 @@ impl<T> Default for SyncedQueue<T> {
     fn default() -> Self {
         SyncedQueue {
             held: VecDeque::new(),
+            confirmed: 0,
         }
     }
 }
@@ -220,6 +223,7 @@ impl<T> SyncedQueue<T> {
     pub fn push(&mut self, log: &impl CommitLog, index: u64, item: T) -> Option<T> {
         let waits = self.held.back().map_or(0, |h| h.index).max(index);
         if waits == 0 || (self.held.is_empty() && log.synced() >= waits) {
+            self.confirmed = self.confirmed.max(waits);
             return Some(item);
         }
         self.held.push_back(Held {
@@ -243,7 +247,18 @@ impl<T> SyncedQueue<T> {
     pub fn release(&mut self, log: &impl CommitLog) -> impl Iterator<Item = T> + '_ {
         let synced = log.synced();
         let n = self.held.iter().take_while(|h| h.index <= synced).count();
+        if let Some(last) = n.checked_sub(1).map(|i| self.held[i].index) {
+            self.confirmed = self.confirmed.max(last);
+        }
         self.held.drain(..n).map(|h| h.item)
+    }
+
+    /// The journal index up to which the work of the items that went out reaches (0: none
+    /// went out yet). When the items still held never go out (the connection ends first),
+    /// the work journaled after this is in doubt for the peer, which may send it again
+    /// elsewhere (see `Session::flag_unconfirmed`).
+    pub fn confirmed(&self) -> u64 {
+        self.confirmed
     }
 
     /// Every held item, for failing them all (a wait failed: none of them is confirmed).

@@ -48,6 +48,15 @@ struct Pending {
     index: u64,
     target: Target,
     msg: Arc<Message>,
+    /// Its publisher's connection ended before confirming it (`Broker::flag_in_doubt`): it
+    /// becomes visible flagged redelivered.
+    in_doubt: bool,
+}
+
+impl Pending {
+    fn redeliveries(&self) -> u32 {
+        self.msg.redeliveries.max(self.in_doubt as u32)
+    }
 }
 
 /// Producer high-water marks, for duplicate detection. Marks not touched for two pruning
@@ -248,8 +257,42 @@ impl Broker {
             index,
             target: target.clone(),
             msg: Arc::new(msg),
+            in_doubt: false,
         });
         index
+    }
+
+    /// Flags redelivered the queue messages that connection `origin` published in journal
+    /// records `(after, upto]` and no consumer has taken yet, waiting to be durable or
+    /// queued (see `Session::flag_unconfirmed`). Under the closed gate, so a message moving
+    /// from pending to its queue is found in one or the other; a flag lives in the queue and
+    /// in the checkpoint, so it holds across a graceful restart (after a crash every
+    /// recovered message is flagged anyway). A paged-out message keeps no publisher: one
+    /// journaled in the range is flagged whoever sent it (a flag too many, never too few).
+    pub(crate) fn flag_in_doubt(&self, origin: u64, after: u64, upto: u64) {
+        let Some(p) = &self.inner.persistence else {
+            return;
+        };
+        let range = after + 1..=upto;
+        let _closed = p.gate.write();
+        let mut flagged = 0;
+        for pending in p.visible.lock().iter_mut() {
+            if pending.msg.origin == origin && range.contains(&pending.msg.store_index) {
+                pending.in_doubt = true;
+                flagged += 1;
+            }
+        }
+        for q in self.inner.queues.iter() {
+            flagged += q.flag_in_doubt(origin, &range);
+        }
+        if flagged > 0 {
+            tracing::debug!(
+                flagged,
+                after,
+                upto,
+                "a connection ended before confirming its sends; they are flagged redelivered"
+            );
+        }
     }
 
     /// Appends a non-message record (durable subscription changes); returns its index.
@@ -321,6 +364,7 @@ impl Broker {
         }
         let mut effects = Effects::default();
         for pending in ready {
+            let redeliveries = pending.redeliveries();
             if pending.msg.store_index != 0 {
                 p.store.journal().retain(pending.msg.store_index);
             }
@@ -337,9 +381,9 @@ impl Broker {
                                 .then(|| pending.msg.broker_path.clone().into_boxed_slice()),
                         };
                         drop(pending.msg);
-                        q.enqueue_slot(slot, 0, &mut effects);
+                        q.enqueue_slot(slot, redeliveries, &mut effects);
                     } else {
-                        q.enqueue(pending.msg, &mut effects);
+                        q.enqueue_slot(Slot::Loaded(pending.msg), redeliveries, &mut effects);
                     }
                 }
                 Target::Topic(t) => {
@@ -453,6 +497,7 @@ impl Broker {
                 index: end,
                 target,
                 msg: Arc::new(msg),
+                in_doubt: false,
             });
         }
         drop(visible);
@@ -534,7 +579,7 @@ impl Broker {
                 }
                 let live = proto::LiveMessage {
                     index,
-                    redelivery_count: 0,
+                    redelivery_count: pending.redeliveries(),
                 };
                 match &pending.target {
                     Target::Queue(q) => queues

@@ -512,3 +512,58 @@ async fn a_checkpoint_taken_while_a_transaction_commits_lists_its_sends_by_their
     sub(&mut c, 1, "queue://q", None);
     assert_eq!(bodies(&drain(&c)), ["one", "two"]);
 }
+
+#[tokio::test]
+async fn sends_a_connection_never_confirmed_come_back_flagged_after_a_graceful_restart() {
+    // A connection that ends before their receipts went out leaves its sends in doubt (its
+    // client sends them again, maybe to another group): those it journaled after its last
+    // confirmed record are flagged redelivered — queued ones and ones still on their way to
+    // the disk — and stay flagged across a graceful restart; the confirmed one and another
+    // connection's are not.
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        // Holds the last send on its way to the disk while the connection ends.
+        group_commit_window: Duration::from_millis(300),
+        ..store_config(dir.path())
+    };
+    let (store, recovered) = Store::open(config.clone(), false).unwrap();
+    let b = Broker::with_store(BrokerSettings::default(), store, recovered);
+    let mut p = b.open_session(None).unwrap();
+    let mut other = b.open_session(None).unwrap();
+    let Published::Pending(confirmed) = publish(&mut p, "queue://q", msg("confirmed", true)).await
+    else {
+        panic!("a persistent send is journaled");
+    };
+    publish(&mut other, "queue://q", msg("another's", true)).await;
+    publish(&mut p, "queue://q", msg("queued", true)).await;
+    let t = p.target(&to_dest("queue://q")).unwrap();
+    let Ok(Published::Pending(last)) = p.publish(&t, msg("on its way", true)) else {
+        panic!("a persistent send is journaled");
+    };
+    assert!(b.synced() < last, "the last send must still be on its way");
+    p.flag_unconfirmed(confirmed);
+    drop(p);
+    drop(other);
+    b.wait_synced(last).await.unwrap();
+    b.checkpoint(true).await.unwrap();
+    crash(b);
+
+    let (store, recovered) = Store::open(config, false).unwrap();
+    let b = Broker::with_store(BrokerSettings::default(), store, recovered);
+    let mut c = b.open_session(None).unwrap();
+    sub(&mut c, 1, "queue://q", None);
+    let got: Vec<(String, u32)> = drain(&c)
+        .iter()
+        .map(|d| {
+            let body = String::from_utf8_lossy(&d.message.body).into_owned();
+            (body, d.redelivery_count)
+        })
+        .collect();
+    let want = [
+        ("confirmed", 0),
+        ("another's", 0),
+        ("queued", 1),
+        ("on its way", 1),
+    ];
+    assert_eq!(got, want.map(|(b, r)| (b.to_string(), r)));
+}

@@ -12,6 +12,7 @@
 //! Everything is under one lock per queue; the only lock taken inside it is an outbox's.
 
 use std::collections::VecDeque;
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -755,6 +756,25 @@ impl Queue {
     pub(crate) fn depth(&self) -> usize {
         let st = self.state.lock();
         st.pending.len + st.inflight
+    }
+
+    /// Flags redelivered the pending messages that connection `origin` published in the
+    /// journal records `range` (a paged-out one by its record alone); returns how many were
+    /// not flagged yet. In-flight ones were delivered already: theirs was the first copy.
+    pub(crate) fn flag_in_doubt(&self, origin: u64, range: &RangeInclusive<u64>) -> usize {
+        let mut st = self.state.lock();
+        let mut flagged = 0;
+        for e in st.pending.lanes.iter_mut().flatten() {
+            let hit = match &e.slot {
+                Slot::Loaded(m) => m.origin == origin && range.contains(&m.store_index),
+                Slot::Paged { index, .. } => range.contains(index),
+            };
+            if hit && e.redeliveries == 0 {
+                e.redeliveries = 1;
+                flagged += 1;
+            }
+        }
+        flagged
     }
 
     /// Journal indexes and redelivery counts of every journaled message held (checkpoints).

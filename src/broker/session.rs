@@ -100,6 +100,20 @@ impl Session {
         self.resends_below = sequence;
     }
 
+    /// The connection ends before it confirmed all its work: the receipts (or a bridge's
+    /// acceptances) of what this session journaled after record `confirmed` never went out,
+    /// so its peer holds those sends in doubt and sends them again — to another group, where
+    /// they are accepted flagged (see [`Session::flag_resends_below`]), or, for a bridge, from
+    /// the source's queue, flagged. The originals here may then be delivered after such a
+    /// copy, so those not yet delivered are flagged redelivered too, and a copy delivered
+    /// after another is never an unflagged first delivery. Delivered ones were the first copy.
+    pub fn flag_unconfirmed(&self, confirmed: u64) {
+        if self.last_record > confirmed {
+            self.broker
+                .flag_in_doubt(self.id, confirmed, self.last_record);
+        }
+    }
+
     /// Lets this session create (and own) temporary destinations named after a failover
     /// client's earlier connection ids. An empty prefix is ignored. Refused, adopting none,
     /// when another user claimed one of them, or one is a connection id this broker has not

@@ -4,7 +4,8 @@
 //! only once the mesh has rebalanced. Within a time budget after the last restart every edge
 //! holds 25–42 % of the clients (nats-server #1556 ended at 62/38/0 %), every client is
 //! connected, and a failover producer and consumer that ran through all three restarts saw
-//! every receipted message delivered, none invented, extra copies only flagged as redelivered.
+//! every receipted message delivered, none invented, extra copies only flagged as redelivered
+//! (none unflagged after a flagged one: see `a_rolling_restart_delivers_nothing_unflagged_…`).
 
 use crate::common;
 
@@ -168,16 +169,15 @@ async fn a_rolling_restart_keeps_clients_balanced_and_loses_nothing() {
         let _ = sub.ack(&d).await;
     }
     let s = seen.lock();
-    let Judgement {
-        lost,
-        invented,
-        unflagged_duplicates: unflagged,
-        ..
-    } = s.judge();
+    let judgement = s.judge();
+    // A second unflagged copy, or an unflagged copy after a flagged one (overtaken): either
+    // is a duplicate to a consumer that trusts the flag.
+    let unflagged = judgement.unflagged_after_the_first();
+    let Judgement { lost, invented, .. } = judgement;
     eprintln!(
         "clients per edge before {before:?}, after the rolling restart {after:?} ({took:?} after \
          the last restart, budget {BUDGET:?}); {} receipted, {} in doubt, {} delivered; lost \
-         {}, invented {}, unflagged duplicates {}",
+         {}, invented {}, unflagged duplicates or overtaken {}",
         s.accepted.len(),
         s.in_doubt.len(),
         s.deliveries.values().map(Vec::len).sum::<usize>(),
@@ -187,7 +187,7 @@ async fn a_rolling_restart_keeps_clients_balanced_and_loses_nothing() {
     );
     assert!(
         lost.is_empty() && invented.is_empty() && unflagged.is_empty(),
-        "lost {lost:?}, invented {invented:?}, unflagged duplicates {unflagged:?}"
+        "lost {lost:?}, invented {invented:?}, unflagged duplicates or overtaken {unflagged:?}"
     );
     assert!(!s.accepted.is_empty(), "nothing was receipted");
 }

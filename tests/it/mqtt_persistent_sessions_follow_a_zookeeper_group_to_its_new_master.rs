@@ -128,8 +128,8 @@ fn mqtt5_session_expiry_runs_on_on_the_new_master_after_kill_9() {
     let master = group.wait_master("the master serves");
     let on_master = mqtt[master];
     // Each session has a QoS 1 subscription to its own topics and three messages waiting:
-    // "zk-left" (2 s) and "zk-kept" (an hour) are idle when the master dies, "zk-held" (3 s)
-    // is held by a connection then.
+    // "zk-left" (2 s; its client leaves just before the master dies) and "zk-kept" (an hour)
+    // are idle when the master dies, "zk-held" (3 s) is held by a connection then.
     let sessions = [("zk-left", 2), ("zk-held", 3), ("zk-kept", 3600)];
     for (cid, expiry) in sessions {
         let args = [&format!("{cid}/#"), "--expiry", &expiry.to_string()];
@@ -137,6 +137,7 @@ fn mqtt5_session_expiry_runs_on_on_the_new_master_after_kill_9() {
         assert_eq!(r["session_present"], json!(false), "{cid}: a new session");
         assert_eq!(r["granted"], json!([1]), "{cid}");
     }
+    let left = hold_session(on_master, "zk-left", 2);
     let held = hold_session(on_master, "zk-held", 3);
     for (cid, _) in sessions {
         let r = paho(
@@ -148,7 +149,9 @@ fn mqtt5_session_expiry_runs_on_on_the_new_master_after_kill_9() {
         );
         assert_eq!(r["pubacked"], json!(3), "{cid}");
     }
-    // The idle state reaches the slaves before the master dies.
+    // "zk-left"'s client goes (its socket closes): its 2 s start now, and the idle state
+    // reaches the slaves before the master dies.
+    drop(left);
     std::thread::sleep(Duration::from_millis(500));
     group.kill9(master);
     drop(held);

@@ -353,8 +353,8 @@ impl Bridge {
             let Some(ns) = self.subs.get(&d.subscription) else {
                 continue;
             };
-            if self.draining.is_some() {
-                // The connector is going: nothing new leaves. Left unacknowledged, the
+            if self.draining.is_some() || self.stopping.is_some() {
+                // The connector (or the broker) is going: nothing new leaves. Left unacknowledged, the
                 // delivery returns to its queue when its network consumer closes (once the
                 // forwards already sent are answered), and the consumer's credit runs out
                 // meanwhile, so the broker stops dispatching to it.

@@ -31,6 +31,10 @@ impl Bridge {
                 more: Vec::new(),
             }));
         };
+        if self.stopping.is_some() {
+            // Not taken: the source keeps it and sends it again (flagged) elsewhere or later.
+            return refuse(self, "the broker is stopping".into(), true);
+        }
         let Some(send) = f.message else {
             return refuse(self, "a forward without a message".into(), false);
         };

@@ -11,6 +11,9 @@
 //! one exception is opt-in: with `always_sync_send = false` a non-persistent message is
 //! acknowledged here as soon as it is written to the link, flagged so the peer sends no
 //! acknowledgement (the peer still drops a copy it already has), and is lost if the link dies.
+//! A stopping broker's bridge forwards and takes nothing new, and closes once its forwards in
+//! flight are answered and what it took is acknowledged (at most `STOP_GRACE`); forwards it
+//! took but never acknowledged stay here flagged redelivered, as the source's copies come back.
 //!
 //! With `suppress_duplicate_queue_subscriptions`, the forwarding side holds network queue
 //! demand for a remote consumer only while this bridge is that consumer's best route among
@@ -49,6 +52,10 @@ mod import;
 mod tests;
 
 const REFILL_BELOW: usize = 64 * 1024;
+
+/// How long a bridge of a stopping broker waits for the answers to its forwards in flight and
+/// for the journal to take what it imported (see `Bridge::stopping`) before it closes anyway.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Heartbeat intervals of silence after which the link is given up: a dead link goes 2.5
 /// intervals after the peer's last byte — inside the 3 promised — while a live peer, which
@@ -188,6 +195,11 @@ pub(crate) struct Bridge {
     drain: Option<Drain>,
     /// Since when and until when it drains, once `drain` fired.
     draining: Option<(Instant, Instant)>,
+    /// The broker is stopping (until this deadline): nothing new is forwarded or imported,
+    /// and the bridge closes once its forwards in flight are answered and what it imported
+    /// is acknowledged — so neither side is left holding a message the other has too, with
+    /// one copy flagged redelivered and the other not.
+    stopping: Option<Instant>,
 }
 
 /// How a bridge ends when its connector is removed while it runs.
@@ -256,6 +268,7 @@ impl Bridge {
             cfg,
             drain: None,
             draining: None,
+            stopping: None,
         }
     }
 
@@ -337,6 +350,10 @@ impl Bridge {
         // A bridge that is down stands for no remote consumer.
         self.metrics.remote_demand(0);
         self.routes.remove_peer(&self.cfg.peer);
+        if !self.acceptances.is_empty() {
+            // Forwards taken but never acknowledged: the source sends them again, flagged.
+            self.session.flag_unconfirmed(self.acceptances.confirmed());
+        }
         self.session.close();
         reason
     }
@@ -362,6 +379,17 @@ impl Bridge {
         tokio::pin!(timer);
         loop {
             self.fill();
+            if let Some(deadline) = self.stopping {
+                let settled = self.inflight.is_empty()
+                    && self.acceptances.is_empty()
+                    && self.accepted.is_empty();
+                if settled || Instant::now() >= deadline {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), self.pump.flush_and_close())
+                            .await;
+                    return "stopped".into();
+                }
+            }
             if let Some(reason) = self.drained(Instant::now()) {
                 if self.drain.as_ref().is_some_and(|d| d.closes) {
                     let _ =
@@ -397,6 +425,13 @@ impl Bridge {
                             std::future::pending::<()>().await;
                         }
                     }
+                    None => std::future::pending().await,
+                }
+            };
+            let stop_deadline = self.stopping;
+            let grace_over = async {
+                match stop_deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -461,10 +496,10 @@ impl Bridge {
                     }
                     timer.as_mut().reset(self.next_timer());
                 }
-                _ = stop.cancelled() => {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), self.pump.flush_and_close()).await;
-                    return "stopped".into();
+                _ = stop.cancelled(), if self.stopping.is_none() => {
+                    self.stopping = Some(Instant::now() + STOP_GRACE);
                 }
+                _ = grace_over => {}
             }
         }
     }

@@ -10,7 +10,9 @@
 //! Beside it: `ctx.rs` (what every connection of a listener shares), `transaction.rs` (an open
 //! transaction's staged work), `bucket.rs` (the creation rate limit).
 //! A stopping broker's connection stops reading and delivering, sends the receipts of what it
-//! had accepted once they are synced (at most `STOP_GRACE`), then closes with an error.
+//! had accepted once they are synced (at most `STOP_GRACE`), then closes with an error. What a
+//! connection accepted but never receipted (past the grace, or a broken link) is flagged
+//! redelivered here, since its client sends it again, maybe to another group.
 //! Owns: the connection's transactions, its blocked send, its held receipts. Must not touch:
 //! the journal (the broker's durability facade stands for it) or bytes (the codec's).
 
@@ -228,6 +230,11 @@ impl<C: Codec> Connection<C> {
     /// Serves the connection until it ends; returns why.
     pub async fn run(&mut self, shutdown: &CancellationToken) -> &'static str {
         let reason = self.run_loop(shutdown).await;
+        if !self.receipts.is_empty() {
+            // Receipts that never went out (a stop past its grace, a broken link) leave their
+            // sends in doubt: the client sends them again (see `Session::flag_unconfirmed`).
+            self.session.flag_unconfirmed(self.receipts.confirmed());
+        }
         self.end_session();
         reason
     }
