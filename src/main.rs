@@ -103,10 +103,10 @@ enum BenchCommand {
     Mesh(cli::bench_mesh::MeshArgs),
     /// Failover consumers over edge groups, a kill schedule: reconnect times, moves per
     /// client, lost and duplicate messages.
-    Failover(cli::bench_failover::FailoverArgs),
+    Failover(cli::bench::failover::FailoverArgs),
     /// One client process of `bench failover` (started by it).
     #[command(hide = true)]
-    FailoverWorker(cli::bench_failover::WorkerArgs),
+    FailoverWorker(cli::bench::failover::WorkerArgs),
     /// A replicated group: quorum_mem against local_mem, then master kills timed to the first
     /// receipt from the new master (starts its own ZooKeeper).
     Ha(cli::bench_ha::HaArgs),
@@ -233,9 +233,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     println!("{}", serde_json::to_string(&summary)?);
                     return Ok(ExitCode::SUCCESS);
                 }
-                BenchCommand::Failover(a) => cli::bench_failover::failover(&a).await?,
+                BenchCommand::Failover(a) => cli::bench::failover::failover(&a).await?,
                 BenchCommand::FailoverWorker(a) => {
-                    cli::bench_failover::worker(&a).await?;
+                    cli::bench::failover::worker(&a).await?;
                     return Ok(ExitCode::SUCCESS);
                 }
                 BenchCommand::Ha(a) => {

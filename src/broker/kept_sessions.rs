@@ -6,12 +6,21 @@
 //! was down is ended when the broker starts again, with its durable subscriptions and what
 //! they kept.
 //!
-//! Owns: the expiry state of each kept session, and the connection holding it now (in memory:
-//! after a restart nobody holds one). Must not touch: protocols, timers (the protocol layer
-//! asks [`Broker::expire_session_if_due`] when the time comes). Invariants: the last
-//! connection to end is the only one whose end starts the interval (an older connection taken
-//! over ends without touching it); a session held by a connection never expires.
+//! A kept session may also hold subscriptions that are not durable subscriptions: an MQTT
+//! `$share/NAME/filter` reads its share group's queue, so what the session keeps of it is the
+//! name alone ([`Broker::keep_share`]), journaled with the session's state; while it is kept,
+//! the protocol layer keeps the group's queue fed on this member ([`Broker::kept_shares`]), so
+//! what is published while the client is away waits in the queue for it.
+//!
+//! Owns: the expiry state and the shared subscriptions of each kept session, and the
+//! connection holding it now (in memory: after a restart nobody holds one). Must not touch:
+//! protocols, timers (the protocol layer asks [`Broker::expire_session_if_due`] when the time
+//! comes). Invariants: the last connection to end is the only one whose end starts the
+//! interval (an older connection taken over ends without touching it); a session held by a
+//! connection never expires; every journaled state of a session names all its shared
+//! subscriptions, and a change to them is announced after it is made.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::store::proto::{record::Kind as RecordKind, Record, SessionExpiry};
@@ -21,8 +30,8 @@ use super::Broker;
 /// An expiry interval that never runs out.
 pub const NEVER_EXPIRES: u32 = u32::MAX;
 
-/// The expiry state of one kept session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The state of one kept session.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct KeptSession {
     /// Seconds after its last connection ended ([`NEVER_EXPIRES`]: never).
     interval_secs: u32,
@@ -30,6 +39,8 @@ pub(crate) struct KeptSession {
     idle_since_ms: u64,
     /// The broker session (connection) holding it; 0: none since the broker started.
     holder: u64,
+    /// Its shared subscriptions, by the protocol's name for them.
+    shares: BTreeSet<String>,
 }
 
 impl KeptSession {
@@ -40,16 +51,31 @@ impl KeptSession {
     }
 }
 
-fn record(client_id: &str, interval_secs: u32, idle_since_ms: u64, ended: bool) -> Record {
-    Record {
-        kind: Some(RecordKind::SessionExpiry(SessionExpiry {
+impl KeptSession {
+    fn state(&self, client_id: &str) -> SessionExpiry {
+        SessionExpiry {
             client_id: client_id.to_string(),
-            interval_secs,
-            idle_since_ms,
-            ended,
-        })),
+            interval_secs: self.interval_secs,
+            idle_since_ms: self.idle_since_ms,
+            ended: false,
+            shares: self.shares.iter().cloned().collect(),
+        }
+    }
+}
+
+fn record(state: SessionExpiry) -> Record {
+    Record {
+        kind: Some(RecordKind::SessionExpiry(state)),
         tx: 0,
     }
+}
+
+fn ended(client_id: &str) -> Record {
+    record(SessionExpiry {
+        client_id: client_id.to_string(),
+        ended: true,
+        ..SessionExpiry::default()
+    })
 }
 
 impl Broker {
@@ -57,14 +83,28 @@ impl Broker {
     /// `interval_secs` once it ends. Journaled when that changes what a restart would find.
     pub fn session_taken(&self, client_id: &str, interval_secs: u32, holder: u64) {
         let _gate = self.gate();
-        let now = KeptSession {
-            interval_secs,
-            idle_since_ms: 0,
-            holder,
-        };
-        let before = self.inner.kept_sessions.insert(client_id.to_string(), now);
-        if before.is_none_or(|b| (b.interval_secs, b.idle_since_ms) != (interval_secs, 0)) {
-            self.journal_record(record(client_id, interval_secs, 0, false));
+        let mut new = false;
+        let mut kept = self
+            .inner
+            .kept_sessions
+            .entry(client_id.to_string())
+            .or_insert_with(|| {
+                new = true;
+                KeptSession {
+                    interval_secs,
+                    idle_since_ms: 0,
+                    holder,
+                    shares: BTreeSet::new(),
+                }
+            });
+        let changed = new || (kept.interval_secs, kept.idle_since_ms) != (interval_secs, 0);
+        kept.interval_secs = interval_secs;
+        kept.idle_since_ms = 0;
+        kept.holder = holder;
+        let state = kept.state(client_id);
+        drop(kept);
+        if changed {
+            self.journal_record(record(state));
         }
     }
 
@@ -87,10 +127,53 @@ impl Broker {
         }
         kept.interval_secs = interval_secs;
         kept.idle_since_ms = now_ms.max(1);
-        let idle_since_ms = kept.idle_since_ms;
+        let state = kept.state(client_id);
         drop(kept);
-        self.journal_record(record(client_id, interval_secs, idle_since_ms, false));
+        self.journal_record(record(state));
         true
+    }
+
+    /// Keeps (or, `keep` false, drops) the shared subscription `name` in the kept session of
+    /// `client_id`, journaled. False when the client has no kept session (nothing is kept).
+    pub fn keep_share(&self, client_id: &str, name: &str, keep: bool) -> bool {
+        let _gate = self.gate();
+        let Some(mut kept) = self.inner.kept_sessions.get_mut(client_id) else {
+            return false;
+        };
+        let changed = if keep {
+            kept.shares.insert(name.to_string())
+        } else {
+            kept.shares.remove(name)
+        };
+        let state = kept.state(client_id);
+        drop(kept);
+        if changed {
+            self.journal_record(record(state));
+            self.inner.kept_shares_changed.send_modify(|v| *v += 1);
+        }
+        true
+    }
+
+    /// The shared subscriptions the kept session of `client_id` holds.
+    pub fn shares_of(&self, client_id: &str) -> Vec<String> {
+        self.inner
+            .kept_sessions
+            .get(client_id)
+            .map(|k| k.shares.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every shared subscription some kept session holds (each name once), and a receiver
+    /// that is told of every later change (subscribe first, then read: nothing is missed).
+    pub fn kept_shares(&self) -> (tokio::sync::watch::Receiver<u64>, BTreeSet<String>) {
+        let rx = self.inner.kept_shares_changed.subscribe();
+        let all = self
+            .inner
+            .kept_sessions
+            .iter()
+            .flat_map(|k| k.shares.iter().cloned().collect::<Vec<_>>())
+            .collect();
+        (rx, all)
     }
 
     /// Ends the kept session of `client_id` if its interval has run out by `now_ms`: its
@@ -118,8 +201,11 @@ impl Broker {
     pub fn end_session(&self, client_id: &str, prefix: &str) {
         let _gate = self.gate();
         self.remove_idle_durables(client_id, prefix, None);
-        if self.inner.kept_sessions.remove(client_id).is_some() {
-            self.journal_record(record(client_id, 0, 0, true));
+        if let Some((_, gone)) = self.inner.kept_sessions.remove(client_id) {
+            self.journal_record(ended(client_id));
+            if !gone.shares.is_empty() {
+                self.inner.kept_shares_changed.send_modify(|v| *v += 1);
+            }
         }
     }
 
@@ -133,8 +219,8 @@ impl Broker {
         for mut kept in self.inner.kept_sessions.iter_mut() {
             if kept.idle_since_ms == 0 && kept.holder == 0 {
                 kept.idle_since_ms = now_ms.max(1);
-                let (interval, idle) = (kept.interval_secs, kept.idle_since_ms);
-                self.journal_record(record(kept.key(), interval, idle, false));
+                let state = kept.state(kept.key());
+                self.journal_record(record(state));
             }
             if let Some(deadline) = kept.deadline_ms() {
                 found.push((kept.key().clone(), deadline));
@@ -149,12 +235,7 @@ impl Broker {
             .inner
             .kept_sessions
             .iter()
-            .map(|k| SessionExpiry {
-                client_id: k.key().clone(),
-                interval_secs: k.interval_secs,
-                idle_since_ms: k.idle_since_ms,
-                ended: false,
-            })
+            .map(|k| k.state(k.key()))
             .collect();
         all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         all
@@ -169,9 +250,11 @@ impl Broker {
                     interval_secs: s.interval_secs,
                     idle_since_ms: s.idle_since_ms,
                     holder: 0,
+                    shares: s.shares.into_iter().collect(),
                 },
             );
         }
+        self.inner.kept_shares_changed.send_modify(|v| *v += 1);
     }
 }
 
@@ -289,5 +372,55 @@ mod tests {
         b.session_taken("held", 5, 7);
         assert_eq!(b.expire_session_if_due("held", "mqtt:", 20_000), None);
         assert_eq!(deadlines(&b, 20_000), vec![("taken".to_string(), 40_000)]);
+    }
+
+    #[tokio::test]
+    async fn shared_subscriptions_are_kept_with_the_session_across_crashes_and_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = open(dir.path());
+        let (mut changes, none) = b.kept_shares();
+        assert!(none.is_empty());
+        assert!(
+            !b.keep_share("nobody", "mqtt:1:$share/g/a", true),
+            "no session"
+        );
+        b.session_taken("c", 60, 1);
+        assert!(b.keep_share("c", "mqtt:1:$share/g/a", true));
+        assert!(b.keep_share("c", "mqtt:0:$share/h/#", true));
+        assert!(changes.has_changed().unwrap(), "a change is announced");
+        changes.mark_unchanged();
+        // Taking the session again (a reconnect) keeps them; leaving it journals them too.
+        b.session_taken("c", 30, 2);
+        assert!(b.session_left("c", 30, 2, 1_000));
+        b.session_taken("d", 60, 3);
+        b.keep_share("d", "mqtt:1:$share/g/a", true);
+        b.keep_share("d", "mqtt:1:$share/g/a", false);
+        crash(b).await;
+
+        let b = open(dir.path());
+        assert_eq!(
+            b.shares_of("c"),
+            vec![
+                "mqtt:0:$share/h/#".to_string(),
+                "mqtt:1:$share/g/a".to_string()
+            ]
+        );
+        assert!(b.shares_of("d").is_empty(), "dropped before the crash");
+        b.checkpoint(false).await.unwrap();
+        crash(b).await;
+
+        let b = open(dir.path());
+        let (changes, all) = b.kept_shares();
+        assert_eq!(all.len(), 2, "a checkpoint keeps them: {all:?}");
+        b.session_taken("c", 30, 4);
+        b.end_session("c", "mqtt:");
+        assert!(changes.has_changed().unwrap(), "their end is announced");
+        assert!(b.kept_shares().1.is_empty());
+        crash(b).await;
+        let b = open(dir.path());
+        assert!(
+            b.shares_of("c").is_empty(),
+            "an ended session keeps nothing"
+        );
     }
 }

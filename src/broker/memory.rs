@@ -9,12 +9,14 @@
 //! back while the backlog is still small enough to be dispatched from cache, instead of
 //! building hundreds of megabytes of cold messages. Persistent messages past the cap are paged
 //! out to the journal rather than held back (as ActiveMQ's store cursor does).
+//!
+//! The broker-wide pool itself is `pool.rs`; this file adds to it what concerns one
+//! destination (its room, its limit, charging a message to it).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::sync::Notify;
-
+use super::pool::MemoryPool;
 use super::stats::DestinationCounters;
 
 /// What a queue may hold when no `memory_limit` of its own applies: an eighth of the broker's
@@ -25,46 +27,7 @@ pub fn default_queue_limit(broker_limit: u64) -> u64 {
     (64 << 20).min(broker_limit / 8).max(1)
 }
 
-/// The broker-wide budget for message memory.
-#[derive(Debug)]
-pub struct MemoryPool {
-    used: AtomicU64,
-    /// Changed in place by `meshmq apply` ([`MemoryPool::set_limit`]).
-    limit: AtomicU64,
-    waiting: AtomicUsize,
-    room: Notify,
-}
-
 impl MemoryPool {
-    pub fn new(limit: u64) -> MemoryPool {
-        MemoryPool {
-            used: AtomicU64::new(0),
-            limit: AtomicU64::new(limit),
-            waiting: AtomicUsize::new(0),
-            room: Notify::new(),
-        }
-    }
-
-    pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
-    }
-
-    pub fn limit(&self) -> u64 {
-        self.limit.load(Ordering::Relaxed)
-    }
-
-    /// Takes a new broker-wide limit. Producers waiting for room re-check at once: a raised
-    /// limit lets them go on; a lowered one holds the next sends until consumers free enough.
-    pub fn set_limit(&self, limit: u64) {
-        self.limit.store(limit, Ordering::Relaxed);
-        self.wake();
-    }
-
-    /// Wakes every producer waiting for room, to check again (a limit changed).
-    pub fn wake(&self) {
-        self.room.notify_waiters();
-    }
-
     /// True when both the broker and the destination have room for another message.
     pub fn has_room(&self, dest: &DestinationCounters) -> bool {
         self.has_broker_room() && dest.memory() < self.limit_of(dest)
@@ -85,7 +48,7 @@ impl MemoryPool {
         bytes: u64,
         dest: &Arc<DestinationCounters>,
     ) -> MemoryCharge {
-        self.used.fetch_add(bytes, Ordering::Relaxed);
+        self.take(bytes);
         dest.memory.fetch_add(bytes, Ordering::Relaxed);
         // The charge reaches the pool through its destination: one reference count per
         // message (the destination's), not a second one on the pool every message shares.
@@ -96,52 +59,9 @@ impl MemoryPool {
         }
     }
 
-    fn release(&self, bytes: u64) {
-        self.used.fetch_sub(bytes, Ordering::Relaxed);
-        if self.waiting.load(Ordering::Acquire) > 0 {
-            self.room.notify_waiters();
-        }
-    }
-
-    /// True when the broker as a whole is under its limit.
-    pub fn has_broker_room(&self) -> bool {
-        self.used() < self.limit()
-    }
-
-    /// A charge for the bytes a connection holds of frames it has not handed over yet (a
-    /// frame still being received, frames waiting behind a blocked one); it starts at 0.
-    pub fn pending(self: &Arc<Self>) -> PendingCharge {
-        PendingCharge {
-            bytes: 0,
-            pool: self.clone(),
-        }
-    }
-
-    /// Waits until the broker as a whole is under its limit.
-    pub async fn wait_for_broker_room(&self) {
-        self.wait_until(|| self.has_broker_room()).await
-    }
-
     /// Waits until `dest` (and the broker) have room. Returns at once when they already do.
     pub async fn wait_for_room(&self, dest: &DestinationCounters) {
         self.wait_until(|| self.has_room(dest)).await
-    }
-
-    async fn wait_until(&self, has_room: impl Fn() -> bool) {
-        loop {
-            let notified = self.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            self.waiting.fetch_add(1, Ordering::AcqRel);
-            let ready = has_room();
-            if !ready {
-                notified.await;
-            }
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            if ready || has_room() {
-                return;
-            }
-        }
     }
 }
 
@@ -176,34 +96,6 @@ impl Drop for MemoryCharge {
                 pool.release(self.bytes);
             }
         }
-    }
-}
-
-/// Bytes a connection has received but not handed over as frames, charged to the pool so
-/// that partial frames count against the memory limit; released when dropped.
-#[derive(Debug)]
-pub struct PendingCharge {
-    bytes: u64,
-    pool: Arc<MemoryPool>,
-}
-
-impl PendingCharge {
-    /// Charges `bytes` now (more or fewer than before).
-    pub fn set(&mut self, bytes: u64) {
-        if bytes > self.bytes {
-            self.pool
-                .used
-                .fetch_add(bytes - self.bytes, Ordering::Relaxed);
-        } else if bytes < self.bytes {
-            self.pool.release(self.bytes - bytes);
-        }
-        self.bytes = bytes;
-    }
-}
-
-impl Drop for PendingCharge {
-    fn drop(&mut self) {
-        self.set(0);
     }
 }
 

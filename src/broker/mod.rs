@@ -22,7 +22,8 @@
 //! kept session expires), `demand.rs` (who consumes what, for
 //! the network), `forwards.rs` (forwarded ids already taken), `settings.rs`, `error.rs`; the
 //! destinations themselves in `queue.rs` and `topic.rs`; the journal in `persist.rs` and
-//! `durability.rs`.
+//! `durability.rs`; memory accounting in `pool.rs` (the broker-wide budget) and `memory.rs`
+//! (what one destination may hold, and the charge a message carries).
 
 mod claims;
 mod demand;
@@ -36,6 +37,7 @@ mod memory;
 mod message;
 mod outbox;
 mod persist;
+mod pool;
 mod queue;
 mod session;
 mod settings;
@@ -59,12 +61,12 @@ pub use demand::{Demand, DemandEvent, NetworkSpec};
 pub use durability::{CommitLog, JournalStats, SyncedQueue};
 pub use error::BrokerError;
 pub use kept_sessions::NEVER_EXPIRES;
-pub use memory::{MemoryPool, PendingCharge};
 pub use message::{
     Delivery, Draft, Message, MessageBuilder, COPY_BODY_BELOW, DEFAULT_PRIORITY, MAX_PRIORITY,
     RETAIN_HEADER,
 };
 pub use outbox::Outbox;
+pub use pool::{MemoryPool, PendingCharge};
 pub use queue::{AckOutcome, DeadReason, NetworkFilter};
 pub use session::Session;
 pub use settings::BrokerSettings;
@@ -217,6 +219,8 @@ struct Inner {
     durables: DashMap<(String, String), Arc<TopicSub>>,
     /// The expiry state of kept client sessions, by client id (`kept_sessions.rs`).
     kept_sessions: DashMap<String, kept_sessions::KeptSession>,
+    /// Bumped whenever the kept sessions' shared subscriptions change (`kept_sessions.rs`).
+    kept_shares_changed: tokio::sync::watch::Sender<u64>,
     /// Each client id in use: its session and that session's user.
     client_ids: DashMap<String, (u64, Option<String>)>,
     /// Client ids, and connection ids (temporary destination name prefixes), by user.
@@ -306,6 +310,7 @@ impl Broker {
                 wildcard_subs: RwLock::new(Vec::new()),
                 durables: DashMap::new(),
                 kept_sessions: DashMap::new(),
+                kept_shares_changed: tokio::sync::watch::channel(0).0,
                 client_ids: DashMap::new(),
                 client_id_claims: claims::Claims::default(),
                 temp_claims: claims::Claims::default(),

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use super::memory::MemoryPool;
+use super::pool::MemoryPool;
 
 use crate::destination::{Destination, Kind};
 use crate::metrics::DestinationStats;

@@ -416,7 +416,7 @@ pub fn admin_token(topo: &Topology) -> Option<String> {
 /// Sends `new` (read from `path`) to every member it lists and prints what each did.
 pub async fn send(new: &Topology, path: &Path, token: &str) -> anyhow::Result<Sent> {
     let file = std::path::absolute(path)?;
-    let body = serde_json::to_string(&meshmq::server::admin_topology::TopologyWrite {
+    let body = serde_json::to_string(&meshmq::server::admin::topology::TopologyWrite {
         file: file.display().to_string(),
         text: new.source.text().to_string(),
     })?;

@@ -1,7 +1,6 @@
 //! The `meshmq` command's subcommands (part of the binary, not the library).
 pub mod apply;
 pub mod bench;
-pub mod bench_failover;
 pub mod bench_ha;
 pub mod bench_mesh;
 pub mod clients;

@@ -123,7 +123,7 @@ pub struct SlaveReport {
 
 /// A member as the topology names it.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub struct MemberRef {
     pub group: String,
     pub election: String,
     pub member: String,
@@ -134,7 +134,7 @@ impl StatusReport {
     /// Builds the report from each target's answer (`answers[i]` belongs to `targets[i]`).
     pub fn build(
         mesh: &str,
-        targets: &[Target],
+        targets: &[MemberRef],
         answers: Vec<Result<MemberStatus, String>>,
     ) -> StatusReport {
         let mut members: Vec<MemberReport> = targets
@@ -282,7 +282,7 @@ impl StatusReport {
     }
 }
 
-fn member_report(t: &Target, answer: Result<MemberStatus, String>) -> MemberReport {
+fn member_report(t: &MemberRef, answer: Result<MemberStatus, String>) -> MemberReport {
     let mut r = MemberReport {
         group: t.group.clone(),
         member: t.member.clone(),
@@ -343,9 +343,9 @@ fn member_report(t: &Target, answer: Result<MemberStatus, String>) -> MemberRepo
     r
 }
 
-pub(super) fn targets(topo: &Topology) -> Vec<Target> {
+pub(super) fn targets(topo: &Topology) -> Vec<MemberRef> {
     topo.members()
-        .map(|(g, m)| Target {
+        .map(|(g, m)| MemberRef {
             group: g.name.to_string(),
             election: g.election.as_str().to_string(),
             member: m.name.to_string(),
@@ -356,7 +356,7 @@ pub(super) fn targets(topo: &Topology) -> Vec<Target> {
 
 /// Asks every target at once; each answer within `timeout`.
 pub(super) async fn ask_all(
-    targets: &[Target],
+    targets: &[MemberRef],
     timeout: Duration,
 ) -> Vec<Result<MemberStatus, String>> {
     let mut tasks = tokio::task::JoinSet::new();
@@ -455,8 +455,8 @@ mod tests {
     use meshmq::network::ConnectorStatus;
     use meshmq::server::admin::ProcessStatus;
 
-    fn target(group: &str, election: &str, member: &str, port: u16) -> Target {
-        Target {
+    fn target(group: &str, election: &str, member: &str, port: u16) -> MemberRef {
+        MemberRef {
             group: group.into(),
             election: election.into(),
             member: member.into(),
@@ -464,7 +464,7 @@ mod tests {
         }
     }
 
-    fn answer(t: &Target, role: &str, epoch: u64) -> MemberStatus {
+    fn answer(t: &MemberRef, role: &str, epoch: u64) -> MemberStatus {
         MemberStatus {
             mesh: "m".into(),
             group: t.group.clone(),

@@ -128,7 +128,7 @@ pub struct ClusterStatus {
 /// The groups and their URIs (no counts: those change all the time and are read when a
 /// frame is written).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MeshView {
+pub struct GroupUris {
     /// Group name → its URIs; this group included.
     pub groups: BTreeMap<String, Vec<String>>,
 }
@@ -151,7 +151,7 @@ struct ClientEntry {
 pub struct Cluster {
     opts: ClusterOptions,
     table: Mutex<MeshTable>,
-    view: watch::Sender<Arc<MeshView>>,
+    view: watch::Sender<Arc<GroupUris>>,
     clients: Mutex<std::collections::HashMap<u64, ClientEntry>>,
     client_count: AtomicU64,
     rounds: AtomicU64,
@@ -171,7 +171,7 @@ impl Cluster {
     pub fn new(opts: ClusterOptions) -> Arc<Cluster> {
         let mut groups = BTreeMap::new();
         groups.insert(opts.group.clone(), opts.uris.clone());
-        let view = watch::channel(Arc::new(MeshView { groups })).0;
+        let view = watch::channel(Arc::new(GroupUris { groups })).0;
         gauge!(m::CLUSTER_GROUPS).set(1.0);
         let table = MeshTable::new(&opts.group, RELAY_EXPIRY);
         Arc::new(Cluster {
@@ -204,7 +204,7 @@ impl Cluster {
     }
 
     /// The groups and URIs as they are now.
-    pub fn view(&self) -> Arc<MeshView> {
+    pub fn view(&self) -> Arc<GroupUris> {
         self.view.borrow().clone()
     }
 
@@ -212,7 +212,7 @@ impl Cluster {
         let mut groups = table.groups(now);
         groups.insert(self.opts.group.clone(), self.opts.uris.clone());
         gauge!(m::CLUSTER_GROUPS).set(groups.len() as f64);
-        let view = MeshView { groups };
+        let view = GroupUris { groups };
         self.view.send_if_modified(|v| {
             if **v == view {
                 false
@@ -397,7 +397,7 @@ impl Drop for Registration {
 /// moves the rebalancer asks of it.
 pub struct Feed {
     cluster: Arc<Cluster>,
-    view: watch::Receiver<Arc<MeshView>>,
+    view: watch::Receiver<Arc<GroupUris>>,
     policy: Arc<ClusterPolicy>,
     /// What the client was last told: group → URIs (filtered for its listener).
     sent: Option<BTreeMap<String, Vec<String>>>,
@@ -405,7 +405,7 @@ pub struct Feed {
 }
 
 impl Feed {
-    fn shown(&self, view: &MeshView) -> BTreeMap<String, Vec<String>> {
+    fn shown(&self, view: &GroupUris) -> BTreeMap<String, Vec<String>> {
         view.groups
             .iter()
             .filter(|(g, _)| **g == self.cluster.opts.group || self.policy.shows(g))

@@ -563,11 +563,6 @@ impl Topology {
             .flat_map(|g| g.members.iter().map(move |m| (g, m)))
     }
 
-    /// Every key the topology sets that this build cannot serve yet, as key paths.
-    pub fn unsupported(&self) -> Vec<String> {
-        super::unsupported::unsupported(self)
-    }
-
     /// Human summary printed by `meshmq check`.
     pub fn summary(&self) -> String {
         let mut out = String::new();

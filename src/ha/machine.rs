@@ -89,7 +89,7 @@ impl View {
 
 /// The session with ZooKeeper.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Session {
+pub enum ZkSession {
     /// Connected; our member znode is registered at this path with this version.
     Connected,
     /// Connection lost; the session may still be alive on the servers.
@@ -123,7 +123,7 @@ pub enum Action {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Role {
+pub enum ElectionRole {
     /// Waiting for a master or an election; our published position is final.
     Candidate,
     Following {
@@ -177,11 +177,11 @@ impl Config {
 
 pub struct Machine {
     config: Config,
-    role: Role,
+    role: ElectionRole,
     position: Position,
     /// The newest epoch seen anywhere (never goes back).
     epoch: u64,
-    session: Session,
+    session: ZkSession,
     view: Option<View>,
     /// What we last asked to publish (to avoid rewriting the same data).
     published: Option<Announce>,
@@ -202,10 +202,10 @@ impl Machine {
     pub fn new(config: Config, position: Position) -> Machine {
         Machine {
             config,
-            role: Role::Candidate,
+            role: ElectionRole::Candidate,
             epoch: position.epoch,
             position,
-            session: Session::Disconnected,
+            session: ZkSession::Disconnected,
             view: None,
             published: None,
             lease_until: None,
@@ -216,7 +216,7 @@ impl Machine {
         }
     }
 
-    pub fn role(&self) -> &Role {
+    pub fn role(&self) -> &ElectionRole {
         &self.role
     }
 
@@ -231,13 +231,13 @@ impl Machine {
     /// Our announcement as it should read now.
     pub fn announce(&self) -> Announce {
         let (phase, epoch) = match &self.role {
-            Role::Following { epoch, .. } => (Phase::Following, *epoch),
-            Role::Master { epoch } => (Phase::Master, *epoch),
-            Role::Claiming { epoch } => (Phase::Master, *epoch),
+            ElectionRole::Following { epoch, .. } => (Phase::Following, *epoch),
+            ElectionRole::Master { epoch } => (Phase::Master, *epoch),
+            ElectionRole::Claiming { epoch } => (Phase::Master, *epoch),
             // Not final yet: an election must not count these.
-            Role::Unfollowing | Role::Resigning => (Phase::Following, self.epoch),
-            Role::Candidate if self.withdrawn.is_some() => (Phase::Withdrawn, self.epoch),
-            Role::Candidate => (Phase::Candidate, self.epoch),
+            ElectionRole::Unfollowing | ElectionRole::Resigning => (Phase::Following, self.epoch),
+            ElectionRole::Candidate if self.withdrawn.is_some() => (Phase::Withdrawn, self.epoch),
+            ElectionRole::Candidate => (Phase::Candidate, self.epoch),
         };
         Announce {
             name: self.config.name.clone(),
@@ -256,8 +256,8 @@ impl Machine {
 
     /// True while a master may acknowledge writes.
     pub fn may_commit(&self, now: Instant) -> bool {
-        matches!(self.role, Role::Master { .. })
-            && self.session == Session::Connected
+        matches!(self.role, ElectionRole::Master { .. })
+            && self.session == ZkSession::Connected
             && self.lease_until.is_some_and(|t| now < t)
     }
 
@@ -274,7 +274,7 @@ impl Machine {
     /// As master: `replicas/2` followers had all been heard from at `at` (the driver reports
     /// the latest such time it knows).
     pub fn handle_quorum_contact(&mut self, at: Instant, now: Instant) {
-        if matches!(self.role, Role::Master { .. }) {
+        if matches!(self.role, ElectionRole::Master { .. }) {
             self.quorum_heard = Some(self.quorum_heard.map_or(at, |t| t.max(at)));
         }
         self.check_lease(now);
@@ -304,29 +304,29 @@ impl Machine {
         self.evaluate(now);
     }
 
-    pub fn handle_session(&mut self, session: Session, now: Instant) {
+    pub fn handle_session(&mut self, session: ZkSession, now: Instant) {
         self.session = session;
         match session {
-            Session::Expired => {
+            ZkSession::Expired => {
                 self.view = None;
                 self.published = None;
                 self.lease_until = None;
                 match self.role {
-                    Role::Master { .. } => self.resign("the ZooKeeper session expired"),
+                    ElectionRole::Master { .. } => self.resign("the ZooKeeper session expired"),
                     // The claim's outcome is unknown; our znode is gone either way, so a
                     // master of that epoch can never be seen live — never serve it.
-                    Role::Claiming { .. } => self.role = Role::Candidate,
+                    ElectionRole::Claiming { .. } => self.role = ElectionRole::Candidate,
                     _ => {}
                 }
             }
-            Session::Disconnected => {}
-            Session::Connected => self.evaluate(now),
+            ZkSession::Disconnected => {}
+            ZkSession::Connected => self.evaluate(now),
         }
     }
 
     /// A ZooKeeper operation sent at `sent_at` succeeded: the session was alive then.
     pub fn handle_lease(&mut self, sent_at: Instant, now: Instant) {
-        if matches!(self.role, Role::Master { .. }) {
+        if matches!(self.role, ElectionRole::Master { .. }) {
             let until = sent_at + self.config.lease();
             self.lease_until = Some(self.lease_until.map_or(until, |t| t.max(until)));
         }
@@ -346,12 +346,12 @@ impl Machine {
 
     /// The outcome of our `Claim` sent at `sent_at`.
     pub fn handle_claimed(&mut self, ok: bool, sent_at: Instant, now: Instant) {
-        let Role::Claiming { epoch } = self.role else {
+        let ElectionRole::Claiming { epoch } = self.role else {
             return;
         };
-        if ok && self.session == Session::Connected {
+        if ok && self.session == ZkSession::Connected {
             self.epoch = self.epoch.max(epoch);
-            self.role = Role::Master { epoch };
+            self.role = ElectionRole::Master { epoch };
             self.lease_until = Some(sent_at + self.config.lease());
             self.quorum_heard = Some(now);
             self.published = Some(self.announce());
@@ -365,7 +365,7 @@ impl Machine {
             // from `published`, and `handle_view` republishes. The view the claim came from is
             // stale (that is why it failed): unless a newer one arrived meanwhile, claiming
             // again from it would fail the same way, so wait for a fresh one.
-            self.role = Role::Candidate;
+            self.role = ElectionRole::Candidate;
             if self.view == self.claimed_from {
                 self.view = None;
             }
@@ -385,30 +385,32 @@ impl Machine {
         self.position = position;
         self.epoch = self.epoch.max(position.epoch);
         match self.role {
-            Role::Following { .. } | Role::Unfollowing | Role::Resigning => {
-                self.role = Role::Candidate;
+            ElectionRole::Following { .. }
+            | ElectionRole::Unfollowing
+            | ElectionRole::Resigning => {
+                self.role = ElectionRole::Candidate;
                 self.lease_until = None;
             }
-            Role::Master { .. } => {
+            ElectionRole::Master { .. } => {
                 // The term ended by itself (a fatal journal error, a bind failure).
-                self.role = Role::Candidate;
+                self.role = ElectionRole::Candidate;
                 self.lease_until = None;
             }
-            Role::Candidate | Role::Claiming { .. } => {}
+            ElectionRole::Candidate | ElectionRole::Claiming { .. } => {}
         }
         self.evaluate(now);
     }
 
     /// A candidate's journal position changed (only before it registers).
     pub fn set_position(&mut self, position: Position) {
-        if self.role == Role::Candidate {
+        if self.role == ElectionRole::Candidate {
             self.position = position;
             self.epoch = self.epoch.max(position.epoch);
         }
     }
 
     fn resign(&mut self, reason: &str) {
-        self.role = Role::Resigning;
+        self.role = ElectionRole::Resigning;
         self.lease_until = None;
         self.quorum_heard = None;
         self.actions.push_back(Action::Resign {
@@ -417,7 +419,7 @@ impl Machine {
     }
 
     fn check_lease(&mut self, now: Instant) {
-        if let (Role::Master { .. }, Some(until)) = (&self.role, self.lease_until) {
+        if let (ElectionRole::Master { .. }, Some(until)) = (&self.role, self.lease_until) {
             // Unable to renew for a whole session timeout past the lease: the session is
             // certainly gone on the servers; stop instead of waiting for the client's verdict.
             if now >= until + self.config.session_timeout {
@@ -425,7 +427,7 @@ impl Machine {
                 return;
             }
         }
-        if let (Role::Master { epoch }, Some(heard), Some(after)) = (
+        if let (ElectionRole::Master { epoch }, Some(heard), Some(after)) = (
             &self.role,
             self.quorum_heard,
             self.config.check_quorum_after(),
@@ -475,17 +477,17 @@ impl Machine {
 
     fn evaluate(&mut self, now: Instant) {
         self.check_lease(now);
-        if self.session != Session::Connected {
+        if self.session != ZkSession::Connected {
             return;
         }
         let Some(view) = self.view.clone() else {
             return;
         };
         match self.role.clone() {
-            Role::Candidate => {
+            ElectionRole::Candidate => {
                 if let Some(master) = view.live_master() {
                     if master.info.name != self.config.name {
-                        self.role = Role::Following {
+                        self.role = ElectionRole::Following {
                             master: master.info.name.clone(),
                             epoch: view.epoch,
                         };
@@ -505,15 +507,15 @@ impl Machine {
                     self.maybe_claim(&view);
                 }
             }
-            Role::Following { master, epoch } => {
+            ElectionRole::Following { master, epoch } => {
                 let still = view.live_master().is_some_and(|m| m.info.name == master)
                     && view.epoch == epoch;
                 if !still {
-                    self.role = Role::Unfollowing;
+                    self.role = ElectionRole::Unfollowing;
                     self.actions.push_back(Action::StopFollowing);
                 }
             }
-            Role::Master { epoch } => {
+            ElectionRole::Master { epoch } => {
                 // A view older than our claim says nothing about this term.
                 if view.epoch < epoch {
                     return;
@@ -527,7 +529,8 @@ impl Machine {
                     self.resign("a newer epoch began or our znode no longer names us master");
                 }
             }
-            Role::Unfollowing | Role::Claiming { .. } | Role::Resigning => {}
+            ElectionRole::Unfollowing | ElectionRole::Claiming { .. } | ElectionRole::Resigning => {
+            }
         }
     }
 
@@ -584,7 +587,7 @@ impl Machine {
             return;
         }
         let epoch = view.epoch.max(self.epoch) + 1;
-        self.role = Role::Claiming { epoch };
+        self.role = ElectionRole::Claiming { epoch };
         self.claimed_from = Some(view.clone());
         let announce = self.announce();
         self.actions.push_back(Action::Claim {
@@ -638,7 +641,7 @@ mod tests {
     fn the_highest_position_claims_once_a_quorum_of_candidates_is_in() {
         let t = Instant::now();
         let mut m = Machine::new(config("a"), Position { epoch: 1, index: 9 });
-        m.handle_session(Session::Connected, t);
+        m.handle_session(ZkSession::Connected, t);
         let view = |members: Vec<Seen>| View {
             members,
             epoch: 1,
@@ -680,7 +683,7 @@ mod tests {
     fn a_lower_position_waits_and_a_following_member_blocks_the_election() {
         let t = Instant::now();
         let mut m = Machine::new(config("b"), Position { epoch: 1, index: 7 });
-        m.handle_session(Session::Connected, t);
+        m.handle_session(ZkSession::Connected, t);
         let mut following = candidate("c", 1, 3);
         following.phase = Phase::Following;
         m.handle_view(
@@ -695,7 +698,7 @@ mod tests {
             assert!(!matches!(a, Action::Claim { .. }), "b is not the highest");
         }
         let mut m = Machine::new(config("a"), Position { epoch: 1, index: 9 });
-        m.handle_session(Session::Connected, t);
+        m.handle_session(ZkSession::Connected, t);
         m.handle_view(
             View {
                 members: vec![
@@ -720,7 +723,7 @@ mod tests {
     fn a_candidate_follows_the_live_master_and_stops_when_it_goes() {
         let t = Instant::now();
         let mut m = Machine::new(config("b"), Position { epoch: 1, index: 7 });
-        m.handle_session(Session::Connected, t);
+        m.handle_session(ZkSession::Connected, t);
         let mut master = candidate("a", 2, 9);
         master.phase = Phase::Master;
         m.handle_view(
@@ -782,7 +785,7 @@ mod tests {
     fn a_claim_is_never_queued_behind_a_write_to_our_own_znode() {
         let t = Instant::now();
         let mut m = Machine::new(config("a"), Position { epoch: 1, index: 9 });
-        m.handle_session(Session::Connected, t);
+        m.handle_session(ZkSession::Connected, t);
         let view = |a_version: i32| View {
             members: vec![
                 seen(candidate("a", 1, 9), a_version),
@@ -837,7 +840,7 @@ mod tests {
     fn a_failed_claim_waits_for_a_fresh_view() {
         let t = Instant::now();
         let mut m = Machine::new(config("a"), Position { epoch: 1, index: 9 });
-        m.handle_session(Session::Connected, t);
+        m.handle_session(ZkSession::Connected, t);
         let stale = View {
             members: vec![seen(candidate("a", 1, 9), 0), seen(candidate("b", 1, 7), 0)],
             epoch: 1,
@@ -847,7 +850,11 @@ mod tests {
         while m.poll_action().is_some() {}
         m.handle_view(stale.clone(), t);
         let _ = m.poll_action();
-        assert!(matches!(m.role(), Role::Claiming { .. }), "{:?}", m.role());
+        assert!(
+            matches!(m.role(), ElectionRole::Claiming { .. }),
+            "{:?}",
+            m.role()
+        );
         m.handle_claimed(false, t, t);
         assert_eq!(
             m.poll_action(),
@@ -878,7 +885,7 @@ mod tests {
             ..config("a")
         };
         let mut m = Machine::new(five, Position { epoch: 1, index: 9 });
-        m.handle_session(Session::Connected, t);
+        m.handle_session(ZkSession::Connected, t);
         let mut old_b = seen(candidate("b", 1, 7), 2);
         old_b.path = "/g/b-old".into();
         let view = |members: Vec<Seen>| View {
@@ -909,7 +916,7 @@ mod tests {
     fn a_master_resigns_when_its_session_expires_or_contact_is_lost_too_long() {
         let t = Instant::now();
         let mut m = Machine::new(config("a"), Position { epoch: 1, index: 9 });
-        m.handle_session(Session::Connected, t);
+        m.handle_session(ZkSession::Connected, t);
         // Our candidacy is written, then claimed on the view that shows it.
         for version in [0, 1] {
             m.handle_view(
@@ -926,19 +933,19 @@ mod tests {
             while m.poll_action().is_some() {}
         }
         m.handle_claimed(true, t, t);
-        assert!(matches!(m.role(), Role::Master { epoch: 2 }));
+        assert!(matches!(m.role(), ElectionRole::Master { epoch: 2 }));
         while m.poll_action().is_some() {}
-        m.handle_session(Session::Disconnected, t);
+        m.handle_session(ZkSession::Disconnected, t);
         assert!(!m.may_commit(t), "no commits while disconnected");
         m.handle_tick(t + Duration::from_millis(3600));
         assert!(matches!(m.poll_action(), Some(Action::Resign { .. })));
-        assert_eq!(m.role(), &Role::Resigning);
+        assert_eq!(m.role(), &ElectionRole::Resigning);
     }
 
     /// Claims epoch 2 for `a` (position 1:9) on a view of a, b and c, and drains the actions.
     fn master_a(t: Instant) -> Machine {
         let mut m = Machine::new(config("a"), Position { epoch: 1, index: 9 });
-        m.handle_session(Session::Connected, t);
+        m.handle_session(ZkSession::Connected, t);
         for version in [0, 1] {
             m.handle_view(
                 View {
@@ -955,7 +962,7 @@ mod tests {
             while m.poll_action().is_some() {}
         }
         m.handle_claimed(true, t, t);
-        assert!(matches!(m.role(), Role::Master { epoch: 2 }));
+        assert!(matches!(m.role(), ElectionRole::Master { epoch: 2 }));
         while m.poll_action().is_some() {}
         m
     }
@@ -1034,7 +1041,7 @@ mod tests {
                 index: 21,
             },
         );
-        b.handle_session(Session::Connected, resigned_at);
+        b.handle_session(ZkSession::Connected, resigned_at);
         b.handle_view(others(candidate("b", 2, 21)), resigned_at);
         assert!(matches!(b.poll_action(), Some(Action::Publish(_))));
         b.handle_view(others(candidate("b", 2, 21)), resigned_at);
@@ -1145,7 +1152,7 @@ mod tests {
             },
             Position { epoch: 1, index: 9 },
         );
-        m.handle_session(Session::Connected, t);
+        m.handle_session(ZkSession::Connected, t);
         for version in [0, 1] {
             m.handle_view(
                 View {
@@ -1168,6 +1175,6 @@ mod tests {
             m.handle_tick(now);
             assert_eq!(m.poll_action(), None);
         }
-        assert!(matches!(m.role(), Role::Master { epoch: 2 }));
+        assert!(matches!(m.role(), ElectionRole::Master { epoch: 2 }));
     }
 }

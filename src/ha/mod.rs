@@ -5,9 +5,9 @@
 //! (`zk`), and journal replication between a master and its followers (`replication`: its
 //! protocol is `replication::machine`, no I/O, and drivers for sockets and the journal). The
 //! group simulation (`sim`) drives the real role and replication machines. Must not touch: the
-//! broker, listeners or connectors — the server's driver (`server::replicated`) starts and
+//! broker, listeners or connectors — the server's driver (`server::member::replicated`) starts and
 //! stops a master term when the machine says so. The file-lock election needs no replication
-//! and lives in `server::election`.
+//! and lives in `server::member::election`.
 //!
 //! Invariants: a member acknowledges a write only as master of an epoch whose lease holds, and
 //! (in `remote_*`/`quorum_*` modes) only after `replicas/2` followers hold it; a follower never

@@ -70,7 +70,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::machine::{Action, Announce, Config, Machine, Role, Seen, Session, View};
+use super::machine::{Action, Announce, Config, ElectionRole, Machine, Seen, View, ZkSession};
 use super::replication::machine::{
     epochs_to_proto, FollowerMachine, MasterConfig, MasterMachine, StartPlan, StreamError,
 };
@@ -432,7 +432,7 @@ struct Links {
 // ---------------------------------------------------------------------------------------------
 // ZooKeeper
 
-struct ZkSession {
+struct ServerSession {
     member: usize,
     incarnation: u32,
     conn: u64,
@@ -448,7 +448,7 @@ struct Znode {
 
 struct ZooKeeper {
     up: bool,
-    sessions: BTreeMap<u64, ZkSession>,
+    sessions: BTreeMap<u64, ServerSession>,
     znodes: BTreeMap<String, Znode>,
     epoch: u64,
     epoch_version: i32,
@@ -953,7 +953,7 @@ impl Sim {
             let id = self.zk.sessions.len() as u64 + 1;
             self.zk.sessions.insert(
                 id,
-                ZkSession {
+                ServerSession {
                     member: m,
                     incarnation,
                     conn,
@@ -1251,7 +1251,7 @@ impl Sim {
                 if node.zk.state == ZkState::Registering {
                     node.zk.state = ZkState::Connected;
                     node.zk.path = Some(path);
-                    node.machine.handle_session(Session::Connected, at);
+                    node.machine.handle_session(ZkSession::Connected, at);
                 }
             }
             ZkReply::Reconnected(path) => {
@@ -1260,7 +1260,7 @@ impl Sim {
                         Some(path) => {
                             node.zk.state = ZkState::Connected;
                             node.zk.path = Some(path);
-                            node.machine.handle_session(Session::Connected, at);
+                            node.machine.handle_session(ZkSession::Connected, at);
                         }
                         // Our create was lost with the old connection.
                         None => self.register(m),
@@ -1307,7 +1307,7 @@ impl Sim {
         node.zk.state = ZkState::Disconnected;
         node.zk.renewals.clear();
         node.zk.next_attempt = 0;
-        node.machine.handle_session(Session::Disconnected, at);
+        node.machine.handle_session(ZkSession::Disconnected, at);
         match node.awaiting.take() {
             // The outcome is unknown; the driver reports a failure.
             Some(Awaiting::Claim { sent_at, .. }) => {
@@ -1326,7 +1326,7 @@ impl Sim {
         let at = self.clock(m, self.now);
         let node = self.node(m);
         node.zk.renewals.clear();
-        node.machine.handle_session(Session::Expired, at);
+        node.machine.handle_session(ZkSession::Expired, at);
         node.awaiting = None;
         self.log(|| format!("m{m}: zk session expired"));
         self.connect_session(m);
@@ -2243,7 +2243,7 @@ impl Sim {
             .filter(|&m| {
                 self.members[m].node.as_ref().is_some_and(|n| {
                     n.term.is_some()
-                        && matches!(n.machine.role(), Role::Master { .. })
+                        && matches!(n.machine.role(), ElectionRole::Master { .. })
                         && n.machine.may_commit(self.clock(m, self.now))
                 })
             })
@@ -2469,7 +2469,7 @@ fn a_master_cut_from_its_followers_but_not_zookeeper_gives_way_to_one_they_reach
                     .node
                     .as_ref()
                     .map(|n| n.machine.role().clone());
-                if !matches!(role, Some(Role::Following { .. })) {
+                if !matches!(role, Some(ElectionRole::Following { .. })) {
                     return Err(format!(
                         "the old master m{old} does not follow after the heal: {role:?}"
                     ));

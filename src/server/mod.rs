@@ -8,19 +8,13 @@
 //! timeout has passed, so the process exits promptly on SIGTERM.
 //!
 //! This file only names the parts: `options.rs` (what a member runs with, from the topology),
-//! `member.rs` (starting and stopping a member, its role), `term.rs` (one master term and its
-//! chores), `listener.rs` (accept loops), `conn/` (the protocol-neutral connection and what a
-//! listener's connections share), `request.rs` (the neutral requests), one file or folder
-//! per protocol, and one per admin area.
+//! `member/` (starting and stopping a member, its role, its master terms, its elections and its
+//! admin port), `listener.rs` (accept loops), `conn/` (the protocol-neutral connection and what
+//! a listener's connections share), `request.rs` (the neutral requests), and one file or
+//! folder per protocol. `member/` sits on the rest; nothing below it names it.
 
-pub mod admin;
-pub mod admin_topology;
-pub mod admin_ui;
 mod conn;
-pub mod drain;
-mod election;
 mod listener;
-pub mod live;
 mod member;
 mod mqtt;
 mod mqtt_session;
@@ -28,18 +22,13 @@ mod mqtt_share;
 mod options;
 pub(crate) use mqtt::read_client_bytes as read_mqtt_client_bytes;
 pub(crate) mod native;
-mod replicated;
 mod request;
 mod serve;
 mod stomp;
-mod term;
 mod websocket;
 
-// The MQTT files name these through `super::` (kept for them; the rest of `server/` imports
-// from the owning module).
-pub(crate) use conn::{handshake_frame_limit, ConnCtx};
-pub use member::{start, Fatal, Role, RunningServer};
+pub use member::{admin, live, start, DrainStatus, Fatal, RestartRequest, Role, RunningServer};
 pub use options::{
-    group_client_uris, ConnSettings, ElectionOptions, Identity, ListenerSpec, Protocol,
-    ServerError, ServerOptions, StompLimits, ZooKeeperElection,
+    group_client_uris, ConnSettings, ElectionOptions, Identity, ListenerSpec, MeshMemberRef,
+    Protocol, ServerError, ServerOptions, StompLimits, ZooKeeperElection,
 };

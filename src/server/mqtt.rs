@@ -35,7 +35,7 @@ mod persistent;
 mod publish;
 mod subscribe;
 mod topic;
-mod will;
+pub(super) mod will;
 mod wire;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -57,13 +57,12 @@ use super::mqtt_session::{DeliveryKey, MqttSessions};
 use super::request::{Refusal, Request, SendRequest};
 
 pub(crate) use connect::{read_client_bytes, refuse_over_limit, serve};
-pub(crate) use persistent::expire_kept_sessions;
+pub(crate) use persistent::{expire_kept_sessions, kept_share_filter};
 #[cfg(test)]
 use persistent::{parse_session_sub_name, session_sub_name};
 #[cfg(test)]
 use topic::{destination_to_topic, topic_to_destination};
 pub(crate) use topic::{filter_to_pattern, TopicError};
-pub(crate) use will::DelayedWills;
 use wire::{decode_error, reason, reason_for, Packet, Wire};
 
 /// What the broker owes the client once a request is answered: the packet that answers it.
@@ -162,6 +161,8 @@ pub(crate) struct Mqtt {
     /// Where a persistent session keeps what is in flight when the connection ends, and its
     /// client id.
     keeper: Option<(Arc<MqttSessions>, String)>,
+    /// Where a persistent session keeps its shared subscriptions.
+    shares: Option<persistent::SessionShares>,
 }
 
 impl Mqtt {
@@ -188,6 +189,7 @@ impl Mqtt {
             keys: HashMap::new(),
             resumed_ids: HashMap::new(),
             keeper: None,
+            shares: None,
         }
     }
 
@@ -392,12 +394,16 @@ impl Codec for Mqtt {
     fn encode_receipt(&mut self, receipt: &Receipt, out: &mut BytesMut) {
         match receipt {
             Receipt::SubAck { packet_id, index } => {
-                let granted = self
+                let num = self
                     .gathering
                     .get(packet_id)
-                    .and_then(|g| g.subs.get(*index).copied().flatten())
+                    .and_then(|g| g.subs.get(*index).copied().flatten());
+                let granted = num
                     .and_then(|num| self.subs.get(&num))
                     .map_or(reason::UNSPECIFIED, |s| u8::from(s.qos));
+                if let Some(num) = num {
+                    self.keep_share(num, true);
+                }
                 self.gather(*packet_id, *index, granted, out);
             }
             Receipt::UnsubAck { packet_id, index } => self.gather(*packet_id, *index, 0, out),
@@ -446,6 +452,7 @@ impl Codec for Mqtt {
             // A kept subscription that cannot be resumed (its read right was revoked, say) is
             // dropped from the session; the client may subscribe again.
             Some(Receipt::Resumed(num)) => {
+                self.keep_share(*num, false);
                 if let Some(sub) = self.subs.remove(num) {
                     tracing::info!(connection = %self.connection_id, filter = %sub.filter, message, "a persistent session's subscription could not be resumed");
                     self.by_filter.remove(&sub.filter);

@@ -40,7 +40,7 @@ impl KeptInflight {
 pub(crate) struct MqttSessions {
     kept: Mutex<HashMap<String, KeptInflight>>,
     /// MQTT 5 wills waiting for their delay, by client id.
-    pub(crate) wills: super::mqtt::DelayedWills,
+    pub(crate) wills: super::mqtt::will::DelayedWills,
 }
 
 impl MqttSessions {

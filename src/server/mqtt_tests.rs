@@ -980,7 +980,10 @@ fn a_persistent_sessions_filters_are_durable_subscriptions_resumed_without_subac
     let mut c = codec(false);
     c.persistent = true;
     let pattern = filter_to_pattern("plant/+/temp").expect("filter");
-    c.resume(vec![("mqtt:1:plant/+/temp".to_string(), pattern.clone())]);
+    c.resume(
+        vec![("mqtt:1:plant/+/temp".to_string(), pattern.clone())],
+        Vec::new(),
+    );
     let resumed = match requests(&mut c, &[]).as_slice() {
         [Request::Subscribe { spec, receipt }] => {
             assert_eq!(spec.durable_name.as_deref(), Some("mqtt:1:plant/+/temp"));

@@ -2,12 +2,14 @@
 //! listeners, its election, its broker settings, its journal and its connectors.
 //!
 //! Owns: [`ServerOptions`] and the types it is made of, and [`ServerError`]. Must not touch:
-//! sockets or tasks (`listener.rs` and `member.rs` run them). Invariant: a member that is not in
+//! sockets or tasks (`listener.rs` and `member/` run them). Invariant: a member that is not in
 //! the topology, or whose files cannot be read, is an error here, before anything binds.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use crate::broker::BrokerSettings;
 use crate::cluster::{ClusterOptions, ClusterPolicy};
@@ -15,8 +17,6 @@ use crate::config::{Election, Scheme, SyncMode, Topology};
 use crate::metrics as m;
 use crate::store::{Durability, StoreConfig, StoreError};
 use crate::transport::TransportError;
-
-use super::admin_ui;
 
 /// Who this member is.
 #[derive(Debug, Clone, Default)]
@@ -119,6 +119,14 @@ pub struct ZooKeeperElection {
     pub peers: Vec<String>,
 }
 
+/// A member of the mesh as the topology names it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MeshMemberRef {
+    pub group: String,
+    pub member: String,
+    pub admin: SocketAddr,
+}
+
 /// Everything needed to run one member.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -147,7 +155,7 @@ pub struct ServerOptions {
     /// How many members this member's group has (1: a drain moves its clients to other groups).
     pub group_members: usize,
     /// Every member of the mesh and its admin address (the mesh view reads their `/status`).
-    pub mesh_members: Vec<admin_ui::MeshMemberRef>,
+    pub mesh_members: Vec<MeshMemberRef>,
     /// Set when this process is a restart of a master that handed its file-lock group over
     /// (`POST /restart`): the epoch it served in. It lets its standby take the lock — waits
     /// until the group's epoch has moved past it (or `HAND_OVER_WAIT`) before trying the lock.
@@ -312,7 +320,7 @@ impl ServerOptions {
             group_members: group.members.len(),
             mesh_members: topo
                 .members()
-                .map(|(g, m)| admin_ui::MeshMemberRef {
+                .map(|(g, m)| MeshMemberRef {
                     group: g.name.to_string(),
                     member: m.name.to_string(),
                     admin: m.admin,

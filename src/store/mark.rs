@@ -95,7 +95,7 @@ impl SyncedMark {
             .open(&path)
             .map_err(|e| StoreError::io(&path, "open", e))?;
         if !existed {
-            super::journal::sync_dir(dir)?;
+            super::sync_dir(dir)?;
         }
         Ok(SyncedMark {
             file,

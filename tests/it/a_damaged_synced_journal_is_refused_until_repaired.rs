@@ -10,31 +10,9 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Broker, Config, History};
-use meshmq::client::Outgoing;
-use meshmq::store::proto::{record, Record};
-use prost::Message as _;
-
-const QUEUE: &str = "queue://ledger";
-const COUNT: usize = 100;
-
-fn body(i: usize) -> String {
-    format!("entry-{i:03}|{}", "x".repeat(200))
-}
-
-/// The number in a message record's body.
-fn entry(segment: &[u8], frame: &common::JournalFrame) -> usize {
-    match Record::decode(frame.payload(segment)) {
-        Ok(Record {
-            kind: Some(record::Kind::Added(m)),
-            ..
-        }) => common::message_name(&m.body)
-            .strip_prefix("entry-")
-            .and_then(|n| n.parse::<usize>().ok())
-            .expect("a message of this test"),
-        other => panic!("expected a message record: {other:?}"),
-    }
-}
+use common::repair::{
+    assert_delivers_the_first, assert_refused_naming, entry, filled_then_killed, COUNT,
+};
 
 fn snapshot(journal: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut files: Vec<_> = std::fs::read_dir(journal)
@@ -68,15 +46,7 @@ enum Damage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn damage_to_synced_records_is_refused_naming_file_and_offset_then_repaired() {
     // Small segments: several of them, and a checkpoint written when one fills.
-    let mut broker = Broker::start(&Config::new().store("segment_size = \"8KiB\""));
-    let producer = broker.client().await;
-    for i in 0..COUNT {
-        producer
-            .send_with_receipt(QUEUE, &Outgoing::new(body(i)).persistent(true))
-            .await
-            .expect("send");
-    }
-    broker.kill9();
+    let mut broker = filled_then_killed().await;
     let journal = broker.journal_dir();
     let files = snapshot(&journal);
     let segments = common::segment_files(&journal);
@@ -131,90 +101,35 @@ async fn damage_to_synced_records_is_refused_naming_file_and_offset_then_repaire
         };
         let damaged = snapshot(&journal);
 
-        let (status, log) = broker.restart_refused(&[]);
-        assert!(!status.success(), "{damage:?}: {status}:\n{log}");
-        for part in [
-            named.display().to_string(),
-            format!("offset {offset}"),
-            "--repair".to_string(),
-        ] {
-            assert!(
-                log.contains(&part),
-                "{damage:?}: the refusal does not name {part:?}:\n{log}"
-            );
-        }
+        let what = format!("{damage:?}: ");
+        assert_refused_naming(&mut broker, &named, offset, &what);
         assert!(
             snapshot(&journal) == damaged,
             "{damage:?}: a refused start changed the journal"
         );
 
         broker.restart_with(&["--repair"]);
-        let history = History::shared();
-        for i in 0..COUNT {
-            let name = common::message_name(body(i).as_bytes());
-            history.lock().unwrap().sent(&name);
-            if i < kept {
-                history.lock().unwrap().receipted(&name);
-            }
-        }
-        common::drain(&broker, QUEUE, &history).await;
-        let h = history.lock().unwrap();
-        h.check();
-        assert_eq!(
-            h.deliveries(),
-            kept,
-            "{damage:?}: the records before the damage: {h:?}"
-        );
-        drop(h);
+        assert_delivers_the_first(&broker, kept, &what).await;
         broker.kill9();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_a_repair_ignored_a_corrupt_checkpoint_a_plain_start_delivers_everything() {
-    let mut broker = Broker::start(&Config::new().store("segment_size = \"8KiB\""));
-    let producer = broker.client().await;
-    for i in 0..COUNT {
-        producer
-            .send_with_receipt(QUEUE, &Outgoing::new(body(i)).persistent(true))
-            .await
-            .expect("send");
-    }
-    broker.kill9();
+    let mut broker = filled_then_killed().await;
     let checkpoint = broker.journal_dir().join("checkpoint");
     let mut bytes = std::fs::read(&checkpoint).expect("a filled segment made a checkpoint");
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x10;
     std::fs::write(&checkpoint, &bytes).expect("damage the checkpoint");
 
-    let (status, log) = broker.restart_refused(&[]);
-    assert!(!status.success(), "{status}:\n{log}");
-    for part in [
-        checkpoint.display().to_string(),
-        "offset 0".to_string(),
-        "--repair".to_string(),
-    ] {
-        assert!(
-            log.contains(&part),
-            "the refusal does not name {part:?}:\n{log}"
-        );
-    }
+    assert_refused_naming(&mut broker, &checkpoint, 0, "");
     broker.restart_with(&["--repair"]);
     // A crash before the repaired broker writes a checkpoint of its own (the first is due
     // after `checkpoint_interval`, 30 s by default; no segment fills meanwhile).
     broker.kill9();
     // A plain start: the harness fails the test if the broker refuses.
     broker.restart();
-    let history = History::shared();
-    for i in 0..COUNT {
-        let name = common::message_name(body(i).as_bytes());
-        history.lock().unwrap().sent(&name);
-        history.lock().unwrap().receipted(&name);
-    }
-    common::drain(&broker, QUEUE, &history).await;
-    let h = history.lock().unwrap();
-    h.check();
-    assert_eq!(h.deliveries(), COUNT, "every record the repair kept: {h:?}");
-    drop(h);
+    assert_delivers_the_first(&broker, COUNT, "every record the repair kept: ").await;
     broker.kill9();
 }

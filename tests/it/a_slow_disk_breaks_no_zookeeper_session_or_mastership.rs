@@ -5,14 +5,12 @@
 //! history check at the end finds every receipted message.
 
 use crate::common;
-use crate::powerloss;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::ha::{assert_history, runtime, GroupSpec, HaGroup, Load};
 use common::zk::ZooKeeper;
-use powerloss::PowerLoss;
 
 const SLOW: Duration = Duration::from_secs(3);
 const SLOW_FOR: Duration = Duration::from_secs(15);
@@ -22,7 +20,7 @@ const SEND_LIMIT: Duration = Duration::from_secs(20);
 fn three_second_fsyncs_change_no_master_and_lose_nothing() {
     let rt = runtime();
     let zk = ZooKeeper::standalone();
-    let mut group = HaGroup::configure(
+    let (group, disks) = HaGroup::start_on_power_loss_disks(
         &zk.connect_string(),
         GroupSpec {
             sync: "quorum_disk",
@@ -30,16 +28,7 @@ fn three_second_fsyncs_change_no_master_and_lose_nothing() {
             ..GroupSpec::default()
         },
     );
-    let disks: Vec<PowerLoss> = (0..3)
-        .map(|i| PowerLoss::mount(&group.journal_dir(i)))
-        .collect();
-    for i in 0..3 {
-        group.start_member(i);
-    }
     let master = group.wait_master("a first master serves");
-    for i in (0..3).filter(|&i| i != master) {
-        group.wait_role(i, "slave");
-    }
     let epoch = group.members[master].status().expect("status").epoch;
     let load = Load::start(group.endpoints(), 0, SEND_LIMIT);
     load.wait_more(&group, 50, "before the disks slow down");

@@ -11,7 +11,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{wait_until, Broker, Mesh, MeshConfig, RawConn, MESH_SECRET};
+use common::{topology, wait_until, Broker, Mesh, MeshConfig, RawConn, MESH_SECRET};
 use meshmq::client::{Client, ClientOptions, Outgoing};
 use meshmq::wire::proto::{self, ErrorCode};
 use meshmq::wire::{Body, Frame};
@@ -35,10 +35,7 @@ fn hub_hello(token: &str) -> proto::BrokerInfo {
 }
 
 fn with_users() -> String {
-    format!(
-        "[security]\nallow_anonymous = false\n\n[[security.user]]\nname = \"{USER}\"\npassword_hash = \"{}\"\n",
-        meshmq::security::hash_password(PASSWORD)
-    )
+    topology::security(false, &[(USER, PASSWORD)])
 }
 
 async fn client(edge: &Broker, users: bool) -> Client {
@@ -154,14 +151,14 @@ async fn a_stranger_without_the_mesh_secret_is_refused_in_a_mesh_with_users() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_secret_anonymous_bridges_are_refused_unless_allowed() {
-    let config = |table: &str| {
+    let config = |mesh_lines: &[&str]| {
         MeshConfig::new()
-            .mesh_table(table)
+            .without_secret(mesh_lines)
             .group("hub")
             .group("edge")
             .connector("hub", "edge", &["duplex = true"])
     };
-    let closed = Mesh::start_unconnected(&config("[mesh]\nname = \"test\"\n"));
+    let closed = Mesh::start_unconnected(&config(&[]));
     let edge = closed.member("edge");
     wait_until("the real hub's bridge is refused as anonymous", || {
         refused(edge, "anonymous") >= 1.0
@@ -178,9 +175,7 @@ async fn without_a_secret_anonymous_bridges_are_refused_unless_allowed() {
     );
     drop(closed);
 
-    let open = Mesh::start(&config(
-        "[mesh]\nname = \"test\"\nallow_anonymous_bridges = true\n",
-    ));
+    let open = Mesh::start(&config(&["allow_anonymous_bridges = true"]));
     let edge = open.member("edge");
     wait_until("an anonymous bridge is let in", || {
         edge.connector("hub-edge").up

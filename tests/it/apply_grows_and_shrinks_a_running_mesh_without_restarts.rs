@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::history::{self, consume_individually, send_numbered, History};
 use common::mesh::MeshBuilder;
+use common::topology::{Connector, QUICK_REDIAL};
 use common::{apply, meshmq, run, wait_until, Mesh, MeshConfig};
 use common_stomp::StompSubscriber;
 use meshmq::client::{AckMode, Client, ClientOptions, Outgoing, SubscribeOptions};
@@ -27,28 +28,31 @@ fn admin_section() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_and_a_connector_join_a_running_mesh_through_apply() {
-    let new_connector = "[[connector]]\nname = \"hub-edge2\"\nfrom = \"hub\"\nto = \"edge2\"\nreconnect_initial_delay = \"100ms\"\nreconnect_max_delay = \"1s\"\nheartbeat = \"500ms\"\n";
     let mut mesh = MeshBuilder::new()
         .group("hub", 1, "update_cluster_clients = true")
         .group("edge", 1, "update_cluster_clients = true")
         .group("edge2", 1, "update_cluster_clients = true")
         .connector("hub", "edge", "")
         .section(&admin_section())
-        .section(new_connector)
+        .connector_as(Connector::new(
+            "hub",
+            "edge2",
+            &[
+                "name = \"hub-edge2\"",
+                QUICK_REDIAL[0],
+                QUICK_REDIAL[1],
+                "heartbeat = \"500ms\"",
+            ],
+        ))
         .stomp()
         .build();
     // The file the mesh runs first: without group edge2 and its connector.
-    let grown_text = std::fs::read_to_string(&mesh.topology).expect("topology");
-    let start = grown_text
-        .find("\n[[group]]\nname = \"edge2\"\n")
-        .expect("group edge2");
-    let end = start
-        + 1
-        + grown_text[start + 1..]
-            .find("\n[[connector]]")
-            .expect("connectors");
-    let first_text =
-        format!("{}{}", &grown_text[..start], &grown_text[end..]).replace(new_connector, "");
+    let first_text = mesh
+        .written
+        .clone()
+        .expect("the topology the builder wrote")
+        .without_group("edge2")
+        .text();
     assert!(!first_text.contains("edge2"), "{first_text}");
     let grown = mesh.topology.clone();
     let first = mesh.dir.path().join("first.toml");
@@ -214,11 +218,11 @@ async fn a_connector_removed_under_load_drains_and_loses_nothing() {
             .connector("hub", "edge", &["heartbeat = \"500ms\""])
             .section(&admin_section()),
     );
-    let text = std::fs::read_to_string(mesh.topology()).expect("topology");
-    let start = text.find("[[connector]]").expect("the connector");
-    let end = text.find("\n[admin]").expect("the admin section");
-    let shrunk = mesh.dir().join("shrunk.toml");
-    std::fs::write(&shrunk, format!("{}{}", &text[..start], &text[end..])).expect("write");
+    let shrunk = mesh
+        .written()
+        .clone()
+        .without_connector("hub", "edge")
+        .write(mesh.dir(), "shrunk.toml");
     let (hub, edge) = (mesh.member("hub"), mesh.member("edge"));
     let hub_pid = hub.pid();
     let (history, stop) = (History::new(), CancellationToken::new());

@@ -18,6 +18,31 @@ macro_rules! edge {
     };
 }
 
+/// The base and the edge, and a connector from the hub to the edge with `$lines` (each ending
+/// in a newline, or none).
+macro_rules! connector {
+    ($lines:expr) => {
+        concat!(
+            base!(),
+            edge!(),
+            "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\n",
+            $lines
+        )
+    };
+}
+
+/// The base with a second listener of `hub-1` on `$url`.
+macro_rules! listener {
+    ($url:expr) => {
+        concat!(
+            base!(),
+            "\n[[group.member.listener]]\nurl = \"",
+            $url,
+            "\"\n"
+        )
+    };
+}
+
 /// (the check a row proves, the topology, the exact error).
 const ROWS: &[(&str, &str, &str)] = &[
     (
@@ -136,7 +161,7 @@ url = "tcp://127.0.0.1:61716"
     ),
     (
         "0.0.0.0:P clashes with IP:P in the same member",
-        concat!(base!(), "\n[[group.member.listener]]\nurl = \"stomp://0.0.0.0:61616\"\n"),
+        listener!("stomp://0.0.0.0:61616"),
         r#"bad.toml: group[hub].member[hub-1].listener[1].url: 0.0.0.0:61616 overlaps 127.0.0.1:61616 of group[hub].member[hub-1].listener[0].url (same port, and one listens on every address); give every listener, admin and replication address its own port"#,
     ),
     (
@@ -155,17 +180,17 @@ url = "tcp://localhost"
     ),
     (
         "unknown scheme",
-        concat!(base!(), "\n[[group.member.listener]]\nurl = \"http://127.0.0.1:8080\"\n"),
+        listener!("http://127.0.0.1:8080"),
         r#"bad.toml: group[hub].member[hub-1].listener[1].url: "http://127.0.0.1:8080" has an unknown scheme "http"; use tcp, ssl, stomp, stomp+ssl, mqtt, mqtt+ssl, quic, ws or wss, e.g. tcp://127.0.0.1:61616"#,
     ),
     (
         "host that is not an IP",
-        concat!(base!(), "\n[[group.member.listener]]\nurl = \"stomp://broker1:61613\"\n"),
+        listener!("stomp://broker1:61613"),
         r#"bad.toml: group[hub].member[hub-1].listener[1].url: "stomp://broker1:61613" has host "broker1", which is not an IP address; a listener binds an IP literal (127.0.0.1, 0.0.0.0, [::1]) or localhost, e.g. stomp://127.0.0.1:61613; set advertise for the name clients dial"#,
     ),
     (
         "port 0",
-        concat!(base!(), "\n[[group.member.listener]]\nurl = \"stomp://127.0.0.1:0\"\n"),
+        listener!("stomp://127.0.0.1:0"),
         r#"bad.toml: group[hub].member[hub-1].listener[1].url: "stomp://127.0.0.1:0" has an invalid port "0"; use a port from 1 to 65535, e.g. stomp://127.0.0.1:61613"#,
     ),
     (
@@ -355,7 +380,7 @@ bad.toml: group[hub].shared_dir: is only used by election = "file-lock" groups, 
     ),
     (
         "ssl listener without certificate and key",
-        concat!(base!(), "\n[[group.member.listener]]\nurl = \"ssl://127.0.0.1:61617\"\n"),
+        listener!("ssl://127.0.0.1:61617"),
         r#"bad.toml: group[hub].member[hub-1].listener[1].tls_cert: is required because the url's scheme is "ssl"; set the PEM certificate chain file, e.g. tls_cert = "certs/hub-1.pem"
 bad.toml: group[hub].member[hub-1].listener[1].tls_key: is required because the url's scheme is "ssl"; set the PEM private key file, e.g. tls_key = "certs/hub-1.key""#,
     ),
@@ -376,43 +401,43 @@ bad.toml: group[hub].member[hub-1].listener[1].tls_key: is required because the 
     ),
     (
         "the same from/to twice",
-        concat!(base!(), edge!(), "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\n[[connector]]\nname = \"again\"\nfrom = \"hub\"\nto = \"edge\"\n"),
+        connector!("[[connector]]\nname = \"again\"\nfrom = \"hub\"\nto = \"edge\"\n"),
         r#"bad.toml: connector[again]: links hub to edge, like connector[hub-edge]; keep one connector per pair of groups and merge their options"#,
     ),
     (
         "a reverse connector next to a duplex one",
-        concat!(base!(), edge!(), "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nduplex = true\n[[connector]]\nfrom = \"edge\"\nto = \"hub\"\n"),
+        connector!("duplex = true\n[[connector]]\nfrom = \"edge\"\nto = \"hub\"\n"),
         r#"bad.toml: connector[edge-hub]: links edge to hub, but connector[hub-edge] links hub to edge and a duplex connector already forwards both ways; remove one of them, or set duplex = false on both"#,
     ),
     (
         "transport without matching listeners",
-        concat!(base!(), edge!(), "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\ntransport = \"ssl\"\ntls_ca = \"ca.pem\"\n"),
+        connector!("transport = \"ssl\"\ntls_ca = \"ca.pem\"\n"),
         r#"bad.toml: connector[hub-edge].transport: is "ssl", but member edge-1 of group edge has no ssl listener; give every member of edge a listener with scheme ssl, or set transport to a scheme they all listen on"#,
     ),
     (
         "tls_ca on a tcp connector",
-        concat!(base!(), edge!(), "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\ntls_ca = \"ca.pem\"\n"),
+        connector!("tls_ca = \"ca.pem\"\n"),
         r#"bad.toml: connector[hub-edge].tls_ca: is set, but the transport is tcp (no TLS); remove tls_ca, or set transport = "ssl" or "quic""#,
     ),
     (
         "a connector uri with an unknown failover option",
-        concat!(base!(), edge!(), "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nuri = \"failover:(tcp://127.0.0.1:61716)?initialReconectDelay=5\"\n"),
+        connector!("uri = \"failover:(tcp://127.0.0.1:61716)?initialReconectDelay=5\"\n"),
         r#"bad.toml: connector[hub-edge].uri: "failover:(tcp://127.0.0.1:61716)?initialReconectDelay=5": unknown failover option(s) initialReconectDelay; the options are initialReconnectDelay, maxReconnectDelay, useExponentialBackOff, reconnectDelayExponent, maxReconnectAttempts, startupMaxReconnectAttempts, randomize, backup, backupPoolSize, priorityBackup, priorityURIs, timeout, trackMessages, maxCacheSize, updateURIsSupported, updateURIsURL, rebalanceUpdateURIs, reconnectSupported, warnAfterReconnectAttempts (and nested.* for every broker URL); write failover:(tcp://HOST:PORT,tcp://HOST:PORT)?option=value with ActiveMQ failover options (initialReconnectDelay, maxReconnectDelay, useExponentialBackOff, reconnectDelayExponent, randomize, nested.*)"#,
     ),
     (
         "a connector uri with options only clients honour",
-        concat!(base!(), edge!(), "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nuri = \"failover:(tcp://127.0.0.1:61716)?trackMessages=true&timeout=5\"\n"),
+        connector!("uri = \"failover:(tcp://127.0.0.1:61716)?trackMessages=true&timeout=5\"\n"),
         r#"bad.toml: connector[hub-edge].uri: sets timeout, trackMessages (only clients honour them); write failover:(tcp://HOST:PORT,tcp://HOST:PORT)?option=value with ActiveMQ failover options (initialReconnectDelay, maxReconnectDelay, useExponentialBackOff, reconnectDelayExponent, randomize, nested.*)"#,
     ),
     (
         "a connector uri of another scheme than its transport, with reconnect_* keys too",
-        concat!(base!(), edge!(), "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nuri = \"ssl://127.0.0.1:61716\"\nreconnect_multiplier = 1.5\n"),
+        connector!("uri = \"ssl://127.0.0.1:61716\"\nreconnect_multiplier = 1.5\n"),
         r#"bad.toml: connector[hub-edge].uri: names ssl://127.0.0.1:61716, but the connector's transport is tcp; write tcp:// URIs, or set transport to their scheme
 bad.toml: connector[hub-edge].uri: is set together with reconnect_multiplier; set the reconnect delays in one place: the uri's failover options or the reconnect_* keys"#,
     ),
     (
         "ssl connector without tls_ca",
-        concat!(base!(), edge!(), "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\ntransport = \"ssl\"\n"),
+        connector!("transport = \"ssl\"\n"),
         concat!(
             r#"bad.toml: connector[hub-edge].transport: is "ssl", but member edge-1 of group edge has no ssl listener; give every member of edge a listener with scheme ssl, or set transport to a scheme they all listen on"#,
             "\n",
@@ -421,37 +446,37 @@ bad.toml: connector[hub-edge].uri: is set together with reconnect_multiplier; se
     ),
     (
         "static_bridge without statically_included",
-        concat!(base!(), edge!(), "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nstatic_bridge = true\n"),
+        connector!("static_bridge = true\n"),
         r#"bad.toml: connector[hub-edge].static_bridge: is true, but statically_included is empty, so the bridge would forward nothing; list the destinations to forward in statically_included, or set static_bridge = false"#,
     ),
     (
         "suppress_duplicate_topic_subscriptions = false (duplicates in cycles)",
-        concat!(base!(), edge!(), "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nsuppress_duplicate_topic_subscriptions = false\n"),
+        connector!("suppress_duplicate_topic_subscriptions = false\n"),
         r#"bad.toml: connector[hub-edge].suppress_duplicate_topic_subscriptions: is false, which would give every network topic subscription its own copy, so a topic message would reach a group once per route in a cyclic mesh; meshmq always sends each topic message to each subscribing group once, over its shortest route; remove the key or set it to true"#,
     ),
     (
         "reconnect_multiplier below 1",
-        concat!(base!(), edge!(), "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nreconnect_multiplier = 0.5\n"),
+        connector!("reconnect_multiplier = 0.5\n"),
         r#"bad.toml: connector[hub-edge].reconnect_multiplier: is 0.5, but must be at least 1.0; write 1.0 to retry at a constant delay, or more to back off, e.g. reconnect_multiplier = 2.0"#,
     ),
     (
         "prefetch 0",
-        concat!(base!(), edge!(), "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nprefetch = 0\n"),
+        connector!("prefetch = 0\n"),
         r#"bad.toml: connector[hub-edge].prefetch: is 0, but must be at least 1; write a whole number from 1 to 4294967295"#,
     ),
     (
         "reconnect_max_delay below reconnect_initial_delay",
-        concat!(base!(), edge!(), "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nreconnect_initial_delay = \"1m\"\n"),
+        connector!("reconnect_initial_delay = \"1m\"\n"),
         r#"bad.toml: connector[hub-edge].reconnect_max_delay: is 30s (the default), shorter than reconnect_initial_delay (1m); make reconnect_max_delay at least reconnect_initial_delay"#,
     ),
     (
         "password_file without username",
-        concat!(base!(), edge!(), "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\npassword_file = \"secrets/bridge\"\n"),
+        connector!("password_file = \"secrets/bridge\"\n"),
         r#"bad.toml: connector[hub-edge].password_file: is set, but username is not; set username too, or remove password_file"#,
     ),
     (
         "bad destination pattern",
-        concat!(base!(), edge!(), "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nexcluded = [\"queue://a.>.b\"]\n"),
+        connector!("excluded = [\"queue://a.>.b\"]\n"),
         r#"bad.toml: connector[hub-edge].excluded[0]: "queue://a.>.b" uses '>' before the last segment: '>' matches the rest and must come last; write a destination pattern such as "queue://orders.>" or "topic://prices.*""#,
     ),
     (
@@ -654,7 +679,7 @@ url = "tcp://127.0.0.1:61616"
 
     (
         "nan is refused, not read as an unset key",
-        concat!(base!(), edge!(), "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nreconnect_multiplier = nan\n"),
+        connector!("reconnect_multiplier = nan\n"),
         r#"bad.toml: connector[hub-edge].reconnect_multiplier: is nan or inf, which no key accepts; write it like reconnect_multiplier = 2.0"#,
     ),
 

@@ -5,6 +5,7 @@
 
 use crate::common;
 
+use common::topology::{Group, Member};
 use common::{meshmq, run, write_file, Broker, CliChild, Config, Ports, GUARD};
 use meshmq::client::{Outgoing, SubscribeOptions};
 
@@ -204,11 +205,13 @@ fn check_exits_zero_on_a_valid_topology_and_non_zero_with_the_error_otherwise() 
         dir.path(),
         "connector.toml",
         &Config::new()
-            .section(&format!(
-                "[[group]]\nname = \"edge\"\n[[group.member]]\nname = \"edge-1\"\nadmin = \"127.0.0.1:{}\"\n[[group.member.listener]]\nurl = \"tcp://127.0.0.1:{}\"\n\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\n",
-                edge.admin, edge.listen
-            ))
-            .topology(ports),
+            .topology_of(ports)
+            .group(
+                Group::new("edge")
+                    .member(Member::new("edge-1", edge.admin_addr()).tcp(edge.listen_addr())),
+            )
+            .connector("hub", "edge", &[])
+            .text(),
     );
     // A mesh of two groups and a connector is valid and served.
     let accepted = run(meshmq().arg("check").arg(&connector));

@@ -12,41 +12,16 @@
 use crate::common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::ha::{GroupSpec, HaGroup, Load};
+use common::pair::file_lock_group;
+use common::topology::Connector;
 use common::zk::ZooKeeper;
 use common::{
-    free_ports, http_get, http_get_within, meshmq, metric_sum, promtool_check, run, spawn_broker,
-    ChildGuard, CliChild, Finished, GUARD,
+    http_get, http_get_within, meshmq, metric_sum, promtool_check, run, CliChild, Finished,
 };
 use serde_json::Value;
-
-/// A member of the file-lock group, started by the test.
-struct FileLockMember {
-    name: &'static str,
-    admin: SocketAddr,
-    log: PathBuf,
-    proc: Option<ChildGuard>,
-}
-
-impl FileLockMember {
-    fn start(&mut self, topology: &std::path::Path) {
-        self.proc = Some(spawn_broker(topology, self.name, &self.log, &[]));
-    }
-
-    fn ready(&self) -> bool {
-        matches!(
-            http_get_within(self.admin, "/readyz", Duration::from_millis(400)),
-            Ok((200, _))
-        )
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
 
 /// `meshmq status TOPOLOGY ARGS…`, run to its end (within the guard: a hang fails the test).
 fn status(group: &HaGroup, args: &[&str]) -> Finished {
@@ -144,43 +119,16 @@ fn role_of(text: &str) -> Vec<&'static str> {
 #[test]
 fn status_and_ha_metrics_describe_the_live_mesh() {
     let zk = ZooKeeper::standalone();
-    let p = free_ports(4);
-    let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-    let extra = format!(
-        "\n[[group]]\nname = \"f\"\nelection = \"file-lock\"\nshared_dir = \"f-shared\"\n\
-         lock_poll = \"200ms\"\n\
-         [[group.member]]\nname = \"f-1\"\nadmin = \"{}\"\n\
-         [[group.member.listener]]\nurl = \"tcp://{}\"\n\
-         [[group.member]]\nname = \"f-2\"\nadmin = \"{}\"\n\
-         [[group.member.listener]]\nurl = \"tcp://{}\"\n\n\
-         [[connector]]\nfrom = \"f\"\nto = \"g\"\n",
-        addr(p[0]),
-        addr(p[1]),
-        addr(p[2]),
-        addr(p[3])
-    );
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (f_group, mut f) = file_lock_group("f", "f-shared", "200ms", "tcp", logs.path());
     let mut group = HaGroup::start(
         &zk.connect_string(),
         GroupSpec {
-            extra_toml: extra,
+            extra_groups: vec![f_group],
+            extra_connectors: vec![Connector::new("f", "g", &[])],
             ..GroupSpec::default()
         },
     );
-    let logs = tempfile::tempdir().expect("tempdir");
-    let mut f = [
-        FileLockMember {
-            name: "f-1",
-            admin: addr(p[0]),
-            log: logs.path().join("f-1.log"),
-            proc: None,
-        },
-        FileLockMember {
-            name: "f-2",
-            admin: addr(p[2]),
-            log: logs.path().join("f-2.log"),
-            proc: None,
-        },
-    ];
     f[0].start(group.topology());
     group.wait_for("f-1 takes the lock and serves", || f[0].ready());
     f[1].start(group.topology());
@@ -367,7 +315,7 @@ fn status_and_ha_metrics_describe_the_live_mesh() {
             !text.contains("meshmq_zookeeper_session_connected"),
             "no ZooKeeper session in a file-lock group: {text}"
         );
-        assert_promtool_clean(fm.name, &text);
+        assert_promtool_clean(&fm.name, &text);
     }
     assert!(
         metric_sum(
@@ -420,13 +368,8 @@ fn status_and_ha_metrics_describe_the_live_mesh() {
     );
 
     // --- a stopped member (accepts, never answers) is down too; f without master: exit 3 ---
-    f[1].proc.as_ref().expect("f-2 runs").signal(libc::SIGSTOP);
-    let f1 = f[0].proc.as_mut().expect("f-1 runs");
-    f1.signal(libc::SIGKILL);
-    assert!(
-        f1.wait_timeout(GUARD).is_some(),
-        "f-1 did not die of SIGKILL"
-    );
+    f[1].signal(libc::SIGSTOP);
+    f[0].kill9();
     let (done, report) = status_json(&group);
     assert_eq!(
         done.status.code(),
@@ -446,7 +389,7 @@ fn status_and_ha_metrics_describe_the_live_mesh() {
     );
 
     // f-2 goes on, takes the lock, and the verdict is good again.
-    f[1].proc.as_ref().expect("f-2 runs").signal(libc::SIGCONT);
+    f[1].signal(libc::SIGCONT);
     group.wait_for("f-2 takes over", || f[1].ready());
     let f_logs = format!("--- f-1 ---\n{}\n--- f-2 ---\n{}", f[0].log(), f[1].log());
     let (done, report) = status_json(&group);

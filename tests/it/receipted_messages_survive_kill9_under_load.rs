@@ -6,10 +6,7 @@
 
 use crate::common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
-use common::{Broker, Config, History, GUARD};
+use common::{Broker, Config, History};
 
 const QUEUE: &str = "queue://orders";
 const CYCLES: usize = 5;
@@ -29,40 +26,15 @@ async fn receipted_messages_survive_five_kill9s_under_load() {
     );
     let history = History::shared();
     for cycle in 0..CYCLES {
-        let receipts = Arc::new(AtomicUsize::new(0));
-        let delivered = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for p in 0..PRODUCERS {
-            tasks.push(tokio::spawn(common::produce_until_broken(
-                broker.url(),
-                QUEUE,
-                format!("c{cycle}-p{p}"),
-                history.clone(),
-                receipts.clone(),
-            )));
-        }
-        tasks.push(tokio::spawn(common::consume_until_broken(
-            broker.url(),
+        common::load_then_crash(
+            &mut broker,
             QUEUE,
-            history.clone(),
-            delivered.clone(),
-        )));
-        common::wait_until("producers are receipted and the consumer is busy", || {
-            assert!(
-                broker.exited().is_none(),
-                "the broker died:\n{}",
-                broker.log()
-            );
-            receipts.load(Ordering::Relaxed) >= RECEIPTS_PER_CYCLE
-                && delivered.load(Ordering::Relaxed) >= RECEIPTS_PER_CYCLE / 2
-        });
-        broker.kill9();
-        for t in tasks {
-            tokio::time::timeout(GUARD, t)
-                .await
-                .expect("clients notice the broker died")
-                .expect("client task");
-        }
+            cycle,
+            (PRODUCERS, RECEIPTS_PER_CYCLE),
+            &history,
+            Broker::kill9,
+        )
+        .await;
         broker.restart();
     }
 

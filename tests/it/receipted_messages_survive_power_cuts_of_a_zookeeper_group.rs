@@ -21,26 +21,15 @@ use powerloss::PowerLoss;
 const ROUNDS: usize = 3;
 const SEND_LIMIT: Duration = Duration::from_secs(10);
 
-/// Configures the group, mounts a power-loss filesystem on each member's journal, starts them.
+/// The group with `sync`, each journal on a power-loss filesystem, serving.
 fn start(zk: &ZooKeeper, sync: &'static str) -> (HaGroup, Vec<PowerLoss>) {
-    let mut group = HaGroup::configure(
+    HaGroup::start_on_power_loss_disks(
         &zk.connect_string(),
         GroupSpec {
             sync,
             ..GroupSpec::default()
         },
-    );
-    let disks: Vec<PowerLoss> = (0..3)
-        .map(|i| PowerLoss::mount(&group.journal_dir(i)))
-        .collect();
-    for i in 0..3 {
-        group.start_member(i);
-    }
-    let master = group.wait_master("a first master serves");
-    for i in (0..3).filter(|&i| i != master) {
-        group.wait_role(i, "slave");
-    }
-    (group, disks)
+    )
 }
 
 #[test]

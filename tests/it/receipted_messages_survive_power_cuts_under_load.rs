@@ -9,10 +9,9 @@
 use crate::common;
 use crate::powerloss;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use common::{Broker, Config, History, GUARD};
+use common::{Broker, Config, History};
 use powerloss::PowerLoss;
 
 const QUEUE: &str = "queue://orders";
@@ -38,43 +37,20 @@ async fn receipted_messages_survive_five_power_cuts_under_load() {
     let history = History::shared();
     let mut dropped = 0;
     for cut in 0..CUTS {
-        let receipts = Arc::new(AtomicUsize::new(0));
-        let delivered = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for p in 0..PRODUCERS {
-            tasks.push(tokio::spawn(common::produce_until_broken(
-                broker.url(),
-                QUEUE,
-                format!("c{cut}-p{p}"),
-                history.clone(),
-                receipts.clone(),
-            )));
-        }
-        tasks.push(tokio::spawn(common::consume_until_broken(
-            broker.url(),
+        common::load_then_crash(
+            &mut broker,
             QUEUE,
-            history.clone(),
-            delivered.clone(),
-        )));
-        common::wait_until("producers are receipted and the consumer is busy", || {
-            assert!(
-                broker.exited().is_none(),
-                "the broker died:\n{}",
-                broker.log()
-            );
-            receipts.load(Ordering::Relaxed) >= RECEIPTS_PER_CYCLE
-                && delivered.load(Ordering::Relaxed) >= RECEIPTS_PER_CYCLE / 2
-        });
-        dropped += disk.cut();
-        if broker.exited().is_none() {
-            broker.kill9();
-        }
-        for t in tasks {
-            tokio::time::timeout(GUARD, t)
-                .await
-                .expect("clients notice the broker died")
-                .expect("client task");
-        }
+            cut,
+            (PRODUCERS, RECEIPTS_PER_CYCLE),
+            &history,
+            |broker| {
+                dropped += disk.cut();
+                if broker.exited().is_none() {
+                    broker.kill9();
+                }
+            },
+        )
+        .await;
         disk.power_on();
         broker.restart();
     }

@@ -6,8 +6,10 @@
 
 use crate::common;
 
+use std::net::SocketAddr;
 use std::path::Path;
 
+use common::topology::{Group, Member, Topology};
 use common::{free_ports, meshmq, run, wait_until, write_file, CliChild, Up};
 
 const TOKEN: &str = "an-admin-token-for-this-test";
@@ -20,25 +22,31 @@ struct Ports {
     edge_admin: u16,
 }
 
-fn hub(p: &Ports, listener: u16) -> String {
-    format!(
-        "[[group]]\nname = \"hub\"\n[[group.member]]\nname = \"hub-1\"\nadmin = \"127.0.0.1:{}\"\ndata_dir = \"data-hub\"\n[[group.member.listener]]\nurl = \"tcp://127.0.0.1:{listener}\"\n",
-        p.hub_admin
-    )
-}
-
-fn edge(p: &Ports) -> String {
-    format!(
-        "[[group]]\nname = \"edge\"\n[[group.member]]\nname = \"edge-1\"\nadmin = \"127.0.0.1:{}\"\ndata_dir = \"data-edge\"\n[[group.member.listener]]\nurl = \"tcp://127.0.0.1:{}\"\n\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\n",
-        p.edge_admin, p.edge
-    )
-}
-
-fn head() -> String {
-    format!(
-        "{}\n[admin]\ntoken = \"{TOKEN}\"\n\n",
-        common::mesh_table("follow")
-    )
+/// The mesh `follow`: the hub listening on `hub_listener`, and with `edge` the edge group and
+/// a connector from the hub to it.
+fn topology(p: &Ports, hub_listener: u16, edge: bool) -> String {
+    let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let mut t = Topology::new("follow")
+        .table("admin", &[&format!("token = \"{TOKEN}\"")])
+        .group(
+            Group::new("hub").member(
+                Member::new("hub-1", local(p.hub_admin))
+                    .data_dir("data-hub")
+                    .tcp(local(hub_listener)),
+            ),
+        );
+    if edge {
+        t = t
+            .group(
+                Group::new("edge").member(
+                    Member::new("edge-1", local(p.edge_admin))
+                        .data_dir("data-edge")
+                        .tcp(local(p.edge)),
+                ),
+            )
+            .connector("hub", "edge", &[]);
+    }
+    t.text()
 }
 
 /// Saves `text` as the topology the way an editor does: a new file renamed over the old one.
@@ -72,12 +80,12 @@ fn up_takes_a_saved_topology_in_place_or_by_restarting_only_whom_it_concerns() {
         edge_admin: ports[4],
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = write_file(dir.path(), "mesh.toml", &(head() + &hub(&p, p.hub)));
+    let file = write_file(dir.path(), "mesh.toml", &topology(&p, p.hub, false));
     let up = Up::start(&file);
     let hub_pid = up.pid_of("hub-1");
 
     // A new group and a connector to it: the edge starts, the hub takes the connector live.
-    save(dir.path(), &(head() + &hub(&p, p.hub) + &edge(&p)));
+    save(dir.path(), &topology(&p, p.hub, true));
     wait_until("`up` starts the new member", || {
         up.0.stdout().contains("starting edge-1 (new in the file)")
             && common::children_of(up.0.proc.pid()).len() == 2
@@ -129,7 +137,7 @@ fn up_takes_a_saved_topology_in_place_or_by_restarting_only_whom_it_concerns() {
 
     // The hub's listener moves: that needs a restart, of the hub alone.
     let edge_pid = up.pid_of("edge-1");
-    save(dir.path(), &(head() + &hub(&p, p.hub_moved) + &edge(&p)));
+    save(dir.path(), &topology(&p, p.hub_moved, true));
     wait_until("`up` restarts the hub", || {
         up.0.stdout()
             .contains("restarting hub-1 to take the change")

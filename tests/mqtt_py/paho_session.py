@@ -4,6 +4,7 @@ restarts and kills brokers between the steps). Prints one JSON object.
 usage: paho_session.py PORT VERSION(3.1.1|5) ACTION CLIENT_ID [ARG...] [--expiry SECONDS]
 
   subscribe CID FILTER    connect with a kept session, subscribe FILTER at QoS 1, disconnect
+  unsubscribe CID FILTER  connect with a kept session, unsubscribe FILTER, disconnect
   publish   CID TOPIC PREFIX N
                           publish PREFIX-0 … PREFIX-(N-1) at QoS 1, each waiting for its PUBACK
   receive   CID N         connect with a kept session (subscribing to nothing), take what comes
@@ -12,7 +13,8 @@ usage: paho_session.py PORT VERSION(3.1.1|5) ACTION CLIENT_ID [ARG...] [--expiry
                           disconnect right after them (they stay unacknowledged)
   clean     CID           connect with a clean session, disconnect
 
---expiry: MQTT 5's session expiry interval of the connection (default 3600)."""
+--expiry: MQTT 5's session expiry interval of the connection (default 3600).
+--subscribe FILTER: receive/take subscribe FILTER at QoS 1 first (after the CONNACK)."""
 
 import json
 import sys
@@ -32,6 +34,11 @@ expiry = 3600
 if "--expiry" in args:
     i = args.index("--expiry")
     expiry = int(args[i + 1])
+    del args[i:i + 2]
+subscribe_first = None
+if "--subscribe" in args:
+    i = args.index("--subscribe")
+    subscribe_first = args[i + 1]
     del args[i:i + 2]
 port, version, action, cid = int(args[0]), args[1], args[2], args[3]
 rest = args[4:]
@@ -66,7 +73,12 @@ def connect(clean, manual_ack=False):
                                       "qos": msg.qos, "dup": bool(msg.dup), "mid": msg.mid})
             cond.notify_all()
 
+    def on_unsubscribe(c, userdata, mid, reasons, props):
+        state["unsubscribed"].set()
+
+    state["unsubscribed"] = threading.Event()
     c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+    c.on_unsubscribe = on_unsubscribe
     if v5:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 0 if clean else expiry
@@ -93,6 +105,12 @@ if action == "subscribe":
     if not state["subscribed"].wait(GUARD):
         fail("no SUBACK")
     done(c, {"session_present": state["session_present"], "granted": state["granted"]})
+elif action == "unsubscribe":
+    c, state, _ = connect(clean=False)
+    c.unsubscribe(rest[0])
+    if not state["unsubscribed"].wait(GUARD):
+        fail("no UNSUBACK")
+    done(c, {"session_present": state["session_present"]})
 elif action == "publish":
     c, state, _ = connect(clean=True)
     topic, prefix, n = rest[0], rest[1], int(rest[2])
@@ -105,6 +123,10 @@ elif action == "publish":
 elif action in ("receive", "take"):
     n = int(rest[0])
     c, state, cond = connect(clean=False, manual_ack=(action == "take"))
+    if subscribe_first is not None:
+        c.subscribe(subscribe_first, qos=1)
+        if not state["subscribed"].wait(GUARD):
+            fail("no SUBACK")
     with cond:
         if not cond.wait_for(lambda: len(state["messages"]) >= n, GUARD):
             fail(f"only {len(state['messages'])} of {n} messages arrived: {state['messages']}")
@@ -116,6 +138,7 @@ elif action in ("receive", "take"):
     done(c, {"session_present": state["session_present"],
              "messages": [m["payload"] for m in messages],
              "dups": [m["payload"] for m in messages if m["dup"]],
+             "topics": sorted({m["topic"] for m in messages}),
              "qos": sorted({m["qos"] for m in messages})})
 elif action == "clean":
     c, state, _ = connect(clean=True)

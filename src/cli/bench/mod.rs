@@ -25,6 +25,7 @@ use super::spawn::{free_port, Spawned};
 use super::stomp_load::StompConn;
 
 mod connections;
+pub mod failover;
 mod fanout;
 mod nats;
 mod queue;
@@ -606,7 +607,7 @@ pub async fn suite(args: &SuiteArgs) -> anyhow::Result<Vec<Report>> {
     .await?;
     println!("{}", serde_json::to_string(&r)?);
     reports.push(r);
-    let r = super::bench_failover::failover(&super::bench_failover::FailoverArgs {
+    let r = failover::failover(&failover::FailoverArgs {
         edges: 3,
         clients_per_edge: if args.quick { 300 } else { 3000 },
         processes_per_edge: if args.quick { 1 } else { 2 },

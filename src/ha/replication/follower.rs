@@ -2,7 +2,7 @@
 //! cut the divergent tail, or install the master's snapshot), appends the stream, installs
 //! checkpoints and acknowledges. Whether to take the stream and what to acknowledge is the
 //! [`FollowerMachine`]'s; this file moves bytes between it, the socket and the journal.
-//! Must not touch: elections (the driver in `server::replicated` says whom to follow).
+//! Must not touch: elections (the driver in `server::member::replicated` says whom to follow).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

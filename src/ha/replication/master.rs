@@ -2,7 +2,7 @@
 //! (its sends and its acknowledgements), and the commit loop. Every decision — who is let
 //! in, where a stream starts, what an acknowledgement counts for, what commits, when a quorum
 //! was heard from — is the [`MasterMachine`]'s; this file moves bytes between it, the sockets
-//! and the journal. Must not touch: elections (the driver in `server::replicated` decides who
+//! and the journal. Must not touch: elections (the driver in `server::member::replicated` decides who
 //! masters) or the broker.
 
 use std::collections::HashMap;

@@ -26,10 +26,10 @@ use crate::security::Principal;
 use crate::transport::{IoEvent, Permit, Pump, Stream};
 use crate::wire::proto::ErrorCode;
 
+use super::super::conn::ConnCtx;
 use super::super::conn::Connection;
 use super::super::mqtt_session::KeptInflight;
-use super::super::ConnCtx;
-use super::persistent::{SessionEnd, NEVER_EXPIRES, SESSION_PREFIX};
+use super::persistent::{SessionEnd, SessionShares, NEVER_EXPIRES, SESSION_PREFIX};
 use super::topic::topic_to_destination;
 use super::will::{DelayedWills, WillSlot};
 use super::wire::{decode_error, reason, Packet, Wire};
@@ -108,7 +108,7 @@ pub(super) async fn detect_version(
     let deadline = TokioInstant::now() + ctx.settings.connect_timeout;
     // Before the login, a packet (the CONNECT) may be at most what any protocol may send
     // before logging in; the listener's own limit applies once logged in.
-    let max = u32::try_from(super::super::handshake_frame_limit(ctx)).unwrap_or(u32::MAX);
+    let max = u32::try_from(super::super::conn::handshake_frame_limit(ctx)).unwrap_or(u32::MAX);
     loop {
         match VersionCodec.decode(&mut pump.rbuf) {
             Ok(Some(ProtocolVersion::MQTT3)) => return Ok(Some(Wire::V3(v3::Codec::new(max)))),
@@ -446,15 +446,19 @@ pub(super) async fn handshake(
     // earlier one kept, otherwise the client resumes it. The session lives in durable
     // subscriptions, journaled and replicated as any, so it survives restarts and follows the
     // client to whichever member of the group is master.
-    let kept = match &client_id {
+    // Its shared subscriptions are kept by name beside them.
+    let (kept, shares) = match &client_id {
         Some(cid) if connect.clean => {
             ctx.broker.end_session(cid, SESSION_PREFIX);
-            Vec::new()
+            (Vec::new(), Vec::new())
         }
-        Some(cid) => ctx.broker.durables_of(cid, SESSION_PREFIX),
-        None => Vec::new(),
+        Some(cid) => (
+            ctx.broker.durables_of(cid, SESSION_PREFIX),
+            ctx.broker.shares_of(cid),
+        ),
+        None => (Vec::new(), Vec::new()),
     };
-    let session_present = !kept.is_empty();
+    let session_present = !kept.is_empty() || !shares.is_empty();
     // A will waiting for its delay is cancelled by the client's return to its session, or
     // published now if the client starts clean (its old session ends).
     if let Some(cid) = &client_id {
@@ -518,6 +522,10 @@ pub(super) async fn handshake(
         codec.expiry = Some(expiry.clone());
         if codec.persistent {
             codec.keeper = Some((ctx.mqtt_sessions.clone(), client_id.clone()));
+            codec.shares = Some(SessionShares {
+                broker: ctx.broker.clone(),
+                client_id: client_id.clone(),
+            });
         }
         ctx.broker
             .session_taken(&client_id, connect.session_expiry, session.id());
@@ -536,6 +544,6 @@ pub(super) async fn handshake(
         }
     });
     codec.resume_inflight(inflight);
-    codec.resume(kept);
+    codec.resume(kept, shares);
     Ok(Some((codec, session, principal, keep_alive, session_end)))
 }

@@ -5,8 +5,12 @@
 //! in flight (`mqtt_session.rs`), and [`SessionEnd`] deletes them once the session's expiry
 //! interval has passed. The interval and when it began are journaled with the session (the
 //! broker's `kept_sessions.rs`), so a session whose interval ran out while the group was down
-//! ends when it starts again ([`expire_kept_sessions`]). Owns: the naming of the session's
-//! subscriptions, the resume and the expiry timers. Must not touch: the socket.
+//! ends when it starts again ([`expire_kept_sessions`]). A `$share/NAME/filter` subscription
+//! reads its group's queue and is not a durable subscription: the kept session holds its name
+//! (the same `mqtt:<qos>:<filter>`, [`SessionShares`]), which keeps the group's queue fed on
+//! this member while the client is away (`mqtt_share.rs`), and a reconnect reads the queue
+//! again. Owns: the naming of the session's subscriptions, the resume and the expiry timers.
+//! Must not touch: the socket.
 
 use std::num::NonZeroU16;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,9 +23,10 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{Broker, DestinationPattern, SubscribeSpec};
 use crate::security::Principal;
 
+use super::super::conn::ConnCtx;
 use super::super::mqtt_session::KeptInflight;
+use super::super::mqtt_share::share_queue;
 use super::super::request::Request;
-use super::super::ConnCtx;
 use super::will::{DelayedWills, WillSlot};
 use super::{Mqtt, Outgoing, Receipt, Sub};
 
@@ -47,6 +52,22 @@ pub(super) fn parse_session_sub_name(name: &str) -> Option<(QoS, String)> {
     let (qos, filter) = rest.split_once(':')?;
     let qos = QoS::try_from(qos.parse::<u8>().ok()?).ok()?;
     Some((qos, filter.to_string()))
+}
+
+/// The filter of a kept session's shared subscription named `name` (`None` when it is not
+/// one).
+pub(crate) fn kept_share_filter(name: &str) -> Option<String> {
+    parse_session_sub_name(name)
+        .map(|(_, filter)| filter)
+        .filter(|f| share_queue(f).is_some())
+}
+
+/// Where a persistent session keeps its shared subscriptions (the broker's kept session of
+/// the client).
+#[derive(Debug, Clone)]
+pub(super) struct SessionShares {
+    pub(super) broker: Broker,
+    pub(super) client_id: String,
 }
 
 /// What outlives one connection of a client with a client id: how long its session is kept
@@ -136,6 +157,17 @@ pub(crate) fn expire_kept_sessions(broker: Broker, shutdown: CancellationToken) 
 }
 
 impl Mqtt {
+    /// Keeps (or drops) subscription `num` in the persistent session when it is a shared one.
+    pub(super) fn keep_share(&self, num: u64, keep: bool) {
+        let (Some(shares), Some(sub)) = (&self.shares, self.subs.get(&num)) else {
+            return;
+        };
+        if share_queue(&sub.filter).is_some() {
+            let name = session_sub_name(sub.qos, &sub.filter);
+            shares.broker.keep_share(&shares.client_id, &name, keep);
+        }
+    }
+
     /// Takes up what the session's last connection had in flight: its released QoS 2
     /// deliveries get their PUBREL again (first of all), its unacknowledged deliveries keep
     /// their packet ids when they go out again.
@@ -181,11 +213,21 @@ impl Mqtt {
     /// Attaches the client again to the subscriptions its persistent session kept (the
     /// durable subscriptions named after its filters), as if it had just subscribed, but
     /// without a SUBACK or a retained replay (MQTT 3.1.2.4): what they kept is delivered.
-    pub(super) fn resume(&mut self, kept: Vec<(String, DestinationPattern)>) {
-        for (name, pattern) in kept {
+    /// A kept shared subscription (named alone) reads its group's queue again.
+    pub(super) fn resume(&mut self, kept: Vec<(String, DestinationPattern)>, shares: Vec<String>) {
+        let shares = shares.into_iter().filter_map(|name| {
+            let queue = share_queue(&kept_share_filter(&name)?)?.ok()?;
+            let pattern = DestinationPattern::parse(queue.as_str()).ok()?;
+            Some((name, pattern, false))
+        });
+        let kept = kept
+            .into_iter()
+            .map(|(name, pattern)| (name, pattern, true));
+        for (name, pattern, durable) in kept.chain(shares) {
             let Some((qos, filter)) = parse_session_sub_name(&name) else {
                 continue;
             };
+            let durable_name = durable.then_some(name);
             let num = self.next_sub;
             self.next_sub += 1;
             self.subs.insert(
@@ -193,7 +235,7 @@ impl Mqtt {
                 Sub {
                     filter: filter.clone(),
                     qos,
-                    durable: Some(name.clone()),
+                    durable: durable_name.clone(),
                     resumed: true,
                 },
             );
@@ -205,7 +247,7 @@ impl Mqtt {
                     selector: String::new(),
                     prefetch: self.prefetch,
                     priority: 0,
-                    durable_name: Some(name),
+                    durable_name,
                     no_local: false,
                 },
                 receipt: Some(Receipt::Resumed(num)),

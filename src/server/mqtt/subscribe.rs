@@ -1,5 +1,6 @@
 //! SUBSCRIBE and UNSUBSCRIBE: each filter becomes a subscription (a durable one in a
-//! persistent session, a share group's queue for `$share/NAME/filter`), and the answers are
+//! persistent session, a share group's queue for `$share/NAME/filter` — which a persistent
+//! session keeps by name once it is granted), and the answers are
 //! gathered filter by filter into one SUBACK/UNSUBACK, with the retained messages of new
 //! subscriptions written after it. Owns: the client's filters and their subscriptions. Must
 //! not touch: the socket. Invariant: every SUBSCRIBE/UNSUBSCRIBE gets exactly one answer with
@@ -129,6 +130,10 @@ impl Mqtt {
                     .subs
                     .get(&old)
                     .is_some_and(|s| s.durable.is_some() && s.durable == durable_name);
+                // A shared one kept at another QoS is kept at the new one once granted.
+                if self.subs.get(&old).is_some_and(|s| s.qos != qos) {
+                    self.keep_share(old, false);
+                }
                 self.forget_subscription(old);
                 self.pending.push_back(Request::Unsubscribe {
                     subscription: old,
@@ -136,7 +141,8 @@ impl Mqtt {
                     receipt: None,
                 });
             }
-            // A shared subscription reads its group's queue, and is not kept in the session.
+            // A shared subscription reads its group's queue: not a durable subscription (the
+            // session keeps its name once it is granted).
             let shared = share_queue(&filter);
             let durable_name = durable_name.filter(|_| shared.is_none());
             let pattern = match shared.map_or_else(
@@ -208,8 +214,9 @@ impl Mqtt {
             let receipt = Receipt::UnsubAck { packet_id, index };
             match self.by_filter.remove(&filter.to_string()) {
                 Some(num) => {
-                    self.forget_subscription(num);
                     // An UNSUBSCRIBE ends a persistent session's subscription too.
+                    self.keep_share(num, false);
+                    self.forget_subscription(num);
                     self.pending.push_back(Request::Unsubscribe {
                         subscription: num,
                         remove_durable: true,

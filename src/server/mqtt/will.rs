@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{Admission, MessageBuilder};
 use crate::security::{Action, Principal};
 
+use super::super::conn::ConnCtx;
 use super::super::request::SendRequest;
-use super::super::ConnCtx;
 use super::{Mqtt, Receipt};
 
 /// How often a parked will whose destination is full looks for room again, and for how long.

@@ -40,13 +40,13 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::frame::{self, FRAME_HEADER};
 use super::mark::SyncedMark;
-use super::StoreError;
+use super::{sync_dir, StoreError};
 
 mod segment;
 mod writer;
 
+pub(crate) use segment::Segment;
 use segment::{allocate, create_segment, RESERVE_FILE};
-pub(crate) use segment::{sync_dir, Segment};
 use writer::{fail, write_queued, writer};
 
 /// How a batch is made durable.

@@ -1,5 +1,5 @@
 //! Segment files: where a segment of the journal lives, creating one preallocated (so a write
-//! never grows a file and a full disk shows up here), and syncing the journal's directory.
+//! never grows a file and a full disk shows up here).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use crate::store::StoreError;
+use crate::store::{sync_dir, StoreError};
 
 pub(crate) fn segment_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.log"))
@@ -77,10 +77,4 @@ pub(crate) fn create_segment(dir: &Path, first: u64, capacity: u64) -> Result<Se
         end: 0,
         live: AtomicU64::new(0),
     })
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io(dir, "sync the directory", e))
 }

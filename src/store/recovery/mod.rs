@@ -144,7 +144,7 @@ pub(crate) fn write_checkpoint(dir: &Path, c: &Checkpoint) -> Result<(), StoreEr
             StoreError::io(&tmp, "write", e)
         }
     })?;
-    super::journal::sync_dir(dir)
+    super::sync_dir(dir)
 }
 
 /// Drops every record after `last` from the closed journal in `dir` (a follower whose tail
@@ -170,7 +170,7 @@ pub(crate) fn truncate_after(dir: &Path, last: u64, max_record: usize) -> Result
             zero_from(&file, &path, cut.offset as u64, bytes.len() as u64)?;
         }
     }
-    super::journal::sync_dir(dir)?;
+    super::sync_dir(dir)?;
     super::mark::lower_mark(dir, last)?;
     Ok(true)
 }
@@ -464,7 +464,7 @@ pub(crate) fn recover(
         let aside = dir.join(CORRUPT_CHECKPOINT_FILE);
         std::fs::rename(&path, &aside)
             .map_err(|e| StoreError::io(Path::new(&path), "rename", e))?;
-        super::journal::sync_dir(dir)?;
+        super::sync_dir(dir)?;
         notes.push(format!(
             "repair: moved the ignored checkpoint aside to {}",
             aside.display()

@@ -29,6 +29,8 @@ use meshmq::server::admin::MemberStatus;
 use tempfile::TempDir;
 
 use super::history::Ledger;
+use super::topology::{self, Connector, Group, Topology};
+use crate::powerloss::PowerLoss;
 
 use super::{free_ports, http_get_within, spawn_broker, spawn_broker_as, ChildGuard, GUARD};
 
@@ -55,9 +57,11 @@ pub struct GroupSpec {
     pub weights: [u32; 3],
     /// The group's `sync` mode (default `quorum_mem`).
     pub sync: &'static str,
-    /// More topology (other groups, connectors) appended after group `g`; the test starts
-    /// those members itself. Relative paths in it are relative to the topology's directory.
-    pub extra_toml: String,
+    /// More groups written after group `g`; the test starts their members itself. Relative
+    /// paths in them are relative to the topology's directory.
+    pub extra_groups: Vec<Group>,
+    /// Connectors between `g` and those groups.
+    pub extra_connectors: Vec<Connector>,
     /// `[zookeeper] digest` (`USER:PASSWORD`), if any.
     pub zk_digest: Option<String>,
     /// Per member: the loopback address it binds (default `127.0.0.1`).
@@ -73,7 +77,8 @@ impl Default for GroupSpec {
             quorum_timeout: Duration::from_secs(3),
             weights: [1, 1, 1],
             sync: "quorum_mem",
-            extra_toml: String::new(),
+            extra_groups: Vec::new(),
+            extra_connectors: Vec::new(),
             zk_digest: None,
             ips: None,
             uids: None,
@@ -186,14 +191,34 @@ impl HaGroup {
     /// and waits until one serves as master and the other two follow it.
     pub fn start(zk_connect: &str, spec: GroupSpec) -> HaGroup {
         let mut group = HaGroup::configure(zk_connect, spec);
-        for i in 0..3 {
-            group.start_member(i);
-        }
-        let master = group.wait_master("a first master serves");
-        for i in (0..3).filter(|&i| i != master) {
-            group.wait_role(i, "slave");
-        }
+        group.start_all();
         group
+    }
+
+    /// [`HaGroup::start`] with each member's journal on its own power-loss filesystem
+    /// ([`PowerLoss`], mounted before the members start). Drop the group before the disks.
+    pub fn start_on_power_loss_disks(
+        zk_connect: &str,
+        spec: GroupSpec,
+    ) -> (HaGroup, Vec<PowerLoss>) {
+        let mut group = HaGroup::configure(zk_connect, spec);
+        let disks: Vec<PowerLoss> = (0..3)
+            .map(|i| PowerLoss::mount(&group.journal_dir(i)))
+            .collect();
+        group.start_all();
+        (group, disks)
+    }
+
+    /// Starts all three members and waits until one serves as master and the other two
+    /// follow it.
+    fn start_all(&mut self) {
+        for i in 0..3 {
+            self.start_member(i);
+        }
+        let master = self.wait_master("a first master serves");
+        for i in (0..3).filter(|&i| i != master) {
+            self.wait_role(i, "slave");
+        }
     }
 
     /// Writes the topology without starting anyone.
@@ -229,36 +254,42 @@ impl HaGroup {
                     .expect("chown the member's data directory");
             }
         }
-        let mut text = super::mesh_table("ha");
-        text += &format!(
-            "\n[zookeeper]\nconnect = \"{zk_connect}\"\n\
-             session_timeout = \"{}ms\"\nroot = \"/meshmq\"\n{}\n\
-             [[group]]\nname = \"g\"\nelection = \"zookeeper\"\nreplicas = 3\n\
-             sync = \"{}\"\nquorum_timeout = \"{}ms\"\n\
-             replication_token = \"{REPLICATION_TOKEN}\"\n",
-            spec.session_timeout.as_millis(),
-            spec.zk_digest
-                .as_ref()
-                .map(|d| format!("digest = \"{d}\"\n"))
-                .unwrap_or_default(),
-            spec.sync,
-            spec.quorum_timeout.as_millis()
-        );
-        for (m, weight) in members.iter().zip(spec.weights) {
-            text.push_str(&format!(
-                "\n[[group.member]]\nname = \"{}\"\nadmin = \"{}\"\ndata_dir = \"{}\"\n\
-                 weight = {weight}\nreplication = \"{}\"\n\
-                 [[group.member.listener]]\nurl = \"tcp://{}\"\n\
-                 [[group.member.listener]]\nurl = \"stomp://{}\"\n",
-                m.name,
-                m.admin,
-                dir.path().join(&m.name).display(),
-                m.replication,
-                m.listen,
-                m.stomp
-            ));
+        let mut zookeeper = vec![
+            format!("connect = \"{zk_connect}\""),
+            format!(
+                "session_timeout = \"{}ms\"",
+                spec.session_timeout.as_millis()
+            ),
+            "root = \"/meshmq\"".to_string(),
+        ];
+        if let Some(d) = &spec.zk_digest {
+            zookeeper.push(format!("digest = \"{d}\""));
         }
-        text.push_str(&spec.extra_toml);
+        let group = Group::new("g")
+            .lines(&[
+                "election = \"zookeeper\"",
+                "replicas = 3",
+                &format!("sync = \"{}\"", spec.sync),
+                &format!("quorum_timeout = \"{}ms\"", spec.quorum_timeout.as_millis()),
+                &format!("replication_token = \"{REPLICATION_TOKEN}\""),
+            ])
+            .members(members.iter().zip(spec.weights).map(|(m, weight)| {
+                topology::Member::new(&m.name, m.admin)
+                    .data_dir(dir.path().join(&m.name))
+                    .lines(&[
+                        &format!("weight = {weight}"),
+                        &format!("replication = \"{}\"", m.replication),
+                    ])
+                    .tcp(m.listen)
+                    .listener(&format!("stomp://{}", m.stomp), &[])
+            }));
+        let zookeeper: Vec<&str> = zookeeper.iter().map(String::as_str).collect();
+        let text = Topology::new("ha")
+            .table("zookeeper", &zookeeper)
+            .group(group)
+            .groups(spec.extra_groups.iter().cloned())
+            .connectors(spec.extra_connectors.iter().cloned())
+            .text();
         let topology = dir.path().join("topology.toml");
         std::fs::write(&topology, text).expect("write topology");
         HaGroup {

@@ -11,6 +11,7 @@ use meshmq::client::{Client, ClientOptions};
 use meshmq::server::admin::MemberStatus;
 use tempfile::TempDir;
 
+use super::topology::{self, Connector, Group, Topology, QUICK_REDIAL};
 use super::{free_ports, http_get, spawn_broker, ChildGuard, GUARD};
 
 struct GroupSpec {
@@ -27,7 +28,7 @@ struct GroupSpec {
 #[derive(Default)]
 pub struct MeshBuilder {
     groups: Vec<GroupSpec>,
-    connectors: Vec<String>,
+    connectors: Vec<Connector>,
     broker: Vec<String>,
     sections: Vec<String>,
     stomp: bool,
@@ -87,10 +88,25 @@ impl MeshBuilder {
         self
     }
 
+    /// A connector written exactly as given.
+    pub fn connector_as(mut self, connector: Connector) -> MeshBuilder {
+        self.connectors.push(connector);
+        self
+    }
+
     /// A duplex connector `from` → `to` (its lines after the `to` key, e.g. `network_ttl = 2`).
     pub fn connector(mut self, from: &str, to: &str, extra: &str) -> MeshBuilder {
-        self.connectors.push(format!(
-            "[[connector]]\nfrom = \"{from}\"\nto = \"{to}\"\nduplex = true\nreconnect_initial_delay = \"100ms\"\nreconnect_max_delay = \"1s\"\nheartbeat = \"500ms\"\n{extra}\n"
+        let [initial, max] = QUICK_REDIAL;
+        self.connectors.push(Connector::new(
+            from,
+            to,
+            &[
+                "duplex = true",
+                initial,
+                max,
+                "heartbeat = \"500ms\"",
+                extra,
+            ],
         ));
         self
     }
@@ -117,25 +133,27 @@ impl MeshBuilder {
     /// Picks ports and writes the topology; nothing is started.
     pub fn build(self) -> Mesh {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut text = super::mesh_table("test") + "\n[broker]\n";
-        for l in &self.broker {
-            text.push_str(l);
-            text.push('\n');
-        }
+        let broker: Vec<&str> = self.broker.iter().map(String::as_str).collect();
+        let mut t = Topology::new("test").table("broker", &broker);
         if let Some(connect) = &self.zookeeper {
-            text.push_str(&format!(
-                "\n[zookeeper]\nconnect = \"{connect}\"\nsession_timeout = \"2s\"\nroot = \"/meshmq\"\n"
-            ));
+            t = t.table(
+                "zookeeper",
+                &[
+                    &format!("connect = \"{connect}\""),
+                    "session_timeout = \"2s\"",
+                    "root = \"/meshmq\"",
+                ],
+            );
         }
         let mut members = Vec::new();
         for g in &self.groups {
-            text.push_str(&format!("\n[[group]]\nname = \"{}\"\n{}", g.name, g.lines));
-            if g.members > 1 && !g.replicated {
-                text.push_str(&format!(
-                    "election = \"file-lock\"\nshared_dir = \"{}\"\nlock_poll = \"200ms\"\n",
-                    dir.path().join(format!("shared-{}", g.name)).display()
-                ));
+            let mut group = if g.members > 1 && !g.replicated {
+                let shared = dir.path().join(format!("shared-{}", g.name));
+                Group::file_lock(&g.name, &shared.display().to_string(), "200ms")
+            } else {
+                Group::new(&g.name)
             }
+            .lines(&[&g.lines]);
             for i in 0..g.members {
                 let name = if g.members > 1 {
                     format!("{}{}", g.name, (b'a' + i as u8) as char)
@@ -146,21 +164,16 @@ impl MeshBuilder {
                 let listen = SocketAddr::from(([127, 0, 0, 1], p[0]));
                 let admin = SocketAddr::from(([127, 0, 0, 1], p[1]));
                 let stomp = self.stomp.then(|| SocketAddr::from(([127, 0, 0, 1], p[2])));
-                let replication = if g.replicated {
-                    format!("replication = \"127.0.0.1:{}\"\n", p[3])
-                } else {
-                    String::new()
-                };
-                text.push_str(&format!(
-                    "\n[[group.member]]\nname = \"{name}\"\nadmin = \"{admin}\"\ndata_dir = \"{}\"\n{replication}\n[[group.member.listener]]\nurl = \"tcp://{listen}\"\n{}\n",
-                    dir.path().join(format!("data-{name}")).display(),
-                    g.listener
-                ));
-                if let Some(addr) = stomp {
-                    text.push_str(&format!(
-                        "\n[[group.member.listener]]\nurl = \"stomp://{addr}\"\n"
-                    ));
+                let mut member = topology::Member::new(&name, admin)
+                    .data_dir(dir.path().join(format!("data-{name}")));
+                if g.replicated {
+                    member = member.lines(&[&format!("replication = \"127.0.0.1:{}\"", p[3])]);
                 }
+                member = member.listener(&format!("tcp://{listen}"), &[&g.listener]);
+                if let Some(addr) = stomp {
+                    member = member.listener(&format!("stomp://{addr}"), &[]);
+                }
+                group = group.member(member);
                 members.push(Member {
                     name,
                     group: g.name.clone(),
@@ -173,24 +186,21 @@ impl MeshBuilder {
                     log: dir.path().join(format!("{}.log", members.len())),
                 });
             }
+            t = t.group(group);
         }
-        for c in &self.connectors {
-            text.push('\n');
-            text.push_str(c);
-        }
+        t = t.connectors(self.connectors);
         for section in &self.sections {
             let mut section = section.clone();
             for m in &members {
                 section = section.replace(&format!("{{url:{}}}", m.name), &m.url());
             }
-            text.push('\n');
-            text.push_str(&section);
+            t = t.section(&section);
         }
-        let topology = dir.path().join("topology.toml");
-        std::fs::write(&topology, &text).expect("write topology");
+        let topology = t.write(dir.path(), "topology.toml");
         Mesh {
             dir,
             topology,
+            written: Some(t),
             members,
         }
     }
@@ -253,6 +263,9 @@ impl Member {
 pub struct Mesh {
     pub dir: TempDir,
     pub topology: PathBuf,
+    /// What [`MeshBuilder::build`] wrote to `topology` (`None` for a shipped copy), for a test
+    /// to write a variant of.
+    pub written: Option<Topology>,
     pub members: Vec<Member>,
 }
 
@@ -323,6 +336,7 @@ impl Mesh {
         Mesh {
             dir,
             topology,
+            written: None,
             members,
         }
     }

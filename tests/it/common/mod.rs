@@ -3,6 +3,12 @@
 //! wire-protocol connection for tests that misbehave on purpose, and for fault tests a broker
 //! restarted on its own data directory, a history checker and a journal-frame reader.
 //!
+//! Every topology a test writes goes through [`topology::Topology`] (groups, members,
+//! listeners, connectors, top-level tables, security): the builders below render through it,
+//! and a test that needs a file of its own shape (for `meshmq up`, `apply`, `check`) builds one
+//! with it, or starts from [`Config::topology_of`]. A member process is a [`ChildGuard`]
+//! (killed and reaped on drop) started by [`spawn_broker`] or owned by a [`Broker`].
+//!
 //! A lone broker is [`Broker::start`] (group `hub`, member `hub-1`). A mesh is [`Mesh::start`]:
 //! one topology, one `meshmq broker --member X` process per group, each group on its own
 //! loopback IP; a group may sit behind a [`proxy::Proxy`] that cuts, silences or blackholes
@@ -23,6 +29,8 @@ pub mod mesh;
 pub mod pair;
 pub mod prometheus;
 pub mod proxy;
+pub mod repair;
+pub mod topology;
 pub mod wait;
 pub mod ws_mesh;
 pub mod zk;
@@ -45,6 +53,7 @@ use meshmq::server::admin::MemberStatus;
 use meshmq::wire::{self, proto, Body, Decoded, Frame};
 use proxy::{Proxy, ProxyMode};
 use tempfile::TempDir;
+pub use topology::Topology;
 
 /// How long any wait may take before the test fails. Generous: tests run two at a time on a
 /// loaded two-core machine.
@@ -219,42 +228,29 @@ impl Config {
 
     /// The topology text for a member on `ports`.
     pub fn topology(&self, ports: Ports) -> String {
-        let mut t = mesh_table("test") + "\n[broker]\n";
-        for line in &self.broker {
-            t.push_str(line);
-            t.push('\n');
+        self.topology_of(ports).text()
+    }
+
+    /// The topology for a member on `ports`, for a test to add groups or connectors to.
+    pub fn topology_of(&self, ports: Ports) -> Topology {
+        fn lines(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
         }
-        if !self.store.is_empty() {
-            t.push_str("\n[store]\n");
-            for line in &self.store {
-                t.push_str(line);
-                t.push('\n');
-            }
-        }
-        t.push_str("\n[[group]]\nname = \"hub\"\n");
-        for line in &self.group {
-            t.push_str(line);
-            t.push('\n');
-        }
-        t.push_str(&format!(
-            "\n[[group.member]]\nname = \"hub-1\"\nadmin = \"127.0.0.1:{}\"\n",
-            ports.admin
-        ));
+        let mut member = topology::Member::new("hub-1", ports.admin_addr());
         if let Some(dir) = &self.data_dir {
-            t.push_str(&format!("data_dir = {:?}\n", dir.display().to_string()));
+            member = member.data_dir(dir);
         }
-        t.push_str(&format!(
-            "\n[[group.member.listener]]\nurl = \"tcp://127.0.0.1:{}\"\n",
-            ports.listen
-        ));
-        for line in &self.listener {
-            t.push_str(line);
-            t.push('\n');
+        let mut t = Topology::new("test").table("broker", &lines(&self.broker));
+        if !self.store.is_empty() {
+            t = t.table("store", &lines(&self.store));
         }
+        let mut t = t.group(
+            topology::Group::new("hub")
+                .lines(&lines(&self.group))
+                .member(member.listener(&ports.url(), &lines(&self.listener))),
+        );
         for s in &self.sections {
-            t.push('\n');
-            t.push_str(s);
-            t.push('\n');
+            t = t.section(s);
         }
         t
     }
@@ -763,11 +759,12 @@ struct GroupSpec {
 /// real port `P`. Clients of the test connect to the member directly (its IP, port `P`).
 #[derive(Debug, Clone, Default)]
 pub struct MeshConfig {
-    /// The `[mesh]` table; [`mesh_table`] when `None`.
-    mesh: Option<String>,
+    /// `None`: the `[mesh]` table carries [`MESH_SECRET`]; `Some(lines)`: no secret, and
+    /// these lines instead.
+    without_secret: Option<Vec<String>>,
     broker: Vec<String>,
     groups: Vec<GroupSpec>,
-    connectors: Vec<String>,
+    connectors: Vec<topology::Connector>,
     sections: Vec<String>,
 }
 
@@ -776,9 +773,10 @@ impl MeshConfig {
         MeshConfig::default()
     }
 
-    /// Replaces the `[mesh]` table (by default [`mesh_table`], carrying [`MESH_SECRET`]).
-    pub fn mesh_table(mut self, table: &str) -> MeshConfig {
-        self.mesh = Some(table.to_string());
+    /// A `[mesh]` table without the secret (by default it carries [`MESH_SECRET`]), with
+    /// `lines` instead (e.g. `allow_anonymous_bridges = true`).
+    pub fn without_secret(mut self, lines: &[&str]) -> MeshConfig {
+        self.without_secret = Some(lines.iter().map(|l| l.to_string()).collect());
         self
     }
 
@@ -844,20 +842,8 @@ impl MeshConfig {
     /// A `[[connector]]` from `from` to `to` with extra `key = value` lines. Unless the lines
     /// say otherwise, it re-dials after 100 ms, backing off to at most 1 s (tests wait less).
     pub fn connector(mut self, from: &str, to: &str, lines: &[&str]) -> MeshConfig {
-        let mut t = format!("[[connector]]\nfrom = \"{from}\"\nto = \"{to}\"\n");
-        for line in lines {
-            t.push_str(line);
-            t.push('\n');
-        }
-        for (key, default) in [
-            ("reconnect_initial_delay", "\"100ms\""),
-            ("reconnect_max_delay", "\"1s\""),
-        ] {
-            if !lines.iter().any(|l| l.trim_start().starts_with(key)) {
-                t.push_str(&format!("{key} = {default}\n"));
-            }
-        }
-        self.connectors.push(t);
+        self.connectors
+            .push(topology::Connector::new(from, to, lines).or_lines(&topology::QUICK_REDIAL));
         self
     }
 
@@ -865,6 +851,12 @@ impl MeshConfig {
     pub fn section(mut self, text: &str) -> MeshConfig {
         self.sections.push(text.to_string());
         self
+    }
+
+    /// The topology text, on fresh addresses and ports (nothing is started but the proxies,
+    /// which are dropped).
+    pub fn topology_text(&self) -> String {
+        Mesh::topology_of(self, &Mesh::place(self)).text()
     }
 
     fn uses_quic(&self) -> bool {
@@ -884,6 +876,8 @@ struct Placement {
 pub struct Mesh {
     dir: Arc<TempDir>,
     topology: PathBuf,
+    /// What was written to `topology`.
+    written: Topology,
     members: Vec<(String, Broker)>,
     proxies: Vec<(String, Proxy)>,
 }
@@ -911,35 +905,9 @@ impl Mesh {
 
     fn try_start(config: &MeshConfig) -> Result<Mesh, StartError> {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-        let placements: Vec<Placement> = config
-            .groups
-            .iter()
-            .map(|g| {
-                let ip = g.ip.unwrap_or_else(next_ip);
-                let listen = if g.proxy.is_some() {
-                    free_port_on(Ipv4Addr::UNSPECIFIED)
-                } else {
-                    free_port_on(ip)
-                };
-                let ports = Ports {
-                    listen,
-                    admin: free_port_on(ip),
-                };
-                Placement {
-                    ip,
-                    ports,
-                    quic: g.quic.then(|| free_udp_port_on(ip)),
-                    proxy: g
-                        .proxy
-                        .map(|mode| Proxy::start_in(SocketAddr::from((ip, listen)), mode)),
-                }
-            })
-            .collect();
-        let topology = write_file(
-            dir.path(),
-            "topology.toml",
-            &Mesh::topology_text(config, &placements),
-        );
+        let placements = Mesh::place(config);
+        let written = Mesh::topology_of(config, &placements);
+        let topology = written.write(dir.path(), "topology.toml");
         if config.uses_quic() {
             let made = run(meshmq()
                 .arg("certs")
@@ -971,57 +939,78 @@ impl Mesh {
         Ok(Mesh {
             dir,
             topology,
+            written,
             members,
             proxies,
         })
     }
 
-    fn topology_text(config: &MeshConfig, placements: &[Placement]) -> String {
-        let mut t = config.mesh.clone().unwrap_or_else(|| mesh_table("test")) + "\n[broker]\n";
-        for line in &config.broker {
-            t.push_str(line);
-            t.push('\n');
-        }
-        for (g, p) in config.groups.iter().zip(placements) {
-            let member = format!("{}-1", g.name);
-            t.push_str(&format!("\n[[group]]\nname = \"{}\"\n", g.name));
-            if !g.broker.is_empty() {
-                t.push_str("[group.broker]\n");
-                for line in &g.broker {
-                    t.push_str(line);
-                    t.push('\n');
+    /// Picks each group's address and ports (and starts its proxy) before the topology is
+    /// written.
+    fn place(config: &MeshConfig) -> Vec<Placement> {
+        config
+            .groups
+            .iter()
+            .map(|g| {
+                let ip = g.ip.unwrap_or_else(next_ip);
+                let listen = if g.proxy.is_some() {
+                    free_port_on(Ipv4Addr::UNSPECIFIED)
+                } else {
+                    free_port_on(ip)
+                };
+                let ports = Ports {
+                    listen,
+                    admin: free_port_on(ip),
+                };
+                Placement {
+                    ip,
+                    ports,
+                    quic: g.quic.then(|| free_udp_port_on(ip)),
+                    proxy: g
+                        .proxy
+                        .map(|mode| Proxy::start_in(SocketAddr::from((ip, listen)), mode)),
                 }
-            }
-            t.push_str(&format!(
-                "[[group.member]]\nname = \"{member}\"\nadmin = \"{}:{}\"\nbind = \"{}\"\n",
-                p.ip, p.ports.admin, p.ip
-            ));
-            match &p.proxy {
-                Some(proxy) => t.push_str(&format!(
-                    "[[group.member.listener]]\nurl = \"tcp://0.0.0.0:{}\"\nadvertise = \"tcp://{}\"\n",
-                    p.ports.listen,
-                    proxy.addr()
-                )),
-                None => t.push_str(&format!(
-                    "[[group.member.listener]]\nurl = \"tcp://{}:{}\"\n",
-                    p.ip, p.ports.listen
-                )),
-            }
+            })
+            .collect()
+    }
+
+    fn topology_of(config: &MeshConfig, placements: &[Placement]) -> Topology {
+        let broker: Vec<&str> = config.broker.iter().map(String::as_str).collect();
+        let mut t = match &config.without_secret {
+            None => Topology::new("test"),
+            Some(lines) => Topology::without_secret("test")
+                .mesh_lines(&lines.iter().map(String::as_str).collect::<Vec<_>>()),
+        }
+        .table("broker", &broker);
+        for (g, p) in config.groups.iter().zip(placements) {
+            let name = format!("{}-1", g.name);
+            let mut member = topology::Member::new(&name, SocketAddr::from((p.ip, p.ports.admin)))
+                .lines(&[&format!("bind = \"{}\"", p.ip)]);
+            member = match &p.proxy {
+                Some(proxy) => member.listener(
+                    &format!("tcp://0.0.0.0:{}", p.ports.listen),
+                    &[&format!("advertise = \"tcp://{}\"", proxy.addr())],
+                ),
+                None => member.tcp(SocketAddr::from((p.ip, p.ports.listen))),
+            };
             if let Some(port) = p.quic {
-                t.push_str(&format!(
-                    "[[group.member.listener]]\nurl = \"quic://{}:{port}\"\ntls_cert = \"certs/{member}.pem\"\ntls_key = \"certs/{member}.key\"\n",
-                    p.ip
-                ));
+                member = member.listener(
+                    &format!("quic://{}:{port}", p.ip),
+                    &[
+                        &format!("tls_cert = \"certs/{name}.pem\""),
+                        &format!("tls_key = \"certs/{name}.key\""),
+                    ],
+                );
             }
+            let mut group = topology::Group::new(&g.name).member(member);
+            for line in &g.broker {
+                group = group.broker(line);
+            }
+            t = t.group(group);
         }
-        for c in &config.connectors {
-            t.push('\n');
-            t.push_str(c);
-        }
+        t = t.connectors(config.connectors.iter().cloned());
         for s in &config.sections {
-            t.push('\n');
-            t.push_str(s);
-            t.push('\n');
+            t = t.section(s);
         }
         t
     }
@@ -1090,6 +1079,11 @@ impl Mesh {
 
     pub fn topology(&self) -> &Path {
         &self.topology
+    }
+
+    /// The topology it was started from, for a test to write a variant of.
+    pub fn written(&self) -> &Topology {
+        &self.written
     }
 
     /// `quic://IP:PORT` of the group's QUIC listener.
@@ -1503,6 +1497,55 @@ pub async fn consume_until_broken(
         if sub.ack(&d).await.is_err() {
             return;
         }
+    }
+}
+
+/// One round of a crash-under-load test: `producers` receipted producers (named
+/// `c<round>-p<N>`, see [`produce_until_broken`]) and one acknowledging consumer on `broker`'s
+/// `queue`, recording into `history`, until `receipts` sends were receipted and half as many
+/// delivered; then `crash` (which must leave the broker dead), and a wait until every client
+/// has noticed. Fails the test if the broker dies before the crash.
+pub async fn load_then_crash(
+    broker: &mut Broker,
+    queue: &'static str,
+    round: usize,
+    (producers, receipts): (usize, usize),
+    history: &SharedHistory,
+    crash: impl FnOnce(&mut Broker),
+) {
+    let receipted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let delivered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for p in 0..producers {
+        tasks.push(tokio::spawn(produce_until_broken(
+            broker.url(),
+            queue,
+            format!("c{round}-p{p}"),
+            history.clone(),
+            receipted.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(consume_until_broken(
+        broker.url(),
+        queue,
+        history.clone(),
+        delivered.clone(),
+    )));
+    wait_until("producers are receipted and the consumer is busy", || {
+        assert!(
+            broker.exited().is_none(),
+            "the broker died:\n{}",
+            broker.log()
+        );
+        receipted.load(Ordering::Relaxed) >= receipts
+            && delivered.load(Ordering::Relaxed) >= receipts / 2
+    });
+    crash(broker);
+    for t in tasks {
+        tokio::time::timeout(GUARD, t)
+            .await
+            .expect("clients notice the broker died")
+            .expect("client task");
     }
 }
 

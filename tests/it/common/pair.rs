@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 
 use meshmq::server::admin::MemberStatus;
 
+use super::topology::{self, Group, Topology};
 use super::{free_ports, http_get, spawn_broker, ChildGuard, GUARD};
 
 /// One member of the pair.
 pub struct Member {
-    pub name: &'static str,
+    pub name: String,
     /// Its client listener (of the scheme the pair was written with).
     pub listen: SocketAddr,
     pub admin: SocketAddr,
@@ -22,13 +23,25 @@ pub struct Member {
 
 impl Member {
     pub fn start(&mut self, topology: &Path) {
-        self.proc = Some(spawn_broker(topology, self.name, &self.log, &[]));
+        self.proc = Some(spawn_broker(topology, &self.name, &self.log, &[]));
+    }
+
+    /// Sends `sig` to the running member (e.g. SIGSTOP, SIGCONT).
+    pub fn signal(&self, sig: i32) {
+        self.proc.as_ref().expect("running").signal(sig);
     }
 
     pub fn kill9(&mut self) {
         let mut p = self.proc.take().expect("running");
         p.signal(libc::SIGKILL);
         p.wait_timeout(GUARD).expect("SIGKILL ends the member");
+    }
+
+    /// SIGTERM (a graceful stop); waits until it has exited.
+    pub fn stop(&mut self) {
+        let mut p = self.proc.take().expect("running");
+        p.signal(libc::SIGTERM);
+        p.wait_timeout(GUARD).expect("SIGTERM ends the member");
     }
 
     pub fn status(&self) -> Option<MemberStatus> {
@@ -66,47 +79,43 @@ pub fn file_lock_pair(
     scheme: &str,
     lock_poll: &str,
 ) -> (PathBuf, [Member; 2]) {
+    let (group, members) = file_lock_group("g", "shared", lock_poll, scheme, dir);
+    let topology = Topology::without_secret(mesh)
+        .group(group)
+        .write(dir, "topology.toml");
+    (topology, members)
+}
+
+/// A file-lock group `name` for a topology (its members `NAME-1` and `NAME-2` sharing
+/// `shared_dir`, each with an admin port and a `scheme` listener on 127.0.0.1), and the two
+/// members to start from it, logging into `log_dir`.
+pub fn file_lock_group(
+    name: &str,
+    shared_dir: &str,
+    lock_poll: &str,
+    scheme: &str,
+    log_dir: &Path,
+) -> (Group, [Member; 2]) {
     let p = free_ports(4);
     let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-    let topology = dir.join("topology.toml");
-    std::fs::write(
-        &topology,
-        format!(
-            r#"[mesh]
-name = "{mesh}"
-
-[[group]]
-name = "g"
-election = "file-lock"
-shared_dir = "shared"
-lock_poll = "{lock_poll}"
-
-[[group.member]]
-name = "g-1"
-admin = "127.0.0.1:{}"
-[[group.member.listener]]
-url = "{scheme}://127.0.0.1:{}"
-
-[[group.member]]
-name = "g-2"
-admin = "127.0.0.1:{}"
-[[group.member.listener]]
-url = "{scheme}://127.0.0.1:{}"
-"#,
-            p[0], p[1], p[2], p[3]
-        ),
-    )
-    .expect("write topology");
-    let member = |name: &'static str, admin: u16, listen: u16| Member {
-        name,
-        listen: addr(listen),
-        admin: addr(admin),
-        proc: None,
-        log: dir.join(format!("{name}.log")),
+    let member = |n: usize| {
+        let name = format!("{name}-{n}");
+        let (admin, listen) = (addr(p[2 * n - 2]), addr(p[2 * n - 1]));
+        (
+            topology::Member::new(&name, admin).listener(&format!("{scheme}://{listen}"), &[]),
+            Member {
+                log: log_dir.join(format!("{name}.log")),
+                name,
+                listen,
+                admin,
+                proc: None,
+            },
+        )
     };
+    let ((w1, m1), (w2, m2)) = (member(1), member(2));
     (
-        topology,
-        [member("g-1", p[0], p[1]), member("g-2", p[2], p[3])],
+        Group::file_lock(name, shared_dir, lock_poll).members([w1, w2]),
+        [m1, m2],
     )
 }
 

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use meshmq::server::admin::MemberStatus;
 
-use super::{free_port_on, http_get, mesh_table, spawn_broker, wait_until, write_file, ChildGuard};
+use super::topology::{self, Group, Topology, QUICK_REDIAL};
+use super::{free_port_on, http_get, spawn_broker, wait_until, ChildGuard};
 
 pub struct Member {
     pub admin: SocketAddr,
@@ -35,23 +36,24 @@ pub fn mesh(dir: &Path, name: &str, hub_ip: Ipv4Addr, edge_ip: Ipv4Addr) -> (Mem
     };
     let (hub_tcp, hub_admin, hub_ws) = place(hub_ip);
     let (edge_tcp, edge_admin, edge_ws) = place(edge_ip);
-    let mut text = mesh_table(name) + "\n[broker]\n";
-    for (group, tcp, admin, ws) in [
-        ("hub", hub_tcp, hub_admin, hub_ws),
-        ("edge", edge_tcp, edge_admin, edge_ws),
-    ] {
-        text.push_str(&format!(
-            "\n[[group]]\nname = \"{group}\"\n[[group.member]]\nname = \"{group}-1\"\nadmin = \"{admin}\"\n\
-             data_dir = \"{}\"\n[[group.member.listener]]\nurl = \"tcp://{tcp}\"\n\
-             [[group.member.listener]]\nurl = \"ws://{ws}\"\n",
-            dir.join(group).display()
-        ));
-    }
-    text.push_str(
-        "\n[[connector]]\nfrom = \"hub\"\nto = \"edge\"\nduplex = true\n\
-         reconnect_initial_delay = \"100ms\"\nreconnect_max_delay = \"1s\"\n",
-    );
-    let topology = write_file(dir, "topology.toml", &text);
+    let group_of = |group: &str, tcp, admin, ws: SocketAddr| {
+        Group::new(group).member(
+            topology::Member::new(&format!("{group}-1"), admin)
+                .data_dir(dir.join(group))
+                .tcp(tcp)
+                .listener(&format!("ws://{ws}"), &[]),
+        )
+    };
+    let topology = Topology::new(name)
+        .table("broker", &[])
+        .group(group_of("hub", hub_tcp, hub_admin, hub_ws))
+        .group(group_of("edge", edge_tcp, edge_admin, edge_ws))
+        .connector(
+            "hub",
+            "edge",
+            &["duplex = true", QUICK_REDIAL[0], QUICK_REDIAL[1]],
+        )
+        .write(dir, "topology.toml");
     let start = |member: &str, admin, ws| Member {
         admin,
         ws,

@@ -1,20 +1,15 @@
-//! The admin HTTP port: `/metrics`, `/status`, `/healthz`, `/readyz`; `/topology` and its
-//! writes are `admin_topology`'s, the mesh view and the drain `admin_ui`'s.
+//! The `/status` document: one member's view of itself — its role and epoch, its listeners
+//! and their connections, memory, process, destinations, connectors, cluster, followers and a
+//! drain's progress — read from the member's state. The mesh view (`ui.rs`) shows every
+//! member's; `meshmq status`, `drain` and `apply` read it.
 
-use std::sync::Arc;
-
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 use crate::broker::DestinationStats;
 use crate::metrics as m;
 
-use super::member::{MemberState, Role};
+use super::super::operations::DrainStatus;
+use super::super::state::{MemberState, Role};
 
 /// `/status`: one member's view of itself.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -49,7 +44,7 @@ pub struct MemberStatus {
     pub slaves: Vec<crate::ha::replication::FollowerStatus>,
     /// While the member drains (`POST /drain`): its progress.
     #[serde(default)]
-    pub drain: Option<super::drain::DrainStatus>,
+    pub drain: Option<DrainStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -67,65 +62,6 @@ pub struct ProcessStatus {
     pub rss_bytes: u64,
     pub open_fds: u64,
     pub cpu_seconds: f64,
-}
-
-pub(crate) async fn serve(
-    listener: tokio::net::TcpListener,
-    state: Arc<MemberState>,
-    shutdown: CancellationToken,
-) {
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/status", get(status))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .merge(super::admin_topology::routes())
-        .merge(super::admin_ui::routes())
-        .with_state(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "admin server failed");
-    }
-}
-
-async fn metrics(State(state): State<Arc<MemberState>>) -> impl IntoResponse {
-    m::publish_process(state.started);
-    // A standby has no broker: it reports its role and process only.
-    let term = state.term.read().clone();
-    let mut scrape = m::Scrape {
-        destinations: None,
-        max_destinations: state.max_destinations,
-        slow_consumers: 0,
-    };
-    if let Some(term) = term {
-        scrape.destinations = Some(term.broker.destination_stats());
-        scrape.slow_consumers = term.broker.slow_consumers();
-        metrics::gauge!(m::MEMORY_USED).set(term.broker.memory().used() as f64);
-        if let Some(n) = &term.network {
-            n.publish_demand_metrics();
-        }
-    }
-    let mut text = m::render(&state.prometheus, scrape);
-    let lags: Vec<(String, u64)> = state
-        .replication
-        .read()
-        .as_ref()
-        .map(|r| {
-            r.followers()
-                .into_iter()
-                .map(|f| (f.member, f.lag))
-                .collect()
-        })
-        .unwrap_or_default();
-    m::render_replication_lag(
-        &mut text,
-        &state.identity.group,
-        &state.identity.member,
-        &lags,
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 pub(crate) fn member_status(state: &MemberState) -> MemberStatus {
@@ -156,9 +92,7 @@ pub(crate) fn member_status(state: &MemberState) -> MemberStatus {
         connections: listeners.iter().map(|l| l.connections).sum(),
         listeners,
         memory_used_bytes: term.as_ref().map_or(0, |t| t.broker.memory().used()),
-        memory_limit_bytes: state
-            .memory_limit
-            .load(std::sync::atomic::Ordering::Relaxed),
+        memory_limit_bytes: state.live.memory_limit(),
         slaves: state
             .replication
             .read()
@@ -181,17 +115,5 @@ pub(crate) fn member_status(state: &MemberState) -> MemberStatus {
             .unwrap_or_default(),
         cluster: term.as_ref().map(|t| t.cluster.status()),
         drain: state.operations.drain_status(),
-    }
-}
-
-async fn status(State(state): State<Arc<MemberState>>) -> Json<MemberStatus> {
-    Json(member_status(&state))
-}
-
-async fn ready(State(state): State<Arc<MemberState>>) -> impl IntoResponse {
-    if *state.role.lock() == Role::Master && state.term.read().is_some() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
 }

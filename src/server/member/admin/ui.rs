@@ -4,7 +4,7 @@
 //!
 //! Owns: those routes and the page's assets (plain HTML, CSS and a small script embedded with
 //! `include_str!`; nothing loaded from elsewhere). Must not touch: what a member reports (the
-//! `/status` document is `admin`'s) or how a drain proceeds (`drain`'s). Invariants: a read of
+//! `/status` document is `status.rs`'s) or how a drain proceeds (`drain.rs`'s). Invariants: a read of
 //! another member never takes longer than `PEER_TIMEOUT` and its failure shows as that
 //! member's error, never as a failed page; a write without the right token changes nothing.
 
@@ -22,9 +22,10 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
-use super::admin::{member_status, MemberStatus};
-use super::drain::{self, Refused};
-use super::member::MemberState;
+use super::super::state::MemberState;
+use super::auth::authenticate;
+use super::drain::{self, timeout_param, Refused};
+use super::status::{member_status, MemberStatus};
 
 /// How long the mesh view waits for one member's `/status`.
 const PEER_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -34,14 +35,6 @@ const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 const PAGE: &str = include_str!("ui/index.html");
 const STYLE: &str = include_str!("ui/mesh.css");
 const SCRIPT: &str = include_str!("ui/mesh.js");
-
-/// A member of the mesh as the topology names it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct MeshMemberRef {
-    pub group: String,
-    pub member: String,
-    pub admin: SocketAddr,
-}
 
 /// `/mesh`: every member of the topology, with its `/status` or why it has none.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -164,21 +157,12 @@ async fn read_status(addr: SocketAddr) -> Result<MemberStatus, String> {
         .unwrap_or_else(|_| Err(format!("no answer within {PEER_TIMEOUT:?}")))
 }
 
-/// The `timeout` parameter of `/drain?timeout=90s`: how long the drain waits for clients and
-/// queues before the member exits anyway.
-pub(super) fn timeout_param(uri: &Uri) -> Option<String> {
-    uri.query()?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("timeout="))
-        .map(str::to_string)
-}
-
 async fn start_drain(
     State(state): State<Arc<MemberState>>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    if let Some(refused) = super::admin_topology::authenticate(&state, &headers) {
+    if let Some(refused) = authenticate(&state, &headers) {
         return refused;
     }
     let param = timeout_param(&uri);

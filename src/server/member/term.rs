@@ -16,23 +16,14 @@ use crate::cluster::Cluster;
 use crate::metrics as m;
 use crate::store::{Store, StoreError};
 use crate::transport::quic::QuicListener;
-use crate::transport::{ConnectionCount, Listener, TransportError};
+use crate::transport::{Listener, TransportError};
 
-use super::conn::{ConnCtx, ListenerMetrics};
-use super::listener::{accept_loop, quic_accept_loop, Bound};
-use super::member::{MemberState, Role};
-use super::options::{ListenerSpec, ServerError, ServerOptions};
+use crate::server::conn::{ConnCtx, ListenerMetrics};
+use crate::server::listener::{accept_loop, quic_accept_loop, Bound};
+use crate::server::options::{ListenerSpec, ServerError, ServerOptions};
 
-/// What the admin endpoints see of the running term.
-#[derive(Clone)]
-pub(crate) struct TermView {
-    pub broker: Broker,
-    pub listeners: Vec<(ListenerSpec, SocketAddr, Arc<ConnectionCount>)>,
-    pub network: Option<Arc<crate::network::Network>>,
-    pub cluster: Arc<Cluster>,
-    /// Cancel to stop taking new connections (see `ConnCtx::accepting`).
-    pub accepting: CancellationToken,
-}
+use super::state::{MemberState, Role};
+use super::term_view::TermView;
 
 pub(crate) struct Term {
     broker: Broker,
@@ -123,9 +114,9 @@ impl Term {
         });
         tracker.spawn(cluster.clone().run_rebalancer(stop.clone()));
         // MQTT persistent sessions kept from the last term expire on their journaled schedule.
-        super::mqtt::expire_kept_sessions(broker.clone(), stop.clone());
+        crate::server::mqtt::expire_kept_sessions(broker.clone(), stop.clone());
         // MQTT share groups: copies of what is published here to the queues they read.
-        tracker.spawn(super::mqtt_share::feed_share_groups(
+        tracker.spawn(crate::server::mqtt_share::feed_share_groups(
             broker.clone(),
             stop.clone(),
         ));
@@ -141,7 +132,7 @@ impl Term {
             cluster: cluster.clone(),
         };
         let listen_addrs = bound.iter().map(|(_, a, _)| *a).collect();
-        let mqtt_sessions = Arc::new(super::mqtt_session::MqttSessions::default());
+        let mqtt_sessions = Arc::new(crate::server::mqtt_session::MqttSessions::default());
         for (spec, addr, listener) in bound {
             let ctx = Arc::new(ConnCtx {
                 broker: broker.clone(),
@@ -191,7 +182,7 @@ impl Term {
                 }
             }
             // The broker was built from the options the member started with.
-            state.live.impose_on(&view, state);
+            state.live.impose_on(&view);
             *published = Some(view);
         }
         state.set_role(Role::Master);

@@ -11,6 +11,7 @@
 //! miss each other (the term's network is reconfigured under the same lock an apply takes).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -21,7 +22,9 @@ use crate::config::{self, diff, Topology};
 use crate::network::NetworkOptions;
 use crate::security::LiveSecurity;
 
-use super::member::MemberState;
+use crate::server::options::broker_settings;
+
+use super::term_view::TermView;
 
 /// What `GET /topology` answers: the file this member runs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -72,10 +75,7 @@ struct Current {
 impl Current {
     fn new(topology: Arc<Topology>, member: &str, network: Option<NetworkOptions>) -> Current {
         let (broker, max_connections) = match topology.member(member) {
-            Some((group, m)) => (
-                super::options::broker_settings(&topology, group),
-                listener_limits(m),
-            ),
+            Some((group, m)) => (broker_settings(&topology, group), listener_limits(m)),
             None => (BrokerSettings::default(), Vec::new()),
         };
         Current {
@@ -89,9 +89,9 @@ impl Current {
 
     /// Makes a serving term run with these settings and limits (a broker whose settings are
     /// the same re-resolves them: cheap, and idempotent).
-    fn impose(&self, term: &super::term::TermView, state: &MemberState) {
+    fn impose(&self, term: &TermView, memory_limit: &AtomicU64) {
         term.broker.update_settings(self.broker.clone());
-        state.memory_limit.store(
+        memory_limit.store(
             self.broker.memory_limit,
             std::sync::atomic::Ordering::Relaxed,
         );
@@ -131,20 +131,25 @@ pub(crate) struct LiveTopology {
     started: Arc<Topology>,
     current: RwLock<Current>,
     pub security: Arc<LiveSecurity>,
+    /// The broker-wide memory limit the member runs with now (an apply changes it).
+    memory_limit: AtomicU64,
     /// One apply at a time.
     applying: tokio::sync::Mutex<()>,
 }
 
 impl LiveTopology {
-    /// `login_memory`: bytes the password verifications running at once may use.
+    /// `login_memory`: bytes the password verifications running at once may use;
+    /// `memory_limit`: the broker-wide memory limit the member starts with.
     pub fn new(
         topology: Arc<Topology>,
         member: &str,
         network: Option<NetworkOptions>,
         login_memory: u64,
+        memory_limit: u64,
     ) -> Self {
         LiveTopology {
             member: member.to_string(),
+            memory_limit: AtomicU64::new(memory_limit),
             security: LiveSecurity::new(&topology.security, login_memory),
             started: topology.clone(),
             current: RwLock::new(Current::new(topology, member, network)),
@@ -166,11 +171,16 @@ impl LiveTopology {
         self.current.read().version
     }
 
+    /// The broker-wide memory limit the member runs with now.
+    pub fn memory_limit(&self) -> u64 {
+        self.memory_limit.load(Ordering::Relaxed)
+    }
+
     /// Makes a term that starts serving run with the current broker settings and listener
     /// limits (an apply may have changed them since the member started). Called under the
     /// term's publication lock, so an apply either sees the term or is seen here.
-    pub(crate) fn impose_on(&self, term: &super::term::TermView, state: &MemberState) {
-        self.current.read().impose(term, state);
+    pub(crate) fn impose_on(&self, term: &TermView) {
+        self.current.read().impose(term, &self.memory_limit);
     }
 
     /// Changes between the file this member started with and `now` that it applies only at
@@ -240,100 +250,104 @@ impl LiveTopology {
     }
 }
 
-/// Takes the topology `text` (named `file`) while running: validates it, checks it is this
-/// mesh and still names this member, then replaces the security rules, the connectors, the
-/// broker settings (destination policies, memory limit) and the listeners' connection limits in
-/// place and records it as the running topology. Keys that need a restart are taken into the
-/// record but reported in `restart_pending`.
-pub(crate) async fn apply(
-    state: &MemberState,
-    text: &str,
-    file: &Path,
-) -> Result<ApplyOutcome, ApplyError> {
-    let live = &state.live;
-    let _one_at_a_time = live.applying.lock().await;
-    let new = config::parse_str(text, file).map_err(|e| ApplyError::Invalid(e.to_string()))?;
-    let unsupported = new.unsupported();
-    if !unsupported.is_empty() {
-        return Err(ApplyError::Invalid(format!(
-            "{}: this build of meshmq cannot run: {}",
-            file.display(),
-            unsupported.join(", ")
-        )));
-    }
-    let old = live.topology();
-    if new.mesh != old.mesh {
-        return Err(ApplyError::Conflict(format!(
-            "{} is mesh {:?}, but this member runs mesh {:?}: a member never changes mesh",
-            file.display(),
-            new.mesh.as_str(),
-            old.mesh.as_str()
-        )));
-    }
-    let (old_group, _) = old
-        .member(&live.member)
-        .ok_or_else(|| ApplyError::Conflict("this member is not in its own topology".into()))?;
-    let Some((new_group, _)) = new.member(&live.member) else {
-        return Err(ApplyError::Conflict(format!(
+impl LiveTopology {
+    /// Takes the topology `text` (named `file`) while running: validates it, checks it is this
+    /// mesh and still names this member, then replaces the security rules, the connectors, the
+    /// broker settings (destination policies, memory limit) and the listeners' connection limits
+    /// in place — on the term published in `term`, if one serves — and records it as the running
+    /// topology. Keys that need a restart are taken into the record but reported in
+    /// `restart_pending`.
+    pub(crate) async fn apply(
+        &self,
+        term: &RwLock<Option<TermView>>,
+        text: &str,
+        file: &Path,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        let live = self;
+        let _one_at_a_time = live.applying.lock().await;
+        let new = config::parse_str(text, file).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+        let unsupported = new.unsupported();
+        if !unsupported.is_empty() {
+            return Err(ApplyError::Invalid(format!(
+                "{}: this build of meshmq cannot run: {}",
+                file.display(),
+                unsupported.join(", ")
+            )));
+        }
+        let old = live.topology();
+        if new.mesh != old.mesh {
+            return Err(ApplyError::Conflict(format!(
+                "{} is mesh {:?}, but this member runs mesh {:?}: a member never changes mesh",
+                file.display(),
+                new.mesh.as_str(),
+                old.mesh.as_str()
+            )));
+        }
+        let (old_group, _) = old
+            .member(&live.member)
+            .ok_or_else(|| ApplyError::Conflict("this member is not in its own topology".into()))?;
+        let Some((new_group, _)) = new.member(&live.member) else {
+            return Err(ApplyError::Conflict(format!(
             "{} has no member {:?}: a member removed from the topology is stopped, not reconfigured",
             file.display(),
             live.member
         )));
-    };
-    if new_group.name != old_group.name {
-        return Err(ApplyError::Conflict(format!(
+        };
+        if new_group.name != old_group.name {
+            return Err(ApplyError::Conflict(format!(
             "{} moves member {:?} from group {} to group {}: stop it and start it with the new file",
             file.display(),
             live.member,
             old_group.name,
             new_group.name
         )));
-    }
-    let network = NetworkOptions::from_topology(&new, &live.member)
-        .map_err(|e| ApplyError::Invalid(e.to_string()))?;
-    let changes = diff::diff(&old, &new);
-    let applied: Vec<String> = changes
-        .iter()
-        .filter(|c| !c.needs_restart())
-        .map(|c| format!("{}: {}", c.heading, c.what))
-        .collect();
-    if changes.is_empty() {
-        // The same file again: nothing to do (the text may differ in comments only).
-        return Ok(ApplyOutcome {
-            member: live.member.clone(),
-            applied: Vec::new(),
-            restart_pending: live.restart_pending(&old),
-            version: live.version(),
-        });
-    }
-    if new.security != old.security {
-        live.security.replace(&new.security);
-    }
-    let new = Arc::new(new);
-    let version = {
-        // Under the term's lock: a term starting now either sees the new connectors when it
-        // publishes itself, or is published already and reconfigured here.
-        let term = state.term.read();
+        }
+        let network = NetworkOptions::from_topology(&new, &live.member)
+            .map_err(|e| ApplyError::Invalid(e.to_string()))?;
+        let changes = diff::diff(&old, &new);
+        let applied: Vec<String> = changes
+            .iter()
+            .filter(|c| !c.needs_restart())
+            .map(|c| format!("{}: {}", c.heading, c.what))
+            .collect();
+        if changes.is_empty() {
+            // The same file again: nothing to do (the text may differ in comments only).
+            return Ok(ApplyOutcome {
+                member: live.member.clone(),
+                applied: Vec::new(),
+                restart_pending: live.restart_pending(&old),
+                version: live.version(),
+            });
+        }
+        if new.security != old.security {
+            live.security.replace(&new.security);
+        }
+        let new = Arc::new(new);
         let version = {
-            let mut c = live.current.write();
-            let version = c.version + 1;
-            *c = Current::new(new.clone(), &live.member, Some(network.clone()));
-            c.version = version;
-            if let Some(t) = term.as_ref() {
-                c.impose(t, state);
+            // Under the term's lock: a term starting now either sees the new connectors when it
+            // publishes itself, or is published already and reconfigured here.
+            let term = term.read();
+            let version = {
+                let mut c = live.current.write();
+                let version = c.version + 1;
+                *c = Current::new(new.clone(), &live.member, Some(network.clone()));
+                c.version = version;
+                if let Some(t) = term.as_ref() {
+                    c.impose(t, &live.memory_limit);
+                }
+                version
+            };
+            if let Some(net) = term.as_ref().and_then(|t| t.network.as_ref()) {
+                net.reconfigure(network);
             }
             version
         };
-        if let Some(net) = term.as_ref().and_then(|t| t.network.as_ref()) {
-            net.reconfigure(network);
-        }
-        version
-    };
-    tracing::info!(version, changes = applied.len(), file = %file.display(), "took a new topology");
-    Ok(ApplyOutcome {
-        member: live.member.clone(),
-        applied,
-        restart_pending: live.restart_pending(&new),
-        version,
-    })
+        tracing::info!(version, changes = applied.len(), file = %file.display(), "took a new topology");
+        Ok(ApplyOutcome {
+            member: live.member.clone(),
+            applied,
+            restart_pending: live.restart_pending(&new),
+            version,
+        })
+    }
 }

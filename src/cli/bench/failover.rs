@@ -29,9 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 use meshmq::client::{Client, ClientEvent, ClientOptions, Outgoing, SubscribeOptions};
 
-use super::bench::Report;
-use super::http;
-use super::spawn::{free_port, Spawned};
+use super::Report;
+use crate::cli::http;
+use crate::cli::spawn::{free_port, Spawned};
 
 const QUEUE: &str = "queue://bench.failover";
 

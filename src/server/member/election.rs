@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::member::{MemberState, Role};
-use super::options::ServerOptions;
+use super::state::{MemberState, Role};
 use super::term::Term;
 use crate::metrics as m;
+use crate::server::options::ServerOptions;
 
 /// An exclusive lock on a file, held while this value lives.
 pub(crate) struct FileLock {

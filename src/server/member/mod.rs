@@ -1,10 +1,17 @@
 //! One member's life: starting it (the admin port, then its term directly or its election
-//! driver), its role in its group, its state as the admin endpoints show it, and shutting it
-//! down; a task it cannot live without ending makes it exit with a failure.
+//! driver), and shutting it down; a task it cannot live without ending makes it exit with a
+//! failure.
 //!
-//! Owns: [`RunningServer`], [`MemberState`], [`Role`], [`Fatal`]. Must not touch: a master term's
-//! insides (`term.rs`). Invariant: `wait` returns only when every task has ended or the shutdown
-//! timeout has passed.
+//! Owns: [`RunningServer`], [`Fatal`]. Must not touch: a master term's insides (`term.rs`).
+//! Invariant: `wait` returns only when every task has ended or the shutdown timeout has passed.
+//!
+//! The member's parts, from the top down: this file; `admin/` (the admin HTTP port: status,
+//! topology, mesh view, drain); `election.rs` (file-lock groups) and `replicated.rs`
+//! (ZooKeeper groups), which start and stop terms; `term.rs` (one master term: the journal,
+//! the listeners, the chores); `state.rs` ([`MemberState`] and [`Role`]: what all of them
+//! share), which sits on three leaves — `term_view.rs` (a serving term as the others see it),
+//! `live.rs` (the topology it runs now, and taking a new one) and `operations.rs` (a drain's
+//! progress and the restart request). No file names one above it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,79 +23,23 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics as m;
 
-use super::options::{ElectionOptions, Identity, ServerError, ServerOptions};
-use super::term::Term;
-use super::{admin, drain, election, live, replicated, term};
+pub mod admin;
+mod election;
+pub mod live;
+mod operations;
+mod replicated;
+mod state;
+mod term;
+mod term_view;
 
-/// A member's role in its group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Starting,
-    /// Standing by: following the master (ZooKeeper groups) or waiting for the lock
-    /// (file-lock groups); no client listener open here.
-    Slave,
-    /// Between masters (ZooKeeper groups): waiting for an election, claiming, or catching its
-    /// followers up before it serves; no client listener open here.
-    Candidate,
-    Master,
-    Stopping,
-}
+pub use operations::{DrainStatus, RestartRequest};
+pub use state::Role;
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Starting => "starting",
-            Role::Slave => "slave",
-            Role::Candidate => "candidate",
-            Role::Master => "master",
-            Role::Stopping => "stopping",
-        }
-    }
+use crate::server::options::{ElectionOptions, ServerError, ServerOptions};
 
-    /// The role as `meshmq_ha_role` counts it: master, slave, or candidate for every state in
-    /// between (starting, electing, stepping down).
-    pub fn ha_role(self) -> &'static str {
-        match self {
-            Role::Master => "master",
-            Role::Slave => "slave",
-            Role::Candidate | Role::Starting | Role::Stopping => "candidate",
-        }
-    }
-}
-
-/// Shared with the admin endpoints: who this member is, and its current master term if any.
-pub(crate) struct MemberState {
-    pub(super) identity: Arc<Identity>,
-    pub(super) started: Instant,
-    pub(super) role: parking_lot::Mutex<Role>,
-    /// The group's epoch this member last served in (0: never).
-    pub(super) epoch: std::sync::atomic::AtomicU64,
-    pub(super) term: parking_lot::RwLock<Option<term::TermView>>,
-    /// The master's replication (followers and their lag), while it is one.
-    pub(super) replication: parking_lot::RwLock<Option<crate::ha::replication::Master>>,
-    pub(super) max_destinations: usize,
-    /// The broker-wide memory limit it runs with now (`meshmq apply` changes it).
-    pub(super) memory_limit: std::sync::atomic::AtomicU64,
-    pub(super) prometheus: metrics_exporter_prometheus::PrometheusHandle,
-    /// The topology it runs now, its live security and connectors.
-    pub(super) live: live::LiveTopology,
-    /// Admin writes (the drain) and the mesh view.
-    pub(super) operations: drain::Operations,
-}
-
-impl MemberState {
-    pub(crate) fn set_role(&self, role: Role) {
-        *self.role.lock() = role;
-        m::publish_ha_role(role.ha_role());
-    }
-
-    /// Records the newest epoch of the group this member knows.
-    pub(crate) fn set_epoch(&self, epoch: u64) {
-        self.epoch
-            .store(epoch, std::sync::atomic::Ordering::Release);
-        gauge!(m::HA_EPOCH).set(epoch as f64);
-    }
-}
+use operations::Operations;
+use state::MemberState;
+use term::Term;
 
 /// A started member.
 pub struct RunningServer {
@@ -101,7 +52,7 @@ pub struct RunningServer {
     shutdown_timeout: Duration,
     fatal: Fatal,
     /// `Operations::restart` of the member.
-    restart: Arc<drain::RestartRequest>,
+    restart: Arc<RestartRequest>,
 }
 
 impl RunningServer {
@@ -121,7 +72,7 @@ impl RunningServer {
 
     /// Whether the member, once stopped, runs itself again (`POST /restart`): read it after
     /// `wait`.
-    pub fn restart_request(&self) -> Arc<drain::RestartRequest> {
+    pub fn restart_request(&self) -> Arc<RestartRequest> {
         self.restart.clone()
     }
 
@@ -168,7 +119,6 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         term: parking_lot::RwLock::new(None),
         replication: parking_lot::RwLock::new(None),
         max_destinations: opts.max_destinations,
-        memory_limit: std::sync::atomic::AtomicU64::new(opts.broker.memory_limit),
         prometheus,
         live: live::LiveTopology::new(
             opts.topology.clone(),
@@ -176,8 +126,9 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             opts.network.clone(),
             // Password verifications running at once may use a sixteenth of the memory limit.
             (opts.broker.memory_limit / 16).max(crate::security::DEFAULT_LOGIN_MEMORY),
+            opts.broker.memory_limit,
         ),
-        operations: drain::Operations::new(&opts, shutdown.clone()),
+        operations: Operations::new(&opts, shutdown.clone()),
     });
     state.set_role(Role::Starting);
     state.set_epoch(0);

@@ -17,15 +17,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use zookeeper_client::SessionState;
 
-use crate::ha::machine::{Action, Config, Machine, Role as HaRole, Session, View};
+use crate::ha::machine::{Action, Config, ElectionRole, Machine, View, ZkSession};
 use crate::ha::replication::{self, FollowOptions, LinkOptions, ReplError};
 use crate::ha::zk::GroupSession;
 use crate::metrics as m;
 use crate::store::{self as store, Durability, EpochHistory, Store, StoreConfig, StoreError};
 
-use super::member::{MemberState, Role};
-use super::options::{ServerError, ServerOptions, ZooKeeperElection};
+use super::state::{MemberState, Role};
 use super::term::{close_store, open_broker, Term};
+use crate::server::options::{ServerError, ServerOptions, ZooKeeperElection};
 
 /// A master term with its replication.
 struct Serving {
@@ -236,7 +236,7 @@ impl Driver {
             let mut states = session.state_watcher();
             tracing::info!("registered with ZooKeeper");
             self.machine
-                .handle_session(Session::Connected, Instant::now());
+                .handle_session(ZkSession::Connected, Instant::now());
             self.refresh(&session).await;
             let (lease_tx, mut lease_rx) = mpsc::unbounded_channel();
             let renewer = {
@@ -272,18 +272,18 @@ impl Driver {
                     s = states.changed() => match s {
                         SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
                             self.zk_connected.set(1.0);
-                            self.machine.handle_session(Session::Connected, Instant::now());
+                            self.machine.handle_session(ZkSession::Connected, Instant::now());
                             self.refresh(&session).await;
                         }
                         SessionState::Disconnected => {
                             tracing::warn!("ZooKeeper connection lost; commits pause until it is back");
                             self.zk_connected.set(0.0);
-                            self.machine.handle_session(Session::Disconnected, Instant::now());
+                            self.machine.handle_session(ZkSession::Disconnected, Instant::now());
                         }
                         other => {
                             tracing::warn!(state = ?other, "ZooKeeper session ended; opening a new one");
                             self.zk_connected.set(0.0);
-                            self.machine.handle_session(Session::Expired, Instant::now());
+                            self.machine.handle_session(ZkSession::Expired, Instant::now());
                             self.sync_lease();
                             let _ = self.act(&session).await;
                             continue 'session;
@@ -351,7 +351,7 @@ impl Driver {
                         tracing::warn!(error = %e, "cannot publish our state");
                         if e.is_expired() {
                             self.machine
-                                .handle_session(Session::Expired, Instant::now());
+                                .handle_session(ZkSession::Expired, Instant::now());
                             return false;
                         }
                         self.machine.handle_publish_failed();
@@ -492,7 +492,7 @@ impl Driver {
             }
             Done::Started(Ok(serving)) => {
                 self.starting = None;
-                if matches!(self.machine.role(), HaRole::Master { .. }) {
+                if matches!(self.machine.role(), ElectionRole::Master { .. }) {
                     self.serving = Some(serving);
                 } else {
                     // Resigned while starting.

@@ -12,7 +12,8 @@
 //! not wait for the queues (the journal keeps them for the restarted process), and ends with
 //! the process executing its own binary again instead of exiting.
 //!
-//! Owns: the drain's sequence and the progress `/status` shows, and the admin token check.
+//! Owns: the drain's sequence (its progress and the restart request are recorded in the
+//! member's state, `../operations.rs`, which `/status` shows).
 //! Must not touch: how a client moves (the cluster registry asks it) or how a term stops (the
 //! term does that). Invariants: a drain starts at most once and only with the `[admin]` token;
 //! nothing is dropped — a failover client that no other group took is told to leave before
@@ -20,32 +21,16 @@
 //! be told is closed by the ordinary shutdown (it reconnects through its failover URL), and
 //! messages still queued at the deadline stay in the journal for the member's next start.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
+use axum::http::Uri;
 use tokio_util::sync::CancellationToken;
 
-use super::admin_ui::MeshMemberRef;
-use super::member::MemberState;
-use super::options::ServerOptions;
-
-/// `/status` while a drain runs.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DrainStatus {
-    /// `moving clients`, `emptying queues`, `handing over`, `stopping` or `restarting`.
-    pub phase: String,
-    /// Client connections still here.
-    pub clients: u64,
-    /// Messages still held on this member's queues.
-    pub queued: u64,
-    /// Requests to move sent so far.
-    pub moves_asked: u64,
-    /// Seconds until the drain stops waiting and exits anyway.
-    pub seconds_left: f64,
-}
+use super::super::operations::{DrainStatus, Operations};
+use super::super::state::MemberState;
+use super::super::term_view::TermView;
 
 /// What a drain is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,34 +42,6 @@ pub(crate) enum Purpose {
     Restart,
 }
 
-/// What the admin port may change on a member, and what it shows of the mesh.
-pub(crate) struct Operations {
-    group_members: usize,
-    pub(crate) mesh: Vec<MeshMemberRef>,
-    shutdown: CancellationToken,
-    drain: Mutex<Option<(Instant, DrainStatus)>>,
-    /// Set when the drain under way ends in a restart (read once the member has stopped).
-    pub(crate) restart: Arc<RestartRequest>,
-}
-
-/// Whether a stopped member runs itself again, set by a drain for a restart.
-#[derive(Debug, Default)]
-pub struct RestartRequest {
-    requested: AtomicBool,
-    /// The epoch a master handed its group over in (0: it handed nothing over).
-    handed_over_at: AtomicU64,
-}
-
-impl RestartRequest {
-    /// `Some(epoch)` once a restart was asked for: the epoch this member handed its group over
-    /// in, 0 when it handed nothing over.
-    pub fn requested(&self) -> Option<u64> {
-        self.requested
-            .load(Ordering::SeqCst)
-            .then(|| self.handed_over_at.load(Ordering::SeqCst))
-    }
-}
-
 /// Why an admin write was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Refused {
@@ -92,33 +49,13 @@ pub(crate) enum Refused {
     AlreadyDraining,
 }
 
-impl Operations {
-    pub(crate) fn new(opts: &ServerOptions, shutdown: CancellationToken) -> Operations {
-        Operations {
-            group_members: opts.group_members,
-            mesh: opts.mesh_members.clone(),
-            shutdown,
-            drain: Mutex::new(None),
-            restart: Arc::new(RestartRequest::default()),
-        }
-    }
-
-    /// The drain's progress, once one started.
-    pub(crate) fn drain_status(&self) -> Option<DrainStatus> {
-        self.drain.lock().as_ref().map(|(deadline, s)| {
-            let mut s = s.clone();
-            s.seconds_left = deadline
-                .saturating_duration_since(Instant::now())
-                .as_secs_f64();
-            s
-        })
-    }
-
-    fn set(&self, update: impl FnOnce(&mut DrainStatus)) {
-        if let Some((_, s)) = self.drain.lock().as_mut() {
-            update(s);
-        }
-    }
+/// The `timeout` parameter of `/drain?timeout=90s` (and `/restart?timeout=30s`): how long the
+/// drain waits for clients and queues before the member exits (or runs again) anyway.
+pub(super) fn timeout_param(uri: &Uri) -> Option<String> {
+    uri.query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("timeout="))
+        .map(str::to_string)
 }
 
 /// Starts draining `state`'s member (at most once); it exits (or, for a restart, runs itself
@@ -258,11 +195,7 @@ const LEAVE_GRACE: Duration = Duration::from_secs(5);
 /// closes a connection at once, dropping what the member had not read yet (fire-and-forget
 /// sends that no receipt covers, lost for good). The clients that cannot be told (plain
 /// connections, STOMP, MQTT, listeners without cluster updates) are closed by the stop.
-async fn send_clients_away(
-    ops: &Operations,
-    term: &super::term::TermView,
-    deadline: tokio::time::Instant,
-) {
+async fn send_clients_away(ops: &Operations, term: &TermView, deadline: tokio::time::Instant) {
     let told = term.cluster.ask_everyone_to_go();
     if told == 0 {
         return;
