@@ -56,9 +56,11 @@ pub(crate) async fn serve(
 ) {
     ctx.metrics.connection_opened();
     let mut pump = Pump::new(stream);
-    match handshake(&mut pump, peer, &ctx, &shutdown).await {
+    // Boxed: its state is freed once it is done, not kept for the connection's life.
+    match Box::pin(handshake(&mut pump, peer, &ctx, &shutdown)).await {
         Ok(Some(Hello::Bridge(info))) => match &ctx.network {
-            Some(network) => network.accept(pump, info, peer).await,
+            // Boxed: a bridge's state would otherwise be part of every client connection's.
+            Some(network) => Box::pin(network.accept(pump, info, peer)).await,
             None => {
                 let _: std::io::Result<Option<()>> = refuse(
                     &mut pump,

@@ -287,7 +287,7 @@ impl<C: Codec> Connection<C> {
             Admission::Now => self.take(send),
             Admission::Wait => {
                 self.ctx.metrics.producer_blocked();
-                self.blocked = Some(send);
+                self.blocked = Some(Box::new(send));
             }
             Admission::Refuse(e) => {
                 self.ctx.metrics.send_refused(&e);
@@ -340,7 +340,7 @@ impl<C: Codec> Connection<C> {
     pub(super) fn retry_blocked(&mut self) {
         if let Some(b) = self.blocked.take() {
             if self.session.has_room(&b.target, b.message.persistent) {
-                self.take(b);
+                self.take(*b);
             } else {
                 self.blocked = Some(b);
             }

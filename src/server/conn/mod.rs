@@ -90,8 +90,9 @@ pub(crate) struct Connection<C: Codec> {
     /// allocation per fill), empty between calls.
     acked_on_write: Vec<(u64, u64)>,
     ack_tags: Vec<u64>,
-    /// A send waiting for room (producer flow control); no frame is read meanwhile.
-    blocked: Option<Accepted<C::Receipt>>,
+    /// A send waiting for room (producer flow control); no frame is read meanwhile. Boxed:
+    /// it is rare, and inline its message would weigh on every idle connection.
+    blocked: Option<Box<Accepted<C::Receipt>>>,
     /// Receipts waiting for the journal, in frame order.
     receipts: SyncedQueue<C::Receipt>,
     closing: Option<&'static str>,
@@ -324,9 +325,12 @@ impl<C: Codec> Connection<C> {
             let outbox = (!self.disconnecting && self.stopping.is_none())
                 .then(|| self.session.outbox().clone());
             let stop_deadline = self.stopping;
+            // This future and `room` are boxed when they are needed (rarely: a stopping
+            // broker, a blocked producer): inline, their state would be part of every idle
+            // connection's.
             let grace_over = async {
                 match stop_deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
+                    Some(at) => Box::pin(tokio::time::sleep_until(at)).await,
                     None => std::future::pending().await,
                 }
             };
@@ -336,7 +340,9 @@ impl<C: Codec> Connection<C> {
                 .map(|b| (b.target.clone(), b.message.persistent));
             let room = async {
                 match &blocked {
-                    Some((target, persistent)) => broker.wait_room(target, *persistent).await,
+                    Some((target, persistent)) => {
+                        Box::pin(broker.wait_room(target, *persistent)).await
+                    }
                     None => std::future::pending().await,
                 }
             };

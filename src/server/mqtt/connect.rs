@@ -174,7 +174,8 @@ pub(crate) async fn serve(
 ) {
     ctx.metrics.connection_opened();
     let mut pump = Pump::new(stream);
-    match handshake(&mut pump, peer, &ctx, &shutdown).await {
+    // Boxed: its state is freed once it is done, not kept for the connection's life.
+    match Box::pin(handshake(&mut pump, peer, &ctx, &shutdown)).await {
         Ok(Some((codec, session, principal, keep_alive, session_end))) => {
             let session_id = session.id();
             // Counted in the group's load; MQTT takes no cluster pushes.

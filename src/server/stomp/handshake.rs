@@ -54,7 +54,8 @@ pub(crate) async fn serve(
 ) {
     ctx.metrics.connection_opened();
     let mut pump = Pump::new(stream);
-    match handshake(&mut pump, peer, &ctx, &shutdown).await {
+    // Boxed: its state is freed once it is done, not kept for the connection's life.
+    match Box::pin(handshake(&mut pump, peer, &ctx, &shutdown)).await {
         Ok(Some((proto, session, principal, send_every, expect_every))) => {
             // Counted in the group's load; STOMP takes no pushes.
             let registration =
