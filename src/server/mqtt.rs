@@ -62,7 +62,7 @@ pub(crate) use persistent::{expire_kept_sessions, kept_share_filter};
 use persistent::{parse_session_sub_name, session_sub_name};
 #[cfg(test)]
 use topic::{destination_to_topic, topic_to_destination};
-pub(crate) use topic::{filter_to_pattern, TopicError};
+pub(crate) use topic::{fed_from, share_queue, SHARE_TOPIC_HEADER};
 use wire::{decode_error, reason, reason_for, Packet, Wire};
 
 /// What the broker owes the client once a request is answered: the packet that answers it.

@@ -1,12 +1,13 @@
 //! MQTT shared subscriptions (`$share/NAME/filter`) as competing consumers across the mesh, the
 //! way ActiveMQ's virtual topics work. A share group is a queue, `queue://$share.NAME.F` (F: the
 //! filter's levels as segments, `+` and `#` kept), and its subscribers are that queue's
-//! consumers. On every member where the queue has demand — a subscriber there, or a network
-//! consumer standing for subscribers further on — the queue is registered as a broker feed
-//! (`broker::feed`): each message published *on that member* (one that did not arrive over a
-//! connector) to a topic the filter matches is copied into the queue. So a message enters a
-//! group's queue once, where it was published, and the queue's demand crosses connectors as any
-//! queue's does: each message goes to one subscriber of the group, wherever it is in the mesh.
+//! consumers (`mqtt/topic.rs` owns the names both ways). On every member where the queue has
+//! demand — a subscriber there, or a network consumer standing for subscribers further on —
+//! the queue is registered as a broker feed (`broker::feed`): each message published *on that
+//! member* (one that did not arrive over a connector) to a topic the filter matches is copied
+//! into the queue. So a message enters a group's queue once, where it was published, and the
+//! queue's demand crosses connectors as any queue's does: each message goes to one subscriber
+//! of the group, wherever it is in the mesh.
 //! The copy keeps the topic it was published to (in the [`SHARE_TOPIC_HEADER`] header), which is
 //! what the subscriber is told.
 //!
@@ -25,65 +26,9 @@ use std::collections::{HashMap, HashSet};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, Demand, DemandEvent, Destination, DestinationPattern, Kind};
+use crate::broker::{Broker, Demand, DemandEvent, Destination, DestinationPattern};
 
-use super::mqtt::{filter_to_pattern, kept_share_filter, TopicError};
-
-/// Names the queues of share groups (`queue://$share.…`).
-const SHARE_QUEUE_PREFIX: &str = "$share.";
-
-/// The header that carries the topic a share group's copy was published to.
-pub(crate) const SHARE_TOPIC_HEADER: &str = "meshmq.share-topic";
-
-/// Why a `$share/…` filter cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum ShareError {
-    #[error("the shared subscription {0:?} needs $share/NAME/FILTER, NAME non-empty and free of /, + and #")]
-    Malformed(String),
-    #[error(transparent)]
-    Filter(#[from] TopicError),
-}
-
-/// The queue of share group `$share/NAME/FILTER` (`None` when `filter` is not a shared one).
-pub(crate) fn share_queue(filter: &str) -> Option<Result<Destination, ShareError>> {
-    let rest = filter.strip_prefix("$share/")?;
-    Some((|| {
-        let (name, topic_filter) = rest
-            .split_once('/')
-            .ok_or_else(|| ShareError::Malformed(filter.to_string()))?;
-        if name.is_empty() || name.contains(['+', '#']) || topic_filter.is_empty() {
-            return Err(ShareError::Malformed(filter.to_string()));
-        }
-        // Checked as a filter (and its levels validated) first.
-        filter_to_pattern(topic_filter)?;
-        let segments: Vec<String> = std::iter::once(name)
-            .chain(topic_filter.split('/'))
-            .map(|level| level.replace('.', "/"))
-            .collect();
-        Destination::new(
-            Kind::Queue,
-            &format!("{SHARE_QUEUE_PREFIX}{}", segments.join(".")),
-        )
-        .map_err(|e| ShareError::Filter(TopicError::Destination(filter.into(), e.to_string())))
-    })())
-}
-
-/// The topics share-group queue `queue` is fed from (`None` when it is not one).
-fn fed_from(queue: &str) -> Option<DestinationPattern> {
-    let name = queue
-        .strip_prefix("queue://")?
-        .strip_prefix(SHARE_QUEUE_PREFIX)?;
-    let (_, filter) = name.split_once('.')?;
-    let segments: Vec<&str> = filter
-        .split('.')
-        .map(|s| match s {
-            "+" => "*",
-            "#" => ">",
-            s => s,
-        })
-        .collect();
-    DestinationPattern::parse(&format!("topic://{}", segments.join("."))).ok()
-}
+use super::mqtt::{fed_from, kept_share_filter, share_queue, SHARE_TOPIC_HEADER};
 
 /// The share-group queues the kept sessions' shared subscriptions read.
 fn kept_queues(names: impl IntoIterator<Item = String>) -> HashSet<String> {
@@ -235,44 +180,5 @@ impl Groups {
         for queue in gone {
             self.stop_feed(&queue);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_share_filter_names_its_groups_queue_and_the_queue_its_topics() {
-        let q = share_queue("$share/g/sensors/+/temp")
-            .expect("shared")
-            .expect("valid");
-        assert_eq!(q.to_string(), "queue://$share.g.sensors.+.temp");
-        assert_eq!(
-            fed_from(q.as_str()).expect("a share queue").to_string(),
-            "topic://sensors.*.temp"
-        );
-        let q = share_queue("$share/a.b/x.y/#")
-            .expect("shared")
-            .expect("valid");
-        assert_eq!(q.to_string(), "queue://$share.a/b.x/y.#");
-        assert_eq!(
-            fed_from(q.as_str()).expect("a share queue").to_string(),
-            "topic://x/y.>"
-        );
-        assert!(share_queue("sensors/#").is_none());
-        for bad in [
-            "$share/g",
-            "$share//a",
-            "$share/g+/a",
-            "$share/g/a#",
-            "$share/g/",
-        ] {
-            assert!(
-                matches!(share_queue(bad), Some(Err(_))),
-                "{bad} must be refused"
-            );
-        }
-        assert!(fed_from("queue://orders").is_none());
     }
 }

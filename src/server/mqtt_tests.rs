@@ -16,9 +16,8 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use super::super::conn::{Codec, Inbound};
 use super::super::request::{Refusal, Request};
-use super::{
-    destination_to_topic, filter_to_pattern, topic_to_destination, Mqtt, Receipt, TopicError, Wire,
-};
+use super::topic::{filter_to_pattern, TopicError};
+use super::{destination_to_topic, topic_to_destination, Mqtt, Receipt, Wire};
 use crate::broker::{Delivery, Destination, Message, RETAIN_HEADER};
 use crate::wire::proto::ErrorCode;
 

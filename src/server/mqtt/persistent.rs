@@ -25,8 +25,8 @@ use crate::security::Principal;
 
 use super::super::conn::ConnCtx;
 use super::super::mqtt_session::KeptInflight;
-use super::super::mqtt_share::share_queue;
 use super::super::request::Request;
+use super::topic::share_queue;
 use super::will::{DelayedWills, WillSlot};
 use super::{Mqtt, Outgoing, Receipt, Sub};
 

@@ -15,8 +15,8 @@ use rmqtt_codec::{v3, v5};
 use crate::broker::{Destination, Draft, Kind, Message, RETAIN_HEADER};
 
 use super::super::conn::Inbound;
-use super::super::mqtt_share::SHARE_TOPIC_HEADER;
 use super::super::request::{Request, SendRequest};
+use super::topic::SHARE_TOPIC_HEADER;
 use super::topic::{destination_to_topic, message_topic, topic_to_destination};
 use super::wire::reason;
 use super::{Mqtt, Outgoing, Receipt};

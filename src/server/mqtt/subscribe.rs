@@ -16,10 +16,10 @@ use rmqtt_codec::{v3, v5};
 use crate::broker::{DestinationPattern, SubscribeSpec};
 
 use super::super::conn::Inbound;
-use super::super::mqtt_share::share_queue;
 use super::super::request::Request;
 use super::persistent::session_sub_name;
 use super::topic::filter_to_pattern;
+use super::topic::share_queue;
 use super::wire::reason;
 use super::{Gathering, Mqtt, Receipt, Sub};
 
