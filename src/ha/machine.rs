@@ -4,7 +4,7 @@
 //! state, the outcome of a claim, the end of a follow or a term, each successful lease renewal —
 //! and carries out the `Action`s it polls. Time comes in as an argument, never from a clock.
 //!
-//! Invariants (checked over random schedules in `sim.rs`):
+//! Invariants (checked over random schedules in `ha/sim/`):
 //! - A member announces `Following` — and the driver waits for that write — before it appends
 //!   anything from a master, and announces `Candidate` with its position only after its
 //!   replication client has stopped: a published candidate position is final.

@@ -10,7 +10,7 @@
 //! stream ([`plan_start`]), whether records of a master may be taken (never from an epoch
 //! older than the newest seen), and what to acknowledge (what is durable here, and an answer to
 //! each heartbeat). Must not touch: sockets, clocks, files or the journal: the drivers
-//! (`master.rs`, `follower.rs`, and the group simulation `ha/sim.rs`) feed in what they
+//! (`master.rs`, `follower.rs`, and the group simulation `ha/sim/`) feed in what they
 //! received and what their journal did, as numbers and [`EpochHistory`]s, and carry out the
 //! answers. Nothing here knows what a record holds.
 //!

@@ -22,7 +22,7 @@
 //! Every refusal is logged with the peer and counted with a `reason`.
 //!
 //! Layout: `machine` holds the protocol as two state machines with no I/O (`MasterMachine`,
-//! `FollowerMachine`; the group simulation `ha/sim.rs` drives them too), `master` and
+//! `FollowerMachine`; the group simulation `ha/sim/` drives them too), `master` and
 //! `follower` are the drivers that feed them from sockets and the journal; this file holds the
 //! wire (one length-prefixed protobuf message at a time) and what both ends share.
 
