@@ -16,9 +16,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::history::{Judgement, Ledger};
+use common::history::{self, Judgement, Ledger};
 use common::mesh::{Mesh, MeshBuilder};
-use meshmq::client::{AckMode, Client, ClientOptions, Outgoing, SubscribeOptions};
+use meshmq::client::{Client, ClientOptions, Outgoing, SubscribeOptions};
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -50,20 +50,7 @@ fn group_of(c: &Client) -> String {
 
 fn consume(label: usize, url: String, seen: Shared, stop: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let consumer = Client::connect(&url, ClientOptions::default())
-            .await
-            .expect("consumer");
-        let mut sub = consumer
-            .subscribe(
-                DEST,
-                SubscribeOptions {
-                    ack: AckMode::ClientIndividual,
-                    prefetch: 20,
-                    ..SubscribeOptions::default()
-                },
-            )
-            .await
-            .expect("subscribe");
+        let (consumer, mut sub) = history::individual_subscriber(&url, DEST, "consumer").await;
         loop {
             let d = tokio::select! {
                 d = sub.next_timeout(Duration::from_millis(200)) => d,

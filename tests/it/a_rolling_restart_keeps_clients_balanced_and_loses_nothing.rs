@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::history::{Judgement, Ledger};
+use common::history::{self, Judgement, Ledger};
 use common::mesh::{connect_clients, Mesh, MeshBuilder};
-use meshmq::client::{AckMode, Client, ClientOptions, Outgoing, SubscribeOptions};
+use meshmq::client::{Client, ClientOptions, Outgoing, SubscribeOptions};
 use parking_lot::Mutex;
 
 const EDGES: [&str; 3] = ["edge-1", "edge-2", "edge-3"];
@@ -63,20 +63,7 @@ async fn a_rolling_restart_keeps_clients_balanced_and_loses_nothing() {
 
     let seen = Arc::new(Mutex::new(Ledger::<u64>::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let consumer = Client::connect(&url, ClientOptions::default())
-        .await
-        .expect("consumer");
-    let mut sub = consumer
-        .subscribe(
-            DEST,
-            SubscribeOptions {
-                ack: AckMode::ClientIndividual,
-                prefetch: 20,
-                ..SubscribeOptions::default()
-            },
-        )
-        .await
-        .expect("subscribe");
+    let (_consumer, mut sub) = history::individual_subscriber(&url, DEST, "consumer").await;
     let consuming = {
         let (seen, stop) = (seen.clone(), stop.clone());
         tokio::spawn(async move {

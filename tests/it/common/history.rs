@@ -427,6 +427,14 @@ pub async fn queue_consumer(
     label: &str,
     stop: &CancellationToken,
 ) -> Client {
+    let (client, sub) = individual_subscriber(url, dest, label).await;
+    consume(sub, history, label, stop.clone());
+    client
+}
+
+/// A client connected through `url` (a failover URL, usually) with a subscription to queue
+/// `dest`: individual acks, a prefetch of 20 — the consumer of the tests that judge a history.
+pub async fn individual_subscriber(url: &str, dest: &str, label: &str) -> (Client, Subscription) {
     let client = Client::connect(url, ClientOptions::default())
         .await
         .unwrap_or_else(|e| panic!("{label} connects to {url}: {e}"));
@@ -441,8 +449,7 @@ pub async fn queue_consumer(
         )
         .await
         .expect("subscribe");
-    consume(sub, history, label, stop.clone());
-    client
+    (client, sub)
 }
 
 /// Queue traffic for the tests that change a mesh under load (a drain, a rolling apply): queue
