@@ -28,6 +28,18 @@ fn open(dir: &Path, settings: BrokerSettings) -> Broker {
     Broker::with_store(settings, store, recovered)
 }
 
+/// A broker whose group commit holds each write 300 ms on its way to the disk (so a test can
+/// act while a commit is pending), and its store's configuration, to open it again.
+fn open_with_slow_commits(dir: &Path) -> (Broker, StoreConfig) {
+    let config = StoreConfig {
+        group_commit_window: Duration::from_millis(300),
+        ..store_config(dir)
+    };
+    let (store, recovered) = Store::open(config.clone(), false).unwrap();
+    let broker = Broker::with_store(BrokerSettings::default(), store, recovered);
+    (broker, config)
+}
+
 /// Stops without a checkpoint (as a crash after the last sync would).
 fn crash(b: Broker) {
     b.store().unwrap().close();
@@ -482,13 +494,8 @@ async fn a_checkpoint_taken_while_a_transaction_commits_lists_its_sends_by_their
     // list each under that record (and a send not journaled not at all), or the next start
     // finds the "live message" is the end marker and refuses.
     let dir = tempfile::tempdir().unwrap();
-    let config = StoreConfig {
-        // Holds the commit on its way to the disk while the checkpoint takes its snapshot.
-        group_commit_window: Duration::from_millis(300),
-        ..store_config(dir.path())
-    };
-    let (store, recovered) = Store::open(config.clone(), false).unwrap();
-    let b = Broker::with_store(BrokerSettings::default(), store, recovered);
+    // Holds the commit on its way to the disk while the checkpoint takes its snapshot.
+    let (b, config) = open_with_slow_commits(dir.path());
     let mut p = b.open_session(None).unwrap();
     let t = p.target(&to_dest("queue://q")).unwrap();
     let sends = [("one", true), ("memory only", false), ("two", true)]
@@ -521,13 +528,8 @@ async fn sends_a_connection_never_confirmed_come_back_flagged_after_a_graceful_r
     // the disk — and stay flagged across a graceful restart; the confirmed one and another
     // connection's are not.
     let dir = tempfile::tempdir().unwrap();
-    let config = StoreConfig {
-        // Holds the last send on its way to the disk while the connection ends.
-        group_commit_window: Duration::from_millis(300),
-        ..store_config(dir.path())
-    };
-    let (store, recovered) = Store::open(config.clone(), false).unwrap();
-    let b = Broker::with_store(BrokerSettings::default(), store, recovered);
+    // Holds the last send on its way to the disk while the connection ends.
+    let (b, config) = open_with_slow_commits(dir.path());
     let mut p = b.open_session(None).unwrap();
     let mut other = b.open_session(None).unwrap();
     let Published::Pending(confirmed) = publish(&mut p, "queue://q", msg("confirmed", true)).await

@@ -42,6 +42,67 @@ struct Seen {
     sends: BTreeMap<String, (String, String, bool)>,
 }
 
+impl Seen {
+    /// Prints what the ledger shows, and fails the test if a receipted message was lost, one
+    /// was invented, or one arrived unflagged after it had already arrived (a second unflagged
+    /// copy, or an unflagged copy after a flagged one: overtaken).
+    fn judge_nothing_lost_or_overtaken(&self) -> Judgement<String> {
+        let judged = self.ledger.judge();
+        let Judgement {
+            lost,
+            invented,
+            unflagged_duplicates,
+            overtaken,
+            flagged_duplicates,
+        } = &judged;
+        let flagged = self
+            .ledger
+            .deliveries
+            .values()
+            .filter(|c| c.iter().any(|r| *r))
+            .count();
+        let story = |keys: &[String]| -> Vec<String> {
+            keys.iter()
+                .take(10)
+                .map(|k| {
+                    format!(
+                        "{k}: sent {:?}, delivered (consumer, group, redeliveries) {:?}",
+                        self.sends.get(k),
+                        self.copies.get(k)
+                    )
+                })
+                .collect()
+        };
+        eprintln!(
+            "{} receipted, {} in doubt, {} delivered ({flagged} messages flagged at least once); \
+             lost {}, invented {}, unflagged duplicates {}, overtaken {}, flagged duplicates \
+             {flagged_duplicates}",
+            self.ledger.accepted.len(),
+            self.ledger.in_doubt.len(),
+            self.ledger.deliveries.values().map(Vec::len).sum::<usize>(),
+            lost.len(),
+            invented.len(),
+            unflagged_duplicates.len(),
+            overtaken.len(),
+        );
+        for line in story(overtaken) {
+            eprintln!("overtaken {line}");
+        }
+        assert!(
+            lost.is_empty()
+                && invented.is_empty()
+                && unflagged_duplicates.is_empty()
+                && overtaken.is_empty(),
+            "lost {:?}; invented {invented:?}; unflagged duplicates {:?}; overtaken (flagged, then \
+             unflagged) {:?}",
+            story(lost),
+            story(unflagged_duplicates),
+            story(overtaken)
+        );
+        judged
+    }
+}
+
 type Shared = Arc<Mutex<Seen>>;
 
 fn group_of(c: &Client) -> String {
@@ -203,51 +264,8 @@ async fn a_rolling_restart_delivers_nothing_unflagged_after_a_flagged_copy() {
         d.await.expect("drain");
     }
     let s = seen.lock();
-    let Judgement {
-        lost,
-        invented,
-        unflagged_duplicates,
-        overtaken,
-        flagged_duplicates,
-    } = s.ledger.judge();
-    let story = |keys: &[String]| -> Vec<String> {
-        keys.iter()
-            .take(10)
-            .map(|k| {
-                format!(
-                    "{k}: sent {:?}, delivered (consumer, group, redeliveries) {:?}",
-                    s.sends.get(k),
-                    s.copies.get(k)
-                )
-            })
-            .collect()
-    };
-    eprintln!(
-        "{} receipted, {} in doubt, {} delivered; lost {}, invented {}, unflagged duplicates {}, \
-         overtaken {}, flagged duplicates {flagged_duplicates}",
-        s.ledger.accepted.len(),
-        s.ledger.in_doubt.len(),
-        s.ledger.deliveries.values().map(Vec::len).sum::<usize>(),
-        lost.len(),
-        invented.len(),
-        unflagged_duplicates.len(),
-        overtaken.len(),
-    );
-    for line in story(&overtaken) {
-        eprintln!("overtaken {line}");
-    }
     assert!(!s.ledger.accepted.is_empty(), "nothing was receipted");
-    assert!(
-        lost.is_empty()
-            && invented.is_empty()
-            && unflagged_duplicates.is_empty()
-            && overtaken.is_empty(),
-        "lost {:?}; invented {invented:?}; unflagged duplicates {:?}; overtaken (flagged, then \
-         unflagged) {:?}",
-        story(&lost),
-        story(&unflagged_duplicates),
-        story(&overtaken)
-    );
+    s.judge_nothing_lost_or_overtaken();
 }
 
 /// Waits until every receipted message arrived and nothing more came for 12 s (at most 90 s).
@@ -329,50 +347,9 @@ async fn a_stop_whose_receipts_outlast_the_grace_flags_the_originals_it_holds() 
     consuming.await.expect("consumer");
 
     let s = seen.lock();
-    let Judgement {
-        lost,
-        invented,
-        unflagged_duplicates,
-        overtaken,
-        flagged_duplicates,
-    } = s.ledger.judge();
-    let flagged = s
-        .ledger
-        .deliveries
-        .values()
-        .filter(|c| c.iter().any(|r| *r))
-        .count();
-    let story = |keys: &[String]| -> Vec<String> {
-        keys.iter()
-            .take(10)
-            .map(|k| format!("{k}: {:?} {:?}", s.sends.get(k), s.copies.get(k)))
-            .collect()
-    };
-    eprintln!(
-        "{} receipted, {} in doubt, {} delivered ({flagged} messages flagged at least once); \
-         lost {}, invented {}, unflagged duplicates {}, overtaken {}, flagged duplicates \
-         {flagged_duplicates}",
-        s.ledger.accepted.len(),
-        s.ledger.in_doubt.len(),
-        s.ledger.deliveries.values().map(Vec::len).sum::<usize>(),
-        lost.len(),
-        invented.len(),
-        unflagged_duplicates.len(),
-        overtaken.len(),
-    );
+    let judged = s.judge_nothing_lost_or_overtaken();
     assert!(
-        flagged_duplicates > 0,
+        judged.flagged_duplicates > 0,
         "no message was sent twice: the stop left no send in doubt, so the case did not happen"
-    );
-    assert!(
-        lost.is_empty()
-            && invented.is_empty()
-            && unflagged_duplicates.is_empty()
-            && overtaken.is_empty(),
-        "lost {:?}; invented {invented:?}; unflagged duplicates {:?}; overtaken (flagged, then \
-         unflagged) {:?}",
-        story(&lost),
-        story(&unflagged_duplicates),
-        story(&overtaken)
     );
 }

@@ -16,18 +16,12 @@ use std::time::Duration;
 
 use common::ha::{GroupSpec, HaGroup};
 use common::zk::ZooKeeper;
+use common_mqtt::received_payloads;
 use common_mqtt::{hold_session, paho_session as paho};
-use serde_json::{json, Value};
+use serde_json::json;
 
 fn payloads(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
-}
-
-/// What a `receive` step got, sorted (redeliveries come first).
-fn received(r: &Value) -> Vec<String> {
-    let mut got: Vec<String> = serde_json::from_value(r["messages"].clone()).expect("messages");
-    got.sort();
-    got
 }
 
 /// A ZooKeeper-elected group of three whose members also serve MQTT (while master), and each
@@ -97,7 +91,7 @@ fn persistent_sessions_follow_their_clients_to_the_new_master_after_kill_9() {
             "MQTT {v}: the session is on the new master: {r}"
         );
         assert_eq!(
-            received(&r),
+            received_payloads(&r),
             payloads("held", 10),
             "MQTT {v}: every message, each once, from the new master"
         );
@@ -114,7 +108,7 @@ fn persistent_sessions_follow_their_clients_to_the_new_master_after_kill_9() {
         let r = paho(on_new, v, "receive", &cid(v), &["5"]);
         assert_eq!(r["session_present"], json!(true), "MQTT {v}");
         assert_eq!(
-            received(&r),
+            received_payloads(&r),
             payloads("after", 5),
             "MQTT {v}: the session goes on on the new master"
         );
@@ -182,7 +176,7 @@ fn mqtt5_session_expiry_runs_on_on_the_new_master_after_kill_9() {
         "zk-kept: still kept: {r}"
     );
     assert_eq!(
-        received(&r),
+        received_payloads(&r),
         payloads("zk-kept", 3),
         "zk-kept: every message it kept, once, from the new master"
     );

@@ -7,12 +7,14 @@
 //! MQTT 5 session ends after its expiry interval.
 
 use crate::common;
+use crate::common_mqtt;
 use crate::common_stomp;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::pair::{file_lock_pair, wait_for};
+use common_mqtt::received_payloads;
 use common_stomp::python_in;
 use serde_json::{json, Value};
 
@@ -30,19 +32,6 @@ fn paho(port: SocketAddr, version: &str, action: &str, cid: &str, rest: &[&str])
 
 fn payloads(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
-}
-
-/// What a `receive` step got, sorted (a persistent session's backlog is delivered in order per
-/// topic, but redeliveries of unacknowledged messages come first).
-fn received(r: &Value) -> Vec<String> {
-    let mut got: Vec<String> = r["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .map(|m| m.as_str().expect("payload").to_string())
-        .collect();
-    got.sort();
-    got
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
@@ -69,7 +58,7 @@ fn away_then_back(port: SocketAddr, version: &str, cid: &str, topic: &str, prefi
         "MQTT {version} {prefix}: {r}"
     );
     assert_eq!(
-        received(&r),
+        received_payloads(&r),
         sorted(payloads(prefix, n)),
         "MQTT {version} {prefix}: every message published while away, each once"
     );
@@ -114,7 +103,7 @@ fn persistent_sessions_keep_subscriptions_and_messages_across_disconnects_restar
         assert_eq!(r["messages"], json!(payloads("held", 4)), "MQTT {v}");
         let r = paho(g1, v, "receive", &cid(v), &["10"]);
         assert_eq!(
-            received(&r),
+            received_payloads(&r),
             sorted(payloads("held", 10)),
             "MQTT {v}: the unacknowledged ones again, and the rest, each once"
         );
@@ -140,7 +129,7 @@ fn persistent_sessions_keep_subscriptions_and_messages_across_disconnects_restar
         let r = paho(g1, v, "receive", &cid(v), &["10"]);
         assert_eq!(r["session_present"], json!(true), "MQTT {v} after restart");
         assert_eq!(
-            received(&r),
+            received_payloads(&r),
             sorted(payloads("restart", 10)),
             "MQTT {v}: every message kept across the restart, each once"
         );
@@ -162,7 +151,7 @@ fn persistent_sessions_keep_subscriptions_and_messages_across_disconnects_restar
         let r = paho(g2, v, "receive", &cid(v), &["10"]);
         assert_eq!(r["session_present"], json!(true), "MQTT {v} after failover");
         assert_eq!(
-            received(&r),
+            received_payloads(&r),
             sorted(payloads("failover", 10)),
             "MQTT {v}: every message published to the old master, each once, from the new one"
         );

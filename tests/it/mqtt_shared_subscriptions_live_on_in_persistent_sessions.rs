@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use common::pair::{file_lock_pair, wait_for};
 use common_mqtt::paho_session as paho;
-use serde_json::{json, Value};
+use common_mqtt::received_payloads;
+use serde_json::json;
 
 const VERSIONS: [&str; 2] = ["3.1.1", "5"];
 
@@ -39,17 +40,6 @@ fn payloads(prefix: &str, n: usize) -> Vec<String> {
     let mut all: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
     all.sort();
     all
-}
-
-fn received(r: &Value) -> Vec<String> {
-    let mut got: Vec<String> = r["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .map(|m| m.as_str().expect("payload").to_string())
-        .collect();
-    got.sort();
-    got
 }
 
 /// Publishes `n` QoS 1 messages `prefix-i` to each version's topic.
@@ -77,7 +67,7 @@ fn back(port: SocketAddr, prefix: &str, n: usize) {
             "MQTT {v} {prefix}: the session kept its shared subscription: {r}"
         );
         assert_eq!(
-            received(&r),
+            received_payloads(&r),
             payloads(prefix, n),
             "MQTT {v} {prefix}: every message published while away, each once"
         );
@@ -142,7 +132,11 @@ fn shared_subscriptions_of_persistent_sessions_survive_disconnects_restarts_and_
         let mut want = payloads("kill9", 10);
         want.extend(payloads("restarted", 5));
         want.sort();
-        assert_eq!(received(&r), want, "MQTT {v}: across a kill -9, each once");
+        assert_eq!(
+            received_payloads(&r),
+            want,
+            "MQTT {v}: across a kill -9, each once"
+        );
     }
 
     // A failover: the session follows the client to the member that took over.

@@ -384,6 +384,14 @@ pub struct TwoGroups {
     pub edge_mqtt: SocketAddr,
 }
 
+/// The payloads a `paho_session.py` `receive` step got, sorted (a persistent session's backlog
+/// comes in order per topic, but redeliveries of unacknowledged messages come first).
+pub fn received_payloads(r: &Value) -> Vec<String> {
+    let mut got: Vec<String> = serde_json::from_value(r["messages"].clone()).expect("messages");
+    got.sort();
+    got
+}
+
 pub fn status(admin: SocketAddr) -> Value {
     match http_get(admin, "/status") {
         Some((200, body)) => serde_json::from_str(&body).expect("status JSON"),
