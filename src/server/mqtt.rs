@@ -17,7 +17,9 @@
 //! while the client is away, and its unacknowledged QoS 1/2 deliveries, wait there — journaled,
 //! so across restarts and failovers of the group — and a reconnect resumes them (CONNACK
 //! `session present`); a clean start deletes them, and so does the end of an MQTT 5 session's
-//! expiry interval. The codec owns the packet ids of both
+//! expiry interval. An MQTT 5 SUBSCRIBE's `selector` user property is the JMS selector of
+//! each of its filters' subscriptions (kept with a persistent session's durable ones). The
+//! codec owns the packet ids of both
 //! directions and the mapping from a client's filters to subscriptions; a persistent session's
 //! ids in flight outlive the connection (`mqtt_session.rs`), so a reconnect resumes its QoS 1/2
 //! deliveries with them. It never touches the socket or the broker. Invariants: every SUBSCRIBE/UNSUBSCRIBE gets exactly one
@@ -231,10 +233,21 @@ impl Mqtt {
     }
 
     fn next_pending(&mut self) -> Inbound<Receipt> {
-        match self.pending.pop_front() {
+        match self.take_pending() {
             Some(r) => Inbound::Request(r),
             None => Inbound::Alive,
         }
+    }
+
+    /// The next request waiting its turn. The queue is freed once it is empty: it fills only
+    /// for a SUBSCRIBE, UNSUBSCRIBE or resume, and an idle connection (most of an edge's ten
+    /// thousand) would otherwise keep room for several requests for its whole life.
+    fn take_pending(&mut self) -> Option<Request<Receipt>> {
+        let next = self.pending.pop_front();
+        if self.pending.is_empty() && self.pending.capacity() > 0 {
+            self.pending = VecDeque::new();
+        }
+        next
     }
 
     fn on_packet(&mut self, packet: Packet) -> Inbound<Receipt> {
@@ -383,7 +396,7 @@ impl Codec for Mqtt {
     }
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Inbound<Receipt>, (ErrorCode, String)> {
-        if let Some(r) = self.pending.pop_front() {
+        if let Some(r) = self.take_pending() {
             return Ok(Inbound::Request(r));
         }
         match self.wire.decode(buf) {

@@ -515,6 +515,33 @@ fn an_mqtt5_selector_property_selects_for_every_filter_and_a_bad_one_replaces_no
     assert_eq!(spec.selector, "");
 }
 
+/// An idle subscriber (most of an edge's connections) keeps no room for requests or SUBACK
+/// answers once its SUBSCRIBE is answered: the queue and the gathering are freed, not kept
+/// empty at their high-water capacity.
+#[test]
+fn an_answered_subscribe_leaves_no_request_queue_or_gathering_behind() {
+    for version5 in [false, true] {
+        let mut c = codec(version5);
+        subscribed(&mut c, version5, "sensors/#", QoS::AtLeastOnce);
+        assert_eq!(c.pending.capacity(), 0, "MQTT 5: {version5}");
+        assert_eq!(c.gathering.capacity(), 0, "MQTT 5: {version5}");
+        // Several filters: several requests queued, all taken, the queue freed again.
+        let bytes = v5_subscribe_selecting(2, &["a/#", "b/#", "c/#"], &[]);
+        let mut c = codec(true);
+        let rs = requests(&mut c, &bytes);
+        assert_eq!(rs.len(), 3);
+        assert_eq!(c.pending.capacity(), 0);
+        let mut out = BytesMut::new();
+        for r in &rs {
+            if let Request::Subscribe { receipt, .. } = r {
+                c.encode_receipt(receipt.as_ref().expect("receipt"), &mut out);
+            }
+        }
+        assert_eq!(v5_suback(&out).0, vec![1, 1, 1]);
+        assert_eq!(c.gathering.capacity(), 0);
+    }
+}
+
 #[test]
 fn a_persistent_session_refuses_a_selector_on_a_shared_subscription_it_could_not_keep() {
     let mut c = codec(true);
@@ -1130,7 +1157,7 @@ fn a_persistent_sessions_filters_are_durable_subscriptions_resumed_without_subac
         vec![(
             "mqtt:1:plant/+/temp".to_string(),
             pattern.clone(),
-            String::new(),
+            "kind = 'hot'".to_string(),
         )],
         Vec::new(),
     );
@@ -1138,6 +1165,8 @@ fn a_persistent_sessions_filters_are_durable_subscriptions_resumed_without_subac
         [Request::Subscribe { spec, receipt }] => {
             assert_eq!(spec.durable_name.as_deref(), Some("mqtt:1:plant/+/temp"));
             assert_eq!(spec.destination, pattern);
+            // With the durable's own selector: another one would replace it.
+            assert_eq!(spec.selector, "kind = 'hot'");
             assert_eq!(*receipt, Some(Receipt::Resumed(spec.subscription)));
             let mut out = BytesMut::new();
             c.encode_receipt(receipt.as_ref().expect("receipt"), &mut out);

@@ -6,6 +6,7 @@
 //! not touch: the socket. Invariant: every SUBSCRIBE/UNSUBSCRIBE gets exactly one answer with
 //! one code per filter, written once every filter's request is answered.
 
+use std::collections::HashMap;
 use std::num::NonZeroU16;
 
 use bytes::BytesMut;
@@ -45,6 +46,10 @@ impl Mqtt {
         let Some(g) = self.gathering.remove(&packet_id) else {
             return;
         };
+        // Freed once nothing is gathered, as the request queue is (`take_pending`).
+        if self.gathering.is_empty() {
+            self.gathering = HashMap::new();
+        }
         let retained = g.retained;
         let reason_string = g.reason.map(ByteString::from);
         let codes: Vec<u8> = g.codes.into_iter().flatten().collect();
