@@ -9,6 +9,9 @@
 //! out, while a long-expiry session is still there with every message it kept. Retained
 //! messages are journaled, so they follow the group too: the new master replays each topic's
 //! latest retained message (QoS 0 and 1 alike), and not one an empty retained publish cleared.
+//! A paho-mqtt QoS 2 subscriber cut mid-handshake, whose master dies while it is away, gets
+//! the message handed to its application once by the new master: its PUBREL again when the
+//! old master had taken its PUBREC, else the PUBLISH again with the packet id it had.
 
 use crate::common;
 use crate::common_mqtt;
@@ -20,6 +23,7 @@ use common::ha::{GroupSpec, HaGroup};
 use common::zk::ZooKeeper;
 use common_mqtt::received_payloads;
 use common_mqtt::{hold_session, mosquitto_retain, mosquitto_retained, paho_session as paho};
+use common_mqtt::{judge_qos2_resume, paho_qos2_resume_across};
 use serde_json::json;
 
 fn payloads(prefix: &str, n: usize) -> Vec<String> {
@@ -211,4 +215,24 @@ fn retained_messages_are_on_the_new_master_after_kill_9() {
         "the new master replays each topic's latest retained message, flagged retained, at \
          its QoS, and not the cleared one"
     );
+}
+
+#[test]
+fn a_qos2_delivery_cut_mid_handshake_reaches_the_application_once_from_the_new_master() {
+    let zk = ZooKeeper::standalone();
+    let (mut group, mqtt) = group_with_mqtt(&zk);
+    for (version, cut) in [("3.1.1", "pubrec"), ("5", "publish")] {
+        let master = group.wait_master("the master serves");
+        let mut new = master;
+        let r = paho_qos2_resume_across(mqtt[master].port(), version, cut, || {
+            group.kill9(master);
+            new = group.wait_new_master(master, "a new master takes over");
+            mqtt[new].port()
+        });
+        judge_qos2_resume(&r, version, cut, "a failover after kill -9");
+        // The old master comes back as a slave, for the next failover.
+        group.start_member(master);
+        group.wait_role(master, "slave");
+        assert_eq!(group.wait_master("still the new master"), new);
+    }
 }

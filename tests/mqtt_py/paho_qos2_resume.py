@@ -236,9 +236,14 @@ armed.set()
 info = pub.publish(TOPIC, "first", qos=2)
 info.wait_for_publish(GUARD)
 if pause_dir:
-    with lock:
-        if seen["cuts"] != 1:
+    deadline = time.time() + GUARD
+    while True:
+        with lock:
+            if seen["cuts"] == 1:
+                break
+        if time.time() > deadline:
             fail(f"no cut: {seen}")
+        time.sleep(0.02)
     with open(os.path.join(pause_dir, "cut"), "w") as f:
         f.write("cut")
     go = os.path.join(pause_dir, "go")

@@ -489,3 +489,79 @@ pub fn mosquitto_retained(addr: SocketAddr, version: &str, filter: &str) -> Vec<
         .map(str::to_string)
         .collect()
 }
+
+/// Runs `paho_qos2_resume.py` with a pause after the cut: while it waits, `between` gets the
+/// pause directory's readiness and returns the MQTT port the client goes on with.
+pub fn paho_qos2_resume_across(
+    port: u16,
+    version: &str,
+    cut: &str,
+    between: impl FnOnce() -> u16,
+) -> Value {
+    let pause = tempfile::tempdir().expect("tempdir");
+    let dir = pause.path().to_path_buf();
+    let args = [
+        port.to_string(),
+        version.to_string(),
+        cut.to_string(),
+        dir.display().to_string(),
+    ];
+    let run = std::thread::spawn(move || {
+        crate::common_stomp::python_in("mqtt_py", "paho_qos2_resume.py", &args)
+    });
+    crate::common::wait::poll()
+        .within(Duration::from_secs(60))
+        .until("the client is cut", || dir.join("cut").exists());
+    // The broker has the PUBREC (or the cut PUBLISH) in hand and journaled before it dies.
+    std::thread::sleep(Duration::from_millis(1000));
+    let go_on = between();
+    std::fs::write(dir.join("go"), go_on.to_string()).expect("write go");
+    run.join().expect("the paho run")
+}
+
+/// The assertions of one run: each message once, in order, and the packet ids as the spec
+/// asks (a released delivery's PUBREL again; an unacknowledged one with the id it had).
+pub fn judge_qos2_resume(r: &Value, version: &str, cut: &str, when: &str) {
+    let what = format!("MQTT {version}, cut after the {cut}, {when}: {r}");
+    assert_eq!(r["cuts"], 1, "{what}");
+    assert_eq!(
+        r["connects"].as_array().map(|c| c.last().cloned()),
+        Some(Some(Value::Bool(true))),
+        "the reconnect resumed the session: {what}"
+    );
+    assert_eq!(
+        qos2_strings(&r["got"]),
+        ["warm-up-0", "warm-up-1", "warm-up-2", "first", "marker"],
+        "each message handed to the application once, in order: {what}"
+    );
+    let first = qos2_ids(&r["first_ids"]);
+    match cut {
+        "pubrec" => {
+            assert_eq!(first.len(), 1, "the message is not sent again: {what}");
+            assert!(
+                qos2_ids(&r["pubrel_ids"]).contains(&first[0]),
+                "its PUBREL came on the new connection: {what}"
+            );
+        }
+        _ => assert!(
+            first.len() == 2 && first[0] == first[1],
+            "sent again with the packet id it had: {what}"
+        ),
+    }
+}
+
+fn qos2_strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("a list: {v}"))
+        .iter()
+        .map(|s| s.to_string().trim_matches('"').to_string())
+        .collect()
+}
+
+fn qos2_ids(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("a list: {v}"))
+        .iter()
+        .map(|i| i.as_u64().expect("a packet id"))
+        .collect()
+}
