@@ -141,6 +141,9 @@ pub struct Message {
     pub origin: u64,
     /// Its journal record (0 = not journaled).
     pub(crate) store_index: u64,
+    /// The `retained` journal record that makes it its topic's retained message (0: none, or
+    /// its own record, `store_index`, does).
+    pub(crate) retain_index: u64,
     /// Durable subscriptions holding this (journaled topic) message.
     pub(crate) durable_refs: AtomicU32,
     pub(crate) charge: MemoryCharge,
@@ -233,6 +236,7 @@ impl Message {
             sequence_checked: false,
             origin: 0,
             store_index: 0,
+            retain_index: 0,
             durable_refs: AtomicU32::new(0),
             charge: MemoryCharge::none(),
             encoded: OnceLock::new(),

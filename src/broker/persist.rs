@@ -14,6 +14,12 @@
 //! [`Broker::synced`]: whoever sees an index synced through the broker — a producer's receipt,
 //! a checkpoint about to let segments go — finds its messages already visible and counted, and
 //! no consumer ever sees a message whose receipt could still fail.
+//!
+//! A topic's retained message is journaled too, whatever its QoS (as mosquitto does): with the
+//! message's own record when a durable subscription holds it, else as a `retained` record
+//! written as it is published (live subscribers get it at once, as any topic message; a
+//! persistent one's receipt waits for the record). A checkpoint holds every topic's retained
+//! message whole, so the records that set them pin no segment.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +32,7 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use super::message::Message;
 use super::queue::{Pager, Slot};
 use super::stats::DestinationCounters;
-use super::{Broker, Destination, DestinationPattern, Effects, Kind, MemoryPool, Target};
+use super::{Broker, Destination, DestinationPattern, Effects, Kind, MemoryPool, Selector, Target};
 use crate::store::proto::{self, record::Kind as RecordKind, Record};
 use crate::store::{Recovered, Store, StoreError};
 
@@ -145,29 +151,43 @@ impl Persistence {
 
 pub(crate) fn added_record(msg: &Message) -> Record {
     Record {
-        kind: Some(RecordKind::Added(proto::MessageAdded {
-            destination: msg.dest().as_str().to_string(),
-            body: msg.body.clone(),
-            headers: msg
-                .headers
-                .iter()
-                .map(|(k, v)| proto::Header {
-                    key: k.clone(),
-                    value: v.clone(),
-                })
-                .collect(),
-            priority: msg.priority as u32,
-            expires_at_ms: msg.expires_at_ms,
-            producer_id: msg.producer_id.clone(),
-            sequence: msg.sequence,
-            reply_to: msg.reply_to.clone(),
-            correlation_id: msg.correlation_id.clone(),
-            content_type: msg.content_type.clone(),
-            timestamp_ms: msg.timestamp_ms,
-            broker_path: msg.broker_path.iter().map(|g| g.to_string()).collect(),
-            redelivery_count: 0,
-        })),
+        kind: Some(RecordKind::Added(added(msg))),
         tx: 0,
+    }
+}
+
+/// The record that makes `msg` its topic's retained message (or, empty, clears it).
+fn retained_record(msg: &Message, tx: u64) -> Record {
+    Record {
+        kind: Some(RecordKind::Retained(added(msg))),
+        tx,
+    }
+}
+
+fn added(msg: &Message) -> proto::MessageAdded {
+    proto::MessageAdded {
+        destination: msg.dest().as_str().to_string(),
+        body: msg.body.clone(),
+        headers: msg
+            .headers
+            .iter()
+            .map(|(k, v)| proto::Header {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+        priority: msg.priority as u32,
+        expires_at_ms: msg.expires_at_ms,
+        producer_id: msg.producer_id.clone(),
+        sequence: msg.sequence,
+        reply_to: msg.reply_to.clone(),
+        correlation_id: msg.correlation_id.clone(),
+        content_type: msg.content_type.clone(),
+        timestamp_ms: msg.timestamp_ms,
+        broker_path: msg.broker_path.iter().map(|g| g.to_string()).collect(),
+        redelivery_count: 0,
+        retain: msg.is_retained(),
+        transient: !msg.persistent,
     }
 }
 
@@ -178,7 +198,7 @@ pub(crate) fn message_from_record(m: proto::MessageAdded, index: u64) -> Option<
         destination: Some(destination),
         body: m.body,
         headers: m.headers.into_iter().map(|h| (h.key, h.value)).collect(),
-        persistent: true,
+        persistent: !m.transient,
         priority: m.priority.min(9) as u8,
         expires_at_ms: m.expires_at_ms,
         producer_id: m.producer_id,
@@ -240,6 +260,29 @@ impl Broker {
             Target::Queue(q) => !q.dest.kind().is_temp(),
             Target::Topic(t) => !t.dest.kind().is_temp() && t.has_durable(),
         }
+    }
+
+    /// Whether `msg` on `target` is a retained topic message journaled with a `retained`
+    /// record: one [`Broker::journals`] does not journal as a message, on a topic that is not
+    /// temporary, whatever its QoS.
+    pub(crate) fn journals_retained(&self, target: &Target, msg: &Message) -> bool {
+        match target {
+            Target::Topic(t) => {
+                self.inner.persistence.is_some()
+                    && msg.is_retained()
+                    && !t.dest.kind().is_temp()
+                    && !self.journals(target, msg)
+            }
+            Target::Queue(_) => false,
+        }
+    }
+
+    /// Journals what makes `msg` its topic's retained message (the caller holds the gate, and
+    /// checked [`Broker::journals_retained`]); returns the record's index, also kept in `msg`.
+    pub(crate) fn journal_retained(&self, msg: &mut Message, tx: u64) -> u64 {
+        let index = self.journal_record(retained_record(msg, tx));
+        msg.retain_index = index;
+        index
     }
 
     /// Journals `msg` (the caller holds the gate); it becomes visible once durable.
@@ -468,7 +511,10 @@ impl Broker {
         let mut effects = Effects::default();
         apply_acks(&mut effects);
         let journaled = self.inner.persistence.is_some()
-            && (sends.iter().any(|(t, m)| self.journals(t, m)) || !effects.removed.is_empty());
+            && (sends
+                .iter()
+                .any(|(t, m)| self.journals(t, m) || self.journals_retained(t, m))
+                || !effects.removed.is_empty());
         if !journaled {
             for (target, msg) in sends {
                 let msg = Arc::new(msg);
@@ -489,6 +535,8 @@ impl Broker {
                 let mut record = added_record(&msg);
                 record.tx = tx;
                 msg.store_index = p.store.append(&record);
+            } else if self.journals_retained(&target, &msg) {
+                self.journal_retained(&mut msg, tx);
             }
             held.push((target, msg));
         }
@@ -566,6 +614,9 @@ impl Broker {
                     name: d.key().1.clone(),
                     pattern: d.pattern.as_str().to_string(),
                     no_local: d.no_local(),
+                    selector: d
+                        .selector()
+                        .map_or_else(String::new, |s| s.text().to_string()),
                     messages: d
                         .journaled()
                         .into_iter()
@@ -576,7 +627,26 @@ impl Broker {
                         .collect(),
                 })
                 .collect();
+            // Every topic's retained message, as the records before `next_index` leave it: the
+            // one in place, unless a retained message still waiting to be durable (in index
+            // order) replaces it.
+            let mut retained: HashMap<String, (u64, Option<Arc<Message>>)> = self
+                .inner
+                .topics
+                .iter()
+                .filter(|t| !t.dest.kind().is_temp())
+                .map(|t| (t.dest.as_str().to_string(), t.retained_state()))
+                .collect();
             for pending in p.visible.lock().iter() {
+                if let Target::Topic(t) = &pending.target {
+                    let index = pending.msg.retain_index.max(pending.msg.store_index);
+                    if pending.msg.is_retained() && index != 0 {
+                        let slot = retained.entry(t.dest.as_str().to_string()).or_default();
+                        if index >= slot.0 {
+                            *slot = (index, Some(pending.msg.clone()));
+                        }
+                    }
+                }
                 // Listed under its own record, which replay finds: a transaction's send waits
                 // for the end marker (`pending.index`) but is not that record, and a send the
                 // journal does not hold (index 0) is not listed at all.
@@ -595,6 +665,7 @@ impl Broker {
                         .push(live),
                     Target::Topic(t) => {
                         for d in durables.iter_mut() {
+                            // Listed by pattern: a restore applies the selector.
                             if DestinationPattern::parse(&d.pattern)
                                 .is_ok_and(|pat| pat.matches(&t.dest))
                             {
@@ -617,6 +688,16 @@ impl Broker {
                 durables,
                 producers: self.inner.producers.snapshot(),
                 sessions: self.export_kept_sessions(),
+                retained: {
+                    let mut all: Vec<proto::MessageAdded> = retained
+                        .into_values()
+                        .filter_map(|(_, m)| m)
+                        .filter(|m| !m.body.is_empty())
+                        .map(|m| added(&m))
+                        .collect();
+                    all.sort_by(|a, b| a.destination.cmp(&b.destination));
+                    all
+                },
                 forwards: self.export_forwards(),
                 // The store fills in its epoch history.
                 epoch: 0,
@@ -647,6 +728,15 @@ impl Broker {
         }
         self.restore_forwards(&recovered.forward_chunks, &recovered.forwarded);
         self.restore_kept_sessions(recovered.sessions);
+        let now = super::now_ms();
+        for m in recovered.retained {
+            // Index 0: it is no live record, and any change journaled from now on replaces it.
+            if let Some(mut msg) = message_from_record(m, 0).filter(|m| !m.is_expired(now)) {
+                let topic = self.topic(msg.dest(), 0);
+                msg.charge = self.inner.memory.charge(msg.memory_size(), &topic.counters);
+                topic.retain(&Arc::new(msg));
+            }
+        }
         let mut effects = Effects::default();
         for (dest, messages) in recovered.queues {
             let Ok(dest) = Destination::parse(&dest) else {
@@ -686,12 +776,33 @@ impl Broker {
             let Ok(pattern) = DestinationPattern::parse(&d.pattern) else {
                 continue;
             };
+            // A journaled selector parsed when it was subscribed; one this build cannot read
+            // selects nothing away (the messages are kept, not lost).
+            let selector = match d.selector.trim() {
+                "" => None,
+                text => match Selector::parse(text) {
+                    Ok(s) => Some(Arc::new(s)),
+                    Err(e) => {
+                        tracing::warn!(client_id = %d.client_id, name = %d.name, selector = text, error = %e, "a durable subscription's journaled selector does not parse; it keeps every message");
+                        None
+                    }
+                },
+            };
             let limits = self.limits_for_pattern(&pattern);
             let key = (d.client_id, d.name);
-            let sub =
-                self.create_topic_sub(pattern, Some(key.clone()), d.no_local, &limits, None, None);
+            let sub = self.create_topic_sub(
+                pattern,
+                Some(key.clone()),
+                d.no_local,
+                &limits,
+                None,
+                selector.clone(),
+            );
             for (index, redeliveries) in d.messages {
-                if let Some(m) = topic_messages.get(&index) {
+                if let Some(m) = topic_messages
+                    .get(&index)
+                    .filter(|m| selector.as_ref().is_none_or(|s| s.matches(&***m)))
+                {
                     m.durable_refs.fetch_add(1, Ordering::AcqRel);
                     sub.restore(m.clone(), redeliveries);
                 }

@@ -219,6 +219,144 @@ async fn durable_subscriptions_and_their_messages_survive_a_restart() {
     assert_eq!(b.durable_subscriptions(), 0, "its removal was journaled");
 }
 
+fn sub_selecting(s: &mut Session, id: u64, dest: &str, durable: &str, selector: &str) {
+    s.subscribe(SubscribeSpec {
+        subscription: id,
+        destination: pattern(dest),
+        selector: selector.to_string(),
+        prefetch: 1000,
+        priority: 0,
+        durable_name: Some(durable.to_string()),
+        no_local: false,
+    })
+    .unwrap();
+}
+
+fn kind(body: &str, kind: &str) -> Message {
+    Message {
+        headers: vec![("kind".into(), kind.into())],
+        ..msg(body, true)
+    }
+}
+
+/// Waits until everything journaled is on the disk, then stops without a checkpoint.
+async fn sync_and_crash(b: Broker) {
+    let next = b.store().unwrap().journal().next_index() - 1;
+    b.store()
+        .unwrap()
+        .journal()
+        .wait_synced(next)
+        .await
+        .unwrap();
+    crash(b);
+}
+
+/// A durable subscription keeps its selector across restarts — from a checkpoint and from the
+/// journal alone — and keeps only what it matches; subscribing again with the same selector
+/// attaches to it, with another one replaces it and what it kept (JMS 1.1 §6.11.1).
+#[tokio::test]
+async fn a_durable_subscriptions_selector_survives_restarts_and_a_changed_one_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path(), BrokerSettings::default());
+    let mut d = b.open_session(Some("dev".into())).unwrap();
+    sub_selecting(
+        &mut d,
+        1,
+        "topic://sensors.>",
+        "mqtt:1:sensors/#",
+        "kind = 'hot'",
+    );
+    d.unsubscribe(1, false).unwrap();
+    drop(d);
+    let mut p = b.open_session(None).unwrap();
+    publish(&mut p, "topic://sensors.a", kind("h0", "hot")).await;
+    publish(&mut p, "topic://sensors.a", kind("c0", "cold")).await;
+    b.checkpoint(false).await.unwrap();
+    publish(&mut p, "topic://sensors.b", kind("h1", "hot")).await;
+    publish(&mut p, "topic://sensors.b", kind("c1", "cold")).await;
+    drop(p);
+    sync_and_crash(b).await;
+
+    // The durable comes back with its selector (which the MQTT session resumes with).
+    let b = open(dir.path(), BrokerSettings::default());
+    assert_eq!(
+        b.durables_of("dev", "mqtt:"),
+        vec![(
+            "mqtt:1:sensors/#".to_string(),
+            pattern("topic://sensors.>"),
+            "kind = 'hot'".to_string()
+        )]
+    );
+    let mut d = b.open_session(Some("dev".into())).unwrap();
+    sub_selecting(
+        &mut d,
+        2,
+        "topic://sensors.>",
+        "mqtt:1:sensors/#",
+        "kind = 'hot'",
+    );
+    assert_eq!(
+        bodies(&drain(&d)),
+        vec!["h0", "h1"],
+        "only the hot ones were kept"
+    );
+    d.unsubscribe(2, false).unwrap();
+    drop(d);
+    let mut p = b.open_session(None).unwrap();
+    publish(&mut p, "topic://sensors.c", kind("c2", "cold")).await;
+    publish(&mut p, "topic://sensors.c", kind("h2", "hot")).await;
+    drop(p);
+    b.checkpoint(true).await.unwrap();
+    crash(b);
+
+    // After a clean checkpoint too; then another selector replaces the durable.
+    let b = open(dir.path(), BrokerSettings::default());
+    let mut d = b.open_session(Some("dev".into())).unwrap();
+    sub_selecting(
+        &mut d,
+        3,
+        "topic://sensors.>",
+        "mqtt:1:sensors/#",
+        "kind = 'hot'",
+    );
+    assert_eq!(
+        bodies(&drain(&d)),
+        vec!["h0", "h1", "h2"],
+        "unacknowledged, kept"
+    );
+    d.unsubscribe(3, false).unwrap();
+    sub_selecting(
+        &mut d,
+        4,
+        "topic://sensors.>",
+        "mqtt:1:sensors/#",
+        "kind = 'cold'",
+    );
+    assert!(
+        drain(&d).is_empty(),
+        "a new selector starts a new subscription"
+    );
+    d.unsubscribe(4, false).unwrap();
+    drop(d);
+    let mut p = b.open_session(None).unwrap();
+    publish(&mut p, "topic://sensors.d", kind("h3", "hot")).await;
+    publish(&mut p, "topic://sensors.d", kind("c3", "cold")).await;
+    drop(p);
+    sync_and_crash(b).await;
+
+    let b = open(dir.path(), BrokerSettings::default());
+    assert_eq!(b.durable_subscriptions(), 1);
+    let mut d = b.open_session(Some("dev".into())).unwrap();
+    sub_selecting(
+        &mut d,
+        5,
+        "topic://sensors.>",
+        "mqtt:1:sensors/#",
+        "kind = 'cold'",
+    );
+    assert_eq!(bodies(&drain(&d)), vec!["c3"]);
+}
+
 #[tokio::test]
 async fn a_producer_re_send_after_a_restart_is_dropped_as_a_duplicate() {
     let dir = tempfile::tempdir().unwrap();
@@ -568,4 +706,120 @@ async fn sends_a_connection_never_confirmed_come_back_flagged_after_a_graceful_r
         ("on its way", 1),
     ];
     assert_eq!(got, want.map(|(b, r)| (b.to_string(), r)));
+}
+
+fn retained(body: &str, persistent: bool) -> Message {
+    Message {
+        headers: vec![(RETAIN_HEADER.to_string(), "true".to_string())],
+        ..msg(body, persistent)
+    }
+}
+
+/// Each retained message under `pattern`: (topic, body, persistent).
+fn retained_under(b: &Broker, p: &str) -> Vec<(String, String, bool)> {
+    b.retained_matching(&pattern(p))
+        .iter()
+        .map(|m| {
+            (
+                m.dest().as_str().to_string(),
+                String::from_utf8_lossy(&m.body).into_owned(),
+                m.persistent,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn retained_messages_outlive_crashes_and_the_segments_that_set_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path(), BrokerSettings::default());
+    let mut p = b.open_session(None).unwrap();
+    assert!(matches!(
+        publish(&mut p, "topic://status.boiler", retained("hot", true)).await,
+        Published::Pending(_)
+    ));
+    publish(&mut p, "topic://status.fan", retained("spinning", false)).await;
+    publish(&mut p, "topic://status.pump", retained("running", true)).await;
+    publish(&mut p, "topic://status.pump", retained("", true)).await;
+    publish(&mut p, "topic://status.valve", retained("open", true)).await;
+    let kept = vec![
+        ("topic://status.boiler".to_string(), "hot".to_string(), true),
+        (
+            "topic://status.fan".to_string(),
+            "spinning".to_string(),
+            false,
+        ),
+        ("topic://status.valve".to_string(), "open".to_string(), true),
+    ];
+    assert_eq!(retained_under(&b, "topic://status.>"), kept);
+    // The crash replays the records.
+    drop(p);
+    crash(b);
+    let b = open(dir.path(), BrokerSettings::default());
+    assert_eq!(
+        retained_under(&b, "topic://status.>"),
+        kept,
+        "after a crash"
+    );
+
+    // Traffic fills segments past the ones that set them; a checkpoint lets those go.
+    let mut p = b.open_session(None).unwrap();
+    let mut c = b.open_session(None).unwrap();
+    sub(&mut c, 1, "queue://q", None);
+    let body = "g".repeat(4000);
+    for round in 0..100 {
+        publish(&mut p, "queue://q", msg(&format!("{round}{body}"), true)).await;
+        let d = drain(&c);
+        let tag = d.last().unwrap().tag;
+        drop(d);
+        c.ack(1, tag, &[]).unwrap();
+    }
+    publish(&mut p, "topic://status.valve", retained("", false)).await;
+    let journal = b.store().unwrap().journal().clone();
+    b.checkpoint(false).await.unwrap();
+    assert!(
+        journal.segment_count() <= 2,
+        "retained messages pin no segment: {} left",
+        journal.segment_count()
+    );
+    drop((p, c));
+    crash(b);
+    let b = open(dir.path(), BrokerSettings::default());
+    assert_eq!(
+        retained_under(&b, "topic://status.>"),
+        kept[..2],
+        "from the checkpoint, with the records that set them gone"
+    );
+}
+
+#[tokio::test]
+async fn a_checkpoint_keeps_a_retained_message_still_waiting_to_be_durable() {
+    // On a topic a durable subscription holds, a retained message is journaled as that
+    // message and is in place only once durable: a checkpoint covering its record while it
+    // waits must hold it, or a start from that checkpoint never replays it.
+    let dir = tempfile::tempdir().unwrap();
+    let (b, config) = open_with_slow_commits(dir.path());
+    let mut d = b.open_session(Some("keeper".into())).unwrap();
+    sub(&mut d, 1, "topic://status.>", Some("keep"));
+    let mut p = b.open_session(None).unwrap();
+    let t = p.target(&to_dest("topic://status.boiler")).unwrap();
+    let Published::Pending(index) = p.publish(&t, retained("hot", true)).unwrap() else {
+        panic!("journaled for the durable subscription");
+    };
+    assert!(b.synced() < index, "the checkpoint must find it pending");
+    assert!(retained_under(&b, "topic://status.>").is_empty());
+    b.checkpoint(false).await.unwrap();
+    drop((p, d));
+    crash(b);
+
+    let (store, recovered) = Store::open(config, false).unwrap();
+    assert!(
+        recovered.checkpoint_next.unwrap_or(0) > index,
+        "the checkpoint covers its record"
+    );
+    let b = Broker::with_store(BrokerSettings::default(), store, recovered);
+    assert_eq!(
+        retained_under(&b, "topic://status.>"),
+        [("topic://status.boiler".to_string(), "hot".to_string(), true)]
+    );
 }

@@ -4,12 +4,18 @@
 //! nothing sent before, during or after the silence; a peer that accepts TCP and never answers
 //! the handshake times out at `handshake_timeout` and the dialler keeps trying until a real
 //! one answers; and a storm of 20 quick cuts leaves exactly one live bridge that carries each
-//! message once. (That silence is detected within 3 heartbeat intervals is a rule of the
+//! message once — also with persistent receipted traffic running through the storm: every
+//! message reaches the edge's consumers once, each producer's in the order sent, and the hub
+//! counts one reconnect per cut (a flap that left a second bridge, or tore a live one down
+//! again, would count more). (That silence is detected within 3 heartbeat intervals is a rule of the
 //! bridge, proved on controlled time by its unit tests in `src/network/bridge.rs`.)
 
 use crate::common;
 
-use common::history::{send_numbered, History};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use common::history::{consume_individually, send_numbered, History};
 use common::proxy::ProxyMode;
 use common::{metric_sum, wait_until, Mesh, MeshConfig};
 use tokio_util::sync::CancellationToken;
@@ -137,5 +143,97 @@ async fn a_reconnect_storm_leaves_exactly_one_bridge() {
     one_bridge(&mesh);
     assert!(hub.connector("hub-edge").reconnects >= 20);
     carries_messages(&mesh, "queue://after-storm").await;
+    one_bridge(&mesh);
+}
+
+/// S5: bridge flapping under steady load. Producers on the hub, consumers on the edge (the
+/// mesh's own shape); the link is cut 20 times while persistent, receipted sends keep coming,
+/// each cut only once the new bridge has carried messages again (so every cut breaks a live
+/// bridge with forwards in flight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn traffic_through_a_reconnect_storm_arrives_once_and_in_order() {
+    const DEST: &str = "queue://through-the-storm";
+    const CUTS: u64 = 20;
+    const PRODUCERS: usize = 3;
+    let mesh = Mesh::start(
+        &hub_and_edge(ProxyMode::Forward, &["reconnect_max_delay = \"200ms\""])
+            .at("hub", Ipv4Addr::new(127, 0, 70, 1))
+            .at("edge", Ipv4Addr::new(127, 0, 70, 2)),
+    );
+    let (hub, edge, proxy) = (mesh.member("hub"), mesh.member("edge"), mesh.proxy("edge"));
+    let (history, stop_consumers) = (History::new(), CancellationToken::new());
+    let mut consumers = Vec::new();
+    for label in ["edge-a", "edge-b"] {
+        let client = edge.client().await;
+        consume_individually(&client, DEST, &history, label, stop_consumers.clone()).await;
+        consumers.push(client);
+    }
+    wait_until("the hub knows the edge's consumers", || {
+        hub.connector("hub-edge").remote_demand >= 1
+    });
+
+    let stop_producing = CancellationToken::new();
+    let mut producers = Vec::new();
+    for p in 0..PRODUCERS {
+        let (client, history, stop) = (hub.client().await, history.clone(), stop_producing.clone());
+        producers.push(tokio::spawn(async move {
+            let mut batch = 0;
+            while !stop.is_cancelled() {
+                let range = batch * 50..(batch + 1) * 50;
+                send_numbered(&client, &history, DEST, &format!("p{p}"), range, true).await;
+                batch += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            batch * 50
+        }));
+    }
+
+    let mut in_flight_at_cuts = Vec::new();
+    for _ in 0..CUTS {
+        let arrived = history.distinct_received();
+        wait_until("the bridge carries messages again", || {
+            history.distinct_received() >= arrived + 100
+        });
+        in_flight_at_cuts.push(hub.connector("hub-edge").inflight);
+        let dialled = proxy.accepted();
+        proxy.cut();
+        wait_until("the hub dials again", || proxy.accepted() > dialled);
+    }
+    stop_producing.cancel();
+    let mut sent = 0;
+    for p in producers {
+        sent += p.await.expect("a producer saw an error");
+    }
+    history.wait_all_delivered().await;
+    mesh.wait_connected();
+    wait_until("the hub's queue is empty", || {
+        hub.destination(DEST).depth == 0
+    });
+    stop_consumers.cancel();
+
+    let verdict = history.verdict();
+    let dropped = metric_sum(
+        &edge.metrics(),
+        "meshmq_connector_duplicates_dropped_total",
+        &[],
+    );
+    let reconnects = hub.connector("hub-edge").reconnects;
+    eprintln!(
+        "{CUTS} cuts with {in_flight_at_cuts:?} forwards in flight; {sent} sent; the edge dropped \
+         {dropped} forwards sent again; {reconnects} reconnects; {verdict:?}"
+    );
+    verdict.assert_exactly_once();
+    assert_eq!(verdict.sent, sent);
+    let late = history.out_of_order();
+    assert!(
+        late.is_empty(),
+        "{} messages reached a consumer after a later one of their producer: {:?}",
+        late.len(),
+        &late[..late.len().min(10)]
+    );
+    assert!(
+        (CUTS..=CUTS + 1).contains(&reconnects),
+        "{reconnects} reconnects for {CUTS} cuts"
+    );
     one_bridge(&mesh);
 }

@@ -37,6 +37,9 @@ pub struct RecoveredDurable {
     pub name: String,
     pub pattern: String,
     pub no_local: bool,
+    /// Its JMS selector (empty: none). The messages below are every journaled one its pattern
+    /// matches: the broker applies the selector when it restores them.
+    pub selector: String,
     /// (message index, redelivery count), oldest first.
     pub messages: Vec<(u64, u32)>,
 }
@@ -49,6 +52,8 @@ pub struct Recovered {
     pub durables: Vec<RecoveredDurable>,
     /// The expiry state of kept client sessions (the latest of each client id, none ended).
     pub sessions: Vec<SessionExpiry>,
+    /// Each topic's retained message (none empty), in topic order.
+    pub retained: Vec<MessageAdded>,
     /// Persistent topic messages held by durable subscriptions.
     pub topic_messages: HashMap<u64, MessageAdded>,
     /// Producer high-water marks: (producer id, highest sequence stored).

@@ -20,7 +20,10 @@
 //! [`Ledger`] holds those facts for any message key (an id string, a sequence number) and
 //! judges them; [`History`] is the ledger shared by a test's producer and consumer tasks, whose
 //! message bodies are their ids (`<prefix>-<n>`), with the helpers that feed it
-//! ([`send_numbered`], [`consume`], [`produce_in_batches`], [`QueueTraffic`]). The HA and crash
+//! ([`send_numbered`], [`consume`], [`produce_in_batches`], [`QueueTraffic`]); its
+//! [`History::judge`] keeps the overtaken that its verdict leaves out, and
+//! [`History::out_of_order`] names the messages that reached a consumer after a later one of
+//! their producer. The HA and crash
 //! tests keep their own records of sends (`ha::History`, `SharedHistory`) and judge them with a
 //! [`Ledger`] too.
 
@@ -152,6 +155,8 @@ struct State {
     in_doubt: BTreeSet<String>,
     /// id → every delivery: (consumer label, flagged redelivered).
     received: BTreeMap<String, Vec<(String, bool)>>,
+    /// Every delivery in the order the consumers recorded them: (consumer label, id).
+    arrivals: Vec<(String, String)>,
 }
 
 /// Shared by the test's producers and consumers (clone freely).
@@ -226,13 +231,39 @@ impl History {
     }
 
     pub fn received(&self, consumer: &str, id: &str, redelivered: bool) {
-        self.state
-            .lock()
-            .unwrap()
-            .received
+        let mut st = self.state.lock().unwrap();
+        st.received
             .entry(id.to_string())
             .or_default()
             .push((consumer.to_string(), redelivered));
+        st.arrivals.push((consumer.to_string(), id.to_string()));
+    }
+
+    /// Messages whose first copy reached a consumer after a later message of the same producer
+    /// had reached that consumer (ids `<producer>-<n>`, n counting up per producer): a queue
+    /// consumer whose own link never broke sees each producer's messages in the order sent.
+    pub fn out_of_order(&self) -> Vec<String> {
+        let st = self.state.lock().unwrap();
+        let mut first = BTreeSet::new();
+        let mut highest: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        let mut late = Vec::new();
+        for (consumer, id) in &st.arrivals {
+            if !first.insert(id.as_str()) {
+                continue;
+            }
+            let Some((producer, n)) = id
+                .rsplit_once('-')
+                .and_then(|(p, n)| Some((p, n.parse::<u64>().ok()?)))
+            else {
+                continue;
+            };
+            let top = highest.entry((consumer.as_str(), producer)).or_insert(n);
+            if n < *top {
+                late.push(id.clone());
+            }
+            *top = (*top).max(n);
+        }
+        late
     }
 
     /// Distinct messages received so far.
@@ -252,8 +283,8 @@ impl History {
             .count()
     }
 
-    pub fn verdict(&self) -> Verdict {
-        let st = self.state.lock().unwrap();
+    /// The history as a [`Ledger`]: what was sent (accepted), in doubt and delivered.
+    fn ledger(st: &State) -> Ledger<String> {
         let mut ledger = Ledger::default();
         for id in &st.sent {
             ledger.accepted(id.clone());
@@ -263,14 +294,27 @@ impl History {
         for id in &st.in_doubt {
             ledger.sent(id.clone());
         }
-        let mut by_consumer: BTreeMap<String, usize> = BTreeMap::new();
         for (id, copies) in &st.received {
-            for (consumer, redelivered) in copies {
+            for (_, redelivered) in copies {
                 ledger.delivered(id.clone(), *redelivered);
-                *by_consumer.entry(consumer.clone()).or_default() += 1;
             }
         }
-        let judged = ledger.judge();
+        ledger
+    }
+
+    /// The ledger's full judgement, overtaken messages included (which [`History::verdict`]
+    /// leaves out), for tests whose links never break under a forward.
+    pub fn judge(&self) -> Judgement<String> {
+        History::ledger(&self.state.lock().unwrap()).judge()
+    }
+
+    pub fn verdict(&self) -> Verdict {
+        let st = self.state.lock().unwrap();
+        let mut by_consumer: BTreeMap<String, usize> = BTreeMap::new();
+        for (consumer, _) in st.received.values().flatten() {
+            *by_consumer.entry(consumer.clone()).or_default() += 1;
+        }
+        let judged = History::ledger(&st).judge();
         Verdict {
             sent: st.sent.len(),
             delivered: st.sent.len() - judged.lost.len(),

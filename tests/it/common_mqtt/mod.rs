@@ -438,3 +438,54 @@ impl TwoGroups {
         }
     }
 }
+
+/// `mosquitto_pub -r` of `payload` (`None`: an empty retained message, which clears the
+/// topic's retained one) to `topic` at `qos`, MQTT `version` ("311" or "5"); it waits for the
+/// PUBACK/PUBCOMP of a QoS 1/2 publish.
+pub fn mosquitto_retain(
+    addr: SocketAddr,
+    version: &str,
+    topic: &str,
+    payload: Option<&str>,
+    qos: u8,
+) {
+    let mut cmd = std::process::Command::new("mosquitto_pub");
+    cmd.args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-V", version, "-q", &qos.to_string(), "-t", topic, "-r"]);
+    match payload {
+        Some(p) => cmd.args(["-m", p]),
+        None => cmd.arg("-n"),
+    };
+    let out = cmd
+        .output()
+        .expect("mosquitto_pub (Debian's mosquitto-clients; make test-deps installs it)");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub -r to {topic} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The retained messages a new `mosquitto_sub` (QoS 1, MQTT `version`) on `filter` is sent, as
+/// `"RETAIN-FLAG QOS TOPIC PAYLOAD"` lines in the order they came: it takes every message with
+/// the retain flag for 3 s (ending early at a message without it).
+pub fn mosquitto_retained(addr: SocketAddr, version: &str, filter: &str) -> Vec<String> {
+    let out = std::process::Command::new("mosquitto_sub")
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-V", version, "-q", "1", "-t", filter])
+        .args(["--retained-only", "-W", "3", "-F", "%r %q %t %p"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("mosquitto_sub (Debian's mosquitto-clients; make test-deps installs it)");
+    // 27: the -W timeout ended it, which is how it ends when every message was retained.
+    assert!(
+        out.status.success() || out.status.code() == Some(27),
+        "mosquitto_sub on {filter} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
