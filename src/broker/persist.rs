@@ -352,8 +352,15 @@ impl Broker {
         let Some(p) = &self.inner.persistence else {
             return;
         };
+        crate::metrics::commit_profile::dispatch_began();
+        let began = std::time::Instant::now();
         self.dispatch_synced(p, upto);
         p.synced.send_modify(|synced| *synced = (*synced).max(upto));
+        crate::metrics::commit_profile::record_since(
+            crate::metrics::commit_profile::Stage::Dispatch,
+            began,
+        );
+        crate::metrics::commit_profile::dispatched();
     }
 
     /// Starts the dispatcher: a thread of its own that follows the journal's commits and
