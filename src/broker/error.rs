@@ -43,8 +43,6 @@ pub enum BrokerError {
         selector: String,
         error: SelectorError,
     },
-    #[error("{0}: selectors on durable subscriptions are not supported yet; subscribe without a selector, or non-durably")]
-    DurableSelectorUnsupported(String),
     #[error("{destination} is full (memory limit reached) and its policy is on_full = \"fail\"; retry later or raise memory_limit")]
     Full { destination: String },
     #[error("{destination}: the journal is full (store_limit or disk space reached) and its policy is on_full = \"fail\"; retry once consumers have freed space, or raise store_limit or free disk space")]

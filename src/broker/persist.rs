@@ -32,7 +32,7 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use super::message::Message;
 use super::queue::{Pager, Slot};
 use super::stats::DestinationCounters;
-use super::{Broker, Destination, DestinationPattern, Effects, Kind, MemoryPool, Target};
+use super::{Broker, Destination, DestinationPattern, Effects, Kind, MemoryPool, Selector, Target};
 use crate::store::proto::{self, record::Kind as RecordKind, Record};
 use crate::store::{Recovered, Store, StoreError};
 
@@ -352,8 +352,15 @@ impl Broker {
         let Some(p) = &self.inner.persistence else {
             return;
         };
+        crate::metrics::commit_profile::dispatch_began();
+        let began = std::time::Instant::now();
         self.dispatch_synced(p, upto);
         p.synced.send_modify(|synced| *synced = (*synced).max(upto));
+        crate::metrics::commit_profile::record_since(
+            crate::metrics::commit_profile::Stage::Dispatch,
+            began,
+        );
+        crate::metrics::commit_profile::dispatched();
     }
 
     /// Starts the dispatcher: a thread of its own that follows the journal's commits and
@@ -607,6 +614,9 @@ impl Broker {
                     name: d.key().1.clone(),
                     pattern: d.pattern.as_str().to_string(),
                     no_local: d.no_local(),
+                    selector: d
+                        .selector()
+                        .map_or_else(String::new, |s| s.text().to_string()),
                     messages: d
                         .journaled()
                         .into_iter()
@@ -655,6 +665,7 @@ impl Broker {
                         .push(live),
                     Target::Topic(t) => {
                         for d in durables.iter_mut() {
+                            // Listed by pattern: a restore applies the selector.
                             if DestinationPattern::parse(&d.pattern)
                                 .is_ok_and(|pat| pat.matches(&t.dest))
                             {
@@ -765,12 +776,33 @@ impl Broker {
             let Ok(pattern) = DestinationPattern::parse(&d.pattern) else {
                 continue;
             };
+            // A journaled selector parsed when it was subscribed; one this build cannot read
+            // selects nothing away (the messages are kept, not lost).
+            let selector = match d.selector.trim() {
+                "" => None,
+                text => match Selector::parse(text) {
+                    Ok(s) => Some(Arc::new(s)),
+                    Err(e) => {
+                        tracing::warn!(client_id = %d.client_id, name = %d.name, selector = text, error = %e, "a durable subscription's journaled selector does not parse; it keeps every message");
+                        None
+                    }
+                },
+            };
             let limits = self.limits_for_pattern(&pattern);
             let key = (d.client_id, d.name);
-            let sub =
-                self.create_topic_sub(pattern, Some(key.clone()), d.no_local, &limits, None, None);
+            let sub = self.create_topic_sub(
+                pattern,
+                Some(key.clone()),
+                d.no_local,
+                &limits,
+                None,
+                selector.clone(),
+            );
             for (index, redeliveries) in d.messages {
-                if let Some(m) = topic_messages.get(&index) {
+                if let Some(m) = topic_messages
+                    .get(&index)
+                    .filter(|m| selector.as_ref().is_none_or(|s| s.matches(&***m)))
+                {
                     m.durable_refs.fetch_add(1, Ordering::AcqRel);
                     sub.restore(m.clone(), redeliveries);
                 }

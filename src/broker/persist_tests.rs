@@ -219,6 +219,144 @@ async fn durable_subscriptions_and_their_messages_survive_a_restart() {
     assert_eq!(b.durable_subscriptions(), 0, "its removal was journaled");
 }
 
+fn sub_selecting(s: &mut Session, id: u64, dest: &str, durable: &str, selector: &str) {
+    s.subscribe(SubscribeSpec {
+        subscription: id,
+        destination: pattern(dest),
+        selector: selector.to_string(),
+        prefetch: 1000,
+        priority: 0,
+        durable_name: Some(durable.to_string()),
+        no_local: false,
+    })
+    .unwrap();
+}
+
+fn kind(body: &str, kind: &str) -> Message {
+    Message {
+        headers: vec![("kind".into(), kind.into())],
+        ..msg(body, true)
+    }
+}
+
+/// Waits until everything journaled is on the disk, then stops without a checkpoint.
+async fn sync_and_crash(b: Broker) {
+    let next = b.store().unwrap().journal().next_index() - 1;
+    b.store()
+        .unwrap()
+        .journal()
+        .wait_synced(next)
+        .await
+        .unwrap();
+    crash(b);
+}
+
+/// A durable subscription keeps its selector across restarts — from a checkpoint and from the
+/// journal alone — and keeps only what it matches; subscribing again with the same selector
+/// attaches to it, with another one replaces it and what it kept (JMS 1.1 §6.11.1).
+#[tokio::test]
+async fn a_durable_subscriptions_selector_survives_restarts_and_a_changed_one_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path(), BrokerSettings::default());
+    let mut d = b.open_session(Some("dev".into())).unwrap();
+    sub_selecting(
+        &mut d,
+        1,
+        "topic://sensors.>",
+        "mqtt:1:sensors/#",
+        "kind = 'hot'",
+    );
+    d.unsubscribe(1, false).unwrap();
+    drop(d);
+    let mut p = b.open_session(None).unwrap();
+    publish(&mut p, "topic://sensors.a", kind("h0", "hot")).await;
+    publish(&mut p, "topic://sensors.a", kind("c0", "cold")).await;
+    b.checkpoint(false).await.unwrap();
+    publish(&mut p, "topic://sensors.b", kind("h1", "hot")).await;
+    publish(&mut p, "topic://sensors.b", kind("c1", "cold")).await;
+    drop(p);
+    sync_and_crash(b).await;
+
+    // The durable comes back with its selector (which the MQTT session resumes with).
+    let b = open(dir.path(), BrokerSettings::default());
+    assert_eq!(
+        b.durables_of("dev", "mqtt:"),
+        vec![(
+            "mqtt:1:sensors/#".to_string(),
+            pattern("topic://sensors.>"),
+            "kind = 'hot'".to_string()
+        )]
+    );
+    let mut d = b.open_session(Some("dev".into())).unwrap();
+    sub_selecting(
+        &mut d,
+        2,
+        "topic://sensors.>",
+        "mqtt:1:sensors/#",
+        "kind = 'hot'",
+    );
+    assert_eq!(
+        bodies(&drain(&d)),
+        vec!["h0", "h1"],
+        "only the hot ones were kept"
+    );
+    d.unsubscribe(2, false).unwrap();
+    drop(d);
+    let mut p = b.open_session(None).unwrap();
+    publish(&mut p, "topic://sensors.c", kind("c2", "cold")).await;
+    publish(&mut p, "topic://sensors.c", kind("h2", "hot")).await;
+    drop(p);
+    b.checkpoint(true).await.unwrap();
+    crash(b);
+
+    // After a clean checkpoint too; then another selector replaces the durable.
+    let b = open(dir.path(), BrokerSettings::default());
+    let mut d = b.open_session(Some("dev".into())).unwrap();
+    sub_selecting(
+        &mut d,
+        3,
+        "topic://sensors.>",
+        "mqtt:1:sensors/#",
+        "kind = 'hot'",
+    );
+    assert_eq!(
+        bodies(&drain(&d)),
+        vec!["h0", "h1", "h2"],
+        "unacknowledged, kept"
+    );
+    d.unsubscribe(3, false).unwrap();
+    sub_selecting(
+        &mut d,
+        4,
+        "topic://sensors.>",
+        "mqtt:1:sensors/#",
+        "kind = 'cold'",
+    );
+    assert!(
+        drain(&d).is_empty(),
+        "a new selector starts a new subscription"
+    );
+    d.unsubscribe(4, false).unwrap();
+    drop(d);
+    let mut p = b.open_session(None).unwrap();
+    publish(&mut p, "topic://sensors.d", kind("h3", "hot")).await;
+    publish(&mut p, "topic://sensors.d", kind("c3", "cold")).await;
+    drop(p);
+    sync_and_crash(b).await;
+
+    let b = open(dir.path(), BrokerSettings::default());
+    assert_eq!(b.durable_subscriptions(), 1);
+    let mut d = b.open_session(Some("dev".into())).unwrap();
+    sub_selecting(
+        &mut d,
+        5,
+        "topic://sensors.>",
+        "mqtt:1:sensors/#",
+        "kind = 'cold'",
+    );
+    assert_eq!(bodies(&drain(&d)), vec!["c3"]);
+}
+
 #[tokio::test]
 async fn a_producer_re_send_after_a_restart_is_dropped_as_a_duplicate() {
     let dir = tempfile::tempdir().unwrap();

@@ -92,11 +92,6 @@ impl Session {
         if kind.is_queue() && spec.durable_name.is_some() {
             return Err(BrokerError::DurableOnQueue(spec.destination.to_string()));
         }
-        if selector.is_some() && spec.durable_name.is_some() {
-            return Err(BrokerError::DurableSelectorUnsupported(
-                spec.destination.to_string(),
-            ));
-        }
         let broker = self.broker.clone();
         let _gate = broker.gate();
         let mut dead = Effects::default();
@@ -249,8 +244,11 @@ impl Session {
                 .clone()
                 .ok_or(BrokerError::DurableNeedsClientId)?;
             let key = (client_id.clone(), name.clone());
+            let selector_text = selector.as_ref().map(|s| s.text().to_string());
             if let Some(existing) = broker.inner.durables.get(&key).map(|d| d.clone()) {
-                if existing.pattern == pattern {
+                let same_selector =
+                    existing.selector().map(|s| s.text().to_string()) == selector_text;
+                if existing.pattern == pattern && same_selector {
                     if !existing.attach_consumer(
                         self.outbox.clone(),
                         spec.subscription,
@@ -265,7 +263,8 @@ impl Session {
                     }
                     return Ok(SubHandle::Topic { sub: existing });
                 }
-                // Subscribing under the same name to another topic replaces the subscription.
+                // Subscribing under the same name to another topic, or with another selector,
+                // replaces the subscription (JMS 1.1 §6.11.1).
                 if existing.is_active() {
                     return Err(BrokerError::DurableInUse {
                         client_id,
@@ -282,7 +281,7 @@ impl Session {
                 spec,
                 &limits,
                 None,
-                None,
+                selector,
             )?;
             broker.inner.durables.insert(key.clone(), sub.clone());
             self.last_record = broker.journal_record(Record {
@@ -292,6 +291,7 @@ impl Session {
                         name: key.1,
                         pattern: pattern.as_str().to_string(),
                         no_local: spec.no_local,
+                        selector: selector_text.unwrap_or_default(),
                     },
                 )),
                 tx: 0,
@@ -425,14 +425,24 @@ impl Broker {
     }
 
     /// The durable subscriptions of `client_id` whose names start with `prefix`: (name,
-    /// pattern), by name.
-    pub fn durables_of(&self, client_id: &str, prefix: &str) -> Vec<(String, DestinationPattern)> {
-        let mut found: Vec<(String, DestinationPattern)> = self
+    /// pattern, selector — empty when none), by name.
+    pub fn durables_of(
+        &self,
+        client_id: &str,
+        prefix: &str,
+    ) -> Vec<(String, DestinationPattern, String)> {
+        let mut found: Vec<(String, DestinationPattern, String)> = self
             .inner
             .durables
             .iter()
             .filter(|d| d.key().0 == client_id && d.key().1.starts_with(prefix))
-            .map(|d| (d.key().1.clone(), d.value().pattern.clone()))
+            .map(|d| {
+                let selector = d
+                    .value()
+                    .selector()
+                    .map_or_else(String::new, |s| s.text().to_string());
+                (d.key().1.clone(), d.value().pattern.clone(), selector)
+            })
             .collect();
         found.sort_by(|a, b| a.0.cmp(&b.0));
         found

@@ -364,6 +364,12 @@ impl TopicSub {
         self.state.lock().selectors = selectors;
     }
 
+    /// A local subscription's selector (a durable one's is journaled with it); `None` when it
+    /// takes every message.
+    pub(crate) fn selector(&self) -> Option<Arc<Selector>> {
+        self.state.lock().selectors.first().cloned()
+    }
+
     fn pending_limit(&self) -> PendingLimit {
         PendingLimit {
             messages: self.pending_messages.load(Ordering::Relaxed),

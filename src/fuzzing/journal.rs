@@ -295,6 +295,7 @@ pub(super) fn journal_seeds() -> Vec<Vec<u8>> {
                 name: "d".into(),
                 pattern: "topic://t.>".into(),
                 no_local: false,
+                selector: String::new(),
             })),
             tx: 0,
         },

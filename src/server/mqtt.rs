@@ -121,6 +121,8 @@ struct Gathering {
     subs: Vec<Option<u64>>,
     /// Retained messages for those subscriptions, written after the SUBACK.
     retained: Vec<(u64, Arc<Message>)>,
+    /// Why a filter was refused (the first refusal): the MQTT 5 SUBACK's reason string.
+    reason: Option<String>,
 }
 
 /// The MQTT side of one connection.
@@ -307,7 +309,11 @@ impl Mqtt {
                 }
                 Inbound::Alive
             }
-            Packet::Subscribe { packet_id, filters } => self.on_subscribe(packet_id, filters),
+            Packet::Subscribe {
+                packet_id,
+                filters,
+                selectors,
+            } => self.on_subscribe(packet_id, filters, selectors),
             Packet::Unsubscribe { packet_id, filters } => self.on_unsubscribe(packet_id, filters),
             Packet::Ping => Inbound::Request(Request::Ping {
                 receipt: Receipt::PingResp,
@@ -442,9 +448,16 @@ impl Codec for Mqtt {
                     .get(packet_id)
                     .and_then(|g| g.subs.get(*index).copied().flatten())
                 {
+                    // A refused SUBSCRIBE with a bad selector left the filter's earlier
+                    // subscription in place: only this one is forgotten.
                     if let Some(sub) = self.subs.remove(&num) {
-                        self.by_filter.remove(&sub.filter);
+                        if self.by_filter.get(&sub.filter) == Some(&num) {
+                            self.by_filter.remove(&sub.filter);
+                        }
                     }
+                }
+                if let Some(g) = self.gathering.get_mut(packet_id) {
+                    g.reason.get_or_insert_with(|| message.to_string());
                 }
                 let code = match (self.v5(), reason) {
                     (true, reason::NOT_AUTHORIZED | reason::QUOTA_EXCEEDED) => reason,

@@ -394,6 +394,153 @@ fn v3_or_v5_unsubscribe(version5: bool, filter: &str) -> Vec<u8> {
     }
 }
 
+/// An MQTT 5 SUBSCRIBE of `filters` at QoS 1 with `selectors` as `selector` user properties.
+fn v5_subscribe_selecting(packet_id: u16, filters: &[&str], selectors: &[&str]) -> Vec<u8> {
+    v5_bytes(v5::Packet::Subscribe(v5::Subscribe {
+        packet_id: id(packet_id),
+        id: None,
+        user_properties: selectors
+            .iter()
+            .map(|s| (ByteString::from("selector"), ByteString::from(*s)))
+            .chain([(ByteString::from("other"), ByteString::from("x"))])
+            .collect(),
+        topic_filters: filters
+            .iter()
+            .map(|f| {
+                (
+                    ByteString::from(*f),
+                    v5::SubscriptionOptions {
+                        qos: QoS::AtLeastOnce,
+                        no_local: false,
+                        retain_as_published: false,
+                        retain_handling: v5::RetainHandling::AtSubscribe,
+                    },
+                )
+            })
+            .collect(),
+    }))
+}
+
+/// The one SUBACK in `out`: its reason codes and reason string.
+fn v5_suback(out: &BytesMut) -> (Vec<u8>, Option<String>) {
+    let replies = v5_replies(out);
+    let [v5::Packet::SubscribeAck(ack)] = &replies[..] else {
+        panic!("{replies:?}")
+    };
+    (
+        ack.status.iter().map(|r| u8::from(*r)).collect(),
+        ack.reason_string.as_ref().map(|r| r.to_string()),
+    )
+}
+
+#[test]
+fn an_mqtt5_selector_property_selects_for_every_filter_and_a_bad_one_replaces_nothing() {
+    let mut c = codec(true);
+    let plain = subscribed(&mut c, true, "sensors/#", QoS::AtLeastOnce);
+
+    // One `selector` property: every filter's subscription carries it, and the filter already
+    // subscribed is replaced.
+    let rs = requests(
+        &mut c,
+        &v5_subscribe_selecting(2, &["sensors/#", "$share/g/plant/#"], &["kind = 'hot'"]),
+    );
+    let mut out = BytesMut::new();
+    let mut selecting = Vec::new();
+    for r in &rs {
+        match r {
+            Request::Unsubscribe { subscription, .. } => assert_eq!(*subscription, plain),
+            Request::Subscribe { spec, receipt } => {
+                assert_eq!(spec.selector, "kind = 'hot'");
+                selecting.push(spec.subscription);
+                c.encode_receipt(receipt.as_ref().expect("receipt"), &mut out);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(rs.len(), 3, "{rs:?}");
+    assert_eq!(v5_suback(&out).0, vec![1, 1]);
+
+    // A selector that does not parse goes to the broker (which refuses and counts it) and
+    // does not end the filter's subscription; the SUBACK says 0x83 with the broker's reason.
+    let rs = requests(
+        &mut c,
+        &v5_subscribe_selecting(3, &["sensors/#"], &["kind = = 'x'"]),
+    );
+    let [Request::Subscribe { spec, receipt }] = &rs[..] else {
+        panic!("only the refused subscription, no unsubscribe: {rs:?}")
+    };
+    assert_eq!(spec.selector, "kind = = 'x'");
+    let mut out = BytesMut::new();
+    let closes = c.encode_error(
+        ErrorCode::Invalid,
+        "topic://sensors.>: bad selector",
+        receipt.as_ref(),
+        false,
+        &mut out,
+    );
+    assert!(!closes, "a bad selector is a SUBACK code, not a close");
+    assert_eq!(
+        v5_suback(&out),
+        (
+            vec![0x83],
+            Some("topic://sensors.>: bad selector".to_string())
+        )
+    );
+    match one(&mut c, &v3_or_v5_unsubscribe(true, "sensors/#")) {
+        Request::Unsubscribe { subscription, .. } => assert_eq!(subscription, selecting[0]),
+        other => panic!("the selecting subscription is still there: {other:?}"),
+    }
+
+    // Two `selector` properties are ambiguous: every filter is refused, nothing subscribed.
+    let rs = requests(
+        &mut c,
+        &v5_subscribe_selecting(4, &["a/#", "b/#"], &["x = 1", "y = 2"]),
+    );
+    let mut out = BytesMut::new();
+    for r in &rs {
+        match r {
+            Request::Ping { receipt } => c.encode_receipt(receipt, &mut out),
+            other => panic!("nothing is subscribed: {other:?}"),
+        }
+    }
+    let (codes, why) = v5_suback(&out);
+    assert_eq!(codes, vec![0x83, 0x83]);
+    assert!(why.is_some_and(|w| w.contains("at most one")));
+
+    // Without the property (and in MQTT 3, which has no properties) there is no selector.
+    let rs = requests(&mut c, &v5_subscribe_selecting(5, &["c/#"], &[]));
+    let [Request::Subscribe { spec, .. }] = &rs[..] else {
+        panic!("{rs:?}")
+    };
+    assert_eq!(spec.selector, "");
+}
+
+#[test]
+fn a_persistent_session_refuses_a_selector_on_a_shared_subscription_it_could_not_keep() {
+    let mut c = codec(true);
+    c.persistent = true;
+    let rs = requests(
+        &mut c,
+        &v5_subscribe_selecting(2, &["$share/g/plant/#", "plant/#"], &["kind = 'hot'"]),
+    );
+    let mut out = BytesMut::new();
+    for r in &rs {
+        match r {
+            Request::Ping { receipt } => c.encode_receipt(receipt, &mut out),
+            Request::Subscribe { spec, receipt } => {
+                assert_eq!(spec.durable_name.as_deref(), Some("mqtt:1:plant/#"));
+                assert_eq!(spec.selector, "kind = 'hot'");
+                c.encode_receipt(receipt.as_ref().expect("receipt"), &mut out);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(rs.len(), 2, "{rs:?}");
+    let (codes, why) = v5_suback(&out);
+    assert_eq!(codes, vec![0x83, 1]);
+    assert!(why.is_some_and(|w| w.contains("shared subscription")));
+}
+
 #[test]
 fn deliveries_go_out_at_the_subscription_qos_and_a_puback_acknowledges_them() {
     for version5 in [false, true] {
@@ -980,7 +1127,11 @@ fn a_persistent_sessions_filters_are_durable_subscriptions_resumed_without_subac
     c.persistent = true;
     let pattern = filter_to_pattern("plant/+/temp").expect("filter");
     c.resume(
-        vec![("mqtt:1:plant/+/temp".to_string(), pattern.clone())],
+        vec![(
+            "mqtt:1:plant/+/temp".to_string(),
+            pattern.clone(),
+            String::new(),
+        )],
         Vec::new(),
     );
     let resumed = match requests(&mut c, &[]).as_slice() {

@@ -113,6 +113,7 @@ async fn durable_subscriptions_keep_their_topic_messages_and_transactions_apply_
             name: name.into(),
             pattern: "topic://news.>".into(),
             no_local: false,
+            selector: String::new(),
         })),
         tx: 0,
     };

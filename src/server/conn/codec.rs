@@ -94,8 +94,6 @@ pub(crate) fn error_code(e: &BrokerError) -> ErrorCode {
         | BrokerError::Full { .. }
         | BrokerError::JournalFull { .. } => C::ResourceExhausted,
         BrokerError::ClientIdInUse(_) => C::ClientIdInUse,
-        BrokerError::WildcardQueue(_) | BrokerError::DurableSelectorUnsupported(_) => {
-            C::Unsupported
-        }
+        BrokerError::WildcardQueue(_) => C::Unsupported,
     }
 }

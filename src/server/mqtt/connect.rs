@@ -54,6 +54,11 @@ pub(super) enum ConnRefusal {
     /// Logged in, but not allowed this (another user's client id).
     NotAuthorized,
     Unavailable,
+    /// The listener already serves `max_connections` clients: MQTT 3's "server unavailable";
+    /// MQTT 5's 0x97 "quota exceeded" (an administrative limit was reached, MQTT 5 §3.2.2.2,
+    /// as the other protocols' `ResourceExhausted`) rather than 0x89 "server busy", which
+    /// says the server is loaded, not that a configured limit is full.
+    OverLimit,
     Malformed(u8),
 }
 
@@ -65,7 +70,9 @@ pub(super) fn write_connack_refusal(wire: &mut Wire, refusal: ConnRefusal, out: 
                 ConnRefusal::Identifier => v3::ConnectAckReason::IdentifierRejected,
                 ConnRefusal::Credentials => v3::ConnectAckReason::BadUserNameOrPassword,
                 ConnRefusal::NotAuthorized => v3::ConnectAckReason::NotAuthorized,
-                ConnRefusal::Unavailable => v3::ConnectAckReason::ServiceUnavailable,
+                ConnRefusal::Unavailable | ConnRefusal::OverLimit => {
+                    v3::ConnectAckReason::ServiceUnavailable
+                }
                 // MQTT 3 answers a malformed CONNECT by closing.
                 ConnRefusal::Malformed(_) => return,
             };
@@ -84,6 +91,7 @@ pub(super) fn write_connack_refusal(wire: &mut Wire, refusal: ConnRefusal, out: 
                 ConnRefusal::Credentials => v5::ConnectAckReason::BadUserNameOrPassword,
                 ConnRefusal::NotAuthorized => v5::ConnectAckReason::NotAuthorized,
                 ConnRefusal::Unavailable => v5::ConnectAckReason::ServerBusy,
+                ConnRefusal::OverLimit => v5::ConnectAckReason::QuotaExceeded,
                 ConnRefusal::Malformed(r) => v5::ConnectAckReason::try_from(r)
                     .unwrap_or(v5::ConnectAckReason::MalformedPacket),
             };
@@ -158,7 +166,7 @@ pub(crate) async fn refuse_over_limit(stream: Stream, ctx: Arc<ConnCtx>) {
     let mut pump = Pump::new(stream);
     let never = CancellationToken::new();
     if let Ok(Some(mut wire)) = detect_version(&mut pump, &ctx, &never).await {
-        write_connack_refusal(&mut wire, ConnRefusal::Unavailable, &mut pump.wbuf);
+        write_connack_refusal(&mut wire, ConnRefusal::OverLimit, &mut pump.wbuf);
         let _ = close(&mut pump).await;
     }
 }

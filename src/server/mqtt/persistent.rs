@@ -214,16 +214,20 @@ impl Mqtt {
     /// durable subscriptions named after its filters), as if it had just subscribed, but
     /// without a SUBACK or a retained replay (MQTT 3.1.2.4): what they kept is delivered.
     /// A kept shared subscription (named alone) reads its group's queue again.
-    pub(super) fn resume(&mut self, kept: Vec<(String, DestinationPattern)>, shares: Vec<String>) {
+    pub(super) fn resume(
+        &mut self,
+        kept: Vec<(String, DestinationPattern, String)>,
+        shares: Vec<String>,
+    ) {
         let shares = shares.into_iter().filter_map(|name| {
             let queue = share_queue(&kept_share_filter(&name)?)?.ok()?;
             let pattern = DestinationPattern::parse(queue.as_str()).ok()?;
-            Some((name, pattern, false))
+            Some((name, pattern, String::new(), false))
         });
         let kept = kept
             .into_iter()
-            .map(|(name, pattern)| (name, pattern, true));
-        for (name, pattern, durable) in kept.chain(shares) {
+            .map(|(name, pattern, selector)| (name, pattern, selector, true));
+        for (name, pattern, selector, durable) in kept.chain(shares) {
             let Some((qos, filter)) = parse_session_sub_name(&name) else {
                 continue;
             };
@@ -244,7 +248,9 @@ impl Mqtt {
                 spec: SubscribeSpec {
                     subscription: num,
                     destination: pattern,
-                    selector: String::new(),
+                    // The durable's own: the same selector attaches to it, another would
+                    // replace it.
+                    selector,
                     prefetch: self.prefetch,
                     priority: 0,
                     durable_name,

@@ -14,13 +14,14 @@ use rmqtt_codec::types::QoS;
 use rmqtt_codec::{v3, v5};
 
 use crate::broker::{DestinationPattern, SubscribeSpec};
+use crate::selector::Selector;
 
 use super::super::conn::Inbound;
 use super::super::request::Request;
 use super::persistent::session_sub_name;
 use super::topic::filter_to_pattern;
 use super::topic::share_queue;
-use super::wire::reason;
+use super::wire::{reason, SELECTOR_PROPERTY};
 use super::{Gathering, Mqtt, Receipt, Sub};
 
 impl Mqtt {
@@ -45,6 +46,7 @@ impl Mqtt {
             return;
         };
         let retained = g.retained;
+        let reason_string = g.reason.map(ByteString::from);
         let codes: Vec<u8> = g.codes.into_iter().flatten().collect();
         match (self.v5(), g.subscribe) {
             (false, true) => {
@@ -70,7 +72,7 @@ impl Mqtt {
                     v5::Packet::SubscribeAck(v5::SubscribeAck {
                         packet_id,
                         properties: Vec::new(),
-                        reason_string: None,
+                        reason_string,
                         status,
                     }),
                     out,
@@ -102,10 +104,13 @@ impl Mqtt {
         }
     }
 
+    /// `selectors`: the SUBSCRIBE's `selector` user properties (MQTT 5); the one there may be
+    /// selects for every filter of the packet.
     pub(super) fn on_subscribe(
         &mut self,
         packet_id: NonZeroU16,
         filters: Vec<(ByteString, QoS, bool)>,
+        selectors: Vec<ByteString>,
     ) -> Inbound<Receipt> {
         if self.gathering.contains_key(&packet_id) {
             return self.fatal(
@@ -118,14 +123,48 @@ impl Mqtt {
             codes: vec![None; filters.len()],
             subs: vec![None; filters.len()],
             retained: Vec::new(),
+            reason: None,
         };
+        let selector = match selectors.as_slice() {
+            [] => String::new(),
+            [one] => one.to_string(),
+            _ => {
+                g.reason = Some(format!(
+                    "a SUBSCRIBE carries at most one `{SELECTOR_PROPERTY}` user property, this one has {}",
+                    selectors.len()
+                ));
+                return self.refuse_every_filter(packet_id, g, reason::IMPLEMENTATION_SPECIFIC);
+            }
+        };
+        // A selector that does not parse is refused by the broker (counted there), filter by
+        // filter; the filters' earlier subscriptions stay as they were.
+        let bad_selector = !selector.trim().is_empty() && Selector::parse(&selector).is_err();
         for (index, (filter, qos, no_local)) in filters.into_iter().enumerate() {
             let filter = filter.to_string();
             let receipt = Some(Receipt::SubAck { packet_id, index });
             let durable_name = self.persistent.then(|| session_sub_name(qos, &filter));
+            let shared = share_queue(&filter);
+            // A persistent session keeps a shared subscription by its name alone: a selector
+            // on it would be lost when the session resumes, so it is refused.
+            if self.persistent && shared.is_some() && !selector.trim().is_empty() {
+                g.reason.get_or_insert_with(|| {
+                    format!("{filter}: a persistent session cannot keep a selector on a shared subscription; subscribe in a clean session, or without a selector")
+                });
+                g.codes[index] = Some(reason::IMPLEMENTATION_SPECIFIC);
+                self.pending.push_back(Request::Ping {
+                    receipt: Receipt::SubAck { packet_id, index },
+                });
+                continue;
+            }
             // Subscribing again to a filter replaces its subscription (MQTT 3.8.4); a durable
-            // one of the same name is only detached, so what it kept is not lost.
-            if let Some(old) = self.by_filter.remove(&filter) {
+            // one of the same name is only detached, so what it kept is not lost (the broker
+            // replaces it if its selector changed, as JMS does).
+            let old = if bad_selector {
+                None
+            } else {
+                self.by_filter.remove(&filter)
+            };
+            if let Some(old) = old {
                 let same = self
                     .subs
                     .get(&old)
@@ -143,7 +182,6 @@ impl Mqtt {
             }
             // A shared subscription reads its group's queue: not a durable subscription (the
             // session keeps its name once it is granted).
-            let shared = share_queue(&filter);
             let durable_name = durable_name.filter(|_| shared.is_none());
             let pattern = match shared.map_or_else(
                 || filter_to_pattern(&filter).map_err(|e| e.to_string()),
@@ -174,13 +212,16 @@ impl Mqtt {
                     resumed: false,
                 },
             );
-            self.by_filter.insert(filter, num);
+            // Refused for its selector, it will not replace the filter's subscription.
+            if !bad_selector {
+                self.by_filter.insert(filter, num);
+            }
             g.subs[index] = Some(num);
             self.pending.push_back(Request::Subscribe {
                 spec: SubscribeSpec {
                     subscription: num,
                     destination: pattern,
-                    selector: String::new(),
+                    selector: selector.clone(),
                     prefetch: self.prefetch,
                     priority: 0,
                     durable_name,
@@ -209,6 +250,7 @@ impl Mqtt {
             codes: vec![None; filters.len()],
             subs: vec![None; filters.len()],
             retained: Vec::new(),
+            reason: None,
         };
         for (index, filter) in filters.iter().enumerate() {
             let receipt = Receipt::UnsubAck { packet_id, index };
@@ -228,6 +270,23 @@ impl Mqtt {
                     self.pending.push_back(Request::Ping { receipt });
                 }
             }
+        }
+        self.gathering.insert(packet_id, g);
+        self.next_pending()
+    }
+
+    /// Answers every filter of a SUBSCRIBE with `code`, subscribing to none.
+    fn refuse_every_filter(
+        &mut self,
+        packet_id: NonZeroU16,
+        mut g: Gathering,
+        code: u8,
+    ) -> Inbound<Receipt> {
+        for (index, slot) in g.codes.iter_mut().enumerate() {
+            *slot = Some(code);
+            self.pending.push_back(Request::Ping {
+                receipt: Receipt::SubAck { packet_id, index },
+            });
         }
         self.gathering.insert(packet_id, g);
         self.next_pending()

@@ -53,6 +53,10 @@ pub(super) fn reason_for(code: ErrorCode) -> u8 {
     }
 }
 
+/// The MQTT 5 SUBSCRIBE user property whose value is a JMS selector for every filter of the
+/// packet (MQTT 5 has no selector of its own; user properties are per packet, not per filter).
+pub(super) const SELECTOR_PROPERTY: &str = "selector";
+
 /// The version-specific packet parser and writer.
 pub(super) enum Wire {
     V3(v3::Codec),
@@ -67,9 +71,12 @@ pub(super) enum Packet {
     PubRec(NonZeroU16),
     PubRel(NonZeroU16),
     PubComp(NonZeroU16),
+    /// `selectors`: the values of the MQTT 5 SUBSCRIBE's user properties named `selector`
+    /// (none in MQTT 3, which has no properties).
     Subscribe {
         packet_id: NonZeroU16,
         filters: Vec<(ByteString, QoS, bool)>,
+        selectors: Vec<ByteString>,
     },
     Unsubscribe {
         packet_id: NonZeroU16,
@@ -106,6 +113,7 @@ impl Wire {
                             .into_iter()
                             .map(|(f, q)| (f, q, false))
                             .collect(),
+                        selectors: Vec::new(),
                     },
                     v3::Packet::Unsubscribe {
                         packet_id,
@@ -137,6 +145,12 @@ impl Wire {
                             .topic_filters
                             .into_iter()
                             .map(|(f, o)| (f, o.qos, o.no_local))
+                            .collect(),
+                        selectors: s
+                            .user_properties
+                            .into_iter()
+                            .filter(|(k, _)| k == SELECTOR_PROPERTY)
+                            .map(|(_, v)| v)
                             .collect(),
                     },
                     v5::Packet::Unsubscribe(u) => Packet::Unsubscribe {

@@ -113,6 +113,8 @@ struct Batch {
     buf: BytesMut,
     /// (index, frame length) of each record in `buf`, in order.
     frames: Vec<(u64, u32)>,
+    /// When the first record of this batch was appended (for `meshmq_journal_commit_wait_seconds`).
+    first_at: Option<std::time::Instant>,
 }
 
 pub(crate) struct Shared {
@@ -281,6 +283,9 @@ impl Journal {
     pub fn append(&self, payload: &[u8]) -> u64 {
         let len = frame::frame_len(payload.len());
         let mut batch = self.shared.batch.lock();
+        if batch.frames.is_empty() {
+            batch.first_at = Some(std::time::Instant::now());
+        }
         let index = self.shared.next_index.fetch_add(1, Ordering::Relaxed);
         frame::put_frame(index, payload, &mut batch.buf);
         batch.frames.push((index, len as u32));
@@ -492,6 +497,9 @@ impl Journal {
                 "replicated records start at {} but this journal continues at {next}",
                 frames.first
             )));
+        }
+        if batch.frames.is_empty() {
+            batch.first_at = Some(std::time::Instant::now());
         }
         batch.buf.extend_from_slice(&frames.bytes);
         let mut lens = Vec::with_capacity(scan.records.len());
@@ -777,6 +785,9 @@ impl Journal {
             tracing::warn!(error = %e, "cannot sync the journal's synced mark at close");
         }
         self.shared.closed.store(true, Ordering::Release);
+        if crate::metrics::commit_profile::enabled() {
+            eprint!("{}", crate::metrics::commit_profile::report());
+        }
         // Watchers of `synced` (the broker's dispatcher) see the last index, then the close.
         self.shared.synced.send_modify(|_| {});
         self.shared.local.send_modify(|_| {});

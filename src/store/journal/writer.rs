@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use super::{create_segment, Batch, Durability, Shared, Writing};
+use crate::metrics::commit_profile::{self as profile, Stage};
 use crate::store::StoreError;
 
 /// How long the writer waits for more work before it syncs the synced mark.
@@ -23,6 +24,8 @@ const MARK_MAX_LAG: Duration = Duration::from_secs(1);
 const MAX_IDLE_BATCH: usize = 4 << 20;
 
 pub(super) fn writer(shared: Arc<Shared>) {
+    // When the last batch was done (for the commit profile's idle time).
+    let mut finished: Option<Instant> = None;
     loop {
         // A batch kept from a full disk is retried before anything new is waited for.
         let carried = !shared.writing.lock().carry.frames.is_empty();
@@ -61,9 +64,16 @@ pub(super) fn writer(shared: Arc<Shared>) {
                 });
             }
         }
+        if let Some(at) = finished.take() {
+            profile::record_since(Stage::WriterIdle, at);
+        }
         let written = write_queued(&shared, &mut shared.writing.lock(), true);
         match written {
-            Ok(()) => {}
+            Ok(()) => {
+                if profile::enabled() {
+                    finished = Some(Instant::now());
+                }
+            }
             Err(StoreError::NoSpace { .. }) => {
                 if shared.stop.load(Ordering::Acquire) {
                     return;
@@ -158,9 +168,12 @@ fn complete(
                 .map_err(|e| StoreError::io(&path, "sync", e))?;
             metrics::histogram!(crate::metrics::JOURNAL_FSYNC_SECONDS)
                 .record(started.elapsed().as_secs_f64());
+            profile::record_since(Stage::Fdatasync, started);
             shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
     }
+    metrics::histogram!(crate::metrics::JOURNAL_BATCH_RECORDS).record(frames as f64);
+    profile::record(Stage::BatchRecords, frames as u64);
     let last = batch.frames[frames - 1].0;
     if shared.options.durability == Durability::Synced {
         // A `Written` batch is not durable: its mark moves only when a checkpoint syncs it.
@@ -185,11 +198,15 @@ fn complete(
         batch.buf = BytesMut::new();
         batch.frames = Vec::new();
     }
+    if batch.frames.is_empty() {
+        batch.first_at = None;
+    }
     shared.local.send_replace(last);
     if shared.gate.lock().is_none() {
         // Only the index moves here: making the messages visible is the broker's, on its own
         // thread, so this one goes back to writing at once.
         shared.synced.send_replace(last);
+        profile::writer_published();
     }
     Ok(())
 }
@@ -200,7 +217,14 @@ fn write_batch(shared: &Shared, batch: &mut Batch) -> Result<(), StoreError> {
     let mut pos = 0usize;
     let mut i = 0usize;
     let started = Instant::now();
+    if let Some(first) = batch.first_at.take() {
+        let waited = started.saturating_duration_since(first);
+        metrics::histogram!(crate::metrics::JOURNAL_COMMIT_WAIT_SECONDS)
+            .record(waited.as_secs_f64());
+        profile::record(Stage::WaitToWrite, waited.as_micros() as u64);
+    }
     let result = write_frames(shared, batch, &mut pos, &mut i);
+    profile::record_since(Stage::Write, started);
     complete(shared, batch, i, pos)?;
     metrics::histogram!(crate::metrics::JOURNAL_WRITE_SECONDS)
         .record(started.elapsed().as_secs_f64());

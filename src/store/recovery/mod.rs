@@ -37,6 +37,9 @@ pub struct RecoveredDurable {
     pub name: String,
     pub pattern: String,
     pub no_local: bool,
+    /// Its JMS selector (empty: none). The messages below are every journaled one its pattern
+    /// matches: the broker applies the selector when it restores them.
+    pub selector: String,
     /// (message index, redelivery count), oldest first.
     pub messages: Vec<(u64, u32)>,
 }

@@ -29,6 +29,8 @@ struct Dur {
     pattern: String,
     matcher: Option<DestinationPattern>,
     no_local: bool,
+    /// Carried to the broker, which selects among `pending` when it restores them.
+    selector: String,
     pending: BTreeMap<u64, u32>,
 }
 
@@ -100,6 +102,7 @@ impl Replay {
                     matcher: DestinationPattern::parse(&d.pattern).ok(),
                     pattern: d.pattern.clone(),
                     no_local: d.no_local,
+                    selector: d.selector.clone(),
                     pending,
                 },
             );
@@ -275,6 +278,7 @@ impl Replay {
                         matcher: DestinationPattern::parse(&a.pattern).ok(),
                         pattern: a.pattern,
                         no_local: a.no_local,
+                        selector: a.selector,
                         pending: BTreeMap::new(),
                     },
                 );
@@ -361,6 +365,7 @@ impl Replay {
                 name,
                 pattern: d.pattern,
                 no_local: d.no_local,
+                selector: d.selector,
                 messages: d
                     .pending
                     .into_iter()
