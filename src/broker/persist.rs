@@ -7,9 +7,11 @@
 //! dead-letter) is recorded after it left memory, and a checkpoint snapshot is taken with the
 //! gate closed, so for every record before a checkpoint the checkpoint holds its effect.
 //!
-//! Dispatch after a sync runs on the broker's own dispatcher thread, never on the journal's
-//! writer thread (which only publishes the index it synced) nor on a replication task (which
-//! only publishes what a quorum has). The dispatcher makes the messages up to that index
+//! Dispatch after a sync runs in the journal's committer, where the commit happens: on the
+//! journal's writer thread right after its sync, or on the replication task that publishes what
+//! a quorum has — no hop to another thread on the way to the receipts (a sleeping thread's
+//! wake-up costs a scheduling delay as long as the sync itself on a busy machine). One commit
+//! is dispatched at a time, in order. The committer makes the messages up to that index
 //! visible and counts them live in their segments, *then* publishes the index as the broker's
 //! [`Broker::synced`]: whoever sees an index synced through the broker — a producer's receipt,
 //! a checkpoint about to let segments go — finds its messages already visible and counted, and
@@ -123,8 +125,10 @@ pub(crate) struct Persistence {
     /// exclusively while it takes its snapshot.
     gate: RwLock<()>,
     visible: Mutex<VecDeque<Pending>>,
+    /// Held while a commit is dispatched and published, so commits go one at a time, in order.
+    dispatching: Mutex<()>,
     /// Every record up to this index is committed and its messages are visible: the
-    /// dispatcher moves it, after dispatching. It is also marked changed (without moving) when
+    /// committer moves it, after dispatching. It is also marked changed (without moving) when
     /// the journal fails or is fenced, so waiters look at why.
     pub(crate) synced: tokio::sync::watch::Sender<u64>,
 }
@@ -144,6 +148,7 @@ impl Persistence {
             store,
             gate: RwLock::new(()),
             visible: Mutex::new(VecDeque::new()),
+            dispatching: Mutex::new(()),
             synced,
         }
     }
@@ -346,12 +351,13 @@ impl Broker {
         }
     }
 
-    /// The dispatcher's work for a commit: makes the messages up to `upto` visible, then
+    /// The committer's work for a commit: makes the messages up to `upto` visible, then
     /// publishes `upto` as synced (also when nothing moved: the journal may have failed).
     pub(crate) fn on_synced(&self, upto: u64) {
         let Some(p) = &self.inner.persistence else {
             return;
         };
+        let _one = p.dispatching.lock();
         crate::metrics::commit_profile::dispatch_began();
         let began = std::time::Instant::now();
         self.dispatch_synced(p, upto);
@@ -363,40 +369,21 @@ impl Broker {
         crate::metrics::commit_profile::dispatched();
     }
 
-    /// Starts the dispatcher: a thread of its own that follows the journal's commits and
-    /// dispatches what each one makes durable (see the module doc). It ends once the journal is
-    /// closed or the broker is gone.
-    fn start_dispatcher(&self) {
+    /// Makes the broker the journal's committer (see the module doc), then publishes what was
+    /// committed before.
+    fn start_committing(&self) {
         let Some(p) = &self.inner.persistence else {
             return;
         };
-        let journal = p.store.journal().clone();
-        let mut committed = journal.watch_synced();
+        let journal = p.store.journal();
         let broker = Arc::downgrade(&self.inner);
-        let dispatch = async move {
-            loop {
-                let upto = *committed.borrow_and_update();
-                let Some(inner) = broker.upgrade() else {
-                    return;
-                };
+        journal.set_committer(Box::new(move |upto| {
+            if let Some(inner) = broker.upgrade() {
                 Broker { inner }.on_synced(upto);
-                if journal.is_closed() || committed.changed().await.is_err() {
-                    return;
-                }
             }
-        };
-        let spawned = std::thread::Builder::new()
-            .name("meshmq-dispatch".into())
-            .spawn(move || {
-                // A runtime of its own only to wait on the journal's watch: no I/O, no timers.
-                match tokio::runtime::Builder::new_current_thread().build() {
-                    Ok(rt) => rt.block_on(dispatch),
-                    Err(e) => tracing::error!(error = %e, "the dispatcher cannot start"),
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "the dispatcher thread cannot start");
-        }
+        }));
+        // Commits the committer was not told about: the restore's own records.
+        self.on_synced(journal.synced());
     }
 
     fn dispatch_synced(&self, p: &Persistence, upto: u64) {
@@ -811,6 +798,6 @@ impl Broker {
         }
         self.apply(effects);
         // Only now: what was restored is in place before anything new is dispatched.
-        self.start_dispatcher();
+        self.start_committing();
     }
 }

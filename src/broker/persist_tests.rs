@@ -525,7 +525,7 @@ fn live_in_segments(b: &Broker) -> u64 {
 
 #[tokio::test]
 async fn dispatch_runs_before_anyone_sees_the_commit() {
-    // The dispatcher makes messages visible and counts them live in their segments; a receipt
+    // The committer makes messages visible and counts them live in their segments; a receipt
     // or a checkpoint waiting for the commit through the broker must find that done, or a
     // checkpoint could let a segment with a live message go.
     let dir = tempfile::tempdir().unwrap();

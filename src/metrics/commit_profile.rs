@@ -1,11 +1,11 @@
 //! A debugging profile of the path from a persistent send to its receipt, off unless the
 //! environment variable `MESHMQ_COMMIT_PROFILE` is set when the broker starts.
 //!
-//! When on, the journal writer, the broker's dispatcher and the connections record how long
-//! each stage of a group commit took — records per batch, the oldest record's wait before its
-//! write, the write, the `fdatasync`, the writer's idle time between batches, the hop from the
-//! writer's publish to the dispatcher, the dispatch, and the hop from the dispatcher's publish
-//! to a receipt being encoded — and the journal prints a table of their distributions to
+//! When on, the journal writer, the broker's commit dispatch and the connections record how
+//! long each stage of a group commit took — records per batch, the oldest record's wait before
+//! its write, the write, the `fdatasync`, the writer's idle time between batches, the way from
+//! the writer's publish to the dispatch (a hop to another thread, when there is one), the
+//! dispatch, and the hop from the dispatch's publish to a receipt being encoded — and the journal prints a table of their distributions to
 //! standard error when it closes. When off, each probe is one relaxed atomic load. The hops
 //! compare against the newest publish, so a batch overtaken by the next one before a waiter
 //! woke counts from the newer publish (short by at most one batch).
@@ -30,11 +30,11 @@ pub enum Stage {
     Fdatasync,
     /// The writer finished a batch → it began the next one (it waited for appends).
     WriterIdle,
-    /// The writer published a synced index → the dispatcher began on it.
+    /// The writer published a synced index → the dispatch of it began.
     PublishToDispatch,
-    /// The dispatcher made a commit's messages visible and published it.
+    /// The dispatch made a commit's messages visible and published it.
     Dispatch,
-    /// The dispatcher published a synced index → a connection encoded the receipts it freed.
+    /// The dispatch published a synced index → a connection encoded the receipts it freed.
     DispatchToReceipt,
 }
 
@@ -55,7 +55,7 @@ static BASE: OnceLock<Instant> = OnceLock::new();
 static HISTOGRAMS: OnceLock<Vec<Mutex<Histogram<u64>>>> = OnceLock::new();
 /// When the writer last published a synced index (nanoseconds since `BASE`).
 static WRITER_PUBLISHED: AtomicU64 = AtomicU64::new(0);
-/// When the dispatcher last published a synced index.
+/// When the dispatch last published a synced index.
 static DISPATCHED: AtomicU64 = AtomicU64::new(0);
 
 /// Whether the profile records (decided once, from the environment).
@@ -122,21 +122,21 @@ pub fn writer_published() {
     }
 }
 
-/// The dispatcher begins on a published index: records the hop from the writer.
+/// The dispatch of a published index begins: records the way from the writer.
 pub fn dispatch_began() {
     if enabled() {
         hop(Stage::PublishToDispatch, &WRITER_PUBLISHED);
     }
 }
 
-/// The dispatcher published a synced index now.
+/// The dispatch published a synced index now.
 pub fn dispatched() {
     if enabled() {
         DISPATCHED.store(nanos(Instant::now()), Ordering::Relaxed);
     }
 }
 
-/// A connection encoded receipts a sync freed: records the hop from the dispatcher.
+/// A connection encoded receipts a sync freed: records the hop from the dispatch.
 pub fn receipts_released() {
     if enabled() {
         hop(Stage::DispatchToReceipt, &DISPATCHED);

@@ -1,7 +1,8 @@
 //! The writer thread and the writing of batches: it waits for appends (syncing the synced mark
 //! when idle), gathers them for the group-commit window, writes each batch into the segments —
 //! rolling to a new preallocated segment when the active one is full, keeping the batch when
-//! the disk is full — syncs once per batch and publishes what it synced.
+//! the disk is full — syncs once per batch, and tells the committer (the broker dispatches
+//! there, on this thread) and then the watchers what it synced.
 
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
@@ -141,8 +142,11 @@ pub(super) fn fail(shared: &Shared, e: &StoreError) {
         *failed = Some(e.to_string());
     }
     drop(failed);
+    let synced = *shared.synced.borrow();
+    shared.committed(synced);
     shared.synced.send_modify(|_| {});
     shared.local.send_modify(|_| {});
+    shared.ended.notify_waiters();
 }
 
 /// Makes the first `frames` records of `batch` (`bytes` long) durable and visible, and drops
@@ -203,10 +207,12 @@ fn complete(
     }
     shared.local.send_replace(last);
     if shared.gate.lock().is_none() {
-        // Only the index moves here: making the messages visible is the broker's, on its own
-        // thread, so this one goes back to writing at once.
-        shared.synced.send_replace(last);
+        // The broker makes the messages visible and frees their receipts right here: a hop to
+        // another thread costs a scheduling delay, as long as the sync itself on a busy
+        // machine, on the way to every receipt.
         profile::writer_published();
+        shared.committed(last);
+        shared.synced.send_replace(last);
     }
     Ok(())
 }
