@@ -109,14 +109,10 @@ impl Broker {
             return std::future::pending().await;
         };
         let journal = store.journal().clone();
-        let mut rx = journal.watch_synced();
-        loop {
-            if let Some(reason) = journal.failure() {
-                return reason;
-            }
-            if journal.is_closed() || rx.changed().await.is_err() {
-                return std::future::pending().await;
-            }
+        journal.ended().await;
+        match journal.failure() {
+            Some(reason) => reason,
+            None => std::future::pending().await,
         }
     }
 

@@ -12,7 +12,14 @@
 //! the protocol layer keeps the group's queue fed on this member ([`Broker::kept_shares`]), so
 //! what is published while the client is away waits in the queue for it.
 //!
-//! Owns: the expiry state and the shared subscriptions of each kept session, and the
+//! A kept session's QoS 2 deliveries that its client received (PUBREC) but has not completed
+//! (PUBCOMP) are journaled with it by packet id ([`Broker::session_released`]): the message
+//! itself is acknowledged by then, and only its PUBREL, sent again when the client comes back
+//! — also after a restart or on a new master — lets a client that hands a QoS 2 message to
+//! its application on PUBREL do so.
+//!
+//! Owns: the expiry state, the shared subscriptions and the released QoS 2 packet ids of each
+//! kept session, and the
 //! connection holding it now (in memory: after a restart nobody holds one). Must not touch:
 //! protocols, timers (the protocol layer asks [`Broker::expire_session_if_due`] when the time
 //! comes). Invariants: the last connection to end is the only one whose end starts the
@@ -41,6 +48,8 @@ pub(crate) struct KeptSession {
     holder: u64,
     /// Its shared subscriptions, by the protocol's name for them.
     shares: BTreeSet<String>,
+    /// Packet ids of QoS 2 deliveries received by the client and not completed yet.
+    released: BTreeSet<u16>,
 }
 
 impl KeptSession {
@@ -59,6 +68,7 @@ impl KeptSession {
             idle_since_ms: self.idle_since_ms,
             ended: false,
             shares: self.shares.iter().cloned().collect(),
+            released: self.released.iter().map(|&id| u32::from(id)).collect(),
         }
     }
 }
@@ -95,6 +105,7 @@ impl Broker {
                     idle_since_ms: 0,
                     holder,
                     shares: BTreeSet::new(),
+                    released: BTreeSet::new(),
                 }
             });
         let changed = new || (kept.interval_secs, kept.idle_since_ms) != (interval_secs, 0);
@@ -152,6 +163,38 @@ impl Broker {
             self.inner.kept_shares_changed.send_modify(|v| *v += 1);
         }
         true
+    }
+
+    /// The client of the kept session of `client_id` received its QoS 2 delivery `packet_id`
+    /// (PUBREC; `released`) or completed it (PUBCOMP; not `released`): journaled when that
+    /// changes the session's released ids — the PUBREC's record before the acknowledgement of
+    /// the message, so once that is durable, so is this. False when there is no kept session.
+    pub fn session_released(&self, client_id: &str, packet_id: u16, released: bool) -> bool {
+        let _gate = self.gate();
+        let Some(mut kept) = self.inner.kept_sessions.get_mut(client_id) else {
+            return false;
+        };
+        let changed = if released {
+            kept.released.insert(packet_id)
+        } else {
+            kept.released.remove(&packet_id)
+        };
+        let state = kept.state(client_id);
+        drop(kept);
+        if changed {
+            self.journal_record(record(state));
+        }
+        true
+    }
+
+    /// The packet ids of the QoS 2 deliveries the client of the kept session of `client_id`
+    /// received and has not completed.
+    pub fn released_of(&self, client_id: &str) -> Vec<u16> {
+        self.inner
+            .kept_sessions
+            .get(client_id)
+            .map(|k| k.released.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// The shared subscriptions the kept session of `client_id` holds.
@@ -251,6 +294,12 @@ impl Broker {
                     idle_since_ms: s.idle_since_ms,
                     holder: 0,
                     shares: s.shares.into_iter().collect(),
+                    released: s
+                        .released
+                        .into_iter()
+                        .filter_map(|id| u16::try_from(id).ok())
+                        .filter(|&id| id != 0)
+                        .collect(),
                 },
             );
         }
@@ -372,6 +421,39 @@ mod tests {
         b.session_taken("held", 5, 7);
         assert_eq!(b.expire_session_if_due("held", "mqtt:", 20_000), None);
         assert_eq!(deadlines(&b, 20_000), vec![("taken".to_string(), 40_000)]);
+    }
+
+    #[tokio::test]
+    async fn released_qos2_ids_are_kept_with_the_session_until_completed_or_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = open(dir.path());
+        assert!(!b.session_released("nobody", 1, true), "no session");
+        b.session_taken("c", NEVER_EXPIRES, 1);
+        b.session_taken("d", 60, 2);
+        for id in [7, 3, 9] {
+            assert!(b.session_released("c", id, true));
+        }
+        assert!(b.session_released("c", 9, false), "completed");
+        b.session_released("d", 5, true);
+        assert!(b.session_left("c", NEVER_EXPIRES, 1, 1_000));
+        crash(b).await;
+
+        let b = open(dir.path());
+        assert_eq!(b.released_of("c"), vec![3, 7], "the crash kept them");
+        assert_eq!(b.released_of("d"), vec![5]);
+        b.checkpoint(false).await.unwrap();
+        b.session_taken("c", NEVER_EXPIRES, 3);
+        b.session_released("c", 3, false);
+        b.end_session("d", "mqtt:");
+        crash(b).await;
+
+        let b = open(dir.path());
+        assert_eq!(
+            b.released_of("c"),
+            vec![7],
+            "the checkpoint kept them, the completion after it too"
+        );
+        assert!(b.released_of("d").is_empty(), "an ended session keeps none");
     }
 
     #[tokio::test]

@@ -141,6 +141,9 @@ pub struct Message {
     pub origin: u64,
     /// Its journal record (0 = not journaled).
     pub(crate) store_index: u64,
+    /// The `retained` journal record that makes it its topic's retained message (0: none, or
+    /// its own record, `store_index`, does).
+    pub(crate) retain_index: u64,
     /// Durable subscriptions holding this (journaled topic) message.
     pub(crate) durable_refs: AtomicU32,
     pub(crate) charge: MemoryCharge,
@@ -233,11 +236,38 @@ impl Message {
             sequence_checked: false,
             origin: 0,
             store_index: 0,
+            retain_index: 0,
             durable_refs: AtomicU32::new(0),
             charge: MemoryCharge::none(),
             encoded: OnceLock::new(),
         }
     }
+}
+
+/// How far ahead of the one being handled a run over queued messages (dispatch, acks) asks the
+/// CPU for the next ones: far enough that each message's first cache line arrives while the
+/// ones before it are handled, near enough that it is still there when its turn comes.
+pub(crate) const PREFETCH_AHEAD: usize = 4;
+
+/// Asks the CPU to start loading `msg`'s cache lines (its `Arc` counts and every field: an ack
+/// drops it whole) without waiting for them. A backlogged queue's messages were written long
+/// before they are dispatched or acknowledged and are no longer in cache: one miss per message,
+/// taken one at a time, was the costliest load of the dispatch round and of the ack. A hint
+/// only: it changes no state.
+#[inline]
+pub(crate) fn prefetch(msg: &Arc<Message>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let start = Arc::as_ptr(msg).cast::<i8>();
+        for offset in (0..std::mem::size_of::<Message>()).step_by(64) {
+            // SAFETY: a prefetch reads nothing the program sees and never faults; the address
+            // lies inside a live `Arc`'s message anyway.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = msg;
 }
 
 /// A message in a queue (or a subscriber's private queue) with its delivery history.

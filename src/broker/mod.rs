@@ -8,9 +8,9 @@
 //! configuration files — a connection drives it through a [`Session`], hands it messages built
 //! by the one [`MessageBuilder`] (`wire.rs` converts the native wire's `Send`; `wire` is a leaf,
 //! so that edge makes no cycle), and receives deliveries from the session's [`Outbox`].
-//! Everything here is synchronous except waiting for room and for commits; the one thread of
-//! its own is the dispatcher (`persist.rs`), which makes journaled messages visible once they
-//! are synced. Invariants: a queue message leaves the broker only when a consumer acknowledges
+//! Everything here is synchronous except waiting for room and for commits; it has no thread of
+//! its own: journaled messages are made visible once synced by the journal's committer
+//! (`persist.rs`), on the thread where the commit happens. Invariants: a queue message leaves the broker only when a consumer acknowledges
 //! it (or it expires or is dead-lettered); an unacknowledged delivery whose consumer goes away
 //! returns to its queue with a higher redelivery count; an outbox never holds more deliveries
 //! than its subscriptions' prefetch; message memory is charged while any reference to the

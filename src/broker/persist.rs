@@ -7,13 +7,21 @@
 //! dead-letter) is recorded after it left memory, and a checkpoint snapshot is taken with the
 //! gate closed, so for every record before a checkpoint the checkpoint holds its effect.
 //!
-//! Dispatch after a sync runs on the broker's own dispatcher thread, never on the journal's
-//! writer thread (which only publishes the index it synced) nor on a replication task (which
-//! only publishes what a quorum has). The dispatcher makes the messages up to that index
+//! Dispatch after a sync runs in the journal's committer, where the commit happens: on the
+//! journal's writer thread right after its sync, or on the replication task that publishes what
+//! a quorum has — no hop to another thread on the way to the receipts (a sleeping thread's
+//! wake-up costs a scheduling delay as long as the sync itself on a busy machine). One commit
+//! is dispatched at a time, in order. The committer makes the messages up to that index
 //! visible and counts them live in their segments, *then* publishes the index as the broker's
 //! [`Broker::synced`]: whoever sees an index synced through the broker — a producer's receipt,
 //! a checkpoint about to let segments go — finds its messages already visible and counted, and
 //! no consumer ever sees a message whose receipt could still fail.
+//!
+//! A topic's retained message is journaled too, whatever its QoS (as mosquitto does): with the
+//! message's own record when a durable subscription holds it, else as a `retained` record
+//! written as it is published (live subscribers get it at once, as any topic message; a
+//! persistent one's receipt waits for the record). A checkpoint holds every topic's retained
+//! message whole, so the records that set them pin no segment.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,8 +125,10 @@ pub(crate) struct Persistence {
     /// exclusively while it takes its snapshot.
     gate: RwLock<()>,
     visible: Mutex<VecDeque<Pending>>,
+    /// Held while a commit is dispatched and published, so commits go one at a time, in order.
+    dispatching: Mutex<()>,
     /// Every record up to this index is committed and its messages are visible: the
-    /// dispatcher moves it, after dispatching. It is also marked changed (without moving) when
+    /// committer moves it, after dispatching. It is also marked changed (without moving) when
     /// the journal fails or is fenced, so waiters look at why.
     pub(crate) synced: tokio::sync::watch::Sender<u64>,
 }
@@ -138,6 +148,7 @@ impl Persistence {
             store,
             gate: RwLock::new(()),
             visible: Mutex::new(VecDeque::new()),
+            dispatching: Mutex::new(()),
             synced,
         }
     }
@@ -145,29 +156,43 @@ impl Persistence {
 
 pub(crate) fn added_record(msg: &Message) -> Record {
     Record {
-        kind: Some(RecordKind::Added(proto::MessageAdded {
-            destination: msg.dest().as_str().to_string(),
-            body: msg.body.clone(),
-            headers: msg
-                .headers
-                .iter()
-                .map(|(k, v)| proto::Header {
-                    key: k.clone(),
-                    value: v.clone(),
-                })
-                .collect(),
-            priority: msg.priority as u32,
-            expires_at_ms: msg.expires_at_ms,
-            producer_id: msg.producer_id.clone(),
-            sequence: msg.sequence,
-            reply_to: msg.reply_to.clone(),
-            correlation_id: msg.correlation_id.clone(),
-            content_type: msg.content_type.clone(),
-            timestamp_ms: msg.timestamp_ms,
-            broker_path: msg.broker_path.iter().map(|g| g.to_string()).collect(),
-            redelivery_count: 0,
-        })),
+        kind: Some(RecordKind::Added(added(msg))),
         tx: 0,
+    }
+}
+
+/// The record that makes `msg` its topic's retained message (or, empty, clears it).
+fn retained_record(msg: &Message, tx: u64) -> Record {
+    Record {
+        kind: Some(RecordKind::Retained(added(msg))),
+        tx,
+    }
+}
+
+fn added(msg: &Message) -> proto::MessageAdded {
+    proto::MessageAdded {
+        destination: msg.dest().as_str().to_string(),
+        body: msg.body.clone(),
+        headers: msg
+            .headers
+            .iter()
+            .map(|(k, v)| proto::Header {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+        priority: msg.priority as u32,
+        expires_at_ms: msg.expires_at_ms,
+        producer_id: msg.producer_id.clone(),
+        sequence: msg.sequence,
+        reply_to: msg.reply_to.clone(),
+        correlation_id: msg.correlation_id.clone(),
+        content_type: msg.content_type.clone(),
+        timestamp_ms: msg.timestamp_ms,
+        broker_path: msg.broker_path.iter().map(|g| g.to_string()).collect(),
+        redelivery_count: 0,
+        retain: msg.is_retained(),
+        transient: !msg.persistent,
     }
 }
 
@@ -178,7 +203,7 @@ pub(crate) fn message_from_record(m: proto::MessageAdded, index: u64) -> Option<
         destination: Some(destination),
         body: m.body,
         headers: m.headers.into_iter().map(|h| (h.key, h.value)).collect(),
-        persistent: true,
+        persistent: !m.transient,
         priority: m.priority.min(9) as u8,
         expires_at_ms: m.expires_at_ms,
         producer_id: m.producer_id,
@@ -242,6 +267,29 @@ impl Broker {
         }
     }
 
+    /// Whether `msg` on `target` is a retained topic message journaled with a `retained`
+    /// record: one [`Broker::journals`] does not journal as a message, on a topic that is not
+    /// temporary, whatever its QoS.
+    pub(crate) fn journals_retained(&self, target: &Target, msg: &Message) -> bool {
+        match target {
+            Target::Topic(t) => {
+                self.inner.persistence.is_some()
+                    && msg.is_retained()
+                    && !t.dest.kind().is_temp()
+                    && !self.journals(target, msg)
+            }
+            Target::Queue(_) => false,
+        }
+    }
+
+    /// Journals what makes `msg` its topic's retained message (the caller holds the gate, and
+    /// checked [`Broker::journals_retained`]); returns the record's index, also kept in `msg`.
+    pub(crate) fn journal_retained(&self, msg: &mut Message, tx: u64) -> u64 {
+        let index = self.journal_record(retained_record(msg, tx));
+        msg.retain_index = index;
+        index
+    }
+
     /// Journals `msg` (the caller holds the gate); it becomes visible once durable.
     pub(crate) fn journal_publish(&self, target: &Target, mut msg: Message) -> u64 {
         let p = self
@@ -303,50 +351,39 @@ impl Broker {
         }
     }
 
-    /// The dispatcher's work for a commit: makes the messages up to `upto` visible, then
+    /// The committer's work for a commit: makes the messages up to `upto` visible, then
     /// publishes `upto` as synced (also when nothing moved: the journal may have failed).
     pub(crate) fn on_synced(&self, upto: u64) {
         let Some(p) = &self.inner.persistence else {
             return;
         };
+        let _one = p.dispatching.lock();
+        crate::metrics::commit_profile::dispatch_began();
+        let began = std::time::Instant::now();
         self.dispatch_synced(p, upto);
         p.synced.send_modify(|synced| *synced = (*synced).max(upto));
+        crate::metrics::commit_profile::record_since(
+            crate::metrics::commit_profile::Stage::Dispatch,
+            began,
+        );
+        crate::metrics::commit_profile::dispatched();
     }
 
-    /// Starts the dispatcher: a thread of its own that follows the journal's commits and
-    /// dispatches what each one makes durable (see the module doc). It ends once the journal is
-    /// closed or the broker is gone.
-    fn start_dispatcher(&self) {
+    /// Makes the broker the journal's committer (see the module doc), then publishes what was
+    /// committed before.
+    fn start_committing(&self) {
         let Some(p) = &self.inner.persistence else {
             return;
         };
-        let journal = p.store.journal().clone();
-        let mut committed = journal.watch_synced();
+        let journal = p.store.journal();
         let broker = Arc::downgrade(&self.inner);
-        let dispatch = async move {
-            loop {
-                let upto = *committed.borrow_and_update();
-                let Some(inner) = broker.upgrade() else {
-                    return;
-                };
+        journal.set_committer(Box::new(move |upto| {
+            if let Some(inner) = broker.upgrade() {
                 Broker { inner }.on_synced(upto);
-                if journal.is_closed() || committed.changed().await.is_err() {
-                    return;
-                }
             }
-        };
-        let spawned = std::thread::Builder::new()
-            .name("meshmq-dispatch".into())
-            .spawn(move || {
-                // A runtime of its own only to wait on the journal's watch: no I/O, no timers.
-                match tokio::runtime::Builder::new_current_thread().build() {
-                    Ok(rt) => rt.block_on(dispatch),
-                    Err(e) => tracing::error!(error = %e, "the dispatcher cannot start"),
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "the dispatcher thread cannot start");
-        }
+        }));
+        // Commits the committer was not told about: the restore's own records.
+        self.on_synced(journal.synced());
     }
 
     fn dispatch_synced(&self, p: &Persistence, upto: u64) {
@@ -461,7 +498,10 @@ impl Broker {
         let mut effects = Effects::default();
         apply_acks(&mut effects);
         let journaled = self.inner.persistence.is_some()
-            && (sends.iter().any(|(t, m)| self.journals(t, m)) || !effects.removed.is_empty());
+            && (sends
+                .iter()
+                .any(|(t, m)| self.journals(t, m) || self.journals_retained(t, m))
+                || !effects.removed.is_empty());
         if !journaled {
             for (target, msg) in sends {
                 let msg = Arc::new(msg);
@@ -482,6 +522,8 @@ impl Broker {
                 let mut record = added_record(&msg);
                 record.tx = tx;
                 msg.store_index = p.store.append(&record);
+            } else if self.journals_retained(&target, &msg) {
+                self.journal_retained(&mut msg, tx);
             }
             held.push((target, msg));
         }
@@ -572,7 +614,26 @@ impl Broker {
                         .collect(),
                 })
                 .collect();
+            // Every topic's retained message, as the records before `next_index` leave it: the
+            // one in place, unless a retained message still waiting to be durable (in index
+            // order) replaces it.
+            let mut retained: HashMap<String, (u64, Option<Arc<Message>>)> = self
+                .inner
+                .topics
+                .iter()
+                .filter(|t| !t.dest.kind().is_temp())
+                .map(|t| (t.dest.as_str().to_string(), t.retained_state()))
+                .collect();
             for pending in p.visible.lock().iter() {
+                if let Target::Topic(t) = &pending.target {
+                    let index = pending.msg.retain_index.max(pending.msg.store_index);
+                    if pending.msg.is_retained() && index != 0 {
+                        let slot = retained.entry(t.dest.as_str().to_string()).or_default();
+                        if index >= slot.0 {
+                            *slot = (index, Some(pending.msg.clone()));
+                        }
+                    }
+                }
                 // Listed under its own record, which replay finds: a transaction's send waits
                 // for the end marker (`pending.index`) but is not that record, and a send the
                 // journal does not hold (index 0) is not listed at all.
@@ -614,6 +675,16 @@ impl Broker {
                 durables,
                 producers: self.inner.producers.snapshot(),
                 sessions: self.export_kept_sessions(),
+                retained: {
+                    let mut all: Vec<proto::MessageAdded> = retained
+                        .into_values()
+                        .filter_map(|(_, m)| m)
+                        .filter(|m| !m.body.is_empty())
+                        .map(|m| added(&m))
+                        .collect();
+                    all.sort_by(|a, b| a.destination.cmp(&b.destination));
+                    all
+                },
                 forwards: self.export_forwards(),
                 // The store fills in its epoch history.
                 epoch: 0,
@@ -644,6 +715,15 @@ impl Broker {
         }
         self.restore_forwards(&recovered.forward_chunks, &recovered.forwarded);
         self.restore_kept_sessions(recovered.sessions);
+        let now = super::now_ms();
+        for m in recovered.retained {
+            // Index 0: it is no live record, and any change journaled from now on replaces it.
+            if let Some(mut msg) = message_from_record(m, 0).filter(|m| !m.is_expired(now)) {
+                let topic = self.topic(msg.dest(), 0);
+                msg.charge = self.inner.memory.charge(msg.memory_size(), &topic.counters);
+                topic.retain(&Arc::new(msg));
+            }
+        }
         let mut effects = Effects::default();
         for (dest, messages) in recovered.queues {
             let Ok(dest) = Destination::parse(&dest) else {
@@ -718,6 +798,6 @@ impl Broker {
         }
         self.apply(effects);
         // Only now: what was restored is in place before anything new is dispatched.
-        self.start_dispatcher();
+        self.start_committing();
     }
 }

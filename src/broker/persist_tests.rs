@@ -525,7 +525,7 @@ fn live_in_segments(b: &Broker) -> u64 {
 
 #[tokio::test]
 async fn dispatch_runs_before_anyone_sees_the_commit() {
-    // The dispatcher makes messages visible and counts them live in their segments; a receipt
+    // The committer makes messages visible and counts them live in their segments; a receipt
     // or a checkpoint waiting for the commit through the broker must find that done, or a
     // checkpoint could let a segment with a live message go.
     let dir = tempfile::tempdir().unwrap();
@@ -706,4 +706,120 @@ async fn sends_a_connection_never_confirmed_come_back_flagged_after_a_graceful_r
         ("on its way", 1),
     ];
     assert_eq!(got, want.map(|(b, r)| (b.to_string(), r)));
+}
+
+fn retained(body: &str, persistent: bool) -> Message {
+    Message {
+        headers: vec![(RETAIN_HEADER.to_string(), "true".to_string())],
+        ..msg(body, persistent)
+    }
+}
+
+/// Each retained message under `pattern`: (topic, body, persistent).
+fn retained_under(b: &Broker, p: &str) -> Vec<(String, String, bool)> {
+    b.retained_matching(&pattern(p))
+        .iter()
+        .map(|m| {
+            (
+                m.dest().as_str().to_string(),
+                String::from_utf8_lossy(&m.body).into_owned(),
+                m.persistent,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn retained_messages_outlive_crashes_and_the_segments_that_set_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path(), BrokerSettings::default());
+    let mut p = b.open_session(None).unwrap();
+    assert!(matches!(
+        publish(&mut p, "topic://status.boiler", retained("hot", true)).await,
+        Published::Pending(_)
+    ));
+    publish(&mut p, "topic://status.fan", retained("spinning", false)).await;
+    publish(&mut p, "topic://status.pump", retained("running", true)).await;
+    publish(&mut p, "topic://status.pump", retained("", true)).await;
+    publish(&mut p, "topic://status.valve", retained("open", true)).await;
+    let kept = vec![
+        ("topic://status.boiler".to_string(), "hot".to_string(), true),
+        (
+            "topic://status.fan".to_string(),
+            "spinning".to_string(),
+            false,
+        ),
+        ("topic://status.valve".to_string(), "open".to_string(), true),
+    ];
+    assert_eq!(retained_under(&b, "topic://status.>"), kept);
+    // The crash replays the records.
+    drop(p);
+    crash(b);
+    let b = open(dir.path(), BrokerSettings::default());
+    assert_eq!(
+        retained_under(&b, "topic://status.>"),
+        kept,
+        "after a crash"
+    );
+
+    // Traffic fills segments past the ones that set them; a checkpoint lets those go.
+    let mut p = b.open_session(None).unwrap();
+    let mut c = b.open_session(None).unwrap();
+    sub(&mut c, 1, "queue://q", None);
+    let body = "g".repeat(4000);
+    for round in 0..100 {
+        publish(&mut p, "queue://q", msg(&format!("{round}{body}"), true)).await;
+        let d = drain(&c);
+        let tag = d.last().unwrap().tag;
+        drop(d);
+        c.ack(1, tag, &[]).unwrap();
+    }
+    publish(&mut p, "topic://status.valve", retained("", false)).await;
+    let journal = b.store().unwrap().journal().clone();
+    b.checkpoint(false).await.unwrap();
+    assert!(
+        journal.segment_count() <= 2,
+        "retained messages pin no segment: {} left",
+        journal.segment_count()
+    );
+    drop((p, c));
+    crash(b);
+    let b = open(dir.path(), BrokerSettings::default());
+    assert_eq!(
+        retained_under(&b, "topic://status.>"),
+        kept[..2],
+        "from the checkpoint, with the records that set them gone"
+    );
+}
+
+#[tokio::test]
+async fn a_checkpoint_keeps_a_retained_message_still_waiting_to_be_durable() {
+    // On a topic a durable subscription holds, a retained message is journaled as that
+    // message and is in place only once durable: a checkpoint covering its record while it
+    // waits must hold it, or a start from that checkpoint never replays it.
+    let dir = tempfile::tempdir().unwrap();
+    let (b, config) = open_with_slow_commits(dir.path());
+    let mut d = b.open_session(Some("keeper".into())).unwrap();
+    sub(&mut d, 1, "topic://status.>", Some("keep"));
+    let mut p = b.open_session(None).unwrap();
+    let t = p.target(&to_dest("topic://status.boiler")).unwrap();
+    let Published::Pending(index) = p.publish(&t, retained("hot", true)).unwrap() else {
+        panic!("journaled for the durable subscription");
+    };
+    assert!(b.synced() < index, "the checkpoint must find it pending");
+    assert!(retained_under(&b, "topic://status.>").is_empty());
+    b.checkpoint(false).await.unwrap();
+    drop((p, d));
+    crash(b);
+
+    let (store, recovered) = Store::open(config, false).unwrap();
+    assert!(
+        recovered.checkpoint_next.unwrap_or(0) > index,
+        "the checkpoint covers its record"
+    );
+    let b = Broker::with_store(BrokerSettings::default(), store, recovered);
+    assert_eq!(
+        retained_under(&b, "topic://status.>"),
+        [("topic://status.boiler".to_string(), "hot".to_string(), true)]
+    );
 }

@@ -266,13 +266,21 @@ impl Session {
             self.last_record = index;
             return Ok(Published::Pending(index));
         }
+        let mut retained = None;
+        if self.broker.journals_retained(target, &msg) {
+            // Delivered at once like any topic message; what the topic keeps is journaled,
+            // and a persistent publish's receipt waits for that.
+            let index = self.broker.journal_retained(&mut msg, 0);
+            self.last_record = index;
+            retained = msg.persistent.then_some(index);
+        }
         let mut effects = Effects::default();
         match target {
             Target::Queue(q) => q.enqueue(Arc::new(msg), &mut effects),
             Target::Topic(t) => t.publish(Arc::new(msg), &mut effects),
         }
         self.broker.apply(effects);
-        Ok(Published::Accepted)
+        Ok(retained.map_or(Published::Accepted, Published::Pending))
     }
 
     fn handle(&self, subscription: u64) -> Result<&SubHandle, BrokerError> {

@@ -38,8 +38,18 @@ pub struct Topic {
     deleted: AtomicBool,
     subs: RwLock<Subscribers>,
     /// The topic's retained message (MQTT retain, ActiveMQ's `ActiveMQ.Retain` property):
-    /// kept in memory, replaced by the next one, cleared by an empty one.
-    retained: parking_lot::Mutex<Option<Arc<Message>>>,
+    /// replaced by the next one, cleared by an empty one. With a journal each change is
+    /// journaled (`Broker::journals_retained`, or the message's own record): the slot keeps the
+    /// index of the record that set it, so that it ends as the journal's latest whatever order
+    /// the changes reach it in.
+    retained: parking_lot::Mutex<RetainedSlot>,
+}
+
+/// A topic's retained message and the journal record that set it (0: none, or no journal).
+#[derive(Debug, Default)]
+struct RetainedSlot {
+    index: u64,
+    msg: Option<Arc<Message>>,
 }
 
 /// A topic's subscriptions: a dense list to fan out over, and each one's place in it, so that
@@ -85,17 +95,34 @@ impl Topic {
             owner,
             deleted: AtomicBool::new(false),
             subs: RwLock::new(Subscribers::default()),
-            retained: parking_lot::Mutex::new(None),
+            retained: parking_lot::Mutex::new(RetainedSlot::default()),
         }
     }
 
     /// The retained message, unless it has expired.
     pub(crate) fn retained(&self, now: u64) -> Option<Arc<Message>> {
         let mut slot = self.retained.lock();
-        if slot.as_ref().is_some_and(|m| m.is_expired(now)) {
-            *slot = None;
+        if slot.msg.as_ref().is_some_and(|m| m.is_expired(now)) {
+            slot.msg = None;
         }
-        slot.clone()
+        slot.msg.clone()
+    }
+
+    /// The retained message and the journal record that set it, expired or not (a checkpoint).
+    pub(crate) fn retained_state(&self) -> (u64, Option<Arc<Message>>) {
+        let slot = self.retained.lock();
+        (slot.index, slot.msg.clone())
+    }
+
+    /// Makes a retained `msg` the retained message (an empty one clears it), unless a later
+    /// journal record already set it.
+    pub(super) fn retain(&self, msg: &Arc<Message>) {
+        let index = msg.retain_index.max(msg.store_index);
+        let mut slot = self.retained.lock();
+        if index >= slot.index {
+            slot.index = index;
+            slot.msg = (!msg.body.is_empty()).then(|| msg.clone());
+        }
     }
 
     pub(crate) fn limits(&self) -> DestinationLimits {
@@ -115,7 +142,7 @@ impl Topic {
     pub(crate) fn publish(&self, msg: Arc<Message>, dead: &mut Effects) {
         DestinationCounters::add(&self.counters.enqueued, 1);
         if msg.is_retained() {
-            *self.retained.lock() = (!msg.body.is_empty()).then(|| msg.clone());
+            self.retain(&msg);
         }
         let subs = self.subs.read();
         for sub in subs.list.iter() {

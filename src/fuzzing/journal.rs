@@ -319,6 +319,25 @@ pub(super) fn journal_seeds() -> Vec<Vec<u8>> {
             kind: Some(record::Kind::TxEnd(TxEnd { commit: true })),
             tx: 9,
         },
+        Record {
+            kind: Some(record::Kind::Retained(MessageAdded {
+                destination: "topic://status.boiler".into(),
+                body: Bytes::from_static(b"hot"),
+                retain: true,
+                transient: true,
+                ..MessageAdded::default()
+            })),
+            tx: 0,
+        },
+        Record {
+            kind: Some(record::Kind::SessionExpiry(SessionExpiry {
+                client_id: "c".into(),
+                interval_secs: 60,
+                released: vec![7],
+                ..SessionExpiry::default()
+            })),
+            tx: 0,
+        },
     ];
     let segment = |from: usize, to: usize, zeros: usize| {
         let mut b = Vec::new();
@@ -354,6 +373,12 @@ pub(super) fn journal_seeds() -> Vec<Vec<u8>> {
                     index: 2,
                     redelivery_count: 0,
                 }],
+            }],
+            retained: vec![MessageAdded {
+                destination: "topic://status.pump".into(),
+                body: Bytes::from_static(b"running"),
+                retain: true,
+                ..MessageAdded::default()
             }],
             ..Checkpoint::default()
         };

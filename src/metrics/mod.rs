@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use metrics::{describe_counter, describe_gauge, describe_histogram, gauge, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+pub mod commit_profile;
 mod destination_stats;
 
 pub use destination_stats::DestinationStats;
@@ -60,6 +61,8 @@ pub const DEST_REDELIVERED: &str = "meshmq_destination_redelivered_total";
 pub const DESTINATIONS: &str = "meshmq_destinations";
 pub const DISPATCH_BATCH: &str = "meshmq_connection_write_batch_messages";
 pub const JOURNAL_WRITE_SECONDS: &str = "meshmq_journal_write_seconds";
+pub const JOURNAL_BATCH_RECORDS: &str = "meshmq_journal_batch_records";
+pub const JOURNAL_COMMIT_WAIT_SECONDS: &str = "meshmq_journal_commit_wait_seconds";
 pub const JOURNAL_SYNCS: &str = "meshmq_journal_syncs_total";
 pub const JOURNAL_BYTES: &str = "meshmq_journal_bytes_total";
 pub const JOURNAL_SEGMENTS: &str = "meshmq_journal_segments";
@@ -192,6 +195,15 @@ fn describe_all() {
         JOURNAL_WRITE_SECONDS,
         Unit::Seconds,
         "Time to write (and sync, with local_disk) one group-commit batch of journal records."
+    );
+    describe_histogram!(
+        JOURNAL_BATCH_RECORDS,
+        "Records in one group-commit batch (written and synced together)."
+    );
+    describe_histogram!(
+        JOURNAL_COMMIT_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time the oldest record of a group-commit batch waited before the batch's write began."
     );
     describe_counter!(
         JOURNAL_SYNCS,

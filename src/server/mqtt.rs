@@ -270,8 +270,13 @@ impl Mqtt {
             Packet::PubRec(id) => match self.inflight.get(&id.get()).copied() {
                 Some(o) if o.qos == QoS::ExactlyOnce && o.subscription != 0 => {
                     // The packet id stays taken until PUBCOMP; the message is acknowledged
-                    // now, so it is delivered once.
-                    self.keys.remove(&id.get());
+                    // now, so it is delivered once. A persistent session's delivery is
+                    // journaled as released first, so its PUBREL comes again after a restart.
+                    if self.keys.remove(&id.get()).is_some() {
+                        if let Some(s) = &self.shares {
+                            s.broker.session_released(&s.client_id, id.get(), true);
+                        }
+                    }
                     self.inflight.insert(
                         id.get(),
                         Outgoing {
@@ -310,7 +315,11 @@ impl Mqtt {
                 })
             }
             Packet::PubComp(id) => {
-                self.inflight.remove(&id.get());
+                if self.inflight.remove(&id.get()).is_some() {
+                    if let Some(s) = &self.shares {
+                        s.broker.session_released(&s.client_id, id.get(), false);
+                    }
+                }
                 Inbound::Alive
             }
             Packet::Subscribe {

@@ -5,8 +5,10 @@
 //! — so a client that hands a QoS 2 message to its application on PUBREL does so once.
 //!
 //! The messages themselves wait in the session's durable subscriptions (journaled); this holds
-//! only their packet ids, in memory, for the member's term: a restart or a failover forgets
-//! them (what the client then gets again comes with new ids). Owns: the kept ids by client id.
+//! only their packet ids, in memory, for the member's term. A restart or a failover loses
+//! nothing the spec needs: a persistent session's delivery of a journaled message has the
+//! packet id its journal index gives (`mqtt/publish.rs`), and the released QoS 2 ids are
+//! journaled with the broker's kept session. Owns: the kept ids by client id.
 //! Must not touch: the broker, sockets. Invariant: a client's ids are taken by at most one
 //! connection (the next one of its client id, which follows the end of the last). Beside them,
 //! the term's MQTT 5 wills waiting for their delay (`mqtt/will.rs`).

@@ -246,9 +246,7 @@ impl Pump {
                         Poll::Ready(Ok(n)) => {
                             self.wbuf.advance(n);
                             if self.wbuf.is_empty() {
-                                if self.wbuf.capacity() <= SMALL_WRITE_BUFFER {
-                                    self.wbuf = BytesMut::new();
-                                }
+                                self.reclaim_drained();
                                 return Poll::Ready(Ok(IoEvent::Drained));
                             }
                         }
@@ -306,6 +304,20 @@ impl Pump {
             Poll::Pending
         })
         .await
+    }
+
+    /// The write buffer has just drained. `advance` left its start at the end of what was
+    /// written, so `capacity()` is only the allocation's unwritten tail: the whole allocation is
+    /// taken back (nothing to move, it is empty), so the next fill writes from its start instead
+    /// of regrowing a busy connection's buffer from nothing or moving a burst's tail back to
+    /// the front later. A small allocation (a receipt, a heartbeat) is given back instead.
+    fn reclaim_drained(&mut self) {
+        // Asking for one byte more than the tail holds makes `bytes` reuse the space before
+        // the start when it can (always, here) and never allocates.
+        let _ = self.wbuf.try_reclaim(self.wbuf.capacity() + 1);
+        if self.wbuf.capacity() <= SMALL_WRITE_BUFFER {
+            self.wbuf = BytesMut::new();
+        }
     }
 
     /// Gives back the buffers a burst grew once they are empty, and starts reading small
@@ -441,6 +453,43 @@ mod tests {
         idle(&mut pump).await;
         assert_eq!((pump.rbuf.capacity(), pump.wbuf.capacity()), (0, 0));
         assert_eq!(pump.read_chunk, MIN_READ_CHUNK);
+    }
+
+    #[tokio::test]
+    async fn a_busy_connection_refills_its_drained_write_buffer_from_its_start() {
+        let (mut pump, mut peer) = pumped().await;
+        let reader = tokio::spawn(async move {
+            let mut sink = vec![0u8; 64 * 1024];
+            while peer.read(&mut sink).await.unwrap_or(0) > 0 {}
+        });
+        // Two fills of a busy connection: each drains, the second must reuse the first's
+        // allocation whole (no regrowth from nothing, no data moved back to its start).
+        let fill = 256 * 1024;
+        for round in 0..2 {
+            pump.wbuf.extend_from_slice(&vec![round as u8; fill]);
+            let grown = pump.wbuf.capacity();
+            let grown_at = pump.wbuf.as_ptr();
+            while !pump.wbuf.is_empty() {
+                pump.next_event(false, 0, |_| Poll::Pending).await.unwrap();
+            }
+            assert!(
+                pump.wbuf.capacity() >= grown && pump.wbuf.as_ptr() == grown_at,
+                "round {round}: a drained {grown}-byte write buffer offers {} bytes at {:?} (was {:?}): its allocation was not taken back whole",
+                pump.wbuf.capacity(),
+                pump.wbuf.as_ptr(),
+                grown_at,
+            );
+        }
+        // The next fill fits without growing or moving anything.
+        let before = pump.wbuf.as_ptr();
+        pump.wbuf.extend_from_slice(&vec![9u8; fill]);
+        assert_eq!(pump.wbuf.as_ptr(), before, "the refill reallocated");
+        pump.wbuf.clear();
+        // Idle, it is still given back (as a small one is at once).
+        pump.shrink_idle();
+        assert_eq!(pump.wbuf.capacity(), 0);
+        drop(pump);
+        reader.await.unwrap();
     }
 
     #[tokio::test]

@@ -6,7 +6,12 @@
 //! unacknowledged ones flagged dup), and the session going on there. MQTT 5 session expiry
 //! runs on across such a failover: the new master ends a short-expiry session whose client had
 //! left, and one whose client was connected when the master died, once their intervals run
-//! out, while a long-expiry session is still there with every message it kept.
+//! out, while a long-expiry session is still there with every message it kept. Retained
+//! messages are journaled, so they follow the group too: the new master replays each topic's
+//! latest retained message (QoS 0 and 1 alike), and not one an empty retained publish cleared.
+//! A paho-mqtt QoS 2 subscriber cut mid-handshake, whose master dies while it is away, gets
+//! the message handed to its application once by the new master: its PUBREL again when the
+//! old master had taken its PUBREC, else the PUBLISH again with the packet id it had.
 
 use crate::common;
 use crate::common_mqtt;
@@ -17,7 +22,8 @@ use std::time::Duration;
 use common::ha::{GroupSpec, HaGroup};
 use common::zk::ZooKeeper;
 use common_mqtt::received_payloads;
-use common_mqtt::{hold_session, paho_session as paho};
+use common_mqtt::{hold_session, mosquitto_retain, mosquitto_retained, paho_session as paho};
+use common_mqtt::{judge_qos2_resume, paho_qos2_resume_across};
 use serde_json::json;
 
 fn payloads(prefix: &str, n: usize) -> Vec<String> {
@@ -180,4 +186,53 @@ fn mqtt5_session_expiry_runs_on_on_the_new_master_after_kill_9() {
         payloads("zk-kept", 3),
         "zk-kept: every message it kept, once, from the new master"
     );
+}
+
+#[test]
+fn retained_messages_are_on_the_new_master_after_kill_9() {
+    let zk = ZooKeeper::standalone();
+    let (mut group, mqtt) = group_with_mqtt(&zk);
+    let master = group.wait_master("the master serves");
+    let on_master = mqtt[master];
+    // The QoS 0 one first: the acknowledged publishes after it are journaled after it, so
+    // once they are acknowledged (by a quorum) it is replicated too.
+    mosquitto_retain(on_master, "5", "zk-plant/fan", Some("spinning"), 0);
+    common_mqtt::wait_for("the QoS 0 retained message is in place", || {
+        mosquitto_retained(on_master, "311", "zk-plant/fan").len() == 1
+    });
+    mosquitto_retain(on_master, "311", "zk-plant/boiler", Some("cold"), 2);
+    mosquitto_retain(on_master, "5", "zk-plant/boiler", Some("hot"), 1);
+    mosquitto_retain(on_master, "311", "zk-plant/valve", Some("open"), 1);
+    mosquitto_retain(on_master, "5", "zk-plant/valve", None, 1);
+    let kept = ["1 1 zk-plant/boiler hot", "1 0 zk-plant/fan spinning"];
+    assert_eq!(mosquitto_retained(on_master, "5", "zk-plant/#"), kept);
+
+    group.kill9(master);
+    let new = group.wait_new_master(master, "a new master takes over");
+    assert_eq!(
+        mosquitto_retained(mqtt[new], "311", "zk-plant/#"),
+        kept,
+        "the new master replays each topic's latest retained message, flagged retained, at \
+         its QoS, and not the cleared one"
+    );
+}
+
+#[test]
+fn a_qos2_delivery_cut_mid_handshake_reaches_the_application_once_from_the_new_master() {
+    let zk = ZooKeeper::standalone();
+    let (mut group, mqtt) = group_with_mqtt(&zk);
+    for (version, cut) in [("3.1.1", "pubrec"), ("5", "publish")] {
+        let master = group.wait_master("the master serves");
+        let mut new = master;
+        let r = paho_qos2_resume_across(mqtt[master].port(), version, cut, || {
+            group.kill9(master);
+            new = group.wait_new_master(master, "a new master takes over");
+            mqtt[new].port()
+        });
+        judge_qos2_resume(&r, version, cut, "a failover after kill -9");
+        // The old master comes back as a slave, for the next failover.
+        group.start_member(master);
+        group.wait_role(master, "slave");
+        assert_eq!(group.wait_master("still the new master"), new);
+    }
 }

@@ -3,28 +3,17 @@
 //! delivery and which reconnects with its session gets the message handed to its application
 //! exactly once — when the cut came after the broker took its PUBREC, the PUBREL comes again on
 //! the new connection (the message is not lost); when the cut came before, the PUBLISH comes
-//! again with the packet id it had.
+//! again with the packet id it had. Both hold also when the broker is `kill -9`ed and restarted
+//! while the client is away: the released packet ids are journaled with the session, and a
+//! persistent session's packet ids derive from the journal.
 
+use crate::common;
+use crate::common_mqtt;
 use crate::common_stomp;
 
+use common::pair::{file_lock_pair, wait_for};
+use common_mqtt::{judge_qos2_resume, paho_qos2_resume_across};
 use common_stomp::{python_in, Topology};
-use serde_json::Value;
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("a list: {v}"))
-        .iter()
-        .map(|s| s.to_string().trim_matches('"').to_string())
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u64> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("a list: {v}"))
-        .iter()
-        .map(|i| i.as_u64().expect("a packet id"))
-        .collect()
-}
 
 #[test]
 fn a_qos2_delivery_cut_mid_handshake_reaches_the_application_once_after_a_reconnect() {
@@ -37,32 +26,27 @@ fn a_qos2_delivery_cut_mid_handshake_reaches_the_application_once_after_a_reconn
                 "paho_qos2_resume.py",
                 &[port.clone(), version.to_string(), cut.to_string()],
             );
-            let what = format!("MQTT {version}, cut after the {cut}: {r}");
-            assert_eq!(r["cuts"], 1, "{what}");
-            assert_eq!(
-                r["connects"].as_array().map(|c| c.last().cloned()),
-                Some(Some(Value::Bool(true))),
-                "the reconnect resumed the session: {what}"
-            );
-            assert_eq!(
-                strings(&r["got"]),
-                ["warm-up-0", "warm-up-1", "warm-up-2", "first", "marker"],
-                "each message handed to the application once, in order: {what}"
-            );
-            let first = ids(&r["first_ids"]);
-            match cut {
-                "pubrec" => {
-                    assert_eq!(first.len(), 1, "the message is not sent again: {what}");
-                    assert!(
-                        ids(&r["pubrel_ids"]).contains(&first[0]),
-                        "its PUBREL came on the new connection: {what}"
-                    );
-                }
-                _ => assert!(
-                    first.len() == 2 && first[0] == first[1],
-                    "sent again with the packet id it had: {what}"
-                ),
-            }
+            judge_qos2_resume(&r, version, cut, "a reconnect");
+        }
+    }
+}
+
+#[test]
+fn a_qos2_delivery_cut_mid_handshake_reaches_the_application_once_across_a_kill_9_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (topology, mut members) = file_lock_pair(dir.path(), "qos2", "mqtt", "500ms");
+    members[0].start(&topology);
+    wait_for("g-1 serves", &members, || members[0].ready());
+    let port = members[0].listen.port();
+    for version in ["3.1.1", "5"] {
+        for cut in ["pubrec", "publish"] {
+            let r = paho_qos2_resume_across(port, version, cut, || {
+                members[0].kill9();
+                members[0].start(&topology);
+                wait_for("g-1 serves again", &members, || members[0].ready());
+                port
+            });
+            judge_qos2_resume(&r, version, cut, "kill -9 and restart");
         }
     }
 }

@@ -2,7 +2,7 @@
 reconnects (paho's own reconnect) — through a TCP proxy this script runs between it and the
 broker. Prints one JSON object.
 
-usage: paho_qos2_resume.py PORT VERSION(3.1.1|5) CUT
+usage: paho_qos2_resume.py PORT VERSION(3.1.1|5) CUT [PAUSE_DIR]
 
   CUT = pubrec   the proxy forwards the subscriber's PUBREC of the first message, then cuts
                  the connection at once (the broker's PUBREL never reaches the subscriber)
@@ -10,7 +10,10 @@ usage: paho_qos2_resume.py PORT VERSION(3.1.1|5) CUT
                  connection at once (the subscriber's PUBREC never reaches the broker)
 
 A publisher (straight to the broker) sends three warm-up messages, then `first` at QoS 2; after the cut and the reconnect it
-sends `marker`. Output: every message the application was handed (payload, in order), and the
+sends `marker`. With PAUSE_DIR, after the cut (and the publisher's acknowledgement of `first`)
+it writes PAUSE_DIR/cut and lets no connection through to the broker until PAUSE_DIR/go
+exists (the test restarts the broker, or fails its group over, meanwhile: PAUSE_DIR/go holds
+the port to go on with); a new publisher sends `marker` there. Output: every message the application was handed (payload, in order), and the
 packet ids of the PUBLISHes of `first` the proxy saw going to the subscriber (before and after
 the cut) and of the PUBRELs it saw."""
 
@@ -27,7 +30,10 @@ from paho.mqtt.properties import Properties
 HOST = "127.0.0.1"
 GUARD = 30.0
 
+import os
+
 port, version, cut = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+pause_dir = sys.argv[4] if len(sys.argv) > 4 else None
 v5 = version == "5"
 protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
 TOPIC = f"resume/{cut}/{version}"
@@ -91,7 +97,14 @@ lock = threading.Lock()
 armed = threading.Event()
 
 
+paused = threading.Event()
+resumed = threading.Event()
+
+
 def proxy_connection(client):
+    if paused.is_set() and not resumed.wait(GUARD * 4):
+        client.close()
+        return
     broker = socket.create_connection((HOST, port))
     done = threading.Event()
     cutting = threading.Event()
@@ -131,6 +144,8 @@ def proxy_connection(client):
                             and publish_id(first & 0x0F, body) is not None)
                     ):
                         armed.clear()
+                        if pause_dir:
+                            paused.set()
                         with lock:
                             seen["cuts"] += 1
                         cut_now()
@@ -220,7 +235,32 @@ with cond:
 armed.set()
 info = pub.publish(TOPIC, "first", qos=2)
 info.wait_for_publish(GUARD)
-deadline = time.time() + GUARD
+if pause_dir:
+    deadline = time.time() + GUARD
+    while True:
+        with lock:
+            if seen["cuts"] == 1:
+                break
+        if time.time() > deadline:
+            fail(f"no cut: {seen}")
+        time.sleep(0.02)
+    with open(os.path.join(pause_dir, "cut"), "w") as f:
+        f.write("cut")
+    go = os.path.join(pause_dir, "go")
+    deadline = time.time() + GUARD * 4
+    while not os.path.exists(go):
+        if time.time() > deadline:
+            fail("never told to go on")
+        time.sleep(0.05)
+    time.sleep(0.1)
+    with open(go) as f:
+        port = int(f.read().strip())
+    pub.loop_stop()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                      client_id=f"q2-pub2-{cut}-{version}", protocol=protocol)
+    pub.connect(HOST, port, keepalive=30)
+    pub.loop_start()
+    resumed.set()
 # The cut, then paho's reconnect with its session.
 with cond:
     if not cond.wait_for(lambda: len([c for c in connects if c != "subscribed"]) >= 2,

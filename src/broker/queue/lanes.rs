@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::broker::message::{Entry, Message, MAX_PRIORITY};
+use crate::broker::message::{prefetch, Entry, Message, MAX_PRIORITY, PREFETCH_AHEAD};
 
 /// A pending message: in memory, or paged out to the journal (read back on dispatch).
 #[derive(Debug)]
@@ -92,6 +92,8 @@ impl Lanes {
         self.len += 1;
     }
 
+    /// Takes the next entry in dispatch order, and starts loading the message that many pops
+    /// later (dispatch takes them in runs: by its turn it is in cache).
     pub(super) fn pop_front(&mut self) -> Option<QEntry> {
         if self.len == 0 {
             return None;
@@ -99,6 +101,13 @@ impl Lanes {
         for lane in self.lanes.iter_mut().rev() {
             if let Some(e) = lane.pop_front() {
                 self.len -= 1;
+                if let Some(QEntry {
+                    slot: Slot::Loaded(m),
+                    ..
+                }) = lane.get(PREFETCH_AHEAD - 1)
+                {
+                    prefetch(m);
+                }
                 return Some(e);
             }
         }

@@ -10,6 +10,7 @@ pub async fn queue(args: &QueueArgs) -> anyhow::Result<Report> {
         return run_queue_nats(args, addr).await;
     }
     let broker = BrokerUnderTest::start(&args.target).await?;
+    let syncs_before = journal_syncs(&broker).await;
     let result = match args.protocol {
         ProtocolArg::Native => run_queue(args, &broker.url).await,
         ProtocolArg::Mqtt => Err(anyhow!(
@@ -20,12 +21,58 @@ pub async fn queue(args: &QueueArgs) -> anyhow::Result<Report> {
             Err(e) => Err(e),
         },
     };
+    let syncs = match (syncs_before, journal_syncs(&broker).await) {
+        (Some(before), Some(after)) => Some(after.since(&before)),
+        _ => None,
+    };
     broker.stop().await;
     let mut report = result?;
     if args.persistent && args.receipts {
-        disk_limit(&mut report, args.producers).await?;
+        disk_limit(&mut report, args.producers, syncs).await?;
     }
     Ok(report)
+}
+
+/// The broker's journal syncs so far, from its `/metrics` (`None` without an admin address).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct JournalSyncs {
+    count: f64,
+    seconds: f64,
+}
+
+impl JournalSyncs {
+    fn since(&self, before: &JournalSyncs) -> JournalSyncs {
+        JournalSyncs {
+            count: self.count - before.count,
+            seconds: self.seconds - before.seconds,
+        }
+    }
+
+    /// Reads the `meshmq_journal_fsync_seconds` histogram's count and sum from a Prometheus
+    /// text page (`None` when the page has no such series).
+    fn parse(metrics: &str) -> Option<JournalSyncs> {
+        let value = |name: &str| {
+            metrics
+                .lines()
+                .filter(|l| {
+                    l.strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .reduce(|a, b| a + b)
+        };
+        Some(JournalSyncs {
+            count: value("meshmq_journal_fsync_seconds_count")?,
+            seconds: value("meshmq_journal_fsync_seconds_sum")?,
+        })
+    }
+}
+
+async fn journal_syncs(broker: &BrokerUnderTest) -> Option<JournalSyncs> {
+    let (code, body) = http::get(broker.admin?, "/metrics", Duration::from_secs(5))
+        .await
+        .ok()?;
+    (code == 200).then(|| JournalSyncs::parse(&body))?
 }
 
 /// Appends of one 4 KiB block, each followed by `fdatasync`, timed for the disk's limit.
@@ -36,15 +83,35 @@ const SYNC_ROUNDS: u32 = 500;
 /// fdatasync` messages per second. The mean is measured right after the run on the filesystem
 /// of the temporary directory (where the bench's own broker keeps its journal), in a file
 /// allocated beforehand as the journal's segments are, so a sync writes data, not its size.
-async fn disk_limit(report: &mut Report, producers: usize) -> anyhow::Result<()> {
+///
+/// On a machine whose CPUs are busy the measuring thread also waits for a CPU after each sync
+/// completes, which can dwarf the disk's time; so when the broker's `/metrics` are at hand
+/// (its own broker, or `--admin`) the report also gives the journal's own syncs over the run:
+/// their mean, how many sends each carried, and the limit that mean makes.
+async fn disk_limit(
+    report: &mut Report,
+    producers: usize,
+    syncs: Option<JournalSyncs>,
+) -> anyhow::Result<()> {
     let mean = tokio::task::spawn_blocking(|| mean_fdatasync(&std::env::temp_dir())).await??;
     let mean_us = mean.as_secs_f64() * 1e6;
     let limit = producers as f64 / mean.as_secs_f64();
-    report.extra = Some(serde_json::json!({
-        "fdatasync_4k_mean_us": (mean_us * 10.0).round() / 10.0,
+    let round = |x: f64, places: i32| (x * 10f64.powi(places)).round() / 10f64.powi(places);
+    let mut extra = serde_json::json!({
+        "fdatasync_4k_mean_us": round(mean_us, 1),
         "disk_limit_msg_s": limit.round(),
-        "of_disk_limit": (report.rate / limit * 1000.0).round() / 1000.0,
-    }));
+        "of_disk_limit": round(report.rate / limit, 3),
+    });
+    if let Some(s) = syncs.filter(|s| s.count > 0.0 && s.seconds > 0.0) {
+        let journal_mean = s.seconds / s.count;
+        let journal_limit = producers as f64 / journal_mean;
+        extra["journal_syncs"] = serde_json::json!(s.count.round());
+        extra["journal_fdatasync_mean_us"] = serde_json::json!(round(journal_mean * 1e6, 1));
+        extra["sends_per_sync"] = serde_json::json!(round(report.sent as f64 / s.count, 2));
+        extra["journal_limit_msg_s"] = serde_json::json!(journal_limit.round());
+        extra["of_journal_limit"] = serde_json::json!(round(report.rate / journal_limit, 3));
+    }
+    report.extra = Some(extra);
     Ok(())
 }
 
@@ -418,4 +485,32 @@ async fn run_queue_stomp(args: &QueueArgs, addr: SocketAddr) -> anyhow::Result<R
         redelivered.load(Ordering::Relaxed),
         &hist,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JournalSyncs;
+
+    #[test]
+    fn journal_syncs_are_read_from_the_fsync_histogram_of_a_metrics_page() {
+        let page = "\
+# HELP meshmq_journal_fsync_seconds Time of one journal fdatasync.
+# TYPE meshmq_journal_fsync_seconds histogram
+meshmq_journal_fsync_seconds_bucket{group=\"g\",member=\"m\",le=\"0.001\"} 90
+meshmq_journal_fsync_seconds_sum{group=\"g\",member=\"m\"} 0.025
+meshmq_journal_fsync_seconds_count{group=\"g\",member=\"m\"} 100
+meshmq_journal_fsync_seconds_count_other 7
+";
+        let syncs = JournalSyncs::parse(page).expect("the histogram is there");
+        assert_eq!(syncs.count, 100.0);
+        assert!((syncs.seconds - 0.025).abs() < 1e-12, "{syncs:?}");
+        let later = JournalSyncs {
+            count: 150.0,
+            seconds: 0.035,
+        };
+        let run = later.since(&syncs);
+        assert_eq!(run.count, 50.0);
+        assert!((run.seconds - 0.01).abs() < 1e-12, "{run:?}");
+        assert_eq!(JournalSyncs::parse("meshmq_up 1\n"), None);
+    }
 }

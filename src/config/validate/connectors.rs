@@ -41,9 +41,85 @@ impl Checker<'_> {
                     self.transport_reaches(&at, c, target);
                 }
             }
-            connectors.push(self.connector(&at, c, security));
+            let connector = self.connector(&at, c, security);
+            if let Some(connector) = &connector {
+                self.uri_reaches_target(&at, connector, groups);
+            }
+            connectors.push(connector);
         }
         connectors
+    }
+
+    /// A connector's `uri` must not lead to a member of another group than `to` — above all
+    /// not back to a listener of its own group, under whatever spelling (`localhost`, another
+    /// loopback address of a listener bound to every address): such a bridge could never come
+    /// up, and would dial for ever. A URI reaches a listener on the same port at the same IP,
+    /// or at a loopback IP when the listener binds every address. Host names are resolved only
+    /// when some listener of another group has the URI's port. A URI that reaches a member of
+    /// `to` as well (members on different machines) is left alone.
+    fn uri_reaches_target(&mut self, at: &str, c: &Connector, groups: &[Option<Group>]) {
+        let Some(url) = &c.uri else {
+            return;
+        };
+        let reaches = |listener: SocketAddr, dialled: SocketAddr| {
+            listener.port() == dialled.port()
+                && (listener.ip() == dialled.ip()
+                    || (listener.ip().is_unspecified()
+                        && (dialled.ip().is_loopback() || dialled.ip().is_unspecified())))
+        };
+        for uri in &url.uris {
+            let listeners = |want_to: bool| {
+                groups
+                    .iter()
+                    .flatten()
+                    .filter(move |g| (g.name == c.to) == want_to)
+                    .flat_map(|g| {
+                        g.members.iter().flat_map(move |m| {
+                            m.listeners
+                                .iter()
+                                .filter(|l| l.url.addr.port() == uri.port)
+                                .map(move |l| (g, m, l))
+                        })
+                    })
+            };
+            if listeners(false).next().is_none() {
+                continue;
+            }
+            let dialled: Vec<SocketAddr> = match uri.host.parse::<std::net::IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, uri.port)],
+                Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(uri.host.as_str(), uri.port))
+                    .map(Iterator::collect)
+                    .unwrap_or_default(),
+            };
+            let reached = |want_to: bool| {
+                listeners(want_to).find(|(_, _, l)| dialled.iter().any(|d| reaches(l.url.addr, *d)))
+            };
+            if reached(true).is_some() {
+                continue;
+            }
+            let Some((group, member, listener)) = reached(false) else {
+                continue;
+            };
+            let whose = if group.name == c.from {
+                format!(
+                    "its own group {}: the connector would dial itself",
+                    group.name
+                )
+            } else {
+                format!("group {}, not {}", group.name, c.to)
+            };
+            self.refuse(
+                &format!("{at}.uri"),
+                format!(
+                    "names {uri}, which reaches member {}'s listener {} of {whose}",
+                    member.name, listener.url
+                ),
+                format!(
+                    "point the uri at the listeners of {}'s members, or remove it to dial them",
+                    c.to
+                ),
+            );
+        }
     }
 
     /// Checks `from`/`to`; answers them when both name groups of the file and differ.

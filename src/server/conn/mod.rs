@@ -551,8 +551,13 @@ impl<C: Codec> Connection<C> {
         let broker = self.session.broker().clone();
         match result {
             Ok(()) => {
+                let mut released = false;
                 for r in self.receipts.release(&broker) {
                     self.codec.encode_receipt(&r, &mut self.pump.wbuf);
+                    released = true;
+                }
+                if released {
+                    crate::metrics::commit_profile::receipts_released();
                 }
             }
             Err(e) => {

@@ -472,7 +472,7 @@ pub(super) async fn handshake(
     if let Some(cid) = &client_id {
         DelayedWills::reconnected(ctx, cid, connect.clean);
     }
-    let inflight = match &client_id {
+    let mut inflight = match &client_id {
         Some(cid) if session_present => ctx.mqtt_sessions.take(cid),
         Some(cid) => {
             ctx.mqtt_sessions.forget(cid);
@@ -480,6 +480,15 @@ pub(super) async fn handshake(
         }
         None => KeptInflight::default(),
     };
+    // Released QoS 2 deliveries are journaled with the session: after a restart or a
+    // failover only the journal has them.
+    if let Some(cid) = client_id.as_ref().filter(|_| session_present) {
+        for id in ctx.broker.released_of(cid) {
+            if !inflight.released.contains(&id) {
+                inflight.released.push(id);
+            }
+        }
+    }
     let max = u32::try_from(ctx.settings.max_frame_size).unwrap_or(u32::MAX);
     match &mut wire {
         Wire::V3(c) => {

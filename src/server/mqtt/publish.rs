@@ -190,6 +190,18 @@ impl Mqtt {
         None
     }
 
+    /// The packet id of a persistent session's delivery of journaled message `m`, derived
+    /// from its journal index, which it keeps across restarts and failovers: so a delivery the
+    /// client never acknowledged comes again with the packet id it had, at no cost. `None`
+    /// when that id is taken (a message 65,535 records apart still in flight, a resumed id,
+    /// another subscription's copy): then the next free one serves.
+    fn journaled_packet_id(&self, m: &Message) -> Option<NonZeroU16> {
+        let id = ((m.store_index.checked_sub(1)? % 65_535) + 1) as u16;
+        (!self.inflight.contains_key(&id) && !self.resumed_ids.values().any(|r| *r == id))
+            .then(|| NonZeroU16::new(id))
+            .flatten()
+    }
+
     /// Writes one PUBLISH of `m` to subscription `sub`: a delivery (`tag`) or a retained
     /// replay (`None`, flagged retained). True when it needs no acknowledgement (QoS 0, or not
     /// written).
@@ -225,6 +237,7 @@ impl Mqtt {
                 .and_then(|k| self.resumed_ids.remove(k))
                 .filter(|id| !self.inflight.contains_key(id))
                 .and_then(NonZeroU16::new)
+                .or_else(|| key.as_ref().and_then(|_| self.journaled_packet_id(m)))
                 .or_else(|| self.take_packet_id())
             {
                 Some(id) => (qos, Some(id)),

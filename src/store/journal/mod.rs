@@ -3,14 +3,20 @@
 //! Appends are framed by the caller's thread into a shared batch (the index is assigned under
 //! the same lock, so indexes are consecutive in file order); the writer thread swaps the batch
 //! out, writes it with as few syscalls as the segment boundaries allow, syncs once per batch
-//! (`local_disk`), and then publishes the synced index. Every append that arrived while a sync
-//! was running shares the next one: that is the group commit. Segments are preallocated with
-//! `fallocate`, so a write never grows a file and running out of space shows up when a segment
-//! is created — where it is handled like `store_limit`. Whoever writes holds the `writing`
-//! lock from taking a batch until it is complete, so batches reach the files in index order;
-//! a follower appending its master's records without syncing (`_mem` modes) writes them itself
-//! when the lock is free, sparing the hand-over to the writer thread and back on the path to
-//! its acknowledgement.
+//! (`local_disk`), hands the synced index to its committer (the broker, which makes the
+//! messages visible there, on the writer thread) and then publishes it. Every append that
+//! arrived while a sync was running shares the next one: that is the group commit. With a
+//! replication gate the committer is called where a quorum's commit is published instead; it
+//! is also called when the journal fails, is fenced or closes, so the broker's waiters look at
+//! why. Calls can come from more than one thread (a failure, a fence or a close beside a
+//! commit): the committer serializes them. It must not take the `writing` lock.
+//!
+//! Segments are preallocated with `fallocate`, so a write never grows a file and running out
+//! of space shows up when a segment is created — where it is handled like `store_limit`.
+//! Whoever writes holds the `writing` lock from taking a batch until it is complete, so
+//! batches reach the files in index order; a follower appending its master's records without
+//! syncing (`_mem` modes) writes them itself when the lock is free, sparing the hand-over to
+//! the writer thread and back on the path to its acknowledgement.
 //!
 //! Full is never a dead end: checkpoints (which let old segments go) wait until everything
 //! appended is written, and consumers' acknowledgements are appended behind what producers sent,
@@ -32,7 +38,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -68,6 +74,10 @@ pub struct JournalOptions {
     pub group_commit_window: Duration,
     pub max_record: usize,
 }
+
+/// Told every index that becomes committed, before [`Journal::synced`] shows it (see the module
+/// doc): the broker makes what it covers visible there.
+pub type Committer = Box<dyn Fn(u64) + Send + Sync>;
 
 /// Most bytes of records the writer may be behind before new persistent sends wait.
 const MAX_BEHIND: u64 = 8 << 20;
@@ -113,6 +123,8 @@ struct Batch {
     buf: BytesMut,
     /// (index, frame length) of each record in `buf`, in order.
     frames: Vec<(u64, u32)>,
+    /// When the first record of this batch was appended (for `meshmq_journal_commit_wait_seconds`).
+    first_at: Option<std::time::Instant>,
 }
 
 pub(crate) struct Shared {
@@ -133,6 +145,10 @@ pub(crate) struct Shared {
     local: tokio::sync::watch::Sender<u64>,
     /// Set by replication: `synced` then moves only through `publish_committed`.
     gate: Mutex<Option<Duration>>,
+    /// Told each commit before `synced` moves (set once, by the broker).
+    committer: OnceLock<Committer>,
+    /// Told when the journal fails or closes.
+    ended: tokio::sync::Notify,
     /// Why commits stopped for good in this term (this member no longer serves).
     fenced: Mutex<Option<String>>,
     /// Indexes that garbage collection must keep (a follower still streaming them).
@@ -168,6 +184,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Tells the committer (if any) that everything up to `index` is committed — or, when
+    /// nothing moved, that the journal failed, was fenced or closed.
+    fn committed(&self, index: u64) {
+        if let Some(commit) = self.committer.get() {
+            commit(index);
+        }
+    }
+
     fn is_full(&self) -> bool {
         self.stuck.load(Ordering::Relaxed)
             || self.over_limit.load(Ordering::Relaxed)
@@ -243,6 +267,8 @@ impl Journal {
             synced: tokio::sync::watch::Sender::new(next_index.saturating_sub(1)),
             local: tokio::sync::watch::Sender::new(next_index.saturating_sub(1)),
             gate: Mutex::new(None),
+            committer: OnceLock::new(),
+            ended: tokio::sync::Notify::new(),
             fenced: Mutex::new(None),
             pins: Mutex::new(std::collections::HashMap::new()),
             failed: Mutex::new(None),
@@ -281,6 +307,9 @@ impl Journal {
     pub fn append(&self, payload: &[u8]) -> u64 {
         let len = frame::frame_len(payload.len());
         let mut batch = self.shared.batch.lock();
+        if batch.frames.is_empty() {
+            batch.first_at = Some(std::time::Instant::now());
+        }
         let index = self.shared.next_index.fetch_add(1, Ordering::Relaxed);
         frame::put_frame(index, payload, &mut batch.buf);
         batch.frames.push((index, len as u32));
@@ -363,6 +392,25 @@ impl Journal {
         *self.shared.gate.lock()
     }
 
+    /// Sets the journal's committer (once; later calls are ignored). Commits made before it
+    /// was set are not told to it: the caller catches up from [`Journal::synced`].
+    pub fn set_committer(&self, committer: Committer) {
+        let _ = self.shared.committer.set(committer);
+    }
+
+    /// Resolves once the journal has failed or closed (at once if it has).
+    pub async fn ended(&self) {
+        loop {
+            let ended = self.shared.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.failure().is_some() || self.is_closed() {
+                return;
+            }
+            ended.await;
+        }
+    }
+
     /// Watches [`Journal::synced`]; it is also marked changed (without moving) when the journal
     /// fails, is fenced or is closed, so a watcher can look at why.
     pub fn watch_synced(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -387,6 +435,7 @@ impl Journal {
         if index <= *self.shared.synced.borrow() {
             return;
         }
+        self.shared.committed(index);
         self.shared.synced.send_if_modified(|c| {
             if index > *c {
                 *c = index;
@@ -401,6 +450,7 @@ impl Journal {
     pub fn fence(&self, reason: &str) {
         *self.shared.fenced.lock() = Some(reason.to_string());
         self.shared.synced.send_modify(|_| {});
+        self.shared.committed(self.synced());
     }
 
     /// Every record up to the returned index is durable on this member.
@@ -492,6 +542,9 @@ impl Journal {
                 "replicated records start at {} but this journal continues at {next}",
                 frames.first
             )));
+        }
+        if batch.frames.is_empty() {
+            batch.first_at = Some(std::time::Instant::now());
         }
         batch.buf.extend_from_slice(&frames.bytes);
         let mut lens = Vec::with_capacity(scan.records.len());
@@ -777,8 +830,13 @@ impl Journal {
             tracing::warn!(error = %e, "cannot sync the journal's synced mark at close");
         }
         self.shared.closed.store(true, Ordering::Release);
-        // Watchers of `synced` (the broker's dispatcher) see the last index, then the close.
+        if crate::metrics::commit_profile::enabled() {
+            eprint!("{}", crate::metrics::commit_profile::report());
+        }
+        // The committer and the watchers of `synced` see the last index, then the close.
+        self.shared.committed(self.synced());
         self.shared.synced.send_modify(|_| {});
         self.shared.local.send_modify(|_| {});
+        self.shared.ended.notify_waiters();
     }
 }

@@ -1,7 +1,8 @@
 //! The writer thread and the writing of batches: it waits for appends (syncing the synced mark
 //! when idle), gathers them for the group-commit window, writes each batch into the segments —
 //! rolling to a new preallocated segment when the active one is full, keeping the batch when
-//! the disk is full — syncs once per batch and publishes what it synced.
+//! the disk is full — syncs once per batch, and tells the committer (the broker dispatches
+//! there, on this thread) and then the watchers what it synced.
 
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use super::{create_segment, Batch, Durability, Shared, Writing};
+use crate::metrics::commit_profile::{self as profile, Stage};
 use crate::store::StoreError;
 
 /// How long the writer waits for more work before it syncs the synced mark.
@@ -23,6 +25,8 @@ const MARK_MAX_LAG: Duration = Duration::from_secs(1);
 const MAX_IDLE_BATCH: usize = 4 << 20;
 
 pub(super) fn writer(shared: Arc<Shared>) {
+    // When the last batch was done (for the commit profile's idle time).
+    let mut finished: Option<Instant> = None;
     loop {
         // A batch kept from a full disk is retried before anything new is waited for.
         let carried = !shared.writing.lock().carry.frames.is_empty();
@@ -61,9 +65,16 @@ pub(super) fn writer(shared: Arc<Shared>) {
                 });
             }
         }
+        if let Some(at) = finished.take() {
+            profile::record_since(Stage::WriterIdle, at);
+        }
         let written = write_queued(&shared, &mut shared.writing.lock(), true);
         match written {
-            Ok(()) => {}
+            Ok(()) => {
+                if profile::enabled() {
+                    finished = Some(Instant::now());
+                }
+            }
             Err(StoreError::NoSpace { .. }) => {
                 if shared.stop.load(Ordering::Acquire) {
                     return;
@@ -131,8 +142,11 @@ pub(super) fn fail(shared: &Shared, e: &StoreError) {
         *failed = Some(e.to_string());
     }
     drop(failed);
+    let synced = *shared.synced.borrow();
+    shared.committed(synced);
     shared.synced.send_modify(|_| {});
     shared.local.send_modify(|_| {});
+    shared.ended.notify_waiters();
 }
 
 /// Makes the first `frames` records of `batch` (`bytes` long) durable and visible, and drops
@@ -158,9 +172,12 @@ fn complete(
                 .map_err(|e| StoreError::io(&path, "sync", e))?;
             metrics::histogram!(crate::metrics::JOURNAL_FSYNC_SECONDS)
                 .record(started.elapsed().as_secs_f64());
+            profile::record_since(Stage::Fdatasync, started);
             shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
     }
+    metrics::histogram!(crate::metrics::JOURNAL_BATCH_RECORDS).record(frames as f64);
+    profile::record(Stage::BatchRecords, frames as u64);
     let last = batch.frames[frames - 1].0;
     if shared.options.durability == Durability::Synced {
         // A `Written` batch is not durable: its mark moves only when a checkpoint syncs it.
@@ -185,10 +202,16 @@ fn complete(
         batch.buf = BytesMut::new();
         batch.frames = Vec::new();
     }
+    if batch.frames.is_empty() {
+        batch.first_at = None;
+    }
     shared.local.send_replace(last);
     if shared.gate.lock().is_none() {
-        // Only the index moves here: making the messages visible is the broker's, on its own
-        // thread, so this one goes back to writing at once.
+        // The broker makes the messages visible and frees their receipts right here: a hop to
+        // another thread costs a scheduling delay, as long as the sync itself on a busy
+        // machine, on the way to every receipt.
+        profile::writer_published();
+        shared.committed(last);
         shared.synced.send_replace(last);
     }
     Ok(())
@@ -200,7 +223,14 @@ fn write_batch(shared: &Shared, batch: &mut Batch) -> Result<(), StoreError> {
     let mut pos = 0usize;
     let mut i = 0usize;
     let started = Instant::now();
+    if let Some(first) = batch.first_at.take() {
+        let waited = started.saturating_duration_since(first);
+        metrics::histogram!(crate::metrics::JOURNAL_COMMIT_WAIT_SECONDS)
+            .record(waited.as_secs_f64());
+        profile::record(Stage::WaitToWrite, waited.as_micros() as u64);
+    }
     let result = write_frames(shared, batch, &mut pos, &mut i);
+    profile::record_since(Stage::Write, started);
     complete(shared, batch, i, pos)?;
     metrics::histogram!(crate::metrics::JOURNAL_WRITE_SECONDS)
         .record(started.elapsed().as_secs_f64());

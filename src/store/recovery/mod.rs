@@ -52,6 +52,8 @@ pub struct Recovered {
     pub durables: Vec<RecoveredDurable>,
     /// The expiry state of kept client sessions (the latest of each client id, none ended).
     pub sessions: Vec<SessionExpiry>,
+    /// Each topic's retained message (none empty), in topic order.
+    pub retained: Vec<MessageAdded>,
     /// Persistent topic messages held by durable subscriptions.
     pub topic_messages: HashMap<u64, MessageAdded>,
     /// Producer high-water marks: (producer id, highest sequence stored).

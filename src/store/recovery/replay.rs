@@ -1,7 +1,9 @@
 //! Replaying records onto a state: the live messages, durable subscriptions and producer marks
 //! a checkpoint summed up, brought forward record by record in index order (a transaction's
 //! records only once its commit marker is read), and what the checkpoint listed as live but no
-//! record supplied (`lost`).
+//! record supplied (`lost`). A topic's retained message is the latest retained one journaled
+//! for it — a `retained` record, or an `added` one (held by a durable subscription) flagged
+//! `retain` — or the checkpoint's copy; an empty one clears it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -39,6 +41,8 @@ pub(crate) struct Replay {
     queue_of: HashMap<u64, String>,
     durables: HashMap<(String, String), Dur>,
     sessions: HashMap<String, SessionExpiry>,
+    /// Each topic's retained message, whole.
+    retained: BTreeMap<String, MessageAdded>,
     topic_msgs: HashMap<u64, (MessageAdded, u32)>,
     producers: HashMap<Bytes, u64>,
     forward_chunks: Vec<ForwardChunk>,
@@ -109,6 +113,9 @@ impl Replay {
         for s in &c.sessions {
             r.apply_session(s.clone());
         }
+        for m in &c.retained {
+            r.apply_retained(m.clone());
+        }
         r.forward_chunks = c.forwards.clone();
         r
     }
@@ -173,6 +180,15 @@ impl Replay {
         }
     }
 
+    /// A topic's retained message is replaced by the next one; an empty one clears it.
+    fn apply_retained(&mut self, m: MessageAdded) {
+        if m.body.is_empty() {
+            self.retained.remove(&m.destination);
+        } else {
+            self.retained.insert(m.destination.clone(), m);
+        }
+    }
+
     fn apply_now(&mut self, index: u64, rec: Record) {
         match rec.kind {
             Some(record::Kind::Added(m)) => {
@@ -214,6 +230,9 @@ impl Replay {
                             },
                         );
                 } else if dest.kind() == Kind::Topic {
+                    if m.retain {
+                        self.apply_retained(m.clone());
+                    }
                     let mut refs = 0;
                     for d in self.durables.values_mut() {
                         if d.matcher.as_ref().is_some_and(|p| p.matches(&dest)) {
@@ -272,6 +291,7 @@ impl Replay {
                 }
             }
             Some(record::Kind::SessionExpiry(s)) => self.apply_session(s),
+            Some(record::Kind::Retained(m)) => self.apply_retained(m),
             Some(record::Kind::Epoch(e)) => {
                 self.epoch = self.epoch.max(e.epoch);
                 self.epochs.begin(e.epoch, index);
@@ -367,6 +387,7 @@ impl Replay {
                 .filter(|(_, (m, _))| !m.destination.is_empty())
                 .map(|(i, (m, _))| (i, m))
                 .collect(),
+            retained: self.retained.into_values().collect(),
             producers: self.producers.into_iter().collect(),
             forward_chunks: self.forward_chunks,
             forwarded: self.forwarded.into(),

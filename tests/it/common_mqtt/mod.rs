@@ -438,3 +438,137 @@ impl TwoGroups {
         }
     }
 }
+
+/// `mosquitto_pub -r` of `payload` (`None`: an empty retained message, which clears the
+/// topic's retained one) to `topic` at `qos`, MQTT `version` ("311" or "5"); it waits for the
+/// PUBACK/PUBCOMP of a QoS 1/2 publish.
+pub fn mosquitto_retain(
+    addr: SocketAddr,
+    version: &str,
+    topic: &str,
+    payload: Option<&str>,
+    qos: u8,
+) {
+    let mut cmd = std::process::Command::new("mosquitto_pub");
+    cmd.args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-V", version, "-q", &qos.to_string(), "-t", topic, "-r"]);
+    match payload {
+        Some(p) => cmd.args(["-m", p]),
+        None => cmd.arg("-n"),
+    };
+    let out = cmd
+        .output()
+        .expect("mosquitto_pub (Debian's mosquitto-clients; make test-deps installs it)");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub -r to {topic} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The retained messages a new `mosquitto_sub` (QoS 1, MQTT `version`) on `filter` is sent, as
+/// `"RETAIN-FLAG QOS TOPIC PAYLOAD"` lines in the order they came: it takes every message with
+/// the retain flag for 3 s (ending early at a message without it).
+pub fn mosquitto_retained(addr: SocketAddr, version: &str, filter: &str) -> Vec<String> {
+    let out = std::process::Command::new("mosquitto_sub")
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-V", version, "-q", "1", "-t", filter])
+        .args(["--retained-only", "-W", "3", "-F", "%r %q %t %p"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("mosquitto_sub (Debian's mosquitto-clients; make test-deps installs it)");
+    // 27: the -W timeout ended it, which is how it ends when every message was retained.
+    assert!(
+        out.status.success() || out.status.code() == Some(27),
+        "mosquitto_sub on {filter} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs `paho_qos2_resume.py` with a pause after the cut: while it waits, `between` gets the
+/// pause directory's readiness and returns the MQTT port the client goes on with.
+pub fn paho_qos2_resume_across(
+    port: u16,
+    version: &str,
+    cut: &str,
+    between: impl FnOnce() -> u16,
+) -> Value {
+    let pause = tempfile::tempdir().expect("tempdir");
+    let dir = pause.path().to_path_buf();
+    let args = [
+        port.to_string(),
+        version.to_string(),
+        cut.to_string(),
+        dir.display().to_string(),
+    ];
+    let run = std::thread::spawn(move || {
+        crate::common_stomp::python_in("mqtt_py", "paho_qos2_resume.py", &args)
+    });
+    crate::common::wait::poll()
+        .within(Duration::from_secs(60))
+        .until("the client is cut", || dir.join("cut").exists());
+    // The broker has the PUBREC (or the cut PUBLISH) in hand and journaled before it dies.
+    std::thread::sleep(Duration::from_millis(1000));
+    let go_on = between();
+    std::fs::write(dir.join("go"), go_on.to_string()).expect("write go");
+    run.join().expect("the paho run")
+}
+
+/// The assertions of one run: each message once, in order, and the packet ids as the spec
+/// asks (a released delivery's PUBREL again; an unacknowledged one with the id it had).
+pub fn judge_qos2_resume(r: &Value, version: &str, cut: &str, when: &str) {
+    let what = format!("MQTT {version}, cut after the {cut}, {when}: {r}");
+    assert_eq!(r["cuts"], 1, "{what}");
+    assert_eq!(
+        r["connects"].as_array().map(|c| c.last().cloned()),
+        Some(Some(Value::Bool(true))),
+        "the reconnect resumed the session: {what}"
+    );
+    assert_eq!(
+        qos2_strings(&r["got"]),
+        ["warm-up-0", "warm-up-1", "warm-up-2", "first", "marker"],
+        "each message handed to the application once, in order: {what}"
+    );
+    let first = qos2_ids(&r["first_ids"]);
+    match cut {
+        "pubrec" => {
+            assert_eq!(first.len(), 1, "the message is not sent again: {what}");
+            assert!(
+                qos2_ids(&r["pubrel_ids"]).contains(&first[0]),
+                "its PUBREL came on the new connection: {what}"
+            );
+        }
+        // Across a restart or a failover the client may connect more than once while the
+        // broker is away (each attempt the proxy held gets the PUBLISH again): every one
+        // carries the packet id it had.
+        _ if when != "a reconnect" => assert!(
+            first.len() >= 2 && first.iter().all(|id| *id == first[0]),
+            "sent again with the packet id it had: {what}"
+        ),
+        _ => assert!(
+            first.len() == 2 && first[0] == first[1],
+            "sent again with the packet id it had: {what}"
+        ),
+    }
+}
+
+fn qos2_strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("a list: {v}"))
+        .iter()
+        .map(|s| s.to_string().trim_matches('"').to_string())
+        .collect()
+}
+
+fn qos2_ids(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("a list: {v}"))
+        .iter()
+        .map(|i| i.as_u64().expect("a packet id"))
+        .collect()
+}
