@@ -7,14 +7,12 @@
 //! with the parser's reason, counted in `meshmq_bad_selectors_total`, and subscribes nothing;
 //! and a persistent session's subscription keeps its selector across `kill -9` restarts.
 
-use crate::common;
 use crate::common_mqtt;
 use crate::common_stomp;
 
 use std::collections::BTreeSet;
 
-use common::mesh::MeshBuilder;
-use common_mqtt::{paho_session, received_payloads, remote_demand, status};
+use common_mqtt::{paho_session, received_payloads, remote_demand, status, TwoGroups};
 use common_stomp::{python_in, Topology};
 use serde_json::{json, Value};
 
@@ -124,20 +122,8 @@ fn a_paho_selector_takes_only_matches_on_a_topic_and_in_a_share_group() {
 
 #[test]
 fn an_edge_subscribers_selector_limits_what_crosses_the_connector() {
-    let mut mesh = MeshBuilder::new()
-        .group("hub", 1, "")
-        .group("edge", 1, "")
-        .connector("hub", "edge", "")
-        .stomp()
-        .mqtt()
-        .build();
-    mesh.start_all();
-    mesh.wait_connected();
-    let (hub, edge) = (mesh.member("hub"), mesh.member("edge"));
-    let (stomp, publish) = producers(
-        hub.stomp.expect("a STOMP listener").port(),
-        hub.mqtt.expect("an MQTT listener").port(),
-    );
+    let mesh = TwoGroups::start();
+    let (stomp, publish) = producers(mesh.hub_stomp.port(), mesh.hub_mqtt.port());
     let forwarded = |admin| {
         status(admin)["connectors"]
             .as_array()
@@ -148,11 +134,11 @@ fn an_edge_subscribers_selector_limits_what_crosses_the_connector() {
             })
             .unwrap_or(0u64)
     };
-    let before = forwarded(hub.admin);
+    let before = forwarded(mesh.hub_admin);
     let r = plan(json!({
-        "subscribers": [{"name": "hot", "port": edge.mqtt.expect("an MQTT listener").port(),
+        "subscribers": [{"name": "hot", "port": mesh.edge_mqtt.port(),
                          "filter": "sensors/#", "selector": "kind = 'hot'"}],
-        "demand": {"admin": hub.admin.port(), "at_least": 1},
+        "demand": {"admin": mesh.hub_admin.port(), "at_least": 1},
         "stomp": stomp,
         "mqtt": publish,
         "expect": 6,
@@ -162,11 +148,11 @@ fn an_edge_subscribers_selector_limits_what_crosses_the_connector() {
     assert_eq!(got.len(), 6, "{got:?}");
     assert_eq!(set(&got), hot());
     assert_eq!(
-        forwarded(hub.admin) - before,
+        forwarded(mesh.hub_admin) - before,
         6,
         "only the six hot messages crossed the connector"
     );
-    assert_eq!(remote_demand(hub.admin), 0, "the subscriber left");
+    assert_eq!(remote_demand(mesh.hub_admin), 0, "the subscriber left");
 }
 
 #[test]

@@ -380,6 +380,7 @@ pub struct TwoGroups {
     _mesh: Mesh,
     pub hub_admin: SocketAddr,
     pub hub_stomp: SocketAddr,
+    pub hub_mqtt: SocketAddr,
     pub edge_admin: SocketAddr,
     pub edge_mqtt: SocketAddr,
 }
@@ -432,6 +433,7 @@ impl TwoGroups {
         TwoGroups {
             hub_admin: hub.admin,
             hub_stomp: hub.stomp.expect("a STOMP listener"),
+            hub_mqtt: hub.mqtt.expect("an MQTT listener"),
             edge_admin: edge.admin,
             edge_mqtt: edge.mqtt.expect("an MQTT listener"),
             _mesh: mesh,
