@@ -25,14 +25,7 @@ const QUEUE: &str = "queue://failover.orders";
 async fn the_client_reconnects_to_the_new_master_and_loses_nothing_receipted() {
     let mut mesh = MeshBuilder::new().group("edge", 2, "").build();
     mesh.start_all();
-    let master = mesh.master("edge").expect("a master").name.clone();
-    let standby = mesh
-        .group("edge")
-        .iter()
-        .find(|m| m.name != master)
-        .expect("a standby")
-        .name
-        .clone();
+    let (master, standby) = mesh.master_and_standby("edge");
     let url = mesh.failover_url(
         &[&master, &standby],
         "randomize=false&initialReconnectDelay=50&maxReconnectDelay=500",

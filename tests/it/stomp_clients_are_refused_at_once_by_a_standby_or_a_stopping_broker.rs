@@ -19,14 +19,7 @@ use meshmq::stomp::Command as Cmd;
 fn a_standby_refuses_and_a_stopping_master_answers_error() {
     let mut mesh = MeshBuilder::new().group("edge", 2, "").stomp().build();
     mesh.start_all();
-    let master = mesh.master("edge").expect("master").name.clone();
-    let standby = mesh
-        .group("edge")
-        .iter()
-        .find(|m| m.name != master)
-        .expect("standby")
-        .name
-        .clone();
+    let (master, standby) = mesh.master_and_standby("edge");
     let master_stomp = mesh.member(&master).stomp.expect("stomp listener");
     let standby_stomp = mesh.member(&standby).stomp.expect("stomp listener");
 

@@ -28,14 +28,7 @@ fn strings(v: &serde_json::Value, key: &str) -> Vec<String> {
 async fn stomp_py_clients_follow_a_killed_master_and_lose_nothing() {
     let mut mesh = MeshBuilder::new().group("edge", 2, "").stomp().build();
     tokio::task::block_in_place(|| mesh.start_all());
-    let master = mesh.master("edge").expect("a master").name.clone();
-    let standby = mesh
-        .group("edge")
-        .iter()
-        .find(|m| m.name != master)
-        .expect("a standby")
-        .name
-        .clone();
+    let (master, standby) = mesh.master_and_standby("edge");
     let port = |name: &str| mesh.member(name).stomp.expect("a stomp listener").port();
     let (master_port, standby_port) = (port(&master), port(&standby));
     let ports = format!("{master_port},{standby_port}");

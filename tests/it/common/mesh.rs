@@ -419,6 +419,19 @@ impl Mesh {
         self.group(group).into_iter().find(|m| m.ready())
     }
 
+    /// The names of the member of `group` that serves now and of one that stands by.
+    pub fn master_and_standby(&self, group: &str) -> (String, String) {
+        let master = self.master(group).expect("a master").name.clone();
+        let standby = self
+            .group(group)
+            .iter()
+            .find(|m| m.name != master)
+            .expect("a standby")
+            .name
+            .clone();
+        (master, standby)
+    }
+
     /// `failover:(…)?options` over the listeners of `members`, in that order.
     pub fn failover_url(&self, members: &[&str], options: &str) -> String {
         let uris: Vec<String> = members.iter().map(|n| self.member(n).url()).collect();
