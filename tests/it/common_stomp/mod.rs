@@ -349,6 +349,10 @@ pub fn python_in(folder: &str, script: &str, args: &[String]) -> serde_json::Val
         }
         Some(_) => {}
     }
+    if !stderr.trim().is_empty() {
+        // A thread's traceback in a script that still exited 0: shown if the test fails.
+        eprintln!("{script} wrote to stderr:\n{stderr}");
+    }
     let last = stdout
         .lines()
         .rev()
