@@ -381,6 +381,7 @@ impl Broker {
             subs: HashMap::new(),
             demand_ids: HashMap::new(),
             temps: Vec::new(),
+            stand_ins: HashMap::new(),
             temp_prefixes: Vec::new(),
             last_target: None,
             last_record: 0,

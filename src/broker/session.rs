@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::demand::SubDemand;
+use super::queue::Queue;
 use super::{
     now_ms, AckOutcome, Admission, Broker, BrokerError, Destination, Effects, Kind, Message,
     OnFull, Outbox, Published, SubHandle, Target, MAX_PRIORITY,
@@ -30,6 +31,9 @@ pub struct Session {
     /// The demand each subscription registered.
     pub(super) demand_ids: HashMap<u64, SubDemand>,
     pub(super) temps: Vec<Target>,
+    /// Stand-ins for temporary queues of other groups, by the network subscription that made
+    /// each (see `queue_for_consumer`): deleted when it ends.
+    pub(super) stand_ins: HashMap<u64, Arc<Queue>>,
     /// Connection ids of a failover client's earlier connections: it keeps naming its
     /// temporary destinations after the first, and may re-create them here.
     pub(super) temp_prefixes: Vec<String>,
@@ -78,6 +82,28 @@ impl Session {
 
     pub fn subscription_count(&self) -> usize {
         self.subs.len()
+    }
+
+    /// Deletes a temporary destination (or a stand-in for one): it is gone for senders, and
+    /// what it held goes with it.
+    pub(super) fn delete_temp(&self, temp: Target) {
+        match temp {
+            Target::Queue(q) => {
+                self.broker
+                    .inner
+                    .queues
+                    .remove_if(q.dest.as_str(), |_, held| Arc::ptr_eq(held, &q));
+                q.delete();
+            }
+            Target::Topic(t) => {
+                self.broker.inner.topics.remove(t.dest.as_str());
+                let mut effects = Effects::default();
+                for sub in t.delete() {
+                    sub.clear(&mut effects);
+                }
+                self.broker.apply(effects);
+            }
+        }
     }
 
     pub(super) fn owns_temp_name(&self, dest: &Destination) -> bool {
@@ -416,21 +442,10 @@ impl Session {
             self.release(handle, false);
         }
         drop(self.outbox.take_all());
-        for temp in std::mem::take(&mut self.temps) {
-            match temp {
-                Target::Queue(q) => {
-                    self.broker.inner.queues.remove(q.dest.as_str());
-                    q.delete();
-                }
-                Target::Topic(t) => {
-                    self.broker.inner.topics.remove(t.dest.as_str());
-                    let mut effects = Effects::default();
-                    for sub in t.delete() {
-                        sub.clear(&mut effects);
-                    }
-                    self.broker.apply(effects);
-                }
-            }
+        let temps = std::mem::take(&mut self.temps);
+        let stand_ins = std::mem::take(&mut self.stand_ins).into_values();
+        for temp in temps.into_iter().chain(stand_ins.map(Target::Queue)) {
+            self.delete_temp(temp);
         }
         if let Some(cid) = &self.client_id {
             let inner = &self.broker.inner;

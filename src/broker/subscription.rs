@@ -99,7 +99,7 @@ impl Session {
             let Some(dest) = pattern.as_destination() else {
                 return Err(BrokerError::WildcardQueue(spec.destination.to_string()));
             };
-            let queue = self.queue_for_consumer(&dest)?;
+            let queue = self.queue_for_consumer(&dest, spec.subscription, net.is_some())?;
             let prefetch = if spec.prefetch == 0 {
                 queue.limits().prefetch
             } else {
@@ -205,15 +205,30 @@ impl Session {
         }
     }
 
-    fn queue_for_consumer(&mut self, dest: &Destination) -> Result<Arc<Queue>, BrokerError> {
+    /// The queue a consumer (a network one when `network`) of `dest` reads. A temporary queue
+    /// is read by its owner alone — and by network consumers, which forward to the group its
+    /// owner is on: there a temporary queue of another group gets a stand-in, so that a
+    /// responder here can send to it (request/reply across groups); the stand-in lives as long
+    /// as the network `subscription` that made it.
+    fn queue_for_consumer(
+        &mut self,
+        dest: &Destination,
+        subscription: u64,
+        network: bool,
+    ) -> Result<Arc<Queue>, BrokerError> {
         if dest.kind() != Kind::TempQueue {
             return Ok(self.broker.queue(dest, 0));
         }
         if let Some(q) = self.broker.inner.queues.get(dest.as_str()) {
-            if q.owner != self.id {
+            if q.owner != self.id && !network {
                 return Err(BrokerError::NotOwner(dest.to_string()));
             }
             return Ok(q.clone());
+        }
+        if network {
+            let q = self.broker.queue(dest, self.id);
+            self.stand_ins.insert(subscription, q.clone());
+            return Ok(q);
         }
         if !self.owns_temp_name(dest) {
             return Err(BrokerError::NotOwner(dest.to_string()));
@@ -384,6 +399,9 @@ impl Session {
             }
         }
         self.release(handle, remove_durable);
+        if let Some(q) = self.stand_ins.remove(&subscription) {
+            self.delete_temp(Target::Queue(q));
+        }
         Ok(())
     }
 

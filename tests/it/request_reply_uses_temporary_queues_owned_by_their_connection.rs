@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::{Broker, Config, GUARD};
+use common::{wait_until, Broker, Config, Mesh, MeshConfig, GUARD};
 use meshmq::client::{Client, ErrorCode, ErrorKind, Outgoing, SubscribeOptions};
 
 /// Answers every request on `queue://svc` with "re: BODY" to its reply-to, same correlation id.
@@ -118,4 +118,60 @@ async fn a_temporary_queue_is_its_owners_alone_and_dies_with_its_connection() {
         .send_with_receipt("queue://ordinary", &Outgoing::new("fine"))
         .await
         .expect("ordinary sends still work");
+}
+
+/// Across groups: a requester on the hub, the service on an edge (a duplex connector at its
+/// defaults). The requester's demand for its temporary queue crosses the connector, so the
+/// edge holds a stand-in for it that the responder's replies go to and are forwarded from;
+/// when the requester's connection ends, the stand-in goes too and a send to it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_from_another_group_get_their_replies_across_the_connector() {
+    let mesh = Mesh::start(&MeshConfig::new().group("hub").group("edge").connector(
+        "hub",
+        "edge",
+        &["duplex = true"],
+    ));
+    let (hub, edge) = (mesh.member("hub"), mesh.member("edge"));
+    let service = edge.client().await;
+    let requests = service
+        .subscribe("queue://svc", SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    let _responder = responder(service.clone(), requests);
+    wait_until("the hub knows the edge's service", || {
+        hub.connector("hub-edge").remote_demand == 1
+    });
+
+    let requester = hub.client().await;
+    let mut pending = Vec::new();
+    for i in 0..20 {
+        let r = requester.clone();
+        pending.push(tokio::spawn(async move {
+            r.request("queue://svc", Outgoing::new(format!("q{i}")), GUARD)
+                .await
+                .map(|d| (i, d))
+        }));
+    }
+    let mut reply_queue = String::new();
+    for p in pending {
+        let (i, reply) = p
+            .await
+            .expect("join")
+            .expect("a reply from the other group");
+        assert_eq!(&reply.body[..], format!("re: q{i}").as_bytes());
+        reply_queue = reply.destination;
+    }
+
+    // The requester leaves: its temporary queue is gone on the edge too.
+    let other = edge.client().await;
+    requester.close().await.expect("close");
+    wait_until("the edge's stand-in is gone with the requester", || {
+        hub.connector("hub-edge").remote_demand == 1
+            && edge.connector("hub-edge").remote_demand == 0
+    });
+    let err = other
+        .send_with_receipt(&reply_queue, &Outgoing::new("too late"))
+        .await
+        .expect_err("the requester's temporary queue is gone on the edge");
+    assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
 }
