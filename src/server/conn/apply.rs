@@ -39,12 +39,17 @@ impl<C: Codec> Connection<C> {
         authz
             .check(&self.principal, action, dest)
             .map_err(|d| d.to_string())?;
-        if !dest.kind().is_temp() && !self.session.broker().destination_exists(dest) {
+        if !dest.kind().is_temp() && !self.exists(dest) {
             authz
                 .check(&self.principal, Action::Admin, dest)
                 .map_err(|d| d.to_string())?;
         }
         Ok(())
+    }
+
+    /// Whether `dest` exists; the destination a producer keeps sending to is known to.
+    fn exists(&self, dest: &Destination) -> bool {
+        self.session.sends_to(dest) || self.session.broker().destination_exists(dest)
     }
 
     /// Does what one request asks: the only place requests take effect, for every protocol.
@@ -252,7 +257,7 @@ impl<C: Codec> Connection<C> {
             return self.error(ErrorCode::Forbidden, &denied, receipt.as_ref(), false);
         }
         if !destination.kind().is_temp()
-            && !self.session.broker().destination_exists(&destination)
+            && !self.exists(&destination)
             && !self.creations.take(Instant::now())
         {
             return self.creation_refused(receipt);
