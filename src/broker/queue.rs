@@ -34,20 +34,26 @@ use crate::selector::Selector;
 /// for one it takes.
 const FILTER_SCAN: usize = 512;
 
-/// What a network consumer forwards: not back to a group the message came through (unless
-/// it is a replay), not past `message_ttl`.
+/// What a network consumer forwards: not back to a group the message came through, not past
+/// `message_ttl` — unless it is a replay.
 #[derive(Debug, Clone)]
 pub struct NetworkFilter {
     /// The group the consumer forwards to.
     pub target: Arc<str>,
     pub message_ttl: u32,
-    /// `Some(delay)`: a queue message whose path holds the target may still go back (a
-    /// replay) when this broker has no local consumer of the queue and the message has been
-    /// here at least `delay` milliseconds.
+    /// `Some(delay)`: a queue message parked here — this broker has no local consumer of the
+    /// queue and the message has been here at least `delay` milliseconds — goes to the target
+    /// even though the target is on its path or its path is `message_ttl` long (a replay).
     pub replay_after_ms: Option<u64>,
 }
 
 impl NetworkFilter {
+    /// Whether a message with `path`, here since `arrived_ms`, may go to the target. A
+    /// replay is what keeps a message from being stuck where its consumers left: the target
+    /// has demand for it (this consumer stands for consumers there or beyond), so a replay
+    /// moves it toward one, and the delay keeps it from bouncing. With the default
+    /// `message_ttl` of 1 a forwarded message could otherwise never move again — neither back
+    /// to its origin nor on to a third group — once the consumer it came for left.
     pub fn accepts(
         &self,
         path: &[Arc<str>],
@@ -55,10 +61,7 @@ impl NetworkFilter {
         now_ms: u64,
         local_consumers: usize,
     ) -> bool {
-        if path.len() >= self.message_ttl as usize {
-            return false;
-        }
-        if !path.contains(&self.target) {
+        if path.len() < self.message_ttl as usize && !path.contains(&self.target) {
             return true;
         }
         match self.replay_after_ms {

@@ -788,6 +788,57 @@ fn a_parked_message_is_replayed_once_no_local_consumer_is_left() {
 }
 
 #[test]
+fn a_parked_message_past_its_ttl_is_replayed_toward_demand_wherever_it_is() {
+    // At the default message_ttl of 1, a message forwarded here from the hub may go neither
+    // back to the hub nor on to edge-3 while a local consumer is left — but once it is parked
+    // (none left) it goes toward demand either way.
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let mut local = b.open_session(None).unwrap();
+    sub(&mut local, 1, "queue://q", 1);
+    for body in ["taken", "back", "on"] {
+        send(&mut p, "queue://q", from_path(body, &["hub"]));
+    }
+    let d = drain(&local);
+    assert_eq!(bodies(&d), vec!["taken"]);
+    drop(d);
+    let net = |target: &str| {
+        let mut s = b.open_session(None).unwrap();
+        s.subscribe_network(
+            SubscribeSpec {
+                subscription: 1,
+                destination: pattern("queue://q"),
+                selector: String::new(),
+                prefetch: 10,
+                priority: -5,
+                durable_name: None,
+                no_local: false,
+            },
+            net_spec(target, 1, Some(0)),
+        )
+        .unwrap();
+        s
+    };
+    let (hub, edge3) = (net("hub"), net("edge-3"));
+    b.redispatch();
+    assert!(
+        drain(&hub).is_empty() && drain(&edge3).is_empty(),
+        "a local consumer is left: nothing past its ttl moves"
+    );
+    assert_eq!(b.queue_depth("queue://q"), Some(3));
+    drop(local);
+    b.redispatch();
+    let mut replayed = bodies(&drain(&hub));
+    replayed.extend(bodies(&drain(&edge3)));
+    replayed.sort();
+    assert_eq!(
+        replayed,
+        vec!["back", "on", "taken"],
+        "no local consumer: each goes toward demand, back along its path or on past its ttl"
+    );
+}
+
+#[test]
 fn a_topic_keeps_its_latest_retained_message_until_an_empty_one_clears_it() {
     let b = broker();
     let mut s = b.open_session(None).unwrap();

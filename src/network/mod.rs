@@ -9,10 +9,11 @@
 //! never from this group itself; a forwarded message leaves its source only when the target
 //! accepted it (except, opted into with `always_sync_send = false`, a non-persistent one, which
 //! leaves once written to the link); demand never returns to a group on its path and never
-//! travels further than `consumer_ttl`; messages never go back to a group on their path (except
-//! replays) nor past `message_ttl`; with `suppress_duplicate_queue_subscriptions`, a remote
-//! queue consumer heard over several bridges is held only by the bridge of its best route in
-//! the shared `Routes`, and another takes it up as soon as that route goes.
+//! travels further than `consumer_ttl`; messages never go back to a group on their path nor past
+//! `message_ttl`, except replays of queue messages parked where no consumer is left; with
+//! `suppress_duplicate_queue_subscriptions`, a remote queue consumer heard over several bridges
+//! is held only by the bridge of its best route in the shared `Routes`, and another takes it up
+//! as soon as that route goes.
 
 pub mod bridge;
 mod metrics;

@@ -63,7 +63,7 @@ async fn a_rolling_restart_keeps_clients_balanced_and_loses_nothing() {
 
     let seen = Arc::new(Mutex::new(Ledger::<u64>::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let (_consumer, mut sub) = history::individual_subscriber(&url, DEST, "consumer").await;
+    let (consumer, mut sub) = history::individual_subscriber(&url, DEST, "consumer").await;
     let consuming = {
         let (seen, stop) = (seen.clone(), stop.clone());
         tokio::spawn(async move {
@@ -139,21 +139,29 @@ async fn a_rolling_restart_keeps_clients_balanced_and_loses_nothing() {
     );
     assert!(clients.iter().all(|c| !c.is_closed()), "a client gave up");
 
-    // Drain what is left, then check the history.
-    let drain = Client::connect(&url, ClientOptions::default())
-        .await
-        .expect("drain");
-    let mut sub = drain
-        .subscribe(DEST, SubscribeOptions::default())
-        .await
-        .expect("subscribe to drain");
-    while let Some(d) = sub.next_timeout(Duration::from_secs(3)).await {
-        let n = std::str::from_utf8(&d.body)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(u64::MAX);
-        seen.lock().delivered(n, d.redelivered());
-        let _ = sub.ack(&d).await;
+    // Drain what is left, then check the history. The consumer's unread deliveries go back
+    // (flagged) when it closes. A message waits where it is until a consumer takes it, and
+    // the connectors here are one-way (edge-2 forwards to nobody), so each edge is drained
+    // directly: one drain through the failover URL reaches only what can flow to its edge.
+    consumer.close().await.expect("close the consumer");
+    for edge in EDGES {
+        let url = mesh.master(edge).expect("a master").url();
+        let drain = Client::connect(&url, ClientOptions::default())
+            .await
+            .expect("drain");
+        let mut sub = drain
+            .subscribe(DEST, SubscribeOptions::default())
+            .await
+            .expect("subscribe to drain");
+        while let Some(d) = sub.next_timeout(Duration::from_secs(3)).await {
+            let n = std::str::from_utf8(&d.body)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(u64::MAX);
+            seen.lock().delivered(n, d.redelivered());
+            let _ = sub.ack(&d).await;
+        }
+        drain.close().await.expect("close the drain");
     }
     let s = seen.lock();
     let judgement = s.judge();

@@ -377,7 +377,8 @@ impl Bridge {
             };
             let forward_id = self.next_forward;
             self.next_forward += 1;
-            if d.message.broker_path.contains(&self.cfg.peer) {
+            let path = &d.message.broker_path;
+            if path.contains(&self.cfg.peer) || path.len() >= self.cfg.message_ttl as usize {
                 self.metrics.replayed();
             }
             let unacknowledged = !self.cfg.always_sync_send && !d.message.persistent;
