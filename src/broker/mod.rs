@@ -65,6 +65,7 @@ pub use message::{
     Delivery, Draft, Message, MessageBuilder, COPY_BODY_BELOW, DEFAULT_PRIORITY, MAX_PRIORITY,
     RETAIN_HEADER,
 };
+pub(crate) use outbox::defer_wakes;
 pub use outbox::Outbox;
 pub use pool::{MemoryPool, PendingCharge};
 pub use queue::{AckOutcome, DeadReason, NetworkFilter};

@@ -173,6 +173,15 @@ impl Session {
         Ok(())
     }
 
+    /// Whether `dest` is the destination this session last resolved with [`Session::target`],
+    /// still live: then it exists, and a producer's every send need not look it up among the
+    /// broker's destinations again.
+    pub fn sends_to(&self, dest: &Destination) -> bool {
+        self.last_target
+            .as_ref()
+            .is_some_and(|t| t.destination() == dest && !t.is_deleted())
+    }
+
     /// Resolves a destination to publish to. Ordinary destinations are created on first use;
     /// a temporary one must exist.
     pub fn target(&mut self, dest: &Destination) -> Result<Target, BrokerError> {

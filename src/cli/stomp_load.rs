@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::task::Poll;
 
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use meshmq::stomp::{self, Command, Decoded, Decoder, Frame, Limits, Version};
 use meshmq::transport::{self, IoEvent, Pump};
 
@@ -106,13 +106,41 @@ impl StompConn {
     }
 
     /// The next frame from the broker (heart-beats skipped); pending writes go out meanwhile.
+    /// Frames are decoded one at a time, as they are asked for, so the headers of one handed
+    /// back with [`StompConn::recycle`] hold the next one's.
     pub async fn next_frame(&mut self) -> anyhow::Result<Frame> {
+        if let Some(f) = self.inbox.pop_front() {
+            return Ok(f);
+        }
         loop {
-            if let Some(f) = self.inbox.pop_front() {
+            if let Some(f) = self.decode_one()? {
                 return Ok(f);
             }
-            let ev = self.pump.next_event(true, 0, |_| Poll::Pending).await?;
-            self.on_event(ev)?;
+            match self.pump.next_event(true, 0, |_| Poll::Pending).await? {
+                IoEvent::Closed => bail!("the broker closed the connection"),
+                IoEvent::Read | IoEvent::Drained | IoEvent::Wake => {}
+            }
+        }
+    }
+
+    /// Hands back a frame taken from [`StompConn::next_frame`]: the next frame's headers are
+    /// read into its headers' room.
+    pub fn recycle(&mut self, f: Frame) {
+        self.decoder.recycle(f.headers);
+    }
+
+    /// The next whole frame already read (heart-beats skipped); an ERROR ends the run.
+    fn decode_one(&mut self) -> anyhow::Result<Option<Frame>> {
+        loop {
+            match self.decoder.decode(&mut self.pump.rbuf)? {
+                Decoded::Frame(f) if f.command == Command::Error => bail!(
+                    "the broker sent ERROR: {}",
+                    f.header("message").unwrap_or("(no message)")
+                ),
+                Decoded::Frame(f) => return Ok(Some(f)),
+                Decoded::Heartbeat => {}
+                Decoded::NeedMore => return Ok(None),
+            }
         }
     }
 
@@ -126,21 +154,16 @@ impl StompConn {
         }
     }
 
+    /// What a flush does with what it read: frames are decoded at once (an ERROR ends the
+    /// run) and kept for `next_frame`.
     fn on_event(&mut self, ev: IoEvent) -> anyhow::Result<()> {
         match ev {
-            IoEvent::Read => loop {
-                match self.decoder.decode(&mut self.pump.rbuf)? {
-                    Decoded::Frame(f) if f.command == Command::Error => {
-                        return Err(anyhow!(
-                            "the broker sent ERROR: {}",
-                            f.header("message").unwrap_or("(no message)")
-                        ))
-                    }
-                    Decoded::Frame(f) => self.inbox.push_back(f),
-                    Decoded::Heartbeat => {}
-                    Decoded::NeedMore => return Ok(()),
+            IoEvent::Read => {
+                while let Some(f) = self.decode_one()? {
+                    self.inbox.push_back(f);
                 }
-            },
+                Ok(())
+            }
             IoEvent::Closed => bail!("the broker closed the connection"),
             IoEvent::Drained | IoEvent::Wake => Ok(()),
         }

@@ -247,7 +247,7 @@ fn frame(command: Command, headers: &[(&str, &str)]) -> stomp::Frame {
 #[test]
 fn a_stomp_send_translates_its_destination_and_drafts_the_message() {
     let mut c = stomp_codec(Version::V1_2);
-    let f = frame(
+    let mut f = frame(
         Command::Send,
         &[
             ("destination", "/queue/orders"),
@@ -261,7 +261,7 @@ fn a_stomp_send_translates_its_destination_and_drafts_the_message() {
         ],
     )
     .with_body(Bytes::from_static(b"payload"));
-    let s = send_of(c.request(f));
+    let s = send_of(c.request(&mut f));
     assert_eq!(s.destination.as_str(), "queue://orders");
     assert_eq!(s.receipt.as_deref(), Some("r1"));
     assert_eq!(s.transaction, Some(TxName::Named("t1".into())));
@@ -274,15 +274,64 @@ fn a_stomp_send_translates_its_destination_and_drafts_the_message() {
     assert_eq!(&d.body[..], b"payload");
     assert_eq!(&d.producer_id[..], b"ID-conn-1");
     assert_eq!(d.timestamp_ms, 0, "stamped by the builder");
-    let next = send_of(c.request(frame(Command::Send, &[("destination", "/topic/t")])));
+    let next = send_of(c.request(&mut frame(Command::Send, &[("destination", "/topic/t")])));
     assert_eq!(next.destination.as_str(), "topic://t");
     assert_eq!(
         next.draft.sequence,
         d.sequence + 1,
         "numbered per connection"
     );
-    let own = send_of(c.request(frame(Command::Send, &[("destination", "/temp-queue/x")])));
+    let own = send_of(c.request(&mut frame(
+        Command::Send,
+        &[("destination", "/temp-queue/x")],
+    )));
     assert_eq!(own.destination.as_str(), "temp-queue://ID-conn-1.x");
+}
+
+/// A SEND's headers are sorted out in one pass: of a repeated header the broker reads, the
+/// first counts (as `Frame::header` finds it); the frame and delivery headers a client may echo
+/// back are dropped; every other header travels, in order, repeats kept.
+#[test]
+fn a_stomp_send_reads_the_first_of_a_repeated_header_and_passes_the_others_on_in_order() {
+    let mut c = stomp_codec(Version::V1_2);
+    let mut f = frame(
+        Command::Send,
+        &[
+            ("x-first", "1"),
+            ("destination", "/queue/first"),
+            ("priority", "7"),
+            ("content-length", "0"),
+            ("destination", "/queue/second"),
+            ("receipt", "r1"),
+            ("priority", "not a number"),
+            ("message-id", "echoed"),
+            ("subscription", "echoed"),
+            ("ack", "echoed"),
+            ("timestamp", "1"),
+            ("redelivered", "true"),
+            ("receipt", "r2"),
+            ("content-type", "text/plain"),
+            ("x-first", "2"),
+            ("persistent", "false"),
+            ("persistent", "true"),
+            ("expires", "99"),
+        ],
+    );
+    let s = send_of(c.request(&mut f));
+    assert_eq!(s.destination.as_str(), "queue://first");
+    assert_eq!(s.receipt.as_deref(), Some("r1"));
+    let d = s.draft;
+    assert_eq!(d.priority, 7);
+    assert!(!d.persistent, "the first persistent header says false");
+    assert_eq!(d.expires_at_ms, 99);
+    assert_eq!(d.content_type, "text/plain");
+    assert_eq!(
+        d.headers,
+        [
+            ("x-first".to_string(), "1".to_string()),
+            ("x-first".to_string(), "2".to_string())
+        ]
+    );
 }
 
 #[test]
@@ -302,7 +351,7 @@ fn a_stomp_send_with_bad_headers_is_refused_before_the_broker() {
             ("receipt", "r"),
         ],
     ] {
-        let r = c.request(frame(Command::Send, headers));
+        let r = c.request(&mut frame(Command::Send, headers));
         assert!(
             matches!(&r, Request::Refuse { refusal: Refusal::Invalid { .. }, receipt: Some(x) } if x == "r"),
             "{headers:?}: {r:?}"
@@ -313,7 +362,7 @@ fn a_stomp_send_with_bad_headers_is_refused_before_the_broker() {
 #[test]
 fn stomp_subscribe_and_unsubscribe_name_their_subscription() {
     let mut c = stomp_codec(Version::V1_2);
-    let num = match c.request(frame(
+    let num = match c.request(&mut frame(
         Command::Subscribe,
         &[
             ("destination", "/topic/prices.>"),
@@ -343,7 +392,7 @@ fn stomp_subscribe_and_unsubscribe_name_their_subscription() {
         &[("id", "s3")],
         &[("destination", "/topic/x")],
     ] {
-        let r = c.request(frame(Command::Subscribe, bad));
+        let r = c.request(&mut frame(Command::Subscribe, bad));
         assert!(
             matches!(
                 r,
@@ -356,14 +405,14 @@ fn stomp_subscribe_and_unsubscribe_name_their_subscription() {
         );
     }
     assert!(matches!(
-        c.request(frame(
+        c.request(&mut frame(
             Command::Unsubscribe,
             &[("id", "s1"), ("activemq.subscriptionName", "dur")]
         )),
         Request::Unsubscribe { subscription, remove_durable: true, .. } if subscription == num
     ));
     assert!(matches!(
-        c.request(frame(Command::Unsubscribe, &[("id", "s1")])),
+        c.request(&mut frame(Command::Unsubscribe, &[("id", "s1")])),
         Request::Refuse { .. }
     ));
 }
@@ -371,7 +420,7 @@ fn stomp_subscribe_and_unsubscribe_name_their_subscription() {
 #[test]
 fn stomp_acks_name_deliveries_cumulatively_in_client_mode_and_by_tag_in_a_transaction() {
     let mut c = stomp_codec(Version::V1_2);
-    let sub = |c: &mut Stomp, id: &str, ack: &str| match c.request(frame(
+    let sub = |c: &mut Stomp, id: &str, ack: &str| match c.request(&mut frame(
         Command::Subscribe,
         &[("destination", "/queue/q"), ("id", id), ("ack", ack)],
     )) {
@@ -382,16 +431,16 @@ fn stomp_acks_name_deliveries_cumulatively_in_client_mode_and_by_tag_in_a_transa
     let individual = sub(&mut c, "i", "client-individual");
     let ack_id = |s: u64, tag: u64| format!("{s}:{tag}");
     assert!(matches!(
-        c.request(frame(Command::Ack, &[("id", &ack_id(client, 7))])),
+        c.request(&mut frame(Command::Ack, &[("id", &ack_id(client, 7))])),
         Request::Ack { subscription, up_to: 7, ref tags, transaction: None, .. }
             if subscription == client && tags.is_empty()
     ));
     assert!(matches!(
-        c.request(frame(Command::Ack, &[("id", &ack_id(individual, 7))])),
+        c.request(&mut frame(Command::Ack, &[("id", &ack_id(individual, 7))])),
         Request::Ack { up_to: 0, ref tags, .. } if tags == &[7]
     ));
     assert!(matches!(
-        c.request(frame(
+        c.request(&mut frame(
             Command::Ack,
             &[("id", &ack_id(client, 8)), ("transaction", "t")]
         )),
@@ -399,11 +448,11 @@ fn stomp_acks_name_deliveries_cumulatively_in_client_mode_and_by_tag_in_a_transa
             if tags == &[8] && t == "t"
     ));
     assert!(matches!(
-        c.request(frame(Command::Nack, &[("id", &ack_id(client, 9))])),
+        c.request(&mut frame(Command::Nack, &[("id", &ack_id(client, 9))])),
         Request::Nack { ref tags, transaction: None, .. } if tags == &[9]
     ));
     for bad in [&[("id", "nonsense")][..], &[("id", "99:1")], &[]] {
-        let r = c.request(frame(Command::Ack, bad));
+        let r = c.request(&mut frame(Command::Ack, bad));
         assert!(matches!(r, Request::Refuse { .. }), "{bad:?}: {r:?}");
     }
 }
@@ -411,7 +460,7 @@ fn stomp_acks_name_deliveries_cumulatively_in_client_mode_and_by_tag_in_a_transa
 #[test]
 fn stomp_transactions_disconnect_and_frames_a_client_may_not_send() {
     let mut c = stomp_codec(Version::V1_1);
-    let named = |c: &mut Stomp, command| c.request(frame(command, &[("transaction", "t")]));
+    let named = |c: &mut Stomp, command| c.request(&mut frame(command, &[("transaction", "t")]));
     assert!(matches!(
         named(&mut c, Command::Begin),
         Request::Begin { transaction: TxName::Named(ref t), .. } if t == "t"
@@ -425,25 +474,25 @@ fn stomp_transactions_disconnect_and_frames_a_client_may_not_send() {
         Request::Abort { .. }
     ));
     assert!(matches!(
-        c.request(frame(Command::Begin, &[])),
+        c.request(&mut frame(Command::Begin, &[])),
         Request::Refuse {
             refusal: Refusal::Invalid { .. },
             ..
         }
     ));
     assert!(matches!(
-        c.request(frame(Command::Disconnect, &[("receipt", "bye")])),
+        c.request(&mut frame(Command::Disconnect, &[("receipt", "bye")])),
         Request::Disconnect { receipt: Some(ref r) } if r == "bye"
     ));
     assert!(matches!(
-        c.request(frame(Command::Connect, &[])),
+        c.request(&mut frame(Command::Connect, &[])),
         Request::Refuse {
             refusal: Refusal::Invalid { .. },
             ..
         }
     ));
     assert!(matches!(
-        c.request(frame(Command::Message, &[])),
+        c.request(&mut frame(Command::Message, &[])),
         Request::Refuse {
             refusal: Refusal::BadFrame { fatal: true, .. },
             ..
@@ -459,7 +508,7 @@ fn a_transaction_name_reads_as_the_client_wrote_it() {
 
 /// Subscribes `codec` to `destination` as `id` and returns the subscription's number.
 fn stomp_subscribe(codec: &mut Stomp, destination: &str, id: &str, ack: &str) -> u64 {
-    match codec.request(frame(
+    match codec.request(&mut frame(
         Command::Subscribe,
         &[("destination", destination), ("id", id), ("ack", ack)],
     )) {
@@ -510,7 +559,7 @@ fn generated_ids_are_escaped_per_version_and_name_their_delivery() {
         let f = stomp_delivery(&mut c, &m, sub, 41, 0);
         let mid = format!("ID:{sub}:41");
         assert_eq!(f.header("message-id"), Some(mid.as_str()), "{version}");
-        let ack = match version {
+        let mut ack = match version {
             Version::V1_2 => {
                 assert_eq!(f.header("ack"), Some(format!("{sub}:41").as_str()));
                 frame(Command::Ack, &[("id", f.header("ack").expect("ack"))])
@@ -520,7 +569,7 @@ fn generated_ids_are_escaped_per_version_and_name_their_delivery() {
         };
         assert!(
             matches!(
-                c.request(ack),
+                c.request(&mut ack),
                 Request::Ack { subscription, ref tags, .. } if subscription == sub && tags == &[41]
             ),
             "{version}"

@@ -42,6 +42,9 @@ pub struct Decoder {
     version: Version,
     limits: Limits,
     partial: Option<Partial>,
+    /// Room for the next frame's headers, handed back by [`Decoder::recycle`]: a connection
+    /// reading a run of frames allocates their headers once, not twice per frame.
+    spare: Option<Headers>,
 }
 
 /// A frame whose command line has been read but which is not complete yet.
@@ -69,11 +72,20 @@ impl Decoder {
             version,
             limits,
             partial: None,
+            spare: None,
         }
     }
 
     pub fn version(&self) -> Version {
         self.version
+    }
+
+    /// Gives back a decoded frame's headers, so the next frame's are read into their room
+    /// (emptied here). Only worth it when another frame is expected soon: the decoder keeps
+    /// them until then.
+    pub fn recycle(&mut self, mut headers: Headers) {
+        headers.clear();
+        self.spare = Some(headers);
     }
 
     /// Switches the escaping rules once CONNECT has negotiated a version.
@@ -103,7 +115,7 @@ impl Decoder {
     }
 
     /// Reads a heart-beat or a frame's command line.
-    fn start(&self, buf: &mut BytesMut) -> Result<Start, StompError> {
+    fn start(&mut self, buf: &mut BytesMut) -> Result<Start, StompError> {
         match buf.first() {
             None => return Ok(Start::Decoded(Decoded::NeedMore)),
             Some(b'\n') => {
@@ -131,8 +143,12 @@ impl Decoder {
         self.check_size(eol + 1)?;
         Ok(Start::Frame(Partial {
             command,
-            // Room for a typical frame's headers: they are copied into it as they are read.
-            headers: Headers::with_capacity(4, 128),
+            // Room for a typical frame's headers (a MESSAGE's seven lines fit): they are copied
+            // into it as they are read.
+            headers: self
+                .spare
+                .take()
+                .unwrap_or_else(|| Headers::with_capacity(8, 256)),
             next_line: eol + 1,
             content_length: None,
             body_start: None,
@@ -181,12 +197,9 @@ impl Decoder {
                     max: limits.max_header_length,
                 });
             }
-            if memchr(0, line).is_some() {
-                return Err(StompError::NulInHeaders { command: p.command });
-            }
-            parse_header(line, p.command, escaping, &mut p.headers)?;
-            if p.content_length.is_none() {
-                if let Some(("content-length", value)) = p.headers.last() {
+            let is_content_length = parse_header(line, p.command, escaping, &mut p.headers)?;
+            if is_content_length && p.content_length.is_none() {
+                if let Some((_, value)) = p.headers.last() {
                     let len = parse_content_length(value, p.command)?;
                     // Refuse an oversize body from its header, before any of it is buffered.
                     self.check_size(line_end.saturating_add(len).saturating_add(1))?;
@@ -300,22 +313,77 @@ impl Escaping {
     }
 }
 
+/// What one pass over a header line found: the bytes the rest of its reading depends on.
+struct LineScan {
+    nul: bool,
+    backslash: bool,
+    /// Every byte is ASCII: the line is UTF-8 without checking.
+    ascii: bool,
+}
+
+impl LineScan {
+    /// One branch-free pass (the compiler vectorises it): header lines are short, and one pass
+    /// costs less than a search per question.
+    fn of(line: &[u8]) -> LineScan {
+        let (mut nul, mut backslash, mut high) = (0u8, 0u8, 0u8);
+        for &b in line {
+            nul |= (b == 0) as u8;
+            backslash |= (b == b'\\') as u8;
+            high |= b;
+        }
+        LineScan {
+            nul: nul != 0,
+            backslash: backslash != 0,
+            ascii: high < 0x80,
+        }
+    }
+}
+
 /// Splits `name:value` at the first ':' (an escaped name holds no raw ':'; a raw ':' in a
 /// value is tolerated, as every broker does) and appends both halves, unescaped, to `headers`.
+/// Returns whether the header is `content-length` (no escape can spell that name, so the raw
+/// name says it).
 fn parse_header(
     line: &[u8],
     command: Command,
     escaping: Escaping,
     headers: &mut Headers,
-) -> Result<(), StompError> {
+) -> Result<bool, StompError> {
+    let scan = LineScan::of(line);
+    if scan.nul {
+        return Err(StompError::NulInHeaders { command });
+    }
     let colon = memchr(b':', line).ok_or_else(|| StompError::HeaderWithoutColon {
         command,
         line: quote(line),
     })?;
-    headers.push_parts(
-        |text| unescape_into(&line[..colon], line, command, escaping, text),
-        |text| unescape_into(&line[colon + 1..], line, command, escaping, text),
-    )
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    if scan.ascii && (escaping == Escaping::None || !scan.backslash) {
+        // The common line: nothing to unescape and nothing to check.
+        headers.push_parts::<StompError>(
+            |text| {
+                text.push_str(ascii_str(name));
+                Ok(())
+            },
+            |text| {
+                text.push_str(ascii_str(value));
+                Ok(())
+            },
+        )?;
+    } else {
+        headers.push_parts(
+            |text| unescape_into(name, line, command, escaping, text),
+            |text| unescape_into(value, line, command, escaping, text),
+        )?;
+    }
+    Ok(name == b"content-length")
+}
+
+/// `bytes` as text; the caller has seen that every byte is ASCII.
+fn ascii_str(bytes: &[u8]) -> &str {
+    debug_assert!(bytes.is_ascii());
+    // SAFETY: every byte is below 0x80 (`LineScan::ascii`), and ASCII is valid UTF-8.
+    unsafe { std::str::from_utf8_unchecked(bytes) }
 }
 
 /// Appends `raw` unescaped to `text`: checked as UTF-8 in place, copied once, and allocating

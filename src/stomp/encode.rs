@@ -103,19 +103,18 @@ pub fn put_message_value(version: Version, value: &[u8], dst: &mut BytesMut) {
 }
 
 /// Writes a number in decimal without going through `fmt` on the hot path.
+/// The digits go straight into `dst`'s spare room, last first: no scratch copy (its
+/// variable-length `memmove` cost more than the digits, a MESSAGE writes several numbers).
 pub fn put_decimal(n: impl Into<u64>, dst: &mut BytesMut) {
     let mut n: u64 = n.into();
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
+    let len = n.checked_ilog10().map_or(1, |l| l as usize + 1);
+    dst.reserve(len);
+    for digit in dst.spare_capacity_mut()[..len].iter_mut().rev() {
+        digit.write(b'0' + (n % 10) as u8);
         n /= 10;
-        if n == 0 {
-            break;
-        }
     }
-    dst.put_slice(&digits[start..]);
+    // SAFETY: `reserve` made room for `len` more bytes and the loop initialised each of them.
+    unsafe { dst.set_len(dst.len() + len) };
 }
 
 /// True when `text` holds a byte some version escapes or replaces. Long texts are searched

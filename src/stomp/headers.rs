@@ -74,6 +74,12 @@ impl Headers {
         ))
     }
 
+    /// Removes every header, keeping the room they took.
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.ends.clear();
+    }
+
     pub fn len(&self) -> usize {
         self.ends.len()
     }

@@ -778,3 +778,43 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn put_decimal_writes_every_number_as_format_does() {
+    let mut numbers = vec![0u64, u64::MAX];
+    let mut p = 1u64;
+    while let Some(next) = p.checked_mul(10) {
+        numbers.extend([p - 1, p, p + 1]);
+        p = next;
+    }
+    numbers.extend([p - 1, p, p + 1]);
+    let mut out = BytesMut::from(&b"x:"[..]);
+    let mut expected = String::from("x:");
+    for n in numbers {
+        put_decimal(n, &mut out);
+        out.put_u8(b',');
+        expected.push_str(&format!("{n},"));
+    }
+    assert_eq!(std::str::from_utf8(&out).unwrap(), expected);
+}
+
+#[test]
+fn a_frame_decoded_into_recycled_headers_holds_none_of_the_frame_before() {
+    let mut d = Decoder::new(Version::V1_2, limits());
+    let mut buf = BytesMut::from(
+        &b"SEND\ndestination:/queue/a\nx:1\n\nbody\0SEND\ndestination:/queue/b\n\n\0"[..],
+    );
+    let Ok(Decoded::Frame(first)) = d.decode(&mut buf) else {
+        panic!("the first frame is whole")
+    };
+    assert_eq!(first.header("x"), Some("1"));
+    d.recycle(first.headers);
+    let Ok(Decoded::Frame(second)) = d.decode(&mut buf) else {
+        panic!("the second frame is whole")
+    };
+    assert_eq!(
+        second.headers.iter().collect::<Vec<_>>(),
+        [("destination", "/queue/b")]
+    );
+    assert!(buf.is_empty());
+}

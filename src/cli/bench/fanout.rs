@@ -184,6 +184,7 @@ async fn run_fanout_stomp(args: &FanoutArgs, addr: SocketAddr) -> anyhow::Result
                 }
                 stomp_ack(&mut conn, acks, &m, &mut unacked);
                 tally.see(base, &m.body, &dups, &progress, expected);
+                conn.recycle(m);
             }
             lost.fetch_add(tally.missing(count), Ordering::Relaxed);
             Ok::<_, anyhow::Error>(tally.local)

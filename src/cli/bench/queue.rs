@@ -430,7 +430,9 @@ async fn run_queue_stomp(args: &QueueArgs, addr: SocketAddr) -> anyhow::Result<R
                     redelivered.fetch_add(1, Ordering::Relaxed);
                 }
                 stomp_ack(&mut conn, acks, &m, &mut unacked);
-                last = Some(m);
+                if let Some(done) = last.replace(m) {
+                    conn.recycle(done);
+                }
                 progress.add(count);
                 if progress.received.load(Ordering::Relaxed) >= count {
                     break;

@@ -4,9 +4,11 @@
 
 use tokio::time::Instant;
 
-use crate::broker::{Admission, BrokerError, Destination, DestinationPattern, Published};
+use crate::broker::{
+    Admission, BrokerError, Destination, DestinationPattern, Message, Published, Target,
+};
 use crate::security::Action;
-use crate::server::request::{Refusal, Request, SendRequest};
+use crate::server::request::{Refusal, Request, SendRequest, TxName};
 use crate::wire::proto::ErrorCode;
 
 use super::codec::Codec;
@@ -39,12 +41,17 @@ impl<C: Codec> Connection<C> {
         authz
             .check(&self.principal, action, dest)
             .map_err(|d| d.to_string())?;
-        if !dest.kind().is_temp() && !self.session.broker().destination_exists(dest) {
+        if !dest.kind().is_temp() && !self.exists(dest) {
             authz
                 .check(&self.principal, Action::Admin, dest)
                 .map_err(|d| d.to_string())?;
         }
         Ok(())
+    }
+
+    /// Whether `dest` exists; the destination a producer keeps sending to is known to.
+    fn exists(&self, dest: &Destination) -> bool {
+        self.session.sends_to(dest) || self.session.broker().destination_exists(dest)
     }
 
     /// Does what one request asks: the only place requests take effect, for every protocol.
@@ -252,7 +259,7 @@ impl<C: Codec> Connection<C> {
             return self.error(ErrorCode::Forbidden, &denied, receipt.as_ref(), false);
         }
         if !destination.kind().is_temp()
-            && !self.session.broker().destination_exists(&destination)
+            && !self.exists(&destination)
             && !self.creations.take(Instant::now())
         {
             return self.creation_refused(receipt);
@@ -277,33 +284,35 @@ impl<C: Codec> Connection<C> {
                 return self.error(ErrorCode::NotFound, &message, receipt.as_ref(), false);
             }
         }
-        let send = Accepted {
-            target,
-            message,
-            transaction,
-            receipt,
-        };
-        match self.session.admit(&send.target, send.message.persistent) {
-            Admission::Now => self.take(send),
+        // The message goes on as it is (some 350 bytes): an `Accepted` is built only for a
+        // send that waits, since each move of it was a copy on every send.
+        match self.session.admit(&target, message.persistent) {
+            Admission::Now => self.take(target, message, transaction, receipt),
             Admission::Wait => {
                 self.ctx.metrics.producer_blocked();
-                self.blocked = Some(Box::new(send));
+                self.blocked = Some(Box::new(Accepted {
+                    target,
+                    message,
+                    transaction,
+                    receipt,
+                }));
             }
             Admission::Refuse(e) => {
                 self.ctx.metrics.send_refused(&e);
-                self.refuse(&e, send.receipt);
+                self.refuse(&e, receipt);
             }
         }
     }
 
     /// Takes a send that has room: stages it in its transaction, or publishes it.
-    fn take(&mut self, send: Accepted<C::Receipt>) {
-        let Accepted {
-            target,
-            message,
-            transaction,
-            receipt,
-        } = send;
+    #[inline(always)]
+    fn take(
+        &mut self,
+        target: Target,
+        message: Message,
+        transaction: Option<TxName>,
+        receipt: Option<C::Receipt>,
+    ) {
         if let Some(name) = transaction {
             return match self.session.stage(&target, message) {
                 Ok(staged) => {
@@ -340,7 +349,13 @@ impl<C: Codec> Connection<C> {
     pub(super) fn retry_blocked(&mut self) {
         if let Some(b) = self.blocked.take() {
             if self.session.has_room(&b.target, b.message.persistent) {
-                self.take(*b);
+                let Accepted {
+                    target,
+                    message,
+                    transaction,
+                    receipt,
+                } = *b;
+                self.take(target, message, transaction, receipt);
             } else {
                 self.blocked = Some(b);
             }

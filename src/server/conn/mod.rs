@@ -513,8 +513,10 @@ impl<C: Codec> Connection<C> {
         self.error(error_code(e), &e.to_string(), receipt.as_ref(), false);
     }
 
-    /// Applies the frames buffered so far; the messages they sent are counted once for all.
+    /// Applies the frames buffered so far; the messages they sent are counted once for all,
+    /// and the consumers they feed are woken once for all, when the run ends.
     fn process_frames(&mut self) {
+        let _wakes = crate::broker::defer_wakes();
         self.apply_buffered();
         self.ctx
             .metrics

@@ -94,7 +94,15 @@ impl Codec for Stomp {
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Inbound<String>, (ErrorCode, String)> {
         match self.decoder.decode(buf) {
-            Ok(stomp::Decoded::Frame(f)) => Ok(Inbound::Request(self.request(f))),
+            Ok(stomp::Decoded::Frame(mut f)) => {
+                let request = self.request(&mut f);
+                // Another frame is already arriving: it reuses these headers' room. An idle
+                // connection keeps none.
+                if !buf.is_empty() {
+                    self.decoder.recycle(f.headers);
+                }
+                Ok(Inbound::Request(request))
+            }
             Ok(stomp::Decoded::Heartbeat) => Ok(Inbound::Alive),
             Ok(stomp::Decoded::NeedMore) => Ok(Inbound::NeedMore),
             Err(e) => Err((ErrorCode::BadFrame, e.to_string())),

@@ -3,31 +3,93 @@
 //! drafted into a message, and ACK/NACK mapped to the delivery they name (by `ack` id in 1.2,
 //! by `message-id` in 1.0/1.1).
 
+use bytes::Bytes;
+
 use crate::broker::{Destination, DestinationPattern, Draft, Kind, SubscribeSpec};
 use crate::server::request::{Refusal, Request, SendRequest, TxName};
-use crate::stomp::{self, Command, Frame, Version};
+use crate::stomp::{self, Command, Frame, Headers, Version};
 use crate::wire::proto::ErrorCode;
 
 use super::codec::{AckMode, Stomp, Sub};
 
-/// Headers with a meaning of their own; every other header travels with the message.
-const RESERVED: &[&str] = &[
-    "destination",
-    "content-length",
-    "content-type",
-    "receipt",
-    "transaction",
-    "persistent",
-    "priority",
-    "expires",
-    "reply-to",
-    "correlation-id",
-    "message-id",
-    "subscription",
-    "ack",
-    "timestamp",
-    "redelivered",
-];
+/// What a SEND header means to the broker: one of the headers it reads, one it ignores (frame
+/// or delivery headers a client may echo back), or — `None` — a header that travels with the
+/// message.
+#[derive(Clone, Copy)]
+enum SendHeader {
+    Destination,
+    Receipt,
+    Transaction,
+    Priority,
+    Expires,
+    ReplyTo,
+    Persistent,
+    CorrelationId,
+    ContentType,
+    Ignored,
+}
+
+impl SendHeader {
+    fn of(name: &str) -> Option<SendHeader> {
+        Some(match name {
+            "destination" => SendHeader::Destination,
+            "receipt" => SendHeader::Receipt,
+            "transaction" => SendHeader::Transaction,
+            "priority" => SendHeader::Priority,
+            "expires" => SendHeader::Expires,
+            "reply-to" => SendHeader::ReplyTo,
+            "persistent" => SendHeader::Persistent,
+            "correlation-id" => SendHeader::CorrelationId,
+            "content-type" => SendHeader::ContentType,
+            "content-length" | "message-id" | "subscription" | "ack" | "timestamp"
+            | "redelivered" => SendHeader::Ignored,
+            _ => return None,
+        })
+    }
+}
+
+/// A SEND's headers sorted out in one pass over the frame: the value of each header the broker
+/// reads (the first of a repeated name, as [`Frame::header`] finds it) and how many headers
+/// travel with the message. Each header's name is compared once, not once per header read.
+#[derive(Default)]
+struct SendHeaders<'f> {
+    destination: Option<&'f str>,
+    receipt: Option<&'f str>,
+    transaction: Option<&'f str>,
+    priority: Option<&'f str>,
+    expires: Option<&'f str>,
+    reply_to: Option<&'f str>,
+    persistent: Option<&'f str>,
+    correlation_id: Option<&'f str>,
+    content_type: Option<&'f str>,
+    travelling: usize,
+}
+
+impl<'f> SendHeaders<'f> {
+    fn of(headers: &'f Headers) -> SendHeaders<'f> {
+        let mut h = SendHeaders::default();
+        for (name, value) in headers.iter() {
+            let slot = match SendHeader::of(name) {
+                None => {
+                    h.travelling += 1;
+                    continue;
+                }
+                Some(SendHeader::Ignored) => continue,
+                Some(SendHeader::Destination) => &mut h.destination,
+                Some(SendHeader::Receipt) => &mut h.receipt,
+                Some(SendHeader::Transaction) => &mut h.transaction,
+                Some(SendHeader::Priority) => &mut h.priority,
+                Some(SendHeader::Expires) => &mut h.expires,
+                Some(SendHeader::ReplyTo) => &mut h.reply_to,
+                Some(SendHeader::Persistent) => &mut h.persistent,
+                Some(SendHeader::CorrelationId) => &mut h.correlation_id,
+                Some(SendHeader::ContentType) => &mut h.content_type,
+            };
+            slot.get_or_insert(value);
+        }
+        h
+    }
+}
 
 fn parse_ack_id(id: &str) -> Option<(u64, u64)> {
     let (s, t) = id.split_once(':')?;
@@ -51,46 +113,53 @@ impl Stomp {
         Ok(d)
     }
 
-    /// The message a SEND carries, as a draft for the broker's builder.
-    /// Takes the frame's body; the headers that travel with the message are copied out of the
-    /// frame's header text (the others never become strings of their own).
-    fn draft(&mut self, f: &mut Frame) -> Result<Draft, String> {
-        let priority = match f.header("priority") {
+    /// The message a SEND carries, as a draft for the broker's builder: its body, and what its
+    /// headers `h` (read off `headers`) say.
+    /// The headers that travel with the message are copied out of the frame's header text (the
+    /// others never become strings of their own).
+    fn draft(
+        &mut self,
+        h: &SendHeaders<'_>,
+        headers: &Headers,
+        body: Bytes,
+    ) -> Result<Draft, String> {
+        let priority = match h.priority {
             Some(p) => p
                 .trim()
                 .parse::<u32>()
                 .map_err(|_| format!("priority {p:?} is not a number from 0 to 9"))?,
             None => crate::broker::DEFAULT_PRIORITY as u32,
         };
-        let expires_at_ms = match f.header("expires") {
+        let expires_at_ms = match h.expires {
             Some(e) => e.trim().parse::<u64>().map_err(|_| {
                 format!("expires {e:?} is not a time in milliseconds since the epoch")
             })?,
             None => 0,
         };
-        let reply_to = match f.header("reply-to") {
+        let reply_to = match h.reply_to {
             Some(r) => self.destination(r)?.to_string(),
             None => String::new(),
         };
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        let persistent = f
-            .header("persistent")
-            .is_some_and(|p| p.eq_ignore_ascii_case("true"));
-        let correlation_id = f.header("correlation-id").unwrap_or("").to_string();
-        let content_type = f.header("content-type").unwrap_or("").to_string();
+        let persistent = h.persistent.is_some_and(|p| p.eq_ignore_ascii_case("true"));
+        let correlation_id = h.correlation_id.unwrap_or("").to_string();
+        let content_type = h.content_type.unwrap_or("").to_string();
         // Only the headers that travel with the message become strings of their own (the
         // message may live long: it keeps nothing of the frame's text).
-        let mut headers: Vec<(String, String)> = f
-            .headers
-            .iter()
-            .filter(|(k, _)| !RESERVED.contains(k))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        headers.shrink_to_fit();
+        let mut travelling = Vec::new();
+        if h.travelling > 0 {
+            travelling.reserve_exact(h.travelling);
+            travelling.extend(
+                headers
+                    .iter()
+                    .filter(|(k, _)| SendHeader::of(k).is_none())
+                    .map(|(k, v)| (k.to_string(), v.to_string())),
+            );
+        }
         Ok(Draft {
-            body: std::mem::take(&mut f.body),
-            headers,
+            body,
+            headers: travelling,
             persistent,
             priority,
             expires_at_ms,
@@ -279,8 +348,10 @@ impl Stomp {
         }
     }
 
-    fn on_send(&mut self, mut f: Frame, receipt: Option<String>) -> Request<String> {
-        let Some(given) = f.header("destination") else {
+    fn on_send(&mut self, f: &mut Frame) -> Request<String> {
+        let h = SendHeaders::of(&f.headers);
+        let receipt = h.receipt.map(String::from);
+        let Some(given) = h.destination else {
             return Request::refuse(Refusal::invalid("SEND needs a destination header"), receipt);
         };
         // A producer mostly sends to one destination: it is translated and parsed once.
@@ -294,10 +365,8 @@ impl Stomp {
                 Err(e) => return Request::refuse(Refusal::invalid(e), receipt),
             },
         };
-        let transaction = f
-            .header("transaction")
-            .map(|t| TxName::Named(t.to_string()));
-        let draft = match self.draft(&mut f) {
+        let transaction = h.transaction.map(|t| TxName::Named(t.to_string()));
+        let draft = match self.draft(&h, &f.headers, std::mem::take(&mut f.body)) {
             Ok(d) => d,
             Err(e) => return Request::refuse(Refusal::invalid(e), receipt),
         };
@@ -331,16 +400,24 @@ impl Stomp {
         }
     }
 
-    /// What a frame asks (destinations translated and parsed here, once).
-    pub(crate) fn request(&mut self, f: Frame) -> Request<String> {
+    /// What a frame asks (destinations translated and parsed here, once). A SEND's body is
+    /// taken; the headers stay in the frame, for the decoder to reuse their room.
+    pub(crate) fn request(&mut self, f: &mut Frame) -> Request<String> {
+        match f.command {
+            Command::Send => self.on_send(f),
+            _ => self.on_other(f),
+        }
+    }
+
+    /// What a frame other than SEND asks.
+    fn on_other(&mut self, f: &Frame) -> Request<String> {
         let receipt = f.header("receipt").map(String::from);
         match f.command {
-            Command::Send => self.on_send(f, receipt),
-            Command::Subscribe => self.on_subscribe(&f, receipt),
-            Command::Unsubscribe => self.on_unsubscribe(&f, receipt),
-            Command::Ack => self.on_ack(&f, false, receipt),
-            Command::Nack => self.on_ack(&f, true, receipt),
-            Command::Begin | Command::Commit | Command::Abort => self.on_transaction(&f, receipt),
+            Command::Subscribe => self.on_subscribe(f, receipt),
+            Command::Unsubscribe => self.on_unsubscribe(f, receipt),
+            Command::Ack => self.on_ack(f, false, receipt),
+            Command::Nack => self.on_ack(f, true, receipt),
+            Command::Begin | Command::Commit | Command::Abort => self.on_transaction(f, receipt),
             Command::Disconnect => Request::Disconnect { receipt },
             Command::Connect | Command::Stomp => {
                 Request::refuse(Refusal::invalid("already connected"), receipt)
