@@ -5,11 +5,15 @@ consumer subscribes again, with client-individual acks. The producer sends persi
 one at a time, each with a receipt; a send that gets no receipt is in doubt and goes again after
 the reconnect. The consumer is slow: it acknowledges each message 10 ms after it arrived, so the
 master dies with messages delivered and not yet acknowledged (the new master must flag them).
+An ack id belongs to the connection it arrived on: acks wait for that connection's CONNECTED and
+are dropped once a reconnect begins, so no ACK ever precedes the CONNECT of a new connection.
+A failure in any thread ends the whole script (non-zero), never just that thread.
 
 Arguments: comma-separated STOMP ports, the queue, how many messages. Prints what it saw:
 accepted and in-doubt bodies, every delivery (body, flagged redelivered) in order, and each
 side's connects (the port each connect reached)."""
 
+import os
 import queue as queues
 import sys
 import threading
@@ -17,7 +21,7 @@ import time
 
 import stomp
 
-from stomp_helpers import GUARD, HOST, done, fail
+from stomp_helpers import GUARD, HOST, done
 
 ports = [int(p) for p in sys.argv[1].split(",")]
 queue = sys.argv[2]
@@ -27,6 +31,12 @@ HOSTS = [(HOST, p) for p in ports]
 RECEIPT_WAIT = 5.0
 # How long the consumer works on each message before acknowledging it.
 WORK = 0.01
+
+
+def fail(message):
+    """Ends the script from any thread (sys.exit in a thread would end only that thread)."""
+    print(message, file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 class Side(stomp.ConnectionListener):
@@ -41,7 +51,13 @@ class Side(stomp.ConnectionListener):
         self.errors = []
         self.connects = []
         self.broken = threading.Event()
-        # (connection number, ack id) of each delivery, acknowledged in turn after WORK.
+        # Held while a connect begins or ends and while an ack goes out: a connect bumps
+        # `epoch` (the connection an ack id belongs to) and `live` says that connection has
+        # had its CONNECTED.
+        self.lock = threading.Lock()
+        self.epoch = 0
+        self.live = False
+        # (epoch, ack id) of each delivery, acknowledged in turn after WORK.
         self.to_ack = queues.Queue()
         self.conn = stomp.Connection12(
             HOSTS,
@@ -63,7 +79,9 @@ class Side(stomp.ConnectionListener):
         with self.cond:
             self.deliveries.append([frame.body, flagged])
             self.cond.notify_all()
-        self.to_ack.put((len(self.connects), frame.headers["ack"]))
+        with self.lock:
+            epoch = self.epoch
+        self.to_ack.put((epoch, frame.headers["ack"]))
 
     def acknowledge(self, stop):
         """Acknowledges each delivery WORK after it arrived; an ack id of a broken connection
@@ -71,16 +89,17 @@ class Side(stomp.ConnectionListener):
         again, flagged)."""
         while not stop.is_set():
             try:
-                connection, ack_id = self.to_ack.get(timeout=0.1)
+                epoch, ack_id = self.to_ack.get(timeout=0.1)
             except queues.Empty:
                 continue
             time.sleep(WORK)
-            if connection != len(self.connects) or self.broken.is_set():
-                continue
-            try:
-                self.conn.ack(ack_id)
-            except stomp.exception.StompException:
-                pass
+            with self.lock:
+                if epoch != self.epoch or not self.live or self.broken.is_set():
+                    continue
+                try:
+                    self.conn.ack(ack_id)
+                except stomp.exception.StompException:
+                    pass
 
     def on_error(self, frame):
         with self.cond:
@@ -105,11 +124,16 @@ class Side(stomp.ConnectionListener):
         attempt = 0
         while True:
             attempt += 1
+            with self.lock:
+                self.epoch += 1
+                self.live = False
             self.broken.clear()
             try:
                 if self.conn.is_connected():
                     self.conn.disconnect()
                 self.conn.connect(wait=True)
+                with self.lock:
+                    self.live = True
                 self.connects.append(self.conn.transport.current_host_and_port[1])
                 if self.consumer:
                     receipt = "sub-%d-%d" % (len(self.connects), attempt)
@@ -134,9 +158,12 @@ stopping = threading.Event()
 
 
 def keep_consuming():
-    while not stopping.is_set():
-        if consumer.broken.wait(0.1) and not stopping.is_set():
-            consumer.connect()
+    try:
+        while not stopping.is_set():
+            if consumer.broken.wait(0.1) and not stopping.is_set():
+                consumer.connect()
+    except BaseException as e:  # any failure here must fail the script
+        fail("consumer reconnect failed: %r (errors %s)" % (e, consumer.errors))
 
 
 watcher = threading.Thread(target=keep_consuming, daemon=True)

@@ -353,6 +353,10 @@ pub fn python_in(folder: &str, script: &str, args: &[String]) -> serde_json::Val
         }
         Some(_) => {}
     }
+    if !stderr.trim().is_empty() {
+        // A thread's traceback in a script that still exited 0: shown if the test fails.
+        eprintln!("{script} wrote to stderr:\n{stderr}");
+    }
     assert!(
         left.is_empty(),
         "{script} {args:?} left behind {left:?}: a script that ends must have ended every \
