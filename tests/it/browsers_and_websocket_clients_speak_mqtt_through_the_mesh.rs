@@ -13,7 +13,7 @@ use std::process::Command;
 
 use common::ws_mesh::mesh;
 use common_stomp::{python_in, Topology};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// This test's own loopback addresses, one per group.
 const HUB_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 20, 1);
@@ -24,30 +24,18 @@ fn mqtt_js_in_chromium_meets_stomp_js_across_the_connector_both_ways() {
     let mesh = mesh(HUB_IP, EDGE_IP);
     let (hub_ws, edge_ws) = (mesh.ws_addr("hub"), mesh.ws_addr("edge"));
     let count = 30;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ws_browser/meet.py");
     for version in [4, 5] {
-        let out = Command::new("python3")
-            .arg(script)
-            .arg(format!("ws://{hub_ws}"))
-            .arg(format!("ws://{edge_ws}"))
-            .arg(count.to_string())
-            .arg(version.to_string())
-            .output()
-            .expect(
-                "python3 runs (make test-deps installs selenium, chromium, chromium-driver and \
-                 mqtt.js)",
-            );
-        assert!(
-            out.status.success(),
-            "the browser script failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        // Fails unless chromedriver and Chromium ended with the script and left no profile.
+        let result = python_in(
+            "ws_browser",
+            "meet.py",
+            &[
+                format!("ws://{hub_ws}"),
+                format!("ws://{edge_ws}"),
+                count.to_string(),
+                version.to_string(),
+            ],
         );
-        let result: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "the browser script printed {:?} ({e})",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        });
         assert_eq!(
             result["errors"],
             json!([]),

@@ -2,18 +2,20 @@
 //! driven through chromedriver by selenium) loads a page whose stomp.js (@stomp/stompjs, as
 //! browsers use it) subscribes on the edge group's `ws://` listener and publishes on the hub
 //! group's; every message arrives once, in order, across the connector, with the `v12.stomp`
-//! subprotocol and STOMP 1.2 negotiated. The listener also refuses an upgrade that asks only for
+//! subprotocol and STOMP 1.2 negotiated; chromedriver and Chromium end with the script and leave
+//! no browser profile behind. The listener also refuses an upgrade that asks only for
 //! subprotocols it does not serve.
 
 use crate::common;
+use crate::common_stomp;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
-use std::process::Command;
 
 use common::ws_mesh::mesh;
 use common::GUARD;
-use serde_json::{json, Value};
+use common_stomp::python_in;
+use serde_json::json;
 
 /// This test's own loopback addresses, one per group.
 const HUB_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 30, 1);
@@ -24,26 +26,17 @@ fn stomp_js_in_chromium_sends_on_the_hub_and_receives_on_the_edge() {
     let mesh = mesh(HUB_IP, EDGE_IP);
     let (hub_ws, edge_ws) = (mesh.ws_addr("hub"), mesh.ws_addr("edge"));
     let count = 50;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ws_browser/exchange.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(format!("ws://{hub_ws}"))
-        .arg(format!("ws://{edge_ws}"))
-        .arg("/queue/browser")
-        .arg(count.to_string())
-        .output()
-        .expect("python3 runs (make test-deps installs selenium, chromium and chromium-driver)");
-    assert!(
-        out.status.success(),
-        "the browser script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    // Fails unless chromedriver and Chromium ended with the script and left no profile.
+    let result = python_in(
+        "ws_browser",
+        "exchange.py",
+        &[
+            format!("ws://{hub_ws}"),
+            format!("ws://{edge_ws}"),
+            "/queue/browser".to_string(),
+            count.to_string(),
+        ],
     );
-    let result: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "the browser script printed {:?} ({e})",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
     assert_eq!(result["errors"], json!([]), "{result}");
     let want: Vec<String> = (0..count).map(|i| format!("m{i}")).collect();
     assert_eq!(result["bodies"], json!(want));

@@ -3,6 +3,7 @@
 //! shows every member's role and every connector's state for the whole mesh; after the hub's
 //! master is killed (`kill -9`) the same page, never reloaded, shows its standby as the new
 //! master, the killed member as unreachable and the connector up again from the new master.
+//! Closing the page ends chromedriver and Chromium and leaves no browser profile behind.
 
 use crate::common;
 
@@ -10,33 +11,47 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
 use common::mesh::MeshBuilder;
-use common::ChildGuard;
+use common::script::Script;
 use serde_json::{json, Value};
 
 /// The browser, kept open for the whole test; each expectation is sent on its stdin and
-/// answered on its stdout (see `tests/mesh_view/browse.py`).
+/// answered on its stdout (see `tests/mesh_view/browse.py`). The script leads a process group
+/// of its own, so chromedriver and Chromium end with it even when the test fails.
 struct Browser {
-    proc: ChildGuard,
+    proc: Script,
     answers: BufReader<std::process::ChildStdout>,
 }
 
 impl Browser {
     fn open(url: &str) -> Browser {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mesh_view/browse.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect(
-                "python3 runs (make test-deps installs selenium, chromium and chromium-driver)",
-            );
-        let answers = BufReader::new(child.stdout.take().expect("stdout"));
-        Browser {
-            proc: ChildGuard::new(child),
-            answers,
-        }
+        let mut proc = Script::spawn(
+            Command::new("python3")
+                .arg(script)
+                .arg(url)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped()),
+        )
+        .expect("python3 runs (make test-deps installs selenium, chromium and chromium-driver)");
+        let answers = BufReader::new(proc.child.stdout.take().expect("stdout"));
+        Browser { proc, answers }
+    }
+
+    /// Closes the script's stdin (it quits the browser and exits at end of input) and fails
+    /// unless it exited cleanly, and chromedriver, Chromium and the browser profile with it.
+    fn close(mut self) {
+        drop(self.proc.child.stdin.take());
+        let status = self.proc.wait_timeout(common::GUARD);
+        let left = self.proc.end();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the browser script did not exit cleanly at end of input: {status:?}"
+        );
+        assert!(
+            left.is_empty(),
+            "the browser script left behind {left:?}: chromedriver and Chromium must end with \
+             it and its browser profile must be removed"
+        );
     }
 
     /// Waits until the page shows `want`; panics with what it showed instead.
@@ -101,4 +116,5 @@ fn the_page_shows_roles_and_connectors_and_follows_a_failover() {
             "connectors": {format!("hubb/{connector}"): "up"},
         }),
     );
+    browser.close();
 }

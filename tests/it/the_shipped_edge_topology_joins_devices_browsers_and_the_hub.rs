@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::mesh::Mesh;
+use common::script::Script;
 use meshmq::client::{Client, ClientOptions, Outgoing, SubscribeOptions};
 
 /// paho-mqtt over WebSocket: subscribes to `filter`, prints "ready", then prints each message
@@ -39,13 +40,9 @@ done.wait(20)
 c.loop_stop()
 "#;
 
-fn read_line(child: &mut std::process::Child) -> String {
-    use std::io::BufRead;
+fn read_line(out: &mut impl std::io::BufRead) -> String {
     let mut line = String::new();
-    let out = child.stdout.as_mut().expect("stdout");
-    std::io::BufReader::new(out)
-        .read_line(&mut line)
-        .expect("read a line");
+    out.read_line(&mut line).expect("read a line");
     line.trim().to_string()
 }
 
@@ -71,19 +68,27 @@ async fn a_device_a_browser_and_the_hub_reach_each_other_through_the_edges() {
         .expect("subscribe on the hub");
 
     // A browser on edge-2: MQTT over WebSocket.
-    let mut browser = Command::new("python3")
-        .args([
-            "-c",
-            PAHO_WS,
-            &edge2_ws.ip().to_string(),
-            &edge2_ws.port().to_string(),
-            "sensors/+/temp",
-            "1",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run python3 with paho-mqtt (make test-deps installs it)");
-    assert_eq!(read_line(&mut browser), "ready", "the browser subscribed");
+    // Its own process group: it ends with the test even when the test fails.
+    let mut browser = Script::spawn(
+        Command::new("python3")
+            .args([
+                "-c",
+                PAHO_WS,
+                &edge2_ws.ip().to_string(),
+                &edge2_ws.port().to_string(),
+                "sensors/+/temp",
+                "1",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped()),
+    )
+    .expect("run python3 with paho-mqtt (make test-deps installs it)");
+    let mut browser_out = std::io::BufReader::new(browser.child.stdout.take().expect("stdout"));
+    assert_eq!(
+        read_line(&mut browser_out),
+        "ready",
+        "the browser subscribed"
+    );
     // Demand travels edge-2 -> hub -> edge-1 before the device publishes.
     mesh.wait_until("edge-1 sees demand from the hub", |m| {
         m.member("edge-1")
@@ -119,11 +124,17 @@ async fn a_device_a_browser_and_the_hub_reach_each_other_through_the_edges() {
         .expect("a delivery");
     assert_eq!(at_hub.destination, "topic://sensors.a.temp");
     assert_eq!(&at_hub.body[..], b"21.5");
-    let out = browser
-        .wait_with_output()
-        .expect("the browser's script ends");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut browser_out, &mut rest).expect("the browser's output");
+    let status = browser.wait_timeout(common::GUARD);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the browser's script ended cleanly: {status:?}"
+    );
+    let left = browser.end();
+    assert!(left.is_empty(), "the browser's script left behind {left:?}");
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        rest.trim(),
         "sensors/a/temp 21.5",
         "the browser on edge-2 got the device's message, once"
     );

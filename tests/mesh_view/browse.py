@@ -11,6 +11,7 @@ default) until the page shows at least those values, then prints one JSON line:
 """
 
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -78,6 +79,7 @@ def main():
             print(json.dumps({"ok": matches(seen, want), "seen": seen}), flush=True)
     finally:
         driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@
 //! one topology, one `meshmq broker --member X` process per group, each group on its own
 //! loopback IP; a group may sit behind a [`proxy::Proxy`] that cuts, silences or blackholes
 //! its links (see [`MeshConfig`] for how the proxy gets between the groups).
-//! [`history::History`] checks what was sent against what was delivered.
+//! [`history::History`] checks what was sent against what was delivered. A helper script
+//! (python driving stomp.py, paho-mqtt or a headless browser) runs as a [`script::Script`]: in
+//! its own process group, ended with everything it started.
 //!
 //! Everything here is blocking (std sockets, std processes) so it can be called from plain
 //! tests and from multi-threaded tokio tests alike; waits are bounded by [`GUARD`], which is a
@@ -32,6 +34,7 @@ pub mod pair;
 pub mod prometheus;
 pub mod proxy;
 pub mod repair;
+pub mod script;
 pub mod topology;
 pub mod wait;
 pub mod ws_mesh;

@@ -14,7 +14,10 @@
 //!   away (a target's acknowledgements or receipts lost while it still receives what the
 //!   source sends, or the other way round). Muting outlasts a `cut`.
 //! - [`ProxyMode::Hang`] ([`Proxy::accept_and_hang`]): later connections are accepted and never
-//!   forwarded — a peer that accepts TCP and never completes a handshake. [`ProxyMode::Refuse`]
+//!   forwarded — a peer that accepts TCP and never completes a handshake. [`Proxy::answer_with`]:
+//!   later connections are each answered with the next of some byte strings (garbage, a wrong
+//!   handshake) and then held open without forwarding — a peer that is not what the dialler
+//!   expects. [`ProxyMode::Refuse`]
 //!   ([`Proxy::refuse_new`]): later connections are closed at once — a peer out of reach.
 //!   [`Proxy::forward`] goes back to forwarding (and closes the hung connections).
 //!
@@ -39,6 +42,8 @@ pub enum ProxyMode {
     Forward,
     /// Keep it open and forward nothing.
     Hang,
+    /// Write the next of the proxy's answers to it, then keep it open and forward nothing.
+    Answer,
     /// Close it at once.
     Refuse,
 }
@@ -67,6 +72,7 @@ struct Shared {
     mute_replies: AtomicBool,
     mute_requests: AtomicBool,
     links: Mutex<Vec<Link>>,
+    answers: Mutex<Vec<Vec<u8>>>,
     accepted: AtomicUsize,
     stopped: AtomicBool,
 }
@@ -94,6 +100,7 @@ impl Proxy {
             mute_replies: AtomicBool::new(false),
             mute_requests: AtomicBool::new(false),
             links: Mutex::new(Vec::new()),
+            answers: Mutex::new(Vec::new()),
             accepted: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
         });
@@ -163,6 +170,14 @@ impl Proxy {
         *self.shared.mode.lock().unwrap() = ProxyMode::Hang;
     }
 
+    /// Later connections are answered in turn with one of `answers` (the first connection
+    /// with the first) and held open, forwarding nothing.
+    pub fn answer_with(&self, answers: Vec<Vec<u8>>) {
+        assert!(!answers.is_empty(), "something to answer with");
+        *self.shared.answers.lock().unwrap() = answers;
+        *self.shared.mode.lock().unwrap() = ProxyMode::Answer;
+    }
+
     /// While on, later connections are closed as soon as they are accepted.
     pub fn refuse_new(&self, on: bool) {
         *self.shared.mode.lock().unwrap() = if on {
@@ -172,7 +187,7 @@ impl Proxy {
         };
     }
 
-    /// Later connections are forwarded; hung ones are closed.
+    /// Later connections are forwarded; hung (and answered) ones are closed.
     pub fn forward(&self) {
         *self.shared.mode.lock().unwrap() = ProxyMode::Forward;
         self.shared.links.lock().unwrap().retain(|l| {
@@ -212,7 +227,15 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 counted();
                 continue;
             }
-            ProxyMode::Hang => {
+            ProxyMode::Hang | ProxyMode::Answer => {
+                if mode == ProxyMode::Answer {
+                    let answers = shared.answers.lock().unwrap();
+                    let n = shared.accepted.load(Ordering::SeqCst) % answers.len().max(1);
+                    if let Some(answer) = answers.get(n) {
+                        let mut source = &source;
+                        let _ = source.write_all(answer);
+                    }
+                }
                 shared.links.lock().unwrap().push(Link {
                     source,
                     target: None,

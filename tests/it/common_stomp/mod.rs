@@ -21,6 +21,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use meshmq::stomp::{Command as Cmd, Decoded, Decoder, Frame, Limits, Version};
 
+use crate::common::script::Script;
 use crate::common::{self, spawn_broker, wait, ChildGuard};
 
 /// How long any single wait may take before the test fails as hung.
@@ -309,7 +310,9 @@ fn parse_labels(text: &str) -> HashMap<String, String> {
 }
 
 /// Runs `tests/stomp_py/<script> args…` with python3 and returns the JSON object it prints
-/// last. Fails the test (with the script's output) when it exits non-zero or hangs.
+/// last. Fails the test (with the script's output) when it exits non-zero or hangs, and when
+/// a process it started outlives it or it leaves a file in its scratch `TMPDIR` (see
+/// [`Script`]).
 pub fn python(script: &str, args: &[String]) -> serde_json::Value {
     python_in("stomp_py", script, args)
 }
@@ -323,21 +326,22 @@ pub fn python_in(folder: &str, script: &str, args: &[String]) -> serde_json::Val
         .join("tests")
         .join(folder)
         .join(script);
-    let child = Command::new("python3")
-        .arg(&path)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
-        .spawn()
-        .expect(
-            "python3 is needed for the stomp.py and paho-mqtt tests (make test-deps installs them)",
-        );
+    // Its own process group and scratch TMPDIR: whatever it starts (chromedriver, Chromium)
+    // ends with it, on every path.
+    let mut child = Script::spawn(
+        Command::new("python3")
+            .arg(&path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+            .stderr(std::fs::File::create(&err_path).expect("stderr file")),
+    )
+    .expect(
+        "python3 is needed for the stomp.py and paho-mqtt tests (make test-deps installs them)",
+    );
     let limit = Duration::from_secs(120);
-    // Killed and reaped when dropped while still running.
-    let mut child = ChildGuard::new(child);
     let status = child.wait_timeout(limit);
-    drop(child);
+    let left = child.end();
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     match status {
@@ -353,6 +357,11 @@ pub fn python_in(folder: &str, script: &str, args: &[String]) -> serde_json::Val
         // A thread's traceback in a script that still exited 0: shown if the test fails.
         eprintln!("{script} wrote to stderr:\n{stderr}");
     }
+    assert!(
+        left.is_empty(),
+        "{script} {args:?} left behind {left:?}: a script that ends must have ended every \
+         process it started (chromedriver, Chromium) and removed its browser profile"
+    );
     let last = stdout
         .lines()
         .rev()
