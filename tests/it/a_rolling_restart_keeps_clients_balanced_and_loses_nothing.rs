@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::history::{self, Judgement, Ledger};
 use common::mesh::{connect_clients, Mesh, MeshBuilder};
-use meshmq::client::{Client, ClientOptions, Outgoing, SubscribeOptions};
+use meshmq::client::{Client, ClientOptions, Delivery, Outgoing, SubscribeOptions};
 use parking_lot::Mutex;
 
 const EDGES: [&str; 3] = ["edge-1", "edge-2", "edge-3"];
@@ -31,6 +31,14 @@ fn counts(mesh: &Mesh) -> Vec<u64> {
         .iter()
         .map(|e| mesh.master(e).map_or(0, |m| m.clients()))
         .collect()
+}
+
+/// The number a delivery's body carries (`u64::MAX`, never sent, for one that carries none).
+fn number(d: &Delivery) -> u64 {
+    std::str::from_utf8(&d.body)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(u64::MAX)
 }
 
 fn balanced(c: &[u64], total: u64) -> bool {
@@ -71,11 +79,7 @@ async fn a_rolling_restart_keeps_clients_balanced_and_loses_nothing() {
                 let Some(d) = sub.next_timeout(Duration::from_millis(200)).await else {
                     continue;
                 };
-                let n = std::str::from_utf8(&d.body)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(u64::MAX);
-                seen.lock().delivered(n, d.redelivered());
+                seen.lock().delivered(number(&d), d.redelivered());
                 let _ = sub.ack(&d).await;
             }
         })
@@ -154,11 +158,7 @@ async fn a_rolling_restart_keeps_clients_balanced_and_loses_nothing() {
             .await
             .expect("subscribe to drain");
         while let Some(d) = sub.next_timeout(Duration::from_secs(3)).await {
-            let n = std::str::from_utf8(&d.body)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(u64::MAX);
-            seen.lock().delivered(n, d.redelivered());
+            seen.lock().delivered(number(&d), d.redelivered());
             let _ = sub.ack(&d).await;
         }
         drain.close().await.expect("close the drain");

@@ -6,7 +6,7 @@
 use crate::common;
 
 use common::{wait_until, Broker, Config, Mesh, MeshConfig, GUARD};
-use meshmq::client::{Client, ErrorCode, ErrorKind, Outgoing, SubscribeOptions};
+use meshmq::client::{Client, Delivery, ErrorCode, ErrorKind, Outgoing, SubscribeOptions};
 
 /// Answers every request on `queue://svc` with "re: BODY" to its reply-to, same correlation id.
 fn responder(client: Client, mut sub: meshmq::client::Subscription) -> tokio::task::JoinHandle<()> {
@@ -25,6 +25,28 @@ fn responder(client: Client, mut sub: meshmq::client::Subscription) -> tokio::ta
     })
 }
 
+/// Sends 20 concurrent requests `q0`..`q19` to `queue://svc` and returns each one's reply,
+/// checked to be the responder's answer to that very request.
+async fn twenty_requests(requester: &Client) -> Vec<Delivery> {
+    let pending: Vec<_> = (0..20)
+        .map(|i| {
+            let r = requester.clone();
+            tokio::spawn(async move {
+                r.request("queue://svc", Outgoing::new(format!("q{i}")), GUARD)
+                    .await
+                    .map(|d| (i, d))
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for p in pending {
+        let (i, reply) = p.await.expect("join").expect("a reply");
+        assert_eq!(&reply.body[..], format!("re: q{i}").as_bytes());
+        replies.push(reply);
+    }
+    replies
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_get_their_own_replies_through_a_temporary_queue() {
     let broker = Broker::start(&Config::new());
@@ -36,18 +58,7 @@ async fn requests_get_their_own_replies_through_a_temporary_queue() {
     let _responder = responder(service.clone(), requests);
 
     let requester = broker.client().await;
-    let mut pending = Vec::new();
-    for i in 0..20 {
-        let r = requester.clone();
-        pending.push(tokio::spawn(async move {
-            r.request("queue://svc", Outgoing::new(format!("q{i}")), GUARD)
-                .await
-                .map(|d| (i, d))
-        }));
-    }
-    for p in pending {
-        let (i, reply) = p.await.expect("join").expect("a reply");
-        assert_eq!(&reply.body[..], format!("re: q{i}").as_bytes());
+    for reply in twenty_requests(&requester).await {
         assert!(
             reply.destination.starts_with("temp-queue://"),
             "{}",
@@ -143,24 +154,8 @@ async fn requests_from_another_group_get_their_replies_across_the_connector() {
     });
 
     let requester = hub.client().await;
-    let mut pending = Vec::new();
-    for i in 0..20 {
-        let r = requester.clone();
-        pending.push(tokio::spawn(async move {
-            r.request("queue://svc", Outgoing::new(format!("q{i}")), GUARD)
-                .await
-                .map(|d| (i, d))
-        }));
-    }
-    let mut reply_queue = String::new();
-    for p in pending {
-        let (i, reply) = p
-            .await
-            .expect("join")
-            .expect("a reply from the other group");
-        assert_eq!(&reply.body[..], format!("re: q{i}").as_bytes());
-        reply_queue = reply.destination;
-    }
+    let replies = twenty_requests(&requester).await;
+    let reply_queue = replies[0].destination.clone();
 
     // The requester leaves: its temporary queue is gone on the edge too.
     let other = edge.client().await;
