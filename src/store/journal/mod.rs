@@ -12,7 +12,10 @@
 //! commit): the committer serializes them. It must not take the `writing` lock.
 //!
 //! Segments are preallocated with `fallocate`, so a write never grows a file and running out
-//! of space shows up when a segment is created — where it is handled like `store_limit`.
+//! of space shows up when a segment is created — where it is handled like `store_limit`. In a
+//! synced journal a second thread, the prefiller (`prefill.rs`), writes zeros a little ahead of
+//! the writer, so each `fdatasync` flushes data into blocks already written instead of also
+//! committing the conversion of fallocated ones.
 //! Whoever writes holds the `writing` lock from taking a batch until it is complete, so
 //! batches reach the files in index order; a follower appending its master's records without
 //! syncing (`_mem` modes) writes them itself when the lock is free, sparing the hand-over to
@@ -32,7 +35,7 @@
 //! segments are back under the limit and the reserve file could be made again.
 //!
 //! Segment files are made in `segment.rs`; the writer thread and the writing of batches are in
-//! `writer.rs`.
+//! `writer.rs`; the prefiller is in `prefill.rs`.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -48,6 +51,7 @@ use super::frame::{self, FRAME_HEADER};
 use super::mark::SyncedMark;
 use super::{sync_dir, StoreError};
 
+mod prefill;
 mod segment;
 mod writer;
 
@@ -181,6 +185,8 @@ pub(crate) struct Shared {
     pub appended_bytes: AtomicU64,
     /// The last record known durable, for recovery to tell a torn tail from corruption.
     mark: SyncedMark,
+    /// Where the prefiller writes zeros ahead of the writer (`Synced` journals only).
+    prefill: prefill::Prefill,
 }
 
 impl Shared {
@@ -243,6 +249,7 @@ impl Shared {
 pub struct Journal {
     pub(crate) shared: Arc<Shared>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    prefiller: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl Journal {
@@ -287,6 +294,7 @@ impl Journal {
             fsyncs: AtomicU64::new(0),
             appended_bytes: AtomicU64::new(0),
             mark,
+            prefill: prefill::Prefill::default(),
         });
         if let Some(limit) = shared.options.store_limit {
             shared.over_limit.store(disk > limit, Ordering::Relaxed);
@@ -297,9 +305,26 @@ impl Journal {
             .name("meshmq-journal".into())
             .spawn(move || writer(thread_shared))
             .expect("spawning the journal writer thread");
+        let prefiller = (shared.options.durability == Durability::Synced).then(|| {
+            if let Some(active) = shared.segments.read().last() {
+                shared.prefill.claim(
+                    active.first,
+                    &active.path,
+                    active.capacity,
+                    active.end,
+                    active.end,
+                );
+            }
+            let thread_shared = shared.clone();
+            std::thread::Builder::new()
+                .name("meshmq-prefill".into())
+                .spawn(move || prefill::prefiller(thread_shared))
+                .expect("spawning the journal prefill thread")
+        });
         Journal {
             shared,
             writer: Arc::new(Mutex::new(Some(handle))),
+            prefiller: Arc::new(Mutex::new(prefiller)),
         }
     }
 
@@ -824,6 +849,10 @@ impl Journal {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.wake.notify_one();
         if let Some(h) = self.writer.lock().take() {
+            let _ = h.join();
+        }
+        self.shared.prefill.wake();
+        if let Some(h) = self.prefiller.lock().take() {
             let _ = h.join();
         }
         if let Err(e) = self.shared.mark.sync() {

@@ -142,6 +142,7 @@ pub(super) fn fail(shared: &Shared, e: &StoreError) {
         *failed = Some(e.to_string());
     }
     drop(failed);
+    shared.prefill.wake();
     let synced = *shared.synced.borrow();
     shared.committed(synced);
     shared.synced.send_modify(|_| {});
@@ -287,6 +288,11 @@ fn write_frames(
             .last_mut()
             .expect("a segment exists once one was created");
         let chunk = &batch.buf[*pos..*pos + bytes as usize];
+        if shared.options.durability == Durability::Synced {
+            shared
+                .prefill
+                .claim(seg.first, &seg.path, seg.capacity, seg.end, seg.end + bytes);
+        }
         seg.file
             .write_all_at(chunk, seg.end)
             .map_err(|e| StoreError::io(&seg.path, "write", e))?;
