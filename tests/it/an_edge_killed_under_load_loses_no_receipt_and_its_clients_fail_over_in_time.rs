@@ -2,8 +2,8 @@
 //! connectors), 300 consumers and 20 producers sending persistent messages with receipts all sit
 //! on edge-1 through failover URLs (edge-1, then edge-2); edge-1 is killed with `kill -9`
 //! mid-stream. Every one of its clients is connected again — resumed on edge-2 — within 15 s
-//! of the kill; the producers go on there; once edge-1 restarts, what it had stored reaches the
-//! consumers on edge-2 within 30 s. Every receipted message is delivered, none invented, and a
+//! of the kill; the producers go on there; the consumers (slower than the producers) leave a
+//! backlog in edge-1's store, which — once edge-1 restarts — reaches them on edge-2 within 30 s. Every receipted message is delivered, none invented, and a
 //! message delivered twice carries the redelivered flag on every copy after the first.
 
 use crate::common;
@@ -57,7 +57,8 @@ async fn consumer(url: String, seen: Seen, stop: Arc<AtomicBool>) -> (Client, Jo
             DEST,
             SubscribeOptions {
                 ack: AckMode::ClientIndividual,
-                prefetch: 20,
+                // One at a time, so what the consumers cannot take yet waits in edge-1's store.
+                prefetch: 1,
                 ..SubscribeOptions::default()
             },
         )
@@ -69,6 +70,8 @@ async fn consumer(url: String, seen: Seen, stop: Arc<AtomicBool>) -> (Client, Jo
                 continue;
             };
             seen.lock().delivered(id_of(&d), d.redelivered());
+            // Slower than the producers (300 x 2/s against 20 x 50/s): a backlog builds.
+            tokio::time::sleep(Duration::from_millis(500)).await;
             let _ = sub.ack(&d).await;
         }
     });
@@ -91,6 +94,14 @@ fn producer(client: Client, p: usize, seen: Seen, stop: Arc<AtomicBool>) -> Join
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
+}
+
+/// DEST's depth on `member` (0 when it is down or has none).
+fn depth(mesh: &Mesh, member: &str) -> u64 {
+    mesh.member(member)
+        .status()
+        .and_then(|s| s.destinations.into_iter().find(|d| d.destination == DEST))
+        .map_or(0, |d| d.depth)
 }
 
 fn clients_on(mesh: &Mesh, member: &str) -> u64 {
@@ -190,6 +201,19 @@ async fn an_edge_killed_under_load_loses_no_receipt_and_its_clients_fail_over_in
         p.await.expect("producer");
     }
 
+    // Everything the hub and edge-2 hold is consumed; what is still missing sits in the killed
+    // edge-1's store.
+    tokio::task::block_in_place(|| {
+        mesh.wait_until("the hub and edge-2 hold nothing more", |m| {
+            ["hub", "edge-2"].iter().all(|g| depth(m, g) == 0)
+        })
+    });
+    let stranded = seen.lock().judge().lost.len();
+    assert!(
+        stranded > 0,
+        "edge-1 held no receipted message when it was killed"
+    );
+
     // edge-1 comes back; what it stored reaches the consumers on edge-2.
     let restarted = Instant::now();
     tokio::task::block_in_place(|| {
@@ -217,7 +241,8 @@ async fn an_edge_killed_under_load_loses_no_receipt_and_its_clients_fail_over_in
     } = judgement;
     println!(
         "{} receipted, {} in doubt, {} delivered, {flagged_duplicates} flagged duplicates; \
-         edge-1's store drained {drained:?} after its restart",
+         {stranded} receipted messages held by the killed edge-1, delivered {drained:?} after its \
+         restart",
         s.accepted.len(),
         s.in_doubt.len(),
         s.deliveries.values().map(Vec::len).sum::<usize>(),
