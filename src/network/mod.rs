@@ -56,12 +56,21 @@ fn secret_matches(secret: &crate::config::Secret, presented: &str) -> bool {
 /// stopped (what is left returns to its queues, as when a link dies).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a new bridge waits for the one it replaces to end (it ends at once unless its
+/// task is starved).
+const REPLACED_ENDS_WITHIN: Duration = Duration::from_secs(5);
+
 /// A bridge running as its connector's live one.
 struct LiveBridge {
     number: u64,
     stop: CancellationToken,
     /// Fired when the connector is removed: the bridge drains, then ends.
     drain: CancellationToken,
+    /// Fired when a newer connection of the connector replaces this one: it ends at once.
+    replaced: CancellationToken,
+    /// Fired once the bridge has ended and let go of the connector's shared state (its
+    /// status, its routes), so that a bridge replacing it starts only after.
+    ended: CancellationToken,
 }
 
 /// The connectors of one running member. The set can change while it runs
@@ -233,10 +242,13 @@ impl Network {
     ) -> String {
         let stop = self.shutdown.child_token();
         let drain = CancellationToken::new();
+        let replaced = CancellationToken::new();
+        let ended = CancellationToken::new();
+        let _ended_on_return = ended.clone().drop_guard();
         let number = self
             .next_bridge
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        {
+        let older = {
             // Under the plans' lock, so a removal either sees this bridge (and drains it) or
             // happened before (and this bridge is not started).
             let opts = self.opts.read();
@@ -247,16 +259,30 @@ impl Network {
             {
                 return "the connector was removed from the topology".into();
             }
-            if let Some(old) = self.live.lock().insert(
+            self.live.lock().insert(
                 plan.bridge.connector.clone(),
                 LiveBridge {
                     number,
                     stop: stop.clone(),
                     drain: drain.clone(),
+                    replaced: replaced.clone(),
+                    ended: ended.clone(),
                 },
-            ) {
-                tracing::info!(connector = %plan.bridge.connector, "a newer bridge replaces the live one");
-                old.stop.cancel();
+            )
+        };
+        if let Some(old) = older {
+            // The peer dialled again, so it holds the old link dead (a half-open connection
+            // it lost, or a fast reconnect): end the old bridge now, and let it clear the
+            // connector's status and routes before this one sets them, or its late clean-up
+            // would mark a live connector down and forget the peer's demand.
+            tracing::info!(connector = %plan.bridge.connector, "a newer bridge replaces the live one");
+            old.replaced.cancel();
+            old.stop.cancel();
+            if tokio::time::timeout(REPLACED_ENDS_WITHIN, old.ended.cancelled())
+                .await
+                .is_err()
+            {
+                tracing::warn!(connector = %plan.bridge.connector, "the replaced bridge has not ended; starting the new one anyway");
             }
         }
         let session = match self.broker.open_session(None) {
@@ -280,6 +306,7 @@ impl Network {
             metrics,
             (self.cluster.clone(), number),
         )
+        .with_replacement(replaced)
         .with_drain(bridge::Drain {
             signal: drain,
             closes: plan.dial.is_some(),

@@ -193,6 +193,10 @@ pub(crate) struct Bridge {
     /// Fires when the connector is removed from the topology: the bridge drains (see
     /// [`Bridge::draining`]).
     drain: Option<Drain>,
+    /// Fires when a newer connection of the same connector replaced this one: the peer
+    /// dialled again, so it holds this link dead; the bridge ends at once, as on a broken
+    /// link (no stop grace: nothing more will come over it).
+    replaced: CancellationToken,
     /// Since when and until when it drains, once `drain` fired.
     draining: Option<(Instant, Instant)>,
     /// The broker is stopping (until this deadline): nothing new is forwarded or imported,
@@ -267,6 +271,7 @@ impl Bridge {
             last_load: now,
             cfg,
             drain: None,
+            replaced: CancellationToken::new(),
             draining: None,
             stopping: None,
         }
@@ -275,6 +280,12 @@ impl Bridge {
     /// Drains instead of running on once `drain.signal` fires.
     pub(crate) fn with_drain(mut self, drain: Drain) -> Bridge {
         self.drain = Some(drain);
+        self
+    }
+
+    /// Ends at once when `replaced` fires (see the field).
+    pub(crate) fn with_replacement(mut self, replaced: CancellationToken) -> Bridge {
+        self.replaced = replaced;
         self
     }
 
@@ -428,6 +439,7 @@ impl Bridge {
                     None => std::future::pending().await,
                 }
             };
+            let replaced = self.replaced.clone();
             let stop_deadline = self.stopping;
             let grace_over = async {
                 match stop_deadline {
@@ -500,6 +512,9 @@ impl Bridge {
                     self.stopping = Some(Instant::now() + STOP_GRACE);
                 }
                 _ = grace_over => {}
+                _ = replaced.cancelled() => {
+                    return format!("replaced by a newer connection from {}", self.cfg.peer);
+                }
             }
         }
     }

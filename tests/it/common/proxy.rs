@@ -13,6 +13,10 @@
 //! - [`Proxy::mute_replies`] / [`Proxy::mute_requests`]: read what one side sends and throw it
 //!   away (a target's acknowledgements or receipts lost while it still receives what the
 //!   source sends, or the other way round). Muting outlasts a `cut`.
+//! - [`Proxy::abandon`]: closes the dialler's side of every open connection and leaves the
+//!   target's side open and silent — a dialler whose old link the target has not seen die
+//!   (a half-open connection) when it dials again. [`Proxy::abandoned`] tells when the target
+//!   closed each one, [`Proxy::accepted_at`] when each connection came.
 //! - [`ProxyMode::Hang`] ([`Proxy::accept_and_hang`]): later connections are accepted and never
 //!   forwarded — a peer that accepts TCP and never completes a handshake. [`Proxy::answer_with`]:
 //!   later connections are each answered with the next of some byte strings (garbage, a wrong
@@ -30,7 +34,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often a forwarding thread looks at the faults while its socket is quiet.
 const POLL: Duration = Duration::from_millis(20);
@@ -53,6 +57,8 @@ struct Link {
     source: TcpStream,
     target: Option<TcpStream>,
     closed: Arc<AtomicBool>,
+    /// Set by [`Proxy::abandon`]: the pumps stop and leave the target's socket open.
+    abandoned: Arc<AtomicBool>,
 }
 
 impl Link {
@@ -74,6 +80,10 @@ struct Shared {
     links: Mutex<Vec<Link>>,
     answers: Mutex<Vec<Vec<u8>>>,
     accepted: AtomicUsize,
+    /// When each connection was accepted, in order.
+    accepted_at: Mutex<Vec<Instant>>,
+    /// Each abandoned connection: when, and when its target closed it (if it has).
+    abandoned: Mutex<Vec<(Instant, Option<Instant>)>>,
     stopped: AtomicBool,
 }
 
@@ -102,6 +112,8 @@ impl Proxy {
             links: Mutex::new(Vec::new()),
             answers: Mutex::new(Vec::new()),
             accepted: AtomicUsize::new(0),
+            accepted_at: Mutex::new(Vec::new()),
+            abandoned: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -136,6 +148,38 @@ impl Proxy {
         for link in self.shared.links.lock().unwrap().drain(..) {
             link.close();
         }
+    }
+
+    /// Closes the dialler's side of every open connection (it sees the stream end) and leaves
+    /// the target's side open, forwarding nothing either way, until the target closes it.
+    pub fn abandon(&self) {
+        let now = Instant::now();
+        for link in self.shared.links.lock().unwrap().drain(..) {
+            if link.closed.load(Ordering::SeqCst) {
+                continue;
+            }
+            link.abandoned.store(true, Ordering::SeqCst);
+            let _ = link.source.shutdown(Shutdown::Both);
+            let Some(target) = link.target else { continue };
+            let slot = {
+                let mut abandoned = self.shared.abandoned.lock().unwrap();
+                abandoned.push((now, None));
+                abandoned.len() - 1
+            };
+            let shared = self.shared.clone();
+            thread::spawn(move || watch_abandoned(target, slot, &shared));
+        }
+    }
+
+    /// Every abandoned connection in order: when it was abandoned, and when its target closed
+    /// it (`None` while still open).
+    pub fn abandoned(&self) -> Vec<(Instant, Option<Instant>)> {
+        self.shared.abandoned.lock().unwrap().clone()
+    }
+
+    /// When each connection was accepted, in order.
+    pub fn accepted_at(&self) -> Vec<Instant> {
+        self.shared.accepted_at.lock().unwrap().clone()
     }
 
     /// Stops moving bytes in both directions, keeping every socket open.
@@ -218,8 +262,12 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         }
         let Ok(source) = source else { continue };
         // Counted once the connection is registered, so a `cut` that follows a count sees it.
-        let counted = || shared.accepted.fetch_add(1, Ordering::SeqCst);
+        let counted = || {
+            shared.accepted_at.lock().unwrap().push(Instant::now());
+            shared.accepted.fetch_add(1, Ordering::SeqCst)
+        };
         let closed = Arc::new(AtomicBool::new(false));
+        let abandoned = Arc::new(AtomicBool::new(false));
         let mode = *shared.mode.lock().unwrap();
         match mode {
             ProxyMode::Refuse => {
@@ -240,6 +288,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     source,
                     target: None,
                     closed,
+                    abandoned,
                 });
                 counted();
                 continue;
@@ -262,22 +311,31 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             source,
             target: Some(target),
             closed: closed.clone(),
+            abandoned: abandoned.clone(),
         });
         counted();
         for (from, to, back) in pumps {
             let (Ok(from), Ok(to)) = (from, to) else {
                 continue;
             };
-            let (shared, closed) = (shared.clone(), closed.clone());
-            thread::spawn(move || pump(from, to, back, &shared, &closed));
+            let (shared, closed, abandoned) = (shared.clone(), closed.clone(), abandoned.clone());
+            thread::spawn(move || pump(from, to, back, &shared, &closed, &abandoned));
         }
     }
 }
 
 /// Moves bytes `from` → `to` until either side ends or the link is cut; `back` is the
 /// target-to-source direction (the replies). A chunk read while paused is held until the
-/// pause ends, so nothing moves while paused and nothing is lost by it.
-fn pump(mut from: TcpStream, mut to: TcpStream, back: bool, shared: &Shared, closed: &AtomicBool) {
+/// pause ends, so nothing moves while paused and nothing is lost by it. An abandoned link's
+/// pumps stop without closing anything (the proxy closed the source's side itself).
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    back: bool,
+    shared: &Shared,
+    closed: &AtomicBool,
+    abandoned: &AtomicBool,
+) {
     let _ = from.set_read_timeout(Some(POLL));
     let mut buf = vec![0u8; 64 * 1024];
     let muted = if back {
@@ -285,7 +343,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, back: bool, shared: &Shared, clo
     } else {
         &shared.mute_requests
     };
-    while !closed.load(Ordering::SeqCst) {
+    while !closed.load(Ordering::SeqCst) && !abandoned.load(Ordering::SeqCst) {
         if shared.paused.load(Ordering::SeqCst) {
             thread::sleep(POLL);
             continue;
@@ -314,9 +372,35 @@ fn pump(mut from: TcpStream, mut to: TcpStream, back: bool, shared: &Shared, clo
             Err(_) => break,
         }
     }
+    if abandoned.load(Ordering::SeqCst) {
+        return;
+    }
     closed.store(true, Ordering::SeqCst);
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
+}
+
+/// Reads and drops whatever the target of abandoned connection `slot` sends, until it closes
+/// its side (recorded) or the proxy stops.
+fn watch_abandoned(mut target: TcpStream, slot: usize, shared: &Shared) {
+    let _ = target.set_read_timeout(Some(POLL));
+    let mut buf = vec![0u8; 64 * 1024];
+    while !shared.stopped.load(Ordering::SeqCst) {
+        match target.read(&mut buf) {
+            Ok(n) if n > 0 => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            _ => {
+                shared.abandoned.lock().unwrap()[slot].1 = Some(Instant::now());
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
