@@ -11,7 +11,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::demand::SubDemand;
-use super::queue::Queue;
 use super::{
     now_ms, AckOutcome, Admission, Broker, BrokerError, Destination, Effects, Kind, Message,
     OnFull, Outbox, Published, SubHandle, Target, MAX_PRIORITY,
@@ -31,9 +30,9 @@ pub struct Session {
     /// The demand each subscription registered.
     pub(super) demand_ids: HashMap<u64, SubDemand>,
     pub(super) temps: Vec<Target>,
-    /// Stand-ins for temporary queues of other groups, by the network subscription that made
-    /// each (see `queue_for_consumer`): deleted when it ends.
-    pub(super) stand_ins: HashMap<u64, Arc<Queue>>,
+    /// Stand-ins for temporary queues and topics of other groups, by the network subscription
+    /// that made each (see `queue_for_consumer`): deleted when it ends.
+    pub(super) stand_ins: HashMap<u64, Target>,
     /// Connection ids of a failover client's earlier connections: it keeps naming its
     /// temporary destinations after the first, and may re-create them here.
     pub(super) temp_prefixes: Vec<String>,
@@ -96,7 +95,10 @@ impl Session {
                 q.delete();
             }
             Target::Topic(t) => {
-                self.broker.inner.topics.remove(t.dest.as_str());
+                self.broker
+                    .inner
+                    .topics
+                    .remove_if(t.dest.as_str(), |_, held| Arc::ptr_eq(held, &t));
                 let mut effects = Effects::default();
                 for sub in t.delete() {
                     sub.clear(&mut effects);
@@ -453,7 +455,7 @@ impl Session {
         drop(self.outbox.take_all());
         let temps = std::mem::take(&mut self.temps);
         let stand_ins = std::mem::take(&mut self.stand_ins).into_values();
-        for temp in temps.into_iter().chain(stand_ins.map(Target::Queue)) {
+        for temp in temps.into_iter().chain(stand_ins) {
             self.delete_temp(temp);
         }
         if let Some(cid) = &self.client_id {

@@ -209,7 +209,8 @@ impl Session {
     /// is read by its owner alone — and by network consumers, which forward to the group its
     /// owner is on: there a temporary queue of another group gets a stand-in, so that a
     /// responder here can send to it (request/reply across groups); the stand-in lives as long
-    /// as the network `subscription` that made it.
+    /// as the network `subscription` that made it. Temporary topics follow the same rule
+    /// (`temp_topic_for_consumer`).
     fn queue_for_consumer(
         &mut self,
         dest: &Destination,
@@ -227,7 +228,8 @@ impl Session {
         }
         if network {
             let q = self.broker.queue(dest, self.id);
-            self.stand_ins.insert(subscription, q.clone());
+            self.stand_ins
+                .insert(subscription, Target::Queue(q.clone()));
             return Ok(q);
         }
         if !self.owns_temp_name(dest) {
@@ -344,7 +346,7 @@ impl Session {
             .as_destination()
             .filter(|d| d.kind() == Kind::TempTopic)
         {
-            let topic = self.temp_topic_for_consumer(&dest)?;
+            let topic = self.temp_topic_for_consumer(&dest, spec.subscription, filter.is_some())?;
             let id = self
                 .broker
                 .inner
@@ -367,12 +369,23 @@ impl Session {
             .create_topic_sub(pattern, durable, spec.no_local, limits, filter, selector))
     }
 
-    fn temp_topic_for_consumer(&mut self, dest: &Destination) -> Result<Arc<Topic>, BrokerError> {
+    fn temp_topic_for_consumer(
+        &mut self,
+        dest: &Destination,
+        subscription: u64,
+        network: bool,
+    ) -> Result<Arc<Topic>, BrokerError> {
         if let Some(t) = self.broker.inner.topics.get(dest.as_str()) {
-            if t.owner != self.id {
+            if t.owner != self.id && !network {
                 return Err(BrokerError::NotOwner(dest.to_string()));
             }
             return Ok(t.clone());
+        }
+        if network {
+            let t = self.broker.topic(dest, self.id);
+            self.stand_ins
+                .insert(subscription, Target::Topic(t.clone()));
+            return Ok(t);
         }
         if !self.owns_temp_name(dest) {
             return Err(BrokerError::NotOwner(dest.to_string()));
@@ -399,8 +412,8 @@ impl Session {
             }
         }
         self.release(handle, remove_durable);
-        if let Some(q) = self.stand_ins.remove(&subscription) {
-            self.delete_temp(Target::Queue(q));
+        if let Some(stand_in) = self.stand_ins.remove(&subscription) {
+            self.delete_temp(stand_in);
         }
         Ok(())
     }

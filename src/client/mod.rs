@@ -585,8 +585,18 @@ impl Client {
     /// A name for a new temporary queue owned by this client (created on subscribe). A
     /// failover client keeps its names across brokers.
     pub fn temp_queue_name(&self) -> String {
+        self.temp_name("temp-queue")
+    }
+
+    /// A name for a new temporary topic owned by this client (created on subscribe), with the
+    /// same rules as `temp_queue_name`.
+    pub fn temp_topic_name(&self) -> String {
+        self.temp_name("temp-topic")
+    }
+
+    fn temp_name(&self, scheme: &str) -> String {
         let n = self.shared.next_temp.fetch_add(1, Ordering::Relaxed);
-        format!("temp-queue://{}.{}", self.shared.temp_prefix, n)
+        format!("{scheme}://{}.{}", self.shared.temp_prefix, n)
     }
 
     /// Sends `msg` to `destination` with a reply-to of this client's reply queue and waits for

@@ -1,7 +1,9 @@
 //! Request/reply works over temporary queues, and a temporary queue belongs to the connection
 //! that created it: `Client::request` gets the responder's reply (matched by correlation id);
 //! another connection may send to the temporary queue but not consume from it (`Forbidden`);
-//! the queue disappears with its connection (sending then is refused with `NotFound`).
+//! the queue disappears with its connection (sending then is refused with `NotFound`). Across
+//! a connector, replies reach a requester on another group through a stand-in of its temporary
+//! queue or topic, which goes with the requester.
 
 use crate::common;
 
@@ -168,5 +170,71 @@ async fn requests_from_another_group_get_their_replies_across_the_connector() {
         .send_with_receipt(&reply_queue, &Outgoing::new("too late"))
         .await
         .expect_err("the requester's temporary queue is gone on the edge");
+    assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+}
+
+/// A temporary topic crosses the connector like a temporary queue: the edge's responder answers
+/// on the hub requester's temporary topic through a stand-in, every reply arrives once and in
+/// order, and the stand-in goes with its owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replies_on_a_temporary_topic_cross_the_connector_to_its_owner() {
+    let mesh = Mesh::start(&MeshConfig::new().group("hub").group("edge").connector(
+        "hub",
+        "edge",
+        &["duplex = true"],
+    ));
+    let (hub, edge) = (mesh.member("hub"), mesh.member("edge"));
+    let service = edge.client().await;
+    let requests = service
+        .subscribe("queue://svc", SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    let _responder = responder(service.clone(), requests);
+    wait_until("the hub knows the edge's service", || {
+        hub.connector("hub-edge").remote_demand == 1
+    });
+
+    let requester = hub.client().await;
+    let reply_topic = requester.temp_topic_name();
+    let mut replies = requester
+        .subscribe(&reply_topic, SubscribeOptions::default())
+        .await
+        .expect("the owner subscribes to its temporary topic");
+    wait_until(
+        "the edge stands in for the requester's temporary topic",
+        || edge.connector("hub-edge").remote_demand == 1,
+    );
+    for i in 0..20 {
+        let request = Outgoing::new(format!("q{i}"))
+            .reply_to(reply_topic.clone())
+            .correlation_id(format!("c{i}"));
+        requester
+            .send_with_receipt("queue://svc", &request)
+            .await
+            .expect("request");
+    }
+    for i in 0..20 {
+        let reply = replies.next_timeout(GUARD).await.expect("a reply");
+        assert_eq!(reply.destination, reply_topic);
+        assert_eq!(&reply.body[..], format!("re: q{i}").as_bytes());
+        assert_eq!(reply.correlation_id, format!("c{i}"));
+    }
+    assert!(
+        replies
+            .next_timeout(std::time::Duration::from_millis(300))
+            .await
+            .is_none(),
+        "a reply arrived twice"
+    );
+
+    let other = edge.client().await;
+    requester.close().await.expect("close");
+    wait_until("the edge's stand-in is gone with the requester", || {
+        edge.connector("hub-edge").remote_demand == 0
+    });
+    let err = other
+        .send_with_receipt(&reply_topic, &Outgoing::new("too late"))
+        .await
+        .expect_err("the requester's temporary topic is gone on the edge");
     assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
 }
