@@ -21,7 +21,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::RwLock;
 
-use super::{now_ms, Broker, Destination, DestinationPattern, Message, Target, RETAIN_HEADER};
+use super::{
+    now_ms, Broker, Destination, DestinationPattern, Message, NewMessage, Target, RETAIN_HEADER,
+};
 
 /// The registry of feeds of one broker.
 #[derive(Debug, Default)]
@@ -97,7 +99,7 @@ impl Broker {
 
     /// The copies `msg`, stamped for `target` and about to be published there, owes the queues
     /// fed from it: none unless it is a topic message published here.
-    pub(crate) fn fed_copies(&self, target: &Target, msg: &Message) -> Vec<(Target, Message)> {
+    pub(crate) fn fed_copies(&self, target: &Target, msg: &Message) -> Vec<(Target, NewMessage)> {
         if !msg.broker_path.is_empty() {
             return Vec::new();
         }
@@ -141,7 +143,7 @@ impl Broker {
                     .inner
                     .memory
                     .charge(copy.memory_size(), &queue.counters);
-                (Target::Queue(queue), copy)
+                (Target::Queue(queue), NewMessage::from(copy))
             })
             .collect()
     }

@@ -62,8 +62,8 @@ pub use durability::{CommitLog, JournalStats, SyncedQueue};
 pub use error::BrokerError;
 pub use kept_sessions::NEVER_EXPIRES;
 pub use message::{
-    Delivery, Draft, Message, MessageBuilder, COPY_BODY_BELOW, DEFAULT_PRIORITY, MAX_PRIORITY,
-    RETAIN_HEADER,
+    Delivery, Draft, Message, MessageBuilder, NewMessage, COPY_BODY_BELOW, DEFAULT_PRIORITY,
+    MAX_PRIORITY, RETAIN_HEADER,
 };
 pub(crate) use outbox::defer_wakes;
 pub use outbox::Outbox;

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
-use super::message::Message;
+use super::message::{Message, NewMessage};
 use super::queue::{Pager, Slot};
 use super::stats::DestinationCounters;
 use super::{Broker, Destination, DestinationPattern, Effects, Kind, MemoryPool, Selector, Target};
@@ -291,7 +291,7 @@ impl Broker {
     }
 
     /// Journals `msg` (the caller holds the gate); it becomes visible once durable.
-    pub(crate) fn journal_publish(&self, target: &Target, mut msg: Message) -> u64 {
+    pub(crate) fn journal_publish(&self, target: &Target, mut msg: NewMessage) -> u64 {
         let p = self
             .inner
             .persistence
@@ -304,7 +304,7 @@ impl Broker {
         visible.push_back(Pending {
             index,
             target: target.clone(),
-            msg: Arc::new(msg),
+            msg: msg.into_shared(),
             in_doubt: false,
         });
         index
@@ -463,7 +463,7 @@ impl Broker {
             // Journal the copy before the original's removal: a crash between the two leaves
             // the message in both places, never in neither.
             if self.journals(&target, &copy) {
-                self.journal_publish(&target, copy);
+                self.journal_publish(&target, copy.into());
             } else {
                 let mut more = Effects::default();
                 dlq.enqueue(Arc::new(copy), &mut more);
@@ -492,7 +492,7 @@ impl Broker {
     /// commit's receipt waits for (0: nothing to wait for). The caller holds the gate.
     pub(crate) fn commit_transaction(
         &self,
-        sends: Vec<(Target, Message)>,
+        sends: Vec<(Target, NewMessage)>,
         apply_acks: impl FnOnce(&mut Effects),
     ) -> u64 {
         let mut effects = Effects::default();
@@ -504,7 +504,7 @@ impl Broker {
                 || !effects.removed.is_empty());
         if !journaled {
             for (target, msg) in sends {
-                let msg = Arc::new(msg);
+                let msg = msg.into_shared();
                 match &target {
                     Target::Queue(q) => q.enqueue(msg, &mut effects),
                     Target::Topic(t) => t.publish(msg, &mut effects),
@@ -538,7 +538,7 @@ impl Broker {
             visible.push_back(Pending {
                 index: end,
                 target,
-                msg: Arc::new(msg),
+                msg: msg.into_shared(),
                 in_doubt: false,
             });
         }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::demand::SubDemand;
 use super::{
     now_ms, AckOutcome, Admission, Broker, BrokerError, Destination, Effects, Kind, Message,
-    OnFull, Outbox, Published, SubHandle, Target, MAX_PRIORITY,
+    NewMessage, OnFull, Outbox, Published, SubHandle, Target, MAX_PRIORITY,
 };
 
 /// One connection's view of the broker. Dropping it closes it.
@@ -280,7 +280,12 @@ impl Session {
     /// above the producer's mark) is dropped as a duplicate. A topic message published here
     /// that feeds queues (`feed.rs`) is committed with its copies, as one transaction. Flow
     /// control is the caller's: check `has_room` (and wait or refuse) first.
-    pub fn publish(&mut self, target: &Target, mut msg: Message) -> Result<Published, BrokerError> {
+    pub fn publish(
+        &mut self,
+        target: &Target,
+        msg: impl Into<NewMessage>,
+    ) -> Result<Published, BrokerError> {
+        let mut msg = msg.into();
         if !self.stamp(target, &mut msg)? {
             return Ok(Published::Duplicate);
         }
@@ -313,8 +318,8 @@ impl Session {
         }
         let mut effects = Effects::default();
         match target {
-            Target::Queue(q) => q.enqueue(Arc::new(msg), &mut effects),
-            Target::Topic(t) => t.publish(Arc::new(msg), &mut effects),
+            Target::Queue(q) => q.enqueue(msg.into_shared(), &mut effects),
+            Target::Topic(t) => t.publish(msg.into_shared(), &mut effects),
         }
         self.broker.apply(effects);
         Ok(retained.map_or(Published::Accepted, Published::Pending))
@@ -383,8 +388,9 @@ impl Session {
     pub fn publish_forwarded(
         &mut self,
         target: &Target,
-        mut msg: Message,
+        msg: impl Into<NewMessage>,
     ) -> Result<Published, BrokerError> {
+        let mut msg = msg.into();
         msg.sequence_checked = true;
         self.publish(target, msg)
     }
@@ -394,8 +400,9 @@ impl Session {
     pub fn stage(
         &mut self,
         target: &Target,
-        mut msg: Message,
-    ) -> Result<Option<(Target, Message)>, BrokerError> {
+        msg: impl Into<NewMessage>,
+    ) -> Result<Option<(Target, NewMessage)>, BrokerError> {
+        let mut msg = msg.into();
         if !self.stamp(target, &mut msg)? {
             return Ok(None);
         }
@@ -404,7 +411,7 @@ impl Session {
 
     /// Commits staged sends and acknowledgements `(subscription, tag)` together. Returns the
     /// journal index the commit's receipt must wait for (0: none).
-    pub fn commit(&mut self, sends: Vec<(Target, Message)>, acks: &[(u64, u64)]) -> u64 {
+    pub fn commit(&mut self, sends: Vec<(Target, NewMessage)>, acks: &[(u64, u64)]) -> u64 {
         let broker = self.broker.clone();
         let sends = sends
             .into_iter()

@@ -79,7 +79,7 @@ mod tests {
             .build(Draft::from(send()))
             .expect("a valid send");
         m.destination = Some(Destination::parse("queue://a").unwrap());
-        let r = MessageRef::from(&m);
+        let r = MessageRef::from(&*m);
         let s = send();
         assert_eq!(r.destination, s.destination);
         assert_eq!(r.body, &s.body[..]);

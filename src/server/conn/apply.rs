@@ -5,7 +5,7 @@
 use tokio::time::Instant;
 
 use crate::broker::{
-    Admission, BrokerError, Destination, DestinationPattern, Message, Published, Target,
+    Admission, BrokerError, Destination, DestinationPattern, NewMessage, Published, Target,
 };
 use crate::security::Action;
 use crate::server::request::{Refusal, Request, SendRequest, TxName};
@@ -284,8 +284,7 @@ impl<C: Codec> Connection<C> {
                 return self.error(ErrorCode::NotFound, &message, receipt.as_ref(), false);
             }
         }
-        // The message goes on as it is (some 350 bytes): an `Accepted` is built only for a
-        // send that waits, since each move of it was a copy on every send.
+        // An `Accepted` is built only for a send that waits.
         match self.session.admit(&target, message.persistent) {
             Admission::Now => self.take(target, message, transaction, receipt),
             Admission::Wait => {
@@ -309,7 +308,7 @@ impl<C: Codec> Connection<C> {
     fn take(
         &mut self,
         target: Target,
-        message: Message,
+        message: NewMessage,
         transaction: Option<TxName>,
         receipt: Option<C::Receipt>,
     ) {

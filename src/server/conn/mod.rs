@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
-    BrokerError, Delivery, DestinationPattern, Message, MessageBuilder, Session, SyncedQueue,
+    BrokerError, Delivery, DestinationPattern, MessageBuilder, NewMessage, Session, SyncedQueue,
     Target,
 };
 use crate::cluster::Registration;
@@ -69,7 +69,7 @@ const CREATIONS_PER_SECOND: f64 = 500.0;
 /// A send past authorization, resolved and built, waiting for room or about to be taken.
 struct Accepted<R> {
     target: Target,
-    message: Message,
+    message: NewMessage,
     transaction: Option<TxName>,
     receipt: Option<R>,
 }
@@ -514,10 +514,13 @@ impl<C: Codec> Connection<C> {
     }
 
     /// Applies the frames buffered so far; the messages they sent are counted once for all,
-    /// and the consumers they feed are woken once for all, when the run ends.
+    /// and the consumers they feed are woken once for all, when the run ends. They all arrived
+    /// before the run began, and are stamped received with one clock read.
     fn process_frames(&mut self) {
         let _wakes = crate::broker::defer_wakes();
+        self.builder.begin_run();
         self.apply_buffered();
+        self.builder.end_run();
         self.ctx
             .metrics
             .received(std::mem::take(&mut self.received));

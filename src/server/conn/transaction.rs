@@ -1,13 +1,13 @@
 //! A connection's open transaction: the sends it staged and the acknowledgements it holds,
 //! applied together at commit or undone at abort.
 
-use crate::broker::{Message, Session, Target};
+use crate::broker::{NewMessage, Session, Target};
 use crate::server::request::TxName;
 
 /// A transaction's staged work, native and STOMP alike.
 #[derive(Debug, Default)]
 pub(super) struct Tx {
-    pub sends: Vec<(Target, Message)>,
+    pub sends: Vec<(Target, NewMessage)>,
     pub acks: Vec<(u64, u64)>,
     pub nacks: Vec<(u64, u64)>,
 }
