@@ -50,8 +50,17 @@ const MIN_READ_CHUNK: usize = 512;
 const MAX_READ_CHUNK: usize = 64 * 1024;
 /// A write buffer no larger than this is given back as soon as it drains (a receipt, a
 /// heartbeat, a few deliveries: cheap to allocate again); a larger one, a busy connection's,
-/// is kept until `Pump::shrink_idle`.
+/// goes to the thread's next fill (`SPARE_WRITE_BUFFER`).
 const SMALL_WRITE_BUFFER: usize = 1024;
+
+thread_local! {
+    /// The large write buffer a connection of this thread drained last, for the next one that
+    /// fills: a burst to many connections (a topic fanout) cycles a buffer that is still in
+    /// cache, where each connection writing into its own would write into memory that the
+    /// others' writes pushed out of cache meanwhile. At most one per thread.
+    static SPARE_WRITE_BUFFER: std::cell::RefCell<Option<BytesMut>> =
+        const { std::cell::RefCell::new(None) };
+}
 
 /// Counts a listener's admitted connections; a `Permit` gives its slot back on drop.
 #[derive(Debug)]
@@ -310,13 +319,33 @@ impl Pump {
     /// written, so `capacity()` is only the allocation's unwritten tail: the whole allocation is
     /// taken back (nothing to move, it is empty), so the next fill writes from its start instead
     /// of regrowing a busy connection's buffer from nothing or moving a burst's tail back to
-    /// the front later. A small allocation (a receipt, a heartbeat) is given back instead.
+    /// the front later. A small allocation (a receipt, a heartbeat) is given back instead; a
+    /// large one is handed to this thread ([`SPARE_WRITE_BUFFER`]) for the next fill.
     fn reclaim_drained(&mut self) {
         // Asking for one byte more than the tail holds makes `bytes` reuse the space before
         // the start when it can (always, here) and never allocates.
         let _ = self.wbuf.try_reclaim(self.wbuf.capacity() + 1);
-        if self.wbuf.capacity() <= SMALL_WRITE_BUFFER {
-            self.wbuf = BytesMut::new();
+        let drained = std::mem::take(&mut self.wbuf);
+        if drained.capacity() > SMALL_WRITE_BUFFER {
+            SPARE_WRITE_BUFFER.with(|spare| {
+                let mut spare = spare.borrow_mut();
+                if spare
+                    .as_ref()
+                    .is_none_or(|s| s.capacity() < drained.capacity())
+                {
+                    *spare = Some(drained);
+                }
+            });
+        }
+    }
+
+    /// Readies an empty write buffer for a fill of many deliveries: it takes the large buffer
+    /// a connection of this thread drained last, if there is one.
+    pub fn ready_to_fill(&mut self) {
+        if self.wbuf.is_empty() && self.wbuf.capacity() <= SMALL_WRITE_BUFFER {
+            if let Some(spare) = SPARE_WRITE_BUFFER.with(|s| s.borrow_mut().take()) {
+                self.wbuf = spare;
+            }
         }
     }
 
@@ -472,6 +501,7 @@ mod tests {
             while !pump.wbuf.is_empty() {
                 pump.next_event(false, 0, |_| Poll::Pending).await.unwrap();
             }
+            pump.ready_to_fill();
             assert!(
                 pump.wbuf.capacity() >= grown && pump.wbuf.as_ptr() == grown_at,
                 "round {round}: a drained {grown}-byte write buffer offers {} bytes at {:?} (was {:?}): its allocation was not taken back whole",
@@ -490,6 +520,47 @@ mod tests {
         assert_eq!(pump.wbuf.capacity(), 0);
         drop(pump);
         reader.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_next_connection_to_fill_writes_into_the_buffer_another_drained() {
+        let (mut first, first_peer) = pumped().await;
+        let (mut second, second_peer) = pumped().await;
+        let readers = [first_peer, second_peer].map(|mut peer| {
+            tokio::spawn(async move {
+                let mut sink = vec![0u8; 64 * 1024];
+                while peer.read(&mut sink).await.unwrap_or(0) > 0 {}
+            })
+        });
+        let fill = 256 * 1024;
+        first.wbuf.extend_from_slice(&vec![1u8; fill]);
+        let (grown, grown_at) = (first.wbuf.capacity(), first.wbuf.as_ptr());
+        while !first.wbuf.is_empty() {
+            first.next_event(false, 0, |_| Poll::Pending).await.unwrap();
+        }
+        assert_eq!(
+            first.wbuf.capacity(),
+            0,
+            "a drained connection keeps no large buffer"
+        );
+        // The second connection's fill takes it whole, the first's next one gets none.
+        second.ready_to_fill();
+        assert!(
+            second.wbuf.capacity() >= grown && second.wbuf.as_ptr() == grown_at,
+            "the next fill got {} bytes at {:?}, not the {grown} bytes at {grown_at:?} drained",
+            second.wbuf.capacity(),
+            second.wbuf.as_ptr(),
+        );
+        first.ready_to_fill();
+        assert_eq!(
+            first.wbuf.capacity(),
+            0,
+            "one buffer went to two connections"
+        );
+        drop((first, second));
+        for r in readers {
+            r.await.unwrap();
+        }
     }
 
     #[tokio::test]

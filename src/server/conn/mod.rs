@@ -438,6 +438,9 @@ impl<C: Codec> Connection<C> {
         if self.deliveries.is_empty() {
             self.session.outbox().drain_into(&mut self.deliveries);
         }
+        if !self.deliveries.is_empty() {
+            self.pump.ready_to_fill();
+        }
         let mut written = 0u64;
         let mut dispatch = LatencyBatch::default();
         let mut end_to_end = LatencyBatch::default();
