@@ -651,11 +651,14 @@ impl Supervisor {
                     if let Some((first, last)) = self.shared.take_unconfirmed() {
                         tracing::warn!(url = %current, first, last, "failover: the connection broke before the broker confirmed the fire-and-forget sends among these producer sequences; not tracked (trackMessages=false), they are not re-sent and may be lost");
                     }
+                    // Interrupted before it is announced: whoever reacts to the event must find
+                    // sends waiting for the next connection, not going into this one's buffer
+                    // (which `interrupt` clears).
+                    self.shared.interrupt(&e);
                     self.shared.emit(ClientEvent::Interrupted {
                         url: current.to_string(),
                         reason: e.to_string(),
                     });
-                    self.shared.interrupt(&e);
                     if let Some(c) = switch_to.take() {
                         // A move whose leave went unconfirmed: its target is connected already.
                         Ok((c, true))
