@@ -27,6 +27,44 @@ fn responder(client: Client, mut sub: meshmq::client::Subscription) -> tokio::ta
     })
 }
 
+/// A hub and an edge joined by a duplex connector at its defaults, with the `responder` serving
+/// `queue://svc` on the edge, once the hub knows of it.
+async fn service_on_the_edge() -> Mesh {
+    let mesh = Mesh::start(&MeshConfig::new().group("hub").group("edge").connector(
+        "hub",
+        "edge",
+        &["duplex = true"],
+    ));
+    let (hub, edge) = (mesh.member("hub"), mesh.member("edge"));
+    let service = edge.client().await;
+    let requests = service
+        .subscribe("queue://svc", SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    responder(service.clone(), requests);
+    wait_until("the hub knows the edge's service", || {
+        hub.connector("hub-edge").remote_demand == 1
+    });
+    mesh
+}
+
+/// The hub's `requester` leaves: the edge's stand-in for its temporary `dest` goes too (the
+/// service's demand stays), and a send to it on the edge is refused with `NotFound`.
+async fn gone_with_its_owner(mesh: &Mesh, requester: &Client, dest: &str) {
+    let (hub, edge) = (mesh.member("hub"), mesh.member("edge"));
+    let other = edge.client().await;
+    requester.close().await.expect("close");
+    wait_until("the edge's stand-in is gone with the requester", || {
+        hub.connector("hub-edge").remote_demand == 1
+            && edge.connector("hub-edge").remote_demand == 0
+    });
+    let err = other
+        .send_with_receipt(dest, &Outgoing::new("too late"))
+        .await
+        .expect_err("the requester's temporary destination is gone on the edge");
+    assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+}
+
 /// Sends 20 concurrent requests `q0`..`q19` to `queue://svc` and returns each one's reply,
 /// checked to be the responder's answer to that very request.
 async fn twenty_requests(requester: &Client) -> Vec<Delivery> {
@@ -139,38 +177,13 @@ async fn a_temporary_queue_is_its_owners_alone_and_dies_with_its_connection() {
 /// when the requester's connection ends, the stand-in goes too and a send to it is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_from_another_group_get_their_replies_across_the_connector() {
-    let mesh = Mesh::start(&MeshConfig::new().group("hub").group("edge").connector(
-        "hub",
-        "edge",
-        &["duplex = true"],
-    ));
-    let (hub, edge) = (mesh.member("hub"), mesh.member("edge"));
-    let service = edge.client().await;
-    let requests = service
-        .subscribe("queue://svc", SubscribeOptions::default())
-        .await
-        .expect("subscribe");
-    let _responder = responder(service.clone(), requests);
-    wait_until("the hub knows the edge's service", || {
-        hub.connector("hub-edge").remote_demand == 1
-    });
-
-    let requester = hub.client().await;
+    let mesh = service_on_the_edge().await;
+    let requester = mesh.member("hub").client().await;
     let replies = twenty_requests(&requester).await;
     let reply_queue = replies[0].destination.clone();
 
     // The requester leaves: its temporary queue is gone on the edge too.
-    let other = edge.client().await;
-    requester.close().await.expect("close");
-    wait_until("the edge's stand-in is gone with the requester", || {
-        hub.connector("hub-edge").remote_demand == 1
-            && edge.connector("hub-edge").remote_demand == 0
-    });
-    let err = other
-        .send_with_receipt(&reply_queue, &Outgoing::new("too late"))
-        .await
-        .expect_err("the requester's temporary queue is gone on the edge");
-    assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+    gone_with_its_owner(&mesh, &requester, &reply_queue).await;
 }
 
 /// A temporary topic crosses the connector like a temporary queue: the edge's responder answers
@@ -178,21 +191,8 @@ async fn requests_from_another_group_get_their_replies_across_the_connector() {
 /// order, and the stand-in goes with its owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replies_on_a_temporary_topic_cross_the_connector_to_its_owner() {
-    let mesh = Mesh::start(&MeshConfig::new().group("hub").group("edge").connector(
-        "hub",
-        "edge",
-        &["duplex = true"],
-    ));
+    let mesh = service_on_the_edge().await;
     let (hub, edge) = (mesh.member("hub"), mesh.member("edge"));
-    let service = edge.client().await;
-    let requests = service
-        .subscribe("queue://svc", SubscribeOptions::default())
-        .await
-        .expect("subscribe");
-    let _responder = responder(service.clone(), requests);
-    wait_until("the hub knows the edge's service", || {
-        hub.connector("hub-edge").remote_demand == 1
-    });
 
     let requester = hub.client().await;
     let reply_topic = requester.temp_topic_name();
@@ -227,14 +227,5 @@ async fn replies_on_a_temporary_topic_cross_the_connector_to_its_owner() {
         "a reply arrived twice"
     );
 
-    let other = edge.client().await;
-    requester.close().await.expect("close");
-    wait_until("the edge's stand-in is gone with the requester", || {
-        edge.connector("hub-edge").remote_demand == 0
-    });
-    let err = other
-        .send_with_receipt(&reply_topic, &Outgoing::new("too late"))
-        .await
-        .expect_err("the requester's temporary topic is gone on the edge");
-    assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+    gone_with_its_owner(&mesh, &requester, &reply_topic).await;
 }

@@ -362,13 +362,7 @@ fn pump(
                     break;
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if quiet(&e) => {}
             Err(_) => break,
         }
     }
@@ -380,6 +374,14 @@ fn pump(
     let _ = to.shutdown(Shutdown::Both);
 }
 
+/// A read that timed out or was interrupted: the socket is quiet, not ended.
+fn quiet(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
 /// Reads and drops whatever the target of abandoned connection `slot` sends, until it closes
 /// its side (recorded) or the proxy stops.
 fn watch_abandoned(mut target: TcpStream, slot: usize, shared: &Shared) {
@@ -388,13 +390,7 @@ fn watch_abandoned(mut target: TcpStream, slot: usize, shared: &Shared) {
     while !shared.stopped.load(Ordering::SeqCst) {
         match target.read(&mut buf) {
             Ok(n) if n > 0 => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if quiet(&e) => {}
             _ => {
                 shared.abandoned.lock().unwrap()[slot].1 = Some(Instant::now());
                 return;
