@@ -97,6 +97,12 @@ impl Broker {
             .collect()
     }
 
+    /// Whether `msg`, stamped for `target`, owes copies to queues ([`Broker::fed_copies`] is
+    /// not empty).
+    pub(crate) fn feeds(&self, target: &Target, msg: &Message) -> bool {
+        msg.broker_path.is_empty() && msg.destination.is_some() && !self.feeds_of(target).is_empty()
+    }
+
     /// The copies `msg`, stamped for `target` and about to be published there, owes the queues
     /// fed from it: none unless it is a topic message published here.
     pub(crate) fn fed_copies(&self, target: &Target, msg: &Message) -> Vec<(Target, NewMessage)> {

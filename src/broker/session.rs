@@ -289,6 +289,45 @@ impl Session {
         if !self.stamp(target, &mut msg)? {
             return Ok(Published::Duplicate);
         }
+        Ok(self.publish_stamped(target, msg))
+    }
+
+    /// Publishes messages [`Session::stage`]d for `target`, in order, as [`Session::publish`]
+    /// would one by one; what each one's receipt would wait for is the session's last record
+    /// (the caller holds back only sends that want no receipt). A run of plain topic messages
+    /// (not journaled, not retained, feeding no queue) is offered to each subscription at
+    /// once: one lock, one pump and one wake-up per subscription for the run, not per message.
+    /// `msgs` is left empty, its room kept.
+    pub fn publish_run(&mut self, target: &Target, msgs: &mut Vec<NewMessage>) {
+        let Target::Topic(topic) = target else {
+            for msg in msgs.drain(..) {
+                self.publish_stamped(target, msg);
+            }
+            return;
+        };
+        // Held over the run, as `publish` holds it over one message (a checkpoint sees each
+        // message either journaled or not yet decided).
+        let broker = self.broker.clone();
+        let _gate = broker.gate();
+        let mut plain: Vec<Arc<Message>> = Vec::with_capacity(msgs.len());
+        let mut effects = Effects::default();
+        for msg in msgs.drain(..) {
+            let is_plain =
+                !msg.is_retained() && !broker.journals(target, &msg) && !broker.feeds(target, &msg);
+            if is_plain {
+                plain.push(msg.into_shared());
+                continue;
+            }
+            topic.publish_all(&plain, &mut effects);
+            plain.clear();
+            self.publish_stamped(target, msg);
+        }
+        topic.publish_all(&plain, &mut effects);
+        broker.apply(effects);
+    }
+
+    /// `publish` past the stamp: queues, fans out or journals a stamped message.
+    fn publish_stamped(&mut self, target: &Target, mut msg: NewMessage) -> Published {
         let copies = self.broker.fed_copies(target, &msg);
         let _gate = self.broker.gate();
         if !copies.is_empty() {
@@ -298,15 +337,15 @@ impl Session {
                 .collect();
             let index = self.broker.commit_transaction(sends, |_| {});
             if index == 0 {
-                return Ok(Published::Accepted);
+                return Published::Accepted;
             }
             self.last_record = index;
-            return Ok(Published::Pending(index));
+            return Published::Pending(index);
         }
         if self.broker.journals(target, &msg) {
             let index = self.broker.journal_publish(target, msg);
             self.last_record = index;
-            return Ok(Published::Pending(index));
+            return Published::Pending(index);
         }
         let mut retained = None;
         if self.broker.journals_retained(target, &msg) {
@@ -322,7 +361,7 @@ impl Session {
             Target::Topic(t) => t.publish(msg.into_shared(), &mut effects),
         }
         self.broker.apply(effects);
-        Ok(retained.map_or(Published::Accepted, Published::Pending))
+        retained.map_or(Published::Accepted, Published::Pending)
     }
 
     fn handle(&self, subscription: u64) -> Result<&SubHandle, BrokerError> {

@@ -150,6 +150,21 @@ impl Topic {
         }
     }
 
+    /// Publishes a run of plain messages (none retained) in order: each subscription takes the
+    /// whole run under one lock, as if they had been published one by one.
+    pub(crate) fn publish_all(&self, msgs: &[Arc<Message>], dead: &mut Effects) {
+        match msgs {
+            [] => return,
+            [one] => return self.publish(one.clone(), dead),
+            _ => {}
+        }
+        DestinationCounters::add(&self.counters.enqueued, msgs.len() as u64);
+        let subs = self.subs.read();
+        for sub in subs.list.iter() {
+            sub.offer_all(msgs, &self.counters, dead);
+        }
+    }
+
     pub(crate) fn attach(&self, sub: &Arc<TopicSub>) {
         let _ = sub.home.set(self.counters.clone());
         if self.subs.write().insert(sub) {
@@ -384,36 +399,41 @@ impl TopicSub {
     }
 
     fn offer(&self, msg: &Arc<Message>, counters: &DestinationCounters, dead: &mut Effects) {
-        if let Some(f) = &self.filter {
-            if !f.accepts(&msg.broker_path, 0, 0, 1) {
-                return;
-            }
-        }
+        self.offer_all(std::slice::from_ref(msg), counters, dead);
+    }
+
+    /// Offers a run of messages of its topic, in order, under one lock: those it selects join
+    /// its pending list, its consumer gets what its credit allows with one pump (one wake-up),
+    /// and what is left over the pending limit loses its oldest — the same deliveries, order
+    /// and drops as offering them one by one (credit does not change within the run, and
+    /// trimming to the limit once keeps the same newest messages as trimming after each).
+    fn offer_all(&self, msgs: &[Arc<Message>], counters: &DestinationCounters, dead: &mut Effects) {
         let mut st = self.state.lock();
-        if !st.selectors.is_empty() && !st.selectors.iter().any(|s| s.matches(&**msg)) {
+        let mut fresh = 0;
+        for msg in msgs {
+            if !self.selects(&st, msg) {
+                continue;
+            }
+            st.next_seq += 1;
+            if self.durable.is_some() && msg.store_index != 0 {
+                msg.durable_refs.fetch_add(1, Ordering::AcqRel);
+            }
+            let entry = Entry {
+                msg: msg.clone(),
+                seq: st.next_seq,
+                redeliveries: msg.redeliveries,
+                arrived_ms: 0,
+            };
+            st.pending.push_back(entry);
+            fresh += 1;
+        }
+        if fresh == 0 {
             return;
         }
-        if self.no_local {
-            if let Some(a) = &st.attached {
-                if msg.origin != 0 && a.connection == msg.origin {
-                    return;
-                }
-            }
-        }
-        st.next_seq += 1;
-        if self.durable.is_some() && msg.store_index != 0 {
-            msg.durable_refs.fetch_add(1, Ordering::AcqRel);
-        }
-        let entry = Entry {
-            msg: msg.clone(),
-            seq: st.next_seq,
-            redeliveries: msg.redeliveries,
-            arrived_ms: 0,
-        };
-        st.pending.push_back(entry);
-        // Counted as pending only if it stays so: most go straight to the consumer.
-        if !self.pump(&mut st, dead, true) {
-            DestinationCounters::add(&counters.pending, 1);
+        // Counted as pending only if they stay so: most go straight to the consumer.
+        let left = self.pump(&mut st, dead, fresh);
+        if left > 0 {
+            DestinationCounters::add(&counters.pending, left as u64);
         }
         // What the consumer has no credit for waits; past the limit the oldest goes, but never
         // the newest (a message larger than the limit still reaches a subscriber keeping up).
@@ -427,23 +447,46 @@ impl TopicSub {
         }
     }
 
-    /// Moves pending messages to the attached consumer while it has credit. With `fresh`, the
-    /// newest pending entry was just offered and is not counted as pending yet; returns whether
-    /// it was taken.
-    fn pump(&self, st: &mut SubState, dead: &mut Effects, fresh: bool) -> bool {
-        let Some(attached) = &st.attached else {
+    /// Whether `msg` reaches this subscription: its network filter, selectors and no-local.
+    fn selects(&self, st: &SubState, msg: &Arc<Message>) -> bool {
+        if let Some(f) = &self.filter {
+            if !f.accepts(&msg.broker_path, 0, 0, 1) {
+                return false;
+            }
+        }
+        if !st.selectors.is_empty() && !st.selectors.iter().any(|s| s.matches(&**msg)) {
             return false;
+        }
+        if self.no_local {
+            if let Some(a) = &st.attached {
+                if msg.origin != 0 && a.connection == msg.origin {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Moves pending messages to the attached consumer while it has credit. The newest `fresh`
+    /// pending entries were just offered and are not counted as pending yet; returns how many
+    /// of them it left pending.
+    fn pump(&self, st: &mut SubState, dead: &mut Effects, fresh: usize) -> usize {
+        let Some(attached) = &st.attached else {
+            return fresh;
         };
         let home = self.home.get();
         let mut outbox = attached.outbox.batch();
         let mut now: Option<u64> = None;
-        let (mut took_fresh, mut left_home, mut home_inflight) = (false, 0u64, 0u64);
+        let (mut fresh_left, mut left_home, mut home_inflight) = (fresh, 0u64, 0u64);
         while st.inflight.len() < attached.prefetch {
             let Some(entry) = st.pending.pop_front() else {
                 break;
             };
-            let counted = !(fresh && st.pending.len() == 0);
-            took_fresh |= !counted;
+            // It was one of the fresh ones if no more than they were pending before it left.
+            let counted = st.pending.len() >= fresh_left;
+            if !counted {
+                fresh_left -= 1;
+            }
             // Borrowed, not cloned: a clone and drop of the shared counters' `Arc` per delivery
             // would be two atomic read-modify-writes on a line every subscriber's thread uses.
             let counters = entry.msg.counters();
@@ -487,7 +530,7 @@ impl TopicSub {
                 h.pending.fetch_sub(left_home, Ordering::Relaxed);
             }
         }
-        took_fresh
+        fresh_left
     }
 
     /// Attaches a consumer (a new subscription, or a durable one coming back).
@@ -510,7 +553,7 @@ impl TopicSub {
             connection,
         });
         st.last_connection = connection;
-        self.pump(&mut st, dead, false);
+        self.pump(&mut st, dead, 0);
         true
     }
 
@@ -590,7 +633,7 @@ impl TopicSub {
             h.inflight.fetch_sub(at_home, Ordering::Relaxed);
             DestinationCounters::add(&h.dequeued, at_home);
         }
-        self.pump(&mut st, dead, false);
+        self.pump(&mut st, dead, 0);
         AckOutcome { acked, unknown }
     }
 
@@ -600,7 +643,7 @@ impl TopicSub {
         let unknown = st.inflight.remove(0, tags, |e| returned.push(e));
         let acked = returned.len();
         self.requeue(&mut st, returned, dead);
-        self.pump(&mut st, dead, false);
+        self.pump(&mut st, dead, 0);
         AckOutcome { acked, unknown }
     }
 
@@ -822,5 +865,108 @@ mod tests {
             (0, 0, 10),
             "t.b acknowledged"
         );
+    }
+
+    /// A run of messages offered to each subscription at once (`Session::publish_run`, one
+    /// lock per subscription) reaches every subscriber exactly as the same messages published
+    /// one by one: each subscriber with credit gets each message once, in order; a slow one
+    /// gets its prefetch and then the newest its pending limit keeps, the rest counted
+    /// dropped; a no-local subscriber of the producer's own connection gets none; the gauges
+    /// and counters agree.
+    #[test]
+    fn a_run_published_at_once_reaches_each_subscriber_as_one_by_one() {
+        use crate::broker::{Broker, BrokerSettings, Session, SubscribeSpec, DEFAULT_PRIORITY};
+
+        let run = |at_once: bool| {
+            let mut settings = BrokerSettings::default();
+            settings.defaults.topic_pending_limit = 4;
+            let b = Broker::new(settings);
+            let subscribe = |s: &mut Session, prefetch: u32, no_local: bool| {
+                s.subscribe(SubscribeSpec {
+                    subscription: 1,
+                    destination: DestinationPattern::parse("topic://t").expect("valid pattern"),
+                    selector: String::new(),
+                    prefetch,
+                    priority: 0,
+                    durable_name: None,
+                    no_local,
+                })
+                .expect("subscribed");
+            };
+            let mut fast = b.open_session(None).unwrap();
+            let mut slow = b.open_session(None).unwrap();
+            let mut p = b.open_session(None).unwrap();
+            subscribe(&mut fast, 1000, false);
+            subscribe(&mut slow, 3, false);
+            subscribe(&mut p, 1000, true);
+            let target = p.target(&Destination::parse("topic://t").unwrap()).unwrap();
+            let mut held = Vec::new();
+            for i in 0..20u32 {
+                let m = Message {
+                    body: bytes::Bytes::from(i.to_string()),
+                    priority: DEFAULT_PRIORITY,
+                    ..Message::default()
+                };
+                if at_once {
+                    let (_, staged) = p.stage(&target, m).unwrap().expect("not a re-send");
+                    held.push(staged);
+                } else {
+                    p.publish(&target, m).unwrap();
+                }
+            }
+            if at_once {
+                p.publish_run(&target, &mut held);
+                assert!(held.is_empty());
+            }
+            let take = |s: &Session| {
+                let mut out = VecDeque::new();
+                s.outbox().drain_into(&mut out);
+                out.into_iter()
+                    .map(|d| (String::from_utf8_lossy(&d.message.body).into_owned(), d.tag))
+                    .collect::<Vec<_>>()
+            };
+            let stats = || {
+                let s = b
+                    .destination_stats()
+                    .into_iter()
+                    .find(|s| s.destination == "topic://t")
+                    .expect("the topic has stats");
+                (s.enqueued, s.pending, s.inflight, s.dropped, s.dequeued)
+            };
+            let got_fast = take(&fast);
+            let mut got_slow = take(&slow);
+            let own = take(&p);
+            let before_acks = stats();
+            fast.ack(1, got_fast.last().expect("delivered").1, &[])
+                .unwrap();
+            let mut slow_all: Vec<String> = Vec::new();
+            while let Some((_, last)) = got_slow.last().cloned() {
+                slow_all.extend(got_slow.iter().map(|(b, _)| b.clone()));
+                slow.ack(1, last, &[]).unwrap();
+                got_slow = take(&slow);
+            }
+            let bodies = |d: &[(String, u64)]| d.iter().map(|(b, _)| b.clone()).collect::<Vec<_>>();
+            (bodies(&got_fast), slow_all, own.len(), before_acks, stats())
+        };
+        let one_by_one = run(false);
+        let at_once = run(true);
+        assert_eq!(at_once, one_by_one, "the same deliveries, drops and counts");
+        let (fast, slow, own, before, after) = at_once;
+        let all: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+        assert_eq!(fast, all, "the fast subscriber: each once, in order");
+        let kept: Vec<String> = ["0", "1", "2", "16", "17", "18", "19"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            slow, kept,
+            "the slow one: its prefetch, then the newest four"
+        );
+        assert_eq!(own, 0, "no-local: none of its own connection's messages");
+        assert_eq!(
+            before,
+            (20, 4, 23, 13, 0),
+            "enqueued, pending, inflight, dropped, dequeued"
+        );
+        assert_eq!(after, (20, 0, 0, 13, 27), "all acknowledged");
     }
 }

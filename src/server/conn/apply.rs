@@ -2,6 +2,8 @@
 //! authorize → resolve the destination (once; the codec parsed it) → creation rate → flow
 //! control (plain and transactional sends alike) → publish or stage → receipt.
 
+use std::sync::Arc;
+
 use tokio::time::Instant;
 
 use crate::broker::{
@@ -62,6 +64,10 @@ impl<C: Codec> Connection<C> {
             if self.closing.is_some() {
                 return;
             }
+        }
+        if !matches!(request, Request::Send(_)) {
+            // What this run sent takes effect before anything else it asks.
+            self.publish_held();
         }
         match request {
             Request::Send(send) => self.on_send(send),
@@ -288,6 +294,7 @@ impl<C: Codec> Connection<C> {
         match self.session.admit(&target, message.persistent) {
             Admission::Now => self.take(target, message, transaction, receipt),
             Admission::Wait => {
+                self.publish_held();
                 self.ctx.metrics.producer_blocked();
                 self.blocked = Some(Box::new(Accepted {
                     target,
@@ -328,6 +335,33 @@ impl<C: Codec> Connection<C> {
                 }
             };
         }
+        if receipt.is_none() {
+            if let Target::Topic(topic) = &target {
+                let same = match &self.held_for {
+                    Some(Target::Topic(t)) => Arc::ptr_eq(t, topic),
+                    _ => self.held.is_empty(),
+                };
+                if !same {
+                    self.publish_held();
+                }
+                match self.session.stage(&target, message) {
+                    Ok(staged) => {
+                        self.received += 1;
+                        self.count_producer();
+                        if let Some((target, msg)) = staged {
+                            self.held.push(msg);
+                            self.held_for = Some(target);
+                        }
+                    }
+                    Err(e) => {
+                        self.ctx.metrics.send_refused(&e);
+                        self.refuse(&e, receipt);
+                    }
+                }
+                return;
+            }
+        }
+        self.publish_held();
         match self.session.publish(&target, message) {
             Ok(published) => {
                 self.received += 1;
@@ -343,6 +377,17 @@ impl<C: Codec> Connection<C> {
                 self.refuse(&e, receipt);
             }
         }
+    }
+
+    /// Publishes the sends held back from this run (see `Connection::held`), in order.
+    pub(super) fn publish_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        if let Some(target) = self.held_for.take() {
+            self.session.publish_run(&target, &mut self.held);
+        }
+        self.held.clear();
     }
 
     pub(super) fn retry_blocked(&mut self) {

@@ -90,6 +90,12 @@ pub(crate) struct Connection<C: Codec> {
     /// allocation per fill), empty between calls.
     acked_on_write: Vec<(u64, u64)>,
     ack_tags: Vec<u64>,
+    /// Plain sends to one topic (no receipt, no transaction) taken from this run of frames and
+    /// not published yet: they are published together, each subscription taking them under
+    /// one lock, before any other request takes effect and when the run ends
+    /// ([`Connection::publish_held`]). Empty between runs; kept for its room.
+    held: Vec<NewMessage>,
+    held_for: Option<Target>,
     /// A send waiting for room (producer flow control); no frame is read meanwhile. Boxed:
     /// it is rare, and inline its message would weigh on every idle connection.
     blocked: Option<Box<Accepted<C::Receipt>>>,
@@ -154,6 +160,8 @@ impl<C: Codec> Connection<C> {
             deliveries: VecDeque::new(),
             acked_on_write: Vec::new(),
             ack_tags: Vec::new(),
+            held: Vec::new(),
+            held_for: None,
             blocked: None,
             receipts: SyncedQueue::default(),
             closing: None,
@@ -245,6 +253,7 @@ impl<C: Codec> Connection<C> {
         if let Some(last) = self.codec.farewell() {
             self.apply(last);
         }
+        self.publish_held();
         for (_, tx) in std::mem::take(&mut self.txs) {
             tx.abort(&mut self.session);
         }
@@ -411,6 +420,7 @@ impl<C: Codec> Connection<C> {
         self.pump.shrink_idle();
         self.acked_on_write.shrink_to(256);
         self.ack_tags.shrink_to(256);
+        self.held.shrink_to(256);
         match self
             .liveness
             .poll(Instant::now(), self.pump.wbuf.is_empty())
@@ -523,6 +533,7 @@ impl<C: Codec> Connection<C> {
         let _wakes = crate::broker::defer_wakes();
         self.builder.begin_run();
         self.apply_buffered();
+        self.publish_held();
         self.builder.end_run();
         self.ctx
             .metrics
