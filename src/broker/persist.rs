@@ -126,7 +126,12 @@ impl ProducerMarks {
 
     /// As [`ProducerMarks::advance`], through `cache`: the mark of the producer last seen
     /// there, replaced when `producer` is another.
-    pub(crate) fn advance_cached(&self, cache: &mut CachedMark, producer: &Bytes, seq: u64) -> bool {
+    pub(crate) fn advance_cached(
+        &self,
+        cache: &mut CachedMark,
+        producer: &Bytes,
+        seq: u64,
+    ) -> bool {
         let same = |id: &Bytes| {
             (id.as_ptr() == producer.as_ptr() && id.len() == producer.len()) || id == producer
         };
@@ -861,10 +866,16 @@ mod marks_tests {
         assert!(!marks.advance(&a, 1), "the map sees the cached mark");
         assert!(marks.advance_cached(&mut cache, &b, 1));
         let a_again = Bytes::copy_from_slice(b"a");
-        assert!(!marks.advance_cached(&mut cache, &a_again, 2), "same id, other bytes");
+        assert!(
+            !marks.advance_cached(&mut cache, &a_again, 2),
+            "same id, other bytes"
+        );
         assert!(marks.advance_cached(&mut cache, &a_again, 3));
         let mut other: CachedMark = None;
-        assert!(!marks.advance_cached(&mut other, &a, 3), "another session's re-send");
+        assert!(
+            !marks.advance_cached(&mut other, &a, 3),
+            "another session's re-send"
+        );
         assert!(marks.advance(&a, 4));
         assert!(!marks.advance_cached(&mut cache, &a, 4));
     }
@@ -883,7 +894,10 @@ mod marks_tests {
         for _ in 0..3 {
             marks.prune();
         }
-        assert!(marks.advance(&Bytes::from_static(b"x"), 1), "x was forgotten");
+        assert!(
+            marks.advance(&Bytes::from_static(b"x"), 1),
+            "x was forgotten"
+        );
         assert!(!marks.advance(&held, 5), "the held mark is still checked");
         assert!(!marks.advance_cached(&mut cache, &held, 5));
         let snapshot = marks.snapshot();
