@@ -186,7 +186,8 @@ pub(crate) struct Shared {
     disk_bytes: AtomicU64,
     stop: AtomicBool,
     /// Set when the last handle is dropped without `close` (a crash, as tests model one): the
-    /// writer stops without writing what is queued, as a crash would lose it.
+    /// writer finishes at most the batch it holds and writes nothing queued after it, as a
+    /// crash would lose it.
     abandoned: AtomicBool,
     /// The writer has written its last and stopped (`close`).
     closed: AtomicBool,
@@ -281,8 +282,8 @@ impl Drop for CommitWait<'_> {
 }
 
 /// The journal's threads, shared by its handles. Dropped with the last handle: if the journal
-/// was not closed, its threads are stopped where they are (nothing queued is written, as in a
-/// crash) and joined, so no write of theirs — a batch, or the prefiller's zeros — can land in
+/// was not closed, its threads are stopped where they are (the writer finishes at most the
+/// batch it holds, nothing queued after it, as in a crash) and joined, so no write of theirs — a batch, or the prefiller's zeros — can land in
 /// a journal opened again in the same directory after the drop.
 struct Threads {
     shared: Arc<Shared>,

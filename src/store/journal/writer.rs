@@ -215,6 +215,17 @@ fn complete(
     }
     metrics::histogram!(crate::metrics::JOURNAL_BATCH_RECORDS).record(frames as f64);
     profile::record(Stage::BatchRecords, frames as u64);
+    if shared.options.durability == Durability::Synced {
+        // Before the publish: after a process crash the mark covers every receipted record,
+        // so damage to one is refused as corruption, never cut as a torn tail. A `Written`
+        // batch is not durable: its mark moves only when a checkpoint syncs it.
+        shared.mark.record(last)?;
+        if shared.mark.since_sync() >= MARK_MAX_LAG {
+            // Under a load that never lets the writer idle, the mark is still synced now and
+            // then.
+            shared.mark.sync()?;
+        }
+    }
     shared
         .unsynced_bytes
         .fetch_sub(bytes as u64, Ordering::Relaxed);
@@ -240,17 +251,6 @@ fn complete(
         profile::writer_published();
         shared.committed(last);
         shared.synced.send_replace(last);
-    }
-    if shared.options.durability == Durability::Synced {
-        // After the publish, off the way to the receipts: the mark only ever names records
-        // already synced, whenever it is written. A `Written` batch is not durable: its mark
-        // moves only when a checkpoint syncs it.
-        shared.mark.record(last)?;
-        if shared.mark.since_sync() >= MARK_MAX_LAG {
-            // Under a load that never lets the writer idle, the mark is still synced now and
-            // then.
-            shared.mark.sync()?;
-        }
     }
     Ok(())
 }
