@@ -6,12 +6,22 @@
 //! earlier frame); a consumer subscribes with `ack:client` and a prefetch window
 //! (`activemq.prefetchSize`) and acknowledges cumulatively every half window. An ERROR frame
 //! from the broker ends the run with its message.
+//!
+//! A consumer that only needs the bodies (the fanout) reads MESSAGE frames with
+//! [`StompConn::take_messages`]: a frame is located by its `content-length` and `ack` lines
+//! and handed over in place, without decoding (copying, unescaping, checking) the headers it
+//! does not read; any other frame goes through the full decoder. Both read the same stream, so
+//! a frame is either wholly one's or wholly the other's: which one is decided by its first
+//! bytes, the same way at every call.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::task::Poll;
+use std::time::Duration;
 
 use anyhow::bail;
+use bytes::{Buf, BufMut};
 use meshmq::stomp::{self, Command, Decoded, Decoder, Frame, Limits, Version};
 use meshmq::transport::{self, IoEvent, Pump};
 
@@ -144,6 +154,63 @@ impl StompConn {
         }
     }
 
+    /// Hands each MESSAGE already read to `each`, in order, as its body; when `each` answers
+    /// true, the message is acknowledged (an ACK naming its `ack` id is buffered: cumulative
+    /// under `ack:client`). Other frames are decoded and skipped (an ERROR ends the run).
+    /// Returns how many messages it handed over; 0 when none is whole yet (see
+    /// [`StompConn::wait_read`]).
+    pub fn take_messages(&mut self, mut each: impl FnMut(&[u8]) -> bool) -> anyhow::Result<usize> {
+        let mut taken = 0;
+        loop {
+            match scan(&self.pump.rbuf) {
+                Scan::NeedMore => return Ok(taken),
+                Scan::Heartbeat(len) => self.pump.rbuf.advance(len),
+                Scan::Message(m) => {
+                    let rbuf = &self.pump.rbuf;
+                    if each(&rbuf[m.body]) {
+                        if let Some(ack) = m.ack {
+                            // Written as the broker escaped it: ACK escapes its headers alike.
+                            let wbuf = &mut self.pump.wbuf;
+                            wbuf.put_slice(b"ACK\nid:");
+                            wbuf.put_slice(&rbuf[ack]);
+                            wbuf.put_slice(b"\n\n\0");
+                        }
+                    }
+                    self.pump.rbuf.advance(m.len);
+                    taken += 1;
+                }
+                Scan::Other => match self.decode_one()? {
+                    None => return Ok(taken),
+                    Some(f) if f.command == Command::Message => {
+                        if each(&f.body) {
+                            if let Some(id) = f.header("ack") {
+                                self.frame(Command::Ack, &[("id", id)], &[]);
+                            }
+                        }
+                        taken += 1;
+                    }
+                    Some(_) => {}
+                },
+            }
+        }
+    }
+
+    /// Writes what is buffered and waits until more bytes are read; false when nothing came
+    /// for `idle`.
+    pub async fn wait_read(&mut self, idle: Duration) -> anyhow::Result<bool> {
+        loop {
+            let event = self.pump.next_event(true, 0, |_| Poll::Pending);
+            match tokio::time::timeout(idle, event).await {
+                Err(_) => return Ok(false),
+                Ok(ev) => match ev? {
+                    IoEvent::Closed => bail!("the broker closed the connection"),
+                    IoEvent::Read => return Ok(true),
+                    IoEvent::Drained | IoEvent::Wake => {}
+                },
+            }
+        }
+    }
+
     /// Waits for the RECEIPT `id`, which the broker sends after handling every earlier frame.
     pub async fn receipt(&mut self, id: &str) -> anyhow::Result<()> {
         loop {
@@ -167,5 +234,227 @@ impl StompConn {
             IoEvent::Closed => bail!("the broker closed the connection"),
             IoEvent::Drained | IoEvent::Wake => Ok(()),
         }
+    }
+}
+
+/// What [`scan`] found at the front of the read buffer.
+#[derive(Debug, PartialEq, Eq)]
+enum Scan {
+    /// A whole MESSAGE frame with a `content-length`.
+    Message(RawMessage),
+    /// A heart-beat (a bare EOL) of this many bytes.
+    Heartbeat(usize),
+    /// The front may be a MESSAGE still arriving.
+    NeedMore,
+    /// Anything else, for the full decoder (it also reports what is malformed).
+    Other,
+}
+
+/// Where a MESSAGE frame's parts lie in the buffer it was scanned in.
+#[derive(Debug, PartialEq, Eq)]
+struct RawMessage {
+    /// Its first `ack` header's value, escaped as it was sent.
+    ack: Option<Range<usize>>,
+    body: Range<usize>,
+    /// The whole frame's length, its NUL included.
+    len: usize,
+}
+
+/// Longer header blocks are left to the full decoder, which enforces the limits.
+const SCAN_HEADERS_MAX: usize = 64 * 1024;
+
+/// Locates a MESSAGE frame at the front of `buf` by its `content-length` and `ack` lines (the
+/// first of each counts, as in the decoder), reading no other header. A MESSAGE without
+/// `content-length`, with a malformed one, or whose body is not followed by its NUL, is
+/// `Other`: the full decoder then handles or refuses it.
+fn scan(buf: &[u8]) -> Scan {
+    const COMMAND: &[u8] = b"MESSAGE\n";
+    match buf {
+        [] | [b'\r'] => return Scan::NeedMore,
+        [b'\n', ..] => return Scan::Heartbeat(1),
+        [b'\r', b'\n', ..] => return Scan::Heartbeat(2),
+        _ => {}
+    }
+    if buf.len() < COMMAND.len() {
+        return if COMMAND.starts_with(buf) {
+            Scan::NeedMore
+        } else {
+            Scan::Other
+        };
+    }
+    if !buf.starts_with(COMMAND) {
+        return Scan::Other;
+    }
+    let (mut at, mut content_length, mut ack) = (COMMAND.len(), None, None);
+    loop {
+        let Some(eol) = memchr::memchr(b'\n', &buf[at..]) else {
+            return if buf.len() > SCAN_HEADERS_MAX {
+                Scan::Other
+            } else {
+                Scan::NeedMore
+            };
+        };
+        let line_end = at + eol;
+        let line = &buf[at..line_end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let value_at = at;
+        at = line_end + 1;
+        if line.is_empty() {
+            break;
+        }
+        if content_length.is_none() {
+            if let Some(digits) = line.strip_prefix(b"content-length:") {
+                match parse_length(digits) {
+                    Some(n) => content_length = Some(n),
+                    None => return Scan::Other,
+                }
+                continue;
+            }
+        }
+        if ack.is_none() && line.starts_with(b"ack:") {
+            ack = Some(value_at + 4..value_at + line.len());
+        }
+    }
+    let Some(length) = content_length else {
+        return Scan::Other;
+    };
+    let Some(end) = at.checked_add(length) else {
+        return Scan::Other;
+    };
+    match buf.get(end) {
+        None => Scan::NeedMore,
+        Some(0) => Scan::Message(RawMessage {
+            ack,
+            body: at..end,
+            len: end + 1,
+        }),
+        Some(_) => Scan::Other,
+    }
+}
+
+/// A `content-length` value: decimal digits only.
+fn parse_length(digits: &[u8]) -> Option<usize> {
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    digits.iter().try_fold(0usize, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + (d - b'0') as usize)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use meshmq::stomp::{Decoded, Decoder, Limits};
+
+    /// A stream as the broker writes it to a consumer: MESSAGEs (one with a NUL in its body,
+    /// one with an escaped `ack` id and a repeated header), heart-beats, a RECEIPT, a
+    /// MESSAGE without `content-length`.
+    fn stream() -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(b"MESSAGE\nsubscription:s1\nack:1\\c7\ndestination:/topic/a\ncontent-length:5\n\nab\0de\0");
+        out.extend_from_slice(b"\n\r\n");
+        out.extend_from_slice(b"RECEIPT\nreceipt-id:r1\n\n\0");
+        out.extend_from_slice(
+            b"MESSAGE\r\ncontent-length:3\r\nack:x\r\nack:y\r\ncontent-length:9\r\n\r\nxyz\0",
+        );
+        out.extend_from_slice(
+            b"MESSAGE\nack:p\r\nack:q\ncontent-length:2\r\ncontent-length:7\n\r\nhi\0",
+        );
+        out.extend_from_slice(b"MESSAGE\nack:z\n\nno length\0");
+        out.extend_from_slice(b"MESSAGE\ncontent-length:0\n\n\0");
+        out
+    }
+
+    /// What a consumer gets from `bytes` fed in pieces of `piece` bytes: each MESSAGE's body
+    /// and its ack id as written back, in order.
+    fn consume(bytes: &[u8], piece: usize, lean: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut decoder = Decoder::new(VERSION, Limits::default());
+        let mut rbuf = BytesMut::new();
+        let mut got = Vec::new();
+        for chunk in bytes.chunks(piece) {
+            rbuf.extend_from_slice(chunk);
+            loop {
+                let scanned = if lean { scan(&rbuf) } else { Scan::Other };
+                match scanned {
+                    Scan::NeedMore => break,
+                    Scan::Heartbeat(n) => rbuf.advance(n),
+                    Scan::Message(m) => {
+                        // What `take_messages` writes back.
+                        let mut ack = Vec::new();
+                        if let Some(id) = m.ack {
+                            ack.extend_from_slice(b"ACK\nid:");
+                            ack.extend_from_slice(&rbuf[id]);
+                            ack.extend_from_slice(b"\n\n\0");
+                        }
+                        got.push((rbuf[m.body].to_vec(), ack));
+                        rbuf.advance(m.len);
+                    }
+                    Scan::Other => match decoder.decode(&mut rbuf).expect("well formed") {
+                        Decoded::NeedMore => break,
+                        Decoded::Heartbeat => {}
+                        Decoded::Frame(f) if f.command == Command::Message => {
+                            // What the full path writes back: the id unescaped, escaped again.
+                            let mut ack = BytesMut::new();
+                            if let Some(id) = f.header("ack") {
+                                stomp::encode_parts(
+                                    Command::Ack,
+                                    VERSION,
+                                    [("id", id)],
+                                    &[],
+                                    &mut ack,
+                                );
+                            }
+                            got.push((f.body.to_vec(), ack.to_vec()));
+                        }
+                        Decoded::Frame(_) => {}
+                    },
+                }
+            }
+        }
+        assert!(rbuf.is_empty(), "everything consumed");
+        got
+    }
+
+    #[test]
+    fn scanned_messages_are_what_the_decoder_reads_however_the_stream_is_split() {
+        let bytes = stream();
+        let decoded = consume(&bytes, bytes.len(), false);
+        assert_eq!(decoded.len(), 5, "{decoded:?}");
+        assert_eq!(decoded[0].0, b"ab\0de");
+        assert_eq!(decoded[0].1, b"ACK\nid:1\\c7\n\n\0");
+        assert_eq!(decoded[1].0, b"xyz", "the first of a repeated header");
+        assert_eq!(decoded[1].1, b"ACK\nid:x\n\n\0");
+        assert_eq!(decoded[2].0, b"hi", "the first of a repeated header");
+        assert_eq!(decoded[2].1, b"ACK\nid:p\n\n\0");
+        for piece in 1..=bytes.len() {
+            assert_eq!(
+                consume(&bytes, piece, true),
+                decoded,
+                "in pieces of {piece}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_messages_are_left_to_the_decoder() {
+        for frame in [
+            &b"MESSAGE\ncontent-length:3\n\nabcd\0"[..],
+            b"MESSAGE\ncontent-length:x\n\nabc\0",
+            b"MESSAGE\ncontent-length:\n\n\0",
+            b"MESSAGE\ncontent-length:99999999999999999999\n\n\0",
+            b"MESSAGX\n\n\0",
+            b"ERROR\nmessage:no\n\n\0",
+        ] {
+            assert_eq!(
+                scan(frame),
+                Scan::Other,
+                "{}",
+                String::from_utf8_lossy(frame)
+            );
+        }
+        assert_eq!(scan(b"MESS"), Scan::NeedMore);
+        assert_eq!(scan(b"MESSAGE\ncontent-length:3\n\nabc"), Scan::NeedMore);
     }
 }

@@ -36,7 +36,7 @@ use fanout::fanout_report;
 use nats::{nats_addr, run_fanout_nats, run_queue_nats};
 pub use queue::queue;
 pub(crate) use queue::run_queue_at;
-use queue::{stomp_ack, StompAcks, StompProducer};
+use queue::{StompAcks, StompProducer};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
@@ -346,16 +346,24 @@ impl FanoutTally {
         progress: &Progress,
         expected: u64,
     ) {
-        if let Some((lat, idx)) = read_body(base, body) {
+        if self.see_at(base.elapsed().as_nanos() as u64, body, dups) {
+            progress.add(expected);
+        }
+    }
+
+    /// Counts one body that arrived `now` (ns since the run's base), leaving progress to the
+    /// caller; false when it was a duplicate (counted in `dups` instead).
+    fn see_at(&mut self, now: u64, body: &[u8], dups: &AtomicU64) -> bool {
+        if let Some((lat, idx)) = read_body_at(now, body) {
             let _ = self.local.record(lat.max(1));
             if idx < self.next_index {
                 dups.fetch_add(1, Ordering::Relaxed);
-                return;
+                return false;
             }
             self.next_index = idx + 1;
         }
         self.got += 1;
-        progress.add(expected);
+        true
     }
 
     /// The messages this subscriber never saw, gaps included.
@@ -365,12 +373,16 @@ impl FanoutTally {
 }
 
 fn read_body(base: Instant, body: &[u8]) -> Option<(u64, u64)> {
+    read_body_at(base.elapsed().as_nanos() as u64, body)
+}
+
+/// A body's latency in µs (it arrived `now`, in ns since the run's base) and its index.
+fn read_body_at(now: u64, body: &[u8]) -> Option<(u64, u64)> {
     if body.len() < 16 {
         return None;
     }
     let sent = u64::from_be_bytes(body[0..8].try_into().ok()?);
     let index = u64::from_be_bytes(body[8..16].try_into().ok()?);
-    let now = base.elapsed().as_nanos() as u64;
     Some((now.saturating_sub(sent) / 1000, index))
 }
 
@@ -439,8 +451,14 @@ impl Progress {
     }
 
     fn add(&self, target: u64) {
-        let n = self.received.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % 1024 == 0 || n >= target {
+        self.add_many(1, target);
+    }
+
+    /// Counts `count` more received at once.
+    fn add_many(&self, count: u64, target: u64) {
+        let before = self.received.fetch_add(count, Ordering::Relaxed);
+        let n = before + count;
+        if n / 1024 != before / 1024 || n >= target {
             *self.last.lock() = Instant::now();
         }
         if n >= target {

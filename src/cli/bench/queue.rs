@@ -374,6 +374,14 @@ impl StompAcks {
         }
     }
 
+    /// Whether the message that makes `unacked` not yet acknowledged is acknowledged now.
+    pub(super) fn due(self, unacked: u32) -> bool {
+        match self {
+            StompAcks::Each => true,
+            StompAcks::Every(n) => unacked >= n,
+        }
+    }
+
     pub(super) fn header(self) -> &'static str {
         match self {
             StompAcks::Each => "client-individual",
@@ -390,11 +398,7 @@ pub(super) fn stomp_ack(
     unacked: &mut u32,
 ) {
     *unacked += 1;
-    let due = match acks {
-        StompAcks::Each => true,
-        StompAcks::Every(n) => *unacked >= n,
-    };
-    if let (true, Some(id)) = (due, m.header("ack")) {
+    if let (true, Some(id)) = (acks.due(*unacked), m.header("ack")) {
         conn.frame(Command::Ack, &[("id", id)], &[]);
         *unacked = 0;
     }
