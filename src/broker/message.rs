@@ -52,6 +52,9 @@ pub struct Draft {
     pub targets: Option<Arc<[Arc<str>]>>,
     /// Deliveries before it arrived here (a forwarded message keeps its history).
     pub redeliveries: u32,
+    /// The body is a copy of its own, not a slice of a read buffer (its decoder copied it
+    /// out): the builder keeps it as it is instead of copying it again.
+    pub body_is_own: bool,
 }
 
 /// Builds the messages of one connection or bridge. It remembers the last producer id it
@@ -106,12 +109,13 @@ impl MessageBuilder {
 
     /// The message `draft` describes. The rules are the same for every protocol: a priority
     /// outside JMS's 0..=9 is refused (naming what was asked); small bodies and producer ids
-    /// are copied out of the read buffer (see [`COPY_BODY_BELOW`]); a missing timestamp is now.
+    /// are copied out of the read buffer (see [`COPY_BODY_BELOW`]) unless the decoder already
+    /// did ([`Draft::body_is_own`]); a missing timestamp is now.
     pub fn build(&mut self, draft: Draft) -> Result<NewMessage, BrokerError> {
         if draft.priority > MAX_PRIORITY as u32 {
             return Err(BrokerError::BadPriority(draft.priority));
         }
-        let body = if draft.body.len() < COPY_BODY_BELOW {
+        let body = if draft.body.len() < COPY_BODY_BELOW && !draft.body_is_own {
             Bytes::copy_from_slice(&draft.body)
         } else {
             draft.body
@@ -119,13 +123,10 @@ impl MessageBuilder {
         if draft.producer_id != self.last_producer {
             self.last_producer = Bytes::copy_from_slice(&draft.producer_id);
         }
-        // The one clock read for a message the producer did not stamp: its timestamp, and
-        // when this broker received it (which `Session::stamp` and the queue reuse).
-        let now = if draft.timestamp_ms == 0 {
-            self.now_ms()
-        } else {
-            0
-        };
+        // When this broker received it (which `Session::stamp` and the queue reuse), and the
+        // timestamp of a message its producer did not stamp: the run's one clock read, for a
+        // stamped message too (else `Session::stamp` read the clock for each of those).
+        let now = self.now_ms();
         let timestamp_ms = if draft.timestamp_ms == 0 {
             now
         } else {

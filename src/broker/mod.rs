@@ -385,6 +385,7 @@ impl Broker {
             stand_ins: HashMap::new(),
             temp_prefixes: Vec::new(),
             last_target: None,
+            producer_mark: None,
             last_record: 0,
             resends_below: 0,
             closed: false,

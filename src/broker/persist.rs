@@ -24,7 +24,7 @@
 //! message whole, so the records that set them pin no segment.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -68,13 +68,36 @@ impl Pending {
 }
 
 /// Producer high-water marks, for duplicate detection. Marks not touched for two pruning
-/// rounds are forgotten once there are more than `cap` of them.
+/// rounds are forgotten once there are more than `cap` of them, unless a session holds one.
+///
+/// A session keeps the mark of the producer it last published for ([`ProducerMarks::cached`]),
+/// so a producer's message costs one atomic on a line its own connection uses, not a hash of
+/// its id and a shard lock. The mark a session holds stays in the map (pruning skips it), so
+/// every holder of a producer's mark advances the same one.
 #[derive(Debug)]
 pub(crate) struct ProducerMarks {
-    marks: DashMap<Bytes, (u64, u32)>,
+    marks: DashMap<Bytes, Arc<ProducerMark>>,
     generation: AtomicU64,
     cap: usize,
 }
+
+/// One producer's high-water mark, and the pruning round that last saw it advance.
+#[derive(Debug, Default)]
+pub(crate) struct ProducerMark {
+    sequence: AtomicU64,
+    generation: AtomicU32,
+}
+
+impl ProducerMark {
+    /// Records `seq`; false when it is not above the mark (a duplicate).
+    fn advance(&self, seq: u64, generation: u32) -> bool {
+        self.generation.store(generation, Ordering::Relaxed);
+        self.sequence.fetch_max(seq, Ordering::Relaxed) < seq
+    }
+}
+
+/// The mark of the producer a session last published for (see [`ProducerMarks::advance_cached`]).
+pub(crate) type CachedMark = Option<(Bytes, Arc<ProducerMark>)>;
 
 impl ProducerMarks {
     pub(crate) fn new(cap: usize) -> ProducerMarks {
@@ -85,18 +108,38 @@ impl ProducerMarks {
         }
     }
 
+    fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Relaxed) as u32
+    }
+
+    fn mark(&self, producer: &Bytes) -> Arc<ProducerMark> {
+        if let Some(m) = self.marks.get(producer) {
+            return m.clone();
+        }
+        self.marks.entry(producer.clone()).or_default().clone()
+    }
+
     /// Records `seq` for `producer`; false when it is not above the mark (a duplicate).
     pub(crate) fn advance(&self, producer: &Bytes, seq: u64) -> bool {
-        let generation = self.generation.load(Ordering::Relaxed) as u32;
-        if let Some(mut m) = self.marks.get_mut(producer) {
-            if seq <= m.0 {
-                return false;
-            }
-            *m = (seq, generation);
-            return true;
-        }
-        self.marks.insert(producer.clone(), (seq, generation));
-        true
+        self.mark(producer).advance(seq, self.generation())
+    }
+
+    /// As [`ProducerMarks::advance`], through `cache`: the mark of the producer last seen
+    /// there, replaced when `producer` is another.
+    pub(crate) fn advance_cached(
+        &self,
+        cache: &mut CachedMark,
+        producer: &Bytes,
+        seq: u64,
+    ) -> bool {
+        let same = |id: &Bytes| {
+            (id.as_ptr() == producer.as_ptr() && id.len() == producer.len()) || id == producer
+        };
+        let mark = match cache {
+            Some((id, mark)) if same(id) => mark,
+            _ => &cache.insert((producer.clone(), self.mark(producer))).1,
+        };
+        mark.advance(seq, self.generation())
     }
 
     pub(crate) fn prune(&self) {
@@ -104,7 +147,11 @@ impl ProducerMarks {
             return;
         }
         let now = self.generation.fetch_add(1, Ordering::Relaxed) as u32;
-        self.marks.retain(|_, (_, g)| now.wrapping_sub(*g) < 2);
+        // A mark a session holds is in use: removing it would let that session advance a
+        // mark nobody else sees.
+        self.marks.retain(|_, m| {
+            Arc::strong_count(m) > 1 || now.wrapping_sub(m.generation.load(Ordering::Relaxed)) < 2
+        });
     }
 
     fn snapshot(&self) -> Vec<proto::ProducerMark> {
@@ -112,7 +159,7 @@ impl ProducerMarks {
             .iter()
             .map(|e| proto::ProducerMark {
                 producer_id: e.key().clone(),
-                sequence: e.value().0,
+                sequence: e.value().sequence.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -799,5 +846,63 @@ impl Broker {
         self.apply(effects);
         // Only now: what was restored is in place before anything new is dispatched.
         self.start_committing();
+    }
+}
+
+#[cfg(test)]
+mod marks_tests {
+    use super::*;
+
+    /// Through a session's cached mark or the map, a producer has one mark: a re-send is a
+    /// duplicate whichever way it comes, and switching producers in the cache loses nothing.
+    #[test]
+    fn a_cached_mark_is_the_producers_one_mark() {
+        let marks = ProducerMarks::new(16);
+        let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
+        let mut cache: CachedMark = None;
+        assert!(marks.advance_cached(&mut cache, &a, 1));
+        assert!(marks.advance_cached(&mut cache, &a, 2));
+        assert!(!marks.advance_cached(&mut cache, &a, 2), "a re-send");
+        assert!(!marks.advance(&a, 1), "the map sees the cached mark");
+        assert!(marks.advance_cached(&mut cache, &b, 1));
+        let a_again = Bytes::copy_from_slice(b"a");
+        assert!(
+            !marks.advance_cached(&mut cache, &a_again, 2),
+            "same id, other bytes"
+        );
+        assert!(marks.advance_cached(&mut cache, &a_again, 3));
+        let mut other: CachedMark = None;
+        assert!(
+            !marks.advance_cached(&mut other, &a, 3),
+            "another session's re-send"
+        );
+        assert!(marks.advance(&a, 4));
+        assert!(!marks.advance_cached(&mut cache, &a, 4));
+    }
+
+    /// Pruning forgets stale marks past the cap, never one a session holds: that session
+    /// would go on advancing a mark the broker no longer checks against.
+    #[test]
+    fn pruning_keeps_the_marks_sessions_hold() {
+        let marks = ProducerMarks::new(2);
+        let held = Bytes::from_static(b"held");
+        let mut cache: CachedMark = None;
+        assert!(marks.advance_cached(&mut cache, &held, 5));
+        for id in [&b"x"[..], b"y", b"z"] {
+            assert!(marks.advance(&Bytes::copy_from_slice(id), 1));
+        }
+        for _ in 0..3 {
+            marks.prune();
+        }
+        assert!(
+            marks.advance(&Bytes::from_static(b"x"), 1),
+            "x was forgotten"
+        );
+        assert!(!marks.advance(&held, 5), "the held mark is still checked");
+        assert!(!marks.advance_cached(&mut cache, &held, 5));
+        let snapshot = marks.snapshot();
+        assert!(snapshot
+            .iter()
+            .any(|m| m.producer_id == held && m.sequence == 5));
     }
 }

@@ -37,6 +37,8 @@ pub struct Session {
     /// temporary destinations after the first, and may re-create them here.
     pub(super) temp_prefixes: Vec<String>,
     pub(super) last_target: Option<Target>,
+    /// The high-water mark of the producer this session last published for.
+    pub(super) producer_mark: super::persist::CachedMark,
     /// A failover client's sends below this producer sequence are re-sends of sends another
     /// group may hold already: accepted flagged redelivered (0 = none).
     pub(super) resends_below: u64,
@@ -252,7 +254,7 @@ impl Session {
     /// Checks a message and stamps it for `target` as the broker keeps it: its destination,
     /// the connection it came from, when it arrived, and its memory charge. False when it is a
     /// producer re-send (drop it).
-    fn stamp(&self, target: &Target, msg: &mut Message) -> Result<bool, BrokerError> {
+    fn stamp(&mut self, target: &Target, msg: &mut Message) -> Result<bool, BrokerError> {
         if msg.priority > MAX_PRIORITY {
             return Err(BrokerError::BadPriority(msg.priority as u32));
         }
@@ -371,15 +373,15 @@ impl Session {
 
     /// True when `msg` repeats what its producer already sent here (its sequence is not above
     /// the producer's mark). Forwarded messages are checked by `Broker::first_forward` instead.
-    fn is_resend(&self, msg: &Message) -> bool {
+    fn is_resend(&mut self, msg: &Message) -> bool {
         msg.sequence != 0
             && !msg.sequence_checked
             && !msg.producer_id.is_empty()
-            && !self
-                .broker
-                .inner
-                .producers
-                .advance(&msg.producer_id, msg.sequence)
+            && !self.broker.inner.producers.advance_cached(
+                &mut self.producer_mark,
+                &msg.producer_id,
+                msg.sequence,
+            )
     }
 
     /// Accepts a message that arrived over a bridge: like `publish`, without the producer's

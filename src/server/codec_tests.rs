@@ -732,3 +732,37 @@ fn each_topic_subscriber_gets_its_own_message_frame_from_one_shared_encoding() {
         Some(format!("ID:{two_sub}:8").as_str())
     );
 }
+
+/// What a STOMP connection keeps of a SEND never pins the buffer it was read into: a small
+/// body is copied out as the frame is decoded, and the builder keeps that copy (no second
+/// one); a large body shares the buffer, as the builder's rule says.
+#[test]
+fn a_kept_stomp_body_is_copied_out_of_the_read_buffer_once() {
+    use crate::broker::{MessageBuilder, COPY_BODY_BELOW};
+    use crate::server::conn::Codec;
+    let mut c = stomp_codec(Version::V1_2);
+    let large = vec![b'L'; COPY_BODY_BELOW];
+    let mut buf = bytes::BytesMut::new();
+    for body in [&b"small"[..], &large] {
+        let f = frame(Command::Send, &[("destination", "/queue/q")])
+            .with_body(Bytes::copy_from_slice(body));
+        stomp::encode(&f, Version::V1_2, &mut buf);
+    }
+    let chunk = buf.as_ptr_range();
+    let inside = |b: &Bytes| chunk.contains(&b.as_ptr());
+    let mut next = |buf: &mut bytes::BytesMut| match c.decode(buf) {
+        Ok(Inbound::Request(r)) => send_of(r).draft,
+        _ => panic!("a SEND"),
+    };
+    let mut builder = MessageBuilder::default();
+    let small = next(&mut buf);
+    assert!(!inside(&small.body), "a small body is copied out");
+    assert!(small.body_is_own);
+    let body_at = small.body.as_ptr();
+    let kept = builder.build(small).unwrap();
+    assert_eq!(kept.body.as_ptr(), body_at, "and not copied again");
+    let big = next(&mut buf);
+    assert!(inside(&big.body), "a large body shares the buffer");
+    assert!(!big.body_is_own);
+    assert_eq!(&big.body[..], &large[..]);
+}

@@ -16,7 +16,7 @@
 //! byte is examined once however the frame is split across reads: a body without
 //! `content-length` arriving in small pieces costs no rescans.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use memchr::memchr;
 
 use super::{quote, Command, Frame, Headers, Limits, StompError, Version};
@@ -45,6 +45,9 @@ pub struct Decoder {
     /// Room for the next frame's headers, handed back by [`Decoder::recycle`]: a connection
     /// reading a run of frames allocates their headers once, not twice per frame.
     spare: Option<Headers>,
+    /// Bodies shorter than this are copied out of the buffer (see
+    /// [`Decoder::copy_bodies_below`]); 0: every body shares it.
+    copy_below: usize,
 }
 
 /// A frame whose command line has been read but which is not complete yet.
@@ -73,7 +76,23 @@ impl Decoder {
             limits,
             partial: None,
             spare: None,
+            copy_below: 0,
         }
+    }
+
+    /// Makes bodies shorter than `len` copies of their own instead of slices of the buffer
+    /// they arrived in, for a reader that keeps them (a broker: a message that lives long
+    /// must not pin a whole read chunk). Copied here, straight from the buffer, a body costs
+    /// one allocation and no reference counting on the buffer's; sliced, then copied by its
+    /// keeper, it cost both.
+    pub fn copy_bodies_below(&mut self, len: usize) {
+        self.copy_below = len;
+    }
+
+    /// Whether a body of `len` bytes comes out of [`Decoder::decode`] as a copy of its own
+    /// (see [`Decoder::copy_bodies_below`]).
+    pub fn copies_body(&self, len: usize) -> bool {
+        len < self.copy_below
     }
 
     pub fn version(&self) -> Version {
@@ -94,7 +113,7 @@ impl Decoder {
     }
 
     /// Takes one frame or heart-beat off the front of `buf` (zero-copy: the frame's body
-    /// shares `buf`'s allocation).
+    /// shares `buf`'s allocation, unless [`Decoder::copy_bodies_below`] says otherwise).
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, StompError> {
         let partial = match self.partial.take() {
             Some(p) if p.seen <= buf.len() => p,
@@ -243,11 +262,19 @@ impl Decoder {
             }
         };
 
-        let bytes = buf.split_to(total).freeze();
+        let body = if self.copies_body(body_len) {
+            let body = Bytes::copy_from_slice(&buf[body_start..body_start + body_len]);
+            buf.advance(total);
+            body
+        } else {
+            buf.split_to(total)
+                .freeze()
+                .slice(body_start..body_start + body_len)
+        };
         Ok(Some(Frame {
             command: p.command,
             headers: std::mem::take(&mut p.headers),
-            body: bytes.slice(body_start..body_start + body_len),
+            body,
         }))
     }
 

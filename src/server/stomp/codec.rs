@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use rustc_hash::FxHashMap;
 
 use crate::broker::{Delivery, Destination, Kind};
 use crate::server::conn::{Codec, Inbound};
@@ -57,7 +58,9 @@ pub(crate) struct Stomp {
     pub(super) decoder: Decoder,
     pub(super) version: Version,
     pub(super) connection_id: String,
-    pub(super) subs: HashMap<u64, Sub>,
+    /// By the numbers this codec gives its subscriptions (in sequence, so FxHash spreads them
+    /// well): looked up for every delivery, where SipHash cost more than the lookup.
+    pub(super) subs: FxHashMap<u64, Sub>,
     pub(super) sub_ids: HashMap<String, u64>,
     pub(super) next_sub: u64,
     /// STOMP 1.0/1.1 acknowledge by `message-id` (1.1 with `subscription`): which delivery
@@ -71,13 +74,16 @@ pub(crate) struct Stomp {
 }
 
 impl Stomp {
-    /// The codec of a connection whose handshake settled `decoder`'s version.
-    pub(crate) fn new(decoder: Decoder, connection_id: &str) -> Stomp {
+    /// The codec of a connection whose handshake settled `decoder`'s version. The bodies the
+    /// broker keeps are copied out of the read buffer as they are decoded (see
+    /// [`crate::broker::COPY_BODY_BELOW`]), once.
+    pub(crate) fn new(mut decoder: Decoder, connection_id: &str) -> Stomp {
+        decoder.copy_bodies_below(crate::broker::COPY_BODY_BELOW);
         Stomp {
             version: decoder.version(),
             decoder,
             connection_id: connection_id.to_string(),
-            subs: HashMap::new(),
+            subs: FxHashMap::default(),
             sub_ids: HashMap::new(),
             next_sub: 1,
             by_message_id: HashMap::new(),

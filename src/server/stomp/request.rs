@@ -158,6 +158,7 @@ impl Stomp {
             );
         }
         Ok(Draft {
+            body_is_own: self.decoder.copies_body(body.len()),
             body,
             headers: travelling,
             persistent,
