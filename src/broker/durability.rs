@@ -72,6 +72,7 @@ impl Broker {
         };
         let journal = p.store.journal();
         let mut synced = p.synced.subscribe();
+        let _announced = journal.commit_wait(index);
         let wait = async {
             loop {
                 if *synced.borrow_and_update() >= index {

@@ -15,7 +15,7 @@
 //! bytes, the same way at every call.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::task::Poll;
 use std::time::Duration;
@@ -37,7 +37,15 @@ pub struct StompConn {
 impl StompConn {
     /// Connects and logs in (anonymously, without heart-beats).
     pub async fn connect(addr: SocketAddr) -> anyhow::Result<StompConn> {
-        let stream = transport::dial(addr, None).await?;
+        StompConn::connect_from(addr, None).await
+    }
+
+    /// Connects from `source` (any local address when `None`) and logs in.
+    pub async fn connect_from(
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+    ) -> anyhow::Result<StompConn> {
+        let stream = transport::dial(addr, source).await?;
         let mut conn = StompConn {
             pump: Pump::new(Box::new(stream)),
             decoder: Decoder::new(VERSION, Limits::default()),

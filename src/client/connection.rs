@@ -116,6 +116,13 @@ async fn serve(
     let mut stopping: Option<Instant> = None;
     // Set once a failover client decided to leave this broker.
     let mut leaving: Option<Instant> = None;
+    // Made once, not on every turn of the loop: a subscriber's connection turns once or twice
+    // per delivery, and each new wait would check and register with its token's lock anew
+    // (and deregister as the turn ends).
+    let stopped = shared.stop.cancelled();
+    tokio::pin!(stopped);
+    let left = leave.cancelled();
+    tokio::pin!(left);
     loop {
         take_outgoing(&shared, &mut pump);
         if let Some(since) = stopping {
@@ -132,10 +139,10 @@ async fn serve(
             )));
         }
         tokio::select! {
-            _ = shared.stop.cancelled(), if stopping.is_none() => {
+            _ = &mut stopped, if stopping.is_none() => {
                 stopping = Some(Instant::now());
             }
-            _ = leave.cancelled(), if leaving.is_none() && stopping.is_none() => {
+            _ = &mut left, if leaving.is_none() && stopping.is_none() => {
                 leaving = Some(Instant::now());
                 shared.leaving.store(true, Ordering::Release);
                 // New frames wait for the next connection; what was queued goes out first.
@@ -230,7 +237,7 @@ pub(crate) fn on_frame(shared: &Shared, f: Frame, epoch: u64) -> Option<Outcome>
         Some(Body::Deliver(d)) => {
             let subs = shared.subs.lock();
             if let Some(e) = subs.get(&d.subscription) {
-                let _ = e.tx.send(Delivery::from_wire(d, epoch));
+                let _ = e.tx.send(Box::new(Delivery::from_wire(d, epoch)));
             }
             None
         }

@@ -162,7 +162,7 @@ pub(crate) struct Outbound {
 
 /// A live subscription: where its deliveries go, and how to restore it after a failover.
 pub(crate) struct SubEntry {
-    pub(super) tx: mpsc::UnboundedSender<Delivery>,
+    pub(super) tx: mpsc::UnboundedSender<Box<Delivery>>,
     pub(super) frame: proto::Subscribe,
 }
 

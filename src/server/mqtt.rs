@@ -148,8 +148,9 @@ pub(crate) struct Mqtt {
     awaiting_release: HashSet<u16>,
     /// The MQTT 5 reason of the refusal being written (set where the codec refuses).
     refusal_reason: Option<u8>,
-    /// Published if the connection ends without a DISCONNECT.
-    will: Option<SendRequest<Receipt>>,
+    /// Published if the connection ends without a DISCONNECT. Boxed: most clients have
+    /// none, and inline a message's draft would weigh on every idle connection.
+    will: Option<Box<SendRequest<Receipt>>>,
     /// Where the will goes when the connection ends, if it waits for a delay (`will.rs`).
     delayed_will: Option<will::WillSlot>,
     /// Subscriptions are durable (a persistent session of a client with an id).

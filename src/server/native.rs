@@ -56,40 +56,53 @@ pub(crate) async fn serve(
 ) {
     ctx.metrics.connection_opened();
     let mut pump = Pump::new(stream);
-    // Boxed: its state is freed once it is done, not kept for the connection's life.
-    match Box::pin(handshake(&mut pump, peer, &ctx, &shutdown)).await {
-        Ok(Some(Hello::Bridge(info))) => match &ctx.network {
-            // Boxed: a bridge's state would otherwise be part of every client connection's.
-            Some(network) => Box::pin(network.accept(pump, info, peer)).await,
-            None => {
-                let _: std::io::Result<Option<()>> = refuse(
-                    &mut pump,
-                    ErrorCode::Unsupported,
-                    "this broker runs no connectors",
-                )
-                .await;
+    // Boxed: its state is freed once it is done, not kept for the connection's life. A
+    // client's connection is built in this statement, so the handshake's result (being moved
+    // out of) is not kept beside it while it runs.
+    let mut connection = match Box::pin(handshake(&mut pump, peer, &ctx, &shutdown)).await {
+        Ok(Some(Hello::Bridge(info))) => {
+            match &ctx.network {
+                // Boxed: a bridge's state would otherwise be part of every client connection's.
+                Some(network) => Box::pin(network.accept(pump, info, peer)).await,
+                None => {
+                    let _: std::io::Result<Option<()>> = refuse(
+                        &mut pump,
+                        ErrorCode::Unsupported,
+                        "this broker runs no connectors",
+                    )
+                    .await;
+                }
             }
-        },
+            None
+        }
         Ok(Some(Hello::Client(session, principal, client_heartbeat, registration))) => {
             let heartbeat_out =
                 (!ctx.settings.heartbeat.is_zero()).then_some(ctx.settings.heartbeat);
             let native = Native::new(ctx.settings.max_frame_size);
-            let mut connection = Connection::new(
-                native,
-                pump,
-                *session,
-                ctx.clone(),
-                principal,
-                heartbeat_out,
-                client_heartbeat.map(|h| h * HEARTBEAT_GRACE),
+            Some(
+                Connection::new(
+                    native,
+                    pump,
+                    *session,
+                    ctx.clone(),
+                    principal,
+                    heartbeat_out,
+                    client_heartbeat.map(|h| h * HEARTBEAT_GRACE),
+                )
+                .with_registration(registration),
             )
-            .with_registration(registration);
-            let reason = connection.run(&shutdown).await;
-            tracing::debug!(%peer, reason, "connection closed");
         }
-        Ok(None) => {}
-        Err(e) => tracing::debug!(%peer, error = %e, "connection failed before connecting"),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection failed before connecting");
+            None
+        }
+    };
+    if let Some(connection) = connection.as_mut() {
+        let reason = connection.run(&shutdown).await;
+        tracing::debug!(%peer, reason, "connection closed");
     }
+    drop(connection);
     ctx.metrics.connection_closed();
 }
 

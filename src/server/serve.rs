@@ -29,3 +29,80 @@ pub(super) async fn serve_stream(
         Protocol::Mqtt => Box::pin(mqtt::serve(stream, peer, ctx, shutdown, permit)).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! An idle connection's task holds its protocol's state once: the handshake's result is
+    //! moved into the connection, not kept beside it for the connection's life.
+
+    use super::*;
+    use crate::broker::{Broker, BrokerSettings};
+    use crate::cluster::{Cluster, ClusterOptions, ClusterPolicy};
+    use crate::config::Security;
+    use crate::security::LiveSecurity;
+    use crate::server::conn::ListenerMetrics;
+    use crate::server::{ConnSettings, Identity, StompLimits};
+    use crate::transport::ConnectionCount;
+
+    fn ctx() -> Arc<ConnCtx> {
+        let security = Security {
+            allow_anonymous: true,
+            users: Vec::new(),
+            acls: Vec::new(),
+        };
+        Arc::new(ConnCtx {
+            broker: Broker::new(BrokerSettings::default()),
+            settings: ConnSettings::default(),
+            identity: Arc::new(Identity::default()),
+            metrics: ListenerMetrics::new("tcp://127.0.0.1:1", Protocol::Native),
+            security: LiveSecurity::new(&security, crate::security::DEFAULT_LOGIN_MEMORY),
+            stomp: StompLimits {
+                max_headers: 100,
+                max_header_length: 10 * 1024,
+            },
+            network: None,
+            cluster: Cluster::new(ClusterOptions::default()),
+            cluster_policy: Arc::new(ClusterPolicy::default()),
+            accepting: CancellationToken::new(),
+            mqtt_sessions: Default::default(),
+        })
+    }
+
+    /// The largest an idle connection's task state may be, for any protocol: 4 KiB (one of
+    /// jemalloc's size classes; a protocol whose task kept the handshake's result — a second
+    /// codec, session and login — beside its connection needed the 5 or 6 KiB classes).
+    const IDLE_TASK_BUDGET: usize = 4096;
+
+    #[test]
+    fn an_idle_connection_task_holds_its_protocol_state_once() {
+        let ctx = ctx();
+        let count = Arc::new(ConnectionCount::new(10));
+        let peer: SocketAddr = "127.0.0.1:1".parse().expect("an address");
+        let sizes = [Protocol::Native, Protocol::Stomp, Protocol::Mqtt].map(|protocol| {
+            let (ours, _theirs) = tokio::io::duplex(64);
+            let stream: crate::transport::Stream = Box::new(ours);
+            let shutdown = CancellationToken::new();
+            let permit = count.try_admit().expect("room for a connection");
+            let ctx = ctx.clone();
+            let size = match protocol {
+                Protocol::Native => {
+                    std::mem::size_of_val(&native::serve(stream, peer, ctx, shutdown, permit))
+                }
+                Protocol::Stomp => {
+                    std::mem::size_of_val(&stomp::serve(stream, peer, ctx, shutdown, permit))
+                }
+                Protocol::Mqtt => {
+                    std::mem::size_of_val(&mqtt::serve(stream, peer, ctx, shutdown, permit))
+                }
+            };
+            (protocol, size)
+        });
+        eprintln!("idle connection task sizes: {sizes:?}");
+        for (protocol, size) in sizes {
+            assert!(
+                size <= IDLE_TASK_BUDGET,
+                "a {protocol:?} connection's task is {size} bytes, over {IDLE_TASK_BUDGET}: is a copy of its state (the handshake's result?) kept beside the connection while it runs?"
+            );
+        }
+    }
+}

@@ -1121,3 +1121,42 @@ async fn the_prefiller_writes_ahead_of_appends_and_never_over_them() {
     );
     store.close();
 }
+
+/// A journal dropped without `close` (a crash, as tests model one) leaves no thread of its own
+/// running: its writer and prefiller are stopped and joined by the drop, so no write of theirs
+/// (a queued batch, 256 KiB of zeros) can land in the journal opened again after it. What was
+/// synced before the drop is recovered.
+#[tokio::test]
+async fn a_journal_dropped_without_close_stops_its_threads_before_the_drop_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.segment_size = 4 << 20;
+    for round in 0..3 {
+        let (store, _) = Store::open(cfg.clone(), false).unwrap();
+        let synced = append_all(
+            &store,
+            &(0..50)
+                .map(|i| added("queue://d", &format!("{round}-{i}"), "p", 1 + i))
+                .collect::<Vec<_>>(),
+        )
+        .await;
+        assert!(!synced.is_empty());
+        // Queued behind the synced ones when the journal goes: written or not, as in a crash.
+        store.append(&added("queue://d", "late", "p", 99));
+        let shared = std::sync::Arc::downgrade(&store.journal().shared);
+        drop(store);
+        assert!(
+            shared.upgrade().is_none(),
+            "a thread of the dropped journal still runs (it holds the journal's state)"
+        );
+    }
+    let (store, rec) = Store::open(cfg, false).unwrap();
+    let got = bodies(&rec, "queue://d");
+    for round in 0..3 {
+        for i in 0..50 {
+            let want = format!("{round}-{i}");
+            assert!(got.contains(&want), "synced record {want} was lost");
+        }
+    }
+    store.close();
+}

@@ -1,5 +1,5 @@
-//! The connections scenario: many idle subscriber connections (native or MQTT), then one
-//! message to all of them.
+//! The connections scenario: many idle subscriber connections (native, STOMP or MQTT), then
+//! one message to all of them.
 
 use super::*;
 
@@ -14,9 +14,10 @@ pub async fn connections(args: &ConnectionsArgs) -> anyhow::Result<Report> {
             Ok(addr) => run_connections_mqtt(args, &broker, addr).await,
             Err(e) => Err(e),
         },
-        ProtocolArg::Stomp => Err(anyhow!(
-            "the connections bench speaks native or mqtt (--protocol stomp is not served)"
-        )),
+        ProtocolArg::Stomp => match broker.stomp_addr() {
+            Ok(addr) => run_connections_stomp(args, &broker, addr).await,
+            Err(e) => Err(e),
+        },
     };
     broker.stop().await;
     result
@@ -37,6 +38,18 @@ impl IdleSubscriber for (Client, meshmq::client::Subscription) {
 impl IdleSubscriber for MqttConn {
     async fn next_message(&mut self) -> bool {
         MqttConn::next_message(self).await.is_ok()
+    }
+}
+
+impl IdleSubscriber for StompConn {
+    async fn next_message(&mut self) -> bool {
+        loop {
+            match self.next_frame().await {
+                Ok(f) if f.command == Command::Message => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
     }
 }
 
@@ -110,6 +123,38 @@ async fn run_connections_mqtt(
     run_idle_subscribers(args, broker, "mqtt ", open, publish).await
 }
 
+/// STOMP 1.2 subscribers (`ack:auto`, prefetch 10, as the native ones) and one SEND with a
+/// receipt.
+async fn run_connections_stomp(
+    args: &ConnectionsArgs,
+    broker: &BrokerUnderTest,
+    addr: SocketAddr,
+) -> anyhow::Result<Report> {
+    let destination = stomp_destination(&args.destination)?;
+    let open = |i: usize, source: IpAddr| {
+        let destination = destination.clone();
+        async move {
+            let mut conn = StompConn::connect_from(addr, Some(source)).await?;
+            conn.subscribe(&destination, &format!("s{i}"), "auto", 10)
+                .await?;
+            Ok(conn)
+        }
+    };
+    let publish = || async {
+        if let Some(url) = &args.publish_url {
+            return publish_native(url, &args.destination).await;
+        }
+        let mut publisher = StompConn::connect(addr).await?;
+        publisher.frame(
+            Command::Send,
+            &[("destination", destination.as_str()), ("receipt", "sent")],
+            b"to everyone",
+        );
+        publisher.receipt("sent").await
+    };
+    run_idle_subscribers(args, broker, "stomp ", open, publish).await
+}
+
 /// Opens `args.connections` subscribers with `open` (at most `args.concurrency` at a time, from
 /// the given sources), reads the broker's memory before and after, then sends one message with
 /// `publish` and times its arrival at every subscriber.
@@ -129,6 +174,8 @@ where
 {
     let rss_before = broker.status().await.map(|s| s.process.rss_bytes);
     let received = Arc::new(AtomicU64::new(0));
+    // When the first subscriber, and half of them, had the message (ns since `start`).
+    let arrivals = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let all_in = Arc::new(Notify::new());
     let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let start = Instant::now();
@@ -139,6 +186,7 @@ where
         let permits = permits.clone();
         let ready = ready_tx.clone();
         let received = received.clone();
+        let arrivals = arrivals.clone();
         let all_in = all_in.clone();
         let total = args.connections as u64;
         tasks.push(tokio::spawn(async move {
@@ -157,10 +205,15 @@ where
                     return;
                 }
             };
-            if subscriber.next_message().await
-                && received.fetch_add(1, Ordering::Relaxed) + 1 == total
-            {
-                all_in.notify_one();
+            if subscriber.next_message().await {
+                let count = received.fetch_add(1, Ordering::Relaxed) + 1;
+                if count == 1 || count == total.div_ceil(2) {
+                    let at = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    arrivals[usize::from(count != 1)].store(at, Ordering::Relaxed);
+                }
+                if count == total {
+                    all_in.notify_one();
+                }
             }
             // An idle subscriber stays connected and subscribed: closing here would put ten
             // thousand disconnects (and the broker's session teardowns) inside the window
@@ -220,6 +273,11 @@ where
         .is_ok();
     let fanout_ms = sent_at.elapsed().as_secs_f64() * 1000.0;
     let got = received.load(Ordering::Relaxed);
+    let arrived_ms = |i: usize| {
+        let at = arrivals[i].load(Ordering::Relaxed);
+        let since_start = sent_at.duration_since(start).as_nanos() as f64;
+        (at != 0).then(|| (at as f64 - since_start) / 1e6)
+    };
     for t in tasks {
         t.abort();
     }
@@ -242,6 +300,8 @@ where
             "broker_rss_before_bytes": rss_before,
             "broker_rss_after_bytes": rss_after,
             "fanout_to_all_ms": if reached_all { Some(fanout_ms) } else { None },
+            "fanout_to_first_ms": arrived_ms(0),
+            "fanout_to_half_ms": arrived_ms(1),
         })),
         ..Report::default()
     })

@@ -156,8 +156,9 @@ pub struct ConnectionsArgs {
     pub concurrency: usize,
     #[arg(long, default_value = "topic://bench.connections")]
     pub destination: String,
-    /// native (the default) or mqtt (MQTT 3.1.1 subscribers at QoS 0 and a QoS 1 publisher,
-    /// on the broker's mqtt:// listener).
+    /// native (the default), stomp (STOMP 1.2 subscribers with `ack:auto` and a SEND with a
+    /// receipt, on the broker's stomp:// listener) or mqtt (MQTT 3.1.1 subscribers at QoS 0
+    /// and a QoS 1 publisher, on the broker's mqtt:// listener).
     #[arg(long, value_enum, default_value_t = ProtocolArg::Native)]
     pub protocol: ProtocolArg,
     /// Send the one message through this broker instead, with a native client and a receipt

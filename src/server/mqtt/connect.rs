@@ -182,8 +182,11 @@ pub(crate) async fn serve(
 ) {
     ctx.metrics.connection_opened();
     let mut pump = Pump::new(stream);
-    // Boxed: its state is freed once it is done, not kept for the connection's life.
-    match Box::pin(handshake(&mut pump, peer, &ctx, &shutdown)).await {
+    // Boxed: its state is freed once it is done, not kept for the connection's life. The
+    // connection is built in this statement, so the handshake's result (a second copy of the
+    // codec and session, being moved out of) is not kept beside it while it runs; what the
+    // session's end needs is boxed, and only kept when the session outlives the connection.
+    let mut connection = match Box::pin(handshake(&mut pump, peer, &ctx, &shutdown)).await {
         Ok(Some((codec, session, principal, keep_alive, session_end))) => {
             let session_id = session.id();
             // Counted in the group's load; MQTT takes no cluster pushes.
@@ -191,19 +194,27 @@ pub(crate) async fn serve(
                 ctx.cluster
                     .register(session.id(), &crate::cluster::ClientHello::default(), None);
             let silence = keep_alive.map(|k| k.mul_f64(KEEP_ALIVE_GRACE));
-            let will_principal = principal.clone();
-            let mut connection =
+            let ending = session_end.map(|end| Box::new((end, session_id, principal.clone())));
+            let connection =
                 Connection::new(codec, pump, session, ctx.clone(), principal, None, silence)
                     .with_registration(registration);
-            let reason = connection.run(&shutdown).await;
-            tracing::debug!(%peer, reason, "mqtt connection closed");
-            if let Some(end) = session_end {
-                end.schedule(&ctx, session_id, will_principal, &shutdown);
-            }
+            Some((connection, ending))
         }
-        Ok(None) => {}
-        Err(e) => tracing::debug!(%peer, error = %e, "mqtt connection failed before connecting"),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "mqtt connection failed before connecting");
+            None
+        }
+    };
+    if let Some((connection, ending)) = connection.as_mut() {
+        let reason = connection.run(&shutdown).await;
+        tracing::debug!(%peer, reason, "mqtt connection closed");
+        if let Some(ending) = ending.take() {
+            let (end, session_id, principal) = *ending;
+            end.schedule(&ctx, session_id, principal, &shutdown);
+        }
     }
+    drop(connection);
     ctx.metrics.connection_closed();
 }
 

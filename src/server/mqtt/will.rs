@@ -38,12 +38,12 @@ impl Mqtt {
     pub(super) fn set_will(&mut self, will: Publish) {
         match self.draft_of(&will) {
             Ok((destination, draft)) => {
-                self.will = Some(SendRequest {
+                self.will = Some(Box::new(SendRequest {
                     destination,
                     draft,
                     transaction: None,
                     receipt: None,
-                })
+                }))
             }
             Err((_, e)) => {
                 tracing::debug!(connection = %self.connection_id, error = %e, "will refused")
@@ -59,10 +59,10 @@ impl Mqtt {
         self.next_sequence += 1;
         match &self.delayed_will {
             Some(slot) => {
-                *slot.lock() = Some(will);
+                *slot.lock() = Some(*will);
                 None
             }
-            None => Some(will),
+            None => Some(*will),
         }
     }
 }

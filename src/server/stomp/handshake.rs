@@ -54,29 +54,39 @@ pub(crate) async fn serve(
 ) {
     ctx.metrics.connection_opened();
     let mut pump = Pump::new(stream);
-    // Boxed: its state is freed once it is done, not kept for the connection's life.
-    match Box::pin(handshake(&mut pump, peer, &ctx, &shutdown)).await {
+    // Boxed: its state is freed once it is done, not kept for the connection's life. The
+    // connection is built in this statement, so the handshake's result (a second copy of the
+    // codec and session, being moved out of) is not kept beside it while it runs.
+    let mut connection = match Box::pin(handshake(&mut pump, peer, &ctx, &shutdown)).await {
         Ok(Some((proto, session, principal, send_every, expect_every))) => {
             // Counted in the group's load; STOMP takes no pushes.
             let registration =
                 ctx.cluster
                     .register(session.id(), &crate::cluster::ClientHello::default(), None);
-            let mut connection = Connection::new(
-                proto,
-                pump,
-                session,
-                ctx.clone(),
-                principal,
-                send_every,
-                expect_every.map(|e| e * HEARTBEAT_GRACE),
+            Some(
+                Connection::new(
+                    proto,
+                    pump,
+                    session,
+                    ctx.clone(),
+                    principal,
+                    send_every,
+                    expect_every.map(|e| e * HEARTBEAT_GRACE),
+                )
+                .with_registration(registration),
             )
-            .with_registration(registration);
-            let reason = connection.run(&shutdown).await;
-            tracing::debug!(%peer, reason, "stomp connection closed");
         }
-        Ok(None) => {}
-        Err(e) => tracing::debug!(%peer, error = %e, "stomp connection failed before connecting"),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "stomp connection failed before connecting");
+            None
+        }
+    };
+    if let Some(connection) = connection.as_mut() {
+        let reason = connection.run(&shutdown).await;
+        tracing::debug!(%peer, reason, "stomp connection closed");
     }
+    drop(connection);
     ctx.metrics.connection_closed();
 }
 

@@ -5,7 +5,10 @@
 //! out, writes it with as few syscalls as the segment boundaries allow, syncs once per batch
 //! (`local_disk`), hands the synced index to its committer (the broker, which makes the
 //! messages visible there, on the writer thread) and then publishes it. Every append that
-//! arrived while a sync was running shares the next one: that is the group commit. With a
+//! arrived while a sync was running shares the next one: that is the group commit. A synced
+//! journal also sizes it by what waits: a sync that released N commit waits holds the next one
+//! back until N new waits joined those queued, within about one sync's time (`group.rs`), so
+//! producers that each wait for a receipt share one sync per round. With a
 //! replication gate the committer is called where a quorum's commit is published instead; it
 //! is also called when the journal fails, is fenced or closes, so the broker's waiters look at
 //! why. Calls can come from more than one thread (a failure, a fence or a close beside a
@@ -35,7 +38,9 @@
 //! segments are back under the limit and the reserve file could be made again.
 //!
 //! Segment files are made in `segment.rs`; the writer thread and the writing of batches are in
-//! `writer.rs`; the prefiller is in `prefill.rs`.
+//! `writer.rs`; the prefiller is in `prefill.rs`; the group commit policy is in `group.rs`.
+//! The last handle dropped without [`Journal::close`] stops and joins the writer and the
+//! prefiller where they are (as a crash would stop them), so nothing of theirs is written after.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -51,6 +56,7 @@ use super::frame::{self, FRAME_HEADER};
 use super::mark::SyncedMark;
 use super::{sync_dir, StoreError};
 
+mod group;
 mod prefill;
 mod segment;
 mod writer;
@@ -179,6 +185,10 @@ pub(crate) struct Shared {
     room: tokio::sync::Notify,
     disk_bytes: AtomicU64,
     stop: AtomicBool,
+    /// Set when the last handle is dropped without `close` (a crash, as tests model one): the
+    /// writer finishes at most the batch it holds and writes nothing queued after it, as a
+    /// crash would lose it.
+    abandoned: AtomicBool,
     /// The writer has written its last and stopped (`close`).
     closed: AtomicBool,
     pub fsyncs: AtomicU64,
@@ -187,6 +197,12 @@ pub(crate) struct Shared {
     mark: SyncedMark,
     /// Where the prefiller writes zeros ahead of the writer (`Synced` journals only).
     prefill: prefill::Prefill,
+    /// The commit waits in progress, which size the next group commit (`group.rs`).
+    waits: Mutex<group::Waits>,
+    /// The writer's group commit policy.
+    group: Mutex<group::GroupCommit>,
+    /// `group`'s target, for a new wait to tell whether it completes it.
+    wait_target: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -248,8 +264,56 @@ impl Shared {
 #[derive(Clone)]
 pub struct Journal {
     pub(crate) shared: Arc<Shared>,
-    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
-    prefiller: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    threads: Arc<Threads>,
+}
+
+/// A wait for a commit, announced to the journal while it lasts ([`Journal::commit_wait`]).
+pub struct CommitWait<'a> {
+    shared: &'a Shared,
+    index: Option<u64>,
+}
+
+impl Drop for CommitWait<'_> {
+    fn drop(&mut self) {
+        if let Some(index) = self.index {
+            self.shared.waits.lock().remove(index);
+        }
+    }
+}
+
+/// The journal's threads, shared by its handles. Dropped with the last handle: if the journal
+/// was not closed, its threads are stopped where they are (the writer finishes at most the
+/// batch it holds, nothing queued after it, as in a crash) and joined, so no write of theirs — a batch, or the prefiller's zeros — can land in
+/// a journal opened again in the same directory after the drop.
+struct Threads {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    prefiller: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        let handles = [
+            self.writer.get_mut().take(),
+            self.prefiller.get_mut().take(),
+        ];
+        if handles.iter().all(Option::is_none) {
+            return;
+        }
+        self.shared.abandoned.store(true, Ordering::Release);
+        self.shared.stop.store(true, Ordering::Release);
+        drop(self.shared.batch.lock());
+        self.shared.wake.notify_all();
+        self.shared.prefill.wake();
+        let me = std::thread::current().id();
+        for handle in handles.into_iter().flatten() {
+            // The last handle may go on one of these threads (the committer's broker dropped
+            // there): it returns by itself once it sees the flag.
+            if handle.thread().id() != me {
+                let _ = handle.join();
+            }
+        }
+    }
 }
 
 impl Journal {
@@ -290,11 +354,15 @@ impl Journal {
             room: tokio::sync::Notify::new(),
             disk_bytes: AtomicU64::new(disk),
             stop: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             fsyncs: AtomicU64::new(0),
             appended_bytes: AtomicU64::new(0),
             mark,
             prefill: prefill::Prefill::default(),
+            waits: Mutex::new(group::Waits::default()),
+            group: Mutex::new(group::GroupCommit::default()),
+            wait_target: std::sync::atomic::AtomicUsize::new(0),
         });
         if let Some(limit) = shared.options.store_limit {
             shared.over_limit.store(disk > limit, Ordering::Relaxed);
@@ -322,9 +390,12 @@ impl Journal {
                 .expect("spawning the journal prefill thread")
         });
         Journal {
+            threads: Arc::new(Threads {
+                shared: shared.clone(),
+                writer: Mutex::new(Some(handle)),
+                prefiller: Mutex::new(prefiller),
+            }),
             shared,
-            writer: Arc::new(Mutex::new(Some(handle))),
-            prefiller: Arc::new(Mutex::new(prefiller)),
         }
     }
 
@@ -332,7 +403,8 @@ impl Journal {
     pub fn append(&self, payload: &[u8]) -> u64 {
         let len = frame::frame_len(payload.len());
         let mut batch = self.shared.batch.lock();
-        if batch.frames.is_empty() {
+        let first = batch.frames.is_empty();
+        if first {
             batch.first_at = Some(std::time::Instant::now());
         }
         let index = self.shared.next_index.fetch_add(1, Ordering::Relaxed);
@@ -344,7 +416,12 @@ impl Journal {
             .unsynced_bytes
             .fetch_add(len as u64, Ordering::Relaxed);
         drop(batch);
-        self.shared.wake.notify_one();
+        // Only an empty batch can have the writer waiting for appends; one that holds records
+        // has it writing, or holding the sync back for the waits it expects (`group.rs`),
+        // which a record more does not change.
+        if first {
+            self.shared.wake.notify_one();
+        }
         index
     }
 
@@ -388,6 +465,7 @@ impl Journal {
 
     async fn wait_committed(&self, index: u64) -> Result<(), StoreError> {
         let mut rx = self.shared.synced.subscribe();
+        let _wait = self.commit_wait(index);
         loop {
             if *rx.borrow_and_update() >= index {
                 return Ok(());
@@ -396,6 +474,31 @@ impl Journal {
             if rx.changed().await.is_err() {
                 return Err(StoreError::Failed("the journal writer stopped".into()));
             }
+        }
+    }
+
+    /// Announces a wait for the commit of `index` until the returned guard is dropped: a synced
+    /// journal sizes its group commits by the waits (see `group.rs`). Nothing is announced for
+    /// an index already committed, nor by a journal that does not sync.
+    pub fn commit_wait(&self, index: u64) -> CommitWait<'_> {
+        let shared = &*self.shared;
+        if shared.options.durability != Durability::Synced || index <= self.synced() {
+            return CommitWait {
+                shared,
+                index: None,
+            };
+        }
+        let after = shared.waits.lock().add(index, std::time::Instant::now());
+        let target = shared.wait_target.load(Ordering::Acquire);
+        if target != 0 && after >= target {
+            // The writer may be waiting for this one. Taking the batch lock first means it
+            // either has not checked the waits yet (and will see this one) or is asleep.
+            drop(shared.batch.lock());
+            shared.wake.notify_one();
+        }
+        CommitWait {
+            shared,
+            index: Some(index),
         }
     }
 
@@ -848,11 +951,11 @@ impl Journal {
     pub fn close(&self) {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.wake.notify_one();
-        if let Some(h) = self.writer.lock().take() {
+        if let Some(h) = self.threads.writer.lock().take() {
             let _ = h.join();
         }
         self.shared.prefill.wake();
-        if let Some(h) = self.prefiller.lock().take() {
+        if let Some(h) = self.threads.prefiller.lock().take() {
             let _ = h.join();
         }
         if let Err(e) = self.shared.mark.sync() {

@@ -1,5 +1,6 @@
 //! The writer thread and the writing of batches: it waits for appends (syncing the synced mark
-//! when idle), gathers them for the group-commit window, writes each batch into the segments —
+//! when idle), holds a synced journal's next sync back for the commit waits it expects
+//! (`group.rs`), gathers them for the group-commit window, writes each batch into the segments —
 //! rolling to a new preallocated segment when the active one is full, keeping the batch when
 //! the disk is full — syncs once per batch, and tells the committer (the broker dispatches
 //! there, on this thread) and then the watchers what it synced.
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
+use super::group::Start;
 use super::{create_segment, Batch, Durability, Shared, Writing};
 use crate::metrics::commit_profile::{self as profile, Stage};
 use crate::store::StoreError;
@@ -28,6 +30,9 @@ pub(super) fn writer(shared: Arc<Shared>) {
     // When the last batch was done (for the commit profile's idle time).
     let mut finished: Option<Instant> = None;
     loop {
+        if shared.abandoned.load(Ordering::Acquire) {
+            return;
+        }
         // A batch kept from a full disk is retried before anything new is waited for.
         let carried = !shared.writing.lock().carry.frames.is_empty();
         if !carried {
@@ -56,8 +61,14 @@ pub(super) fn writer(shared: Arc<Shared>) {
                 }
                 shared.wake.wait(&mut batch);
             }
-            if batch.frames.is_empty() || shared.failed.lock().is_some() {
+            if batch.frames.is_empty()
+                || shared.failed.lock().is_some()
+                || shared.abandoned.load(Ordering::Acquire)
+            {
                 return;
+            }
+            if synced_mode && shared.gate.lock().is_none() {
+                wait_for_returning(&shared, &mut batch);
             }
             if !shared.options.group_commit_window.is_zero() {
                 parking_lot::MutexGuard::unlocked(&mut batch, || {
@@ -85,6 +96,23 @@ pub(super) fn writer(shared: Arc<Shared>) {
             Err(e) => {
                 fail(&shared, &e);
                 return;
+            }
+        }
+    }
+}
+
+/// Holds the next sync back until the waits the last one released are back (or the policy's
+/// bound passed; see `group.rs`). Called with the batch lock held, and something queued.
+fn wait_for_returning(shared: &Shared, batch: &mut parking_lot::MutexGuard<'_, Batch>) {
+    loop {
+        if shared.stop.load(Ordering::Acquire) || shared.failed.lock().is_some() {
+            return;
+        }
+        let waiting = shared.waits.lock().after();
+        match shared.group.lock().start(waiting, Instant::now()) {
+            Start::Now => return,
+            Start::At(at) => {
+                shared.wake.wait_until(batch, at);
             }
         }
     }
@@ -161,6 +189,7 @@ fn complete(
     if frames == 0 {
         return Ok(());
     }
+    let last = batch.frames[frames - 1].0;
     if shared.options.durability == Durability::Synced {
         let file = shared
             .segments
@@ -171,17 +200,25 @@ fn complete(
             let started = Instant::now();
             file.sync_data()
                 .map_err(|e| StoreError::io(&path, "sync", e))?;
-            metrics::histogram!(crate::metrics::JOURNAL_FSYNC_SECONDS)
-                .record(started.elapsed().as_secs_f64());
-            profile::record_since(Stage::Fdatasync, started);
+            let now = Instant::now();
+            let took = now - started;
+            metrics::histogram!(crate::metrics::JOURNAL_FSYNC_SECONDS).record(took.as_secs_f64());
+            profile::record(Stage::Fdatasync, took.as_micros() as u64);
             shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+            // Before the commit is published, so a wait it releases is counted as released.
+            let mut waits = shared.waits.lock();
+            let mut group = shared.group.lock();
+            group.synced(waits.synced(last), took, now);
+            waits.expect(group.target());
+            shared.wait_target.store(group.target(), Ordering::Release);
         }
     }
     metrics::histogram!(crate::metrics::JOURNAL_BATCH_RECORDS).record(frames as f64);
     profile::record(Stage::BatchRecords, frames as u64);
-    let last = batch.frames[frames - 1].0;
     if shared.options.durability == Durability::Synced {
-        // A `Written` batch is not durable: its mark moves only when a checkpoint syncs it.
+        // Before the publish: after a process crash the mark covers every receipted record,
+        // so damage to one is refused as corruption, never cut as a torn tail. A `Written`
+        // batch is not durable: its mark moves only when a checkpoint syncs it.
         shared.mark.record(last)?;
         if shared.mark.since_sync() >= MARK_MAX_LAG {
             // Under a load that never lets the writer idle, the mark is still synced now and
