@@ -710,6 +710,15 @@ impl TopicSub {
 mod tests {
     use super::*;
 
+    /// What `s`'s outbox holds, drained: each delivery's body as text, with its tag.
+    fn drained(s: &crate::broker::Session) -> Vec<(String, u64)> {
+        let mut out = VecDeque::new();
+        s.outbox().drain_into(&mut out);
+        out.into_iter()
+            .map(|d| (String::from_utf8_lossy(&d.message.body).into_owned(), d.tag))
+            .collect()
+    }
+
     fn sub(id: u64) -> Arc<TopicSub> {
         Arc::new(TopicSub::new(
             id,
@@ -812,28 +821,21 @@ mod tests {
                 p.publish(target, m).unwrap();
             }
         }
-        let take = |s: &Session| {
-            let mut out = VecDeque::new();
-            s.outbox().drain_into(&mut out);
-            out.into_iter()
-                .map(|d| (String::from_utf8_lossy(&d.message.body).into_owned(), d.tag))
-                .collect::<Vec<_>>()
-        };
         let numbers = |d: &[(String, u64)]| d.iter().map(|(b, _)| b.clone()).collect::<Vec<_>>();
         let ten: Vec<String> = (0..10).map(|i| i.to_string()).collect();
-        let got_fast = take(&fast);
+        let got_fast = drained(&fast);
         assert_eq!(
             numbers(&got_fast),
             ten,
             "the fast subscriber: each once, in order"
         );
-        let got_wild = take(&wild);
+        let got_wild = drained(&wild);
         assert_eq!(
             got_wild.len(),
             20,
             "the wildcard: each message of both topics once"
         );
-        let got_slow = take(&slow);
+        let got_slow = drained(&slow);
         assert_eq!(numbers(&got_slow), ten[..3], "the slow one: its prefetch");
         let ta = stats("topic://t.a");
         assert_eq!(
@@ -848,11 +850,11 @@ mod tests {
         wild.ack(1, got_wild[19].1, &[]).unwrap();
         slow.ack(1, 0, &[got_slow[0].1, got_slow[1].1, got_slow[2].1])
             .unwrap();
-        let mut rest = take(&slow);
+        let mut rest = drained(&slow);
         assert_eq!(numbers(&rest), ten[3..6], "credit back: the next three");
         while let Some((_, last)) = rest.last().cloned() {
             slow.ack(1, last, &[]).unwrap();
-            rest = take(&slow);
+            rest = drained(&slow);
         }
         let (ta, tb) = (stats("topic://t.a"), stats("topic://t.b"));
         assert_eq!(
@@ -918,13 +920,6 @@ mod tests {
                 p.publish_run(&target, &mut held);
                 assert!(held.is_empty());
             }
-            let take = |s: &Session| {
-                let mut out = VecDeque::new();
-                s.outbox().drain_into(&mut out);
-                out.into_iter()
-                    .map(|d| (String::from_utf8_lossy(&d.message.body).into_owned(), d.tag))
-                    .collect::<Vec<_>>()
-            };
             let stats = || {
                 let s = b
                     .destination_stats()
@@ -933,9 +928,9 @@ mod tests {
                     .expect("the topic has stats");
                 (s.enqueued, s.pending, s.inflight, s.dropped, s.dequeued)
             };
-            let got_fast = take(&fast);
-            let mut got_slow = take(&slow);
-            let own = take(&p);
+            let got_fast = drained(&fast);
+            let mut got_slow = drained(&slow);
+            let own = drained(&p);
             let before_acks = stats();
             fast.ack(1, got_fast.last().expect("delivered").1, &[])
                 .unwrap();
@@ -943,7 +938,7 @@ mod tests {
             while let Some((_, last)) = got_slow.last().cloned() {
                 slow_all.extend(got_slow.iter().map(|(b, _)| b.clone()));
                 slow.ack(1, last, &[]).unwrap();
-                got_slow = take(&slow);
+                got_slow = drained(&slow);
             }
             let bodies = |d: &[(String, u64)]| d.iter().map(|(b, _)| b.clone()).collect::<Vec<_>>();
             (bodies(&got_fast), slow_all, own.len(), before_acks, stats())

@@ -37,36 +37,8 @@ mod tests {
 
     use super::*;
     use crate::broker::{Broker, BrokerSettings};
-    use crate::cluster::{Cluster, ClusterOptions, ClusterPolicy};
-    use crate::config::Security;
-    use crate::security::LiveSecurity;
-    use crate::server::conn::ListenerMetrics;
-    use crate::server::{ConnSettings, Identity, StompLimits};
+    use crate::server::conn::tests::ctx;
     use crate::transport::ConnectionCount;
-
-    fn ctx() -> Arc<ConnCtx> {
-        let security = Security {
-            allow_anonymous: true,
-            users: Vec::new(),
-            acls: Vec::new(),
-        };
-        Arc::new(ConnCtx {
-            broker: Broker::new(BrokerSettings::default()),
-            settings: ConnSettings::default(),
-            identity: Arc::new(Identity::default()),
-            metrics: ListenerMetrics::new("tcp://127.0.0.1:1", Protocol::Native),
-            security: LiveSecurity::new(&security, crate::security::DEFAULT_LOGIN_MEMORY),
-            stomp: StompLimits {
-                max_headers: 100,
-                max_header_length: 10 * 1024,
-            },
-            network: None,
-            cluster: Cluster::new(ClusterOptions::default()),
-            cluster_policy: Arc::new(ClusterPolicy::default()),
-            accepting: CancellationToken::new(),
-            mqtt_sessions: Default::default(),
-        })
-    }
 
     /// The largest an idle connection's task state may be, for any protocol: 4 KiB (one of
     /// jemalloc's size classes; a protocol whose task kept the handshake's result — a second
@@ -75,7 +47,7 @@ mod tests {
 
     #[test]
     fn an_idle_connection_task_holds_its_protocol_state_once() {
-        let ctx = ctx();
+        let ctx = ctx(&Broker::new(BrokerSettings::default()), Vec::new());
         let count = Arc::new(ConnectionCount::new(10));
         let peer: SocketAddr = "127.0.0.1:1".parse().expect("an address");
         let sizes = [Protocol::Native, Protocol::Stomp, Protocol::Mqtt].map(|protocol| {

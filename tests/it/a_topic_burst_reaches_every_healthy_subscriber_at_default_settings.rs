@@ -14,8 +14,7 @@ const COUNT: u64 = 10_000;
 
 /// Runs `meshmq bench fanout` against `url`; returns its JSON report.
 fn fanout(url: &str, protocol: &str) -> serde_json::Value {
-    let done = common::run(common::meshmq().args([
-        "bench",
+    common::bench_report(&[
         "fanout",
         "--url",
         url,
@@ -27,19 +26,7 @@ fn fanout(url: &str, protocol: &str) -> serde_json::Value {
         &COUNT.to_string(),
         "--size",
         "256",
-    ]));
-    assert!(
-        done.status.success(),
-        "bench fanout failed:\n{}\n{}",
-        done.stdout,
-        done.stderr
-    );
-    let line = done
-        .stdout
-        .lines()
-        .rfind(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no report in:\n{}", done.stdout));
-    serde_json::from_str(line).expect("a JSON report")
+    ])
 }
 
 #[test]

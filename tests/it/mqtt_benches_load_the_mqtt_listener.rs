@@ -3,33 +3,11 @@
 //! one message, and a QoS 0 and a QoS 1 fanout reach every subscriber with nothing lost or
 //! duplicated. (Small runs: the numbers are for `meshmq bench`, the test checks the counts.)
 
-use std::process::Command;
-
-use serde_json::Value;
-
-fn bench(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_meshmq"))
-        .arg("bench")
-        .args(args)
-        .output()
-        .expect("run meshmq bench");
-    assert!(
-        out.status.success(),
-        "meshmq bench {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or("");
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("no JSON report ({e}): {stdout}"))
-}
+use crate::common;
 
 #[test]
 fn the_connections_and_fanout_benches_speak_mqtt() {
-    let r = bench(&[
+    let r = common::bench_report(&[
         "connections",
         "--protocol",
         "mqtt",
@@ -45,7 +23,7 @@ fn the_connections_and_fanout_benches_speak_mqtt() {
     );
     assert_eq!(r["lost"], 0, "{r}");
     for qos in ["0", "1"] {
-        let r = bench(&[
+        let r = common::bench_report(&[
             "fanout",
             "--protocol",
             "mqtt",
@@ -72,14 +50,14 @@ fn the_connections_and_fanout_benches_speak_mqtt() {
         );
     }
     // The queue bench has no MQTT clients: a clear error, not a run.
-    let out = Command::new(env!("CARGO_BIN_EXE_meshmq"))
-        .args(["bench", "queue", "--protocol", "mqtt", "--count", "10"])
-        .output()
-        .expect("run meshmq bench");
+    let out = common::run(common::meshmq().args([
+        "bench",
+        "queue",
+        "--protocol",
+        "mqtt",
+        "--count",
+        "10",
+    ]));
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("MQTT has no queues"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.stderr.contains("MQTT has no queues"), "{}", out.stderr);
 }

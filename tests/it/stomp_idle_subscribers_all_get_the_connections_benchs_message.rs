@@ -3,38 +3,19 @@
 //! message the bench sends, and the report counts them. (A small run: the memory per
 //! connection and the timings are for `meshmq bench`, the test checks the counts.)
 
-use std::process::Command;
-
-use serde_json::Value;
+use crate::common;
 
 #[test]
 fn every_idle_stomp_subscriber_gets_the_one_message() {
-    let out = Command::new(env!("CARGO_BIN_EXE_meshmq"))
-        .args([
-            "bench",
-            "connections",
-            "--protocol",
-            "stomp",
-            "--connections",
-            "200",
-            "--sources",
-            "127.0.20.23,127.0.20.24",
-        ])
-        .output()
-        .expect("run meshmq bench");
-    assert!(
-        out.status.success(),
-        "meshmq bench connections --protocol stomp failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or("");
-    let r: Value =
-        serde_json::from_str(last).unwrap_or_else(|e| panic!("no JSON report ({e}): {stdout}"));
+    let r = common::bench_report(&[
+        "connections",
+        "--protocol",
+        "stomp",
+        "--connections",
+        "200",
+        "--sources",
+        "127.0.20.23,127.0.20.24",
+    ]);
     assert_eq!(r["params"], "200 idle stomp subscribers", "{r}");
     assert_eq!(
         r["received"], 200,

@@ -595,4 +595,4 @@ impl<C: Codec> Connection<C> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -38,7 +38,8 @@ fn broker(on_full: OnFull) -> Broker {
     Broker::new(settings)
 }
 
-fn ctx(broker: &Broker, acls: Vec<Acl>) -> Arc<ConnCtx> {
+/// A connection context on `broker`: anonymous logins allowed, `acls`, default settings.
+pub(crate) fn ctx(broker: &Broker, acls: Vec<Acl>) -> Arc<ConnCtx> {
     let security = Security {
         allow_anonymous: true,
         users: Vec::new(),

@@ -283,8 +283,9 @@ impl Drop for CommitWait<'_> {
 
 /// The journal's threads, shared by its handles. Dropped with the last handle: if the journal
 /// was not closed, its threads are stopped where they are (the writer finishes at most the
-/// batch it holds, nothing queued after it, as in a crash) and joined, so no write of theirs — a batch, or the prefiller's zeros — can land in
-/// a journal opened again in the same directory after the drop.
+/// batch it holds, nothing queued after it, as in a crash) and joined, so no write of theirs
+/// (a batch, or the prefiller's zeros) can land in a journal opened again in the same
+/// directory after the drop.
 struct Threads {
     shared: Arc<Shared>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,

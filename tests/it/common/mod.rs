@@ -445,6 +445,25 @@ pub fn run(cmd: &mut Command) -> Finished {
     CliChild::spawn(cmd).finish()
 }
 
+/// Runs `meshmq bench ARGS…` and returns its JSON report (the last line that is a JSON
+/// object); fails the test if the bench fails or prints no report.
+pub fn bench_report(args: &[&str]) -> serde_json::Value {
+    let done = run(meshmq().arg("bench").args(args));
+    assert!(
+        done.status.success(),
+        "meshmq bench {args:?} failed ({}):\n{}\n{}",
+        done.status,
+        done.stdout,
+        done.stderr
+    );
+    let line = done
+        .stdout
+        .lines()
+        .rfind(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no report in:\n{}", done.stdout));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("no JSON report ({e}): {line}"))
+}
+
 /// Runs `meshmq apply FILE` and returns its stdout; fails the test unless every member took it.
 pub fn apply(file: &Path) -> String {
     let out = run(meshmq().arg("apply").arg(file));
