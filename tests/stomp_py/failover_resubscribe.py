@@ -185,6 +185,13 @@ for n in range(total):
         except stomp.exception.NotConnectedException:
             producer.broken.set()
             continue
+        except OSError:
+            # stomp.py closed the socket under the send (its reconnect found every broker
+            # refusing for a moment, as while the standby takes over): the frame may or may not
+            # have left, so the message is in doubt and is sent again on a new connection.
+            in_doubt.append(body)
+            producer.broken.set()
+            continue
         if producer.wait_receipt(receipt, RECEIPT_WAIT):
             accepted.append(body)
             break
