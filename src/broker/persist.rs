@@ -601,7 +601,10 @@ impl Broker {
         };
         if r.record {
             let (client, name) = r.durable.clone().unwrap_or_default();
-            p.store.append(&Record {
+            // Nothing becomes visible with a removal: it is synced with the next record
+            // someone needs, or when an acknowledgement's receipt waits for it. Lost to a
+            // power cut before that, its message is delivered again (flagged), never lost.
+            p.store.append_unwaited(&Record {
                 kind: Some(RecordKind::Removed(proto::MessageRemoved {
                     message: r.index,
                     durable_client_id: client,

@@ -250,6 +250,12 @@ impl Store {
         self.journal.append(&record.encode_to_vec())
     }
 
+    /// Queues a record whose sync nobody needs unless a commit wait says so (see
+    /// [`Journal::append_unwaited`]); returns its index.
+    pub fn append_unwaited(&self, record: &proto::Record) -> u64 {
+        self.journal.append_unwaited(&record.encode_to_vec())
+    }
+
     /// Reads back a message record (for a message paged out of memory).
     pub fn read_message(&self, index: u64) -> Result<proto::MessageAdded, StoreError> {
         let payload = self.journal.read(index)?;

@@ -1160,3 +1160,97 @@ async fn a_journal_dropped_without_close_stops_its_threads_before_the_drop_retur
     }
     store.close();
 }
+
+fn fsyncs(store: &Store) -> u64 {
+    store
+        .journal()
+        .shared
+        .fsyncs
+        .load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// A record appended unwaited (an acknowledgement) gets no sync when appended, but neither
+/// the synced watch nor the local one, nor the synced mark a restart reads, covers it before
+/// an `fdatasync` ran after it was appended: every move of a watch past it is seen with a
+/// sync counted since.
+#[tokio::test]
+async fn an_unwaited_record_is_covered_only_after_an_fdatasync_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.segment_size = 1 << 20;
+    let (store, _) = Store::open(cfg.clone(), false).unwrap();
+    let first = append_all(&store, &[added("queue://a", "m", "p", 1)]).await[0];
+    let mut synced = store.journal().watch_synced();
+    let mut local = store.journal().watch_local();
+    for round in 0..3 {
+        let before = fsyncs(&store);
+        let ack = store.append_unwaited(&removed(first));
+        // Nobody waits: the record is held back for a while; whenever a watch covers it, a
+        // sync ran since it was appended.
+        let covered = async {
+            loop {
+                let (s, l) = (*synced.borrow_and_update(), *local.borrow_and_update());
+                if s >= ack || l >= ack {
+                    return (s, l, fsyncs(&store));
+                }
+                tokio::select! {
+                    r = synced.changed() => r.unwrap(),
+                    r = local.changed() => r.unwrap(),
+                }
+            }
+        };
+        let (s, l, syncs) = tokio::time::timeout(Duration::from_secs(10), covered)
+            .await
+            .expect("an unwaited record is synced within its bound");
+        assert!(
+            syncs > before,
+            "round {round}: synced {s} / local {l} cover the unwaited record {ack} with no sync since it was appended"
+        );
+    }
+    store
+        .journal()
+        .wait_synced(store.journal().next_index() - 1)
+        .await
+        .unwrap();
+    // A crash now (no close, no later sync of the mark): the mark covers the acknowledgements,
+    // so recovery refuses damage to them rather than cutting them as a torn tail.
+    drop(store);
+    let (_, recovered) = Store::open(cfg, false).unwrap();
+    assert!(
+        bodies(&recovered, "queue://a").is_empty(),
+        "the acknowledgement was recovered"
+    );
+}
+
+/// An acknowledgement appended while nobody waits rides on the next sync somebody needs (a
+/// producer's send), instead of costing a sync of its own in front of it. Each round leaves a
+/// gap after the acknowledgement — longer than the group commit holds a sync back for
+/// returning waiters, shorter than an unwaited record's bound — in which a journal that syncs
+/// what nobody needs would sync it alone: one sync per round, not two.
+#[tokio::test]
+async fn an_unwaited_record_rides_on_the_next_needed_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.segment_size = 1 << 20;
+    let (store, _) = Store::open(cfg, false).unwrap();
+    let mut last = append_all(&store, &[added("queue://a", "m", "p", 0)]).await[0];
+    const ROUNDS: u64 = 20;
+    let gap = journal::MAX_RETURN_WAIT + Duration::from_millis(1);
+    assert!(gap < journal::MAX_UNWAITED);
+    let before = fsyncs(&store);
+    for seq in 1..=ROUNDS {
+        let ack = store.append_unwaited(&removed(last));
+        std::thread::sleep(gap);
+        last = store.append(&added("queue://a", "m", "p", seq));
+        store.journal().wait_synced(last).await.unwrap();
+        assert!(store.journal().synced() >= ack);
+    }
+    let syncs = fsyncs(&store) - before;
+    // A round whose gap outlasted the bound on a stalled machine costs a second sync; most
+    // rounds cannot.
+    assert!(
+        syncs < ROUNDS * 3 / 2,
+        "{ROUNDS} rounds of an acknowledgement and a send took {syncs} syncs"
+    );
+    store.close();
+}

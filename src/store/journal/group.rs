@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// The longest a sync waits for returning waiters, however slow the disk's syncs are.
-pub(super) const MAX_RETURN_WAIT: Duration = Duration::from_millis(2);
+pub(crate) const MAX_RETURN_WAIT: Duration = Duration::from_millis(2);
 
 /// The commit waits in progress, by the index each waits for.
 #[derive(Debug, Default)]

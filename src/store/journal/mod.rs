@@ -64,6 +64,8 @@ mod writer;
 pub(crate) use segment::Segment;
 use segment::{allocate, create_segment, RESERVE_FILE};
 use writer::{fail, write_queued, writer};
+#[cfg(test)]
+pub(crate) use {group::MAX_RETURN_WAIT, writer::MAX_UNWAITED};
 
 /// How a batch is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +205,11 @@ pub(crate) struct Shared {
     group: Mutex<group::GroupCommit>,
     /// `group`'s target, for a new wait to tell whether it completes it.
     wait_target: std::sync::atomic::AtomicUsize,
+    /// The newest index whose sync someone needs (a synced journal): a record appended with
+    /// [`Journal::append`], or one a commit wait names. Records after it were appended with
+    /// [`Journal::append_unwaited`]: the writer holds them for the next sync someone needs, or
+    /// syncs them once they are `writer::MAX_UNWAITED` old.
+    needed: AtomicU64,
 }
 
 impl Shared {
@@ -364,6 +371,7 @@ impl Journal {
             waits: Mutex::new(group::Waits::default()),
             group: Mutex::new(group::GroupCommit::default()),
             wait_target: std::sync::atomic::AtomicUsize::new(0),
+            needed: AtomicU64::new(0),
         });
         if let Some(limit) = shared.options.store_limit {
             shared.over_limit.store(disk > limit, Ordering::Relaxed);
@@ -400,8 +408,22 @@ impl Journal {
         }
     }
 
-    /// Frames `payload` as the next record and queues it; returns its index.
+    /// Frames `payload` as the next record and queues it; returns its index. Its commit is
+    /// needed soon (it makes something visible): a synced journal syncs it as soon as it can.
     pub fn append(&self, payload: &[u8]) -> u64 {
+        self.append_as(payload, true)
+    }
+
+    /// [`Journal::append`] for a record nobody waits for unless a commit wait says so (an
+    /// acknowledgement without a receipt): a synced journal does not give it a sync of its own
+    /// but writes it with the next sync someone needs — or after `writer::MAX_UNWAITED`, so it
+    /// never stays unsynced for long. Until then [`Journal::synced`] does not cover it; lost to
+    /// a power cut, an acknowledgement means the message is delivered again.
+    pub fn append_unwaited(&self, payload: &[u8]) -> u64 {
+        self.append_as(payload, false)
+    }
+
+    fn append_as(&self, payload: &[u8], needed: bool) -> u64 {
         let len = frame::frame_len(payload.len());
         let mut batch = self.shared.batch.lock();
         let first = batch.frames.is_empty();
@@ -416,11 +438,16 @@ impl Journal {
         self.shared
             .unsynced_bytes
             .fetch_add(len as u64, Ordering::Relaxed);
+        // Under the batch lock, so the writer sees the batch and what it needs together.
+        let now_needed = needed && {
+            let before = self.shared.needed.fetch_max(index, Ordering::AcqRel);
+            before < batch.frames[0].0
+        };
         drop(batch);
-        // Only an empty batch can have the writer waiting for appends; one that holds records
-        // has it writing, or holding the sync back for the waits it expects (`group.rs`),
-        // which a record more does not change.
-        if first {
+        // Only an empty batch can have the writer waiting for appends, or one that held only
+        // records nobody needed yet; otherwise it is writing, or holding the sync back for the
+        // waits it expects (`group.rs`), which a record more does not change.
+        if first || (now_needed && self.shared.options.durability == Durability::Synced) {
             self.shared.wake.notify_one();
         }
         index
@@ -491,9 +518,12 @@ impl Journal {
         }
         let after = shared.waits.lock().add(index, std::time::Instant::now());
         let target = shared.wait_target.load(Ordering::Acquire);
-        if target != 0 && after >= target {
+        // A record appended unwaited is needed now: the writer may be holding it back.
+        let unwaited = shared.needed.fetch_max(index, Ordering::AcqRel) < index;
+        if unwaited || (target != 0 && after >= target) {
             // The writer may be waiting for this one. Taking the batch lock first means it
-            // either has not checked the waits yet (and will see this one) or is asleep.
+            // either has not checked the waits (or what is needed) yet and will see this one,
+            // or is asleep.
             drop(shared.batch.lock());
             shared.wake.notify_one();
         }
@@ -685,6 +715,11 @@ impl Journal {
         self.shared
             .next_index
             .store(frames.first + frames.count, Ordering::Relaxed);
+        // A follower's copy is needed at once: its master waits for the acknowledgement.
+        self.shared.needed.fetch_max(
+            (frames.first + frames.count).saturating_sub(1),
+            Ordering::AcqRel,
+        );
         self.shared
             .unsynced_bytes
             .fetch_add(frames.bytes.len() as u64, Ordering::Relaxed);

@@ -26,6 +26,31 @@ const MARK_MAX_LAG: Duration = Duration::from_secs(1);
 /// A batch buffer larger than this is given back once written.
 const MAX_IDLE_BATCH: usize = 4 << 20;
 
+/// The longest a record appended unwaited (an acknowledgement without a receipt) waits for a
+/// sync someone needs before it gets one of its own. Ten times a sync on this class of disk
+/// (0.2–0.4 ms), so under any load with a waiter the records ride along; short against the
+/// 20 ms the synced mark may lag, and what a power cut within it loses is acknowledgements —
+/// their messages come back as redeliveries, never lost. Consumers acknowledging a backlog
+/// with no producer get one sync per this interval instead of one per few acknowledgements.
+pub(crate) const MAX_UNWAITED: Duration = Duration::from_millis(5);
+
+/// Unwaited records stop waiting once the batch holds this many bytes (or the room limit's
+/// quarter, if smaller): senders must not find the journal without room because of them.
+const MAX_UNWAITED_BYTES: u64 = 256 << 10;
+
+/// When a batch that holds records (taken under the batch lock) must be written even though
+/// nobody needs it: `None` when someone does (or it is too large to hold).
+fn unwaited_until(shared: &Shared, batch: &Batch) -> Option<Instant> {
+    let first = batch.frames.first()?.0;
+    let room = (shared.options.segment_size / 2).min(super::MAX_BEHIND) / 4;
+    if shared.needed.load(Ordering::Acquire) >= first
+        || batch.buf.len() as u64 >= MAX_UNWAITED_BYTES.min(room)
+    {
+        return None;
+    }
+    Some(batch.first_at.unwrap_or_else(Instant::now) + MAX_UNWAITED)
+}
+
 pub(super) fn writer(shared: Arc<Shared>) {
     // When the last batch was done (for the commit profile's idle time).
     let mut finished: Option<Instant> = None;
@@ -38,10 +63,20 @@ pub(super) fn writer(shared: Arc<Shared>) {
         if !carried {
             let synced_mode = shared.options.durability == Durability::Synced;
             let mut batch = shared.batch.lock();
-            while batch.frames.is_empty()
-                && !shared.stop.load(Ordering::Acquire)
-                && shared.failed.lock().is_none()
-            {
+            while !shared.stop.load(Ordering::Acquire) && shared.failed.lock().is_none() {
+                if !batch.frames.is_empty() {
+                    match unwaited_until(&shared, &batch) {
+                        Some(due) if synced_mode => {
+                            // Only records nobody needs yet: they ride on the next sync someone
+                            // needs (an append or a commit wait wakes this) or go at `due`.
+                            if shared.wake.wait_until(&mut batch, due).timed_out() {
+                                break;
+                            }
+                            continue;
+                        }
+                        _ => break,
+                    }
+                }
                 if synced_mode && shared.mark.is_dirty() {
                     // Idle for a moment: make the synced mark durable, so after a power cut it
                     // lags the true synced point only by what was written since. Not at once:
