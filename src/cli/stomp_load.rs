@@ -212,7 +212,7 @@ impl StompConn {
 
     /// Hands each MESSAGE already read to `each`, in order; when `each` answers true, the
     /// message is acknowledged (an ACK naming its `ack` id is buffered: cumulative under
-    /// `ack:client`), else its id is kept for [`StompConn::ack_last`]. Other frames are decoded
+    /// `ack:client`), else its id is kept for [`StompConn::finish`]. Other frames are decoded
     /// and skipped (an ERROR ends the run). Returns how many messages it handed over; 0 when
     /// none is whole yet (see [`StompConn::wait_read`]).
     pub fn take_messages(
@@ -234,7 +234,7 @@ impl StompConn {
                         // Kept and written as the broker escaped it: ACK escapes its headers
                         // alike.
                         if each(delivery) {
-                            put_ack(&rbuf[ack], None, &mut self.pump.wbuf);
+                            put_ack(&rbuf[ack], &mut self.pump.wbuf);
                             self.unacked.clear();
                         } else {
                             self.unacked.clear();
@@ -258,7 +258,7 @@ impl StompConn {
                             self.unacked.clear();
                             stomp::put_message_value(VERSION, id.as_bytes(), &mut self.unacked);
                             if due {
-                                put_ack(&self.unacked, None, &mut self.pump.wbuf);
+                                put_ack(&self.unacked, &mut self.pump.wbuf);
                                 self.unacked.clear();
                             }
                         }
@@ -272,16 +272,18 @@ impl StompConn {
     }
 
     /// Acknowledges the last message [`StompConn::take_messages`] handed over without
-    /// acknowledging it (under `ack:client` that covers every earlier one too) and waits for
-    /// the broker's receipt of that ACK; when there is no such message, writes out the ACKs
-    /// still buffered.
-    pub async fn ack_last(&mut self) -> anyhow::Result<()> {
-        if self.unacked.is_empty() {
-            return self.flush_to(1).await;
+    /// acknowledging it (under `ack:client` that covers every earlier one too), then
+    /// disconnects, and returns once the broker has confirmed the DISCONNECT: it answers after
+    /// handling every earlier frame, so no ACK is lost with the connection. (Closing right
+    /// after writing is not enough: a socket closed with unread bytes is reset, and the reset
+    /// can discard what the broker had not read yet.)
+    pub async fn finish(&mut self) -> anyhow::Result<()> {
+        if !self.unacked.is_empty() {
+            put_ack(&self.unacked, &mut self.pump.wbuf);
+            self.unacked.clear();
         }
-        put_ack(&self.unacked, Some("last-ack"), &mut self.pump.wbuf);
-        self.unacked.clear();
-        self.receipt("last-ack").await
+        self.frame(Command::Disconnect, &[("receipt", "bye")], &[]);
+        self.receipt("bye").await
     }
 
     /// Writes what is buffered and waits until more bytes are read; false when nothing came
@@ -327,13 +329,9 @@ impl StompConn {
 }
 
 /// Buffers an ACK of the message whose `ack` id is `id` (escaped as on the wire).
-fn put_ack(id: &[u8], receipt: Option<&str>, wbuf: &mut BytesMut) {
+fn put_ack(id: &[u8], wbuf: &mut BytesMut) {
     wbuf.put_slice(b"ACK\nid:");
     wbuf.put_slice(id);
-    if let Some(r) = receipt {
-        wbuf.put_slice(b"\nreceipt:");
-        wbuf.put_slice(r.as_bytes());
-    }
     wbuf.put_slice(b"\n\n\0");
 }
 
@@ -508,7 +506,7 @@ mod tests {
 
     /// What [`StompConn::take_messages`] hands over from `bytes` when no read gets more than
     /// `piece` bytes, acknowledging every `every`-th message and then the rest with
-    /// [`StompConn::ack_last`]: each body and whether it was redelivered, and every byte the
+    /// [`StompConn::finish`]: each body and whether it was redelivered, and every byte the
     /// consumer wrote back.
     async fn taken(bytes: &[u8], piece: usize, every: usize) -> (Vec<(Vec<u8>, bool)>, Vec<u8>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -527,7 +525,7 @@ mod tests {
             to_consumer.write_all(&stream).await.expect("written");
             if receipt_asked.await.is_ok() {
                 to_consumer
-                    .write_all(b"RECEIPT\nreceipt-id:last-ack\n\n\0")
+                    .write_all(b"RECEIPT\nreceipt-id:bye\n\n\0")
                     .await
                     .expect("written");
             }
@@ -541,7 +539,7 @@ mod tests {
                     return written;
                 }
                 written.extend_from_slice(&room[..n]);
-                if written.ends_with(b"receipt:last-ack\n\n\0") {
+                if written.ends_with(b"DISCONNECT\nreceipt:bye\n\n\0") {
                     asked.take().map(|a| a.send(()));
                 }
             }
@@ -558,7 +556,7 @@ mod tests {
                 assert!(conn.wait_read(Duration::from_secs(5)).await.expect("read"));
             }
         }
-        conn.ack_last().await.expect("the last ACK's receipt");
+        conn.finish().await.expect("the DISCONNECT's receipt");
         drop(conn);
         broker_writes.abort();
         (got, broker_reads.await.expect("reader"))
@@ -606,10 +604,9 @@ mod tests {
                 }
             }
             if let Some(id) = last {
-                owed.extend_from_slice(
-                    &[b"ACK\nid:", &id[..], b"\nreceipt:last-ack\n\n\0"].concat(),
-                );
+                owed.extend_from_slice(&[b"ACK\nid:", &id[..], b"\n\n\0"].concat());
             }
+            owed.extend_from_slice(b"DISCONNECT\nreceipt:bye\n\n\0");
             let want: Vec<_> = reference.iter().map(|(b, r, _)| (b.clone(), *r)).collect();
             for piece in [1, 2, 3, 5, 8, 13, 64, bytes.len()] {
                 let (got, acks) = taken(&bytes, piece, every).await;

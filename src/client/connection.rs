@@ -14,6 +14,10 @@ pub(crate) fn take_outgoing(shared: &Shared, pump: &mut Pump) {
         return;
     }
     if pump.wbuf.is_empty() {
+        // The buffer the application fills next is the one swapped out: the large one a drained
+        // connection of this thread left, when there is one, so sends do not regrow it from
+        // nothing (a copy of everything buffered at each doubling).
+        pump.ready_to_fill();
         std::mem::swap(&mut pump.wbuf, &mut out.buf);
     } else {
         pump.wbuf.extend_from_slice(&out.buf);

@@ -276,6 +276,11 @@ impl Shared {
         write: impl FnOnce(&mut Outbound) -> R,
     ) -> Result<R, ClientError> {
         let mut write = Some(write);
+        // The common case first: room now, and nothing registered with `room` (registering
+        // takes the Notify's lock, and so does dropping the registration).
+        if let Ok(r) = self.try_enqueue(&mut write)? {
+            return Ok(r);
+        }
         let mut deadline = match kind {
             FrameKind::Send => self.send_timeout.map(|t| tokio::time::Instant::now() + t),
             FrameKind::Other => None,
@@ -284,19 +289,10 @@ impl Shared {
             let notified = self.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let connected = {
-                let mut out = self.out.lock();
-                if let Some(e) = &out.closed {
-                    return Err(e.clone());
-                }
-                if out.connected && out.buf.len() < self.send_buffer {
-                    let write = write.take().expect("written once");
-                    let r = write(&mut out);
-                    drop(out);
-                    self.out_ready.wake();
-                    return Ok(r);
-                }
-                out.connected
+            // Checked again once registered: room made since is not missed.
+            let connected = match self.try_enqueue(&mut write)? {
+                Ok(r) => return Ok(r),
+                Err(connected) => connected,
             };
             match deadline {
                 Some(at) if !connected => {
@@ -316,6 +312,32 @@ impl Shared {
                 None => notified.await,
             }
         }
+    }
+
+    /// Runs `write` on the outgoing buffer if there is a connection and room now (`Ok(r)`);
+    /// else answers whether there is a connection (`Err(connected)`), for the caller to wait.
+    fn try_enqueue<R, W: FnOnce(&mut Outbound) -> R>(
+        &self,
+        write: &mut Option<W>,
+    ) -> Result<Result<R, bool>, ClientError> {
+        let mut out = self.out.lock();
+        if let Some(e) = &out.closed {
+            return Err(e.clone());
+        }
+        if !out.connected || out.buf.len() >= self.send_buffer {
+            return Ok(Err(out.connected));
+        }
+        // The connection task is woken when the buffer stops being empty, and it takes the
+        // whole buffer (it registers before it looks, see `poll_out`): a wake for every frame
+        // would only schedule it again.
+        let wake = out.buf.is_empty();
+        let write = write.take().expect("written once");
+        let r = write(&mut out);
+        drop(out);
+        if wake {
+            self.out_ready.wake();
+        }
+        Ok(Ok(r))
     }
 
     pub(super) fn register_receipt(

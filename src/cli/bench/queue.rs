@@ -209,10 +209,14 @@ pub(crate) async fn run_queue_at(
         let stop = stop.clone();
         consumers.push(tokio::spawn(async move {
             let mut local = new_histogram();
+            // Made once: a wait made anew for every delivery registers with the token's lock
+            // and deregisters again.
+            let stopped = stop.cancelled();
+            tokio::pin!(stopped);
             loop {
                 let d = tokio::select! {
                     d = sub.next() => match d { Some(d) => d, None => break },
-                    _ = stop.cancelled() => break,
+                    _ = &mut stopped => break,
                 };
                 if let Some((lat, idx)) = read_body(base, &d.body) {
                     let _ = local.record(lat.max(1));
@@ -254,9 +258,17 @@ pub(crate) async fn run_queue_at(
                 per_sec: args.rate.map(|r| (r / args.producers as u64).max(1)),
                 sent: 0,
             };
+            // Bodies are cut from one buffer: the client copies a body into its frame, so
+            // the buffer is whole again (and reused) by the next message.
+            let size = args.size.max(16);
+            let mut room = BytesMut::with_capacity(size);
             let mut i = p as u64;
             while i < args.count {
-                let msg = Outgoing::new(body(base, i, args.size)).persistent(args.persistent);
+                room.reserve(size);
+                room.put_u64(base.elapsed().as_nanos() as u64);
+                room.put_u64(i);
+                room.resize(size, b'x');
+                let msg = Outgoing::new(room.split().freeze()).persistent(args.persistent);
                 if args.receipts {
                     client.send_with_receipt(&args.destination, &msg).await?;
                 } else {
@@ -453,9 +465,10 @@ async fn run_queue_stomp(args: &QueueArgs, addr: SocketAddr) -> anyhow::Result<R
                     _ = stop.cancelled() => break,
                 }
             }
-            // Acknowledge the tail too: what this consumer took must not return to the queue
-            // (and reach the others as redeliveries) when it disconnects.
-            conn.ack_last().await?;
+            // Acknowledge the tail too, and leave only once the broker has every ACK: what this
+            // consumer took must not return to the queue (and reach the others as
+            // redeliveries) when it disconnects.
+            conn.finish().await?;
             Ok::<_, anyhow::Error>(local)
         }));
     }
