@@ -91,11 +91,65 @@ impl MemoryCharge {
 impl Drop for MemoryCharge {
     fn drop(&mut self) {
         if let Some(dest) = &self.dest {
-            dest.memory.fetch_sub(self.bytes, Ordering::Relaxed);
-            if let Some(pool) = dest.pool.get() {
-                pool.release(self.bytes);
+            release(dest, self.bytes);
+        }
+    }
+}
+
+/// Gives `bytes` back to `dest` and to the broker's pool (waking producers waiting for room).
+fn release(dest: &DestinationCounters, bytes: u64) {
+    dest.memory.fetch_sub(bytes, Ordering::Relaxed);
+    if let Some(pool) = dest.pool.get() {
+        pool.release(bytes);
+    }
+}
+
+/// The charges of messages dropped together (the deliveries one ack acknowledges), released
+/// as one: one update of the destination's and the pool's counters, and one wake-up of the
+/// producers waiting for room, for the run — not one each per message, which under a backlog
+/// (producers waiting) woke every waiting producer once per acknowledged message. The bytes
+/// are released when the batch drops (or meets another destination's charge): never lost,
+/// held back only for the run.
+#[derive(Debug, Default)]
+pub(crate) struct ReleaseBatch {
+    bytes: u64,
+    dest: Option<Arc<DestinationCounters>>,
+}
+
+impl ReleaseBatch {
+    /// Takes a message's charge into the batch, when the message is no longer shared (its
+    /// charge would be released by this drop): the message then leaves with no charge, and the
+    /// batch releases its bytes. A message still held elsewhere keeps its charge.
+    pub(crate) fn take_from(&mut self, msg: &mut Arc<super::Message>) {
+        if let Some(m) = Arc::get_mut(msg) {
+            self.absorb(std::mem::take(&mut m.charge));
+        }
+    }
+
+    fn absorb(&mut self, mut charge: MemoryCharge) {
+        let Some(dest) = charge.dest.take() else {
+            return;
+        };
+        match &self.dest {
+            Some(held) if Arc::ptr_eq(held, &dest) => self.bytes += charge.bytes,
+            _ => {
+                self.flush();
+                self.dest = Some(dest);
+                self.bytes = charge.bytes;
             }
         }
+    }
+
+    fn flush(&mut self) {
+        if let Some(dest) = self.dest.take() {
+            release(&dest, std::mem::take(&mut self.bytes));
+        }
+    }
+}
+
+impl Drop for ReleaseBatch {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -133,6 +187,63 @@ mod tests {
         drop(a);
         assert_eq!(pool.used(), 0);
         assert_eq!(dest.memory(), 0);
+    }
+
+    /// An ack's run releases its messages' memory through one [`ReleaseBatch`]: every
+    /// charge it took must be given back — to each destination and to the pool — when it
+    /// drops, and producers waiting for room woken; a message still held elsewhere keeps its
+    /// charge until its last holder lets it go.
+    #[tokio::test]
+    async fn a_release_batch_gives_back_every_charge_it_took_and_wakes_waiters() {
+        use crate::broker::Message;
+        let pool = Arc::new(MemoryPool::new(1000));
+        let counters = |d: &str| {
+            Arc::new(DestinationCounters::new(
+                Destination::parse(d).unwrap(),
+                None,
+            ))
+        };
+        let (a, b) = (counters("queue://a"), counters("queue://b"));
+        let charged = |bytes, dest| {
+            Arc::new(Message {
+                charge: pool.charge(bytes, dest),
+                ..Message::default()
+            })
+        };
+        let mut msgs = vec![
+            charged(300, &a),
+            charged(200, &a),
+            charged(100, &b),
+            charged(250, &a),
+        ];
+        let shared = charged(140, &b);
+        assert_eq!(pool.used(), 990);
+        let waiter = {
+            let (pool, a) = (pool.clone(), a.clone());
+            tokio::spawn(async move {
+                pool.wait_until(|| pool.used() < 200 && a.memory() == 0)
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut held = shared.clone();
+        {
+            let mut batch = ReleaseBatch::default();
+            for m in &mut msgs {
+                batch.take_from(m);
+            }
+            batch.take_from(&mut held);
+            drop(held);
+        }
+        assert_eq!((a.memory(), b.memory(), pool.used()), (0, 140, 140));
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken when the batch released the room")
+            .unwrap();
+        drop(msgs);
+        assert_eq!(pool.used(), 140, "a taken charge is not released twice");
+        drop(shared);
+        assert_eq!((b.memory(), pool.used()), (0, 0));
     }
 
     #[test]

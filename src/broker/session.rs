@@ -296,23 +296,25 @@ impl Session {
 
     /// Publishes messages [`Session::stage`]d for `target`, in order, as [`Session::publish`]
     /// would one by one; what each one's receipt would wait for is the session's last record
-    /// (the caller holds back only sends that want no receipt). A run of plain topic messages
-    /// (not journaled, not retained, feeding no queue) is offered to each subscription at
-    /// once: one lock, one pump and one wake-up per subscription for the run, not per message.
+    /// (the caller holds back only sends that want no receipt). A run of plain messages (not
+    /// journaled, not retained, feeding no queue) goes in at once: a topic offers it to each
+    /// subscription with one lock, one pump and one wake-up per subscription for the run; a
+    /// queue takes it with one lock and one dispatch round — not one each per message.
     /// `msgs` is left empty, its room kept.
     pub fn publish_run(&mut self, target: &Target, msgs: &mut Vec<NewMessage>) {
-        let Target::Topic(topic) = target else {
-            for msg in msgs.drain(..) {
-                self.publish_stamped(target, msg);
-            }
-            return;
-        };
         // Held over the run, as `publish` holds it over one message (a checkpoint sees each
         // message either journaled or not yet decided).
         let broker = self.broker.clone();
         let _gate = broker.gate();
         let mut plain: Vec<Arc<Message>> = Vec::with_capacity(msgs.len());
         let mut effects = Effects::default();
+        let publish_plain = |plain: &mut Vec<Arc<Message>>, effects: &mut Effects| match target {
+            Target::Topic(topic) => {
+                topic.publish_all(plain, effects);
+                plain.clear();
+            }
+            Target::Queue(queue) => queue.enqueue_all(plain, effects),
+        };
         for msg in msgs.drain(..) {
             let is_plain =
                 !msg.is_retained() && !broker.journals(target, &msg) && !broker.feeds(target, &msg);
@@ -320,11 +322,10 @@ impl Session {
                 plain.push(msg.into_shared());
                 continue;
             }
-            topic.publish_all(&plain, &mut effects);
-            plain.clear();
+            publish_plain(&mut plain, &mut effects);
             self.publish_stamped(target, msg);
         }
-        topic.publish_all(&plain, &mut effects);
+        publish_plain(&mut plain, &mut effects);
         broker.apply(effects);
     }
 

@@ -217,6 +217,51 @@ fn a_dispatch_round_gives_each_consumer_its_own_messages_in_order_within_prefetc
     assert!(drain(&c2).is_empty());
 }
 
+/// A producer's run of plain sends goes into a queue under one lock with one dispatch round
+/// (`Session::publish_run`): the consumers must get exactly what the same sends published one
+/// by one give them — each message once, in the producer's order, round-robin within each
+/// consumer's prefetch — and the rest must wait in order.
+#[test]
+fn a_run_of_sends_to_a_queue_is_dispatched_as_the_sends_one_by_one_would_be() {
+    let outcome = |as_run: bool| {
+        let b = broker();
+        let mut p = b.open_session(None).unwrap();
+        let mut c1 = b.open_session(None).unwrap();
+        let mut c2 = b.open_session(None).unwrap();
+        sub(&mut c1, 1, "queue://q", 3);
+        sub(&mut c2, 1, "queue://q", 2);
+        let t = p.target(&to_dest("queue://q")).unwrap();
+        let mut run = Vec::new();
+        for i in 0..12 {
+            let mut m = msg(&i.to_string());
+            m.producer_id = Bytes::from_static(b"producer");
+            m.sequence = i + 1;
+            if as_run {
+                run.extend(p.stage(&t, m).unwrap().map(|(_, m)| m));
+            } else {
+                p.publish(&t, m).unwrap();
+            }
+        }
+        p.publish_run(&t, &mut run);
+        assert!(run.is_empty(), "the run is published whole");
+        let (d1, d2) = (drain(&c1), drain(&c2));
+        let first = (bodies(&d1), bodies(&d2), b.queue_depth("queue://q"));
+        c1.ack(1, d1.last().unwrap().tag, &[]).unwrap();
+        c2.ack(1, d2.last().unwrap().tag, &[]).unwrap();
+        (first, bodies(&drain(&c1)), bodies(&drain(&c2)))
+    };
+    let one_by_one = outcome(false);
+    assert_eq!(
+        one_by_one.0,
+        (
+            vec!["0".into(), "2".into(), "4".into()],
+            vec!["1".into(), "3".into()],
+            Some(12)
+        )
+    );
+    assert_eq!(outcome(true), one_by_one);
+}
+
 #[test]
 fn cumulative_ack_acknowledges_everything_up_to_the_tag() {
     let b = broker();

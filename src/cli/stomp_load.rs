@@ -7,12 +7,13 @@
 //! (`activemq.prefetchSize`) and acknowledges cumulatively every half window. An ERROR frame
 //! from the broker ends the run with its message.
 //!
-//! A consumer that only needs the bodies (the fanout) reads MESSAGE frames with
-//! [`StompConn::take_messages`]: a frame is located by its `content-length` and `ack` lines
-//! and handed over in place, without decoding (copying, unescaping, checking) the headers it
-//! does not read; any other frame goes through the full decoder. Both read the same stream, so
-//! a frame is either wholly one's or wholly the other's: which one is decided by its first
-//! bytes, the same way at every call.
+//! A consumer (queue and fanout) reads MESSAGE frames with [`StompConn::take_messages`]: a
+//! frame is located by its `content-length`, `ack` and `redelivered` lines and handed over in
+//! place, without decoding (copying, unescaping, checking) the headers it does not read; any
+//! other frame goes through the full decoder. Both read the same stream, so a frame is either
+//! wholly one's or wholly the other's: which one is decided by its first bytes, the same way at
+//! every call. A producer writes each SEND from lines encoded once ([`SendLines`]) into the
+//! connection's write buffer: nothing is allocated per message.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -21,7 +22,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::bail;
-use bytes::{Buf, BufMut};
+use bytes::{Buf, BufMut, BytesMut};
 use meshmq::stomp::{self, Command, Decoded, Decoder, Frame, Limits, Version};
 use meshmq::transport::{self, IoEvent, Pump};
 
@@ -32,6 +33,34 @@ pub struct StompConn {
     pump: Pump,
     decoder: Decoder,
     inbox: VecDeque<Frame>,
+    /// The `ack` id (escaped as on the wire) of the last message [`StompConn::take_messages`]
+    /// handed over without acknowledging it; empty when there is none.
+    unacked: BytesMut,
+}
+
+/// One MESSAGE as [`StompConn::take_messages`] hands it over.
+pub struct Delivery<'a> {
+    pub body: &'a [u8],
+    /// It carries a `redelivered` header (the broker delivered it before).
+    pub redelivered: bool,
+}
+
+/// The lines every SEND of one producer shares (command, destination, `persistent`), encoded
+/// and escaped once.
+pub struct SendLines {
+    head: BytesMut,
+}
+
+impl SendLines {
+    pub fn new(destination: &str, persistent: bool) -> SendLines {
+        let mut head = BytesMut::new();
+        head.put_slice(b"SEND\n");
+        stomp::put_message_header(VERSION, "destination", destination.as_bytes(), &mut head);
+        if persistent {
+            head.put_slice(b"persistent:true\n");
+        }
+        SendLines { head }
+    }
 }
 
 impl StompConn {
@@ -50,6 +79,7 @@ impl StompConn {
             pump: Pump::new(Box::new(stream)),
             decoder: Decoder::new(VERSION, Limits::default()),
             inbox: VecDeque::new(),
+            unacked: BytesMut::new(),
         };
         conn.frame(
             Command::Connect,
@@ -76,6 +106,24 @@ impl StompConn {
             body,
             &mut self.pump.wbuf,
         );
+    }
+
+    /// Buffers a SEND of `body` made of `lines`, asking for the receipt `r{receipt}` if given
+    /// (the same frame [`StompConn::frame`] writes, without encoding the shared lines again).
+    pub fn send(&mut self, lines: &SendLines, receipt: Option<u64>, body: &[u8]) {
+        let wbuf = &mut self.pump.wbuf;
+        wbuf.reserve(lines.head.len() + 48 + body.len());
+        wbuf.put_slice(&lines.head);
+        if let Some(r) = receipt {
+            wbuf.put_slice(b"receipt:r");
+            stomp::put_decimal(r, wbuf);
+            wbuf.put_u8(b'\n');
+        }
+        wbuf.put_slice(b"content-length:");
+        stomp::put_decimal(body.len() as u64, wbuf);
+        wbuf.put_slice(b"\n\n");
+        wbuf.put_slice(body);
+        wbuf.put_u8(0);
     }
 
     /// Bytes buffered and not yet written.
@@ -162,12 +210,15 @@ impl StompConn {
         }
     }
 
-    /// Hands each MESSAGE already read to `each`, in order, as its body; when `each` answers
-    /// true, the message is acknowledged (an ACK naming its `ack` id is buffered: cumulative
-    /// under `ack:client`). Other frames are decoded and skipped (an ERROR ends the run).
-    /// Returns how many messages it handed over; 0 when none is whole yet (see
-    /// [`StompConn::wait_read`]).
-    pub fn take_messages(&mut self, mut each: impl FnMut(&[u8]) -> bool) -> anyhow::Result<usize> {
+    /// Hands each MESSAGE already read to `each`, in order; when `each` answers true, the
+    /// message is acknowledged (an ACK naming its `ack` id is buffered: cumulative under
+    /// `ack:client`), else its id is kept for [`StompConn::ack_last`]. Other frames are decoded
+    /// and skipped (an ERROR ends the run). Returns how many messages it handed over; 0 when
+    /// none is whole yet (see [`StompConn::wait_read`]).
+    pub fn take_messages(
+        &mut self,
+        mut each: impl FnMut(Delivery<'_>) -> bool,
+    ) -> anyhow::Result<usize> {
         let mut taken = 0;
         loop {
             match scan(&self.pump.rbuf) {
@@ -175,14 +226,22 @@ impl StompConn {
                 Scan::Heartbeat(len) => self.pump.rbuf.advance(len),
                 Scan::Message(m) => {
                     let rbuf = &self.pump.rbuf;
-                    if each(&rbuf[m.body]) {
-                        if let Some(ack) = m.ack {
-                            // Written as the broker escaped it: ACK escapes its headers alike.
-                            let wbuf = &mut self.pump.wbuf;
-                            wbuf.put_slice(b"ACK\nid:");
-                            wbuf.put_slice(&rbuf[ack]);
-                            wbuf.put_slice(b"\n\n\0");
+                    let delivery = Delivery {
+                        body: &rbuf[m.body],
+                        redelivered: m.redelivered,
+                    };
+                    if let Some(ack) = m.ack {
+                        // Kept and written as the broker escaped it: ACK escapes its headers
+                        // alike.
+                        if each(delivery) {
+                            put_ack(&rbuf[ack], None, &mut self.pump.wbuf);
+                            self.unacked.clear();
+                        } else {
+                            self.unacked.clear();
+                            self.unacked.put_slice(&rbuf[ack]);
                         }
+                    } else {
+                        each(delivery);
                     }
                     self.pump.rbuf.advance(m.len);
                     taken += 1;
@@ -190,17 +249,39 @@ impl StompConn {
                 Scan::Other => match self.decode_one()? {
                     None => return Ok(taken),
                     Some(f) if f.command == Command::Message => {
-                        if each(&f.body) {
-                            if let Some(id) = f.header("ack") {
-                                self.frame(Command::Ack, &[("id", id)], &[]);
+                        let delivery = Delivery {
+                            body: &f.body,
+                            redelivered: f.header("redelivered").is_some(),
+                        };
+                        let due = each(delivery);
+                        if let Some(id) = f.header("ack") {
+                            self.unacked.clear();
+                            stomp::put_message_value(VERSION, id.as_bytes(), &mut self.unacked);
+                            if due {
+                                put_ack(&self.unacked, None, &mut self.pump.wbuf);
+                                self.unacked.clear();
                             }
                         }
+                        self.recycle(f);
                         taken += 1;
                     }
-                    Some(_) => {}
+                    Some(f) => self.recycle(f),
                 },
             }
         }
+    }
+
+    /// Acknowledges the last message [`StompConn::take_messages`] handed over without
+    /// acknowledging it (under `ack:client` that covers every earlier one too) and waits for
+    /// the broker's receipt of that ACK; when there is no such message, writes out the ACKs
+    /// still buffered.
+    pub async fn ack_last(&mut self) -> anyhow::Result<()> {
+        if self.unacked.is_empty() {
+            return self.flush_to(1).await;
+        }
+        put_ack(&self.unacked, Some("last-ack"), &mut self.pump.wbuf);
+        self.unacked.clear();
+        self.receipt("last-ack").await
     }
 
     /// Writes what is buffered and waits until more bytes are read; false when nothing came
@@ -245,6 +326,17 @@ impl StompConn {
     }
 }
 
+/// Buffers an ACK of the message whose `ack` id is `id` (escaped as on the wire).
+fn put_ack(id: &[u8], receipt: Option<&str>, wbuf: &mut BytesMut) {
+    wbuf.put_slice(b"ACK\nid:");
+    wbuf.put_slice(id);
+    if let Some(r) = receipt {
+        wbuf.put_slice(b"\nreceipt:");
+        wbuf.put_slice(r.as_bytes());
+    }
+    wbuf.put_slice(b"\n\n\0");
+}
+
 /// What [`scan`] found at the front of the read buffer.
 #[derive(Debug, PartialEq, Eq)]
 enum Scan {
@@ -263,6 +355,8 @@ enum Scan {
 struct RawMessage {
     /// Its first `ack` header's value, escaped as it was sent.
     ack: Option<Range<usize>>,
+    /// It has a `redelivered` header.
+    redelivered: bool,
     body: Range<usize>,
     /// The whole frame's length, its NUL included.
     len: usize,
@@ -271,8 +365,8 @@ struct RawMessage {
 /// Longer header blocks are left to the full decoder, which enforces the limits.
 const SCAN_HEADERS_MAX: usize = 64 * 1024;
 
-/// Locates a MESSAGE frame at the front of `buf` by its `content-length` and `ack` lines (the
-/// first of each counts, as in the decoder), reading no other header. A MESSAGE without
+/// Locates a MESSAGE frame at the front of `buf` by its `content-length`, `ack` and
+/// `redelivered` lines (the first of each counts, as in the decoder), reading no other header. A MESSAGE without
 /// `content-length`, with a malformed one, or whose body is not followed by its NUL, is
 /// `Other`: the full decoder then handles or refuses it.
 fn scan(buf: &[u8]) -> Scan {
@@ -294,6 +388,7 @@ fn scan(buf: &[u8]) -> Scan {
         return Scan::Other;
     }
     let (mut at, mut content_length, mut ack) = (COMMAND.len(), None, None);
+    let mut redelivered = false;
     loop {
         let Some(eol) = memchr::memchr(b'\n', &buf[at..]) else {
             return if buf.len() > SCAN_HEADERS_MAX {
@@ -321,6 +416,8 @@ fn scan(buf: &[u8]) -> Scan {
         }
         if ack.is_none() && line.starts_with(b"ack:") {
             ack = Some(value_at + 4..value_at + line.len());
+        } else if line.starts_with(b"redelivered:") {
+            redelivered = true;
         }
     }
     let Some(length) = content_length else {
@@ -333,6 +430,7 @@ fn scan(buf: &[u8]) -> Scan {
         None => Scan::NeedMore,
         Some(0) => Scan::Message(RawMessage {
             ack,
+            redelivered,
             body: at..end,
             len: end + 1,
         }),
@@ -353,12 +451,12 @@ fn parse_length(digits: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BytesMut;
     use meshmq::stomp::{Decoded, Decoder, Limits};
 
     /// A stream as the broker writes it to a consumer: MESSAGEs (one with a NUL in its body,
-    /// one with an escaped `ack` id and a repeated header), heart-beats, a RECEIPT, a
-    /// MESSAGE without `content-length`.
+    /// one with an escaped `ack` id and a repeated header, redelivered ones, bodies holding a
+    /// blank line, a NUL and header-like lines), heart-beats, a RECEIPT, MESSAGEs without
+    /// `content-length`.
     fn stream() -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(b"MESSAGE\nsubscription:s1\nack:1\\c7\ndestination:/topic/a\ncontent-length:5\n\nab\0de\0");
@@ -372,76 +470,156 @@ mod tests {
         );
         out.extend_from_slice(b"MESSAGE\nack:z\n\nno length\0");
         out.extend_from_slice(b"MESSAGE\ncontent-length:0\n\n\0");
+        out.extend_from_slice(b"MESSAGE\nack:r1\nredelivered:true\nmeshmq.redelivery_count:1\ncontent-length:19\n\n\n\nredelivered:true\0\0");
+        out.extend_from_slice(b"MESSAGE\nnote:redelivered:true\nack:f1\ncontent-length:21\n\nx\n\nredelivered:true\n\n\0");
+        out.extend_from_slice(b"MESSAGE\nredelivered:true\nack:a\\cb\n\nnone\0");
+        out.extend_from_slice(b"MESSAGE\nack:last\ncontent-length:2\n\n\0\0\0");
         out
     }
 
-    /// What a consumer gets from `bytes` fed in pieces of `piece` bytes: each MESSAGE's body
-    /// and its ack id as written back, in order.
-    fn consume(bytes: &[u8], piece: usize, lean: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
+    /// One MESSAGE as a consumer sees it: body, redelivered, its `ack` id escaped as an ACK
+    /// carries it.
+    type Seen = (Vec<u8>, bool, Option<Vec<u8>>);
+
+    /// What the full decoder reads from `bytes`, MESSAGE by MESSAGE.
+    fn decoded(bytes: &[u8]) -> Vec<Seen> {
         let mut decoder = Decoder::new(VERSION, Limits::default());
-        let mut rbuf = BytesMut::new();
+        let mut rbuf = BytesMut::from(bytes);
         let mut got = Vec::new();
-        for chunk in bytes.chunks(piece) {
-            rbuf.extend_from_slice(chunk);
-            loop {
-                let scanned = if lean { scan(&rbuf) } else { Scan::Other };
-                match scanned {
-                    Scan::NeedMore => break,
-                    Scan::Heartbeat(n) => rbuf.advance(n),
-                    Scan::Message(m) => {
-                        // What `take_messages` writes back.
-                        let mut ack = Vec::new();
-                        if let Some(id) = m.ack {
-                            ack.extend_from_slice(b"ACK\nid:");
-                            ack.extend_from_slice(&rbuf[id]);
-                            ack.extend_from_slice(b"\n\n\0");
-                        }
-                        got.push((rbuf[m.body].to_vec(), ack));
-                        rbuf.advance(m.len);
-                    }
-                    Scan::Other => match decoder.decode(&mut rbuf).expect("well formed") {
-                        Decoded::NeedMore => break,
-                        Decoded::Heartbeat => {}
-                        Decoded::Frame(f) if f.command == Command::Message => {
-                            // What the full path writes back: the id unescaped, escaped again.
-                            let mut ack = BytesMut::new();
-                            if let Some(id) = f.header("ack") {
-                                stomp::encode_parts(
-                                    Command::Ack,
-                                    VERSION,
-                                    [("id", id)],
-                                    &[],
-                                    &mut ack,
-                                );
-                            }
-                            got.push((f.body.to_vec(), ack.to_vec()));
-                        }
-                        Decoded::Frame(_) => {}
-                    },
+        loop {
+            match decoder.decode(&mut rbuf).expect("well formed") {
+                Decoded::NeedMore => break,
+                Decoded::Heartbeat => {}
+                Decoded::Frame(f) if f.command == Command::Message => {
+                    let ack = f.header("ack").map(|id| {
+                        let mut escaped = BytesMut::new();
+                        stomp::put_message_value(VERSION, id.as_bytes(), &mut escaped);
+                        escaped.to_vec()
+                    });
+                    let again = f.header("redelivered").is_some();
+                    got.push((f.body.to_vec(), again, ack));
                 }
+                Decoded::Frame(_) => {}
             }
         }
-        assert!(rbuf.is_empty(), "everything consumed");
+        assert!(rbuf.is_empty(), "everything decoded");
         got
     }
 
-    #[test]
-    fn scanned_messages_are_what_the_decoder_reads_however_the_stream_is_split() {
+    /// What [`StompConn::take_messages`] hands over from `bytes` when no read gets more than
+    /// `piece` bytes, acknowledging every `every`-th message and then the rest with
+    /// [`StompConn::ack_last`]: each body and whether it was redelivered, and every byte the
+    /// consumer wrote back.
+    async fn taken(bytes: &[u8], piece: usize, every: usize) -> (Vec<(Vec<u8>, bool)>, Vec<u8>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let messages = decoded(bytes).len();
+        let (near, far) = tokio::io::duplex(piece);
+        let mut conn = StompConn {
+            pump: Pump::new(Box::new(near)),
+            decoder: Decoder::new(VERSION, Limits::default()),
+            inbox: VecDeque::new(),
+            unacked: BytesMut::new(),
+        };
+        let (mut from_consumer, mut to_consumer) = tokio::io::split(far);
+        let (asked, receipt_asked) = tokio::sync::oneshot::channel::<()>();
+        let stream = bytes.to_vec();
+        let broker_writes = tokio::spawn(async move {
+            to_consumer.write_all(&stream).await.expect("written");
+            if receipt_asked.await.is_ok() {
+                to_consumer
+                    .write_all(b"RECEIPT\nreceipt-id:last-ack\n\n\0")
+                    .await
+                    .expect("written");
+            }
+        });
+        let broker_reads = tokio::spawn(async move {
+            let (mut written, mut asked) = (Vec::new(), Some(asked));
+            let mut room = [0u8; 64];
+            loop {
+                let n = from_consumer.read(&mut room).await.expect("read");
+                if n == 0 {
+                    return written;
+                }
+                written.extend_from_slice(&room[..n]);
+                if written.ends_with(b"receipt:last-ack\n\n\0") {
+                    asked.take().map(|a| a.send(()));
+                }
+            }
+        });
+        let (mut got, mut n) = (Vec::new(), 0);
+        while got.len() < messages {
+            conn.take_messages(|m| {
+                got.push((m.body.to_vec(), m.redelivered));
+                n += 1;
+                n % every == 0
+            })
+            .expect("taken");
+            if got.len() < messages {
+                assert!(conn.wait_read(Duration::from_secs(5)).await.expect("read"));
+            }
+        }
+        conn.ack_last().await.expect("the last ACK's receipt");
+        drop(conn);
+        broker_writes.abort();
+        (got, broker_reads.await.expect("reader"))
+    }
+
+    #[tokio::test]
+    async fn taken_messages_are_what_the_decoder_reads_however_the_stream_is_split() {
         let bytes = stream();
-        let decoded = consume(&bytes, bytes.len(), false);
-        assert_eq!(decoded.len(), 5, "{decoded:?}");
-        assert_eq!(decoded[0].0, b"ab\0de");
-        assert_eq!(decoded[0].1, b"ACK\nid:1\\c7\n\n\0");
-        assert_eq!(decoded[1].0, b"xyz", "the first of a repeated header");
-        assert_eq!(decoded[1].1, b"ACK\nid:x\n\n\0");
-        assert_eq!(decoded[2].0, b"hi", "the first of a repeated header");
-        assert_eq!(decoded[2].1, b"ACK\nid:p\n\n\0");
-        for piece in 1..=bytes.len() {
-            assert_eq!(
-                consume(&bytes, piece, true),
-                decoded,
-                "in pieces of {piece}"
-            );
+        let reference = decoded(&bytes);
+        assert_eq!(reference.len(), 9, "{reference:?}");
+        assert_eq!(reference[0].0, b"ab\0de");
+        assert_eq!(reference[0].2.as_deref(), Some(&b"1\\c7"[..]));
+        assert_eq!(reference[1].0, b"xyz", "the first of a repeated header");
+        assert_eq!(reference[2].2.as_deref(), Some(&b"p"[..]), "the first");
+        assert_eq!(
+            reference[5],
+            (
+                b"\n\nredelivered:true\0".to_vec(),
+                true,
+                Some(b"r1".to_vec())
+            )
+        );
+        assert_eq!(reference[6].0, b"x\n\nredelivered:true\n\n");
+        assert!(
+            !reference[6].1,
+            "a header's value and the body are not headers"
+        );
+        assert_eq!(
+            reference[7],
+            (b"none".to_vec(), true, Some(b"a\\cb".to_vec()))
+        );
+        for every in [1, 2, 4] {
+            // The ACKs a consumer owes: every `every`-th message's, then the last one's if
+            // it was not acknowledged yet (cumulative, as under `ack:client`).
+            let mut owed = Vec::new();
+            let mut last = None;
+            for (i, (_, _, id)) in reference.iter().enumerate() {
+                match id {
+                    Some(id) if (i + 1) % every == 0 => {
+                        owed.extend_from_slice(&[b"ACK\nid:", &id[..], b"\n\n\0"].concat());
+                        last = None;
+                    }
+                    Some(id) => last = Some(id.clone()),
+                    None => {}
+                }
+            }
+            if let Some(id) = last {
+                owed.extend_from_slice(
+                    &[b"ACK\nid:", &id[..], b"\nreceipt:last-ack\n\n\0"].concat(),
+                );
+            }
+            let want: Vec<_> = reference.iter().map(|(b, r, _)| (b.clone(), *r)).collect();
+            for piece in [1, 2, 3, 5, 8, 13, 64, bytes.len()] {
+                let (got, acks) = taken(&bytes, piece, every).await;
+                assert_eq!(got, want, "every {every}, in pieces of {piece}");
+                assert_eq!(
+                    String::from_utf8_lossy(&acks),
+                    String::from_utf8_lossy(&owed),
+                    "every {every}, in pieces of {piece}"
+                );
+            }
         }
     }
 

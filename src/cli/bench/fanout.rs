@@ -178,8 +178,8 @@ async fn run_fanout_stomp(args: &FanoutArgs, addr: SocketAddr) -> anyhow::Result
                 // One clock read for the messages of one read: they arrived together.
                 let now = base.elapsed().as_nanos() as u64;
                 let mut counted = 0;
-                let taken = conn.take_messages(|body| {
-                    counted += tally.see_at(now, body, &dups) as u64;
+                let taken = conn.take_messages(|m| {
+                    counted += tally.see_at(now, m.body, &dups) as u64;
                     unacked += 1;
                     let due = acks.due(unacked);
                     if due {

@@ -22,7 +22,7 @@ use rmqtt_codec::types::QoS;
 use super::http;
 use super::mqtt_load::MqttConn;
 use super::spawn::{free_port, Spawned};
-use super::stomp_load::StompConn;
+use super::stomp_load::{SendLines, StompConn};
 
 mod connections;
 pub mod failover;
@@ -557,7 +557,12 @@ fn stomp_destination(destination: &str) -> anyhow::Result<String> {
 
 /// Writes `body`'s send time and index in place (the layout `body` makes, without allocating).
 fn stamp_body(buf: &mut [u8], base: Instant, index: u64) {
-    buf[0..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_be_bytes());
+    stamp_body_at(buf, base.elapsed().as_nanos() as u64, index);
+}
+
+/// Writes a send time (`sent`, in ns since the run's base) and an index in place.
+fn stamp_body_at(buf: &mut [u8], sent: u64, index: u64) {
+    buf[0..8].copy_from_slice(&sent.to_be_bytes());
     buf[8..16].copy_from_slice(&index.to_be_bytes());
 }
 

@@ -316,44 +316,45 @@ impl StompProducer {
     /// Pipelined SENDs; returns once the broker has confirmed the last.
     pub(super) async fn run(self, base: Instant, sent: Arc<AtomicU64>) -> anyhow::Result<()> {
         let mut conn = StompConn::connect(self.addr).await?;
+        let lines = SendLines::new(&self.destination, self.persistent);
         let mut body = vec![b'x'; self.size.max(16)];
         let mut pacer = Pacer {
             start: Instant::now(),
             per_sec: self.rate,
             sent: 0,
         };
+        // The send time stamped in a body: the clock is read again whenever the buffered
+        // frames were written, so a stamp is never later than the write that sends it.
+        let mut now = base.elapsed().as_nanos() as u64;
         let mut receipt = String::new();
         let mut i = self.first;
+        let mut unsent = 0;
         while i < self.count {
-            stamp_body(&mut body, base, i);
+            stamp_body_at(&mut body, now, i);
             let last = i + self.step >= self.count;
-            receipt.clear();
-            if self.receipts || last {
+            let wants_receipt = self.receipts || last;
+            conn.send(&lines, wants_receipt.then_some(i), &body);
+            unsent += 1;
+            if wants_receipt {
+                receipt.clear();
                 use std::fmt::Write;
                 let _ = write!(receipt, "r{i}");
-            }
-            let mut headers = [("destination", self.destination.as_str()); 3];
-            let mut n = 1;
-            if self.persistent {
-                headers[n] = ("persistent", "true");
-                n += 1;
-            }
-            if !receipt.is_empty() {
-                headers[n] = ("receipt", receipt.as_str());
-                n += 1;
-            }
-            conn.frame(Command::Send, &headers[..n], &body);
-            sent.fetch_add(1, Ordering::Relaxed);
-            if !receipt.is_empty() {
                 conn.receipt(&receipt).await?;
             } else if self.rate.is_some() {
                 conn.flush_to(1).await?;
             } else if conn.buffered() >= STOMP_WRITE_BATCH {
                 conn.flush_to(STOMP_WRITE_BATCH).await?;
+            } else {
+                i += self.step;
+                continue;
             }
+            sent.fetch_add(unsent, Ordering::Relaxed);
+            unsent = 0;
+            now = base.elapsed().as_nanos() as u64;
             pacer.wait().await;
             i += self.step;
         }
+        sent.fetch_add(unsent, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -390,20 +391,6 @@ impl StompAcks {
     }
 }
 
-/// Acknowledges `m` when it is due; `unacked` counts the messages not acknowledged yet.
-pub(super) fn stomp_ack(
-    conn: &mut StompConn,
-    acks: StompAcks,
-    m: &meshmq::stomp::Frame,
-    unacked: &mut u32,
-) {
-    *unacked += 1;
-    if let (true, Some(id)) = (acks.due(*unacked), m.header("ack")) {
-        conn.frame(Command::Ack, &[("id", id)], &[]);
-        *unacked = 0;
-    }
-}
-
 async fn run_queue_stomp(args: &QueueArgs, addr: SocketAddr) -> anyhow::Result<Report> {
     let base = Instant::now();
     let destination = stomp_destination(&args.destination)?;
@@ -429,40 +416,46 @@ async fn run_queue_stomp(args: &QueueArgs, addr: SocketAddr) -> anyhow::Result<R
         consumers.push(tokio::spawn(async move {
             let mut local = new_histogram();
             let mut unacked = 0u32;
-            let mut last = None;
             loop {
-                let m = tokio::select! {
-                    m = conn.next_frame() => m?,
-                    _ = stop.cancelled() => break,
-                };
-                if m.command != Command::Message {
+                // One clock read for the messages of one read: they arrived together.
+                let now = base.elapsed().as_nanos() as u64;
+                let (mut copies, mut again) = (0, 0);
+                let taken = conn.take_messages(|m| {
+                    if let Some((lat, idx)) = read_body_at(now, m.body) {
+                        let _ = local.record(lat.max(1));
+                        if !seen.mark(idx) && !m.redelivered {
+                            copies += 1;
+                        }
+                    }
+                    again += m.redelivered as u64;
+                    unacked += 1;
+                    let due = acks.due(unacked);
+                    if due {
+                        unacked = 0;
+                    }
+                    due
+                })?;
+                if copies > 0 {
+                    dups.fetch_add(copies, Ordering::Relaxed);
+                }
+                if again > 0 {
+                    redelivered.fetch_add(again, Ordering::Relaxed);
+                }
+                if taken > 0 {
+                    progress.add_many(taken as u64, count);
+                    if progress.received.load(Ordering::Relaxed) >= count {
+                        break;
+                    }
                     continue;
                 }
-                let again = m.header("redelivered").is_some();
-                if let Some((lat, idx)) = read_body(base, &m.body) {
-                    let _ = local.record(lat.max(1));
-                    if !seen.mark(idx) && !again {
-                        dups.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                if again {
-                    redelivered.fetch_add(1, Ordering::Relaxed);
-                }
-                stomp_ack(&mut conn, acks, &m, &mut unacked);
-                if let Some(done) = last.replace(m) {
-                    conn.recycle(done);
-                }
-                progress.add(count);
-                if progress.received.load(Ordering::Relaxed) >= count {
-                    break;
+                tokio::select! {
+                    more = conn.wait_read(Duration::from_secs(3600)) => if !more? { break },
+                    _ = stop.cancelled() => break,
                 }
             }
             // Acknowledge the tail too: what this consumer took must not return to the queue
             // (and reach the others as redeliveries) when it disconnects.
-            if let (true, Some(id)) = (unacked > 0, last.as_ref().and_then(|m| m.header("ack"))) {
-                conn.frame(Command::Ack, &[("id", id), ("receipt", "tail")], &[]);
-                conn.receipt("tail").await?;
-            }
+            conn.ack_last().await?;
             Ok::<_, anyhow::Error>(local)
         }));
     }

@@ -336,30 +336,30 @@ impl<C: Codec> Connection<C> {
             };
         }
         if receipt.is_none() {
-            if let Target::Topic(topic) = &target {
-                let same = match &self.held_for {
-                    Some(Target::Topic(t)) => Arc::ptr_eq(t, topic),
-                    _ => self.held.is_empty(),
-                };
-                if !same {
-                    self.publish_held();
-                }
-                match self.session.stage(&target, message) {
-                    Ok(staged) => {
-                        self.received += 1;
-                        self.count_producer();
-                        if let Some((target, msg)) = staged {
-                            self.held.push(msg);
-                            self.held_for = Some(target);
-                        }
-                    }
-                    Err(e) => {
-                        self.ctx.metrics.send_refused(&e);
-                        self.refuse(&e, receipt);
-                    }
-                }
-                return;
+            let same = match (&self.held_for, &target) {
+                (Some(Target::Topic(held)), Target::Topic(t)) => Arc::ptr_eq(held, t),
+                (Some(Target::Queue(held)), Target::Queue(q)) => Arc::ptr_eq(held, q),
+                (Some(_), _) => false,
+                (None, _) => self.held.is_empty(),
+            };
+            if !same {
+                self.publish_held();
             }
+            match self.session.stage(&target, message) {
+                Ok(staged) => {
+                    self.received += 1;
+                    self.count_producer();
+                    if let Some((target, msg)) = staged {
+                        self.held.push(msg);
+                        self.held_for = Some(target);
+                    }
+                }
+                Err(e) => {
+                    self.ctx.metrics.send_refused(&e);
+                    self.refuse(&e, receipt);
+                }
+            }
+            return;
         }
         self.publish_held();
         match self.session.publish(&target, message) {

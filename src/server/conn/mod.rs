@@ -90,9 +90,10 @@ pub(crate) struct Connection<C: Codec> {
     /// allocation per fill), empty between calls.
     acked_on_write: Vec<(u64, u64)>,
     ack_tags: Vec<u64>,
-    /// Plain sends to one topic (no receipt, no transaction) taken from this run of frames and
-    /// not published yet: they are published together, each subscription taking them under
-    /// one lock, before any other request takes effect and when the run ends
+    /// Plain sends to one topic or queue (no receipt, no transaction) taken from this run of
+    /// frames and not published yet: they are published together — each topic subscription,
+    /// or the queue, taking them under one lock — before any other request takes effect, before
+    /// a send to another destination, and when the run ends
     /// ([`Connection::publish_held`]). Empty between runs; kept for its room.
     held: Vec<NewMessage>,
     held_for: Option<Target>,
