@@ -18,7 +18,8 @@ enum Stop {
 /// tight ones) and the size of the pieces the rest arrives in. Properties: the frames and
 /// heart-beats decoded from the whole stream at once are exactly those decoded from it
 /// arriving in pieces through one kept decoder, up to where the whole stream stops, which the
-/// pieces stop at too; each frame re-encodes to bytes that decode to the same frame (headers
+/// pieces stop at too; a SEND read in place is the frame decoding takes off the same bytes;
+/// each frame re-encodes to bytes that decode to the same frame (headers
 /// as the version can carry them, `content-length` as the encoder writes it) and re-encode to
 /// the same bytes.
 pub fn stomp(data: &[u8]) {
@@ -42,9 +43,32 @@ pub fn stomp(data: &[u8]) {
         let mut out = Vec::new();
         loop {
             let before = buf.len();
+            // A SEND read in place must be the frame decoding takes off the same bytes.
+            let in_place = decoder.in_place_send(&buf).map(|send| {
+                let mut rest = buf.clone();
+                let (headers, body) = send.take(&mut rest, |headers, body| {
+                    let headers: Vec<_> = headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect();
+                    (headers, body)
+                });
+                (headers, body, rest)
+            });
             let decoded = within("stomp::Decoder", proportional(data.len()), || {
                 decoder.decode(&mut buf)
             });
+            if let Some((headers, body, rest)) = in_place {
+                match &decoded {
+                    Ok(stomp::Decoded::Frame(f)) => {
+                        assert_eq!(f.command, Command::Send, "read in place as a SEND");
+                        assert_eq!(headers, f.headers.to_vec(), "headers read in place");
+                        assert_eq!(body, f.body, "body read in place");
+                        assert_eq!(&rest[..], &buf[..], "bytes left after reading in place");
+                    }
+                    other => panic!("a SEND read in place where decoding gives {other:?}"),
+                }
+            }
             match decoded {
                 Ok(stomp::Decoded::NeedMore) => break (out, Stop::NeedMore),
                 Ok(d) => {

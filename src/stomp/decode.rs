@@ -15,6 +15,14 @@
 //! The [`Decoder`] remembers how far it has read into a frame that is still arriving, so each
 //! byte is examined once however the frame is split across reads: a body without
 //! `content-length` arriving in small pieces costs no rescans.
+//!
+//! A whole SEND already in the buffer whose header lines are plain (ASCII, no escape, nothing
+//! the decoder would refuse) can instead be read in place ([`Decoder::in_place_send`]): its
+//! headers are read straight from the buffer, never copied into [`Headers`]. Invariant: it
+//! finds a frame only where [`Decoder::decode`] would find the same frame (same headers, same
+//! body, same bytes consumed); anything else it leaves to `decode`.
+
+use std::ops::Range;
 
 use bytes::{Buf, Bytes, BytesMut};
 use memchr::memchr;
@@ -97,6 +105,10 @@ impl Decoder {
 
     pub fn version(&self) -> Version {
         self.version
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// Gives back a decoded frame's headers, so the next frame's are read into their room
@@ -278,6 +290,77 @@ impl Decoder {
         }))
     }
 
+    /// Finds a whole SEND at the front of `buf` that can be read in place: no frame is half
+    /// read, and every header line is ASCII with a ':' and no backslash, within the limits.
+    /// `None` leaves the bytes to [`Decoder::decode`] (a frame still arriving, another command,
+    /// an escape, anything it would refuse).
+    pub fn in_place_send(&self, buf: &[u8]) -> Option<InPlaceSend> {
+        if self.partial.is_some() {
+            return None;
+        }
+        let headers_start = if buf.starts_with(b"SEND\n") {
+            5
+        } else if buf.starts_with(b"SEND\r\n") {
+            6
+        } else {
+            return None;
+        };
+        let limits = &self.limits;
+        let mut lines = [(0u32, 0u32, 0u32); IN_PLACE_HEADERS];
+        let (mut at, mut count, mut content_length) = (headers_start, 0, None);
+        let body_start = loop {
+            let eol = memchr(b'\n', &buf[at..])?;
+            let line = strip_cr(&buf[at..at + eol]);
+            let line_end = at + eol + 1;
+            if line.is_empty() {
+                break line_end;
+            }
+            if count == limits.max_headers.min(IN_PLACE_HEADERS)
+                || line.len() > limits.max_header_length
+                || line_end > u32::MAX as usize
+            {
+                return None;
+            }
+            let scan = LineScan::of(line);
+            if scan.nul || scan.backslash || !scan.ascii {
+                return None;
+            }
+            let colon = memchr(b':', line)?;
+            if content_length.is_none() && &line[..colon] == b"content-length" {
+                let value = ascii_str(&line[colon + 1..]);
+                content_length = Some(parse_content_length(value, Command::Send).ok()?);
+            }
+            lines[count] = (at as u32, (at + colon) as u32, (at + line.len()) as u32);
+            count += 1;
+            at = line_end;
+        };
+        let (body_end, total) = match content_length {
+            Some(len) => {
+                let body_end = body_start.checked_add(len)?;
+                if buf.len() <= body_end || buf[body_end] != 0 {
+                    return None;
+                }
+                (body_end, body_end + 1)
+            }
+            None => {
+                let search_end = buf.len().min(limits.max_frame_size);
+                let nul = body_start + memchr(0, buf.get(body_start..search_end)?)?;
+                (nul, nul + 1)
+            }
+        };
+        // Every size `decode` checks on the way is at most the whole frame's.
+        if total > limits.max_frame_size {
+            return None;
+        }
+        Some(InPlaceSend {
+            lines,
+            count,
+            body: body_start..body_end,
+            total,
+            copy_body: self.copies_body(body_end - body_start),
+        })
+    }
+
     /// Refuses a frame known to be at least `size` bytes long when that passes the limit.
     fn check_size(&self, size: usize) -> Result<(), StompError> {
         if size > self.limits.max_frame_size {
@@ -293,6 +376,73 @@ impl Decoder {
 enum Start {
     Decoded(Decoded),
     Frame(Partial),
+}
+
+/// Header lines a SEND read in place may have (more: it is decoded). A producer's SEND has a
+/// few.
+const IN_PLACE_HEADERS: usize = 8;
+
+/// Where a whole SEND lies at the front of a buffer (see [`Decoder::in_place_send`]).
+#[derive(Debug)]
+pub struct InPlaceSend {
+    /// Each header line's start, ':' and end (without its EOL), from the frame's start.
+    lines: [(u32, u32, u32); IN_PLACE_HEADERS],
+    count: usize,
+    body: Range<usize>,
+    /// The frame's length, its NUL included.
+    total: usize,
+    /// The body comes out as a copy of its own (see [`Decoder::copy_bodies_below`]).
+    copy_body: bool,
+}
+
+impl InPlaceSend {
+    /// Takes the frame off `buf` and hands `read` its headers, read in place, and its body
+    /// (a copy or a slice of the buffer, as [`Decoder::decode`] would give it).
+    pub fn take<T>(self, buf: &mut BytesMut, read: impl FnOnce(PlainHeaders<'_>, Bytes) -> T) -> T {
+        let lines = &self.lines[..self.count];
+        if self.copy_body {
+            let body = Bytes::copy_from_slice(&buf[self.body]);
+            let out = read(PlainHeaders::of(&buf[..self.total], lines), body);
+            buf.advance(self.total);
+            out
+        } else {
+            let frame = buf.split_to(self.total).freeze();
+            let body = frame.slice(self.body);
+            read(PlainHeaders::of(&frame, lines), body)
+        }
+    }
+}
+
+/// A frame's header lines read in place: each one ASCII, with a ':' and no escape, so its name
+/// and value are its own bytes on either side of the first ':'.
+#[derive(Clone, Copy, Debug)]
+pub struct PlainHeaders<'f> {
+    /// The frame up to its last header line (all ASCII).
+    text: &'f str,
+    lines: &'f [(u32, u32, u32)],
+}
+
+impl<'f> PlainHeaders<'f> {
+    /// `frame`: the bytes [`Decoder::in_place_send`] found ASCII from the frame's start up to
+    /// its last header line, and maybe more; `lines`: where it found those lines.
+    fn of(frame: &'f [u8], lines: &'f [(u32, u32, u32)]) -> PlainHeaders<'f> {
+        let end = lines.last().map_or(0, |&(_, _, end)| end as usize);
+        PlainHeaders {
+            text: ascii_str(&frame[..end]),
+            lines,
+        }
+    }
+
+    /// The headers, in order, as (name, value), as [`Headers::iter`] gives a decoded frame's.
+    pub fn iter(self) -> impl Iterator<Item = (&'f str, &'f str)> + Clone {
+        let text = self.text;
+        self.lines.iter().map(move |&(start, colon, end)| {
+            (
+                &text[start as usize..colon as usize],
+                &text[colon as usize + 1..end as usize],
+            )
+        })
+    }
 }
 
 /// Takes one frame or heart-beat off the front of `buf` without keeping state between calls

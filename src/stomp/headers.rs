@@ -89,7 +89,7 @@ impl Headers {
     }
 
     /// The headers, in order, as (name, value).
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + Clone + '_ {
         let mut start = 0usize;
         self.ends.iter().map(move |&(name_end, value_end)| {
             let (name_end, value_end) = (name_end as usize, value_end as usize);

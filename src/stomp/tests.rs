@@ -1,6 +1,7 @@
 //! Codec properties: round trips for every command and version, truncation at every byte,
 //! limits checked before the body arrives, every error with its message, heart-beats, NUL
-//! bodies, stomp.py's own bytes, and property tests.
+//! bodies, stomp.py's own bytes, a SEND read in place found exactly as decoded, and property
+//! tests.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
@@ -652,6 +653,113 @@ fn a_stomp_py_session_decodes_from_one_stream() {
     assert_eq!((frames, beats), (10, 10));
 }
 
+/// Reads a SEND in place off `buf` if the decoder finds one there, and checks it is exactly
+/// the frame [`Decoder::decode`] takes off the same bytes: same headers, same body, same bytes
+/// left. Returns whether it found one.
+fn in_place_agrees_with_decode(decoder: &Decoder, buf: &mut BytesMut) -> bool {
+    let Some(send) = decoder.in_place_send(buf) else {
+        return false;
+    };
+    let mut decoded_from = buf.clone();
+    // As the decoder itself would decode it (the tests copy every body or none).
+    let mut fresh = Decoder::new(decoder.version(), decoder.limits());
+    fresh.copy_bodies_below(if decoder.copies_body(0) {
+        usize::MAX
+    } else {
+        0
+    });
+    let expected = match fresh.decode(&mut decoded_from) {
+        Ok(Decoded::Frame(f)) => f,
+        other => panic!(
+            "read in place {send:?}, but decode gives {other:?} for {:?}",
+            &buf[..]
+        ),
+    };
+    let (headers, body) = send.take(buf, |headers, body| {
+        (
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>(),
+            body,
+        )
+    });
+    assert_eq!(expected.command, Command::Send);
+    assert_eq!(
+        headers,
+        expected.headers.to_vec(),
+        "headers of {:?}",
+        &decoded_from[..]
+    );
+    assert_eq!(body, expected.body);
+    assert_eq!(&buf[..], &decoded_from[..], "the bytes left");
+    true
+}
+
+#[test]
+fn a_producers_plain_send_is_read_in_place_as_decoded() {
+    let cases: [&[u8]; 4] = [
+        b"SEND\ndestination:/queue/a\ncontent-length:4\n\nbody\0",
+        b"SEND\r\ndestination:/queue/a\r\nx:a:b\r\nx:second\r\n\r\nbody\0SEND\n",
+        b"SEND\ndestination:/queue/a\nempty:\n:no name\n\nno length\0\n",
+        b"SEND\n\n\0",
+    ];
+    for bytes in cases {
+        for version in Version::ALL {
+            for copy_below in [0, usize::MAX] {
+                let mut d = Decoder::new(version, limits());
+                d.copy_bodies_below(copy_below);
+                let mut buf = BytesMut::from(bytes);
+                assert!(
+                    in_place_agrees_with_decode(&d, &mut buf),
+                    "{:?} is read in place",
+                    std::str::from_utf8(bytes)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn what_decode_must_judge_is_left_to_it() {
+    let cases: [(&[u8], Limits); 11] = [
+        (b"SEND\ndestination:/queue/a\n\nhalf", limits()),
+        (b"SEND\ndestination:/queue/a\n", limits()),
+        (b"SEND\ndestination:/queue/a\\c\n\n\0", limits()),
+        (b"SEND\ndestination:/queue/\xc3\xa9\n\n\0", limits()),
+        (b"SEND\nno colon\n\n\0", limits()),
+        (b"SEND\ncontent-length:x\n\n\0", limits()),
+        (b"SEND\ncontent-length:1\n\nab\0", limits()),
+        (b"SEND\na:1\nb:2\nc:3\nd:4\n\n\0", small_limits()),
+        (
+            b"SEND\na:01234567890123456789012345678901234567890\n\n\0",
+            small_limits(),
+        ),
+        (b"SUBSCRIBE\ndestination:/queue/a\n\n\0", limits()),
+        (b"\nSEND\n\n\0", limits()),
+    ];
+    for (bytes, limits) in cases {
+        let d = Decoder::new(Version::V1_2, limits);
+        assert!(
+            d.in_place_send(bytes).is_none(),
+            "{:?} is left to decode",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    let mut too_large = b"SEND\n\n".to_vec();
+    too_large.resize(1000, b'x');
+    too_large.push(0);
+    assert!(Decoder::new(Version::V1_2, small_limits())
+        .in_place_send(&too_large)
+        .is_none());
+    // A frame half read by `decode` is finished by it.
+    let mut d = Decoder::new(Version::V1_2, limits());
+    let mut buf = BytesMut::from(&b"SEND\ndestination:/queue/a\n"[..]);
+    assert_eq!(d.decode(&mut buf), Ok(Decoded::NeedMore));
+    buf.put_slice(b"\nbody\0");
+    assert!(d.in_place_send(&buf).is_none());
+}
+
 // ---- properties -----------------------------------------------------------------------------
 
 /// Removes what `escaping` cannot carry, so the generated frame must round-trip exactly.
@@ -731,6 +839,36 @@ fn garbage() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
+    #[test]
+    fn a_send_read_in_place_is_the_frame_decode_finds(
+        start in proptest::sample::select(vec![&b""[..], b"SEND\n", b"SEND\ndestination:/queue/a\n", b"SEND\r\ncontent-length:3\r\n"]),
+        (frame, version) in frame_and_version(),
+        bytes in garbage(),
+        strict in any::<bool>(),
+        copy in any::<bool>(),
+    ) {
+        let limits = if strict {
+            Limits { max_frame_size: 48, max_headers: 2, max_header_length: 12 }
+        } else {
+            limits()
+        };
+        let mut decoder = Decoder::new(version, limits);
+        decoder.copy_bodies_below(if copy { usize::MAX } else { 0 });
+        // A well-formed SEND (escapes and all), then bytes that may or may not make frames.
+        let send = encoded(&Frame { command: Command::Send, ..frame }, version);
+        let mut buf = BytesMut::from(&[&send[..], start, &bytes[..]].concat()[..]);
+        // Frame after frame, as a connection reads them: in place where it can, else decoded.
+        loop {
+            if in_place_agrees_with_decode(&decoder, &mut buf) {
+                continue;
+            }
+            match decoder.decode(&mut buf) {
+                Ok(Decoded::NeedMore) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+
     #[test]
     fn random_frames_round_trip((frame, version) in frame_and_version(), chunk in 1usize..17) {
         let bytes = encoded(&frame, version);

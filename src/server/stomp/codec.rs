@@ -99,6 +99,12 @@ impl Codec for Stomp {
     type Receipt = String;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Inbound<String>, (ErrorCode, String)> {
+        // Most frames a producer sends are plain SENDs: read in place, their headers are never
+        // copied (`decode` would copy them into a `Headers` first).
+        if let Some(send) = self.decoder.in_place_send(buf) {
+            let request = send.take(buf, |headers, body| self.on_send(headers.iter(), body));
+            return Ok(Inbound::Request(request));
+        }
         match self.decoder.decode(buf) {
             Ok(stomp::Decoded::Frame(mut f)) => {
                 let request = self.request(&mut f);

@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use crate::broker::{Destination, DestinationPattern, Draft, Kind, SubscribeSpec};
 use crate::server::request::{Refusal, Request, SendRequest, TxName};
-use crate::stomp::{self, Command, Frame, Headers, Version};
+use crate::stomp::{self, Command, Frame, Version};
 use crate::wire::proto::ErrorCode;
 
 use super::codec::{AckMode, Stomp, Sub};
@@ -66,9 +66,9 @@ struct SendHeaders<'f> {
 }
 
 impl<'f> SendHeaders<'f> {
-    fn of(headers: &'f Headers) -> SendHeaders<'f> {
+    fn of(headers: impl Iterator<Item = (&'f str, &'f str)>) -> SendHeaders<'f> {
         let mut h = SendHeaders::default();
-        for (name, value) in headers.iter() {
+        for (name, value) in headers {
             let slot = match SendHeader::of(name) {
                 None => {
                     h.travelling += 1;
@@ -117,10 +117,10 @@ impl Stomp {
     /// headers `h` (read off `headers`) say.
     /// The headers that travel with the message are copied out of the frame's header text (the
     /// others never become strings of their own).
-    fn draft(
+    fn draft<'f>(
         &mut self,
-        h: &SendHeaders<'_>,
-        headers: &Headers,
+        h: &SendHeaders<'f>,
+        headers: impl Iterator<Item = (&'f str, &'f str)>,
         body: Bytes,
     ) -> Result<Draft, String> {
         let priority = match h.priority {
@@ -152,7 +152,6 @@ impl Stomp {
             travelling.reserve_exact(h.travelling);
             travelling.extend(
                 headers
-                    .iter()
                     .filter(|(k, _)| SendHeader::of(k).is_none())
                     .map(|(k, v)| (k.to_string(), v.to_string())),
             );
@@ -349,8 +348,13 @@ impl Stomp {
         }
     }
 
-    fn on_send(&mut self, f: &mut Frame) -> Request<String> {
-        let h = SendHeaders::of(&f.headers);
+    /// What a SEND asks: its headers, as decoded or read in place, and its body.
+    pub(super) fn on_send<'f>(
+        &mut self,
+        headers: impl Iterator<Item = (&'f str, &'f str)> + Clone,
+        body: Bytes,
+    ) -> Request<String> {
+        let h = SendHeaders::of(headers.clone());
         let receipt = h.receipt.map(String::from);
         let Some(given) = h.destination else {
             return Request::refuse(Refusal::invalid("SEND needs a destination header"), receipt);
@@ -367,7 +371,7 @@ impl Stomp {
             },
         };
         let transaction = h.transaction.map(|t| TxName::Named(t.to_string()));
-        let draft = match self.draft(&h, &f.headers, std::mem::take(&mut f.body)) {
+        let draft = match self.draft(&h, headers, body) {
             Ok(d) => d,
             Err(e) => return Request::refuse(Refusal::invalid(e), receipt),
         };
@@ -405,7 +409,7 @@ impl Stomp {
     /// taken; the headers stay in the frame, for the decoder to reuse their room.
     pub(crate) fn request(&mut self, f: &mut Frame) -> Request<String> {
         match f.command {
-            Command::Send => self.on_send(f),
+            Command::Send => self.on_send(f.headers.iter(), std::mem::take(&mut f.body)),
             _ => self.on_other(f),
         }
     }
