@@ -302,6 +302,15 @@ impl Broker {
         self.inner.persistence.as_ref().map(|p| &p.store)
     }
 
+    /// The newest journal index appended so far (0 without a journal or before any record).
+    /// Taken before and after an operation, it tells whether the operation appended and which
+    /// index covers what it appended (records other sessions appended meanwhile only make the
+    /// wait longer, never too short).
+    pub(crate) fn journal_head(&self) -> u64 {
+        self.store()
+            .map_or(0, |s| s.journal().next_index().saturating_sub(1))
+    }
+
     /// Whether `msg` on `target` is journaled: persistent messages on queues, and on topics
     /// when a durable subscription will hold them. Temporary destinations never are.
     pub(crate) fn journals(&self, target: &Target, msg: &Message) -> bool {

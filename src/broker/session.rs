@@ -385,7 +385,14 @@ impl Session {
             SubHandle::Queue { queue, slot } => queue.ack(*slot, up_to, tags, &mut dead),
             SubHandle::Topic { sub } => sub.ack(up_to, tags, &mut dead),
         };
+        // The removals are journaled unwaited (nobody needs their sync unless a receipt
+        // does): `last_record` lets an acknowledgement's receipt wait for them.
+        let before = self.broker.journal_head();
         self.broker.apply(dead);
+        let after = self.broker.journal_head();
+        if after != before {
+            self.last_record = after;
+        }
         Self::check_known(subscription, outcome)
     }
 

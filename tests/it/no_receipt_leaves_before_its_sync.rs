@@ -5,7 +5,8 @@
 //! can only survive on the disk. The moment enough receipts have come back the power is cut —
 //! everything not yet synced is dropped — and after a restart every receipted message is
 //! delivered. A receipt sent when its record was written, or on any sync but its own, would
-//! name a message the cut dropped.
+//! name a message the cut dropped. The same holds for an acknowledgement sent with a receipt:
+//! once the receipt is back, a power cut never brings its message back.
 
 use crate::common;
 use crate::powerloss;
@@ -80,5 +81,75 @@ async fn a_receipt_never_leaves_before_the_sync_of_its_message() {
     h.check();
     assert!(h.receipted_count() >= RECEIPTS, "{h:?}");
     drop(h);
+    broker.kill9();
+}
+
+/// The same promise for an acknowledgement: once its receipt is back, its message is gone for
+/// good. Acknowledgements nobody waits for ride on a later sync (a power cut before it brings
+/// their messages back, flagged); one sent with a receipt must not be receipted before its
+/// removal is on the disk. The cut comes the moment the receipt arrives, while every sync takes
+/// a second: after the restart only the messages never acknowledged are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_acknowledgement_whose_receipt_came_back_survives_a_power_cut() {
+    use meshmq::client::{AckMode, Client, ClientOptions, Outgoing, SubscribeOptions};
+    const ACKED: &str = "queue://acked";
+    let data = tempfile::tempdir().expect("tempdir");
+    let disk = PowerLoss::mount(&data.path().join("journal"));
+    let mut broker = Broker::start(
+        &Config::new()
+            .data_dir(data.path())
+            .group("sync = \"local_disk\""),
+    );
+    let client = Client::connect(&broker.url(), ClientOptions::default())
+        .await
+        .expect("connect");
+    for body in ["first", "second", "third"] {
+        let msg = Outgoing::new(body).persistent(true);
+        client
+            .send_with_receipt(ACKED, &msg)
+            .await
+            .expect("receipted send");
+    }
+    let options = SubscribeOptions {
+        ack: AckMode::ClientIndividual,
+        prefetch: 1,
+        ..SubscribeOptions::default()
+    };
+    let mut sub = client
+        .subscribe(ACKED, options.clone())
+        .await
+        .expect("subscribe");
+    let d = sub
+        .next_timeout(common::GUARD)
+        .await
+        .expect("the first message arrives");
+    assert_eq!(&d.body[..], b"first");
+    // Slow from now on: the sends above are synced; the acknowledgement is the only record
+    // the cut can drop.
+    disk.delay_syncs(SYNC_TIME);
+    sub.ack_with_receipt(&d).await.expect("receipted ack");
+    let dropped = disk.cut();
+    broker.kill9();
+    drop(sub);
+    drop(client);
+    disk.delay_syncs(Duration::ZERO);
+    disk.power_on();
+    broker.restart();
+
+    let client = Client::connect(&broker.url(), ClientOptions::default())
+        .await
+        .expect("connect after the restart");
+    let mut sub = client.subscribe(ACKED, options).await.expect("subscribe");
+    let mut after = Vec::new();
+    while let Some(d) = sub.next_timeout(Duration::from_secs(2)).await {
+        after.push(String::from_utf8_lossy(&d.body).into_owned());
+        sub.ack_with_receipt(&d).await.expect("ack");
+    }
+    eprintln!("after the cut (it dropped {dropped} unsynced bytes): {after:?}");
+    assert_eq!(
+        after,
+        ["second", "third"],
+        "a message whose acknowledgement was receipted came back after the power cut"
+    );
     broker.kill9();
 }

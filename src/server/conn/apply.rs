@@ -147,10 +147,15 @@ impl<C: Codec> Connection<C> {
                 tags,
                 transaction: None,
                 receipt,
-            } => match self.session.ack(subscription, up_to, &tags) {
-                Ok(_) => self.receipt_after(0, receipt),
-                Err(e) => self.refuse(&e, receipt),
-            },
+            } => {
+                // An acknowledgement's receipt says it took effect: after a crash its messages
+                // do not come back. So it waits for the removals' sync, like a send's receipt.
+                let before = self.session.last_record();
+                match self.session.ack(subscription, up_to, &tags) {
+                    Ok(_) => self.receipt_after(self.session.record_since(before), receipt),
+                    Err(e) => self.refuse(&e, receipt),
+                }
+            }
             Request::Nack {
                 subscription,
                 tags,
