@@ -6,7 +6,7 @@
 use crate::common;
 use crate::powerloss;
 
-use common::{Broker, Config, History};
+use common::History;
 use meshmq::client::Outgoing;
 use powerloss::PowerLoss;
 
@@ -16,12 +16,7 @@ const BEFORE: usize = 50;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_send_whose_sync_failed_gets_an_error_and_the_member_exits_then_recovers() {
     let data = tempfile::tempdir().expect("tempdir");
-    let disk = PowerLoss::mount(&data.path().join("journal"));
-    let mut broker = Broker::start(
-        &Config::new()
-            .data_dir(data.path())
-            .group("sync = \"local_disk\""),
-    );
+    let (disk, mut broker) = PowerLoss::local_disk_broker(data.path());
     let history = History::shared();
     let producer = broker.client().await;
     for i in 0..BEFORE {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Broker, Config, History};
+use common::History;
 use powerloss::PowerLoss;
 
 const QUEUE: &str = "queue://receipted";
@@ -28,13 +28,7 @@ const SYNC_TIME: Duration = Duration::from_secs(1);
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_receipt_never_leaves_before_the_sync_of_its_message() {
     let data = tempfile::tempdir().expect("tempdir");
-    // Declared before the broker, so dropped after it: unmounted once nothing uses it.
-    let disk = PowerLoss::mount(&data.path().join("journal"));
-    let mut broker = Broker::start(
-        &Config::new()
-            .data_dir(data.path())
-            .group("sync = \"local_disk\""),
-    );
+    let (disk, mut broker) = PowerLoss::local_disk_broker(data.path());
     // Slow from now on: the broker started (and synced its new journal) at full speed.
     disk.delay_syncs(SYNC_TIME);
     let history = History::shared();
@@ -94,12 +88,7 @@ async fn an_acknowledgement_whose_receipt_came_back_survives_a_power_cut() {
     use meshmq::client::{AckMode, Client, ClientOptions, Outgoing, SubscribeOptions};
     const ACKED: &str = "queue://acked";
     let data = tempfile::tempdir().expect("tempdir");
-    let disk = PowerLoss::mount(&data.path().join("journal"));
-    let mut broker = Broker::start(
-        &Config::new()
-            .data_dir(data.path())
-            .group("sync = \"local_disk\""),
-    );
+    let (disk, mut broker) = PowerLoss::local_disk_broker(data.path());
     let client = Client::connect(&broker.url(), ClientOptions::default())
         .await
         .expect("connect");

@@ -180,12 +180,7 @@ async fn run_fanout_stomp(args: &FanoutArgs, addr: SocketAddr) -> anyhow::Result
                 let mut counted = 0;
                 let taken = conn.take_messages(|m| {
                     counted += tally.see_at(now, m.body, &dups) as u64;
-                    unacked += 1;
-                    let due = acks.due(unacked);
-                    if due {
-                        unacked = 0;
-                    }
-                    due
+                    acks.count(&mut unacked)
                 })?;
                 if counted > 0 {
                     progress.add_many(counted, expected);

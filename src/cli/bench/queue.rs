@@ -387,12 +387,18 @@ impl StompAcks {
         }
     }
 
-    /// Whether the message that makes `unacked` not yet acknowledged is acknowledged now.
-    pub(super) fn due(self, unacked: u32) -> bool {
-        match self {
+    /// Counts one more message not yet acknowledged in `unacked`; true when it is to be
+    /// acknowledged now (and `unacked` starts again from zero).
+    pub(super) fn count(self, unacked: &mut u32) -> bool {
+        *unacked += 1;
+        let due = match self {
             StompAcks::Each => true,
-            StompAcks::Every(n) => unacked >= n,
+            StompAcks::Every(n) => *unacked >= n,
+        };
+        if due {
+            *unacked = 0;
         }
+        due
     }
 
     pub(super) fn header(self) -> &'static str {
@@ -440,12 +446,7 @@ async fn run_queue_stomp(args: &QueueArgs, addr: SocketAddr) -> anyhow::Result<R
                         }
                     }
                     again += m.redelivered as u64;
-                    unacked += 1;
-                    let due = acks.due(unacked);
-                    if due {
-                        unacked = 0;
-                    }
-                    due
+                    acks.count(&mut unacked)
                 })?;
                 if copies > 0 {
                     dups.fetch_add(copies, Ordering::Relaxed);

@@ -586,6 +586,19 @@ pub struct PowerLoss {
 }
 
 impl PowerLoss {
+    /// A `local_disk` broker (the harness's defaults otherwise) whose journal lives on a
+    /// power-loss disk mounted under `data`. Bound as `let (disk, mut broker) = ...`, the
+    /// broker is dropped before the disk, which is unmounted once nothing uses it.
+    pub fn local_disk_broker(data: &Path) -> (PowerLoss, crate::common::Broker) {
+        let disk = PowerLoss::mount(&data.join("journal"));
+        let broker = crate::common::Broker::start(
+            &crate::common::Config::new()
+                .data_dir(data)
+                .group("sync = \"local_disk\""),
+        );
+        (disk, broker)
+    }
+
     /// Mounts an empty power-loss filesystem on `mountpoint` (created if missing). Fails the
     /// test with the reason when FUSE is not usable here.
     pub fn mount(mountpoint: &Path) -> PowerLoss {
