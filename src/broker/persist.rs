@@ -302,15 +302,6 @@ impl Broker {
         self.inner.persistence.as_ref().map(|p| &p.store)
     }
 
-    /// The newest journal index appended so far (0 without a journal or before any record).
-    /// Taken before and after an operation, it tells whether the operation appended and which
-    /// index covers what it appended (records other sessions appended meanwhile only make the
-    /// wait longer, never too short).
-    pub(crate) fn journal_head(&self) -> u64 {
-        self.store()
-            .map_or(0, |s| s.journal().next_index().saturating_sub(1))
-    }
-
     /// Whether `msg` on `target` is journaled: persistent messages on queues, and on topics
     /// when a durable subscription will hold them. Temporary destinations never are.
     pub(crate) fn journals(&self, target: &Target, msg: &Message) -> bool {
@@ -498,10 +489,13 @@ impl Broker {
         self.apply(effects);
     }
 
-    /// Dead-letters and journals what `effects` collected (the caller holds the gate).
-    pub(crate) fn apply(&self, effects: Effects) {
+    /// Dead-letters and journals what `effects` collected (the caller holds the gate). Returns
+    /// the newest journal index it appended, which a receipt for the operation waits for (0:
+    /// none).
+    pub(crate) fn apply(&self, effects: Effects) -> u64 {
+        let mut last = 0;
         if effects.is_empty() {
-            return;
+            return last;
         }
         for (entry, reason) in effects.dead {
             let source = entry.msg.dest().clone();
@@ -519,27 +513,26 @@ impl Broker {
             // Journal the copy before the original's removal: a crash between the two leaves
             // the message in both places, never in neither.
             if self.journals(&target, &copy) {
-                self.journal_publish(&target, copy.into());
+                last = self.journal_publish(&target, copy.into());
             } else {
                 let mut more = Effects::default();
                 dlq.enqueue(Arc::new(copy), &mut more);
                 debug_assert!(more.dead.is_empty(), "a DLQ never dead-letters");
             }
             if source.kind() == Kind::Queue && entry.msg.store_index != 0 {
-                self.journal_removal(
-                    &Removal {
-                        index: entry.msg.store_index,
-                        durable: None,
-                        release: true,
-                        record: true,
-                    },
-                    0,
-                );
+                let removal = Removal {
+                    index: entry.msg.store_index,
+                    durable: None,
+                    release: true,
+                    record: true,
+                };
+                last = last.max(self.journal_removal(&removal, 0));
             }
         }
         for r in &effects.removed {
-            self.journal_removal(r, 0);
+            last = last.max(self.journal_removal(r, 0));
         }
+        last
     }
 
     /// Commits a transaction: its sends become visible and its acknowledgements take effect
@@ -604,16 +597,19 @@ impl Broker {
         end
     }
 
-    fn journal_removal(&self, r: &Removal, tx: u64) {
+    /// Journals a removal (when it has a record) and lets its message go; returns the index
+    /// of the record (0: none).
+    fn journal_removal(&self, r: &Removal, tx: u64) -> u64 {
         let Some(p) = &self.inner.persistence else {
-            return;
+            return 0;
         };
+        let mut index = 0;
         if r.record {
             let (client, name) = r.durable.clone().unwrap_or_default();
             // Nothing becomes visible with a removal: it is synced with the next record
             // someone needs, or when an acknowledgement's receipt waits for it. Lost to a
             // power cut before that, its message is delivered again (flagged), never lost.
-            p.store.append_unwaited(&Record {
+            index = p.store.append_unwaited(&Record {
                 kind: Some(RecordKind::Removed(proto::MessageRemoved {
                     message: r.index,
                     durable_client_id: client,
@@ -625,6 +621,7 @@ impl Broker {
         if r.release {
             p.store.journal().release(r.index);
         }
+        index
     }
 
     /// Writes a checkpoint of everything journaled and lets covered segments go. `clean`:

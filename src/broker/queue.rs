@@ -132,6 +132,26 @@ struct State {
 }
 
 impl State {
+    /// Puts a message (in memory or paged out) at the back of the pending ones. A message just
+    /// published was stamped when received: no second clock read.
+    fn push_pending(&mut self, slot: Slot, redeliveries: u32) {
+        let arrived_ms = match &slot {
+            Slot::Loaded(m) if m.received_ms != 0 => m.received_ms,
+            _ => now_ms(),
+        };
+        self.next_seq += 1;
+        let entry = QEntry {
+            slot,
+            seq: self.next_seq,
+            redeliveries,
+            arrived_ms,
+        };
+        if entry.expires_at_ms() != 0 {
+            self.expiring += 1;
+        }
+        self.pending.push_back(entry);
+    }
+
     /// Hands the batched deliveries to their consumer's outbox.
     fn flush_batch(&mut self) {
         if let Some(Some(c)) = self.consumers.get(self.batch_slot) {
@@ -239,21 +259,8 @@ impl Queue {
         let n = msgs.len() as u64;
         let mut st = self.state.lock();
         for msg in msgs.drain(..) {
-            let arrived_ms = match msg.received_ms {
-                0 => now_ms(),
-                t => t,
-            };
-            st.next_seq += 1;
-            if msg.expires_at_ms != 0 {
-                st.expiring += 1;
-            }
-            let entry = QEntry {
-                redeliveries: msg.redeliveries,
-                slot: Slot::Loaded(msg),
-                seq: st.next_seq,
-                arrived_ms,
-            };
-            st.pending.push_back(entry);
+            let redeliveries = msg.redeliveries;
+            st.push_pending(Slot::Loaded(msg), redeliveries);
         }
         DestinationCounters::add(&self.counters.enqueued, n);
         self.dispatch(&mut st, dead);
@@ -261,23 +268,8 @@ impl Queue {
 
     /// Adds a message (in memory or paged out) with a redelivery count (recovered messages).
     pub(crate) fn enqueue_slot(&self, slot: Slot, redeliveries: u32, dead: &mut Effects) {
-        // A message just published was stamped when received: no second clock read.
-        let arrived_ms = match &slot {
-            Slot::Loaded(m) if m.received_ms != 0 => m.received_ms,
-            _ => now_ms(),
-        };
         let mut st = self.state.lock();
-        st.next_seq += 1;
-        let entry = QEntry {
-            slot,
-            seq: st.next_seq,
-            redeliveries,
-            arrived_ms,
-        };
-        if entry.expires_at_ms() != 0 {
-            st.expiring += 1;
-        }
-        st.pending.push_back(entry);
+        st.push_pending(slot, redeliveries);
         DestinationCounters::add(&self.counters.enqueued, 1);
         self.dispatch(&mut st, dead);
     }

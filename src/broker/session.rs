@@ -387,11 +387,9 @@ impl Session {
         };
         // The removals are journaled unwaited (nobody needs their sync unless a receipt
         // does): `last_record` lets an acknowledgement's receipt wait for them.
-        let before = self.broker.journal_head();
-        self.broker.apply(dead);
-        let after = self.broker.journal_head();
-        if after != before {
-            self.last_record = after;
+        let index = self.broker.apply(dead);
+        if index != 0 {
+            self.last_record = index;
         }
         Self::check_known(subscription, outcome)
     }
