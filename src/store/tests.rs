@@ -1254,3 +1254,62 @@ async fn an_unwaited_record_rides_on_the_next_needed_sync() {
     );
     store.close();
 }
+
+/// Waits until the journal's writer thread sleeps idle (it may still be finishing a batch).
+fn wait_writer_idle(store: &Store) {
+    let shared = &store.journal().shared;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !shared
+        .writer_idle
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never went idle"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// An appender that commits its own records while the writer thread sleeps
+/// ([`commit_here`]) finds them synced when its scope ends — after an `fdatasync` of its
+/// own, with an unwaited record the writer was holding back carried along — and the writer,
+/// which wakes for that record and finds its batch taken, lives on: what is appended later
+/// without a scope is still synced.
+#[tokio::test]
+async fn an_appender_commits_its_own_records_while_the_writer_sleeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.segment_size = 1 << 20;
+    let (store, _) = Store::open(cfg, false).unwrap();
+    let first = append_all(&store, &[added("queue://a", "m", "p", 0)]).await[0];
+    for seq in 1..=3 {
+        // Held back by the writer until `MAX_UNWAITED`.
+        let ack = store.append_unwaited(&removed(first));
+        wait_writer_idle(&store);
+        let before = fsyncs(&store);
+        let scope = commit_here();
+        let sent = store.append(&added("queue://a", "m", "p", seq));
+        assert!(
+            scope.finish(),
+            "round {seq}: the sleeping writer's batch was not committed here"
+        );
+        let synced = store.journal().synced();
+        assert!(
+            synced >= sent && synced >= ack,
+            "round {seq}: synced {synced} misses the send {sent} or the acknowledgement {ack}"
+        );
+        assert!(
+            fsyncs(&store) > before,
+            "round {seq}: committed here with no sync"
+        );
+        // The writer wakes for the acknowledgement's time and finds nothing left to write.
+        std::thread::sleep(journal::MAX_UNWAITED + Duration::from_millis(5));
+        let later = store.append(&added("queue://a", "later", "p", seq));
+        tokio::time::timeout(Duration::from_secs(10), store.journal().wait_synced(later))
+            .await
+            .expect("the writer thread still syncs what is appended outside a scope")
+            .unwrap();
+    }
+    store.close();
+}
