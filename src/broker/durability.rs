@@ -22,14 +22,6 @@ use tokio::time::Instant;
 use super::{Broker, Target};
 use crate::store::StoreError;
 
-/// Lets this thread commit its own persistent sends: until the returned scope ends, the
-/// journal's writer is not woken for what this thread appends; at the end, when the writer
-/// is idle, this thread writes, syncs and dispatches them itself, so a receipt held for them
-/// may go out at once (see [`crate::store::commit_here`]). For a connection's run of frames.
-pub(crate) fn commit_here() -> crate::store::CommitHere {
-    crate::store::commit_here()
-}
-
 impl Broker {
     /// True when a message for `target` may be taken now: the journal has room for one it
     /// would hold (persistent, not on a temporary destination), memory has room otherwise —

@@ -58,7 +58,6 @@ pub use crate::config::{DestinationLimits, OnFull};
 pub use crate::destination::{Destination, DestinationError, DestinationPattern, Kind};
 pub use crate::metrics::DestinationStats;
 pub use demand::{Demand, DemandEvent, NetworkSpec};
-pub(crate) use durability::commit_here;
 pub use durability::{CommitLog, JournalStats, SyncedQueue};
 pub use error::BrokerError;
 pub use kept_sessions::NEVER_EXPIRES;

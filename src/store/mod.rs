@@ -29,7 +29,7 @@ use std::time::Duration;
 use prost::Message as _;
 
 pub use epochs::{EpochHistory, Position};
-pub use journal::{commit_here, CommitHere, CommitWait, Durability, Journal, RawFrames};
+pub use journal::{CommitWait, Durability, Journal, RawFrames};
 pub use mark::{read_mark, write_mark};
 pub use recovery::{ForwardedId, Recovered, RecoveredDurable, RecoveredMessage, REPLAYED_FORWARDS};
 

@@ -529,19 +529,12 @@ impl<C: Codec> Connection<C> {
 
     /// Applies the frames buffered so far; the messages they sent are counted once for all,
     /// and the consumers they feed are woken once for all, when the run ends. They all arrived
-    /// before the run began, and are stamped received with one clock read. What the run
-    /// journaled is committed by this task when the journal's writer is idle
-    /// ([`crate::broker::commit_here`]), and the receipts it frees are written at once, with
-    /// no hop to the writer thread and back.
+    /// before the run began, and are stamped received with one clock read.
     fn process_frames(&mut self) {
         let _wakes = crate::broker::defer_wakes();
-        let commit = crate::broker::commit_here();
         self.builder.begin_run();
         self.apply_buffered();
         self.publish_held();
-        if commit.finish() && !self.receipts.is_empty() {
-            self.release_receipts(Ok(()));
-        }
         self.builder.end_run();
         self.ctx
             .metrics

@@ -161,11 +161,6 @@ impl GroupCommit {
         }
     }
 
-    /// The mean time a sync took (`None` before the first).
-    pub fn sync_mean(&self) -> Option<Duration> {
-        self.sync_mean
-    }
-
     /// The waits at which the next sync starts at once (0: it does anyway).
     pub fn target(&self) -> usize {
         self.target

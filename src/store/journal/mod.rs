@@ -22,11 +22,7 @@
 //! Whoever writes holds the `writing` lock from taking a batch until it is complete, so
 //! batches reach the files in index order; a follower appending its master's records without
 //! syncing (`_mem` modes) writes them itself when the lock is free, sparing the hand-over to
-//! the writer thread and back on the path to its acknowledgement. In the same way a thread that
-//! appends inside a [`commit_here`] scope (a connection's run of frames) writes, syncs and
-//! commits the batch itself when the scope ends, if the writer thread sleeps idle, no other
-//! commit wait is announced and syncs are fast: its receipts go out without a wake of the writer and a wake back. A busy writer is
-//! woken instead, and the group commit forms there as before.
+//! the writer thread and back on the path to its acknowledgement.
 //!
 //! Full is never a dead end: checkpoints (which let old segments go) wait until everything
 //! appended is written, and consumers' acknowledgements are appended behind what producers sent,
@@ -45,6 +41,16 @@
 //! `writer.rs`; the prefiller is in `prefill.rs`; the group commit policy is in `group.rs`.
 //! The last handle dropped without [`Journal::close`] stops and joins the writer and the
 //! prefiller where they are (as a crash would stop them), so nothing of theirs is written after.
+//!
+//! Tried and dropped (durable10, against this design, alternating runs in one sitting on a
+//! 2-core VM): a connection's task writing, syncing and committing its own run's records when
+//! the writer sleeps, instead of waking it (no writer wake; the receipt written without the hop
+//! back). It cut the commit profile's dispatch→receipt hop (p50 10–12 µs → 3–8 µs) and, with
+//! the disk lightly loaded, raised 1P/1C by ~24 % at 28 % less broker CPU per message; but its
+//! `fdatasync`s on an async worker took 3–6× as long as the writer thread's whenever the disk
+//! was busy (1P/1C fell to a quarter, broker CPU per message nearly doubled), and with four
+//! producers it halved the rate — still ~10 % down, with fewer sends per sync, when limited to
+//! moments no other commit wait was announced. Syncs stay on the writer thread.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -97,12 +103,6 @@ pub type Committer = Box<dyn Fn(u64) + Send + Sync>;
 
 /// Most bytes of records the writer may be behind before new persistent sends wait.
 const MAX_BEHIND: u64 = 8 << 20;
-
-/// Appenders commit their own records ([`commit_here`]) only while the journal's syncs take
-/// no longer than this on average: each blocks an async worker thread for a sync, which is
-/// cheap on a disk that syncs in 0.1–0.4 ms and would stall every task of that worker on a
-/// slow one (whose syncs then stay on the writer thread).
-const MAX_SYNC_HERE: Duration = Duration::from_millis(1);
 
 /// Records copied out of (or into) a journal as their on-disk frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,11 +220,6 @@ pub(crate) struct Shared {
     /// [`Journal::append_unwaited`]: the writer holds them for the next sync someone needs, or
     /// syncs them once they are `writer::MAX_UNWAITED` old.
     needed: AtomicU64,
-    /// The writer thread sleeps with nothing anyone needs written (it waits for appends, for
-    /// the synced mark's idle moment, or for unwaited records' time): set and read under the
-    /// batch lock. A thread that appended within [`commit_here`] writes and syncs itself
-    /// then, instead of waking the writer.
-    pub(crate) writer_idle: AtomicBool,
 }
 
 impl Shared {
@@ -280,147 +275,6 @@ impl Shared {
             }
         }
     }
-}
-
-thread_local! {
-    /// This thread's [`commit_here`] scope, while one is open: the journal appended to in it
-    /// and what its appends asked of the writer.
-    static COMMIT_HERE: std::cell::RefCell<Option<Deferred>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// What the appends of a [`commit_here`] scope left to do.
-#[derive(Default)]
-struct Deferred {
-    shared: Option<Arc<Shared>>,
-    /// An append would have woken the writer.
-    wake: bool,
-    /// A record someone needs synced soon was appended.
-    needed: bool,
-}
-
-/// Holds back the writer's wake-ups for what a synced journal gets appended on this thread
-/// until the returned scope ends. Then, if a record someone needs was appended, the writer
-/// thread sleeps idle and no other commit wait is announced, this thread writes and syncs the queued batch itself and runs the commit
-/// (the broker's dispatch) here: the hand-off to the writer and the wake back to the appender
-/// are spared, and what waits on the commit finds it done when the scope returns. When the
-/// writer is busy (writing, syncing, holding a group commit back for the waits it expects) it
-/// is woken as the appends would have woken it, so group commit forms as before. The sync
-/// blocks this thread for one `fdatasync`: open a scope only where that is acceptable (a
-/// connection's task after a run of frames, which would otherwise wait for the same sync).
-/// Inside an open scope the guard does nothing.
-pub fn commit_here() -> CommitHere {
-    let opened = COMMIT_HERE.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.is_some() {
-            return false;
-        }
-        *c = Some(Deferred::default());
-        true
-    });
-    CommitHere { opened }
-}
-
-/// Notes an append's wake-up in this thread's open [`commit_here`] scope; false when there is
-/// none for this journal (the caller wakes the writer itself).
-fn defer_to_commit_here(shared: &Arc<Shared>, wake: bool, needed: bool) -> bool {
-    if shared.options.durability != Durability::Synced {
-        return false;
-    }
-    COMMIT_HERE.with(|c| {
-        let mut c = c.borrow_mut();
-        let Some(d) = c.as_mut() else {
-            return false;
-        };
-        match &d.shared {
-            Some(other) if !Arc::ptr_eq(other, shared) => return false,
-            Some(_) => {}
-            None => d.shared = Some(shared.clone()),
-        }
-        d.wake |= wake;
-        d.needed |= needed;
-        true
-    })
-}
-
-/// An open [`commit_here`] scope; ending it (by [`CommitHere::finish`] or by dropping it) does
-/// the commit or the wake-up its appends left.
-pub struct CommitHere {
-    opened: bool,
-}
-
-impl CommitHere {
-    /// Ends the scope: true when this thread wrote, synced and committed the queued records.
-    pub fn finish(mut self) -> bool {
-        self.end()
-    }
-
-    fn end(&mut self) -> bool {
-        if !std::mem::take(&mut self.opened) {
-            return false;
-        }
-        let Some(d) = COMMIT_HERE.with(|c| c.borrow_mut().take()) else {
-            return false;
-        };
-        let Some(shared) = d.shared else {
-            return false;
-        };
-        if d.needed && commit_on_this_thread(&shared) {
-            return true;
-        }
-        if d.wake {
-            shared.wake.notify_one();
-        }
-        false
-    }
-}
-
-impl Drop for CommitHere {
-    fn drop(&mut self) {
-        self.end();
-    }
-}
-
-/// Writes, syncs and commits what is queued on this thread when the writer thread is idle,
-/// nobody else writes and nobody else waits for a commit; false (nothing done) otherwise. Records that do not fit the active
-/// segment, or meet a full disk, are left to the writer, woken for them.
-fn commit_on_this_thread(shared: &Shared) -> bool {
-    if shared.gate.lock().is_some() || shared.stop.load(Ordering::Acquire) {
-        return false;
-    }
-    // Others waiting for a commit are better served by one group commit on the writer thread
-    // (measured: with four producers, committing here whenever the writer slept halved the
-    // rate), so this thread commits only when nobody else waits.
-    if !shared.writer_idle.load(Ordering::Acquire)
-        || shared.waits.lock().after() > 0
-        || shared
-            .group
-            .lock()
-            .sync_mean()
-            .is_some_and(|mean| mean > MAX_SYNC_HERE)
-    {
-        return false;
-    }
-    let Some(mut w) = shared.writing.try_lock() else {
-        return false;
-    };
-    if !w.carry.frames.is_empty() {
-        return false;
-    }
-    match write_queued(shared, &mut w, false) {
-        Ok(()) => {}
-        Err(StoreError::NoSpace { .. }) => {}
-        Err(e) => {
-            drop(w);
-            fail(shared, &e);
-            return true;
-        }
-    }
-    drop(w);
-    if !shared.batch.lock().frames.is_empty() {
-        shared.wake.notify_one();
-    }
-    true
 }
 
 /// The journal handle.
@@ -528,7 +382,6 @@ impl Journal {
             group: Mutex::new(group::GroupCommit::default()),
             wait_target: std::sync::atomic::AtomicUsize::new(0),
             needed: AtomicU64::new(0),
-            writer_idle: AtomicBool::new(false),
         });
         if let Some(limit) = shared.options.store_limit {
             shared.over_limit.store(disk > limit, Ordering::Relaxed);
@@ -604,8 +457,7 @@ impl Journal {
         // Only an empty batch can have the writer waiting for appends, or one that held only
         // records nobody needed yet; otherwise it is writing, or holding the sync back for the
         // waits it expects (`group.rs`), which a record more does not change.
-        let wake = first || (now_needed && self.shared.options.durability == Durability::Synced);
-        if !defer_to_commit_here(&self.shared, wake, needed) && wake {
+        if first || (now_needed && self.shared.options.durability == Durability::Synced) {
             self.shared.wake.notify_one();
         }
         index

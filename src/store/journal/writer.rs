@@ -63,8 +63,6 @@ pub(super) fn writer(shared: Arc<Shared>) {
         if !carried {
             let synced_mode = shared.options.durability == Durability::Synced;
             let mut batch = shared.batch.lock();
-            // Seen by others only while this waits below (the lock is released only there).
-            shared.writer_idle.store(true, Ordering::Release);
             while !shared.stop.load(Ordering::Acquire) && shared.failed.lock().is_none() {
                 if !batch.frames.is_empty() {
                     match unwaited_until(&shared, &batch) {
@@ -83,12 +81,8 @@ pub(super) fn writer(shared: Arc<Shared>) {
                     // Idle for a moment: make the synced mark durable, so after a power cut it
                     // lags the true synced point only by what was written since. Not at once:
                     // a producer waiting for each receipt would pay a second sync per message.
-                    // Appenders that commit their own records (`commit_here`) keep the
-                    // journal busy without waking this thread: their syncs count as activity.
-                    let syncs = shared.fsyncs.load(Ordering::Relaxed);
                     if shared.wake.wait_for(&mut batch, MARK_IDLE).timed_out()
                         && batch.frames.is_empty()
-                        && shared.fsyncs.load(Ordering::Relaxed) == syncs
                     {
                         let synced =
                             parking_lot::MutexGuard::unlocked(&mut batch, || shared.mark.sync());
@@ -102,16 +96,11 @@ pub(super) fn writer(shared: Arc<Shared>) {
                 }
                 shared.wake.wait(&mut batch);
             }
-            shared.writer_idle.store(false, Ordering::Release);
-            if shared.failed.lock().is_some() || shared.abandoned.load(Ordering::Acquire) {
+            if batch.frames.is_empty()
+                || shared.failed.lock().is_some()
+                || shared.abandoned.load(Ordering::Acquire)
+            {
                 return;
-            }
-            if batch.frames.is_empty() {
-                if shared.stop.load(Ordering::Acquire) {
-                    return;
-                }
-                // An appender committed the batch itself while this waited (`commit_here`).
-                continue;
             }
             if synced_mode && shared.gate.lock().is_none() {
                 wait_for_returning(&shared, &mut batch);
