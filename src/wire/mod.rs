@@ -7,10 +7,17 @@
 //! (`decode` answers `TooLarge` from the 4-byte header alone); `decode` never panics on any
 //! input; `encode_send`/`encode_deliver` produce bytes that prost decodes into exactly the
 //! frame they describe (tested below).
+//!
+//! The broker's inbound hot path reads a client's `Send` in place instead (`in_place.rs`,
+//! [`read_send`]): it finds a frame only where `decode` would take the same `Send` off the
+//! same bytes, and leaves everything else to `decode`.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use prost::Message as _;
+
+mod in_place;
+pub use in_place::{read_send, SendRef};
 
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/meshmq.wire.rs"));
