@@ -26,7 +26,11 @@ pub fn wire(data: &[u8]) {
                     body: Some(Body::Send(s)),
                 })) => {
                     assert_eq!(s, &send, "a Send read in place");
-                    assert_eq!(before - buf.len(), len, "bytes taken by a Send read in place");
+                    assert_eq!(
+                        before - buf.len(),
+                        len,
+                        "bytes taken by a Send read in place"
+                    );
                 }
                 other => panic!("a Send read in place where decoding gives {other:?}"),
             }

@@ -841,7 +841,10 @@ fn a_native_send_read_in_place_is_the_request_decoding_makes() {
             (Request::Send(mut read), Request::Send(expected)) => {
                 let large = s.body.len() >= COPY_BODY_BELOW;
                 let inside = chunk.contains(&read.draft.body.as_ptr());
-                assert_eq!(inside, large, "send {i}: only a large body shares the buffer");
+                assert_eq!(
+                    inside, large,
+                    "send {i}: only a large body shares the buffer"
+                );
                 assert_eq!(read.draft.body_is_own, !large, "send {i}");
                 read.draft.body_is_own = false;
                 (Request::Send(read), Request::Send(expected))

@@ -82,7 +82,10 @@ fn every_send_the_encoders_write_is_read_in_place_as_decoded() {
             // Two frames back to back: the first is read, and only its bytes are counted.
             let one = buf.len();
             wire::encode_send(&m, receipt, &mut buf);
-            assert!(agrees(&buf, DEFAULT_MAX_FRAME_SIZE), "not read in place: {m:?}");
+            assert!(
+                agrees(&buf, DEFAULT_MAX_FRAME_SIZE),
+                "not read in place: {m:?}"
+            );
             assert_eq!(
                 read_send(&buf, DEFAULT_MAX_FRAME_SIZE, BODY_BELOW)
                     .unwrap()
@@ -92,7 +95,9 @@ fn every_send_the_encoders_write_is_read_in_place_as_decoded() {
         }
     }
     // prost's own encoding, a transaction included.
-    let mut s = read_send(&encoded(&full), usize::MAX, BODY_BELOW).unwrap().to_proto();
+    let mut s = read_send(&encoded(&full), usize::MAX, BODY_BELOW)
+        .unwrap()
+        .to_proto();
     s.transaction = 7;
     let mut buf = BytesMut::new();
     wire::encode(&wire::frame(Body::Send(s)), &mut buf);
@@ -273,7 +278,11 @@ fn random_send(rng: &mut Rng) -> Vec<u8> {
 fn random_frame(rng: &mut Rng) -> Vec<u8> {
     let send = random_send(rng);
     let mut frame = Vec::new();
-    let frame_key = if rng.chance(30) { 5 << 3 | 2 } else { 3 << 3 | 2 };
+    let frame_key = if rng.chance(30) {
+        5 << 3 | 2
+    } else {
+        3 << 3 | 2
+    };
     put_varint(rng, frame_key, &mut frame);
     put_delimited(rng, &send, &mut frame);
     if rng.chance(30) {
