@@ -16,11 +16,13 @@
 //! byte is examined once however the frame is split across reads: a body without
 //! `content-length` arriving in small pieces costs no rescans.
 //!
-//! A whole SEND already in the buffer whose header lines are plain (ASCII, no escape, nothing
-//! the decoder would refuse) can instead be read in place ([`Decoder::in_place_send`]): its
-//! headers are read straight from the buffer, never copied into [`Headers`]. Invariant: it
-//! finds a frame only where [`Decoder::decode`] would find the same frame (same headers, same
-//! body, same bytes consumed); anything else it leaves to `decode`.
+//! A whole SEND, ACK or NACK already in the buffer whose header lines are plain (ASCII, no
+//! escape, nothing the decoder would refuse) can instead be read in place
+//! ([`Decoder::in_place`]): its headers are read straight from the buffer, never copied into
+//! [`Headers`]. Those are the frames a connection gets one of per message (a producer's
+//! sends, a consumer's individual acknowledgements). Invariant: it finds a frame only where
+//! [`Decoder::decode`] would find the same frame (same command, same headers, same body, same
+//! bytes consumed); anything else it leaves to `decode`.
 
 use std::ops::Range;
 
@@ -290,20 +292,24 @@ impl Decoder {
         }))
     }
 
-    /// Finds a whole SEND at the front of `buf` that can be read in place: no frame is half
-    /// read, and every header line is ASCII with a ':' and no backslash, within the limits.
-    /// `None` leaves the bytes to [`Decoder::decode`] (a frame still arriving, another command,
-    /// an escape, anything it would refuse).
-    pub fn in_place_send(&self, buf: &[u8]) -> Option<InPlaceSend> {
+    /// Finds a whole SEND, ACK or NACK at the front of `buf` that can be read in place: no
+    /// frame is half read, and every header line is ASCII with a ':' and no backslash, within
+    /// the limits. `None` leaves the bytes to [`Decoder::decode`] (a frame still arriving,
+    /// another command, an escape, anything it would refuse).
+    pub fn in_place(&self, buf: &[u8]) -> Option<InPlaceFrame> {
         if self.partial.is_some() {
             return None;
         }
-        let headers_start = if buf.starts_with(b"SEND\n") {
-            5
-        } else if buf.starts_with(b"SEND\r\n") {
-            6
-        } else {
-            return None;
+        let (command, name_len) = match buf.first()? {
+            b'S' if buf.starts_with(b"SEND") => (Command::Send, 4),
+            b'A' if buf.starts_with(b"ACK") => (Command::Ack, 3),
+            b'N' if buf.starts_with(b"NACK") => (Command::Nack, 4),
+            _ => return None,
+        };
+        let headers_start = match &buf[name_len..] {
+            [b'\n', ..] => name_len + 1,
+            [b'\r', b'\n', ..] => name_len + 2,
+            _ => return None,
         };
         let limits = &self.limits;
         let mut lines = [(0u32, 0u32, 0u32); IN_PLACE_HEADERS];
@@ -328,7 +334,7 @@ impl Decoder {
             let colon = memchr(b':', line)?;
             if content_length.is_none() && &line[..colon] == b"content-length" {
                 let value = ascii_str(&line[colon + 1..]);
-                content_length = Some(parse_content_length(value, Command::Send).ok()?);
+                content_length = Some(parse_content_length(value, command).ok()?);
             }
             lines[count] = (at as u32, (at + colon) as u32, (at + line.len()) as u32);
             count += 1;
@@ -352,7 +358,8 @@ impl Decoder {
         if total > limits.max_frame_size {
             return None;
         }
-        Some(InPlaceSend {
+        Some(InPlaceFrame {
+            command,
             lines,
             count,
             body: body_start..body_end,
@@ -378,13 +385,14 @@ enum Start {
     Frame(Partial),
 }
 
-/// Header lines a SEND read in place may have (more: it is decoded). A producer's SEND has a
-/// few.
+/// Header lines a frame read in place may have (more: it is decoded). A producer's SEND has a
+/// few, an ACK one to three.
 const IN_PLACE_HEADERS: usize = 8;
 
-/// Where a whole SEND lies at the front of a buffer (see [`Decoder::in_place_send`]).
+/// Where a whole SEND, ACK or NACK lies at the front of a buffer (see [`Decoder::in_place`]).
 #[derive(Debug)]
-pub struct InPlaceSend {
+pub struct InPlaceFrame {
+    command: Command,
     /// Each header line's start, ':' and end (without its EOL), from the frame's start.
     lines: [(u32, u32, u32); IN_PLACE_HEADERS],
     count: usize,
@@ -395,7 +403,12 @@ pub struct InPlaceSend {
     copy_body: bool,
 }
 
-impl InPlaceSend {
+impl InPlaceFrame {
+    /// SEND, ACK or NACK.
+    pub fn command(&self) -> Command {
+        self.command
+    }
+
     /// Takes the frame off `buf` and hands `read` its headers, read in place, and its body
     /// (a copy or a slice of the buffer, as [`Decoder::decode`] would give it).
     pub fn take<T>(self, buf: &mut BytesMut, read: impl FnOnce(PlainHeaders<'_>, Bytes) -> T) -> T {
@@ -423,7 +436,7 @@ pub struct PlainHeaders<'f> {
 }
 
 impl<'f> PlainHeaders<'f> {
-    /// `frame`: the bytes [`Decoder::in_place_send`] found ASCII from the frame's start up to
+    /// `frame`: the bytes [`Decoder::in_place`] found ASCII from the frame's start up to
     /// its last header line, and maybe more; `lines`: where it found those lines.
     fn of(frame: &'f [u8], lines: &'f [(u32, u32, u32)]) -> PlainHeaders<'f> {
         let end = lines.last().map_or(0, |&(_, _, end)| end as usize);
@@ -431,6 +444,11 @@ impl<'f> PlainHeaders<'f> {
             text: ascii_str(&frame[..end]),
             lines,
         }
+    }
+
+    /// The value of the first header named `name`, as [`Headers::get`] gives a decoded frame's.
+    pub fn get(self, name: &str) -> Option<&'f str> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
     }
 
     /// The headers, in order, as (name, value), as [`Headers::iter`] gives a decoded frame's.

@@ -7,10 +7,28 @@ use bytes::Bytes;
 
 use crate::broker::{Destination, DestinationPattern, Draft, Kind, SubscribeSpec};
 use crate::server::request::{Refusal, Request, SendRequest, TxName};
-use crate::stomp::{self, Command, Frame, Version};
+use crate::stomp::{self, Command, Frame, PlainHeaders, Version};
 use crate::wire::proto::ErrorCode;
 
 use super::codec::{AckMode, Stomp, Sub};
+
+/// A frame's headers by name (the first of a repeated one): a decoded frame's, or those of
+/// one read in place.
+pub(super) trait FrameHeaders {
+    fn header(&self, name: &str) -> Option<&str>;
+}
+
+impl FrameHeaders for Frame {
+    fn header(&self, name: &str) -> Option<&str> {
+        Frame::header(self, name)
+    }
+}
+
+impl FrameHeaders for PlainHeaders<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.get(name)
+    }
+}
 
 /// What a SEND header means to the broker: one of the headers it reads, one it ignores (frame
 /// or delivery headers a client may echo back), or — `None` — a header that travels with the
@@ -175,7 +193,7 @@ impl Stomp {
     }
 
     /// The delivery an ACK or NACK names.
-    fn delivery_named(&mut self, f: &Frame) -> Result<(u64, u64), String> {
+    fn delivery_named(&mut self, f: &impl FrameHeaders) -> Result<(u64, u64), String> {
         if self.version == Version::V1_2 {
             let id = f
                 .header("id")
@@ -217,7 +235,23 @@ impl Stomp {
             .retain(|(_, s), t| !(*s == sub && (*t == tag || (cumulative && *t < tag))));
     }
 
-    fn on_ack(&mut self, f: &Frame, nack: bool, receipt: Option<String>) -> Request<String> {
+    /// What an ACK or NACK read in place asks (a consumer acknowledging each message sends
+    /// one per message: its headers are looked up where they arrived, never copied).
+    pub(super) fn on_ack_in_place(
+        &mut self,
+        headers: PlainHeaders<'_>,
+        nack: bool,
+    ) -> Request<String> {
+        let receipt = headers.get("receipt").map(String::from);
+        self.on_ack(&headers, nack, receipt)
+    }
+
+    fn on_ack(
+        &mut self,
+        f: &impl FrameHeaders,
+        nack: bool,
+        receipt: Option<String>,
+    ) -> Request<String> {
         let (sub, tag) = match self.delivery_named(f) {
             Ok(x) => x,
             Err(e) => return Request::refuse(Refusal::invalid(e), receipt),
