@@ -3,6 +3,8 @@
 //! drafted into a message, and ACK/NACK mapped to the delivery they name (by `ack` id in 1.2,
 //! by `message-id` in 1.0/1.1).
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 
 use crate::broker::{Destination, DestinationPattern, Draft, Kind, SubscribeSpec};
@@ -24,9 +26,38 @@ impl FrameHeaders for Frame {
     }
 }
 
-impl FrameHeaders for PlainHeaders<'_> {
+/// The headers an ACK or NACK read in place is asked for, unescaped (its `id` holds an escaped
+/// ':').
+struct AckHeaders<'f> {
+    id: Option<Cow<'f, str>>,
+    message_id: Option<Cow<'f, str>>,
+    subscription: Option<Cow<'f, str>>,
+    transaction: Option<Cow<'f, str>>,
+}
+
+impl<'f> AckHeaders<'f> {
+    fn of(headers: PlainHeaders<'f>) -> AckHeaders<'f> {
+        AckHeaders {
+            id: headers.get("id"),
+            message_id: headers.get("message-id"),
+            subscription: headers.get("subscription"),
+            transaction: headers.get("transaction"),
+        }
+    }
+}
+
+impl FrameHeaders for AckHeaders<'_> {
     fn header(&self, name: &str) -> Option<&str> {
-        self.get(name)
+        match name {
+            "id" => self.id.as_deref(),
+            "message-id" => self.message_id.as_deref(),
+            "subscription" => self.subscription.as_deref(),
+            "transaction" => self.transaction.as_deref(),
+            _ => {
+                debug_assert!(false, "an ACK's {name:?} header is not read in place");
+                None
+            }
+        }
     }
 }
 
@@ -242,8 +273,8 @@ impl Stomp {
         headers: PlainHeaders<'_>,
         nack: bool,
     ) -> Request<String> {
-        let receipt = headers.get("receipt").map(String::from);
-        self.on_ack(&headers, nack, receipt)
+        let receipt = headers.get("receipt").map(Cow::into_owned);
+        self.on_ack(&AckHeaders::of(headers), nack, receipt)
     }
 
     fn on_ack(
