@@ -16,16 +16,12 @@
 //! byte is examined once however the frame is split across reads: a body without
 //! `content-length` arriving in small pieces costs no rescans.
 //!
-//! A whole SEND, ACK or NACK already in the buffer whose header lines are plain (ASCII,
-//! nothing the decoder would refuse; no escape in a SEND, valid escapes only in the values of
-//! an ACK's — whose `id` is `sub\ctag`) can instead be read in place ([`Decoder::in_place`]):
-//! its headers are read straight from the buffer, never copied into [`Headers`]. Those are the
-//! frames a connection gets one of per message (a producer's sends, a consumer's individual
-//! acknowledgements). Invariant: it finds a frame only where [`Decoder::decode`] would find the
-//! same frame (same command, same headers, same body, same bytes consumed); anything else it
-//! leaves to `decode`.
+//! A whole SEND already in the buffer whose header lines are plain (ASCII, no escape, nothing
+//! the decoder would refuse) can instead be read in place ([`Decoder::in_place_send`]): its
+//! headers are read straight from the buffer, never copied into [`Headers`]. Invariant: it
+//! finds a frame only where [`Decoder::decode`] would find the same frame (same headers, same
+//! body, same bytes consumed); anything else it leaves to `decode`.
 
-use std::borrow::Cow;
 use std::ops::Range;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -294,30 +290,23 @@ impl Decoder {
         }))
     }
 
-    /// Finds a whole SEND, ACK or NACK at the front of `buf` that can be read in place: no
-    /// frame is half read, and every header line is ASCII with a ':', within the limits, with
-    /// no backslash in a SEND and only valid escapes in an ACK's or NACK's values. `None`
-    /// leaves the bytes to [`Decoder::decode`] (a frame still arriving, another command, an
-    /// escape it does not read, anything it would refuse).
-    pub fn in_place(&self, buf: &[u8]) -> Option<InPlaceFrame> {
+    /// Finds a whole SEND at the front of `buf` that can be read in place: no frame is half
+    /// read, and every header line is ASCII with a ':' and no backslash, within the limits.
+    /// `None` leaves the bytes to [`Decoder::decode`] (a frame still arriving, another command,
+    /// an escape, anything it would refuse).
+    pub fn in_place_send(&self, buf: &[u8]) -> Option<InPlaceSend> {
         if self.partial.is_some() {
             return None;
         }
-        let (command, name_len) = match buf.first()? {
-            b'S' if buf.starts_with(b"SEND") => (Command::Send, 4),
-            b'A' if buf.starts_with(b"ACK") => (Command::Ack, 3),
-            b'N' if buf.starts_with(b"NACK") => (Command::Nack, 4),
-            _ => return None,
-        };
-        let headers_start = match &buf[name_len..] {
-            [b'\n', ..] => name_len + 1,
-            [b'\r', b'\n', ..] => name_len + 2,
-            _ => return None,
+        let headers_start = if buf.starts_with(b"SEND\n") {
+            5
+        } else if buf.starts_with(b"SEND\r\n") {
+            6
+        } else {
+            return None;
         };
         let limits = &self.limits;
-        let escaping = Escaping::of(self.version, command);
         let mut lines = [(0u32, 0u32, 0u32); IN_PLACE_HEADERS];
-        let mut escaped = 0u8;
         let (mut at, mut count, mut content_length) = (headers_start, 0, None);
         let body_start = loop {
             let eol = memchr(b'\n', &buf[at..])?;
@@ -333,25 +322,13 @@ impl Decoder {
                 return None;
             }
             let scan = LineScan::of(line);
-            if scan.nul || !scan.ascii {
+            if scan.nul || scan.backslash || !scan.ascii {
                 return None;
             }
             let colon = memchr(b':', line)?;
-            if scan.backslash && escaping != Escaping::None {
-                // An ACK's id is escaped (`sub\ctag`): its value is unescaped when read. A
-                // SEND's headers, and an escaped name, are left to `decode`.
-                let value = &line[colon + 1..];
-                if command == Command::Send
-                    || memchr(b'\\', &line[..colon]).is_some()
-                    || !valid_escapes(value, escaping)
-                {
-                    return None;
-                }
-                escaped |= 1 << count;
-            }
             if content_length.is_none() && &line[..colon] == b"content-length" {
                 let value = ascii_str(&line[colon + 1..]);
-                content_length = Some(parse_content_length(value, command).ok()?);
+                content_length = Some(parse_content_length(value, Command::Send).ok()?);
             }
             lines[count] = (at as u32, (at + colon) as u32, (at + line.len()) as u32);
             count += 1;
@@ -375,10 +352,7 @@ impl Decoder {
         if total > limits.max_frame_size {
             return None;
         }
-        Some(InPlaceFrame {
-            command,
-            escaping,
-            escaped,
+        Some(InPlaceSend {
             lines,
             count,
             body: body_start..body_end,
@@ -404,17 +378,13 @@ enum Start {
     Frame(Partial),
 }
 
-/// Header lines a frame read in place may have (more: it is decoded). A producer's SEND has a
-/// few, an ACK one to three.
+/// Header lines a SEND read in place may have (more: it is decoded). A producer's SEND has a
+/// few.
 const IN_PLACE_HEADERS: usize = 8;
 
-/// Where a whole SEND, ACK or NACK lies at the front of a buffer (see [`Decoder::in_place`]).
+/// Where a whole SEND lies at the front of a buffer (see [`Decoder::in_place_send`]).
 #[derive(Debug)]
-pub struct InPlaceFrame {
-    command: Command,
-    escaping: Escaping,
-    /// Bit `i`: line `i`'s value holds escapes (never in a SEND).
-    escaped: u8,
+pub struct InPlaceSend {
     /// Each header line's start, ':' and end (without its EOL), from the frame's start.
     lines: [(u32, u32, u32); IN_PLACE_HEADERS],
     count: usize,
@@ -425,96 +395,46 @@ pub struct InPlaceFrame {
     copy_body: bool,
 }
 
-impl InPlaceFrame {
-    /// SEND, ACK or NACK.
-    pub fn command(&self) -> Command {
-        self.command
-    }
-
+impl InPlaceSend {
     /// Takes the frame off `buf` and hands `read` its headers, read in place, and its body
     /// (a copy or a slice of the buffer, as [`Decoder::decode`] would give it).
     pub fn take<T>(self, buf: &mut BytesMut, read: impl FnOnce(PlainHeaders<'_>, Bytes) -> T) -> T {
         let lines = &self.lines[..self.count];
-        let (escaping, escaped) = (self.escaping, self.escaped);
         if self.copy_body {
             let body = Bytes::copy_from_slice(&buf[self.body]);
-            let headers = PlainHeaders::of(&buf[..self.total], lines, escaping, escaped);
-            let out = read(headers, body);
+            let out = read(PlainHeaders::of(&buf[..self.total], lines), body);
             buf.advance(self.total);
             out
         } else {
             let frame = buf.split_to(self.total).freeze();
             let body = frame.slice(self.body);
-            read(PlainHeaders::of(&frame, lines, escaping, escaped), body)
+            read(PlainHeaders::of(&frame, lines), body)
         }
     }
 }
 
-/// A frame's header lines read in place: each one ASCII, with a ':', so its name and value are
-/// its own bytes on either side of the first ':' — a value with escapes (an ACK's only) once
-/// unescaped.
+/// A frame's header lines read in place: each one ASCII, with a ':' and no escape, so its name
+/// and value are its own bytes on either side of the first ':'.
 #[derive(Clone, Copy, Debug)]
 pub struct PlainHeaders<'f> {
     /// The frame up to its last header line (all ASCII).
     text: &'f str,
     lines: &'f [(u32, u32, u32)],
-    escaping: Escaping,
-    /// Bit `i`: line `i`'s value holds escapes.
-    escaped: u8,
 }
 
 impl<'f> PlainHeaders<'f> {
-    /// `frame`: the bytes [`Decoder::in_place`] found ASCII from the frame's start up to
+    /// `frame`: the bytes [`Decoder::in_place_send`] found ASCII from the frame's start up to
     /// its last header line, and maybe more; `lines`: where it found those lines.
-    fn of(
-        frame: &'f [u8],
-        lines: &'f [(u32, u32, u32)],
-        escaping: Escaping,
-        escaped: u8,
-    ) -> PlainHeaders<'f> {
+    fn of(frame: &'f [u8], lines: &'f [(u32, u32, u32)]) -> PlainHeaders<'f> {
         let end = lines.last().map_or(0, |&(_, _, end)| end as usize);
         PlainHeaders {
             text: ascii_str(&frame[..end]),
             lines,
-            escaping,
-            escaped,
         }
     }
 
-    /// Whether some value holds escapes (then read values with [`PlainHeaders::get`]; never
-    /// in a SEND).
-    pub fn has_escapes(self) -> bool {
-        self.escaped != 0
-    }
-
-    /// The value of the first header named `name`, unescaped, as [`Headers::get`] gives a
-    /// decoded frame's (borrowed from the buffer unless it held escapes).
-    pub fn get(self, name: &str) -> Option<Cow<'f, str>> {
-        let (i, (_, raw)) = self.raw().enumerate().find(|(_, (k, _))| *k == name)?;
-        if self.escaped & (1 << i) == 0 {
-            return Some(Cow::Borrowed(raw));
-        }
-        let mut value = String::with_capacity(raw.len());
-        unescape_into(
-            raw.as_bytes(),
-            raw.as_bytes(),
-            Command::Ack,
-            self.escaping,
-            &mut value,
-        )
-        .ok()?;
-        Some(Cow::Owned(value))
-    }
-
-    /// The headers, in order, as (name, value), as [`Headers::iter`] gives a decoded frame's
-    /// when none holds escapes ([`PlainHeaders::has_escapes`]: never a SEND's).
+    /// The headers, in order, as (name, value), as [`Headers::iter`] gives a decoded frame's.
     pub fn iter(self) -> impl Iterator<Item = (&'f str, &'f str)> + Clone {
-        debug_assert!(!self.has_escapes(), "escaped values are read with `get`");
-        self.raw()
-    }
-
-    /// Each line's name and value as they arrived.
-    fn raw(self) -> impl Iterator<Item = (&'f str, &'f str)> + Clone {
         let text = self.text;
         self.lines.iter().map(move |&(start, colon, end)| {
             (
@@ -534,22 +454,6 @@ pub fn decode(
     limits: &Limits,
 ) -> Result<Decoded, StompError> {
     Decoder::new(version, *limits).decode(buf)
-}
-
-/// Whether every backslash in `value` starts an escape `escaping` defines (as
-/// [`unescape_into`] would find them, without unescaping).
-fn valid_escapes(value: &[u8], escaping: Escaping) -> bool {
-    let mut bytes = value.iter();
-    while let Some(&b) = bytes.next() {
-        if b == b'\\' {
-            match bytes.next() {
-                Some(b'\\' | b'n' | b'c') => {}
-                Some(b'r') if escaping == Escaping::V1_2 => {}
-                _ => return false,
-            }
-        }
-    }
-    true
 }
 
 fn strip_cr(line: &[u8]) -> &[u8] {

@@ -26,7 +26,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
-pub use decode::{decode, Decoded, Decoder, InPlaceFrame, PlainHeaders};
+pub use decode::{decode, Decoded, Decoder, InPlaceSend, PlainHeaders};
 pub use destination::{
     from_stomp_destination, from_stomp_pattern, to_stomp_destination, STOMP_PREFIXES,
 };

@@ -653,12 +653,11 @@ fn a_stomp_py_session_decodes_from_one_stream() {
     assert_eq!((frames, beats), (10, 10));
 }
 
-/// Reads a SEND, ACK or NACK in place off `buf` if the decoder finds one there, and checks it
-/// is exactly the frame [`Decoder::decode`] takes off the same bytes: same command, same
-/// headers (and the same value for each name looked up), same body, same bytes left. Returns
-/// whether it found one.
+/// Reads a SEND in place off `buf` if the decoder finds one there, and checks it is exactly
+/// the frame [`Decoder::decode`] takes off the same bytes: same headers, same body, same bytes
+/// left. Returns whether it found one.
 fn in_place_agrees_with_decode(decoder: &Decoder, buf: &mut BytesMut) -> bool {
-    let Some(in_place) = decoder.in_place(buf) else {
+    let Some(send) = decoder.in_place_send(buf) else {
         return false;
     };
     let mut decoded_from = buf.clone();
@@ -672,66 +671,38 @@ fn in_place_agrees_with_decode(decoder: &Decoder, buf: &mut BytesMut) -> bool {
     let expected = match fresh.decode(&mut decoded_from) {
         Ok(Decoded::Frame(f)) => f,
         other => panic!(
-            "read in place {in_place:?}, but decode gives {other:?} for {:?}",
+            "read in place {send:?}, but decode gives {other:?} for {:?}",
             &buf[..]
         ),
     };
-    let command = in_place.command();
-    let names: Vec<String> = expected
-        .headers
-        .iter()
-        .map(|(k, _)| k.to_string())
-        .chain(["id".to_string(), "absent".to_string()])
-        .collect();
-    let (headers, looked_up, body) = in_place.take(buf, |headers, body| {
-        let looked_up: Vec<(String, Option<String>)> = names
-            .iter()
-            .map(|k| (k.clone(), headers.get(k).map(String::from)))
-            .collect();
-        // Escaped values are read with `get` alone (an ACK's); plain lines as they are.
-        let plain = (!headers.has_escapes()).then(|| {
+    let (headers, body) = send.take(buf, |headers, body| {
+        (
             headers
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<Vec<_>>()
-        });
-        (plain, looked_up, body)
+                .collect::<Vec<_>>(),
+            body,
+        )
     });
-    assert_eq!(expected.command, command);
-    match headers {
-        Some(headers) => assert_eq!(
-            headers,
-            expected.headers.to_vec(),
-            "headers of {:?}",
-            &decoded_from[..]
-        ),
-        None => assert_ne!(
-            command,
-            Command::Send,
-            "a SEND read in place has no escapes"
-        ),
-    }
-    for (name, value) in looked_up {
-        assert_eq!(value.as_deref(), expected.header(&name), "header {name:?}");
-    }
+    assert_eq!(expected.command, Command::Send);
+    assert_eq!(
+        headers,
+        expected.headers.to_vec(),
+        "headers of {:?}",
+        &decoded_from[..]
+    );
     assert_eq!(body, expected.body);
     assert_eq!(&buf[..], &decoded_from[..], "the bytes left");
     true
 }
 
 #[test]
-fn a_producers_plain_send_and_a_consumers_ack_are_read_in_place_as_decoded() {
-    let cases: [&[u8]; 10] = [
+fn a_producers_plain_send_is_read_in_place_as_decoded() {
+    let cases: [&[u8]; 4] = [
         b"SEND\ndestination:/queue/a\ncontent-length:4\n\nbody\0",
         b"SEND\r\ndestination:/queue/a\r\nx:a:b\r\nx:second\r\n\r\nbody\0SEND\n",
         b"SEND\ndestination:/queue/a\nempty:\n:no name\n\nno length\0\n",
         b"SEND\n\n\0",
-        b"ACK\nid:1-42\n\n\0ACK\n",
-        b"ACK\r\nid:1-42\r\nid:second\r\nreceipt:r1\r\n\r\n\0",
-        b"NACK\nsubscription:s\nmessage-id:m\ntransaction:t\n\n\0\n",
-        b"ACK\nid:1-42\ncontent-length:2\n\nab\0",
-        b"ACK\nid:1\\c42\nreceipt:a\\\\b\\nc\n\n\0",
-        b"NACK\r\nid:7\\c9\r\n\r\n\0",
     ];
     for bytes in cases {
         for version in Version::ALL {
@@ -751,7 +722,7 @@ fn a_producers_plain_send_and_a_consumers_ack_are_read_in_place_as_decoded() {
 
 #[test]
 fn what_decode_must_judge_is_left_to_it() {
-    let cases: [(&[u8], Limits); 17] = [
+    let cases: [(&[u8], Limits); 11] = [
         (b"SEND\ndestination:/queue/a\n\nhalf", limits()),
         (b"SEND\ndestination:/queue/a\n", limits()),
         (b"SEND\ndestination:/queue/a\\c\n\n\0", limits()),
@@ -766,17 +737,11 @@ fn what_decode_must_judge_is_left_to_it() {
         ),
         (b"SUBSCRIBE\ndestination:/queue/a\n\n\0", limits()),
         (b"\nSEND\n\n\0", limits()),
-        (b"ACK\nid:1-42\n\n", limits()),
-        (b"ACK\nid:1\\x42\n\n\0", limits()),
-        (b"ACK\ni\\cd:1\n\n\0", limits()),
-        (b"SEND\nx:1\\c42\n\n\0", limits()),
-        (b"ACKS\nid:1-42\n\n\0", limits()),
-        (b"NACK\r\r\nid:1-42\n\n\0", limits()),
     ];
     for (bytes, limits) in cases {
         let d = Decoder::new(Version::V1_2, limits);
         assert!(
-            d.in_place(bytes).is_none(),
+            d.in_place_send(bytes).is_none(),
             "{:?} is left to decode",
             String::from_utf8_lossy(bytes)
         );
@@ -785,14 +750,14 @@ fn what_decode_must_judge_is_left_to_it() {
     too_large.resize(1000, b'x');
     too_large.push(0);
     assert!(Decoder::new(Version::V1_2, small_limits())
-        .in_place(&too_large)
+        .in_place_send(&too_large)
         .is_none());
     // A frame half read by `decode` is finished by it.
     let mut d = Decoder::new(Version::V1_2, limits());
     let mut buf = BytesMut::from(&b"SEND\ndestination:/queue/a\n"[..]);
     assert_eq!(d.decode(&mut buf), Ok(Decoded::NeedMore));
     buf.put_slice(b"\nbody\0");
-    assert!(d.in_place(&buf).is_none());
+    assert!(d.in_place_send(&buf).is_none());
 }
 
 // ---- properties -----------------------------------------------------------------------------
@@ -875,9 +840,8 @@ fn garbage() -> impl Strategy<Value = Vec<u8>> {
 
 proptest! {
     #[test]
-    fn a_frame_read_in_place_is_the_frame_decode_finds(
-        start in proptest::sample::select(vec![&b""[..], b"SEND\n", b"SEND\ndestination:/queue/a\n", b"SEND\r\ncontent-length:3\r\n", b"ACK\n", b"ACK\nid:1-2\n", b"NACK\r\n"]),
-        command in proptest::sample::select(vec![Command::Send, Command::Ack, Command::Nack]),
+    fn a_send_read_in_place_is_the_frame_decode_finds(
+        start in proptest::sample::select(vec![&b""[..], b"SEND\n", b"SEND\ndestination:/queue/a\n", b"SEND\r\ncontent-length:3\r\n"]),
         (frame, version) in frame_and_version(),
         bytes in garbage(),
         strict in any::<bool>(),
@@ -890,9 +854,8 @@ proptest! {
         };
         let mut decoder = Decoder::new(version, limits);
         decoder.copy_bodies_below(if copy { usize::MAX } else { 0 });
-        // A well-formed SEND, ACK or NACK (escapes and all), then bytes that may or may not
-        // make frames.
-        let send = encoded(&Frame { command, ..frame }, version);
+        // A well-formed SEND (escapes and all), then bytes that may or may not make frames.
+        let send = encoded(&Frame { command: Command::Send, ..frame }, version);
         let mut buf = BytesMut::from(&[&send[..], start, &bytes[..]].concat()[..]);
         // Frame after frame, as a connection reads them: in place where it can, else decoded.
         loop {

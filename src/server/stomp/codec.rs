@@ -99,18 +99,10 @@ impl Codec for Stomp {
     type Receipt = String;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Inbound<String>, (ErrorCode, String)> {
-        // Most frames a producer sends are plain SENDs, and most a consumer sends plain ACKs:
-        // read in place, their headers are never copied (`decode` would copy them into a
-        // `Headers` first).
-        if let Some(frame) = self.decoder.in_place(buf) {
-            let request = match frame.command() {
-                Command::Send => {
-                    frame.take(buf, |headers, body| self.on_send(headers.iter(), body))
-                }
-                command => frame.take(buf, |headers, _| {
-                    self.on_ack_in_place(headers, command == Command::Nack)
-                }),
-            };
+        // Most frames a producer sends are plain SENDs: read in place, their headers are never
+        // copied (`decode` would copy them into a `Headers` first).
+        if let Some(send) = self.decoder.in_place_send(buf) {
+            let request = send.take(buf, |headers, body| self.on_send(headers.iter(), body));
             return Ok(Inbound::Request(request));
         }
         match self.decoder.decode(buf) {

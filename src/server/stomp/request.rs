@@ -3,63 +3,14 @@
 //! drafted into a message, and ACK/NACK mapped to the delivery they name (by `ack` id in 1.2,
 //! by `message-id` in 1.0/1.1).
 
-use std::borrow::Cow;
-
 use bytes::Bytes;
 
 use crate::broker::{Destination, DestinationPattern, Draft, Kind, SubscribeSpec};
 use crate::server::request::{Refusal, Request, SendRequest, TxName};
-use crate::stomp::{self, Command, Frame, PlainHeaders, Version};
+use crate::stomp::{self, Command, Frame, Version};
 use crate::wire::proto::ErrorCode;
 
 use super::codec::{AckMode, Stomp, Sub};
-
-/// A frame's headers by name (the first of a repeated one): a decoded frame's, or those of
-/// one read in place.
-pub(super) trait FrameHeaders {
-    fn header(&self, name: &str) -> Option<&str>;
-}
-
-impl FrameHeaders for Frame {
-    fn header(&self, name: &str) -> Option<&str> {
-        Frame::header(self, name)
-    }
-}
-
-/// The headers an ACK or NACK read in place is asked for, unescaped (its `id` holds an escaped
-/// ':').
-struct AckHeaders<'f> {
-    id: Option<Cow<'f, str>>,
-    message_id: Option<Cow<'f, str>>,
-    subscription: Option<Cow<'f, str>>,
-    transaction: Option<Cow<'f, str>>,
-}
-
-impl<'f> AckHeaders<'f> {
-    fn of(headers: PlainHeaders<'f>) -> AckHeaders<'f> {
-        AckHeaders {
-            id: headers.get("id"),
-            message_id: headers.get("message-id"),
-            subscription: headers.get("subscription"),
-            transaction: headers.get("transaction"),
-        }
-    }
-}
-
-impl FrameHeaders for AckHeaders<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
-        match name {
-            "id" => self.id.as_deref(),
-            "message-id" => self.message_id.as_deref(),
-            "subscription" => self.subscription.as_deref(),
-            "transaction" => self.transaction.as_deref(),
-            _ => {
-                debug_assert!(false, "an ACK's {name:?} header is not read in place");
-                None
-            }
-        }
-    }
-}
 
 /// What a SEND header means to the broker: one of the headers it reads, one it ignores (frame
 /// or delivery headers a client may echo back), or — `None` — a header that travels with the
@@ -224,7 +175,7 @@ impl Stomp {
     }
 
     /// The delivery an ACK or NACK names.
-    fn delivery_named(&mut self, f: &impl FrameHeaders) -> Result<(u64, u64), String> {
+    fn delivery_named(&mut self, f: &Frame) -> Result<(u64, u64), String> {
         if self.version == Version::V1_2 {
             let id = f
                 .header("id")
@@ -266,23 +217,7 @@ impl Stomp {
             .retain(|(_, s), t| !(*s == sub && (*t == tag || (cumulative && *t < tag))));
     }
 
-    /// What an ACK or NACK read in place asks (a consumer acknowledging each message sends
-    /// one per message: its headers are looked up where they arrived, never copied).
-    pub(super) fn on_ack_in_place(
-        &mut self,
-        headers: PlainHeaders<'_>,
-        nack: bool,
-    ) -> Request<String> {
-        let receipt = headers.get("receipt").map(Cow::into_owned);
-        self.on_ack(&AckHeaders::of(headers), nack, receipt)
-    }
-
-    fn on_ack(
-        &mut self,
-        f: &impl FrameHeaders,
-        nack: bool,
-        receipt: Option<String>,
-    ) -> Request<String> {
+    fn on_ack(&mut self, f: &Frame, nack: bool, receipt: Option<String>) -> Request<String> {
         let (sub, tag) = match self.delivery_named(f) {
             Ok(x) => x,
             Err(e) => return Request::refuse(Refusal::invalid(e), receipt),
