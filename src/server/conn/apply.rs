@@ -66,25 +66,24 @@ impl<C: Codec> Connection<C> {
                 return;
             }
         }
-        let request = match request {
-            // Held with the run's other plain acknowledgements of the subscription (see
-            // `Connection::held_acks`). Not a cumulative one: applied with individual ones, it
-            // could take a delivery they name first, which would then be reported unknown.
-            Request::Ack {
-                subscription,
-                up_to: 0,
-                tags,
-                transaction: None,
-                receipt: None,
-            } if self.in_run
-                && (self.held_acks.is_empty() || self.held_acks_for == subscription) =>
-            {
-                self.held_acks_for = subscription;
-                self.held_acks.extend_from_slice(&tags);
+        // Held with the run's other plain acknowledgements of the subscription (see
+        // `Connection::held_acks`). Not a cumulative one: applied with individual ones, it
+        // could take a delivery they name first, which would then be reported unknown. Matched
+        // by reference: every request passes here, and a send is large to move.
+        if let Request::Ack {
+            subscription,
+            up_to: 0,
+            tags,
+            transaction: None,
+            receipt: None,
+        } = &request
+        {
+            if self.in_run && (self.held_acks.is_empty() || self.held_acks_for == *subscription) {
+                self.held_acks_for = *subscription;
+                self.held_acks.extend_from_slice(tags);
                 return;
             }
-            other => other,
-        };
+        }
         // The acknowledgements this run made take effect before anything else it asks.
         self.ack_held();
         if !matches!(request, Request::Send(_)) {
