@@ -9,15 +9,32 @@ use super::measure::{proportional, within};
 /// The native frame decoder: every frame it takes off a stream re-encodes (with prost and,
 /// for `Send`, `Deliver` and `Forward`, with the borrowed hot-path encoders) to bytes that
 /// decode back to the same frame; a partial frame is left whole and named by the bytes it
-/// still needs.
+/// still needs; a `Send` read in place (the broker's fast path) is the frame decoding takes
+/// off the same bytes.
 pub fn wire(data: &[u8]) {
     const MAX: usize = 64 << 10;
     let mut buf = BytesMut::from(data);
     loop {
         let before = buf.len();
+        let in_place = wire::read_send(&buf, MAX, usize::MAX).map(|s| (s.to_proto(), s.frame_len));
         let decoded = within("wire::decode", proportional(data.len()), || {
             wire::decode(&mut buf, MAX)
         });
+        if let Some((send, len)) = in_place {
+            match &decoded {
+                Ok(wire::Decoded::Frame(Frame {
+                    body: Some(Body::Send(s)),
+                })) => {
+                    assert_eq!(s, &send, "a Send read in place");
+                    assert_eq!(
+                        before - buf.len(),
+                        len,
+                        "bytes taken by a Send read in place"
+                    );
+                }
+                other => panic!("a Send read in place where decoding gives {other:?}"),
+            }
+        }
         match decoded {
             Ok(wire::Decoded::Frame(f)) => {
                 assert!(buf.len() < before, "a frame consumed no bytes");

@@ -766,3 +766,92 @@ fn a_kept_stomp_body_is_copied_out_of_the_read_buffer_once() {
     assert!(!big.body_is_own);
     assert_eq!(&big.body[..], &large[..]);
 }
+
+/// A native Send read in place (the codec's fast path) is the request decoding the same frame
+/// makes — destination, receipt, transaction and every field of the draft — except that its
+/// small body is already copied out of the read buffer (and the builder keeps that copy); a
+/// large body is left to decoding, which shares the buffer.
+#[test]
+fn a_native_send_read_in_place_is_the_request_decoding_makes() {
+    use crate::broker::COPY_BODY_BELOW;
+    use crate::server::conn::Codec;
+    let large = Bytes::from(vec![b'L'; COPY_BODY_BELOW]);
+    let full = proto::Send {
+        destination: "queue://orders".into(),
+        body: Bytes::from_static(b"x\x00y"),
+        headers: vec![
+            proto::Header {
+                key: "k".into(),
+                value: "v".into(),
+            },
+            proto::Header {
+                key: "k".into(),
+                value: String::new(),
+            },
+        ],
+        persistent: true,
+        priority: 7,
+        expires_at_ms: 99,
+        producer_id: Bytes::from_static(b"p-1"),
+        sequence: 3,
+        receipt: 9,
+        reply_to: "temp-queue://c.1".into(),
+        correlation_id: "c".into(),
+        content_type: "text/plain".into(),
+        timestamp_ms: 11,
+        transaction: 2,
+    };
+    let sends = [
+        full.clone(),
+        proto::Send {
+            producer_id: Bytes::from_static(b"p-2"),
+            ..full.clone()
+        },
+        proto::Send {
+            destination: "topic://t".into(),
+            ..proto::Send::default()
+        },
+        proto::Send {
+            destination: "queue://a.*".into(),
+            receipt: 4,
+            ..proto::Send::default()
+        },
+        proto::Send {
+            priority: 300,
+            ..full.clone()
+        },
+        proto::Send {
+            body: large,
+            ..full.clone()
+        },
+    ];
+    let mut buf = bytes::BytesMut::new();
+    for s in &sends {
+        wire::encode(&wire::frame(Body::Send(s.clone())), &mut buf);
+    }
+    let chunk = buf.as_ptr_range();
+    let mut codec = Native::new(1 << 20);
+    for (i, s) in sends.iter().enumerate() {
+        let read = match codec.decode(&mut buf) {
+            Ok(Inbound::Request(r)) => r,
+            _ => panic!("send {i}: not a request"),
+        };
+        let expected = native(Body::Send(s.clone()));
+        let (read, expected) = match (read, expected) {
+            (Request::Send(mut read), Request::Send(expected)) => {
+                let large = s.body.len() >= COPY_BODY_BELOW;
+                let inside = chunk.contains(&read.draft.body.as_ptr());
+                assert_eq!(
+                    inside, large,
+                    "send {i}: only a large body shares the buffer"
+                );
+                assert_eq!(read.draft.body_is_own, !large, "send {i}");
+                read.draft.body_is_own = false;
+                (Request::Send(read), Request::Send(expected))
+            }
+            other => other,
+        };
+        assert_eq!(format!("{read:?}"), format!("{expected:?}"), "send {i}");
+    }
+    assert!(buf.is_empty());
+}

@@ -5,19 +5,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::time::{sleep_until, Instant as TokioInstant};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
     BrokerError, Delivery, Destination, DestinationError, DestinationPattern, Draft, Session,
-    SubscribeSpec,
+    SubscribeSpec, COPY_BODY_BELOW,
 };
 use crate::cluster::{ClientHello, Registration};
 use crate::security::Principal;
 use crate::transport::{IoEvent, Permit, Pump, Stream};
 use crate::wire::proto::{self, ErrorCode};
-use crate::wire::{self, Body, DecodeError, Frame, MessageRef};
+use crate::wire::{self, Body, DecodeError, Frame, MessageRef, SendRef};
 
 use super::conn::{error_code, handshake_frame_limit, Codec, ConnCtx, Connection, Inbound};
 use super::request::{Refusal, Request, SendRequest, TxName};
@@ -319,6 +319,9 @@ pub(crate) struct Native {
     max_frame_size: usize,
     /// The last send's destination: a producer mostly sends to one, parsed once.
     last_send: Option<Destination>,
+    /// The last producer id a send read in place named, copied out of the read buffer once
+    /// for all the sends of that producer.
+    last_producer: Bytes,
 }
 
 impl Native {
@@ -326,7 +329,46 @@ impl Native {
         Native {
             max_frame_size,
             last_send: None,
+            last_producer: Bytes::new(),
         }
+    }
+
+    /// The request of a `Send` read in place: what `inbound` makes of the same frame decoded,
+    /// with the body copied out of the read buffer here (once: the builder keeps it) and the
+    /// strings the message keeps copied from the buffer, the others never.
+    fn send_request(&mut self, s: &SendRef<'_>) -> Request<u64> {
+        let receipt = receipt(s.receipt);
+        let destination = match self.send_destination(s.destination) {
+            Ok(d) => d,
+            Err(e) => return Request::refuse(Refusal::Send(e.into()), receipt),
+        };
+        if *self.last_producer != *s.producer_id {
+            self.last_producer = Bytes::copy_from_slice(s.producer_id);
+        }
+        Request::Send(SendRequest {
+            destination,
+            transaction: transaction(s.transaction),
+            draft: Draft {
+                body: Bytes::copy_from_slice(s.body),
+                body_is_own: true,
+                headers: s
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                persistent: s.persistent,
+                priority: s.priority,
+                expires_at_ms: s.expires_at_ms,
+                producer_id: self.last_producer.clone(),
+                sequence: s.sequence,
+                reply_to: s.reply_to.to_string(),
+                correlation_id: s.correlation_id.to_string(),
+                content_type: s.content_type.to_string(),
+                timestamp_ms: s.timestamp_ms,
+                ..Draft::default()
+            },
+            receipt,
+        })
     }
 
     fn send_destination(&mut self, text: &str) -> Result<Destination, DestinationError> {
@@ -453,6 +495,14 @@ impl Codec for Native {
     type Receipt = u64;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Inbound<u64>, (ErrorCode, String)> {
+        // Most frames a producer sends are Sends whose body the broker copies: read in place,
+        // no `Frame` is built and no string of theirs allocated that the message does not keep.
+        if let Some(send) = wire::read_send(buf, self.max_frame_size, COPY_BODY_BELOW) {
+            let len = send.frame_len;
+            let request = self.send_request(&send);
+            buf.advance(len);
+            return Ok(Inbound::Request(request));
+        }
         match wire::decode(buf, self.max_frame_size) {
             Ok(wire::Decoded::Frame(f)) => Ok(self.inbound(f)),
             Ok(wire::Decoded::NeedMore(_)) => Ok(Inbound::NeedMore),

@@ -7,10 +7,19 @@
 //! (`decode` answers `TooLarge` from the 4-byte header alone); `decode` never panics on any
 //! input; `encode_send`/`encode_deliver` produce bytes that prost decodes into exactly the
 //! frame they describe (tested below).
+//!
+//! The broker's inbound hot path reads a client's `Send` in place instead (`in_place.rs`,
+//! [`read_send`]): it finds a frame only where `decode` would take the same `Send` off the
+//! same bytes, and leaves everything else to `decode`.
+
+use std::mem::MaybeUninit;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+use prost::encoding::{encoded_len_varint, key_len, WireType};
 use prost::Message as _;
+
+mod in_place;
+pub use in_place::{read_send, SendRef};
 
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/meshmq.wire.rs"));
@@ -143,18 +152,96 @@ fn varint_len(tag: u32, v: u64) -> usize {
     }
 }
 
-fn put_len_delimited(tag: u32, value: &[u8], dst: &mut BytesMut) {
-    if !value.is_empty() {
-        encode_key(tag, WireType::LengthDelimited, dst);
-        encode_varint(value.len() as u64, dst);
-        dst.put_slice(value);
-    }
+/// The room reserved in a buffer for one frame whose length was summed first: each write is a
+/// store and a step forward, with none of `BufMut`'s per-write capacity checks (prost's
+/// `encode_varint` makes one per byte). Indexing stays checked: a wrong sum panics here (an
+/// encoder bug, whatever the message), never writes past the room.
+struct Room<'a> {
+    spare: &'a mut [MaybeUninit<u8>],
+    at: usize,
 }
 
-fn put_varint(tag: u32, v: u64, dst: &mut BytesMut) {
-    if v != 0 {
-        encode_key(tag, WireType::Varint, dst);
-        encode_varint(v, dst);
+impl Room<'_> {
+    /// Writes `len` bytes at the end of `dst` with `write`, which must fill them exactly.
+    fn write(dst: &mut BytesMut, len: usize, write: impl FnOnce(&mut Room<'_>)) {
+        dst.reserve(len);
+        let mut room = Room {
+            spare: &mut dst.spare_capacity_mut()[..len],
+            at: 0,
+        };
+        write(&mut room);
+        assert_eq!(
+            room.at, len,
+            "an encoder wrote other than the length it summed"
+        );
+        // SAFETY: the `len` bytes past `dst.len()` are initialized: `room` wrote them all,
+        // front to back from 0 to `len` (checked just above), and they lie within the capacity
+        // reserved above.
+        unsafe { dst.set_len(dst.len() + len) };
+    }
+
+    fn byte(&mut self, b: u8) {
+        self.spare[self.at].write(b);
+        self.at += 1;
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        let to = &mut self.spare[self.at..self.at + b.len()];
+        // SAFETY: `to` is exactly `b.len()` bytes of our own room (the indexing above checked
+        // it), and a slice of the room cannot overlap the borrowed `b`. (`write_copy_of_slice`
+        // says the same safely, but needs Rust 1.93; the crate supports 1.85.)
+        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), to.as_mut_ptr().cast::<u8>(), b.len()) };
+        self.at += b.len();
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.byte(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.byte(v as u8);
+    }
+
+    fn key(&mut self, tag: u32, wire_type: WireType) {
+        self.varint(u64::from(tag << 3 | wire_type as u32));
+    }
+
+    fn len_delimited(&mut self, tag: u32, value: &[u8]) {
+        if !value.is_empty() {
+            self.key(tag, WireType::LengthDelimited);
+            self.varint(value.len() as u64);
+            self.bytes(value);
+        }
+    }
+
+    /// A repeated string's element: written even when empty (proto3 keeps list elements).
+    fn element(&mut self, tag: u32, value: &str) {
+        self.key(tag, WireType::LengthDelimited);
+        self.varint(value.len() as u64);
+        self.bytes(value.as_bytes());
+    }
+
+    fn varint_field(&mut self, tag: u32, v: u64) {
+        if v != 0 {
+            self.key(tag, WireType::Varint);
+            self.varint(v);
+        }
+    }
+
+    fn headers(&mut self, tag: u32, headers: &[(String, String)]) {
+        for (k, v) in headers {
+            self.key(tag, WireType::LengthDelimited);
+            self.varint(header_len(k, v) as u64);
+            self.len_delimited(1, k.as_bytes());
+            self.len_delimited(2, v.as_bytes());
+        }
+    }
+
+    /// The outer frame header: length prefix, the `Frame` oneof's key, the inner length.
+    fn frame_header(&mut self, oneof_tag: u32, inner_len: usize) {
+        self.bytes(&(frame_len(oneof_tag, inner_len) as u32).to_be_bytes());
+        self.key(oneof_tag, WireType::LengthDelimited);
+        self.varint(inner_len as u64);
     }
 }
 
@@ -172,22 +259,9 @@ fn headers_len(tag: u32, headers: &[(String, String)]) -> usize {
         .sum()
 }
 
-fn put_headers(tag: u32, headers: &[(String, String)], dst: &mut BytesMut) {
-    for (k, v) in headers {
-        encode_key(tag, WireType::LengthDelimited, dst);
-        encode_varint(header_len(k, v) as u64, dst);
-        put_len_delimited(1, k.as_bytes(), dst);
-        put_len_delimited(2, v.as_bytes(), dst);
-    }
-}
-
-/// Writes the outer frame header (length prefix, `Frame` oneof key, inner length).
-fn put_frame_header(oneof_tag: u32, inner_len: usize, dst: &mut BytesMut) {
-    let frame_len = key_len(oneof_tag) + encoded_len_varint(inner_len as u64) + inner_len;
-    dst.reserve(LENGTH_PREFIX + frame_len);
-    dst.put_u32(frame_len as u32);
-    encode_key(oneof_tag, WireType::LengthDelimited, dst);
-    encode_varint(inner_len as u64, dst);
+/// Length of a frame (after its prefix) whose oneof field `oneof_tag` holds `inner_len` bytes.
+fn frame_len(oneof_tag: u32, inner_len: usize) -> usize {
+    key_len(oneof_tag) + encoded_len_varint(inner_len as u64) + inner_len
 }
 
 /// Field numbers of `Send` (see the .proto).
@@ -226,27 +300,31 @@ fn send_len(m: &MessageRef<'_>, receipt: u64) -> usize {
         + varint_len(TIMESTAMP, m.timestamp_ms)
 }
 
-fn put_send(m: &MessageRef<'_>, receipt: u64, dst: &mut BytesMut) {
+fn put_send(m: &MessageRef<'_>, receipt: u64, r: &mut Room<'_>) {
     use send_tag::*;
-    put_len_delimited(DESTINATION, m.destination.as_bytes(), dst);
-    put_len_delimited(BODY, m.body, dst);
-    put_headers(HEADERS, m.headers, dst);
-    put_varint(PERSISTENT, m.persistent as u64, dst);
-    put_varint(PRIORITY, m.priority as u64, dst);
-    put_varint(EXPIRES, m.expires_at_ms, dst);
-    put_len_delimited(PRODUCER, m.producer_id, dst);
-    put_varint(SEQUENCE, m.sequence, dst);
-    put_varint(RECEIPT, receipt, dst);
-    put_len_delimited(REPLY_TO, m.reply_to.as_bytes(), dst);
-    put_len_delimited(CORRELATION, m.correlation_id.as_bytes(), dst);
-    put_len_delimited(CONTENT_TYPE, m.content_type.as_bytes(), dst);
-    put_varint(TIMESTAMP, m.timestamp_ms, dst);
+    r.len_delimited(DESTINATION, m.destination.as_bytes());
+    r.len_delimited(BODY, m.body);
+    r.headers(HEADERS, m.headers);
+    r.varint_field(PERSISTENT, m.persistent as u64);
+    r.varint_field(PRIORITY, m.priority as u64);
+    r.varint_field(EXPIRES, m.expires_at_ms);
+    r.len_delimited(PRODUCER, m.producer_id);
+    r.varint_field(SEQUENCE, m.sequence);
+    r.varint_field(RECEIPT, receipt);
+    r.len_delimited(REPLY_TO, m.reply_to.as_bytes());
+    r.len_delimited(CORRELATION, m.correlation_id.as_bytes());
+    r.len_delimited(CONTENT_TYPE, m.content_type.as_bytes());
+    r.varint_field(TIMESTAMP, m.timestamp_ms);
 }
 
 /// Appends a `Send` frame built from borrowed data.
 pub fn encode_send(m: &MessageRef<'_>, receipt: u64, dst: &mut BytesMut) {
-    put_frame_header(send_tag::FRAME, send_len(m, receipt), dst);
-    put_send(m, receipt, dst);
+    let inner = send_len(m, receipt);
+    let len = LENGTH_PREFIX + frame_len(send_tag::FRAME, inner);
+    Room::write(dst, len, |r| {
+        r.frame_header(send_tag::FRAME, inner);
+        put_send(m, receipt, r);
+    });
 }
 
 /// Appends a `Forward` frame (broker to broker) built from borrowed data.
@@ -282,24 +360,21 @@ pub fn encode_forward(
             .map(|g| key_len(TARGETS) + encoded_len_varint(g.len() as u64) + g.len())
             .sum::<usize>()
         + varint_len(UNACKNOWLEDGED, unacknowledged as u64);
-    put_frame_header(FRAME, inner, dst);
-    put_varint(FORWARD_ID, forward_id, dst);
-    encode_key(MESSAGE, WireType::LengthDelimited, dst);
-    encode_varint(send as u64, dst);
-    put_send(m, 0, dst);
-    for g in broker_path {
-        // Repeated strings are written even when empty (proto3 keeps list elements).
-        encode_key(PATH, WireType::LengthDelimited, dst);
-        encode_varint(g.len() as u64, dst);
-        dst.put_slice(g.as_bytes());
-    }
-    put_varint(REDELIVERY, redelivery_count as u64, dst);
-    for g in targets {
-        encode_key(TARGETS, WireType::LengthDelimited, dst);
-        encode_varint(g.len() as u64, dst);
-        dst.put_slice(g.as_bytes());
-    }
-    put_varint(UNACKNOWLEDGED, unacknowledged as u64, dst);
+    Room::write(dst, LENGTH_PREFIX + frame_len(FRAME, inner), |r| {
+        r.frame_header(FRAME, inner);
+        r.varint_field(FORWARD_ID, forward_id);
+        r.key(MESSAGE, WireType::LengthDelimited);
+        r.varint(send as u64);
+        put_send(m, 0, r);
+        for g in broker_path {
+            r.element(PATH, g);
+        }
+        r.varint_field(REDELIVERY, redelivery_count as u64);
+        for g in targets {
+            r.element(TARGETS, g);
+        }
+        r.varint_field(UNACKNOWLEDGED, unacknowledged as u64);
+    });
 }
 
 /// Field numbers of `Deliver` (see the .proto).
@@ -346,22 +421,24 @@ pub fn encode_deliver(
         + len_delimited_len(CORRELATION, m.correlation_id.len())
         + len_delimited_len(CONTENT_TYPE, m.content_type.len())
         + varint_len(TIMESTAMP, m.timestamp_ms);
-    put_frame_header(FRAME, inner, dst);
-    put_varint(SUBSCRIPTION, subscription, dst);
-    put_varint(TAG, tag, dst);
-    put_len_delimited(DESTINATION, m.destination.as_bytes(), dst);
-    put_len_delimited(BODY, m.body, dst);
-    put_headers(HEADERS, m.headers, dst);
-    put_varint(PERSISTENT, m.persistent as u64, dst);
-    put_varint(PRIORITY, m.priority as u64, dst);
-    put_varint(EXPIRES, m.expires_at_ms, dst);
-    put_len_delimited(PRODUCER, m.producer_id, dst);
-    put_varint(SEQUENCE, m.sequence, dst);
-    put_varint(REDELIVERY, redelivery_count as u64, dst);
-    put_len_delimited(REPLY_TO, m.reply_to.as_bytes(), dst);
-    put_len_delimited(CORRELATION, m.correlation_id.as_bytes(), dst);
-    put_len_delimited(CONTENT_TYPE, m.content_type.as_bytes(), dst);
-    put_varint(TIMESTAMP, m.timestamp_ms, dst);
+    Room::write(dst, LENGTH_PREFIX + frame_len(FRAME, inner), |r| {
+        r.frame_header(FRAME, inner);
+        r.varint_field(SUBSCRIPTION, subscription);
+        r.varint_field(TAG, tag);
+        r.len_delimited(DESTINATION, m.destination.as_bytes());
+        r.len_delimited(BODY, m.body);
+        r.headers(HEADERS, m.headers);
+        r.varint_field(PERSISTENT, m.persistent as u64);
+        r.varint_field(PRIORITY, m.priority as u64);
+        r.varint_field(EXPIRES, m.expires_at_ms);
+        r.len_delimited(PRODUCER, m.producer_id);
+        r.varint_field(SEQUENCE, m.sequence);
+        r.varint_field(REDELIVERY, redelivery_count as u64);
+        r.len_delimited(REPLY_TO, m.reply_to.as_bytes());
+        r.len_delimited(CORRELATION, m.correlation_id.as_bytes());
+        r.len_delimited(CONTENT_TYPE, m.content_type.as_bytes());
+        r.varint_field(TIMESTAMP, m.timestamp_ms);
+    });
 }
 
 /// Converts header pairs into their wire form.
