@@ -60,11 +60,32 @@ impl<C: Codec> Connection<C> {
     pub(super) fn apply(&mut self, request: Request<C::Receipt>) {
         // Rules replaced while frames were being read apply from the next frame on.
         if self.rules_changed.has_changed().unwrap_or(false) {
+            self.ack_held();
             self.recheck_rules();
             if self.closing.is_some() {
                 return;
             }
         }
+        // Held with the run's other plain acknowledgements of the subscription (see
+        // `Connection::held_acks`). Not a cumulative one: applied with individual ones, it
+        // could take a delivery they name first, which would then be reported unknown. Matched
+        // by reference: every request passes here, and a send is large to move.
+        if let Request::Ack {
+            subscription,
+            up_to: 0,
+            tags,
+            transaction: None,
+            receipt: None,
+        } = &request
+        {
+            if self.in_run && (self.held_acks.is_empty() || self.held_acks_for == *subscription) {
+                self.held_acks_for = *subscription;
+                self.held_acks.extend_from_slice(tags);
+                return;
+            }
+        }
+        // The acknowledgements this run made take effect before anything else it asks.
+        self.ack_held();
         if !matches!(request, Request::Send(_)) {
             // What this run sent takes effect before anything else it asks.
             self.publish_held();
@@ -382,6 +403,20 @@ impl<C: Codec> Connection<C> {
                 self.refuse(&e, receipt);
             }
         }
+    }
+
+    /// Applies the acknowledgements held back from this run (see `Connection::held_acks`),
+    /// together. A tag not in flight is refused as one would be alone.
+    pub(super) fn ack_held(&mut self) {
+        if self.held_acks.is_empty() {
+            return;
+        }
+        let tags = std::mem::take(&mut self.held_acks);
+        if let Err(e) = self.session.ack(self.held_acks_for, 0, &tags) {
+            self.refuse(&e, None);
+        }
+        self.held_acks = tags;
+        self.held_acks.clear();
     }
 
     /// Publishes the sends held back from this run (see `Connection::held`), in order.

@@ -97,6 +97,15 @@ pub(crate) struct Connection<C: Codec> {
     /// ([`Connection::publish_held`]). Empty between runs; kept for its room.
     held: Vec<NewMessage>,
     held_for: Option<Target>,
+    /// Tags of plain individual acknowledgements (no receipt, no transaction) of one
+    /// subscription taken from this run of frames and not applied yet: a consumer that
+    /// acknowledges each message sends a run of them, and they are applied together — one
+    /// queue lock, one dispatch round, one release of their memory — before any other request
+    /// takes effect, and when the run ends ([`Connection::ack_held`]). Empty between runs; kept
+    /// for its room. Outside a run (`in_run` false) an acknowledgement takes effect at once.
+    held_acks: Vec<u64>,
+    held_acks_for: u64,
+    in_run: bool,
     /// A send waiting for room (producer flow control); no frame is read meanwhile. Boxed:
     /// it is rare, and inline its message would weigh on every idle connection.
     blocked: Option<Box<Accepted<C::Receipt>>>,
@@ -163,6 +172,9 @@ impl<C: Codec> Connection<C> {
             ack_tags: Vec::new(),
             held: Vec::new(),
             held_for: None,
+            held_acks: Vec::new(),
+            held_acks_for: 0,
+            in_run: false,
             blocked: None,
             receipts: SyncedQueue::default(),
             closing: None,
@@ -254,6 +266,7 @@ impl<C: Codec> Connection<C> {
         if let Some(last) = self.codec.farewell() {
             self.apply(last);
         }
+        self.ack_held();
         self.publish_held();
         for (_, tx) in std::mem::take(&mut self.txs) {
             tx.abort(&mut self.session);
@@ -422,6 +435,7 @@ impl<C: Codec> Connection<C> {
         self.acked_on_write.shrink_to(256);
         self.ack_tags.shrink_to(256);
         self.held.shrink_to(256);
+        self.held_acks.shrink_to(256);
         match self
             .liveness
             .poll(Instant::now(), self.pump.wbuf.is_empty())
@@ -533,7 +547,10 @@ impl<C: Codec> Connection<C> {
     fn process_frames(&mut self) {
         let _wakes = crate::broker::defer_wakes();
         self.builder.begin_run();
+        self.in_run = true;
         self.apply_buffered();
+        self.in_run = false;
+        self.ack_held();
         self.publish_held();
         self.builder.end_run();
         self.ctx

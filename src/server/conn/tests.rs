@@ -327,6 +327,70 @@ async fn subscribe_delivers_and_ack_and_nack_settle_deliveries() {
     assert_eq!(error_code_of(&written(&mut c), 14), ErrorCode::Invalid);
 }
 
+/// Puts native frames in the connection's read buffer, as one read would.
+fn arrive(c: &mut Connection<Native>, bodies: Vec<Body>) {
+    for body in bodies {
+        wire::encode(&wire::frame(body), &mut c.pump.rbuf);
+    }
+}
+
+fn plain_ack(subscription: u64, tag: u64, receipt: u64) -> Body {
+    Body::Ack(proto::Ack {
+        subscription,
+        up_to: 0,
+        tags: vec![tag],
+        receipt,
+        transaction: 0,
+    })
+}
+
+/// The acknowledgements a run of frames carries are applied together (`held_acks`): they
+/// settle exactly the deliveries they name, in any order, as one by one — a tag named twice is
+/// refused the second time, and a later frame (here an ack with a receipt) sees them applied.
+#[tokio::test]
+async fn a_runs_plain_acks_applied_together_settle_exactly_what_they_name() {
+    let b = Broker::new(BrokerSettings::default());
+    let (mut c, _peer) = connection(&b);
+    c.apply(subscribe(1, "queue://a", 1));
+    for (i, body) in ["m0", "m1", "m2", "m3", "m4", "m5"].into_iter().enumerate() {
+        c.apply(send_to("queue://a", body, None, 10 + i as u64));
+    }
+    c.fill();
+    let got = deliveries(&written(&mut c));
+    assert_eq!(got.len(), 6);
+    let tag = |i: usize| got[i].1;
+    arrive(
+        &mut c,
+        vec![
+            plain_ack(1, tag(3), 0),
+            plain_ack(1, tag(0), 0),
+            plain_ack(1, tag(5), 0),
+            plain_ack(1, tag(0), 0),
+            plain_ack(1, tag(1), 20),
+        ],
+    );
+    c.process_frames();
+    let frames = written(&mut c);
+    assert_eq!(
+        error_code_of(&frames, 0),
+        ErrorCode::Invalid,
+        "m0 acked twice"
+    );
+    assert_eq!(frames.last(), Some(&receipt(20)));
+    assert_eq!(depth(&b, "queue://a"), 2, "m2 and m4 are still in flight");
+    // Another plain run, then the session ends: what it acked is gone, the rest comes back.
+    arrive(&mut c, vec![plain_ack(1, tag(4), 0)]);
+    c.process_frames();
+    assert_eq!(depth(&b, "queue://a"), 1);
+    c.end_session();
+    let (mut next, _next_peer) = connection(&b);
+    next.apply(subscribe(2, "queue://a", 1));
+    next.fill();
+    let again = deliveries(&written(&mut next));
+    let bodies: Vec<(u32, &[u8])> = again.iter().map(|d| (d.2, &d.3[..])).collect();
+    assert_eq!(bodies, [(1, &b"m2"[..])], "only m2 comes back, redelivered");
+}
+
 #[tokio::test]
 async fn unsubscribe_ends_a_subscription_once() {
     let b = Broker::new(BrokerSettings::default());
