@@ -262,6 +262,51 @@ fn a_run_of_sends_to_a_queue_is_dispatched_as_the_sends_one_by_one_would_be() {
     assert_eq!(outcome(true), one_by_one);
 }
 
+/// A session remembers the destination its producer last sent to (`Session::sends_to`,
+/// `Session::target`: a producer's every send need not look it up among the broker's) —
+/// which must never capture a send to another destination: a different name is resolved
+/// anew, an equal name in another allocation is the same destination, and every message
+/// carries the destination of the queue it went to.
+#[test]
+fn the_last_destination_a_session_resolved_never_captures_a_send_to_another() {
+    let b = broker();
+    let mut p = b.open_session(None).unwrap();
+    let (mut ca, mut cb) = (b.open_session(None).unwrap(), b.open_session(None).unwrap());
+    sub(&mut ca, 1, "queue://a", 100);
+    sub(&mut cb, 1, "queue://b", 100);
+    let (a1, a2, bq) = (
+        to_dest("queue://a"),
+        to_dest("queue://a"),
+        to_dest("queue://b"),
+    );
+    for (dest, body) in [(&a1, "1"), (&bq, "2"), (&a2, "3"), (&a1, "4"), (&bq, "5")] {
+        let t = p.target(dest).unwrap();
+        assert_eq!(t.destination(), dest);
+        assert!(p.sends_to(dest), "the destination just resolved is known");
+        let other = if dest.name() == "a" { &bq } else { &a1 };
+        assert!(
+            !p.sends_to(other),
+            "another destination is not the last one"
+        );
+        p.publish(&t, msg(body)).unwrap();
+    }
+    p.target(&a1).unwrap();
+    assert!(
+        p.sends_to(&a2),
+        "an equal name in another allocation is the same"
+    );
+    let (da, db) = (drain(&ca), drain(&cb));
+    assert_eq!(
+        (bodies(&da), bodies(&db)),
+        (
+            vec!["1".into(), "3".into(), "4".into()],
+            vec!["2".into(), "5".into()]
+        )
+    );
+    assert!(da.iter().all(|d| d.message.dest() == &a1));
+    assert!(db.iter().all(|d| d.message.dest() == &bq));
+}
+
 #[test]
 fn cumulative_ack_acknowledges_everything_up_to_the_tag() {
     let b = broker();

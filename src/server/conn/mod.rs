@@ -613,4 +613,6 @@ impl<C: Codec> Connection<C> {
 }
 
 #[cfg(test)]
+mod alloc_tests;
+#[cfg(test)]
 pub(crate) mod tests;
