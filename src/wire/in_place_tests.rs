@@ -35,23 +35,6 @@ fn agrees(bytes: &[u8], max: usize) -> bool {
     true
 }
 
-fn sample(headers: &[(String, String)]) -> MessageRef<'_> {
-    MessageRef {
-        destination: "queue://orders.eu",
-        body: b"\x00binary\xffbody",
-        headers,
-        persistent: true,
-        priority: 7,
-        expires_at_ms: 1_900_000_000_000,
-        producer_id: b"ID:host-1-2:3",
-        sequence: 42,
-        reply_to: "temp-queue://c1.1",
-        correlation_id: "corr-9",
-        content_type: "application/octet-stream",
-        timestamp_ms: 1_800_000_000_000,
-    }
-}
-
 #[test]
 fn every_send_the_encoders_write_is_read_in_place_as_decoded() {
     let headers = vec![
@@ -60,7 +43,7 @@ fn every_send_the_encoders_write_is_read_in_place_as_decoded() {
         (String::new(), "no name".to_string()),
     ];
     let big = vec![9u8; BODY_BELOW - 1];
-    let full = sample(&headers);
+    let full = wire::tests::sample_ref(&headers);
     let cases = [
         full,
         MessageRef::default(),
@@ -113,7 +96,7 @@ fn encoded(m: &MessageRef<'_>) -> BytesMut {
 #[test]
 fn what_decode_must_answer_is_left_to_it() {
     let headers = vec![("k".to_string(), "v".to_string())];
-    let whole = encoded(&sample(&headers));
+    let whole = encoded(&wire::tests::sample_ref(&headers));
     // Arriving: every cut of a frame is left whole.
     for cut in 0..whole.len() {
         assert!(read_send(&whole[..cut], DEFAULT_MAX_FRAME_SIZE, BODY_BELOW).is_none());
